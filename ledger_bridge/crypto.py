@@ -1,0 +1,121 @@
+"""Signatures and MACs for the ledger: the only ledger-side module that imports `hazmat`.
+
+Why a wrapper: replicas, clients, contracts and wallets must all sign the same bytes the same
+way, and a verification failure must be a plain `False` (peer input is expected to be bad
+sometimes) rather than an exception that a handler might forget to catch.
+
+Ed25519 signatures are deterministic (RFC 8032), so signing stays a pure function and the
+replica core can sign without breaking its no-randomness rule. Private keys never print:
+`repr()` shows the public key only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+MAC_BYTES = 32
+
+
+class SigningKey:
+    """An Ed25519 private key. Construct with `generate()` or from its 32-byte seed."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.public_key = VerifyKey(
+            self._key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(os.urandom(32))
+
+    def seed(self) -> bytes:
+        """The 32-byte private seed: write it only to a 0600 key file."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+    def __repr__(self) -> str:
+        return f"SigningKey(public={self.public_key.hex()[:16]}…, private=***)"
+
+
+class VerifyKey:
+    """An Ed25519 public key (32 raw bytes), hashable so it can key dictionaries."""
+
+    __slots__ = ("_bytes", "_key")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != PUBLIC_KEY_BYTES:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        self._bytes = bytes(raw)
+        self._key = Ed25519PublicKey.from_public_bytes(self._bytes)
+
+    def __bytes__(self) -> bytes:
+        return self._bytes
+
+    def hex(self) -> str:
+        return self._bytes.hex()
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """True when `signature` is this key's signature of `message`; never raises on bad input."""
+        if len(signature) != SIGNATURE_BYTES:
+            return False
+        try:
+            self._key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VerifyKey) and hmac.compare_digest(self._bytes, other._bytes)
+
+    def __hash__(self) -> int:
+        return hash(self._bytes)
+
+    def __repr__(self) -> str:
+        return f"VerifyKey({self._bytes.hex()[:16]}…)"
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Verify with a raw public key; a malformed key is a failed verification, not an error."""
+    try:
+        key = VerifyKey(public_key)
+    except ValueError:
+        return False
+    return key.verify(message, signature)
+
+
+def mac(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256, for MAC authenticators on the normal path where signatures cost too much."""
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def mac_ok(key: bytes, message: bytes, tag: bytes) -> bool:
+    return hmac.compare_digest(mac(key, message), tag)
+
+
+def digest(data: bytes) -> bytes:
+    """SHA-256, the one hash of the ledger (block hashes, batch digests, state roots)."""
+    return hashlib.sha256(data).digest()
