@@ -1,0 +1,224 @@
+"""The vault's safe cryptographic API: seal and open records, derive keys, commit to keys.
+
+What it is for: every record is AES-256-GCM encrypted under a data-encryption key (DEK) that
+is derived on demand from three independently destroyable secrets (DESIGN.md, "Keys"), so
+destroying any one of them erases its scope (a subject in a dataset, an upload, a retention
+day), including copies in backups, dead tuples and WAL.
+
+What it must never do: persist, log or put into an exception a DEK, a secret or a plaintext.
+Every failure to open a record raises the same opaque `DecryptionFailed` (as Fernet's
+`InvalidToken` does), whatever the cause: wrong or destroyed key, flipped bit, swapped record.
+
+Envelope v1 (bytes):  0x01 | key_version (2, big-endian) | nonce (12) | ciphertext || tag (16)
+Associated data:      "civis-vault/record/v1" | len-prefixed record id, dataset id, upload id
+                      | key_version (2)
+DEK:                  HKDF-SHA256(ikm = S_upload || S_subject || S_epoch, salt = none,
+                      info = "civis-vault/dek/v1" | len-prefixed upload id, subject id), 32 bytes
+Length prefixes are 2-byte big-endian, so no two different field tuples encode the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Callable
+
+from vault.crypto._hazmat import (
+    KEY_BYTES,
+    NONCE_BYTES,
+    TAG_BYTES,
+    Aead,
+    AuthenticationFailed,
+    hkdf_sha256,
+)
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "KEY_BYTES",
+    "KEY_VERSION",
+    "SECRET_BYTES",
+    "DataKey",
+    "DecryptionFailed",
+    "KeyWrapper",
+    "derive_dek",
+    "envelope_overhead",
+    "key_commitment",
+    "new_secret",
+    "record_leaf",
+    "seal",
+    "unseal",
+]
+
+ENVELOPE_VERSION = 1
+KEY_VERSION = 1  # version of the DEK derivation; bumps when derive_dek changes
+SECRET_BYTES = 32
+_HEADER = struct.Struct(">BH")
+_HEADER_BYTES = _HEADER.size + NONCE_BYTES
+_DEK_INFO = b"civis-vault/dek/v1"
+_AAD_PREFIX = b"civis-vault/record/v1"
+_COMMITMENT_PREFIX = b"civis-vault/key-commitment/v1"
+_LEAF_SALT_PREFIX = b"civis-vault/leaf-salt/v1"
+_LEAF_PREFIX = b"civis-vault/leaf/v1"
+_WRAP_PREFIX = b"civis-vault/wrap/v1"
+
+
+class DecryptionFailed(Exception):
+    """A record could not be opened. Deliberately says nothing about why."""
+
+    def __init__(self) -> None:
+        super().__init__("decryption failed")
+
+
+def _lp(*fields: bytes) -> bytes:
+    """Length-prefix each field so distinct tuples never encode to the same bytes."""
+    out = bytearray()
+    for field in fields:
+        if len(field) > 0xFFFF:
+            raise ValueError("field too long for a 2-byte length prefix")
+        out += struct.pack(">H", len(field))
+        out += field
+    return bytes(out)
+
+
+def new_secret(randbytes: Callable[[int], bytes] = os.urandom) -> bytes:
+    """A fresh 256-bit secret for the key store (randomness injectable for test vectors)."""
+    return randbytes(SECRET_BYTES)
+
+
+class DataKey:
+    """A derived DEK, held only in memory for as long as one upload or read needs it."""
+
+    __slots__ = ("_aead", "_key")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError("a data key is 32 bytes")
+        self._key = key
+        self._aead = Aead(key)
+
+    def __repr__(self) -> str:
+        return "DataKey(***)"
+
+    __str__ = __repr__
+
+    def commitment(self) -> bytes:
+        return key_commitment(self)
+
+    def leaf_salt(self, record_id: bytes) -> bytes:
+        """Per-record salt for the Merkle leaf, so a leaf hash never reveals a guessable payload.
+
+        Derived from the DEK, it disappears with the key: after erasure nobody can test a
+        guess of the payload against the anchored root.
+        """
+        return hmac.digest(self._key, _LEAF_SALT_PREFIX + record_id, "sha256")
+
+
+def derive_dek(
+    *,
+    upload_secret: bytes,
+    subject_secret: bytes,
+    epoch_secret: bytes,
+    upload_id: bytes,
+    subject_id: bytes,
+) -> DataKey:
+    """The DEK of (upload, subject): needs all three secrets; never stored anywhere."""
+    for secret in (upload_secret, subject_secret, epoch_secret):
+        if len(secret) != SECRET_BYTES:
+            raise ValueError("key-store secrets are 32 bytes")
+    ikm = upload_secret + subject_secret + epoch_secret
+    info = _DEK_INFO + _lp(upload_id, subject_id)
+    return DataKey(hkdf_sha256(ikm, salt=None, info=info, length=KEY_BYTES))
+
+
+def key_commitment(key: DataKey) -> bytes:
+    """SHA-256 commitment to a DEK for the ledger: binds the key, reveals nothing of it."""
+    return hashlib.sha256(_COMMITMENT_PREFIX + key._key).digest()
+
+
+def _aad(record_id: bytes, dataset_id: bytes, upload_id: bytes, key_version: int) -> bytes:
+    return _AAD_PREFIX + _lp(record_id, dataset_id, upload_id) + struct.pack(">H", key_version)
+
+
+def envelope_overhead() -> int:
+    return _HEADER_BYTES + TAG_BYTES
+
+
+def seal(
+    key: DataKey,
+    plaintext: bytes,
+    *,
+    record_id: bytes,
+    dataset_id: bytes,
+    upload_id: bytes,
+    key_version: int = KEY_VERSION,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Encrypt one record into a v1 envelope. `nonce` is for known-answer tests only."""
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    elif len(nonce) != NONCE_BYTES:
+        raise ValueError("nonce must be 12 bytes")
+    aad = _aad(record_id, dataset_id, upload_id, key_version)
+    return (
+        _HEADER.pack(ENVELOPE_VERSION, key_version)
+        + nonce
+        + key._aead.encrypt(nonce, plaintext, aad)
+    )
+
+
+def unseal(
+    key: DataKey, envelope: bytes, *, record_id: bytes, dataset_id: bytes, upload_id: bytes
+) -> bytes:
+    """Open a v1 envelope or raise `DecryptionFailed` (for any reason at all)."""
+    if len(envelope) < _HEADER_BYTES + TAG_BYTES:
+        raise DecryptionFailed
+    version, key_version = _HEADER.unpack_from(envelope)
+    if version != ENVELOPE_VERSION:
+        raise DecryptionFailed
+    nonce = envelope[_HEADER.size : _HEADER_BYTES]
+    aad = _aad(record_id, dataset_id, upload_id, key_version)
+    try:
+        return key._aead.decrypt(nonce, envelope[_HEADER_BYTES:], aad)
+    except AuthenticationFailed:
+        raise DecryptionFailed from None
+
+
+def record_leaf(record_id: bytes, salt: bytes, payload: bytes) -> bytes:
+    """The Merkle leaf data of a record: what a consumer hashes to check an inclusion proof.
+
+    The consumer receives record id, salt and payload; the leaf hash is then
+    `merkle.leaf_hash(record_leaf(...))`.
+    """
+    return _LEAF_PREFIX + _lp(record_id, salt) + payload
+
+
+class KeyWrapper:
+    """AES-256-GCM key wrapping under a KEK, with associated data naming the secret's scope.
+
+    Used by the local key provider; binding the scope means a wrapped secret copied onto
+    another key-store row does not unwrap.
+    """
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, kek: bytes) -> None:
+        self._aead = Aead(kek)
+
+    def __repr__(self) -> str:
+        return "KeyWrapper(***)"
+
+    def wrap(self, secret: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, secret, _WRAP_PREFIX + aad)
+
+    def unwrap(self, wrapped: bytes, aad: bytes) -> bytes:
+        if len(wrapped) < NONCE_BYTES + TAG_BYTES:
+            raise DecryptionFailed
+        try:
+            return self._aead.decrypt(
+                wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _WRAP_PREFIX + aad
+            )
+        except AuthenticationFailed:
+            raise DecryptionFailed from None
