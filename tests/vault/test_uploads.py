@@ -1,0 +1,178 @@
+"""Uploads as a library: encrypt, store in batches, Merkle root; bad input stores nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tests.vault.conftest import VaultServices, make_dataset
+from vault.crypto import record_leaf
+from vault.crypto.merkle import leaf_hash, verify_inclusion
+from vault.errors import (
+    DatasetNotFound,
+    DuplicateRecord,
+    InvalidRecord,
+    RecordNotFound,
+    RecordTooLarge,
+    VaultError,
+)
+from vault.models import KeyCommitment, KeySecret, OutboxFact, Record, Upload
+from vault.uploads import RecordIn
+
+
+def _counts(session: Session) -> dict[str, int]:
+    return {
+        model.__tablename__: session.scalar(select(func.count()).select_from(model)) or 0
+        for model in (Upload, Record, KeySecret, KeyCommitment, OutboxFact)
+    }
+
+
+def _stream(n: int, *, subjects: int = 7) -> Iterator[RecordIn]:
+    for i in range(n):
+        yield RecordIn(f"subject-{i % subjects}", json.dumps({"i": i, "road": "A7"}).encode())
+
+
+def test_round_trip_with_verifiable_proofs(session: Session, services: VaultServices) -> None:
+    dataset = make_dataset(session)
+    result = services.uploader.upload(session, dataset.id, _stream(200))
+    assert result.record_count == 200 and result.commitment_count == 7
+    # Batches of 64: 200 records span four COPY batches; the root still covers all of them.
+    records = list(services.reader.by_dataset(session, dataset.id))
+    assert len(records) == 200
+    for out in records:
+        assert json.loads(out.payload)["road"] == "A7"
+        leaf = leaf_hash(record_leaf(out.record_id.bytes, out.leaf_salt, out.payload))
+        assert out.merkle_root == result.merkle_root
+        assert verify_inclusion(
+            leaf, out.leaf_index, out.record_count, out.proof, result.merkle_root
+        )
+        assert not verify_inclusion(
+            leaf_hash(record_leaf(out.record_id.bytes, out.leaf_salt, b'{"i":-1}')),
+            out.leaf_index,
+            out.record_count,
+            out.proof,
+            result.merkle_root,
+        )
+    by_subject = list(services.reader.by_subject(session, "subject-3", dataset_id=dataset.id))
+    assert {r.subject_id for r in by_subject} == {"subject-3"} and len(by_subject) == 29
+    one = services.reader.record(session, records[5].record_id)
+    assert one.payload == records[5].payload
+    fact = session.get(OutboxFact, result.outbox_id)
+    assert fact is not None and fact.kind == "upload.anchor"
+    assert fact.payload["merkle_root"] == result.merkle_root.hex()
+    assert fact.payload["record_count"] == 200
+
+
+def test_payload_bytes_are_kept_exactly_and_dicts_are_compact(
+    session: Session, services: VaultServices
+) -> None:
+    dataset = make_dataset(session)
+    rid = uuid.uuid4()
+    services.uploader.upload(
+        session,
+        dataset.id,
+        [
+            RecordIn("alice", b'{ "address" : "3 rue Garibaldi" }', record_id=rid),
+            {"subject_id": "bob", "payload": {"address": "é"}},
+        ],
+    )
+    assert services.reader.record(session, rid).payload == b'{ "address" : "3 rue Garibaldi" }'
+    bob = list(services.reader.by_subject(session, "bob"))
+    assert bob[0].payload == '{"address":"é"}'.encode()
+
+
+def test_no_plaintext_in_the_tables(session: Session, services: VaultServices) -> None:
+    dataset = make_dataset(session)
+    marker = "MARKER-" + uuid.uuid4().hex
+    services.uploader.upload(session, dataset.id, [RecordIn("alice", {"note": marker})])
+    blobs = session.scalars(select(Record.envelope)).all()
+    assert blobs and all(b is not None and marker.encode() not in b for b in blobs)
+
+
+BAD_INPUTS: list[tuple[str, list[Any], type[VaultError], int | None]] = [
+    ("not JSON", [b'{"a": 1}', b"{not json"], InvalidRecord, 2),
+    ("JSON but not an object", [b'{"a": 1}', b"[1, 2]"], InvalidRecord, 2),
+    ("NaN is not JSON", [b'{"a": NaN}'], InvalidRecord, 1),
+    ("invalid UTF-8", [b'{"a": "\xff"}'], InvalidRecord, 1),
+    ("oversized", [b'{"a": 1}', json.dumps({"a": "x" * 5000}).encode()], RecordTooLarge, 2),
+]
+
+
+@pytest.mark.parametrize(("label", "payloads", "error", "position"), BAD_INPUTS)
+def test_bad_input_raises_typed_error_and_stores_nothing(
+    session: Session,
+    services: VaultServices,
+    label: str,
+    payloads: list[Any],
+    error: type[VaultError],
+    position: int | None,
+) -> None:
+    dataset = make_dataset(session)
+    before = _counts(session)
+    # 100 good records first (two COPY batches already written) then the bad one.
+    good = [RecordIn("alice", b'{"ok": true}') for _ in range(100)]
+    records = good + [RecordIn("bob", p) for p in payloads]
+    with pytest.raises(error) as info:
+        services.uploader.upload(session, dataset.id, records)
+    assert info.value.position == 100 + (position or 0)  # type: ignore[attr-defined]
+    assert _counts(session) == before, label
+    # The session is still usable: the failed upload was only a savepoint.
+    services.uploader.upload(session, dataset.id, good[:3])
+
+
+def test_bad_subject_and_shape(session: Session, services: VaultServices) -> None:
+    dataset = make_dataset(session)
+    before = _counts(session)
+    cases: list[Any] = [
+        RecordIn("Jean Dupont", b"{}"),  # a name, not a pseudonym
+        RecordIn("", b"{}"),
+        {"subject_id": "a", "payload": {}, "extra": 1},
+        {"subject_id": "a", "payload": {}, "record_id": "not-a-uuid"},
+        {"subject_id": "a", "payload": "a string"},
+        "not a record",
+    ]
+    for case in cases:
+        with pytest.raises(InvalidRecord):
+            services.uploader.upload(session, dataset.id, [case])
+    assert _counts(session) == before
+
+
+def test_unknown_dataset(session: Session, services: VaultServices) -> None:
+    before = _counts(session)
+    with pytest.raises(DatasetNotFound):
+        services.uploader.upload(session, uuid.uuid4(), _stream(3))
+    assert _counts(session) == before
+    with pytest.raises(RecordNotFound):
+        services.reader.record(session, uuid.uuid4())
+
+
+def test_duplicate_record_ids(session: Session, services: VaultServices) -> None:
+    dataset = make_dataset(session)
+    rid = uuid.uuid4()
+    services.uploader.upload(session, dataset.id, [RecordIn("alice", b"{}", record_id=rid)])
+    before = _counts(session)
+    with pytest.raises(DuplicateRecord, match=str(rid)):
+        services.uploader.upload(
+            session, dataset.id, [*_stream(10), RecordIn("bob", b"{}", record_id=rid)]
+        )
+    same = uuid.uuid4()
+    with pytest.raises(DuplicateRecord, match=str(same)):
+        services.uploader.upload(
+            session,
+            dataset.id,
+            [RecordIn("bob", b"{}", record_id=same), RecordIn("carol", b"{}", record_id=same)],
+        )
+    assert _counts(session) == before
+
+
+def test_empty_upload_has_the_empty_root(session: Session, services: VaultServices) -> None:
+    dataset = make_dataset(session)
+    result = services.uploader.upload(session, dataset.id, [])
+    assert result.record_count == 0
+    assert result.merkle_root.hex().startswith("e3b0c442")  # SHA-256 of the empty string

@@ -1,0 +1,94 @@
+"""DEKs for (upload, subject) pairs, derived from the key store on demand and cached briefly.
+
+Why a cache: an upload or a read touches the same (upload, subject) pair many times; deriving
+once per pair keeps the hot path to one AES-GCM call per record. The cache is bounded (an LRU),
+so memory stays flat whatever the number of subjects, and it lives only as long as one call:
+DEKs are never written anywhere.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from sqlalchemy.orm import Session
+
+from vault.crypto import DataKey, derive_dek
+from vault.keys import KeyStore, SecretRef, epoch_ref, subject_ref, upload_ref
+
+CACHE_MAX = 10_000
+
+
+class KeyRing:
+    """Derives DEKs for one dataset. `create=True` (uploads) makes missing subject secrets."""
+
+    def __init__(
+        self, store: KeyStore, session: Session, dataset_id: uuid.UUID, *, create: bool
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._dataset_id = dataset_id
+        self._create = create
+        self._secrets: OrderedDict[SecretRef, bytes] = OrderedDict()
+        self._deks: OrderedDict[tuple[uuid.UUID, str], DataKey | None] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"KeyRing(dataset={self._dataset_id}, ***)"
+
+    def _remember(self, cache: OrderedDict[SecretRef, bytes], ref: SecretRef, v: bytes) -> None:
+        cache[ref] = v
+        cache.move_to_end(ref)
+        while len(cache) > CACHE_MAX:
+            cache.popitem(last=False)
+
+    def prefetch(self, refs: Iterable[SecretRef]) -> None:
+        """Fetch (or create) many secrets in one round trip."""
+        missing = [r for r in dict.fromkeys(refs) if r not in self._secrets]
+        if not missing:
+            return
+        if self._create:
+            got = self._store.ensure(self._session, missing)
+        else:
+            got = self._store.load(self._session, missing)
+        for ref, secret in got.items():
+            self._remember(self._secrets, ref, secret)
+
+    def prefetch_subjects(
+        self, upload_id: uuid.UUID, day_iso: str, subjects: Iterable[str]
+    ) -> None:
+        refs = [upload_ref(self._dataset_id, upload_id), epoch_ref(self._dataset_id, day_iso)]
+        refs.extend(
+            subject_ref(self._dataset_id, s) for s in subjects if (upload_id, s) not in self._deks
+        )
+        self.prefetch(refs)
+
+    def dek(self, upload_id: uuid.UUID, day_iso: str, subject_id: str) -> DataKey | None:
+        """The DEK, or None when any of its three secrets is destroyed (the scope is erased)."""
+        key = (upload_id, subject_id)
+        if key in self._deks:
+            self._deks.move_to_end(key)
+            return self._deks[key]
+        refs = (
+            upload_ref(self._dataset_id, upload_id),
+            subject_ref(self._dataset_id, subject_id),
+            epoch_ref(self._dataset_id, day_iso),
+        )
+        if any(r not in self._secrets for r in refs):
+            self.prefetch(refs)
+        secrets = [self._secrets.get(r) for r in refs]
+        dek: DataKey | None = None
+        if all(s is not None for s in secrets):
+            u, s, e = secrets
+            assert u is not None and s is not None and e is not None
+            dek = derive_dek(
+                upload_secret=u,
+                subject_secret=s,
+                epoch_secret=e,
+                upload_id=upload_id.bytes,
+                subject_id=subject_id.encode(),
+            )
+        self._deks[key] = dek
+        while len(self._deks) > CACHE_MAX:
+            self._deks.popitem(last=False)
+        return dek

@@ -1,0 +1,187 @@
+"""The key store: destroyable secrets, wrapped by the key provider, in PostgreSQL.
+
+Why it exists: DEKs are never stored (DESIGN.md, "Keys"); what is stored is three kinds of small
+secrets from which a DEK is derived when needed. Erasing a scope is destroying its secret here:
+the row is overwritten then deleted in the caller's transaction, so the erasure commits or rolls
+back with the rest of the change. Old copies of the wrapped bytes (dead tuples, WAL, backups) are
+made useless by `rotate_kek` + `retire_unused_keks`: see `vault/keys/provider.py`.
+
+Callers own the transaction: nothing here commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from vault.crypto import new_secret
+from vault.keys.provider import KeyProvider
+from vault.models import KeySecret
+
+_LOOKUP_CHUNK = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Names one secret: kind (upload, subject, epoch), its dataset and its scope key."""
+
+    kind: str
+    dataset_id: uuid.UUID
+    scope: str
+
+    def aad(self) -> bytes:
+        return f"{self.kind}|{self.dataset_id}|{self.scope}".encode()
+
+
+def upload_ref(dataset_id: uuid.UUID, upload_id: uuid.UUID) -> SecretRef:
+    return SecretRef("upload", dataset_id, str(upload_id))
+
+
+def subject_ref(dataset_id: uuid.UUID, subject_id: str) -> SecretRef:
+    return SecretRef("subject", dataset_id, subject_id)
+
+
+def epoch_ref(dataset_id: uuid.UUID, day_iso: str) -> SecretRef:
+    return SecretRef("epoch", dataset_id, day_iso)
+
+
+class KeyStore:
+    """Secrets in, secrets out; the provider does the wrapping."""
+
+    def __init__(self, provider: KeyProvider) -> None:
+        self.provider = provider
+
+    def __repr__(self) -> str:
+        return f"KeyStore({self.provider!r})"
+
+    def _unwrap(self, ref: SecretRef, kek_id: str, wrapped: bytes) -> bytes:
+        return self.provider.unwrap(kek_id, wrapped, aad=ref.aad())
+
+    def load(self, session: Session, refs: Iterable[SecretRef]) -> dict[SecretRef, bytes]:
+        """The secrets that still exist among `refs`; a destroyed one is simply absent."""
+        wanted = list(dict.fromkeys(refs))
+        found: dict[SecretRef, bytes] = {}
+        for i in range(0, len(wanted), _LOOKUP_CHUNK):
+            chunk = wanted[i : i + _LOOKUP_CHUNK]
+            rows = session.execute(
+                select(
+                    KeySecret.kind,
+                    KeySecret.dataset_id,
+                    KeySecret.scope,
+                    KeySecret.kek_id,
+                    KeySecret.wrapped,
+                ).where(
+                    tuple_(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).in_(
+                        [(r.kind, r.dataset_id, r.scope) for r in chunk]
+                    )
+                )
+            )
+            for kind, dataset_id, scope, kek_id, wrapped in rows:
+                ref = SecretRef(kind, dataset_id, scope)
+                found[ref] = self._unwrap(ref, kek_id, wrapped)
+        return found
+
+    def ensure(self, session: Session, refs: Iterable[SecretRef]) -> dict[SecretRef, bytes]:
+        """Load `refs`, creating the missing ones. Safe under concurrent uploads: a secret
+        created by another transaction first wins (ON CONFLICT DO NOTHING, then re-read)."""
+        wanted = list(dict.fromkeys(refs))
+        found = self.load(session, wanted)
+        missing = [r for r in wanted if r not in found]
+        if not missing:
+            return found
+        fresh: dict[SecretRef, bytes] = {}
+        rows = []
+        for ref in missing:
+            secret = new_secret()
+            kek_id, wrapped = self.provider.wrap(secret, aad=ref.aad())
+            fresh[ref] = secret
+            rows.append(
+                {
+                    "kind": ref.kind,
+                    "dataset_id": ref.dataset_id,
+                    "scope": ref.scope,
+                    "kek_id": kek_id,
+                    "wrapped": wrapped,
+                }
+            )
+        for i in range(0, len(rows), _LOOKUP_CHUNK):
+            session.execute(
+                insert(KeySecret).values(rows[i : i + _LOOKUP_CHUNK]).on_conflict_do_nothing()
+            )
+        # Re-read: where a concurrent transaction won the race, its secret is the one to use.
+        found.update(self.load(session, missing))
+        return found
+
+    def destroy(self, session: Session, refs: Sequence[SecretRef]) -> list[SecretRef]:
+        """Overwrite then delete each secret that exists; return the ones destroyed.
+
+        Overwriting first means the deleted tuple that VACUUM later reclaims holds zeros, not the
+        wrapped secret (the pre-update version still exists until VACUUM; see rotate_kek).
+        """
+        destroyed: list[SecretRef] = []
+        for i in range(0, len(refs), _LOOKUP_CHUNK):
+            chunk = refs[i : i + _LOOKUP_CHUNK]
+            cond = tuple_(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).in_(
+                [(r.kind, r.dataset_id, r.scope) for r in chunk]
+            )
+            rows = session.execute(
+                update(KeySecret)
+                .where(cond)
+                .values(
+                    wrapped=func.decode(func.repeat("00", func.length(KeySecret.wrapped)), "hex")
+                )
+                .returning(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope)
+            ).all()
+            session.execute(delete(KeySecret).where(cond))
+            destroyed.extend(SecretRef(k, d, s) for k, d, s in rows)
+        return destroyed
+
+    def rotate_kek(self, session: Session, *, batch_rows: int = 2000) -> tuple[str, int]:
+        """Rewrap every secret under a fresh KEK, without touching any ciphertext.
+
+        Returns (new kek id, rows rewrapped). Commit, then call `retire_unused_keks`.
+        """
+        new_kek = self.provider.rotate()
+        rewrapped = 0
+        while True:
+            rows = session.execute(
+                select(
+                    KeySecret.id,
+                    KeySecret.kind,
+                    KeySecret.dataset_id,
+                    KeySecret.scope,
+                    KeySecret.kek_id,
+                    KeySecret.wrapped,
+                )
+                .where(KeySecret.kek_id != new_kek)
+                .limit(batch_rows)
+                .with_for_update()
+            ).all()
+            if not rows:
+                break
+            updates = []
+            for row_id, kind, dataset_id, scope, kek_id, wrapped in rows:
+                ref = SecretRef(kind, dataset_id, scope)
+                secret = self._unwrap(ref, kek_id, wrapped)
+                kid, new_wrapped = self.provider.wrap(secret, aad=ref.aad())
+                assert kid == new_kek, "rotation raced with another rotation"
+                updates.append({"id": row_id, "kek_id": kid, "wrapped": new_wrapped})
+            session.execute(update(KeySecret), updates)
+            rewrapped += len(updates)
+        return new_kek, rewrapped
+
+    def retire_unused_keks(self, session: Session) -> list[str]:
+        """Retire every non-current KEK that no committed secret uses any more."""
+        in_use = set(session.scalars(select(KeySecret.kek_id).distinct()))
+        current = self.provider.current_kek_id()
+        retired = []
+        for kid in self.provider.kek_ids():
+            if kid != current and kid not in in_use:
+                self.provider.retire(kid)
+                retired.append(kid)
+        return retired

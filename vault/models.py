@@ -1,0 +1,170 @@
+"""The vault's tables (SQLAlchemy 2 declarative). The migrations must agree with these.
+
+What lives here: ciphertext envelopes, wrapped key-store secrets, key commitments, Merkle leaf
+hashes and an outbox of facts for the ledger. What must never live here: a plaintext payload,
+an unwrapped secret, a derived DEK. Subject ids are pseudonyms (a wallet public key or an
+opaque id chosen by the cooperative), never names or addresses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SECRET_KINDS = ("upload", "subject", "epoch")
+UPLOAD_STATES = ("pending", "anchored", "withdrawn")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(128))  # the provider member's pseudonym
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(100))
+    purposes: Mapped[list[str]] = mapped_column(JSONB)
+    retention_days: Mapped[int] = mapped_column(Integer)
+    legal_basis: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint("retention_days > 0 AND retention_days <= 36600", name="retention"),
+        UniqueConstraint("owner_id", "name"),
+    )
+
+
+class Upload(Base):
+    __tablename__ = "uploads"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"), index=True)
+    record_count: Mapped[int] = mapped_column(Integer)
+    merkle_root: Mapped[bytes] = mapped_column(LargeBinary)
+    # RFC 6962 root over the upload's key commitments ordered by subject id: what the ledger
+    # anchors, so the list itself (one per subject) need not go on chain.
+    commitments_root: Mapped[bytes] = mapped_column(LargeBinary)
+    commitment_count: Mapped[int] = mapped_column(Integer)
+    retention_day: Mapped[dt.date] = mapped_column(Date, index=True)
+    # pending until the ledger committed its upload.anchor; only anchored uploads are served.
+    state: Mapped[str] = mapped_column(String(16), server_default="pending")
+    anchor_tx_id: Mapped[str | None] = mapped_column(String(128))
+    anchor_height: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'anchored', 'withdrawn')", name="state"),
+        CheckConstraint("record_count >= 0", name="record_count"),
+    )
+
+
+class Record(Base):
+    __tablename__ = "records"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    upload_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("uploads.id"))
+    subject_id: Mapped[str] = mapped_column(String(128))
+    leaf_index: Mapped[int] = mapped_column(Integer)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    # NULL once erased or expired: the ciphertext goes, the salted leaf stays for the proofs.
+    envelope: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        UniqueConstraint("upload_id", "leaf_index"),
+        Index("ix_records_dataset_subject", "dataset_id", "subject_id"),
+        Index("ix_records_subject", "subject_id"),
+    )
+
+
+class KeySecret(Base):
+    """One destroyable secret, wrapped by a KEK of the key provider.
+
+    scope: the upload id (kind upload), the subject id (kind subject, per dataset) or the ISO
+    retention day (kind epoch, per dataset). Destroying the row erases the scope.
+    """
+
+    __tablename__ = "key_secrets"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    dataset_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    scope: Mapped[str] = mapped_column(String(128))
+    kek_id: Mapped[str] = mapped_column(String(64), index=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        UniqueConstraint("kind", "dataset_id", "scope"),
+        CheckConstraint("kind IN ('upload', 'subject', 'epoch')", name="kind"),
+        Index("ix_key_secrets_kind_scope", "kind", "scope"),
+    )
+
+
+class KeyCommitment(Base):
+    """The ledger-visible commitment of each (upload, subject) DEK; never the key itself."""
+
+    __tablename__ = "key_commitments"
+
+    upload_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("uploads.id"), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    commitment: Mapped[bytes] = mapped_column(LargeBinary)
+    destroyed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_key_commitments_subject", "subject_id"),)
+
+
+class OutboxFact(Base):
+    """A fact the ledger must record (anchor, erasure, expiry), written in the same transaction
+    as the change it describes, so a crash can never leave one without the other."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    tx_id: Mapped[str | None] = mapped_column(String(128))
+    block_height: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_outbox_pending", "id", postgresql_where=text("sent_at IS NULL")),)

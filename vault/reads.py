@@ -1,0 +1,169 @@
+"""Reading records back: decrypt, and prove each record's place in its anchored upload.
+
+Every record comes with what a consumer needs to check it without trusting the vault: its
+leaf salt, its index, the RFC 6962 audit path and the upload's Merkle root (which the consumer
+compares with the root anchored on the ledger). A record whose key was destroyed raises
+`RecordErased`; a ciphertext that fails authentication raises `DecryptionFailed`'s HTTP twin,
+also `RecordErased`, because the caller cannot tell the two apart and must not be told.
+
+Erasure deletes ciphertext but keeps each record's salted leaf hash (useless without the
+destroyed key), so the inclusion proofs of the upload's other records still verify.
+
+Reads stream: a dataset of any size is served in batches with bounded memory; inclusion trees
+are built once per upload per call, and only for the uploads actually read.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from vault.crypto import DecryptionFailed, unseal
+from vault.crypto.merkle import MerkleTree
+from vault.errors import RecordErased, RecordNotFound
+from vault.keyring import KeyRing
+from vault.keys import KeyStore
+from vault.models import Record, Upload
+
+_TREE_CACHE_MAX = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOut:
+    record_id: uuid.UUID
+    dataset_id: uuid.UUID
+    upload_id: uuid.UUID
+    subject_id: str
+    payload: bytes
+    leaf_index: int
+    leaf_salt: bytes
+    proof: list[bytes]
+    merkle_root: bytes
+    record_count: int
+
+    def __repr__(self) -> str:
+        return f"RecordOut(record_id={self.record_id}, upload_id={self.upload_id}, payload=***)"
+
+
+_COLUMNS = (
+    Record.id,
+    Record.dataset_id,
+    Record.upload_id,
+    Record.subject_id,
+    Record.leaf_index,
+    Record.envelope,
+    Upload.retention_day,
+    Upload.merkle_root,
+    Upload.record_count,
+)
+
+
+class Reader:
+    """Decrypts records for callers that already decided the access is allowed."""
+
+    def __init__(self, store: KeyStore, *, batch_rows: int = 1000) -> None:
+        self._store = store
+        self._batch_rows = batch_rows
+
+    def record(
+        self, session: Session, record_id: uuid.UUID, *, anchored_only: bool = False
+    ) -> RecordOut:
+        query = self._query(anchored_only).where(Record.id == record_id)
+        out = list(self._decrypt(session, query, skip_erased=False))
+        if not out:
+            raise RecordNotFound(f"record {record_id} does not exist")
+        return out[0]
+
+    def by_subject(
+        self,
+        session: Session,
+        subject_id: str,
+        *,
+        dataset_id: uuid.UUID | None = None,
+        anchored_only: bool = False,
+    ) -> Iterator[RecordOut]:
+        query = self._query(anchored_only).where(Record.subject_id == subject_id)
+        if dataset_id is not None:
+            query = query.where(Record.dataset_id == dataset_id)
+        return self._decrypt(session, query, skip_erased=True)
+
+    def by_dataset(
+        self,
+        session: Session,
+        dataset_id: uuid.UUID,
+        *,
+        subjects: Iterable[str] | None = None,
+        anchored_only: bool = False,
+    ) -> Iterator[RecordOut]:
+        query = self._query(anchored_only).where(Record.dataset_id == dataset_id)
+        if subjects is not None:
+            query = query.where(Record.subject_id.in_(list(subjects)))
+        return self._decrypt(session, query, skip_erased=True)
+
+    def _query(self, anchored_only: bool) -> Select[*tuple[Any, ...]]:
+        query: Select[*tuple[Any, ...]] = (
+            select(*_COLUMNS)
+            .join(Upload, Upload.id == Record.upload_id)
+            .order_by(Record.upload_id, Record.leaf_index)
+        )
+        if anchored_only:
+            query = query.where(Upload.state == "anchored")
+        return query
+
+    def _decrypt(
+        self, session: Session, query: Select[*tuple[Any, ...]], *, skip_erased: bool
+    ) -> Iterator[RecordOut]:
+        rings: dict[uuid.UUID, KeyRing] = {}
+        trees: dict[uuid.UUID, MerkleTree] = {}
+        rows = session.execute(query).yield_per(self._batch_rows)
+        for row in rows:
+            rid, dataset_id, upload_id, subject_id, index, envelope, day, root, count = row
+            ring = rings.get(dataset_id)
+            if ring is None:
+                ring = rings[dataset_id] = KeyRing(self._store, session, dataset_id, create=False)
+            dek = ring.dek(upload_id, day.isoformat(), subject_id)
+            try:
+                if dek is None or envelope is None:
+                    raise DecryptionFailed
+                payload = unseal(
+                    dek,
+                    envelope,
+                    record_id=rid.bytes,
+                    dataset_id=dataset_id.bytes,
+                    upload_id=upload_id.bytes,
+                )
+            except DecryptionFailed:
+                if skip_erased:
+                    continue
+                raise RecordErased(f"record {rid} can no longer be decrypted") from None
+            tree = trees.get(upload_id)
+            if tree is None:
+                tree = self._tree(session, upload_id)
+                if len(trees) >= _TREE_CACHE_MAX:
+                    trees.pop(next(iter(trees)))
+                trees[upload_id] = tree
+            yield RecordOut(
+                record_id=rid,
+                dataset_id=dataset_id,
+                upload_id=upload_id,
+                subject_id=subject_id,
+                payload=payload,
+                leaf_index=index,
+                leaf_salt=dek.leaf_salt(rid.bytes),
+                proof=tree.proof(index),
+                merkle_root=root,
+                record_count=count,
+            )
+
+    def _tree(self, session: Session, upload_id: uuid.UUID) -> MerkleTree:
+        leaves = session.scalars(
+            select(Record.leaf_hash)
+            .where(Record.upload_id == upload_id)
+            .order_by(Record.leaf_index)
+        ).all()
+        return MerkleTree(leaves)
