@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 # name -> "module:function"; the function takes the parsed args, returns a JSON-able dict.
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "upload": "bench.upload:run",
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -65,10 +65,17 @@ class KeyRing:
 
     def dek(self, upload_id: uuid.UUID, day_iso: str, subject_id: str) -> DataKey | None:
         """The DEK, or None when any of its three secrets is destroyed (the scope is erased)."""
+        return self.dek_fresh(upload_id, day_iso, subject_id)[0]
+
+    def dek_fresh(
+        self, upload_id: uuid.UUID, day_iso: str, subject_id: str
+    ) -> tuple[DataKey | None, bool]:
+        """The DEK and whether it was just derived (not served from the cache): an upload
+        records the key commitment of each freshly derived (upload, subject) DEK."""
         key = (upload_id, subject_id)
         if key in self._deks:
             self._deks.move_to_end(key)
-            return self._deks[key]
+            return self._deks[key], False
         refs = (
             upload_ref(self._dataset_id, upload_id),
             subject_ref(self._dataset_id, subject_id),
@@ -91,4 +98,4 @@ class KeyRing:
         self._deks[key] = dek
         while len(self._deks) > CACHE_MAX:
             self._deks.popitem(last=False)
-        return dek
+        return dek, True

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from vault.crypto import record_leaf, seal
@@ -38,6 +37,12 @@ _COPY_SQL = (
     "FROM STDIN (FORMAT BINARY)"
 )
 _COPY_TYPES = ["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"]
+_INSERT_COMMITMENTS = text(
+    "INSERT INTO key_commitments (upload_id, subject_id, commitment) "
+    "SELECT CAST(:upload AS uuid), s, c "
+    "FROM unnest(CAST(:subjects AS text[]), CAST(:commitments AS bytea[])) AS x(s, c) "
+    "ON CONFLICT (upload_id, subject_id) DO NOTHING"
+)
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\(([0-9a-f-]{36})\) already exists")
 
 
@@ -254,9 +259,10 @@ class Uploader:
         for offset, record in enumerate(batch):
             position = first_position + offset
             payload = _payload_bytes(record.payload, position, self._size_max)
-            dek = ring.dek(upload_id, day_iso, record.subject_id)
+            dek, fresh = ring.dek_fresh(upload_id, day_iso, record.subject_id)
             assert dek is not None, "upload secrets were just ensured"
-            new_commitments.setdefault(record.subject_id, dek.commitment())
+            if fresh:
+                new_commitments[record.subject_id] = dek.commitment()
             record_id = record.record_id or uuid.uuid4()
             rid = record_id.bytes
             envelope = seal(
@@ -268,16 +274,16 @@ class Uploader:
             rows.append(
                 (record_id, dataset_id, upload_id, record.subject_id, index, leaf, envelope)
             )
-        session.execute(
-            insert(KeyCommitment)
-            .values(
-                [
-                    {"upload_id": upload_id, "subject_id": s, "commitment": c}
-                    for s, c in new_commitments.items()
-                ]
+        if new_commitments:
+            # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
+            session.execute(
+                _INSERT_COMMITMENTS,
+                {
+                    "upload": upload_id,
+                    "subjects": list(new_commitments),
+                    "commitments": list(new_commitments.values()),
+                },
             )
-            .on_conflict_do_nothing()
-        )
         try:
             with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
                 copy.set_types(_COPY_TYPES)

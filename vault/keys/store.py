@@ -15,8 +15,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from vault.crypto import new_secret
@@ -24,6 +23,18 @@ from vault.keys.provider import KeyProvider
 from vault.models import KeySecret
 
 _LOOKUP_CHUNK = 5000
+_SELECT_MANY = text(
+    "SELECT k.kind, k.dataset_id, k.scope, k.kek_id, k.wrapped FROM key_secrets k "
+    "JOIN unnest(CAST(:kinds AS text[]), CAST(:datasets AS uuid[]), CAST(:scopes AS text[])) "
+    "AS w(kind, dataset_id, scope) "
+    "ON k.kind = w.kind AND k.dataset_id = w.dataset_id AND k.scope = w.scope"
+)
+_INSERT_MANY = text(
+    "INSERT INTO key_secrets (kind, dataset_id, scope, kek_id, wrapped) "
+    "SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:datasets AS uuid[]), "
+    "CAST(:scopes AS text[]), CAST(:keks AS text[]), CAST(:wrapped AS bytea[])) "
+    "ON CONFLICT (kind, dataset_id, scope) DO NOTHING"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +79,15 @@ class KeyStore:
         found: dict[SecretRef, bytes] = {}
         for i in range(0, len(wanted), _LOOKUP_CHUNK):
             chunk = wanted[i : i + _LOOKUP_CHUNK]
+            # Arrays + unnest: one cached statement whatever the number of refs (a tuple IN
+            # list would be recompiled for every length, which dominated upload profiles).
             rows = session.execute(
-                select(
-                    KeySecret.kind,
-                    KeySecret.dataset_id,
-                    KeySecret.scope,
-                    KeySecret.kek_id,
-                    KeySecret.wrapped,
-                ).where(
-                    tuple_(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).in_(
-                        [(r.kind, r.dataset_id, r.scope) for r in chunk]
-                    )
-                )
+                _SELECT_MANY,
+                {
+                    "kinds": [r.kind for r in chunk],
+                    "datasets": [r.dataset_id for r in chunk],
+                    "scopes": [r.scope for r in chunk],
+                },
             )
             for kind, dataset_id, scope, kek_id, wrapped in rows:
                 ref = SecretRef(kind, dataset_id, scope)
@@ -94,24 +102,22 @@ class KeyStore:
         missing = [r for r in wanted if r not in found]
         if not missing:
             return found
-        fresh: dict[SecretRef, bytes] = {}
-        rows = []
-        for ref in missing:
-            secret = new_secret()
-            kek_id, wrapped = self.provider.wrap(secret, aad=ref.aad())
-            fresh[ref] = secret
-            rows.append(
-                {
-                    "kind": ref.kind,
-                    "dataset_id": ref.dataset_id,
-                    "scope": ref.scope,
-                    "kek_id": kek_id,
-                    "wrapped": wrapped,
-                }
-            )
-        for i in range(0, len(rows), _LOOKUP_CHUNK):
+        for i in range(0, len(missing), _LOOKUP_CHUNK):
+            chunk = missing[i : i + _LOOKUP_CHUNK]
+            kek_ids, wrapped = [], []
+            for ref in chunk:
+                kek_id, blob = self.provider.wrap(new_secret(), aad=ref.aad())
+                kek_ids.append(kek_id)
+                wrapped.append(blob)
             session.execute(
-                insert(KeySecret).values(rows[i : i + _LOOKUP_CHUNK]).on_conflict_do_nothing()
+                _INSERT_MANY,
+                {
+                    "kinds": [r.kind for r in chunk],
+                    "datasets": [r.dataset_id for r in chunk],
+                    "scopes": [r.scope for r in chunk],
+                    "keks": kek_ids,
+                    "wrapped": wrapped,
+                },
             )
         # Re-read: where a concurrent transaction won the race, its secret is the one to use.
         found.update(self.load(session, missing))

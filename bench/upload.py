@@ -1,0 +1,188 @@
+"""`civis-vault bench upload`: the vault's upload path against raw AES-GCM and raw COPY.
+
+Why ratios: these machines are shared and noisy, so every figure is set beside baselines
+measured in the same run on the same bytes:
+  (a) raw AES-256-GCM of the same payloads (the floor of any encrypting upload),
+  (b) a raw binary COPY of the same number of ciphertext rows into a table shaped exactly like
+      `records` (same columns, indexes and constraints), without any vault logic.
+Peak RSS is measured in a fresh child process per upload size (10k and the full size), because
+ru_maxrss is a high-water mark: flat memory means the two peaks are about equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from vault import db
+from vault.crypto._hazmat import Aead
+from vault.datasets import register_dataset
+from vault.keys import KeyStore, LocalKeyProvider
+from vault.uploads import RecordIn, Uploader
+
+PAYLOAD_BYTES = 1024
+SUBJECTS = 1000
+_POOL = 512
+
+
+def _payloads() -> list[bytes]:
+    """A pool of distinct 1 KiB JSON objects (cycled, so generating input costs nothing)."""
+    pool = []
+    for i in range(_POOL):
+        head = json.dumps({"vehicle": f"V{i:05d}", "road": "A7", "pothole_depth_mm": i % 90})
+        pad = PAYLOAD_BYTES - len(head) - len(',"samples":""}') + 1
+        pool.append((head[:-1] + ',"samples":"' + "x" * pad + '"}').encode())
+    assert all(len(p) == PAYLOAD_BYTES for p in pool)
+    return pool
+
+
+def _records(n: int, pool: list[bytes]) -> Iterator[RecordIn]:
+    for i in range(n):
+        yield RecordIn(f"subject-{i % SUBJECTS:05d}", pool[i % _POOL])
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
+    """One run of all three paths on `n` records; returns timings in seconds."""
+    pool = _payloads()
+    engine = db.make_engine(url, pool_size=2)
+    store = KeyStore(LocalKeyProvider(key_dir / "master.key"))
+    out: dict[str, Any] = {"records": n, "payload_bytes": PAYLOAD_BYTES}
+
+    aead = Aead(os.urandom(32))
+    nonce = os.urandom(12)
+    start = time.perf_counter()
+    ciphertexts = 0
+    for i in range(n):
+        ciphertexts += len(aead.encrypt(nonce, pool[i % _POOL], b"aad"))
+    out["raw_aes_gcm_s"] = time.perf_counter() - start
+
+    with Session(engine) as session, session.begin():
+        dataset = register_dataset(
+            session,
+            owner_id="bench",
+            name=f"bench-{uuid.uuid4().hex[:8]}",
+            category="mobility",
+            purposes=["road-maintenance"],
+            retention_days=365,
+            legal_basis="consent",
+        )
+        dataset_id = dataset.id
+    uploader = Uploader(store, record_size_max_bytes=4096, batch_rows=2000)
+    start = time.perf_counter()
+    with Session(engine) as session, session.begin():
+        result = uploader.upload(session, dataset_id, _records(n, pool))
+    out["vault_s"] = time.perf_counter() - start
+    assert result.record_count == n
+    out["vault_peak_rss_mb"] = _rss_mb()
+
+    # Raw COPY of as many ciphertext-sized rows into an identical table (same indexes and FK).
+    envelope = b"\x01" * (PAYLOAD_BYTES + 31)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_raw_records"))
+        conn.execute(text("CREATE TABLE bench_raw_records (LIKE records INCLUDING ALL)"))
+        conn.execute(
+            text("ALTER TABLE bench_raw_records ADD FOREIGN KEY (upload_id) REFERENCES uploads(id)")
+        )
+    upload_id, leaf = result.upload_id, b"\x02" * 32
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        start = time.perf_counter()
+        with raw.transaction(), raw.cursor() as cur, cur.copy(
+            "COPY bench_raw_records (id, dataset_id, upload_id, subject_id, leaf_index, "
+            "leaf_hash, envelope) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"])
+            for i in range(n):
+                copy.write_row(
+                    (uuid.uuid4(), dataset_id, upload_id, f"s{i % SUBJECTS}", i, leaf, envelope)
+                )
+        out["raw_copy_s"] = time.perf_counter() - start
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE bench_raw_records"))
+    engine.dispose()
+    return out
+
+
+def _child(url: str, n: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="civis-bench-") as tmp:
+        cmd = [sys.executable, "-m", "bench.upload", "--child", str(n), "--url", url, "--dir", tmp]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    n = int(args.records or 100_000)
+    with ExitStack() as stack:
+        url = os.environ.get("CIVIS_DATABASE_URL")
+        if not url:
+            from vault.embedded import embedded_postgres
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="civis-bench-pg-")))
+            url = stack.enter_context(embedded_postgres(tmp, "bench", delete_on_exit=True))
+            server = "embedded-postgres"
+        else:
+            server = "CIVIS_DATABASE_URL"
+        db.upgrade(url)
+        small = _child(url, min(10_000, n))
+        full = _child(url, n)
+    mb = n * PAYLOAD_BYTES / 1e6
+    return {
+        "benchmark": "upload",
+        "server": server,
+        "records": n,
+        "payload_bytes": PAYLOAD_BYTES,
+        "subjects": SUBJECTS,
+        "vault": {
+            "seconds": round(full["vault_s"], 3),
+            "records_per_s": round(n / full["vault_s"]),
+            "mb_per_s": round(mb / full["vault_s"], 1),
+        },
+        "raw_aes_gcm": {
+            "seconds": round(full["raw_aes_gcm_s"], 3),
+            "records_per_s": round(n / full["raw_aes_gcm_s"]),
+        },
+        "raw_copy": {
+            "seconds": round(full["raw_copy_s"], 3),
+            "records_per_s": round(n / full["raw_copy_s"]),
+        },
+        "ratio_vault_to_raw_copy": round(full["raw_copy_s"] / full["vault_s"], 3),
+        "ratio_vault_to_raw_aes_gcm": round(full["raw_aes_gcm_s"] / full["vault_s"], 3),
+        "peak_rss_mb": {
+            str(small["records"]): round(small["vault_peak_rss_mb"], 1),
+            str(n): round(full["vault_peak_rss_mb"], 1),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", type=int, required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--dir", type=Path, required=True)
+    args = parser.parse_args()
+    print(json.dumps(_measure(args.url, args.child, args.dir)))
+
+
+if __name__ == "__main__":
+    main()
