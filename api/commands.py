@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
+from vault import db
 from vault.config import Settings
 
 
@@ -17,22 +16,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--data-dir", type=Path, default=None, help="data directory (./.civis)")
     up.add_argument("--database-url", default=None, help="external PostgreSQL instead of embedded")
     up.set_defaults(func=_up)
-
-
-@contextlib.contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The configured database, or an embedded one under the data directory; migrated."""
-    from vault import db
-
-    if settings.database_url:
-        db.upgrade(settings.database_url)
-        yield settings.database_url
-        return
-    from vault.embedded import embedded_postgres
-
-    with embedded_postgres(settings.data_dir) as url:
-        db.upgrade(url)
-        yield url
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -55,7 +38,7 @@ def _up(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     settings.enforce_production_safety()
-    with database(settings) as url:
+    with db.open_database(settings.database_url, settings.data_dir) as url:
         app = create_app(settings, database_url=url)
         print(f"Civis Vault API on http://{settings.api_host}:{settings.api_port}")
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")

@@ -8,6 +8,8 @@ only the caller that owns the transaction commits.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -40,3 +42,21 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+@contextlib.contextmanager
+def open_database(database_url: str | None, data_dir: Path) -> Iterator[str]:
+    """The configured database, or the embedded one under `data_dir`; migrated to head.
+
+    Why one helper: `civis-vault up`, `civis-vault keys rotate` and the sweeper must agree on
+    which database they use when none is configured.
+    """
+    if database_url:
+        upgrade(database_url)
+        yield database_url
+        return
+    from vault.embedded import embedded_postgres
+
+    with embedded_postgres(data_dir) as url:
+        upgrade(url)
+        yield url
