@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from vault import db
 from vault.datasets import register_dataset
 from vault.erasure import Eraser
 from vault.keys import KeyStore, LocalKeyProvider
@@ -24,6 +27,15 @@ class VaultServices:
     uploader: Uploader
     reader: Reader
     eraser: Eraser
+
+
+@pytest.fixture()
+def committed_engine(fresh_database_url: str) -> Iterator[Engine]:
+    """An engine on a database of its own, for tests that commit (concurrency, VACUUM)."""
+    db.upgrade(fresh_database_url)
+    engine = db.make_engine(fresh_database_url, pool_size=4)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import make_dataset
-from vault import db
 from vault.crypto import DecryptionFailed, derive_dek
 from vault.embedded import pg_binary
 from vault.erasure import Eraser
 from vault.keys import KeyStore, LocalKeyProvider, SecretRef, epoch_ref, subject_ref, upload_ref
 from vault.reads import Reader
 from vault.uploads import RecordIn, Uploader
-
-
-@pytest.fixture()
-def committed_engine(fresh_database_url: str) -> Iterator[Engine]:
-    db.upgrade(fresh_database_url)
-    engine = db.make_engine(fresh_database_url, pool_size=2)
-    yield engine
-    engine.dispose()
 
 
 def _pg_dump(url: str) -> bytes:
