@@ -69,6 +69,26 @@ def test_up_serves_healthz_and_stops_cleanly(tmp_path: Path) -> None:
     )
     assert b'"current_kek": "k2"' in done.stdout and b'"retired": ["k1"]' in done.stdout
 
+    # The retention sweep runs as a command too (an empty vault: nothing to expire).
+    swept = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "retention",
+            "sweep",
+            "--data-dir",
+            str(data_dir),
+            "--today",
+            "2030-01-01",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert b'"today": "2030-01-01"' in swept.stdout and b'"epochs_expired": 0' in swept.stdout
+
 
 @pytest.mark.e2e
 def test_up_refuses_a_world_readable_master_key(tmp_path: Path) -> None:
