@@ -11,6 +11,7 @@ from typing import Any
 # name -> "module:function"; the function takes the parsed args, returns a JSON-able dict.
 BENCHMARKS: dict[str, str] = {
     "upload": "bench.upload:run",
+    "erasure": "bench.erasure:run",
 }
 
 

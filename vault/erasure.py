@@ -2,8 +2,9 @@
 
 Scopes (DESIGN.md, "Keys"): a subject in one dataset, a subject everywhere, an upload, a
 retention epoch (dataset, day). Each is one key-store operation, not a walk over records: the
-secret is overwritten and deleted, the scope's ciphertext is set to NULL (its salted Merkle
-leaf stays so other records' proofs still verify), its key commitments are marked destroyed,
+secret is overwritten and deleted, the scope's ciphertext is dropped (whole uploads: the rows
+are deleted; part of an upload: the envelope is set to NULL and the salted Merkle leaf stays so
+the other records' proofs still verify), its key commitments are marked destroyed,
 and one outbox fact names the commitments (or, for whole uploads, their anchored root) so the
 ledger records what was destroyed. All of it happens in the caller's transaction, so a crash
 leaves all or none of it (invariant 5). Calling again on an erased scope destroys nothing and
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, delete, select, update
 from sqlalchemy.orm import Session
 
 from vault.errors import UploadNotFound
@@ -153,14 +154,20 @@ class Eraser:
         destroyed = self._store.destroy(session, refs)
         if not destroyed:
             return ErasureResult(kind, scope, 0, 0)
-        erased = cast(
-            "CursorResult[Any]",
-            session.execute(
+        if whole_uploads:
+            # Whole uploads go: no other record needs their leaves for a proof, and a DELETE
+            # is far cheaper than rewriting every row (bench erasure: ~60x on the sweep).
+            statement: Any = delete(Record).where(record_cond)
+        else:
+            # Part of an upload: drop the ciphertext, keep the salted leaf for the others' proofs.
+            statement = (
                 update(Record)
                 .where(record_cond, Record.envelope.is_not(None))
                 .values(envelope=None)
-                .execution_options(synchronize_session=False)
-            ),
+            )
+        erased = cast(
+            "CursorResult[Any]",
+            session.execute(statement.execution_options(synchronize_session=False)),
         ).rowcount
         commitments: list[str] = []
         rows = session.execute(
