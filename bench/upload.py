@@ -107,10 +107,14 @@ def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
         raw = conn.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
         start = time.perf_counter()
-        with raw.transaction(), raw.cursor() as cur, cur.copy(
-            "COPY bench_raw_records (id, dataset_id, upload_id, subject_id, leaf_index, "
-            "leaf_hash, envelope) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
+        with (
+            raw.transaction(),
+            raw.cursor() as cur,
+            cur.copy(
+                "COPY bench_raw_records (id, dataset_id, upload_id, subject_id, leaf_index, "
+                "leaf_hash, envelope) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
             copy.set_types(["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"])
             for i in range(n):
                 copy.write_row(
