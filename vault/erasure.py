@@ -169,16 +169,19 @@ class Eraser:
             "CursorResult[Any]",
             session.execute(statement.execution_options(synchronize_session=False)),
         ).rowcount
-        commitments: list[str] = []
-        rows = session.execute(
+        mark = (
             update(KeyCommitment)
             .where(commitment_cond, KeyCommitment.destroyed_at.is_(None))
             .values(destroyed_at=now)
-            .returning(KeyCommitment.upload_id, KeyCommitment.commitment)
             .execution_options(synchronize_session=False)
-        ).all()
-        whole = {u.id for u in whole_uploads}
-        commitments = sorted(c.hex() for u, c in rows if u not in whole)
+        )
+        if whole_uploads:
+            # The fact names each whole upload's anchored commitments root, not every key.
+            session.execute(mark)
+            commitments = []
+        else:
+            rows = session.execute(mark.returning(KeyCommitment.commitment)).scalars()
+            commitments = sorted(c.hex() for c in rows)
         uploads = [
             {
                 "upload_id": str(u.id),
