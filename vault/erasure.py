@@ -7,8 +7,8 @@ are deleted; part of an upload: the envelope is set to NULL and the salted Merkl
 the other records' proofs still verify), its key commitments are marked destroyed,
 and one outbox fact names the commitments (or, for whole uploads, their anchored root) so the
 ledger records what was destroyed. All of it happens in the caller's transaction, so a crash
-leaves all or none of it (invariant 5). Calling again on an erased scope destroys nothing and
-queues nothing: erasure is idempotent.
+leaves all or none of it (invariant 5). Calling again on an erased scope destroys nothing,
+queues nothing, and returns the earlier fact's id: erasure is idempotent.
 
 Backups and dead tuples still hold old wrapped secrets until the KEK they were wrapped under is
 retired: `KeyStore.rotate_kek` then `retire_unused_keks` closes that window (docs/KEYS.md).
@@ -38,7 +38,9 @@ class ErasureResult:
     records_erased: int
     commitments: list[str] = field(default_factory=list)  # hex, destroyed (upload, subject) keys
     uploads: list[dict[str, Any]] = field(default_factory=list)  # whole uploads: id + root
-    outbox_id: int | None = None  # None when nothing was left to erase
+    # The fact queued for the ledger; on a repeated request, the earlier fact for the same
+    # scope (None when this scope never held anything).
+    outbox_id: int | None = None
 
 
 def _now() -> dt.datetime:
@@ -153,7 +155,15 @@ class Eraser:
         now = self._clock()
         destroyed = self._store.destroy(session, refs)
         if not destroyed:
-            return ErasureResult(kind, scope, 0, 0)
+            # Idempotent: nothing left to destroy. Point at the fact that erased this exact
+            # scope before (if any), so a repeated request gets the same certificate.
+            previous = session.scalar(
+                select(OutboxFact.id)
+                .where(OutboxFact.kind == kind, OutboxFact.payload.contains({"scope": scope}))
+                .order_by(OutboxFact.id)
+                .limit(1)
+            )
+            return ErasureResult(kind, scope, 0, 0, outbox_id=previous)
         if whole_uploads:
             # Whole uploads go: no other record needs their leaves for a proof, and a DELETE
             # is far cheaper than rewriting every row (bench erasure: ~60x on the sweep).
