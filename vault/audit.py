@@ -178,3 +178,71 @@ def records_of_processing(session: Session) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def retention_timeline(
+    session: Session, today: dt.date, *, days_ahead: int = 90
+) -> list[dict[str, Any]]:
+    """What expires when: per (day, dataset), the uploads and records still held.
+
+    Rows with a day before `today` are overdue (the sweeper has not run): the page shows them
+    in red and the retention audit reports them.
+    """
+    horizon = today + dt.timedelta(days=days_ahead)
+    rows = session.execute(
+        select(
+            Upload.retention_day,
+            Dataset.id,
+            Dataset.name,
+            func.count(Upload.id),
+            func.coalesce(func.sum(Upload.record_count), 0),
+        )
+        .join(Dataset, Dataset.id == Upload.dataset_id)
+        .where(
+            Upload.retention_day <= horizon,
+            Upload.state != "withdrawn",
+            _key_exists(
+                "epoch", Upload.dataset_id, func.to_char(Upload.retention_day, "YYYY-MM-DD")
+            ),
+        )
+        .group_by(Upload.retention_day, Dataset.id, Dataset.name)
+        .order_by(Upload.retention_day, Dataset.name)
+    )
+    return [
+        {
+            "day": day.isoformat(),
+            "dataset_id": str(dataset_id),
+            "dataset": name,
+            "uploads": uploads,
+            "records": int(records),
+            "overdue": day < today,
+        }
+        for day, dataset_id, name, uploads, records in rows
+    ]
+
+
+def erasure_log(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Erasures and expiries, newest first, with their ledger status (pending until recorded)."""
+    facts = session.scalars(
+        select(OutboxFact)
+        .where(OutboxFact.kind.in_(["erasure.record", "retention.expire"]))
+        .order_by(OutboxFact.id.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "id": f.id,
+            "kind": f.kind,
+            "scope": f.payload.get("scope", {}),
+            "requester": f.payload.get("requester"),
+            "reason": f.payload.get("reason"),
+            "at": f.payload.get("at"),
+            "secrets_destroyed": f.payload.get("secrets_destroyed"),
+            "commitments": len(f.payload.get("key_commitments", []))
+            + sum(u.get("key_commitment_count", 0) for u in f.payload.get("uploads", [])),
+            "status": "recorded" if f.sent_at is not None else "pending",
+            "tx_id": f.tx_id,
+            "block_height": f.block_height,
+        }
+        for f in facts
+    ]

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import VaultServices, make_dataset
-from vault.audit import records_of_processing, retention_audit
+from vault.audit import erasure_log, records_of_processing, retention_audit, retention_timeline
 from vault.erasure import Eraser
 from vault.models import Dataset, KeyCommitment, OutboxFact
 from vault.uploads import RecordIn, Uploader, UploadResult
@@ -82,3 +82,31 @@ def test_records_of_processing_come_from_the_registry(
     assert entry["purposes"] == ["billing", "proof-of-address"]
     assert entry["records"] == 10 and entry["legal_basis"] == "consent"
     assert session.scalar(select(KeyCommitment.subject_id).limit(1)) is not None
+
+
+def test_timeline_and_erasure_log(session: Session, services: VaultServices) -> None:
+    dataset, up = _setup(session, services)
+    timeline = retention_timeline(session, dt.date(2026, 4, 2))
+    mine = [row for row in timeline if row["dataset_id"] == str(dataset.id)]
+    assert mine == [
+        {
+            "day": "2026-04-11",
+            "dataset_id": str(dataset.id),
+            "dataset": dataset.name,
+            "uploads": 1,
+            "records": 10,
+            "overdue": False,
+        }
+    ]
+    assert [
+        r["overdue"]
+        for r in retention_timeline(session, AFTER)
+        if r["dataset_id"] == str(dataset.id)
+    ] == [True]
+    Eraser(services.store).erase_subject(session, "s1", reason="Art. 17", requester="dpo")
+    Eraser(services.store).expire_epoch(session, dataset.id, up.retention_day)
+    log = erasure_log(session)
+    assert [e["kind"] for e in log[:2]] == ["retention.expire", "erasure.record"]
+    assert log[1]["commitments"] == 1 and log[1]["status"] == "pending"
+    assert log[0]["commitments"] == 10
+    assert not [r for r in retention_timeline(session, AFTER) if r["dataset_id"] == str(dataset.id)]
