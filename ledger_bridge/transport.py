@@ -1,0 +1,450 @@
+"""Asyncio TCP between replicas and to clients: length-prefixed frames, bounded everywhere.
+
+What it is for: moving opaque byte payloads (encoded PBFT messages, client requests) between
+processes. It never interprets a payload beyond the frame header and the connection hello, and
+it never decides anything about consensus: loss is fine (PBFT retransmits through its own
+timers), so a full queue drops rather than blocks the replica loop.
+
+Wire format: each frame is a 4-byte big-endian length followed by that many bytes. The first
+frame a dialling replica sends is a msgpack hello `{"v": 1, "from": <replica id>}`. A frame
+longer than `frame_bytes_max` is a remote protocol error: the connection is closed (the bytes
+cannot be skipped safely without reading them, and a peer that sends them is broken or
+hostile). With TLS the hello's id must match the certificate's common name `node-<id>`, so a
+replica cannot speak for another.
+
+Shape: one `PeerSender` per remote replica (its own bounded queue and a task that dials with
+exponential back-off and writes), and one listener that reads frames from whoever dials in and
+hands `(sender id, payload)` to a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct(">I")
+FRAME_BYTES_MAX = 16 * 1024 * 1024  # a batch of 500 x 1 KiB txs with signatures fits easily
+HELLO_VERSION = 1
+SEND_QUEUE_MAX = 4096  # frames waiting for one peer; beyond this we drop (PBFT retransmits)
+BACKOFF_MIN_MS = 20
+BACKOFF_MAX_MS = 1000
+CONNECT_TIMEOUT_MS = 2000
+HELLO_TIMEOUT_MS = 2000
+
+
+class RemoteProtocolError(Exception):
+    """The other end broke the framing protocol (oversized or malformed frame, bad hello)."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    pass
+
+
+def encode_frame(payload: bytes, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """Header + payload. Sending a frame we would refuse to read is our bug, hence assert."""
+    assert len(payload) <= frame_bytes_max, "local frame over the limit"
+    return HEADER.pack(len(payload)) + payload
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, frame_bytes_max: int = FRAME_BYTES_MAX
+) -> bytes | None:
+    """Next frame's payload, or None on a clean end of stream between frames.
+
+    Raises FrameTooLarge before reading the body, so a hostile length never makes us
+    allocate; a stream cut inside a frame raises RemoteProtocolError.
+    """
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise RemoteProtocolError("stream ended inside a frame header") from None
+        return None
+    (length,) = HEADER.unpack(header)
+    if length > frame_bytes_max:
+        raise FrameTooLarge(f"frame of {length} bytes over the limit of {frame_bytes_max}")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise RemoteProtocolError("stream ended inside a frame body") from None
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with bin/str kept apart, the one encoding of control frames."""
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def unpack(data: bytes, max_len: int = FRAME_BYTES_MAX) -> Any:
+    """Decode a control frame; any decoding failure is the peer's fault."""
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_bin_len=max_len,
+            max_str_len=max_len,
+            max_array_len=1_000_000,
+            max_map_len=100_000,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise RemoteProtocolError(f"malformed msgpack: {type(exc).__name__}") from None
+
+
+def set_nodelay(writer: asyncio.StreamWriter) -> None:
+    """Latency matters more than packet count here: three protocol phases per commit."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class TransportStats:
+    """Counters an operator can read from `status`: what we dropped and why."""
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    dropped_queue_full: int = 0
+    protocol_errors: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+
+
+@dataclass
+class PeerSender:
+    """The outbound half to one peer: a bounded queue drained by a dialling writer task."""
+
+    self_id: int
+    peer_id: int
+    address: str
+    stats: TransportStats
+    ssl_context: ssl.SSLContext | None = None
+    queue_max: int = SEND_QUEUE_MAX
+    frame_bytes_max: int = FRAME_BYTES_MAX
+    _queue: asyncio.Queue[bytes] = field(init=False)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.queue_max)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def send(self, payload: bytes) -> None:
+        """Queue a payload; when the queue is full, drop the oldest (newer state wins)."""
+        frame = encode_frame(payload, self.frame_bytes_max)
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.stats.dropped_queue_full += 1
+        self._queue.put_nowait(frame)
+
+    async def _run(self) -> None:
+        backoff_ms = BACKOFF_MIN_MS
+        while True:
+            try:
+                host, port = split_address(self.address)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=self.ssl_context,
+                        server_hostname=f"node-{self.peer_id}" if self.ssl_context else None,
+                    ),
+                    CONNECT_TIMEOUT_MS / 1000,
+                )
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                self.stats.connect_failures += 1
+                log.debug("dial %s failed: %s", self.peer_id, type(exc).__name__)
+                await asyncio.sleep(backoff_ms / 1000)
+                backoff_ms = min(backoff_ms * 2, BACKOFF_MAX_MS)
+                continue
+            self.stats.connects += 1
+            backoff_ms = BACKOFF_MIN_MS
+            set_nodelay(writer)
+            try:
+                await self._pump(reader, writer)
+            except (OSError, ConnectionError, ssl.SSLError) as exc:
+                log.debug("link to %s broke: %s", self.peer_id, type(exc).__name__)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(encode_frame(pack({"v": HELLO_VERSION, "from": self.self_id})))
+        # Watch the read side so a peer that closes is noticed even while we are idle.
+        closed = asyncio.ensure_future(reader.read(1))
+        try:
+            while True:
+                get = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:
+                    get.cancel()
+                    return
+                frames = [get.result()]
+                while not self._queue.empty() and len(frames) < 256:
+                    frames.append(self._queue.get_nowait())
+                writer.write(b"".join(frames))
+                self.stats.frames_sent += len(frames)
+                await writer.drain()
+        finally:
+            closed.cancel()
+
+
+FrameHandler = Callable[[int, bytes], None]
+
+
+class PeerListener:
+    """Accepts replica connections; every frame after the hello goes to `on_frame(peer, bytes)`.
+
+    With TLS, `ssl_context` requires a client certificate from the cluster CA and the hello id
+    must match it; without TLS the id is only a routing hint (the replica core authenticates
+    every message by signature or MAC anyway).
+    """
+
+    def __init__(
+        self,
+        on_frame: FrameHandler,
+        stats: TransportStats,
+        n_replicas: int,
+        ssl_context: ssl.SSLContext | None = None,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+    ) -> None:
+        self._on_frame = on_frame
+        self._stats = stats
+        self._n = n_replicas
+        self._ssl = ssl_context
+        self._frame_bytes_max = frame_bytes_max
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+
+    async def start(self, address: str) -> None:
+        host, port = split_address(address)
+        self._server = await asyncio.start_server(
+            self._handle, host, port, ssl=self._ssl, reuse_address=True
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._conns):
+            w.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._conns.add(writer)
+        set_nodelay(writer)
+        try:
+            peer = await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT_MS / 1000)
+            while True:
+                payload = await read_frame(reader, self._frame_bytes_max)
+                if payload is None:
+                    return
+                self._stats.frames_received += 1
+                self._on_frame(peer, payload)
+        except RemoteProtocolError as exc:
+            self._stats.protocol_errors += 1
+            log.warning("closing a replica connection: %s", exc)
+        except (OSError, ConnectionError, TimeoutError, ssl.SSLError):
+            pass
+        finally:
+            self._conns.discard(writer)
+            writer.close()
+
+    async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        raw = await read_frame(reader, 1024)
+        if raw is None:
+            raise RemoteProtocolError("closed before hello")
+        hello = unpack(raw, 1024)
+        if not isinstance(hello, dict) or hello.get("v") != HELLO_VERSION:
+            raise RemoteProtocolError("bad hello")
+        peer = hello.get("from")
+        if not isinstance(peer, int) or isinstance(peer, bool) or not 0 <= peer < self._n:
+            raise RemoteProtocolError("hello names no replica of this cluster")
+        if self._ssl is not None:
+            cert_id = certificate_node_id(writer)
+            if cert_id != peer:
+                raise RemoteProtocolError(f"hello says {peer}, certificate says {cert_id}")
+        return peer
+
+
+def certificate_node_id(writer: asyncio.StreamWriter) -> int | None:
+    """The replica id in the peer certificate's common name `node-<id>`, if any."""
+    cert = writer.get_extra_info("peercert")
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and value.startswith("node-") and value[5:].isdigit():
+                return int(value[5:])
+    return None
+
+
+class PeerNetwork:
+    """All links of one replica: a listener plus one sender per other replica."""
+
+    def __init__(
+        self,
+        self_id: int,
+        peer_addresses: dict[int, str],
+        on_frame: FrameHandler,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        queue_max: int = SEND_QUEUE_MAX,
+    ) -> None:
+        self.stats = TransportStats()
+        self.self_id = self_id
+        self._senders = {
+            pid: PeerSender(self_id, pid, addr, self.stats, client_ssl, queue_max)
+            for pid, addr in peer_addresses.items()
+            if pid != self_id
+        }
+        self._listener = PeerListener(on_frame, self.stats, max(peer_addresses) + 1, server_ssl)
+
+    async def start(self, listen: str) -> None:
+        await self._listener.start(listen)
+        for sender in self._senders.values():
+            sender.start()
+
+    async def stop(self) -> None:
+        for sender in self._senders.values():
+            await sender.stop()
+        await self._listener.stop()
+
+    def send(self, to: int, payload: bytes) -> None:
+        sender = self._senders.get(to)
+        assert sender is not None, f"no link to replica {to}"
+        sender.send(payload)
+
+
+# -- request/response connections (clients) ------------------------------------------------
+
+ClientHandler = Callable[[Any, "ClientConnection"], Awaitable[None] | None]
+
+
+class ClientConnection:
+    """One client's connection to a node: msgpack frames in both directions.
+
+    Outbound frames go through a bounded queue so a slow client cannot stall the replica loop;
+    a client that falls `queue_max` replies behind is disconnected (it will reconnect and
+    retry, which PBFT's reply cache answers).
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, queue_max: int = SEND_QUEUE_MAX) -> None:
+        self._writer = writer
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_max)
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+        self.closed = False
+
+    def send(self, obj: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self._queue.put_nowait(encode_frame(pack(obj)))
+        except asyncio.QueueFull:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._writer.close()
+            self._task.cancel()
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                frame = await self._queue.get()
+                if frame is None:
+                    return
+                frames = [frame]
+                while not self._queue.empty() and len(frames) < 256:
+                    nxt = self._queue.get_nowait()
+                    if nxt is not None:
+                        frames.append(nxt)
+                self._writer.write(b"".join(frames))
+                await self._writer.drain()
+        except (OSError, ConnectionError):
+            self.close()
+
+
+class ClientListener:
+    """Serves client connections: each decoded msgpack frame goes to `on_request`."""
+
+    def __init__(
+        self,
+        on_request: ClientHandler,
+        ssl_context: ssl.SSLContext | None = None,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+        connections_max: int = 1024,
+    ) -> None:
+        self._on_request = on_request
+        self._ssl = ssl_context
+        self._frame_bytes_max = frame_bytes_max
+        self._connections_max = connections_max
+        self._server: asyncio.Server | None = None
+        self._conns: set[ClientConnection] = set()
+        self.protocol_errors = 0
+
+    async def start(self, address: str) -> None:
+        host, port = split_address(address)
+        self._server = await asyncio.start_server(
+            self._handle, host, port, ssl=self._ssl, reuse_address=True
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns):
+            conn.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= self._connections_max:
+            writer.close()
+            return
+        set_nodelay(writer)
+        conn = ClientConnection(writer)
+        self._conns.add(conn)
+        try:
+            while not conn.closed:
+                payload = await read_frame(reader, self._frame_bytes_max)
+                if payload is None:
+                    return
+                result = self._on_request(unpack(payload, self._frame_bytes_max), conn)
+                if result is not None:
+                    await result
+        except RemoteProtocolError as exc:
+            self.protocol_errors += 1
+            log.info("closing a client connection: %s", exc)
+        except (OSError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            self._conns.discard(conn)
+            conn.close()

@@ -1,0 +1,247 @@
+"""Frames between replicas: limits, malformed input, delivery, reconnection and mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from ledger_bridge import tls
+from ledger_bridge.transport import (
+    FrameTooLarge,
+    PeerListener,
+    PeerNetwork,
+    RemoteProtocolError,
+    TransportStats,
+    encode_frame,
+    pack,
+    read_frame,
+    unpack,
+)
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def _reader(data: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return reader
+
+
+def test_frames_round_trip_and_a_clean_eof_is_none() -> None:
+    async def go() -> list[bytes | None]:
+        reader = _reader(encode_frame(b"abc") + encode_frame(b"") + encode_frame(b"x" * 1000))
+        return [await read_frame(reader) for _ in range(4)]
+
+    assert run(go()) == [b"abc", b"", b"x" * 1000, None]
+
+
+def test_an_oversized_length_is_refused_before_the_body_is_read() -> None:
+    async def go() -> None:
+        # Header claims 1 GiB; only 3 bytes follow. We must refuse on the header alone.
+        await read_frame(_reader(struct.pack(">I", 1 << 30) + b"abc"), 1024)
+
+    with pytest.raises(FrameTooLarge):
+        run(go())
+
+
+@pytest.mark.parametrize("data", [b"\x00\x00", b"\x00\x00\x00\x05ab"])
+def test_a_stream_cut_inside_a_frame_is_a_protocol_error(data: bytes) -> None:
+    async def go() -> bytes | None:
+        return await read_frame(_reader(data))
+
+    with pytest.raises(RemoteProtocolError):
+        run(go())
+
+
+def test_garbage_msgpack_is_a_protocol_error_not_a_crash() -> None:
+    with pytest.raises(RemoteProtocolError):
+        unpack(b"\xc1\xc1\xc1")
+    assert unpack(pack({"a": b"\x00"})) == {"a": b"\x00"}
+
+
+async def _listener(
+    got: list[tuple[int, bytes]], ssl_ctx: ssl.SSLContext | None = None
+) -> tuple[PeerListener, int, TransportStats]:
+    stats = TransportStats()
+    lst = PeerListener(lambda p, b: got.append((p, b)), stats, 4, ssl_ctx, frame_bytes_max=1024)
+    await lst.start("127.0.0.1:0")
+    assert lst._server is not None
+    port = lst._server.sockets[0].getsockname()[1]
+    return lst, port, stats
+
+
+def test_an_oversized_frame_closes_the_connection_and_is_counted() -> None:
+    async def go() -> tuple[list[tuple[int, bytes]], bytes, int]:
+        got: list[tuple[int, bytes]] = []
+        lst, port, stats = await _listener(got)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_frame(pack({"v": 1, "from": 2})) + encode_frame(b"ok"))
+        writer.write(struct.pack(">I", 5000) + b"y" * 5000)
+        await writer.drain()
+        tail = await asyncio.wait_for(reader.read(), 5)  # server closes: EOF
+        await lst.stop()
+        return got, tail, stats.protocol_errors
+
+    got, tail, errors = run(go())
+    assert got == [(2, b"ok")]
+    assert tail == b""
+    assert errors == 1
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [pack({"v": 1, "from": 9}), pack({"v": 2, "from": 1}), pack([1, 2]), b"\xc1", pack({"v": 1})],
+)
+def test_a_bad_hello_is_refused(hello: bytes) -> None:
+    async def go() -> tuple[list[tuple[int, bytes]], int]:
+        got: list[tuple[int, bytes]] = []
+        lst, port, stats = await _listener(got)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_frame(hello) + encode_frame(b"payload"))
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 5)
+        await lst.stop()
+        return got, stats.protocol_errors
+
+    got, errors = run(go())
+    assert got == []
+    assert errors == 1
+
+
+def _free_ports(k: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(k)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_networks_deliver_in_order_and_reconnect_after_the_peer_restarts() -> None:
+    async def go() -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        p0, p1 = _free_ports(2)
+        addrs = {0: f"127.0.0.1:{p0}", 1: f"127.0.0.1:{p1}"}
+        got1: list[tuple[int, bytes]] = []
+        net0 = PeerNetwork(0, addrs, lambda p, b: None)
+        net1 = PeerNetwork(1, addrs, lambda p, b: got1.append((p, b)))
+        await net0.start(addrs[0])
+        await net1.start(addrs[1])
+        for i in range(100):
+            net0.send(1, f"m{i}".encode())
+        while len(got1) < 100:
+            await asyncio.sleep(0.01)
+        first = list(got1)
+        # Replica 1 restarts: 0 must dial again by itself and deliver new frames.
+        await net1.stop()
+        got1b: list[tuple[int, bytes]] = []
+        net1 = PeerNetwork(1, addrs, lambda p, b: got1b.append((p, b)))
+        await net1.start(addrs[1])
+        for _ in range(200):
+            net0.send(1, b"again")
+            await asyncio.sleep(0.02)
+            if got1b:
+                break
+        await net0.stop()
+        await net1.stop()
+        return first, got1b
+
+    first, after = run(go())
+    assert first == [(0, f"m{i}".encode()) for i in range(100)]
+    assert after and after[0] == (0, b"again")
+
+
+def test_a_full_send_queue_drops_the_oldest_frames() -> None:
+    async def go() -> tuple[int, list[bytes]]:
+        (p0,) = _free_ports(1)
+        got: list[bytes] = []
+        # Peer 1 is not up: everything queues.
+        net0 = PeerNetwork(
+            0, {0: f"127.0.0.1:{p0}", 1: "127.0.0.1:1"}, lambda p, b: None, queue_max=3
+        )
+        sender = net0._senders[1]
+        for i in range(5):
+            sender.send(f"{i}".encode())
+        while not sender._queue.empty():
+            got.append(sender._queue.get_nowait()[4:])
+        return net0.stats.dropped_queue_full, got
+
+    dropped, left = run(go())
+    assert dropped == 2
+    assert left == [b"2", b"3", b"4"]
+
+
+@pytest.fixture(scope="module")
+def two_cas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    good = tmp_path_factory.mktemp("good")
+    evil = tmp_path_factory.mktemp("evil")
+    for d in (good, evil):
+        ca_cert, ca_key = tls.create_ca(d)
+        for i in range(2):
+            tls.issue_node_certificate(d, ca_cert, ca_key, i, ["127.0.0.1"])
+    return good, evil
+
+
+def _files(d: Path, i: int) -> tls.TlsFiles:
+    return tls.TlsFiles(d / "ca.crt", d / f"node-{i}.crt", d / f"node-{i}.key")
+
+
+def test_node_keys_are_private_files(two_cas: tuple[Path, Path]) -> None:
+    good, _ = two_cas
+    assert (good / "node-0.key").stat().st_mode & 0o777 == 0o600
+    assert (good / "ca.key").stat().st_mode & 0o777 == 0o600
+
+
+def _tls_exchange(server_dir: Path, client_dir: Path, client_id: int, hello_id: int) -> int:
+    async def go() -> int:
+        got: list[tuple[int, bytes]] = []
+        lst, port, _ = await _listener(got, tls.server_context(_files(server_dir, 0)))
+        delivered = 0
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                port,
+                ssl=tls.client_context(_files(client_dir, client_id)),
+                server_hostname="node-0",
+            )
+            writer.write(encode_frame(pack({"v": 1, "from": hello_id})) + encode_frame(b"hi"))
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), 2)
+        except (ssl.SSLError, ConnectionError, TimeoutError):
+            pass
+        await asyncio.sleep(0.05)
+        delivered = len(got)
+        await lst.stop()
+        return delivered
+
+    return asyncio.run(go())
+
+
+def test_mutual_tls_within_the_cluster_ca_delivers(two_cas: tuple[Path, Path]) -> None:
+    good, _ = two_cas
+    assert _tls_exchange(good, good, client_id=1, hello_id=1) == 1
+
+
+def test_a_certificate_from_a_foreign_ca_is_refused(two_cas: tuple[Path, Path]) -> None:
+    good, evil = two_cas
+    assert _tls_exchange(good, evil, client_id=1, hello_id=1) == 0
+
+
+def test_a_replica_cannot_claim_another_id_than_its_certificate(
+    two_cas: tuple[Path, Path],
+) -> None:
+    good, _ = two_cas
+    assert _tls_exchange(good, good, client_id=1, hello_id=0) == 0
