@@ -1,0 +1,76 @@
+"""The DPO's page: server-rendered HTML (Jinja2) with inline SVG charts, no script from anywhere.
+
+Why server-rendered and script-free: the page shows personal-data processing facts to one
+privileged user; it must work offline (no CDN), leak nothing to third parties, and be cheap to
+audit. Charts are SVG bars computed here. Data comes from the vault audits (retention timeline,
+erasures, findings) and from the ledger (accesses per purpose and consumer, replica health);
+this module only lays it out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+_TEMPLATES = Path(__file__).parent / "templates"
+_env = Environment(
+    loader=FileSystemLoader(_TEMPLATES),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    label: str
+    value: int
+    x: int
+    width: int
+    y: int
+    height: int
+
+
+def bar_chart(series: list[tuple[str, int]], *, width: int = 560, height: int = 160) -> list[Bar]:
+    """Lay out vertical bars for an SVG chart (labels are escaped by the template)."""
+    if not series:
+        return []
+    top = max(v for _, v in series) or 1
+    slot = width // len(series)
+    bars = []
+    for i, (label, value) in enumerate(series):
+        h = round((height - 20) * value / top)
+        bars.append(Bar(label, value, i * slot + 4, max(slot - 8, 2), height - 20 - h, h))
+    return bars
+
+
+@dataclass
+class DpoPageData:
+    today: dt.date
+    timeline: list[dict[str, Any]]
+    erasures: list[dict[str, Any]]
+    findings: list[dict[str, str]]
+    accesses_by_purpose: list[tuple[str, int]] = field(default_factory=list)
+    accesses_by_consumer: list[tuple[str, int]] = field(default_factory=list)
+    accesses_by_day: list[tuple[str, int]] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    ledger_height: int | None = None
+
+
+def render_dpo_page(data: DpoPageData) -> str:
+    records_by_day: dict[str, int] = {}
+    for row in data.timeline:
+        records_by_day[row["day"]] = records_by_day.get(row["day"], 0) + int(row["records"])
+    return _env.get_template("dpo.html").render(
+        d=data,
+        retention_bars=bar_chart(sorted(records_by_day.items())),
+        purpose_bars=bar_chart(data.accesses_by_purpose),
+        consumer_bars=bar_chart(data.accesses_by_consumer),
+        day_bars=bar_chart(data.accesses_by_day),
+        pending=[e for e in data.erasures if e["status"] == "pending"],
+        completed=[e for e in data.erasures if e["status"] != "pending"],
+    )
