@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vault.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from vault.keys import KeyStore
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,13 +49,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sweep.set_defaults(func=_sweep)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, object] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    if args.database_url is not None:
-        overrides["database_url"] = args.database_url
-    return Settings(**overrides)  # type: ignore[arg-type]
+class _CommandError(Exception):
+    """An operator mistake (unsafe key file, ...): printed as one line, exit code 2."""
+
+
+@contextlib.contextmanager
+def _vault(args: argparse.Namespace) -> Iterator[tuple[KeyStore, Engine]]:
+    """The key store and a migrated database engine, as configured by flags and environment.
+
+    The master key must already exist: these commands maintain a vault, they never create one.
+    """
+    from vault import db
+    from vault.keys import KeyProviderError, KeyStore, LocalKeyProvider
+
+    overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        provider = LocalKeyProvider(settings.resolved_master_key_path, create=False)
+    except KeyProviderError as exc:
+        raise _CommandError(str(exc)) from None
+    with db.open_database(settings.database_url, settings.data_dir) as url:
+        engine = db.make_engine(url, pool_size=1)
+        try:
+            yield KeyStore(provider), engine
+        finally:
+            engine.dispose()
+
+
+def _reporting_errors(name: str, run: Callable[[], dict[str, object]]) -> int:
+    try:
+        result = run()
+    except _CommandError as exc:
+        print(f"civis-vault {name}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
 
 
 def _utc_today() -> date:
@@ -57,63 +93,37 @@ def _utc_today() -> date:
 def _sweep(args: argparse.Namespace) -> int:
     from vault import db
     from vault.erasure import Eraser
-    from vault.keys import KeyProviderError, KeyStore, LocalKeyProvider
     from vault.retention import RetentionSweeper
 
-    settings = _settings(args)
-    try:
-        provider = LocalKeyProvider(settings.resolved_master_key_path, create=False)
-    except KeyProviderError as exc:
-        print(f"civis-vault retention sweep: {exc}", file=sys.stderr)
-        return 2
-    with db.open_database(settings.database_url, settings.data_dir) as url:
-        engine = db.make_engine(url, pool_size=1)
-        try:
+    def run() -> dict[str, object]:
+        with _vault(args) as (store, engine):
             fixed: date | None = args.today
-            sweeper = RetentionSweeper(
+            report = RetentionSweeper(
                 db.make_session_factory(engine),
-                Eraser(KeyStore(provider)),
+                Eraser(store),
                 today=(lambda: fixed) if fixed is not None else _utc_today,
-            )
-            report = sweeper.sweep()
-        finally:
-            engine.dispose()
-    print(
-        json.dumps(
-            {
-                "today": report.today.isoformat(),
-                "epochs_expired": len(report.expired),
-                "secrets_destroyed": report.secrets_destroyed,
-                "records_erased": report.records_erased,
-                "skipped_locked": report.skipped_locked,
-            }
-        )
-    )
-    return 0
+            ).sweep()
+        return {
+            "today": report.today.isoformat(),
+            "epochs_expired": len(report.expired),
+            "secrets_destroyed": report.secrets_destroyed,
+            "records_erased": report.records_erased,
+            "skipped_locked": report.skipped_locked,
+        }
+
+    return _reporting_errors("retention sweep", run)
 
 
 def _rotate(args: argparse.Namespace) -> int:
     from sqlalchemy.orm import Session
 
-    from vault import db
-    from vault.keys import KeyProviderError, KeyStore, LocalKeyProvider
-
-    settings = _settings(args)
-    try:
-        provider = LocalKeyProvider(settings.resolved_master_key_path, create=False)
-    except KeyProviderError as exc:
-        print(f"civis-vault keys rotate: {exc}", file=sys.stderr)
-        return 2
-    store = KeyStore(provider)
-    with db.open_database(settings.database_url, settings.data_dir) as url:
-        engine = db.make_engine(url, pool_size=1)
-        try:
+    def run() -> dict[str, object]:
+        with _vault(args) as (store, engine):
             with Session(engine) as session, session.begin():
                 kek, count = store.rotate_kek(session)
             # Retire only after the rewrap committed: until then the old KEK is still needed.
             with Session(engine) as session:
                 retired = store.retire_unused_keks(session)
-        finally:
-            engine.dispose()
-    print(json.dumps({"current_kek": kek, "rewrapped": count, "retired": retired}))
-    return 0
+        return {"current_kek": kek, "rewrapped": count, "retired": retired}
+
+    return _reporting_errors("keys rotate", run)
