@@ -1,0 +1,177 @@
+"""Node-local durable storage: one SQLite file per replica, in its data directory.
+
+What it is for: everything a replica must find again after `kill -9` to rejoin without losing
+a committed block and without contradicting what it already said (PBFT §4.1: a replica that
+forgets a PREPARE or COMMIT it sent could vote twice): the protocol's durable state (view,
+message log), committed blocks with their certificates, stable checkpoints and the application
+snapshot that goes with the latest one.
+
+Why SQLite in WAL mode with synchronous=FULL: each `Ready.persist` is written in one
+transaction that is fsynced before the node sends a single message that depends on it (etcd's
+"save BEFORE sending" rule). A torn write leaves the previous transaction intact, so the
+state on disk is always one the replica actually reached.
+
+What it must never do: hold plaintext personal data (the ledger never carries any) or a
+private key (those live in the 0600 key file named by the node config).
+
+The layout is deliberately dumb: the replica's durable records are opaque msgpack blobs keyed
+by (kind, key). Interpreting them is the replica core's job (`DurableState`), so a change in
+the core's message set needs no migration here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+DB_FILE = "replica.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    block BLOB NOT NULL
+);
+"""
+
+
+class StorageError(Exception):
+    """The data directory is unusable (wrong schema version, corrupt file)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Everything one `Ready` asks to persist, written in a single fsynced transaction.
+
+    `put`/`delete` touch the replica's records; `blocks` appends committed blocks
+    (height -> encoded block with its certificate); `meta` sets small named values.
+    """
+
+    put: tuple[tuple[str, bytes, bytes], ...] = ()
+    delete: tuple[tuple[str, bytes], ...] = ()
+    delete_kind_below: tuple[tuple[str, bytes], ...] = ()  # GC: drop keys < bound of a kind
+    blocks: tuple[tuple[int, bytes], ...] = ()
+    meta: tuple[tuple[str, bytes], ...] = ()
+
+    def empty(self) -> bool:
+        return not (self.put or self.delete or self.delete_kind_below or self.blocks or self.meta)
+
+
+class Storage:
+    """The replica's SQLite file. Not thread-safe: one node loop owns it."""
+
+    def __init__(self, data_dir: Path, *, synchronous: str = "FULL") -> None:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = data_dir / DB_FILE
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so what we acknowledged survives a
+            # power cut, not only a process kill. Tests of pure logic may pass "OFF".
+            assert synchronous in {"FULL", "NORMAL", "OFF"}
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from None
+        self.writes = 0
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION).encode(),),
+            )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StorageError(f"{self.path} has schema {int(row[0])}, expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def write(self, batch: Batch) -> None:
+        """Apply a batch atomically and durably; returns after the fsync."""
+        if batch.empty():
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, bound in batch.delete_kind_below:
+                db.execute("DELETE FROM records WHERE kind = ? AND key < ?", (kind, bound))
+            if batch.delete:
+                db.executemany("DELETE FROM records WHERE kind = ? AND key = ?", batch.delete)
+            if batch.put:
+                db.executemany(
+                    "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?, ?, ?)",
+                    batch.put,
+                )
+            if batch.blocks:
+                db.executemany(
+                    "INSERT OR REPLACE INTO blocks (height, block) VALUES (?, ?)", batch.blocks
+                )
+            if batch.meta:
+                db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", batch.meta)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.writes += 1
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def records(self, kind: str) -> Iterator[tuple[bytes, bytes]]:
+        """All records of one kind in key order."""
+        for key, value in self._db.execute(
+            "SELECT key, value FROM records WHERE kind = ? ORDER BY key", (kind,)
+        ):
+            yield bytes(key), bytes(value)
+
+    def kinds(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT kind FROM records ORDER BY 1")]
+
+    def block(self, height: int) -> bytes | None:
+        row = self._db.execute("SELECT block FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def blocks(self, start: int = 1, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Blocks with start <= height (< end), in height order."""
+        hi = end if end is not None else 1 << 62
+        for height, block in self._db.execute(
+            "SELECT height, block FROM blocks WHERE height >= ? AND height < ? ORDER BY height",
+            (start, hi),
+        ):
+            yield int(height), bytes(block)
+
+    def last_height(self) -> int:
+        row = self._db.execute("SELECT max(height) FROM blocks").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+
+def seq_key(seq: int) -> bytes:
+    """Big-endian so SQLite's byte order is numeric order (GC by `key < seq_key(low)`)."""
+    assert 0 <= seq < 1 << 64
+    return seq.to_bytes(8, "big")
+
+
+def key_seq(key: bytes) -> int:
+    return int.from_bytes(key[:8], "big")
+
+
+def puts(kind: str, items: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, bytes, bytes], ...]:
+    return tuple((kind, k, v) for k, v in items)
