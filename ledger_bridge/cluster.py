@@ -1,0 +1,190 @@
+"""A cluster of replica processes on one host: spawn, wait until ready, kill, pause, restart.
+
+What it is for: `civis-vault ledger up`, the process tests and the benchmark all need real
+replica processes (separate interpreters, real sockets, real fsync) that they can SIGKILL,
+SIGSTOP and restart from their write-ahead log. Each replica is
+`python -m ledger_bridge.node --config node-<i>.toml`, exactly what an operator runs on a
+separate host, with its output in `<dir>/logs/node-<i>.log`.
+
+What it must never do: regenerate the keys of an existing directory (see `genesis`), or leave
+children behind: `close()` kills what it started, and is called from `__exit__`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ledger_bridge import genesis as gen
+from ledger_bridge.transport import HEADER, encode_frame, pack, split_address, unpack
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+
+
+def probe_status(address: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """One synchronous `status` request to a node's client port; None when it is not up."""
+    host, port = split_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(encode_frame(pack({"op": "status", "id": 0})))
+            header = _recv_exact(sock, HEADER.size)
+            (length,) = HEADER.unpack(header)
+            if length > 1 << 20:
+                return None
+            reply = unpack(_recv_exact(sock, length))
+    except (OSError, ValueError, Exception):
+        return None
+    if isinstance(reply, dict) and isinstance(reply.get("status"), dict):
+        status: dict[str, Any] = reply["status"]
+        return status
+    return None
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(n)
+        if not chunk:
+            raise ConnectionError("closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+class Cluster:
+    """n replica processes from a genesis directory (generated when missing)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        replicas: int = 4,
+        base_port: int = 26600,
+        use_tls: bool = False,
+        params: dict[str, Any] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.directory = directory
+        if not (directory / gen.GENESIS_FILE).exists():
+            gen.create_local(
+                directory, replicas, base_port=base_port, use_tls=use_tls, params=params
+            )
+        self.node_files = sorted(
+            directory.glob("node-*.toml"), key=lambda p: int(p.stem.split("-")[1])
+        )
+        self.genesis = gen.load_genesis(directory / gen.GENESIS_FILE)
+        if len(self.node_files) != self.genesis.n:
+            raise gen.GenesisError(f"{directory}: one node-<i>.toml per validator expected")
+        self._python = python
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        (directory / "logs").mkdir(exist_ok=True)
+
+    @property
+    def n(self) -> int:
+        return self.genesis.n
+
+    def client_addresses(self) -> list[str]:
+        return [v.client_address for v in self.genesis.validators]
+
+    def start(self, ids: list[int] | None = None) -> None:
+        for i in ids if ids is not None else range(self.n):
+            assert i not in self._procs or self._procs[i].poll() is not None, f"{i} running"
+            log = open(self.directory / "logs" / f"node-{i}.log", "ab")  # noqa: SIM115
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            self._procs[i] = subprocess.Popen(
+                [self._python, "-m", "ledger_bridge.node", "--config", str(self.node_files[i])],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # Ctrl-C in `ledger up` reaches us, we stop them
+            )
+            log.close()
+
+    def wait_ready(self, ids: list[int] | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until every listed replica answers `status` on its client port."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(ids if ids is not None else range(self.n))
+        while pending:
+            for i in sorted(pending):
+                proc = self._procs.get(i)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"replica {i} exited with {proc.returncode}; {self.log(i)}")
+                if probe_status(self.genesis.validators[i].client_address, 0.5) is not None:
+                    pending.discard(i)
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"replicas {sorted(pending)} not ready in {timeout_s}s")
+            if pending:
+                time.sleep(0.05)
+
+    def status(self, i: int) -> dict[str, Any] | None:
+        return probe_status(self.genesis.validators[i].client_address)
+
+    def log(self, i: int) -> Path:
+        return self.directory / "logs" / f"node-{i}.log"
+
+    def pid(self, i: int) -> int:
+        return self._procs[i].pid
+
+    def running(self, i: int) -> bool:
+        proc = self._procs.get(i)
+        return proc is not None and proc.poll() is None
+
+    def _signal(self, i: int, sig: signal.Signals) -> None:
+        proc = self._procs[i]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL: no clean-up, no flush; the WAL is all the replica keeps."""
+        self._signal(i, signal.SIGKILL)
+        self._procs[i].wait()
+
+    def pause(self, i: int) -> None:
+        self._signal(i, signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        self._signal(i, signal.SIGCONT)
+
+    def stop(self, i: int) -> None:
+        """SIGTERM and wait; SIGKILL if it does not stop in time."""
+        proc = self._procs.get(i)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, i: int, wait: bool = True) -> None:
+        self.stop(i)
+        self.start([i])
+        if wait:
+            self.wait_ready([i])
+
+    def close(self) -> None:
+        for i in list(self._procs):
+            with contextlib.suppress(ProcessLookupError):
+                self.stop(i)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
