@@ -3,8 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_node(sub)
     ledger = sub.add_parser("ledger", help="the bundled PBFT ledger")
-    ledger.add_subparsers(dest="ledger_command", metavar="LEDGER_COMMAND")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", metavar="LEDGER_COMMAND")
+    _register_up(ledger_sub)
+
+
+# -- `civis-vault node` and `civis-vault ledger up` (the process shell) ---------------------
+
+
+def _register_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    node = sub.add_parser("node", help="run one PBFT replica from its node-<i>.toml")
+    node.add_argument("--config", type=Path, required=True, help="path of node-<i>.toml")
+    node.set_defaults(func=_run_node)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from ledger_bridge import node
+
+    return node.main(["--config", str(args.config)] + (["-v"] if args.verbose else []))
+
+
+def _register_up(ledger_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = ledger_sub.add_parser(
+        "up", help="generate genesis if missing and run a replica cluster on loopback"
+    )
+    up.add_argument("--replicas", type=int, default=4, help="3f+1 replicas (default 4)")
+    up.add_argument("--dir", type=Path, default=Path(".civis/ledger"), help="genesis directory")
+    up.add_argument("--base-port", type=int, default=26600, help="peer port of replica 0")
+    up.add_argument("--no-tls", action="store_true", help="plain TCP between replicas")
+    up.set_defaults(func=_run_up)
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from ledger_bridge.cluster import Cluster
+    from ledger_bridge.genesis import GenesisError
+
+    try:
+        cluster = Cluster(
+            args.dir, args.replicas, base_port=args.base_port, use_tls=not args.no_tls
+        )
+    except GenesisError as exc:
+        print(f"error: {exc}")
+        return 2
+    with cluster:
+        cluster.start()
+        try:
+            cluster.wait_ready()
+            print(f"ledger up: {cluster.n} replicas from {args.dir}; clients on")
+            for address in cluster.client_addresses():
+                print(f"  {address}")
+            print("Ctrl-C stops the cluster.")
+            while all(cluster.running(i) for i in range(cluster.n)):
+                time.sleep(0.5)
+            print("a replica exited; stopping the cluster (see logs/ in the directory)")
+            return 1
+        except KeyboardInterrupt:
+            print("stopping")
+            return 0
+        except (TimeoutError, RuntimeError) as exc:
+            print(f"error: {exc}")
+            return 1
