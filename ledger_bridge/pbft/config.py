@@ -1,0 +1,80 @@
+"""Cluster parameters every replica must agree on (they come from the genesis file).
+
+Why each limit exists:
+- `checkpoint_interval` K: a CHECKPOINT every K sequence numbers (TOCS §4.3); smaller K means
+  less log kept and cheaper catch-up, more snapshots taken.
+- `log_window` L: the primary assigns sequence numbers only in (h, h + L] where h is the last
+  stable checkpoint, so the log, and memory, stay bounded (TOCS §4.3 watermarks). L >= 2K so
+  the primary keeps proposing while the next checkpoint stabilises.
+- `batch_size_max`, `batch_wait_ms`: a batch closes at this many requests or when its oldest
+  request waited this long (TOCS §5.1 batching).
+- `view_change_timeout_ms`: a backup that knows of a request not executed for this long (or
+  has not heard from the primary) starts a view change; doubled per consecutive failed view
+  change (TOCS §4.5.2 liveness).
+- `heartbeat_ms`: every replica sends STATUS this often; the primary's STATUS is the heartbeat.
+- `block_time_skew_ms`: backups accept a proposed block time within this distance of their clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger_bridge.crypto import PUBLIC_KEY_BYTES, VerifyKey
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    n: int
+    f: int
+    public_keys: tuple[bytes, ...]  # index = validator id (0..n-1)
+    checkpoint_interval: int = 32
+    log_window: int = 128
+    batch_size_max: int = 100
+    batch_wait_ms: int = 2
+    view_change_timeout_ms: int = 1000
+    view_change_timeout_max_ms: int = 30_000
+    heartbeat_ms: int = 100
+    block_time_skew_ms: int = 5_000
+    pending_requests_max: int = 10_000  # requests waiting to be ordered, per replica
+    clients_max: int = 100_000  # reply-cache entries (one per client), deterministic eviction
+    state_transfer_blocks_max: int = 256  # recent blocks shipped with a snapshot
+    verify_keys: tuple[VerifyKey, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.f < 1 or self.n != 3 * self.f + 1:
+            raise ValueError("need n = 3f+1 replicas with f >= 1")
+        if len(self.public_keys) != self.n or len(set(self.public_keys)) != self.n:
+            raise ValueError("need n distinct validator public keys")
+        if any(len(k) != PUBLIC_KEY_BYTES for k in self.public_keys):
+            raise ValueError("validator public keys are 32 bytes")
+        if self.checkpoint_interval < 1 or self.log_window < 2 * self.checkpoint_interval:
+            raise ValueError("need checkpoint_interval >= 1, log_window >= 2 * it")
+        if self.batch_size_max < 1 or self.batch_wait_ms < 0:
+            raise ValueError("need batch_size_max >= 1 and batch_wait_ms >= 0")
+        if self.heartbeat_ms < 1 or self.view_change_timeout_ms <= self.heartbeat_ms:
+            raise ValueError("need 1 <= heartbeat_ms < view_change_timeout_ms")
+        object.__setattr__(self, "verify_keys", tuple(VerifyKey(k) for k in self.public_keys))
+
+    @classmethod
+    def create(cls, public_keys: list[bytes], f: int | None = None, **params: Any) -> ClusterConfig:
+        """From genesis: keys in validator-id order; unknown parameter names are an error."""
+        n = len(public_keys)
+        known = {f.name for f in cls.__dataclass_fields__.values()} - {"n", "f", "public_keys"}
+        unknown = set(params) - known - {"verify_keys"}
+        if unknown:
+            raise ValueError(f"unknown cluster parameters: {sorted(unknown)}")
+        return cls(
+            n=n,
+            f=(n - 1) // 3 if f is None else f,
+            public_keys=tuple(bytes(k) for k in public_keys),
+            **params,
+        )
+
+    @property
+    def quorum(self) -> int:
+        """2f+1: any two quorums intersect in a correct replica (TOCS §4.1)."""
+        return 2 * self.f + 1
+
+    def primary(self, view: int) -> int:
+        return view % self.n

@@ -1,0 +1,548 @@
+"""Every PBFT wire message as a frozen dataclass, with one canonical msgpack encoding.
+
+Encoding: a message is the msgpack array `[tag, field_1, ..., field_k]` in dataclass field
+order; nested messages are nested arrays of the same shape; integers are non-negative and
+below 2**63; bytes are msgpack `bin`. `decode` re-encodes what it parsed and rejects the input
+unless the bytes are identical, so every message has exactly one encoding: a signature or a
+digest over `encode(msg)` can never be replayed under a different byte string.
+
+Signing: a signed message has `signature` as its last field; its signing bytes are the
+encoding of `[tag, field_1, ..., field_{k-1}]` (everything but the signature), prefixed with
+a domain string so a signature made for one purpose is never valid for another.
+
+What is signed (Ed25519, see docs/PBFT.md): every message. Requests by the client's key;
+everything a replica sends by the replica's validator key. Signatures where MACs would do on
+the normal path (PREPARE, STATUS) cost CPU, but they make prepared certificates transferable
+in VIEW-CHANGE (TOCS §4.4 with signatures, the OSDI '99 variant) and let any message relayed
+by a third replica still prove its author.
+
+Any malformed input raises `RemoteProtocolError` (never another exception type): the caller
+drops it and counts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from ledger_bridge.crypto import SigningKey, VerifyKey, digest, verify
+from ledger_bridge.pbft.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "Block",
+    "Checkpoint",
+    "Commit",
+    "LocalProtocolError",
+    "Message",
+    "NewView",
+    "PrePrepare",
+    "Prepare",
+    "PreparedCert",
+    "RemoteProtocolError",
+    "Reply",
+    "Request",
+    "StateData",
+    "Status",
+    "ViewChange",
+    "decode",
+    "decode_block",
+    "encode",
+    "encode_block",
+    "make_request",
+    "sign",
+    "signing_bytes",
+    "verify_reply",
+    "verify_request",
+]
+
+MESSAGE_BYTES_MAX = 64 * 1024 * 1024  # a NEW-VIEW or STATE-DATA can be large; frames cap lower
+TX_BYTES_MAX = 1024 * 1024
+INT_MAX = (1 << 63) - 1
+LIST_ITEMS_MAX = 100_000
+DOMAIN = b"civis-pbft-v1:"
+
+# Field kinds: "int", "bytes", "bool", a message class, or ("list", kind).
+Kind = Any
+
+
+class _Msg:
+    TAG: ClassVar[int]
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]]
+    SIGNED: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Request(_Msg):
+    """A client's transaction (TOCS §4.1 <REQUEST, o, t, c>), signed by the client's key.
+
+    `client_id` is the client's Ed25519 public key; `request_id` plays the paper's timestamp
+    `t`: it must grow per client, and a replica executes each (client_id, request_id) once.
+    """
+
+    client_id: bytes
+    request_id: int
+    tx: bytes
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 1
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("client_id", "bytes"),
+        ("request_id", "int"),
+        ("tx", "bytes"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepare(_Msg):
+    """<PRE-PREPARE, v, n, d> with the batch inline (TOCS §4.2), signed by the primary.
+
+    `batch_digest` = digest of the canonical encoding of [time_ms, [digest(request)...]];
+    `time_ms` is the block time proposed by the primary, checked by backups within
+    `block_time_skew_ms` of their own clock. An empty `requests` is a null request (§4.4).
+    """
+
+    view: int
+    seq: int
+    batch_digest: bytes
+    time_ms: int
+    requests: tuple[Request, ...]
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 2
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("view", "int"),
+        ("seq", "int"),
+        ("batch_digest", "bytes"),
+        ("time_ms", "int"),
+        ("requests", ("list", Request)),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare(_Msg):
+    """<PREPARE, v, n, d, i> (TOCS §4.2), sent by backups."""
+
+    view: int
+    seq: int
+    batch_digest: bytes
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 3
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("view", "int"),
+        ("seq", "int"),
+        ("batch_digest", "bytes"),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(_Msg):
+    """<COMMIT, v, n, d, i> (TOCS §4.2). 2f+1 of them are a block's commit certificate."""
+
+    view: int
+    seq: int
+    batch_digest: bytes
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 4
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("view", "int"),
+        ("seq", "int"),
+        ("batch_digest", "bytes"),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(_Msg):
+    """<REPLY, v, t, c, i, r> (TOCS §4.1) plus the block height the request committed at."""
+
+    view: int
+    request_id: int
+    client_id: bytes
+    replica_id: int
+    result: bytes
+    block_height: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 5
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("view", "int"),
+        ("request_id", "int"),
+        ("client_id", "bytes"),
+        ("replica_id", "int"),
+        ("result", "bytes"),
+        ("block_height", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint(_Msg):
+    """<CHECKPOINT, n, d, i> (TOCS §4.3). `state_digest` covers the app snapshot, the reply
+    cache and the chain head; `state_root` is the app's own root, carried for auditors."""
+
+    seq: int
+    state_digest: bytes
+    state_root: bytes
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 6
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("seq", "int"),
+        ("state_digest", "bytes"),
+        ("state_root", "bytes"),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCert(_Msg):
+    """The paper's P_m: a pre-prepare and 2f matching prepares from distinct backups."""
+
+    pre_prepare: PrePrepare
+    prepares: tuple[Prepare, ...]
+
+    TAG: ClassVar[int] = 7
+    SIGNED: ClassVar[bool] = False
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("pre_prepare", PrePrepare),
+        ("prepares", ("list", Prepare)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange(_Msg):
+    """<VIEW-CHANGE, v+1, n, C, P, i> (TOCS §4.4): stable checkpoint `stable_seq` with its
+    proof C (2f+1 CHECKPOINTs; empty for the genesis checkpoint 0) and the prepared
+    certificates P for sequence numbers above it."""
+
+    new_view: int
+    stable_seq: int
+    checkpoint_proof: tuple[Checkpoint, ...]
+    prepared: tuple[PreparedCert, ...]
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 8
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("new_view", "int"),
+        ("stable_seq", "int"),
+        ("checkpoint_proof", ("list", Checkpoint)),
+        ("prepared", ("list", PreparedCert)),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewView(_Msg):
+    """<NEW-VIEW, v+1, V, O> (TOCS §4.4). O is listed as (seq, batch_digest) pairs; every
+    backup recomputes O from V and rejects the message unless they are identical. The
+    batches themselves come from the prepared certificates inside V (null requests for
+    gaps), so the new primary cannot slip in anything that was not prepared."""
+
+    view: int
+    view_changes: tuple[ViewChange, ...]
+    o_seqs: tuple[int, ...]
+    o_digests: tuple[bytes, ...]
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 9
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("view", "int"),
+        ("view_changes", ("list", ViewChange)),
+        ("o_seqs", ("list", "int")),
+        ("o_digests", ("list", "bytes")),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Status(_Msg):
+    """Periodic status (Castro's BFT library, TOCS §5.2 "retransmission"): where the sender
+    is. From the primary it doubles as the heartbeat; receivers retransmit what the sender
+    lacks (log messages, NEW-VIEW, a certified checkpoint for state transfer)."""
+
+    view: int
+    view_active: bool
+    stable_seq: int
+    last_executed: int
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 10
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("view", "int"),
+        ("view_active", "bool"),
+        ("stable_seq", "int"),
+        ("last_executed", "int"),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Block(_Msg):
+    """A committed batch (issue 3 item 2). `height` equals the PBFT sequence number.
+
+    `certificate` holds 2f+1 COMMIT signatures (replica ids in `signers`, same order) over
+    (view, height, batch_digest); `batch_digest` is recomputed from `time_ms` and `requests`.
+    `results_digest` and `state_root` are what the executing replica computed; they are
+    covered by the next block's `prev_hash` and, at checkpoints, by 2f+1 CHECKPOINT votes.
+    """
+
+    height: int
+    view: int
+    prev_hash: bytes
+    time_ms: int
+    batch_digest: bytes
+    requests: tuple[Request, ...]
+    results_digest: bytes
+    state_root: bytes
+    signers: tuple[int, ...]
+    certificate: tuple[bytes, ...]
+
+    TAG: ClassVar[int] = 11
+    SIGNED: ClassVar[bool] = False
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("height", "int"),
+        ("view", "int"),
+        ("prev_hash", "bytes"),
+        ("time_ms", "int"),
+        ("batch_digest", "bytes"),
+        ("requests", ("list", Request)),
+        ("results_digest", "bytes"),
+        ("state_root", "bytes"),
+        ("signers", ("list", "int")),
+        ("certificate", ("list", "bytes")),
+    )
+
+    @property
+    def txs(self) -> list[bytes]:
+        return [r.tx for r in self.requests]
+
+
+@dataclass(frozen=True, slots=True)
+class StateData(_Msg):
+    """State transfer (TOCS §5.3, simplified to whole snapshots): a stable checkpoint with its
+    proof, the snapshot whose digest the proof certifies, and recent blocks up to it."""
+
+    seq: int
+    checkpoint_proof: tuple[Checkpoint, ...]
+    snapshot: bytes
+    blocks: tuple[Block, ...]
+    replica_id: int
+    signature: bytes = b""
+
+    TAG: ClassVar[int] = 12
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("seq", "int"),
+        ("checkpoint_proof", ("list", Checkpoint)),
+        ("snapshot", "bytes"),
+        ("blocks", ("list", Block)),
+        ("replica_id", "int"),
+        ("signature", "bytes"),
+    )
+
+
+Message = (
+    Request
+    | PrePrepare
+    | Prepare
+    | Commit
+    | Reply
+    | Checkpoint
+    | PreparedCert
+    | ViewChange
+    | NewView
+    | Status
+    | Block
+    | StateData
+)
+_CLASSES: dict[int, type[Any]] = {
+    c.TAG: c
+    for c in (
+        Request,
+        PrePrepare,
+        Prepare,
+        Commit,
+        Reply,
+        Checkpoint,
+        PreparedCert,
+        ViewChange,
+        NewView,
+        Status,
+        Block,
+        StateData,
+    )
+}
+M = TypeVar("M", bound=_Msg)
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def _to_obj(value: Any, kind: Kind) -> Any:
+    if isinstance(kind, tuple):
+        return [_to_obj(v, kind[1]) for v in value]
+    if isinstance(kind, type):
+        return _msg_obj(value, with_signature=True)
+    return value
+
+
+def _msg_obj(msg: Any, *, with_signature: bool) -> list[Any]:
+    spec = msg.SPEC
+    if not with_signature and msg.SIGNED:
+        spec = spec[:-1]
+    return [msg.TAG, *(_to_obj(getattr(msg, name), kind) for name, kind in spec)]
+
+
+def _pack(obj: Any) -> bytes:
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
+
+
+def encode(msg: Message) -> bytes:
+    """The canonical bytes of a message (what goes on the wire and into digests)."""
+    return _pack(_msg_obj(msg, with_signature=True))
+
+
+def signing_bytes(msg: Message) -> bytes:
+    """What a signature over `msg` covers: a domain prefix and every field but the signature."""
+    if not msg.SIGNED:
+        raise LocalProtocolError(f"{type(msg).__name__} is not a signed message")
+    return DOMAIN + _pack(_msg_obj(msg, with_signature=False))
+
+
+def sign(msg: M, key: SigningKey) -> M:
+    """`msg` with its signature field set."""
+    signed: M = dataclasses.replace(
+        msg,  # type: ignore[type-var]
+        signature=key.sign(signing_bytes(msg)),  # type: ignore[arg-type]
+    )
+    return signed
+
+
+def _from_obj(obj: Any, kind: Kind) -> Any:
+    if isinstance(kind, tuple):
+        if not isinstance(obj, list) or len(obj) > LIST_ITEMS_MAX:
+            raise RemoteProtocolError("expected a bounded list")
+        return tuple(_from_obj(v, kind[1]) for v in obj)
+    if isinstance(kind, type):
+        return _msg_from_obj(obj, expected=kind)
+    if kind == "int":
+        if type(obj) is not int or not 0 <= obj <= INT_MAX:
+            raise RemoteProtocolError("expected a non-negative integer")
+        return obj
+    if kind == "bool":
+        if type(obj) is not bool:
+            raise RemoteProtocolError("expected a boolean")
+        return obj
+    if kind == "bytes":
+        if type(obj) is not bytes:
+            raise RemoteProtocolError("expected bytes")
+        return obj
+    raise LocalProtocolError(f"unknown field kind {kind!r}")
+
+
+def _msg_from_obj(obj: Any, expected: type[Any] | None = None) -> Any:
+    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
+        raise RemoteProtocolError("a message is a non-empty array starting with its tag")
+    cls = _CLASSES.get(obj[0])
+    if cls is None:
+        raise RemoteProtocolError("unknown message tag")
+    if expected is not None and cls is not expected:
+        raise RemoteProtocolError("unexpected nested message type")
+    if len(obj) != len(cls.SPEC) + 1:
+        raise RemoteProtocolError("wrong number of fields")
+    return cls(*(_from_obj(v, kind) for v, (_, kind) in zip(obj[1:], cls.SPEC, strict=True)))
+
+
+def decode(data: bytes) -> Message:
+    """Parse one message; `RemoteProtocolError` on anything malformed or non-canonical."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MESSAGE_BYTES_MAX:
+        raise RemoteProtocolError("message too large or not bytes")
+    try:
+        obj = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=MESSAGE_BYTES_MAX,
+            max_str_len=1024,
+            max_array_len=LIST_ITEMS_MAX,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception:  # msgpack raises a zoo of types (ExtraData, ValueError, ...)
+        raise RemoteProtocolError("not a msgpack document") from None
+    msg: Message = _msg_from_obj(obj)
+    if encode(msg) != bytes(data):
+        raise RemoteProtocolError("non-canonical encoding")
+    return msg
+
+
+def encode_block(block: Block) -> bytes:
+    return encode(block)
+
+
+def decode_block(data: bytes) -> Block:
+    msg = decode(data)
+    if not isinstance(msg, Block):
+        raise RemoteProtocolError("not a block")
+    return msg
+
+
+# -- requests and replies -----------------------------------------------------------------------
+
+
+def make_request(key: SigningKey, request_id: int, tx: bytes) -> Request:
+    """A signed client request."""
+    return sign(Request(bytes(key.public_key), request_id, tx), key)
+
+
+def verify_request(req: Request) -> bool:
+    """The client's signature is valid and the request is within size limits."""
+    return len(req.tx) <= TX_BYTES_MAX and verify(req.client_id, signing_bytes(req), req.signature)
+
+
+def request_digest(req: Request) -> bytes:
+    return digest(encode(req))
+
+
+def batch_digest(time_ms: int, requests: tuple[Request, ...]) -> bytes:
+    """The digest a PRE-PREPARE and a block commit to: block time plus the request digests."""
+    return digest(_pack([time_ms, [request_digest(r) for r in requests]]))
+
+
+def verify_reply(reply: Reply, validators: Sequence[VerifyKey]) -> bool:
+    """The reply is signed by the validator it names."""
+    if not 0 <= reply.replica_id < len(validators):
+        return False
+    return validators[reply.replica_id].verify(signing_bytes(reply), reply.signature)
+
+
+def verify_signed(msg: Message, keys: Sequence[VerifyKey]) -> bool:
+    """A replica message is signed by the replica named in its `replica_id` field."""
+    rid = getattr(msg, "replica_id", -1)
+    if type(rid) is not int or not 0 <= rid < len(keys):
+        return False
+    return keys[rid].verify(signing_bytes(msg), getattr(msg, "signature", b""))
