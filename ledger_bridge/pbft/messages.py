@@ -252,15 +252,15 @@ class ViewChange(_Msg):
 
 @dataclass(frozen=True, slots=True)
 class NewView(_Msg):
-    """<NEW-VIEW, v+1, V, O> (TOCS §4.4). O is listed as (seq, batch_digest) pairs; every
-    backup recomputes O from V and rejects the message unless they are identical. The
-    batches themselves come from the prepared certificates inside V (null requests for
-    gaps), so the new primary cannot slip in anything that was not prepared."""
+    """<NEW-VIEW, v+1, V, O> (TOCS §4.4). V: 2f+1 VIEW-CHANGEs for the view. O: the new
+    primary's PRE-PREPAREs for every sequence number between the highest stable checkpoint in
+    V and the highest prepared sequence number in V, each re-proposing the batch of the
+    highest-view prepared certificate, or a null request where there is none. Every backup
+    recomputes O from V and rejects the message unless it matches exactly."""
 
     view: int
     view_changes: tuple[ViewChange, ...]
-    o_seqs: tuple[int, ...]
-    o_digests: tuple[bytes, ...]
+    pre_prepares: tuple[PrePrepare, ...]
     replica_id: int
     signature: bytes = b""
 
@@ -268,8 +268,7 @@ class NewView(_Msg):
     SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
         ("view", "int"),
         ("view_changes", ("list", ViewChange)),
-        ("o_seqs", ("list", "int")),
-        ("o_digests", ("list", "bytes")),
+        ("pre_prepares", ("list", PrePrepare)),
         ("replica_id", "int"),
         ("signature", "bytes"),
     )

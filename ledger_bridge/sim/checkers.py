@@ -1,0 +1,102 @@
+"""Checkers: what must hold after every simulated run, over the honest replicas only.
+
+- agreement: at every height (= sequence number) all honest replicas hold the same block;
+- prefix consistency: every honest chain verifies from genesis (hash links, certificates,
+  client signatures) wherever it is contiguous;
+- equal state digests at checkpoints;
+- exactly once: no (client, request id) is executed at two heights by one replica;
+- only signed requests executed: no forged request reaches any honest chain;
+- liveness: every client request completed once the network was stable;
+- memory bounded by the log window (sampled after every step);
+- no block re-emitted with different contents after a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.blocks import block_hash, verify_chain
+from ledger_bridge.sim.core import Simulator
+
+
+@dataclass
+class Report:
+    seed: int
+    violations: list[str] = field(default_factory=list)
+    heights: dict[int, int] = field(default_factory=dict)
+    finished_ms: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def check(sim: Simulator, *, expect_liveness: bool = True) -> Report:
+    report = Report(sim.sc.seed, finished_ms=sim.finished_ms)
+    v = report.violations
+    honest = sim.honest()
+    keys = sim.config.verify_keys
+    by_height: dict[int, dict[bytes, int]] = {}
+    for i in honest:
+        node = sim.nodes[i]
+        report.heights[i] = max(node.blocks, default=0)
+        if node.conflicting_blocks:
+            v.append(f"replica {i} re-emitted {node.conflicting_blocks} different block(s)")
+        for h, b in node.blocks.items():
+            by_height.setdefault(h, {}).setdefault(block_hash(b), i)
+        # Prefix consistency: verify every contiguous run (state transfer may leave gaps).
+        heights = sorted(node.blocks)
+        run: list[m.Block] = []
+        for h in heights:
+            if run and h != run[-1].height + 1:
+                if not verify_chain(run, keys, anchor=None):
+                    v.append(f"replica {i}: chain {run[0].height}..{run[-1].height} invalid")
+                run = []
+            run.append(node.blocks[h])
+        if run and not verify_chain(run, keys):
+            v.append(f"replica {i}: chain {run[0].height}..{run[-1].height} invalid")
+        for b in node.blocks.values():
+            for r in b.requests:
+                if m.encode(r) in sim.forged_requests:
+                    v.append(f"replica {i}: forged request at height {b.height}")
+        # Exactly once.
+        seen: dict[bytes, int] = {}
+        for h, txs in sorted(node.executed_log.items()):
+            for tx in txs:
+                if tx in seen and seen[tx] != h:
+                    v.append(f"replica {i}: tx executed at heights {seen[tx]} and {h}")
+                seen[tx] = h
+    for h, hashes in sorted(by_height.items()):
+        if len(hashes) > 1:
+            v.append(f"agreement violated at height {h}: {len(hashes)} different blocks")
+    for seq, digests in sorted(sim.checkpoint_digests.items()):
+        honest_digests = {d for r, d in digests.items() if r in honest}
+        if len(honest_digests) > 1:
+            v.append(f"checkpoint {seq}: honest replicas disagree on the state digest")
+    v.extend(sim.memory_violations[:5])
+    if expect_liveness and not sim.all_done():
+        left = sum(len(c.requests) - c.index for c in sim.clients)
+        v.append(f"liveness: {left} request(s) not completed by the deadline")
+    # Every acknowledged request is in the honest chains at the height its receipt names.
+    for c in sim.clients:
+        for rid, height, _result in c.done:
+            holders = [
+                i
+                for i in honest
+                if height in sim.nodes[i].blocks
+                and any(
+                    r.client_id == bytes(c.key.public_key) and r.request_id == rid
+                    for r in sim.nodes[i].blocks[height].requests
+                )
+            ]
+            if not holders:
+                v.append(f"acknowledged request {rid} is in no honest chain at {height}")
+    return report
+
+
+def run_seed(seed: int, *, byzantine: bool = False) -> Report:
+    from ledger_bridge.sim.core import Scenario
+
+    sim = Simulator(Scenario.random(seed, byzantine=byzantine)).run()
+    return check(sim)

@@ -1,0 +1,499 @@
+"""A seeded, deterministic simulator for the PBFT replica core (tigerbeetle's VOPR, etcd's
+in-memory `network`).
+
+What it is for: run the real `Replica` code under thousands of adversarial schedules in a
+test run, each reproducible from one integer seed. Everything random comes from
+`random.Random(seed)`; time is a virtual clock in milliseconds; the network is a priority
+queue of deliveries. A failing seed replays exactly.
+
+Faults: message drop, delay, duplication and reordering (random delays), partitions, crash
+and restart from durable state (the `DurableDelta`s the replica handed out, applied the way
+the SQLite shell applies them), and one Byzantine replica (up to f) whose outgoing messages
+are rewritten: equivocating primary, forged signatures and certificates, forged NEW-VIEW,
+corrupted checkpoint digests, poisoned state transfer, censoring primary, sequence numbers
+outside the watermarks. An outside adversary also replays client requests and injects
+requests with bad signatures.
+
+After the fault period the network heals and crashed replicas restart; the checkers in
+`checkers.py` then judge the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger_bridge.app import BlockContext
+from ledger_bridge.crypto import SigningKey, digest
+from ledger_bridge.kvapp import KVApp, encode_set
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.blocks import Block
+from ledger_bridge.pbft.config import ClusterConfig
+from ledger_bridge.pbft.replica import DurableDelta, DurableState, Ready, Replica
+
+START_MS = 1_700_000_000_000
+TICK_MS = 10
+CLIENT_RETRY_MS = 250
+BEHAVIOURS = (
+    "equivocate",
+    "forge_sigs",
+    "forge_certs",
+    "forge_new_view",
+    "corrupt_checkpoint",
+    "poison_state",
+    "censor",
+    "watermark",
+)
+
+
+@dataclass
+class Scenario:
+    """One schedule's parameters; `Scenario.random(seed)` draws them from the seed."""
+
+    seed: int
+    n: int = 4
+    clients: int = 3
+    requests_per_client: int = 8
+    drop_p: float = 0.0
+    dup_p: float = 0.0
+    delay_ms: tuple[int, int] = (1, 5)
+    partitions: list[tuple[int, int, list[set[int]]]] = field(default_factory=list)
+    crashes: list[tuple[int, int, int]] = field(default_factory=list)  # (node, at, restart)
+    byzantine: int | None = None
+    behaviours: frozenset[str] = frozenset()
+    fault_end_ms: int = 1_500
+    deadline_ms: int = 25_000
+    replay_requests: bool = True
+    checkpoint_interval: int = 4
+    log_window: int = 8
+    batch_size_max: int = 4
+
+    @classmethod
+    def random(cls, seed: int, *, byzantine: bool = False) -> Scenario:
+        rng = random.Random(seed ^ 0x5EED)  # noqa: S311 (simulation, not crypto)
+        n = 7 if rng.random() < 0.1 else 4
+        f = (n - 1) // 3
+        sc = cls(seed=seed, n=n)
+        sc.clients = rng.randint(1, 4)
+        sc.requests_per_client = rng.randint(3, 10)
+        sc.drop_p = rng.choice([0.0, 0.0, 0.05, 0.2])
+        sc.dup_p = rng.choice([0.0, 0.05])
+        sc.delay_ms = (1, rng.choice([3, 10, 40]))
+        sc.fault_end_ms = rng.randint(500, 2_500)
+        faulty: set[int] = set()
+        if byzantine:
+            sc.byzantine = rng.randrange(n)
+            faulty.add(sc.byzantine)
+            k = rng.randint(1, 3)
+            sc.behaviours = frozenset(rng.sample(BEHAVIOURS, k))
+        # Crashes and partitions may only hit replicas beyond the Byzantine one while the
+        # total stays <= f at any time, else liveness is not promised during the fault.
+        if (rng.random() < 0.4 and len(faulty) < f) or (not byzantine and rng.random() < 0.4):
+            node = rng.choice([i for i in range(n) if i not in faulty])
+            at = rng.randint(0, sc.fault_end_ms)
+            sc.crashes.append((node, at, rng.randint(at + 50, sc.fault_end_ms + 500)))
+        if rng.random() < 0.3:
+            start = rng.randint(0, sc.fault_end_ms)
+            side = set(rng.sample(range(n), rng.randint(1, n // 2)))
+            sc.partitions.append((start, rng.randint(start, sc.fault_end_ms), [side]))
+        return sc
+
+
+class RecordingKV(KVApp):
+    """The KV app, remembering which txs it executed at which height (exactly-once check)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executed: dict[int, list[bytes]] = {}
+
+    def execute(self, txs: Sequence[bytes], block: BlockContext) -> tuple[list[bytes], bytes]:
+        self.executed[block.height] = list(txs)
+        return super().execute(txs, block)
+
+
+@dataclass
+class SimNode:
+    replica: Replica
+    app: RecordingKV
+    records: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    blocks: dict[int, Block] = field(default_factory=dict)
+    up: bool = True
+    conflicting_blocks: int = 0
+    executed_log: dict[int, list[bytes]] = field(default_factory=dict)
+
+
+@dataclass
+class SimClient:
+    key: SigningKey
+    requests: list[m.Request]
+    index: int = 0
+    replies: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    next_retry_ms: int = 0
+    done: list[tuple[int, int, bytes]] = field(default_factory=list)  # (rid, height, result)
+    view_guess: int = 0
+
+
+class Simulator:
+    """Runs one `Scenario`; `run()` returns a `checkers.Report`-ready trace in `self`."""
+
+    def __init__(self, scenario: Scenario, **config_overrides: Any) -> None:
+        self.sc = scenario
+        self.rng = random.Random(scenario.seed)  # noqa: S311 (simulation, not crypto)
+        n = scenario.n
+        self.keys = [SigningKey(digest(f"sim-validator-{i}".encode())) for i in range(n)]
+        params: dict[str, Any] = {
+            "checkpoint_interval": scenario.checkpoint_interval,
+            "log_window": scenario.log_window,
+            "batch_size_max": scenario.batch_size_max,
+            "batch_wait_ms": 3,
+            "view_change_timeout_ms": 400,
+            "view_change_timeout_max_ms": 3_000,
+            "heartbeat_ms": 50,
+            "block_time_skew_ms": 2_000,
+            "state_transfer_blocks_max": 10_000,
+        }
+        params.update(config_overrides)
+        self.config = ClusterConfig.create([bytes(k.public_key) for k in self.keys], **params)
+        self.now_ms = START_MS
+        self.queue: list[tuple[int, int, str, Any]] = []
+        self._counter = 0
+        self.nodes = [self._new_node(i, None) for i in range(n)]
+        self.clients = [
+            SimClient(
+                SigningKey(digest(f"sim-client-{scenario.seed}-{c}".encode())),
+                [],
+            )
+            for c in range(scenario.clients)
+        ]
+        for c, client in enumerate(self.clients):
+            client.requests = [
+                m.make_request(client.key, i + 1, encode_set(f"c{c}-r{i}".encode(), b"v%d" % i))
+                for i in range(scenario.requests_per_client)
+            ]
+        self.seen_requests: list[m.Request] = []
+        self.forged_requests: set[bytes] = set()
+        self.checkpoint_digests: dict[int, dict[int, bytes]] = {}
+        self.memory_violations: list[str] = []
+        self.messages_sent = 0
+        self.stable_since_ms: int | None = None
+        self.finished_ms: int | None = None
+        self.restarts = 0
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def honest(self) -> list[int]:
+        return [i for i in range(self.sc.n) if i != self.sc.byzantine]
+
+    def _new_node(self, i: int, old: SimNode | None) -> SimNode:
+        app = RecordingKV()
+        durable = None
+        if old is not None:
+            durable = DurableState({k: sorted(v.items()) for k, v in old.records.items() if v})
+        replica = Replica(self.config, i, self.keys[i], app, durable=durable)
+        node = SimNode(replica, app)
+        if old is not None:
+            node.records, node.blocks = old.records, old.blocks
+            node.conflicting_blocks = old.conflicting_blocks
+            node.executed_log = old.executed_log
+        self._drain(i, node)
+        return node
+
+    def _push(self, at_ms: int, kind: str, payload: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self.queue, (at_ms, self._counter, kind, payload))
+
+    # -- network ----------------------------------------------------------------------------
+
+    def _connected(self, a: int, b: int) -> bool:
+        if self.now_ms - START_MS >= self.sc.fault_end_ms:
+            return True
+        t = self.now_ms - START_MS
+        for start, end, groups in self.sc.partitions:
+            if start <= t < end:
+                for g in groups:
+                    if (a in g) != (b in g):
+                        return False
+        return True
+
+    def _faulty_period(self) -> bool:
+        return self.now_ms - START_MS < self.sc.fault_end_ms
+
+    def _send(self, src: int, dst: int, msg: m.Message) -> None:
+        self.messages_sent += 1
+        if not self._connected(src, dst):
+            return
+        if self._faulty_period() and self.rng.random() < self.sc.drop_p:
+            return
+        lo, hi = self.sc.delay_ms
+        copies = 2 if self._faulty_period() and self.rng.random() < self.sc.dup_p else 1
+        for _ in range(copies):
+            self._push(self.now_ms + self.rng.randint(lo, hi), "deliver", (dst, msg))
+
+    # -- the Ready loop (what the asyncio node does, with a dictionary for SQLite) -----------
+
+    def _drain(self, i: int, node: SimNode) -> None:
+        r = node.replica
+        while r.has_ready():
+            ready = r.ready()
+            self._handle(i, node, ready)
+            r.advance(ready)
+        self._check_memory(i, node)
+
+    def _apply(self, node: SimNode, delta: DurableDelta) -> None:
+        for kind, bound in delta.delete_below:
+            table = node.records.get(kind, {})
+            for key in [k for k in table if k < bound]:
+                del table[key]
+        for kind, key in delta.delete:
+            node.records.get(kind, {}).pop(key, None)
+        for kind, key, value in delta.put:
+            node.records.setdefault(kind, {})[key] = value
+
+    def _handle(self, i: int, node: SimNode, ready: Ready) -> None:
+        self._apply(node, ready.persist)
+        for block in ready.blocks:
+            old = node.blocks.get(block.height)
+            # Re-emission after a restart must be the same block (the certificate's signers
+            # may differ: compare the header fields that matter).
+            if old is not None and (old.batch_digest, old.state_root, old.prev_hash) != (
+                block.batch_digest,
+                block.state_root,
+                block.prev_hash,
+            ):
+                node.conflicting_blocks += 1
+            node.blocks[block.height] = block
+        for height, txs in node.app.executed.items():
+            node.executed_log[height] = txs
+        node.app.executed.clear()
+        for out in ready.messages:
+            if isinstance(out.msg, m.Checkpoint) and out.msg.replica_id == i:
+                self.checkpoint_digests.setdefault(out.msg.seq, {})[i] = out.msg.state_digest
+            targets = [j for j in range(self.sc.n) if j != i] if out.to is None else [out.to]
+            for dst, msg in self._byzantine_rewrite(i, targets, out.msg):
+                self._send(i, dst, msg)
+        for cr in ready.replies:
+            self._push(self.now_ms + self.rng.randint(*self.sc.delay_ms), "reply", cr.reply)
+
+    def _check_memory(self, i: int, node: SimNode) -> None:
+        r = node.replica
+        cfg = self.config
+        L = cfg.log_window
+        per_replica = L // cfg.checkpoint_interval + 2
+        bounds = {
+            "slots": (len(r.slots), L),
+            "prepared certificates": (len(r.pcerts), L),
+            "committed batches": (len(r.committed_batches), L),
+            "checkpoint votes": (
+                sum(len(v) for v in r.checkpoint_votes.values()),
+                cfg.n * per_replica,
+            ),
+            "own snapshots": (len(r.own_snapshots), L // cfg.checkpoint_interval + 1),
+            "pending": (len(r.pending) + len(r.inflight), cfg.pending_requests_max),
+            "view changes": (len(r.view_changes), cfg.n),
+        }
+        for what, (size, bound) in bounds.items():
+            if size > bound:
+                self.memory_violations.append(f"replica {i}: {what} {size} > {bound}")
+        if any(s <= r.h or s > r.h + L for s in r.slots):
+            self.memory_violations.append(f"replica {i}: a slot outside the watermarks")
+
+    # -- Byzantine rewriting ---------------------------------------------------------------
+
+    def _byzantine_rewrite(
+        self, i: int, targets: list[int], msg: m.Message
+    ) -> list[tuple[int, m.Message]]:
+        out = [(t, msg) for t in targets]
+        if i != self.sc.byzantine or not self.sc.behaviours:
+            return out
+        b, key, beh = i, self.keys[i], self.sc.behaviours
+        extra: list[tuple[int, m.Message]] = []
+        if isinstance(msg, m.PrePrepare) and msg.requests:
+            if "censor" in beh:
+                return []
+            if "equivocate" in beh:
+                alt_reqs = msg.requests[::-1] if len(msg.requests) > 1 else msg.requests
+                alt_time = msg.time_ms + (0 if len(msg.requests) > 1 else 1)
+                alt = dataclasses.replace(
+                    msg,
+                    requests=alt_reqs,
+                    time_ms=alt_time,
+                    batch_digest=m.batch_digest(alt_time, alt_reqs),
+                )
+                alt = m.sign(alt, key)
+                out = [(t, alt if t % 2 else msg) for t in targets]
+            if "watermark" in beh:
+                far = m.sign(
+                    dataclasses.replace(msg, seq=msg.seq + 10 * self.config.log_window), key
+                )
+                extra += [(t, far) for t in targets]
+        if isinstance(msg, m.Prepare | m.Commit):
+            if "forge_sigs" in beh:
+                victim = next(j for j in range(self.sc.n) if j != b)
+                forged = m.sign(dataclasses.replace(msg, replica_id=victim), key)
+                garbage = dataclasses.replace(msg, signature=bytes(64))
+                extra += [(t, forged) for t in targets] + [(t, garbage) for t in targets]
+            if "watermark" in beh:
+                far_vote = m.sign(
+                    dataclasses.replace(msg, seq=msg.seq + 10 * self.config.log_window), key
+                )
+                extra += [(t, far_vote) for t in targets]
+        if isinstance(msg, m.ViewChange) and "forge_certs" in beh:
+            fake_reqs = (self._forged_request(),)
+            seq = msg.stable_seq + 1
+            view = max(0, msg.new_view - 1)
+            pp = m.PrePrepare(
+                view, seq, m.batch_digest(0, fake_reqs), 0, fake_reqs, self.config.primary(view)
+            )
+            pp = m.sign(pp, key)  # signed by b in the primary's name: forged
+            preps = tuple(
+                m.sign(m.Prepare(view, seq, pp.batch_digest, j), key)
+                for j in range(self.sc.n)
+                if j != self.config.primary(view)
+            )[: 2 * self.config.f]
+            certs = tuple(c for c in msg.prepared if c.pre_prepare.seq != seq)
+            forged_vc = m.sign(
+                dataclasses.replace(msg, prepared=(m.PreparedCert(pp, preps), *certs)), key
+            )
+            out = [(t, forged_vc) for t in targets]
+        if isinstance(msg, m.NewView) and "forge_new_view" in beh:
+            fake_reqs = (self._forged_request(),)
+            seq = (
+                msg.pre_prepares[-1].seq
+                if msg.pre_prepares
+                else max(vc.stable_seq for vc in msg.view_changes)
+            ) + 1
+            pp = m.sign(
+                m.PrePrepare(msg.view, seq, m.batch_digest(0, fake_reqs), 0, fake_reqs, b), key
+            )
+            forged_nv = m.sign(dataclasses.replace(msg, pre_prepares=(*msg.pre_prepares, pp)), key)
+            out = [(t, forged_nv) for t in targets]
+        if isinstance(msg, m.Checkpoint) and "corrupt_checkpoint" in beh:
+            bad = m.sign(dataclasses.replace(msg, state_digest=digest(msg.state_digest)), key)
+            out = [(t, bad) for t in targets]
+        if isinstance(msg, m.StateData) and "poison_state" in beh:
+            poisoned = m.sign(dataclasses.replace(msg, snapshot=msg.snapshot + b"\x00"), key)
+            out = [(t, poisoned) for t in targets]
+        return out + extra
+
+    def _forged_request(self) -> m.Request:
+        """A request from client 0 that client 0 never signed (tx altered after signing)."""
+        real = self.clients[0].requests[0] if self.clients else None
+        client_id = real.client_id if real else bytes(32)
+        req = m.Request(client_id, 10**6, encode_set(b"forged", b"!"), bytes(64))
+        self.forged_requests.add(m.encode(req))
+        return req
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def _client_step(self, c: int) -> None:
+        cl = self.clients[c]
+        if cl.index >= len(cl.requests) or self.now_ms < cl.next_retry_ms:
+            return
+        req = cl.requests[cl.index]
+        first = cl.next_retry_ms == 0
+        targets = [cl.view_guess % self.sc.n] if first else list(range(self.sc.n))
+        for t in targets:
+            self._push(self.now_ms + self.rng.randint(*self.sc.delay_ms), "client", (t, req))
+        self.seen_requests.append(req)
+        if len(self.seen_requests) > 64:
+            del self.seen_requests[:32]
+        cl.next_retry_ms = self.now_ms + CLIENT_RETRY_MS
+
+    def _on_reply(self, reply: m.Reply) -> None:
+        for cl in self.clients:
+            if bytes(cl.key.public_key) != reply.client_id or cl.index >= len(cl.requests):
+                continue
+            if reply.request_id != cl.requests[cl.index].request_id:
+                return
+            if not m.verify_reply(reply, self.config.verify_keys):
+                return
+            cl.replies[reply.replica_id] = (reply.block_height, reply.result)
+            cl.view_guess = max(cl.view_guess, reply.view)
+            votes = list(cl.replies.values())
+            for answer in set(votes):
+                if votes.count(answer) >= self.config.f + 1:
+                    cl.done.append((reply.request_id, answer[0], answer[1]))
+                    cl.index += 1
+                    cl.replies = {}
+                    cl.next_retry_ms = 0
+                    self._client_step(self.clients.index(cl))
+                    return
+
+    def all_done(self) -> bool:
+        return all(cl.index >= len(cl.requests) for cl in self.clients)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> Simulator:
+        sc = self.sc
+        for i in range(sc.n):
+            self._push(self.now_ms + self.rng.randint(0, TICK_MS), "tick", i)
+        for c in range(sc.clients):
+            self._push(self.now_ms + self.rng.randint(0, 50), "client_tick", c)
+        for node, at, restart in sc.crashes:
+            self._push(START_MS + at, "crash", node)
+            self._push(START_MS + restart, "restart", node)
+        if sc.replay_requests:
+            self._push(START_MS + 100, "adversary", None)
+        end = START_MS + sc.deadline_ms
+        while self.queue:
+            at, _, kind, payload = heapq.heappop(self.queue)
+            if at > end:
+                break
+            self.now_ms = at
+            self._event(kind, payload)
+            if self.all_done() and self.finished_ms is None:
+                self.finished_ms = self.now_ms - START_MS
+                # Let retransmission settle so every honest replica catches up.
+                end = min(end, self.now_ms + 1_500)
+        return self
+
+    def _event(self, kind: str, payload: Any) -> None:
+        if kind == "tick":
+            i = payload
+            node = self.nodes[i]
+            if node.up:
+                node.replica.tick(self.now_ms)
+                self._drain(i, node)
+            self._push(self.now_ms + TICK_MS, "tick", i)
+        elif kind == "deliver":
+            dst, msg = payload
+            node = self.nodes[dst]
+            if node.up:
+                node.replica.step(msg, self.now_ms)
+                self._drain(dst, node)
+        elif kind == "client":
+            dst, req = payload
+            node = self.nodes[dst]
+            if node.up and self._connected(dst, dst):
+                node.replica.step(req, self.now_ms)
+                self._drain(dst, node)
+        elif kind == "reply":
+            self._on_reply(payload)
+        elif kind == "client_tick":
+            self._client_step(payload)
+            self._push(self.now_ms + 20, "client_tick", payload)
+        elif kind == "crash":
+            self.nodes[payload].up = False
+        elif kind == "restart":
+            old = self.nodes[payload]
+            if not old.up:
+                self.nodes[payload] = self._new_node(payload, old)
+                self.restarts += 1
+        elif kind == "adversary":
+            self._adversary()
+            if self._faulty_period() or not self.all_done():
+                self._push(self.now_ms + 97, "adversary", None)
+
+    def _adversary(self) -> None:
+        """Replays a request seen on the network and injects one with a bad signature."""
+        target = self.rng.randrange(self.sc.n)
+        if self.seen_requests:
+            old = self.rng.choice(self.seen_requests)
+            self._push(self.now_ms + 1, "client", (target, old))
+        forged = self._forged_request()
+        self._push(self.now_ms + 1, "client", (target, forged))
