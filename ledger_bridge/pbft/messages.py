@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 
 import msgpack
 
-from ledger_bridge.crypto import SigningKey, VerifyKey, digest, verify
+from ledger_bridge.crypto import SigningKey, VerifyKey, digest
 from ledger_bridge.pbft.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -520,7 +520,13 @@ def make_request(key: SigningKey, request_id: int, tx: bytes) -> Request:
 
 def verify_request(req: Request) -> bool:
     """The client's signature is valid and the request is within size limits."""
-    return len(req.tx) <= TX_BYTES_MAX and verify(req.client_id, signing_bytes(req), req.signature)
+    if len(req.tx) > TX_BYTES_MAX:
+        return False
+    try:
+        key = VerifyKey(req.client_id)
+    except ValueError:
+        return False
+    return _verify_cached(key, signing_bytes(req), req.signature)
 
 
 def request_digest(req: Request) -> bytes:
@@ -539,9 +545,29 @@ def verify_reply(reply: Reply, validators: Sequence[VerifyKey]) -> bool:
     return validators[reply.replica_id].verify(signing_bytes(reply), reply.signature)
 
 
+# Memo of successful verifications: a pure function's cache, so the core stays deterministic.
+# Ed25519 verification dominates the CPU profile; one process hosting several replicas (the
+# simulator, in-process tests) then verifies a broadcast once, not once per recipient, and a
+# retransmitted message is not re-verified. Keyed by the exact (key, bytes, signature).
+_VERIFIED: dict[tuple[bytes, bytes, bytes], None] = {}
+VERIFIED_CACHE_MAX = 16_384
+
+
+def _verify_cached(key: VerifyKey, message: bytes, signature: bytes) -> bool:
+    memo = (bytes(key), message, signature)
+    if memo in _VERIFIED:
+        return True
+    if not key.verify(message, signature):
+        return False
+    if len(_VERIFIED) >= VERIFIED_CACHE_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[memo] = None
+    return True
+
+
 def verify_signed(msg: Message, keys: Sequence[VerifyKey]) -> bool:
     """A replica message is signed by the replica named in its `replica_id` field."""
     rid = getattr(msg, "replica_id", -1)
     if type(rid) is not int or not 0 <= rid < len(keys):
         return False
-    return keys[rid].verify(signing_bytes(msg), getattr(msg, "signature", b""))
+    return _verify_cached(keys[rid], signing_bytes(msg), getattr(msg, "signature", b""))

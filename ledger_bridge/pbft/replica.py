@@ -918,7 +918,7 @@ class Replica:
     def _install_new_view(self, nv: NewView, vcs: tuple[ViewChange, ...]) -> None:
         min_s, _ = self._compute_o(vcs, nv.view)
         self.view = nv.view
-        self.active = True
+        self.active = False  # until O is in the log: _make_stable below must not propose
         self.new_view_msg = nv
         self._meta_dirty.add(META_VIEW)
         self.slots.clear()
@@ -934,6 +934,7 @@ class Replica:
                     if vc.checkpoint_proof[0].state_digest == own[0]:
                         self._make_stable(_Stable(min_s, own[0], vc.checkpoint_proof, own[1]))
                     break
+        self.active = True
         max_s = min_s
         for pp in nv.pre_prepares:
             max_s = max(max_s, pp.seq)

@@ -449,7 +449,7 @@ class Simulator:
             if self.all_done() and self.finished_ms is None:
                 self.finished_ms = self.now_ms - START_MS
                 # Let retransmission settle so every honest replica catches up.
-                end = min(end, self.now_ms + 1_500)
+                end = min(end, max(self.now_ms, START_MS + sc.fault_end_ms) + 1_500)
         return self
 
     def _event(self, kind: str, payload: Any) -> None:

@@ -1,0 +1,53 @@
+"""Random schedules from seeds: 500 in every run, thousands under `--campaign`.
+
+A failing seed prints itself; add it to regressions.json (with the `byzantine` flag it ran
+with) so it replays in every run from then on:
+`civis-vault ledger simulate --seed S [--byzantine]` reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ledger_bridge.sim.checkers import run_seed
+
+REGRESSIONS = Path(__file__).with_name("regressions.json")
+DEFAULT_SEEDS = 500
+CAMPAIGN_SEEDS = 5_000
+BYZANTINE_EVERY = 3  # one seed in three runs a Byzantine replica
+
+
+def _regressions() -> list[dict[str, object]]:
+    cases: list[dict[str, object]] = json.loads(REGRESSIONS.read_text())["cases"]
+    return cases
+
+
+def _failures(seeds: range) -> list[str]:
+    failures = []
+    for seed in seeds:
+        byzantine = seed % BYZANTINE_EVERY == 0
+        report = run_seed(seed, byzantine=byzantine)
+        if not report.ok:
+            flag = " --byzantine" if byzantine else ""
+            failures.append(f"--seed {seed}{flag}: {report.violations[:3]}")
+    return failures
+
+
+@pytest.mark.parametrize("case", _regressions(), ids=lambda c: f"seed-{c['seed']}")
+def test_regression_seed(case: dict[str, object]) -> None:
+    seed = case["seed"]
+    assert isinstance(seed, int)
+    report = run_seed(seed, byzantine=bool(case.get("byzantine", False)))
+    assert report.ok, f"seed {seed}: {report.violations}"
+
+
+def test_500_seeds() -> None:
+    assert _failures(range(DEFAULT_SEEDS)) == []
+
+
+@pytest.mark.slow
+def test_campaign() -> None:
+    assert _failures(range(DEFAULT_SEEDS, DEFAULT_SEEDS + CAMPAIGN_SEEDS)) == []
