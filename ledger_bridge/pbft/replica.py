@@ -215,6 +215,7 @@ class Replica:
         # Log and certificates (bounded by the watermarks).
         self.slots: dict[int, _Slot] = {}
         self.pcerts: dict[int, PreparedCert] = {}
+        # Committed batches with their certificates, executed or not, above h.
         self.committed_batches: dict[int, tuple[PrePrepare, tuple[Commit, ...]]] = {}
         self.h = 0  # low watermark: last stable checkpoint
         self.stable = _Stable(0, b"", (), b"")
@@ -643,7 +644,8 @@ class Replica:
         self.head_hash = block_hash(block)
         self.head_time_ms = time_ms
         self.last_executed = seq
-        del self.committed_batches[seq]
+        # committed_batches keeps executed entries until the next stable checkpoint: the log
+        # record must still hold the commit certificate so a restart can re-execute them.
         if fresh:
             self.vc_attempts = 0  # progress: back-off starts over
         self.vc_deadline_ms = (

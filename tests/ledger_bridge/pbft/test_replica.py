@@ -1,0 +1,270 @@
+"""Protocol tests of the replica core; each names the paper section it checks
+(Castro & Liskov, "Practical Byzantine Fault Tolerance and Proactive Recovery", TOCS 2002)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.blocks import block_hash, verify_chain
+from ledger_bridge.pbft.errors import LocalProtocolError
+from ledger_bridge.pbft.replica import KIND_LOG, Ready, seq_key
+from tests.ledger_bridge.pbft.harness import CLIENT, Net, key, request
+
+
+def _sent(net: Net, kind: type) -> list[m.Message]:
+    return [msg for _, _, msg in net.sent if isinstance(msg, kind)]
+
+
+def test_normal_case_commits_executes_and_replies() -> None:
+    """TOCS §4.2: pre-prepare, prepare, commit; every replica executes the batch as block 1
+    with a 2f+1 commit certificate, and the client gets n matching signed replies (§4.1)."""
+    net = Net()
+    net.submit(request(1))
+    net.deliver_all()
+    assert net.heights() == [1, 1, 1, 1]
+    hashes = {block_hash(b[1]) for b in net.blocks}
+    assert len(hashes) == 1
+    block = net.blocks[0][1]
+    assert len(block.signers) == 3 and verify_chain([block], net.config.public_keys)
+    replies = [r for r in net.replies if r.request_id == 1]
+    assert len(replies) == 4 and {r.result for r in replies} == {b"ok"}
+    assert all(m.verify_reply(r, net.config.verify_keys) for r in replies)
+
+
+def test_unsigned_request_is_never_ordered() -> None:
+    """TOCS §4.1: requests carry the client's signature; a tampered one is dropped."""
+    net = Net()
+    forged = dataclasses.replace(request(1), tx=b"something else")
+    net.submit(forged, to=[0, 1, 2, 3])
+    net.tick(50)
+    assert net.heights() == [0, 0, 0, 0]
+    assert net.replicas[0].stats["bad client signature"] == 1
+
+
+def test_batching_waits_for_a_full_batch_or_the_batch_wait() -> None:
+    """TOCS §5.1: the primary closes a batch at batch_size_max or after batch_wait_ms."""
+    net = Net(params={"batch_size_max": 3, "batch_wait_ms": 50})
+    net.submit(request(1))
+    net.submit(request(2, client=key(9)))
+    net.deliver_all()
+    assert _sent(net, m.PrePrepare) == []
+    net.tick(60)
+    assert [len(b.requests) for b in net.blocks[1].values()] == [2]
+    for i in range(3):
+        net.submit(request(10 + i, client=key(20 + i)))
+    net.deliver_all()
+    assert [len(b.requests) for b in net.blocks[1].values()] == [2, 3]
+
+
+def test_primary_never_proposes_above_the_high_watermark() -> None:
+    """TOCS §4.3: sequence numbers stay in (h, h+L]; only a stable checkpoint moves h."""
+    net = Net()
+    net.filter = lambda src, dst, msg: not isinstance(msg, m.Checkpoint)
+    for i in range(12):
+        net.submit(request(1, client=key(100 + i)))
+        net.deliver_all()
+    assert max(pp.seq for pp in _sent(net, m.PrePrepare)) == 8  # h + L with h = 0
+    net.filter = lambda src, dst, msg: True
+    net.tick(300)  # STATUS makes peers re-send their CHECKPOINTs; h moves; batching resumes
+    assert net.heights() == [12, 12, 12, 12]
+
+
+def test_backup_ignores_pre_prepare_outside_the_watermarks() -> None:
+    """TOCS §4.3: a PRE-PREPARE with n > h + L is not accepted (a faulty primary cannot
+    exhaust the sequence space)."""
+    net = Net()
+    req = request(1)
+    d = m.batch_digest(net.now_ms, (req,))
+    pp = m.sign(m.PrePrepare(0, 9, d, net.now_ms, (req,), 0), key(0))
+    net.replicas[1].step(pp, net.now_ms)
+    net.drain(1)
+    assert net.replicas[1].stats["pre-prepare outside the watermarks"] == 1
+    assert _sent(net, m.Prepare) == []
+
+
+def test_checkpoint_becomes_stable_and_log_is_garbage_collected() -> None:
+    """TOCS §4.3: 2f+1 matching CHECKPOINTs make it stable; the log below h is discarded,
+    in memory and in the durable records."""
+    net = Net()
+    for i in range(9):
+        net.submit(request(1, client=key(100 + i)))
+        net.deliver_all()
+    for i, r in enumerate(net.replicas):
+        assert r.h == 8
+        assert all(s > 8 for s in r.slots) and all(s > 8 for s in r.pcerts)
+        assert len(r.stable.proof) == 3
+        assert all(k > seq_key(8) for k in net.records[i].get(KIND_LOG, {}))
+
+
+def test_equivocating_pre_prepare_is_ignored() -> None:
+    """TOCS §4.2: a backup accepts one PRE-PREPARE per (v, n); a second digest is ignored."""
+    net = Net()
+    r1, r2 = request(1), request(2, client=key(9))
+    pps = [
+        m.sign(m.PrePrepare(0, 1, m.batch_digest(net.now_ms, (r,)), net.now_ms, (r,), 0), key(0))
+        for r in (r1, r2)
+    ]
+    for pp in pps:
+        net.replicas[1].step(pp, net.now_ms)
+        net.drain(1)
+    assert net.replicas[1].stats["equivocating pre-prepare"] == 1
+    assert len(_sent(net, m.Prepare)) == 1
+
+
+def test_replayed_request_is_answered_from_the_reply_cache() -> None:
+    """TOCS §4.1: a request is executed once; a repeat gets the cached reply."""
+    net = Net()
+    req = request(1)
+    net.submit(req)
+    net.deliver_all()
+    replies_before = len(net.replies)
+    net.submit(req, to=[0, 1, 2, 3])
+    net.deliver_all()
+    net.tick(50)
+    assert net.heights() == [1, 1, 1, 1]
+    assert len(net.replies) == replies_before + 4
+
+
+def test_primary_crash_triggers_view_change() -> None:
+    """TOCS §4.4, §4.5.2: backups holding an unexecuted request time out, move to view 1,
+    the new primary sends NEW-VIEW and the request commits."""
+    net = Net()
+    net.down.add(0)
+    net.submit(request(1), to=[1, 2, 3])
+    net.tick(1_500)
+    assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
+    assert net.heights()[1:] == [1, 1, 1]
+
+
+def test_view_change_re_proposes_the_prepared_batch() -> None:
+    """TOCS §4.4: a batch prepared in view 0 (COMMITs lost) is carried by the prepared
+    certificates in VIEW-CHANGE and re-proposed in NEW-VIEW at the same sequence number."""
+    net = Net()
+    # Every view-0 COMMIT is lost, including STATUS-driven retransmissions.
+    net.filter = lambda src, dst, msg: not (isinstance(msg, m.Commit) and msg.view == 0)
+    req = request(1)
+    net.submit(req)
+    net.deliver_all()
+    assert all(1 in r.pcerts for r in net.replicas) and net.heights() == [0, 0, 0, 0]
+    digest0 = net.replicas[1].pcerts[1].pre_prepare.batch_digest
+    net.down.add(0)
+    net.tick(1_500)
+    assert net.heights()[1:] == [1, 1, 1]
+    block = net.blocks[1][1]
+    assert block.batch_digest == digest0 and block.view == 1
+    new_views = _sent(net, m.NewView)
+    assert new_views and new_views[0].pre_prepares[0].batch_digest == digest0
+
+
+def test_forged_new_view_is_rejected() -> None:
+    """TOCS §4.4: backups recompute O from V; a NEW-VIEW whose O differs is rejected even
+    when correctly signed by the new primary."""
+    net = Net()
+    net.down.add(0)
+    net.filter = lambda src, dst, msg: not isinstance(msg, m.NewView)
+    net.submit(request(1), to=[1, 2, 3])
+    net.tick(600)
+    genuine = next(nv for nv in _sent(net, m.NewView))
+    extra = request(7, client=key(30))
+    bogus_pp = m.sign(m.PrePrepare(1, 1, m.batch_digest(0, (extra,)), 0, (extra,), 1), key(1))
+    forged = m.sign(dataclasses.replace(genuine, pre_prepares=(bogus_pp,)), key(1))
+    target = net.replicas[2]
+    target.step(forged, net.now_ms)
+    assert target.stats["new-view O differs from the recomputed one"] == 1
+    assert not target.active
+    target.step(genuine, net.now_ms)
+    assert target.active and target.view == 1
+
+
+def test_view_change_timeout_backs_off_exponentially() -> None:
+    """TOCS §4.5.2: with no NEW-VIEW, each further view change waits twice as long."""
+    net = Net()
+    net.filter = lambda src, dst, msg: False  # nobody hears anybody
+    net.submit(request(1), to=[1])
+    starts = []
+    last_view = 0
+    for _ in range(800):
+        net.tick(10)
+        if net.replicas[1].view != last_view:
+            last_view = net.replicas[1].view
+            starts.append(net.now_ms)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(gaps) >= 2 and all(g2 >= 2 * g1 - 20 for g1, g2 in itertools.pairwise(gaps))
+
+
+def test_replica_joins_after_f_plus_1_view_changes() -> None:
+    """TOCS §4.5.2: f+1 VIEW-CHANGEs for a higher view make a replica join without waiting
+    for its own timer."""
+    net = Net()
+    for i in (1, 2):
+        vc = m.sign(m.ViewChange(1, 0, (), (), i), key(i))
+        net.replicas[3].step(vc, net.now_ms)
+    assert net.replicas[3].view == 1 and not net.replicas[3].active
+
+
+def test_heartbeat_silence_starts_a_view_change() -> None:
+    """A dead primary is noticed without client traffic: its STATUS is the heartbeat."""
+    net = Net()
+    net.tick(200)
+    net.down.add(0)
+    net.tick(1_000)
+    assert all(r.view >= 1 for r in net.replicas[1:])
+    assert net.replicas[1].stats["primary silent"] >= 1
+
+
+def test_restart_from_durable_state() -> None:
+    """TOCS §4.1 (the log is stable storage): a replica restarted from its records reaches the
+    same chain head and state, then keeps up."""
+    net = Net()
+    for i in range(6):
+        net.submit(request(1, client=key(100 + i)))
+        net.deliver_all()
+    before = (net.replicas[2].head_hash, net.apps[2].state_root(), net.replicas[2].h)
+    net.restart(2)
+    assert (net.replicas[2].head_hash, net.apps[2].state_root(), net.replicas[2].h) == before
+    net.submit(request(1, client=key(200)))
+    net.deliver_all()
+    assert net.heights() == [7, 7, 7, 7]
+
+
+def test_state_transfer_rejects_poisoned_snapshots() -> None:
+    """TOCS §5.3: a snapshot is installed only if 2f+1 CHECKPOINT signatures certify its
+    digest; a tampered one is rejected and the genuine one then accepted."""
+    net = Net()
+    net.down.add(3)
+    for i in range(5):
+        net.submit(request(1, client=key(100 + i)))
+        net.deliver_all()
+    src = net.replicas[0]
+    s = src.stable
+    genuine = m.sign(m.StateData(s.seq, s.proof, s.snapshot, (), 0), key(0))
+    poisoned = m.sign(dataclasses.replace(genuine, snapshot=s.snapshot + b"x"), key(0))
+    lagger = net.replicas[3]
+    lagger.step(poisoned, net.now_ms)
+    assert lagger.stats["state-data not certified by a stable checkpoint"] == 1
+    assert lagger.last_executed == 0
+    lagger.step(genuine, net.now_ms)
+    assert lagger.last_executed == 4 and net.apps[3].state_root() == net.apps[0].state_root()
+
+
+def test_ready_persists_before_sending_and_advance_checks_its_argument() -> None:
+    """TOCS §4.1: the PRE-PREPARE a backup accepted is in `persist` of the same Ready that
+    carries its PREPARE; `advance` with a foreign Ready is our bug, not the peer's."""
+    net = Net()
+    req = request(1)
+    pp = m.sign(
+        m.PrePrepare(0, 1, m.batch_digest(net.now_ms, (req,)), net.now_ms, (req,), 0), key(0)
+    )
+    r = net.replicas[1]
+    r.step(pp, net.now_ms)
+    ready = r.ready()
+    assert any(kind == KIND_LOG and k == seq_key(1) for kind, k, _ in ready.persist.put)
+    assert any(isinstance(o.msg, m.Prepare) for o in ready.messages)
+    with pytest.raises(LocalProtocolError):
+        r.advance(Ready(ready.persist, [], [], []))
+    r.advance(ready)
+    assert CLIENT is not None
