@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import TypeVar
 
 import pytest
 
@@ -14,8 +15,10 @@ from ledger_bridge.pbft.errors import LocalProtocolError
 from ledger_bridge.pbft.replica import KIND_LOG, Ready, seq_key
 from tests.ledger_bridge.pbft.harness import CLIENT, Net, key, request
 
+M = TypeVar("M")
 
-def _sent(net: Net, kind: type) -> list[m.Message]:
+
+def _sent(net: Net, kind: type[M]) -> list[M]:
     return [msg for _, _, msg in net.sent if isinstance(msg, kind)]
 
 
