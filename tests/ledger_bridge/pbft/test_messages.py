@@ -1,0 +1,102 @@
+"""The wire format: one canonical encoding per message, and only RemoteProtocolError on any
+malformed input (a Byzantine peer's bytes must never crash a replica)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.errors import LocalProtocolError, RemoteProtocolError
+from tests.ledger_bridge.pbft.harness import key, request
+
+
+def _samples() -> list[m.Message]:
+    req = request(1)
+    pp = m.sign(m.PrePrepare(0, 1, m.batch_digest(5, (req,)), 5, (req,), 0), key(0))
+    prep = m.sign(m.Prepare(0, 1, pp.batch_digest, 1), key(1))
+    cp = m.sign(m.Checkpoint(4, b"d" * 32, b"r" * 32, 2), key(2))
+    vc = m.sign(m.ViewChange(1, 0, (), (m.PreparedCert(pp, (prep,)),), 3), key(3))
+    nv = m.sign(m.NewView(1, (vc,), (pp,), 1), key(1))
+    return [req, pp, prep, cp, vc, nv, m.sign(m.Status(0, True, 0, 3, 1), key(1))]
+
+
+@pytest.mark.parametrize("msg", _samples(), ids=lambda x: type(x).__name__)
+def test_round_trip_and_signatures(msg: m.Message) -> None:
+    raw = m.encode(msg)
+    assert m.decode(raw) == msg
+    if isinstance(msg, m.Request):
+        assert m.verify_request(msg)
+        assert not m.verify_request(dataclasses.replace(msg, request_id=2))
+    elif not isinstance(msg, m.PreparedCert):
+        keys = [key(i).public_key for i in range(4)]
+        assert m.verify_signed(msg, keys)
+        flipped = bytes([msg.signature[0] ^ 1]) + msg.signature[1:]  # type: ignore[union-attr]
+        assert not m.verify_signed(dataclasses.replace(msg, signature=flipped), keys)  # type: ignore[arg-type]
+
+
+def test_non_canonical_encodings_are_rejected() -> None:
+    req = request(1)
+    obj = msgpack.unpackb(m.encode(req))
+    # The same integer as a wider msgpack type: equal value, different bytes.
+    wide = b"\x95" + msgpack.packb(1) + msgpack.packb(obj[1], use_bin_type=True)
+    wide += b"\xcf" + obj[2].to_bytes(8, "big")
+    wide += b"".join(msgpack.packb(x, use_bin_type=True) for x in obj[3:])
+    with pytest.raises(RemoteProtocolError):
+        m.decode(wide)
+    with pytest.raises(RemoteProtocolError):
+        m.decode(m.encode(req) + b"\x00")  # trailing bytes
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [],
+        [99, 1],
+        [1, b"c", 1, b"tx"],  # a field missing
+        [1, b"c", -1, b"tx", b"s"],  # negative integer
+        [1, "c", 1, b"tx", b"s"],  # str where bytes
+        [1, b"c", True, b"tx", b"s"],  # bool where int
+        [3, 0, 1, b"d", 1, b"s", b"extra"],
+        [2, 0, 1, b"d", 0, [[3, 0, 1, b"d", 1, b"s"]], 0, b"s"],  # wrong nested type
+        {"a": 1},
+    ],
+)
+def test_malformed_structures_are_remote_errors(obj: object) -> None:
+    with pytest.raises(RemoteProtocolError):
+        m.decode(msgpack.packb(obj, use_bin_type=True))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_raise_anything_else(data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        m.decode(data)
+
+
+SAMPLES = [m.encode(x) for x in _samples()]
+
+
+@settings(max_examples=500)
+@given(st.integers(0, len(SAMPLES) - 1), st.integers(0, 10_000), st.integers(0, 255), st.booleans())
+def test_mutated_messages_never_raise_anything_else(
+    which: int, pos: int, byte: int, truncate: bool
+) -> None:
+    """Valid messages with one byte changed or cut short: decoded or rejected, nothing else."""
+    raw = SAMPLES[which]
+    pos %= len(raw)
+    bad = raw[:pos] if truncate else raw[:pos] + bytes([byte]) + raw[pos + 1 :]
+    with contextlib.suppress(RemoteProtocolError):
+        m.decode(bad)
+
+
+def test_signing_bytes_of_an_unsigned_message_is_our_bug() -> None:
+    pp = _samples()[1]
+    assert isinstance(pp, m.PrePrepare)
+    with pytest.raises(LocalProtocolError):
+        m.signing_bytes(m.PreparedCert(pp, ()))
