@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ledger = sub.add_parser("ledger", help="the bundled PBFT ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", metavar="LEDGER_COMMAND")
     _register_up(ledger_sub)
+    _register_simulate(ledger_sub)
 
 
 # -- `civis-vault node` and `civis-vault ledger up` (the process shell) ---------------------
@@ -69,3 +70,47 @@ def _run_up(args: argparse.Namespace) -> int:
         except (TimeoutError, RuntimeError) as exc:
             print(f"error: {exc}")
             return 1
+
+
+# -- `civis-vault ledger simulate` (the seeded simulator of the replica core) ----------------
+
+
+def _register_simulate(ledger_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = ledger_sub.add_parser(
+        "simulate", help="run the replica core under seeded adversarial schedules"
+    )
+    sim.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
+    sim.add_argument("--seed", type=int, default=None, help="run only this seed (reproduce)")
+    sim.add_argument("--first", type=int, default=0, help="first seed of the range")
+    sim.add_argument(
+        "--byzantine", action="store_true", help="one replica runs Byzantine behaviours"
+    )
+    sim.set_defaults(func=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    """Prints one line per failing seed (with the command that reproduces it) and a summary;
+    exit status 1 if any seed failed."""
+    from ledger_bridge.sim.checkers import run_seed
+    from ledger_bridge.sim.core import Scenario
+
+    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
+    flag = " --byzantine" if args.byzantine else ""
+    failed, started = 0, time.monotonic()
+    for seed in seeds:
+        try:
+            report = run_seed(seed, byzantine=args.byzantine)
+            problems = report.violations
+        except Exception as exc:  # a crash of the core is a finding, not the end of the run
+            problems = [f"crashed: {type(exc).__name__}: {exc}"]
+        if problems:
+            failed += 1
+            print(f"FAIL seed {seed}: {'; '.join(problems[:3])}")
+            print(f"  reproduce: civis-vault ledger simulate --seed {seed}{flag}")
+        elif args.seed is not None:
+            sc = Scenario.random(seed, byzantine=args.byzantine)
+            print(f"seed {seed} ok: {sc}")
+    total = len(seeds)
+    elapsed_s = time.monotonic() - started
+    print(f"{total - failed}/{total} seeds passed{flag and ' (Byzantine)'} in {elapsed_s:.1f} s")
+    return 1 if failed else 0
