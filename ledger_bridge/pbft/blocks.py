@@ -22,24 +22,8 @@ GENESIS_HASH = b"\0" * 32
 
 
 def block_hash(block: Block) -> bytes:
-    """Hash of the header; the requests are covered through `batch_digest`.
-
-    The certificate's view is left out: a batch may commit in view v at one replica and, re-
-    proposed by NEW-VIEW, in view v+1 at another (TOCS §4.4). Both certificates prove the same
-    block, and the chains must hash identically.
-    """
-    return digest(
-        m._pack(
-            [
-                block.height,
-                block.prev_hash,
-                block.time_ms,
-                block.batch_digest,
-                block.results_digest,
-                block.state_root,
-            ]
-        )
-    )
+    """See `Block.header_hash`."""
+    return block.header_hash()
 
 
 def results_digest(results: Sequence[bytes]) -> bytes:

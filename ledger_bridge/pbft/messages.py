@@ -338,6 +338,21 @@ class Block(_Msg):
     def txs(self) -> list[bytes]:
         return [r.tx for r in self.requests]
 
+    def header_hash(self) -> bytes:
+        """The block's hash (what the next block's `prev_hash` holds). It covers the requests
+        through `batch_digest`, and leaves out the certificate and its view: a batch may
+        commit in view v at one replica and, re-proposed by NEW-VIEW, in view v+1 at another
+        (TOCS §4.4); both certificates prove the same block."""
+        header = [
+            self.height,
+            self.prev_hash,
+            self.time_ms,
+            self.batch_digest,
+            self.results_digest,
+            self.state_root,
+        ]
+        return digest(_pack(header))
+
 
 @dataclass(frozen=True, slots=True)
 class StateData(_Msg):
