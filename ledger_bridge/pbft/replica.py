@@ -65,7 +65,13 @@ import msgpack
 from ledger_bridge.app import Application, BlockContext
 from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.pbft import messages as m
-from ledger_bridge.pbft.blocks import GENESIS_HASH, block_hash, results_digest, verify_chain
+from ledger_bridge.pbft.blocks import (
+    GENESIS_HASH,
+    block_hash,
+    results_digest,
+    verify_block,
+    verify_chain,
+)
 from ledger_bridge.pbft.config import ClusterConfig
 from ledger_bridge.pbft.errors import LocalProtocolError, RemoteProtocolError
 from ledger_bridge.pbft.messages import (
@@ -379,6 +385,8 @@ class Replica:
             self._on_status(msg)
         elif isinstance(msg, StateData):
             self._on_state_data(msg)
+        elif isinstance(msg, Block):
+            self._on_block(msg)
         else:
             self._ignore(f"unexpected {type(msg).__name__}")
 
@@ -976,10 +984,22 @@ class Replica:
             self._send(to, m.sign(data, self.key))
             self.stats["state transfers served"] += 1
             return
+        # Blocks the sender has not executed: each carries its commit certificate, which is
+        # all a replica needs to execute, whatever view either of us is in.
+        sent = 0
+        for b in self.recent_blocks:
+            if st.last_executed < b.height and sent < self.config.log_window:
+                self._send(to, b)
+                sent += 1
+        # Help the sender make its checkpoints stable.
+        for seq in sorted(self.checkpoint_votes):
+            mine = self.checkpoint_votes[seq].get(self.id)
+            if mine is not None and seq > st.stable_seq:
+                self._send(to, mine)
         if not (self.active and st.view == self.view and st.view_active):
             return
         for seq in sorted(self.slots):
-            if seq <= st.last_executed:
+            if seq <= max(st.last_executed, self.last_executed):
                 continue
             slot = self.slots[seq]
             if slot.pre_prepare is not None and slot.pre_prepare.signature:
@@ -988,11 +1008,38 @@ class Replica:
                 self._send(to, slot.my_prepare)
             if slot.my_commit is not None:
                 self._send(to, slot.my_commit)
-        # Help the sender make its last checkpoint stable.
-        for seq in sorted(self.checkpoint_votes):
-            mine = self.checkpoint_votes[seq].get(self.id)
-            if mine is not None and seq > st.stable_seq:
-                self._send(to, mine)
+
+    def _on_block(self, block: Block) -> None:
+        """Catch-up by commit certificate: 2f+1 signed COMMITs for (v, n, d) prove that the
+        batch with digest d committed at n (TOCS §4.2, §4.4 safety: no other batch can commit
+        at n in any view), so a replica may execute it without having voted, e.g. while it
+        is alone in a higher view or lost the messages. The header fields the certificate does
+        not cover (results, state root) are recomputed locally, never taken from the sender."""
+        seq = block.height
+        if seq <= self.last_executed or seq > self.last_executed + self.config.log_window:
+            self.stats["block outside the catch-up window"] += 1
+            return
+        if seq in self.committed_batches:
+            return
+        if not verify_block(block, self.keys):
+            self._ignore("block with an invalid certificate")
+            return
+        pp = PrePrepare(
+            block.view,
+            seq,
+            block.batch_digest,
+            block.time_ms,
+            block.requests,
+            self.config.primary(block.view),
+        )
+        commits = tuple(
+            Commit(block.view, seq, block.batch_digest, signer, sig)
+            for signer, sig in zip(block.signers, block.certificate, strict=True)
+        )
+        self.committed_batches[seq] = (pp, commits)
+        self._dirty.add(seq)
+        self.stats["batches executed from certificates"] += 1
+        self._execute_ready()
 
     def _on_state_data(self, data: StateData) -> None:
         """State transfer certified by a stable checkpoint (TOCS §5.3): accept the snapshot

@@ -6,7 +6,8 @@
 - equal state digests at checkpoints;
 - exactly once: no (client, request id) is executed at two heights by one replica;
 - only signed requests executed: no forged request reaches any honest chain;
-- liveness: every client request completed once the network was stable;
+- liveness: every client request completed once the network was stable, and every honest
+  replica that is up caught up with the highest honest chain;
 - memory bounded by the log window (sampled after every step);
 - no block re-emitted with different contents after a restart.
 """
@@ -78,6 +79,13 @@ def check(sim: Simulator, *, expect_liveness: bool = True) -> Report:
     if expect_liveness and not sim.all_done():
         left = sum(len(c.requests) - c.index for c in sim.clients)
         v.append(f"liveness: {left} request(s) not completed by the deadline")
+    # Catch-up: once the network is stable every honest replica that is up reaches the top.
+    up = [i for i in honest if sim.nodes[i].up]
+    if expect_liveness and up:
+        top = max(report.heights[i] for i in up)
+        for i in up:
+            if report.heights[i] < top:
+                v.append(f"catch-up: replica {i} at height {report.heights[i]}, others at {top}")
     # Every acknowledged request is in the honest chains at the height its receipt names.
     for c in sim.clients:
         for rid, height, _result in c.done:
