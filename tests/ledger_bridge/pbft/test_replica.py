@@ -271,3 +271,46 @@ def test_ready_persists_before_sending_and_advance_checks_its_argument() -> None
         r.advance(Ready(ready.persist, [], [], []))
     r.advance(ready)
     assert CLIENT is not None
+
+
+def test_new_view_fills_gaps_with_null_requests() -> None:
+    """TOCS §4.4: O holds, between min-s and max-s, the prepared batch where V has one and a
+    null request where it has none; the null request executes as an empty block."""
+    net = Net()
+    req = request(1)
+    pp2 = m.sign(
+        m.PrePrepare(0, 2, m.batch_digest(net.now_ms, (req,)), net.now_ms, (req,), 0), key(0)
+    )
+    preps = tuple(m.sign(m.Prepare(0, 2, pp2.batch_digest, i), key(i)) for i in (1, 2))
+    cert = m.PreparedCert(pp2, preps)
+    vcs = [m.sign(m.ViewChange(1, 0, (), (cert,) if i == 2 else (), i), key(i)) for i in (1, 2, 3)]
+    new_primary = net.replicas[1]
+    for vc in vcs:
+        new_primary.step(vc, net.now_ms)
+    net.drain(1)
+    nv = _sent(net, m.NewView)[0]
+    assert [(pp.seq, len(pp.requests)) for pp in nv.pre_prepares] == [(1, 0), (2, 1)]
+    assert nv.pre_prepares[1].batch_digest == pp2.batch_digest
+    net.down.add(0)
+    net.deliver_all()
+    net.tick(200)
+    assert net.heights()[1:] == [2, 2, 2]
+    assert net.blocks[2][1].requests == () and net.blocks[2][2].requests == (req,)
+
+
+def test_lagging_replica_executes_blocks_by_their_commit_certificates() -> None:
+    """A replica that missed the whole normal case executes from the blocks its peers send
+    in answer to its STATUS, checking each block's 2f+1 COMMIT signatures (TOCS §4.2)."""
+    net = Net()
+    net.filter = lambda src, dst, msg: dst != 3 or isinstance(msg, m.Block | m.Status)
+    for i in range(3):
+        net.submit(request(1, client=key(300 + i)))
+        net.deliver_all()
+    assert net.heights() == [3, 3, 3, 0]
+    net.tick(300)
+    assert net.heights() == [3, 3, 3, 3]
+    assert net.replicas[3].stats["batches executed from certificates"] == 3
+    assert net.apps[3].state_root() == net.apps[0].state_root()
+    forged = dataclasses.replace(net.blocks[0][3], height=4, certificate=(bytes(64),) * 3)
+    net.replicas[3].step(forged, net.now_ms)
+    assert net.replicas[3].stats["block with an invalid certificate"] == 1

@@ -219,3 +219,19 @@ def test_replica_lagging_past_the_log_window_catches_up() -> None:
     assert lagger["state transfers applied"] > 0
     assert max(sim.nodes[0].blocks) > sc.log_window
     _caught_up(sim, [0, 1, 2, 3])
+
+
+def test_seven_replicas_with_a_crash_and_a_byzantine_primary() -> None:
+    """n = 7, f = 2: an equivocating primary and a crashed backup at the same time."""
+    sc = Scenario(
+        seed=114,
+        n=7,
+        clients=3,
+        requests_per_client=6,
+        byzantine=0,
+        behaviours=frozenset({"equivocate", "forge_sigs"}),
+        crashes=[(5, 100, NEVER_MS)],
+    )
+    sim, _, stats = _run(sc)
+    assert stats["equivocating pre-prepare"] + stats["bad prepare signature"] > 0
+    _caught_up(sim, [1, 2, 3, 4, 6])
