@@ -341,6 +341,13 @@ class Simulator:
                     dataclasses.replace(msg, seq=msg.seq + 10 * self.config.log_window), key
                 )
                 extra += [(t, far_vote) for t in targets]
+        if isinstance(msg, m.Block) and "forge_certs" in beh:
+            # A catch-up block whose batch was swapped under a genuine certificate.
+            fake_reqs = (self._forged_request(),)
+            swapped = dataclasses.replace(
+                msg, requests=fake_reqs, batch_digest=m.batch_digest(msg.time_ms, fake_reqs)
+            )
+            out = [(t, swapped) for t in targets]
         if isinstance(msg, m.ViewChange) and "forge_certs" in beh:
             fake_reqs = (self._forged_request(),)
             seq = msg.stable_seq + 1
