@@ -314,3 +314,18 @@ def test_lagging_replica_executes_blocks_by_their_commit_certificates() -> None:
     forged = dataclasses.replace(net.blocks[0][3], height=4, certificate=(bytes(64),) * 3)
     net.replicas[3].step(forged, net.now_ms)
     assert net.replicas[3].stats["block with an invalid certificate"] == 1
+
+
+def test_block_time_outside_the_skew_is_refused() -> None:
+    """Block time is the primary's proposal, accepted by a backup only within
+    block_time_skew_ms of its own clock (issue 3: "checked by backups within a bound")."""
+    net = Net()
+    req = request(1)
+    late = net.now_ms + net.config.block_time_skew_ms + 1
+    pp = m.sign(m.PrePrepare(0, 1, m.batch_digest(late, (req,)), late, (req,), 0), key(0))
+    net.replicas[1].step(pp, net.now_ms)
+    assert net.replicas[1].stats["block time outside the allowed skew"] == 1
+    ok_time = net.now_ms - 10
+    pp = m.sign(m.PrePrepare(0, 1, m.batch_digest(ok_time, (req,)), ok_time, (req,), 0), key(0))
+    net.replicas[1].step(pp, net.now_ms)
+    assert 1 in net.replicas[1].slots and net.replicas[1].slots[1].pre_prepare == pp
