@@ -64,6 +64,7 @@ class Scenario:
     partitions: list[tuple[int, int, list[set[int]]]] = field(default_factory=list)
     crashes: list[tuple[int, int, int]] = field(default_factory=list)  # (node, at, restart)
     byzantine: int | None = None
+    also_byzantine: tuple[int, ...] = ()  # more replicas with the same behaviours (total <= f)
     behaviours: frozenset[str] = frozenset()
     fault_end_ms: int = 1_500
     deadline_ms: int = 25_000
@@ -100,7 +101,15 @@ class Scenario:
             start = rng.randint(0, sc.fault_end_ms)
             side = set(rng.sample(range(n), rng.randint(1, n // 2)))
             sc.partitions.append((start, rng.randint(start, sc.fault_end_ms), [side]))
+        # Drawn last so that adding it left every n = 4 schedule unchanged.
+        if byzantine and n == 7 and not sc.crashes and rng.random() < 0.5:
+            sc.also_byzantine = (rng.choice([i for i in range(n) if i not in faulty]),)
         return sc
+
+    @property
+    def byzantine_ids(self) -> frozenset[int]:
+        first = () if self.byzantine is None else (self.byzantine,)
+        return frozenset((*first, *self.also_byzantine))
 
 
 class RecordingKV(KVApp):
@@ -186,7 +195,7 @@ class Simulator:
     # -- setup ----------------------------------------------------------------------------
 
     def honest(self) -> list[int]:
-        return [i for i in range(self.sc.n) if i != self.sc.byzantine]
+        return [i for i in range(self.sc.n) if i not in self.sc.byzantine_ids]
 
     def _new_node(self, i: int, old: SimNode | None) -> SimNode:
         app = RecordingKV()
@@ -307,7 +316,7 @@ class Simulator:
         self, i: int, targets: list[int], msg: m.Message
     ) -> list[tuple[int, m.Message]]:
         out = [(t, msg) for t in targets]
-        if i != self.sc.byzantine or not self.sc.behaviours:
+        if i not in self.sc.byzantine_ids or not self.sc.behaviours:
             return out
         b, key, beh = i, self.keys[i], self.sc.behaviours
         extra: list[tuple[int, m.Message]] = []

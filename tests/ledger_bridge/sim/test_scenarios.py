@@ -235,3 +235,21 @@ def test_seven_replicas_with_a_crash_and_a_byzantine_primary() -> None:
     sim, _, stats = _run(sc)
     assert stats["equivocating pre-prepare"] + stats["bad prepare signature"] > 0
     _caught_up(sim, [1, 2, 3, 4, 6])
+
+
+def test_seven_replicas_with_two_byzantine_replicas() -> None:
+    """n = 7, f = 2: two colluding Byzantine replicas (an equivocating primary and a backup
+    forging certificates and NEW-VIEWs) cannot break agreement, and 5 honest make progress."""
+    sc = Scenario(
+        seed=115,
+        n=7,
+        clients=3,
+        requests_per_client=6,
+        byzantine=0,
+        also_byzantine=(1,),
+        behaviours=frozenset({"equivocate", "forge_certs", "forge_new_view", "forge_sigs"}),
+    )
+    sim, _, stats = _run(sc)
+    assert sim.honest() == [2, 3, 4, 5, 6]
+    assert stats["equivocating pre-prepare"] + stats["prepare for another digest"] > 0
+    _caught_up(sim, sim.honest())
