@@ -306,7 +306,8 @@ class Replica:
                 self.stats["primary silent"] += 1
                 self._start_view_change(self.view + 1)
                 return
-        if self.vc_deadline_ms is not None and now >= self.vc_deadline_ms:
+        suspects = not (self.active and self.is_primary)  # a primary never suspects itself
+        if suspects and self.vc_deadline_ms is not None and now >= self.vc_deadline_ms:
             self.stats["view-change timeout"] += 1
             self._start_view_change(self.view + 1)
 
