@@ -168,3 +168,31 @@ class OutboxFact(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_outbox_pending", "id", postgresql_where=text("sent_at IS NULL")),)
+
+
+API_ROLES = ("provider", "consumer", "subject", "dpo", "validator")
+
+
+class ApiKey(Base):
+    """An API key of a member. Only the SHA-256 of the secret half is stored, never the token.
+
+    Why here and not in api/: one metadata object keeps the migrations' autogenerate check
+    (tests/test_migrations.py) seeing every table; the API owns the logic (api/keys.py).
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public key id, in the token
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)  # SHA-256 of the secret half
+    member_id: Mapped[str] = mapped_column(String(128), index=True)  # pseudonym or public key
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "role IN ('provider', 'consumer', 'subject', 'dpo', 'validator')", name="role"
+        ),
+    )
