@@ -247,6 +247,7 @@ class Replica:
         self.next_status_ms = 0
         self.next_vc_resend_ms = 0
         self.last_answer_ms: dict[int, int] = {}
+        self.peer_progress: dict[int, int] = {}  # last_executed each peer last reported
         # Ready buffers.
         self._messages: list[Outbound] = []
         self._replies: list[ClientReply] = []
@@ -984,6 +985,13 @@ class Replica:
             self._send(to, self.new_view_msg)
         if not self.active and self.my_view_change is not None and st.view <= self.view:
             self._send(to, self.my_view_change)
+        # Retransmit log, blocks and state only to a peer that made no progress since its
+        # previous STATUS: under load every peer is a little behind at any instant, and
+        # answering that with the in-flight batches would multiply the traffic.
+        stuck = self.peer_progress.get(to) == st.last_executed
+        self.peer_progress[to] = st.last_executed
+        if not stuck:
+            return
         if st.last_executed < self.h and self.h > 0:
             blocks = tuple(b for b in self.recent_blocks if st.last_executed < b.height <= self.h)
             s = self.stable
