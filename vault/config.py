@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Hard limits: every input has a bound (TIGER_STYLE).
     record_size_max_bytes: int = 64 * 1024
     upload_batch_rows: int = 2000
+    # HTTP body limits (answered with 413): one upload stream, and any other (JSON) request.
+    upload_body_max_bytes: int = 8 * 1024**3
+    json_body_max_bytes: int = 1024 * 1024
 
     @property
     def resolved_master_key_path(self) -> Path:
