@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import text
+from prometheus_client import CollectorRegistry
 
+from api import errors
+from api.middleware import BodyLimit, Metrics
+from api.routes import datasets, health
 from vault import db
 from vault.config import Settings
 from vault.keys import KeyStore, LocalKeyProvider
@@ -21,19 +24,22 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         engine = db.make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)
-        app.state.settings = settings
         try:
             yield
         finally:
             engine.dispose()
 
     app = FastAPI(title="Civis Vault", version="0.1.0", lifespan=lifespan)
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers. Says nothing about dependencies (see /readyz)."""
-        with app.state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return {"status": "ok"}
-
+    app.state.settings = settings
+    # One registry per app: several apps in one test process must not collide.
+    app.state.metrics_registry = CollectorRegistry()
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(datasets.router)
+    app.add_middleware(
+        BodyLimit,
+        upload_max_bytes=settings.upload_body_max_bytes,
+        json_max_bytes=settings.json_body_max_bytes,
+    )
+    app.add_middleware(Metrics, registry=app.state.metrics_registry)
     return app

@@ -1,0 +1,82 @@
+"""Request dependencies as `Annotated` aliases: the session, the caller, role requirements.
+
+Why `scope="function"` on the session: the commit must happen before the response is sent, so
+a client that got 201 knows its upload is durable, and a failed commit is a 500, not a lie.
+Services take the session and may flush; only this dependency commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import Forbidden, Unauthorized
+from api.keys import Member, authenticate
+from vault.config import Settings
+from vault.keys import KeyStore
+
+
+def _session(request: Request) -> Iterator[Session]:
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `cvk_<id>_<secret>`")
+
+
+def _current_member(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Member:
+    if credentials is None:
+        raise Unauthorized("an API key is required (Authorization: Bearer …)")
+    member = authenticate(session, credentials.credentials)
+    if member is None:
+        # One answer for malformed, unknown, wrong and revoked keys: no oracle for probing.
+        raise Unauthorized("the API key is not valid")
+    return member
+
+
+CurrentMember = Annotated[Member, Depends(_current_member)]
+
+
+def require_role(*roles: str) -> Callable[[Member], Member]:
+    """A dependency that admits only members whose key has one of `roles`."""
+
+    def check(member: CurrentMember) -> Member:
+        if member.role not in roles:
+            raise Forbidden(f"this action needs the role {' or '.join(roles)}")
+        return member
+
+    return check
+
+
+Provider = Annotated[Member, Depends(require_role("provider"))]
+ProviderOrDpo = Annotated[Member, Depends(require_role("provider", "dpo"))]
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _key_store(request: Request) -> KeyStore:
+    store: KeyStore = request.app.state.key_store
+    return store
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+KeyStoreDep = Annotated[KeyStore, Depends(_key_store)]

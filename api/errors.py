@@ -1,0 +1,153 @@
+"""One renderer for every 4xx/5xx: RFC 9457 `application/problem+json`.
+
+Why one place: routes never build error responses; they raise. Whatever is raised (a vault
+domain error, an API error, a validation failure, a routing miss, a bug) leaves the service in
+the same shape, and nothing in it echoes request values (which may be personal data) or
+internals (tracebacks, SQL, key ids).
+
+    Exception                        → 500  "Internal error", no detail at all
+    ├── VaultError (vault/errors.py)  → its .status / .title / .detail
+    │   ├── InvalidRecord             422  + "record" (1-based); uploads add "line"
+    │   │   └── RecordTooLarge        413
+    │   ├── DuplicateRecord           409
+    │   ├── NotFound                  404  (Dataset/Upload/RecordNotFound)
+    │   └── RecordErased              410
+    ├── ApiError (here)               → its .status / .title / .detail
+    │   ├── Unauthorized              401  + WWW-Authenticate: Bearer
+    │   ├── Forbidden                 403
+    │   ├── UnsupportedMediaType      415
+    │   └── InvalidLine               422/413  + "line": a bad line of an upload body
+    ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input
+    └── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit)
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vault.errors import InvalidRecord, VaultError
+
+PROBLEM_JSON = "application/problem+json"
+_log = logging.getLogger(__name__)
+# Validation errors listed in one problem; a body with thousands of bad fields gets the first few.
+VALIDATION_ERRORS_MAX = 20
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal that is not a vault domain error."""
+
+    status: int = 400
+    title: str = "Bad request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Unauthorized(ApiError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    title = "Forbidden"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    title = "Unsupported media type"
+
+
+class InvalidLine(ApiError):
+    """A line of an upload body that cannot be a record. `line` is 1-based, header included."""
+
+    title = "Invalid record"
+
+    def __init__(self, line: int, reason: str, *, status: int = 422) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.status = status
+        if status == 413:
+            self.title = "Record too large"
+
+
+def body_too_large(limit_bytes: int) -> StarletteHTTPException:
+    """The 413 raised while a body is read. An HTTPException so FastAPI's body parser lets it
+    through unchanged (it turns any other exception into a 400)."""
+    return StarletteHTTPException(413, f"request body exceeds {limit_bytes} bytes")
+
+
+def problem(
+    status: int, title: str, detail: str | None, request: Request, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["instance"] = request.url.path
+    body.update(extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def _vault_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, VaultError)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidRecord) and exc.position is not None:
+        extra["record"] = exc.position
+        line_offset = getattr(request.state, "line_offset", None)
+        if isinstance(line_offset, int):
+            extra["line"] = exc.position + line_offset
+    return problem(exc.status, exc.title, exc.detail, request, **extra)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    extra = {"line": exc.line} if isinstance(exc, InvalidLine) else {}
+    return problem(exc.status, exc.title, exc.detail, request, **extra)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # loc, type and msg only: pydantic's "input" and "ctx" may carry the submitted values.
+    errors = [
+        {
+            "loc": ".".join(str(part) for part in err.get("loc", ())),
+            "type": str(err.get("type", "")),
+            "msg": str(err.get("msg", "")),
+        }
+        for err in list(exc.errors())[:VALIDATION_ERRORS_MAX]
+    ]
+    fields = ", ".join(e["loc"] for e in errors)
+    return problem(422, "Validation failed", f"invalid fields: {fields}", request, errors=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    title = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+    response = problem(exc.status_code, title, detail, request)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # The exception type only: its message may quote a SQL statement with parameters.
+    _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return problem(500, "Internal error", None, request)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(VaultError, _vault_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)

@@ -1,0 +1,118 @@
+"""Pure ASGI middleware: request body limits and Prometheus metrics.
+
+Why pure ASGI (not `BaseHTTPMiddleware`): an upload body of gigabytes must pass through as a
+stream, untouched and unbuffered; these wrappers only count bytes and look at the status.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import PROBLEM_JSON, body_too_large
+
+# Upload routes get the large limit; every other route gets the JSON limit.
+UPLOAD_PATH = re.compile(r"^/v1/datasets/[^/]+/uploads/?$")
+
+
+class BodyLimit:
+    """413 for a body over its limit: at once from Content-Length, else while it streams."""
+
+    def __init__(self, app: ASGIApp, *, upload_max_bytes: int, json_max_bytes: int) -> None:
+        self.app = app
+        self.upload_max_bytes = upload_max_bytes
+        self.json_max_bytes = json_max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_upload = UPLOAD_PATH.match(scope["path"]) is not None
+        limit = self.upload_max_bytes if is_upload else self.json_max_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_413(send, scope["path"], limit)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise body_too_large(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _send_413(send: Send, path: str, limit: int) -> None:
+    import json
+
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": "Content Too Large",
+            "status": 413,
+            "detail": f"request body exceeds {limit} bytes",
+            "instance": path,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Metrics:
+    """Requests by method, route template (never the raw path: it holds ids) and status."""
+
+    def __init__(self, app: ASGIApp, *, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter(
+            "civis_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "civis_http_request_duration_seconds",
+            "Time to the end of the response",
+            ["method", "route"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.requests.labels(scope["method"], template, str(status)).inc()
+            self.latency.labels(scope["method"], template).observe(time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""Routers: each translates HTTP to one vault or ledger call, and nothing more."""

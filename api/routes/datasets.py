@@ -1,0 +1,199 @@
+"""Datasets, their uploads and the provider's reads of its own records.
+
+Another provider's dataset answers 404, not 403: a provider must not learn which dataset ids
+exist elsewhere. The DPO may list and show every dataset but not read records here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import KeyStoreDep, Provider, ProviderOrDpo, SessionDep, SettingsDep
+from api.errors import UnsupportedMediaType
+from api.keys import Member
+from api.schemas import DatasetIn, DatasetOut, InclusionProof, RecordOut, UploadOut
+from api.streams import (
+    LINE_OVERHEAD_BYTES,
+    chunks_from_loop,
+    csv_records,
+    ndjson_records,
+    split_lines,
+)
+from vault import reads
+from vault.datasets import get_dataset, list_datasets, register_dataset
+from vault.errors import DatasetNotFound, RecordNotFound, VaultError
+from vault.models import Dataset, Record
+from vault.uploads import Uploader
+
+router = APIRouter(prefix="/v1", tags=["datasets"])
+READ_LIMIT_MAX = 1000
+UPLOAD_MEDIA_TYPES = ("application/x-ndjson", "text/csv")
+
+
+class DatasetExists(VaultError):
+    status = 409
+    title = "Dataset exists"
+
+
+def _out(d: Dataset) -> DatasetOut:
+    return DatasetOut(
+        id=d.id,
+        owner_id=d.owner_id,
+        name=d.name,
+        category=d.category,
+        purposes=list(d.purposes),
+        retention_days=d.retention_days,
+        legal_basis=d.legal_basis,
+        created_at=d.created_at,
+    )
+
+
+def _visible(session: Session, dataset_id: uuid.UUID, member: Member) -> Dataset:
+    dataset = get_dataset(session, dataset_id)
+    if member.role != "dpo" and dataset.owner_id != member.member_id:
+        raise DatasetNotFound(f"dataset {dataset_id} does not exist")
+    return dataset
+
+
+@router.post("/datasets", status_code=201)
+def register(body: DatasetIn, member: Provider, session: SessionDep) -> DatasetOut:
+    """Register a dataset with its purposes, data category and retention period."""
+    try:
+        with session.begin_nested():
+            dataset = register_dataset(
+                session,
+                owner_id=member.member_id,
+                name=body.name,
+                category=body.category,
+                purposes=body.purposes,
+                retention_days=body.retention_days,
+                legal_basis=body.legal_basis,
+            )
+    except IntegrityError:
+        raise DatasetExists("you already have a dataset with this name") from None
+    session.refresh(dataset)
+    return _out(dataset)
+
+
+@router.get("/datasets")
+def list_(member: ProviderOrDpo, session: SessionDep) -> list[DatasetOut]:
+    """A provider's own datasets; the DPO sees all of them."""
+    owner = None if member.role == "dpo" else member.member_id
+    return [_out(d) for d in list_datasets(session, owner_id=owner)]
+
+
+@router.get("/datasets/{dataset_id}")
+def show(dataset_id: uuid.UUID, member: ProviderOrDpo, session: SessionDep) -> DatasetOut:
+    return _out(_visible(session, dataset_id, member))
+
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            'NDJSON: one {"subject_id", "payload": {...}, "record_id"?} per line. '
+            "CSV: a header with subject_id, optional record_id, and payload columns."
+        ),
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/datasets/{dataset_id}/uploads",
+    status_code=201,
+    openapi_extra=_UPLOAD_BODY,
+    responses={413: {"description": "body or record too large"}, 415: {}, 422: {}},
+)
+async def upload(
+    dataset_id: uuid.UUID,
+    request: Request,
+    member: Provider,
+    session: SessionDep,
+    store: KeyStoreDep,
+    settings: SettingsDep,
+) -> UploadOut:
+    """Stream records into a dataset: all stored, or none and the first bad line named."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in UPLOAD_MEDIA_TYPES:
+        raise UnsupportedMediaType(f"send {' or '.join(UPLOAD_MEDIA_TYPES)}")
+    # Vault errors count records; lines are records shifted by the CSV header.
+    request.state.line_offset = 1 if media_type == "text/csv" else 0
+    parse = csv_records if media_type == "text/csv" else ndjson_records
+    uploader = Uploader(
+        store,
+        record_size_max_bytes=settings.record_size_max_bytes,
+        batch_rows=settings.upload_batch_rows,
+    )
+    line_max_bytes = settings.record_size_max_bytes + LINE_OVERHEAD_BYTES
+
+    def run() -> UploadOut:
+        _visible(session, dataset_id, member)
+        lines = split_lines(chunks_from_loop(request.stream()), line_max_bytes=line_max_bytes)
+        result = uploader.upload(session, dataset_id, parse(lines))
+        return UploadOut(
+            upload_id=result.upload_id,
+            dataset_id=result.dataset_id,
+            record_count=result.record_count,
+            merkle_root=result.merkle_root.hex(),
+            commitments_root=result.commitments_root.hex(),
+            retention_day=result.retention_day,
+            state="pending",
+        )
+
+    return await anyio.to_thread.run_sync(run)
+
+
+def _record_out(r: reads.RecordOut) -> RecordOut:
+    return RecordOut(
+        record_id=r.record_id,
+        dataset_id=r.dataset_id,
+        upload_id=r.upload_id,
+        subject_id=r.subject_id,
+        payload=json.loads(r.payload),
+        proof=InclusionProof(
+            leaf_index=r.leaf_index,
+            leaf_salt=r.leaf_salt.hex(),
+            audit_path=[h.hex() for h in r.proof],
+            merkle_root=r.merkle_root.hex(),
+            tree_size=r.record_count,
+        ),
+    )
+
+
+@router.get("/datasets/{dataset_id}/records")
+def dataset_records(
+    dataset_id: uuid.UUID,
+    member: Provider,
+    session: SessionDep,
+    store: KeyStoreDep,
+    subject_id: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=READ_LIMIT_MAX)] = 100,
+) -> list[RecordOut]:
+    """The provider's own records, with inclusion proofs; erased records are left out."""
+    _visible(session, dataset_id, member)
+    subjects = None if subject_id is None else [subject_id]
+    found = reads.Reader(store).by_dataset(session, dataset_id, subjects=subjects)
+    return [_record_out(r) for r in itertools.islice(found, limit)]
+
+
+@router.get("/records/{record_id}")
+def record(
+    record_id: uuid.UUID, member: Provider, session: SessionDep, store: KeyStoreDep
+) -> RecordOut:
+    row = session.get(Record, record_id)
+    dataset = None if row is None else session.get(Dataset, row.dataset_id)
+    if dataset is None or dataset.owner_id != member.member_id:
+        raise RecordNotFound(f"record {record_id} does not exist")
+    return _record_out(reads.Reader(store).record(session, record_id))

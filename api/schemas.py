@@ -1,0 +1,84 @@
+"""Request and response models at the edge. Never ORM objects; requests are strict.
+
+Strict (`strict=True`, `extra="forbid"`): `0` is not `false`, `"5"` is not `5`, an unknown
+field is an error rather than silently dropped, so a client's typo never changes meaning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from vault.datasets import NAME_MAX, PURPOSES_MAX
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[\w.:/ -]+$")]
+
+
+class StrictIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class DatasetIn(StrictIn):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
+    category: Name
+    purposes: Annotated[list[Name], Field(min_length=1, max_length=PURPOSES_MAX)]
+    retention_days: Annotated[int, Field(ge=1, le=36600)]
+    legal_basis: Name
+
+
+class DatasetOut(BaseModel):
+    id: uuid.UUID
+    owner_id: str
+    name: str
+    category: str
+    purposes: list[str]
+    retention_days: int
+    legal_basis: str
+    created_at: dt.datetime
+
+
+class LedgerReceipt(BaseModel):
+    tx_id: str
+    block_height: int
+
+
+class UploadOut(BaseModel):
+    upload_id: uuid.UUID
+    dataset_id: uuid.UUID
+    record_count: int
+    merkle_root: str = Field(description="hex, RFC 6962 root over the records' leaves")
+    commitments_root: str = Field(description="hex, root over the per-subject key commitments")
+    retention_day: dt.date
+    state: Literal["pending", "anchored", "withdrawn"]
+    receipt: LedgerReceipt | None = Field(
+        default=None, description="the upload.anchor transaction, once committed"
+    )
+
+
+class InclusionProof(BaseModel):
+    leaf_index: int
+    leaf_salt: str
+    audit_path: list[str]
+    merkle_root: str
+    tree_size: int
+
+
+class RecordOut(BaseModel):
+    record_id: uuid.UUID
+    dataset_id: uuid.UUID
+    upload_id: uuid.UUID
+    subject_id: str
+    payload: dict[str, Any]
+    proof: InclusionProof
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    database: Literal["ok"]

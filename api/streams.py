@@ -1,0 +1,172 @@
+"""Upload bodies of any size in constant memory: chunks → lines → records, one at a time.
+
+Why this shape: the vault `Uploader` consumes a synchronous iterator inside one database
+savepoint, and the body arrives as an asynchronous stream. The uploader runs in a worker thread
+and pulls each chunk from the event loop (`anyio.from_thread.run`), so at most one chunk plus
+one line (bounded by `line_max_bytes`) is held, whatever the size of the body. Every line is
+checked here, with its line number, before the vault sees it; the first bad line raises and the
+savepoint rolls back everything already written.
+
+Never put a line's content in an error: it is personal data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import anyio.from_thread
+
+from api.errors import ApiError, InvalidLine
+from vault.uploads import SUBJECT_ID, RecordIn
+
+RESERVED = ("subject_id", "payload", "record_id")
+CSV_COLUMNS_MAX = 200
+# What a line may carry besides its payload (subject id, record id, JSON framing).
+LINE_OVERHEAD_BYTES = 1024
+
+
+class EmptyUpload(ApiError):
+    status = 422
+    title = "Empty upload"
+
+
+def chunks_from_loop(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """The chunks of an async body, pulled one by one from a worker thread started by anyio."""
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    while True:
+        chunk = anyio.from_thread.run(next_chunk)
+        if chunk is None:
+            return
+        if chunk:
+            yield chunk
+
+
+def split_lines(chunks: Iterable[bytes], *, line_max_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line without its \\n or \\r\\n) for each line of the body.
+
+    A line longer than `line_max_bytes` is refused (413) as soon as it is seen, before the rest
+    of it is read: that is what keeps memory flat against a body with no newline at all.
+    """
+    buf = bytearray()
+    line_no = 0
+    for chunk in chunks:
+        buf += chunk
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            line_no += 1
+            if end - start > line_max_bytes:
+                raise InvalidLine(line_no, f"longer than {line_max_bytes} bytes", status=413)
+            line = bytes(buf[start:end])
+            yield line_no, line[:-1] if line.endswith(b"\r") else line
+            start = end + 1
+        del buf[:start]
+        if len(buf) > line_max_bytes:
+            raise InvalidLine(line_no + 1, f"longer than {line_max_bytes} bytes", status=413)
+    if buf:
+        yield line_no + 1, bytes(buf)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _subject(value: object, line_no: int) -> str:
+    if not isinstance(value, str) or not SUBJECT_ID.match(value):
+        raise InvalidLine(line_no, "subject_id must be a pseudonym of 1..128 [A-Za-z0-9._:@+=/-]")
+    return value
+
+
+def _record_id(value: object, line_no: int) -> uuid.UUID | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidLine(line_no, "record_id must be a UUID string")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidLine(line_no, "record_id must be a UUID string") from None
+
+
+def ndjson_records(lines: Iterable[tuple[int, bytes]]) -> Iterator[RecordIn]:
+    """One record per line: {"subject_id", "payload": {...}, optional "record_id"}.
+
+    Blank lines are refused rather than skipped so that record n is line n, and a vault error
+    about record n names the right line.
+    """
+    count = 0
+    for line_no, raw in lines:
+        if not raw.strip():
+            raise InvalidLine(line_no, "empty line")
+        try:
+            item = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidLine(line_no, "not valid JSON") from None
+        if not isinstance(item, dict):
+            raise InvalidLine(line_no, "must be a JSON object")
+        unknown = set(item) - set(RESERVED)
+        if unknown:
+            raise InvalidLine(line_no, f"unknown fields {sorted(unknown)[:5]}")
+        payload = item.get("payload")
+        if not isinstance(payload, dict):
+            raise InvalidLine(line_no, "payload must be a JSON object")
+        count += 1
+        yield RecordIn(
+            subject_id=_subject(item.get("subject_id"), line_no),
+            payload=payload,
+            record_id=_record_id(item.get("record_id"), line_no),
+        )
+    if count == 0:
+        raise EmptyUpload("the body holds no record")
+
+
+def _csv_row(raw: bytes, line_no: int) -> list[str]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidLine(line_no, "not valid UTF-8") from None
+    try:
+        # One physical line is one row: a quoted newline would make line numbers lie.
+        rows = list(csv.reader([text], strict=True))
+    except csv.Error:
+        raise InvalidLine(
+            line_no, "not a valid CSV row (no quoted newlines)"
+        ) from None
+    return rows[0] if rows else []
+
+
+def csv_records(lines: Iterable[tuple[int, bytes]]) -> Iterator[RecordIn]:
+    """Line 1 names the columns: `subject_id` (required), `record_id` (optional), and the
+    payload fields, whose values stay strings (CSV has no types; the vault adds none)."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        raise EmptyUpload("the body holds no header line")
+    header = [name.strip() for name in _csv_row(first[1], 1)]
+    if "subject_id" not in header:
+        raise InvalidLine(1, "the header has no subject_id column")
+    if len(set(header)) != len(header) or "" in header or "payload" in header:
+        raise InvalidLine(1, "column names must be distinct, non-empty, and not 'payload'")
+    if len(header) > CSV_COLUMNS_MAX:
+        raise InvalidLine(1, f"more than {CSV_COLUMNS_MAX} columns")
+    count = 0
+    for line_no, raw in it:
+        row = _csv_row(raw, line_no)
+        if len(row) != len(header):
+            raise InvalidLine(line_no, f"{len(row)} fields where the header has {len(header)}")
+        values = dict(zip(header, row, strict=True))
+        subject = _subject(values.pop("subject_id"), line_no)
+        record_id = _record_id(values.pop("record_id", None), line_no)
+        count += 1
+        yield RecordIn(subject_id=subject, payload=values, record_id=record_id)
+    if count == 0:
+        raise EmptyUpload("the body holds no record")
