@@ -76,6 +76,8 @@ def check(sim: Simulator, *, expect_liveness: bool = True) -> Report:
         if len(honest_digests) > 1:
             v.append(f"checkpoint {seq}: honest replicas disagree on the state digest")
     v.extend(sim.memory_violations[:5])
+    if sim.codec_mismatches:
+        v.append(f"{sim.codec_mismatches} message(s) changed through encode/decode")
     if expect_liveness and not sim.all_done():
         left = sum(len(c.requests) - c.index for c in sim.clients)
         v.append(f"liveness: {left} request(s) not completed by the deadline")

@@ -38,6 +38,7 @@ from ledger_bridge.pbft.replica import DurableDelta, DurableState, Ready, Replic
 START_MS = 1_700_000_000_000
 TICK_MS = 10
 CLIENT_RETRY_MS = 250
+CODEC_SAMPLE_P = 0.05  # share of deliveries sent through encode/decode
 BEHAVIOURS = (
     "equivocate",
     "forge_sigs",
@@ -152,6 +153,7 @@ class Simulator:
     def __init__(self, scenario: Scenario, **config_overrides: Any) -> None:
         self.sc = scenario
         self.rng = random.Random(scenario.seed)  # noqa: S311 (simulation, not crypto)
+        self.codec_rng = random.Random(~scenario.seed)  # noqa: S311
         n = scenario.n
         self.keys = [SigningKey(digest(f"sim-validator-{i}".encode())) for i in range(n)]
         params: dict[str, Any] = {
@@ -191,6 +193,7 @@ class Simulator:
         self.stable_since_ms: int | None = None
         self.finished_ms: int | None = None
         self.restarts = 0
+        self.codec_mismatches = 0
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -237,6 +240,10 @@ class Simulator:
             return
         if self._faulty_period() and self.rng.random() < self.sc.drop_p:
             return
+        # What a real node does to every frame; sampled because it costs more than the rest
+        # of a delivery, with its own generator so the schedule does not depend on it.
+        if self.codec_rng.random() < CODEC_SAMPLE_P and m.decode(m.encode(msg)) != msg:
+            self.codec_mismatches += 1
         lo, hi = self.sc.delay_ms
         copies = 2 if self._faulty_period() and self.rng.random() < self.sc.dup_p else 1
         for _ in range(copies):

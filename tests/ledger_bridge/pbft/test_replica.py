@@ -329,3 +329,26 @@ def test_block_time_outside_the_skew_is_refused() -> None:
     pp = m.sign(m.PrePrepare(0, 1, m.batch_digest(ok_time, (req,)), ok_time, (req,), 0), key(0))
     net.replicas[1].step(pp, net.now_ms)
     assert 1 in net.replicas[1].slots and net.replicas[1].slots[1].pre_prepare == pp
+
+
+def test_restart_during_a_view_change_stays_in_it() -> None:
+    """TOCS §4.4: a replica that sent VIEW-CHANGE for v+1 must not, after a crash, go back to
+    accepting messages of view v; it restarts changing view and re-sends VIEW-CHANGE."""
+    net = Net()
+    net.submit(request(1))
+    net.deliver_all()
+    net.filter = lambda src, dst, msg: False
+    net.tick(700)  # replica 1 times out (primary silent) and moves to view 1
+    r1 = net.replicas[1]
+    assert r1.view == 1 and not r1.active
+    net.restart(1)
+    r1 = net.replicas[1]
+    assert r1.view == 1 and not r1.active
+    assert any(isinstance(o[2], m.ViewChange) and o[0] == 1 for o in net.sent[-3:])
+    req = request(2, client=key(40))
+    pp = m.sign(
+        m.PrePrepare(0, 2, m.batch_digest(net.now_ms, (req,)), net.now_ms, (req,), 0), key(0)
+    )
+    r1.step(pp, net.now_ms)
+    assert r1.stats["pre-prepare for another view"] == 1
+    assert net.heights()[1] == 1 and net.apps[1].state_root() == net.apps[0].state_root()
