@@ -664,9 +664,8 @@ class Replica:
         # record must still hold the commit certificate so a restart can re-execute them.
         if fresh:
             self.vc_attempts = 0  # progress: back-off starts over
-        self.vc_deadline_ms = (
-            self.now_ms + self._timeout_ms() if self.pending and self.active else None
-        )
+        if self.active:  # while changing view, the NEW-VIEW deadline stays as it is
+            self.vc_deadline_ms = self.now_ms + self._timeout_ms() if self.pending else None
         if seq % self.config.checkpoint_interval == 0:
             self._take_checkpoint(seq, state_root)
 
