@@ -29,7 +29,12 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         finally:
             engine.dispose()
 
-    app = FastAPI(title="Civis Vault", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Civis Vault",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=errors.PROBLEM_RESPONSES,
+    )
     app.state.settings = settings
     # One registry per app: several apps in one test process must not collide.
     app.state.metrics_registry = CollectorRegistry()

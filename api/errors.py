@@ -79,6 +79,41 @@ class InvalidLine(ApiError):
             self.title = "Record too large"
 
 
+# The problem+json shape, declared for every 4xx/5xx of every route (FastAPI's `responses`), so
+# the OpenAPI document says what clients really get, and schemathesis checks it.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "line": {"type": "integer", "description": "the bad line of an upload body"},
+        "record": {"type": "integer", "description": "the bad record (1-based)"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "string"},
+                    "type": {"type": "string"},
+                    "msg": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+    }
+    for code, description in (("4XX", "a client error (RFC 9457)"), ("5XX", "a server error"))
+}
+
+
 def body_too_large(limit_bytes: int) -> StarletteHTTPException:
     """The 413 raised while a body is read. An HTTPException so FastAPI's body parser lets it
     through unchanged (it turns any other exception into a 400)."""

@@ -114,7 +114,6 @@ _UPLOAD_BODY: dict[str, Any] = {
     "/datasets/{dataset_id}/uploads",
     status_code=201,
     openapi_extra=_UPLOAD_BODY,
-    responses={413: {"description": "body or record too large"}, 415: {}, 422: {}},
 )
 async def upload(
     dataset_id: uuid.UUID,

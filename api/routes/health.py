@@ -24,7 +24,7 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is unreachable"}})
+@router.get("/readyz")
 def readyz(request: Request) -> Readiness:
     """Readiness: the database answers. (The ledger quorum joins once the client lands.)"""
     try:
