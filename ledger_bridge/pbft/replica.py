@@ -38,10 +38,12 @@ primary collects 2f+1 and sends NEW-VIEW with O; each backup re-verifies every V
 and recomputes O, rejecting a forged NEW-VIEW.
 
 Retransmission and state transfer (§5.2, §5.3, simplified). Every replica sends STATUS each
-`heartbeat_ms`. A receiver re-sends what the sender lacks: log messages above its last
-executed sequence number, the NEW-VIEW of a view it missed, or, if it is behind the
-receiver's stable checkpoint, a STATE-DATA with that checkpoint's 2f+1 proof, the snapshot
-(its digest must match the proof) and recent blocks. Poisoned state is rejected.
+`heartbeat_ms`. A receiver re-sends the NEW-VIEW of a view the sender missed, and, when the
+sender made no progress since its previous STATUS, what it lacks: blocks it has not executed
+(each with its commit certificate, which suffices to execute it whatever the receiver's view),
+log messages and checkpoint votes, or, if it is behind the receiver's stable checkpoint, a
+STATE-DATA with that checkpoint's 2f+1 proof, the snapshot (its digest must match the proof)
+and recent blocks. Poisoned state and blocks with forged certificates are rejected.
 
 Durability. Before any message leaves, `persist` holds what the replica must not forget
 (§4.1): its view, for each sequence number the accepted PRE-PREPARE, its prepared
