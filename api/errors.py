@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from vault.errors import InvalidRecord, VaultError
 
@@ -171,7 +172,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     response = problem(exc.status_code, title, detail, request)
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Starlette names only the first route matching the path; one path may have several
+        # (GET and POST /v1/datasets are two routes). RFC 9110 wants them all.
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
     return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -10,9 +10,23 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from vault.datasets import NAME_MAX, PURPOSES_MAX
+
+# PostgreSQL text holds no NUL; control characters in a name only serve to spoof what an
+# operator reads in a log or a page. A pattern, so the OpenAPI document says it too.
+NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]+$"
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text holds only valid UTF-8: a lone surrogate (legal in JSON) would be a 500.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text") from None
+    return value
+
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[\w.:/ -]+$")]
 
@@ -21,10 +35,24 @@ class StrictIn(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+def _distinct(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("items must be distinct")
+    return values
+
+
 class DatasetIn(StrictIn):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
+    name: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROLS),
+        AfterValidator(_text),
+    ]
     category: Name
-    purposes: Annotated[list[Name], Field(min_length=1, max_length=PURPOSES_MAX)]
+    purposes: Annotated[
+        list[Name],
+        Field(min_length=1, max_length=PURPOSES_MAX, json_schema_extra={"uniqueItems": True}),
+        AfterValidator(_distinct),
+    ]
     retention_days: Annotated[int, Field(ge=1, le=36600)]
     legal_basis: Name
 

@@ -138,9 +138,7 @@ def _csv_row(raw: bytes, line_no: int) -> list[str]:
         # One physical line is one row: a quoted newline would make line numbers lie.
         rows = list(csv.reader([text], strict=True))
     except csv.Error:
-        raise InvalidLine(
-            line_no, "not a valid CSV row (no quoted newlines)"
-        ) from None
+        raise InvalidLine(line_no, "not a valid CSV row (no quoted newlines)") from None
     return rows[0] if rows else []
 
 
