@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -10,13 +10,16 @@ from prometheus_client import CollectorRegistry
 
 from api import errors
 from api.middleware import BodyLimit, Metrics
+from api.readiness import ReadinessProbe
 from api.routes import datasets, health
 from vault import db
 from vault.config import Settings
 from vault.keys import KeyStore, LocalKeyProvider
 
 
-def create_app(settings: Settings, *, database_url: str) -> FastAPI:
+def create_app(
+    settings: Settings, *, database_url: str, probes: Sequence[ReadinessProbe] = ()
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # First start creates the master key file (0600); an unsafe one stops the service here.
@@ -36,6 +39,7 @@ def create_app(settings: Settings, *, database_url: str) -> FastAPI:
         responses=errors.PROBLEM_RESPONSES,
     )
     app.state.settings = settings
+    app.state.readiness_probes = tuple(probes)
     # One registry per app: several apps in one test process must not collide.
     app.state.metrics_registry = CollectorRegistry()
     errors.install(app)

@@ -109,4 +109,4 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready"]
-    database: Literal["ok"]
+    checks: dict[str, Literal["ok"]] = Field(description="database, and ledger when configured")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -26,13 +28,19 @@ def healthz() -> Health:
 
 @router.get("/readyz")
 def readyz(request: Request) -> Readiness:
-    """Readiness: the database answers. (The ledger quorum joins once the client lands.)"""
+    """Readiness: the database answers, and every configured probe (the ledger quorum) too."""
     try:
         with request.app.state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError:
-        raise NotReady("the database is unreachable") from None
-    return Readiness(status="ready", database="ok")
+        raise NotReady("database: unreachable") from None
+    checks: dict[str, Literal["ok"]] = {"database": "ok"}
+    for probe in request.app.state.readiness_probes:
+        reason = probe.check()
+        if reason is not None:
+            raise NotReady(f"{probe.name}: {reason}")
+        checks[probe.name] = "ok"
+    return Readiness(status="ready", checks=checks)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -1,0 +1,52 @@
+"""Readiness probes: what `/readyz` asks before saying the instance can take traffic.
+
+Why pluggable: the database is always checked; the ledger's quorum is checked once the app is
+given a ledger client (`create_app(..., probes=[LedgerQuorumProbe(...)])`). A probe returns a
+short reason when not ready, never an exception message (it may hold addresses or secrets).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+_log = logging.getLogger(__name__)
+
+
+class ReadinessProbe(Protocol):
+    name: str
+
+    def check(self) -> str | None:
+        """None when ready, else a short reason fit for a public answer."""
+        ...
+
+
+class LedgerQuorumProbe:
+    """Ready when at least 2f+1 of the n = 3f+1 replicas answer a status call.
+
+    Why 2f+1 and not f+1: with fewer than 2f+1 live replicas PBFT cannot commit, so an upload
+    would stay pending; the load balancer should send traffic elsewhere.
+    """
+
+    name = "ledger"
+
+    def __init__(self, status: Callable[[int], object], replicas: int) -> None:
+        if replicas < 4 or (replicas - 1) % 3:
+            raise ValueError("a PBFT cluster has n = 3f+1 >= 4 replicas")
+        self._status = status
+        self._replicas = replicas
+        self.quorum = 2 * ((replicas - 1) // 3) + 1
+
+    def check(self) -> str | None:
+        live = 0
+        for replica in range(self._replicas):
+            try:
+                self._status(replica)
+            except Exception as exc:  # any failure means "not answering"; log its type only
+                _log.info("replica %d not ready: %s", replica, type(exc).__name__)
+                continue
+            live += 1
+            if live >= self.quorum:
+                return None
+        return f"{live} of {self._replicas} replicas answer, {self.quorum} needed"
