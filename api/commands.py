@@ -61,6 +61,12 @@ def _up(args: argparse.Namespace) -> int:
     with db.open_database(settings.database_url, settings.data_dir) as url:
         app = create_app(settings, database_url=url)
         print(f"Civis Vault API on http://{settings.api_host}:{settings.api_port}")
+        where = (
+            f"--database-url {args.database_url}"
+            if args.database_url
+            else (f"--data-dir {settings.data_dir}")
+        )
+        print(f"API keys: civis-vault apikey create --member ID --role ROLE {where}")
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
     return 0
 

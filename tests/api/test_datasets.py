@@ -292,3 +292,20 @@ def test_unsupported_media_type_and_empty_upload(client: TestClient, make_key: M
         f"/v1/datasets/{uuid.uuid4()}/uploads", content=_ndjson(1), headers={**p, **NDJSON}
     )
     assert r.status_code == 404
+
+
+def test_a_duplicate_record_id_is_a_409_and_stores_nothing(
+    client: TestClient, make_key: MakeKey, counts: Any
+) -> None:
+    p = make_key("provider")
+    ds = _dataset(client, p)
+    rid = str(uuid.uuid4())
+    line = json.dumps({"subject_id": "s1", "payload": {"a": 1}, "record_id": rid}).encode()
+    first = client.post(f"/v1/datasets/{ds}/uploads", content=line, headers={**p, **NDJSON})
+    assert first.status_code == 201, first.text
+    again = client.post(
+        f"/v1/datasets/{ds}/uploads", content=_ndjson(3) + line, headers={**p, **NDJSON}
+    )
+    assert again.status_code == 409, again.text
+    assert again.headers["content-type"] == "application/problem+json"
+    assert counts(ds) == (1, 1)
