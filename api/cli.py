@@ -19,6 +19,7 @@ from collections.abc import Sequence
 # and returning an exit code.
 COMMAND_MODULES: tuple[str, ...] = (
     "api.commands",
+    "api.wallet",
     "ledger_bridge.cli",
     "vault.cli",
     "bench.cli",
