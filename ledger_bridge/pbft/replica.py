@@ -1007,7 +1007,11 @@ class Replica:
             if st.last_executed < b.height and sent < self.config.log_window:
                 self._send(to, b)
                 sent += 1
-        # Help the sender make its checkpoints stable.
+        # Help the sender make its checkpoints stable: our stable checkpoint's proof (votes we
+        # garbage-collected long ago; relayed, they still verify) and our newer votes.
+        if st.stable_seq < self.h:
+            for cp in self.stable.proof:
+                self._send(to, cp)
         for seq in sorted(self.checkpoint_votes):
             mine = self.checkpoint_votes[seq].get(self.id)
             if mine is not None and seq > st.stable_seq:
@@ -1032,7 +1036,9 @@ class Replica:
         is alone in a higher view or lost the messages. The header fields the certificate does
         not cover (results, state root) are recomputed locally, never taken from the sender."""
         seq = block.height
-        if seq <= self.last_executed or seq > self.last_executed + self.config.log_window:
+        if seq <= self.last_executed or seq > self.high_watermark:
+            # Above h + L we would execute without ever making a checkpoint stable, and hold
+            # unbounded snapshots and certificates: beyond the window, state transfer it is.
             self.stats["block outside the catch-up window"] += 1
             return
         if seq in self.committed_batches:

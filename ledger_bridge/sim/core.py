@@ -302,7 +302,7 @@ class Simulator:
         bounds = {
             "slots": (len(r.slots), L),
             "prepared certificates": (len(r.pcerts), L),
-            "committed batches": (len(r.committed_batches), 2 * L),
+            "committed batches": (len(r.committed_batches), L),
             "checkpoint votes": (
                 sum(len(v) for v in r.checkpoint_votes.values()),
                 cfg.n * per_replica,
