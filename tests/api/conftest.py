@@ -1,7 +1,9 @@
 """API fixtures: the real app (lifespan, PostgreSQL, key store) behind Starlette's TestClient.
 
-The app commits for real (one transaction per request), so every test makes its own members
-with unique ids and never depends on what other tests stored.
+The app commits for real (one transaction per request), so the API tests get a database of
+their own (`api_database_url`): what they commit never shows up in the vault tests' listings
+or retention sweeps. Inside it, every test makes its own members with unique ids and never
+depends on what other tests stored.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.keys import create_key
+from tests.conftest import PgServer
 from vault import db
 from vault.config import Settings
 
@@ -35,17 +38,25 @@ def api_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def api_database_url(pg_server: PgServer) -> Iterator[str]:
+    url = pg_server.create_database("civis_api")
+    db.upgrade(url)
+    yield url
+    pg_server.drop_database(url)
+
+
 @pytest.fixture(scope="module")
-def client(api_settings: Settings, database_url: str) -> Iterator[TestClient]:
-    app = create_app(api_settings, database_url=database_url)
+def client(api_settings: Settings, api_database_url: str) -> Iterator[TestClient]:
+    app = create_app(api_settings, database_url=api_database_url)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def make_key(database_url: str) -> Iterator[MakeKey]:
+def make_key(api_database_url: str) -> Iterator[MakeKey]:
     """Issue a committed API key; returns the Authorization header (and the member id)."""
-    engine = db.make_engine(database_url, pool_size=1)
+    engine = db.make_engine(api_database_url, pool_size=1)
 
     def make(role: str, member_id: str | None = None) -> dict[str, str]:
         member = member_id or f"{role}-{uuid.uuid4().hex[:12]}"

@@ -45,8 +45,8 @@ def _ndjson(n: int, start: int = 0) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def counts(database_url: str) -> Iterator[Any]:
-    engine = db.make_engine(database_url, pool_size=1)
+def counts(api_database_url: str) -> Iterator[Any]:
+    engine = db.make_engine(api_database_url, pool_size=1)
 
     def count(dataset_id: str) -> tuple[int, int]:
         ds = uuid.UUID(dataset_id)
@@ -98,7 +98,7 @@ def test_strict_models_do_not_coerce(client: TestClient, make_key: MakeKey) -> N
     assert r.status_code == 422
 
 
-def test_role_matrix(client: TestClient, make_key: MakeKey, database_url: str) -> None:
+def test_role_matrix(client: TestClient, make_key: MakeKey, api_database_url: str) -> None:
     owner = make_key("provider")
     ds = _dataset(client, owner)
     up = client.post(f"/v1/datasets/{ds}/uploads", content=_ndjson(3), headers={**owner, **NDJSON})
@@ -140,7 +140,7 @@ def test_role_matrix(client: TestClient, make_key: MakeKey, database_url: str) -
 
     # a revoked key is refused at once
     key_id = owner["Authorization"].split("_")[1]
-    engine = db.make_engine(database_url, pool_size=1)
+    engine = db.make_engine(api_database_url, pool_size=1)
     with Session(engine) as s:
         assert revoke_key(s, key_id)
         s.commit()

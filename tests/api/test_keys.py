@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.keys import authenticate, create_key, revoke_key
+from vault import db
 from vault.models import ApiKey
 
 
@@ -19,7 +20,8 @@ def test_token_round_trip_and_only_its_hash_is_stored(session: Session) -> None:
     issued = create_key(session, member_id="utility-1", role="provider")
     assert issued.token not in repr(issued)
     row = session.scalars(select(ApiKey).where(ApiKey.id == issued.key_id)).one()
-    secret = issued.token.rsplit("_", 1)[1]
+    # cvk_ + 16 hex + _ : the secret itself may contain "_" (url-safe base64).
+    secret = issued.token[21:]
     assert row.secret_hash == hashlib.sha256(secret.encode()).digest()
     assert secret.encode() not in row.secret_hash
     member = authenticate(session, issued.token)
@@ -29,7 +31,7 @@ def test_token_round_trip_and_only_its_hash_is_stored(session: Session) -> None:
 
 def test_wrong_unknown_malformed_and_revoked_tokens_fail(session: Session) -> None:
     issued = create_key(session, member_id="bank-1", role="consumer")
-    prefix, secret = issued.token.rsplit("_", 1)
+    prefix, secret = issued.token[:20], issued.token[21:]
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     assert authenticate(session, f"{prefix}_{flipped}") is None
     assert authenticate(session, "cvk_" + "0" * 16 + "_" + secret) is None
@@ -48,12 +50,10 @@ def test_bad_roles_and_member_ids_are_refused(session: Session, member: str, rol
         create_key(session, member_id=member, role=role)
 
 
-def test_cli_create_prints_the_token_once_and_revoke_works(
-    database_url: str, session: Session
-) -> None:
+def test_cli_create_prints_the_token_once_and_revoke_works(api_database_url: str) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "api.cli", "apikey", *args, "--database-url", database_url],
+            [sys.executable, "-m", "api.cli", "apikey", *args, "--database-url", api_database_url],
             capture_output=True,
             text=True,
             timeout=60,
@@ -63,11 +63,14 @@ def test_cli_create_prints_the_token_once_and_revoke_works(
     assert made.returncode == 0, made.stderr
     out = json.loads(made.stdout)
     assert out["role"] == "dpo"
-    member = authenticate(session, out["token"])
+    engine = db.make_engine(api_database_url, pool_size=1)
+    with Session(engine) as session:
+        member = authenticate(session, out["token"])
     assert member is not None and member.member_id == "dpo-1"
     gone = cli("revoke", out["key_id"])
     assert gone.returncode == 0, gone.stderr
-    session.expire_all()
-    assert authenticate(session, out["token"]) is None
+    with Session(engine) as session:
+        assert authenticate(session, out["token"]) is None
+    engine.dispose()
     assert cli("revoke", "0" * 16).returncode == 1
     assert cli("create", "--member", "x", "--role", "admin").returncode == 2

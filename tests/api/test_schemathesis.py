@@ -43,11 +43,11 @@ schema = schemathesis.openapi.from_dict(yaml.safe_load(OPENAPI_PATH.read_text())
 
 
 @pytest.fixture(scope="module")
-def live_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_url(api_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir: Path = tmp_path_factory.mktemp("civis-live")
     app = create_app(
         Settings(environment="test", data_dir=data_dir, json_body_max_bytes=64 * 1024),
-        database_url=database_url,
+        database_url=api_database_url,
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
