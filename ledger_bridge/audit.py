@@ -1,0 +1,106 @@
+"""Ledger verification for the DPO: every replica's chain checked, and the replicas compared.
+
+Why compare replicas and not only verify one chain: a commit certificate proves which requests
+committed at a height, but the results and state root of a block are computed after the votes
+(docs/PBFT.md, "deviations"), so one replica could serve a chain whose requests verify while
+its recorded results or state roots were altered. With at most f faulty replicas, the 2f+1
+correct ones agree on every header; any disagreement is a finding naming the replica and the
+height, which is what the DPO needs to act on.
+
+Pure: takes blocks, returns findings; fetching them (client, HTTP) is the caller's job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ledger_bridge.crypto import VerifyKey
+from ledger_bridge.pbft.blocks import GENESIS_HASH, block_hash, verify_block
+from ledger_bridge.pbft.messages import Block
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFinding:
+    code: str  # invalid-block | broken-link | diverging-header | lagging
+    replica: int
+    height: int
+    detail: str
+
+
+@dataclass
+class LedgerAudit:
+    heights: dict[int, int]  # replica -> highest contiguous verified height
+    findings: list[LedgerFinding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not [f for f in self.findings if f.code != "lagging"]
+
+
+def _chain_of(
+    replica: int, blocks: Sequence[Block], keys: Sequence[VerifyKey], findings: list[LedgerFinding]
+) -> dict[int, bytes]:
+    """Verify one replica's chain from height 1; return height -> header hash of the good part."""
+    hashes: dict[int, bytes] = {}
+    prev = GENESIS_HASH
+    for expected, block in enumerate(sorted(blocks, key=lambda b: b.height), start=1):
+        if block.height != expected:
+            findings.append(
+                LedgerFinding("broken-link", replica, expected, f"height {expected} is missing")
+            )
+            break
+        if block.prev_hash != prev:
+            findings.append(
+                LedgerFinding(
+                    "broken-link", replica, block.height, "previous-block hash does not match"
+                )
+            )
+            break
+        if not verify_block(block, keys):
+            findings.append(
+                LedgerFinding(
+                    "invalid-block",
+                    replica,
+                    block.height,
+                    "batch digest, client signature or commit certificate does not verify",
+                )
+            )
+            break
+        prev = block_hash(block)
+        hashes[block.height] = prev
+    return hashes
+
+
+def verify_replicas(
+    chains: Mapping[int, Sequence[Block]], validators: Sequence[VerifyKey] | Sequence[bytes]
+) -> LedgerAudit:
+    keys = [k if isinstance(k, VerifyKey) else VerifyKey(k) for k in validators]
+    findings: list[LedgerFinding] = []
+    verified = {r: _chain_of(r, blocks, keys, findings) for r, blocks in sorted(chains.items())}
+    heights = {r: max(h, default=0) for r, h in verified.items()}
+    top = max(heights.values(), default=0)
+    quorum = 2 * ((len(keys) - 1) // 3) + 1
+    for height in range(1, top + 1):
+        votes = Counter(h[height] for h in verified.values() if height in h)
+        if len(votes) <= 1:
+            continue
+        majority, count = votes.most_common(1)[0]
+        for replica, hashes in verified.items():
+            if height in hashes and hashes[height] != majority:
+                basis = "the other replicas" if count >= quorum else "the majority"
+                findings.append(
+                    LedgerFinding(
+                        "diverging-header",
+                        replica,
+                        height,
+                        f"results, state root or time differ from {basis} at this height",
+                    )
+                )
+    for replica, height in heights.items():
+        if height < top:
+            findings.append(
+                LedgerFinding("lagging", replica, height, f"{top - height} block(s) behind")
+            )
+    return LedgerAudit(heights=heights, findings=findings)
