@@ -790,11 +790,22 @@ class Replica:
         self.view_changes[self.id] = vc
         self._broadcast(vc)
         self.next_vc_resend_ms = self.now_ms + 2 * self.config.heartbeat_ms
-        self.vc_deadline_ms = self.now_ms + self._timeout_ms()
         self.vc_attempts += 1
+        # TOCS §4.5.2: the NEW-VIEW timer starts only once 2f+1 replicas want this view, so a
+        # replica alone (partitioned, or misled) does not run ahead through views it can
+        # never complete; it follows by catch-up until the others join.
+        self.vc_deadline_ms = None
+        self._maybe_start_new_view_timer()
         self.stats["view changes started"] += 1
         if self.is_primary:
             self._try_new_view()
+
+    def _maybe_start_new_view_timer(self) -> None:
+        if self.active or self.vc_deadline_ms is not None:
+            return
+        backers = sum(1 for v in self.view_changes.values() if v.new_view >= self.view)
+        if backers >= self.config.quorum:
+            self.vc_deadline_ms = self.now_ms + self._timeout_ms()
 
     def _view_change_ok(self, vc: ViewChange) -> bool:
         """Checkpoint proof and every prepared certificate verify (TOCS §4.4)."""
@@ -844,6 +855,7 @@ class Replica:
             self._ignore("view-change with a forged proof")
             return
         self.view_changes[vc.replica_id] = vc
+        self._maybe_start_new_view_timer()
         # TOCS §4.5.2: f+1 replicas want a higher view: join the smallest such view.
         higher = sorted(
             v.new_view

@@ -186,8 +186,9 @@ def test_forged_new_view_is_rejected() -> None:
 def test_view_change_timeout_backs_off_exponentially() -> None:
     """TOCS §4.5.2: with no NEW-VIEW, each further view change waits twice as long."""
     net = Net()
-    net.filter = lambda src, dst, msg: False  # nobody hears anybody
-    net.submit(request(1), to=[1])
+    # Only VIEW-CHANGEs get through: 2f+1 replicas want each view, but no NEW-VIEW arrives.
+    net.filter = lambda src, dst, msg: isinstance(msg, m.ViewChange)
+    net.submit(request(1), to=[1, 2, 3])
     starts = []
     last_view = 0
     for _ in range(800):
@@ -197,6 +198,17 @@ def test_view_change_timeout_backs_off_exponentially() -> None:
             starts.append(net.now_ms)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) >= 2 and all(g2 >= 2 * g1 - 20 for g1, g2 in itertools.pairwise(gaps))
+
+
+def test_alone_in_a_view_change_a_replica_waits_without_a_timer() -> None:
+    """TOCS §4.5.2: the NEW-VIEW timer starts only after 2f+1 VIEW-CHANGEs for the view, so
+    a cut-off replica does not run through views on its own."""
+    net = Net()
+    net.filter = lambda src, dst, msg: False
+    net.submit(request(1), to=[1])
+    net.tick(5_000)
+    assert net.replicas[1].view == 1 and not net.replicas[1].active
+    assert net.replicas[1].vc_deadline_ms is None
 
 
 def test_replica_joins_after_f_plus_1_view_changes() -> None:
