@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -66,6 +67,19 @@ def require_role(*roles: str) -> Callable[[Member], Member]:
 
 Provider = Annotated[Member, Depends(require_role("provider"))]
 ProviderOrDpo = Annotated[Member, Depends(require_role("provider", "dpo"))]
+
+
+def single_query_values(request: Request) -> None:
+    """Refuse a repeated query parameter: FastAPI would silently keep the last one, so
+    `?subject_id=a&subject_id=b` would read b's records while the caller may believe a's.
+    No /v1 operation takes a list in its query."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise RequestValidationError(
+                [{"loc": ("query", key), "type": "repeated", "msg": "given more than once"}]
+            )
+        seen.add(key)
 
 
 def _settings(request: Request) -> Settings:

@@ -12,11 +12,18 @@ import uuid
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import KeyStoreDep, Provider, ProviderOrDpo, SessionDep, SettingsDep
+from api.deps import (
+    KeyStoreDep,
+    Provider,
+    ProviderOrDpo,
+    SessionDep,
+    SettingsDep,
+    single_query_values,
+)
 from api.errors import UnsupportedMediaType
 from api.keys import Member
 from api.schemas import DatasetIn, DatasetOut, InclusionProof, RecordOut, UploadOut
@@ -33,7 +40,7 @@ from vault.errors import DatasetNotFound, RecordNotFound, VaultError
 from vault.models import Dataset, Record
 from vault.uploads import Uploader
 
-router = APIRouter(prefix="/v1", tags=["datasets"])
+router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[Depends(single_query_values)])
 READ_LIMIT_MAX = 1000
 UPLOAD_MEDIA_TYPES = ("application/x-ndjson", "text/csv")
 

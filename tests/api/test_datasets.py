@@ -309,3 +309,11 @@ def test_a_duplicate_record_id_is_a_409_and_stores_nothing(
     assert again.status_code == 409, again.text
     assert again.headers["content-type"] == "application/problem+json"
     assert counts(ds) == (1, 1)
+
+
+def test_a_repeated_query_parameter_is_refused(client: TestClient, make_key: MakeKey) -> None:
+    p = make_key("provider")
+    ds = _dataset(client, p)
+    r = client.get(f"/v1/datasets/{ds}/records?subject_id=a&subject_id=b", headers=p)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["loc"] == "query.subject_id"
