@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,7 +27,14 @@ from api.deps import (
 )
 from api.errors import UnsupportedMediaType
 from api.keys import Member
-from api.schemas import DatasetIn, DatasetOut, InclusionProof, RecordOut, UploadOut
+from api.schemas import (
+    DatasetIn,
+    DatasetOut,
+    InclusionProof,
+    LedgerReceipt,
+    RecordOut,
+    UploadOut,
+)
 from api.streams import (
     LINE_OVERHEAD_BYTES,
     chunks_from_loop,
@@ -36,8 +44,8 @@ from api.streams import (
 )
 from vault import reads
 from vault.datasets import get_dataset, list_datasets, register_dataset
-from vault.errors import DatasetNotFound, RecordNotFound, VaultError
-from vault.models import Dataset, Record
+from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultError
+from vault.models import Dataset, Record, Upload
 from vault.uploads import Uploader
 
 router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[Depends(single_query_values)])
@@ -159,6 +167,52 @@ async def upload(
         )
 
     return await anyio.to_thread.run_sync(run)
+
+
+def _upload_out(u: Upload) -> UploadOut:
+    receipt = None
+    if u.anchor_tx_id is not None and u.anchor_height is not None:
+        receipt = LedgerReceipt(tx_id=u.anchor_tx_id, block_height=u.anchor_height)
+    return UploadOut(
+        upload_id=u.id,
+        dataset_id=u.dataset_id,
+        record_count=u.record_count,
+        merkle_root=u.merkle_root.hex(),
+        commitments_root=u.commitments_root.hex(),
+        retention_day=u.retention_day,
+        state=u.state,  # type: ignore[arg-type]  # the table's CHECK constraint bounds it
+        receipt=receipt,
+    )
+
+
+@router.get("/datasets/{dataset_id}/uploads")
+def uploads(
+    dataset_id: uuid.UUID,
+    member: Provider,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=READ_LIMIT_MAX)] = 100,
+) -> list[UploadOut]:
+    """The dataset's uploads, newest first, each with its state and ledger receipt."""
+    _visible(session, dataset_id, member)
+    query = (
+        select(Upload)
+        .where(Upload.dataset_id == dataset_id)
+        .order_by(Upload.created_at.desc(), Upload.id)
+        .limit(limit)
+    )
+    return [_upload_out(u) for u in session.scalars(query)]
+
+
+@router.get("/datasets/{dataset_id}/uploads/{upload_id}")
+def upload_status(
+    dataset_id: uuid.UUID, upload_id: uuid.UUID, member: Provider, session: SessionDep
+) -> UploadOut:
+    """One upload: `pending` until its upload.anchor commits, then `anchored` with the receipt."""
+    _visible(session, dataset_id, member)
+    found = session.get(Upload, upload_id)
+    if found is None or found.dataset_id != dataset_id:
+        raise UploadNotFound(f"upload {upload_id} does not exist")
+    return _upload_out(found)
 
 
 def _record_out(r: reads.RecordOut) -> RecordOut:

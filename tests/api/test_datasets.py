@@ -317,3 +317,31 @@ def test_a_repeated_query_parameter_is_refused(client: TestClient, make_key: Mak
     r = client.get(f"/v1/datasets/{ds}/records?subject_id=a&subject_id=b", headers=p)
     assert r.status_code == 422
     assert r.json()["errors"][0]["loc"] == "query.subject_id"
+
+
+def test_upload_status_pending_then_anchored_with_its_receipt(
+    client: TestClient, make_key: MakeKey, api_database_url: str
+) -> None:
+    p = make_key("provider")
+    ds = _dataset(client, p)
+    other_ds = _dataset(client, p, name="other")
+    made = client.post(f"/v1/datasets/{ds}/uploads", content=_ndjson(3), headers={**p, **NDJSON})
+    upload_id = made.json()["upload_id"]
+    listed = client.get(f"/v1/datasets/{ds}/uploads", headers=p).json()
+    assert [(u["upload_id"], u["state"], u["receipt"]) for u in listed] == [
+        (upload_id, "pending", None)
+    ]
+    # What the outbox relay does once upload.anchor commits.
+    engine = db.make_engine(api_database_url, pool_size=1)
+    with Session(engine) as s, s.begin():
+        row = s.get(Upload, uuid.UUID(upload_id))
+        assert row is not None
+        row.state, row.anchor_tx_id, row.anchor_height = "anchored", "ab" * 16, 42
+    engine.dispose()
+    shown = client.get(f"/v1/datasets/{ds}/uploads/{upload_id}", headers=p).json()
+    assert shown["state"] == "anchored"
+    assert shown["receipt"] == {"tx_id": "ab" * 16, "block_height": 42}
+    assert shown["merkle_root"] == made.json()["merkle_root"]
+    assert client.get(f"/v1/datasets/{other_ds}/uploads/{upload_id}", headers=p).status_code == 404
+    intruder = make_key("provider")
+    assert client.get(f"/v1/datasets/{ds}/uploads", headers=intruder).status_code == 404
