@@ -139,9 +139,18 @@ async def upload(
     settings: SettingsDep,
 ) -> UploadOut:
     """Stream records into a dataset: all stored, or none and the first bad line named."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type, _, params = request.headers.get("content-type", "").partition(";")
+    media_type = media_type.strip().lower()
     if media_type not in UPLOAD_MEDIA_TYPES:
         raise UnsupportedMediaType(f"send {' or '.join(UPLOAD_MEDIA_TYPES)}")
+    charset = "utf-8"
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    if charset not in ("utf-8", "utf8"):
+        # Lines are decoded as UTF-8; another charset would be misread, not refused, later.
+        raise UnsupportedMediaType("upload bodies are UTF-8 (charset=utf-8)")
     # Vault errors count records; lines are records shifted by the CSV header.
     request.state.line_offset = 1 if media_type == "text/csv" else 0
     parse = csv_records if media_type == "text/csv" else ndjson_records

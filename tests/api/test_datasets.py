@@ -20,7 +20,7 @@ from vault.crypto.merkle import leaf_hash, verify_inclusion
 from vault.models import Record, Upload
 
 NDJSON = {"content-type": "application/x-ndjson"}
-CSV = {"content-type": "text/csv; charset=utf-8"}
+CSV = {"content-type": "text/csv; header=present; charset=UTF-8"}
 
 
 def _dataset(client: TestClient, headers: dict[str, str], name: str = "meters") -> str:
@@ -284,6 +284,11 @@ def test_unsupported_media_type_and_empty_upload(client: TestClient, make_key: M
         f"/v1/datasets/{ds}/uploads",
         content=b"{}",
         headers={**p, "content-type": "application/json"},
+    )
+    assert r.status_code == 415
+    latin1 = {"content-type": "text/csv; charset=iso-8859-1"}
+    r = client.post(
+        f"/v1/datasets/{ds}/uploads", content=b"subject_id\ns1\n", headers={**p, **latin1}
     )
     assert r.status_code == 415
     r = client.post(f"/v1/datasets/{ds}/uploads", content=b"", headers={**p, **NDJSON})
