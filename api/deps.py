@@ -8,7 +8,7 @@ Services take the session and may flush; only this dependency commits.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -69,12 +69,30 @@ Provider = Annotated[Member, Depends(require_role("provider"))]
 ProviderOrDpo = Annotated[Member, Depends(require_role("provider", "dpo"))]
 
 
-def single_query_values(request: Request) -> None:
-    """Refuse a repeated query parameter: FastAPI would silently keep the last one, so
-    `?subject_id=a&subject_id=b` would read b's records while the caller may believe a's.
-    No /v1 operation takes a list in its query."""
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameter names of an operation, its sub-dependencies' included."""
+    if dependant is None:
+        return set()
+    names = {str(field.alias) for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def strict_query(request: Request) -> None:
+    """Refuse unknown and repeated query parameters, as request bodies refuse unknown fields.
+
+    FastAPI ignores an unknown parameter (a typo such as `?subjectid=a` would read everyone's
+    records) and keeps the last of repeated ones (`?subject_id=a&subject_id=b` reads b's while
+    the caller may believe a's). No /v1 operation takes a list in its query.
+    """
+    known = _query_names(getattr(request.scope.get("route"), "dependant", None))
     seen: set[str] = set()
     for key, _ in request.query_params.multi_items():
+        if key not in known:
+            raise RequestValidationError(
+                [{"loc": ("query", key[:64]), "type": "unknown", "msg": "unknown parameter"}]
+            )
         if key in seen:
             raise RequestValidationError(
                 [{"loc": ("query", key), "type": "repeated", "msg": "given more than once"}]

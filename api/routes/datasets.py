@@ -9,10 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -23,7 +25,7 @@ from api.deps import (
     ProviderOrDpo,
     SessionDep,
     SettingsDep,
-    single_query_values,
+    strict_query,
 )
 from api.errors import UnsupportedMediaType
 from api.keys import Member
@@ -48,7 +50,7 @@ from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultE
 from vault.models import Dataset, Record, Upload
 from vault.uploads import Uploader
 
-router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[Depends(single_query_values)])
+router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[Depends(strict_query)])
 READ_LIMIT_MAX = 1000
 UPLOAD_MEDIA_TYPES = ("application/x-ndjson", "text/csv")
 
@@ -241,18 +243,54 @@ def _record_out(r: reads.RecordOut) -> RecordOut:
     )
 
 
-@router.get("/datasets/{dataset_id}/records")
+_RECORDS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "application/x-ndjson": {
+                "schema": {"type": "string", "description": "one RecordOut per line"}
+            }
+        },
+        "description": "JSON (a page of at most `limit`) or, with Accept: "
+        "application/x-ndjson, every record as a stream",
+    }
+}
+
+
+@router.get(
+    "/datasets/{dataset_id}/records",
+    responses=_RECORDS_RESPONSES,
+    response_model=list[RecordOut],
+)
 def dataset_records(
     dataset_id: uuid.UUID,
+    request: Request,
     member: Provider,
     session: SessionDep,
     store: KeyStoreDep,
     subject_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=READ_LIMIT_MAX)] = 100,
-) -> list[RecordOut]:
-    """The provider's own records, with inclusion proofs; erased records are left out."""
+) -> Any:
+    """The provider's own records, with inclusion proofs; erased records are left out.
+
+    `Accept: application/x-ndjson` streams every record (no `limit`) in constant memory: the
+    vault reads in batches with a server-side cursor, one line is encoded at a time.
+    """
     _visible(session, dataset_id, member)
     subjects = None if subject_id is None else [subject_id]
+    if "application/x-ndjson" in request.headers.get("accept", ""):
+        sessions = request.app.state.sessions
+
+        def lines() -> Iterator[bytes]:
+            # Its own session: the request's is closed once this function returns, and the
+            # body is produced after that, while the response streams.
+            with sessions() as stream_session:
+                found = reads.Reader(store).by_dataset(
+                    stream_session, dataset_id, subjects=subjects
+                )
+                for r in found:
+                    yield _record_out(r).model_dump_json().encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
     found = reads.Reader(store).by_dataset(session, dataset_id, subjects=subjects)
     return [_record_out(r) for r in itertools.islice(found, limit)]
 
