@@ -114,7 +114,7 @@ def _is_uuid(value: object) -> bool:
 @schema.hooks.apply(map_body)
 @schema.parametrize()
 @settings(
-    max_examples=30,
+    max_examples=60,
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
