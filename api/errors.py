@@ -11,12 +11,16 @@ internals (tracebacks, SQL, key ids).
     │   │   └── RecordTooLarge        413
     │   ├── DuplicateRecord           409
     │   ├── NotFound                  404  (Dataset/Upload/RecordNotFound)
-    │   └── RecordErased              410
+    │   ├── RecordErased              410
+    │   ├── InvalidDataset            422  (vault/datasets.py)
+    │   └── DatasetExists             409  (api/routes/datasets.py)
     ├── ApiError (here)               → its .status / .title / .detail
     │   ├── Unauthorized              401  + WWW-Authenticate: Bearer
     │   ├── Forbidden                 403
     │   ├── UnsupportedMediaType      415
-    │   └── InvalidLine               422/413  + "line": a bad line of an upload body
+    │   ├── InvalidLine               422/413  + "line": a bad line of an upload body
+    │   ├── EmptyUpload               422  (api/streams.py)
+    │   └── NotReady                  503  (api/routes/health.py)
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input
     └── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit)
 """
