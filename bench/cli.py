@@ -12,6 +12,7 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "upload": "bench.upload:run",
     "erasure": "bench.erasure:run",
+    "ledger": "bench.ledger:run",
     "upload-http": "bench.upload_http:run",
 }
 

@@ -1,0 +1,314 @@
+"""`civis-vault bench ledger --json`: 4 replica processes under closed-loop clients.
+
+Measures, on this machine, in one run:
+- tx/s and p50/p99 commit latency at batch sizes 1, 10, 100, 500 (the primary's
+  `batch_size_max`; as many closed-loop clients as the batch size, one for size 1, so the
+  primary can fill its batches);
+- the unavailability window after SIGKILL of the primary under load: the time from the kill
+  to the first commit after it, and to the first 250 ms bucket back at half the pre-kill rate;
+- the baseline: the same client load (same signed requests, same framing) against ONE
+  unreplicated process that verifies the signature and executes the KV app directly, so the
+  report is a ratio (these shared 2-core machines are noisy; absolute numbers are context).
+
+Clients run in this process on asyncio; the replicas are separate processes. With 2 cores
+shared by 4 replicas and the clients, CPU is the bottleneck and the figures say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ledger_bridge import kvapp
+from ledger_bridge.client import AsyncLedgerClient, TcpClientTransport
+from ledger_bridge.cluster import Cluster
+from ledger_bridge.crypto import SigningKey
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.transport import encode_frame, pack, read_frame, unpack
+
+BATCH_SIZES = (1, 10, 100, 500)
+POINT_S = 4.0
+WARMUP_S = 1.0
+KILL_CLIENTS = 50
+KILL_BATCH = 100
+BUCKET_S = 0.25
+
+Submit = Callable[[int], Awaitable[None]]
+
+
+def _free_base_port() -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port > 60000:
+            continue
+        ok = True
+        for d in (*range(1, 8), *range(100, 108)):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + d))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no free port block")
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def closed_loop(
+    make_submit: Callable[[int], Submit], clients: int, duration_s: float, warmup_s: float
+) -> tuple[list[float], list[float]]:
+    """Run `clients` loops, each awaiting one submit at a time; (completion times, latencies)
+    of the requests that completed after the warm-up."""
+    done_at: list[float] = []
+    latencies: list[float] = []
+    start = time.monotonic()
+    measure_from = start + warmup_s
+    stop_at = measure_from + duration_s
+
+    async def loop(c: int) -> None:
+        submit = make_submit(c)
+        i = 0
+        while time.monotonic() < stop_at:
+            t0 = time.monotonic()
+            await submit(i)
+            t1 = time.monotonic()
+            if t1 >= measure_from and t1 <= stop_at:
+                done_at.append(t1)
+                latencies.append((t1 - t0) * 1000)
+            i += 1
+
+    await asyncio.gather(*(loop(c) for c in range(clients)))
+    return done_at, latencies
+
+
+def _summary(done_at: list[float], latencies: list[float], duration_s: float) -> dict[str, Any]:
+    return {
+        "tx": len(latencies),
+        "tx_per_s": round(len(latencies) / duration_s, 1),
+        "p50_ms": round(_pct(latencies, 0.50), 2),
+        "p99_ms": round(_pct(latencies, 0.99), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+    }
+
+
+def _ledger_submit(transport: TcpClientTransport, cluster: Cluster) -> Callable[[int], Submit]:
+    def make(c: int) -> Submit:
+        client = AsyncLedgerClient(
+            transport, cluster.genesis.public_keys(), cluster.genesis.f, timeout_ms=60_000
+        )
+
+        async def submit(i: int) -> None:
+            await client.submit(kvapp.encode_set(f"k{c}-{i}".encode(), b"v" * 32))
+
+        return submit
+
+    return make
+
+
+async def _ledger_point(
+    cluster: Cluster, clients: int, duration_s: float, warmup_s: float = WARMUP_S
+) -> dict[str, Any]:
+    transport = TcpClientTransport(cluster.client_addresses())
+    try:
+        done_at, lat = await closed_loop(
+            _ledger_submit(transport, cluster), clients, duration_s, warmup_s
+        )
+    finally:
+        await transport.close()
+    return _summary(done_at, lat, duration_s)
+
+
+def _cluster(directory: Path, batch: int) -> Cluster:
+    return Cluster(
+        directory,
+        4,
+        base_port=_free_base_port(),
+        params={"batch_size_max": batch, "batch_wait_ms": 2 if batch > 1 else 0},
+    )
+
+
+async def _kill_primary(cluster: Cluster, duration_s: float) -> dict[str, Any]:
+    """Kill the primary a third of the way into a load; measure the gap and the recovery."""
+    transport = TcpClientTransport(cluster.client_addresses())
+    kill_at: list[float] = []
+
+    async def killer() -> None:
+        await asyncio.sleep(WARMUP_S + duration_s / 3)
+        status = cluster.status(1) or {}
+        primary = int(status.get("primary", 0))
+        kill_at.append(time.monotonic())
+        cluster.kill(primary)
+
+    try:
+        loop_task = closed_loop(
+            _ledger_submit(transport, cluster), KILL_CLIENTS, duration_s, WARMUP_S
+        )
+        (done_at, _lat), _ = await asyncio.gather(loop_task, killer())
+    finally:
+        await transport.close()
+    t_kill = kill_at[0]
+    before = [t for t in done_at if t < t_kill]
+    after = sorted(t for t in done_at if t >= t_kill)
+    start = min(done_at) if done_at else t_kill
+    rate_before = len(before) / max(t_kill - start, 1e-9)
+    first_after = (after[0] - t_kill) if after else None
+    recovered = None
+    t = t_kill
+    while after and t < after[-1]:
+        in_bucket = sum(1 for x in after if t <= x < t + BUCKET_S)
+        if in_bucket / BUCKET_S >= rate_before / 2:
+            recovered = t + BUCKET_S - t_kill
+            break
+        t += BUCKET_S
+    return {
+        "clients": KILL_CLIENTS,
+        "batch_size_max": KILL_BATCH,
+        "tx_per_s_before_kill": round(rate_before, 1),
+        "first_commit_after_kill_s": None if first_after is None else round(first_after, 3),
+        "back_to_half_rate_s": None if recovered is None else round(recovered, 3),
+        "tx_after_kill": len(after),
+    }
+
+
+# -- baseline: one unreplicated process executing the KV app ---------------------------------
+
+
+async def _serve_baseline(port: int) -> None:
+    """Verify each request's signature, execute it with the KV app, reply. Requests that
+    arrive in the same event-loop turn execute as one block, like a batch."""
+    app = kvapp.KVApp()
+    height = 0
+    pending: list[tuple[m.Request, asyncio.StreamWriter]] = []
+    scheduled = False
+
+    def flush() -> None:
+        nonlocal height, scheduled
+        scheduled = False
+        batch, pending[:] = list(pending), []
+        if not batch:
+            return
+        height += 1
+        from ledger_bridge.app import BlockContext
+
+        results, _root = app.execute(
+            [r.tx for r, _ in batch], BlockContext(height, time.time_ns() // 10**6, b"\0" * 32)
+        )
+        for (req, writer), result in zip(batch, results, strict=True):
+            writer.write(
+                encode_frame(pack({"op": "reply", "rid": req.request_id, "result": result}))
+            )
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal scheduled
+        from ledger_bridge.transport import set_nodelay
+
+        set_nodelay(writer)
+        with contextlib.suppress(Exception):
+            while (frame := await read_frame(reader)) is not None:
+                req = m.decode(unpack(frame)["request"])
+                assert isinstance(req, m.Request)
+                if not m.verify_request(req):
+                    continue
+                pending.append((req, writer))
+                if not scheduled:
+                    scheduled = True
+                    asyncio.get_running_loop().call_soon(flush)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+async def _baseline_point(port: int, clients: int, duration_s: float) -> dict[str, Any]:
+    def make(c: int) -> Submit:
+        key = SigningKey.generate()
+        conn: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        rid = [time.time_ns() // 1000]
+
+        async def submit(i: int) -> None:
+            if not conn:
+                conn.append(await asyncio.open_connection("127.0.0.1", port))
+            reader, writer = conn[0]
+            rid[0] += 1
+            req = m.make_request(key, rid[0], kvapp.encode_set(f"k{c}-{i}".encode(), b"v" * 32))
+            writer.write(encode_frame(pack({"op": "submit", "request": m.encode(req)})))
+            frame = await read_frame(reader)
+            assert frame is not None
+
+        return submit
+
+    done_at, lat = await closed_loop(make, clients, duration_s, WARMUP_S)
+    return _summary(done_at, lat, duration_s)
+
+
+def _baseline(duration_s: float) -> dict[str, Any]:
+    port = _free_base_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.ledger", "--serve-baseline", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "baseline server did not start"
+            time.sleep(0.05)
+        return {
+            str(b): asyncio.run(_baseline_point(port, max(1, b), duration_s)) for b in BATCH_SIZES
+        }
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    duration_s = float(os.environ.get("CIVIS_BENCH_POINT_S", POINT_S))
+    sizes = [int(s) for s in os.environ.get("CIVIS_BENCH_BATCHES", "").split(",") if s] or list(
+        BATCH_SIZES
+    )
+    out: dict[str, Any] = {"point_s": duration_s, "cores": os.cpu_count(), "ledger": {}}
+    with tempfile.TemporaryDirectory(prefix="civis-bench-ledger-") as tmp:
+        for b in sizes:
+            with _cluster(Path(tmp) / f"b{b}", b) as cluster:
+                cluster.start()
+                cluster.wait_ready()
+                point = asyncio.run(_ledger_point(cluster, max(1, b), duration_s))
+            out["ledger"][str(b)] = {"clients": max(1, b), **point}
+        with _cluster(Path(tmp) / "kill", KILL_BATCH) as cluster:
+            cluster.start()
+            cluster.wait_ready()
+            out["primary_kill"] = asyncio.run(_kill_primary(cluster, 3 * duration_s))
+    out["baseline_unreplicated"] = _baseline(duration_s)
+    out["ratio_ledger_to_baseline_tx_per_s"] = {
+        b: round(out["ledger"][b]["tx_per_s"] / out["baseline_unreplicated"][b]["tx_per_s"], 3)
+        for b in out["ledger"]
+        if b in out["baseline_unreplicated"] and out["baseline_unreplicated"][b]["tx_per_s"]
+    }
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-baseline":
+        asyncio.run(_serve_baseline(int(sys.argv[2])))

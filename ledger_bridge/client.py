@@ -1,0 +1,403 @@
+"""The ledger client: submit a transaction, get a receipt backed by f+1 replicas; fetch blocks
+and check their commit certificates against the genesis validator keys alone.
+
+Why f+1 matching replies (PBFT §4.1): at most f replicas lie, so f+1 equal answers include a
+correct replica's, and a correct replica only replies after the request committed. The client
+never trusts one replica, and `get_block` never trusts the replica that served the block: the
+certificate (2f+1 validator signatures) is checked here.
+
+Retries (PBFT §4.1, §4.4): a request goes to the replica the client believes is primary; when
+no f+1 matching replies come within `retry_ms`, it is re-sent to every replica (a backup that
+sees a request the primary sits on starts its view-change timer), with exponential back-off,
+until `timeout_ms`. Re-sending is safe: the replicas execute a (client, request id) once and
+answer repeats from their reply cache.
+
+The transport is swappable (httpx's `MockTransport` pattern): `TcpClientTransport` talks to
+node processes; `InProcessTransport` drives `Replica` objects directly, for fast tests.
+
+`LedgerClient` is synchronous (the vault's outbox relay and CLI are); it runs the asynchronous
+`AsyncLedgerClient` on a private event-loop thread. One client key has one request in flight
+at a time, as in the paper: the replicas' reply cache keeps the latest request id per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ledger_bridge.crypto import SigningKey, VerifyKey, digest
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.blocks import Block, verify_chain
+from ledger_bridge.transport import (
+    FRAME_BYTES_MAX,
+    RemoteProtocolError,
+    encode_frame,
+    pack,
+    read_frame,
+    set_nodelay,
+    split_address,
+    unpack,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRY_MS = 400
+TIMEOUT_MS = 30_000
+CALL_TIMEOUT_MS = 5_000
+CONNECT_TIMEOUT_MS = 1_000
+PENDING_CALLS_MAX = 1024
+
+ReplyHandler = Callable[[int, bytes], None]
+
+
+class LedgerError(Exception):
+    """The ledger could not give an answer we can trust (timeout, bad certificate)."""
+
+
+class LedgerTimeout(LedgerError):
+    pass
+
+
+class CertificateError(LedgerError):
+    """A block served by a replica does not verify against the genesis validator keys."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof-of-commit summary: f+1 replicas agreed on this result at this height."""
+
+    tx_id: str  # hex SHA-256 of the signed request: stable across retries of the same request
+    block_height: int
+    result: bytes
+    request_id: int
+
+
+class ClientTransport(Protocol):
+    """How requests reach replicas and replies come back."""
+
+    n: int
+
+    def on_reply(self, client_id: bytes, handler: ReplyHandler | None) -> None:
+        """Route encoded replies for `client_id` to `handler(replica_id, reply_bytes)`."""
+        ...
+
+    async def send(self, replica: int, request: bytes) -> None:
+        """Best-effort delivery of an encoded request; loss is handled by retries."""
+        ...
+
+    async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A read endpoint (`status`, `block`, `query`) on one replica."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.task: asyncio.Task[None] | None = None
+
+
+class TcpClientTransport:
+    """One connection per replica's client port, opened lazily, re-opened after a failure."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        ssl_context: ssl.SSLContext | None = None,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+    ) -> None:
+        self.n = len(addresses)
+        self._addresses = list(addresses)
+        self._ssl = ssl_context
+        self._frame_bytes_max = frame_bytes_max
+        self._conns: dict[int, _Conn] = {}
+        self._connecting: dict[int, asyncio.Lock] = {}
+        self._handlers: dict[bytes, ReplyHandler] = {}
+        self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._call_ids = itertools.count(1)
+
+    def on_reply(self, client_id: bytes, handler: ReplyHandler | None) -> None:
+        if handler is None:
+            self._handlers.pop(client_id, None)
+        else:
+            self._handlers[client_id] = handler
+
+    async def _conn(self, replica: int) -> _Conn:
+        conn = self._conns.get(replica)
+        if conn is not None:
+            return conn
+        lock = self._connecting.setdefault(replica, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(replica)
+            if conn is not None:
+                return conn
+            host, port = split_address(self._addresses[replica])
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=self._ssl,
+                    server_hostname=f"node-{replica}" if self._ssl else None,
+                ),
+                CONNECT_TIMEOUT_MS / 1000,
+            )
+            set_nodelay(writer)
+            conn = _Conn(reader, writer)
+            conn.task = asyncio.get_running_loop().create_task(self._read(replica, conn))
+            self._conns[replica] = conn
+            return conn
+
+    def _drop(self, replica: int, conn: _Conn) -> None:
+        if self._conns.get(replica) is conn:
+            del self._conns[replica]
+        conn.writer.close()
+
+    async def _read(self, replica: int, conn: _Conn) -> None:
+        try:
+            while True:
+                payload = await read_frame(conn.reader, self._frame_bytes_max)
+                if payload is None:
+                    return
+                self._dispatch(replica, unpack(payload, self._frame_bytes_max))
+        except (RemoteProtocolError, OSError, ConnectionError, ssl.SSLError) as exc:
+            log.debug("replica %d connection lost: %s", replica, type(exc).__name__)
+        finally:
+            self._drop(replica, conn)
+
+    def _dispatch(self, replica: int, frame: Any) -> None:
+        if not isinstance(frame, dict):
+            return
+        if frame.get("op") == "reply":
+            reply = frame.get("reply")
+            client = frame.get("client")
+            if isinstance(reply, bytes) and isinstance(client, bytes):
+                handler = self._handlers.get(client)
+                if handler is not None:
+                    handler(replica, reply)
+            return
+        call_id = frame.get("id")
+        fut = self._calls.pop(call_id, None) if isinstance(call_id, int) else None
+        if fut is not None and not fut.done():
+            fut.set_result(frame)
+
+    async def send(self, replica: int, request: bytes) -> None:
+        try:
+            conn = await self._conn(replica)
+            conn.writer.write(encode_frame(pack({"op": "submit", "request": request})))
+        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            log.debug("send to replica %d failed: %s", replica, type(exc).__name__)
+
+    async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if len(self._calls) >= PENDING_CALLS_MAX:
+            raise LedgerError("too many pending calls")
+        call_id = next(self._call_ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        try:
+            conn = await self._conn(replica)
+            conn.writer.write(encode_frame(pack({"op": op, "id": call_id, **args})))
+            return await asyncio.wait_for(fut, CALL_TIMEOUT_MS / 1000)
+        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            raise LedgerError(f"replica {replica}: {op} failed ({type(exc).__name__})") from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def close(self) -> None:
+        for replica, conn in list(self._conns.items()):
+            if conn.task is not None:
+                conn.task.cancel()
+            self._drop(replica, conn)
+
+
+class AsyncLedgerClient:
+    """Submits signed requests and collects f+1 matching replies (see the module docstring)."""
+
+    def __init__(
+        self,
+        transport: ClientTransport,
+        validators: Sequence[VerifyKey],
+        f: int,
+        signing_key: SigningKey | None = None,
+        *,
+        retry_ms: int = RETRY_MS,
+        timeout_ms: int = TIMEOUT_MS,
+    ) -> None:
+        assert len(validators) == transport.n == 3 * f + 1
+        self.transport = transport
+        self.validators = list(validators)
+        self.f = f
+        self.key = signing_key or SigningKey.generate()
+        self.client_id = bytes(self.key.public_key)
+        self.retry_ms = retry_ms
+        self.timeout_ms = timeout_ms
+        # Request ids must grow across restarts of a client with the same key (the replicas
+        # ignore an id below the last one they executed for us): start from the wall clock.
+        self._next_request_id = time.time_ns() // 1000
+        self._lock = asyncio.Lock()
+        self._view = 0
+        self._waiting: dict[int, tuple[int, bytes]] | None = None
+        self._waiting_id = -1
+        self._done: asyncio.Future[tuple[int, bytes]] | None = None
+        transport.on_reply(self.client_id, self._on_reply)
+
+    def _primary(self) -> int:
+        return self._view % self.transport.n
+
+    def _on_reply(self, replica: int, payload: bytes) -> None:
+        try:
+            reply = m.decode(payload)
+        except m.RemoteProtocolError:
+            return
+        if not isinstance(reply, m.Reply) or self._waiting is None:
+            return
+        if reply.request_id != self._waiting_id or reply.client_id != self.client_id:
+            return
+        if reply.replica_id != replica or not m.verify_reply(reply, self.validators):
+            return  # a replica cannot answer for another, and every reply is signed
+        self._view = max(self._view, reply.view)
+        self._waiting[replica] = (reply.block_height, reply.result)
+        votes = list(self._waiting.values())
+        for answer in set(votes):
+            if votes.count(answer) >= self.f + 1 and self._done and not self._done.done():
+                self._done.set_result(answer)
+
+    async def submit(self, tx: bytes, request_id: int | None = None) -> Receipt:
+        """Order `tx`; return once f+1 replicas report the same height and result."""
+        async with self._lock:
+            rid = request_id if request_id is not None else self._next_request_id
+            self._next_request_id = max(self._next_request_id, rid) + 1
+            request = m.make_request(self.key, rid, tx)
+            encoded = m.encode(request)
+            self._waiting, self._waiting_id = {}, rid
+            self._done = asyncio.get_running_loop().create_future()
+            deadline = time.monotonic() + self.timeout_ms / 1000
+            wait_ms = self.retry_ms
+            targets = [self._primary()]
+            try:
+                while True:
+                    for r in targets:
+                        await self.transport.send(r, encoded)
+                    left_s = deadline - time.monotonic()
+                    if left_s <= 0:
+                        raise LedgerTimeout(f"no f+1 matching replies in {self.timeout_ms} ms")
+                    try:
+                        height, result = await asyncio.wait_for(
+                            asyncio.shield(self._done), min(wait_ms / 1000, left_s)
+                        )
+                        break
+                    except TimeoutError:
+                        targets = list(range(self.transport.n))
+                        wait_ms = min(wait_ms * 2, 5_000)
+            finally:
+                self._waiting, self._done = None, None
+            return Receipt(
+                tx_id=digest(encoded).hex(), block_height=height, result=result, request_id=rid
+            )
+
+    async def _ask(self, op: str, args: dict[str, Any], replica: int | None) -> dict[str, Any]:
+        """A read from one replica, falling back to the others when it does not answer."""
+        order = [replica] if replica is not None else []
+        order += [r for r in range(self.transport.n) if r not in order]
+        last: Exception | None = None
+        for r in order:
+            try:
+                return await self.transport.call(r, op, args)
+            except LedgerError as exc:
+                last = exc
+        raise LedgerError(f"no replica answered {op}: {last}")
+
+    async def status(self, replica: int) -> dict[str, Any]:
+        answer = await self.transport.call(replica, "status", {})
+        status = answer.get("status")
+        if not isinstance(status, dict):
+            raise LedgerError("malformed status")
+        return status
+
+    async def query(self, request: bytes, replica: int | None = None) -> bytes:
+        answer = await self._ask("query", {"request": request}, replica)
+        result = answer.get("result")
+        if not isinstance(result, bytes):
+            raise LedgerError(str(answer.get("error", "malformed query answer")))
+        return result
+
+    async def get_block(self, height: int, replica: int | None = None) -> Block:
+        """The block at `height`, its commit certificate checked against the genesis keys."""
+        answer = await self._ask("block", {"height": height}, replica)
+        raw = answer.get("block")
+        if not isinstance(raw, bytes):
+            raise LedgerError(f"no block at height {height}")
+        block = m.decode_block(raw)
+        if block.height != height or not verify_chain([block], self.validators, anchor=None):
+            raise CertificateError(f"block {height} does not carry a valid certificate")
+        return block
+
+    async def close(self) -> None:
+        self.transport.on_reply(self.client_id, None)
+
+
+class LedgerClient:
+    """Synchronous facade: the same client on a private event-loop thread."""
+
+    def __init__(
+        self,
+        make_transport: Callable[[], ClientTransport],
+        validators: Sequence[VerifyKey],
+        f: int,
+        signing_key: SigningKey | None = None,
+        **kwargs: int,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def build() -> AsyncLedgerClient:
+            return AsyncLedgerClient(make_transport(), validators, f, signing_key, **kwargs)
+
+        self._client = self._run(build())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def client_id(self) -> bytes:
+        return self._client.client_id
+
+    def submit(self, tx: bytes, request_id: int | None = None) -> Receipt:
+        return self._run(self._client.submit(tx, request_id))
+
+    def status(self, replica: int) -> dict[str, Any]:
+        return self._run(self._client.status(replica))
+
+    def query(self, request: bytes, replica: int | None = None) -> bytes:
+        return self._run(self._client.query(request, replica))
+
+    def get_block(self, height: int, replica: int | None = None) -> Block:
+        return self._run(self._client.get_block(height, replica))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            await self._client.close()
+            await self._client.transport.close()
+
+        with contextlib.suppress(Exception):
+            self._run(shut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> LedgerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,283 @@
+"""The replica process: an asyncio shell around the pure `Replica`.
+
+What it is for: the only place where consensus meets sockets, clocks and disks. Its loop is
+short on purpose; every decision is the replica core's. Incoming frames are decoded and
+`step`ped into the replica as they arrive; a single "flush" scheduled on the event loop then
+drains every pending `Ready`, following the order its fields document (etcd-raft style):
+
+1. `persist`  — written to SQLite and fsynced BEFORE anything below leaves the process, so a
+   replica never sends a vote it could forget in a crash (PBFT §4.1);
+2. `blocks`   — committed blocks with their certificates, stored (same transaction as 1);
+3. `messages` — sent to peers (best effort; the protocol retransmits);
+4. `replies`  — sent to the clients whose connections asked.
+
+Batching falls out of this shape: all frames that arrived in one event-loop turn are stepped
+before one fsync covers all of them.
+
+What it must never do: block on a peer (queues are bounded and drop), execute anything the
+core did not commit, or log a private key or a transaction body.
+
+Run: `python -m ledger_bridge.node --config node-0.toml` (or `civis-vault node --config ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ledger_bridge import genesis as gen
+from ledger_bridge import tls
+from ledger_bridge.app import Application
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.config import ClusterConfig
+from ledger_bridge.pbft.replica import DurableDelta, DurableState, Ready, Replica
+from ledger_bridge.storage import Batch, Storage
+from ledger_bridge.transport import ClientConnection, ClientListener, PeerNetwork
+
+log = logging.getLogger("ledger_bridge.node")
+
+TICK_MS = 5  # timer resolution handed to the core; its timeouts are tens of ms and up
+APPS = {"kv": "ledger_bridge.kvapp:KVApp"}
+
+
+def load_app(name: str) -> Application:
+    target = APPS.get(name, name)
+    module, _, attr = target.partition(":")
+    app: Application = getattr(importlib.import_module(module), attr)()
+    return app
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def cluster_config(genesis: gen.Genesis) -> ClusterConfig:
+    params = {k: v for k, v in genesis.params.items() if k != "app"}
+    return ClusterConfig.create(
+        public_keys=[bytes(k) for k in genesis.public_keys()], f=genesis.f, **params
+    )
+
+
+def to_batch(delta: DurableDelta, blocks: list[Any]) -> Batch:
+    """One SQLite transaction for a Ready's durable delta and its committed blocks."""
+    return Batch(
+        put=tuple(delta.put),
+        delete=tuple(delta.delete),
+        delete_kind_below=tuple(delta.delete_below),
+        blocks=tuple((b.height, m.encode_block(b)) for b in blocks),
+    )
+
+
+def load_state(storage: Storage) -> DurableState | None:
+    kinds = storage.kinds()
+    if not kinds and storage.last_height() == 0:
+        return None
+    return DurableState(records={k: list(storage.records(k)) for k in kinds})
+
+
+class Node:
+    def __init__(self, config: gen.NodeConfig, *, synchronous: str = "FULL") -> None:
+        self.config = config
+        self.genesis = config.genesis()
+        self.storage = Storage(config.data_dir, synchronous=synchronous)
+        self.app = load_app(str(self.genesis.params.get("app", "kv")))
+        self.replica = Replica(
+            cluster_config(self.genesis),
+            config.id,
+            config.signing_key(),
+            self.app,
+            durable=load_state(self.storage),
+        )
+        files = config.tls_files(self.genesis)
+        self.network = PeerNetwork(
+            config.id,
+            {v.id: v.address for v in self.genesis.validators},
+            self._on_peer_frame,
+            server_ssl=tls.server_context(files) if files else None,
+            client_ssl=tls.client_context(files) if files else None,
+        )
+        self.clients = ClientListener(self._on_client_frame)
+        self._client_conns: dict[bytes, ClientConnection] = {}
+        self._flush_scheduled = False
+        self._stopping = asyncio.Event()
+        self.dropped_peer = 0
+        self.dropped_client = 0
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _on_peer_frame(self, peer: int, payload: bytes) -> None:
+        try:
+            msg = m.decode(payload)
+        except m.RemoteProtocolError:
+            self.dropped_peer += 1
+            return
+        self.replica.step(msg, now_ms())
+        self._schedule_flush()
+
+    def _on_client_frame(self, frame: Any, conn: ClientConnection) -> None:
+        if not isinstance(frame, dict):
+            self.dropped_client += 1
+            return
+        op = frame.get("op")
+        if op == "submit":
+            self._on_submit(frame.get("request"), conn)
+        elif op in ("status", "block", "query"):
+            conn.send({"op": op, "id": frame.get("id"), **self._read(op, frame)})
+        else:
+            self.dropped_client += 1
+
+    def _on_submit(self, raw: Any, conn: ClientConnection) -> None:
+        if not isinstance(raw, bytes):
+            self.dropped_client += 1
+            return
+        try:
+            request = m.decode(raw)
+        except m.RemoteProtocolError:
+            self.dropped_client += 1
+            return
+        if not isinstance(request, m.Request):
+            self.dropped_client += 1
+            return
+        # Replies go to the latest connection that spoke for this client id; the reply is
+        # signed, so a connection that lies about its id only receives what it cannot forge.
+        self._client_conns[request.client_id] = conn
+        if len(self._client_conns) > 10_000:
+            self._client_conns = {k: c for k, c in self._client_conns.items() if not c.closed}
+        self.replica.step(request, now_ms())
+        self._schedule_flush()
+
+    def _read(self, op: str, frame: dict[str, Any]) -> dict[str, Any]:
+        if op == "status":
+            return {"status": self.status()}
+        if op == "block":
+            height = frame.get("height")
+            if not isinstance(height, int):
+                return {"error": "height must be an integer"}
+            return {"block": self.storage.block(height)}
+        request = frame.get("request")
+        if not isinstance(request, bytes):
+            return {"error": "request must be bytes"}
+        try:
+            return {"result": self.app.query(request)}
+        except Exception as exc:  # the app refuses a malformed query; the node stays up
+            return {"error": type(exc).__name__}
+
+    def status(self) -> dict[str, Any]:
+        stats = self.network.stats
+        return {
+            "id": self.config.id,
+            "chain_id": self.genesis.chain_id,
+            "view": self.replica.view,
+            "primary": self.replica.view % self.genesis.n,
+            "height": self.storage.last_height(),
+            "writes": self.storage.writes,
+            "frames_sent": stats.frames_sent,
+            "frames_received": stats.frames_received,
+            "dropped_queue_full": stats.dropped_queue_full,
+            "protocol_errors": stats.protocol_errors,
+            "dropped_peer": self.dropped_peer,
+            "dropped_client": self.dropped_client,
+        }
+
+    # -- the Ready loop ---------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self.replica.has_ready():
+            ready = self.replica.ready()
+            self._handle(ready)
+            self.replica.advance(ready)
+
+    def _handle(self, ready: Ready) -> None:
+        # 1 + 2: durable first, in one fsynced transaction.
+        self.storage.write(to_batch(ready.persist, ready.blocks))
+        # 3: peers.
+        for out in ready.messages:
+            payload = m.encode(out.msg)
+            if out.to is None:
+                for v in self.genesis.validators:
+                    if v.id != self.config.id:
+                        self.network.send(v.id, payload)
+            elif out.to != self.config.id:
+                self.network.send(out.to, payload)
+        # 4: clients.
+        for reply in ready.replies:
+            conn = self._client_conns.get(reply.client_id)
+            if conn is not None and not conn.closed:
+                conn.send(
+                    {"op": "reply", "client": reply.client_id, "reply": m.encode(reply.reply)}
+                )
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_MS / 1000)
+            self.replica.tick(now_ms())
+            self._schedule_flush()
+
+    async def run(self) -> None:
+        await self.network.start(self.config.listen)
+        await self.clients.start(self.config.client_listen)
+        ticker = asyncio.get_running_loop().create_task(self._ticker())
+        log.info(
+            "replica %d of %s up: peers on %s, clients on %s, height %d",
+            self.config.id,
+            self.genesis.chain_id,
+            self.config.listen,
+            self.config.client_listen,
+            self.storage.last_height(),
+        )
+        try:
+            await self._stopping.wait()
+        finally:
+            ticker.cancel()
+            await self.clients.stop()
+            await self.network.stop()
+            self.storage.close()
+            log.info("replica %d stopped", self.config.id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+async def serve(config_path: Path) -> None:
+    node = Node(gen.load_node_config(config_path))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stop)
+    await node.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ledger_bridge.node", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="node-<i>.toml")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(args.config))
+    except gen.GenesisError as exc:
+        log.error("%s", exc)
+        return 2
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
