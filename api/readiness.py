@@ -1,7 +1,8 @@
 """Readiness probes: what `/readyz` asks before saying the instance can take traffic.
 
 Why pluggable: the database is always checked; the ledger's quorum is checked once the app is
-given a ledger client (`create_app(..., probes=[LedgerQuorumProbe(...)])`). A probe returns a
+given a ledger client (`create_app(..., probes=[LedgerQuorumProbe(client.status, n)])`
+with `ledger_bridge.client.LedgerClient`). A probe returns a
 short reason when not ready, never an exception message (it may hold addresses or secrets).
 """
 
