@@ -195,6 +195,9 @@ class TcpClientTransport:
     async def send(self, replica: int, request: bytes) -> None:
         try:
             conn = await self._conn(replica)
+            if conn.writer.is_closing():  # the peer went away: reconnect on the next try
+                self._drop(replica, conn)
+                return
             conn.writer.write(encode_frame(pack({"op": "submit", "request": request})))
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("send to replica %d failed: %s", replica, type(exc).__name__)
