@@ -1,0 +1,67 @@
+"""`civis-vault ledger up`: generates a genesis with TLS, runs 4 replicas that commit over
+mutual TLS, and stops them all on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger_bridge.client import LedgerClient, TcpClientTransport
+from ledger_bridge.cluster import probe_status
+from ledger_bridge.genesis import load_genesis
+from ledger_bridge.kvapp import encode_set
+from tests.ledger_bridge.test_processes import _base_port
+
+pytestmark = pytest.mark.e2e
+
+
+def test_ledger_up_commits_over_mutual_tls_and_ctrl_c_stops_every_replica(
+    tmp_path: Path,
+) -> None:
+    base = _base_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "ledger",
+            "up",
+            "--dir",
+            str(tmp_path),
+            "--base-port",
+            str(base),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        genesis_file = tmp_path / "genesis.toml"
+        while not genesis_file.exists() or not all(
+            probe_status(f"127.0.0.1:{base + 100 + i}") for i in range(4)
+        ):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "cluster never came up"
+            time.sleep(0.2)
+        genesis = load_genesis(genesis_file)
+        assert genesis.tls_ca is not None  # TLS between replicas is the default
+        with LedgerClient(
+            lambda: TcpClientTransport([v.client_address for v in genesis.validators]),
+            genesis.public_keys(),
+            genesis.f,
+        ) as client:
+            receipt = client.submit(encode_set(b"k", b"v"))
+            assert receipt.block_height >= 1
+            assert client.get_block(receipt.block_height).txs == [encode_set(b"k", b"v")]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        assert not any(probe_status(f"127.0.0.1:{base + 100 + i}") for i in range(4))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
