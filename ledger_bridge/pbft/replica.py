@@ -457,7 +457,15 @@ class Replica:
                     break
             if not batch or oldest_ms is None:
                 return
-            if len(batch) < cfg.batch_size_max and self.now_ms - oldest_ms < cfg.batch_wait_ms:
+            # Adaptive batching (the paper's "batch while busy", TOCS §5.1.4): with no batch
+            # in flight, waiting only adds latency, so an idle primary proposes at once; under
+            # load, requests accumulate while earlier batches run the protocol.
+            idle = self.next_seq - 1 <= self.last_executed
+            if (
+                len(batch) < cfg.batch_size_max
+                and not idle
+                and self.now_ms - oldest_ms < cfg.batch_wait_ms
+            ):
                 return
             for req in batch:
                 key = (req.client_id, req.request_id)
@@ -613,10 +621,15 @@ class Replica:
     # ------------------------------------------------------------------------- execution
 
     def _execute_ready(self) -> None:
+        executed = False
         while self.last_executed + 1 in self.committed_batches:
             seq = self.last_executed + 1
             pp, commits = self.committed_batches[seq]
             self._execute(seq, pp, commits)
+            executed = True
+        if executed and self.active and self.is_primary and self.pending:
+            # The pipeline drained: propose what queued meanwhile without waiting for a tick.
+            self._maybe_propose()
 
     def _execute(self, seq: int, pp: PrePrepare, commits: tuple[Commit, ...]) -> None:
         """Execute a committed batch in order (TOCS §4.2), skipping requests the reply cache

@@ -48,19 +48,27 @@ def test_unsigned_request_is_never_ordered() -> None:
     assert net.replicas[0].stats["bad client signature"] == 1
 
 
-def test_batching_waits_for_a_full_batch_or_the_batch_wait() -> None:
-    """TOCS §5.1: the primary closes a batch at batch_size_max or after batch_wait_ms."""
+def test_batching_adapts_to_load() -> None:
+    """TOCS §5.1.4: an idle primary proposes at once; while a batch is in flight, requests
+    accumulate until batch_size_max or batch_wait_ms (§5.1 batching)."""
     net = Net(params={"batch_size_max": 3, "batch_wait_ms": 50})
+    net.filter = lambda src, dst, msg: not isinstance(msg, m.Commit)  # keep batch 1 in flight
     net.submit(request(1))
-    net.submit(request(2, client=key(9)))
     net.deliver_all()
-    assert _sent(net, m.PrePrepare) == []
+    assert [len(pp.requests) for pp in _sent(net, m.PrePrepare)] == [1]  # idle: no wait
+    net.submit(request(2, client=key(9)))
+    net.submit(request(3, client=key(10)))
+    net.deliver_all()
+    assert len(_sent(net, m.PrePrepare)) == 1  # busy: the two wait for more or for the timer
     net.tick(60)
-    assert [len(b.requests) for b in net.blocks[1].values()] == [2]
+    assert [len(pp.requests) for pp in _sent(net, m.PrePrepare)] == [1, 2]
     for i in range(3):
         net.submit(request(10 + i, client=key(20 + i)))
     net.deliver_all()
-    assert [len(b.requests) for b in net.blocks[1].values()] == [2, 3]
+    assert [len(pp.requests) for pp in _sent(net, m.PrePrepare)] == [1, 2, 3]  # full: at once
+    net.filter = lambda src, dst, msg: True
+    net.tick(300)
+    assert [len(b.requests) for b in net.blocks[1].values()] == [1, 2, 3]
 
 
 def test_primary_never_proposes_above_the_high_watermark() -> None:
