@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 from ledger_bridge.crypto import SigningKey, VerifyKey, digest
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block, verify_chain
-from ledger_bridge.pbft.replica import Replica
+from ledger_bridge.pbft.replica import Ready, Replica
 from ledger_bridge.transport import (
     FRAME_BYTES_MAX,
     RemoteProtocolError,
@@ -232,7 +232,13 @@ class InProcessTransport:
     heartbeats and view changes happen. `crash(i)` silences a replica, for retry tests.
     """
 
-    def __init__(self, replicas: Sequence[Replica], tick_ms: int = 2) -> None:
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        tick_ms: int = 2,
+        on_ready: Callable[[int, Ready], None] | None = None,
+    ) -> None:
+        self.on_ready = on_ready  # e.g. persist a replica's Ready the way a node does
         self.n = len(replicas)
         self.replicas = list(replicas)
         self.down: set[int] = set()
@@ -258,6 +264,8 @@ class InProcessTransport:
                     continue
                 while replica.has_ready():
                     ready = replica.ready()
+                    if self.on_ready is not None:
+                        self.on_ready(i, ready)
                     for block in ready.blocks:
                         self.blocks[i][block.height] = block
                     for out in ready.messages:
