@@ -159,8 +159,8 @@ class Node:
             return {"status": self.status()}
         if op == "block":
             height = frame.get("height")
-            if not isinstance(height, int):
-                return {"error": "height must be an integer"}
+            if not isinstance(height, int) or not 0 <= height < 1 << 62:
+                return {"error": "height must be an integer in [0, 2^62)"}
             return {"block": self.storage.block(height)}
         request = frame.get("request")
         if not isinstance(request, bytes):
