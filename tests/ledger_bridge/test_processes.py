@@ -8,6 +8,7 @@ each chain verifies against the genesis validator keys alone (`verify_chain`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -174,4 +175,29 @@ def test_a_killed_backup_restarts_from_its_wal_and_rejoins(cluster: Cluster) -> 
         cluster.start([2])
         cluster.wait_ready([2])
         load.wait_for(len(load.receipts) + 100)
+    _check(cluster, load, [0, 1, 2, 3])
+
+
+def test_malformed_client_frames_close_that_connection_only(cluster: Cluster) -> None:
+    import struct
+
+    from ledger_bridge.transport import encode_frame, pack, split_address
+
+    host, port = split_address(cluster.client_addresses()[0])
+    garbage = [
+        struct.pack(">I", 1 << 30) + b"x",  # over the frame limit
+        encode_frame(b"\xc1\xc1"),  # not msgpack
+        encode_frame(pack({"op": "submit", "request": b"\x00" * 40})),  # not a Request
+        encode_frame(pack({"op": "block", "height": (1 << 64) - 1})),  # absurd height
+    ]
+    for payload in garbage:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(payload)
+            s.settimeout(2)
+            with contextlib.suppress(TimeoutError):
+                s.recv(65536)
+    status = cluster.status(0)
+    assert status is not None and status["dropped_client"] >= 1
+    with Load(cluster, clients=1) as load:
+        load.wait_for(5)
     _check(cluster, load, [0, 1, 2, 3])
