@@ -339,6 +339,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def profile_in_process(txs: int = 300) -> None:
+    """`python -m bench.ledger --profile`: cProfile of 4 replicas driven in one process
+    (no sockets, no fsync), one client, unbatched: where a replica's CPU goes."""
+    import cProfile
+    import pstats
+
+    from ledger_bridge.client import InProcessTransport
+    from ledger_bridge.pbft.config import ClusterConfig
+    from ledger_bridge.pbft.replica import Replica
+
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+    config = ClusterConfig.create(
+        [bytes(k.public_key) for k in keys], batch_wait_ms=0, batch_size_max=1
+    )
+    transport = InProcessTransport([Replica(config, i, keys[i], kvapp.KVApp()) for i in range(4)])
+
+    async def go() -> None:
+        client = AsyncLedgerClient(transport, [k.public_key for k in keys], 1)
+        for i in range(txs):
+            await client.submit(kvapp.encode_set(b"k%d" % i, b"v" * 32))
+        await transport.close()
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    asyncio.run(go())
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    print(f"CPU per tx, 4 replicas + client: {stats.total_tt / txs * 1000:.2f} ms")  # type: ignore[attr-defined]
+    stats.sort_stats("tottime").print_stats(12)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-baseline":
         asyncio.run(_serve_baseline(int(sys.argv[2])))
+    elif sys.argv[1:] == ["--profile"]:
+        profile_in_process()
