@@ -175,8 +175,8 @@ def test_a_full_send_queue_drops_the_oldest_frames() -> None:
         sender = net0._senders[1]
         for i in range(5):
             sender.send(f"{i}".encode())
-        while not sender._queue.empty():
-            got.append(sender._queue.get_nowait()[4:])
+        while sender._pending:
+            got.append(sender._pending.popleft()[4:])
         return net0.stats.dropped_queue_full, got
 
     dropped, left = run(go())
