@@ -48,7 +48,7 @@ from vault import reads
 from vault.datasets import get_dataset, list_datasets, register_dataset
 from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultError
 from vault.models import Dataset, Record, Upload
-from vault.uploads import Uploader
+from vault.uploads import SUBJECT_ID, Uploader
 
 router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[Depends(strict_query)])
 READ_LIMIT_MAX = 1000
@@ -267,7 +267,7 @@ def dataset_records(
     member: Provider,
     session: SessionDep,
     store: KeyStoreDep,
-    subject_id: Annotated[str | None, Query(max_length=128)] = None,
+    subject_id: Annotated[str | None, Query(max_length=128, pattern=SUBJECT_ID.pattern)] = None,
     limit: Annotated[int, Query(ge=1, le=READ_LIMIT_MAX)] = 100,
 ) -> Any:
     """The provider's own records, with inclusion proofs; erased records are left out.
