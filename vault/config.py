@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     # Where the local KeyProvider keeps its master key (mode 0600). Default: data_dir/master.key
     master_key_path: Path | None = None
     key_provider: Literal["local", "pkcs11"] = "local"
+    # The PKCS#11 provider (docs/KEYS.md "HSM (PKCS#11)"): the module (.so), the token, and where
+    # the user PIN is: a 0600 file, or the CIVIS_PKCS11_PIN environment variable (never a setting).
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin_file: Path | None = None
+    pkcs11_key_label_prefix: str = "civis-"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Hard limits: every input has a bound (TIGER_STYLE).
