@@ -14,7 +14,7 @@ from api.readiness import ReadinessProbe
 from api.routes import datasets, health
 from vault import db
 from vault.config import Settings
-from vault.keys import KeyStore, LocalKeyProvider
+from vault.keys import KeyStore, make_provider
 
 
 def create_app(
@@ -22,8 +22,9 @@ def create_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # First start creates the master key file (0600); an unsafe one stops the service here.
-        app.state.key_store = KeyStore(LocalKeyProvider(settings.resolved_master_key_path))
+        # First start creates the master key file (0600) or the token's first KEK; an unsafe
+        # key file, a missing token or a wrong PIN stops the service here.
+        app.state.key_store = KeyStore(make_provider(settings))
         engine = db.make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)

@@ -60,12 +60,12 @@ def _vault(args: argparse.Namespace) -> Iterator[tuple[KeyStore, Engine]]:
     The master key must already exist: these commands maintain a vault, they never create one.
     """
     from vault import db
-    from vault.keys import KeyProviderError, KeyStore, LocalKeyProvider
+    from vault.keys import KeyProviderError, KeyStore, make_provider
 
     overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     try:
-        provider = LocalKeyProvider(settings.resolved_master_key_path, create=False)
+        provider = make_provider(settings, create=False)
     except KeyProviderError as exc:
         raise _CommandError(str(exc)) from None
     with db.open_database(settings.database_url, settings.data_dir) as url:
