@@ -10,9 +10,20 @@ from sqlalchemy.orm import Session
 
 from tests.vault.conftest import VaultServices, make_dataset
 from vault.crypto import DecryptionFailed
-from vault.keys import SecretRef, subject_ref, upload_ref
+from vault.keys import KeyProvider, KeyStore, SecretRef, subject_ref, upload_ref
 from vault.models import KeySecret, Record
-from vault.uploads import RecordIn
+from vault.reads import Reader
+from vault.uploads import RecordIn, Uploader
+
+
+class _Services:
+    """The library services over a given provider (tests/vault/conftest.py fixes the local one)."""
+
+    def __init__(self, provider: KeyProvider) -> None:
+        self.provider = provider
+        self.store = KeyStore(provider)
+        self.uploader = Uploader(self.store, record_size_max_bytes=4096, batch_rows=64)
+        self.reader = Reader(self.store)
 
 
 def test_ensure_is_idempotent_and_destroy_removes(
@@ -32,8 +43,10 @@ def test_ensure_is_idempotent_and_destroy_removes(
 
 
 def test_rotation_rewraps_without_touching_ciphertext(
-    session: Session, services: VaultServices
+    session: Session, any_provider: KeyProvider
 ) -> None:
+    """KEK rotation without re-encrypting records, on both providers (local file, PKCS#11)."""
+    services = _Services(any_provider)
     dataset = make_dataset(session)
     records = [RecordIn(f"subject-{i % 5}", {"n": i}) for i in range(20)]
     result = services.uploader.upload(session, dataset.id, records)
