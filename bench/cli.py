@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "erasure": "bench.erasure:run",
     "ledger": "bench.ledger:run",
     "upload-http": "bench.upload_http:run",
+    "keys": "bench.keys:run",
 }
 
 
