@@ -80,9 +80,9 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: 
     if isinstance(payload, Mapping):
         try:
             raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            data = raw.encode()  # a lone surrogate cannot be UTF-8: UnicodeEncodeError
         except (TypeError, ValueError):
             raise InvalidRecord("payload is not JSON-serialisable", position=position) from None
-        data = raw.encode()
     elif isinstance(payload, bytes | bytearray | memoryview):
         data = bytes(payload)
         if len(data) > size_max:

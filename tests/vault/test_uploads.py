@@ -135,6 +135,8 @@ def test_bad_subject_and_shape(session: Session, services: VaultServices) -> Non
         {"subject_id": "a", "payload": {}, "extra": 1},
         {"subject_id": "a", "payload": {}, "record_id": "not-a-uuid"},
         {"subject_id": "a", "payload": "a string"},
+        {"subject_id": "a", "payload": {"lone": "\ud800"}},  # not encodable as UTF-8
+        {"subject_id": "a", "payload": {"n": float("nan")}},
         "not a record",
     ]
     for case in cases:
