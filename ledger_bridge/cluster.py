@@ -71,11 +71,17 @@ class Cluster:
         use_tls: bool = False,
         params: dict[str, Any] | None = None,
         python: str = sys.executable,
+        app_genesis: dict[str, Any] | None = None,
     ) -> None:
         self.directory = directory
         if not (directory / gen.GENESIS_FILE).exists():
             gen.create_local(
-                directory, replicas, base_port=base_port, use_tls=use_tls, params=params
+                directory,
+                replicas,
+                base_port=base_port,
+                use_tls=use_tls,
+                params=params,
+                app_genesis=app_genesis,
             )
         self.node_files = sorted(
             directory.glob("node-*.toml"), key=lambda p: int(p.stem.split("-")[1])

@@ -57,6 +57,9 @@ class Genesis:
     # Protocol parameters handed to the replica (batch size, timeouts...), kept as written so
     # this file does not have to change when the core adds one.
     params: dict[str, Any] = field(default_factory=dict)
+    # The application's founding state (for the consent contracts: colleges, founding members,
+    # approved purposes), kept as written and handed to the application by the node.
+    app_genesis: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -145,6 +148,9 @@ def load_genesis(path: Path) -> Genesis:
     params = doc.get("params", {})
     if not isinstance(params, dict):
         raise GenesisError("genesis: `params` must be a table")
+    app_genesis = doc.get("app_genesis", {})
+    if not isinstance(app_genesis, dict):
+        raise GenesisError("genesis: `app_genesis` must be a table")
     tls_table = doc.get("tls", {})
     return Genesis(
         chain_id=chain_id,
@@ -152,6 +158,7 @@ def load_genesis(path: Path) -> Genesis:
         validators=tuple(validators),
         tls_ca=_path(base, tls_table.get("ca_cert")) if isinstance(tls_table, dict) else None,
         params=dict(params),
+        app_genesis=dict(app_genesis),
     )
 
 
@@ -212,6 +219,7 @@ def create_local(
     chain_id: str = "civis-local",
     use_tls: bool = True,
     params: dict[str, Any] | None = None,
+    app_genesis: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Generate a genesis, keys, certificates and node files for a cluster on one host.
 
@@ -266,6 +274,8 @@ def create_local(
         "params": params or {},
         "validators": rows,
     }
+    if app_genesis:
+        doc["app_genesis"] = app_genesis
     if use_tls:
         doc["tls"] = {"ca_cert": "tls/ca.crt"}
     genesis_path.write_text(tomli_w.dumps(doc))

@@ -45,13 +45,21 @@ from ledger_bridge.transport import ClientConnection, ClientListener, PeerNetwor
 log = logging.getLogger("ledger_bridge.node")
 
 TICK_MS = 5  # timer resolution handed to the core; its timeouts are tens of ms and up
-APPS = {"kv": "ledger_bridge.kvapp:KVApp"}
+APPS = {"kv": "ledger_bridge.kvapp:KVApp", "contracts": "ledger_bridge.contracts.app:ConsentApp"}
 
 
-def load_app(name: str) -> Application:
+def load_app(name: str, genesis: gen.Genesis | None = None) -> Application:
+    """Build the application named in the genesis `params.app`.
+
+    An application with a founding state (the consent contracts) has a `from_genesis`
+    constructor; it gets the chain id, the validators and the `[app_genesis]` table, which are
+    the same on every host, so every replica starts from the same state root.
+    """
     target = APPS.get(name, name)
     module, _, attr = target.partition(":")
-    app: Application = getattr(importlib.import_module(module), attr)()
+    cls = getattr(importlib.import_module(module), attr)
+    factory = getattr(cls, "from_genesis", None)
+    app: Application = factory(genesis) if factory is not None and genesis is not None else cls()
     return app
 
 
@@ -88,7 +96,7 @@ class Node:
         self.config = config
         self.genesis = config.genesis()
         self.storage = Storage(config.data_dir, synchronous=synchronous)
-        self.app = load_app(str(self.genesis.params.get("app", "kv")))
+        self.app = load_app(str(self.genesis.params.get("app", "kv")), self.genesis)
         self.replica = Replica(
             cluster_config(self.genesis),
             config.id,
