@@ -1,0 +1,11 @@
+"""The consent contracts: the cooperative's rules, executed identically by every PBFT replica.
+
+- `codec`: canonical msgpack (one encoding per value, so signatures and state roots agree).
+- `tx`: signed transactions (Ed25519 by the author, a per-author nonce against replay).
+- `state`: the whole state as a key-value map with a Merkle root over buckets.
+- `rules`: `apply(state, tx, block) -> result`, one function per transaction type.
+- `app`: `ConsentApp`, the `ledger_bridge.app.Application` the node runs.
+- `queries`: read-only answers from committed state, with the height they reflect.
+
+See docs/CONTRACTS.md for the rules in prose.
+"""

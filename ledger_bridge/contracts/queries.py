@@ -1,0 +1,177 @@
+"""Read-only queries over committed contract state.
+
+Every answer is `{"height": h, "now": t, "result": ...}`: the height and contract time of the
+last block the state reflects, so a caller knows how fresh it is (a consent granted in block h
+is in force for decisions from h + 1). Queries never change state; a malformed query raises
+ValueError, which the node returns to the caller as an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ledger_bridge.contracts import rules
+from ledger_bridge.contracts.state import State
+
+LIMIT_MAX = 1000
+
+
+def _arg(q: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    v = q.get(name, default)
+    if v is None and default is None and name in q:
+        return None
+    if v is not None and (type(v) is not kind):
+        raise ValueError(f"query argument {name} must be {kind.__name__}")
+    return v
+
+
+def _key(q: dict[str, Any], name: str) -> bytes:
+    v = _arg(q, name, bytes)
+    if v is None or len(v) != 32:
+        raise ValueError(f"query argument {name} is a 32-byte public key")
+    return bytes(v)
+
+
+def _page(q: dict[str, Any]) -> tuple[int, int]:
+    after = _arg(q, "after", int, 0)
+    limit = _arg(q, "limit", int, 100)
+    if after < 0 or not 1 <= limit <= LIMIT_MAX:
+        raise ValueError(f"after >= 0 and 1 <= limit <= {LIMIT_MAX}")
+    return after, limit
+
+
+def _status(s: State, q: dict[str, Any]) -> Any:
+    colleges = s.get("meta", "colleges")
+    return {
+        "chain_id": s.get("meta", "chain_id"),
+        "colleges": {c: s.get("college_count", c) or 0 for c in colleges},
+        "purposes": sorted(k[0] for k in s.group("purpose", "all")),
+        "validators": s.get("meta", "validators"),
+    }
+
+
+def _member(s: State, q: dict[str, Any]) -> Any:
+    return s.get("member", _key(q, "key"))
+
+
+def _members(s: State, q: dict[str, Any]) -> Any:
+    status = _arg(q, "status", str)
+    out = []
+    for (key,) in s.group("member", "all"):
+        m = s.get("member", key)
+        if status is None or m["status"] == status:
+            out.append({"key": key, **m})
+    return out
+
+
+def _consents(s: State, q: dict[str, Any]) -> Any:
+    subject = _arg(q, "subject", str)
+    if subject is None:
+        raise ValueError("query consents needs subject")
+    height = s.get("meta", "height") + 1  # what a decision in the next block would see
+    now = s.get("meta", "now")
+    out = []
+    for key in s.group("consent", "by_subject", subject):
+        entry = s.get("consent", *key)
+        version = rules.version_at(entry, height)
+        cur = entry["cur"]
+        out.append(
+            {
+                "consumer": key[1],
+                "scope": key[2],
+                "purpose": key[3],
+                "valid_until": cur[1],
+                "granted": cur[2],
+                "changed_at_height": cur[0],
+                "in_force": version is not None and bool(version[2]) and now < version[1],
+            }
+        )
+    return out
+
+
+def _accesses(s: State, q: dict[str, Any]) -> Any:
+    after, limit = _page(q)
+    subject = _arg(q, "subject", str)
+    if subject is not None:
+        ids = [k[1] for k in s.group("access_by_subject", "subject", subject)]
+    elif "consumer" in q:
+        ids = [k[1] for k in s.group("access_by_consumer", "consumer", _key(q, "consumer"))]
+    else:
+        last = s.get("meta", "next_access") or 0
+        ids = list(range(1, last + 1))
+    out = []
+    for i in sorted(i for i in ids if i > after)[:limit]:
+        a = s.get("access", i)
+        if subject is not None:
+            a["granted"] = [subject]  # a subject sees their own line, not other subjects
+        out.append({"access": i, **a})
+    return out
+
+
+def _erasures(s: State, q: dict[str, Any]) -> Any:
+    after, limit = _page(q)
+    last = s.get("meta", "next_erasure") or 0
+    subject = _arg(q, "subject", str)
+    out = []
+    for i in range(after + 1, last + 1):
+        e = s.get("erasure", i)
+        if subject is not None and e["scope"].get("subject") != subject:
+            continue
+        out.append({"erasure": i, **e})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _erasure_requests(s: State, q: dict[str, Any]) -> Any:
+    return [
+        {"request": k[0], **s.get("erasure_request", k[0])}
+        for k in s.group("erasure_request_open", "all")
+    ]
+
+
+def _one(table: str, arg: str, kind: type) -> Callable[[State, dict[str, Any]], Any]:
+    def get(s: State, q: dict[str, Any]) -> Any:
+        v = _arg(q, arg, kind)
+        if v is None:
+            raise ValueError(f"query needs {arg}")
+        return s.get(table, v)
+
+    return get
+
+
+def _proposals(s: State, q: dict[str, Any]) -> Any:
+    after, limit = _page(q)
+    last = s.get("meta", "next_proposal") or 0
+    return [
+        {"proposal": i, **s.get("proposal", i)}
+        for i in range(after + 1, min(last, after + limit) + 1)
+    ]
+
+
+QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
+    "status": _status,
+    "member": _member,
+    "members": _members,
+    "dataset": _one("dataset", "dataset", str),
+    "upload": _one("upload", "upload", str),
+    "access": _one("access", "access", int),
+    "erasure": _one("erasure", "erasure", int),
+    "proposal": _one("proposal", "proposal", int),
+    "proposals": _proposals,
+    "consents": _consents,
+    "accesses": _accesses,
+    "erasures": _erasures,
+    "erasure_requests": _erasure_requests,
+}
+
+
+def answer(state: State, q: Any) -> dict[str, Any]:
+    if not isinstance(q, dict) or q.get("q") not in QUERIES:
+        raise ValueError(f"a query is a map with q in {', '.join(QUERIES)}")
+    return {
+        "height": state.get("meta", "height"),
+        "now": state.get("meta", "now"),
+        "result": QUERIES[q["q"]](state, q),
+    }

@@ -1,0 +1,900 @@
+"""The consent contracts' rules: `apply(state, tx, block) -> result`, deterministic.
+
+Every decision reads only the state and the block (height, time): no I/O, no wall clock, no
+randomness. A transaction either applies completely or leaves the state as it was (its nonce
+aside: a correctly signed transaction burns its nonce even when its rule refuses it, so it can
+never be replayed later when the refusal would no longer hold).
+
+Time: the contracts' clock is `now = max(previous now, block time)`, so it never runs
+backwards even if a primary proposes an earlier (but still accepted) block time.
+
+Consent and erasure take effect from the NEXT block. An access request reads consents and
+erasures as they stood at the end of the previous block: the primary orders the transactions
+inside a block, and it must not be able to decide whether an access lands just before or just
+after a revocation. Each consent keeps its current version and the one before it (each tagged
+with the height it was written at); a decision at height h uses the newest version written
+before h.
+
+Results are canonical maps: `{"ok": true, ...}` or `{"ok": false, "code": ..., "message": ...}`.
+Messages name fields and identifiers, never a value a caller sent as data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ledger_bridge.app import BlockContext
+from ledger_bridge.contracts import tx as txmod
+from ledger_bridge.contracts.state import State
+
+ROLES = ("provider", "consumer", "subject", "dpo", "validator", "vault")
+SELF_ADMITTED_ROLES = ("subject",)  # residents; legal entities wait for governance
+LEGAL_BASES = (
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interests",
+    "public_task",
+    "legitimate_interests",
+)
+ERASURE_REASONS = (
+    "subject_request",
+    "dpo_decision",
+    "provider_withdrawal",
+    "consent_withdrawn",
+    "legal_obligation",
+    "retention_expired",
+)
+REQUESTERS = ("subject", "dpo", "provider", "vault")
+PREDICATE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in")
+SUBJECTS_MAX = 10_000
+COMMITMENTS_MAX = 4_096
+UPLOADS_MAX = 4_096
+VOTING_MAX_MS = 90 * 24 * 3600 * 1000
+DAY_MS = 24 * 3600 * 1000
+MINUTE_MS = 60 * 1000
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # purposes, categories, colleges
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # dataset and upload ids (UUIDs in practice)
+_SUBJECT = re.compile(r"^[0-9a-f]{64}$")  # a subject is the hex of its wallet public key
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+class Reject(Exception):
+    """A rule refuses the transaction; the state is rolled back."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "code": code, "message": message}
+
+
+# -- body validation ------------------------------------------------------------------------
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise Reject("invalid", message)
+
+
+def _fields(
+    body: dict[str, Any], required: set[str], optional: frozenset[str] | set[str] = frozenset()
+) -> None:
+    missing = required - body.keys()
+    unknown = body.keys() - required - optional
+    _check(not missing, f"missing field(s): {', '.join(sorted(missing))}")
+    _check(not unknown, f"unknown field(s): {', '.join(sorted(unknown))}")
+
+
+def _str(body: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
+    v = body[name]
+    _check(isinstance(v, str) and bool(pattern.match(v)), f"{name} is malformed")
+    return str(v)
+
+
+def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    v = body[name]
+    _check(type(v) is int and lo <= v <= hi, f"{name} must be an integer in [{lo}, {hi}]")
+    return int(v)
+
+
+def _key(body: dict[str, Any], name: str) -> bytes:
+    v = body[name]
+    _check(isinstance(v, bytes) and len(v) == 32, f"{name} is a 32-byte public key")
+    return bytes(v)
+
+
+def _hash(v: Any, name: str) -> bytes:
+    _check(isinstance(v, bytes) and len(v) == 32, f"{name} is a 32-byte hash")
+    return bytes(v)
+
+
+def _enum(body: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    v = body[name]
+    _check(v in allowed, f"{name} must be one of {', '.join(allowed)}")
+    return str(v)
+
+
+def _list(v: Any, name: str, most: int) -> list[Any]:
+    _check(isinstance(v, list) and len(v) <= most, f"{name} is a list of at most {most}")
+    return list(v)
+
+
+# -- the execution context ------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    state: State
+    tx: txmod.SignedTx
+    height: int
+    now: int
+    tx_id: bytes
+
+    def member(self, key: bytes) -> dict[str, Any] | None:
+        m: dict[str, Any] | None = self.state.get("member", key)
+        return m
+
+    def active(self, key: bytes, *roles: str) -> dict[str, Any]:
+        """The author (or named member) must be an admitted member with one of `roles`."""
+        m = self.member(key)
+        if m is None:
+            raise Reject("not_member", "not a registered member")
+        if m["status"] != "active":
+            raise Reject("not_admitted", "membership not approved by governance")
+        if roles and m["role"] not in roles:
+            raise Reject("unauthorized", f"needs the role {' or '.join(roles)}")
+        return m
+
+    def next_id(self, counter: str) -> int:
+        n: int = self.state.get("meta", counter) or 0
+        self.state.put("meta", counter, n + 1)
+        return n + 1
+
+    def seq(self) -> int:
+        s: int = self.state.get("meta", "seq")
+        return s
+
+
+def admit(state: State, key: bytes, role: str, college: str, height: int, seq: int) -> None:
+    """Make `key` an active member (genesis, resident registration, governance admission)."""
+    old = state.get("member", key)
+    state.put(
+        "member",
+        key,
+        {"role": role, "college": college, "status": "active", "since": seq, "height": height},
+    )
+    if old is None or old["status"] != "active":
+        count = state.get("college_count", college) or 0
+        state.put("college_count", college, count + 1)
+
+
+# -- members and datasets -------------------------------------------------------------------
+
+
+def member_register(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"role", "college"})
+    role = _enum(body, "role", ROLES)
+    college = _str(body, "college", _NAME)
+    colleges: list[str] = c.state.get("meta", "colleges")
+    _check(college in colleges, "college is not one of the cooperative's colleges")
+    if c.member(c.tx.author) is not None:
+        raise Reject("exists", "this key is already registered")
+    resident = c.state.get("meta", "resident_college")
+    if role in SELF_ADMITTED_ROLES:
+        _check(college == resident, f"residents belong to the {resident} college")
+        admit(c.state, c.tx.author, role, college, c.height, c.seq())
+        return {"ok": True, "status": "active"}
+    c.state.put(
+        "member",
+        c.tx.author,
+        {
+            "role": role,
+            "college": college,
+            "status": "pending",
+            "since": c.seq(),
+            "height": c.height,
+        },
+    )
+    return {"ok": True, "status": "pending"}
+
+
+def dataset_register(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"dataset", "owner", "category", "purposes", "retention_days", "legal_basis"})
+    dataset = _str(body, "dataset", _ID)
+    owner = _key(body, "owner")
+    category = _str(body, "category", _NAME)
+    purposes = _list(body["purposes"], "purposes", 32)
+    _check(
+        bool(purposes) and len(set(purposes)) == len(purposes), "purposes: distinct, one at least"
+    )
+    retention = _int(body, "retention_days", 1, 36_500)
+    basis = _enum(body, "legal_basis", LEGAL_BASES)
+    if c.tx.author != owner:
+        c.active(c.tx.author, "vault")
+    c.active(owner, "provider")
+    for p in purposes:
+        _check(isinstance(p, str) and bool(_NAME.match(p)), "a purpose is malformed")
+        if not c.state.has("purpose", p):
+            raise Reject("purpose_not_approved", f"purpose {p} is not approved by governance")
+    if c.state.has("dataset", dataset):
+        raise Reject("exists", f"dataset {dataset} is already registered")
+    c.state.put(
+        "dataset",
+        dataset,
+        {
+            "owner": owner,
+            "category": category,
+            "purposes": sorted(purposes),
+            "retention_days": retention,
+            "legal_basis": basis,
+            "height": c.height,
+        },
+    )
+    return {"ok": True, "dataset": dataset}
+
+
+def _dataset(c: Ctx, dataset: str) -> dict[str, Any]:
+    d: dict[str, Any] | None = c.state.get("dataset", dataset)
+    if d is None:
+        raise Reject("not_found", f"dataset {dataset} is not registered")
+    return d
+
+
+def _owner_or_vault(c: Ctx, owner: bytes) -> None:
+    if c.tx.author == owner:
+        c.active(owner, "provider")
+    else:
+        c.active(c.tx.author, "vault")
+
+
+def upload_anchor(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(
+        body,
+        {
+            "upload",
+            "dataset",
+            "record_count",
+            "merkle_root",
+            "key_commitments_root",
+            "key_commitment_count",
+            "retention_day",
+        },
+    )
+    upload = _str(body, "upload", _ID)
+    dataset_id = _str(body, "dataset", _ID)
+    records = _int(body, "record_count", 0, 1 << 40)
+    root = _hash(body["merkle_root"], "merkle_root")
+    kroot = _hash(body["key_commitments_root"], "key_commitments_root")
+    kcount = _int(body, "key_commitment_count", 0, 1 << 40)
+    day = _int(body, "retention_day", 0, 10_000_000)
+    dataset = _dataset(c, dataset_id)
+    _owner_or_vault(c, dataset["owner"])
+    if c.state.has("upload", upload):
+        raise Reject("exists", f"upload {upload} is already anchored")
+    c.state.put(
+        "upload",
+        upload,
+        {
+            "dataset": dataset_id,
+            "record_count": records,
+            "merkle_root": root,
+            "key_commitments_root": kroot,
+            "key_commitment_count": kcount,
+            "retention_day": day,
+            "deadline": (day + 1) * DAY_MS,
+            "status": "anchored",
+            "height": c.height,
+        },
+    )
+    c.state.put("dataset_upload", dataset_id, upload, c.height)
+    return {"ok": True, "upload": upload, "deadline": (day + 1) * DAY_MS}
+
+
+# -- consent --------------------------------------------------------------------------------
+
+
+def _scope(c: Ctx, body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    has_d, has_c = "dataset" in body, "category" in body
+    _check(has_d != has_c, "name exactly one of dataset or category")
+    if has_d:
+        dataset = _str(body, "dataset", _ID)
+        return f"dataset:{dataset}", _dataset(c, dataset)
+    return f"category:{_str(body, 'category', _NAME)}", None
+
+
+def _subject_is_author(c: Ctx, body: dict[str, Any]) -> str:
+    subject = _str(body, "subject", _SUBJECT)
+    if bytes.fromhex(subject) != c.tx.author:
+        raise Reject("not_subject", "only the subject's own key may express the subject's will")
+    c.active(c.tx.author, "subject")
+    return subject
+
+
+def version_at(entry: dict[str, Any] | None, height: int) -> list[Any] | None:
+    """The version of a consent in force for a decision at `height` (written before it)."""
+    if entry is None:
+        return None
+    cur: list[Any] = entry["cur"]
+    if cur[0] < height:
+        return cur
+    prev: list[Any] | None = entry["prev"]
+    return prev
+
+
+def _write_version(c: Ctx, key: tuple[Any, ...], version: list[Any]) -> None:
+    entry = c.state.get(*key)
+    if entry is None:
+        new = {"cur": version, "prev": None}
+    elif entry["cur"][0] == c.height:  # changed twice in one block: the block's last word counts
+        new = {"cur": version, "prev": entry["prev"]}
+    else:
+        new = {"cur": version, "prev": entry["cur"]}
+    c.state.put(*key, new)
+
+
+def consent_grant(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"subject", "consumer", "purpose", "valid_until"}, {"dataset", "category"})
+    subject = _subject_is_author(c, body)
+    consumer = _key(body, "consumer")
+    purpose = _str(body, "purpose", _NAME)
+    until = _int(body, "valid_until", 0, 1 << 62)
+    scope, dataset = _scope(c, body)
+    m = c.member(consumer)
+    if m is None or m["role"] != "consumer":
+        raise Reject("not_member", "the consumer is not a registered consumer")
+    if not c.state.has("purpose", purpose):
+        raise Reject("purpose_not_approved", f"purpose {purpose} is not approved by governance")
+    if dataset is not None and purpose not in dataset["purposes"]:
+        raise Reject("purpose_not_allowed", f"purpose {purpose} is not allowed for this dataset")
+    _check(until > c.now, "valid_until must be in the future")
+    key = ("consent", subject, consumer, scope, purpose)
+    _write_version(c, key, [c.height, until, True])
+    return {"ok": True, "effective_from_height": c.height + 1, "valid_until": until}
+
+
+def consent_revoke(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"subject", "consumer", "purpose"}, {"dataset", "category"})
+    subject = _subject_is_author(c, body)
+    consumer = _key(body, "consumer")
+    purpose = _str(body, "purpose", _NAME)
+    has_d = "dataset" in body
+    _check(has_d != ("category" in body), "name exactly one of dataset or category")
+    scope = (
+        f"dataset:{_str(body, 'dataset', _ID)}"
+        if has_d
+        else f"category:{_str(body, 'category', _NAME)}"
+    )
+    key = ("consent", subject, consumer, scope, purpose)
+    entry = c.state.get(*key)
+    if entry is None or not entry["cur"][2]:
+        raise Reject("not_found", "no consent in force to revoke")
+    _write_version(c, key, [c.height, entry["cur"][1], False])
+    return {"ok": True, "effective_from_height": c.height + 1}
+
+
+def consent_in_force(
+    state: State, subject: str, consumer: bytes, scope: str, purpose: str, height: int, now: int
+) -> bool:
+    v = version_at(state.get("consent", subject, consumer, scope, purpose), height)
+    return v is not None and bool(v[2]) and now < v[1]
+
+
+def erased_before(state: State, subject: str, dataset: str, height: int) -> bool:
+    for h in (
+        state.get("erased_subject", subject),
+        state.get("erased_subject_dataset", subject, dataset),
+    ):
+        if h is not None and h < height:
+            return True
+    return False
+
+
+# -- access ---------------------------------------------------------------------------------
+
+
+def access_request(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(
+        body, {"consumer", "dataset", "purpose"}, {"subjects", "fields", "predicate", "reference"}
+    )
+    consumer = _key(body, "consumer")
+    dataset_id = _str(body, "dataset", _ID)
+    purpose = _str(body, "purpose", _NAME)
+    subjects: list[str] | None = None
+    if "subjects" in body:
+        subjects = _list(body["subjects"], "subjects", SUBJECTS_MAX)
+        _check(
+            all(isinstance(s, str) and _SUBJECT.match(s) for s in subjects),
+            "a subject is malformed",
+        )
+        _check(len(set(subjects)) == len(subjects), "subjects must be distinct")
+    fields: list[str] = []
+    if "fields" in body:
+        fields = _list(body["fields"], "fields", 64)
+        _check(
+            all(isinstance(f, str) and _FIELD.match(f) for f in fields), "a field name is malformed"
+        )
+    predicate = None
+    if "predicate" in body:
+        p = body["predicate"]
+        _check(
+            isinstance(p, dict) and set(p) == {"field", "op", "commitment"},
+            "predicate is field, op, commitment",
+        )
+        _check(
+            isinstance(p["field"], str) and bool(_FIELD.match(p["field"])),
+            "predicate field is malformed",
+        )
+        _check(p["op"] in PREDICATE_OPS, f"predicate op must be one of {', '.join(PREDICATE_OPS)}")
+        predicate = {
+            "field": p["field"],
+            "op": p["op"],
+            "commitment": _hash(p["commitment"], "predicate commitment"),
+        }
+    reference = None
+    if "reference" in body:
+        reference = _str(body, "reference", _ID)
+    if c.tx.author != consumer:
+        c.active(c.tx.author, "vault")
+    c.active(consumer, "consumer")
+    dataset = _dataset(c, dataset_id)
+    if purpose not in dataset["purposes"]:
+        raise Reject("purpose_not_allowed", f"purpose {purpose} is not allowed for this dataset")
+    if not c.state.has("purpose", purpose):
+        raise Reject("purpose_not_approved", f"purpose {purpose} is no longer approved")
+
+    scopes = (f"dataset:{dataset_id}", f"category:{dataset['category']}")
+    if subjects is None:
+        candidates = sorted(
+            {
+                k[0]
+                for k in c.state.group("consent", "by_consumer_purpose", consumer, purpose)
+                if k[2] in scopes
+            }
+        )
+    else:
+        candidates = subjects
+    granted: list[str] = []
+    denied: list[list[str]] = []
+    for s in candidates:
+        if erased_before(c.state, s, dataset_id, c.height):
+            denied.append([s, "erased"])
+        elif any(
+            consent_in_force(c.state, s, consumer, sc, purpose, c.height, c.now) for sc in scopes
+        ):
+            granted.append(s)
+        else:
+            denied.append([s, "no_consent"])
+    if subjects is None:
+        denied = []  # an open request names nobody it was refused
+    uploads = [
+        k[1]
+        for k in c.state.group("dataset_upload", "dataset", dataset_id)
+        if _live(c.state.get("upload", k[1]), c.now)
+    ][:UPLOADS_MAX]
+    access_id = c.next_id("next_access")
+    c.state.put(
+        "access",
+        access_id,
+        {
+            "consumer": consumer,
+            "author": c.tx.author,
+            "dataset": dataset_id,
+            "purpose": purpose,
+            "granted": granted,
+            "denied": len(denied),
+            "fields": fields,
+            "predicate": predicate,
+            "reference": reference,
+            "height": c.height,
+            "time": c.now,
+            "tx": c.tx_id,
+        },
+    )
+    for s in granted:
+        c.state.put("access_by_subject", s, access_id, c.height)
+    c.state.put("access_by_consumer", consumer, access_id, c.height)
+    return {
+        "ok": True,
+        "access": access_id,
+        "granted": granted,
+        "denied": denied,
+        "uploads": uploads,
+        "as_of": c.now,
+    }
+
+
+def _live(upload: dict[str, Any] | None, now: int) -> bool:
+    return upload is not None and upload["status"] == "anchored" and now < upload["deadline"]
+
+
+# -- erasure and retention ------------------------------------------------------------------
+
+
+def _erasure_scope(c: Ctx, scope: Any) -> dict[str, Any]:
+    _check(isinstance(scope, dict), "scope is a map")
+    kind = scope.get("kind")
+    if kind == "subject":
+        _fields(scope, {"kind", "subject"}, {"dataset"})
+        out: dict[str, Any] = {"kind": "subject", "subject": _str(scope, "subject", _SUBJECT)}
+        if "dataset" in scope:
+            out["dataset"] = _str(scope, "dataset", _ID)
+            _dataset(c, out["dataset"])
+        return out
+    if kind == "upload":
+        _fields(scope, {"kind", "upload"})
+        upload = _str(scope, "upload", _ID)
+        if not c.state.has("upload", upload):
+            raise Reject("not_found", f"upload {upload} is not anchored")
+        return {"kind": "upload", "upload": upload}
+    raise Reject("invalid", "scope kind must be subject or upload")
+
+
+def erasure_request(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"scope"})
+    scope = _erasure_scope(c, body["scope"])
+    _check(scope["kind"] == "subject", "a subject may request the erasure of their own data only")
+    _subject_is_author(c, scope)
+    request = c.next_id("next_erasure_request")
+    c.state.put(
+        "erasure_request",
+        request,
+        {"scope": scope, "height": c.height, "time": c.now, "status": "open"},
+    )
+    c.state.put("erasure_request_open", request, c.height)
+    return {"ok": True, "request": request}
+
+
+def _upload_refs(c: Ctx, raw: Any) -> list[dict[str, Any]]:
+    refs = []
+    for u in _list(raw, "uploads", UPLOADS_MAX):
+        _check(isinstance(u, dict), "an upload reference is a map")
+        _fields(u, {"upload", "key_commitments_root", "key_commitment_count"})
+        upload = _str(u, "upload", _ID)
+        anchored = c.state.get("upload", upload)
+        if anchored is None:
+            raise Reject("not_found", f"upload {upload} is not anchored")
+        if (
+            _hash(u["key_commitments_root"], "key_commitments_root")
+            != anchored["key_commitments_root"]
+        ):
+            raise Reject(
+                "mismatch", f"upload {upload}: key commitments root differs from its anchor"
+            )
+        refs.append(
+            {
+                "upload": upload,
+                "key_commitments_root": anchored["key_commitments_root"],
+                "key_commitment_count": anchored["key_commitment_count"],
+            }
+        )
+    return refs
+
+
+def _commitments(raw: Any) -> list[bytes]:
+    out = [_hash(x, "key commitment") for x in _list(raw, "key_commitments", COMMITMENTS_MAX)]
+    _check(len(set(out)) == len(out), "key commitments must be distinct")
+    return out
+
+
+def erasure_record(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"scope", "key_commitments", "uploads", "reason", "requester"}, {"request"})
+    c.active(c.tx.author, "vault", "dpo")
+    scope = _erasure_scope(c, body["scope"])
+    commitments = _commitments(body["key_commitments"])
+    uploads = _upload_refs(c, body["uploads"])
+    reason = _enum(body, "reason", ERASURE_REASONS)
+    requester = _enum(body, "requester", REQUESTERS)
+    request = None
+    if "request" in body:
+        request = _int(body, "request", 1, 1 << 62)
+        req = c.state.get("erasure_request", request)
+        if req is None:
+            raise Reject("not_found", f"no erasure request {request}")
+        if req["status"] != "open":
+            raise Reject("duplicate", f"erasure request {request} is already fulfilled")
+        if req["scope"] != scope:
+            raise Reject("mismatch", "the scope differs from the subject's request")
+        req["status"] = "done"
+        c.state.put("erasure_request", request, req)
+        c.state.delete("erasure_request_open", request)
+    if scope["kind"] == "upload":
+        _check(
+            [u["upload"] for u in uploads] == [scope["upload"]],
+            "an upload erasure names that upload",
+        )
+    for u in uploads:
+        anchored = c.state.get("upload", u["upload"])
+        anchored["status"] = "erased"
+        c.state.put("upload", u["upload"], anchored)
+    if scope["kind"] == "subject":
+        if "dataset" in scope:
+            key: tuple[Any, ...] = ("erased_subject_dataset", scope["subject"], scope["dataset"])
+        else:
+            key = ("erased_subject", scope["subject"])
+        if c.state.get(*key) is None:
+            c.state.put(*key, c.height)
+    erasure = c.next_id("next_erasure")
+    c.state.put(
+        "erasure",
+        erasure,
+        {
+            "kind": "erasure",
+            "scope": scope,
+            "key_commitments": commitments,
+            "uploads": uploads,
+            "reason": reason,
+            "requester": requester,
+            "request": request,
+            "author": c.tx.author,
+            "height": c.height,
+            "time": c.now,
+            "tx": c.tx_id,
+        },
+    )
+    return {"ok": True, "erasure": erasure, "effective_from_height": c.height + 1}
+
+
+def retention_expire(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"dataset", "day", "uploads"}, {"key_commitments"})
+    c.active(c.tx.author, "vault", "dpo")
+    dataset_id = _str(body, "dataset", _ID)
+    day = _int(body, "day", 0, 10_000_000)
+    _dataset(c, dataset_id)
+    if (day + 1) * DAY_MS > c.now:
+        raise Reject("too_early", "the retention day has not passed yet")
+    if c.state.has("expired_epoch", dataset_id, day):
+        raise Reject("duplicate", "this retention epoch is already recorded as expired")
+    uploads = _upload_refs(c, body["uploads"])
+    commitments = _commitments(body.get("key_commitments", []))
+    for u in uploads:
+        anchored = c.state.get("upload", u["upload"])
+        if anchored["dataset"] != dataset_id or anchored["retention_day"] != day:
+            raise Reject("mismatch", f"upload {u['upload']} is not in this retention epoch")
+        if anchored["status"] == "anchored":
+            anchored["status"] = "expired"
+            c.state.put("upload", u["upload"], anchored)
+    c.state.put("expired_epoch", dataset_id, day, c.height)
+    erasure = c.next_id("next_erasure")
+    c.state.put(
+        "erasure",
+        erasure,
+        {
+            "kind": "retention",
+            "scope": {"kind": "epoch", "dataset": dataset_id, "day": day},
+            "key_commitments": commitments,
+            "uploads": uploads,
+            "reason": "retention_expired",
+            "requester": "vault",
+            "request": None,
+            "author": c.tx.author,
+            "height": c.height,
+            "time": c.now,
+            "tx": c.tx_id,
+        },
+    )
+    return {"ok": True, "erasure": erasure}
+
+
+# -- governance -----------------------------------------------------------------------------
+
+
+def _action(c: Ctx, action: Any) -> dict[str, Any]:
+    _check(isinstance(action, dict), "action is a map")
+    kind = action.get("kind")
+    if kind == "admit_member":
+        _fields(action, {"kind", "member"})
+        m = c.member(_key(action, "member"))
+        if m is None or m["status"] != "pending":
+            raise Reject("not_found", "no pending membership application for this key")
+        return {"kind": kind, "member": action["member"]}
+    if kind == "approve_purpose":
+        _fields(action, {"kind", "purpose"})
+        purpose = _str(action, "purpose", _NAME)
+        if c.state.has("purpose", purpose):
+            raise Reject("exists", f"purpose {purpose} is already approved")
+        return {"kind": kind, "purpose": purpose}
+    if kind == "set_retention":
+        _fields(action, {"kind", "dataset", "retention_days"})
+        dataset = _str(action, "dataset", _ID)
+        _dataset(c, dataset)
+        return {
+            "kind": kind,
+            "dataset": dataset,
+            "retention_days": _int(action, "retention_days", 1, 36_500),
+        }
+    if kind == "set_validators":
+        _fields(action, {"kind", "validators"})
+        rows = _list(action["validators"], "validators", 100)
+        _check(
+            len(rows) >= 4 and (len(rows) - 1) % 3 == 0, "a validator set has 3f+1 members, f >= 1"
+        )
+        colleges = c.state.get("meta", "colleges")
+        out = []
+        for r in rows:
+            _check(isinstance(r, dict), "a validator is a map")
+            _fields(r, {"public_key", "college", "address"})
+            _check(r["college"] in colleges, "a validator's college is unknown")
+            _check(
+                isinstance(r["address"], str) and 0 < len(r["address"]) <= 255,
+                "address is malformed",
+            )
+            out.append(
+                {
+                    "public_key": _key(r, "public_key"),
+                    "college": r["college"],
+                    "address": r["address"],
+                }
+            )
+        _check(len({r["public_key"] for r in out}) == len(out), "validator keys must be distinct")
+        return {"kind": kind, "validators": out}
+    raise Reject(
+        "invalid",
+        "action kind must be admit_member, approve_purpose, set_retention or set_validators",
+    )
+
+
+def governance_propose(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"action", "voting_ends"})
+    author = c.active(c.tx.author)
+    action = _action(c, body["action"])
+    ends = _int(body, "voting_ends", 0, 1 << 62)
+    _check(c.now < ends <= c.now + VOTING_MAX_MS, "voting_ends must be within 90 days from now")
+    colleges: list[str] = c.state.get("meta", "colleges")
+    counts = {col: c.state.get("college_count", col) or 0 for col in colleges}
+    empty = [col for col, n in counts.items() if n == 0]
+    if empty:
+        raise Reject("college_empty", f"college {empty[0]} has no member to vote")
+    proposal = c.next_id("next_proposal")
+    c.state.put(
+        "proposal",
+        proposal,
+        {
+            "author": c.tx.author,
+            "author_college": author["college"],
+            "action": action,
+            "seq": c.seq(),
+            "height": c.height,
+            "ends": ends,
+            "members": counts,
+            "yes": {col: 0 for col in colleges},
+            "no": {col: 0 for col in colleges},
+            "status": "open",
+        },
+    )
+    return {"ok": True, "proposal": proposal}
+
+
+def governance_vote(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    _fields(body, {"proposal", "approve"})
+    pid = _int(body, "proposal", 1, 1 << 62)
+    approve = body["approve"]
+    _check(type(approve) is bool, "approve is true or false")
+    voter = c.active(c.tx.author)
+    p = c.state.get("proposal", pid)
+    if p is None:
+        raise Reject("not_found", f"no proposal {pid}")
+    if p["status"] != "open" or c.now > p["ends"]:
+        raise Reject("closed", f"proposal {pid} is no longer open")
+    if voter["since"] >= p["seq"]:
+        raise Reject("not_eligible", "members admitted after the proposal do not vote on it")
+    if c.state.has("vote", pid, c.tx.author):
+        raise Reject("duplicate", "this member has already voted on this proposal")
+    c.state.put("vote", pid, c.tx.author, approve)
+    col = voter["college"]
+    p["yes" if approve else "no"][col] += 1
+    members = p["members"]
+    if all(2 * p["yes"][k] > n for k, n in members.items()):
+        p["status"] = "passed"
+        _enact(c, p["action"])
+    elif any(2 * p["no"][k] >= n for k, n in members.items()):
+        p["status"] = "rejected"
+    c.state.put("proposal", pid, p)
+    return {"ok": True, "proposal": pid, "status": p["status"]}
+
+
+def _enact(c: Ctx, action: dict[str, Any]) -> None:
+    kind = action["kind"]
+    if kind == "admit_member":
+        m = c.member(action["member"])
+        if m is None or m["status"] != "pending":
+            raise Reject("not_found", "the application is no longer pending")
+        admit(c.state, action["member"], m["role"], m["college"], c.height, c.seq())
+    elif kind == "approve_purpose":
+        c.state.put("purpose", action["purpose"], c.height)
+    elif kind == "set_retention":
+        d = _dataset(c, action["dataset"])
+        d["retention_days"] = action["retention_days"]
+        c.state.put("dataset", action["dataset"], d)
+    elif kind == "set_validators":
+        # Recorded for the operators: replicas adopt a new validator set by a new genesis
+        # epoch (docs/LEDGER-OPERATIONS.md), never by reconfiguring a running cluster.
+        c.state.put("meta", "validators", action["validators"])
+
+
+HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
+    "member.register": member_register,
+    "dataset.register": dataset_register,
+    "upload.anchor": upload_anchor,
+    "consent.grant": consent_grant,
+    "consent.revoke": consent_revoke,
+    "access.request": access_request,
+    "erasure.request": erasure_request,
+    "erasure.record": erasure_record,
+    "retention.expire": retention_expire,
+    "governance.propose": governance_propose,
+    "governance.vote": governance_vote,
+}
+
+
+# -- blocks and transactions ----------------------------------------------------------------
+
+
+def begin_block(state: State, block: BlockContext) -> None:
+    """Advance the contracts' clock and forget nonces whose transactions can no longer run."""
+    prev_now: int = state.get("meta", "now") or 0
+    now = max(prev_now, block.time_ms)
+    state.put("meta", "now", now)
+    state.put("meta", "height", block.height)
+    minute = now // MINUTE_MS
+    pruned: int | None = state.get("meta", "pruned_minute")
+    start = minute if pruned is None else pruned
+    for m in range(start, minute):
+        for key in state.group("nonce_expiry", "minute", m):
+            _, author, nonce = key
+            state.delete("nonce_expiry", m, author, nonce)
+            state.delete("nonce", author, nonce)
+    state.put("meta", "pruned_minute", minute)
+
+
+def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
+    """Apply one transaction to `state` (after `begin_block`); return its result."""
+    try:
+        tx = txmod.decode(raw)
+    except txmod.MalformedTx as exc:
+        return error("malformed", str(exc))
+    if not tx.verify(chain_id):
+        return error("bad_signature", "the signature does not verify for this author and chain")
+    now: int = state.get("meta", "now")
+    height: int = state.get("meta", "height")
+    if tx.valid_until < now:
+        return error("expired", "valid_until has passed")
+    if tx.valid_until > now + txmod.TTL_MAX_MS:
+        return error("ttl_too_long", "valid_until is more than one hour ahead")
+    if state.has("nonce", tx.author, tx.nonce):
+        return error("replayed", "this author already used this nonce")
+    state.put("nonce", tx.author, tx.nonce, tx.valid_until)
+    state.put("nonce_expiry", tx.valid_until // MINUTE_MS, tx.author, tx.nonce, 0)
+    seq: int = state.get("meta", "seq")
+    state.put("meta", "seq", seq + 1)
+    ctx = Ctx(state, tx, height, now, tx.tx_id)
+    state.mark()
+    try:
+        result = HANDLERS[tx.type](ctx)
+    except Reject as r:
+        state.rollback()
+        return error(r.code, r.message)
+    except Exception:  # a rule bug must not fork the replicas: every replica refuses alike
+        state.rollback()
+        return error("internal", "the contract could not apply this transaction")
+    state.commit()
+    result["tx"] = tx.tx_id
+    return result
