@@ -1,9 +1,8 @@
 """The consent contracts' rules: `apply(state, tx, block) -> result`, deterministic.
 
 Every decision reads only the state and the block (height, time): no I/O, no wall clock, no
-randomness. A transaction either applies completely or leaves the state as it was (its nonce
-aside: a correctly signed transaction burns its nonce even when its rule refuses it, so it can
-never be replayed later when the refusal would no longer hold).
+randomness. A transaction either applies completely (burning its nonce) or leaves the state
+exactly as it was, so a refused, forged or replayed transaction changes nothing.
 
 Time: the contracts' clock is `now = max(previous now, block time)`, so it never runs
 backwards even if a primary proposes an earlier (but still accepted) block time.
@@ -881,12 +880,15 @@ def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
         return error("ttl_too_long", "valid_until is more than one hour ahead")
     if state.has("nonce", tx.author, tx.nonce):
         return error("replayed", "this author already used this nonce")
+    state.mark()
+    # Inside the undo region: a refused transaction leaves the state exactly as it was, nonce
+    # included. Replaying a refused transaction later is harmless: it is still within the
+    # validity window its author signed, and it executes at most once.
     state.put("nonce", tx.author, tx.nonce, tx.valid_until)
     state.put("nonce_expiry", tx.valid_until // MINUTE_MS, tx.author, tx.nonce, 0)
     seq: int = state.get("meta", "seq")
     state.put("meta", "seq", seq + 1)
     ctx = Ctx(state, tx, height, now, tx.tx_id)
-    state.mark()
     try:
         result = HANDLERS[tx.type](ctx)
     except Reject as r:
