@@ -1,0 +1,252 @@
+"""Governance by colleges: one college, one vote; each college decides by a majority of its members.
+
+The white paper's SCIC has three colleges (data providers, service providers, citizens); a
+proposal passes only when every college approves, so no college, however numerous, can decide
+for the others. These tests build the founding cooperative of `Chain.new()`:
+providers = {vault, validator 1, validator 4}, services = {DPO, validator 2},
+citizens = {validator 3}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.ledger_bridge.contracts.harness import DAY, Chain, Member
+
+
+def propose(chain: Chain, author: Member, action: dict[str, Any]) -> int:
+    result = chain.ok(
+        author, "governance.propose", {"action": action, "voting_ends": chain.time_ms + DAY}
+    )
+    return int(result["proposal"])
+
+
+def vote(chain: Chain, voter: Member, pid: int, approve: bool = True) -> dict[str, Any]:
+    return chain.one(voter, "governance.vote", {"proposal": pid, "approve": approve})
+
+
+def founders(chain: Chain) -> dict[str, list[Member]]:
+    v = chain.validators
+    return {
+        "providers": [chain.vault, v[0], v[3]],
+        "services": [chain.dpo, v[1]],
+        "citizens": [v[2]],
+    }
+
+
+def test_a_proposal_passes_only_when_every_college_has_a_majority() -> None:
+    chain = Chain.new()
+    col = founders(chain)
+    pid = propose(chain, chain.vault, {"kind": "approve_purpose", "purpose": "air-quality-study"})
+    # providers: 2 of 3 is a majority; services: 1 of 2 is not (a majority is more than half)
+    for voter in [*col["providers"][:2], col["services"][0]]:
+        assert vote(chain, voter, pid)["status"] == "open"
+    assert "air-quality-study" not in chain.query(q="status")["purposes"]
+    assert vote(chain, col["services"][1], pid)["status"] == "open"  # citizens have not voted
+    assert vote(chain, col["citizens"][0], pid)["status"] == "passed"
+    assert "air-quality-study" in chain.query(q="status")["purposes"]
+    assert chain.query(q="proposal", proposal=pid)["status"] == "passed"
+    # a vote after the decision changes nothing
+    assert vote(chain, col["providers"][2], pid)["code"] == "closed"
+
+
+def test_one_college_one_vote_a_numerous_college_cannot_outvote_a_small_one() -> None:
+    chain = Chain.new()
+    col = founders(chain)
+    citizens = [*col["citizens"], *(chain.subject() for _ in range(3))]  # 4 citizens now
+    pid = propose(chain, chain.dpo, {"kind": "approve_purpose", "purpose": "air-quality-study"})
+    for voter in col["providers"] + col["services"]:
+        vote(chain, voter, pid)
+    # every legal entity approves; 2 of 4 citizens is half, not a majority
+    for voter in citizens[:2]:
+        assert vote(chain, voter, pid)["status"] == "open"
+    assert vote(chain, citizens[2], pid)["status"] == "passed"
+
+    # and the smallest college can block alone: half of the citizens against rejects
+    pid2 = propose(chain, chain.vault, {"kind": "approve_purpose", "purpose": "marketing"})
+    for voter in col["providers"] + col["services"]:
+        vote(chain, voter, pid2)
+    assert vote(chain, citizens[0], pid2, approve=False)["status"] == "open"
+    assert vote(chain, citizens[1], pid2, approve=False)["status"] == "rejected"
+    assert "marketing" not in chain.query(q="status")["purposes"]
+
+
+def test_a_legal_entity_cannot_admit_itself() -> None:
+    chain = Chain.new()
+    col = founders(chain)
+    fleet = chain.fresh("provider", "providers")
+    assert (
+        chain.ok(fleet, "member.register", {"role": "provider", "college": "providers"})["status"]
+        == "pending"
+    )
+    # it cannot propose its own admission, nor vote, nor pass itself off as a resident
+    admit = {"kind": "admit_member", "member": fleet.pub}
+    assert (
+        chain.one(
+            fleet, "governance.propose", {"action": admit, "voting_ends": chain.time_ms + DAY}
+        )["code"]
+        == "not_admitted"
+    )
+    pid = propose(chain, chain.vault, admit)
+    assert vote(chain, fleet, pid)["code"] == "not_admitted"
+    assert (
+        chain.one(fleet, "member.register", {"role": "subject", "college": "citizens"})["code"]
+        == "exists"
+    )
+    # the providers and services approve, the citizens refuse: it stays pending
+    for voter in col["providers"] + col["services"]:
+        assert vote(chain, voter, pid)["status"] == "open"
+    assert vote(chain, col["citizens"][0], pid, approve=False)["status"] == "rejected"
+    assert chain.query(q="member", key=fleet.pub)["status"] == "pending"
+    assert chain.query(q="status")["colleges"]["providers"] == 3
+
+
+def test_a_legal_entity_registering_as_a_resident_is_refused() -> None:
+    chain = Chain.new()
+    sneaky = chain.fresh("provider", "providers")
+    # residents are admitted at once, but only into the resident college
+    assert (
+        chain.one(sneaky, "member.register", {"role": "subject", "college": "providers"})["code"]
+        == "invalid"
+    )
+    assert chain.query(q="member", key=sneaky.pub) is None
+
+
+def test_a_consumer_whose_membership_was_never_approved_gets_nothing() -> None:
+    chain = Chain.new()
+    col = founders(chain)
+    provider = chain.fresh("provider", "providers")
+    chain.admit_by_vote(provider)
+    chain.dataset(provider, "meters")
+    chain.anchor("meters", "u1", chain.time_ms // DAY + 10)
+    bank = chain.fresh("consumer", "services")
+    chain.ok(bank, "member.register", {"role": "consumer", "college": "services"})
+    pid = propose(chain, chain.vault, {"kind": "admit_member", "member": bank.pub})
+    vote(chain, col["services"][0], pid, approve=False)  # 1 of 2 against: rejected
+    assert chain.query(q="proposal", proposal=pid)["status"] == "rejected"
+
+    s = chain.subject()
+    chain.ok(
+        s,
+        "consent.grant",
+        {
+            "subject": s.subject,
+            "consumer": bank.pub,
+            "purpose": "billing",
+            "valid_until": chain.time_ms + 10 * DAY,
+            "dataset": "meters",
+        },
+    )
+    body = {
+        "consumer": bank.pub,
+        "dataset": "meters",
+        "purpose": "billing",
+        "subjects": [s.subject],
+    }
+    assert chain.one(bank, "access.request", body)["code"] == "not_admitted"
+    # nor through the vault acting for it
+    assert chain.one(chain.vault, "access.request", body)["code"] == "not_admitted"
+    assert chain.query(q="accesses", consumer=bank.pub) == []
+
+
+def test_members_admitted_after_a_proposal_do_not_vote_on_it_and_nobody_votes_twice() -> None:
+    chain = Chain.new()
+    col = founders(chain)
+    pid = propose(chain, chain.vault, {"kind": "approve_purpose", "purpose": "air-quality-study"})
+    late = chain.subject()
+    assert vote(chain, late, pid)["code"] == "not_eligible"
+    assert vote(chain, col["citizens"][0], pid)["status"] == "open"
+    assert vote(chain, col["citizens"][0], pid)["code"] == "duplicate"
+    assert chain.query(q="proposal", proposal=pid)["yes"]["citizens"] == 1
+
+
+def test_voting_closes_at_its_deadline() -> None:
+    chain = Chain.new()
+    col = founders(chain)
+    pid = propose(chain, chain.vault, {"kind": "approve_purpose", "purpose": "air-quality-study"})
+    chain.time_ms += DAY + 1
+    assert vote(chain, col["citizens"][0], pid)["code"] == "closed"
+    assert (
+        chain.one(
+            chain.vault,
+            "governance.propose",
+            {
+                "action": {"kind": "approve_purpose", "purpose": "x"},
+                "voting_ends": chain.time_ms + 91 * DAY,
+            },
+        )["code"]
+        == "invalid"
+    )
+
+
+def test_a_college_without_members_cannot_be_outvoted_by_absence() -> None:
+    chain = Chain.new(colleges=["providers", "services", "citizens", "researchers"])
+    assert (
+        chain.one(
+            chain.vault,
+            "governance.propose",
+            {
+                "action": {"kind": "approve_purpose", "purpose": "air-quality-study"},
+                "voting_ends": chain.time_ms + DAY,
+            },
+        )["code"]
+        == "college_empty"
+    )
+
+
+def everyone_approves(chain: Chain, pid: int) -> str:
+    status = "open"
+    for voter in [m for ms in founders(chain).values() for m in ms]:
+        r = vote(chain, voter, pid)
+        status = r.get("status", status)
+        if status != "open":
+            break
+    return status
+
+
+def test_a_purpose_must_be_approved_before_a_dataset_may_allow_it() -> None:
+    chain = Chain.new()
+    provider = chain.fresh("provider", "providers")
+    chain.admit_by_vote(provider)
+    body = {
+        "dataset": "noise",
+        "owner": provider.pub,
+        "category": "environment",
+        "purposes": ["urban-planning-study"],
+        "retention_days": 30,
+        "legal_basis": "public_task",
+    }
+    assert chain.one(chain.vault, "dataset.register", body)["code"] == "purpose_not_approved"
+    pid = propose(chain, provider, {"kind": "approve_purpose", "purpose": "urban-planning-study"})
+    assert everyone_approves(chain, pid) == "passed"
+    assert chain.ok(chain.vault, "dataset.register", body)
+
+
+def test_retention_change_and_validator_set_are_enacted_only_when_passed() -> None:
+    chain = Chain.new()
+    provider = chain.fresh("provider", "providers")
+    chain.admit_by_vote(provider)
+    chain.dataset(provider, "meters", retention_days=30)
+    pid = propose(
+        chain, chain.dpo, {"kind": "set_retention", "dataset": "meters", "retention_days": 7}
+    )
+    assert chain.query(q="dataset", dataset="meters")["retention_days"] == 30
+    assert everyone_approves(chain, pid) == "passed"
+    assert chain.query(q="dataset", dataset="meters")["retention_days"] == 7
+
+    new_set = [
+        {"public_key": m.pub, "college": m.college, "address": f"10.0.0.{i}:7000"}
+        for i, m in enumerate(chain.validators)
+    ]
+    bad = {"kind": "set_validators", "validators": new_set[:3]}
+    assert (
+        chain.one(
+            chain.vault, "governance.propose", {"action": bad, "voting_ends": chain.time_ms + DAY}
+        )["code"]
+        == "invalid"
+    )
+    pid = propose(chain, chain.vault, {"kind": "set_validators", "validators": new_set})
+    assert everyone_approves(chain, pid) == "passed"
+    assert [v["address"] for v in chain.query(q="status")["validators"]] == [
+        r["address"] for r in new_set
+    ]
