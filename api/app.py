@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -16,21 +17,52 @@ from vault import db
 from vault.config import Settings
 from vault.keys import KeyStore, make_provider
 
+if TYPE_CHECKING:
+    from api.ledger import LedgerGateway
+
 
 def create_app(
-    settings: Settings, *, database_url: str, probes: Sequence[ReadinessProbe] = ()
+    settings: Settings,
+    *,
+    database_url: str,
+    probes: Sequence[ReadinessProbe] = (),
+    ledger: LedgerGateway | None = None,
+    background_jobs: bool = True,
 ) -> FastAPI:
+    """The app; with `ledger`, consent-checked access, anchoring and the ledger routes.
+
+    Without a ledger (some API tests, a read-only maintenance instance) every route that needs
+    one answers 503, and datasets live in the vault only.
+    """
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from api.jobs import BackgroundJobs
+        from api.outbox import OutboxRelay
+        from vault.erasure import Eraser
+        from vault.retention import RetentionSweeper
+
         # First start creates the master key file (0600) or the token's first KEK; an unsafe
         # key file, a missing token or a wrong PIN stops the service here.
         app.state.key_store = KeyStore(make_provider(settings))
         engine = db.make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)
+        jobs = None
+        if ledger is not None and background_jobs:
+            jobs = BackgroundJobs(
+                OutboxRelay(app.state.sessions, ledger),
+                RetentionSweeper(app.state.sessions, Eraser(app.state.key_store)),
+                relay_interval_s=settings.relay_interval_s,
+                sweep_interval_s=settings.sweep_interval_s,
+            )
+            jobs.start()
+        app.state.jobs = jobs
         try:
             yield
         finally:
+            if jobs is not None:
+                jobs.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -40,6 +72,7 @@ def create_app(
         responses=errors.PROBLEM_RESPONSES,
     )
     app.state.settings = settings
+    app.state.ledger = ledger
     app.state.readiness_probes = tuple(probes)
     # One registry per app: several apps in one test process must not collide.
     app.state.metrics_registry = CollectorRegistry()

@@ -8,7 +8,7 @@ Services take the session and may flush; only this dependency commits.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +19,10 @@ from api.errors import Forbidden, Unauthorized
 from api.keys import Member, authenticate
 from vault.config import Settings
 from vault.keys import KeyStore
+
+if TYPE_CHECKING:
+    from api.jobs import BackgroundJobs
+    from api.ledger import LedgerGateway
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -67,6 +71,8 @@ def require_role(*roles: str) -> Callable[[Member], Member]:
 
 Provider = Annotated[Member, Depends(require_role("provider"))]
 ProviderOrDpo = Annotated[Member, Depends(require_role("provider", "dpo"))]
+Consumer = Annotated[Member, Depends(require_role("consumer"))]
+Dpo = Annotated[Member, Depends(require_role("dpo"))]
 
 
 def _query_names(dependant: Any) -> set[str]:
@@ -112,3 +118,21 @@ def _key_store(request: Request) -> KeyStore:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 KeyStoreDep = Annotated[KeyStore, Depends(_key_store)]
+
+
+def _ledger(request: Request) -> LedgerGateway:
+    from api.ledger import LedgerUnavailable
+
+    ledger: LedgerGateway | None = request.app.state.ledger
+    if ledger is None:
+        raise LedgerUnavailable("this instance runs without a ledger")
+    return ledger
+
+
+def _jobs(request: Request) -> BackgroundJobs | None:
+    jobs: BackgroundJobs | None = request.app.state.jobs
+    return jobs
+
+
+LedgerDep = Annotated["LedgerGateway", Depends(_ledger)]
+JobsDep = Annotated["BackgroundJobs | None", Depends(_jobs)]

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     # HTTP body limits (answered with 413): one upload stream, and any other (JSON) request.
     upload_body_max_bytes: int = 8 * 1024**3
     json_body_max_bytes: int = 1024 * 1024
+    # Background jobs (api/jobs.py): how often the outbox relay looks for facts to ship when no
+    # route woke it, and how often the retention sweeper runs (it also runs at start).
+    relay_interval_s: float = 1.0
+    sweep_interval_s: float = 3600.0
+    # How long a route that wrote a ledger fact waits for its receipt before answering with
+    # the fact still pending (the relay keeps trying; the status endpoint tells the outcome).
+    receipt_wait_s: float = 10.0
 
     @property
     def resolved_master_key_path(self) -> Path:

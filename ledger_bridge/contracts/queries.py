@@ -141,6 +141,14 @@ def _one(table: str, arg: str, kind: type) -> Callable[[State, dict[str, Any]], 
     return get
 
 
+def _nonce(s: State, q: dict[str, Any]) -> Any:
+    """The transaction that used (author, nonce), while the contracts remember it."""
+    nonce = _arg(q, "nonce", bytes)
+    if nonce is None or len(nonce) != 16:
+        raise ValueError("query argument nonce is 16 bytes")
+    return s.get("nonce", _key(q, "author"), nonce)
+
+
 def _proposals(s: State, q: dict[str, Any]) -> Any:
     after, limit = _page(q)
     last = s.get("meta", "next_proposal") or 0
@@ -160,6 +168,7 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "erasure": _one("erasure", "erasure", int),
     "proposal": _one("proposal", "proposal", int),
     "proposals": _proposals,
+    "nonce": _nonce,
     "consents": _consents,
     "accesses": _accesses,
     "erasures": _erasures,

@@ -884,7 +884,8 @@ def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
     # Inside the undo region: a refused transaction leaves the state exactly as it was, nonce
     # included. Replaying a refused transaction later is harmless: it is still within the
     # validity window its author signed, and it executes at most once.
-    state.put("nonce", tx.author, tx.nonce, tx.valid_until)
+    # What the nonce bought, so an author who lost a receipt can find it (`q: nonce`).
+    state.put("nonce", tx.author, tx.nonce, {"height": height, "tx": tx.tx_id})
     state.put("nonce_expiry", tx.valid_until // MINUTE_MS, tx.author, tx.nonce, 0)
     seq: int = state.get("meta", "seq")
     state.put("meta", "seq", seq + 1)

@@ -1,0 +1,72 @@
+"""The service's background work: the outbox relay and the retention sweeper, on one thread.
+
+Why inside the API process: `civis-vault up` is one command, and every API instance can run
+both safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
+facts in order), and the sweeper takes each epoch with `FOR UPDATE SKIP LOCKED`. A route that
+wrote a fact calls `kick()` so its anchor reaches the ledger at once instead of at the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from api.outbox import OutboxRelay
+from vault.retention import RetentionSweeper
+
+_log = logging.getLogger(__name__)
+
+
+class BackgroundJobs:
+    def __init__(
+        self,
+        relay: OutboxRelay | None,
+        sweeper: RetentionSweeper | None,
+        *,
+        relay_interval_s: float = 1.0,
+        sweep_interval_s: float = 3600.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._relay = relay
+        self._sweeper = sweeper
+        self._relay_interval_s = relay_interval_s
+        self._sweep_interval_s = sweep_interval_s
+        self._monotonic = monotonic
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="civis-jobs", daemon=True)
+        self._next_sweep = 0.0  # sweep once at start: a service down over midnight catches up
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def kick(self) -> None:
+        """Ship the outbox now (a route just wrote a fact)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            if self._sweeper is not None and self._monotonic() >= self._next_sweep:
+                self._next_sweep = self._monotonic() + self._sweep_interval_s
+                try:
+                    report = self._sweeper.sweep()
+                    if report.expired:
+                        _log.info("retention sweep expired %d epoch(s)", len(report.expired))
+                except Exception:
+                    _log.exception("retention sweep failed; retrying at the next interval")
+            if self._relay is not None:
+                try:
+                    while not self._stop.is_set() and self._relay.run_once() > 0:
+                        pass
+                except Exception:
+                    _log.exception("outbox relay failed; retrying")
+            self._wake.wait(self._relay_interval_s)
+            self._wake.clear()

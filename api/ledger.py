@@ -1,0 +1,359 @@
+"""The API's door to the ledger: submit contract transactions, read committed state, ship facts.
+
+Why a gateway object rather than a client per request: a PBFT client may have one request in
+flight (the replicas execute each client's requests in request-id order), so the gateway holds
+a pool of clients, each with its own key, on one event-loop thread and one set of TCP
+connections; a route borrows a client, submits, and gives it back. Routes run in FastAPI's
+thread pool and call the synchronous methods here.
+
+Who signs what:
+- the vault's ledger key signs what the contracts let the vault do for a member (register a
+  dataset for its owner, anchor an upload, ask for a consumer's access, record an erasure or
+  an expiry: `act`);
+- a subject's or member's own key signs what only they may say (consent, revocation, erasure
+  request, membership, votes): the API hands out the exact bytes to sign (`draft`) and relays
+  the signed transaction (`submit`); it cannot produce one itself.
+
+The receipt names the CONTRACT transaction (SHA-256 of its canonical bytes, as it appears in
+blocks and query answers) and the block height at which f+1 replicas reported it committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from api.errors import ApiError
+from api.outbox import FactReceipt
+from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
+from ledger_bridge.contracts import codec, rules, tx
+from ledger_bridge.crypto import SigningKey, VerifyKey
+from ledger_bridge.genesis import GENESIS_FILE, Genesis, load_genesis
+from ledger_bridge.pbft.blocks import Block
+
+T = TypeVar("T")
+
+# How long a transaction the vault signs stays valid: long enough to survive a view change
+# and a retry, short enough that the contracts' nonce memory stays small.
+VAULT_TX_TTL_MS = 5 * 60 * 1000
+SUBMIT_TIMEOUT_MS = 20_000
+
+
+class LedgerUnavailable(ApiError):
+    status = 503
+    title = "Ledger unavailable"
+
+
+class LedgerRefused(ApiError):
+    """The consent contracts refused the transaction; `code` is the contract's result code."""
+
+    _STATUS: ClassVar[dict[str, int]] = {
+        "malformed": 422,
+        "invalid": 422,
+        "expired": 422,
+        "ttl_too_long": 422,
+        "purpose_not_approved": 422,
+        "bad_signature": 403,
+        "not_subject": 403,
+        "unauthorized": 403,
+        "not_member": 403,
+        "not_admitted": 403,
+        "purpose_not_allowed": 403,
+        "not_found": 404,
+        "internal": 502,
+    }
+
+    def __init__(self, code: str, message: str) -> None:
+        # Contract messages name fields and codes, never values (rules.py guarantees it).
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.status = self._STATUS.get(code, 409)
+        self.title = "Refused by the consent contracts"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerReceipt:
+    tx_id: str  # hex SHA-256 of the contract transaction
+    block_height: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tx_id": self.tx_id, "block_height": self.block_height}
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerAnswer:
+    receipt: LedgerReceipt
+    result: dict[str, Any]
+
+
+def _load_or_create_key(path: Path) -> SigningKey:
+    """The vault's ledger key (hex seed, 0600), created on first start."""
+    from ledger_bridge.genesis import load_signing_key, write_private_file
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private_file(path, SigningKey.generate().seed().hex().encode())
+    return load_signing_key(path)
+
+
+class LedgerGateway:
+    """A pool of PBFT clients on one loop thread; see the module docstring."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        vault_key: SigningKey,
+        *,
+        clients: int = 8,
+        relay_key: SigningKey | None = None,
+        timeout_ms: int = SUBMIT_TIMEOUT_MS,
+    ) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.vault_key = vault_key
+        self.vault_id = bytes(vault_key.public_key)
+        self.validators: list[VerifyKey] = genesis.public_keys()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="ledger-gateway", daemon=True
+        )
+        self._thread.start()
+        addresses = [v.client_address for v in genesis.validators]
+
+        async def build() -> tuple[TcpClientTransport, asyncio.Queue[AsyncLedgerClient]]:
+            transport = TcpClientTransport(addresses)
+            pool: asyncio.Queue[AsyncLedgerClient] = asyncio.Queue()
+            for _ in range(clients):
+                pool.put_nowait(
+                    AsyncLedgerClient(transport, self.validators, genesis.f, timeout_ms=timeout_ms)
+                )
+            return transport, pool
+
+        self._transport, self._pool = self._run(build())
+        # The relay's client has a fixed identity so a fact resubmitted after a crash (same
+        # request id = fact id) is answered from the replicas' reply cache, never re-executed.
+        self._relay = AsyncLedgerClient(
+            self._transport, self.validators, genesis.f, relay_key, timeout_ms=timeout_ms
+        )
+        self._relay_lock = threading.Lock()
+
+    @classmethod
+    def from_directory(cls, ledger_dir: Path, keys_dir: Path, *, clients: int = 8) -> LedgerGateway:
+        """The gateway of `civis-vault up`: genesis in `ledger_dir`, vault keys in `keys_dir`."""
+        genesis = load_genesis(ledger_dir / GENESIS_FILE)
+        return cls(
+            genesis,
+            _load_or_create_key(keys_dir / "vault-ledger.key"),
+            relay_key=_load_or_create_key(keys_dir / "vault-relay.key"),
+            clients=clients,
+        )
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def submit(self, raw: bytes) -> LedgerAnswer:
+        """Order a signed contract transaction; raise LedgerRefused if the contracts say no."""
+
+        async def go() -> tuple[int, bytes]:
+            client = await self._pool.get()
+            try:
+                receipt = await client.submit(raw)
+            finally:
+                self._pool.put_nowait(client)
+            return receipt.block_height, receipt.result
+
+        try:
+            height, result_bytes = self._run(go())
+        except LedgerError as exc:
+            raise LedgerUnavailable(
+                f"no quorum of replicas answered: {type(exc).__name__}"
+            ) from None
+        result: dict[str, Any] = codec.decode(result_bytes)
+        if not result.get("ok", False):
+            raise LedgerRefused(str(result.get("code")), str(result.get("message")))
+        return LedgerAnswer(LedgerReceipt(bytes(result["tx"]).hex(), height), result)
+
+    def sign_as_vault(
+        self, tx_type: str, body: dict[str, Any], *, nonce: bytes | None = None
+    ) -> tx.SignedTx:
+        valid_until = int(time.time() * 1000) + VAULT_TX_TTL_MS
+        return tx.sign(
+            self.vault_key, self.chain_id, tx_type, body, valid_until=valid_until, nonce=nonce
+        )
+
+    def act(self, tx_type: str, body: dict[str, Any]) -> LedgerAnswer:
+        """A transaction the vault signs itself (for a dataset owner or a consumer)."""
+        return self.submit(self.sign_as_vault(tx_type, body).encode())
+
+    # -- reading --------------------------------------------------------------------------
+
+    def query(self, q: str, **args: Any) -> dict[str, Any]:
+        """A read of committed state: {"height", "now", "result"}."""
+        request = codec.encode({"q": q, **args})
+
+        async def go() -> bytes:
+            client = await self._pool.get()
+            try:
+                return await client.query(request)
+            finally:
+                self._pool.put_nowait(client)
+
+        try:
+            answer: dict[str, Any] = codec.decode(self._run(go()))
+        except LedgerError as exc:
+            raise LedgerUnavailable(f"no replica answered: {type(exc).__name__}") from None
+        return answer
+
+    def status(self, replica: int) -> dict[str, Any] | None:
+        async def go() -> dict[str, Any]:
+            client = await self._pool.get()
+            try:
+                return await client.status(replica)
+            finally:
+                self._pool.put_nowait(client)
+
+        try:
+            return self._run(asyncio.wait_for(go(), 2.0))
+        except (LedgerError, TimeoutError, OSError):
+            return None
+
+    def block(self, height: int, replica: int | None = None) -> Block:
+        async def go() -> Block:
+            client = await self._pool.get()
+            try:
+                return await client.get_block(height, replica)
+            finally:
+                self._pool.put_nowait(client)
+
+        try:
+            return self._run(go())
+        except LedgerError as exc:
+            raise LedgerUnavailable(f"block {height}: {type(exc).__name__}") from None
+
+    # -- the outbox relay's sink ----------------------------------------------------------
+
+    def record(self, fact_id: int, kind: str, payload: dict[str, Any]) -> FactReceipt:
+        """FactSink: record a vault fact as its contract transaction, exactly once.
+
+        The nonce is derived from the fact id, so even if the replicas' reply cache has moved
+        on, a second execution is refused as `replayed` and the original receipt is looked
+        up by (author, nonce) instead.
+        """
+        tx_type, body = fact_transaction(kind, payload)
+        nonce = hashlib.sha256(b"civis-outbox-fact:%d" % fact_id).digest()[: tx.NONCE_BYTES]
+        signed = self.sign_as_vault(tx_type, body, nonce=nonce)
+        with self._relay_lock:
+            receipt = self._run(self._relay.submit(signed.encode(), request_id=fact_id))
+        result: dict[str, Any] = codec.decode(receipt.result)
+        if result.get("ok"):
+            return FactReceipt(bytes(result["tx"]).hex(), receipt.block_height)
+        if result.get("code") == "replayed":
+            seen = self.query("nonce", author=self.vault_id, nonce=nonce)["result"]
+            if seen is not None:
+                return FactReceipt(bytes(seen["tx"]).hex(), int(seen["height"]))
+        raise LedgerRefused(str(result.get("code")), str(result.get("message")))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            await self._relay.close()
+            while not self._pool.empty():
+                await self._pool.get_nowait().close()
+            await self._transport.close()
+
+        # Closing a half-dead connection must not stop the shutdown.
+        with contextlib.suppress(Exception):
+            self._run(asyncio.wait_for(shut(), 5.0))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+# -- vault facts as contract transactions -----------------------------------------------------
+
+
+def ledger_day(iso_day: str) -> int:
+    """An ISO date as the contracts' day number (days since 1970-01-01, UTC)."""
+    import datetime as dt
+
+    return (dt.date.fromisoformat(iso_day) - dt.date(1970, 1, 1)).days
+
+
+def _upload_refs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "upload": r["upload_id"],
+            "key_commitments_root": bytes.fromhex(r["key_commitments_root"]),
+            "key_commitment_count": int(r["key_commitment_count"]),
+        }
+        for r in rows
+    ]
+
+
+def _erasure_reason(payload: dict[str, Any], scope: dict[str, Any]) -> tuple[str, str]:
+    reason = payload.get("reason")
+    requester = payload.get("requester")
+    if requester not in rules.REQUESTERS:
+        requester = "vault"
+    if reason not in rules.ERASURE_REASONS:
+        if scope.get("type") == "upload":
+            reason = "provider_withdrawal"
+        elif requester == "subject":
+            reason = "subject_request"
+        else:
+            reason = "dpo_decision"
+    return str(reason), str(requester)
+
+
+def fact_transaction(kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The contract transaction (type, body) that records a vault outbox fact.
+
+    The vault's facts use hex and ISO dates (they live in JSONB); the contracts use bytes and
+    day numbers. Subject ids go on the ledger as they are: with a ledger, a subject id IS the
+    subject's pseudonym (the hex of their wallet key), never a name.
+    """
+    if kind == "upload.anchor":
+        return kind, {
+            "upload": payload["upload_id"],
+            "dataset": payload["dataset_id"],
+            "record_count": int(payload["record_count"]),
+            "merkle_root": bytes.fromhex(payload["merkle_root"]),
+            "key_commitments_root": bytes.fromhex(payload["key_commitments_root"]),
+            "key_commitment_count": int(payload["key_commitment_count"]),
+            "retention_day": ledger_day(payload["retention_day"]),
+        }
+    if kind == "erasure.record":
+        scope = payload["scope"]
+        if scope["type"] == "subject":
+            ledger_scope: dict[str, Any] = {"kind": "subject", "subject": scope["subject_id"]}
+            if "dataset_id" in scope:
+                ledger_scope["dataset"] = scope["dataset_id"]
+        else:
+            ledger_scope = {"kind": "upload", "upload": scope["upload_id"]}
+        reason, requester = _erasure_reason(payload, scope)
+        body: dict[str, Any] = {
+            "scope": ledger_scope,
+            "key_commitments": [bytes.fromhex(c) for c in payload["key_commitments"]],
+            "uploads": _upload_refs(payload["uploads"]),
+            "reason": reason,
+            "requester": requester,
+        }
+        if payload.get("request") is not None:
+            body["request"] = int(payload["request"])
+        return kind, body
+    if kind == "retention.expire":
+        scope = payload["scope"]
+        return kind, {
+            "dataset": scope["dataset_id"],
+            "day": ledger_day(scope["day"]),
+            "uploads": _upload_refs(payload["uploads"]),
+        }
+    raise ValueError(f"no contract transaction for outbox facts of kind {kind!r}")
