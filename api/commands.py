@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from vault import db
 from vault.config import Settings
 from vault.models import API_ROLES
+
+if TYPE_CHECKING:
+    from api.bootstrap import RunningLedger
+    from api.keys import IssuedKey
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,6 +26,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--port", type=int, default=None, help="API port (default 8000)")
     up.add_argument("--data-dir", type=Path, default=None, help="data directory (./.civis)")
     up.add_argument("--database-url", default=None, help="external PostgreSQL instead of embedded")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="3f+1 local replica processes for a new data directory (default 4)",
+    )
+    up.add_argument(
+        "--ledger-dir",
+        type=Path,
+        default=None,
+        help="genesis directory of external replicas: connect, start none",
+    )
     up.set_defaults(func=_up)
 
     apikey = sub.add_parser("apikey", help="issue and revoke members' API keys")
@@ -51,24 +71,107 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM: unwind `up` through its context managers, so every child stops.
+
+    Python's default SIGTERM kills the process on the spot, leaving the replicas (in their own
+    sessions) and PostgreSQL behind. Further signals are ignored while the stack unwinds: a
+    second Ctrl-C must not abandon a half-stopped cluster.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _up(args: argparse.Namespace) -> int:
+    """Database, then ledger, then API; unwound in reverse on Ctrl-C, SIGTERM or a failure.
+
+    uvicorn handles the signal first (graceful HTTP shutdown, the app's lifespan stops the
+    relay), then raises it again, which lands in `_stop`.
+    """
     import uvicorn
 
+    from api import bootstrap
     from api.app import create_app
+    from ledger_bridge.genesis import GenesisError
 
     settings = _settings_from(args)
     settings.enforce_production_safety()
-    with db.open_database(settings.database_url, settings.data_dir) as url:
-        app = create_app(settings, database_url=url)
-        print(f"Civis Vault API on http://{settings.api_host}:{settings.api_port}")
-        where = (
-            f"--database-url {args.database_url}"
-            if args.database_url
-            else (f"--data-dir {settings.data_dir}")
-        )
-        print(f"API keys: civis-vault apikey create --member ID --role ROLE {where}")
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(db.open_database(settings.database_url, settings.data_dir))
+            ledger = stack.enter_context(
+                bootstrap.open_ledger(
+                    settings.data_dir, replicas=args.replicas, external_dir=args.ledger_dir
+                )
+            )
+            issued = bootstrap.issue_pending_dpo_key(url, settings.data_dir)
+            _print_summary(args, settings, ledger, issued)
+            app = create_app(
+                settings,
+                database_url=url,
+                probes=[bootstrap.quorum_probe(ledger.gateway)],
+                ledger=ledger.gateway,
+            )
+            uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
+    except KeyboardInterrupt:
+        pass
+    except (bootstrap.BootstrapError, GenesisError) as exc:
+        print(f"civis-vault up: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("civis-vault up: stopped", flush=True)
     return 0
+
+
+def _print_summary(
+    args: argparse.Namespace,
+    settings: Settings,
+    ledger: RunningLedger,
+    issued: IssuedKey | None,
+) -> None:
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    where = (
+        f"--database-url {args.database_url}"
+        if args.database_url
+        else f"--data-dir {settings.data_dir}"
+    )
+    database = (
+        "external (--database-url / CIVIS_DATABASE_URL)"
+        if settings.database_url
+        else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
+    )
+    kind = "local replica processes" if ledger.cluster is not None else "external replicas"
+    lines = [
+        f"Civis Vault API on {api_url}",
+        f"ledger: chain {ledger.gateway.chain_id}, {ledger.gateway.genesis.n} {kind} "
+        f"(clients dial {', '.join(ledger.addresses())})",
+        f"data: {settings.data_dir.resolve()} (genesis and replica logs in {ledger.directory})",
+        f"database: {database}",
+    ]
+    lines += [f"warning: {w}" for w in ledger.warnings]
+    if ledger.founding is not None:
+        f = ledger.founding
+        lines += [
+            "",
+            f"First run: founded chain {f.chain_id} with the vault and the DPO as members.",
+            f"  DPO public key (their member id): {f.dpo_public_key}",
+            f"  DPO signing key: {f.dpo_key_file} (0600; move it to the DPO's machine)",
+        ]
+    if issued is not None:
+        lines += [
+            f"  DPO API key, shown this once and stored only hashed: {issued.token}",
+            f"  use it:    curl -H 'Authorization: Bearer <key>' {api_url}/v1/datasets",
+            f"  more keys: civis-vault apikey create --member ID --role ROLE {where}",
+            "",
+        ]
+    else:
+        lines.append(f"API keys: civis-vault apikey create --member ID --role ROLE {where}")
+    lines.append("Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
 
 
 def _apikey_create(args: argparse.Namespace) -> int:

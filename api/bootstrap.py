@@ -1,0 +1,240 @@
+"""The ledger side of `civis-vault up`: the first-run founding of a local cooperative, and the
+gateway and readiness probe for whichever ledger the API uses.
+
+Why a first-run bootstrap at all: the consent contracts accept a transaction only from a
+member, and the first members can only come from the genesis (governance needs members to
+vote). So before the genesis is written, the vault's own ledger key must exist (the vault
+anchors uploads and records erasures: a founding member, role "vault") and so must the DPO's
+(the DPO erases and audits: a founding member, role "dpo"); a key created after the genesis
+would be locked out. The three colleges each host one validator (create_local deals them out).
+Last, the DPO needs a way into the API: one API key bound to the DPO's public key, printed once.
+
+Why a pending marker: the genesis is written before the database holds the DPO's API key. If
+`up` dies between the two, the next start still sees a genesis and would skip the first run;
+`bootstrap.pending` (the DPO's public key, no secret) says the API key is still owed.
+
+What it must never do: overwrite an existing genesis or key file (new keys under an existing
+chain fork it or lock the vault out), print or log a private key, or print an API token twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.keys import IssuedKey, create_key
+from api.ledger import LedgerGateway, _load_or_create_key
+from api.readiness import LedgerQuorumProbe
+from api.wallet import load_wallet, new_wallet
+from ledger_bridge import genesis as gen
+from ledger_bridge.cluster import Cluster
+from ledger_bridge.crypto import SigningKey
+from vault import db
+
+# The contracts as the replicated application; batches close at 100 requests or after 2 ms,
+# which keeps a lone request's latency low and lets concurrent ones share a PBFT round
+# (docs/BENCHMARKS.md: ledger throughput by batch size).
+LEDGER_PARAMS: dict[str, Any] = {"app": "contracts", "batch_size_max": 100, "batch_wait_ms": 2}
+DEFAULT_REPLICAS = 4
+VAULT_COLLEGE = "providers"
+DPO_COLLEGE = "services"
+PENDING_FILE = "bootstrap.pending"
+VAULT_KEY_FILE = "vault-ledger.key"
+DPO_KEY_FILE = "dpo.key"
+LOOPBACK = "127.0.0.1"
+PORT_TRIES_MAX = 50
+CLIENT_PORT_OFFSET = 100  # create_local: client port of replica i is base + 100 + i
+
+
+class BootstrapError(Exception):
+    """`up` cannot start the ledger side; the message is fit for the operator's terminal."""
+
+
+def ledger_dir(data_dir: Path) -> Path:
+    return data_dir / "ledger"
+
+
+def keys_dir(data_dir: Path) -> Path:
+    return data_dir / "keys"
+
+
+def _port_free(port: int, host: str) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_base_port(replicas: int, host: str = LOOPBACK) -> int:
+    """A base port whose 2n ports (peers at +i, clients at +100+i) are free right now.
+
+    Chosen once, on the first run, and kept in the genesis: the replicas' addresses are part of
+    the chain's identity for its clients, so later runs reuse them.
+    """
+    for _ in range(PORT_TRIES_MAX):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = int(s.getsockname()[1])
+        if base + CLIENT_PORT_OFFSET + replicas >= 65536:
+            continue
+        wanted = [base + i for i in range(1, replicas)]
+        wanted += [base + CLIENT_PORT_OFFSET + i for i in range(replicas)]
+        if all(_port_free(p, host) for p in wanted):
+            return base
+    raise BootstrapError(f"no block of free ports for {replicas} replicas on {host}")
+
+
+def founding_app_genesis(vault_public_key: str, dpo_public_key: str) -> dict[str, Any]:
+    """The contracts' founding members besides the validators: the vault and the DPO."""
+    return {
+        "members": [
+            {"public_key": vault_public_key, "role": "vault", "college": VAULT_COLLEGE},
+            {"public_key": dpo_public_key, "role": "dpo", "college": DPO_COLLEGE},
+        ]
+    }
+
+
+def _load_or_create_dpo_key(path: Path) -> SigningKey:
+    # A DPO key left from an interrupted first run is kept: it may already be in someone's hands.
+    return load_wallet(path) if path.exists() else new_wallet(path)
+
+
+@dataclass(frozen=True)
+class Founding:
+    """What the first run created; public keys only."""
+
+    chain_id: str
+    vault_public_key: str
+    dpo_public_key: str
+    dpo_key_file: Path
+
+
+def found_local_ledger(data_dir: Path, replicas: int) -> Founding:
+    """First run: vault and DPO keys, then a genesis naming them as founders.
+
+    The chain id carries a random suffix so that transactions signed for one local chain can
+    never be replayed on another one created later in a wiped data directory.
+    """
+    keys = keys_dir(data_dir)
+    vault_key = _load_or_create_key(keys / VAULT_KEY_FILE)
+    dpo_file = keys / DPO_KEY_FILE
+    dpo_key = _load_or_create_dpo_key(dpo_file)
+    vault_pub, dpo_pub = vault_key.public_key.hex(), dpo_key.public_key.hex()
+    # Written before the genesis: if we die in between, the next run still owes the API key.
+    (data_dir / PENDING_FILE).write_text(dpo_pub + "\n")
+    chain_id = f"civis-{secrets.token_hex(4)}"
+    gen.create_local(
+        ledger_dir(data_dir),
+        replicas,
+        base_port=choose_base_port(replicas),
+        host=LOOPBACK,
+        chain_id=chain_id,
+        use_tls=True,
+        params=LEDGER_PARAMS,
+        app_genesis=founding_app_genesis(vault_pub, dpo_pub),
+    )
+    return Founding(chain_id, vault_pub, dpo_pub, dpo_file)
+
+
+def issue_pending_dpo_key(database_url: str, data_dir: Path) -> IssuedKey | None:
+    """The DPO's first API key if the first run still owes it, else None (never twice)."""
+    pending = data_dir / PENDING_FILE
+    if not pending.exists():
+        return None
+    dpo_public_key = pending.read_text().strip()
+    engine = db.make_engine(database_url, pool_size=1)
+    try:
+        with Session(engine) as session, session.begin():
+            issued = create_key(session, member_id=dpo_public_key, role="dpo")
+    finally:
+        engine.dispose()
+    pending.unlink()
+    return issued
+
+
+def quorum_probe(gateway: LedgerGateway) -> LedgerQuorumProbe:
+    """/readyz's ledger check. `LedgerGateway.status` answers None for a silent replica, while
+    the probe counts a replica live unless its status call raises, so None becomes an error."""
+
+    def status(replica: int) -> dict[str, Any]:
+        answer = gateway.status(replica)
+        if answer is None:
+            raise ConnectionError("no status")
+        return answer
+
+    return LedgerQuorumProbe(status, gateway.genesis.n)
+
+
+@dataclass
+class RunningLedger:
+    gateway: LedgerGateway
+    directory: Path
+    cluster: Cluster | None  # None: external replicas, started by their operators
+    founding: Founding | None  # set on the first run only
+    warnings: list[str]
+
+    def addresses(self) -> list[str]:
+        return [v.client_address for v in self.gateway.genesis.validators]
+
+
+@contextmanager
+def open_ledger(
+    data_dir: Path, *, replicas: int | None = None, external_dir: Path | None = None
+) -> Iterator[RunningLedger]:
+    """The ledger the API talks to, closed (gateway, then our replicas) on exit.
+
+    Without `external_dir`: the local cluster under `<data_dir>/ledger`, founded on the first
+    run and started as replica processes, ready before this yields. With it: an existing
+    genesis of replicas run elsewhere; nothing is started or founded, and /readyz tells when a
+    quorum answers.
+    """
+    founding: Founding | None = None
+    warnings: list[str] = []
+    with ExitStack() as stack:
+        cluster: Cluster | None = None
+        if external_dir is None:
+            directory = ledger_dir(data_dir)
+            if not (directory / gen.GENESIS_FILE).exists():
+                founding = found_local_ledger(data_dir, replicas or DEFAULT_REPLICAS)
+            cluster = stack.enter_context(Cluster(directory))
+            if replicas is not None and replicas != cluster.n:
+                warnings.append(
+                    f"{directory} holds a {cluster.n}-replica chain; --replicas {replicas} "
+                    "applies to a new data directory only"
+                )
+            cluster.start()
+            try:
+                cluster.wait_ready()
+            except (TimeoutError, RuntimeError) as exc:
+                raise BootstrapError(f"the ledger did not start: {exc}") from None
+        else:
+            directory = external_dir
+            if not (directory / gen.GENESIS_FILE).exists():
+                raise BootstrapError(f"{directory} has no {gen.GENESIS_FILE}")
+        gateway = LedgerGateway.from_directory(directory, keys_dir(data_dir))
+        stack.callback(gateway.close)
+        if not _is_vault_member(gateway):
+            warnings.append(
+                f"the vault's ledger key {gateway.vault_id.hex()} is not a founding member "
+                f"of {gateway.chain_id}: the contracts refuse its transactions until "
+                "governance admits it (role vault)"
+            )
+        yield RunningLedger(gateway, directory, cluster, founding, warnings)
+
+
+def _is_vault_member(gateway: LedgerGateway) -> bool:
+    members = gateway.genesis.app_genesis.get("members", [])
+    mine = gateway.vault_id.hex()
+    return any(
+        isinstance(m, dict) and m.get("public_key") == mine and m.get("role") == "vault"
+        for m in members
+    )
