@@ -132,7 +132,7 @@ async def _ledger_point(
     transport = TcpClientTransport(cluster.client_addresses())
     procs = [psutil.Process(cluster.pid(i)) for i in range(cluster.n)]
     cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
-    writes0 = [int((cluster.status(i) or {}).get("writes", 0)) for i in range(cluster.n)]
+    writes0 = [int((cluster.status(i) or {}).get("fsyncs", 0)) for i in range(cluster.n)]
     try:
         done_at, lat = await closed_loop(
             _ledger_submit(transport, cluster), clients, duration_s, warmup_s
@@ -143,7 +143,7 @@ async def _ledger_point(
     # tx over the whole run (warm-up included, so divide by every tx the clients completed).
     total = max(1, sum(1 for _ in done_at)) if warmup_s == 0 else None
     cpu1 = [sum(p.cpu_times()[:2]) for p in procs]
-    writes1 = [int((cluster.status(i) or {}).get("writes", 0)) for i in range(cluster.n)]
+    writes1 = [int((cluster.status(i) or {}).get("fsyncs", 0)) for i in range(cluster.n)]
     out = _summary(done_at, lat, duration_s)
     if total:
         out["replica_cpu_ms_per_tx"] = [

@@ -5,8 +5,9 @@ short on purpose; every decision is the replica core's. Incoming frames are deco
 `step`ped into the replica as they arrive; a single "flush" scheduled on the event loop then
 drains every pending `Ready`, following the order its fields document (etcd-raft style):
 
-1. `persist`  — written to SQLite and fsynced BEFORE anything below leaves the process, so a
-   replica never sends a vote it could forget in a crash (PBFT §4.1);
+1. `persist`  — written to SQLite, and when `must_sync` says so fsynced BEFORE anything below
+   leaves the process, so a replica never sends a vote it could forget in a crash (PBFT §4.1;
+   which writes need it is the core's decision, see `Ready`);
 2. `blocks`   — committed blocks with their certificates, stored (same transaction as 1);
 3. `messages` — sent to peers (best effort; the protocol retransmits);
 4. `replies`  — sent to the clients whose connections asked.
@@ -25,8 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import importlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -187,6 +190,7 @@ class Node:
             "primary": self.replica.view % self.genesis.n,
             "height": self.storage.last_height(),
             "writes": self.storage.writes,
+            "fsyncs": self.storage.syncs,
             "frames_sent": stats.frames_sent,
             "frames_received": stats.frames_received,
             "dropped_queue_full": stats.dropped_queue_full,
@@ -210,8 +214,8 @@ class Node:
             self.replica.advance(ready)
 
     def _handle(self, ready: Ready) -> None:
-        # 1 + 2: durable first, in one fsynced transaction.
-        self.storage.write(to_batch(ready.persist, ready.blocks))
+        # 1 + 2: durable first, in one transaction, fsynced when the core says so.
+        self.storage.write(to_batch(ready.persist, ready.blocks), sync=ready.must_sync)
         # 3: peers.
         for out in ready.messages:
             payload = m.encode(out.msg)
@@ -277,11 +281,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Opt-in CPU profile of this replica process (bench/ledger.py's multi-process analysis):
+    # CIVIS_NODE_PROFILE=<dir> writes <dir>/node-<pid>.prof when the node stops (SIGTERM).
+    profile_dir = os.environ.get("CIVIS_NODE_PROFILE")
+    profiler = cProfile.Profile() if profile_dir else None
+    if profiler is not None:
+        profiler.enable()
     try:
         asyncio.run(serve(args.config))
     except gen.GenesisError as exc:
         log.error("%s", exc)
         return 2
+    finally:
+        if profiler is not None and profile_dir:
+            profiler.disable()
+            profiler.dump_stats(str(Path(profile_dir) / f"node-{os.getpid()}.prof"))
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     return 0

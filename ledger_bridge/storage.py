@@ -6,10 +6,14 @@ forgets a PREPARE or COMMIT it sent could vote twice): the protocol's durable st
 message log), committed blocks with their certificates, stable checkpoints and the application
 snapshot that goes with the latest one.
 
-Why SQLite in WAL mode with synchronous=FULL: each `Ready.persist` is written in one
-transaction that is fsynced before the node sends a single message that depends on it (etcd's
-"save BEFORE sending" rule). A torn write leaves the previous transaction intact, so the
-state on disk is always one the replica actually reached.
+Why SQLite in WAL mode: each `Ready.persist` is written in one transaction; when the core
+says `must_sync`, it is fsynced (synchronous=FULL) before the node sends a single message that
+depends on it (etcd's "save BEFORE sending" rule). The other writes are committed without
+their own fsync (synchronous=NORMAL): they survive a killed process (the OS has them), and
+the next fsynced commit makes them durable too, because the WAL is one sequential file. A
+torn write leaves the previous transaction intact, so the state on disk is always one the
+replica actually reached. Measured on the benchmark machine: a FULL commit costs 0.5-1.4 ms
+of wall time, a NORMAL one 0.05 ms; the core asks for one fsync per batch instead of three.
 
 What it must never do: hold plaintext personal data (the ledger never carries any) or a
 private key (those live in the 0600 key file named by the node config).
@@ -82,11 +86,15 @@ class Storage:
             # power cut, not only a process kill. Tests of pure logic may pass "OFF".
             assert synchronous in {"FULL", "NORMAL", "OFF"}
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._sync_level = synchronous
+            self._lazy_level = "NORMAL" if synchronous == "FULL" else synchronous
+            self._level = synchronous
             self._db.executescript(_SCHEMA)
             self._check_version()
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open {self.path}: {exc}") from None
         self.writes = 0
+        self.syncs = 0
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -101,11 +109,16 @@ class Storage:
     def close(self) -> None:
         self._db.close()
 
-    def write(self, batch: Batch) -> None:
-        """Apply a batch atomically and durably; returns after the fsync."""
+    def write(self, batch: Batch, *, sync: bool = True) -> None:
+        """Apply a batch atomically; with `sync`, durably (returns after the fsync, which
+        also covers every earlier unsynced write)."""
         if batch.empty():
             return
         db = self._db
+        level = self._sync_level if sync else self._lazy_level
+        if level != self._level:
+            db.execute(f"PRAGMA synchronous={level}")  # no I/O; allowed between transactions
+            self._level = level
         db.execute("BEGIN IMMEDIATE")
         try:
             for kind, bound in batch.delete_kind_below:
@@ -128,6 +141,7 @@ class Storage:
             db.execute("ROLLBACK")
             raise
         self.writes += 1
+        self.syncs += sync and level == "FULL"
 
     # -- reads ----------------------------------------------------------------------------
 

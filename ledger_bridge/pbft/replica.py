@@ -45,11 +45,17 @@ log messages and checkpoint votes, or, if it is behind the receiver's stable che
 STATE-DATA with that checkpoint's 2f+1 proof, the snapshot (its digest must match the proof)
 and recent blocks. Poisoned state and blocks with forged certificates are rejected.
 
-Durability. Before any message leaves, `persist` holds what the replica must not forget
-(§4.1): its view, for each sequence number the accepted PRE-PREPARE, its prepared
-certificate, and the commit certificate once committed, and the stable checkpoint with its
-snapshot. After a restart the replica restores the snapshot and re-executes committed log
-entries above it.
+Durability. `persist` holds the replica's durable records: its view, for each sequence
+number the accepted PRE-PREPARE, its prepared certificate and the commit certificate once
+committed, and the stable checkpoint with its snapshot. Only two of them protect a vote and
+must be on disk before the messages of the same `Ready` leave (`Ready.must_sync`): the view
+(VIEW-CHANGE, NEW-VIEW) and a new prepared certificate (COMMIT: a replica that committed must
+report the certificate in its next VIEW-CHANGE, §4.4). The rest may reach the disk later: a
+replica restarted *while active in view v* never sends PRE-PREPARE, PREPARE or COMMIT in v
+again ("muted", it executes through commit certificates and rejoins at the next view), so it
+cannot contradict a PREPARE it sent and forgot; committed batches it forgot come back as
+blocks with certificates, and re-execution is deterministic. After a restart the replica
+restores the snapshot and re-executes committed log entries above it.
 
 Deviations from the paper are listed in docs/PBFT.md.
 """
@@ -165,12 +171,18 @@ class Ready:
        transaction as `persist` is fine). Heights may repeat after a restart (idempotent put).
     3. `messages`: send to peers, best effort: the protocol retransmits what is lost.
     4. `replies`: send to clients, best effort: clients retry and hit the reply cache.
+
+    `must_sync` (etcd-raft's `MustSync`): when True, step 1 must be fsynced before step 3;
+    when False the writes may reach the disk later (written, not fsynced: they survive a
+    process kill; a power cut may lose them, which the core tolerates, see the module
+    docstring). Later writes are ordered after earlier ones either way.
     """
 
     persist: DurableDelta
     blocks: list[Block]
     messages: list[Outbound]
     replies: list[ClientReply]
+    must_sync: bool = True
 
 
 @dataclass
@@ -257,6 +269,10 @@ class Replica:
         self._dirty: set[int] = set()
         self._meta_dirty: set[bytes] = set()
         self._gc_below: int | None = None
+        self._must_sync = False
+        # The view this replica was active in when it restarted: it sends no PRE-PREPARE,
+        # PREPARE or COMMIT in it (it may have forgotten ones it sent; see the docstring).
+        self.muted_view: int | None = None
         self._handed: Ready | None = None
         if durable is not None:
             self._restore(durable)
@@ -270,6 +286,11 @@ class Replica:
     @property
     def is_primary(self) -> bool:
         return self.primary == self.id
+
+    @property
+    def muted(self) -> bool:
+        """Restarted while active in this view: no normal-case votes in it (see docstring)."""
+        return self.muted_view == self.view
 
     @property
     def high_watermark(self) -> int:
@@ -294,10 +315,9 @@ class Replica:
             self._maybe_propose()
         if now >= self.next_status_ms:
             self.next_status_ms = now + self.config.heartbeat_ms
+            active = self.active and not self.muted
             self._broadcast(
-                m.sign(
-                    Status(self.view, self.active, self.h, self.last_executed, self.id), self.key
-                )
+                m.sign(Status(self.view, active, self.h, self.last_executed, self.id), self.key)
             )
         if not self.active and self.my_view_change is not None and now >= self.next_vc_resend_ms:
             self.next_vc_resend_ms = now + 2 * self.config.heartbeat_ms
@@ -338,9 +358,10 @@ class Replica:
             s = self.stable
             value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof], s.snapshot])
             delta.put.append((KIND_META, META_STABLE, value))
-        ready = Ready(delta, self._blocks, self._messages, self._replies)
+        ready = Ready(delta, self._blocks, self._messages, self._replies, self._must_sync)
         self._blocks, self._messages, self._replies = [], [], []
         self._dirty, self._meta_dirty, self._gc_below = set(), set(), None
+        self._must_sync = False
         self._handed = ready
         return ready
 
@@ -362,6 +383,11 @@ class Replica:
 
     def _broadcast(self, msg: Message) -> None:
         self._messages.append(Outbound(None, msg))
+
+    def _view_changed(self) -> None:
+        """The view record protects VIEW-CHANGE and NEW-VIEW: fsync it before they leave."""
+        self._meta_dirty.add(META_VIEW)
+        self._must_sync = True
 
     def _timeout_ms(self) -> int:
         base = self.config.view_change_timeout_ms
@@ -443,6 +469,8 @@ class Replica:
         """TOCS §5.1 batching: close a batch when full or when its oldest request waited
         `batch_wait_ms`; never assign a sequence number above the high watermark."""
         cfg = self.config
+        if self.muted:
+            return  # a restarted primary may have forgotten a PRE-PREPARE it sent in this view
         while self.pending and self.next_seq <= self.high_watermark:
             batch: list[Request] = []
             oldest_ms = None
@@ -493,6 +521,9 @@ class Replica:
         """TOCS §4.2: accept the first valid PRE-PREPARE for (v, n) and send PREPARE."""
         if not self.active or pp.view != self.view:
             self._ignore("pre-prepare for another view")
+            return
+        if self.muted:
+            self.stats["muted after restart"] += 1
             return
         if not self._in_window(pp.seq):
             self._ignore("pre-prepare outside the watermarks")
@@ -548,6 +579,9 @@ class Replica:
         if not self.active or vote.view != self.view:
             self._ignore(f"{kind} for another view")
             return None
+        if self.muted:
+            self.stats["muted after restart"] += 1
+            return None
         if not self._in_window(vote.seq):
             self._ignore(f"{kind} outside the watermarks")
             return None
@@ -590,6 +624,7 @@ class Replica:
         chosen = tuple(sorted(matching, key=lambda p: p.replica_id)[: 2 * self.config.f])
         self.pcerts[seq] = PreparedCert(pp, chosen)
         self._dirty.add(seq)
+        self._must_sync = True  # the COMMIT below claims this certificate (TOCS §4.4)
         commit = m.sign(Commit(pp.view, seq, pp.batch_digest, self.id), self.key)
         slot.my_commit = commit
         slot.commits[self.id] = commit
@@ -791,7 +826,7 @@ class Replica:
             return
         self.view = new_view
         self.active = False
-        self._meta_dirty.add(META_VIEW)
+        self._view_changed()
         for key, req in self.inflight.items():
             self.pending.setdefault(key, (req, self.now_ms))
         self.inflight.clear()
@@ -964,7 +999,7 @@ class Replica:
         self.view = nv.view
         self.active = False  # until O is in the log: _make_stable below must not propose
         self.new_view_msg = nv
-        self._meta_dirty.add(META_VIEW)
+        self._view_changed()
         self.slots.clear()
         self.last_primary_heard_ms = self.now_ms
         self.view_changes = {r: v for r, v in self.view_changes.items() if v.new_view > nv.view}
@@ -1041,7 +1076,7 @@ class Replica:
             mine = self.checkpoint_votes[seq].get(self.id)
             if mine is not None and seq > st.stable_seq:
                 self._send(to, mine)
-        if not (self.active and st.view == self.view and st.view_active):
+        if not (self.active and st.view == self.view and st.view_active) or self.muted:
             return
         for seq in sorted(self.slots):
             if seq <= max(st.last_executed, self.last_executed):
@@ -1169,6 +1204,11 @@ class Replica:
         if META_VIEW in meta:
             view, active = msgpack.unpackb(meta[META_VIEW], raw=False)
             self.view, self.active = int(view), bool(active)
+        if self.active:
+            # We may have sent PRE-PREPAREs or PREPAREs in this view that never reached the
+            # disk: vote no more in it. (Inactive, we sent only the VIEW-CHANGE, which is
+            # synced, and have voted nothing in this view yet.)
+            self.muted_view = self.view
         for key, value in durable.records.get(KIND_LOG, []):
             seq = int.from_bytes(key, "big")
             if seq <= self.h:
@@ -1184,23 +1224,14 @@ class Replica:
                 assert isinstance(cpp, PrePrepare)
                 self.committed_batches[seq] = (cpp, commits)  # type: ignore[assignment]
             if pp_raw and self.active:
+                # Muted in this view: keep the accepted PRE-PREPAREs (so none conflicting is
+                # ever accepted) but cast no vote again; the next view starts from scratch.
                 pp = m.decode(pp_raw)
                 assert isinstance(pp, PrePrepare)
                 if pp.view == self.view:
                     slot = self._slot(seq)
                     slot.pre_prepare = pp
-                    if pp.replica_id != self.id:
-                        slot.my_prepare = m.sign(
-                            Prepare(pp.view, seq, pp.batch_digest, self.id), self.key
-                        )
-                        slot.prepares[self.id] = slot.my_prepare
-                    cert = self.pcerts.get(seq)
-                    if cert is not None and cert.pre_prepare.view == self.view:
-                        slot.prepared = True
-                        slot.my_commit = m.sign(
-                            Commit(pp.view, seq, pp.batch_digest, self.id), self.key
-                        )
-                        slot.commits[self.id] = slot.my_commit
+                    slot.prepared = seq in self.pcerts
                     slot.committed = seq in self.committed_batches
                     self.next_seq = max(self.next_seq, seq + 1)
                     self.last_time_proposed_ms = max(self.last_time_proposed_ms, pp.time_ms)

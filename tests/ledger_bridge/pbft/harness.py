@@ -50,6 +50,8 @@ class Net:
         self.apps = [KVApp() for _ in range(self.n)]
         self.replicas = [Replica(self.config, i, key(i), self.apps[i]) for i in range(self.n)]
         self.records: list[dict[str, dict[bytes, bytes]]] = [{} for _ in range(self.n)]
+        # What a power cut leaves: the records as of each replica's last fsynced Ready.
+        self.synced: list[dict[str, dict[bytes, bytes]]] = [{} for _ in range(self.n)]
         self.blocks: list[dict[int, m.Block]] = [{} for _ in range(self.n)]
         self.replies: list[m.Reply] = []
         self.queue: deque[tuple[int, int, m.Message]] = deque()
@@ -72,6 +74,8 @@ class Net:
         while r.has_ready():
             ready = r.ready()
             self._apply(i, ready.persist)
+            if ready.must_sync:
+                self.synced[i] = {kind: dict(rows) for kind, rows in self.records[i].items()}
             for b in ready.blocks:
                 self.blocks[i][b.height] = b
             for out in ready.messages:
@@ -109,8 +113,12 @@ class Net:
                     self.drain(i)
             self.deliver_all()
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int, *, power_cut: bool = False) -> None:
+        """Restart replica i from its records; after a `power_cut`, only from what its last
+        fsynced Ready left on disk (the unsynced writes are lost)."""
         self.apps[i] = KVApp()
+        if power_cut:
+            self.records[i] = {kind: dict(rows) for kind, rows in self.synced[i].items()}
         durable = DurableState({k: sorted(v.items()) for k, v in self.records[i].items()})
         self.replicas[i] = Replica(self.config, i, key(i), self.apps[i], durable=durable)
         self.down.discard(i)

@@ -251,7 +251,80 @@ def test_restart_from_durable_state() -> None:
     assert (net.replicas[2].head_hash, net.apps[2].state_root(), net.replicas[2].h) == before
     net.submit(request(1, client=key(200)))
     net.deliver_all()
+    # Muted in the view it restarted in, it does not vote, and follows by commit certificate.
+    assert net.heights()[:2] == [7, 7] and net.replicas[2].stats["muted after restart"] > 0
+    net.tick(400)
     assert net.heights() == [7, 7, 7, 7]
+
+
+def test_only_votes_that_need_it_are_fsynced() -> None:
+    """TOCS §4.1, §4.4: the Ready that carries a COMMIT (a claim of a prepared certificate a
+    VIEW-CHANGE must report) or a VIEW-CHANGE asks for an fsync; the ones carrying only a
+    PRE-PREPARE, PREPARE or REPLY do not."""
+    net = Net()
+    kinds_synced: dict[str, set[bool]] = {}
+    first_view_change_synced: dict[int, bool] = {}  # later ones are retransmissions
+    original = net.drain
+
+    def drain(i: int) -> None:
+        r = net.replicas[i]
+        while r.has_ready():
+            ready = r.ready()
+            for out in ready.messages:
+                kinds_synced.setdefault(type(out.msg).__name__, set()).add(ready.must_sync)
+                if isinstance(out.msg, m.ViewChange):
+                    first_view_change_synced.setdefault(i, ready.must_sync)
+            net._apply(i, ready.persist)
+            for b in ready.blocks:
+                net.blocks[i][b.height] = b
+            for out in ready.messages:
+                targets = [j for j in range(net.n) if j != i] if out.to is None else [out.to]
+                net.queue.extend((i, j, out.msg) for j in targets)
+            net.replies += [cr.reply for cr in ready.replies]
+            r.advance(ready)
+
+    net.drain = drain  # type: ignore[method-assign]
+    net.submit(request(1))
+    net.deliver_all()
+    assert kinds_synced["Commit"] == {True}
+    assert kinds_synced["PrePrepare"] == {False} and kinds_synced["Prepare"] == {False}
+    net.down.add(0)
+    net.tick(2_000)
+    assert first_view_change_synced == {1: True, 2: True, 3: True}
+    net.drain = original  # type: ignore[method-assign]
+
+
+def test_a_replica_that_lost_unsynced_votes_never_contradicts_them() -> None:
+    """TOCS §4.2 (a correct replica prepares one batch per (v, n)) with lazy writes: backup 1
+    sent PREPARE for batch A, lost the PRE-PREPARE record in a power cut, and restarted. The
+    equivocating primary now offers batch B for the same (v, n): the restarted replica is
+    muted in that view and sends no PREPARE at all, so A and B cannot both gather votes from
+    it. It votes again in the next view."""
+    net = Net()
+    a, b = request(1), request(1, client=key(300))
+    for req in (a, b):
+        assert m.verify_request(req)
+    pp_a = m.sign(m.PrePrepare(0, 1, m.batch_digest(net.now_ms, (a,)), net.now_ms, (a,), 0), key(0))
+    pp_b = m.sign(m.PrePrepare(0, 1, m.batch_digest(net.now_ms, (b,)), net.now_ms, (b,), 0), key(0))
+    r1 = net.replicas[1]
+    r1.step(pp_a, net.now_ms)
+    net.drain(1)
+    assert any(isinstance(msg, m.Prepare) and src == 1 for src, _, msg in net.sent)
+    net.restart(1, power_cut=True)
+    assert net.records[1].get("log", {}) == {}  # the accepted PRE-PREPARE did not survive
+    net.sent.clear()
+    net.replicas[1].step(pp_b, net.now_ms)
+    net.drain(1)
+    assert not any(isinstance(msg, m.Prepare) for _, _, msg in net.sent)
+    assert net.replicas[1].stats["muted after restart"] == 1
+    # The next view un-mutes it: the cluster (primary 0 silenced) moves on and r1 votes.
+    net.queue.clear()
+    net.down.add(0)
+    net.tick(3_000)
+    net.submit(request(2, client=key(301)), to=[1, 2, 3])
+    net.tick(1_000)
+    assert net.replicas[1].view >= 1 and not net.replicas[1].muted
+    assert any(isinstance(msg, m.Prepare | m.Commit) and src == 1 for src, _, msg in net.sent)
 
 
 def test_state_transfer_rejects_poisoned_snapshots() -> None:
