@@ -1,18 +1,34 @@
-"""`civis-vault up` as a user runs it: embedded PostgreSQL, migrations, the API, clean stop."""
+"""`civis-vault up` as a user runs it: PostgreSQL, the replica processes, the API, clean stop.
+
+What a user would notice: the first run founds a chain and prints a DPO API key that works;
+a second run reuses the chain and prints no new key; /readyz follows the ledger's quorum;
+Ctrl-C or SIGTERM leaves no replica or PostgreSQL process behind; with `--ledger-dir` the
+API joins replicas someone else runs and never stops them.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from ledger_bridge.cluster import Cluster
+from ledger_bridge.genesis import load_signing_key
+from tests.ledger_bridge.test_processes import _base_port
+
+STARTUP_TIMEOUT_S = 120.0
 
 
 def _free_port() -> int:
@@ -107,3 +123,192 @@ def test_up_refuses_a_world_readable_master_key(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert b"readable by group or others" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+# -- the whole system: ledger cluster, first-run bootstrap, reuse, signals --------------------
+
+
+def _clean_env() -> dict[str, str]:
+    """The user's environment without our settings, so only the flags decide."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CIVIS_")}
+
+
+def _replica_pids(ledger_dir: Path) -> set[int]:
+    """Live replica processes running from `ledger_dir`, found by their command line."""
+    needle = str(ledger_dir).encode()
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ledger_bridge.node" in cmdline and needle in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+class Up:
+    """A `civis-vault up` child whose output is read as it comes (the DPO key is in it)."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "up", "--port", str(self.port), *args],
+            env=_clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._lines.append(raw.decode(errors="replace"))
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_until(self, path: str, status: int, headers: dict[str, str] | None = None) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"up exited with {self.proc.returncode}:\n{self.output}")
+            try:
+                if httpx.get(self.url + path, headers=headers, timeout=5).status_code == status:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{path} never answered {status}:\n{self.output[-3000:]}")
+
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._reader.join(10)
+        return code
+
+
+@pytest.fixture()
+def launched(tmp_path: Path) -> Iterator[list[Up]]:
+    """Every `up` a test starts is stopped, even when the test fails; a replica that `up`
+    failed to stop is killed here (by pid) so one failure does not load the next tests."""
+    started: list[Up] = []
+    yield started
+    for up in started:
+        up.stop()
+    for pid in _replica_pids(tmp_path / "civis" / "ledger"):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _chain_id(output: str) -> str:
+    found = re.search(r"ledger: chain (civis-[0-9a-f]+),", output)
+    assert found, output
+    return found.group(1)
+
+
+@pytest.mark.e2e
+def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
+    tmp_path: Path, fresh_database_url: str, launched: list[Up]
+) -> None:
+    data_dir = tmp_path / "civis"
+    ledger_dir = data_dir / "ledger"
+    flags = ("--data-dir", str(data_dir), "--database-url", fresh_database_url)
+
+    # First run: the chain is founded and the DPO's key is printed once.
+    first = Up(*flags)
+    launched.append(first)
+    first.wait_until("/healthz", 200)
+    first.wait_until("/readyz", 200)
+    token = re.search(r"DPO API key, shown this once[^:]*: (cvk_\S+)", first.output)
+    member = re.search(r"DPO public key \(their member id\): ([0-9a-f]{64})", first.output)
+    assert token and member, first.output
+    chain_id = _chain_id(first.output)
+    assert f"http://127.0.0.1:{first.port}" in first.output
+    replicas = _replica_pids(ledger_dir)
+    assert len(replicas) == 4
+
+    # The DPO's signing key is theirs alone and is the member the API key is bound to.
+    dpo_key_file = data_dir / "keys" / "dpo.key"
+    assert stat.S_IMODE(dpo_key_file.stat().st_mode) == 0o600
+    assert load_signing_key(dpo_key_file).public_key.hex() == member.group(1)
+    assert dpo_key_file.read_text().strip() not in first.output
+    genesis = tomllib.loads((ledger_dir / "genesis.toml").read_text())
+    assert genesis["chain_id"] == chain_id and genesis["params"]["app"] == "contracts"
+    assert {v["college"] for v in genesis["validators"]} == {"providers", "services", "citizens"}
+    vault_key = load_signing_key(data_dir / "keys" / "vault-ledger.key").public_key.hex()
+    assert {(m["public_key"], m["role"]) for m in genesis["app_genesis"]["members"]} == {
+        (vault_key, "vault"),
+        (member.group(1), "dpo"),
+    }
+
+    dpo = {"Authorization": f"Bearer {token.group(1)}"}
+    assert httpx.get(f"{first.url}/v1/datasets", headers=dpo).status_code == 200
+    assert httpx.get(f"{first.url}/v1/datasets").status_code == 401
+
+    # Ctrl-C: everything stops, no replica is left running.
+    assert first.stop(signal.SIGINT) == 0, first.output[-3000:]
+    assert "civis-vault up: stopped" in first.output
+    assert not _replica_pids(ledger_dir)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in replicas)
+
+    # Second run: same chain, same keys, no new DPO key; the first key still works.
+    second = Up(*flags)
+    launched.append(second)
+    second.wait_until("/readyz", 200)
+    assert _chain_id(second.output) == chain_id
+    assert "DPO API key" not in second.output and "First run" not in second.output
+    assert load_signing_key(dpo_key_file).public_key.hex() == member.group(1)
+    assert httpx.get(f"{second.url}/v1/datasets", headers=dpo).status_code == 200
+
+    # Without a quorum (2 of 4 replicas killed) the instance is not ready.
+    replicas = _replica_pids(ledger_dir)
+    assert len(replicas) == 4
+    for pid in sorted(replicas)[:2]:
+        os.kill(pid, signal.SIGKILL)
+    second.wait_until("/readyz", 503)
+
+    # SIGTERM (what a service manager sends) stops everything as cleanly as Ctrl-C.
+    assert second.stop(signal.SIGTERM) == 0, second.output[-3000:]
+    assert not _replica_pids(ledger_dir)
+
+
+@pytest.mark.e2e
+def test_up_joins_external_replicas_and_leaves_them_running(
+    tmp_path: Path, fresh_database_url: str, launched: list[Up]
+) -> None:
+    ledger_dir = tmp_path / "elsewhere"
+    params = {"app": "contracts", "batch_size_max": 10, "batch_wait_ms": 2}
+    with Cluster(ledger_dir, 4, base_port=_base_port(), params=params) as cluster:
+        cluster.start()
+        cluster.wait_ready()
+        theirs = _replica_pids(ledger_dir)
+        data_dir = tmp_path / "civis"
+        up = Up(
+            "--data-dir",
+            str(data_dir),
+            "--database-url",
+            fresh_database_url,
+            "--ledger-dir",
+            str(ledger_dir),
+        )
+        launched.append(up)
+        up.wait_until("/readyz", 200)
+        assert "4 external replicas" in up.output
+        # Nothing was founded: no DPO, and the operator is told the vault is not yet a member.
+        assert "DPO API key" not in up.output and not (data_dir / "ledger").exists()
+        assert "is not a founding member" in up.output
+        assert _replica_pids(ledger_dir) == theirs
+        assert up.stop(signal.SIGINT) == 0, up.output[-3000:]
+        # Not ours to stop.
+        assert all(cluster.running(i) for i in range(cluster.n))
