@@ -22,7 +22,6 @@ drops it and counts it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -412,21 +411,81 @@ M = TypeVar("M", bound=_Msg)
 
 
 # -- encoding ---------------------------------------------------------------------------------
+#
+# The encoder writes the msgpack array of a message part by part instead of building the nested
+# list and packing it: the bytes are the same (msgpack's headers depend only on lengths, and
+# each scalar is packed by msgpack itself), but an already-encoded nested Request is reused as
+# is. The profile had encoding at ~20 % of a replica's CPU: a request is encoded to digest it,
+# to sign or verify it, inside its PRE-PREPARE, its block and its log record, at every replica.
+
+_PACKER = msgpack.Packer(use_bin_type=True)  # one reusable packer; autoreset per call
 
 
-def _to_obj(value: Any, kind: Kind) -> Any:
+def _pack_scalar(value: Any) -> bytes:
+    out: bytes = _PACKER.pack(value)
+    return out
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+class _RequestBytes:
+    """What a process computes about one request, once: its encoding, its signing bytes, its
+    digest, and whether its signature verified (a pure function of the request's bytes)."""
+
+    __slots__ = ("digest", "encoded", "signing", "verified")
+
+    def __init__(self, encoded: bytes, signing: bytes) -> None:
+        self.encoded = encoded
+        self.signing = signing
+        self.digest: bytes | None = None
+        self.verified = False
+
+
+# Keyed by the (frozen, hashable) request itself: equal requests have equal bytes. Bounded:
+# cleared when full, which costs only recomputation.
+_REQUESTS: dict[Request, _RequestBytes] = {}
+REQUEST_CACHE_MAX = 65_536
+
+
+def _request_bytes(req: Request) -> _RequestBytes:
+    info = _REQUESTS.get(req)
+    if info is None:
+        body = _fields(req, Request.SPEC[:-1])
+        encoded = b"".join((b"\x95", body, _pack_scalar(req.signature)))
+        info = _RequestBytes(encoded, b"".join((DOMAIN, b"\x94", body)))
+        if len(_REQUESTS) >= REQUEST_CACHE_MAX:
+            _REQUESTS.clear()
+        _REQUESTS[req] = info
+    return info
+
+
+def _value(value: Any, kind: Kind) -> bytes:
     if isinstance(kind, tuple):
-        return [_to_obj(v, kind[1]) for v in value]
+        item = kind[1]
+        return _array_header(len(value)) + b"".join(_value(v, item) for v in value)
     if isinstance(kind, type):
-        return _msg_obj(value, with_signature=True)
-    return value
+        return _encode(value)
+    out: bytes = _PACKER.pack(value)
+    return out
 
 
-def _msg_obj(msg: Any, *, with_signature: bool) -> list[Any]:
+def _fields(msg: Any, spec: tuple[tuple[str, Kind], ...]) -> bytes:
+    """The tag followed by the encoded fields of `spec` (no array header)."""
+    return _pack_scalar(msg.TAG) + b"".join(_value(getattr(msg, name), kind) for name, kind in spec)
+
+
+def _encode(msg: Any) -> bytes:
+    if type(msg) is Request:
+        return _request_bytes(msg).encoded
     spec = msg.SPEC
-    if not with_signature and msg.SIGNED:
-        spec = spec[:-1]
-    return [msg.TAG, *(_to_obj(getattr(msg, name), kind) for name, kind in spec)]
+    out: bytes = _array_header(len(spec) + 1) + _fields(msg, spec)
+    return out
 
 
 def _pack(obj: Any) -> bytes:
@@ -436,22 +495,24 @@ def _pack(obj: Any) -> bytes:
 
 def encode(msg: Message) -> bytes:
     """The canonical bytes of a message (what goes on the wire and into digests)."""
-    return _pack(_msg_obj(msg, with_signature=True))
+    return _encode(msg)
 
 
 def signing_bytes(msg: Message) -> bytes:
     """What a signature over `msg` covers: a domain prefix and every field but the signature."""
     if not msg.SIGNED:
         raise LocalProtocolError(f"{type(msg).__name__} is not a signed message")
-    return DOMAIN + _pack(_msg_obj(msg, with_signature=False))
+    if type(msg) is Request:
+        return _request_bytes(msg).signing
+    spec = msg.SPEC[:-1]
+    return DOMAIN + _array_header(len(spec) + 1) + _fields(msg, spec)
 
 
 def sign(msg: M, key: SigningKey) -> M:
     """`msg` with its signature field set."""
-    signed: M = dataclasses.replace(
-        msg,  # type: ignore[type-var]
-        signature=key.sign(signing_bytes(msg)),  # type: ignore[arg-type]
-    )
+    cls: Any = type(msg)
+    fields = [getattr(msg, name) for name, _ in cls.SPEC[:-1]]
+    signed: M = cls(*fields, key.sign(signing_bytes(msg)))  # type: ignore[arg-type]
     return signed
 
 
@@ -534,18 +595,27 @@ def make_request(key: SigningKey, request_id: int, tx: bytes) -> Request:
 
 
 def verify_request(req: Request) -> bool:
-    """The client's signature is valid and the request is within size limits."""
+    """The client's signature is valid and the request is within size limits. Verified once
+    per process: a request seen from the client, then inside a PRE-PREPARE, then in a block,
+    costs one Ed25519 verification."""
     if len(req.tx) > TX_BYTES_MAX:
         return False
+    info = _request_bytes(req)
+    if info.verified:
+        return True
     try:
         key = VerifyKey(req.client_id)
     except ValueError:
         return False
-    return _verify_cached(key, signing_bytes(req), req.signature)
+    info.verified = key.verify(info.signing, req.signature)
+    return info.verified
 
 
 def request_digest(req: Request) -> bytes:
-    return digest(encode(req))
+    info = _request_bytes(req)
+    if info.digest is None:
+        info.digest = digest(info.encoded)
+    return info.digest
 
 
 def batch_digest(time_ms: int, requests: tuple[Request, ...]) -> bytes:

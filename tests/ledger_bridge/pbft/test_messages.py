@@ -100,3 +100,44 @@ def test_signing_bytes_of_an_unsigned_message_is_our_bug() -> None:
     assert isinstance(pp, m.PrePrepare)
     with pytest.raises(LocalProtocolError):
         m.signing_bytes(m.PreparedCert(pp, ()))
+
+
+def _reference(value: object) -> object:
+    """The wire format by its definition: `[tag, fields...]`, nested messages as arrays."""
+    if isinstance(value, tuple):
+        return [_reference(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [_reference(getattr(value, f.name)) for f in dataclasses.fields(value)]
+        return [type(value).TAG, *fields]  # type: ignore[attr-defined]
+    return value
+
+
+def test_the_part_by_part_encoder_is_msgpack_of_the_nested_arrays() -> None:
+    """`encode` writes array headers itself and reuses cached request encodings: the bytes
+    must be exactly msgpack of the nested list, for every message and every list length
+    (fixarray up to 15 items, array16 above), or signatures made elsewhere would not verify."""
+    reqs = tuple(request(i) for i in range(1, 40))
+    block = m.Block(7, 1, b"p" * 32, 9, b"d" * 32, reqs, b"r" * 32, b"s" * 32, (0, 2, 3), (b"x",))
+    data = m.sign(m.StateData(8, (), b"snap", (block,) * 17, 2), key(2))
+    for msg in [*_samples(), block, data, m.PrePrepare(0, 2, b"d", 0, reqs[:16], 0)]:
+        expected = msgpack.packb(_reference(msg), use_bin_type=True)
+        assert m.encode(msg) == expected
+        assert m.decode(expected) == msg
+        if msg.SIGNED:
+            body = _reference(msg)[:-1]  # type: ignore[index]
+            assert m.signing_bytes(msg) == m.DOMAIN + msgpack.packb(body, use_bin_type=True)
+
+
+def test_a_verified_request_does_not_vouch_for_a_tampered_copy() -> None:
+    """The per-process memo of verified requests is keyed by the whole request: changing any
+    byte of it (signature, tx, id) means a fresh verification, which fails."""
+    req = request(5)
+    assert m.verify_request(req) and m.verify_request(req)
+    bad_sig = bytes([req.signature[0] ^ 1]) + req.signature[1:]
+    for tampered in (
+        dataclasses.replace(req, signature=bad_sig),
+        dataclasses.replace(req, tx=req.tx + b"x"),
+        dataclasses.replace(req, request_id=6),
+    ):
+        assert not m.verify_request(tampered)
+        assert not m.verify_request(tampered)  # a failure is not memoised as a success
