@@ -7,10 +7,17 @@ never trusts one replica, and `get_block` never trusts the replica that served t
 certificate (2f+1 validator signatures) is checked here.
 
 Retries (PBFT §4.1, §4.4): a request goes to the replica the client believes is primary; when
-no f+1 matching replies come within `retry_ms`, it is re-sent to every replica (a backup that
-sees a request the primary sits on starts its view-change timer), with exponential back-off,
-until `timeout_ms`. Re-sending is safe: the replicas execute a (client, request id) once and
-answer repeats from their reply cache.
+no f+1 matching replies come within the retry time, it is re-sent to every replica (a backup
+that sees a request the primary sits on starts its view-change timer), with exponential
+back-off, until `timeout_ms`. The retry time is `retry_ms` or three times the smoothed commit
+latency this client observed, whichever is longer (TCP's RTO idea): under load a commit takes
+longer than `retry_ms`, and re-sending every slow request to all replicas would multiply the
+work of an already saturated cluster (each repeat costs every replica a signature check).
+Re-sending is safe: the replicas execute a (client, request id) once and answer repeats from
+their reply cache.
+
+Replies are checked lazily: a reply's signature is verified only once f+1 replies agree on
+the same answer (PBFT §4.1 needs f+1 *valid* matching replies); the others are never paid for.
 
 The transport is swappable (httpx's `MockTransport` pattern): `TcpClientTransport` talks to
 node processes; `InProcessTransport` drives `Replica` objects directly, for fast tests.
@@ -346,8 +353,9 @@ class AsyncLedgerClient:
         self._next_request_id = time.time_ns() // 1000
         self._lock = asyncio.Lock()
         self._view = 0
-        self._waiting: dict[int, tuple[int, bytes]] | None = None
+        self._waiting: dict[int, m.Reply] | None = None  # replica -> its unverified reply
         self._waiting_id = -1
+        self._rtt_ms: float | None = None  # smoothed commit latency (first attempts only)
         self._done: asyncio.Future[tuple[int, bytes]] | None = None
         transport.on_reply(self.client_id, self._on_reply)
 
@@ -359,18 +367,25 @@ class AsyncLedgerClient:
             reply = m.decode(payload)
         except m.RemoteProtocolError:
             return
-        if not isinstance(reply, m.Reply) or self._waiting is None:
+        waiting, done = self._waiting, self._done
+        if not isinstance(reply, m.Reply) or waiting is None or done is None or done.done():
             return
         if reply.request_id != self._waiting_id or reply.client_id != self.client_id:
             return
-        if reply.replica_id != replica or not m.verify_reply(reply, self.validators):
-            return  # a replica cannot answer for another, and every reply is signed
-        self._view = max(self._view, reply.view)
-        self._waiting[replica] = (reply.block_height, reply.result)
-        votes = list(self._waiting.values())
-        for answer in set(votes):
-            if votes.count(answer) >= self.f + 1 and self._done and not self._done.done():
-                self._done.set_result(answer)
+        if reply.replica_id != replica:
+            return  # a replica cannot answer for another
+        waiting[replica] = reply
+        answer = (reply.block_height, reply.result)
+        agreeing = [r for r in waiting.values() if (r.block_height, r.result) == answer]
+        if len(agreeing) < self.f + 1:
+            return
+        for r in agreeing:  # f+1 claim the same answer: now check that they really said it
+            if not m.verify_reply(r, self.validators):
+                del waiting[r.replica_id]
+        verified = [r for r in waiting.values() if (r.block_height, r.result) == answer]
+        if len(verified) >= self.f + 1:
+            self._view = max(self._view, *(r.view for r in verified))
+            done.set_result(answer)
 
     async def submit(self, tx: bytes, request_id: int | None = None) -> Receipt:
         """Order `tx`; return once f+1 replicas report the same height and result."""
@@ -381,8 +396,10 @@ class AsyncLedgerClient:
             encoded = m.encode(request)
             self._waiting, self._waiting_id = {}, rid
             self._done = asyncio.get_running_loop().create_future()
-            deadline = time.monotonic() + self.timeout_ms / 1000
-            wait_ms = self.retry_ms
+            started = time.monotonic()
+            deadline = started + self.timeout_ms / 1000
+            wait_ms = max(self.retry_ms, 3 * (self._rtt_ms or 0.0))
+            retried = False
             targets = [self._primary()]
             try:
                 while True:
@@ -399,6 +416,11 @@ class AsyncLedgerClient:
                     except TimeoutError:
                         targets = list(range(self.transport.n))
                         wait_ms = min(wait_ms * 2, 5_000)
+                        retried = True
+                if not retried:
+                    rtt_ms = (time.monotonic() - started) * 1000
+                    srtt = self._rtt_ms
+                    self._rtt_ms = rtt_ms if srtt is None else srtt + (rtt_ms - srtt) / 8
             finally:
                 self._waiting, self._done = None, None
             return Receipt(

@@ -247,6 +247,9 @@ class Replica:
         self.recent_blocks: list[Block] = []
         # Clients.
         self.reply_cache: dict[bytes, tuple[int, int, bytes]] = {}  # client -> (rid, height, r)
+        # The signed REPLY last sent to each client in the reply cache: a client's retries
+        # (sent to every replica) are answered without a new signature each time.
+        self.signed_replies: dict[bytes, Reply] = {}
         self.pending: dict[tuple[bytes, int], tuple[Request, int]] = {}  # -> (req, arrival ms)
         self.inflight: dict[tuple[bytes, int], Request] = {}  # primary: proposed, not executed
         self.next_seq = 1
@@ -462,7 +465,17 @@ class Replica:
                 self.vc_deadline_ms = self.now_ms + self._timeout_ms()
 
     def _reply(self, client_id: bytes, request_id: int, height: int, result: bytes) -> None:
-        reply = m.sign(Reply(self.view, request_id, client_id, self.id, result, height), self.key)
+        reply = self.signed_replies.get(client_id)
+        if reply is None or (reply.view, reply.request_id, reply.block_height, reply.result) != (
+            self.view,
+            request_id,
+            height,
+            result,
+        ):
+            unsigned = Reply(self.view, request_id, client_id, self.id, result, height)
+            reply = m.sign(unsigned, self.key)
+            if client_id in self.reply_cache:
+                self.signed_replies[client_id] = reply
         self._replies.append(ClientReply(client_id, reply))
 
     def _maybe_propose(self) -> None:
@@ -689,7 +702,9 @@ class Replica:
             self.reply_cache[req.client_id] = (req.request_id, seq, result)
             self._reply(req.client_id, req.request_id, seq, result)
         while len(self.reply_cache) > self.config.clients_max:
-            del self.reply_cache[next(iter(self.reply_cache))]
+            evicted = next(iter(self.reply_cache))
+            del self.reply_cache[evicted]
+            self.signed_replies.pop(evicted, None)
         for req in pp.requests:
             key = (req.client_id, req.request_id)
             self.pending.pop(key, None)
@@ -1144,6 +1159,7 @@ class Replica:
         self.app.restore(app_snapshot)
         old_head = self.last_executed
         self.reply_cache = reply_cache
+        self.signed_replies.clear()
         self.head_hash = bytes(head_hash)
         self.head_time_ms = int(head_time_ms)
         self.last_executed = data.seq

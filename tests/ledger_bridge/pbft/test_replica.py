@@ -445,3 +445,20 @@ def test_restart_during_a_view_change_stays_in_it() -> None:
     r1.step(pp, net.now_ms)
     assert r1.stats["pre-prepare for another view"] == 1
     assert net.heights()[1] == 1 and net.apps[1].state_root() == net.apps[0].state_root()
+
+
+def test_a_retried_request_gets_the_reply_already_signed() -> None:
+    """TOCS §4.1: a repeat of the last executed request is answered from the reply cache. A
+    client's retry reaches every replica; each answers with the REPLY it signed at execution
+    (the same object, no new signature), and the reply still verifies."""
+    net = Net()
+    req = request(1)
+    net.submit(req)
+    net.deliver_all()
+    first = {r.replica_id: r for r in net.replies}
+    assert set(first) == {0, 1, 2, 3}
+    net.replies.clear()
+    net.submit(req, to=[0, 1, 2, 3])
+    assert {r.replica_id for r in net.replies} == {0, 1, 2, 3}
+    assert all(r is first[r.replica_id] for r in net.replies)
+    assert all(m.verify_reply(r, net.config.verify_keys) for r in net.replies)
