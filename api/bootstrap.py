@@ -124,6 +124,8 @@ def found_local_ledger(data_dir: Path, replicas: int) -> Founding:
     The chain id carries a random suffix so that transactions signed for one local chain can
     never be replayed on another one created later in a wiped data directory.
     """
+    if replicas < 4 or (replicas - 1) % 3 or replicas > gen.REPLICAS_MAX:
+        raise BootstrapError(f"replicas must be 3f+1 with f >= 1, at most {gen.REPLICAS_MAX}")
     keys = keys_dir(data_dir)
     vault_key = _load_or_create_key(keys / VAULT_KEY_FILE)
     dpo_file = keys / DPO_KEY_FILE

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--database-url", default=None, help="external PostgreSQL instead of embedded")
     up.add_argument(
         "--replicas",
-        type=int,
+        type=_replica_count,
         default=None,
         help="3f+1 local replica processes for a new data directory (default 4)",
     )
@@ -56,6 +56,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
     openapi.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
     openapi.set_defaults(func=_openapi)
+
+
+def _replica_count(text: str) -> int:
+    """Checked when parsing, before PostgreSQL starts or any key is written."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if n < 4 or (n - 1) % 3:
+        raise argparse.ArgumentTypeError("replicas must be 3f+1 with f >= 1 (4, 7, 10, ...)")
+    return n
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -106,7 +117,12 @@ def _up(args: argparse.Namespace) -> int:
                     settings.data_dir, replicas=args.replicas, external_dir=args.ledger_dir
                 )
             )
-            issued = bootstrap.issue_pending_dpo_key(url, settings.data_dir)
+            # The DPO's API key belongs to the chain we founded, not to an external one.
+            issued = (
+                bootstrap.issue_pending_dpo_key(url, settings.data_dir)
+                if ledger.cluster is not None
+                else None
+            )
             _print_summary(args, settings, ledger, issued)
             app = create_app(
                 settings,

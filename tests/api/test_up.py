@@ -23,10 +23,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session
 
+from api.bootstrap import found_local_ledger, issue_pending_dpo_key
+from api.keys import authenticate
 from ledger_bridge.cluster import Cluster
-from ledger_bridge.genesis import load_signing_key
+from ledger_bridge.contracts.app import ConsentApp
+from ledger_bridge.genesis import load_genesis, load_signing_key
 from tests.ledger_bridge.test_processes import _base_port
+from vault import db
 
 STARTUP_TIMEOUT_S = 120.0
 
@@ -123,6 +128,43 @@ def test_up_refuses_a_world_readable_master_key(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert b"readable by group or others" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+# -- the first-run bootstrap, without processes ----------------------------------------------
+
+
+def test_the_founded_chain_admits_the_vault_and_the_dpo_and_the_key_is_owed_once(
+    tmp_path: Path, fresh_database_url: str
+) -> None:
+    data_dir = tmp_path / "civis"
+    founding = found_local_ledger(data_dir, 4)
+    genesis = load_genesis(data_dir / "ledger" / "genesis.toml")
+    assert genesis.chain_id == founding.chain_id and genesis.n == 4
+    # What every replica will compute from the genesis: both founders are active members.
+    state = ConsentApp.from_genesis(genesis).state
+    vault = state.get("member", bytes.fromhex(founding.vault_public_key))
+    dpo = state.get("member", bytes.fromhex(founding.dpo_public_key))
+    assert (vault["role"], vault["college"], vault["status"]) == ("vault", "providers", "active")
+    assert (dpo["role"], dpo["college"], dpo["status"]) == ("dpo", "services", "active")
+    assert sorted({v.college for v in genesis.validators}) == ["citizens", "providers", "services"]
+    ports = [
+        int(a.rsplit(":", 1)[1]) for v in genesis.validators for a in (v.address, v.client_address)
+    ]
+    assert len(set(ports)) == 8
+
+    # `up` died after writing the genesis: the database still owes the DPO a key, once.
+    db.upgrade(fresh_database_url)
+    issued = issue_pending_dpo_key(fresh_database_url, data_dir)
+    assert issued is not None
+    assert issue_pending_dpo_key(fresh_database_url, data_dir) is None
+    engine = db.make_engine(fresh_database_url, pool_size=1)
+    try:
+        with Session(engine) as session:
+            member = authenticate(session, issued.token)
+    finally:
+        engine.dispose()
+    assert member is not None
+    assert (member.member_id, member.role) == (founding.dpo_public_key, "dpo")
 
 
 # -- the whole system: ledger cluster, first-run bootstrap, reuse, signals --------------------
