@@ -19,9 +19,12 @@ chain fork it or lock the vault out), print or log a private key, or print an AP
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,11 @@ DPO_KEY_FILE = "dpo.key"
 LOOPBACK = "127.0.0.1"
 PORT_TRIES_MAX = 50
 CLIENT_PORT_OFFSET = 100  # create_local: client port of replica i is base + 100 + i
+SUPERVISE_INTERVAL_S = 0.5
+RESTART_BACKOFF_MIN_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+
+_log = logging.getLogger(__name__)
 
 
 class BootstrapError(Exception):
@@ -176,6 +184,65 @@ def quorum_probe(gateway: LedgerGateway) -> LedgerQuorumProbe:
     return LedgerQuorumProbe(status, gateway.genesis.n)
 
 
+class ReplicaSupervisor:
+    """Restarts a local replica process that exited on its own, with a growing delay.
+
+    Why: `up` is the whole system on one machine, so nobody else would notice a replica that
+    crashed (a bug, the OOM killer) and stayed down, leaving the cluster one fault from a halt.
+    A restarted replica reloads its write-ahead log and catches up from the others. The delay
+    (1 s doubling to 30 s, back to 1 s once a replica stayed up that long) keeps a replica that
+    cannot start (its port taken, its store unreadable) from spinning.
+
+    Runs on its own thread; `stop()` joins it, and must run before `Cluster.close()` so the
+    two never race over the processes.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        interval_s: float = SUPERVISE_INTERVAL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cluster = cluster
+        self._interval_s = interval_s
+        self._monotonic = monotonic
+        now = monotonic()
+        self._started_at = dict.fromkeys(range(cluster.n), now)
+        self._backoff_s = dict.fromkeys(range(cluster.n), RESTART_BACKOFF_MIN_S)
+        self._next_try = dict.fromkeys(range(cluster.n), now)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="replica-supervisor", daemon=True)
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _main(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.check()
+
+    def check(self) -> None:
+        """One pass: restart every replica that is down and whose delay has passed."""
+        now = self._monotonic()
+        for i in range(self._cluster.n):
+            if self._cluster.running(i) or now < self._next_try[i]:
+                continue
+            if now - self._started_at[i] >= RESTART_BACKOFF_MAX_S:
+                self._backoff_s[i] = RESTART_BACKOFF_MIN_S
+            _log.warning("replica %d exited; restarting it (see %s)", i, self._cluster.log(i))
+            self._cluster.start([i])
+            self.restarts += 1
+            self._started_at[i] = now
+            self._next_try[i] = now + self._backoff_s[i]
+            self._backoff_s[i] = min(2 * self._backoff_s[i], RESTART_BACKOFF_MAX_S)
+
+
 @dataclass
 class RunningLedger:
     gateway: LedgerGateway
@@ -195,9 +262,9 @@ def open_ledger(
     """The ledger the API talks to, closed (gateway, then our replicas) on exit.
 
     Without `external_dir`: the local cluster under `<data_dir>/ledger`, founded on the first
-    run and started as replica processes, ready before this yields. With it: an existing
-    genesis of replicas run elsewhere; nothing is started or founded, and /readyz tells when a
-    quorum answers.
+    run and started as replica processes, ready before this yields, restarted if one exits.
+    With it: an existing genesis of replicas run elsewhere; nothing is started or founded, and
+    /readyz tells when a quorum answers.
     """
     founding: Founding | None = None
     warnings: list[str] = []
@@ -218,6 +285,9 @@ def open_ledger(
                 cluster.wait_ready()
             except (TimeoutError, RuntimeError) as exc:
                 raise BootstrapError(f"the ledger did not start: {exc}") from None
+            supervisor = ReplicaSupervisor(cluster)
+            supervisor.start()
+            stack.callback(supervisor.stop)  # unwinds before the cluster closes
         else:
             directory = external_dir
             if not (directory / gen.GENESIS_FILE).exists():

@@ -313,12 +313,30 @@ def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
     assert load_signing_key(dpo_key_file).public_key.hex() == member.group(1)
     assert httpx.get(f"{second.url}/v1/datasets", headers=dpo).status_code == 200
 
-    # Without a quorum (2 of 4 replicas killed) the instance is not ready.
+    # Without a quorum (2 of 4 replicas frozen) the instance is not ready; then it is again.
     replicas = _replica_pids(ledger_dir)
     assert len(replicas) == 4
-    for pid in sorted(replicas)[:2]:
-        os.kill(pid, signal.SIGKILL)
-    second.wait_until("/readyz", 503)
+    frozen = sorted(replicas)[:2]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        second.wait_until("/readyz", 503)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    second.wait_until("/readyz", 200)
+
+    # A replica that dies is restarted by `up` (from its own store).
+    victim = min(replicas)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not (
+        len(_replica_pids(ledger_dir) - replicas) == 1 and len(_replica_pids(ledger_dir)) == 4
+    ):
+        assert time.monotonic() < deadline, second.output[-3000:]
+        time.sleep(0.2)
+    assert "exited; restarting it" in second.output
+    second.wait_until("/readyz", 200)
 
     # SIGTERM (what a service manager sends) stops everything as cleanly as Ctrl-C.
     assert second.stop(signal.SIGTERM) == 0, second.output[-3000:]
