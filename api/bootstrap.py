@@ -37,7 +37,7 @@ from api.ledger import LedgerGateway, _load_or_create_key
 from api.readiness import LedgerQuorumProbe
 from api.wallet import load_wallet, new_wallet
 from ledger_bridge import genesis as gen
-from ledger_bridge.cluster import Cluster
+from ledger_bridge.cluster import Cluster, probe_status
 from ledger_bridge.crypto import SigningKey
 from vault import db
 
@@ -275,6 +275,7 @@ def open_ledger(
             if not (directory / gen.GENESIS_FILE).exists():
                 founding = found_local_ledger(data_dir, replicas or DEFAULT_REPLICAS)
             cluster = stack.enter_context(Cluster(directory))
+            _refuse_running_replicas(cluster)
             if replicas is not None and replicas != cluster.n:
                 warnings.append(
                     f"{directory} holds a {cluster.n}-replica chain; --replicas {replicas} "
@@ -301,6 +302,21 @@ def open_ledger(
                 "governance admits it (role vault)"
             )
         yield RunningLedger(gateway, directory, cluster, founding, warnings)
+
+
+def _refuse_running_replicas(cluster: Cluster) -> None:
+    """Stop before starting a replica whose address already answers.
+
+    That is a replica left by an `up` that was SIGKILLed (a replica runs in its own session, so
+    it outlives a killed parent): our new process would fail to bind while the old one kept
+    answering, and nobody would stop the old one.
+    """
+    for address in cluster.client_addresses():
+        if probe_status(address, 0.5) is not None:
+            raise BootstrapError(
+                f"a replica of {cluster.directory} already answers on {address}: another `up` "
+                "runs on this data directory, or left its replicas behind; stop them first"
+            )
 
 
 def _is_vault_member(gateway: LedgerGateway) -> bool:

@@ -229,6 +229,11 @@ class Up:
             time.sleep(0.2)
         raise AssertionError(f"{path} never answered {status}:\n{self.output[-3000:]}")
 
+    def stop_by_itself(self) -> int:
+        code = self.proc.wait(timeout=STARTUP_TIMEOUT_S)
+        self._reader.join(10)
+        return code
+
     def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -347,7 +352,7 @@ def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
 def test_up_joins_external_replicas_and_leaves_them_running(
     tmp_path: Path, fresh_database_url: str, launched: list[Up]
 ) -> None:
-    ledger_dir = tmp_path / "elsewhere"
+    ledger_dir = tmp_path / "elsewhere" / "ledger"
     params = {"app": "contracts", "batch_size_max": 10, "batch_wait_ms": 2}
     with Cluster(ledger_dir, 4, base_port=_base_port(), params=params) as cluster:
         cluster.start()
@@ -372,3 +377,11 @@ def test_up_joins_external_replicas_and_leaves_them_running(
         assert up.stop(signal.SIGINT) == 0, up.output[-3000:]
         # Not ours to stop.
         assert all(cluster.running(i) for i in range(cluster.n))
+
+        # A local `up` on the directory of running replicas (say, left by a SIGKILLed `up`)
+        # refuses to start a second set instead of fighting over their ports.
+        clash = Up("--data-dir", str(ledger_dir.parent), "--database-url", fresh_database_url)
+        launched.append(clash)
+        assert clash.stop_by_itself() == 2
+        assert "already answers on" in clash.output, clash.output[-3000:]
+        assert _replica_pids(ledger_dir) == theirs
