@@ -74,3 +74,11 @@ def render_dpo_page(data: DpoPageData) -> str:
         pending=[e for e in data.erasures if e["status"] == "pending"],
         completed=[e for e in data.erasures if e["status"] != "pending"],
     )
+
+
+def render_login_page(message: str | None = None) -> str:
+    """The sign-in form: the DPO's API key goes in a POST body, never in a URL.
+
+    `message` is one of the route's fixed sentences, never anything the caller sent.
+    """
+    return _env.get_template("dpo_login.html").render(message=message)

@@ -40,12 +40,18 @@ class LedgerAudit:
 
 
 def _chain_of(
-    replica: int, blocks: Sequence[Block], keys: Sequence[VerifyKey], findings: list[LedgerFinding]
+    replica: int,
+    blocks: Sequence[Block],
+    keys: Sequence[VerifyKey],
+    findings: list[LedgerFinding],
+    start: int = 1,
+    anchor: bytes = GENESIS_HASH,
 ) -> dict[int, bytes]:
-    """Verify one replica's chain from height 1; return height -> header hash of the good part."""
+    """Verify one replica's chain from `start` (whose previous header hash is `anchor`);
+    return height -> header hash of the good part."""
     hashes: dict[int, bytes] = {}
-    prev = GENESIS_HASH
-    for expected, block in enumerate(sorted(blocks, key=lambda b: b.height), start=1):
+    prev = anchor
+    for expected, block in enumerate(sorted(blocks, key=lambda b: b.height), start=start):
         if block.height != expected:
             findings.append(
                 LedgerFinding("broken-link", replica, expected, f"height {expected} is missing")
@@ -74,15 +80,30 @@ def _chain_of(
 
 
 def verify_replicas(
-    chains: Mapping[int, Sequence[Block]], validators: Sequence[VerifyKey] | Sequence[bytes]
+    chains: Mapping[int, Sequence[Block]],
+    validators: Sequence[VerifyKey] | Sequence[bytes],
+    *,
+    start: int = 1,
+    anchors: Mapping[int, bytes] | None = None,
 ) -> LedgerAudit:
+    """Check each replica's chain and compare the replicas' headers height by height.
+
+    A long chain is audited in segments: `start` is the first height of every chain given,
+    and `anchors[replica]` the header hash of that replica's block `start - 1` (verified by
+    the previous segment's audit). A replica with no anchor starts from the genesis hash,
+    which only a chain starting at height 1 matches.
+    """
     keys = [k if isinstance(k, VerifyKey) else VerifyKey(k) for k in validators]
     findings: list[LedgerFinding] = []
-    verified = {r: _chain_of(r, blocks, keys, findings) for r, blocks in sorted(chains.items())}
-    heights = {r: max(h, default=0) for r, h in verified.items()}
-    top = max(heights.values(), default=0)
+    anchors = anchors or {}
+    verified = {
+        r: _chain_of(r, blocks, keys, findings, start, anchors.get(r, GENESIS_HASH))
+        for r, blocks in sorted(chains.items())
+    }
+    heights = {r: max(h, default=start - 1) for r, h in verified.items()}
+    top = max(heights.values(), default=start - 1)
     quorum = 2 * ((len(keys) - 1) // 3) + 1
-    for height in range(1, top + 1):
+    for height in range(start, top + 1):
         votes = Counter(h[height] for h in verified.values() if height in h)
         if len(votes) <= 1:
             continue

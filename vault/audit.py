@@ -4,18 +4,20 @@ Why audits re-derive instead of trusting flags: a finding must come from the sta
 leak, not from a status column that says all is well. The retention audit therefore looks for
 ciphertext of expired uploads that is still present AND whose three secrets still exist (so it
 would decrypt), for epoch secrets that outlived their day, and for key commitments marked
-destroyed whose secrets are in fact still in the key store. Ledger-side checks (every expiry
-recorded on chain, commitments matched against anchors) are added by the service, which can
-read both; this module never imports the ledger.
+destroyed whose secrets are in fact still in the key store. The ledger-side checks (every expiry
+recorded on chain, every destroyed commitment matched, both ways: `ledger_cross_check`) take
+the ledger's erasure records as data read by the caller: this module never imports the ledger.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, and_, cast, exists, func, select
+from sqlalchemy import String, and_, cast, exists, func, select, true
 from sqlalchemy.orm import Session
 
 from vault.models import Dataset, KeyCommitment, KeySecret, OutboxFact, Record, Upload
@@ -46,14 +48,21 @@ def _key_exists(kind: str, dataset: Any, scope: Any) -> Any:
     )
 
 
-def retention_audit(session: Session, today: dt.date) -> RetentionAudit:
+def retention_audit(
+    session: Session, today: dt.date, *, dataset_id: uuid.UUID | None = None
+) -> RetentionAudit:
+    """The data-side retention audit, over every dataset or over `dataset_id` only."""
     findings: list[Finding] = []
     today_iso = today.isoformat()
+    only = dataset_id
+
+    def of_dataset(column: Any) -> Any:
+        return true() if only is None else column == only
 
     # 1. An epoch secret that outlived its last day: everything under it still decrypts.
     for dataset_id, scope in session.execute(
         select(KeySecret.dataset_id, KeySecret.scope).where(
-            KeySecret.kind == "epoch", KeySecret.scope < today_iso
+            KeySecret.kind == "epoch", KeySecret.scope < today_iso, of_dataset(KeySecret.dataset_id)
         )
     ):
         findings.append(
@@ -66,7 +75,7 @@ def retention_audit(session: Session, today: dt.date) -> RetentionAudit:
 
     # 2. Ciphertext of an expired upload whose three secrets all exist: decryptable.
     expired = select(Upload.id, Upload.dataset_id, Upload.retention_day).where(
-        Upload.retention_day < today
+        Upload.retention_day < today, of_dataset(Upload.dataset_id)
     )
     for upload_id, dataset_id, day in session.execute(expired):
         live = session.scalar(
@@ -101,6 +110,7 @@ def retention_audit(session: Session, today: dt.date) -> RetentionAudit:
         .join(Upload, Upload.id == KeyCommitment.upload_id)
         .where(
             KeyCommitment.destroyed_at.is_not(None),
+            of_dataset(Upload.dataset_id),
             _key_exists("subject", Upload.dataset_id, KeyCommitment.subject_id),
             _key_exists("upload", Upload.dataset_id, cast(Upload.id, String)),
             _key_exists(
@@ -128,7 +138,7 @@ def retention_audit(session: Session, today: dt.date) -> RetentionAudit:
     epochs_expired = 0
     for dataset_id, day in session.execute(
         select(Upload.dataset_id, Upload.retention_day)
-        .where(Upload.retention_day < today)
+        .where(Upload.retention_day < today, of_dataset(Upload.dataset_id))
         .distinct()
     ):
         epoch_alive = session.scalar(select(_key_exists("epoch", dataset_id, day.isoformat())))
@@ -144,8 +154,274 @@ def retention_audit(session: Session, today: dt.date) -> RetentionAudit:
                     {"dataset_id": str(dataset_id), "day": day.isoformat()},
                 )
             )
-    uploads_checked = session.scalar(select(func.count()).select_from(Upload)) or 0
+    uploads_checked = (
+        session.scalar(
+            select(func.count()).select_from(Upload).where(of_dataset(Upload.dataset_id))
+        )
+        or 0
+    )
     return RetentionAudit(today, findings, uploads_checked, epochs_expired)
+
+
+# -- the ledger cross-check: the vault's destructions against the ledger's erasure records ---
+
+LEDGER_EPOCH = dt.date(1970, 1, 1)  # the contracts count days from here (UTC)
+_IN_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCrossCheck:
+    findings: list[Finding]
+    ledger_erasures: int  # erasure and expiry records read from the ledger
+    epochs_matched: int
+    commitments_matched: int
+    # Destroyed in the vault, with the fact still queued in the outbox: the relay records it
+    # exactly once (api/outbox.py), so this is a delay, not a finding.
+    commitments_pending: int
+    epochs_pending: int
+
+
+@dataclass
+class _LedgerErasures:
+    epochs: set[tuple[str, str]] = field(default_factory=set)  # (dataset id, ISO day)
+    upload_roots: dict[str, str] = field(default_factory=dict)  # upload id -> commitments root
+    commitments: set[str] = field(default_factory=set)  # hex
+    txs: set[str] = field(default_factory=set)  # hex
+    count: int = 0
+
+
+def _read_ledger(erasures: Iterable[Mapping[str, Any]]) -> _LedgerErasures:
+    seen = _LedgerErasures()
+    for e in erasures:
+        seen.count += 1
+        seen.txs.add(str(e.get("tx")))
+        scope = e.get("scope") or {}
+        if scope.get("kind") == "epoch":
+            day = LEDGER_EPOCH + dt.timedelta(days=int(scope["day"]))
+            seen.epochs.add((str(scope["dataset"]), day.isoformat()))
+        for u in e.get("uploads") or []:
+            seen.upload_roots[str(u["upload"])] = str(u["key_commitments_root"])
+        seen.commitments.update(str(c) for c in e.get("key_commitments") or [])
+    return seen
+
+
+@dataclass
+class _Pending:
+    epochs: set[tuple[str, str]] = field(default_factory=set)
+    uploads: set[str] = field(default_factory=set)
+    commitments: set[str] = field(default_factory=set)
+
+
+_ERASURE_KINDS = ("erasure.record", "retention.expire")
+
+
+def _pending_facts(session: Session) -> _Pending:
+    pending = _Pending()
+    for p in session.scalars(
+        select(OutboxFact.payload).where(
+            OutboxFact.kind.in_(_ERASURE_KINDS), OutboxFact.sent_at.is_(None)
+        )
+    ):
+        scope = p.get("scope", {})
+        if scope.get("type") == "epoch":
+            pending.epochs.add((str(scope["dataset_id"]), str(scope["day"])))
+        pending.uploads.update(str(u["upload_id"]) for u in p.get("uploads", []))
+        pending.commitments.update(p.get("key_commitments", []))
+    return pending
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for i in range(0, len(items), _IN_CHUNK):
+        yield items[i : i + _IN_CHUNK]
+
+
+def ledger_cross_check(
+    session: Session,
+    today: dt.date,
+    ledger_erasures: Iterable[Mapping[str, Any]],
+    *,
+    dataset_id: uuid.UUID | None = None,
+) -> LedgerCrossCheck:
+    """Match what the vault destroyed against what the ledger says was destroyed, both ways.
+
+    `ledger_erasures` are the contracts' erasure records (query `erasures`) with bytes as hex:
+    the caller reads the ledger, this function never does. Findings:
+
+    - `expiry-not-on-ledger`: an expired retention epoch (its key is gone) with no
+      `retention.expire` record on the ledger and no fact waiting in the outbox;
+    - `destroyed-commitment-not-on-ledger`: key commitments the vault marked destroyed that
+      no ledger erasure names (neither one by one nor through their upload's root);
+    - `commitments-root-mismatch`: a ledger erasure names an upload under a key-commitments
+      root other than the one the vault holds for it;
+    - `ledger-record-missing`: an outbox fact the vault marked recorded (with a transaction id)
+      whose transaction is not among the ledger's erasure records;
+    - `ledger-erasure-not-applied`: the ledger records the destruction of key commitments the
+      vault still holds as live (the certificate would lie).
+    """
+    seen = _read_ledger(ledger_erasures)
+    pending = _pending_facts(session)
+    findings: list[Finding] = []
+    only = dataset_id
+
+    def of_dataset(column: Any) -> Any:
+        return true() if only is None else column == only
+
+    # Expired epochs: the epoch key is gone, so the ledger must say so.
+    epochs_matched = epochs_pending = 0
+    for ds, day in session.execute(
+        select(Upload.dataset_id, Upload.retention_day)
+        .where(Upload.retention_day < today, of_dataset(Upload.dataset_id))
+        .distinct()
+        .order_by(Upload.retention_day, Upload.dataset_id)
+    ):
+        key = (str(ds), day.isoformat())
+        if session.scalar(select(_key_exists("epoch", ds, day.isoformat()))):
+            continue  # not expired yet: the data-side audit reports an overdue epoch
+        if key in seen.epochs:
+            epochs_matched += 1
+        elif key in pending.epochs:
+            epochs_pending += 1
+        else:
+            findings.append(
+                Finding(
+                    "expiry-not-on-ledger",
+                    f"the retention epoch of dataset {ds} ending {day.isoformat()} was "
+                    "destroyed but the ledger has no retention.expire record of it",
+                    {"dataset_id": key[0], "day": key[1]},
+                )
+            )
+
+    # Destroyed commitments, upload by upload: a whole-upload record covers all of them.
+    matched = waiting = 0
+    destroyed = session.execute(
+        select(Upload.id, Upload.commitments_root, func.count())
+        .join(KeyCommitment, KeyCommitment.upload_id == Upload.id)
+        .where(KeyCommitment.destroyed_at.is_not(None), of_dataset(Upload.dataset_id))
+        .group_by(Upload.id, Upload.commitments_root)
+        .order_by(Upload.id)
+    ).all()
+    for upload_id, root, count in destroyed:
+        uid = str(upload_id)
+        if uid in seen.upload_roots:
+            if seen.upload_roots[uid] != root.hex():
+                findings.append(
+                    Finding(
+                        "commitments-root-mismatch",
+                        f"the ledger erased upload {uid} under another key-commitments root "
+                        "than the vault's",
+                        {"upload_id": uid},
+                    )
+                )
+            matched += count
+            continue
+        missing = 0
+        for (commitment,) in session.execute(
+            select(KeyCommitment.commitment).where(
+                KeyCommitment.upload_id == upload_id, KeyCommitment.destroyed_at.is_not(None)
+            )
+        ):
+            c = commitment.hex()
+            if c in seen.commitments:
+                matched += 1
+            elif c in pending.commitments or uid in pending.uploads:
+                waiting += 1
+            else:
+                missing += 1
+        if missing:
+            findings.append(
+                Finding(
+                    "destroyed-commitment-not-on-ledger",
+                    f"{missing} key commitment(s) of upload {uid} are destroyed in the vault "
+                    "but recorded by no ledger erasure",
+                    {"upload_id": uid, "count": str(missing)},
+                )
+            )
+
+    findings += _missing_records(session, seen, only)
+    findings += _not_applied(session, seen, only)
+    return LedgerCrossCheck(findings, seen.count, epochs_matched, matched, waiting, epochs_pending)
+
+
+def _missing_records(
+    session: Session, seen: _LedgerErasures, only: uuid.UUID | None
+) -> list[Finding]:
+    """Facts the vault marked as recorded whose transaction the ledger does not hold."""
+    facts = select(OutboxFact.id, OutboxFact.kind, OutboxFact.tx_id, OutboxFact.payload).where(
+        OutboxFact.kind.in_(_ERASURE_KINDS), OutboxFact.sent_at.is_not(None)
+    )
+    mine: set[str] = set()
+    commitments: set[str] = set()
+    if only is not None:
+        mine = {str(u) for u in session.scalars(select(Upload.id).where(Upload.dataset_id == only))}
+        commitments = {
+            c.hex()
+            for c in session.scalars(
+                select(KeyCommitment.commitment)
+                .join(Upload, Upload.id == KeyCommitment.upload_id)
+                .where(Upload.dataset_id == only, KeyCommitment.destroyed_at.is_not(None))
+            )
+        }
+    out = []
+    for fact_id, kind, tx_id, payload in session.execute(facts.order_by(OutboxFact.id)):
+        if only is not None:
+            scope = payload.get("scope", {})
+            touches = (
+                scope.get("dataset_id") == str(only)
+                or scope.get("upload_id") in mine
+                or any(u["upload_id"] in mine for u in payload.get("uploads", []))
+                or not commitments.isdisjoint(payload.get("key_commitments", []))
+            )
+            if not touches:
+                continue
+        if tx_id not in seen.txs:
+            out.append(
+                Finding(
+                    "ledger-record-missing",
+                    f"outbox fact {fact_id} ({kind}) is marked recorded in transaction "
+                    f"{tx_id} but the ledger holds no such erasure record",
+                    {"fact_id": str(fact_id), "tx_id": str(tx_id)},
+                )
+            )
+    return out
+
+
+def _not_applied(session: Session, seen: _LedgerErasures, only: uuid.UUID | None) -> list[Finding]:
+    """Commitments the ledger says were destroyed that the vault still holds as live."""
+    live = select(KeyCommitment.upload_id, func.count()).where(KeyCommitment.destroyed_at.is_(None))
+    if only is not None:
+        live = live.join(Upload, Upload.id == KeyCommitment.upload_id).where(
+            Upload.dataset_id == only
+        )
+    counts: dict[str, int] = {}
+    uploads = [uuid.UUID(u) for u in seen.upload_roots if _is_uuid(u)]
+    for chunk in _chunks(uploads):
+        for upload_id, n in session.execute(
+            live.where(KeyCommitment.upload_id.in_(chunk)).group_by(KeyCommitment.upload_id)
+        ):
+            counts[str(upload_id)] = counts.get(str(upload_id), 0) + n
+    hashes = [bytes.fromhex(c) for c in seen.commitments]
+    for chunk in _chunks(hashes):
+        for upload_id, n in session.execute(
+            live.where(KeyCommitment.commitment.in_(chunk)).group_by(KeyCommitment.upload_id)
+        ):
+            counts[str(upload_id)] = counts.get(str(upload_id), 0) + n
+    return [
+        Finding(
+            "ledger-erasure-not-applied",
+            f"the ledger records {n} key commitment(s) of upload {u} as destroyed but the vault "
+            "still holds them as live",
+            {"upload_id": u, "count": str(n)},
+        )
+        for u, n in sorted(counts.items())
+    ]
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def records_of_processing(session: Session) -> list[dict[str, Any]]:

@@ -1,0 +1,742 @@
+"""The DPO's audits over HTTP, as JSON under /v1/dpo and as a page at /dpo.
+
+Only the DPO role reaches any of it. What each audit reads:
+
+- access log: the ledger's committed access records (the contracts write one for every
+  decision), filtered by subject or consumer on the ledger, by purpose and time here;
+- retention audit: the vault's data-side audit (vault/audit.py) AND its cross-check against
+  the ledger's erasure records, read in that order (see `_snapshot`);
+- ledger verification: every replica's chain as that replica serves it, checked and compared
+  (ledger_bridge/audit.py);
+- records of processing (Art. 30): the dataset registry, with recipients from the ledger.
+
+Long scans are bounded (a limit on everything): each answer says where to continue.
+
+The page: a browser cannot send an `Authorization` header by itself, and an API key must
+never travel in a URL (it would land in logs, history and Referer headers). So the DPO posts
+the key ONCE in a form (`POST /dpo/session`); the answer sets a cookie holding a short-lived
+token: `v1.<key id>.<expiry>.<HMAC>`, keyed by a random server secret kept in the data
+directory (`dpo-session.key`, 0600, shared by every instance like the rest of the data
+directory's keys) and bound to the API key's stored hash. The cookie is `__Host-` prefixed,
+`Secure`, `HttpOnly` (no script reads it) and `SameSite=Strict` (no other site's form or link
+carries it, so no CSRF). Every request re-checks the API key: revoking it ends the session.
+Tokens live 15 minutes; `POST /dpo/logout` clears the cookie.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+import time
+import urllib.parse
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from api.deps import Dpo, LedgerDep, SessionDep, strict_query
+from api.dpo_page import DpoPageData, render_dpo_page, render_login_page
+from api.keys import Member, authenticate
+from api.ledger import LedgerGateway, LedgerUnavailable, jsonable
+from api.routes.ledger import ReplicaReader, ledger_status
+from ledger_bridge.audit import verify_replicas
+from ledger_bridge.pbft.blocks import block_hash
+from vault import audit
+from vault.models import ApiKey
+
+router = APIRouter(prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)])
+page_router = APIRouter(include_in_schema=False)
+
+ACCESS_PAGE = 200  # access records per ledger query
+ACCESS_SCAN_MAX = 10_000  # ledger access records read per request, then `next_after`
+ACCESS_LIMIT_MAX = 1000
+GRANTED_SHOWN_MAX = 100  # subjects listed per access line (the count is always exact)
+ERASURE_PAGE = 50  # erasure records per ledger query (each may name 4,096 commitments)
+ERASURE_SCAN_MAX = 1_000_000
+VERIFY_BLOCKS_MAX = 10_000
+RECIPIENTS_SCAN_MAX = 100_000
+PAGE_DAYS = 30
+
+SubjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+MemberKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Purpose = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
+def _ms(when: dt.datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)  # a time without zone is UTC, as the ledger's
+    return int(when.timestamp() * 1000)
+
+
+def _time(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+# -- the access log -----------------------------------------------------------------------
+
+
+class PredicateOut(BaseModel):
+    field: str
+    op: str
+    commitment: str = Field(description="hex commitment to the compared value, never the value")
+
+
+class AccessOut(BaseModel):
+    access: int = Field(description="the ledger's access id (use as `after` to page)")
+    time: dt.datetime
+    height: int
+    tx_id: str
+    consumer: str = Field(description="hex public key of the consumer")
+    author: str = Field(description="hex public key that signed the request (consumer or vault)")
+    dataset: str
+    purpose: str
+    granted_count: int
+    granted: list[str] = Field(description=f"subjects delivered (first {GRANTED_SHOWN_MAX})")
+    denied: int = Field(description="named subjects refused")
+    fields: list[str]
+    predicate: PredicateOut | None
+    reference: str | None
+
+
+class AccessLog(BaseModel):
+    accesses: list[AccessOut]
+    next_after: int | None = Field(description="pass as `after` for the next page, if any")
+    ledger_height: int
+
+
+def _access_query(gateway: LedgerGateway, after: int, limit: int, **filters: Any) -> list[Any]:
+    answer = gateway.query("accesses", after=after, limit=limit, **filters)
+    rows: list[Any] = answer["result"]
+    return rows
+
+
+def _access_at(gateway: LedgerGateway, access_id: int) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = gateway.query("access", access=access_id)["result"]
+    return row
+
+
+def first_access_since(gateway: LedgerGateway, since_ms: int) -> int:
+    """The smallest access id whose time is >= since_ms (or one past the last).
+
+    Access ids are consecutive and their contract time never decreases (rules.py: the
+    contracts' clock is monotonic), so a galloping then binary search finds it in O(log n)
+    queries instead of a scan of the whole log.
+    """
+    lo, hi = 0, 1  # invariant: access lo is before since (0: none), hi is unknown
+    while True:
+        row = _access_at(gateway, hi)
+        if row is None or int(row["time"]) >= since_ms:
+            break
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        row = _access_at(gateway, mid)
+        if row is None or int(row["time"]) >= since_ms:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class AccessScan:
+    """Committed access records in id order, `scan_max` at most, filtered on the ledger.
+
+    After iteration, `exhausted` tells whether the ledger has nothing more (as opposed to the
+    scan budget running out, or the caller stopping), and `cursor` the last id read.
+    """
+
+    def __init__(
+        self,
+        gateway: LedgerGateway,
+        *,
+        after: int = 0,
+        subject: str | None = None,
+        consumer: bytes | None = None,
+        scan_max: int = ACCESS_SCAN_MAX,
+    ) -> None:
+        self._gateway = gateway
+        self._filters: dict[str, Any] = {}
+        if subject is not None:
+            self._filters["subject"] = subject
+        elif consumer is not None:
+            self._filters["consumer"] = consumer
+        self._scan_max = scan_max
+        self.cursor = after
+        self.exhausted = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        scanned = 0
+        while scanned < self._scan_max:
+            page = min(ACCESS_PAGE, self._scan_max - scanned)
+            rows = _access_query(self._gateway, self.cursor, page, **self._filters)
+            scanned += len(rows)
+            for row in rows:
+                self.cursor = int(row["access"])
+                yield row
+            if len(rows) < page:
+                self.exhausted = True
+                return
+
+
+def _access_out(row: dict[str, Any]) -> AccessOut:
+    r = jsonable(row)
+    granted: list[str] = r["granted"]
+    p = r.get("predicate")
+    return AccessOut(
+        access=r["access"],
+        time=_time(r["time"]),
+        height=r["height"],
+        tx_id=r["tx"],
+        consumer=r["consumer"],
+        author=r["author"],
+        dataset=r["dataset"],
+        purpose=r["purpose"],
+        granted_count=len(granted),
+        granted=granted[:GRANTED_SHOWN_MAX],
+        denied=r["denied"],
+        fields=r["fields"],
+        predicate=PredicateOut(**p) if p else None,
+        reference=r.get("reference"),
+    )
+
+
+@router.get("/dpo/access-log")
+def access_log(
+    member: Dpo,
+    ledger: LedgerDep,
+    subject: SubjectId | None = None,
+    consumer: MemberKey | None = None,
+    purpose: Purpose | None = None,
+    since: Annotated[dt.datetime | None, Query(description="from this time (ISO 8601)")] = None,
+    until: Annotated[dt.datetime | None, Query(description="up to this time (inclusive)")] = None,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=ACCESS_LIMIT_MAX)] = 100,
+) -> AccessLog:
+    """Every access the consent contracts decided, from the ledger, oldest first.
+
+    Each line is a committed decision: who asked (consumer), for which dataset and purpose,
+    which subjects were delivered. `next_after` is set when more lines may follow (the page
+    is full, or this request read its share of the ledger and stopped).
+    """
+    start = after
+    if since is not None:
+        start = max(start, first_access_since(ledger, _ms(since)) - 1)
+    since_ms = _ms(since) if since is not None else None
+    until_ms = _ms(until) if until is not None else None
+    consumer_key = bytes.fromhex(consumer) if consumer is not None else None
+    scan = AccessScan(ledger, after=start, subject=subject, consumer=consumer_key)
+    found: list[AccessOut] = []
+    past_until = False
+    for row in scan:
+        if until_ms is not None and int(row["time"]) > until_ms:
+            past_until = True  # times never decrease: nothing later can match
+            break
+        if (
+            (consumer_key is None or row["consumer"] == consumer_key)
+            and (purpose is None or row["purpose"] == purpose)
+            and (since_ms is None or int(row["time"]) >= since_ms)
+        ):
+            found.append(_access_out(row))
+            if len(found) >= limit:
+                break
+    done = scan.exhausted or past_until
+    height = int(ledger.query("status")["height"])
+    return AccessLog(accesses=found, next_after=None if done else scan.cursor, ledger_height=height)
+
+
+# -- the retention audit ------------------------------------------------------------------
+
+
+class FindingOut(BaseModel):
+    code: str
+    detail: str
+    refs: dict[str, str] = Field(default_factory=dict)
+
+
+class LedgerMatch(BaseModel):
+    erasure_records: int = Field(description="erasure and expiry records read from the ledger")
+    epochs_matched: int
+    epochs_pending: int = Field(description="expired, fact queued for the ledger (not a finding)")
+    commitments_matched: int
+    commitments_pending: int
+
+
+class RetentionAuditOut(BaseModel):
+    today: dt.date
+    ok: bool = Field(description="false on any finding")
+    findings: list[FindingOut]
+    uploads_checked: int
+    epochs_expired: int
+    ledger: LedgerMatch
+
+
+def ledger_erasures(gateway: LedgerGateway) -> list[dict[str, Any]]:
+    """Every erasure and expiry record on the ledger, bytes as hex."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while len(out) < ERASURE_SCAN_MAX:
+        rows = gateway.query("erasures", after=after, limit=ERASURE_PAGE)["result"]
+        out += [jsonable(r) for r in rows]
+        if len(rows) < ERASURE_PAGE:
+            return out
+        after = int(rows[-1]["erasure"])
+    raise LedgerUnavailable(
+        f"more than {ERASURE_SCAN_MAX} erasure records: audit one dataset at a time"
+    )
+
+
+@contextmanager
+def _snapshot(request: Request) -> Iterator[Session]:
+    """A read-only REPEATABLE READ session whose snapshot is taken at once.
+
+    Why: the cross-check must see the database as it was BEFORE the ledger was read. A fact
+    the relay records in between is then "pending" in the snapshot and on the ledger, which
+    matches; read the other way round it would look recorded in the vault and missing on the
+    ledger, a false finding.
+    """
+    session: Session = request.app.state.sessions()
+    try:
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        session.execute(text("SET TRANSACTION READ ONLY"))
+        session.execute(text("SELECT 1"))  # takes the snapshot now
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+def run_retention_audit(
+    request: Request, gateway: LedgerGateway, dataset_id: uuid.UUID | None
+) -> RetentionAuditOut:
+    today = dt.datetime.now(dt.UTC).date()
+    with _snapshot(request) as session:
+        data_side = audit.retention_audit(session, today, dataset_id=dataset_id)
+        cross = audit.ledger_cross_check(
+            session, today, ledger_erasures(gateway), dataset_id=dataset_id
+        )
+    findings = [FindingOut(code=f.code, detail=f.detail, refs=f.refs) for f in data_side.findings]
+    findings += [FindingOut(code=f.code, detail=f.detail, refs=f.refs) for f in cross.findings]
+    return RetentionAuditOut(
+        today=today,
+        ok=not findings,
+        findings=findings,
+        uploads_checked=data_side.uploads_checked,
+        epochs_expired=data_side.epochs_expired,
+        ledger=LedgerMatch(
+            erasure_records=cross.ledger_erasures,
+            epochs_matched=cross.epochs_matched,
+            epochs_pending=cross.epochs_pending,
+            commitments_matched=cross.commitments_matched,
+            commitments_pending=cross.commitments_pending,
+        ),
+    )
+
+
+@router.get("/dpo/retention-audit")
+def retention_audit(
+    member: Dpo,
+    ledger: LedgerDep,
+    request: Request,
+    dataset_id: uuid.UUID | None = None,
+) -> RetentionAuditOut:
+    """No record decryptable past its deadline; every expiry and destruction on the ledger.
+
+    Finding codes: `epoch-key-past-retention`, `decryptable-past-retention`,
+    `destroyed-commitment-key-alive`, `expiry-not-recorded` (data side, vault/audit.py);
+    `expiry-not-on-ledger`, `destroyed-commitment-not-on-ledger`, `commitments-root-mismatch`,
+    `ledger-record-missing`, `ledger-erasure-not-applied` (against the ledger).
+    """
+    return run_retention_audit(request, ledger, dataset_id)
+
+
+# -- ledger verification ------------------------------------------------------------------
+
+
+class LedgerFindingOut(BaseModel):
+    code: str = Field(
+        description="invalid-block | broken-link | diverging-header | lagging | unreachable "
+        "| no-quorum"
+    )
+    severity: Literal["error", "warning"]
+    replica: int | None
+    height: int | None
+    detail: str
+
+
+class ReplicaVerification(BaseModel):
+    id: int
+    college: str
+    reachable: bool
+    verified_height: int | None = Field(description="highest height verified in this range")
+    state_root: str | None = Field(description="state root at common_height, as served")
+
+
+class LedgerVerification(BaseModel):
+    ok: bool = Field(description="no error finding (lagging and unreachable are warnings)")
+    from_height: int
+    to_height: int
+    next_from_height: int | None
+    common_height: int | None = Field(description="highest height every verified replica has")
+    state_roots_equal: bool
+    replicas: list[ReplicaVerification]
+    findings: list[LedgerFindingOut]
+
+
+_WARNINGS = ("lagging", "unreachable")
+
+
+def verify_ledger(gateway: LedgerGateway, from_height: int, limit: int) -> LedgerVerification:
+    genesis = gateway.genesis
+    status = ledger_status(gateway)
+    reachable = [r.id for r in status.replicas if r.reachable]
+    findings: list[LedgerFindingOut] = []
+
+    def finding(code: str, replica: int | None, height: int | None, detail: str) -> None:
+        severity: Literal["error", "warning"] = "warning" if code in _WARNINGS else "error"
+        findings.append(
+            LedgerFindingOut(
+                code=code, severity=severity, replica=replica, height=height, detail=detail
+            )
+        )
+
+    tip = status.height or 0
+    to_height = min(tip, from_height + limit - 1)
+    chains: dict[int, list[Any]] = {}
+    anchors: dict[int, bytes] = {}
+    if to_height >= from_height:
+        first = max(1, from_height - 1)  # the block before the range anchors its first link
+        for chain in ReplicaReader(gateway).chains(reachable, first, to_height):
+            blocks = chain.blocks
+            if from_height > 1 and blocks and blocks[0].height == from_height - 1:
+                anchors[chain.replica] = block_hash(blocks[0])
+                blocks = blocks[1:]
+            chains[chain.replica] = blocks
+            if chain.unreachable:
+                finding("unreachable", chain.replica, None, "stopped answering during the read")
+            if chain.undecodable_at is not None:
+                finding(
+                    "invalid-block",
+                    chain.replica,
+                    chain.undecodable_at,
+                    "the replica served bytes that are not a block",
+                )
+    else:
+        chains = {r: [] for r in reachable}
+    result = verify_replicas(chains, genesis.public_keys(), start=from_height, anchors=anchors)
+    for f in result.findings:
+        finding(f.code, f.replica, f.height, f.detail)
+    for r in status.replicas:
+        if not r.reachable:
+            finding("unreachable", r.id, None, "the replica did not answer its status")
+    if len(reachable) < status.quorum:
+        finding(
+            "no-quorum",
+            None,
+            None,
+            f"{len(reachable)} replica(s) answered; {status.quorum} are needed to trust the "
+            "comparison",
+        )
+    verified = dict(result.heights)
+    common = min(verified.values(), default=None)
+    roots: dict[int, str] = {}
+    if common is not None and common >= from_height:
+        for replica, blocks in chains.items():
+            for b in blocks:
+                if b.height == common:
+                    roots[replica] = b.state_root.hex()
+    replicas = [
+        ReplicaVerification(
+            id=s.id,
+            college=s.college,
+            reachable=s.reachable,
+            verified_height=verified.get(s.id),
+            state_root=roots.get(s.id),
+        )
+        for s in status.replicas
+    ]
+    return LedgerVerification(
+        ok=not [f for f in findings if f.severity == "error"],
+        from_height=from_height,
+        to_height=to_height,
+        next_from_height=to_height + 1 if to_height < tip else None,
+        common_height=common if common is not None and common >= from_height else None,
+        state_roots_equal=len(set(roots.values())) <= 1,
+        replicas=replicas,
+        findings=findings,
+    )
+
+
+@router.get("/dpo/ledger-verification")
+def ledger_verification(
+    member: Dpo,
+    ledger: LedgerDep,
+    from_height: Annotated[int, Query(ge=1, le=2**62)] = 1,
+    limit: Annotated[int, Query(ge=1, le=VERIFY_BLOCKS_MAX)] = VERIFY_BLOCKS_MAX,
+) -> LedgerVerification:
+    """Every replica's chain as it serves it: hash links, certificates, equal headers.
+
+    Each block's commit certificate is checked against the genesis validator keys; the
+    replicas' headers (results digest, state root, time) must agree at every height. A long
+    chain is verified `limit` blocks at a time: continue from `next_from_height`.
+    """
+    return verify_ledger(ledger, from_height, limit)
+
+
+# -- records of processing (Art. 30) ------------------------------------------------------
+
+
+class Recipient(BaseModel):
+    consumer: str = Field(description="hex public key of the consumer (a registered member)")
+    purposes: list[str]
+    accesses: int = Field(description="accesses that delivered at least one subject")
+
+
+class ProcessingRecord(BaseModel):
+    dataset_id: str
+    name: str
+    controller: str
+    category_of_data: str
+    purposes: list[str]
+    legal_basis: str
+    retention: str
+    security_measures: str
+    uploads: int
+    records: int
+    recipients: list[Recipient]
+
+
+class RecordsOfProcessing(BaseModel):
+    generated_at: dt.datetime
+    recipients_complete: bool = Field(
+        description=f"false when the ledger holds more than {RECIPIENTS_SCAN_MAX} accesses and "
+        "only the first were read"
+    )
+    records: list[ProcessingRecord]
+
+
+def _recipients(gateway: LedgerGateway) -> tuple[dict[str, list[Recipient]], bool]:
+    per: dict[str, dict[bytes, tuple[set[str], int]]] = defaultdict(dict)
+    scan = AccessScan(gateway, scan_max=RECIPIENTS_SCAN_MAX)
+    for row in scan:
+        if not row["granted"]:
+            continue  # nobody's data left the vault: not a recipient
+        purposes, n = per[row["dataset"]].get(row["consumer"], (set(), 0))
+        purposes.add(row["purpose"])
+        per[row["dataset"]][row["consumer"]] = (purposes, n + 1)
+    out = {
+        dataset: [
+            Recipient(consumer=c.hex(), purposes=sorted(p), accesses=n)
+            for c, (p, n) in sorted(consumers.items())
+        ]
+        for dataset, consumers in per.items()
+    }
+    return out, scan.exhausted
+
+
+@router.get("/dpo/records-of-processing")
+def records_of_processing(
+    member: Dpo, ledger: LedgerDep, session: SessionDep
+) -> RecordsOfProcessing:
+    """GDPR Art. 30(1), generated from the dataset registry; recipients from the ledger."""
+    recipients, complete = _recipients(ledger)
+    return RecordsOfProcessing(
+        generated_at=dt.datetime.now(dt.UTC),
+        recipients_complete=complete,
+        records=[
+            ProcessingRecord(**entry, recipients=recipients.get(entry["dataset_id"], []))
+            for entry in audit.records_of_processing(session)
+        ],
+    )
+
+
+# -- the page and its session -------------------------------------------------------------
+
+SESSION_COOKIE = "__Host-civis-dpo"
+SESSION_TTL_S = 15 * 60
+SESSION_KEY_FILE = "dpo-session.key"
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def session_secret(data_dir: Path) -> bytes:
+    """The page sessions' HMAC key: 32 random bytes in `data_dir`, made once, mode 0600."""
+    path = data_dir / SESSION_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass  # made by an earlier start or by another instance at the same moment
+    else:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32).hex().encode())
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise PermissionError(f"{path} must be readable by its owner only (chmod 600)")
+    key = bytes.fromhex(path.read_text().strip())
+    if len(key) != 32:
+        raise ValueError(f"{path} does not hold a 32-byte key")
+    return key
+
+
+def _secret(request: Request) -> bytes:
+    key: bytes | None = getattr(request.app.state, "dpo_session_secret", None)
+    if key is None:
+        key = session_secret(request.app.state.settings.data_dir)
+        request.app.state.dpo_session_secret = key
+    return key
+
+
+def _mac(secret: bytes, key_id: str, expires: int, secret_hash: bytes) -> str:
+    message = f"civis-dpo-session/v1\0{key_id}\0{expires}\0".encode() + secret_hash
+    tag = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(tag).rstrip(b"=").decode()
+
+
+def issue_session(secret: bytes, api_key: ApiKey, now_s: float) -> str:
+    expires = int(now_s) + SESSION_TTL_S
+    return f"v1.{api_key.id}.{expires}.{_mac(secret, api_key.id, expires, api_key.secret_hash)}"
+
+
+def session_member(session: Session, secret: bytes, token: str, now_s: float) -> Member | None:
+    """The DPO behind a session token, or None (malformed, forged, expired, key revoked)."""
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != "v1" or not parts[2].isdigit() or len(parts[1]) != 16:
+        return None
+    _, key_id, expires_s, tag = parts
+    expires = int(expires_s)
+    if expires < now_s or expires > now_s + SESSION_TTL_S:
+        return None
+    key = session.get(ApiKey, key_id)
+    if key is None or key.revoked_at is not None or key.role != "dpo":
+        return None
+    if not hmac.compare_digest(_mac(secret, key_id, expires, key.secret_hash), tag):
+        return None
+    return Member(member_id=key.member_id, role=key.role, key_id=key.id)
+
+
+def _page_caller(request: Request, session: Session) -> Member | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return authenticate(session, header[7:].strip())
+    token = request.cookies.get(SESSION_COOKIE)
+    if token is None:
+        return None
+    return session_member(session, _secret(request), token, time.time())
+
+
+def _login(status: int, message: str | None = None) -> HTMLResponse:
+    return HTMLResponse(render_login_page(message), status_code=status, headers=_PAGE_HEADERS)
+
+
+def page_data(request: Request, gateway: LedgerGateway | None, session: Session) -> DpoPageData:
+    """What the page shows; the ledger's parts are left empty when there is no ledger."""
+    today = dt.datetime.now(dt.UTC).date()
+    data = DpoPageData(
+        today=today,
+        timeline=audit.retention_timeline(session, today),
+        erasures=audit.erasure_log(session),
+        findings=[],
+    )
+    if gateway is None:
+        data.findings = [
+            {"code": f.code, "detail": f.detail}
+            for f in audit.retention_audit(session, today).findings
+        ]
+        return data
+    report = run_retention_audit(request, gateway, None)
+    data.findings = [{"code": f.code, "detail": f.detail} for f in report.findings]
+    since = dt.datetime.combine(today - dt.timedelta(days=PAGE_DAYS - 1), dt.time(), dt.UTC)
+    by_purpose: Counter[str] = Counter()
+    by_consumer: Counter[str] = Counter()
+    by_day: Counter[str] = Counter()
+    start = first_access_since(gateway, _ms(since)) - 1
+    for row in AccessScan(gateway, after=start):
+        by_purpose[row["purpose"]] += 1
+        by_consumer[bytes(row["consumer"]).hex()[:12]] += 1
+        by_day[_time(int(row["time"])).date().isoformat()] += 1
+    data.accesses_by_purpose = sorted(by_purpose.items())
+    data.accesses_by_consumer = by_consumer.most_common(12)
+    data.accesses_by_day = sorted(by_day.items())
+    status = ledger_status(gateway)
+    data.ledger_height = status.height
+    data.replicas = [
+        {
+            "id": r.id,
+            "college": r.college,
+            "height": r.height if r.height is not None else "—",
+            "view": r.view if r.view is not None else "—",
+            "status": "up" if r.reachable else "down",
+        }
+        for r in status.replicas
+    ]
+    return data
+
+
+@page_router.get("/dpo", response_class=HTMLResponse)
+def dpo_page(request: Request, session: SessionDep) -> Response:
+    """The DPO's page; anyone else gets the sign-in form (401), a non-DPO key a 403."""
+    member = _page_caller(request, session)
+    if member is None:
+        return _login(401)
+    if member.role != "dpo":
+        return _login(403, "This key does not belong to the Data Protection Officer.")
+    html = render_dpo_page(page_data(request, request.app.state.ledger, session))
+    return HTMLResponse(html, headers=_PAGE_HEADERS)
+
+
+async def _form_key(request: Request) -> str:
+    """The `api_key` field of an urlencoded form (the body limit middleware bounds it)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != (
+        "application/x-www-form-urlencoded"
+    ):
+        return ""
+    fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+    values = fields.get("api_key", [])
+    return values[0].strip() if len(values) == 1 else ""
+
+
+@page_router.post("/dpo/session")
+def dpo_sign_in(
+    request: Request, session: SessionDep, api_key: Annotated[str, Depends(_form_key)]
+) -> Response:
+    """Trade the DPO's API key (posted once, in the body) for a session cookie."""
+    member = authenticate(session, api_key) if api_key else None
+    if member is None or member.role != "dpo":
+        # One answer for every refusal; the key is never echoed.
+        return _login(401, "Not a valid key of the Data Protection Officer.")
+    key = session.get(ApiKey, member.key_id)
+    assert key is not None, "authenticate just read this key"
+    response = RedirectResponse("/dpo", status_code=303, headers=_PAGE_HEADERS)
+    response.set_cookie(
+        SESSION_COOKIE,
+        issue_session(_secret(request), key, time.time()),
+        max_age=SESSION_TTL_S,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@page_router.post("/dpo/logout")
+def dpo_sign_out() -> Response:
+    response = RedirectResponse("/dpo", status_code=303, headers=_PAGE_HEADERS)
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+    return response

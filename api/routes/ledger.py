@@ -1,0 +1,304 @@
+"""The ledger, read over HTTP: replica status, block headers, a block with its certificate.
+
+Why any authenticated member may read it: the ledger is the cooperative's shared record, and
+what it holds is pseudonymous by construction (public keys, hashes, contract transaction
+types); a member checks its receipts against it without trusting the vault. Transaction
+bodies are NOT served here: an access request names the subjects it covered, and who asked
+whose data is for the DPO's access log (api/routes/dpo.py), not for every member.
+
+Reading a replica's chain as IT serves it (`ReplicaReader`) is separate from the gateway's
+client on purpose: the client falls back to another replica when one serves a bad block,
+which is right for a receipt and wrong for an audit, where the bad block IS the finding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, Field
+
+from api.deps import CurrentMember, LedgerDep, strict_query
+from api.errors import ApiError
+from api.ledger import LedgerGateway, LedgerUnavailable
+from ledger_bridge.client import LedgerError, TcpClientTransport
+from ledger_bridge.contracts import tx as txmod
+from ledger_bridge.crypto import digest
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.blocks import block_hash, verify_block
+
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"], dependencies=[Depends(strict_query)])
+
+BLOCKS_PAGE_MAX = 100
+# Calls in flight to one replica while reading its chain: enough to hide the round trip,
+# far below the transport's pending-call limit.
+READ_CONCURRENCY = 32
+
+
+class BlockNotFound(ApiError):
+    status = 404
+    title = "No such block"
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+class ReplicaStatus(BaseModel):
+    id: int
+    college: str
+    reachable: bool
+    height: int | None = Field(default=None, description="highest block the replica stored")
+    view: int | None = None
+    primary: int | None = Field(default=None, description="the primary in the replica's view")
+
+
+class LedgerStatus(BaseModel):
+    chain_id: str
+    n: int = Field(description="replicas (3f+1)")
+    f: int = Field(description="faulty replicas tolerated")
+    quorum: int = Field(description="2f+1: replicas that must answer for the ledger to commit")
+    answering: int
+    quorum_reachable: bool
+    height: int | None = Field(description="highest height a reachable replica stored")
+    replicas: list[ReplicaStatus]
+
+
+class BlockHeader(BaseModel):
+    height: int
+    hash: str = Field(description="hex header hash: what the next block's prev_hash holds")
+    prev_hash: str
+    time: dt.datetime = Field(description="block time chosen by the primary (UTC)")
+    time_ms: int
+    tx_count: int
+    state_root: str
+    results_digest: str
+    batch_digest: str
+
+
+class BlockPage(BaseModel):
+    blocks: list[BlockHeader]
+    height: int | None = Field(description="highest height a reachable replica stored")
+    next_from_height: int | None = Field(description="the next page's from_height, if any")
+
+
+class CertificateOut(BaseModel):
+    view: int
+    signers: list[int] = Field(description="replica ids whose COMMIT signatures follow")
+    signatures: list[str] = Field(description="hex Ed25519 signatures, in signer order")
+
+
+class TransactionOut(BaseModel):
+    tx_id: str = Field(description="hex SHA-256 of the contract transaction (receipts name it)")
+    type: str | None = Field(description="contract transaction type; null if undecodable")
+    author: str | None = Field(description="hex public key of the author (a pseudonym)")
+    client: str = Field(description="hex public key of the PBFT client that submitted it")
+
+
+class BlockOut(BlockHeader):
+    certificate: CertificateOut
+    transactions: list[TransactionOut]
+    verified: bool = Field(
+        description="batch digest, client signatures and 2f+1 commit signatures verify "
+        "against the genesis validator keys"
+    )
+
+
+# -- reading the replicas -----------------------------------------------------------------
+
+
+def replica_statuses(gateway: LedgerGateway) -> list[dict[str, Any] | None]:
+    """Every replica's status, asked at once (an unreachable one costs its timeout once)."""
+    n = gateway.genesis.n
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ledger-status") as pool:
+        return list(pool.map(gateway.status, range(n)))
+
+
+def ledger_status(gateway: LedgerGateway) -> LedgerStatus:
+    genesis = gateway.genesis
+    statuses = replica_statuses(gateway)
+    replicas = []
+    for v, s in zip(genesis.validators, statuses, strict=True):
+        if s is None:
+            replicas.append(ReplicaStatus(id=v.id, college=v.college, reachable=False))
+        else:
+            replicas.append(
+                ReplicaStatus(
+                    id=v.id,
+                    college=v.college,
+                    reachable=True,
+                    height=int(s.get("height", 0)),
+                    view=int(s.get("view", 0)),
+                    primary=int(s.get("primary", 0)),
+                )
+            )
+    heights = [r.height for r in replicas if r.height is not None]
+    answering = len(heights)
+    quorum = 2 * genesis.f + 1
+    return LedgerStatus(
+        chain_id=genesis.chain_id,
+        n=genesis.n,
+        f=genesis.f,
+        quorum=quorum,
+        answering=answering,
+        quorum_reachable=answering >= quorum,
+        height=max(heights, default=None),
+        replicas=replicas,
+    )
+
+
+@dataclass
+class ReplicaChain:
+    """One replica's blocks as it served them, from `start`, cut at the first gap."""
+
+    replica: int
+    blocks: list[m.Block] = field(default_factory=list)
+    unreachable: bool = False
+    undecodable_at: int | None = None  # a height whose bytes are not a block at all
+
+
+class ReplicaReader:
+    """Per-replica raw reads over connections of its own (see the module docstring)."""
+
+    def __init__(self, gateway: LedgerGateway) -> None:
+        self._addresses = [v.client_address for v in gateway.genesis.validators]
+
+    def chains(self, replicas: Sequence[int], start: int, end: int) -> list[ReplicaChain]:
+        """Blocks start..end (inclusive) of each replica; runs its own event loop."""
+        return asyncio.run(self._chains(replicas, start, end))
+
+    async def _chains(self, replicas: Sequence[int], start: int, end: int) -> list[ReplicaChain]:
+        transport = TcpClientTransport(self._addresses)
+        try:
+            return list(
+                await asyncio.gather(*(self._chain(transport, r, start, end) for r in replicas))
+            )
+        finally:
+            await transport.close()
+
+    async def _chain(
+        self, transport: TcpClientTransport, replica: int, start: int, end: int
+    ) -> ReplicaChain:
+        gate = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def one(height: int) -> Any:
+            async with gate:
+                try:
+                    answer = await transport.call(replica, "block", {"height": height})
+                except LedgerError:
+                    return LedgerError
+                return answer.get("block")
+
+        raws = await asyncio.gather(*(one(h) for h in range(start, end + 1)))
+        chain = ReplicaChain(replica)
+        for height, raw in zip(range(start, end + 1), raws, strict=True):
+            if raw is LedgerError:
+                chain.unreachable = True
+                break
+            if not isinstance(raw, bytes):
+                break  # the replica has no block here (yet): it lags
+            try:
+                chain.blocks.append(m.decode_block(raw))
+            except m.RemoteProtocolError:
+                chain.undecodable_at = height
+                break
+        return chain
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+def header_of(block: m.Block) -> BlockHeader:
+    return BlockHeader(
+        height=block.height,
+        hash=_hex(block_hash(block)),
+        prev_hash=_hex(block.prev_hash),
+        time=dt.datetime.fromtimestamp(block.time_ms / 1000, dt.UTC),
+        time_ms=block.time_ms,
+        tx_count=len(block.requests),
+        state_root=_hex(block.state_root),
+        results_digest=_hex(block.results_digest),
+        batch_digest=_hex(block.batch_digest),
+    )
+
+
+def _transaction(request: m.Request) -> TransactionOut:
+    try:
+        signed = txmod.decode(request.tx)
+    except txmod.MalformedTx:
+        # Ordered but refused by the contracts as malformed: it is in the block all the same.
+        return TransactionOut(
+            tx_id=digest(request.tx).hex(),
+            type=None,
+            author=None,
+            client=_hex(request.client_id),
+        )
+    return TransactionOut(
+        tx_id=_hex(signed.tx_id),
+        type=signed.type,
+        author=_hex(signed.author),
+        client=_hex(request.client_id),
+    )
+
+
+def block_out(block: m.Block, gateway: LedgerGateway) -> BlockOut:
+    return BlockOut(
+        **header_of(block).model_dump(),
+        certificate=CertificateOut(
+            view=block.view,
+            signers=list(block.signers),
+            signatures=[_hex(s) for s in block.certificate],
+        ),
+        transactions=[_transaction(r) for r in block.requests],
+        verified=verify_block(block, gateway.genesis.public_keys()),
+    )
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+@router.get("/status")
+def status(member: CurrentMember, ledger: LedgerDep) -> LedgerStatus:
+    """Each replica's height and view, or that it is unreachable; whether 2f+1 answer."""
+    return ledger_status(ledger)
+
+
+@router.get("/blocks")
+def blocks(
+    member: CurrentMember,
+    ledger: LedgerDep,
+    from_height: Annotated[int, Query(ge=1, le=2**62)] = 1,
+    limit: Annotated[int, Query(ge=1, le=BLOCKS_PAGE_MAX)] = 20,
+) -> BlockPage:
+    """Block headers from `from_height` upwards, each from a block whose certificate verified.
+
+    The header hash chains the blocks: each `prev_hash` is the previous header's `hash`.
+    """
+    tip = ledger_status(ledger).height
+    if tip is None:
+        raise LedgerUnavailable("no replica answered")
+    last = min(tip, from_height + limit - 1)
+    headers = [header_of(ledger.block(h)) for h in range(from_height, last + 1)]
+    return BlockPage(blocks=headers, height=tip, next_from_height=last + 1 if last < tip else None)
+
+
+@router.get("/blocks/{height}")
+def block(
+    member: CurrentMember,
+    ledger: LedgerDep,
+    height: Annotated[int, Path(ge=1, le=2**62)],
+) -> BlockOut:
+    """One block with its commit certificate and its transactions' ids, types and authors.
+
+    `verified` is recomputed here from the genesis validator keys; a client can redo it from
+    the certificate without trusting this service (docs/PBFT.md, "blocks").
+    """
+    tip = ledger_status(ledger).height
+    if tip is None or height > tip:
+        raise BlockNotFound(f"no block at height {height} yet")
+    return block_out(ledger.block(height), ledger)
