@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from api.bootstrap import found_local_ledger, issue_pending_dpo_key
 from api.keys import authenticate
+from api.ledger import LedgerGateway
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts.app import ConsentApp
 from ledger_bridge.genesis import load_genesis, load_signing_key
@@ -298,6 +299,14 @@ def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
         (vault_key, "vault"),
         (member.group(1), "dpo"),
     }
+
+    # The running chain holds the founders: the replicas answer a member query for the DPO.
+    gateway = LedgerGateway.from_directory(ledger_dir, data_dir / "keys", clients=1)
+    try:
+        answer = gateway.query("member", key=bytes.fromhex(member.group(1)))
+    finally:
+        gateway.close()
+    assert answer["result"]["role"] == "dpo" and answer["result"]["status"] == "active"
 
     dpo = {"Authorization": f"Bearer {token.group(1)}"}
     assert httpx.get(f"{first.url}/v1/datasets", headers=dpo).status_code == 200
