@@ -8,6 +8,10 @@ Why each limit exists:
   the primary keeps proposing while the next checkpoint stabilises.
 - `batch_size_max`, `batch_wait_ms`: a batch closes at this many requests or when its oldest
   request waited this long (TOCS §5.1 batching).
+- `batches_in_flight_max`: the primary proposes a new batch only while fewer than this many
+  are proposed and not yet executed (the BFT library's sliding window, TOCS §5.1.4 "batch
+  while busy"): every batch costs each replica a PRE-PREPARE, 2f+1 signed votes and an fsync,
+  so under load requests should pile into the next batch, not into many small ones.
 - `view_change_timeout_ms`: a backup that knows of a request not executed for this long (or
   has not heard from the primary) starts a view change; doubled per consecutive failed view
   change (TOCS §4.5.2 liveness).
@@ -32,6 +36,7 @@ class ClusterConfig:
     log_window: int = 128
     batch_size_max: int = 100
     batch_wait_ms: int = 2
+    batches_in_flight_max: int = 2
     view_change_timeout_ms: int = 1000
     view_change_timeout_max_ms: int = 30_000
     heartbeat_ms: int = 100
@@ -50,8 +55,10 @@ class ClusterConfig:
             raise ValueError("validator public keys are 32 bytes")
         if self.checkpoint_interval < 1 or self.log_window < 2 * self.checkpoint_interval:
             raise ValueError("need checkpoint_interval >= 1, log_window >= 2 * it")
-        if self.batch_size_max < 1 or self.batch_wait_ms < 0:
-            raise ValueError("need batch_size_max >= 1 and batch_wait_ms >= 0")
+        if self.batch_size_max < 1 or self.batch_wait_ms < 0 or self.batches_in_flight_max < 1:
+            raise ValueError(
+                "need batch_size_max >= 1, batch_wait_ms >= 0 and batches_in_flight_max >= 1"
+            )
         if self.heartbeat_ms < 1 or self.view_change_timeout_ms <= self.heartbeat_ms:
             raise ValueError("need 1 <= heartbeat_ms < view_change_timeout_ms")
         object.__setattr__(self, "verify_keys", tuple(VerifyKey(k) for k in self.public_keys))

@@ -485,6 +485,8 @@ class Replica:
         if self.muted:
             return  # a restarted primary may have forgotten a PRE-PREPARE it sent in this view
         while self.pending and self.next_seq <= self.high_watermark:
+            if self.next_seq - 1 - self.last_executed >= cfg.batches_in_flight_max:
+                return  # the window is full: requests gather for the next batch meanwhile
             batch: list[Request] = []
             oldest_ms = None
             for key, (req, arrived_ms) in list(self.pending.items()):

@@ -51,7 +51,7 @@ def test_unsigned_request_is_never_ordered() -> None:
 def test_batching_adapts_to_load() -> None:
     """TOCS §5.1.4: an idle primary proposes at once; while a batch is in flight, requests
     accumulate until batch_size_max or batch_wait_ms (§5.1 batching)."""
-    net = Net(params={"batch_size_max": 3, "batch_wait_ms": 50})
+    net = Net(params={"batch_size_max": 3, "batch_wait_ms": 50, "batches_in_flight_max": 4})
     net.filter = lambda src, dst, msg: not isinstance(msg, m.Commit)  # keep batch 1 in flight
     net.submit(request(1))
     net.deliver_all()
@@ -69,6 +69,33 @@ def test_batching_adapts_to_load() -> None:
     net.filter = lambda src, dst, msg: True
     net.tick(300)
     assert [len(b.requests) for b in net.blocks[1].values()] == [1, 2, 3]
+
+
+def test_a_full_window_of_batches_makes_the_next_batch_bigger() -> None:
+    """TOCS §5.1.4 (batch while busy, the BFT library's sliding window): with
+    `batches_in_flight_max` batches proposed and not executed, the primary proposes nothing,
+    even when the wait is over; what queued meanwhile goes into one batch once a batch
+    executes, not into a batch per tick."""
+    net = Net(params={"batch_size_max": 10, "batch_wait_ms": 5, "batches_in_flight_max": 2})
+    net.filter = lambda src, dst, msg: not isinstance(msg, m.Commit)  # nothing executes
+    net.submit(request(1))
+    net.submit(request(2, client=key(9)))
+    net.tick(20)
+
+    def batches() -> list[int]:  # batch size per sequence number (retransmissions collapse)
+        return [
+            n for _, n in sorted({p.seq: len(p.requests) for p in _sent(net, m.PrePrepare)}.items())
+        ]
+
+    assert batches() == [1, 1]
+    for i in range(5):
+        net.submit(request(10 + i, client=key(20 + i)))
+        net.tick(20)
+    assert batches() == [1, 1]  # the window is full: the five wait
+    net.filter = lambda src, dst, msg: True
+    net.tick(300)  # STATUS-driven retransmission lets the first two batches commit
+    assert batches() == [1, 1, 5]
+    assert [len(b.requests) for b in net.blocks[2].values()] == [1, 1, 5]
 
 
 def test_primary_never_proposes_above_the_high_watermark() -> None:
