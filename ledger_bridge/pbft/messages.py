@@ -480,11 +480,32 @@ def _fields(msg: Any, spec: tuple[tuple[str, Kind], ...]) -> bytes:
     return _pack_scalar(msg.TAG) + b"".join(_value(getattr(msg, name), kind) for name, kind in spec)
 
 
+# Encodings of the big composite messages, keyed by object identity (the entry keeps the
+# object alive, so the id cannot be reused while cached): a PRE-PREPARE is encoded on the wire,
+# inside its prepared certificate and in up to three log records per sequence number. Bounded
+# by total bytes; cleared when full, which costs only recomputation.
+_COMPOSITES: dict[int, tuple[Any, bytes]] = {}
+_composite_bytes = 0
+COMPOSITE_CACHE_BYTES_MAX = 64 * 1024 * 1024
+
+
 def _encode(msg: Any) -> bytes:
-    if type(msg) is Request:
+    global _composite_bytes
+    cls = type(msg)
+    if cls is Request:
         return _request_bytes(msg).encoded
+    if cls is PrePrepare or cls is PreparedCert:
+        hit = _COMPOSITES.get(id(msg))
+        if hit is not None and hit[0] is msg:
+            return hit[1]
     spec = msg.SPEC
     out: bytes = _array_header(len(spec) + 1) + _fields(msg, spec)
+    if cls is PrePrepare or cls is PreparedCert:
+        if _composite_bytes + len(out) > COMPOSITE_CACHE_BYTES_MAX:
+            _COMPOSITES.clear()
+            _composite_bytes = 0
+        _COMPOSITES[id(msg)] = (msg, out)
+        _composite_bytes += len(out)
     return out
 
 
