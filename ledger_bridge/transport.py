@@ -353,49 +353,42 @@ class PeerNetwork:
 ClientHandler = Callable[[Any, "ClientConnection"], Awaitable[None] | None]
 
 
+CLIENT_WRITE_BUFFER_BYTES_MAX = 16 * 1024 * 1024
+
+
 class ClientConnection:
     """One client's connection to a node: msgpack frames in both directions.
 
-    Outbound frames go through a bounded queue so a slow client cannot stall the replica loop;
-    a client that falls `queue_max` replies behind is disconnected (it will reconnect and
-    retry, which PBFT's reply cache answers).
+    Outbound frames go straight into the socket's write buffer (as `PeerSender` does: a task
+    wake-up per reply cost more than the reply). The buffer is bounded so a slow client
+    cannot grow the node's memory: a client more than `write_buffer_bytes_max` behind is
+    disconnected (it will reconnect and retry, which PBFT's reply cache answers).
     """
 
-    def __init__(self, writer: asyncio.StreamWriter, queue_max: int = SEND_QUEUE_MAX) -> None:
+    def __init__(
+        self,
+        writer: asyncio.StreamWriter,
+        write_buffer_bytes_max: int = CLIENT_WRITE_BUFFER_BYTES_MAX,
+    ) -> None:
         self._writer = writer
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_max)
-        self._task = asyncio.get_running_loop().create_task(self._pump())
+        self._write_buffer_bytes_max = write_buffer_bytes_max
         self.closed = False
 
     def send(self, obj: Any) -> None:
         if self.closed:
             return
-        try:
-            self._queue.put_nowait(encode_frame(pack(obj)))
-        except asyncio.QueueFull:
+        if self._writer.is_closing():
             self.close()
+            return
+        if self._writer.transport.get_write_buffer_size() > self._write_buffer_bytes_max:
+            self.close()
+            return
+        self._writer.write(encode_frame(pack(obj)))
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self._writer.close()
-            self._task.cancel()
-
-    async def _pump(self) -> None:
-        try:
-            while True:
-                frame = await self._queue.get()
-                if frame is None:
-                    return
-                frames = [frame]
-                while not self._queue.empty() and len(frames) < 256:
-                    nxt = self._queue.get_nowait()
-                    if nxt is not None:
-                        frames.append(nxt)
-                self._writer.write(b"".join(frames))
-                await self._writer.drain()
-        except (OSError, ConnectionError):
-            self.close()
 
 
 class ClientListener:
