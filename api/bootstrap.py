@@ -275,6 +275,7 @@ def open_ledger(
             if not (directory / gen.GENESIS_FILE).exists():
                 founding = found_local_ledger(data_dir, replicas or DEFAULT_REPLICAS)
             cluster = stack.enter_context(Cluster(directory))
+            _require_contracts(directory, cluster.genesis)
             _refuse_running_replicas(cluster)
             if replicas is not None and replicas != cluster.n:
                 warnings.append(
@@ -293,6 +294,7 @@ def open_ledger(
             directory = external_dir
             if not (directory / gen.GENESIS_FILE).exists():
                 raise BootstrapError(f"{directory} has no {gen.GENESIS_FILE}")
+            _require_contracts(directory, gen.load_genesis(directory / gen.GENESIS_FILE))
         gateway = LedgerGateway.from_directory(directory, keys_dir(data_dir))
         stack.callback(gateway.close)
         if not _is_vault_member(gateway):
@@ -302,6 +304,17 @@ def open_ledger(
                 "governance admits it (role vault)"
             )
         yield RunningLedger(gateway, directory, cluster, founding, warnings)
+
+
+def _require_contracts(directory: Path, genesis: gen.Genesis) -> None:
+    """The API speaks the consent contracts; a chain of another application (say, the key-value
+    one `civis-vault ledger up` makes in the same default directory) cannot serve it."""
+    app = genesis.params.get("app", "kv")
+    if app != LEDGER_PARAMS["app"]:
+        raise BootstrapError(
+            f"the chain in {directory} runs the application {app!r}, not the consent contracts; "
+            "give `up` another --data-dir, or --ledger-dir of a contracts chain"
+        )
 
 
 def _refuse_running_replicas(cluster: Cluster) -> None:

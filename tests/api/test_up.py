@@ -25,12 +25,12 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session
 
-from api.bootstrap import found_local_ledger, issue_pending_dpo_key
+from api.bootstrap import BootstrapError, found_local_ledger, issue_pending_dpo_key, open_ledger
 from api.keys import authenticate
 from api.ledger import LedgerGateway
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts.app import ConsentApp
-from ledger_bridge.genesis import load_genesis, load_signing_key
+from ledger_bridge.genesis import create_local, load_genesis, load_signing_key
 from tests.ledger_bridge.test_processes import _base_port
 from vault import db
 
@@ -166,6 +166,19 @@ def test_the_founded_chain_admits_the_vault_and_the_dpo_and_the_key_is_owed_once
         engine.dispose()
     assert member is not None
     assert (member.member_id, member.role) == (founding.dpo_public_key, "dpo")
+
+
+def test_up_refuses_a_chain_that_does_not_run_the_consent_contracts(tmp_path: Path) -> None:
+    # `civis-vault ledger up` makes a key-value chain in the same default directory.
+    data_dir = tmp_path / "civis"
+    create_local(data_dir / "ledger", 4, base_port=_base_port(), use_tls=False)
+    for external in (None, data_dir / "ledger"):
+        with (
+            pytest.raises(BootstrapError, match="not the consent contracts"),
+            open_ledger(data_dir, external_dir=external),
+        ):
+            pass
+    assert not _replica_pids(data_dir / "ledger")
 
 
 # -- the whole system: ledger cluster, first-run bootstrap, reuse, signals --------------------
