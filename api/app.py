@@ -13,6 +13,8 @@ from api import errors
 from api.middleware import BodyLimit, Metrics
 from api.readiness import ReadinessProbe
 from api.routes import datasets, health
+from api.routes import dpo as dpo_routes
+from api.routes import ledger as ledger_routes
 from vault import db
 from vault.config import Settings
 from vault.keys import KeyStore, make_provider
@@ -79,6 +81,9 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(datasets.router)
+    app.include_router(ledger_routes.router)
+    app.include_router(dpo_routes.router)
+    app.include_router(dpo_routes.page_router)
     app.add_middleware(
         BodyLimit,
         upload_max_bytes=settings.upload_body_max_bytes,
