@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,26 @@ def _cluster(directory: Path, batch: int) -> Cluster:
         base_port=_free_base_port(),
         params={"batch_size_max": batch, "batch_wait_ms": 2 if batch > 1 else 0},
     )
+
+
+@contextlib.contextmanager
+def _running_cluster(directory: Path, batch: int, attempts: int = 3) -> Iterator[Cluster]:
+    """A started, ready cluster. Other test runs on a shared machine can take a port between
+    `_free_base_port` and the replicas' bind: a replica that exits at start-up is retried on
+    a fresh directory and port block."""
+    for attempt in range(attempts):
+        cluster = _cluster(directory / f"try{attempt}", batch)
+        try:
+            cluster.start()
+            cluster.wait_ready()
+        except RuntimeError:
+            cluster.close()
+            if attempt == attempts - 1:
+                raise
+            continue
+        with cluster:
+            yield cluster
+        return
 
 
 async def _kill_primary(cluster: Cluster, duration_s: float) -> dict[str, Any]:
@@ -309,9 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"point_s": duration_s, "cores": os.cpu_count(), "ledger": {}}
     with tempfile.TemporaryDirectory(prefix="civis-bench-ledger-") as tmp:
         for b in sizes:
-            with _cluster(Path(tmp) / f"b{b}", b) as cluster:
-                cluster.start()
-                cluster.wait_ready()
+            with _running_cluster(Path(tmp) / f"b{b}", b) as cluster:
                 point = asyncio.run(_ledger_point(cluster, max(1, b), duration_s))
                 # A second, warm-up-free run gives CPU and fsyncs per committed tx.
                 probe = asyncio.run(_ledger_point(cluster, max(1, b), 2.0, warmup_s=0))
@@ -319,16 +337,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 point["fsyncs_per_tx"] = probe.get("fsyncs_per_tx")
             out["ledger"][str(b)] = {"clients": max(1, b), **point}
         # Between 10 and 100 clients lies the knee where >= 1,000 tx/s meets p99 <= 100 ms.
-        with _cluster(Path(tmp) / "knee", KILL_BATCH) as cluster:
-            cluster.start()
-            cluster.wait_ready()
+        with _running_cluster(Path(tmp) / "knee", KILL_BATCH) as cluster:
             out["ledger"]["100/50clients"] = {
                 "clients": KILL_CLIENTS,
                 **asyncio.run(_ledger_point(cluster, KILL_CLIENTS, duration_s)),
             }
-        with _cluster(Path(tmp) / "kill", KILL_BATCH) as cluster:
-            cluster.start()
-            cluster.wait_ready()
+        with _running_cluster(Path(tmp) / "kill", KILL_BATCH) as cluster:
             out["primary_kill"] = asyncio.run(_kill_primary(cluster, 3 * duration_s))
     out["baseline_unreplicated"] = _baseline(duration_s)
     out["ratio_ledger_to_baseline_tx_per_s"] = {
