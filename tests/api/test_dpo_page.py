@@ -1,14 +1,26 @@
-"""The DPO page renders the vault's real state and shows up in headless Chromium."""
+"""The DPO page renders the vault's real state and shows up in headless Chromium.
+
+The last test is the whole path a DPO takes: a real HTTP server over the app with a real
+ledger, Chromium posting the key in the sign-in form, the session cookie carrying the rest.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import uvicorn
 from sqlalchemy.orm import Session
 
 from api.dpo_page import DpoPageData, render_dpo_page
+from api.routes.dpo import SESSION_COOKIE
+from tests.api.ledger_env import LedgerEnv
+from tests.api.ledger_env import ledger_cluster as ledger_cluster  # fixture
+from tests.api.ledger_env import ledger_env as ledger_env  # fixture
 from tests.browser import browser_page, png_colours
 from tests.vault.conftest import VaultServices, make_dataset
 from tests.vault.conftest import services as services  # fixture
@@ -73,3 +85,53 @@ def test_page_in_headless_chromium(
         assert page.locator("#ledger td.bad").inner_text() == "down"
         page.screenshot(path=str(shot), full_page=True)
     assert png_colours(shot) > 8  # a rendered page with charts, not a blank or error screen
+
+
+def _serve(env: LedgerEnv) -> tuple[uvicorn.Server, threading.Thread, int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    # The TestClient already ran the app's lifespan: this server only adds real HTTP.
+    config = uvicorn.Config(
+        env.client.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="dpo-page-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the HTTP server did not start"
+        time.sleep(0.02)
+    return server, thread, port
+
+
+def test_dpo_signs_in_with_the_form_and_reads_the_page(
+    ledger_env: LedgerEnv, tmp_path: Path
+) -> None:
+    env = ledger_env
+    key = env.headers("dpo", env.dpo)["Authorization"].removeprefix("Bearer ")
+    server, thread, port = _serve(env)
+    shot = tmp_path / "dpo-live.png"
+    try:
+        with browser_page() as page:
+            page.goto(f"http://127.0.0.1:{port}/dpo")
+            assert page.locator("#sign-in").is_visible()
+            page.fill("#api_key", key)
+            page.click("#sign-in button[type=submit]")
+            page.wait_for_selector("#ledger")
+            assert page.title() == "Civis Vault: Data Protection Officer"
+            assert page.url == f"http://127.0.0.1:{port}/dpo"  # the key is in no URL
+            assert page.locator("#ledger td.ok").count() == 4  # four replicas up
+            cookies = {c["name"]: c for c in page.context.cookies()}
+            session = cookies[SESSION_COOKIE]
+            assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
+            assert key.split("_")[-1] not in session["value"]
+            assert page.evaluate("document.cookie") == ""  # no script can read it
+            page.screenshot(path=str(shot), full_page=True)
+            page.click("#sign-out")
+            page.wait_for_selector("#sign-in")
+            assert SESSION_COOKIE not in {c["name"] for c in page.context.cookies()}
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert png_colours(shot) > 8
