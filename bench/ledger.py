@@ -167,14 +167,14 @@ def _cluster(directory: Path, batch: int) -> Cluster:
 @contextlib.contextmanager
 def _running_cluster(directory: Path, batch: int, attempts: int = 3) -> Iterator[Cluster]:
     """A started, ready cluster. Other test runs on a shared machine can take a port between
-    `_free_base_port` and the replicas' bind: a replica that exits at start-up is retried on
-    a fresh directory and port block."""
+    `_free_base_port` and the replicas' bind: a replica that exits (or never answers) at
+    start-up is retried on a fresh directory and port block."""
     for attempt in range(attempts):
         cluster = _cluster(directory / f"try{attempt}", batch)
         try:
             cluster.start()
             cluster.wait_ready()
-        except RuntimeError:
+        except (RuntimeError, TimeoutError):
             cluster.close()
             if attempt == attempts - 1:
                 raise

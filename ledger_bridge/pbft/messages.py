@@ -22,6 +22,7 @@ drops it and counts it.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -456,9 +457,9 @@ REQUEST_CACHE_MAX = 65_536
 def _request_bytes(req: Request) -> _RequestBytes:
     info = _REQUESTS.get(req)
     if info is None:
-        body = _fields(req, Request.SPEC[:-1])
-        encoded = b"".join((b"\x95", body, _pack_scalar(req.signature)))
-        info = _RequestBytes(encoded, b"".join((DOMAIN, b"\x94", body)))
+        unsigned = _PACKER.pack([Request.TAG, req.client_id, req.request_id, req.tx])
+        encoded = b"".join((b"\x95", unsigned[1:], _pack_scalar(req.signature)))
+        info = _RequestBytes(encoded, DOMAIN + unsigned)
         if len(_REQUESTS) >= REQUEST_CACHE_MAX:
             _REQUESTS.clear()
         _REQUESTS[req] = info
@@ -498,17 +499,40 @@ def _remember_composite(msg: Any, encoded: bytes) -> None:
     _composite_bytes += len(encoded)
 
 
+def _scalar_kind(kind: Kind) -> bool:
+    return isinstance(kind, str) or (isinstance(kind, tuple) and isinstance(kind[1], str))
+
+
+def _flat_getters() -> dict[type[Any], tuple[Any, Any]]:
+    """For messages whose fields are all scalars or lists of scalars (votes, replies,
+    checkpoints, status): getters of (all fields, all but the signature). Their canonical
+    encoding is msgpack of `[tag, *fields]`, one call into msgpack's C packer."""
+    out: dict[type[Any], tuple[Any, Any]] = {}
+    for cls in _CLASSES.values():
+        if cls is not Request and all(_scalar_kind(k) for _, k in cls.SPEC):
+            names = [name for name, _ in cls.SPEC]
+            out[cls] = (operator.attrgetter(*names), operator.attrgetter(*names[:-1]))
+    return out
+
+
+_FLAT = _flat_getters()
+
+
 def _encode(msg: Any) -> bytes:
     cls = type(msg)
     if cls is Request:
         return _request_bytes(msg).encoded
+    flat = _FLAT.get(cls)
+    if flat is not None:
+        out: bytes = _PACKER.pack([msg.TAG, *flat[0](msg)])
+        return out
     composite = cls is PrePrepare or cls is PreparedCert
     if composite:
         hit = _COMPOSITES.get(id(msg))
         if hit is not None and hit[0] is msg:
             return hit[1]
     spec = msg.SPEC
-    out: bytes = _array_header(len(spec) + 1) + _fields(msg, spec)
+    out = _array_header(len(spec) + 1) + _fields(msg, spec)
     if composite:
         _remember_composite(msg, out)
     return out
@@ -530,6 +554,10 @@ def signing_bytes(msg: Message) -> bytes:
         raise LocalProtocolError(f"{type(msg).__name__} is not a signed message")
     if type(msg) is Request:
         return _request_bytes(msg).signing
+    flat = _FLAT.get(type(msg))
+    if flat is not None and msg.SIGNED:
+        body: bytes = _PACKER.pack([msg.TAG, *flat[1](msg)])
+        return DOMAIN + body
     spec = msg.SPEC[:-1]
     return DOMAIN + _array_header(len(spec) + 1) + _fields(msg, spec)
 

@@ -119,7 +119,10 @@ def test_the_part_by_part_encoder_is_msgpack_of_the_nested_arrays() -> None:
     reqs = tuple(request(i) for i in range(1, 40))
     block = m.Block(7, 1, b"p" * 32, 9, b"d" * 32, reqs, b"r" * 32, b"s" * 32, (0, 2, 3), (b"x",))
     data = m.sign(m.StateData(8, (), b"snap", (block,) * 17, 2), key(2))
-    for msg in [*_samples(), block, data, m.PrePrepare(0, 2, b"d", 0, reqs[:16], 0)]:
+    reply = m.sign(m.Reply(3, 2**40, b"c" * 32, 1, b"result" * 50, 300), key(1))
+    commit = m.sign(m.Commit(1, 70_000, b"d" * 32, 2), key(2))
+    odd: list[m.Message] = [block, data, reply, commit, m.PrePrepare(0, 2, b"d", 0, reqs[:16], 0)]
+    for msg in [*_samples(), *odd]:
         expected = msgpack.packb(_reference(msg), use_bin_type=True)
         assert m.encode(msg) == expected
         assert m.decode(expected) == msg
