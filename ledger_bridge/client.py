@@ -18,6 +18,12 @@ their reply cache.
 
 Replies are checked lazily: a reply's signature is verified only once f+1 replies agree on
 the same answer (PBFT §4.1 needs f+1 *valid* matching replies); the others are never paid for.
+Over TCP a reply is authenticated by a MAC instead (PBFT's authenticators, TOCS 2002 §5):
+on connecting, the client and each replica agree a session key (ephemeral X25519, the
+replica's half signed by its validator key, see `crypto.SessionKey`), and the node attaches
+HMAC-SHA256(key, reply) to every reply on that connection. A reply whose MAC fails is
+dropped like one whose signature fails. Replies stay signed by the replica core, so blocks,
+the simulator and clients without a session check signatures as before.
 
 The transport is swappable (httpx's `MockTransport` pattern): `TcpClientTransport` talks to
 node processes; `InProcessTransport` drives `Replica` objects directly, for fast tests.
@@ -40,7 +46,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from ledger_bridge.crypto import SigningKey, VerifyKey, digest
+from ledger_bridge.crypto import (
+    SessionKey,
+    SigningKey,
+    VerifyKey,
+    digest,
+    mac_ok,
+    session_transcript,
+)
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block, verify_chain
 from ledger_bridge.pbft.replica import Ready, Replica
@@ -64,7 +77,10 @@ CALL_TIMEOUT_MS = 5_000
 CONNECT_TIMEOUT_MS = 1_000
 PENDING_CALLS_MAX = 1024
 
-ReplyHandler = Callable[[int, bytes], None]
+# handler(replica id, encoded reply, authenticated): `authenticated` is True when the
+# transport checked the reply's MAC under a session key agreed with that replica, so the
+# client may skip the reply's signature.
+ReplyHandler = Callable[[int, bytes, bool], None]
 
 
 class LedgerError(Exception):
@@ -95,7 +111,8 @@ class ClientTransport(Protocol):
     n: int
 
     def on_reply(self, client_id: bytes, handler: ReplyHandler | None) -> None:
-        """Route encoded replies for `client_id` to `handler(replica_id, reply_bytes)`."""
+        """Route encoded replies for `client_id` to `handler(replica_id, reply_bytes,
+        authenticated)`."""
         ...
 
     async def send(self, replica: int, request: bytes) -> None:
@@ -114,6 +131,8 @@ class _Conn:
         self.reader = reader
         self.writer = writer
         self.task: asyncio.Task[None] | None = None
+        self.session: SessionKey | None = None  # ours, while the replica's answer is due
+        self.mac_key: bytes | None = None  # agreed with the replica: its replies carry MACs
 
 
 class TcpClientTransport:
@@ -134,6 +153,14 @@ class TcpClientTransport:
         self._handlers: dict[bytes, ReplyHandler] = {}
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._call_ids = itertools.count(1)
+        self._validators: list[VerifyKey] | None = None
+        self.forged_replies = 0  # replies whose MAC did not verify: dropped
+
+    def enable_reply_macs(self, validators: Sequence[VerifyKey]) -> None:
+        """Agree a MAC key with each replica on connection (`crypto.SessionKey`); its replies
+        are then checked by HMAC, not by signature. A replica that does not answer the
+        session request keeps sending signed replies without MACs, which still count."""
+        self._validators = list(validators)
 
     def on_reply(self, client_id: bytes, handler: ReplyHandler | None) -> None:
         if handler is None:
@@ -162,6 +189,9 @@ class TcpClientTransport:
             )
             set_nodelay(writer)
             conn = _Conn(reader, writer)
+            if self._validators is not None:
+                conn.session = SessionKey()
+                writer.write(encode_frame(pack({"op": "session", "key": conn.session.public})))
             conn.task = asyncio.get_running_loop().create_task(self._read(replica, conn))
             self._conns[replica] = conn
             return conn
@@ -177,27 +207,57 @@ class TcpClientTransport:
                 payload = await read_frame(conn.reader, self._frame_bytes_max)
                 if payload is None:
                     return
-                self._dispatch(replica, unpack(payload, self._frame_bytes_max))
+                self._dispatch(replica, unpack(payload, self._frame_bytes_max), conn)
         except (RemoteProtocolError, OSError, ConnectionError, ssl.SSLError) as exc:
             log.debug("replica %d connection lost: %s", replica, type(exc).__name__)
         finally:
             self._drop(replica, conn)
 
-    def _dispatch(self, replica: int, frame: Any) -> None:
+    def _dispatch(self, replica: int, frame: Any, conn: _Conn) -> None:
         if not isinstance(frame, dict):
             return
-        if frame.get("op") == "reply":
+        op = frame.get("op")
+        if op == "reply":
             reply = frame.get("reply")
             client = frame.get("client")
-            if isinstance(reply, bytes) and isinstance(client, bytes):
-                handler = self._handlers.get(client)
-                if handler is not None:
-                    handler(replica, reply)
+            if not isinstance(reply, bytes) or not isinstance(client, bytes):
+                return
+            tag = frame.get("mac")
+            authenticated = False
+            if tag is not None:
+                # A MAC that does not verify is a forgery, like a bad signature: drop it.
+                if conn.mac_key is None or not isinstance(tag, bytes):
+                    self.forged_replies += 1
+                    return
+                if not mac_ok(conn.mac_key, reply, tag):
+                    self.forged_replies += 1
+                    return
+                authenticated = True
+            handler = self._handlers.get(client)
+            if handler is not None:
+                handler(replica, reply, authenticated)
+            return
+        if op == "session":
+            self._on_session(replica, frame, conn)
             return
         call_id = frame.get("id")
         fut = self._calls.pop(call_id, None) if isinstance(call_id, int) else None
         if fut is not None and not fut.done():
             fut.set_result(frame)
+
+    def _on_session(self, replica: int, frame: dict[str, Any], conn: _Conn) -> None:
+        """The replica's half of the key agreement, signed by its validator key."""
+        mine, theirs, sig = conn.session, frame.get("key"), frame.get("sig")
+        conn.session = None  # one answer per connection
+        if mine is None or self._validators is None or not 0 <= replica < len(self._validators):
+            return
+        if not isinstance(theirs, bytes) or not isinstance(sig, bytes):
+            return
+        transcript = session_transcript(replica, mine.public, theirs)
+        if not self._validators[replica].verify(transcript, sig):
+            log.warning("replica %d: session answer not signed by its validator key", replica)
+            return
+        conn.mac_key = mine.mac_key(theirs, transcript)
 
     async def send(self, replica: int, request: bytes) -> None:
         try:
@@ -281,7 +341,7 @@ class InProcessTransport:
                     for cr in ready.replies:
                         handler = self._handlers.get(cr.client_id)
                         if handler is not None:
-                            handler(i, m.encode(cr.reply))
+                            handler(i, m.encode(cr.reply), False)
                     replica.advance(ready)
             if not inbox:
                 return
@@ -355,14 +415,18 @@ class AsyncLedgerClient:
         self._view = 0
         self._waiting: dict[int, m.Reply] | None = None  # replica -> its unverified reply
         self._waiting_id = -1
+        self._authenticated: set[int] = set()  # replicas whose waiting reply came with a MAC
         self._rtt_ms: float | None = None  # smoothed commit latency (first attempts only)
         self._done: asyncio.Future[tuple[int, bytes]] | None = None
         transport.on_reply(self.client_id, self._on_reply)
+        enable_macs = getattr(transport, "enable_reply_macs", None)
+        if enable_macs is not None:
+            enable_macs(self.validators)
 
     def _primary(self) -> int:
         return self._view % self.transport.n
 
-    def _on_reply(self, replica: int, payload: bytes) -> None:
+    def _on_reply(self, replica: int, payload: bytes, authenticated: bool = False) -> None:
         try:
             reply = m.decode(payload)
         except m.RemoteProtocolError:
@@ -375,11 +439,17 @@ class AsyncLedgerClient:
         if reply.replica_id != replica:
             return  # a replica cannot answer for another
         waiting[replica] = reply
+        if authenticated:  # its MAC, under a key agreed with that replica, checked out
+            self._authenticated.add(replica)
+        else:
+            self._authenticated.discard(replica)
         answer = (reply.block_height, reply.result)
         agreeing = [r for r in waiting.values() if (r.block_height, r.result) == answer]
         if len(agreeing) < self.f + 1:
             return
         for r in agreeing:  # f+1 claim the same answer: now check that they really said it
+            if r.replica_id in self._authenticated:
+                continue
             if not m.verify_reply(r, self.validators):
                 del waiting[r.replica_id]
         verified = [r for r in waiting.values() if (r.block_height, r.result) == answer]
@@ -395,6 +465,7 @@ class AsyncLedgerClient:
             request = m.make_request(self.key, rid, tx)
             encoded = m.encode(request)
             self._waiting, self._waiting_id = {}, rid
+            self._authenticated = set()
             self._done = asyncio.get_running_loop().create_future()
             started = time.monotonic()
             deadline = started + self.timeout_ms / 1000

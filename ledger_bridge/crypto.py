@@ -16,11 +16,13 @@ import hmac
 import os
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -114,6 +116,50 @@ def mac(key: bytes, message: bytes) -> bytes:
 
 def mac_ok(key: bytes, message: bytes, tag: bytes) -> bool:
     return hmac.compare_digest(mac(key, message), tag)
+
+
+# -- reply sessions: MAC authenticators between one client connection and one replica -------
+#
+# Why: a client needs f+1 authentic REPLYs per transaction; checking two Ed25519 signatures
+# costs it ~0.1-0.3 ms, an HMAC ~2 us (PBFT's authenticators, TOCS 2002). Each end of a
+# client connection draws an ephemeral X25519 key; the replica signs the transcript (replica
+# id, both public keys) with its validator key, so the client knows whom it shares the MAC
+# key with; both derive the key with HKDF-SHA256 over the transcript. Ephemeral keys: a
+# replica's stolen validator key does not reveal past session keys.
+
+SESSION_DOMAIN = b"civis-pbft-v1:reply-session:"
+X25519_PUBLIC_BYTES = 32
+
+
+def session_transcript(replica_id: int, client_public: bytes, replica_public: bytes) -> bytes:
+    """What the replica signs and both ends bind the MAC key to."""
+    return SESSION_DOMAIN + replica_id.to_bytes(4, "big") + client_public + replica_public
+
+
+class SessionKey:
+    """An ephemeral X25519 key for one connection. `repr()` shows the public half only."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self) -> None:
+        self._key = X25519PrivateKey.generate()
+        self.public = self._key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def mac_key(self, peer_public: bytes, transcript: bytes) -> bytes | None:
+        """The shared MAC key, or None for a malformed or small-order peer key."""
+        if len(peer_public) != X25519_PUBLIC_BYTES:
+            return None
+        try:
+            shared = self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError:
+            return None
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=MAC_BYTES, salt=None, info=transcript)
+        return hkdf.derive(shared)
+
+    def __repr__(self) -> str:
+        return f"SessionKey(public={self.public.hex()[:16]}…, private=***)"
 
 
 def digest(data: bytes) -> bytes:

@@ -39,6 +39,7 @@ from typing import Any
 from ledger_bridge import genesis as gen
 from ledger_bridge import tls
 from ledger_bridge.app import Application
+from ledger_bridge.crypto import SessionKey, mac, session_transcript
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.config import ClusterConfig
 from ledger_bridge.pbft.replica import DurableDelta, DurableState, Ready, Replica
@@ -140,6 +141,8 @@ class Node:
         op = frame.get("op")
         if op == "submit":
             self._on_submit(frame.get("request"), conn)
+        elif op == "session":
+            self._on_session(frame.get("key"), conn)
         elif op in ("status", "block", "query"):
             conn.send({"op": op, "id": frame.get("id"), **self._read(op, frame)})
         else:
@@ -164,6 +167,21 @@ class Node:
             self._client_conns = {k: c for k, c in self._client_conns.items() if not c.closed}
         self.replica.step(request, now_ms())
         self._schedule_flush()
+
+    def _on_session(self, client_public: Any, conn: ClientConnection) -> None:
+        """Agree a reply MAC key with this connection (see `crypto.SessionKey`): replies on it
+        then carry an HMAC the client checks instead of our signature."""
+        if not isinstance(client_public, bytes):
+            self.dropped_client += 1
+            return
+        mine = SessionKey()
+        transcript = session_transcript(self.config.id, client_public, mine.public)
+        mac_key = mine.mac_key(client_public, transcript)
+        if mac_key is None:
+            self.dropped_client += 1
+            return
+        conn.mac_key = mac_key
+        conn.send({"op": "session", "key": mine.public, "sig": self.replica.key.sign(transcript)})
 
     def _read(self, op: str, frame: dict[str, Any]) -> dict[str, Any]:
         if op == "status":
@@ -238,9 +256,11 @@ class Node:
         for reply in ready.replies:
             conn = self._client_conns.get(reply.client_id)
             if conn is not None and not conn.closed:
-                conn.send(
-                    {"op": "reply", "client": reply.client_id, "reply": m.encode(reply.reply)}
-                )
+                encoded = m.encode(reply.reply)
+                frame = {"op": "reply", "client": reply.client_id, "reply": encoded}
+                if conn.mac_key is not None:
+                    frame["mac"] = mac(conn.mac_key, encoded)
+                conn.send(frame)
 
     async def _ticker(self) -> None:
         while True:

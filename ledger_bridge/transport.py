@@ -373,6 +373,7 @@ class ClientConnection:
         self._writer = writer
         self._write_buffer_bytes_max = write_buffer_bytes_max
         self.closed = False
+        self.mac_key: bytes | None = None  # set by the node once a reply session is agreed
 
     def send(self, obj: Any) -> None:
         if self.closed:

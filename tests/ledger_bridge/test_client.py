@@ -6,14 +6,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Coroutine
+import socket
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from ledger_bridge.client import AsyncLedgerClient, CertificateError, InProcessTransport
-from ledger_bridge.crypto import SigningKey
+from ledger_bridge.client import (
+    AsyncLedgerClient,
+    CertificateError,
+    InProcessTransport,
+    TcpClientTransport,
+)
+from ledger_bridge.cluster import Cluster
+from ledger_bridge.crypto import SigningKey, VerifyKey
+from ledger_bridge.genesis import load_node_config
 from ledger_bridge.kvapp import KVApp, encode_get, encode_set
+from ledger_bridge.node import Node
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import verify_chain
 from ledger_bridge.pbft.config import ClusterConfig
@@ -97,13 +107,13 @@ def test_f_plus_1_agreeing_replies_with_forged_signatures_are_not_a_receipt() ->
         genuine = transport._handlers[client.client_id]
         forged_from: list[int] = []
 
-        def tamper(replica: int, payload: bytes) -> None:
+        def tamper(replica: int, payload: bytes, authenticated: bool) -> None:
             if replica in (1, 2):
                 reply = m.decode(payload)
                 assert isinstance(reply, m.Reply)
                 payload = m.encode(dataclasses.replace(reply, result=b"forged"))
                 forged_from.append(replica)
-            genuine(replica, payload)
+            genuine(replica, payload, authenticated)
 
         transport.on_reply(client.client_id, tamper)
         receipt = await client.submit(encode_set(b"a", b"1"))
@@ -141,5 +151,82 @@ def test_the_retry_time_follows_the_observed_commit_latency() -> None:
     async def go() -> None:
         assert await attempt(10_000.0) == [0]
         assert (await attempt(None))[:5] == [0, 0, 1, 2, 3]
+
+    run(go())
+
+
+def _port_block() -> int:
+    """A base port with base..base+7 and base+100..base+107 free (peers and client ports)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base > 60_000:
+            continue
+        try:
+            for port in (*range(base, base + 8), *range(base + 100, base + 108)):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port block")
+
+
+def test_forged_reply_macs_are_rejected_like_forged_signatures(tmp_path: Path) -> None:
+    """Castro & Liskov, TOCS 2002 §5 (authenticators: MACs instead of signatures where no
+    third party must be convinced). Over real TCP to four in-process nodes, the client agrees
+    a MAC key with each replica (the replica's half signed by its validator key) and checks
+    replies by HMAC. Replicas 1 and 2 are then made to MAC under keys the client does not
+    share (what a forger without the session key produces): their replies are dropped, they
+    never count towards the f+1, and the receipt is the one replicas 0 and 3 vouch for. A
+    session answer not signed by the replica's validator key yields no MAC key at all."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+    validators = cluster.genesis.public_keys()
+
+    async def go() -> None:
+        nodes = [Node(load_node_config(f), synchronous="OFF") for f in cluster.node_files]
+        tasks = [asyncio.create_task(node.run()) for node in nodes]
+        transport = TcpClientTransport(cluster.client_addresses())
+        client = AsyncLedgerClient(transport, validators, 1, retry_ms=200, timeout_ms=20_000)
+        try:
+            first = await client.submit(encode_set(b"a", b"1"))
+            macs = {i: c.mac_key for i, c in transport._conns.items()}
+            assert macs.get(0) is not None and transport.forged_replies == 0
+            verified: list[int] = []
+            original = m.verify_reply
+
+            def counting(reply: m.Reply, keys: Sequence[VerifyKey]) -> bool:
+                verified.append(reply.replica_id)
+                return original(reply, keys)
+
+            m.verify_reply = counting  # type: ignore[assignment]
+            try:
+                for i in range(4):  # sessions with every replica, then forged MACs from 1, 2
+                    await transport.send(i, m.encode(m.make_request(client.key, 1, b"probe")))
+                await asyncio.sleep(0.2)
+                assert all(transport._conns[i].mac_key is not None for i in range(4))
+                for i in (1, 2):
+                    transport._conns[i].mac_key = bytes(32)
+                second = await client.submit(encode_set(b"b", b"2"))
+            finally:
+                m.verify_reply = original
+            assert second.block_height > first.block_height
+            assert transport.forged_replies >= 2  # both forgers' replies were dropped
+            assert verified == []  # the genuine replies were MAC-checked, no signature check
+
+            # The session answer must be signed by the validator key of the replica it names.
+            forged = SigningKey.generate()
+            bad = TcpClientTransport(cluster.client_addresses())
+            bad.enable_reply_macs([forged.public_key] * 4)
+            await bad.send(0, m.encode(m.make_request(client.key, 2, b"probe")))
+            await asyncio.sleep(0.2)
+            assert bad._conns[0].mac_key is None
+            await bad.close()
+        finally:
+            await transport.close()
+            for node in nodes:
+                node.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     run(go())
