@@ -11,7 +11,10 @@ Measures, on this machine, in one run:
   report is a ratio (these shared 2-core machines are noisy; absolute numbers are context).
 
 Clients run in this process on asyncio; the replicas are separate processes. With 2 cores
-shared by 4 replicas and the clients, CPU is the bottleneck and the figures say so.
+shared by 4 replicas and the clients, CPU is the bottleneck and the figures say so. A second,
+warm-up-free run per point records each replica's CPU time and fsyncs per committed tx
+(`replica_cpu_ms_per_tx`, `fsyncs_per_tx`). `CIVIS_NODE_PROFILE=<dir>` makes every replica
+write a CPU-time cProfile there when it stops.
 """
 
 from __future__ import annotations
