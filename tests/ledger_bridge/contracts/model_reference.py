@@ -1,0 +1,286 @@
+"""A plain-Python reference model of the consent contracts, written from the specification.
+
+It shares no code with `ledger_bridge.contracts.rules` on purpose: where the rules keep two
+versions of a consent (current and previous, tagged with heights) the model keeps the whole
+history of writes and looks the answer up; where the rules index keys in the state, the model
+scans dicts. Two independent readings of the same specification that agree on thousands of
+random sequences are the evidence; one reading checked against itself would prove nothing.
+
+The specification it encodes (docs/CONTRACTS.md, rules.py's module docstring):
+
+- a consent (subject, consumer, dataset-or-category scope, purpose) is in force for a decision
+  in block h at block time `now` iff the newest write to it made BEFORE block h is a grant
+  and `now < valid_until`; two writes in one block: the later one is the block's word;
+- an erasure of a subject (everywhere, or in one dataset) denies from the block after it;
+- an access request names a consumer, a dataset and a purpose allowed for it; each subject
+  is granted iff not erased and in force for the dataset's scope or its category's;
+- an upload is listed to a consumer while anchored (not erased or expired) and before its
+  retention deadline, the end of its retention day, at once (no next-block delay).
+
+Every method returns the result the contracts must give: a success map without the `tx`
+field, or `{"ok": False, "code": ...}` (the message is not modelled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DAY_MS = 86_400_000
+
+Version = tuple[int, int, bool]  # (height written, valid_until, granted)
+ConsentKey = tuple[str, bytes, str, str]  # (subject, consumer, scope, purpose)
+
+
+class Refused(Exception):
+    """The model's way of saying "the contracts must refuse this with `code`"."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def refused(code: str) -> dict[str, Any]:
+    return {"ok": False, "code": code}
+
+
+@dataclass
+class ModelUpload:
+    dataset: str
+    day: int
+    status: str = "anchored"  # anchored | erased | expired
+
+    @property
+    def deadline(self) -> int:
+        return (self.day + 1) * DAY_MS
+
+
+@dataclass
+class Reference:
+    """The model's whole state; `begin_block` then one method per transaction, in order."""
+
+    members: dict[bytes, tuple[str, str]]  # key -> (role, status)
+    datasets: dict[str, tuple[str, tuple[str, ...]]]  # id -> (category, purposes)
+    purposes: frozenset[str]  # approved by governance
+    height: int
+    now: int
+    consents: dict[ConsentKey, list[Version]] = field(default_factory=dict)
+    erased: dict[tuple[str, str | None], int] = field(default_factory=dict)  # -> first height
+    uploads: dict[str, ModelUpload] = field(default_factory=dict)
+    expired_epochs: set[tuple[str, int]] = field(default_factory=set)
+    accesses: int = 0  # ids handed out so far
+    erasures: int = 0
+    rewrites: int = 0  # second writes to a consent in one block (for the tests' coverage)
+
+    # -- time -----------------------------------------------------------------------------
+    def begin_block(self, height: int, time_ms: int) -> None:
+        assert height == self.height + 1
+        self.height = height
+        self.now = max(self.now, time_ms)  # the contracts' clock never runs backwards
+
+    # -- reading the history ----------------------------------------------------------------
+    def version_before(self, key: ConsentKey, height: int) -> Version | None:
+        """The newest write to `key` made in a block before `height`."""
+        found = None
+        for version in self.consents.get(key, []):
+            if version[0] < height:
+                found = version
+        return found
+
+    def in_force(self, key: ConsentKey, height: int, now: int) -> bool:
+        v = self.version_before(key, height)
+        return v is not None and v[2] and now < v[1]
+
+    def erased_before(self, subject: str, dataset: str, height: int) -> bool:
+        """Was `subject` erased everywhere, or in `dataset`, in a block before `height`?"""
+        return any(
+            h is not None and h < height
+            for h in (self.erased.get((subject, None)), self.erased.get((subject, dataset)))
+        )
+
+    def scopes_of(self, dataset: str) -> tuple[str, str]:
+        return f"dataset:{dataset}", f"category:{self.datasets[dataset][0]}"
+
+    def may_see(self, subject: str, consumer: bytes, dataset: str, purpose: str) -> bool:
+        """Would an access in the current block grant `subject`?"""
+        if self.erased_before(subject, dataset, self.height):
+            return False
+        return any(
+            self.in_force((subject, consumer, scope, purpose), self.height, self.now)
+            for scope in self.scopes_of(dataset)
+        )
+
+    # -- membership -------------------------------------------------------------------------
+    def _active(self, key: bytes, *roles: str) -> None:
+        if key not in self.members:
+            raise Refused("not_member")
+        role, status = self.members[key]
+        if status != "active":
+            raise Refused("not_admitted")
+        if roles and role not in roles:
+            raise Refused("unauthorized")
+
+    def _subject_signs(self, author: bytes, subject: str) -> None:
+        if bytes.fromhex(subject) != author:
+            raise Refused("not_subject")
+        self._active(author, "subject")
+
+    def _write(self, key: ConsentKey, version: Version) -> None:
+        history = self.consents.setdefault(key, [])
+        if history and history[-1][0] == self.height:
+            history[-1] = version  # the block's last word counts
+            self.rewrites += 1
+        else:
+            history.append(version)
+
+    # -- transactions -----------------------------------------------------------------------
+    def run(self, method: str, *args: Any) -> dict[str, Any]:
+        """Apply one transaction; a refusal leaves the model unchanged."""
+        try:
+            result: dict[str, Any] = getattr(self, method)(*args)
+        except Refused as r:
+            return refused(r.code)
+        return result
+
+    def grant(
+        self, author: bytes, subject: str, consumer: bytes, scope: str, purpose: str, until: int
+    ) -> dict[str, Any]:
+        self._subject_signs(author, subject)
+        kind, name = scope.split(":", 1)
+        if consumer not in self.members or self.members[consumer][0] != "consumer":
+            raise Refused("not_member")  # a pending consumer may be consented to
+        if purpose not in self.purposes:
+            raise Refused("purpose_not_approved")
+        if kind == "dataset" and purpose not in self.datasets[name][1]:
+            raise Refused("purpose_not_allowed")
+        if until <= self.now:
+            raise Refused("invalid")
+        self._write((subject, consumer, scope, purpose), (self.height, until, True))
+        return {"ok": True, "effective_from_height": self.height + 1, "valid_until": until}
+
+    def revoke(
+        self, author: bytes, subject: str, consumer: bytes, scope: str, purpose: str
+    ) -> dict[str, Any]:
+        self._subject_signs(author, subject)
+        key = (subject, consumer, scope, purpose)
+        history = self.consents.get(key)
+        if not history or not history[-1][2]:
+            raise Refused("not_found")  # nothing granted as of the latest write
+        self._write(key, (self.height, history[-1][1], False))
+        return {"ok": True, "effective_from_height": self.height + 1}
+
+    def access(
+        self,
+        author: bytes,
+        consumer: bytes,
+        dataset: str,
+        purpose: str,
+        subjects: list[str] | None,
+    ) -> dict[str, Any]:
+        if author != consumer:
+            self._active(author, "vault")
+        self._active(consumer, "consumer")
+        if purpose not in self.datasets[dataset][1]:
+            raise Refused("purpose_not_allowed")
+        if purpose not in self.purposes:
+            raise Refused("purpose_not_approved")
+        if subjects is None:
+            scopes = self.scopes_of(dataset)
+            candidates = sorted(
+                {
+                    s
+                    for (s, c, sc, p) in self.consents
+                    if c == consumer and p == purpose and sc in scopes
+                }
+            )
+        else:
+            candidates = subjects
+        granted, denied = [], []
+        for s in candidates:
+            if self.erased_before(s, dataset, self.height):
+                denied.append([s, "erased"])
+            elif self.may_see(s, consumer, dataset, purpose):
+                granted.append(s)
+            else:
+                denied.append([s, "no_consent"])
+        self.accesses += 1
+        return {
+            "ok": True,
+            "access": self.accesses,
+            "granted": granted,
+            "denied": denied if subjects is not None else [],
+            "uploads": self.live_uploads(dataset),
+            "as_of": self.now,
+        }
+
+    def live_uploads(self, dataset: str) -> list[str]:
+        return sorted(
+            name
+            for name, u in self.uploads.items()
+            if u.dataset == dataset and u.status == "anchored" and self.now < u.deadline
+        )
+
+    def erase_subject(self, author: bytes, subject: str, dataset: str | None) -> dict[str, Any]:
+        self._active(author, "vault", "dpo")
+        self.erased.setdefault((subject, dataset), self.height)  # the first erasure counts
+        self.erasures += 1
+        return {"ok": True, "erasure": self.erasures, "effective_from_height": self.height + 1}
+
+    def erase_upload(self, author: bytes, upload: str) -> dict[str, Any]:
+        self._active(author, "vault", "dpo")
+        if upload not in self.uploads:
+            raise Refused("not_found")
+        self.uploads[upload].status = "erased"
+        self.erasures += 1
+        return {"ok": True, "erasure": self.erasures, "effective_from_height": self.height + 1}
+
+    def anchor(self, author: bytes, upload: str, dataset: str, day: int) -> dict[str, Any]:
+        self._active(author, "vault")
+        if upload in self.uploads:
+            raise Refused("exists")
+        self.uploads[upload] = ModelUpload(dataset, day)
+        return {"ok": True, "upload": upload, "deadline": (day + 1) * DAY_MS}
+
+    def expire(self, author: bytes, dataset: str, day: int, uploads: list[str]) -> dict[str, Any]:
+        self._active(author, "vault", "dpo")
+        if (day + 1) * DAY_MS > self.now:
+            raise Refused("too_early")
+        if (dataset, day) in self.expired_epochs:
+            raise Refused("duplicate")
+        if any(u not in self.uploads for u in uploads):
+            raise Refused("not_found")
+        if any((self.uploads[u].dataset, self.uploads[u].day) != (dataset, day) for u in uploads):
+            raise Refused("mismatch")
+        for u in uploads:
+            if self.uploads[u].status == "anchored":
+                self.uploads[u].status = "expired"
+        self.expired_epochs.add((dataset, day))
+        self.erasures += 1
+        return {"ok": True, "erasure": self.erasures}
+
+    def replay(self, valid_until: int) -> dict[str, Any]:
+        """A transaction that already executed successfully, submitted again."""
+        return refused("expired" if valid_until < self.now else "replayed")
+
+    # -- the consents query -----------------------------------------------------------------
+    def consents_of(self, subject: str) -> list[dict[str, Any]]:
+        """What the `consents` query must answer for `subject`, in the model's own order."""
+        out = []
+        for (s, consumer, scope, purpose), history in sorted(self.consents.items()):
+            if s != subject:
+                continue
+            latest = history[-1]
+            out.append(
+                {
+                    "consumer": consumer,
+                    "scope": scope,
+                    "purpose": purpose,
+                    "valid_until": latest[1],
+                    "granted": latest[2],
+                    "changed_at_height": latest[0],
+                    "in_force": self.in_force(
+                        (s, consumer, scope, purpose), self.height + 1, self.now
+                    ),
+                }
+            )
+        return out
