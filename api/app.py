@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from api import errors
 from api.middleware import BodyLimit, Metrics
 from api.readiness import ReadinessProbe
-from api.routes import datasets, health
+from api.routes import access, consents, datasets, erasures, health
 from api.routes import dpo as dpo_routes
 from api.routes import ledger as ledger_routes
 from vault import db
@@ -81,6 +81,9 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(datasets.router)
+    app.include_router(consents.router)
+    app.include_router(access.router)
+    app.include_router(erasures.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
     app.include_router(dpo_routes.page_router)

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.keys import IssuedKey, create_key
-from api.ledger import LedgerGateway, _load_or_create_key
+from api.ledger import LedgerGateway, load_or_create_key
 from api.readiness import LedgerQuorumProbe
 from api.wallet import load_wallet, new_wallet
 from ledger_bridge import genesis as gen
@@ -135,7 +135,7 @@ def found_local_ledger(data_dir: Path, replicas: int) -> Founding:
     if replicas < 4 or (replicas - 1) % 3 or replicas > gen.REPLICAS_MAX:
         raise BootstrapError(f"replicas must be 3f+1 with f >= 1, at most {gen.REPLICAS_MAX}")
     keys = keys_dir(data_dir)
-    vault_key = _load_or_create_key(keys / VAULT_KEY_FILE)
+    vault_key = load_or_create_key(keys / VAULT_KEY_FILE)
     dpo_file = keys / DPO_KEY_FILE
     dpo_key = _load_or_create_dpo_key(dpo_file)
     vault_pub, dpo_pub = vault_key.public_key.hex(), dpo_key.public_key.hex()
@@ -172,16 +172,8 @@ def issue_pending_dpo_key(database_url: str, data_dir: Path) -> IssuedKey | None
 
 
 def quorum_probe(gateway: LedgerGateway) -> LedgerQuorumProbe:
-    """/readyz's ledger check. `LedgerGateway.status` answers None for a silent replica, while
-    the probe counts a replica live unless its status call raises, so None becomes an error."""
-
-    def status(replica: int) -> dict[str, Any]:
-        answer = gateway.status(replica)
-        if answer is None:
-            raise ConnectionError("no status")
-        return answer
-
-    return LedgerQuorumProbe(status, gateway.genesis.n)
+    """/readyz's ledger check: 2f+1 replicas answer a status call."""
+    return LedgerQuorumProbe(gateway.status, gateway.genesis.n)
 
 
 class ReplicaSupervisor:

@@ -59,7 +59,6 @@ class LedgerRefused(ApiError):
         "invalid": 422,
         "expired": 422,
         "ttl_too_long": 422,
-        "purpose_not_approved": 422,
         "bad_signature": 403,
         "not_subject": 403,
         "unauthorized": 403,
@@ -72,6 +71,8 @@ class LedgerRefused(ApiError):
 
     def __init__(self, code: str, message: str) -> None:
         # Contract messages name fields and codes, never values (rules.py guarantees it).
+        # Refusals that depend on the cooperative's state (a purpose not approved, a duplicate,
+        # a closed vote) are 409: the same request may succeed once that state changes.
         super().__init__(f"{code}: {message}")
         self.code = code
         self.status = self._STATUS.get(code, 409)
@@ -93,7 +94,7 @@ class LedgerAnswer:
     result: dict[str, Any]
 
 
-def _load_or_create_key(path: Path) -> SigningKey:
+def load_or_create_key(path: Path) -> SigningKey:
     """The vault's ledger key (hex seed, 0600), created on first start."""
     from ledger_bridge.genesis import load_signing_key, write_private_file
 
@@ -150,8 +151,8 @@ class LedgerGateway:
         genesis = load_genesis(ledger_dir / GENESIS_FILE)
         return cls(
             genesis,
-            _load_or_create_key(keys_dir / "vault-ledger.key"),
-            relay_key=_load_or_create_key(keys_dir / "vault-relay.key"),
+            load_or_create_key(keys_dir / "vault-ledger.key"),
+            relay_key=load_or_create_key(keys_dir / "vault-relay.key"),
             clients=clients,
         )
 
@@ -357,3 +358,14 @@ def fact_transaction(kind: str, payload: dict[str, Any]) -> tuple[str, dict[str,
             "uploads": _upload_refs(payload["uploads"]),
         }
     raise ValueError(f"no contract transaction for outbox facts of kind {kind!r}")
+
+
+def jsonable(value: Any) -> Any:
+    """Contract values for JSON: bytes (keys, hashes, tx ids) as hex, the rest as is."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value

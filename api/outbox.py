@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from vault.models import OutboxFact
+from vault.models import OutboxFact, Upload
 
 _log = logging.getLogger(__name__)
 _RELAY_LOCK_KEY = 0x43495649  # "CIVI": the relay's advisory lock id
@@ -122,6 +123,21 @@ class OutboxRelay:
                         last_error=None,
                     )
                 )
+                if kind == "upload.anchor":
+                    # Readable from now on: the anchor is committed, in the same transaction
+                    # as the mark, so an upload is never anchored without its receipt.
+                    session.execute(
+                        update(Upload)
+                        .where(
+                            Upload.id == uuid.UUID(payload["upload_id"]),
+                            Upload.state == "pending",
+                        )
+                        .values(
+                            state="anchored",
+                            anchor_tx_id=receipt.tx_id,
+                            anchor_height=receipt.block_height,
+                        )
+                    )
             crash_point("after-mark")
             shipped += 1
         return shipped

@@ -43,9 +43,11 @@ class LedgerQuorumProbe:
         live = 0
         for replica in range(self._replicas):
             try:
-                self._status(replica)
+                answer = self._status(replica)
             except Exception as exc:  # any failure means "not answering"; log its type only
                 _log.info("replica %d not ready: %s", replica, type(exc).__name__)
+                continue
+            if answer is None:  # LedgerGateway.status: None is "did not answer"
                 continue
             live += 1
             if live >= self.quorum:

@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from vault.datasets import NAME_MAX, PURPOSES_MAX
 
@@ -28,11 +28,16 @@ def _text(value: str) -> str:
     return value
 
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[\w.:/ -]+$")]
+# Purposes and categories as the consent contracts name them (governance approves them).
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 
 
 class StrictIn(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+# JSON has no UUID type: a UUID field of a strict model takes its canonical string form.
+UuidIn = Annotated[uuid.UUID, Strict(False)]
 
 
 def _distinct(values: list[str]) -> list[str]:
@@ -54,7 +59,20 @@ class DatasetIn(StrictIn):
         AfterValidator(_distinct),
     ]
     retention_days: Annotated[int, Field(ge=1, le=36600)]
-    legal_basis: Name
+    # GDPR Art. 6(1) (a)-(f), as the consent contracts name them.
+    legal_basis: Literal[
+        "consent",
+        "contract",
+        "legal_obligation",
+        "vital_interests",
+        "public_task",
+        "legitimate_interests",
+    ]
+
+
+class LedgerReceipt(BaseModel):
+    tx_id: str
+    block_height: int
 
 
 class DatasetOut(BaseModel):
@@ -66,11 +84,9 @@ class DatasetOut(BaseModel):
     retention_days: int
     legal_basis: str
     created_at: dt.datetime
-
-
-class LedgerReceipt(BaseModel):
-    tx_id: str
-    block_height: int
+    receipt: LedgerReceipt | None = Field(
+        default=None, description="the dataset.register transaction, when a ledger is attached"
+    )
 
 
 class UploadOut(BaseModel):

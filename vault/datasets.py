@@ -16,7 +16,7 @@ from vault.errors import DatasetNotFound, VaultError
 from vault.models import Dataset
 
 NAME_MAX = 200
-PURPOSES_MAX = 50
+PURPOSES_MAX = 32  # as the consent contracts allow
 
 
 class InvalidDataset(VaultError):

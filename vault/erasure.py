@@ -60,8 +60,13 @@ class Eraser:
         dataset_id: uuid.UUID | None = None,
         reason: str,
         requester: str,
+        request: int | None = None,
     ) -> ErasureResult:
-        """Art. 17: destroy S_subject[s, d] for one dataset or every dataset of the subject."""
+        """Art. 17: destroy S_subject[s, d] for one dataset or every dataset of the subject.
+
+        `request` is the ledger id of the subject's own signed erasure request, when there is
+        one: the fact that records the erasure fulfils it, even if nothing was left to destroy.
+        """
         cond = and_(KeySecret.kind == "subject", KeySecret.scope == subject_id)
         if dataset_id is not None:
             cond = and_(cond, KeySecret.dataset_id == dataset_id)
@@ -94,6 +99,7 @@ class Eraser:
             whole_uploads=[],
             reason=reason,
             requester=requester,
+            request=request,
         )
 
     def withdraw_upload(
@@ -151,10 +157,11 @@ class Eraser:
         whole_uploads: list[Upload],
         reason: str,
         requester: str,
+        request: int | None = None,
     ) -> ErasureResult:
         now = self._clock()
         destroyed = self._store.destroy(session, refs)
-        if not destroyed:
+        if not destroyed and request is None:
             # Idempotent: nothing left to destroy. Point at the fact that erased this exact
             # scope before (if any), so a repeated request gets the same certificate.
             previous = session.scalar(
@@ -210,6 +217,7 @@ class Eraser:
                 "reason": reason,
                 "requester": requester,
                 "at": now.isoformat(),
+                **({} if request is None else {"request": request}),
             },
         )
         session.add(fact)

@@ -32,6 +32,9 @@ from vault.keys import KeyStore
 from vault.models import KeyCommitment, OutboxFact, Upload
 
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,128}$")
+# With a ledger, a subject id is the subject's pseudonym on it: the hex of their wallet's
+# public key, so their signed consents name the same id the records carry.
+LEDGER_SUBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
 _COPY_SQL = (
     "COPY records (id, dataset_id, upload_id, subject_id, leaf_index, leaf_hash, envelope) "
     "FROM STDIN (FORMAT BINARY)"
@@ -100,7 +103,9 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: 
     return data
 
 
-def _coerce(item: RecordIn | Mapping[str, Any], position: int) -> RecordIn:
+def _coerce(
+    item: RecordIn | Mapping[str, Any], position: int, subject_ids: re.Pattern[str] = SUBJECT_ID
+) -> RecordIn:
     if isinstance(item, RecordIn):
         record = item
     elif isinstance(item, Mapping):
@@ -120,11 +125,12 @@ def _coerce(item: RecordIn | Mapping[str, Any], position: int) -> RecordIn:
         record = RecordIn(subject_id=item.get("subject_id"), payload=payload, record_id=record_id)  # type: ignore[arg-type]
     else:
         raise InvalidRecord("a record must be an object", position=position)
-    if not isinstance(record.subject_id, str) or not SUBJECT_ID.match(record.subject_id):
-        raise InvalidRecord(
-            "subject_id must be a pseudonym of 1..128 characters [A-Za-z0-9._:@+=/-]",
-            position=position,
-        )
+    if not isinstance(record.subject_id, str) or not subject_ids.match(record.subject_id):
+        if subject_ids is LEDGER_SUBJECT_ID:
+            reason = "subject_id must be the subject's wallet public key (64 lowercase hex)"
+        else:
+            reason = "subject_id must be a pseudonym of 1..128 characters [A-Za-z0-9._:@+=/-]"
+        raise InvalidRecord(reason, position=position)
     return record
 
 
@@ -138,8 +144,10 @@ class Uploader:
         record_size_max_bytes: int = 64 * 1024,
         batch_rows: int = 2000,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        subject_ids: re.Pattern[str] = SUBJECT_ID,
     ) -> None:
         self._store = store
+        self._subject_ids = subject_ids
         self._size_max = record_size_max_bytes
         self._batch_rows = batch_rows
         self._clock = clock
@@ -189,7 +197,7 @@ class Uploader:
         position = 0
         for item in records:
             position += 1
-            batch.append(_coerce(item, position))
+            batch.append(_coerce(item, position, self._subject_ids))
             if len(batch) >= self._batch_rows:
                 self._write_batch(session, conn, ring, builder, upload, day_iso, batch, position)
                 batch = []

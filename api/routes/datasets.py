@@ -10,7 +10,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
@@ -48,7 +48,11 @@ from vault import reads
 from vault.datasets import get_dataset, list_datasets, register_dataset
 from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultError
 from vault.models import Dataset, Record, Upload
-from vault.uploads import SUBJECT_ID, Uploader
+from vault.uploads import LEDGER_SUBJECT_ID, SUBJECT_ID, Uploader
+
+if TYPE_CHECKING:
+    from api.jobs import BackgroundJobs
+    from api.ledger import LedgerGateway
 
 router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[Depends(strict_query)])
 READ_LIMIT_MAX = 1000
@@ -58,6 +62,11 @@ UPLOAD_MEDIA_TYPES = ("application/x-ndjson", "text/csv")
 class DatasetExists(VaultError):
     status = 409
     title = "Dataset exists"
+
+
+class NoLedgerIdentity(VaultError):
+    status = 403
+    title = "No ledger identity"
 
 
 def _out(d: Dataset) -> DatasetOut:
@@ -80,9 +89,50 @@ def _visible(session: Session, dataset_id: uuid.UUID, member: Member) -> Dataset
     return dataset
 
 
+def ledger_identity(member: Member) -> bytes:
+    """A member's key on the ledger: with a ledger, API keys are bound to it (hex)."""
+    if not LEDGER_SUBJECT_ID.match(member.member_id):
+        raise NoLedgerIdentity(
+            "this API key's member id is not a ledger public key (64 lowercase hex); "
+            "issue the member a key bound to the public key it registered on the ledger"
+        )
+    return bytes.fromhex(member.member_id)
+
+
 @router.post("/datasets", status_code=201)
-def register(body: DatasetIn, member: Provider, session: SessionDep) -> DatasetOut:
-    """Register a dataset with its purposes, data category and retention period."""
+def register(
+    body: DatasetIn, member: Provider, session: SessionDep, request: Request
+) -> DatasetOut:
+    """Register a dataset with its purposes, data category and retention period.
+
+    With a ledger, the dataset is registered by the consent contracts FIRST (the vault signs
+    for its owner): only purposes the cooperative approved are accepted, and only an admitted
+    provider may own a dataset. The vault row is written after the contracts said yes; if that
+    write fails, the ledger holds a dataset id with no data, which is harmless.
+    """
+    ledger: LedgerGateway | None = request.app.state.ledger
+    dataset_id = uuid.uuid4()
+    receipt = None
+    if ledger is not None:
+        owner = ledger_identity(member)
+        if session.scalar(
+            select(Dataset.id).where(
+                Dataset.owner_id == member.member_id, Dataset.name == body.name
+            )
+        ):
+            raise DatasetExists("you already have a dataset with this name")
+        answer = ledger.act(
+            "dataset.register",
+            {
+                "dataset": str(dataset_id),
+                "owner": owner,
+                "category": body.category,
+                "purposes": body.purposes,
+                "retention_days": body.retention_days,
+                "legal_basis": body.legal_basis,
+            },
+        )
+        receipt = LedgerReceipt(**answer.receipt.as_dict())
     try:
         with session.begin_nested():
             dataset = register_dataset(
@@ -93,11 +143,14 @@ def register(body: DatasetIn, member: Provider, session: SessionDep) -> DatasetO
                 purposes=body.purposes,
                 retention_days=body.retention_days,
                 legal_basis=body.legal_basis,
+                dataset_id=dataset_id,
             )
     except IntegrityError:
         raise DatasetExists("you already have a dataset with this name") from None
     session.refresh(dataset)
-    return _out(dataset)
+    out = _out(dataset)
+    out.receipt = receipt
+    return out
 
 
 @router.get("/datasets")
@@ -156,10 +209,13 @@ async def upload(
     # Vault errors count records; lines are records shifted by the CSV header.
     request.state.line_offset = 1 if media_type == "text/csv" else 0
     parse = csv_records if media_type == "text/csv" else ndjson_records
+    ledger: LedgerGateway | None = request.app.state.ledger
+    jobs: BackgroundJobs | None = request.app.state.jobs
     uploader = Uploader(
         store,
         record_size_max_bytes=settings.record_size_max_bytes,
         batch_rows=settings.upload_batch_rows,
+        subject_ids=SUBJECT_ID if ledger is None else LEDGER_SUBJECT_ID,
     )
     line_max_bytes = settings.record_size_max_bytes + LINE_OVERHEAD_BYTES
 
@@ -177,7 +233,12 @@ async def upload(
             state="pending",
         )
 
-    return await anyio.to_thread.run_sync(run)
+    out = await anyio.to_thread.run_sync(run)
+    if jobs is not None:
+        # The anchor fact commits with this request's transaction, which the session
+        # dependency commits before the response is sent; wake the relay for right after.
+        request.state.after_commit = jobs.kick
+    return out
 
 
 def _upload_out(u: Upload) -> UploadOut:

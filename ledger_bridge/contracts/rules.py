@@ -216,7 +216,7 @@ def dataset_register(c: Ctx) -> dict[str, Any]:
     _check(
         bool(purposes) and len(set(purposes)) == len(purposes), "purposes: distinct, one at least"
     )
-    retention = _int(body, "retention_days", 1, 36_500)
+    retention = _int(body, "retention_days", 1, 36_600)
     basis = _enum(body, "legal_basis", LEGAL_BASES)
     if c.tx.author != owner:
         c.active(c.tx.author, "vault")
@@ -716,7 +716,7 @@ def _action(c: Ctx, action: Any) -> dict[str, Any]:
         return {
             "kind": kind,
             "dataset": dataset,
-            "retention_days": _int(action, "retention_days", 1, 36_500),
+            "retention_days": _int(action, "retention_days", 1, 36_600),
         }
     if kind == "set_validators":
         _fields(action, {"kind", "validators"})

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.keys import create_key
+from tests.api.ledger_env import ledger_cluster, ledger_env  # noqa: F401  (fixtures)
 from tests.conftest import PgServer
 from vault import db
 from vault.config import Settings

@@ -1,0 +1,291 @@
+"""Consent-checked access for consumers, and the subject's own export (Art. 15 and 20).
+
+An access is decided by the consent contracts, never here: the vault signs an `access.request`
+for the consumer, the replicas decide which subjects are granted (an active consent for this
+consumer, this dataset or its category, this purpose; not erased; retention not over) and
+which uploads are live, and that transaction IS the record of the access. Only then does the
+vault decrypt, and only the granted subjects' records in the live uploads the contracts named.
+Every answer carries the ledger receipt of its access.
+
+Minimal disclosure: `fields` cuts records down (projected records carry no inclusion proof,
+since the proof covers the whole payload); a `predicate` answers one bit, `{"result": true}`,
+about one subject, and the ledger holds only a salted commitment to the compared value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import Consumer, CurrentMember, KeyStoreDep, LedgerDep, SessionDep, strict_query
+from api.errors import ApiError
+from api.ledger import LedgerGateway, jsonable
+from api.routes.consents import subject_or_dpo
+from api.routes.datasets import ledger_identity
+from api.schemas import InclusionProof, LedgerReceipt, Name, StrictIn, UuidIn
+from vault import disclosure, reads
+from vault.keys import KeyStore
+
+router = APIRouter(prefix="/v1", tags=["access"], dependencies=[Depends(strict_query)])
+
+SubjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+# Per request; an open request (no `subjects`) reaches every consenting subject.
+SUBJECTS_MAX = 500
+
+
+class PredicateIn(StrictIn):
+    field: FieldName
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in"]
+    value: Any = Field(description="compared in the vault; the ledger sees a salted commitment")
+
+
+class AccessIn(StrictIn):
+    dataset_id: UuidIn
+    purpose: Name
+    subjects: Annotated[list[SubjectId], Field(min_length=1, max_length=SUBJECTS_MAX)] | None = None
+    fields: Annotated[list[FieldName], Field(min_length=1, max_length=64)] | None = None
+    predicate: PredicateIn | None = Field(
+        default=None, description="a yes/no question about exactly one subject"
+    )
+
+
+class AccessRecord(BaseModel):
+    record_id: uuid.UUID
+    upload_id: uuid.UUID
+    subject_id: str
+    payload: dict[str, Any]
+    proof: InclusionProof | None = Field(
+        default=None, description="absent when `fields` cut the payload down"
+    )
+
+
+class AccessOut(BaseModel):
+    access: int = Field(description="the access's id on the ledger")
+    receipt: LedgerReceipt
+    granted: list[str]
+    denied: list[list[str]] = Field(description="[subject, reason] for named subjects refused")
+    records: list[AccessRecord]
+
+
+class PredicateAnswer(BaseModel):
+    result: bool
+    receipt: LedgerReceipt
+
+
+class AccessRefused(ApiError):
+    status = 403
+    title = "Access refused"
+
+
+class InvalidAccess(ApiError):
+    status = 422
+    title = "Invalid access request"
+
+
+def _commitment(value: Any) -> tuple[bytes, bytes]:
+    """SHA-256(salt || canonical JSON of the value): binds the question without revealing it."""
+    salt = os.urandom(16)
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return salt, hashlib.sha256(salt + canonical.encode()).digest()
+
+
+def _decide(
+    ledger: LedgerGateway, consumer: bytes, body: AccessIn
+) -> tuple[dict[str, Any], LedgerReceipt]:
+    tx_body: dict[str, Any] = {
+        "consumer": consumer,
+        "dataset": str(body.dataset_id),
+        "purpose": body.purpose,
+    }
+    if body.subjects is not None:
+        if len(set(body.subjects)) != len(body.subjects):
+            raise InvalidAccess("subjects must be distinct")
+        tx_body["subjects"] = body.subjects
+    if body.fields is not None:
+        tx_body["fields"] = body.fields
+    if body.predicate is not None:
+        _, commitment = _commitment(body.predicate.value)
+        tx_body["predicate"] = {
+            "field": body.predicate.field,
+            "op": body.predicate.op,
+            "commitment": commitment,
+        }
+    answer = ledger.act("access.request", tx_body)
+    return answer.result, LedgerReceipt(**answer.receipt.as_dict())
+
+
+def _records(
+    session: Session,
+    store: KeyStore,
+    dataset_id: uuid.UUID,
+    granted: list[str],
+    uploads: set[str],
+    fields: list[str] | None,
+) -> Iterator[AccessRecord]:
+    if not granted:
+        return
+    for r in reads.Reader(store).by_dataset(
+        session, dataset_id, subjects=granted, anchored_only=True
+    ):
+        if str(r.upload_id) not in uploads:
+            continue  # expired, erased or withdrawn on the ledger: not for this access
+        proof = None
+        if fields is None:
+            proof = InclusionProof(
+                leaf_index=r.leaf_index,
+                leaf_salt=r.leaf_salt.hex(),
+                audit_path=[h.hex() for h in r.proof],
+                merkle_root=r.merkle_root.hex(),
+                tree_size=r.record_count,
+            )
+        yield AccessRecord(
+            record_id=r.record_id,
+            upload_id=r.upload_id,
+            subject_id=r.subject_id,
+            payload=json.loads(disclosure.project(r.payload, fields)),
+            proof=proof,
+        )
+
+
+_ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/AccessOut"},
+                        {"$ref": "#/components/schemas/PredicateAnswer"},
+                    ]
+                }
+            },
+            "application/x-ndjson": {
+                "schema": {
+                    "type": "string",
+                    "description": "line 1: the access (AccessOut without records); then one "
+                    "AccessRecord per line",
+                }
+            },
+        },
+        "description": "records (JSON, or streamed NDJSON with Accept: application/x-ndjson), "
+        "or a predicate's yes/no",
+    }
+}
+
+
+@router.post(
+    "/access-requests",
+    responses=_ACCESS_RESPONSES,
+    response_model=AccessOut | PredicateAnswer,
+)
+def access(
+    body: AccessIn,
+    member: Consumer,
+    session: SessionDep,
+    store: KeyStoreDep,
+    ledger: LedgerDep,
+    request: Request,
+) -> Any:
+    """Ask for records (or a yes/no) under a purpose; the contracts decide who is granted."""
+    consumer = ledger_identity(member)
+    if body.predicate is not None:
+        if body.subjects is None or len(body.subjects) != 1:
+            raise InvalidAccess("a predicate is asked about exactly one subject")
+        if body.fields is not None:
+            raise InvalidAccess("a predicate answer discloses no fields")
+        try:
+            predicate = disclosure.Predicate(
+                body.predicate.field, body.predicate.op, body.predicate.value
+            )
+        except disclosure.InvalidPredicate as exc:
+            raise InvalidAccess(str(exc)) from None
+    result, receipt = _decide(ledger, consumer, body)
+    granted: list[str] = list(result["granted"])
+    uploads = set(result["uploads"])
+    if body.predicate is not None:
+        if not granted:
+            raise AccessRefused(
+                f"no active consent for this purpose (access {result['access']}, "
+                f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
+            )
+        payloads = (
+            r.payload
+            for r in reads.Reader(store).by_subject(
+                session, granted[0], dataset_id=body.dataset_id, anchored_only=True
+            )
+            if str(r.upload_id) in uploads
+        )
+        return PredicateAnswer(result=disclosure.evaluate(payloads, predicate), receipt=receipt)
+    head = AccessOut(
+        access=result["access"],
+        receipt=receipt,
+        granted=granted,
+        denied=result["denied"],
+        records=[],
+    )
+    if "application/x-ndjson" in request.headers.get("accept", ""):
+        sessions: sessionmaker[Session] = request.app.state.sessions
+
+        def lines() -> Iterator[bytes]:
+            yield head.model_dump_json(exclude={"records"}).encode() + b"\n"
+            with sessions() as stream_session:
+                for rec in _records(
+                    stream_session, store, body.dataset_id, granted, uploads, body.fields
+                ):
+                    yield rec.model_dump_json().encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+    head.records = list(_records(session, store, body.dataset_id, granted, uploads, body.fields))
+    return head
+
+
+class ExportOut(BaseModel):
+    """Art. 15 (access) and Art. 20 (portability): everything held about the subject."""
+
+    subject_id: str
+    ledger_height: int
+    records: list[dict[str, Any]]
+    consents: list[dict[str, Any]]
+    accesses: list[dict[str, Any]]
+    erasures: list[dict[str, Any]]
+
+
+@router.get("/subjects/{subject_id}/export")
+def export(
+    subject_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    member: CurrentMember,
+    session: SessionDep,
+    store: KeyStoreDep,
+    ledger: LedgerDep,
+) -> ExportOut:
+    """The subject's records (decrypted), consents, accesses to their data, and erasures."""
+    subject_or_dpo(member, subject_id)
+    records = [
+        {
+            "record_id": str(r.record_id),
+            "dataset_id": str(r.dataset_id),
+            "upload_id": str(r.upload_id),
+            "payload": json.loads(r.payload),
+        }
+        for r in reads.Reader(store).by_subject(session, subject_id)
+    ]
+    consents = ledger.query("consents", subject=subject_id)
+    accesses = ledger.query("accesses", subject=subject_id, limit=1000)
+    erasures = ledger.query("erasures", subject=subject_id, limit=1000)
+    return ExportOut(
+        subject_id=subject_id,
+        ledger_height=consents["height"],
+        records=records,
+        consents=jsonable(consents["result"]),
+        accesses=jsonable(accesses["result"]),
+        erasures=jsonable(erasures["result"]),
+    )

@@ -1,0 +1,156 @@
+"""What members say with their own keys: membership, governance, consents, erasure requests.
+
+Every write here is a transaction its author signed (see api/signed.py): the flow is
+`POST /v1/drafts` → sign `signing_payload` with the wallet → `POST` the draft's `transaction`
+with the `signature` to the resource's endpoint. The API checks the signature, relays the
+transaction to the ledger and answers with the contracts' result and the receipt; it needs no
+API key for these, because the signature is the authentication and the contracts the
+authorisation. Reads of a subject's consents need the subject's own API key or the DPO's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, Field, StringConstraints
+
+from api.deps import CurrentMember, LedgerDep, strict_query
+from api.errors import Forbidden
+from api.ledger import LedgerAnswer, jsonable
+from api.schemas import LedgerReceipt, StrictIn
+from api.signed import DRAFT_TTL_MAX_S, SELF_SIGNED, assemble, draft
+
+router = APIRouter(
+    prefix="/v1", tags=["consents and governance"], dependencies=[Depends(strict_query)]
+)
+
+Hex = Annotated[str, StringConstraints(min_length=2, max_length=1_048_576, pattern=r"^[0-9a-f]+$")]
+PublicKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class DraftIn(StrictIn):
+    type: Annotated[str, Field(json_schema_extra={"enum": list(SELF_SIGNED)})]
+    author: PublicKey
+    body: dict[str, Any]
+    valid_for_s: Annotated[int, Field(ge=1, le=DRAFT_TTL_MAX_S)] = 300
+
+
+class DraftOut(BaseModel):
+    type: str
+    transaction: str = Field(description="the canonical unsigned transaction (hex)")
+    signing_payload: str = Field(description="the exact bytes the author signs (hex)")
+    valid_until: int = Field(description="ms since the epoch; submit before then")
+
+
+class SignedIn(StrictIn):
+    transaction: Hex = Field(description="a draft's `transaction`")
+    signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")] = Field(
+        description="the author's Ed25519 signature of the draft's `signing_payload` (hex)"
+    )
+
+
+class LedgerWriteOut(BaseModel):
+    receipt: LedgerReceipt
+    result: dict[str, Any] = Field(description="what the consent contracts answered")
+
+
+class QueryOut(BaseModel):
+    height: int = Field(description="the last committed block the answer reflects")
+    result: Any
+
+
+def _out(answer: LedgerAnswer) -> LedgerWriteOut:
+    result = {k: v for k, v in answer.result.items() if k not in ("ok", "tx")}
+    return LedgerWriteOut(
+        receipt=LedgerReceipt(**answer.receipt.as_dict()), result=jsonable(result)
+    )
+
+
+def _relay(ledger: LedgerDep, body: SignedIn, tx_type: str) -> LedgerWriteOut:
+    signed = assemble(ledger.chain_id, body.transaction, body.signature, tx_type)
+    return _out(ledger.submit(signed.encode()))
+
+
+@router.post("/drafts", status_code=201)
+def make_draft(body: DraftIn, ledger: LedgerDep) -> DraftOut:
+    """An unsigned transaction for a member to sign with their own key (no API key needed)."""
+    return DraftOut(**draft(ledger.chain_id, body.type, body.author, body.body, body.valid_for_s))
+
+
+@router.post("/members", status_code=201)
+def register_member(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
+    """member.register: residents are admitted at once, legal entities after a vote."""
+    return _relay(ledger, body, "member.register")
+
+
+@router.get("/members/{public_key}")
+def show_member(
+    public_key: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], ledger: LedgerDep, _: CurrentMember
+) -> QueryOut:
+    answer = ledger.query("member", key=bytes.fromhex(public_key))
+    return QueryOut(height=answer["height"], result=jsonable(answer["result"]))
+
+
+@router.post("/governance/proposals", status_code=201)
+def propose(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
+    """governance.propose: admit a member, approve a purpose, change a retention or validators."""
+    return _relay(ledger, body, "governance.propose")
+
+
+@router.post("/governance/proposals/{proposal}/votes", status_code=201)
+def vote(proposal: Annotated[int, Path(ge=1)], body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
+    """governance.vote: one college, one vote; each college decides by a majority of members."""
+    signed = assemble(ledger.chain_id, body.transaction, body.signature, "governance.vote")
+    if signed.body.get("proposal") != proposal:
+        raise Forbidden("the signed vote is for another proposal")
+    return _out(ledger.submit(signed.encode()))
+
+
+@router.get("/governance/proposals")
+def proposals(ledger: LedgerDep, _: CurrentMember) -> QueryOut:
+    answer = ledger.query("proposals", limit=1000)
+    return QueryOut(height=answer["height"], result=jsonable(answer["result"]))
+
+
+@router.get("/governance/proposals/{proposal}")
+def show_proposal(
+    proposal: Annotated[int, Path(ge=1, le=1 << 62)], ledger: LedgerDep, _: CurrentMember
+) -> QueryOut:
+    answer = ledger.query("proposal", proposal=proposal)
+    if answer["result"] is None:
+        from vault.errors import NotFound
+
+        raise NotFound(f"proposal {proposal} does not exist")
+    return QueryOut(height=answer["height"], result=jsonable(answer["result"]))
+
+
+@router.post("/consents", status_code=201)
+def grant(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
+    """consent.grant, signed by the subject: in force from the next block."""
+    return _relay(ledger, body, "consent.grant")
+
+
+@router.post("/consents/revocations", status_code=201)
+def revoke(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
+    """consent.revoke, signed by the subject: every access from the next block is refused."""
+    return _relay(ledger, body, "consent.revoke")
+
+
+def subject_or_dpo(member: CurrentMember, subject_id: str) -> None:
+    if member.role == "dpo":
+        return
+    if member.role != "subject" or member.member_id != subject_id:
+        raise Forbidden("only the subject or the DPO may read this")
+
+
+@router.get("/subjects/{subject_id}/consents")
+def consents(
+    subject_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    member: CurrentMember,
+    ledger: LedgerDep,
+) -> QueryOut:
+    """The subject's consents as committed, each with whether it is in force."""
+    subject_or_dpo(member, subject_id)
+    answer = ledger.query("consents", subject=subject_id)
+    return QueryOut(height=answer["height"], result=jsonable(answer["result"]))

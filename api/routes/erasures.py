@@ -1,0 +1,206 @@
+"""Art. 17 erasure: by the DPO, or on the subject's own signed request; with a certificate.
+
+The vault destroys the scope's key secrets and ciphertext and writes the ledger fact in ONE
+database transaction (vault/erasure.py), then the outbox relay records it on the ledger
+(exactly once, across crashes). This route commits that transaction itself, wakes the relay
+and waits up to `receipt_wait_s` for the receipt, so the answer is usually the finished
+certificate (201, `state: recorded`); when the ledger is slow it is 202 with
+`state: pending`, and `GET /v1/erasures/{id}` tells the outcome later. Repeating an erasure is
+harmless: nothing is left to destroy, and the answer points at the original certificate.
+
+Who may erase: the DPO (any subject, a subject in one dataset, an upload) and the subject
+(their own data, by a transaction only their wallet can sign). Nobody else.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
+from api.errors import ApiError, Forbidden
+from api.routes.consents import SignedIn
+from api.schemas import LedgerReceipt, StrictIn, UuidIn
+from api.signed import assemble
+from vault.erasure import Eraser, ErasureResult
+from vault.errors import NotFound
+from vault.models import OutboxFact
+
+router = APIRouter(prefix="/v1", tags=["erasure"], dependencies=[Depends(strict_query)])
+
+SubjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+DPO_REASONS = ("dpo_decision", "legal_obligation", "consent_withdrawn", "subject_request")
+
+
+class ErasureIn(StrictIn):
+    """One scope: a subject everywhere, a subject in one dataset, or one upload."""
+
+    subject_id: SubjectId | None = None
+    dataset_id: UuidIn | None = None
+    upload_id: UuidIn | None = None
+    reason: Annotated[str, Field(json_schema_extra={"enum": list(DPO_REASONS)})] = "dpo_decision"
+
+
+class ErasureCertificate(BaseModel):
+    erasure_id: int = Field(description="the vault's id of the erasure fact")
+    state: Literal["pending", "recorded"]
+    kind: str
+    scope: dict[str, Any]
+    reason: str
+    requester: str
+    secrets_destroyed: int
+    key_commitments: list[str] = Field(description="destroyed per-subject commitments (hex)")
+    uploads: list[dict[str, Any]] = Field(description="whole uploads destroyed, by root")
+    erased_at: str
+    request: int | None = Field(default=None, description="the subject's ledger request id")
+    receipt: LedgerReceipt | None = None
+
+
+class InvalidScope(ApiError):
+    status = 422
+    title = "Invalid erasure scope"
+
+
+def _certificate(fact: OutboxFact) -> ErasureCertificate:
+    p = fact.payload
+    receipt = None
+    if fact.sent_at is not None and fact.tx_id is not None and fact.block_height is not None:
+        receipt = LedgerReceipt(tx_id=fact.tx_id, block_height=fact.block_height)
+    return ErasureCertificate(
+        erasure_id=fact.id,
+        state="recorded" if receipt is not None else "pending",
+        kind=fact.kind,
+        scope=p["scope"],
+        reason=p["reason"],
+        requester=p["requester"],
+        secrets_destroyed=int(p.get("secrets_destroyed", 0)),
+        key_commitments=list(p.get("key_commitments", [])),
+        uploads=list(p.get("uploads", [])),
+        erased_at=p["at"],
+        request=p.get("request"),
+        receipt=receipt,
+    )
+
+
+def _wait(sessions: sessionmaker[Session], fact_id: int, wait_s: float) -> OutboxFact:
+    deadline = time.monotonic() + wait_s
+    while True:
+        with sessions() as session:
+            fact = session.get(OutboxFact, fact_id)
+            if fact is None:
+                raise NotFound(f"erasure {fact_id} does not exist")
+            session.expunge(fact)
+        if fact.sent_at is not None or time.monotonic() >= deadline:
+            return fact
+        time.sleep(0.05)
+
+
+def _run(request: Request, erase: Any) -> JSONResponse:
+    """Commit the erasure in its own transaction, ship it, answer with its certificate."""
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    with sessions() as session, session.begin():
+        result: ErasureResult = erase(session)
+    if result.outbox_id is None:
+        raise NotFound("nothing of this scope is stored, and it was never erased")
+    jobs = request.app.state.jobs
+    if jobs is not None:
+        jobs.kick()
+    fact = _wait(sessions, result.outbox_id, request.app.state.settings.receipt_wait_s)
+    cert = _certificate(fact)
+    return JSONResponse(cert.model_dump(mode="json"), status_code=201 if cert.receipt else 202)
+
+
+_CERT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {"model": ErasureCertificate, "description": "erased and recorded on the ledger"},
+    202: {"model": ErasureCertificate, "description": "erased; the ledger record is pending"},
+}
+
+
+@router.post(
+    "/erasures", status_code=201, responses=_CERT_RESPONSES, response_model=ErasureCertificate
+)
+def erase(body: ErasureIn, _: Dpo, store: KeyStoreDep, request: Request, ledger: LedgerDep) -> Any:
+    """The DPO erases a subject (everywhere or in one dataset) or an upload."""
+    eraser = Eraser(store)
+    if body.upload_id is not None:
+        if body.subject_id is not None or body.dataset_id is not None:
+            raise InvalidScope("an upload erasure names the upload only")
+        upload_id = body.upload_id
+        return _run(
+            request,
+            lambda s: eraser.withdraw_upload(s, upload_id, reason=body.reason, requester="dpo"),
+        )
+    if body.subject_id is None:
+        raise InvalidScope("name subject_id (and optionally dataset_id), or upload_id")
+    subject = body.subject_id
+    return _run(
+        request,
+        lambda s: eraser.erase_subject(
+            s, subject, dataset_id=body.dataset_id, reason=body.reason, requester="dpo"
+        ),
+    )
+
+
+@router.post(
+    "/erasure-requests",
+    status_code=201,
+    responses=_CERT_RESPONSES,
+    response_model=ErasureCertificate,
+)
+def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger: LedgerDep) -> Any:
+    """The subject's own erasure request (erasure.request signed by their wallet), carried out.
+
+    The request is recorded on the ledger first (so it exists even if the vault then fails),
+    then the vault erases and records the erasure against it.
+    """
+    signed = assemble(ledger.chain_id, body.transaction, body.signature, "erasure.request")
+    answer = ledger.submit(signed.encode())
+    scope = signed.body["scope"]
+    dataset = None
+    if "dataset" in scope:
+        try:
+            dataset = uuid.UUID(scope["dataset"])
+        except ValueError:
+            raise InvalidScope("dataset is a dataset id") from None
+    request_id = int(answer.result["request"])
+    eraser = Eraser(store)
+    return _run(
+        request,
+        lambda s: eraser.erase_subject(
+            s,
+            scope["subject"],
+            dataset_id=dataset,
+            reason="subject_request",
+            requester="subject",
+            request=request_id,
+        ),
+    )
+
+
+@router.get("/erasures/{erasure_id}")
+def erasure_status(
+    erasure_id: Annotated[int, Path(ge=1, le=1 << 62)], member: CurrentMember, request: Request
+) -> ErasureCertificate:
+    """An erasure's certificate; the DPO sees all, a subject only their own."""
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    with sessions() as session:
+        fact = session.get(OutboxFact, erasure_id)
+        if member.role not in ("dpo", "subject"):
+            raise Forbidden("only the DPO or the erased subject may read a certificate")
+        if (
+            fact is None
+            or fact.kind not in ("erasure.record", "retention.expire")
+            or (
+                member.role == "subject"
+                and fact.payload["scope"].get("subject_id") != member.member_id
+            )
+        ):
+            # A subject does not learn which other erasures exist.
+            raise NotFound(f"erasure {erasure_id} does not exist")
+        return _certificate(fact)

@@ -1,0 +1,108 @@
+"""Transactions a member signs with their own key: drafts out, signatures in.
+
+Why drafts: the bytes a subject signs must be exactly the bytes the contracts verify. The API
+builds the canonical unsigned transaction from a JSON request (`POST /v1/drafts`) and hands
+back both the transaction and the exact payload to sign (domain, chain id, transaction); the
+subject's wallet (`civis-vault wallet sign --hex …`) signs that payload, and the submission
+endpoints rebuild the signed transaction from the unsigned bytes and the signature. The API
+never holds a subject's key, so it cannot express a subject's will: a consent the vault or a
+consumer made up fails the signature check here and again in every replica.
+
+JSON has no bytes: in a draft's body, public keys (`consumer`, `member`, `public_key`) are
+64 hex characters and become the 32-byte keys the contracts expect.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+from api.errors import ApiError, Forbidden
+from ledger_bridge.contracts import codec, tx
+
+# What members sign themselves; everything else the vault signs for them.
+SELF_SIGNED = (
+    "member.register",
+    "consent.grant",
+    "consent.revoke",
+    "erasure.request",
+    "governance.propose",
+    "governance.vote",
+)
+_KEY_FIELDS = frozenset({"consumer", "member", "public_key"})
+_HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
+DRAFT_TTL_MAX_S = tx.TTL_MAX_MS // 1000
+
+
+class InvalidTransaction(ApiError):
+    status = 422
+    title = "Invalid transaction"
+
+
+def _bytes_for_keys(value: Any, name: str | None = None) -> Any:
+    if isinstance(value, dict):
+        return {k: _bytes_for_keys(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bytes_for_keys(v, name) for v in value]
+    if name in _KEY_FIELDS:
+        if not isinstance(value, str) or not _HEX_KEY.match(value):
+            raise InvalidTransaction(f"{name} must be a public key: 64 lowercase hex characters")
+        return bytes.fromhex(value)
+    if isinstance(value, float):
+        raise InvalidTransaction("transaction bodies hold no floating-point numbers")
+    return value
+
+
+def draft(
+    chain_id: str, tx_type: str, author_hex: str, body: dict[str, Any], valid_for_s: int
+) -> dict[str, Any]:
+    """The unsigned transaction and the exact bytes its author must sign."""
+    if tx_type not in SELF_SIGNED:
+        raise InvalidTransaction(f"type must be one of {', '.join(SELF_SIGNED)}")
+    if not _HEX_KEY.match(author_hex):
+        raise InvalidTransaction("author must be a public key: 64 lowercase hex characters")
+    if not 1 <= valid_for_s <= DRAFT_TTL_MAX_S:
+        raise InvalidTransaction(f"valid_for_s must be in [1, {DRAFT_TTL_MAX_S}]")
+    unsigned = {
+        "v": tx.VERSION,
+        "type": tx_type,
+        "author": bytes.fromhex(author_hex),
+        "nonce": os.urandom(tx.NONCE_BYTES),
+        "valid_until": int(time.time() * 1000) + valid_for_s * 1000,
+        "body": _bytes_for_keys(body),
+    }
+    try:
+        encoded = codec.encode(unsigned)
+    except (codec.NotCanonical, TypeError, ValueError, OverflowError):
+        raise InvalidTransaction("the body cannot be encoded canonically") from None
+    return {
+        "type": tx_type,
+        "transaction": encoded.hex(),
+        "signing_payload": tx.signing_bytes(chain_id, unsigned).hex(),
+        "valid_until": unsigned["valid_until"],
+    }
+
+
+def assemble(chain_id: str, transaction_hex: str, signature_hex: str, expected: str) -> tx.SignedTx:
+    """The signed transaction from a draft and its author's signature, checked here first."""
+    try:
+        raw = bytes.fromhex(transaction_hex)
+        sig = bytes.fromhex(signature_hex)
+        unsigned = codec.decode(raw, max_bytes=tx.TX_BYTES_MAX)
+    except (ValueError, codec.NotCanonical):
+        raise InvalidTransaction(
+            "transaction and signature are hex; the transaction canonical"
+        ) from None
+    if not isinstance(unsigned, dict) or "sig" in unsigned:
+        raise InvalidTransaction("transaction is the unsigned map a draft returned")
+    try:
+        signed = tx.decode(codec.encode({**unsigned, "sig": sig}))
+    except tx.MalformedTx as exc:
+        raise InvalidTransaction(str(exc)) from None
+    if signed.type != expected:
+        raise InvalidTransaction(f"this endpoint takes a {expected} transaction")
+    if not signed.verify(chain_id):
+        raise Forbidden("the signature does not verify for the transaction's author")
+    return signed

@@ -1,0 +1,210 @@
+"""The white paper's proof of address over the API, decided by the contracts on four replicas.
+
+A utility holds citizens' addresses; a bank asks whether a citizen lives at the address they
+gave. The bank learns yes or no, only while the citizen's own signed consent stands; after
+the revocation it is refused; after the DPO's erasure nobody reads the records again; and the
+ledger (every block, as encoded) never holds the address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from ledger_bridge.pbft import messages as m
+from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
+from tests.api.test_datasets import rec_leaf
+from vault.crypto.merkle import verify_inclusion
+
+ADDRESS = "12 rue Imaginaire"
+CITY = "Villeurbanne-Sud"
+
+
+def signed(env: LedgerEnv, wallet: Wallet, tx_type: str, body: dict[str, Any]) -> dict[str, str]:
+    """Draft through the API, sign with the wallet (as `civis-vault wallet sign` does)."""
+    r = env.client.post("/v1/drafts", json={"type": tx_type, "author": wallet.id, "body": body})
+    assert r.status_code == 201, r.text
+    d = r.json()
+    signature = wallet.key.sign(bytes.fromhex(d["signing_payload"])).hex()
+    return {"transaction": d["transaction"], "signature": signature}
+
+
+def register_subject(env: LedgerEnv) -> Wallet:
+    citizen = Wallet()
+    r = env.client.post(
+        "/v1/members",
+        json=signed(env, citizen, "member.register", {"role": "subject", "college": "citizens"}),
+    )
+    assert r.status_code == 201 and r.json()["result"]["status"] == "active", r.text
+    return citizen
+
+
+def setup_addresses(env: LedgerEnv, citizens: list[Wallet]) -> tuple[str, dict[str, str]]:
+    utility = env.headers("provider", env.provider)
+    r = env.client.post(
+        "/v1/datasets",
+        headers=utility,
+        json={
+            "name": f"addresses-{time.monotonic_ns()}",
+            "category": "address",
+            "purposes": ["proof-of-address"],
+            "retention_days": 365,
+            "legal_basis": "contract",
+        },
+    )
+    assert r.status_code == 201, r.text
+    dataset = r.json()
+    assert dataset["receipt"]["block_height"] >= 1
+    lines = "".join(
+        json.dumps({"subject_id": c.id, "payload": {"address": ADDRESS, "city": CITY, "n": i}})
+        + "\n"
+        for i, c in enumerate(citizens)
+    )
+    r = env.client.post(
+        f"/v1/datasets/{dataset['id']}/uploads",
+        headers={**utility, "Content-Type": "application/x-ndjson"},
+        content=lines.encode(),
+    )
+    assert r.status_code == 201, r.text
+    env.wait_anchored(dataset["id"], r.json()["upload_id"], utility)
+    return dataset["id"], utility
+
+
+def consent(env: LedgerEnv, citizen: Wallet, dataset: str, purpose: str) -> dict[str, Any]:
+    return {
+        "subject": citizen.id,
+        "consumer": env.consumer.id,
+        "purpose": purpose,
+        "dataset": dataset,
+    }
+
+
+def test_proof_of_address_yes_no_with_consent_refused_after_revocation(
+    ledger_env: LedgerEnv,
+) -> None:
+    env = ledger_env
+    citizen = register_subject(env)
+    dataset, _ = setup_addresses(env, [citizen])
+    bank = env.headers("consumer", env.consumer)
+
+    def ask(value: str) -> Any:
+        return env.client.post(
+            "/v1/access-requests",
+            headers=bank,
+            json={
+                "dataset_id": dataset,
+                "purpose": "proof-of-address",
+                "subjects": [citizen.id],
+                "predicate": {"field": "address", "op": "eq", "value": value},
+            },
+        )
+
+    # no consent yet: refused, and the refusal is itself on the ledger
+    r = ask(ADDRESS)
+    assert r.status_code == 403, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    grant = {
+        **consent(env, citizen, dataset, "proof-of-address"),
+        "valid_until": int(time.time() * 1000) + DAY_MS,
+    }
+    r = env.client.post("/v1/consents", json=signed(env, citizen, "consent.grant", grant))
+    assert r.status_code == 201, r.text
+    r = ask(ADDRESS)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"result", "receipt"} and r.json()["result"] is True
+    assert ask("1 other street").json()["result"] is False
+
+    # the bank cannot forge the citizen's consent, nor its revocation
+    forged = {"transaction": signed(env, env.consumer, "consent.grant", grant)["transaction"]}
+    forged["signature"] = signed(env, citizen, "consent.grant", grant)["signature"]
+    assert env.client.post("/v1/consents", json=forged).status_code == 403
+    by_bank = signed(env, env.consumer, "consent.grant", grant)  # signed, but not by the subject
+    r = env.client.post("/v1/consents", json=by_bank)
+    assert r.status_code == 403 and "not_subject" in r.json()["detail"]
+
+    r = env.client.post(
+        "/v1/consents/revocations",
+        json=signed(
+            env, citizen, "consent.revoke", consent(env, citizen, dataset, "proof-of-address")
+        ),
+    )
+    assert r.status_code == 201, r.text
+    assert ask(ADDRESS).status_code == 403
+
+    # the citizen sees both accesses that reached their data, and the revoked consent
+    own = env.headers("subject", citizen)
+    export = env.client.get(f"/v1/subjects/{citizen.id}/export", headers=own).json()
+    assert [c["granted"] for c in export["consents"]] == [False]
+    assert len(export["accesses"]) == 2
+    assert export["records"][0]["payload"]["address"] == ADDRESS
+    # ... and nobody else does
+    other = env.headers("subject", Wallet())
+    assert env.client.get(f"/v1/subjects/{citizen.id}/export", headers=other).status_code == 403
+
+
+def test_records_with_proofs_only_for_consenting_subjects_then_erasure(
+    ledger_env: LedgerEnv,
+) -> None:
+    env = ledger_env
+    yes, no = register_subject(env), register_subject(env)
+    dataset, _ = setup_addresses(env, [yes, no])
+    until = int(time.time() * 1000) + DAY_MS
+    r = env.client.post(
+        "/v1/consents",
+        json=signed(
+            env,
+            yes,
+            "consent.grant",
+            {**consent(env, yes, dataset, "proof-of-address"), "valid_until": until},
+        ),
+    )
+    assert r.status_code == 201, r.text
+    bank = env.headers("consumer", env.consumer)
+    ask = {"dataset_id": dataset, "purpose": "proof-of-address", "subjects": [yes.id, no.id]}
+    r = env.client.post("/v1/access-requests", headers=bank, json=ask)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["granted"] == [yes.id] and body["denied"] == [[no.id, "no_consent"]]
+    [record] = body["records"]
+    assert record["subject_id"] == yes.id and record["payload"]["address"] == ADDRESS
+    # the proof checks against the root anchored on the ledger, not the vault's word
+    upload = env.gateway.query("upload", upload=record["upload_id"])["result"]
+    proof = record["proof"]
+    assert proof["merkle_root"] == upload["merkle_root"].hex()
+    assert verify_inclusion(
+        rec_leaf(record),
+        proof["leaf_index"],
+        proof["tree_size"],
+        [bytes.fromhex(h) for h in proof["audit_path"]],
+        upload["merkle_root"],
+    )
+
+    # minimal disclosure: only the city
+    r = env.client.post("/v1/access-requests", headers=bank, json={**ask, "fields": ["city"]})
+    assert [x["payload"] for x in r.json()["records"]] == [{"city": CITY}]
+    assert r.json()["records"][0]["proof"] is None
+
+    # the DPO erases the consenting subject: a certificate recorded on the ledger
+    dpo = env.headers("dpo", env.dpo)
+    r = env.client.post("/v1/erasures", headers=dpo, json={"subject_id": yes.id})
+    assert r.status_code == 201, r.text
+    cert = r.json()
+    assert cert["state"] == "recorded" and cert["secrets_destroyed"] >= 1
+    assert cert["receipt"]["block_height"] >= 1 and cert["key_commitments"]
+    r = env.client.post("/v1/access-requests", headers=bank, json=ask)
+    assert r.json()["granted"] == [] and [yes.id, "erased"] in r.json()["denied"]
+    assert r.json()["records"] == []
+    # a provider and a consumer cannot erase
+    for role, who in (("provider", env.provider), ("consumer", env.consumer)):
+        headers = env.headers(role, who)
+        r = env.client.post("/v1/erasures", headers=headers, json={"subject_id": no.id})
+        assert r.status_code == 403
+
+    # no payload value anywhere in the chain's encoding
+    height = max((env.gateway.status(i) or {}).get("height", 0) for i in range(4))
+    for h in range(1, height + 1):
+        raw = m.encode(env.gateway.block(h))
+        assert ADDRESS.encode() not in raw and CITY.encode() not in raw
+        assert hashlib.sha256(ADDRESS.encode()).digest() not in raw
