@@ -69,7 +69,7 @@ class AccessRecord(BaseModel):
     )
 
 
-class AccessOut(BaseModel):
+class AccessAnswer(BaseModel):
     access: int = Field(description="the access's id on the ledger")
     receipt: LedgerReceipt
     granted: list[str]
@@ -163,7 +163,7 @@ _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/json": {
                 "schema": {
                     "oneOf": [
-                        {"$ref": "#/components/schemas/AccessOut"},
+                        {"$ref": "#/components/schemas/AccessAnswer"},
                         {"$ref": "#/components/schemas/PredicateAnswer"},
                     ]
                 }
@@ -171,7 +171,7 @@ _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/x-ndjson": {
                 "schema": {
                     "type": "string",
-                    "description": "line 1: the access (AccessOut without records); then one "
+                    "description": "line 1: the access (AccessAnswer without records); then one "
                     "AccessRecord per line",
                 }
             },
@@ -185,7 +185,7 @@ _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/access-requests",
     responses=_ACCESS_RESPONSES,
-    response_model=AccessOut | PredicateAnswer,
+    response_model=AccessAnswer | PredicateAnswer,
 )
 def access(
     body: AccessIn,
@@ -225,7 +225,7 @@ def access(
             if str(r.upload_id) in uploads
         )
         return PredicateAnswer(result=disclosure.evaluate(payloads, predicate), receipt=receipt)
-    head = AccessOut(
+    head = AccessAnswer(
         access=result["access"],
         receipt=receipt,
         granted=granted,
