@@ -10,9 +10,10 @@ Retries (PBFT §4.1, §4.4): a request goes to the replica the client believes i
 no f+1 matching replies come within the retry time, it is re-sent to every replica (a backup
 that sees a request the primary sits on starts its view-change timer), with exponential
 back-off, until `timeout_ms`. The retry time is `retry_ms` or three times the smoothed commit
-latency this client observed, whichever is longer (TCP's RTO idea): under load a commit takes
-longer than `retry_ms`, and re-sending every slow request to all replicas would multiply the
-work of an already saturated cluster (each repeat costs every replica a signature check).
+latency this client observed, whichever is longer, at most 5 s (TCP's RTO idea): under load
+a commit takes longer than `retry_ms`, and re-sending every slow request to all replicas
+would multiply the work of an already saturated cluster (each repeat costs every replica a
+signature check).
 Re-sending is safe: the replicas execute a (client, request id) once and answer repeats from
 their reply cache.
 
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRY_MS = 400
+RETRY_MAX_MS = 5_000  # however slow commits were, a request is re-sent within this
 TIMEOUT_MS = 30_000
 CALL_TIMEOUT_MS = 5_000
 CONNECT_TIMEOUT_MS = 1_000
@@ -469,7 +471,7 @@ class AsyncLedgerClient:
             self._done = asyncio.get_running_loop().create_future()
             started = time.monotonic()
             deadline = started + self.timeout_ms / 1000
-            wait_ms = max(self.retry_ms, 3 * (self._rtt_ms or 0.0))
+            wait_ms = min(max(self.retry_ms, 3 * (self._rtt_ms or 0.0)), RETRY_MAX_MS)
             retried = False
             targets = [self._primary()]
             try:
@@ -486,7 +488,7 @@ class AsyncLedgerClient:
                         break
                     except TimeoutError:
                         targets = list(range(self.transport.n))
-                        wait_ms = min(wait_ms * 2, 5_000)
+                        wait_ms = min(wait_ms * 2, RETRY_MAX_MS)
                         retried = True
                 if not retried:
                     rtt_ms = (time.monotonic() - started) * 1000
