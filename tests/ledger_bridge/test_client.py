@@ -127,8 +127,9 @@ def test_f_plus_1_agreeing_replies_with_forged_signatures_are_not_a_receipt() ->
 def test_the_retry_time_follows_the_observed_commit_latency() -> None:
     """Under load a commit takes longer than `retry_ms`; a client that re-sent every such
     request to all replicas would multiply the load. A client whose commits took 10 s each
-    waits 30 s before re-sending, where a fresh one re-sends after `retry_ms` (50 ms). The
-    primary is dead in both cases; 0.5 s tells the two apart with a wide margin."""
+    waits 5 s (three times that, capped) before re-sending, where a fresh one re-sends after
+    `retry_ms` (50 ms). The primary is dead in both cases; 0.5 s tells the two apart with a
+    wide margin."""
 
     async def attempt(rtt_ms: float | None) -> list[int]:
         transport, client, _ = _cluster()
