@@ -1,0 +1,602 @@
+"""Who may do what: every /v1 operation, called by every kind of caller, against a real ledger.
+
+The matrix below is the specification (issue 5, "Authentication and roles"): one row per
+operation, one column per caller, each cell the class of answer that caller must get:
+
+- `ok`: any 2xx; the action happened (or the read answered);
+- `401`: no API key; `403`: the caller's role (or, for a signed transaction, the signer) may
+  not do this; `404`: the resource exists but is not the caller's, and the answer does not
+  say that it exists (another provider's dataset, another subject's erasure certificate).
+
+The callers, relative to the resources of the scene (`World`): `owner` is the provider that
+owns the dataset, `provider` another admitted provider, `consumer` the admitted consumer,
+`subject` the subject whose data it is, `other-subject` another registered subject, `dpo`,
+`validator` (a validator's own key) and `anonymous` (no API key; for a signed transaction, a
+key that is no member at all).
+
+Two kinds of operations: most take an API key, and the column's key is sent. The subject's
+and members' own transactions (`/v1/members`, governance, consents, erasure requests) take no
+API key: the signature is the authentication and the consent contracts the authorisation, so
+there the column's WALLET is the author and signer of the transaction (`/v1/drafts` and
+`/v1/members` are open to anyone: drafting is pure, and anyone may apply for membership with
+a fresh key, which a vote then admits or not).
+
+Every /v1 route of the app must have a row (and a request builder): a route added without one
+fails `test_every_v1_operation_is_in_the_matrix`, so nobody adds an endpoint without deciding
+who may call it. Beyond status classes, a few tests check what the allowed answers contain
+where the rule is about content: a provider's list, consent-less access, the subject's export,
+and subject transactions signed by somebody else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fastapi.routing import iter_route_contexts
+
+from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
+from tests.api.test_consented_access import register_subject, signed
+
+COLUMNS = (
+    "owner",
+    "provider",
+    "consumer",
+    "subject",
+    "other-subject",
+    "dpo",
+    "validator",
+    "anonymous",
+)
+
+# Read it as a table; `{...}` are path parameters, filled in by the row's request builder.
+MATRIX_TABLE = """
+operation                                            owner prov cons subj other dpo valid anon
+GET    /v1/datasets                                  ok    ok   403  403  403   ok  403   401
+POST   /v1/datasets                                  ok    ok   403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}                     ok    404  403  403  403   ok  403   401
+POST   /v1/datasets/{dataset_id}/uploads             ok    404  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/uploads             ok    404  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/uploads/{upload_id} ok    404  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/records             ok    404  403  403  403   403 403   401
+GET    /v1/records/{record_id}                       ok    404  403  403  403   403 403   401
+POST   /v1/drafts                                    ok    ok   ok   ok   ok    ok  ok    ok
+POST   /v1/members                                   ok    ok   ok   ok   ok    ok  ok    ok
+GET    /v1/members/{public_key}                      ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/governance/proposals                      ok    ok   ok   ok   ok    ok  ok    401
+POST   /v1/governance/proposals                      ok    ok   ok   ok   ok    ok  ok    403
+POST   /v1/governance/proposals/{proposal}/votes     ok    ok   ok   ok   ok    ok  ok    403
+GET    /v1/governance/proposals/{proposal}           ok    ok   ok   ok   ok    ok  ok    401
+POST   /v1/consents                                  403   403  403  ok   403   403 403   403
+POST   /v1/consents/revocations                      403   403  403  ok   403   403 403   403
+GET    /v1/subjects/{subject_id}/consents            403   403  403  ok   403   ok  403   401
+POST   /v1/access-requests                           403   403  ok   403  403   403 403   401
+GET    /v1/subjects/{subject_id}/export              403   403  403  ok   403   ok  403   401
+POST   /v1/erasures                                  403   403  403  403  403   ok  403   401
+POST   /v1/erasure-requests                          403   403  403  ok   403   403 403   403
+GET    /v1/erasures/{erasure_id}                     403   403  403  ok   404   ok  403   401
+GET    /v1/ledger/status                             ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/ledger/blocks                             ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/ledger/blocks/{height}                    ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/dpo/access-log                            403   403  403  403  403   ok  403   401
+GET    /v1/dpo/retention-audit                       403   403  403  403  403   ok  403   401
+GET    /v1/dpo/ledger-verification                   403   403  403  403  403   ok  403   401
+GET    /v1/dpo/records-of-processing                 403   403  403  403  403   ok  403   401
+"""
+
+
+def _parse(table: str) -> dict[tuple[str, str], dict[str, str]]:
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for line in table.strip().splitlines()[1:]:
+        method, path, *cells = line.split()
+        assert len(cells) == len(COLUMNS), f"{method} {path}: {len(cells)} cells"
+        assert (method, path) not in rows, f"{method} {path} twice"
+        rows[(method, path)] = dict(zip(COLUMNS, cells, strict=True))
+    return rows
+
+
+MATRIX = _parse(MATRIX_TABLE)
+
+
+# -- the scene ----------------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def admit(env: LedgerEnv, wallet: Wallet, role: str, college: str) -> int:
+    """A legal entity applies (signed by its key) and the cooperative admits it by vote.
+
+    Every college must approve by a majority of the members it had when the proposal was
+    made; the founding members and the validators vote, in turn, until it passes. Returns
+    the proposal's id.
+    """
+    r = env.client.post(
+        "/v1/members",
+        json=signed(env, wallet, "member.register", {"role": role, "college": college}),
+    )
+    assert r.status_code == 201 and r.json()["result"]["status"] == "pending", r.text
+    action = {"kind": "admit_member", "member": wallet.id}
+    r = env.client.post(
+        "/v1/governance/proposals",
+        json=signed(
+            env,
+            env.dpo,
+            "governance.propose",
+            {"action": action, "voting_ends": _now_ms() + DAY_MS},
+        ),
+    )
+    assert r.status_code == 201, r.text
+    proposal = int(r.json()["result"]["proposal"])
+    status = "open"
+    for voter in (*env.validators, env.dpo, env.provider, env.consumer):
+        r = env.client.post(
+            f"/v1/governance/proposals/{proposal}/votes",
+            json=signed(env, voter, "governance.vote", {"proposal": proposal, "approve": True}),
+        )
+        assert r.status_code == 201, r.text
+        status = r.json()["result"]["status"]
+        if status == "passed":
+            break
+    assert status == "passed", f"admission of a {role} not passed by the founding members"
+    return proposal
+
+
+def make_dataset(env: LedgerEnv, owner: dict[str, str], category: str, purposes: list[str]) -> str:
+    r = env.client.post(
+        "/v1/datasets",
+        headers=owner,
+        json={
+            "name": f"{category}-{uuid.uuid4().hex[:12]}",
+            "category": category,
+            "purposes": purposes,
+            "retention_days": 365,
+            "legal_basis": "consent",
+        },
+    )
+    assert r.status_code == 201, r.text
+    dataset: str = r.json()["id"]
+    return dataset
+
+
+def ndjson(rows: list[tuple[Wallet, dict[str, Any]]]) -> bytes:
+    return "".join(
+        json.dumps({"subject_id": w.id, "payload": payload}) + "\n" for w, payload in rows
+    ).encode()
+
+
+def upload_anchored(
+    env: LedgerEnv, owner: dict[str, str], dataset: str, rows: list[tuple[Wallet, dict[str, Any]]]
+) -> str:
+    """Upload records and wait until their anchor is committed (only then are they readable)."""
+    r = env.client.post(
+        f"/v1/datasets/{dataset}/uploads",
+        headers={**owner, "Content-Type": "application/x-ndjson"},
+        content=ndjson(rows),
+    )
+    assert r.status_code == 201, r.text
+    upload: str = r.json()["upload_id"]
+    env.wait_anchored(dataset, upload, owner)
+    return upload
+
+
+def grant(env: LedgerEnv, subject: Wallet, body: dict[str, Any]) -> None:
+    r = env.client.post(
+        "/v1/consents",
+        json=signed(env, subject, "consent.grant", {**body, "valid_until": _now_ms() + DAY_MS}),
+    )
+    assert r.status_code == 201, r.text
+
+
+@dataclass
+class World:
+    """One dataset of the owner's with one anchored upload, and the people around it.
+
+    Operations that destroy something have their own victims, so the order in which rows and
+    columns run never matters: `erased_by_dpo` for `POST /v1/erasures`, `erasing_self` for
+    `POST /v1/erasure-requests`, and `erased` (erased during set-up, `erasure` its
+    certificate's id) for `GET /v1/erasures/{id}`.
+    """
+
+    env: LedgerEnv
+    other_provider: Wallet
+    subject: Wallet
+    other_subject: Wallet
+    erased_by_dpo: Wallet
+    erasing_self: Wallet
+    erased: Wallet
+    dataset: str
+    upload: str
+    record: str
+    erasure: int
+    proposal: int
+    _keys: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+    def signer(self, who: str, subject: Wallet | None = None) -> Wallet:
+        """The wallet that authors and signs a transaction in column `who`."""
+        env = self.env
+        wallets = {
+            "owner": env.provider,
+            "provider": self.other_provider,
+            "consumer": env.consumer,
+            "subject": subject or self.subject,
+            "other-subject": self.other_subject,
+            "dpo": env.dpo,
+            "validator": env.validators[0],
+        }
+        return wallets[who] if who in wallets else Wallet()  # anonymous: no member at all
+
+    def headers(self, who: str, subject: Wallet | None = None) -> dict[str, str]:
+        """Column `who`'s API key (bound to its ledger key), or none for `anonymous`."""
+        if who == "anonymous":
+            return {}
+        role = {"owner": "provider", "other-subject": "subject"}.get(who, who)
+        wallet = self.signer(who, subject)
+        if (role, wallet.id) not in self._keys:
+            self._keys[(role, wallet.id)] = self.env.headers(role, wallet)
+        return self._keys[(role, wallet.id)]
+
+
+@pytest.fixture(scope="module")
+def world(ledger_env: LedgerEnv) -> World:
+    env = ledger_env
+    other_provider = Wallet()
+    # First, while the citizens' college is only its validator: a vote needs its majority.
+    proposal = admit(env, other_provider, "provider", "providers")
+    subject, other, by_dpo, by_self, erased = (register_subject(env) for _ in range(5))
+    owner = env.headers("provider", env.provider)
+    dataset = make_dataset(env, owner, "address", ["proof-of-address", "research"])
+    people = (subject, other, by_dpo, by_self, erased)
+    upload = upload_anchored(
+        env,
+        owner,
+        dataset,
+        [(w, {"address": f"{i} rue du Test", "n": i}) for i, w in enumerate(people)],
+    )
+    records = env.client.get(
+        f"/v1/datasets/{dataset}/records", params={"subject_id": subject.id}, headers=owner
+    ).json()
+    grant(
+        env,
+        subject,
+        {
+            "subject": subject.id,
+            "consumer": env.consumer.id,
+            "purpose": "proof-of-address",
+            "dataset": dataset,
+        },
+    )
+    dpo = env.headers("dpo", env.dpo)
+    r = env.client.post("/v1/erasures", headers=dpo, json={"subject_id": erased.id})
+    assert r.status_code in (201, 202), r.text
+    return World(
+        env,
+        other_provider,
+        subject,
+        other,
+        by_dpo,
+        by_self,
+        erased,
+        dataset,
+        upload,
+        records[0]["record_id"],
+        int(r.json()["erasure_id"]),
+        proposal,
+    )
+
+
+# -- one request per row ------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """What a row sends for one column: path parameters, headers, a JSON or raw body."""
+
+    params: dict[str, str | int] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    content: bytes | None = None
+
+
+Builder = Callable[[World, str], Call]
+
+
+def _keyed(w: World, who: str, **params: str | int) -> Call:
+    return Call(params=params, headers=w.headers(who))
+
+
+def _dataset_new(w: World, who: str) -> Call:
+    body = {
+        "name": f"matrix-{uuid.uuid4().hex[:12]}",
+        "category": "energy",
+        "purposes": ["research"],
+        "retention_days": 30,
+        "legal_basis": "consent",
+    }
+    return Call(headers=w.headers(who), json=body)
+
+
+def _upload(w: World, who: str) -> Call:
+    return Call(
+        params={"dataset_id": w.dataset},
+        headers={**w.headers(who), "Content-Type": "application/x-ndjson"},
+        content=ndjson([(w.subject, {"address": "1 rue du Test", "n": 99})]),
+    )
+
+
+def _consent_body(w: World, purpose: str) -> dict[str, Any]:
+    return {
+        "subject": w.subject.id,
+        "consumer": w.env.consumer.id,
+        "purpose": purpose,
+        "dataset": w.dataset,
+    }
+
+
+def _draft(w: World, who: str) -> Call:
+    body = {**_consent_body(w, "research"), "valid_until": _now_ms() + DAY_MS}
+    return Call(json={"type": "consent.grant", "author": w.signer(who).id, "body": body})
+
+
+_APPLYING_AS = {
+    "owner": ("provider", "providers"),
+    "provider": ("provider", "providers"),
+    "consumer": ("consumer", "services"),
+    "dpo": ("dpo", "services"),
+    "validator": ("validator", "providers"),
+}
+
+
+def _apply(w: World, who: str) -> Call:
+    # Anyone applies with a FRESH key (a column's own key is a member already): residents are
+    # active at once, legal entities wait for a vote.
+    role, college = _APPLYING_AS.get(who, ("subject", "citizens"))
+    body = {"role": role, "college": college}
+    return Call(json=signed(w.env, Wallet(), "member.register", body))
+
+
+def _propose(w: World, who: str) -> Call:
+    action = {"kind": "approve_purpose", "purpose": f"matrix-{uuid.uuid4().hex[:12]}"}
+    body = {"action": action, "voting_ends": _now_ms() + DAY_MS}
+    return Call(json=signed(w.env, w.signer(who), "governance.propose", body))
+
+
+def _vote(w: World, who: str) -> Call:
+    # A proposal of its own per call, so every vote is the first one and it stays open.
+    r = w.env.client.post("/v1/governance/proposals", json=_propose(w, "dpo").json)
+    assert r.status_code == 201, r.text
+    proposal = int(r.json()["result"]["proposal"])
+    body = {"proposal": proposal, "approve": True}
+    return Call(
+        params={"proposal": proposal},
+        json=signed(w.env, w.signer(who), "governance.vote", body),
+    )
+
+
+def _grant(w: World, who: str) -> Call:
+    body = {**_consent_body(w, "research"), "valid_until": _now_ms() + DAY_MS}
+    return Call(json=signed(w.env, w.signer(who), "consent.grant", body))
+
+
+def _revoke(w: World, who: str) -> Call:
+    grant(w.env, w.subject, _consent_body(w, "research"))  # something in force to revoke
+    return Call(json=signed(w.env, w.signer(who), "consent.revoke", _consent_body(w, "research")))
+
+
+def _access(w: World, who: str) -> Call:
+    body = {"dataset_id": w.dataset, "purpose": "proof-of-address", "subjects": [w.subject.id]}
+    return Call(headers=w.headers(who), json=body)
+
+
+def _erase(w: World, who: str) -> Call:
+    body = {"subject_id": w.erased_by_dpo.id, "dataset_id": w.dataset}
+    return Call(headers=w.headers(who), json=body)
+
+
+def _erasure_request(w: World, who: str) -> Call:
+    body = {"scope": {"kind": "subject", "subject": w.erasing_self.id}}
+    return Call(json=signed(w.env, w.signer(who, w.erasing_self), "erasure.request", body))
+
+
+BUILDERS: dict[tuple[str, str], Builder] = {
+    ("GET", "/v1/datasets"): lambda w, who: _keyed(w, who),
+    ("POST", "/v1/datasets"): _dataset_new,
+    ("GET", "/v1/datasets/{dataset_id}"): lambda w, who: _keyed(w, who, dataset_id=w.dataset),
+    ("POST", "/v1/datasets/{dataset_id}/uploads"): _upload,
+    ("GET", "/v1/datasets/{dataset_id}/uploads"): lambda w, who: _keyed(
+        w, who, dataset_id=w.dataset
+    ),
+    ("GET", "/v1/datasets/{dataset_id}/uploads/{upload_id}"): lambda w, who: _keyed(
+        w, who, dataset_id=w.dataset, upload_id=w.upload
+    ),
+    ("GET", "/v1/datasets/{dataset_id}/records"): lambda w, who: _keyed(
+        w, who, dataset_id=w.dataset
+    ),
+    ("GET", "/v1/records/{record_id}"): lambda w, who: _keyed(w, who, record_id=w.record),
+    ("POST", "/v1/drafts"): _draft,
+    ("POST", "/v1/members"): _apply,
+    ("GET", "/v1/members/{public_key}"): lambda w, who: _keyed(w, who, public_key=w.subject.id),
+    ("GET", "/v1/governance/proposals"): lambda w, who: _keyed(w, who),
+    ("POST", "/v1/governance/proposals"): _propose,
+    ("POST", "/v1/governance/proposals/{proposal}/votes"): _vote,
+    ("GET", "/v1/governance/proposals/{proposal}"): lambda w, who: _keyed(
+        w, who, proposal=w.proposal
+    ),
+    ("POST", "/v1/consents"): _grant,
+    ("POST", "/v1/consents/revocations"): _revoke,
+    ("GET", "/v1/subjects/{subject_id}/consents"): lambda w, who: _keyed(
+        w, who, subject_id=w.subject.id
+    ),
+    ("POST", "/v1/access-requests"): _access,
+    ("GET", "/v1/subjects/{subject_id}/export"): lambda w, who: _keyed(
+        w, who, subject_id=w.subject.id
+    ),
+    ("POST", "/v1/erasures"): _erase,
+    ("POST", "/v1/erasure-requests"): _erasure_request,
+    ("GET", "/v1/erasures/{erasure_id}"): lambda w, who: Call(
+        params={"erasure_id": w.erasure}, headers=w.headers(who, w.erased)
+    ),
+    ("GET", "/v1/ledger/status"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/ledger/blocks"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/ledger/blocks/{height}"): lambda w, who: _keyed(w, who, height=1),
+    ("GET", "/v1/dpo/access-log"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dpo/retention-audit"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dpo/ledger-verification"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dpo/records-of-processing"): lambda w, who: _keyed(w, who),
+}
+
+
+def _outcome(status: int) -> str:
+    return "ok" if 200 <= status < 300 else str(status)
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+
+def test_every_v1_operation_is_in_the_matrix(ledger_env: LedgerEnv) -> None:
+    """A route added to the app without a row (or a row left for a route that went) fails.
+
+    Both views of the app count: the routes it dispatches to (hidden from the schema or not)
+    and the operations its OpenAPI document publishes.
+    """
+    app = ledger_env.client.app
+    routed = {
+        (method, str(route.path))
+        for route in iter_route_contexts(app.routes)  # type: ignore[attr-defined]
+        if str(route.path).startswith("/v1/")
+        for method in route.methods or ()
+    }
+    published = {
+        (method.upper(), path)
+        for path, item in app.openapi()["paths"].items()  # type: ignore[attr-defined]
+        if path.startswith("/v1/")
+        for method in item
+    }
+    operations = routed | published
+    assert operations, "no /v1 route found: the app changed shape"
+    missing = sorted(operations - set(MATRIX))
+    stale = sorted(set(MATRIX) - operations)
+    assert not missing, (
+        f"operations with no row in MATRIX_TABLE (decide who may call them): {missing}"
+    )
+    assert not stale, f"rows for operations the app no longer has: {stale}"
+    assert set(BUILDERS) == set(MATRIX), "every row needs a request builder, and only rows"
+
+
+@pytest.mark.parametrize("operation", list(MATRIX), ids=[f"{m} {p}" for m, p in MATRIX])
+def test_each_caller_gets_exactly_its_rows_answer(world: World, operation: tuple[str, str]) -> None:
+    method, template = operation
+    wrong: list[str] = []
+    for who, expected in MATRIX[operation].items():
+        call = BUILDERS[operation](world, who)
+        path = template.format(**call.params)
+        r = world.env.client.request(
+            method, path, headers=call.headers, json=call.json, content=call.content
+        )
+        got = _outcome(r.status_code)
+        if got != expected:
+            wrong.append(f"{who}: expected {expected}, got {r.status_code} {r.text[:300]}")
+        elif got != "ok":
+            # A refusal is a problem document, never an empty or HTML body.
+            assert r.headers["content-type"] == "application/problem+json", (who, r.text)
+    assert not wrong, f"{method} {template}:\n" + "\n".join(wrong)
+
+
+def test_a_providers_list_shows_only_its_own_datasets(world: World) -> None:
+    env = world.env
+    listed = env.client.get("/v1/datasets", headers=world.headers("provider")).json()
+    assert world.dataset not in {d["id"] for d in listed}
+    assert world.dataset in {
+        d["id"] for d in env.client.get("/v1/datasets", headers=world.headers("owner")).json()
+    }
+    assert world.dataset in {
+        d["id"] for d in env.client.get("/v1/datasets", headers=world.headers("dpo")).json()
+    }
+
+
+def test_nobody_reads_without_consent(world: World) -> None:
+    """The other subject never consented: named, open and yes/no requests all get nothing."""
+    env = world.env
+    consumer = world.headers("consumer")
+    ask = {"dataset_id": world.dataset, "purpose": "proof-of-address"}
+    r = env.client.post(
+        "/v1/access-requests", headers=consumer, json={**ask, "subjects": [world.other_subject.id]}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["granted"] == [] and r.json()["records"] == []
+    assert r.json()["denied"] == [[world.other_subject.id, "no_consent"]]
+    # an open request reaches exactly the consenting subject
+    r = env.client.post("/v1/access-requests", headers=consumer, json=ask)
+    assert {rec["subject_id"] for rec in r.json()["records"]} == {world.subject.id}
+    r = env.client.post(
+        "/v1/access-requests",
+        headers=consumer,
+        json={
+            **ask,
+            "subjects": [world.other_subject.id],
+            "predicate": {"field": "address", "op": "eq", "value": "1 rue du Test"},
+        },
+    )
+    assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
+    assert "result" not in r.json()
+
+
+def test_a_subject_exports_only_their_own_data(world: World) -> None:
+    env = world.env
+    mine = env.client.get(
+        f"/v1/subjects/{world.subject.id}/export", headers=world.headers("subject")
+    )
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["subject_id"] == world.subject.id
+    assert {rec["payload"]["n"] for rec in mine.json()["records"]} <= {0, 99}  # theirs only
+    assert 0 in {rec["payload"]["n"] for rec in mine.json()["records"]}
+    theirs = env.client.get(
+        f"/v1/subjects/{world.subject.id}/export", headers=world.headers("other-subject")
+    )
+    assert theirs.status_code == 403 and "records" not in theirs.json()
+
+
+def test_a_subject_transaction_signed_by_someone_else_is_refused(world: World) -> None:
+    """Drafts name the subject as their author; the other subject's key signs them."""
+    env = world.env
+    subject, forger = world.subject, world.other_subject
+    cases = {
+        "/v1/consents": (
+            "consent.grant",
+            {**_consent_body(world, "research"), "valid_until": _now_ms() + DAY_MS},
+        ),
+        "/v1/consents/revocations": ("consent.revoke", _consent_body(world, "proof-of-address")),
+        "/v1/erasure-requests": (
+            "erasure.request",
+            {"scope": {"kind": "subject", "subject": subject.id}},
+        ),
+    }
+    for path, (tx_type, body) in cases.items():
+        r = env.client.post(
+            "/v1/drafts", json={"type": tx_type, "author": subject.id, "body": body}
+        )
+        assert r.status_code == 201, r.text
+        draft = r.json()
+        forged = forger.key.sign(bytes.fromhex(draft["signing_payload"])).hex()
+        r = env.client.post(path, json={"transaction": draft["transaction"], "signature": forged})
+        assert r.status_code == 403, (path, r.text)
+        assert "signature does not verify" in r.json()["detail"], (path, r.text)
+    # nothing happened: the consent stands, the subject's data is still there and not erased
+    r = env.client.post(
+        "/v1/access-requests",
+        headers=world.headers("consumer"),
+        json={
+            "dataset_id": world.dataset,
+            "purpose": "proof-of-address",
+            "subjects": [subject.id],
+        },
+    )
+    assert r.json()["granted"] == [subject.id] and r.json()["records"], r.text
+    export = env.client.get(f"/v1/subjects/{subject.id}/export", headers=world.headers("dpo"))
+    assert export.json()["erasures"] == [] and export.json()["records"], export.text
