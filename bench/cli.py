@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "ledger": "bench.ledger:run",
     "upload-http": "bench.upload_http:run",
     "keys": "bench.keys:run",
+    "access": "bench.access:run",
 }
 
 
@@ -23,6 +24,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument("name", choices=sorted(BENCHMARKS) or ["none"])
     bench.add_argument("--json", action="store_true", help="print JSON only")
     bench.add_argument("--records", type=int, default=None, help="size of the run")
+    bench.add_argument(
+        "--seconds", type=float, default=None, help="access: measured seconds per point"
+    )
+    bench.add_argument(
+        "--database-url",
+        default=None,
+        help="access, upload-http: PostgreSQL to use (default CIVIS_DATABASE_URL, else embedded)",
+    )
+    bench.add_argument(
+        "--gb",
+        type=float,
+        default=None,
+        help="upload-http: stream a generated NDJSON body of this many GB (10^9 bytes)",
+    )
     bench.set_defaults(func=_run)
 
 

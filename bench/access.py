@@ -1,0 +1,598 @@
+"""`civis-vault bench access --json`: consent-checked access over HTTP against the same read
+without the ledger step.
+
+What it runs, as `civis-vault up` runs it: the API under uvicorn in a child process, a real
+4-replica consent-contracts cluster (replica processes, TLS, the `up` batch parameters) behind
+the API's ledger gateway, and PostgreSQL (a new database on the server `--database-url`, else
+`CIVIS_DATABASE_URL`, names; else an embedded server in a temporary directory). Everything is
+set up through the HTTP API: one dataset, `--records` subjects (100 by default) who register
+with their own keys, one 1 KiB record each (the payloads of `bench upload`), the upload
+anchored, and every subject's signed consent for one consumer and purpose.
+
+What it measures, on this machine, in one run, at 1, 8 and 32 closed-loop consumers (each a
+thread with its own keep-alive connection and one request in flight):
+- access: `POST /v1/access-requests` for the dataset and purpose, answered with all the
+  records (Merkle proofs included) after the contracts granted every subject on the ledger;
+- baseline: the same records with proofs through the same HTTP stack, PostgreSQL and key
+  store, without the ledger step: the provider's `GET /v1/datasets/{id}/records?limit=N`;
+and the ratio of the two (these 2-core machines are shared and noisy: compare ratios, not
+absolutes). The bar of issue 5 is p50 <= 20 ms and p99 <= 100 ms at 8 consumers.
+
+Consumers read the response bytes and check the status, but do not parse the JSON while
+measuring: parsing is the consumer's cost, not the service's. One answer of each kind is
+parsed and checked before the measurement (every record, the anchored root in every proof).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy.orm import Session
+
+from bench.upload import _POOL, PAYLOAD_BYTES, _payloads
+from ledger_bridge.cluster import Cluster
+from ledger_bridge.crypto import SigningKey
+from vault import db
+
+CONSUMERS = (1, 8, 32)
+POINT_S = 8.0
+WARMUP_S_MAX = 1.0
+RECORDS = 100
+PURPOSE = "road-maintenance"
+BAR_CONSUMERS = 8
+BAR_P50_MS = 20.0
+BAR_P99_MS = 100.0
+SETUP_THREADS = 16
+START_TIMEOUT_S = 90.0
+ANCHOR_TIMEOUT_S = 60.0
+CLUSTER_TRIES = 3
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Member:
+    """A ledger identity of the run: its Ed25519 key; its member id is the public key's hex."""
+
+    key: SigningKey = field(default_factory=SigningKey.generate)
+
+    @property
+    def id(self) -> str:
+        return bytes(self.key.public_key).hex()
+
+
+@dataclass
+class Fixture:
+    """What the measurement needs once setup is done."""
+
+    base: str
+    dataset_id: str
+    records: int
+    consumer_headers: dict[str, str]
+    provider_headers: dict[str, str]
+    server_pid: int
+    replica_pids: list[int]
+
+
+@dataclass
+class Point:
+    """One closed-loop measurement: the requests answered inside its window (after warm-up).
+
+    A request that started during the warm-up but ended inside the window counts: at 32
+    consumers on a loaded machine one request can take longer than the warm-up, and leaving
+    those out would drop exactly the slow ones from the p99.
+    """
+
+    latencies_s: list[float]
+    errors: int
+    seconds: float
+    cpu_s: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.latencies_s)
+        per_request = {k: round(1000 * v / n, 2) if n else None for k, v in self.cpu_s.items()}
+        return {
+            "requests": n,
+            "errors": self.errors,
+            "requests_per_s": round(n / self.seconds, 1),
+            "p50_ms": _ms(_percentile(self.latencies_s, 0.50)),
+            "p99_ms": _ms(_percentile(self.latencies_s, 0.99)),
+            "cpu_ms_per_request": per_request,
+        }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest rank: the smallest value with at least q of the values at or below it."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _ms(seconds: float) -> float | None:
+    return None if math.isnan(seconds) else round(1000 * seconds, 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def bench_database(server_url: str | None, tmp: Path) -> Iterator[tuple[str, str]]:
+    """A new, migrated database for this run, dropped at the end: (SQLAlchemy URL, label).
+
+    On `server_url` (`--database-url`, else `CIVIS_DATABASE_URL`) a database of the run's own
+    is created, never the one named: a database an earlier run left holds outbox facts of a
+    chain that no longer exists, which the API's ordered relay would try first, forever, and
+    tables grown by earlier runs would slow this one. Without a server, an embedded one.
+    """
+    url = server_url or os.environ.get("CIVIS_DATABASE_URL")
+    if not url:
+        from vault.embedded import embedded_postgres
+
+        with embedded_postgres(tmp / "pg", "bench", delete_on_exit=True) as embedded:
+            db.upgrade(embedded)
+            yield embedded, "embedded-postgres"
+        return
+    import psycopg
+    from sqlalchemy import make_url
+
+    name = f"civis_bench_{uuid.uuid4().hex[:12]}"
+    admin = make_url(url).set(drivername="postgresql", database="postgres")
+    conninfo = admin.render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        own = make_url(url).set(database=name).render_as_string(hide_password=False)
+        db.upgrade(own)
+        yield own, "external (--database-url / CIVIS_DATABASE_URL), a database of the run's own"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- the system under test ------------------------------------------------------------------------
+
+
+def _serve(url: str, data_dir: Path, port: int) -> None:
+    """The child process: the app of `civis-vault up` on a ledger founded by the parent."""
+    import uvicorn
+
+    from api import bootstrap
+    from api.app import create_app
+    from api.ledger import LedgerGateway
+    from vault.config import Settings
+
+    settings = Settings(environment="test", data_dir=data_dir)
+    gateway = LedgerGateway.from_directory(
+        bootstrap.ledger_dir(data_dir), bootstrap.keys_dir(data_dir)
+    )
+    try:
+        app = create_app(
+            settings,
+            database_url=url,
+            probes=[bootstrap.quorum_probe(gateway)],
+            ledger=gateway,
+        )
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        gateway.close()
+
+
+def _found_cluster(data_dir: Path, members: dict[str, Member]) -> Cluster:
+    """A local contracts chain as `up` founds one, plus an admitted provider and consumer.
+
+    The provider and the consumer are founding members so the run needs no governance vote
+    (the vote is not what is measured). The vault's key is the one the API's gateway loads.
+    """
+    from api import bootstrap
+    from api.ledger import load_or_create_key
+
+    keys = bootstrap.keys_dir(data_dir)
+    vault = load_or_create_key(keys / bootstrap.VAULT_KEY_FILE)
+    load_or_create_key(keys / "vault-relay.key")
+    app_genesis = bootstrap.founding_app_genesis(vault.public_key.hex(), members["dpo"].id)
+    app_genesis["members"] += [
+        {"public_key": members["provider"].id, "role": "provider", "college": "providers"},
+        {"public_key": members["consumer"].id, "role": "consumer", "college": "services"},
+    ]
+    return Cluster(
+        bootstrap.ledger_dir(data_dir),
+        bootstrap.DEFAULT_REPLICAS,
+        base_port=bootstrap.choose_base_port(bootstrap.DEFAULT_REPLICAS),
+        use_tls=True,
+        params=bootstrap.LEDGER_PARAMS,
+        app_genesis=app_genesis,
+    )
+
+
+@contextmanager
+def _running_cluster(tmp: Path, members: dict[str, Member]) -> Iterator[tuple[Path, Cluster]]:
+    """Started and ready; a fresh chain is tried again if a replica lost its port to another
+    program between choosing the ports and binding them (the machine is shared)."""
+    for attempt in range(CLUSTER_TRIES):
+        data_dir = tmp / f"data-{attempt}"
+        data_dir.mkdir()
+        with _found_cluster(data_dir, members) as cluster:
+            cluster.start()
+            try:
+                cluster.wait_ready()
+            except (RuntimeError, TimeoutError):
+                if attempt == CLUSTER_TRIES - 1:
+                    raise
+                continue
+            yield data_dir, cluster
+            return
+
+
+@contextmanager
+def _api_server(url: str, data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.access", "--serve", url, str(data_dir), str(port)]
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the API did not become ready (database and ledger quorum)")
+            time.sleep(0.1)
+        yield base, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+# -- set-up through the API ------------------------------------------------------------------------
+
+
+def _api_key(url: str, member_id: str, role: str) -> dict[str, str]:
+    """As `civis-vault apikey create` issues one: bound to the member's ledger public key."""
+    from api.keys import create_key
+
+    engine = db.make_engine(url, pool_size=1)
+    try:
+        with Session(engine) as session, session.begin():
+            token = create_key(session, member_id=member_id, role=role).token
+    finally:
+        engine.dispose()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _ok(r: httpx.Response, status: int = 201) -> dict[str, Any]:
+    if r.status_code != status:
+        raise RuntimeError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def _signed(client: httpx.Client, who: Member, tx_type: str, body: dict[str, Any]) -> bytes:
+    """Draft through the API, sign with the member's own key, as `civis-vault wallet sign`."""
+    draft = _ok(client.post("/v1/drafts", json={"type": tx_type, "author": who.id, "body": body}))
+    signature = who.key.sign(bytes.fromhex(draft["signing_payload"])).hex()
+    return json.dumps({"transaction": draft["transaction"], "signature": signature}).encode()
+
+
+def _post_signed(
+    client: httpx.Client, path: str, who: Member, tx_type: str, body: dict[str, Any]
+) -> None:
+    content = _signed(client, who, tx_type, body)
+    _ok(client.post(path, content=content, headers={"Content-Type": "application/json"}))
+
+
+def _parallel(base: str, fn: Callable[[httpx.Client, Member], None], who: list[Member]) -> None:
+    """Set-up calls from a few threads, each with its own connection."""
+    local = threading.local()
+    clients: list[httpx.Client] = []
+    lock = threading.Lock()
+
+    def call(member: Member) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=base, timeout=60)
+            with lock:
+                clients.append(client)
+        fn(client, member)
+
+    try:
+        with ThreadPoolExecutor(SETUP_THREADS) as pool:
+            list(pool.map(call, who))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _ndjson(subjects: list[Member]) -> bytes:
+    pool = _payloads()
+    return b"".join(
+        b'{"subject_id":"%s","payload":%s}\n' % (s.id.encode(), pool[i % _POOL])
+        for i, s in enumerate(subjects)
+    )
+
+
+def _set_up(
+    url: str, base: str, members: dict[str, Member], n: int
+) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """Dataset, subjects, their records (anchored) and consents; returns what the runs need."""
+    provider = _api_key(url, members["provider"].id, "provider")
+    consumer = _api_key(url, members["consumer"].id, "consumer")
+    subjects = [Member() for _ in range(n)]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        dataset = _ok(
+            client.post(
+                "/v1/datasets",
+                headers=provider,
+                json={
+                    "name": f"bench-access-{uuid.uuid4().hex[:8]}",
+                    "category": "mobility",
+                    "purposes": [PURPOSE],
+                    "retention_days": 365,
+                    "legal_basis": "consent",
+                },
+            )
+        )["id"]
+        _parallel(
+            base,
+            lambda c, s: _post_signed(
+                c, "/v1/members", s, "member.register", {"role": "subject", "college": "citizens"}
+            ),
+            subjects,
+        )
+        upload = _ok(
+            client.post(
+                f"/v1/datasets/{dataset}/uploads",
+                headers={**provider, "Content-Type": "application/x-ndjson"},
+                content=_ndjson(subjects),
+            )
+        )
+        deadline = time.monotonic() + ANCHOR_TIMEOUT_S
+        status = f"/v1/datasets/{dataset}/uploads/{upload['upload_id']}"
+        while _ok(client.get(status, headers=provider), 200)["state"] != "anchored":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the upload was not anchored in time")
+            time.sleep(0.05)
+        until = int(time.time() * 1000) + DAY_MS
+        consumer_id = members["consumer"].id
+
+        def grant(c: httpx.Client, s: Member) -> None:
+            body = {
+                "subject": s.id,
+                "consumer": consumer_id,
+                "purpose": PURPOSE,
+                "valid_until": until,
+                "dataset": dataset,
+            }
+            _post_signed(c, "/v1/consents", s, "consent.grant", body)
+
+        _parallel(base, grant, subjects)
+    return dataset, upload["merkle_root"], provider, consumer
+
+
+def _check_answers(fx: Fixture, merkle_root: str) -> None:
+    """Both reads deliver every record with a proof against the anchored root, before timing."""
+    with httpx.Client(base_url=fx.base, timeout=60) as client:
+        access = _ok(
+            client.post(
+                "/v1/access-requests",
+                headers=fx.consumer_headers,
+                json={"dataset_id": fx.dataset_id, "purpose": PURPOSE},
+            ),
+            200,
+        )
+        baseline = client.get(
+            f"/v1/datasets/{fx.dataset_id}/records",
+            headers=fx.provider_headers,
+            params={"limit": fx.records},
+        )
+    if baseline.status_code != 200:
+        raise RuntimeError(f"baseline read: {baseline.status_code} {baseline.text}")
+    rows: list[dict[str, Any]] = baseline.json()
+    for name, records in (("access", access["records"]), ("baseline", rows)):
+        if len(records) != fx.records:
+            raise RuntimeError(f"{name} delivered {len(records)} of {fx.records} records")
+        if any(r["proof"]["merkle_root"] != merkle_root for r in records):
+            raise RuntimeError(f"{name}: a record's proof is not against the anchored root")
+    if len(access["granted"]) != fx.records:
+        raise RuntimeError("the contracts did not grant every consenting subject")
+
+
+# -- closed-loop consumers ------------------------------------------------------------------------
+
+
+def _cpu_s(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) so far, per group of processes; this process as "client"."""
+    out: dict[str, float] = {}
+    for name, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        out[name] = total
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["client"] = usage.ru_utime + usage.ru_stime
+    return out
+
+
+def _closed_loop(
+    fx: Fixture,
+    send: Callable[[httpx.Client], httpx.Response],
+    consumers: int,
+    warmup_s: float,
+    point_s: float,
+) -> Point:
+    """`consumers` threads, each sending its next request as soon as the last one answered."""
+    barrier = threading.Barrier(consumers + 1)
+    windows: list[float] = []  # [start, end] of the measured window, set once all are ready
+    latencies: list[list[float]] = [[] for _ in range(consumers)]
+    errors = [0] * consumers
+    pids = {"api": [fx.server_pid], "replicas": fx.replica_pids}
+
+    def consumer(i: int) -> None:
+        with httpx.Client(base_url=fx.base, timeout=60) as client:
+            send(client)  # connect before the clock starts
+            barrier.wait()
+            start, end = windows
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= end:
+                    return
+                r = send(client)
+                body = r.content
+                t1 = time.perf_counter()
+                if r.status_code != 200 or not body:
+                    errors[i] += 1
+                elif start <= t1 <= end:
+                    latencies[i].append(t1 - t0)
+
+    threads = [threading.Thread(target=consumer, args=(i,)) for i in range(consumers)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    windows.extend([now + warmup_s, now + warmup_s + point_s])
+    barrier.wait()
+    time.sleep(max(0.0, windows[0] - time.perf_counter()))
+    cpu_before = _cpu_s(pids)
+    time.sleep(max(0.0, windows[1] - time.perf_counter()))
+    cpu_after = _cpu_s(pids)
+    for t in threads:
+        t.join()
+    return Point(
+        latencies_s=[x for per in latencies for x in per],
+        errors=sum(errors),
+        seconds=point_s,
+        cpu_s={k: cpu_after[k] - cpu_before[k] for k in cpu_after},
+    )
+
+
+def _measure(fx: Fixture, consumers: tuple[int, ...], point_s: float) -> list[dict[str, Any]]:
+    warmup_s = min(WARMUP_S_MAX, point_s / 4)
+    access_body = json.dumps({"dataset_id": fx.dataset_id, "purpose": PURPOSE}).encode()
+    access_headers = {**fx.consumer_headers, "Content-Type": "application/json"}
+    records_path = f"/v1/datasets/{fx.dataset_id}/records?limit={fx.records}"
+
+    def access(client: httpx.Client) -> httpx.Response:
+        return client.post("/v1/access-requests", content=access_body, headers=access_headers)
+
+    def baseline(client: httpx.Client) -> httpx.Response:
+        return client.get(records_path, headers=fx.provider_headers)
+
+    points = []
+    for c in consumers:
+        base = _closed_loop(fx, baseline, c, warmup_s, point_s).summary()
+        acc = _closed_loop(fx, access, c, warmup_s, point_s).summary()
+
+        def ratio(key: str, a: dict[str, Any] = acc, b: dict[str, Any] = base) -> float | None:
+            return round(a[key] / b[key], 2) if a[key] and b[key] else None
+
+        points.append(
+            {
+                "consumers": c,
+                "access": acc,
+                "baseline": base,
+                "ratio_p50": ratio("p50_ms"),
+                "ratio_p99": ratio("p99_ms"),
+                "ratio_requests_per_s": ratio("requests_per_s"),
+            }
+        )
+    return points
+
+
+def _bars(points: list[dict[str, Any]]) -> dict[str, Any]:
+    at = next((p for p in points if p["consumers"] == BAR_CONSUMERS), None)
+    p50 = None if at is None else at["access"]["p50_ms"]
+    p99 = None if at is None else at["access"]["p99_ms"]
+    return {
+        "consumers": BAR_CONSUMERS,
+        "p50_ms_max": BAR_P50_MS,
+        "p99_ms_max": BAR_P99_MS,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p50_met": p50 is not None and p50 <= BAR_P50_MS,
+        "p99_met": p99 is not None and p99 <= BAR_P99_MS,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    n = int(getattr(args, "records", None) or RECORDS)
+    point_s = float(getattr(args, "seconds", None) or POINT_S)
+    consumers = tuple(getattr(args, "consumers", None) or CONSUMERS)
+    members = {name: Member() for name in ("dpo", "provider", "consumer")}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="civis-bench-")))
+        url, server = stack.enter_context(bench_database(getattr(args, "database_url", None), tmp))
+        data_dir, cluster = stack.enter_context(_running_cluster(tmp, members))
+        base, api = stack.enter_context(_api_server(url, data_dir))
+        started = time.perf_counter()
+        dataset, root, provider, consumer = _set_up(url, base, members, n)
+        setup_s = time.perf_counter() - started
+        fx = Fixture(
+            base=base,
+            dataset_id=dataset,
+            records=n,
+            consumer_headers=consumer,
+            provider_headers=provider,
+            server_pid=api.pid,
+            replica_pids=[cluster.pid(i) for i in range(cluster.n)],
+        )
+        _check_answers(fx, root)
+        points = _measure(fx, consumers, point_s)
+    return {
+        "benchmark": "access",
+        "server": server,
+        "replicas": len(fx.replica_pids),
+        "records": n,
+        "payload_bytes": PAYLOAD_BYTES,
+        "point_s": point_s,
+        "setup_s": round(setup_s, 2),
+        "access": "POST /v1/access-requests {dataset_id, purpose}: ledger access.request, "
+        "then the granted subjects' records with proofs",
+        "baseline": f"GET /v1/datasets/{{id}}/records?limit={n} (provider): the same records "
+        "with proofs, no ledger step",
+        "points": points,
+        "bar": _bars(points),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", nargs=3, metavar=("URL", "DIR", "PORT"), required=True)
+    args = parser.parse_args()
+    url, data_dir, port = args.serve
+    _serve(url, Path(data_dir), int(port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The HTTP benchmarks run end to end at a tiny size and print the JSON docs/BENCHMARKS.md reads.
+
+Why: a benchmark is run by hand, rarely, and breaks silently when the API moves under it (a
+route renamed, a field added to a request). These runs take seconds: a few records, a fraction
+of a second per point. They check the shape of the report and that every request succeeded,
+never a time: speed belongs to the benchmark itself, on a machine described beside its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from numbers import Real
+
+from bench import access, upload_http
+from tests.conftest import PgServer
+
+
+def _number_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, Real) and not isinstance(value, bool))
+
+
+def test_access_reports_each_consumer_count_with_its_baseline(pg_server: PgServer) -> None:
+    report = access.run(argparse.Namespace(records=3, seconds=0.6, database_url=pg_server.base_url))
+    json.dumps(report)  # what `civis-vault bench access --json` prints
+    assert report["benchmark"] == "access"
+    assert report["records"] == 3 and report["replicas"] == 4
+    assert [p["consumers"] for p in report["points"]] == list(access.CONSUMERS)
+    for point in report["points"]:
+        for kind in ("access", "baseline"):
+            side = point[kind]
+            assert side["errors"] == 0, (point["consumers"], kind)
+            assert set(side) == {
+                "requests",
+                "errors",
+                "requests_per_s",
+                "p50_ms",
+                "p99_ms",
+                "cpu_ms_per_request",
+            }
+            assert set(side["cpu_ms_per_request"]) == {"api", "replicas", "client"}
+            assert _number_or_none(side["p50_ms"]) and _number_or_none(side["p99_ms"])
+            if side["requests"]:
+                assert side["p50_ms"] <= side["p99_ms"]
+        for ratio in ("ratio_p50", "ratio_p99", "ratio_requests_per_s"):
+            assert _number_or_none(point[ratio])
+    # Answers did arrive (how many in so short a window depends on the machine's load).
+    assert sum(p["access"]["requests"] for p in report["points"]) > 0
+    assert sum(p["baseline"]["requests"] for p in report["points"]) > 0
+    bar = report["bar"]
+    assert bar["consumers"] == 8 and (bar["p50_ms_max"], bar["p99_ms_max"]) == (20.0, 100.0)
+    assert isinstance(bar["p50_met"], bool) and isinstance(bar["p99_met"], bool)
+
+
+def test_upload_http_sized_by_bytes_streams_that_body(pg_server: PgServer) -> None:
+    """`--gb` sizes the body, not the record count: 0.002 GB is 2,000,000 bytes of NDJSON."""
+    report = upload_http.run(argparse.Namespace(gb=0.002, database_url=pg_server.base_url))
+    json.dumps(report)
+    assert report["benchmark"] == "upload-http"
+    assert report["body_bytes"] == report["records"] * upload_http.LINE_BYTES
+    assert 2_000_000 <= report["body_bytes"] < 2_000_000 + upload_http.LINE_BYTES
+    assert 0 < report["small_records"] < report["records"]
+    assert report["bar_ratio_max"] == 2.0 and isinstance(report["bar_met"], bool)
+    assert report["ratio_http_to_library"] > 0
+    peaks = report["server_peak_rss_mb"]
+    assert set(peaks) == {"ready", "after_small", "after_full"}
+    # VmHWM is a high-water mark: it never goes down.
+    assert 0 < peaks["ready"] <= peaks["after_small"] <= peaks["after_full"]
+    assert report["client_peak_rss_mb"] > 0
