@@ -90,7 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     if not args.verbose:
         # The narration is the output; request lines and migrations are noise (-v shows them).
-        for name in ("httpx", "alembic"):
+        for name in ("httpx", "alembic", "vault.embedded"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         keyring = Keyring.load(settings.data_dir)
