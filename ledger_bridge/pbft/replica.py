@@ -318,7 +318,10 @@ class Replica:
             self._maybe_propose()
         if now >= self.next_status_ms:
             self.next_status_ms = now + self.config.heartbeat_ms
-            active = self.active and not self.muted
+            # A muted primary says "not active", so the backups' heartbeat timer moves the
+            # cluster to a view it can vote in; a muted backup still says "active" (peers
+            # would otherwise keep re-sending it the NEW-VIEW of a view it is already in).
+            active = self.active and not (self.muted and self.is_primary)
             self._broadcast(
                 m.sign(Status(self.view, active, self.h, self.last_executed, self.id), self.key)
             )
