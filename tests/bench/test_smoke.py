@@ -31,6 +31,7 @@ def test_access_reports_each_consumer_count_with_its_baseline(pg_server: PgServe
             side = point[kind]
             assert side["errors"] == 0, (point["consumers"], kind)
             assert set(side) == {
+                "seconds",
                 "requests",
                 "errors",
                 "requests_per_s",
