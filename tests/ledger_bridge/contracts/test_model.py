@@ -1,20 +1,27 @@
 """Property: the consent contracts decide exactly what an independent reference model decides.
 
-A hypothesis state machine queues random transactions (grants, revocations, access requests,
-erasures of subjects and of uploads, anchors, retention expiry, replays, forged consents) into
-the next block and commits blocks at random block times, several transactions per block, so
-the "from the next block" rule is exercised in both orders. Every transaction's result is
-compared with model_reference.py's (exactly, field by field, for a success; by code for a
-refusal), and after every step the `consents` query must agree with the model.
+A hypothesis state machine commits random blocks: each step is one block of up to six random
+transactions (grants, revocations, access requests, erasures of subjects and of uploads,
+anchors, retention expiry, replays, forged consents) at a random block time, sometimes timed
+on a consent's or an upload's end to the millisecond, sometimes a second behind the chain's
+clock. Several transactions per block exercise the "from the next block" rule in both orders.
+Every result is held to model_reference.py's (exactly, field by field, for a success; by code
+for a refusal), each access also to the invariants stated directly (`check_access`), and
+after every step the `consents` query must agree with the model.
+
+Random fields alone would rarely make an access meet a live consent, so "aimed" draws pick
+among the consents written so far (in force, changed in this block, of a subject erased in
+this block): the model is consulted to choose where to look, never to decide the outcome.
 
 After the first "snapshot and restore into a fresh ConsentApp" step two apps run every block:
 the restored one, under test, and the one that was never restored; their results and state
 roots must stay equal, so a restore that loses anything (an index, the clock, a consent's
 previous version) shows up as soon as a later decision depends on it.
 
-Default run: 150 sequences of up to 40 steps (~15 s). CIVIS_LONG_PROPERTIES=1 runs a long
-campaign. A failure prints the shortest sequence of steps that reproduces it, each queued
-transaction written as `grant(subject='s1', ...)`.
+Default run: 100 sequences of up to 30 blocks (~20 s). CIVIS_LONG_PROPERTIES=1 runs 3,000 of
+up to 100. A failure prints a shortest sequence of blocks that reproduces it, each transaction
+written as `grant(subject='s1', ...)`; shrinking can take a few minutes (each example builds
+a fresh app). Directed sequences at the end run the rarest cases in every run.
 """
 
 from __future__ import annotations
@@ -85,7 +92,10 @@ VALIDITY_MS = (-1_000, 0, 1, 1_000, 5_000, 60_000, 3_600_000, 3_600_000, 2 * DAY
 # once in a while a primary's clock a second behind (the contracts' clock must not go back)
 ADVANCES_MS = (-1_000, 0, 1, 999, *[1_000] * 5, 5_000, 60_000, 3_600_000, 8 * 3_600_000)
 
-# Situations a run must reach, or the properties were checked on easy cases only.
+# Situations a random run must reach, or the properties were checked on easy cases only.
+# (The rarest, a revocation or an erasure with an access after it in the same block, reach
+# only a handful of times in some runs and none in a few: directed sequences at the end of
+# this file check them in every run instead.)
 COVERAGE: Counter[str] = Counter()
 MUST_COVER = (
     "granted",
@@ -93,8 +103,6 @@ MUST_COVER = (
     "denied_erased",
     "denied_expired",
     "same_block_grant_not_seen",
-    "same_block_revoke_not_seen",
-    "same_block_erasure_not_seen",
     "two_writes_in_one_block",
     "clock_behind",
     "category_scope_granted",
@@ -199,6 +207,8 @@ blocks_st = st.lists(transactions_st, max_size=TXS_PER_BLOCK_MAX)
 
 
 class ConsentMachine(RuleBasedStateMachine):
+    """One sequence of blocks over a fresh copy of the world, checked against the model."""
+
     def __init__(self) -> None:
         super().__init__()
         w = world()
@@ -332,9 +342,11 @@ class ConsentMachine(RuleBasedStateMachine):
     def in_force_now(self, key: ConsentKey) -> bool:
         return self.ref.in_force(key, self.height, self.ref.now)
 
-    def touched_now(self, key: ConsentKey) -> bool:
-        """Written in this block, or its subject erased in this block."""
-        return self.ref.consents[key][-1][0] == self.height or key[0] in self.erased_now
+    def written_now(self, key: ConsentKey) -> bool:
+        return self.ref.consents[key][-1][0] == self.height
+
+    def erased_in_this_block(self, key: ConsentKey) -> bool:
+        return key[0] in self.erased_now and self.in_force_now(key)
 
     def resolve_grant(
         self,
@@ -372,17 +384,15 @@ class ConsentMachine(RuleBasedStateMachine):
     def aim_access(self, intent: Intent) -> Intent:
         """Where an aimed access goes, given the consents written so far (this block's too)."""
         args = {**intent.args, "aimed": False}
-        keys = self.aim(args["pick"], self.in_force_now, self.touched_now)
+        # after an erasure in this block, half of them go to the subject just erased
+        erased_now = [k for k in sorted(self.ref.consents) if self.erased_in_this_block(k)]
+        keys = (erased_now if args["pick"] % 2 else []) or self.aim(
+            args["pick"] // 2, self.in_force_now, self.written_now
+        )
         if not intent.args["aimed"] or not keys:
             return Intent("access", args)
         subject, consumer_pub, scope, purpose = keys[args["pick"] % len(keys)]
-        kind, name = scope.split(":", 1)
-        if kind == "dataset":
-            dataset = name
-        else:
-            fits = [d for d, (category, _) in sorted(DATASETS.items()) if category == name]
-            fits = fits or sorted(DATASETS)
-            dataset = fits[args["pick"] % len(fits)]
+        dataset = self.dataset_under(scope, args["pick"])
         subjects = args["subjects"]
         if subjects is not None:  # name the consent's subject, first, among the drawn ones
             first = self.subject_named(subject)
@@ -392,6 +402,16 @@ class ConsentMachine(RuleBasedStateMachine):
             consumer=consumer, author="self", dataset=dataset, purpose=purpose, subjects=subjects
         )
         return Intent("access", args)
+
+    @staticmethod
+    def dataset_under(scope: str, pick: int) -> str:
+        """A dataset the scope covers (any dataset for a category that has none)."""
+        kind, name = scope.split(":", 1)
+        if kind == "dataset":
+            return name
+        fits = [d for d, (category, _) in sorted(DATASETS.items()) if category == name]
+        fits = fits or sorted(DATASETS)
+        return fits[pick % len(fits)]
 
     def resolve_access(
         self,
@@ -418,8 +438,10 @@ class ConsentMachine(RuleBasedStateMachine):
         if aimed and erased and pick % 2:
             hexes, dataset = erased[pick % len(erased)]
             subject = self.subject_named(hexes)
-        elif aimed and keys:
-            subject = self.subject_named(keys[pick % len(keys)][0])
+        elif aimed and keys:  # erase the subject in a dataset a consent in force covers
+            hexes, _, scope, _ = keys[pick % len(keys)]
+            subject = self.subject_named(hexes)
+            dataset = self.dataset_under(scope, pick)
         who, s = self.staff(author), self.subject(subject)
         want = self.ref.run("erase_subject", who.pub, s.subject, dataset)
         if want["ok"]:
@@ -516,3 +538,71 @@ def test_the_contracts_decide_as_the_reference_model() -> None:
     run_state_machine_as_test(ConsentMachine, settings=SETTINGS)
     missing = [what for what in MUST_COVER if COVERAGE[what] == 0]
     assert not missing, f"never reached: {missing} ({dict(COVERAGE)})"
+
+
+# -- directed sequences: the cases a random run may miss, through the same machine and model --
+
+
+def grant(subject: str, **fields: Any) -> Intent:
+    base = {"aimed": False, "pick": 0, "subject": subject, "consumer": "c1"}
+    base |= {"scope": "dataset:d1", "purpose": "billing", "validity_ms": 3_600_000}
+    return Intent("grant", {**base, "forged": False, **fields})
+
+
+def revoke(subject: str, **fields: Any) -> Intent:
+    base = {"aimed": False, "pick": 0, "subject": subject, "consumer": "c1"}
+    return Intent("revoke", {**base, "scope": "dataset:d1", "purpose": "billing", **fields})
+
+
+def access(*subjects: str, **fields: Any) -> Intent:
+    base = {"aimed": False, "pick": 0, "consumer": "c1", "author": "self", "dataset": "d1"}
+    return Intent("access", {**base, "purpose": "billing", "subjects": list(subjects), **fields})
+
+
+def erase(subject: str, dataset: str | None = None) -> Intent:
+    base = {"aimed": False, "pick": 0, "author": "dpo", "subject": subject}
+    return Intent("erase_subject", {**base, "dataset": dataset})
+
+
+def run_blocks(*blocks: list[Intent], restore_after: int | None = None) -> Counter[str]:
+    """Commit `blocks` one second apart through the machine; return what they reached."""
+    COVERAGE.clear()
+    machine = ConsentMachine()
+    for i, txs in enumerate(blocks):
+        machine.block(txs, 1_000)
+        machine.consents_query_agrees_with_the_model()
+        if i == restore_after:
+            machine.snapshot_and_restore_into_a_fresh_app()
+    return Counter(COVERAGE)
+
+
+def test_a_revocation_and_an_erasure_take_effect_from_the_next_block() -> None:
+    reached = run_blocks(
+        [grant("s1"), grant("s2")],
+        [revoke("s1"), erase("s2", "d1"), access("s1", "s2")],  # both still seen here ...
+        [access("s1", "s2")],  # ... and no longer here
+    )
+    assert reached["same_block_revoke_not_seen"] == 1
+    assert reached["same_block_erasure_not_seen"] == 1
+    assert reached["denied_erased"] == 1 and reached["denied_no_consent"] == 1
+
+
+def test_two_writes_in_one_block_the_access_sees_the_version_before_the_block() -> None:
+    reached = run_blocks(
+        [grant("s1")],
+        [revoke("s1"), grant("s1", validity_ms=2 * DAY_MS), access("s1")],  # sees the 1st
+        [grant("s2"), revoke("s2"), access("s2")],  # nothing before: nothing seen
+        [access("s1", "s2")],  # s1 by the renewal, s2 revoked
+        restore_after=1,
+    )
+    assert reached["two_writes_in_one_block"] == 2 and reached["restore"] == 1
+    assert reached["granted"] == 2 and reached["denied_no_consent"] == 2
+
+
+def test_an_erasure_everywhere_outlives_a_fresh_consent_and_other_datasets() -> None:
+    reached = run_blocks(
+        [grant("s3", scope="category:energy"), erase("s3")],
+        [access("s3", dataset="d2"), grant("s3", scope="dataset:d2")],
+        [access("s3", dataset="d2")],
+    )
+    assert reached["denied_erased"] == 2 and reached["granted"] == 0
