@@ -44,9 +44,10 @@ from typing import Any
 
 import httpx
 
+from api.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
 from api.wallet import new_wallet
 from ledger_bridge.crypto import SigningKey
-from ledger_bridge.genesis import GenesisError, load_genesis, load_signing_key
+from ledger_bridge.genesis import GENESIS_FILE, GenesisError, load_genesis, load_signing_key
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -127,12 +128,12 @@ class Keyring:
     @classmethod
     def load(cls, data_dir: Path) -> Keyring:
         try:
-            dpo = load_signing_key(data_dir / "keys" / "dpo.key")
-            genesis = load_genesis(data_dir / "ledger" / "genesis.toml")
+            dpo = load_signing_key(keys_dir(data_dir) / DPO_KEY_FILE)
+            genesis = load_genesis(ledger_dir(data_dir) / GENESIS_FILE)
             ring = cls(data_dir, dpo)
-            ring.by_college.setdefault("services", []).append(dpo)  # bootstrap.DPO_COLLEGE
+            ring.by_college.setdefault(DPO_COLLEGE, []).append(dpo)
             for i, v in enumerate(genesis.validators):
-                key = load_signing_key(data_dir / "ledger" / "keys" / f"node-{i}.key")
+                key = load_signing_key(ledger_dir(data_dir) / "keys" / f"node-{i}.key")
                 ring.by_college.setdefault(v.college, []).append(key)
             members = data_dir / MEMBERS_DIR
             for path in sorted(members.glob("*/*.key")) if members.exists() else []:

@@ -50,6 +50,9 @@ from vault import db
 pytestmark = pytest.mark.e2e
 
 DEMO_TIMEOUT_S = 300
+START_ATTEMPTS = 3
+# What `up` says when a port it chose was taken before it bound it (see _start_up).
+PORT_RACES = ("the ledger did not start", "already answers on", "address already in use")
 ANCHOR_WAIT_S = 60.0
 DAY_MS = 86_400_000
 # Refusals of a vote that only mean "not this voter": admitted after the proposal, not (yet)
@@ -153,28 +156,46 @@ class System:
         raise AssertionError(f"upload {upload} was not anchored")
 
 
+def _stop_and_reap(up: Up, data_dir: Path) -> int:
+    code = up.stop()
+    for pid in _replica_pids(data_dir / "ledger"):
+        os.kill(pid, signal.SIGKILL)  # only if `up` failed to stop its own replicas
+    return code
+
+
+def _start_up(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> tuple[Up, Path]:
+    """`up` on a new data directory, started again (elsewhere) if it lost a port to a race.
+
+    `up` picks free ports and binds them a moment later; on a machine where other test runs
+    start clusters too, one may take a port in between, and `up` then exits saying so. That is
+    the machine, not the system under test: any other early exit fails at once.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        data_dir = tmp_path_factory.mktemp("e2e-up") / "civis"
+        up = Up("--data-dir", str(data_dir), "--database-url", database_url)
+        try:
+            up.wait_until("/readyz", 200)
+            return up, data_dir
+        except AssertionError:
+            _stop_and_reap(up, data_dir)
+            if attempt == START_ATTEMPTS or not any(s in up.output for s in PORT_RACES):
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer) -> Iterator[System]:
     database_url = pg_server.create_database("civis_e2e")
-    data_dir = tmp_path_factory.mktemp("e2e-up") / "civis"
-    up = Up("--data-dir", str(data_dir), "--database-url", database_url)
     engine = db.make_engine(database_url, pool_size=1)
     try:
-        up.wait_until("/readyz", 200)
-        with httpx.Client(base_url=up.url, timeout=60) as http:
-            sys_ = System(
-                up,
-                data_dir,
-                database_url,
-                engine,
-                http,
-                load_signing_key(data_dir / "keys" / "dpo.key"),
-            )
-            yield sys_
+        up, data_dir = _start_up(tmp_path_factory, database_url)
+        try:
+            with httpx.Client(base_url=up.url, timeout=60) as http:
+                dpo = load_signing_key(data_dir / "keys" / "dpo.key")
+                yield System(up, data_dir, database_url, engine, http, dpo)
+        finally:
+            _stop_and_reap(up, data_dir)
     finally:
-        up.stop()
-        for pid in _replica_pids(data_dir / "ledger"):
-            os.kill(pid, signal.SIGKILL)  # only if `up` failed to stop its own replicas
         engine.dispose()
         pg_server.drop_database(database_url)
 
