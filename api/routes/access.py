@@ -213,8 +213,11 @@ def access(
     uploads = set(result["uploads"])
     if body.predicate is not None:
         if not granted:
+            denied = result["denied"]
+            reason = denied[0][1] if denied else "no_consent"
+            why = "the subject's data is erased" if reason == "erased" else "no consent in force"
             raise AccessRefused(
-                f"no active consent for this purpose (access {result['access']}, "
+                f"{reason}: {why} for this consumer and purpose (access {result['access']}, "
                 f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
             )
         payloads = (

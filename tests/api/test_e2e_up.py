@@ -407,7 +407,7 @@ def test_proof_of_address_the_bank_learns_one_bit_then_is_refused(
     assert r.status_code == 201, r.text
     r = ask(ADDRESS)
     assert r.status_code == 403, r.text
-    assert "no active consent" in r.json()["detail"]
+    assert r.json()["detail"].startswith("no_consent: no consent in force")
     assert ADDRESS not in r.text
 
     # The citizen's own export: the revoked consent, and the two accesses that reached them.
@@ -525,6 +525,7 @@ def test_erasure_by_the_dpo_and_by_the_subject_leaves_nothing_readable(
     }
     r = system.http.post("/v1/access-requests", headers=entities.consumer_headers, json=predicate)
     assert r.status_code == 403, r.text
+    assert r.json()["detail"].startswith("erased: the subject's data is erased")
     # The export shows the erasure from the ledger and no readable record.
     export = system.http.get(f"/v1/subjects/{ids[0]}/export", headers=dpo).json()
     assert export["records"] == [] and len(export["erasures"]) == 1
