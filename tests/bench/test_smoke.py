@@ -39,7 +39,8 @@ def test_access_reports_each_consumer_count_with_its_baseline(pg_server: PgServe
                 "p99_ms",
                 "cpu_ms_per_request",
             }
-            assert set(side["cpu_ms_per_request"]) == {"api", "replicas", "client"}
+            # "postgres" too when the server is the embedded one this run started
+            assert {"api", "replicas", "client"} <= set(side["cpu_ms_per_request"])
             assert _number_or_none(side["p50_ms"]) and _number_or_none(side["p99_ms"])
             if side["requests"]:
                 assert side["p50_ms"] <= side["p99_ms"]
