@@ -90,7 +90,7 @@ class Reader:
         query = self._query(anchored_only).where(Record.subject_id == subject_id)
         if dataset_id is not None:
             query = query.where(Record.dataset_id == dataset_id)
-        return self._decrypt(session, query, skip_erased=True)
+        return self._decrypt(session, query, skip_erased=True, subjects=[subject_id])
 
     def by_dataset(
         self,
@@ -101,9 +101,10 @@ class Reader:
         anchored_only: bool = False,
     ) -> Iterator[RecordOut]:
         query = self._query(anchored_only).where(Record.dataset_id == dataset_id)
-        if subjects is not None:
-            query = query.where(Record.subject_id.in_(list(subjects)))
-        return self._decrypt(session, query, skip_erased=True)
+        wanted = None if subjects is None else list(subjects)
+        if wanted is not None:
+            query = query.where(Record.subject_id.in_(wanted))
+        return self._decrypt(session, query, skip_erased=True, subjects=wanted)
 
     def _query(self, anchored_only: bool) -> Select[*tuple[Any, ...]]:
         query: Select[*tuple[Any, ...]] = (
@@ -116,16 +117,27 @@ class Reader:
         return query
 
     def _decrypt(
-        self, session: Session, query: Select[*tuple[Any, ...]], *, skip_erased: bool
+        self,
+        session: Session,
+        query: Select[*tuple[Any, ...]],
+        *,
+        skip_erased: bool,
+        subjects: list[str] | None = None,
     ) -> Iterator[RecordOut]:
+        """Decrypt rows in order. With `subjects` known, each upload's secrets for all of them
+        are fetched in one query when the upload is first met, not one query per subject."""
         rings: dict[uuid.UUID, KeyRing] = {}
         trees: dict[uuid.UUID, MerkleTree] = {}
+        prefetched: set[uuid.UUID] = set()
         rows = session.execute(query).yield_per(self._batch_rows)
         for row in rows:
             rid, dataset_id, upload_id, subject_id, index, envelope, day, root, count = row
             ring = rings.get(dataset_id)
             if ring is None:
                 ring = rings[dataset_id] = KeyRing(self._store, session, dataset_id, create=False)
+            if subjects is not None and upload_id not in prefetched and len(subjects) > 1:
+                prefetched.add(upload_id)
+                ring.prefetch_subjects(upload_id, day.isoformat(), subjects)
             dek = ring.dek(upload_id, day.isoformat(), subject_id)
             try:
                 if dek is None or envelope is None:
