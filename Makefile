@@ -29,8 +29,10 @@ unit: install
 
 test: lint typecheck unit
 
+BENCHES ?= upload upload-http erasure keys ledger access
+
 bench: install
-	$(BIN)/civis-vault bench all --json
+	for b in $(BENCHES); do $(BIN)/civis-vault bench $$b --json || exit 1; done
 
 clean:
 	rm -rf $(VENV) .civis .pytest_cache .mypy_cache .ruff_cache
