@@ -18,7 +18,11 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.keys import create_key
-from tests.api.ledger_env import ledger_cluster, ledger_env  # noqa: F401  (fixtures)
+from tests.api.ledger_env import (  # noqa: F401  (fixtures)
+    ledger_cluster,
+    ledger_database_url,
+    ledger_env,
+)
 from tests.conftest import PgServer
 from vault import db
 from vault.config import Settings

@@ -29,6 +29,7 @@ from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import load_signing_key
+from tests.conftest import PgServer
 from tests.ledger_bridge.test_processes import _base_port
 from vault import db
 from vault.config import Settings
@@ -111,11 +112,25 @@ def ledger_cluster(
 
 
 @pytest.fixture(scope="module")
+def ledger_database_url(pg_server: PgServer) -> Iterator[str]:
+    """A database of the module's own, like its chain: a vault database belongs to ONE chain.
+
+    Outbox facts left by another module (anchors of datasets registered on that module's
+    chain) would be refused by this chain's contracts and hold up the relay behind them.
+    """
+    url = pg_server.create_database("civis_ledger")
+    db.upgrade(url)
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
 def ledger_env(
     ledger_cluster: tuple[Cluster, dict[str, Wallet]],
     api_settings: Settings,
-    api_database_url: str,
+    ledger_database_url: str,
 ) -> Iterator[LedgerEnv]:
+    api_database_url = ledger_database_url
     cluster, wallets = ledger_cluster
     keys_dir = cluster.directory.parent / "keys"
     gateway = LedgerGateway.from_directory(cluster.directory, keys_dir)

@@ -48,6 +48,12 @@ schema = schemathesis.openapi.from_dict(yaml.safe_load(OPENAPI_PATH.read_text())
 
 
 @pytest.fixture(scope="module")
+def api_database_url(ledger_database_url: str) -> str:
+    """This module's database is its chain's (tests/api/ledger_env.py, `ledger_database_url`)."""
+    return ledger_database_url
+
+
+@pytest.fixture(scope="module")
 def live_url(
     api_database_url: str,
     tmp_path_factory: pytest.TempPathFactory,
