@@ -50,6 +50,11 @@ def create_app(
         engine = db.make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)
+        if ledger is not None:
+            from api.ledger import bind_database
+
+            with app.state.sessions() as session, session.begin():
+                bind_database(session, ledger.genesis)
         jobs = None
         if ledger is not None and background_jobs:
             jobs = BackgroundJobs(

@@ -369,3 +369,35 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
+
+
+class WrongChain(RuntimeError):
+    """The vault database records its facts on another chain than the configured ledger."""
+
+
+def validators_digest(genesis: Genesis) -> bytes:
+    return hashlib.sha256(b"".join(bytes(v.public_key) for v in genesis.validators)).digest()
+
+
+def bind_database(session: Any, genesis: Genesis) -> None:
+    """Bind the database to this chain on first use; refuse any other chain afterwards.
+
+    `session` is a SQLAlchemy session inside a transaction (the caller commits).
+    """
+    from sqlalchemy.dialects.postgresql import insert
+
+    from vault.models import LedgerBinding
+
+    digest = validators_digest(genesis)
+    session.execute(
+        insert(LedgerBinding)
+        .values(id=1, chain_id=genesis.chain_id, validators_digest=digest)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    bound = session.get(LedgerBinding, 1)
+    if bound.chain_id != genesis.chain_id or bytes(bound.validators_digest) != digest:
+        raise WrongChain(
+            f"this database records its facts on chain {bound.chain_id!r} (bound "
+            f"{bound.bound_at:%Y-%m-%d}), not on the configured chain {genesis.chain_id!r} "
+            "with these validators; use the database of that chain, or a new database"
+        )

@@ -196,3 +196,25 @@ class ApiKey(Base):
             "role IN ('provider', 'consumer', 'subject', 'dpo', 'validator')", name="role"
         ),
     )
+
+
+class LedgerBinding(Base):
+    """The one chain this vault database records its facts on (a single row, id 1).
+
+    Why: outbox facts name datasets and uploads registered on ONE chain; shipped to another
+    chain (a ledger directory recreated, a database pointed at the wrong cluster) the first
+    would be refused and hold up every later fact, and the vault's receipts would name blocks
+    of a chain that does not know them. The API binds the database at its first start with a
+    ledger and refuses to start against any other chain (api/app.py).
+    """
+
+    __tablename__ = "ledger_binding"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[str] = mapped_column(String(128))
+    validators_digest: Mapped[bytes] = mapped_column(LargeBinary)  # SHA-256 of the validator keys
+    bound_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
