@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -159,29 +159,35 @@ class LedgerGateway:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
+    def _borrow(
+        self, use: Callable[[AsyncLedgerClient], Awaitable[T]], timeout_s: float | None = None
+    ) -> T:
+        """Run `use` with a client borrowed from the pool (one request in flight per client)."""
+
+        async def go() -> T:
+            client = await self._pool.get()
+            try:
+                return await use(client)
+            finally:
+                self._pool.put_nowait(client)
+
+        return self._run(asyncio.wait_for(go(), timeout_s))
+
     # -- writing --------------------------------------------------------------------------
 
     def submit(self, raw: bytes) -> LedgerAnswer:
         """Order a signed contract transaction; raise LedgerRefused if the contracts say no."""
 
-        async def go() -> tuple[int, bytes]:
-            client = await self._pool.get()
-            try:
-                receipt = await client.submit(raw)
-            finally:
-                self._pool.put_nowait(client)
-            return receipt.block_height, receipt.result
-
         try:
-            height, result_bytes = self._run(go())
+            receipt = self._borrow(lambda client: client.submit(raw))
         except LedgerError as exc:
             raise LedgerUnavailable(
                 f"no quorum of replicas answered: {type(exc).__name__}"
             ) from None
-        result: dict[str, Any] = codec.decode(result_bytes)
+        result: dict[str, Any] = codec.decode(receipt.result)
         if not result.get("ok", False):
             raise LedgerRefused(str(result.get("code")), str(result.get("message")))
-        return LedgerAnswer(LedgerReceipt(bytes(result["tx"]).hex(), height), result)
+        return LedgerAnswer(LedgerReceipt(bytes(result["tx"]).hex(), receipt.block_height), result)
 
     def sign_as_vault(
         self, tx_type: str, body: dict[str, Any], *, nonce: bytes | None = None
@@ -201,42 +207,23 @@ class LedgerGateway:
         """A read of committed state: {"height", "now", "result"}."""
         request = codec.encode({"q": q, **args})
 
-        async def go() -> bytes:
-            client = await self._pool.get()
-            try:
-                return await client.query(request)
-            finally:
-                self._pool.put_nowait(client)
-
         try:
-            answer: dict[str, Any] = codec.decode(self._run(go()))
+            answer: dict[str, Any] = codec.decode(
+                self._borrow(lambda client: client.query(request))
+            )
         except LedgerError as exc:
             raise LedgerUnavailable(f"no replica answered: {type(exc).__name__}") from None
         return answer
 
     def status(self, replica: int) -> dict[str, Any] | None:
-        async def go() -> dict[str, Any]:
-            client = await self._pool.get()
-            try:
-                return await client.status(replica)
-            finally:
-                self._pool.put_nowait(client)
-
         try:
-            return self._run(asyncio.wait_for(go(), 2.0))
+            return self._borrow(lambda client: client.status(replica), timeout_s=2.0)
         except (LedgerError, TimeoutError, OSError):
             return None
 
     def block(self, height: int, replica: int | None = None) -> Block:
-        async def go() -> Block:
-            client = await self._pool.get()
-            try:
-                return await client.get_block(height, replica)
-            finally:
-                self._pool.put_nowait(client)
-
         try:
-            return self._run(go())
+            return self._borrow(lambda client: client.get_block(height, replica))
         except LedgerError as exc:
             raise LedgerUnavailable(f"block {height}: {type(exc).__name__}") from None
 
