@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,3 +142,21 @@ class OutboxRelay:
             crash_point("after-mark")
             shipped += 1
         return shipped
+
+
+def wait_for_receipt(sessions: sessionmaker[Session], fact_id: int, wait_s: float) -> OutboxFact:
+    """The fact once the relay recorded it, or as it stands after `wait_s` seconds.
+
+    For routes that answer with a receipt: they commit their fact, wake the relay and wait
+    here; a slow ledger gets them the fact still pending rather than a hung request.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        with sessions() as session:
+            fact = session.get(OutboxFact, fact_id)
+            if fact is None:
+                raise LookupError(f"outbox fact {fact_id} does not exist")
+            session.expunge(fact)
+        if fact.sent_at is not None or time.monotonic() >= deadline:
+            return fact
+        time.sleep(0.02)

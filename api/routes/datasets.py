@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import (
     KeyStoreDep,
@@ -29,6 +29,7 @@ from api.deps import (
 )
 from api.errors import UnsupportedMediaType
 from api.keys import Member
+from api.outbox import wait_for_receipt
 from api.schemas import (
     DatasetIn,
     DatasetOut,
@@ -48,7 +49,7 @@ from vault import reads
 from vault.datasets import get_dataset, list_datasets, register_dataset
 from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultError
 from vault.models import Dataset, Record, Upload
-from vault.uploads import LEDGER_SUBJECT_ID, SUBJECT_ID, Uploader
+from vault.uploads import LEDGER_SUBJECT_ID, SUBJECT_ID, Uploader, UploadResult
 
 if TYPE_CHECKING:
     from api.jobs import BackgroundJobs
@@ -189,11 +190,16 @@ async def upload(
     dataset_id: uuid.UUID,
     request: Request,
     member: Provider,
-    session: SessionDep,
     store: KeyStoreDep,
     settings: SettingsDep,
 ) -> UploadOut:
-    """Stream records into a dataset: all stored, or none and the first bad line named."""
+    """Stream records into a dataset: all stored, or none and the first bad line named.
+
+    With a ledger, the upload and its anchor fact commit in this request's own transaction,
+    the relay is woken, and the answer waits up to `receipt_wait_s` for the anchor's receipt:
+    usually `state: anchored` with the receipt; `pending` (no receipt yet) when the ledger is
+    slower, and `GET .../uploads/{upload_id}` tells when it is anchored.
+    """
     media_type, _, params = request.headers.get("content-type", "").partition(";")
     media_type = media_type.strip().lower()
     if media_type not in UPLOAD_MEDIA_TYPES:
@@ -219,25 +225,33 @@ async def upload(
     )
     line_max_bytes = settings.record_size_max_bytes + LINE_OVERHEAD_BYTES
 
-    def run() -> UploadOut:
-        _visible(session, dataset_id, member)
-        lines = split_lines(chunks_from_loop(request.stream()), line_max_bytes=line_max_bytes)
-        result = uploader.upload(session, dataset_id, parse(lines))
-        return UploadOut(
-            upload_id=result.upload_id,
-            dataset_id=result.dataset_id,
-            record_count=result.record_count,
-            merkle_root=result.merkle_root.hex(),
-            commitments_root=result.commitments_root.hex(),
-            retention_day=result.retention_day,
-            state="pending",
-        )
+    sessions: sessionmaker[Session] = request.app.state.sessions
 
-    out = await anyio.to_thread.run_sync(run)
-    if jobs is not None:
-        # The anchor fact commits with this request's transaction, which the session
-        # dependency commits before the response is sent; wake the relay for right after.
-        request.state.after_commit = jobs.kick
+    def run() -> UploadResult:
+        with sessions() as session, session.begin():
+            _visible(session, dataset_id, member)
+            lines = split_lines(chunks_from_loop(request.stream()), line_max_bytes=line_max_bytes)
+            return uploader.upload(session, dataset_id, parse(lines))
+
+    result = await anyio.to_thread.run_sync(run)
+    out = UploadOut(
+        upload_id=result.upload_id,
+        dataset_id=result.dataset_id,
+        record_count=result.record_count,
+        merkle_root=result.merkle_root.hex(),
+        commitments_root=result.commitments_root.hex(),
+        retention_day=result.retention_day,
+        state="pending",
+    )
+    if jobs is not None and result.outbox_id is not None:
+        jobs.kick()
+        outbox_id = result.outbox_id
+        fact = await anyio.to_thread.run_sync(
+            lambda: wait_for_receipt(sessions, outbox_id, settings.receipt_wait_s)
+        )
+        if fact.tx_id is not None and fact.block_height is not None:
+            out.state = "anchored"
+            out.receipt = LedgerReceipt(tx_id=fact.tx_id, block_height=fact.block_height)
     return out
 
 

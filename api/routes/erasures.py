@@ -14,7 +14,6 @@ Who may erase: the DPO (any subject, a subject in one dataset, an upload) and th
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
 from api.errors import ApiError, Forbidden
+from api.outbox import wait_for_receipt
 from api.routes.consents import SignedIn
 from api.schemas import LedgerReceipt, StrictIn, UuidIn
 from api.signed import assemble
@@ -88,19 +88,6 @@ def _certificate(fact: OutboxFact) -> ErasureCertificate:
     )
 
 
-def _wait(sessions: sessionmaker[Session], fact_id: int, wait_s: float) -> OutboxFact:
-    deadline = time.monotonic() + wait_s
-    while True:
-        with sessions() as session:
-            fact = session.get(OutboxFact, fact_id)
-            if fact is None:
-                raise NotFound(f"erasure {fact_id} does not exist")
-            session.expunge(fact)
-        if fact.sent_at is not None or time.monotonic() >= deadline:
-            return fact
-        time.sleep(0.05)
-
-
 def _run(request: Request, erase: Any) -> JSONResponse:
     """Commit the erasure in its own transaction, ship it, answer with its certificate."""
     sessions: sessionmaker[Session] = request.app.state.sessions
@@ -111,7 +98,7 @@ def _run(request: Request, erase: Any) -> JSONResponse:
     jobs = request.app.state.jobs
     if jobs is not None:
         jobs.kick()
-    fact = _wait(sessions, result.outbox_id, request.app.state.settings.receipt_wait_s)
+    fact = wait_for_receipt(sessions, result.outbox_id, request.app.state.settings.receipt_wait_s)
     cert = _certificate(fact)
     return JSONResponse(cert.model_dump(mode="json"), status_code=201 if cert.receipt else 202)
 

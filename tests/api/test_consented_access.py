@@ -68,6 +68,8 @@ def setup_addresses(env: LedgerEnv, citizens: list[Wallet]) -> tuple[str, dict[s
         content=lines.encode(),
     )
     assert r.status_code == 201, r.text
+    # the answer waited for the anchor: the upload is readable and its receipt is in hand
+    assert r.json()["state"] == "anchored" and r.json()["receipt"]["block_height"] >= 1
     env.wait_anchored(dataset["id"], r.json()["upload_id"], utility)
     return dataset["id"], utility
 
