@@ -35,10 +35,6 @@ def _session(request: Request) -> Iterator[Session]:
         raise
     finally:
         session.close()
-    # A route that wrote an outbox fact asks for the relay to run once the fact is durable.
-    after_commit = getattr(request.state, "after_commit", None)
-    if after_commit is not None:
-        after_commit()
 
 
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
