@@ -16,7 +16,7 @@ are built once per upload per call, and only for the uploads actually read.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +90,7 @@ class Reader:
         query = self._query(anchored_only).where(Record.subject_id == subject_id)
         if dataset_id is not None:
             query = query.where(Record.dataset_id == dataset_id)
-        return self._decrypt(session, query, skip_erased=True, subjects=[subject_id])
+        return self._decrypt(session, query, skip_erased=True)
 
     def by_dataset(
         self,
@@ -101,10 +101,9 @@ class Reader:
         anchored_only: bool = False,
     ) -> Iterator[RecordOut]:
         query = self._query(anchored_only).where(Record.dataset_id == dataset_id)
-        wanted = None if subjects is None else list(subjects)
-        if wanted is not None:
-            query = query.where(Record.subject_id.in_(wanted))
-        return self._decrypt(session, query, skip_erased=True, subjects=wanted)
+        if subjects is not None:
+            query = query.where(Record.subject_id.in_(list(subjects)))
+        return self._decrypt(session, query, skip_erased=True)
 
     def _query(self, anchored_only: bool) -> Select[*tuple[Any, ...]]:
         query: Select[*tuple[Any, ...]] = (
@@ -117,27 +116,37 @@ class Reader:
         return query
 
     def _decrypt(
-        self,
-        session: Session,
-        query: Select[*tuple[Any, ...]],
-        *,
-        skip_erased: bool,
-        subjects: list[str] | None = None,
+        self, session: Session, query: Select[*tuple[Any, ...]], *, skip_erased: bool
     ) -> Iterator[RecordOut]:
-        """Decrypt rows in order. With `subjects` known, each upload's secrets for all of them
-        are fetched in one query when the upload is first met, not one query per subject."""
+        """Decrypt rows in order, a batch at a time: the key secrets a batch needs (its
+        subjects' in each of its uploads) are fetched in one query per upload, not one per
+        subject (an access to 100 subjects' records made 100 key-store round trips)."""
         rings: dict[uuid.UUID, KeyRing] = {}
         trees: dict[uuid.UUID, MerkleTree] = {}
-        prefetched: set[uuid.UUID] = set()
-        rows = session.execute(query).yield_per(self._batch_rows)
-        for row in rows:
+        batches = session.execute(query).yield_per(self._batch_rows).partitions()
+        for batch in batches:
+            needs: dict[tuple[uuid.UUID, uuid.UUID, str], set[str]] = {}
+            for row in batch:
+                needs.setdefault((row[1], row[2], row[6].isoformat()), set()).add(row[3])
+            for (dataset_id, upload_id, day_iso), subjects in needs.items():
+                ring = rings.get(dataset_id)
+                if ring is None:
+                    ring = KeyRing(self._store, session, dataset_id, create=False)
+                    rings[dataset_id] = ring
+                ring.prefetch_subjects(upload_id, day_iso, sorted(subjects))
+            yield from self._open_batch(session, batch, rings, trees, skip_erased)
+
+    def _open_batch(
+        self,
+        session: Session,
+        batch: Sequence[Any],
+        rings: dict[uuid.UUID, KeyRing],
+        trees: dict[uuid.UUID, MerkleTree],
+        skip_erased: bool,
+    ) -> Iterator[RecordOut]:
+        for row in batch:
             rid, dataset_id, upload_id, subject_id, index, envelope, day, root, count = row
-            ring = rings.get(dataset_id)
-            if ring is None:
-                ring = rings[dataset_id] = KeyRing(self._store, session, dataset_id, create=False)
-            if subjects is not None and upload_id not in prefetched and len(subjects) > 1:
-                prefetched.add(upload_id)
-                ring.prefetch_subjects(upload_id, day.isoformat(), subjects)
+            ring = rings[dataset_id]
             dek = ring.dek(upload_id, day.isoformat(), subject_id)
             try:
                 if dek is None or envelope is None:
