@@ -21,7 +21,6 @@ from vault.config import Settings
 from vault.keys import KeyStore
 
 if TYPE_CHECKING:
-    from api.jobs import BackgroundJobs
     from api.ledger import LedgerGateway
 
 
@@ -129,10 +128,4 @@ def _ledger(request: Request) -> LedgerGateway:
     return ledger
 
 
-def _jobs(request: Request) -> BackgroundJobs | None:
-    jobs: BackgroundJobs | None = request.app.state.jobs
-    return jobs
-
-
 LedgerDep = Annotated["LedgerGateway", Depends(_ledger)]
-JobsDep = Annotated["BackgroundJobs | None", Depends(_jobs)]

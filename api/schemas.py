@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from vault.datasets import NAME_MAX, PURPOSES_MAX
+from vault.uploads import LEDGER_SUBJECT_ID
 
 # PostgreSQL text holds no NUL; control characters in a name only serve to spoof what an
 # operator reads in a log or a page. A pattern, so the OpenAPI document says it too.
@@ -35,6 +36,11 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 class StrictIn(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
+
+# A member's or subject's identity on the ledger: the hex of its Ed25519 public key (the same
+# pattern the vault enforces on subject ids when a ledger is attached).
+PUBLIC_KEY_HEX = LEDGER_SUBJECT_ID.pattern
+PublicKeyHex = Annotated[str, StringConstraints(pattern=PUBLIC_KEY_HEX)]
 
 # JSON has no UUID type: a UUID field of a strict model takes its canonical string form.
 UuidIn = Annotated[uuid.UUID, Strict(False)]

@@ -15,12 +15,12 @@ JSON has no bytes: in a draft's body, public keys (`consumer`, `member`, `public
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any
 
 from api.errors import ApiError, Forbidden
 from ledger_bridge.contracts import codec, tx
+from vault.uploads import LEDGER_SUBJECT_ID
 
 # What members sign themselves; everything else the vault signs for them.
 SELF_SIGNED = (
@@ -32,7 +32,6 @@ SELF_SIGNED = (
     "governance.vote",
 )
 _KEY_FIELDS = frozenset({"consumer", "member", "public_key"})
-_HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 DRAFT_TTL_MAX_S = tx.TTL_MAX_MS // 1000
 
 
@@ -47,7 +46,7 @@ def _bytes_for_keys(value: Any, name: str | None = None) -> Any:
     if isinstance(value, list):
         return [_bytes_for_keys(v, name) for v in value]
     if name in _KEY_FIELDS:
-        if not isinstance(value, str) or not _HEX_KEY.match(value):
+        if not isinstance(value, str) or not LEDGER_SUBJECT_ID.match(value):
             raise InvalidTransaction(f"{name} must be a public key: 64 lowercase hex characters")
         return bytes.fromhex(value)
     if isinstance(value, float):
@@ -61,7 +60,7 @@ def draft(
     """The unsigned transaction and the exact bytes its author must sign."""
     if tx_type not in SELF_SIGNED:
         raise InvalidTransaction(f"type must be one of {', '.join(SELF_SIGNED)}")
-    if not _HEX_KEY.match(author_hex):
+    if not LEDGER_SUBJECT_ID.match(author_hex):
         raise InvalidTransaction("author must be a public key: 64 lowercase hex characters")
     if not 1 <= valid_for_s <= DRAFT_TTL_MAX_S:
         raise InvalidTransaction(f"valid_for_s must be in [1, {DRAFT_TTL_MAX_S}]")

@@ -31,13 +31,20 @@ from api.errors import ApiError
 from api.ledger import LedgerGateway, jsonable
 from api.routes.consents import subject_or_dpo
 from api.routes.datasets import ledger_identity
-from api.schemas import InclusionProof, LedgerReceipt, Name, StrictIn, UuidIn
+from api.schemas import (
+    PUBLIC_KEY_HEX,
+    InclusionProof,
+    LedgerReceipt,
+    Name,
+    PublicKeyHex,
+    StrictIn,
+    UuidIn,
+)
 from vault import disclosure, reads
 from vault.keys import KeyStore
 
 router = APIRouter(prefix="/v1", tags=["access"], dependencies=[Depends(strict_query)])
 
-SubjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 # Per request; an open request (no `subjects`) reaches every consenting subject.
 SUBJECTS_MAX = 500
@@ -52,7 +59,9 @@ class PredicateIn(StrictIn):
 class AccessIn(StrictIn):
     dataset_id: UuidIn
     purpose: Name
-    subjects: Annotated[list[SubjectId], Field(min_length=1, max_length=SUBJECTS_MAX)] | None = None
+    subjects: Annotated[list[PublicKeyHex], Field(min_length=1, max_length=SUBJECTS_MAX)] | None = (
+        None
+    )
     fields: Annotated[list[FieldName], Field(min_length=1, max_length=64)] | None = None
     predicate: PredicateIn | None = Field(
         default=None, description="a yes/no question about exactly one subject"
@@ -264,7 +273,7 @@ class ExportOut(BaseModel):
 
 @router.get("/subjects/{subject_id}/export")
 def export(
-    subject_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    subject_id: Annotated[str, Path(pattern=PUBLIC_KEY_HEX)],
     member: CurrentMember,
     session: SessionDep,
     store: KeyStoreDep,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from api.deps import CurrentMember, LedgerDep, strict_query
 from api.errors import Forbidden
 from api.ledger import LedgerAnswer, jsonable
-from api.schemas import LedgerReceipt, StrictIn
+from api.schemas import PUBLIC_KEY_HEX, LedgerReceipt, PublicKeyHex, StrictIn
 from api.signed import DRAFT_TTL_MAX_S, SELF_SIGNED, assemble, draft
 
 router = APIRouter(
@@ -26,12 +26,11 @@ router = APIRouter(
 )
 
 Hex = Annotated[str, StringConstraints(min_length=2, max_length=1_048_576, pattern=r"^[0-9a-f]+$")]
-PublicKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class DraftIn(StrictIn):
     type: Annotated[str, Field(json_schema_extra={"enum": list(SELF_SIGNED)})]
-    author: PublicKey
+    author: PublicKeyHex
     body: dict[str, Any]
     valid_for_s: Annotated[int, Field(ge=1, le=DRAFT_TTL_MAX_S)] = 300
 
@@ -86,7 +85,7 @@ def register_member(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
 
 @router.get("/members/{public_key}")
 def show_member(
-    public_key: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], ledger: LedgerDep, _: CurrentMember
+    public_key: Annotated[str, Path(pattern=PUBLIC_KEY_HEX)], ledger: LedgerDep, _: CurrentMember
 ) -> QueryOut:
     answer = ledger.query("member", key=bytes.fromhex(public_key))
     return QueryOut(height=answer["height"], result=jsonable(answer["result"]))
@@ -146,7 +145,7 @@ def subject_or_dpo(member: CurrentMember, subject_id: str) -> None:
 
 @router.get("/subjects/{subject_id}/consents")
 def consents(
-    subject_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    subject_id: Annotated[str, Path(pattern=PUBLIC_KEY_HEX)],
     member: CurrentMember,
     ledger: LedgerDep,
 ) -> QueryOut:

@@ -52,6 +52,7 @@ from api.dpo_page import DpoPageData, render_dpo_page, render_login_page
 from api.keys import Member, authenticate
 from api.ledger import LedgerGateway, LedgerUnavailable, jsonable
 from api.routes.ledger import ReplicaReader, ledger_status
+from api.schemas import PublicKeyHex
 from ledger_bridge.audit import verify_replicas
 from ledger_bridge.pbft.blocks import block_hash
 from vault import audit
@@ -70,8 +71,6 @@ VERIFY_BLOCKS_MAX = 10_000
 RECIPIENTS_SCAN_MAX = 100_000
 PAGE_DAYS = 30
 
-SubjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-MemberKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Purpose = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 
 
@@ -217,8 +216,8 @@ def _access_out(row: dict[str, Any]) -> AccessOut:
 def access_log(
     member: Dpo,
     ledger: LedgerDep,
-    subject: SubjectId | None = None,
-    consumer: MemberKey | None = None,
+    subject: PublicKeyHex | None = None,
+    consumer: PublicKeyHex | None = None,
     purpose: Purpose | None = None,
     since: Annotated[dt.datetime | None, Query(description="from this time (ISO 8601)")] = None,
     until: Annotated[dt.datetime | None, Query(description="up to this time (inclusive)")] = None,

@@ -19,14 +19,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
 from api.errors import ApiError, Forbidden
 from api.outbox import wait_for_receipt
 from api.routes.consents import SignedIn
-from api.schemas import LedgerReceipt, StrictIn, UuidIn
+from api.schemas import LedgerReceipt, PublicKeyHex, StrictIn, UuidIn
 from api.signed import assemble
 from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound
@@ -34,14 +34,13 @@ from vault.models import OutboxFact
 
 router = APIRouter(prefix="/v1", tags=["erasure"], dependencies=[Depends(strict_query)])
 
-SubjectId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 DPO_REASONS = ("dpo_decision", "legal_obligation", "consent_withdrawn", "subject_request")
 
 
 class ErasureIn(StrictIn):
     """One scope: a subject everywhere, a subject in one dataset, or one upload."""
 
-    subject_id: SubjectId | None = None
+    subject_id: PublicKeyHex | None = None
     dataset_id: UuidIn | None = None
     upload_id: UuidIn | None = None
     reason: Annotated[str, Field(json_schema_extra={"enum": list(DPO_REASONS)})] = "dpo_decision"
