@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.keys import IssuedKey, create_key
-from api.ledger import LedgerGateway, load_or_create_key
+from api.ledger import VAULT_KEY_FILE, LedgerGateway, load_or_create_key
 from api.readiness import LedgerQuorumProbe
 from api.wallet import load_wallet, new_wallet
 from ledger_bridge import genesis as gen
@@ -49,7 +49,6 @@ DEFAULT_REPLICAS = 4
 VAULT_COLLEGE = "providers"
 DPO_COLLEGE = "services"
 PENDING_FILE = "bootstrap.pending"
-VAULT_KEY_FILE = "vault-ledger.key"
 DPO_KEY_FILE = "dpo.key"
 LOOPBACK = "127.0.0.1"
 PORT_TRIES_MAX = 50

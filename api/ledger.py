@@ -94,6 +94,18 @@ class LedgerAnswer:
     result: dict[str, Any]
 
 
+# The vault's two ledger identities, in the keys directory: the key that signs its contract
+# transactions, and the PBFT client key of the outbox relay (fixed, for the reply cache).
+VAULT_KEY_FILE = "vault-ledger.key"
+RELAY_KEY_FILE = "vault-relay.key"
+
+
+def fact_nonce(fact_id: int) -> bytes:
+    """The nonce of the transaction that records outbox fact `fact_id` (derived, not random:
+    a resubmission after a crash is the same transaction to the contracts' replay check)."""
+    return hashlib.sha256(b"civis-outbox-fact:%d" % fact_id).digest()[: tx.NONCE_BYTES]
+
+
 def load_or_create_key(path: Path) -> SigningKey:
     """The vault's ledger key (hex seed, 0600), created on first start."""
     from ledger_bridge.genesis import load_signing_key, write_private_file
@@ -151,8 +163,8 @@ class LedgerGateway:
         genesis = load_genesis(ledger_dir / GENESIS_FILE)
         return cls(
             genesis,
-            load_or_create_key(keys_dir / "vault-ledger.key"),
-            relay_key=load_or_create_key(keys_dir / "vault-relay.key"),
+            load_or_create_key(keys_dir / VAULT_KEY_FILE),
+            relay_key=load_or_create_key(keys_dir / RELAY_KEY_FILE),
             clients=clients,
         )
 
@@ -237,7 +249,7 @@ class LedgerGateway:
         up by (author, nonce) instead.
         """
         tx_type, body = fact_transaction(kind, payload)
-        nonce = hashlib.sha256(b"civis-outbox-fact:%d" % fact_id).digest()[: tx.NONCE_BYTES]
+        nonce = fact_nonce(fact_id)
         signed = self.sign_as_vault(tx_type, body, nonce=nonce)
         with self._relay_lock:
             receipt = self._run(self._relay.submit(signed.encode(), request_id=fact_id))

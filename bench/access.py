@@ -215,11 +215,11 @@ def _found_cluster(data_dir: Path, members: dict[str, Member]) -> Cluster:
     (the vote is not what is measured). The vault's key is the one the API's gateway loads.
     """
     from api import bootstrap
-    from api.ledger import load_or_create_key
+    from api.ledger import RELAY_KEY_FILE, VAULT_KEY_FILE, load_or_create_key
 
     keys = bootstrap.keys_dir(data_dir)
-    vault = load_or_create_key(keys / bootstrap.VAULT_KEY_FILE)
-    load_or_create_key(keys / "vault-relay.key")
+    vault = load_or_create_key(keys / VAULT_KEY_FILE)
+    load_or_create_key(keys / RELAY_KEY_FILE)
     app_genesis = bootstrap.founding_app_genesis(vault.public_key.hex(), members["dpo"].id)
     app_genesis["members"] += [
         {"public_key": members["provider"].id, "role": "provider", "college": "providers"},

@@ -90,9 +90,9 @@ def ledger_cluster(
     base = tmp_path_factory.mktemp("ledger-env")
     keys_dir = base / "keys"
     keys_dir.mkdir()
-    from api.ledger import load_or_create_key
+    from api.ledger import VAULT_KEY_FILE, load_or_create_key
 
-    vault = load_or_create_key(keys_dir / "vault-ledger.key")
+    vault = load_or_create_key(keys_dir / VAULT_KEY_FILE)
     wallets = {name: Wallet() for name in ("dpo", "provider", "consumer")}
     app_genesis = {
         "members": [

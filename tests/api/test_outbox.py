@@ -11,7 +11,6 @@ expired, the subject's erasure recorded with the destroyed commitments.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from api.ledger import LedgerGateway, load_or_create_key
+from api.ledger import VAULT_KEY_FILE, LedgerGateway, fact_nonce, load_or_create_key
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey
@@ -45,7 +44,7 @@ SUBJECT = bytes(range(32, 64)).hex()  # a subject's pseudonym: their wallet key,
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     keys = tmp_path / "keys"
-    vault = load_or_create_key(keys / "vault-ledger.key")
+    vault = load_or_create_key(keys / VAULT_KEY_FILE)
     app_genesis = {
         "members": [
             {"public_key": bytes(vault.public_key).hex(), "role": "vault", "college": "providers"},
@@ -117,10 +116,7 @@ def test_a_crash_at_any_step_records_each_fact_once(
         assert all(f.sent_at is not None and f.block_height for f in facts)
         # Each fact's transaction (found by the vault's nonce for it) is on the chain once,
         # committed with the result the contracts gave, at the recorded height and tx id.
-        nonces = {
-            hashlib.sha256(b"civis-outbox-fact:%d" % f.id).digest()[: tx.NONCE_BYTES]: f
-            for f in facts
-        }
+        nonces = {fact_nonce(f.id): f for f in facts}
         on_chain: dict[int, list[tuple[int, str]]] = {}
         top = max((gateway.status(i) or {}).get("height", 0) for i in range(4))
         for height in range(1, top + 1):

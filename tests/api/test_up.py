@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from api.bootstrap import BootstrapError, found_local_ledger, issue_pending_dpo_key, open_ledger
 from api.keys import authenticate
-from api.ledger import LedgerGateway
+from api.ledger import VAULT_KEY_FILE, LedgerGateway
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts.app import ConsentApp
 from ledger_bridge.genesis import create_local, load_genesis, load_signing_key
@@ -307,7 +307,7 @@ def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
     genesis = tomllib.loads((ledger_dir / "genesis.toml").read_text())
     assert genesis["chain_id"] == chain_id and genesis["params"]["app"] == "contracts"
     assert {v["college"] for v in genesis["validators"]} == {"providers", "services", "citizens"}
-    vault_key = load_signing_key(data_dir / "keys" / "vault-ledger.key").public_key.hex()
+    vault_key = load_signing_key(data_dir / "keys" / VAULT_KEY_FILE).public_key.hex()
     assert {(m["public_key"], m["role"]) for m in genesis["app_genesis"]["members"]} == {
         (vault_key, "vault"),
         (member.group(1), "dpo"),
