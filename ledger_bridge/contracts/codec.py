@@ -27,6 +27,11 @@ class NotCanonical(ValueError):
 def _norm(obj: Any, depth: int = 0) -> Any:
     if depth > 16:
         raise NotCanonical("nested too deeply")
+    t = type(obj)
+    if t is str or t is bytes:  # the common leaves first: this runs once per value
+        return obj
+    if t is list and all(type(x) is str for x in obj):  # e.g. an access's granted subjects
+        return obj
     if obj is None or isinstance(obj, bool | str | bytes):
         return obj
     if isinstance(obj, int):
@@ -45,6 +50,24 @@ def _norm(obj: Any, depth: int = 0) -> Any:
 def encode(obj: Any) -> bytes:
     """The canonical encoding of `obj` (sorted map keys, smallest int formats, no floats)."""
     return bytes(msgpack.packb(_norm(obj), use_bin_type=True))
+
+
+def encode_key(key: tuple[Any, ...]) -> bytes:
+    """`encode(list(key))` for a state key, without the general normaliser.
+
+    Why a second path: every state read and write encodes its key, and keys are flat tuples of
+    strings, byte strings and integers, for which msgpack's own output is already canonical
+    (it always picks the smallest integer format). A key holding anything else (a map, a
+    float, an out-of-range integer) falls back to `encode`, so the bytes are always the same
+    as `encode`'s or an error is raised exactly where `encode` would raise one."""
+    for part in key:
+        t = type(part)
+        if t is str or t is bytes:
+            continue
+        if t is int and INT_MIN <= part <= INT_MAX:
+            continue
+        return encode(list(key))
+    return bytes(msgpack.packb(key, use_bin_type=True))
 
 
 def decode(raw: bytes, *, max_bytes: int = 1 << 20) -> Any:

@@ -94,9 +94,9 @@ def _accesses(s: State, q: dict[str, Any]) -> Any:
     after, limit = _page(q)
     subject = _arg(q, "subject", str)
     if subject is not None:
-        ids = [k[1] for k in s.group("access_by_subject", "subject", subject)]
+        ids = [k[0] for k in s.group("access", "subject", subject)]
     elif "consumer" in q:
-        ids = [k[1] for k in s.group("access_by_consumer", "consumer", _key(q, "consumer"))]
+        ids = [k[0] for k in s.group("access", "consumer", _key(q, "consumer"))]
     else:
         last = s.get("meta", "next_access") or 0
         ids = list(range(1, last + 1))

@@ -10,14 +10,15 @@ re-hashes one bucket and 12 tree nodes, so a block costs O(its writes), not O(st
 an entry can still be proven against the root (its bucket's entries plus 12 siblings).
 
 Indexes (entries of a table grouped by some key positions, e.g. consents by consumer and
-purpose) are derived from the key set alone, kept in memory, rebuilt by `restore`, and
-never hashed: they change nothing a replica agrees on. `mark()`/`rollback()` undo a failed
-transaction's writes, indexes included, so a rejected transaction leaves no trace.
+purpose, or by what their values name, e.g. accesses by granted subject) are derived from the
+entries alone, kept in memory, rebuilt by `restore`, and never hashed: they change nothing a
+replica agrees on. `mark()`/`rollback()` undo a failed transaction's writes, indexes
+included, so a rejected transaction leaves no trace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgpack
@@ -34,13 +35,23 @@ Key = tuple[Any, ...]
 # table -> index name -> key positions (after the table name) the index groups by
 INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
     "consent": {"by_subject": (0,), "by_consumer_purpose": (1, 3)},
-    "access_by_subject": {"subject": (0,)},
-    "access_by_consumer": {"consumer": (0,)},
     "dataset_upload": {"dataset": (0,)},
     "nonce_expiry": {"minute": (0,)},
     "member": {"all": ()},
     "purpose": {"all": ()},
     "erasure_request_open": {"all": ()},
+}
+
+# table -> index name -> the values, read off an entry's VALUE, it is grouped under. Why: an
+# access grants up to hundreds of subjects, and the access log is asked by subject; writing
+# one index entry per granted subject into the state cost a hundred hashed writes per access
+# (most of the contract's time). The entry's value already names them; grouping by it is as
+# derived, and as unhashed, as the key-based indexes above.
+VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
+    "access": {
+        "subject": lambda a: a["granted"],
+        "consumer": lambda a: (a["consumer"],),
+    },
 }
 
 
@@ -65,16 +76,16 @@ class State:
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, *key: Any) -> Any:
-        raw = self._data.get(codec.encode(list(key)))
+        raw = self._data.get(codec.encode_key(key))
         return None if raw is None else msgpack.unpackb(raw, raw=False)
 
     def has(self, *key: Any) -> bool:
-        return codec.encode(list(key)) in self._data
+        return codec.encode_key(key) in self._data
 
     def group(self, table: str, index: str, *values: Any) -> list[Key]:
         """Keys of `table` whose indexed positions equal `values`, in key order."""
         found = self._index.get((table, index, tuple(values)), set())
-        return sorted(found, key=codec.encode)
+        return sorted(found, key=codec.encode_key)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -82,13 +93,15 @@ class State:
     # -- writes --------------------------------------------------------------------------
     def put(self, *key_and_value: Any) -> None:
         *key, value = key_and_value
-        self._write(tuple(key), codec.encode(value))
+        self._write(tuple(key), codec.encode(value), value)
 
     def delete(self, *key: Any) -> None:
         self._write(tuple(key), None)
 
-    def _write(self, key: Key, vb: bytes | None) -> None:
-        kb = codec.encode(list(key))
+    def _write(self, key: Key, vb: bytes | None, value: Any = None) -> None:
+        """Set (or with `vb` None, delete) one entry; `value` is `vb` decoded, when the caller
+        has it, so a value-indexed write need not decode what it just encoded."""
+        kb = codec.encode_key(key)
         old = self._data.get(kb)
         if old == vb:
             return
@@ -96,6 +109,9 @@ class State:
             self._undo.append((key, old))
         bucket = int.from_bytes(digest(kb)[:2], "big") >> (16 - BUCKET_BITS)
         self._dirty.add(bucket)
+        by_value = VALUE_INDEXES.get(key[0])
+        if by_value is not None and old is not None:
+            self._index_value(by_value, key, msgpack.unpackb(old, raw=False), add=False)
         if vb is None:
             del self._data[kb], self._leaves[kb], self._keys[kb]
             self._buckets[bucket].discard(kb)
@@ -107,6 +123,31 @@ class State:
             self._reindex(key)
         self._data[kb] = vb
         self._leaves[kb] = _leaf(kb, vb)
+        if by_value is not None:
+            if value is None:
+                value = msgpack.unpackb(vb, raw=False)
+            self._index_value(by_value, key, value, add=True)
+
+    def _index_value(
+        self,
+        by_value: dict[str, Callable[[Any], Iterable[Any]]],
+        key: Key,
+        value: Any,
+        *,
+        add: bool,
+    ) -> None:
+        table, parts = key[0], key[1:]
+        for name, read in by_value.items():
+            for v in read(value):
+                ix = (table, name, (v,))
+                if add:
+                    self._index.setdefault(ix, set()).add(parts)
+                    continue
+                members = self._index.get(ix)
+                if members is not None:
+                    members.discard(parts)
+                    if not members:
+                        del self._index[ix]
 
     def _specs(self, key: Key) -> Iterator[tuple[tuple[str, str, tuple[Any, ...]], Key]]:
         table, parts = key[0], key[1:]
