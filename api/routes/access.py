@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import records_json
 from api.deps import Consumer, CurrentMember, KeyStoreDep, LedgerDep, SessionDep, strict_query
 from api.errors import ApiError
 from api.ledger import LedgerGateway, jsonable
@@ -140,30 +141,27 @@ def _records(
     granted: list[str],
     uploads: set[str],
     fields: list[str] | None,
-) -> Iterator[AccessRecord]:
+) -> Iterator[str]:
+    """The granted subjects' records in the uploads the contracts named, each as the JSON text
+    of an `AccessRecord` (api/records_json.py says why text)."""
     if not granted:
         return
+    live = {uuid.UUID(u) for u in uploads}
     for r in reads.Reader(store).by_dataset(
         session, dataset_id, subjects=granted, anchored_only=True
     ):
-        if str(r.upload_id) not in uploads:
+        if r.upload_id not in live:
             continue  # expired, erased or withdrawn on the ledger: not for this access
-        proof = None
         if fields is None:
-            proof = InclusionProof(
-                leaf_index=r.leaf_index,
-                leaf_salt=r.leaf_salt.hex(),
-                audit_path=[h.hex() for h in r.proof],
-                merkle_root=r.merkle_root.hex(),
-                tree_size=r.record_count,
-            )
-        yield AccessRecord(
-            record_id=r.record_id,
-            upload_id=r.upload_id,
-            subject_id=r.subject_id,
-            payload=json.loads(disclosure.project(r.payload, fields)),
-            proof=proof,
-        )
+            yield records_json.record_text(r)
+        else:
+            projected = disclosure.project(r.payload, fields)
+            yield records_json.record_text(r, payload=projected, proof=False)
+
+
+def _head_text(head: AccessAnswer) -> str:
+    """The answer without its records, as JSON text ending where `"records":` would follow."""
+    return head.model_dump_json(exclude={"records"})[:-1]
 
 
 _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -253,11 +251,12 @@ def access(
                 for rec in _records(
                     stream_session, store, body.dataset_id, granted, uploads, body.fields
                 ):
-                    yield rec.model_dump_json().encode() + b"\n"
+                    yield rec.encode() + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
-    head.records = list(_records(session, store, body.dataset_id, granted, uploads, body.fields))
-    return head
+    records = _records(session, store, body.dataset_id, granted, uploads, body.fields)
+    text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
+    return Response(content=text.encode(), media_type="application/json")
 
 
 class ExportOut(BaseModel):

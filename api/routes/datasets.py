@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import records_json
 from api.deps import (
     KeyStoreDep,
     Provider,
@@ -363,11 +364,12 @@ def dataset_records(
                     stream_session, dataset_id, subjects=subjects
                 )
                 for r in found:
-                    yield _record_out(r).model_dump_json().encode() + b"\n"
+                    yield records_json.record_text(r, dataset=True).encode() + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
     found = reads.Reader(store).by_dataset(session, dataset_id, subjects=subjects)
-    return [_record_out(r) for r in itertools.islice(found, limit)]
+    page = (records_json.record_text(r, dataset=True) for r in itertools.islice(found, limit))
+    return Response(content=records_json.array_text(page).encode(), media_type="application/json")
 
 
 @router.get("/records/{record_id}")

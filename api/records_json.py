@@ -1,0 +1,77 @@
+"""Decrypted records to JSON text, one string per record, without a model per record.
+
+Why not the response models: a read of 100 records built 200 pydantic objects, parsed every
+payload to a dict (`json.loads`) only for FastAPI to validate and serialise it back, and that
+was the larger part of the API's CPU per read. Here each record is written once, as text, and
+its payload goes out as the very bytes that were stored, the bytes its inclusion proof covers,
+whenever they can stand inside a JSON document as they are (see `payload_text`). The shapes are
+still the schemas' (`RecordOut`, `AccessRecord`); tests check the answers against them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from vault.reads import RecordOut
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def payload_text(payload: bytes) -> str:
+    """A stored payload (a JSON object, checked at upload) as JSON text for a response.
+
+    The stored bytes are used verbatim when they are UTF-8 text on one line that starts like an
+    object: uploads over HTTP store compact JSON, always so. Anything else that `json.loads`
+    accepts (UTF-16, a byte-order mark, pretty-printed lines that would split an NDJSON line) is
+    re-encoded compactly. Bytes that `json.loads` accepted at upload are valid JSON, so a
+    verbatim payload is a well-formed value."""
+    if (
+        payload[:1] == b"{"
+        and b"\n" not in payload
+        and b"\r" not in payload
+        and b"\x00" not in payload
+    ):
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return _dumps(json.loads(payload))
+
+
+def proof_text(r: RecordOut) -> str:
+    """The record's `InclusionProof` as JSON text."""
+    path = ",".join(f'"{h.hex()}"' for h in r.proof)
+    return (
+        f'{{"leaf_index":{r.leaf_index},"leaf_salt":"{r.leaf_salt.hex()}",'
+        f'"audit_path":[{path}],"merkle_root":"{r.merkle_root.hex()}",'
+        f'"tree_size":{r.record_count}}}'
+    )
+
+
+def record_text(
+    r: RecordOut, *, payload: bytes | None = None, dataset: bool = False, proof: bool = True
+) -> str:
+    """One record as JSON text: `RecordOut` (with `dataset`) or `AccessRecord` (without).
+
+    `payload` replaces the stored payload (a projection); `proof=False` sends a null proof,
+    as for a projected record, whose proof could not be checked."""
+    head = f'{{"record_id":"{r.record_id}",'
+    if dataset:
+        head += f'"dataset_id":"{r.dataset_id}",'
+    body = payload_text(r.payload if payload is None else payload)
+    tail = f',"proof":{proof_text(r) if proof else "null"}}}'
+    return (
+        f'{head}"upload_id":"{r.upload_id}","subject_id":{_dumps(r.subject_id)},'
+        f'"payload":{body}{tail}'
+    )
+
+
+def array_text(items: Iterable[str]) -> str:
+    """JSON array of already-encoded values."""
+    return "[" + ",".join(items) + "]"
+
+
+def dumps(value: object) -> str:
+    """Compact JSON, non-ASCII kept as is (the records' own encoding)."""
+    return _dumps(value)
