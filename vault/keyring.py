@@ -32,6 +32,7 @@ class KeyRing:
         self._create = create
         self._secrets: OrderedDict[SecretRef, bytes] = OrderedDict()
         self._deks: OrderedDict[tuple[uuid.UUID, str], DataKey | None] = OrderedDict()
+        self._shared: dict[tuple[uuid.UUID, str], tuple[bytes | None, bytes | None]] = {}
 
     def __repr__(self) -> str:
         return f"KeyRing(dataset={self._dataset_id}, ***)"
@@ -76,18 +77,22 @@ class KeyRing:
         if key in self._deks:
             self._deks.move_to_end(key)
             return self._deks[key], False
-        refs = (
-            upload_ref(self._dataset_id, upload_id),
-            subject_ref(self._dataset_id, subject_id),
-            epoch_ref(self._dataset_id, day_iso),
-        )
-        if any(r not in self._secrets for r in refs):
-            self.prefetch(refs)
-        secrets = [self._secrets.get(r) for r in refs]
+        # The upload's and the epoch's secrets are shared by all of an upload's subjects:
+        # looked up once per (upload, day), absent ones too, not three lookups per record.
+        shared = self._shared.get((upload_id, day_iso))
+        subject = subject_ref(self._dataset_id, subject_id)
+        if shared is None or subject not in self._secrets:
+            refs = [subject, upload_ref(self._dataset_id, upload_id)]
+            refs.append(epoch_ref(self._dataset_id, day_iso))
+            if any(r not in self._secrets for r in refs):
+                self.prefetch(refs)
+            if shared is None:
+                shared = (self._secrets.get(refs[1]), self._secrets.get(refs[2]))
+                self._shared[(upload_id, day_iso)] = shared
+        u, e = shared
+        s = self._secrets.get(subject)
         dek: DataKey | None = None
-        if all(s is not None for s in secrets):
-            u, s, e = secrets
-            assert u is not None and s is not None and e is not None
+        if u is not None and s is not None and e is not None:
             dek = derive_dek(
                 upload_secret=u,
                 subject_secret=s,

@@ -10,12 +10,14 @@ Erasure deletes ciphertext but keeps each record's salted leaf hash (useless wit
 destroyed key), so the inclusion proofs of the upload's other records still verify.
 
 Reads stream: a dataset of any size is served in batches with bounded memory; inclusion trees
-are built once per upload per call, and only for the uploads actually read.
+are built only for the uploads actually read, and kept (bounded) for the next read.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,44 @@ from vault.keyring import KeyRing
 from vault.keys import KeyStore
 from vault.models import Record, Upload
 
-_TREE_CACHE_MAX = 8
+# Inclusion trees, kept across calls: an upload's leaf hashes never change once its rows are
+# visible (an upload is written in one transaction; erasure keeps leaf hashes, see above), and
+# they are salted hashes, neither personal data nor key material. Rebuilding the tree of the
+# upload being read cost a query and O(n) hashing on every read. Bounded in leaves in all
+# (about 130 bytes each), so memory stays flat; a tree larger than the bound is built per call.
+TREE_CACHE_LEAVES = 1 << 18
+
+
+class _TreeCache:
+    def __init__(self, max_leaves: int) -> None:
+        self._max = max_leaves
+        self._trees: OrderedDict[uuid.UUID, MerkleTree] = OrderedDict()
+        self._leaves = 0
+        self._lock = threading.Lock()
+
+    def get(self, upload_id: uuid.UUID, size: int) -> MerkleTree | None:
+        with self._lock:
+            tree = self._trees.get(upload_id)
+            if tree is None or tree.size != size:
+                return None
+            self._trees.move_to_end(upload_id)
+            return tree
+
+    def put(self, upload_id: uuid.UUID, tree: MerkleTree) -> None:
+        if tree.size > self._max:
+            return
+        with self._lock:
+            old = self._trees.pop(upload_id, None)
+            if old is not None:
+                self._leaves -= old.size
+            self._trees[upload_id] = tree
+            self._leaves += tree.size
+            while self._leaves > self._max:
+                _, evicted = self._trees.popitem(last=False)
+                self._leaves -= evicted.size
+
+
+_trees = _TreeCache(TREE_CACHE_LEAVES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +203,11 @@ class Reader:
                 raise RecordErased(f"record {rid} can no longer be decrypted") from None
             tree = trees.get(upload_id)
             if tree is None:
-                tree = self._tree(session, upload_id)
-                if len(trees) >= _TREE_CACHE_MAX:
-                    trees.pop(next(iter(trees)))
+                tree = _trees.get(upload_id, count)
+                if tree is None:
+                    tree = self._tree(session, upload_id)
+                    _trees.put(upload_id, tree)
+                trees.clear()  # rows come in upload order: the call needs one at a time
                 trees[upload_id] = tree
             yield RecordOut(
                 record_id=rid,
