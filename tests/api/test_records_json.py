@@ -1,0 +1,88 @@
+"""Records written as JSON text (api/records_json.py) say exactly what the models would.
+
+Why: the read paths no longer build a model per record, so nothing validates their output on
+the way out; these tests are what keeps the text and the schemas (and the stored payload) in
+step.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api import records_json
+from api.routes.access import AccessRecord
+from api.schemas import RecordOut
+from vault import reads
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+_objects = st.dictionaries(st.text(), _json, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    _objects,
+    st.sampled_from(
+        [
+            lambda o: json.dumps(o, separators=(",", ":"), ensure_ascii=False).encode(),
+            lambda o: json.dumps(o).encode(),
+            lambda o: json.dumps(o, indent=2, ensure_ascii=False).encode(),
+            lambda o: json.dumps(o, ensure_ascii=False).encode("utf-16"),
+            lambda o: b"\xef\xbb\xbf" + json.dumps(o).encode(),
+        ]
+    ),
+)
+def test_payload_text_is_the_stored_object(obj: dict[str, Any], encode: Any) -> None:
+    stored = encode(obj)
+    text = records_json.payload_text(stored)
+    assert json.loads(text) == json.loads(stored)
+    assert "\n" not in text  # one NDJSON line per record, whatever was stored
+
+
+def test_compact_utf8_payload_goes_out_byte_for_byte() -> None:
+    stored = '{"address":"1 rue de l\'Église","n":1.50}'.encode()
+    assert records_json.payload_text(stored).encode() == stored  # the bytes the proof covers
+
+
+def _record(subject: str, payload: bytes) -> reads.RecordOut:
+    return reads.RecordOut(
+        record_id=uuid.uuid4(),
+        dataset_id=uuid.uuid4(),
+        upload_id=uuid.uuid4(),
+        subject_id=subject,
+        payload=payload,
+        leaf_index=2,
+        leaf_salt=b"\x01" * 32,
+        proof=[b"\x02" * 32, b"\x03" * 32],
+        merkle_root=b"\x04" * 32,
+        record_count=5,
+    )
+
+
+@pytest.mark.parametrize("subject", ["s1", "did:key/z6+a=b@c", "a" * 64])
+def test_record_text_matches_the_models(subject: str) -> None:
+    r = _record(subject, b'{"city":"Lyon","depth":[1,2]}')
+    full = json.loads(records_json.record_text(r, dataset=True))
+    out = RecordOut.model_validate(full)
+    assert out.subject_id == subject and out.dataset_id == r.dataset_id
+    assert out.payload == {"city": "Lyon", "depth": [1, 2]}
+    assert out.proof.audit_path == ["02" * 32, "03" * 32]
+    assert (out.proof.leaf_index, out.proof.tree_size) == (2, 5)
+    assert out.proof.leaf_salt == "01" * 32 and out.proof.merkle_root == "04" * 32
+
+    access = json.loads(records_json.record_text(r))
+    assert "dataset_id" not in access
+    assert AccessRecord.model_validate(access).proof is not None
+
+    projected = json.loads(records_json.record_text(r, payload=b'{"city":"Lyon"}', proof=False))
+    assert projected["proof"] is None
+    assert AccessRecord.model_validate(projected).payload == {"city": "Lyon"}
