@@ -387,15 +387,23 @@ def consent_revoke(c: Ctx) -> dict[str, Any]:
 def consent_in_force(
     state: State, subject: str, consumer: bytes, scope: str, purpose: str, height: int, now: int
 ) -> bool:
+    # The index answers "no such consent" (the usual case for one of an access's two scopes)
+    # without a lookup.
+    if not state.in_group(
+        "consent", "by_consumer_purpose", (consumer, purpose), (subject, consumer, scope, purpose)
+    ):
+        return False
     v = version_at(state.get("consent", subject, consumer, scope, purpose), height)
     return v is not None and bool(v[2]) and now < v[1]
 
 
 def erased_before(state: State, subject: str, dataset: str, height: int) -> bool:
-    for h in (
-        state.get("erased_subject", subject),
-        state.get("erased_subject_dataset", subject, dataset),
-    ):
+    if state.in_group("erased_subject", "all", (), (subject,)):
+        h = state.get("erased_subject", subject)
+        if h is not None and h < height:
+            return True
+    if state.in_group("erased_subject_dataset", "subject", (subject,), (subject, dataset)):
+        h = state.get("erased_subject_dataset", subject, dataset)
         if h is not None and h < height:
             return True
     return False
