@@ -70,8 +70,3 @@ def record_text(
 def array_text(items: Iterable[str]) -> str:
     """JSON array of already-encoded values."""
     return "[" + ",".join(items) + "]"
-
-
-def dumps(value: object) -> str:
-    """Compact JSON, non-ASCII kept as is (the records' own encoding)."""
-    return _dumps(value)

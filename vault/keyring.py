@@ -82,8 +82,11 @@ class KeyRing:
         shared = self._shared.get((upload_id, day_iso))
         subject = subject_ref(self._dataset_id, subject_id)
         if shared is None or subject not in self._secrets:
-            refs = [subject, upload_ref(self._dataset_id, upload_id)]
-            refs.append(epoch_ref(self._dataset_id, day_iso))
+            refs = [
+                subject,
+                upload_ref(self._dataset_id, upload_id),
+                epoch_ref(self._dataset_id, day_iso),
+            ]
             if any(r not in self._secrets for r in refs):
                 self.prefetch(refs)
             if shared is None:
