@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "upload-http": "bench.upload_http:run",
     "keys": "bench.keys:run",
     "access": "bench.access:run",
+    "crypto": "bench.crypto:run",
 }
 
 

@@ -7,6 +7,13 @@ sometimes) rather than an exception that a handler might forget to catch.
 Ed25519 signatures are deterministic (RFC 8032), so signing stays a pure function and the
 replica core can sign without breaking its no-randomness rule. Private keys never print:
 `repr()` shows the public key only.
+
+Why libsodium (PyNaCl) for Ed25519 and not `cryptography`'s OpenSSL: signature checks are the
+largest CPU cost of the PBFT normal case and of every consent transaction, and on the
+benchmark machine libsodium verifies in about half OpenSSL's time and signs in about 60 %
+(`civis-vault bench crypto --json`, figures in docs/BENCHMARKS.md). libsodium's verification
+is also the strict one (it refuses non-canonical S, non-canonical or small-order keys), so no
+signature OpenSSL would refuse gets through. X25519 and HKDF stay on `cryptography`.
 """
 
 from __future__ import annotations
@@ -15,14 +22,11 @@ import hashlib
 import hmac
 import os
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl import bindings as sodium
+from nacl.exceptions import BadSignatureError
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -32,17 +36,14 @@ MAC_BYTES = 32
 class SigningKey:
     """An Ed25519 private key. Construct with `generate()` or from its 32-byte seed."""
 
-    __slots__ = ("_key", "public_key")
+    __slots__ = ("_secret", "_seed", "public_key")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != 32:
             raise ValueError("an Ed25519 seed is 32 bytes")
-        self._key = Ed25519PrivateKey.from_private_bytes(seed)
-        self.public_key = VerifyKey(
-            self._key.public_key().public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
-            )
-        )
+        public, self._secret = sodium.crypto_sign_seed_keypair(bytes(seed))
+        self._seed = bytes(seed)
+        self.public_key = VerifyKey(public)
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -50,14 +51,11 @@ class SigningKey:
 
     def seed(self) -> bytes:
         """The 32-byte private seed: write it only to a 0600 key file."""
-        return self._key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        return self._seed
 
     def sign(self, message: bytes) -> bytes:
-        return self._key.sign(message)
+        # crypto_sign returns signature || message; the detached signature is its head.
+        return sodium.crypto_sign(message, self._secret)[:SIGNATURE_BYTES]
 
     def __repr__(self) -> str:
         return f"SigningKey(public={self.public_key.hex()[:16]}…, private=***)"
@@ -66,13 +64,12 @@ class SigningKey:
 class VerifyKey:
     """An Ed25519 public key (32 raw bytes), hashable so it can key dictionaries."""
 
-    __slots__ = ("_bytes", "_key")
+    __slots__ = ("_bytes",)
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != PUBLIC_KEY_BYTES:
             raise ValueError("an Ed25519 public key is 32 bytes")
         self._bytes = bytes(raw)
-        self._key = Ed25519PublicKey.from_public_bytes(self._bytes)
 
     def __bytes__(self) -> bytes:
         return self._bytes
@@ -85,8 +82,8 @@ class VerifyKey:
         if len(signature) != SIGNATURE_BYTES:
             return False
         try:
-            self._key.verify(signature, message)
-        except InvalidSignature:
+            sodium.crypto_sign_open(bytes(signature) + bytes(message), self._bytes)
+        except BadSignatureError:
             return False
         return True
 

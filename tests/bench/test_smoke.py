@@ -12,7 +12,7 @@ import argparse
 import json
 from numbers import Real
 
-from bench import access, upload_http
+from bench import access, crypto, upload_http
 from tests.conftest import PgServer
 
 
@@ -69,3 +69,13 @@ def test_upload_http_sized_by_bytes_streams_that_body(pg_server: PgServer) -> No
     # VmHWM is a high-water mark: it never goes down.
     assert 0 < peaks["ready"] <= peaks["after_small"] <= peaks["after_full"]
     assert report["client_peak_rss_mb"] > 0
+
+
+def test_crypto_compares_the_ledger_signatures_with_openssl() -> None:
+    """The ledger's Ed25519 (libsodium) against OpenSSL on the same messages, same seed."""
+    report = crypto.run(argparse.Namespace(records=50))
+    json.dumps(report)
+    assert report["operations"] == 50
+    for side in ("ledger_libsodium", "baseline_openssl"):
+        assert report[side]["sign_us"] > 0 and report[side]["verify_us"] > 0
+    assert report["ratio_sign"] > 0 and report["ratio_verify"] > 0
