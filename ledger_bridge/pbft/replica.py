@@ -173,9 +173,9 @@ class Ready:
     4. `replies`: send to clients, best effort: clients retry and hit the reply cache.
 
     `must_sync` (etcd-raft's `MustSync`): when True, step 1 must be fsynced before step 3;
-    when False the writes may reach the disk later (written, not fsynced: they survive a
-    process kill; a power cut may lose them, which the core tolerates, see the module
-    docstring). Later writes are ordered after earlier ones either way.
+    when False the writes may reach the disk later (the node holds them back to join the next
+    fsynced transaction; a kill or a power cut may lose them, which the core tolerates, see
+    the module docstring). Later writes are ordered after earlier ones either way.
     """
 
     persist: DurableDelta

@@ -51,6 +51,27 @@ def test_garbage_collection_drops_only_keys_below_the_bound(tmp_path: Path) -> N
     assert [key_seq(k) for k, _ in st.records("commit")] == [256]
 
 
+def test_held_back_batches_land_in_order_as_one_transaction(tmp_path: Path) -> None:
+    """The node holds back unsynced writes and lands them with the next fsynced one: order
+    within the transaction is the order the replica produced them (a later put and a GC
+    delete see the earlier puts), and it is one commit and one fsync, not one per batch."""
+    st = Storage(tmp_path)
+    st.write_many(
+        [
+            Batch(put=(("log", seq_key(1), b"old"), ("log", seq_key(2), b"two"))),
+            Batch(),  # an empty Ready costs nothing
+            Batch(put=(("log", seq_key(1), b"new"),), blocks=((1, b"b1"),)),
+            Batch(delete_kind_below=(("log", seq_key(2)),), put=(("log", seq_key(3), b"3"),)),
+        ],
+        sync=True,
+    )
+    assert (st.writes, st.syncs) == (1, 1)
+    assert list(st.records("log")) == [(seq_key(2), b"two"), (seq_key(3), b"3")]
+    assert st.block(1) == b"b1"
+    st.write_many([Batch(), Batch()], sync=True)
+    assert (st.writes, st.syncs) == (1, 1)
+
+
 def test_a_foreign_schema_version_is_refused(tmp_path: Path) -> None:
     st = Storage(tmp_path)
     st.write(Batch(meta=(("schema", str(SCHEMA_VERSION + 1).encode()),)))
