@@ -40,7 +40,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from api.jobs import BackgroundJobs
-        from api.outbox import OutboxRelay
+        from api.outbox import OutboxCollector, OutboxRelay
         from vault.erasure import Eraser
         from vault.retention import RetentionSweeper
 
@@ -50,6 +50,8 @@ def create_app(
         engine = db.make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)
+        outbox_metrics = OutboxCollector(app.state.sessions)
+        app.state.metrics_registry.register(outbox_metrics)
         if ledger is not None:
             from api.ledger import bind_database
 
@@ -68,6 +70,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state.metrics_registry.unregister(outbox_metrics)
             if jobs is not None:
                 jobs.stop()
             engine.dispose()

@@ -72,7 +72,8 @@ def render_dpo_page(data: DpoPageData) -> str:
         consumer_bars=bar_chart(data.accesses_by_consumer),
         day_bars=bar_chart(data.accesses_by_day),
         pending=[e for e in data.erasures if e["status"] == "pending"],
-        completed=[e for e in data.erasures if e["status"] != "pending"],
+        refused=[e for e in data.erasures if e["status"] == "refused"],
+        completed=[e for e in data.erasures if e["status"] == "recorded"],
     )
 
 

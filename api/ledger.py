@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from api.errors import ApiError
-from api.outbox import FactReceipt
+from api.outbox import FactReceipt, FactRefused
 from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
 from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.crypto import SigningKey, VerifyKey
@@ -241,7 +241,9 @@ class LedgerGateway:
 
     # -- the outbox relay's sink ----------------------------------------------------------
 
-    def record(self, fact_id: int, kind: str, payload: dict[str, Any]) -> FactReceipt:
+    def record(
+        self, fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int
+    ) -> FactReceipt:
         """FactSink: record a vault fact as its contract transaction, exactly once.
 
         The nonce is derived from the fact id, so even if the replicas' reply cache has moved
@@ -252,7 +254,7 @@ class LedgerGateway:
         nonce = fact_nonce(fact_id)
         signed = self.sign_as_vault(tx_type, body, nonce=nonce)
         with self._relay_lock:
-            receipt = self._run(self._relay.submit(signed.encode(), request_id=fact_id))
+            receipt = self._run(self._relay.submit(signed.encode(), request_id=request_id))
         result: dict[str, Any] = codec.decode(receipt.result)
         if result.get("ok"):
             return FactReceipt(bytes(result["tx"]).hex(), receipt.block_height)
@@ -260,7 +262,7 @@ class LedgerGateway:
             seen = self.query("nonce", author=self.vault_id, nonce=nonce)["result"]
             if seen is not None:
                 return FactReceipt(bytes(seen["tx"]).hex(), int(seen["height"]))
-        raise LedgerRefused(str(result.get("code")), str(result.get("message")))
+        raise FactRefused(str(result.get("code")), str(result.get("message")))
 
     def close(self) -> None:
         async def shut() -> None:

@@ -6,12 +6,22 @@ the other. Shipping it to the ledger is a separate step that may crash too; the 
 exactly-once:
 
 1. one relay at a time per database (a session-level advisory lock), facts in id order;
-2. each fact is submitted with an idempotency key derived from its id; the sink must return
+2. each fact is submitted with an idempotency key derived from its id (and a ledger request id
+   drawn from a sequence, stored before the first submission); the sink must return
    the ORIGINAL receipt when the same key is submitted again (the PBFT reply cache and the
    contracts' per-author nonce give this: a retried request is answered from the cache, never
    executed twice);
 3. only after the receipt is in hand is the fact marked sent (tx id, block height), in its own
    transaction. A crash between 2 and 3 resubmits on restart and gets the same receipt.
+
+A fact the contracts REFUSE (they executed it and said no: a dataset the chain does not know,
+a vault key that lost its membership) would be refused again on every retry, and facts ship
+in order, so it would hold up every anchor and erasure behind it forever. The sink says so by
+raising `FactRefused`; the relay then sets the fact aside (`refused_at`, the contract's code
+in `last_error`; an upload whose anchor was refused becomes `refused`, never served) and moves
+on. Anything else the sink raises (ledger unreachable, timeout) is retried in place, in order.
+The DPO lists refused facts and sends one again (`requeue`) once the cooperative's state
+allows it (`GET /v1/dpo/outbox`, `POST /v1/dpo/outbox/{id}/retry`).
 
 `CIVIS_CRASH_AT` (tests only) kills the process with SIGKILL at a named step, to prove it.
 """
@@ -24,14 +34,16 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select, text, update
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from vault.models import OutboxFact, Upload
+from vault.models import RELAY_REQUEST_IDS, OutboxFact, Upload
 
 _log = logging.getLogger(__name__)
 _RELAY_LOCK_KEY = 0x43495649  # "CIVI": the relay's advisory lock id
@@ -43,9 +55,23 @@ class FactReceipt:
     block_height: int
 
 
+class FactRefused(Exception):
+    """The ledger executed the fact's transaction and refused it: sent again unchanged, it
+    gets the same answer until the ledger's state changes. `code` is the contract's code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
 class FactSink(Protocol):
-    def record(self, fact_id: int, kind: str, payload: dict[str, Any]) -> FactReceipt:
-        """Record the fact on the ledger; idempotent per fact_id (same receipt every time)."""
+    def record(
+        self, fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int
+    ) -> FactReceipt:
+        """Record the fact on the ledger; idempotent per fact_id (same receipt every time).
+        `request_id` is the ledger client's: it increases with every new submission, and a
+        resubmission after a crash repeats it. Raises `FactRefused` when the ledger refused
+        the fact, anything else to be retried."""
         ...
 
 
@@ -70,7 +96,8 @@ class OutboxRelay:
         self._clock = clock
 
     def run_once(self) -> int:
-        """Ship pending facts; returns how many were recorded (0 if another relay runs)."""
+        """Ship pending facts; returns how many were settled, recorded or refused (0 if
+        another relay runs, or the oldest pending fact must be retried later)."""
         with self._sessions() as lock_session:
             got = lock_session.execute(
                 text("SELECT pg_try_advisory_lock(:k)"), {"k": _RELAY_LOCK_KEY}
@@ -86,19 +113,34 @@ class OutboxRelay:
     def _drain(self) -> int:
         shipped = 0
         while shipped < self._batch_max:
-            with self._sessions() as session:
+            with self._sessions() as session, session.begin():
                 fact = session.execute(
-                    select(OutboxFact.id, OutboxFact.kind, OutboxFact.payload)
-                    .where(OutboxFact.sent_at.is_(None))
+                    select(
+                        OutboxFact.id, OutboxFact.kind, OutboxFact.payload, OutboxFact.request_id
+                    )
+                    .where(OutboxFact.sent_at.is_(None), OutboxFact.refused_at.is_(None))
                     .order_by(OutboxFact.id)
                     .limit(1)
                 ).first()
-            if fact is None:
-                break
-            fact_id, kind, payload = fact
+                if fact is None:
+                    break
+                fact_id, kind, payload, request_id = fact
+                if request_id is None:
+                    # Stored before the first submission, so a relay restarted after a crash
+                    # resubmits under the same id and the replicas' reply cache answers it.
+                    request_id = session.scalar(select(RELAY_REQUEST_IDS.next_value()))
+                    session.execute(
+                        update(OutboxFact)
+                        .where(OutboxFact.id == fact_id)
+                        .values(request_id=request_id)
+                    )
             crash_point("before-submit")
             try:
-                receipt = self._sink.record(fact_id, kind, payload)
+                receipt = self._sink.record(fact_id, kind, payload, request_id=int(request_id))
+            except FactRefused as exc:
+                self._set_aside(fact_id, kind, payload, exc)
+                shipped += 1
+                continue
             except Exception as exc:
                 with self._sessions() as session, session.begin():
                     session.execute(
@@ -143,6 +185,51 @@ class OutboxRelay:
             shipped += 1
         return shipped
 
+    def _set_aside(
+        self, fact_id: int, kind: str, payload: dict[str, Any], exc: FactRefused
+    ) -> None:
+        with self._sessions() as session, session.begin():
+            session.execute(
+                update(OutboxFact)
+                .where(OutboxFact.id == fact_id, OutboxFact.sent_at.is_(None))
+                .values(
+                    refused_at=self._clock(),
+                    attempts=OutboxFact.attempts + 1,
+                    last_error=str(exc)[:500],
+                )
+            )
+            if kind == "upload.anchor":
+                session.execute(
+                    update(Upload)
+                    .where(Upload.id == uuid.UUID(payload["upload_id"]), Upload.state == "pending")
+                    .values(state="refused")
+                )
+        # The code only: contract messages name fields, never values, but a log line is no
+        # place to find out whether one ever does.
+        _log.error(
+            "outbox fact %d (%s) refused by the ledger (%s); set aside", fact_id, kind, exc.code
+        )
+
+
+def requeue(session: Session, fact_id: int) -> OutboxFact | None:
+    """Put a refused fact back in the queue (the DPO's retry); None if it is not refused.
+
+    It keeps its id, so it ships in its original place relative to facts still pending, and
+    its idempotency key: if the ledger did take it meanwhile, the receipt is looked up.
+    """
+    fact = session.get(OutboxFact, fact_id, with_for_update=True)
+    if fact is None or fact.refused_at is None or fact.sent_at is not None:
+        return None
+    fact.refused_at = None
+    fact.request_id = None  # the replicas ignore a request id at or below one they executed
+    if fact.kind == "upload.anchor":
+        session.execute(
+            update(Upload)
+            .where(Upload.id == uuid.UUID(fact.payload["upload_id"]), Upload.state == "refused")
+            .values(state="pending")
+        )
+    return fact
+
 
 def wait_for_receipt(sessions: sessionmaker[Session], fact_id: int, wait_s: float) -> OutboxFact:
     """The fact once the relay recorded it, or as it stands after `wait_s` seconds.
@@ -160,3 +247,43 @@ def wait_for_receipt(sessions: sessionmaker[Session], fact_id: int, wait_s: floa
         if fact.sent_at is not None or time.monotonic() >= deadline:
             return fact
         time.sleep(0.02)
+
+
+def outbox_counts(session: Session) -> tuple[int, int]:
+    """(pending, refused): both counted through their partial indexes."""
+    pending = session.scalar(
+        select(func.count())
+        .select_from(OutboxFact)
+        .where(OutboxFact.sent_at.is_(None), OutboxFact.refused_at.is_(None))
+    )
+    refused = session.scalar(
+        select(func.count()).select_from(OutboxFact).where(OutboxFact.refused_at.is_not(None))
+    )
+    return int(pending or 0), int(refused or 0)
+
+
+class OutboxCollector(Collector):
+    """`civis_outbox_facts{state="pending"|"refused"}` at scrape time.
+
+    Why a metric: a refused fact no longer blocks the relay, so nothing else would make noise
+    about it; an alert on `refused > 0` (or on `pending` that stays up) tells the DPO and the
+    operator that the ledger is missing facts the vault has acted on.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "civis_outbox_facts",
+            "Vault facts not recorded on the ledger: pending (queued) or refused (set aside)",
+            labels=["state"],
+        )
+        try:
+            with self._sessions() as session:
+                pending, refused = outbox_counts(session)
+        except Exception:  # a scrape must not fail because the database is down
+            return
+        gauge.add_metric(["pending"], pending)
+        gauge.add_metric(["refused"], refused)
+        yield gauge

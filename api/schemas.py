@@ -102,7 +102,7 @@ class UploadOut(BaseModel):
     merkle_root: str = Field(description="hex, RFC 6962 root over the records' leaves")
     commitments_root: str = Field(description="hex, root over the per-subject key commitments")
     retention_day: dt.date
-    state: Literal["pending", "anchored", "withdrawn"]
+    state: Literal["pending", "anchored", "withdrawn", "refused"]
     receipt: LedgerReceipt | None = Field(
         default=None, description="the upload.anchor transaction, once committed"
     )

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Sequence,
     String,
     Text,
     UniqueConstraint,
@@ -40,7 +41,7 @@ NAMING = {
 }
 
 SECRET_KINDS = ("upload", "subject", "epoch")
-UPLOAD_STATES = ("pending", "anchored", "withdrawn")
+UPLOAD_STATES = ("pending", "anchored", "withdrawn", "refused")
 
 
 class Base(DeclarativeBase):
@@ -80,13 +81,14 @@ class Upload(Base):
     commitment_count: Mapped[int] = mapped_column(Integer)
     retention_day: Mapped[dt.date] = mapped_column(Date, index=True)
     # pending until the ledger committed its upload.anchor; only anchored uploads are served.
+    # refused: the contracts refused the anchor (see OutboxFact.refused_at); never served.
     state: Mapped[str] = mapped_column(String(16), server_default="pending")
     anchor_tx_id: Mapped[str | None] = mapped_column(String(128))
     anchor_height: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        CheckConstraint("state IN ('pending', 'anchored', 'withdrawn')", name="state"),
+        CheckConstraint("state IN ('pending', 'anchored', 'withdrawn', 'refused')", name="state"),
         CheckConstraint("record_count >= 0", name="record_count"),
     )
 
@@ -166,8 +168,27 @@ class OutboxFact(Base):
     block_height: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Set when the consent contracts refused the fact: the relay skips it from then on (it
+    # would be refused again and hold up every fact behind it); the DPO may send it again.
+    refused_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The ledger client's request id for this fact's submission (RELAY_REQUEST_IDS): replicas
+    # answer a repeated id from their reply cache and ignore one below the last they executed,
+    # so a retried (refused, then requeued) fact needs a fresh one.
+    request_id: Mapped[int | None] = mapped_column(BigInteger)
 
-    __table_args__ = (Index("ix_outbox_pending", "id", postgresql_where=text("sent_at IS NULL")),)
+    __table_args__ = (
+        Index(
+            "ix_outbox_pending",
+            "id",
+            postgresql_where=text("sent_at IS NULL AND refused_at IS NULL"),
+        ),
+        Index("ix_outbox_refused", "id", postgresql_where=text("refused_at IS NOT NULL")),
+    )
+
+
+# The outbox relay's ledger request ids (see OutboxFact.request_id). Migration 0004 starts it
+# above every fact id, the request ids the relay used before it existed.
+RELAY_REQUEST_IDS = Sequence("outbox_request_ids", metadata=Base.metadata)
 
 
 API_ROLES = ("provider", "consumer", "subject", "dpo", "validator")

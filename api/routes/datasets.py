@@ -250,7 +250,9 @@ async def upload(
         fact = await anyio.to_thread.run_sync(
             lambda: wait_for_receipt(sessions, outbox_id, settings.receipt_wait_s)
         )
-        if fact.tx_id is not None and fact.block_height is not None:
+        if fact.refused_at is not None:
+            out.state = "refused"  # the contracts said no: never served (see GET /v1/dpo/outbox)
+        elif fact.tx_id is not None and fact.block_height is not None:
             out.state = "anchored"
             out.receipt = LedgerReceipt(tx_id=fact.tx_id, block_height=fact.block_height)
     return out

@@ -8,7 +8,9 @@ Only the DPO role reaches any of it. What each audit reads:
   the ledger's erasure records, read in that order (see `_snapshot`);
 - ledger verification: every replica's chain as that replica serves it, checked and compared
   (ledger_bridge/audit.py);
-- records of processing (Art. 30): the dataset registry, with recipients from the ledger.
+- records of processing (Art. 30): the dataset registry, with recipients from the ledger;
+- outbox: the vault facts (anchors, erasures, expiries) the ledger has not recorded, those it
+  refused first: a refused fact is set aside so it holds up nothing, and waits for the DPO.
 
 Long scans are bounded (a limit on everything): each answer says where to continue.
 
@@ -42,21 +44,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, StringConstraints
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from api.deps import Dpo, LedgerDep, SessionDep, strict_query
 from api.dpo_page import DpoPageData, render_dpo_page, render_login_page
 from api.keys import Member, authenticate
 from api.ledger import LedgerGateway, LedgerUnavailable, jsonable
+from api.outbox import outbox_counts, requeue
 from api.routes.ledger import ReplicaReader, ledger_status
-from api.schemas import PublicKeyHex
+from api.schemas import LedgerReceipt, PublicKeyHex
 from ledger_bridge.audit import verify_replicas
 from ledger_bridge.pbft.blocks import block_hash
 from vault import audit
-from vault.models import ApiKey
+from vault.errors import NotFound
+from vault.models import ApiKey, OutboxFact
 
 router = APIRouter(prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)])
 page_router = APIRouter(include_in_schema=False)
@@ -543,6 +548,104 @@ def _recipients(gateway: LedgerGateway) -> tuple[dict[str, list[Recipient]], boo
         for dataset, consumers in per.items()
     }
     return out, scan.exhausted
+
+
+# -- the outbox: facts the ledger has not recorded ------------------------------------------
+
+OUTBOX_LIMIT_MAX = 1000
+
+
+class OutboxFactOut(BaseModel):
+    id: int = Field(description="the fact's id (an erasure's `erasure_id`)")
+    kind: str = Field(description="upload.anchor | erasure.record | retention.expire | ...")
+    state: Literal["pending", "refused", "recorded"]
+    created_at: dt.datetime
+    attempts: int = Field(description="submissions so far")
+    last_error: str | None = Field(
+        description="the last failure; for a refusal the contract's code and message"
+    )
+    refused_at: dt.datetime | None
+    receipt: LedgerReceipt | None
+
+
+class OutboxOut(BaseModel):
+    pending: int = Field(description="facts waiting for the relay")
+    refused: int = Field(description="facts the ledger refused, set aside")
+    facts: list[OutboxFactOut] = Field(description="the requested state, oldest first")
+    next_after: int | None = Field(description="pass as `after` for the next page")
+
+
+def _fact_out(f: OutboxFact) -> OutboxFactOut:
+    receipt = None
+    if f.sent_at is not None and f.tx_id is not None and f.block_height is not None:
+        receipt = LedgerReceipt(tx_id=f.tx_id, block_height=f.block_height)
+    state: Literal["pending", "refused", "recorded"] = (
+        "recorded" if receipt is not None else "refused" if f.refused_at is not None else "pending"
+    )
+    return OutboxFactOut(
+        id=f.id,
+        kind=f.kind,
+        state=state,
+        created_at=f.created_at,
+        attempts=f.attempts,
+        last_error=f.last_error,
+        refused_at=f.refused_at,
+        receipt=receipt,
+    )
+
+
+@router.get("/dpo/outbox")
+def outbox(
+    member: Dpo,
+    session: SessionDep,
+    state: Literal["refused", "pending"] = "refused",
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=OUTBOX_LIMIT_MAX)] = 100,
+) -> OutboxOut:
+    """Facts the ledger has not recorded: `refused` ones (the contracts said no; the relay set
+    them aside and ships the rest) or `pending` ones (in the relay's queue, in order)."""
+    where = (
+        OutboxFact.refused_at.is_not(None)
+        if state == "refused"
+        else (OutboxFact.sent_at.is_(None) & OutboxFact.refused_at.is_(None))
+    )
+    facts = list(
+        session.scalars(
+            select(OutboxFact)
+            .where(where, OutboxFact.id > after)
+            .order_by(OutboxFact.id)
+            .limit(limit + 1)
+        )
+    )
+    more = len(facts) > limit
+    facts = facts[:limit]
+    pending, refused = outbox_counts(session)
+    return OutboxOut(
+        pending=pending,
+        refused=refused,
+        facts=[_fact_out(f) for f in facts],
+        next_after=facts[-1].id if more else None,
+    )
+
+
+@router.post("/dpo/outbox/{fact_id}/retry")
+def retry_fact(
+    fact_id: Annotated[int, FastApiPath(ge=1, le=2**62)], member: Dpo, request: Request
+) -> OutboxFactOut:
+    """Send a refused fact again, in its original place in the queue (say, once the
+    cooperative re-admitted the vault's key or registered the dataset it names). 404 unless
+    the fact exists and is refused. The answer is the fact back in the queue; follow it with
+    `GET /v1/dpo/outbox?state=pending` or the erasure's certificate."""
+    sessions = request.app.state.sessions
+    with sessions() as session, session.begin():
+        fact = requeue(session, fact_id)
+        if fact is None:
+            raise NotFound(f"no refused outbox fact {fact_id}")
+        out = _fact_out(fact)
+    jobs = request.app.state.jobs
+    if jobs is not None:
+        jobs.kick()
+    return out
 
 
 @router.get("/dpo/records-of-processing")

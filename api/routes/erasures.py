@@ -48,7 +48,7 @@ class ErasureIn(StrictIn):
 
 class ErasureCertificate(BaseModel):
     erasure_id: int = Field(description="the vault's id of the erasure fact")
-    state: Literal["pending", "recorded"]
+    state: Literal["pending", "recorded", "refused"]
     kind: str
     scope: dict[str, Any]
     reason: str
@@ -73,7 +73,13 @@ def _certificate(fact: OutboxFact) -> ErasureCertificate:
         receipt = LedgerReceipt(tx_id=fact.tx_id, block_height=fact.block_height)
     return ErasureCertificate(
         erasure_id=fact.id,
-        state="recorded" if receipt is not None else "pending",
+        state=(
+            "recorded"
+            if receipt is not None
+            else "refused"
+            if fact.refused_at is not None
+            else "pending"
+        ),
         kind=fact.kind,
         scope=p["scope"],
         reason=p["reason"],

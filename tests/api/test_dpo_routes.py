@@ -31,9 +31,10 @@ from tests.api.ledger_env import ledger_cluster as ledger_cluster  # fixture
 from tests.api.ledger_env import ledger_env as ledger_env  # fixture
 from tests.conftest import PgServer
 from vault import db
+from vault.datasets import register_dataset
 from vault.erasure import Eraser
 from vault.keys import KeyStore
-from vault.models import OutboxFact
+from vault.models import OutboxFact, Upload
 from vault.uploads import LEDGER_SUBJECT_ID, RecordIn, Uploader
 
 DPO_ROUTES = (
@@ -41,6 +42,7 @@ DPO_ROUTES = (
     "/v1/dpo/retention-audit",
     "/v1/dpo/ledger-verification",
     "/v1/dpo/records-of-processing",
+    "/v1/dpo/outbox",
 )
 
 
@@ -478,3 +480,85 @@ def test_page_needs_the_dpo_and_a_session_cookie(ledger_env: LedgerEnv) -> None:
         assert revoke_key(session, key_id)
         session.commit()
     assert client.get("/dpo", headers={"Cookie": f"{SESSION_COOKIE}={token}"}).status_code == 401
+
+
+# -- the outbox ---------------------------------------------------------------------------
+
+
+def _outbox(env: LedgerEnv, state: str) -> dict[str, Any]:
+    r = env.client.get(f"/v1/dpo/outbox?state={state}", headers=env.headers("dpo"))
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again(ledger_env: LedgerEnv) -> None:
+    """The contracts refuse an anchor whose dataset the chain does not know. The relay sets it
+    aside (the upload is `refused`, never served); the DPO sees it with the contract's code,
+    in the list and in the metrics, registers the dataset and sends the fact again."""
+    env = ledger_env
+    with _sessions(env)() as session:
+        dataset = register_dataset(
+            session,
+            owner_id=env.provider.id,
+            name=f"off-chain {uuid.uuid4().hex[:8]}",
+            category="energy",
+            purposes=["billing"],
+            retention_days=30,
+            legal_basis="consent",
+        ).id
+        uploader = Uploader(_key_store(env), subject_ids=LEDGER_SUBJECT_ID)
+        up = uploader.upload(session, dataset, [RecordIn(Wallet().id, b'{"kwh": 1}')])
+        session.commit()
+    assert up.outbox_id is not None
+    jobs = env.client.app.state.jobs  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while True:
+        jobs.kick()
+        with _sessions(env)() as session:
+            fact = session.get(OutboxFact, up.outbox_id)
+            assert fact is not None and fact.sent_at is None
+            if fact.refused_at is not None:
+                break
+        assert time.monotonic() < deadline, "the anchor was not refused in time"
+        time.sleep(0.05)
+
+    refused = _outbox(env, "refused")
+    assert refused["refused"] == 1
+    [shown] = refused["facts"]
+    assert shown["id"] == up.outbox_id and shown["state"] == "refused"
+    assert shown["kind"] == "upload.anchor" and shown["receipt"] is None
+    assert shown["last_error"].startswith("not_found:"), shown["last_error"]
+    assert up.outbox_id not in [f["id"] for f in _outbox(env, "pending")["facts"]]
+    metrics = env.client.get("/metrics").text
+    assert 'civis_outbox_facts{state="refused"} 1.0' in metrics
+    with _sessions(env)() as session:
+        assert session.get(Upload, up.upload_id).state == "refused"  # type: ignore[union-attr]
+
+    # Nothing to retry for a fact that is not refused, or does not exist.
+    for other in (up.outbox_id + 10_000, 0):
+        r = env.client.post(f"/v1/dpo/outbox/{other}/retry", headers=env.headers("dpo"))
+        assert r.status_code in (404, 422), r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+    env.gateway.act(
+        "dataset.register",
+        {
+            "dataset": str(dataset),
+            "owner": bytes.fromhex(env.provider.id),
+            "category": "energy",
+            "purposes": ["billing"],
+            "retention_days": 30,
+            "legal_basis": "consent",
+        },
+    )
+    r = env.client.post(f"/v1/dpo/outbox/{up.outbox_id}/retry", headers=env.headers("dpo"))
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "pending" and r.json()["refused_at"] is None
+    _relay_until_sent(env, up.outbox_id)
+    assert _outbox(env, "refused")["refused"] == 0
+    with _sessions(env)() as session:
+        upload = session.get(Upload, up.upload_id)
+        assert upload is not None and upload.state == "anchored"
+    r = env.client.post(f"/v1/dpo/outbox/{up.outbox_id}/retry", headers=env.headers("dpo"))
+    assert r.status_code == 404  # recorded now: nothing to send again

@@ -1,4 +1,4 @@
-"""Exactly-once ledger facts across crashes (issue 6 item 3, invariant 5).
+"""Exactly-once ledger facts across crashes (issue 6 item 3, invariant 5), and refusals.
 
 A real relay process ships the outbox of a real PostgreSQL to a real 4-replica cluster running
 the consent contracts, and is SIGKILLed at each step (before the submission, after the ledger
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.ledger import VAULT_KEY_FILE, LedgerGateway, fact_nonce, load_or_create_key
+from api.outbox import OutboxRelay, outbox_counts, requeue
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey
@@ -31,7 +32,7 @@ from tests.ledger_bridge.test_processes import _base_port
 from tests.vault.conftest import VaultServices, make_dataset
 from tests.vault.conftest import committed_engine as committed_engine  # fixture
 from tests.vault.conftest import services as services  # fixture
-from vault.models import OutboxFact
+from vault.models import OutboxFact, Upload
 from vault.uploads import RecordIn, Uploader
 
 pytestmark = pytest.mark.e2e
@@ -130,5 +131,67 @@ def test_a_crash_at_any_step_records_each_fact_once(
         assert upload["status"] == "expired"
         [erasure] = gateway.query("erasures", subject=SUBJECT)["result"]
         assert erasure["reason"] == "dpo_decision" and len(erasure["key_commitments"]) == 1
+    finally:
+        gateway.close()
+
+
+def test_a_refused_fact_is_set_aside_and_holds_up_nothing(
+    cluster: Cluster, committed_engine: Engine, services: VaultServices
+) -> None:
+    """The contracts refuse an anchor (its dataset is not registered on the chain); the relay
+    sets it aside and the upload behind it is anchored all the same. The DPO's retry, once the
+    dataset is registered, ships the refused fact in its place."""
+    keys = cluster.directory.parent / "keys"
+    gateway = LedgerGateway.from_directory(cluster.directory, keys, clients=1)
+    sessions = sessionmaker(committed_engine)
+    relay = OutboxRelay(sessions, gateway)
+    registration = {
+        "owner": bytes(PROVIDER.public_key),
+        "category": "energy",
+        "purposes": ["billing"],
+        "retention_days": 30,
+        "legal_basis": "consent",
+    }
+    try:
+        with sessions() as session, session.begin():
+            unknown = make_dataset(session).id  # in the vault, not on the chain
+            known = make_dataset(session).id
+            gateway.act("dataset.register", {"dataset": str(known), **registration})
+            first = services.uploader.upload(session, unknown, [RecordIn(SUBJECT, b"{}")])
+            second = services.uploader.upload(session, known, [RecordIn(SUBJECT, b"{}")])
+
+        assert relay.run_once() == 2  # both settled: one refused, one recorded
+        with sessions() as session:
+            refused = session.get(OutboxFact, first.outbox_id)
+            recorded = session.get(OutboxFact, second.outbox_id)
+            assert refused is not None and recorded is not None
+            assert refused.refused_at is not None and refused.sent_at is None
+            assert refused.last_error is not None and refused.last_error.split(":")[0] in {
+                "not_found",
+                "invalid",
+            }, refused.last_error
+            assert recorded.sent_at is not None and recorded.refused_at is None
+            states = {u.id: u.state for u in session.scalars(select(Upload)).all()}
+            assert states == {first.upload_id: "refused", second.upload_id: "anchored"}
+            assert outbox_counts(session) == (0, 1)
+        assert relay.run_once() == 0, "a refused fact is not retried by itself"
+
+        gateway.act("dataset.register", {"dataset": str(unknown), **registration})
+        with sessions() as session, session.begin():
+            assert requeue(session, second.outbox_id) is None  # recorded: nothing to retry
+            back = requeue(session, first.outbox_id)
+            assert back is not None and back.refused_at is None
+        with sessions() as session:
+            assert session.get(Upload, first.upload_id).state == "pending"  # type: ignore[union-attr]
+        assert relay.run_once() == 1
+        with sessions() as session:
+            fact = session.get(OutboxFact, first.outbox_id)
+            upload = session.get(Upload, first.upload_id)
+            assert fact is not None and fact.sent_at is not None and fact.block_height
+            assert upload is not None and upload.state == "anchored"
+            assert upload.anchor_tx_id == fact.tx_id
+            assert outbox_counts(session) == (0, 0)
+        anchored = gateway.query("upload", upload=str(first.upload_id))["result"]
+        assert anchored is not None and anchored["status"] == "anchored"
     finally:
         gateway.close()

@@ -87,6 +87,8 @@ GET    /v1/dpo/access-log                            403   403  403  403  403   
 GET    /v1/dpo/retention-audit                       403   403  403  403  403   ok  403   401
 GET    /v1/dpo/ledger-verification                   403   403  403  403  403   ok  403   401
 GET    /v1/dpo/records-of-processing                 403   403  403  403  403   ok  403   401
+GET    /v1/dpo/outbox                                403   403  403  403  403   ok  403   401
+POST   /v1/dpo/outbox/{fact_id}/retry                403   403  403  403  403   404 403   401
 """
 
 
@@ -449,6 +451,9 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/dpo/retention-audit"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/ledger-verification"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/records-of-processing"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dpo/outbox"): lambda w, who: _keyed(w, who),
+    # Nothing is refused in this world: the DPO passes the role check and gets 404.
+    ("POST", "/v1/dpo/outbox/{fact_id}/retry"): lambda w, who: _keyed(w, who, fact_id=1),
 }
 
 
