@@ -429,12 +429,14 @@ class AsyncLedgerClient:
         return self._view % self.transport.n
 
     def _on_reply(self, replica: int, payload: bytes, authenticated: bool = False) -> None:
+        waiting, done = self._waiting, self._done
+        if waiting is None or done is None or done.done():
+            return  # nothing asked, or f+1 agreed already: the late replies are not decoded
         try:
             reply = m.decode(payload)
         except m.RemoteProtocolError:
             return
-        waiting, done = self._waiting, self._done
-        if not isinstance(reply, m.Reply) or waiting is None or done is None or done.done():
+        if not isinstance(reply, m.Reply):
             return
         if reply.request_id != self._waiting_id or reply.client_id != self.client_id:
             return

@@ -102,9 +102,9 @@ def unpack(data: bytes, max_len: int = FRAME_BYTES_MAX) -> Any:
         raise RemoteProtocolError(f"malformed msgpack: {type(exc).__name__}") from None
 
 
-def set_nodelay(writer: asyncio.StreamWriter) -> None:
+def set_nodelay(conn: asyncio.StreamWriter | asyncio.BaseTransport) -> None:
     """Latency matters more than packet count here: three protocol phases per commit."""
-    sock = writer.get_extra_info("socket")
+    sock = conn.get_extra_info("socket")
     if sock is not None:
         import socket
 
@@ -229,6 +229,11 @@ class PeerListener:
     With TLS, `ssl_context` requires a client certificate from the cluster CA and the hello id
     must match it; without TLS the id is only a routing hint (the replica core authenticates
     every message by signature or MAC anyway).
+
+    Why a `Protocol` and not a `StreamReader` loop: frames are cut out of each chunk the socket
+    delivers and handed over in the same call, so a chunk holding several frames costs one
+    event-loop turn, not two task wake-ups per frame (`readexactly` for the header, then the
+    body). Nothing is buffered beyond one partial frame.
     """
 
     def __init__(
@@ -245,47 +250,25 @@ class PeerListener:
         self._ssl = ssl_context
         self._frame_bytes_max = frame_bytes_max
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
+        self._conns: set[asyncio.BaseTransport] = set()
 
     async def start(self, address: str) -> None:
         host, port = split_address(address)
-        self._server = await asyncio.start_server(
-            self._handle, host, port, ssl=self._ssl, reuse_address=True
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _PeerProtocol(self), host, port, ssl=self._ssl, reuse_address=True
         )
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for w in list(self._conns):
-            w.close()
+        for t in list(self._conns):
+            t.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._conns.add(writer)
-        set_nodelay(writer)
-        try:
-            peer = await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT_MS / 1000)
-            while True:
-                payload = await read_frame(reader, self._frame_bytes_max)
-                if payload is None:
-                    return
-                self._stats.frames_received += 1
-                self._on_frame(peer, payload)
-        except RemoteProtocolError as exc:
-            self._stats.protocol_errors += 1
-            log.warning("closing a replica connection: %s", exc)
-        except (OSError, ConnectionError, TimeoutError, ssl.SSLError):
-            pass
-        finally:
-            self._conns.discard(writer)
-            writer.close()
-
-    async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-        raw = await read_frame(reader, 1024)
-        if raw is None:
-            raise RemoteProtocolError("closed before hello")
+    def _hello(self, raw: bytes, transport: asyncio.BaseTransport) -> int:
         hello = unpack(raw, 1024)
         if not isinstance(hello, dict) or hello.get("v") != HELLO_VERSION:
             raise RemoteProtocolError("bad hello")
@@ -293,15 +276,78 @@ class PeerListener:
         if not isinstance(peer, int) or isinstance(peer, bool) or not 0 <= peer < self._n:
             raise RemoteProtocolError("hello names no replica of this cluster")
         if self._ssl is not None:
-            cert_id = certificate_node_id(writer)
+            cert_id = certificate_node_id(transport)
             if cert_id != peer:
                 raise RemoteProtocolError(f"hello says {peer}, certificate says {cert_id}")
         return peer
 
 
-def certificate_node_id(writer: asyncio.StreamWriter) -> int | None:
+class _PeerProtocol(asyncio.Protocol):
+    """One inbound replica connection: the hello (within HELLO_TIMEOUT_MS), then frames."""
+
+    def __init__(self, listener: PeerListener) -> None:
+        self._listener = listener
+        self._buf = bytearray()
+        self._peer: int | None = None
+        self._transport: asyncio.Transport | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._listener._conns.add(transport)
+        set_nodelay(transport)
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            HELLO_TIMEOUT_MS / 1000, transport.close
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if self._transport is not None:
+            self._listener._conns.discard(self._transport)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        listener = self._listener
+        buf = self._buf
+        buf += data
+        pos, size = 0, len(buf)
+        try:
+            while size - pos >= HEADER.size:
+                (length,) = HEADER.unpack_from(buf, pos)
+                limit = listener._frame_bytes_max if self._peer is not None else 1024
+                if length > limit:
+                    raise FrameTooLarge(f"frame of {length} bytes over the limit of {limit}")
+                end = pos + HEADER.size + length
+                if size < end:
+                    break
+                payload = bytes(buf[pos + HEADER.size : end])
+                pos = end
+                if self._peer is None:
+                    self._peer = listener._hello(payload, transport)
+                    if self._hello_timer is not None:
+                        self._hello_timer.cancel()
+                        self._hello_timer = None
+                    continue
+                listener._stats.frames_received += 1
+                listener._on_frame(self._peer, payload)
+                if transport.is_closing():
+                    return
+        except RemoteProtocolError as exc:
+            listener._stats.protocol_errors += 1
+            log.warning("closing a replica connection: %s", exc)
+            buf.clear()
+            transport.close()
+            return
+        del buf[:pos]
+
+
+def certificate_node_id(conn: asyncio.StreamWriter | asyncio.BaseTransport) -> int | None:
     """The replica id in the peer certificate's common name `node-<id>`, if any."""
-    cert = writer.get_extra_info("peercert")
+    cert = conn.get_extra_info("peercert")
     if not cert:
         return None
     for rdn in cert.get("subject", ()):

@@ -99,6 +99,33 @@ def test_an_oversized_frame_closes_the_connection_and_is_counted() -> None:
     assert errors == 1
 
 
+def test_frames_arrive_whole_however_the_stream_is_cut() -> None:
+    """The listener cuts frames out of whatever chunks TCP delivers: a byte at a time (a
+    frame spread over many reads) or several frames in one write (many frames in one read)."""
+    frames = [b"", b"a", b"bc" * 100, bytes(range(256)), b"z" * 1024]
+
+    async def go() -> list[tuple[int, bytes]]:
+        got: list[tuple[int, bytes]] = []
+        lst, port, _ = await _listener(got)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        dribble = encode_frame(pack({"v": 1, "from": 3})) + b"".join(map(encode_frame, frames))
+        for i in range(len(dribble)):
+            writer.write(dribble[i : i + 1])
+            await writer.drain()
+            if i % 97 == 0:
+                await asyncio.sleep(0.001)  # let the listener read what it has so far
+        writer.write(b"".join(map(encode_frame, frames)))  # all at once
+        await writer.drain()
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(got) < 2 * len(frames) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        writer.close()
+        await lst.stop()
+        return got
+
+    assert run(go()) == [(3, f) for f in frames] * 2
+
+
 @pytest.mark.parametrize(
     "hello",
     [pack({"v": 1, "from": 9}), pack({"v": 2, "from": 1}), pack([1, 2]), b"\xc1", pack({"v": 1})],
