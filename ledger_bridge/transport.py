@@ -27,7 +27,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -293,12 +293,12 @@ class _PeerProtocol(asyncio.Protocol):
         self._hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (asyncio's or another loop's, which need not subclass it).
+        self._transport = cast(asyncio.Transport, transport)
         self._listener._conns.add(transport)
         set_nodelay(transport)
         self._hello_timer = asyncio.get_running_loop().call_later(
-            HELLO_TIMEOUT_MS / 1000, transport.close
+            HELLO_TIMEOUT_MS / 1000, self._transport.close
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
