@@ -33,11 +33,23 @@ _STATES_NEW = "state IN ('pending', 'anchored', 'withdrawn', 'refused')"
 def upgrade() -> None:
     op.add_column("outbox", sa.Column("refused_at", sa.DateTime(timezone=True), nullable=True))
     # Before this revision the relay's ledger request id was the fact id; a retried fact needs
-    # a fresh one above every id used, so the sequence starts above the largest fact id.
+    # a fresh one above every id used, so the sequence starts above every fact id ever issued
+    # (the id sequence's position, not max(id): facts may have been deleted since).
     op.add_column("outbox", sa.Column("request_id", sa.BigInteger(), nullable=True))
     op.execute("CREATE SEQUENCE outbox_request_ids")
     op.execute(
-        "SELECT setval('outbox_request_ids', (SELECT coalesce(max(id), 0) + 1 FROM outbox), false)"
+        """
+        DO $$
+        DECLARE
+            ids text := pg_get_serial_sequence('outbox', 'id');
+            used bigint;
+        BEGIN
+            EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM %s', ids)
+                INTO used;
+            PERFORM setval('outbox_request_ids', used + 1, false);
+        END
+        $$
+        """
     )
     op.drop_index("ix_outbox_pending", table_name="outbox")
     op.create_index(

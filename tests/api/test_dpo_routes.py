@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.keys import revoke_key
@@ -319,6 +319,32 @@ def test_retention_audit_finds_an_expiry_missing_from_the_ledger(ledger_env: Led
         "count": "2",
     }
     assert "expiry-not-recorded" in codes  # the vault side sees the missing fact too
+
+
+def test_retention_audit_counts_a_refused_expiry_as_missing(ledger_env: LedgerEnv) -> None:
+    """A fact the contracts refused is not on its way to the ledger: the audit reports what it
+    should have recorded (a pending one would be excused), until the DPO sends it again."""
+    env = ledger_env
+    dataset_id = _api_dataset(env)
+    _old_upload(env, dataset_id, [Wallet().id], days_ago=3)
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)
+    with _sessions(env)() as session:
+        result = Eraser(_key_store(env)).expire_epoch(session, uuid.UUID(dataset_id), day)
+        assert result.outbox_id is not None
+        # As the relay sets a refused fact aside (same transaction: it never ships first).
+        session.execute(
+            update(OutboxFact)
+            .where(OutboxFact.id == result.outbox_id)
+            .values(refused_at=dt.datetime.now(dt.UTC), last_error="invalid: for this test")
+        )
+        session.commit()
+    body = _audit(env, dataset_id)
+    assert not body["ok"]
+    assert "expiry-not-on-ledger" in {f["code"] for f in body["findings"]}
+    r = env.client.post(f"/v1/dpo/outbox/{result.outbox_id}/retry", headers=env.headers("dpo"))
+    assert r.status_code == 200, r.text
+    _relay_until_sent(env, result.outbox_id)
+    assert _audit(env, dataset_id)["ok"]
 
 
 def test_retention_audit_finds_a_fact_the_ledger_does_not_hold(ledger_env: LedgerEnv) -> None:
