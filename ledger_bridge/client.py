@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from ledger_bridge.crypto import (
     SessionKey,
@@ -60,10 +60,10 @@ from ledger_bridge.pbft.blocks import Block, verify_chain
 from ledger_bridge.pbft.replica import Ready, Replica
 from ledger_bridge.transport import (
     FRAME_BYTES_MAX,
+    FrameBuffer,
     RemoteProtocolError,
     encode_frame,
     pack,
-    read_frame,
     set_nodelay,
     split_address,
     unpack,
@@ -128,13 +128,47 @@ class ClientTransport(Protocol):
     async def close(self) -> None: ...
 
 
-class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.task: asyncio.Task[None] | None = None
+class _Conn(asyncio.Protocol):
+    """One connection to a replica's client port. Frames are handed to the transport's
+    `_dispatch` in the call that read them (`FrameBuffer`: no task wake-up per reply)."""
+
+    def __init__(self, owner: TcpClientTransport, replica: int) -> None:
+        self._owner = owner
+        self._replica = replica
+        self._frames = FrameBuffer(owner._frame_bytes_max)
+        self.transport: asyncio.Transport | None = None
         self.session: SessionKey | None = None  # ours, while the replica's answer is due
         self.mac_key: bytes | None = None  # agreed with the replica: its replies carry MACs
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        log.debug("replica %d connection lost: %s", self._replica, type(exc).__name__)
+        self._owner._drop(self._replica, self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for payload in self._frames.frames(data):
+                self._owner._dispatch(
+                    self._replica, unpack(payload, self._owner._frame_bytes_max), self
+                )
+        except RemoteProtocolError as exc:
+            log.debug("replica %d sent garbage: %s", self._replica, exc)
+            self._owner._drop(self._replica, self)
+
+    def write(self, frame: bytes) -> bool:
+        """Queue `frame`; False when the connection is going away (reconnect next time)."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return False
+        t.write(frame)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class TcpClientTransport:
@@ -180,8 +214,9 @@ class TcpClientTransport:
             if conn is not None:
                 return conn
             host, port = split_address(self._addresses[replica])
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            _, fresh = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    lambda: _Conn(self, replica),
                     host,
                     port,
                     ssl=self._ssl,
@@ -189,31 +224,16 @@ class TcpClientTransport:
                 ),
                 CONNECT_TIMEOUT_MS / 1000,
             )
-            set_nodelay(writer)
-            conn = _Conn(reader, writer)
             if self._validators is not None:
-                conn.session = SessionKey()
-                writer.write(encode_frame(pack({"op": "session", "key": conn.session.public})))
-            conn.task = asyncio.get_running_loop().create_task(self._read(replica, conn))
-            self._conns[replica] = conn
-            return conn
+                fresh.session = SessionKey()
+                fresh.write(encode_frame(pack({"op": "session", "key": fresh.session.public})))
+            self._conns[replica] = fresh
+            return fresh
 
     def _drop(self, replica: int, conn: _Conn) -> None:
         if self._conns.get(replica) is conn:
             del self._conns[replica]
-        conn.writer.close()
-
-    async def _read(self, replica: int, conn: _Conn) -> None:
-        try:
-            while True:
-                payload = await read_frame(conn.reader, self._frame_bytes_max)
-                if payload is None:
-                    return
-                self._dispatch(replica, unpack(payload, self._frame_bytes_max), conn)
-        except (RemoteProtocolError, OSError, ConnectionError, ssl.SSLError) as exc:
-            log.debug("replica %d connection lost: %s", replica, type(exc).__name__)
-        finally:
-            self._drop(replica, conn)
+        conn.close()
 
     def _dispatch(self, replica: int, frame: Any, conn: _Conn) -> None:
         if not isinstance(frame, dict):
@@ -264,10 +284,8 @@ class TcpClientTransport:
     async def send(self, replica: int, request: bytes) -> None:
         try:
             conn = await self._conn(replica)
-            if conn.writer.is_closing():  # the peer went away: reconnect on the next try
-                self._drop(replica, conn)
-                return
-            conn.writer.write(encode_frame(pack({"op": "submit", "request": request})))
+            if not conn.write(encode_frame(pack({"op": "submit", "request": request}))):
+                self._drop(replica, conn)  # the peer went away: reconnect on the next try
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("send to replica %d failed: %s", replica, type(exc).__name__)
 
@@ -279,7 +297,9 @@ class TcpClientTransport:
         self._calls[call_id] = fut
         try:
             conn = await self._conn(replica)
-            conn.writer.write(encode_frame(pack({"op": op, "id": call_id, **args})))
+            if not conn.write(encode_frame(pack({"op": op, "id": call_id, **args}))):
+                self._drop(replica, conn)
+                raise ConnectionError("connection closing")
             return await asyncio.wait_for(fut, CALL_TIMEOUT_MS / 1000)
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             raise LedgerError(f"replica {replica}: {op} failed ({type(exc).__name__})") from None
@@ -288,8 +308,6 @@ class TcpClientTransport:
 
     async def close(self) -> None:
         for replica, conn in list(self._conns.items()):
-            if conn.task is not None:
-                conn.task.cancel()
             self._drop(replica, conn)
 
 

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -78,6 +78,42 @@ async def read_frame(
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         raise RemoteProtocolError("stream ended inside a frame body") from None
+
+
+class FrameBuffer:
+    """Cuts frames out of a byte stream that arrives in chunks of any size.
+
+    Why: a protocol's `data_received` gets what the socket had, a piece of a frame or several
+    frames; handing each whole frame over in the same call costs one event-loop turn per chunk
+    instead of two task wake-ups per frame (`read_frame`'s `readexactly`s). `limit` may change
+    between frames (a hello is small, later frames are not), hence a generator.
+    """
+
+    __slots__ = ("_buf", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self.limit = limit
+
+    def frames(self, data: bytes) -> Iterator[bytes]:
+        """Whole frames completed by `data`, in order. Raises FrameTooLarge on a header over
+        the limit, before its body is buffered; the buffer is then unusable (close)."""
+        buf = self._buf
+        buf += data
+        pos, size = 0, len(buf)
+        try:
+            while size - pos >= HEADER.size:
+                (length,) = HEADER.unpack_from(buf, pos)
+                if length > self.limit:
+                    raise FrameTooLarge(f"frame of {length} bytes over the limit of {self.limit}")
+                end = pos + HEADER.size + length
+                if size < end:
+                    break
+                payload = bytes(buf[pos + HEADER.size : end])
+                pos = end
+                yield payload
+        finally:
+            del buf[:pos]
 
 
 def pack(obj: Any) -> bytes:
@@ -287,7 +323,7 @@ class _PeerProtocol(asyncio.Protocol):
 
     def __init__(self, listener: PeerListener) -> None:
         self._listener = listener
-        self._buf = bytearray()
+        self._frames = FrameBuffer(1024)  # the hello's limit; then the listener's
         self._peer: int | None = None
         self._transport: asyncio.Transport | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
@@ -312,22 +348,11 @@ class _PeerProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         listener = self._listener
-        buf = self._buf
-        buf += data
-        pos, size = 0, len(buf)
         try:
-            while size - pos >= HEADER.size:
-                (length,) = HEADER.unpack_from(buf, pos)
-                limit = listener._frame_bytes_max if self._peer is not None else 1024
-                if length > limit:
-                    raise FrameTooLarge(f"frame of {length} bytes over the limit of {limit}")
-                end = pos + HEADER.size + length
-                if size < end:
-                    break
-                payload = bytes(buf[pos + HEADER.size : end])
-                pos = end
+            for payload in self._frames.frames(data):
                 if self._peer is None:
                     self._peer = listener._hello(payload, transport)
+                    self._frames.limit = listener._frame_bytes_max
                     if self._hello_timer is not None:
                         self._hello_timer.cancel()
                         self._hello_timer = None
@@ -339,10 +364,7 @@ class _PeerProtocol(asyncio.Protocol):
         except RemoteProtocolError as exc:
             listener._stats.protocol_errors += 1
             log.warning("closing a replica connection: %s", exc)
-            buf.clear()
             transport.close()
-            return
-        del buf[:pos]
 
 
 def certificate_node_id(conn: asyncio.StreamWriter | asyncio.BaseTransport) -> int | None:
@@ -396,7 +418,7 @@ class PeerNetwork:
 
 # -- request/response connections (clients) ------------------------------------------------
 
-ClientHandler = Callable[[Any, "ClientConnection"], Awaitable[None] | None]
+ClientHandler = Callable[[Any, "ClientConnection"], None]
 
 
 CLIENT_WRITE_BUFFER_BYTES_MAX = 16 * 1024 * 1024
@@ -413,10 +435,10 @@ class ClientConnection:
 
     def __init__(
         self,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
         write_buffer_bytes_max: int = CLIENT_WRITE_BUFFER_BYTES_MAX,
     ) -> None:
-        self._writer = writer
+        self._transport = transport
         self._write_buffer_bytes_max = write_buffer_bytes_max
         self.closed = False
         self.mac_key: bytes | None = None  # set by the node once a reply session is agreed
@@ -424,22 +446,23 @@ class ClientConnection:
     def send(self, obj: Any) -> None:
         if self.closed:
             return
-        if self._writer.is_closing():
+        if self._transport.is_closing():
             self.close()
             return
-        if self._writer.transport.get_write_buffer_size() > self._write_buffer_bytes_max:
+        if self._transport.get_write_buffer_size() > self._write_buffer_bytes_max:
             self.close()
             return
-        self._writer.write(encode_frame(pack(obj)))
+        self._transport.write(encode_frame(pack(obj)))
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._writer.close()
+            self._transport.close()
 
 
 class ClientListener:
-    """Serves client connections: each decoded msgpack frame goes to `on_request`."""
+    """Serves client connections: each decoded msgpack frame goes to `on_request`, in the
+    call that read it (a `FrameBuffer` protocol, as `PeerListener`)."""
 
     def __init__(
         self,
@@ -458,8 +481,9 @@ class ClientListener:
 
     async def start(self, address: str) -> None:
         host, port = split_address(address)
-        self._server = await asyncio.start_server(
-            self._handle, host, port, ssl=self._ssl, reuse_address=True
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ClientProtocol(self), host, port, ssl=self._ssl, reuse_address=True
         )
 
     async def stop(self) -> None:
@@ -468,26 +492,38 @@ class ClientListener:
         for conn in list(self._conns):
             conn.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._conns) >= self._connections_max:
-            writer.close()
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, listener: ClientListener) -> None:
+        self._listener = listener
+        self._frames = FrameBuffer(listener._frame_bytes_max)
+        self._conn: ClientConnection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self._listener
+        stream = cast(asyncio.Transport, transport)
+        if len(listener._conns) >= listener._connections_max:
+            stream.close()
             return
-        set_nodelay(writer)
-        conn = ClientConnection(writer)
-        self._conns.add(conn)
+        set_nodelay(stream)
+        self._conn = ClientConnection(stream)
+        listener._conns.add(self._conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._listener._conns.discard(self._conn)
+            self._conn.close()
+
+    def data_received(self, data: bytes) -> None:
+        conn, listener = self._conn, self._listener
+        if conn is None or conn.closed:
+            return
         try:
-            while not conn.closed:
-                payload = await read_frame(reader, self._frame_bytes_max)
-                if payload is None:
+            for payload in self._frames.frames(data):
+                listener._on_request(unpack(payload, listener._frame_bytes_max), conn)
+                if conn.closed:
                     return
-                result = self._on_request(unpack(payload, self._frame_bytes_max), conn)
-                if result is not None:
-                    await result
         except RemoteProtocolError as exc:
-            self.protocol_errors += 1
+            listener.protocol_errors += 1
             log.info("closing a client connection: %s", exc)
-        except (OSError, ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            self._conns.discard(conn)
             conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import struct
 from collections.abc import Coroutine
@@ -10,9 +11,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger_bridge import tls
 from ledger_bridge.transport import (
+    FrameBuffer,
     FrameTooLarge,
     PeerListener,
     PeerNetwork,
@@ -97,6 +101,27 @@ def test_an_oversized_frame_closes_the_connection_and_is_counted() -> None:
     assert got == [(2, b"ok")]
     assert tail == b""
     assert errors == 1
+
+
+@given(
+    frames=st.lists(st.binary(max_size=300), max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=12),
+)
+def test_a_frame_buffer_returns_the_frames_whatever_the_chunks(
+    frames: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(encode_frame(f) for f in frames)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    buffer = FrameBuffer(300)
+    got = [frame for a, b in itertools.pairwise(bounds) for frame in buffer.frames(stream[a:b])]
+    assert got == frames
+
+
+def test_a_frame_buffer_refuses_an_oversized_header_before_its_body() -> None:
+    frames = FrameBuffer(10).frames(encode_frame(b"0123456789") + struct.pack(">I", 11))
+    assert next(frames) == b"0123456789"
+    with pytest.raises(FrameTooLarge):
+        next(frames)  # the header alone is enough: no body is waited for
 
 
 def test_frames_arrive_whole_however_the_stream_is_cut() -> None:
