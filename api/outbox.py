@@ -18,10 +18,10 @@ A fact the contracts REFUSE (they executed it and said no: a dataset the chain d
 a vault key that lost its membership) would be refused again on every retry, and facts ship
 in order, so it would hold up every anchor and erasure behind it forever. The sink says so by
 raising `FactRefused`; the relay then sets the fact aside (`refused_at`, the contract's code
-in `last_error`; an upload whose anchor was refused becomes `refused`, never served) and moves
-on. Anything else the sink raises (ledger unreachable, timeout) is retried in place, in order.
-The DPO lists refused facts and sends one again (`requeue`) once the cooperative's state
-allows it (`GET /v1/dpo/outbox`, `POST /v1/dpo/outbox/{id}/retry`).
+in `last_error`; an upload whose anchor was refused becomes `refused`, served to no consumer)
+and moves on. Anything else the sink raises (ledger unreachable, timeout) is retried in
+place, in order. The DPO lists refused facts and sends one again (`requeue`) once the
+cooperative's state allows it (`GET /v1/dpo/outbox`, `POST /v1/dpo/outbox/{id}/retry`).
 
 `CIVIS_CRASH_AT` (tests only) kills the process with SIGKILL at a named step, to prove it.
 """
@@ -232,7 +232,8 @@ def requeue(session: Session, fact_id: int) -> OutboxFact | None:
 
 
 def wait_for_receipt(sessions: sessionmaker[Session], fact_id: int, wait_s: float) -> OutboxFact:
-    """The fact once the relay recorded it, or as it stands after `wait_s` seconds.
+    """The fact once the relay recorded or set it aside (refused), or as it stands after
+    `wait_s` seconds.
 
     For routes that answer with a receipt: they commit their fact, wake the relay and wait
     here; a slow ledger gets them the fact still pending rather than a hung request.
@@ -244,7 +245,8 @@ def wait_for_receipt(sessions: sessionmaker[Session], fact_id: int, wait_s: floa
             if fact is None:
                 raise LookupError(f"outbox fact {fact_id} does not exist")
             session.expunge(fact)
-        if fact.sent_at is not None or time.monotonic() >= deadline:
+        settled = fact.sent_at is not None or fact.refused_at is not None
+        if settled or time.monotonic() >= deadline:
             return fact
         time.sleep(0.02)
 

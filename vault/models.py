@@ -81,7 +81,7 @@ class Upload(Base):
     commitment_count: Mapped[int] = mapped_column(Integer)
     retention_day: Mapped[dt.date] = mapped_column(Date, index=True)
     # pending until the ledger committed its upload.anchor; only anchored uploads are served.
-    # refused: the contracts refused the anchor (see OutboxFact.refused_at); never served.
+    # refused: the contracts refused the anchor (see OutboxFact.refused_at); no consumer gets it.
     state: Mapped[str] = mapped_column(String(16), server_default="pending")
     anchor_tx_id: Mapped[str | None] = mapped_column(String(128))
     anchor_height: Mapped[int | None] = mapped_column(BigInteger)

@@ -251,7 +251,7 @@ async def upload(
             lambda: wait_for_receipt(sessions, outbox_id, settings.receipt_wait_s)
         )
         if fact.refused_at is not None:
-            out.state = "refused"  # the contracts said no: never served (see GET /v1/dpo/outbox)
+            out.state = "refused"  # the contracts said no: no consumer gets it
         elif fact.tx_id is not None and fact.block_height is not None:
             out.state = "anchored"
             out.receipt = LedgerReceipt(tx_id=fact.tx_id, block_height=fact.block_height)

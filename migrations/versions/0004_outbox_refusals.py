@@ -9,7 +9,8 @@ ledger took it. A fact the contracts refuse (they executed it and said no) is re
 on every retry, so every anchor and erasure behind it waited forever. Such a fact is now set
 aside (`refused_at`, the contract's code in `last_error`), the relay moves on, the DPO sees it
 (`GET /v1/dpo/outbox`, the `civis_outbox_facts` metric) and can send it again once the
-cooperative's state allows it. An upload whose anchor was refused is `refused`: never served.
+cooperative's state allows it. An upload whose anchor was refused is `refused`: no consumer
+gets its records.
 A resent fact needs a ledger request id above every one the relay used (the replicas ignore
 older ones), hence `request_id` and the sequence it is drawn from.
 """
@@ -66,7 +67,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # A refused upload goes back to pending (never served either way) and its fact back in
+    # A refused upload goes back to pending (served to no consumer either way) and its fact back in
     # the queue: the old relay retries it, which is what it did before this revision.
     op.execute("UPDATE uploads SET state = 'pending' WHERE state = 'refused'")
     op.drop_constraint(op.f("ck_uploads_state"), "uploads", type_="check")
