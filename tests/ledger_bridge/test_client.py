@@ -231,3 +231,35 @@ def test_forged_reply_macs_are_rejected_like_forged_signatures(tmp_path: Path) -
             await asyncio.gather(*tasks, return_exceptions=True)
 
     run(go())
+
+
+def test_a_committed_block_reaches_the_disk_within_the_lazy_window(tmp_path: Path) -> None:
+    """A block needs no fsync (the core tolerates losing it, see `Ready.must_sync`), so the
+    node holds its write back to join the next fsynced transaction. With no further traffic
+    the lazy timer must still land it, in every replica's SQLite, within LAZY_WRITE_MS: read
+    here straight from the storage, not through a read request (which flushes first)."""
+    from ledger_bridge.node import LAZY_WRITE_MS
+
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+
+    async def go() -> None:
+        nodes = [Node(load_node_config(f), synchronous="OFF") for f in cluster.node_files]
+        tasks = [asyncio.create_task(node.run()) for node in nodes]
+        transport = TcpClientTransport(cluster.client_addresses())
+        client = AsyncLedgerClient(
+            transport, cluster.genesis.public_keys(), 1, retry_ms=200, timeout_ms=20_000
+        )
+        try:
+            receipt = await client.submit(encode_set(b"lazy", b"1"))
+            deadline = asyncio.get_running_loop().time() + 5
+            while not all(n.storage.block(receipt.block_height) for n in nodes):
+                assert asyncio.get_running_loop().time() < deadline, "a block never reached disk"
+                await asyncio.sleep(LAZY_WRITE_MS / 1000 / 4)
+            assert all(not n._lazy for n in nodes)  # nothing held back once idle
+        finally:
+            await transport.close()
+            for node in nodes:
+                node.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(go())
