@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import load_node_config
 from ledger_bridge.kvapp import KVApp, encode_get, encode_set
-from ledger_bridge.node import Node
+from ledger_bridge.node import LAZY_WRITE_MS, Node
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import verify_chain
 from ledger_bridge.pbft.config import ClusterConfig
@@ -174,6 +174,22 @@ def _port_block() -> int:
     raise RuntimeError("no free port block")
 
 
+@contextlib.asynccontextmanager
+async def _tcp_nodes(cluster: Cluster) -> AsyncIterator[tuple[list[Node], TcpClientTransport]]:
+    """The cluster's replicas as in-process nodes on real TCP, and a client transport to them;
+    all stopped on the way out."""
+    nodes = [Node(load_node_config(f), synchronous="OFF") for f in cluster.node_files]
+    tasks = [asyncio.create_task(node.run()) for node in nodes]
+    transport = TcpClientTransport(cluster.client_addresses())
+    try:
+        yield nodes, transport
+    finally:
+        await transport.close()
+        for node in nodes:
+            node.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_forged_reply_macs_are_rejected_like_forged_signatures(tmp_path: Path) -> None:
     """Castro & Liskov, TOCS 2002 §5 (authenticators: MACs instead of signatures where no
     third party must be convinced). Over real TCP to four in-process nodes, the client agrees
@@ -186,11 +202,8 @@ def test_forged_reply_macs_are_rejected_like_forged_signatures(tmp_path: Path) -
     validators = cluster.genesis.public_keys()
 
     async def go() -> None:
-        nodes = [Node(load_node_config(f), synchronous="OFF") for f in cluster.node_files]
-        tasks = [asyncio.create_task(node.run()) for node in nodes]
-        transport = TcpClientTransport(cluster.client_addresses())
-        client = AsyncLedgerClient(transport, validators, 1, retry_ms=200, timeout_ms=20_000)
-        try:
+        async with _tcp_nodes(cluster) as (_, transport):
+            client = AsyncLedgerClient(transport, validators, 1, retry_ms=200, timeout_ms=20_000)
             first = await client.submit(encode_set(b"a", b"1"))
             macs = {i: c.mac_key for i, c in transport._conns.items()}
             assert macs.get(0) is not None and transport.forged_replies == 0
@@ -224,11 +237,6 @@ def test_forged_reply_macs_are_rejected_like_forged_signatures(tmp_path: Path) -
             await asyncio.sleep(0.2)
             assert bad._conns[0].mac_key is None
             await bad.close()
-        finally:
-            await transport.close()
-            for node in nodes:
-                node.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     run(go())
 
@@ -238,28 +246,18 @@ def test_a_committed_block_reaches_the_disk_within_the_lazy_window(tmp_path: Pat
     node holds its write back to join the next fsynced transaction. With no further traffic
     the lazy timer must still land it, in every replica's SQLite, within LAZY_WRITE_MS: read
     here straight from the storage, not through a read request (which flushes first)."""
-    from ledger_bridge.node import LAZY_WRITE_MS
-
     cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
 
     async def go() -> None:
-        nodes = [Node(load_node_config(f), synchronous="OFF") for f in cluster.node_files]
-        tasks = [asyncio.create_task(node.run()) for node in nodes]
-        transport = TcpClientTransport(cluster.client_addresses())
-        client = AsyncLedgerClient(
-            transport, cluster.genesis.public_keys(), 1, retry_ms=200, timeout_ms=20_000
-        )
-        try:
+        async with _tcp_nodes(cluster) as (nodes, transport):
+            client = AsyncLedgerClient(
+                transport, cluster.genesis.public_keys(), 1, retry_ms=200, timeout_ms=20_000
+            )
             receipt = await client.submit(encode_set(b"lazy", b"1"))
             deadline = asyncio.get_running_loop().time() + 5
             while not all(n.storage.block(receipt.block_height) for n in nodes):
                 assert asyncio.get_running_loop().time() < deadline, "a block never reached disk"
                 await asyncio.sleep(LAZY_WRITE_MS / 1000 / 4)
             assert all(not n._lazy for n in nodes)  # nothing held back once idle
-        finally:
-            await transport.close()
-            for node in nodes:
-                node.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     run(go())
