@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from vault.models import RELAY_REQUEST_IDS, OutboxFact, Upload
+from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, RELAY_REQUEST_IDS, OutboxFact, Upload
 
 _log = logging.getLogger(__name__)
 _RELAY_LOCK_KEY = 0x43495649  # "CIVI": the relay's advisory lock id
@@ -118,7 +118,7 @@ class OutboxRelay:
                     select(
                         OutboxFact.id, OutboxFact.kind, OutboxFact.payload, OutboxFact.request_id
                     )
-                    .where(OutboxFact.sent_at.is_(None), OutboxFact.refused_at.is_(None))
+                    .where(OUTBOX_PENDING)
                     .order_by(OutboxFact.id)
                     .limit(1)
                 ).first()
@@ -169,17 +169,13 @@ class OutboxRelay:
                 if kind == "upload.anchor":
                     # Readable from now on: the anchor is committed, in the same transaction
                     # as the mark, so an upload is never anchored without its receipt.
-                    session.execute(
-                        update(Upload)
-                        .where(
-                            Upload.id == uuid.UUID(payload["upload_id"]),
-                            Upload.state == "pending",
-                        )
-                        .values(
-                            state="anchored",
-                            anchor_tx_id=receipt.tx_id,
-                            anchor_height=receipt.block_height,
-                        )
+                    _move_upload(
+                        session,
+                        payload,
+                        "pending",
+                        state="anchored",
+                        anchor_tx_id=receipt.tx_id,
+                        anchor_height=receipt.block_height,
                     )
             crash_point("after-mark")
             shipped += 1
@@ -199,11 +195,7 @@ class OutboxRelay:
                 )
             )
             if kind == "upload.anchor":
-                session.execute(
-                    update(Upload)
-                    .where(Upload.id == uuid.UUID(payload["upload_id"]), Upload.state == "pending")
-                    .values(state="refused")
-                )
+                _move_upload(session, payload, "pending", state="refused")
         # The code only: contract messages name fields, never values, but a log line is no
         # place to find out whether one ever does.
         _log.error(
@@ -218,17 +210,23 @@ def requeue(session: Session, fact_id: int) -> OutboxFact | None:
     its idempotency key: if the ledger did take it meanwhile, the receipt is looked up.
     """
     fact = session.get(OutboxFact, fact_id, with_for_update=True)
-    if fact is None or fact.refused_at is None or fact.sent_at is not None:
+    if fact is None or fact.ledger_state != "refused":
         return None
     fact.refused_at = None
     fact.request_id = None  # the replicas ignore a request id at or below one they executed
     if fact.kind == "upload.anchor":
-        session.execute(
-            update(Upload)
-            .where(Upload.id == uuid.UUID(fact.payload["upload_id"]), Upload.state == "refused")
-            .values(state="pending")
-        )
+        _move_upload(session, fact.payload, "refused", state="pending")
     return fact
+
+
+def _move_upload(session: Session, anchor: dict[str, Any], from_state: str, **values: Any) -> None:
+    """Set `values` on the upload an upload.anchor fact names, if it is still in `from_state`
+    (a withdrawn upload stays withdrawn whatever its anchor's fate)."""
+    session.execute(
+        update(Upload)
+        .where(Upload.id == uuid.UUID(anchor["upload_id"]), Upload.state == from_state)
+        .values(**values)
+    )
 
 
 def wait_for_receipt(sessions: sessionmaker[Session], fact_id: int, wait_s: float) -> OutboxFact:
@@ -245,22 +243,15 @@ def wait_for_receipt(sessions: sessionmaker[Session], fact_id: int, wait_s: floa
             if fact is None:
                 raise LookupError(f"outbox fact {fact_id} does not exist")
             session.expunge(fact)
-        settled = fact.sent_at is not None or fact.refused_at is not None
-        if settled or time.monotonic() >= deadline:
+        if fact.ledger_state != "pending" or time.monotonic() >= deadline:
             return fact
         time.sleep(0.02)
 
 
 def outbox_counts(session: Session) -> tuple[int, int]:
     """(pending, refused): both counted through their partial indexes."""
-    pending = session.scalar(
-        select(func.count())
-        .select_from(OutboxFact)
-        .where(OutboxFact.sent_at.is_(None), OutboxFact.refused_at.is_(None))
-    )
-    refused = session.scalar(
-        select(func.count()).select_from(OutboxFact).where(OutboxFact.refused_at.is_not(None))
-    )
+    pending = session.scalar(select(func.count()).select_from(OutboxFact).where(OUTBOX_PENDING))
+    refused = session.scalar(select(func.count()).select_from(OutboxFact).where(OUTBOX_REFUSED))
     return int(pending or 0), int(refused or 0)
 
 

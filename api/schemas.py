@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from vault.datasets import NAME_MAX, PURPOSES_MAX
+from vault.models import OutboxFact
 from vault.uploads import LEDGER_SUBJECT_ID
 
 # PostgreSQL text holds no NUL; control characters in a name only serve to spoof what an
@@ -79,6 +80,13 @@ class DatasetIn(StrictIn):
 class LedgerReceipt(BaseModel):
     tx_id: str
     block_height: int
+
+    @classmethod
+    def of_fact(cls, fact: OutboxFact) -> LedgerReceipt | None:
+        """The receipt the relay stored with an outbox fact, once the ledger recorded it."""
+        if fact.sent_at is None or fact.tx_id is None or fact.block_height is None:
+            return None
+        return cls(tx_id=fact.tx_id, block_height=fact.block_height)
 
 
 class DatasetOut(BaseModel):

@@ -20,7 +20,15 @@ from typing import Any
 from sqlalchemy import String, and_, cast, exists, func, select, true
 from sqlalchemy.orm import Session
 
-from vault.models import Dataset, KeyCommitment, KeySecret, OutboxFact, Record, Upload
+from vault.models import (
+    OUTBOX_PENDING,
+    Dataset,
+    KeyCommitment,
+    KeySecret,
+    OutboxFact,
+    Record,
+    Upload,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +228,8 @@ def _pending_facts(session: Session) -> _Pending:
     for p in session.scalars(
         select(OutboxFact.payload).where(
             OutboxFact.kind.in_(_ERASURE_KINDS),
-            OutboxFact.sent_at.is_(None),
             # A refused fact is not on its way: what it should have recorded is a finding.
-            OutboxFact.refused_at.is_(None),
+            OUTBOX_PENDING,
         )
     ):
         scope = p.get("scope", {})
@@ -519,13 +526,7 @@ def erasure_log(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
             "secrets_destroyed": f.payload.get("secrets_destroyed"),
             "commitments": len(f.payload.get("key_commitments", []))
             + sum(u.get("key_commitment_count", 0) for u in f.payload.get("uploads", [])),
-            "status": (
-                "recorded"
-                if f.sent_at is not None
-                else "refused"
-                if f.refused_at is not None
-                else "pending"
-            ),
+            "status": f.ledger_state,
             "tx_id": f.tx_id,
             "block_height": f.block_height,
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     func,
     text,
 )
@@ -184,6 +185,19 @@ class OutboxFact(Base):
         ),
         Index("ix_outbox_refused", "id", postgresql_where=text("refused_at IS NOT NULL")),
     )
+
+    @property
+    def ledger_state(self) -> Literal["recorded", "refused", "pending"]:
+        """Where the fact stands with the ledger, derived from the two timestamps: the one
+        reading that the relay, the routes and the audits share."""
+        if self.sent_at is not None:
+            return "recorded"
+        return "refused" if self.refused_at is not None else "pending"
+
+
+# The SQL side of `OutboxFact.ledger_state` (the partial indexes' predicates).
+OUTBOX_PENDING = and_(OutboxFact.sent_at.is_(None), OutboxFact.refused_at.is_(None))
+OUTBOX_REFUSED = OutboxFact.refused_at.is_not(None)
 
 
 # The outbox relay's ledger request ids (see OutboxFact.request_id). Migration 0004 starts it

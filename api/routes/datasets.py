@@ -250,11 +250,11 @@ async def upload(
         fact = await anyio.to_thread.run_sync(
             lambda: wait_for_receipt(sessions, outbox_id, settings.receipt_wait_s)
         )
-        if fact.refused_at is not None:
+        out.receipt = LedgerReceipt.of_fact(fact)
+        if fact.ledger_state == "refused":
             out.state = "refused"  # the contracts said no: no consumer gets it
-        elif fact.tx_id is not None and fact.block_height is not None:
+        elif out.receipt is not None:
             out.state = "anchored"
-            out.receipt = LedgerReceipt(tx_id=fact.tx_id, block_height=fact.block_height)
     return out
 
 

@@ -61,7 +61,7 @@ from ledger_bridge.audit import verify_replicas
 from ledger_bridge.pbft.blocks import block_hash
 from vault import audit
 from vault.errors import NotFound
-from vault.models import ApiKey, OutboxFact
+from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, ApiKey, OutboxFact
 
 router = APIRouter(prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)])
 page_router = APIRouter(include_in_schema=False)
@@ -576,21 +576,15 @@ class OutboxOut(BaseModel):
 
 
 def _fact_out(f: OutboxFact) -> OutboxFactOut:
-    receipt = None
-    if f.sent_at is not None and f.tx_id is not None and f.block_height is not None:
-        receipt = LedgerReceipt(tx_id=f.tx_id, block_height=f.block_height)
-    state: Literal["pending", "refused", "recorded"] = (
-        "recorded" if receipt is not None else "refused" if f.refused_at is not None else "pending"
-    )
     return OutboxFactOut(
         id=f.id,
         kind=f.kind,
-        state=state,
+        state=f.ledger_state,
         created_at=f.created_at,
         attempts=f.attempts,
         last_error=f.last_error,
         refused_at=f.refused_at,
-        receipt=receipt,
+        receipt=LedgerReceipt.of_fact(f),
     )
 
 
@@ -604,11 +598,7 @@ def outbox(
 ) -> OutboxOut:
     """Facts the ledger has not recorded: `refused` ones (the contracts said no; the relay set
     them aside and ships the rest) or `pending` ones (in the relay's queue, in order)."""
-    where = (
-        OutboxFact.refused_at.is_not(None)
-        if state == "refused"
-        else (OutboxFact.sent_at.is_(None) & OutboxFact.refused_at.is_(None))
-    )
+    where = OUTBOX_REFUSED if state == "refused" else OUTBOX_PENDING
     facts = list(
         session.scalars(
             select(OutboxFact)

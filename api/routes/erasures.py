@@ -68,18 +68,10 @@ class InvalidScope(ApiError):
 
 def _certificate(fact: OutboxFact) -> ErasureCertificate:
     p = fact.payload
-    receipt = None
-    if fact.sent_at is not None and fact.tx_id is not None and fact.block_height is not None:
-        receipt = LedgerReceipt(tx_id=fact.tx_id, block_height=fact.block_height)
+    receipt = LedgerReceipt.of_fact(fact)
     return ErasureCertificate(
         erasure_id=fact.id,
-        state=(
-            "recorded"
-            if receipt is not None
-            else "refused"
-            if fact.refused_at is not None
-            else "pending"
-        ),
+        state=fact.ledger_state,
         kind=fact.kind,
         scope=p["scope"],
         reason=p["reason"],
