@@ -11,7 +11,7 @@ same blocks from the same snapshot return byte-identical results and state roots
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,13 +41,32 @@ class Application(Protocol):
         ...
 
     def state_root(self) -> bytes:
-        """32-byte digest of the whole state (the same after restore(snapshot()))."""
+        """32-byte digest of the whole state (the same after restore(snapshot())).
+
+        It must be collision resistant: the replicas' checkpoints certify the state by this
+        root alone, and a lagging replica accepts a snapshot from a peer if it restores to it.
+        It should be incremental: the replica asks for it after every block.
+        """
         ...
 
     def snapshot(self) -> bytes:
-        """Canonical bytes of the whole state, for checkpoints and state transfer."""
+        """Canonical bytes of the whole state, for state transfer and durable snapshots."""
         ...
 
-    def restore(self, snapshot: bytes) -> None:
-        """Replace the whole state with one produced by `snapshot()`."""
+    def freeze(self) -> Callable[[], bytes]:
+        """A function returning, when called later, `snapshot()` of the state as it is now.
+
+        The replica freezes its state at every checkpoint and serialises it only when a peer
+        needs it or its node writes a durable snapshot, so this must cost far less than
+        `snapshot()` (a shallow copy, or copy-on-write).
+        """
+        ...
+
+    def restore(self, snapshot: bytes, expected_root: bytes | None = None) -> None:
+        """Replace the whole state with one produced by `snapshot()`.
+
+        Raise ValueError, leaving the state as it was, if `snapshot` is not such bytes or,
+        given `expected_root`, if the state it holds does not have that root: a snapshot from
+        a peer is trusted only through the root its checkpoint certificate names.
+        """
         ...

@@ -10,7 +10,7 @@ lists the queries); `snapshot`/`restore` carry the whole state for state transfe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ledger_bridge.app import BlockContext
@@ -111,8 +111,13 @@ class ConsentApp:
     def snapshot(self) -> bytes:
         return self.state.snapshot()
 
-    def restore(self, snapshot: bytes) -> None:
-        self.state = State.restore(snapshot)
-        chain_id = self.state.get("meta", "chain_id")
-        if chain_id != self.chain_id:
+    def freeze(self) -> Callable[[], bytes]:
+        return self.state.freeze()
+
+    def restore(self, snapshot: bytes, expected_root: bytes | None = None) -> None:
+        state = State.restore(snapshot)
+        if state.get("meta", "chain_id") != self.chain_id:
             raise ValueError("snapshot is from another chain")
+        if expected_root is not None and state.root() != expected_root:
+            raise ValueError("snapshot does not have the expected state root")
+        self.state = state

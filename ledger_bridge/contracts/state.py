@@ -4,10 +4,8 @@ Why a flat map: a state root must cover everything the contracts decide with, an
 snapshot must be canonical bytes. Keys are tuples `(table, part, ...)`, values canonical
 msgpack; both encode canonically, so the same state is the same bytes on every replica.
 
-The root is a Merkle tree (RFC 6962 hashing) over 4,096 buckets; an entry's bucket is given by
-the hash of its key, and a bucket's hash covers its entries in key order. Updating an entry
-re-hashes one bucket and 12 tree nodes, so a block costs O(its writes), not O(state), and
-an entry can still be proven against the root (its bucket's entries plus 12 siblings).
+The root is the Merkle root of `ledger_bridge.merkle.MerkleMap` (RFC 6962 hashing over 4,096
+buckets): a block costs O(its writes), not O(state), and an entry can be proven against it.
 
 Indexes (entries of a table grouped by some key positions, e.g. consents by consumer and
 purpose, or by what their values name, e.g. accesses by granted subject) are derived from the
@@ -24,11 +22,7 @@ from typing import Any
 import msgpack
 
 from ledger_bridge.contracts import codec
-from ledger_bridge.crypto import digest
-
-BUCKET_BITS = 12
-BUCKETS = 1 << BUCKET_BITS
-_EMPTY = digest(b"")
+from ledger_bridge.merkle import MerkleMap, unpack_entries
 
 Key = tuple[Any, ...]
 
@@ -58,22 +52,11 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
 }
 
 
-def _leaf(kb: bytes, vb: bytes) -> bytes:
-    return digest(b"\x00" + len(kb).to_bytes(4, "big") + kb + digest(vb))
-
-
-def _node(left: bytes, right: bytes) -> bytes:
-    return digest(b"\x01" + left + right)
-
-
 class State:
     def __init__(self) -> None:
-        self._data: dict[bytes, bytes] = {}
+        self._map = MerkleMap()
+        self._data = self._map.data  # read-only alias: every write goes through the map
         self._keys: dict[bytes, Key] = {}
-        self._leaves: dict[bytes, bytes] = {}
-        self._buckets: list[set[bytes]] = [set() for _ in range(BUCKETS)]
-        self._tree: list[bytes] = [b""] * (2 * BUCKETS)
-        self._dirty: set[int] = set(range(BUCKETS))
         self._index: dict[tuple[str, str, tuple[Any, ...]], set[Key]] = {}
         self._undo: list[tuple[Key, bytes | None]] | None = None
 
@@ -116,22 +99,17 @@ class State:
             return
         if self._undo is not None:
             self._undo.append((key, old))
-        bucket = int.from_bytes(digest(kb)[:2], "big") >> (16 - BUCKET_BITS)
-        self._dirty.add(bucket)
+        self._map.set(kb, vb)
         by_value = VALUE_INDEXES.get(key[0])
         if by_value is not None and old is not None:
             self._index_value(by_value, key, msgpack.unpackb(old, raw=False), add=False)
         if vb is None:
-            del self._data[kb], self._leaves[kb], self._keys[kb]
-            self._buckets[bucket].discard(kb)
+            del self._keys[kb]
             self._unindex(key)
             return
         if old is None:
-            self._buckets[bucket].add(kb)
             self._keys[kb] = key
             self._reindex(key)
-        self._data[kb] = vb
-        self._leaves[kb] = _leaf(kb, vb)
         if by_value is not None:
             if value is None:
                 value = msgpack.unpackb(vb, raw=False)
@@ -191,34 +169,29 @@ class State:
 
     # -- root and snapshot ---------------------------------------------------------------
     def root(self) -> bytes:
-        """The Merkle root over all buckets (32 bytes); O(dirty buckets) after a change."""
-        for b in sorted(self._dirty):
-            entries = sorted(self._buckets[b])
-            self._tree[BUCKETS + b] = (
-                _EMPTY if not entries else digest(b"".join(self._leaves[k] for k in entries))
-            )
-            i = (BUCKETS + b) // 2
-            while i >= 1:
-                self._tree[i] = b""
-                i //= 2
-        self._dirty.clear()
-        return self._subtree(1)
-
-    def _subtree(self, i: int) -> bytes:
-        if not self._tree[i]:
-            self._tree[i] = _node(self._subtree(2 * i), self._subtree(2 * i + 1))
-        return self._tree[i]
+        """The Merkle root over all entries (32 bytes); O(dirty buckets) after a change."""
+        return self._map.root()
 
     def snapshot(self) -> bytes:
         """Canonical bytes of the whole state: its entries in key order."""
-        return bytes(msgpack.packb(sorted(self._data.items()), use_bin_type=True))
+        return self._map.snapshot()
+
+    def freeze(self) -> Callable[[], bytes]:
+        """`snapshot()` as of now, produced later (see `MerkleMap.freeze`)."""
+        return self._map.freeze()
 
     @classmethod
     def restore(cls, raw: bytes) -> State:
+        """The state `snapshot()` produced; ValueError if `raw` is not such bytes."""
         state = cls()
-        for kb, vb in msgpack.unpackb(raw, raw=False, use_list=True):
-            key = msgpack.unpackb(kb, raw=False, use_list=False)
-            state._write(tuple(key), bytes(vb))
+        for kb, vb in unpack_entries(raw):
+            try:
+                key = msgpack.unpackb(kb, raw=False, use_list=False)
+            except Exception:  # a malformed snapshot is one error for the caller
+                raise ValueError("snapshot key does not parse") from None
+            if not isinstance(key, tuple) or not key or codec.encode_key(key) != kb:
+                raise ValueError("snapshot key is not canonical")
+            state._write(key, vb)
         return state
 
     def items(self) -> Iterator[tuple[Key, Any]]:

@@ -2,7 +2,9 @@
 
 Why each limit exists:
 - `checkpoint_interval` K: a CHECKPOINT every K sequence numbers (TOCS §4.3); smaller K means
-  less log kept and cheaper catch-up, more snapshots taken.
+  less log kept and cheaper catch-up, more (cheap: a digest and a shallow copy) checkpoints.
+- `durable_snapshot_txs`: not agreed on, each replica's own durability trade-off: writing the
+  whole state costs O(state), re-executing the log above it after a restart O(transactions).
 - `log_window` L: the primary assigns sequence numbers only in (h, h + L] where h is the last
   stable checkpoint, so the log, and memory, stay bounded (TOCS §4.3 watermarks). L >= 2K so
   the primary keeps proposing while the next checkpoint stabilises.
@@ -44,6 +46,9 @@ class ClusterConfig:
     pending_requests_max: int = 10_000  # requests waiting to be ordered, per replica
     clients_max: int = 100_000  # reply-cache entries (one per client), deterministic eviction
     state_transfer_blocks_max: int = 256  # recent blocks shipped with a snapshot
+    # A durable snapshot (the whole state written to disk) at the first stable checkpoint
+    # after this many executed transactions; a restart re-executes at most about this many.
+    durable_snapshot_txs: int = 8_192
     verify_keys: tuple[VerifyKey, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class ClusterConfig:
             raise ValueError(
                 "need batch_size_max >= 1, batch_wait_ms >= 0 and batches_in_flight_max >= 1"
             )
+        if self.durable_snapshot_txs < 1:
+            raise ValueError("need durable_snapshot_txs >= 1")
         if self.heartbeat_ms < 1 or self.view_change_timeout_ms <= self.heartbeat_ms:
             raise ValueError("need 1 <= heartbeat_ms < view_change_timeout_ms")
         object.__setattr__(self, "verify_keys", tuple(VerifyKey(k) for k in self.public_keys))

@@ -24,10 +24,14 @@ result and height. A request at or below it is not executed again; a repeat of t
 gets the cached result re-sent. The cache is part of the replicated state (and of the
 checkpoint digest), so every replica skips the same duplicates.
 
-Checkpoints (§4.3). After executing a multiple of K the replica snapshots (app snapshot,
-reply cache, chain head), broadcasts CHECKPOINT with the snapshot's digest, and once 2f+1
-match, the checkpoint is *stable*: h moves up, the log below is garbage-collected, and the
-snapshot plus its 2f+1 signatures are kept (durably) as proof.
+Checkpoints (§4.3). After executing a multiple of K the replica freezes its state (a cheap
+copy of the application's, the reply cache, the chain head) and broadcasts CHECKPOINT with the
+state's digest: a hash over the application's incremental state root, the reply cache and the
+head, so a checkpoint costs O(clients), not O(state) (the paper's incremental checkpoint
+digests, §5.3.1). Once 2f+1 match, the checkpoint is *stable*: h moves up, the log below is
+garbage-collected in memory, and its 2f+1 signatures are kept (durably) as proof. The frozen
+state is serialised only when a lagging replica needs it (STATE-DATA) or for a durable
+snapshot, written once `durable_snapshot_txs` transactions have executed since the last one.
 
 View change (§4.4, §4.5.2). A backup that knows of a request not executed within the
 view-change timeout, or has not heard the primary (its STATUS is the heartbeat) for that
@@ -47,7 +51,9 @@ and recent blocks. Poisoned state and blocks with forged certificates are reject
 
 Durability. `persist` holds the replica's durable records: its view, for each sequence
 number the accepted PRE-PREPARE, its prepared certificate and the commit certificate once
-committed, and the stable checkpoint with its snapshot. Only two of them protect a vote and
+committed, the stable checkpoint's proof, and a durable snapshot with the log records above it
+(which hold the commit certificates needed to re-execute up to the stable checkpoint). Only
+two of them protect a vote and
 must be on disk before the messages of the same `Ready` leave (`Ready.must_sync`): the view
 (VIEW-CHANGE, NEW-VIEW) and a new prepared certificate (COMMIT: a replica that committed must
 report the certificate in its next VIEW-CHANGE, §4.4). The rest may reach the disk later: a
@@ -55,7 +61,8 @@ replica restarted *while active in view v* never sends PRE-PREPARE, PREPARE or C
 again ("muted", it executes through commit certificates and rejoins at the next view), so it
 cannot contradict a PREPARE it sent and forgot; committed batches it forgot come back as
 blocks with certificates, and re-execution is deterministic. After a restart the replica
-restores the snapshot and re-executes committed log entries above it.
+restores the durable snapshot and re-executes the committed log entries above it; passing the
+stable checkpoint, it checks that it reached the digest 2f+1 replicas signed.
 
 Deviations from the paper are listed in docs/PBFT.md.
 """
@@ -65,6 +72,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +112,7 @@ KIND_META = "meta"
 KIND_LOG = "log"
 META_VIEW = b"view"
 META_STABLE = b"stable"
+META_SNAPSHOT = b"snapshot"
 NULL_TIME_MS = 0
 
 
@@ -117,15 +126,92 @@ def _pack(obj: Any) -> bytes:
     return out
 
 
+CacheRows = list[tuple[bytes, int, int, bytes]]  # (client, request id, height, result)
+
+
+def _cache_rows(raw: Any) -> CacheRows:
+    """Reply-cache rows read from a snapshot; RemoteProtocolError for anything else."""
+    if not isinstance(raw, list):
+        raise RemoteProtocolError("reply cache is not a list")
+    rows: CacheRows = []
+    for row in raw:
+        if not (isinstance(row, list) and len(row) == 4):
+            raise RemoteProtocolError("reply-cache row is not [client, rid, height, result]")
+        client, rid, height, result = row
+        if not (type(client) is bytes and type(rid) is int and type(height) is int):
+            raise RemoteProtocolError("reply-cache row has the wrong types")
+        if type(result) is not bytes:
+            raise RemoteProtocolError("reply-cache result is not bytes")
+        rows.append((client, rid, height, result))
+    return rows
+
+
+@dataclass
+class FrozenState:
+    """The replicated state as of one checkpoint: what its digest covers, and the means to
+    serialise it later (the application's `freeze()`), however far execution has moved on.
+
+    The digest covers the application's state root (collision resistant, see
+    `Application.state_root`), the reply cache (part of the replicated state: exactly-once
+    depends on it, in its eviction order) and the chain head. A snapshot from a peer is
+    accepted only if its fields hash to a certified digest and the application state restores
+    to the root it names.
+    """
+
+    app_snapshot: Callable[[], bytes]
+    app_root: bytes
+    cache: CacheRows
+    head_hash: bytes
+    head_time_ms: int
+    _packed: bytes | None = None
+
+    def digest(self) -> bytes:
+        cache = [list(row) for row in self.cache]
+        return digest(
+            _pack([b"civis-checkpoint", self.app_root, cache, self.head_hash, self.head_time_ms])
+        )
+
+    def packed(self) -> bytes:
+        """The snapshot bytes STATE-DATA and the durable snapshot carry (made once)."""
+        if self._packed is None:
+            cache = [list(row) for row in self.cache]
+            self._packed = _pack(
+                [self.app_snapshot(), cache, self.head_hash, self.head_time_ms, self.app_root]
+            )
+        return self._packed
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> tuple[FrozenState, bytes]:
+        """(state, application snapshot) from `packed()` bytes; RemoteProtocolError if not."""
+        try:
+            fields = msgpack.unpackb(raw, raw=False)
+        except Exception:
+            raise RemoteProtocolError("snapshot does not parse") from None
+        if not (isinstance(fields, list) and len(fields) == 5):
+            raise RemoteProtocolError("snapshot is not [app, cache, head, time, root]")
+        app_snapshot, cache, head_hash, head_time_ms, app_root = fields
+        if not (type(app_snapshot) is bytes and type(head_hash) is bytes):
+            raise RemoteProtocolError("snapshot fields have the wrong types")
+        if type(head_time_ms) is not int or type(app_root) is not bytes:
+            raise RemoteProtocolError("snapshot fields have the wrong types")
+        frozen = cls(lambda: app_snapshot, app_root, _cache_rows(cache), head_hash, head_time_ms)
+        frozen._packed = raw
+        return frozen, app_snapshot
+
+
 @dataclass(frozen=True)
 class DurableDelta:
     """Changes to the replica's durable records, as simple rows the shell stores verbatim.
 
     Records are (kind, key, value) with opaque bytes. Kinds:
     - "meta", key b"view": msgpack [view, active];
-      key b"stable": msgpack [seq, digest, [CHECKPOINT...], snapshot] (the stable checkpoint);
-    - "log", key `seq_key(n)`: msgpack [pre-prepare, prepared certificate, [COMMIT...]] for
-      sequence number n (each an encoded message or b""): what the replica must not forget.
+      key b"stable": msgpack [seq, digest, [CHECKPOINT...]] (the stable checkpoint's proof);
+      key b"snapshot": msgpack [seq, digest, [CHECKPOINT...], snapshot] (a stable checkpoint
+      with its state, `FrozenState.packed()`, written every `durable_snapshot_txs`);
+    - "log", key `seq_key(n)`: msgpack [pre-prepare, prepared certificate, [COMMIT...],
+      committed pre-prepare] for sequence number n (each an encoded message or b""): what the
+      replica must not forget, kept on disk from the durable snapshot up, so a restart can
+      re-execute from it to the stable checkpoint.
     Apply `delete_below` first (drop keys < bound of that kind), then `delete`, then `put`.
     """
 
@@ -203,7 +289,7 @@ class _Stable:
     seq: int
     digest: bytes
     proof: tuple[Checkpoint, ...]
-    snapshot: bytes
+    state: FrozenState | None  # None only for the genesis checkpoint (seq 0)
 
 
 class Replica:
@@ -238,11 +324,19 @@ class Replica:
         # Committed batches with their certificates, executed or not, above h.
         self.committed_batches: dict[int, tuple[PrePrepare, tuple[Commit, ...]]] = {}
         self.h = 0  # low watermark: last stable checkpoint
-        self.stable = _Stable(0, b"", (), b"")
+        self.stable = _Stable(0, b"", (), None)
         self.last_executed = 0
         self.head_hash = GENESIS_HASH
         self.head_time_ms = 0
-        self.own_snapshots: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
+        self.own_snapshots: dict[int, tuple[bytes, FrozenState]] = {}  # seq -> (digest, state)
+        # Durable snapshot: the stable checkpoint last written with its state, and the
+        # transactions executed since (when they pass `durable_snapshot_txs`, write another).
+        self.snapshot_seq = 0
+        self.txs_since_snapshot = 0
+        self._snapshot_due = False  # after a state transfer: the log below is not on disk
+        self._final_records: dict[int, bytes] = {}  # log records of seqs GC'd before ready()
+        # While restarting: the stable checkpoint re-execution must reach, and prove.
+        self._replay_stable: tuple[int, bytes, tuple[Checkpoint, ...]] | None = None
         self.checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
         self.recent_blocks: list[Block] = []
         # Clients.
@@ -347,6 +441,7 @@ class Replica:
             or self._blocks
             or self._dirty
             or self._meta_dirty
+            or self._final_records
             or self._gc_below is not None
         )
 
@@ -355,18 +450,25 @@ class Replica:
         delta = DurableDelta()
         if self._gc_below is not None:
             delta.delete_below.append((KIND_LOG, seq_key(self._gc_below)))
+        for seq, record in sorted(self._final_records.items()):
+            if seq > self.snapshot_seq:
+                delta.put.append((KIND_LOG, seq_key(seq), record))
         for seq in sorted(self._dirty):
             if seq > self.h:
                 delta.put.append((KIND_LOG, seq_key(seq), self._log_record(seq)))
         if META_VIEW in self._meta_dirty:
             delta.put.append((KIND_META, META_VIEW, _pack([self.view, self.active])))
+        s = self.stable
+        if META_SNAPSHOT in self._meta_dirty and s.state is not None:
+            value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof], s.state.packed()])
+            delta.put.append((KIND_META, META_SNAPSHOT, value))
         if META_STABLE in self._meta_dirty:
-            s = self.stable
-            value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof], s.snapshot])
+            value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof]])
             delta.put.append((KIND_META, META_STABLE, value))
         ready = Ready(delta, self._blocks, self._messages, self._replies, self._must_sync)
         self._blocks, self._messages, self._replies = [], [], []
         self._dirty, self._meta_dirty, self._gc_below = set(), set(), None
+        self._final_records = {}
         self._must_sync = False
         self._handed = ready
         return ready
@@ -699,13 +801,18 @@ class Replica:
         fresh_results, state_root = self.app.execute([pp.requests[i].tx for i in fresh], ctx)
         if len(fresh_results) != len(fresh):
             raise LocalProtocolError("the application returned the wrong number of results")
+        # Re-executing, after a restart, what was executed before the stable checkpoint: the
+        # replies went out then, and the blocks are stored.
+        replaying = self._replay_stable is not None and seq <= self._replay_stable[0]
+        self.txs_since_snapshot += len(fresh)
         results = [b""] * len(pp.requests)
         for i, result in zip(fresh, fresh_results, strict=True):
             req = pp.requests[i]
             results[i] = result
             self.reply_cache.pop(req.client_id, None)  # re-insert: eviction order = recency
             self.reply_cache[req.client_id] = (req.request_id, seq, result)
-            self._reply(req.client_id, req.request_id, seq, result)
+            if not replaying:
+                self._reply(req.client_id, req.request_id, seq, result)
         while len(self.reply_cache) > self.config.clients_max:
             evicted = next(iter(self.reply_cache))
             del self.reply_cache[evicted]
@@ -726,7 +833,7 @@ class Replica:
             signers=tuple(c.replica_id for c in commits),
             certificate=tuple(c.signature for c in commits),
         )
-        self._emit_block(block)
+        self._emit_block(block, store=not replaying)
         self.head_hash = block_hash(block)
         self.head_time_ms = time_ms
         self.last_executed = seq
@@ -739,8 +846,9 @@ class Replica:
         if seq % self.config.checkpoint_interval == 0:
             self._take_checkpoint(seq, state_root)
 
-    def _emit_block(self, block: Block) -> None:
-        self._blocks.append(block)
+    def _emit_block(self, block: Block, *, store: bool = True) -> None:
+        if store:
+            self._blocks.append(block)
         self.recent_blocks.append(block)
         excess = len(self.recent_blocks) - self.config.state_transfer_blocks_max
         if excess > 0:
@@ -748,18 +856,35 @@ class Replica:
 
     # ------------------------------------------------------------------------- checkpoints
 
-    def _snapshot(self) -> bytes:
-        cache = [[c, rid, height, res] for c, (rid, height, res) in self.reply_cache.items()]
-        return _pack([self.app.snapshot(), cache, self.head_hash, self.head_time_ms])
+    def _freeze(self, state_root: bytes) -> FrozenState:
+        cache = [(c, rid, height, res) for c, (rid, height, res) in self.reply_cache.items()]
+        return FrozenState(self.app.freeze(), state_root, cache, self.head_hash, self.head_time_ms)
 
     def _take_checkpoint(self, seq: int, state_root: bytes) -> None:
-        """TOCS §4.3: snapshot, digest, CHECKPOINT to all."""
-        snapshot = self._snapshot()
-        state_digest = digest(snapshot)
-        self.own_snapshots[seq] = (state_digest, snapshot)
+        """TOCS §4.3: freeze the state, digest it, CHECKPOINT to all."""
+        if self._replay_stable is not None and seq <= self._replay_stable[0]:
+            self._replayed_checkpoint(seq, state_root)
+            return
+        state = self._freeze(state_root)
+        state_digest = state.digest()
+        self.own_snapshots[seq] = (state_digest, state)
         cp = m.sign(Checkpoint(seq, state_digest, state_root, self.id), self.key)
         self._broadcast(cp)
         self._record_checkpoint(cp)
+
+    def _replayed_checkpoint(self, seq: int, state_root: bytes) -> None:
+        """Restarting: checkpoints below the stored stable one are proven already; at it,
+        re-execution must have reached the digest 2f+1 replicas signed."""
+        assert self._replay_stable is not None
+        stable_seq, stable_digest, proof = self._replay_stable
+        if seq < stable_seq:
+            return
+        state = self._freeze(state_root)
+        if state.digest() != stable_digest:
+            raise LocalProtocolError("re-execution did not reach the stable checkpoint's state")
+        self._replay_stable = None
+        self.own_snapshots[seq] = (stable_digest, state)
+        self._make_stable(_Stable(seq, stable_digest, proof, state))
 
     def _on_checkpoint(self, cp: Checkpoint) -> None:
         if cp.seq % self.config.checkpoint_interval or cp.seq <= self.h:
@@ -797,13 +922,27 @@ class Replica:
         self._make_stable(_Stable(seq, own[0], proof, own[1]))
 
     def _make_stable(self, stable: _Stable) -> None:
-        """The checkpoint is stable: move h, garbage-collect the log below it (TOCS §4.3)."""
+        """The checkpoint is stable: move h, garbage-collect the log below it (TOCS §4.3).
+
+        On disk the log is kept from the durable snapshot up (a restart re-executes it), and
+        a durable snapshot is written once enough transactions ran since the last one: the
+        cost of writing the state is paid every `durable_snapshot_txs`, not every K."""
         if stable.seq <= self.h:
             return
         self.stable = stable
         self.h = stable.seq
         self._meta_dirty.add(META_STABLE)
-        self._gc_below = stable.seq + 1
+        # Records of sequence numbers GC'd below before the shell saw them (committed and
+        # stable within one step): still needed on disk to re-execute from the snapshot.
+        for s in self._dirty:
+            if s <= stable.seq:
+                self._final_records[s] = self._log_record(s)
+        if self._snapshot_due or self.txs_since_snapshot >= self.config.durable_snapshot_txs:
+            self._snapshot_due = False
+            self.txs_since_snapshot = 0
+            self.snapshot_seq = stable.seq
+            self._meta_dirty.add(META_SNAPSHOT)
+            self._gc_below = stable.seq + 1
         for s in [s for s in self.slots if s <= stable.seq]:
             del self.slots[s]
         for s in [s for s in self.pcerts if s <= stable.seq]:
@@ -1073,10 +1212,10 @@ class Replica:
         self.peer_progress[to] = st.last_executed
         if not stuck:
             return
-        if st.last_executed < self.h and self.h > 0:
+        s = self.stable
+        if st.last_executed < self.h and s.state is not None:
             blocks = tuple(b for b in self.recent_blocks if st.last_executed < b.height <= self.h)
-            s = self.stable
-            data = StateData(s.seq, s.proof, s.snapshot, blocks, self.id)
+            data = StateData(s.seq, s.proof, s.state.packed(), blocks, self.id)
             self._send(to, m.sign(data, self.key))
             self.stats["state transfers served"] += 1
             return
@@ -1151,22 +1290,19 @@ class Replica:
         if not 0 <= data.replica_id < self.config.n or not m.verify_signed(data, self.keys):
             self._ignore("bad state-data signature")
             return
-        state_digest = digest(data.snapshot)
+        state, app_snapshot = FrozenState.unpack(data.snapshot)  # RemoteProtocolError: ignored
+        state_digest = state.digest()
         if not self._checkpoint_proof_ok(data.seq, state_digest, data.checkpoint_proof):
             self._ignore("state-data not certified by a stable checkpoint")
             return
         try:
-            app_snapshot, cache, head_hash, head_time_ms = msgpack.unpackb(data.snapshot, raw=False)
-            reply_cache = {bytes(c): (int(r), int(hh), bytes(res)) for c, r, hh, res in cache}
-        except Exception:
-            # Certified by 2f+1 yet unreadable: only a bug on our side explains that.
-            raise LocalProtocolError("certified snapshot does not parse") from None
-        self.app.restore(app_snapshot)
+            # The digest certifies the root; the application checks the state has it.
+            self.app.restore(app_snapshot, expected_root=state.app_root)
+        except ValueError:
+            self._ignore("state-data state does not match its certified root")
+            return
         old_head = self.last_executed
-        self.reply_cache = reply_cache
-        self.signed_replies.clear()
-        self.head_hash = bytes(head_hash)
-        self.head_time_ms = int(head_time_ms)
+        self._install_state(state)
         self.last_executed = data.seq
         # Blocks: emit those above our old head that chain up to the certified head.
         blocks = [b for b in data.blocks if b.height > old_head]
@@ -1181,14 +1317,23 @@ class Replica:
             self._emit_block(b)
         if blocks and blocks[0].height > old_head + 1:
             self.stats["blocks missing after state transfer"] += blocks[0].height - old_head - 1
-        self.own_snapshots[data.seq] = (state_digest, data.snapshot)
-        self._make_stable(_Stable(data.seq, state_digest, data.checkpoint_proof, data.snapshot))
+        self.own_snapshots[data.seq] = (state_digest, state)
+        # The log below this checkpoint never reached our disk: a restart must start here.
+        self._snapshot_due = True
+        self._make_stable(_Stable(data.seq, state_digest, data.checkpoint_proof, state))
         for key in [k for k, (r, _) in self.pending.items() if self._executed(r)]:
             del self.pending[key]
         for key in [k for k, r in self.inflight.items() if self._executed(r)]:
             del self.inflight[key]
         self.stats["state transfers applied"] += 1
         self._execute_ready()
+
+    def _install_state(self, state: FrozenState) -> None:
+        """The replica's part of a restored state (the application's is restored already)."""
+        self.reply_cache = {c: (rid, height, res) for c, rid, height, res in state.cache}
+        self.signed_replies.clear()
+        self.head_hash = state.head_hash
+        self.head_time_ms = state.head_time_ms
 
     def _executed(self, req: Request) -> bool:
         cached = self.reply_cache.get(req.client_id)
@@ -1211,17 +1356,29 @@ class Replica:
         )
 
     def _restore(self, durable: DurableState) -> None:
-        """Rebuild from storage: stable checkpoint, view, log; re-execute committed entries."""
+        """Rebuild from storage: durable snapshot, view, log; re-execute committed entries,
+        through the stable checkpoint (whose digest they must reach) and on."""
         meta = dict(durable.records.get(KIND_META, []))
-        if META_STABLE in meta:
-            seq, state_digest, proof, snapshot = msgpack.unpackb(meta[META_STABLE], raw=False)
+        if META_SNAPSHOT in meta:
+            seq, state_digest, proof, packed = msgpack.unpackb(meta[META_SNAPSHOT], raw=False)
+            try:
+                state, app_snapshot = FrozenState.unpack(bytes(packed))
+                self.app.restore(app_snapshot, expected_root=state.app_root)
+            except (RemoteProtocolError, ValueError) as exc:
+                raise LocalProtocolError(f"durable snapshot unreadable: {exc}") from None
+            if state.digest() != state_digest:
+                raise LocalProtocolError("durable snapshot does not match its digest")
+            self._install_state(state)
+            self.h = self.last_executed = self.snapshot_seq = int(seq)
             proof_msgs = tuple(m.decode(p) for p in proof)
-            app_snapshot, cache, head_hash, head_time_ms = msgpack.unpackb(snapshot, raw=False)
-            self.app.restore(app_snapshot)
-            self.reply_cache = {bytes(c): (int(r), int(hh), bytes(res)) for c, r, hh, res in cache}
-            self.head_hash, self.head_time_ms = bytes(head_hash), int(head_time_ms)
-            self.h = self.last_executed = int(seq)
-            self.stable = _Stable(int(seq), bytes(state_digest), proof_msgs, bytes(snapshot))  # type: ignore[arg-type]
+            self.stable = _Stable(int(seq), bytes(state_digest), proof_msgs, state)  # type: ignore[arg-type]
+        stable_seq = self.h
+        if META_STABLE in meta:
+            seq, state_digest, proof = msgpack.unpackb(meta[META_STABLE], raw=False)
+            if int(seq) > self.h:
+                proof_msgs = tuple(m.decode(p) for p in proof)
+                self._replay_stable = (int(seq), bytes(state_digest), proof_msgs)  # type: ignore[assignment]
+                stable_seq = int(seq)
         if META_VIEW in meta:
             view, active = msgpack.unpackb(meta[META_VIEW], raw=False)
             self.view, self.active = int(view), bool(active)
@@ -1235,15 +1392,17 @@ class Replica:
             if seq <= self.h:
                 continue
             pp_raw, cert_raw, commits_raw, committed_pp_raw = msgpack.unpackb(value, raw=False)
-            if cert_raw:
-                loaded = m.decode(cert_raw)
-                assert isinstance(loaded, PreparedCert)
-                self.pcerts[seq] = loaded
             if committed_pp_raw:
                 cpp = m.decode(committed_pp_raw)
                 commits = tuple(m.decode(c) for c in commits_raw)
                 assert isinstance(cpp, PrePrepare)
                 self.committed_batches[seq] = (cpp, commits)  # type: ignore[assignment]
+            if seq <= stable_seq:
+                continue  # below the stable checkpoint only re-execution matters
+            if cert_raw:
+                loaded = m.decode(cert_raw)
+                assert isinstance(loaded, PreparedCert)
+                self.pcerts[seq] = loaded
             if pp_raw and self.active:
                 # Muted in this view: keep the accepted PRE-PREPAREs (so none conflicting is
                 # ever accepted) but cast no vote again; the next view starts from scratch.
@@ -1256,6 +1415,14 @@ class Replica:
                     slot.committed = seq in self.committed_batches
                     self.next_seq = max(self.next_seq, seq + 1)
                     self.last_time_proposed_ms = max(self.last_time_proposed_ms, pp.time_ms)
+        self._execute_ready()  # through the stable checkpoint, which it makes stable again
+        if self._replay_stable is not None:
+            # The records stop short of it (they can only be lost as a suffix, with it, so
+            # only a damaged disk does this): start from the snapshot, peers send the rest.
+            self.stats["restart fell short of the stable checkpoint"] += 1
+            self._replay_stable = None
+            for s in [s for s in self.committed_batches if s > self.high_watermark]:
+                del self.committed_batches[s]
         self.next_seq = max(self.next_seq, self.h + 1)
         if not self.active:
             # We had sent VIEW-CHANGE for self.view: send it again (same content rules).
@@ -1263,7 +1430,6 @@ class Replica:
             self.active = True
             self._start_view_change(self.view + 1)
             self.vc_attempts = 0
-        self._execute_ready()
         self.stats["restarts"] += 1
 
 

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from ledger_bridge.app import BlockContext
 from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.kvapp import KVApp, encode_set
@@ -166,6 +168,9 @@ class Simulator:
             "heartbeat_ms": 50,
             "block_time_skew_ms": 2_000,
             "state_transfer_blocks_max": 10_000,
+            # Restarts from a snapshot at the stable checkpoint, or well below it (re-executing
+            # the logged batches up to it), or from genesis: every seed draws one.
+            "durable_snapshot_txs": (1, 30, 1_000_000)[(scenario.seed // 7) % 3],
         }
         params.update(config_overrides)
         self.config = ClusterConfig.create([bytes(k.public_key) for k in self.keys], **params)
@@ -398,8 +403,22 @@ class Simulator:
             bad = m.sign(dataclasses.replace(msg, state_digest=digest(msg.state_digest)), key)
             out = [(t, bad) for t in targets]
         if isinstance(msg, m.StateData) and "poison_state" in beh:
-            poisoned = m.sign(dataclasses.replace(msg, snapshot=msg.snapshot + b"\x00"), key)
-            out = [(t, poisoned) for t in targets]
+            # Two lies: a reply cache other than the certified one (the digest no longer
+            # matches), and an application state other than the certified one under the
+            # certified root (the restore no longer reaches it).
+            app_snapshot, cache, head, time_ms, root = msgpack.unpackb(msg.snapshot)
+            planted = KVApp()
+            planted.restore(app_snapshot)
+            planted.execute([encode_set(b"planted", b"!")], BlockContext(1, time_ms, head))
+            lies = [
+                [app_snapshot, [*cache, [b"c" * 32, 1, 1, b"ok"]], head, time_ms, root],
+                [planted.snapshot(), cache, head, time_ms, root],
+            ]
+            out = [
+                (t, m.sign(dataclasses.replace(msg, snapshot=msgpack.packb(lie)), key))
+                for t in targets
+                for lie in lies
+            ]
         return out + extra
 
     def _forged_request(self) -> m.Request:

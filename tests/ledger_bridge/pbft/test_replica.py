@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from typing import TypeVar
 
+import msgpack
 import pytest
 
+from ledger_bridge.app import BlockContext
+from ledger_bridge.kvapp import KVApp, encode_set
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import block_hash, verify_chain
 from ledger_bridge.pbft.errors import LocalProtocolError
-from ledger_bridge.pbft.replica import KIND_LOG, Ready, seq_key
+from ledger_bridge.pbft.replica import (
+    KIND_LOG,
+    KIND_META,
+    META_SNAPSHOT,
+    META_STABLE,
+    Ready,
+    Replica,
+    seq_key,
+)
 from tests.ledger_bridge.pbft.harness import CLIENT, Net, key, request
 
 M = TypeVar("M")
@@ -124,10 +136,12 @@ def test_backup_ignores_pre_prepare_outside_the_watermarks() -> None:
     assert _sent(net, m.Prepare) == []
 
 
-def test_checkpoint_becomes_stable_and_log_is_garbage_collected() -> None:
-    """TOCS §4.3: 2f+1 matching CHECKPOINTs make it stable; the log below h is discarded,
-    in memory and in the durable records."""
-    net = Net()
+@pytest.mark.parametrize("snapshot_txs", [5, 1_000])
+def test_checkpoint_becomes_stable_and_log_is_garbage_collected(snapshot_txs: int) -> None:
+    """TOCS §4.3: 2f+1 matching CHECKPOINTs make it stable; the log below h is discarded in
+    memory, and in the durable records once a durable snapshot covers it (here after 5
+    transactions: at the checkpoint at 8, not at 4; with 1,000 not yet)."""
+    net = Net(params={"durable_snapshot_txs": snapshot_txs})
     for i in range(9):
         net.submit(request(1, client=key(100 + i)))
         net.deliver_all()
@@ -135,7 +149,87 @@ def test_checkpoint_becomes_stable_and_log_is_garbage_collected() -> None:
         assert r.h == 8
         assert all(s > 8 for s in r.slots) and all(s > 8 for s in r.pcerts)
         assert len(r.stable.proof) == 3
-        assert all(k > seq_key(8) for k in net.records[i].get(KIND_LOG, {}))
+        on_disk = sorted(net.records[i].get(KIND_LOG, {}))
+        snapshot = net.records[i].get(KIND_META, {}).get(META_SNAPSHOT)
+        if snapshot_txs == 5:
+            assert on_disk == [seq_key(9)] and msgpack.unpackb(snapshot)[0] == 8
+        else:
+            assert on_disk == [seq_key(s) for s in range(1, 10)] and snapshot is None
+
+
+def test_checkpoints_serialise_no_state_until_a_peer_needs_it() -> None:
+    """TOCS §5.3.1 (incremental checkpoints): a checkpoint digests the application's state
+    root, not the serialised state; the state is serialised once, for the lagging replica."""
+    calls = []
+
+    class CountingKV(KVApp):
+        def snapshot(self) -> bytes:  # what the frozen copy's serialisation amounts to
+            calls.append(1)
+            return super().snapshot()
+
+        def freeze(self) -> Callable[[], bytes]:
+            later = super().freeze()
+
+            def produce() -> bytes:
+                calls.append(1)
+                return later()
+
+            return produce
+
+    net = Net()
+    net.apps = [CountingKV() for _ in range(4)]
+    net.replicas = [Replica(net.config, i, key(i), net.apps[i]) for i in range(4)]
+    net.down.add(3)
+    for i in range(13):
+        net.submit(request(1, client=key(100 + i)))
+        net.deliver_all()
+    assert [r.h for r in net.replicas[:3]] == [12, 12, 12] and calls == []
+    net.down.discard(3)
+    net.tick(400)
+    assert net.replicas[3].stats["state transfers applied"] == 1
+    assert net.apps[3].state_root() == net.apps[0].state_root()
+    assert 1 <= len(calls) <= 3  # one per replica that answered the laggard's STATUS
+
+
+def test_restart_re_executes_from_the_durable_snapshot_through_the_stable_checkpoint() -> None:
+    """TOCS §4.1, §4.3: the durable snapshot lags the stable checkpoint; a restarted replica
+    re-executes the logged batches above it, checks it reaches the stable checkpoint's
+    certified digest, sends no reply and stores no block twice, then keeps up."""
+    net = Net(params={"durable_snapshot_txs": 5})
+    for i in range(14):
+        net.submit(request(1, client=key(100 + i)))
+        net.deliver_all()
+    r = net.replicas[2]
+    assert (r.h, r.snapshot_seq, r.last_executed) == (12, 8, 14)
+    before = (r.head_hash, net.apps[2].state_root(), r.stable.digest, r.reply_cache)
+    replies, blocks = len(net.replies), dict(net.blocks[2])
+    net.blocks[2].clear()
+    net.restart(2)
+    r = net.replicas[2]
+    assert (r.h, r.snapshot_seq, r.last_executed) == (12, 8, 14)
+    assert (r.head_hash, net.apps[2].state_root(), r.stable.digest, r.reply_cache) == before
+    # Above the stable checkpoint it replies and stores blocks again, as it always did.
+    assert sorted(rep.block_height for rep in net.replies[replies:]) == [13, 14]
+    assert sorted(net.blocks[2]) == [13, 14]
+    net.blocks[2].update({h: b for h, b in blocks.items() if h <= 12})
+    net.submit(request(1, client=key(200)))
+    net.tick(400)
+    assert net.heights() == [15, 15, 15, 15]
+    assert len({a.state_root() for a in net.apps}) == 1
+
+
+def test_restart_refuses_a_log_that_does_not_reach_the_stable_digest() -> None:
+    """A restart that re-executes to a state other than the one 2f+1 replicas certified at
+    the stable checkpoint is our bug or a damaged disk: stop, do not vote from it."""
+    net = Net(params={"durable_snapshot_txs": 5})
+    for i in range(14):
+        net.submit(request(1, client=key(100 + i)))
+        net.deliver_all()
+    meta = net.records[2][KIND_META]
+    seq, _, proof = msgpack.unpackb(meta[META_STABLE])
+    meta[META_STABLE] = msgpack.packb([seq, b"\x00" * 32, proof])
+    with pytest.raises(LocalProtocolError, match="stable checkpoint"):
+        net.restart(2)
 
 
 def test_equivocating_pre_prepare_is_ignored() -> None:
@@ -364,12 +458,25 @@ def test_state_transfer_rejects_poisoned_snapshots() -> None:
         net.deliver_all()
     src = net.replicas[0]
     s = src.stable
-    genuine = m.sign(m.StateData(s.seq, s.proof, s.snapshot, (), 0), key(0))
-    poisoned = m.sign(dataclasses.replace(genuine, snapshot=s.snapshot + b"x"), key(0))
+    assert s.state is not None
+    packed = s.state.packed()
+    genuine = m.sign(m.StateData(s.seq, s.proof, packed, (), 0), key(0))
+    app_snapshot, cache, head, time_ms, root = msgpack.unpackb(packed)
+    other = KVApp()
+    other.restore(app_snapshot)
+    other.execute([encode_set(b"planted", b"x")], BlockContext(99, time_ms, head))
+    fields = {
+        "unreadable": packed + b"x",
+        "another reply cache": msgpack.packb([app_snapshot, [], head, time_ms, root]),
+        "another state, same root": msgpack.packb([other.snapshot(), cache, head, time_ms, root]),
+    }
     lagger = net.replicas[3]
-    lagger.step(poisoned, net.now_ms)
+    for poison in fields.values():
+        lagger.step(m.sign(dataclasses.replace(genuine, snapshot=poison), key(0)), net.now_ms)
+    assert lagger.stats["remote protocol error: snapshot does not parse"] == 1
     assert lagger.stats["state-data not certified by a stable checkpoint"] == 1
-    assert lagger.last_executed == 0
+    assert lagger.stats["state-data state does not match its certified root"] == 1
+    assert lagger.last_executed == 0 and net.apps[3].state_root() == KVApp().state_root()
     lagger.step(genuine, net.now_ms)
     assert lagger.last_executed == 4 and net.apps[3].state_root() == net.apps[0].state_root()
 

@@ -185,8 +185,9 @@ def test_replayed_client_requests() -> None:
 
 
 def test_poisoned_state_transfer() -> None:
-    """TOCS §5.3: a lagging replica is offered a snapshot that does not match the certified
-    checkpoint digest by a Byzantine replica; it rejects it and takes a correct one."""
+    """TOCS §5.3: a Byzantine replica offers a lagging replica snapshots that do not match
+    the certified checkpoint: a reply cache the digest does not cover, an application state
+    that does not restore to the certified root; it rejects both and takes a correct one."""
     sc = Scenario(
         seed=112,
         clients=3,
@@ -200,6 +201,7 @@ def test_poisoned_state_transfer() -> None:
     sim, _, _ = _run(sc)
     lagger = sim.nodes[3].replica.stats
     assert lagger["state-data not certified by a stable checkpoint"] > 0
+    assert lagger["state-data state does not match its certified root"] > 0
     assert lagger["state transfers applied"] > 0
     _caught_up(sim, [0, 2, 3])
 
