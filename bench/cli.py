@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "keys": "bench.keys:run",
     "access": "bench.access:run",
     "crypto": "bench.crypto:run",
+    "checkpoint": "bench.checkpoint:run",
 }
 
 

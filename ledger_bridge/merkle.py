@@ -12,6 +12,7 @@ bucket's entries plus 12 siblings).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 
 import msgpack
@@ -27,8 +28,20 @@ def _leaf(kb: bytes, vb: bytes) -> bytes:
     return digest(b"\x00" + len(kb).to_bytes(4, "big") + kb + digest(vb))
 
 
-def _node(left: bytes, right: bytes) -> bytes:
-    return digest(b"\x01" + left + right)
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()  # `crypto.digest`, without a call in the hot loop
+
+
+def _empty_tree() -> list[bytes]:
+    """The tree of an empty map (node i at depth i.bit_length() - 1; index 0 unused): one hash
+    per level, so a new map need not hash 8,191 empty nodes."""
+    by_depth = [_EMPTY]
+    for _ in range(BUCKET_BITS):
+        by_depth.insert(0, _sha256(b"\x01" + by_depth[0] + by_depth[0]))
+    return [b""] + [by_depth[i.bit_length() - 1] for i in range(1, 2 * BUCKETS)]
+
+
+_EMPTY_TREE = _empty_tree()
 
 
 def bucket_of(kb: bytes) -> int:
@@ -66,8 +79,8 @@ class MerkleMap:
         self.data: dict[bytes, bytes] = {}
         self._leaves: dict[bytes, bytes] = {}
         self._buckets: list[set[bytes]] = [set() for _ in range(BUCKETS)]
-        self._tree: list[bytes] = [b""] * (2 * BUCKETS)
-        self._dirty: set[int] = set(range(BUCKETS))
+        self._tree: list[bytes] = list(_EMPTY_TREE)
+        self._dirty: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.data)
@@ -92,23 +105,31 @@ class MerkleMap:
         self._leaves[kb] = _leaf(kb, vb)
 
     def root(self) -> bytes:
-        """The Merkle root over all buckets (32 bytes); O(dirty buckets) after a change."""
-        for b in sorted(self._dirty):
-            entries = sorted(self._buckets[b])
-            self._tree[BUCKETS + b] = (
-                _EMPTY if not entries else digest(b"".join(self._leaves[k] for k in entries))
+        """The Merkle root over all buckets (32 bytes): re-hashes the dirty buckets and their
+        paths to the root, level by level (13 hashes for one dirty bucket)."""
+        if not self._dirty:
+            return self._tree[1]
+        tree, leaves, sha = self._tree, self._leaves, hashlib.sha256
+        for b in self._dirty:
+            entries = self._buckets[b]
+            tree[BUCKETS + b] = (
+                _EMPTY
+                if not entries
+                else sha(b"".join(leaves[k] for k in sorted(entries))).digest()
             )
-            i = (BUCKETS + b) // 2
-            while i >= 1:
-                self._tree[i] = b""
-                i //= 2
+        if len(self._dirty) == 1:  # one write since the last root: the common, unbatched case
+            i = (BUCKETS + next(iter(self._dirty))) >> 1
+            while i:
+                tree[i] = sha(b"\x01" + tree[2 * i] + tree[2 * i + 1]).digest()
+                i >>= 1
+        else:
+            parents = {(BUCKETS + b) >> 1 for b in self._dirty}
+            while parents:
+                for i in parents:
+                    tree[i] = sha(b"\x01" + tree[2 * i] + tree[2 * i + 1]).digest()
+                parents = {i >> 1 for i in parents} - {0}
         self._dirty.clear()
-        return self._subtree(1)
-
-    def _subtree(self, i: int) -> bytes:
-        if not self._tree[i]:
-            self._tree[i] = _node(self._subtree(2 * i), self._subtree(2 * i + 1))
-        return self._tree[i]
+        return tree[1]
 
     def snapshot(self) -> bytes:
         return pack_entries(self.data)

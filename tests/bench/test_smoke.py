@@ -12,7 +12,7 @@ import argparse
 import json
 from numbers import Real
 
-from bench import access, crypto, upload_http
+from bench import access, checkpoint, crypto, upload_http
 from tests.conftest import PgServer
 
 
@@ -79,3 +79,14 @@ def test_crypto_compares_the_ledger_signatures_with_openssl() -> None:
     for side in ("ledger_libsodium", "baseline_openssl"):
         assert report[side]["sign_us"] > 0 and report[side]["verify_us"] > 0
     assert report["ratio_sign"] > 0 and report["ratio_verify"] > 0
+
+
+def test_checkpoint_compares_with_serialising_the_whole_state() -> None:
+    """Both applications, the checkpoint and its whole-state baseline on the same state."""
+    report = checkpoint.run(argparse.Namespace(records=300))
+    json.dumps(report)
+    assert report["entries"] == 300
+    for app in ("kv", "contracts"):
+        point = report[app]
+        assert point["baseline_whole_state_checkpoint_ms"] > 0 and point["snapshot_bytes"] > 0
+        assert point["checkpoint_ms"] >= 0 and point["ratio_checkpoint_to_baseline"] >= 0
