@@ -13,6 +13,7 @@ bucket's entries plus 12 siblings).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Iterator
 
 import msgpack
@@ -72,10 +73,33 @@ def unpack_entries(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield item[0], item[1]
 
 
+class _Frozen:
+    """The map as of `MerkleMap.freeze()`: copy-on-write. The live map records, for each key
+    it changes while this view is alive, the value the key had when frozen (None: absent).
+    Serialising applies those to a copy of the live entries. The map holds views weakly: a
+    view nobody keeps (a replica dropped its checkpoint) costs no write anything."""
+
+    __slots__ = ("__weakref__", "live", "undo")
+
+    def __init__(self, live: MerkleMap) -> None:
+        self.live = live
+        self.undo: dict[bytes, bytes | None] = {}
+
+    def __call__(self) -> bytes:
+        data = dict(self.live.data)
+        for kb, old in self.undo.items():
+            if old is None:
+                data.pop(kb, None)
+            else:
+                data[kb] = old
+        return pack_entries(data)
+
+
 class MerkleMap:
     """bytes -> bytes with `root()` (see the module docstring)."""
 
     def __init__(self) -> None:
+        self._views: list[weakref.ref[_Frozen]] = []
         self.data: dict[bytes, bytes] = {}
         self._leaves: dict[bytes, bytes] = {}
         self._buckets: list[set[bytes]] = [set() for _ in range(BUCKETS)]
@@ -93,6 +117,8 @@ class MerkleMap:
         old = self.data.get(kb)
         if old == vb:
             return
+        if self._views:
+            self._record_for_views(kb, old)
         bucket = bucket_of(kb)
         self._dirty.add(bucket)
         if vb is None:
@@ -137,13 +163,25 @@ class MerkleMap:
     def freeze(self) -> Callable[[], bytes]:
         """`snapshot()` of the map as it is now, produced later, whatever is written meanwhile.
 
-        Why a copy of the dictionary, not the bytes: a replica freezes its state at every
+        Why copy-on-write, not the bytes nor a copy: a replica freezes its state at every
         checkpoint but serialises it only when a lagging replica asks for it or its node
-        writes a durable snapshot; a shallow copy (keys and values are shared immutable
-        bytes) costs a small fraction of sorting and packing every entry.
+        writes a durable snapshot; freezing costs O(1), and each later write O(live views)
+        (a replica keeps two or three: its stable checkpoint and the ones not yet stable).
         """
-        frozen = dict(self.data)
-        return lambda: pack_entries(frozen)
+        view = _Frozen(self)
+        self._views.append(weakref.ref(view))
+        return view
+
+    def _record_for_views(self, kb: bytes, old: bytes | None) -> None:
+        alive = False
+        for ref in self._views:
+            view = ref()
+            if view is not None:
+                alive = True
+                if kb not in view.undo:
+                    view.undo[kb] = old
+        if not alive or len(self._views) > 8:
+            self._views = [ref for ref in self._views if ref() is not None]
 
     @classmethod
     def from_snapshot(cls, raw: bytes) -> MerkleMap:

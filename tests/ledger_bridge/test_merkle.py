@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,3 +54,23 @@ def test_incremental_root_is_the_root_of_the_whole_tree(
 
 def test_an_empty_map_has_the_reference_root() -> None:
     assert MerkleMap().root() == reference_root({})
+
+
+@given(st.lists(st.one_of(st.just("freeze"), st.just("drop"), writes), max_size=12))
+def test_every_frozen_view_serialises_the_map_as_it_was_when_frozen(
+    script: list[object],
+) -> None:
+    """Copy-on-write views, several alive at once, some dropped: each one's bytes are the
+    snapshot taken at its freeze, whatever was written after."""
+    kv = MerkleMap()
+    views: list[tuple[Callable[[], bytes], bytes]] = []
+    for step in script:
+        if step == "freeze":
+            views.append((kv.freeze(), kv.snapshot()))
+        elif step == "drop":
+            views = views[1:]
+        else:
+            for k, v in step:  # type: ignore[attr-defined]
+                kv.set(k, v)
+        for view, expected in views:
+            assert view() == expected
