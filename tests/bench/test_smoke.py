@@ -90,3 +90,5 @@ def test_checkpoint_compares_with_serialising_the_whole_state() -> None:
         point = report[app]
         assert point["baseline_whole_state_checkpoint_ms"] > 0 and point["snapshot_bytes"] > 0
         assert point["checkpoint_ms"] >= 0 and point["ratio_checkpoint_to_baseline"] >= 0
+    replicated = report["replicated"]
+    assert replicated["tx"] == 300 and replicated["cpu_ms_per_tx_at_entries"] > 0
