@@ -11,9 +11,10 @@ application's state (default 100,000): the KV app, and the consent contracts' st
 access-record-shaped entries.
 
 `replicated` runs four real replicas in process (no network, no disk: the replica's own
-CPU), 1,000 (at most `--records`) unbatched transactions through K = 32 checkpoints, once on an empty KV state and
-once on a state of `--records` keys; their ratio shows whether a transaction's cost still
-grows with the state (it was 1.7x at 20,000 keys with whole-state checkpoints).
+CPU), 1,000 (at most `--records`) unbatched transactions through K = 32 checkpoints, once on
+an empty KV state and once on a state of `--records` keys; their ratio shows whether a
+transaction's cost still grows with the state (1.7x at 20,000 keys with whole-state
+checkpoints).
 """
 
 from __future__ import annotations

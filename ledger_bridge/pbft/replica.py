@@ -332,7 +332,10 @@ class Replica:
         # Durable snapshot: the stable checkpoint last written with its state, and the
         # transactions executed since (when they pass `durable_snapshot_txs`, write another).
         self.snapshot_seq = 0
-        self.txs_since_snapshot = 0
+        # Staggered by replica id: every replica reaches the same checkpoints at the same
+        # moment, and writing the whole state pauses a replica; one at a time, the other
+        # 2f+1 keep ordering.
+        self.txs_since_snapshot = config.durable_snapshot_txs * replica_id // config.n
         self._snapshot_due = False  # after a state transfer: the log below is not on disk
         self._final_records: dict[int, bytes] = {}  # log records of seqs GC'd before ready()
         # While restarting: the stable checkpoint re-execution must reach, and prove.

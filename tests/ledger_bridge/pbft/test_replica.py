@@ -140,7 +140,8 @@ def test_backup_ignores_pre_prepare_outside_the_watermarks() -> None:
 def test_checkpoint_becomes_stable_and_log_is_garbage_collected(snapshot_txs: int) -> None:
     """TOCS §4.3: 2f+1 matching CHECKPOINTs make it stable; the log below h is discarded in
     memory, and in the durable records once a durable snapshot covers it (here after 5
-    transactions: at the checkpoint at 8, not at 4; with 1,000 not yet)."""
+    transactions, staggered by replica id: replica 0 at the checkpoint at 8, the others,
+    whose first interval is shorter, at 4; with 1,000 not yet)."""
     net = Net(params={"durable_snapshot_txs": snapshot_txs})
     for i in range(9):
         net.submit(request(1, client=key(100 + i)))
@@ -152,7 +153,9 @@ def test_checkpoint_becomes_stable_and_log_is_garbage_collected(snapshot_txs: in
         on_disk = sorted(net.records[i].get(KIND_LOG, {}))
         snapshot = net.records[i].get(KIND_META, {}).get(META_SNAPSHOT)
         if snapshot_txs == 5:
-            assert on_disk == [seq_key(9)] and msgpack.unpackb(snapshot)[0] == 8
+            snapshot_seq = 8 if i == 0 else 4
+            assert msgpack.unpackb(snapshot)[0] == snapshot_seq
+            assert on_disk == [seq_key(s) for s in range(snapshot_seq + 1, 10)]
         else:
             assert on_disk == [seq_key(s) for s in range(1, 10)] and snapshot is None
 
@@ -195,7 +198,7 @@ def test_restart_re_executes_from_the_durable_snapshot_through_the_stable_checkp
     """TOCS §4.1, §4.3: the durable snapshot lags the stable checkpoint; a restarted replica
     re-executes the logged batches above it, checks it reaches the stable checkpoint's
     certified digest, sends no reply and stores no block twice, then keeps up."""
-    net = Net(params={"durable_snapshot_txs": 5})
+    net = Net(params={"durable_snapshot_txs": 9})  # replica 2: snapshots at 8, not 4 nor 12
     for i in range(14):
         net.submit(request(1, client=key(100 + i)))
         net.deliver_all()
@@ -221,7 +224,7 @@ def test_restart_re_executes_from_the_durable_snapshot_through_the_stable_checkp
 def test_restart_refuses_a_log_that_does_not_reach_the_stable_digest() -> None:
     """A restart that re-executes to a state other than the one 2f+1 replicas certified at
     the stable checkpoint is our bug or a damaged disk: stop, do not vote from it."""
-    net = Net(params={"durable_snapshot_txs": 5})
+    net = Net(params={"durable_snapshot_txs": 9})  # replica 2: snapshots at 8, not 4 nor 12
     for i in range(14):
         net.submit(request(1, client=key(100 + i)))
         net.deliver_all()
