@@ -73,7 +73,7 @@ SETTINGS = settings(
 )
 
 TXS_PER_BLOCK_MAX = 6
-# A fresh app costs 15-40 ms (a Merkle tree of 4,096 buckets built from scratch): a sequence
+# A fresh app costs 15-40 ms (its founding state and Merkle root built from scratch): a sequence
 # restores at most twice, a few blocks apart.
 RESTORES_MAX = 2
 RESTORE_EVERY_BLOCKS_MIN = 3
