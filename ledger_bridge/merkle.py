@@ -16,7 +16,6 @@ is still provable against the root: its bucket's leaves, 63 bucket hashes and 63
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -36,16 +35,12 @@ def _leaf(kb: bytes, vb: bytes) -> bytes:
     return digest(b"\x00" + len(kb).to_bytes(4, "big") + kb + digest(vb))
 
 
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()  # `crypto.digest`
-
-
 def _group_hash(bucket_hashes: list[bytes]) -> bytes:
-    return _sha256(b"\x01" + b"".join(bucket_hashes))
+    return digest(b"\x01" + b"".join(bucket_hashes))
 
 
 def _root_hash(group_hashes: list[bytes]) -> bytes:
-    return _sha256(b"\x02" + b"".join(group_hashes))
+    return digest(b"\x02" + b"".join(group_hashes))
 
 
 _EMPTY_GROUP = _group_hash([_EMPTY] * GROUP_SIZE)
@@ -143,12 +138,12 @@ class MerkleMap:
         """The root (32 bytes): re-hashes the dirty buckets, their groups, and the root."""
         if not self._dirty:
             return self._root
-        hashes, leaves, sha = self._bucket_hashes, self._leaves, hashlib.sha256
+        hashes, leaves = self._bucket_hashes, self._leaves
         groups = set()
         for b in self._dirty:
             entries = self._buckets[b]
             hashes[b] = (
-                sha(b"".join([leaves[k] for k in sorted(entries)])).digest() if entries else _EMPTY
+                digest(b"".join([leaves[k] for k in sorted(entries)])) if entries else _EMPTY
             )
             groups.add(b >> GROUP_BITS)
         self._dirty.clear()
