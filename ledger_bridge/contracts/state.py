@@ -4,7 +4,7 @@ Why a flat map: a state root must cover everything the contracts decide with, an
 snapshot must be canonical bytes. Keys are tuples `(table, part, ...)`, values canonical
 msgpack; both encode canonically, so the same state is the same bytes on every replica.
 
-The root is the Merkle root of `ledger_bridge.merkle.MerkleMap` (a three-level tree over 4,096
+The root is the Merkle root of `ledger_bridge.merkle.MerkleMap` (a flat tree over 65,536
 buckets): a block costs O(its writes), not O(state), and an entry can be proven against it.
 
 Indexes (entries of a table grouped by some key positions, e.g. consents by consumer and
@@ -192,6 +192,7 @@ class State:
             if not isinstance(key, tuple) or not key or codec.encode_key(key) != kb:
                 raise ValueError("snapshot key is not canonical")
             state._write(key, vb)
+        state.root()  # O(state) once, here, not in the first block after the restore
         return state
 
     def items(self) -> Iterator[tuple[Key, Any]]:
