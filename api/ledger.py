@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 from api.errors import ApiError
 from api.outbox import FactReceipt, FactRefused
+from ledger_bridge import eventloop
 from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
 from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.crypto import SigningKey, VerifyKey
@@ -133,7 +134,7 @@ class LedgerGateway:
         self.vault_key = vault_key
         self.vault_id = bytes(vault_key.public_key)
         self.validators: list[VerifyKey] = genesis.public_keys()
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="ledger-gateway", daemon=True
         )

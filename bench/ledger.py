@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from ledger_bridge import kvapp
+from ledger_bridge import eventloop, kvapp
 from ledger_bridge.client import AsyncLedgerClient, TcpClientTransport
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
@@ -317,7 +317,7 @@ def _baseline(duration_s: float) -> dict[str, Any]:
             assert time.monotonic() < deadline, "baseline server did not start"
             time.sleep(0.05)
         return {
-            str(b): asyncio.run(_baseline_point(port, max(1, b), duration_s)) for b in BATCH_SIZES
+            str(b): eventloop.run(_baseline_point(port, max(1, b), duration_s)) for b in BATCH_SIZES
         }
     finally:
         proc.kill()
@@ -329,13 +329,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in os.environ.get("CIVIS_BENCH_BATCHES", "").split(",") if s] or list(
         BATCH_SIZES
     )
-    out: dict[str, Any] = {"point_s": duration_s, "cores": os.cpu_count(), "ledger": {}}
+    out: dict[str, Any] = {
+        "point_s": duration_s,
+        "cores": os.cpu_count(),
+        # Replicas, clients and the baseline all run on this loop (CIVIS_EVENT_LOOP=asyncio
+        # for the stock one; the nodes inherit the variable).
+        "event_loop": "uvloop" if eventloop.uses_uvloop() else "asyncio",
+        "ledger": {},
+    }
     with tempfile.TemporaryDirectory(prefix="civis-bench-ledger-") as tmp:
         for b in sizes:
             with _running_cluster(Path(tmp) / f"b{b}", b) as cluster:
-                point = asyncio.run(_ledger_point(cluster, max(1, b), duration_s))
+                point = eventloop.run(_ledger_point(cluster, max(1, b), duration_s))
                 # A second, warm-up-free run gives CPU and fsyncs per committed tx.
-                probe = asyncio.run(_ledger_point(cluster, max(1, b), 2.0, warmup_s=0))
+                probe = eventloop.run(_ledger_point(cluster, max(1, b), 2.0, warmup_s=0))
                 point["replica_cpu_ms_per_tx"] = probe.get("replica_cpu_ms_per_tx")
                 point["fsyncs_per_tx"] = probe.get("fsyncs_per_tx")
             out["ledger"][str(b)] = {"clients": max(1, b), **point}
@@ -343,10 +350,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with _running_cluster(Path(tmp) / "knee", KILL_BATCH) as cluster:
             out["ledger"]["100/50clients"] = {
                 "clients": KILL_CLIENTS,
-                **asyncio.run(_ledger_point(cluster, KILL_CLIENTS, duration_s)),
+                **eventloop.run(_ledger_point(cluster, KILL_CLIENTS, duration_s)),
             }
         with _running_cluster(Path(tmp) / "kill", KILL_BATCH) as cluster:
-            out["primary_kill"] = asyncio.run(_kill_primary(cluster, 3 * duration_s))
+            out["primary_kill"] = eventloop.run(_kill_primary(cluster, 3 * duration_s))
     out["baseline_unreplicated"] = _baseline(duration_s)
     out["ratio_ledger_to_baseline_tx_per_s"] = {
         b: round(out["ledger"][b]["tx_per_s"] / out["baseline_unreplicated"][b]["tx_per_s"], 3)
@@ -380,7 +387,7 @@ def profile_in_process(txs: int = 300) -> None:
 
     profiler = cProfile.Profile()
     profiler.enable()
-    asyncio.run(go())
+    eventloop.run(go())
     profiler.disable()
     stats = pstats.Stats(profiler)
     print(f"CPU per tx, 4 replicas + client: {stats.total_tt / txs * 1000:.2f} ms")  # type: ignore[attr-defined]
@@ -389,6 +396,6 @@ def profile_in_process(txs: int = 300) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-baseline":
-        asyncio.run(_serve_baseline(int(sys.argv[2])))
+        eventloop.run(_serve_baseline(int(sys.argv[2])))
     elif sys.argv[1:] == ["--profile"]:
         profile_in_process()

@@ -47,6 +47,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
+from ledger_bridge import eventloop
 from ledger_bridge.crypto import (
     SessionKey,
     SigningKey,
@@ -588,7 +589,7 @@ class LedgerClient:
         signing_key: SigningKey | None = None,
         **kwargs: int,
     ) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 

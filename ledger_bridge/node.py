@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ledger_bridge import eventloop, tls
 from ledger_bridge import genesis as gen
-from ledger_bridge import tls
 from ledger_bridge.app import Application
 from ledger_bridge.crypto import SessionKey, mac, session_transcript
 from ledger_bridge.pbft import messages as m
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if profiler is not None:
         profiler.enable()
     try:
-        asyncio.run(serve(args.config))
+        eventloop.run(serve(args.config))
     except gen.GenesisError as exc:
         log.error("%s", exc)
         return 2
