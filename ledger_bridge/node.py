@@ -247,17 +247,21 @@ class Node:
         # need not be synced, nothing below depends on it: send first and hold the write
         # back, so it joins the next fsynced transaction (or the lazy timer's) instead of
         # paying a commit of its own. The writes stay in order either way.
-        batch = to_batch(ready.persist, ready.blocks)
         if ready.must_sync:
-            self._lazy.append(batch)
+            self._lazy.append(to_batch(ready.persist, ready.blocks))
             self._write_lazy(sync=True)
-        elif not batch.empty():
+            self._send(ready)
+            return
+        # Replies and votes first: encoding the log records and blocks for SQLite is on
+        # nobody's critical path (it was on the client's, between COMMIT and REPLY).
+        self._send(ready)
+        batch = to_batch(ready.persist, ready.blocks)
+        if not batch.empty():
             self._lazy.append(batch)
             if self._lazy_timer is None:
                 self._lazy_timer = asyncio.get_running_loop().call_later(
                     LAZY_WRITE_MS / 1000, self._write_lazy
                 )
-        self._send(ready)
 
     def _write_lazy(self, sync: bool = False) -> None:
         """Write every held-back batch in one transaction (fsynced with `sync`)."""
