@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -363,6 +364,93 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# One timed request: (start ns, end ns, block height, request id).
+Span = tuple[int, int, int, int]
+
+
+async def _timed_submits(cluster: Cluster, requests: int, warmup: int) -> list[Span]:
+    """One closed-loop client: (start ns, end ns, block height, request id) per request."""
+    transport = TcpClientTransport(cluster.client_addresses())
+    client = AsyncLedgerClient(
+        transport, cluster.genesis.public_keys(), cluster.genesis.f, timeout_ms=60_000
+    )
+    spans: list[Span] = []
+    try:
+        for i in range(warmup + requests):
+            t0 = time.monotonic_ns()
+            receipt = await client.submit(kvapp.encode_set(b"t%d" % i, b"v" * 32))
+            if i >= warmup:
+                spans.append((t0, time.monotonic_ns(), receipt.block_height, receipt.request_id))
+    finally:
+        await transport.close()
+    return spans
+
+
+def _median_offsets(spans: list[Span], traces: dict[int, list[list[Any]]]) -> list[dict[str, Any]]:
+    """Per (replica, event): the median ms from the client's submit to the event's first
+    occurrence for that transaction's block; an fsync is charged to the COMMIT it precedes,
+    a request to the block its receipt names."""
+    by_height: dict[int, dict[tuple[int, str], int]] = {}
+    by_request: dict[int, dict[tuple[int, str], int]] = {}
+    for rid, events in traces.items():
+        synced: tuple[int, int] | None = None
+        started = 0
+        for t, event, kind, seq, peer in events:
+            if event == "fsync":
+                started = t
+            elif event == "fsynced":
+                synced = (started, t)
+            elif event == "request":
+                by_request.setdefault(seq, {}).setdefault((rid, "request in"), t)
+            else:
+                name = f"{event} {kind}" + (f" from {peer}" if event == "rx" else "")
+                slot = by_height.setdefault(seq, {})
+                slot.setdefault((rid, name), t)
+                if event == "tx" and kind == "Commit" and synced is not None:
+                    slot.setdefault((rid, "fsync start"), synced[0])
+                    slot.setdefault((rid, "fsync end"), synced[1])
+                    synced = None
+    offsets: dict[tuple[int, str], list[float]] = {}
+    for t0, t1, height, request_id in spans:
+        offsets.setdefault((-1, "client returned"), []).append((t1 - t0) / 1e6)
+        seen = {**by_height.get(height, {}), **by_request.get(request_id, {})}
+        for key, t in seen.items():
+            offsets.setdefault(key, []).append((t - t0) / 1e6)
+    rows = [
+        {"ms": round(statistics.median(v), 3), "replica": k[0], "event": k[1], "n": len(v)}
+        for k, v in offsets.items()
+        if len(v) >= len(spans) // 2
+    ]
+    return sorted(rows, key=lambda r: r["ms"])
+
+
+def timeline(requests: int = 600, warmup: int = 300) -> list[dict[str, Any]]:
+    """`python -m bench.ledger --timeline`: where one unbatched transaction's time goes.
+
+    A batch-1 cluster whose nodes stamp CLOCK_MONOTONIC (one clock for every process on the
+    host) at each frame in and out and around each fsync (`CIVIS_NODE_TRACE`), one closed-loop
+    client; for each (replica, event), the median ms since the client started the submit.
+    Replica -1 is the client. Why: the CPU profiles say what a replica spends, not what the
+    client waits for; this found the fsync window and the two cores' queueing (BENCHMARKS.md).
+    """
+    with tempfile.TemporaryDirectory(prefix="civis-bench-timeline-") as tmp:
+        trace_dir = Path(tmp) / "trace"
+        trace_dir.mkdir()
+        os.environ["CIVIS_NODE_TRACE"] = str(trace_dir)  # the replica processes inherit it
+        try:
+            with _running_cluster(Path(tmp), 1) as cluster:
+                spans = eventloop.run(_timed_submits(cluster, requests, warmup))
+        finally:
+            del os.environ["CIVIS_NODE_TRACE"]
+        traces = {
+            int(p.stem.split("-")[1]): json.loads(p.read_text())
+            for p in trace_dir.glob("trace-*.json")
+        }
+    if len(traces) != 4:
+        raise RuntimeError(f"{len(traces)} of 4 replicas wrote a trace")
+    return _median_offsets(spans, traces)
+
+
 def profile_in_process(txs: int = 300) -> None:
     """`python -m bench.ledger --profile`: cProfile of 4 replicas driven in one process
     (no sockets, no fsync), one client, unbatched: where a replica's CPU goes."""
@@ -399,3 +487,5 @@ if __name__ == "__main__":
         eventloop.run(_serve_baseline(int(sys.argv[2])))
     elif sys.argv[1:] == ["--profile"]:
         profile_in_process()
+    elif sys.argv[1:] == ["--timeline"]:
+        print(json.dumps(timeline(), indent=1))

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import cProfile
 import importlib
+import json
 import logging
 import os
 import signal
@@ -57,6 +58,7 @@ IDLE_TICK_MS = 25
 # transaction), or this long at most. A kill loses at most this window of them, which a power
 # cut could lose anyway and the core tolerates (see `Ready.must_sync`).
 LAZY_WRITE_MS = 20
+TRACE_EVENTS_MAX = 2_000_000  # ~10 minutes of an unbatched load; a trace is a diagnosis
 APPS = {"kv": "ledger_bridge.kvapp:KVApp", "contracts": "ledger_bridge.contracts.app:ConsentApp"}
 
 
@@ -130,6 +132,13 @@ class Node:
         self._lazy: list[Batch] = []  # written, in order, before or with the next write
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
+        # CIVIS_NODE_TRACE=<dir>: CLOCK_MONOTONIC stamps (comparable across processes on one
+        # host) of each frame in, message or reply out and fsync, as [ns, event, message type,
+        # seq or height, peer], written to <dir>/trace-<id>.json at stop; `python -m
+        # bench.ledger --timeline` turns them into where an unbatched transaction's time goes.
+        trace_dir = os.environ.get("CIVIS_NODE_TRACE")
+        self._trace_dir = Path(trace_dir) if trace_dir else None
+        self._trace: list[tuple[int, str, str, int, int]] | None = [] if trace_dir else None
         self.dropped_peer = 0
         self.dropped_client = 0
 
@@ -141,6 +150,8 @@ class Node:
         except m.RemoteProtocolError:
             self.dropped_peer += 1
             return
+        if self._trace is not None:
+            self._stamp("rx", type(msg).__name__, getattr(msg, "seq", -1), peer)
         self.replica.step(msg, now_ms())
         self._schedule_flush()
 
@@ -170,6 +181,8 @@ class Node:
         if not isinstance(request, m.Request):
             self.dropped_client += 1
             return
+        if self._trace is not None:
+            self._stamp("request", "Request", request.request_id, -1)
         # Replies go to the latest connection that spoke for this client id; the reply is
         # signed, so a connection that lies about its id only receives what it cannot forge.
         self._client_conns[request.client_id] = conn
@@ -249,7 +262,11 @@ class Node:
         # paying a commit of its own. The writes stay in order either way.
         if ready.must_sync:
             self._lazy.append(to_batch(ready.persist, ready.blocks))
+            if self._trace is not None:
+                self._stamp("fsync", "", -1, -1)
             self._write_lazy(sync=True)
+            if self._trace is not None:
+                self._stamp("fsynced", "", -1, -1)
             self._send(ready)
             return
         # Replies and votes first: encoding the log records and blocks for SQLite is on
@@ -275,6 +292,8 @@ class Node:
     def _send(self, ready: Ready) -> None:
         # 3: peers.
         for out in ready.messages:
+            if self._trace is not None:
+                self._stamp("tx", type(out.msg).__name__, getattr(out.msg, "seq", -1), -1)
             payload = m.encode(out.msg)
             if out.to is None:
                 for v in self.genesis.validators:
@@ -284,6 +303,8 @@ class Node:
                 self.network.send(out.to, payload)
         # 4: clients.
         for reply in ready.replies:
+            if self._trace is not None:
+                self._stamp("reply", "Reply", reply.reply.block_height, -1)
             conn = self._client_conns.get(reply.client_id)
             if conn is not None and not conn.closed:
                 encoded = m.encode(reply.reply)
@@ -291,6 +312,11 @@ class Node:
                 if conn.mac_key is not None:
                     frame["mac"] = mac(conn.mac_key, encoded)
                 conn.send(frame)
+
+    def _stamp(self, event: str, kind: str, seq: int, peer: int) -> None:
+        assert self._trace is not None
+        if len(self._trace) < TRACE_EVENTS_MAX:
+            self._trace.append((time.monotonic_ns(), event, kind, seq, peer))
 
     async def _ticker(self) -> None:
         while True:
@@ -319,6 +345,9 @@ class Node:
             await self.network.stop()
             self._write_lazy()
             self.storage.close()
+            if self._trace_dir is not None and self._trace is not None:
+                out = self._trace_dir / f"trace-{self.config.id}.json"
+                out.write_text(json.dumps(self._trace))
             log.info("replica %d stopped", self.config.id)
 
     def stop(self) -> None:
