@@ -7,7 +7,9 @@ drains every pending `Ready`, following the order its fields document (etcd-raft
 
 1. `persist`  — written to SQLite, and when `must_sync` says so fsynced BEFORE anything below
    leaves the process, so a replica never sends a vote it could forget in a crash (PBFT §4.1;
-   which writes need it is the core's decision, see `Ready`);
+   which writes need it is the core's decision, see `Ready`), except the first
+   `early_messages` / `early_replies`, which the core produced before the write that needs
+   the fsync and which leave first;
 2. `blocks`   — committed blocks with their certificates, stored (same transaction as 1);
 3. `messages` — sent to peers (best effort; the protocol retransmits);
 4. `replies`  — sent to the clients whose connections asked.
@@ -43,7 +45,14 @@ from ledger_bridge.app import Application
 from ledger_bridge.crypto import SessionKey, mac, session_transcript
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.config import ClusterConfig
-from ledger_bridge.pbft.replica import DurableDelta, DurableState, Ready, Replica
+from ledger_bridge.pbft.replica import (
+    ClientReply,
+    DurableDelta,
+    DurableState,
+    Outbound,
+    Ready,
+    Replica,
+)
 from ledger_bridge.storage import Batch, Storage
 from ledger_bridge.transport import ClientConnection, ClientListener, PeerNetwork
 
@@ -261,17 +270,19 @@ class Node:
         # back, so it joins the next fsynced transaction (or the lazy timer's) instead of
         # paying a commit of its own. The writes stay in order either way.
         if ready.must_sync:
+            # What the core produced before the write that needs the fsync leaves first.
+            self._send(ready.messages[: ready.early_messages], ready.replies[: ready.early_replies])
             self._lazy.append(to_batch(ready.persist, ready.blocks))
             if self._trace is not None:
                 self._stamp("fsync", "", -1, -1)
             self._write_lazy(sync=True)
             if self._trace is not None:
                 self._stamp("fsynced", "", -1, -1)
-            self._send(ready)
+            self._send(ready.messages[ready.early_messages :], ready.replies[ready.early_replies :])
             return
         # Replies and votes first: encoding the log records and blocks for SQLite is on
         # nobody's critical path (it was on the client's, between COMMIT and REPLY).
-        self._send(ready)
+        self._send(ready.messages, ready.replies)
         batch = to_batch(ready.persist, ready.blocks)
         if not batch.empty():
             self._lazy.append(batch)
@@ -289,9 +300,9 @@ class Node:
             batches, self._lazy = self._lazy, []
             self.storage.write_many(batches, sync=sync)
 
-    def _send(self, ready: Ready) -> None:
+    def _send(self, messages: list[Outbound], replies: list[ClientReply]) -> None:
         # 3: peers.
-        for out in ready.messages:
+        for out in messages:
             if self._trace is not None:
                 self._stamp("tx", type(out.msg).__name__, getattr(out.msg, "seq", -1), -1)
             payload = m.encode(out.msg)
@@ -302,7 +313,7 @@ class Node:
             elif out.to != self.config.id:
                 self.network.send(out.to, payload)
         # 4: clients.
-        for reply in ready.replies:
+        for reply in replies:
             if self._trace is not None:
                 self._stamp("reply", "Reply", reply.reply.block_height, -1)
             conn = self._client_conns.get(reply.client_id)

@@ -27,7 +27,7 @@ from ledger_bridge.node import LAZY_WRITE_MS, Node
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import verify_chain
 from ledger_bridge.pbft.config import ClusterConfig
-from ledger_bridge.pbft.replica import Replica
+from ledger_bridge.pbft.replica import DurableDelta, Outbound, Ready, Replica
 
 T = TypeVar("T")
 
@@ -261,3 +261,32 @@ def test_a_committed_block_reaches_the_disk_within_the_lazy_window(tmp_path: Pat
             assert all(not n._lazy for n in nodes)  # nothing held back once idle
 
     run(go())
+
+
+def test_the_node_sends_a_readys_early_messages_before_its_fsync(tmp_path: Path) -> None:
+    """`Ready.early_messages` (TOCS §4.4: only what claims a prepared certificate waits for
+    it to be on disk): the node sends the PREPARE the core produced before the certificate
+    first, then fsyncs, then sends the COMMIT."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block())
+    node = Node(load_node_config(cluster.node_files[1]))
+    order: list[str] = []
+
+    def recording_send(to: int, payload: bytes) -> None:
+        order.append(type(m.decode(payload)).__name__)
+
+    node.network.send = recording_send  # type: ignore[method-assign]
+    write_many = node.storage.write_many
+
+    def recording_write(batches: Any, *, sync: bool = True) -> None:
+        order.append(f"write sync={sync}")
+        write_many(batches, sync=sync)
+
+    node.storage.write_many = recording_write  # type: ignore[method-assign]
+    key = SigningKey(bytes(32))  # any key: the node does not check what it sends
+    prepare = m.sign(m.Prepare(0, 1, bytes(32), 1), key)
+    commit = m.sign(m.Commit(0, 1, bytes(32), 1), key)
+    delta = DurableDelta(put=[("meta", b"x", b"1")])
+    outbound = [Outbound(None, prepare), Outbound(None, commit)]
+    node._handle(Ready(delta, [], outbound, [], must_sync=True, early_messages=1))
+    assert order == ["Prepare"] * 3 + ["write sync=True"] + ["Commit"] * 3
+    node.storage.close()

@@ -418,6 +418,37 @@ def test_only_votes_that_need_it_are_fsynced() -> None:
     net.drain = original  # type: ignore[method-assign]
 
 
+def test_a_prepare_stepped_before_the_certificate_leaves_before_its_fsync() -> None:
+    """TOCS §4.2, §4.4: a backup that reads another backup's PREPARE before the PRE-PREPARE
+    it matches prepares as soon as it accepts the PRE-PREPARE, in the same Ready as its own
+    PREPARE. The COMMIT claims the new certificate and must wait for the fsync; the PREPARE
+    claims nothing durable and may leave before it (`Ready.early_messages`), otherwise the
+    primary waits an fsync longer for the PREPAREs it needs."""
+    net = Net()
+    net.submit(request(1))  # the primary's PRE-PREPARE is now queued for 1, 2 and 3
+    pre_prepare = next(msg for _, dst, msg in net.queue if dst == 1)
+    net.queue.clear()
+    net.replicas[2].step(pre_prepare, net.now_ms)
+    r2 = net.replicas[2]
+    ready = r2.ready()
+    prepare_2 = ready.messages[0].msg
+    assert isinstance(prepare_2, m.Prepare) and not ready.must_sync
+    r2.advance(ready)
+    r1 = net.replicas[1]
+    r1.step(prepare_2, net.now_ms)  # backup 2's PREPARE first...
+    r1.step(pre_prepare, net.now_ms)  # ...then the PRE-PREPARE: prepared at once
+    ready = r1.ready()
+    kinds = [type(out.msg) for out in ready.messages]
+    assert ready.must_sync and kinds == [m.Prepare, m.Commit]
+    assert ready.early_messages == 1 and ready.early_replies == 0
+    r1.advance(ready)
+    # A Ready that needs no fsync lets everything go first.
+    r1.step(request(2), net.now_ms)
+    ready = r1.ready()
+    assert not ready.must_sync and ready.early_messages == len(ready.messages) == 1
+    r1.advance(ready)
+
+
 def test_a_replica_that_lost_unsynced_votes_never_contradicts_them() -> None:
     """TOCS §4.2 (a correct replica prepares one batch per (v, n)) with lazy writes: backup 1
     sent PREPARE for batch A, lost the PRE-PREPARE record in a power cut, and restarted. The
