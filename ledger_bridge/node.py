@@ -67,7 +67,7 @@ IDLE_TICK_MS = 25
 # transaction), or this long at most. A kill loses at most this window of them, which a power
 # cut could lose anyway and the core tolerates (see `Ready.must_sync`).
 LAZY_WRITE_MS = 20
-TRACE_EVENTS_MAX = 2_000_000  # ~10 minutes of an unbatched load; a trace is a diagnosis
+TRACE_EVENTS_MAX = 500_000  # ~100 s of an unbatched load, ~50 MB: a trace is a diagnosis
 APPS = {"kv": "ledger_bridge.kvapp:KVApp", "contracts": "ledger_bridge.contracts.app:ConsentApp"}
 
 
