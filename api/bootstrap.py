@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from api.ledger import VAULT_KEY_FILE, LedgerGateway, load_or_create_key
 from api.readiness import LedgerQuorumProbe
 from api.wallet import load_wallet, new_wallet
 from ledger_bridge import genesis as gen
+from ledger_bridge import ports
 from ledger_bridge.cluster import Cluster, probe_status
 from ledger_bridge.crypto import SigningKey
 from vault import db
@@ -51,7 +51,6 @@ DPO_COLLEGE = "services"
 PENDING_FILE = "bootstrap.pending"
 DPO_KEY_FILE = "dpo.key"
 LOOPBACK = "127.0.0.1"
-PORT_TRIES_MAX = 50
 CLIENT_PORT_OFFSET = 100  # create_local: client port of replica i is base + 100 + i
 SUPERVISE_INTERVAL_S = 0.5
 RESTART_BACKOFF_MIN_S = 1.0
@@ -72,32 +71,18 @@ def keys_dir(data_dir: Path) -> Path:
     return data_dir / "keys"
 
 
-def _port_free(port: int, host: str) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def choose_base_port(replicas: int, host: str = LOOPBACK) -> int:
-    """A base port whose 2n ports (peers at +i, clients at +100+i) are free right now.
+    """A base port whose 2n ports (peers at +i, clients at +100+i) are free right now, outside
+    the kernel's ephemeral range (`ledger_bridge.ports`: an outgoing connection could hold a
+    port in it when a replica starts).
 
     Chosen once, on the first run, and kept in the genesis: the replicas' addresses are part of
     the chain's identity for its clients, so later runs reuse them.
     """
-    for _ in range(PORT_TRIES_MAX):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            base = int(s.getsockname()[1])
-        if base + CLIENT_PORT_OFFSET + replicas >= 65536:
-            continue
-        wanted = [base + i for i in range(1, replicas)]
-        wanted += [base + CLIENT_PORT_OFFSET + i for i in range(replicas)]
-        if all(_port_free(p, host) for p in wanted):
-            return base
-    raise BootstrapError(f"no block of free ports for {replicas} replicas on {host}")
+    try:
+        return ports.cluster_block(replicas, CLIENT_PORT_OFFSET, host)
+    except RuntimeError as exc:
+        raise BootstrapError(f"{exc} for {replicas} replicas") from None
 
 
 def founding_app_genesis(vault_public_key: str, dpo_public_key: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from ledger_bridge import eventloop, kvapp
+from ledger_bridge import eventloop, kvapp, ports
 from ledger_bridge.client import AsyncLedgerClient, TcpClientTransport
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
@@ -54,22 +54,8 @@ Submit = Callable[[int], Awaitable[None]]
 
 
 def _free_base_port() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port > 60000:
-            continue
-        ok = True
-        for d in (*range(1, 8), *range(100, 108)):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + d))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no free port block")
+    """Peers at +0..+7, clients at +100..+107, outside the ephemeral range."""
+    return ports.free_block([*range(8), *range(100, 108)])
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from ledger_bridge import ports
 from ledger_bridge.client import (
     AsyncLedgerClient,
     CertificateError,
@@ -157,21 +157,9 @@ def test_the_retry_time_follows_the_observed_commit_latency() -> None:
 
 
 def _port_block() -> int:
-    """A base port with base..base+7 and base+100..base+107 free (peers and client ports)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base > 60_000:
-            continue
-        try:
-            for port in (*range(base, base + 8), *range(base + 100, base + 108)):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port block")
+    """A base port with base..base+7 and base+100..base+107 free (peers and client ports),
+    outside the ephemeral range (`ledger_bridge.ports`)."""
+    return ports.free_block([*range(8), *range(100, 108)])
 
 
 @contextlib.asynccontextmanager

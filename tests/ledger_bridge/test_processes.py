@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger_bridge import ports
 from ledger_bridge.client import AsyncLedgerClient, Receipt, TcpClientTransport
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.kvapp import encode_set
@@ -28,23 +29,9 @@ PARAMS = {"batch_size_max": 50, "batch_wait_ms": 2}
 
 
 def _base_port() -> int:
-    """A free block of 200 ports (peers at +0..+n, clients at +100..+100+n)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 60000 and all(_free(port + d) for d in (1, 2, 3, 100, 101, 102, 103)):
-            return port
-    raise RuntimeError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """A free block (peers at +0..+3, clients at +100..+103) outside the ephemeral range, so
+    the replicas' own outgoing connections cannot hold one of its ports (`ledger_bridge.ports`)."""
+    return ports.cluster_block(4)
 
 
 @pytest.fixture()
