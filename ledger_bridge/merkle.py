@@ -35,7 +35,6 @@ BUCKETS = 1 << BUCKET_BITS
 # Fan-out of each level above the buckets: groups of 64 buckets, supergroups of 32 groups, and
 # the root over the 32 supergroups. A level-i node hashes bytes([i]) + its children's hashes.
 FANOUTS = (64, 32, 32)
-GROUP_SIZE = FANOUTS[0]  # buckets per group
 _EMPTY = digest(b"")
 
 
@@ -63,7 +62,8 @@ _EMPTY_ROOT = _EMPTY_LEVELS[-1][0]
 
 
 def bucket_of(kb: bytes) -> int:
-    return int.from_bytes(digest(kb)[:2], "big")
+    """The first BUCKET_BITS bits of H(key)."""
+    return int.from_bytes(digest(kb)[:2], "big") >> (16 - BUCKET_BITS)
 
 
 def pack_entries(data: dict[bytes, bytes]) -> bytes:
