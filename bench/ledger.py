@@ -55,7 +55,7 @@ Submit = Callable[[int], Awaitable[None]]
 
 def _free_base_port() -> int:
     """Peers at +0..+7, clients at +100..+107, outside the ephemeral range."""
-    return ports.free_block([*range(8), *range(100, 108)])
+    return ports.cluster_block(8)
 
 
 def _pct(values: list[float], q: float) -> float:

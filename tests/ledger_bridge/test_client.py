@@ -159,7 +159,7 @@ def test_the_retry_time_follows_the_observed_commit_latency() -> None:
 def _port_block() -> int:
     """A base port with base..base+7 and base+100..base+107 free (peers and client ports),
     outside the ephemeral range (`ledger_bridge.ports`)."""
-    return ports.free_block([*range(8), *range(100, 108)])
+    return ports.cluster_block(8)
 
 
 @contextlib.asynccontextmanager
