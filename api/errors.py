@@ -43,6 +43,9 @@ PROBLEM_JSON = "application/problem+json"
 _log = logging.getLogger(__name__)
 # Validation errors listed in one problem; a body with thousands of bad fields gets the first few.
 VALIDATION_ERRORS_MAX = 20
+# A location names a field, and an unknown field's name is the client's own input: a 60 KB name
+# must not come back 60 KB long (twice: in `errors` and in `detail`).
+LOC_PART_CHARS_MAX = 64
 
 
 class ApiError(Exception):
@@ -159,7 +162,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     # loc, type and msg only: pydantic's "input" and "ctx" may carry the submitted values.
     errors = [
         {
-            "loc": ".".join(str(part) for part in err.get("loc", ())),
+            "loc": ".".join(_clip(str(part)) for part in err.get("loc", ())),
             "type": str(err.get("type", "")),
             "msg": str(err.get("msg", "")),
         }
@@ -167,6 +170,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     fields = ", ".join(e["loc"] for e in errors)
     return problem(422, "Validation failed", f"invalid fields: {fields}", request, errors=errors)
+
+
+def _clip(text: str) -> str:
+    if len(text) <= LOC_PART_CHARS_MAX:
+        return text
+    return text[: LOC_PART_CHARS_MAX - 1] + "…"
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

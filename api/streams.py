@@ -13,13 +13,14 @@ Never put a line's content in an error: it is personal data.
 from __future__ import annotations
 
 import csv
-import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import anyio.from_thread
 
+from api.bodies import JSON_DEPTH_MAX, TooDeep, loads_bounded
 from api.errors import ApiError, InvalidLine
 from vault.uploads import SUBJECT_ID, RecordIn
 
@@ -27,6 +28,7 @@ RESERVED = ("subject_id", "payload", "record_id")
 CSV_COLUMNS_MAX = 200
 # What a line may carry besides its payload (subject id, record id, JSON framing).
 LINE_OVERHEAD_BYTES = 1024
+_log = logging.getLogger(__name__)
 
 
 class EmptyUpload(ApiError):
@@ -108,14 +110,19 @@ def ndjson_records(lines: Iterable[tuple[int, bytes]]) -> Iterator[RecordIn]:
         if not raw.strip():
             raise InvalidLine(line_no, "empty line")
         try:
-            item = json.loads(raw, parse_constant=_reject_constant)
+            item = loads_bounded(raw, parse_constant=_reject_constant)
+        except TooDeep:
+            _log.info(
+                "refused upload line %d: nested deeper than %d levels", line_no, JSON_DEPTH_MAX
+            )
+            raise InvalidLine(line_no, f"nested deeper than {JSON_DEPTH_MAX} levels") from None
         except (ValueError, UnicodeDecodeError):
             raise InvalidLine(line_no, "not valid JSON") from None
         if not isinstance(item, dict):
             raise InvalidLine(line_no, "must be a JSON object")
-        unknown = set(item) - set(RESERVED)
-        if unknown:
-            raise InvalidLine(line_no, f"unknown fields {sorted(unknown)[:5]}")
+        if not item.keys() <= set(RESERVED):
+            # The names are not repeated back: they are the client's input, of any length.
+            raise InvalidLine(line_no, f"unknown fields; a record holds only {', '.join(RESERVED)}")
         payload = item.get("payload")
         if not isinstance(payload, dict):
             raise InvalidLine(line_no, "payload must be a JSON object")

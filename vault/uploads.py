@@ -84,7 +84,7 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: 
         try:
             raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             data = raw.encode()  # a lone surrogate cannot be UTF-8: UnicodeEncodeError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise InvalidRecord("payload is not JSON-serialisable", position=position) from None
     elif isinstance(payload, bytes | bytearray | memoryview):
         data = bytes(payload)
@@ -92,7 +92,7 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: 
             raise RecordTooLarge(f"payload exceeds {size_max} bytes", position=position)
         try:
             value = json.loads(data, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidRecord("payload is not valid JSON", position=position) from None
         if not isinstance(value, dict):
             raise InvalidRecord("payload must be a JSON object", position=position)
@@ -109,9 +109,12 @@ def _coerce(
     if isinstance(item, RecordIn):
         record = item
     elif isinstance(item, Mapping):
-        unknown = set(item) - {"subject_id", "payload", "record_id"}
-        if unknown:
-            raise InvalidRecord(f"unknown fields {sorted(unknown)}", position=position)
+        if not item.keys() <= {"subject_id", "payload", "record_id"}:
+            # Unnamed: a field name is the caller's input, of any length.
+            raise InvalidRecord(
+                "unknown fields; a record holds only subject_id, payload and record_id",
+                position=position,
+            )
         raw_id = item.get("record_id")
         try:
             record_id = uuid.UUID(raw_id) if isinstance(raw_id, str) else None

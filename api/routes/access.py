@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import records_json
+from api.bodies import BoundedJsonRoute
 from api.deps import Consumer, CurrentMember, KeyStoreDep, LedgerDep, SessionDep, strict_query
 from api.errors import ApiError
 from api.ledger import LedgerGateway, jsonable
@@ -44,7 +45,12 @@ from api.schemas import (
 from vault import disclosure, reads
 from vault.keys import KeyStore
 
-router = APIRouter(prefix="/v1", tags=["access"], dependencies=[Depends(strict_query)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["access"],
+    dependencies=[Depends(strict_query)],
+    route_class=BoundedJsonRoute,
+)
 
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 # Per request; an open request (no `subjects`) reaches every consenting subject.

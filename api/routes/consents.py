@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field, StringConstraints
 
+from api.bodies import BoundedJsonRoute
 from api.deps import CurrentMember, LedgerDep, strict_query
 from api.errors import Forbidden
 from api.ledger import LedgerAnswer, jsonable
@@ -22,7 +23,10 @@ from api.schemas import PUBLIC_KEY_HEX, LedgerReceipt, PublicKeyHex, StrictIn
 from api.signed import DRAFT_TTL_MAX_S, SELF_SIGNED, assemble, draft
 
 router = APIRouter(
-    prefix="/v1", tags=["consents and governance"], dependencies=[Depends(strict_query)]
+    prefix="/v1",
+    tags=["consents and governance"],
+    dependencies=[Depends(strict_query)],
+    route_class=BoundedJsonRoute,
 )
 
 Hex = Annotated[str, StringConstraints(min_length=2, max_length=1_048_576, pattern=r"^[0-9a-f]+$")]

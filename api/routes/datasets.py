@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import records_json
+from api.bodies import BoundedJsonRoute
 from api.deps import (
     KeyStoreDep,
     Provider,
@@ -56,7 +57,12 @@ if TYPE_CHECKING:
     from api.jobs import BackgroundJobs
     from api.ledger import LedgerGateway
 
-router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[Depends(strict_query)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["datasets"],
+    dependencies=[Depends(strict_query)],
+    route_class=BoundedJsonRoute,
+)
 READ_LIMIT_MAX = 1000
 UPLOAD_MEDIA_TYPES = ("application/x-ndjson", "text/csv")
 

@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from api.bodies import BoundedJsonRoute
 from api.deps import Dpo, LedgerDep, SessionDep, strict_query
 from api.dpo_page import DpoPageData, render_dpo_page, render_login_page
 from api.keys import Member, authenticate
@@ -63,7 +64,9 @@ from vault import audit
 from vault.errors import NotFound
 from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, ApiKey, OutboxFact
 
-router = APIRouter(prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)])
+router = APIRouter(
+    prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)], route_class=BoundedJsonRoute
+)
 page_router = APIRouter(include_in_schema=False)
 
 ACCESS_PAGE = 200  # access records per ledger query

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.bodies import BoundedJsonRoute
 from api.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
 from api.errors import ApiError, Forbidden
 from api.outbox import wait_for_receipt
@@ -32,7 +33,12 @@ from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound
 from vault.models import OutboxFact
 
-router = APIRouter(prefix="/v1", tags=["erasure"], dependencies=[Depends(strict_query)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["erasure"],
+    dependencies=[Depends(strict_query)],
+    route_class=BoundedJsonRoute,
+)
 
 DPO_REASONS = ("dpo_decision", "legal_obligation", "consent_withdrawn", "subject_request")
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
+from api.bodies import BoundedJsonRoute
 from api.deps import CurrentMember, LedgerDep, strict_query
 from api.errors import ApiError
 from api.ledger import LedgerGateway, LedgerUnavailable
@@ -32,7 +33,12 @@ from ledger_bridge.crypto import digest
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import block_hash, verify_block
 
-router = APIRouter(prefix="/v1/ledger", tags=["ledger"], dependencies=[Depends(strict_query)])
+router = APIRouter(
+    prefix="/v1/ledger",
+    tags=["ledger"],
+    dependencies=[Depends(strict_query)],
+    route_class=BoundedJsonRoute,
+)
 
 BLOCKS_PAGE_MAX = 100
 # Calls in flight to one replica while reading its chain: enough to hide the round trip,

@@ -1,0 +1,181 @@
+"""Hostile request bodies: deep nesting and huge field names get a short 4xx, and a short log.
+
+What a user would notice: a 2 KB request must not make the API answer 500 and write a long
+traceback to its log (an attacker fills the disk and buries real incidents), and an error must
+never hand back, or log, an unbounded piece of what the client sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.bodies import JSON_DEPTH_MAX
+from tests.api.conftest import MakeKey, api_database_url, api_settings, make_key  # noqa: F401
+from tests.api.ledger_env import (  # noqa: F401  (fixtures)
+    LedgerEnv,
+    ledger_cluster,
+    ledger_database_url,
+    ledger_env,
+)
+from vault.config import Settings
+
+NDJSON = {"content-type": "application/x-ndjson"}
+# What a refusal may cost: the answer and the whole captured log stay under this.
+ANSWER_BYTES_MAX = 1024
+LOG_BYTES_MAX = 1024
+
+
+@pytest.fixture(scope="module")
+def client(api_settings: Settings, api_database_url: str) -> Iterator[TestClient]:  # noqa: F811
+    # Records as large as the default, so a 60 KB line is a record and not a 413.
+    settings = api_settings.model_copy(
+        update={"record_size_max_bytes": 64 * 1024, "json_body_max_bytes": 1024 * 1024}
+    )
+    app = create_app(settings, database_url=api_database_url)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _dataset(client: TestClient, headers: dict[str, str]) -> str:
+    body = {
+        "name": f"meters-{uuid.uuid4().hex[:8]}",
+        "category": "energy",
+        "purposes": ["billing"],
+        "retention_days": 30,
+        "legal_basis": "contract",
+    }
+    r = client.post("/v1/datasets", json=body, headers=headers)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def _assert_refused_quietly(
+    r: object, caplog: pytest.LogCaptureFixture, status: int = 422
+) -> None:
+    import httpx
+
+    assert isinstance(r, httpx.Response)
+    assert r.status_code == status, r.text[:300]
+    assert r.headers["content-type"] == "application/problem+json"
+    assert len(r.content) < ANSWER_BYTES_MAX
+    # The service's own log: the test client's lines (httpx logs each URL it calls) are not.
+    logged = [r for r in caplog.records if not r.name.startswith("httpx")]
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in logged)
+    assert "Traceback" not in text and all(r.exc_info is None for r in logged)
+    assert len(text) < LOG_BYTES_MAX, text[:500]
+    assert len(logged) <= 1
+
+
+@pytest.mark.parametrize(
+    "nested",
+    # 900 levels got past the parser and broke the draft builder; 8,000 (16 KB of brackets,
+    # the JSON body limit of these tests) break the parser itself.
+    [_nested(900), "{\"a\":" + "[" * 8_000 + "]" * 8_000 + "}"],
+    ids=["900-objects", "8000-arrays"],
+)
+def test_a_deeply_nested_draft_is_a_422_with_one_short_log_line(
+    ledger_env: LedgerEnv,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    nested: str,
+) -> None:
+    body = f'{{"type":"consent.grant","author":"{ledger_env.consumer.id}","body":{nested}}}'
+
+    caplog.set_level(logging.INFO)
+    r = ledger_env.client.post(
+        "/v1/drafts", content=body, headers={"content-type": "application/json"}
+    )
+    _assert_refused_quietly(r, caplog)
+    assert str(JSON_DEPTH_MAX) in r.json()["detail"]
+
+
+def test_a_draft_within_the_depth_bound_is_still_drafted(ledger_env: LedgerEnv) -> None:  # noqa: F811
+    body = {
+        "type": "consent.grant",
+        "author": ledger_env.consumer.id,
+        "body": {"consumer": ledger_env.consumer.id, "dataset": str(uuid.uuid4())},
+    }
+    r = ledger_env.client.post("/v1/drafts", json=body)
+    # The contracts decide what a consent needs; the draft itself is only encoded.
+    assert r.status_code in (201, 422), r.text
+    assert "nested" not in r.text
+
+
+def test_a_deeply_nested_upload_line_is_a_422_naming_the_line(
+    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    owner = make_key("provider")
+    ds = _dataset(client, owner)
+    good = json.dumps({"subject_id": "s1", "payload": {"ok": 1}}).encode()
+    deep = b'{"subject_id":"s2","payload":' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    assert len(good + deep) < 61_000
+    caplog.set_level(logging.INFO)
+    r = client.post(
+        f"/v1/datasets/{ds}/uploads", content=good + b"\n" + deep + b"\n", headers=owner | NDJSON
+    )
+    _assert_refused_quietly(r, caplog)
+    assert r.json()["line"] == 2
+    listed = client.get(f"/v1/datasets/{ds}/uploads", headers=owner)
+    assert listed.json() == []  # nothing partial is stored
+
+
+def test_a_payload_nested_past_the_bound_but_parseable_is_refused_too(
+    client: TestClient, make_key: MakeKey  # noqa: F811
+) -> None:
+    owner = make_key("provider")
+    ds = _dataset(client, owner)
+    line = json.dumps({"subject_id": "s1", "payload": json.loads(_nested(JSON_DEPTH_MAX + 1))})
+    r = client.post(f"/v1/datasets/{ds}/uploads", content=line.encode(), headers=owner | NDJSON)
+    assert r.status_code == 422
+    ok = json.dumps({"subject_id": "s1", "payload": json.loads(_nested(JSON_DEPTH_MAX - 2))})
+    r = client.post(f"/v1/datasets/{ds}/uploads", content=ok.encode(), headers=owner | NDJSON)
+    assert r.status_code == 201, r.text
+
+
+def test_a_60_kb_field_name_in_an_upload_is_not_echoed(
+    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    owner = make_key("provider")
+    ds = _dataset(client, owner)
+    name = "n" * 60_000
+    line = json.dumps({"subject_id": "s1", "payload": {}, name: 1}).encode()
+    caplog.set_level(logging.INFO)
+    r = client.post(f"/v1/datasets/{ds}/uploads", content=line, headers=owner | NDJSON)
+    _assert_refused_quietly(r, caplog)
+    assert "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn" not in r.text
+
+
+def test_a_60_kb_field_name_in_a_json_body_is_not_echoed(
+    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    owner = make_key("provider")
+    body = {
+        "name": "meters",
+        "category": "energy",
+        "purposes": ["billing"],
+        "retention_days": 30,
+        "legal_basis": "contract",
+        "n" * 60_000: 1,
+    }
+    caplog.set_level(logging.INFO)
+    r = client.post("/v1/datasets", json=body, headers=owner)
+    _assert_refused_quietly(r, caplog)
+
+
+def test_a_60_kb_query_parameter_name_is_not_echoed(
+    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    owner = make_key("provider")
+    caplog.set_level(logging.INFO)
+    r = client.get("/v1/datasets?" + "n" * 60_000 + "=1", headers=owner)
+    _assert_refused_quietly(r, caplog)
