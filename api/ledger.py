@@ -101,10 +101,14 @@ VAULT_KEY_FILE = "vault-ledger.key"
 RELAY_KEY_FILE = "vault-relay.key"
 
 
-def fact_nonce(fact_id: int) -> bytes:
-    """The nonce of the transaction that records outbox fact `fact_id` (derived, not random:
-    a resubmission after a crash is the same transaction to the contracts' replay check)."""
-    return hashlib.sha256(b"civis-outbox-fact:%d" % fact_id).digest()[: tx.NONCE_BYTES]
+def fact_nonce(fact_id: int, request_id: int) -> bytes:
+    """The nonce of the transaction that records outbox fact `fact_id` in its submission
+    `request_id` (derived, not random: a resubmission after a crash keeps its request id, so
+    it is the same transaction to the contracts' replay check). A refused transaction burns
+    its nonce, so the DPO's retry of a refused fact, which takes a new request id, needs a
+    new nonce too."""
+    material = b"civis-outbox-fact:%d:%d" % (fact_id, request_id)
+    return hashlib.sha256(material).digest()[: tx.NONCE_BYTES]
 
 
 def load_or_create_key(path: Path) -> SigningKey:
@@ -247,12 +251,12 @@ class LedgerGateway:
     ) -> FactReceipt:
         """FactSink: record a vault fact as its contract transaction, exactly once.
 
-        The nonce is derived from the fact id, so even if the replicas' reply cache has moved
-        on, a second execution is refused as `replayed` and the original receipt is looked
-        up by (author, nonce) instead.
+        The nonce is derived from the fact id and its request id, so even if the replicas'
+        reply cache has moved on, a second execution is refused as `replayed` and the
+        original receipt is looked up by (author, nonce) instead.
         """
         tx_type, body = fact_transaction(kind, payload)
-        nonce = fact_nonce(fact_id)
+        nonce = fact_nonce(fact_id, request_id)
         signed = self.sign_as_vault(tx_type, body, nonce=nonce)
         with self._relay_lock:
             receipt = self._run(self._relay.submit(signed.encode(), request_id=request_id))
@@ -261,6 +265,9 @@ class LedgerGateway:
             return FactReceipt(bytes(result["tx"]).hex(), receipt.block_height)
         if result.get("code") == "replayed":
             seen = self.query("nonce", author=self.vault_id, nonce=nonce)["result"]
+            if seen is not None and "refused" in seen:
+                # A refused transaction burns its nonce: the first attempt was refused.
+                raise FactRefused(str(seen["refused"]), "refused when first ordered")
             if seen is not None:
                 return FactReceipt(bytes(seen["tx"]).hex(), int(seen["height"]))
         raise FactRefused(str(result.get("code")), str(result.get("message")))

@@ -36,6 +36,24 @@ class Application(Protocol):
         """
         ...
 
+    def check(self, tx: bytes) -> bytes | None:
+        """Admission before ordering: None to admit `tx`, or the result that refuses it.
+
+        Called by the replica that receives a client's request, before it may enter a batch,
+        and again on each waiting request after every block (a nonce spent meanwhile). It
+        reads committed state and must not change it. It filters; it does not decide: a
+        transaction it admits may still be refused by `execute`, which alone is agreed on.
+        """
+        ...
+
+    def refusal_code(self, result: bytes) -> bytes | None:
+        """The short code of `result` if it refuses its transaction, else None.
+
+        A refused transaction's body never enters a block: the block keeps its digest and
+        this code. Anyone could otherwise write anything into the permanent chain by sending
+        a transaction the contracts refuse."""
+        ...
+
     def query(self, request: bytes) -> bytes:
         """Answer a read-only query from committed state. Must not change state."""
         ...

@@ -77,6 +77,20 @@ class KVApp:
         self.last_height = block.height
         return results, self.state_root()
 
+    def check(self, raw: bytes) -> bytes | None:
+        """Admission: refuse what can never apply (see `Application.check`)."""
+        tx = _parse(raw)
+        if tx is None or not tx:
+            return b"err:malformed"
+        if tx[0] not in ("set", "del") or not all(type(a) is bytes for a in tx[1:]):
+            return b"err:unknown op"
+        if tx[0] == "set" and (len(tx) != 3 or len(tx[1]) > KEY_BYTES_MAX):
+            return b"err:malformed"
+        return None
+
+    def refusal_code(self, result: bytes) -> bytes | None:
+        return result[4:] if result.startswith(b"err:") else None
+
     def query(self, request: bytes) -> bytes:
         q = _parse(request)
         if q is None or len(q) != 2 or q[0] != "get" or type(q[1]) is not bytes:

@@ -32,8 +32,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+import msgpack
+
+SCHEMA_VERSION = 2
 DB_FILE = "replica.sqlite3"
+BLOCK_TAG = 11  # messages.Block.TAG; storage reads only the one migration below
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -105,8 +108,33 @@ class Storage:
                 "INSERT INTO meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION).encode(),),
             )
+        elif int(row[0]) == 1:
+            self._migrate_blocks_to_2()
         elif int(row[0]) != SCHEMA_VERSION:
             raise StorageError(f"{self.path} has schema {int(row[0])}, expected {SCHEMA_VERSION}")
+
+    def _migrate_blocks_to_2(self) -> None:
+        """Schema 2 blocks carry `omitted`, the refused requests whose bodies they leave out
+        (after `requests`, the seventh field). A schema-1 block left none out: it gets an
+        empty list, its hash and certificate unchanged (neither covers the field's shape).
+        One transaction, so a crash leaves either schema whole."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute("SELECT height, block FROM blocks").fetchall()
+            for height, raw in rows:
+                obj = msgpack.unpackb(bytes(raw), raw=False)
+                if isinstance(obj, list) and obj and obj[0] == BLOCK_TAG and len(obj) == 11:
+                    obj.insert(7, [])
+                    packed = msgpack.packb(obj, use_bin_type=True)
+                    db.execute("UPDATE blocks SET block = ? WHERE height = ?", (packed, height))
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION).encode(),)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()

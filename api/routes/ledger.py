@@ -105,9 +105,20 @@ class TransactionOut(BaseModel):
     client: str = Field(description="hex public key of the PBFT client that submitted it")
 
 
+class RefusedOut(BaseModel):
+    index: int = Field(description="position of the request in the ordered batch")
+    request_digest: str = Field(
+        description="hex digest of the PBFT request (the batch digest covers it)"
+    )
+    code: str = Field(description="why the contracts refused it; its body is not kept")
+
+
 class BlockOut(BlockHeader):
     certificate: CertificateOut
     transactions: list[TransactionOut]
+    refused: list[RefusedOut] = Field(
+        description="requests the contracts refused: only their digest and code stay in the chain"
+    )
     verified: bool = Field(
         description="batch digest, client signatures and 2f+1 commit signatures verify "
         "against the genesis validator keys"
@@ -226,7 +237,7 @@ def header_of(block: m.Block) -> BlockHeader:
         prev_hash=_hex(block.prev_hash),
         time=dt.datetime.fromtimestamp(block.time_ms / 1000, dt.UTC),
         time_ms=block.time_ms,
-        tx_count=len(block.requests),
+        tx_count=block.size,
         state_root=_hex(block.state_root),
         results_digest=_hex(block.results_digest),
         batch_digest=_hex(block.batch_digest),
@@ -237,7 +248,8 @@ def _transaction(request: m.Request) -> TransactionOut:
     try:
         signed = txmod.decode(request.tx)
     except txmod.MalformedTx:
-        # Ordered but refused by the contracts as malformed: it is in the block all the same.
+        # Ordered, and held in the block, yet not a contract transaction: only an
+        # application other than the contracts (a test's key-value store) leaves one here.
         return TransactionOut(
             tx_id=digest(request.tx).hex(),
             type=None,
@@ -261,6 +273,14 @@ def block_out(block: m.Block, gateway: LedgerGateway) -> BlockOut:
             signatures=[_hex(s) for s in block.certificate],
         ),
         transactions=[_transaction(r) for r in block.requests],
+        refused=[
+            RefusedOut(
+                index=o.index,
+                request_digest=_hex(o.request_digest),
+                code=o.code.decode("ascii", "replace"),
+            )
+            for o in block.omitted
+        ],
         verified=verify_block(block, gateway.genesis.public_keys()),
     )
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger_bridge.app import BlockContext
 from ledger_bridge.contracts import codec, queries, rules
+from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.contracts.state import State
 
 if TYPE_CHECKING:
@@ -28,6 +29,15 @@ DEFAULT_PURPOSES = (
     "service-improvement",
     "research",
 )
+
+
+# Transactions a key may send before it is a member: registering is how it becomes one.
+OPEN_TX_TYPES = frozenset({"member.register"})
+VERIFIED_MAX = 65_536
+
+
+def _refusal(code: str, message: str) -> bytes:
+    return codec.encode(rules.error(code, message))
 
 
 class GenesisInvalid(ValueError):
@@ -91,6 +101,7 @@ class ConsentApp:
     ) -> None:
         self.chain_id = chain_id
         self.state = founding_state(chain_id, validators, app_genesis or {})
+        self._verified: dict[bytes, None] = {}  # ids of transactions whose signature verified
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> ConsentApp:
@@ -101,6 +112,53 @@ class ConsentApp:
         rules.begin_block(self.state, block)
         results = [codec.encode(rules.apply(self.state, raw, self.chain_id)) for raw in txs]
         return results, self.state.root()
+
+    def check(self, raw: bytes) -> bytes | None:
+        """Admission before ordering (CometBFT's CheckTx): the refusal, encoded as a result,
+        of a transaction that cannot succeed whatever it is ordered after, or None. A
+        transaction refused here is never put in a block. The rules are those `apply` starts
+        with, read against the committed state; `apply` decides again at execution. Only
+        what stays refused as time passes is checked: the state's clock is the last block's,
+        which may be long ago on an idle chain, so "too far ahead" is left to execution."""
+        try:
+            tx = txmod.decode(raw)
+        except txmod.MalformedTx as exc:
+            return _refusal("malformed", str(exc))
+        now: int = self.state.get("meta", "now")
+        if tx.valid_until < now:
+            return _refusal("expired", "valid_until has passed")
+        if self.state.has("nonce", tx.author, tx.nonce):
+            return _refusal("replayed", "this author already used this nonce")
+        if tx.type not in OPEN_TX_TYPES and not self.state.has("member", tx.author):
+            return _refusal("not_member", "not a registered member")
+        if not self._signature_ok(tx):
+            return _refusal(
+                "bad_signature", "the signature does not verify for this author and chain"
+            )
+        return None
+
+    def _signature_ok(self, tx: txmod.SignedTx) -> bool:
+        """Verified once per transaction: a request the replica re-checks after every block
+        while it waits to be ordered costs one Ed25519 verification, not one per block."""
+        key = tx.tx_id
+        if key in self._verified:
+            return True
+        if not tx.verify(self.chain_id):
+            return False
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[key] = None
+        return True
+
+    def refusal_code(self, result: bytes) -> bytes | None:
+        """The code of a refused transaction's result (what its block keeps), or None."""
+        try:
+            decoded = codec.decode(result)
+        except codec.NotCanonical:
+            return None
+        if isinstance(decoded, dict) and decoded.get("ok") is False:
+            return str(decoded.get("code", "refused")).encode()[:64]
+        return None
 
     def query(self, request: bytes) -> bytes:
         return codec.encode(queries.answer(self.state, codec.decode(request, max_bytes=4096)))

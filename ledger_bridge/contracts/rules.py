@@ -21,7 +21,7 @@ Messages name fields and identifiers, never a value a caller sent as data.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,15 @@ def _fields(
     missing = required - body.keys()
     unknown = body.keys() - required - optional
     _check(not missing, f"missing field(s): {', '.join(sorted(missing))}")
-    _check(not unknown, f"unknown field(s): {', '.join(sorted(unknown))}")
+    _check(not unknown, f"unknown field(s): {_names(unknown)}")
+
+
+def _names(names: Iterable[Any], most: int = 5, length: int = 40) -> str:
+    """Field names a sender chose, for a refusal message: a few, each cut short, so a result
+    never carries back (or into a log) more of the sender's input than a reader needs."""
+    shown = sorted(str(n)[:length] for n in names)
+    more = len(shown) - most
+    return ", ".join(shown[:most]) + (f" and {more} more" if more > 0 else "")
 
 
 def _str(body: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
@@ -887,9 +895,6 @@ def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
     if state.has("nonce", tx.author, tx.nonce):
         return error("replayed", "this author already used this nonce")
     state.mark()
-    # Inside the undo region: a refused transaction leaves the state exactly as it was, nonce
-    # included. Replaying a refused transaction later is harmless: it is still within the
-    # validity window its author signed, and it executes at most once.
     # What the nonce bought, so an author who lost a receipt can find it (`q: nonce`).
     state.put("nonce", tx.author, tx.nonce, {"height": height, "tx": tx.tx_id})
     state.put("nonce_expiry", tx.valid_until // MINUTE_MS, tx.author, tx.nonce, 0)
@@ -899,11 +904,24 @@ def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
     try:
         result = HANDLERS[tx.type](ctx)
     except Reject as r:
-        state.rollback()
-        return error(r.code, r.message)
+        return _refused(state, tx, height, r.code, r.message)
     except Exception:  # a rule bug must not fork the replicas: every replica refuses alike
-        state.rollback()
-        return error("internal", "the contract could not apply this transaction")
+        return _refused(
+            state, tx, height, "internal", "the contract could not apply this transaction"
+        )
     state.commit()
     result["tx"] = tx.tx_id
     return result
+
+
+def _refused(
+    state: State, tx: txmod.SignedTx, height: int, code: str, message: str
+) -> dict[str, Any]:
+    """Undo what the handler did, but burn the nonce: a refused transaction, signed by its
+    author, must not execute later when the condition that refused it has changed (a consent
+    granted meanwhile, a member admitted), so it cannot be held back and replayed within its
+    validity. The nonce record says it was refused and why, for an author who asks."""
+    state.rollback()
+    state.put("nonce", tx.author, tx.nonce, {"height": height, "tx": tx.tx_id, "refused": code})
+    state.put("nonce_expiry", tx.valid_until // MINUTE_MS, tx.author, tx.nonce, 0)
+    return error(code, message)

@@ -2,10 +2,11 @@
 
 Anyone holding only the validator public keys can check a chain (`verify_chain`): heights are
 consecutive, each `prev_hash` is the hash of the previous header, each `batch_digest` is
-recomputed from the block time and the signed client requests, every request carries its
-client's valid signature, and 2f+1 distinct validators signed COMMIT for (view, height,
-batch_digest). 2f+1 COMMITs mean the batch committed at that height in some view (TOCS §4.2,
-committed-local at a correct replica), and no other batch can commit at that height.
+recomputed from the block time and the digests of the batch's requests (a refused request's
+body is left out, its digest stays), every request held carries its client's valid
+signature, and 2f+1 distinct validators signed COMMIT for (view, height, batch_digest). 2f+1
+COMMITs mean the batch committed at that height in some view (TOCS §4.2, committed-local at a
+correct replica), and no other batch can commit at that height.
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ def certificate_ok(block: Block, keys: Sequence[VerifyKey]) -> bool:
 
 
 def verify_block(block: Block, keys: Sequence[VerifyKey]) -> bool:
-    """One block on its own: batch digest, client signatures, commit certificate."""
-    if block.height < 1 or m.batch_digest(block.time_ms, block.requests) != block.batch_digest:
+    """One block on its own: batch digest (over the bodies it holds and the digests of those
+    it leaves out), the held requests' client signatures, commit certificate."""
+    if block.height < 1:
+        return False
+    digests = block.request_digests()
+    if digests is None or m.digests_batch_digest(block.time_ms, digests) != block.batch_digest:
         return False
     if not all(m.verify_request(r) for r in block.requests):
         return False

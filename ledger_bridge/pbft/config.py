@@ -10,6 +10,11 @@ Why each limit exists:
   the primary keeps proposing while the next checkpoint stabilises.
 - `batch_size_max`, `batch_wait_ms`: a batch closes at this many requests or when its oldest
   request waited this long (TOCS §5.1 batching).
+- `request_bytes_max`, `batch_bytes_max`: a request's transaction may be this large, a batch
+  holds at most this many bytes of requests (a single request always fits). Counting requests
+  alone let a hundred 1 MiB requests make a PRE-PREPARE no replica could put in a frame, and
+  the VIEW-CHANGE that carries it neither, which halted the cluster for good. Every message a
+  replica builds is bounded by these two and the window (`peer_frame_bytes_max`).
 - `batches_in_flight_max`: the primary proposes a new batch only while fewer than this many
   are proposed and not yet executed (the BFT library's sliding window, TOCS §5.1.4 "batch
   while busy"): every batch costs each replica a PRE-PREPARE, 2f+1 signed votes and an fsync,
@@ -27,6 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger_bridge.crypto import PUBLIC_KEY_BYTES, VerifyKey
+from ledger_bridge.pbft.messages import MESSAGE_BYTES_MAX, TX_BYTES_MAX
+
+# Sizes of what surrounds a transaction, from the canonical encoding (messages.py): a request
+# adds its client key, id and signature with their headers; a PREPARE, COMMIT or CHECKPOINT is
+# a few integers, two digests and a signature.
+REQUEST_OVERHEAD_BYTES = 128
+VOTE_BYTES_MAX = 192
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,8 @@ class ClusterConfig:
     checkpoint_interval: int = 32
     log_window: int = 128
     batch_size_max: int = 100
+    request_bytes_max: int = 256 * 1024
+    batch_bytes_max: int = 512 * 1024
     batch_wait_ms: int = 2
     batches_in_flight_max: int = 2
     view_change_timeout_ms: int = 1000
@@ -64,6 +78,15 @@ class ClusterConfig:
             raise ValueError(
                 "need batch_size_max >= 1, batch_wait_ms >= 0 and batches_in_flight_max >= 1"
             )
+        if not 0 < self.request_bytes_max <= TX_BYTES_MAX:
+            raise ValueError(f"need 0 < request_bytes_max <= {TX_BYTES_MAX}")
+        if self.batch_bytes_max < self.request_bytes(self.request_bytes_max):
+            raise ValueError("need batch_bytes_max to hold at least one largest request")
+        if self.peer_frame_bytes_max > MESSAGE_BYTES_MAX:
+            raise ValueError(
+                f"log_window x batch_bytes_max make a NEW-VIEW of up to "
+                f"{self.peer_frame_bytes_max} bytes, over the {MESSAGE_BYTES_MAX}-byte limit"
+            )
         if self.durable_snapshot_txs < 1:
             raise ValueError("need durable_snapshot_txs >= 1")
         if self.heartbeat_ms < 1 or self.view_change_timeout_ms <= self.heartbeat_ms:
@@ -89,6 +112,36 @@ class ClusterConfig:
     def quorum(self) -> int:
         """2f+1: any two quorums intersect in a correct replica (TOCS §4.1)."""
         return 2 * self.f + 1
+
+    @staticmethod
+    def request_bytes(tx_bytes: int) -> int:
+        """What a request with a transaction of `tx_bytes` counts against `batch_bytes_max`:
+        an upper bound of its encoding."""
+        return tx_bytes + REQUEST_OVERHEAD_BYTES
+
+    @property
+    def pre_prepare_bytes_max(self) -> int:
+        """The largest PRE-PREPARE: a full batch plus the header and signature."""
+        return self.batch_bytes_max + 256
+
+    @property
+    def view_change_bytes_max(self) -> int:
+        """The largest VIEW-CHANGE: a prepared certificate (a PRE-PREPARE and 2f PREPAREs) for
+        every sequence number of the window, and the stable checkpoint's 2f+1 votes."""
+        cert = self.pre_prepare_bytes_max + 2 * self.f * VOTE_BYTES_MAX
+        return self.log_window * cert + self.quorum * VOTE_BYTES_MAX + 256
+
+    @property
+    def peer_frame_bytes_max(self) -> int:
+        """The largest message a correct replica sends another (TOCS §4.4): a NEW-VIEW, 2f+1
+        VIEW-CHANGEs and a PRE-PREPARE per sequence number of the window. STATE-DATA is cut
+        to fit it (its blocks are optional; see `Replica`). Peers are the validators, so a
+        frame this large costs memory only for a key holder."""
+        return (
+            self.quorum * self.view_change_bytes_max
+            + self.log_window * self.pre_prepare_bytes_max
+            + 256
+        )
 
     def primary(self, view: int) -> int:
         return view % self.n

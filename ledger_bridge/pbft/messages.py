@@ -39,6 +39,7 @@ __all__ = [
     "LocalProtocolError",
     "Message",
     "NewView",
+    "Omission",
     "PrePrepare",
     "Prepare",
     "PreparedCert",
@@ -59,7 +60,10 @@ __all__ = [
     "verify_request",
 ]
 
-MESSAGE_BYTES_MAX = 64 * 1024 * 1024  # a NEW-VIEW or STATE-DATA can be large; frames cap lower
+# The decoder's hard caps. A NEW-VIEW carries 2f+1 VIEW-CHANGEs, each a window of batches, so
+# it can be large; the frame limit a node applies is derived from the cluster's parameters
+# (`ClusterConfig.peer_frame_bytes_max`), which must stay under this.
+MESSAGE_BYTES_MAX = 512 * 1024 * 1024
 TX_BYTES_MAX = 1024 * 1024
 INT_MAX = (1 << 63) - 1
 LIST_ITEMS_MAX = 100_000
@@ -299,11 +303,33 @@ class Status(_Msg):
 
 
 @dataclass(frozen=True, slots=True)
+class Omission(_Msg):
+    """A request of a block whose body the block does not hold: the one at `index` in the
+    batch, known by its digest (which the batch digest covers) and by why it is left out:
+    the application refused it (`code`, e.g. b"not_member"). Nothing a sender writes
+    survives a refusal but its digest, so refused transactions cannot put data in the chain."""
+
+    index: int
+    request_digest: bytes
+    code: bytes
+
+    TAG: ClassVar[int] = 13
+    SIGNED: ClassVar[bool] = False
+    SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
+        ("index", "int"),
+        ("request_digest", "bytes"),
+        ("code", "bytes"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Block(_Msg):
-    """A committed batch (issue 3 item 2). `height` equals the PBFT sequence number.
+    """A committed batch. `height` equals the PBFT sequence number.
 
     `certificate` holds 2f+1 COMMIT signatures (replica ids in `signers`, same order) over
-    (view, height, batch_digest); `batch_digest` is recomputed from `time_ms` and `requests`.
+    (view, height, batch_digest); `batch_digest` is recomputed from `time_ms` and the digests
+    of the batch's requests: those of `requests`, the bodies the block holds, and those of
+    `omitted`, the requests whose bodies it leaves out, merged by batch position.
     `results_digest` and `state_root` are what the executing replica computed; they are
     covered by the next block's `prev_hash` and, at checkpoints, by 2f+1 CHECKPOINT votes.
     """
@@ -314,6 +340,7 @@ class Block(_Msg):
     time_ms: int
     batch_digest: bytes
     requests: tuple[Request, ...]
+    omitted: tuple[Omission, ...]
     results_digest: bytes
     state_root: bytes
     signers: tuple[int, ...]
@@ -328,6 +355,7 @@ class Block(_Msg):
         ("time_ms", "int"),
         ("batch_digest", "bytes"),
         ("requests", ("list", Request)),
+        ("omitted", ("list", Omission)),
         ("results_digest", "bytes"),
         ("state_root", "bytes"),
         ("signers", ("list", "int")),
@@ -336,7 +364,26 @@ class Block(_Msg):
 
     @property
     def txs(self) -> list[bytes]:
+        """The transactions whose bodies the block holds."""
         return [r.tx for r in self.requests]
+
+    @property
+    def size(self) -> int:
+        """How many requests the batch ordered, bodies held or not."""
+        return len(self.requests) + len(self.omitted)
+
+    def request_digests(self) -> list[bytes] | None:
+        """Every request's digest in batch order, or None if `omitted` is not a strictly
+        increasing set of positions inside the batch."""
+        out: list[bytes] = []
+        kept = iter(self.requests)
+        positions = [o.index for o in self.omitted]
+        if positions != sorted(set(positions)) or (positions and positions[-1] >= self.size):
+            return None
+        omitted = {o.index: o.request_digest for o in self.omitted}
+        for i in range(self.size):
+            out.append(omitted[i] if i in omitted else request_digest(next(kept)))
+        return out
 
     def header_hash(self) -> bytes:
         """The block's hash (what the next block's `prev_hash` holds). It covers the requests
@@ -390,6 +437,7 @@ Message = (
     | Status
     | Block
     | StateData
+    | Omission
 )
 _CLASSES: dict[int, type[Any]] = {
     c.TAG: c
@@ -406,6 +454,7 @@ _CLASSES: dict[int, type[Any]] = {
         Status,
         Block,
         StateData,
+        Omission,
     )
 }
 M = TypeVar("M", bound=_Msg)
@@ -680,7 +729,13 @@ def request_digest(req: Request) -> bytes:
 
 def batch_digest(time_ms: int, requests: tuple[Request, ...]) -> bytes:
     """The digest a PRE-PREPARE and a block commit to: block time plus the request digests."""
-    return digest(_pack([time_ms, [request_digest(r) for r in requests]]))
+    return digests_batch_digest(time_ms, [request_digest(r) for r in requests])
+
+
+def digests_batch_digest(time_ms: int, request_digests: Sequence[bytes]) -> bytes:
+    """`batch_digest` from the requests' digests alone: a block that leaves some bodies out
+    still proves which requests it ordered."""
+    return digest(_pack([time_ms, list(request_digests)]))
 
 
 def verify_reply(reply: Reply, validators: Sequence[VerifyKey]) -> bool:

@@ -579,11 +579,18 @@ class Replica:
             if known != req:
                 self._ignore("request conflicts with a known one")
             return
+        if len(req.tx) > self.config.request_bytes_max:
+            self._ignore("request over request_bytes_max")
+            return
         if not m.verify_request(req):
             self._ignore("bad client signature")
             return
         if len(self.pending) >= self.config.pending_requests_max:
             self._ignore("pending requests full")
+            return
+        refusal = self.app.check(req.tx)
+        if refusal is not None:
+            self._refuse(req, refusal)
             return
         self.pending[key] = (req, self.now_ms)
         if self.active and self.is_primary:
@@ -592,6 +599,25 @@ class Replica:
             self._send(self.primary, req)
             if self.vc_deadline_ms is None:
                 self.vc_deadline_ms = self.now_ms + self._timeout_ms()
+
+    def _refuse(self, req: Request, result: bytes) -> None:
+        """Admission refused `req` (see `Application.check`): it is never ordered. The client
+        hears why from every correct replica it asks, at height 0 (no block), so f+1 matching
+        refusals reach it as an answer rather than a timeout."""
+        self.stats["refused at admission"] += 1
+        reply = Reply(self.view, req.request_id, req.client_id, self.id, result, 0)
+        self._replies.append(ClientReply(req.client_id, m.sign(reply, self.key)))
+
+    def _recheck_pending(self) -> None:
+        """Admission again for every waiting request after a block (CometBFT's recheck): a
+        nonce spent or a member removed by that block would otherwise leave a request that
+        can only be refused waiting for a batch, and a backup's view-change timer running
+        for a request a correct primary will not order."""
+        for key, (req, _) in list(self.pending.items()):
+            refusal = self.app.check(req.tx)
+            if refusal is not None:
+                del self.pending[key]
+                self._refuse(req, refusal)
 
     def _reply(self, client_id: bytes, request_id: int, height: int, result: bytes) -> None:
         reply = self.signed_replies.get(client_id)
@@ -616,28 +642,14 @@ class Replica:
         while self.pending and self.next_seq <= self.high_watermark:
             if self.next_seq - 1 - self.last_executed >= cfg.batches_in_flight_max:
                 return  # the window is full: requests gather for the next batch meanwhile
-            batch: list[Request] = []
-            oldest_ms = None
-            for key, (req, arrived_ms) in list(self.pending.items()):
-                cached = self.reply_cache.get(req.client_id)
-                if cached is not None and cached[0] >= req.request_id:
-                    del self.pending[key]
-                    continue
-                batch.append(req)
-                oldest_ms = arrived_ms if oldest_ms is None else min(oldest_ms, arrived_ms)
-                if len(batch) >= cfg.batch_size_max:
-                    break
+            batch, oldest_ms, full = self._next_batch()
             if not batch or oldest_ms is None:
                 return
             # Adaptive batching (the paper's "batch while busy", TOCS §5.1.4): with no batch
             # in flight, waiting only adds latency, so an idle primary proposes at once; under
             # load, requests accumulate while earlier batches run the protocol.
             idle = self.next_seq - 1 <= self.last_executed
-            if (
-                len(batch) < cfg.batch_size_max
-                and not idle
-                and self.now_ms - oldest_ms < cfg.batch_wait_ms
-            ):
+            if not full and not idle and self.now_ms - oldest_ms < cfg.batch_wait_ms:
                 return
             for req in batch:
                 key = (req.client_id, req.request_id)
@@ -658,6 +670,28 @@ class Replica:
             self.next_seq += 1
             self._broadcast(pp)
             self._accept_pre_prepare(pp)
+
+    def _next_batch(self) -> tuple[list[Request], int | None, bool]:
+        """The oldest waiting requests that fit one batch, by count and by bytes; the oldest
+        arrival among them; whether the batch is full. Requests executed meanwhile leave."""
+        cfg = self.config
+        batch: list[Request] = []
+        size = 0
+        oldest_ms = None
+        for key, (req, arrived_ms) in list(self.pending.items()):
+            cached = self.reply_cache.get(req.client_id)
+            if cached is not None and cached[0] >= req.request_id:
+                del self.pending[key]
+                continue
+            need = cfg.request_bytes(len(req.tx))
+            if batch and size + need > cfg.batch_bytes_max:
+                return batch, oldest_ms, True
+            batch.append(req)
+            size += need
+            oldest_ms = arrived_ms if oldest_ms is None else min(oldest_ms, arrived_ms)
+            if len(batch) >= cfg.batch_size_max:
+                return batch, oldest_ms, True
+        return batch, oldest_ms, False
 
     # ------------------------------------------------------------------------- normal case
 
@@ -680,7 +714,7 @@ class Replica:
             if slot.pre_prepare.batch_digest != pp.batch_digest:
                 self._ignore("equivocating pre-prepare")
             return
-        if len(pp.requests) > self.config.batch_size_max:
+        if len(pp.requests) > self.config.batch_size_max or not self._batch_fits(pp.requests):
             self._ignore("batch too large")
             return
         if abs(pp.time_ms - self.now_ms) > self.config.block_time_skew_ms:
@@ -700,6 +734,13 @@ class Replica:
                 return
         self.last_primary_heard_ms = self.now_ms
         self._accept_pre_prepare(pp)
+
+    def _batch_fits(self, requests: tuple[Request, ...]) -> bool:
+        """Within the limits every message's size is derived from (`ClusterConfig`)."""
+        cfg = self.config
+        if any(len(r.tx) > cfg.request_bytes_max for r in requests):
+            return False
+        return sum(cfg.request_bytes(len(r.tx)) for r in requests) <= cfg.batch_bytes_max
 
     def _accept_pre_prepare(self, pp: PrePrepare) -> None:
         slot = self._slot(pp.seq)
@@ -806,6 +847,8 @@ class Replica:
             pp, commits = self.committed_batches[seq]
             self._execute(seq, pp, commits)
             executed = True
+        if executed and self.pending:
+            self._recheck_pending()
         if executed and self.active and self.is_primary and self.pending:
             # The pipeline drained: propose what queued meanwhile without waiting for a tick.
             self._maybe_propose()
@@ -830,9 +873,13 @@ class Replica:
         replaying = self._replay_stable is not None and seq <= self._replay_stable[0]
         self.txs_since_snapshot += len(fresh)
         results = [b""] * len(pp.requests)
+        refused: dict[int, bytes] = {}
         for i, result in zip(fresh, fresh_results, strict=True):
             req = pp.requests[i]
             results[i] = result
+            code = self.app.refusal_code(result)
+            if code is not None:
+                refused[i] = code
             self.reply_cache.pop(req.client_id, None)  # re-insert: eviction order = recency
             self.reply_cache[req.client_id] = (req.request_id, seq, result)
             if not replaying:
@@ -851,7 +898,11 @@ class Replica:
             prev_hash=self.head_hash,
             time_ms=pp.time_ms,
             batch_digest=pp.batch_digest,
-            requests=pp.requests,
+            requests=tuple(r for i, r in enumerate(pp.requests) if i not in refused),
+            omitted=tuple(
+                m.Omission(i, m.request_digest(pp.requests[i]), code)
+                for i, code in sorted(refused.items())
+            ),
             results_digest=results_digest(results),
             state_root=state_root,
             signers=tuple(c.replica_id for c in commits),
@@ -1238,17 +1289,17 @@ class Replica:
             return
         s = self.stable
         if st.last_executed < self.h and s.state is not None:
-            blocks = tuple(b for b in self.recent_blocks if st.last_executed < b.height <= self.h)
-            data = StateData(s.seq, s.proof, s.state.packed(), blocks, self.id)
-            self._send(to, m.sign(data, self.key))
-            self.stats["state transfers served"] += 1
+            self._serve_state(to, st.last_executed)
             return
         # Blocks the sender has not executed: each carries its commit certificate, which is
         # all a replica needs to execute, whatever view either of us is in.
         sent = 0
         for b in self.recent_blocks:
             if st.last_executed < b.height and sent < self.config.log_window:
-                self._send(to, b)
+                full = self._executable(b)
+                if full is None:
+                    break  # its refused bodies are gone: state transfer will cover it
+                self._send(to, full)
                 sent += 1
         # Help the sender make its checkpoints stable: our stable checkpoint's proof (votes we
         # garbage-collected long ago; relayed, they still verify) and our newer votes.
@@ -1272,6 +1323,40 @@ class Replica:
             if slot.my_commit is not None:
                 self._send(to, slot.my_commit)
 
+    def _executable(self, block: Block) -> Block | None:
+        """`block` with every request's body, for a peer that will execute it. The stored
+        block leaves refused bodies out; the log keeps the committed batch until the next
+        stable checkpoint, and a peer behind that gets a state transfer instead."""
+        if not block.omitted:
+            return block
+        committed = self.committed_batches.get(block.height)
+        if committed is None or committed[0].batch_digest != block.batch_digest:
+            return None
+        return dataclasses.replace(block, requests=committed[0].requests, omitted=())
+
+    def _serve_state(self, to: int, their_head: int) -> None:
+        """STATE-DATA for a peer behind our stable checkpoint, cut to fit a frame: the blocks
+        are optional (the receiver counts the ones missing), the snapshot is not."""
+        s = self.stable
+        assert s.state is not None
+        packed = s.state.packed()
+        room = self.config.peer_frame_bytes_max - len(packed) - 64 * 1024
+        if room < 0:
+            self._ignore("state too large for one STATE-DATA frame")
+            return
+        blocks: list[Block] = []
+        for b in reversed(self.recent_blocks):
+            if not their_head < b.height <= self.h:
+                continue
+            room -= len(m.encode(b))
+            if room < 0:
+                self.stats["blocks left out of a state transfer"] += 1
+                break
+            blocks.append(b)
+        data = StateData(s.seq, s.proof, packed, tuple(reversed(blocks)), self.id)
+        self._send(to, m.sign(data, self.key))
+        self.stats["state transfers served"] += 1
+
     def _on_block(self, block: Block) -> None:
         """Catch-up by commit certificate: 2f+1 signed COMMITs for (v, n, d) prove that the
         batch with digest d committed at n (TOCS §4.2, §4.4 safety: no other batch can commit
@@ -1285,6 +1370,9 @@ class Replica:
             self.stats["block outside the catch-up window"] += 1
             return
         if seq in self.committed_batches:
+            return
+        if block.omitted:
+            self._ignore("block without every body: it cannot be executed")
             return
         if not verify_block(block, self.keys):
             self._ignore("block with an invalid certificate")

@@ -117,11 +117,14 @@ def test_a_crash_at_any_step_records_each_fact_once(
         assert all(f.sent_at is not None and f.block_height for f in facts)
         # Each fact's transaction (found by the vault's nonce for it) is on the chain once,
         # committed with the result the contracts gave, at the recorded height and tx id.
-        nonces = {fact_nonce(f.id): f for f in facts}
+        nonces: dict[bytes, OutboxFact] = {}
+        for f in facts:
+            assert f.request_id is not None
+            nonces[fact_nonce(f.id, f.request_id)] = f
         on_chain: dict[int, list[tuple[int, str]]] = {}
         top = max((gateway.status(i) or {}).get("height", 0) for i in range(4))
         for height in range(1, top + 1):
-            for req in gateway.block(height).requests:
+            for req in gateway.block(height).requests:  # refused ones leave no body
                 signed = tx.decode(req.tx)
                 if signed.author == gateway.vault_id and signed.nonce in nonces:
                     fact = nonces[signed.nonce]

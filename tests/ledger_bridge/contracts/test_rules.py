@@ -2,7 +2,8 @@
 
 "Unchanged" is checked strictly: the app is forked by snapshot/restore, one copy executes a
 block holding the refused transaction and the other an empty block at the same height and
-time; their state roots must be equal.
+time, then burns the transaction's nonce (a refused transaction spends its nonce, so it cannot
+be replayed once the reason for its refusal is gone); their state roots must be equal.
 """
 
 from __future__ import annotations
@@ -27,7 +28,18 @@ def assert_refused_unchanged(chain: Chain, raw: bytes, code: str) -> None:
     _, empty_root = twin.execute([], ctx)
     result = codec.decode(results[0])
     assert result["ok"] is False and result["code"] == code, result
+    if code not in UNSIGNED_REFUSALS:
+        signed = tx.decode(raw)
+        burned = {"height": chain.height, "tx": signed.tx_id, "refused": code}
+        twin.state.put("nonce", signed.author, signed.nonce, burned)
+        twin.state.put("nonce_expiry", signed.valid_until // 60_000, signed.author, signed.nonce, 0)
+        empty_root = twin.state_root()
     assert root == empty_root
+
+
+# Refused before the nonce is looked at: nothing proves the author sent them, or the nonce was
+# spent already, so they burn nothing.
+UNSIGNED_REFUSALS = ("malformed", "bad_signature", "expired", "ttl_too_long", "replayed")
 
 
 def grant(

@@ -117,7 +117,9 @@ def test_the_part_by_part_encoder_is_msgpack_of_the_nested_arrays() -> None:
     must be exactly msgpack of the nested list, for every message and every list length
     (fixarray up to 15 items, array16 above), or signatures made elsewhere would not verify."""
     reqs = tuple(request(i) for i in range(1, 40))
-    block = m.Block(7, 1, b"p" * 32, 9, b"d" * 32, reqs, b"r" * 32, b"s" * 32, (0, 2, 3), (b"x",))
+    block = m.Block(
+        7, 1, b"p" * 32, 9, b"d" * 32, reqs, (), b"r" * 32, b"s" * 32, (0, 2, 3), (b"x",)
+    )
     data = m.sign(m.StateData(8, (), b"snap", (block,) * 17, 2), key(2))
     reply = m.sign(m.Reply(3, 2**40, b"c" * 32, 1, b"result" * 50, 300), key(1))
     commit = m.sign(m.Commit(1, 70_000, b"d" * 32, 2), key(2))
