@@ -46,6 +46,8 @@ def _status(s: State, q: dict[str, Any]) -> Any:
     return {
         "chain_id": s.get("meta", "chain_id"),
         "colleges": {c: s.get("college_count", c) or 0 for c in colleges},
+        # who decides: residents are members at once but vote once governance admits them
+        "voters": {c: s.get("college_voters", c) or 0 for c in colleges},
         "purposes": sorted(k[0] for k in s.group("purpose", "all")),
         "validators": s.get("meta", "validators"),
     }

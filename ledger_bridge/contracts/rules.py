@@ -170,17 +170,45 @@ class Ctx:
         return s
 
 
-def admit(state: State, key: bytes, role: str, college: str, height: int, seq: int) -> None:
-    """Make `key` an active member (genesis, resident registration, governance admission)."""
+def admit(
+    state: State,
+    key: bytes,
+    role: str,
+    college: str,
+    height: int,
+    seq: int,
+    *,
+    votes: bool = True,
+) -> None:
+    """Make `key` an active member (genesis, resident registration, governance admission).
+
+    Membership and a vote are separate: a founder and a legal entity admitted by vote have
+    both from `seq` on; a resident registered by their own key (`votes=False`) is a member at
+    once but votes only once governance admits them to voting (`admit_voter`), because nothing
+    on the ledger tells one resident's key from a thousand keys of one person.
+    """
     old = state.get("member", key)
     state.put(
         "member",
         key,
-        {"role": role, "college": college, "status": "active", "since": seq, "height": height},
+        {
+            "role": role,
+            "college": college,
+            "status": "active",
+            "since": seq,
+            "height": height,
+            "votes_since": seq if votes else None,
+        },
     )
     if old is None or old["status"] != "active":
-        count = state.get("college_count", college) or 0
-        state.put("college_count", college, count + 1)
+        _bump(state, "college_count", college)
+        if votes:
+            _bump(state, "college_voters", college)
+
+
+def _bump(state: State, table: str, college: str) -> None:
+    count: int = state.get(table, college) or 0
+    state.put(table, college, count + 1)
 
 
 # -- members and datasets -------------------------------------------------------------------
@@ -198,7 +226,7 @@ def member_register(c: Ctx) -> dict[str, Any]:
     resident = c.state.get("meta", "resident_college")
     if role in SELF_ADMITTED_ROLES:
         _check(college == resident, f"residents belong to the {resident} college")
-        admit(c.state, c.tx.author, role, college, c.height, c.seq())
+        admit(c.state, c.tx.author, role, college, c.height, c.seq(), votes=False)
         return {"ok": True, "status": "active"}
     c.state.put(
         "member",
@@ -209,6 +237,7 @@ def member_register(c: Ctx) -> dict[str, Any]:
             "status": "pending",
             "since": c.seq(),
             "height": c.height,
+            "votes_since": None,
         },
     )
     return {"ok": True, "status": "pending"}
@@ -706,75 +735,144 @@ def retention_expire(c: Ctx) -> dict[str, Any]:
 
 
 # -- governance -----------------------------------------------------------------------------
+#
+# One college, one vote; inside each college, a majority of its VOTING members as they stood
+# when the proposal was made (docs/CONTRACTS.md "Governance"). Voting members are the founders,
+# the legal entities admitted by vote, and the residents governance admitted to voting: every
+# one of them entered by a decision somebody is accountable for, so no number of fresh keys can
+# hold a college's majority out of reach or make one.
+
+
+def _voter(c: Ctx) -> dict[str, Any]:
+    """The author must be an active member with a vote."""
+    m = c.active(c.tx.author)
+    if m["votes_since"] is None:
+        raise Reject("not_eligible", "a resident votes once governance admits them to voting")
+    return m
+
+
+def _check_admit_member(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
+    _fields(action, {"kind", "member"})
+    m = c.member(_key(action, "member"))
+    if m is None or m["status"] != "pending":
+        raise Reject("not_found", "no pending membership application for this key")
+    return {"member": action["member"]}
+
+
+def _enact_admit_member(c: Ctx, action: dict[str, Any]) -> None:
+    m = c.member(action["member"])
+    if m is None or m["status"] != "pending":
+        raise Reject("not_found", "the application is no longer pending")
+    admit(c.state, action["member"], m["role"], m["college"], c.height, c.seq())
+
+
+def _resident_without_vote(m: dict[str, Any]) -> bool:
+    return m["status"] == "active" and m["role"] in SELF_ADMITTED_ROLES and m["votes_since"] is None
+
+
+def _check_admit_voter(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
+    _fields(action, {"kind", "member"})
+    m = c.member(_key(action, "member"))
+    if m is None or not _resident_without_vote(m):
+        raise Reject("not_found", "no resident without a vote holds this key")
+    return {"member": action["member"]}
+
+
+def _enact_admit_voter(c: Ctx, action: dict[str, Any]) -> None:
+    # Two open proposals may name the same resident; the second to pass has nothing to add.
+    m = c.member(action["member"])
+    if m is None or not _resident_without_vote(m):
+        return
+    m["votes_since"] = c.seq()
+    c.state.put("member", action["member"], m)
+    _bump(c.state, "college_voters", m["college"])
+
+
+def _check_approve_purpose(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
+    _fields(action, {"kind", "purpose"})
+    purpose = _str(action, "purpose", _NAME)
+    if c.state.has("purpose", purpose):
+        raise Reject("exists", f"purpose {purpose} is already approved")
+    return {"purpose": purpose}
+
+
+def _enact_approve_purpose(c: Ctx, action: dict[str, Any]) -> None:
+    c.state.put("purpose", action["purpose"], c.height)
+
+
+def _check_set_retention(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
+    _fields(action, {"kind", "dataset", "retention_days"})
+    dataset = _str(action, "dataset", _ID)
+    _dataset(c, dataset)
+    return {"dataset": dataset, "retention_days": _int(action, "retention_days", 1, 36_600)}
+
+
+def _enact_set_retention(c: Ctx, action: dict[str, Any]) -> None:
+    d = _dataset(c, action["dataset"])
+    d["retention_days"] = action["retention_days"]
+    c.state.put("dataset", action["dataset"], d)
+
+
+def _validator_row(r: Any, colleges: list[str]) -> dict[str, Any]:
+    _check(isinstance(r, dict), "a validator is a map")
+    _fields(r, {"public_key", "college", "address"})
+    _check(r["college"] in colleges, "a validator's college is unknown")
+    _check(isinstance(r["address"], str) and 0 < len(r["address"]) <= 255, "address is malformed")
+    return {"public_key": _key(r, "public_key"), "college": r["college"], "address": r["address"]}
+
+
+def _check_set_validators(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
+    _fields(action, {"kind", "validators"})
+    rows = _list(action["validators"], "validators", 100)
+    _check(len(rows) >= 4 and (len(rows) - 1) % 3 == 0, "a validator set has 3f+1 members, f >= 1")
+    colleges: list[str] = c.state.get("meta", "colleges")
+    out = [_validator_row(r, colleges) for r in rows]
+    _check(len({r["public_key"] for r in out}) == len(out), "validator keys must be distinct")
+    return {"validators": out}
+
+
+def _enact_set_validators(c: Ctx, action: dict[str, Any]) -> None:
+    # Recorded for the operators: replicas adopt a new validator set by a new genesis epoch
+    # (docs/LEDGER-OPERATIONS.md), never by reconfiguring a running cluster.
+    c.state.put("meta", "validators", action["validators"])
+
+
+# kind -> (check the proposed action and return its canonical fields, enact it once passed)
+ACTIONS: dict[
+    str,
+    tuple[Callable[[Ctx, dict[str, Any]], dict[str, Any]], Callable[[Ctx, dict[str, Any]], None]],
+] = {
+    "admit_member": (_check_admit_member, _enact_admit_member),
+    "admit_voter": (_check_admit_voter, _enact_admit_voter),
+    "approve_purpose": (_check_approve_purpose, _enact_approve_purpose),
+    "set_retention": (_check_set_retention, _enact_set_retention),
+    "set_validators": (_check_set_validators, _enact_set_validators),
+}
 
 
 def _action(c: Ctx, action: Any) -> dict[str, Any]:
     _check(isinstance(action, dict), "action is a map")
     kind = action.get("kind")
-    if kind == "admit_member":
-        _fields(action, {"kind", "member"})
-        m = c.member(_key(action, "member"))
-        if m is None or m["status"] != "pending":
-            raise Reject("not_found", "no pending membership application for this key")
-        return {"kind": kind, "member": action["member"]}
-    if kind == "approve_purpose":
-        _fields(action, {"kind", "purpose"})
-        purpose = _str(action, "purpose", _NAME)
-        if c.state.has("purpose", purpose):
-            raise Reject("exists", f"purpose {purpose} is already approved")
-        return {"kind": kind, "purpose": purpose}
-    if kind == "set_retention":
-        _fields(action, {"kind", "dataset", "retention_days"})
-        dataset = _str(action, "dataset", _ID)
-        _dataset(c, dataset)
-        return {
-            "kind": kind,
-            "dataset": dataset,
-            "retention_days": _int(action, "retention_days", 1, 36_600),
-        }
-    if kind == "set_validators":
-        _fields(action, {"kind", "validators"})
-        rows = _list(action["validators"], "validators", 100)
-        _check(
-            len(rows) >= 4 and (len(rows) - 1) % 3 == 0, "a validator set has 3f+1 members, f >= 1"
-        )
-        colleges = c.state.get("meta", "colleges")
-        out = []
-        for r in rows:
-            _check(isinstance(r, dict), "a validator is a map")
-            _fields(r, {"public_key", "college", "address"})
-            _check(r["college"] in colleges, "a validator's college is unknown")
-            _check(
-                isinstance(r["address"], str) and 0 < len(r["address"]) <= 255,
-                "address is malformed",
-            )
-            out.append(
-                {
-                    "public_key": _key(r, "public_key"),
-                    "college": r["college"],
-                    "address": r["address"],
-                }
-            )
-        _check(len({r["public_key"] for r in out}) == len(out), "validator keys must be distinct")
-        return {"kind": kind, "validators": out}
-    raise Reject(
-        "invalid",
-        "action kind must be admit_member, approve_purpose, set_retention or set_validators",
-    )
+    if not isinstance(kind, str) or kind not in ACTIONS:
+        raise Reject("invalid", f"action kind must be one of {', '.join(ACTIONS)}")
+    check, _ = ACTIONS[kind]
+    return {"kind": kind, **check(c, action)}
 
 
 def governance_propose(c: Ctx) -> dict[str, Any]:
     body = c.tx.body
     _fields(body, {"action", "voting_ends"})
-    author = c.active(c.tx.author)
+    author = _voter(c)
     action = _action(c, body["action"])
     ends = _int(body, "voting_ends", 0, 1 << 62)
     _check(c.now < ends <= c.now + VOTING_MAX_MS, "voting_ends must be within 90 days from now")
     colleges: list[str] = c.state.get("meta", "colleges")
-    counts = {col: c.state.get("college_count", col) or 0 for col in colleges}
+    # The voting members each college decides by, fixed now: admissions during the vote change
+    # neither the majorities nor who votes (`governance_vote` checks `votes_since`).
+    counts = {col: c.state.get("college_voters", col) or 0 for col in colleges}
     empty = [col for col, n in counts.items() if n == 0]
     if empty:
-        raise Reject("college_empty", f"college {empty[0]} has no member to vote")
+        raise Reject("college_empty", f"college {empty[0]} has no voting member")
     proposal = c.next_id("next_proposal")
     c.state.put(
         "proposal",
@@ -801,14 +899,14 @@ def governance_vote(c: Ctx) -> dict[str, Any]:
     pid = _int(body, "proposal", 1, 1 << 62)
     approve = body["approve"]
     _check(type(approve) is bool, "approve is true or false")
-    voter = c.active(c.tx.author)
+    voter = _voter(c)
     p = c.state.get("proposal", pid)
     if p is None:
         raise Reject("not_found", f"no proposal {pid}")
     if p["status"] != "open" or c.now > p["ends"]:
         raise Reject("closed", f"proposal {pid} is no longer open")
-    if voter["since"] >= p["seq"]:
-        raise Reject("not_eligible", "members admitted after the proposal do not vote on it")
+    if voter["votes_since"] >= p["seq"]:
+        raise Reject("not_eligible", "members given a vote after the proposal do not vote on it")
     if c.state.has("vote", pid, c.tx.author):
         raise Reject("duplicate", "this member has already voted on this proposal")
     c.state.put("vote", pid, c.tx.author, approve)
@@ -825,22 +923,8 @@ def governance_vote(c: Ctx) -> dict[str, Any]:
 
 
 def _enact(c: Ctx, action: dict[str, Any]) -> None:
-    kind = action["kind"]
-    if kind == "admit_member":
-        m = c.member(action["member"])
-        if m is None or m["status"] != "pending":
-            raise Reject("not_found", "the application is no longer pending")
-        admit(c.state, action["member"], m["role"], m["college"], c.height, c.seq())
-    elif kind == "approve_purpose":
-        c.state.put("purpose", action["purpose"], c.height)
-    elif kind == "set_retention":
-        d = _dataset(c, action["dataset"])
-        d["retention_days"] = action["retention_days"]
-        c.state.put("dataset", action["dataset"], d)
-    elif kind == "set_validators":
-        # Recorded for the operators: replicas adopt a new validator set by a new genesis
-        # epoch (docs/LEDGER-OPERATIONS.md), never by reconfiguring a running cluster.
-        c.state.put("meta", "validators", action["validators"])
+    _, enact = ACTIONS[action["kind"]]
+    enact(c, action)
 
 
 HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {

@@ -117,6 +117,25 @@ class Chain:
                 break
         assert self.query(q="member", key=member.pub)["status"] == "active"
 
+    def admit_to_voting(self, resident: Member, *voters: Member) -> None:
+        """Have the cooperative give a registered resident a vote: the founders and `voters`
+        approve until it passes (a resident's own key makes a member, not a voter)."""
+        pid = self.ok(
+            self.vault,
+            "governance.propose",
+            {
+                "action": {"kind": "admit_voter", "member": resident.pub},
+                "voting_ends": self.time_ms + DAY,
+            },
+        )["proposal"]
+        for voter in [self.vault, self.dpo, *self.validators, *voters]:
+            if (
+                self.one(voter, "governance.vote", {"proposal": pid, "approve": True}).get("status")
+                == "passed"
+            ):
+                break
+        assert self.query(q="member", key=resident.pub)["votes_since"] is not None
+
     def subject(self) -> Member:
         s = self.fresh("subject", "citizens")
         self.ok(s, "member.register", {"role": "subject", "college": "citizens"})

@@ -1,10 +1,12 @@
-"""Governance by colleges: one college, one vote; each college decides by a majority of its members.
+"""Governance by colleges: one college, one vote; each college decides by a majority of its
+voting members.
 
 The white paper's SCIC has three colleges (data providers, service providers, citizens); a
 proposal passes only when every college approves, so no college, however numerous, can decide
 for the others. These tests build the founding cooperative of `Chain.new()`:
 providers = {vault, validator 1, validator 4}, services = {DPO, validator 2},
-citizens = {validator 3}.
+citizens = {validator 3}. Residents registered by their own key are members at once but vote
+only once governance admits them to voting (tests/security/test_sybil.py attacks that rule).
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ def test_a_proposal_passes_only_when_every_college_has_a_majority() -> None:
 def test_one_college_one_vote_a_numerous_college_cannot_outvote_a_small_one() -> None:
     chain = Chain.new()
     col = founders(chain)
-    citizens = [*col["citizens"], *(chain.subject() for _ in range(3))]  # 4 citizens now
+    citizens = [*col["citizens"]]
+    for _ in range(3):  # 4 citizens with a vote
+        resident = chain.subject()
+        chain.admit_to_voting(resident, *citizens[1:])
+        citizens.append(resident)
     pid = propose(chain, chain.dpo, {"kind": "approve_purpose", "purpose": "air-quality-study"})
     for voter in col["providers"] + col["services"]:
         vote(chain, voter, pid)
@@ -152,8 +158,12 @@ def test_a_consumer_whose_membership_was_never_approved_gets_nothing() -> None:
 def test_members_admitted_after_a_proposal_do_not_vote_on_it_and_nobody_votes_twice() -> None:
     chain = Chain.new()
     col = founders(chain)
+    resident = chain.subject()
     pid = propose(chain, chain.vault, {"kind": "approve_purpose", "purpose": "air-quality-study"})
-    late = chain.subject()
+    late = chain.fresh("provider", "providers")
+    chain.admit_by_vote(late)  # admitted after the proposal
+    chain.admit_to_voting(resident)  # given a vote after the proposal
+    assert vote(chain, resident, pid)["code"] == "not_eligible"
     assert vote(chain, late, pid)["code"] == "not_eligible"
     assert vote(chain, col["citizens"][0], pid)["status"] == "open"
     assert vote(chain, col["citizens"][0], pid)["code"] == "duplicate"
