@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api import errors
+from api.admission import UploadSlots
 from api.middleware import BodyLimit, Metrics
 from api.readiness import ReadinessProbe
 from api.routes import access, consents, datasets, erasures, health
@@ -84,6 +85,9 @@ def create_app(
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.readiness_probes = tuple(probes)
+    app.state.upload_slots = UploadSlots(
+        per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max
+    )
     # One registry per app: several apps in one test process must not collide.
     app.state.metrics_registry = CollectorRegistry()
     errors.install(app)
@@ -99,6 +103,9 @@ def create_app(
         BodyLimit,
         upload_max_bytes=settings.upload_body_max_bytes,
         json_max_bytes=settings.json_body_max_bytes,
+        idle_timeout_s=settings.body_idle_timeout_s,
+        upload_timeout_s=settings.upload_body_timeout_s,
+        json_timeout_s=settings.json_body_timeout_s,
     )
     app.add_middleware(Metrics, registry=app.state.metrics_registry)
     return app

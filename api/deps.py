@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Forbidden, Unauthorized
 from api.keys import Member, authenticate
@@ -41,10 +41,10 @@ SessionDep = Annotated[Session, Depends(_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `cvk_<id>_<secret>`")
 
 
-def _current_member(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Member:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _authenticated(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Member:
     if credentials is None:
         raise Unauthorized("an API key is required (Authorization: Bearer …)")
     member = authenticate(session, credentials.credentials)
@@ -54,24 +54,50 @@ def _current_member(
     return member
 
 
+def _current_member(session: SessionDep, credentials: Credentials) -> Member:
+    return _authenticated(session, credentials)
+
+
 CurrentMember = Annotated[Member, Depends(_current_member)]
+
+
+def _released_member(request: Request, credentials: Credentials) -> Member:
+    """The caller, checked in a session that is closed before the route runs.
+
+    For routes that wait on the client (an upload's body): the request's own session would
+    keep its connection, checked out for the key lookup, for as long as the client sends.
+    """
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    with sessions() as session, session.begin():
+        return _authenticated(session, credentials)
+
+
+def _check_role(member: Member, roles: tuple[str, ...]) -> Member:
+    if member.role not in roles:
+        raise Forbidden(f"this action needs the role {' or '.join(roles)}")
+    return member
 
 
 def require_role(*roles: str) -> Callable[[Member], Member]:
     """A dependency that admits only members whose key has one of `roles`."""
 
     def check(member: CurrentMember) -> Member:
-        if member.role not in roles:
-            raise Forbidden(f"this action needs the role {' or '.join(roles)}")
-        return member
+        return _check_role(member, roles)
 
     return check
+
+
+def _released_provider(member: Annotated[Member, Depends(_released_member)]) -> Member:
+    return _check_role(member, ("provider",))
 
 
 Provider = Annotated[Member, Depends(require_role("provider"))]
 ProviderOrDpo = Annotated[Member, Depends(require_role("provider", "dpo"))]
 Consumer = Annotated[Member, Depends(require_role("consumer"))]
 Dpo = Annotated[Member, Depends(require_role("dpo"))]
+# A provider whose key lookup holds no database connection once it is done (see
+# `_released_member`).
+ReleasedProvider = Annotated[Member, Depends(_released_provider)]
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -20,9 +20,13 @@ internals (tracebacks, SQL, key ids).
     │   ├── UnsupportedMediaType      415
     │   ├── InvalidLine               422/413  + "line": a bad line of an upload body
     │   ├── EmptyUpload               422  (api/streams.py)
+    │   ├── TooManyUploads            429  + Retry-After (api/admission.py)
+    │   ├── UploadsBusy               503  + Retry-After (api/admission.py)
     │   └── NotReady                  503  (api/routes/health.py)
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input
-    └── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit)
+    ├── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit,
+    │                                    408 body too slow, 422 JSON nested too deep)
+    └── ClientDisconnect              → 400, which nobody reads: the client left
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from vault.errors import InvalidRecord, VaultError
@@ -53,6 +58,7 @@ class ApiError(Exception):
 
     status: int = 400
     title: str = "Bad request"
+    headers: tuple[tuple[str, str], ...] = ()  # sent with the problem, e.g. a 429's Retry-After
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -128,6 +134,17 @@ def body_too_large(limit_bytes: int) -> StarletteHTTPException:
     return StarletteHTTPException(413, f"request body exceeds {limit_bytes} bytes")
 
 
+def body_timeout(idle_s: float, total_s: float) -> StarletteHTTPException:
+    """The 408 raised while a body is read too slowly; the connection is closed after it, as
+    the rest of the body may still be on its way."""
+    return StarletteHTTPException(
+        408,
+        f"the request body stopped arriving (no data for {idle_s:g} s, "
+        f"or not complete within {total_s:g} s)",
+        headers={"Connection": "close"},
+    )
+
+
 def problem(
     status: int, title: str, detail: str | None, request: Request, **extra: Any
 ) -> JSONResponse:
@@ -154,7 +171,9 @@ async def _vault_error(request: Request, exc: Exception) -> JSONResponse:
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     extra = {"line": exc.line} if isinstance(exc, InvalidLine) else {}
-    return problem(exc.status, exc.title, exc.detail, request, **extra)
+    response = problem(exc.status, exc.title, exc.detail, request, **extra)
+    response.headers.update(dict(exc.headers))
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -201,6 +220,12 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # Not a fault of ours: no log line (a client that hangs up in a loop must not fill the log),
+    # and a problem that no one will read, so the exception ends here instead of in a traceback.
+    return problem(400, "Client disconnected", None, request)
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception type only: its message may quote a SQL statement with parameters.
     _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
@@ -212,4 +237,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)

@@ -1,7 +1,8 @@
-"""Pure ASGI middleware: request body limits and Prometheus metrics.
+"""Pure ASGI middleware: request body limits (size and time) and Prometheus metrics.
 
 Why pure ASGI (not `BaseHTTPMiddleware`): an upload body of gigabytes must pass through as a
-stream, untouched and unbuffered; these wrappers only count bytes and look at the status.
+stream, untouched and unbuffered; these wrappers only count bytes, time the gaps between
+chunks and look at the status.
 """
 
 from __future__ import annotations
@@ -10,22 +11,40 @@ import re
 import time
 from typing import Any
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PROBLEM_JSON, body_too_large
+from api.errors import PROBLEM_JSON, body_timeout, body_too_large
 
 # Upload routes get the large limit; every other route gets the JSON limit.
 UPLOAD_PATH = re.compile(r"^/v1/datasets/[^/]+/uploads/?$")
 
 
 class BodyLimit:
-    """413 for a body over its limit: at once from Content-Length, else while it streams."""
+    """413 for a body over its limit: at once from Content-Length, else while it streams.
 
-    def __init__(self, app: ASGIApp, *, upload_max_bytes: int, json_max_bytes: int) -> None:
+    408 for a body that stops arriving: no chunk for `idle_timeout_s`, or not complete after
+    the total for its kind. Whoever reads the body (FastAPI's parser, an upload's worker
+    thread) gets the 408 raised where it waits, so it lets go of what it holds.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        upload_max_bytes: int,
+        json_max_bytes: int,
+        idle_timeout_s: float,
+        upload_timeout_s: float,
+        json_timeout_s: float,
+    ) -> None:
         self.app = app
         self.upload_max_bytes = upload_max_bytes
         self.json_max_bytes = json_max_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.upload_timeout_s = upload_timeout_s
+        self.json_timeout_s = json_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,15 +57,26 @@ class BodyLimit:
             await _send_413(send, scope["path"], limit)
             return
         seen = 0
+        complete = False
+        total_s = self.upload_timeout_s if is_upload else self.json_timeout_s
+        deadline = time.monotonic() + total_s
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise body_too_large(limit)
-            return message
+            nonlocal seen, complete
+            if complete:  # the body is in; what remains is waiting for a disconnect
+                return await receive()
+            wait_s = min(self.idle_timeout_s, deadline - time.monotonic())
+            with anyio.move_on_after(max(wait_s, 0.0)):
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > limit:
+                        raise body_too_large(limit)
+                    complete = not message.get("more_body", False)
+                else:
+                    complete = True
+                return message
+            raise body_timeout(self.idle_timeout_s, total_s)
 
         await self.app(scope, counted, send)
 

@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     # HTTP body limits (answered with 413): one upload stream, and any other (JSON) request.
     upload_body_max_bytes: int = 8 * 1024**3
     json_body_max_bytes: int = 1024 * 1024
+    # HTTP body time limits (answered with 408): the longest silence between two chunks of
+    # any body, and the longest a whole body may take to arrive. A client that stops sending
+    # must not keep a worker thread and a database connection for as long as it likes.
+    body_idle_timeout_s: float = 30.0
+    json_body_timeout_s: float = 60.0
+    upload_body_timeout_s: float = 4 * 3600.0
+    # Concurrent uploads per API instance: per API key (429 beyond it) and in all (503). Each
+    # running upload holds a worker thread and a database connection; the total stays under
+    # half of the connection pool (vault/db.py: 10 + 10 overflow) and of anyio's 40 threads,
+    # so uploads, stalled or not, never starve the other routes.
+    uploads_per_key_max: int = 2
+    uploads_max: int = 8
     # Background jobs (api/jobs.py): how often the outbox relay looks for facts to ship when no
     # route woke it, and how often the retention sweeper runs (it also runs at start).
     relay_interval_s: float = 1.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
@@ -20,11 +20,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import records_json
+from api.admission import UploadSlots
 from api.bodies import BoundedJsonRoute
 from api.deps import (
     KeyStoreDep,
     Provider,
     ProviderOrDpo,
+    ReleasedProvider,
     SessionDep,
     SettingsDep,
     strict_query,
@@ -48,6 +50,7 @@ from api.streams import (
     split_lines,
 )
 from vault import reads
+from vault.config import Settings
 from vault.datasets import get_dataset, list_datasets, register_dataset
 from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultError
 from vault.models import Dataset, Record, Upload
@@ -188,25 +191,8 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-@router.post(
-    "/datasets/{dataset_id}/uploads",
-    status_code=201,
-    openapi_extra=_UPLOAD_BODY,
-)
-async def upload(
-    dataset_id: uuid.UUID,
-    request: Request,
-    member: Provider,
-    store: KeyStoreDep,
-    settings: SettingsDep,
-) -> UploadOut:
-    """Stream records into a dataset: all stored, or none and the first bad line named.
-
-    With a ledger, the upload and its anchor fact commit in this request's own transaction,
-    the relay is woken, and the answer waits up to `receipt_wait_s` for the anchor's receipt:
-    usually `state: anchored` with the receipt; `pending` (no receipt yet) when the ledger is
-    slower, and `GET .../uploads/{upload_id}` tells when it is anchored.
-    """
+def _upload_media_type(request: Request) -> str:
+    """The upload's media type, refused (415) unless NDJSON or CSV in UTF-8."""
     media_type, _, params = request.headers.get("content-type", "").partition(";")
     media_type = media_type.strip().lower()
     if media_type not in UPLOAD_MEDIA_TYPES:
@@ -219,11 +205,48 @@ async def upload(
     if charset not in ("utf-8", "utf8"):
         # Lines are decoded as UTF-8; another charset would be misread, not refused, later.
         raise UnsupportedMediaType("upload bodies are UTF-8 (charset=utf-8)")
+    return media_type
+
+
+async def _first_chunk(body: AsyncIterator[bytes]) -> bytes:
+    """The body's first bytes (b"" for an empty body), awaited on the event loop.
+
+    Why before anything else: until data arrives, the upload holds no worker thread and no
+    database connection, only its socket and its slot (api/admission.py).
+    """
+    async for chunk in body:
+        if chunk:
+            return chunk
+    return b""
+
+
+@router.post(
+    "/datasets/{dataset_id}/uploads",
+    status_code=201,
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload(
+    dataset_id: uuid.UUID,
+    request: Request,
+    member: ReleasedProvider,
+    store: KeyStoreDep,
+    settings: SettingsDep,
+) -> UploadOut:
+    """Stream records into a dataset: all stored, or none and the first bad line named.
+
+    With a ledger, the upload and its anchor fact commit in this request's own transaction,
+    the relay is woken, and the answer waits up to `receipt_wait_s` for the anchor's receipt:
+    usually `state: anchored` with the receipt; `pending` (no receipt yet) when the ledger is
+    slower, and `GET .../uploads/{upload_id}` tells when it is anchored.
+
+    A key runs at most `uploads_per_key_max` uploads at once (429 beyond), the instance
+    `uploads_max` (503 beyond); a body that stops arriving is cut with a 408 and stores nothing.
+    """
+    media_type = _upload_media_type(request)
     # Vault errors count records; lines are records shifted by the CSV header.
     request.state.line_offset = 1 if media_type == "text/csv" else 0
     parse = csv_records if media_type == "text/csv" else ndjson_records
     ledger: LedgerGateway | None = request.app.state.ledger
-    jobs: BackgroundJobs | None = request.app.state.jobs
     uploader = Uploader(
         store,
         record_size_max_bytes=settings.record_size_max_bytes,
@@ -231,16 +254,27 @@ async def upload(
         subject_ids=SUBJECT_ID if ledger is None else LEDGER_SUBJECT_ID,
     )
     line_max_bytes = settings.record_size_max_bytes + LINE_OVERHEAD_BYTES
-
     sessions: sessionmaker[Session] = request.app.state.sessions
+    slots: UploadSlots = request.app.state.upload_slots
+    with slots.hold(member.key_id):
+        body = request.stream()
+        first = await _first_chunk(body)
 
-    def run() -> UploadResult:
-        with sessions() as session, session.begin():
-            _visible(session, dataset_id, member)
-            lines = split_lines(chunks_from_loop(request.stream()), line_max_bytes=line_max_bytes)
-            return uploader.upload(session, dataset_id, parse(lines))
+        def run() -> UploadResult:
+            with sessions() as session, session.begin():
+                _visible(session, dataset_id, member)
+                chunks = itertools.chain((first,), chunks_from_loop(body))
+                lines = split_lines(chunks, line_max_bytes=line_max_bytes)
+                return uploader.upload(session, dataset_id, parse(lines))
 
-    result = await anyio.to_thread.run_sync(run)
+        result = await anyio.to_thread.run_sync(run)
+        return await _with_receipt(request, settings, result)
+
+
+async def _with_receipt(request: Request, settings: Settings, result: UploadResult) -> UploadOut:
+    """The upload's answer, with the anchor's receipt if the ledger gives it in time."""
+    jobs: BackgroundJobs | None = request.app.state.jobs
+    sessions: sessionmaker[Session] = request.app.state.sessions
     out = UploadOut(
         upload_id=result.upload_id,
         dataset_id=result.dataset_id,
