@@ -9,7 +9,9 @@
 - liveness: every client request completed once the network was stable, and every honest
   replica that is up caught up with the highest honest chain;
 - memory bounded by the log window (sampled after every step);
-- no block re-emitted with different contents after a restart.
+- no block re-emitted with different contents after a restart;
+- every message fits the peer frame limit the cluster's parameters derive;
+- no block holds the body of a request the application refused.
 """
 
 from __future__ import annotations
@@ -97,21 +99,32 @@ def check(sim: Simulator, *, expect_liveness: bool = True) -> Report:
         for i in up:
             if report.heights[i] < top:
                 v.append(f"catch-up: replica {i} at height {report.heights[i]}, others at {top}")
-    # Every acknowledged request is in the honest chains at the height its receipt names.
+    v.extend(sim.oversized[:5])
+    _check_acknowledged(sim, honest, v)
+    return report
+
+
+def _check_acknowledged(sim: Simulator, honest: list[int], v: list[str]) -> None:
+    """Every acknowledged request is in the honest chains at the height its receipt names:
+    with its body if the application accepted it, by its digest alone if it refused it."""
     for c in sim.clients:
-        for rid, height, _result in c.done:
-            holders = [
-                i
-                for i in honest
-                if height in sim.nodes[i].blocks
-                and any(
-                    r.client_id == bytes(c.key.public_key) and r.request_id == rid
-                    for r in sim.nodes[i].blocks[height].requests
-                )
-            ]
+        by_id = {r.request_id: r for r in c.requests}
+        for rid, height, result in c.done:
+            digest = m.request_digest(by_id[rid])
+            refused = sim.nodes[honest[0]].app.refusal_code(result) is not None
+            holders = []
+            for i in honest:
+                block = sim.nodes[i].blocks.get(height)
+                if block is None:
+                    continue
+                bodies = {m.request_digest(r) for r in block.requests}
+                digests = {o.request_digest for o in block.omitted}
+                if refused and digest in bodies:
+                    v.append(f"replica {i}: refused request {rid} kept whole at {height}")
+                if digest in (digests if refused else bodies):
+                    holders.append(i)
             if not holders:
                 v.append(f"acknowledged request {rid} is in no honest chain at {height}")
-    return report
 
 
 def run_seed(seed: int, *, byzantine: bool = False) -> Report:
