@@ -65,6 +65,7 @@ class LedgerRefused(ApiError):
         "unauthorized": 403,
         "not_member": 403,
         "not_admitted": 403,
+        "not_eligible": 403,
         "purpose_not_allowed": 403,
         "not_found": 404,
         "internal": 502,

@@ -69,8 +69,8 @@ POST   /v1/drafts                                    ok    ok   ok   ok   ok    
 POST   /v1/members                                   ok    ok   ok   ok   ok    ok  ok    ok
 GET    /v1/members/{public_key}                      ok    ok   ok   ok   ok    ok  ok    401
 GET    /v1/governance/proposals                      ok    ok   ok   ok   ok    ok  ok    401
-POST   /v1/governance/proposals                      ok    ok   ok   ok   ok    ok  ok    403
-POST   /v1/governance/proposals/{proposal}/votes     ok    ok   ok   ok   ok    ok  ok    403
+POST   /v1/governance/proposals                      ok    ok   ok   403  403   ok  ok    403
+POST   /v1/governance/proposals/{proposal}/votes     ok    ok   ok   403  403   ok  ok    403
 GET    /v1/governance/proposals/{proposal}           ok    ok   ok   ok   ok    ok  ok    401
 POST   /v1/consents                                  403   403  403  ok   403   403 403   403
 POST   /v1/consents/revocations                      403   403  403  ok   403   403 403   403
