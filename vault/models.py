@@ -253,3 +253,24 @@ class LedgerBinding(Base):
     )
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class DpoSession(Base):
+    """A signed-in DPO page session: it exists while its row does.
+
+    Why rows and not only a signed cookie: a signed token stays valid until it expires,
+    whatever the DPO does; a row is deleted at sign-out, so a copy of the cookie taken before
+    is refused after. Only the SHA-256 of the random token is stored (a database dump opens no
+    session); revoking or deleting the API key ends its sessions too.
+    """
+
+    __tablename__ = "dpo_sessions"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    key_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)

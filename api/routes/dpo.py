@@ -16,38 +16,32 @@ Long scans are bounded (a limit on everything): each answer says where to contin
 
 The page: a browser cannot send an `Authorization` header by itself, and an API key must
 never travel in a URL (it would land in logs, history and Referer headers). So the DPO posts
-the key ONCE in a form (`POST /dpo/session`); the answer sets a cookie holding a short-lived
-token: `v1.<key id>.<expiry>.<HMAC>`, keyed by a random server secret kept in the data
-directory (`dpo-session.key`, 0600, shared by every instance like the rest of the data
-directory's keys) and bound to the API key's stored hash. The cookie is `__Host-` prefixed,
-`Secure`, `HttpOnly` (no script reads it) and `SameSite=Strict` (no other site's form or link
-carries it, so no CSRF). Every request re-checks the API key: revoking it ends the session.
-Tokens live 15 minutes; `POST /dpo/logout` clears the cookie.
+the key ONCE in a form (`POST /dpo/session`); the answer sets a cookie holding a random
+token, `v2.<256 bits>`, whose SHA-256 names a row of `dpo_sessions` (shared by every instance
+through the database). The cookie is `__Host-` prefixed, `Secure`, `HttpOnly` (no script reads
+it) and `SameSite=Strict` (no other site's form or link carries it, so no CSRF). Every request
+re-checks the row and the API key: revoking the key ends its sessions. Sessions live 15
+minutes; `POST /dpo/logout` deletes the row, so a copy of the cookie is refused afterwards.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
-import hmac
-import os
+import re
 import secrets
-import stat
-import time
 import urllib.parse
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, StringConstraints
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from api.bodies import BoundedJsonRoute
@@ -62,7 +56,7 @@ from ledger_bridge.audit import verify_replicas
 from ledger_bridge.pbft.blocks import block_hash
 from vault import audit
 from vault.errors import NotFound
-from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, ApiKey, OutboxFact
+from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, ApiKey, DpoSession, OutboxFact
 
 router = APIRouter(
     prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)], route_class=BoundedJsonRoute
@@ -661,7 +655,6 @@ def records_of_processing(
 
 SESSION_COOKIE = "__Host-civis-dpo"
 SESSION_TTL_S = 15 * 60
-SESSION_KEY_FILE = "dpo-session.key"
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -671,56 +664,42 @@ _PAGE_HEADERS = {
 }
 
 
-def session_secret(data_dir: Path) -> bytes:
-    """The page sessions' HMAC key: 32 random bytes in `data_dir`, made once, mode 0600."""
-    path = data_dir / SESSION_KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass  # made by an earlier start or by another instance at the same moment
-    else:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32).hex().encode())
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        raise PermissionError(f"{path} must be readable by its owner only (chmod 600)")
-    key = bytes.fromhex(path.read_text().strip())
-    if len(key) != 32:
-        raise ValueError(f"{path} does not hold a 32-byte key")
-    return key
+_TOKEN = re.compile(r"^v2\.[A-Za-z0-9_-]{43}$")
 
 
-def _secret(request: Request) -> bytes:
-    key: bytes | None = getattr(request.app.state, "dpo_session_secret", None)
-    if key is None:
-        key = session_secret(request.app.state.settings.data_dir)
-        request.app.state.dpo_session_secret = key
-    return key
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
 
 
-def _mac(secret: bytes, key_id: str, expires: int, secret_hash: bytes) -> str:
-    message = f"civis-dpo-session/v1\0{key_id}\0{expires}\0".encode() + secret_hash
-    tag = hmac.new(secret, message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(tag).rstrip(b"=").decode()
+def open_session(session: Session, api_key: ApiKey, now: dt.datetime) -> str:
+    """A new session of `api_key`: its row, and the token (256 random bits) for the cookie.
+
+    Expired rows go at the same time: sign-ins are rare, and the table stays as small as the
+    number of live sessions without a job of its own.
+    """
+    session.execute(delete(DpoSession).where(DpoSession.expires_at <= now))
+    token = f"v2.{secrets.token_urlsafe(32)}"
+    expires = now + dt.timedelta(seconds=SESSION_TTL_S)
+    session.add(DpoSession(token_hash=_token_hash(token), key_id=api_key.id, expires_at=expires))
+    session.flush()
+    return token
 
 
-def issue_session(secret: bytes, api_key: ApiKey, now_s: float) -> str:
-    expires = int(now_s) + SESSION_TTL_S
-    return f"v1.{api_key.id}.{expires}.{_mac(secret, api_key.id, expires, api_key.secret_hash)}"
+def close_session(session: Session, token: str) -> None:
+    """Sign-out: the session's row goes, so the cookie, wherever a copy of it is, opens nothing."""
+    if _TOKEN.match(token):
+        session.execute(delete(DpoSession).where(DpoSession.token_hash == _token_hash(token)))
 
 
-def session_member(session: Session, secret: bytes, token: str, now_s: float) -> Member | None:
-    """The DPO behind a session token, or None (malformed, forged, expired, key revoked)."""
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != "v1" or not parts[2].isdigit() or len(parts[1]) != 16:
+def session_member(session: Session, token: str, now: dt.datetime) -> Member | None:
+    """The DPO behind a session token, or None (malformed, unknown, ended, expired, key revoked)."""
+    if not _TOKEN.match(token):
         return None
-    _, key_id, expires_s, tag = parts
-    expires = int(expires_s)
-    if expires < now_s or expires > now_s + SESSION_TTL_S:
+    row = session.get(DpoSession, _token_hash(token))
+    if row is None or row.expires_at <= now:
         return None
-    key = session.get(ApiKey, key_id)
+    key = session.get(ApiKey, row.key_id)
     if key is None or key.revoked_at is not None or key.role != "dpo":
-        return None
-    if not hmac.compare_digest(_mac(secret, key_id, expires, key.secret_hash), tag):
         return None
     return Member(member_id=key.member_id, role=key.role, key_id=key.id)
 
@@ -732,7 +711,7 @@ def _page_caller(request: Request, session: Session) -> Member | None:
     token = request.cookies.get(SESSION_COOKIE)
     if token is None:
         return None
-    return session_member(session, _secret(request), token, time.time())
+    return session_member(session, token, dt.datetime.now(dt.UTC))
 
 
 def _login(status: int, message: str | None = None) -> HTMLResponse:
@@ -820,7 +799,7 @@ def dpo_sign_in(
     response = RedirectResponse("/dpo", status_code=303, headers=_PAGE_HEADERS)
     response.set_cookie(
         SESSION_COOKIE,
-        issue_session(_secret(request), key, time.time()),
+        open_session(session, key, dt.datetime.now(dt.UTC)),
         max_age=SESSION_TTL_S,
         path="/",
         secure=True,
@@ -831,7 +810,11 @@ def dpo_sign_in(
 
 
 @page_router.post("/dpo/logout")
-def dpo_sign_out() -> Response:
+def dpo_sign_out(request: Request, session: SessionDep) -> Response:
+    """End the session on the server (its row goes), then clear the cookie in the browser."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token is not None:
+        close_session(session, token)
     response = RedirectResponse("/dpo", status_code=303, headers=_PAGE_HEADERS)
     response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
     return response

@@ -60,9 +60,7 @@ def _nested(depth: int) -> str:
     return '{"a":' * depth + "1" + "}" * depth
 
 
-def _assert_refused_quietly(
-    r: object, caplog: pytest.LogCaptureFixture, status: int = 422
-) -> None:
+def _assert_refused_quietly(r: object, caplog: pytest.LogCaptureFixture, status: int = 422) -> None:
     import httpx
 
     assert isinstance(r, httpx.Response)
@@ -81,7 +79,7 @@ def _assert_refused_quietly(
     "nested",
     # 900 levels got past the parser and broke the draft builder; 8,000 (16 KB of brackets,
     # the JSON body limit of these tests) break the parser itself.
-    [_nested(900), "{\"a\":" + "[" * 8_000 + "]" * 8_000 + "}"],
+    [_nested(900), '{"a":' + "[" * 8_000 + "]" * 8_000 + "}"],
     ids=["900-objects", "8000-arrays"],
 )
 def test_a_deeply_nested_draft_is_a_422_with_one_short_log_line(
@@ -112,7 +110,9 @@ def test_a_draft_within_the_depth_bound_is_still_drafted(ledger_env: LedgerEnv) 
 
 
 def test_a_deeply_nested_upload_line_is_a_422_naming_the_line(
-    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+    client: TestClient,
+    make_key: MakeKey,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     owner = make_key("provider")
     ds = _dataset(client, owner)
@@ -130,7 +130,8 @@ def test_a_deeply_nested_upload_line_is_a_422_naming_the_line(
 
 
 def test_a_payload_nested_past_the_bound_but_parseable_is_refused_too(
-    client: TestClient, make_key: MakeKey  # noqa: F811
+    client: TestClient,
+    make_key: MakeKey,  # noqa: F811
 ) -> None:
     owner = make_key("provider")
     ds = _dataset(client, owner)
@@ -143,7 +144,9 @@ def test_a_payload_nested_past_the_bound_but_parseable_is_refused_too(
 
 
 def test_a_60_kb_field_name_in_an_upload_is_not_echoed(
-    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+    client: TestClient,
+    make_key: MakeKey,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     owner = make_key("provider")
     ds = _dataset(client, owner)
@@ -156,7 +159,9 @@ def test_a_60_kb_field_name_in_an_upload_is_not_echoed(
 
 
 def test_a_60_kb_field_name_in_a_json_body_is_not_echoed(
-    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+    client: TestClient,
+    make_key: MakeKey,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     owner = make_key("provider")
     body = {
@@ -173,7 +178,9 @@ def test_a_60_kb_field_name_in_a_json_body_is_not_echoed(
 
 
 def test_a_60_kb_query_parameter_name_is_not_echoed(
-    client: TestClient, make_key: MakeKey, caplog: pytest.LogCaptureFixture  # noqa: F811
+    client: TestClient,
+    make_key: MakeKey,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     owner = make_key("provider")
     caplog.set_level(logging.INFO)

@@ -116,8 +116,8 @@ def _status(sock: socket.socket) -> int | None:
 
 def test_stalled_uploads_leave_the_api_answering_other_callers(
     server: Server,
-    make_key: MakeKey,
-    caplog: pytest.LogCaptureFixture,  # noqa: F811
+    make_key: MakeKey,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
     attackers = [make_key("provider") for _ in range(ATTACKER_KEYS)]
