@@ -124,7 +124,7 @@ def found_local_ledger(data_dir: Path, replicas: int) -> Founding:
     dpo_key = _load_or_create_dpo_key(dpo_file)
     vault_pub, dpo_pub = vault_key.public_key.hex(), dpo_key.public_key.hex()
     # Written before the genesis: if we die in between, the next run still owes the API key.
-    (data_dir / PENDING_FILE).write_text(dpo_pub + "\n")
+    gen.write_private_file(data_dir / PENDING_FILE, (dpo_pub + "\n").encode())
     chain_id = f"civis-{secrets.token_hex(4)}"
     gen.create_local(
         ledger_dir(data_dir),

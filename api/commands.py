@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -108,6 +109,11 @@ def _up(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     settings.enforce_production_safety()
+    # Everything `up` and its children write (PostgreSQL, keys, the ledger, logs) is for this
+    # account only: other local users have no business reading any of the data directory.
+    umask = os.umask(0o077)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as stack:
@@ -139,6 +145,7 @@ def _up(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.umask(umask)
     print("civis-vault up: stopped", flush=True)
     return 0
 

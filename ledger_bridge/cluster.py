@@ -91,7 +91,9 @@ class Cluster:
             raise gen.GenesisError(f"{directory}: one node-<i>.toml per validator expected")
         self._python = python
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        (directory / "logs").mkdir(exist_ok=True)
+        (directory / "logs").mkdir(mode=0o700, exist_ok=True)
+        # A directory made by an older launcher (or copied in) is tightened as well.
+        gen.make_private(directory)
 
     @property
     def n(self) -> int:
@@ -103,7 +105,8 @@ class Cluster:
     def start(self, ids: list[int] | None = None) -> None:
         for i in ids if ids is not None else range(self.n):
             assert i not in self._procs or self._procs[i].poll() is not None, f"{i} running"
-            log = open(self.directory / "logs" / f"node-{i}.log", "ab")  # noqa: SIM115
+            log_path = self.directory / "logs" / f"node-{i}.log"
+            log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             self._procs[i] = subprocess.Popen(
                 [self._python, "-m", "ledger_bridge.node", "--config", str(self.node_files[i])],
@@ -112,6 +115,8 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # Ctrl-C in `ledger up` reaches us, we stop them
+                # What a replica creates (its database, write-ahead log, snapshots) is its own.
+                umask=0o077,
             )
             log.close()
 

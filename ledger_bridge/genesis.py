@@ -189,11 +189,24 @@ def load_node_config(path: Path) -> NodeConfig:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Create a file with mode 0600 from its first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create a file with mode 0600 from its first byte (in a 0700 directory if it is new)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def make_private(root: Path) -> None:
+    """`root` and everything under it: directories 0700, files 0600 (symlinks left alone).
+
+    Why for the whole tree: a cluster directory holds nothing other local users need. The
+    genesis and the certificates are public in the sense that the operators exchange them,
+    but the copies here sit next to keys, logs and databases, and are read only by us.
+    """
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def load_signing_key(path: Path) -> SigningKey:
@@ -229,7 +242,8 @@ def create_local(
     """
     if (replicas - 1) % 3 != 0 or replicas < 4 or replicas > REPLICAS_MAX:
         raise GenesisError("replicas must be 3f+1 with f >= 1 (4, 7, 10, ...)")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)  # nobody else may even list it while its files are being made
     genesis_path = directory / GENESIS_FILE
     if genesis_path.exists():
         raise GenesisError(f"{genesis_path} exists; refusing to overwrite a cluster's keys")
@@ -266,7 +280,7 @@ def create_local(
             }
         rows.append(row)
         node_path = directory / f"node-{i}.toml"
-        node_path.write_text(tomli_w.dumps(node))
+        write_private_file(node_path, tomli_w.dumps(node).encode())
         node_paths.append(node_path)
     doc: dict[str, Any] = {
         "chain_id": chain_id,
@@ -278,5 +292,7 @@ def create_local(
         doc["app_genesis"] = app_genesis
     if use_tls:
         doc["tls"] = {"ca_cert": "tls/ca.crt"}
-    genesis_path.write_text(tomli_w.dumps(doc))
+    if use_tls:
+        make_private(tls_dir)  # the certificates were written with the default modes
+    write_private_file(genesis_path, tomli_w.dumps(doc).encode())
     return node_paths
