@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from api import errors
 from api.admission import UploadSlots
-from api.middleware import BodyLimit, Metrics
+from api.middleware import BodyLimit, Metrics, bound_access_log
 from api.readiness import ReadinessProbe
 from api.routes import access, consents, datasets, erasures, health
 from api.routes import dpo as dpo_routes
@@ -45,6 +45,7 @@ def create_app(
         from vault.erasure import Eraser
         from vault.retention import RetentionSweeper
 
+        bound_access_log()
         # First start creates the master key file (0600) or the token's first KEK; an unsafe
         # key file, a missing token or a wrong PIN stops the service here.
         app.state.key_store = KeyStore(make_provider(settings))

@@ -7,6 +7,7 @@ chunks and look at the status.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any
@@ -146,3 +147,32 @@ class Metrics:
             template = getattr(route, "path", "unmatched")
             self.requests.labels(scope["method"], template, str(status)).inc()
             self.latency.labels(scope["method"], template).observe(time.perf_counter() - start)
+
+
+ACCESS_LOG_PATH_MAX = 200
+_ACCESS_LOGGER = "uvicorn.access"
+
+
+class BoundedAccessLog(logging.Filter):
+    """Cuts the request line of uvicorn's access log: the path and query string are the
+    caller's, and a refused request must not reach the log in full (a 60 KB query string is
+    one line of 60 KB per request otherwise). uvicorn logs `(client, method, path, version,
+    status)` as the record's arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path = args[2]
+            if len(path) > ACCESS_LOG_PATH_MAX:
+                cut = f"{path[:ACCESS_LOG_PATH_MAX]}…(+{len(path) - ACCESS_LOG_PATH_MAX})"
+                record.args = (args[0], args[1], cut, args[3], args[4])
+        return True
+
+
+def bound_access_log() -> None:
+    """Install `BoundedAccessLog` once on uvicorn's access logger (idempotent: the lifespan
+    of every app instance in a process calls it)."""
+    logger = logging.getLogger(_ACCESS_LOGGER)
+    if not any(isinstance(f, BoundedAccessLog) for f in logger.filters):
+        logger.addFilter(BoundedAccessLog())
+

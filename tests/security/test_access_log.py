@@ -1,0 +1,41 @@
+"""A caller's path and query string reach uvicorn's access log cut short, never in full."""
+
+from __future__ import annotations
+
+import logging
+
+from api.middleware import ACCESS_LOG_PATH_MAX, BoundedAccessLog, bound_access_log
+
+
+def _record(path: str) -> logging.LogRecord:
+    # The shape uvicorn's httptools and h11 protocols log with.
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", path, "1.1", 404),
+        None,
+    )
+
+
+def test_a_60_kb_query_string_is_logged_cut_short() -> None:
+    record = _record("/v1/datasets?" + "x" * 60_000)
+    assert BoundedAccessLog().filter(record)
+    line = record.getMessage()
+    assert len(line) < ACCESS_LOG_PATH_MAX + 100
+    assert "(+" in line and line.endswith("404")
+
+
+def test_a_short_path_is_logged_as_it_is() -> None:
+    record = _record("/v1/datasets")
+    BoundedAccessLog().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "GET /v1/datasets HTTP/1.1" 404'
+
+
+def test_the_filter_is_installed_once() -> None:
+    bound_access_log()
+    bound_access_log()
+    filters = logging.getLogger("uvicorn.access").filters
+    assert sum(isinstance(f, BoundedAccessLog) for f in filters) == 1
