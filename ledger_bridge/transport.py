@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import ssl
 import struct
@@ -94,6 +95,16 @@ class FrameBuffer:
     def __init__(self, limit: int) -> None:
         self._buf = bytearray()
         self.limit = limit
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held between calls: less than one frame of `limit` plus its header, since
+        whole frames leave in the call that completed them (within a call, one chunk more)."""
+        return len(self._buf)
+
+    def clear(self) -> None:
+        """Drop a partial frame (the connection is going away): its memory is freed now."""
+        self._buf = bytearray()
 
     def frames(self, data: bytes) -> Iterator[bytes]:
         """Whole frames completed by `data`, in order. Raises FrameTooLarge on a header over
@@ -420,8 +431,35 @@ class PeerNetwork:
 
 ClientHandler = Callable[[Any, "ClientConnection"], None]
 
+KIB = 1024
+MIB = 1024 * KIB
+# The reason for each value is in `ClientListener`'s docstring.
+CLIENT_FRAME_BYTES_MAX = 2 * MIB
+CLIENT_UNAUTHENTICATED_FRAME_BYTES_MAX = 264 * KIB
+CLIENT_CONNECTIONS_MAX = 1024
+CLIENT_CONNECTIONS_PER_HOST_MAX = 64
+CLIENT_BUFFERED_BYTES_MAX = 64 * MIB
+CLIENT_BUFFERED_BYTES_PER_HOST_MAX = 8 * MIB
+CLIENT_IDLE_TIMEOUT_MS = 120_000
+CLIENT_READ_TIMEOUT_MS = 30_000
+CLIENT_WRITE_BUFFER_BYTES_MAX = 16 * MIB
 
-CLIENT_WRITE_BUFFER_BYTES_MAX = 16 * 1024 * 1024
+
+def host_key(peername: Any) -> str:
+    """The bucket a client's connections and bytes are counted in: its IPv4 address, or its
+    IPv6 /64, since one host commonly owns a whole /64 and would otherwise have 2^64 buckets.
+    An IPv4-mapped IPv6 address counts as the IPv4 host it is."""
+    if not isinstance(peername, tuple) or not peername:
+        return ""  # not an IP socket: all such peers share one bucket
+    try:
+        ip = ipaddress.ip_address(peername[0])
+    except ValueError:
+        return str(peername[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class ClientConnection:
@@ -431,17 +469,33 @@ class ClientConnection:
     wake-up per reply cost more than the reply). The buffer is bounded so a slow client
     cannot grow the node's memory: a client more than `write_buffer_bytes_max` behind is
     disconnected (it will reconnect and retry, which PBFT's reply cache answers).
+
+    Inbound frames are limited to the listener's unauthenticated size until the node calls
+    `authenticate()`, then to its authenticated size (see `ClientListener`).
     """
 
     def __init__(
         self,
         transport: asyncio.Transport,
+        frames: FrameBuffer,
+        authenticated_frame_bytes_max: int = CLIENT_FRAME_BYTES_MAX,
         write_buffer_bytes_max: int = CLIENT_WRITE_BUFFER_BYTES_MAX,
     ) -> None:
         self._transport = transport
+        self._frames = frames
+        self._authenticated_frame_bytes_max = authenticated_frame_bytes_max
         self._write_buffer_bytes_max = write_buffer_bytes_max
         self.closed = False
+        self.authenticated = False
         self.mac_key: bytes | None = None  # set by the node once a reply session is agreed
+
+    def authenticate(self) -> None:
+        """Let this connection send frames up to the authenticated limit from its next frame
+        header on, even one already received in the same chunk. The node calls it once the
+        connection has sent a request whose signature verifies: from then on, a client's
+        frames are bounded by what a replica admits, not by what a stranger may send."""
+        self.authenticated = True
+        self._frames.limit = max(self._frames.limit, self._authenticated_frame_bytes_max)
 
     def send(self, obj: Any) -> None:
         if self.closed:
@@ -460,24 +514,124 @@ class ClientConnection:
             self._transport.close()
 
 
+@dataclass
+class ClientStats:
+    """Why client connections were refused or closed, for an operator (`status`)."""
+
+    refused_over_connections_max: int = 0
+    refused_over_host_connections_max: int = 0
+    closed_over_buffer_budget: int = 0
+    closed_idle: int = 0
+    closed_read_timeout: int = 0
+    protocol_errors: int = 0
+
+
+class _Host:
+    """What one host (`host_key`) holds of the listener: connections and partial-frame bytes."""
+
+    __slots__ = ("buffered", "connections")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.buffered = 0
+
+
 class ClientListener:
     """Serves client connections: each decoded msgpack frame goes to `on_request`, in the
-    call that read it (a `FrameBuffer` protocol, as `PeerListener`)."""
+    call that read it (a `FrameBuffer` protocol, as `PeerListener`).
+
+    The client port is open to whoever can reach it, so every resource a connection can hold
+    is bounded, per connection, per host and in total. Each limit is a parameter:
+
+    - `connections_max` (1,024): all client connections together; each costs a descriptor
+      and a few KiB. Over it, a new connection is closed at once.
+    - `connections_per_host_max` (64): one host's connections (`host_key`: an IPv4 address
+      or an IPv6 /64). An API process keeps one connection per replica, so 64 serves 64 API
+      processes behind one address, while a single host can take at most 1/16 of the
+      slots; filling them all needs 16 hosts. Over it, a new connection is closed at once.
+    - `unauthenticated_frame_bytes_max` (264 KiB) until the node calls
+      `ClientConnection.authenticate()`, then `frame_bytes_max` (2 MiB). A session
+      handshake and a status, query or block read are under 1 KiB, and a client's first
+      frame is normally a submit, which must fit before the node has checked anything: 264
+      KiB holds a request with a transaction of the default `request_bytes_max` (256 KiB)
+      with its signature, ids and envelope. 2 MiB holds a request with the largest
+      transaction any configuration admits (`pbft.messages.TX_BYTES_MAX`, 1 MiB); nothing
+      larger ever flows into a replica from a client (blocks flow out). The two limits
+      bound what one connection can hold; they cannot bound the total, because proving a
+      key costs an attacker one fresh key pair wherever any key may submit. The budgets do.
+    - `buffered_bytes_per_host_max` (8 MiB) and `buffered_bytes_max` (64 MiB): bytes of
+      partial frames held for one host and for everybody, checked after each chunk. The
+      connection whose chunk overruns a budget is closed (the one growing, not an innocent
+      one); an honest client reconnects and retransmits, which PBFT's reply cache answers.
+      8 MiB lets a host have four of the largest frames in flight at once; 64 MiB bounds
+      what partial frames can cost a replica whatever the number of connections (24
+      connections holding near-16 MiB frames grew a replica from 69 to 432 MB without it).
+      A partial frame holds its bytes for at most the read timeout.
+    - `idle_timeout_ms` (120 s): a connection that completes no frame for this long is
+      closed, so silent sockets give their slots back. An idle API pays one reconnection on
+      its next call (`TcpClientTransport` reopens lazily).
+    - `read_timeout_ms` (30 s): a frame started and not finished within this long closes
+      the connection (slowloris). The largest frame needs about 0.6 Mbit/s to make it.
+
+    The timeouts cost nothing per frame: the protocol counts frames, and one timer for the
+    whole listener sweeps the connections every tenth of the shorter timeout, so a
+    connection is closed between one timeout and one timeout plus two sweeps after the
+    fact, never before.
+    """
 
     def __init__(
         self,
         on_request: ClientHandler,
         ssl_context: ssl.SSLContext | None = None,
-        frame_bytes_max: int = FRAME_BYTES_MAX,
-        connections_max: int = 1024,
+        frame_bytes_max: int = CLIENT_FRAME_BYTES_MAX,
+        connections_max: int = CLIENT_CONNECTIONS_MAX,
+        *,
+        unauthenticated_frame_bytes_max: int = CLIENT_UNAUTHENTICATED_FRAME_BYTES_MAX,
+        connections_per_host_max: int = CLIENT_CONNECTIONS_PER_HOST_MAX,
+        buffered_bytes_max: int = CLIENT_BUFFERED_BYTES_MAX,
+        buffered_bytes_per_host_max: int = CLIENT_BUFFERED_BYTES_PER_HOST_MAX,
+        idle_timeout_ms: int = CLIENT_IDLE_TIMEOUT_MS,
+        read_timeout_ms: int = CLIENT_READ_TIMEOUT_MS,
+        write_buffer_bytes_max: int = CLIENT_WRITE_BUFFER_BYTES_MAX,
     ) -> None:
+        if not 0 < unauthenticated_frame_bytes_max <= frame_bytes_max:
+            raise ValueError("need 0 < unauthenticated_frame_bytes_max <= frame_bytes_max")
+        if not 0 < connections_per_host_max <= connections_max:
+            raise ValueError("need 0 < connections_per_host_max <= connections_max")
+        if not frame_bytes_max + HEADER.size <= buffered_bytes_per_host_max <= buffered_bytes_max:
+            raise ValueError(
+                "need frame_bytes_max + header <= buffered_bytes_per_host_max"
+                " <= buffered_bytes_max, or no host could send a largest frame"
+            )
+        if idle_timeout_ms <= 0 or read_timeout_ms <= 0:
+            raise ValueError("need positive idle_timeout_ms and read_timeout_ms")
         self._on_request = on_request
         self._ssl = ssl_context
         self._frame_bytes_max = frame_bytes_max
+        self._unauthenticated_frame_bytes_max = unauthenticated_frame_bytes_max
         self._connections_max = connections_max
+        self._connections_per_host_max = connections_per_host_max
+        self._buffered_bytes_max = buffered_bytes_max
+        self._buffered_bytes_per_host_max = buffered_bytes_per_host_max
+        self._idle_timeout_s = idle_timeout_ms / 1000
+        self._read_timeout_s = read_timeout_ms / 1000
+        self._sweep_s = max(0.01, min(self._idle_timeout_s, self._read_timeout_s) / 10)
+        self._write_buffer_bytes_max = write_buffer_bytes_max
         self._server: asyncio.Server | None = None
-        self._conns: set[ClientConnection] = set()
-        self.protocol_errors = 0
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._protocols: set[_ClientProtocol] = set()
+        self._hosts: dict[str, _Host] = {}
+        self._buffered = 0
+        self.stats = ClientStats()
+
+    @property
+    def connections(self) -> int:
+        return len(self._protocols)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of partial frames held for all connections (what the budget counts)."""
+        return self._buffered
 
     async def start(self, address: str) -> None:
         host, port = split_address(address)
@@ -485,34 +639,93 @@ class ClientListener:
         self._server = await loop.create_server(
             lambda: _ClientProtocol(self), host, port, ssl=self._ssl, reuse_address=True
         )
+        self._sweep_timer = loop.call_later(self._sweep_s, self._sweep)
 
     async def stop(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if self._server is not None:
             self._server.close()
-        for conn in list(self._conns):
-            conn.close()
+        for proto in list(self._protocols):
+            proto.close()
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for proto in list(self._protocols):
+            proto.check_timeouts(now, self._idle_timeout_s, self._read_timeout_s)
+        self._sweep_timer = loop.call_later(self._sweep_s, self._sweep)
+
+    def _admit(self, key: str) -> _Host | None:
+        """The host's account with one more connection counted, or None: refuse it."""
+        if len(self._protocols) >= self._connections_max:
+            self.stats.refused_over_connections_max += 1
+            return None
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = _Host()
+        if host.connections >= self._connections_per_host_max:
+            self.stats.refused_over_host_connections_max += 1
+            return None
+        host.connections += 1
+        return host
 
 
 class _ClientProtocol(asyncio.Protocol):
+    """One client connection: admitted at accept by the connection limits, then frames cut
+    under the connection's limit, its partial frame charged to the byte budgets after each
+    chunk, and a frame counter the listener's sweep reads for the timeouts."""
+
     def __init__(self, listener: ClientListener) -> None:
         self._listener = listener
-        self._frames = FrameBuffer(listener._frame_bytes_max)
+        self._frames = FrameBuffer(listener._unauthenticated_frame_bytes_max)
         self._conn: ClientConnection | None = None
+        self._host: _Host | None = None  # None: refused, or released
+        self._host_key = ""
+        self._charged = 0  # bytes of the partial frame counted against the budgets
+        self._frames_done = 0
+        self._frames_seen = 0  # `_frames_done` at the sweep that last saw it move
+        self._active_at = 0.0  # loop time a frame was last known complete
+        self._partial_at: float | None = None  # loop time the current partial frame was seen
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self._listener
         stream = cast(asyncio.Transport, transport)
-        if len(listener._conns) >= listener._connections_max:
+        self._host_key = host_key(stream.get_extra_info("peername"))
+        self._host = listener._admit(self._host_key)
+        if self._host is None:
+            log.debug("refusing a client connection: connection limit")
             stream.close()
             return
+        listener._protocols.add(self)
         set_nodelay(stream)
-        self._conn = ClientConnection(stream)
-        listener._conns.add(self._conn)
+        self._conn = ClientConnection(
+            stream, self._frames, listener._frame_bytes_max, listener._write_buffer_bytes_max
+        )
+        self._active_at = asyncio.get_running_loop().time()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection and give back its slot and budget at once, so the next
+        chunk from another connection is measured against what is really held."""
         if self._conn is not None:
-            self._listener._conns.discard(self._conn)
             self._conn.close()
+        host = self._host
+        if host is None:
+            return
+        self._host = None
+        listener = self._listener
+        listener._protocols.discard(self)
+        listener._buffered -= self._charged
+        host.buffered -= self._charged
+        self._charged = 0
+        host.connections -= 1
+        if host.connections == 0:
+            del listener._hosts[self._host_key]
+        self._frames.clear()
 
     def data_received(self, data: bytes) -> None:
         conn, listener = self._conn, self._listener
@@ -520,10 +733,52 @@ class _ClientProtocol(asyncio.Protocol):
             return
         try:
             for payload in self._frames.frames(data):
+                self._frames_done += 1
                 listener._on_request(unpack(payload, listener._frame_bytes_max), conn)
                 if conn.closed:
                     return
         except RemoteProtocolError as exc:
-            listener.protocol_errors += 1
+            listener.stats.protocol_errors += 1
             log.info("closing a client connection: %s", exc)
-            conn.close()
+            self.close()
+            return
+        if self._frames.buffered != self._charged:
+            self._charge(self._frames.buffered)
+
+    def _charge(self, buffered: int) -> None:
+        """Count this connection's partial frame against its host's and the listener's
+        budgets; close it if its growth overruns either."""
+        listener, host = self._listener, self._host
+        assert host is not None, "data on a released connection"
+        grown = buffered - self._charged
+        self._charged = buffered
+        host.buffered += grown
+        listener._buffered += grown
+        if grown > 0 and (
+            host.buffered > listener._buffered_bytes_per_host_max
+            or listener._buffered > listener._buffered_bytes_max
+        ):
+            listener.stats.closed_over_buffer_budget += 1
+            log.debug("closing a client connection: partial frames over the byte budget")
+            self.close()
+
+    def check_timeouts(self, now: float, idle_s: float, read_s: float) -> None:
+        """Called by the listener's sweep. Times are the sweep's, never earlier than the
+        events they stand for, so a connection is never closed before its timeout."""
+        if self._frames_done != self._frames_seen:
+            self._frames_seen = self._frames_done
+            self._active_at = now
+            self._partial_at = None  # any partial frame now began after that frame
+        if not self._frames.buffered:
+            self._partial_at = None
+        elif self._partial_at is None:
+            self._partial_at = now
+        elif now - self._partial_at >= read_s:
+            self._listener.stats.closed_read_timeout += 1
+            log.debug("closing a client connection: frame not finished in time")
+            self.close()
+            return
+        if now - self._active_at >= idle_s:
+            self._listener.stats.closed_idle += 1
+            log.debug("closing a client connection: idle")
+            self.close()

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from ledger_bridge import tls
 from ledger_bridge.transport import (
+    HEADER,
+    ClientListener,
     FrameBuffer,
     FrameTooLarge,
     PeerListener,
@@ -23,6 +25,7 @@ from ledger_bridge.transport import (
     RemoteProtocolError,
     TransportStats,
     encode_frame,
+    host_key,
     pack,
     read_frame,
     unpack,
@@ -115,6 +118,23 @@ def test_a_frame_buffer_returns_the_frames_whatever_the_chunks(
     buffer = FrameBuffer(300)
     got = [frame for a, b in itertools.pairwise(bounds) for frame in buffer.frames(stream[a:b])]
     assert got == frames
+
+
+@given(
+    frames=st.lists(st.binary(max_size=300), max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=12),
+)
+def test_a_frame_buffer_holds_less_than_one_frame_between_chunks(
+    frames: list[bytes], cuts: list[int]
+) -> None:
+    """What the client listener charges to its byte budgets is all it holds between reads."""
+    stream = b"".join(encode_frame(f) for f in frames)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    buffer = FrameBuffer(300)
+    for a, b in itertools.pairwise(bounds):
+        list(buffer.frames(stream[a:b]))
+        assert buffer.buffered < HEADER.size + 300
+    assert buffer.buffered == 0
 
 
 def test_a_frame_buffer_refuses_an_oversized_header_before_its_body() -> None:
@@ -297,3 +317,32 @@ def test_a_replica_cannot_claim_another_id_than_its_certificate(
 ) -> None:
     good, _ = two_cas
     assert _tls_exchange(good, good, client_id=1, hello_id=0) == 0
+
+
+@pytest.mark.parametrize(
+    ("peer", "key"),
+    [
+        (("192.0.2.7", 5000), "192.0.2.7"),
+        (("2001:db8:1:2:aaaa::1", 5000, 0, 0), "2001:db8:1:2::/64"),
+        (("2001:db8:1:2:bbbb::9", 6000, 0, 0), "2001:db8:1:2::/64"),
+        (("::ffff:192.0.2.7", 5000, 0, 0), "192.0.2.7"),
+        (None, ""),
+    ],
+)
+def test_client_hosts_are_ipv4_addresses_or_ipv6_slash_64s(peer: object, key: str) -> None:
+    assert host_key(peer) == key
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"unauthenticated_frame_bytes_max": 2 << 20, "frame_bytes_max": 1 << 20},
+        {"connections_per_host_max": 2000},
+        {"buffered_bytes_per_host_max": 1 << 20, "frame_bytes_max": 1 << 20},
+        {"buffered_bytes_max": 4 << 20, "buffered_bytes_per_host_max": 8 << 20},
+        {"read_timeout_ms": 0},
+    ],
+)
+def test_client_limits_that_contradict_each_other_are_refused(limits: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        ClientListener(lambda frame, conn: None, **limits)
