@@ -362,6 +362,7 @@ class Replica:
         self.inflight: dict[tuple[bytes, int], Request] = {}  # primary: proposed, not executed
         self.next_seq = 1
         self.last_time_proposed_ms = 0
+        self.proposal_floor = 0  # min-s of the view's NEW-VIEW: execute through it, then propose
         # View change.
         self.view_changes: dict[int, ViewChange] = {}  # latest valid VIEW-CHANGE per replica
         self.my_view_change: ViewChange | None = None
@@ -639,6 +640,10 @@ class Replica:
         cfg = self.config
         if self.muted:
             return  # a restarted primary may have forgotten a PRE-PREPARE it sent in this view
+        if self.last_executed < self.proposal_floor:
+            # Requests committed at or below the new view's min-s may still wait in our queue
+            # until we execute them: proposing before then could order one twice.
+            return
         while self.pending and self.next_seq <= self.high_watermark:
             if self.next_seq - 1 - self.last_executed >= cfg.batches_in_flight_max:
                 return  # the window is full: requests gather for the next batch meanwhile
@@ -651,10 +656,6 @@ class Replica:
             idle = self.next_seq - 1 <= self.last_executed
             if not full and not idle and self.now_ms - oldest_ms < cfg.batch_wait_ms:
                 return
-            for req in batch:
-                key = (req.client_id, req.request_id)
-                del self.pending[key]
-                self.inflight[key] = req
             time_ms = max(self.now_ms, self.last_time_proposed_ms)
             self.last_time_proposed_ms = time_ms
             requests = tuple(batch)
@@ -748,6 +749,13 @@ class Replica:
             raise LocalProtocolError("two pre-prepares accepted for one slot")
         slot.pre_prepare = pp
         self._dirty.add(pp.seq)
+        if pp.replica_id == self.id:
+            # Ours, from a batch or from O: its requests leave the queue, or the next batch
+            # would order them a second time (a request in two blocks).
+            for req in pp.requests:
+                key = (req.client_id, req.request_id)
+                if self.pending.pop(key, None) is not None or key not in self.inflight:
+                    self.inflight[key] = req
         # Votes that arrived early for another digest are no use any more.
         slot.prepares = {
             r: p for r, p in slot.prepares.items() if p.batch_digest == pp.batch_digest
@@ -972,7 +980,8 @@ class Replica:
 
     def _record_checkpoint(self, cp: Checkpoint) -> None:
         votes = self.checkpoint_votes.setdefault(cp.seq, {})
-        if cp.replica_id in votes:
+        known = votes.get(cp.replica_id)
+        if known is not None and not self._vote_replaces(known, cp):
             return
         votes[cp.replica_id] = cp
         # Memory bound: each replica keeps at most L/K + 2 checkpoint votes here.
@@ -984,6 +993,19 @@ class Replica:
             if not self.checkpoint_votes[s]:
                 del self.checkpoint_votes[s]
         self._check_stable(cp.seq)
+
+    def _vote_replaces(self, known: Checkpoint, cp: Checkpoint) -> bool:
+        """A second CHECKPOINT from one signer for one sequence number replaces the first only
+        if it matches our own state and the first does not. A Byzantine replica may send us
+        a corrupt vote and a peer relay its genuine one (inside a stable proof): keeping the
+        first left honest replicas one vote short of 2f+1 for good, at their window limit
+        (simulator seed 538). Counting a signer that signed two digests is as safe as
+        counting any faulty replica: a proof still needs 2f+1 signatures on one digest."""
+        own = self.own_snapshots.get(cp.seq)
+        if own is None or known.state_digest == own[0] or cp.state_digest != own[0]:
+            return False
+        self.stats["checkpoint vote replaced by one matching our state"] += 1
+        return True
 
     def _check_stable(self, seq: int) -> None:
         votes = self.checkpoint_votes.get(seq)
@@ -1253,6 +1275,7 @@ class Replica:
             max_s = max(max_s, pp.seq)
             if self._in_window(pp.seq):
                 self._accept_pre_prepare(pp)
+        self.proposal_floor = min_s
         if self.is_primary:
             self.next_seq = max(max_s, self.h, self.last_executed) + 1
             self._maybe_propose()

@@ -4,7 +4,8 @@
 - prefix consistency: every honest chain verifies from genesis (hash links, certificates,
   client signatures) wherever it is contiguous;
 - equal state digests at checkpoints;
-- exactly once: no (client, request id) is executed at two heights by one replica;
+- exactly once: no (client, request id) is executed at two heights by one replica, and no
+  request is ordered in two blocks of one honest chain;
 - only signed requests executed: no forged request reaches any honest chain;
 - liveness: every client request completed once the network was stable, and every honest
   replica that is up caught up with the highest honest chain;
@@ -68,6 +69,7 @@ def check(sim: Simulator, *, expect_liveness: bool = True) -> Report:
             for r in b.requests:
                 if m.encode(r) in sim.forged_requests:
                     v.append(f"replica {i}: forged request at height {b.height}")
+        _check_ordered_once(i, node.blocks, v)
         # Exactly once.
         seen: dict[bytes, int] = {}
         for h, txs in sorted(node.executed_log.items()):
@@ -104,6 +106,21 @@ def check(sim: Simulator, *, expect_liveness: bool = True) -> Report:
     return report
 
 
+def _check_ordered_once(i: int, blocks: dict[int, m.Block], v: list[str]) -> None:
+    """No request in two blocks of one honest chain, with its body or by its digest: the
+    reply cache keeps the second copy from executing, but a block is for ever and the
+    client's receipt names one height."""
+    first: dict[bytes, int] = {}
+    for h, b in sorted(blocks.items()):
+        digests = [m.request_digest(r) for r in b.requests]
+        digests += [o.request_digest for o in b.omitted]
+        for d in digests:
+            if d in first:
+                v.append(f"replica {i}: a request ordered at heights {first[d]} and {h}")
+            else:
+                first[d] = h
+
+
 def _check_acknowledged(sim: Simulator, honest: list[int], v: list[str]) -> None:
     """Every acknowledged request is in the honest chains at the height its receipt names:
     with its body if the application accepted it, by its digest alone if it refused it."""
@@ -127,8 +144,10 @@ def _check_acknowledged(sim: Simulator, honest: list[int], v: list[str]) -> None
                 v.append(f"acknowledged request {rid} is in no honest chain at {height}")
 
 
-def run_seed(seed: int, *, byzantine: bool = False) -> Report:
+def run_seed(seed: int, *, byzantine: bool = False, colluding: bool = False) -> Report:
+    """One seed under every checker: `Scenario.random`, or with `colluding` the n = 7
+    schedule with two colluding Byzantine replicas (`Scenario.colluding`)."""
     from ledger_bridge.sim.core import Scenario
 
-    sim = Simulator(Scenario.random(seed, byzantine=byzantine)).run()
-    return check(sim)
+    sc = Scenario.colluding(seed) if colluding else Scenario.random(seed, byzantine=byzantine)
+    return check(Simulator(sc).run())

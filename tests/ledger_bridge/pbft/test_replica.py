@@ -630,3 +630,31 @@ def test_a_retried_request_gets_the_reply_already_signed() -> None:
     assert {r.replica_id for r in net.replies} == {0, 1, 2, 3}
     assert all(r is first[r.replica_id] for r in net.replies)
     assert all(m.verify_reply(r, net.config.verify_keys) for r in net.replies)
+
+
+def _heights_holding(blocks: dict[int, m.Block], req: m.Request) -> list[int]:
+    want = m.request_digest(req)
+    return sorted(
+        h
+        for h, b in blocks.items()
+        if want in {m.request_digest(r) for r in b.requests}
+        or want in {o.request_digest for o in b.omitted}
+    )
+
+
+def test_a_request_re_proposed_by_new_view_is_not_proposed_again() -> None:
+    """TOCS §4.4 with §4.1: the new primary re-proposes the prepared batch in O; the same
+    request, still waiting in its queue (a backup keeps a request until it executes, for its
+    view-change timer), must not go into a second batch of the new view: one request, one
+    block."""
+    net = Net()
+    net.filter = lambda src, dst, msg: not (isinstance(msg, m.Commit) and msg.view == 0)
+    req = request(1)
+    net.submit(req, to=[0, 1, 2, 3])
+    net.deliver_all()
+    assert all(1 in r.pcerts for r in net.replicas)
+    net.down.add(0)
+    net.tick(1_500)
+    assert min(net.heights()[1:]) >= 1
+    for i in (1, 2, 3):
+        assert _heights_holding(net.blocks[i], req) == [1]
