@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import importlib
 import json
 import logging
@@ -135,6 +136,7 @@ class Node:
             self._on_peer_frame,
             server_ssl=tls.server_context(files) if files else None,
             client_ssl=tls.client_context(files) if files else None,
+            frame_bytes_max=self.frame_bytes_max,
         )
         self.clients = ClientListener(self._on_client_frame)
         self._client_conns: dict[bytes, ClientConnection] = {}
@@ -200,6 +202,8 @@ class Node:
         if not m.verify_request(request):
             self.dropped_client += 1
             return
+        # A key proven: this connection may send frames as large as a replica admits.
+        conn.authenticate()
         self._client_conns[request.client_id] = conn
         if len(self._client_conns) > 10_000:
             self._client_conns = {k: c for k, c in self._client_conns.items() if not c.closed}
@@ -255,6 +259,7 @@ class Node:
             "dropped_peer": self.dropped_peer,
             "dropped_client": self.dropped_client,
             "dropped_oversize": self.dropped_oversize,
+            "client_port": dataclasses.asdict(self.clients.stats),
             "refused_at_admission": self.replica.stats["refused at admission"],
         }
 

@@ -401,15 +401,20 @@ class PeerNetwork:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         queue_max: int = SEND_QUEUE_MAX,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
     ) -> None:
+        """`frame_bytes_max` bounds frames both ways: the largest message a correct replica
+        sends, which the node derives from the cluster's parameters."""
         self.stats = TransportStats()
         self.self_id = self_id
         self._senders = {
-            pid: PeerSender(self_id, pid, addr, self.stats, client_ssl, queue_max)
+            pid: PeerSender(self_id, pid, addr, self.stats, client_ssl, queue_max, frame_bytes_max)
             for pid, addr in peer_addresses.items()
             if pid != self_id
         }
-        self._listener = PeerListener(on_frame, self.stats, max(peer_addresses) + 1, server_ssl)
+        self._listener = PeerListener(
+            on_frame, self.stats, max(peer_addresses) + 1, server_ssl, frame_bytes_max
+        )
 
     async def start(self, listen: str) -> None:
         await self._listener.start(listen)
@@ -506,7 +511,15 @@ class ClientConnection:
         if self._transport.get_write_buffer_size() > self._write_buffer_bytes_max:
             self.close()
             return
-        self._transport.write(encode_frame(pack(obj)))
+        payload = pack(obj)
+        if len(payload) > FRAME_BYTES_MAX:
+            # An answer no client could take (a block stored by an older version, before
+            # batches were bounded by bytes): the client sees the connection end, the node
+            # goes on.
+            log.warning("closing a client connection: a %d-byte answer", len(payload))
+            self.close()
+            return
+        self._transport.write(encode_frame(payload))
 
     def close(self) -> None:
         if not self.closed:
