@@ -36,11 +36,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from ledger_bridge import eventloop, tls
+from ledger_bridge import backfill, eventloop, tls
 from ledger_bridge import genesis as gen
 from ledger_bridge.app import Application
 from ledger_bridge.crypto import SessionKey, mac, session_transcript
@@ -69,6 +70,12 @@ IDLE_TICK_MS = 25
 # cut could lose anyway and the core tolerates (see `Ready.must_sync`).
 LAZY_WRITE_MS = 20
 TRACE_EVENTS_MAX = 500_000  # ~100 s of an unbatched load, ~50 MB: a trace is a diagnosis
+# Stopping: closing links waits at most STOP_LINKS_S (a paused peer never acknowledges a close),
+# and whatever else hangs, the process exits STOP_DEADLINE_S after the signal, before the
+# launcher's SIGKILL (`cluster.STOP_TIMEOUT_S`, 5 s). An exit there loses only unsynced
+# writes, which a kill -9 loses too and the core tolerates (`Ready.must_sync`).
+STOP_LINKS_S = 1.0
+STOP_DEADLINE_S = 4.0
 APPS = {"kv": "ledger_bridge.kvapp:KVApp", "contracts": "ledger_bridge.contracts.app:ConsentApp"}
 
 
@@ -120,6 +127,7 @@ class Node:
         self.config = config
         self.genesis = config.genesis()
         self.storage = Storage(config.data_dir, synchronous=synchronous)
+        self.backfill = backfill.for_node(self.storage, self.genesis, config.id, self._head)
         self.app = load_app(str(self.genesis.params.get("app", "kv")), self.genesis)
         self.replica = Replica(
             cluster_config(self.genesis),
@@ -261,6 +269,12 @@ class Node:
             "dropped_oversize": self.dropped_oversize,
             "client_port": dataclasses.asdict(self.clients.stats),
             "refused_at_admission": self.replica.stats["refused at admission"],
+            # Is this replica voting? Active in its view, not muted after a restart, and
+            # executing near the top (`bench ledger`'s faults section reads these).
+            "view_active": self.replica.active,
+            "muted": self.replica.muted,
+            "last_executed": self.replica.last_executed,
+            **self.backfill.status(),
         }
 
     # -- the Ready loop ---------------------------------------------------------------------
@@ -369,6 +383,7 @@ class Node:
         await self.network.start(self.config.listen)
         await self.clients.start(self.config.client_listen)
         ticker = asyncio.get_running_loop().create_task(self._ticker())
+        filler = asyncio.get_running_loop().create_task(self.backfill.run())
         log.info(
             "replica %d of %s up: peers on %s, clients on %s, height %d",
             self.config.id,
@@ -381,8 +396,11 @@ class Node:
             await self._stopping.wait()
         finally:
             ticker.cancel()
-            await self.clients.stop()
-            await self.network.stop()
+            filler.cancel()
+            try:
+                await asyncio.wait_for(self._close_links(), STOP_LINKS_S)
+            except TimeoutError:
+                log.warning("links not closed in %.1f s; stopping anyway", STOP_LINKS_S)
             self._write_lazy()
             self.storage.close()
             if self._trace_dir is not None and self._trace is not None:
@@ -390,15 +408,42 @@ class Node:
                 out.write_text(json.dumps(self._trace))
             log.info("replica %d stopped", self.config.id)
 
+    def _head(self) -> tuple[int, bytes]:
+        """For the backfill: what the core executed. Held-back blocks are written first, or
+        the newest ones would look missing and be fetched from the peers for nothing."""
+        self._write_lazy()
+        return self.replica.last_executed, self.replica.head_hash
+
+    async def _close_links(self) -> None:
+        await self.clients.stop()
+        await self.network.stop()
+        await self.backfill.close()
+
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _exit_at_deadline() -> None:
+    log.error("not stopped %.1f s after the signal: exiting without a clean stop", STOP_DEADLINE_S)
+    os._exit(3)
 
 
 async def serve(config_path: Path) -> None:
     node = Node(gen.load_node_config(config_path))
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # A plain handler, not `loop.add_signal_handler`: that one runs only when the loop
+        # gets control back, and a loop stuck in a long step would never stop. This one runs
+        # between bytecodes; the watchdog thread covers a loop stuck for good.
+        if not node._stopping.is_set():
+            watchdog = threading.Timer(STOP_DEADLINE_S, _exit_at_deadline)
+            watchdog.daemon = True
+            watchdog.start()
+        loop.call_soon_threadsafe(node.stop)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, node.stop)
+        signal.signal(sig, on_signal)
     await node.run()
 
 

@@ -186,7 +186,69 @@ class Storage:
         if batch.meta:
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", batch.meta)
 
+    def fill_holes(self, blocks: Iterable[tuple[int, bytes]], executed: int = 0) -> int:
+        """Store blocks only at heights the store lacks, below its top or up to `executed`
+        (the core's last executed height); return how many.
+
+        Why only holes and never an overwrite: these blocks come from peers (backfill, see
+        `ledger_bridge.backfill`), and a block this replica stored itself is what it executed
+        and certified; a height above both bounds is the replica core's to store, in order,
+        as it executes. Not fsynced: a block lost in a crash is fetched again.
+        """
+        rows = list(blocks)
+        if not rows:
+            return 0
+        db = self._db
+        if self._level != self._lazy_level:
+            db.execute(f"PRAGMA synchronous={self._lazy_level}")
+            self._level = self._lazy_level
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            top = max(self.last_height() - 1, executed)
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO blocks (height, block) VALUES (?, ?)",
+                [(h, b) for h, b in rows if 1 <= h <= top],
+            )
+            inserted = db.total_changes - before
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.writes += 1
+        return inserted
+
     # -- reads ----------------------------------------------------------------------------
+
+    def holes(self, start: int = 1, limit: int = 64, executed: int = 0) -> list[tuple[int, int]]:
+        """Missing heights as (first, last) ranges, lowest first: below the top block, and
+        above it up to `executed` (blocks the core executed without storing, e.g. those a
+        state transfer did not ship). Only heights >= `start` are looked at (below it the
+        caller knows the store is contiguous, so a large store is not rescanned from height 1
+        each time). Height 1 counts: a store whose lowest block is above 1 lacks all below."""
+        top = self.last_height()
+        out: list[tuple[int, int]] = []
+        if executed > top and top < start:
+            return [(start, executed)] if executed >= start else []
+        first = self._db.execute(
+            "SELECT min(height) FROM blocks WHERE height >= ?", (start,)
+        ).fetchone()
+        if first is None or first[0] is None:
+            return []
+        if int(first[0]) > start:
+            out.append((start, int(first[0]) - 1))
+        rows = self._db.execute(
+            "SELECT prev + 1, height - 1 FROM ("
+            " SELECT height, lag(height) OVER (ORDER BY height) AS prev"
+            " FROM blocks WHERE height >= ?"
+            ") WHERE height > prev + 1 ORDER BY height LIMIT ?",
+            (start, limit),
+        )
+        out += [(int(lo), int(hi)) for lo, hi in rows]
+        if executed > top:
+            out.append((top + 1, executed))
+        return out[:limit]
+
 
     def meta(self, key: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
