@@ -7,6 +7,14 @@ its recorded results or state roots were altered. With at most f faulty replicas
 correct ones agree on every header; any disagreement is a finding naming the replica and the
 height, which is what the DPO needs to act on.
 
+Holes are not lag. A replica brought back by state transfer stores the newest blocks and lacks
+the ones in between until its backfill (`ledger_bridge.backfill`) fetches them: it is at the
+top, yet every transaction in a hole lives on one replica fewer than the protocol promises.
+Such a replica gets a `holes` finding, which is not `ok`; `lagging` (a warning) is kept for a
+replica whose own top is below the others'. A replica's top comes from its chain when the
+caller passes blocks above a hole, or from `tops` (its status) when the caller stops reading
+at the first missing height.
+
 Pure: takes blocks, returns findings; fetching them (client, HTTP) is the caller's job.
 """
 
@@ -23,7 +31,7 @@ from ledger_bridge.pbft.messages import Block
 
 @dataclass(frozen=True, slots=True)
 class LedgerFinding:
-    code: str  # invalid-block | broken-link | diverging-header | lagging
+    code: str  # invalid-block | broken-link | diverging-header | holes | lagging
     replica: int
     height: int
     detail: str
@@ -33,9 +41,12 @@ class LedgerFinding:
 class LedgerAudit:
     heights: dict[int, int]  # replica -> highest contiguous verified height
     findings: list[LedgerFinding] = field(default_factory=list)
+    missing: dict[int, int] = field(default_factory=dict)  # replica -> heights in its holes
 
     @property
     def ok(self) -> bool:
+        """No finding but lag: every replica that answered holds a verified, contiguous chain
+        of identical headers (holes are not ok: see the module docstring)."""
         return not [f for f in self.findings if f.code != "lagging"]
 
 
@@ -50,14 +61,18 @@ def _chain_of(
     """Verify one replica's chain from `start` (whose previous header hash is `anchor`);
     return height -> header hash of the good part."""
     hashes: dict[int, bytes] = {}
-    prev = anchor
-    for expected, block in enumerate(sorted(blocks, key=lambda b: b.height), start=start):
-        if block.height != expected:
+    prev: bytes | None = anchor
+    expected = start
+    for block in sorted(blocks, key=lambda b: b.height):
+        if block.height < expected:
             findings.append(
-                LedgerFinding("broken-link", replica, expected, f"height {expected} is missing")
+                LedgerFinding("broken-link", replica, block.height, "two blocks at this height")
             )
             break
-        if block.prev_hash != prev:
+        if block.height > expected:
+            prev = None  # above a hole: the certificate vouches for the block, no link can
+        expected = block.height + 1
+        if prev is not None and block.prev_hash != prev:
             findings.append(
                 LedgerFinding(
                     "broken-link", replica, block.height, "previous-block hash does not match"
@@ -85,13 +100,15 @@ def verify_replicas(
     *,
     start: int = 1,
     anchors: Mapping[int, bytes] | None = None,
+    tops: Mapping[int, int] | None = None,
 ) -> LedgerAudit:
     """Check each replica's chain and compare the replicas' headers height by height.
 
     A long chain is audited in segments: `start` is the first height of every chain given,
     and `anchors[replica]` the header hash of that replica's block `start - 1` (verified by
     the previous segment's audit). A replica with no anchor starts from the genesis hash,
-    which only a chain starting at height 1 matches.
+    which only a chain starting at height 1 matches. `tops[replica]` is the replica's own
+    highest stored height (its status), for a caller that stops reading at a missing block.
     """
     keys = [k if isinstance(k, VerifyKey) else VerifyKey(k) for k in validators]
     findings: list[LedgerFinding] = []
@@ -100,8 +117,8 @@ def verify_replicas(
         r: _chain_of(r, blocks, keys, findings, start, anchors.get(r, GENESIS_HASH))
         for r, blocks in sorted(chains.items())
     }
-    heights = {r: max(h, default=start - 1) for r, h in verified.items()}
-    top = max(heights.values(), default=start - 1)
+    heights = {r: _contiguous(h, start) for r, h in verified.items()}
+    top = max((max(h, default=start - 1) for h in verified.values()), default=start - 1)
     quorum = 2 * ((len(keys) - 1) // 3) + 1
     for height in range(start, top + 1):
         votes = Counter(h[height] for h in verified.values() if height in h)
@@ -119,9 +136,44 @@ def verify_replicas(
                         f"results, state root or time differ from {basis} at this height",
                     )
                 )
-    for replica, height in heights.items():
-        if height < top:
+    missing = _holes_and_lag(chains, start, top, tops or {}, findings)
+    return LedgerAudit(heights=heights, findings=findings, missing=missing)
+
+
+def _contiguous(hashes: Mapping[int, bytes], start: int) -> int:
+    height = start - 1
+    while height + 1 in hashes:
+        height += 1
+    return height
+
+
+def _holes_and_lag(
+    chains: Mapping[int, Sequence[Block]],
+    start: int,
+    top: int,
+    tops: Mapping[int, int],
+    findings: list[LedgerFinding],
+) -> dict[int, int]:
+    """A `holes` finding for each replica missing heights below its own top (in this range),
+    a `lagging` one for each whose own top is below the range's; returns the missing counts."""
+    missing: dict[int, int] = {}
+    for replica, blocks in sorted(chains.items()):
+        present = {b.height for b in blocks}
+        own_top = max(max(present, default=start - 1), tops.get(replica, start - 1))
+        absent = [h for h in range(start, min(own_top, top) + 1) if h not in present]
+        if absent:
+            missing[replica] = len(absent)
             findings.append(
-                LedgerFinding("lagging", replica, height, f"{top - height} block(s) behind")
+                LedgerFinding(
+                    "holes",
+                    replica,
+                    absent[0],
+                    f"{len(absent)} block(s) missing below its top height {own_top} (a "
+                    "replica fills them from its peers; until then they are not replicated)",
+                )
             )
-    return LedgerAudit(heights=heights, findings=findings)
+        if own_top < top:
+            findings.append(
+                LedgerFinding("lagging", replica, own_top, f"{top - own_top} block(s) behind")
+            )
+    return missing

@@ -53,5 +53,43 @@ def test_missing_block_and_lagging_replica() -> None:
     chains, validators = _chains()
     chains[0] = chains[0][:1] + chains[0][2:]
     chains[3] = chains[3][:2]
-    findings = {(f.code, f.replica) for f in verify_replicas(chains, validators).findings}
-    assert ("broken-link", 0) in findings and ("lagging", 3) in findings
+    audit = verify_replicas(chains, validators)
+    findings = {(f.code, f.replica) for f in audit.findings}
+    assert findings == {("holes", 0), ("lagging", 3)}
+    assert not audit.ok
+
+
+def test_a_replica_at_the_top_with_holes_is_not_lagging_and_not_ok() -> None:
+    """What the fault campaign found: a replica back from state transfer holds the newest
+    blocks and lacks those in between. It is at the top: not lagging. Its holes mean acked
+    transactions live on fewer replicas: the audit is not ok until they are filled."""
+    chains, validators = _chains()
+    top = chains[1][-1].height
+    full = list(chains[1])
+    chains[1] = full[:1] + full[-1:]  # heights 1 and top only
+    audit = verify_replicas(chains, validators)
+    assert [(f.code, f.replica, f.height) for f in audit.findings] == [("holes", 1, 2)]
+    assert audit.missing == {1: top - 2} and not audit.ok
+    assert audit.heights[1] == 1  # what is verified contiguously from the start
+
+    # A caller that stops reading at the first missing height passes the replica's own top.
+    chains[1] = full[:1]
+    truncated = verify_replicas(chains, validators, tops={1: top})
+    assert [(f.code, f.replica) for f in truncated.findings] == [("holes", 1)]
+    assert not truncated.ok
+    # Without it, the same chain looks like lag, which is a warning only.
+    lag = verify_replicas(chains, validators)
+    assert [(f.code, f.replica) for f in lag.findings] == [("lagging", 1)] and lag.ok
+
+    # Filled (what backfill does): ok again.
+    chains[1] = full
+    assert verify_replicas(chains, validators, tops={1: top}).ok
+
+
+def test_a_forged_block_above_a_hole_is_still_found() -> None:
+    chains, validators = _chains()
+    last = chains[2][-1]
+    forged = dataclasses.replace(last, signers=last.signers[:1], certificate=last.certificate[:1])
+    chains[2] = chains[2][:1] + [forged]
+    codes = {(f.code, f.replica) for f in verify_replicas(chains, validators).findings}
+    assert ("invalid-block", 2) in codes and ("holes", 2) in codes
