@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from pathlib import Path
+from types import FrameType
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +43,28 @@ def _register_up(ledger_sub: argparse._SubParsersAction[argparse.ArgumentParser]
     up.set_defaults(func=_run_up)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (what a service manager or `kill` sends) stops the cluster as Ctrl-C does.
+
+    Python's default SIGTERM ends the process on the spot, and the replicas, in sessions of
+    their own, ran on as orphans. Later signals are ignored while the cluster stops: a second
+    one must not abandon it half-stopped.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _run_up(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return _up(args)
+    except KeyboardInterrupt:  # a signal before or after the cluster's block below
+        return 0
+
+
+def _up(args: argparse.Namespace) -> int:
     from ledger_bridge.cluster import Cluster
     from ledger_bridge.genesis import GenesisError
 
@@ -59,7 +82,7 @@ def _run_up(args: argparse.Namespace) -> int:
             print(f"ledger up: {cluster.n} replicas from {args.dir}; clients on")
             for address in cluster.client_addresses():
                 print(f"  {address}")
-            print("Ctrl-C stops the cluster.")
+            print("Ctrl-C or SIGTERM stops the cluster.", flush=True)
             while all(cluster.running(i) for i in range(cluster.n)):
                 time.sleep(0.5)
             print("a replica exited; stopping the cluster (see logs/ in the directory)")

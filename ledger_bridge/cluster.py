@@ -104,21 +104,31 @@ class Cluster:
 
     def start(self, ids: list[int] | None = None) -> None:
         for i in ids if ids is not None else range(self.n):
-            assert i not in self._procs or self._procs[i].poll() is not None, f"{i} running"
-            log_path = self.directory / "logs" / f"node-{i}.log"
-            log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            self._procs[i] = subprocess.Popen(
-                [self._python, "-m", "ledger_bridge.node", "--config", str(self.node_files[i])],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # Ctrl-C in `ledger up` reaches us, we stop them
-                # What a replica creates (its database, write-ahead log, snapshots) is its own.
-                umask=0o077,
-            )
-            log.close()
+            # A SIGINT/SIGTERM handler that raises (`ledger up`, `up`) must not fire between
+            # the fork and the bookkeeping: that child would be one `close()` never stops. The
+            # child inherits the mask; the node unblocks both once its handlers are set.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                self._spawn(i)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _spawn(self, i: int) -> None:
+        assert i not in self._procs or self._procs[i].poll() is not None, f"{i} running"
+        log_path = self.directory / "logs" / f"node-{i}.log"
+        log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._procs[i] = subprocess.Popen(
+            [self._python, "-m", "ledger_bridge.node", "--config", str(self.node_files[i])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C in `ledger up` reaches us, we stop them
+            # What a replica creates (its database, write-ahead log, snapshots) is its own.
+            umask=0o077,
+        )
+        log.close()
 
     def wait_ready(self, ids: list[int] | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block until every listed replica answers `status` on its client port."""
@@ -185,9 +195,20 @@ class Cluster:
             self.wait_ready([i])
 
     def close(self) -> None:
-        for i in list(self._procs):
+        """SIGTERM to every replica at once, then one shared wait: stopping them one by one
+        took up to STOP_TIMEOUT_S each."""
+        live = [p for p in self._procs.values() if p.poll() is None]
+        for proc in live:
             with contextlib.suppress(ProcessLookupError):
-                self.stop(i)
+                proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in live:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def __enter__(self) -> Cluster:
         return self

@@ -444,6 +444,9 @@ async def serve(config_path: Path) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    # A launcher may have blocked them around our fork (`Cluster.start`); one sent meanwhile
+    # is pending and lands here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     await node.run()
 
 

@@ -407,3 +407,20 @@ def test_up_joins_external_replicas_and_leaves_them_running(
         assert clash.stop_by_itself() == 2
         assert "already answers on" in clash.output, clash.output[-3000:]
         assert _replica_pids(ledger_dir) == theirs
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_up_and_every_replica_it_started(
+    tmp_path: Path, fresh_database_url: str, launched: list[Up]
+) -> None:
+    """What a service manager sends to stop the system: no replica may outlive `up`."""
+    ledger_dir = tmp_path / "civis" / "ledger"
+    up = Up("--data-dir", str(tmp_path / "civis"), "--database-url", fresh_database_url)
+    launched.append(up)
+    up.wait_until("/readyz", 200)
+    replicas = _replica_pids(ledger_dir)
+    assert len(replicas) == 4
+    assert up.stop(signal.SIGTERM) == 0, up.output[-3000:]
+    assert "civis-vault up: stopped" in up.output
+    assert not _replica_pids(ledger_dir)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in replicas)

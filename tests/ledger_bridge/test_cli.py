@@ -3,6 +3,7 @@ mutual TLS, and stops them all on Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -65,3 +66,51 @@ def test_ledger_up_commits_over_mutual_tls_and_ctrl_c_stops_every_replica(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _replica_pids(directory: Path) -> set[int]:
+    """Live replica processes started from `directory`, found by their command line."""
+    needle = str(directory).encode()
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ledger_bridge.node" in cmdline and needle in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+def test_sigterm_to_ledger_up_stops_every_replica(tmp_path: Path) -> None:
+    """What a service manager sends. Python's default SIGTERM ended `ledger up` at once and
+    left its replicas (in sessions of their own) running as orphans."""
+    base = _base_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "api.cli", "ledger", "up", "--dir", str(tmp_path)),
+            *("--no-tls", "--base-port", str(base)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while not all(probe_status(f"127.0.0.1:{base + 100 + i}") for i in range(4)):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "cluster never came up"
+            time.sleep(0.2)
+        replicas = _replica_pids(tmp_path)
+        assert len(replicas) == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert not _replica_pids(tmp_path)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in replicas)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _replica_pids(tmp_path):
+            os.kill(pid, signal.SIGKILL)
