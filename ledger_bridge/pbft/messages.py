@@ -282,10 +282,15 @@ class NewView(_Msg):
 class Status(_Msg):
     """Periodic status (Castro's BFT library, TOCS §5.2 "retransmission"): where the sender
     is. From the primary it doubles as the heartbeat; receivers retransmit what the sender
-    lacks (log messages, NEW-VIEW, a certified checkpoint for state transfer)."""
+    lacks (log messages, NEW-VIEW, a certified checkpoint for state transfer).
+
+    `suspects`: the sender's view-change timer expired in `view` and it wants view + 1. A
+    suspicion binds nothing (no VIEW-CHANGE, no certificates): the sender keeps voting in
+    `view`, and sends VIEW-CHANGE only once 2f+1 replicas suspect (see `Replica`)."""
 
     view: int
     view_active: bool
+    suspects: bool
     stable_seq: int
     last_executed: int
     replica_id: int
@@ -295,6 +300,7 @@ class Status(_Msg):
     SPEC: ClassVar[tuple[tuple[str, Kind], ...]] = (
         ("view", "int"),
         ("view_active", "bool"),
+        ("suspects", "bool"),
         ("stable_seq", "int"),
         ("last_executed", "int"),
         ("replica_id", "int"),

@@ -35,8 +35,11 @@ snapshot, written once `durable_snapshot_txs` transactions have executed since t
 
 View change (§4.4, §4.5.2). A backup that knows of a request not executed within the
 view-change timeout, or has not heard the primary (its STATUS is the heartbeat) for that
-long, moves to view+1: it sends VIEW-CHANGE with its stable checkpoint proof and its prepared
-certificates. The timeout doubles per consecutive view change without progress (exponential
+long, *suspects* the view: it says so in its STATUS (sticky, durable) and goes on voting. f+1
+replicas suspecting make a replica join the suspicion; with 2f+1 it moves to view+1: it sends
+VIEW-CHANGE with its stable checkpoint proof and its prepared certificates. So a replica cut
+off from the primary alone never leaves the view (see `_suspect` and docs/PBFT.md,
+"Suspicion"). The timeout doubles per consecutive view change without progress (exponential
 back-off); f+1 VIEW-CHANGEs for higher views make a replica join the smallest of them. The new
 primary collects 2f+1 and sends NEW-VIEW with O; each backup re-verifies every VIEW-CHANGE
 and recomputes O, rejecting a forged NEW-VIEW.
@@ -53,13 +56,15 @@ Durability. `persist` holds the replica's durable records: its view, for each se
 number the accepted PRE-PREPARE, its prepared certificate and the commit certificate once
 committed, the stable checkpoint's proof, and a durable snapshot with the log records above it
 (which hold the commit certificates needed to re-execute up to the stable checkpoint). Only
-two of them protect a vote and
+three of them protect a vote and
 must be on disk before the messages of the same `Ready` leave (`Ready.must_sync`): the view
-(VIEW-CHANGE, NEW-VIEW) and a new prepared certificate (COMMIT: a replica that committed must
-report the certificate in its next VIEW-CHANGE, §4.4). The rest may reach the disk later: a
-replica restarted *while active in view v* never sends PRE-PREPARE, PREPARE or COMMIT in v
-again ("muted", it executes through commit certificates and rejoins at the next view), so it
-cannot contradict a PREPARE it sent and forgot; committed batches it forgot come back as
+(VIEW-CHANGE, NEW-VIEW, a suspicion), a new prepared certificate (COMMIT: a replica that
+committed must report the certificate in its next VIEW-CHANGE, §4.4) and the stable
+checkpoint (it bounds the sequence numbers voted on: at most h + L). The rest may reach the
+disk later: a replica restarted *while active in view v* sends no PRE-PREPARE, PREPARE or
+COMMIT in v for sequence numbers up to its stable checkpoint on disk + L ("muted", it
+executes them through commit certificates, and votes above them), so it cannot contradict a
+PREPARE it sent and forgot; committed batches it forgot come back as
 blocks with certificates, and re-execution is deterministic. After a restart the replica
 restores the durable snapshot and re-executes the committed log entries above it; passing the
 stable checkpoint, it checks that it reached the digest 2f+1 replicas signed.
@@ -384,8 +389,15 @@ class Replica:
         self._must_sync = False
         self._sync_cut = (0, 0)  # (messages, replies) produced before `_must_sync` was set
         # The view this replica was active in when it restarted: it sends no PRE-PREPARE,
-        # PREPARE or COMMIT in it (it may have forgotten ones it sent; see the docstring).
+        # PREPARE or COMMIT in it (it may have forgotten ones it sent; see the docstring)...
         self.muted_view: int | None = None
+        # ...for sequence numbers up to this one: above the stable checkpoint on disk + L, it
+        # cannot have voted before the restart (see `_make_stable`).
+        self.mute_through = 0
+        # Suspicion (see `_suspect`): ours of the primary of `view`, and per peer the view it
+        # left or suspects (a peer at `left_below[r] > v` wants to leave view v).
+        self.suspecting = False
+        self.left_below: dict[int, int] = {}
         self._handed: Ready | None = None
         if durable is not None:
             self._restore(durable)
@@ -402,7 +414,8 @@ class Replica:
 
     @property
     def muted(self) -> bool:
-        """Restarted while active in this view: no normal-case votes in it (see docstring)."""
+        """Restarted while active in this view, and not yet past `mute_through`: no
+        normal-case votes in it up to there (see the module docstring)."""
         return self.muted_view == self.view
 
     @property
@@ -427,28 +440,31 @@ class Replica:
         if self.active and self.is_primary:
             self._maybe_propose()
         if now >= self.next_status_ms:
-            self.next_status_ms = now + self.config.heartbeat_ms
-            # A muted primary says "not active", so the backups' heartbeat timer moves the
-            # cluster to a view it can vote in; a muted backup still says "active" (peers
-            # would otherwise keep re-sending it the NEW-VIEW of a view it is already in).
-            active = self.active and not (self.muted and self.is_primary)
-            self._broadcast(
-                m.sign(Status(self.view, active, self.h, self.last_executed, self.id), self.key)
-            )
+            self._broadcast_status()
         if not self.active and self.my_view_change is not None and now >= self.next_vc_resend_ms:
             self.next_vc_resend_ms = now + 2 * self.config.heartbeat_ms
             self._broadcast(self.my_view_change)
         if self.active and not self.is_primary:
             if self.pending and self.vc_deadline_ms is None:
                 self.vc_deadline_ms = now + self._timeout_ms()
-            if now - self.last_primary_heard_ms > self._timeout_ms():
+            if not self.suspecting and now - self.last_primary_heard_ms > self._timeout_ms():
                 self.stats["primary silent"] += 1
-                self._start_view_change(self.view + 1)
+                self._suspect()
                 return
         suspects = not (self.active and self.is_primary)  # a primary never suspects itself
         if suspects and self.vc_deadline_ms is not None and now >= self.vc_deadline_ms:
             self.stats["view-change timeout"] += 1
-            self._start_view_change(self.view + 1)
+            self.vc_deadline_ms = None
+            self._suspect()
+
+    def _broadcast_status(self) -> None:
+        self.next_status_ms = self.now_ms + self.config.heartbeat_ms
+        # A muted primary says "not active", so the backups' heartbeat timer moves the
+        # cluster to a view it can vote in; a muted backup still says "active" (peers would
+        # otherwise keep re-sending it the NEW-VIEW of a view it is already in).
+        active = self.active and not (self.muted and self.is_primary)
+        status = Status(self.view, active, self.suspecting, self.h, self.last_executed, self.id)
+        self._broadcast(m.sign(status, self.key))
 
     def has_ready(self) -> bool:
         return bool(
@@ -473,7 +489,8 @@ class Replica:
             if seq > self.h:
                 delta.put.append((KIND_LOG, seq_key(seq), self._log_record(seq)))
         if META_VIEW in self._meta_dirty:
-            delta.put.append((KIND_META, META_VIEW, _pack([self.view, self.active])))
+            view_record = [self.view, self.active, self.suspecting]
+            delta.put.append((KIND_META, META_VIEW, _pack(view_record)))
         s = self.stable
         if META_SNAPSHOT in self._meta_dirty and s.state is not None:
             value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof], s.state.packed()])
@@ -701,7 +718,7 @@ class Replica:
         if not self.active or pp.view != self.view:
             self._ignore("pre-prepare for another view")
             return
-        if self.muted:
+        if self.muted and pp.seq <= self.mute_through:
             self.stats["muted after restart"] += 1
             return
         if not self._in_window(pp.seq):
@@ -772,7 +789,7 @@ class Replica:
         if not self.active or vote.view != self.view:
             self._ignore(f"{kind} for another view")
             return None
-        if self.muted:
+        if self.muted and vote.seq <= self.mute_through:
             self.stats["muted after restart"] += 1
             return None
         if not self._in_window(vote.seq):
@@ -1029,6 +1046,12 @@ class Replica:
         self.stable = stable
         self.h = stable.seq
         self._meta_dirty.add(META_STABLE)
+        # The new h lets us vote up to h + L: it is on disk before any such vote leaves, so a
+        # restart knows every sequence number it may have voted on (`mute_through`).
+        self._need_sync()
+        if self.muted_view is not None and self.h >= self.mute_through:
+            self.muted_view = None
+            self.stats["voting again after restart"] += 1
         # Records of sequence numbers GC'd below before the shell saw them (committed and
         # stable within one step): still needed on disk to re-execute from the snapshot.
         for s in self._dirty:
@@ -1074,6 +1097,47 @@ class Replica:
 
     # ------------------------------------------------------------------------- view change
 
+    def _suspect(self) -> None:
+        """Our timer expired in this view (TOCS §4.5.2's trigger): announce it in STATUS, and
+        send VIEW-CHANGE only once 2f+1 replicas suspect the view (`_check_suspicions`).
+
+        Why not VIEW-CHANGE at once, as the paper does: a replica cut off from the primary
+        alone would sit in view v+1 for good (its VIEW-CHANGE cannot be taken back, and going
+        back to v would let a stale VIEW-CHANGE of it hide its later votes from a NEW-VIEW,
+        §4.4), and the cluster would run with no spare replica. A suspicion binds nothing: the
+        replica keeps voting in v. It is sticky until the view changes, and on disk before the
+        STATUS that announces it leaves, so once an honest replica saw 2f+1 suspicions, f+1
+        honest replicas keep announcing theirs, every honest replica joins (f+1), and none is
+        left alone in the next view (docs/PBFT.md, "Suspicion")."""
+        if self.suspecting:
+            return
+        self.suspecting = True
+        self._view_changed()
+        self.stats["suspicions"] += 1
+        self._broadcast_status()
+        self._check_suspicions()
+
+    def _note_left(self, replica_id: int, below: int) -> None:
+        """`replica_id` signed that it left, or suspects, every view below `below`."""
+        if replica_id != self.id and below > self.left_below.get(replica_id, 0):
+            self.left_below[replica_id] = below
+            self._check_suspicions()
+
+    def _check_suspicions(self) -> None:
+        """f+1 replicas want to leave our view: one of them is correct, join the suspicion
+        (TOCS §4.5.2's f+1 rule). 2f+1 (us included): change view, to the highest view that
+        2f+1 replicas want to reach (a lagging replica skips the views the others left)."""
+        wants = [b for r, b in self.left_below.items() if b > self.view]
+        if not self.suspecting:
+            if len(wants) >= self.config.f + 1:
+                self.stats["joined f+1 suspicions"] += 1
+                self._suspect()
+            return
+        wants.append(self.view + 1)
+        if len(wants) >= self.config.quorum:
+            target = sorted(wants, reverse=True)[self.config.quorum - 1]
+            self._start_view_change(target)
+
     def _start_view_change(self, new_view: int) -> None:
         """TOCS §4.4: stop accepting messages of the old view, send VIEW-CHANGE for new_view."""
         if new_view <= self.view and not self.active:
@@ -1082,6 +1146,7 @@ class Replica:
             return
         self.view = new_view
         self.active = False
+        self.suspecting = False
         self._view_changed()
         for key, req in self.inflight.items():
             self.pending.setdefault(key, (req, self.now_ms))
@@ -1159,6 +1224,7 @@ class Replica:
             self._ignore("view-change with a forged proof")
             return
         self.view_changes[vc.replica_id] = vc
+        self._note_left(vc.replica_id, vc.new_view)
         self._maybe_start_new_view_timer()
         # TOCS §4.5.2: f+1 replicas want a higher view: join the smallest such view.
         higher = sorted(
@@ -1254,6 +1320,7 @@ class Replica:
         min_s, _ = self._compute_o(vcs, nv.view)
         self.view = nv.view
         self.active = False  # until O is in the log: _make_stable below must not propose
+        self.suspecting = False
         self.new_view_msg = nv
         self._view_changed()
         self.slots.clear()
@@ -1293,6 +1360,7 @@ class Replica:
             return
         if st.replica_id == self.primary and st.view == self.view and st.view_active:
             self.last_primary_heard_ms = self.now_ms
+        self._note_left(st.replica_id, st.view + (1 if st.suspects else 0))
         last = self.last_answer_ms.get(st.replica_id)
         if last is not None and self.now_ms - last < self.config.heartbeat_ms // 2:
             return  # rate limit: a Byzantine replica cannot make us stream state at it
@@ -1514,14 +1582,18 @@ class Replica:
                 proof_msgs = tuple(m.decode(p) for p in proof)
                 self._replay_stable = (int(seq), bytes(state_digest), proof_msgs)  # type: ignore[assignment]
                 stable_seq = int(seq)
+        suspecting = False
         if META_VIEW in meta:
-            view, active = msgpack.unpackb(meta[META_VIEW], raw=False)
+            view, active, *rest = msgpack.unpackb(meta[META_VIEW], raw=False)
             self.view, self.active = int(view), bool(active)
+            suspecting = bool(rest[0]) if rest else False
         if self.active:
             # We may have sent PRE-PREPAREs or PREPAREs in this view that never reached the
-            # disk: vote no more in it. (Inactive, we sent only the VIEW-CHANGE, which is
-            # synced, and have voted nothing in this view yet.)
+            # disk, but only up to the h we had + L, and that h was on disk before they left
+            # (`_make_stable`): vote no more in this view up to there. (Inactive, we sent only
+            # the VIEW-CHANGE, which is synced, and have voted nothing in this view yet.)
             self.muted_view = self.view
+            self.mute_through = stable_seq + self.config.log_window
         for key, value in durable.records.get(KIND_LOG, []):
             seq = int.from_bytes(key, "big")
             if seq <= self.h:
@@ -1565,6 +1637,7 @@ class Replica:
             self.active = True
             self._start_view_change(self.view + 1)
             self.vc_attempts = 0
+        self.suspecting = suspecting  # announced before the crash: it stays announced
         self.stats["restarts"] += 1
 
 

@@ -23,7 +23,7 @@ def _samples() -> list[m.Message]:
     cp = m.sign(m.Checkpoint(4, b"d" * 32, b"r" * 32, 2), key(2))
     vc = m.sign(m.ViewChange(1, 0, (), (m.PreparedCert(pp, (prep,)),), 3), key(3))
     nv = m.sign(m.NewView(1, (vc,), (pp,), 1), key(1))
-    return [req, pp, prep, cp, vc, nv, m.sign(m.Status(0, True, 0, 3, 1), key(1))]
+    return [req, pp, prep, cp, vc, nv, m.sign(m.Status(0, True, False, 0, 3, 1), key(1))]
 
 
 @pytest.mark.parametrize("msg", _samples(), ids=lambda x: type(x).__name__)

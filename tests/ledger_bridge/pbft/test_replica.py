@@ -318,8 +318,9 @@ def test_forged_new_view_is_rejected() -> None:
 def test_view_change_timeout_backs_off_exponentially() -> None:
     """TOCS §4.5.2: with no NEW-VIEW, each further view change waits twice as long."""
     net = Net()
-    # Only VIEW-CHANGEs get through: 2f+1 replicas want each view, but no NEW-VIEW arrives.
-    net.filter = lambda src, dst, msg: isinstance(msg, m.ViewChange)
+    # Only STATUS (suspicions) and VIEW-CHANGEs get through: 2f+1 replicas want each view,
+    # but no NEW-VIEW arrives.
+    net.filter = lambda src, dst, msg: isinstance(msg, m.ViewChange | m.Status)
     net.submit(request(1), to=[1, 2, 3])
     starts = []
     last_view = 0
@@ -332,15 +333,45 @@ def test_view_change_timeout_backs_off_exponentially() -> None:
     assert len(gaps) >= 2 and all(g2 >= 2 * g1 - 20 for g1, g2 in itertools.pairwise(gaps))
 
 
-def test_alone_in_a_view_change_a_replica_waits_without_a_timer() -> None:
-    """TOCS §4.5.2: the NEW-VIEW timer starts only after 2f+1 VIEW-CHANGEs for the view, so
-    a cut-off replica does not run through views on its own."""
+def test_alone_a_replica_suspects_the_primary_but_stays_in_its_view_and_votes() -> None:
+    """TOCS §4.5.2 (liveness without a lone view change): a cut-off replica whose timer
+    expires announces a suspicion and keeps voting in its view; it sends no VIEW-CHANGE (one
+    it could never take back) without 2f+1 suspicions. After the heal it is a voter again."""
     net = Net()
-    net.filter = lambda src, dst, msg: False
+    net.filter = lambda src, dst, msg: 1 not in (src, dst)
     net.submit(request(1), to=[1])
     net.tick(5_000)
-    assert net.replicas[1].view == 1 and not net.replicas[1].active
-    assert net.replicas[1].vc_deadline_ms is None
+    r1 = net.replicas[1]
+    assert r1.view == 0 and r1.active and r1.suspecting
+    assert not _sent(net, m.ViewChange)
+    assert r1.stats["suspicions"] == 1  # sticky: announced once, re-sent in every STATUS
+    assert not any(r.suspecting for r in net.replicas if r is not r1)
+    net.filter = lambda src, dst, msg: True
+    net.sent.clear()
+    net.tick(200)
+    net.submit(request(1))  # the client's retry
+    net.submit(request(2, client=key(50)))
+    net.deliver_all()
+    assert net.heights() == [2, 2, 2, 2]
+    assert any(isinstance(msg, m.Commit) and src == 1 and msg.view == 0 for src, _, msg in net.sent)
+    assert all(r.view == 0 for r in net.replicas)
+
+
+def test_f_suspicions_change_nothing_f_plus_1_make_every_replica_suspect() -> None:
+    """TOCS §4.5.2's f+1 rule, applied to suspicions: f replicas (all perhaps faulty) cannot
+    start a view change; f+1 include a correct one, so the others join, and with 2f+1
+    suspicions every replica sends VIEW-CHANGE."""
+    net = Net()
+    r3 = net.replicas[3]
+
+    def suspicion(i: int) -> m.Status:
+        return m.sign(m.Status(0, True, True, 0, 0, i), key(i))
+
+    r3.step(suspicion(1), net.now_ms)
+    assert not r3.suspecting and r3.view == 0
+    r3.step(suspicion(2), net.now_ms)
+    assert r3.stats["joined f+1 suspicions"] == 1
+    assert r3.view == 1 and not r3.active and r3.my_view_change is not None  # 2f+1 with r3
 
 
 def test_replica_joins_after_f_plus_1_view_changes() -> None:
@@ -598,8 +629,9 @@ def test_restart_during_a_view_change_stays_in_it() -> None:
     net = Net()
     net.submit(request(1))
     net.deliver_all()
-    net.filter = lambda src, dst, msg: False
-    net.tick(700)  # replica 1 times out (primary silent) and moves to view 1
+    # Only STATUS among the backups: they suspect the silent primary and move to view 1.
+    net.filter = lambda src, dst, msg: isinstance(msg, m.Status) and 0 not in (src, dst)
+    net.tick(700)
     r1 = net.replicas[1]
     assert r1.view == 1 and not r1.active
     net.restart(1)
@@ -658,3 +690,30 @@ def test_a_request_re_proposed_by_new_view_is_not_proposed_again() -> None:
     assert min(net.heights()[1:]) >= 1
     for i in (1, 2, 3):
         assert _heights_holding(net.blocks[i], req) == [1]
+
+
+def test_a_restarted_replica_votes_again_above_what_it_may_have_voted_on() -> None:
+    """TOCS §4.2 with lazy writes, and no spare lost: a replica restarted after a power cut
+    may have sent PREPAREs it forgot, but only for sequence numbers up to the stable
+    checkpoint it had + L, and that checkpoint was fsynced before any of them left. So it
+    stays muted in its view up to there (its stable checkpoint on disk + L) and votes again
+    in the same view above it, with no view change."""
+    net = Net()
+    for i in range(2):
+        net.submit(request(1, client=key(400 + i)))
+        net.deliver_all()
+    net.restart(2, power_cut=True)
+    r2 = net.replicas[2]
+    assert r2.muted and r2.mute_through == 0 + net.config.log_window
+    net.sent.clear()
+    for i in range(2, 14):
+        net.submit(request(1, client=key(400 + i)))
+        net.deliver_all()
+        net.tick(300)  # retransmission: r2 executes what it did not vote on by certificate
+    votes = [msg.seq for src, _, msg in net.sent if src == 2 and isinstance(msg, m.Prepare)]
+    assert votes and min(votes) > r2.mute_through and r2.stats["muted after restart"] > 0
+    assert not r2.muted and r2.stats["voting again after restart"] == 1
+    assert all(r.view == 0 for r in net.replicas) and net.heights() == [14] * 4
+    # Every stable checkpoint was fsynced before anything produced after it left.
+    for i in range(4):
+        assert net.synced[i][KIND_META][META_STABLE] == net.records[i][KIND_META][META_STABLE]
