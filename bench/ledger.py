@@ -6,6 +6,9 @@ Measures, on this machine, in one run:
   primary can fill its batches);
 - the unavailability window after SIGKILL of the primary under load: the time from the kill
   to the first commit after it, and to the first 250 ms bucket back at half the pre-kill rate;
+- `faults`: after a single fault (SIGKILL then restart, SIGSTOP then SIGCONT) under 8
+  clients, the time from the heal until all 4 replicas vote again (`voting`), against the bar
+  of 5 s;
 - the baseline: the same client load (same signed requests, same framing) against ONE
   unreplicated process that verifies the signature and executes the KV app directly, so the
   report is a ratio (these shared 2-core machines are noisy; absolute numbers are context).
@@ -217,6 +220,88 @@ async def _kill_primary(cluster: Cluster, duration_s: float) -> dict[str, Any]:
     }
 
 
+# -- faults: time from a single fault's heal back to 4 voting replicas ----------------------
+
+FAULT_CLIENTS = 8
+FAULT_HOLD_S = 2.0  # how long the fault lasts under load before the heal
+RECOVERY_BAR_S = 5.0
+RECOVERY_TIMEOUT_S = 30.0
+VOTING_LAG_BLOCKS = 8  # executing this close to the top counts as keeping up
+
+
+def voting(status: dict[str, Any] | None, view: int, top: int) -> bool:
+    """A replica votes: active in the cluster's view, not muted after a restart, executing
+    near the top (the node's `status` fields)."""
+    return (
+        status is not None
+        and status.get("view") == view
+        and bool(status.get("view_active"))
+        and not status.get("muted")
+        and top - int(status.get("last_executed", 0)) <= VOTING_LAG_BLOCKS
+    )
+
+
+def _all_voting(cluster: Cluster) -> bool:
+    statuses = [cluster.status(i) for i in range(cluster.n)]
+    views = [s["view"] for s in statuses if s is not None]
+    if len(views) < cluster.n:
+        return False
+    view = max(set(views), key=views.count)
+    top = max(int(s.get("last_executed", 0)) for s in statuses if s is not None)
+    return all(voting(s, view, top) for s in statuses)
+
+
+async def _one_fault(cluster: Cluster, kind: str, victim: int) -> float | None:
+    """Seconds from the heal to 4 voting replicas, None past RECOVERY_TIMEOUT_S."""
+    transport = TcpClientTransport(cluster.client_addresses())
+    result: list[float | None] = []
+
+    async def fault() -> None:
+        await asyncio.sleep(WARMUP_S)
+        if kind == "kill":
+            cluster.kill(victim)
+        else:
+            cluster.pause(victim)
+        await asyncio.sleep(FAULT_HOLD_S)
+        if kind == "kill":
+            cluster.start([victim])
+            await asyncio.to_thread(cluster.wait_ready, [victim])
+        else:
+            cluster.resume(victim)
+        healed = time.monotonic()
+        while time.monotonic() - healed < RECOVERY_TIMEOUT_S:
+            if await asyncio.to_thread(_all_voting, cluster):
+                result.append(time.monotonic() - healed)
+                return
+            await asyncio.sleep(0.05)
+        result.append(None)
+
+    try:
+        duration_s = WARMUP_S + FAULT_HOLD_S + RECOVERY_TIMEOUT_S
+        load = asyncio.ensure_future(
+            closed_loop(_ledger_submit(transport, cluster), FAULT_CLIENTS, duration_s, 0)
+        )
+        await fault()
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await load
+    finally:
+        await transport.close()
+    return result[0] if result else None
+
+
+def faults(directory: Path) -> dict[str, Any]:
+    """Each single fault on a fresh cluster: the heal-to-voting time of every run."""
+    out: dict[str, Any] = {"bar_s": RECOVERY_BAR_S, "clients": FAULT_CLIENTS}
+    for kind, victim in (("kill", 0), ("kill", 2), ("pause", 0), ("pause", 2)):
+        with _running_cluster(directory / f"{kind}{victim}", 20) as cluster:
+            took = eventloop.run(_one_fault(cluster, kind, victim))
+        out[f"{kind}_replica_{victim}_s"] = None if took is None else round(took, 2)
+    figures = [v for k, v in out.items() if k.endswith("_s") and k != "bar_s"]
+    out["within_bar"] = all(v is not None and v <= RECOVERY_BAR_S for v in figures)
+    return out
+
+
 # -- baseline: one unreplicated process executing the KV app ---------------------------------
 
 
@@ -341,6 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         with _running_cluster(Path(tmp) / "kill", KILL_BATCH) as cluster:
             out["primary_kill"] = eventloop.run(_kill_primary(cluster, 3 * duration_s))
+        out["faults"] = faults(Path(tmp) / "faults")
     out["baseline_unreplicated"] = _baseline(duration_s)
     out["ratio_ledger_to_baseline_tx_per_s"] = {
         b: round(out["ledger"][b]["tx_per_s"] / out["baseline_unreplicated"][b]["tx_per_s"], 3)
@@ -475,3 +561,6 @@ if __name__ == "__main__":
         profile_in_process()
     elif sys.argv[1:] == ["--timeline"]:
         print(json.dumps(timeline(), indent=1))
+    elif sys.argv[1:] == ["--faults"]:
+        with tempfile.TemporaryDirectory(prefix="civis-bench-faults-") as tmp:
+            print(json.dumps(faults(Path(tmp)), indent=1))
