@@ -368,8 +368,8 @@ def retention_audit(
 
 class LedgerFindingOut(BaseModel):
     code: str = Field(
-        description="invalid-block | broken-link | diverging-header | lagging | unreachable "
-        "| no-quorum"
+        description="invalid-block | broken-link | diverging-header | holes | lagging "
+        "| unreachable | no-quorum"
     )
     severity: Literal["error", "warning"]
     replica: int | None
@@ -436,7 +436,12 @@ def verify_ledger(gateway: LedgerGateway, from_height: int, limit: int) -> Ledge
                 )
     else:
         chains = {r: [] for r in reachable}
-    result = verify_replicas(chains, genesis.public_keys(), start=from_height, anchors=anchors)
+    # The reader stops at a replica's first missing block: its own top tells a hole (blocks
+    # missing below what it stored) from lag.
+    tops = {r.id: min(r.height, to_height) for r in status.replicas if r.height is not None}
+    result = verify_replicas(
+        chains, genesis.public_keys(), start=from_height, anchors=anchors, tops=tops
+    )
     for f in result.findings:
         finding(f.code, f.replica, f.height, f.detail)
     for r in status.replicas:
