@@ -16,7 +16,7 @@ thread with its own keep-alive connection and one request in flight):
 - baseline: the same records with proofs through the same HTTP stack, PostgreSQL and key
   store, without the ledger step: the provider's `GET /v1/datasets/{id}/records?limit=N`;
 and the ratio of the two (these 2-core machines are shared and noisy: compare ratios, not
-absolutes). The bar of issue 5 is p50 <= 20 ms and p99 <= 100 ms at 8 consumers.
+absolutes). The latency aim is p50 <= 20 ms and p99 <= 100 ms at 8 consumers.
 
 Consumers read the response bytes and check the status, but do not parse the JSON while
 measuring: parsing is the consumer's cost, not the service's. One answer of each kind is
@@ -54,7 +54,7 @@ from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
 from vault import db
 
-CONSUMERS = (1, 8, 32)  # issue 5's points
+CONSUMERS = (1, 8, 32)  # one consumer, the aim's 8, and a crowd
 POINT_S = 8.0  # the shortest measured window per point (`--seconds`)
 WARMUP_S_MAX = 1.0
 # A point on a loaded machine may need longer than POINT_S to collect enough answers for a

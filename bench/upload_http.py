@@ -1,6 +1,6 @@
 """`civis-vault bench upload-http`: an NDJSON upload over HTTP against the library upload.
 
-The bar (issue 5): uploading over HTTP costs at most 2x the vault library's upload of the same
+The bar: uploading over HTTP costs at most 2x the vault library's upload of the same
 records. Both run in the same run on the same database and the same 1 KiB payloads (those of
 `bench upload`); the API runs under uvicorn in a child process, as in production, and the body
 is streamed with chunked encoding (no Content-Length, never held whole by either side). The
@@ -8,7 +8,7 @@ library upload runs in a child process too, so this process's peak RSS is the HT
 alone, and it runs BEFORE the full HTTP upload: the later upload meets the larger tables and
 indexes, so the order favours the baseline, not the claim.
 
-Flat memory (issue 5: "an upload of 1 GB NDJSON streams with flat memory"): the server's peak
+Flat memory ("an upload of 1 GB NDJSON streams with flat memory"): the server's peak
 RSS (VmHWM) once ready, after a 10k-record upload and after the full upload are about equal
 when the body is streamed in constant memory. `--gb 1` sizes the full upload by its body (10^9
 bytes of generated NDJSON, produced on the fly in 64 KiB chunks); `--records N` by its count.

@@ -3,7 +3,7 @@ asyncio's own otherwise (or when `CIVIS_EVENT_LOOP=asyncio` asks for it).
 
 Why: an unbatched transaction costs each replica seven frames out and seven in, and the loop
 with its socket plumbing (selector, transports, handle scheduling) is a large part of a
-replica's busy time. uvloop runs the loop in C on libuv: measured (BENCHMARKS.md, session 9),
+replica's busy time. uvloop runs the loop in C on libuv: measured (docs/BENCHMARKS.md, "Ledger"),
 ~4 % less replica CPU per unbatched transaction and ~0.1-0.2 ms off its p50. Nothing else
 changes (the same transports, streams, TLS and signal handlers), so the pure replica core and
 the simulator do not notice. The stock loop stays one variable away for A/B runs and for a

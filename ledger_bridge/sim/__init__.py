@@ -1,1 +1,1 @@
-"""The seeded PBFT simulator and its checkers (issue 3 item 7)."""
+"""The seeded PBFT simulator and its checkers."""

@@ -1,4 +1,4 @@
-"""Exactly-once ledger facts across crashes (issue 6 item 3, invariant 5), and refusals.
+"""Exactly-once ledger facts across crashes (DESIGN.md invariant 5), and refusals.
 
 A real relay process ships the outbox of a real PostgreSQL to a real 4-replica cluster running
 the consent contracts, and is SIGKILLed at each step (before the submission, after the ledger

@@ -1,6 +1,6 @@
 """Who may do what: every /v1 operation, called by every kind of caller, against a real ledger.
 
-The matrix below is the specification (issue 5, "Authentication and roles"): one row per
+The matrix below is the specification of authentication and roles: one row per
 operation, one column per caller, each cell the class of answer that caller must get:
 
 - `ok`: any 2xx; the action happened (or the read answered);

@@ -90,6 +90,6 @@ def test_a_forged_block_above_a_hole_is_still_found() -> None:
     chains, validators = _chains()
     last = chains[2][-1]
     forged = dataclasses.replace(last, signers=last.signers[:1], certificate=last.certificate[:1])
-    chains[2] = chains[2][:1] + [forged]
+    chains[2] = [*chains[2][:1], forged]
     codes = {(f.code, f.replica) for f in verify_replicas(chains, validators).findings}
     assert ("invalid-block", 2) in codes and ("holes", 2) in codes

@@ -1,6 +1,6 @@
 """Real replica processes on loopback: load, SIGKILL, SIGSTOP/SIGCONT, restart from the WAL.
 
-The property every test checks (issue 3): every request acknowledged to the client (f+1
+The property every test checks: every request acknowledged to the client (f+1
 matching replies) is in every correct replica's chain at the height its receipt names, and
 each chain verifies against the genesis validator keys alone (`verify_chain`).
 """

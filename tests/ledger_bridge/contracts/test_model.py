@@ -487,7 +487,7 @@ class ConsentMachine(RuleBasedStateMachine):
 
     # -- the properties ----------------------------------------------------------------------
     def check_access(self, intent: Intent, got: dict[str, Any]) -> None:
-        """The invariants of issue 4, stated directly (the model's answer is already equal)."""
+        """The access invariants of DESIGN.md, stated directly (the model agrees already)."""
         c = self.consumer(intent.args["consumer"]).pub
         dataset, purpose = intent.args["dataset"], intent.args["purpose"]
         h, now = self.height, self.ref.now

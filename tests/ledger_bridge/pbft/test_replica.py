@@ -610,7 +610,7 @@ def test_lagging_replica_executes_blocks_by_their_commit_certificates() -> None:
 
 def test_block_time_outside_the_skew_is_refused() -> None:
     """Block time is the primary's proposal, accepted by a backup only within
-    block_time_skew_ms of its own clock (issue 3: "checked by backups within a bound")."""
+    block_time_skew_ms of its own clock (DESIGN.md: "checked by backups")."""
     net = Net()
     req = request(1)
     late = net.now_ms + net.config.block_time_skew_ms + 1

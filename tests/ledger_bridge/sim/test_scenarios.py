@@ -1,4 +1,4 @@
-"""The named scenarios of issue 3, each on the real replica code in the seeded simulator.
+"""The named fault scenarios, each on the real replica code in the seeded simulator.
 
 Every test runs the full checkers (agreement, prefix consistency, equal checkpoint digests,
 exactly-once, only signed requests, liveness after stabilisation, bounded memory) and then
