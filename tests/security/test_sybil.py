@@ -185,7 +185,7 @@ def test_over_http_fresh_resident_keys_are_refused_a_vote_and_the_honest_majorit
 
     for attacker in attackers:
         r = vote_http(attacker, approve=False)
-        assert r.status_code == 409, r.text
+        assert r.status_code == 403, r.text
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["detail"].startswith("not_eligible")
     status = "open"
