@@ -5,12 +5,19 @@ processes. It never interprets a payload beyond the frame header and the connect
 it never decides anything about consensus: loss is fine (PBFT retransmits through its own
 timers), so a full queue drops rather than blocks the replica loop.
 
-Wire format: each frame is a 4-byte big-endian length followed by that many bytes. The first
-frame a dialling replica sends is a msgpack hello `{"v": 1, "from": <replica id>}`. A frame
-longer than `frame_bytes_max` is a remote protocol error: the connection is closed (the bytes
-cannot be skipped safely without reading them, and a peer that sends them is broken or
-hostile). With TLS the hello's id must match the certificate's common name `node-<id>`, so a
-replica cannot speak for another.
+Wire format: each frame is a 4-byte big-endian length followed by that many bytes. A frame
+longer than the connection's limit is a remote protocol error: the connection is closed (the
+bytes cannot be skipped safely without reading them, and a peer that sends them is broken or
+hostile).
+
+Between replicas, the listener's first frame is a msgpack challenge `{"v": 2, "challenge":
+<32 random bytes>}`; the dialling replica answers with the hello `{"v": 2, "from": <id>, "sig":
+<Ed25519 signature over hello_transcript(challenge, id, listener id)>}` made with its validator
+key. Until that hello verifies against the genesis key of the replica it names, a connection
+may send frames of `HELLO_BYTES_MAX` only, and it counts against small per-host and global
+limits; after, it is that replica's one link, with the cluster's frame limit. With TLS the
+hello's id must also match the certificate's common name `node-<id>`. So whoever merely
+reaches the peer port cannot speak for a replica nor make it buffer a large frame, TLS or not.
 
 Shape: one `PeerSender` per remote replica (its own bounded queue and a task that dials with
 exponential back-off and writes), and one listener that reads frames from whoever dials in and
@@ -24,19 +31,25 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import os
 import ssl
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgpack
 
+from ledger_bridge.crypto import SigningKey, VerifyKey
+
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">I")
 FRAME_BYTES_MAX = 16 * 1024 * 1024  # a batch of 500 x 1 KiB txs with signatures fits easily
-HELLO_VERSION = 1
+HELLO_VERSION = 2  # 2: the listener challenges, the hello is signed
+HELLO_BYTES_MAX = 1024  # challenge and hello frames: a few dozen bytes
+HELLO_DOMAIN = b"civis-pbft-v1:peer-hello:"
+CHALLENGE_BYTES = 32
 SEND_QUEUE_MAX = 4096  # frames waiting for one peer; beyond this we drop (PBFT retransmits)
 BACKOFF_MIN_MS = 20
 BACKOFF_MAX_MS = 1000
@@ -176,6 +189,63 @@ class TransportStats:
     protocol_errors: int = 0
     connects: int = 0
     connect_failures: int = 0
+    refused_over_host_unauthenticated_max: int = 0
+    evicted_unauthenticated: int = 0
+    closed_hello_timeout: int = 0
+    closed_idle: int = 0
+    closed_read_timeout: int = 0
+    replaced_links: int = 0
+
+
+def hello_transcript(challenge: bytes, from_id: int, to_id: int) -> bytes:
+    """What a dialling replica signs: the listener's fresh challenge binds it to this one
+    connection (a captured hello is useless later), and both ids bind it to this pair (a
+    hello for one replica cannot be shown to another)."""
+    return HELLO_DOMAIN + challenge + from_id.to_bytes(4, "big") + to_id.to_bytes(4, "big")
+
+
+@dataclass(frozen=True)
+class PeerLimits:
+    """What one connection to the peer port may hold, and for how long.
+
+    - `hello_timeout_ms` (2 s): a connection that has not authenticated by then is closed.
+      The hello is one round trip after the TCP (and TLS) handshake.
+    - `unauthenticated_per_host_max` (8) and `unauthenticated_max` (64): connections that
+      have not yet authenticated, from one host (`host_key`) and in all. A host over its
+      share is refused at once; when the total is reached, the oldest unauthenticated
+      connection is closed for the new one, so holding the slots needs a new connection per
+      slot faster than a replica completes its hello, not one per hello timeout. 8 per host
+      lets a development cluster of up to 9 replicas on one host dial all at once.
+    - `idle_timeout_ms` (30 s): an authenticated link that completes no frame and holds no
+      partial frame for this long is closed. A correct replica sends STATUS every
+      `heartbeat_ms` (100 ms by default), so only a dead or hostile peer is silent this long;
+      its sender reconnects.
+    - `read_timeout_ms` (10 min): a frame started and not finished within this long closes
+      the link. The largest frame (256 MiB at n = 4 with the defaults) fits at 3.6 Mbit/s.
+
+    Authenticated links are one per validator (a newer one replaces the older), each holding
+    at most one partial frame of the listener's frame limit: a key holder's budget.
+    Unauthenticated ones hold at most a hello (`HELLO_BYTES_MAX`).
+    """
+
+    hello_timeout_ms: int = HELLO_TIMEOUT_MS
+    unauthenticated_per_host_max: int = 8
+    unauthenticated_max: int = 64
+    idle_timeout_ms: int = 30_000
+    read_timeout_ms: int = 600_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.unauthenticated_per_host_max <= self.unauthenticated_max:
+            raise ValueError("need 0 < unauthenticated_per_host_max <= unauthenticated_max")
+        if min(self.hello_timeout_ms, self.idle_timeout_ms, self.read_timeout_ms) <= 0:
+            raise ValueError("need positive timeouts")
+
+    @property
+    def sweep_s(self) -> float:
+        """How often the listener checks the timeouts: a tenth of the shortest, so a
+        connection is closed at most a tenth of its timeout (plus a sweep) late."""
+        shortest = min(self.hello_timeout_ms, self.idle_timeout_ms, self.read_timeout_ms)
+        return max(0.01, shortest / 10_000)
 
 
 @dataclass
@@ -186,17 +256,21 @@ class PeerSender:
     itself (measured by `bench ledger`). `writer.write` never blocks; the socket's write buffer
     is the bounded queue (over `write_buffer_bytes_max` we drop, PBFT retransmits). While
     disconnected, up to `queue_max` frames wait in a deque (oldest dropped first) and are
-    written on reconnect. A task only dials, with exponential back-off, and watches for EOF.
+    written on reconnect. A task only dials, answers the listener's challenge, and watches
+    for EOF; it backs off exponentially while links fail young, so a listener that refuses
+    it (full, or a key mismatch) is not redialled in a tight loop.
     """
 
     self_id: int
     peer_id: int
     address: str
     stats: TransportStats
+    signing_key: SigningKey
     ssl_context: ssl.SSLContext | None = None
     queue_max: int = SEND_QUEUE_MAX
     frame_bytes_max: int = FRAME_BYTES_MAX
     write_buffer_bytes_max: int = 64 * 1024 * 1024
+    hello_timeout_ms: int = HELLO_TIMEOUT_MS
     _pending: collections.deque[bytes] = field(init=False)
     _writer: asyncio.StreamWriter | None = field(init=False, default=None)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
@@ -230,6 +304,7 @@ class PeerSender:
 
     async def _run(self) -> None:
         backoff_ms = BACKOFF_MIN_MS
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 host, port = split_address(self.address)
@@ -249,22 +324,52 @@ class PeerSender:
                 backoff_ms = min(backoff_ms * 2, BACKOFF_MAX_MS)
                 continue
             self.stats.connects += 1
-            backoff_ms = BACKOFF_MIN_MS
-            set_nodelay(writer)
-            try:
-                writer.write(encode_frame(pack({"v": HELLO_VERSION, "from": self.self_id})))
-                while self._pending:
-                    writer.write(self._pending.popleft())
-                    self.stats.frames_sent += 1
-                self._writer = writer
-                await reader.read(1)  # the peer never writes to us: EOF or error = gone
-            except (OSError, ConnectionError, ssl.SSLError) as exc:
-                log.debug("link to %s broke: %s", self.peer_id, type(exc).__name__)
-            finally:
-                self._writer = None
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+            opened_at = loop.time()
+            await self._serve(reader, writer)
+            if loop.time() - opened_at >= BACKOFF_MAX_MS / 1000:
+                backoff_ms = BACKOFF_MIN_MS  # a link that lived: its peer went away, redial
+            else:
+                await asyncio.sleep(backoff_ms / 1000)
+                backoff_ms = min(backoff_ms * 2, BACKOFF_MAX_MS)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer the challenge, flush what waited, then carry frames until the link ends."""
+        set_nodelay(writer)
+        try:
+            raw = await asyncio.wait_for(
+                read_frame(reader, HELLO_BYTES_MAX), self.hello_timeout_ms / 1000
+            )
+            challenge = _challenge(raw)
+            signature = self.signing_key.sign(
+                hello_transcript(challenge, self.self_id, self.peer_id)
+            )
+            hello = {"v": HELLO_VERSION, "from": self.self_id, "sig": signature}
+            writer.write(encode_frame(pack(hello)))
+            while self._pending:
+                writer.write(self._pending.popleft())
+                self.stats.frames_sent += 1
+            self._writer = writer
+            await reader.read(1)  # the peer writes nothing after its challenge: EOF = gone
+        except (OSError, ssl.SSLError, TimeoutError, RemoteProtocolError) as exc:
+            log.debug("link to %s broke: %s", self.peer_id, type(exc).__name__)
+        finally:
+            self._writer = None
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def _challenge(raw: bytes | None) -> bytes:
+    """The listener's challenge out of its first frame; anything else is its fault."""
+    if raw is None:
+        raise RemoteProtocolError("closed before its challenge")
+    frame = unpack(raw, HELLO_BYTES_MAX)
+    if not isinstance(frame, dict) or frame.get("v") != HELLO_VERSION:
+        raise RemoteProtocolError("bad challenge")
+    challenge = frame.get("challenge")
+    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_BYTES:
+        raise RemoteProtocolError("bad challenge")
+    return challenge
 
 
 FrameHandler = Callable[[int, bytes], None]
@@ -273,9 +378,17 @@ FrameHandler = Callable[[int, bytes], None]
 class PeerListener:
     """Accepts replica connections; every frame after the hello goes to `on_frame(peer, bytes)`.
 
-    With TLS, `ssl_context` requires a client certificate from the cluster CA and the hello id
-    must match it; without TLS the id is only a routing hint (the replica core authenticates
-    every message by signature or MAC anyway).
+    Authentication, with or without TLS: on accept the listener sends a fresh random
+    challenge; the dialler answers with a hello signed by its validator key over
+    `hello_transcript` (challenge, its id, ours), checked against the genesis key of the
+    replica it claims. Only then does the frame limit rise from `HELLO_BYTES_MAX` to
+    `frame_bytes_max`. With TLS the hello's id must also match the client certificate.
+    Without TLS an attacker on the path can still relay a real replica's connection (TLS is
+    what prevents that); one who merely reaches the port cannot speak for a replica.
+
+    Every resource a connection holds is bounded (`PeerLimits`): the unauthenticated ones
+    per host and in all, one authenticated link per validator, and timeouts checked by one
+    timer per listener, so the per-frame path pays nothing for them.
 
     Why a `Protocol` and not a `StreamReader` loop: frames are cut out of each chunk the socket
     delivers and handed over in the same call, so a chunk holding several frames costs one
@@ -285,97 +398,231 @@ class PeerListener:
 
     def __init__(
         self,
+        self_id: int,
+        verify_keys: Sequence[VerifyKey],
         on_frame: FrameHandler,
         stats: TransportStats,
-        n_replicas: int,
         ssl_context: ssl.SSLContext | None = None,
         frame_bytes_max: int = FRAME_BYTES_MAX,
+        limits: PeerLimits = PeerLimits(),
     ) -> None:
+        self._self_id = self_id
+        self._verify_keys = tuple(verify_keys)
         self._on_frame = on_frame
         self._stats = stats
-        self._n = n_replicas
         self._ssl = ssl_context
         self._frame_bytes_max = frame_bytes_max
+        self._limits = limits
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.BaseTransport] = set()
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        # Insertion order is age order: the first is the one to evict.
+        self._unauthenticated: dict[_PeerProtocol, None] = {}
+        self._per_host: dict[str, int] = {}
+        self._links: dict[int, _PeerProtocol] = {}
+
+    @property
+    def connections(self) -> int:
+        """Connections held: unauthenticated ones and authenticated links."""
+        return len(self._unauthenticated) + len(self._links)
 
     async def start(self, address: str) -> None:
         host, port = split_address(address)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _PeerProtocol(self), host, port, ssl=self._ssl, reuse_address=True
+            lambda: _PeerProtocol(self),
+            host,
+            port,
+            ssl=self._ssl,
+            reuse_address=True,
+            # A TLS handshake is not yet a connection_made: bound it like the hello.
+            ssl_handshake_timeout=self._limits.hello_timeout_ms / 1000 if self._ssl else None,
         )
+        self._sweep_timer = loop.call_later(self._limits.sweep_s, self._sweep)
 
     async def stop(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if self._server is not None:
             self._server.close()
-        for t in list(self._conns):
-            t.close()
+        for proto in [*self._unauthenticated, *self._links.values()]:
+            proto.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
-    def _hello(self, raw: bytes, transport: asyncio.BaseTransport) -> int:
-        hello = unpack(raw, 1024)
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limits = self._limits
+        hello_s = limits.hello_timeout_ms / 1000
+        for proto in list(self._unauthenticated):
+            if now - proto.opened_at < hello_s:
+                break  # age order: the rest are younger
+            self._stats.closed_hello_timeout += 1
+            proto.close()
+        idle_s, read_s = limits.idle_timeout_ms / 1000, limits.read_timeout_ms / 1000
+        for proto in list(self._links.values()):
+            proto.check_timeouts(now, idle_s, read_s)
+        self._sweep_timer = loop.call_later(limits.sweep_s, self._sweep)
+
+    def _admit(self, proto: _PeerProtocol) -> bool:
+        """Count a new connection as unauthenticated, or refuse it (False)."""
+        held = self._per_host.get(proto.host, 0)
+        if held >= self._limits.unauthenticated_per_host_max:
+            self._stats.refused_over_host_unauthenticated_max += 1
+            return False
+        if len(self._unauthenticated) >= self._limits.unauthenticated_max:
+            self._stats.evicted_unauthenticated += 1
+            next(iter(self._unauthenticated)).close()
+        self._unauthenticated[proto] = None
+        self._per_host[proto.host] = self._per_host.get(proto.host, 0) + 1
+        return True
+
+    def _release(self, proto: _PeerProtocol) -> None:
+        """Give back whatever `proto` holds (idempotent)."""
+        if proto in self._unauthenticated:
+            del self._unauthenticated[proto]
+            left = self._per_host[proto.host] - 1
+            if left:
+                self._per_host[proto.host] = left
+            else:
+                del self._per_host[proto.host]
+        if proto.peer is not None and self._links.get(proto.peer) is proto:
+            del self._links[proto.peer]
+
+    def _authenticate(self, proto: _PeerProtocol, raw: bytes) -> int:
+        """The replica `proto`'s hello proves it is, made its one link; or RemoteProtocolError."""
+        peer = self._check_hello(raw, proto.challenge, proto.transport)
+        self._release(proto)
+        proto.peer = peer
+        older = self._links.get(peer)
+        self._links[peer] = proto
+        if older is not None:
+            # A restarted replica, or its old half-open link: the newer link is the live one.
+            self._stats.replaced_links += 1
+            older.close()
+        return peer
+
+    def _check_hello(
+        self, raw: bytes, challenge: bytes, transport: asyncio.BaseTransport | None
+    ) -> int:
+        hello = unpack(raw, HELLO_BYTES_MAX)
         if not isinstance(hello, dict) or hello.get("v") != HELLO_VERSION:
             raise RemoteProtocolError("bad hello")
-        peer = hello.get("from")
-        if not isinstance(peer, int) or isinstance(peer, bool) or not 0 <= peer < self._n:
-            raise RemoteProtocolError("hello names no replica of this cluster")
+        peer, signature = hello.get("from"), hello.get("sig")
+        if (
+            not isinstance(peer, int)
+            or isinstance(peer, bool)
+            or not 0 <= peer < len(self._verify_keys)
+            or peer == self._self_id
+        ):
+            raise RemoteProtocolError("hello names no other replica of this cluster")
+        if not isinstance(signature, bytes) or not self._verify_keys[peer].verify(
+            hello_transcript(challenge, peer, self._self_id), signature
+        ):
+            raise RemoteProtocolError(f"hello for replica {peer} not signed by its key")
         if self._ssl is not None:
-            cert_id = certificate_node_id(transport)
+            cert_id = certificate_node_id(transport) if transport is not None else None
             if cert_id != peer:
                 raise RemoteProtocolError(f"hello says {peer}, certificate says {cert_id}")
         return peer
 
 
 class _PeerProtocol(asyncio.Protocol):
-    """One inbound replica connection: the hello (within HELLO_TIMEOUT_MS), then frames."""
+    """One inbound replica connection: counted as unauthenticated until its hello verifies
+    (frames up to `HELLO_BYTES_MAX`), then the link of one replica (the listener's frame
+    limit), with a frame counter the listener's sweep reads for the timeouts."""
 
     def __init__(self, listener: PeerListener) -> None:
         self._listener = listener
-        self._frames = FrameBuffer(1024)  # the hello's limit; then the listener's
-        self._peer: int | None = None
-        self._transport: asyncio.Transport | None = None
-        self._hello_timer: asyncio.TimerHandle | None = None
+        self._frames = FrameBuffer(HELLO_BYTES_MAX)
+        self.transport: asyncio.Transport | None = None
+        self.host = ""
+        self.peer: int | None = None
+        self.challenge = b""
+        self.opened_at = 0.0
+        self._closed = False
+        self._frames_done = 0
+        self._frames_seen = 0  # `_frames_done` at the sweep that last saw it move
+        self._active_at = 0.0  # loop time a frame was last known complete
+        self._partial_at: float | None = None  # loop time the current partial frame was seen
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (asyncio's or another loop's, which need not subclass it).
-        self._transport = cast(asyncio.Transport, transport)
-        self._listener._conns.add(transport)
-        set_nodelay(transport)
-        self._hello_timer = asyncio.get_running_loop().call_later(
-            HELLO_TIMEOUT_MS / 1000, self._transport.close
-        )
+        stream = self.transport = cast(asyncio.Transport, transport)
+        self.host = host_key(stream.get_extra_info("peername"))
+        if not self._listener._admit(self):
+            log.debug("refusing a peer connection: unauthenticated connection limit")
+            self._closed = True
+            stream.close()
+            return
+        set_nodelay(stream)
+        self.opened_at = asyncio.get_running_loop().time()
+        self.challenge = os.urandom(CHALLENGE_BYTES)
+        stream.write(encode_frame(pack({"v": HELLO_VERSION, "challenge": self.challenge})))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        if self._transport is not None:
-            self._listener._conns.discard(self._transport)
+        self.close()
+
+    def close(self) -> None:
+        """Close and give back the slot and the partial frame's memory at once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+        self._listener._release(self)
+        self._frames.clear()
 
     def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        if self._closed:
             return
+        transport = self.transport
+        assert transport is not None, "data before connection_made"
         listener = self._listener
+        on_frame, peer = listener._on_frame, self.peer
+        done = 0  # locals, not attributes, on the path of every frame
         try:
             for payload in self._frames.frames(data):
-                if self._peer is None:
-                    self._peer = listener._hello(payload, transport)
+                if peer is None:
+                    peer = listener._authenticate(self, payload)
                     self._frames.limit = listener._frame_bytes_max
-                    if self._hello_timer is not None:
-                        self._hello_timer.cancel()
-                        self._hello_timer = None
+                    self._active_at = asyncio.get_running_loop().time()
                     continue
-                listener._stats.frames_received += 1
-                listener._on_frame(self._peer, payload)
+                done += 1
+                on_frame(peer, payload)
                 if transport.is_closing():
-                    return
+                    break
         except RemoteProtocolError as exc:
             listener._stats.protocol_errors += 1
             log.warning("closing a replica connection: %s", exc)
-            transport.close()
+            self.close()
+        self._frames_done += done
+        listener._stats.frames_received += done
+
+    def check_timeouts(self, now: float, idle_s: float, read_s: float) -> None:
+        """Called by the listener's sweep on authenticated links. Times are the sweep's,
+        never earlier than the events they stand for, so a link is never closed before its
+        timeout. A partial frame is under the read timeout, not the idle one: a large frame
+        on a slow link completes no frame for a long time and is not idle."""
+        if self._frames_done != self._frames_seen:
+            self._frames_seen = self._frames_done
+            self._active_at = now
+            self._partial_at = None  # any partial frame now began after that frame
+        if self._frames.buffered:
+            if self._partial_at is None:
+                self._partial_at = now
+            elif now - self._partial_at >= read_s:
+                self._listener._stats.closed_read_timeout += 1
+                log.info("closing the link of replica %s: frame not finished", self.peer)
+                self.close()
+            return
+        self._partial_at = None
+        if now - self._active_at >= idle_s:
+            self._listener._stats.closed_idle += 1
+            log.info("closing the link of replica %s: idle", self.peer)
+            self.close()
 
 
 def certificate_node_id(conn: asyncio.StreamWriter | asyncio.BaseTransport) -> int | None:
@@ -398,22 +645,40 @@ class PeerNetwork:
         self_id: int,
         peer_addresses: dict[int, str],
         on_frame: FrameHandler,
+        *,
+        signing_key: SigningKey,
+        verify_keys: Sequence[VerifyKey],
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         queue_max: int = SEND_QUEUE_MAX,
         frame_bytes_max: int = FRAME_BYTES_MAX,
+        limits: PeerLimits = PeerLimits(),
     ) -> None:
         """`frame_bytes_max` bounds frames both ways: the largest message a correct replica
-        sends, which the node derives from the cluster's parameters."""
+        sends, which the node derives from the cluster's parameters. `signing_key` is this
+        replica's validator key, `verify_keys` the genesis keys in validator-id order: the
+        hello of each link is signed by one and checked with the other."""
+        if signing_key.public_key != verify_keys[self_id]:
+            raise ValueError(f"signing key is not validator {self_id}'s")
         self.stats = TransportStats()
         self.self_id = self_id
         self._senders = {
-            pid: PeerSender(self_id, pid, addr, self.stats, client_ssl, queue_max, frame_bytes_max)
+            pid: PeerSender(
+                self_id,
+                pid,
+                addr,
+                self.stats,
+                signing_key,
+                client_ssl,
+                queue_max,
+                frame_bytes_max,
+                hello_timeout_ms=limits.hello_timeout_ms,
+            )
             for pid, addr in peer_addresses.items()
             if pid != self_id
         }
         self._listener = PeerListener(
-            on_frame, self.stats, max(peer_addresses) + 1, server_ssl, frame_bytes_max
+            self_id, verify_keys, on_frame, self.stats, server_ssl, frame_bytes_max, limits
         )
 
     async def start(self, listen: str) -> None:

@@ -1,4 +1,5 @@
-"""Frames between replicas: limits, malformed input, delivery, reconnection and mutual TLS."""
+"""Frames between replicas: limits, malformed input, the signed hello, delivery, reconnection
+and mutual TLS."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import itertools
 import ssl
 import struct
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,16 +16,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger_bridge import tls
+from ledger_bridge.crypto import SigningKey
 from ledger_bridge.transport import (
     HEADER,
+    HELLO_BYTES_MAX,
+    HELLO_VERSION,
     ClientListener,
     FrameBuffer,
     FrameTooLarge,
+    PeerLimits,
     PeerListener,
     PeerNetwork,
     RemoteProtocolError,
     TransportStats,
     encode_frame,
+    hello_transcript,
     host_key,
     pack,
     read_frame,
@@ -32,6 +38,8 @@ from ledger_bridge.transport import (
 )
 
 T = TypeVar("T")
+KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+VERIFY_KEYS = [k.public_key for k in KEYS]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -81,11 +89,25 @@ async def _listener(
     got: list[tuple[int, bytes]], ssl_ctx: ssl.SSLContext | None = None
 ) -> tuple[PeerListener, int, TransportStats]:
     stats = TransportStats()
-    lst = PeerListener(lambda p, b: got.append((p, b)), stats, 4, ssl_ctx, frame_bytes_max=1024)
+    lst = PeerListener(
+        0, VERIFY_KEYS, lambda p, b: got.append((p, b)), stats, ssl_ctx, frame_bytes_max=1024
+    )
     await lst.start("127.0.0.1:0")
     assert lst._server is not None
     port = lst._server.sockets[0].getsockname()[1]
     return lst, port, stats
+
+
+async def _signed_hello(
+    reader: asyncio.StreamReader, replica: int, key: SigningKey | None = None, to: int = 0
+) -> bytes:
+    """The hello frame `replica` answers the listener's challenge with (signed by `key`,
+    replica's own by default, for listener `to`)."""
+    frame = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX), 5)
+    assert frame is not None
+    challenge = unpack(frame)["challenge"]
+    signature = (key or KEYS[replica]).sign(hello_transcript(challenge, replica, to))
+    return encode_frame(pack({"v": HELLO_VERSION, "from": replica, "sig": signature}))
 
 
 def test_an_oversized_frame_closes_the_connection_and_is_counted() -> None:
@@ -93,7 +115,7 @@ def test_an_oversized_frame_closes_the_connection_and_is_counted() -> None:
         got: list[tuple[int, bytes]] = []
         lst, port, stats = await _listener(got)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(encode_frame(pack({"v": 1, "from": 2})) + encode_frame(b"ok"))
+        writer.write(await _signed_hello(reader, 2) + encode_frame(b"ok"))
         writer.write(struct.pack(">I", 5000) + b"y" * 5000)
         await writer.drain()
         tail = await asyncio.wait_for(reader.read(), 5)  # server closes: EOF
@@ -152,8 +174,8 @@ def test_frames_arrive_whole_however_the_stream_is_cut() -> None:
     async def go() -> list[tuple[int, bytes]]:
         got: list[tuple[int, bytes]] = []
         lst, port, _ = await _listener(got)
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        dribble = encode_frame(pack({"v": 1, "from": 3})) + b"".join(map(encode_frame, frames))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        dribble = await _signed_hello(reader, 3) + b"".join(map(encode_frame, frames))
         for i in range(len(dribble)):
             writer.write(dribble[i : i + 1])
             await writer.drain()
@@ -171,16 +193,34 @@ def test_frames_arrive_whole_however_the_stream_is_cut() -> None:
     assert run(go()) == [(3, f) for f in frames] * 2
 
 
-@pytest.mark.parametrize(
-    "hello",
-    [pack({"v": 1, "from": 9}), pack({"v": 2, "from": 1}), pack([1, 2]), b"\xc1", pack({"v": 1})],
-)
-def test_a_bad_hello_is_refused(hello: bytes) -> None:
+def _hello(replica: int, key: SigningKey, challenge: bytes, to: int = 0) -> bytes:
+    signature = key.sign(hello_transcript(challenge, replica, to))
+    return pack({"v": HELLO_VERSION, "from": replica, "sig": signature})
+
+
+BAD_HELLOS: dict[str, Callable[[bytes], bytes]] = {
+    "version 1, unsigned": lambda c: pack({"v": 1, "from": 1}),
+    "unsigned": lambda c: pack({"v": HELLO_VERSION, "from": 1}),
+    "signed by another replica": lambda c: _hello(1, KEYS[2], c),
+    "signed by a stranger": lambda c: _hello(1, SigningKey.generate(), c),
+    "signed for another listener": lambda c: _hello(1, KEYS[1], c, to=2),
+    "signed over another challenge": lambda c: _hello(1, KEYS[1], bytes(len(c))),
+    "from the listener itself": lambda c: _hello(0, KEYS[0], c),
+    "from no replica": lambda c: _hello(9, KEYS[1], c),
+    "not a map": lambda c: pack([1, 2]),
+    "not msgpack": lambda c: b"\xc1",
+}
+
+
+@pytest.mark.parametrize("make", BAD_HELLOS.values(), ids=BAD_HELLOS.keys())
+def test_a_bad_hello_is_refused(make: Callable[[bytes], bytes]) -> None:
     async def go() -> tuple[list[tuple[int, bytes]], int]:
         got: list[tuple[int, bytes]] = []
         lst, port, stats = await _listener(got)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(encode_frame(hello) + encode_frame(b"payload"))
+        frame = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX), 5)
+        assert frame is not None
+        writer.write(encode_frame(make(unpack(frame)["challenge"])) + encode_frame(b"payload"))
         await writer.drain()
         await asyncio.wait_for(reader.read(), 5)
         await lst.stop()
@@ -189,6 +229,38 @@ def test_a_bad_hello_is_refused(hello: bytes) -> None:
     got, errors = run(go())
     assert got == []
     assert errors == 1
+
+
+def test_a_correctly_signed_hello_is_accepted() -> None:
+    """The control for the refusals above: the same exchange with the right key delivers."""
+
+    async def go() -> list[tuple[int, bytes]]:
+        got: list[tuple[int, bytes]] = []
+        lst, port, _ = await _listener(got)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(await _signed_hello(reader, 1) + encode_frame(b"payload"))
+        await writer.drain()
+        deadline = asyncio.get_running_loop().time() + 5
+        while not got and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        writer.close()
+        await lst.stop()
+        return got
+
+    assert run(go()) == [(1, b"payload")]
+
+
+def test_an_unauthenticated_connection_may_not_send_more_than_a_hello() -> None:
+    async def go() -> int:
+        got: list[tuple[int, bytes]] = []
+        lst, port, stats = await _listener(got)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(struct.pack(">I", HELLO_BYTES_MAX + 1))
+        await asyncio.wait_for(reader.read(), 5)
+        await lst.stop()
+        return stats.protocol_errors
+
+    assert run(go()) == 1
 
 
 def _free_ports(k: int) -> list[int]:
@@ -203,13 +275,17 @@ def _free_ports(k: int) -> list[int]:
     return ports
 
 
+def _keys(i: int) -> dict[str, Any]:
+    return {"signing_key": KEYS[i], "verify_keys": VERIFY_KEYS}
+
+
 def test_networks_deliver_in_order_and_reconnect_after_the_peer_restarts() -> None:
     async def go() -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
         p0, p1 = _free_ports(2)
         addrs = {0: f"127.0.0.1:{p0}", 1: f"127.0.0.1:{p1}"}
         got1: list[tuple[int, bytes]] = []
-        net0 = PeerNetwork(0, addrs, lambda p, b: None)
-        net1 = PeerNetwork(1, addrs, lambda p, b: got1.append((p, b)))
+        net0 = PeerNetwork(0, addrs, lambda p, b: None, **_keys(0))
+        net1 = PeerNetwork(1, addrs, lambda p, b: got1.append((p, b)), **_keys(1))
         await net0.start(addrs[0])
         await net1.start(addrs[1])
         for i in range(100):
@@ -220,7 +296,7 @@ def test_networks_deliver_in_order_and_reconnect_after_the_peer_restarts() -> No
         # Replica 1 restarts: 0 must dial again by itself and deliver new frames.
         await net1.stop()
         got1b: list[tuple[int, bytes]] = []
-        net1 = PeerNetwork(1, addrs, lambda p, b: got1b.append((p, b)))
+        net1 = PeerNetwork(1, addrs, lambda p, b: got1b.append((p, b)), **_keys(1))
         await net1.start(addrs[1])
         for _ in range(200):
             net0.send(1, b"again")
@@ -242,7 +318,7 @@ def test_a_full_send_queue_drops_the_oldest_frames() -> None:
         got: list[bytes] = []
         # Peer 1 is not up: everything queues.
         net0 = PeerNetwork(
-            0, {0: f"127.0.0.1:{p0}", 1: "127.0.0.1:1"}, lambda p, b: None, queue_max=3
+            0, {0: f"127.0.0.1:{p0}", 1: "127.0.0.1:1"}, lambda p, b: None, queue_max=3, **_keys(0)
         )
         sender = net0._senders[1]
         for i in range(5):
@@ -289,10 +365,12 @@ def _tls_exchange(server_dir: Path, client_dir: Path, client_id: int, hello_id: 
                 ssl=tls.client_context(_files(client_dir, client_id)),
                 server_hostname="node-0",
             )
-            writer.write(encode_frame(pack({"v": 1, "from": hello_id})) + encode_frame(b"hi"))
+            writer.write(await _signed_hello(reader, hello_id) + encode_frame(b"hi"))
             await writer.drain()
             await asyncio.wait_for(reader.read(), 2)
-        except (ssl.SSLError, ConnectionError, TimeoutError):
+        except (ssl.SSLError, ConnectionError, TimeoutError, RemoteProtocolError, AssertionError):
+            # A foreign certificate is refused after the client's side of the TLS 1.3
+            # handshake: the challenge never comes (EOF, reset or alert).
             pass
         await asyncio.sleep(0.05)
         delivered = len(got)
@@ -316,7 +394,8 @@ def test_a_replica_cannot_claim_another_id_than_its_certificate(
     two_cas: tuple[Path, Path],
 ) -> None:
     good, _ = two_cas
-    assert _tls_exchange(good, good, client_id=1, hello_id=0) == 0
+    # Replica 2's hello, signed by replica 2's key, over replica 1's certificate.
+    assert _tls_exchange(good, good, client_id=1, hello_id=2) == 0
 
 
 @pytest.mark.parametrize(
@@ -346,3 +425,23 @@ def test_client_hosts_are_ipv4_addresses_or_ipv6_slash_64s(peer: object, key: st
 def test_client_limits_that_contradict_each_other_are_refused(limits: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ClientListener(lambda frame, conn: None, **limits)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"unauthenticated_per_host_max": 65, "unauthenticated_max": 64},
+        {"unauthenticated_per_host_max": 0},
+        {"idle_timeout_ms": 0},
+        {"read_timeout_ms": -1},
+        {"hello_timeout_ms": 0},
+    ],
+)
+def test_peer_limits_that_contradict_each_other_are_refused(limits: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        PeerLimits(**limits)
+
+
+def test_a_network_refuses_a_signing_key_that_is_not_its_validators() -> None:
+    with pytest.raises(ValueError):
+        PeerNetwork(0, {0: "127.0.0.1:1", 1: "127.0.0.1:2"}, lambda p, b: None, **_keys(1))
