@@ -142,6 +142,8 @@ class Node:
             config.id,
             {v.id: v.address for v in self.genesis.validators},
             self._on_peer_frame,
+            signing_key=config.signing_key(),
+            verify_keys=self.genesis.public_keys(),
             server_ssl=tls.server_context(files) if files else None,
             client_ssl=tls.client_context(files) if files else None,
             frame_bytes_max=self.frame_bytes_max,
