@@ -250,6 +250,26 @@ def test_a_correctly_signed_hello_is_accepted() -> None:
     assert run(go()) == [(1, b"payload")]
 
 
+def test_a_connection_without_a_hello_is_closed_at_the_hello_timeout() -> None:
+    async def go() -> tuple[bytes, int]:
+        stats = TransportStats()
+        lst = PeerListener(
+            0, VERIFY_KEYS, lambda p, b: None, stats, limits=PeerLimits(hello_timeout_ms=300)
+        )
+        await lst.start("127.0.0.1:0")
+        assert lst._server is not None
+        port = lst._server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        challenge = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX), 5)
+        assert challenge is not None
+        tail = await asyncio.wait_for(reader.read(), 10)  # nothing more, then EOF
+        writer.close()
+        await lst.stop()
+        return tail, stats.closed_hello_timeout
+
+    assert run(go()) == (b"", 1)
+
+
 def test_an_unauthenticated_connection_may_not_send_more_than_a_hello() -> None:
     async def go() -> int:
         got: list[tuple[int, bytes]] = []
