@@ -270,6 +270,7 @@ class Node:
             "dropped_client": self.dropped_client,
             "dropped_oversize": self.dropped_oversize,
             "client_port": dataclasses.asdict(self.clients.stats),
+            "peer_port": dataclasses.asdict(stats),
             "refused_at_admission": self.replica.stats["refused at admission"],
             # Is this replica voting? Active in its view, not muted after a restart, and
             # executing near the top (`bench ledger`'s faults section reads these).
