@@ -397,6 +397,9 @@ def test_impostors_on_the_peer_port_neither_grow_a_replica_nor_stop_commits(
             time.sleep(0.1)
         grown = max(_rss_bytes(pid) - before, _rss_bytes(pid, "VmHWM") - peak_before)
         assert grown < 64 * MIB, f"replica 0 grew by {grown // MIB} MiB"
+        # The operator sees it: the refusals are counted in the replica's status.
+        peer_port = (cluster.status(0) or {})["peer_port"]
+        assert peer_port["protocol_errors"] + peer_port["evicted_unauthenticated"] >= 12
     finally:
         for s in socks:
             s.close()
