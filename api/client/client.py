@@ -1,0 +1,557 @@
+"""`CivisClient`: the API's routes as typed methods, grouped by who calls them.
+
+Why a client in the project: every signed step is three requests (draft, sign the exact
+bytes handed out, submit), every upload a stream and a wait for its ledger anchor, every
+audit a loop over pages. Written by hand each time, these drift from the API; written once
+here, the demo, the benchmarks, the tests and every user share one tested copy.
+
+What it must never do: hold or send a private key (keys sign locally; only signatures
+travel), build a transaction's bytes itself (the API's draft is what the contracts verify,
+so the wallet signs it unchanged), or swallow a refusal (every answer >= 400 raises a typed
+`ProblemError`, see `api/client/errors.py`).
+
+One `httpx.Client` carries the connections; `with_key` gives another party's view over the
+same connections, so a script that plays several members (a provider, a bank, the DPO) does
+not open a pool per member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, cast
+
+import httpx
+
+from api.client.errors import AnchorRefused, AnchorTimeout, problem_from
+from api.client.types import (
+    AccessAnswer,
+    Dataset,
+    Draft,
+    ErasureCertificate,
+    Export,
+    LedgerQuery,
+    LedgerWrite,
+    PredicateAnswer,
+    SignedTransaction,
+    Upload,
+)
+from api.wallet import sign_message
+from ledger_bridge.crypto import SigningKey
+
+TIMEOUT_S = 60.0
+ANCHOR_WAIT_S = 60.0
+ANCHOR_POLL_S = 0.1
+# Streamed uploads are sent in chunks of this size: big enough that the per-chunk cost is
+# nothing, small enough that a progress bar moves and memory stays flat.
+UPLOAD_CHUNK_BYTES = 1 << 20
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+MEDIA_TYPES = {
+    ".ndjson": "application/x-ndjson",
+    ".jsonl": "application/x-ndjson",
+    ".csv": "text/csv",
+}
+
+# (bytes sent so far, total bytes when known): called after each chunk leaves.
+Progress = Callable[[int, int | None], None]
+UploadSource = bytes | str | os.PathLike[str] | BinaryIO | Iterable[bytes]
+Role = Literal["provider", "consumer", "subject"]
+College = Literal["providers", "services", "citizens"]
+
+
+def public_hex(key: SigningKey) -> str:
+    """A member's id on the ledger and in the API: the hex of its Ed25519 public key."""
+    return bytes(key.public_key).hex()
+
+
+def now_ms() -> int:
+    """Ledger times are milliseconds since the epoch (consent ends, voting ends)."""
+    return int(time.time() * 1000)
+
+
+class CivisClient:
+    """The API for one party: its API key (if any) over a shared `httpx.Client`.
+
+    `base_url` opens a client of its own, closed by `close()` or the `with` block; `http`
+    uses one the caller owns (a `fastapi.testclient.TestClient` is one), never closed here.
+    Signed methods take the author's `SigningKey` (`api.wallet.load_wallet` reads a wallet
+    file) and need no API key: the signature is the authentication.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        http: httpx.Client | None = None,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
+        if (base_url is None) == (http is None):
+            raise ValueError("give the API's base_url or an httpx client, not both")
+        self.http = http or httpx.Client(base_url=str(base_url).rstrip("/"), timeout=timeout_s)
+        self._owned = http is None
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def with_key(self, api_key: str) -> CivisClient:
+        """Another member's view over the same connections (the caller keeps closing self)."""
+        return CivisClient(api_key=api_key, http=self.http)
+
+    def close(self) -> None:
+        if self._owned:
+            self.http.close()
+
+    def __enter__(self) -> CivisClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | Iterable[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """One call with this party's key; any answer >= 400 raises its `ProblemError`."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        r = self.http.request(
+            method,
+            path,
+            json=json_body,
+            params=query or None,
+            content=content,
+            headers={**self._auth, **(headers or {})},
+        )
+        if r.status_code >= 400:
+            raise problem_from(r)
+        return r
+
+    def _get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params).json()
+
+    def _post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, json_body=body).json()
+
+    def pages(
+        self, path: str, *, cursor: str, next_key: str, **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Every page of a list route, following its cursor until the route says no more.
+
+        The routes page by a cursor the answer carries (`next_after`, `next_from_height`),
+        never by offset, so a page is never skipped or repeated while the list grows.
+        """
+        query = dict(params)
+        while True:
+            page: dict[str, Any] = self._get(path, **query)
+            yield page
+            following = page.get(next_key)
+            if following is None:
+                return
+            query[cursor] = following
+
+    # -- signing: draft, sign locally, submit ---------------------------------------------
+
+    def draft(
+        self, author: str, tx_type: str, body: dict[str, Any], *, valid_for_s: int | None = None
+    ) -> Draft:
+        """The unsigned transaction the API builds for `author` (hex public key)."""
+        request: dict[str, Any] = {"type": tx_type, "author": author, "body": body}
+        if valid_for_s is not None:
+            request["valid_for_s"] = valid_for_s
+        return cast(Draft, self._post("/v1/drafts", request))
+
+    def sign(
+        self,
+        key: SigningKey,
+        tx_type: str,
+        body: dict[str, Any],
+        *,
+        valid_for_s: int | None = None,
+    ) -> SignedTransaction:
+        """A draft signed by `key`, as `civis-vault wallet sign` would sign it."""
+        d = self.draft(public_hex(key), tx_type, body, valid_for_s=valid_for_s)
+        signature = sign_message(key, bytes.fromhex(d["signing_payload"]))
+        return {"transaction": d["transaction"], "signature": signature.hex()}
+
+    def submit(self, path: str, key: SigningKey, tx_type: str, body: dict[str, Any]) -> Any:
+        """Draft, sign and post to `path`: the whole signed step in one call."""
+        return self._post(path, self.sign(key, tx_type, body))
+
+    # -- members and governance -----------------------------------------------------------
+
+    def register(self, key: SigningKey, role: Role, college: College) -> LedgerWrite:
+        """`member.register`: a resident is active at once, a legal entity once voted in."""
+        body = {"role": role, "college": college}
+        return cast(LedgerWrite, self.submit("/v1/members", key, "member.register", body))
+
+    def member(self, public_key: str) -> LedgerQuery:
+        return cast(LedgerQuery, self._get(f"/v1/members/{public_key}"))
+
+    def propose(
+        self, key: SigningKey, action: dict[str, Any], *, voting_for_ms: int = HOUR_MS
+    ) -> LedgerWrite:
+        """`governance.propose`; the proposal's id is `result["proposal"]`."""
+        body = {"action": action, "voting_ends": now_ms() + voting_for_ms}
+        path = "/v1/governance/proposals"
+        return cast(LedgerWrite, self.submit(path, key, "governance.propose", body))
+
+    def propose_admission(
+        self, key: SigningKey, member: str, *, voting_for_ms: int = HOUR_MS
+    ) -> LedgerWrite:
+        """Propose to admit a registered legal entity (`member`, hex public key)."""
+        action = {"kind": "admit_member", "member": member}
+        return self.propose(key, action, voting_for_ms=voting_for_ms)
+
+    def vote(self, key: SigningKey, proposal: int, *, approve: bool = True) -> LedgerWrite:
+        """`governance.vote`: one member's yes or no; `result["status"]` says if it passed."""
+        body = {"proposal": proposal, "approve": approve}
+        path = f"/v1/governance/proposals/{proposal}/votes"
+        return cast(LedgerWrite, self.submit(path, key, "governance.vote", body))
+
+    def proposal(self, proposal: int) -> LedgerQuery:
+        return cast(LedgerQuery, self._get(f"/v1/governance/proposals/{proposal}"))
+
+    def proposals(self) -> LedgerQuery:
+        return cast(LedgerQuery, self._get("/v1/governance/proposals"))
+
+    # -- provider: datasets and uploads ---------------------------------------------------
+
+    def create_dataset(
+        self,
+        name: str,
+        *,
+        category: str,
+        purposes: list[str],
+        retention_days: int,
+        legal_basis: str,
+    ) -> Dataset:
+        """Register a dataset: the contracts record it before the vault stores anything."""
+        body = {
+            "name": name,
+            "category": category,
+            "purposes": purposes,
+            "retention_days": retention_days,
+            "legal_basis": legal_basis,
+        }
+        return cast(Dataset, self._post("/v1/datasets", body))
+
+    def datasets(self) -> list[Dataset]:
+        return cast(list[Dataset], self._get("/v1/datasets"))
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return cast(Dataset, self._get(f"/v1/datasets/{dataset_id}"))
+
+    def upload(
+        self,
+        dataset_id: str,
+        source: UploadSource,
+        *,
+        media_type: str | None = None,
+        progress: Progress | None = None,
+        wait: bool = True,
+        timeout_s: float = ANCHOR_WAIT_S,
+    ) -> Upload:
+        """Stream NDJSON or CSV records into a dataset; by default wait until anchored.
+
+        `source` is a path (media type from its suffix), bytes, a binary file, or an
+        iterable of chunks; it is sent chunked and never read whole, so a file of any size
+        takes constant memory. `progress(sent, total)` runs after each chunk. The answer is
+        the upload as the API holds it: with `wait`, anchored on the ledger with its receipt
+        (`AnchorTimeout`, `AnchorRefused` otherwise).
+        """
+        chunks, total, kind = _chunks(source, media_type)
+        content: bytes | Iterable[bytes] = chunks
+        if progress is not None:
+            content = _reporting(chunks, total, progress)
+        elif isinstance(source, bytes):
+            content = source  # already in memory: one body with its Content-Length
+        r = self.request(
+            "POST",
+            f"/v1/datasets/{dataset_id}/uploads",
+            content=content,
+            headers={"Content-Type": kind},
+        )
+        out = cast(Upload, r.json())
+        if not wait or out["state"] == "anchored":
+            return out
+        return self.wait_anchored(dataset_id, out["upload_id"], timeout_s=timeout_s)
+
+    def upload_status(self, dataset_id: str, upload_id: str) -> Upload:
+        return cast(Upload, self._get(f"/v1/datasets/{dataset_id}/uploads/{upload_id}"))
+
+    def wait_anchored(
+        self, dataset_id: str, upload_id: str, *, timeout_s: float = ANCHOR_WAIT_S
+    ) -> Upload:
+        """The upload once its `upload.anchor` committed: consumers are served from then on.
+
+        The API answers an upload as soon as it is stored, with the receipt only if the
+        ledger was quick; the outbox relay anchors it later otherwise. Polled, because the
+        API has no push channel, at a pace that costs the server nothing.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = self.upload_status(dataset_id, upload_id)
+            if out["state"] == "anchored":
+                return out
+            if out["state"] in ("refused", "withdrawn"):
+                raise AnchorRefused(f"upload {upload_id} is {out['state']}, never served")
+            if time.monotonic() > deadline:
+                raise AnchorTimeout(f"upload {upload_id} was not anchored within {timeout_s} s")
+            time.sleep(ANCHOR_POLL_S)
+
+    def uploads(self, dataset_id: str, *, limit: int | None = None) -> list[Upload]:
+        return cast(list[Upload], self._get(f"/v1/datasets/{dataset_id}/uploads", limit=limit))
+
+    def records(
+        self, dataset_id: str, *, subject_id: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """A page of the provider's own records, with inclusion proofs."""
+        path = f"/v1/datasets/{dataset_id}/records"
+        return cast(list[dict[str, Any]], self._get(path, subject_id=subject_id, limit=limit))
+
+    def iter_records(
+        self, dataset_id: str, *, subject_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every record of the dataset, streamed as NDJSON: constant memory at any size."""
+        params = {"subject_id": subject_id} if subject_id else None
+        headers = {**self._auth, "Accept": "application/x-ndjson"}
+        path = f"/v1/datasets/{dataset_id}/records"
+        with self.http.stream("GET", path, params=params, headers=headers) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise problem_from(r)
+            for line in r.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    # -- subject: consent, export, erasure request ----------------------------------------
+
+    def grant_consent(
+        self,
+        key: SigningKey,
+        *,
+        consumer: str,
+        purpose: str,
+        dataset: str | None = None,
+        category: str | None = None,
+        valid_for_ms: int = DAY_MS,
+    ) -> LedgerWrite:
+        """`consent.grant` signed by the subject: in force for decisions from the next block.
+
+        Name one dataset or one data category; the consent ends `valid_for_ms` from now.
+        """
+        body = {
+            **_scope(dataset, category),
+            "subject": public_hex(key),
+            "consumer": consumer,
+            "purpose": purpose,
+            "valid_until": now_ms() + valid_for_ms,
+        }
+        return cast(LedgerWrite, self.submit("/v1/consents", key, "consent.grant", body))
+
+    def revoke_consent(
+        self,
+        key: SigningKey,
+        *,
+        consumer: str,
+        purpose: str,
+        dataset: str | None = None,
+        category: str | None = None,
+    ) -> LedgerWrite:
+        """`consent.revoke` signed by the subject: every access from the next block is refused."""
+        body = {
+            **_scope(dataset, category),
+            "subject": public_hex(key),
+            "consumer": consumer,
+            "purpose": purpose,
+        }
+        path = "/v1/consents/revocations"
+        return cast(LedgerWrite, self.submit(path, key, "consent.revoke", body))
+
+    def consents(self, subject_id: str) -> LedgerQuery:
+        return cast(LedgerQuery, self._get(f"/v1/subjects/{subject_id}/consents"))
+
+    def export(self, subject_id: str) -> Export:
+        """Art. 15/20: the subject's records, consents, accesses and erasures (subject or DPO)."""
+        return cast(Export, self._get(f"/v1/subjects/{subject_id}/export"))
+
+    def request_erasure(self, key: SigningKey, *, dataset: str | None = None) -> ErasureCertificate:
+        """Art. 17 by the subject: signed with their wallet, recorded, carried out at once."""
+        scope: dict[str, Any] = {"kind": "subject", "subject": public_hex(key)}
+        if dataset is not None:
+            scope["dataset"] = dataset
+        path = "/v1/erasure-requests"
+        return cast(ErasureCertificate, self.submit(path, key, "erasure.request", {"scope": scope}))
+
+    # -- consumer: records, projections, predicates ---------------------------------------
+
+    def access(
+        self,
+        dataset_id: str,
+        purpose: str,
+        *,
+        subjects: list[str] | None = None,
+        fields: list[str] | None = None,
+    ) -> AccessAnswer:
+        """Records for a purpose: all consenting subjects, or those named; `fields` projects.
+
+        A named subject without consent is listed in `denied` with the reason, not raised:
+        the others' records still come back in the same answer.
+        """
+        body: dict[str, Any] = {"dataset_id": dataset_id, "purpose": purpose}
+        if subjects is not None:
+            body["subjects"] = subjects
+        if fields is not None:
+            body["fields"] = fields
+        return cast(AccessAnswer, self._post("/v1/access-requests", body))
+
+    def predicate(
+        self, dataset_id: str, purpose: str, *, subject: str, field: str, op: str, value: Any
+    ) -> PredicateAnswer:
+        """A yes/no about one subject; no consent raises `Forbidden` (code `no_consent`).
+
+        Refused by raising, unlike `access`: a predicate names exactly one subject, so a
+        refusal is the whole answer.
+        """
+        body = {
+            "dataset_id": dataset_id,
+            "purpose": purpose,
+            "subjects": [subject],
+            "predicate": {"field": field, "op": op, "value": value},
+        }
+        return cast(PredicateAnswer, self._post("/v1/access-requests", body))
+
+    # -- DPO: erasure and audits ----------------------------------------------------------
+
+    def erase(
+        self,
+        *,
+        subject_id: str | None = None,
+        dataset_id: str | None = None,
+        upload_id: str | None = None,
+        reason: str = "dpo_decision",
+    ) -> ErasureCertificate:
+        """The DPO erases a subject (everywhere or in one dataset) or one upload.
+
+        State `recorded` with a receipt once the ledger holds it, `pending` if the ledger was
+        slower than the API's wait (read it again with `erasure`).
+        """
+        body: dict[str, Any] = {"reason": reason}
+        for name, value in (
+            ("subject_id", subject_id),
+            ("dataset_id", dataset_id),
+            ("upload_id", upload_id),
+        ):
+            if value is not None:
+                body[name] = value
+        return cast(ErasureCertificate, self._post("/v1/erasures", body))
+
+    def erasure(self, erasure_id: int) -> ErasureCertificate:
+        return cast(ErasureCertificate, self._get(f"/v1/erasures/{erasure_id}"))
+
+    def iter_access_log(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every access the contracts decided, oldest first (filters: subject, consumer,
+        purpose, since, until, limit per page)."""
+        for page in self.pages(
+            "/v1/dpo/access-log", cursor="after", next_key="next_after", **filters
+        ):
+            yield from page["accesses"]
+
+    def retention_audit(self, *, dataset_id: str | None = None) -> dict[str, Any]:
+        return cast(dict[str, Any], self._get("/v1/dpo/retention-audit", dataset_id=dataset_id))
+
+    def iter_ledger_verification(self, *, from_height: int = 1) -> Iterator[dict[str, Any]]:
+        """The replicas' chains verified a slice at a time; each page has its `findings`."""
+        return self.pages(
+            "/v1/dpo/ledger-verification",
+            cursor="from_height",
+            next_key="next_from_height",
+            from_height=from_height,
+        )
+
+    def records_of_processing(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._get("/v1/dpo/records-of-processing"))
+
+    def iter_outbox(
+        self, *, state: Literal["refused", "pending"] = "refused"
+    ) -> Iterator[dict[str, Any]]:
+        """Vault facts the ledger has not recorded (refused by the contracts, or queued)."""
+        for page in self.pages(
+            "/v1/dpo/outbox", cursor="after", next_key="next_after", state=state
+        ):
+            yield from page["facts"]
+
+    # -- ledger and health ----------------------------------------------------------------
+
+    def ledger_status(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._get("/v1/ledger/status"))
+
+    def block(self, height: int) -> dict[str, Any]:
+        """A block with its commit certificate, `verified` against the genesis keys."""
+        return cast(dict[str, Any], self._get(f"/v1/ledger/blocks/{height}"))
+
+    def iter_blocks(
+        self, *, from_height: int = 1, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Block headers from `from_height` up to the tip as it is when each page is read."""
+        for page in self.pages(
+            "/v1/ledger/blocks",
+            cursor="from_height",
+            next_key="next_from_height",
+            from_height=from_height,
+            limit=limit,
+        ):
+            yield from page["blocks"]
+
+    def health(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._get("/healthz"))
+
+
+def _scope(dataset: str | None, category: str | None) -> dict[str, str]:
+    if (dataset is None) == (category is None):
+        raise ValueError("a consent names exactly one of dataset or category")
+    return {"dataset": dataset} if dataset is not None else {"category": cast(str, category)}
+
+
+def _chunks(
+    source: UploadSource, media_type: str | None
+) -> tuple[Iterable[bytes], int | None, str]:
+    """(chunks, total bytes if known, media type) for any upload source."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        kind = media_type or MEDIA_TYPES.get(path.suffix.lower())
+        if kind is None:
+            raise ValueError(f"say the media type of {path.name} (NDJSON or CSV)")
+        return _file_chunks(path), path.stat().st_size, kind
+    kind = media_type or "application/x-ndjson"
+    if isinstance(source, bytes):
+        pieces = range(0, len(source), UPLOAD_CHUNK_BYTES)
+        return (source[i : i + UPLOAD_CHUNK_BYTES] for i in pieces), len(source), kind
+    if hasattr(source, "read"):
+        stream = cast(BinaryIO, source)
+        return iter(lambda: stream.read(UPLOAD_CHUNK_BYTES), b""), None, kind
+    return source, None, kind
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(UPLOAD_CHUNK_BYTES):
+            yield chunk
+
+
+def _reporting(chunks: Iterable[bytes], total: int | None, progress: Progress) -> Iterator[bytes]:
+    sent = 0
+    for chunk in chunks:
+        yield chunk
+        sent += len(chunk)
+        progress(sent, total)

@@ -1,0 +1,118 @@
+"""The shapes of the API's answers, as the client hands them back.
+
+Why TypedDicts and not classes: an answer stays the JSON the API sent (a caller can log it,
+store it, or compare it with openapi.yaml), while mypy still checks every key a caller reads.
+Only the fields a caller acts on are typed precisely; nested ledger results stay `Any`,
+because their shape is the contracts' (docs/CONTRACTS.md), which evolves with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+
+class Receipt(TypedDict):
+    """Where a decision is on the ledger: the transaction's id and its block's height."""
+
+    tx_id: str
+    block_height: int
+
+
+class Draft(TypedDict):
+    """An unsigned transaction and the exact bytes its author signs (both hex)."""
+
+    type: str
+    transaction: str
+    signing_payload: str
+    valid_until: int
+
+
+class SignedTransaction(TypedDict):
+    """What a signed endpoint takes: a draft's transaction and the author's signature."""
+
+    transaction: str
+    signature: str
+
+
+class LedgerWrite(TypedDict):
+    """A signed transaction's outcome: what the contracts answered and the receipt."""
+
+    receipt: Receipt
+    result: dict[str, Any]
+
+
+class LedgerQuery(TypedDict):
+    """A ledger read: the answer and the last committed block it reflects."""
+
+    height: int
+    result: Any
+
+
+class Dataset(TypedDict):
+    id: str
+    owner_id: str
+    name: str
+    category: str
+    purposes: list[str]
+    retention_days: int
+    legal_basis: str
+    created_at: str
+    receipt: Receipt | None
+
+
+UploadState = Literal["pending", "anchored", "withdrawn", "refused"]
+
+
+class Upload(TypedDict):
+    upload_id: str
+    dataset_id: str
+    record_count: int
+    merkle_root: str
+    commitments_root: str
+    retention_day: str
+    state: UploadState
+    receipt: Receipt | None
+
+
+class AccessAnswer(TypedDict):
+    """Records for a consumer. A refused subject is in `denied`, not an error: one request
+    may name many subjects, and the others' records still come back."""
+
+    access: int
+    receipt: Receipt
+    granted: list[str]
+    denied: list[list[str]]
+    records: list[dict[str, Any]]
+
+
+class PredicateAnswer(TypedDict):
+    """A yes/no about one subject, and nothing else (the consumer learns one bit)."""
+
+    result: bool
+    receipt: Receipt
+
+
+class Export(TypedDict):
+    """Art. 15/20: everything held about a subject, machine-readable."""
+
+    subject_id: str
+    ledger_height: int
+    records: list[dict[str, Any]]
+    consents: list[dict[str, Any]]
+    accesses: list[dict[str, Any]]
+    erasures: list[dict[str, Any]]
+
+
+class ErasureCertificate(TypedDict):
+    erasure_id: int
+    state: Literal["pending", "recorded", "refused"]
+    kind: str
+    scope: dict[str, Any]
+    reason: str
+    requester: str
+    secrets_destroyed: int
+    key_commitments: list[str]
+    uploads: list[dict[str, Any]]
+    erased_at: str
+    request: int | None
+    receipt: Receipt | None
