@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -17,8 +18,13 @@ from vault.config import Settings
 from vault.models import API_ROLES
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from api.bootstrap import RunningLedger
     from api.keys import IssuedKey
+
+
+_EXPIRES_HELP = "when the key stops working: a duration (90m, 12h, 30d, 8w) or an ISO date/time"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,17 +47,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.set_defaults(func=_up)
 
-    apikey = sub.add_parser("apikey", help="issue and revoke members' API keys")
+    apikey = sub.add_parser("apikey", help="issue, list, rotate and revoke members' API keys")
     keys = apikey.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
     create = keys.add_parser("create", help="issue a key; the token is printed once")
-    create.add_argument("--member", required=True, help="member id (pseudonym or public key)")
+    create.add_argument(
+        "--member",
+        required=True,
+        help="member id; with a ledger, the hex of the member's ledger public key",
+    )
     create.add_argument("--role", required=True, choices=API_ROLES)
+    create.add_argument("--expires", default=None, help=_EXPIRES_HELP)
+    listing = keys.add_parser("list", help="keys that work (with --all, ended ones too)")
+    listing.add_argument("--member", default=None, help="only this member's keys")
+    listing.add_argument("--all", action="store_true", help="revoked and expired keys too")
+    rotate = keys.add_parser(
+        "rotate", help="a new token for the same member and role; the old key ends"
+    )
+    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--expires",
+        default=None,
+        help=_EXPIRES_HELP + "; default: the old key's lifetime again, or none if it had none",
+    )
+    rotate.add_argument(
+        "--grace",
+        default=None,
+        help="keep the old key working this long (90m, 12h, 7d); default: revoked at once",
+    )
     revoke = keys.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
-    for p in (create, revoke):
+    for p in (create, listing, rotate, revoke):
         p.add_argument("--data-dir", type=Path, default=None, help="data directory (./.civis)")
         p.add_argument("--database-url", default=None, help="external PostgreSQL")
     create.set_defaults(func=_apikey_create)
+    listing.set_defaults(func=_apikey_list)
+    rotate.set_defaults(func=_apikey_rotate)
     revoke.set_defaults(func=_apikey_revoke)
 
     openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
@@ -197,40 +227,82 @@ def _print_summary(
     print("\n".join(lines), flush=True)
 
 
-def _apikey_create(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _key_session(args: argparse.Namespace) -> Iterator[Session]:
+    """One transaction in the vault's database (started if embedded), committed on success."""
     from sqlalchemy.orm import Session
-
-    from api.keys import create_key
 
     settings = _settings_from(args)
     with db.open_database(settings.database_url, settings.data_dir) as url:
         engine = db.make_engine(url, pool_size=1)
         try:
             with Session(engine) as session, session.begin():
-                issued = create_key(session, member_id=args.member, role=args.role)
-        except ValueError as exc:
-            print(f"civis-vault apikey create: {exc}", file=sys.stderr)
-            return 2
+                yield session
         finally:
             engine.dispose()
+
+
+def _issued(issued: IssuedKey, **extra: str) -> None:
     # The only time the token exists outside the caller's hands: it is not stored anywhere.
-    print(json.dumps({"key_id": issued.key_id, "token": issued.token, "role": args.role}))
+    expires = None if issued.expires_at is None else issued.expires_at.isoformat()
+    out = {
+        "key_id": issued.key_id,
+        "token": issued.token,
+        "role": issued.role,
+        "expires_at": expires,
+    }
+    print(json.dumps({**out, **extra}))
+
+
+def _apikey_create(args: argparse.Namespace) -> int:
+    from api.keys import create_key, parse_expiry
+
+    try:
+        expires = None if args.expires is None else parse_expiry(args.expires)
+        with _key_session(args) as session:
+            issued = create_key(session, member_id=args.member, role=args.role, expires_at=expires)
+    except ValueError as exc:
+        print(f"civis-vault apikey create: {exc}", file=sys.stderr)
+        return 2
+    _issued(issued)
+    return 0
+
+
+def _apikey_list(args: argparse.Namespace) -> int:
+    from api.keys import list_keys
+
+    with _key_session(args) as session:
+        keys = list_keys(session, member_id=args.member, include_ended=args.all)
+    for key in keys:
+        print(json.dumps(key.as_dict()))
+    return 0
+
+
+def _apikey_rotate(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from api.keys import parse_duration, parse_expiry, rotate_key
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        expires = None if args.expires is None else parse_expiry(args.expires, now)
+        grace = dt.timedelta(0) if args.grace is None else parse_duration(args.grace)
+        if grace is None:
+            raise ValueError("--grace is a duration: 90m, 12h, 7d or 2w")
+        with _key_session(args) as session:
+            issued = rotate_key(session, args.key_id, expires_at=expires, grace=grace, now=now)
+    except ValueError as exc:
+        print(f"civis-vault apikey rotate: {exc}", file=sys.stderr)
+        return 2
+    _issued(issued, replaces=args.key_id)
     return 0
 
 
 def _apikey_revoke(args: argparse.Namespace) -> int:
-    from sqlalchemy.orm import Session
-
     from api.keys import revoke_key
 
-    settings = _settings_from(args)
-    with db.open_database(settings.database_url, settings.data_dir) as url:
-        engine = db.make_engine(url, pool_size=1)
-        try:
-            with Session(engine) as session, session.begin():
-                found = revoke_key(session, args.key_id)
-        finally:
-            engine.dispose()
+    with _key_session(args) as session:
+        found = revoke_key(session, args.key_id)
     if not found:
         print(f"civis-vault apikey revoke: no key {args.key_id}", file=sys.stderr)
         return 1

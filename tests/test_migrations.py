@@ -49,3 +49,39 @@ def test_relay_request_ids_start_above_every_fact_id_ever_issued(fresh_database_
             assert conn.execute(text("SELECT to_regclass('outbox_request_ids')")).scalar() is None
     finally:
         engine.dispose()
+
+
+def test_keys_and_datasets_from_before_0006_keep_working(fresh_database_url: str) -> None:
+    """0006 adds key expiry and the dataset.register receipt: existing keys stay keys without
+    an expiry (they work until revoked), existing datasets have no receipt, and going back
+    drops both columns."""
+    db.upgrade(fresh_database_url, "0005")
+    engine = create_engine(fresh_database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, secret_hash, member_id, role) "
+                    "VALUES ('00112233aabbccdd', '\\x00', 'utility-1', 'provider')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO datasets (id, owner_id, name, category, purposes, "
+                    "retention_days, legal_basis) VALUES (gen_random_uuid(), 'utility-1', "
+                    "'meters', 'energy', '[\"billing\"]', 30, 'contract')"
+                )
+            )
+        db.upgrade(fresh_database_url)
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT expires_at FROM api_keys")).one() == (None,)
+            assert conn.execute(
+                text("SELECT register_tx_id, register_height FROM datasets")
+            ).one() == (None, None)
+        db.downgrade(fresh_database_url, "0005")
+        with engine.connect() as conn:
+            inspector = inspect(conn)
+            assert "expires_at" not in {c["name"] for c in inspector.get_columns("api_keys")}
+            assert "register_tx_id" not in {c["name"] for c in inspector.get_columns("datasets")}
+    finally:
+        engine.dispose()

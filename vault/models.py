@@ -62,6 +62,10 @@ class Dataset(Base):
     created_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # The dataset.register receipt, kept so every later read shows what the POST answered; null
+    # without a ledger (the contracts never saw the dataset).
+    register_tx_id: Mapped[str | None] = mapped_column(String(128))
+    register_height: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint("retention_days > 0 AND retention_days <= 36600", name="retention"),
@@ -225,6 +229,8 @@ class ApiKey(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Null: the key works until revoked. A rotation's grace period sets it on the old key.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(

@@ -1,17 +1,28 @@
-"""API keys: only a hash is stored; a token works until revoked; the CLI shows it once."""
+"""API keys: only a hash is stored; a token works until revoked or expired; the CLI shows it
+once, lists keys without their secrets, and rotates them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import subprocess
 import sys
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.keys import authenticate, create_key, revoke_key
+from api.keys import (
+    KeyExpired,
+    authenticate,
+    create_key,
+    list_keys,
+    parse_expiry,
+    revoke_key,
+    rotate_key,
+)
 from vault import db
 from vault.models import ApiKey
 
@@ -74,3 +85,158 @@ def test_cli_create_prints_the_token_once_and_revoke_works(api_database_url: str
     engine.dispose()
     assert cli("revoke", "0" * 16).returncode == 1
     assert cli("create", "--member", "x", "--role", "admin").returncode == 2
+
+
+# -- expiry, listing, rotation -------------------------------------------------------------
+
+NOW = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90m", NOW + dt.timedelta(minutes=90)),
+        ("12h", NOW + dt.timedelta(hours=12)),
+        ("30d", NOW + dt.timedelta(days=30)),
+        ("2w", NOW + dt.timedelta(weeks=2)),
+        ("2027-06-30", dt.datetime(2027, 6, 30, tzinfo=dt.UTC)),
+        ("2027-06-30T18:00:00+02:00", dt.datetime(2027, 6, 30, 16, 0, tzinfo=dt.UTC)),
+    ],
+)
+def test_expiry_is_a_duration_or_an_iso_date(text: str, expected: dt.datetime) -> None:
+    assert parse_expiry(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["0d", "-3d", "30", "30 days", "2027-02-28", "9999d", "soon"])
+def test_expiry_in_the_past_too_far_or_unreadable_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--expires"):
+        parse_expiry(text, NOW)
+
+
+def test_an_expired_key_is_refused_and_told_why(session: Session) -> None:
+    issued = create_key(
+        session, member_id="bank-exp", role="consumer", expires_at=NOW + dt.timedelta(days=1)
+    )
+    member = authenticate(session, issued.token, now=NOW)
+    assert member is not None and member.member_id == "bank-exp"
+    with pytest.raises(KeyExpired, match="expired at 2027-03-02T12:00:00Z") as refused:
+        authenticate(session, issued.token, now=NOW + dt.timedelta(days=1))
+    assert refused.value.status == 401
+    # Only the holder of the secret learns that the key expired: a wrong secret is just invalid.
+    flipped = issued.token[:-1] + ("A" if issued.token[-1] != "A" else "B")
+    assert authenticate(session, flipped, now=NOW + dt.timedelta(days=2)) is None
+
+
+def test_an_expired_key_gets_401_problem_saying_it_expired(
+    client: TestClient, api_database_url: str
+) -> None:
+    engine = db.make_engine(api_database_url, pool_size=1)
+    with Session(engine) as session, session.begin():
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        expired = create_key(session, member_id="dpo-exp", role="dpo", expires_at=past)
+        revoked = create_key(session, member_id="dpo-rev", role="dpo")
+        revoke_key(session, revoked.key_id)
+    engine.dispose()
+    r = client.get("/v1/datasets", headers={"Authorization": f"Bearer {expired.token}"})
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert "expired at" in r.json()["detail"] and expired.key_id in r.json()["detail"]
+    assert expired.token not in r.text
+    r = client.get("/v1/datasets", headers={"Authorization": f"Bearer {revoked.token}"})
+    assert r.status_code == 401 and "expired" not in r.json()["detail"]
+
+
+def test_list_shows_working_keys_and_with_ended_every_state(session: Session) -> None:
+    member = f"lister-{NOW.timestamp():.0f}-{id(session)}"
+    live = create_key(session, member_id=member, role="provider")
+    soon = create_key(
+        session, member_id=member, role="provider", expires_at=NOW + dt.timedelta(hours=1)
+    )
+    gone = create_key(session, member_id=member, role="provider")
+    revoke_key(session, gone.key_id, now=NOW)
+    later = NOW + dt.timedelta(hours=2)
+    working = list_keys(session, member_id=member, now=later)
+    assert [k.key_id for k in working] == [live.key_id]
+    every = {
+        k.key_id: k for k in list_keys(session, member_id=member, include_ended=True, now=later)
+    }
+    assert {k: v.state for k, v in every.items()} == {
+        live.key_id: "active",
+        soon.key_id: "expired",
+        gone.key_id: "revoked",
+    }
+    shown = every[soon.key_id].as_dict()
+    assert shown["expires_at"] == "2027-03-01T13:00:00+00:00" and "token" not in shown
+    assert all("secret" not in str(v.as_dict()) for v in every.values())
+
+
+def test_rotation_issues_a_new_secret_for_the_same_member_and_revokes_the_old(
+    session: Session,
+) -> None:
+    old = create_key(
+        session, member_id="road-svc", role="consumer", expires_at=NOW + dt.timedelta(days=30)
+    )
+    # A rotation ten days into a 30-day key gives another 30 days from now.
+    then = NOW - dt.timedelta(days=10)
+    session.get(ApiKey, old.key_id).created_at = then  # type: ignore[union-attr]
+    session.get(ApiKey, old.key_id).expires_at = then + dt.timedelta(days=30)  # type: ignore[union-attr]
+    new = rotate_key(session, old.key_id, now=NOW)
+    assert new.token != old.token and new.role == "consumer"
+    assert new.expires_at == NOW + dt.timedelta(days=30)
+    member = authenticate(session, new.token, now=NOW)
+    assert member is not None and (member.member_id, member.role) == ("road-svc", "consumer")
+    assert authenticate(session, old.token, now=NOW) is None
+    with pytest.raises(ValueError, match="revoked"):
+        rotate_key(session, old.key_id, now=NOW)  # not a way back in
+
+
+def test_rotation_with_a_grace_period_keeps_the_old_key_until_it_ends(session: Session) -> None:
+    old = create_key(session, member_id="fleet-1", role="provider")
+    new = rotate_key(session, old.key_id, grace=dt.timedelta(hours=12), now=NOW)
+    assert new.expires_at is None  # the old key had no expiry: neither has the new one
+    assert authenticate(session, old.token, now=NOW + dt.timedelta(hours=11)) is not None
+    with pytest.raises(KeyExpired):
+        authenticate(session, old.token, now=NOW + dt.timedelta(hours=12))
+    assert authenticate(session, new.token, now=NOW + dt.timedelta(days=400)) is not None
+    with pytest.raises(ValueError, match="no key"):
+        rotate_key(session, "0" * 16, now=NOW)
+
+
+def test_cli_expires_lists_and_rotates(api_database_url: str) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", "apikey", *args, "--database-url", api_database_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    member = f"cli-{dt.datetime.now(dt.UTC).timestamp():.0f}"
+    made = cli("create", "--member", member, "--role", "provider", "--expires", "30d")
+    assert made.returncode == 0, made.stderr
+    first = json.loads(made.stdout)
+    expires = dt.datetime.fromisoformat(first["expires_at"])
+    assert dt.timedelta(days=29) < expires - dt.datetime.now(dt.UTC) <= dt.timedelta(days=30)
+    bad = cli("create", "--member", member, "--role", "provider", "--expires", "yesterday")
+    assert bad.returncode == 2 and "--expires" in bad.stderr
+    rotated = cli("rotate", first["key_id"], "--grace", "1h")
+    assert rotated.returncode == 0, rotated.stderr
+    second = json.loads(rotated.stdout)
+    assert second["replaces"] == first["key_id"] and second["role"] == "provider"
+    assert second["token"] != first["token"] and second["expires_at"] is not None
+    listed = cli("list", "--member", member)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [r["key_id"] for r in rows] == [first["key_id"], second["key_id"]]  # grace: both
+    assert all("token" not in r for r in rows)
+    assert cli("rotate", second["key_id"], "--grace", "tomorrow").returncode == 2
+    assert cli("revoke", first["key_id"]).returncode == 0
+    listed = cli("list", "--member", member)
+    assert [json.loads(line)["key_id"] for line in listed.stdout.splitlines()] == [second["key_id"]]
+    everything = cli("list", "--member", member, "--all")
+    states = {
+        json.loads(line)["key_id"]: json.loads(line)["state"]
+        for line in everything.stdout.splitlines()
+    }
+    assert states == {first["key_id"]: "revoked", second["key_id"]: "active"}
