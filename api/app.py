@@ -13,7 +13,7 @@ from api import errors
 from api.admission import UploadSlots
 from api.middleware import BodyLimit, Metrics, bound_access_log
 from api.readiness import ReadinessProbe
-from api.routes import access, consents, datasets, erasures, health
+from api.routes import access, consents, datasets, discovery, erasures, health
 from api.routes import dpo as dpo_routes
 from api.routes import ledger as ledger_routes
 from vault import db
@@ -95,6 +95,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(consents.router)
+    app.include_router(discovery.router)
     app.include_router(access.router)
     app.include_router(erasures.router)
     app.include_router(ledger_routes.router)

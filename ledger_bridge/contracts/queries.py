@@ -160,6 +160,44 @@ def _proposals(s: State, q: dict[str, Any]) -> Any:
     ]
 
 
+def _purposes(s: State, q: dict[str, Any]) -> Any:
+    """Approved purposes with the height that approved them (0: founding). Unpaged: only a
+    governance vote adds one, so the list grows as slowly as the cooperative decides."""
+    return [
+        {"purpose": key[0], "approved_at_height": s.get("purpose", key[0])}
+        for key in s.group("purpose", "all")
+    ]
+
+
+def _colleges(s: State, q: dict[str, Any]) -> Any:
+    """Each college's members, voting members, and the yes-votes a proposal made now needs."""
+    resident = s.get("meta", "resident_college")
+    out = []
+    for college in s.get("meta", "colleges"):
+        voters = s.get("college_voters", college) or 0
+        out.append(
+            {
+                "college": college,
+                "members": s.get("college_count", college) or 0,
+                "voters": voters,
+                # more than half of the voting members (rules.governance_vote)
+                "majority": voters // 2 + 1,
+                "resident": college == resident,
+            }
+        )
+    return out
+
+
+def _governance(s: State, q: dict[str, Any]) -> Any:
+    """The rules the contracts decide proposals by, as the replicas' own code holds them."""
+    return {
+        "colleges": s.get("meta", "colleges"),
+        "resident_college": s.get("meta", "resident_college"),
+        "actions": sorted(rules.ACTIONS),
+        "voting_period_max_ms": rules.VOTING_MAX_MS,
+    }
+
+
 QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "status": _status,
     "member": _member,
@@ -170,6 +208,9 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "erasure": _one("erasure", "erasure", int),
     "proposal": _one("proposal", "proposal", int),
     "proposals": _proposals,
+    "purposes": _purposes,
+    "colleges": _colleges,
+    "governance": _governance,
     "nonce": _nonce,
     "consents": _consents,
     "accesses": _accesses,

@@ -72,6 +72,9 @@ GET    /v1/governance/proposals                      ok    ok   ok   ok   ok    
 POST   /v1/governance/proposals                      ok    ok   ok   403  403   ok  ok    403
 POST   /v1/governance/proposals/{proposal}/votes     ok    ok   ok   403  403   ok  ok    403
 GET    /v1/governance/proposals/{proposal}           ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/governance/parameters                     ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/purposes                                  ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/colleges                                  ok    ok   ok   ok   ok    ok  ok    401
 POST   /v1/consents                                  403   403  403  ok   403   403 403   403
 POST   /v1/consents/revocations                      403   403  403  ok   403   403 403   403
 GET    /v1/subjects/{subject_id}/consents            403   403  403  ok   403   ok  403   401
@@ -430,6 +433,9 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/governance/proposals/{proposal}"): lambda w, who: _keyed(
         w, who, proposal=w.proposal
     ),
+    ("GET", "/v1/governance/parameters"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/purposes"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/colleges"): lambda w, who: _keyed(w, who),
     ("POST", "/v1/consents"): _grant,
     ("POST", "/v1/consents/revocations"): _revoke,
     ("GET", "/v1/subjects/{subject_id}/consents"): lambda w, who: _keyed(
