@@ -90,6 +90,11 @@ def _out(d: Dataset) -> DatasetOut:
         retention_days=d.retention_days,
         legal_basis=d.legal_basis,
         created_at=d.created_at,
+        receipt=(
+            LedgerReceipt(tx_id=d.register_tx_id, block_height=d.register_height)
+            if d.register_tx_id is not None and d.register_height is not None
+            else None
+        ),
     )
 
 
@@ -156,12 +161,14 @@ def register(
                 legal_basis=body.legal_basis,
                 dataset_id=dataset_id,
             )
+            if receipt is not None:
+                # Stored with the row, so that every later read shows the receipt the POST did.
+                dataset.register_tx_id = receipt.tx_id
+                dataset.register_height = receipt.block_height
     except IntegrityError:
         raise DatasetExists("you already have a dataset with this name") from None
     session.refresh(dataset)
-    out = _out(dataset)
-    out.receipt = receipt
-    return out
+    return _out(dataset)
 
 
 @router.get("/datasets")
