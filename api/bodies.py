@@ -75,6 +75,18 @@ def too_deep(request: Request, limit: int = JSON_DEPTH_MAX) -> StarletteHTTPExce
     return StarletteHTTPException(422, f"the JSON body is nested deeper than {limit} levels")
 
 
+def not_unicode(exc: UnicodeDecodeError) -> StarletteHTTPException:
+    """The 422 for a JSON body that is not UTF-8 (nor the UTF-16/32 `json` also reads).
+
+    Raised here because FastAPI answers any decoding error but a syntax error with a 400 that
+    says only "There was an error parsing the body". A syntax error is left to FastAPI, and
+    `api/errors.py` names its line and column.
+    """
+    return StarletteHTTPException(
+        422, f"the body is not JSON: it is not valid {exc.encoding} (byte {exc.start + 1})"
+    )
+
+
 class _BoundedRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
@@ -82,6 +94,8 @@ class _BoundedRequest(Request):
                 self._json = loads_bounded(await self.body())
             except TooDeep:
                 raise too_deep(self) from None
+            except UnicodeDecodeError as exc:
+                raise not_unicode(exc) from None
         return self._json
 
 

@@ -5,7 +5,7 @@ domain error, an API error, a validation failure, a routing miss, a bug) leaves 
 the same shape, and nothing in it echoes request values (which may be personal data) or
 internals (tracebacks, SQL, key ids).
 
-    Exception                        → 500  "Internal error", no detail at all
+    Exception                        → 500  "Internal error", a fixed detail, nothing internal
     ├── VaultError (vault/errors.py)  → its .status / .title / .detail
     │   ├── InvalidRecord             422  + "record" (1-based); uploads add "line"
     │   │   └── RecordTooLarge        413
@@ -23,15 +23,23 @@ internals (tracebacks, SQL, key ids).
     │   ├── TooManyUploads            429  + Retry-After (api/admission.py)
     │   ├── UploadsBusy               503  + Retry-After (api/admission.py)
     │   └── NotReady                  503  (api/routes/health.py)
-    ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input
+    ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;
+    │                                    a body that is not JSON adds "line" and "column"
     ├── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit,
-    │                                    408 body too slow, 422 JSON nested too deep)
+    │                                    408 body too slow, 422 JSON nested too deep,
+    │                                    400 body not UTF-8); a 405 lists the path's methods
+    │                                    in `Allow` and in its detail
     └── ClientDisconnect              → 400, which nobody reads: the client left
+
+Every problem has a `detail` that tells a person what to do next: the raiser's own sentence,
+else one of `_FALLBACK_DETAILS` for the status (a routing miss, a bug of ours). A client that
+prefers JSON to HTML (`prefers_json`) gets problem+json from the HTML pages too.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -51,6 +59,8 @@ VALIDATION_ERRORS_MAX = 20
 # A location names a field, and an unknown field's name is the client's own input: a 60 KB name
 # must not come back 60 KB long (twice: in `errors` and in `detail`).
 LOC_PART_CHARS_MAX = 64
+# Validation errors spelled out in `detail`; the rest are in `errors`.
+VALIDATION_DETAIL_MAX = 3
 
 
 class ApiError(Exception):
@@ -104,7 +114,14 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
-        "line": {"type": "integer", "description": "the bad line of an upload body"},
+        "line": {
+            "type": "integer",
+            "description": "the bad line of an upload body, or where a JSON body stops parsing",
+        },
+        "column": {
+            "type": "integer",
+            "description": "where on `line` a JSON body stops parsing (1-based, in characters)",
+        },
         "record": {"type": "integer", "description": "the bad record (1-based)"},
         "errors": {
             "type": "array",
@@ -128,6 +145,45 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Media ranges read from an Accept header; a longer list is cut (it is the client's input).
+ACCEPT_RANGES_MAX = 32
+_JSON_TYPES = ("application/json", "application/problem+json")
+
+
+def prefers_json(accept: str | None) -> bool:
+    """True when an Accept header ranks JSON above HTML (RFC 9110 section 12.5.1).
+
+    For the routes that answer HTML by default: a browser, curl's `*/*` and a missing header
+    all rank HTML at least as high and get the page; `Accept: application/json` gets
+    problem+json. Each type's weight is that of the most specific range that matches it.
+    """
+    if not accept:
+        return False
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(",")[:ACCEPT_RANGES_MAX]:
+        media, *params = (p.strip().lower() for p in part.split(";"))
+        weight = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    value = float(param[2:])
+                except ValueError:
+                    value = 0.0
+                weight = value if 0.0 <= value <= 1.0 else 0.0  # NaN too
+        ranges.append((media, weight))
+    json_weight = max(_weight(ranges, media) for media in _JSON_TYPES)
+    return json_weight > _weight(ranges, "text/html")
+
+
+def _weight(ranges: list[tuple[str, float]], media: str) -> float:
+    kind = media.split("/")[0] + "/*"
+    for candidate in (media, kind, "*/*"):
+        weights = [w for m, w in ranges if m == candidate]
+        if weights:
+            return max(weights)
+    return 0.0
+
+
 def body_too_large(limit_bytes: int) -> StarletteHTTPException:
     """The 413 raised while a body is read. An HTTPException so FastAPI's body parser lets it
     through unchanged (it turns any other exception into a 400)."""
@@ -145,12 +201,31 @@ def body_timeout(idle_s: float, total_s: float) -> StarletteHTTPException:
     )
 
 
+# The detail of a problem whose raiser gave none: what the client can do about it. A status
+# missing here falls back to the standard's one-line description.
+_FALLBACK_DETAILS: dict[int, str] = {
+    400: "the request could not be read; check its syntax against openapi.yaml",
+    404: "no route has this path; the routes are listed at /openapi.json and in openapi.yaml",
+    500: "the server failed on this request and logged it; retry later, or give the operator "
+    "the time and the path of this request",
+}
+
+
+def fallback_detail(status: int) -> str:
+    if status in _FALLBACK_DETAILS:
+        return _FALLBACK_DETAILS[status]
+    try:
+        known = HTTPStatus(status)
+    except ValueError:
+        return f"the request was refused with status {status}"
+    return known.description or known.phrase
+
+
 def problem(
     status: int, title: str, detail: str | None, request: Request, **extra: Any
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
+    body["detail"] = detail or fallback_detail(status)
     body["instance"] = request.url.path
     body.update(extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -178,6 +253,19 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    syntax = _json_syntax_error(exc)
+    if syntax is not None:
+        reason, line, column = syntax
+        where = f"{reason} at line {line}, column {column}"
+        return problem(
+            422,
+            "Body is not JSON",
+            f"the body is not JSON: {where}",
+            request,
+            line=line,
+            column=column,
+            errors=[{"loc": "body", "type": "json_invalid", "msg": where}],
+        )
     # loc, type and msg only: pydantic's "input" and "ctx" may carry the submitted values.
     errors = [
         {
@@ -187,8 +275,32 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         }
         for err in list(exc.errors())[:VALIDATION_ERRORS_MAX]
     ]
-    fields = ", ".join(e["loc"] for e in errors)
-    return problem(422, "Validation failed", f"invalid fields: {fields}", request, errors=errors)
+    shown = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:VALIDATION_DETAIL_MAX])
+    more = len(exc.errors()) - min(len(errors), VALIDATION_DETAIL_MAX)
+    detail = f"{shown} (and {more} more in `errors`)" if more > 0 else shown
+    return problem(422, "Validation failed", detail, request, errors=errors)
+
+
+def _json_syntax_error(exc: RequestValidationError) -> tuple[str, int, int] | None:
+    """(reason, line, column) when the body did not parse as JSON, else None.
+
+    FastAPI reports only the character offset (`loc` = ("body", offset)) and keeps the decoded
+    document in `exc.body`; line and column are counted from them as `json` counts them. The
+    reason is the `json` module's own fixed sentence, which quotes nothing of the body.
+    """
+    for err in exc.errors():
+        if err.get("type") != "json_invalid":
+            continue
+        loc = tuple(err.get("loc", ()))
+        document = exc.body
+        if len(loc) != 2 or not isinstance(loc[1], int) or not isinstance(document, str):
+            return None
+        offset = loc[1]
+        line = document.count("\n", 0, offset) + 1
+        column = offset - document.rfind("\n", 0, offset)
+        reason = str((err.get("ctx") or {}).get("error", "")) or "invalid JSON"
+        return reason[:1].lower() + reason[1:], line, column
+    return None
 
 
 def _clip(text: str) -> str:
@@ -201,29 +313,56 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     title = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+    allowed: list[str] = []
+    if exc.status_code == 405:
+        # Starlette names only the first route matching the path; one path may have several
+        # (GET and POST /v1/datasets are two routes). RFC 9110 wants them all.
+        allowed = _allowed_methods(request)
+        detail = detail or _method_detail(request.method, allowed)
     response = problem(exc.status_code, title, detail, request)
     if exc.headers:
         response.headers.update(exc.headers)
     if exc.status_code == 405:
-        # Starlette names only the first route matching the path; one path may have several
-        # (GET and POST /v1/datasets are two routes). RFC 9110 wants them all.
-        response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        response.headers["Allow"] = ", ".join(allowed)
     return response
 
 
+# The methods `Allow` may name: RFC 9110's, and PATCH. Probing a fixed list keeps the answer
+# free of anything the client sent; a route with another method would be left out of `Allow`,
+# which the test over every route of the app would catch.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_METHOD_SHOWN = re.compile(r"^[A-Z]{1,16}$")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method that some route of the app accepts at the request's path.
+
+    Asked of the routes' own matching, one method at a time, rather than read from
+    `route.methods`: a router added with `include_router` is one entry of `app.routes` with no
+    `methods`, and only its `matches` looks at the routes inside it.
+    """
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
+def _method_detail(method: str, allowed: list[str]) -> str:
+    shown = method if _METHOD_SHOWN.match(method) else "this method"
+    if not allowed:
+        return f"{shown} is not allowed on this path"
+    return f"{shown} is not allowed on this path; use {' or '.join(allowed)} (the Allow header)"
 
 
 async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
     # Not a fault of ours: no log line (a client that hangs up in a loop must not fill the log),
     # and a problem that no one will read, so the exception ends here instead of in a traceback.
-    return problem(400, "Client disconnected", None, request)
+    return problem(
+        400, "Client disconnected", "the client closed the connection before its answer", request
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 from api.bodies import BoundedJsonRoute
 from api.deps import Dpo, LedgerDep, SessionDep, strict_query
 from api.dpo_page import DpoPageData, render_dpo_page, render_login_page
+from api.errors import prefers_json, problem
 from api.keys import Member, authenticate
 from api.ledger import LedgerGateway, LedgerUnavailable, jsonable
 from api.outbox import outbox_counts, requeue
@@ -723,6 +724,29 @@ def _login(status: int, message: str | None = None) -> HTMLResponse:
     return HTMLResponse(render_login_page(message), status_code=status, headers=_PAGE_HEADERS)
 
 
+# What a client that asked for JSON is told instead of the sign-in form.
+_SIGN_IN_DETAIL = (
+    "sign in with the Data Protection Officer's API key: `Authorization: Bearer …`, or the "
+    "form of GET /dpo in a browser"
+)
+_JSON_ROUTES_DETAIL = (
+    "this page is HTML; the same audits as JSON are GET /v1/dpo/access-log, "
+    "/v1/dpo/retention-audit, /v1/dpo/ledger-verification, /v1/dpo/outbox and "
+    "/v1/dpo/records-of-processing"
+)
+_PAGE_REFUSALS = {401: "Unauthorized", 403: "Forbidden", 406: "Not Acceptable"}
+
+
+def _refuse(request: Request, status: int, message: str | None = None) -> Response:
+    """The sign-in form for a browser; problem+json for a client that prefers JSON to HTML,
+    as every other route answers it (a script reading JSON cannot act on a form)."""
+    if not prefers_json(request.headers.get("accept")):
+        return _login(status, message)
+    answer = problem(status, _PAGE_REFUSALS[status], message or _SIGN_IN_DETAIL, request)
+    answer.headers.update(_PAGE_HEADERS)
+    return answer
+
+
 def page_data(request: Request, gateway: LedgerGateway | None, session: Session) -> DpoPageData:
     """What the page shows; the ledger's parts are left empty when there is no ledger."""
     today = dt.datetime.now(dt.UTC).date()
@@ -769,12 +793,18 @@ def page_data(request: Request, gateway: LedgerGateway | None, session: Session)
 
 @page_router.get("/dpo", response_class=HTMLResponse)
 def dpo_page(request: Request, session: SessionDep) -> Response:
-    """The DPO's page; anyone else gets the sign-in form (401), a non-DPO key a 403."""
+    """The DPO's page; anyone else gets the sign-in form (401), a non-DPO key a 403.
+
+    A client that asks for JSON gets those refusals as problem+json, and the DPO a 406 naming
+    the JSON routes: the page itself exists only as HTML.
+    """
     member = _page_caller(request, session)
     if member is None:
-        return _login(401)
+        return _refuse(request, 401)
     if member.role != "dpo":
-        return _login(403, "This key does not belong to the Data Protection Officer.")
+        return _refuse(request, 403, "This key does not belong to the Data Protection Officer.")
+    if prefers_json(request.headers.get("accept")):
+        return _refuse(request, 406, _JSON_ROUTES_DETAIL)
     html = render_dpo_page(page_data(request, request.app.state.ledger, session))
     return HTMLResponse(html, headers=_PAGE_HEADERS)
 
@@ -798,7 +828,7 @@ def dpo_sign_in(
     member = authenticate(session, api_key) if api_key else None
     if member is None or member.role != "dpo":
         # One answer for every refusal; the key is never echoed.
-        return _login(401, "Not a valid key of the Data Protection Officer.")
+        return _refuse(request, 401, "Not a valid key of the Data Protection Officer.")
     key = session.get(ApiKey, member.key_id)
     assert key is not None, "authenticate just read this key"
     response = RedirectResponse("/dpo", status_code=303, headers=_PAGE_HEADERS)

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.dpo_page import DpoPageData, render_dpo_page
 from api.routes.dpo import SESSION_COOKIE
+from tests.api.conftest import MakeKey
 from tests.api.ledger_env import LedgerEnv
 from tests.api.ledger_env import ledger_cluster as ledger_cluster  # fixture
 from tests.api.ledger_env import ledger_env as ledger_env  # fixture
@@ -135,3 +137,53 @@ def test_dpo_signs_in_with_the_form_and_reads_the_page(
         server.should_exit = True
         thread.join(10)
     assert png_colours(shot) > 8
+
+
+# -- negotiation: problem+json for a client that asks for JSON, HTML for a browser ----------
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def test_a_refused_page_answers_problem_json_to_a_json_client(
+    client: TestClient, make_key: MakeKey
+) -> None:
+    consumer = make_key("consumer")["Authorization"]
+    json_accepts = ("application/json", "application/problem+json", "text/html;q=0.5, */*")
+    for accept in json_accepts:
+        r = client.get("/dpo", headers={"Authorization": consumer, "Accept": accept})
+        assert r.status_code == 403, accept
+        assert r.headers["content-type"] == "application/problem+json", accept
+        problem = r.json()
+        assert problem["status"] == 403 and "Data Protection Officer" in problem["detail"]
+    r = client.get("/dpo", headers={"Accept": "application/json"})
+    assert (r.status_code, r.headers["content-type"]) == (401, "application/problem+json")
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["detail"]
+    r = client.post(
+        "/dpo/session",
+        data={"api_key": "cvk_x_y"},
+        headers={"Accept": "application/json"},
+    )
+    assert (r.status_code, r.headers["content-type"]) == (401, "application/problem+json")
+    assert "cvk_x_y" not in r.text
+
+
+def test_a_refused_page_answers_html_to_a_browser(client: TestClient, make_key: MakeKey) -> None:
+    consumer = make_key("consumer")["Authorization"]
+    for accept in (BROWSER_ACCEPT, "*/*", None):
+        headers = {"Authorization": consumer} | ({"Accept": accept} if accept else {})
+        r = client.get("/dpo", headers=headers)
+        assert r.status_code == 403, accept
+        assert r.headers["content-type"].startswith("text/html"), accept
+        assert 'id="sign-in"' in r.text
+
+
+def test_the_dpo_asking_the_page_for_json_is_sent_to_the_json_routes(
+    client: TestClient, make_key: MakeKey
+) -> None:
+    dpo = make_key("dpo")["Authorization"]
+    r = client.get("/dpo", headers={"Authorization": dpo, "Accept": "application/json"})
+    assert (r.status_code, r.headers["content-type"]) == (406, "application/problem+json")
+    assert "/v1/dpo/" in r.json()["detail"]
+    r = client.get("/dpo", headers={"Authorization": dpo, "Accept": BROWSER_ACCEPT})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
