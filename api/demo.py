@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,21 @@ from typing import Any
 import httpx
 
 from api.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
+from api.client import (
+    CivisClient,
+    ClientError,
+    College,
+    Forbidden,
+    PredicateAnswer,
+    ProblemError,
+    Receipt,
+    Role,
+    public_hex,
+)
 from api.wallet import new_wallet
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import GENESIS_FILE, GenesisError, load_genesis, load_signing_key
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 ANCHOR_WAIT_S = 60.0
 HTTP_TIMEOUT_S = 60.0
 # Contract refusals that mean "this key cannot vote on this proposal": skip it, try the next.
@@ -97,9 +105,9 @@ def _demo(args: argparse.Namespace) -> int:
         keyring = Keyring.load(settings.data_dir)
         with (
             api_keys(settings.database_url, settings.data_dir) as issue,
-            httpx.Client(base_url=args.url.rstrip("/"), timeout=HTTP_TIMEOUT_S) as http,
+            CivisClient(args.url, timeout_s=HTTP_TIMEOUT_S) as api,
         ):
-            Demo(http, keyring, issue, print).run()
+            Demo(api, keyring, issue, print).run()
     except DemoFailed as exc:
         print(f"\ndemo FAILED: {exc}", flush=True)
         return 1
@@ -152,7 +160,7 @@ class Keyring:
         return key
 
 
-IssueKey = Callable[[str, str], dict[str, str]]
+IssueKey = Callable[[str, str], str]
 
 
 @contextlib.contextmanager
@@ -168,11 +176,11 @@ def api_keys(database_url: str | None, data_dir: Path) -> Iterator[IssueKey]:
     with db.open_database(database_url, data_dir) as url:
         engine = db.make_engine(url, pool_size=1)
 
-        def issue(member_id: str, role: str) -> dict[str, str]:
+        def issue(member_id: str, role: str) -> str:
             with Session(engine) as session, session.begin():
                 key = create_key(session, member_id=member_id, role=role)
             issued.append(key.key_id)
-            return {"Authorization": f"Bearer {key.token}"}
+            return key.token
 
         try:
             yield issue
@@ -186,48 +194,39 @@ def api_keys(database_url: str | None, data_dir: Path) -> Iterator[IssueKey]:
 # -- the stories ----------------------------------------------------------------------------
 
 
-def receipt_text(receipt: dict[str, Any] | None) -> str:
+def receipt_text(receipt: Receipt | dict[str, Any] | None) -> str:
     if not receipt:
         return "(no ledger receipt)"
     return f"[ledger tx {receipt['tx_id'][:16]}…, block {receipt['block_height']}]"
 
 
-def _detail(r: httpx.Response) -> str:
-    try:
-        body = r.json()
-    except ValueError:
-        return r.text[:200]
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return json.dumps(body)[:200]
-
-
 @dataclass
 class Party:
-    """Someone in the stories: a display name, a ledger key, and (once issued) an API key."""
+    """Someone in the stories: a display name, a ledger key, and (once issued) an API key,
+    as a client of its own over the demo's connections."""
 
     name: str
     key: SigningKey
-    headers: dict[str, str] = field(default_factory=dict)
+    api: CivisClient
 
     @property
     def id(self) -> str:
-        return self.key.public_key.hex()
+        return public_hex(self.key)
 
 
 class Demo:
     """The three stories, each step checked; `say` prints a line of narration."""
 
     def __init__(
-        self, http: httpx.Client, keyring: Keyring, issue: IssueKey, say: Callable[[str], None]
+        self, api: CivisClient, keyring: Keyring, issue: IssueKey, say: Callable[[str], None]
     ) -> None:
-        self.http = http
+        self.api = api
         self.keys = keyring
         self.issue = issue
         self.say = say
         self.run_id = secrets.token_hex(3)
         self.step = 0
-        self.dpo = Party("the DPO", keyring.dpo)
+        self.dpo = Party("the DPO", keyring.dpo, api)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -235,53 +234,49 @@ class Demo:
         self.step += 1
         self.say(f"  {self.step:>2}. {text}")
 
-    def expect(self, r: httpx.Response, status: int, doing: str) -> dict[str, Any]:
-        if r.status_code != status:
-            raise DemoFailed(
-                f"{doing}: expected HTTP {status}, got {r.status_code}: {_detail(r)} "
-                f"({r.request.method} {r.request.url.path})"
-            )
-        body: dict[str, Any] = r.json()
-        return body
+    @staticmethod
+    @contextlib.contextmanager
+    def doing(what: str) -> Iterator[None]:
+        """A refusal the story did not expect fails the demo, saying which step it was."""
+        try:
+            yield
+        except ClientError as exc:
+            raise DemoFailed(f"{what}: {exc}") from None
+
+    @staticmethod
+    def refused(call: Callable[[], object], what: str) -> ProblemError:
+        """The refusal the story expects here; an answer instead fails the demo."""
+        try:
+            call()
+        except Forbidden as exc:
+            return exc
+        except ClientError as exc:
+            raise DemoFailed(f"{what}: expected a refusal (403), got {exc}") from None
+        raise DemoFailed(f"{what}: expected a refusal (403), it was answered")
 
     @staticmethod
     def check(ok: bool, what: str) -> None:
         if not ok:
             raise DemoFailed(what)
 
-    def signed(self, who: Party, tx_type: str, body: dict[str, Any]) -> dict[str, str]:
-        """A draft from the API, signed with the author's own key (as a wallet does)."""
-        r = self.http.post("/v1/drafts", json={"type": tx_type, "author": who.id, "body": body})
-        d = self.expect(r, 201, f"drafting {tx_type} for {who.name}")
-        signature = who.key.sign(bytes.fromhex(d["signing_payload"])).hex()
-        return {"transaction": d["transaction"], "signature": signature}
+    def with_key(self, party: Party, role: str) -> None:
+        party.api = self.api.with_key(self.issue(party.id, role))
 
-    def submit(self, path: str, who: Party, tx_type: str, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post(path, json=self.signed(who, tx_type, body))
-
-    def new_party(self, name: str, college: str, role: str) -> Party:
-        party = Party(name, self.keys.new_member(college))
-        r = self.submit("/v1/members", party, "member.register", {"role": role, "college": college})
-        out = self.expect(r, 201, f"{name} registering as {role}")
-        status = out["result"]["status"]
+    def new_party(self, name: str, college: College, role: Role) -> Party:
+        party = Party(name, self.keys.new_member(college), self.api)
+        with self.doing(f"{name} registering as {role}"):
+            out = self.api.register(party.key, role, college)
         self.tell(
             f"{name} registers as a {role} in the {college} college with its own key "
-            f"{party.id[:12]}…: {status} {receipt_text(out['receipt'])}"
+            f"{party.id[:12]}…: {out['result']['status']} {receipt_text(out['receipt'])}"
         )
         return party
 
     def admit(self, *parties: Party) -> None:
         """The DPO proposes each admission; the colleges' members vote until it passes."""
         for party in parties:
-            action = {"kind": "admit_member", "member": party.id}
-            ends = int(time.time() * 1000) + HOUR_MS
-            r = self.submit(
-                "/v1/governance/proposals",
-                self.dpo,
-                "governance.propose",
-                {"action": action, "voting_ends": ends},
-            )
-            out = self.expect(r, 201, f"proposing to admit {party.name}")
+            with self.doing(f"proposing to admit {party.name}"):
+                out = self.api.propose_admission(self.dpo.key, party.id)
             pid = int(out["result"]["proposal"])
             self.tell(
                 f"the DPO proposes to admit {party.name}: proposal {pid} "
@@ -290,8 +285,8 @@ class Demo:
             self.vote_through(pid, party.name)
 
     def vote_through(self, pid: int, what: str) -> None:
-        r = self.http.get(f"/v1/governance/proposals/{pid}", headers=self.dpo.headers)
-        proposal = self.expect(r, 200, f"reading proposal {pid}")["result"]
+        with self.doing(f"reading proposal {pid}"):
+            proposal = self.dpo.api.proposal(pid)["result"]
         members: dict[str, int] = proposal["members"]
         tally: dict[str, int] = {}
         status, last = proposal["status"], None
@@ -300,16 +295,14 @@ class Demo:
             for key in self.keys.by_college.get(college, []):
                 if 2 * yes > n:
                     break
-                voter = Party(f"a {college} member", key)
-                r = self.submit(
-                    f"/v1/governance/proposals/{pid}/votes",
-                    voter,
-                    "governance.vote",
-                    {"proposal": pid, "approve": True},
-                )
-                if r.status_code != 201 and _detail(r).split(":")[0] in NOT_A_VOTE:
-                    continue  # admitted after the proposal, or not (yet) a member
-                out = self.expect(r, 201, f"a {college} member voting on proposal {pid}")
+                try:
+                    out = self.api.vote(key, pid)
+                except ProblemError as exc:
+                    if exc.code in NOT_A_VOTE:
+                        continue  # admitted after the proposal, or not (yet) a member
+                    raise DemoFailed(
+                        f"a {college} member voting on proposal {pid}: {exc}"
+                    ) from None
                 yes, status, last = yes + 1, out["result"]["status"], out["receipt"]
             tally[college] = yes
             if 2 * yes <= n:
@@ -322,79 +315,50 @@ class Demo:
         self.check(status == "passed", f"proposal {pid} is {status} after the votes, not passed")
         self.tell(f"the colleges vote yes ({votes}): {what} admitted {receipt_text(last)}")
 
-    def wait_anchored(self, owner: Party, dataset: str, upload: str) -> dict[str, Any]:
-        deadline = time.monotonic() + ANCHOR_WAIT_S
-        while True:
-            r = self.http.get(f"/v1/datasets/{dataset}/uploads/{upload}", headers=owner.headers)
-            out = self.expect(r, 200, f"reading upload {upload}")
-            if out["state"] == "anchored":
-                return out
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"upload {upload} was not anchored within {ANCHOR_WAIT_S:.0f} s")
-            time.sleep(0.1)
-
     def dataset(self, owner: Party, name: str, category: str, purpose: str) -> str:
-        r = self.http.post(
-            "/v1/datasets",
-            headers=owner.headers,
-            json={
-                "name": f"{name}-{self.run_id}",
-                "category": category,
-                "purposes": [purpose],
-                "retention_days": 365,
-                "legal_basis": "contract",
-            },
-        )
-        out = self.expect(r, 201, f"{owner.name} registering a dataset")
+        with self.doing(f"{owner.name} registering a dataset"):
+            out = owner.api.create_dataset(
+                f"{name}-{self.run_id}",
+                category=category,
+                purposes=[purpose],
+                retention_days=365,
+                legal_basis="contract",
+            )
         self.tell(
             f"{owner.name} registers the dataset {out['name']} (category {category}, "
             f"purpose {purpose}) {receipt_text(out['receipt'])}"
         )
-        return str(out["id"])
+        return out["id"]
 
     def upload(self, owner: Party, dataset: str, media_type: str, body: bytes, what: str) -> None:
-        r = self.http.post(
-            f"/v1/datasets/{dataset}/uploads",
-            headers={**owner.headers, "Content-Type": media_type},
-            content=body,
-        )
-        out = self.expect(r, 201, f"{owner.name} uploading {what}")
-        anchored = self.wait_anchored(owner, dataset, out["upload_id"])
+        with self.doing(f"{owner.name} uploading {what}"):
+            out = owner.api.upload(dataset, body, media_type=media_type, timeout_s=ANCHOR_WAIT_S)
         self.tell(
             f"{owner.name} uploads {what}: {out['record_count']} encrypted record(s), Merkle root "
-            f"{out['merkle_root'][:12]}… anchored {receipt_text(anchored['receipt'])}"
+            f"{out['merkle_root'][:12]}… anchored {receipt_text(out['receipt'])}"
         )
 
     def consent(self, subject: Party, consumer: Party, dataset: str, purpose: str) -> None:
-        body = {
-            "subject": subject.id,
-            "consumer": consumer.id,
-            "purpose": purpose,
-            "dataset": dataset,
-            "valid_until": int(time.time() * 1000) + DAY_MS,
-        }
-        r = self.submit("/v1/consents", subject, "consent.grant", body)
-        out = self.expect(r, 201, f"{subject.name} consenting")
+        with self.doing(f"{subject.name} consenting"):
+            out = self.api.grant_consent(
+                subject.key, consumer=consumer.id, purpose=purpose, dataset=dataset
+            )
         self.tell(
             f"{subject.name} signs a consent: {consumer.name} may use this dataset for "
             f"{purpose}, for a day {receipt_text(out['receipt'])}"
         )
 
-    def access(self, consumer: Party, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post("/v1/access-requests", headers=consumer.headers, json=body)
-
     # -- the stories -------------------------------------------------------------------
 
     def run(self) -> None:
-        r = self.http.get("/healthz")
-        self.expect(r, 200, "checking the API's health")
-        self.dpo.headers = self.issue(self.dpo.id, "dpo")
-        self.say(f"Civis Vault demo, run {self.run_id}, against {self.http.base_url}")
+        with self.doing("checking the API's health"):
+            self.api.health()
+        self.with_key(self.dpo, "dpo")
+        self.say(f"Civis Vault demo, run {self.run_id}, against {self.api.http.base_url}")
         self.proof_of_address()
         self.erasure(*self.road_maintenance())
-        status = self.expect(
-            self.http.get("/v1/ledger/status", headers=self.dpo.headers), 200, "ledger status"
-        )
+        with self.doing("ledger status"):
+            status = self.dpo.api.ledger_status()
         self.say(
             f"\nThe ledger ({status['answering']} of {status['n']} replicas answering) is at "
             f"block {status['height']}: it holds consents, accesses and erasures by key, id "
@@ -406,8 +370,8 @@ class Demo:
         utility = self.new_party(f"the utility Lumen-{self.run_id}", "providers", "provider")
         bank = self.new_party(f"the bank Crédit-{self.run_id}", "services", "consumer")
         self.admit(utility, bank)
-        utility.headers = self.issue(utility.id, "provider")
-        bank.headers = self.issue(bank.id, "consumer")
+        self.with_key(utility, "provider")
+        self.with_key(bank, "consumer")
 
         citizen = self.new_party(f"the citizen Alice-{self.run_id}", "citizens", "subject")
         address = f"12 rue des Lilas, appartement {self.run_id}"
@@ -417,22 +381,21 @@ class Demo:
             utility, dataset, "application/x-ndjson", (line + "\n").encode(), "Alice's address"
         )
 
-        def ask(value: str) -> httpx.Response:
-            return self.access(
-                bank,
-                {
-                    "dataset_id": dataset,
-                    "purpose": "proof-of-address",
-                    "subjects": [citizen.id],
-                    "predicate": {"field": "address", "op": "eq", "value": value},
-                },
+        def ask(value: str) -> PredicateAnswer:
+            return bank.api.predicate(
+                dataset,
+                "proof-of-address",
+                subject=citizen.id,
+                field="address",
+                op="eq",
+                value=value,
             )
 
-        r = ask(address)
-        self.expect(r, 403, "the bank asking before any consent")
-        self.tell(f"before any consent the bank asks and is refused: {_detail(r)}")
+        no = self.refused(lambda: ask(address), "the bank asking before any consent")
+        self.tell(f"before any consent the bank asks and is refused: {no.detail}")
         self.consent(citizen, bank, dataset, "proof-of-address")
-        out = self.expect(ask(address), 200, "the bank asking with Alice's consent")
+        with self.doing("the bank asking with Alice's consent"):
+            out = ask(address)
         self.check(
             set(out) == {"result", "receipt"} and out["result"] is True,
             f"the bank should learn exactly yes, it got {sorted(out)}",
@@ -441,21 +404,17 @@ class Demo:
             f'the bank asks "does Alice live at {address}?" and learns: yes, and nothing '
             f"else (the answer holds only {sorted(out)}) {receipt_text(out['receipt'])}"
         )
-        out = self.expect(ask("3 avenue Ailleurs"), 200, "the bank asking a wrong address")
+        with self.doing("the bank asking a wrong address"):
+            out = ask("3 avenue Ailleurs")
         self.check(out["result"] is False, "a wrong address should answer no")
         self.tell(f"asked about another address, it learns: no {receipt_text(out['receipt'])}")
-        body = {
-            "subject": citizen.id,
-            "consumer": bank.id,
-            "purpose": "proof-of-address",
-            "dataset": dataset,
-        }
-        r = self.submit("/v1/consents/revocations", citizen, "consent.revoke", body)
-        out = self.expect(r, 201, "Alice revoking her consent")
-        self.tell(f"Alice revokes her consent {receipt_text(out['receipt'])}")
-        r = ask(address)
-        self.expect(r, 403, "the bank asking after the revocation")
-        self.tell(f"the bank asks again and is refused after the revocation: {_detail(r)}")
+        with self.doing("Alice revoking her consent"):
+            revoked = self.api.revoke_consent(
+                citizen.key, consumer=bank.id, purpose="proof-of-address", dataset=dataset
+            )
+        self.tell(f"Alice revokes her consent {receipt_text(revoked['receipt'])}")
+        no = self.refused(lambda: ask(address), "the bank asking after the revocation")
+        self.tell(f"the bank asks again and is refused after the revocation: {no.detail}")
 
     def road_maintenance(self) -> tuple[Party, Party, str]:
         self.say(
@@ -466,8 +425,8 @@ class Demo:
         )
         roads = self.new_party(f"the road service Voirie-{self.run_id}", "services", "consumer")
         self.admit(fleet, roads)
-        fleet.headers = self.issue(fleet.id, "provider")
-        roads.headers = self.issue(roads.id, "consumer")
+        self.with_key(fleet, "provider")
+        self.with_key(roads, "consumer")
         drivers = [
             self.new_party(f"the driver {name}-{self.run_id}", "citizens", "subject")
             for name in ("Bruno", "Chloé", "Dario")
@@ -487,12 +446,15 @@ class Demo:
         for driver in consenting:
             self.consent(driver, roads, dataset, "road-maintenance")
         self.tell(f"{holdout.name} gives no consent")
+        self.read_sensors(roads, dataset, consenting, holdout)
+        return consenting[0], roads, dataset
 
+    def read_sensors(
+        self, roads: Party, dataset: str, consenting: list[Party], holdout: Party
+    ) -> None:
         fields = ["lat", "lon", "vibration"]
-        r = self.access(
-            roads, {"dataset_id": dataset, "purpose": "road-maintenance", "fields": fields}
-        )
-        out = self.expect(r, 200, "the road service reading the sensor data")
+        with self.doing("the road service reading the sensor data"):
+            out = roads.api.access(dataset, "road-maintenance", fields=fields)
         got = {rec["subject_id"] for rec in out["records"]}
         self.check(
             got == {d.id for d in consenting} and len(out["records"]) == 4,
@@ -509,17 +471,9 @@ class Demo:
             f"readings of the {len(got)} consenting drivers, e.g. {json.dumps(sample)}; "
             f"no driver_id, nothing of {holdout.name} {receipt_text(out['receipt'])}"
         )
-        everyone = [d.id for d in drivers]
-        r = self.access(
-            roads,
-            {
-                "dataset_id": dataset,
-                "purpose": "road-maintenance",
-                "subjects": everyone,
-                "fields": fields,
-            },
-        )
-        out = self.expect(r, 200, "the road service naming all three drivers")
+        everyone = [d.id for d in [*consenting, holdout]]
+        with self.doing("the road service naming all three drivers"):
+            out = roads.api.access(dataset, "road-maintenance", subjects=everyone, fields=fields)
         self.check(
             out["denied"] == [[holdout.id, "no_consent"]],
             f"{holdout.name} should be denied for no consent: {out['denied']}",
@@ -528,29 +482,25 @@ class Demo:
             f"naming all three drivers, it is told {holdout.name}: no_consent "
             f"{receipt_text(out['receipt'])}"
         )
-        return consenting[0], roads, dataset
 
     def erasure(self, driver: Party, roads: Party, dataset: str) -> None:
         self.say("\n== 3. Erasure: the DPO erases a citizen; unreadable, and on the ledger ==")
-        r = self.http.post("/v1/erasures", headers=self.dpo.headers, json={"subject_id": driver.id})
-        cert = self.expect(r, 201, f"the DPO erasing {driver.name}")
+        with self.doing(f"the DPO erasing {driver.name}"):
+            cert = self.dpo.api.erase(subject_id=driver.id)
+        receipt = cert["receipt"]
         self.check(
-            cert["state"] == "recorded" and cert["secrets_destroyed"] >= 1,
+            cert["state"] == "recorded" and cert["secrets_destroyed"] >= 1 and receipt is not None,
             f"the erasure certificate should be recorded with destroyed keys: {cert}",
         )
+        assert receipt is not None  # checked above; for the type checker
         self.tell(
             f"the DPO erases {driver.name}: certificate {cert['erasure_id']}, "
             f"{cert['secrets_destroyed']} key(s) destroyed, {len(cert['key_commitments'])} key "
-            f"commitment(s) published, state {cert['state']} {receipt_text(cert['receipt'])}"
+            f"commitment(s) published, state {cert['state']} {receipt_text(receipt)}"
         )
-        block = self.expect(
-            self.http.get(
-                f"/v1/ledger/blocks/{cert['receipt']['block_height']}", headers=self.dpo.headers
-            ),
-            200,
-            "reading the erasure's block",
-        )
-        kinds = [t["type"] for t in block["transactions"] if t["tx_id"] == cert["receipt"]["tx_id"]]
+        with self.doing("reading the erasure's block"):
+            block = self.dpo.api.block(receipt["block_height"])
+        kinds = [t["type"] for t in block["transactions"] if t["tx_id"] == receipt["tx_id"]]
         self.check(
             kinds == ["erasure.record"] and block["verified"],
             f"the erasure's block should hold a verified erasure.record: {kinds}",
@@ -559,43 +509,33 @@ class Demo:
             f"the ledger shows it: block {block['height']} (commit certificate verified, "
             f"{len(block['certificate']['signers'])} signers) holds the erasure.record transaction"
         )
-        r = self.access(
-            roads,
-            {
-                "dataset_id": dataset,
-                "purpose": "road-maintenance",
-                "subjects": [driver.id],
-                "fields": ["lat", "lon", "vibration"],
-            },
-        )
-        out = self.expect(r, 200, "the road service asking for the erased driver")
+        with self.doing("the road service asking for the erased driver"):
+            out = roads.api.access(
+                dataset,
+                "road-maintenance",
+                subjects=[driver.id],
+                fields=["lat", "lon", "vibration"],
+            )
         self.check(
             out["records"] == [] and out["denied"] == [[driver.id, "erased"]],
             f"the erased driver should be denied as erased: {out['denied']}",
         )
-        refused_access = out["access"]
         self.tell(
             f"the road service asks for {driver.name} again (the consent still stands): "
             f"denied, erased {receipt_text(out['receipt'])}"
         )
-        export = self.expect(
-            self.http.get(f"/v1/subjects/{driver.id}/export", headers=self.dpo.headers),
-            200,
-            "the DPO exporting the erased driver's data",
-        )
+        self.after_erasure(driver, receipt["block_height"], out["access"])
+
+    def after_erasure(self, driver: Party, erased_at: int, refused_access: int) -> None:
+        with self.doing("the DPO exporting the erased driver's data"):
+            export = self.dpo.api.export(driver.id)
         self.check(
             export["records"] == [] and len(export["erasures"]) >= 1,
             f"the export should hold no record and the erasure: "
             f"{len(export['records'])} records, {len(export['erasures'])} erasures",
         )
-        log = self.expect(
-            self.http.get(
-                "/v1/dpo/access-log", headers=self.dpo.headers, params={"subject": driver.id}
-            ),
-            200,
-            "reading the DPO's access log",
-        )["accesses"]
-        erased_at = int(cert["receipt"]["block_height"])
+        with self.doing("reading the DPO's access log"):
+            log = list(self.dpo.api.iter_access_log(subject=driver.id))
         self.check(
             bool(log) and all(a["height"] < erased_at for a in log),
             f"the access log should show deliveries to {driver.name} only before block "

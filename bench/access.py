@@ -5,9 +5,10 @@ What it runs, as `civis-vault up` runs it: the API under uvicorn in a child proc
 4-replica consent-contracts cluster (replica processes, TLS, the `up` batch parameters) behind
 the API's ledger gateway, and PostgreSQL (a new database on the server `--database-url`, else
 `CIVIS_DATABASE_URL`, names; else an embedded server in a temporary directory). Everything is
-set up through the HTTP API: one dataset, `--records` subjects (100 by default) who register
-with their own keys, one 1 KiB record each (the payloads of `bench upload`), the upload
-anchored, and every subject's signed consent for one consumer and purpose.
+set up through the HTTP API with the project's client (`api.client`): one dataset, `--records`
+subjects (100 by default) who register with their own keys, one 1 KiB record each (the payloads
+of `bench upload`), the upload anchored, and every subject's signed consent for one consumer
+and purpose.
 
 What it measures, on this machine, in one run, at 1, 8 and 32 closed-loop consumers (each a
 thread with its own keep-alive connection and one request in flight):
@@ -19,7 +20,9 @@ and the ratio of the two (these 2-core machines are shared and noisy: compare ra
 absolutes). The latency aim is p50 <= 20 ms and p99 <= 100 ms at 8 consumers.
 
 Consumers read the response bytes and check the status, but do not parse the JSON while
-measuring: parsing is the consumer's cost, not the service's. One answer of each kind is
+measuring: parsing is the consumer's cost, not the service's. So the measured requests are
+sent with bare `httpx` (pre-encoded body, no parsing), not through the client, whose methods
+parse every answer. One answer of each kind is
 parsed and checked before the measurement (every record, the anchored root in every proof).
 """
 
@@ -49,6 +52,7 @@ import httpx
 import psutil
 from sqlalchemy.orm import Session
 
+from api.client import CivisClient, public_hex
 from bench.upload import _POOL, PAYLOAD_BYTES, _payloads
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
@@ -73,7 +77,6 @@ SETUP_THREADS = 16  # set-up only: registrations and consents are independent tr
 START_TIMEOUT_S = 90.0  # imports alone took 10 s on this machine under load
 ANCHOR_TIMEOUT_S = 60.0
 CLUSTER_TRIES = 3
-DAY_MS = 86_400_000
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Member:
 
     @property
     def id(self) -> str:
-        return bytes(self.key.public_key).hex()
+        return public_hex(self.key)
 
 
 @dataclass
@@ -94,11 +97,14 @@ class Fixture:
     base: str
     dataset_id: str
     records: int
-    consumer_headers: dict[str, str]
-    provider_headers: dict[str, str]
+    consumer_key: str
+    provider_key: str
     server_pid: int
     replica_pids: list[int]
     postmaster: int | None  # the embedded PostgreSQL's, when it is ours to watch
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
 
 
 @dataclass
@@ -285,7 +291,7 @@ def _api_server(url: str, data_dir: Path) -> Iterator[tuple[str, subprocess.Pope
 # -- set-up through the API ------------------------------------------------------------------------
 
 
-def _api_key(url: str, member_id: str, role: str) -> dict[str, str]:
+def _api_key(url: str, member_id: str, role: str) -> str:
     """As `civis-vault apikey create` issues one: bound to the member's ledger public key."""
     from api.keys import create_key
 
@@ -295,40 +301,19 @@ def _api_key(url: str, member_id: str, role: str) -> dict[str, str]:
             token = create_key(session, member_id=member_id, role=role).token
     finally:
         engine.dispose()
-    return {"Authorization": f"Bearer {token}"}
+    return token
 
 
-def _ok(r: httpx.Response, status: int = 201) -> dict[str, Any]:
-    if r.status_code != status:
-        raise RuntimeError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
-    answer: dict[str, Any] = r.json()
-    return answer
-
-
-def _signed(client: httpx.Client, who: Member, tx_type: str, body: dict[str, Any]) -> bytes:
-    """Draft through the API, sign with the member's own key, as `civis-vault wallet sign`."""
-    draft = _ok(client.post("/v1/drafts", json={"type": tx_type, "author": who.id, "body": body}))
-    signature = who.key.sign(bytes.fromhex(draft["signing_payload"])).hex()
-    return json.dumps({"transaction": draft["transaction"], "signature": signature}).encode()
-
-
-def _post_signed(
-    client: httpx.Client, path: str, who: Member, tx_type: str, body: dict[str, Any]
-) -> None:
-    content = _signed(client, who, tx_type, body)
-    _ok(client.post(path, content=content, headers={"Content-Type": "application/json"}))
-
-
-def _parallel(base: str, fn: Callable[[httpx.Client, Member], None], who: list[Member]) -> None:
-    """Set-up calls from a few threads, each with its own connection."""
+def _parallel(base: str, fn: Callable[[CivisClient, Member], object], who: list[Member]) -> None:
+    """Set-up calls from a few threads, each with a client (and a connection) of its own."""
     local = threading.local()
-    clients: list[httpx.Client] = []
+    clients: list[CivisClient] = []
     lock = threading.Lock()
 
     def call(member: Member) -> None:
         client = getattr(local, "client", None)
         if client is None:
-            client = local.client = httpx.Client(base_url=base, timeout=60)
+            client = local.client = CivisClient(base)
             with lock:
                 clients.append(client)
         fn(client, member)
@@ -349,84 +334,47 @@ def _ndjson(subjects: list[Member]) -> bytes:
     )
 
 
-def _set_up(
-    url: str, base: str, members: dict[str, Member], n: int
-) -> tuple[str, str, dict[str, str], dict[str, str]]:
-    """Dataset, subjects, their records (anchored) and consents; returns what the runs need."""
+def _set_up(url: str, base: str, members: dict[str, Member], n: int) -> tuple[str, str, str, str]:
+    """Dataset, subjects, their records (anchored) and consents, through the client.
+
+    Returns the dataset id, the anchored Merkle root, and the provider's and the consumer's
+    API keys.
+    """
     provider = _api_key(url, members["provider"].id, "provider")
     consumer = _api_key(url, members["consumer"].id, "consumer")
     subjects = [Member() for _ in range(n)]
-    with httpx.Client(base_url=base, timeout=60) as client:
-        dataset = _ok(
-            client.post(
-                "/v1/datasets",
-                headers=provider,
-                json={
-                    "name": f"bench-access-{uuid.uuid4().hex[:8]}",
-                    "category": "mobility",
-                    "purposes": [PURPOSE],
-                    "retention_days": 365,
-                    "legal_basis": "consent",
-                },
-            )
+    consumer_id = members["consumer"].id
+    with CivisClient(base, api_key=provider) as client:
+        dataset = client.create_dataset(
+            f"bench-access-{uuid.uuid4().hex[:8]}",
+            category="mobility",
+            purposes=[PURPOSE],
+            retention_days=365,
+            legal_basis="consent",
         )["id"]
+        _parallel(base, lambda c, s: c.register(s.key, "subject", "citizens"), subjects)
+        upload = client.upload(
+            dataset,
+            _ndjson(subjects),
+            media_type="application/x-ndjson",
+            timeout_s=ANCHOR_TIMEOUT_S,
+        )
         _parallel(
             base,
-            lambda c, s: _post_signed(
-                c, "/v1/members", s, "member.register", {"role": "subject", "college": "citizens"}
+            lambda c, s: c.grant_consent(
+                s.key, consumer=consumer_id, purpose=PURPOSE, dataset=dataset
             ),
             subjects,
         )
-        upload = _ok(
-            client.post(
-                f"/v1/datasets/{dataset}/uploads",
-                headers={**provider, "Content-Type": "application/x-ndjson"},
-                content=_ndjson(subjects),
-            )
-        )
-        deadline = time.monotonic() + ANCHOR_TIMEOUT_S
-        status = f"/v1/datasets/{dataset}/uploads/{upload['upload_id']}"
-        while _ok(client.get(status, headers=provider), 200)["state"] != "anchored":
-            if time.monotonic() > deadline:
-                raise RuntimeError("the upload was not anchored in time")
-            time.sleep(0.05)
-        until = int(time.time() * 1000) + DAY_MS
-        consumer_id = members["consumer"].id
-
-        def grant(c: httpx.Client, s: Member) -> None:
-            body = {
-                "subject": s.id,
-                "consumer": consumer_id,
-                "purpose": PURPOSE,
-                "valid_until": until,
-                "dataset": dataset,
-            }
-            _post_signed(c, "/v1/consents", s, "consent.grant", body)
-
-        _parallel(base, grant, subjects)
     return dataset, upload["merkle_root"], provider, consumer
 
 
 def _check_answers(fx: Fixture, merkle_root: str) -> None:
     """Both reads deliver every record with a proof against the anchored root, before timing."""
-    with httpx.Client(base_url=fx.base, timeout=60) as client:
-        access = _ok(
-            client.post(
-                "/v1/access-requests",
-                headers=fx.consumer_headers,
-                json={"dataset_id": fx.dataset_id, "purpose": PURPOSE},
-            ),
-            200,
-        )
-        baseline = client.get(
-            f"/v1/datasets/{fx.dataset_id}/records",
-            headers=fx.provider_headers,
-            params={"limit": fx.records},
-        )
-    if baseline.status_code != 200:
-        raise RuntimeError(f"baseline read: {baseline.status_code} {baseline.text}")
-    rows: list[dict[str, Any]] = baseline.json()
-    for name, records in (("access", access["records"]), ("baseline", rows)):
+    with CivisClient(fx.base, api_key=fx.consumer_key) as consumer:
+        access = consumer.access(fx.dataset_id, PURPOSE)
+        baseline = consumer.with_key(fx.provider_key).records(fx.dataset_id, limit=fx.records)
+    for name, records in (("access", access["records"]), ("baseline", baseline)):
         if len(records) != fx.records:
             raise RuntimeError(f"{name} delivered {len(records)} of {fx.records} records")
         if any(r["proof"]["merkle_root"] != merkle_root for r in records):
@@ -550,14 +498,15 @@ def _closed_loop(
 def _measure(fx: Fixture, consumers: tuple[int, ...], point_s: float) -> list[dict[str, Any]]:
     warmup_s = min(WARMUP_S_MAX, point_s / 4)
     access_body = json.dumps({"dataset_id": fx.dataset_id, "purpose": PURPOSE}).encode()
-    access_headers = {**fx.consumer_headers, "Content-Type": "application/json"}
+    access_headers = {**fx.headers(fx.consumer_key), "Content-Type": "application/json"}
+    provider_headers = fx.headers(fx.provider_key)
     records_path = f"/v1/datasets/{fx.dataset_id}/records?limit={fx.records}"
 
     def access(client: httpx.Client) -> httpx.Response:
         return client.post("/v1/access-requests", content=access_body, headers=access_headers)
 
     def baseline(client: httpx.Client) -> httpx.Response:
-        return client.get(records_path, headers=fx.provider_headers)
+        return client.get(records_path, headers=provider_headers)
 
     points = []
     for c in consumers:
@@ -616,8 +565,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base=base,
             dataset_id=dataset,
             records=n,
-            consumer_headers=consumer,
-            provider_headers=provider,
+            consumer_key=consumer,
+            provider_key=provider,
             server_pid=api.pid,
             replica_pids=[cluster.pid(i) for i in range(cluster.n)],
             postmaster=_postmaster(tmp / "pg") if server == "embedded-postgres" else None,

@@ -15,7 +15,9 @@ drift from the API unnoticed. docs/TUTORIAL.md walks through it role by role.
 
 from api.client.client import (
     CivisClient,
+    College,
     Progress,
+    Role,
     UploadSource,
     now_ms,
     public_hex,
@@ -61,6 +63,7 @@ __all__ = [
     "BadRequest",
     "CivisClient",
     "ClientError",
+    "College",
     "Conflict",
     "Dataset",
     "Draft",
@@ -78,6 +81,7 @@ __all__ = [
     "Progress",
     "Receipt",
     "RequestTimeout",
+    "Role",
     "ServerError",
     "SignedTransaction",
     "TooManyRequests",

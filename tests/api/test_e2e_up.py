@@ -25,18 +25,26 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from api.client import (
+    CivisClient,
+    College,
+    Dataset,
+    Forbidden,
+    LedgerWrite,
+    PredicateAnswer,
+    ProblemError,
+    Role,
+    public_hex,
+)
 from api.keys import create_key
 from api.ledger import LedgerGateway
 from api.wallet import new_wallet
@@ -53,8 +61,6 @@ DEMO_TIMEOUT_S = 300
 START_ATTEMPTS = 3
 # What `up` says when a port it chose was taken before it bound it (see _start_up).
 PORT_RACES = ("the ledger did not start", "already answers on", "address already in use")
-ANCHOR_WAIT_S = 60.0
-DAY_MS = 86_400_000
 # Refusals of a vote that only mean "not this voter": admitted after the proposal, not (yet)
 # admitted, or the proposal already passed.
 NOT_A_VOTE = ("not_eligible", "not_admitted", "not_member", "closed")
@@ -76,37 +82,24 @@ class System:
     data_dir: Path
     database_url: str
     engine: Engine
-    http: httpx.Client
+    api: CivisClient
     dpo: SigningKey
     voters: dict[str, list[SigningKey]] = field(default_factory=dict)
 
-    def headers(self, key: SigningKey, role: str) -> dict[str, str]:
+    def client(self, key: SigningKey, role: str) -> CivisClient:
+        """The API as `key`'s member sees it, with a new API key of `role`."""
         with Session(self.engine) as session, session.begin():
-            issued = create_key(session, member_id=key.public_key.hex(), role=role)
-        return {"Authorization": f"Bearer {issued.token}"}
+            issued = create_key(session, member_id=public_hex(key), role=role)
+        return self.api.with_key(issued.token)
 
-    def signed(self, key: SigningKey, tx_type: str, body: dict[str, Any]) -> dict[str, str]:
-        author = key.public_key.hex()
-        r = self.http.post("/v1/drafts", json={"type": tx_type, "author": author, "body": body})
-        assert r.status_code == 201, r.text
-        d = r.json()
-        return {
-            "transaction": d["transaction"],
-            "signature": key.sign(bytes.fromhex(d["signing_payload"])).hex(),
-        }
-
-    def submit(self, path: str, key: SigningKey, tx_type: str, body: dict[str, Any]) -> Any:
-        return self.http.post(path, json=self.signed(key, tx_type, body))
-
-    def member(self, role: str, college: str) -> SigningKey:
+    def member(self, role: Role, college: College) -> SigningKey:
         """A new member's key, kept beside the demo's (it votes on later admissions)."""
         key = new_wallet(
             self.data_dir / "demo" / "members" / college / f"e2e-{secrets.token_hex(6)}.key"
         )
-        r = self.submit("/v1/members", key, "member.register", {"role": role, "college": college})
-        assert r.status_code == 201, r.text
+        out = self.api.register(key, role, college)
         expected = "active" if role == "subject" else "pending"
-        assert r.json()["result"]["status"] == expected
+        assert out["result"]["status"] == expected
         self.voters.setdefault(college, []).append(key)
         return key
 
@@ -124,36 +117,17 @@ class System:
     def admit(self, key: SigningKey) -> int:
         """The DPO proposes the admission; members vote yes until it passes."""
         self.load_voters()
-        body = {
-            "action": {"kind": "admit_member", "member": key.public_key.hex()},
-            "voting_ends": int(time.time() * 1000) + 3_600_000,
-        }
-        r = self.submit("/v1/governance/proposals", self.dpo, "governance.propose", body)
-        assert r.status_code == 201, r.text
-        pid = int(r.json()["result"]["proposal"])
+        pid = int(self.api.propose_admission(self.dpo, public_hex(key))["result"]["proposal"])
         for voters in self.voters.values():
             for voter in voters:
-                vote = {"proposal": pid, "approve": True}
-                r = self.submit(
-                    f"/v1/governance/proposals/{pid}/votes", voter, "governance.vote", vote
-                )
-                if r.status_code != 201:
-                    assert r.json()["detail"].split(":")[0] in NOT_A_VOTE, r.text
+                try:
+                    out = self.api.vote(voter, pid)
+                except ProblemError as exc:
+                    assert exc.code in NOT_A_VOTE, exc
                     continue
-                if r.json()["result"]["status"] == "passed":
+                if out["result"]["status"] == "passed":
                     return pid
         raise AssertionError(f"proposal {pid} never passed")
-
-    def wait_anchored(self, dataset: str, upload: str, headers: dict[str, str]) -> dict[str, Any]:
-        deadline = time.monotonic() + ANCHOR_WAIT_S
-        while time.monotonic() < deadline:
-            r = self.http.get(f"/v1/datasets/{dataset}/uploads/{upload}", headers=headers)
-            assert r.status_code == 200, r.text
-            if r.json()["state"] == "anchored":
-                out: dict[str, Any] = r.json()
-                return out
-            time.sleep(0.1)
-        raise AssertionError(f"upload {upload} was not anchored")
 
 
 def _stop_and_reap(up: Up, data_dir: Path) -> int:
@@ -190,9 +164,9 @@ def system(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer) -> Ite
     try:
         up, data_dir = _start_up(tmp_path_factory, database_url)
         try:
-            with httpx.Client(base_url=up.url, timeout=60) as http:
+            with CivisClient(up.url) as api:
                 dpo = load_signing_key(data_dir / "keys" / "dpo.key")
-                yield System(up, data_dir, database_url, engine, http, dpo)
+                yield System(up, data_dir, database_url, engine, api, dpo)
         finally:
             _stop_and_reap(up, data_dir)
     finally:
@@ -202,12 +176,12 @@ def system(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer) -> Ite
 
 @dataclass
 class Entities:
-    """A provider and a consumer, admitted by vote, with their API keys."""
+    """A provider and a consumer, admitted by vote, each with a client holding its API key."""
 
     provider: SigningKey
     consumer: SigningKey
-    provider_headers: dict[str, str]
-    consumer_headers: dict[str, str]
+    provider_api: CivisClient
+    consumer_api: CivisClient
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +193,8 @@ def entities(system: System) -> Entities:
     return Entities(
         provider,
         consumer,
-        system.headers(provider, "provider"),
-        system.headers(consumer, "consumer"),
+        system.client(provider, "provider"),
+        system.client(consumer, "consumer"),
     )
 
 
@@ -298,236 +272,198 @@ def test_the_demo_says_plainly_when_there_is_no_system(system: System) -> None:
 # -- the stories as assertions ---------------------------------------------------------------
 
 
+def _addresses_dataset(api: CivisClient) -> Dataset:
+    return api.create_dataset(
+        f"addresses-{secrets.token_hex(4)}",
+        category="address",
+        purposes=["proof-of-address"],
+        retention_days=365,
+        legal_basis="contract",
+    )
+
+
 def test_a_legal_entity_acts_only_once_the_colleges_voted_it_in(system: System) -> None:
     utility = system.member("provider", "providers")
-    headers = system.headers(utility, "provider")
-    dataset = {
-        "name": f"addresses-{secrets.token_hex(4)}",
-        "category": "address",
-        "purposes": ["proof-of-address"],
-        "retention_days": 365,
-        "legal_basis": "contract",
-    }
-    r = system.http.post("/v1/datasets", headers=headers, json=dataset)
-    assert r.status_code == 403 and "not_admitted" in r.json()["detail"], r.text
+    api = system.client(utility, "provider")
+    with pytest.raises(Forbidden) as refused:
+        _addresses_dataset(api)
+    assert refused.value.code == "not_admitted", refused.value
     pid = system.admit(utility)
-    dpo = system.headers(system.dpo, "dpo")
-    proposal = system.http.get(f"/v1/governance/proposals/{pid}", headers=dpo).json()["result"]
+    dpo = system.client(system.dpo, "dpo")
+    proposal = dpo.proposal(pid)["result"]
     assert proposal["status"] == "passed"
     # Every college approved by a strict majority of the members it had at the proposal.
     assert all(2 * proposal["yes"][c] > n for c, n in proposal["members"].items())
-    member = system.http.get(f"/v1/members/{utility.public_key.hex()}", headers=dpo).json()
-    assert member["result"]["status"] == "active" and member["result"]["role"] == "provider"
-    r = system.http.post("/v1/datasets", headers=headers, json=dataset)
-    assert r.status_code == 201, r.text
-    assert r.json()["receipt"]["block_height"] >= 1
+    member = dpo.member(public_hex(utility))["result"]
+    assert member["status"] == "active" and member["role"] == "provider"
+    receipt = _addresses_dataset(api)["receipt"]
+    assert receipt is not None and receipt["block_height"] >= 1
 
 
-def _addresses(system: System, entities: Entities, subjects: list[SigningKey]) -> str:
+def _addresses(entities: Entities, subjects: list[SigningKey]) -> str:
     """A dataset of the utility holding each subject's address, anchored."""
-    headers = entities.provider_headers
-    r = system.http.post(
-        "/v1/datasets",
-        headers=headers,
-        json={
-            "name": f"addresses-{secrets.token_hex(4)}",
-            "category": "address",
-            "purposes": ["proof-of-address"],
-            "retention_days": 365,
-            "legal_basis": "contract",
-        },
-    )
-    assert r.status_code == 201, r.text
-    dataset = str(r.json()["id"])
+    api = entities.provider_api
+    dataset = _addresses_dataset(api)["id"]
     lines = "".join(
-        json.dumps({"subject_id": s.public_key.hex(), "payload": {"address": ADDRESS}}) + "\n"
+        json.dumps({"subject_id": public_hex(s), "payload": {"address": ADDRESS}}) + "\n"
         for s in subjects
     )
-    r = system.http.post(
-        f"/v1/datasets/{dataset}/uploads",
-        headers={**headers, "Content-Type": "application/x-ndjson"},
-        content=lines.encode(),
-    )
-    assert r.status_code == 201, r.text
-    anchored = system.wait_anchored(dataset, r.json()["upload_id"], headers)
-    assert anchored["receipt"]["block_height"] >= 1
+    anchored = api.upload(dataset, lines.encode(), media_type="application/x-ndjson")
+    assert anchored["state"] == "anchored"
+    assert anchored["receipt"] is not None and anchored["receipt"]["block_height"] >= 1
     return dataset
 
 
 def _grant(
     system: System, subject: SigningKey, consumer: SigningKey, dataset: str, purpose: str
-) -> dict[str, Any]:
-    body = {
-        "subject": subject.public_key.hex(),
-        "consumer": consumer.public_key.hex(),
-        "purpose": purpose,
-        "dataset": dataset,
-        "valid_until": int(time.time() * 1000) + DAY_MS,
-    }
-    r = system.submit("/v1/consents", subject, "consent.grant", body)
-    assert r.status_code == 201, r.text
-    out: dict[str, Any] = r.json()
-    return out
+) -> LedgerWrite:
+    return system.api.grant_consent(
+        subject, consumer=public_hex(consumer), purpose=purpose, dataset=dataset
+    )
 
 
 def test_proof_of_address_the_bank_learns_one_bit_then_is_refused(
     system: System, entities: Entities
 ) -> None:
     citizen = system.member("subject", "citizens")
-    dataset = _addresses(system, entities, [citizen])
+    dataset = _addresses(entities, [citizen])
 
-    def ask(value: str) -> httpx.Response:
-        return system.http.post(
-            "/v1/access-requests",
-            headers=entities.consumer_headers,
-            json={
-                "dataset_id": dataset,
-                "purpose": "proof-of-address",
-                "subjects": [citizen.public_key.hex()],
-                "predicate": {"field": "address", "op": "eq", "value": value},
-            },
+    def ask(value: str) -> PredicateAnswer:
+        return entities.consumer_api.predicate(
+            dataset,
+            "proof-of-address",
+            subject=public_hex(citizen),
+            field="address",
+            op="eq",
+            value=value,
         )
 
-    r = ask(ADDRESS)
-    assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
+    with pytest.raises(Forbidden) as before:
+        ask(ADDRESS)
+    # A problem+json body (RFC 9457), not a bare status: the client read its members.
+    assert before.value.body["status"] == 403 and before.value.code == "no_consent"
     granted = _grant(system, citizen, entities.consumer, dataset, "proof-of-address")
-    r = ask(ADDRESS)
-    assert r.status_code == 200, r.text
-    assert set(r.json()) == {"result", "receipt"} and r.json()["result"] is True
-    assert r.json()["receipt"]["block_height"] > granted["receipt"]["block_height"]
-    assert ask(WRONG_ADDRESS).json()["result"] is False
+    answer = ask(ADDRESS)
+    assert set(answer) == {"result", "receipt"} and answer["result"] is True
+    assert answer["receipt"]["block_height"] > granted["receipt"]["block_height"]
+    assert ask(WRONG_ADDRESS)["result"] is False
 
-    revoke = {
-        "subject": citizen.public_key.hex(),
-        "consumer": entities.consumer.public_key.hex(),
-        "purpose": "proof-of-address",
-        "dataset": dataset,
-    }
-    r = system.submit("/v1/consents/revocations", citizen, "consent.revoke", revoke)
-    assert r.status_code == 201, r.text
-    r = ask(ADDRESS)
-    assert r.status_code == 403, r.text
-    assert r.json()["detail"].startswith("no_consent: no consent in force")
-    assert ADDRESS not in r.text
+    system.api.revoke_consent(
+        citizen,
+        consumer=public_hex(entities.consumer),
+        purpose="proof-of-address",
+        dataset=dataset,
+    )
+    with pytest.raises(Forbidden) as after:
+        ask(ADDRESS)
+    assert after.value.detail.startswith("no_consent: no consent in force")
+    assert ADDRESS not in str(after.value.body)
 
     # The citizen's own export: the revoked consent, and the two accesses that reached them.
-    own = system.headers(citizen, "subject")
-    export = system.http.get(f"/v1/subjects/{citizen.public_key.hex()}/export", headers=own)
-    assert export.status_code == 200, export.text
-    assert [c["granted"] for c in export.json()["consents"]] == [False]
-    assert len(export.json()["accesses"]) == 2
+    export = system.client(citizen, "subject").export(public_hex(citizen))
+    assert [c["granted"] for c in export["consents"]] == [False]
+    assert len(export["accesses"]) == 2
 
 
 def test_road_maintenance_reads_only_what_consenting_drivers_allow(
     system: System, entities: Entities
 ) -> None:
     drivers = [system.member("subject", "citizens") for _ in range(3)]
-    headers = entities.provider_headers
-    r = system.http.post(
-        "/v1/datasets",
-        headers=headers,
-        json={
-            "name": f"vehicle-sensors-{secrets.token_hex(4)}",
-            "category": "vehicle-telemetry",
-            "purposes": ["road-maintenance"],
-            "retention_days": 90,
-            "legal_basis": "contract",
-        },
-    )
-    assert r.status_code == 201, r.text
-    dataset = str(r.json()["id"])
+    dataset = entities.provider_api.create_dataset(
+        f"vehicle-sensors-{secrets.token_hex(4)}",
+        category="vehicle-telemetry",
+        purposes=["road-maintenance"],
+        retention_days=90,
+        legal_basis="contract",
+    )["id"]
     rows = ["subject_id,driver_id,lat,lon,vibration"]
     rows += [
-        f"{d.public_key.hex()},{EMPLOYEE}-{i},45.75{i}{k},4.84{i}{k},{VIBRATION}"
+        f"{public_hex(d)},{EMPLOYEE}-{i},45.75{i}{k},4.84{i}{k},{VIBRATION}"
         for i, d in enumerate(drivers)
         for k in range(2)
     ]
-    r = system.http.post(
-        f"/v1/datasets/{dataset}/uploads",
-        headers={**headers, "Content-Type": "text/csv"},
-        content=("\n".join(rows) + "\n").encode(),
+    sent: list[int] = []
+    upload = entities.provider_api.upload(
+        dataset,
+        iter([row.encode() + b"\n" for row in rows]),
+        media_type="text/csv",
+        progress=lambda done, total: sent.append(done),
     )
-    assert r.status_code == 201 and r.json()["record_count"] == 6, r.text
-    system.wait_anchored(dataset, r.json()["upload_id"], headers)
+    assert upload["record_count"] == 6 and upload["state"] == "anchored"
+    assert sent[-1] == sum(len(row) + 1 for row in rows)
     for d in drivers[:2]:
         _grant(system, d, entities.consumer, dataset, "road-maintenance")
 
     fields = ["lat", "lon", "vibration"]
-    ask: dict[str, Any] = {"dataset_id": dataset, "purpose": "road-maintenance", "fields": fields}
-    r = system.http.post("/v1/access-requests", headers=entities.consumer_headers, json=ask)
-    assert r.status_code == 200, r.text
-    records = r.json()["records"]
+    consumer = entities.consumer_api
+    out = consumer.access(dataset, "road-maintenance", fields=fields)
+    records = out["records"]
     assert sorted(rec["subject_id"] for rec in records) == sorted(
-        d.public_key.hex() for d in drivers[:2] for _ in range(2)
+        public_hex(d) for d in drivers[:2] for _ in range(2)
     )
     assert all(sorted(rec["payload"]) == fields for rec in records)
     assert all(rec["payload"]["vibration"] == VIBRATION for rec in records)
-    assert EMPLOYEE not in r.text
+    assert EMPLOYEE not in json.dumps(out)
 
-    named = {**ask, "subjects": [d.public_key.hex() for d in drivers]}
-    r = system.http.post("/v1/access-requests", headers=entities.consumer_headers, json=named)
-    assert r.json()["denied"] == [[drivers[2].public_key.hex(), "no_consent"]]
+    everyone = [public_hex(d) for d in drivers]
+    named = consumer.access(dataset, "road-maintenance", subjects=everyone, fields=fields)
+    assert named["denied"] == [[public_hex(drivers[2]), "no_consent"]]
     # A purpose the dataset was not registered for: refused by the contracts.
-    other = {**ask, "purpose": "billing"}
-    r = system.http.post("/v1/access-requests", headers=entities.consumer_headers, json=other)
-    assert r.status_code == 403 and "purpose_not_allowed" in r.json()["detail"], r.text
+    with pytest.raises(Forbidden) as other:
+        consumer.access(dataset, "billing", fields=fields)
+    assert other.value.code == "purpose_not_allowed", other.value
     # The provider cannot read through the consumer's door, nor can a subject.
     for role, key in (("provider", entities.provider), ("subject", drivers[0])):
-        r = system.http.post("/v1/access-requests", headers=system.headers(key, role), json=ask)
-        assert r.status_code == 403, r.text
+        with pytest.raises(Forbidden):
+            system.client(key, role).access(dataset, "road-maintenance", fields=fields)
 
 
 def test_erasure_by_the_dpo_and_by_the_subject_leaves_nothing_readable(
     system: System, entities: Entities
 ) -> None:
     erased, requester = (system.member("subject", "citizens") for _ in range(2))
-    dataset = _addresses(system, entities, [erased, requester])
+    dataset = _addresses(entities, [erased, requester])
     for s in (erased, requester):
         _grant(system, s, entities.consumer, dataset, "proof-of-address")
-    ids = [erased.public_key.hex(), requester.public_key.hex()]
-    ask = {"dataset_id": dataset, "purpose": "proof-of-address", "subjects": ids}
-    r = system.http.post("/v1/access-requests", headers=entities.consumer_headers, json=ask)
-    assert sorted(r.json()["granted"]) == sorted(ids) and len(r.json()["records"]) == 2
+    ids = [public_hex(erased), public_hex(requester)]
+    consumer = entities.consumer_api
+    out = consumer.access(dataset, "proof-of-address", subjects=ids)
+    assert sorted(out["granted"]) == sorted(ids) and len(out["records"]) == 2
 
     # Only the DPO erases on the vault's side.
     for role, key in (("provider", entities.provider), ("consumer", entities.consumer)):
-        r = system.http.post(
-            "/v1/erasures", headers=system.headers(key, role), json={"subject_id": ids[0]}
-        )
-        assert r.status_code == 403, r.text
-    dpo = system.headers(system.dpo, "dpo")
-    r = system.http.post("/v1/erasures", headers=dpo, json={"subject_id": ids[0]})
-    assert r.status_code == 201, r.text
-    cert = r.json()
+        with pytest.raises(Forbidden):
+            system.client(key, role).erase(subject_id=ids[0])
+    dpo = system.client(system.dpo, "dpo")
+    cert = dpo.erase(subject_id=ids[0])
+    receipt = cert["receipt"]
     assert cert["state"] == "recorded" and cert["secrets_destroyed"] >= 1
-    assert cert["key_commitments"] and cert["receipt"]["block_height"] >= 1
-    assert system.http.get(f"/v1/erasures/{cert['erasure_id']}", headers=dpo).json() == cert
-    block = system.http.get(f"/v1/ledger/blocks/{cert['receipt']['block_height']}", headers=dpo)
-    assert block.json()["verified"] is True
-    txs = block.json()["transactions"]
-    assert [t["type"] for t in txs if t["tx_id"] == cert["receipt"]["tx_id"]] == ["erasure.record"]
+    assert cert["key_commitments"] and receipt is not None and receipt["block_height"] >= 1
+    assert dpo.erasure(cert["erasure_id"]) == cert
+    block = dpo.block(receipt["block_height"])
+    assert block["verified"] is True
+    txs = block["transactions"]
+    assert [t["type"] for t in txs if t["tx_id"] == receipt["tx_id"]] == ["erasure.record"]
 
     # The subject's own Art. 17 request, signed with their wallet.
-    scope = {"kind": "subject", "subject": ids[1]}
-    r = system.submit("/v1/erasure-requests", requester, "erasure.request", {"scope": scope})
-    assert r.status_code == 201, r.text
-    assert r.json()["requester"] == "subject" and r.json()["request"] >= 1
+    own = system.api.request_erasure(requester)
+    assert own["requester"] == "subject" and own["request"] is not None and own["request"] >= 1
 
-    r = system.http.post("/v1/access-requests", headers=entities.consumer_headers, json=ask)
-    assert r.status_code == 200, r.text
-    assert r.json()["records"] == [] and r.json()["granted"] == []
-    assert sorted(r.json()["denied"]) == sorted([i, "erased"] for i in ids)
-    predicate = {
-        "dataset_id": dataset,
-        "purpose": "proof-of-address",
-        "subjects": [ids[0]],
-        "predicate": {"field": "address", "op": "eq", "value": ADDRESS},
-    }
-    r = system.http.post("/v1/access-requests", headers=entities.consumer_headers, json=predicate)
-    assert r.status_code == 403, r.text
-    assert r.json()["detail"].startswith("erased: the subject's data is erased")
+    out = consumer.access(dataset, "proof-of-address", subjects=ids)
+    assert out["records"] == [] and out["granted"] == []
+    assert sorted(out["denied"]) == sorted([i, "erased"] for i in ids)
+    with pytest.raises(Forbidden) as refused:
+        consumer.predicate(
+            dataset,
+            "proof-of-address",
+            subject=ids[0],
+            field="address",
+            op="eq",
+            value=ADDRESS,
+        )
+    assert refused.value.detail.startswith("erased: the subject's data is erased")
     # The export shows the erasure from the ledger and no readable record.
-    export = system.http.get(f"/v1/subjects/{ids[0]}/export", headers=dpo).json()
+    export = dpo.export(ids[0])
     assert export["records"] == [] and len(export["erasures"]) == 1
 
 
