@@ -20,6 +20,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "api.commands",
     "api.wallet",
+    "api.governance",
     "api.demo",
     "ledger_bridge.cli",
     "vault.cli",
