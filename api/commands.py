@@ -218,11 +218,11 @@ def _print_summary(
         lines += [
             f"  DPO API key, shown this once and stored only hashed: {issued.token}",
             f"  use it:    curl -H 'Authorization: Bearer <key>' {api_url}/v1/datasets",
-            f"  more keys: civis-vault apikey create --member ID --role ROLE {where}",
+            f"  more keys: civis-vault apikey create --member WALLET_HEX --role ROLE {where}",
             "",
         ]
     else:
-        lines.append(f"API keys: civis-vault apikey create --member ID --role ROLE {where}")
+        lines.append(f"API keys: civis-vault apikey create --member WALLET_HEX --role ROLE {where}")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 
