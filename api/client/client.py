@@ -260,6 +260,7 @@ class CivisClient:
         progress: Progress | None = None,
         wait: bool = True,
         timeout_s: float = ANCHOR_WAIT_S,
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
     ) -> Upload:
         """Stream NDJSON or CSV records into a dataset; by default wait until anchored.
 
@@ -269,7 +270,7 @@ class CivisClient:
         the upload as the API holds it: with `wait`, anchored on the ledger with its receipt
         (`AnchorTimeout`, `AnchorRefused` otherwise).
         """
-        chunks, total, kind = _chunks(source, media_type)
+        chunks, total, kind = _chunks(source, media_type, chunk_bytes)
         content: bytes | Iterable[bytes] = chunks
         if progress is not None:
             content = _reporting(chunks, total, progress)
@@ -524,7 +525,7 @@ def _scope(dataset: str | None, category: str | None) -> dict[str, str]:
 
 
 def _chunks(
-    source: UploadSource, media_type: str | None
+    source: UploadSource, media_type: str | None, chunk_bytes: int
 ) -> tuple[Iterable[bytes], int | None, str]:
     """(chunks, total bytes if known, media type) for any upload source."""
     if isinstance(source, (str, os.PathLike)):
@@ -532,20 +533,20 @@ def _chunks(
         kind = media_type or MEDIA_TYPES.get(path.suffix.lower())
         if kind is None:
             raise ValueError(f"say the media type of {path.name} (NDJSON or CSV)")
-        return _file_chunks(path), path.stat().st_size, kind
+        return _file_chunks(path, chunk_bytes), path.stat().st_size, kind
     kind = media_type or "application/x-ndjson"
     if isinstance(source, bytes):
-        pieces = range(0, len(source), UPLOAD_CHUNK_BYTES)
-        return (source[i : i + UPLOAD_CHUNK_BYTES] for i in pieces), len(source), kind
+        pieces = range(0, len(source), chunk_bytes)
+        return (source[i : i + chunk_bytes] for i in pieces), len(source), kind
     if hasattr(source, "read"):
         stream = cast(BinaryIO, source)
-        return iter(lambda: stream.read(UPLOAD_CHUNK_BYTES), b""), None, kind
+        return iter(lambda: stream.read(chunk_bytes), b""), None, kind
     return source, None, kind
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
+def _file_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
     with path.open("rb") as fh:
-        while chunk := fh.read(UPLOAD_CHUNK_BYTES):
+        while chunk := fh.read(chunk_bytes):
             yield chunk
 
 

@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from api.client import CivisClient
 from ledger_bridge.pbft import messages as m
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_datasets import rec_leaf
@@ -23,12 +24,13 @@ CITY = "Villeurbanne-Sud"
 
 
 def signed(env: LedgerEnv, wallet: Wallet, tx_type: str, body: dict[str, Any]) -> dict[str, str]:
-    """Draft through the API, sign with the wallet (as `civis-vault wallet sign` does)."""
-    r = env.client.post("/v1/drafts", json={"type": tx_type, "author": wallet.id, "body": body})
-    assert r.status_code == 201, r.text
-    d = r.json()
-    signature = wallet.key.sign(bytes.fromhex(d["signing_payload"])).hex()
-    return {"transaction": d["transaction"], "signature": signature}
+    """Draft through the API and sign with the wallet, as the client does for every user.
+
+    Only the signed body is returned: these tests post it themselves, to read the raw answer
+    (status, problem) of each refusal they provoke.
+    """
+    signed_tx = CivisClient(http=env.client).sign(wallet.key, tx_type, body)
+    return {"transaction": signed_tx["transaction"], "signature": signed_tx["signature"]}
 
 
 def register_subject(env: LedgerEnv) -> Wallet:

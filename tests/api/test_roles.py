@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 from fastapi.routing import iter_route_contexts
 
+from api.client import CivisClient
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_consented_access import register_subject, signed
 
@@ -589,11 +590,7 @@ def test_a_subject_transaction_signed_by_someone_else_is_refused(world: World) -
         ),
     }
     for path, (tx_type, body) in cases.items():
-        r = env.client.post(
-            "/v1/drafts", json={"type": tx_type, "author": subject.id, "body": body}
-        )
-        assert r.status_code == 201, r.text
-        draft = r.json()
+        draft = CivisClient(http=env.client).draft(subject.id, tx_type, body)
         forged = forger.key.sign(bytes.fromhex(draft["signing_payload"])).hex()
         r = env.client.post(path, json={"transaction": draft["transaction"], "signature": forged})
         assert r.status_code == 403, (path, r.text)
