@@ -54,8 +54,12 @@ VALIDATORS_MAX = 100
 RETENTION_DAYS_MAX = 36_600
 DAY_INDEX_MAX = 10_000_000  # days since 1970: far beyond any retention
 COUNT_MAX = 1 << 40
-TIME_MAX_MS = 1 << 62
-ID_MAX = 1 << 62
+# Times and sequence numbers stop at the largest integer every JSON client reads exactly
+# (RFC 8259 section 6; a JavaScript number): a bound above it is a float in a JSON Schema, and
+# a client could round a valid value past it. 2^53 ms is 285,000 years.
+JSON_INT_MAX = (1 << 53) - 1
+TIME_MAX_MS = JSON_INT_MAX
+ID_MAX = JSON_INT_MAX
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # purposes, categories, colleges
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"  # dataset and upload ids (UUIDs in practice)

@@ -109,7 +109,7 @@ def test_shape_is_refused_before_who_may_do_it(chain: Chain) -> None:
 
 
 def test_unknown_field_names_come_back_few_and_short(chain: Chain) -> None:
-    body = {"role": "provider", "college": "providers"}
+    body: dict[str, Any] = {"role": "provider", "college": "providers"}
     body.update({f"{'x' * 5000}{i:02}": i for i in range(30)})
     result = chain.one(key(702), "member.register", body)
     assert result["code"] == "invalid"
@@ -139,3 +139,31 @@ def test_the_schema_states_what_the_check_requires(tx_type: str) -> None:
     assert schema["examples"] == [bodies.example(tx_type)]
     for f in declared.fields:
         assert schema["properties"][f.name]["description"] == f.description
+
+
+def _integers(kind: bodies.Kind) -> list[bodies.Integer]:
+    if isinstance(kind, bodies.Integer):
+        return [kind]
+    if isinstance(kind, bodies.ListOf):
+        return _integers(kind.item)
+    if isinstance(kind, bodies.OneOf):
+        return [i for v in kind.variants.values() for i in _integers(v)]
+    if isinstance(kind, bodies.Obj):
+        return [i for f in kind.fields for i in _integers(f.kind)]
+    return []
+
+
+@pytest.mark.parametrize("tx_type", tx.TX_TYPES)
+def test_every_integer_bound_is_exact_in_json(tx_type: str) -> None:
+    """A JSON Schema bound is a float to most tools: above 2^53 it rounds, and a value the
+    schema allows could be one the contracts refuse."""
+    for kind in _integers(bodies.BODIES[tx_type]):
+        assert kind.high <= bodies.JSON_INT_MAX
+        assert float(kind.high) == kind.high
+
+
+def test_a_vote_beyond_json_integers_is_refused_for_its_shape(chain: Chain) -> None:
+    body = {"proposal": bodies.JSON_INT_MAX + 1, "approve": True}
+    result = chain.one(chain.vault, "governance.vote", body)
+    assert result["code"] == "invalid"
+    assert result["message"].startswith("proposal: must be an integer in [1, 9007199254740991]")
