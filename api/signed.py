@@ -8,8 +8,11 @@ endpoints rebuild the signed transaction from the unsigned bytes and the signatu
 never holds a subject's key, so it cannot express a subject's will: a consent the vault or a
 consumer made up fails the signature check here and again in every replica.
 
-JSON has no bytes: in a draft's body, public keys (`consumer`, `member`, `public_key`) are
-64 hex characters and become the 32-byte keys the contracts expect.
+A draft's body is checked against its type's declaration (ledger_bridge/contracts/bodies.py),
+the same check the contracts run first, so a body the contracts would refuse for its shape is
+refused here, before anyone signs it, naming the field: `body.voting_ends: must be an integer,
+milliseconds since 1970, in [0, …]`. JSON has no bytes: public keys and hashes are 64 hex
+characters in the draft and become the 32 bytes the contracts expect.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from typing import Any
 
 from api.errors import ApiError, Forbidden
-from ledger_bridge.contracts import codec, tx
+from ledger_bridge.contracts import bodies, codec, tx
 from vault.uploads import LEDGER_SUBJECT_ID
 
 # What members sign themselves; everything else the vault signs for them.
@@ -31,7 +34,6 @@ SELF_SIGNED = (
     "governance.propose",
     "governance.vote",
 )
-_KEY_FIELDS = frozenset({"consumer", "member", "public_key"})
 DRAFT_TTL_MAX_S = tx.TTL_MAX_MS // 1000
 
 
@@ -40,18 +42,14 @@ class InvalidTransaction(ApiError):
     title = "Invalid transaction"
 
 
-def _bytes_for_keys(value: Any, name: str | None = None) -> Any:
-    if isinstance(value, dict):
-        return {k: _bytes_for_keys(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bytes_for_keys(v, name) for v in value]
-    if name in _KEY_FIELDS:
-        if not isinstance(value, str) or not LEDGER_SUBJECT_ID.match(value):
-            raise InvalidTransaction(f"{name} must be a public key: 64 lowercase hex characters")
-        return bytes.fromhex(value)
-    if isinstance(value, float):
-        raise InvalidTransaction("transaction bodies hold no floating-point numbers")
-    return value
+def ledger_body(tx_type: str, body: Any) -> dict[str, Any]:
+    """`body` in the ledger's form, or a 422 naming the first field that does not match."""
+    try:
+        bodies.check(tx_type, body, json=True)
+    except bodies.BodyError as exc:
+        where = f"body.{exc.path}" if exc.path else "body"
+        raise InvalidTransaction(f"{where}: {exc.problem}") from None
+    return bodies.to_ledger(tx_type, body)
 
 
 def draft(
@@ -70,7 +68,7 @@ def draft(
         "author": bytes.fromhex(author_hex),
         "nonce": os.urandom(tx.NONCE_BYTES),
         "valid_until": int(time.time() * 1000) + valid_for_s * 1000,
-        "body": _bytes_for_keys(body),
+        "body": ledger_body(tx_type, body),
     }
     try:
         encoded = codec.encode(unsigned)

@@ -10,17 +10,18 @@ authorisation. Reads of a subject's consents need the subject's own API key or t
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.bodies import BoundedJsonRoute
 from api.deps import CurrentMember, LedgerDep, strict_query
 from api.errors import Forbidden
 from api.ledger import LedgerAnswer, jsonable
-from api.schemas import PUBLIC_KEY_HEX, LedgerReceipt, PublicKeyHex, StrictIn
-from api.signed import DRAFT_TTL_MAX_S, SELF_SIGNED, assemble, draft
+from api.schemas import PUBLIC_KEY_HEX, LedgerReceipt, PublicKeyHex, StrictIn, TxBody
+from api.signed import DRAFT_TTL_MAX_S, assemble, draft
+from ledger_bridge.contracts import bodies
 
 router = APIRouter(
     prefix="/v1",
@@ -32,11 +33,74 @@ router = APIRouter(
 Hex = Annotated[str, StringConstraints(min_length=2, max_length=1_048_576, pattern=r"^[0-9a-f]+$")]
 
 
-class DraftIn(StrictIn):
-    type: Annotated[str, Field(json_schema_extra={"enum": list(SELF_SIGNED)})]
-    author: PublicKeyHex
-    body: dict[str, Any]
-    valid_for_s: Annotated[int, Field(ge=1, le=DRAFT_TTL_MAX_S)] = 300
+EXAMPLE_AUTHOR = bodies.EX_KEY
+
+
+def _example(tx_type: str) -> ConfigDict:
+    example: dict[str, Any] = {
+        "type": tx_type,
+        "author": EXAMPLE_AUTHOR,
+        "body": bodies.example(tx_type),
+    }
+    return ConfigDict(strict=True, extra="forbid", json_schema_extra={"examples": [example]})
+
+
+class _Draft(StrictIn):
+    """What every draft carries besides its type and body."""
+
+    author: PublicKeyHex = Field(description="the signer's public key (hex)")
+    valid_for_s: Annotated[int, Field(ge=1, le=DRAFT_TTL_MAX_S)] = Field(
+        default=300, description="seconds the signed transaction stays valid"
+    )
+
+
+# One model per type a member signs (api/signed.py SELF_SIGNED), each body the component its
+# declaration in ledger_bridge/contracts/bodies.py generates.
+class MemberRegisterDraft(_Draft):
+    model_config = _example("member.register")
+    type: Literal["member.register"]
+    body: Annotated[dict[str, Any], TxBody("member.register")]
+
+
+class ConsentGrantDraft(_Draft):
+    model_config = _example("consent.grant")
+    type: Literal["consent.grant"]
+    body: Annotated[dict[str, Any], TxBody("consent.grant")]
+
+
+class ConsentRevokeDraft(_Draft):
+    model_config = _example("consent.revoke")
+    type: Literal["consent.revoke"]
+    body: Annotated[dict[str, Any], TxBody("consent.revoke")]
+
+
+class ErasureRequestDraft(_Draft):
+    model_config = _example("erasure.request")
+    type: Literal["erasure.request"]
+    body: Annotated[dict[str, Any], TxBody("erasure.request")]
+
+
+class GovernanceProposeDraft(_Draft):
+    model_config = _example("governance.propose")
+    type: Literal["governance.propose"]
+    body: Annotated[dict[str, Any], TxBody("governance.propose")]
+
+
+class GovernanceVoteDraft(_Draft):
+    model_config = _example("governance.vote")
+    type: Literal["governance.vote"]
+    body: Annotated[dict[str, Any], TxBody("governance.vote")]
+
+
+DraftIn = Annotated[
+    MemberRegisterDraft
+    | ConsentGrantDraft
+    | ConsentRevokeDraft
+    | ErasureRequestDraft
+    | GovernanceProposeDraft
+    | GovernanceVoteDraft,
+    Field(discriminator="type"),
+]
 
 
 class DraftOut(BaseModel):
@@ -77,7 +141,11 @@ def _relay(ledger: LedgerDep, body: SignedIn, tx_type: str) -> LedgerWriteOut:
 
 @router.post("/drafts", status_code=201)
 def make_draft(body: DraftIn, ledger: LedgerDep) -> DraftOut:
-    """An unsigned transaction for a member to sign with their own key (no API key needed)."""
+    """An unsigned transaction for a member to sign with their own key (no API key needed).
+
+    The body must match its type's schema (`MemberRegisterBody`, `GovernanceProposeBody`...),
+    the declaration the contracts check first: a body that does not is refused 422, naming the
+    field (`body.voting_ends: must be an integer, milliseconds since 1970, in [...]`)."""
     return DraftOut(**draft(ledger.chain_id, body.type, body.author, body.body, body.valid_for_s))
 
 
