@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session
 from api.bootstrap import BootstrapError, found_local_ledger, issue_pending_dpo_key, open_ledger
 from api.keys import authenticate
 from api.ledger import VAULT_KEY_FILE, LedgerGateway
+from ledger_bridge import ports
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts.app import ConsentApp
 from ledger_bridge.genesis import create_local, load_genesis, load_signing_key
@@ -38,16 +38,17 @@ STARTUP_TIMEOUT_S = 120.0
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Outside the ephemeral range: `up` starts replicas whose outgoing connections draw
+    their local ports from that range and could take the API's before uvicorn binds it."""
+    return ports.free_block([0])
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"civis-vault up exited early with {proc.returncode}")
+            output = proc.stdout.read().decode(errors="replace")[-3000:] if proc.stdout else ""
+            raise AssertionError(f"civis-vault up exited early with {proc.returncode}:\n{output}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
