@@ -16,6 +16,8 @@ internals (tracebacks, SQL, key ids).
     │   └── DatasetExists             409  (api/routes/datasets.py)
     ├── ApiError (here)               → its .status / .title / .detail
     │   ├── Unauthorized              401  + WWW-Authenticate: Bearer
+    │   │   └── KeyExpired (api.keys)  401  the right secret of an expired key: says so, with
+    │   │                                  its key id, which the caller holds
     │   ├── Forbidden                 403
     │   ├── UnsupportedMediaType      415
     │   ├── InvalidLine               422/413  + "line": a bad line of an upload body

@@ -48,7 +48,7 @@ from api.bodies import BoundedJsonRoute
 from api.deps import Dpo, LedgerDep, SessionDep, strict_query
 from api.dpo_page import DpoPageData, render_dpo_page, render_login_page
 from api.errors import prefers_json, problem
-from api.keys import Member, authenticate
+from api.keys import KeyExpired, Member, authenticate
 from api.ledger import LedgerGateway, LedgerUnavailable, jsonable
 from api.outbox import outbox_counts, requeue
 from api.routes.ledger import ReplicaReader, ledger_status
@@ -707,6 +707,8 @@ def session_member(session: Session, token: str, now: dt.datetime) -> Member | N
     key = session.get(ApiKey, row.key_id)
     if key is None or key.revoked_at is not None or key.role != "dpo":
         return None
+    if key.expires_at is not None and key.expires_at <= now:
+        return None  # a session lives no longer than the key that opened it
     return Member(member_id=key.member_id, role=key.role, key_id=key.id)
 
 
@@ -798,7 +800,10 @@ def dpo_page(request: Request, session: SessionDep) -> Response:
     A client that asks for JSON gets those refusals as problem+json, and the DPO a 406 naming
     the JSON routes: the page itself exists only as HTML.
     """
-    member = _page_caller(request, session)
+    try:
+        member = _page_caller(request, session)
+    except KeyExpired as exc:  # the form again, saying why, rather than a bare problem
+        return _refuse(request, 401, exc.detail)
     if member is None:
         return _refuse(request, 401)
     if member.role != "dpo":
@@ -825,7 +830,10 @@ def dpo_sign_in(
     request: Request, session: SessionDep, api_key: Annotated[str, Depends(_form_key)]
 ) -> Response:
     """Trade the DPO's API key (posted once, in the body) for a session cookie."""
-    member = authenticate(session, api_key) if api_key else None
+    try:
+        member = authenticate(session, api_key) if api_key else None
+    except KeyExpired as exc:
+        return _refuse(request, 401, exc.detail)
     if member is None or member.role != "dpo":
         # One answer for every refusal; the key is never echoed.
         return _refuse(request, 401, "Not a valid key of the Data Protection Officer.")

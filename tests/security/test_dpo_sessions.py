@@ -7,15 +7,19 @@ that copy; the server must refuse it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from api.app import create_app
 from api.routes.dpo import SESSION_COOKIE
 from tests.api.conftest import MakeKey, api_database_url, api_settings, make_key  # noqa: F401
+from vault import db
 from vault.config import Settings
+from vault.models import ApiKey
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +86,41 @@ def test_a_made_up_or_malformed_cookie_is_refused(
     )
     assert r.status_code == 303
     assert _page(client, token) == 200
+
+
+def _expire(database_url: str, token: str) -> None:
+    key_id = token.split("_")[1]
+    engine = db.make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id)
+                .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_session_ends_with_the_key_that_opened_it_and_the_form_says_why(
+    client: TestClient,
+    make_key: MakeKey,  # noqa: F811
+    api_database_url: str,  # noqa: F811
+) -> None:
+    dpo = make_key("dpo")
+    token = _sign_in(client, dpo)
+    assert _page(client, token) == 200
+    _expire(api_database_url, dpo["Authorization"].removeprefix("Bearer "))
+    assert _page(client, token) == 401
+    page = client.get("/dpo", headers=dpo)
+    assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+    assert "expired" in page.text
+    key = dpo["Authorization"].removeprefix("Bearer ")
+    form = client.post(
+        "/dpo/session",
+        content=f"api_key={key}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert form.status_code == 401 and "expired" in form.text
+    assert key.split("_")[2] not in form.text  # the secret is never echoed
