@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ledger_bridge.app import BlockContext
-from ledger_bridge.contracts import codec, queries, rules
+from ledger_bridge.contracts import bodies, codec, queries, rules
 from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.contracts.state import State
 
@@ -115,7 +115,9 @@ class ConsentApp:
 
     def check(self, raw: bytes) -> bytes | None:
         """Admission before ordering (CometBFT's CheckTx): the refusal, encoded as a result,
-        of a transaction that cannot succeed whatever it is ordered after, or None. A
+        of a transaction that cannot succeed whatever it is ordered after (malformed, a body
+        of the wrong shape, a bad signature, a spent nonce, expired, from a key that is no
+        member), or None. A
         transaction refused here is never put in a block. The rules are those `apply` starts
         with, read against the committed state; `apply` decides again at execution. Only
         what stays refused as time passes is checked: the state's clock is the last block's,
@@ -131,6 +133,10 @@ class ConsentApp:
             return _refusal("replayed", "this author already used this nonce")
         if tx.type not in OPEN_TX_TYPES and not self.state.has("member", tx.author):
             return _refusal("not_member", "not a registered member")
+        try:
+            bodies.check(tx.type, tx.body)  # a body of the wrong shape is refused for ever
+        except bodies.BodyError as exc:
+            return _refusal("invalid", str(exc))
         if not self._signature_ok(tx):
             return _refusal(
                 "bad_signature", "the signature does not verify for this author and chain"

@@ -230,6 +230,8 @@ def test_admission_refuses_non_members_junk_and_spent_nonces_but_lets_anyone_reg
     )
     register = chain.sign(stranger, "member.register", {"role": "subject", "college": "citizens"})
     assert app.check(register) is None
+    padded = {"role": "subject", "college": "citizens", "profile": "x" * 300_000}
+    assert _code(app.check(chain.sign(stranger, "member.register", padded))) == "invalid"
     assert _code(app.check(b"\x93junk" + b"x" * 1000)) == "malformed"
     forged = tx.decode(chain.sign(provider, "dataset.register", _dataset_body(provider)))
     forged = dataclasses.replace(forged, sig=b"\x00" * 64)
