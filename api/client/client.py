@@ -44,7 +44,7 @@ from ledger_bridge.crypto import SigningKey
 
 TIMEOUT_S = 60.0
 ANCHOR_WAIT_S = 60.0
-ANCHOR_POLL_S = 0.1
+ANCHOR_POLL_S = 0.05
 # Streamed uploads are sent in chunks of this size: big enough that the per-chunk cost is
 # nothing, small enough that a progress bar moves and memory stays flat.
 UPLOAD_CHUNK_BYTES = 1 << 20
