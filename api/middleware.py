@@ -175,4 +175,3 @@ def bound_access_log() -> None:
     logger = logging.getLogger(_ACCESS_LOGGER)
     if not any(isinstance(f, BoundedAccessLog) for f in logger.filters):
         logger.addFilter(BoundedAccessLog())
-

@@ -249,7 +249,6 @@ class Storage:
             out.append((top + 1, executed))
         return out[:limit]
 
-
     def meta(self, key: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
