@@ -277,6 +277,7 @@ class Node:
             "view_active": self.replica.active,
             "muted": self.replica.muted,
             "last_executed": self.replica.last_executed,
+            "stable_seq": self.replica.h,  # its low watermark: it executes no block above + L
             **self.backfill.status(),
         }
 

@@ -950,9 +950,16 @@ class Replica:
         if store:
             self._blocks.append(block)
         self.recent_blocks.append(block)
+        # Bounded by `state_transfer_blocks_max`, except the blocks above the stable
+        # checkpoint: a peer behind us but not behind h gets no state transfer, only these
+        # (by certificate), so dropping one would leave it stuck until the next checkpoint
+        # stabilises, which an idle cluster never reaches. There are at most L of them.
         excess = len(self.recent_blocks) - self.config.state_transfer_blocks_max
         if excess > 0:
-            del self.recent_blocks[:excess]
+            droppable = 0
+            while droppable < excess and self.recent_blocks[droppable].height <= self.h:
+                droppable += 1
+            del self.recent_blocks[:droppable]
 
     # ------------------------------------------------------------------------- checkpoints
 

@@ -196,7 +196,10 @@ def test_a_replica_back_from_state_transfer_fills_its_store(tmp_path: Path) -> N
             status = cluster.status(3) or {}
             if status.get("height", 0) >= top and status.get("missing_blocks", 1) == 0:
                 break
-            assert time.monotonic() < deadline, f"replica 3 never became contiguous: {status}"
+            assert time.monotonic() < deadline, (
+                f"replica 3 never reached {top} contiguously: {status}; replica 0: "
+                f"{cluster.status(0)}; replica 3's log: {cluster.log(3).read_text()[-3000:]}"
+            )
             time.sleep(0.2)
         assert status["backfilled"] > 0, "no hole was made: the test proves nothing"
     store = Storage(tmp_path / "ledger" / "data" / "node-3")

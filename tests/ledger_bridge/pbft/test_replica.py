@@ -717,3 +717,25 @@ def test_a_restarted_replica_votes_again_above_what_it_may_have_voted_on() -> No
     # Every stable checkpoint was fsynced before anything produced after it left.
     for i in range(4):
         assert net.synced[i][KIND_META][META_STABLE] == net.records[i][KIND_META][META_STABLE]
+
+
+def test_a_replica_behind_but_not_behind_the_checkpoint_catches_up_on_an_idle_cluster() -> None:
+    """TOCS §5.2 retransmission: a replica that missed some batches above the stable
+    checkpoint gets them as blocks with certificates (no state transfer: it is not behind h).
+    With fewer recent blocks kept than the window holds, the oldest of those were dropped,
+    and with no further traffic no checkpoint ever became stable to rescue it."""
+    net = Net(params={"log_window": 16, "checkpoint_interval": 8, "state_transfer_blocks_max": 2})
+    rid = 0
+    for _ in range(8):
+        rid += 1
+        net.submit(request(rid))
+        net.tick(20)
+    net.down.add(3)
+    for _ in range(6):
+        rid += 1
+        net.submit(request(rid))
+        net.tick(20)
+    net.down.discard(3)
+    net.tick(3_000)  # idle: only STATUS and retransmissions
+    assert [r.h for r in net.replicas] == [8, 8, 8, 8]
+    assert net.heights() == [14, 14, 14, 14]
