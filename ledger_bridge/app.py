@@ -47,7 +47,8 @@ class Application(Protocol):
         ...
 
     def refusal_code(self, result: bytes) -> bytes | None:
-        """The short code of `result` if it refuses its transaction, else None.
+        """The short code of `result` if it refuses its transaction, else None. The replica
+        asks it of the results of the block `execute` has just returned, and only of those.
 
         A refused transaction's body never enters a block: the block keeps its digest and
         this code. Anyone could otherwise write anything into the permanent chain by sending

@@ -33,7 +33,9 @@ DEFAULT_PURPOSES = (
 
 # Transactions a key may send before it is a member: registering is how it becomes one.
 OPEN_TX_TYPES = frozenset({"member.register"})
-VERIFIED_MAX = 65_536
+# Admission remembers what it found in recent transactions' bytes, up to this much of them
+# (a request is at most `request_bytes_max`; the memory is cleared when full).
+CHECKED_BYTES_MAX = 32 * 1024 * 1024
 
 
 def _refusal(code: str, message: str) -> bytes:
@@ -101,7 +103,11 @@ class ConsentApp:
     ) -> None:
         self.chain_id = chain_id
         self.state = founding_state(chain_id, validators, app_genesis or {})
-        self._verified: dict[bytes, None] = {}  # ids of transactions whose signature verified
+        # Admission's findings from a transaction's bytes alone (`_static`), and the refusal
+        # codes of the last executed block's results (`refusal_code`).
+        self._checked: dict[bytes, tuple[txmod.SignedTx | None, bytes | None, bytes | None]] = {}
+        self._checked_bytes = 0
+        self._refusals: dict[bytes, bytes] = {}
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> ConsentApp:
@@ -110,22 +116,27 @@ class ConsentApp:
 
     def execute(self, txs: Sequence[bytes], block: BlockContext) -> tuple[list[bytes], bytes]:
         rules.begin_block(self.state, block)
-        results = [codec.encode(rules.apply(self.state, raw, self.chain_id)) for raw in txs]
+        self._refusals.clear()
+        results = []
+        for raw in txs:
+            outcome = rules.apply(self.state, raw, self.chain_id)
+            result = codec.encode(outcome)
+            if outcome.get("ok") is False:
+                self._refusals[result] = str(outcome.get("code", "refused")).encode()[:64]
+            results.append(result)
         return results, self.state.root()
 
     def check(self, raw: bytes) -> bytes | None:
         """Admission before ordering (CometBFT's CheckTx): the refusal, encoded as a result,
-        of a transaction that cannot succeed whatever it is ordered after (malformed, a body
-        of the wrong shape, a bad signature, a spent nonce, expired, from a key that is no
-        member), or None. A
-        transaction refused here is never put in a block. The rules are those `apply` starts
-        with, read against the committed state; `apply` decides again at execution. Only
-        what stays refused as time passes is checked: the state's clock is the last block's,
-        which may be long ago on an idle chain, so "too far ahead" is left to execution."""
-        try:
-            tx = txmod.decode(raw)
-        except txmod.MalformedTx as exc:
-            return _refusal("malformed", str(exc))
+        of a transaction that cannot succeed whatever it is ordered after (malformed, a bad
+        signature, expired, a spent nonce, from a key that is no member, a body of the wrong
+        shape), or None, in the order `apply` would find them. A transaction refused here is
+        never put in a block; `apply` decides again at execution. Only what stays refused as
+        time passes is checked: the state's clock is the last block's, which may be long ago
+        on an idle chain, so "too far ahead" is left to execution."""
+        tx, early, shape = self._static(raw)
+        if tx is None or early is not None:
+            return early
         now: int = self.state.get("meta", "now")
         if tx.valid_until < now:
             return _refusal("expired", "valid_until has passed")
@@ -133,38 +144,47 @@ class ConsentApp:
             return _refusal("replayed", "this author already used this nonce")
         if tx.type not in OPEN_TX_TYPES and not self.state.has("member", tx.author):
             return _refusal("not_member", "not a registered member")
-        try:
-            bodies.check(tx.type, tx.body)  # a body of the wrong shape is refused for ever
-        except bodies.BodyError as exc:
-            return _refusal("invalid", str(exc))
-        if not self._signature_ok(tx):
-            return _refusal(
-                "bad_signature", "the signature does not verify for this author and chain"
-            )
-        return None
+        return shape
 
-    def _signature_ok(self, tx: txmod.SignedTx) -> bool:
-        """Verified once per transaction: a request the replica re-checks after every block
-        while it waits to be ordered costs one Ed25519 verification, not one per block."""
-        key = tx.tx_id
-        if key in self._verified:
-            return True
-        if not tx.verify(self.chain_id):
-            return False
-        if len(self._verified) >= VERIFIED_MAX:
-            self._verified.clear()
-        self._verified[key] = None
-        return True
+    def _static(self, raw: bytes) -> tuple[txmod.SignedTx | None, bytes | None, bytes | None]:
+        """What admission finds in the bytes alone (decoding, the signature, the body's
+        shape), once per transaction: a request waiting for a batch is checked again after
+        every block, and only its reading of the state can have changed."""
+        known = self._checked.get(raw)
+        if known is not None:
+            return known
+        try:
+            tx = txmod.decode(raw)
+        except txmod.MalformedTx as exc:
+            found: tuple[txmod.SignedTx | None, bytes | None, bytes | None] = (
+                None,
+                _refusal("malformed", str(exc)),
+                None,
+            )
+        else:
+            early = None
+            if not tx.verify(self.chain_id):
+                early = _refusal(
+                    "bad_signature", "the signature does not verify for this author and chain"
+                )
+            shape = None
+            try:
+                bodies.check(tx.type, tx.body)  # a body of the wrong shape is refused for ever
+            except bodies.BodyError as exc:
+                shape = _refusal("invalid", str(exc))
+            found = (tx, early, shape)
+        if self._checked_bytes + len(raw) > CHECKED_BYTES_MAX:
+            self._checked.clear()
+            self._checked_bytes = 0
+        self._checked[raw] = found
+        self._checked_bytes += len(raw)
+        return found
 
     def refusal_code(self, result: bytes) -> bytes | None:
-        """The code of a refused transaction's result (what its block keeps), or None."""
-        try:
-            decoded = codec.decode(result)
-        except codec.NotCanonical:
-            return None
-        if isinstance(decoded, dict) and decoded.get("ok") is False:
-            return str(decoded.get("code", "refused")).encode()[:64]
-        return None
+        """The code of a refused transaction's result (what its block keeps), or None. Read
+        from what `execute` noted, so a result is not decoded again (an access's result
+        lists every subject it granted)."""
+        return self._refusals.get(result)
 
     def query(self, request: bytes) -> bytes:
         return codec.encode(queries.answer(self.state, codec.decode(request, max_bytes=4096)))
