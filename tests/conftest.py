@@ -31,8 +31,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# A campaign runs thousands of seeds (10,000 colluding-Byzantine schedules take ~25 min of
+# one core); the suite's 10-minute timeout per test is for the default run.
+CAMPAIGN_TIMEOUT_S = 4 * 3600
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--campaign"):
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(pytest.mark.timeout(CAMPAIGN_TIMEOUT_S))
         return
     skip = pytest.mark.skip(reason="long campaign: run with --campaign")
     for item in items:
