@@ -28,6 +28,17 @@ def encode_set(key: bytes, value: bytes) -> bytes:
     return bytes(msgpack.packb(["set", key, value], use_bin_type=True))
 
 
+def encode_set_sized(key: bytes, size: int) -> bytes:
+    """A `set` transaction of exactly `size` bytes (floods of maximal requests in tests and
+    the simulator). The value's length header grows with it, so the value is sized against a
+    full-size one."""
+    overhead = len(encode_set(key, b"v" * size)) - size
+    tx = encode_set(key, b"v" * (size - overhead))
+    if len(tx) != size:
+        raise ValueError(f"no set transaction of exactly {size} bytes for this key")
+    return tx
+
+
 def encode_del(key: bytes) -> bytes:
     return bytes(msgpack.packb(["del", key], use_bin_type=True))
 

@@ -34,9 +34,10 @@ from pathlib import Path
 
 import msgpack
 
+from ledger_bridge.pbft.messages import Block
+
 SCHEMA_VERSION = 2
 DB_FILE = "replica.sqlite3"
-BLOCK_TAG = 11  # messages.Block.TAG; storage reads only the one migration below
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -124,7 +125,7 @@ class Storage:
             rows = db.execute("SELECT height, block FROM blocks").fetchall()
             for height, raw in rows:
                 obj = msgpack.unpackb(bytes(raw), raw=False)
-                if isinstance(obj, list) and obj and obj[0] == BLOCK_TAG and len(obj) == 11:
+                if isinstance(obj, list) and obj and obj[0] == Block.TAG and len(obj) == 11:
                     obj.insert(7, [])
                     packed = msgpack.packb(obj, use_bin_type=True)
                     db.execute("UPDATE blocks SET block = ? WHERE height = ?", (packed, height))

@@ -31,7 +31,7 @@ import msgpack
 
 from ledger_bridge.app import BlockContext
 from ledger_bridge.crypto import SigningKey, digest
-from ledger_bridge.kvapp import KVApp, encode_del, encode_set
+from ledger_bridge.kvapp import KVApp, encode_del, encode_set, encode_set_sized
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block
 from ledger_bridge.pbft.config import ClusterConfig
@@ -241,11 +241,7 @@ class Simulator:
             return encode_del(b"never-set-" + key)
         if not sc.tx_bytes:
             return encode_set(key, b"v%d" % i)
-        # The value's length header grows with it: size the value against a full-size one.
-        overhead = len(encode_set(key, b"v" * sc.tx_bytes)) - sc.tx_bytes
-        tx = encode_set(key, b"v" * (sc.tx_bytes - overhead))
-        assert len(tx) == sc.tx_bytes, (len(tx), sc.tx_bytes)
-        return tx
+        return encode_set_sized(key, sc.tx_bytes)
 
     def honest(self) -> list[int]:
         return [i for i in range(self.sc.n) if i not in self.sc.byzantine_ids]

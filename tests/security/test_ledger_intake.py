@@ -20,7 +20,7 @@ import pytest
 
 from ledger_bridge.contracts import codec, tx
 from ledger_bridge.crypto import SigningKey, digest
-from ledger_bridge.kvapp import encode_del, encode_set
+from ledger_bridge.kvapp import encode_del, encode_set, encode_set_sized
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import verify_block, verify_chain
 from ledger_bridge.pbft.config import ClusterConfig
@@ -43,12 +43,7 @@ def client(i: int) -> SigningKey:
 
 
 def big_set(i: int, size: int) -> bytes:
-    """A KV transaction of exactly `size` bytes."""
-    key = b"k%d" % i
-    overhead = len(encode_set(key, b"v" * size)) - size  # the length header grows with it
-    tx = encode_set(key, b"v" * (size - overhead))
-    assert len(tx) == size
-    return tx
+    return encode_set_sized(b"k%d" % i, size)
 
 
 def pre_prepares(net: Net) -> list[m.PrePrepare]:
