@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
+from ledger_bridge.crypto import SigningKey, digest
+from ledger_bridge.pbft import messages as m
 from ledger_bridge.storage import (
+    DB_FILE,
     SCHEMA_VERSION,
     Batch,
     Storage,
@@ -169,3 +174,37 @@ def test_a_replica_rebuilt_from_its_storage_has_the_same_state(tmp_path: Path) -
     assert (rebuilt.view, rebuilt.h) == (original.view, original.h)
     assert rebuilt.last_executed == original.last_executed
     assert rebuilt.app.state_root() == original.app.state_root()
+
+
+def test_a_schema_1_store_is_migrated_and_its_blocks_keep_their_hashes(tmp_path: Path) -> None:
+    """A store written before blocks carried `omitted` opens under schema 2: each block gets
+    an empty list in place, decodes, and hashes as it did (the header does not cover it)."""
+    req = m.make_request(SigningKey(digest(b"migration-client")), 1, b"tx")
+    block = m.Block(
+        1,
+        0,
+        b"\0" * 32,
+        5,
+        m.batch_digest(5, (req,)),
+        (req,),
+        (),
+        b"r" * 32,
+        b"s" * 32,
+        (0,),
+        (b"x" * 64,),
+    )
+    old = msgpack.unpackb(m.encode_block(block), raw=False)
+    del old[7]  # schema 1: no `omitted` field
+    Storage(tmp_path).close()
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"1",))
+    db.execute("INSERT INTO blocks VALUES (1, ?)", (msgpack.packb(old, use_bin_type=True),))
+    db.commit()
+    db.close()
+    store = Storage(tmp_path)
+    raw = store.block(1)
+    assert raw is not None
+    assert m.decode_block(raw) == block
+    assert m.decode_block(raw).header_hash() == block.header_hash()
+    assert store.meta("schema") == b"2"
+    store.close()
