@@ -15,6 +15,14 @@ replica whose own top is below the others'. A replica's top comes from its chain
 caller passes blocks above a hole, or from `tops` (its status) when the caller stops reading
 at the first missing height.
 
+Redactions are checked per replica too. After a subject's erasure, the contracts list the
+batch positions of every transaction that named them (`{"q": "redactions"}`: height, index,
+and `since`, the erasure's height), and each honest replica replaces those bodies by their
+digests once its stable checkpoint reaches `since` (docs/PBFT.md, "Redaction"). The auditor
+needs no personal data to check it: a replica whose stable checkpoint is at or past `since`
+and still serves a body at a listed position gets an `unredacted` finding. A replica below
+`since` is not late yet; it is not flagged.
+
 Pure: takes blocks, returns findings; fetching them (client, HTTP) is the caller's job.
 """
 
@@ -23,15 +31,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ledger_bridge.crypto import VerifyKey
 from ledger_bridge.pbft.blocks import GENESIS_HASH, block_hash, verify_block
 from ledger_bridge.pbft.messages import Block
 
 
+class Position(NamedTuple):
+    """A batch position the contracts ordered redacted, and the erasure height that did."""
+
+    height: int
+    index: int
+    since: int
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerFinding:
-    code: str  # invalid-block | broken-link | diverging-header | holes | lagging
+    code: str  # invalid-block | broken-link | diverging-header | holes | lagging | unredacted
     replica: int
     height: int
     detail: str
@@ -101,6 +118,8 @@ def verify_replicas(
     start: int = 1,
     anchors: Mapping[int, bytes] | None = None,
     tops: Mapping[int, int] | None = None,
+    redactions: Sequence[Position] = (),
+    stables: Mapping[int, int] | None = None,
 ) -> LedgerAudit:
     """Check each replica's chain and compare the replicas' headers height by height.
 
@@ -109,6 +128,8 @@ def verify_replicas(
     the previous segment's audit). A replica with no anchor starts from the genesis hash,
     which only a chain starting at height 1 matches. `tops[replica]` is the replica's own
     highest stored height (its status), for a caller that stops reading at a missing block.
+    `redactions` are the positions the contracts ordered redacted and `stables[replica]` the
+    replica's stable checkpoint (its status): see `unredacted`.
     """
     keys = [k if isinstance(k, VerifyKey) else VerifyKey(k) for k in validators]
     findings: list[LedgerFinding] = []
@@ -137,6 +158,7 @@ def verify_replicas(
                     )
                 )
     missing = _holes_and_lag(chains, start, top, tops or {}, findings)
+    findings.extend(unredacted(chains, redactions, stables or {}))
     return LedgerAudit(heights=heights, findings=findings, missing=missing)
 
 
@@ -177,3 +199,44 @@ def _holes_and_lag(
                 LedgerFinding("lagging", replica, own_top, f"{top - own_top} block(s) behind")
             )
     return missing
+
+
+def body_positions(block: Block) -> set[int]:
+    """The batch positions whose bodies `block` holds."""
+    left_out = {o.index for o in block.omitted}
+    return {i for i in range(block.size) if i not in left_out}
+
+
+def unredacted(
+    chains: Mapping[int, Sequence[Block]],
+    redactions: Sequence[Position],
+    stables: Mapping[int, int],
+) -> list[LedgerFinding]:
+    """An `unredacted` finding per replica and height where the replica, its stable checkpoint
+    at or past the erasure (`since`), still serves a body the contracts ordered redacted.
+
+    A body left out for another reason (refused) is as gone as a redacted one; what matters is
+    that no body is there. A replica whose stable checkpoint is unknown is not judged: it did
+    not answer its status, which is a finding of its own (`unreachable`)."""
+    by_height: dict[int, list[Position]] = {}
+    for p in redactions:
+        by_height.setdefault(p.height, []).append(p)
+    findings: list[LedgerFinding] = []
+    for replica, blocks in sorted(chains.items()):
+        stable = stables.get(replica)
+        if stable is None:
+            continue
+        for block in blocks:
+            due = [p for p in by_height.get(block.height, ()) if p.since <= stable]
+            held = sorted(p.index for p in due if p.index in body_positions(block))
+            if held:
+                findings.append(
+                    LedgerFinding(
+                        "unredacted",
+                        replica,
+                        block.height,
+                        f"serves the body at batch position(s) {held} that an erasure "
+                        "recorded at or below its stable checkpoint ordered redacted",
+                    )
+                )
+    return findings

@@ -93,3 +93,42 @@ def test_a_forged_block_above_a_hole_is_still_found() -> None:
     chains[2] = [*chains[2][:1], forged]
     codes = {(f.code, f.replica) for f in verify_replicas(chains, validators).findings}
     assert ("invalid-block", 2) in codes and ("holes", 2) in codes
+
+
+def _redact(block: Block, index: int) -> Block:
+    """`block` with the body at batch position `index` replaced by its digest."""
+    from ledger_bridge.pbft import messages as m
+
+    kept = [i for i in range(block.size) if i not in {o.index for o in block.omitted}]
+    request = block.requests[kept.index(index)]
+    omission = m.Omission(index, m.request_digest(request), b"redacted")
+    return dataclasses.replace(
+        block,
+        requests=tuple(r for r in block.requests if r is not request),
+        omitted=tuple(sorted((*block.omitted, omission), key=lambda o: o.index)),
+    )
+
+
+def test_a_replica_still_serving_a_redacted_body_is_found() -> None:
+    """The contracts ordered position (h, 0) redacted by an erasure at height `since`. Every
+    replica past `since` redacted it but one: that one gets an `unredacted` finding; the
+    redacted chains still verify; a replica not yet at `since` is not late."""
+    from ledger_bridge.audit import Position
+
+    chains, validators = _chains()
+    height = chains[0][1].height
+    since = chains[0][2].height
+    for r in (0, 1, 3):
+        chains[r][1] = _redact(chains[r][1], 0)
+    redactions = [Position(height, 0, since)]
+    past = {r: since for r in chains}
+    audit = verify_replicas(chains, validators, redactions=redactions, stables=past)
+    assert [(f.code, f.replica, f.height) for f in audit.findings] == [("unredacted", 2, height)]
+    assert not audit.ok
+
+    # Control: the same replica, its stable checkpoint still below the erasure, is not late.
+    early = past | {2: since - 1}
+    assert verify_replicas(chains, validators, redactions=redactions, stables=early).ok
+    # And once it redacts, the audit is clean: redaction keeps the chain verifiable.
+    chains[2][1] = _redact(chains[2][1], 0)
+    assert verify_replicas(chains, validators, redactions=redactions, stables=past).ok
