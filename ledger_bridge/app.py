@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,27 @@ class BlockContext:
     height: int  # 1-based block height
     time_ms: int  # block time proposed by the primary, checked by backups (ms since epoch)
     prev_hash: bytes  # hash of the previous block header (32 zero bytes for the first)
+    # The batch index of each transaction handed to `execute`, in order: the replica skips
+    # requests it executed before (exactly once), so a transaction's index in the list is not
+    # always its index in the batch, and a redaction names the batch position. Empty means
+    # the transactions are the whole batch in order (callers outside the replica).
+    positions: tuple[int, ...] = ()
+
+    def position(self, i: int) -> int:
+        """The batch index of `txs[i]`."""
+        return self.positions[i] if self.positions else i
+
+
+class Redaction(NamedTuple):
+    """One stored request the replicas must forget: the request at batch index `index` of
+    block `height`, decided by the block at height `since` (its erasure). Entry `n` of a
+    sequence numbered 1, 2, ... in the order the application decided them."""
+
+    n: int
+    height: int
+    # Shadows `tuple.index`: the batch index is what the blocks call it (`Omission.index`).
+    index: int  # type: ignore[assignment]
+    since: int
 
 
 class Application(Protocol):
@@ -79,6 +100,25 @@ class Application(Protocol):
         needs it or its node writes a durable snapshot, so this must cost far less than
         `snapshot()` (a shallow copy, or copy-on-write).
         """
+        ...
+
+    def redactions(self, after: int, limit: int) -> list[Redaction]:
+        """At most `limit` redaction entries with n > `after`, in order of n (none for an
+        application that never redacts).
+
+        The replica applies them once their `since` block is at or below a stable checkpoint,
+        and counts how many it has applied: entries are never removed nor renumbered, and
+        `since` never decreases with `n` (entries are appended as blocks execute), so the
+        count alone says what remains. They are part of the state (and of `snapshot()`): a
+        replica restored from a peer's snapshot learns from them which of its older blocks
+        to redact."""
+        ...
+
+    def redacted_at(self, height: int) -> frozenset[int]:
+        """The batch indices of block `height` whose requests are redacted (empty if none).
+
+        The replica applies it to a block a peer sends it, at a height it has executed,
+        before storing or serving that block."""
         ...
 
     def restore(self, snapshot: bytes, expected_root: bytes | None = None) -> None:

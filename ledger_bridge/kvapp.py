@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from ledger_bridge.app import BlockContext
+from ledger_bridge.app import BlockContext, Redaction
 from ledger_bridge.merkle import MerkleMap
 
 KEY_BYTES_MAX = 1024
@@ -107,6 +107,12 @@ class KVApp:
         if q is None or len(q) != 2 or q[0] != "get" or type(q[1]) is not bytes:
             raise ValueError("query is ['get', key]")
         return self._data.get(q[1], b"")
+
+    def redactions(self, after: int, limit: int) -> list[Redaction]:
+        return []
+
+    def redacted_at(self, height: int) -> frozenset[int]:
+        return frozenset()
 
     def state_root(self) -> bytes:
         return self._map.root()

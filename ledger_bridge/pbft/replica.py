@@ -889,7 +889,7 @@ class Replica:
             cached = self.reply_cache.get(req.client_id)
             if cached is None or cached[0] < req.request_id:
                 fresh.append(i)
-        ctx = BlockContext(seq, time_ms, self.head_hash)
+        ctx = BlockContext(seq, time_ms, self.head_hash, tuple(fresh))
         fresh_results, state_root = self.app.execute([pp.requests[i].tx for i in fresh], ctx)
         if len(fresh_results) != len(fresh):
             raise LocalProtocolError("the application returned the wrong number of results")
