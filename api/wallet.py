@@ -1,11 +1,25 @@
-"""`civis-vault wallet new|pubkey|sign`: a data subject's Ed25519 key, on the subject's machine.
+"""`civis-vault wallet`: a data subject's keys, on the subject's machine.
 
 Why the wallet signs bytes it is handed, not a JSON it builds: the consent contracts define the
 exact transaction bytes (`ledger_bridge/contracts`); the API hands those bytes out and the
 subject signs them unchanged, so the wallet never has to agree with the contracts on an
-encoding, and what is signed is exactly what the ledger verifies. The public key (hex) is the
-subject's pseudonym. Key files are the ledger's format (hex seed, mode 0600), created with
-O_EXCL so an existing wallet is never overwritten.
+encoding, and what is signed is exactly what the ledger verifies. Key files are the ledger's
+format (hex seed, mode 0600), created with O_EXCL so an existing wallet is never overwritten.
+
+Why a subject has one pseudonym per dataset (docs/KEYS.md, "Identities"): the wallet's key
+file holds a master seed whose public key is shown to no one. For each dataset d the wallet
+derives an Ed25519 key
+
+    seed_d = HKDF-SHA256(ikm = master seed, salt = b"",
+                         info = b"civis-vault/pairwise/v1" || utf8(d) || generation (4 bytes BE))
+
+and hex(pub(seed_d)) is the subject's identity in d: records are uploaded under it, consents
+for d are signed with it, erasure asks by it. Two datasets' pseudonyms share nothing a ledger
+reader or a consumer can see, and only the seed derives one from the other. The generation
+starts at 0 and rises by one when an erasure of the pseudonym is recorded, so an erased
+pseudonym is never used again. The generation per dataset and the erasure receipts live in a
+small JSON file beside the key (`<key>.pairwise.json`, 0600): with the seed, it is the only
+place where the subject's pseudonyms are linked.
 """
 
 from __future__ import annotations
@@ -13,14 +27,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import GenesisError, load_signing_key
+from vault.crypto._hazmat import hkdf_sha256
 
 MESSAGE_BYTES_MAX = 1024 * 1024
+PAIRWISE_INFO = b"civis-vault/pairwise/v1"
+GENERATION_MAX = 2**32 - 1  # the info's 4 bytes
+STATE_SUFFIX = ".pairwise.json"
+STATE_FORMAT = "civis-vault/wallet-pairwise/v1"
+STATE_BYTES_MAX = 4 * 1024 * 1024
+CERTIFICATE_BYTES_MAX = 1024 * 1024
 
 
 class WalletError(Exception):
@@ -52,24 +77,215 @@ def sign_message(key: SigningKey, message: bytes) -> bytes:
     return key.sign(message)
 
 
+# -- pairwise pseudonyms --------------------------------------------------------------------
+
+
+def pairwise_seed(master_seed: bytes, dataset: str, generation: int) -> bytes:
+    """The seed of the subject's key in `dataset` at `generation`: the one derivation.
+
+    The info needs no length prefix: the generation is a fixed 4 bytes at its end, so the
+    dataset's bytes are everything between the label and those 4, and no two (dataset,
+    generation) pairs give the same info.
+    """
+    if len(master_seed) != 32:
+        raise WalletError("a master seed is 32 bytes")
+    if not 0 <= generation <= GENERATION_MAX:
+        raise WalletError(f"a generation is in 0..{GENERATION_MAX}")
+    info = PAIRWISE_INFO + dataset.encode() + generation.to_bytes(4, "big")
+    return hkdf_sha256(master_seed, salt=b"", info=info, length=32)
+
+
+def pseudonym_key(master: SigningKey, dataset: str, generation: int = 0) -> SigningKey:
+    return SigningKey(pairwise_seed(master.seed(), dataset, generation))
+
+
+def dataset_id(text: str) -> str:
+    """A dataset id in the one form the API writes (lowercase, hyphenated UUID).
+
+    Why canonical: the pseudonym derives from the id's bytes, so `ABC…` and `abc…` would be two
+    pseudonyms for one dataset, and the records uploaded under one would never meet the
+    consents signed with the other.
+    """
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise WalletError(f"{text!r} is not a dataset id (a UUID)") from None
+
+
+def state_path(key_path: Path) -> Path:
+    return key_path.with_name(key_path.name + STATE_SUFFIX)
+
+
+@dataclass
+class Relationship:
+    """The wallet's record of one dataset: its current generation and the erasures so far."""
+
+    generation: int = 0
+    erasures: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Wallet:
+    """A master key and, per dataset, the generation of the pseudonym in use there."""
+
+    path: Path
+    master: SigningKey
+    datasets: dict[str, Relationship] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, path: Path) -> Wallet:
+        return cls(path, new_wallet(path))
+
+    @classmethod
+    def open(cls, path: Path) -> Wallet:
+        return cls(path, load_wallet(path), _load_state(state_path(path)))
+
+    def generation(self, dataset: str) -> int:
+        known = self.datasets.get(dataset_id(dataset))
+        return 0 if known is None else known.generation
+
+    def pseudonym(self, dataset: str) -> SigningKey:
+        """The key the subject uses in `dataset` now; a dataset met for the first time is
+        remembered (generation 0), so the wallet can list and answer for every relationship."""
+        d = dataset_id(dataset)
+        if d not in self.datasets:
+            self.datasets[d] = Relationship()
+            self.save()
+        return pseudonym_key(self.master, d, self.datasets[d].generation)
+
+    def pseudonyms(self) -> dict[str, SigningKey]:
+        """The current key of every dataset the wallet knows."""
+        return {d: pseudonym_key(self.master, d, r.generation) for d, r in self.datasets.items()}
+
+    def record_erasure(self, dataset: str, certificate: Mapping[str, Any]) -> SigningKey:
+        """Keep the erasure's receipt and raise the dataset's generation; returns the next key.
+
+        The certificate must erase this dataset's current pseudonym and carry its ledger
+        receipt: raising the generation on anything else would leave the wallet signing
+        with a key the ledger still knows, or with one it has never seen registered.
+        """
+        d = dataset_id(dataset)
+        current = self.pseudonym(d)
+        scope = certificate.get("scope")
+        named = scope.get("subject") if isinstance(scope, Mapping) else None
+        if named != bytes(current.public_key).hex():
+            raise WalletError(f"the certificate does not erase this wallet's pseudonym in {d}")
+        receipt = certificate.get("receipt")
+        if not isinstance(receipt, Mapping) or not isinstance(receipt.get("tx_id"), str):
+            raise WalletError("the erasure has no ledger receipt yet; record it once it has one")
+        relation = self.datasets[d]
+        if relation.generation >= GENERATION_MAX:
+            raise WalletError(f"the generations of {d} are used up")
+        relation.erasures.append(
+            {
+                "generation": relation.generation,
+                "pseudonym": named,
+                "erasure_id": certificate.get("erasure_id"),
+                "receipt": dict(receipt),
+            }
+        )
+        relation.generation += 1
+        self.save()
+        return pseudonym_key(self.master, d, relation.generation)
+
+    def save(self) -> None:
+        state = {
+            "format": STATE_FORMAT,
+            "datasets": {
+                d: {"generation": r.generation, "erasures": r.erasures}
+                for d, r in sorted(self.datasets.items())
+            },
+        }
+        _write_private(state_path(self.path), json.dumps(state, indent=1).encode() + b"\n")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with a 0600 file: a crash leaves the old state or the new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _load_state(path: Path) -> dict[str, Relationship]:
+    """The relationships file, refused when others may read it (it links the pseudonyms)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return {}
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise WalletError(f"{path} is not a private file (0600); chmod 600 it")
+    if st.st_size > STATE_BYTES_MAX:
+        raise WalletError(f"{path} is larger than {STATE_BYTES_MAX} bytes")
+    try:
+        state = json.loads(path.read_bytes())
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError("format")
+        out: dict[str, Relationship] = {}
+        for d, r in state["datasets"].items():
+            generation, erasures = r["generation"], r["erasures"]
+            if type(generation) is not int or not 0 <= generation <= GENERATION_MAX:
+                raise ValueError("generation")
+            if not isinstance(erasures, list):
+                raise ValueError("erasures")
+            out[dataset_id(d)] = Relationship(generation, erasures)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, WalletError):
+        raise WalletError(f"{path} is not a wallet's relationships file") from None
+    return out
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    wallet = sub.add_parser("wallet", help="a data subject's signing key")
+    wallet = sub.add_parser("wallet", help="a data subject's (or a member's) signing keys")
     actions = wallet.add_subparsers(dest="wallet_command", metavar="ACTION", required=True)
     new = actions.add_parser("new", help="create a key file (0600); prints the public key")
     new.add_argument("--key", type=Path, required=True, help="key file to create")
     new.set_defaults(func=_new)
-    pub = actions.add_parser("pubkey", help="print the public key (the subject's pseudonym)")
+    pub = actions.add_parser(
+        "pubkey",
+        help="print the key file's own public key: a legal entity's identity "
+        "(a subject shows only pseudonyms)",
+    )
     pub.add_argument("--key", type=Path, required=True)
     pub.set_defaults(func=_pubkey)
+    nym = actions.add_parser("pseudonym", help="print the subject's pseudonym in a dataset")
+    nym.add_argument("--key", type=Path, required=True)
+    nym.add_argument("--dataset", required=True, help="the dataset's id")
+    nym.set_defaults(func=_pseudonym)
     sign = actions.add_parser("sign", help="sign the exact bytes the API handed out")
     sign.add_argument("--key", type=Path, required=True)
+    sign.add_argument("--dataset", help="sign with the pseudonym of this dataset")
     what = sign.add_mutually_exclusive_group(required=True)
     what.add_argument("--hex", help="the message, hex-encoded")
     what.add_argument("--file", type=Path, help="a file holding the message bytes")
     sign.set_defaults(func=_sign)
+    erased = actions.add_parser(
+        "erased",
+        help="keep an erasure's certificate and move the dataset to a new pseudonym",
+    )
+    erased.add_argument("--key", type=Path, required=True)
+    erased.add_argument("--dataset", required=True, help="the dataset whose pseudonym was erased")
+    erased.add_argument(
+        "--certificate", required=True, help="the erasure certificate (JSON) file, or - for stdin"
+    )
+    erased.set_defaults(func=_erased)
 
 
-def _report(name: str, run: Callable[[], dict[str, str]]) -> int:
+def _report(name: str, run: Callable[[], dict[str, Any]]) -> int:
     try:
         out = run()
     except WalletError as exc:
@@ -87,9 +303,26 @@ def _pubkey(args: argparse.Namespace) -> int:
     return _report("pubkey", lambda: {"public_key": load_wallet(args.key).public_key.hex()})
 
 
+def _pseudonym(args: argparse.Namespace) -> int:
+    def run() -> dict[str, Any]:
+        wallet = Wallet.open(args.key)
+        key = wallet.pseudonym(args.dataset)
+        d = dataset_id(args.dataset)
+        return {
+            "public_key": key.public_key.hex(),
+            "dataset": d,
+            "generation": wallet.generation(d),
+        }
+
+    return _report("pseudonym", run)
+
+
 def _sign(args: argparse.Namespace) -> int:
-    def run() -> dict[str, str]:
-        key = load_wallet(args.key)
+    def run() -> dict[str, Any]:
+        if args.dataset is None:
+            key = load_wallet(args.key)
+        else:
+            key = Wallet.open(args.key).pseudonym(args.dataset)
         if args.hex is not None:
             try:
                 message = bytes.fromhex(args.hex)
@@ -104,3 +337,34 @@ def _sign(args: argparse.Namespace) -> int:
         return {"public_key": key.public_key.hex(), "signature": signature.hex()}
 
     return _report("sign", run)
+
+
+def _erased(args: argparse.Namespace) -> int:
+    def run() -> dict[str, Any]:
+        wallet = Wallet.open(args.key)
+        try:
+            if args.certificate == "-":
+                raw = sys.stdin.buffer.read(CERTIFICATE_BYTES_MAX + 1)
+            else:
+                raw = Path(args.certificate).read_bytes()
+        except OSError as exc:
+            raise WalletError(f"cannot read {args.certificate}: {exc.strerror}") from None
+        if len(raw) > CERTIFICATE_BYTES_MAX:
+            raise WalletError(f"the certificate is larger than {CERTIFICATE_BYTES_MAX} bytes")
+        try:
+            certificate = json.loads(raw)
+        except ValueError:
+            raise WalletError("the certificate is not JSON") from None
+        if not isinstance(certificate, dict):
+            raise WalletError("the certificate is not an erasure certificate")
+        d = dataset_id(args.dataset)
+        erased = wallet.pseudonym(d).public_key.hex()
+        following = wallet.record_erasure(d, certificate)
+        return {
+            "dataset": d,
+            "erased": erased,
+            "generation": wallet.generation(d),
+            "public_key": following.public_key.hex(),
+        }
+
+    return _report("erased", run)

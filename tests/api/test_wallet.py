@@ -1,18 +1,23 @@
-"""The subject's wallet: a 0600 key file never overwritten, signatures the ledger verifies."""
+"""The subject's wallet: a 0600 key file never overwritten, signatures the ledger verifies, and
+one pseudonym per dataset derived as docs/KEYS.md ("Identities") says."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from api.cli import main
+from api.wallet import Wallet, WalletError, new_wallet, pairwise_seed, pseudonym_key
 from ledger_bridge.crypto import verify
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, str]]:
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     code = main(["wallet", *argv])
     out = capsys.readouterr().out
     return code, json.loads(out) if code == 0 else {}
@@ -47,3 +52,118 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["wallet", "sign", "--key", str(key), "--hex", "00"]) == 2
     err = capsys.readouterr().err
     assert before.decode().strip() not in err  # the seed never reaches an error message
+
+
+# -- pairwise pseudonyms --------------------------------------------------------------------
+
+DATASET = "0b7d5c1e-6a53-4f0e-9d0c-2f6f3f1b8a11"
+OTHER = "5e0b3c9a-1f4d-4c7e-8a2b-9d6e0f1a2b3c"
+
+
+def _hkdf_rfc5869(ikm: bytes, info: bytes) -> bytes:
+    """RFC 5869 written out with the standard library, to hold the wallet to the design."""
+    prk = hmac.new(b"\0" * 32, ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def test_the_derivation_is_the_designs(tmp_path: Path) -> None:
+    master = new_wallet(tmp_path / "w.key")
+    for generation in (0, 1, 2**32 - 1):
+        info = b"civis-vault/pairwise/v1" + DATASET.encode() + generation.to_bytes(4, "big")
+        expected = _hkdf_rfc5869(master.seed(), info)
+        assert pairwise_seed(master.seed(), DATASET, generation) == expected
+        key = pseudonym_key(master, DATASET, generation)
+        assert key.seed() == expected and key.public_key != master.public_key
+    with pytest.raises(WalletError):
+        pairwise_seed(master.seed(), DATASET, 2**32)
+
+
+def test_pseudonym_and_sign_per_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "alice.key"
+    master = _run(capsys, "new", "--key", str(key))[1]["public_key"]
+    code, nym = _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET)
+    assert code == 0 and nym["generation"] == 0 and nym["dataset"] == DATASET
+    other = _run(capsys, "pseudonym", "--key", str(key), "--dataset", OTHER)[1]
+    assert len({master, nym["public_key"], other["public_key"]}) == 3
+    # One dataset, one pseudonym: the id's spelling does not make a second one.
+    again = _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET.upper())[1]
+    assert again["public_key"] == nym["public_key"]
+    message = b"consent.grant bytes"
+    code, signed = _run(capsys, "sign", "--key", str(key), "--dataset", DATASET, "--hex", "ab")
+    assert code == 0 and signed["public_key"] == nym["public_key"]
+    signed = _run(capsys, "sign", "--key", str(key), "--dataset", OTHER, "--hex", message.hex())[1]
+    assert verify(bytes.fromhex(other["public_key"]), message, bytes.fromhex(signed["signature"]))
+    assert not verify(bytes.fromhex(nym["public_key"]), message, bytes.fromhex(signed["signature"]))
+    # The relationships file sits beside the key, private, and links only inside the wallet.
+    state = tmp_path / "alice.key.pairwise.json"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert set(json.loads(state.read_text())["datasets"]) == {DATASET, OTHER}
+    assert main(["wallet", "pseudonym", "--key", str(key), "--dataset", "not-a-uuid"]) == 2
+
+
+def _certificate(subject: str, receipt: dict[str, object] | None) -> dict[str, object]:
+    return {
+        "erasure_id": 7,
+        "state": "recorded" if receipt else "pending",
+        "scope": {"kind": "subject", "subject": subject},
+        "receipt": receipt,
+    }
+
+
+def test_an_erasure_raises_the_generation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "alice.key"
+    _run(capsys, "new", "--key", str(key))
+    before = _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET)[1]["public_key"]
+    beside = _run(capsys, "pseudonym", "--key", str(key), "--dataset", OTHER)[1]["public_key"]
+    cert = tmp_path / "cert.json"
+    receipt = {"tx_id": "ab" * 32, "block_height": 42}
+
+    def erased(certificate: dict[str, object]) -> tuple[int, dict[str, Any]]:
+        cert.write_text(json.dumps(certificate))
+        return _run(
+            capsys, "erased", "--key", str(key), "--dataset", DATASET, "--certificate", str(cert)
+        )
+
+    # Another pseudonym's certificate, or one not yet on the ledger, changes nothing.
+    assert erased(_certificate(beside, receipt))[0] == 2
+    assert erased(_certificate(before, None))[0] == 2
+    assert _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET)[1]["generation"] == 0
+    code, out = erased(_certificate(before, receipt))
+    assert code == 0 and out["erased"] == before and out["generation"] == 1
+    after = _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET)[1]
+    assert after["public_key"] == out["public_key"] != before and after["generation"] == 1
+    # The erased pseudonym is never used again; the other dataset keeps its own.
+    assert erased(_certificate(before, receipt))[0] == 2
+    assert (
+        _run(capsys, "pseudonym", "--key", str(key), "--dataset", OTHER)[1]["public_key"] == beside
+    )
+    wallet = Wallet.open(key)
+    assert wallet.datasets[DATASET].erasures == [
+        {"generation": 0, "pseudonym": before, "erasure_id": 7, "receipt": receipt}
+    ]
+    assert wallet.pseudonyms()[DATASET].public_key.hex() == after["public_key"]
+
+
+def test_the_relationships_file_is_private_and_well_formed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "alice.key"
+    _run(capsys, "new", "--key", str(key))
+    assert _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET)[0] == 0
+    state = tmp_path / "alice.key.pairwise.json"
+    good = state.read_bytes()
+    state.chmod(0o644)
+    assert main(["wallet", "pseudonym", "--key", str(key), "--dataset", DATASET]) == 2
+    state.chmod(0o600)
+    for bad in (
+        b"{}",
+        b"[1]",
+        b'{"format": "civis-vault/wallet-pairwise/v1", "datasets": '
+        b'{"x": {"generation": 0, "erasures": []}}}',
+        good.replace(b'"generation": 0', b'"generation": true'),
+    ):
+        state.write_bytes(bad)
+        assert main(["wallet", "pseudonym", "--key", str(key), "--dataset", DATASET]) == 2
+    assert "Traceback" not in capsys.readouterr().err
