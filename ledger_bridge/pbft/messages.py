@@ -22,8 +22,9 @@ drops it and counts it.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -54,6 +55,7 @@ __all__ = [
     "encode",
     "encode_block",
     "make_request",
+    "redact_block",
     "sign",
     "signing_bytes",
     "verify_reply",
@@ -731,6 +733,34 @@ def request_digest(req: Request) -> bytes:
     if info.digest is None:
         info.digest = digest(info.encoded)
     return info.digest
+
+
+# The `Omission.code` of a body removed after the fact, because the application ordered it
+# forgotten (a subject's erasure), as opposed to a body refused at execution.
+REDACTED = b"redacted"
+
+
+def redact_block(block: Block, indices: Iterable[int]) -> tuple[Block, int]:
+    """`block` with the bodies at batch `indices` replaced by their digests (`Omission` with
+    code `REDACTED`), and how many bodies that removed. The batch digest covers the
+    requests' digests only, so the block's hash and certificate still verify. An index
+    already left out, or outside the batch, changes nothing; a block with nothing to remove
+    is returned as it is."""
+    wanted = set(indices)
+    held: dict[int, Request] = {}
+    left_out = {o.index for o in block.omitted}
+    kept = iter(block.requests)
+    for i in range(block.size):
+        if i not in left_out:
+            held[i] = next(kept)
+    gone = sorted(i for i in wanted if i in held)
+    if not gone:
+        return block, 0
+    omitted = list(block.omitted)
+    omitted += [Omission(i, request_digest(held[i]), REDACTED) for i in gone]
+    omitted.sort(key=operator.attrgetter("index"))
+    requests = tuple(r for i, r in sorted(held.items()) if i not in wanted)
+    return dataclasses.replace(block, requests=requests, omitted=tuple(omitted)), len(gone)
 
 
 def batch_digest(time_ms: int, requests: tuple[Request, ...]) -> bytes:

@@ -75,6 +75,7 @@ Deviations from the paper are listed in docs/PBFT.md.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -83,7 +84,7 @@ from typing import Any
 
 import msgpack
 
-from ledger_bridge.app import Application, BlockContext
+from ledger_bridge.app import Application, BlockContext, Redaction
 from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import (
@@ -118,7 +119,9 @@ KIND_LOG = "log"
 META_VIEW = b"view"
 META_STABLE = b"stable"
 META_SNAPSHOT = b"snapshot"
+META_REDACTIONS = b"redactions"
 NULL_TIME_MS = 0
+REDACTIONS_PAGE = 1024  # entries asked of the application at a time
 
 
 def seq_key(seq: int) -> bytes:
@@ -213,6 +216,8 @@ class DurableDelta:
       key b"stable": msgpack [seq, digest, [CHECKPOINT...]] (the stable checkpoint's proof);
       key b"snapshot": msgpack [seq, digest, [CHECKPOINT...], snapshot] (a stable checkpoint
       with its state, `FrozenState.packed()`, written every `durable_snapshot_txs`);
+      key b"redactions": msgpack int, how many of the application's redaction entries the
+      stored blocks have had applied (written in the same Ready as `Ready.redact`);
     - "log", key `seq_key(n)`: msgpack [pre-prepare, prepared certificate, [COMMIT...],
       committed pre-prepare] for sequence number n (each an encoded message or b""): what the
       replica must not forget, kept on disk from the durable snapshot up, so a restart can
@@ -268,6 +273,12 @@ class Ready:
     fsynced transaction; a kill or a power cut may lose them, which the core tolerates, see
     the module docstring). Later writes are ordered after earlier ones either way.
 
+    `redact`: (height, batch indices) of stored blocks whose bodies at those indices must be
+    replaced by their digests (`messages.redact_block`), in the same transaction as
+    `persist`, which carries the count of redaction entries applied: the store is never
+    redacted without the count saying so, nor the count raised over an unredacted store.
+    Heights the store lacks are skipped; an index already left out changes nothing.
+
     `early_messages` / `early_replies`: how many of the first messages and replies were
     produced before anything that needs the fsync, so may leave before it (and before step 1
     at all, as in a Ready without `must_sync`). Why: a shell flushes once per event-loop turn,
@@ -285,6 +296,7 @@ class Ready:
     must_sync: bool = True
     early_messages: int = 0
     early_replies: int = 0
+    redact: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 @dataclass
@@ -358,6 +370,13 @@ class Replica:
         self._replay_stable: tuple[int, bytes, tuple[Checkpoint, ...]] | None = None
         self.checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
         self.recent_blocks: list[Block] = []
+        # Redaction (see `_apply_redactions`): entries of the application's list applied to
+        # our blocks (durable), entries the executed state holds, bodies a peer sent us at
+        # redacted positions (dropped), and what the store must still redact.
+        self.redactions_applied = 0
+        self.redactions_known = 0
+        self.unredacted_refused = 0
+        self._redact: dict[int, set[int]] = {}
         # Clients.
         self.reply_cache: dict[bytes, tuple[int, int, bytes]] = {}  # client -> (rid, height, r)
         # The signed REPLY last sent to each client in the reply cache: a client's retries
@@ -475,6 +494,7 @@ class Replica:
             or self._meta_dirty
             or self._final_records
             or self._gc_below is not None
+            or self._redact
         )
 
     def ready(self) -> Ready:
@@ -498,8 +518,14 @@ class Replica:
         if META_STABLE in self._meta_dirty:
             value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof]])
             delta.put.append((KIND_META, META_STABLE, value))
+        if META_REDACTIONS in self._meta_dirty:
+            delta.put.append((KIND_META, META_REDACTIONS, _pack(self.redactions_applied)))
         early = self._sync_cut if self._must_sync else (len(self._messages), len(self._replies))
-        ready = Ready(delta, self._blocks, self._messages, self._replies, self._must_sync, *early)
+        redact = tuple((h, tuple(sorted(idx))) for h, idx in sorted(self._redact.items()))
+        ready = Ready(
+            delta, self._blocks, self._messages, self._replies, self._must_sync, *early, redact
+        )
+        self._redact = {}
         self._blocks, self._messages, self._replies = [], [], []
         self._dirty, self._meta_dirty, self._gc_below = set(), set(), None
         self._final_records = {}
@@ -917,6 +943,7 @@ class Replica:
             key = (req.client_id, req.request_id)
             self.pending.pop(key, None)
             self.inflight.pop(key, None)
+        self._forget_cached_results(seq, pp)
         block = Block(
             height=seq,
             view=pp.view if not commits else commits[0].view,
@@ -1081,6 +1108,7 @@ class Replica:
         for s in [s for s in self.checkpoint_votes if s <= stable.seq]:
             del self.checkpoint_votes[s]
         self._dirty = {s for s in self._dirty if s > stable.seq}
+        self._apply_redactions()
         if self.active and self.is_primary:
             self.next_seq = max(self.next_seq, self.h + 1)
             self._maybe_propose()
@@ -1524,6 +1552,12 @@ class Replica:
             self._ignore("state-data blocks do not chain to the certified head")
             blocks = []
         for b in blocks:
+            # Our state is the certified one: it lists every position redacted up to here,
+            # and an honest peer left those bodies out. Whoever sent one is not relayed.
+            b, removed = m.redact_block(b, self.app.redacted_at(b.height))
+            if removed:
+                self.unredacted_refused += removed
+                self.stats["unredacted bodies refused in a state transfer"] += 1
             self._emit_block(b)
         if blocks and blocks[0].height > old_head + 1:
             self.stats["blocks missing after state transfer"] += blocks[0].height - old_head - 1
@@ -1544,10 +1578,88 @@ class Replica:
         self.signed_replies.clear()
         self.head_hash = state.head_hash
         self.head_time_ms = state.head_time_ms
+        self.redactions_known = self._last_redaction()
 
     def _executed(self, req: Request) -> bool:
         cached = self.reply_cache.get(req.client_id)
         return cached is not None and cached[0] >= req.request_id
+
+    # ------------------------------------------------------------------------- redaction
+
+    def _redactions_after(self, after: int, since_max: int) -> list[Redaction]:
+        """The application's redaction entries after the `after`-th, up to the first whose
+        `since` is above `since_max` (entries come in the order of their `since`)."""
+        out: list[Redaction] = []
+        while True:
+            page = self.app.redactions(after, REDACTIONS_PAGE)
+            due = list(itertools.takewhile(lambda r: r.since <= since_max, page))
+            out += due
+            if len(due) < len(page) or len(page) < REDACTIONS_PAGE:
+                return out
+            after = page[-1].n
+
+    def _last_redaction(self) -> int:
+        """How many redaction entries the application's state holds."""
+        last = 0
+        while True:
+            page = self.app.redactions(last, REDACTIONS_PAGE)
+            last = page[-1].n if page else last
+            if len(page) < REDACTIONS_PAGE:
+                return last
+
+    def _forget_cached_results(self, seq: int, pp: PrePrepare) -> None:
+        """Block `seq` just ordered redactions: reply-cache results at heights up to it
+        become `messages.REDACTED` (a result may name whom the erasure forgets), at `seq`
+        only those of the redacted requests (the erasure's own result is its client's
+        receipt). The cache is replicated state, inside the checkpoint digest, so this runs
+        at execution, where every replica runs it at the same point; its row order (the
+        eviction order) stays. A client retrying an old request gets the marker."""
+        decided = [r for r in self._redactions_after(self.redactions_known, seq) if r.since == seq]
+        if not decided:
+            return
+        self.redactions_known = decided[-1].n
+        here = {r.index for r in decided if r.height == seq}
+        clients = {pp.requests[i].client_id for i in here if i < len(pp.requests)}
+        for client, (rid, height, _result) in self.reply_cache.items():
+            if height < seq or (height == seq and client in clients):
+                self.reply_cache[client] = (rid, height, m.REDACTED)
+                self.signed_replies.pop(client, None)
+
+    def _apply_redactions(self) -> None:
+        """Apply every redaction entry whose `since` the stable checkpoint has reached and
+        that our blocks have not had applied: each body at a listed position becomes its
+        digest, in the blocks we hold in memory (what STATE-DATA serves) and, through
+        `Ready.redact`, in the store, with the new count in the same transaction.
+
+        Why only once stable: below the stable checkpoint no peer executes from our blocks
+        (a peer behind it gets a state transfer), so a body we drop is never one a correct
+        replica still needs. The on-disk log still holds the committed batches from the
+        durable snapshot up (a restart re-executes them): a new durable snapshot is written
+        at the stable checkpoint, which drops that log and replaces the older snapshot (only
+        one is ever kept)."""
+        if self.stable.state is None:
+            return
+        due = self._redactions_after(self.redactions_applied, self.h)
+        if not due:
+            return
+        by_height: dict[int, set[int]] = {}
+        for r in due:
+            by_height.setdefault(r.height, set()).add(r.index)
+        for blocks in (self.recent_blocks, self._blocks):
+            for k, b in enumerate(blocks):
+                if b.height in by_height:
+                    blocks[k] = m.redact_block(b, by_height[b.height])[0]
+        for height, indices in by_height.items():
+            self._redact.setdefault(height, set()).update(indices)
+        self.redactions_applied = due[-1].n
+        self.redactions_known = max(self.redactions_known, self.redactions_applied)
+        self._meta_dirty.add(META_REDACTIONS)
+        self._snapshot_due = False
+        self.txs_since_snapshot = 0
+        self.snapshot_seq = self.h
+        self._meta_dirty.add(META_SNAPSHOT)
+        self._gc_below = self.h + 1
+        self.stats["redactions applied"] += len(due)
 
     # ------------------------------------------------------------------------- durability
 
@@ -1569,6 +1681,8 @@ class Replica:
         """Rebuild from storage: durable snapshot, view, log; re-execute committed entries,
         through the stable checkpoint (whose digest they must reach) and on."""
         meta = dict(durable.records.get(KIND_META, []))
+        if META_REDACTIONS in meta:
+            self.redactions_applied = int(msgpack.unpackb(meta[META_REDACTIONS]))
         if META_SNAPSHOT in meta:
             seq, state_digest, proof, packed = msgpack.unpackb(meta[META_SNAPSHOT], raw=False)
             try:
@@ -1645,6 +1759,7 @@ class Replica:
             self._start_view_change(self.view + 1)
             self.vc_attempts = 0
         self.suspecting = suspecting  # announced before the crash: it stays announced
+        self._apply_redactions()  # those the crash cut short, or ours fell short of
         self.stats["restarts"] += 1
 
 

@@ -334,6 +334,9 @@ class Simulator:
             ):
                 node.conflicting_blocks += 1
             node.blocks[block.height] = block
+        for height, indices in ready.redact:  # same transaction as `persist` in SQLite
+            if height in node.blocks:
+                node.blocks[height] = m.redact_block(node.blocks[height], indices)[0]
         for height, txs in node.app.executed.items():
             node.executed_log[height] = txs
         node.app.executed.clear()

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger_bridge.app import BlockContext
-from ledger_bridge.kvapp import KVApp, encode_del, encode_get, encode_set
+from ledger_bridge.app import BlockContext, Redaction
+from ledger_bridge.kvapp import KVApp, encode_del, encode_forget, encode_get, encode_set
 
 CTX = BlockContext(1, 0, b"\0" * 32)
 
@@ -41,11 +41,16 @@ def test_incremental_root_equals_root_of_rebuilt_state(
 
 
 def test_different_states_have_different_roots() -> None:
+    """The state is the values and, per key, the positions that wrote them (what "forget"
+    redacts): the same writes at the same positions give the same root, nothing else."""
     a, b = KVApp(), KVApp()
     a.execute([encode_set(b"k", b"1")], CTX)
     b.execute([encode_set(b"k", b"2")], CTX)
     assert a.state_root() != b.state_root()
-    b.execute([encode_set(b"k", b"1")], CTX)
+    later = BlockContext(2, 0, b"\0" * 32)
+    b.execute([encode_set(b"k", b"1")], later)
+    assert a.state_root() != b.state_root()  # same value, written at other positions
+    a.execute([encode_set(b"k", b"1")], later)
     assert a.state_root() == b.state_root()
 
 
@@ -73,3 +78,36 @@ def test_restore_refuses_other_bytes_or_another_root_and_keeps_its_state(snapsho
         assert (app.state_root(), app.snapshot()) == (root, state)
     app.restore(other.snapshot(), expected_root=other.state_root())
     assert app.query(encode_get(b"a")) == b"2"
+
+
+def test_forget_lists_every_write_of_the_key_and_its_own_position() -> None:
+    """What the simulator and the process tests drive redaction with: "forget" deletes the
+    key and lists the batch positions (from `BlockContext.positions`, not the list index)
+    of every set or del of it, and its own, as redaction entries decided at its height."""
+    app = KVApp()
+    app.execute([encode_set(b"x", b"1"), encode_set(b"y", b"1")], CTX)
+    # The replica skipped batch index 0 (a duplicate): the txs are batch indices 1 and 2.
+    app.execute([encode_del(b"x"), encode_set(b"x", b"2")], BlockContext(2, 0, b"\0" * 32, (1, 2)))
+    assert app.redactions(0, 10) == []
+    results, _ = app.execute([encode_forget(b"x")], BlockContext(3, 0, b"\0" * 32, (4,)))
+    assert results == [b"ok"]
+    assert app.redactions(0, 10) == [
+        Redaction(1, 1, 0, 3),
+        Redaction(2, 2, 1, 3),
+        Redaction(3, 2, 2, 3),
+        Redaction(4, 3, 4, 3),
+    ]
+    assert app.redactions(2, 1) == [Redaction(3, 2, 2, 3)]
+    assert app.redactions(4, 10) == []
+    assert app.redacted_at(2) == frozenset({1, 2})
+    assert app.redacted_at(1) == frozenset({0})  # "y" at index 1 stays
+    assert app.query(encode_get(b"x")) == b""
+    assert app.query(encode_get(b"y")) == b"1"
+    # The entries are state: a snapshot carries them, and a forgotten key is gone from it.
+    copy = KVApp()
+    copy.restore(app.snapshot(), expected_root=app.state_root())
+    assert copy.redactions(0, 10) == app.redactions(0, 10)
+    assert b"x" not in [k[1:] for k in copy._data if k.startswith(b"k")]
+    # Forgetting it again, or a key never written, is refused (its body is left out).
+    again, _ = app.execute([encode_forget(b"x"), encode_forget(b"z")], CTX)
+    assert again == [b"err:absent", b"err:absent"]
