@@ -20,9 +20,15 @@ What it needs besides the URL, and why it runs on the vault host (`--data-dir`, 
   member, but its key speaks for the vault, not for a voter the demo plays.
 - Its own members' keys. Each run registers new members (residents join the citizens college,
   the legal entities theirs), so the colleges grow and the next run's majorities need their
-  votes too. Every key the demo makes is kept, mode 0600, in `<data-dir>/demo/members/<college>/`
-  and votes in later runs. A member someone else registered (without leaving a key there) is a
-  vote the demo cannot cast; if a college can no longer reach a majority, the demo says so.
+  votes too. Every legal entity's key the demo makes is kept, mode 0600, in
+  `<data-dir>/demo/members/<college>/`, and every citizen's wallet in `<data-dir>/demo/wallets/`
+  (with its relationships file): the wallet's pseudonyms are the residents that vote in later
+  runs. A member someone else registered (without leaving a key there) is a vote the demo
+  cannot cast; if a college can no longer reach a majority, the demo says so.
+- Pseudonyms. A citizen is known in each dataset by a pseudonym her wallet derives for that
+  dataset alone (docs/KEYS.md, "Identities"): records are uploaded under it, she registers and
+  signs consents with it, the DPO erases by it. The demo prints which pseudonym does what;
+  Alice, in two datasets, shows two that nothing on the ledger links.
 
 Every name it creates carries a run id, so the demo can run any number of times on one system.
 It prints the fictitious address and sensor readings it made up: they are the story. The
@@ -55,7 +61,7 @@ from api.client import (
     Role,
     public_hex,
 )
-from api.wallet import new_wallet
+from api.wallet import Wallet, WalletError, new_wallet
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import GENESIS_FILE, GenesisError, load_genesis, load_signing_key
 
@@ -64,6 +70,8 @@ HTTP_TIMEOUT_S = 60.0
 # Contract refusals that mean "this key cannot vote on this proposal": skip it, try the next.
 NOT_A_VOTE = ("not_eligible", "not_member", "not_admitted", "duplicate")
 MEMBERS_DIR = Path("demo") / "members"
+WALLETS_DIR = Path("demo") / "wallets"
+RESIDENTS: College = "citizens"
 
 
 class DemoFailed(Exception):
@@ -146,7 +154,13 @@ class Keyring:
             members = data_dir / MEMBERS_DIR
             for path in sorted(members.glob("*/*.key")) if members.exists() else []:
                 ring.by_college.setdefault(path.parent.name, []).append(load_signing_key(path))
-        except (OSError, GenesisError) as exc:
+            wallets = data_dir / WALLETS_DIR
+            for path in sorted(wallets.glob("*.key")) if wallets.exists() else []:
+                # A relationship's current pseudonym; one whose erasure raised the generation
+                # is not a member yet, and its vote is refused as one (NOT_A_VOTE).
+                pseudonyms = Wallet.open(path).pseudonyms().values()
+                ring.by_college.setdefault(RESIDENTS, []).extend(pseudonyms)
+        except (OSError, GenesisError, WalletError) as exc:
             raise DemoFailed(
                 f"cannot read the keys of a local `civis-vault up` in {data_dir} ({exc}); "
                 "run the demo on the vault host with up's --data-dir"
@@ -158,6 +172,10 @@ class Keyring:
         key = new_wallet(self.data_dir / MEMBERS_DIR / college / f"{secrets.token_hex(8)}.key")
         self.by_college.setdefault(college, []).append(key)
         return key
+
+    def new_wallet(self) -> Wallet:
+        """A citizen's wallet, kept (0600) so that its pseudonyms vote in later runs."""
+        return Wallet.create(self.data_dir / WALLETS_DIR / f"{secrets.token_hex(8)}.key")
 
 
 IssueKey = Callable[[str, str], str]
@@ -203,11 +221,13 @@ def receipt_text(receipt: Receipt | dict[str, Any] | None) -> str:
 @dataclass
 class Party:
     """Someone in the stories: a display name, a ledger key, and (once issued) an API key,
-    as a client of its own over the demo's connections."""
+    as a client of its own over the demo's connections. A citizen's key is her pseudonym in
+    one dataset, derived by `wallet`."""
 
     name: str
     key: SigningKey
     api: CivisClient
+    wallet: Wallet | None = None
 
     @property
     def id(self) -> str:
@@ -269,6 +289,18 @@ class Demo:
         self.tell(
             f"{name} registers as a {role} in the {college} college with its own key "
             f"{party.id[:12]}…: {out['result']['status']} {receipt_text(out['receipt'])}"
+        )
+        return party
+
+    def new_subject(self, name: str, wallet: Wallet, dataset: str, where: str) -> Party:
+        """The citizen's pseudonym for `dataset`, registered as a resident before it signs."""
+        party = Party(name, wallet.pseudonym(dataset), self.api, wallet)
+        with self.doing(f"{name} registering a pseudonym"):
+            out = self.api.register(party.key, "subject", RESIDENTS)
+        self.keys.by_college.setdefault(RESIDENTS, []).append(party.key)
+        self.tell(
+            f"{name}'s wallet derives the pseudonym {party.id[:12]}… for {where} and registers "
+            f"it as a resident: {out['result']['status']} {receipt_text(out['receipt'])}"
         )
         return party
 
@@ -355,8 +387,8 @@ class Demo:
             self.api.health()
         self.with_key(self.dpo, "dpo")
         self.say(f"Civis Vault demo, run {self.run_id}, against {self.api.http.base_url}")
-        self.proof_of_address()
-        self.erasure(*self.road_maintenance())
+        alice = self.proof_of_address()
+        self.erasure(*self.road_maintenance(alice))
         with self.doing("ledger status"):
             status = self.dpo.api.ledger_status()
         self.say(
@@ -365,7 +397,7 @@ class Demo:
             "and commitment, never an address or a sensor reading."
         )
 
-    def proof_of_address(self) -> None:
+    def proof_of_address(self) -> Party:
         self.say("\n== 1. Proof of address: the bank learns yes or no, with consent ==")
         utility = self.new_party(f"the utility Lumen-{self.run_id}", "providers", "provider")
         bank = self.new_party(f"the bank Crédit-{self.run_id}", "services", "consumer")
@@ -373,9 +405,14 @@ class Demo:
         self.with_key(utility, "provider")
         self.with_key(bank, "consumer")
 
-        citizen = self.new_party(f"the citizen Alice-{self.run_id}", "citizens", "subject")
         address = f"12 rue des Lilas, appartement {self.run_id}"
         dataset = self.dataset(utility, "customer-addresses", "address", "proof-of-address")
+        citizen = self.new_subject(
+            f"the citizen Alice-{self.run_id}",
+            self.keys.new_wallet(),
+            dataset,
+            "the utility's dataset (her records, her consents to the bank)",
+        )
         line = json.dumps({"subject_id": citizen.id, "payload": {"address": address}})
         self.upload(
             utility, dataset, "application/x-ndjson", (line + "\n").encode(), "Alice's address"
@@ -415,8 +452,9 @@ class Demo:
         self.tell(f"Alice revokes her consent {receipt_text(revoked['receipt'])}")
         no = self.refused(lambda: ask(address), "the bank asking after the revocation")
         self.tell(f"the bank asks again and is refused after the revocation: {no.detail}")
+        return citizen
 
-    def road_maintenance(self) -> tuple[Party, Party, str]:
+    def road_maintenance(self, alice: Party) -> tuple[Party, Party, str]:
         self.say(
             "\n== 2. Road maintenance: the road service reads what consenting drivers allow =="
         )
@@ -427,11 +465,22 @@ class Demo:
         self.admit(fleet, roads)
         self.with_key(fleet, "provider")
         self.with_key(roads, "consumer")
-        drivers = [
-            self.new_party(f"the driver {name}-{self.run_id}", "citizens", "subject")
-            for name in ("Bruno", "Chloé", "Dario")
-        ]
         dataset = self.dataset(fleet, "vehicle-sensors", "vehicle-telemetry", "road-maintenance")
+        assert alice.wallet is not None  # a citizen's Party carries her wallet
+        drivers = [
+            self.new_subject(name, wallet, dataset, "the fleet's dataset")
+            for name, wallet in (
+                (f"the driver Bruno-{self.run_id}", self.keys.new_wallet()),
+                (f"the driver Chloé-{self.run_id}", self.keys.new_wallet()),
+                (alice.name, alice.wallet),
+            )
+        ]
+        self.check(drivers[2].id != alice.id, "Alice's two datasets should see two pseudonyms")
+        self.tell(
+            f"{alice.name} drives for the fleet too: her pseudonyms {alice.id[:12]}… (utility) "
+            f"and {drivers[2].id[:12]}… (fleet) share nothing on the ledger; only her wallet "
+            "links them"
+        )
         rows = ["subject_id,driver_id,recorded_at,lat,lon,vibration"]
         for d, driver in enumerate(drivers):
             for k in range(2):
@@ -494,10 +543,12 @@ class Demo:
         )
         assert receipt is not None  # checked above; for the type checker
         self.tell(
-            f"the DPO erases {driver.name}: certificate {cert['erasure_id']}, "
+            f"the DPO erases {driver.name}'s pseudonym {driver.id[:12]}… everywhere (no dataset "
+            f"named): certificate {cert['erasure_id']}, "
             f"{cert['secrets_destroyed']} key(s) destroyed, {len(cert['key_commitments'])} key "
             f"commitment(s) published, state {cert['state']} {receipt_text(receipt)}"
         )
+        self.wallet_keeps(driver, dataset, dict(cert))
         with self.doing("reading the erasure's block"):
             block = self.dpo.api.block(receipt["block_height"])
         kinds = [t["type"] for t in block["transactions"] if t["tx_id"] == receipt["tx_id"]]
@@ -516,34 +567,55 @@ class Demo:
                 subjects=[driver.id],
                 fields=["lat", "lon", "vibration"],
             )
+        # The reason is the ledger's: it forgets an erased pseudonym with its consents (then
+        # `no_consent`), or keeps a tombstone where it does not forget (then `erased`).
+        reasons = [reason for subject, reason in out["denied"] if subject == driver.id]
         self.check(
-            out["records"] == [] and out["denied"] == [[driver.id, "erased"]],
-            f"the erased driver should be denied as erased: {out['denied']}",
+            out["records"] == [] and len(reasons) == 1 and out["granted"] == [],
+            f"the erased driver should be denied and nothing delivered: {out['denied']}",
         )
         self.tell(
-            f"the road service asks for {driver.name} again (the consent still stands): "
-            f"denied, erased {receipt_text(out['receipt'])}"
+            f"the road service asks for {driver.name}'s pseudonym again: nothing delivered, "
+            f"denied ({reasons[0]}) {receipt_text(out['receipt'])}"
         )
         self.after_erasure(driver, receipt["block_height"], out["access"])
+
+    def wallet_keeps(self, driver: Party, dataset: str, certificate: dict[str, Any]) -> None:
+        """The subject's wallet keeps the receipt and never signs as the erased pseudonym again."""
+        assert driver.wallet is not None  # a citizen's Party carries her wallet
+        try:
+            following = driver.wallet.record_erasure(dataset, certificate)
+        except WalletError as exc:
+            raise DemoFailed(f"{driver.name}'s wallet recording the erasure: {exc}") from None
+        self.check(following.public_key != driver.key.public_key, "the generation did not rise")
+        self.tell(
+            f"{driver.name}'s wallet keeps the certificate's receipt and raises the dataset's "
+            f"generation to {driver.wallet.generation(dataset)}: joining it again would be as "
+            f"{public_hex(following)[:12]}…, never as the erased pseudonym"
+        )
 
     def after_erasure(self, driver: Party, erased_at: int, refused_access: int) -> None:
         with self.doing("the DPO exporting the erased driver's data"):
             export = self.dpo.api.export(driver.id)
         self.check(
-            export["records"] == [] and len(export["erasures"]) >= 1,
-            f"the export should hold no record and the erasure: "
-            f"{len(export['records'])} records, {len(export['erasures'])} erasures",
+            export["records"] == [],
+            f"the export should hold no readable record: {len(export['records'])}",
         )
         with self.doing("reading the DPO's access log"):
             log = list(self.dpo.api.iter_access_log(subject=driver.id))
+        # Lines that delivered the driver's data (a line filtered by subject lists only them
+        # in `granted`); none once the ledger forgot the pseudonym, whose accesses no longer
+        # name it, and none after the erasure in any case.
+        delivered = [a["height"] for a in log if driver.id in a["granted"]]
         self.check(
-            bool(log) and all(a["height"] < erased_at for a in log),
+            all(h < erased_at for h in delivered),
             f"the access log should show deliveries to {driver.name} only before block "
-            f"{erased_at}: {[a['height'] for a in log]}",
+            f"{erased_at}: {delivered}",
         )
         self.tell(
-            f"the subject export now holds {len(export['records'])} readable records and "
-            f"{len(export['erasures'])} erasure(s) from the ledger; the DPO's access log shows "
-            f"{len(log)} accesses that delivered {driver.name}'s data, all before the erasure "
-            f"(block {erased_at}), none since (access {refused_access} delivered nothing)"
+            f"the subject export now holds {len(export['records'])} readable records, and the "
+            f"ledger names the pseudonym in {len(export['erasures'])} erasure record(s) (the "
+            "wallet's receipt proves the erasure either way); the DPO's access log shows "
+            f"{len(delivered)} accesses that delivered {driver.name}'s data, all before the "
+            f"erasure (block {erased_at}), none since (access {refused_access} delivered nothing)"
         )

@@ -45,11 +45,12 @@ from api.client import (
     Role,
     public_hex,
 )
+from api.demo import Keyring
 from api.keys import create_key
 from api.ledger import LedgerGateway
 from api.wallet import new_wallet
 from ledger_bridge.crypto import SigningKey
-from ledger_bridge.genesis import load_genesis, load_signing_key
+from ledger_bridge.genesis import load_signing_key
 from ledger_bridge.pbft import messages as m
 from tests.api.test_up import Up, _clean_env, _free_port, _replica_pids
 from tests.conftest import PgServer
@@ -104,15 +105,9 @@ class System:
         return key
 
     def load_voters(self) -> None:
-        """The founders' keys on this host and every member key kept so far (demo runs too)."""
-        genesis = load_genesis(self.data_dir / "ledger" / "genesis.toml")
-        voters: dict[str, list[SigningKey]] = {"services": [self.dpo]}
-        for i, v in enumerate(genesis.validators):
-            key = load_signing_key(self.data_dir / "ledger" / "keys" / f"node-{i}.key")
-            voters.setdefault(v.college, []).append(key)
-        for path in sorted((self.data_dir / "demo" / "members").glob("*/*.key")):
-            voters.setdefault(path.parent.name, []).append(load_signing_key(path))
-        self.voters = voters
+        """The founders' keys on this host and every member key kept so far (demo runs too):
+        the demo's own keyring, which also derives its citizens' pseudonyms from their wallets."""
+        self.voters = Keyring.load(self.data_dir).by_college
 
     def admit(self, key: SigningKey) -> int:
         """The DPO proposes the admission; members vote yes until it passes."""
@@ -245,9 +240,13 @@ def test_the_demo_plays_the_three_stories_twice_on_one_system(system: System) ->
             "no driver_id",
             ": no_consent",
             "holds the erasure.record transaction",
-            "denied, erased",
-            "0 readable records and 1 erasure(s)",
+            "pseudonym again: nothing delivered, denied (",
+            "the subject export now holds 0 readable records",
             "demo: every expected outcome happened.",
+            "'s wallet derives the pseudonym",
+            "only her wallet links them",
+            "everywhere (no dataset named)",
+            "'s wallet keeps the certificate's receipt and raises the dataset's generation to 1",
         ):
             assert line in out, out
         # Every ledger step prints its receipt.
@@ -258,8 +257,15 @@ def test_the_demo_plays_the_three_stories_twice_on_one_system(system: System) ->
     # The demo's API keys were revoked when it ended; its members' keys stay to vote later.
     assert _live_keys(system) == live_before
     kept = list((system.data_dir / "demo" / "members").glob("*/*.key"))
-    assert len(kept) == 2 * 8
-    assert all(p.stat().st_mode & 0o077 == 0 for p in kept)
+    assert len(kept) == 2 * 4  # the legal entities
+    wallets = list((system.data_dir / "demo" / "wallets").glob("*.key"))
+    assert len(wallets) == 2 * 3  # Alice, Bruno, Chloé: pseudonyms derived, never stored
+    relationships = list((system.data_dir / "demo" / "wallets").glob("*.key.pairwise.json"))
+    assert len(relationships) == len(wallets)
+    assert all(p.stat().st_mode & 0o077 == 0 for p in kept + wallets + relationships)
+    # Per run, Alice's two pseudonyms (utility, fleet), Bruno's and Chloé's are four keys.
+    named = [re.findall(r"derives the pseudonym ([0-9a-f]{12})…", o) for o in outputs]
+    assert all(len(n) == len(set(n)) == 4 for n in named), named
 
 
 def test_the_demo_says_plainly_when_there_is_no_system(system: System) -> None:
