@@ -20,7 +20,11 @@ share of its peers' loop; the spread over every peer (height modulo peer) divide
 
 What it must never do: overwrite a stored block or store at or above the top height (those are
 the core's, see `Storage.fill_holes`), block the node's loop on a peer (every read is an
-awaited call with a timeout), or store a block that fails either check.
+awaited call with a timeout), store a block that fails either check, or store a body the
+application redacted (`redacted_at`: a subject's erasure; every height filled is one the
+core executed, so its state knows): such a body is replaced by its digest before the block
+is stored (the hash and certificate still verify) and counted, since an honest peer whose
+checkpoint passed the erasure no longer serves it.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class BackfillStats:
     filled: int = 0
     refused: int = 0  # fetched blocks that failed the link or certificate check
     unlinked: int = 0  # filled holes whose bottom does not link to the stored block under it
+    unredacted_refused: int = 0  # bodies peers served at redacted positions (not stored)
 
 
 class Backfill:
@@ -71,6 +76,7 @@ class Backfill:
         chunk_blocks: int = CHUNK_BLOCKS,
         close: Callable[[], Awaitable[None]] | None = None,
         head: Callable[[], tuple[int, bytes]] | None = None,
+        redacted_at: Callable[[int], frozenset[int]] | None = None,
     ) -> None:
         assert peers and chunk_blocks >= 1 and blocks_per_s > 0
         self.storage = storage
@@ -87,6 +93,8 @@ class Backfill:
         # stored (a state transfer ships only the newest) are holes too, anchored by the hash.
         self._head_of = head
         self._head = (0, GENESIS_HASH)
+        # The application's `redacted_at`: which bodies of a height must not be stored.
+        self.redacted_at = redacted_at
 
     def status(self) -> dict[str, int]:
         """For the node's `status`: `missing_blocks` says whether the store is still being
@@ -147,7 +155,7 @@ class Backfill:
                 self._refuse(height, "does not hash to the next block's prev_hash")
                 self._rotation += 1
                 break
-            good.append((height, raw))
+            good.append((height, self._redacted(block, raw)))
             expected = block.prev_hash
         if good and good[-1][0] == lo:
             self._check_bottom(lo, expected)
@@ -172,6 +180,17 @@ class Backfill:
                 continue
             return block, raw
         return None
+
+    def _redacted(self, block: m.Block, raw: bytes) -> bytes:
+        """`raw`, or the block re-encoded without the bodies the application redacted."""
+        if self.redacted_at is None:
+            return raw
+        redacted, removed = m.redact_block(block, self.redacted_at(block.height))
+        if not removed:
+            return raw
+        self.stats.unredacted_refused += removed
+        log.warning("a peer served %d redacted body(ies) at height %d", removed, block.height)
+        return m.encode_block(redacted)
 
     def _refuse(self, height: int, why: str) -> None:
         self.stats.refused += 1

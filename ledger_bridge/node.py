@@ -105,13 +105,17 @@ def cluster_config(genesis: gen.Genesis) -> ClusterConfig:
     )
 
 
-def to_batch(delta: DurableDelta, blocks: list[Any]) -> Batch:
-    """One SQLite transaction for a Ready's durable delta and its committed blocks."""
+def to_batch(
+    delta: DurableDelta, blocks: list[Any], redact: tuple[tuple[int, tuple[int, ...]], ...] = ()
+) -> Batch:
+    """One SQLite transaction for a Ready's durable delta, its committed blocks and its
+    redactions (with the count of them applied, which the delta carries)."""
     return Batch(
         put=tuple(delta.put),
         delete=tuple(delta.delete),
         delete_kind_below=tuple(delta.delete_below),
         blocks=tuple((b.height, m.encode_block(b)) for b in blocks),
+        redact=redact,
     )
 
 
@@ -136,6 +140,7 @@ class Node:
             self.app,
             durable=load_state(self.storage),
         )
+        self.backfill.redacted_at = self.app.redacted_at  # no redacted body from a peer stored
         self.frame_bytes_max = self.replica.config.peer_frame_bytes_max
         files = config.tls_files(self.genesis)
         self.network = PeerNetwork(
@@ -278,6 +283,14 @@ class Node:
             "muted": self.replica.muted,
             "last_executed": self.replica.last_executed,
             "stable_seq": self.replica.h,  # its low watermark: it executes no block above + L
+            # Redaction (docs/PBFT.md): entries applied to the store, entries the executed
+            # state holds beyond those (applied once a checkpoint past their erasure is
+            # stable), and bodies peers served at redacted positions (never stored).
+            "redactions_applied": self.replica.redactions_applied,
+            "redactions_pending": self.replica.redactions_known - self.replica.redactions_applied,
+            "unredacted_refused": (
+                self.replica.unredacted_refused + self.backfill.stats.unredacted_refused
+            ),
             **self.backfill.status(),
         }
 
@@ -303,7 +316,7 @@ class Node:
         if ready.must_sync:
             # What the core produced before the write that needs the fsync leaves first.
             self._send(ready.messages[: ready.early_messages], ready.replies[: ready.early_replies])
-            self._lazy.append(to_batch(ready.persist, ready.blocks))
+            self._lazy.append(to_batch(ready.persist, ready.blocks, ready.redact))
             if self._trace is not None:
                 self._stamp("fsync", "", -1, -1)
             self._write_lazy(sync=True)
@@ -314,7 +327,7 @@ class Node:
         # Replies and votes first: encoding the log records and blocks for SQLite is on
         # nobody's critical path (it was on the client's, between COMMIT and REPLY).
         self._send(ready.messages, ready.replies)
-        batch = to_batch(ready.persist, ready.blocks)
+        batch = to_batch(ready.persist, ready.blocks, ready.redact)
         if not batch.empty():
             self._lazy.append(batch)
             if self._lazy_timer is None:

@@ -18,7 +18,11 @@ costs 0.5-1.4 ms of wall time, a NORMAL one 0.05 ms and ~0.14 ms of CPU; the cor
 one fsync per batch instead of three, and the node makes one commit per batch, not three.
 
 What it must never do: hold plaintext personal data (the ledger never carries any) or a
-private key (those live in the 0600 key file named by the node config).
+private key (those live in the 0600 key file named by the node config), nor keep a body the
+replica redacted (a subject's erasure, docs/PBFT.md "Redaction"): `secure_delete` zeroes the
+bytes of every deleted or overwritten row, and a batch that redacts ends with a
+`wal_checkpoint(TRUNCATE)`, so no page image holding the old body survives in the file or
+in its write-ahead log.
 
 The layout is deliberately dumb: the replica's durable records are opaque msgpack blobs keyed
 by (kind, key). Interpreting them is the replica core's job (`DurableState`), so a change in
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import msgpack
 
+from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.messages import Block
 
 SCHEMA_VERSION = 2
@@ -66,7 +71,9 @@ class Batch:
     """Everything one `Ready` asks to persist, written in a single fsynced transaction.
 
     `put`/`delete` touch the replica's records; `blocks` appends committed blocks
-    (height -> encoded block with its certificate); `meta` sets small named values.
+    (height -> encoded block with its certificate); `meta` sets small named values;
+    `redact` replaces, in stored blocks, the bodies at (height, batch indices) by their
+    digests (`messages.redact_block`), after `blocks` (see `Ready.redact`).
     """
 
     put: tuple[tuple[str, bytes, bytes], ...] = ()
@@ -74,9 +81,17 @@ class Batch:
     delete_kind_below: tuple[tuple[str, bytes], ...] = ()  # GC: drop keys < bound of a kind
     blocks: tuple[tuple[int, bytes], ...] = ()
     meta: tuple[tuple[str, bytes], ...] = ()
+    redact: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def empty(self) -> bool:
-        return not (self.put or self.delete or self.delete_kind_below or self.blocks or self.meta)
+        return not (
+            self.put
+            or self.delete
+            or self.delete_kind_below
+            or self.blocks
+            or self.meta
+            or self.redact
+        )
 
 
 class Storage:
@@ -87,6 +102,10 @@ class Storage:
         self.path = data_dir / DB_FILE
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
+            # Deleted and overwritten rows are zeroed in place, not left in free space: a
+            # redacted body, an old snapshot or a garbage-collected log record is gone from
+            # the file, not only from the tables. A per-connection setting: set at each open.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so what we acknowledged survives a
             # power cut, not only a process kill. Tests of pure logic may pass "OFF".
@@ -101,6 +120,7 @@ class Storage:
             raise StorageError(f"cannot open {self.path}: {exc}") from None
         self.writes = 0
         self.syncs = 0
+        self.redaction_checkpoints = 0
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -168,6 +188,17 @@ class Storage:
             raise
         self.writes += 1
         self.syncs += sync and level == "FULL"
+        if any(b.redact for b in todo):
+            self.truncate_wal()
+
+    def truncate_wal(self) -> None:
+        """Copy the write-ahead log into the database file and cut it to zero bytes: the
+        log still holds the page images from before a redaction (secure_delete zeroes the
+        database file's copy, not the log's)."""
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise StorageError("write-ahead log not truncated: another connection reads it")
+        self.redaction_checkpoints += 1
 
     def _apply(self, batch: Batch) -> None:
         db = self._db
@@ -186,6 +217,23 @@ class Storage:
             )
         if batch.meta:
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", batch.meta)
+        for height, indices in batch.redact:
+            self._redact(height, indices)
+
+    def _redact(self, height: int, indices: Iterable[int]) -> bool:
+        """Replace the bodies at `indices` of the stored block at `height` by their digests
+        (inside the caller's transaction); False if there was nothing to remove."""
+        db = self._db
+        row = db.execute("SELECT block FROM blocks WHERE height = ?", (height,)).fetchone()
+        if row is None:
+            return False
+        redacted, removed = m.redact_block(m.decode_block(bytes(row[0])), indices)
+        if not removed:
+            return False
+        db.execute(
+            "UPDATE blocks SET block = ? WHERE height = ?", (m.encode_block(redacted), height)
+        )
+        return True
 
     def fill_holes(self, blocks: Iterable[tuple[int, bytes]], executed: int = 0) -> int:
         """Store blocks only at heights the store lacks, below its top or up to `executed`

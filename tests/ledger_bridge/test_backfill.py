@@ -209,3 +209,35 @@ def test_a_replica_back_from_state_transfer_fills_its_store(tmp_path: Path) -> N
     assert verify_chain(chain, cluster.genesis.public_keys())
     for tx, receipt in load.receipts:
         assert tx in chain[receipt.block_height - 1].txs
+
+
+def test_a_body_the_application_redacted_is_never_stored_from_a_peer(
+    tmp_path: Path, chain: tuple[list[m.Block], list[VerifyKey]]
+) -> None:
+    """Attack: after a subject's erasure, a Byzantine peer still serves the erased request's
+    body (its block unredacted: the certificate and hash verify either way). The backfill
+    stores the block with that body replaced by its digest, as the honest peers serve it,
+    and counts the body; the chain still verifies."""
+    blocks, keys = chain
+    missing = set(range(4, 12))
+    redacted = {5: frozenset({0}), 9: frozenset({0, 7})}  # index 7: outside the batch
+    store = _store(tmp_path / "me", [b for b in blocks if b.height not in missing])
+    hostile = _store(tmp_path / "hostile", blocks)
+    backfill = Backfill(
+        store,
+        keys,
+        [0],
+        _fetch_from([hostile]),
+        blocks_per_s=10_000,
+        redacted_at=lambda h: redacted.get(h, frozenset()),
+    )
+    _fill(backfill)
+    assert store.holes() == []
+    stored = [m.decode_block(raw) for _, raw in store.blocks()]
+    for b in stored:
+        want = m.redact_block(blocks[b.height - 1], redacted.get(b.height, ()))[0]
+        assert b == want
+    assert [o.code for o in stored[4].omitted] == [m.REDACTED]
+    assert all(r not in stored[8].requests for r in blocks[8].requests[:1])
+    assert backfill.stats.unredacted_refused == 2
+    assert verify_chain(stored, keys)

@@ -208,3 +208,68 @@ def test_a_schema_1_store_is_migrated_and_its_blocks_keep_their_hashes(tmp_path:
     assert m.decode_block(raw).header_hash() == block.header_hash()
     assert store.meta("schema") == b"2"
     store.close()
+
+
+MARKER = b"MARKER-0123456789abcdef-redact!!"  # 32 recognisable bytes
+
+
+def _marker_hits(data_dir: Path) -> list[str]:
+    """Every file of the data directory (the database, its -wal and -shm) holding the
+    marker, raw or as hex."""
+    hits = []
+    for path in sorted(data_dir.iterdir()):
+        raw = path.read_bytes()
+        for form in (MARKER, MARKER.hex().encode()):
+            if form in raw:
+                hits.append(f"{path.name}: {form[:8]!r}")
+    return hits
+
+
+def _block_with(txs: list[bytes], height: int = 1) -> m.Block:
+    client = SigningKey(digest(b"storage-test-client"))
+    reqs = tuple(m.make_request(client, i + 1, tx) for i, tx in enumerate(txs))
+    return m.Block(
+        height, 0, b"\0" * 32, 1_000, m.batch_digest(1_000, reqs), reqs, (), b"r" * 32,
+        b"s" * 32, (0, 1, 2), (b"x" * 64,) * 3,
+    )  # fmt: skip
+
+
+def test_a_redacted_body_leaves_no_byte_in_the_database_or_its_wal(tmp_path: Path) -> None:
+    """Invariant 7 on one replica's disk: after a redaction batch, the marker a request body
+    held is in no file of the data directory, raw or hex: not in the block (now its
+    digest), not in a deleted log record or an overwritten snapshot (secure_delete zeroes
+    them), not in an old page image in the write-ahead log (truncated). The same scan
+    finds it before the redaction, so it can fail."""
+    st = Storage(tmp_path)
+    block = _block_with([b"before", b"body:" + MARKER, b"after"])
+    st.write(
+        Batch(
+            blocks=((1, m.encode_block(block)),),
+            put=(("log", seq_key(1), b"logged " + MARKER), ("meta", b"snapshot", MARKER)),
+        )
+    )
+    for h in range(2, 40):  # later writes: the marker's pages age in the WAL and the file
+        st.write(Batch(blocks=((h, m.encode_block(_block_with([b"x%d" % h], h))),)))
+    assert _marker_hits(tmp_path)  # the control
+    st.write(
+        Batch(
+            delete_kind_below=(("log", seq_key(2)),),
+            put=(("meta", b"snapshot", b"a newer snapshot"),),
+            redact=((1, (1,)), (99, (0,))),  # a height the store lacks is skipped
+        ),
+        sync=False,
+    )
+    assert _marker_hits(tmp_path) == []
+    assert st.redaction_checkpoints == 1
+    stored = m.decode_block(st.block(1) or b"")
+    assert stored.txs == [b"before", b"after"]
+    assert stored.omitted == (m.Omission(1, m.request_digest(block.requests[1]), m.REDACTED),)
+    # The block still proves what it ordered: same hash, same batch digest.
+    assert stored.header_hash() == block.header_hash()
+    assert m.digests_batch_digest(1_000, stored.request_digests() or []) == block.batch_digest
+    st.close()
+    assert _marker_hits(tmp_path) == []
+    # Idempotent: redacting it again changes nothing.
+    st = Storage(tmp_path)
+    st.write(Batch(redact=((1, (1,)),)))
+    assert st.block(1) == m.encode_block(stored)
