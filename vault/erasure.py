@@ -10,24 +10,69 @@ ledger records what was destroyed. All of it happens in the caller's transaction
 leaves all or none of it (invariant 5). Calling again on an erased scope destroys nothing,
 queues nothing, and returns the earlier fact's id: erasure is idempotent.
 
+Forgetting the subject: the scope's rows also stop naming the subject. In each dataset the
+subject id in records and key commitments becomes `forgotten_id(S_subject[s, d])`, computed just
+before that secret is destroyed, so the value is unlinkable to s once the secret is gone, and
+every other subject's record proof and the upload's key-commitments root still verify (the
+leaves never held the id; the commitments' order is fixed first, see KeyCommitment.position).
+An erasure everywhere also deletes the subject's API keys, and its fact carries `forget`: once
+the relay recorded it, `settle_erasure` drops the subject from that fact and from every earlier
+erasure fact naming them. After that the vault's database names the subject nowhere. A
+dataset-scoped erasure forgets the subject in that dataset's rows only: the subject stays a
+member elsewhere, and its fact (like the ledger's tombstone) keeps naming them.
+
 Backups and dead tuples still hold old wrapped secrets until the KEK they were wrapped under is
-retired: `KeyStore.rotate_kek` then `retire_unused_keks` closes that window (docs/KEYS.md).
+retired: `KeyStore.rotate_kek` then `retire_unused_keks` closes that window (docs/KEYS.md). They
+also hold the subject id in dead row versions until VACUUM reclaims them: forgetting here is
+about what the live database serves and dumps, not yet about its pages and WAL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
+import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, delete, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from vault.errors import UploadNotFound
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
-from vault.models import KeyCommitment, KeySecret, OutboxFact, Record, Upload
+from vault.models import ApiKey, KeyCommitment, KeySecret, OutboxFact, Record, Upload
+
+# Replacement subject ids start with a character no subject id may hold (uploads accept
+# [A-Za-z0-9._:@+=/-] or 64 hex digits), so no upload can ever be filed under one.
+FORGOTTEN_PREFIX = "~"
+_FORGOTTEN_INFO = b"civis-vault/forgotten-subject/v1"
+
+# Fix the leaf index of every commitment of the uploads where :subject still has one without
+# an index, in the order the upload built its key-commitments root (by subject id).
+_FIX_POSITIONS = text(
+    "UPDATE key_commitments k SET position = o.pos FROM ("
+    " SELECT upload_id, subject_id,"
+    " row_number() OVER (PARTITION BY upload_id ORDER BY subject_id) - 1 AS pos"
+    " FROM key_commitments WHERE upload_id IN ("
+    "  SELECT c.upload_id FROM key_commitments c JOIN uploads u ON u.id = c.upload_id"
+    "  WHERE c.subject_id = :subject AND c.position IS NULL AND u.dataset_id = :dataset)"
+    ") o WHERE k.upload_id = o.upload_id AND k.subject_id = o.subject_id"
+)
+
+
+def forgotten_id(subject_secret: bytes | None) -> str:
+    """The id that replaces a forgotten subject's in one dataset's rows.
+
+    HMAC of a fixed label under S_subject[s, d]: after the secret is destroyed nobody can
+    compute it from s, so the rows of one dataset stay grouped (one value per subject) without
+    naming anyone. Without a secret (destroyed by an erasure before rows were rewritten) it is
+    random, which links to nothing either.
+    """
+    if subject_secret is None:
+        return FORGOTTEN_PREFIX + os.urandom(32).hex()
+    return FORGOTTEN_PREFIX + hmac.digest(subject_secret, _FORGOTTEN_INFO, "sha256").hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +86,8 @@ class ErasureResult:
     # The fact queued for the ledger; on a repeated request, the earlier fact for the same
     # scope (None when this scope never held anything).
     outbox_id: int | None = None
+    # Rows (records and key commitments) whose subject id was replaced by `forgotten_id`.
+    rows_forgotten: int = 0
 
 
 def _now() -> dt.datetime:
@@ -61,11 +108,15 @@ class Eraser:
         reason: str,
         requester: str,
         request: int | None = None,
+        receipt_to: bytes | None = None,
     ) -> ErasureResult:
-        """Art. 17: destroy S_subject[s, d] for one dataset or every dataset of the subject.
+        """Art. 17: destroy S_subject[s, d] for one dataset or every dataset of the subject,
+        and replace the subject id in those datasets' rows (see the module docstring).
 
         `request` is the ledger id of the subject's own signed erasure request, when there is
         one: the fact that records the erasure fulfils it, even if nothing was left to destroy.
+        `receipt_to` (an X25519 public key) is where the relay seals the erasure's ledger
+        receipt: the fact keeps the receipt only in that form.
         """
         cond = and_(KeySecret.kind == "subject", KeySecret.scope == subject_id)
         if dataset_id is not None:
@@ -76,6 +127,11 @@ class Eraser:
                 select(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).where(cond)
             )
         ]
+        # Before the secrets go: the replacement ids are derived from them.
+        replacements = {
+            ref.dataset_id: forgotten_id(secret)
+            for ref, secret in self._store.load(session, refs).items()
+        }
         record_cond = Record.subject_id == subject_id
         upload_cond: ColumnElement[bool] = KeyCommitment.subject_id == subject_id
         if dataset_id is not None:
@@ -89,7 +145,12 @@ class Eraser:
         scope = {"type": "subject", "subject_id": subject_id}
         if dataset_id is not None:
             scope["dataset_id"] = str(dataset_id)
-        return self._finish(
+        extra: dict[str, Any] = {}
+        if dataset_id is None:
+            extra["forget"] = True
+        if receipt_to is not None:
+            extra["receipt_to"] = receipt_to.hex()
+        result = self._finish(
             session,
             kind="erasure.record",
             scope=scope,
@@ -100,7 +161,17 @@ class Eraser:
             reason=reason,
             requester=requester,
             request=request,
+            extra=extra,
         )
+        forgotten = _forget_rows(session, subject_id, replacements, dataset_id)
+        if dataset_id is None:
+            # The subject's own API keys name them and have nothing left to open.
+            session.execute(
+                delete(ApiKey)
+                .where(ApiKey.member_id == subject_id, ApiKey.role == "subject")
+                .execution_options(synchronize_session=False)
+            )
+        return replace(result, rows_forgotten=forgotten)
 
     def withdraw_upload(
         self, session: Session, upload_id: uuid.UUID, *, reason: str, requester: str
@@ -158,6 +229,7 @@ class Eraser:
         reason: str,
         requester: str,
         request: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> ErasureResult:
         now = self._clock()
         destroyed = self._store.destroy(session, refs)
@@ -218,6 +290,7 @@ class Eraser:
                 "requester": requester,
                 "at": now.isoformat(),
                 **({} if request is None else {"request": request}),
+                **(extra or {}),
             },
         )
         session.add(fact)
@@ -231,3 +304,88 @@ class Eraser:
             uploads=uploads,
             outbox_id=fact.id,
         )
+
+
+def _forget_rows(
+    session: Session,
+    subject_id: str,
+    replacements: dict[uuid.UUID, str],
+    dataset_id: uuid.UUID | None,
+) -> int:
+    """Replace `subject_id` in records and key commitments, dataset by dataset, by that
+    dataset's `forgotten_id`; returns the rows rewritten.
+
+    The commitments' leaf indexes are fixed first (`_FIX_POSITIONS`), while every subject id
+    of the upload still sorts as it did when its root was built.
+    """
+    found = select(Record.dataset_id).where(Record.subject_id == subject_id)
+    committed = (
+        select(Upload.dataset_id)
+        .join(KeyCommitment, KeyCommitment.upload_id == Upload.id)
+        .where(KeyCommitment.subject_id == subject_id)
+    )
+    if dataset_id is not None:
+        found = found.where(Record.dataset_id == dataset_id)
+        committed = committed.where(Upload.dataset_id == dataset_id)
+    datasets = set(session.scalars(found.distinct())) | set(session.scalars(committed.distinct()))
+    rewritten = 0
+    for dataset in sorted(datasets, key=str):
+        new_id = replacements.get(dataset) or forgotten_id(None)
+        session.execute(_FIX_POSITIONS, {"subject": subject_id, "dataset": dataset})
+        for statement in (
+            update(Record)
+            .where(Record.dataset_id == dataset, Record.subject_id == subject_id)
+            .values(subject_id=new_id),
+            update(KeyCommitment)
+            .where(
+                KeyCommitment.subject_id == subject_id,
+                KeyCommitment.upload_id.in_(select(Upload.id).where(Upload.dataset_id == dataset)),
+            )
+            .values(subject_id=new_id),
+        ):
+            done = session.execute(statement.execution_options(synchronize_session=False))
+            rewritten += cast("CursorResult[Any]", done).rowcount
+    return rewritten
+
+
+def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | None) -> None:
+    """After the relay recorded erasure fact `fact_id`: keep its receipt sealed (if the caller
+    asked for one) and, for an erasure everywhere, drop the subject from this fact and from
+    every erasure fact that names them. Runs in the relay's marking transaction, so a fact is
+    never recorded without being forgotten.
+
+    Why only now: until the ledger has it, the fact must name the subject (it is what the
+    relay submits). A forgotten fact cannot be sent again (`is_forgotten`).
+    """
+    fact = session.get(OutboxFact, fact_id, with_for_update=True)
+    if fact is None or fact.kind != "erasure.record":
+        return
+    payload = dict(fact.payload)
+    if sealed_receipt is not None:
+        payload["sealed_receipt"] = sealed_receipt.hex()
+    subject = payload["scope"].get("subject_id") if payload.get("forget") else None
+    if subject is not None:
+        naming = session.scalars(
+            select(OutboxFact)
+            .where(
+                OutboxFact.kind == "erasure.record",
+                OutboxFact.id != fact_id,
+                OutboxFact.payload["scope"]["subject_id"].astext == subject,
+            )
+            .with_for_update()
+        )
+        for other in naming:
+            other.payload = _without_subject(other.payload)
+        payload = _without_subject(payload)
+    fact.payload = payload
+    session.flush()
+
+
+def _without_subject(payload: dict[str, Any]) -> dict[str, Any]:
+    scope = {k: v for k, v in payload["scope"].items() if k != "subject_id"}
+    return {**payload, "scope": scope, "forgotten": True}
+
+
+def is_forgotten(payload: dict[str, Any]) -> bool:
+    """True for an erasure fact whose subject was forgotten: it can no longer be submitted."""
+    return bool(payload.get("forgotten"))

@@ -30,7 +30,7 @@ from vault.crypto.merkle import MerkleTree
 from vault.errors import RecordErased, RecordNotFound
 from vault.keyring import KeyRing
 from vault.keys import KeyStore
-from vault.models import Record, Upload
+from vault.models import KeyCommitment, Record, Upload
 
 # Inclusion trees, kept across calls: an upload's leaf hashes never change once its rows are
 # visible (an upload is written in one transaction; erasure keeps leaf hashes, see above), and
@@ -166,6 +166,8 @@ class Reader:
         for batch in batches:
             needs: dict[tuple[uuid.UUID, uuid.UUID, str], set[str]] = {}
             for row in batch:
+                if row[5] is None:
+                    continue  # erased (see _open_batch)
                 needs.setdefault((row[1], row[2], row[6].isoformat()), set()).add(row[3])
             for (dataset_id, upload_id, day_iso), subjects in needs.items():
                 ring = rings.get(dataset_id)
@@ -185,8 +187,13 @@ class Reader:
     ) -> Iterator[RecordOut]:
         for row in batch:
             rid, dataset_id, upload_id, subject_id, index, envelope, day, root, count = row
-            ring = rings[dataset_id]
-            dek = ring.dek(upload_id, day.isoformat(), subject_id)
+            # An erased row has no ciphertext, and its subject id may be a forgotten one that
+            # no key was ever filed under: no key lookup for it.
+            dek = (
+                None
+                if envelope is None
+                else rings[dataset_id].dek(upload_id, day.isoformat(), subject_id)
+            )
             try:
                 if dek is None or envelope is None:
                     raise DecryptionFailed
@@ -229,3 +236,18 @@ class Reader:
             .order_by(Record.leaf_index)
         ).all()
         return MerkleTree(leaves)
+
+
+def key_commitments_in_order(session: Session, upload_id: uuid.UUID) -> list[bytes]:
+    """The upload's key commitments in leaf order, to recompute its key-commitments root.
+
+    Leaf order is by subject id until an erasure forgets one of the upload's subjects; the
+    erasure fixes every row's `position` first, so either all positions are set or none.
+    """
+    return list(
+        session.scalars(
+            select(KeyCommitment.commitment)
+            .where(KeyCommitment.upload_id == upload_id)
+            .order_by(KeyCommitment.position, KeyCommitment.subject_id)
+        )
+    )

@@ -1,0 +1,32 @@
+"""Key commitments keep their leaf index once a subject of their upload is forgotten.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-05
+
+Why: an upload's key-commitments root is built over its commitments ordered by subject id.
+An erasure "everywhere" replaces the subject id with a value that names nobody, which sorts
+elsewhere, so the order (and with it the recomputed root) would change. The erasure fixes
+each commitment's index in `position` before it rewrites any subject id. Rows of uploads no
+erasure has touched keep NULL: their subject ids still give the order, so nothing is filled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("key_commitments", sa.Column("position", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("key_commitments", "position")

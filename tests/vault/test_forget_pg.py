@@ -1,0 +1,212 @@
+"""After an erasure everywhere, the vault's PostgreSQL names the subject nowhere (pg_dump).
+
+What an auditor would do: dump the database with the real `pg_dump` and search it for the
+erased pseudonym P (its hex, upper-case hex, base64, and hashes anyone could compute from P),
+with a control: a subject not erased, stored the same way, IS found by the same scan. Then the
+erasure must not have cost the others anything: every surviving record's inclusion proof
+verifies against its upload's anchored Merkle root, and each upload's key-commitments root,
+recomputed from the rows, is still the anchored one.
+
+The relay's part (settle_erasure, once the ledger recorded the fact) is called here as the
+relay calls it; tests/api/test_erasure_receipt.py runs the same through the real relay and a
+real ledger.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from tests.vault.conftest import make_dataset
+from tests.vault.test_forensic import _pg_dump
+from vault.crypto import record_leaf
+from vault.crypto.merkle import leaf_hash, merkle_root, verify_inclusion
+from vault.erasure import Eraser, forgotten_id, settle_erasure
+from vault.keys import KeyStore, LocalKeyProvider, subject_ref
+from vault.models import ApiKey, KeyCommitment, OutboxFact, Record, Upload
+from vault.reads import Reader, key_commitments_in_order
+from vault.uploads import LEDGER_SUBJECT_ID, RecordIn, Uploader
+
+
+def _pseudonym(first: str = "") -> str:
+    return (first + os.urandom(32).hex())[:64]
+
+
+def _needles(subject: str) -> dict[str, bytes]:
+    """What names `subject` without any secret: its own encodings and hashes of them."""
+    raw = bytes.fromhex(subject)
+    return {
+        "hex": subject.encode(),
+        "upper hex": subject.upper().encode(),
+        "base64": base64.b64encode(raw).rstrip(b"="),
+        "base64url": base64.urlsafe_b64encode(raw).rstrip(b"="),
+        "sha256(raw)": hashlib.sha256(raw).hexdigest().encode(),
+        "sha256(hex)": hashlib.sha256(subject.encode()).hexdigest().encode(),
+    }
+
+
+def _found(dump: bytes, subject: str) -> list[str]:
+    return [name for name, needle in _needles(subject).items() if needle in dump]
+
+
+def _relay_records(session: Session, fact_id: int, sealed: bytes | None = None) -> None:
+    """What the relay does once the ledger recorded the fact: mark it, then settle it."""
+    session.execute(
+        update(OutboxFact)
+        .where(OutboxFact.id == fact_id)
+        .values(sent_at=dt.datetime.now(dt.UTC), tx_id="ab" * 32, block_height=7)
+    )
+    settle_erasure(session, fact_id, sealed_receipt=sealed)
+
+
+def _api_key(session: Session, member: str) -> None:
+    session.add(
+        ApiKey(id=os.urandom(8).hex(), secret_hash=os.urandom(32), member_id=member, role="subject")
+    )
+
+
+class World:
+    def __init__(self, engine: Engine, tmp_path: Path) -> None:
+        self.engine = engine
+        self.store = KeyStore(LocalKeyProvider(tmp_path / "master.key"))
+        self.uploader = Uploader(self.store, subject_ids=LEDGER_SUBJECT_ID)
+        self.reader = Reader(self.store)
+        self.eraser = Eraser(self.store)
+        # P sorts first in its uploads, so its replacement id sorts elsewhere (with 8 subjects,
+        # 7 times in 8): only fixed leaf positions keep the key-commitments root recomputable.
+        self.p, self.q = _pseudonym("00"), _pseudonym("ff")
+        self.others = [_pseudonym() for _ in range(6)]
+        with Session(engine) as s, s.begin():
+            self.d1, self.d2 = make_dataset(s).id, make_dataset(s).id
+            subjects = [self.p, self.q, *self.others]
+            self.uploads = [self._upload(s, self.d1, subjects), self._upload(s, self.d2, subjects)]
+            _api_key(s, self.p)
+            _api_key(s, self.q)
+            self.secrets = {
+                d: self.store.load(s, [subject_ref(d, self.p)])[subject_ref(d, self.p)]
+                for d in (self.d1, self.d2)
+            }
+
+    def _upload(self, s: Session, dataset: uuid.UUID, subjects: list[str]) -> uuid.UUID:
+        records = [RecordIn(x, {"who": x, "i": i}) for x in subjects for i in range(3)]
+        return self.uploader.upload(s, dataset, records).upload_id
+
+    def erase(self, dataset: uuid.UUID | None, receipt_to: bytes | None = None) -> int:
+        with Session(self.engine) as s, s.begin():
+            result = self.eraser.erase_subject(
+                s,
+                self.p,
+                dataset_id=dataset,
+                reason="subject_request",
+                requester="subject",
+                receipt_to=receipt_to,
+            )
+        assert result.outbox_id is not None
+        return result.outbox_id
+
+
+@pytest.fixture()
+def world(committed_engine: Engine, tmp_path: Path) -> Iterator[World]:
+    yield World(committed_engine, tmp_path)
+
+
+def test_erasure_everywhere_leaves_nothing_naming_the_subject_in_pg_dump(
+    world: World, fresh_database_url: str
+) -> None:
+    before = _pg_dump(fresh_database_url)
+    assert _found(before, world.p) and _found(before, world.q)  # the scan finds what is there
+
+    first = world.erase(world.d1)  # a dataset-scoped erasure first: its fact names P
+    with Session(world.engine) as s, s.begin():
+        _relay_records(s, first)
+    everywhere = world.erase(None, receipt_to=os.urandom(32))
+    pending = _pg_dump(fresh_database_url)
+    # Until the ledger recorded it, the fact must name P: it is what the relay submits.
+    assert "hex" in _found(pending, world.p)
+
+    with Session(world.engine) as s, s.begin():
+        _relay_records(s, everywhere, sealed=b"sealed receipt")
+    dump = _pg_dump(fresh_database_url)
+    assert _found(dump, world.p) == []
+    assert "hex" in _found(dump, world.q)  # control: a subject not erased is still found
+
+    with Session(world.engine) as s:
+        # P's rows remain (their leaves keep the others' proofs), under ids no one can link.
+        for dataset in (world.d1, world.d2):
+            ids = set(s.scalars(select(Record.subject_id).where(Record.dataset_id == dataset)))
+            assert forgotten_id(world.secrets[dataset]) in ids
+        facts = {f.id: f.payload for f in s.scalars(select(OutboxFact))}
+        assert facts[first]["scope"] == {"type": "subject", "dataset_id": str(world.d1)}
+        assert facts[everywhere]["scope"] == {"type": "subject"}
+        assert facts[everywhere]["sealed_receipt"] == b"sealed receipt".hex()
+        members = set(s.scalars(select(ApiKey.member_id)))
+        assert world.q in members and world.p not in members
+
+
+def test_survivors_proofs_and_key_commitment_roots_still_verify(world: World) -> None:
+    with Session(world.engine) as s:
+        roots = {u.id: bytes(u.commitments_root) for u in s.scalars(select(Upload))}
+        before = {u: key_commitments_in_order(s, u) for u in world.uploads}
+    for upload in world.uploads:
+        assert merkle_root([leaf_hash(c) for c in before[upload]]) == roots[upload]
+
+    world.erase(None)
+
+    with Session(world.engine) as s:
+        for upload in world.uploads:
+            after = key_commitments_in_order(s, upload)
+            assert after == before[upload]
+            assert merkle_root([leaf_hash(c) for c in after]) == roots[upload]
+            positions = s.scalars(
+                select(KeyCommitment.position).where(KeyCommitment.upload_id == upload)
+            ).all()
+            assert sorted(p for p in positions if p is not None) == list(range(8))  # all fixed
+        survivors = list(world.reader.by_dataset(s, world.d1)) + list(
+            world.reader.by_dataset(s, world.d2)
+        )
+    assert {r.subject_id for r in survivors} == {world.q, *world.others}
+    assert len(survivors) == 2 * 7 * 3
+    for out in survivors:
+        leaf = leaf_hash(record_leaf(out.record_id.bytes, out.leaf_salt, out.payload))
+        assert verify_inclusion(leaf, out.leaf_index, out.record_count, out.proof, out.merkle_root)
+        assert json.loads(out.payload)["who"] == out.subject_id
+
+
+def test_dataset_scoped_erasure_forgets_the_subject_in_that_dataset_only(world: World) -> None:
+    """Kept, by design: the subject stays a member elsewhere (API key, other datasets' rows),
+    and the fact names them, as the ledger's tombstone for a dataset-scoped erasure does."""
+    fact = world.erase(world.d1)
+    with Session(world.engine) as s, s.begin():
+        _relay_records(s, fact)
+    with Session(world.engine) as s:
+        in_d1 = set(s.scalars(select(Record.subject_id).where(Record.dataset_id == world.d1)))
+        in_d2 = set(s.scalars(select(Record.subject_id).where(Record.dataset_id == world.d2)))
+        committed_d1 = set(
+            s.scalars(
+                select(KeyCommitment.subject_id).where(KeyCommitment.upload_id == world.uploads[0])
+            )
+        )
+        assert world.p not in in_d1 and world.p not in committed_d1
+        assert forgotten_id(world.secrets[world.d1]) in in_d1
+        assert world.p in in_d2
+        assert s.get(OutboxFact, fact).payload["scope"]["subject_id"] == world.p  # type: ignore[union-attr]
+        assert world.p in set(s.scalars(select(ApiKey.member_id)))
+
+
+def test_a_repeated_erasure_everywhere_finds_nothing_to_name(world: World) -> None:
+    """Once forgotten, the vault cannot even tell that P was erased: no fact matches P."""
+    fact = world.erase(None)
+    with Session(world.engine) as s, s.begin():
+        _relay_records(s, fact)
+        again = world.eraser.erase_subject(s, world.p, reason="dpo_decision", requester="dpo")
+    assert again.outbox_id is None and again.secrets_destroyed == 0
