@@ -45,6 +45,10 @@ ERASURE_REASONS = (
 )
 REQUESTERS = ("subject", "dpo", "provider", "vault")
 PREDICATE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in")
+# What a consent discloses, narrowest first: yes/no answers, named fields, whole records.
+MODES = ("predicate", "projection", "full")
+QUESTIONS_MAX = 1_000_000  # predicate questions a purpose allows per subject and period
+PERIOD_DAYS_MAX = 366
 SUBJECTS_MAX = 10_000
 COMMITMENTS_MAX = 4_096
 UPLOADS_MAX = 4_096
@@ -171,6 +175,11 @@ def check(tx_type: str, body: Any, *, json: bool = False) -> None:
     `json`: keys and hashes are hex strings (the API's form) rather than bytes (the ledger's).
     """
     _walk(BODIES[tx_type], body, "", json)
+
+
+def check_kind(kind: Kind, value: Any) -> None:
+    """`check` for one declared part (a purpose's declaration in a genesis file)."""
+    _walk(kind, value, "", False)
 
 
 def _at(path: str, name: str | int) -> str:
@@ -416,6 +425,22 @@ CONSENT_GRANT = Obj(
         *_CONSENT_FIELDS,
         Field("valid_until", TIME_MS, "the consent's end, in the future", EX_TIME_MS),
         *_CONSENT_SCOPE,
+        Field(
+            "mode",
+            Enum(MODES),
+            "what it discloses: yes/no answers, named fields or whole records, among the "
+            "modes its purpose declares (none: the narrowest of them)",
+            None,
+            required=False,
+        ),
+        Field(
+            "fields",
+            ListOf(FIELD_NAME, FIELDS_MAX, min_items=1, distinct=True),
+            "the record fields a predicate or projection consent covers, among its "
+            "purpose's (none: all of the purpose's); a full consent names none",
+            None,
+            required=False,
+        ),
     ),
     exactly_one=("dataset", "category"),
     title="consent.grant",
@@ -537,13 +562,56 @@ VALIDATOR = Obj(
     )
 )
 
+DECLARATION = Obj(
+    (
+        Field(
+            "fields",
+            ListOf(FIELD_NAME, FIELDS_MAX, distinct=True),
+            "the record fields it needs: what a projection returns and a predicate asks about",
+            ["address"],
+        ),
+        Field(
+            "modes",
+            ListOf(Enum(MODES), len(MODES), min_items=1, distinct=True),
+            "the modes its consents may have (predicate, projection, full)",
+            ["predicate"],
+        ),
+        Field(
+            "operators",
+            ListOf(Enum(PREDICATE_OPS), len(PREDICATE_OPS), distinct=True),
+            "the operators its predicate questions may use",
+            ["eq"],
+        ),
+        Field(
+            "questions",
+            Integer(0, QUESTIONS_MAX),
+            "predicate questions per subject, consumer and period",
+            10,
+        ),
+        Field("period_days", Integer(1, PERIOD_DAYS_MAX, "days"), "the budget's period", 1),
+    )
+)
+
 PROPOSAL_ACTIONS = OneOf(
     {
         "admit_member": Obj(
             (_KIND, Field("member", KEY, "a pending legal entity's key", EX_KEY_2)),
         ),
         "admit_voter": Obj((_KIND, Field("member", KEY, "a resident's key", EX_KEY_2))),
-        "approve_purpose": Obj((_KIND, Field("purpose", NAME, "the purpose", "billing"))),
+        "approve_purpose": Obj(
+            (
+                _KIND,
+                Field("purpose", NAME, "the purpose", "billing"),
+                Field(
+                    "declaration",
+                    DECLARATION,
+                    "what the purpose may disclose (none: nothing, until a later "
+                    "approve_purpose declares it)",
+                    None,
+                    required=False,
+                ),
+            )
+        ),
         "set_retention": Obj(
             (
                 _KIND,
