@@ -1608,12 +1608,12 @@ class Replica:
                 return last
 
     def _forget_cached_results(self, seq: int, pp: PrePrepare) -> None:
-        """Block `seq` just ordered redactions: reply-cache results at heights up to it
-        become `messages.REDACTED` (a result may name whom the erasure forgets), at `seq`
-        only those of the redacted requests (the erasure's own result is its client's
-        receipt). The cache is replicated state, inside the checkpoint digest, so this runs
-        at execution, where every replica runs it at the same point; its row order (the
-        eviction order) stays. A client retrying an old request gets the marker."""
+        """Block `seq` just ordered redactions: reply-cache results at heights below it
+        become `messages.REDACTED` (a result may name whom the erasure forgets), and at
+        `seq` those of the redacted requests (the erasure's own among them: its replies
+        have left already). The cache is replicated state, inside the checkpoint digest, so
+        this runs at execution, where every replica runs it at the same point; its row order
+        (the eviction order) stays. A client retrying an old request gets the marker."""
         decided = [r for r in self._redactions_after(self.redactions_known, seq) if r.since == seq]
         if not decided:
             return

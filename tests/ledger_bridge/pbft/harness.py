@@ -78,6 +78,9 @@ class Net:
                 self.synced[i] = {kind: dict(rows) for kind, rows in self.records[i].items()}
             for b in ready.blocks:
                 self.blocks[i][b.height] = b
+            for height, indices in ready.redact:
+                if height in self.blocks[i]:
+                    self.blocks[i][height] = m.redact_block(self.blocks[i][height], indices)[0]
             for out in ready.messages:
                 self.sent.append((i, out.to, out.msg))
                 targets = [j for j in range(self.n) if j != i] if out.to is None else [out.to]
