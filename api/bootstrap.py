@@ -37,7 +37,7 @@ from api.readiness import LedgerQuorumProbe
 from api.wallet import load_wallet, new_wallet
 from ledger_bridge import genesis as gen
 from ledger_bridge import ports
-from ledger_bridge.cluster import Cluster, probe_status
+from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
 from vault import db
 
@@ -300,8 +300,8 @@ def _refuse_running_replicas(cluster: Cluster) -> None:
     it outlives a killed parent): our new process would fail to bind while the old one kept
     answering, and nobody would stop the old one.
     """
-    for address in cluster.client_addresses():
-        if probe_status(address, 0.5) is not None:
+    for i, address in enumerate(cluster.client_addresses()):
+        if cluster.status(i, 0.5) is not None:
             raise BootstrapError(
                 f"a replica of {cluster.directory} already answers on {address}: another `up` "
                 "runs on this data directory, or left its replicas behind; stop them first"

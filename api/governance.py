@@ -28,7 +28,14 @@ from typing import Any
 from ledger_bridge.client import LedgerClient, LedgerError, TcpClientTransport
 from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.crypto import SigningKey
-from ledger_bridge.genesis import GENESIS_FILE, Genesis, GenesisError, load_genesis
+from ledger_bridge.genesis import (
+    GENESIS_FILE,
+    READER_KEY_FILE,
+    Genesis,
+    GenesisError,
+    load_genesis,
+    load_signing_key,
+)
 
 DAY_MS = 86_400_000
 # The contracts accept a voting period up to VOTING_MAX_MS after the proposing block's time,
@@ -99,11 +106,12 @@ def _voting_days(text: str) -> int:
 class Ledger:
     """The replicas of one genesis, through a client that checks f+1 signed replies."""
 
-    def __init__(self, genesis: Genesis) -> None:
+    def __init__(self, genesis: Genesis, reader: SigningKey | None = None) -> None:
+        """`reader` reads the proposals (a key with the right to every query); without one
+        only submitting works."""
         self.genesis = genesis
-        addresses = [v.client_address for v in genesis.validators]
         self._client = LedgerClient(
-            lambda: TcpClientTransport(addresses),
+            lambda: TcpClientTransport.for_genesis(genesis, reader),
             genesis.public_keys(),
             genesis.f,
             timeout_ms=TIMEOUT_MS,
@@ -163,7 +171,9 @@ def _run(name: str, args: argparse.Namespace, act: Callable[[Ledger], Any]) -> i
             genesis = load_genesis(directory / GENESIS_FILE)
         except (OSError, GenesisError) as exc:
             raise GovernanceError(f"no genesis in {directory} ({exc})") from None
-        ledger = Ledger(genesis)
+        # Proposals are read with the operator's read key of a local cluster's directory.
+        reader_file = directory / READER_KEY_FILE
+        ledger = Ledger(genesis, load_signing_key(reader_file) if reader_file.exists() else None)
         try:
             out = act(ledger)
         except LedgerError as exc:

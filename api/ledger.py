@@ -144,10 +144,11 @@ class LedgerGateway:
             target=self._loop.run_forever, name="ledger-gateway", daemon=True
         )
         self._thread.start()
-        addresses = [v.client_address for v in genesis.validators]
 
         async def build() -> tuple[TcpClientTransport, asyncio.Queue[AsyncLedgerClient]]:
-            transport = TcpClientTransport(addresses)
+            # TLS pinned to the genesis CA; the vault's key proves its right to read (a
+            # member with the role `vault` reads blocks and every query).
+            transport = TcpClientTransport.for_genesis(genesis, vault_key)
             pool: asyncio.Queue[AsyncLedgerClient] = asyncio.Queue()
             for _ in range(clients):
                 pool.put_nowait(

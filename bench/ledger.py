@@ -122,7 +122,7 @@ def _ledger_submit(transport: TcpClientTransport, cluster: Cluster) -> Callable[
 async def _ledger_point(
     cluster: Cluster, clients: int, duration_s: float, warmup_s: float = WARMUP_S
 ) -> dict[str, Any]:
-    transport = TcpClientTransport(cluster.client_addresses())
+    transport = cluster.client_transport()
     procs = [psutil.Process(cluster.pid(i)) for i in range(cluster.n)]
     cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
     writes0 = [int((cluster.status(i) or {}).get("fsyncs", 0)) for i in range(cluster.n)]
@@ -179,7 +179,7 @@ def _running_cluster(directory: Path, batch: int, attempts: int = 3) -> Iterator
 
 async def _kill_primary(cluster: Cluster, duration_s: float) -> dict[str, Any]:
     """Kill the primary a third of the way into a load; measure the gap and the recovery."""
-    transport = TcpClientTransport(cluster.client_addresses())
+    transport = cluster.client_transport()
     kill_at: list[float] = []
 
     async def killer() -> None:
@@ -253,7 +253,7 @@ def _all_voting(cluster: Cluster) -> bool:
 
 async def _one_fault(cluster: Cluster, kind: str, victim: int) -> float | None:
     """Seconds from the heal to 4 voting replicas, None past RECOVERY_TIMEOUT_S."""
-    transport = TcpClientTransport(cluster.client_addresses())
+    transport = cluster.client_transport()
     result: list[float | None] = []
 
     async def fault() -> None:
@@ -442,7 +442,7 @@ Span = tuple[int, int, int, int]
 
 async def _timed_submits(cluster: Cluster, requests: int, warmup: int) -> list[Span]:
     """One closed-loop client: (start ns, end ns, block height, request id) per request."""
-    transport = TcpClientTransport(cluster.client_addresses())
+    transport = cluster.client_transport()
     client = AsyncLedgerClient(
         transport, cluster.genesis.public_keys(), cluster.genesis.f, timeout_ms=60_000
     )

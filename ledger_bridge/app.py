@@ -80,6 +80,15 @@ class Application(Protocol):
         """Answer a read-only query from committed state. Must not change state."""
         ...
 
+    def may_read(self, reader: bytes, request: bytes | None) -> bool:
+        """Whether the proven Ed25519 key `reader` may have the answer to query `request`
+        (None: a block), by committed state. Must not change state nor raise.
+
+        The node asks it only for keys that are neither validators nor readers its operator
+        listed, which read everything; so an application that answers False keeps its reads
+        to those (the replica client port serves no one else but `status`)."""
+        ...
+
     def state_root(self) -> bytes:
         """32-byte digest of the whole state (the same after restore(snapshot())).
 

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ledger_bridge.client import LedgerError, TcpClientTransport
-from ledger_bridge.crypto import VerifyKey
+from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import Genesis
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import GENESIS_HASH, block_hash, verify_block
@@ -215,10 +215,12 @@ def for_node(
     genesis: Genesis,
     replica_id: int,
     head: Callable[[], tuple[int, bytes]],
+    reader: SigningKey,
 ) -> Backfill:
-    """A backfill reading the other validators' client ports (`{"op": "block"}`); `head`
-    gives the core's last executed height and its block's hash."""
-    transport = TcpClientTransport([v.client_address for v in genesis.validators])
+    """A backfill reading the other validators' client ports (`{"op": "block"}`) with this
+    replica's validator key `reader` (validators read blocks); `head` gives the core's last
+    executed height and its block's hash."""
+    transport = TcpClientTransport.for_genesis(genesis, reader)
 
     async def fetch(peer: int, height: int) -> bytes | None:
         try:

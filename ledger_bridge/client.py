@@ -26,6 +26,13 @@ HMAC-SHA256(key, reply) to every reply on that connection. A reply whose MAC fai
 dropped like one whose signature fails. Replies stay signed by the replica core, so blocks,
 the simulator and clients without a session check signatures as before.
 
+Reads need a right: a replica answers blocks and queries only on a connection that proved a
+member key (`TcpClientTransport`'s `reader`: on connecting, it signs the replica's challenge,
+bound to the TLS certificate it saw and the chain id, see `transport.reader_transcript`), and
+then only what that key may read (validators, the vault and the DPO everything; others what
+names them). Over TLS (`TcpClientTransport.for_genesis`) the replica's certificate is checked
+against the cluster CA as `node-<j>`. Submitting needs no proof: a request is signed.
+
 The transport is swappable (httpx's `MockTransport` pattern): `TcpClientTransport` talks to
 node processes; `InProcessTransport` drives `Replica` objects directly, for fast tests.
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import ssl
@@ -45,9 +53,9 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from ledger_bridge import eventloop
+from ledger_bridge import eventloop, tls
 from ledger_bridge.crypto import (
     SessionKey,
     SigningKey,
@@ -60,15 +68,21 @@ from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block, verify_chain
 from ledger_bridge.pbft.replica import Ready, Replica
 from ledger_bridge.transport import (
+    CHALLENGE_BYTES,
     FRAME_BYTES_MAX,
+    NO_CHANNEL,
     FrameBuffer,
     RemoteProtocolError,
     encode_frame,
     pack,
+    reader_transcript,
     set_nodelay,
     split_address,
     unpack,
 )
+
+if TYPE_CHECKING:
+    from ledger_bridge.genesis import Genesis
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +154,8 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.session: SessionKey | None = None  # ours, while the replica's answer is due
         self.mac_key: bytes | None = None  # agreed with the replica: its replies carry MACs
+        # The replica's first frame: what a reader signs to prove its key on this connection.
+        self.challenge: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -147,7 +163,17 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         log.debug("replica %d connection lost: %s", self._replica, type(exc).__name__)
+        if not self.challenge.done():
+            self.challenge.set_exception(ConnectionError("closed before its challenge"))
         self._owner._drop(self._replica, self)
+
+    def channel(self) -> bytes:
+        """SHA-256 of the certificate the replica showed in our TLS handshake (what our proof
+        binds to), or `NO_CHANNEL` on plain TCP."""
+        t = self.transport
+        ssl_object = t.get_extra_info("ssl_object") if t is not None else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        return hashlib.sha256(der).digest() if der else NO_CHANNEL
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -173,17 +199,27 @@ class _Conn(asyncio.Protocol):
 
 
 class TcpClientTransport:
-    """One connection per replica's client port, opened lazily, re-opened after a failure."""
+    """One connection per replica's client port, opened lazily, re-opened after a failure.
+
+    `reader` is the key this transport reads with (None: status only), `chain_id` the chain
+    its proof names; `ssl_context` is `tls.reader_context` of the cluster CA, or None for a
+    replica whose client port is plain TCP (development). `for_genesis` picks both from a
+    genesis."""
 
     def __init__(
         self,
         addresses: Sequence[str],
         ssl_context: ssl.SSLContext | None = None,
         frame_bytes_max: int = FRAME_BYTES_MAX,
+        *,
+        reader: SigningKey | None = None,
+        chain_id: str = "",
     ) -> None:
         self.n = len(addresses)
         self._addresses = list(addresses)
         self._ssl = ssl_context
+        self._reader = reader
+        self._chain_id = chain_id
         self._frame_bytes_max = frame_bytes_max
         self._conns: dict[int, _Conn] = {}
         self._connecting: dict[int, asyncio.Lock] = {}
@@ -192,6 +228,21 @@ class TcpClientTransport:
         self._call_ids = itertools.count(1)
         self._validators: list[VerifyKey] | None = None
         self.forged_replies = 0  # replies whose MAC did not verify: dropped
+
+    @classmethod
+    def for_genesis(
+        cls, genesis: Genesis, reader: SigningKey | None = None, **kwargs: Any
+    ) -> TcpClientTransport:
+        """The client ports of a genesis: TLS pinned to its CA when it names one (plain TCP
+        otherwise, which only a replica with `client_port.insecure` serves)."""
+        context = tls.reader_context(genesis.tls_ca) if genesis.tls_ca is not None else None
+        return cls(
+            [v.client_address for v in genesis.validators],
+            context,
+            reader=reader,
+            chain_id=genesis.chain_id,
+            **kwargs,
+        )
 
     def enable_reply_macs(self, validators: Sequence[VerifyKey]) -> None:
         """Agree a MAC key with each replica on connection (`crypto.SessionKey`); its replies
@@ -225,6 +276,16 @@ class TcpClientTransport:
                 ),
                 CONNECT_TIMEOUT_MS / 1000,
             )
+            try:  # a timeout cancels the future: a late close finds it done
+                challenge = await asyncio.wait_for(fresh.challenge, CONNECT_TIMEOUT_MS / 1000)
+            except BaseException:
+                fresh.close()
+                raise
+            if self._reader is not None:
+                # Before any read on this connection: the replica handles frames in order.
+                transcript = reader_transcript(challenge, fresh.channel(), self._chain_id)
+                key, sig = bytes(self._reader.public_key), self._reader.sign(transcript)
+                fresh.write(encode_frame(pack({"op": "auth", "key": key, "sig": sig})))
             if self._validators is not None:
                 fresh.session = SessionKey()
                 fresh.write(encode_frame(pack({"op": "session", "key": fresh.session.public})))
@@ -262,6 +323,15 @@ class TcpClientTransport:
             return
         if op == "session":
             self._on_session(replica, frame, conn)
+            return
+        if op == "challenge":
+            challenge = frame.get("challenge")
+            if (
+                isinstance(challenge, bytes)
+                and len(challenge) == CHALLENGE_BYTES
+                and not conn.challenge.done()
+            ):
+                conn.challenge.set_result(challenge)
             return
         call_id = frame.get("id")
         fut = self._calls.pop(call_id, None) if isinstance(call_id, int) else None

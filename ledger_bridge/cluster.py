@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,29 +25,48 @@ from types import TracebackType
 from typing import Any
 
 from ledger_bridge import genesis as gen
+from ledger_bridge import tls
+from ledger_bridge.client import TcpClientTransport
+from ledger_bridge.crypto import SigningKey
 from ledger_bridge.transport import HEADER, encode_frame, pack, split_address, unpack
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 
 
-def probe_status(address: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
-    """One synchronous `status` request to a node's client port; None when it is not up."""
+def probe_status(
+    address: str,
+    timeout_s: float = 1.0,
+    ssl_context: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> dict[str, Any] | None:
+    """One synchronous `status` request to a node's client port (TLS with `ssl_context`,
+    checking the certificate names `server_name`); None when it is not up. Status is the one
+    read that needs no proven key."""
     host, port = split_address(address)
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout_s))
+            if ssl_context is not None:
+                sock = stack.enter_context(
+                    ssl_context.wrap_socket(sock, server_hostname=server_name)
+                )
             sock.sendall(encode_frame(pack({"op": "status", "id": 0})))
-            header = _recv_exact(sock, HEADER.size)
-            (length,) = HEADER.unpack(header)
-            if length > 1 << 20:
-                return None
-            reply = unpack(_recv_exact(sock, length))
-    except (OSError, ValueError, Exception):
+            for _ in range(2):  # the replica's challenge comes first
+                reply = _recv_frame(sock)
+                if isinstance(reply, dict) and isinstance(reply.get("status"), dict):
+                    status: dict[str, Any] = reply["status"]
+                    return status
+    except Exception:  # refused, reset, a TLS failure, garbage: not up, as far as we know
         return None
-    if isinstance(reply, dict) and isinstance(reply.get("status"), dict):
-        status: dict[str, Any] = reply["status"]
-        return status
     return None
+
+
+def _recv_frame(sock: socket.socket) -> Any:
+    (length,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    if length > 1 << 20:
+        raise ValueError("status frame over 1 MiB")
+    return unpack(_recv_exact(sock, length))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -91,6 +111,8 @@ class Cluster:
             raise gen.GenesisError(f"{directory}: one node-<i>.toml per validator expected")
         self._python = python
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        ca = self.genesis.tls_ca
+        self.client_ssl = tls.reader_context(ca) if ca is not None else None
         (directory / "logs").mkdir(mode=0o700, exist_ok=True)
         # A directory made by an older launcher (or copied in) is tightened as well.
         gen.make_private(directory)
@@ -101,6 +123,15 @@ class Cluster:
 
     def client_addresses(self) -> list[str]:
         return [v.client_address for v in self.genesis.validators]
+
+    def reader_key(self) -> SigningKey:
+        """The operator's read key `create_local` listed in every node file."""
+        return gen.load_signing_key(self.directory / gen.READER_KEY_FILE)
+
+    def client_transport(self, reader: SigningKey | None = None) -> TcpClientTransport:
+        """A transport to the client ports, TLS when the cluster has it, reading with
+        `reader` or else the operator's read key."""
+        return TcpClientTransport.for_genesis(self.genesis, reader or self.reader_key())
 
     def start(self, ids: list[int] | None = None) -> None:
         for i in ids if ids is not None else range(self.n):
@@ -139,15 +170,16 @@ class Cluster:
                 proc = self._procs.get(i)
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"replica {i} exited with {proc.returncode}; {self.log(i)}")
-                if probe_status(self.genesis.validators[i].client_address, 0.5) is not None:
+                if self.status(i, 0.5) is not None:
                     pending.discard(i)
             if pending and time.monotonic() > deadline:
                 raise TimeoutError(f"replicas {sorted(pending)} not ready in {timeout_s}s")
             if pending:
                 time.sleep(0.05)
 
-    def status(self, i: int) -> dict[str, Any] | None:
-        return probe_status(self.genesis.validators[i].client_address)
+    def status(self, i: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        address = self.genesis.validators[i].client_address
+        return probe_status(address, timeout_s, self.client_ssl, f"node-{i}")
 
     def log(self, i: int) -> Path:
         return self.directory / "logs" / f"node-{i}.log"

@@ -6,7 +6,9 @@ Two kinds of file (documented with examples in docs/LEDGER-OPERATIONS.md):
   Ed25519 public key, peer address, client address, TLS certificate). It holds no secret.
 - `node-<i>.toml`, one per replica, private to its host: its id, the path of the genesis file,
   its data directory, the path of its private key file (mode 0600, hex seed), its listen
-  addresses and, with TLS, its certificate and key paths.
+  addresses, with TLS its certificate and key paths (used on the peer port and the client
+  port), and its `[client_port]` table (the operator's read keys; `insecure` for a plain
+  client port in local development).
 
 Relative paths in either file are resolved against the directory of the file that names them,
 so a generated directory can be moved or copied to another host as a whole.
@@ -30,6 +32,7 @@ from ledger_bridge import tls
 from ledger_bridge.crypto import SigningKey, VerifyKey
 
 GENESIS_FILE = "genesis.toml"
+READER_KEY_FILE = "keys/reader.key"  # `create_local`'s operator read key (see `readers`)
 DEFAULT_COLLEGES = ("providers", "services", "citizens")
 REPLICAS_MAX = 100  # a limit on everything: a cooperative has a handful of colleges
 
@@ -79,6 +82,11 @@ class NodeConfig:
     client_listen: str
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # `[client_port]`: `insecure = true` serves clients plain TCP (local development only;
+    # without it the client port needs the TLS files), and `readers`, hex Ed25519 keys that
+    # read everything on this replica, as validators do (an operator's key).
+    insecure_client_port: bool = False
+    readers: tuple[VerifyKey, ...] = ()
 
     def genesis(self) -> Genesis:
         return load_genesis(self.genesis_file)
@@ -176,6 +184,7 @@ def load_node_config(path: Path) -> NodeConfig:
     data_dir = _path(base, _req(doc, "data_dir", str, where))
     key_file = _path(base, _req(doc, "private_key_file", str, where))
     assert genesis_file and data_dir and key_file
+    insecure, readers = _client_port(doc, where)
     return NodeConfig(
         id=_req(doc, "id", int, where),
         genesis_file=genesis_file,
@@ -185,7 +194,27 @@ def load_node_config(path: Path) -> NodeConfig:
         client_listen=_req(doc, "client_listen", str, where),
         tls_cert=_path(base, tls_table.get("cert")),
         tls_key=_path(base, tls_table.get("key")),
+        insecure_client_port=insecure,
+        readers=readers,
     )
+
+
+def _client_port(doc: dict[str, Any], where: str) -> tuple[bool, tuple[VerifyKey, ...]]:
+    """The `[client_port]` table: (insecure, readers)."""
+    table = doc.get("client_port", {})
+    if not isinstance(table, dict):
+        raise GenesisError(f"{where}: `client_port` must be a table")
+    insecure = table.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise GenesisError(f"{where}: `client_port.insecure` must be true or false")
+    rows = table.get("readers", [])
+    if not isinstance(rows, list) or not all(isinstance(r, str) for r in rows):
+        raise GenesisError(f"{where}: `client_port.readers` must list hex public keys")
+    try:
+        readers = tuple(VerifyKey(bytes.fromhex(r)) for r in rows)
+    except ValueError:
+        raise GenesisError(f"{where}: a `client_port.readers` key is not 32 hex bytes") from None
+    return insecure, readers
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -250,6 +279,13 @@ def create_local(
     tls_dir = directory / "tls"
     if use_tls:
         ca_cert, ca_key = tls.create_ca(tls_dir)
+    # The operator's read key: validators read everything, and so does this key, listed in
+    # every node file, for the launcher's and the operator's reads of blocks and state.
+    reader = SigningKey.generate()
+    write_private_file(directory / READER_KEY_FILE, reader.seed().hex().encode() + b"\n")
+    client_port: dict[str, Any] = {"readers": [reader.public_key.hex()]}
+    if not use_tls:
+        client_port["insecure"] = True  # asked for a cluster without TLS: development only
     rows: list[dict[str, Any]] = []
     node_paths = []
     for i in range(replicas):
@@ -270,6 +306,7 @@ def create_local(
             "private_key_file": f"keys/node-{i}.key",
             "listen": row["address"],
             "client_listen": row["client_address"],
+            "client_port": client_port,
         }
         if use_tls:
             files = tls.issue_node_certificate(tls_dir, ca_cert, ca_key, i, [host])

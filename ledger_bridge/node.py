@@ -131,7 +131,9 @@ class Node:
         self.config = config
         self.genesis = config.genesis()
         self.storage = Storage(config.data_dir, synchronous=synchronous)
-        self.backfill = backfill.for_node(self.storage, self.genesis, config.id, self._head)
+        self.backfill = backfill.for_node(
+            self.storage, self.genesis, config.id, self._head, config.signing_key()
+        )
         self.app = load_app(str(self.genesis.params.get("app", "kv")), self.genesis)
         self.replica = Replica(
             cluster_config(self.genesis),
@@ -153,7 +155,12 @@ class Node:
             client_ssl=tls.client_context(files) if files else None,
             frame_bytes_max=self.frame_bytes_max,
         )
-        self.clients = ClientListener(self._on_client_frame)
+        self.clients = self._client_listener(config, files)
+        # Keys that read everything: the validators and the readers the operator listed.
+        # Any other proven key reads what the application's `may_read` allows.
+        self._full_readers = frozenset(
+            bytes(k) for k in (*self.genesis.public_keys(), *config.readers)
+        )
         self._client_conns: dict[bytes, ClientConnection] = {}
         self._flush_scheduled = False
         self._lazy: list[Batch] = []  # written, in order, before or with the next write
@@ -169,6 +176,27 @@ class Node:
         self.dropped_peer = 0
         self.dropped_client = 0
         self.dropped_oversize = 0
+        self.refused_reads = 0
+
+    def _client_listener(
+        self, config: gen.NodeConfig, files: tls.TlsFiles | None
+    ) -> ClientListener:
+        """TLS with the replica's certificate (clients pin the cluster CA), or plain TCP only
+        when the node file says `client_port.insecure = true`: a plain port lets anyone on
+        the path read what a reader proved its right to, and take its connection over."""
+        if config.insecure_client_port:
+            log.warning("client port on plain TCP (client_port.insecure): development only")
+            return ClientListener(self._on_client_frame)
+        if files is None:
+            raise gen.GenesisError(
+                "the client port needs TLS (the node's tls cert and key, the genesis CA), "
+                "or `client_port.insecure = true` for local development"
+            )
+        return ClientListener(
+            self._on_client_frame,
+            tls.client_port_context(files),
+            channel=tls.fingerprint(files.cert),
+        )
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -184,30 +212,66 @@ class Node:
         self._schedule_flush()
 
     def _on_client_frame(self, frame: Any, conn: ClientConnection) -> None:
-        if not isinstance(frame, dict):
-            self.dropped_client += 1
-            return
-        op = frame.get("op")
+        op = frame.get("op") if isinstance(frame, dict) else None
         if op == "submit":
             self._on_submit(frame.get("request"), conn)
         elif op == "session":
             self._on_session(frame.get("key"), conn)
-        elif op in ("status", "block", "query"):
+        elif op == "auth":
+            if conn.prove(frame.get("key"), frame.get("sig"), self.genesis.chain_id):
+                conn.send({"op": "auth", "id": frame.get("id"), "ok": True})
+            else:
+                self._refuse(conn)
+        elif op == "status":
             conn.send({"op": op, "id": frame.get("id"), **self._read(op, frame)})
+        elif op in ("block", "query"):
+            self._on_read(op, frame, conn)
         else:
-            self.dropped_client += 1
+            self._refuse(conn)
+
+    def _refuse(self, conn: ClientConnection) -> None:
+        """A malformed or unauthenticated frame closes its connection, unanswered: a client
+        that sends one is broken or hostile, and only its own connection pays."""
+        self.dropped_client += 1
+        conn.close()
+
+    def _on_read(self, op: str, frame: dict[str, Any], conn: ClientConnection) -> None:
+        """A block or a query, for a connection that proved a key with the right to it.
+
+        Unproven: the connection closes (only `status` is anyone's). Proven without the
+        right: an error naming no data, and the connection stays (a subject's client may
+        ask for its own consents next)."""
+        reader = conn.reader
+        request = frame.get("request")
+        if reader is None or (op == "query" and not isinstance(request, bytes)):
+            self._refuse(conn)
+            return
+        if not self._may_read(reader, request if op == "query" else None):
+            self.refused_reads += 1
+            conn.send({"op": op, "id": frame.get("id"), "error": "forbidden"})
+            return
+        conn.send({"op": op, "id": frame.get("id"), **self._read(op, frame)})
+
+    def _may_read(self, reader: bytes, request: bytes | None) -> bool:
+        if reader in self._full_readers:
+            return True
+        try:
+            return bool(self.app.may_read(reader, request))
+        except Exception:  # a policy that fails refuses; the node stays up
+            log.exception("may_read failed")
+            return False
 
     def _on_submit(self, raw: Any, conn: ClientConnection) -> None:
         if not isinstance(raw, bytes):
-            self.dropped_client += 1
+            self._refuse(conn)
             return
         try:
             request = m.decode(raw)
         except m.RemoteProtocolError:
-            self.dropped_client += 1
+            self._refuse(conn)
             return
         if not isinstance(request, m.Request):
-            self.dropped_client += 1
+            self._refuse(conn)
             return
         if self._trace is not None:
             self._stamp("request", "Request", request.request_id, -1)
@@ -215,7 +279,7 @@ class Node:
         # signature does not verify would otherwise divert that client's replies to whoever
         # sent it (the verification is cached, so the core does not pay for it again).
         if not m.verify_request(request):
-            self.dropped_client += 1
+            self._refuse(conn)
             return
         # A key proven: this connection may send frames as large as a replica admits.
         conn.authenticate()
@@ -229,13 +293,13 @@ class Node:
         """Agree a reply MAC key with this connection (see `crypto.SessionKey`): replies on it
         then carry an HMAC the client checks instead of our signature."""
         if not isinstance(client_public, bytes):
-            self.dropped_client += 1
+            self._refuse(conn)
             return
         mine = SessionKey()
         transcript = session_transcript(self.config.id, client_public, mine.public)
         mac_key = mine.mac_key(client_public, transcript)
         if mac_key is None:
-            self.dropped_client += 1
+            self._refuse(conn)
             return
         conn.mac_key = mac_key
         conn.send({"op": "session", "key": mine.public, "sig": self.replica.key.sign(transcript)})
@@ -274,6 +338,7 @@ class Node:
             "dropped_peer": self.dropped_peer,
             "dropped_client": self.dropped_client,
             "dropped_oversize": self.dropped_oversize,
+            "refused_reads": self.refused_reads,
             "client_port": dataclasses.asdict(self.clients.stats),
             "peer_port": dataclasses.asdict(stats),
             "refused_at_admission": self.replica.stats["refused at admission"],

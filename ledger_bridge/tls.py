@@ -1,4 +1,5 @@
-"""Mutual TLS between replicas: a cluster CA, one certificate per replica, and SSL contexts.
+"""TLS of the ledger: a cluster CA, one certificate per replica, and SSL contexts for the
+peer port (mutual TLS between replicas) and the client port (server TLS, clients pin the CA).
 
 Why here and not in `crypto.py`: X.509 building needs `cryptography.hazmat`/`x509`, which the
 layering check confines to a few modules; this one only writes PEM files into the genesis
@@ -9,11 +10,16 @@ replicas verify the server name `node-<j>` against the CA (so a replica cannot i
 another), and servers require a client certificate from the same CA and check that it names
 the replica the hello claims (see `transport.PeerListener`). A certificate from any other CA
 fails the handshake. Private keys are written with mode 0600.
+
+The client port uses the same certificate, without client certificates: a reader proves a
+member's Ed25519 key instead, by signing a challenge bound to the server certificate's
+`fingerprint` (see `transport.reader_transcript`), and members have no X.509 certificates.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -147,4 +153,32 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cafile=str(files.ca_cert))
     ctx.load_cert_chain(files.cert, files.key)
+    return ctx
+
+
+def fingerprint(cert: Path) -> bytes:
+    """SHA-256 of a PEM certificate's DER bytes: what a reader's signature is bound to, so a
+    signature made on one TLS channel is worth nothing on a channel to another server."""
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).digest()
+
+
+def client_port_context(files: TlsFiles) -> ssl.SSLContext:
+    """The replica's client port: TLS 1.3 with its `node-<i>` certificate, no client
+    certificate asked (readers prove their key by a signed challenge)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(files.cert, files.key)
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def reader_context(ca_cert: Path) -> ssl.SSLContext:
+    """A client of the client port: the server must hold a certificate of the cluster CA for
+    the name the client dials (`node-<j>`); nothing is presented in return."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=str(ca_cert))
     return ctx

@@ -699,6 +699,19 @@ class PeerNetwork:
 
 # -- request/response connections (clients) ------------------------------------------------
 
+READER_DOMAIN = b"civis-vault/client-port/reader/v1:"
+NO_CHANNEL = bytes(32)  # the channel binding of a plain-TCP client port (development only)
+
+
+def reader_transcript(challenge: bytes, channel: bytes, chain_id: str) -> bytes:
+    """What a reader signs with its member key to be bound to one client connection: the
+    replica's fresh challenge (a captured signature is useless on another connection), the
+    SHA-256 of the server certificate's DER bytes as the reader saw it (a signature relayed
+    by a man in the middle names his certificate, not the replica's), and the chain id (one
+    chain's proof is nothing to another's)."""
+    return READER_DOMAIN + challenge + channel + chain_id.encode()
+
+
 ClientHandler = Callable[[Any, "ClientConnection"], None]
 
 KIB = 1024
@@ -758,6 +771,24 @@ class ClientConnection:
         self.closed = False
         self.authenticated = False
         self.mac_key: bytes | None = None  # set by the node once a reply session is agreed
+        self.challenge = b""  # sent on connect; a reader signs it (`prove`)
+        self.channel = NO_CHANNEL  # SHA-256 of our certificate's DER bytes, with TLS
+        self.reader: bytes | None = None  # the member key this connection proved, if any
+
+    def prove(self, key: Any, signature: Any, chain_id: str) -> bool:
+        """Bind this connection to the Ed25519 `key` if `signature` signs its
+        `reader_transcript`; False (bind nothing) otherwise. A connection reads for one key
+        only: a second proof is refused, so what it was answered never mixes two readers."""
+        if self.reader is not None or not isinstance(key, bytes) or len(key) != 32:
+            return False
+        if not isinstance(signature, bytes) or not self.challenge:
+            return False
+        transcript = reader_transcript(self.challenge, self.channel, chain_id)
+        if not VerifyKey(key).verify(transcript, signature):
+            return False
+        self.reader = key
+        self.authenticate()
+        return True
 
     def authenticate(self) -> None:
         """Let this connection send frames up to the authenticated limit from its next frame
@@ -818,6 +849,13 @@ class ClientListener:
     """Serves client connections: each decoded msgpack frame goes to `on_request`, in the
     call that read it (a `FrameBuffer` protocol, as `PeerListener`).
 
+    On accept the listener sends `{"op": "challenge", "challenge": <32 random bytes>}`; a
+    reader answers with its member key's signature over `reader_transcript` (the node checks
+    it with `ClientConnection.prove`) and the connection reads for that key from then on.
+    With TLS (`ssl_context`) the signature is bound to the channel by `channel`, the SHA-256
+    of the certificate's DER bytes; without, `channel` is `NO_CHANNEL` and anyone on the path
+    can take the connection over, which is why a plain port is for development only.
+
     The client port is open to whoever can reach it, so every resource a connection can hold
     is bounded, per connection, per host and in total. Each limit is a parameter:
 
@@ -864,6 +902,7 @@ class ClientListener:
         frame_bytes_max: int = CLIENT_FRAME_BYTES_MAX,
         connections_max: int = CLIENT_CONNECTIONS_MAX,
         *,
+        channel: bytes = NO_CHANNEL,
         unauthenticated_frame_bytes_max: int = CLIENT_UNAUTHENTICATED_FRAME_BYTES_MAX,
         connections_per_host_max: int = CLIENT_CONNECTIONS_PER_HOST_MAX,
         buffered_bytes_max: int = CLIENT_BUFFERED_BYTES_MAX,
@@ -883,8 +922,11 @@ class ClientListener:
             )
         if idle_timeout_ms <= 0 or read_timeout_ms <= 0:
             raise ValueError("need positive idle_timeout_ms and read_timeout_ms")
+        if ssl_context is not None and channel == NO_CHANNEL:
+            raise ValueError("a TLS client port needs its certificate's fingerprint as channel")
         self._on_request = on_request
         self._ssl = ssl_context
+        self._channel = channel
         self._frame_bytes_max = frame_bytes_max
         self._unauthenticated_frame_bytes_max = unauthenticated_frame_bytes_max
         self._connections_max = connections_max
@@ -915,7 +957,13 @@ class ClientListener:
         host, port = split_address(address)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ClientProtocol(self), host, port, ssl=self._ssl, reuse_address=True
+            lambda: _ClientProtocol(self),
+            host,
+            port,
+            ssl=self._ssl,
+            reuse_address=True,
+            # A TLS handshake is not yet a connection_made: bound it like a frame's read.
+            ssl_handshake_timeout=self._read_timeout_s if self._ssl else None,
         )
         self._sweep_timer = loop.call_later(self._sweep_s, self._sweep)
 
@@ -978,9 +1026,12 @@ class _ClientProtocol(asyncio.Protocol):
             return
         listener._protocols.add(self)
         set_nodelay(stream)
-        self._conn = ClientConnection(
+        conn = self._conn = ClientConnection(
             stream, self._frames, listener._frame_bytes_max, listener._write_buffer_bytes_max
         )
+        conn.channel = listener._channel
+        conn.challenge = os.urandom(CHALLENGE_BYTES)
+        conn.send({"op": "challenge", "challenge": conn.challenge})
         self._active_at = asyncio.get_running_loop().time()
 
     def connection_lost(self, exc: Exception | None) -> None:

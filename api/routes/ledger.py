@@ -182,14 +182,15 @@ class ReplicaReader:
     """Per-replica raw reads over connections of its own (see the module docstring)."""
 
     def __init__(self, gateway: LedgerGateway) -> None:
-        self._addresses = [v.client_address for v in gateway.genesis.validators]
+        self._genesis = gateway.genesis
+        self._reader = gateway.vault_key  # the vault reads blocks on the client ports
 
     def chains(self, replicas: Sequence[int], start: int, end: int) -> list[ReplicaChain]:
         """Blocks start..end (inclusive) of each replica; runs its own event loop."""
         return asyncio.run(self._chains(replicas, start, end))
 
     async def _chains(self, replicas: Sequence[int], start: int, end: int) -> list[ReplicaChain]:
-        transport = TcpClientTransport(self._addresses)
+        transport = TcpClientTransport.for_genesis(self._genesis, self._reader)
         try:
             return list(
                 await asyncio.gather(*(self._chain(transport, r, start, end) for r in replicas))

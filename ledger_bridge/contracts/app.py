@@ -38,6 +38,23 @@ OPEN_TX_TYPES = frozenset({"member.register"})
 CHECKED_BYTES_MAX = 32 * 1024 * 1024
 
 
+# Member roles that read blocks and every query on the replica client port.
+READ_ALL = frozenset({"vault", "dpo", "validator"})
+
+
+def own_query(q: Any, reader: bytes) -> bool:
+    """Whether query `q` asks only about `reader`: a consumer's accesses (`consumer` is its
+    key), or a subject's consents, accesses or erasures (`subject` is its key in hex)."""
+    if not isinstance(q, dict):
+        return False
+    kind = q.get("q")
+    if kind == "accesses" and "subject" not in q:
+        return q.get("consumer") == reader
+    if kind in ("accesses", "consents", "erasures"):
+        return q.get("subject") == reader.hex()
+    return False
+
+
 def _refusal(code: str, message: str) -> bytes:
     return codec.encode(rules.error(code, message))
 
@@ -188,6 +205,21 @@ class ConsentApp:
 
     def query(self, request: bytes) -> bytes:
         return codec.encode(queries.answer(self.state, codec.decode(request, max_bytes=4096)))
+
+    def may_read(self, reader: bytes, request: bytes | None) -> bool:
+        """Read rights on the replica client port: an active member with the role `vault`,
+        `dpo` or `validator` reads blocks and every query; any other key reads only the
+        queries naming it (`own_query`), and no block (blocks name everyone)."""
+        member = self.state.get("member", reader)
+        if member is not None and member["status"] == "active" and member["role"] in READ_ALL:
+            return True
+        if request is None:
+            return False
+        try:
+            q = codec.decode(request, max_bytes=4096)
+        except Exception:  # a malformed query is nobody's own
+            return False
+        return own_query(q, reader)
 
     def state_root(self) -> bytes:
         return self.state.root()

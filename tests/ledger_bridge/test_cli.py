@@ -1,5 +1,5 @@
 """`civis-vault ledger up`: generates a genesis with TLS, runs 4 replicas that commit over
-mutual TLS, and stops them all on Ctrl-C."""
+mutual TLS and serve clients over TLS, and stops them all on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from ledger_bridge import tls
 from ledger_bridge.client import LedgerClient, TcpClientTransport
 from ledger_bridge.cluster import probe_status
-from ledger_bridge.genesis import load_genesis
+from ledger_bridge.genesis import READER_KEY_FILE, load_genesis, load_signing_key
 from ledger_bridge.kvapp import encode_set
 from tests.ledger_bridge.test_processes import _base_port
 
@@ -43,16 +44,25 @@ def test_ledger_up_commits_over_mutual_tls_and_ctrl_c_stops_every_replica(
     try:
         deadline = time.monotonic() + 40
         genesis_file = tmp_path / "genesis.toml"
-        while not genesis_file.exists() or not all(
-            probe_status(f"127.0.0.1:{base + 100 + i}") for i in range(4)
-        ):
+
+        def up(i: int) -> bool:
+            """Replica i answers status over TLS, its certificate under the cluster CA."""
+            context = tls.reader_context(tmp_path / "tls" / "ca.crt")
+            return (
+                probe_status(f"127.0.0.1:{base + 100 + i}", 1.0, context, f"node-{i}") is not None
+            )
+
+        while not genesis_file.exists() or not all(up(i) for i in range(4)):
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             assert time.monotonic() < deadline, "cluster never came up"
             time.sleep(0.2)
         genesis = load_genesis(genesis_file)
-        assert genesis.tls_ca is not None  # TLS between replicas is the default
+        assert genesis.tls_ca is not None  # TLS between replicas and to clients is the default
+        # Plain TCP finds no client port: the handshake is what it answers.
+        assert probe_status(f"127.0.0.1:{base + 100}") is None
+        reader = load_signing_key(tmp_path / READER_KEY_FILE)
         with LedgerClient(
-            lambda: TcpClientTransport([v.client_address for v in genesis.validators]),
+            lambda: TcpClientTransport.for_genesis(genesis, reader),
             genesis.public_keys(),
             genesis.f,
         ) as client:
@@ -61,7 +71,7 @@ def test_ledger_up_commits_over_mutual_tls_and_ctrl_c_stops_every_replica(
             assert client.get_block(receipt.block_height).txs == [encode_set(b"k", b"v")]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
-        assert not any(probe_status(f"127.0.0.1:{base + 100 + i}") for i in range(4))
+        assert not any(up(i) for i in range(4))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -168,7 +168,7 @@ async def _tcp_nodes(cluster: Cluster) -> AsyncIterator[tuple[list[Node], TcpCli
     all stopped on the way out."""
     nodes = [Node(load_node_config(f), synchronous="OFF") for f in cluster.node_files]
     tasks = [asyncio.create_task(node.run()) for node in nodes]
-    transport = TcpClientTransport(cluster.client_addresses())
+    transport = cluster.client_transport()
     try:
         yield nodes, transport
     finally:
@@ -219,7 +219,7 @@ def test_forged_reply_macs_are_rejected_like_forged_signatures(tmp_path: Path) -
 
             # The session answer must be signed by the validator key of the replica it names.
             forged = SigningKey.generate()
-            bad = TcpClientTransport(cluster.client_addresses())
+            bad = cluster.client_transport()
             bad.enable_reply_macs([forged.public_key] * 4)
             await bad.send(0, m.encode(m.make_request(client.key, 2, b"probe")))
             await asyncio.sleep(0.2)

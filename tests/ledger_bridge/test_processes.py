@@ -69,7 +69,7 @@ class Load:
             i += 1
 
     async def _main(self) -> None:
-        transport = TcpClientTransport(self.cluster.client_addresses())
+        transport = self.cluster.client_transport()
         await asyncio.gather(*(self._one(c, transport) for c in range(self.clients)))
         await transport.close()
 
@@ -92,7 +92,7 @@ class Load:
 
 def _chain(cluster: Cluster, replica: int, height: int) -> list[Block]:
     async def go() -> list[Block]:
-        transport = TcpClientTransport(cluster.client_addresses())
+        transport = cluster.client_transport()
         client = AsyncLedgerClient(transport, cluster.genesis.public_keys(), cluster.genesis.f)
         try:
             return [await client.get_block(h, replica) for h in range(1, height + 1)]

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ledger_bridge import ports
-from ledger_bridge.client import AsyncLedgerClient, Receipt, TcpClientTransport
+from ledger_bridge.client import AsyncLedgerClient, Receipt
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.kvapp import encode_set
 from ledger_bridge.transport import (
@@ -33,6 +33,7 @@ from ledger_bridge.transport import (
     pack,
     read_frame,
     split_address,
+    unpack,
 )
 
 pytestmark = pytest.mark.e2e
@@ -84,7 +85,7 @@ def _submit_from_a_fresh_client(cluster: Cluster, key: bytes) -> Receipt:
     """A new honest client (new connections from 127.0.0.1) submits one transaction."""
 
     async def go() -> Receipt:
-        transport = TcpClientTransport(cluster.client_addresses())
+        transport = cluster.client_transport()
         client = AsyncLedgerClient(
             transport, cluster.genesis.public_keys(), cluster.genesis.f, timeout_ms=60_000
         )
@@ -204,9 +205,11 @@ class Server:
 
 
 async def _closed(reader: asyncio.StreamReader, timeout_s: float = 10) -> bool:
-    """True if the server closes the connection within a generous wait."""
+    """True if the server closes the connection within a generous wait (what it sent
+    before, such as its challenge, is read and dropped)."""
     try:
-        return await asyncio.wait_for(reader.read(), timeout_s) == b""
+        await asyncio.wait_for(reader.read(), timeout_s)
+        return True
     except TimeoutError:
         return False
     except ConnectionError:
@@ -214,9 +217,14 @@ async def _closed(reader: asyncio.StreamReader, timeout_s: float = 10) -> bool:
 
 
 async def _pong(reader: asyncio.StreamReader, writer: Any) -> bool:
+    """The connection is served: a ping gets its pong (after the listener's challenge, which
+    comes first on a connection's first call)."""
     writer.write(encode_frame(pack({"op": "ping"})))
     try:
-        return await asyncio.wait_for(read_frame(reader), 10) == pack({"op": "pong"})
+        frame = await asyncio.wait_for(read_frame(reader), 10)
+        if frame is not None and unpack(frame).get("op") == "challenge":
+            frame = await asyncio.wait_for(read_frame(reader), 10)
+        return frame == pack({"op": "pong"})
     except (TimeoutError, ConnectionError, RemoteProtocolError):
         return False
 

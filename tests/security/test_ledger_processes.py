@@ -63,7 +63,7 @@ def contracts(tmp_path: Path) -> Iterator[Cluster]:
 def _client(cluster: Cluster, signer: SigningKey | None = None) -> LedgerClient:
     g = cluster.genesis
     return LedgerClient(
-        lambda: TcpClientTransport(cluster.client_addresses()),
+        lambda: cluster.client_transport(),
         g.public_keys(),
         g.f,
         signing_key=signer,
@@ -80,7 +80,7 @@ def _flood(cluster: Cluster, clients: int, tx_for: Any) -> list[int]:
         return (await client.submit(tx_for(i))).block_height
 
     async def main() -> list[int]:
-        transport = TcpClientTransport(cluster.client_addresses())
+        transport = cluster.client_transport()
         try:
             return list(await asyncio.gather(*(one(i, transport) for i in range(clients))))
         finally:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ledger_bridge import ports
-from ledger_bridge.client import AsyncLedgerClient, Receipt, TcpClientTransport
+from ledger_bridge.client import AsyncLedgerClient, Receipt
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.kvapp import encode_set
@@ -364,7 +364,7 @@ def _silent(address: str, hosts: int, per_host: int) -> list[socket.socket]:
 
 def _submit(cluster: Cluster, key: bytes) -> Receipt:
     async def go() -> Receipt:
-        transport = TcpClientTransport(cluster.client_addresses())
+        transport = cluster.client_transport()
         client = AsyncLedgerClient(
             transport, cluster.genesis.public_keys(), cluster.genesis.f, timeout_ms=60_000
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ledger_bridge.client import LedgerClient, TcpClientTransport
+from ledger_bridge.client import LedgerClient
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import codec, tx
 from ledger_bridge.crypto import SigningKey
@@ -54,9 +54,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def test_contracts_decide_alike_on_four_replica_processes(cluster: Cluster) -> None:
     g = cluster.genesis
-    client = LedgerClient(
-        lambda: TcpClientTransport(cluster.client_addresses()), g.public_keys(), g.f
-    )
+    client = LedgerClient(cluster.client_transport, g.public_keys(), g.f)
 
     def submit(author: SigningKey, tx_type: str, body: dict[str, Any]) -> dict[str, Any]:
         # Block time is the primary's wall clock, so validity is relative to ours.
