@@ -1,0 +1,214 @@
+"""A bank holding a proof-of-address consent tries to learn more than "does she live there?".
+
+The attacker is an admitted consumer with a real consent, speaking plain HTTP to a real
+uvicorn server in front of four replica processes running the consent contracts. The
+citizen's record at the utility holds her address, her IBAN and her birth year; the
+proof-of-address purpose, as the cooperative declared it at founding, needs only `eq`
+questions about the address. The attacks:
+
+- ask no predicate at all, for the whole record (address, IBAN, birth year);
+- rebuild the birth year with ordering questions (`lt`), a binary search: 7 questions;
+- rebuild the address character by character with `ge`: about 7 questions a character;
+- guess the address with `eq` questions, as many as it likes.
+
+Each attack is run to the end the contracts allow; the test checks what the attacker holds
+when it stops, never that a particular number of calls was made.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from sqlalchemy.orm import Session
+
+from api.app import create_app
+from api.client import CivisClient, ProblemError
+from api.keys import create_key
+from api.ledger import LedgerGateway
+from ledger_bridge.cluster import Cluster
+from tests.api.conftest import api_settings  # noqa: F401  (fixture)
+from tests.api.ledger_env import (  # noqa: F401  (fixtures)
+    Wallet,
+    ledger_cluster,
+    ledger_database_url,
+)
+from vault import db
+from vault.config import Settings
+
+ADDRESS = "27 boulevard des Hirondelles, 69100 Villeurbanne"
+IBAN = "FR7630006000011234567890189"
+BIRTH_YEAR = 1987
+PURPOSE = "proof-of-address"
+# What an attacker's search starts from: printable ASCII, and any plausible birth year.
+CHARS = (32, 126)
+YEARS = (1900, 2030)
+TIMEOUT_S = 60.0
+
+
+@dataclass
+class Bank:
+    """The attacker's view: its own API client, the dataset and the citizen it targets."""
+
+    api: CivisClient
+    dataset: str
+    citizen: str
+    refusals: list[ProblemError]
+    answered: int = 0
+
+    def ask(self, field: str, op: str, value: Any) -> bool | None:
+        """One yes/no question; None once the API refuses (the attacker stops there)."""
+        try:
+            out = self.api.predicate(
+                self.dataset, PURPOSE, subject=self.citizen, field=field, op=op, value=value
+            )
+        except ProblemError as exc:
+            self.refusals.append(exc)
+            return None
+        self.answered += 1
+        return bool(out["result"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(
+    ledger_cluster: tuple[Cluster, dict[str, Wallet]],  # noqa: F811
+    api_settings: Settings,  # noqa: F811
+    ledger_database_url: str,  # noqa: F811
+) -> Iterator[tuple[str, Callable[[str, str], str], dict[str, Wallet]]]:
+    """The API on a loopback port (uvicorn, in a thread) over the module's four replicas;
+    yields its URL, a way to issue API keys, and the founding provider and consumer."""
+    cluster, wallets = ledger_cluster
+    gateway = LedgerGateway.from_directory(cluster.directory, cluster.directory.parent / "keys")
+    settings = api_settings.model_copy(update={"relay_interval_s": 0.1, "receipt_wait_s": 15.0})
+    app = create_app(settings, database_url=ledger_database_url, ledger=gateway)
+    engine = db.make_engine(ledger_database_url, pool_size=1)
+
+    def issue(member_id: str, role: str) -> str:
+        with Session(engine) as session:
+            key = create_key(session, member_id=member_id, role=role)
+            session.commit()
+        return key.token
+
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", issue, wallets
+    finally:
+        uv.should_exit = True
+        thread.join(30)
+        gateway.close()
+        engine.dispose()
+
+
+@pytest.fixture()
+def bank(
+    server: tuple[str, Callable[[str, str], str], dict[str, Wallet]],
+) -> Iterator[Bank]:
+    """A citizen whose record the utility holds, and who consented to the bank's proof of
+    address with the consent the API drafts by default; the bank, ready to ask."""
+    url, issue, wallets = server
+    with CivisClient(url, timeout_s=TIMEOUT_S) as anonymous:
+        utility = anonymous.with_key(issue(wallets["provider"].id, "provider"))
+        dataset = utility.create_dataset(
+            f"customers-{time.monotonic_ns()}",
+            category="address",
+            purposes=[PURPOSE],
+            retention_days=365,
+            legal_basis="contract",
+        )["id"]
+        citizen = Wallet()
+        anonymous.register(citizen.key, "subject", "citizens")
+        record = {"address": ADDRESS, "iban": IBAN, "birth_year": BIRTH_YEAR}
+        line = json.dumps({"subject_id": citizen.id, "payload": record}) + "\n"
+        utility.upload(dataset, line.encode(), media_type="application/x-ndjson", timeout_s=30)
+        consumer = wallets["consumer"].id
+        anonymous.grant_consent(citizen.key, consumer=consumer, purpose=PURPOSE, dataset=dataset)
+        yield Bank(anonymous.with_key(issue(consumer, "consumer")), dataset, citizen.id, [])
+
+
+def test_no_predicate_at_all_gets_no_record(bank: Bank) -> None:
+    try:
+        answer = bank.api.access(bank.dataset, PURPOSE, subjects=[bank.citizen])
+    except ProblemError as exc:
+        assert exc.status_code == 403 and "exceeds_purpose" in exc.detail, exc.detail
+        return
+    text = json.dumps(answer)
+    assert IBAN not in text and ADDRESS not in text and str(BIRTH_YEAR) not in text, (
+        "a proof-of-address consent delivered the whole record"
+    )
+
+
+def test_ordering_questions_do_not_rebuild_the_birth_year(bank: Bank) -> None:
+    low, high = YEARS  # the year is in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        below = bank.ask("birth_year", "lt", mid)
+        if below is None:
+            break
+        low, high = (low, mid - 1) if below else (mid, high)
+    assert not (low == high == BIRTH_YEAR), (
+        f"binary search on birth_year rebuilt it in {bank.answered} questions"
+    )
+    assert bank.refusals and bank.refusals[0].status_code == 403
+
+
+def _next_char(bank: Bank, prefix: str) -> str | None:
+    """The address's character after `prefix`, by binary search with `ge`; "" at its end;
+    None once refused. `address >= prefix + c` holds for every c up to the true character."""
+    low, high = CHARS[0] - 1, CHARS[1]  # low - 1: the address ends at the prefix
+    while low < high:
+        mid = (low + high + 1) // 2
+        at_least = bank.ask("address", "ge", prefix + chr(mid))
+        if at_least is None:
+            return None
+        low, high = (mid, high) if at_least else (low, mid - 1)
+    return "" if low < CHARS[0] else chr(low)
+
+
+def test_ordering_questions_do_not_rebuild_the_address(bank: Bank) -> None:
+    rebuilt = ""
+    for _ in range(len(ADDRESS) + 1):
+        c = _next_char(bank, rebuilt)
+        if not c:
+            break
+        rebuilt += c
+    assert rebuilt != ADDRESS, (
+        f"binary search with ge rebuilt the address in {bank.answered} questions"
+    )
+    assert bank.refusals and bank.refusals[0].status_code == 403
+
+
+def test_equality_guesses_are_metered(bank: Bank) -> None:
+    guesses = [f"{n} boulevard des Hirondelles, 69100 Villeurbanne" for n in range(1, 101)]
+    answered = 0
+    for guess in guesses:
+        if bank.ask("address", "eq", guess) is None:
+            break
+        answered += 1
+    assert answered < len(guesses), "a hundred guesses were all answered"
+    assert bank.refusals[0].status_code == 403 and "budget_exhausted" in bank.refusals[0].detail
+
+
+def test_asking_within_the_consent_still_works(bank: Bank) -> None:
+    assert bank.ask("address", "eq", ADDRESS) is True
+    assert bank.ask("address", "eq", ADDRESS + " bis") is False
+    assert bank.refusals == []
