@@ -346,18 +346,26 @@ class CivisClient:
         dataset: str | None = None,
         category: str | None = None,
         valid_for_ms: int = DAY_MS,
+        mode: str | None = None,
+        fields: list[str] | None = None,
     ) -> LedgerWrite:
         """`consent.grant` signed by the subject: in force for decisions from the next block.
 
         Name one dataset or one data category; the consent ends `valid_for_ms` from now.
+        `mode` (predicate, projection, full) and `fields` say what it discloses, within what
+        the purpose declares; unnamed, the narrowest mode the purpose allows and its fields.
         """
-        body = {
+        body: dict[str, Any] = {
             **_scope(dataset, category),
             "subject": public_hex(key),
             "consumer": consumer,
             "purpose": purpose,
             "valid_until": now_ms() + valid_for_ms,
         }
+        if mode is not None:
+            body["mode"] = mode
+        if fields is not None:
+            body["fields"] = fields
         return cast(LedgerWrite, self.submit("/v1/consents", key, "consent.grant", body))
 
     def revoke_consent(

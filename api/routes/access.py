@@ -9,7 +9,11 @@ Every answer carries the ledger receipt of its access.
 
 Minimal disclosure: `fields` cuts records down (projected records carry no inclusion proof,
 since the proof covers the whole payload); a `predicate` answers one bit, `{"result": true}`,
-about one subject, and the ledger holds only a salted commitment to the compared value.
+about one subject, and the ledger holds only a salted commitment to the compared value. What
+each form may reach is the contracts' decision too (docs/CONTRACTS.md "Disclosure"): the
+access transaction carries exactly the fields or the predicate asked, a subject is granted
+only if their consent covers that form, and the vault delivers exactly that form: whole
+records only to an access that asked for whole records and was granted them.
 """
 
 from __future__ import annotations
@@ -106,6 +110,16 @@ class AccessRefused(ApiError):
 class InvalidAccess(ApiError):
     status = 422
     title = "Invalid access request"
+
+
+# Why the contracts denied a subject, in words (the code comes first in the problem's detail).
+_DENIED = {
+    "erased": "the subject's data is erased",
+    "no_consent": "no consent in force for this consumer and purpose",
+    "exceeds_consent": "the subject's consent does not cover this question",
+    "budget_exhausted": "the questions the purpose allows about this subject in this period "
+    "are spent",
+}
 
 
 def _commitment(value: Any) -> tuple[bytes, bytes]:
@@ -228,9 +242,8 @@ def access(
         if not granted:
             denied = result["denied"]
             reason = denied[0][1] if denied else "no_consent"
-            why = "the subject's data is erased" if reason == "erased" else "no consent in force"
             raise AccessRefused(
-                f"{reason}: {why} for this consumer and purpose (access {result['access']}, "
+                f"{reason}: {_DENIED.get(reason, reason)} (access {result['access']}, "
                 f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
             )
         payloads = (

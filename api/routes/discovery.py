@@ -27,10 +27,23 @@ router = APIRouter(
 )
 
 
+class PurposeDeclaration(BaseModel):
+    """What a purpose may disclose (docs/CONTRACTS.md "Disclosure"); consents stay within it."""
+
+    fields: list[str] = Field(description="the record fields it needs")
+    modes: list[str] = Field(description="its consents' modes, narrowest first")
+    operators: list[str] = Field(description="the operators its predicate questions may use")
+    questions: int = Field(description="predicate questions per subject, consumer and period")
+    period_days: int
+
+
 class Purpose(BaseModel):
     purpose: str = Field(description="the name datasets, consents and access requests use")
     approved_at_height: int = Field(
         description="the block whose governance vote approved it; 0 for a founding purpose"
+    )
+    declaration: PurposeDeclaration | None = Field(
+        default=None, description="none: it discloses nothing until governance declares it"
     )
 
 

@@ -43,7 +43,9 @@ def register_subject(env: LedgerEnv) -> Wallet:
     return citizen
 
 
-def setup_addresses(env: LedgerEnv, citizens: list[Wallet]) -> tuple[str, dict[str, str]]:
+def setup_addresses(
+    env: LedgerEnv, citizens: list[Wallet], purposes: tuple[str, ...] = ("proof-of-address",)
+) -> tuple[str, dict[str, str]]:
     utility = env.headers("provider", env.provider)
     r = env.client.post(
         "/v1/datasets",
@@ -51,7 +53,7 @@ def setup_addresses(env: LedgerEnv, citizens: list[Wallet]) -> tuple[str, dict[s
         json={
             "name": f"addresses-{time.monotonic_ns()}",
             "category": "address",
-            "purposes": ["proof-of-address"],
+            "purposes": list(purposes),
             "retention_days": 365,
             "legal_basis": "contract",
         },
@@ -153,7 +155,8 @@ def test_records_with_proofs_only_for_consenting_subjects_then_erasure(
 ) -> None:
     env = ledger_env
     yes, no = register_subject(env), register_subject(env)
-    dataset, _ = setup_addresses(env, [yes, no])
+    # billing reads whole records (a proof of address answers yes/no only)
+    dataset, _ = setup_addresses(env, [yes, no], ("proof-of-address", "billing"))
     until = int(time.time() * 1000) + DAY_MS
     r = env.client.post(
         "/v1/consents",
@@ -161,12 +164,12 @@ def test_records_with_proofs_only_for_consenting_subjects_then_erasure(
             env,
             yes,
             "consent.grant",
-            {**consent(env, yes, dataset, "proof-of-address"), "valid_until": until},
+            {**consent(env, yes, dataset, "billing"), "valid_until": until},
         ),
     )
     assert r.status_code == 201, r.text
     bank = env.headers("consumer", env.consumer)
-    ask = {"dataset_id": dataset, "purpose": "proof-of-address", "subjects": [yes.id, no.id]}
+    ask = {"dataset_id": dataset, "purpose": "billing", "subjects": [yes.id, no.id]}
     r = env.client.post("/v1/access-requests", headers=bank, json=ask)
     assert r.status_code == 200, r.text
     body = r.json()
