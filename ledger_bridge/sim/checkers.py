@@ -12,7 +12,10 @@
 - memory bounded by the log window (sampled after every step);
 - no block re-emitted with different contents after a restart;
 - every message fits the peer frame limit the cluster's parameters derive;
-- no block holds the body of a request the application refused.
+- no block holds the body of a request the application refused;
+- redaction: every honest replica whose stable checkpoint passed an erasure holds, in its
+  store and in the blocks it serves, no body the application listed up to there; none sent
+  one in a state transfer; and every honest replica's entries are the same list.
 """
 
 from __future__ import annotations
@@ -103,7 +106,32 @@ def check(sim: Simulator, *, expect_liveness: bool = True) -> Report:
                 v.append(f"catch-up: replica {i} at height {report.heights[i]}, others at {top}")
     v.extend(sim.oversized[:5])
     _check_acknowledged(sim, honest, v)
+    _check_redacted(sim, honest, v)
     return report
+
+
+def _check_redacted(sim: Simulator, honest: list[int], v: list[str]) -> None:
+    v.extend(sim.redaction_violations[:5])
+    lists = set()
+    for i in honest:
+        node = sim.nodes[i]
+        r = node.replica
+        entries = node.app.redactions(0, 1 << 30)
+        lists.add(tuple(e for e in entries if e.since <= r.h))
+        due = [e for e in entries if e.since <= r.h]
+        if r.redactions_applied < (due[-1].n if due else 0):
+            v.append(f"replica {i}: {len(due)} redaction(s) due, {r.redactions_applied} applied")
+        recent = {b.height: b for b in r.recent_blocks}
+        for e in due:
+            held = (("store", node.blocks.get(e.height)), ("memory", recent.get(e.height)))
+            for where, b in held:
+                if b is not None and e.index not in {o.index for o in b.omitted}:
+                    v.append(f"replica {i}: body at {e.height}/{e.index} kept in its {where}")
+    # Entries at or below the lowest honest checkpoint are the same list everywhere.
+    if lists:
+        low = min(lists, key=len)
+        if any(entries[: len(low)] != low for entries in lists):
+            v.append("honest replicas list different redactions")
 
 
 def _check_ordered_once(i: int, blocks: dict[int, m.Block], v: list[str]) -> None:
@@ -136,9 +164,11 @@ def _check_acknowledged(sim: Simulator, honest: list[int], v: list[str]) -> None
                     continue
                 bodies = {m.request_digest(r) for r in block.requests}
                 digests = {o.request_digest for o in block.omitted}
+                # Redacted after the fact (forgotten): its digest proves it was ordered.
+                redacted = {o.request_digest for o in block.omitted if o.code == m.REDACTED}
                 if refused and digest in bodies:
                     v.append(f"replica {i}: refused request {rid} kept whole at {height}")
-                if digest in (digests if refused else bodies):
+                if digest in (digests if refused else bodies | redacted):
                     holders.append(i)
             if not holders:
                 v.append(f"acknowledged request {rid} is in no honest chain at {height}")

@@ -14,6 +14,11 @@ corrupted checkpoint digests, poisoned state transfer, censoring primary, sequen
 outside the watermarks. An outside adversary also replays client requests and injects
 requests with bad signatures.
 
+Redaction (`Scenario.forgetting`): clients write keys and then "forget" them (the KV
+stand-in for a subject's erasure), and a Byzantine replica may serve, in its state transfers,
+the bodies the honest replicas redacted (`serve_unredacted`). Honest replicas must never
+send such a body once their stable checkpoint passed the erasure (`redaction_violations`).
+
 After the fault period the network heals and crashed replicas restart; the checkers in
 `checkers.py` then judge the run.
 """
@@ -31,7 +36,7 @@ import msgpack
 
 from ledger_bridge.app import BlockContext
 from ledger_bridge.crypto import SigningKey, digest
-from ledger_bridge.kvapp import KVApp, encode_del, encode_set, encode_set_sized
+from ledger_bridge.kvapp import KVApp, encode_del, encode_forget, encode_set, encode_set_sized
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block
 from ledger_bridge.pbft.config import ClusterConfig
@@ -82,6 +87,9 @@ class Scenario:
     # one set), whose body must then stay out of the blocks.
     tx_bytes: int = 0
     refused_every: int = 0
+    # Redaction: each client writes one key per group of this many requests and the last
+    # request of the group forgets it (0: no forgets).
+    forget_every: int = 0
 
     @classmethod
     def random(cls, seed: int, *, byzantine: bool = False) -> Scenario:
@@ -137,6 +145,32 @@ class Scenario:
             start = rng.randint(0, sc.fault_end_ms)
             side = set(rng.sample(range(7), rng.randint(1, 3)))
             sc.partitions.append((start, rng.randint(start, sc.fault_end_ms), [side]))
+        return sc
+
+    @classmethod
+    def forgetting(cls, seed: int) -> Scenario:
+        """n = 4, clients that write and forget keys, and either a Byzantine replica serving
+        unredacted blocks in its state transfers while an honest one is cut off (so it
+        comes back by state transfer), or a crash long enough that the restarted replica is
+        rebuilt from a peer's snapshot and must redact the blocks it held from before."""
+        rng = random.Random(seed ^ 0xF0F0)  # noqa: S311 (simulation, not crypto)
+        sc = cls(seed=seed, n=4)
+        sc.clients = rng.randint(1, 3)
+        sc.forget_every = rng.choice([2, 3, 4])
+        sc.requests_per_client = rng.randint(3, 5) * sc.forget_every + rng.randint(0, 4)
+        sc.drop_p = rng.choice([0.0, 0.0, 0.05, 0.2])
+        sc.dup_p = rng.choice([0.0, 0.05])
+        sc.delay_ms = (1, rng.choice([3, 10, 40]))
+        sc.fault_end_ms = rng.randint(800, 2_500)
+        victim = rng.randrange(4)
+        at = rng.randint(50, sc.fault_end_ms // 2)
+        if rng.random() < 0.5:
+            sc.byzantine = rng.choice([i for i in range(4) if i != victim])
+            extra = ["poison_state"] if rng.random() < 0.3 else []
+            sc.behaviours = frozenset(["serve_unredacted", *extra])
+            sc.partitions.append((at, sc.fault_end_ms, [{victim}]))
+        else:
+            sc.crashes.append((victim, at, sc.fault_end_ms + rng.randint(0, 500)))
         return sc
 
     @property
@@ -231,11 +265,19 @@ class Simulator:
         self.codec_mismatches = 0
         self.largest_message = 0
         self.oversized: list[str] = []
+        # Every client request by digest: what a Byzantine replica puts back into the blocks.
+        self.bodies = {m.request_digest(r): r for c in self.clients for r in c.requests}
+        self.redaction_violations: list[str] = []
+        self.unredacted_sent = 0  # bodies the Byzantine replicas put back into state transfers
 
     # -- setup ----------------------------------------------------------------------------
 
     def _tx(self, c: int, i: int) -> bytes:
         sc = self.sc
+        if sc.forget_every:
+            group = f"c{c}-g{i // sc.forget_every}".encode()
+            last = i % sc.forget_every == sc.forget_every - 1
+            return encode_forget(group) if last else encode_set(group, b"v%d" % i)
         key = f"c{c}-r{i}".encode()
         if sc.refused_every and i % sc.refused_every == sc.refused_every - 1:
             return encode_del(b"never-set-" + key)
@@ -341,6 +383,8 @@ class Simulator:
             node.executed_log[height] = txs
         node.app.executed.clear()
         for out in ready.messages:
+            if isinstance(out.msg, m.StateData) and i not in self.sc.byzantine_ids:
+                self._check_served(i, node, out.msg)
             if isinstance(out.msg, m.Checkpoint) and out.msg.replica_id == i:
                 self.checkpoint_digests.setdefault(out.msg.seq, {})[i] = out.msg.state_digest
             targets = [j for j in range(self.sc.n) if j != i] if out.to is None else [out.to]
@@ -348,6 +392,38 @@ class Simulator:
                 self._send(i, dst, msg)
         for cr in ready.replies:
             self._push(self.now_ms + self.rng.randint(*self.sc.delay_ms), "reply", cr.reply)
+
+    def _check_served(self, i: int, node: SimNode, data: m.StateData) -> None:
+        """An honest replica's STATE-DATA holds no body its stable checkpoint redacted."""
+        r = node.replica
+        due: dict[int, set[int]] = {}
+        for e in node.app.redactions(0, 1 << 30):
+            if e.since <= r.h:
+                due.setdefault(e.height, set()).add(e.index)
+        for b in data.blocks:
+            if m.redact_block(b, due.get(b.height, ()))[1]:
+                self.redaction_violations.append(
+                    f"replica {i} served a redacted body at height {b.height}"
+                )
+
+    def _unredact(self, block: m.Block) -> m.Block:
+        """`block` with the redacted bodies put back (what a Byzantine replica kept)."""
+        back = {
+            o.index: self.bodies[o.request_digest]
+            for o in block.omitted
+            if o.code == m.REDACTED and o.request_digest in self.bodies
+        }
+        if not back:
+            return block
+        kept = iter(block.requests)
+        omitted = {o.index for o in block.omitted if o.index not in back}
+        requests = tuple(
+            back[k] if k in back else next(kept) for k in range(block.size) if k not in omitted
+        )
+        self.unredacted_sent += len(back)
+        return dataclasses.replace(
+            block, requests=requests, omitted=tuple(o for o in block.omitted if o.index in omitted)
+        )
 
     def _check_memory(self, i: int, node: SimNode) -> None:
         r = node.replica
@@ -382,6 +458,11 @@ class Simulator:
             return out
         b, key, beh = i, self.keys[i], self.sc.behaviours
         extra: list[tuple[int, m.Message]] = []
+        if isinstance(msg, m.StateData) and "serve_unredacted" in beh:
+            full = tuple(self._unredact(blk) for blk in msg.blocks)
+            if full != msg.blocks:
+                msg = m.sign(dataclasses.replace(msg, blocks=full), key)
+                out = [(t, msg) for t in targets]
         if isinstance(msg, m.PrePrepare) and msg.requests:
             if "censor" in beh:
                 return []
