@@ -9,6 +9,8 @@ Measures, on this machine, in one run:
 - `faults`: after a single fault (SIGKILL then restart, SIGSTOP then SIGCONT) under 8
   clients, the time from the heal until all 4 replicas vote again (`voting`), against the bar
   of 5 s;
+- `redaction`: the time and CPU a replica's store takes to apply one subject's erasure at
+  100,000 blocks (`bench.redaction`; no cluster, the store built directly);
 - the baseline: the same client load (same signed requests, same framing) against ONE
   unreplicated process that verifies the signature and executes the KV app directly, so the
   report is a ratio (these shared 2-core machines are noisy; absolute numbers are context).
@@ -39,6 +41,7 @@ from typing import Any
 
 import psutil
 
+from bench import redaction
 from ledger_bridge import eventloop, kvapp, ports
 from ledger_bridge.client import AsyncLedgerClient, TcpClientTransport
 from ledger_bridge.cluster import Cluster
@@ -428,6 +431,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["primary_kill"] = eventloop.run(_kill_primary(cluster, 3 * duration_s))
         out["faults"] = faults(Path(tmp) / "faults")
     out["baseline_unreplicated"] = _baseline(duration_s)
+    out["redaction"] = redaction.measure()
     out["ratio_ledger_to_baseline_tx_per_s"] = {
         b: round(out["ledger"][b]["tx_per_s"] / out["baseline_unreplicated"][b]["tx_per_s"], 3)
         for b in out["ledger"]
