@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ledger_bridge.app import BlockContext
-from ledger_bridge.contracts import bodies, codec, queries, rules
+from ledger_bridge.app import BlockContext, Redaction
+from ledger_bridge.contracts import bodies, codec, disclosure, queries, rules
 from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.contracts.state import State
 
@@ -29,6 +29,34 @@ DEFAULT_PURPOSES = (
     "service-improvement",
     "research",
 )
+# What the founding purposes may disclose (docs/CONTRACTS.md "Disclosure"), for the stories
+# they serve: a bank learns whether a citizen lives at an address, by equality only and a few
+# times a day; a road service reads where and when a vehicle shook, never who drove it;
+# billing reads whole records. Research and service improvement are approved but declare
+# nothing: they disclose nothing until governance declares what they need.
+FOUNDING_DECLARATIONS: dict[str, dict[str, Any]] = {
+    "proof-of-address": {
+        "fields": ["address"],
+        "modes": ["predicate"],
+        "operators": ["eq"],
+        "questions": 10,
+        "period_days": 1,
+    },
+    "road-maintenance": {
+        "fields": ["recorded_at", "lat", "lon", "vibration"],
+        "modes": ["projection"],
+        "operators": [],
+        "questions": 0,
+        "period_days": 1,
+    },
+    "billing": {
+        "fields": [],
+        "modes": ["full"],
+        "operators": [],
+        "questions": 0,
+        "period_days": 1,
+    },
+}
 
 
 # Transactions a key may send before it is a member: registering is how it becomes one.
@@ -102,11 +130,29 @@ def founding_state(
         "validators",
         [{"public_key": k, "college": col} for k, col in validators],
     )
-    for purpose in app_genesis.get("purposes", DEFAULT_PURPOSES):
-        if not isinstance(purpose, str) or not rules._NAME.match(purpose):
-            raise GenesisInvalid("a founding purpose is malformed")
-        state.put("purpose", purpose, 0)
+    default = [{"purpose": p, **FOUNDING_DECLARATIONS.get(p, {})} for p in DEFAULT_PURPOSES]
+    for entry in app_genesis.get("purposes", default):
+        _found_purpose(state, entry)
     return state
+
+
+def _found_purpose(state: State, entry: Any) -> None:
+    """A founding purpose: a name (approved, declaring nothing), or a table with `purpose`
+    and, optionally, the fields of a declaration (bodies.DECLARATION)."""
+    if isinstance(entry, str):
+        entry = {"purpose": entry}
+    purpose = entry.get("purpose") if isinstance(entry, dict) else None
+    if not isinstance(purpose, str) or not rules._NAME.match(purpose):
+        raise GenesisInvalid("a founding purpose is malformed")
+    state.put("purpose", purpose, 0)
+    raw = {k: v for k, v in entry.items() if k != "purpose"}
+    if not raw:
+        return
+    try:
+        bodies.check_kind(bodies.DECLARATION, raw)
+        state.put("purpose_terms", purpose, disclosure.declaration(raw))
+    except ValueError as exc:  # BodyError is one
+        raise GenesisInvalid(f"founding purpose {purpose}: {exc}") from None
 
 
 class ConsentApp:
@@ -135,8 +181,8 @@ class ConsentApp:
         rules.begin_block(self.state, block)
         self._refusals.clear()
         results = []
-        for raw in txs:
-            outcome = rules.apply(self.state, raw, self.chain_id)
+        for i, raw in enumerate(txs):
+            outcome = rules.apply(self.state, raw, self.chain_id, block.position(i))
             result = codec.encode(outcome)
             if outcome.get("ok") is False:
                 self._refusals[result] = str(outcome.get("code", "refused")).encode()[:64]
@@ -157,7 +203,7 @@ class ConsentApp:
         now: int = self.state.get("meta", "now")
         if tx.valid_until < now:
             return _refusal("expired", "valid_until has passed")
-        if self.state.has("nonce", tx.author, tx.nonce):
+        if self.state.has("nonce", rules.nonce_id(tx.author, tx.nonce)):
             return _refusal("replayed", "this author already used this nonce")
         if tx.type not in OPEN_TX_TYPES and not self.state.has("member", tx.author):
             return _refusal("not_member", "not a registered member")
@@ -220,6 +266,24 @@ class ConsentApp:
         except Exception:  # a malformed query is nobody's own
             return False
         return own_query(q, reader)
+
+    def redactions(self, after: int, limit: int) -> list[Redaction]:
+        """The redaction entries n > `after` (at most `limit`), in order: the stored
+        transactions the contracts forgot a subject from (rules.forget)."""
+        last: int = self.state.get("meta", "next_redaction") or 0
+        after = max(after, 0)
+        out = []
+        for n in range(after + 1, min(last, after + max(limit, 0)) + 1):
+            height, index, since = self.state.get("redaction", n)
+            out.append(Redaction(n, height, index, since))
+        return out
+
+    def redacted_at(self, height: int) -> frozenset[int]:
+        """The batch indices of block `height` whose transactions are forgotten."""
+        return frozenset(
+            self.state.get("redaction", n)[1]
+            for (n,) in self.state.group("redaction", "height", height)
+        )
 
     def state_root(self) -> bytes:
         return self.state.root()

@@ -86,6 +86,9 @@ def _consents(s: State, q: dict[str, Any]) -> Any:
                 "valid_until": cur[1],
                 "granted": cur[2],
                 "changed_at_height": cur[0],
+                # what it discloses (contracts/disclosure.py); None: its purpose's narrowest
+                "mode": cur[3] if len(cur) > 3 else None,
+                "fields": cur[4] if len(cur) > 4 else None,
                 "in_force": version is not None and bool(version[2]) and now < version[1],
             }
         )
@@ -105,24 +108,38 @@ def _accesses(s: State, q: dict[str, Any]) -> Any:
     out = []
     for i in sorted(i for i in ids if i > after)[:limit]:
         a = s.get("access", i)
-        if subject is not None:
-            a["granted"] = [subject]  # a subject sees their own line, not other subjects
+        if subject is not None:  # a subject sees their own line, not other subjects
+            a["granted"] = [x for x in a["granted"] if x == subject]
+            a["denied_subjects"] = [x for x in a["denied_subjects"] if x == subject]
+            a["denied"] = len(a["denied_subjects"])
+            a.pop("forgotten", None)
         out.append({"access": i, **a})
     return out
 
 
 def _erasures(s: State, q: dict[str, Any]) -> Any:
+    """Every erasure, or those of `subject`: the erasures in a dataset of a subject still
+    known. An erasure everywhere forgot its subject: nothing finds it by them any more (the
+    subject keeps its receipt, docs/CONTRACTS.md "Forgetting")."""
     after, limit = _page(q)
-    last = s.get("meta", "next_erasure") or 0
     subject = _arg(q, "subject", str)
+    if subject is not None:
+        ids = sorted(k[0] for k in s.group("erasure", "subject", subject) if k[0] > after)
+    else:
+        last = s.get("meta", "next_erasure") or 0
+        ids = list(range(after + 1, min(last, after + limit) + 1))
+    return [{"erasure": i, **s.get("erasure", i)} for i in ids[:limit]]
+
+
+def _redactions(s: State, q: dict[str, Any]) -> Any:
+    """The redaction entries n > `after`, for auditors: which stored transactions the
+    replicas blank ([height, index]) and the height of the erasure that decided it."""
+    after, limit = _page(q)
+    last = s.get("meta", "next_redaction") or 0
     out = []
-    for i in range(after + 1, last + 1):
-        e = s.get("erasure", i)
-        if subject is not None and e["scope"].get("subject") != subject:
-            continue
-        out.append({"erasure": i, **e})
-        if len(out) >= limit:
-            break
+    for n in range(after + 1, min(last, after + limit) + 1):
+        height, index, since = s.get("redaction", n)
+        out.append({"redaction": n, "height": height, "index": index, "since": since})
     return out
 
 
@@ -144,11 +161,12 @@ def _one(table: str, arg: str, kind: type) -> Callable[[State, dict[str, Any]], 
 
 
 def _nonce(s: State, q: dict[str, Any]) -> Any:
-    """The transaction that used (author, nonce), while the contracts remember it."""
+    """The transaction that used (author, nonce), while the contracts remember it. The entry
+    is keyed by SHA-256(author || nonce) (`rules.nonce_id`): whoever asks knows both."""
     nonce = _arg(q, "nonce", bytes)
     if nonce is None or len(nonce) != 16:
         raise ValueError("query argument nonce is 16 bytes")
-    return s.get("nonce", _key(q, "author"), nonce)
+    return s.get("nonce", rules.nonce_id(_key(q, "author"), nonce))
 
 
 def _proposals(s: State, q: dict[str, Any]) -> Any:
@@ -163,10 +181,20 @@ def _proposals(s: State, q: dict[str, Any]) -> Any:
 def _purposes(s: State, q: dict[str, Any]) -> Any:
     """Approved purposes with the height that approved them (0: founding). Unpaged: only a
     governance vote adds one, so the list grows as slowly as the cooperative decides."""
-    return [
-        {"purpose": key[0], "approved_at_height": s.get("purpose", key[0])}
-        for key in s.group("purpose", "all")
-    ]
+    out = []
+    for (purpose,) in s.group("purpose", "all"):
+        declared = s.get("purpose_terms", purpose)
+        if declared is not None:
+            declared.pop("declared", None)
+        out.append(
+            {
+                "purpose": purpose,
+                "approved_at_height": s.get("purpose", purpose),
+                # what it may disclose; None: nothing, until governance declares it
+                "declaration": declared,
+            }
+        )
+    return out
 
 
 def _colleges(s: State, q: dict[str, Any]) -> Any:
@@ -216,6 +244,7 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "accesses": _accesses,
     "erasures": _erasures,
     "erasure_requests": _erasure_requests,
+    "redactions": _redactions,
 }
 
 

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ledger_bridge.app import BlockContext
-from ledger_bridge.contracts import bodies
+from ledger_bridge.contracts import bodies, disclosure
 from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.contracts.bodies import ERASURE_REASONS as ERASURE_REASONS
 from ledger_bridge.contracts.bodies import REQUESTERS as REQUESTERS
 from ledger_bridge.contracts.bodies import ROLES as ROLES
 from ledger_bridge.contracts.bodies import UPLOADS_MAX
-from ledger_bridge.contracts.state import State
+from ledger_bridge.contracts.state import SUBJECT_TABLES, State
+from ledger_bridge.crypto import digest
 
 SELF_ADMITTED_ROLES = ("subject",)  # residents; legal entities wait for governance
 VOTING_MAX_MS = 90 * 24 * 3600 * 1000
@@ -85,6 +86,8 @@ class Ctx:
     height: int
     now: int
     tx_id: bytes
+    index: int = 0  # the transaction's batch index in its block (`BlockContext.position`)
+    forgets: list[str] = field(default_factory=list)  # subjects this transaction forgot
 
     def member(self, key: bytes) -> dict[str, Any] | None:
         m: dict[str, Any] | None = self.state.get("member", key)
@@ -147,9 +150,19 @@ def admit(
             _bump(state, "college_voters", college)
 
 
-def _bump(state: State, table: str, college: str) -> None:
+def _bump(state: State, table: str, college: str, by: int = 1) -> None:
     count: int = state.get(table, college) or 0
-    state.put(table, college, count + 1)
+    state.put(table, college, count + by)
+
+
+def mention(c: Ctx, subject: str) -> None:
+    """Remember the batch position of this transaction under `subject` (hex), which it names
+    or which authored it: forgetting the subject (`forget`) finds in this list every stored
+    transaction to redact. A refused transaction records nothing; its body is never stored."""
+    positions: list[list[int]] = c.state.get("mention", subject) or []
+    at = [c.height, c.index]
+    if at not in positions:
+        c.state.put("mention", subject, [*positions, at])
 
 
 # -- members and datasets -------------------------------------------------------------------
@@ -167,6 +180,7 @@ def member_register(c: Ctx) -> dict[str, Any]:
     if role in SELF_ADMITTED_ROLES:
         _check(college == resident, f"residents belong to the {resident} college")
         admit(c.state, c.tx.author, role, college, c.height, c.seq(), votes=False)
+        mention(c, c.tx.author.hex())
         return {"ok": True, "status": "active"}
     c.state.put(
         "member",
@@ -309,9 +323,24 @@ def consent_grant(c: Ctx) -> dict[str, Any]:
     if dataset is not None and purpose not in dataset["purposes"]:
         raise Reject("purpose_not_allowed", f"purpose {purpose} is not allowed for this dataset")
     _check(until > c.now, "valid_until must be in the future")
+    bounds = disclosure.grant_terms(
+        disclosure.terms(c.state, purpose), purpose, body.get("mode"), body.get("fields")
+    )
+    if isinstance(bounds, disclosure.Refusal):
+        raise Reject(bounds.code, bounds.message)
+    mode, fields = bounds
     key = ("consent", subject, consumer, scope, purpose)
-    _write_version(c, key, [c.height, until, True])
-    return {"ok": True, "effective_from_height": c.height + 1, "valid_until": until}
+    # [height written, valid_until, granted, mode, fields]; mode and fields None: the
+    # consent follows its purpose's declaration (disclosure.consent_terms)
+    _write_version(c, key, [c.height, until, True, mode, fields])
+    mention(c, subject)
+    return {
+        "ok": True,
+        "effective_from_height": c.height + 1,
+        "valid_until": until,
+        "mode": mode,
+        "fields": fields,
+    }
 
 
 def consent_revoke(c: Ctx) -> dict[str, Any]:
@@ -321,29 +350,33 @@ def consent_revoke(c: Ctx) -> dict[str, Any]:
     entry = c.state.get(*key)
     if entry is None or not entry["cur"][2]:
         raise Reject("not_found", "no consent in force to revoke")
-    _write_version(c, key, [c.height, entry["cur"][1], False])
+    _write_version(c, key, [c.height, entry["cur"][1], False, *entry["cur"][3:]])
+    mention(c, subject)
     return {"ok": True, "effective_from_height": c.height + 1}
 
 
 def consent_in_force(
     state: State, subject: str, consumer: bytes, scope: str, purpose: str, height: int, now: int
-) -> bool:
+) -> list[Any] | None:
+    """The consent version in force for a decision at `height` (its mode and fields say what
+    it allows), or None."""
     # The index answers "no such consent" (the usual case for one of an access's two scopes)
     # without a lookup.
     if not state.in_group(
         "consent", "by_consumer_purpose", (consumer, purpose), (subject, consumer, scope, purpose)
     ):
-        return False
+        return None
     v = version_at(state.get("consent", subject, consumer, scope, purpose), height)
-    return v is not None and bool(v[2]) and now < v[1]
+    return v if v is not None and bool(v[2]) and now < v[1] else None
 
 
 def erased_before(state: State, subject: str, dataset: str, height: int) -> bool:
-    if state.in_group("erased_subject", "all", (), (subject,)):
-        h = state.get("erased_subject", subject)
-        if h is not None and h < height:
-            return True
-    if state.in_group("erased_subject_dataset", "subject", (subject,), (subject, dataset)):
+    """Whether an access at `height` must refuse `subject` in `dataset` as erased: erased in
+    that dataset in an earlier block, or forgotten earlier in this very block (a forgotten
+    subject is otherwise unknown: after its block nothing says it was ever erased)."""
+    if subject in state.forgotten:
+        return True
+    if state.in_group("erased_subject_dataset", "by_subject", (subject,), (subject, dataset)):
         h = state.get("erased_subject_dataset", subject, dataset)
         if h is not None and h < height:
             return True
@@ -367,6 +400,8 @@ def access_request(c: Ctx) -> dict[str, Any]:
         raise Reject("purpose_not_allowed", f"purpose {purpose} is not allowed for this dataset")
     if not c.state.has("purpose", purpose):
         raise Reject("purpose_not_approved", f"purpose {purpose} is no longer approved")
+    terms = disclosure.terms(c.state, purpose)
+    ask = _ask(body, terms, purpose)
 
     scopes = (f"dataset:{dataset_id}", f"category:{dataset['category']}")
     if subjects is None:
@@ -382,14 +417,11 @@ def access_request(c: Ctx) -> dict[str, Any]:
     granted: list[str] = []
     denied: list[list[str]] = []
     for s in candidates:
-        if erased_before(c.state, s, dataset_id, c.height):
-            denied.append([s, "erased"])
-        elif any(
-            consent_in_force(c.state, s, consumer, sc, purpose, c.height, c.now) for sc in scopes
-        ):
+        reason = _refusal_for(c, s, dataset_id, scopes, terms, ask)
+        if reason is None:
             granted.append(s)
         else:
-            denied.append([s, "no_consent"])
+            denied.append([s, reason])
     if subjects is None:
         denied = []  # an open request names nobody it was refused
     uploads = [
@@ -408,10 +440,13 @@ def access_request(c: Ctx) -> dict[str, Any]:
             "purpose": purpose,
             "granted": granted,
             "denied": len(denied),
+            # the named subjects it refused: forgetting one finds this access by them too
+            "denied_subjects": [d[0] for d in denied],
             "fields": body.get("fields", []),
             "predicate": body.get("predicate"),
             "reference": body.get("reference"),
             "height": c.height,
+            "at": [c.height, c.index],  # its batch position, redacted if a subject is forgotten
             "time": c.now,
             "tx": c.tx_id,
         },
@@ -425,6 +460,52 @@ def access_request(c: Ctx) -> dict[str, Any]:
         "uploads": uploads,
         "as_of": c.now,
     }
+
+
+def _ask(body: dict[str, Any], terms: dict[str, Any], purpose: str) -> disclosure.Ask:
+    """What the access asks for, refused whole if the purpose cannot allow it."""
+    ask = disclosure.ask_of(body)
+    if ask.op is not None:
+        _check("fields" not in body, "a predicate answer discloses no fields")
+        subjects = body.get("subjects")
+        _check(
+            subjects is not None and len(subjects) == 1,
+            "a predicate is asked about exactly one subject",
+        )
+    beyond = disclosure.beyond_purpose(terms, purpose, ask)
+    if beyond is not None:
+        raise Reject("exceeds_purpose", beyond)
+    return ask
+
+
+def _refusal_for(
+    c: Ctx,
+    subject: str,
+    dataset: str,
+    scopes: tuple[str, str],
+    terms: dict[str, Any],
+    ask: disclosure.Ask,
+) -> str | None:
+    """Why `subject` is denied to this access (erased, no_consent, exceeds_consent,
+    budget_exhausted), or None, spending a predicate question when granted."""
+    if erased_before(c.state, subject, dataset, c.height):
+        return "erased"
+    consumer: bytes = c.tx.body["consumer"]
+    purpose: str = c.tx.body["purpose"]
+    versions = [
+        v
+        for sc in scopes
+        if (v := consent_in_force(c.state, subject, consumer, sc, purpose, c.height, c.now))
+    ]
+    if not versions:
+        return "no_consent"
+    if not any(disclosure.allows(v, terms, ask) for v in versions):
+        return "exceeds_consent"
+    if ask.op is not None and not disclosure.spend_question(
+        c.state, subject, consumer, purpose, terms, c.now
+    ):
+        return "budget_exhausted"
+    return None
 
 
 def _live(upload: dict[str, Any] | None, now: int) -> bool:
@@ -458,6 +539,7 @@ def erasure_request(c: Ctx) -> dict[str, Any]:
         {"scope": scope, "height": c.height, "time": c.now, "status": "open"},
     )
     c.state.put("erasure_request_open", request, c.height)
+    mention(c, scope["subject"])
     return {"ok": True, "request": request}
 
 
@@ -482,24 +564,36 @@ def _upload_refs(c: Ctx, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return refs
 
 
+def _fulfil_request(c: Ctx, request: int, scope: dict[str, Any]) -> None:
+    req = c.state.get("erasure_request", request)
+    if req is None:
+        raise Reject("not_found", f"no erasure request {request}")
+    if req["status"] != "open":
+        raise Reject("duplicate", f"erasure request {request} is already fulfilled")
+    if req["scope"] != scope:
+        raise Reject("mismatch", "the scope differs from the subject's request")
+    req["status"] = "done"
+    c.state.put("erasure_request", request, req)
+    c.state.delete("erasure_request_open", request)
+
+
 def erasure_record(c: Ctx) -> dict[str, Any]:
+    """Record an erasure. Of a subject with no dataset ("everywhere"), it also forgets the
+    subject (`forget`): the stored entry keeps the scope's kind, the key commitments, the
+    uploads, the reason and the tx id, and neither it nor the result names the subject."""
     body = c.tx.body
     c.active(c.tx.author, "vault", "dpo")
     scope = _erasure_scope(c, body["scope"])
+    everywhere = scope["kind"] == "subject" and "dataset" not in scope
+    if everywhere:
+        m = c.member(bytes.fromhex(scope["subject"]))
+        if m is not None and m["role"] != "subject":
+            raise Reject("invalid", "only a subject's key is forgotten; this one has a role")
     commitments: list[bytes] = body["key_commitments"]
     uploads = _upload_refs(c, body["uploads"])
     request: int | None = body.get("request")
     if request is not None:
-        req = c.state.get("erasure_request", request)
-        if req is None:
-            raise Reject("not_found", f"no erasure request {request}")
-        if req["status"] != "open":
-            raise Reject("duplicate", f"erasure request {request} is already fulfilled")
-        if req["scope"] != scope:
-            raise Reject("mismatch", "the scope differs from the subject's request")
-        req["status"] = "done"
-        c.state.put("erasure_request", request, req)
-        c.state.delete("erasure_request_open", request)
+        _fulfil_request(c, request, scope)
     if scope["kind"] == "upload":
         _check(
             [u["upload"] for u in uploads] == [scope["upload"]],
@@ -510,10 +604,9 @@ def erasure_record(c: Ctx) -> dict[str, Any]:
         anchored["status"] = "erased"
         c.state.put("upload", u["upload"], anchored)
     if scope["kind"] == "subject":
-        if "dataset" in scope:
-            key: tuple[Any, ...] = ("erased_subject_dataset", scope["subject"], scope["dataset"])
-        else:
-            key = ("erased_subject", scope["subject"])
+        mention(c, scope["subject"])
+    if scope["kind"] == "subject" and not everywhere:
+        key = ("erased_subject_dataset", scope["subject"], scope["dataset"])
         if c.state.get(*key) is None:
             c.state.put(*key, c.height)
     erasure = c.next_id("next_erasure")
@@ -522,7 +615,7 @@ def erasure_record(c: Ctx) -> dict[str, Any]:
         erasure,
         {
             "kind": "erasure",
-            "scope": scope,
+            "scope": {"kind": "subject"} if everywhere else scope,
             "key_commitments": commitments,
             "uploads": uploads,
             "reason": body["reason"],
@@ -534,7 +627,103 @@ def erasure_record(c: Ctx) -> dict[str, Any]:
             "tx": c.tx_id,
         },
     )
-    return {"ok": True, "erasure": erasure, "effective_from_height": c.height + 1}
+    result = {"ok": True, "erasure": erasure, "effective_from_height": c.height + 1}
+    if everywhere:  # `{"q": "redactions"}` lists what it redacted
+        forget(c.state, scope["subject"], c.height)
+        c.forgets.append(scope["subject"])
+        result["forgotten"] = True
+    return result
+
+
+# -- forgetting a subject ---------------------------------------------------------------------
+#
+# docs/CONTRACTS.md "Forgetting": after an erasure everywhere, no state entry names the
+# subject (their key raw or hex), and the redaction entries tell the replicas which stored
+# transactions to blank. Everything here is found through indexes, so forgetting costs what
+# the subject left behind, not the size of the state.
+
+
+def forget(state: State, subject: str, since: int) -> int:
+    """Forget `subject` (hex) in the block at height `since`: append a redaction entry for
+    every stored transaction that names them, then delete or rewrite every entry naming them.
+    Idempotent: a second call finds only what was written since. Returns how many positions
+    it added to the redaction entries."""
+    key = bytes.fromhex(subject)
+    accesses = [k[0] for k in state.group("access", "subject", subject)]
+    positions = {(h, i) for h, i in state.get("mention", subject) or []}
+    positions |= {tuple(state.get("access", a)["at"]) for a in accesses}
+    redacted = _redact(state, sorted(positions), since)
+    member = state.get("member", key)
+    if member is not None:
+        state.delete("member", key)
+        if member["status"] == "active":
+            _bump(state, "college_count", member["college"], -1)
+            if member["votes_since"] is not None:
+                _bump(state, "college_voters", member["college"], -1)
+    for table in SUBJECT_TABLES:
+        for k in state.group(table, "by_subject", subject):
+            state.delete(table, *k)
+    for a in accesses:
+        _forget_in_access(state, a, subject)
+    for table in ("erasure", "erasure_request"):
+        for (n,) in state.group(table, "subject", subject):
+            _forget_in_erasure(state, table, n)
+    _forget_in_governance(state, key)
+    return redacted
+
+
+def _redact(state: State, positions: list[tuple[int, int]], since: int) -> int:
+    """Append ("redaction", n) -> [height, index, since] for each position not yet redacted
+    (a position names several forgotten subjects at most once)."""
+    added = 0
+    for h, i in positions:
+        done = {state.get("redaction", n)[1] for (n,) in state.group("redaction", "height", h)}
+        if i in done:
+            continue
+        n: int = (state.get("meta", "next_redaction") or 0) + 1
+        state.put("meta", "next_redaction", n)
+        state.put("redaction", n, [h, i, since])
+        added += 1
+    return added
+
+
+def _forget_in_access(state: State, access: int, subject: str) -> None:
+    """The access stays in the log for the other subjects it named; `forgotten` counts the
+    subjects since taken out of it."""
+    a = state.get("access", access)
+    if subject in a["denied_subjects"]:
+        a["denied_subjects"] = [s for s in a["denied_subjects"] if s != subject]
+        a["denied"] -= 1
+    a["granted"] = [s for s in a["granted"] if s != subject]
+    a["forgotten"] = a.get("forgotten", 0) + 1
+    state.put("access", access, a)
+
+
+def _forget_in_erasure(state: State, table: str, n: int) -> None:
+    """An erasure (in a dataset) or an erasure request keeps its scope without the subject; a
+    request still open is done, the erasure everywhere covering it."""
+    e = state.get(table, n)
+    e["scope"] = {k: v for k, v in e["scope"].items() if k != "subject"}
+    if table == "erasure_request" and e["status"] == "open":
+        e["status"] = "done"
+        state.delete("erasure_request_open", n)
+    state.put(table, n, e)
+
+
+def _forget_in_governance(state: State, key: bytes) -> None:
+    """Votes the subject cast go (the tallies keep them); a proposal they made keeps no
+    author; a proposal naming them keeps its kind and, if still open, is withdrawn."""
+    for pid, voter in state.group("vote", "by_voter", key):
+        state.delete("vote", pid, voter)
+    for (pid,) in state.group("proposal", "key", key):
+        p = state.get("proposal", pid)
+        if p["author"] == key:
+            p["author"] = None
+        if p["action"].get("member") == key:
+            p["action"] = {k: v for k, v in p["action"].items() if k != "member"}
+            if p["status"] == "open":
+                p["status"] = "withdrawn"
+        state.put("proposal", pid, p)
 
 
 def retention_expire(c: Ctx) -> dict[str, Any]:
@@ -631,14 +820,33 @@ def _enact_admit_voter(c: Ctx, action: dict[str, Any]) -> None:
 
 
 def _check_approve_purpose(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
+    """A new purpose, with or without its declaration; or the declaration of a purpose
+    approved without one (a founding name, an older chain's): declared once, never changed,
+    so a consent given under a declaration keeps meaning what it meant."""
     purpose: str = action["purpose"]
-    if c.state.has("purpose", purpose):
+    raw: dict[str, Any] | None = action.get("declaration")
+    if c.state.has("purpose", purpose) and (
+        raw is None or disclosure.terms(c.state, purpose)["declared"]
+    ):
         raise Reject("exists", f"purpose {purpose} is already approved")
-    return {"purpose": purpose}
+    if raw is None:
+        return {"purpose": purpose}
+    try:
+        declared = disclosure.declaration(raw)
+    except ValueError as exc:
+        raise Reject("invalid", str(exc)) from None
+    declared.pop("declared")
+    return {"purpose": purpose, "declaration": declared}
 
 
 def _enact_approve_purpose(c: Ctx, action: dict[str, Any]) -> None:
-    c.state.put("purpose", action["purpose"], c.height)
+    purpose: str = action["purpose"]
+    if not c.state.has("purpose", purpose):
+        c.state.put("purpose", purpose, c.height)
+    raw: dict[str, Any] | None = action.get("declaration")
+    # Two open proposals may declare the same purpose; the first to pass is its declaration.
+    if raw is not None and not disclosure.terms(c.state, purpose)["declared"]:
+        c.state.put("purpose_terms", purpose, disclosure.declaration(raw))
 
 
 def _check_set_retention(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
@@ -686,6 +894,13 @@ ACTIONS: dict[
 }
 
 
+def _mention_resident(c: Ctx, key: bytes | None) -> None:
+    """A governance transaction authored by a resident, or naming one, is theirs to forget."""
+    m = None if key is None else c.member(key)
+    if key is not None and m is not None and m["role"] in SELF_ADMITTED_ROLES:
+        mention(c, key.hex())
+
+
 def _action(c: Ctx, action: dict[str, Any]) -> dict[str, Any]:
     kind: str = action["kind"]
     check, _ = ACTIONS[kind]
@@ -722,6 +937,8 @@ def governance_propose(c: Ctx) -> dict[str, Any]:
             "status": "open",
         },
     )
+    for key in (c.tx.author, action.get("member")):
+        _mention_resident(c, key)
     return {"ok": True, "proposal": proposal}
 
 
@@ -740,6 +957,7 @@ def governance_vote(c: Ctx) -> dict[str, Any]:
     if c.state.has("vote", pid, c.tx.author):
         raise Reject("duplicate", "this member has already voted on this proposal")
     c.state.put("vote", pid, c.tx.author, approve)
+    _mention_resident(c, c.tx.author)
     col = voter["college"]
     p["yes" if approve else "no"][col] += 1
     members = p["members"]
@@ -785,15 +1003,24 @@ def begin_block(state: State, block: BlockContext) -> None:
     pruned: int | None = state.get("meta", "pruned_minute")
     start = minute if pruned is None else pruned
     for m in range(start, minute):
-        for key in state.group("nonce_expiry", "minute", m):
-            _, author, nonce = key
-            state.delete("nonce_expiry", m, author, nonce)
-            state.delete("nonce", author, nonce)
+        for _, spent in state.group("nonce_expiry", "minute", m):
+            state.delete("nonce_expiry", m, spent)
+            state.delete("nonce", spent)
     state.put("meta", "pruned_minute", minute)
+    state.forgotten.clear()
 
 
-def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
-    """Apply one transaction to `state` (after `begin_block`); return its result."""
+def nonce_id(author: bytes, nonce: bytes) -> bytes:
+    """The key a spent nonce is remembered by: SHA-256(author || nonce). Why not the author in
+    clear: the entry outlives an erasure by up to the transaction's validity, so it must not
+    name the author, yet must still refuse the same transaction replayed (docs/CONTRACTS.md
+    "Transactions"). The nonce is random, so the digest tells nothing of the author either."""
+    return digest(author + nonce)
+
+
+def apply(state: State, raw: bytes, chain_id: str, index: int = 0) -> dict[str, Any]:
+    """Apply one transaction to `state` (after `begin_block`); return its result. `index` is
+    its batch position in the block (`BlockContext.position`)."""
     try:
         tx = txmod.decode(raw)
     except txmod.MalformedTx as exc:
@@ -806,18 +1033,24 @@ def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
         return error("expired", "valid_until has passed")
     if tx.valid_until > now + txmod.TTL_MAX_MS:
         return error("ttl_too_long", "valid_until is more than one hour ahead")
-    if state.has("nonce", tx.author, tx.nonce):
+    spent = nonce_id(tx.author, tx.nonce)
+    if state.has("nonce", spent):
         return error("replayed", "this author already used this nonce")
     state.mark()
     # What the nonce bought, so an author who lost a receipt can find it (`q: nonce`).
-    state.put("nonce", tx.author, tx.nonce, {"height": height, "tx": tx.tx_id})
-    state.put("nonce_expiry", tx.valid_until // MINUTE_MS, tx.author, tx.nonce, 0)
+    state.put("nonce", spent, {"height": height, "tx": tx.tx_id})
+    state.put("nonce_expiry", tx.valid_until // MINUTE_MS, spent, 0)
     seq: int = state.get("meta", "seq")
     state.put("meta", "seq", seq + 1)
-    ctx = Ctx(state, tx, height, now, tx.tx_id)
+    ctx = Ctx(state, tx, height, now, tx.tx_id, index)
     try:
         _structure(tx)
         result = HANDLERS[tx.type](ctx)
+        # A subject forgotten earlier in this block is forgotten again with whatever this
+        # transaction wrote about them (an access naming them, a registration of their key):
+        # the whole block forgets them, whatever the order the primary chose.
+        for subject in sorted(state.forgotten):
+            forget(state, subject, height)
     except Reject as r:
         return _refused(state, tx, height, r.code, r.message)
     except Exception:  # a rule bug must not fork the replicas: every replica refuses alike
@@ -825,6 +1058,7 @@ def apply(state: State, raw: bytes, chain_id: str) -> dict[str, Any]:
             state, tx, height, "internal", "the contract could not apply this transaction"
         )
     state.commit()
+    state.forgotten.update(ctx.forgets)
     result["tx"] = tx.tx_id
     return result
 
@@ -837,6 +1071,7 @@ def _refused(
     granted meanwhile, a member admitted), so it cannot be held back and replayed within its
     validity. The nonce record says it was refused and why, for an author who asks."""
     state.rollback()
-    state.put("nonce", tx.author, tx.nonce, {"height": height, "tx": tx.tx_id, "refused": code})
-    state.put("nonce_expiry", tx.valid_until // MINUTE_MS, tx.author, tx.nonce, 0)
+    spent = nonce_id(tx.author, tx.nonce)
+    state.put("nonce", spent, {"height": height, "tx": tx.tx_id, "refused": code})
+    state.put("nonce_expiry", tx.valid_until // MINUTE_MS, spent, 0)
     return error(code, message)

@@ -28,16 +28,39 @@ Key = tuple[Any, ...]
 
 # table -> index name -> key positions (after the table name) the index groups by
 INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
-    "consent": {"by_subject": (0,), "by_consumer_purpose": (1, 3)},
+    "consent": {"by_consumer_purpose": (1, 3)},
     "dataset_upload": {"dataset": (0,)},
     "nonce_expiry": {"minute": (0,)},
     "member": {"all": ()},
     "purpose": {"all": ()},
     "erasure_request_open": {"all": ()},
-    # membership only: lets an access skip a lookup per subject when nothing is erased
-    "erased_subject": {"all": ()},
-    "erased_subject_dataset": {"subject": (0,)},
+    "vote": {"by_voter": (1,)},
 }
+
+# Tables whose first key part is a subject (the hex of their key) and whose entries say
+# nothing once that subject is forgotten: an erasure "everywhere" deletes every entry of each
+# (rules.forget), found by the `by_subject` index declared for each below. A table keyed by
+# subject joins the forgetting by being listed here; nothing else needs to know of it.
+#   consent                (subject, consumer, scope, purpose) -> versions
+#   mention                (subject,) -> the batch positions [height, index] of the
+#                          transactions the subject authored or that name them
+#   erased_subject_dataset (subject, dataset) -> height of the erasure in that dataset
+#   questions              (subject, consumer, purpose) -> [period, predicate questions
+#                          asked in it] (contracts/disclosure.py)
+SUBJECT_TABLES: tuple[str, ...] = ("consent", "mention", "erased_subject_dataset", "questions")
+for _table in SUBJECT_TABLES:
+    INDEXES.setdefault(_table, {})["by_subject"] = (0,)
+
+
+def _scope_subject(scope: dict[str, Any]) -> tuple[str, ...]:
+    subject = scope.get("subject")
+    return () if subject is None else (subject,)
+
+
+def _proposal_keys(p: dict[str, Any]) -> tuple[bytes, ...]:
+    keys = (p["author"], p["action"].get("member"))
+    return tuple(k for k in keys if k is not None)
+
 
 # table -> index name -> the values, read off an entry's VALUE, it is grouped under. Why: an
 # access grants up to hundreds of subjects, and the access log is asked by subject; writing
@@ -46,9 +69,17 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
 # derived, and as unhashed, as the key-based indexes above.
 VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "access": {
-        "subject": lambda a: a["granted"],
+        # every subject the access names, granted or denied: what forgetting one rewrites
+        "subject": lambda a: (*a["granted"], *a.get("denied_subjects", ())),
         "consumer": lambda a: (a["consumer"],),
     },
+    # the erasures and requests of a subject still known (forgotten ones name nobody)
+    "erasure": {"subject": lambda e: _scope_subject(e["scope"])},
+    "erasure_request": {"subject": lambda r: _scope_subject(r["scope"])},
+    # the member keys a proposal names: its author, the member its action admits
+    "proposal": {"key": _proposal_keys},
+    # the batch indices to redact in each block (`ConsentApp.redacted_at`)
+    "redaction": {"height": lambda r: (r[0],)},
 }
 
 
@@ -59,6 +90,10 @@ class State:
         self._keys: dict[bytes, Key] = {}
         self._index: dict[tuple[str, str, tuple[Any, ...]], set[Key]] = {}
         self._undo: list[tuple[Key, bytes | None]] | None = None
+        # The subjects forgotten in the block being executed (rules.forget), cleared by
+        # rules.begin_block. Not state: no entry may name them; a snapshot is only ever taken
+        # between blocks, when this is empty in effect (the next block clears it first).
+        self.forgotten: set[str] = set()
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, *key: Any) -> Any:

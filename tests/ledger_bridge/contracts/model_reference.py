@@ -11,11 +11,18 @@ The specification it encodes (docs/CONTRACTS.md, rules.py's module docstring):
 - a consent (subject, consumer, dataset-or-category scope, purpose) is in force for a decision
   in block h at block time `now` iff the newest write to it made BEFORE block h is a grant
   and `now < valid_until`; two writes in one block: the later one is the block's word;
-- an erasure of a subject (everywhere, or in one dataset) denies from the block after it;
+- an erasure of a subject in one dataset denies from the block after it;
+- an erasure of a subject everywhere forgets them: no longer a member, their consents and
+  erasures in datasets gone; later in its block an access denies them as erased, from the
+  next block as an unknown key (no consent);
 - an access request names a consumer, a dataset and a purpose allowed for it; each subject
   is granted iff not erased and in force for the dataset's scope or its category's;
 - an upload is listed to a consumer while anchored (not erased or expired) and before its
-  retention deadline, the end of its retention day, at once (no next-block delay).
+  retention deadline, the end of its retention day, at once (no next-block delay);
+- disclosure (docs/CONTRACTS.md "Disclosure"), for the whole records these accesses ask: a
+  purpose whose declaration does not reach `full` (or that declares nothing) refuses them
+  outright (`exceeds_purpose`); a consent takes its purpose's narrowest mode, and a subject
+  whose consent is narrower than `full` is denied (`exceeds_consent`).
 
 Every method returns the result the contracts must give: a success map without the `tx`
 field, or `{"ok": False, "code": ...}` (the message is not modelled).
@@ -30,6 +37,14 @@ DAY_MS = 86_400_000
 
 Version = tuple[int, int, bool]  # (height written, valid_until, granted)
 ConsentKey = tuple[str, bytes, str, str]  # (subject, consumer, scope, purpose)
+
+# The founding purposes' declarations, as the spec states them: purpose -> (its modes,
+# narrowest first; its fields). Research and service improvement declare nothing.
+DECLARED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "proof-of-address": (("predicate",), ("address",)),
+    "road-maintenance": (("projection",), ("lat", "lon", "recorded_at", "vibration")),
+    "billing": (("full",), ()),
+}
 
 
 class Refused(Exception):
@@ -65,7 +80,8 @@ class Reference:
     height: int
     now: int
     consents: dict[ConsentKey, list[Version]] = field(default_factory=dict)
-    erased: dict[tuple[str, str | None], int] = field(default_factory=dict)  # -> first height
+    erased: dict[tuple[str, str], int] = field(default_factory=dict)  # -> first height
+    forgotten_now: set[str] = field(default_factory=set)  # erased everywhere in this block
     uploads: dict[str, ModelUpload] = field(default_factory=dict)
     expired_epochs: set[tuple[str, int]] = field(default_factory=set)
     accesses: int = 0  # ids handed out so far
@@ -76,6 +92,7 @@ class Reference:
     def begin_block(self, height: int, time_ms: int) -> None:
         assert height == self.height + 1
         self.height = height
+        self.forgotten_now = set()
         self.now = max(self.now, time_ms)  # the contracts' clock never runs backwards
 
     # -- reading the history ----------------------------------------------------------------
@@ -92,11 +109,12 @@ class Reference:
         return v is not None and v[2] and now < v[1]
 
     def erased_before(self, subject: str, dataset: str, height: int) -> bool:
-        """Was `subject` erased everywhere, or in `dataset`, in a block before `height`?"""
-        return any(
-            h is not None and h < height
-            for h in (self.erased.get((subject, None)), self.erased.get((subject, dataset)))
-        )
+        """Was `subject` erased in `dataset` in a block before `height`, or forgotten
+        earlier in the current block?"""
+        if subject in self.forgotten_now and height == self.height:
+            return True
+        h = self.erased.get((subject, dataset))
+        return h is not None and h < height
 
     def scopes_of(self, dataset: str) -> tuple[str, str]:
         return f"dataset:{dataset}", f"category:{self.datasets[dataset][0]}"
@@ -156,7 +174,23 @@ class Reference:
         if until <= self.now:
             raise Refused("invalid")
         self._write((subject, consumer, scope, purpose), (self.height, until, True))
-        return {"ok": True, "effective_from_height": self.height + 1, "valid_until": until}
+        mode, fields = self.consent_mode(purpose)
+        return {
+            "ok": True,
+            "effective_from_height": self.height + 1,
+            "valid_until": until,
+            "mode": mode,
+            "fields": fields,
+        }
+
+    @staticmethod
+    def consent_mode(purpose: str) -> tuple[str | None, list[str] | None]:
+        """A consent naming no mode: its purpose's narrowest, with the purpose's fields (none
+        for whole records); under an undeclared purpose, none yet."""
+        if purpose not in DECLARED:
+            return None, None
+        modes, fields = DECLARED[purpose]
+        return modes[0], [] if modes[0] == "full" else list(fields)
 
     def revoke(
         self, author: bytes, subject: str, consumer: bytes, scope: str, purpose: str
@@ -184,6 +218,8 @@ class Reference:
             raise Refused("purpose_not_allowed")
         if purpose not in self.purposes:
             raise Refused("purpose_not_approved")
+        if "full" not in DECLARED.get(purpose, ((), ()))[0]:
+            raise Refused("exceeds_purpose")  # these accesses ask for whole records
         if subjects is None:
             scopes = self.scopes_of(dataset)
             candidates = sorted(
@@ -199,10 +235,12 @@ class Reference:
         for s in candidates:
             if self.erased_before(s, dataset, self.height):
                 denied.append([s, "erased"])
-            elif self.may_see(s, consumer, dataset, purpose):
-                granted.append(s)
-            else:
+            elif not self.may_see(s, consumer, dataset, purpose):
                 denied.append([s, "no_consent"])
+            elif self.consent_mode(purpose)[0] != "full":
+                denied.append([s, "exceeds_consent"])
+            else:
+                granted.append(s)
         self.accesses += 1
         return {
             "ok": True,
@@ -222,9 +260,17 @@ class Reference:
 
     def erase_subject(self, author: bytes, subject: str, dataset: str | None) -> dict[str, Any]:
         self._active(author, "vault", "dpo")
-        self.erased.setdefault((subject, dataset), self.height)  # the first erasure counts
         self.erasures += 1
-        return {"ok": True, "erasure": self.erasures, "effective_from_height": self.height + 1}
+        done = {"ok": True, "erasure": self.erasures, "effective_from_height": self.height + 1}
+        if dataset is None:
+            self.members.pop(bytes.fromhex(subject), None)
+            self.consents = {k: v for k, v in self.consents.items() if k[0] != subject}
+            self.erased = {k: v for k, v in self.erased.items() if k[0] != subject}
+            self.forgotten_now.add(subject)
+            return {**done, "forgotten": True}
+        if subject not in self.forgotten_now:  # what names them in its block is forgotten
+            self.erased.setdefault((subject, dataset), self.height)  # the first one counts
+        return done
 
     def erase_upload(self, author: bytes, upload: str) -> dict[str, Any]:
         self._active(author, "vault", "dpo")
@@ -278,6 +324,8 @@ class Reference:
                     "valid_until": latest[1],
                     "granted": latest[2],
                     "changed_at_height": latest[0],
+                    "mode": self.consent_mode(purpose)[0],
+                    "fields": self.consent_mode(purpose)[1],
                     "in_force": self.in_force(
                         (s, consumer, scope, purpose), self.height + 1, self.now
                     ),

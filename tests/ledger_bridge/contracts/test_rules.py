@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ledger_bridge.app import BlockContext
-from ledger_bridge.contracts import codec, tx
+from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.contracts.app import ConsentApp
 from tests.ledger_bridge.contracts.harness import CHAIN, DAY, Chain, Member, key, standard
 
@@ -31,8 +31,9 @@ def assert_refused_unchanged(chain: Chain, raw: bytes, code: str) -> None:
     if code not in UNSIGNED_REFUSALS:
         signed = tx.decode(raw)
         burned = {"height": chain.height, "tx": signed.tx_id, "refused": code}
-        twin.state.put("nonce", signed.author, signed.nonce, burned)
-        twin.state.put("nonce_expiry", signed.valid_until // 60_000, signed.author, signed.nonce, 0)
+        spent = rules.nonce_id(signed.author, signed.nonce)
+        twin.state.put("nonce", spent, burned)
+        twin.state.put("nonce_expiry", signed.valid_until // 60_000, spent, 0)
         empty_root = twin.state_root()
     assert root == empty_root
 
@@ -55,12 +56,22 @@ def grant(
     return chain.sign(s, "consent.grant", body)
 
 
+# A proof-of-address question: that purpose discloses yes/no answers about the address only.
+ADDRESS_EQ = {"field": "address", "op": "eq", "commitment": b"\x05" * 32}
+
+
 def access(
-    chain: Chain, consumer: Member, subjects: list[Member] | None = None, purpose: str = "billing"
+    chain: Chain,
+    consumer: Member,
+    subjects: list[Member] | None = None,
+    purpose: str = "billing",
+    predicate: dict[str, Any] | None = None,
 ) -> bytes:
     body: dict[str, Any] = {"consumer": consumer.pub, "dataset": "d1", "purpose": purpose}
     if subjects is not None:
         body["subjects"] = [s.subject for s in subjects]
+    if predicate is not None:
+        body["predicate"] = predicate
     return chain.sign(consumer, "access.request", body)
 
 
@@ -311,9 +322,11 @@ def test_consent_is_per_consumer_and_purpose_and_category_scope_covers_datasets(
     s = chain.subject()
     chain.block(grant(chain, s, consumer, "billing"))
     assert chain.block(access(chain, other, [s]))[0]["granted"] == []
-    assert chain.block(access(chain, consumer, [s], "proof-of-address"))[0]["granted"] == []
+    asked = access(chain, consumer, [s], "proof-of-address", ADDRESS_EQ)
+    assert chain.block(asked)[0]["granted"] == []
     chain.block(grant(chain, s, other, "proof-of-address", category="energy"))
-    assert chain.block(access(chain, other, [s], "proof-of-address"))[0]["granted"] == [s.subject]
+    asked = access(chain, other, [s], "proof-of-address", ADDRESS_EQ)
+    assert chain.block(asked)[0]["granted"] == [s.subject]
     # a purpose the dataset does not allow is refused outright
     assert chain.block(access(chain, consumer, [s], "research"))[0]["code"] == "purpose_not_allowed"
     grant_bad = grant(chain, s, consumer, "research")
@@ -395,11 +408,14 @@ def erase_body(s: Member, **extra: Any) -> dict[str, Any]:
 def test_erasure_denies_from_the_next_block_and_is_recorded(
     world: tuple[Chain, Member, Member],
 ) -> None:
+    """In one dataset; an erasure everywhere forgets the subject (test_forget.py)."""
     chain, _, consumer = world
     s = chain.subject()
     chain.block(grant(chain, s, consumer))
+    in_d1 = {"kind": "subject", "subject": s.subject, "dataset": "d1"}
     results = chain.block(
-        chain.sign(chain.dpo, "erasure.record", erase_body(s)), access(chain, consumer, [s])
+        chain.sign(chain.dpo, "erasure.record", erase_body(s, scope=in_d1)),
+        access(chain, consumer, [s]),
     )
     assert results[0]["ok"] and results[1]["granted"] == [s.subject]
     assert chain.block(access(chain, consumer, [s]))[0]["denied"] == [[s.subject, "erased"]]
