@@ -1,15 +1,16 @@
 """Determinism: the same blocks give the same results and state roots in every process.
 
-Replicas are separate processes, each with its own string-hash randomisation: if a decision,
-a result or the state root depended on the iteration order of a set or a dict (or on anything
+Replicas are separate processes, each with its own string-hash randomisation: if a decision, a
+result or the state root depended on the iteration order of a set or a dict (or on anything
 else outside the transactions and the block context), replicas would fork. One scenario is
 recorded here, pre-signed bytes and fixed block contexts: the cast of model_world.py is
 admitted from the genesis, then ~80 blocks of seeded random traffic (grants, revocations,
-accesses, erasures, uploads and their expiry, governance votes, replays, garbage and forged
-signatures). It is replayed by model_replay.py in separate processes under different
-PYTHONHASHSEED values, and in this one, and every block must agree: result bytes, state root
-and snapshot bytes (by digest). Snapshot/restore in the middle, in the same process or handed
-to another, must end on the same root as the straight-through run.
+accesses, erasures in a dataset and everywhere (which forget the subject), uploads and their
+expiry, governance votes, replays, garbage and forged signatures). It is replayed by
+model_replay.py in separate processes under different PYTHONHASHSEED values, and in this one,
+and every block must agree: result bytes, state root and snapshot bytes (by digest).
+Snapshot/restore in the middle, in the same process or handed to another, must end on the same
+root as the straight-through run.
 """
 
 from __future__ import annotations
@@ -273,6 +274,13 @@ def test_the_scenario_exercises_the_rules(straight: dict[str, Any]) -> None:
     assert sum(1 for r in results if r["ok"] and "erasure" in r) >= 5
     assert sum(1 for r in results if r["ok"] and r.get("status") == "passed") >= 1
     assert {"replayed", "malformed", "bad_signature", "not_found"} <= codes, codes
+    # erasures everywhere forget their subjects: the redaction entries are state too
+    assert sum(1 for r in results if r.get("forgotten")) >= 2
+    app = Chain.new().app
+    for height, time_ms, prev_hash, txs in scenario():
+        app.execute(txs, BlockContext(height, time_ms, prev_hash))
+    assert app.state_root().hex() == straight["blocks"][-1]["root"]
+    assert len(app.redactions(0, 1000)) >= 5
 
 
 def test_processes_with_different_hash_seeds_agree_at_every_block(
