@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from api.wallet import Wallet
 from tests.api.test_e2e_up import _start_up, _stop_and_reap
 from tests.api.test_up import Up, _clean_env
 from tests.conftest import PgServer
@@ -123,6 +124,15 @@ def test_every_block_of_the_tutorial_runs_in_order(
             continue
         ran[language] += 1
     assert ran["bash"] >= BASH_BLOCKS_MIN and ran["python"] >= PYTHON_BLOCKS_MIN, ran
+    # The citizens acted under pseudonyms, never under their wallets' own keys: Alice's id is
+    # her pseudonym for the addresses, and each erased wallet moved its dataset on.
+    alice = Wallet.open(workdir / "alice.key")
+    shell = _exported(state, env)
+    assert shell["ALICE_ID"] != alice.master.public_key.hex()
+    driver = Wallet.open(workdir / "driver-0.key")
+    for wallet, pseudonym in ((alice, shell["ALICE_ID"]), (driver, namespace["ids"][0])):
+        assert [r.generation for r in wallet.datasets.values()] == [1]
+        assert [e["pseudonym"] for r in wallet.datasets.values() for e in r.erasures] == [pseudonym]
 
 
 def test_the_extraction_sees_every_kind_of_block() -> None:
