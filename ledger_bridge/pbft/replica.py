@@ -1634,9 +1634,10 @@ class Replica:
         Why only once stable: below the stable checkpoint no peer executes from our blocks
         (a peer behind it gets a state transfer), so a body we drop is never one a correct
         replica still needs. The on-disk log still holds the committed batches from the
-        durable snapshot up (a restart re-executes them): a new durable snapshot is written
-        at the stable checkpoint, which drops that log and replaces the older snapshot (only
-        one is ever kept)."""
+        durable snapshot up (a restart re-executes them), and that snapshot, older than the
+        erasure, may hold state naming whom it forgets: a new durable snapshot is written at
+        the stable checkpoint, which drops that log and replaces the older snapshot (only
+        one is ever kept), unless the durable snapshot is already past the erasure."""
         if self.stable.state is None:
             return
         due = self._redactions_after(self.redactions_applied, self.h)
@@ -1654,11 +1655,14 @@ class Replica:
         self.redactions_applied = due[-1].n
         self.redactions_known = max(self.redactions_known, self.redactions_applied)
         self._meta_dirty.add(META_REDACTIONS)
-        self._snapshot_due = False
-        self.txs_since_snapshot = 0
-        self.snapshot_seq = self.h
-        self._meta_dirty.add(META_SNAPSHOT)
-        self._gc_below = self.h + 1
+        if due[-1].since > self.snapshot_seq:
+            # The durable snapshot predates the erasure: its state and reply cache may name
+            # whom it forgets, and the log above it holds the bodies.
+            self._snapshot_due = False
+            self.txs_since_snapshot = 0
+            self.snapshot_seq = self.h
+            self._meta_dirty.add(META_SNAPSHOT)
+            self._gc_below = self.h + 1
         self.stats["redactions applied"] += len(due)
 
     # ------------------------------------------------------------------------- durability
