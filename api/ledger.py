@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 from api.errors import ApiError
 from api.outbox import FactReceipt, FactRefused
-from ledger_bridge import eventloop
+from ledger_bridge import eventloop, receipts
 from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
 from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.crypto import SigningKey, VerifyKey
@@ -264,15 +264,31 @@ class LedgerGateway:
             receipt = self._run(self._relay.submit(signed.encode(), request_id=request_id))
         result: dict[str, Any] = codec.decode(receipt.result)
         if result.get("ok"):
-            return FactReceipt(bytes(result["tx"]).hex(), receipt.block_height)
+            tx_id = bytes(result["tx"])
+            sent = receipt.request if signed.tx_id == tx_id else None
+            return FactReceipt(
+                tx_id.hex(),
+                receipt.block_height,
+                sent or self._committed_request(kind, receipt.block_height, tx_id),
+            )
         if result.get("code") == "replayed":
             seen = self.query("nonce", author=self.vault_id, nonce=nonce)["result"]
             if seen is not None and "refused" in seen:
                 # A refused transaction burns its nonce: the first attempt was refused.
                 raise FactRefused(str(seen["refused"]), "refused when first ordered")
             if seen is not None:
-                return FactReceipt(bytes(seen["tx"]).hex(), int(seen["height"]))
+                height, tx_id = int(seen["height"]), bytes(seen["tx"])
+                request = self._committed_request(kind, height, tx_id)
+                return FactReceipt(tx_id.hex(), height, request)
         raise FactRefused(str(result.get("code")), str(result.get("message")))
+
+    def _committed_request(self, kind: str, height: int, tx_id: bytes) -> bytes | None:
+        """The encoded request that carried an erasure fact, read from its block, when the
+        answer came for an earlier submission (a reply cache, a spent nonce) than the one just
+        sent; None for other facts, which need no receipt, or if the block lost the body."""
+        if kind != "erasure.record":
+            return None
+        return receipts.find_request(self.block(height), tx_id)
 
     def close(self) -> None:
         async def shut() -> None:

@@ -36,13 +36,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select, text, update
+from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from ledger_bridge.receipts import ErasureReceipt, seal
+from vault.erasure import is_forgotten, settle_erasure
 from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, RELAY_REQUEST_IDS, OutboxFact, Upload
 
 _log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ _RELAY_LOCK_KEY = 0x43495649  # "CIVI": the relay's advisory lock id
 class FactReceipt:
     tx_id: str
     block_height: int
+    # The encoded PBFT Request that carried the fact's transaction, when the sink has it: an
+    # erasure's receipt for the subject (ledger_bridge/receipts.py).
+    request: bytes | None = None
 
 
 class FactRefused(Exception):
@@ -155,7 +160,7 @@ class OutboxRelay:
                 break
             crash_point("after-submit")
             with self._sessions() as session, session.begin():
-                session.execute(
+                marked = session.execute(
                     update(OutboxFact)
                     .where(OutboxFact.id == fact_id, OutboxFact.sent_at.is_(None))
                     .values(
@@ -166,6 +171,10 @@ class OutboxRelay:
                         last_error=None,
                     )
                 )
+                if kind == "erasure.record" and cast("CursorResult[Any]", marked).rowcount:
+                    # Recorded, so the vault may now forget whom it erased (in this same
+                    # transaction: never recorded yet still naming them after a crash).
+                    settle_erasure(session, fact_id, sealed_receipt=_sealed(payload, receipt))
                 if kind == "upload.anchor":
                     # Readable from now on: the anchor is committed, in the same transaction
                     # as the mark, so an upload is never anchored without its receipt.
@@ -210,13 +219,25 @@ def requeue(session: Session, fact_id: int) -> OutboxFact | None:
     its idempotency key: if the ledger did take it meanwhile, the receipt is looked up.
     """
     fact = session.get(OutboxFact, fact_id, with_for_update=True)
-    if fact is None or fact.ledger_state != "refused":
+    if fact is None or fact.ledger_state != "refused" or is_forgotten(fact.payload):
+        # A forgotten erasure fact no longer names its subject: it cannot be sent as it was.
         return None
     fact.refused_at = None
     fact.request_id = None  # the replicas ignore a request id at or below one they executed
     if fact.kind == "upload.anchor":
         _move_upload(session, fact.payload, "refused", state="pending")
     return fact
+
+
+def _sealed(payload: dict[str, Any], receipt: FactReceipt) -> bytes | None:
+    """The erasure's receipt sealed to the key its caller asked for (`receipt_to`), if any."""
+    recipient = payload.get("receipt_to")
+    if recipient is None or receipt.request is None:
+        return None
+    return seal(
+        ErasureReceipt(receipt.block_height, receipt.request, receipt.tx_id),
+        bytes.fromhex(recipient),
+    )
 
 
 def _move_upload(session: Session, anchor: dict[str, Any], from_state: str, **values: Any) -> None:

@@ -120,6 +120,9 @@ class Receipt:
     block_height: int
     result: bytes
     request_id: int
+    # The encoded PBFT Request this client sent (its digest is what a block commits to): what
+    # an erasure receipt hands the subject, since the block may later hold only the digest.
+    request: bytes = b""
 
 
 class ClientTransport(Protocol):
@@ -588,7 +591,11 @@ class AsyncLedgerClient:
             finally:
                 self._waiting, self._done = None, None
             return Receipt(
-                tx_id=digest(encoded).hex(), block_height=height, result=result, request_id=rid
+                tx_id=digest(encoded).hex(),
+                block_height=height,
+                result=result,
+                request_id=rid,
+                request=encoded,
             )
 
     async def _ask(self, op: str, args: dict[str, Any], replica: int | None) -> dict[str, Any]:

@@ -10,6 +10,17 @@ harmless: nothing is left to destroy, and the answer points at the original cert
 
 Who may erase: the DPO (any subject, a subject in one dataset, an upload) and the subject
 (their own data, by a transaction only their wallet can sign). Nobody else.
+
+The erasure receipt: a subject erasure's answer carries `erasure_receipt` {height, request,
+tx_id}, the proof that the erasure.record committed (ledger_bridge/receipts.py verifies it),
+once the ledger recorded it. An erasure everywhere makes the vault forget the subject as soon
+as the fact is recorded, so the vault never keeps the receipt in clear: the route makes a
+one-time X25519 key, the relay seals the receipt to its public half, and the route opens it
+with the private half, which only this answer ever holds. When the ledger is slow (202) the
+answer gives that private half as `receipt_key`, and `GET /v1/erasure-receipts/{id}` serves
+the sealed receipt to anyone (it is ciphertext for a key the vault does not have): the subject
+opens it with `receipts.open_sealed`. Whoever erases (the subject asking, or the DPO acting on
+their behalf) keeps the receipt; the vault cannot give it again.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from api.outbox import wait_for_receipt
 from api.routes.consents import SignedIn
 from api.schemas import LedgerReceipt, PublicKeyHex, StrictIn, UuidIn
 from api.signed import assemble
+from ledger_bridge import receipts
 from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound
 from vault.models import OutboxFact
@@ -52,6 +64,12 @@ class ErasureIn(StrictIn):
     reason: Annotated[str, Field(json_schema_extra={"enum": list(DPO_REASONS)})] = "dpo_decision"
 
 
+class ErasureReceiptOut(BaseModel):
+    height: int = Field(description="the block that committed the erasure.record")
+    request: str = Field(description="hex of the encoded PBFT Request that carried it")
+    tx_id: str = Field(description="hex id of the erasure.record transaction")
+
+
 class ErasureCertificate(BaseModel):
     erasure_id: int = Field(description="the vault's id of the erasure fact")
     state: Literal["pending", "recorded", "refused"]
@@ -65,6 +83,22 @@ class ErasureCertificate(BaseModel):
     erased_at: str
     request: int | None = Field(default=None, description="the subject's ledger request id")
     receipt: LedgerReceipt | None = None
+    erasure_receipt: ErasureReceiptOut | None = Field(
+        default=None,
+        description="the proof for the subject, in the erasure's answer only (see the module)",
+    )
+    receipt_key: str | None = Field(
+        default=None,
+        description="hex X25519 private key opening GET /v1/erasure-receipts/{id}, given when "
+        "the answer came before the ledger recorded the erasure",
+    )
+
+
+class SealedReceipt(BaseModel):
+    erasure_id: int
+    sealed_receipt: str | None = Field(
+        description="hex libsodium sealed box of the erasure receipt; null until recorded"
+    )
 
 
 class InvalidScope(ApiError):
@@ -91,8 +125,9 @@ def _certificate(fact: OutboxFact) -> ErasureCertificate:
     )
 
 
-def _run(request: Request, erase: Any) -> JSONResponse:
-    """Commit the erasure in its own transaction, ship it, answer with its certificate."""
+def _run(request: Request, erase: Any, receipt_key: bytes | None = None) -> JSONResponse:
+    """Commit the erasure in its own transaction, ship it, answer with its certificate (and
+    its receipt, opened with `receipt_key`, the private half of what `erase` sealed to)."""
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session, session.begin():
         result: ErasureResult = erase(session)
@@ -103,6 +138,12 @@ def _run(request: Request, erase: Any) -> JSONResponse:
         jobs.kick()
     fact = wait_for_receipt(sessions, result.outbox_id, request.app.state.settings.receipt_wait_s)
     cert = _certificate(fact)
+    sealed = fact.payload.get("sealed_receipt")
+    if receipt_key is not None and sealed is not None:
+        opened = receipts.open_sealed(bytes.fromhex(sealed), receipt_key)
+        cert.erasure_receipt = ErasureReceiptOut(**opened.to_json())
+    elif receipt_key is not None and fact.payload.get("receipt_to") and cert.receipt is None:
+        cert.receipt_key = receipt_key.hex()
     return JSONResponse(cert.model_dump(mode="json"), status_code=201 if cert.receipt else 202)
 
 
@@ -129,11 +170,18 @@ def erase(body: ErasureIn, _: Dpo, store: KeyStoreDep, request: Request, ledger:
     if body.subject_id is None:
         raise InvalidScope("name subject_id (and optionally dataset_id), or upload_id")
     subject = body.subject_id
+    private, public = receipts.new_receipt_key()
     return _run(
         request,
         lambda s: eraser.erase_subject(
-            s, subject, dataset_id=body.dataset_id, reason=body.reason, requester="dpo"
+            s,
+            subject,
+            dataset_id=body.dataset_id,
+            reason=body.reason,
+            requester="dpo",
+            receipt_to=public,
         ),
+        private,
     )
 
 
@@ -160,6 +208,7 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
             raise InvalidScope("dataset is a dataset id") from None
     request_id = int(answer.result["request"])
     eraser = Eraser(store)
+    private, public = receipts.new_receipt_key()
     return _run(
         request,
         lambda s: eraser.erase_subject(
@@ -169,7 +218,9 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
             reason="subject_request",
             requester="subject",
             request=request_id,
+            receipt_to=public,
         ),
+        private,
     )
 
 
@@ -194,3 +245,21 @@ def erasure_status(
             # A subject does not learn which other erasures exist.
             raise NotFound(f"erasure {erasure_id} does not exist")
         return _certificate(fact)
+
+
+@router.get("/erasure-receipts/{erasure_id}")
+def sealed_receipt(
+    erasure_id: Annotated[int, Path(ge=1, le=1 << 62)], request: Request
+) -> SealedReceipt:
+    """An erasure's receipt, sealed to the one-time key its answer gave (`receipt_key`).
+
+    Open to anyone, signed in or not: an erased subject has no API key left, and the sealed
+    box opens only with a key the vault never stored. A subject erasure answers null until the
+    ledger recorded it; any other id is 404.
+    """
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    with sessions() as session:
+        fact = session.get(OutboxFact, erasure_id)
+        if fact is None or fact.kind != "erasure.record" or "receipt_to" not in fact.payload:
+            raise NotFound(f"erasure {erasure_id} has no receipt")
+        return SealedReceipt(erasure_id=fact.id, sealed_receipt=fact.payload.get("sealed_receipt"))

@@ -84,6 +84,7 @@ GET    /v1/subjects/{subject_id}/export              403   403  403  ok   403   
 POST   /v1/erasures                                  403   403  403  403  403   ok  403   401
 POST   /v1/erasure-requests                          403   403  403  ok   403   403 403   403
 GET    /v1/erasures/{erasure_id}                     403   403  403  ok   404   ok  403   401
+GET    /v1/erasure-receipts/{erasure_id}             ok    ok   ok   ok   ok    ok  ok    ok
 GET    /v1/ledger/status                             ok    ok   ok   ok   ok    ok  ok    401
 GET    /v1/ledger/blocks                             ok    ok   ok   ok   ok    ok  ok    401
 GET    /v1/ledger/blocks/{height}                    ok    ok   ok   ok   ok    ok  ok    401
@@ -279,7 +280,10 @@ def world(ledger_env: LedgerEnv) -> World:
         },
     )
     dpo = env.headers("dpo", env.dpo)
-    r = env.client.post("/v1/erasures", headers=dpo, json={"subject_id": erased.id})
+    # In one dataset: an erasure everywhere forgets the subject (and their API keys), so
+    # the certificate would name nobody for the subject column to read.
+    body = {"subject_id": erased.id, "dataset_id": dataset}
+    r = env.client.post("/v1/erasures", headers=dpo, json=body)
     assert r.status_code in (201, 202), r.text
     return World(
         env,
@@ -450,6 +454,10 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("POST", "/v1/erasure-requests"): _erasure_request,
     ("GET", "/v1/erasures/{erasure_id}"): lambda w, who: Call(
         params={"erasure_id": w.erasure}, headers=w.headers(who, w.erased)
+    ),
+    # Sealed to a key only the erasure's caller holds: anyone may fetch it.
+    ("GET", "/v1/erasure-receipts/{erasure_id}"): lambda w, who: Call(
+        params={"erasure_id": w.erasure}, headers=w.headers(who)
     ),
     ("GET", "/v1/ledger/status"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/ledger/blocks"): lambda w, who: _keyed(w, who),

@@ -1,0 +1,224 @@
+"""The erasure receipt, over real HTTP, a real relay and four real replicas.
+
+A subject erased everywhere gets {height, request, tx_id} in the erasure's answer, and
+`receipts.verify` accepts it against the block the ledger serves and the validator keys alone.
+The attacks first: without the receipt, the erasure entries the ledger serves do not say whose
+erasure it was; a receipt for P does not verify for another pseudonym; a receipt with any field
+changed fails. The vault keeps neither the subject nor the receipt in clear (pg_dump, with a
+subject not erased as the control), and when the ledger is slower than the answer, the subject
+fetches the sealed receipt later and opens it with the key the answer gave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy.orm import Session
+
+from api.app import create_app
+from api.client import CivisClient
+from ledger_bridge import receipts
+from ledger_bridge.contracts import codec, tx
+from ledger_bridge.crypto import SigningKey
+from ledger_bridge.pbft import messages as m
+from ledger_bridge.receipts import ErasureReceipt
+from tests.api.ledger_env import LedgerEnv, Wallet
+from tests.vault.test_forensic import _pg_dump
+from vault import db
+from vault.crypto.merkle import leaf_hash, merkle_root
+from vault.models import Upload
+from vault.reads import key_commitments_in_order
+
+SEALED_WAIT_S = 30
+
+
+def _serve(app: FastAPI, lifespan: Literal["on", "off"]) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan=lifespan, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="receipt-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the HTTP server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def base_url(ledger_env: LedgerEnv) -> Iterator[str]:
+    """The module's app (its lifespan already run by the TestClient) behind real HTTP."""
+    yield from _serve(ledger_env.client.app, "off")  # type: ignore[arg-type]
+
+
+def _client(base_url: str, env: LedgerEnv, role: str | None = None, who: Any = None) -> CivisClient:
+    api = CivisClient(base_url)
+    if role is None:
+        return api
+    return api.with_key(env.headers(role, who)["Authorization"].removeprefix("Bearer "))
+
+
+def _subject(api: CivisClient) -> Wallet:
+    wallet = Wallet()
+    assert api.register(wallet.key, "subject", "citizens")["result"]["status"] == "active"
+    return wallet
+
+
+def _stored(base_url: str, env: LedgerEnv, subjects: list[Wallet]) -> tuple[str, str]:
+    """A dataset holding one record of each subject, anchored; (dataset id, upload id)."""
+    provider = _client(base_url, env, "provider", env.provider)
+    dataset = provider.create_dataset(
+        f"receipts-{uuid.uuid4().hex[:10]}",
+        category="address",
+        purposes=["proof-of-address"],
+        retention_days=30,
+        legal_basis="contract",
+    )["id"]
+    lines = "".join(
+        json.dumps({"subject_id": s.id, "payload": {"address": f"{i} rue du Reçu"}}) + "\n"
+        for i, s in enumerate(subjects)
+    ).encode()
+    upload = provider.upload(dataset, lines, media_type="application/x-ndjson")
+    assert upload["state"] == "anchored"
+    return dataset, upload["upload_id"]
+
+
+def _forged_erasure_request(env: LedgerEnv, subject: str) -> bytes:
+    """A well-formed, validly signed request carrying an erasure.record of `subject`, which
+    the ledger never ordered."""
+    key = SigningKey.generate()
+    body = {
+        "scope": {"kind": "subject", "subject": subject},
+        "key_commitments": [],
+        "uploads": [],
+        "reason": "dpo_decision",
+        "requester": "dpo",
+    }
+    signed = tx.sign(key, env.chain_id, "erasure.record", body, valid_until=2**40)
+    return m.encode(m.make_request(key, 1, signed.encode()))
+
+
+def test_the_receipt_proves_the_subjects_erasure_and_nothing_else(
+    ledger_env: LedgerEnv, base_url: str, ledger_database_url: str
+) -> None:
+    env = ledger_env
+    anyone = _client(base_url, env)
+    erased, kept = _subject(anyone), _subject(anyone)
+    _, upload_id = _stored(base_url, env, [erased, kept])
+
+    cert: dict[str, Any] = dict(anyone.request_erasure(erased.key))
+    assert cert["state"] == "recorded" and cert["receipt_key"] is None
+    receipt = ErasureReceipt.from_json(cert["erasure_receipt"])
+    assert receipt.height == cert["receipt"]["block_height"]
+    assert receipt.tx_id == cert["receipt"]["tx_id"]
+
+    validators = env.gateway.validators
+    block = env.gateway.block(receipt.height)
+    # Attacks first: the ledger's erasure entries name no subject (only the receipt links
+    # the erasure to P), and a receipt proves P's erasure, not anyone else's.
+    served = codec.encode(env.gateway.query("erasures", limit=1000)["result"])
+    assert erased.id.encode() not in served and bytes.fromhex(erased.id) not in served
+    assert not receipts.verify(receipt, block, validators, kept.id)
+    forged = dataclasses.replace(receipt, request=_forged_erasure_request(env, kept.id))
+    assert not receipts.verify(forged, block, validators, kept.id)
+    tampered = [
+        dataclasses.replace(receipt, height=receipt.height - 1),
+        dataclasses.replace(receipt, tx_id="00" * 32),
+        dataclasses.replace(
+            receipt, request=receipt.request[:-1] + bytes([receipt.request[-1] ^ 1])
+        ),
+    ]
+    earlier = env.gateway.block(receipt.height - 1)
+    for bad in tampered:
+        assert not receipts.verify(bad, block, validators, erased.id)
+        assert not receipts.verify(bad, earlier, validators, erased.id)
+    # A block with a forged certificate does not verify, whatever it holds.
+    unsigned = dataclasses.replace(block, certificate=tuple(b"\0" * 64 for _ in block.signers))
+    assert not receipts.verify(receipt, unsigned, validators, erased.id)
+
+    assert receipts.verify(receipt, block, validators, erased.id)
+    segment = [env.gateway.block(h) for h in range(max(1, receipt.height - 3), receipt.height + 1)]
+    assert receipts.verify(receipt, segment, validators, erased.id)
+    assert receipts.verify(
+        ErasureReceipt.decode(receipt.encode()), block, validators, erased.id.upper()
+    )
+
+    # The vault forgot P and never kept the receipt in clear; the control is found.
+    dump = _pg_dump(ledger_database_url)
+    assert erased.id.encode() not in dump and erased.id.upper().encode() not in dump
+    assert receipt.request.hex().encode() not in dump
+    assert kept.id.encode() in dump
+    engine = db.make_engine(ledger_database_url, pool_size=1)
+    try:
+        with Session(engine) as s:
+            upload = s.get(Upload, uuid.UUID(upload_id))
+            assert upload is not None
+            leaves = [leaf_hash(c) for c in key_commitments_in_order(s, upload.id)]
+            assert merkle_root(leaves) == bytes(upload.commitments_root)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def slow_answer_url(ledger_env: LedgerEnv, ledger_database_url: str) -> Iterator[str]:
+    """A second API instance on the same database and ledger that answers without waiting
+    for the ledger (the module's instance runs the relay)."""
+    app: FastAPI = ledger_env.client.app  # type: ignore[assignment]
+    settings = app.state.settings.model_copy(update={"receipt_wait_s": 0.0})
+    slow = create_app(
+        settings,
+        database_url=ledger_database_url,
+        ledger=ledger_env.gateway,
+        background_jobs=False,
+    )
+    yield from _serve(slow, "on")
+
+
+def test_a_pending_answer_gives_the_key_that_opens_the_sealed_receipt_later(
+    ledger_env: LedgerEnv, base_url: str, slow_answer_url: str
+) -> None:
+    env = ledger_env
+    subject = _subject(_client(base_url, env))
+    _stored(base_url, env, [subject, Wallet()])
+    r = httpx.post(
+        f"{slow_answer_url}/v1/erasures",
+        json={"subject_id": subject.id},
+        headers=env.headers("dpo", env.dpo),
+    )
+    assert r.status_code == 202, r.text
+    cert = r.json()
+    assert cert["erasure_receipt"] is None and cert["receipt_key"]
+
+    deadline = time.monotonic() + SEALED_WAIT_S
+    while True:  # anyone may fetch it: no API key, and the subject has none left
+        got = httpx.get(f"{slow_answer_url}/v1/erasure-receipts/{cert['erasure_id']}")
+        assert got.status_code == 200, got.text
+        if got.json()["sealed_receipt"] is not None:
+            break
+        assert time.monotonic() < deadline, "the erasure was not recorded in time"
+        time.sleep(0.1)
+    sealed = bytes.fromhex(got.json()["sealed_receipt"])
+    with pytest.raises(receipts.ReceiptInvalid):
+        receipts.open_sealed(sealed, receipts.new_receipt_key()[0])
+    receipt = receipts.open_sealed(sealed, bytes.fromhex(cert["receipt_key"]))
+    block = env.gateway.block(receipt.height)
+    assert receipts.verify(receipt, block, env.gateway.validators, subject.id)
+    assert httpx.get(f"{slow_answer_url}/v1/erasure-receipts/999999999").status_code == 404
