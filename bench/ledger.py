@@ -9,13 +9,18 @@ Measures, on this machine, in one run:
 - `faults`: after a single fault (SIGKILL then restart, SIGSTOP then SIGCONT) under 8
   clients, the time from the heal until all 4 replicas vote again (`voting`), against the bar
   of 5 s;
+- `client_port_tls`: what TLS on the client port costs, at batch size 100 and 100 clients:
+  the same cluster set-up with a TLS client port and with a plain one (peers on TLS both
+  times), alternated twice, and the ratio of their throughputs (the bar is >= 0.9);
 - `redaction`: the time and CPU a replica's store takes to apply one subject's erasure at
   100,000 blocks (`bench.redaction`; no cluster, the store built directly);
 - the baseline: the same client load (same signed requests, same framing) against ONE
   unreplicated process that verifies the signature and executes the KV app directly, so the
   report is a ratio (these shared 2-core machines are noisy; absolute numbers are context).
 
-Clients run in this process on asyncio; the replicas are separate processes. With 2 cores
+Replicas run as `civis-vault up` runs them: TLS between replicas and on the client ports,
+where the clients prove the operator's read key. Clients run in this process on asyncio; the
+replicas are separate processes. With 2 cores
 shared by 4 replicas and the clients, CPU is the bottleneck and the figures say so. A second,
 warm-up-free run per point records each replica's CPU time and fsyncs per committed tx
 (`replica_cpu_ms_per_tx`, `fsyncs_per_tx`). `CIVIS_NODE_PROFILE=<dir>` makes every replica
@@ -151,22 +156,26 @@ async def _ledger_point(
     return out
 
 
-def _cluster(directory: Path, batch: int) -> Cluster:
+def _cluster(directory: Path, batch: int, client_tls: bool = True) -> Cluster:
     return Cluster(
         directory,
         4,
         base_port=_free_base_port(),
+        use_tls=True,
         params={"batch_size_max": batch, "batch_wait_ms": 2 if batch > 1 else 0},
+        client_tls=client_tls,
     )
 
 
 @contextlib.contextmanager
-def _running_cluster(directory: Path, batch: int, attempts: int = 3) -> Iterator[Cluster]:
+def _running_cluster(
+    directory: Path, batch: int, attempts: int = 3, client_tls: bool = True
+) -> Iterator[Cluster]:
     """A started, ready cluster. Other test runs on a shared machine can take a port between
     `_free_base_port` and the replicas' bind: a replica that exits (or never answers) at
     start-up is retried on a fresh directory and port block."""
     for attempt in range(attempts):
-        cluster = _cluster(directory / f"try{attempt}", batch)
+        cluster = _cluster(directory / f"try{attempt}", batch, client_tls)
         try:
             cluster.start()
             cluster.wait_ready()
@@ -178,6 +187,28 @@ def _running_cluster(directory: Path, batch: int, attempts: int = 3) -> Iterator
         with cluster:
             yield cluster
         return
+
+
+def client_port_tls(directory: Path, duration_s: float, rounds: int = 2) -> dict[str, Any]:
+    """Batch size 100 and 100 clients against a TLS client port and a plain one, alternated
+    `rounds` times (a shared machine's load drifts: alternation spreads it over both), each
+    on a fresh cluster; the mean throughput of each and their ratio."""
+    points: dict[str, list[dict[str, Any]]] = {"tls": [], "plain": []}
+    for r in range(rounds):
+        for name in ("plain", "tls"):
+            where = directory / f"{name}{r}"
+            with _running_cluster(where, 100, client_tls=name == "tls") as cluster:
+                points[name].append(eventloop.run(_ledger_point(cluster, 100, duration_s)))
+    mean = {k: statistics.fmean(p["tx_per_s"] for p in v) for k, v in points.items()}
+    return {
+        "clients": 100,
+        "batch_size_max": 100,
+        "tls": points["tls"],
+        "plain": points["plain"],
+        "tls_tx_per_s": round(mean["tls"], 1),
+        "plain_tx_per_s": round(mean["plain"], 1),
+        "ratio_tls_to_plain": round(mean["tls"] / mean["plain"], 3) if mean["plain"] else None,
+    }
 
 
 async def _kill_primary(cluster: Cluster, duration_s: float) -> dict[str, Any]:
@@ -427,6 +458,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "clients": KILL_CLIENTS,
                 **eventloop.run(_ledger_point(cluster, KILL_CLIENTS, duration_s)),
             }
+        out["client_port_tls"] = client_port_tls(Path(tmp) / "client-port", duration_s)
         with _running_cluster(Path(tmp) / "kill", KILL_BATCH) as cluster:
             out["primary_kill"] = eventloop.run(_kill_primary(cluster, 3 * duration_s))
         out["faults"] = faults(Path(tmp) / "faults")

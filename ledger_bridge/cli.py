@@ -39,7 +39,11 @@ def _register_up(ledger_sub: argparse._SubParsersAction[argparse.ArgumentParser]
     up.add_argument("--replicas", type=int, default=4, help="3f+1 replicas (default 4)")
     up.add_argument("--dir", type=Path, default=Path(".civis/ledger"), help="genesis directory")
     up.add_argument("--base-port", type=int, default=26600, help="peer port of replica 0")
-    up.add_argument("--no-tls", action="store_true", help="plain TCP between replicas")
+    up.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plain TCP between replicas and to clients (development only)",
+    )
     up.set_defaults(func=_run_up)
 
 
@@ -79,9 +83,11 @@ def _up(args: argparse.Namespace) -> int:
         cluster.start()
         try:
             cluster.wait_ready()
-            print(f"ledger up: {cluster.n} replicas from {args.dir}; clients on")
+            kind = "TLS, pin tls/ca.crt" if cluster.client_ssl else "plain TCP, development only"
+            print(f"ledger up: {cluster.n} replicas from {args.dir}; clients ({kind}) on")
             for address in cluster.client_addresses():
                 print(f"  {address}")
+            print(f"reads need a member key; the operator's: {args.dir / 'keys' / 'reader.key'}")
             print("Ctrl-C or SIGTERM stops the cluster.", flush=True)
             while all(cluster.running(i) for i in range(cluster.n)):
                 time.sleep(0.5)

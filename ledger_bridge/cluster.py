@@ -92,6 +92,7 @@ class Cluster:
         params: dict[str, Any] | None = None,
         python: str = sys.executable,
         app_genesis: dict[str, Any] | None = None,
+        client_tls: bool | None = None,
     ) -> None:
         self.directory = directory
         if not (directory / gen.GENESIS_FILE).exists():
@@ -102,6 +103,7 @@ class Cluster:
                 use_tls=use_tls,
                 params=params,
                 app_genesis=app_genesis,
+                client_tls=client_tls,
             )
         self.node_files = sorted(
             directory.glob("node-*.toml"), key=lambda p: int(p.stem.split("-")[1])
@@ -111,8 +113,11 @@ class Cluster:
             raise gen.GenesisError(f"{directory}: one node-<i>.toml per validator expected")
         self._python = python
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        # The client ports speak TLS unless the node files say otherwise (`create_local`'s
+        # `client_tls`); this launcher's own status probes follow what its files say.
+        insecure = gen.load_node_config(self.node_files[0]).insecure_client_port
         ca = self.genesis.tls_ca
-        self.client_ssl = tls.reader_context(ca) if ca is not None else None
+        self.client_ssl = tls.reader_context(ca) if ca is not None and not insecure else None
         (directory / "logs").mkdir(mode=0o700, exist_ok=True)
         # A directory made by an older launcher (or copied in) is tightened as well.
         gen.make_private(directory)
@@ -131,7 +136,12 @@ class Cluster:
     def client_transport(self, reader: SigningKey | None = None) -> TcpClientTransport:
         """A transport to the client ports, TLS when the cluster has it, reading with
         `reader` or else the operator's read key."""
-        return TcpClientTransport.for_genesis(self.genesis, reader or self.reader_key())
+        return TcpClientTransport(
+            self.client_addresses(),
+            self.client_ssl,
+            reader=reader or self.reader_key(),
+            chain_id=self.genesis.chain_id,
+        )
 
     def start(self, ids: list[int] | None = None) -> None:
         for i in ids if ids is not None else range(self.n):

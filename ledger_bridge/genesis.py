@@ -262,15 +262,21 @@ def create_local(
     use_tls: bool = True,
     params: dict[str, Any] | None = None,
     app_genesis: dict[str, Any] | None = None,
+    client_tls: bool | None = None,
 ) -> list[Path]:
     """Generate a genesis, keys, certificates and node files for a cluster on one host.
 
     Replica i listens for peers on base_port + i and for clients on base_port + 100 + i.
+    The client port speaks TLS when `client_tls` (by default, when `use_tls`); otherwise the
+    node files say `client_port.insecure = true` (a benchmark's plain baseline, development).
     Returns the node config paths. Refuses to overwrite an existing genesis: regenerating
     keys under running replicas would fork the chain.
     """
     if (replicas - 1) % 3 != 0 or replicas < 4 or replicas > REPLICAS_MAX:
         raise GenesisError("replicas must be 3f+1 with f >= 1 (4, 7, 10, ...)")
+    client_tls = use_tls if client_tls is None else client_tls
+    if client_tls and not use_tls:
+        raise GenesisError("a TLS client port needs the cluster's certificates (use_tls)")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.chmod(0o700)  # nobody else may even list it while its files are being made
     genesis_path = directory / GENESIS_FILE
@@ -284,8 +290,8 @@ def create_local(
     reader = SigningKey.generate()
     write_private_file(directory / READER_KEY_FILE, reader.seed().hex().encode() + b"\n")
     client_port: dict[str, Any] = {"readers": [reader.public_key.hex()]}
-    if not use_tls:
-        client_port["insecure"] = True  # asked for a cluster without TLS: development only
+    if not client_tls:
+        client_port["insecure"] = True  # asked for a plain client port: development only
     rows: list[dict[str, Any]] = []
     node_paths = []
     for i in range(replicas):
