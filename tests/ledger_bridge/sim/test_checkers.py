@@ -66,3 +66,24 @@ def test_checkpoint_disagreement_and_memory_are_reported() -> None:
     assert any(f"checkpoint {seq}" in v for v in violations)
     assert "replica 0: slots 99 > 8" in violations
     assert isinstance(sim.nodes[0].blocks[1], m.Block)
+
+
+def test_a_kept_or_served_redacted_body_is_reported() -> None:
+    """An honest replica past an erasure's checkpoint that still holds a listed body (in its
+    store or in memory), or served one in a state transfer, is a violation."""
+    sim = Simulator(Scenario(seed=7, clients=2, requests_per_client=9, forget_every=3)).run()
+    assert check(sim).ok
+    node = sim.nodes[1]
+    due = [e for e in node.app.redactions(0, 1_000) if e.since <= node.replica.h]
+    assert due
+    e = due[0]
+    node.blocks[e.height] = sim._unredact(node.blocks[e.height])
+    violations = check(sim).violations
+    assert f"replica 1: body at {e.height}/{e.index} kept in its store" in violations
+    assert not any("kept in its memory" in v for v in violations)
+    recent = node.replica.recent_blocks
+    k = next(k for k, b in enumerate(recent) if b.height == e.height)
+    recent[k] = sim._unredact(recent[k])
+    assert f"replica 1: body at {e.height}/{e.index} kept in its memory" in check(sim).violations
+    sim.redaction_violations.append("replica 2 served a redacted body at height 3")
+    assert "replica 2 served a redacted body at height 3" in check(sim).violations
