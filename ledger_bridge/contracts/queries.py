@@ -106,14 +106,18 @@ def _accesses(s: State, q: dict[str, Any]) -> Any:
         last = s.get("meta", "next_access") or 0
         ids = list(range(1, last + 1))
     out = []
-    for i in sorted(i for i in ids if i > after)[:limit]:
+    for i in sorted(i for i in ids if i > after):
         a = s.get("access", i)
-        if subject is not None:  # a subject sees their own line, not other subjects
-            a["granted"] = [x for x in a["granted"] if x == subject]
-            a["denied_subjects"] = [x for x in a["denied_subjects"] if x == subject]
-            a["denied"] = len(a["denied_subjects"])
+        if subject is not None:
+            # The accesses that reached the subject's data (the index also holds those that
+            # denied them, for forgetting), each with their own line, not other subjects'.
+            if subject not in a["granted"]:
+                continue
+            a["granted"], a["denied_subjects"] = [subject], []
             a.pop("forgotten", None)
         out.append({"access": i, **a})
+        if len(out) >= limit:
+            break
     return out
 
 

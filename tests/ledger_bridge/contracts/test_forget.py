@@ -186,9 +186,8 @@ def test_the_forgotten_subject_is_unknown_to_every_query(told: Story) -> None:
     assert chain.query(q="erasures", subject=p.subject) == []
     # Q is still found, and Q's accesses still list Q
     assert len(chain.query(q="consents", subject=q.subject)) == 2
-    q_lines = chain.query(q="accesses", subject=q.subject)
-    assert len(q_lines) == 4 and [a["granted"] for a in q_lines[:2]] == [[q.subject]] * 2
-    assert q_lines[2]["denied_subjects"] == [q.subject]
+    q_lines = chain.query(q="accesses", subject=q.subject)  # those that reached Q's data
+    assert [a["granted"] for a in q_lines] == [[q.subject]] * 3
     [dataset_erasure] = chain.query(q="erasures", subject=q.subject)
     assert dataset_erasure["scope"]["dataset"] == "d2"
     # the consumers' log keeps every access, without P
