@@ -62,6 +62,13 @@ _FIX_POSITIONS = text(
 )
 
 
+# The erasure facts naming :subject, written as ix_outbox_erasure_subject's expression and
+# predicate so the planner uses that index (a bound JSON path would not match it).
+_FACT_NAMES_SUBJECT = text(
+    "outbox.kind = 'erasure.record' AND ((outbox.payload -> 'scope') ->> 'subject_id') = :subject"
+)
+
+
 def forgotten_id(subject_secret: bytes | None) -> str:
     """The id that replaces a forgotten subject's in one dataset's rows.
 
@@ -146,6 +153,11 @@ class Eraser:
         if dataset_id is not None:
             scope["dataset_id"] = str(dataset_id)
         extra: dict[str, Any] = {}
+        # Everywhere: while anything still names the subject (rows an earlier dataset-scoped
+        # erasure left in other datasets, an API key, an erasure fact), a fact is queued even
+        # with no secret left to destroy: recording it is what lets the vault and the ledger
+        # forget them.
+        named = dataset_id is None and _still_named(session, subject_id)
         if dataset_id is None:
             extra["forget"] = True
         if receipt_to is not None:
@@ -162,7 +174,10 @@ class Eraser:
             requester=requester,
             request=request,
             extra=extra,
+            queue_anyway=named,
         )
+        if not (result.secrets_destroyed or request is not None or named):
+            return result  # nothing of this scope left: forgotten before, or never stored
         forgotten = _forget_rows(session, subject_id, replacements, dataset_id)
         if dataset_id is None:
             # The subject's own API keys name them and have nothing left to open.
@@ -230,10 +245,11 @@ class Eraser:
         requester: str,
         request: int | None = None,
         extra: dict[str, Any] | None = None,
+        queue_anyway: bool = False,
     ) -> ErasureResult:
         now = self._clock()
         destroyed = self._store.destroy(session, refs)
-        if not destroyed and request is None:
+        if not destroyed and request is None and not queue_anyway:
             # Idempotent: nothing left to destroy. Point at the fact that erased this exact
             # scope before (if any), so a repeated request gets the same certificate.
             previous = session.scalar(
@@ -306,6 +322,18 @@ class Eraser:
         )
 
 
+def _still_named(session: Session, subject_id: str) -> bool:
+    """Whether any row still names `subject_id`: records, key commitments, the subject's API
+    keys, or an erasure fact."""
+    probes: list[Any] = [
+        select(Record.id).where(Record.subject_id == subject_id),
+        select(KeyCommitment.upload_id).where(KeyCommitment.subject_id == subject_id),
+        select(ApiKey.id).where(ApiKey.member_id == subject_id, ApiKey.role == "subject"),
+        select(OutboxFact.id).where(_FACT_NAMES_SUBJECT.bindparams(subject=subject_id)),
+    ]
+    return any(session.scalar(p.limit(1)) is not None for p in probes)
+
+
 def _forget_rows(
     session: Session,
     subject_id: str,
@@ -367,11 +395,7 @@ def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | No
     if subject is not None:
         naming = session.scalars(
             select(OutboxFact)
-            .where(
-                OutboxFact.kind == "erasure.record",
-                OutboxFact.id != fact_id,
-                OutboxFact.payload["scope"]["subject_id"].astext == subject,
-            )
+            .where(_FACT_NAMES_SUBJECT.bindparams(subject=subject), OutboxFact.id != fact_id)
             .with_for_update()
         )
         for other in naming:

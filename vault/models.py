@@ -193,6 +193,13 @@ class OutboxFact(Base):
             postgresql_where=text("sent_at IS NULL AND refused_at IS NULL"),
         ),
         Index("ix_outbox_refused", "id", postgresql_where=text("refused_at IS NOT NULL")),
+        # The erasure facts naming a subject: an erasure everywhere finds them to forget them.
+        Index(
+            "ix_outbox_erasure_subject",
+            # As PostgreSQL writes the expression back, so the migrations' check compares equal.
+            text("((payload -> 'scope'::text) ->> 'subject_id'::text)"),
+            postgresql_where=text("kind = 'erasure.record'"),
+        ),
     )
 
     @property

@@ -1,4 +1,5 @@
-"""Key commitments keep their leaf index once a subject of their upload is forgotten.
+"""Key commitments keep their leaf index once a subject of their upload is forgotten; erasure
+facts are found by the subject they name.
 
 Revision ID: 0007
 Revises: 0006
@@ -9,6 +10,10 @@ An erasure "everywhere" replaces the subject id with a value that names nobody, 
 elsewhere, so the order (and with it the recomputed root) would change. The erasure fixes
 each commitment's index in `position` before it rewrites any subject id. Rows of uploads no
 erasure has touched keep NULL: their subject ids still give the order, so nothing is filled in.
+
+Why the index: an erasure everywhere looks up every erasure fact that names the subject, to
+drop the subject from them once its own fact is recorded; without it that is a scan of the
+whole outbox, anchors included.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("key_commitments", sa.Column("position", sa.Integer(), nullable=True))
+    op.create_index(
+        "ix_outbox_erasure_subject",
+        "outbox",
+        [sa.text("(payload -> 'scope' ->> 'subject_id')")],
+        postgresql_where=sa.text("kind = 'erasure.record'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_erasure_subject", table_name="outbox")
     op.drop_column("key_commitments", "position")

@@ -210,3 +210,22 @@ def test_a_repeated_erasure_everywhere_finds_nothing_to_name(world: World) -> No
         _relay_records(s, fact)
         again = world.eraser.erase_subject(s, world.p, reason="dpo_decision", requester="dpo")
     assert again.outbox_id is None and again.secrets_destroyed == 0
+
+
+def test_an_erasure_everywhere_after_every_dataset_was_erased_still_forgets(
+    world: World, fresh_database_url: str
+) -> None:
+    """No secret is left to destroy, yet the earlier facts and the API key name P: the
+    erasure everywhere is still queued, and once recorded nothing names P."""
+    for dataset in (world.d1, world.d2):
+        fact = world.erase(dataset)
+        with Session(world.engine) as s, s.begin():
+            _relay_records(s, fact)
+    assert "hex" in _found(_pg_dump(fresh_database_url), world.p)
+    with Session(world.engine) as s, s.begin():
+        result = world.eraser.erase_subject(s, world.p, reason="dpo_decision", requester="dpo")
+    assert result.secrets_destroyed == 0 and result.outbox_id is not None
+    with Session(world.engine) as s, s.begin():
+        _relay_records(s, result.outbox_id)
+    dump = _pg_dump(fresh_database_url)
+    assert _found(dump, world.p) == [] and "hex" in _found(dump, world.q)
