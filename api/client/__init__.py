@@ -4,13 +4,18 @@ Why it lives in the project: it is installed with `civis-vault`, versioned with 
 calls, and exercised by the demo, the access benchmark and the end-to-end tests, so it cannot
 drift from the API unnoticed. docs/TUTORIAL.md walks through it role by role.
 
-    from api.client import CivisClient
-    from api.wallet import load_wallet
+Every signing method takes the key to sign with. A data subject's is her pseudonym for the
+dataset at hand, which her wallet derives (docs/KEYS.md, "Identities"); a legal entity's is its
+key file's own.
 
-    wallet = load_wallet(Path("~/.civis/subject.key").expanduser())
+    from api.client import CivisClient
+    from api.wallet import Wallet
+
+    wallet = Wallet.open(Path("~/.civis/subject.key").expanduser())
+    pseudonym = wallet.pseudonym(DATASET)
     with CivisClient("http://127.0.0.1:8000") as api:
-        api.register(wallet, "subject", "citizens")
-        api.grant_consent(wallet, consumer=BANK, purpose="proof-of-address", dataset=DATASET)
+        api.register(pseudonym, "subject", "citizens")
+        api.grant_consent(pseudonym, consumer=BANK, purpose="proof-of-address", dataset=DATASET)
 """
 
 from api.client.client import (
