@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger_bridge import receipts
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import GenesisError, load_signing_key
 from vault.crypto._hazmat import hkdf_sha256
@@ -283,6 +284,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--certificate", required=True, help="the erasure certificate (JSON) file, or - for stdin"
     )
     erased.set_defaults(func=_erased)
+    receipts.add_verify_command(actions)  # verify-erasure: ledger_bridge/receipts.py
 
 
 def _report(name: str, run: Callable[[], dict[str, Any]]) -> int:

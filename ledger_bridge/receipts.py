@@ -22,9 +22,13 @@ database keeps the receipt only as ciphertext for a key it never stored.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nacl.exceptions import CryptoError
@@ -32,12 +36,14 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from ledger_bridge.contracts import tx as contract_tx
 from ledger_bridge.crypto import VerifyKey, digest
+from ledger_bridge.genesis import GenesisError, load_genesis
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block, verify_block, verify_chain
 
 __all__ = [
     "ErasureReceipt",
     "ReceiptInvalid",
+    "add_verify_command",
     "find_request",
     "new_receipt_key",
     "open_sealed",
@@ -179,3 +185,60 @@ def open_sealed(sealed: bytes, private_key: bytes) -> ErasureReceipt:
     except (CryptoError, ValueError, TypeError):
         raise ReceiptInvalid("the sealed receipt does not open with this key") from None
     return ErasureReceipt.decode(raw)
+
+
+# -- `civis-vault wallet verify-erasure` ------------------------------------------------------
+
+
+def add_verify_command(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `verify-erasure` to a subcommand group (the wallet's): offline, from files only."""
+    cmd = actions.add_parser(
+        "verify-erasure",
+        help="check an erasure receipt against its block and the validator keys",
+    )
+    cmd.add_argument(
+        "--receipt",
+        type=Path,
+        required=True,
+        help="the receipt {height, request, tx_id}, or the erasure's answer holding it (JSON)",
+    )
+    cmd.add_argument(
+        "--block",
+        type=Path,
+        required=True,
+        help="the block at the receipt's height as a replica serves it (bytes, or their hex)",
+    )
+    cmd.add_argument(
+        "--genesis", type=Path, required=True, help="the chain's genesis.toml (validator keys)"
+    )
+    cmd.add_argument("--pseudonym", required=True, help="the erased pseudonym (64 hex)")
+    cmd.set_defaults(func=verify_command)
+
+
+def _read_receipt(path: Path) -> ErasureReceipt:
+    obj = json.loads(path.read_text())
+    if isinstance(obj, dict) and "erasure_receipt" in obj:  # the erasure's whole answer
+        obj = obj["erasure_receipt"]
+    return ErasureReceipt.from_json(obj)
+
+
+def _read_block(path: Path) -> Block:
+    raw = path.read_bytes()
+    with contextlib.suppress(UnicodeDecodeError, ValueError):  # else the encoded bytes
+        raw = bytes.fromhex(raw.decode("ascii").strip())
+    return m.decode_block(raw)
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """Exit 0 when the receipt proves the pseudonym's erasure, 1 when it does not, 2 when
+    an input cannot be read."""
+    try:
+        receipt = _read_receipt(args.receipt)
+        block = _read_block(args.block)
+        validators = load_genesis(args.genesis).public_keys()
+    except (OSError, ValueError, GenesisError, m.RemoteProtocolError) as exc:
+        print(f"civis-vault wallet verify-erasure: {exc}", file=sys.stderr)
+        return 2
+    ok = verify(receipt, block, validators, args.pseudonym)
+    print(json.dumps({"verified": ok, "height": receipt.height, "tx_id": receipt.tx_id}))
+    return 0 if ok else 1

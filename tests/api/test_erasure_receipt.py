@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -26,11 +27,13 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
+from api import cli
 from api.app import create_app
 from api.client import CivisClient
 from ledger_bridge import receipts
 from ledger_bridge.contracts import codec, tx
 from ledger_bridge.crypto import SigningKey
+from ledger_bridge.genesis import GENESIS_FILE
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.receipts import ErasureReceipt
 from tests.api.ledger_env import LedgerEnv, Wallet
@@ -116,8 +119,25 @@ def _forged_erasure_request(env: LedgerEnv, subject: str) -> bytes:
     return m.encode(m.make_request(key, 1, signed.encode()))
 
 
+def _check_with_the_command(
+    env: LedgerEnv, tmp_path: Path, cert: dict[str, Any], block: m.Block, erased: str, kept: str
+) -> None:
+    """`civis-vault wallet verify-erasure`, offline: the erasure's answer, the block's bytes
+    (hex), the genesis file."""
+    answer, raw = tmp_path / "erasure.json", tmp_path / "block.hex"
+    answer.write_text(json.dumps(cert))
+    raw.write_text(m.encode(block).hex())
+    genesis = env.cluster.directory / GENESIS_FILE
+    args = ["wallet", "verify-erasure", "--receipt", str(answer), "--block", str(raw)]
+    args += ["--genesis", str(genesis), "--pseudonym"]
+    assert cli.main([*args, erased]) == 0
+    assert cli.main([*args, kept]) == 1
+    raw.write_text("not a block")
+    assert cli.main([*args, erased]) == 2
+
+
 def test_the_receipt_proves_the_subjects_erasure_and_nothing_else(
-    ledger_env: LedgerEnv, base_url: str, ledger_database_url: str
+    ledger_env: LedgerEnv, base_url: str, ledger_database_url: str, tmp_path: Path
 ) -> None:
     env = ledger_env
     anyone = _client(base_url, env)
@@ -160,6 +180,7 @@ def test_the_receipt_proves_the_subjects_erasure_and_nothing_else(
     assert receipts.verify(
         ErasureReceipt.decode(receipt.encode()), block, validators, erased.id.upper()
     )
+    _check_with_the_command(env, tmp_path, cert, block, erased.id, kept.id)
 
     # The vault forgot P and never kept the receipt in clear; the control is found.
     dump = _pg_dump(ledger_database_url)
