@@ -12,7 +12,9 @@ exactly-once:
    contracts' per-author nonce give this: a retried request is answered from the cache, never
    executed twice);
 3. only after the receipt is in hand is the fact marked sent (tx id, block height), in its own
-   transaction. A crash between 2 and 3 resubmits on restart and gets the same receipt.
+   transaction. A crash between 2 and 3 resubmits on restart and gets the same receipt. For an
+   erasure, the same transaction seals the subject's receipt and makes the vault forget the
+   subject (`vault.erasure.settle_erasure`): until the ledger has the fact it must name them.
 
 A fact the contracts REFUSE (they executed it and said no: a dataset the chain does not know,
 a vault key that lost its membership) would be refused again on every retry, and facts ship
