@@ -201,7 +201,8 @@ def _print_summary(
     lines = [
         f"Civis Vault API on {api_url}",
         f"ledger: chain {ledger.gateway.chain_id}, {ledger.gateway.genesis.n} {kind} "
-        f"(clients dial {', '.join(ledger.addresses())})",
+        f"(clients dial {', '.join(ledger.addresses())}"
+        f"{' over TLS' if ledger.gateway.genesis.tls_ca else ''})",
         f"data: {settings.data_dir.resolve()} (genesis and replica logs in {ledger.directory})",
         f"database: {database}",
     ]
