@@ -161,15 +161,19 @@ class Wallet:
     def record_erasure(self, dataset: str, certificate: Mapping[str, Any]) -> SigningKey:
         """Keep the erasure's receipt and raise the dataset's generation; returns the next key.
 
-        The certificate must erase this dataset's current pseudonym and carry its ledger
-        receipt: raising the generation on anything else would leave the wallet signing
-        with a key the ledger still knows, or with one it has never seen registered.
+        The certificate must carry its ledger receipt, and a certificate that still names its
+        subject must name this dataset's current pseudonym: raising the generation on anything
+        else would leave the wallet signing with a key the ledger still knows. (Once the vault
+        has forgotten the subject, its certificates name no one; the wallet then trusts its
+        holder, who asked for the erasure of this dataset's pseudonym.)
         """
         d = dataset_id(dataset)
-        current = self.pseudonym(d)
+        current = bytes(self.pseudonym(d).public_key).hex()
         scope = certificate.get("scope")
-        named = scope.get("subject") if isinstance(scope, Mapping) else None
-        if named != bytes(current.public_key).hex():
+        if not isinstance(scope, Mapping):
+            raise WalletError("the certificate has no scope")
+        named = [scope[k] for k in ("subject_id", "subject") if k in scope]
+        if any(n != current for n in named):
             raise WalletError(f"the certificate does not erase this wallet's pseudonym in {d}")
         receipt = certificate.get("receipt")
         if not isinstance(receipt, Mapping) or not isinstance(receipt.get("tx_id"), str):
@@ -180,7 +184,7 @@ class Wallet:
         relation.erasures.append(
             {
                 "generation": relation.generation,
-                "pseudonym": named,
+                "pseudonym": current,
                 "erasure_id": certificate.get("erasure_id"),
                 "receipt": dict(receipt),
             }

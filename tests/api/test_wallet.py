@@ -105,7 +105,7 @@ def _certificate(subject: str, receipt: dict[str, object] | None) -> dict[str, o
     return {
         "erasure_id": 7,
         "state": "recorded" if receipt else "pending",
-        "scope": {"kind": "subject", "subject": subject},
+        "scope": {"type": "subject", "subject_id": subject},
         "receipt": receipt,
     }
 
@@ -144,6 +144,12 @@ def test_an_erasure_raises_the_generation(
         {"generation": 0, "pseudonym": before, "erasure_id": 7, "receipt": receipt}
     ]
     assert wallet.pseudonyms()[DATASET].public_key.hex() == after["public_key"]
+    # A certificate from a vault that has forgotten the subject names no one: the holder's
+    # word for the dataset is what the wallet has.
+    forgotten = {**_certificate(before, receipt), "scope": {"type": "subject"}}
+    code, out = erased(forgotten)
+    assert code == 0 and out["erased"] == after["public_key"] and out["generation"] == 2
+    assert erased({**forgotten, "scope": None})[0] == 2
 
 
 def test_the_relationships_file_is_private_and_well_formed(
