@@ -69,6 +69,12 @@ blocks with certificates, and re-execution is deterministic. After a restart the
 restores the durable snapshot and re-executes the committed log entries above it; passing the
 stable checkpoint, it checks that it reached the digest 2f+1 replicas signed.
 
+Redaction. The application may list stored requests to forget (a subject's erasure,
+`Application.redactions`). Once a stable checkpoint is at or past the block that listed
+them, the replica replaces those bodies by their digests in every block it holds or serves
+and, through `Ready.redact`, in its store (`_apply_redactions`); the chain still verifies,
+since blocks commit to their requests' digests. See docs/PBFT.md, "Redaction".
+
 Deviations from the paper are listed in docs/PBFT.md.
 """
 
