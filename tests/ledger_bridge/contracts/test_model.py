@@ -304,6 +304,17 @@ class ConsentMachine(RuleBasedStateMachine):
                 assert got["ok"] is False and got["code"] == want["code"], (what, want, got)
             if what.kind == "access" and got["ok"]:
                 self.check_access(what, got)
+        self.check_forgotten()
+
+    def check_forgotten(self) -> None:
+        """A subject erased everywhere in this block is in no state entry after it, whatever
+        else the block did about them: their key, raw or hex, is not in the snapshot."""
+        if not self.ref.forgotten_now:
+            return
+        snapshot = self.app.snapshot()
+        for hexes in self.ref.forgotten_now:
+            assert bytes.fromhex(hexes) not in snapshot and hexes.encode() not in snapshot
+            COVERAGE["forgotten_scanned"] += 1
 
     # -- members by name --------------------------------------------------------------------
     def subject(self, name: str) -> Member:
