@@ -134,7 +134,10 @@ def test_signed_steps_consent_predicate_revocation_and_the_subjects_erasure(
     assert [c["granted"] for c in mine.export(citizen.id)["consents"]] == [False]
     cert = api.request_erasure(citizen.key)
     assert cert["requester"] == "subject" and cert["secrets_destroyed"] >= 1
-    assert mine.export(citizen.id)["records"] == []
+    # Erased everywhere, the vault forgot the pseudonym, its API keys included.
+    with pytest.raises(Unauthorized):
+        mine.export(citizen.id)
+    assert _api(env, "dpo", env.dpo).export(citizen.id)["records"] == []
 
 
 def test_a_signature_by_another_key_is_refused_as_forbidden(ledger_env: LedgerEnv) -> None:
