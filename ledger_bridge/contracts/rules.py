@@ -675,11 +675,15 @@ def forget(state: State, subject: str, since: int) -> int:
 def _redact(state: State, positions: list[tuple[int, int]], since: int) -> int:
     """Append ("redaction", n) -> [height, index, since] for each position not yet redacted
     (a position names several forgotten subjects at most once)."""
+    done: dict[int, set[int]] = {}
     added = 0
     for h, i in positions:
-        done = {state.get("redaction", n)[1] for (n,) in state.group("redaction", "height", h)}
-        if i in done:
+        if h not in done:
+            found = state.group("redaction", "height", h)
+            done[h] = {state.get("redaction", n)[1] for (n,) in found}
+        if i in done[h]:
             continue
+        done[h].add(i)
         n: int = (state.get("meta", "next_redaction") or 0) + 1
         state.put("meta", "next_redaction", n)
         state.put("redaction", n, [h, i, since])

@@ -135,36 +135,37 @@ class State:
         if self._undo is not None:
             self._undo.append((key, old))
         self._map.set(kb, vb)
-        by_value = VALUE_INDEXES.get(key[0])
-        if by_value is not None and old is not None:
-            self._index_value(by_value, key, msgpack.unpackb(old, raw=False), add=False)
         if vb is None:
             del self._keys[kb]
             self._unindex(key)
-            return
-        if old is None:
+        elif old is None:
             self._keys[kb] = key
             self._reindex(key)
+        by_value = VALUE_INDEXES.get(key[0])
         if by_value is not None:
-            if value is None:
+            if vb is not None and value is None:
                 value = msgpack.unpackb(vb, raw=False)
-            self._index_value(by_value, key, value, add=True)
+            before = None if old is None else msgpack.unpackb(old, raw=False)
+            self._index_value(by_value, key, before, value if vb is not None else None)
 
     def _index_value(
         self,
         by_value: dict[str, Callable[[Any], Iterable[Any]]],
         key: Key,
-        value: Any,
-        *,
-        add: bool,
+        before: Any,
+        after: Any,
     ) -> None:
+        """Move `key` from the groups its old value (`before`, None if new) was under to
+        those of its new value (`after`, None if deleted), touching only the groups that
+        differ: rewriting one name out of an access that names hundreds costs one change."""
         table, parts = key[0], key[1:]
         for name, read in by_value.items():
-            for v in read(value):
+            was = set() if before is None else set(read(before))
+            now = set() if after is None else set(read(after))
+            for v in now - was:
+                self._index.setdefault((table, name, (v,)), set()).add(parts)
+            for v in was - now:
                 ix = (table, name, (v,))
-                if add:
-                    self._index.setdefault(ix, set()).add(parts)
-                    continue
                 members = self._index.get(ix)
                 if members is not None:
                     members.discard(parts)
