@@ -67,6 +67,7 @@ class LedgerRefused(ApiError):
         "not_admitted": 403,
         "not_eligible": 403,
         "purpose_not_allowed": 403,
+        "exceeds_purpose": 403,  # asks more than the purpose's declaration allows
         "not_found": 404,
         "internal": 502,
     }

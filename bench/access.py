@@ -69,7 +69,9 @@ POINT_S_MAX_FACTOR = 8
 POLL_S = 0.01
 REQUEST_TIMEOUT_S = 120.0
 RECORDS = 100  # "authorised access of 100 records" (`--records`)
-PURPOSE = "road-maintenance"  # approved at founding (ledger_bridge/contracts/app.py)
+# Founded to read whole records (ledger_bridge/contracts/app.py FOUNDING_DECLARATIONS); road
+# maintenance reads named fields only.
+PURPOSE = "billing"
 BAR_CONSUMERS = 8
 BAR_P50_MS = 20.0
 BAR_P99_MS = 100.0
