@@ -32,6 +32,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -166,8 +167,6 @@ def set_nodelay(conn: asyncio.StreamWriter | asyncio.BaseTransport) -> None:
     """Latency matters more than packet count here: three protocol phases per commit."""
     sock = conn.get_extra_info("socket")
     if sock is not None:
-        import socket
-
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -725,6 +724,7 @@ CLIENT_BUFFERED_BYTES_MAX = 64 * MIB
 CLIENT_BUFFERED_BYTES_PER_HOST_MAX = 8 * MIB
 CLIENT_IDLE_TIMEOUT_MS = 120_000
 CLIENT_READ_TIMEOUT_MS = 30_000
+CLIENT_HANDSHAKE_TIMEOUT_MS = 10_000
 CLIENT_WRITE_BUFFER_BYTES_MAX = 16 * MIB
 
 
@@ -935,9 +935,14 @@ class ClientListener:
         self._buffered_bytes_per_host_max = buffered_bytes_per_host_max
         self._idle_timeout_s = idle_timeout_ms / 1000
         self._read_timeout_s = read_timeout_ms / 1000
+        # A handshake is a round trip or two: one not done by then is stalling.
+        self._handshake_timeout_s = min(self._read_timeout_s, CLIENT_HANDSHAKE_TIMEOUT_MS / 1000)
         self._sweep_s = max(0.01, min(self._idle_timeout_s, self._read_timeout_s) / 10)
         self._write_buffer_bytes_max = write_buffer_bytes_max
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | None = None  # plain TCP
+        self._socket: socket.socket | None = None  # TLS: accepted by `_accept`
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._protocols: set[_ClientProtocol] = set()
         self._hosts: dict[str, _Host] = {}
@@ -953,18 +958,29 @@ class ClientListener:
         """Bytes of partial frames held for all connections (what the budget counts)."""
         return self._buffered
 
+    @property
+    def port(self) -> int:
+        """The port listened on (what an address with port 0 got)."""
+        if self._server is not None:
+            return int(self._server.sockets[0].getsockname()[1])
+        assert self._socket is not None, "not started"
+        return int(self._socket.getsockname()[1])
+
     async def start(self, address: str) -> None:
         host, port = split_address(address)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ClientProtocol(self),
-            host,
-            port,
-            ssl=self._ssl,
-            reuse_address=True,
-            # A TLS handshake is not yet a connection_made: bound it like a frame's read.
-            ssl_handshake_timeout=self._read_timeout_s if self._ssl else None,
-        )
+        if self._ssl is None:
+            self._server = await loop.create_server(
+                lambda: _ClientProtocol(self), host, port, reuse_address=True
+            )
+        else:
+            # With TLS, connections are accepted here, admitted by the limits, and only then
+            # shake hands: a server that handshakes before its protocol sees the connection
+            # lets one host hold any number of unfinished handshakes, a descriptor each.
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._socket = socket.create_server((host, port), family=family, backlog=1024)
+            self._socket.setblocking(False)
+            self._accepting = loop.create_task(self._accept(self._socket))
         self._sweep_timer = loop.call_later(self._sweep_s, self._sweep)
 
     async def stop(self) -> None:
@@ -973,8 +989,50 @@ class ClientListener:
             self._sweep_timer = None
         if self._server is not None:
             self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._socket is not None:
+            self._socket.close()
+        for task in list(self._handshakes):
+            task.cancel()
         for proto in list(self._protocols):
             proto.close()
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listening)
+            except OSError as exc:  # out of descriptors, say: the next accept may succeed
+                log.warning("client port accept failed: %s", exc)
+                await asyncio.sleep(0.05)
+                continue
+            proto = _ClientProtocol(self)
+            if not proto.admit(host_key(peer)):
+                sock.close()
+                continue
+            task = loop.create_task(self._handshake(proto, sock))
+            self._handshakes.add(task)  # held: the loop keeps only weak references to tasks
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, proto: _ClientProtocol, sock: socket.socket) -> None:
+        """TLS on an admitted connection, bounded by the handshake timeout; then `proto`
+        has it (its `connection_made`). A failure gives the slot back."""
+        assert self._ssl is not None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: proto,
+                sock,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._handshake_timeout_s,
+            )
+        except BaseException as exc:
+            log.debug("closing a client connection: TLS handshake failed (%r)", exc)
+            sock.close()
+            proto.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -1001,7 +1059,8 @@ class ClientListener:
 class _ClientProtocol(asyncio.Protocol):
     """One client connection: admitted at accept by the connection limits, then frames cut
     under the connection's limit, its partial frame charged to the byte budgets after each
-    chunk, and a frame counter the listener's sweep reads for the timeouts."""
+    chunk, and a frame counter the listener's sweep reads for the timeouts. With TLS the
+    listener admits it (`admit`) before its handshake, and `connection_made` comes after."""
 
     def __init__(self, listener: ClientListener) -> None:
         self._listener = listener
@@ -1014,25 +1073,38 @@ class _ClientProtocol(asyncio.Protocol):
         self._frames_seen = 0  # `_frames_done` at the sweep that last saw it move
         self._active_at = 0.0  # loop time a frame was last known complete
         self._partial_at: float | None = None  # loop time the current partial frame was seen
+        self._admitted = False
+
+    def admit(self, key: str) -> bool:
+        """Count this connection against the limits of host `key`; False: refuse it."""
+        listener = self._listener
+        self._host_key = key
+        self._host = listener._admit(key)
+        if self._host is None:
+            log.debug("refusing a client connection: connection limit")
+            return False
+        self._admitted = True
+        listener._protocols.add(self)
+        self._active_at = asyncio.get_running_loop().time()
+        return True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self._listener
         stream = cast(asyncio.Transport, transport)
-        self._host_key = host_key(stream.get_extra_info("peername"))
-        self._host = listener._admit(self._host_key)
-        if self._host is None:
-            log.debug("refusing a client connection: connection limit")
+        if not self._admitted and not self.admit(host_key(stream.get_extra_info("peername"))):
             stream.close()
             return
-        listener._protocols.add(self)
+        if self._host is None:  # released while it shook hands (the listener stopped)
+            stream.close()
+            return
         set_nodelay(stream)
+        self._active_at = asyncio.get_running_loop().time()
         conn = self._conn = ClientConnection(
             stream, self._frames, listener._frame_bytes_max, listener._write_buffer_bytes_max
         )
         conn.channel = listener._channel
         conn.challenge = os.urandom(CHALLENGE_BYTES)
         conn.send({"op": "challenge", "challenge": conn.challenge})
-        self._active_at = asyncio.get_running_loop().time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()

@@ -11,6 +11,8 @@ unauthenticated frame closes its connection unanswered, and the replica goes on.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -32,8 +34,10 @@ from ledger_bridge.crypto import SigningKey
 from ledger_bridge.node import Node
 from ledger_bridge.transport import (
     HEADER,
+    ClientListener,
     encode_frame,
     pack,
+    read_frame,
     reader_transcript,
     split_address,
     unpack,
@@ -433,3 +437,46 @@ def test_a_replica_without_tls_files_or_the_insecure_flag_refuses_to_start(
 )
 def test_a_query_is_ones_own_only_when_it_names_only_that_key(q: Any, mine: bool) -> None:
     assert own_query(q, b"K" * 32) is mine
+
+
+def test_unfinished_tls_handshakes_count_against_the_hosts_connections(tmp_path: Path) -> None:
+    """TCP connections that never send a ClientHello: each holds a descriptor for as long as
+    the handshake may last, so they count against the per-host limit from the accept on,
+    and what is over it is closed at once, while a client on another host is served."""
+    ca, ca_key = tls.create_ca(tmp_path)
+    files = tls.issue_node_certificate(tmp_path, ca, ca_key, 0, ["127.0.0.1"])
+
+    async def go() -> None:
+        served: list[Any] = []
+        listener = ClientListener(
+            lambda frame, conn: served.append(frame),
+            tls.client_port_context(files),
+            connections_max=8,
+            connections_per_host_max=4,
+            channel=tls.fingerprint(files.cert),
+        )
+        await listener.start("127.0.0.1:0")
+        port = listener.port
+        try:
+            silent = [
+                await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+                for _ in range(6)
+            ]
+            closed = 0
+            for reader, _ in silent:
+                with contextlib.suppress(TimeoutError):
+                    closed += await asyncio.wait_for(reader.read(), 2) == b""
+            assert closed == 2
+            assert listener.stats.refused_over_host_connections_max == 2
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls.reader_context(ca), server_hostname="node-0"
+            )
+            first = await asyncio.wait_for(read_frame(reader), 10)
+            assert first is not None and unpack(first)["op"] == "challenge"
+            writer.close()
+            for _, w in silent:
+                w.close()
+        finally:
+            await listener.stop()
+
+    asyncio.run(asyncio.wait_for(go(), 60))
