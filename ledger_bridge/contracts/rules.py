@@ -695,11 +695,15 @@ def _forget_in_access(state: State, access: int, subject: str) -> None:
     """The access stays in the log for the other subjects it named; `forgotten` counts the
     subjects since taken out of it."""
     a = state.get("access", access)
+    named = subject in a["granted"] or subject in a["denied_subjects"]
     if subject in a["denied_subjects"]:
         a["denied_subjects"] = [s for s in a["denied_subjects"] if s != subject]
         a["denied"] -= 1
     a["granted"] = [s for s in a["granted"] if s != subject]
-    a["forgotten"] = a.get("forgotten", 0) + 1
+    if isinstance(a["reference"], str) and a["reference"].lower() == subject:
+        a["reference"] = None  # the consumer filed it under the subject's key
+    if named:
+        a["forgotten"] = a.get("forgotten", 0) + 1
     state.put("access", access, a)
 
 

@@ -57,6 +57,13 @@ def _scope_subject(scope: dict[str, Any]) -> tuple[str, ...]:
     return () if subject is None else (subject,)
 
 
+def _key_ref(access: dict[str, Any]) -> tuple[str, ...]:
+    """An access's `reference` (the consumer's own, free text) when it could be a key in hex,
+    lowercased: a consumer may well file an access under the subject's key."""
+    ref = access.get("reference")
+    return (ref.lower(),) if isinstance(ref, str) and len(ref) == 64 else ()
+
+
 def _proposal_keys(p: dict[str, Any]) -> tuple[bytes, ...]:
     keys = (p["author"], p["action"].get("member"))
     return tuple(k for k in keys if k is not None)
@@ -69,8 +76,9 @@ def _proposal_keys(p: dict[str, Any]) -> tuple[bytes, ...]:
 # derived, and as unhashed, as the key-based indexes above.
 VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "access": {
-        # every subject the access names, granted or denied: what forgetting one rewrites
-        "subject": lambda a: (*a["granted"], *a.get("denied_subjects", ())),
+        # every subject the access names, granted or denied (and a consumer's reference that
+        # is a subject's key): what forgetting one rewrites
+        "subject": lambda a: (*a["granted"], *a.get("denied_subjects", ()), *_key_ref(a)),
         "consumer": lambda a: (a["consumer"],),
     },
     # the erasures and requests of a subject still known (forgotten ones name nobody)

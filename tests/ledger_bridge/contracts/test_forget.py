@@ -214,6 +214,22 @@ def test_the_forgotten_subject_is_unknown_to_every_query(told: Story) -> None:
     assert all(p.pub != pr["action"].get("member") for pr in proposals)
 
 
+def test_an_access_filed_under_the_subjects_key_loses_that_reference(told: Story) -> None:
+    """A consumer's own reference is free text: filed under P's key (in capitals, even), the
+    access names P without naming P as a subject."""
+    chain, p, q, consumer = told.chain, told.p, told.q, told.consumer
+    body = {"consumer": consumer.pub, "dataset": "d1", "purpose": "billing"}
+    body |= {"subjects": [q.subject], "reference": p.subject.upper()}
+    [r] = told.block((chain.sign(consumer, "access.request", body), True))
+    forget_p(told)
+    snapshot = chain.app.snapshot()
+    assert hits(snapshot, p) == 0 and p.subject.upper().encode() not in snapshot
+    entry = chain.query(q="access", access=r["access"])
+    assert entry["reference"] is None and entry["granted"] == [q.subject]
+    assert "forgotten" not in entry  # P was not among its subjects
+    assert (chain.height - 1, 0) in {(e.height, e.index) for e in chain.app.redactions(0, 100)}
+
+
 def test_the_subjects_open_request_is_fulfilled_and_names_nobody(told: Story) -> None:
     chain, p = told.chain, told.p
     request = {"scope": {"kind": "subject", "subject": p.subject}}
