@@ -33,6 +33,28 @@ def signed(env: LedgerEnv, wallet: Wallet, tx_type: str, body: dict[str, Any]) -
     return {"transaction": signed_tx["transaction"], "signature": signed_tx["signature"]}
 
 
+def declare_purpose(env: LedgerEnv, purpose: str, declaration: dict[str, Any]) -> None:
+    """The founding members vote a purpose's declaration through (docs/CONTRACTS.md
+    "Disclosure"): for a purpose founded without one, as `research` is."""
+    action = {"kind": "approve_purpose", "purpose": purpose, "declaration": declaration}
+    body = {"action": action, "voting_ends": int(time.time() * 1000) + DAY_MS}
+    r = env.client.post(
+        "/v1/governance/proposals", json=signed(env, env.dpo, "governance.propose", body)
+    )
+    assert r.status_code == 201, r.text
+    proposal = int(r.json()["result"]["proposal"])
+    for voter in (*env.validators, env.dpo, env.provider, env.consumer):
+        vote = {"proposal": proposal, "approve": True}
+        r = env.client.post(
+            f"/v1/governance/proposals/{proposal}/votes",
+            json=signed(env, voter, "governance.vote", vote),
+        )
+        assert r.status_code == 201, r.text
+        if r.json()["result"]["status"] == "passed":
+            return
+    raise AssertionError(f"the declaration of {purpose} did not pass")
+
+
 def register_subject(env: LedgerEnv) -> Wallet:
     citizen = Wallet()
     r = env.client.post(

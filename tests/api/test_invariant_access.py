@@ -60,7 +60,7 @@ from hypothesis.stateful import (
 )
 
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import register_subject, signed
+from tests.api.test_consented_access import declare_purpose, register_subject, signed
 from tests.api.test_roles import admit, make_dataset, upload_anchored
 
 LONG = os.environ.get("CIVIS_LONG_PROPERTIES") == "1"
@@ -78,6 +78,16 @@ CONSUMERS = ("c1", "c2")
 DATASETS = ("d1", "d2")
 SCOPES = ("d1", "d2", "category")
 PURPOSES = ("research", "billing")
+# Research is founded without a declaration; the scene declares it so that every form of
+# access reaches it: whole records, the field `v`, and `eq` questions about `kind`. Billing
+# reads whole records and asks nothing: a question under it is refused (exceeds_purpose).
+RESEARCH = {
+    "fields": ["kind", "v"],
+    "modes": ["predicate", "projection", "full"],
+    "operators": ["eq"],
+    "questions": 100_000,
+    "period_days": 1,
+}
 # d2 does not allow billing: a grant for it is refused, and so is an access under it.
 ALLOWED = {"d1": ("research", "billing"), "d2": ("research",)}
 SHORT_MS = 1_000  # a consent that a `pause` outlives
@@ -134,6 +144,7 @@ def scene(ledger_env: LedgerEnv) -> Scene:
     # Before any subject registers: the citizens' college is its validator alone, so the
     # founding members' votes carry every college.
     admit(env, second, "consumer", "services")
+    declare_purpose(env, "research", RESEARCH)
     consumers = {"c1": env.consumer, "c2": second}
     keys = {name: env.headers("consumer", w) for name, w in consumers.items()}
     keys["provider"] = env.headers("provider", env.provider)
@@ -293,7 +304,13 @@ class AccessMachine(RuleBasedStateMachine):
     def _grant(self, key: ConsentKey, short: bool) -> None:
         subject, consumer, scope, purpose = key
         until = int(time.time() * 1000) + (SHORT_MS if short else DAY_MS)
-        body = {**self._consent_body(subject, consumer, scope, purpose), "valid_until": until}
+        # Whole records: what this property is about is WHEN a consent holds; what a narrower
+        # consent discloses is tests/ledger_bridge/contracts/test_disclosure.py's.
+        body = {
+            **self._consent_body(subject, consumer, scope, purpose),
+            "valid_until": until,
+            "mode": "full",
+        }
         r = self.env.client.post(
             "/v1/consents", json=signed(self.env, self.subjects[subject], "consent.grant", body)
         )
@@ -540,6 +557,9 @@ class AccessMachine(RuleBasedStateMachine):
         if purpose not in ALLOWED[dataset]:
             assert r.status_code == 403 and "purpose_not_allowed" in r.json()["detail"], r.text
             COVERAGE["purpose_not_allowed"] += 1
+            return
+        if purpose == "billing":  # asks no questions: refused whole, before any subject
+            assert r.status_code == 403 and "exceeds_purpose" in r.json()["detail"], r.text
             return
         if r.status_code == 403:
             assert "result" not in r.json(), r.text
