@@ -169,14 +169,14 @@ def test_list_routes_are_iterated_page_by_page_without_gap_or_repeat(
 
     citizen = _subject(env)
     provider = _api(env, "provider", env.provider)
-    dataset = _dataset(provider, "proof-of-address")
+    dataset = _dataset(provider, "billing")  # billing reads whole records
     row = json.dumps({"subject_id": citizen.id, "payload": {"address": "2 quai du Test"}})
     provider.upload(dataset, (row + "\n").encode())
     _api(env).grant_consent(
-        citizen.key, consumer=env.consumer.id, purpose="proof-of-address", dataset=dataset
+        citizen.key, consumer=env.consumer.id, purpose="billing", dataset=dataset
     )
     bank = _api(env, "consumer", env.consumer)
-    accesses = [bank.access(dataset, "proof-of-address")["access"] for _ in range(3)]
+    accesses = [bank.access(dataset, "billing")["access"] for _ in range(3)]
     logged = [a["access"] for a in dpo.iter_access_log(subject=citizen.id, limit=1)]
     assert logged == accesses
 

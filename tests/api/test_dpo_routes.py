@@ -30,6 +30,7 @@ from ledger_bridge.storage import DB_FILE
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.ledger_env import ledger_cluster as ledger_cluster  # fixture
 from tests.api.ledger_env import ledger_env as ledger_env  # fixture
+from tests.api.test_consented_access import declare_purpose
 from tests.conftest import PgServer
 from vault import db
 from vault.datasets import register_dataset
@@ -179,6 +180,15 @@ def test_only_the_dpo_reaches_the_dpo_routes(ledger_env: LedgerEnv) -> None:
 # -- the access log -----------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def research_reads_records(ledger_env: LedgerEnv) -> None:
+    """`research` is founded declaring nothing (it discloses nothing); on this module's chain
+    the cooperative declares it to read whole records, as `billing` does."""
+    whole = {"fields": [], "modes": ["full"], "operators": [], "questions": 0, "period_days": 1}
+    declare_purpose(ledger_env, "research", whole)
+
+
+@pytest.mark.usefixtures("research_reads_records")
 def test_access_log_shows_accesses_decided_by_the_contracts(ledger_env: LedgerEnv) -> None:
     env = ledger_env
     dataset = _ledger_dataset(env, ["research", "billing"])
@@ -216,6 +226,7 @@ def test_access_log_shows_accesses_decided_by_the_contracts(ledger_env: LedgerEn
     assert until["next_after"] is None
 
 
+@pytest.mark.usefixtures("research_reads_records")
 def test_access_log_pages(ledger_env: LedgerEnv) -> None:
     env = ledger_env
     dataset = _ledger_dataset(env, ["research"])
@@ -242,6 +253,7 @@ def test_access_log_pages(ledger_env: LedgerEnv) -> None:
 # -- records of processing ----------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("research_reads_records")
 def test_records_of_processing_list_the_recipients(ledger_env: LedgerEnv) -> None:
     env = ledger_env
     dataset_id = _api_dataset(env, retention_days=30)

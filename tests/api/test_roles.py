@@ -258,7 +258,8 @@ def world(ledger_env: LedgerEnv) -> World:
     proposal = admit(env, other_provider, "provider", "providers")
     subject, other, by_dpo, by_self, erased = (register_subject(env) for _ in range(5))
     owner = env.headers("provider", env.provider)
-    dataset = make_dataset(env, owner, "address", ["proof-of-address", "research"])
+    # billing reads whole records; proof of address answers yes/no only
+    dataset = make_dataset(env, owner, "address", ["proof-of-address", "research", "billing"])
     people = (subject, other, by_dpo, by_self, erased)
     upload = upload_anchored(
         env,
@@ -275,7 +276,7 @@ def world(ledger_env: LedgerEnv) -> World:
         {
             "subject": subject.id,
             "consumer": env.consumer.id,
-            "purpose": "proof-of-address",
+            "purpose": "billing",
             "dataset": dataset,
         },
     )
@@ -400,7 +401,7 @@ def _revoke(w: World, who: str) -> Call:
 
 
 def _access(w: World, who: str) -> Call:
-    body = {"dataset_id": w.dataset, "purpose": "proof-of-address", "subjects": [w.subject.id]}
+    body = {"dataset_id": w.dataset, "purpose": "billing", "subjects": [w.subject.id]}
     return Call(headers=w.headers(who), json=body)
 
 
@@ -544,7 +545,7 @@ def test_nobody_reads_without_consent(world: World) -> None:
     """The other subject never consented: named, open and yes/no requests all get nothing."""
     env = world.env
     consumer = world.headers("consumer")
-    ask = {"dataset_id": world.dataset, "purpose": "proof-of-address"}
+    ask = {"dataset_id": world.dataset, "purpose": "billing"}
     r = env.client.post(
         "/v1/access-requests", headers=consumer, json={**ask, "subjects": [world.other_subject.id]}
     )
@@ -559,6 +560,7 @@ def test_nobody_reads_without_consent(world: World) -> None:
         headers=consumer,
         json={
             **ask,
+            "purpose": "proof-of-address",
             "subjects": [world.other_subject.id],
             "predicate": {"field": "address", "op": "eq", "value": "1 rue du Test"},
         },
@@ -609,7 +611,7 @@ def test_a_subject_transaction_signed_by_someone_else_is_refused(world: World) -
         headers=world.headers("consumer"),
         json={
             "dataset_id": world.dataset,
-            "purpose": "proof-of-address",
+            "purpose": "billing",
             "subjects": [subject.id],
         },
     )
