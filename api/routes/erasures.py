@@ -125,9 +125,12 @@ def _certificate(fact: OutboxFact) -> ErasureCertificate:
     )
 
 
-def _run(request: Request, erase: Any, receipt_key: bytes | None = None) -> JSONResponse:
+def _run(
+    request: Request, erase: Any, receipt_key: tuple[bytes, bytes] | None = None
+) -> JSONResponse:
     """Commit the erasure in its own transaction, ship it, answer with its certificate (and
-    its receipt, opened with `receipt_key`, the private half of what `erase` sealed to)."""
+    its receipt, opened with the private half of `receipt_key` when `erase` sealed it to the
+    public half)."""
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session, session.begin():
         result: ErasureResult = erase(session)
@@ -138,12 +141,16 @@ def _run(request: Request, erase: Any, receipt_key: bytes | None = None) -> JSON
         jobs.kick()
     fact = wait_for_receipt(sessions, result.outbox_id, request.app.state.settings.receipt_wait_s)
     cert = _certificate(fact)
+    # A repeated erasure answers the first call's fact, sealed to the first caller's key.
+    private = None
+    if receipt_key is not None and fact.payload.get("receipt_to") == receipt_key[1].hex():
+        private = receipt_key[0]
     sealed = fact.payload.get("sealed_receipt")
-    if receipt_key is not None and sealed is not None:
-        opened = receipts.open_sealed(bytes.fromhex(sealed), receipt_key)
+    if private is not None and sealed is not None:
+        opened = receipts.open_sealed(bytes.fromhex(sealed), private)
         cert.erasure_receipt = ErasureReceiptOut(**opened.to_json())
-    elif receipt_key is not None and fact.payload.get("receipt_to") and cert.receipt is None:
-        cert.receipt_key = receipt_key.hex()
+    elif private is not None and cert.receipt is None:
+        cert.receipt_key = private.hex()
     return JSONResponse(cert.model_dump(mode="json"), status_code=201 if cert.receipt else 202)
 
 
@@ -181,7 +188,7 @@ def erase(body: ErasureIn, _: Dpo, store: KeyStoreDep, request: Request, ledger:
             requester="dpo",
             receipt_to=public,
         ),
-        private,
+        (private, public),
     )
 
 
@@ -220,7 +227,7 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
             request=request_id,
             receipt_to=public,
         ),
-        private,
+        (private, public),
     )
 
 

@@ -243,3 +243,22 @@ def test_a_pending_answer_gives_the_key_that_opens_the_sealed_receipt_later(
     block = env.gateway.block(receipt.height)
     assert receipts.verify(receipt, block, env.gateway.validators, subject.id)
     assert httpx.get(f"{slow_answer_url}/v1/erasure-receipts/999999999").status_code == 404
+
+
+def test_a_repeated_erasure_answers_the_first_certificate_without_its_receipt(
+    ledger_env: LedgerEnv, base_url: str
+) -> None:
+    """The first call's receipt was sealed to the first caller's key: a repeat gets the same
+    certificate, and neither the receipt nor a key that would not open it."""
+    env = ledger_env
+    subject = _subject(_client(base_url, env))
+    dataset, _ = _stored(base_url, env, [subject])
+    dpo = env.headers("dpo", env.dpo)
+    body = {"subject_id": subject.id, "dataset_id": dataset}
+    first = httpx.post(f"{base_url}/v1/erasures", json=body, headers=dpo, timeout=30)
+    assert first.status_code == 201, first.text
+    assert first.json()["erasure_receipt"] is not None
+    again = httpx.post(f"{base_url}/v1/erasures", json=body, headers=dpo, timeout=30)
+    assert again.status_code == 201, again.text
+    assert again.json()["erasure_id"] == first.json()["erasure_id"]
+    assert again.json()["erasure_receipt"] is None and again.json()["receipt_key"] is None
