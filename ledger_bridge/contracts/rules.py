@@ -404,19 +404,9 @@ def access_request(c: Ctx) -> dict[str, Any]:
     ask = _ask(body, terms, purpose)
 
     scopes = (f"dataset:{dataset_id}", f"category:{dataset['category']}")
-    if subjects is None:
-        candidates = sorted(
-            {
-                k[0]
-                for k in c.state.group("consent", "by_consumer_purpose", consumer, purpose)
-                if k[2] in scopes
-            }
-        )
-    else:
-        candidates = subjects
     granted: list[str] = []
     denied: list[list[str]] = []
-    for s in candidates:
+    for s in _candidates(c, scopes, subjects):
         reason = _refusal_for(c, s, dataset_id, scopes, terms, ask)
         if reason is None:
             granted.append(s)
@@ -460,6 +450,22 @@ def access_request(c: Ctx) -> dict[str, Any]:
         "uploads": uploads,
         "as_of": c.now,
     }
+
+
+def _candidates(c: Ctx, scopes: tuple[str, str], subjects: list[str] | None) -> list[str]:
+    """The subjects an access is decided for: those it names, or (an open request) every
+    subject with a consent to this consumer and purpose in either scope."""
+    if subjects is not None:
+        return subjects
+    consumer: bytes = c.tx.body["consumer"]
+    purpose: str = c.tx.body["purpose"]
+    return sorted(
+        {
+            k[0]
+            for k in c.state.group("consent", "by_consumer_purpose", consumer, purpose)
+            if k[2] in scopes
+        }
+    )
 
 
 def _ask(body: dict[str, Any], terms: dict[str, Any], purpose: str) -> disclosure.Ask:
