@@ -445,6 +445,11 @@ class Demo:
             out = ask("3 avenue Ailleurs")
         self.check(out["result"] is False, "a wrong address should answer no")
         self.tell(f"asked about another address, it learns: no {receipt_text(out['receipt'])}")
+        whole = self.refused(
+            lambda: bank.api.access(dataset, "proof-of-address", subjects=[citizen.id]),
+            "the bank asking for Alice's whole record",
+        )
+        self.tell(f"it asks for Alice's record itself and is refused: {whole.detail}")
         with self.doing("Alice revoking her consent"):
             revoked = self.api.revoke_consent(
                 citizen.key, consumer=bank.id, purpose="proof-of-address", dataset=dataset
@@ -520,6 +525,11 @@ class Demo:
             f"readings of the {len(got)} consenting drivers, e.g. {json.dumps(sample)}; "
             f"no driver_id, nothing of {holdout.name} {receipt_text(out['receipt'])}"
         )
+        no = self.refused(
+            lambda: roads.api.access(dataset, "road-maintenance", fields=[*fields, "driver_id"]),
+            "the road service asking for driver_id",
+        )
+        self.tell(f"it asks for driver_id too and is refused: {no.detail}")
         everyone = [d.id for d in [*consenting, holdout]]
         with self.doing("the road service naming all three drivers"):
             out = roads.api.access(dataset, "road-maintenance", subjects=everyone, fields=fields)

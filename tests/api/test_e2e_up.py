@@ -238,6 +238,8 @@ def test_the_demo_plays_the_three_stories_twice_on_one_system(system: System) ->
             "is refused after the revocation",
             "reads 4 readings of the 2 consenting drivers",
             "no driver_id",
+            "it asks for driver_id too and is refused: exceeds_purpose: field driver_id",
+            "it asks for Alice's record itself and is refused: exceeds_purpose",
             ": no_consent",
             "holds the erasure.record transaction",
             "pseudonym again: nothing delivered, denied (",
