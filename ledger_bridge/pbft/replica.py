@@ -381,6 +381,7 @@ class Replica:
         # redacted positions (dropped), and what the store must still redact.
         self.redactions_applied = 0
         self.redactions_known = 0
+        self.redaction_due = 0  # the highest `since` known (`_fill_to_checkpoint`)
         self.unredacted_refused = 0
         self._redact: dict[int, set[int]] = {}
         # Clients.
@@ -705,21 +706,44 @@ class Replica:
             idle = self.next_seq - 1 <= self.last_executed
             if not full and not idle and self.now_ms - oldest_ms < cfg.batch_wait_ms:
                 return
-            time_ms = max(self.now_ms, self.last_time_proposed_ms)
-            self.last_time_proposed_ms = time_ms
-            requests = tuple(batch)
-            pp = PrePrepare(
-                self.view,
-                self.next_seq,
-                m.batch_digest(time_ms, requests),
-                time_ms,
-                requests,
-                self.id,
-            )
-            pp = m.sign(pp, self.key)
-            self.next_seq += 1
-            self._broadcast(pp)
-            self._accept_pre_prepare(pp)
+            self._propose(tuple(batch))
+        self._fill_to_checkpoint()
+
+    def _propose(self, requests: tuple[Request, ...]) -> None:
+        time_ms = max(self.now_ms, self.last_time_proposed_ms)
+        self.last_time_proposed_ms = time_ms
+        pp = PrePrepare(
+            self.view,
+            self.next_seq,
+            m.batch_digest(time_ms, requests),
+            time_ms,
+            requests,
+            self.id,
+        )
+        pp = m.sign(pp, self.key)
+        self.next_seq += 1
+        self._broadcast(pp)
+        self._accept_pre_prepare(pp)
+
+    def _fill_to_checkpoint(self) -> None:
+        """Null batches (TOCS §4.4's null request) up to the checkpoint that covers an
+        erasure, when nothing else waits.
+
+        Replicas redact what an erasure forgets only once a stable checkpoint covers its block
+        (`_apply_redactions`). On a quiet ledger the next checkpoint could be hours away, and
+        the erased subject's transactions would stay on every disk until then. A null batch
+        costs one round of the protocol and at most K - 1 of them are needed. A faulty primary
+        may skip them; the redaction then waits for the traffic that reaches the checkpoint,
+        which is what every replica does anyway."""
+        if self.pending or self.redaction_due <= self.h:
+            return
+        k = self.config.checkpoint_interval
+        target = min(-(-self.redaction_due // k) * k, self.high_watermark)
+        while self.next_seq <= target:
+            if self.next_seq - 1 - self.last_executed >= self.config.batches_in_flight_max:
+                return
+            self.stats["null batches to a checkpoint"] += 1
+            self._propose(())
 
     def _next_batch(self) -> tuple[list[Request], int | None, bool]:
         """The oldest waiting requests that fit one batch, by count and by bytes; the oldest
@@ -906,7 +930,7 @@ class Replica:
             executed = True
         if executed and self.pending:
             self._recheck_pending()
-        if executed and self.active and self.is_primary and self.pending:
+        if executed and self.active and self.is_primary and (self.pending or self.redaction_due):
             # The pipeline drained: propose what queued meanwhile without waiting for a tick.
             self._maybe_propose()
 
@@ -1584,7 +1608,9 @@ class Replica:
         self.signed_replies.clear()
         self.head_hash = state.head_hash
         self.head_time_ms = state.head_time_ms
-        self.redactions_known = self._last_redaction()
+        last = self._last_redaction()
+        self.redactions_known = last.n if last is not None else 0
+        self.redaction_due = last.since if last is not None else 0
 
     def _executed(self, req: Request) -> bool:
         cached = self.reply_cache.get(req.client_id)
@@ -1604,12 +1630,12 @@ class Replica:
                 return out
             after = page[-1].n
 
-    def _last_redaction(self) -> int:
-        """How many redaction entries the application's state holds."""
-        last = 0
+    def _last_redaction(self) -> Redaction | None:
+        """The last redaction entry the application's state holds (its `n` is their count)."""
+        last: Redaction | None = None
         while True:
-            page = self.app.redactions(last, REDACTIONS_PAGE)
-            last = page[-1].n if page else last
+            page = self.app.redactions(last.n if last is not None else 0, REDACTIONS_PAGE)
+            last = page[-1] if page else last
             if len(page) < REDACTIONS_PAGE:
                 return last
 
@@ -1624,6 +1650,7 @@ class Replica:
         if not decided:
             return
         self.redactions_known = decided[-1].n
+        self.redaction_due = seq
         here = {r.index for r in decided if r.height == seq}
         clients = {pp.requests[i].client_id for i in here if i < len(pp.requests)}
         for client, (rid, height, _result) in self.reply_cache.items():

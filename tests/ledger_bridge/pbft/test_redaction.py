@@ -76,16 +76,40 @@ def test_a_forget_is_applied_everywhere_once_its_checkpoint_is_stable() -> None:
 
 def test_nothing_is_redacted_before_the_erasures_checkpoint_is_stable() -> None:
     """Below a stable checkpoint no peer executes from our blocks; above it a peer may: a
-    body is dropped only once the checkpoint at or past its erasure is stable."""
+    body is dropped only once the checkpoint at or past its erasure is stable. Checked before
+    every message delivered, on every replica."""
     net = Net(params={"checkpoint_interval": 8, "log_window": 16})
+    seen: list[tuple[int, int]] = []
+
+    def early_redaction(src: int, dst: int, msg: m.Message) -> bool:
+        for r in net.replicas:
+            seen.append((r.h, r.redactions_applied))
+            assert r.redactions_applied == 0 or r.h >= 4, (r.id, r.h, r.redactions_applied)
+        return True
+
+    net.filter = early_redaction
     _run(net, SCRIPT)
-    for i, r in enumerate(net.replicas):
-        assert r.h == 0 and r.redactions_known == 3 and r.redactions_applied == 0
-        assert not any(b.omitted for b in net.blocks[i].values())
-    _run(net, [encode_set(b"pad%d" % k, b"x") for k in range(4)], first_client=10)
+    assert (0, 0) in seen and (8, 3) in seen  # the check ran on both sides of the checkpoint
     for i, r in enumerate(net.replicas):
         assert r.h == 8 and r.redactions_applied == 3
         assert [h for h, b in sorted(net.blocks[i].items()) if b.omitted] == [1, 3, 4]
+
+
+def test_a_quiet_ledger_reaches_the_erasures_checkpoint_with_null_batches() -> None:
+    """Nothing else is submitted after the erasure: the primary orders null batches up to the
+    next checkpoint (8), and no further, so the redaction does not wait for traffic."""
+    net = Net(params={"checkpoint_interval": 8, "log_window": 16})
+    _run(net, SCRIPT)
+    net.tick(500)
+    assert net.heights() == [8] * 4
+    for i, r in enumerate(net.replicas):
+        assert r.h == 8 and r.redactions_applied == 3
+        assert all(net.blocks[i][h].size == 0 for h in range(5, 9))
+    # Traffic after it is ordered as usual; no null batch is added once nothing waits.
+    _run(net, [encode_set(b"pad", b"x")], first_client=10)
+    net.tick(500)
+    assert net.heights() == [9] * 4
+    assert net.replicas[0].stats["null batches to a checkpoint"] == 4
 
 
 def test_a_replica_whose_crash_lost_the_redaction_applies_it_after_restart() -> None:
