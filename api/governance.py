@@ -257,7 +257,8 @@ def proposal_line(p: dict[str, Any], now_ms: int) -> dict[str, Any]:
         "proposal": p["proposal"],
         "state": state,
         "action": jsonable(p["action"]),
-        "author": bytes(p["author"]).hex(),
+        # None once the author was a forgotten subject (docs/CONTRACTS.md, "Forgetting")
+        "author": None if p["author"] is None else bytes(p["author"]).hex(),
         "voting_ends": dt.datetime.fromtimestamp(p["ends"] / 1000, dt.UTC).isoformat(),
         "colleges": colleges,
     }

@@ -31,14 +31,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from ledger_bridge.crypto import VerifyKey
 from ledger_bridge.pbft.blocks import GENESIS_HASH, block_hash, verify_block
 from ledger_bridge.pbft.messages import Block
 
 
-class Position(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Position:
     """A batch position the contracts ordered redacted, and the erasure height that did."""
 
     height: int

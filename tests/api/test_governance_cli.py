@@ -116,3 +116,23 @@ def test_refusals_are_one_line_with_the_contracts_code(
         ledger_dir, "propose", "--key", str(keys[0]), "--approve-purpose", "z", "--days", "91"
     )
     assert too_long.returncode == 2 and "voting period" in too_long.stderr
+
+
+def test_a_proposal_whose_author_was_forgotten_lists_without_an_author() -> None:
+    """A resident voter's proposal outlives their erasure everywhere; the contracts keep it
+    with no author (docs/CONTRACTS.md, "Forgetting"), and `list` says so instead of failing."""
+    from api.governance import proposal_line
+
+    proposal = {
+        "proposal": 3,
+        "status": "passed",
+        "action": {"kind": "approve_purpose", "purpose": "road-maintenance"},
+        "author": None,
+        "ends": 2_000_000_000_000,
+        "members": {"citizens": 3},
+        "yes": {"citizens": 2},
+        "no": {"citizens": 0},
+    }
+    line = proposal_line(proposal, now_ms=1_000)
+    assert line["author"] is None and line["proposal"] == 3
+    assert proposal_line(proposal | {"author": b"\x01" * 32}, 1_000)["author"] == "01" * 32
