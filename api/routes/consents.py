@@ -198,7 +198,11 @@ def show_proposal(
 
 @router.post("/consents", status_code=201)
 def grant(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
-    """consent.grant, signed by the subject: in force from the next block."""
+    """consent.grant, signed by the subject: in force from the next block.
+
+    Its `mode` (predicate, projection, full) and `fields` say what it discloses, within what
+    its purpose declares (`GET /v1/purposes`); unnamed, the narrowest mode the purpose allows,
+    with all its fields. Beyond the purpose: 403 `exceeds_purpose`."""
     return _relay(ledger, body, "consent.grant")
 
 
