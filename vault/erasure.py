@@ -49,16 +49,24 @@ from vault.models import ApiKey, KeyCommitment, KeySecret, OutboxFact, Record, U
 FORGOTTEN_PREFIX = "~"
 _FORGOTTEN_INFO = b"civis-vault/forgotten-subject/v1"
 
-# Fix the leaf index of every commitment of the uploads where :subject still has one without
-# an index, in the order the upload built its key-commitments root (by subject id).
-_FIX_POSITIONS = text(
-    "UPDATE key_commitments k SET position = o.pos FROM ("
-    " SELECT upload_id, subject_id,"
-    " row_number() OVER (PARTITION BY upload_id ORDER BY subject_id) - 1 AS pos"
-    " FROM key_commitments WHERE upload_id IN ("
-    "  SELECT c.upload_id FROM key_commitments c JOIN uploads u ON u.id = c.upload_id"
-    "  WHERE c.subject_id = :subject AND c.position IS NULL AND u.dataset_id = :dataset)"
-    ") o WHERE k.upload_id = o.upload_id AND k.subject_id = o.subject_id"
+# For each upload of :dataset where :subject has a commitment not yet forgotten: how many of
+# the upload's subject ids sort before it (the collation the upload's root was built in).
+_SORTED_BEFORE = text(
+    "SELECT c.upload_id, (SELECT count(*) FROM key_commitments k"
+    "  WHERE k.upload_id = c.upload_id AND k.subject_id < :subject)"
+    " FROM key_commitments c JOIN uploads u ON u.id = c.upload_id"
+    " WHERE c.subject_id = :subject AND u.dataset_id = :dataset AND c.position IS NULL"
+)
+# The leaf indexes already fixed in those uploads (subjects forgotten before), and whether the
+# replacement id now sorts before :subject (it is then among the count above).
+_FIXED = text(
+    "SELECT upload_id, position, subject_id < :subject FROM key_commitments"
+    " WHERE upload_id = ANY(:uploads) AND position IS NOT NULL ORDER BY position"
+)
+_SET_POSITIONS = text(
+    "UPDATE key_commitments k SET position = x.pos"
+    " FROM unnest(CAST(:uploads AS uuid[]), CAST(:positions AS int[])) AS x(upload_id, pos)"
+    " WHERE k.upload_id = x.upload_id AND k.subject_id = :subject"
 )
 
 
@@ -343,8 +351,8 @@ def _forget_rows(
     """Replace `subject_id` in records and key commitments, dataset by dataset, by that
     dataset's `forgotten_id`; returns the rows rewritten.
 
-    The commitments' leaf indexes are fixed first (`_FIX_POSITIONS`), while every subject id
-    of the upload still sorts as it did when its root was built.
+    The subject's commitments get their leaf index first (`_fix_positions`), while their
+    subject id still sorts where it did when the upload's root was built.
     """
     found = select(Record.dataset_id).where(Record.subject_id == subject_id)
     committed = (
@@ -359,7 +367,7 @@ def _forget_rows(
     rewritten = 0
     for dataset in sorted(datasets, key=str):
         new_id = replacements.get(dataset) or forgotten_id(None)
-        session.execute(_FIX_POSITIONS, {"subject": subject_id, "dataset": dataset})
+        _fix_positions(session, subject_id, dataset)
         for statement in (
             update(Record)
             .where(Record.dataset_id == dataset, Record.subject_id == subject_id)
@@ -374,6 +382,40 @@ def _forget_rows(
             done = session.execute(statement.execution_options(synchronize_session=False))
             rewritten += cast("CursorResult[Any]", done).rowcount
     return rewritten
+
+
+def _fix_positions(session: Session, subject_id: str, dataset: uuid.UUID) -> None:
+    """Record the leaf index of `subject_id`'s commitment in each upload of `dataset`.
+
+    The leaves are the upload's commitments by subject id. Rows still holding their subject id
+    keep their relative order; forgotten rows hold their index in `position`. So the index of
+    this subject is the k-th index not held by a forgotten row, k being the number of rows
+    still named that sort before it. Only the forgotten rows are written: rewriting every
+    commitment of every upload the subject is in would cost an erasure a write per subject
+    of those uploads.
+    """
+    params = {"subject": subject_id, "dataset": dataset}
+    before = {u: int(n) for u, n in session.execute(_SORTED_BEFORE, params)}
+    if not before:
+        return
+    uploads = sorted(before, key=str)
+    fixed: dict[uuid.UUID, list[int]] = {u: [] for u in uploads}
+    for upload, position, sorts_before in session.execute(
+        _FIXED, {"subject": subject_id, "uploads": uploads}
+    ):
+        fixed[upload].append(position)
+        if sorts_before:
+            before[upload] -= 1  # counted above, but it no longer holds its original place
+    positions = []
+    for upload in uploads:
+        index = before[upload]
+        for taken in fixed[upload]:  # ascending
+            if taken <= index:
+                index += 1
+        positions.append(index)
+    session.execute(
+        _SET_POSITIONS, {"subject": subject_id, "uploads": uploads, "positions": positions}
+    )
 
 
 def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | None) -> None:

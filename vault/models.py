@@ -152,10 +152,10 @@ class KeyCommitment(Base):
     subject_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     commitment: Mapped[bytes] = mapped_column(LargeBinary)
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    # The commitment's leaf index under Upload.commitments_root. NULL while every subject id
-    # of the upload is the original one (the leaves are then ordered by subject id); the first
-    # erasure that forgets a subject of the upload fixes all of them first, because the
-    # forgotten subject's replacement id no longer sorts where the subject did.
+    # The commitment's leaf index under Upload.commitments_root, set when its subject is
+    # forgotten: the replacement id no longer sorts where the subject id did. NULL rows keep
+    # their subject id and fill the other indexes in subject-id order
+    # (vault.reads.key_commitments_in_order).
     position: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_key_commitments_subject", "subject_id"),)

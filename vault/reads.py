@@ -241,13 +241,15 @@ class Reader:
 def key_commitments_in_order(session: Session, upload_id: uuid.UUID) -> list[bytes]:
     """The upload's key commitments in leaf order, to recompute its key-commitments root.
 
-    Leaf order is by subject id until an erasure forgets one of the upload's subjects; the
-    erasure fixes every row's `position` first, so either all positions are set or none.
+    Leaves are ordered by subject id. A forgotten subject's row holds its leaf index in
+    `position` (its replacement id sorts elsewhere); the other rows, in subject-id order,
+    fill the remaining indexes.
     """
-    return list(
-        session.scalars(
-            select(KeyCommitment.commitment)
-            .where(KeyCommitment.upload_id == upload_id)
-            .order_by(KeyCommitment.position, KeyCommitment.subject_id)
-        )
-    )
+    rows = session.execute(
+        select(KeyCommitment.commitment, KeyCommitment.position)
+        .where(KeyCommitment.upload_id == upload_id)
+        .order_by(KeyCommitment.subject_id)
+    ).all()
+    fixed = {int(p): bytes(c) for c, p in rows if p is not None}
+    named = iter(bytes(c) for c, p in rows if p is None)
+    return [fixed[i] if i in fixed else next(named) for i in range(len(rows))]

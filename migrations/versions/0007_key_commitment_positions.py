@@ -7,9 +7,10 @@ Create Date: 2026-12-05
 
 Why: an upload's key-commitments root is built over its commitments ordered by subject id.
 An erasure "everywhere" replaces the subject id with a value that names nobody, which sorts
-elsewhere, so the order (and with it the recomputed root) would change. The erasure fixes
-each commitment's index in `position` before it rewrites any subject id. Rows of uploads no
-erasure has touched keep NULL: their subject ids still give the order, so nothing is filled in.
+elsewhere, so the order (and with it the recomputed root) would change. The erasure records
+the forgotten row's leaf index in `position` before it rewrites the subject id; the rows that
+keep their subject id keep their relative order and fill the other indexes, so they need
+nothing: existing rows stay NULL.
 
 Why the index: an erasure everywhere looks up every erasure fact that names the subject, to
 drop the subject from them once its own fact is recorded; without it that is a scan of the
