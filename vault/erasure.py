@@ -133,15 +133,7 @@ class Eraser:
         `receipt_to` (an X25519 public key) is where the relay seals the erasure's ledger
         receipt: the fact keeps the receipt only in that form.
         """
-        cond = and_(KeySecret.kind == "subject", KeySecret.scope == subject_id)
-        if dataset_id is not None:
-            cond = and_(cond, KeySecret.dataset_id == dataset_id)
-        refs = [
-            SecretRef(k, d, s)
-            for k, d, s in session.execute(
-                select(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).where(cond)
-            )
-        ]
+        refs = _subject_refs(session, subject_id, dataset_id)
         # Before the secrets go: the replacement ids are derived from them.
         replacements = {
             ref.dataset_id: forgotten_id(secret)
@@ -151,12 +143,8 @@ class Eraser:
         upload_cond: ColumnElement[bool] = KeyCommitment.subject_id == subject_id
         if dataset_id is not None:
             record_cond = and_(record_cond, Record.dataset_id == dataset_id)
-            upload_cond = and_(
-                upload_cond,
-                KeyCommitment.upload_id.in_(
-                    select(Upload.id).where(Upload.dataset_id == dataset_id)
-                ),
-            )
+            in_dataset = select(Upload.id).where(Upload.dataset_id == dataset_id)
+            upload_cond = and_(upload_cond, KeyCommitment.upload_id.in_(in_dataset))
         scope = {"type": "subject", "subject_id": subject_id}
         if dataset_id is not None:
             scope["dataset_id"] = str(dataset_id)
@@ -189,11 +177,8 @@ class Eraser:
         forgotten = _forget_rows(session, subject_id, replacements, dataset_id)
         if dataset_id is None:
             # The subject's own API keys name them and have nothing left to open.
-            session.execute(
-                delete(ApiKey)
-                .where(ApiKey.member_id == subject_id, ApiKey.role == "subject")
-                .execution_options(synchronize_session=False)
-            )
+            mine = and_(ApiKey.member_id == subject_id, ApiKey.role == "subject")
+            session.execute(delete(ApiKey).where(mine), execution_options=_NO_SYNC)
         return replace(result, rows_forgotten=forgotten)
 
     def withdraw_upload(
@@ -328,6 +313,22 @@ class Eraser:
             uploads=uploads,
             outbox_id=fact.id,
         )
+
+
+_NO_SYNC = {"synchronize_session": False}
+
+
+def _subject_refs(
+    session: Session, subject_id: str, dataset_id: uuid.UUID | None
+) -> list[SecretRef]:
+    """The subject secrets that still exist for `subject_id` (in `dataset_id`, or anywhere)."""
+    cond = and_(KeySecret.kind == "subject", KeySecret.scope == subject_id)
+    if dataset_id is not None:
+        cond = and_(cond, KeySecret.dataset_id == dataset_id)
+    rows = session.execute(
+        select(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).where(cond)
+    )
+    return [SecretRef(k, d, s) for k, d, s in rows]
 
 
 def _still_named(session: Session, subject_id: str) -> bool:
