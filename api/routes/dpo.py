@@ -53,7 +53,7 @@ from api.ledger import LedgerGateway, LedgerUnavailable, jsonable
 from api.outbox import outbox_counts, requeue
 from api.routes.ledger import ReplicaReader, ledger_status
 from api.schemas import LedgerReceipt, PublicKeyHex
-from ledger_bridge.audit import verify_replicas
+from ledger_bridge.audit import Position, verify_replicas
 from ledger_bridge.pbft.blocks import block_hash
 from vault import audit
 from vault.errors import NotFound
@@ -71,6 +71,7 @@ GRANTED_SHOWN_MAX = 100  # subjects listed per access line (the count is always 
 ERASURE_PAGE = 50  # erasure records per ledger query (each may name 4,096 commitments)
 ERASURE_SCAN_MAX = 1_000_000
 VERIFY_BLOCKS_MAX = 10_000
+REDACTIONS_PAGE = 1000  # redaction entries per ledger query (its most)
 RECIPIENTS_SCAN_MAX = 100_000
 PAGE_DAYS = 30
 
@@ -370,7 +371,8 @@ def retention_audit(
 class LedgerFindingOut(BaseModel):
     code: str = Field(
         description="invalid-block | broken-link | diverging-header | holes | lagging "
-        "| unreachable | no-quorum"
+        "| unreachable | no-quorum | unredacted (the replica, its stable checkpoint past an "
+        "erasure, still serves a transaction the erasure ordered forgotten)"
     )
     severity: Literal["error", "warning"]
     replica: int | None
@@ -398,6 +400,24 @@ class LedgerVerification(BaseModel):
 
 
 _WARNINGS = ("lagging", "unreachable")
+
+
+def redactions_in(gateway: LedgerGateway, from_height: int, to_height: int) -> list[Position]:
+    """The positions the contracts ordered redacted at heights in the range, from any replica
+    (the list is replicated state; a replica that lies about it can only hide a finding
+    about another, and the per-replica verification still runs)."""
+    out: list[Position] = []
+    after = 0
+    while True:
+        page = gateway.query("redactions", after=after, limit=REDACTIONS_PAGE)["result"]
+        out += [
+            Position(r["height"], r["index"], r["since"])
+            for r in page
+            if from_height <= r["height"] <= to_height
+        ]
+        if len(page) < REDACTIONS_PAGE:
+            return out
+        after = page[-1]["redaction"]
 
 
 def verify_ledger(gateway: LedgerGateway, from_height: int, limit: int) -> LedgerVerification:
@@ -440,8 +460,15 @@ def verify_ledger(gateway: LedgerGateway, from_height: int, limit: int) -> Ledge
     # The reader stops at a replica's first missing block: its own top tells a hole (blocks
     # missing below what it stored) from lag.
     tops = {r.id: min(r.height, to_height) for r in status.replicas if r.height is not None}
+    stables = {r.id: r.stable_seq for r in status.replicas if r.stable_seq is not None}
     result = verify_replicas(
-        chains, genesis.public_keys(), start=from_height, anchors=anchors, tops=tops
+        chains,
+        genesis.public_keys(),
+        start=from_height,
+        anchors=anchors,
+        tops=tops,
+        redactions=redactions_in(gateway, from_height, to_height),
+        stables=stables,
     )
     for f in result.findings:
         finding(f.code, f.replica, f.height, f.detail)

@@ -61,6 +61,16 @@ class ReplicaStatus(BaseModel):
     height: int | None = Field(default=None, description="highest block the replica stored")
     view: int | None = None
     primary: int | None = Field(default=None, description="the primary in the replica's view")
+    stable_seq: int | None = Field(
+        default=None, description="the replica's stable checkpoint (its low watermark)"
+    )
+    redactions_applied: int | None = Field(
+        default=None,
+        description="redaction entries (erasures' forgotten transactions) its blocks reflect",
+    )
+    redactions_pending: int | None = Field(
+        default=None, description="redaction entries its state lists and its blocks do not yet"
+    )
 
 
 class LedgerStatus(BaseModel):
@@ -135,6 +145,10 @@ def replica_statuses(gateway: LedgerGateway) -> list[dict[str, Any] | None]:
         return list(pool.map(gateway.status, range(n)))
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
 def ledger_status(gateway: LedgerGateway) -> LedgerStatus:
     genesis = gateway.genesis
     statuses = replica_statuses(gateway)
@@ -151,6 +165,9 @@ def ledger_status(gateway: LedgerGateway) -> LedgerStatus:
                     height=int(s.get("height", 0)),
                     view=int(s.get("view", 0)),
                     primary=int(s.get("primary", 0)),
+                    stable_seq=_int_or_none(s.get("stable_seq")),
+                    redactions_applied=_int_or_none(s.get("redactions_applied")),
+                    redactions_pending=_int_or_none(s.get("redactions_pending")),
                 )
             )
     heights = [r.height for r in replicas if r.height is not None]

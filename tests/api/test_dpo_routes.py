@@ -608,3 +608,77 @@ def test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again(ledger_env: LedgerE
         assert upload is not None and upload.state == "anchored"
     r = env.client.post(f"/v1/dpo/outbox/{fact_id}/retry", headers=env.headers("dpo"))
     assert r.status_code == 404  # recorded now: nothing to send again
+
+
+def _redactions_done(env: LedgerEnv, at_least: int) -> None:
+    """Until every replica applied `at_least` redaction entries (the primary's null batches
+    bring the checkpoint that covers the erasure)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        statuses = [env.cluster.status(i) or {} for i in range(4)]
+        if all(s.get("redactions_applied", 0) >= at_least for s in statuses):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"redactions not applied: {statuses}")
+
+
+def test_ledger_verification_finds_a_replica_still_serving_a_forgotten_transaction(
+    ledger_env: LedgerEnv,
+) -> None:
+    """A subject is erased everywhere: every replica replaces the transactions naming them by
+    their digests, and the verification is clean. Then the original block is put back on one
+    replica's disk (an operator restoring an old backup): its chain still verifies, since the
+    body matches its digest, but the audit names that replica as `unredacted`."""
+    env = ledger_env
+    dataset = _ledger_dataset(env, ["research"])
+    subject = _subject(env)
+    _grant(env, subject, dataset, "research")
+    _settled(env)
+    victim = 2
+    with sqlite3.connect(_replica_db(env, victim), timeout=30) as conn:
+        before = dict(conn.execute("SELECT height, block FROM blocks").fetchall())
+    applied = (env.cluster.status(0) or {}).get("redactions_applied", 0)
+    env.gateway.act(
+        "erasure.record",
+        {
+            "scope": {"kind": "subject", "subject": subject.id},
+            "key_commitments": [],
+            "uploads": [],
+            "reason": "subject_request",
+            "requester": "dpo",
+        },
+    )
+    listed = env.gateway.query("redactions", after=applied, limit=1000)["result"]
+    assert len(listed) >= 2  # the registration and the consent, at least
+    _redactions_done(env, applied + len(listed))
+    body = _verification(env)
+    assert body["ok"], body["findings"]
+    assert all(r["redactions_pending"] == 0 for r in body_status(env))
+
+    height = listed[0]["height"]
+    with sqlite3.connect(_replica_db(env, victim), timeout=30) as conn:
+        (redacted,) = conn.execute(
+            "SELECT block FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        assert (
+            bytes.fromhex(subject.id) not in redacted
+            and bytes.fromhex(subject.id) in before[height]
+        )
+        conn.execute("UPDATE blocks SET block = ? WHERE height = ?", (before[height], height))
+    try:
+        body = _verification(env)
+        assert body["ok"] is False
+        assert [(f["code"], f["replica"], f["height"]) for f in body["findings"]] == [
+            ("unredacted", victim, height)
+        ]
+    finally:
+        with sqlite3.connect(_replica_db(env, victim), timeout=30) as conn:
+            conn.execute("UPDATE blocks SET block = ? WHERE height = ?", (redacted, height))
+    assert _verification(env)["ok"]
+
+
+def body_status(env: LedgerEnv) -> list[dict[str, Any]]:
+    r = env.client.get("/v1/ledger/status", headers=env.headers("dpo"))
+    assert r.status_code == 200, r.text
+    replicas: list[dict[str, Any]] = r.json()["replicas"]
+    return replicas
