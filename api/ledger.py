@@ -69,6 +69,7 @@ class LedgerRefused(ApiError):
         "purpose_not_allowed": 403,
         "exceeds_purpose": 403,  # asks more than the purpose's declaration allows
         "not_found": 404,
+        "unknown_subject": 404,  # an access names a key that is no member (or was forgotten)
         "internal": 502,
     }
 

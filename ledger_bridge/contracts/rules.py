@@ -402,6 +402,8 @@ def access_request(c: Ctx) -> dict[str, Any]:
         raise Reject("purpose_not_approved", f"purpose {purpose} is no longer approved")
     terms = disclosure.terms(c.state, purpose)
     ask = _ask(body, terms, purpose)
+    if subjects is not None:
+        _named_are_members(c, subjects)
 
     scopes = (f"dataset:{dataset_id}", f"category:{dataset['category']}")
     granted: list[str] = []
@@ -450,6 +452,20 @@ def access_request(c: Ctx) -> dict[str, Any]:
         "uploads": uploads,
         "as_of": c.now,
     }
+
+
+def _named_are_members(c: Ctx, subjects: list[str]) -> None:
+    """An access names only keys the ledger knows as members. Why: a refused transaction
+    leaves only its digest in its block, so a consumer that kept the pseudonym of a subject
+    forgotten everywhere cannot make the chain name it again by asking about it; and a key
+    that never registered has no consent to find anyway."""
+    unknown = sum(1 for s in subjects if c.member(bytes.fromhex(s)) is None)
+    if unknown:
+        raise Reject(
+            "unknown_subject",
+            f"{unknown} named subject(s) are not members (never registered, or forgotten by "
+            "an erasure everywhere)",
+        )
 
 
 def _candidates(c: Ctx, scopes: tuple[str, str], subjects: list[str] | None) -> list[str]:

@@ -223,10 +223,9 @@ def test_records_with_proofs_only_for_consenting_subjects_then_erasure(
     assert cert["state"] == "recorded" and cert["secrets_destroyed"] >= 1
     assert cert["receipt"]["block_height"] >= 1 and cert["key_commitments"]
     r = env.client.post("/v1/access-requests", headers=bank, json=ask)
-    # Erased everywhere, the subject is forgotten with their consents: the ledger no longer
-    # knows them, so it cannot say "erased" (that would name them); it finds no consent.
-    assert r.json()["granted"] == [] and [yes.id, "no_consent"] in r.json()["denied"]
-    assert r.json()["records"] == []
+    # Erased everywhere, the subject is forgotten with their consents and membership: an
+    # access naming them is refused whole, so its body (naming them) stays out of the chain.
+    assert r.status_code == 404 and r.json()["detail"].startswith("unknown_subject"), r.text
     # a provider and a consumer cannot erase
     for role, who in (("provider", env.provider), ("consumer", env.consumer)):
         headers = env.headers(role, who)

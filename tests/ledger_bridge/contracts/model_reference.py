@@ -220,6 +220,8 @@ class Reference:
             raise Refused("purpose_not_approved")
         if "full" not in DECLARED.get(purpose, ((), ()))[0]:
             raise Refused("exceeds_purpose")  # these accesses ask for whole records
+        if subjects is not None and any(bytes.fromhex(s) not in self.members for s in subjects):
+            raise Refused("unknown_subject")  # never registered, or forgotten
         if subjects is None:
             scopes = self.scopes_of(dataset)
             candidates = sorted(

@@ -307,27 +307,29 @@ def test_batch_positions_come_from_the_block_context() -> None:
 
 def test_the_same_block_is_forgotten_whatever_the_order(told: Story) -> None:
     """Before the erasure in its block, an access decides as the previous block left things
-    (the "from the next block" rule); after it, the subject is refused as erased. Both are
-    forgotten with the rest: their entries keep Q, not P, and their positions are redacted,
-    as is a registration of P's key later in that block."""
+    (the "from the next block" rule) and is forgotten with the rest: its entry keeps Q, not
+    P, and its position is redacted, as is a registration of P's key later in that block.
+    After the erasure, P is no member: an access naming P is refused whole, so its body,
+    which names P, never enters the block (only its digest does)."""
     chain, p, q, consumer = told.chain, told.p, told.q, told.consumer
     reg = chain.sign(p, "member.register", {"role": "subject", "college": "citizens"})
     results = told.block(
         (access(chain, consumer, p, q), True),
         (chain.sign(chain.dpo, "erasure.record", erase_body(p)), True),
-        (access(chain, consumer, p, q), True),
+        (access(chain, consumer, p, q), False),
         (reg, True),
         (access(chain, consumer, q), False),
     )
     assert set(results[0]["granted"]) == {p.subject, q.subject}
-    assert results[2]["granted"] == [q.subject] and results[2]["denied"] == [[p.subject, "erased"]]
-    assert results[3]["ok"]
+    assert results[2]["ok"] is False and results[2]["code"] == "unknown_subject"
+    assert results[3]["ok"] and results[4]["granted"] == [q.subject]
     assert hits(chain.app.snapshot(), p) == 0
     assert chain.query(q="member", key=p.pub) is None
     assert {(e.height, e.index) for e in chain.app.redactions(0, 1000)} == told.p_positions
-    # from the next block, P's key is one the ledger never knew
+    # From the next block, a consumer who kept P's key cannot make the ledger name it again.
     [later] = chain.block(access(chain, consumer, p, q))
-    assert later["granted"] == [q.subject] and later["denied"] == [[p.subject, "no_consent"]]
+    assert later["ok"] is False and later["code"] == "unknown_subject"
+    assert hits(chain.app.snapshot(), p) == 0
 
 
 def test_a_replayed_consent_of_the_forgotten_subject_is_refused(told: Story) -> None:
