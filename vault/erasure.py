@@ -55,7 +55,7 @@ _SORTED_BEFORE = text(
     "SELECT c.upload_id, (SELECT count(*) FROM key_commitments k"
     "  WHERE k.upload_id = c.upload_id AND k.subject_id < :subject)"
     " FROM key_commitments c JOIN uploads u ON u.id = c.upload_id"
-    " WHERE c.subject_id = :subject AND u.dataset_id = :dataset AND c.position IS NULL"
+    " WHERE c.subject_id = :subject AND u.dataset_id = ANY(:datasets) AND c.position IS NULL"
 )
 # The leaf indexes already fixed in those uploads (subjects forgotten before), and whether the
 # replacement id now sorts before :subject (it is then among the count above).
@@ -67,6 +67,18 @@ _SET_POSITIONS = text(
     "UPDATE key_commitments k SET position = x.pos"
     " FROM unnest(CAST(:uploads AS uuid[]), CAST(:positions AS int[])) AS x(upload_id, pos)"
     " WHERE k.upload_id = x.upload_id AND k.subject_id = :subject"
+)
+# The subject's records and commitments get their dataset's replacement id.
+_REPLACE_IN_RECORDS = text(
+    "UPDATE records r SET subject_id = x.new_id"
+    " FROM unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
+    " WHERE r.dataset_id = x.dataset_id AND r.subject_id = :subject"
+)
+_REPLACE_IN_COMMITMENTS = text(
+    "UPDATE key_commitments k SET subject_id = x.new_id"
+    " FROM uploads u,"
+    " unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
+    " WHERE k.subject_id = :subject AND u.id = k.upload_id AND u.dataset_id = x.dataset_id"
 )
 
 
@@ -349,8 +361,8 @@ def _forget_rows(
     replacements: dict[uuid.UUID, str],
     dataset_id: uuid.UUID | None,
 ) -> int:
-    """Replace `subject_id` in records and key commitments, dataset by dataset, by that
-    dataset's `forgotten_id`; returns the rows rewritten.
+    """Replace `subject_id` in records and key commitments by each dataset's `forgotten_id`
+    (a few statements whatever the number of datasets); returns the rows rewritten.
 
     The subject's commitments get their leaf index first (`_fix_positions`), while their
     subject id still sorts where it did when the upload's root was built.
@@ -364,29 +376,27 @@ def _forget_rows(
     if dataset_id is not None:
         found = found.where(Record.dataset_id == dataset_id)
         committed = committed.where(Upload.dataset_id == dataset_id)
-    datasets = set(session.scalars(found.distinct())) | set(session.scalars(committed.distinct()))
+    datasets = sorted(
+        set(session.scalars(found.distinct())) | set(session.scalars(committed.distinct())),
+        key=str,
+    )
+    if not datasets:
+        return 0
+    _fix_positions(session, subject_id, datasets)
+    params = {
+        "subject": subject_id,
+        "datasets": datasets,
+        "new_ids": [replacements.get(d) or forgotten_id(None) for d in datasets],
+    }
     rewritten = 0
-    for dataset in sorted(datasets, key=str):
-        new_id = replacements.get(dataset) or forgotten_id(None)
-        _fix_positions(session, subject_id, dataset)
-        for statement in (
-            update(Record)
-            .where(Record.dataset_id == dataset, Record.subject_id == subject_id)
-            .values(subject_id=new_id),
-            update(KeyCommitment)
-            .where(
-                KeyCommitment.subject_id == subject_id,
-                KeyCommitment.upload_id.in_(select(Upload.id).where(Upload.dataset_id == dataset)),
-            )
-            .values(subject_id=new_id),
-        ):
-            done = session.execute(statement.execution_options(synchronize_session=False))
-            rewritten += cast("CursorResult[Any]", done).rowcount
+    for statement in (_REPLACE_IN_RECORDS, _REPLACE_IN_COMMITMENTS):
+        done = session.execute(statement, params)
+        rewritten += cast("CursorResult[Any]", done).rowcount
     return rewritten
 
 
-def _fix_positions(session: Session, subject_id: str, dataset: uuid.UUID) -> None:
-    """Record the leaf index of `subject_id`'s commitment in each upload of `dataset`.
+def _fix_positions(session: Session, subject_id: str, datasets: list[uuid.UUID]) -> None:
+    """Record the leaf index of `subject_id`'s commitment in each upload of `datasets`.
 
     The leaves are the upload's commitments by subject id. Rows still holding their subject id
     keep their relative order; forgotten rows hold their index in `position`. So the index of
@@ -395,7 +405,7 @@ def _fix_positions(session: Session, subject_id: str, dataset: uuid.UUID) -> Non
     commitment of every upload the subject is in would cost an erasure a write per subject
     of those uploads.
     """
-    params = {"subject": subject_id, "dataset": dataset}
+    params = {"subject": subject_id, "datasets": datasets}
     before = {u: int(n) for u, n in session.execute(_SORTED_BEFORE, params)}
     if not before:
         return
