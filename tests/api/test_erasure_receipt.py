@@ -32,7 +32,7 @@ from api.app import create_app
 from api.client import CivisClient
 from ledger_bridge import receipts
 from ledger_bridge.contracts import codec, tx
-from ledger_bridge.crypto import SigningKey
+from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.genesis import GENESIS_FILE
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.receipts import ErasureReceipt
@@ -262,3 +262,32 @@ def test_a_repeated_erasure_answers_the_first_certificate_without_its_receipt(
     assert again.status_code == 201, again.text
     assert again.json()["erasure_id"] == first.json()["erasure_id"]
     assert again.json()["erasure_receipt"] is None and again.json()["receipt_key"] is None
+
+
+REDACTION_BLOCKS_MAX = 200  # the erasure's checkpoint (every 32 blocks) must become stable
+
+
+def test_once_the_replicas_redacted_the_erasure_only_the_receipt_links_it_to_the_subject(
+    ledger_env: LedgerEnv, base_url: str
+) -> None:
+    """The replicas drop the body of every request naming P, the erasure.record's own
+    included, once the erasure's checkpoint is stable: each replica's copy of the block then
+    holds a digest and nothing naming P, and the receipt still verifies against it."""
+    env = ledger_env
+    anyone = _client(base_url, env)
+    erased = _subject(anyone)
+    _stored(base_url, env, [erased])
+    cert: dict[str, Any] = dict(anyone.request_erasure(erased.key))
+    receipt = ErasureReceipt.from_json(cert["erasure_receipt"])
+    ours = digest(receipt.request)
+    for _ in range(REDACTION_BLOCKS_MAX):  # traffic moves the checkpoints on
+        blocks = [env.gateway.block(receipt.height, replica=i) for i in range(4)]
+        if all(ours in {o.request_digest for o in b.omitted} for b in blocks):
+            break
+        _subject(anyone)
+    else:
+        raise AssertionError("the replicas never redacted the erasure's request")
+    named = (erased.id.encode(), bytes.fromhex(erased.id))
+    for block in blocks:
+        assert not any(n in m.encode(block) for n in named)
+        assert receipts.verify(receipt, block, env.gateway.validators, erased.id)
