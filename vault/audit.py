@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import String, and_, cast, exists, func, select, true
 from sqlalchemy.orm import Session
 
+from vault.erasure import FORGOTTEN_PREFIX
 from vault.models import (
     OUTBOX_PENDING,
     Dataset,
@@ -138,6 +139,9 @@ def retention_audit(
             )
         )
 
+    # 3b. A forgotten subject's commitment left live: the erasure dropped the name only.
+    findings.extend(_forgotten_but_live(session, of_dataset))
+
     # 4. Every expiry must have its ledger fact queued (the service checks it reached the chain).
     recorded_days = {
         (f.payload["scope"]["dataset_id"], f.payload["scope"]["day"])
@@ -169,6 +173,34 @@ def retention_audit(
         or 0
     )
     return RetentionAudit(today, findings, uploads_checked, epochs_expired)
+
+
+def _forgotten_but_live(session: Session, of_dataset: Any) -> list[Finding]:
+    """Key commitments under a forgotten subject id (vault/erasure.py) not marked destroyed.
+
+    An erasure replaces the subject id in the same transaction as it destroys the subject's
+    secret and marks its commitments, so a forgotten id on a live commitment means the rows
+    were rewritten by something else than an erasure, or an erasure half done.
+    """
+    rows = session.execute(
+        select(KeyCommitment.upload_id, func.count())
+        .join(Upload, Upload.id == KeyCommitment.upload_id)
+        .where(
+            KeyCommitment.subject_id.startswith(FORGOTTEN_PREFIX, autoescape=True),
+            KeyCommitment.destroyed_at.is_(None),
+            of_dataset(Upload.dataset_id),
+        )
+        .group_by(KeyCommitment.upload_id)
+    )
+    return [
+        Finding(
+            "forgotten-commitment-live",
+            f"{n} key commitment(s) of upload {upload_id} name a forgotten subject but are "
+            "not marked destroyed",
+            {"upload_id": str(upload_id)},
+        )
+        for upload_id, n in rows
+    ]
 
 
 # -- the ledger cross-check: the vault's destructions against the ledger's erasure records ---

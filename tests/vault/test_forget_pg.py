@@ -32,6 +32,7 @@ from tests.conftest import PgServer, _admin_conninfo
 from tests.vault.conftest import make_dataset
 from tests.vault.test_forensic import _pg_dump
 from vault import db
+from vault.audit import retention_audit
 from vault.crypto import record_leaf
 from vault.crypto.merkle import leaf_hash, merkle_root, verify_inclusion
 from vault.erasure import Eraser, forgotten_id, settle_erasure
@@ -281,3 +282,23 @@ def test_an_erasure_everywhere_after_every_dataset_was_erased_still_forgets(
         _relay_records(s, result.outbox_id)
     dump = _pg_dump(fresh_database_url)
     assert _found(dump, world.p) == [] and "hex" in _found(dump, world.q)
+
+
+def test_the_audit_finds_a_forgotten_subject_whose_commitment_was_left_live(
+    world: World,
+) -> None:
+    world.erase(None)
+    today = dt.date.today()
+    with Session(world.engine) as s:  # rolled back on leaving
+        assert "forgotten-commitment-live" not in {
+            f.code for f in retention_audit(s, today).findings
+        }
+        s.execute(
+            update(KeyCommitment)
+            .where(KeyCommitment.subject_id == forgotten_id(world.secrets[world.d2]))
+            .values(destroyed_at=None)
+        )
+        found = retention_audit(s, today).findings
+    assert [(f.code, f.refs) for f in found] == [
+        ("forgotten-commitment-live", {"upload_id": str(world.uploads[1])})
+    ]
