@@ -33,11 +33,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import httpx
 
 from ledger_bridge import receipts
+from ledger_bridge.contracts import tx as contract_tx
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import GenesisError, load_signing_key
+from ledger_bridge.pbft import messages as m
 from vault.crypto._hazmat import hkdf_sha256
 
 MESSAGE_BYTES_MAX = 1024 * 1024
@@ -158,14 +162,23 @@ class Wallet:
         """The current key of every dataset the wallet knows."""
         return {d: pseudonym_key(self.master, d, r.generation) for d, r in self.datasets.items()}
 
-    def record_erasure(self, dataset: str, certificate: Mapping[str, Any]) -> SigningKey:
+    def record_erasure(
+        self,
+        dataset: str,
+        certificate: Mapping[str, Any],
+        erasure_receipt: Mapping[str, Any] | None = None,
+    ) -> SigningKey:
         """Keep the erasure's receipt and raise the dataset's generation; returns the next key.
 
-        The certificate must carry its ledger receipt, and a certificate that still names its
-        subject must name this dataset's current pseudonym: raising the generation on anything
-        else would leave the wallet signing with a key the ledger still knows. (Once the vault
-        has forgotten the subject, its certificates name no one; the wallet then trusts its
-        holder, who asked for the erasure of this dataset's pseudonym.)
+        What the wallet keeps is the erasure receipt {height, request, tx_id}
+        (ledger_bridge/receipts.py), the subject's only proof once the ledger forgot the
+        pseudonym: the certificate's `erasure_receipt`, or `erasure_receipt` given here when
+        the certificate was pending and its sealed receipt was fetched and opened
+        (`CivisClient.erasure_receipt`). The receipt's own transaction must be the erasure.record
+        of this dataset's current pseudonym: raising the generation on anything else would
+        leave the wallet signing with a key the ledger still knows, and keep a proof of
+        someone else's erasure. That check needs nothing from the vault, whose certificate names
+        no one once it has forgotten the subject.
         """
         d = dataset_id(dataset)
         current = bytes(self.pseudonym(d).public_key).hex()
@@ -175,9 +188,11 @@ class Wallet:
         named = [scope[k] for k in ("subject_id", "subject") if k in scope]
         if any(n != current for n in named):
             raise WalletError(f"the certificate does not erase this wallet's pseudonym in {d}")
-        receipt = certificate.get("receipt")
-        if not isinstance(receipt, Mapping) or not isinstance(receipt.get("tx_id"), str):
-            raise WalletError("the erasure has no ledger receipt yet; record it once it has one")
+        receipt = _erasure_receipt_of(certificate, erasure_receipt)
+        _check_erases(receipt, current, d)
+        ledger = certificate.get("receipt")
+        if isinstance(ledger, Mapping) and ledger.get("tx_id") != receipt.tx_id:
+            raise WalletError("the certificate's ledger receipt is not its erasure receipt's")
         relation = self.datasets[d]
         if relation.generation >= GENERATION_MAX:
             raise WalletError(f"the generations of {d} are used up")
@@ -186,12 +201,25 @@ class Wallet:
                 "generation": relation.generation,
                 "pseudonym": current,
                 "erasure_id": certificate.get("erasure_id"),
-                "receipt": dict(receipt),
+                "receipt": {"tx_id": receipt.tx_id, "block_height": receipt.height},
+                "erasure_receipt": receipt.to_json(),
             }
         )
         relation.generation += 1
         self.save()
         return pseudonym_key(self.master, d, relation.generation)
+
+    def kept_erasure(self, dataset: str, generation: int | None = None) -> dict[str, Any]:
+        """What the wallet kept of the erasure of `dataset`'s pseudonym at `generation` (the
+        latest erasure when None): the pseudonym and its receipt, as `verify-erasure` reads it."""
+        d = dataset_id(dataset)
+        relation = self.datasets.get(d)
+        kept = [] if relation is None else relation.erasures
+        if generation is not None:
+            kept = [e for e in kept if e.get("generation") == generation]
+        if not kept:
+            raise WalletError(f"the wallet kept no such erasure in {d}")
+        return {"dataset": d, **kept[-1]}
 
     def save(self) -> None:
         state = {
@@ -202,6 +230,49 @@ class Wallet:
             },
         }
         _write_private(state_path(self.path), json.dumps(state, indent=1).encode() + b"\n")
+
+
+def _erasure_receipt_of(
+    certificate: Mapping[str, Any], given: Mapping[str, Any] | None
+) -> receipts.ErasureReceipt:
+    """The erasure receipt given, or the certificate's; a pending certificate's is fetched
+    first (GET /v1/erasure-receipts/{id}, opened with its `receipt_key`)."""
+    obj = given if given is not None else certificate.get("erasure_receipt")
+    if obj is None:
+        if certificate.get("receipt_key"):
+            raise WalletError(
+                "the erasure is pending: fetch its sealed receipt with the certificate's "
+                "receipt_key (wallet erased --api URL) and record it then"
+            )
+        raise WalletError("the certificate carries no erasure receipt: nothing proves the erasure")
+    try:
+        return receipts.ErasureReceipt.from_json(dict(obj) if isinstance(obj, Mapping) else obj)
+    except receipts.ReceiptInvalid as exc:
+        raise WalletError(f"the erasure receipt is malformed: {exc}") from None
+
+
+def _check_erases(receipt: receipts.ErasureReceipt, pseudonym: str, dataset: str) -> None:
+    """The receipt's request must carry a validly signed erasure.record, with the receipt's tx
+    id, of `pseudonym` everywhere or in `dataset`. (Whether the ledger committed it is what
+    `verify-erasure` checks against the block.)"""
+    try:
+        request = m.decode(receipt.request)
+        if not isinstance(request, m.Request) or not m.verify_request(request):
+            raise ValueError("not a signed request")
+        signed = contract_tx.decode(request.tx)
+    except (m.RemoteProtocolError, contract_tx.MalformedTx, ValueError):
+        raise WalletError("the erasure receipt's request is not a signed request") from None
+    scope = signed.body.get("scope")
+    if (
+        signed.type != "erasure.record"
+        or signed.tx_id.hex() != receipt.tx_id
+        or not isinstance(scope, dict)
+        or scope.get("subject") != pseudonym
+        or scope.get("dataset", dataset) != dataset
+    ):
+        raise WalletError(
+            f"the erasure receipt does not erase this wallet's pseudonym in {dataset}"
+        )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -287,7 +358,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     erased.add_argument(
         "--certificate", required=True, help="the erasure certificate (JSON) file, or - for stdin"
     )
+    erased.add_argument(
+        "--api",
+        help="the API's base URL: a pending certificate's sealed receipt is fetched from it",
+    )
+    erased.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for a pending receipt"
+    )
     erased.set_defaults(func=_erased)
+    kept = actions.add_parser(
+        "receipt",
+        help="print the erasure receipt the wallet kept (verify-erasure --receipt reads it)",
+    )
+    kept.add_argument("--key", type=Path, required=True)
+    kept.add_argument("--dataset", required=True)
+    kept.add_argument("--generation", type=int, help="the erased generation (default: latest)")
+    kept.set_defaults(func=_receipt)
     receipts.add_verify_command(actions)  # verify-erasure: ledger_bridge/receipts.py
 
 
@@ -365,7 +451,10 @@ def _erased(args: argparse.Namespace) -> int:
             raise WalletError("the certificate is not an erasure certificate")
         d = dataset_id(args.dataset)
         erased = wallet.pseudonym(d).public_key.hex()
-        following = wallet.record_erasure(d, certificate)
+        receipt = None
+        if certificate.get("erasure_receipt") is None and args.api is not None:
+            receipt = _fetch_receipt(args.api, certificate, args.wait)
+        following = wallet.record_erasure(d, certificate, receipt)
         return {
             "dataset": d,
             "erased": erased,
@@ -374,3 +463,21 @@ def _erased(args: argparse.Namespace) -> int:
         }
 
     return _report("erased", run)
+
+
+def _fetch_receipt(api: str, certificate: dict[str, Any], wait_s: float) -> dict[str, Any]:
+    """A pending certificate's receipt, fetched sealed from the API and opened with its key."""
+    from api.client import CivisClient, ClientError, ErasureCertificate  # the client imports us
+
+    try:
+        with CivisClient(api) as client:
+            answer = cast(ErasureCertificate, certificate)
+            return dict(client.erasure_receipt(answer, wait_s=wait_s))
+    except (ClientError, httpx.HTTPError, receipts.ReceiptInvalid) as exc:
+        raise WalletError(f"fetching the erasure receipt: {exc}") from None
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    return _report(
+        "receipt", lambda: Wallet.open(args.key).kept_erasure(args.dataset, args.generation)
+    )

@@ -26,20 +26,30 @@ from typing import Any, BinaryIO, Literal, cast
 
 import httpx
 
-from api.client.errors import AnchorRefused, AnchorTimeout, problem_from
+from api.client.errors import (
+    AnchorRefused,
+    AnchorTimeout,
+    ClientError,
+    ReceiptTimeout,
+    problem_from,
+)
 from api.client.types import (
     AccessAnswer,
     Dataset,
     Draft,
     ErasureCertificate,
+    ErasureReceipt,
     Export,
     LedgerQuery,
     LedgerWrite,
     PredicateAnswer,
+    Purposes,
+    SealedReceipt,
     SignedTransaction,
     Upload,
 )
 from api.wallet import sign_message
+from ledger_bridge import receipts
 from ledger_bridge.crypto import SigningKey
 
 TIMEOUT_S = 60.0
@@ -223,6 +233,11 @@ class CivisClient:
 
     def proposals(self) -> LedgerQuery:
         return cast(LedgerQuery, self._get("/v1/governance/proposals"))
+
+    def purposes(self) -> Purposes:
+        """The approved purposes, each with its declaration (fields, modes, operators,
+        question budget) that bounds its consents; any member may read them."""
+        return cast(Purposes, self._get("/v1/purposes"))
 
     # -- provider: datasets and uploads ---------------------------------------------------
 
@@ -467,6 +482,33 @@ class CivisClient:
 
     def erasure(self, erasure_id: int) -> ErasureCertificate:
         return cast(ErasureCertificate, self._get(f"/v1/erasures/{erasure_id}"))
+
+    def sealed_receipt(self, erasure_id: int) -> SealedReceipt:
+        """The erasure's receipt sealed to its answer's `receipt_key`; no API key needed."""
+        return cast(SealedReceipt, self._get(f"/v1/erasure-receipts/{erasure_id}"))
+
+    def erasure_receipt(
+        self, certificate: ErasureCertificate, *, wait_s: float = 30.0, poll_s: float = 0.2
+    ) -> ErasureReceipt:
+        """The subject's erasure receipt {height, request, tx_id} for an erasure's answer.
+
+        A recorded answer carries it; a pending one (202) carries `receipt_key` instead, and
+        the receipt is fetched sealed and opened with it, waiting up to `wait_s` for the ledger
+        to record the erasure (`ReceiptTimeout` after). The vault cannot give it again: keep it
+        (`Wallet.record_erasure`). `receipts.ReceiptInvalid` if the key does not open it.
+        """
+        if certificate.get("erasure_receipt") is not None:
+            return certificate["erasure_receipt"]  # type: ignore[return-value]
+        key = certificate.get("receipt_key")
+        if not key:
+            raise ClientError("the certificate carries neither erasure_receipt nor receipt_key")
+        deadline = time.monotonic() + wait_s
+        while (sealed := self.sealed_receipt(certificate["erasure_id"])["sealed_receipt"]) is None:
+            if time.monotonic() >= deadline:
+                raise ReceiptTimeout(f"erasure {certificate['erasure_id']} is not recorded yet")
+            time.sleep(poll_s)
+        opened = receipts.open_sealed(bytes.fromhex(sealed), bytes.fromhex(key))
+        return cast(ErasureReceipt, opened.to_json())
 
     def iter_access_log(self, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every access the contracts decided, oldest first (filters: subject, consumer,

@@ -157,6 +157,10 @@ class AnchorTimeout(ClientError):
     """The upload is stored but its `upload.anchor` was not committed within the wait."""
 
 
+class ReceiptTimeout(ClientError):
+    """The erasure's sealed receipt was still null at the wait's end: not recorded yet."""
+
+
 class AnchorRefused(ClientError):
     """The contracts refused the upload's anchor: no consumer is ever served its records."""
 

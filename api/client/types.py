@@ -103,6 +103,23 @@ class Export(TypedDict):
     erasures: list[dict[str, Any]]
 
 
+class ErasureReceipt(TypedDict):
+    """The subject's proof of an erasure (ledger_bridge/receipts.py verifies it): the block,
+    the hex of the PBFT request that carried the erasure.record, and its transaction id."""
+
+    height: int
+    request: str
+    tx_id: str
+
+
+class SealedReceipt(TypedDict):
+    """GET /v1/erasure-receipts/{id}: the receipt sealed to the answer's `receipt_key`
+    (hex libsodium sealed box), null until the ledger recorded the erasure."""
+
+    erasure_id: int
+    sealed_receipt: str | None
+
+
 class ErasureCertificate(TypedDict):
     erasure_id: int
     state: Literal["pending", "recorded", "refused"]
@@ -116,3 +133,29 @@ class ErasureCertificate(TypedDict):
     erased_at: str
     request: int | None
     receipt: Receipt | None
+    erasure_receipt: ErasureReceipt | None  # in the erasure's own answer only
+    receipt_key: str | None  # hex X25519 key opening the sealed receipt of a pending answer
+
+
+ConsentMode = Literal["predicate", "projection", "full"]
+
+
+class PurposeDeclaration(TypedDict):
+    """What a purpose may disclose: a consent's mode and fields stay within it."""
+
+    fields: list[str]
+    modes: list[ConsentMode]
+    operators: list[str]
+    questions: int
+    period_days: int
+
+
+class Purpose(TypedDict):
+    purpose: str
+    approved_at_height: int
+    declaration: PurposeDeclaration | None
+
+
+class Purposes(TypedDict):
+    height: int
+    purposes: list[Purpose]

@@ -14,7 +14,9 @@ import pytest
 
 from api.cli import main
 from api.wallet import Wallet, WalletError, new_wallet, pairwise_seed, pseudonym_key
-from ledger_bridge.crypto import verify
+from ledger_bridge.contracts import tx
+from ledger_bridge.crypto import SigningKey, verify
+from ledger_bridge.pbft import messages as m
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
@@ -101,12 +103,29 @@ def test_pseudonym_and_sign_per_dataset(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["wallet", "pseudonym", "--key", str(key), "--dataset", "not-a-uuid"]) == 2
 
 
-def _certificate(subject: str, receipt: dict[str, object] | None) -> dict[str, object]:
+def _erasure_receipt(subject: str, dataset: str | None = None) -> dict[str, Any]:
+    """A receipt whose request carries a validly signed erasure.record of `subject` (which no
+    ledger ordered: what the wallet checks offline is whose erasure the receipt is)."""
+    key = SigningKey.generate()
+    scope = {"kind": "subject", "subject": subject}
+    if dataset is not None:
+        scope["dataset"] = dataset
+    body = {"scope": scope, "key_commitments": [], "uploads": [], "reason": "dpo_decision"}
+    body["requester"] = "dpo"
+    signed = tx.sign(key, "civis-test", "erasure.record", body, valid_until=2**40)
+    request = m.encode(m.make_request(key, 1, signed.encode()))
+    return {"height": 42, "request": request.hex(), "tx_id": signed.tx_id.hex()}
+
+
+def _certificate(subject: str, receipt: dict[str, Any] | None) -> dict[str, object]:
+    ledger = None if receipt is None else {"tx_id": receipt["tx_id"], "block_height": 42}
     return {
         "erasure_id": 7,
         "state": "recorded" if receipt else "pending",
         "scope": {"type": "subject", "subject_id": subject},
-        "receipt": receipt,
+        "receipt": ledger,
+        "erasure_receipt": receipt,
+        "receipt_key": None,
     }
 
 
@@ -118,7 +137,7 @@ def test_an_erasure_raises_the_generation(
     before = _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET)[1]["public_key"]
     beside = _run(capsys, "pseudonym", "--key", str(key), "--dataset", OTHER)[1]["public_key"]
     cert = tmp_path / "cert.json"
-    receipt = {"tx_id": "ab" * 32, "block_height": 42}
+    receipt = _erasure_receipt(before)
 
     def erased(certificate: dict[str, object]) -> tuple[int, dict[str, Any]]:
         cert.write_text(json.dumps(certificate))
@@ -126,9 +145,19 @@ def test_an_erasure_raises_the_generation(
             capsys, "erased", "--key", str(key), "--dataset", DATASET, "--certificate", str(cert)
         )
 
-    # Another pseudonym's certificate, or one not yet on the ledger, changes nothing.
-    assert erased(_certificate(beside, receipt))[0] == 2
+    # Another pseudonym's certificate, or one without the erasure receipt, changes nothing;
+    # so does a receipt of another pseudonym's erasure (or of this one's in another dataset)
+    # under a certificate that names no one or names this pseudonym.
+    assert erased(_certificate(beside, _erasure_receipt(beside)))[0] == 2
     assert erased(_certificate(before, None))[0] == 2
+    pending = {**_certificate(before, None), "receipt_key": "11" * 32}
+    assert erased(pending)[0] == 2
+    for foreign in (_erasure_receipt(beside), _erasure_receipt(before, OTHER)):
+        assert erased(_certificate(before, foreign))[0] == 2
+        assert erased({**_certificate(before, foreign), "scope": {"type": "subject"}})[0] == 2
+    tampered = {**receipt, "tx_id": "ab" * 32}
+    assert erased(_certificate(before, tampered))[0] == 2
+    assert erased({**_certificate(before, receipt), "erasure_receipt": {"height": 1}})[0] == 2
     assert _run(capsys, "pseudonym", "--key", str(key), "--dataset", DATASET)[1]["generation"] == 0
     code, out = erased(_certificate(before, receipt))
     assert code == 0 and out["erased"] == before and out["generation"] == 1
@@ -139,17 +168,28 @@ def test_an_erasure_raises_the_generation(
     assert (
         _run(capsys, "pseudonym", "--key", str(key), "--dataset", OTHER)[1]["public_key"] == beside
     )
-    wallet = Wallet.open(key)
-    assert wallet.datasets[DATASET].erasures == [
-        {"generation": 0, "pseudonym": before, "erasure_id": 7, "receipt": receipt}
-    ]
-    assert wallet.pseudonyms()[DATASET].public_key.hex() == after["public_key"]
-    # A certificate from a vault that has forgotten the subject names no one: the holder's
-    # word for the dataset is what the wallet has.
+    kept = {
+        "generation": 0,
+        "pseudonym": before,
+        "erasure_id": 7,
+        "receipt": {"tx_id": receipt["tx_id"], "block_height": 42},
+        "erasure_receipt": receipt,
+    }
+    assert Wallet.open(key).datasets[DATASET].erasures == [kept]
+    assert Wallet.open(key).pseudonyms()[DATASET].public_key.hex() == after["public_key"]
+    # A certificate from a vault that has forgotten the subject names no one: the receipt's
+    # own transaction says whose erasure it is.
+    receipt = _erasure_receipt(after["public_key"], DATASET)
     forgotten = {**_certificate(before, receipt), "scope": {"type": "subject"}}
     code, out = erased(forgotten)
     assert code == 0 and out["erased"] == after["public_key"] and out["generation"] == 2
     assert erased({**forgotten, "scope": None})[0] == 2
+    # `wallet receipt` prints what was kept, latest first, as verify-erasure reads it.
+    shown = _run(capsys, "receipt", "--key", str(key), "--dataset", DATASET)[1]
+    assert shown["erasure_receipt"] == receipt and shown["pseudonym"] == after["public_key"]
+    first = _run(capsys, "receipt", "--key", str(key), "--dataset", DATASET, "--generation", "0")
+    assert first[1] == {"dataset": DATASET, **kept}
+    assert main(["wallet", "receipt", "--key", str(key), "--dataset", OTHER]) == 2
 
 
 def test_the_relationships_file_is_private_and_well_formed(
