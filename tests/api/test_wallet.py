@@ -1,5 +1,6 @@
-"""The subject's wallet: a 0600 key file never overwritten, signatures the ledger verifies, and
-one pseudonym per dataset derived as docs/KEYS.md ("Identities") says."""
+"""The subject's wallet: a 0600 key file never overwritten, signatures the ledger verifies,
+one pseudonym per dataset derived as docs/KEYS.md ("Identities") says, and, after an erasure,
+the erasure receipt it kept, which `verify-erasure` accepts against the real ledger's block."""
 
 from __future__ import annotations
 
@@ -7,16 +8,25 @@ import hashlib
 import hmac
 import json
 import stat
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
+from api.app import create_app
 from api.cli import main
+from api.client import CivisClient, public_hex
 from api.wallet import Wallet, WalletError, new_wallet, pairwise_seed, pseudonym_key
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey, verify
+from ledger_bridge.genesis import GENESIS_FILE
 from ledger_bridge.pbft import messages as m
+from tests.api.ledger_env import LedgerEnv
+from tests.api.test_erasure_receipt import _serve
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
@@ -213,3 +223,102 @@ def test_the_relationships_file_is_private_and_well_formed(
         state.write_bytes(bad)
         assert main(["wallet", "pseudonym", "--key", str(key), "--dataset", DATASET]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+# -- over the real API and ledger: what the wallet kept verifies ------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_answer_url(ledger_env: LedgerEnv, ledger_database_url: str) -> Iterator[str]:
+    """An API instance on the module's database and ledger that answers before the ledger
+    records anything (202, `receipt_key`); the module's own instance runs the relay."""
+    app: FastAPI = ledger_env.client.app  # type: ignore[assignment]
+    settings = app.state.settings.model_copy(update={"receipt_wait_s": 0.0})
+    slow = create_app(
+        settings, database_url=ledger_database_url, ledger=ledger_env.gateway, background_jobs=False
+    )
+    yield from _serve(slow, "on")
+
+
+def _joined(env: LedgerEnv, wallet: Wallet) -> tuple[str, str]:
+    """A new dataset holding one record of the wallet's pseudonym there; (dataset, pseudonym)."""
+    provider = CivisClient(http=env.client).with_key(
+        env.headers("provider", env.provider)["Authorization"].removeprefix("Bearer ")
+    )
+    dataset = provider.create_dataset(
+        f"wallet-{uuid.uuid4().hex[:10]}",
+        category="address",
+        purposes=["proof-of-address"],
+        retention_days=30,
+        legal_basis="contract",
+    )["id"]
+    key = wallet.pseudonym(dataset)
+    CivisClient(http=env.client).register(key, "subject", "citizens")
+    line = json.dumps({"subject_id": public_hex(key), "payload": {"address": "1 rue du Reçu"}})
+    upload = provider.upload(dataset, (line + "\n").encode(), media_type="application/x-ndjson")
+    assert upload["state"] == "anchored"
+    return dataset, public_hex(key)
+
+
+def _verified(
+    env: LedgerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: Path, dataset: str
+) -> dict[str, int]:
+    """verify-erasure's exit code, from what `wallet receipt` printed, for the erased
+    pseudonym and for the dataset's next one."""
+    code, kept = _run(capsys, "receipt", "--key", str(key), "--dataset", dataset)
+    assert code == 0
+    receipt, block = tmp_path / "kept.json", tmp_path / "block.hex"
+    receipt.write_text(json.dumps(kept))
+    block.write_text(m.encode(env.gateway.block(kept["erasure_receipt"]["height"])).hex())
+    args = ["wallet", "verify-erasure", "--receipt", str(receipt), "--block", str(block)]
+    args += ["--genesis", str(env.cluster.directory / GENESIS_FILE), "--pseudonym"]
+    following = Wallet.open(key).pseudonym(dataset).public_key.hex()
+    return {
+        who: main([*args, nym]) for who, nym in (("erased", kept["pseudonym"]), ("next", following))
+    }
+
+
+def test_the_wallet_keeps_a_receipt_that_proves_the_erasure(
+    ledger_env: LedgerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The subject's own request answered at once: the certificate's receipt is kept."""
+    key = tmp_path / "alice.key"
+    wallet = Wallet.create(key)
+    dataset, nym = _joined(ledger_env, wallet)
+    cert = CivisClient(http=ledger_env.client).request_erasure(wallet.pseudonym(dataset))
+    assert cert["state"] == "recorded" and cert["erasure_receipt"] is not None
+    path = tmp_path / "cert.json"
+    path.write_text(json.dumps(cert))
+    argv = ["erased", "--key", str(key), "--dataset", dataset, "--certificate", str(path)]
+    code, out = _run(capsys, *argv)
+    assert code == 0 and out["erased"] == nym
+    assert _verified(ledger_env, tmp_path, capsys, key, dataset) == {"erased": 0, "next": 1}
+
+
+def test_a_pending_erasure_is_kept_once_its_sealed_receipt_is_fetched(
+    ledger_env: LedgerEnv, slow_answer_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DPO's erasure answered before the ledger recorded it: the certificate holds only
+    `receipt_key`, and the wallet fetches the sealed receipt and opens it."""
+    key = tmp_path / "bob.key"
+    wallet = Wallet.create(key)
+    dataset, nym = _joined(ledger_env, wallet)
+    r = httpx.post(
+        f"{slow_answer_url}/v1/erasures",
+        json={"subject_id": nym},
+        headers=ledger_env.headers("dpo", ledger_env.dpo),
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["erasure_receipt"] is None and r.json()["receipt_key"]
+    path = tmp_path / "cert.json"
+    path.write_text(r.text)
+    argv = ["erased", "--key", str(key), "--dataset", dataset, "--certificate", str(path)]
+    assert main(["wallet", *argv]) == 2  # nothing proves it yet: the generation stays
+    assert Wallet.open(key).generation(dataset) == 0
+    wrong_key = {**r.json(), "receipt_key": "11" * 32}
+    path.write_text(json.dumps(wrong_key))
+    assert main(["wallet", *argv, "--api", slow_answer_url]) == 2
+    path.write_text(r.text)
+    code, out = _run(capsys, *argv, "--api", slow_answer_url)
+    assert code == 0 and out["erased"] == nym and out["generation"] == 1
+    assert _verified(ledger_env, tmp_path, capsys, key, dataset) == {"erased": 0, "next": 1}
