@@ -19,6 +19,7 @@ import pytest
 
 from api.client import (
     CivisClient,
+    ClientError,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -138,6 +139,29 @@ def test_signed_steps_consent_predicate_revocation_and_the_subjects_erasure(
     with pytest.raises(Unauthorized):
         mine.export(citizen.id)
     assert _api(env, "dpo", env.dpo).export(citizen.id)["records"] == []
+    # The answer's receipt is the subject's proof; the sealed copy, served to anyone, is
+    # ciphertext without the key, and an answer with neither cannot give one.
+    receipt = cert["erasure_receipt"]
+    assert receipt is not None and cert["receipt_key"] is None
+    assert api.erasure_receipt(cert) == receipt
+    assert cert["receipt"] is not None and receipt["tx_id"] == cert["receipt"]["tx_id"]
+    sealed = api.sealed_receipt(cert["erasure_id"])["sealed_receipt"]
+    assert sealed is not None and receipt["request"] not in sealed
+    with pytest.raises(ClientError):
+        api.erasure_receipt({**cert, "erasure_receipt": None})
+
+
+def test_purposes_carry_their_declarations(ledger_env: LedgerEnv) -> None:
+    """What a consent may disclose is read from the purpose's declaration: its modes,
+    narrowest first, bound a consent's `mode`."""
+    purposes = _api(ledger_env, "consumer", ledger_env.consumer).purposes()
+    assert purposes["height"] >= 1
+    by_name = {p["purpose"]: p for p in purposes["purposes"]}
+    declared = by_name["proof-of-address"]["declaration"]
+    assert declared is not None and "address" in declared["fields"]
+    assert set(declared["modes"]) <= {"predicate", "projection", "full"}
+    with pytest.raises(Unauthorized):
+        _api(ledger_env).purposes()
 
 
 def test_a_signature_by_another_key_is_refused_as_forbidden(ledger_env: LedgerEnv) -> None:
