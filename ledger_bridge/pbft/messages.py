@@ -738,6 +738,10 @@ def request_digest(req: Request) -> bytes:
 # The `Omission.code` of a body removed after the fact, because the application ordered it
 # forgotten (a subject's erasure), as opposed to a body refused at execution.
 REDACTED = b"redacted"
+# The `Omission.code` of a request ordered again after it was executed (the reply cache says
+# so, the same on every replica): it changes nothing, and a body kept for it would escape
+# redaction, which lists only the positions of executed transactions.
+DUPLICATE = b"duplicate"
 
 
 def redact_block(block: Block, indices: Iterable[int]) -> tuple[Block, int]:

@@ -955,6 +955,7 @@ class Replica:
         self.txs_since_snapshot += len(fresh)
         results = [b""] * len(pp.requests)
         refused: dict[int, bytes] = {}
+        refused.update((i, m.DUPLICATE) for i in set(range(len(pp.requests))) - set(fresh))
         for i, result in zip(fresh, fresh_results, strict=True):
             req = pp.requests[i]
             results[i] = result

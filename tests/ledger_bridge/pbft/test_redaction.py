@@ -175,3 +175,27 @@ def _unredacted(net: Net) -> dict[int, m.Block]:
             b = dataclasses.replace(b, requests=(bodies[h],), omitted=())
         out[h] = b
     return out
+
+
+def test_a_request_ordered_again_after_its_execution_leaves_no_body() -> None:
+    """Attack: after the forget and its checkpoint, a primary (faulty, or honest when a
+    client's retry reaches it) orders again a request executed long before, one that wrote
+    the marker. It executes nowhere (the reply cache says it ran), so no redaction entry will
+    ever list its new position: its body must not be stored in a block at all, only its
+    digest. (The log keeps the batch, as every batch, until the next durable snapshot.)"""
+    net = Net(params={"checkpoint_interval": 4, "log_window": 8, "durable_snapshot_txs": 1})
+    _run(net, SCRIPT)
+    assert all(r.h == 4 and r.redactions_applied == 3 for r in net.replicas)
+    old = m.make_request(_client(0), 1, SCRIPT[0])
+    primary = net.replicas[0]
+    assert primary.is_primary
+    primary._propose((old,))
+    net.deliver_all()
+    _run(net, [encode_set(b"pad%d" % k, b"x") for k in range(4)], first_client=20)
+    for i in range(4):
+        again = net.blocks[i][5]
+        assert [(o.index, o.code) for o in again.omitted] == [(0, m.DUPLICATE)]
+        assert not any(MARKER in tx for b in net.blocks[i].values() for tx in b.txs)
+        assert not _records_hold_marker(net, i)
+        blocks = [net.blocks[i][h] for h in sorted(net.blocks[i])]
+        assert verify_chain(blocks, net.config.public_keys)
