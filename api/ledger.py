@@ -37,6 +37,7 @@ from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransp
 from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import GENESIS_FILE, Genesis, load_genesis
+from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block
 
 T = TypeVar("T")
@@ -264,6 +265,11 @@ class LedgerGateway:
         signed = self.sign_as_vault(tx_type, body, nonce=nonce)
         with self._relay_lock:
             receipt = self._run(self._relay.submit(signed.encode(), request_id=request_id))
+        if receipt.result == m.REDACTED:
+            # This request id executed earlier (a retry after a crash or a lost reply) and the
+            # replicas withheld its cached result since, because an erasure's block followed:
+            # what it bought is read back by its nonce, as for a spent one.
+            return self._recorded_earlier(kind, nonce)
         result: dict[str, Any] = codec.decode(receipt.result)
         if result.get("ok"):
             tx_id = bytes(result["tx"])
@@ -274,15 +280,19 @@ class LedgerGateway:
                 sent or self._committed_request(kind, receipt.block_height, tx_id),
             )
         if result.get("code") == "replayed":
-            seen = self.query("nonce", author=self.vault_id, nonce=nonce)["result"]
-            if seen is not None and "refused" in seen:
-                # A refused transaction burns its nonce: the first attempt was refused.
-                raise FactRefused(str(seen["refused"]), "refused when first ordered")
-            if seen is not None:
-                height, tx_id = int(seen["height"]), bytes(seen["tx"])
-                request = self._committed_request(kind, height, tx_id)
-                return FactReceipt(tx_id.hex(), height, request)
+            return self._recorded_earlier(kind, nonce)
         raise FactRefused(str(result.get("code")), str(result.get("message")))
+
+    def _recorded_earlier(self, kind: str, nonce: bytes) -> FactReceipt:
+        """The receipt of the fact's transaction that an earlier submission committed, found
+        by its nonce; FactRefused if that one was refused (a refusal burns its nonce)."""
+        seen = self.query("nonce", author=self.vault_id, nonce=nonce)["result"]
+        if seen is None:
+            raise FactRefused("replayed", "the nonce is spent and its record has expired")
+        if "refused" in seen:
+            raise FactRefused(str(seen["refused"]), "refused when first ordered")
+        height, tx_id = int(seen["height"]), bytes(seen["tx"])
+        return FactReceipt(tx_id.hex(), height, self._committed_request(kind, height, tx_id))
 
     def _committed_request(self, kind: str, height: int, tx_id: bytes) -> bytes | None:
         """The encoded request that carried an erasure fact, read from its block, when the

@@ -682,3 +682,28 @@ def body_status(env: LedgerEnv) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     replicas: list[dict[str, Any]] = r.json()["replicas"]
     return replicas
+
+
+def test_a_relay_retry_after_the_erasure_was_redacted_gets_its_receipt(
+    ledger_env: LedgerEnv,
+) -> None:
+    """The relay sent an erasure everywhere, crashed before marking it, and sends it again
+    under the same request id once a checkpoint covered it. The replicas' reply cache then
+    holds a withheld result (the erasure's block forgot whom it named): the relay reads what
+    the first submission bought by its nonce, the same transaction at the same height,
+    instead of failing on every retry and holding up every later fact."""
+    env = ledger_env
+    subject = _subject(env)
+    payload = {
+        "scope": {"type": "subject", "subject_id": subject.id},
+        "key_commitments": [],
+        "uploads": [],
+        "reason": "dpo_decision",
+        "requester": "dpo",
+    }
+    applied = (env.cluster.status(0) or {}).get("redactions_applied", 0)
+    fact_id, request_id = 10**9 + 7, 4_000_000_001
+    first = env.gateway.record(fact_id, "erasure.record", payload, request_id=request_id)
+    _redactions_done(env, applied + 2)  # the registration and the erasure itself
+    again = env.gateway.record(fact_id, "erasure.record", payload, request_id=request_id)
+    assert (again.tx_id, again.block_height) == (first.tx_id, first.block_height)
