@@ -153,16 +153,25 @@ ACCESS_LOG_PATH_MAX = 200
 _ACCESS_LOGGER = "uvicorn.access"
 
 
+# A 32-byte key or hash in hex: a subject's pseudonym in a path (/v1/subjects/{id}/export,
+# ?subject_id=...) is personal data, and a log outlives the subject's erasure.
+_KEY_HEX = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
+
+
 class BoundedAccessLog(logging.Filter):
-    """Cuts the request line of uvicorn's access log: the path and query string are the
-    caller's, and a refused request must not reach the log in full (a 60 KB query string is
-    one line of 60 KB per request otherwise). uvicorn logs `(client, method, path, version,
-    status)` as the record's arguments."""
+    """Cuts the request line of uvicorn's access log, and masks the keys in it.
+
+    The path and query string are the caller's: a refused request must not reach the log in
+    full (a 60 KB query string is one line of 60 KB per request otherwise), and a subject's
+    pseudonym must not reach it at all, since nothing erases a log line when the subject is
+    erased; every 64-hex-digit run becomes `<key>`. uvicorn logs `(client, method, path,
+    version, status)` as the record's arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            path = args[2]
+            path = _KEY_HEX.sub("<key>", args[2])
+            record.args = (args[0], args[1], path, args[3], args[4])
             if len(path) > ACCESS_LOG_PATH_MAX:
                 cut = f"{path[:ACCESS_LOG_PATH_MAX]}…(+{len(path) - ACCESS_LOG_PATH_MAX})"
                 record.args = (args[0], args[1], cut, args[3], args[4])

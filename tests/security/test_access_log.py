@@ -39,3 +39,23 @@ def test_the_filter_is_installed_once() -> None:
     bound_access_log()
     filters = logging.getLogger("uvicorn.access").filters
     assert sum(isinstance(f, BoundedAccessLog) for f in filters) == 1
+
+
+def test_a_subjects_pseudonym_never_reaches_the_access_log() -> None:
+    """Nothing erases a log line when its subject is erased: a 64-hex key in the path or the
+    query string (any case) is masked; shorter or longer hex runs (a UUID, a digest of
+    another size) are not keys and stay."""
+    key = "ab12" * 16
+    for path in (
+        f"/v1/subjects/{key}/export",
+        f"/v1/erasures?subject_id={key.upper()}&limit=5",
+        f"/v1/members/{key}",
+    ):
+        record = _record(path)
+        BoundedAccessLog().filter(record)
+        line = record.getMessage()
+        assert key not in line.lower() and "<key>" in line, line
+    kept = "/v1/datasets/6d45da9b-cf85-410c-9360-9dc2fbb810c8?h=" + "c" * 63
+    record = _record(kept)
+    BoundedAccessLog().filter(record)
+    assert kept in record.getMessage()
