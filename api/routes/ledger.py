@@ -115,19 +115,24 @@ class TransactionOut(BaseModel):
     client: str = Field(description="hex public key of the PBFT client that submitted it")
 
 
-class RefusedOut(BaseModel):
+class OmissionOut(BaseModel):
     index: int = Field(description="position of the request in the ordered batch")
     request_digest: str = Field(
         description="hex digest of the PBFT request (the batch digest covers it)"
     )
-    code: str = Field(description="why the contracts refused it; its body is not kept")
+    code: str = Field(
+        description="why its body is not kept: the contracts' refusal code, or `redacted` "
+        "(an erasure everywhere forgot a subject it named; the subject's receipt holds the "
+        "request whose digest this is)"
+    )
 
 
 class BlockOut(BlockHeader):
     certificate: CertificateOut
     transactions: list[TransactionOut]
-    refused: list[RefusedOut] = Field(
-        description="requests the contracts refused: only their digest and code stay in the chain"
+    omitted: list[OmissionOut] = Field(
+        description="requests whose bodies the block does not hold (refused by the contracts, "
+        "or redacted after an erasure): only their digest and why stay in the chain"
     )
     verified: bool = Field(
         description="batch digest, client signatures and 2f+1 commit signatures verify "
@@ -291,8 +296,8 @@ def block_out(block: m.Block, gateway: LedgerGateway) -> BlockOut:
             signatures=[_hex(s) for s in block.certificate],
         ),
         transactions=[_transaction(r) for r in block.requests],
-        refused=[
-            RefusedOut(
+        omitted=[
+            OmissionOut(
                 index=o.index,
                 request_digest=_hex(o.request_digest),
                 code=o.code.decode("ascii", "replace"),

@@ -56,7 +56,8 @@ def test_status_reports_a_stopped_replica_and_keeps_the_quorum(ledger_env: Ledge
         down = [x for x in body["replicas"] if not x["reachable"]]
         assert down == [
             {"id": 2, "college": down[0]["college"], "reachable": False}
-            | {"height": None, "view": None, "primary": None}
+            | {"height": None, "view": None, "primary": None, "stable_seq": None}
+            | {"redactions_applied": None, "redactions_pending": None}
         ]
     finally:
         env.cluster.start([2])

@@ -189,6 +189,9 @@ def world(system: System) -> World:
     ]
     answers += _proof_of_address(system, bank, addresses, p1, control)
     answers += _road_maintenance(system, roads, sensors, p2, control)
+    # The chain as anyone saw it before the erasure: once a checkpoint covers the erasure,
+    # the replicas keep only digests of what named the second pseudonym.
+    before = _chain(system)
     answers += _erasure_everywhere(system, wallet, roads, sensors, p2, control)
     # The first pseudonym is untouched by the second's erasure: the bank still learns yes.
     answers.append(_ask(bank, addresses, p1, "1 rue A"))
@@ -202,7 +205,12 @@ def world(system: System) -> World:
     ):
         answers += _readable(entity, dataset, subjects)
     answers += _block_answers(bank.api)
-    chain = _chain(system)
+    after = _chain(system)
+    chain = Chain(
+        before.transactions + after.transactions,
+        before.blocks + after.blocks,
+        before.relays | after.relays,
+    )
     return World(
         wallet,
         public_hex(p1),
@@ -265,7 +273,10 @@ def _road_maintenance(
     got = sorted(r["subject_id"] for r in out["records"])
     assert got == sorted([public_hex(p2), public_hex(control)])
     assert all(sorted(r["payload"]) == FIELDS for r in out["records"])
-    return [out]
+    ids = [public_hex(p2), public_hex(control)]
+    named = roads.api.access(dataset, "road-maintenance", subjects=ids, fields=FIELDS)
+    assert sorted(r["subject_id"] for r in named["records"]) == sorted(ids)
+    return [out, named]
 
 
 def _erasure_everywhere(
@@ -282,11 +293,19 @@ def _erasure_everywhere(
     assert cert["state"] == "recorded" and cert["receipt"] is not None
     following = wallet.record_erasure(dataset, dict(cert))
     assert following.public_key != p2.public_key and wallet.generation(dataset) == 1
-    ids = [public_hex(p2), public_hex(control)]
-    out = roads.api.access(dataset, "road-maintenance", subjects=ids, fields=FIELDS)
+    # Forgotten, the pseudonym is no member: naming it is refused whole (only the request's
+    # digest reaches the chain); the control is read as before.
+    refused = _refused(
+        lambda: roads.api.access(
+            dataset, "road-maintenance", subjects=[public_hex(p2)], fields=FIELDS
+        )
+    )
+    assert refused["detail"].startswith("unknown_subject"), refused
+    out = roads.api.access(
+        dataset, "road-maintenance", subjects=[public_hex(control)], fields=FIELDS
+    )
     assert [r["subject_id"] for r in out["records"]] == [public_hex(control)]
-    assert [subject for subject, _ in out["denied"]] == [public_hex(p2)]
-    return [out]
+    return [refused, out]
 
 
 def _readable(entity: Entity, dataset: str, subjects: list[str]) -> list[Any]:
@@ -318,7 +337,7 @@ def _block_answers(api: CivisClient) -> list[Any]:
     seen: list[Any] = []
     for h in range(1, tip + 1):
         block = api.block(h)
-        seen += block["transactions"] + block["refused"]
+        seen += block["transactions"] + block["omitted"]
     return seen
 
 
