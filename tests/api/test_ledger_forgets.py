@@ -38,8 +38,10 @@ from ledger_bridge.contracts import codec
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.receipts import ErasureReceipt, verify
+from tests.api.test_datasets import rec_leaf
 from tests.api.test_e2e_up import Entities, System, entities, system
 from tests.vault.test_forensic import _pg_dump
+from vault.crypto.merkle import verify_inclusion
 
 pytestmark = pytest.mark.e2e
 
@@ -210,6 +212,23 @@ def test_nothing_on_the_replicas_the_vault_or_the_logs_names_an_erased_subject(
     assert verify(receipt, at, validators, ids[0])
     assert not verify(receipt, at, validators, ids[1])
     # The surviving subject's record still comes with an inclusion proof that verifies
-    # against the root anchored on the ledger (the client checks it; it raises otherwise).
+    # against the Merkle root anchored on the ledger (the upload outlives the erasure).
     read = entities.consumer_api.access(dataset, "billing", subjects=[ids[1]])
-    assert read["granted"] == [ids[1]] and read["records"][0]["proof"] is not None
+    assert read["granted"] == [ids[1]]
+    [record] = read["records"]
+    proof = record["proof"]
+    gateway = LedgerGateway.from_directory(
+        system.data_dir / "ledger", system.data_dir / "keys", clients=1
+    )
+    try:
+        root = gateway.query("upload", upload=record["upload_id"])["result"]["merkle_root"]
+    finally:
+        gateway.close()
+    assert proof is not None and proof["merkle_root"] == root.hex()
+    assert verify_inclusion(
+        rec_leaf(record),
+        proof["leaf_index"],
+        proof["tree_size"],
+        [bytes.fromhex(h) for h in proof["audit_path"]],
+        root,
+    )
