@@ -161,36 +161,44 @@ class OutboxRelay:
                 _log.warning("outbox fact %d (%s) not recorded yet: %s", fact_id, kind, exc)
                 break
             crash_point("after-submit")
-            with self._sessions() as session, session.begin():
-                marked = session.execute(
-                    update(OutboxFact)
-                    .where(OutboxFact.id == fact_id, OutboxFact.sent_at.is_(None))
-                    .values(
-                        sent_at=self._clock(),
-                        tx_id=receipt.tx_id,
-                        block_height=receipt.block_height,
-                        attempts=OutboxFact.attempts + 1,
-                        last_error=None,
-                    )
-                )
-                if kind == "erasure.record" and cast("CursorResult[Any]", marked).rowcount:
-                    # Recorded, so the vault may now forget whom it erased (in this same
-                    # transaction: never recorded yet still naming them after a crash).
-                    settle_erasure(session, fact_id, sealed_receipt=_sealed(payload, receipt))
-                if kind == "upload.anchor":
-                    # Readable from now on: the anchor is committed, in the same transaction
-                    # as the mark, so an upload is never anchored without its receipt.
-                    _move_upload(
-                        session,
-                        payload,
-                        "pending",
-                        state="anchored",
-                        anchor_tx_id=receipt.tx_id,
-                        anchor_height=receipt.block_height,
-                    )
+            self._mark_sent(fact_id, kind, payload, receipt)
             crash_point("after-mark")
             shipped += 1
         return shipped
+
+    def _mark_sent(
+        self, fact_id: int, kind: str, payload: dict[str, Any], receipt: FactReceipt
+    ) -> None:
+        """Mark the fact recorded, with what its recording does to the vault, in one
+        transaction: a crash leaves either all of it or none (the relay then sends again and
+        the ledger answers from its reply cache or by the nonce)."""
+        with self._sessions() as session, session.begin():
+            marked = session.execute(
+                update(OutboxFact)
+                .where(OutboxFact.id == fact_id, OutboxFact.sent_at.is_(None))
+                .values(
+                    sent_at=self._clock(),
+                    tx_id=receipt.tx_id,
+                    block_height=receipt.block_height,
+                    attempts=OutboxFact.attempts + 1,
+                    last_error=None,
+                )
+            )
+            if kind == "erasure.record" and cast("CursorResult[Any]", marked).rowcount:
+                # Recorded, so the vault may now forget whom it erased (in this same
+                # transaction: never recorded yet still naming them after a crash).
+                settle_erasure(session, fact_id, sealed_receipt=_sealed(payload, receipt))
+            if kind == "upload.anchor":
+                # Readable from now on: the anchor is committed, in the same transaction
+                # as the mark, so an upload is never anchored without its receipt.
+                _move_upload(
+                    session,
+                    payload,
+                    "pending",
+                    state="anchored",
+                    anchor_tx_id=receipt.tx_id,
+                    anchor_height=receipt.block_height,
+                )
 
     def _set_aside(
         self, fact_id: int, kind: str, payload: dict[str, Any], exc: FactRefused
