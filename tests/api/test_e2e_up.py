@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,16 @@ def _start_up(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> tu
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer) -> Iterator[System]:
-    database_url = pg_server.create_database("civis_e2e")
+    with running_system(tmp_path_factory, pg_server, "civis_e2e") as running:
+        yield running
+
+
+@contextmanager
+def running_system(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer, database: str
+) -> Iterator[System]:
+    """One `up` on a database of its own, stopped and dropped afterwards, whatever happens."""
+    database_url = pg_server.create_database(database)
     engine = db.make_engine(database_url, pool_size=1)
     try:
         up, data_dir = _start_up(tmp_path_factory, database_url)

@@ -40,9 +40,8 @@ from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import load_genesis, load_signing_key
 from ledger_bridge.pbft import messages as m
-from tests.api.test_e2e_up import System, _start_up, _stop_and_reap
+from tests.api.test_e2e_up import System, running_system
 from tests.conftest import PgServer
-from vault import db
 
 HEX_ID = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 UUID_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -96,19 +95,8 @@ def test_no_pseudonym_derives_another_without_the_seed(
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer) -> Iterator[System]:
-    database_url = pg_server.create_database("civis_pairwise")
-    engine = db.make_engine(database_url, pool_size=1)
-    try:
-        up, data_dir = _start_up(tmp_path_factory, database_url)
-        try:
-            with CivisClient(up.url) as api:
-                dpo = load_signing_key(data_dir / "keys" / "dpo.key")
-                yield System(up, data_dir, database_url, engine, api, dpo)
-        finally:
-            _stop_and_reap(up, data_dir)
-    finally:
-        engine.dispose()
-        pg_server.drop_database(database_url)
+    with running_system(tmp_path_factory, pg_server, "civis_pairwise") as running:
+        yield running
 
 
 @dataclass
