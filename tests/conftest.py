@@ -9,13 +9,19 @@ drops it at the end.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+import uvicorn
 from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -126,3 +132,29 @@ def session(engine: Engine) -> Iterator[Session]:
         finally:
             sess.close()
             outer.rollback()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def served(app: Any, **config: Any) -> Iterator[tuple[str, int]]:
+    """`app` behind a real uvicorn server on a free loopback port, in a thread; yields its URL
+    and port, and stops it afterwards whatever happens."""
+    port = free_port()
+    options: dict[str, Any] = {"log_level": "warning", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(30)

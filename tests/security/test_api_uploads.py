@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,10 +19,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 
 from api.app import create_app
 from tests.api.conftest import MakeKey, api_database_url, api_settings, make_key  # noqa: F401
+from tests.conftest import served
 from vault.config import Settings
 
 STALLED_UPLOADS = 45
@@ -42,12 +40,6 @@ class Server:
     port: int
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def server(
     request: pytest.FixtureRequest,
@@ -60,22 +52,8 @@ def server(
         update={"uploads_per_key_max": 2, "uploads_max": 4, **overrides}
     )
     app = create_app(settings, database_url=api_database_url)
-    port = _free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", "127.0.0.1", port)
-    finally:
-        uv.should_exit = True
-        thread.join(30)
+    with served(app, timeout_graceful_shutdown=5) as (url, port):
+        yield Server(url, "127.0.0.1", port)
 
 
 def _dataset(url: str, headers: dict[str, str]) -> str:

@@ -18,15 +18,12 @@ when it stops, never that a particular number of calls was made.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy.orm import Session
 
 from api.app import create_app
@@ -40,6 +37,7 @@ from tests.api.ledger_env import (  # noqa: F401  (fixtures)
     ledger_cluster,
     ledger_database_url,
 )
+from tests.conftest import served
 from vault import db
 from vault.config import Settings
 
@@ -76,12 +74,6 @@ class Bank:
         return bool(out["result"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(
     ledger_cluster: tuple[Cluster, dict[str, Wallet]],  # noqa: F811
@@ -102,19 +94,10 @@ def server(
             session.commit()
         return key.token
 
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", issue, wallets
+        with served(app) as (url, _):
+            yield url, issue, wallets
     finally:
-        uv.should_exit = True
-        thread.join(30)
         gateway.close()
         engine.dispose()
 
