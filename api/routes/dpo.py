@@ -33,7 +33,7 @@ import secrets
 import urllib.parse
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
@@ -420,6 +420,39 @@ def redactions_in(gateway: LedgerGateway, from_height: int, to_height: int) -> l
         after = page[-1]["redaction"]
 
 
+def _read_chains(
+    gateway: LedgerGateway,
+    reachable: list[int],
+    from_height: int,
+    to_height: int,
+    finding: Callable[[str, int | None, int | None, str], None],
+) -> tuple[dict[int, list[Any]], dict[int, bytes]]:
+    """Each reachable replica's blocks in the range, and the header hash of its block just
+    below the range (which anchors the range's first link), reporting what it failed to
+    serve."""
+    chains: dict[int, list[Any]] = {}
+    anchors: dict[int, bytes] = {}
+    if to_height < from_height:
+        return {r: [] for r in reachable}, anchors
+    first = max(1, from_height - 1)
+    for chain in ReplicaReader(gateway).chains(reachable, first, to_height):
+        blocks = chain.blocks
+        if from_height > 1 and blocks and blocks[0].height == from_height - 1:
+            anchors[chain.replica] = block_hash(blocks[0])
+            blocks = blocks[1:]
+        chains[chain.replica] = blocks
+        if chain.unreachable:
+            finding("unreachable", chain.replica, None, "stopped answering during the read")
+        if chain.undecodable_at is not None:
+            finding(
+                "invalid-block",
+                chain.replica,
+                chain.undecodable_at,
+                "the replica served bytes that are not a block",
+            )
+    return chains, anchors
+
+
 def verify_ledger(gateway: LedgerGateway, from_height: int, limit: int) -> LedgerVerification:
     genesis = gateway.genesis
     status = ledger_status(gateway)
@@ -436,27 +469,7 @@ def verify_ledger(gateway: LedgerGateway, from_height: int, limit: int) -> Ledge
 
     tip = status.height or 0
     to_height = min(tip, from_height + limit - 1)
-    chains: dict[int, list[Any]] = {}
-    anchors: dict[int, bytes] = {}
-    if to_height >= from_height:
-        first = max(1, from_height - 1)  # the block before the range anchors its first link
-        for chain in ReplicaReader(gateway).chains(reachable, first, to_height):
-            blocks = chain.blocks
-            if from_height > 1 and blocks and blocks[0].height == from_height - 1:
-                anchors[chain.replica] = block_hash(blocks[0])
-                blocks = blocks[1:]
-            chains[chain.replica] = blocks
-            if chain.unreachable:
-                finding("unreachable", chain.replica, None, "stopped answering during the read")
-            if chain.undecodable_at is not None:
-                finding(
-                    "invalid-block",
-                    chain.replica,
-                    chain.undecodable_at,
-                    "the replica served bytes that are not a block",
-                )
-    else:
-        chains = {r: [] for r in reachable}
+    chains, anchors = _read_chains(gateway, reachable, from_height, to_height, finding)
     # The reader stops at a replica's first missing block: its own top tells a hole (blocks
     # missing below what it stored) from lag.
     tops = {r.id: min(r.height, to_height) for r in status.replicas if r.height is not None}

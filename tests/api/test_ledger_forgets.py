@@ -151,6 +151,22 @@ def _dataset(entities: Entities, erased: SigningKey, kept: SigningKey) -> str:
     return dataset
 
 
+def _scan(system: System, served: Served, erased: SigningKey, kept: SigningKey) -> None:
+    """Zero hits for the erased subject anywhere; the kept one found in each kind of place."""
+    gone = _needles(erased, ERASED_ADDRESS, ERASED_IBAN)
+    here = _needles(kept)
+    dump = _pg_dump(system.database_url)
+    stores = list(_files(system.data_dir))
+    replica_files = [s for s in stores if s[0].startswith("ledger/")]
+    assert any(name.endswith("replica.sqlite3") for name, _ in replica_files)
+    logs = [("up output", system.up.output.encode())]
+    assert _found(gone, [*stores, ("pg_dump", dump), *served.sources(), *logs]) == []
+    # Control: the subject not erased is where the scan looks, in each kind of place.
+    assert _found({"key hex": here["key hex"]}, [("pg_dump", dump)])
+    assert _found({"key raw": here["key raw"]}, replica_files)
+    assert _found(here, served.sources())
+
+
 def test_nothing_on_the_replicas_the_vault_or_the_logs_names_an_erased_subject(
     system: System, entities: Entities
 ) -> None:
@@ -189,18 +205,7 @@ def test_nothing_on_the_replicas_the_vault_or_the_logs_names_an_erased_subject(
         gateway.close()
     assert len(redactions) >= 4  # registration, consent, predicate access, erasure
 
-    gone = _needles(erased, ERASED_ADDRESS, ERASED_IBAN)
-    here = _needles(kept)
-    dump = _pg_dump(system.database_url)
-    stores = list(_files(system.data_dir))
-    replica_files = [s for s in stores if s[0].startswith("ledger/")]
-    assert any(name.endswith("replica.sqlite3") for name, _ in replica_files)
-    logs = [("up output", system.up.output.encode())]
-    assert _found(gone, [*stores, ("pg_dump", dump), *served.sources(), *logs]) == []
-    # Control: the subject not erased is where the scan looks, in each kind of place.
-    assert _found({"key hex": here["key hex"]}, [("pg_dump", dump)])
-    assert _found({"key raw": here["key raw"]}, replica_files)
-    assert _found(here, served.sources())
+    _scan(system, served, erased, kept)
 
     # The chain verifies from genesis with the validator keys alone, and no replica serves a
     # transaction the erasure ordered forgotten.
@@ -211,10 +216,16 @@ def test_nothing_on_the_replicas_the_vault_or_the_logs_names_an_erased_subject(
     at = served.blocks[0][receipt.height - 1]
     assert verify(receipt, at, validators, ids[0])
     assert not verify(receipt, at, validators, ids[1])
-    # The surviving subject's record still comes with an inclusion proof that verifies
-    # against the Merkle root anchored on the ledger (the upload outlives the erasure).
-    read = entities.consumer_api.access(dataset, "billing", subjects=[ids[1]])
-    assert read["granted"] == [ids[1]]
+    _survivor_proof_verifies(system, entities, dataset, ids[1])
+
+
+def _survivor_proof_verifies(
+    system: System, entities: Entities, dataset: str, subject: str
+) -> None:
+    """The surviving subject's record still comes with an inclusion proof that verifies
+    against the Merkle root anchored on the ledger (the upload outlives the erasure)."""
+    read = entities.consumer_api.access(dataset, "billing", subjects=[subject])
+    assert read["granted"] == [subject]
     [record] = read["records"]
     proof = record["proof"]
     gateway = LedgerGateway.from_directory(
