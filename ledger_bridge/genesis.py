@@ -285,13 +285,7 @@ def create_local(
     tls_dir = directory / "tls"
     if use_tls:
         ca_cert, ca_key = tls.create_ca(tls_dir)
-    # The operator's read key: validators read everything, and so does this key, listed in
-    # every node file, for the launcher's and the operator's reads of blocks and state.
-    reader = SigningKey.generate()
-    write_private_file(directory / READER_KEY_FILE, reader.seed().hex().encode() + b"\n")
-    client_port: dict[str, Any] = {"readers": [reader.public_key.hex()]}
-    if not client_tls:
-        client_port["insecure"] = True  # asked for a plain client port: development only
+    client_port = _client_port_table(directory, client_tls)
     rows: list[dict[str, Any]] = []
     node_paths = []
     for i in range(replicas):
@@ -335,7 +329,18 @@ def create_local(
         doc["app_genesis"] = app_genesis
     if use_tls:
         doc["tls"] = {"ca_cert": "tls/ca.crt"}
-    if use_tls:
         make_private(tls_dir)  # the certificates were written with the default modes
     write_private_file(genesis_path, tomli_w.dumps(doc).encode())
     return node_paths
+
+
+def _client_port_table(directory: Path, client_tls: bool) -> dict[str, Any]:
+    """The node files' `[client_port]`, and the operator's read key it lists: validators read
+    everything, and so does this key, for the launcher's and the operator's reads of blocks
+    and state."""
+    reader = SigningKey.generate()
+    write_private_file(directory / READER_KEY_FILE, reader.seed().hex().encode() + b"\n")
+    client_port: dict[str, Any] = {"readers": [reader.public_key.hex()]}
+    if not client_tls:
+        client_port["insecure"] = True  # asked for a plain client port: development only
+    return client_port
