@@ -227,8 +227,8 @@ def unredacted(
         if stable is None:
             continue
         for block in blocks:
-            due = [p for p in by_height.get(block.height, ()) if p.since <= stable]
-            held = sorted(p.index for p in due if p.index in body_positions(block))
+            due = {p.index for p in by_height.get(block.height, ()) if p.since <= stable}
+            held = sorted(due & body_positions(block)) if due else []
             if held:
                 findings.append(
                     LedgerFinding(
