@@ -9,9 +9,6 @@ and bodies as documented, and invalid input refused.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
@@ -31,6 +27,7 @@ from api.openapi import OPENAPI_PATH
 from ledger_bridge.cluster import Cluster
 from tests.api.conftest import MakeKey
 from tests.api.ledger_env import Wallet
+from tests.conftest import served
 from vault.config import Settings
 
 
@@ -68,21 +65,9 @@ def live_url(
         database_url=api_database_url,
         ledger=gateway,
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    assert httpx.get(f"{url}/readyz").status_code == 200
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(app, log_level="error") as (url, _):
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        yield url
     gateway.close()
 
 
