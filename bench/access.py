@@ -195,10 +195,10 @@ def _serve(url: str, data_dir: Path, port: int) -> None:
     """The child process: the app of `civis-vault up` on a ledger founded by the parent."""
     import uvicorn
 
-    from api import bootstrap
-    from api.app import create_app
-    from api.ledger import LedgerGateway
-    from vault.config import Settings
+    from api.cli import bootstrap
+    from api.http.app import create_app
+    from api.http.settings import Settings
+    from api.services.gateway import LedgerGateway
 
     settings = Settings(environment="test", data_dir=data_dir)
     gateway = LedgerGateway.from_directory(
@@ -222,8 +222,8 @@ def _found_cluster(data_dir: Path, members: dict[str, Member]) -> Cluster:
     The provider and the consumer are founding members so the run needs no governance vote
     (the vote is not what is measured). The vault's key is the one the API's gateway loads.
     """
-    from api import bootstrap
-    from api.ledger import RELAY_KEY_FILE, VAULT_KEY_FILE, load_or_create_key
+    from api.cli import bootstrap
+    from api.services.gateway import RELAY_KEY_FILE, VAULT_KEY_FILE, load_or_create_key
 
     keys = bootstrap.keys_dir(data_dir)
     vault = load_or_create_key(keys / VAULT_KEY_FILE)
@@ -295,7 +295,7 @@ def _api_server(url: str, data_dir: Path) -> Iterator[tuple[str, subprocess.Pope
 
 def _api_key(url: str, member_id: str, role: str) -> str:
     """As `civis-vault apikey create` issues one: bound to the member's ledger public key."""
-    from api.keys import create_key
+    from api.services.keys import create_key
 
     engine = db.make_engine(url, pool_size=1)
     try:

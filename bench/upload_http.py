@@ -89,8 +89,8 @@ def _free_port() -> int:
 def _serve(url: str, data_dir: Path, port: int) -> None:
     import uvicorn
 
-    from api.app import create_app
-    from vault.config import Settings
+    from api.http.app import create_app
+    from api.http.settings import Settings
 
     settings = Settings(
         environment="test",
@@ -155,7 +155,7 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
 
 
 def _measure(url: str, n: int, tmp: Path) -> dict[str, Any]:
-    from api.keys import create_key
+    from api.services.keys import create_key
 
     port = _free_port()
     server = subprocess.Popen(

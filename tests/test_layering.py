@@ -72,6 +72,8 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
     """Guard against a checker that passes because it parses nothing."""
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "import cryptography.hazmat.primitives\nfrom api.app import create_app\nfrom . import x\n"
+        "import cryptography.hazmat.primitives\n"
+        "from api.http.app import create_app\n"
+        "from . import x\n"
     )
-    assert list(_imports(probe)) == ["cryptography.hazmat.primitives", "api.app"]
+    assert list(_imports(probe)) == ["cryptography.hazmat.primitives", "api.http.app"]

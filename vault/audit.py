@@ -216,7 +216,7 @@ class LedgerCrossCheck:
     epochs_matched: int
     commitments_matched: int
     # Destroyed in the vault, with the fact still queued in the outbox: the relay records it
-    # exactly once (api/outbox.py), so this is a delay, not a finding.
+    # exactly once (api/services/outbox.py), so this is a delay, not a finding.
     commitments_pending: int
     epochs_pending: int
 

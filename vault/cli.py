@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vault.config import Settings
+from vault.config import VaultSettings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -63,7 +63,7 @@ def _vault(args: argparse.Namespace) -> Iterator[tuple[KeyStore, Engine]]:
     from vault.keys import KeyProviderError, KeyStore, make_provider
 
     overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = VaultSettings(**{k: v for k, v in overrides.items() if v is not None})
     try:
         provider = make_provider(settings, create=False)
     except KeyProviderError as exc:

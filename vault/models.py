@@ -228,7 +228,7 @@ class ApiKey(Base):
     """An API key of a member. Only the SHA-256 of the secret half is stored, never the token.
 
     Why here and not in api/: one metadata object keeps the migrations' autogenerate check
-    (tests/test_migrations.py) seeing every table; the API owns the logic (api/keys.py).
+    (tests/test_migrations.py) seeing every table; the API owns the logic (api/services/keys.py).
     """
 
     __tablename__ = "api_keys"
@@ -258,7 +258,7 @@ class LedgerBinding(Base):
     chain (a ledger directory recreated, a database pointed at the wrong cluster) the first
     would be refused and hold up every later fact, and the vault's receipts would name blocks
     of a chain that does not know them. The API binds the database at its first start with a
-    ledger and refuses to start against any other chain (api/app.py).
+    ledger and refuses to start against any other chain (api/http/app.py).
     """
 
     __tablename__ = "ledger_binding"

@@ -9,7 +9,7 @@ dataset at hand, which her wallet derives (docs/KEYS.md, "Identities"); a legal 
 key file's own.
 
     from api.client import CivisClient
-    from api.wallet import Wallet
+    from api.client.wallet import Wallet
 
     wallet = Wallet.open(Path("~/.civis/subject.key").expanduser())
     pseudonym = wallet.pseudonym(DATASET)

@@ -48,7 +48,7 @@ from api.client.types import (
     SignedTransaction,
     Upload,
 )
-from api.wallet import sign_message
+from api.client.wallet import sign_message
 from ledger_bridge import receipts
 from ledger_bridge.crypto import SigningKey
 
@@ -88,7 +88,7 @@ class CivisClient:
 
     `base_url` opens a client of its own, closed by `close()` or the `with` block; `http`
     uses one the caller owns (a `fastapi.testclient.TestClient` is one), never closed here.
-    Signed methods take the author's `SigningKey` (`api.wallet.load_wallet` reads a wallet
+    Signed methods take the author's `SigningKey` (`api.client.wallet.load_wallet` reads a wallet
     file) and need no API key: the signature is the authentication.
     """
 

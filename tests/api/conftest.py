@@ -16,8 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.app import create_app
-from api.keys import create_key
+from api.http.app import create_app
+from api.http.settings import Settings
+from api.services.keys import create_key
 from tests.api.ledger_env import (  # noqa: F401  (fixtures)
     ledger_cluster,
     ledger_database_url,
@@ -25,7 +26,6 @@ from tests.api.ledger_env import (  # noqa: F401  (fixtures)
 )
 from tests.conftest import PgServer
 from vault import db
-from vault.config import Settings
 
 MakeKey = Callable[..., dict[str, str]]
 

@@ -22,9 +22,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.app import create_app
-from api.keys import create_key
-from api.ledger import LedgerGateway
+from api.http.app import create_app
+from api.http.settings import Settings
+from api.services.gateway import LedgerGateway
+from api.services.keys import create_key
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey
@@ -32,7 +33,6 @@ from ledger_bridge.genesis import load_signing_key
 from tests.conftest import PgServer
 from tests.ledger_bridge.test_processes import _base_port
 from vault import db
-from vault.config import Settings
 
 DAY_MS = 86_400_000
 
@@ -90,7 +90,7 @@ def ledger_cluster(
     base = tmp_path_factory.mktemp("ledger-env")
     keys_dir = base / "keys"
     keys_dir.mkdir()
-    from api.ledger import VAULT_KEY_FILE, load_or_create_key
+    from api.services.gateway import VAULT_KEY_FILE, load_or_create_key
 
     vault = load_or_create_key(keys_dir / VAULT_KEY_FILE)
     wallets = {name: Wallet() for name in ("dpo", "provider", "consumer")}

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from api.ledger import LedgerGateway
-from api.outbox import OutboxRelay
+from api.services.gateway import LedgerGateway
+from api.services.outbox import OutboxRelay
 from vault import db
 
 

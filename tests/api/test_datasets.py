@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.keys import revoke_key
+from api.services.keys import revoke_key
 from tests.api.conftest import MakeKey
 from vault import db
 from vault.crypto import record_leaf

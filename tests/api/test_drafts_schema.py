@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from api.openapi import openapi_document
-from api.signed import SELF_SIGNED
+from api.http.openapi import openapi_document
+from api.http.signed import SELF_SIGNED
 from ledger_bridge.contracts import bodies
 from tests.api.ledger_env import LedgerEnv, Wallet
 

@@ -35,6 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from api.cli.demo import Keyring
 from api.client import (
     CivisClient,
     College,
@@ -47,10 +48,9 @@ from api.client import (
     Role,
     public_hex,
 )
-from api.demo import Keyring
-from api.keys import create_key
-from api.ledger import LedgerGateway
-from api.wallet import new_wallet
+from api.client.wallet import new_wallet
+from api.services.gateway import LedgerGateway
+from api.services.keys import create_key
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import load_signing_key
 from ledger_bridge.pbft import messages as m
@@ -73,7 +73,7 @@ ADDRESS = "7 impasse des Glycines, 69003 Lyon"
 WRONG_ADDRESS = "8 impasse des Glycines, 69003 Lyon"
 EMPLOYEE = "EMP-E2E-0042"
 VIBRATION = "0.7731"
-# What the demo uploads (api/demo.py): every address it makes up starts so.
+# What the demo uploads (api/cli/demo/): every address it makes up starts so.
 DEMO_ADDRESS = "12 rue des Lilas"
 
 

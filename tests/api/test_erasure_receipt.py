@@ -28,8 +28,8 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from api import cli
-from api.app import create_app
 from api.client import CivisClient
+from api.http.app import create_app
 from ledger_bridge import receipts
 from ledger_bridge.contracts import codec, tx
 from ledger_bridge.crypto import SigningKey, digest

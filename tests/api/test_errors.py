@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Scope
 
-from api import errors
-from api.app import create_app
+from api.http import errors
+from api.http.app import create_app
+from api.http.settings import Settings
 from tests.api.conftest import MakeKey
-from vault.config import Settings
 from vault.errors import InvalidRecord, RecordErased
 
 

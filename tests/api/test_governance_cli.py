@@ -121,7 +121,7 @@ def test_refusals_are_one_line_with_the_contracts_code(
 def test_a_proposal_whose_author_was_forgotten_lists_without_an_author() -> None:
     """A resident voter's proposal outlives their erasure everywhere; the contracts keep it
     with no author (docs/CONTRACTS.md, "Forgetting"), and `list` says so instead of failing."""
-    from api.governance import proposal_line
+    from api.cli.governance import proposal_line
 
     proposal = {
         "proposal": 3,

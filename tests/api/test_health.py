@@ -8,9 +8,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import make_url
 
-from api.app import create_app
+from api.http.app import create_app
+from api.http.settings import Settings
 from tests.api.conftest import MakeKey
-from vault.config import Settings
 
 
 def test_readyz_is_503_when_the_database_is_gone(api_database_url: str, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.keys import (
+from api.services.keys import (
     KeyExpired,
     authenticate,
     create_key,

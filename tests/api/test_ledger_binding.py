@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.app import create_app
-from api.ledger import LedgerGateway, WrongChain, bind_database
+from api.http.app import create_app
+from api.http.settings import Settings
+from api.services.gateway import LedgerGateway, WrongChain, bind_database
 from ledger_bridge.genesis import GENESIS_FILE, create_local, load_genesis
 from vault import db
-from vault.config import Settings
 from vault.models import LedgerBinding
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from api.client import public_hex
-from api.ledger import LedgerGateway
+from api.services.gateway import LedgerGateway
 from ledger_bridge.audit import Position, verify_replicas
 from ledger_bridge.client import AsyncLedgerClient
 from ledger_bridge.contracts import codec

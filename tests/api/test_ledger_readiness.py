@@ -6,14 +6,14 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.readiness import LedgerQuorumProbe
+from api.http.app import create_app
+from api.http.settings import Settings
+from api.services.readiness import LedgerQuorumProbe
 from ledger_bridge.client import InProcessTransport, LedgerClient
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.kvapp import KVApp
 from ledger_bridge.pbft.config import ClusterConfig
 from ledger_bridge.pbft.replica import Replica
-from vault.config import Settings
 
 
 def test_readyz_follows_the_ledger_quorum(api_database_url: str, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from api.openapi import OPENAPI_PATH, openapi_document, openapi_yaml
+from api.http.openapi import OPENAPI_PATH, openapi_document, openapi_yaml
 
 
 def test_committed_openapi_matches_the_app() -> None:

@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.ledger import VAULT_KEY_FILE, LedgerGateway, fact_nonce, load_or_create_key
-from api.outbox import OutboxRelay, outbox_counts, requeue
+from api.services.gateway import VAULT_KEY_FILE, LedgerGateway, fact_nonce, load_or_create_key
+from api.services.outbox import OutboxRelay, outbox_counts, requeue
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey

@@ -34,8 +34,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from api.client import CivisClient, ProblemError, Role, public_hex
-from api.ledger import VAULT_KEY_FILE, LedgerGateway
-from api.wallet import Wallet, pairwise_seed, pseudonym_key
+from api.client.wallet import Wallet, pairwise_seed, pseudonym_key
+from api.services.gateway import VAULT_KEY_FILE, LedgerGateway
 from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import load_genesis, load_signing_key

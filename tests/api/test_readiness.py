@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.readiness import LedgerQuorumProbe
-from vault.config import Settings
+from api.http.app import create_app
+from api.http.settings import Settings
+from api.services.readiness import LedgerQuorumProbe
 
 
 def _status_with_down(down: set[int]) -> Callable[[int], dict[str, int]]:

@@ -1,4 +1,4 @@
-"""Records written as JSON text (api/records_json.py) say exactly what the models would.
+"""Records written as JSON text (api/http/records_json.py) say exactly what the models would.
 
 Why: the read paths no longer build a model per record, so nothing validates their output on
 the way out; these tests are what keeps the text and the schemas (and the stored payload) in
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api import records_json
-from api.routes.access import AccessRecord
-from api.schemas import RecordOut
+from api.http import records_json
+from api.http.routes.access import AccessRecord
+from api.http.schemas import RecordOut
 from vault import reads
 
 _json = st.recursive(

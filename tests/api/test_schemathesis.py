@@ -21,14 +21,14 @@ import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
-from api.app import create_app
-from api.ledger import LedgerGateway
-from api.openapi import OPENAPI_PATH
+from api.http.app import create_app
+from api.http.openapi import OPENAPI_PATH
+from api.http.settings import Settings
+from api.services.gateway import LedgerGateway
 from ledger_bridge.cluster import Cluster
 from tests.api.conftest import MakeKey
 from tests.api.ledger_env import Wallet
 from tests.conftest import served
-from vault.config import Settings
 
 
 @schemathesis.serializer("application/x-ndjson")

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from api.errors import InvalidLine
-from api.streams import EmptyUpload, csv_records, ndjson_records, split_lines
+from api.http.errors import InvalidLine
+from api.http.streams import EmptyUpload, csv_records, ndjson_records, split_lines
 
 
 def _lines(body: bytes, chunk: int = 3, line_max: int = 100) -> list[tuple[int, bytes]]:

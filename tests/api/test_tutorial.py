@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from api.wallet import Wallet
+from api.client.wallet import Wallet
 from tests.api.test_e2e_up import _start_up, _stop_and_reap
 from tests.api.test_up import Up, _clean_env
 from tests.conftest import PgServer

@@ -24,9 +24,9 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session
 
-from api.bootstrap import BootstrapError, found_local_ledger, issue_pending_dpo_key, open_ledger
-from api.keys import authenticate
-from api.ledger import VAULT_KEY_FILE, LedgerGateway
+from api.cli.bootstrap import BootstrapError, found_local_ledger, issue_pending_dpo_key, open_ledger
+from api.services.gateway import VAULT_KEY_FILE, LedgerGateway
+from api.services.keys import authenticate
 from ledger_bridge import ports
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts.app import ConsentApp

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api.app import create_app
 from api.cli import main
 from api.client import CivisClient, public_hex
-from api.wallet import Wallet, WalletError, new_wallet, pairwise_seed, pseudonym_key
+from api.client.wallet import Wallet, WalletError, new_wallet, pairwise_seed, pseudonym_key
+from api.http.app import create_app
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey, verify
 from ledger_bridge.genesis import GENESIS_FILE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from api.middleware import ACCESS_LOG_PATH_MAX, BoundedAccessLog, bound_access_log
+from api.http.middleware import ACCESS_LOG_PATH_MAX, BoundedAccessLog, bound_access_log
 
 
 def _record(path: str) -> logging.LogRecord:

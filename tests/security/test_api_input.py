@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.bodies import JSON_DEPTH_MAX
+from api.http.app import create_app
+from api.http.bodies import JSON_DEPTH_MAX
+from api.http.settings import Settings
 from tests.api.conftest import MakeKey, api_database_url, api_settings, make_key  # noqa: F401
 from tests.api.ledger_env import (  # noqa: F401  (fixtures)
     LedgerEnv,
@@ -24,7 +25,6 @@ from tests.api.ledger_env import (  # noqa: F401  (fixtures)
     ledger_database_url,
     ledger_env,
 )
-from vault.config import Settings
 
 NDJSON = {"content-type": "application/x-ndjson"}
 # What a refusal may cost: the answer and the whole captured log stay under this.

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from api.app import create_app
+from api.http.app import create_app
+from api.http.settings import Settings
 from tests.api.conftest import MakeKey, api_database_url, api_settings, make_key  # noqa: F401
 from tests.conftest import served
-from vault.config import Settings
 
 STALLED_UPLOADS = 45
 ATTACKER_KEYS = 3

@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from api.app import create_app
-from api.routes.dpo import SESSION_COOKIE
+from api.http.app import create_app
+from api.http.routes.dpo import SESSION_COOKIE
+from api.http.settings import Settings
 from tests.api.conftest import MakeKey, api_database_url, api_settings, make_key  # noqa: F401
 from vault import db
-from vault.config import Settings
 from vault.models import ApiKey
 
 

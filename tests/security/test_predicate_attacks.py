@@ -26,10 +26,11 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from api.app import create_app
 from api.client import CivisClient, ProblemError
-from api.keys import create_key
-from api.ledger import LedgerGateway
+from api.http.app import create_app
+from api.http.settings import Settings
+from api.services.gateway import LedgerGateway
+from api.services.keys import create_key
 from ledger_bridge.cluster import Cluster
 from tests.api.conftest import api_settings  # noqa: F401  (fixture)
 from tests.api.ledger_env import (  # noqa: F401  (fixtures)
@@ -39,7 +40,6 @@ from tests.api.ledger_env import (  # noqa: F401  (fixtures)
 )
 from tests.conftest import served
 from vault import db
-from vault.config import Settings
 
 ADDRESS = "27 boulevard des Hirondelles, 69100 Villeurbanne"
 IBAN = "FR7630006000011234567890189"

@@ -11,13 +11,13 @@ from vault.keys.provider import KeyProvider, KeyProviderError
 from vault.keys.store import KeyStore, SecretRef, epoch_ref, subject_ref, upload_ref
 
 if TYPE_CHECKING:
-    from vault.config import Settings
+    from vault.config import VaultSettings
 
 _PIN_FILE_MAX_BYTES = 1024
 PIN_ENV = "CIVIS_PKCS11_PIN"
 
 
-def _read_pin(settings: Settings) -> str:
+def _read_pin(settings: VaultSettings) -> str:
     """The token PIN from a 0600 file (same rules as the master key file) or the environment."""
     path = settings.pkcs11_pin_file
     if path is None:
@@ -43,7 +43,7 @@ def _read_pin(settings: Settings) -> str:
     return pin
 
 
-def make_provider(settings: Settings, *, create: bool = True) -> KeyProvider:
+def make_provider(settings: VaultSettings, *, create: bool = True) -> KeyProvider:
     """The configured KEK provider. `create=False` refuses to start a new local master key
     (maintenance commands must not invent a vault); a PKCS#11 token always keeps its KEKs."""
     if settings.key_provider == "local":

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from tests.softhsm import SoftHsmToken
-from vault.config import Settings
+from vault.config import VaultSettings
 from vault.keys import KeyProviderError, LocalKeyProvider, make_provider
 from vault.keys.pkcs11 import Pkcs11KeyProvider
 
 
 def test_local_is_the_default(tmp_path: Path) -> None:
-    provider = make_provider(Settings(data_dir=tmp_path))
+    provider = make_provider(VaultSettings(data_dir=tmp_path))
     assert isinstance(provider, LocalKeyProvider)
     assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
     with pytest.raises(KeyProviderError, match="missing"):
-        make_provider(Settings(data_dir=tmp_path / "other"), create=False)
+        make_provider(VaultSettings(data_dir=tmp_path / "other"), create=False)
 
 
 def test_pkcs11_from_pin_file_and_env(
@@ -26,7 +26,7 @@ def test_pkcs11_from_pin_file_and_env(
     pin_file = tmp_path / "pin"
     pin_file.write_text(softhsm_token.pin + "\n")
     pin_file.chmod(0o600)
-    base = Settings(
+    base = VaultSettings(
         data_dir=tmp_path,
         key_provider="pkcs11",
         pkcs11_module=softhsm_token.module_path,
@@ -52,4 +52,4 @@ def test_pkcs11_from_pin_file_and_env(
 
 def test_pkcs11_needs_module_and_token(tmp_path: Path) -> None:
     with pytest.raises(KeyProviderError, match="CIVIS_PKCS11_MODULE"):
-        make_provider(Settings(data_dir=tmp_path, key_provider="pkcs11"))
+        make_provider(VaultSettings(data_dir=tmp_path, key_provider="pkcs11"))

@@ -12,13 +12,13 @@ from typing import Any
 
 import yaml
 
-from vault.config import Settings
+from api.http.settings import Settings
 
-OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 
 def openapi_document() -> dict[str, Any]:
-    from api.app import create_app
+    from api.http.app import create_app
 
     # The schema does not depend on the database: the lifespan never runs here.
     app = create_app(Settings(environment="test"), database_url="postgresql+psycopg:///unused")

@@ -44,15 +44,15 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from api.bodies import BoundedJsonRoute
-from api.deps import Dpo, LedgerDep, SessionDep, strict_query
-from api.dpo_page import DpoPageData, render_dpo_page, render_login_page
-from api.errors import prefers_json, problem
-from api.keys import KeyExpired, Member, authenticate
-from api.ledger import LedgerGateway, LedgerUnavailable, jsonable
-from api.outbox import outbox_counts, requeue
-from api.routes.ledger import ReplicaReader, ledger_status
-from api.schemas import LedgerReceipt, PublicKeyHex
+from api.http.bodies import BoundedJsonRoute
+from api.http.deps import Dpo, LedgerDep, SessionDep, strict_query
+from api.http.dpo_page import DpoPageData, render_dpo_page, render_login_page
+from api.http.errors import prefers_json, problem
+from api.http.routes.ledger import ReplicaReader, ledger_status
+from api.http.schemas import LedgerReceipt, PublicKeyHex
+from api.services.gateway import LedgerGateway, LedgerUnavailable, jsonable
+from api.services.keys import KeyExpired, Member, authenticate
+from api.services.outbox import outbox_counts, requeue
 from ledger_bridge.audit import Position, verify_replicas
 from ledger_bridge.pbft.blocks import block_hash
 from vault import audit

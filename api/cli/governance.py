@@ -156,8 +156,8 @@ class Ledger:
 def _genesis_dir(args: argparse.Namespace) -> Path:
     if args.ledger_dir is not None:
         return Path(args.ledger_dir)
-    from api.bootstrap import ledger_dir
-    from vault.config import Settings
+    from api.cli.bootstrap import ledger_dir
+    from api.http.settings import Settings
 
     data_dir = args.data_dir if args.data_dir is not None else Settings().data_dir
     return ledger_dir(data_dir)
@@ -191,7 +191,7 @@ def _run(name: str, args: argparse.Namespace, act: Callable[[Ledger], Any]) -> i
 
 
 def _key(args: argparse.Namespace) -> SigningKey:
-    from api.wallet import WalletError, load_wallet
+    from api.client.wallet import WalletError, load_wallet
 
     try:
         return load_wallet(args.key)
@@ -239,7 +239,7 @@ def _vote(args: argparse.Namespace) -> int:
 
 def proposal_line(p: dict[str, Any], now_ms: int) -> dict[str, Any]:
     """One proposal as `list` prints it: its state, and per college where the votes stand."""
-    from api.ledger import jsonable
+    from api.services.gateway import jsonable
 
     state = p["status"]
     if state == "open" and now_ms > p["ends"]:

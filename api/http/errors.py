@@ -13,18 +13,18 @@ internals (tracebacks, SQL, key ids).
     │   ├── NotFound                  404  (Dataset/Upload/RecordNotFound)
     │   ├── RecordErased              410
     │   ├── InvalidDataset            422  (vault/datasets.py)
-    │   └── DatasetExists             409  (api/routes/datasets.py)
+    │   └── DatasetExists             409  (api/http/routes/datasets.py)
     ├── ApiError (here)               → its .status / .title / .detail
     │   ├── Unauthorized              401  + WWW-Authenticate: Bearer
-    │   │   └── KeyExpired (api.keys)  401  the right secret of an expired key: says so, with
-    │   │                                  its key id, which the caller holds
+    │   │   └── KeyExpired            401  (api/services/keys.py) the right secret of an expired
+    │   │                                  key: says so, with its key id, which the caller holds
     │   ├── Forbidden                 403
     │   ├── UnsupportedMediaType      415
     │   ├── InvalidLine               422/413  + "line": a bad line of an upload body
-    │   ├── EmptyUpload               422  (api/streams.py)
-    │   ├── TooManyUploads            429  + Retry-After (api/admission.py)
-    │   ├── UploadsBusy               503  + Retry-After (api/admission.py)
-    │   └── NotReady                  503  (api/routes/health.py)
+    │   ├── EmptyUpload               422  (api/http/streams.py)
+    │   ├── TooManyUploads            429  + Retry-After (api/http/admission.py)
+    │   ├── UploadsBusy               503  + Retry-After (api/http/admission.py)
+    │   └── NotReady                  503  (api/http/routes/health.py)
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;
     │                                    a body that is not JSON adds "line" and "column"
     ├── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit,

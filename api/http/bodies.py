@@ -80,7 +80,7 @@ def not_unicode(exc: UnicodeDecodeError) -> StarletteHTTPException:
 
     Raised here because FastAPI answers any decoding error but a syntax error with a 400 that
     says only "There was an error parsing the body". A syntax error is left to FastAPI, and
-    `api/errors.py` names its line and column.
+    `api/http/errors.py` names its line and column.
     """
     return StarletteHTTPException(
         422, f"the body is not JSON: it is not valid {exc.encoding} (byte {exc.start + 1})"

@@ -15,13 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import Forbidden, Unauthorized
-from api.keys import Member, authenticate
-from vault.config import Settings
+from api.http.errors import Forbidden, Unauthorized
+from api.http.settings import Settings
+from api.services.keys import Member, authenticate
 from vault.keys import KeyStore
 
 if TYPE_CHECKING:
-    from api.ledger import LedgerGateway
+    from api.services.gateway import LedgerGateway
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -146,7 +146,7 @@ KeyStoreDep = Annotated[KeyStore, Depends(_key_store)]
 
 
 def _ledger(request: Request) -> LedgerGateway:
-    from api.ledger import LedgerUnavailable
+    from api.services.gateway import LedgerUnavailable
 
     ledger: LedgerGateway | None = request.app.state.ledger
     if ledger is None:

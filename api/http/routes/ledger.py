@@ -4,7 +4,7 @@ Why any authenticated member may read it: the ledger is the cooperative's shared
 what it holds is pseudonymous by construction (public keys, hashes, contract transaction
 types); a member checks its receipts against it without trusting the vault. Transaction
 bodies are NOT served here: an access request names the subjects it covered, and who asked
-whose data is for the DPO's access log (api/routes/dpo.py), not for every member.
+whose data is for the DPO's access log (api/http/routes/dpo.py), not for every member.
 
 Reading a replica's chain as IT serves it (`ReplicaReader`) is separate from the gateway's
 client on purpose: the client falls back to another replica when one serves a bad block,
@@ -23,10 +23,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from api.bodies import BoundedJsonRoute
-from api.deps import CurrentMember, LedgerDep, strict_query
-from api.errors import ApiError
-from api.ledger import LedgerGateway, LedgerUnavailable
+from api.http.bodies import BoundedJsonRoute
+from api.http.deps import CurrentMember, LedgerDep, strict_query
+from api.http.errors import ApiError
+from api.services.gateway import LedgerGateway, LedgerUnavailable
 from ledger_bridge.client import LedgerError, TcpClientTransport
 from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.crypto import digest

@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.errors import ApiError
-from api.schemas import Health, Readiness
+from api.http.errors import ApiError
+from api.http.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

@@ -16,7 +16,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PROBLEM_JSON, body_timeout, body_too_large
+from api.http.errors import PROBLEM_JSON, body_timeout, body_too_large
 
 # Upload routes get the large limit; every other route gets the JSON limit.
 UPLOAD_PATH = re.compile(r"^/v1/datasets/[^/]+/uploads/?$")

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from api.errors import ApiError
-from api.outbox import FactReceipt, FactRefused
+from api.http.errors import ApiError
+from api.services.outbox import FactReceipt, FactRefused
 from ledger_bridge import eventloop, receipts
 from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
 from ledger_bridge.contracts import codec, rules, tx

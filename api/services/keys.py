@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from api.errors import Unauthorized
+from api.http.errors import Unauthorized
 from vault.models import API_ROLES, ApiKey
 
 _TOKEN = re.compile(r"^cvk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")

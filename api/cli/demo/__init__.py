@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 
-from api.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
+from api.cli.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
 from api.client import (
     CivisClient,
     ClientError,
@@ -62,7 +62,7 @@ from api.client import (
     Role,
     public_hex,
 )
-from api.wallet import Wallet, WalletError, new_wallet
+from api.client.wallet import Wallet, WalletError, new_wallet
 from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.genesis import GENESIS_FILE, GenesisError, load_genesis, load_signing_key
 
@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from vault.config import Settings
+    from api.http.settings import Settings
 
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
@@ -188,7 +188,7 @@ def api_keys(database_url: str | None, data_dir: Path) -> Iterator[IssueKey]:
     issued here is revoked on the way out, so a demo leaves no live token behind."""
     from sqlalchemy.orm import Session
 
-    from api.keys import create_key, revoke_key
+    from api.services.keys import create_key, revoke_key
     from vault import db
 
     issued: list[str] = []

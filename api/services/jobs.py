@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from api.outbox import OutboxRelay
+from api.services.outbox import OutboxRelay
 from vault.retention import RetentionSweeper
 
 _log = logging.getLogger(__name__)

@@ -13,15 +13,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from api.http.settings import Settings
 from vault import db
-from vault.config import Settings
 from vault.models import API_ROLES
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from api.bootstrap import RunningLedger
-    from api.keys import IssuedKey
+    from api.cli.bootstrap import RunningLedger
+    from api.services.keys import IssuedKey
 
 
 _EXPIRES_HELP = "when the key stops working: a duration (90m, 12h, 30d, 8w) or an ISO date/time"
@@ -133,8 +133,8 @@ def _up(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
-    from api import bootstrap
-    from api.app import create_app
+    from api.cli import bootstrap
+    from api.http.app import create_app
     from ledger_bridge.genesis import GenesisError
 
     settings = _settings_from(args)
@@ -256,7 +256,7 @@ def _issued(issued: IssuedKey, **extra: str) -> None:
 
 
 def _apikey_create(args: argparse.Namespace) -> int:
-    from api.keys import create_key, parse_expiry
+    from api.services.keys import create_key, parse_expiry
 
     try:
         expires = None if args.expires is None else parse_expiry(args.expires)
@@ -270,7 +270,7 @@ def _apikey_create(args: argparse.Namespace) -> int:
 
 
 def _apikey_list(args: argparse.Namespace) -> int:
-    from api.keys import list_keys
+    from api.services.keys import list_keys
 
     with _key_session(args) as session:
         keys = list_keys(session, member_id=args.member, include_ended=args.all)
@@ -282,7 +282,7 @@ def _apikey_list(args: argparse.Namespace) -> int:
 def _apikey_rotate(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from api.keys import parse_duration, parse_expiry, rotate_key
+    from api.services.keys import parse_duration, parse_expiry, rotate_key
 
     now = dt.datetime.now(dt.UTC)
     try:
@@ -300,7 +300,7 @@ def _apikey_rotate(args: argparse.Namespace) -> int:
 
 
 def _apikey_revoke(args: argparse.Namespace) -> int:
-    from api.keys import revoke_key
+    from api.services.keys import revoke_key
 
     with _key_session(args) as session:
         found = revoke_key(session, args.key_id)
@@ -312,7 +312,7 @@ def _apikey_revoke(args: argparse.Namespace) -> int:
 
 
 def _openapi(args: argparse.Namespace) -> int:
-    from api.openapi import openapi_yaml
+    from api.http.openapi import openapi_yaml
 
     text = openapi_yaml()
     if args.output is None:

@@ -33,13 +33,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.bodies import BoundedJsonRoute
-from api.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
-from api.errors import ApiError, Forbidden
-from api.outbox import wait_for_receipt
-from api.routes.consents import SignedIn
-from api.schemas import LedgerReceipt, PublicKeyHex, StrictIn, UuidIn
-from api.signed import assemble
+from api.http.bodies import BoundedJsonRoute
+from api.http.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
+from api.http.errors import ApiError, Forbidden
+from api.http.routes.consents import SignedIn
+from api.http.schemas import LedgerReceipt, PublicKeyHex, StrictIn, UuidIn
+from api.http.signed import assemble
+from api.services.outbox import wait_for_receipt
 from ledger_bridge import receipts
 from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound

@@ -65,7 +65,7 @@ class TxBody:
 
     Why pydantic does not check it: the declaration is checked by `bodies.check`, the same
     walk the contracts run, so the API refuses exactly what the contracts would, with the
-    field's path in the message (api/signed.py `draft`)."""
+    field's path in the message (api/http/signed.py `draft`)."""
 
     def __init__(self, tx_type: str) -> None:
         self.tx_type = tx_type

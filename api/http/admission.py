@@ -1,7 +1,7 @@
 """How many uploads may run at once: per API key, and in all on this API instance.
 
 Why: a running upload holds a worker thread and a database connection until its last chunk,
-and a client decides how long that is (up to the body time limits of api/middleware.py). A cap
+and a client decides how long that is (up to the body time limits of api/http/middleware.py). A cap
 per key keeps one provider from taking every slot; the cap in all keeps uploads together below
 what the other routes need from the same thread and connection pools. Refusals are immediate
 (no queue: a queue would hold the sockets the cap is meant to bound).
@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from api.errors import ApiError
+from api.http.errors import ApiError
 
 # What a refused client is told to wait before trying again.
 RETRY_AFTER_S = 5

@@ -1,6 +1,6 @@
 """What members say with their own keys: membership, governance, consents, erasure requests.
 
-Every write here is a transaction its author signed (see api/signed.py): the flow is
+Every write here is a transaction its author signed (see api/http/signed.py): the flow is
 `POST /v1/drafts` → sign `signing_payload` with the wallet → `POST` the draft's `transaction`
 with the `signature` to the resource's endpoint. The API checks the signature, relays the
 transaction to the ledger and answers with the contracts' result and the receipt; it needs no
@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from api.bodies import BoundedJsonRoute
-from api.deps import CurrentMember, LedgerDep, strict_query
-from api.errors import Forbidden
-from api.ledger import LedgerAnswer, jsonable
-from api.schemas import PUBLIC_KEY_HEX, LedgerReceipt, PublicKeyHex, StrictIn, TxBody
-from api.signed import DRAFT_TTL_MAX_S, assemble, draft
+from api.http.bodies import BoundedJsonRoute
+from api.http.deps import CurrentMember, LedgerDep, strict_query
+from api.http.errors import Forbidden
+from api.http.schemas import PUBLIC_KEY_HEX, LedgerReceipt, PublicKeyHex, StrictIn, TxBody
+from api.http.signed import DRAFT_TTL_MAX_S, assemble, draft
+from api.services.gateway import LedgerAnswer, jsonable
 from ledger_bridge.contracts import bodies
 
 router = APIRouter(
@@ -54,7 +54,7 @@ class _Draft(StrictIn):
     )
 
 
-# One model per type a member signs (api/signed.py SELF_SIGNED), each body the component its
+# One model per type a member signs (api/http/signed.py SELF_SIGNED), each body the component its
 # declaration in ledger_bridge/contracts/bodies.py generates.
 class MemberRegisterDraft(_Draft):
     model_config = _example("member.register")

@@ -9,19 +9,19 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api import errors
-from api.admission import UploadSlots
-from api.middleware import BodyLimit, Metrics, bound_access_log
-from api.readiness import ReadinessProbe
-from api.routes import access, consents, datasets, discovery, erasures, health
-from api.routes import dpo as dpo_routes
-from api.routes import ledger as ledger_routes
+from api.http import errors
+from api.http.admission import UploadSlots
+from api.http.middleware import BodyLimit, Metrics, bound_access_log
+from api.http.routes import access, consents, datasets, discovery, erasures, health
+from api.http.routes import dpo as dpo_routes
+from api.http.routes import ledger as ledger_routes
+from api.http.settings import Settings
+from api.services.readiness import ReadinessProbe
 from vault import db
-from vault.config import Settings
 from vault.keys import KeyStore, make_provider
 
 if TYPE_CHECKING:
-    from api.ledger import LedgerGateway
+    from api.services.gateway import LedgerGateway
 
 
 def create_app(
@@ -40,8 +40,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from api.jobs import BackgroundJobs
-        from api.outbox import OutboxCollector, OutboxRelay
+        from api.services.jobs import BackgroundJobs
+        from api.services.outbox import OutboxCollector, OutboxRelay
         from vault.erasure import Eraser
         from vault.retention import RetentionSweeper
 
@@ -55,7 +55,7 @@ def create_app(
         outbox_metrics = OutboxCollector(app.state.sessions)
         app.state.metrics_registry.register(outbox_metrics)
         if ledger is not None:
-            from api.ledger import bind_database
+            from api.services.gateway import bind_database
 
             with app.state.sessions() as session, session.begin():
                 bind_database(session, ledger.genesis)

@@ -31,10 +31,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.keys import IssuedKey, create_key
-from api.ledger import VAULT_KEY_FILE, LedgerGateway, load_or_create_key
-from api.readiness import LedgerQuorumProbe
-from api.wallet import load_wallet, new_wallet
+from api.client.wallet import load_wallet, new_wallet
+from api.services.gateway import VAULT_KEY_FILE, LedgerGateway, load_or_create_key
+from api.services.keys import IssuedKey, create_key
+from api.services.readiness import LedgerQuorumProbe
 from ledger_bridge import genesis as gen
 from ledger_bridge import ports
 from ledger_bridge.cluster import Cluster

@@ -30,14 +30,13 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import records_json
-from api.bodies import BoundedJsonRoute
-from api.deps import Consumer, CurrentMember, KeyStoreDep, LedgerDep, SessionDep, strict_query
-from api.errors import ApiError
-from api.ledger import LedgerGateway, jsonable
-from api.routes.consents import subject_or_dpo
-from api.routes.datasets import ledger_identity
-from api.schemas import (
+from api.http import records_json
+from api.http.bodies import BoundedJsonRoute
+from api.http.deps import Consumer, CurrentMember, KeyStoreDep, LedgerDep, SessionDep, strict_query
+from api.http.errors import ApiError
+from api.http.routes.consents import subject_or_dpo
+from api.http.routes.datasets import ledger_identity
+from api.http.schemas import (
     PUBLIC_KEY_HEX,
     InclusionProof,
     LedgerReceipt,
@@ -46,6 +45,7 @@ from api.schemas import (
     StrictIn,
     UuidIn,
 )
+from api.services.gateway import LedgerGateway, jsonable
 from vault import disclosure, reads
 from vault.keys import KeyStore
 
@@ -163,7 +163,7 @@ def _records(
     fields: list[str] | None,
 ) -> Iterator[str]:
     """The granted subjects' records in the uploads the contracts named, each as the JSON text
-    of an `AccessRecord` (api/records_json.py says why text)."""
+    of an `AccessRecord` (api/http/records_json.py says why text)."""
     if not granted:
         return
     live = {uuid.UUID(u) for u in uploads}

@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands; each defines `register(subparsers) -> None` and sets
 # `func` on its parsers via `set_defaults(func=...)`, a callable taking the parsed namespace
 # and returning an exit code.
 COMMAND_MODULES: tuple[str, ...] = (
-    "api.commands",
-    "api.wallet",
-    "api.governance",
-    "api.demo",
+    "api.cli.commands",
+    "api.cli.wallet",
+    "api.cli.governance",
+    "api.cli.demo",
     "ledger_bridge.cli",
     "vault.cli",
     "bench.cli",
@@ -56,7 +55,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any
 
-from api.errors import ApiError, Forbidden
+from api.http.errors import ApiError, Forbidden
 from ledger_bridge.contracts import bodies, codec, tx
 from vault.uploads import LEDGER_SUBJECT_ID
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from api.bodies import BoundedJsonRoute
-from api.deps import CurrentMember, LedgerDep, strict_query
+from api.http.bodies import BoundedJsonRoute
+from api.http.deps import CurrentMember, LedgerDep, strict_query
 
 router = APIRouter(
     prefix="/v1",

@@ -20,8 +20,8 @@ from typing import Any
 
 import anyio.from_thread
 
-from api.bodies import JSON_DEPTH_MAX, TooDeep, loads_bounded
-from api.errors import ApiError, InvalidLine
+from api.http.bodies import JSON_DEPTH_MAX, TooDeep, loads_bounded
+from api.http.errors import ApiError, InvalidLine
 from vault.uploads import SUBJECT_ID, RecordIn
 
 RESERVED = ("subject_id", "payload", "record_id")

@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import records_json
-from api.admission import UploadSlots
-from api.bodies import BoundedJsonRoute
-from api.deps import (
+from api.http import records_json
+from api.http.admission import UploadSlots
+from api.http.bodies import BoundedJsonRoute
+from api.http.deps import (
     KeyStoreDep,
     Provider,
     ProviderOrDpo,
@@ -31,10 +31,8 @@ from api.deps import (
     SettingsDep,
     strict_query,
 )
-from api.errors import UnsupportedMediaType
-from api.keys import Member
-from api.outbox import wait_for_receipt
-from api.schemas import (
+from api.http.errors import UnsupportedMediaType
+from api.http.schemas import (
     DatasetIn,
     DatasetOut,
     InclusionProof,
@@ -42,23 +40,25 @@ from api.schemas import (
     RecordOut,
     UploadOut,
 )
-from api.streams import (
+from api.http.settings import Settings
+from api.http.streams import (
     LINE_OVERHEAD_BYTES,
     chunks_from_loop,
     csv_records,
     ndjson_records,
     split_lines,
 )
+from api.services.keys import Member
+from api.services.outbox import wait_for_receipt
 from vault import reads
-from vault.config import Settings
 from vault.datasets import get_dataset, list_datasets, register_dataset
 from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultError
 from vault.models import Dataset, Record, Upload
 from vault.uploads import LEDGER_SUBJECT_ID, SUBJECT_ID, Uploader, UploadResult
 
 if TYPE_CHECKING:
-    from api.jobs import BackgroundJobs
-    from api.ledger import LedgerGateway
+    from api.services.gateway import LedgerGateway
+    from api.services.jobs import BackgroundJobs
 
 router = APIRouter(
     prefix="/v1",
@@ -219,7 +219,7 @@ async def _first_chunk(body: AsyncIterator[bytes]) -> bytes:
     """The body's first bytes (b"" for an empty body), awaited on the event loop.
 
     Why before anything else: until data arrives, the upload holds no worker thread and no
-    database connection, only its socket and its slot (api/admission.py).
+    database connection, only its socket and its slot (api/http/admission.py).
     """
     async for chunk in body:
         if chunk:

@@ -1,0 +1,181 @@
+"""`civis-vault wallet`: the command line over the subject's wallet (`api/client/wallet.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+
+from api.client.wallet import (
+    CERTIFICATE_BYTES_MAX,
+    Wallet,
+    WalletError,
+    dataset_id,
+    load_wallet,
+    new_wallet,
+    sign_message,
+)
+from ledger_bridge import receipts
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    wallet = sub.add_parser("wallet", help="a data subject's (or a member's) signing keys")
+    actions = wallet.add_subparsers(dest="wallet_command", metavar="ACTION", required=True)
+    new = actions.add_parser("new", help="create a key file (0600); prints the public key")
+    new.add_argument("--key", type=Path, required=True, help="key file to create")
+    new.set_defaults(func=_new)
+    pub = actions.add_parser(
+        "pubkey",
+        help="print the key file's own public key: a legal entity's identity "
+        "(a subject shows only pseudonyms)",
+    )
+    pub.add_argument("--key", type=Path, required=True)
+    pub.set_defaults(func=_pubkey)
+    nym = actions.add_parser("pseudonym", help="print the subject's pseudonym in a dataset")
+    nym.add_argument("--key", type=Path, required=True)
+    nym.add_argument("--dataset", required=True, help="the dataset's id")
+    nym.set_defaults(func=_pseudonym)
+    sign = actions.add_parser("sign", help="sign the exact bytes the API handed out")
+    sign.add_argument("--key", type=Path, required=True)
+    sign.add_argument("--dataset", help="sign with the pseudonym of this dataset")
+    what = sign.add_mutually_exclusive_group(required=True)
+    what.add_argument("--hex", help="the message, hex-encoded")
+    what.add_argument("--file", type=Path, help="a file holding the message bytes")
+    sign.set_defaults(func=_sign)
+    erased = actions.add_parser(
+        "erased",
+        help="keep an erasure's certificate and move the dataset to a new pseudonym",
+    )
+    erased.add_argument("--key", type=Path, required=True)
+    erased.add_argument("--dataset", required=True, help="the dataset whose pseudonym was erased")
+    erased.add_argument(
+        "--certificate", required=True, help="the erasure certificate (JSON) file, or - for stdin"
+    )
+    erased.add_argument(
+        "--api",
+        help="the API's base URL: a pending certificate's sealed receipt is fetched from it",
+    )
+    erased.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for a pending receipt"
+    )
+    erased.set_defaults(func=_erased)
+    kept = actions.add_parser(
+        "receipt",
+        help="print the erasure receipt the wallet kept (verify-erasure --receipt reads it)",
+    )
+    kept.add_argument("--key", type=Path, required=True)
+    kept.add_argument("--dataset", required=True)
+    kept.add_argument("--generation", type=int, help="the erased generation (default: latest)")
+    kept.set_defaults(func=_receipt)
+    receipts.add_verify_command(actions)  # verify-erasure: ledger_bridge/receipts.py
+
+
+def _report(name: str, run: Callable[[], dict[str, Any]]) -> int:
+    try:
+        out = run()
+    except WalletError as exc:
+        print(f"civis-vault wallet {name}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    return _report("new", lambda: {"public_key": new_wallet(args.key).public_key.hex()})
+
+
+def _pubkey(args: argparse.Namespace) -> int:
+    return _report("pubkey", lambda: {"public_key": load_wallet(args.key).public_key.hex()})
+
+
+def _pseudonym(args: argparse.Namespace) -> int:
+    def run() -> dict[str, Any]:
+        wallet = Wallet.open(args.key)
+        key = wallet.pseudonym(args.dataset)
+        d = dataset_id(args.dataset)
+        return {
+            "public_key": key.public_key.hex(),
+            "dataset": d,
+            "generation": wallet.generation(d),
+        }
+
+    return _report("pseudonym", run)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    def run() -> dict[str, Any]:
+        if args.dataset is None:
+            key = load_wallet(args.key)
+        else:
+            key = Wallet.open(args.key).pseudonym(args.dataset)
+        if args.hex is not None:
+            try:
+                message = bytes.fromhex(args.hex)
+            except ValueError:
+                raise WalletError("--hex is not hexadecimal") from None
+        else:
+            try:
+                message = args.file.read_bytes()
+            except OSError as exc:
+                raise WalletError(f"cannot read {args.file}: {exc.strerror}") from None
+        signature = sign_message(key, message)
+        return {"public_key": key.public_key.hex(), "signature": signature.hex()}
+
+    return _report("sign", run)
+
+
+def _erased(args: argparse.Namespace) -> int:
+    def run() -> dict[str, Any]:
+        wallet = Wallet.open(args.key)
+        try:
+            if args.certificate == "-":
+                raw = sys.stdin.buffer.read(CERTIFICATE_BYTES_MAX + 1)
+            else:
+                raw = Path(args.certificate).read_bytes()
+        except OSError as exc:
+            raise WalletError(f"cannot read {args.certificate}: {exc.strerror}") from None
+        if len(raw) > CERTIFICATE_BYTES_MAX:
+            raise WalletError(f"the certificate is larger than {CERTIFICATE_BYTES_MAX} bytes")
+        try:
+            certificate = json.loads(raw)
+        except ValueError:
+            raise WalletError("the certificate is not JSON") from None
+        if not isinstance(certificate, dict):
+            raise WalletError("the certificate is not an erasure certificate")
+        d = dataset_id(args.dataset)
+        erased = wallet.pseudonym(d).public_key.hex()
+        receipt = None
+        if certificate.get("erasure_receipt") is None and args.api is not None:
+            receipt = _fetch_receipt(args.api, certificate, args.wait)
+        following = wallet.record_erasure(d, certificate, receipt)
+        return {
+            "dataset": d,
+            "erased": erased,
+            "generation": wallet.generation(d),
+            "public_key": following.public_key.hex(),
+        }
+
+    return _report("erased", run)
+
+
+def _fetch_receipt(api: str, certificate: dict[str, Any], wait_s: float) -> dict[str, Any]:
+    """A pending certificate's receipt, fetched sealed from the API and opened with its key."""
+    from api.client import CivisClient, ClientError, ErasureCertificate
+
+    try:
+        with CivisClient(api) as client:
+            answer = cast(ErasureCertificate, certificate)
+            return dict(client.erasure_receipt(answer, wait_s=wait_s))
+    except (ClientError, httpx.HTTPError, receipts.ReceiptInvalid) as exc:
+        raise WalletError(f"fetching the erasure receipt: {exc}") from None
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    return _report(
+        "receipt", lambda: Wallet.open(args.key).kept_erasure(args.dataset, args.generation)
+    )
