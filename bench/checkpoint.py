@@ -1,12 +1,12 @@
 """`civis-vault bench checkpoint --json`: what a PBFT checkpoint costs a replica, by state size.
 
-Why: a replica checkpoints every K = 32 batches, all replicas at once. It used to serialise
-and hash its whole state each time (and store it once stable), so the cost per transaction
-grew with the chain's state. Now a checkpoint digests the application's incremental state
-root, the reply cache and the chain head, and keeps a copy-on-write view of the state that is
-serialised only for a lagging peer or a durable snapshot (every `durable_snapshot_txs`). The
-baseline is that old checkpoint (serialise + hash the whole state), measured in the same run
-on the same state, so the ratio survives a noisy machine. `--records` sets the entries of each
+Why: a replica checkpoints every K = 32 batches, all replicas at once. A checkpoint that
+serialised and hashed the whole state would cost each transaction more as the chain's state
+grows. A checkpoint digests the application's incremental state root, the reply cache and the
+chain head, and keeps a copy-on-write view of the state that is serialised only for a lagging
+peer or a durable snapshot (every `durable_snapshot_txs`). The baseline is the whole-state
+checkpoint (serialise + hash the whole state), measured in the same run on the same state, so
+the ratio survives a noisy machine. `--records` sets the entries of each
 application's state (default 100,000): the KV app, and the consent contracts' state with
 access-record-shaped entries.
 
@@ -75,7 +75,7 @@ def _measure(
     def checkpoint_now() -> bytes:  # what `Replica._take_checkpoint` computes, unsigned
         return FrozenState(freeze(), root(), cache, head, 1_000).digest()
 
-    def checkpoint_before() -> bytes:  # the old design: the digest of the serialised state
+    def checkpoint_whole() -> bytes:  # the baseline: the digest of the serialised state
         rows = [list(r) for r in cache]
         return digest(msgpack.packb([snapshot(), rows, head, 1_000], use_bin_type=True))
 
@@ -84,7 +84,7 @@ def _measure(
         "batch_of_100_writes_and_root_ms": _best_ms(batch_and_root),
         # Each checkpoint timed alone, after an untimed batch of writes (root included).
         "checkpoint_ms": _best_ms(checkpoint_now, before=batch_and_root),
-        "baseline_whole_state_checkpoint_ms": _best_ms(checkpoint_before, before=batch_and_root),
+        "baseline_whole_state_checkpoint_ms": _best_ms(checkpoint_whole, before=batch_and_root),
         "durable_snapshot_ms": _best_ms(lambda: FrozenState.packed(_fresh(state))),
         "snapshot_bytes": len(state.packed()),
     }

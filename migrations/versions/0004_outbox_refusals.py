@@ -4,12 +4,12 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02
 
-Why: the relay ships facts in id order and used to retry the oldest unsent fact until the
-ledger took it. A fact the contracts refuse (they executed it and said no) is refused again
-on every retry, so every anchor and erasure behind it waited forever. Such a fact is now set
-aside (`refused_at`, the contract's code in `last_error`), the relay moves on, the DPO sees it
-(`GET /v1/dpo/outbox`, the `civis_outbox_facts` metric) and can send it again once the
-cooperative's state allows it. An upload whose anchor was refused is `refused`: no consumer
+Why: the relay ships facts in id order, and at revision 0003 it retries the oldest unsent
+fact until the ledger takes it. A fact the contracts refuse (they executed it and said no) is
+refused again on every retry, so every anchor and erasure behind it would wait forever. From
+this revision such a fact is set aside (`refused_at`, the contract's code in `last_error`),
+the relay moves on, the DPO sees it (`GET /v1/dpo/outbox`, the `civis_outbox_facts` metric)
+and can send it again once the cooperative's state allows it. An upload whose anchor was refused is `refused`: no consumer
 gets its records.
 A resent fact needs a ledger request id above every one the relay used (the replicas ignore
 older ones), hence `request_id` and the sequence it is drawn from.
@@ -68,7 +68,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # A refused upload goes back to pending (served to no consumer either way) and its fact back in
-    # the queue: the old relay retries it, which is what it did before this revision.
+    # the queue, where a revision-0003 relay retries it.
     op.execute("UPDATE uploads SET state = 'pending' WHERE state = 'refused'")
     op.drop_constraint(op.f("ck_uploads_state"), "uploads", type_="check")
     op.create_check_constraint(op.f("ck_uploads_state"), "uploads", _STATES_OLD)

@@ -83,8 +83,8 @@ def test_every_frozen_view_serialises_the_map_as_it_was_when_frozen(
 
 def test_a_restored_map_has_hashed_its_tree_already() -> None:
     """Restoring hashes the whole tree once, so the first block after a state transfer pays
-    only for its own writes (it used to pay O(state), which looked like a per-transaction
-    cost growing with the state in `bench checkpoint`)."""
+    only for its own writes: a lazily hashed restore would make it pay O(state), which looks
+    like a per-transaction cost growing with the state in `bench checkpoint`."""
     kv = MerkleMap()
     for i in range(2_000):
         kv.set(b"k%d" % i, b"v%d" % i)
