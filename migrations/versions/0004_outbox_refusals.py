@@ -9,8 +9,8 @@ fact until the ledger takes it. A fact the contracts refuse (they executed it an
 refused again on every retry, so every anchor and erasure behind it would wait forever. From
 this revision such a fact is set aside (`refused_at`, the contract's code in `last_error`),
 the relay moves on, the DPO sees it (`GET /v1/dpo/outbox`, the `civis_outbox_facts` metric)
-and can send it again once the cooperative's state allows it. An upload whose anchor was refused is `refused`: no consumer
-gets its records.
+and can send it again once the cooperative's state allows it. An upload whose anchor was
+refused is `refused`: no consumer gets its records.
 A resent fact needs a ledger request id above every one the relay used (the replicas ignore
 older ones), hence `request_id` and the sequence it is drawn from.
 """
