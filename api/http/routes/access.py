@@ -32,10 +32,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.http import records_json
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import Consumer, CurrentMember, KeyStoreDep, LedgerDep, SessionDep, strict_query
+from api.http.deps import (
+    Consumer,
+    CurrentMember,
+    KeyStoreDep,
+    LedgerDep,
+    SessionDep,
+    strict_query,
+    subject_or_dpo,
+)
 from api.http.errors import ApiError
-from api.http.routes.consents import subject_or_dpo
-from api.http.routes.datasets import ledger_identity
 from api.http.schemas import (
     PUBLIC_KEY_HEX,
     InclusionProof,
@@ -46,6 +52,7 @@ from api.http.schemas import (
     UuidIn,
 )
 from api.services.gateway import LedgerGateway, jsonable
+from api.services.identity import ledger_identity
 from vault import disclosure, reads
 from vault.keys import KeyStore
 
