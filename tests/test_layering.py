@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,158 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
         "from . import x\n"
     )
     assert list(_imports(probe)) == ["cryptography.hazmat.primitives", "api.http.app"]
+
+
+# -- the api rooms ------------------------------------------------------------------------
+#
+# api/ is four rooms, each importing only from the rooms below it:
+# - api/http/routes: a route module imports no other route module. What two of them share is
+#   a request dependency (api/http/deps.py), a wire model (api/http/schemas.py) or logic
+#   (api/services/), so moving or removing one router never breaks another.
+# - api/services: the logic the HTTP edge and the CLI share. Of api.http it may import only
+#   `api.http.errors` (the API's error types, so a service says 404 or 409 once, in the type
+#   it raises) and `api.http.schemas` (the shared wire models, so a service hands a route the
+#   model it answers with). Both are plain definitions importing nothing else of api (checked
+#   below), so a service never drags in the app, its dependencies or its routes. Nothing of
+#   api.cli: the command line calls services, never the other way round.
+# - api/http: the server edge, which the command line starts and never the reverse.
+# - api/client: what a member installs beside their wallet; it speaks HTTP to the API and
+#   imports none of the server side.
+
+
+@dataclass(frozen=True)
+class Room:
+    folder: str  # relative to the repository root
+    forbidden: tuple[str, ...]  # modules (and everything under them) the room must not import
+    allowed: tuple[str, ...] = ()  # exceptions under a forbidden module
+
+
+API_ROOMS: dict[str, Room] = {
+    "routes": Room("api/http/routes", forbidden=("api.http.routes",)),
+    "services": Room(
+        "api/services",
+        forbidden=("api.http", "api.cli"),
+        allowed=("api.http.errors", "api.http.schemas"),
+    ),
+    "http": Room("api/http", forbidden=("api.cli",)),
+    "client": Room("api/client", forbidden=("api.http", "api.services", "api.cli")),
+}
+# The two api.http modules services may import stay free of the rest of api.
+SHARED_WITH_SERVICES = ("api/http/errors.py", "api/http/schemas.py")
+
+
+def _module_name(root: Path, path: Path) -> tuple[str, bool]:
+    """A file's dotted module name, and whether it is a package's `__init__`."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), True
+    return ".".join(parts), False
+
+
+def _bound_imports(root: Path, path: Path) -> Iterator[str]:
+    """Every module or name a file imports, relative imports resolved against its package.
+
+    `from a.b import c` yields `a.b.c` (c may be a submodule or a name in a.b: either way it
+    lies under a.b), so `from api.http import deps` and `from api.http.deps import Dpo` are
+    both seen as importing api.http.deps. Imports under `if TYPE_CHECKING:` count too.
+    """
+    name, is_package = _module_name(root, path)
+    package = name.split(".") if is_package else name.split(".")[:-1]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            for alias in node.names:
+                yield f"{module}.{alias.name}"
+
+
+def _under(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
+
+
+def _room_offenders(root: Path, room: Room) -> list[str]:
+    """`file imports name` for each forbidden import in the room (a module's own names aside)."""
+    offenders = []
+    for path in sorted((root / room.folder).rglob("*.py")):
+        own, _ = _module_name(root, path)
+        for name in _bound_imports(root, path):
+            if (
+                any(_under(name, f) for f in room.forbidden)
+                and not any(_under(name, a) for a in room.allowed)
+                and not _under(name, own)
+            ):
+                offenders.append(f"{path.relative_to(root)} imports {name}")
+    return offenders
+
+
+@pytest.mark.parametrize("room", sorted(API_ROOMS))
+def test_api_rooms_import_only_downward(room: str) -> None:
+    folder = ROOT / API_ROOMS[room].folder
+    assert list(folder.rglob("*.py")), f"{folder} holds no module: the rule checks nothing"
+    assert _room_offenders(ROOT, API_ROOMS[room]) == []
+
+
+@pytest.mark.parametrize("module", SHARED_WITH_SERVICES)
+def test_what_services_may_import_of_http_imports_nothing_of_api(module: str) -> None:
+    path = ROOT / module
+    names = list(_bound_imports(ROOT, path))
+    assert names, f"{module} imports nothing: the check reads nothing"
+    assert [n for n in names if _under(n, "api")] == []
+
+
+# room -> (a probe file in it, source breaking the rule with N imports, source within it)
+ROOM_CONTROLS: dict[str, tuple[str, str, str]] = {
+    "routes": (
+        "api/http/routes/probe.py",
+        "from . import other\nfrom api.http.routes.other import router\nimport api.http.routes.x\n",
+        "from api.http.deps import Dpo\nfrom api.services.gateway import jsonable\n"
+        "from .probe import helper\n",
+    ),
+    "services": (
+        "api/services/probe.py",
+        "from api.http.deps import Dpo\nfrom api.http import app\nimport api.cli\n"
+        "from ..cli.commands import main\n",
+        "from api.http.errors import ApiError\nfrom api.http.schemas import LedgerReceipt\n"
+        "from api.services.keys import Member\nfrom . import gateway\n",
+    ),
+    "http": (
+        "api/http/probe.py",
+        "from api.cli import main\nfrom ..cli import commands\n",
+        "from api.services.gateway import LedgerGateway\nfrom .errors import ApiError\n",
+    ),
+    "client": (
+        "api/client/probe.py",
+        "import api.services.keys\nfrom api.http.schemas import LedgerReceipt\n"
+        "from api.cli import main\n",
+        "from api.client.wallet import Wallet\nfrom .types import Answer\nimport httpx\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("room", sorted(API_ROOMS))
+def test_the_room_checker_catches_a_violation(room: str, tmp_path: Path) -> None:
+    """Each rule, run on a probe module, flags every import breaking it and nothing else."""
+    probe_path, breaking, within = ROOM_CONTROLS[room]
+    probe = tmp_path / probe_path
+    probe.parent.mkdir(parents=True)
+    probe.write_text(breaking)
+    assert len(_room_offenders(tmp_path, API_ROOMS[room])) == breaking.count("\n")
+    probe.write_text(within)
+    assert _room_offenders(tmp_path, API_ROOMS[room]) == []
+
+
+def test_the_shared_modules_check_sees_api_imports(tmp_path: Path) -> None:
+    probe = tmp_path / "api" / "http" / "schemas.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text(
+        "from .deps import Dpo\nfrom api.services.keys import Member\nimport pydantic\n"
+    )
+    names = list(_bound_imports(tmp_path, probe))
+    assert [n for n in names if _under(n, "api")] == [
+        "api.http.deps.Dpo",
+        "api.services.keys.Member",
+    ]

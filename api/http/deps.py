@@ -100,6 +100,18 @@ Dpo = Annotated[Member, Depends(require_role("dpo"))]
 ReleasedProvider = Annotated[Member, Depends(_released_provider)]
 
 
+def subject_or_dpo(member: Member, subject_id: str) -> None:
+    """Admit the subject named in the path, or the DPO; refuse everyone else.
+
+    A check the route calls rather than a dependency: the subject comes from the route's own
+    path parameter, which the route declares (and documents) itself.
+    """
+    if member.role == "dpo":
+        return
+    if member.role != "subject" or member.member_id != subject_id:
+        raise Forbidden("only the subject or the DPO may read this")
+
+
 def _query_names(dependant: Any) -> set[str]:
     """The query parameter names of an operation, its sub-dependencies' included."""
     if dependant is None:

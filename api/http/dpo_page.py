@@ -3,8 +3,8 @@
 Why server-rendered and script-free: the page shows personal-data processing facts to one
 privileged user; it must work offline (no CDN), leak nothing to third parties, and be cheap to
 audit. Charts are SVG bars computed here. Data comes from the vault audits (retention timeline,
-erasures, findings) and from the ledger (accesses per purpose and consumer, replica health);
-this module only lays it out.
+erasures, findings) and from the ledger (accesses per purpose and consumer, replica health):
+`page_data` gathers it from the services, which compute every figure; the rest lays it out.
 """
 
 from __future__ import annotations
@@ -12,9 +12,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.services.access_log import count_accesses_since
+from api.services.replicas import ledger_status
+from api.services.retention_audit import run_retention_audit
+from vault import audit
+
+if TYPE_CHECKING:
+    from api.services.gateway import LedgerGateway
+
+PAGE_DAYS = 30  # the access charts cover this many days, today included
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _env = Environment(
@@ -59,6 +70,45 @@ class DpoPageData:
     accesses_by_day: list[tuple[str, int]] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)
     ledger_height: int | None = None
+
+
+def page_data(
+    sessions: sessionmaker[Session], gateway: LedgerGateway | None, session: Session
+) -> DpoPageData:
+    """What the page shows; the ledger's parts are left empty when there is no ledger."""
+    today = dt.datetime.now(dt.UTC).date()
+    data = DpoPageData(
+        today=today,
+        timeline=audit.retention_timeline(session, today),
+        erasures=audit.erasure_log(session),
+        findings=[],
+    )
+    if gateway is None:
+        data.findings = [
+            {"code": f.code, "detail": f.detail}
+            for f in audit.retention_audit(session, today).findings
+        ]
+        return data
+    report = run_retention_audit(sessions, gateway, None)
+    data.findings = [{"code": f.code, "detail": f.detail} for f in report.findings]
+    since = dt.datetime.combine(today - dt.timedelta(days=PAGE_DAYS - 1), dt.time(), dt.UTC)
+    counts = count_accesses_since(gateway, since)
+    data.accesses_by_purpose = sorted(counts.by_purpose.items())
+    data.accesses_by_consumer = counts.by_consumer.most_common(12)
+    data.accesses_by_day = sorted(counts.by_day.items())
+    status = ledger_status(gateway)
+    data.ledger_height = status.height
+    data.replicas = [
+        {
+            "id": r.id,
+            "college": r.college,
+            "height": r.height if r.height is not None else "—",
+            "view": r.view if r.view is not None else "—",
+            "status": "up" if r.reachable else "down",
+        }
+        for r in status.replicas
+    ]
+    return data
 
 
 def render_dpo_page(data: DpoPageData) -> str:

@@ -94,6 +94,19 @@ def _distinct(values: list[str]) -> list[str]:
     return values
 
 
+Hex = Annotated[str, StringConstraints(min_length=2, max_length=1_048_576, pattern=r"^[0-9a-f]+$")]
+
+
+# A transaction its author signed: every member write (consents, governance, erasure requests)
+# arrives in this shape, whichever route relays it (api/http/signed.py). No docstring: it
+# would become the schema's description in openapi.yaml.
+class SignedIn(StrictIn):
+    transaction: Hex = Field(description="a draft's `transaction`")
+    signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")] = Field(
+        description="the author's Ed25519 signature of the draft's `signing_payload` (hex)"
+    )
+
+
 class DatasetIn(StrictIn):
     name: Annotated[
         str,

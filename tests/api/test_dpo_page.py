@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.http.dpo_page import DpoPageData, render_dpo_page
-from api.http.routes.dpo import SESSION_COOKIE
+from api.services.dpo_sessions import SESSION_COOKIE
 from tests.api.conftest import MakeKey
 from tests.api.ledger_env import LedgerEnv
 from tests.api.ledger_env import ledger_cluster as ledger_cluster  # fixture

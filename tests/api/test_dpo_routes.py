@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.http.routes.dpo import SESSION_COOKIE
+from api.services.dpo_sessions import SESSION_COOKIE
 from api.services.keys import revoke_key
 from ledger_bridge.genesis import load_node_config
 from ledger_bridge.pbft import messages as m

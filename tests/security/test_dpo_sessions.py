@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from api.http.app import create_app
-from api.http.routes.dpo import SESSION_COOKIE
 from api.http.settings import Settings
+from api.services.dpo_sessions import SESSION_COOKIE
 from tests.api.conftest import MakeKey, api_database_url, api_settings, make_key  # noqa: F401
 from vault import db
 from vault.models import ApiKey

@@ -1,4 +1,4 @@
-"""Consent-checked access for consumers, and the subject's own export (Art. 15 and 20).
+"""Consent-checked access for consumers (the subject's own export is in routes/subjects.py).
 
 An access is decided by the consent contracts, never here: the vault signs an `access.request`
 for the consumer, the replicas decide which subjects are granted (an active consent for this
@@ -25,19 +25,16 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http import records_json
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import Consumer, CurrentMember, KeyStoreDep, LedgerDep, SessionDep, strict_query
+from api.http.deps import Consumer, KeyStoreDep, LedgerDep, SessionDep, strict_query
 from api.http.errors import ApiError
-from api.http.routes.consents import subject_or_dpo
-from api.http.routes.datasets import ledger_identity
 from api.http.schemas import (
-    PUBLIC_KEY_HEX,
     InclusionProof,
     LedgerReceipt,
     Name,
@@ -45,7 +42,8 @@ from api.http.schemas import (
     StrictIn,
     UuidIn,
 )
-from api.services.gateway import LedgerGateway, jsonable
+from api.services.gateway import LedgerGateway
+from api.services.identity import ledger_identity
 from vault import disclosure, reads
 from vault.keys import KeyStore
 
@@ -276,46 +274,3 @@ def access(
     records = _records(session, store, body.dataset_id, granted, uploads, body.fields)
     text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
     return Response(content=text.encode(), media_type="application/json")
-
-
-class ExportOut(BaseModel):
-    """Art. 15 (access) and Art. 20 (portability): everything held about the subject."""
-
-    subject_id: str
-    ledger_height: int
-    records: list[dict[str, Any]]
-    consents: list[dict[str, Any]]
-    accesses: list[dict[str, Any]]
-    erasures: list[dict[str, Any]]
-
-
-@router.get("/subjects/{subject_id}/export")
-def export(
-    subject_id: Annotated[str, Path(pattern=PUBLIC_KEY_HEX)],
-    member: CurrentMember,
-    session: SessionDep,
-    store: KeyStoreDep,
-    ledger: LedgerDep,
-) -> ExportOut:
-    """The subject's records (decrypted), consents, accesses to their data, and erasures."""
-    subject_or_dpo(member, subject_id)
-    records = [
-        {
-            "record_id": str(r.record_id),
-            "dataset_id": str(r.dataset_id),
-            "upload_id": str(r.upload_id),
-            "payload": json.loads(r.payload),
-        }
-        for r in reads.Reader(store).by_subject(session, subject_id)
-    ]
-    consents = ledger.query("consents", subject=subject_id)
-    accesses = ledger.query("accesses", subject=subject_id, limit=1000)
-    erasures = ledger.query("erasures", subject=subject_id, limit=1000)
-    return ExportOut(
-        subject_id=subject_id,
-        ledger_height=consents["height"],
-        records=records,
-        consents=jsonable(consents["result"]),
-        accesses=jsonable(accesses["result"]),
-        erasures=jsonable(erasures["result"]),
-    )

@@ -13,12 +13,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import CurrentMember, LedgerDep, strict_query
+from api.http.deps import CurrentMember, LedgerDep, strict_query, subject_or_dpo
 from api.http.errors import Forbidden
-from api.http.schemas import PUBLIC_KEY_HEX, LedgerReceipt, PublicKeyHex, StrictIn, TxBody
+from api.http.schemas import (
+    PUBLIC_KEY_HEX,
+    LedgerReceipt,
+    PublicKeyHex,
+    SignedIn,
+    StrictIn,
+    TxBody,
+)
 from api.http.signed import DRAFT_TTL_MAX_S, assemble, draft
 from api.services.gateway import LedgerAnswer, jsonable
 from ledger_bridge.contracts import bodies
@@ -29,9 +36,6 @@ router = APIRouter(
     dependencies=[Depends(strict_query)],
     route_class=BoundedJsonRoute,
 )
-
-Hex = Annotated[str, StringConstraints(min_length=2, max_length=1_048_576, pattern=r"^[0-9a-f]+$")]
-
 
 EXAMPLE_AUTHOR = bodies.EX_KEY
 
@@ -108,13 +112,6 @@ class DraftOut(BaseModel):
     transaction: str = Field(description="the canonical unsigned transaction (hex)")
     signing_payload: str = Field(description="the exact bytes the author signs (hex)")
     valid_until: int = Field(description="ms since the epoch; submit before then")
-
-
-class SignedIn(StrictIn):
-    transaction: Hex = Field(description="a draft's `transaction`")
-    signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")] = Field(
-        description="the author's Ed25519 signature of the draft's `signing_payload` (hex)"
-    )
 
 
 class LedgerWriteOut(BaseModel):
@@ -210,13 +207,6 @@ def grant(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
 def revoke(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
     """consent.revoke, signed by the subject: every access from the next block is refused."""
     return _relay(ledger, body, "consent.revoke")
-
-
-def subject_or_dpo(member: CurrentMember, subject_id: str) -> None:
-    if member.role == "dpo":
-        return
-    if member.role != "subject" or member.member_id != subject_id:
-        raise Forbidden("only the subject or the DPO may read this")
 
 
 @router.get("/subjects/{subject_id}/consents")

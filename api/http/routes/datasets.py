@@ -48,6 +48,7 @@ from api.http.streams import (
     ndjson_records,
     split_lines,
 )
+from api.services.identity import ledger_identity
 from api.services.keys import Member
 from api.services.outbox import wait_for_receipt
 from vault import reads
@@ -75,11 +76,6 @@ class DatasetExists(VaultError):
     title = "Dataset exists"
 
 
-class NoLedgerIdentity(VaultError):
-    status = 403
-    title = "No ledger identity"
-
-
 def _out(d: Dataset) -> DatasetOut:
     return DatasetOut(
         id=d.id,
@@ -103,16 +99,6 @@ def _visible(session: Session, dataset_id: uuid.UUID, member: Member) -> Dataset
     if member.role != "dpo" and dataset.owner_id != member.member_id:
         raise DatasetNotFound(f"dataset {dataset_id} does not exist")
     return dataset
-
-
-def ledger_identity(member: Member) -> bytes:
-    """A member's key on the ledger: with a ledger, API keys are bound to it (hex)."""
-    if not LEDGER_SUBJECT_ID.match(member.member_id):
-        raise NoLedgerIdentity(
-            "this API key's member id is not a ledger public key (64 lowercase hex); "
-            "issue the member a key bound to the public key it registered on the ledger"
-        )
-    return bytes.fromhex(member.member_id)
 
 
 @router.post("/datasets", status_code=201)

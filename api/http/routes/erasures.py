@@ -36,8 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.http.bodies import BoundedJsonRoute
 from api.http.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
 from api.http.errors import ApiError, Forbidden
-from api.http.routes.consents import SignedIn
-from api.http.schemas import LedgerReceipt, PublicKeyHex, StrictIn, UuidIn
+from api.http.schemas import LedgerReceipt, PublicKeyHex, SignedIn, StrictIn, UuidIn
 from api.http.signed import assemble
 from api.services.outbox import wait_for_receipt
 from ledger_bridge import receipts
