@@ -170,3 +170,17 @@ def test_the_installed_copy_migrates_with_its_own_scripts(
             )
     finally:
         engine.dispose()
+
+
+def test_bench_from_the_checkout_runs_the_checkout_benchmarks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dev side of the same command: options before the name reach bench/cli.py too."""
+    from api.cli import main
+    from api.cli.bench import source_checkout
+
+    monkeypatch.setenv("PYTHONPATH", "")  # bench.cli puts the checkout there for its children
+    assert source_checkout() == ROOT
+    assert main(["bench", "--json", "crypto", "--records", "20"]) == 0
+    assert json.loads(capsys.readouterr().out)["operations"] == 20
+    assert os.environ["PYTHONPATH"] == str(ROOT)
