@@ -1,11 +1,17 @@
-"""`civis-vault bench NAME --json`: each benchmark registers itself in BENCHMARKS."""
+"""`civis-vault bench NAME --json`: each benchmark registers itself in BENCHMARKS.
+
+`civis-vault bench` (api/cli/bench.py) hands its arguments to `main` when it runs from a source
+checkout; `python -m bench.cli NAME` is the same command without the product's entry point.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # name -> "module:function"; the function takes the parsed args, returns a JSON-able dict.
@@ -20,10 +26,15 @@ BENCHMARKS: dict[str, str] = {
     "checkpoint": "bench.checkpoint:run",
 }
 
+# The repository holding this `bench/`.
+CHECKOUT = Path(__file__).resolve().parent.parent
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bench = sub.add_parser("bench", help="run a benchmark and print JSON")
-    bench.add_argument("name", choices=sorted(BENCHMARKS) or ["none"])
+
+def build_parser() -> argparse.ArgumentParser:
+    bench = argparse.ArgumentParser(
+        prog="civis-vault bench", description="Run a benchmark and print JSON."
+    )
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("--json", action="store_true", help="print JSON only")
     bench.add_argument("--records", type=int, default=None, help="size of the run")
     bench.add_argument(
@@ -40,17 +51,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="upload-http: stream a generated NDJSON body of this many GB (10^9 bytes)",
     )
-    bench.set_defaults(func=_run)
+    return bench
 
 
-def _run(args: argparse.Namespace) -> int:
-    target = BENCHMARKS.get(args.name)
-    if target is None:
-        print(json.dumps({"error": f"unknown benchmark {args.name}"}))
-        return 2
-    module, func = target.split(":")
+def _children_import_this_checkout() -> None:
+    """Benchmarks spawn `python -m bench.…` children (servers, clients): the wheel installs no
+    `bench`, so the children find it through PYTHONPATH, whatever their working directory."""
+    inherited = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), *([inherited] if inherited else [])])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _children_import_this_checkout()
+    module, func = BENCHMARKS[args.name].split(":")
     fn: Callable[[argparse.Namespace], dict[str, Any]] = getattr(
         importlib.import_module(module), func
     )
     print(json.dumps(fn(args), indent=2))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

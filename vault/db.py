@@ -17,7 +17,23 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations_dir() -> Path:
+    """The alembic scripts: `vault/_migrations` in an installed wheel, else the checkout's.
+
+    Why two places: the scripts live in the repository's top-level `migrations/` folder, and
+    the wheel ships them inside the vault (setup.py) so that no top-level `migrations` package
+    of ours can collide with another distribution's. A source checkout (the editable dev
+    install, or the repository on PYTHONPATH) has no `vault/_migrations` and reads the folder
+    beside `vault/`; the packaged copy is looked for first because beside an installed `vault/`
+    lies site-packages, where a `migrations/` would be someone else's.
+    """
+    here = Path(__file__).resolve().parent
+    packaged = here / "_migrations"
+    return packaged if (packaged / "env.py").is_file() else here.parent / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
