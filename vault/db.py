@@ -22,7 +22,7 @@ def _migrations_dir() -> Path:
     """The alembic scripts: `vault/_migrations` in an installed wheel, else the checkout's.
 
     Why two places: the scripts live in the repository's top-level `migrations/` folder, and
-    the wheel ships them inside the vault (setup.py) so that no top-level `migrations` package
+    the wheel ships them inside the vault (pyproject.toml) so that no top-level `migrations` package
     of ours can collide with another distribution's. A source checkout (the editable dev
     install, or the repository on PYTHONPATH) has no `vault/_migrations` and reads the folder
     beside `vault/`; the packaged copy is looked for first because beside an installed `vault/`
