@@ -26,27 +26,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("provider", "consumer", "subject", "dpo", "validator", "vault")
-LEGAL_BASES = (
-    "consent",
-    "contract",
-    "legal_obligation",
-    "vital_interests",
-    "public_task",
-    "legitimate_interests",
+from ledger_bridge.contracts.vocabulary import (
+    ERASURE_REASONS,
+    LEGAL_BASES,
+    MODES,
+    PREDICATE_OPS,
+    REQUESTERS,
+    ROLES,
 )
-ERASURE_REASONS = (
-    "subject_request",
-    "dpo_decision",
-    "provider_withdrawal",
-    "consent_withdrawn",
-    "legal_obligation",
-    "retention_expired",
-)
-REQUESTERS = ("subject", "dpo", "provider", "vault")
-PREDICATE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in")
-# What a consent discloses, narrowest first: yes/no answers, named fields, whole records.
-MODES = ("predicate", "projection", "full")
+
 QUESTIONS_MAX = 1_000_000  # predicate questions a purpose allows per subject and period
 PERIOD_DAYS_MAX = 366
 SUBJECTS_MAX = 10_000

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ledger_bridge.contracts.bodies import MODES
 from ledger_bridge.contracts.state import State
+from ledger_bridge.contracts.vocabulary import MODES
 
 DAY_MS = 24 * 3600 * 1000
 UNDECLARED: dict[str, Any] = {
