@@ -2,7 +2,7 @@
 whether it is required, what it means and an example.
 
 One declaration, three readers, so they cannot drift apart:
-- the contracts (`rules.py`) call `check(tx_type, body)` before any rule reads the body: a
+- the contracts (`rules`) call `check(tx_type, body)` before any rule reads the body: a
   body of the wrong shape is refused `invalid` with the path of the first bad field, whoever
   sent it, and the rules that follow read fields whose type and bounds are already known;
 - the API refuses a draft whose JSON body does not match (`check(..., json=True)`, the same
@@ -12,7 +12,7 @@ One declaration, three readers, so they cannot drift apart:
 Only structure lives here: types, patterns, bounds, required and unknown fields, a list's
 length and distinct items, which one of two fields, a nested map chosen by its `kind`.
 Whether the author may do it, whether a dataset exists, whether a time is in the future are
-rules, and stay in `rules.py`.
+rules, and stay in `rules`.
 
 This module is part of the deterministic contracts: pure data and pure functions, no I/O, no
 clock, no pydantic, nothing from the API. Its walk follows the declaration order and sorts
