@@ -29,11 +29,11 @@ from typing import Any
 import tomli_w
 
 from ledger_bridge import tls
+from ledger_bridge.contracts.vocabulary import DEFAULT_COLLEGES
 from ledger_bridge.crypto import SigningKey, VerifyKey
 
 GENESIS_FILE = "genesis.toml"
 READER_KEY_FILE = "keys/reader.key"  # `create_local`'s operator read key (see `readers`)
-DEFAULT_COLLEGES = ("providers", "services", "citizens")
 REPLICAS_MAX = 100  # a limit on everything: a cooperative has a handful of colleges
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import CoreSchema, core_schema
 
 from ledger_bridge.contracts import bodies
+from ledger_bridge.contracts.vocabulary import LegalBasis
 from vault.datasets import NAME_MAX, PURPOSES_MAX
 from vault.models import OutboxFact
 from vault.uploads import LEDGER_SUBJECT_ID
@@ -121,14 +122,7 @@ class DatasetIn(StrictIn):
     ]
     retention_days: Annotated[int, Field(ge=1, le=36600)]
     # GDPR Art. 6(1) (a)-(f), as the consent contracts name them.
-    legal_basis: Literal[
-        "consent",
-        "contract",
-        "legal_obligation",
-        "vital_interests",
-        "public_task",
-        "legitimate_interests",
-    ]
+    legal_basis: LegalBasis
 
 
 class LedgerReceipt(BaseModel):

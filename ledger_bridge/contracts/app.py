@@ -17,18 +17,17 @@ from ledger_bridge.app import BlockContext, Redaction
 from ledger_bridge.contracts import bodies, codec, disclosure, queries, rules
 from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.contracts.state import State
+from ledger_bridge.contracts.vocabulary import (
+    DEFAULT_COLLEGES,
+    READ_ALL_ROLES,
+    RESIDENT_COLLEGE,
+    ROLES,
+)
+from ledger_bridge.contracts.vocabulary import DEFAULT_PURPOSES as DEFAULT_PURPOSES
 
 if TYPE_CHECKING:
     from ledger_bridge.genesis import Genesis
 
-DEFAULT_COLLEGES = ("providers", "services", "citizens")
-DEFAULT_PURPOSES = (
-    "proof-of-address",
-    "road-maintenance",
-    "billing",
-    "service-improvement",
-    "research",
-)
 # What the founding purposes may disclose (docs/CONTRACTS.md "Disclosure"), for the stories
 # they serve: a bank learns whether a citizen lives at an address, by equality only and a few
 # times a day; a road service reads where and when a vehicle shook, never who drove it;
@@ -66,10 +65,6 @@ OPEN_TX_TYPES = frozenset({"member.register"})
 CHECKED_BYTES_MAX = 32 * 1024 * 1024
 
 
-# Member roles that read blocks and every query on the replica client port.
-READ_ALL = frozenset({"vault", "dpo", "validator"})
-
-
 def own_query(q: Any, reader: bytes) -> bool:
     """Whether query `q` asks only about `reader`: a consumer's accesses (`consumer` is its
     key), or a subject's consents, accesses or erasures (`subject` is its key in hex)."""
@@ -98,7 +93,7 @@ def founding_state(
 ) -> State:
     """The state before block 1: colleges, founding members, approved purposes."""
     colleges = list(app_genesis.get("colleges", DEFAULT_COLLEGES))
-    resident = app_genesis.get("resident_college", "citizens")
+    resident = app_genesis.get("resident_college", RESIDENT_COLLEGE)
     if not colleges or resident not in colleges or len(set(colleges)) != len(colleges):
         raise GenesisInvalid("colleges must be distinct and include the resident college")
     state = State()
@@ -120,7 +115,7 @@ def founding_state(
             ) from None
         founders.append((key, role, college))
     for key, role, college in founders:
-        if len(key) != 32 or role not in rules.ROLES or college not in colleges:
+        if len(key) != 32 or role not in ROLES or college not in colleges:
             raise GenesisInvalid(f"founding member with role {role!r}: bad key or college")
         if state.has("member", key):
             raise GenesisInvalid("a key appears twice among the founding members")
@@ -142,7 +137,7 @@ def _found_purpose(state: State, entry: Any) -> None:
     if isinstance(entry, str):
         entry = {"purpose": entry}
     purpose = entry.get("purpose") if isinstance(entry, dict) else None
-    if not isinstance(purpose, str) or not rules._NAME.match(purpose):
+    if not isinstance(purpose, str) or not rules.NAME.match(purpose):
         raise GenesisInvalid("a founding purpose is malformed")
     state.put("purpose", purpose, 0)
     raw = {k: v for k, v in entry.items() if k != "purpose"}
@@ -257,7 +252,7 @@ class ConsentApp:
         `dpo` or `validator` reads blocks and every query; any other key reads only the
         queries naming it (`own_query`), and no block (blocks name everyone)."""
         member = self.state.get("member", reader)
-        if member is not None and member["status"] == "active" and member["role"] in READ_ALL:
+        if member is not None and member["status"] == "active" and member["role"] in READ_ALL_ROLES:
             return True
         if request is None:
             return False

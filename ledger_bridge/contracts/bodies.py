@@ -2,7 +2,7 @@
 whether it is required, what it means and an example.
 
 One declaration, three readers, so they cannot drift apart:
-- the contracts (`rules.py`) call `check(tx_type, body)` before any rule reads the body: a
+- the contracts (`rules`) call `check(tx_type, body)` before any rule reads the body: a
   body of the wrong shape is refused `invalid` with the path of the first bad field, whoever
   sent it, and the rules that follow read fields whose type and bounds are already known;
 - the API refuses a draft whose JSON body does not match (`check(..., json=True)`, the same
@@ -12,7 +12,7 @@ One declaration, three readers, so they cannot drift apart:
 Only structure lives here: types, patterns, bounds, required and unknown fields, a list's
 length and distinct items, which one of two fields, a nested map chosen by its `kind`.
 Whether the author may do it, whether a dataset exists, whether a time is in the future are
-rules, and stay in `rules.py`.
+rules, and stay in `rules`.
 
 This module is part of the deterministic contracts: pure data and pure functions, no I/O, no
 clock, no pydantic, nothing from the API. Its walk follows the declaration order and sorts
@@ -26,27 +26,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("provider", "consumer", "subject", "dpo", "validator", "vault")
-LEGAL_BASES = (
-    "consent",
-    "contract",
-    "legal_obligation",
-    "vital_interests",
-    "public_task",
-    "legitimate_interests",
+from ledger_bridge.contracts.vocabulary import (
+    ERASURE_REASONS,
+    LEGAL_BASES,
+    MODES,
+    PREDICATE_OPS,
+    REQUESTERS,
+    ROLES,
 )
-ERASURE_REASONS = (
-    "subject_request",
-    "dpo_decision",
-    "provider_withdrawal",
-    "consent_withdrawn",
-    "legal_obligation",
-    "retention_expired",
-)
-REQUESTERS = ("subject", "dpo", "provider", "vault")
-PREDICATE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in")
-# What a consent discloses, narrowest first: yes/no answers, named fields, whole records.
-MODES = ("predicate", "projection", "full")
+
 QUESTIONS_MAX = 1_000_000  # predicate questions a purpose allows per subject and period
 PERIOD_DAYS_MAX = 366
 SUBJECTS_MAX = 10_000

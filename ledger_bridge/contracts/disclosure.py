@@ -1,6 +1,6 @@
 """What a consent lets a consumer learn: the purpose's declaration, the consent's mode and
 fields, and the predicate questions left in a period. Part of the deterministic contracts
-(`rules.py` calls it): pure functions of the state and the request, no I/O, no clock.
+(`rules` calls it): pure functions of the state and the request, no I/O, no clock.
 
 Why bounds on the ledger and not only in the vault: the vault delivers what the contracts
 granted, and the access transaction is the record of what was asked. If the bound lived in
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ledger_bridge.contracts.bodies import MODES
 from ledger_bridge.contracts.state import State
+from ledger_bridge.contracts.vocabulary import MODES
 
 DAY_MS = 24 * 3600 * 1000
 UNDECLARED: dict[str, Any] = {

@@ -6,7 +6,7 @@ history of writes and looks the answer up; where the rules index keys in the sta
 scans dicts. Two independent readings of the same specification that agree on thousands of
 random sequences are the evidence; one reading checked against itself would prove nothing.
 
-The specification it encodes (docs/CONTRACTS.md, rules.py's module docstring):
+The specification it encodes (docs/CONTRACTS.md, the rules package's docstring):
 
 - a consent (subject, consumer, dataset-or-category scope, purpose) is in force for a decision
   in block h at block time `now` iff the newest write to it made BEFORE block h is a grant

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.ledger_bridge.contracts.harness import DAY, Chain, Member
+from ledger_bridge.contracts import bodies, rules
+from tests.ledger_bridge.contracts.harness import DAY, Chain, Member, standard
 
 
 def propose(chain: Chain, author: Member, action: dict[str, Any]) -> int:
@@ -230,6 +231,54 @@ def test_a_purpose_must_be_approved_before_a_dataset_may_allow_it() -> None:
     pid = propose(chain, provider, {"kind": "approve_purpose", "purpose": "urban-planning-study"})
     assert everyone_approves(chain, pid) == "passed"
     assert chain.ok(chain.vault, "dataset.register", body)
+
+
+def test_an_unapproved_purpose_is_refused_with_one_code_and_message_wherever_it_is_used() -> None:
+    chain, provider, consumer = standard()
+    s = chain.subject()
+    chain.dataset(provider, "d1", purposes=["billing"])
+    refusals = [
+        chain.one(
+            chain.vault,
+            "dataset.register",
+            {
+                "dataset": "noise",
+                "owner": provider.pub,
+                "category": "environment",
+                "purposes": ["urban-planning-study"],
+                "retention_days": 30,
+                "legal_basis": "public_task",
+            },
+        ),
+        chain.one(
+            s,
+            "consent.grant",
+            {
+                "subject": s.subject,
+                "consumer": consumer.pub,
+                "purpose": "urban-planning-study",
+                "valid_until": chain.time_ms + DAY,
+                "category": "environment",
+            },
+        ),
+    ]
+    # No transaction withdraws an approved purpose, yet an access checks again (a purpose a
+    # dataset lists must still be approved): the state is edited to reach that check.
+    chain.app.state.delete("purpose", "billing")
+    access = {"consumer": consumer.pub, "dataset": "d1", "purpose": "billing"}
+    refusals.append(chain.one(consumer, "access.request", access))
+    assert [(r["code"], r["message"]) for r in refusals] == [
+        ("purpose_not_approved", "purpose urban-planning-study is not approved by governance"),
+        ("purpose_not_approved", "purpose urban-planning-study is not approved by governance"),
+        ("purpose_not_approved", "purpose billing is not approved by governance"),
+    ]
+
+
+def test_every_governance_action_has_its_rules_and_its_body_shape() -> None:
+    """A new kind of action is one entry in `rules.ACTIONS` and one shape in bodies.py: a kind
+    with a shape and no rules would fail every proposal as a rule bug (`internal`), a kind
+    with rules and no shape could never be proposed."""
+    assert set(rules.ACTIONS) == set(bodies.PROPOSAL_ACTIONS.variants)
 
 
 def test_retention_change_and_validator_set_are_enacted_only_when_passed() -> None:

@@ -1,0 +1,79 @@
+"""The consent contracts' closed vocabularies, in one place: roles, colleges, purposes, legal
+bases, erasure reasons and requesters, disclosure modes and predicate operators.
+
+Each closed set is declared once here, and read by the body declarations (`bodies.py`), the
+rules, the founding state (`app.py`), the genesis writer (`ledger_bridge/genesis.py`) and the
+API. Where the API needs a type, it uses the `Literal` aliases below, so pydantic and the
+OpenAPI document list exactly these values in this order; `tests/test_vocabulary.py` checks the
+API's other enumerations against them.
+
+A set the API shows as a `Literal` is declared as that `Literal` and its tuple read from it
+(`get_args`), so the two cannot differ. The order is part of the contract: it is the order of
+the enums in openapi.yaml, and `MODES` goes narrowest first (`disclosure.py` compares modes by
+their position).
+
+Pure data: no I/O, no import from the rest of the project.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# -- members ----------------------------------------------------------------------------------
+
+Role = Literal["provider", "consumer", "subject", "dpo", "validator", "vault"]
+ROLES: tuple[Role, ...] = get_args(Role)
+# Roles a key takes by registering alone: residents. A legal entity waits for governance.
+SELF_ADMITTED_ROLES: tuple[Role, ...] = ("subject",)
+# Roles that read blocks and every query on the replica client port.
+READ_ALL_ROLES: frozenset[Role] = frozenset({"vault", "dpo", "validator"})
+
+# A cooperative's colleges are its genesis's to name; these are the colleges of a genesis that
+# names none (and of `ledger_bridge.genesis.create_local`'s validators, in turn).
+DEFAULT_COLLEGES = ("providers", "services", "citizens")
+# The college residents register in, unless the genesis names another.
+RESIDENT_COLLEGE = "citizens"
+
+# -- datasets and purposes --------------------------------------------------------------------
+
+# GDPR Art. 6(1) (a)-(f).
+LegalBasis = Literal[
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interests",
+    "public_task",
+    "legitimate_interests",
+]
+LEGAL_BASES: tuple[LegalBasis, ...] = get_args(LegalBasis)
+
+# The purposes approved at founding when the genesis names none; governance approves others.
+DEFAULT_PURPOSES = (
+    "proof-of-address",
+    "road-maintenance",
+    "billing",
+    "service-improvement",
+    "research",
+)
+
+# -- disclosure -------------------------------------------------------------------------------
+
+# What a consent discloses, narrowest first: yes/no answers, named fields, whole records.
+Mode = Literal["predicate", "projection", "full"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+PredicateOp = Literal["eq", "ne", "lt", "le", "gt", "ge", "in"]
+PREDICATE_OPS: tuple[PredicateOp, ...] = get_args(PredicateOp)
+
+# -- erasure ----------------------------------------------------------------------------------
+
+ErasureReason = Literal[
+    "subject_request",
+    "dpo_decision",
+    "provider_withdrawal",
+    "consent_withdrawn",
+    "legal_obligation",
+    "retention_expired",
+]
+ERASURE_REASONS: tuple[ErasureReason, ...] = get_args(ErasureReason)
+Requester = Literal["subject", "dpo", "provider", "vault"]
+REQUESTERS: tuple[Requester, ...] = get_args(Requester)
