@@ -328,9 +328,7 @@ class ErasureRecord:
             scope = replace(scope, subject=None)
         return replace(self, certificate=replace(self.certificate, scope=scope), forgotten=True)
 
-    def to_body(
-        self, *, reasons: Collection[str], requesters: Collection[str]
-    ) -> dict[str, Any]:
+    def to_body(self, *, reasons: Collection[str], requesters: Collection[str]) -> dict[str, Any]:
         """The erasure.record body. `reasons` and `requesters` are the values the contracts
         accept: a reason or requester the vault holds that they do not know is mapped to the
         closest one they do, so a fact is never refused for its wording."""
