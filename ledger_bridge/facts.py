@@ -11,8 +11,9 @@ receipt), which `to_body` leaves out.
 Why this module imports nothing but the standard library: the vault may import it (and no
 other part of ledger_bridge, tests/test_layering.py), so it must not pull the ledger in.
 
-Outbox rows written under the earlier field names (`scope.type`, `upload_id`, `dataset_id`,
-`subject_id`) are rewritten by migration 0008, so `from_payload` reads the ledger's names only.
+`from_payload` reads the ledger's names only: migration 0008 rewrites any stored row to them,
+so the JSONB queries (the erasure's scope match, the subject index, the audits) need one
+spelling too.
 
 The HTTP answers (an erasure's certificate, the DPO's erasure log) keep the field names of the
 published API (`ErasureCertificate.public_scope`, `UploadRef.public`): clients parse them.
@@ -293,6 +294,10 @@ class ErasureRecord:
 
     kind: ClassVar[str] = ERASURE_RECORD
 
+    def __post_init__(self) -> None:
+        if isinstance(self.certificate.scope, EpochScope):
+            raise ValueError("an erasure.record is of a subject or an upload")
+
     def to_payload(self) -> dict[str, Any]:
         out = self.certificate.to_payload()
         if self.forget:
@@ -334,14 +339,9 @@ class ErasureRecord:
         closest one they do, so a fact is never refused for its wording."""
         c = self.certificate
         scope = c.scope
-        if isinstance(scope, SubjectScope):
-            if scope.subject is None:
-                raise ValueError("a forgotten erasure fact names no subject: it cannot be sent")
-            ledger_scope = scope.to_payload()
-        elif isinstance(scope, UploadScope):
-            ledger_scope = scope.to_payload()
-        else:
-            raise ValueError("an erasure.record is of a subject or an upload")
+        if isinstance(scope, SubjectScope) and scope.subject is None:
+            raise ValueError("a forgotten erasure fact names no subject: it cannot be sent")
+        ledger_scope = scope.to_payload()
         requester = c.requester if c.requester in requesters else "vault"
         reason = c.reason
         if reason not in reasons:
@@ -371,6 +371,11 @@ class RetentionExpire:
 
     kind: ClassVar[str] = RETENTION_EXPIRE
 
+    def __post_init__(self) -> None:
+        # Refused when built or read, not when the relay sends it.
+        if not isinstance(self.certificate.scope, EpochScope):
+            raise ValueError("a retention.expire is of a retention epoch")
+
     @property
     def scope(self) -> EpochScope:
         scope = self.certificate.scope
@@ -383,9 +388,7 @@ class RetentionExpire:
 
     @classmethod
     def from_payload(cls, obj: Mapping[str, Any]) -> RetentionExpire:
-        fact = cls(ErasureCertificate.from_payload(obj))
-        fact.scope  # noqa: B018 -- refuse any other scope here rather than when sent
-        return fact
+        return cls(ErasureCertificate.from_payload(obj))
 
     def to_body(self) -> dict[str, Any]:
         return {

@@ -156,3 +156,25 @@ def test_the_bodies_are_the_contracts_wire_form() -> None:
         "dataset_id": "d-1",
         "day": "1970-01-02",
     }
+
+
+def test_a_fact_refuses_a_scope_of_another_kind() -> None:
+    at = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    epoch = ErasureCertificate(EpochScope("d-1", dt.date(2027, 1, 1)), (), (), 1, "r", "dpo", at)
+    upload = ErasureCertificate(UploadScope("u-1"), (), (), 1, "r", "dpo", at)
+    for build in (lambda: ErasureRecord(epoch), lambda: RetentionExpire(upload)):
+        try:
+            build()
+        except ValueError:
+            continue
+        raise AssertionError("a fact took a scope of another kind")
+    assert RetentionExpire(epoch).scope == epoch.scope
+
+
+@given(DAYS)
+def test_ledger_days_are_the_contracts_days(day: dt.date) -> None:
+    """The contracts turn a day number into time as day * DAY_MS since the Unix epoch (rules.py
+    has no date of its own): LEDGER_EPOCH must be that epoch."""
+    midnight = dt.datetime.combine(day, dt.time(), dt.UTC)
+    assert facts.ledger_day(day) * rules.DAY_MS == int(midnight.timestamp()) * 1000
+    assert facts.from_ledger_day(facts.ledger_day(day)) == day
