@@ -36,6 +36,7 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from ledger_bridge.contracts import tx as contract_tx
 from ledger_bridge.crypto import VerifyKey, digest
+from ledger_bridge.facts import ERASURE_RECORD
 from ledger_bridge.genesis import GenesisError, load_genesis
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block, verify_block, verify_chain
@@ -125,7 +126,7 @@ def _erasure_tx(request: bytes) -> contract_tx.SignedTx | None:
         signed = contract_tx.decode(msg.tx)
     except contract_tx.MalformedTx:
         return None
-    return signed if signed.type == "erasure.record" else None
+    return signed if signed.type == ERASURE_RECORD else None
 
 
 def verify(

@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import String, and_, cast, exists, func, select, true
 from sqlalchemy.orm import Session
 
+from ledger_bridge.facts import (
+    ERASURE_KINDS,
+    RETENTION_EXPIRE,
+    EpochScope,
+    ErasureCertificate,
+    ErasureFact,
+    RetentionExpire,
+    SubjectScope,
+    UploadScope,
+    erasure_from_payload,
+    from_ledger_day,
+)
 from vault.erasure import FORGOTTEN_PREFIX
 from vault.models import (
     OUTBOX_PENDING,
@@ -57,32 +69,66 @@ def _key_exists(kind: str, dataset: Any, scope: Any) -> Any:
     )
 
 
-def retention_audit(
-    session: Session, today: dt.date, *, dataset_id: uuid.UUID | None = None
-) -> RetentionAudit:
-    """The data-side retention audit, over every dataset or over `dataset_id` only."""
-    findings: list[Finding] = []
-    today_iso = today.isoformat()
-    only = dataset_id
+DatasetFilter = Callable[[Any], Any]
+
+
+def _dataset_filter(only: uuid.UUID | None) -> DatasetFilter:
+    """A condition on a dataset id column: every dataset, or `only`."""
 
     def of_dataset(column: Any) -> Any:
         return true() if only is None else column == only
 
-    # 1. An epoch secret that outlived its last day: everything under it still decrypts.
-    for dataset_id, scope in session.execute(
-        select(KeySecret.dataset_id, KeySecret.scope).where(
-            KeySecret.kind == "epoch", KeySecret.scope < today_iso, of_dataset(KeySecret.dataset_id)
-        )
-    ):
-        findings.append(
-            Finding(
-                "epoch-key-past-retention",
-                f"the retention key of dataset {dataset_id} for {scope} still exists",
-                {"dataset_id": str(dataset_id), "day": scope},
-            )
-        )
+    return of_dataset
 
-    # 2. Ciphertext of an expired upload whose three secrets all exist: decryptable.
+
+def retention_audit(
+    session: Session, today: dt.date, *, dataset_id: uuid.UUID | None = None
+) -> RetentionAudit:
+    """The data-side retention audit, over every dataset or over `dataset_id` only."""
+    of_dataset = _dataset_filter(dataset_id)
+    findings = [
+        *_epoch_keys_past_retention(session, today, of_dataset),
+        *_decryptable_past_retention(session, today, of_dataset),
+        *_destroyed_but_derivable(session, of_dataset),
+        *_forgotten_but_live(session, of_dataset),
+    ]
+    unrecorded, epochs_expired = _expiries_not_recorded(session, today, of_dataset)
+    findings += unrecorded
+    uploads_checked = (
+        session.scalar(
+            select(func.count()).select_from(Upload).where(of_dataset(Upload.dataset_id))
+        )
+        or 0
+    )
+    return RetentionAudit(today, findings, uploads_checked, epochs_expired)
+
+
+def _epoch_keys_past_retention(
+    session: Session, today: dt.date, of_dataset: DatasetFilter
+) -> list[Finding]:
+    """An epoch secret that outlived its last day: everything under it still decrypts."""
+    rows = session.execute(
+        select(KeySecret.dataset_id, KeySecret.scope).where(
+            KeySecret.kind == "epoch",
+            KeySecret.scope < today.isoformat(),
+            of_dataset(KeySecret.dataset_id),
+        )
+    )
+    return [
+        Finding(
+            "epoch-key-past-retention",
+            f"the retention key of dataset {dataset_id} for {scope} still exists",
+            {"dataset_id": str(dataset_id), "day": scope},
+        )
+        for dataset_id, scope in rows
+    ]
+
+
+def _decryptable_past_retention(
+    session: Session, today: dt.date, of_dataset: DatasetFilter
+) -> list[Finding]:
+    """Ciphertext of an expired upload whose secrets all exist: still decryptable."""
+    findings = []
     expired = select(Upload.id, Upload.dataset_id, Upload.retention_day).where(
         Upload.retention_day < today, of_dataset(Upload.dataset_id)
     )
@@ -111,9 +157,12 @@ def retention_audit(
                     {"upload_id": str(upload_id), "day": day.isoformat()},
                 )
             )
+    return findings
 
-    # 3. A commitment marked destroyed while its subject secret still exists (and the upload
-    #    and epoch keys too): the certificate would lie.
+
+def _destroyed_but_derivable(session: Session, of_dataset: DatasetFilter) -> list[Finding]:
+    """A commitment marked destroyed while its subject secret still exists (and the upload
+    and epoch keys too): the certificate would lie."""
     lying = session.execute(
         select(KeyCommitment.upload_id, KeyCommitment.subject_id)
         .join(Upload, Upload.id == KeyCommitment.upload_id)
@@ -129,35 +178,56 @@ def retention_audit(
             ),
         )
     ).all()
-    for upload_id, subject_id in lying:
-        findings.append(
-            Finding(
-                "destroyed-commitment-key-alive",
-                f"a key commitment of upload {upload_id} is marked destroyed but its key "
-                "can still be derived",
-                {"upload_id": str(upload_id), "subject_id": subject_id},
-            )
+    return [
+        Finding(
+            "destroyed-commitment-key-alive",
+            f"a key commitment of upload {upload_id} is marked destroyed but its key "
+            "can still be derived",
+            {"upload_id": str(upload_id), "subject_id": subject_id},
         )
+        for upload_id, subject_id in lying
+    ]
 
-    # 3b. A forgotten subject's commitment left live: the erasure dropped the name only.
-    findings.extend(_forgotten_but_live(session, of_dataset))
 
-    # 4. Every expiry must have its ledger fact queued (the service checks it reached the chain).
-    recorded_days = {
-        (f.payload["scope"]["dataset_id"], f.payload["scope"]["day"])
-        for f in session.scalars(select(OutboxFact).where(OutboxFact.kind == "retention.expire"))
-    }
-    epochs_expired = 0
+def _expired_epochs(
+    session: Session, today: dt.date, of_dataset: DatasetFilter
+) -> Iterator[tuple[uuid.UUID, dt.date]]:
+    """The (dataset, day) retention epochs that ended before `today` and whose key is gone
+    (an epoch past its day with its key alive is `epoch-key-past-retention`)."""
     for dataset_id, day in session.execute(
         select(Upload.dataset_id, Upload.retention_day)
         .where(Upload.retention_day < today, of_dataset(Upload.dataset_id))
         .distinct()
+        .order_by(Upload.retention_day, Upload.dataset_id)
     ):
-        epoch_alive = session.scalar(select(_key_exists("epoch", dataset_id, day.isoformat())))
-        if epoch_alive:
-            continue  # already reported in 1
-        epochs_expired += 1
-        if (str(dataset_id), day.isoformat()) not in recorded_days:
+        if not session.scalar(select(_key_exists("epoch", dataset_id, day.isoformat()))):
+            yield dataset_id, day
+
+
+def _erasure_facts(session: Session, *conditions: Any) -> Iterator[tuple[OutboxFact, ErasureFact]]:
+    """The erasure and expiry facts of the outbox (those matching `conditions`), typed."""
+    for fact in session.scalars(
+        select(OutboxFact)
+        .where(OutboxFact.kind.in_(ERASURE_KINDS), *conditions)
+        .order_by(OutboxFact.id)
+    ):
+        yield fact, erasure_from_payload(fact.kind, fact.payload)
+
+
+def _expiries_not_recorded(
+    session: Session, today: dt.date, of_dataset: DatasetFilter
+) -> tuple[list[Finding], int]:
+    """Every expiry must have its ledger fact queued (the service checks it reached the chain);
+    returns the findings and how many epochs expired."""
+    recorded = {
+        (typed.scope.dataset, typed.scope.day)
+        for _, typed in _erasure_facts(session, OutboxFact.kind == RETENTION_EXPIRE)
+        if isinstance(typed, RetentionExpire)
+    }
+    findings, expired = [], 0
+    for dataset_id, day in _expired_epochs(session, today, of_dataset):
+        expired += 1
+        if (str(dataset_id), day) not in recorded:
             findings.append(
                 Finding(
                     "expiry-not-recorded",
@@ -166,16 +236,10 @@ def retention_audit(
                     {"dataset_id": str(dataset_id), "day": day.isoformat()},
                 )
             )
-    uploads_checked = (
-        session.scalar(
-            select(func.count()).select_from(Upload).where(of_dataset(Upload.dataset_id))
-        )
-        or 0
-    )
-    return RetentionAudit(today, findings, uploads_checked, epochs_expired)
+    return findings, expired
 
 
-def _forgotten_but_live(session: Session, of_dataset: Any) -> list[Finding]:
+def _forgotten_but_live(session: Session, of_dataset: DatasetFilter) -> list[Finding]:
     """Key commitments under a forgotten subject id (vault/erasure.py) not marked destroyed.
 
     An erasure replaces the subject id in the same transaction as it destroys the subject's
@@ -205,7 +269,6 @@ def _forgotten_but_live(session: Session, of_dataset: Any) -> list[Finding]:
 
 # -- the ledger cross-check: the vault's destructions against the ledger's erasure records ---
 
-LEDGER_EPOCH = dt.date(1970, 1, 1)  # the contracts count days from here (UTC)
 _IN_CHUNK = 1000
 
 
@@ -237,7 +300,7 @@ def _read_ledger(erasures: Iterable[Mapping[str, Any]]) -> _LedgerErasures:
         seen.txs.add(str(e.get("tx")))
         scope = e.get("scope") or {}
         if scope.get("kind") == "epoch":
-            day = LEDGER_EPOCH + dt.timedelta(days=int(scope["day"]))
+            day = from_ledger_day(int(scope["day"]))
             seen.epochs.add((str(scope["dataset"]), day.isoformat()))
         for u in e.get("uploads") or []:
             seen.upload_roots[str(u["upload"])] = str(u["key_commitments_root"])
@@ -252,29 +315,30 @@ class _Pending:
     commitments: set[str] = field(default_factory=set)
 
 
-_ERASURE_KINDS = ("erasure.record", "retention.expire")
-
-
 def _pending_facts(session: Session) -> _Pending:
     pending = _Pending()
-    for p in session.scalars(
-        select(OutboxFact.payload).where(
-            OutboxFact.kind.in_(_ERASURE_KINDS),
-            # A refused fact is not on its way: what it should have recorded is a finding.
-            OUTBOX_PENDING,
-        )
-    ):
-        scope = p.get("scope", {})
-        if scope.get("type") == "epoch":
-            pending.epochs.add((str(scope["dataset_id"]), str(scope["day"])))
-        pending.uploads.update(str(u["upload_id"]) for u in p.get("uploads", []))
-        pending.commitments.update(p.get("key_commitments", []))
+    # A refused fact is not on its way: what it should have recorded is a finding.
+    for _, typed in _erasure_facts(session, OUTBOX_PENDING):
+        c = typed.certificate
+        if isinstance(c.scope, EpochScope):
+            pending.epochs.add((c.scope.dataset, c.scope.day.isoformat()))
+        pending.uploads.update(u.upload for u in c.uploads)
+        pending.commitments.update(k.hex() for k in c.key_commitments)
     return pending
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
     for i in range(0, len(items), _IN_CHUNK):
         yield items[i : i + _IN_CHUNK]
+
+
+@dataclass
+class _Tally:
+    """Findings of one part of the cross-check, with what it matched and what is on its way."""
+
+    findings: list[Finding] = field(default_factory=list)
+    matched: int = 0
+    pending: int = 0
 
 
 def ledger_cross_check(
@@ -302,29 +366,42 @@ def ledger_cross_check(
     """
     seen = _read_ledger(ledger_erasures)
     pending = _pending_facts(session)
-    findings: list[Finding] = []
-    only = dataset_id
+    of_dataset = _dataset_filter(dataset_id)
+    epochs = _match_epochs(session, today, of_dataset, seen, pending)
+    commitments = _match_commitments(session, of_dataset, seen, pending)
+    findings = [
+        *epochs.findings,
+        *commitments.findings,
+        *_missing_records(session, seen, dataset_id),
+        *_not_applied(session, seen, dataset_id),
+    ]
+    return LedgerCrossCheck(
+        findings,
+        seen.count,
+        epochs.matched,
+        commitments.matched,
+        commitments.pending,
+        epochs.pending,
+    )
 
-    def of_dataset(column: Any) -> Any:
-        return true() if only is None else column == only
 
-    # Expired epochs: the epoch key is gone, so the ledger must say so.
-    epochs_matched = epochs_pending = 0
-    for ds, day in session.execute(
-        select(Upload.dataset_id, Upload.retention_day)
-        .where(Upload.retention_day < today, of_dataset(Upload.dataset_id))
-        .distinct()
-        .order_by(Upload.retention_day, Upload.dataset_id)
-    ):
+def _match_epochs(
+    session: Session,
+    today: dt.date,
+    of_dataset: DatasetFilter,
+    seen: _LedgerErasures,
+    pending: _Pending,
+) -> _Tally:
+    """Expired epochs: the epoch key is gone, so the ledger must say so (or the outbox soon)."""
+    tally = _Tally()
+    for ds, day in _expired_epochs(session, today, of_dataset):
         key = (str(ds), day.isoformat())
-        if session.scalar(select(_key_exists("epoch", ds, day.isoformat()))):
-            continue  # not expired yet: the data-side audit reports an overdue epoch
         if key in seen.epochs:
-            epochs_matched += 1
+            tally.matched += 1
         elif key in pending.epochs:
-            epochs_pending += 1
+            tally.pending += 1
         else:
-            findings.append(
+            tally.findings.append(
                 Finding(
                     "expiry-not-on-ledger",
                     f"the retention epoch of dataset {ds} ending {day.isoformat()} was "
@@ -332,9 +409,14 @@ def ledger_cross_check(
                     {"dataset_id": key[0], "day": key[1]},
                 )
             )
+    return tally
 
-    # Destroyed commitments, upload by upload: a whole-upload record covers all of them.
-    matched = waiting = 0
+
+def _match_commitments(
+    session: Session, of_dataset: DatasetFilter, seen: _LedgerErasures, pending: _Pending
+) -> _Tally:
+    """Destroyed commitments, upload by upload: a whole-upload record covers all of them."""
+    tally = _Tally()
     destroyed = session.execute(
         select(Upload.id, Upload.commitments_root, func.count())
         .join(KeyCommitment, KeyCommitment.upload_id == Upload.id)
@@ -346,7 +428,7 @@ def ledger_cross_check(
         uid = str(upload_id)
         if uid in seen.upload_roots:
             if seen.upload_roots[uid] != root.hex():
-                findings.append(
+                tally.findings.append(
                     Finding(
                         "commitments-root-mismatch",
                         f"the ledger erased upload {uid} under another key-commitments root "
@@ -354,77 +436,84 @@ def ledger_cross_check(
                         {"upload_id": uid},
                     )
                 )
-            matched += count
-            continue
-        missing = 0
-        for (commitment,) in session.execute(
-            select(KeyCommitment.commitment).where(
-                KeyCommitment.upload_id == upload_id, KeyCommitment.destroyed_at.is_not(None)
-            )
-        ):
-            c = commitment.hex()
-            if c in seen.commitments:
-                matched += 1
-            elif c in pending.commitments or uid in pending.uploads:
-                waiting += 1
-            else:
-                missing += 1
-        if missing:
-            findings.append(
-                Finding(
-                    "destroyed-commitment-not-on-ledger",
-                    f"{missing} key commitment(s) of upload {uid} are destroyed in the vault "
-                    "but recorded by no ledger erasure",
-                    {"upload_id": uid, "count": str(missing)},
-                )
-            )
+            tally.matched += count
+        else:
+            _match_upload_commitments(session, upload_id, seen, pending, tally)
+    return tally
 
-    findings += _missing_records(session, seen, only)
-    findings += _not_applied(session, seen, only)
-    return LedgerCrossCheck(findings, seen.count, epochs_matched, matched, waiting, epochs_pending)
+
+def _match_upload_commitments(
+    session: Session, upload_id: uuid.UUID, seen: _LedgerErasures, pending: _Pending, tally: _Tally
+) -> None:
+    """The destroyed commitments of an upload no ledger record erased whole, one by one."""
+    uid = str(upload_id)
+    missing = 0
+    for (commitment,) in session.execute(
+        select(KeyCommitment.commitment).where(
+            KeyCommitment.upload_id == upload_id, KeyCommitment.destroyed_at.is_not(None)
+        )
+    ):
+        c = commitment.hex()
+        if c in seen.commitments:
+            tally.matched += 1
+        elif c in pending.commitments or uid in pending.uploads:
+            tally.pending += 1
+        else:
+            missing += 1
+    if missing:
+        tally.findings.append(
+            Finding(
+                "destroyed-commitment-not-on-ledger",
+                f"{missing} key commitment(s) of upload {uid} are destroyed in the vault "
+                "but recorded by no ledger erasure",
+                {"upload_id": uid, "count": str(missing)},
+            )
+        )
 
 
 def _missing_records(
     session: Session, seen: _LedgerErasures, only: uuid.UUID | None
 ) -> list[Finding]:
     """Facts the vault marked as recorded whose transaction the ledger does not hold."""
-    facts = select(OutboxFact.id, OutboxFact.kind, OutboxFact.tx_id, OutboxFact.payload).where(
-        OutboxFact.kind.in_(_ERASURE_KINDS), OutboxFact.sent_at.is_not(None)
-    )
     mine: set[str] = set()
-    commitments: set[str] = set()
+    commitments: set[bytes] = set()
     if only is not None:
         mine = {str(u) for u in session.scalars(select(Upload.id).where(Upload.dataset_id == only))}
-        commitments = {
-            c.hex()
-            for c in session.scalars(
+        commitments = set(
+            session.scalars(
                 select(KeyCommitment.commitment)
                 .join(Upload, Upload.id == KeyCommitment.upload_id)
                 .where(Upload.dataset_id == only, KeyCommitment.destroyed_at.is_not(None))
             )
-        }
+        )
     out = []
-    for fact_id, kind, tx_id, payload in session.execute(facts.order_by(OutboxFact.id)):
-        if only is not None:
-            scope = payload.get("scope", {})
-            touches = (
-                scope.get("dataset_id") == str(only)
-                or scope.get("upload_id") in mine
-                or any(u["upload_id"] in mine for u in payload.get("uploads", []))
-                or not commitments.isdisjoint(payload.get("key_commitments", []))
-            )
-            if not touches:
-                continue
-        if tx_id not in seen.txs:
+    for fact, typed in _erasure_facts(session, OutboxFact.sent_at.is_not(None)):
+        if only is not None and not _touches(typed.certificate, str(only), mine, commitments):
+            continue
+        if fact.tx_id not in seen.txs:
             out.append(
                 Finding(
                     "ledger-record-missing",
-                    f"outbox fact {fact_id} ({kind}) is marked recorded in transaction "
-                    f"{tx_id} but the ledger holds no such erasure record",
-                    {"fact_id": str(fact_id), "tx_id": str(tx_id)},
+                    f"outbox fact {fact.id} ({fact.kind}) is marked recorded in transaction "
+                    f"{fact.tx_id} but the ledger holds no such erasure record",
+                    {"fact_id": str(fact.id), "tx_id": str(fact.tx_id)},
                 )
             )
     return out
+
+
+def _touches(
+    certificate: ErasureCertificate, dataset: str, uploads: set[str], commitments: set[bytes]
+) -> bool:
+    """Whether an erasure destroyed anything of `dataset` (given its uploads and destroyed
+    commitments): by its scope, a whole upload it names, or a commitment it names."""
+    scope = certificate.scope
+    return (
+        (isinstance(scope, SubjectScope | EpochScope) and scope.dataset == dataset)
+        or (isinstance(scope, UploadScope) and scope.upload in uploads)
+        or any(u.upload in uploads for u in certificate.uploads)
+        or not commitments.isdisjoint(certificate.key_commitments)
+    )
 
 
 def _not_applied(session: Session, seen: _LedgerErasures, only: uuid.UUID | None) -> list[Finding]:
@@ -540,27 +629,32 @@ def retention_timeline(
 
 
 def erasure_log(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
-    """Erasures and expiries, newest first, with their ledger status (pending until recorded)."""
+    """Erasures and expiries, newest first, with their ledger status (pending until recorded).
+
+    The scope is in the API's names (`type`, `subject_id`, ...), as the DPO's page reads it.
+    """
     facts = session.scalars(
         select(OutboxFact)
-        .where(OutboxFact.kind.in_(["erasure.record", "retention.expire"]))
+        .where(OutboxFact.kind.in_(ERASURE_KINDS))
         .order_by(OutboxFact.id.desc())
         .limit(limit)
     )
-    return [
-        {
-            "id": f.id,
-            "kind": f.kind,
-            "scope": f.payload.get("scope", {}),
-            "requester": f.payload.get("requester"),
-            "reason": f.payload.get("reason"),
-            "at": f.payload.get("at"),
-            "secrets_destroyed": f.payload.get("secrets_destroyed"),
-            "commitments": len(f.payload.get("key_commitments", []))
-            + sum(u.get("key_commitment_count", 0) for u in f.payload.get("uploads", [])),
-            "status": f.ledger_state,
-            "tx_id": f.tx_id,
-            "block_height": f.block_height,
-        }
-        for f in facts
-    ]
+    out = []
+    for f in facts:
+        c = erasure_from_payload(f.kind, f.payload).certificate
+        out.append(
+            {
+                "id": f.id,
+                "kind": f.kind,
+                "scope": c.public_scope(),
+                "requester": c.requester,
+                "reason": c.reason,
+                "at": c.at.isoformat(),
+                "secrets_destroyed": c.secrets_destroyed,
+                "commitments": c.commitment_count,
+                "status": f.ledger_state,
+                "tx_id": f.tx_id,
+                "block_height": f.block_height,
+            }
+        )
+    return out

@@ -40,6 +40,18 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, and_, delete, select, text, update
 from sqlalchemy.orm import Session
 
+from ledger_bridge.facts import (
+    ERASURE_RECORD,
+    RETENTION_EXPIRE,
+    EpochScope,
+    ErasureCertificate,
+    ErasureRecord,
+    RetentionExpire,
+    Scope,
+    SubjectScope,
+    UploadRef,
+    UploadScope,
+)
 from vault.errors import UploadNotFound
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
 from vault.models import ApiKey, KeyCommitment, KeySecret, OutboxFact, Record, Upload
@@ -85,7 +97,7 @@ _REPLACE_IN_COMMITMENTS = text(
 # The erasure facts naming :subject, written as ix_outbox_erasure_subject's expression and
 # predicate so the planner uses that index (a bound JSON path would not match it).
 _FACT_NAMES_SUBJECT = text(
-    "outbox.kind = 'erasure.record' AND ((outbox.payload -> 'scope') ->> 'subject_id') = :subject"
+    "outbox.kind = 'erasure.record' AND ((outbox.payload -> 'scope') ->> 'subject') = :subject"
 )
 
 
@@ -105,11 +117,11 @@ def forgotten_id(subject_secret: bytes | None) -> str:
 @dataclass(frozen=True, slots=True)
 class ErasureResult:
     kind: str  # erasure.record or retention.expire
-    scope: dict[str, str]
+    scope: Scope
     secrets_destroyed: int
     records_erased: int
     commitments: list[str] = field(default_factory=list)  # hex, destroyed (upload, subject) keys
-    uploads: list[dict[str, Any]] = field(default_factory=list)  # whole uploads: id + root
+    uploads: list[UploadRef] = field(default_factory=list)  # whole uploads: id + root
     # The fact queued for the ledger; on a repeated request, the earlier fact for the same
     # scope (None when this scope never held anything).
     outbox_id: int | None = None
@@ -196,22 +208,15 @@ class Eraser:
             record_cond = and_(record_cond, Record.dataset_id == dataset_id)
             in_dataset = select(Upload.id).where(Upload.dataset_id == dataset_id)
             upload_cond = and_(upload_cond, KeyCommitment.upload_id.in_(in_dataset))
-        scope = {"type": "subject", "subject_id": subject_id}
-        if dataset_id is not None:
-            scope["dataset_id"] = str(dataset_id)
-        extra: dict[str, Any] = {}
+        scope = SubjectScope(subject_id, None if dataset_id is None else str(dataset_id))
         # Everywhere: while anything still names the subject (rows an earlier dataset-scoped
         # erasure left in other datasets, an API key, an erasure fact), a fact is queued even
         # with no secret left to destroy: recording it is what lets the vault and the ledger
         # forget them.
         named = dataset_id is None and _still_named(session, subject_id)
-        if dataset_id is None:
-            extra["forget"] = True
-        if receipt_to is not None:
-            extra["receipt_to"] = receipt_to.hex()
         result = self._finish(
             session,
-            kind="erasure.record",
+            kind=ERASURE_RECORD,
             scope=scope,
             refs=refs,
             record_cond=record_cond,
@@ -220,7 +225,8 @@ class Eraser:
             reason=reason,
             requester=requester,
             request=request,
-            extra=extra,
+            forget=dataset_id is None,
+            receipt_to=receipt_to,
             queue_anyway=named,
         )
         if not (result.secrets_destroyed or request is not None or named):
@@ -241,8 +247,8 @@ class Eraser:
             raise UploadNotFound(f"upload {upload_id} does not exist")
         result = self._finish(
             session,
-            kind="erasure.record",
-            scope={"type": "upload", "upload_id": str(upload_id)},
+            kind=ERASURE_RECORD,
+            scope=UploadScope(str(upload_id)),
             refs=[upload_ref(upload.dataset_id, upload_id)],
             record_cond=Record.upload_id == upload_id,
             commitment_cond=KeyCommitment.upload_id == upload_id,
@@ -265,8 +271,8 @@ class Eraser:
         ids = [u.id for u in uploads]
         return self._finish(
             session,
-            kind="retention.expire",
-            scope={"type": "epoch", "dataset_id": str(dataset_id), "day": day.isoformat()},
+            kind=RETENTION_EXPIRE,
+            scope=EpochScope(str(dataset_id), day),
             refs=[epoch_ref(dataset_id, day.isoformat())],
             record_cond=Record.upload_id.in_(ids),
             commitment_cond=KeyCommitment.upload_id.in_(ids),
@@ -280,7 +286,7 @@ class Eraser:
         session: Session,
         *,
         kind: str,
-        scope: dict[str, str],
+        scope: Scope,
         refs: list[SecretRef],
         record_cond: ColumnElement[bool],
         commitment_cond: ColumnElement[bool],
@@ -288,7 +294,8 @@ class Eraser:
         reason: str,
         requester: str,
         request: int | None = None,
-        extra: dict[str, Any] | None = None,
+        forget: bool = False,
+        receipt_to: bytes | None = None,
         queue_anyway: bool = False,
     ) -> ErasureResult:
         now = self._clock()
@@ -298,7 +305,10 @@ class Eraser:
             # scope before (if any), so a repeated request gets the same certificate.
             previous = session.scalar(
                 select(OutboxFact.id)
-                .where(OutboxFact.kind == kind, OutboxFact.payload.contains({"scope": scope}))
+                .where(
+                    OutboxFact.kind == kind,
+                    OutboxFact.payload.contains({"scope": scope.to_payload()}),
+                )
                 .order_by(OutboxFact.id)
                 .limit(1)
             )
@@ -307,27 +317,25 @@ class Eraser:
             session, record_cond, commitment_cond, whole=bool(whole_uploads), now=now
         )
         uploads = [
-            {
-                "upload_id": str(u.id),
-                "key_commitments_root": u.commitments_root.hex(),
-                "key_commitment_count": u.commitment_count,
-            }
+            UploadRef(str(u.id), u.commitments_root, u.commitment_count)
             for u in sorted(whole_uploads, key=lambda u: str(u.id))
         ]
-        fact = OutboxFact(
-            kind=kind,
-            payload={
-                "scope": scope,
-                "key_commitments": commitments,
-                "uploads": uploads,
-                "secrets_destroyed": len(destroyed),
-                "reason": reason,
-                "requester": requester,
-                "at": now.isoformat(),
-                **({} if request is None else {"request": request}),
-                **(extra or {}),
-            },
+        certificate = ErasureCertificate(
+            scope=scope,
+            key_commitments=tuple(bytes.fromhex(c) for c in commitments),
+            uploads=tuple(uploads),
+            secrets_destroyed=len(destroyed),
+            reason=reason,
+            requester=requester,
+            at=now,
+            request=request,
         )
+        typed: ErasureRecord | RetentionExpire = (
+            ErasureRecord(certificate, forget=forget, receipt_to=receipt_to)
+            if kind == ERASURE_RECORD
+            else RetentionExpire(certificate)
+        )
+        fact = OutboxFact(kind=kind, payload=typed.to_payload())
         session.add(fact)
         session.flush()
         return ErasureResult(
@@ -453,12 +461,12 @@ def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | No
     relay submits). A forgotten fact cannot be sent again (`is_forgotten`).
     """
     fact = session.get(OutboxFact, fact_id, with_for_update=True)
-    if fact is None or fact.kind != "erasure.record":
+    if fact is None or fact.kind != ERASURE_RECORD:
         return
-    payload = dict(fact.payload)
+    record = ErasureRecord.from_payload(fact.payload)
     if sealed_receipt is not None:
-        payload["sealed_receipt"] = sealed_receipt.hex()
-    subject = payload["scope"].get("subject_id") if payload.get("forget") else None
+        record = replace(record, sealed_receipt=sealed_receipt)
+    subject = record.subject if record.forget else None
     if subject is not None:
         naming = session.scalars(
             select(OutboxFact)
@@ -466,15 +474,10 @@ def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | No
             .with_for_update()
         )
         for other in naming:
-            other.payload = _without_subject(other.payload)
-        payload = _without_subject(payload)
-    fact.payload = payload
+            other.payload = ErasureRecord.from_payload(other.payload).forgetting().to_payload()
+        record = record.forgetting()
+    fact.payload = record.to_payload()
     session.flush()
-
-
-def _without_subject(payload: dict[str, Any]) -> dict[str, Any]:
-    scope = {k: v for k, v in payload["scope"].items() if k != "subject_id"}
-    return {**payload, "scope": scope, "forgotten": True}
 
 
 def is_forgotten(payload: dict[str, Any]) -> bool:

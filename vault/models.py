@@ -197,7 +197,7 @@ class OutboxFact(Base):
         Index(
             "ix_outbox_erasure_subject",
             # As PostgreSQL writes the expression back, so the migrations' check compares equal.
-            text("((payload -> 'scope'::text) ->> 'subject_id'::text)"),
+            text("((payload -> 'scope'::text) ->> 'subject'::text)"),
             postgresql_where=text("kind = 'erasure.record'"),
         ),
     )

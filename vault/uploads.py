@@ -23,6 +23,7 @@ import psycopg
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from ledger_bridge.facts import UploadAnchor
 from vault.crypto import record_leaf, seal
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
@@ -207,45 +208,18 @@ class Uploader:
         if batch:
             self._write_batch(session, conn, ring, builder, upload, day_iso, batch, position)
 
-        commitments = MerkleBuilder()
-        for (commitment,) in session.execute(
-            select(KeyCommitment.commitment)
-            .where(KeyCommitment.upload_id == upload_id)
-            .order_by(KeyCommitment.subject_id)
-        ).yield_per(10_000):
-            commitments.push(leaf_hash(commitment))
-        session.execute(
-            update(Upload)
-            .where(Upload.id == upload_id)
-            .values(
-                record_count=builder.count,
-                merkle_root=builder.root(),
-                commitments_root=commitments.root(),
-                commitment_count=commitments.count,
-            )
-        )
-        fact = OutboxFact(
-            kind="upload.anchor",
-            payload={
-                "upload_id": str(upload_id),
-                "dataset_id": str(dataset_id),
-                "record_count": builder.count,
-                "merkle_root": builder.root().hex(),
-                "key_commitments_root": commitments.root().hex(),
-                "key_commitment_count": commitments.count,
-                "retention_day": day_iso,
-            },
-        )
+        anchor = _anchor(session, upload_id, dataset_id, builder, retention_day)
+        fact = OutboxFact(kind=anchor.kind, payload=anchor.to_payload())
         session.add(fact)
         session.flush()
         session.expire(upload)
         return UploadResult(
             upload_id=upload_id,
             dataset_id=dataset_id,
-            record_count=builder.count,
-            merkle_root=builder.root(),
-            commitments_root=commitments.root(),
-            commitment_count=commitments.count,
+            record_count=anchor.record_count,
+            merkle_root=anchor.merkle_root,
+            commitments_root=anchor.key_commitments_root,
+            commitment_count=anchor.key_commitment_count,
             retention_day=retention_day,
             outbox_id=fact.id,
         )
@@ -306,3 +280,41 @@ class Uploader:
             raise DuplicateRecord(
                 f"record {which} already exists (records {first_position}..{last_position})"
             ) from None
+
+
+def _anchor(
+    session: Session,
+    upload_id: uuid.UUID,
+    dataset_id: uuid.UUID,
+    records: MerkleBuilder,
+    retention_day: dt.date,
+) -> UploadAnchor:
+    """Build the key-commitments root (commitments ordered by subject id, the order the
+    ledger's root is checked in), store both roots on the upload, and return its anchor."""
+    commitments = MerkleBuilder()
+    for (commitment,) in session.execute(
+        select(KeyCommitment.commitment)
+        .where(KeyCommitment.upload_id == upload_id)
+        .order_by(KeyCommitment.subject_id)
+    ).yield_per(10_000):
+        commitments.push(leaf_hash(commitment))
+    anchor = UploadAnchor(
+        upload=str(upload_id),
+        dataset=str(dataset_id),
+        record_count=records.count,
+        merkle_root=records.root(),
+        key_commitments_root=commitments.root(),
+        key_commitment_count=commitments.count,
+        retention_day=retention_day,
+    )
+    session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id)
+        .values(
+            record_count=anchor.record_count,
+            merkle_root=anchor.merkle_root,
+            commitments_root=anchor.key_commitments_root,
+            commitment_count=anchor.key_commitment_count,
+        )
+    )
+    return anchor

@@ -38,6 +38,7 @@ from typing import Any
 from ledger_bridge import receipts
 from ledger_bridge.contracts import tx as contract_tx
 from ledger_bridge.crypto import SigningKey
+from ledger_bridge.facts import ERASURE_RECORD
 from ledger_bridge.genesis import GenesisError, load_signing_key
 from ledger_bridge.pbft import messages as m
 from vault.crypto._hazmat import hkdf_sha256
@@ -262,7 +263,7 @@ def _check_erases(receipt: receipts.ErasureReceipt, pseudonym: str, dataset: str
         raise WalletError("the erasure receipt's request is not a signed request") from None
     scope = signed.body.get("scope")
     if (
-        signed.type != "erasure.record"
+        signed.type != ERASURE_RECORD
         or signed.tx_id.hex() != receipt.tx_id
         or not isinstance(scope, dict)
         or scope.get("subject") != pseudonym

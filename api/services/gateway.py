@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 from api.http.errors import ApiError
 from api.services.outbox import FactReceipt, FactRefused
-from ledger_bridge import eventloop, receipts
+from ledger_bridge import eventloop, facts, receipts
 from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
 from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.crypto import SigningKey, VerifyKey
@@ -298,7 +298,7 @@ class LedgerGateway:
         """The encoded request that carried an erasure fact, read from its block, when the
         answer came for an earlier submission (a reply cache, a spent nonce) than the one just
         sent; None for other facts, which need no receipt, or if the block lost the body."""
-        if kind != "erasure.record":
+        if kind != facts.ERASURE_RECORD:
             return None
         return receipts.find_request(self.block(height), tx_id)
 
@@ -320,83 +320,18 @@ class LedgerGateway:
 # -- vault facts as contract transactions -----------------------------------------------------
 
 
-def ledger_day(iso_day: str) -> int:
-    """An ISO date as the contracts' day number (days since 1970-01-01, UTC)."""
-    import datetime as dt
-
-    return (dt.date.fromisoformat(iso_day) - dt.date(1970, 1, 1)).days
-
-
-def _upload_refs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "upload": r["upload_id"],
-            "key_commitments_root": bytes.fromhex(r["key_commitments_root"]),
-            "key_commitment_count": int(r["key_commitment_count"]),
-        }
-        for r in rows
-    ]
-
-
-def _erasure_reason(payload: dict[str, Any], scope: dict[str, Any]) -> tuple[str, str]:
-    reason = payload.get("reason")
-    requester = payload.get("requester")
-    if requester not in rules.REQUESTERS:
-        requester = "vault"
-    if reason not in rules.ERASURE_REASONS:
-        if scope.get("type") == "upload":
-            reason = "provider_withdrawal"
-        elif requester == "subject":
-            reason = "subject_request"
-        else:
-            reason = "dpo_decision"
-    return str(reason), str(requester)
-
-
 def fact_transaction(kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The contract transaction (type, body) that records a vault outbox fact.
 
-    The vault's facts use hex and ISO dates (they live in JSONB); the contracts use bytes and
-    day numbers. Subject ids go on the ledger as they are: with a ledger, a subject id IS the
+    The translation is the fact's own (ledger_bridge/facts.py); what the gateway adds is the
+    contracts' list of reasons and requesters, which the stdlib-only facts module cannot
+    import. Subject ids go on the ledger as they are: with a ledger, a subject id IS the
     subject's pseudonym (the hex of their wallet key), never a name.
     """
-    if kind == "upload.anchor":
-        return kind, {
-            "upload": payload["upload_id"],
-            "dataset": payload["dataset_id"],
-            "record_count": int(payload["record_count"]),
-            "merkle_root": bytes.fromhex(payload["merkle_root"]),
-            "key_commitments_root": bytes.fromhex(payload["key_commitments_root"]),
-            "key_commitment_count": int(payload["key_commitment_count"]),
-            "retention_day": ledger_day(payload["retention_day"]),
-        }
-    if kind == "erasure.record":
-        scope = payload["scope"]
-        if scope["type"] == "subject":
-            ledger_scope: dict[str, Any] = {"kind": "subject", "subject": scope["subject_id"]}
-            if "dataset_id" in scope:
-                ledger_scope["dataset"] = scope["dataset_id"]
-        else:
-            ledger_scope = {"kind": "upload", "upload": scope["upload_id"]}
-        reason, requester = _erasure_reason(payload, scope)
-        body: dict[str, Any] = {
-            "scope": ledger_scope,
-            "key_commitments": [bytes.fromhex(c) for c in payload["key_commitments"]],
-            "uploads": _upload_refs(payload["uploads"]),
-            "reason": reason,
-            "requester": requester,
-        }
-        if payload.get("request") is not None:
-            body["request"] = int(payload["request"])
-        return kind, body
-    if kind == "retention.expire":
-        scope = payload["scope"]
-        return kind, {
-            "dataset": scope["dataset_id"],
-            "day": ledger_day(scope["day"]),
-            "uploads": _upload_refs(payload["uploads"]),
-        }
-    raise ValueError(f"no contract transaction for outbox facts of kind {kind!r}")
+    fact = facts.fact_from_payload(kind, payload)
+    if isinstance(fact, facts.ErasureRecord):
+        return fact.kind, fact.to_body(reasons=rules.ERASURE_REASONS, requesters=rules.REQUESTERS)
+    return fact.kind, fact.to_body()
 
 
 def jsonable(value: Any) -> Any:

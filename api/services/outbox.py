@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from ledger_bridge.facts import ERASURE_RECORD, UPLOAD_ANCHOR, ErasureRecord, UploadAnchor
 from ledger_bridge.receipts import ErasureReceipt, seal
 from vault.erasure import is_forgotten, settle_erasure
 from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, RELAY_REQUEST_IDS, OutboxFact, Upload
@@ -184,11 +185,11 @@ class OutboxRelay:
                     last_error=None,
                 )
             )
-            if kind == "erasure.record" and cast("CursorResult[Any]", marked).rowcount:
+            if kind == ERASURE_RECORD and cast("CursorResult[Any]", marked).rowcount:
                 # Recorded, so the vault may now forget whom it erased (in this same
                 # transaction: never recorded yet still naming them after a crash).
                 settle_erasure(session, fact_id, sealed_receipt=_sealed(payload, receipt))
-            if kind == "upload.anchor":
+            if kind == UPLOAD_ANCHOR:
                 # Readable from now on: the anchor is committed, in the same transaction
                 # as the mark, so an upload is never anchored without its receipt.
                 _move_upload(
@@ -213,7 +214,7 @@ class OutboxRelay:
                     last_error=str(exc)[:500],
                 )
             )
-            if kind == "upload.anchor":
+            if kind == UPLOAD_ANCHOR:
                 _move_upload(session, payload, "pending", state="refused")
         # The code only: contract messages name fields, never values, but a log line is no
         # place to find out whether one ever does.
@@ -234,20 +235,17 @@ def requeue(session: Session, fact_id: int) -> OutboxFact | None:
         return None
     fact.refused_at = None
     fact.request_id = None  # the replicas ignore a request id at or below one they executed
-    if fact.kind == "upload.anchor":
+    if fact.kind == UPLOAD_ANCHOR:
         _move_upload(session, fact.payload, "refused", state="pending")
     return fact
 
 
 def _sealed(payload: dict[str, Any], receipt: FactReceipt) -> bytes | None:
     """The erasure's receipt sealed to the key its caller asked for (`receipt_to`), if any."""
-    recipient = payload.get("receipt_to")
+    recipient = ErasureRecord.from_payload(payload).receipt_to
     if recipient is None or receipt.request is None:
         return None
-    return seal(
-        ErasureReceipt(receipt.block_height, receipt.request, receipt.tx_id),
-        bytes.fromhex(recipient),
-    )
+    return seal(ErasureReceipt(receipt.block_height, receipt.request, receipt.tx_id), recipient)
 
 
 def _move_upload(session: Session, anchor: dict[str, Any], from_state: str, **values: Any) -> None:
@@ -255,7 +253,10 @@ def _move_upload(session: Session, anchor: dict[str, Any], from_state: str, **va
     (a withdrawn upload stays withdrawn whatever its anchor's fate)."""
     session.execute(
         update(Upload)
-        .where(Upload.id == uuid.UUID(anchor["upload_id"]), Upload.state == from_state)
+        .where(
+            Upload.id == uuid.UUID(UploadAnchor.from_payload(anchor).upload),
+            Upload.state == from_state,
+        )
         .values(**values)
     )
 

@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ledger_bridge import facts
 from ledger_bridge.contracts import codec
 from ledger_bridge.crypto import SIGNATURE_BYTES, SigningKey, digest, verify
 
@@ -35,19 +36,8 @@ NONCE_BYTES = 16
 TTL_MAX_MS = 60 * 60 * 1000  # a signed transaction is usable for at most one hour
 TX_BYTES_MAX = 512 * 1024
 
-TX_TYPES = (
-    "member.register",
-    "dataset.register",
-    "upload.anchor",
-    "consent.grant",
-    "consent.revoke",
-    "access.request",
-    "erasure.request",
-    "erasure.record",
-    "retention.expire",
-    "governance.propose",
-    "governance.vote",
-)
+# The type names are shared with the vault's outbox facts: one definition (ledger_bridge/facts.py).
+TX_TYPES = facts.TX_TYPES
 
 
 class MalformedTx(ValueError):

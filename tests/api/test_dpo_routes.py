@@ -564,7 +564,7 @@ def test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again(ledger_env: LedgerE
         fact_id = session.scalars(
             select(OutboxFact.id).where(
                 OutboxFact.kind == "upload.anchor",
-                OutboxFact.payload["upload_id"].astext == str(upload_id),
+                OutboxFact.payload["upload"].astext == str(upload_id),
             )
         ).one()
 
@@ -695,11 +695,13 @@ def test_a_relay_retry_after_the_erasure_was_redacted_gets_its_receipt(
     env = ledger_env
     subject = _subject(env)
     payload = {
-        "scope": {"type": "subject", "subject_id": subject.id},
+        "scope": {"kind": "subject", "subject": subject.id},
         "key_commitments": [],
         "uploads": [],
+        "secrets_destroyed": 0,
         "reason": "dpo_decision",
         "requester": "dpo",
+        "at": "2026-12-05T00:00:00+00:00",
     }
     applied = (env.cluster.status(0) or {}).get("redactions_applied", 0)
     fact_id, request_id = 10**9 + 7, 4_000_000_001

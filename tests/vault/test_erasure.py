@@ -102,7 +102,7 @@ def test_withdraw_upload_kills_only_that_upload(session: Session, services: Vaul
         reason="sent by mistake",
         requester="provider-1",
     )
-    assert r.records_erased == 6 and r.uploads[0]["upload_id"] == str(first.upload_id)
+    assert r.records_erased == 6 and r.uploads[0].upload == str(first.upload_id)
     left = list(services.reader.by_dataset(session, dataset.id))
     assert len(left) == 6 and all(x.upload_id != first.upload_id for x in left)
     upload = session.get(Upload, first.upload_id)

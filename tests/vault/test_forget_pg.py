@@ -182,8 +182,8 @@ def test_erasure_everywhere_leaves_nothing_naming_the_subject_in_pg_dump(
             ids = set(s.scalars(select(Record.subject_id).where(Record.dataset_id == dataset)))
             assert forgotten_id(world.secrets[dataset]) in ids
         facts = {f.id: f.payload for f in s.scalars(select(OutboxFact))}
-        assert facts[first]["scope"] == {"type": "subject", "dataset_id": str(world.d1)}
-        assert facts[everywhere]["scope"] == {"type": "subject"}
+        assert facts[first]["scope"] == {"kind": "subject", "dataset": str(world.d1)}
+        assert facts[everywhere]["scope"] == {"kind": "subject"}
         assert facts[everywhere]["sealed_receipt"] == b"sealed receipt".hex()
         members = set(s.scalars(select(ApiKey.member_id)))
         assert world.q in members and world.p not in members
@@ -252,7 +252,7 @@ def test_dataset_scoped_erasure_forgets_the_subject_in_that_dataset_only(world: 
         assert world.p not in in_d1 and world.p not in committed_d1
         assert forgotten_id(world.secrets[world.d1]) in in_d1
         assert world.p in in_d2
-        assert s.get(OutboxFact, fact).payload["scope"]["subject_id"] == world.p  # type: ignore[union-attr]
+        assert s.get(OutboxFact, fact).payload["scope"]["subject"] == world.p  # type: ignore[union-attr]
         assert world.p in set(s.scalars(select(ApiKey.member_id)))
 
 

@@ -40,6 +40,7 @@ from api.http.schemas import LedgerReceipt, PublicKeyHex, SignedIn, StrictIn, Uu
 from api.http.signed import assemble
 from api.services.outbox import wait_for_receipt
 from ledger_bridge import receipts
+from ledger_bridge.facts import ERASURE_KINDS, ERASURE_RECORD, ErasureRecord, erasure_from_payload
 from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound
 from vault.models import OutboxFact
@@ -106,21 +107,22 @@ class InvalidScope(ApiError):
 
 
 def _certificate(fact: OutboxFact) -> ErasureCertificate:
-    p = fact.payload
-    receipt = LedgerReceipt.of_fact(fact)
+    """The fact's certificate in the API's names (`scope.type`, `subject_id`, `upload_id`),
+    which the published schema and its clients read."""
+    c = erasure_from_payload(fact.kind, fact.payload).certificate
     return ErasureCertificate(
         erasure_id=fact.id,
         state=fact.ledger_state,
         kind=fact.kind,
-        scope=p["scope"],
-        reason=p["reason"],
-        requester=p["requester"],
-        secrets_destroyed=int(p.get("secrets_destroyed", 0)),
-        key_commitments=list(p.get("key_commitments", [])),
-        uploads=list(p.get("uploads", [])),
-        erased_at=p["at"],
-        request=p.get("request"),
-        receipt=receipt,
+        scope=c.public_scope(),
+        reason=c.reason,
+        requester=c.requester,
+        secrets_destroyed=c.secrets_destroyed,
+        key_commitments=[k.hex() for k in c.key_commitments],
+        uploads=[u.public() for u in c.uploads],
+        erased_at=c.at.isoformat(),
+        request=c.request,
+        receipt=LedgerReceipt.of_fact(fact),
     )
 
 
@@ -141,12 +143,13 @@ def _run(
     fact = wait_for_receipt(sessions, result.outbox_id, request.app.state.settings.receipt_wait_s)
     cert = _certificate(fact)
     # A repeated erasure answers the first call's fact, sealed to the first caller's key.
+    record = ErasureRecord.from_payload(fact.payload) if fact.kind == ERASURE_RECORD else None
     private = None
-    if receipt_key is not None and fact.payload.get("receipt_to") == receipt_key[1].hex():
+    if receipt_key is not None and record is not None and record.receipt_to == receipt_key[1]:
         private = receipt_key[0]
-    sealed = fact.payload.get("sealed_receipt")
+    sealed = None if record is None else record.sealed_receipt
     if private is not None and sealed is not None:
-        opened = receipts.open_sealed(bytes.fromhex(sealed), private)
+        opened = receipts.open_sealed(sealed, private)
         cert.erasure_receipt = ErasureReceiptOut(**opened.to_json())
     elif private is not None and cert.receipt is None:
         cert.receipt_key = private.hex()
@@ -242,15 +245,18 @@ def erasure_status(
             raise Forbidden("only the DPO or the erased subject may read a certificate")
         if (
             fact is None
-            or fact.kind not in ("erasure.record", "retention.expire")
-            or (
-                member.role == "subject"
-                and fact.payload["scope"].get("subject_id") != member.member_id
-            )
+            or fact.kind not in ERASURE_KINDS
+            or (member.role == "subject" and _subject_of(fact) != member.member_id)
         ):
             # A subject does not learn which other erasures exist.
             raise NotFound(f"erasure {erasure_id} does not exist")
         return _certificate(fact)
+
+
+def _subject_of(fact: OutboxFact) -> str | None:
+    """The subject an erasure fact names (None for expiries, uploads and forgotten ones)."""
+    typed = erasure_from_payload(fact.kind, fact.payload)
+    return typed.subject if isinstance(typed, ErasureRecord) else None
 
 
 @router.get("/erasure-receipts/{erasure_id}")
@@ -266,6 +272,12 @@ def sealed_receipt(
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session:
         fact = session.get(OutboxFact, erasure_id)
-        if fact is None or fact.kind != "erasure.record" or "receipt_to" not in fact.payload:
+        record = (
+            ErasureRecord.from_payload(fact.payload)
+            if fact is not None and fact.kind == ERASURE_RECORD
+            else None
+        )
+        if fact is None or record is None or record.receipt_to is None:
             raise NotFound(f"erasure {erasure_id} has no receipt")
-        return SealedReceipt(erasure_id=fact.id, sealed_receipt=fact.payload.get("sealed_receipt"))
+        sealed = None if record.sealed_receipt is None else record.sealed_receipt.hex()
+        return SealedReceipt(erasure_id=fact.id, sealed_receipt=sealed)
