@@ -34,7 +34,7 @@ from api.http.errors import ApiError
 from api.services.outbox import FactReceipt, FactRefused
 from ledger_bridge import eventloop, facts, receipts
 from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
-from ledger_bridge.contracts import codec, rules, tx
+from ledger_bridge.contracts import codec, tx, vocabulary
 from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import GENESIS_FILE, Genesis, load_genesis
 from ledger_bridge.pbft import messages as m
@@ -330,7 +330,7 @@ def fact_transaction(kind: str, payload: dict[str, Any]) -> tuple[str, dict[str,
     """
     fact = facts.fact_from_payload(kind, payload)
     if isinstance(fact, facts.ErasureRecord):
-        return fact.kind, fact.to_body(reasons=rules.ERASURE_REASONS, requesters=rules.REQUESTERS)
+        return fact.kind, fact.to_body(reasons=vocabulary.ERASURE_REASONS, requesters=vocabulary.REQUESTERS)
     return fact.kind, fact.to_body()
 
 

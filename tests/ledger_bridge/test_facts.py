@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger_bridge import facts
-from ledger_bridge.contracts import bodies, codec, rules, tx
+from ledger_bridge.contracts import bodies, codec, rules, tx, vocabulary
 from ledger_bridge.facts import (
     EpochScope,
     ErasureCertificate,
@@ -28,8 +28,8 @@ COUNTS = st.integers(0, bodies.COUNT_MAX)
 DAYS = st.dates(min_value=facts.LEDGER_EPOCH, max_value=dt.date(9999, 12, 31))
 TIMES = st.datetimes(timezones=st.just(dt.UTC))
 # Reasons and requesters the contracts know, and wordings they do not (mapped by to_body).
-REASONS = st.sampled_from([*bodies.ERASURE_REASONS, "retention period ended", "other"])
-REQUESTERS = st.sampled_from([*bodies.REQUESTERS, "retention-sweeper", "someone"])
+REASONS = st.sampled_from([*vocabulary.ERASURE_REASONS, "retention period ended", "other"])
+REQUESTERS = st.sampled_from([*vocabulary.REQUESTERS, "retention-sweeper", "someone"])
 
 ANCHORS = st.builds(
     UploadAnchor,
