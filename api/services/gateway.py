@@ -330,7 +330,9 @@ def fact_transaction(kind: str, payload: dict[str, Any]) -> tuple[str, dict[str,
     """
     fact = facts.fact_from_payload(kind, payload)
     if isinstance(fact, facts.ErasureRecord):
-        return fact.kind, fact.to_body(reasons=vocabulary.ERASURE_REASONS, requesters=vocabulary.REQUESTERS)
+        return fact.kind, fact.to_body(
+            reasons=vocabulary.ERASURE_REASONS, requesters=vocabulary.REQUESTERS
+        )
     return fact.kind, fact.to_body()
 
 
