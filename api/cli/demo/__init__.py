@@ -33,8 +33,10 @@ What it needs besides the URL, and why it runs on the vault host (`--data-dir`, 
 Stories: each use case is a module of this package registered in `STORIES` (a name, a
 one-line summary, a `play(stage)`); adding one is a module and a list entry. A story casts on
 the stage (`stage.py`) every party, dataset, upload and consent it needs, so any story runs
-alone (`--story NAME`) or with others in any order; the stories of one run share only what no
-story changes: the admitted legal entities and the citizens' wallets.
+alone (`--story NAME`) or with others in any order. The stories of one run share only the
+admitted legal entities and the citizens' wallets: an admission holds for good, and a wallet
+derives a pseudonym per dataset, each story's datasets being its own, so the pseudonym one
+story erases is no other story's.
 
 Every name it creates carries a run id, so the demo can run any number of times on one system.
 It prints the fictitious address and sensor readings it made up: they are the story. The
