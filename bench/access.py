@@ -422,6 +422,30 @@ def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, floa
     return out
 
 
+def _warm_up(answered: list[int], warmup_s: float) -> None:
+    """At least `warmup_s`, and until every consumer had an answer (WARMUP_S_CAP at most)."""
+    began = time.perf_counter()
+    cap = began + WARMUP_S_CAP
+    while time.perf_counter() < cap and (
+        time.perf_counter() - began < warmup_s or min(answered) == 0
+    ):
+        time.sleep(POLL_S)
+
+
+def _fill_window(
+    answers: list[tuple[float, float]], first: int, start: float, wanted: int, point_s: float
+) -> None:
+    """At least `point_s` and `wanted` answers after the `first`; POINT_S_MAX_FACTOR times
+    `point_s` at most. `answers` only grows, so reading its length needs no lock."""
+    while True:
+        time.sleep(POLL_S)
+        elapsed = time.perf_counter() - start
+        if elapsed >= POINT_S_MAX_FACTOR * point_s:
+            return
+        if elapsed >= point_s and len(answers) - first >= wanted:
+            return
+
+
 def _closed_loop(
     fx: Fixture,
     send: Callable[[httpx.Client], httpx.Response],
@@ -462,24 +486,12 @@ def _closed_loop(
     for t in threads:
         t.start()
     try:
-        began = time.perf_counter()
-        cap = began + WARMUP_S_CAP
-        while time.perf_counter() < cap and (
-            time.perf_counter() - began < warmup_s or min(answered) == 0
-        ):
-            time.sleep(POLL_S)
+        _warm_up(answered, warmup_s)
         with lock:
             first = len(answers)
             start = time.perf_counter()
         cpu_before = _cpu_s(pids, fx.postmaster)
-        wanted = MIN_ANSWERS_PER_CONSUMER * consumers
-        while True:
-            time.sleep(POLL_S)
-            elapsed = time.perf_counter() - start
-            if elapsed >= POINT_S_MAX_FACTOR * point_s:
-                break
-            if elapsed >= point_s and len(answers) - first >= wanted:
-                break
+        _fill_window(answers, first, start, MIN_ANSWERS_PER_CONSUMER * consumers, point_s)
         with lock:
             window = answers[first:]
             end = time.perf_counter()

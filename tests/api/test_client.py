@@ -270,3 +270,29 @@ def test_no_server_is_a_transport_error_not_a_problem() -> None:
         pytest.raises(httpx.TransportError),
     ):
         api.health()
+
+
+def test_the_client_imports_nothing_of_the_server_side() -> None:
+    """A user installs the client to talk to the API over HTTP: it must not pull in the
+    server's rooms (HTTP app, services, command line), its web stack or its database layer.
+    (The wallet derives pseudonyms with the vault's HKDF: a primitive, not the vault.)"""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    server_side = ("api.http", "api.services", "api.cli", "fastapi", "starlette", "sqlalchemy")
+    offenders = []
+    for path in sorted((root / "api" / "client").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            offenders += [
+                f"{path.name} imports {n}"
+                for n in names
+                if any(n == s or n.startswith(s + ".") for s in server_side)
+            ]
+    assert offenders == []

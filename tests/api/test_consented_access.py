@@ -33,35 +33,33 @@ def signed(env: LedgerEnv, wallet: Wallet, tx_type: str, body: dict[str, Any]) -
     return {"transaction": signed_tx["transaction"], "signature": signed_tx["signature"]}
 
 
+def api(env: LedgerEnv) -> CivisClient:
+    """The project's client over the test's app: set-up steps sign as every user's do."""
+    return CivisClient(http=env.client)
+
+
+def vote_through(env: LedgerEnv, proposal: int) -> None:
+    """The validators and founding members vote yes in turn until the proposal passes."""
+    status = "open"
+    for voter in (*env.validators, env.dpo, env.provider, env.consumer):
+        status = api(env).vote(voter.key, proposal)["result"]["status"]
+        if status == "passed":
+            return
+    raise AssertionError(f"proposal {proposal} is {status} after every founder voted yes")
+
+
 def declare_purpose(env: LedgerEnv, purpose: str, declaration: dict[str, Any]) -> None:
     """The founding members vote a purpose's declaration through (docs/CONTRACTS.md
     "Disclosure"): for a purpose founded without one, as `research` is."""
     action = {"kind": "approve_purpose", "purpose": purpose, "declaration": declaration}
-    body = {"action": action, "voting_ends": int(time.time() * 1000) + DAY_MS}
-    r = env.client.post(
-        "/v1/governance/proposals", json=signed(env, env.dpo, "governance.propose", body)
-    )
-    assert r.status_code == 201, r.text
-    proposal = int(r.json()["result"]["proposal"])
-    for voter in (*env.validators, env.dpo, env.provider, env.consumer):
-        vote = {"proposal": proposal, "approve": True}
-        r = env.client.post(
-            f"/v1/governance/proposals/{proposal}/votes",
-            json=signed(env, voter, "governance.vote", vote),
-        )
-        assert r.status_code == 201, r.text
-        if r.json()["result"]["status"] == "passed":
-            return
-    raise AssertionError(f"the declaration of {purpose} did not pass")
+    out = api(env).propose(env.dpo.key, action, voting_for_ms=DAY_MS)
+    vote_through(env, int(out["result"]["proposal"]))
 
 
 def register_subject(env: LedgerEnv) -> Wallet:
     citizen = Wallet()
-    r = env.client.post(
-        "/v1/members",
-        json=signed(env, citizen, "member.register", {"role": "subject", "college": "citizens"}),
-    )
-    assert r.status_code == 201 and r.json()["result"]["status"] == "active", r.text
+    out = api(env).register(citizen.key, "subject", "citizens")
+    assert out["result"]["status"] == "active", out
     return citizen
 
 

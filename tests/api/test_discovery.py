@@ -14,7 +14,7 @@ from typing import Any
 from ledger_bridge.contracts import rules
 from ledger_bridge.contracts.app import DEFAULT_PURPOSES
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import register_subject, signed
+from tests.api.test_consented_access import register_subject, signed, vote_through
 
 
 def _now_ms() -> int:
@@ -35,20 +35,6 @@ def _propose(env: LedgerEnv, author: Wallet, action: dict[str, Any], ends_ms: in
     )
 
 
-def _vote_through(env: LedgerEnv, proposal: int) -> None:
-    status = "open"
-    for voter in (*env.validators, env.dpo, env.provider, env.consumer):
-        r = env.client.post(
-            f"/v1/governance/proposals/{proposal}/votes",
-            json=signed(env, voter, "governance.vote", {"proposal": proposal, "approve": True}),
-        )
-        assert r.status_code == 201, r.text
-        status = r.json()["result"]["status"]
-        if status == "passed":
-            return
-    raise AssertionError(f"proposal {proposal} is {status} after every founder voted yes")
-
-
 def test_purposes_list_the_founding_ones_and_each_one_governance_approves(
     ledger_env: LedgerEnv,
 ) -> None:
@@ -65,7 +51,7 @@ def test_purposes_list_the_founding_ones_and_each_one_governance_approves(
     assert fresh not in names
     r = _propose(env, env.dpo, {"kind": "approve_purpose", "purpose": fresh}, _now_ms() + DAY_MS)
     assert r.status_code == 201, r.text
-    _vote_through(env, int(r.json()["result"]["proposal"]))
+    vote_through(env, int(r.json()["result"]["proposal"]))
     after = _get(env, "/v1/purposes")
     approved = {p["purpose"]: p["approved_at_height"] for p in after["purposes"]}
     assert approved[fresh] > 0 and after["height"] >= approved[fresh]

@@ -42,7 +42,7 @@ from fastapi.routing import iter_route_contexts
 
 from api.client import CivisClient
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import register_subject, signed
+from tests.api.test_consented_access import api, register_subject, signed, vote_through
 
 COLUMNS = (
     "owner",
@@ -124,34 +124,13 @@ def admit(env: LedgerEnv, wallet: Wallet, role: str, college: str) -> int:
     made; the founding members and the validators vote, in turn, until it passes. Returns
     the proposal's id.
     """
-    r = env.client.post(
-        "/v1/members",
-        json=signed(env, wallet, "member.register", {"role": role, "college": college}),
+    client = api(env)
+    out = client.register(wallet.key, role, college)  # type: ignore[arg-type]
+    assert out["result"]["status"] == "pending", out
+    proposal = int(
+        client.propose_admission(env.dpo.key, wallet.id, voting_for_ms=DAY_MS)["result"]["proposal"]
     )
-    assert r.status_code == 201 and r.json()["result"]["status"] == "pending", r.text
-    action = {"kind": "admit_member", "member": wallet.id}
-    r = env.client.post(
-        "/v1/governance/proposals",
-        json=signed(
-            env,
-            env.dpo,
-            "governance.propose",
-            {"action": action, "voting_ends": _now_ms() + DAY_MS},
-        ),
-    )
-    assert r.status_code == 201, r.text
-    proposal = int(r.json()["result"]["proposal"])
-    status = "open"
-    for voter in (*env.validators, env.dpo, env.provider, env.consumer):
-        r = env.client.post(
-            f"/v1/governance/proposals/{proposal}/votes",
-            json=signed(env, voter, "governance.vote", {"proposal": proposal, "approve": True}),
-        )
-        assert r.status_code == 201, r.text
-        status = r.json()["result"]["status"]
-        if status == "passed":
-            break
-    assert status == "passed", f"admission of a {role} not passed by the founding members"
+    vote_through(env, proposal)
     return proposal
 
 
@@ -194,11 +173,15 @@ def upload_anchored(
 
 
 def grant(env: LedgerEnv, subject: Wallet, body: dict[str, Any]) -> None:
-    r = env.client.post(
-        "/v1/consents",
-        json=signed(env, subject, "consent.grant", {**body, "valid_until": _now_ms() + DAY_MS}),
+    """`body` names the consumer, purpose and dataset (or category), as a draft's would."""
+    scope = {k: body[k] for k in ("dataset", "category") if k in body}
+    api(env).grant_consent(
+        subject.key,
+        consumer=body["consumer"],
+        purpose=body["purpose"],
+        valid_for_ms=DAY_MS,
+        **scope,
     )
-    assert r.status_code == 201, r.text
 
 
 @dataclass
