@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from api.cli import bootstrap
-from api.cli import demo as demo_cli
+from api.cli.demo import common as demo_cli
 from api.client import client, types
 from api.http import schemas
 from api.http.routes import access, erasures
