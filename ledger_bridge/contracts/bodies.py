@@ -30,6 +30,7 @@ from ledger_bridge.contracts.vocabulary import (
     ERASURE_REASONS,
     LEGAL_BASES,
     MODES,
+    PARAMETER_NAMES,
     PREDICATE_OPS,
     REQUESTERS,
     ROLES,
@@ -46,6 +47,7 @@ VALIDATORS_MAX = 100
 RETENTION_DAYS_MAX = 36_600
 DAY_INDEX_MAX = 10_000_000  # days since 1970: far beyond any retention
 COUNT_MAX = 1 << 40
+PARAMETER_VALUE_MAX = 1_000_000  # a governance parameter's value (each has tighter bounds)
 # Times and sequence numbers stop at the largest integer every JSON client reads exactly
 # (RFC 8259 section 6; a JavaScript number): a bound above it is a float in a JSON Schema, and
 # a client could round a valid value past it. 2^53 ms is 285,000 years.
@@ -615,6 +617,18 @@ PROPOSAL_ACTIONS = OneOf(
                     ListOf(VALIDATOR, VALIDATORS_MAX),
                     "the new set: 3f+1 replicas with distinct keys",
                     None,
+                ),
+            )
+        ),
+        "set_parameter": Obj(
+            (
+                _KIND,
+                Field("parameter", Enum(PARAMETER_NAMES), "which parameter", "commission_bp"),
+                Field(
+                    "value",
+                    Integer(0, PARAMETER_VALUE_MAX),
+                    "its new value (each parameter has its own bounds)",
+                    500,
                 ),
             )
         ),

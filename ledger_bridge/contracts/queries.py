@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger_bridge.contracts import rules
+from ledger_bridge.contracts.rules import parameters
 from ledger_bridge.contracts.state import State
 
 LIMIT_MAX = 1000
@@ -249,6 +250,7 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "erasures": _erasures,
     "erasure_requests": _erasure_requests,
     "redactions": _redactions,
+    "parameters": lambda s, q: parameters.values(s),
 }
 
 

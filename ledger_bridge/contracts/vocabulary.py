@@ -56,6 +56,11 @@ DEFAULT_PURPOSES = (
     "research",
 )
 
+# The cooperative's economic parameters, set by governance (`rules/parameters.py` holds their
+# defaults and bounds).
+ParameterName = Literal["commission_bp", "k_anonymity", "token_expiry_days"]
+PARAMETER_NAMES: tuple[ParameterName, ...] = get_args(ParameterName)
+
 # -- disclosure -------------------------------------------------------------------------------
 
 # What a consent discloses, narrowest first: yes/no answers, named fields, whole records.

@@ -24,6 +24,7 @@ from ledger_bridge.contracts.rules.common import (
     dataset_of,
     mention,
 )
+from ledger_bridge.contracts.rules.parameters import enact_set_parameter, validate_set_parameter
 from ledger_bridge.contracts.vocabulary import SELF_ADMITTED_ROLES
 
 VOTING_MAX_MS = 90 * 24 * 3600 * 1000
@@ -153,6 +154,7 @@ ACTIONS: dict[str, Action] = {
     "approve_purpose": Action(_validate_approve_purpose, _enact_approve_purpose),
     "set_retention": Action(_validate_set_retention, _enact_set_retention),
     "set_validators": Action(_validate_set_validators, _enact_set_validators),
+    "set_parameter": Action(validate_set_parameter, enact_set_parameter),
 }
 
 

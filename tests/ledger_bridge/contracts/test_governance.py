@@ -309,3 +309,31 @@ def test_retention_change_and_validator_set_are_enacted_only_when_passed() -> No
     assert [v["address"] for v in chain.query(q="status")["validators"]] == [
         r["address"] for r in new_set
     ]
+
+
+def test_a_parameter_reads_its_default_until_governance_sets_another_within_its_bounds() -> None:
+    chain = Chain.new()
+    assert chain.query(q="parameters") == {
+        "commission_bp": 500,
+        "k_anonymity": 10,
+        "token_expiry_days": 0,
+    }
+    # Outside its own bounds (k below 2 would publish single subjects): refused when proposed.
+    low = {"kind": "set_parameter", "parameter": "k_anonymity", "value": 1}
+    refused = chain.one(
+        chain.dpo, "governance.propose", {"action": low, "voting_ends": chain.time_ms + DAY}
+    )
+    assert (refused["code"], refused["message"]) == ("invalid", "k_anonymity must be in [2, 1000]")
+    unknown = {"kind": "set_parameter", "parameter": "interest_rate", "value": 1}
+    assert (
+        chain.one(
+            chain.dpo, "governance.propose", {"action": unknown, "voting_ends": chain.time_ms + DAY}
+        )["code"]
+        == "invalid"
+    )
+    pid = propose(
+        chain, chain.dpo, {"kind": "set_parameter", "parameter": "commission_bp", "value": 750}
+    )
+    assert chain.query(q="parameters")["commission_bp"] == 500  # proposed is not decided
+    assert everyone_approves(chain, pid) == "passed"
+    assert chain.query(q="parameters")["commission_bp"] == 750
