@@ -347,7 +347,7 @@ class Replica:
         self.active = True
         self.now_ms = 0
         self._init_log()
-        self._init_checkpoints(config, replica_id)
+        self._init_checkpoints()
         self._init_redaction()
         self._init_clients()
         self._init_view_change()
@@ -376,7 +376,7 @@ class Replica:
         self.head_time_ms = 0
         self.recent_blocks: list[Block] = []
 
-    def _init_checkpoints(self, config: ClusterConfig, replica_id: int) -> None:
+    def _init_checkpoints(self) -> None:
         self.h = 0  # low watermark: last stable checkpoint
         self.stable = _Stable(0, b"", (), None)
         self.own_snapshots: dict[int, tuple[bytes, FrozenState]] = {}  # seq -> (digest, state)
@@ -387,15 +387,15 @@ class Replica:
         # Staggered by replica id: every replica reaches the same checkpoints at the same
         # moment, and writing the whole state pauses a replica; one at a time, the other
         # 2f+1 keep ordering.
-        self.txs_since_snapshot = config.durable_snapshot_txs * replica_id // config.n
+        self.txs_since_snapshot = self.config.durable_snapshot_txs * self.id // self.config.n
         self._snapshot_due = False  # after a state transfer: the log below is not on disk
         # While restarting: the stable checkpoint re-execution must reach, and prove.
         self._replay_stable: tuple[int, bytes, tuple[Checkpoint, ...]] | None = None
 
     def _init_redaction(self) -> None:
         """See `_apply_redactions`: entries of the application's list applied to our blocks
-        (durable), entries the executed state holds, bodies a peer sent us at redacted
-        positions (dropped), and what the store must still redact."""
+        (durable), entries the executed state holds, and bodies a peer sent us at redacted
+        positions (dropped). What the store must still redact waits in `_redact`."""
         self.redactions_applied = 0
         self.redactions_known = 0
         self.redaction_due = 0  # the highest `since` known (`_fill_to_checkpoint`)
@@ -437,7 +437,7 @@ class Replica:
         self._meta_dirty: set[bytes] = set()
         self._final_records: dict[int, bytes] = {}  # log records of seqs GC'd before ready()
         self._gc_below: int | None = None
-        self._redact: dict[int, set[int]] = {}
+        self._redact: dict[int, set[int]] = {}  # height -> batch indices, for `Ready.redact`
         self._must_sync = False
         self._sync_cut = (0, 0)  # (messages, replies) produced before `_must_sync` was set
 
