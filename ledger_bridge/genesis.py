@@ -283,41 +283,13 @@ def create_local(
     if genesis_path.exists():
         raise GenesisError(f"{genesis_path} exists; refusing to overwrite a cluster's keys")
     tls_dir = directory / "tls"
-    if use_tls:
-        ca_cert, ca_key = tls.create_ca(tls_dir)
+    ca = tls.create_ca(tls_dir) if use_tls else None
     client_port = _client_port_table(directory, client_tls)
     rows: list[dict[str, Any]] = []
     node_paths = []
     for i in range(replicas):
-        key = SigningKey.generate()
-        key_file = directory / "keys" / f"node-{i}.key"
-        write_private_file(key_file, key.seed().hex().encode() + b"\n")
-        row: dict[str, Any] = {
-            "id": i,
-            "college": DEFAULT_COLLEGES[i % len(DEFAULT_COLLEGES)],
-            "public_key": key.public_key.hex(),
-            "address": f"{host}:{base_port + i}",
-            "client_address": f"{host}:{base_port + 100 + i}",
-        }
-        node: dict[str, Any] = {
-            "id": i,
-            "genesis": GENESIS_FILE,
-            "data_dir": f"data/node-{i}",
-            "private_key_file": f"keys/node-{i}.key",
-            "listen": row["address"],
-            "client_listen": row["client_address"],
-            "client_port": client_port,
-        }
-        if use_tls:
-            files = tls.issue_node_certificate(tls_dir, ca_cert, ca_key, i, [host])
-            row["tls_cert"] = str(files.cert.relative_to(directory))
-            node["tls"] = {
-                "cert": str(files.cert.relative_to(directory)),
-                "key": str(files.key.relative_to(directory)),
-            }
+        row, node_path = _write_node(directory, i, host, base_port, client_port, ca)
         rows.append(row)
-        node_path = directory / f"node-{i}.toml"
-        write_private_file(node_path, tomli_w.dumps(node).encode())
         node_paths.append(node_path)
     doc: dict[str, Any] = {
         "chain_id": chain_id,
@@ -332,6 +304,47 @@ def create_local(
         make_private(tls_dir)  # the certificates were written with the default modes
     write_private_file(genesis_path, tomli_w.dumps(doc).encode())
     return node_paths
+
+
+def _write_node(
+    directory: Path,
+    i: int,
+    host: str,
+    base_port: int,
+    client_port: dict[str, Any],
+    ca: tuple[Path, Path] | None,
+) -> tuple[dict[str, Any], Path]:
+    """Replica i's key, certificate (with the CA's (cert, key), when TLS) and node file;
+    returns its row of the genesis' validators and the node file's path."""
+    key = SigningKey.generate()
+    key_file = directory / "keys" / f"node-{i}.key"
+    write_private_file(key_file, key.seed().hex().encode() + b"\n")
+    row: dict[str, Any] = {
+        "id": i,
+        "college": DEFAULT_COLLEGES[i % len(DEFAULT_COLLEGES)],
+        "public_key": key.public_key.hex(),
+        "address": f"{host}:{base_port + i}",
+        "client_address": f"{host}:{base_port + 100 + i}",
+    }
+    node: dict[str, Any] = {
+        "id": i,
+        "genesis": GENESIS_FILE,
+        "data_dir": f"data/node-{i}",
+        "private_key_file": f"keys/node-{i}.key",
+        "listen": row["address"],
+        "client_listen": row["client_address"],
+        "client_port": client_port,
+    }
+    if ca is not None:
+        files = tls.issue_node_certificate(directory / "tls", ca[0], ca[1], i, [host])
+        row["tls_cert"] = str(files.cert.relative_to(directory))
+        node["tls"] = {
+            "cert": str(files.cert.relative_to(directory)),
+            "key": str(files.key.relative_to(directory)),
+        }
+    node_path = directory / f"node-{i}.toml"
+    write_private_file(node_path, tomli_w.dumps(node).encode())
+    return row, node_path
 
 
 def _client_port_table(directory: Path, client_tls: bool) -> dict[str, Any]:

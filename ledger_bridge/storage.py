@@ -25,8 +25,8 @@ bytes of every deleted or overwritten row, and a batch that redacts ends with a
 in its write-ahead log.
 
 The layout is deliberately dumb: the replica's durable records are opaque msgpack blobs keyed
-by (kind, key). Interpreting them is the replica core's job (`DurableState`), so a change in
-the core's message set needs no migration here.
+by (kind, key). Their format is the replica core's (`ledger_bridge.pbft.records`, which also
+defines `seq_key`), so a change in the core's message set needs no migration here.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import msgpack
 
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.messages import Block
+from ledger_bridge.pbft.records import key_seq as key_seq
+from ledger_bridge.pbft.records import seq_key as seq_key
 
 SCHEMA_VERSION = 2
 DB_FILE = "replica.sqlite3"
@@ -328,16 +330,6 @@ class Storage:
     def last_height(self) -> int:
         row = self._db.execute("SELECT max(height) FROM blocks").fetchone()
         return int(row[0]) if row and row[0] is not None else 0
-
-
-def seq_key(seq: int) -> bytes:
-    """Big-endian so SQLite's byte order is numeric order (GC by `key < seq_key(low)`)."""
-    assert 0 <= seq < 1 << 64
-    return seq.to_bytes(8, "big")
-
-
-def key_seq(key: bytes) -> int:
-    return int.from_bytes(key[:8], "big")
 
 
 def puts(kind: str, items: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, bytes, bytes], ...]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -22,6 +22,7 @@ from vault.keys import KeyStore, make_provider
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
+    from api.services.jobs import BackgroundJobs
 
 
 def create_app(
@@ -37,50 +38,10 @@ def create_app(
     Without a ledger (some API tests, a read-only maintenance instance) every route that needs
     one answers 503, and datasets live in the vault only.
     """
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from api.services.jobs import BackgroundJobs
-        from api.services.outbox import OutboxCollector, OutboxRelay
-        from vault.erasure import Eraser
-        from vault.retention import RetentionSweeper
-
-        bound_access_log()
-        # First start creates the master key file (0600) or the token's first KEK; an unsafe
-        # key file, a missing token or a wrong PIN stops the service here.
-        app.state.key_store = KeyStore(make_provider(settings))
-        engine = db.make_engine(database_url)
-        app.state.engine = engine
-        app.state.sessions = db.make_session_factory(engine)
-        outbox_metrics = OutboxCollector(app.state.sessions)
-        app.state.metrics_registry.register(outbox_metrics)
-        if ledger is not None:
-            from api.services.gateway import bind_database
-
-            with app.state.sessions() as session, session.begin():
-                bind_database(session, ledger.genesis)
-        jobs = None
-        if ledger is not None and background_jobs:
-            jobs = BackgroundJobs(
-                OutboxRelay(app.state.sessions, ledger),
-                RetentionSweeper(app.state.sessions, Eraser(app.state.key_store)),
-                relay_interval_s=settings.relay_interval_s,
-                sweep_interval_s=settings.sweep_interval_s,
-            )
-            jobs.start()
-        app.state.jobs = jobs
-        try:
-            yield
-        finally:
-            app.state.metrics_registry.unregister(outbox_metrics)
-            if jobs is not None:
-                jobs.stop()
-            engine.dispose()
-
     app = FastAPI(
         title="Civis Vault",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, database_url, ledger, background_jobs),
         responses=errors.PROBLEM_RESPONSES,
     )
     app.state.settings = settings
@@ -92,6 +53,7 @@ def create_app(
     # One registry per app: several apps in one test process must not collide.
     app.state.metrics_registry = CollectorRegistry()
     errors.install(app)
+    # The order of the routers is the order of the paths in openapi.yaml.
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(consents.router)
@@ -112,3 +74,64 @@ def create_app(
     )
     app.add_middleware(Metrics, registry=app.state.metrics_registry)
     return app
+
+
+def _lifespan(
+    settings: Settings,
+    database_url: str,
+    ledger: LedgerGateway | None,
+    background_jobs: bool,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the key store, the engine and the background jobs exist only while
+    the app serves (never at import, nor in an app built only for its OpenAPI document)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from api.services.outbox import OutboxCollector
+
+        bound_access_log()
+        # First start creates the master key file (0600) or the token's first KEK; an unsafe
+        # key file, a missing token or a wrong PIN stops the service here.
+        app.state.key_store = KeyStore(make_provider(settings))
+        engine = db.make_engine(database_url)
+        app.state.engine = engine
+        app.state.sessions = db.make_session_factory(engine)
+        outbox_metrics = OutboxCollector(app.state.sessions)
+        app.state.metrics_registry.register(outbox_metrics)
+        if ledger is not None:
+            from api.services.gateway import bind_database
+
+            with app.state.sessions() as session, session.begin():
+                bind_database(session, ledger.genesis)
+        jobs = _start_jobs(app, settings, ledger) if background_jobs else None
+        app.state.jobs = jobs
+        try:
+            yield
+        finally:
+            app.state.metrics_registry.unregister(outbox_metrics)
+            if jobs is not None:
+                jobs.stop()
+            engine.dispose()
+
+    return lifespan
+
+
+def _start_jobs(
+    app: FastAPI, settings: Settings, ledger: LedgerGateway | None
+) -> BackgroundJobs | None:
+    """The outbox relay and the retention sweeper, running; none without a ledger."""
+    if ledger is None:
+        return None
+    from api.services.jobs import BackgroundJobs
+    from api.services.outbox import OutboxRelay
+    from vault.erasure import Eraser
+    from vault.retention import RetentionSweeper
+
+    jobs = BackgroundJobs(
+        OutboxRelay(app.state.sessions, ledger),
+        RetentionSweeper(app.state.sessions, Eraser(app.state.key_store)),
+        relay_interval_s=settings.relay_interval_s,
+        sweep_interval_s=settings.sweep_interval_s,
+    )
+    jobs.start()
+    return jobs

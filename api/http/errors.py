@@ -10,10 +10,15 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidRecord             422  + "record" (1-based); uploads add "line"
     │   │   └── RecordTooLarge        413
     │   ├── DuplicateRecord           409
-    │   ├── NotFound                  404  (Dataset/Upload/RecordNotFound)
+    │   ├── NotFound                  404
+    │   │   ├── DatasetNotFound       404
+    │   │   ├── UploadNotFound        404
+    │   │   └── RecordNotFound        404
     │   ├── RecordErased              410
     │   ├── InvalidDataset            422  (vault/datasets.py)
-    │   └── DatasetExists             409  (api/http/routes/datasets.py)
+    │   ├── InvalidPredicate          422  (vault/disclosure.py)
+    │   ├── DatasetExists             409  (api/http/routes/datasets.py)
+    │   └── NoLedgerIdentity          403  (api/http/routes/datasets.py)
     ├── ApiError (here)               → its .status / .title / .detail
     │   ├── Unauthorized              401  + WWW-Authenticate: Bearer
     │   │   └── KeyExpired            401  (api/services/keys.py) the right secret of an expired
@@ -24,7 +29,15 @@ internals (tracebacks, SQL, key ids).
     │   ├── EmptyUpload               422  (api/http/streams.py)
     │   ├── TooManyUploads            429  + Retry-After (api/http/admission.py)
     │   ├── UploadsBusy               503  + Retry-After (api/http/admission.py)
-    │   └── NotReady                  503  (api/http/routes/health.py)
+    │   ├── NotReady                  503  (api/http/routes/health.py)
+    │   ├── InvalidTransaction        422  (api/http/signed.py)
+    │   ├── AccessRefused             403  (api/http/routes/access.py)
+    │   ├── InvalidAccess             422  (api/http/routes/access.py)
+    │   ├── InvalidScope              422  (api/http/routes/erasures.py)
+    │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
+    │   ├── LedgerUnavailable         503  (api/services/gateway.py)
+    │   └── LedgerRefused             403/404/409/422/502  (api/services/gateway.py): the
+    │                                      contract's result code decides
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;
     │                                    a body that is not JSON adds "line" and "column"
     ├── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit,
@@ -32,6 +45,10 @@ internals (tracebacks, SQL, key ids).
     │                                    400 body not UTF-8); a 405 lists the path's methods
     │                                    in `Allow` and in its detail
     └── ClientDisconnect              → 400, which nobody reads: the client left
+
+Two statuses or more ("422/413"): the instance sets its own. tests/test_error_tree.py checks
+that this tree lists every VaultError and ApiError subclass, under its base, with its status
+and module.
 
 Every problem has a `detail` that tells a person what to do next: the raiser's own sentence,
 else one of `_FALLBACK_DETAILS` for the status (a routing miss, a bug of ours). A client that

@@ -117,22 +117,25 @@ from ledger_bridge.pbft.messages import (
     Status,
     ViewChange,
 )
+from ledger_bridge.pbft.records import (
+    KIND_LOG,
+    KIND_META,
+    META_REDACTIONS,
+    META_SNAPSHOT,
+    META_STABLE,
+    META_VIEW,
+    CheckpointRecord,
+    Loaded,
+    LogRecord,
+    ViewRecord,
+    encode_count,
+    seq_key,
+)
 
 log = logging.getLogger(__name__)
 
-KIND_META = "meta"
-KIND_LOG = "log"
-META_VIEW = b"view"
-META_STABLE = b"stable"
-META_SNAPSHOT = b"snapshot"
-META_REDACTIONS = b"redactions"
 NULL_TIME_MS = 0
 REDACTIONS_PAGE = 1024  # entries asked of the application at a time
-
-
-def seq_key(seq: int) -> bytes:
-    """Big-endian, so byte order is numeric order (the shell GCs with `key < seq_key(h+1)`)."""
-    return seq.to_bytes(8, "big")
 
 
 def _pack(obj: Any) -> bytes:
@@ -217,17 +220,8 @@ class FrozenState:
 class DurableDelta:
     """Changes to the replica's durable records, as simple rows the shell stores verbatim.
 
-    Records are (kind, key, value) with opaque bytes. Kinds:
-    - "meta", key b"view": msgpack [view, active];
-      key b"stable": msgpack [seq, digest, [CHECKPOINT...]] (the stable checkpoint's proof);
-      key b"snapshot": msgpack [seq, digest, [CHECKPOINT...], snapshot] (a stable checkpoint
-      with its state, `FrozenState.packed()`, written every `durable_snapshot_txs`);
-      key b"redactions": msgpack int, how many of the application's redaction entries the
-      stored blocks have had applied (written in the same Ready as `Ready.redact`);
-    - "log", key `seq_key(n)`: msgpack [pre-prepare, prepared certificate, [COMMIT...],
-      committed pre-prepare] for sequence number n (each an encoded message or b""): what the
-      replica must not forget, kept on disk from the durable snapshot up, so a restart can
-      re-execute from it to the stable checkpoint.
+    Records are (kind, key, value) with opaque bytes, in the format `ledger_bridge.pbft.records`
+    defines (the count under b"redactions" is written in the same Ready as `Ready.redact`).
     Apply `delete_below` first (drop keys < bound of that kind), then `delete`, then `put`.
     """
 
@@ -352,39 +346,62 @@ class Replica:
         self.view = 0
         self.active = True
         self.now_ms = 0
-        # Log and certificates (bounded by the watermarks).
+        self._init_log()
+        self._init_checkpoints()
+        self._init_redaction()
+        self._init_clients()
+        self._init_view_change()
+        self._clear_ready_buffers()
+        self._handed: Ready | None = None
+        # The view this replica was active in when it restarted: it sends no PRE-PREPARE,
+        # PREPARE or COMMIT in it (it may have forgotten ones it sent; see the docstring)...
+        self.muted_view: int | None = None
+        # ...for sequence numbers up to this one: above the stable checkpoint on disk + L, it
+        # cannot have voted before the restart (see `_make_stable`).
+        self.mute_through = 0
+        if durable is not None:
+            self._restore(durable)
+
+    # The `_init_*` helpers set up one concern's state each, so `__init__` reads as the list
+    # of what a replica holds; they run once, from `__init__`, in this order.
+
+    def _init_log(self) -> None:
+        """The message log and certificates (bounded by the watermarks), and the chain."""
         self.slots: dict[int, _Slot] = {}
         self.pcerts: dict[int, PreparedCert] = {}
         # Committed batches with their certificates, executed or not, above h.
         self.committed_batches: dict[int, tuple[PrePrepare, tuple[Commit, ...]]] = {}
-        self.h = 0  # low watermark: last stable checkpoint
-        self.stable = _Stable(0, b"", (), None)
         self.last_executed = 0
         self.head_hash = GENESIS_HASH
         self.head_time_ms = 0
+        self.recent_blocks: list[Block] = []
+
+    def _init_checkpoints(self) -> None:
+        self.h = 0  # low watermark: last stable checkpoint
+        self.stable = _Stable(0, b"", (), None)
         self.own_snapshots: dict[int, tuple[bytes, FrozenState]] = {}  # seq -> (digest, state)
+        self.checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
         # Durable snapshot: the stable checkpoint last written with its state, and the
         # transactions executed since (when they pass `durable_snapshot_txs`, write another).
         self.snapshot_seq = 0
         # Staggered by replica id: every replica reaches the same checkpoints at the same
         # moment, and writing the whole state pauses a replica; one at a time, the other
         # 2f+1 keep ordering.
-        self.txs_since_snapshot = config.durable_snapshot_txs * replica_id // config.n
+        self.txs_since_snapshot = self.config.durable_snapshot_txs * self.id // self.config.n
         self._snapshot_due = False  # after a state transfer: the log below is not on disk
-        self._final_records: dict[int, bytes] = {}  # log records of seqs GC'd before ready()
         # While restarting: the stable checkpoint re-execution must reach, and prove.
         self._replay_stable: tuple[int, bytes, tuple[Checkpoint, ...]] | None = None
-        self.checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
-        self.recent_blocks: list[Block] = []
-        # Redaction (see `_apply_redactions`): entries of the application's list applied to
-        # our blocks (durable), entries the executed state holds, bodies a peer sent us at
-        # redacted positions (dropped), and what the store must still redact.
+
+    def _init_redaction(self) -> None:
+        """See `_apply_redactions`: entries of the application's list applied to our blocks
+        (durable), entries the executed state holds, and bodies a peer sent us at redacted
+        positions (dropped). What the store must still redact waits in `_redact`."""
         self.redactions_applied = 0
         self.redactions_known = 0
         self.redaction_due = 0  # the highest `since` known (`_fill_to_checkpoint`)
         self.unredacted_refused = 0
-        self._redact: dict[int, set[int]] = {}
-        # Clients.
+
+    def _init_clients(self) -> None:
         self.reply_cache: dict[bytes, tuple[int, int, bytes]] = {}  # client -> (rid, height, r)
         # The signed REPLY last sent to each client in the reply cache: a client's retries
         # (sent to every replica) are answered without a new signature each time.
@@ -394,7 +411,8 @@ class Replica:
         self.next_seq = 1
         self.last_time_proposed_ms = 0
         self.proposal_floor = 0  # min-s of the view's NEW-VIEW: execute through it, then propose
-        # View change.
+
+    def _init_view_change(self) -> None:
         self.view_changes: dict[int, ViewChange] = {}  # latest valid VIEW-CHANGE per replica
         self.my_view_change: ViewChange | None = None
         self.new_view_msg: NewView | None = None
@@ -405,28 +423,23 @@ class Replica:
         self.next_vc_resend_ms = 0
         self.last_answer_ms: dict[int, int] = {}
         self.peer_progress: dict[int, int] = {}  # last_executed each peer last reported
-        # Ready buffers.
-        self._messages: list[Outbound] = []
-        self._replies: list[ClientReply] = []
-        self._blocks: list[Block] = []
-        self._dirty: set[int] = set()
-        self._meta_dirty: set[bytes] = set()
-        self._gc_below: int | None = None
-        self._must_sync = False
-        self._sync_cut = (0, 0)  # (messages, replies) produced before `_must_sync` was set
-        # The view this replica was active in when it restarted: it sends no PRE-PREPARE,
-        # PREPARE or COMMIT in it (it may have forgotten ones it sent; see the docstring)...
-        self.muted_view: int | None = None
-        # ...for sequence numbers up to this one: above the stable checkpoint on disk + L, it
-        # cannot have voted before the restart (see `_make_stable`).
-        self.mute_through = 0
         # Suspicion (see `_suspect`): ours of the primary of `view`, and per peer the view it
         # left or suspects (a peer at `left_below[r] > v` wants to leave view v).
         self.suspecting = False
         self.left_below: dict[int, int] = {}
-        self._handed: Ready | None = None
-        if durable is not None:
-            self._restore(durable)
+
+    def _clear_ready_buffers(self) -> None:
+        """What the next `ready()` hands out (it takes the buffers and clears them)."""
+        self._messages: list[Outbound] = []
+        self._replies: list[ClientReply] = []
+        self._blocks: list[Block] = []
+        self._dirty: set[int] = set()  # sequence numbers whose log record changed
+        self._meta_dirty: set[bytes] = set()
+        self._final_records: dict[int, bytes] = {}  # log records of seqs GC'd before ready()
+        self._gc_below: int | None = None
+        self._redact: dict[int, set[int]] = {}  # height -> batch indices, for `Ready.redact`
+        self._must_sync = False
+        self._sync_cut = (0, 0)  # (messages, replies) produced before `_must_sync` was set
 
     # ------------------------------------------------------------------------- public API
 
@@ -515,31 +528,32 @@ class Replica:
         for seq in sorted(self._dirty):
             if seq > self.h:
                 delta.put.append((KIND_LOG, seq_key(seq), self._log_record(seq)))
-        if META_VIEW in self._meta_dirty:
-            view_record = [self.view, self.active, self.suspecting]
-            delta.put.append((KIND_META, META_VIEW, _pack(view_record)))
-        s = self.stable
-        if META_SNAPSHOT in self._meta_dirty and s.state is not None:
-            value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof], s.state.packed()])
-            delta.put.append((KIND_META, META_SNAPSHOT, value))
-        if META_STABLE in self._meta_dirty:
-            value = _pack([s.seq, s.digest, [m.encode(c) for c in s.proof]])
-            delta.put.append((KIND_META, META_STABLE, value))
-        if META_REDACTIONS in self._meta_dirty:
-            delta.put.append((KIND_META, META_REDACTIONS, _pack(self.redactions_applied)))
+        delta.put.extend(self._meta_records())
         early = self._sync_cut if self._must_sync else (len(self._messages), len(self._replies))
         redact = tuple((h, tuple(sorted(idx))) for h, idx in sorted(self._redact.items()))
         ready = Ready(
             delta, self._blocks, self._messages, self._replies, self._must_sync, *early, redact
         )
-        self._redact = {}
-        self._blocks, self._messages, self._replies = [], [], []
-        self._dirty, self._meta_dirty, self._gc_below = set(), set(), None
-        self._final_records = {}
-        self._must_sync = False
-        self._sync_cut = (0, 0)
+        self._clear_ready_buffers()
         self._handed = ready
         return ready
+
+    def _meta_records(self) -> list[tuple[str, bytes, bytes]]:
+        """The changed "meta" records, in the order `ready()` has always put them."""
+        dirty, s = self._meta_dirty, self.stable
+        out: list[tuple[str, bytes, bytes]] = []
+        if META_VIEW in dirty:
+            view = ViewRecord(self.view, self.active, self.suspecting)
+            out.append((KIND_META, META_VIEW, view.encode()))
+        if META_SNAPSHOT in dirty and s.state is not None:
+            snapshot = CheckpointRecord(s.seq, s.digest, s.proof, s.state.packed())
+            out.append((KIND_META, META_SNAPSHOT, snapshot.encode()))
+        if META_STABLE in dirty:
+            stable = CheckpointRecord(s.seq, s.digest, s.proof)
+            out.append((KIND_META, META_STABLE, stable.encode()))
+        if META_REDACTIONS in dirty:
+            out.append((KIND_META, META_REDACTIONS, encode_count(self.redactions_applied)))
+        return out
 
     def advance(self, ready: Ready) -> None:
         """Acknowledge that `ready` was handled in the documented order."""
@@ -1417,49 +1431,89 @@ class Replica:
     # ------------------------------------------------------------------------- status, state
 
     def _on_status(self, st: Status) -> None:
-        """Retransmit what the sender lacks (TOCS §5.2); the primary's STATUS is its heartbeat."""
+        """Retransmit what the sender lacks (TOCS §5.2); the primary's STATUS is its heartbeat.
+
+        Each job is its own method, in this order: authenticate, take the heartbeat and the
+        sender's suspicion, rate-limit the answer, re-send the view change it missed, and,
+        only to a peer stuck since its previous STATUS, what it has not executed."""
+        if not self._status_authentic(st):
+            return
+        self._heard_status(st)
+        if not self._may_answer(st.replica_id):
+            return  # rate limit: a Byzantine replica cannot make us stream state at it
+        self._resend_view_change(st)
+        if self._peer_stuck(st):
+            self._resend_progress(st)
+
+    def _status_authentic(self, st: Status) -> bool:
         if not 0 <= st.replica_id < self.config.n or st.replica_id == self.id:
             self._ignore("status from an unknown replica")
-            return
+            return False
         if not m.verify_signed(st, self.keys):
             self._ignore("bad status signature")
-            return
+            return False
+        return True
+
+    def _heard_status(self, st: Status) -> None:
+        """The primary's heartbeat, and the view the sender left or suspects."""
         if st.replica_id == self.primary and st.view == self.view and st.view_active:
             self.last_primary_heard_ms = self.now_ms
         self._note_left(st.replica_id, st.view + (1 if st.suspects else 0))
-        last = self.last_answer_ms.get(st.replica_id)
+
+    def _may_answer(self, to: int) -> bool:
+        """At most one answer per peer each half heartbeat (and note this one)."""
+        last = self.last_answer_ms.get(to)
         if last is not None and self.now_ms - last < self.config.heartbeat_ms // 2:
-            return  # rate limit: a Byzantine replica cannot make us stream state at it
-        self.last_answer_ms[st.replica_id] = self.now_ms
+            return False
+        self.last_answer_ms[to] = self.now_ms
+        return True
+
+    def _resend_view_change(self, st: Status) -> None:
+        """The NEW-VIEW of a view the sender is behind, or our VIEW-CHANGE while we wait."""
         to = st.replica_id
         behind = st.view < self.view or (st.view == self.view and not st.view_active)
         if self.active and self.new_view_msg is not None and behind:
             self._send(to, self.new_view_msg)
         if not self.active and self.my_view_change is not None and st.view <= self.view:
             self._send(to, self.my_view_change)
-        # Retransmit log, blocks and state only to a peer that made no progress since its
-        # previous STATUS: under load every peer is a little behind at any instant, and
-        # answering that with the in-flight batches would multiply the traffic.
+
+    def _peer_stuck(self, st: Status) -> bool:
+        """Whether the sender made no progress since its previous STATUS. Why only then:
+        under load every peer is a little behind at any instant, and answering that with the
+        in-flight batches would multiply the traffic."""
+        to = st.replica_id
         stuck = self.peer_progress.get(to) == st.last_executed
         self.peer_progress[to] = st.last_executed
-        if not stuck:
+        return stuck
+
+    def _resend_progress(self, st: Status) -> None:
+        """A stuck peer gets our stable state if it is behind it; otherwise the blocks it has
+        not executed, checkpoint votes, and our log messages of the view."""
+        if st.last_executed < self.h and self.stable.state is not None:
+            self._serve_state(st.replica_id, st.last_executed)
             return
-        s = self.stable
-        if st.last_executed < self.h and s.state is not None:
-            self._serve_state(to, st.last_executed)
+        self._resend_blocks(st)
+        self._resend_checkpoints(st)
+        if not (self.active and st.view == self.view and st.view_active) or self.muted:
             return
-        # Blocks the sender has not executed: each carries its commit certificate, which is
-        # all a replica needs to execute, whatever view either of us is in.
+        self._resend_log(st)
+
+    def _resend_blocks(self, st: Status) -> None:
+        """Blocks the sender has not executed: each carries its commit certificate, which is
+        all a replica needs to execute, whatever view either of us is in."""
         sent = 0
         for b in self.recent_blocks:
             if st.last_executed < b.height and sent < self.config.log_window:
                 full = self._executable(b)
                 if full is None:
                     break  # its refused bodies are gone: state transfer will cover it
-                self._send(to, full)
+                self._send(st.replica_id, full)
                 sent += 1
-        # Help the sender make its checkpoints stable: our stable checkpoint's proof (votes we
-        # garbage-collected long ago; relayed, they still verify) and our newer votes.
+
+    def _resend_checkpoints(self, st: Status) -> None:
+        """Help the sender make its checkpoints stable: our stable checkpoint's proof (votes
+        we garbage-collected long ago; relayed, they still verify) and our newer votes."""
+        to = st.replica_id
         if st.stable_seq < self.h:
             for cp in self.stable.proof:
                 self._send(to, cp)
@@ -1467,18 +1521,19 @@ class Replica:
             mine = self.checkpoint_votes[seq].get(self.id)
             if mine is not None and seq > st.stable_seq:
                 self._send(to, mine)
-        if not (self.active and st.view == self.view and st.view_active) or self.muted:
-            return
+
+    def _resend_log(self, st: Status) -> None:
+        """Our PRE-PREPAREs and votes above what either of us executed, in this view."""
         for seq in sorted(self.slots):
             if seq <= max(st.last_executed, self.last_executed):
                 continue
             slot = self.slots[seq]
             if slot.pre_prepare is not None and slot.pre_prepare.signature:
-                self._send(to, slot.pre_prepare)
+                self._send(st.replica_id, slot.pre_prepare)
             if slot.my_prepare is not None:
-                self._send(to, slot.my_prepare)
+                self._send(st.replica_id, slot.my_prepare)
             if slot.my_commit is not None:
-                self._send(to, slot.my_commit)
+                self._send(st.replica_id, slot.my_commit)
 
     def _executable(self, block: Block) -> Block | None:
         """`block` with every request's body, for a peer that will execute it. The stored
@@ -1704,48 +1759,26 @@ class Replica:
     def _log_record(self, seq: int) -> bytes:
         slot = self.slots.get(seq)
         pp = slot.pre_prepare if slot is not None else None
-        cert = self.pcerts.get(seq)
-        committed = self.committed_batches.get(seq)
-        return _pack(
-            [
-                m.encode(pp) if pp is not None else b"",
-                m.encode(cert) if cert is not None else b"",
-                [m.encode(c) for c in committed[1]] if committed is not None else [],
-                m.encode(committed[0]) if committed is not None else b"",
-            ]
-        )
+        record = LogRecord.of(pp, self.pcerts.get(seq), self.committed_batches.get(seq))
+        return record.encode()
 
     def _restore(self, durable: DurableState) -> None:
         """Rebuild from storage: durable snapshot, view, log; re-execute committed entries,
         through the stable checkpoint (whose digest they must reach) and on."""
-        meta = dict(durable.records.get(KIND_META, []))
-        if META_REDACTIONS in meta:
-            self.redactions_applied = int(msgpack.unpackb(meta[META_REDACTIONS]))
-        if META_SNAPSHOT in meta:
-            seq, state_digest, proof, packed = msgpack.unpackb(meta[META_SNAPSHOT], raw=False)
-            try:
-                state, app_snapshot = FrozenState.unpack(bytes(packed))
-                self.app.restore(app_snapshot, expected_root=state.app_root)
-            except (RemoteProtocolError, ValueError) as exc:
-                raise LocalProtocolError(f"durable snapshot unreadable: {exc}") from None
-            if state.digest() != state_digest:
-                raise LocalProtocolError("durable snapshot does not match its digest")
-            self._install_state(state)
-            self.h = self.last_executed = self.snapshot_seq = int(seq)
-            proof_msgs = tuple(m.decode(p) for p in proof)
-            self.stable = _Stable(int(seq), bytes(state_digest), proof_msgs, state)  # type: ignore[arg-type]
+        loaded = Loaded.read(durable.records)
+        if loaded.redactions_applied is not None:
+            self.redactions_applied = loaded.redactions_applied
+        if loaded.snapshot is not None:
+            self._restore_snapshot(loaded.snapshot)
         stable_seq = self.h
-        if META_STABLE in meta:
-            seq, state_digest, proof = msgpack.unpackb(meta[META_STABLE], raw=False)
-            if int(seq) > self.h:
-                proof_msgs = tuple(m.decode(p) for p in proof)
-                self._replay_stable = (int(seq), bytes(state_digest), proof_msgs)  # type: ignore[assignment]
-                stable_seq = int(seq)
+        if loaded.stable is not None and loaded.stable.seq > self.h:
+            st = loaded.stable
+            self._replay_stable = (st.seq, st.digest, st.proof)
+            stable_seq = st.seq
         suspecting = False
-        if META_VIEW in meta:
-            view, active, *rest = msgpack.unpackb(meta[META_VIEW], raw=False)
-            self.view, self.active = int(view), bool(active)
-            suspecting = bool(rest[0]) if rest else False
+        if loaded.view is not None:
+            self.view, self.active = loaded.view.view, loaded.view.active
+            suspecting = loaded.view.suspecting
         if self.active:
             # We may have sent PRE-PREPAREs or PREPAREs in this view that never reached the
             # disk, but only up to the h we had + L, and that h was on disk before they left
@@ -1753,35 +1786,53 @@ class Replica:
             # the VIEW-CHANGE, which is synced, and have voted nothing in this view yet.)
             self.muted_view = self.view
             self.mute_through = stable_seq + self.config.log_window
-        for key, value in durable.records.get(KIND_LOG, []):
-            seq = int.from_bytes(key, "big")
-            if seq <= self.h:
-                continue
-            pp_raw, cert_raw, commits_raw, committed_pp_raw = msgpack.unpackb(value, raw=False)
-            if committed_pp_raw:
-                cpp = m.decode(committed_pp_raw)
-                commits = tuple(m.decode(c) for c in commits_raw)
-                assert isinstance(cpp, PrePrepare)
-                self.committed_batches[seq] = (cpp, commits)  # type: ignore[assignment]
-            if seq <= stable_seq:
-                continue  # below the stable checkpoint only re-execution matters
-            if cert_raw:
-                loaded = m.decode(cert_raw)
-                assert isinstance(loaded, PreparedCert)
-                self.pcerts[seq] = loaded
-            if pp_raw and self.active:
-                # Muted in this view: keep the accepted PRE-PREPAREs (so none conflicting is
-                # ever accepted) but cast no vote again; the next view starts from scratch.
-                pp = m.decode(pp_raw)
-                assert isinstance(pp, PrePrepare)
-                if pp.view == self.view:
-                    slot = self._slot(seq)
-                    slot.pre_prepare = pp
-                    slot.prepared = seq in self.pcerts
-                    slot.committed = seq in self.committed_batches
-                    self.next_seq = max(self.next_seq, seq + 1)
-                    self.last_time_proposed_ms = max(self.last_time_proposed_ms, pp.time_ms)
-        self._execute_ready()  # through the stable checkpoint, which it makes stable again
+        for seq, record in loaded.log_records(above=self.h):
+            self._restore_log_record(seq, record, stable_seq)
+        self._replay()
+        self._resume(suspecting)
+
+    def _restore_snapshot(self, record: CheckpointRecord) -> None:
+        """Restore the durable snapshot: it becomes the stable checkpoint, and h."""
+        assert record.snapshot is not None
+        try:
+            state, app_snapshot = FrozenState.unpack(record.snapshot)
+            self.app.restore(app_snapshot, expected_root=state.app_root)
+        except (RemoteProtocolError, ValueError) as exc:
+            raise LocalProtocolError(f"durable snapshot unreadable: {exc}") from None
+        if state.digest() != record.digest:
+            raise LocalProtocolError("durable snapshot does not match its digest")
+        self._install_state(state)
+        self.h = self.last_executed = self.snapshot_seq = record.seq
+        self.stable = _Stable(record.seq, record.digest, record.proof, state)
+
+    def _restore_log_record(self, seq: int, record: LogRecord, stable_seq: int) -> None:
+        """One log record above h: its committed batch (to re-execute) and, above the stable
+        checkpoint, the votes this replica must not contradict."""
+        committed = record.committed_batch()
+        if committed is not None:
+            self.committed_batches[seq] = committed
+        if seq <= stable_seq:
+            return  # below the stable checkpoint only re-execution matters
+        cert = record.prepared()
+        if cert is not None:
+            self.pcerts[seq] = cert
+        if not self.active:
+            return
+        # Muted in this view: keep the accepted PRE-PREPAREs (so none conflicting is ever
+        # accepted) but cast no vote again; the next view starts from scratch.
+        pp = record.accepted()
+        if pp is not None and pp.view == self.view:
+            slot = self._slot(seq)
+            slot.pre_prepare = pp
+            slot.prepared = seq in self.pcerts
+            slot.committed = seq in self.committed_batches
+            self.next_seq = max(self.next_seq, seq + 1)
+            self.last_time_proposed_ms = max(self.last_time_proposed_ms, pp.time_ms)
+
+    def _replay(self) -> None:
+        """Re-execute the restored committed batches, through the stable checkpoint (which
+        this makes stable again) and on."""
+        self._execute_ready()
         if self._replay_stable is not None:
             # The records stop short of it (they can only be lost as a suffix, with it, so
             # only a damaged disk does this): start from the snapshot, peers send the rest.
@@ -1790,6 +1841,10 @@ class Replica:
             for s in [s for s in self.committed_batches if s > self.high_watermark]:
                 del self.committed_batches[s]
         self.next_seq = max(self.next_seq, self.h + 1)
+
+    def _resume(self, suspecting: bool) -> None:
+        """Take up where the crash left off: the view change under way, the suspicion
+        announced, the redactions due."""
         if not self.active:
             # We had sent VIEW-CHANGE for self.view: send it again (same content rules).
             self.view -= 1

@@ -453,104 +453,134 @@ class Simulator:
     def _byzantine_rewrite(
         self, i: int, targets: list[int], msg: m.Message
     ) -> list[tuple[int, m.Message]]:
-        out = [(t, msg) for t in targets]
-        if i not in self.sc.byzantine_ids or not self.sc.behaviours:
+        """What replica `i` sends instead of `msg` (and on top of it) if it is Byzantine:
+        one lie per message type, each in a method of its own below."""
+        out: list[tuple[int, m.Message]] = [(t, msg) for t in targets]
+        beh = self.sc.behaviours
+        if i not in self.sc.byzantine_ids or not beh:
             return out
-        b, key, beh = i, self.keys[i], self.sc.behaviours
-        extra: list[tuple[int, m.Message]] = []
-        if isinstance(msg, m.StateData) and "serve_unredacted" in beh:
-            full = tuple(self._unredact(blk) for blk in msg.blocks)
-            if full != msg.blocks:
-                msg = m.sign(dataclasses.replace(msg, blocks=full), key)
-                out = [(t, msg) for t in targets]
+        key = self.keys[i]
+        if isinstance(msg, m.StateData):
+            return self._lie_state_data(targets, msg, beh, key)
         if isinstance(msg, m.PrePrepare) and msg.requests:
-            if "censor" in beh:
-                return []
-            if "equivocate" in beh:
-                alt_reqs = msg.requests[::-1] if len(msg.requests) > 1 else msg.requests
-                alt_time = msg.time_ms + (0 if len(msg.requests) > 1 else 1)
-                alt = dataclasses.replace(
-                    msg,
-                    requests=alt_reqs,
-                    time_ms=alt_time,
-                    batch_digest=m.batch_digest(alt_time, alt_reqs),
-                )
-                alt = m.sign(alt, key)
-                out = [(t, alt if t % 2 else msg) for t in targets]
-            if "watermark" in beh:
-                far = m.sign(
-                    dataclasses.replace(msg, seq=msg.seq + 10 * self.config.log_window), key
-                )
-                extra += [(t, far) for t in targets]
+            return self._lie_pre_prepare(targets, msg, beh, key)
         if isinstance(msg, m.Prepare | m.Commit):
-            if "forge_sigs" in beh:
-                victim = next(j for j in range(self.sc.n) if j != b)
-                forged = m.sign(dataclasses.replace(msg, replica_id=victim), key)
-                garbage = dataclasses.replace(msg, signature=bytes(64))
-                extra += [(t, forged) for t in targets] + [(t, garbage) for t in targets]
-            if "watermark" in beh:
-                far_vote = m.sign(
-                    dataclasses.replace(msg, seq=msg.seq + 10 * self.config.log_window), key
-                )
-                extra += [(t, far_vote) for t in targets]
+            return out + self._lie_vote(i, targets, msg, beh, key)
         if isinstance(msg, m.Block) and "forge_certs" in beh:
             # A catch-up block whose batch was swapped under a genuine certificate.
             fake_reqs = (self._forged_request(),)
             swapped = dataclasses.replace(
                 msg, requests=fake_reqs, batch_digest=m.batch_digest(msg.time_ms, fake_reqs)
             )
-            out = [(t, swapped) for t in targets]
+            return [(t, swapped) for t in targets]
         if isinstance(msg, m.ViewChange) and "forge_certs" in beh:
-            fake_reqs = (self._forged_request(),)
-            seq = msg.stable_seq + 1
-            view = max(0, msg.new_view - 1)
-            pp = m.PrePrepare(
-                view, seq, m.batch_digest(0, fake_reqs), 0, fake_reqs, self.config.primary(view)
-            )
-            pp = m.sign(pp, key)  # signed by b in the primary's name: forged
-            preps = tuple(
-                m.sign(m.Prepare(view, seq, pp.batch_digest, j), key)
-                for j in range(self.sc.n)
-                if j != self.config.primary(view)
-            )[: 2 * self.config.f]
-            certs = tuple(c for c in msg.prepared if c.pre_prepare.seq != seq)
-            forged_vc = m.sign(
-                dataclasses.replace(msg, prepared=(m.PreparedCert(pp, preps), *certs)), key
-            )
-            out = [(t, forged_vc) for t in targets]
+            forged_vc = self._forged_view_change(msg, key)
+            return [(t, forged_vc) for t in targets]
         if isinstance(msg, m.NewView) and "forge_new_view" in beh:
-            fake_reqs = (self._forged_request(),)
-            seq = (
-                msg.pre_prepares[-1].seq
-                if msg.pre_prepares
-                else max(vc.stable_seq for vc in msg.view_changes)
-            ) + 1
-            pp = m.sign(
-                m.PrePrepare(msg.view, seq, m.batch_digest(0, fake_reqs), 0, fake_reqs, b), key
-            )
-            forged_nv = m.sign(dataclasses.replace(msg, pre_prepares=(*msg.pre_prepares, pp)), key)
-            out = [(t, forged_nv) for t in targets]
+            forged_nv = self._forged_new_view(i, msg, key)
+            return [(t, forged_nv) for t in targets]
         if isinstance(msg, m.Checkpoint) and "corrupt_checkpoint" in beh:
             bad = m.sign(dataclasses.replace(msg, state_digest=digest(msg.state_digest)), key)
-            out = [(t, bad) for t in targets]
-        if isinstance(msg, m.StateData) and "poison_state" in beh:
-            # Two lies: a reply cache other than the certified one (the digest no longer
-            # matches), and an application state other than the certified one under the
-            # certified root (the restore no longer reaches it).
-            app_snapshot, cache, head, time_ms, root = msgpack.unpackb(msg.snapshot)
-            planted = KVApp()
-            planted.restore(app_snapshot)
-            planted.execute([encode_set(b"planted", b"!")], BlockContext(1, time_ms, head))
-            lies = [
-                [app_snapshot, [*cache, [b"c" * 32, 1, 1, b"ok"]], head, time_ms, root],
-                [planted.snapshot(), cache, head, time_ms, root],
-            ]
-            out = [
-                (t, m.sign(dataclasses.replace(msg, snapshot=msgpack.packb(lie)), key))
-                for t in targets
-                for lie in lies
-            ]
-        return out + extra
+            return [(t, bad) for t in targets]
+        return out
+
+    def _lie_state_data(
+        self, targets: list[int], msg: m.StateData, beh: frozenset[str], key: SigningKey
+    ) -> list[tuple[int, m.Message]]:
+        if "serve_unredacted" in beh:
+            full = tuple(self._unredact(blk) for blk in msg.blocks)
+            if full != msg.blocks:
+                msg = m.sign(dataclasses.replace(msg, blocks=full), key)
+        if "poison_state" not in beh:
+            return [(t, msg) for t in targets]
+        # Two lies: a reply cache other than the certified one (the digest no longer
+        # matches), and an application state other than the certified one under the
+        # certified root (the restore no longer reaches it).
+        app_snapshot, cache, head, time_ms, root = msgpack.unpackb(msg.snapshot)
+        planted = KVApp()
+        planted.restore(app_snapshot)
+        planted.execute([encode_set(b"planted", b"!")], BlockContext(1, time_ms, head))
+        lies = [
+            [app_snapshot, [*cache, [b"c" * 32, 1, 1, b"ok"]], head, time_ms, root],
+            [planted.snapshot(), cache, head, time_ms, root],
+        ]
+        return [
+            (t, m.sign(dataclasses.replace(msg, snapshot=msgpack.packb(lie)), key))
+            for t in targets
+            for lie in lies
+        ]
+
+    def _lie_pre_prepare(
+        self, targets: list[int], msg: m.PrePrepare, beh: frozenset[str], key: SigningKey
+    ) -> list[tuple[int, m.Message]]:
+        if "censor" in beh:
+            return []
+        out: list[tuple[int, m.Message]] = [(t, msg) for t in targets]
+        if "equivocate" in beh:
+            alt_reqs = msg.requests[::-1] if len(msg.requests) > 1 else msg.requests
+            alt_time = msg.time_ms + (0 if len(msg.requests) > 1 else 1)
+            alt = dataclasses.replace(
+                msg,
+                requests=alt_reqs,
+                time_ms=alt_time,
+                batch_digest=m.batch_digest(alt_time, alt_reqs),
+            )
+            alt = m.sign(alt, key)
+            out = [(t, alt if t % 2 else msg) for t in targets]
+        if "watermark" in beh:
+            far = m.sign(dataclasses.replace(msg, seq=msg.seq + 10 * self.config.log_window), key)
+            out += [(t, far) for t in targets]
+        return out
+
+    def _lie_vote(
+        self,
+        b: int,
+        targets: list[int],
+        msg: m.Prepare | m.Commit,
+        beh: frozenset[str],
+        key: SigningKey,
+    ) -> list[tuple[int, m.Message]]:
+        """Votes sent on top of `msg`: forged and garbage signatures, votes beyond the window."""
+        extra: list[tuple[int, m.Message]] = []
+        if "forge_sigs" in beh:
+            victim = next(j for j in range(self.sc.n) if j != b)
+            forged = m.sign(dataclasses.replace(msg, replica_id=victim), key)
+            garbage = dataclasses.replace(msg, signature=bytes(64))
+            extra += [(t, forged) for t in targets] + [(t, garbage) for t in targets]
+        if "watermark" in beh:
+            far_vote = m.sign(
+                dataclasses.replace(msg, seq=msg.seq + 10 * self.config.log_window), key
+            )
+            extra += [(t, far_vote) for t in targets]
+        return extra
+
+    def _forged_view_change(self, msg: m.ViewChange, key: SigningKey) -> m.ViewChange:
+        """`msg` claiming a prepared certificate for a batch no client sent."""
+        fake_reqs = (self._forged_request(),)
+        seq = msg.stable_seq + 1
+        view = max(0, msg.new_view - 1)
+        pp = m.PrePrepare(
+            view, seq, m.batch_digest(0, fake_reqs), 0, fake_reqs, self.config.primary(view)
+        )
+        pp = m.sign(pp, key)  # signed by b in the primary's name: forged
+        preps = tuple(
+            m.sign(m.Prepare(view, seq, pp.batch_digest, j), key)
+            for j in range(self.sc.n)
+            if j != self.config.primary(view)
+        )[: 2 * self.config.f]
+        certs = tuple(c for c in msg.prepared if c.pre_prepare.seq != seq)
+        return m.sign(dataclasses.replace(msg, prepared=(m.PreparedCert(pp, preps), *certs)), key)
+
+    def _forged_new_view(self, b: int, msg: m.NewView, key: SigningKey) -> m.NewView:
+        """`msg` with one more PRE-PREPARE, of a batch no client sent."""
+        fake_reqs = (self._forged_request(),)
+        seq = (
+            msg.pre_prepares[-1].seq
+            if msg.pre_prepares
+            else max(vc.stable_seq for vc in msg.view_changes)
+        ) + 1
+        pp = m.sign(m.PrePrepare(msg.view, seq, m.batch_digest(0, fake_reqs), 0, fake_reqs, b), key)
+        return m.sign(dataclasses.replace(msg, pre_prepares=(*msg.pre_prepares, pp)), key)
 
     def _forged_request(self) -> m.Request:
         """A request from client 0 that client 0 never signed (tx altered after signing)."""

@@ -13,7 +13,7 @@ from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.kvapp import encode_forget, encode_set
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import verify_chain
-from ledger_bridge.pbft.replica import KIND_LOG, KIND_META, META_REDACTIONS, META_SNAPSHOT
+from ledger_bridge.pbft.records import KIND_LOG, KIND_META, META_REDACTIONS, META_SNAPSHOT
 from tests.ledger_bridge.pbft.harness import Net, key
 
 MARKER = b"MARKER-subject-0123456789abcdef!"

@@ -16,15 +16,8 @@ from ledger_bridge.kvapp import KVApp, encode_set
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import block_hash, verify_chain
 from ledger_bridge.pbft.errors import LocalProtocolError
-from ledger_bridge.pbft.replica import (
-    KIND_LOG,
-    KIND_META,
-    META_SNAPSHOT,
-    META_STABLE,
-    Ready,
-    Replica,
-    seq_key,
-)
+from ledger_bridge.pbft.records import KIND_LOG, KIND_META, META_SNAPSHOT, META_STABLE, seq_key
+from ledger_bridge.pbft.replica import Ready, Replica
 from tests.ledger_bridge.pbft.harness import CLIENT, Net, key, request
 
 M = TypeVar("M")
