@@ -18,7 +18,7 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidDataset            422  (vault/datasets.py)
     │   ├── InvalidPredicate          422  (vault/disclosure.py)
     │   ├── DatasetExists             409  (api/http/routes/datasets.py)
-    │   └── NoLedgerIdentity          403  (api/http/routes/datasets.py)
+    │   └── NoLedgerIdentity          403  (api/services/identity.py)
     ├── ApiError (here)               → its .status / .title / .detail
     │   ├── Unauthorized              401  + WWW-Authenticate: Bearer
     │   │   └── KeyExpired            401  (api/services/keys.py) the right secret of an expired
