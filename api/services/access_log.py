@@ -77,7 +77,7 @@ def _access_at(gateway: LedgerGateway, access_id: int) -> dict[str, Any] | None:
 def first_access_since(gateway: LedgerGateway, since_ms: int) -> int:
     """The smallest access id whose time is >= since_ms (or one past the last).
 
-    Access ids are consecutive and their contract time never decreases (rules.py: the
+    Access ids are consecutive and their contract time never decreases (`begin_block`: the
     contracts' clock is monotonic), so a galloping then binary search finds it in O(log n)
     queries instead of a scan of the whole log.
     """

@@ -75,7 +75,7 @@ class LedgerRefused(ApiError):
     }
 
     def __init__(self, code: str, message: str) -> None:
-        # Contract messages name fields and codes, never values (rules.py guarantees it).
+        # Contract messages name fields and codes, never values (the contracts' rules guarantee it).
         # Refusals that depend on the cooperative's state (a purpose not approved, a duplicate,
         # a closed vote) are 409: the same request may succeed once that state changes.
         super().__init__(f"{code}: {message}")

@@ -173,7 +173,7 @@ def test_a_fact_refuses_a_scope_of_another_kind() -> None:
 
 @given(DAYS)
 def test_ledger_days_are_the_contracts_days(day: dt.date) -> None:
-    """The contracts turn a day number into time as day * DAY_MS since the Unix epoch (rules.py
+    """The contracts turn a day number into time as day * DAY_MS since the Unix epoch (the rules
     has no date of its own): LEDGER_EPOCH must be that epoch."""
     midnight = dt.datetime.combine(day, dt.time(), dt.UTC)
     assert facts.ledger_day(day) * rules.DAY_MS == int(midnight.timestamp()) * 1000
