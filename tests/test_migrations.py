@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from vault import db
 from vault.models import Base
@@ -83,5 +85,29 @@ def test_keys_and_datasets_from_before_0006_keep_working(fresh_database_url: str
             inspector = inspect(conn)
             assert "expires_at" not in {c["name"] for c in inspector.get_columns("api_keys")}
             assert "register_tx_id" not in {c["name"] for c in inspector.get_columns("datasets")}
+    finally:
+        engine.dispose()
+
+
+def test_partners_hold_api_keys_from_0009_and_lose_them_going_back(
+    fresh_database_url: str,
+) -> None:
+    insert = text(
+        "INSERT INTO api_keys (id, secret_hash, member_id, role) "
+        "VALUES (:id, '\\x00', 'partner-key', 'partner')"
+    )
+    db.upgrade(fresh_database_url, "0008")
+    engine = create_engine(fresh_database_url)
+    try:
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert, {"id": "k-before"})  # the role did not exist yet
+        db.upgrade(fresh_database_url)
+        with engine.begin() as conn:
+            conn.execute(insert, {"id": "k-after"})
+        db.downgrade(fresh_database_url, "0008")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar_one() == 0
+            with pytest.raises(IntegrityError):
+                conn.execute(insert, {"id": "k-again"})
     finally:
         engine.dispose()

@@ -221,7 +221,7 @@ OUTBOX_REFUSED = OutboxFact.refused_at.is_not(None)
 RELAY_REQUEST_IDS = Sequence("outbox_request_ids", metadata=Base.metadata)
 
 
-API_ROLES = ("provider", "consumer", "subject", "dpo", "validator")
+API_ROLES = ("provider", "consumer", "subject", "dpo", "validator", "partner")
 
 
 class ApiKey(Base):
