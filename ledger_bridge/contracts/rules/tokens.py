@@ -125,8 +125,10 @@ def _mention_subject(c: Ctx, key: bytes) -> None:
 # -- event.reward -----------------------------------------------------------------------------
 
 
-def _claim_terms(c: Ctx, i: int, claim: dict[str, Any], seen: set[tuple[bytes, bytes]]) -> Any:
-    """The reward rule's terms for claim `i`, after every check but the amount's."""
+def _claim_terms(c: Ctx, i: int, claim: dict[str, Any]) -> Any:
+    """The reward rule's terms for claim `i`, after every check but the amount's. A claim
+    repeated within the batch is found as a duplicate too: the claims before it in the batch
+    have already written their ("event", device, event) entries."""
     where = f"claim {i}"
     device: dict[str, Any] | None = c.state.get("device", claim["device"])
     if device is None:
@@ -139,9 +141,8 @@ def _claim_terms(c: Ctx, i: int, claim: dict[str, Any], seen: set[tuple[bytes, b
     if not events.verify_claim(chain_id, claim):
         raise Reject("bad_device_signature", f"{where}: the device's signature does not verify")
     key = (claim["device"], claim["event"])
-    if key in seen or c.state.has("event", *key):
+    if c.state.has("event", *key):
         raise Reject("duplicate_event", f"{where}: this event is already rewarded")
-    seen.add(key)
     terms = rule_at(c.state, claim["rule"], c.height)
     if terms is None:
         raise Reject("unknown_rule", f"{where}: no reward rule {claim['rule']} in force")
@@ -158,11 +159,10 @@ def event_reward(c: Ctx) -> dict[str, Any]:
     """Reward a batch of device-signed claims, all or none (a bad claim refuses the whole
     transaction, naming its index)."""
     c.active(c.tx.author, "vault")
-    seen: set[tuple[bytes, bytes]] = set()
     credited: list[list[Any]] = []
     today = c.now // DAY_MS
     for i, claim in enumerate(c.tx.body["claims"]):
-        terms = _claim_terms(c, i, claim, seen)
+        terms = _claim_terms(c, i, claim)
         subject: str = claim["subject"]
         rule: str = claim["rule"]
         day = claim["at"] // DAY_MS
