@@ -23,12 +23,12 @@ KIND_OF_RULE = {rule: kinds[0] for rule, (_, _, kinds) in RULES.items()}
 DATASET = "eco-events"
 
 
-def decide(chain: Chain, action: dict[str, Any]) -> None:
-    """Propose `action` and have the founders (and the admitted legal entities) approve it."""
+def decide(chain: Chain, action: dict[str, Any], *voters: Member) -> None:
+    """Propose `action` and have the founders, then `voters`, approve it until it passes."""
     pid = chain.ok(
         chain.vault, "governance.propose", {"action": action, "voting_ends": chain.time_ms + DAY}
     )["proposal"]
-    for voter in [chain.vault, chain.dpo, *chain.validators]:
+    for voter in [chain.vault, chain.dpo, *chain.validators, *voters]:
         r = chain.one(voter, "governance.vote", {"proposal": pid, "approve": True})
         if r.get("status") == "passed":
             return
