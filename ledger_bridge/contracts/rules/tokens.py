@@ -125,7 +125,7 @@ def _mention_subject(c: Ctx, key: bytes) -> None:
 # -- event.reward -----------------------------------------------------------------------------
 
 
-def _claim_terms(c: Ctx, i: int, claim: dict[str, Any]) -> Any:
+def _claim_terms(c: Ctx, i: int, claim: dict[str, Any]) -> dict[str, Any]:
     """The reward rule's terms for claim `i`, after every check but the amount's. A claim
     repeated within the batch is found as a duplicate too: the claims before it in the batch
     have already written their ("event", device, event) entries."""
