@@ -39,6 +39,13 @@ ERASURE_RECORD = "erasure.record"
 RETENTION_EXPIRE = "retention.expire"
 GOVERNANCE_PROPOSE = "governance.propose"
 GOVERNANCE_VOTE = "governance.vote"
+# Eco-citizen tokens (ledger_bridge/contracts/rules/devices.py and tokens.py).
+DEVICE_REGISTER = "device.register"
+EVENT_REWARD = "event.reward"
+TOKEN_TRANSFER = "token.transfer"  # noqa: S105 (a transaction type)
+OFFER_PUBLISH = "offer.publish"
+TOKEN_REDEEM = "token.redeem"  # noqa: S105 (a transaction type)
+COUPON_SPEND = "coupon.spend"
 
 TX_TYPES = (
     MEMBER_REGISTER,
@@ -52,6 +59,12 @@ TX_TYPES = (
     RETENTION_EXPIRE,
     GOVERNANCE_PROPOSE,
     GOVERNANCE_VOTE,
+    DEVICE_REGISTER,
+    EVENT_REWARD,
+    TOKEN_TRANSFER,
+    OFFER_PUBLISH,
+    TOKEN_REDEEM,
+    COUPON_SPEND,
 )
 # The facts that destroy something: each carries an `ErasureCertificate`.
 ERASURE_KINDS = (ERASURE_RECORD, RETENTION_EXPIRE)

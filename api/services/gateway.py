@@ -71,6 +71,18 @@ class LedgerRefused(ApiError):
         "exceeds_purpose": 403,  # asks more than the purpose's declaration allows
         "not_found": 404,
         "unknown_subject": 404,  # an access names a key that is no member (or was forgotten)
+        # eco-citizen tokens (docs/CONTRACTS.md "Eco-citizen tokens"); the rest are 409
+        "device_unknown": 404,
+        "device_pending": 403,
+        "device_suspended": 403,
+        "bad_device_signature": 403,
+        "unknown_rule": 404,
+        "rule_not_for_device": 403,
+        "unknown_member": 404,
+        "unknown_offer": 404,
+        "not_your_offer": 403,
+        "unknown_coupon": 404,
+        "not_your_coupon": 403,
         "internal": 502,
     }
 

@@ -19,6 +19,7 @@ from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.contracts.state import State
 from ledger_bridge.contracts.vocabulary import (
     DEFAULT_COLLEGES,
+    EVENT_PURPOSE,
     READ_ALL_ROLES,
     RESIDENT_COLLEGE,
     ROLES,
@@ -55,6 +56,15 @@ FOUNDING_DECLARATIONS: dict[str, dict[str, Any]] = {
         "questions": 0,
         "period_days": 1,
     },
+    # the eco-citizen events' records, projected for the metropolis's aggregates (who and
+    # exactly when stay out: the API counts subjects per cell and suppresses small cells)
+    EVENT_PURPOSE: {
+        "fields": ["district", "week", "km", "litres", "euros"],
+        "modes": ["projection"],
+        "operators": [],
+        "questions": 0,
+        "period_days": 1,
+    },
 }
 
 
@@ -67,7 +77,8 @@ CHECKED_BYTES_MAX = 32 * 1024 * 1024
 
 def own_query(q: Any, reader: bytes) -> bool:
     """Whether query `q` asks only about `reader`: a consumer's accesses (`consumer` is its
-    key), or a subject's consents, accesses or erasures (`subject` is its key in hex)."""
+    key), a subject's consents, accesses or erasures (`subject` is its key in hex), a token
+    account's balance or statement (`account`), a partner's redemptions (`partner`)."""
     if not isinstance(q, dict):
         return False
     kind = q.get("q")
@@ -75,6 +86,10 @@ def own_query(q: Any, reader: bytes) -> bool:
         return q.get("consumer") == reader
     if kind in ("accesses", "consents", "erasures"):
         return q.get("subject") == reader.hex()
+    if kind in ("balance", "token_statement"):  # a token account: the key, or its hex
+        return q.get("account") in (reader, reader.hex())
+    if kind == "redemptions":
+        return q.get("partner") == reader
     return False
 
 

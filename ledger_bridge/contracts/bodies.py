@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger_bridge.contracts.vocabulary import (
+    DEVICE_KINDS,
     ERASURE_REASONS,
     LEGAL_BASES,
     MODES,
@@ -34,6 +35,7 @@ from ledger_bridge.contracts.vocabulary import (
     PREDICATE_OPS,
     REQUESTERS,
     ROLES,
+    UNITS,
 )
 
 QUESTIONS_MAX = 1_000_000  # predicate questions a purpose allows per subject and period
@@ -48,6 +50,12 @@ RETENTION_DAYS_MAX = 36_600
 DAY_INDEX_MAX = 10_000_000  # days since 1970: far beyond any retention
 COUNT_MAX = 1 << 40
 PARAMETER_VALUE_MAX = 1_000_000  # a governance parameter's value (each has tighter bounds)
+CLAIMS_MAX = 256  # event claims in one event.reward
+QUANTITY_MILLI_MAX = 10**12  # an event's quantity, in milli-units of its rule's unit
+RATE_MTOK_MAX = 10**9  # a reward rule's milli-tokens per unit
+# Any token amount; the whole supply never exceeds it either (rules/tokens.py), so every
+# balance and counter is an integer a JSON client reads exactly.
+MTOK_MAX = (1 << 53) - 1
 # Times and sequence numbers stop at the largest integer every JSON client reads exactly
 # (RFC 8259 section 6; a JavaScript number): a bound above it is a float in a JSON Schema, and
 # a client could round a valid value past it. 2^53 ms is 285,000 years.
@@ -105,9 +113,15 @@ class Integer:
 
 @dataclass(frozen=True)
 class Bytes32:
-    """32 bytes on the ledger, 64 lowercase hex characters in JSON."""
+    """`size` bytes on the ledger (32 unless said), twice as many lowercase hex characters in
+    JSON. Other sizes: a device's signature (64), a coupon's secret (16)."""
 
-    what: str  # "public key" or "hash"
+    what: str  # "public key", "hash", "signature", "secret"
+    size: int = 32
+
+    @property
+    def pattern(self) -> str:
+        return HEX32_PATTERN if self.size == 32 else f"^[0-9a-f]{{{2 * self.size}}}$"
 
 
 @dataclass(frozen=True)
@@ -234,10 +248,12 @@ def _leaf_problem(kind: Kind, value: Any, json: bool) -> str | None:
         return None if ok else f"must be an integer{unit} in [{kind.low}, {kind.high}]"
     if isinstance(kind, Bytes32):
         if json:
-            ok = isinstance(value, str) and re.fullmatch(HEX32_PATTERN, value) is not None
-            return None if ok else f"must be a {kind.what}: 64 lowercase hex characters"
-        ok = isinstance(value, bytes) and len(value) == 32
-        return None if ok else f"must be a 32-byte {kind.what}"
+            ok = isinstance(value, str) and re.fullmatch(kind.pattern, value) is not None
+            return (
+                None if ok else f"must be a {kind.what}: {2 * kind.size} lowercase hex characters"
+            )
+        ok = isinstance(value, bytes) and len(value) == kind.size
+        return None if ok else f"must be a {kind.size}-byte {kind.what}"
     if isinstance(kind, Boolean):
         return None if type(value) is bool else "must be true or false"
     if isinstance(kind, Enum):
@@ -315,7 +331,7 @@ def _schema(kind: Kind) -> dict[str, Any]:
     if isinstance(kind, Integer):
         return {"type": "integer", "minimum": kind.low, "maximum": kind.high}
     if isinstance(kind, Bytes32):
-        return {"type": "string", "pattern": HEX32_PATTERN}
+        return {"type": "string", "pattern": kind.pattern}
     if isinstance(kind, Boolean):
         return {"type": "boolean"}
     return {"type": "string", "enum": list(kind.values)}
@@ -582,6 +598,113 @@ DECLARATION = Obj(
     )
 )
 
+# -- eco-citizen tokens (rules/devices.py, rules/tokens.py) ---------------------------------
+
+SIGNATURE = Bytes32("signature", 64)
+SECRET = Bytes32("secret", 16)
+MTOK = Integer(1, MTOK_MAX, "milli-tokens")
+EX_SIGNATURE = "5e" * 64
+EX_SECRET = "00112233445566778899aabbccddeeff"  # noqa: S105 (an example, not a secret)
+
+DEVICE_REGISTER = Obj(
+    (
+        Field("device", KEY, "the device's own Ed25519 key (it signs event claims)", EX_KEY_2),
+        Field("kind", Enum(DEVICE_KINDS), "what the device is", "bike_reader"),
+        Field("dataset", IDENT, "the author's dataset its events' records go to", EX_DATASET),
+        Field("district", NAME, "where it stands", "centre"),
+    ),
+    title="device.register",
+)
+
+EVENT_CLAIM = Obj(
+    (
+        Field("device", KEY, "the certifying device's key", EX_KEY_2),
+        Field("event", HASH, "the device's unique id of the event", EX_HASH),
+        Field("commitment", HASH, "SHA-256 commitment to the event's salted record", EX_HASH),
+        Field("rule", NAME, "the reward rule", "cycling"),
+        Field(
+            "quantity_milli",
+            Integer(1, QUANTITY_MILLI_MAX, "milli-units of the rule's unit"),
+            "how much, in thousandths of the rule's unit (5.3 km: 5300)",
+            5300,
+        ),
+        Field("subject", SUBJECT, "the rewarded subject's key", EX_KEY),
+        Field("at", TIME_MS, "when it happened", EX_TIME_MS),
+        Field("signature", SIGNATURE, "the device's Ed25519 signature of the claim", EX_SIGNATURE),
+    ),
+    title="event claim",
+)
+
+EVENT_REWARD = Obj(
+    (
+        Field(
+            "claims",
+            ListOf(EVENT_CLAIM, CLAIMS_MAX, min_items=1),
+            "the device-signed claims rewarded together (all or none)",
+            [{f.name: f.example for f in EVENT_CLAIM.fields}],
+        ),
+    ),
+    title="event.reward",
+)
+
+TOKEN_TRANSFER = Obj(
+    (
+        Field("to", KEY, "the receiving member's key", EX_KEY_2),
+        Field("amount_mtok", MTOK, "how many milli-tokens", 1000),
+    ),
+    title="token.transfer",
+)
+
+OFFER_PUBLISH = Obj(
+    (
+        Field("offer", NAME, "the offer's name", "bakery-5pct"),
+        Field("title", Text("1 to 120 characters", None, 1, 120), "what it gives", "5 % off"),
+        Field("category", NAME, "the offer's category", "food"),
+        Field("price_mtok", MTOK, "its price in milli-tokens", 5000),
+        Field("active", Boolean(), "whether it may be redeemed", True),
+    ),
+    title="offer.publish",
+)
+
+TOKEN_REDEEM = Obj(
+    (
+        Field("offer", NAME, "the offer redeemed", "bakery-5pct"),
+        Field("coupon", HASH, "SHA-256 of the coupon's secret, chosen by the wallet", EX_HASH),
+    ),
+    title="token.redeem",
+)
+
+COUPON_SPEND = Obj(
+    (Field("secret", SECRET, "the coupon's secret, shown by its holder", EX_SECRET),),
+    title="coupon.spend",
+)
+
+REWARD_RULE_ACTION = Obj(
+    (
+        _KIND,
+        Field("rule", NAME, "the rule's name", "cycling"),
+        Field("unit", Enum(UNITS), "the unit events count in", "km"),
+        Field(
+            "rate_mtok",
+            Integer(0, RATE_MTOK_MAX, "milli-tokens per unit"),
+            "milli-tokens per unit (0 retires the rule)",
+            1000,
+        ),
+        Field(
+            "device_kinds",
+            ListOf(Enum(DEVICE_KINDS), len(DEVICE_KINDS), min_items=1, distinct=True),
+            "the device kinds that certify it",
+            ["bike_reader"],
+        ),
+        Field(
+            "cap_mtok_per_day",
+            Integer(0, MTOK_MAX, "milli-tokens"),
+            "most a subject earns by it per day (0: no cap)",
+            0,
+        ),
+    )
+)
+
 PROPOSAL_ACTIONS = OneOf(
     {
         "admit_member": Obj(
@@ -632,6 +755,9 @@ PROPOSAL_ACTIONS = OneOf(
                 ),
             )
         ),
+        "admit_device": Obj((_KIND, Field("device", KEY, "a registered device's key", EX_KEY_2))),
+        "suspend_device": Obj((_KIND, Field("device", KEY, "an admitted device's key", EX_KEY_2))),
+        "set_reward_rule": REWARD_RULE_ACTION,
     }
 )
 
@@ -673,4 +799,10 @@ BODIES: dict[str, Obj] = {
     "retention.expire": RETENTION_EXPIRE,
     "governance.propose": GOVERNANCE_PROPOSE,
     "governance.vote": GOVERNANCE_VOTE,
+    "device.register": DEVICE_REGISTER,
+    "event.reward": EVENT_REWARD,
+    "token.transfer": TOKEN_TRANSFER,
+    "offer.publish": OFFER_PUBLISH,
+    "token.redeem": TOKEN_REDEEM,
+    "coupon.spend": COUPON_SPEND,
 }

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger_bridge.contracts import rules
-from ledger_bridge.contracts.rules import parameters
+from ledger_bridge.contracts.rules import parameters, tokens
 from ledger_bridge.contracts.state import State
 
 LIMIT_MAX = 1000
@@ -231,6 +231,98 @@ def _governance(s: State, q: dict[str, Any]) -> Any:
     }
 
 
+# -- eco-citizen tokens (rules/devices.py, rules/tokens.py) ------------------------------------
+
+
+def _account(q: dict[str, Any], name: str) -> str:
+    """A member key as a token account: 32 bytes, or their 64 hex characters."""
+    v = q.get(name)
+    if isinstance(v, bytes) and len(v) == 32:
+        return v.hex()
+    if isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v):
+        return v
+    raise ValueError(f"query argument {name} is a 32-byte key (or its lowercase hex)")
+
+
+def _device(s: State, q: dict[str, Any]) -> Any:
+    return s.get("device", _key(q, "device"))
+
+
+def _devices(s: State, q: dict[str, Any]) -> Any:
+    operator = _key(q, "operator") if q.get("operator") is not None else None
+    out = []
+    for (device,) in s.group("device", "all"):
+        d = s.get("device", device)
+        if operator is None or d["operator"] == operator:
+            out.append({"device": device, **d})
+    return out
+
+
+def _reward_rules(s: State, q: dict[str, Any]) -> Any:
+    """Each rule as an event in the next block would be rewarded by (retired ones at rate 0),
+    with the height its version was enacted at."""
+    height = s.get("meta", "height") + 1
+    out = []
+    for (rule,) in s.group("reward_rule", "all"):
+        version = rules.version_at(s.get("reward_rule", rule), height)
+        if version is not None:
+            out.append({"rule": rule, **version[1], "since_height": version[0]})
+    return out
+
+
+def _balance(s: State, q: dict[str, Any]) -> Any:
+    account = _account(q, "account")
+    return {"mtok": tokens.balance(s, account), "lots": s.get("lots", account) or []}
+
+
+def _offers(s: State, q: dict[str, Any]) -> Any:
+    partner = _key(q, "partner") if q.get("partner") is not None else None
+    out = []
+    for (offer,) in s.group("offer", "all"):
+        o = s.get("offer", offer)
+        if partner is None or o["partner"] == partner:
+            out.append({"offer": offer, **o})
+    return out
+
+
+def _coupon(s: State, q: dict[str, Any]) -> Any:
+    coupon = _arg(q, "coupon", bytes)
+    if coupon is None or len(coupon) != 32:
+        raise ValueError("query argument coupon is a 32-byte hash")
+    return s.get("coupon", coupon)
+
+
+def _redemptions(s: State, q: dict[str, Any]) -> Any:
+    """A partner's spent coupons: [[day, category, count, mtok], ...] by day and category."""
+    partner = _key(q, "partner")
+    return [
+        [day, category, *s.get("redemptions", partner, day, category)]
+        for _, day, category in s.group("redemptions", "by_partner", partner)
+    ]
+
+
+def _token_statement(s: State, q: dict[str, Any]) -> Any:
+    """An account's token movements n > `after` (minted, received, sent, redeemed, expired),
+    and its totals over all of them with its balance."""
+    account = _account(q, "account")
+    after, limit = _page(q)
+    totals = s.get("token_totals", account) or {"n": 0, **dict.fromkeys(tokens.STATEMENT_KINDS, 0)}
+    last = totals.pop("n")
+    entries = [
+        {"n": n, **s.get("token_statement", account, n)}
+        for n in range(after + 1, min(last, after + limit) + 1)
+    ]
+    return {"entries": entries, "totals": {**totals, "balance": tokens.balance(s, account)}}
+
+
+def _supply(s: State, q: dict[str, Any]) -> Any:
+    """The supply counters and the sum of the balances: minted = balances + redeemed +
+    expired + forfeited."""
+    out = {k: s.get("meta", k) or 0 for k in tokens.SUPPLY}
+    out["balances"] = sum(s.get("balance", a) for (a,) in s.group("balance", "all"))
+    return out
+
+
 QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "status": _status,
     "member": _member,
@@ -251,6 +343,15 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "erasure_requests": _erasure_requests,
     "redactions": _redactions,
     "parameters": lambda s, q: parameters.values(s),
+    "device": _device,
+    "devices": _devices,
+    "reward_rules": _reward_rules,
+    "balance": _balance,
+    "offers": _offers,
+    "coupon": _coupon,
+    "redemptions": _redemptions,
+    "token_statement": _token_statement,
+    "supply": _supply,
 }
 
 

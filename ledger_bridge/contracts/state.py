@@ -35,6 +35,15 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
     "purpose": {"all": ()},
     "erasure_request_open": {"all": ()},
     "vote": {"by_voter": (1,)},
+    # eco-citizen tokens (rules/tokens.py, rules/devices.py)
+    "balance": {"all": ()},
+    "lot_expiry": {"day": (0,)},
+    "token_statement": {"by_account": (0,)},
+    "minted_day": {"by_subject": (1,)},
+    "device": {"all": ()},
+    "offer": {"all": ()},
+    "reward_rule": {"all": ()},
+    "redemptions": {"by_partner": (0,)},
 }
 
 # Tables whose first key part is a subject (the hex of their key) and whose entries say
@@ -86,6 +95,8 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "erasure_request": {"subject": lambda r: _scope_subject(r["scope"])},
     # the member keys a proposal names: its author, the member its action admits
     "proposal": {"key": _proposal_keys},
+    # the subject an event rewarded, until forgetting them takes it out (rules/tokens.py)
+    "event": {"subject": lambda e: (e["subject"],) if "subject" in e else ()},
     # the batch indices to redact in each block (`ConsentApp.redacted_at`)
     "redaction": {"height": lambda r: (r[0],)},
 }

@@ -21,7 +21,9 @@ from typing import Literal, get_args
 
 # -- members ----------------------------------------------------------------------------------
 
-Role = Literal["provider", "consumer", "subject", "dpo", "validator", "vault"]
+# `device`: a sensor or till certifying eco-citizen events (it signs claims, never
+# transactions); `partner`: a company accepting token redemptions, a legal entity.
+Role = Literal["provider", "consumer", "subject", "dpo", "validator", "vault", "device", "partner"]
 ROLES: tuple[Role, ...] = get_args(Role)
 # Roles a key takes by registering alone: residents. A legal entity waits for governance.
 SELF_ADMITTED_ROLES: tuple[Role, ...] = ("subject",)
@@ -54,12 +56,23 @@ DEFAULT_PURPOSES = (
     "billing",
     "service-improvement",
     "research",
+    "impact-statistics",
 )
+# The purpose the eco-citizen events' records serve: the metropolis's aggregated statistics.
+EVENT_PURPOSE = "impact-statistics"
 
 # The cooperative's economic parameters, set by governance (`rules/parameters.py` holds their
 # defaults and bounds).
 ParameterName = Literal["commission_bp", "k_anonymity", "token_expiry_days"]
 PARAMETER_NAMES: tuple[ParameterName, ...] = get_args(ParameterName)
+
+# -- eco-citizen tokens (rules/devices.py, rules/tokens.py) ------------------------------------
+
+# What certifies an event, and the unit its quantity counts in milli-units of.
+DeviceKind = Literal["bike_reader", "water_meter", "shop_scanner"]
+DEVICE_KINDS: tuple[DeviceKind, ...] = get_args(DeviceKind)
+Unit = Literal["km", "litre", "euro"]
+UNITS: tuple[Unit, ...] = get_args(Unit)
 
 # -- disclosure -------------------------------------------------------------------------------
 

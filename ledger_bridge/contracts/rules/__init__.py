@@ -50,6 +50,7 @@ from ledger_bridge.contracts.rules.consent import (
     version_at,
 )
 from ledger_bridge.contracts.rules.datasets import dataset_register, upload_anchor
+from ledger_bridge.contracts.rules.devices import device_register
 from ledger_bridge.contracts.rules.erasure import (
     erasure_record,
     erasure_request,
@@ -64,6 +65,14 @@ from ledger_bridge.contracts.rules.governance import (
     governance_vote,
 )
 from ledger_bridge.contracts.rules.membership import member_register
+from ledger_bridge.contracts.rules.tokens import (
+    coupon_spend,
+    event_reward,
+    expire_lots,
+    offer_publish,
+    token_redeem,
+    token_transfer,
+)
 from ledger_bridge.contracts.state import State
 from ledger_bridge.contracts.vocabulary import ERASURE_REASONS, REQUESTERS, ROLES
 from ledger_bridge.crypto import digest
@@ -108,6 +117,12 @@ HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "retention.expire": retention_expire,
     "governance.propose": governance_propose,
     "governance.vote": governance_vote,
+    "device.register": device_register,
+    "event.reward": event_reward,
+    "token.transfer": token_transfer,
+    "offer.publish": offer_publish,
+    "token.redeem": token_redeem,
+    "coupon.spend": coupon_spend,
 }
 
 
@@ -128,6 +143,7 @@ def begin_block(state: State, block: BlockContext) -> None:
             state.delete("nonce_expiry", m, spent)
             state.delete("nonce", spent)
     state.put("meta", "pruned_minute", minute)
+    expire_lots(state, block.height)
     state.forgotten.clear()
 
 

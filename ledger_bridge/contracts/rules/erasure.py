@@ -21,6 +21,7 @@ from ledger_bridge.contracts.rules.common import (
     mention,
     subject_is_author,
 )
+from ledger_bridge.contracts.rules.tokens import forget_tokens
 from ledger_bridge.contracts.state import SUBJECT_TABLES, State
 
 
@@ -213,6 +214,7 @@ def forget(state: State, subject: str, since: int) -> int:
     for table in SUBJECT_TABLES:
         for k in state.group(table, "by_subject", subject):
             state.delete(table, *k)
+    forget_tokens(state, subject)  # their balance is forfeited, their events name nobody
     for a in accesses:
         _forget_in_access(state, a, subject)
     for table in ("erasure", "erasure_request"):

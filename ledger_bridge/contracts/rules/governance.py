@@ -24,6 +24,14 @@ from ledger_bridge.contracts.rules.common import (
     dataset_of,
     mention,
 )
+from ledger_bridge.contracts.rules.devices import (
+    enact_admit_device,
+    enact_set_reward_rule,
+    enact_suspend_device,
+    validate_admit_device,
+    validate_set_reward_rule,
+    validate_suspend_device,
+)
 from ledger_bridge.contracts.rules.parameters import enact_set_parameter, validate_set_parameter
 from ledger_bridge.contracts.vocabulary import SELF_ADMITTED_ROLES
 
@@ -155,6 +163,9 @@ ACTIONS: dict[str, Action] = {
     "set_retention": Action(_validate_set_retention, _enact_set_retention),
     "set_validators": Action(_validate_set_validators, _enact_set_validators),
     "set_parameter": Action(validate_set_parameter, enact_set_parameter),
+    "admit_device": Action(validate_admit_device, enact_admit_device),
+    "suspend_device": Action(validate_suspend_device, enact_suspend_device),
+    "set_reward_rule": Action(validate_set_reward_rule, enact_set_reward_rule),
 }
 
 

@@ -1,0 +1,340 @@
+"""The eco-citizen token ledger: rewards for certified events, transfers, offers, redemptions,
+coupons, expiry and what forgetting a subject does to their tokens (docs/CONTRACTS.md
+"Eco-citizen tokens").
+
+Amounts are integer milli-tokens (mtok). The state holds:
+  ("balance", account)                  -> mtok (account: a member key in hex)
+  ("lots", account)                     -> [[day, mtok], ...] by minting day, oldest first,
+                                           summing to the balance; spent first in, first out
+  ("lot_expiry", day, account)          -> 0: the account holds a lot minted on `day`
+  ("token_totals", account)             -> the account's statement count and totals by kind
+  ("token_statement", account, n)       -> {height, kind, mtok, ...} one token movement
+  ("event", device, event)              -> {subject, rule, minted, height}
+  ("minted_day", rule, subject, day)    -> mtok the subject earned by `rule` on `day`
+  ("offer", offer)                      -> {partner, title, category, price_mtok, active, height}
+  ("coupon", SHA-256(secret))           -> {offer, partner, category, price_mtok, status, height}
+  ("redemptions", partner, day, category) -> [count, mtok] of coupons spent
+  ("meta", "minted" | "redeemed" | "expired" | "forfeited") -> supply counters
+so that, at the end of every block: minted = sum(balances) + redeemed + expired + forfeited.
+
+Why lots keep their minting day through transfers: tokens expire N days after they were
+minted (`token_expiry_days`), whoever holds them; a transfer must not make them younger.
+Why a coupon entry names no holder: a partner scanning it learns what was bought, not by whom.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger_bridge.contracts import events
+from ledger_bridge.contracts.bodies import MTOK_MAX
+from ledger_bridge.contracts.rules import parameters
+from ledger_bridge.contracts.rules.common import DAY_MS, Ctx, Reject, check, mention
+from ledger_bridge.contracts.rules.devices import rule_at
+from ledger_bridge.contracts.state import State
+from ledger_bridge.crypto import digest
+
+CLAIM_AHEAD_MS = 5 * 60 * 1000  # how far past the block's time a claim's `at` may be
+SUPPLY = ("minted", "redeemed", "expired", "forfeited")
+STATEMENT_KINDS = ("minted", "received", "sent", "redeemed", "expired")
+
+
+# -- balances, lots and statements ----------------------------------------------------------
+
+
+def balance(state: State, account: str) -> int:
+    b: int | None = state.get("balance", account)
+    return b or 0
+
+
+def _supply(state: State, counter: str, mtok: int) -> None:
+    state.put("meta", counter, (state.get("meta", counter) or 0) + mtok)
+
+
+def _statement(state: State, account: str, height: int, kind: str, mtok: int, **extra: Any) -> None:
+    totals: dict[str, int] = state.get("token_totals", account) or {
+        "n": 0,
+        **{k: 0 for k in STATEMENT_KINDS},
+    }
+    totals["n"] += 1
+    totals[kind] += mtok
+    state.put("token_totals", account, totals)
+    state.put(
+        "token_statement",
+        account,
+        totals["n"],
+        {"height": height, "kind": kind, "mtok": mtok, **extra},
+    )
+
+
+def _credit(state: State, account: str, lots: list[list[int]]) -> None:
+    """Add `lots` ([[day, mtok], ...]) to the account's, merged by day, oldest first."""
+    held: dict[int, int] = {day: mtok for day, mtok in state.get("lots", account) or []}
+    added = 0
+    for day, mtok in lots:
+        if day not in held:
+            state.put("lot_expiry", day, account, 0)
+            first: int | None = state.get("meta", "lot_day_next")
+            if first is None or first > day:
+                state.put("meta", "lot_day_next", day)
+        held[day] = held.get(day, 0) + mtok
+        added += mtok
+    state.put("lots", account, [[d, held[d]] for d in sorted(held)])
+    state.put("balance", account, balance(state, account) + added)
+
+
+def _debit(state: State, account: str, mtok: int) -> list[list[int]]:
+    """Take `mtok` from the account's oldest lots first; return the lots taken. Refused
+    `insufficient_tokens` when the balance does not cover it."""
+    have = balance(state, account)
+    if have < mtok:
+        raise Reject("insufficient_tokens", "the balance does not cover this amount")
+    lots: list[list[int]] = state.get("lots", account) or []
+    taken: list[list[int]] = []
+    left = mtok
+    while left > 0:
+        day, held = lots[0]
+        take = min(held, left)
+        taken.append([day, take])
+        left -= take
+        if take == held:
+            lots.pop(0)
+            state.delete("lot_expiry", day, account)
+        else:
+            lots[0] = [day, held - take]
+    _store(state, account, have - mtok, lots)
+    return taken
+
+
+def _store(state: State, account: str, mtok: int, lots: list[list[int]]) -> None:
+    if mtok == 0:
+        state.delete("balance", account)
+        state.delete("lots", account)
+    else:
+        state.put("balance", account, mtok)
+        state.put("lots", account, lots)
+
+
+def _mention_subject(c: Ctx, key: bytes) -> None:
+    """A token transaction naming a resident is theirs to forget."""
+    m = c.member(key)
+    if m is not None and m["role"] == "subject":
+        mention(c, key.hex())
+
+
+# -- event.reward -----------------------------------------------------------------------------
+
+
+def _claim_terms(c: Ctx, i: int, claim: dict[str, Any]) -> dict[str, Any]:
+    """The reward rule's terms for claim `i`, after every check but the amount's. A claim
+    repeated within the batch is found as a duplicate too: the claims before it in the batch
+    have already written their ("event", device, event) entries."""
+    where = f"claim {i}"
+    device: dict[str, Any] | None = c.state.get("device", claim["device"])
+    if device is None:
+        raise Reject("device_unknown", f"{where}: no device registered with this key")
+    if device["status"] == "pending":
+        raise Reject("device_pending", f"{where}: the device is not admitted by governance")
+    if device["status"] != "active":
+        raise Reject("device_suspended", f"{where}: the device is suspended")
+    chain_id: str = c.state.get("meta", "chain_id")
+    if not events.verify_claim(chain_id, claim):
+        raise Reject("bad_device_signature", f"{where}: the device's signature does not verify")
+    key = (claim["device"], claim["event"])
+    if c.state.has("event", *key):
+        raise Reject("duplicate_event", f"{where}: this event is already rewarded")
+    terms = rule_at(c.state, claim["rule"], c.height)
+    if terms is None:
+        raise Reject("unknown_rule", f"{where}: no reward rule {claim['rule']} in force")
+    if device["kind"] not in terms["device_kinds"]:
+        raise Reject("rule_not_for_device", f"{where}: the rule does not reward this device kind")
+    member = c.member(bytes.fromhex(claim["subject"]))
+    if member is None or member["role"] != "subject":
+        raise Reject("unknown_subject", f"{where}: the subject is no registered resident")
+    check(claim["at"] <= c.now + CLAIM_AHEAD_MS, f"{where}: at is in the future")
+    return terms
+
+
+def event_reward(c: Ctx) -> dict[str, Any]:
+    """Reward a batch of device-signed claims, all or none (a bad claim refuses the whole
+    transaction, naming its index)."""
+    c.active(c.tx.author, "vault")
+    credited: list[list[Any]] = []
+    today = c.now // DAY_MS
+    for i, claim in enumerate(c.tx.body["claims"]):
+        terms = _claim_terms(c, i, claim)
+        subject: str = claim["subject"]
+        rule: str = claim["rule"]
+        day = claim["at"] // DAY_MS
+        minted = claim["quantity_milli"] * terms["rate_mtok"] // 1000
+        so_far: int = c.state.get("minted_day", rule, subject, day) or 0
+        cap: int = terms["cap_mtok_per_day"]
+        if cap > 0:
+            minted = max(0, min(minted, cap - so_far))
+        supply: int = c.state.get("meta", "minted") or 0
+        check(supply + minted <= MTOK_MAX, f"claim {i}: the token supply would exceed its bound")
+        c.state.put(
+            "event",
+            claim["device"],
+            claim["event"],
+            {"subject": subject, "rule": rule, "minted": minted, "height": c.height},
+        )
+        if minted > 0:
+            c.state.put("minted_day", rule, subject, day, so_far + minted)
+            _credit(c.state, subject, [[today, minted]])
+            _statement(c.state, subject, c.height, "minted", minted, rule=rule)
+            _supply(c.state, "minted", minted)
+        mention(c, subject)
+        credited.append([subject, minted])
+    return {"ok": True, "credited": credited}
+
+
+# -- transfers, offers, redemptions, coupons --------------------------------------------------
+
+
+def token_transfer(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    c.active(c.tx.author)
+    to: bytes = body["to"]
+    amount: int = body["amount_mtok"]
+    if c.member(to) is None:
+        raise Reject("unknown_member", "the recipient is no registered member")
+    check(to != c.tx.author, "a transfer goes to another member")
+    sender = c.tx.author.hex()
+    lots = _debit(c.state, sender, amount)
+    _credit(c.state, to.hex(), lots)
+    _statement(c.state, sender, c.height, "sent", amount)
+    _statement(c.state, to.hex(), c.height, "received", amount)
+    _mention_subject(c, c.tx.author)
+    _mention_subject(c, to)
+    return {"ok": True, "balance": balance(c.state, sender)}
+
+
+def offer_publish(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    c.active(c.tx.author, "partner")
+    name: str = body["offer"]
+    old: dict[str, Any] | None = c.state.get("offer", name)
+    if old is not None and old["partner"] != c.tx.author:
+        raise Reject("not_your_offer", "this offer is another partner's")
+    c.state.put(
+        "offer",
+        name,
+        {
+            "partner": c.tx.author,
+            "title": body["title"],
+            "category": body["category"],
+            "price_mtok": body["price_mtok"],
+            "active": body["active"],
+            "height": c.height,
+        },
+    )
+    return {"ok": True, "offer": name}
+
+
+def token_redeem(c: Ctx) -> dict[str, Any]:
+    body = c.tx.body
+    c.active(c.tx.author)
+    name: str = body["offer"]
+    coupon: bytes = body["coupon"]
+    offer: dict[str, Any] | None = c.state.get("offer", name)
+    if offer is None:
+        raise Reject("unknown_offer", f"no offer {name}")
+    if not offer["active"]:
+        raise Reject("offer_inactive", f"offer {name} is not active")
+    if c.state.has("coupon", coupon):
+        raise Reject("duplicate", "this coupon is already issued")
+    price: int = offer["price_mtok"]
+    holder = c.tx.author.hex()
+    _debit(c.state, holder, price)
+    _supply(c.state, "redeemed", price)
+    _statement(c.state, holder, c.height, "redeemed", price, offer=name)
+    c.state.put(
+        "coupon",
+        coupon,
+        {
+            "offer": name,
+            "partner": offer["partner"],
+            "category": offer["category"],
+            "price_mtok": price,
+            "status": "issued",
+            "height": c.height,
+        },
+    )
+    _mention_subject(c, c.tx.author)
+    return {"ok": True, "coupon": coupon, "offer": name, "price_mtok": price, "height": c.height}
+
+
+def coupon_spend(c: Ctx) -> dict[str, Any]:
+    c.active(c.tx.author, "partner")
+    coupon = digest(c.tx.body["secret"])
+    entry: dict[str, Any] | None = c.state.get("coupon", coupon)
+    if entry is None:
+        raise Reject("unknown_coupon", "no coupon with this secret")
+    if entry["partner"] != c.tx.author:
+        raise Reject("not_your_coupon", "this coupon is for another partner's offer")
+    if entry["status"] != "issued":
+        raise Reject("coupon_spent", "this coupon is already spent")
+    entry["status"] = "spent"
+    entry["spent_height"] = c.height
+    c.state.put("coupon", coupon, entry)
+    key = ("redemptions", c.tx.author, c.now // DAY_MS, entry["category"])
+    count, mtok = c.state.get(*key) or [0, 0]
+    c.state.put(*key, [count + 1, mtok + entry["price_mtok"]])
+    return {
+        "ok": True,
+        "coupon": coupon,
+        "offer": entry["offer"],
+        "category": entry["category"],
+        "price_mtok": entry["price_mtok"],
+    }
+
+
+# -- expiry and forgetting --------------------------------------------------------------------
+
+
+def expire_lots(state: State, height: int) -> None:
+    """At a block's start, expire the lots minted `token_expiry_days` days ago or earlier.
+    ("meta", "lot_day_next") is the oldest day whose lots may be left: days before it hold
+    none, so a block looks only at the days that came due since the last one."""
+    days = parameters.value(state, "token_expiry_days")
+    first: int | None = state.get("meta", "lot_day_next")
+    if days == 0 or first is None:
+        return
+    cutoff = state.get("meta", "now") // DAY_MS - days
+    for day in range(first, cutoff + 1):
+        for _, account in state.group("lot_expiry", "day", day):
+            _expire_lot(state, account, day, height)
+    if cutoff + 1 > first:
+        state.put("meta", "lot_day_next", cutoff + 1)
+
+
+def _expire_lot(state: State, account: str, day: int, height: int) -> None:
+    lots: list[list[int]] = state.get("lots", account)
+    mtok = next(m for d, m in lots if d == day)
+    state.delete("lot_expiry", day, account)
+    _store(state, account, balance(state, account) - mtok, [[d, m] for d, m in lots if d != day])
+    _supply(state, "expired", mtok)
+    _statement(state, account, height, "expired", mtok)
+
+
+def forget_tokens(state: State, subject: str) -> None:
+    """Forget a subject's tokens: their balance is forfeited (the supply keeps counting it),
+    their lots, cap counters and statement go, and the events that rewarded them keep only
+    their (device, event) key, so an event stays unrewardable twice yet names nobody."""
+    held = balance(state, subject)
+    if held:
+        _supply(state, "forfeited", held)
+    for day, _ in state.get("lots", subject) or []:
+        state.delete("lot_expiry", day, subject)
+    state.delete("balance", subject)
+    state.delete("lots", subject)
+    state.delete("token_totals", subject)
+    for k in state.group("token_statement", "by_account", subject):
+        state.delete("token_statement", *k)
+    for k in state.group("minted_day", "by_subject", subject):
+        state.delete("minted_day", *k)
+    for k in state.group("event", "subject", subject):
+        e = state.get("event", *k)
+        e.pop("subject")
+        state.put("event", *k, e)
