@@ -39,6 +39,9 @@ ERASURE_RECORD = "erasure.record"
 RETENTION_EXPIRE = "retention.expire"
 GOVERNANCE_PROPOSE = "governance.propose"
 GOVERNANCE_VOTE = "governance.vote"
+# paid access (contracts/rules/fees.py)
+PRICE_SET = "price.set"
+CREDIT_DEPOSIT = "credit.deposit"
 
 TX_TYPES = (
     MEMBER_REGISTER,
@@ -52,6 +55,9 @@ TX_TYPES = (
     RETENTION_EXPIRE,
     GOVERNANCE_PROPOSE,
     GOVERNANCE_VOTE,
+    # paid access
+    PRICE_SET,
+    CREDIT_DEPOSIT,
 )
 # The facts that destroy something: each carries an `ErasureCertificate`.
 ERASURE_KINDS = (ERASURE_RECORD, RETENTION_EXPIRE)

@@ -67,7 +67,8 @@ CHECKED_BYTES_MAX = 32 * 1024 * 1024
 
 def own_query(q: Any, reader: bytes) -> bool:
     """Whether query `q` asks only about `reader`: a consumer's accesses (`consumer` is its
-    key), or a subject's consents, accesses or erasures (`subject` is its key in hex)."""
+    key), a subject's consents, accesses or erasures (`subject` is its key in hex), or a
+    member's credit statement (`member` is its key)."""
     if not isinstance(q, dict):
         return False
     kind = q.get("q")
@@ -75,6 +76,8 @@ def own_query(q: Any, reader: bytes) -> bool:
         return q.get("consumer") == reader
     if kind in ("accesses", "consents", "erasures"):
         return q.get("subject") == reader.hex()
+    if kind == "statement":  # a provider's or consumer's own credit statement
+        return q.get("member") == reader
     return False
 
 

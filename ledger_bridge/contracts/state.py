@@ -88,6 +88,8 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "proposal": {"key": _proposal_keys},
     # the batch indices to redact in each block (`ConsentApp.redacted_at`)
     "redaction": {"height": lambda r: (r[0],)},
+    # active members by role: the cooperative's account is the active vault's (rules.fees)
+    "member": {"active_role": lambda m: (m["role"],) if m["status"] == "active" else ()},
 }
 
 

@@ -56,6 +56,7 @@ from ledger_bridge.contracts.rules.erasure import (
     forget,
     retention_expire,
 )
+from ledger_bridge.contracts.rules.fees import credit_deposit, price_set
 from ledger_bridge.contracts.rules.governance import (
     ACTIONS,
     VOTING_MAX_MS,
@@ -108,6 +109,9 @@ HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "retention.expire": retention_expire,
     "governance.propose": governance_propose,
     "governance.vote": governance_vote,
+    # paid access
+    "price.set": price_set,
+    "credit.deposit": credit_deposit,
 }
 
 
