@@ -71,6 +71,10 @@ class LedgerRefused(ApiError):
         "exceeds_purpose": 403,  # asks more than the purpose's declaration allows
         "not_found": 404,
         "unknown_subject": 404,  # an access names a key that is no member (or was forgotten)
+        # paid access: the consumer's credit does not cover the price; a price other than
+        # the one the consumer named is a 409 like any state that may change
+        "insufficient_credit": 402,
+        "price_mismatch": 409,
         "internal": 502,
     }
 
