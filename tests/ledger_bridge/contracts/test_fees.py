@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ledger_bridge.contracts.app import own_query
 from tests.ledger_bridge.contracts.harness import DAY, Chain, Member, standard
 from tests.ledger_bridge.contracts.test_rules import assert_refused_unchanged, grant
 
@@ -230,3 +231,18 @@ def test_the_vault_asking_for_a_consumer_charges_the_consumer(world: World) -> N
     result = chain.ok(chain.vault, "access.request", _body(consumer, subject, 333))
     assert result["charged_cents"] == 333
     assert balance(chain, consumer) == 667 and balance(chain, provider) == 317
+
+
+@pytest.mark.parametrize(
+    ("q", "mine"),
+    [
+        ({"q": "statement", "member": b"K" * 32}, True),
+        ({"q": "statement", "member": b"L" * 32}, False),
+        ({"q": "statement", "member": (b"K" * 32).hex()}, False),
+        ({"q": "statement"}, False),
+    ],
+)
+def test_a_member_reads_its_own_statement_on_the_client_port_and_no_other(
+    q: dict[str, Any], mine: bool
+) -> None:
+    assert own_query(q, b"K" * 32) is mine
