@@ -46,6 +46,9 @@ TOKEN_TRANSFER = "token.transfer"  # noqa: S105 (a transaction type)
 OFFER_PUBLISH = "offer.publish"
 TOKEN_REDEEM = "token.redeem"  # noqa: S105 (a transaction type)
 COUPON_SPEND = "coupon.spend"
+# paid access (contracts/rules/fees.py)
+PRICE_SET = "price.set"
+CREDIT_DEPOSIT = "credit.deposit"
 
 TX_TYPES = (
     MEMBER_REGISTER,
@@ -65,6 +68,9 @@ TX_TYPES = (
     OFFER_PUBLISH,
     TOKEN_REDEEM,
     COUPON_SPEND,
+    # paid access
+    PRICE_SET,
+    CREDIT_DEPOSIT,
 )
 # The facts that destroy something: each carries an `ErasureCertificate`.
 ERASURE_KINDS = (ERASURE_RECORD, RETENTION_EXPIRE)

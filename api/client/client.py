@@ -35,6 +35,7 @@ from api.client.errors import (
 )
 from api.client.types import (
     AccessAnswer,
+    Credit,
     Dataset,
     Draft,
     ErasureCertificate,
@@ -43,9 +44,12 @@ from api.client.types import (
     LedgerQuery,
     LedgerWrite,
     PredicateAnswer,
+    Price,
+    Prices,
     Purposes,
     SealedReceipt,
     SignedTransaction,
+    Statement,
     Upload,
 )
 from api.client.wallet import sign_message
@@ -426,34 +430,70 @@ class CivisClient:
         *,
         subjects: list[str] | None = None,
         fields: list[str] | None = None,
+        price_cents: int | None = None,
     ) -> AccessAnswer:
         """Records for a purpose: all consenting subjects, or those named; `fields` projects.
 
         A named subject without consent is listed in `denied` with the reason, not raised:
-        the others' records still come back in the same answer.
+        the others' records still come back in the same answer. A priced mode needs its
+        price in `price_cents` (`prices`); `charged_cents` says what was paid.
         """
         body: dict[str, Any] = {"dataset_id": dataset_id, "purpose": purpose}
         if subjects is not None:
             body["subjects"] = subjects
         if fields is not None:
             body["fields"] = fields
+        if price_cents is not None:
+            body["price_cents"] = price_cents
         return cast(AccessAnswer, self._post("/v1/access-requests", body))
 
     def predicate(
-        self, dataset_id: str, purpose: str, *, subject: str, field: str, op: str, value: Any
+        self,
+        dataset_id: str,
+        purpose: str,
+        *,
+        subject: str,
+        field: str,
+        op: str,
+        value: Any,
+        price_cents: int | None = None,
     ) -> PredicateAnswer:
         """A yes/no about one subject; no consent raises `Forbidden` (code `no_consent`).
 
         Refused by raising, unlike `access`: a predicate names exactly one subject, so a
-        refusal is the whole answer.
+        refusal is the whole answer. A priced answer needs its price in `price_cents`.
         """
-        body = {
+        body: dict[str, Any] = {
             "dataset_id": dataset_id,
             "purpose": purpose,
             "subjects": [subject],
             "predicate": {"field": field, "op": op, "value": value},
         }
+        if price_cents is not None:
+            body["price_cents"] = price_cents
         return cast(PredicateAnswer, self._post("/v1/access-requests", body))
+
+    # -- paid access: prices, credits, statements (euro cents) ---------------------------
+
+    def set_price(self, dataset_id: str, mode: str, price_cents: int) -> Price:
+        """The dataset's owner prices one answer in `mode` (0: free again)."""
+        path = f"/v1/datasets/{dataset_id}/prices/{mode}"
+        return cast(Price, self.request("PUT", path, json_body={"price_cents": price_cents}).json())
+
+    def prices(self, dataset_id: str) -> Prices:
+        """What one answer costs per mode: the `price_cents` an access must name."""
+        return cast(Prices, self._get(f"/v1/datasets/{dataset_id}/prices"))
+
+    def deposit(self, member: str, amount_cents: int, reference: str) -> Credit:
+        """The DPO records a payment the cooperative received for `member` (hex key); a
+        reference is credited once, so a retry cannot credit twice."""
+        body = {"member": member, "amount_cents": amount_cents, "reference": reference}
+        return cast(Credit, self._post("/v1/credits", body))
+
+    def statement(self, public_key: str, *, after: int = 0, limit: int = 100) -> Statement:
+        """One page of a member's credit statement (its own, or any for the DPO)."""
+        path = f"/v1/members/{public_key}/statement"
+        return cast(Statement, self._get(path, after=after, limit=limit))
 
     # -- DPO: erasure and audits ----------------------------------------------------------
 

@@ -9,6 +9,7 @@ consumer retries a `TooManyRequests` after `retry_after_s`, tells a citizen "no 
     ├── ProblemError                    an HTTP answer >= 400 (RFC 9457 problem+json)
     │   ├── BadRequest                  400
     │   ├── Unauthorized                401  missing, unknown, revoked or expired API key
+    │   ├── PaymentRequired             402  a credit too small for a paid answer
     │   ├── Forbidden                   403  wrong role, bad signature, a contract's "no"
     │   ├── NotFound                    404
     │   ├── MethodNotAllowed            405
@@ -105,6 +106,10 @@ class Unauthorized(ProblemError):
     status = 401
 
 
+class PaymentRequired(ProblemError):
+    status = 402
+
+
 class Forbidden(ProblemError):
     status = 403
 
@@ -170,6 +175,7 @@ _BY_STATUS: dict[int, type[ProblemError]] = {
     for cls in (
         BadRequest,
         Unauthorized,
+        PaymentRequired,
         Forbidden,
         NotFound,
         MethodNotAllowed,

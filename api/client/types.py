@@ -82,6 +82,7 @@ class AccessAnswer(TypedDict):
     receipt: Receipt
     granted: list[str]
     denied: list[list[str]]
+    charged_cents: int
     records: list[dict[str, Any]]
 
 
@@ -90,6 +91,7 @@ class PredicateAnswer(TypedDict):
 
     result: bool
     receipt: Receipt
+    charged_cents: int
 
 
 class Export(TypedDict):
@@ -159,3 +161,59 @@ class Purpose(TypedDict):
 class Purposes(TypedDict):
     height: int
     purposes: list[Purpose]
+
+
+# -- paid access (euro cents) --------------------------------------------------------------
+
+
+class Price(TypedDict):
+    """A mode's price as set: one answer in `mode` costs `price_cents` (0: free)."""
+
+    dataset_id: str
+    mode: ConsentMode
+    price_cents: int
+    receipt: Receipt
+
+
+class Prices(TypedDict):
+    """A dataset's prices per mode; a mode absent is free."""
+
+    dataset_id: str
+    height: int
+    prices: dict[str, int]
+
+
+class Credit(TypedDict):
+    member: str
+    amount_cents: int
+    credit_cents: int
+    receipt: Receipt
+
+
+StatementKind = Literal["deposit", "fee_paid", "fee_earned", "commission"]
+
+
+class StatementEntry(TypedDict):
+    """One credit movement. It names a dataset and an access number, never a subject."""
+
+    n: int
+    height: int
+    kind: StatementKind
+    cents: int
+    dataset: str | None
+    access: int | None
+
+
+class StatementTotals(TypedDict):
+    paid: int
+    earned: int
+    deposited: int
+    balance: int
+
+
+class Statement(TypedDict):
+    member: str
+    height: int
+    entries: list[StatementEntry]
+    totals: StatementTotals
+    next_after: int | None

@@ -14,6 +14,7 @@ from api.http.admission import UploadSlots
 from api.http.middleware import BodyLimit, Metrics, bound_access_log
 from api.http.routes import access, consents, datasets, discovery, erasures, health, subjects
 from api.http.routes import dpo as dpo_routes
+from api.http.routes import fees as fee_routes
 from api.http.routes import ledger as ledger_routes
 from api.http.settings import Settings
 from api.services.readiness import ReadinessProbe
@@ -59,6 +60,7 @@ def create_app(
     app.include_router(consents.router)
     app.include_router(discovery.router)
     app.include_router(access.router)
+    app.include_router(fee_routes.router)
     app.include_router(subjects.router)
     app.include_router(erasures.router)
     app.include_router(ledger_routes.router)

@@ -83,6 +83,10 @@ class LedgerRefused(ApiError):
         "not_your_offer": 403,
         "unknown_coupon": 404,
         "not_your_coupon": 403,
+        # paid access: the consumer's credit does not cover the price; a price other than
+        # the one the consumer named is a 409 like any state that may change
+        "insufficient_credit": 402,
+        "price_mismatch": 409,
         "internal": 502,
     }
 

@@ -78,7 +78,8 @@ CHECKED_BYTES_MAX = 32 * 1024 * 1024
 def own_query(q: Any, reader: bytes) -> bool:
     """Whether query `q` asks only about `reader`: a consumer's accesses (`consumer` is its
     key), a subject's consents, accesses or erasures (`subject` is its key in hex), a token
-    account's balance or statement (`account`), a partner's redemptions (`partner`)."""
+    account's balance or statement (`account`), a partner's redemptions (`partner`), or a
+    member's credit statement (`member` is its key)."""
     if not isinstance(q, dict):
         return False
     kind = q.get("q")
@@ -90,6 +91,8 @@ def own_query(q: Any, reader: bytes) -> bool:
         return q.get("account") in (reader, reader.hex())
     if kind == "redemptions":
         return q.get("partner") == reader
+    if kind == "statement":  # a provider's or consumer's own credit statement
+        return q.get("member") == reader
     return False
 
 

@@ -376,6 +376,11 @@ EX_DATASET = "5f0c7a3e-2b1d-4c8e-9a6f-1d2e3f4a5b6c"
 EX_UPLOAD = "9b2d4f6a-8c0e-4a1b-b3d5-7e9f1a2b3c4d"
 EX_TIME_MS = 1_798_761_600_000  # 2027-01-01
 
+# Paid access: prices and credits are integer euro cents (contracts/rules/fees.py).
+PRICE_CENTS_MAX = 100_000_000  # one million euros per answer
+DEPOSIT_CENTS_MAX = 10_000_000_000  # one hundred million euros per deposit
+PRICE_CENTS = Integer(0, PRICE_CENTS_MAX, "euro cents")
+
 _SCOPE_NOTE = "name exactly one of `dataset` or `category`"
 
 MEMBER_REGISTER = Obj(
@@ -487,6 +492,14 @@ ACCESS_REQUEST = Obj(
         ),
         Field("predicate", PREDICATE, "a yes/no question instead of records", None, False),
         Field("reference", IDENT, "the consumer's own reference", None, required=False),
+        Field(
+            "price_cents",
+            PRICE_CENTS,
+            "the price the consumer agrees to pay, exactly the dataset's for this mode "
+            "(none: a dataset without a price for it)",
+            None,
+            required=False,
+        ),
     ),
     title="access.request",
 )
@@ -787,6 +800,33 @@ GOVERNANCE_VOTE = Obj(
     title="governance.vote",
 )
 
+# -- paid access (contracts/rules/fees.py) ----------------------------------------------------
+
+PRICE_SET = Obj(
+    (
+        Field("dataset", IDENT, "the dataset's id", EX_DATASET),
+        Field("mode", Enum(MODES), "the disclosure mode priced", "predicate"),
+        Field("price_cents", PRICE_CENTS, "the price of one answer (0: free)", 25),
+    ),
+    title="price.set",
+)
+
+CREDIT_DEPOSIT = Obj(
+    (
+        Field("member", KEY, "the provider or consumer credited", EX_KEY_2),
+        Field(
+            "amount_cents",
+            Integer(1, DEPOSIT_CENTS_MAX, "euro cents"),
+            "the payment received off-chain",
+            10_000,
+        ),
+        Field(
+            "reference", IDENT, "the payment's reference (bank transfer, invoice)", "inv-2027-001"
+        ),
+    ),
+    title="credit.deposit",
+)
+
 BODIES: dict[str, Obj] = {
     "member.register": MEMBER_REGISTER,
     "dataset.register": DATASET_REGISTER,
@@ -805,4 +845,7 @@ BODIES: dict[str, Obj] = {
     "offer.publish": OFFER_PUBLISH,
     "token.redeem": TOKEN_REDEEM,
     "coupon.spend": COUPON_SPEND,
+    # paid access
+    "price.set": PRICE_SET,
+    "credit.deposit": CREDIT_DEPOSIT,
 }

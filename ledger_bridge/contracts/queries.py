@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger_bridge.contracts import rules
-from ledger_bridge.contracts.rules import parameters, tokens
+from ledger_bridge.contracts.rules import fees, parameters, tokens
 from ledger_bridge.contracts.state import State
+from ledger_bridge.contracts.vocabulary import MODES
 
 LIMIT_MAX = 1000
 
@@ -323,6 +324,41 @@ def _supply(s: State, q: dict[str, Any]) -> Any:
     return out
 
 
+# -- paid access (rules.fees) -----------------------------------------------------------------
+
+
+def _statement(s: State, q: dict[str, Any]) -> Any:
+    """A member's credit statement: its entries n > `after` (at most `limit`), oldest first,
+    and its totals. Entries name datasets and access numbers, never a subject."""
+    after, limit = _page(q)
+    member = _key(q, "member")
+    book = fees.book_of(s, member)
+    last = book["entries"]
+    return {
+        "entries": [
+            {"n": n, **s.get("statement", member, n)}
+            for n in range(after + 1, min(last, after + limit) + 1)
+        ],
+        "totals": {
+            "paid": book["paid"],
+            "earned": book["earned"],
+            "deposited": book["deposited"],
+            "balance": fees.credit_of(s, member),
+        },
+    }
+
+
+def _prices(s: State, q: dict[str, Any]) -> Any:
+    """A dataset's price per disclosure mode, in cents (modes without a price are free);
+    None for a dataset not registered."""
+    dataset = _arg(q, "dataset", str)
+    if dataset is None:
+        raise ValueError("query prices needs dataset")
+    if not s.has("dataset", dataset):
+        return None
+    return {m: fees.price_of(s, dataset, m) for m in MODES if s.has("price", dataset, m)}
+
+
 QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "status": _status,
     "member": _member,
@@ -352,6 +388,9 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "redemptions": _redemptions,
     "token_statement": _token_statement,
     "supply": _supply,
+    # paid access
+    "statement": _statement,
+    "prices": _prices,
 }
 
 

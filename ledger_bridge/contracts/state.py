@@ -99,6 +99,8 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "event": {"subject": lambda e: (e["subject"],) if "subject" in e else ()},
     # the batch indices to redact in each block (`ConsentApp.redacted_at`)
     "redaction": {"height": lambda r: (r[0],)},
+    # active members by role: the cooperative's account is the active vault's (rules.fees)
+    "member": {"active_role": lambda m: (m["role"],) if m["status"] == "active" else ()},
 }
 
 

@@ -139,7 +139,7 @@ def test_proof_of_address_yes_no_with_consent_refused_after_revocation(
     assert r.status_code == 201, r.text
     r = ask(ADDRESS)
     assert r.status_code == 200, r.text
-    assert set(r.json()) == {"result", "receipt"} and r.json()["result"] is True
+    assert set(r.json()) == {"result", "receipt", "charged_cents"} and r.json()["result"] is True
     assert ask("1 other street").json()["result"] is False
 
     # the bank cannot forge the citizen's consent, nor its revocation

@@ -386,7 +386,7 @@ def test_proof_of_address_the_bank_learns_one_bit_then_is_refused(
     assert before.value.body["status"] == 403 and before.value.code == "no_consent"
     granted = _grant(system, citizen, entities.consumer, dataset, "proof-of-address")
     answer = ask(ADDRESS)
-    assert set(answer) == {"result", "receipt"} and answer["result"] is True
+    assert set(answer) == {"result", "receipt", "charged_cents"} and answer["result"] is True
     assert answer["receipt"]["block_height"] > granted["receipt"]["block_height"]
     assert ask(WRONG_ADDRESS)["result"] is False
 

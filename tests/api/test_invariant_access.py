@@ -569,7 +569,7 @@ class AccessMachine(RuleBasedStateMachine):
             assert int(line["access"]) == int(found.group(1))
         else:
             assert r.status_code == 200, r.text
-            assert set(r.json()) == {"result", "receipt"}, r.text
+            assert set(r.json()) == {"result", "receipt", "charged_cents"}, r.text
             line = self._log_line(consumer, r.json()["receipt"]["tx_id"])
         height, now_ms = int(line["height"]), _ms(line["time"])
         expected = self.model.granted(consumer, dataset, purpose, (subject,), height, now_ms)

@@ -94,6 +94,10 @@ GET    /v1/dpo/ledger-verification                   403   403  403  403  403   
 GET    /v1/dpo/records-of-processing                 403   403  403  403  403   ok  403   401
 GET    /v1/dpo/outbox                                403   403  403  403  403   ok  403   401
 POST   /v1/dpo/outbox/{fact_id}/retry                403   403  403  403  403   404 403   401
+PUT    /v1/datasets/{dataset_id}/prices/{mode}       ok    404  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/prices              ok    ok   ok   ok   ok    ok  ok    401
+POST   /v1/credits                                   403   403  403  403  403   ok  403   401
+GET    /v1/members/{public_key}/statement            403   403  ok   403  403   ok  403   401
 """
 
 
@@ -453,6 +457,22 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/dpo/outbox"): lambda w, who: _keyed(w, who),
     # Nothing is refused in this world: the DPO passes the role check and gets 404.
     ("POST", "/v1/dpo/outbox/{fact_id}/retry"): lambda w, who: _keyed(w, who, fact_id=1),
+    # paid access: a price of 0 leaves the world's accesses free; a statement is the consumer's
+    ("PUT", "/v1/datasets/{dataset_id}/prices/{mode}"): lambda w, who: Call(
+        params={"dataset_id": w.dataset, "mode": "projection"},
+        headers=w.headers(who),
+        json={"price_cents": 0},
+    ),
+    ("GET", "/v1/datasets/{dataset_id}/prices"): lambda w, who: _keyed(
+        w, who, dataset_id=w.dataset
+    ),
+    ("POST", "/v1/credits"): lambda w, who: Call(
+        headers=w.headers(who),
+        json={"member": w.env.consumer.id, "amount_cents": 1, "reference": uuid.uuid4().hex},
+    ),
+    ("GET", "/v1/members/{public_key}/statement"): lambda w, who: _keyed(
+        w, who, public_key=w.env.consumer.id
+    ),
 }
 
 

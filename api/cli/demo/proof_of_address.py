@@ -47,7 +47,7 @@ def _the_bank_asks(stage: Stage, bank: Party, citizen: Party, dataset: str, addr
     with stage.doing("the bank asking with Alice's consent"):
         out = ask(address)
     stage.check(
-        set(out) == {"result", "receipt"} and out["result"] is True,
+        set(out) == {"result", "receipt", "charged_cents"} and out["result"] is True,
         f"the bank should learn exactly yes, it got {sorted(out)}",
     )
     stage.tell(

@@ -14,6 +14,10 @@ each form may reach is the contracts' decision too (docs/CONTRACTS.md "Disclosur
 access transaction carries exactly the fields or the predicate asked, a subject is granted
 only if their consent covers that form, and the vault delivers exactly that form: whole
 records only to an access that asked for whole records and was granted them.
+
+Paid access: a dataset may price each mode (routes/fees.py). The consumer names the price it
+agrees to (`price_cents`) and the contracts charge it in the access transaction itself, only
+if the access granted someone; the answer says what was charged (`charged_cents`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from api.http.schemas import (
 )
 from api.services.gateway import LedgerGateway
 from api.services.identity import ledger_identity
+from ledger_bridge.contracts import bodies
 from vault import disclosure, reads
 from vault.keys import KeyStore
 
@@ -75,6 +80,11 @@ class AccessIn(StrictIn):
     predicate: PredicateIn | None = Field(
         default=None, description="a yes/no question about exactly one subject"
     )
+    price_cents: Annotated[int, Field(ge=0, le=bodies.PRICE_CENTS_MAX)] | None = Field(
+        default=None,
+        description="the price in euro cents you agree to pay, exactly the dataset's for this "
+        "mode (GET /v1/datasets/{dataset_id}/prices); none for a free mode",
+    )
 
 
 class AccessRecord(BaseModel):
@@ -92,12 +102,14 @@ class AccessAnswer(BaseModel):
     receipt: LedgerReceipt
     granted: list[str]
     denied: list[list[str]] = Field(description="[subject, reason] for named subjects refused")
+    charged_cents: int = Field(description="what the access cost you (0: free, or nobody granted)")
     records: list[AccessRecord]
 
 
 class PredicateAnswer(BaseModel):
     result: bool
     receipt: LedgerReceipt
+    charged_cents: int = Field(description="what the answer cost you (0: free)")
 
 
 class AccessRefused(ApiError):
@@ -148,6 +160,8 @@ def _decide(
             "op": body.predicate.op,
             "commitment": commitment,
         }
+    if body.price_cents is not None:
+        tx_body["price_cents"] = body.price_cents
     answer = ledger.act("access.request", tx_body)
     return answer.result, LedgerReceipt(**answer.receipt.as_dict())
 
@@ -251,12 +265,17 @@ def access(
             )
             if str(r.upload_id) in uploads
         )
-        return PredicateAnswer(result=disclosure.evaluate(payloads, predicate), receipt=receipt)
+        return PredicateAnswer(
+            result=disclosure.evaluate(payloads, predicate),
+            receipt=receipt,
+            charged_cents=result["charged_cents"],
+        )
     head = AccessAnswer(
         access=result["access"],
         receipt=receipt,
         granted=granted,
         denied=result["denied"],
+        charged_cents=result["charged_cents"],
         records=[],
     )
     if "application/x-ndjson" in request.headers.get("accept", ""):

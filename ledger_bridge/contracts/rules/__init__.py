@@ -57,6 +57,7 @@ from ledger_bridge.contracts.rules.erasure import (
     forget,
     retention_expire,
 )
+from ledger_bridge.contracts.rules.fees import credit_deposit, price_set
 from ledger_bridge.contracts.rules.governance import (
     ACTIONS,
     VOTING_MAX_MS,
@@ -123,6 +124,9 @@ HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "offer.publish": offer_publish,
     "token.redeem": token_redeem,
     "coupon.spend": coupon_spend,
+    # paid access
+    "price.set": price_set,
+    "credit.deposit": credit_deposit,
 }
 
 

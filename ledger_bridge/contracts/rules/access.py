@@ -1,7 +1,9 @@
 """Access: a consumer (or the vault on its behalf) asks for a dataset's records for a purpose,
 about named subjects or (an open request) every subject who consented. Three steps, each its
-own function: `_parse` reads and checks the request (refusing it whole), `_decide` grants or
-denies each subject, `_record` writes the access to the log and answers.
+own function: `_parse` reads and checks the request (refusing it whole, a price the consumer
+did not agree to or cannot pay too), `_decide` grants or denies each subject, `_record` writes
+the access to the log, charges its price if it granted anyone (rules.fees: no answer without
+payment, no payment without an answer) and answers.
 
 An access reads consents and erasures as they stood at the end of the previous block
 (`consent.version_at`, `erased_before`): the primary orders the transactions inside a block,
@@ -16,6 +18,7 @@ from typing import Any
 
 from ledger_bridge.contracts import disclosure
 from ledger_bridge.contracts.bodies import UPLOADS_MAX
+from ledger_bridge.contracts.rules import fees
 from ledger_bridge.contracts.rules.common import (
     Ctx,
     Reject,
@@ -38,6 +41,8 @@ class Request:
     subjects: list[str] | None  # None: an open request
     terms: dict[str, Any]  # the purpose's declaration (disclosure.terms)
     ask: disclosure.Ask
+    provider: bytes  # the dataset's owner, paid for the answer
+    price_cents: int  # what the answer costs (0: free), as the consumer agreed
 
     def scopes(self) -> tuple[str, str]:
         """The two scopes a consent to this access may have been given in."""
@@ -68,7 +73,18 @@ def _parse(c: Ctx) -> Request:
     ask = _ask(body, terms, purpose)
     if subjects is not None:
         _named_are_members(c, subjects)
-    return Request(consumer, dataset_id, dataset["category"], purpose, subjects, terms, ask)
+    price = fees.price_due(c, consumer, dataset_id, ask.mode, body.get("price_cents"))
+    return Request(
+        consumer,
+        dataset_id,
+        dataset["category"],
+        purpose,
+        subjects,
+        terms,
+        ask,
+        dataset["owner"],
+        price,
+    )
 
 
 def _decide(c: Ctx, request: Request) -> tuple[list[str], list[list[str]]]:
@@ -120,6 +136,16 @@ def _record(
         },
     )
     # the access log by subject and by consumer is the state's index over this entry's value
+    charged = 0
+    if granted and request.price_cents:
+        charged = fees.charge(
+            c,
+            request.consumer,
+            request.provider,
+            request.dataset_id,
+            access_id,
+            request.price_cents,
+        )
     return {
         "ok": True,
         "access": access_id,
@@ -127,6 +153,7 @@ def _record(
         "denied": denied,
         "uploads": uploads,
         "as_of": c.now,
+        "charged_cents": charged,
     }
 
 

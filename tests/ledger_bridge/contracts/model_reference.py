@@ -251,6 +251,7 @@ class Reference:
             "denied": denied if subjects is not None else [],
             "uploads": self.live_uploads(dataset),
             "as_of": self.now,
+            "charged_cents": 0,  # the model's datasets have no price (test_fees.py prices)
         }
 
     def live_uploads(self, dataset: str) -> list[str]:
