@@ -16,6 +16,7 @@ import pytest
 from api.http.openapi import openapi_document
 from api.http.signed import SELF_SIGNED
 from ledger_bridge.contracts import bodies
+from ledger_bridge.contracts.vocabulary import ROLES
 from tests.api.ledger_env import LedgerEnv, Wallet
 
 SUBMIT = {
@@ -90,7 +91,7 @@ BROKEN: list[tuple[str, dict[str, Any], str]] = [
     (
         "member.register",
         {"role": "queen", "college": "providers"},
-        "body.role: must be one of provider, consumer, subject, dpo, validator, vault",
+        "body.role: must be one of " + ", ".join(ROLES),
     ),
     (
         "consent.grant",
