@@ -72,6 +72,16 @@ class LedgerRefused(ApiError):
         "not_found": 404,
         "unknown_subject": 404,  # an access names a key that is no member (or was forgotten)
         "internal": 502,
+        # eco-citizen tokens (duplicate_event, insufficient_tokens, coupon_spent: 409)
+        "device_unknown": 404,
+        "device_pending": 403,
+        "device_suspended": 403,
+        "bad_device_signature": 403,
+        "unknown_rule": 404,
+        "rule_not_for_device": 403,
+        "unknown_member": 404,
+        "unknown_coupon": 404,
+        "not_your_coupon": 403,
     }
 
     def __init__(self, code: str, message: str) -> None:
