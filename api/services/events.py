@@ -12,6 +12,10 @@ Why this order (signatures, upload, reward, withdraw on refusal):
   dropped, exactly as the DPO's withdrawal of an upload, so nothing personal stays for an
   event that earned nothing.
 
+The API's own refusals are the contract's, run early with its codes (`bad_device_signature`
+403, `duplicate_event` 409, `device_unknown` 404, `invalid` 422): a client branches on one
+code whichever side refused.
+
 Records are keyed by the event: the record id is derived from (device, event id), so the
 same event sent twice is one record, and a request whose events are all stored already (a
 replay of a rewarded batch) is refused before anything is written.
@@ -32,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.http.errors import ApiError
 from api.services.gateway import LedgerGateway, LedgerRefused
 from ledger_bridge.contracts import bodies, events
 from vault.erasure import Eraser
@@ -50,17 +53,6 @@ DETAIL_FIELDS = frozenset(
     {"event", "device", "rule", "at", "district", "week", "km", "litres", "euros", "salt"}
 )
 _RECORD_ID_DOMAIN = b"civis-vault/event-record/v1"
-
-
-class EventRefused(ApiError):
-    """A refusal of the API's own checks, with the contract's code for the same reason, so a
-    client branches on one code whichever side refused (`detail` opens with it)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.title = "Event refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,43 +79,41 @@ def check_claims(chain_id: str, device_hex: str, items: list[dict[str, Any]]) ->
     batch is answered 403 and nothing else is looked at."""
     for i, item in enumerate(items):
         if item["device"] != device_hex:
-            raise EventRefused(403, "bad_device_signature", f"events[{i}] is another device's")
+            raise LedgerRefused("bad_device_signature", f"events[{i}] is another device's")
         if not events.verify_claim(chain_id, item):
-            raise EventRefused(
-                403, "bad_device_signature", f"events[{i}]: the device signature does not verify"
+            raise LedgerRefused(
+                "bad_device_signature", f"events[{i}]: the device signature does not verify"
             )
     seen: set[str] = set()
     for i, item in enumerate(items):
         _check_detail(i, item)
         if item["event"] in seen:
-            raise EventRefused(409, "duplicate_event", f"events[{i}] repeats an event id")
+            raise LedgerRefused("duplicate_event", f"events[{i}] repeats an event id")
         seen.add(item["event"])
 
 
 def _check_detail(i: int, item: dict[str, Any]) -> None:
     detail = item["detail"]
     if set(detail) != DETAIL_FIELDS:
-        raise EventRefused(
-            422, "invalid", f"events[{i}].detail holds exactly {', '.join(sorted(DETAIL_FIELDS))}"
+        raise LedgerRefused(
+            "invalid", f"events[{i}].detail holds exactly {', '.join(sorted(DETAIL_FIELDS))}"
         )
     salt = detail["salt"]
     if not isinstance(salt, str) or len(salt) != 2 * events.SALT_BYTES:
-        raise EventRefused(422, "invalid", f"events[{i}].detail.salt is 16 bytes in hex")
+        raise LedgerRefused("invalid", f"events[{i}].detail.salt is 16 bytes in hex")
     try:
         salt_bytes = bytes.fromhex(salt)
     except ValueError:
-        raise EventRefused(422, "invalid", f"events[{i}].detail.salt is hex") from None
+        raise LedgerRefused("invalid", f"events[{i}].detail.salt is hex") from None
     for name in ("event", "device", "rule"):
         if detail[name] != item[name]:
-            raise EventRefused(422, "invalid", f"events[{i}].detail.{name} differs from the claim")
+            raise LedgerRefused("invalid", f"events[{i}].detail.{name} differs from the claim")
     try:
         expected = events.commitment(detail, salt_bytes)
     except (TypeError, ValueError):
-        raise EventRefused(422, "invalid", f"events[{i}].detail is not plain JSON") from None
+        raise LedgerRefused("invalid", f"events[{i}].detail is not plain JSON") from None
     if expected.hex() != item["commitment"]:
-        raise EventRefused(
-            422, "invalid", f"events[{i}].commitment does not match its detail and salt"
-        )
+        raise LedgerRefused("invalid", f"events[{i}].commitment does not match its detail and salt")
 
 
 def reward_body(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,7 +152,7 @@ class EventIngestion:
         body = reward_body(items)
         found = self._ledger.query("device", device=bytes.fromhex(device_hex))["result"]
         if found is None:
-            raise EventRefused(404, "device_unknown", "no device is registered with this key")
+            raise LedgerRefused("device_unknown", "no device is registered with this key")
         dataset_id = uuid.UUID(str(found["dataset"]))
         device = bytes.fromhex(device_hex)
         records = [
@@ -203,8 +193,8 @@ class EventIngestion:
             if stored:
                 what = "every event of this batch is" if len(stored) == len(ids) else "an event is"
                 first = next(i for i, r in enumerate(records) if r.record_id in stored)
-                raise EventRefused(
-                    409, "duplicate_event", f"events[{first}]: {what} stored and rewarded already"
+                raise LedgerRefused(
+                    "duplicate_event", f"events[{first}]: {what} stored and rewarded already"
                 )
             result = self._uploader.upload(session, dataset_id, records)
         return result.upload_id

@@ -11,14 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from api.client.coupons import signing_message
-from api.http.errors import ApiError
-from api.services.gateway import LedgerAnswer, LedgerGateway
+from api.services.gateway import LedgerAnswer, LedgerGateway, LedgerRefused
 from ledger_bridge.crypto import SigningKey
-
-
-class CouponNotIssued(ApiError):
-    status = 502
-    title = "Coupon not found after its redemption"
 
 
 def issued_coupon(ledger: LedgerGateway, coupon: bytes, answer: LedgerAnswer) -> dict[str, Any]:
@@ -30,7 +24,7 @@ def issued_coupon(ledger: LedgerGateway, coupon: bytes, answer: LedgerAnswer) ->
     if found is None:
         found = ledger.query("coupon", coupon=coupon)["result"]
     if found is None:
-        raise CouponNotIssued("the redemption committed but its coupon cannot be read")
+        raise LedgerRefused("internal", "the redemption committed but its coupon cannot be read")
     offer, price = str(found["offer"]), int(found["price_mtok"])
     height = int(found.get("height", answer.receipt.block_height))
     return {

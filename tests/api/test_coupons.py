@@ -15,7 +15,8 @@ import pytest
 
 from api.client import coupons
 from api.client.devices import Device, iso_week
-from api.services.events import EventRefused, check_claims
+from api.services.events import check_claims
+from api.services.gateway import LedgerRefused
 from ledger_bridge.contracts import events
 from ledger_bridge.crypto import SigningKey
 
@@ -109,20 +110,20 @@ def test_simulated_claims_verify_and_a_swapped_detail_is_refused() -> None:
     assert events.verify_claim(CHAIN, item)
     check_claims(CHAIN, device.id, [item])  # raises nothing
 
-    with pytest.raises(EventRefused) as forged:
+    with pytest.raises(LedgerRefused) as forged:
         check_claims(CHAIN, device.id, [{**item, "quantity_milli": 53_000}])
     assert forged.value.status == 403 and forged.value.code == "bad_device_signature"
-    with pytest.raises(EventRefused) as other_chain:
+    with pytest.raises(LedgerRefused) as other_chain:
         check_claims("another-chain", device.id, [item])
     assert other_chain.value.code == "bad_device_signature"
 
     swapped = {**item, "detail": {**item["detail"], "district": "elsewhere"}}
-    with pytest.raises(EventRefused) as detail:
+    with pytest.raises(LedgerRefused) as detail:
         check_claims(CHAIN, device.id, [swapped])
     assert detail.value.status == 422 and "commitment" in detail.value.detail
     extra = {**item, "detail": {**item["detail"], "name": "Alice"}}
-    with pytest.raises(EventRefused, match="holds exactly"):
+    with pytest.raises(LedgerRefused, match="holds exactly"):
         check_claims(CHAIN, device.id, [extra])
-    with pytest.raises(EventRefused) as twice:
+    with pytest.raises(LedgerRefused) as twice:
         check_claims(CHAIN, device.id, [item, item])
     assert twice.value.code == "duplicate_event"

@@ -12,6 +12,7 @@ overdraft, a second spend and two concurrent spends of one coupon are refused.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -124,7 +125,10 @@ def _earn(eco: Eco, citizen: Wallet, mtok: int) -> None:
 # -- attacks ----------------------------------------------------------------------------------
 
 
-def test_a_forged_device_signature_stores_nothing_and_reaches_no_replica(eco: Eco) -> None:
+def test_a_forged_device_signature_stores_nothing_and_reaches_no_replica(
+    eco: Eco, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     env, citizen = eco.env, register_subject(eco.env)
     honest = _ride(eco, citizen, 5300)
     forged = {**honest, "quantity_milli": 53_000}  # the signature covered 5300
@@ -137,6 +141,8 @@ def test_a_forged_device_signature_stores_nothing_and_reaches_no_replica(eco: Ec
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["detail"].startswith("bad_device_signature")
         assert "53000" not in r.text and honest["detail"]["salt"] not in r.text
+    # the body is never logged: neither the subject nor the detail
+    assert citizen.id not in caplog.text and honest["detail"]["salt"] not in caplog.text
     assert _uploads(eco) == before  # nothing in the vault
     assert _balance(eco, citizen) == 0  # nothing credited
     # nothing on the ledger: the honest event was never recorded, so it is rewarded now
