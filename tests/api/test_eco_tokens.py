@@ -207,6 +207,13 @@ def test_transfer_and_overdraft(eco: Eco) -> None:
         api(env).transfer(alice.key, to=Wallet().id, amount_mtok=1)
     assert unknown.value.code == "unknown_member"
     assert (_balance(eco, alice), _balance(eco, bob)) == (1800, 1200)
+    holder = env.headers("subject", alice)["Authorization"].split()[1]
+    statement = CivisClient(http=env.client, api_key=holder).token_statement(alice.id)["result"]
+    assert [(e["kind"], e["mtok"]) for e in statement["entries"]] == [
+        ("minted", 3000),
+        ("sent", 1200),
+    ]
+    assert statement["totals"]["balance"] == 1800
     # a balance is its holder's (or the DPO's) to read
     r = env.client.get(f"/v1/accounts/{alice.id}", headers=env.headers("subject", bob))
     assert r.status_code == 403
