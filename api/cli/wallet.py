@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import httpx
 
+from api.client import coupons
 from api.client.wallet import (
     CERTIFICATE_BYTES_MAX,
     Wallet,
@@ -73,6 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kept.add_argument("--generation", type=int, help="the erased generation (default: latest)")
     kept.set_defaults(func=_receipt)
     receipts.add_verify_command(actions)  # verify-erasure: ledger_bridge/receipts.py
+    _add_coupon_command(actions)
 
 
 def _report(name: str, run: Callable[[], dict[str, Any]]) -> int:
@@ -179,3 +181,73 @@ def _receipt(args: argparse.Namespace) -> int:
     return _report(
         "receipt", lambda: Wallet.open(args.key).kept_erasure(args.dataset, args.generation)
     )
+
+
+def _add_coupon_command(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    coupon = actions.add_parser(
+        "coupon",
+        help="check a coupon's code (and its QR payload's signature); write its QR as SVG",
+    )
+    shown = coupon.add_mutually_exclusive_group(required=True)
+    shown.add_argument("--code", help="the printable code, CV1-…")
+    shown.add_argument("--qr", help="the QR payload, <code>.<offer>.<height>.<signature>")
+    coupon.add_argument("--issuer", help="the operations key (hex) that must have signed it")
+    coupon.add_argument("--chain-id", help="the cooperative's chain id (with --issuer)")
+    coupon.add_argument("--price-mtok", type=int, help="the offer's price (with --issuer)")
+    coupon.add_argument("--svg", type=Path, help="write the QR code here (needs segno)")
+    coupon.set_defaults(func=_coupon)
+
+
+def _coupon(args: argparse.Namespace) -> int:
+    """Print what a code or QR payload holds, after checking it: the code's check bytes, and
+    with --issuer the cooperative's signature (offline, as a partner's scanner does)."""
+
+    def run() -> dict[str, Any]:
+        try:
+            out = _coupon_facts(args)
+        except coupons.CouponError as exc:
+            raise WalletError(str(exc)) from None
+        if args.svg is not None:
+            out["svg"] = _write_qr(args.svg, args.qr or args.code)
+        return out
+
+    return _report("coupon", run)
+
+
+def _coupon_facts(args: argparse.Namespace) -> dict[str, Any]:
+    if args.code is not None:
+        secret = coupons.decode_code(args.code)
+        return {"code": coupons.encode_code(secret), "coupon": coupons.coupon_id(secret).hex()}
+    if args.issuer is None:
+        qr = coupons.decode_qr(args.qr)
+        verified = False
+    else:
+        if args.chain_id is None or args.price_mtok is None:
+            raise WalletError("--issuer needs --chain-id and --price-mtok")
+        try:
+            issuer = bytes.fromhex(args.issuer)
+        except ValueError:
+            raise WalletError("--issuer is not hexadecimal") from None
+        qr = coupons.verify_qr(
+            args.qr, chain_id=args.chain_id, issuer=issuer, price_mtok=args.price_mtok
+        )
+        verified = True
+    return {
+        "code": qr.code,
+        "coupon": qr.coupon.hex(),
+        "offer": qr.offer,
+        "height": qr.height,
+        "signature_verified": verified,
+    }
+
+
+def _write_qr(path: Path, payload: str) -> str | None:
+    """The QR code as SVG when segno is installed (an optional dependency); None otherwise,
+    and the code printed alone does the job at a till."""
+    try:
+        import segno  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        print("civis-vault wallet coupon: segno is not installed, no SVG written", file=sys.stderr)
+        return None
+    segno.make(payload, error="m").save(str(path), kind="svg")
+    return str(path)

@@ -26,6 +26,8 @@ from typing import Any, BinaryIO, Literal, cast
 
 import httpx
 
+from api.client import coupons
+from api.client.devices import EventsAnswer
 from api.client.errors import (
     AnchorRefused,
     AnchorTimeout,
@@ -73,7 +75,7 @@ MEDIA_TYPES = {
 # (bytes sent so far, total bytes when known): called after each chunk leaves.
 Progress = Callable[[int, int | None], None]
 UploadSource = bytes | str | os.PathLike[str] | BinaryIO | Iterable[bytes]
-Role = Literal["provider", "consumer", "subject"]
+Role = Literal["provider", "consumer", "subject", "partner"]
 College = Literal["providers", "services", "citizens"]
 
 
@@ -581,6 +583,84 @@ class CivisClient:
             "/v1/dpo/outbox", cursor="after", next_key="next_after", state=state
         ):
             yield from page["facts"]
+
+    # -- eco-citizen tokens: devices, events, balances, offers, coupons ----------------------
+
+    def register_device(
+        self, key: SigningKey, *, device: str, kind: str, dataset: str, district: str
+    ) -> LedgerWrite:
+        """`device.register` signed by the provider operating it (owner of `dataset`): the
+        device is pending until governance admits it (`admit_device`)."""
+        body = {"device": device, "kind": kind, "dataset": dataset, "district": district}
+        return cast(LedgerWrite, self.submit("/v1/devices", key, "device.register", body))
+
+    def device(self, device: str) -> LedgerQuery:
+        return cast(LedgerQuery, self._get(f"/v1/devices/{device}"))
+
+    def send_events(self, device: str, events: list[dict[str, Any]]) -> EventsAnswer:
+        """Events a device signed (`api.client.devices.Device.event`), at most 256 a call:
+        their details go to the vault, their rewards to the subjects. No API key needed."""
+        path = f"/v1/devices/{device}/events"
+        return cast(EventsAnswer, self._post(path, {"events": events}))
+
+    def reward_rules(self) -> LedgerQuery:
+        return cast(LedgerQuery, self._get("/v1/reward-rules"))
+
+    def balance(self, account: str) -> LedgerQuery:
+        """`result`: {mtok, lots}; the holder's own API key or the DPO's."""
+        return cast(LedgerQuery, self._get(f"/v1/accounts/{account}"))
+
+    def token_statement(
+        self, account: str, *, after: int | None = None, limit: int | None = None
+    ) -> LedgerQuery:
+        path = f"/v1/accounts/{account}/statement"
+        return cast(LedgerQuery, self._get(path, after=after, limit=limit))
+
+    def transfer(self, key: SigningKey, *, to: str, amount_mtok: int) -> LedgerWrite:
+        """`token.transfer` signed by the holder; `Conflict` (`insufficient_tokens`) beyond
+        the balance."""
+        body = {"to": to, "amount_mtok": amount_mtok}
+        return cast(LedgerWrite, self.submit("/v1/transfers", key, "token.transfer", body))
+
+    def publish_offer(
+        self,
+        key: SigningKey,
+        *,
+        offer: str,
+        title: str,
+        category: str,
+        price_mtok: int,
+        active: bool = True,
+    ) -> LedgerWrite:
+        """`offer.publish` signed by an active partner (again to change or retire it)."""
+        body = {
+            "offer": offer,
+            "title": title,
+            "category": category,
+            "price_mtok": price_mtok,
+            "active": active,
+        }
+        return cast(LedgerWrite, self.submit("/v1/offers", key, "offer.publish", body))
+
+    def offers(self, *, partner: str | None = None) -> LedgerQuery:
+        return cast(LedgerQuery, self._get("/v1/offers", partner=partner))
+
+    def redeem(
+        self, key: SigningKey, *, offer: str, secret: bytes | None = None
+    ) -> coupons.Redemption:
+        """`token.redeem` signed by the holder: a fresh secret (or `secret`), only its hash
+        sent. The answer holds the printable code and the QR payload; the code IS the secret,
+        so whoever holds it can spend the coupon once."""
+        secret = secret if secret is not None else coupons.new_secret()
+        body = {"offer": offer, "coupon": coupons.coupon_id(secret).hex()}
+        answer = self.submit("/v1/redemptions", key, "token.redeem", body)
+        return coupons.redemption(coupons.encode_code(secret), answer)
+
+    def spend_coupon(self, key: SigningKey, code: str) -> LedgerWrite:
+        """`coupon.spend` signed by the offer's partner with the code's secret; `Conflict`
+        (`coupon_spent`) the second time. A mistyped code raises `CouponError` locally."""
+        body = {"secret": coupons.decode_code(code).hex()}
+        return cast(LedgerWrite, self.submit("/v1/coupons/spend", key, "coupon.spend", body))
 
     # -- ledger and health ----------------------------------------------------------------
 

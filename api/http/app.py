@@ -12,7 +12,17 @@ from prometheus_client import CollectorRegistry
 from api.http import errors
 from api.http.admission import UploadSlots
 from api.http.middleware import BodyLimit, Metrics, bound_access_log
-from api.http.routes import access, consents, datasets, discovery, erasures, health, subjects
+from api.http.routes import (
+    access,
+    consents,
+    datasets,
+    devices,
+    discovery,
+    erasures,
+    health,
+    subjects,
+    tokens,
+)
 from api.http.routes import dpo as dpo_routes
 from api.http.routes import fees as fee_routes
 from api.http.routes import ledger as ledger_routes
@@ -65,6 +75,8 @@ def create_app(
     app.include_router(erasures.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
+    app.include_router(devices.router)
+    app.include_router(tokens.router)
     app.include_router(dpo_routes.page_router)
     app.add_middleware(
         BodyLimit,

@@ -33,6 +33,13 @@ SELF_SIGNED = (
     "erasure.request",
     "governance.propose",
     "governance.vote",
+    # eco-citizen tokens: a provider registers its devices, a holder moves its own tokens,
+    # a partner publishes its offers and spends the coupons shown to it
+    "device.register",
+    "token.transfer",
+    "token.redeem",
+    "offer.publish",
+    "coupon.spend",
 )
 DRAFT_TTL_MAX_S = tx.TTL_MAX_MS // 1000
 

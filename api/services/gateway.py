@@ -71,7 +71,8 @@ class LedgerRefused(ApiError):
         "exceeds_purpose": 403,  # asks more than the purpose's declaration allows
         "not_found": 404,
         "unknown_subject": 404,  # an access names a key that is no member (or was forgotten)
-        # eco-citizen tokens (docs/CONTRACTS.md "Eco-citizen tokens"); the rest are 409
+        # eco-citizen tokens (docs/CONTRACTS.md "Eco-citizen tokens"); the rest, such as
+        # duplicate_event, insufficient_tokens and coupon_spent, are 409
         "device_unknown": 404,
         "device_pending": 403,
         "device_suspended": 403,
@@ -91,7 +92,7 @@ class LedgerRefused(ApiError):
     }
 
     def __init__(self, code: str, message: str) -> None:
-        # Contract messages name fields and codes, never values (the contracts' rules guarantee it).
+        # Contract messages name fields and codes, never values (the contracts guarantee it).
         # Refusals that depend on the cooperative's state (a purpose not approved, a duplicate,
         # a closed vote) are 409: the same request may succeed once that state changes.
         super().__init__(f"{code}: {message}")

@@ -26,6 +26,11 @@ SUBMIT = {
     "erasure.request": "/v1/erasure-requests",
     "governance.propose": "/v1/governance/proposals",
     "governance.vote": "/v1/governance/proposals/{proposal}/votes",
+    "device.register": "/v1/devices",
+    "token.transfer": "/v1/transfers",
+    "token.redeem": "/v1/redemptions",
+    "offer.publish": "/v1/offers",
+    "coupon.spend": "/v1/coupons/spend",
 }
 STRUCTURAL = ("invalid", "malformed")
 

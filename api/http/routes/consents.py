@@ -96,13 +96,48 @@ class GovernanceVoteDraft(_Draft):
     body: Annotated[dict[str, Any], TxBody("governance.vote")]
 
 
+class DeviceRegisterDraft(_Draft):
+    model_config = _example("device.register")
+    type: Literal["device.register"]
+    body: Annotated[dict[str, Any], TxBody("device.register")]
+
+
+class TokenTransferDraft(_Draft):
+    model_config = _example("token.transfer")
+    type: Literal["token.transfer"]
+    body: Annotated[dict[str, Any], TxBody("token.transfer")]
+
+
+class TokenRedeemDraft(_Draft):
+    model_config = _example("token.redeem")
+    type: Literal["token.redeem"]
+    body: Annotated[dict[str, Any], TxBody("token.redeem")]
+
+
+class OfferPublishDraft(_Draft):
+    model_config = _example("offer.publish")
+    type: Literal["offer.publish"]
+    body: Annotated[dict[str, Any], TxBody("offer.publish")]
+
+
+class CouponSpendDraft(_Draft):
+    model_config = _example("coupon.spend")
+    type: Literal["coupon.spend"]
+    body: Annotated[dict[str, Any], TxBody("coupon.spend")]
+
+
 DraftIn = Annotated[
     MemberRegisterDraft
     | ConsentGrantDraft
     | ConsentRevokeDraft
     | ErasureRequestDraft
     | GovernanceProposeDraft
-    | GovernanceVoteDraft,
+    | GovernanceVoteDraft
+    | DeviceRegisterDraft
+    | TokenTransferDraft
+    | TokenRedeemDraft
+    | OfferPublishDraft
+    | CouponSpendDraft,
     Field(discriminator="type"),
 ]
 

@@ -1,0 +1,296 @@
+"""Eco-citizen tokens over the API, decided by the contracts on four replicas.
+
+A provider operates certified devices (admitted by governance); the devices send signed
+events; the details go to the vault, the rewards to the subjects' balances; a partner
+publishes an offer; a citizen redeems tokens for a coupon the cooperative signs; the partner
+spends it once.
+
+Attacks first: a forged device signature stores nothing and reaches no replica; a replayed
+batch stores nothing new; a suspended device's events leave no readable record; an
+overdraft, a second spend and two concurrent spends of one coupon are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from api.client import CivisClient, Conflict, Forbidden, NotFound, coupons
+from api.client.devices import Device
+from api.services.events import record_id
+from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
+from tests.api.test_consented_access import register_subject, vote_through
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def api(env: LedgerEnv) -> CivisClient:
+    return CivisClient(http=env.client)
+
+
+def decide(env: LedgerEnv, action: dict[str, Any]) -> None:
+    out = api(env).propose(env.dpo.key, action, voting_for_ms=DAY_MS)
+    vote_through(env, int(out["result"]["proposal"]))
+
+
+@dataclass
+class Eco:
+    env: LedgerEnv
+    dataset: str
+    provider_headers: dict[str, str]
+    device: Device
+    suspended: Device
+    partner: Wallet
+    offer: str
+
+
+def _device(env: LedgerEnv, dataset: str) -> Device:
+    device = Device(env.chain_id, "centre")
+    out = api(env).register_device(
+        env.provider.key, device=device.id, kind="bike_reader", dataset=dataset, district="centre"
+    )
+    assert out["result"]["status"] == "pending", out
+    decide(env, {"kind": "admit_device", "device": device.id})
+    return device
+
+
+@pytest.fixture(scope="module")
+def eco(ledger_env: LedgerEnv) -> Eco:
+    env = ledger_env
+    headers = env.headers("provider", env.provider)
+    r = env.client.post(
+        "/v1/datasets",
+        headers=headers,
+        json={
+            "name": f"bike-counts-{time.monotonic_ns()}",
+            "category": "mobility",
+            "purposes": ["impact-statistics"],
+            "retention_days": 365,
+            "legal_basis": "consent",
+        },
+    )
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
+    device, suspended = _device(env, dataset), _device(env, dataset)
+    decide(env, {"kind": "suspend_device", "device": suspended.id})
+    rule = {
+        "kind": "set_reward_rule",
+        "rule": "cycling",
+        "unit": "km",
+        "rate_mtok": 1000,
+        "device_kinds": ["bike_reader"],
+        "cap_mtok_per_day": 0,
+    }
+    decide(env, rule)
+    partner = Wallet()
+    assert api(env).register(partner.key, "partner", "providers")["result"]["status"] == "pending"
+    decide(env, {"kind": "admit_member", "member": partner.id})
+    offer = f"bakery-{uuid.uuid4().hex[:8]}"
+    api(env).publish_offer(
+        partner.key, offer=offer, title="5 % off bread", category="food", price_mtok=2000
+    )
+    return Eco(env, dataset, headers, device, suspended, partner, offer)
+
+
+def _uploads(eco: Eco) -> list[dict[str, Any]]:
+    r = eco.env.client.get(f"/v1/datasets/{eco.dataset}/uploads", headers=eco.provider_headers)
+    assert r.status_code == 200, r.text
+    out: list[dict[str, Any]] = r.json()
+    return out
+
+
+def _balance(eco: Eco, citizen: Wallet) -> int:
+    headers = eco.env.headers("subject", citizen)
+    mine = CivisClient(http=eco.env.client, api_key=headers["Authorization"].split()[1])
+    return int(mine.balance(citizen.id)["result"]["mtok"])
+
+
+def _ride(eco: Eco, citizen: Wallet, km_milli: int, device: Device | None = None) -> dict[str, Any]:
+    return (device or eco.device).event(
+        subject=citizen.id, rule="cycling", unit="km", quantity_milli=km_milli
+    )
+
+
+def _earn(eco: Eco, citizen: Wallet, mtok: int) -> None:
+    out = api(eco.env).send_events(eco.device.id, [_ride(eco, citizen, mtok)])
+    assert out["credited"] == [[citizen.id, mtok]], out
+
+
+# -- attacks ----------------------------------------------------------------------------------
+
+
+def test_a_forged_device_signature_stores_nothing_and_reaches_no_replica(
+    eco: Eco, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    env, citizen = eco.env, register_subject(eco.env)
+    honest = _ride(eco, citizen, 5300)
+    forged = {**honest, "quantity_milli": 53_000}  # the signature covered 5300
+    impostor = Device(env.chain_id, "centre")  # signs with its own key, claims to be the device
+    stolen = {**_ride(eco, citizen, 5300, impostor), "device": eco.device.id}
+    before = _uploads(eco)
+    for bad in ([forged], [honest, forged], [stolen]):
+        r = env.client.post(f"/v1/devices/{eco.device.id}/events", json={"events": bad})
+        assert r.status_code == 403, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["detail"].startswith("bad_device_signature")
+        assert "53000" not in r.text and honest["detail"]["salt"] not in r.text
+    # the body is never logged: neither the subject nor the detail
+    assert citizen.id not in caplog.text and honest["detail"]["salt"] not in caplog.text
+    assert _uploads(eco) == before  # nothing in the vault
+    assert _balance(eco, citizen) == 0  # nothing credited
+    # nothing on the ledger: the honest event was never recorded, so it is rewarded now
+    out = api(env).send_events(eco.device.id, [honest])
+    assert out["credited"] == [[citizen.id, 5300]]
+
+
+def test_the_same_batch_again_is_a_replay_and_stores_nothing_new(eco: Eco) -> None:
+    env, citizen = eco.env, register_subject(eco.env)
+    batch = [_ride(eco, citizen, 1000), _ride(eco, citizen, 2500)]
+    first = api(env).send_events(eco.device.id, batch)
+    assert first["record_count"] == 2
+    uploads = _uploads(eco)
+    with pytest.raises(Conflict) as again:
+        api(env).send_events(eco.device.id, batch)
+    assert again.value.code == "duplicate_event"
+    # one stored event in a new batch: the whole batch is refused, nothing stored
+    with pytest.raises(Conflict):
+        api(env).send_events(eco.device.id, [_ride(eco, citizen, 700), batch[0]])
+    assert _uploads(eco) == uploads
+    assert _balance(eco, citizen) == 3500
+
+
+def test_a_suspended_devices_events_are_refused_and_their_details_withdrawn(eco: Eco) -> None:
+    env, citizen = eco.env, register_subject(eco.env)
+    event = _ride(eco, citizen, 4000, eco.suspended)
+    with pytest.raises(Forbidden) as refused:
+        api(env).send_events(eco.suspended.id, [event])
+    assert refused.value.code == "device_suspended"
+    latest = _uploads(eco)[0]
+    assert latest["record_count"] == 1 and latest["state"] == "withdrawn"
+    rid = record_id(bytes.fromhex(eco.suspended.id), bytes.fromhex(event["event"]))
+    r = env.client.get(f"/v1/records/{rid}", headers=eco.provider_headers)
+    assert r.status_code == 404, r.text  # the record is gone, its key destroyed
+    assert _balance(eco, citizen) == 0
+
+
+def test_an_unknown_device_is_404_and_an_unregistered_subject_withdraws(eco: Eco) -> None:
+    env = eco.env
+    stranger = Device(env.chain_id, "centre")
+    citizen = register_subject(env)
+    with pytest.raises(NotFound) as unknown:
+        api(env).send_events(stranger.id, [_ride(eco, citizen, 100, stranger)])
+    assert unknown.value.code == "device_unknown"
+    nobody = Wallet()  # never registered: the contract refuses, the upload is withdrawn
+    with pytest.raises(NotFound) as no_subject:
+        api(env).send_events(eco.device.id, [_ride(eco, nobody, 100)])
+    assert no_subject.value.code == "unknown_subject"
+    assert _uploads(eco)[0]["state"] == "withdrawn"
+
+
+def test_transfer_and_overdraft(eco: Eco) -> None:
+    env = eco.env
+    alice, bob = register_subject(env), register_subject(env)
+    _earn(eco, alice, 3000)
+    api(env).transfer(alice.key, to=bob.id, amount_mtok=1200)
+    assert (_balance(eco, alice), _balance(eco, bob)) == (1800, 1200)
+    with pytest.raises(Conflict) as overdraft:
+        api(env).transfer(alice.key, to=bob.id, amount_mtok=1801)
+    assert overdraft.value.code == "insufficient_tokens"
+    with pytest.raises(NotFound) as unknown:
+        api(env).transfer(alice.key, to=Wallet().id, amount_mtok=1)
+    assert unknown.value.code == "unknown_member"
+    assert (_balance(eco, alice), _balance(eco, bob)) == (1800, 1200)
+    holder = env.headers("subject", alice)["Authorization"].split()[1]
+    statement = CivisClient(http=env.client, api_key=holder).token_statement(alice.id)["result"]
+    assert [(e["kind"], e["mtok"]) for e in statement["entries"]] == [
+        ("minted", 3000),
+        ("sent", 1200),
+    ]
+    assert statement["totals"]["balance"] == 1800
+    # a balance is its holder's (or the DPO's) to read
+    r = env.client.get(f"/v1/accounts/{alice.id}", headers=env.headers("subject", bob))
+    assert r.status_code == 403
+
+
+def test_redeem_then_spend_once_and_the_qr_verifies(eco: Eco) -> None:
+    env, citizen = eco.env, register_subject(eco.env)
+    _earn(eco, citizen, 5000)
+    with pytest.raises(Conflict) as too_poor:
+        api(env).redeem(register_subject(env).key, offer=eco.offer)
+    assert too_poor.value.code == "insufficient_tokens"
+    redeemed = api(env).redeem(citizen.key, offer=eco.offer)
+    assert _balance(eco, citizen) == 3000
+    issued = redeemed["coupon"]
+    assert issued["offer"] == eco.offer and issued["price_mtok"] == 2000
+    vault = bytes.fromhex(issued["issuer"])
+    assert vault == env.gateway.vault_id
+    qr = coupons.verify_qr(redeemed["qr"], chain_id=env.chain_id, issuer=vault, price_mtok=2000)
+    assert qr.code == redeemed["code"] and qr.height == redeemed["receipt"]["block_height"]
+    for bad_price, bad_chain in ((1999, env.chain_id), (2000, "another-chain")):
+        with pytest.raises(coupons.CouponError):
+            coupons.verify_qr(
+                redeemed["qr"], chain_id=bad_chain, issuer=vault, price_mtok=bad_price
+            )
+    tampered = redeemed["qr"].replace(f".{qr.height}.", f".{qr.height + 1}.")
+    with pytest.raises(coupons.CouponError):
+        coupons.verify_qr(tampered, chain_id=env.chain_id, issuer=vault, price_mtok=2000)
+
+    # only the offer's partner spends it, once
+    with pytest.raises(Forbidden) as other:
+        api(env).spend_coupon(env.provider.key, redeemed["code"])
+    assert other.value.code in ("not_your_coupon", "not_member", "unauthorized")
+    api(env).spend_coupon(eco.partner.key, redeemed["code"])
+    with pytest.raises(Conflict) as twice:
+        api(env).spend_coupon(eco.partner.key, redeemed["code"])
+    assert twice.value.code == "coupon_spent"
+    with pytest.raises(NotFound) as never:
+        api(env).spend_coupon(eco.partner.key, coupons.encode_code(coupons.new_secret()))
+    assert never.value.code == "unknown_coupon"
+
+
+def test_two_concurrent_spends_of_one_coupon_exactly_one_succeeds(eco: Eco) -> None:
+    env, citizen = eco.env, register_subject(eco.env)
+    _earn(eco, citizen, 2000)
+    code = api(env).redeem(citizen.key, offer=eco.offer)["code"]
+    # both signed first, then sent together: the ledger's order decides
+    body = {"secret": coupons.decode_code(code).hex()}
+    signed = [api(env).sign(eco.partner.key, "coupon.spend", body) for _ in range(2)]
+    statuses: list[int] = []
+    start = threading.Barrier(2)
+
+    def spend(transaction: dict[str, str]) -> None:
+        start.wait()
+        r = env.client.post("/v1/coupons/spend", json=dict(transaction))
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=spend, args=(s,)) for s in signed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(statuses) == [201, 409]
+
+
+def test_rules_offers_and_devices_are_readable_by_members(eco: Eco) -> None:
+    env = eco.env
+    reader = CivisClient(
+        http=env.client, api_key=env.headers("consumer", env.consumer)["Authorization"].split()[1]
+    )
+    rules = reader.reward_rules()["result"]
+    assert any(r["rule"] == "cycling" and r["rate_mtok"] == 1000 for r in rules)
+    offers = reader.offers(partner=eco.partner.id)["result"]
+    assert [o["offer"] for o in offers] == [eco.offer]
+    device = reader.device(eco.device.id)["result"]
+    assert device["status"] == "active" and device["dataset"] == eco.dataset
+    assert reader.device(eco.suspended.id)["result"]["status"] == "suspended"
+    with pytest.raises(NotFound):
+        reader.device(Device(env.chain_id, "x").id)
+    r = env.client.get("/v1/reward-rules")
+    assert r.status_code == 401  # reads need a member's API key
