@@ -13,6 +13,7 @@ from api.http import errors
 from api.http.admission import UploadSlots
 from api.http.middleware import BodyLimit, Metrics, bound_access_log
 from api.http.routes import access, consents, datasets, discovery, erasures, health, subjects
+from api.http.routes import dashboards as dashboard_routes
 from api.http.routes import dpo as dpo_routes
 from api.http.routes import ledger as ledger_routes
 from api.http.settings import Settings
@@ -102,6 +103,8 @@ def create_app(
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
     app.include_router(dpo_routes.page_router)
+    app.include_router(dashboard_routes.router)
+    app.include_router(dashboard_routes.page_router)
     app.add_middleware(
         BodyLimit,
         upload_max_bytes=settings.upload_body_max_bytes,
