@@ -70,31 +70,31 @@ def record_of(dataset: str, subject: str, payload: dict[str, object]) -> ImpactR
     return ImpactRecord(dataset, subject, district, week, km, litres, euros)
 
 
-class Sums(BaseModel):
+class ImpactSums(BaseModel):
     subjects: int = Field(description="distinct contributing subjects")
     km: float
     litres: float
     euros: float
 
 
-class Cell(BaseModel):
+class ImpactCell(BaseModel):
     district: str
     week: str = Field(description="ISO week, e.g. 2026-W49")
     suppressed: bool = Field(description="fewer than k subjects: no figure is given")
-    sums: Sums | None = Field(description="absent when suppressed")
+    sums: ImpactSums | None = Field(description="absent when suppressed")
 
 
-class Total(BaseModel):
+class ImpactTotal(BaseModel):
     key: str = Field(description="the district or the week")
-    sums: Sums
+    sums: ImpactSums
 
 
 class ImpactTable(BaseModel):
     k: int
-    cells: list[Cell] = Field(description="by district, then week")
-    by_district: list[Total] = Field(description="over shown cells only")
-    by_week: list[Total] = Field(description="over shown cells only")
-    overall: Sums = Field(description="over shown cells only")
+    cells: list[ImpactCell] = Field(description="by district, then week")
+    by_district: list[ImpactTotal] = Field(description="over shown cells only")
+    by_week: list[ImpactTotal] = Field(description="over shown cells only")
+    overall: ImpactSums = Field(description="over shown cells only")
 
 
 @dataclass
@@ -118,9 +118,9 @@ class _Acc:
     def shown(self, k: int) -> bool:
         return len(self.subjects) >= k and all(len(s) >= k for s in self.per_dataset.values())
 
-    def sums(self) -> Sums:
+    def sums(self) -> ImpactSums:
         km, litres, euros = (m / 1000 for m in self.milli)
-        return Sums(subjects=len(self.subjects), km=km, litres=litres, euros=euros)
+        return ImpactSums(subjects=len(self.subjects), km=km, litres=litres, euros=euros)
 
 
 def aggregate(records: Iterable[ImpactRecord], k: int) -> ImpactTable:
@@ -130,22 +130,22 @@ def aggregate(records: Iterable[ImpactRecord], k: int) -> ImpactTable:
     cells: dict[tuple[str, str], _Acc] = {}
     for r in records:
         cells.setdefault((r.district, r.week), _Acc()).add(r)
-    out: list[Cell] = []
+    out: list[ImpactCell] = []
     districts: dict[str, _Acc] = {}
     weeks: dict[str, _Acc] = {}
     overall = _Acc()
     for (district, week), acc in sorted(cells.items()):
         if not acc.shown(k):
-            out.append(Cell(district=district, week=week, suppressed=True, sums=None))
+            out.append(ImpactCell(district=district, week=week, suppressed=True, sums=None))
             continue
-        out.append(Cell(district=district, week=week, suppressed=False, sums=acc.sums()))
+        out.append(ImpactCell(district=district, week=week, suppressed=False, sums=acc.sums()))
         districts.setdefault(district, _Acc()).merge(acc)
         weeks.setdefault(week, _Acc()).merge(acc)
         overall.merge(acc)
     return ImpactTable(
         k=k,
         cells=out,
-        by_district=[Total(key=d, sums=a.sums()) for d, a in sorted(districts.items())],
-        by_week=[Total(key=w, sums=a.sums()) for w, a in sorted(weeks.items())],
+        by_district=[ImpactTotal(key=d, sums=a.sums()) for d, a in sorted(districts.items())],
+        by_week=[ImpactTotal(key=w, sums=a.sums()) for w, a in sorted(weeks.items())],
         overall=overall.sums(),
     )
