@@ -382,8 +382,14 @@ def test_impact_page_over_http_and_its_session_opens_no_dpo_page(
     metropolis = env.headers("consumer", env.consumer)
     r = env.client.get("/dashboards/impact", headers=metropolis)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "fewer than 10 people" in r.text and 'role="img"' in r.text
+    assert '<tr class="suppressed">' in r.text and 'role="img"' in r.text
     assert not any(s in r.text for s in _subject_ids(city))
+    # the page's week form, sent with its fields empty, means no bound; a bad week is refused
+    r = env.client.get("/dashboards/impact?from=&to=", headers=metropolis)
+    assert r.status_code == 200 and '<tr class="suppressed">' in r.text
+    r = env.client.get("/dashboards/impact?from=2026-W50&to=", headers=metropolis)
+    assert r.status_code == 200 and '<tr class="suppressed">' not in r.text  # Gare is in W49
+    assert env.client.get("/dashboards/impact?to=W50", headers=metropolis).status_code == 422
     r = env.client.get("/dashboards/impact", headers={**metropolis, "Accept": "application/json"})
     assert r.status_code == 406 and "/v1/dashboards/impact" in r.json()["detail"]
     assert env.client.get("/dashboards/impact").status_code == 401
@@ -397,7 +403,7 @@ def test_impact_page_over_http_and_its_session_opens_no_dpo_page(
     page = env.client.get(
         "/dashboards/impact", headers={"Cookie": f"__Host-civis-dashboard={token}"}
     )
-    assert page.status_code == 200 and "fewer than 10 people" in page.text
+    assert page.status_code == 200 and '<tr class="suppressed">' in page.text
     # the same session row, shown as a DPO cookie, opens nothing: its key is no DPO's
     dpo_page = env.client.get("/dpo", headers={"Cookie": f"__Host-civis-dpo={token}"})
     assert dpo_page.status_code == 401

@@ -63,6 +63,8 @@ WeekFrom = Annotated[
 WeekTo = Annotated[
     str | None, Query(alias="to", pattern=WEEK_PATTERN, description="last ISO week (inclusive)")
 ]
+# The page's week form sends empty fields as `from=&to=`: there, empty means no bound.
+PageWeek = Annotated[str | None, Query(pattern=r"^(\d{4}-W(0[1-9]|[1-4]\d|5[0-3]))?$")]
 # The dashboard each role signs in to.
 PAGES = {"consumer": "/dashboards/impact", "partner": "/dashboards/partner"}
 SESSION_COOKIE = "__Host-civis-dashboard"
@@ -177,14 +179,15 @@ def impact_page(
     request: Request,
     session: SessionDep,
     store: KeyStoreDep,
-    week_from: WeekFrom = None,
-    week_to: WeekTo = None,
+    week_from: Annotated[PageWeek, Query(alias="from")] = None,
+    week_to: Annotated[PageWeek, Query(alias="to")] = None,
 ) -> Response:
     """The metropolis's page: every dataset registered for impact-statistics."""
     member = _page_member(request, session, "consumer")
     if isinstance(member, Response):
         return member
-    data = _impact(_ledger_of(request), session, store, member, None, week_from, week_to)
+    ledger = _ledger_of(request)
+    data = _impact(ledger, session, store, member, None, week_from or None, week_to or None)
     return HTMLResponse(render_impact_page(data), headers=_PAGE_HEADERS)
 
 
