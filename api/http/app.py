@@ -23,6 +23,7 @@ from api.http.routes import (
     subjects,
     tokens,
 )
+from api.http.routes import dashboards as dashboard_routes
 from api.http.routes import dpo as dpo_routes
 from api.http.routes import fees as fee_routes
 from api.http.routes import ledger as ledger_routes
@@ -78,6 +79,8 @@ def create_app(
     app.include_router(devices.router)
     app.include_router(tokens.router)
     app.include_router(dpo_routes.page_router)
+    app.include_router(dashboard_routes.router)
+    app.include_router(dashboard_routes.page_router)
     app.add_middleware(
         BodyLimit,
         upload_max_bytes=settings.upload_body_max_bytes,

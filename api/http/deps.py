@@ -127,8 +127,23 @@ def strict_query(request: Request) -> None:
 
     FastAPI ignores an unknown parameter (a typo such as `?subjectid=a` would read everyone's
     records) and keeps the last of repeated ones (`?subject_id=a&subject_id=b` reads b's while
-    the caller may believe a's). No /v1 operation takes a list in its query.
+    the caller may believe a's). An operation that takes a list in its query says which
+    parameters with `strict_query_with_lists`.
     """
+    _check_query(request, frozenset())
+
+
+def strict_query_with_lists(*lists: str) -> Callable[[Request], None]:
+    """`strict_query` for an operation whose parameters `lists` are lists (given repeated)."""
+    repeatable = frozenset(lists)
+
+    def check(request: Request) -> None:
+        _check_query(request, repeatable)
+
+    return check
+
+
+def _check_query(request: Request, repeatable: frozenset[str]) -> None:
     known = _query_names(getattr(request.scope.get("route"), "dependant", None))
     seen: set[str] = set()
     for key, _ in request.query_params.multi_items():
@@ -136,7 +151,7 @@ def strict_query(request: Request) -> None:
             raise RequestValidationError(
                 [{"loc": ("query", key[:64]), "type": "unknown", "msg": "unknown parameter"}]
             )
-        if key in seen:
+        if key in seen and key not in repeatable:
             raise RequestValidationError(
                 [{"loc": ("query", key), "type": "repeated", "msg": "given more than once"}]
             )

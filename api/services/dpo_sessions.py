@@ -54,15 +54,18 @@ def close_session(session: Session, token: str) -> None:
         session.execute(delete(DpoSession).where(DpoSession.token_hash == _token_hash(token)))
 
 
-def session_member(session: Session, token: str, now: dt.datetime) -> Member | None:
-    """The DPO behind a session token, or None (malformed, unknown, ended, expired, key revoked)."""
+def session_member(
+    session: Session, token: str, now: dt.datetime, roles: tuple[str, ...] = ("dpo",)
+) -> Member | None:
+    """The member behind a session token, or None (malformed, unknown, ended, expired, key
+    revoked, or a key whose role is not in `roles`: a dashboard session opens no DPO page)."""
     if not _TOKEN.match(token):
         return None
     row = session.get(DpoSession, _token_hash(token))
     if row is None or row.expires_at <= now:
         return None
     key = session.get(ApiKey, row.key_id)
-    if key is None or key.revoked_at is not None or key.role != "dpo":
+    if key is None or key.revoked_at is not None or key.role not in roles:
         return None
     if key.expires_at is not None and key.expires_at <= now:
         return None  # a session lives no longer than the key that opened it
