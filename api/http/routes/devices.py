@@ -18,7 +18,8 @@ from api.http.deps import CurrentMember, KeyStoreDep, LedgerDep, SettingsDep, st
 from api.http.schemas import PUBLIC_KEY_HEX, LedgerReceipt, Name, PublicKeyHex, SignedIn, StrictIn
 from api.http.signed import assemble
 from api.services.events import EVENTS_MAX, EventIngestion
-from api.services.gateway import jsonable
+from api.services.gateway import LedgerGateway, LedgerRefused, jsonable
+from ledger_bridge.contracts import tx
 from vault.errors import NotFound
 
 router = APIRouter(
@@ -82,11 +83,29 @@ def register_device(body: SignedIn, ledger: LedgerDep) -> DeviceWriteOut:
     """device.register, signed by the active provider that operates the device and owns its
     dataset: the device is `pending` until governance admits it (`admit_device`)."""
     signed = assemble(ledger.chain_id, body.transaction, body.signature, "device.register")
-    answer = ledger.submit(signed.encode())
+    try:
+        answer = ledger.submit(signed.encode())
+    except LedgerRefused as refused:
+        raise _as_unknown_if_others_dataset(ledger, signed, refused) from None
     result = {k: v for k, v in answer.result.items() if k not in ("ok", "tx")}
     return DeviceWriteOut(
         receipt=LedgerReceipt(**answer.receipt.as_dict()), result=jsonable(result)
     )
+
+
+def _as_unknown_if_others_dataset(
+    ledger: LedgerGateway, signed: tx.SignedTx, refused: LedgerRefused
+) -> LedgerRefused:
+    """Another provider's dataset answers as a dataset the ledger does not know (404, in the
+    contracts' own words for it), as the dataset routes do: a provider must not learn which
+    dataset ids exist elsewhere. The contracts check the author's role before the dataset, so
+    `unauthorized` for an active provider can only mean the dataset is someone else's."""
+    if refused.code != "unauthorized":
+        return refused
+    author = ledger.query("member", key=signed.author)["result"]
+    if author is None or author["role"] != "provider" or author["status"] != "active":
+        return refused
+    return LedgerRefused("not_found", f"dataset {signed.body['dataset']} is not registered")
 
 
 @router.get("/devices/{device}")
