@@ -6,7 +6,10 @@ operation, one column per caller, each cell the class of answer that caller must
 - `ok`: any 2xx; the action happened (or the read answered);
 - `401`: no API key; `403`: the caller's role (or, for a signed transaction, the signer) may
   not do this; `404`: the resource exists but is not the caller's, and the answer does not
-  say that it exists (another provider's dataset, another subject's erasure certificate).
+  say that it exists (another provider's dataset, another subject's erasure certificate);
+  `409`: the caller may ask, but the state refuses it: a member moving tokens it does not
+  hold (a transfer or redemption is always of the signer's own account, so `409` is how
+  "not the subject's tokens" shows for everyone else).
 
 The callers, relative to the resources of the scene (`World`): `owner` is the provider that
 owns the dataset, `provider` another admitted provider, `consumer` the admitted consumer,
@@ -19,7 +22,13 @@ and members' own transactions (`/v1/members`, governance, consents, erasure requ
 API key: the signature is the authentication and the consent contracts the authorisation, so
 there the column's WALLET is the author and signer of the transaction (`/v1/drafts` and
 `/v1/members` are open to anyone: drafting is pure, and anyone may apply for membership with
-a fresh key, which a vote then admits or not).
+a fresh key, which a vote then admits or not). The eco-citizen token writes are signed the same
+way (transfers and redemptions by the holder, offers and coupon spends by the partner, a
+device's registration by its operator), and a device's events by the device itself: there,
+the column's wallet signs the claim in the name of the world's device.
+
+Two roles have no column, the partner and the device: their rows show what every column gets,
+and `test_a_role_with_no_column_gets_ok_on_its_own_rows` checks the role's own `ok`.
 
 Every /v1 route of the app must have a row (and a request builder): a route added without one
 fails `test_every_v1_operation_is_in_the_matrix`, so nobody adds an endpoint without deciding
@@ -37,10 +46,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 
-from api.client import CivisClient
+from api.client import CivisClient, coupons
+from api.client.devices import Device
+from ledger_bridge.contracts import events
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_consented_access import api, register_subject, signed, vote_through
 
@@ -98,6 +110,19 @@ PUT    /v1/datasets/{dataset_id}/prices/{mode}       ok    404  403  403  403   
 GET    /v1/datasets/{dataset_id}/prices              ok    ok   ok   ok   ok    ok  ok    401
 POST   /v1/credits                                   403   403  403  403  403   ok  403   401
 GET    /v1/members/{public_key}/statement            403   403  ok   403  403   ok  403   401
+POST   /v1/devices                                   ok    404  403  403  403   403 403   403
+GET    /v1/devices/{device}                          ok    ok   ok   ok   ok    ok  ok    401
+POST   /v1/devices/{device}/events                   403   403  403  403  403   403 403   403
+GET    /v1/reward-rules                              ok    ok   ok   ok   ok    ok  ok    401
+GET    /v1/accounts/{account}                        403   403  403  ok   403   ok  403   401
+GET    /v1/accounts/{account}/statement              403   403  403  ok   403   ok  403   401
+POST   /v1/transfers                                 409   409  409  ok   409   409 409   403
+POST   /v1/offers                                    403   403  403  403  403   403 403   403
+GET    /v1/offers                                    ok    ok   ok   ok   ok    ok  ok    401
+POST   /v1/redemptions                               409   409  409  ok   409   409 409   403
+POST   /v1/coupons/spend                             403   403  403  403  403   403 403   403
+GET    /v1/dashboards/impact                         403   403  ok   403  403   403 403   401
+GET    /v1/dashboards/partner                        403   403  403  403  403   403 403   401
 """
 
 
@@ -189,6 +214,67 @@ def grant(env: LedgerEnv, subject: Wallet, body: dict[str, Any]) -> None:
 
 
 @dataclass
+class EcoScene:
+    """The eco-citizen tokens around the world: the owner's admitted `device` reporting to
+    `dataset` (registered for impact-statistics) under the rule `cycling`, an admitted
+    `partner` with an active `offer`, and `coupon_secret`, a coupon the subject redeemed at it
+    and nobody spent (the partner's own spend redeems a fresh one, so order never matters)."""
+
+    partner: Wallet
+    device: Device
+    dataset: str
+    offer: str
+    coupon_secret: bytes = b""
+
+
+def propose_action(env: LedgerEnv, action: dict[str, Any]) -> int:
+    """Propose a governance action; the caller votes it through (`vote_through`)."""
+    out = api(env).propose(env.dpo.key, action, voting_for_ms=DAY_MS)
+    return int(out["result"]["proposal"])
+
+
+CYCLING: dict[str, Any] = {
+    "kind": "set_reward_rule",
+    "rule": "cycling",
+    "unit": "km",
+    "rate_mtok": 1000,
+    "device_kinds": ["bike_reader"],
+    "cap_mtok_per_day": 0,
+}
+
+
+def eco_scene(env: LedgerEnv, owner: dict[str, str]) -> EcoScene:
+    """The partner, the device and the rule, voted in while the colleges are small (before
+    the scene's subjects register, a vote needs few voters)."""
+    partner = Wallet()
+    assert api(env).register(partner.key, "partner", "providers")["result"]["status"] == "pending"
+    dataset = make_dataset(env, owner, "mobility", ["impact-statistics"])
+    device = Device(env.chain_id, "centre")
+    api(env).register_device(
+        env.provider.key, device=device.id, kind="bike_reader", dataset=dataset, district="centre"
+    )
+    actions = [
+        {"kind": "admit_member", "member": partner.id},
+        {"kind": "admit_device", "device": device.id},
+        CYCLING,
+    ]
+    for proposal in [propose_action(env, action) for action in actions]:
+        vote_through(env, proposal)
+    offer = f"matrix-{uuid.uuid4().hex[:8]}"
+    api(env).publish_offer(partner.key, offer=offer, title="bread", category="food", price_mtok=100)
+    return EcoScene(partner, device, dataset, offer)
+
+
+def earn_and_redeem(env: LedgerEnv, eco: EcoScene, subject: Wallet) -> None:
+    """The subject cycles 10 km (10 tokens: enough for every redemption and transfer the
+    rows make) and redeems one coupon, left unspent for the `coupon.spend` row."""
+    ride = eco.device.event(subject=subject.id, rule="cycling", unit="km", quantity_milli=10_000)
+    assert api(env).send_events(eco.device.id, [ride])["credited"] == [[subject.id, 10_000]]
+    eco.coupon_secret = coupons.new_secret()
+    api(env).redeem(subject.key, offer=eco.offer, secret=eco.coupon_secret)
+
+
+@dataclass
 class World:
     """One dataset of the owner's with one anchored upload, and the people around it.
 
@@ -210,12 +296,15 @@ class World:
     record: str
     erasure: int
     proposal: int
+    eco: EcoScene
     _keys: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     def signer(self, who: str, subject: Wallet | None = None) -> Wallet:
-        """The wallet that authors and signs a transaction in column `who`."""
+        """The wallet that authors and signs a transaction in column `who` (or as the
+        partner, the role with no column)."""
         env = self.env
         wallets = {
+            "partner": self.eco.partner,
             "owner": env.provider,
             "provider": self.other_provider,
             "consumer": env.consumer,
@@ -243,8 +332,10 @@ def world(ledger_env: LedgerEnv) -> World:
     other_provider = Wallet()
     # First, while the citizens' college is only its validator: a vote needs its majority.
     proposal = admit(env, other_provider, "provider", "providers")
-    subject, other, by_dpo, by_self, erased = (register_subject(env) for _ in range(5))
     owner = env.headers("provider", env.provider)
+    eco = eco_scene(env, owner)
+    subject, other, by_dpo, by_self, erased = (register_subject(env) for _ in range(5))
+    earn_and_redeem(env, eco, subject)
     # billing reads whole records; proof of address answers yes/no only
     dataset = make_dataset(env, owner, "address", ["proof-of-address", "research", "billing"])
     people = (subject, other, by_dpo, by_self, erased)
@@ -286,6 +377,7 @@ def world(ledger_env: LedgerEnv) -> World:
         records[0]["record_id"],
         int(r.json()["erasure_id"]),
         proposal,
+        eco,
     )
 
 
@@ -402,6 +494,58 @@ def _erasure_request(w: World, who: str) -> Call:
     return Call(json=signed(w.env, w.signer(who, w.erasing_self), "erasure.request", body))
 
 
+def _device_new(w: World, who: str) -> Call:
+    body = {
+        "device": Device(w.env.chain_id, "centre").id,
+        "kind": "bike_reader",
+        "dataset": w.eco.dataset,
+        "district": "centre",
+    }
+    return Call(json=signed(w.env, w.signer(who), "device.register", body))
+
+
+def _device_events(w: World, who: str) -> Call:
+    """A claim for the world's device about the subject; a column's wallet signs it in the
+    device's name, the device (`who == "device"`) with its own key."""
+    event = w.eco.device.event(subject=w.subject.id, rule="cycling", unit="km", quantity_milli=100)
+    if who != "device":
+        message = events.claim_message(w.env.chain_id, event)
+        event["signature"] = w.signer(who).key.sign(message).hex()
+    return Call(params={"device": w.eco.device.id}, json={"events": [event]})
+
+
+def _transfer(w: World, who: str) -> Call:
+    # to the partner: a member that is no column, so nobody transfers to themselves
+    body = {"to": w.eco.partner.id, "amount_mtok": 1}
+    return Call(json=signed(w.env, w.signer(who), "token.transfer", body))
+
+
+def _offer(w: World, who: str) -> Call:
+    body = {
+        "offer": f"matrix-{uuid.uuid4().hex[:12]}",
+        "title": "a loaf",
+        "category": "food",
+        "price_mtok": 100,
+        "active": True,
+    }
+    return Call(json=signed(w.env, w.signer(who), "offer.publish", body))
+
+
+def _redeem(w: World, who: str) -> Call:
+    body = {"offer": w.eco.offer, "coupon": coupons.coupon_id(coupons.new_secret()).hex()}
+    return Call(json=signed(w.env, w.signer(who), "token.redeem", body))
+
+
+def _spend(w: World, who: str) -> Call:
+    """The columns try the world's unspent coupon; the partner spends one redeemed for it."""
+    secret = w.eco.coupon_secret
+    if who == "partner":
+        secret = coupons.new_secret()
+        api(w.env).redeem(w.subject.key, offer=w.eco.offer, secret=secret)
+    body = {"secret": secret.hex()}
+    return Call(json=signed(w.env, w.signer(who), "coupon.spend", body))
+
+
 BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/datasets"): lambda w, who: _keyed(w, who),
     ("POST", "/v1/datasets"): _dataset_new,
@@ -473,11 +617,48 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/members/{public_key}/statement"): lambda w, who: _keyed(
         w, who, public_key=w.env.consumer.id
     ),
+    # eco-citizen tokens: the account read is the subject's, who earned tokens in set-up
+    ("POST", "/v1/devices"): _device_new,
+    ("GET", "/v1/devices/{device}"): lambda w, who: _keyed(w, who, device=w.eco.device.id),
+    ("POST", "/v1/devices/{device}/events"): _device_events,
+    ("GET", "/v1/reward-rules"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/accounts/{account}"): lambda w, who: _keyed(w, who, account=w.subject.id),
+    ("GET", "/v1/accounts/{account}/statement"): lambda w, who: _keyed(
+        w, who, account=w.subject.id
+    ),
+    ("POST", "/v1/transfers"): _transfer,
+    ("POST", "/v1/offers"): _offer,
+    ("GET", "/v1/offers"): lambda w, who: _keyed(w, who),
+    ("POST", "/v1/redemptions"): _redeem,
+    ("POST", "/v1/coupons/spend"): _spend,
+    ("GET", "/v1/dashboards/impact"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dashboards/partner"): lambda w, who: _keyed(w, who),
+}
+
+# The roles with no column, and the rows that are theirs: every column is refused there.
+OWN_ROWS = {
+    ("POST", "/v1/devices/{device}/events"): "device",
+    ("POST", "/v1/offers"): "partner",
+    ("POST", "/v1/coupons/spend"): "partner",
+    ("GET", "/v1/dashboards/partner"): "partner",
 }
 
 
 def _outcome(status: int) -> str:
     return "ok" if 200 <= status < 300 else str(status)
+
+
+def _send(world: World, operation: tuple[str, str], who: str) -> httpx.Response:
+    method, template = operation
+    call = BUILDERS[operation](world, who)
+    r: httpx.Response = world.env.client.request(
+        method,
+        template.format(**call.params),
+        headers=call.headers,
+        json=call.json,
+        content=call.content,
+    )
+    return r
 
 
 # -- the tests ----------------------------------------------------------------------------
@@ -518,11 +699,7 @@ def test_each_caller_gets_exactly_its_rows_answer(world: World, operation: tuple
     method, template = operation
     wrong: list[str] = []
     for who, expected in MATRIX[operation].items():
-        call = BUILDERS[operation](world, who)
-        path = template.format(**call.params)
-        r = world.env.client.request(
-            method, path, headers=call.headers, json=call.json, content=call.content
-        )
+        r = _send(world, operation, who)
         got = _outcome(r.status_code)
         if got != expected:
             wrong.append(f"{who}: expected {expected}, got {r.status_code} {r.text[:300]}")
@@ -530,6 +707,28 @@ def test_each_caller_gets_exactly_its_rows_answer(world: World, operation: tuple
             # A refusal is a problem document, never an empty or HTML body.
             assert r.headers["content-type"] == "application/problem+json", (who, r.text)
     assert not wrong, f"{method} {template}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("operation", list(OWN_ROWS), ids=[f"{m} {p}" for m, p in OWN_ROWS])
+def test_a_role_with_no_column_gets_ok_on_its_own_rows(
+    world: World, operation: tuple[str, str]
+) -> None:
+    assert "ok" not in MATRIX[operation].values(), "a column may do this: no role of its own"
+    r = _send(world, operation, OWN_ROWS[operation])
+    assert _outcome(r.status_code) == "ok", f"{OWN_ROWS[operation]}: {r.status_code} {r.text}"
+
+
+def test_a_device_on_another_providers_dataset_is_refused_as_on_no_dataset(world: World) -> None:
+    """The answer does not tell another provider that the owner's dataset exists."""
+    answers = []
+    for dataset in (world.eco.dataset, str(uuid.uuid4())):
+        body = {"device": Device(world.env.chain_id, "x").id, "kind": "bike_reader"}
+        body |= {"dataset": dataset, "district": "x"}
+        r = world.env.client.post(
+            "/v1/devices", json=signed(world.env, world.other_provider, "device.register", body)
+        )
+        answers.append((r.status_code, r.json()["detail"].replace(dataset, "<id>")))
+    assert answers[0] == answers[1] == (404, "not_found: dataset <id> is not registered")
 
 
 def test_a_providers_list_shows_only_its_own_datasets(world: World) -> None:
@@ -579,8 +778,11 @@ def test_a_subject_exports_only_their_own_data(world: World) -> None:
     )
     assert mine.status_code == 200, mine.text
     assert mine.json()["subject_id"] == world.subject.id
-    assert {rec["payload"]["n"] for rec in mine.json()["records"]} <= {0, 99}  # theirs only
-    assert 0 in {rec["payload"]["n"] for rec in mine.json()["records"]}
+    records = mine.json()["records"]
+    # their address (and the matrix's upload of it) and their rides: theirs only
+    assert {rec["dataset_id"] for rec in records} == {world.dataset, world.eco.dataset}
+    addresses = {rec["payload"]["n"] for rec in records if rec["dataset_id"] == world.dataset}
+    assert 0 in addresses and addresses <= {0, 99}
     theirs = env.client.get(
         f"/v1/subjects/{world.subject.id}/export", headers=world.headers("other-subject")
     )
