@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from vault import db
@@ -54,6 +54,99 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
+def _load(engine: Engine, store: KeyStore, per_upload: int) -> float:
+    """DATASETS fleets of DAYS daily uploads, then ANALYZE; the seconds it took."""
+    load_start = time.perf_counter()
+    for d in range(DATASETS):
+        with Session(engine) as session, session.begin():
+            dataset_id = register_dataset(
+                session,
+                owner_id="bench",
+                name=f"fleet-{d}-{uuid.uuid4().hex[:6]}",
+                category="mobility",
+                purposes=["road-maintenance"],
+                retention_days=1,
+                legal_basis="consent",
+            ).id
+        for day in range(1, DAYS + 1):
+            with Session(engine) as session, session.begin():
+                Uploader(store, clock=_at(day)).upload(
+                    session, dataset_id, _records(per_upload, day * 7 + d)
+                )
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
+    return time.perf_counter() - load_start
+
+
+def _subject_erasure(engine: Engine, eraser: Eraser) -> dict[str, Any]:
+    """Art. 17 of one subject everywhere, against a plain DELETE of another subject's rows."""
+    with Session(engine) as session:
+        subject_rows = session.scalar(
+            select(func.count()).where(Record.subject_id == "subject-00042")
+        )
+        other_rows = session.scalar(
+            select(func.count()).where(Record.subject_id == "subject-00043")
+        )
+
+    def erase() -> Any:
+        with Session(engine) as session, session.begin():
+            return eraser.erase_subject(
+                session, "subject-00042", reason="Art. 17", requester="bench"
+            )
+
+    def delete_subject() -> Any:
+        with engine.begin() as conn:
+            return conn.execute(
+                text("DELETE FROM records WHERE subject_id = 'subject-00043'")
+            ).rowcount
+
+    erase_s, erased = _timed(erase)
+    delete_s, deleted = _timed(delete_subject)
+    return {
+        "erase_subject": {
+            "seconds": round(erase_s, 4),
+            "records": erased.records_erased,
+            "secrets_destroyed": erased.secrets_destroyed,
+            "rows_of_subject": subject_rows,
+        },
+        "plain_delete_subject": {
+            "seconds": round(delete_s, 4),
+            "records": deleted,
+            "rows_of_subject": other_rows,
+        },
+        "ratio_erase_to_delete": round(erase_s / delete_s, 2),
+    }
+
+
+def _retention_sweep(engine: Engine, eraser: Eraser) -> dict[str, Any]:
+    """The sweep of two expired days, against a plain DELETE of those days' rows."""
+    sweeper = RetentionSweeper(
+        db.make_session_factory(engine), eraser, today=lambda: dt.date(2026, 1, 4)
+    )
+
+    def delete_days() -> Any:
+        days = [dt.date(2026, 1, 4), dt.date(2026, 1, 5)]
+        with engine.begin() as conn:
+            ids = [
+                u for (u,) in conn.execute(select(Upload.id).where(Upload.retention_day.in_(days)))
+            ]
+            return conn.execute(
+                text("DELETE FROM records WHERE upload_id = ANY(:ids)"), {"ids": ids}
+            ).rowcount
+
+    sweep_s, report = _timed(sweeper.sweep)
+    delete_days_s, deleted_days = _timed(delete_days)
+    return {
+        "retention_sweep": {
+            "seconds": round(sweep_s, 3),
+            "records": report.records_erased,
+            "secrets_destroyed": report.secrets_destroyed,
+        },
+        "plain_delete_days": {"seconds": round(delete_days_s, 3), "records": deleted_days},
+        "ratio_sweep_to_delete": round(sweep_s / delete_days_s, 2),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     total = int(args.records or 1_000_000)
     per_upload = total // (DATASETS * DAYS)
@@ -68,100 +161,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db.upgrade(url)
         engine = db.make_engine(url, pool_size=2)
         stack.callback(engine.dispose)
-        sessions = db.make_session_factory(engine)
         store = KeyStore(LocalKeyProvider(key_dir / "master.key"))
-
-        load_start = time.perf_counter()
-        dataset_ids = []
-        for d in range(DATASETS):
-            with Session(engine) as session, session.begin():
-                dataset_ids.append(
-                    register_dataset(
-                        session,
-                        owner_id="bench",
-                        name=f"fleet-{d}-{uuid.uuid4().hex[:6]}",
-                        category="mobility",
-                        purposes=["road-maintenance"],
-                        retention_days=1,
-                        legal_basis="consent",
-                    ).id
-                )
-            for day in range(1, DAYS + 1):
-                with Session(engine) as session, session.begin():
-                    Uploader(store, clock=_at(day)).upload(
-                        session, dataset_ids[-1], _records(per_upload, day * 7 + d)
-                    )
-        with engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
-        load_s = time.perf_counter() - load_start
-
+        load_s = _load(engine, store, per_upload)
         with Session(engine) as session:
             n_records = session.scalar(select(func.count()).select_from(Record)) or 0
-            subject_rows = session.scalar(
-                select(func.count()).where(Record.subject_id == "subject-00042")
-            )
-            other_rows = session.scalar(
-                select(func.count()).where(Record.subject_id == "subject-00043")
-            )
         eraser = Eraser(store)
-
-        def erase() -> Any:
-            with Session(engine) as session, session.begin():
-                return eraser.erase_subject(
-                    session, "subject-00042", reason="Art. 17", requester="bench"
-                )
-
-        def delete_subject() -> Any:
-            with engine.begin() as conn:
-                return conn.execute(
-                    text("DELETE FROM records WHERE subject_id = 'subject-00043'")
-                ).rowcount
-
-        erase_s, erased = _timed(erase)
-        delete_s, deleted = _timed(delete_subject)
-
-        sweeper = RetentionSweeper(sessions, eraser, today=lambda: dt.date(2026, 1, 4))
-
-        def delete_days() -> Any:
-            with engine.begin() as conn:
-                ids = [
-                    u
-                    for (u,) in conn.execute(
-                        select(Upload.id).where(
-                            Upload.retention_day.in_([dt.date(2026, 1, 4), dt.date(2026, 1, 5)])
-                        )
-                    )
-                ]
-                return conn.execute(
-                    text("DELETE FROM records WHERE upload_id = ANY(:ids)"), {"ids": ids}
-                ).rowcount
-
-        sweep_s, report = _timed(sweeper.sweep)
-        delete_days_s, deleted_days = _timed(delete_days)
-
+        subject = _subject_erasure(engine, eraser)
+        sweep = _retention_sweep(engine, eraser)
     return {
         "benchmark": "erasure",
         "records": n_records,
         "datasets": DATASETS,
         "subjects": SUBJECTS,
         "load_seconds": round(load_s, 1),
-        "erase_subject": {
-            "seconds": round(erase_s, 4),
-            "records": erased.records_erased,
-            "secrets_destroyed": erased.secrets_destroyed,
-            "rows_of_subject": subject_rows,
-        },
-        "plain_delete_subject": {
-            "seconds": round(delete_s, 4),
-            "records": deleted,
-            "rows_of_subject": other_rows,
-        },
-        "ratio_erase_to_delete": round(erase_s / delete_s, 2),
-        "retention_sweep": {
-            "seconds": round(sweep_s, 3),
-            "records": report.records_erased,
-            "secrets_destroyed": report.secrets_destroyed,
-        },
-        "plain_delete_days": {"seconds": round(delete_days_s, 3), "records": deleted_days},
-        "ratio_sweep_to_delete": round(sweep_s / delete_days_s, 2),
+        **subject,
+        **sweep,
     }

@@ -20,7 +20,6 @@ MAX_LINES = 70
 # "path:qualname" of the functions over MAX_LINES that are still to be split.
 ALLOWLIST = frozenset(
     {
-        "bench/erasure.py:run",
         "migrations/versions/0001_initial.py:upgrade",
         "tests/api/test_dpo_routes.py:test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again",
         "tests/api/test_invariant_access.py:AccessMachine._access",
