@@ -51,14 +51,19 @@ from pathlib import Path
 
 import httpx
 
-from api.cli.demo import erasure, proof_of_address, road_maintenance
+from api.cli.demo import eco_citizen, erasure, proof_of_address, road_maintenance
 from api.cli.demo.common import DemoFailed, Keyring, Story, api_keys
 from api.cli.demo.stage import Stage
 from api.client import CivisClient
 
 HTTP_TIMEOUT_S = 60.0
 # Played in this order unless --story names some; each stands on its own.
-STORIES: list[Story] = [proof_of_address.STORY, road_maintenance.STORY, erasure.STORY]
+STORIES: list[Story] = [
+    proof_of_address.STORY,
+    road_maintenance.STORY,
+    erasure.STORY,
+    eco_citizen.STORY,
+]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
