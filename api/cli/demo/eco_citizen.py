@@ -356,6 +356,7 @@ def _cell(stage: Stage, station: Station, cell: dict[str, Any], k: int) -> None:
 
 STORY = Story(
     "eco-citizen",
-    "Eco-citizen tokens: certified events earn tokens, a coupon is spent once, k-anonymous impact",
+    "Eco-citizen tokens: certified events earn them, a coupon spends them once, "
+    "the metropolis sees k-anonymous impact",
     play,
 )

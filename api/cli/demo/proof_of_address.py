@@ -166,4 +166,6 @@ def _statements(stage: Stage, utility: Party, bank: Party, dataset: str) -> None
     )
 
 
-STORY = Story("proof-of-address", "Proof of address: the bank learns yes or no, with consent", play)
+STORY = Story(
+    "proof-of-address", "Proof of address: the bank pays to learn yes or no, with consent", play
+)
