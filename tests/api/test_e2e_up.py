@@ -2,9 +2,11 @@
 
 What a user would see, on the real thing: PostgreSQL, four replica processes running the consent
 contracts, the API under uvicorn, all started by `civis-vault up` as a subprocess. First the
-`civis-vault demo` command plays the three use cases against it (twice: it must be repeatable
-on one system; then each story alone, the last first: none may rely on another), then this
-module plays them itself as assertions over HTTP: a legal entity
+`civis-vault demo` command plays the use cases against it (twice: it must be repeatable on one
+system; then each story alone, the last first: none may rely on another), and what the demo
+says happened is read back over the API: the eco-citizen balances, the spent coupon refused
+again, the metropolis's k-anonymous cells, the bank's fee split between the utility and the
+cooperative. Then this module plays the stories itself as assertions over HTTP: a legal entity
 acts only once the colleges voted it in; the bank learns one bit with the citizen's consent and
 is refused after the revocation; the road service reads only the consenting drivers' chosen
 fields; after an erasure (by the DPO, or asked by the subject) nothing is readable and the
@@ -30,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -38,9 +41,19 @@ from sqlalchemy.orm import Session
 
 from api.cli.demo import STORIES
 from api.cli.demo.common import Keyring
+from api.cli.demo.eco_citizen import (
+    CYCLING,
+    LOCAL_PRODUCE,
+    OFFER_PRICE_MTOK,
+    PURCHASES,
+    RIDES,
+    SAVINGS,
+    WATER_SAVING,
+)
 from api.client import (
     CivisClient,
     College,
+    Conflict,
     Dataset,
     Forbidden,
     LedgerWrite,
@@ -50,7 +63,7 @@ from api.client import (
     Role,
     public_hex,
 )
-from api.client.wallet import new_wallet
+from api.client.wallet import Wallet, new_wallet
 from api.services.gateway import LedgerGateway
 from api.services.keys import create_key
 from ledger_bridge.crypto import SigningKey
@@ -91,10 +104,11 @@ class System:
     dpo: SigningKey
     voters: dict[str, list[SigningKey]] = field(default_factory=dict)
 
-    def client(self, key: SigningKey, role: str) -> CivisClient:
-        """The API as `key`'s member sees it, with a new API key of `role`."""
+    def client(self, key: SigningKey | str, role: str) -> CivisClient:
+        """The API as `key`'s member (a key, or its hex) sees it, with a new API key of `role`."""
+        member = key if isinstance(key, str) else public_hex(key)
         with Session(self.engine) as session, session.begin():
-            issued = create_key(session, member_id=public_hex(key), role=role)
+            issued = create_key(session, member_id=member, role=role)
         return self.api.with_key(issued.token)
 
     def member(self, role: Role, college: College) -> SigningKey:
@@ -235,61 +249,198 @@ def _live_keys(system: System) -> int:
 
 # -- the demo command ------------------------------------------------------------------------
 
+# What every full run of the demo prints (each story's outcomes, in its words).
+DEMO_SAYS = (
+    "== 1. Proof of address",
+    "admitted [ledger tx ",
+    "and learns: yes, and nothing else",
+    "it learns: no",
+    "is refused after the revocation",
+    "reads 4 readings of the 2 consenting drivers",
+    "no driver_id",
+    "it asks for driver_id too and is refused: exceeds_purpose: field driver_id",
+    "it asks for Alice's record itself and is refused: exceeds_purpose",
+    ": no_consent",
+    "the ledger shows it: block ",
+    "pseudonym again: refused (unknown_subject), and the ledger keeps only the",
+    "the subject export now holds 0 readable records",
+    "readings [ledger tx ",  # the road service reads the driver before the erasure
+    "demo: every expected outcome happened.",
+    "'s wallet derives the pseudonym",
+    "only her wallet links them",
+    "… (the utility Lumen-",  # Alice's pseudonym there, beside her fleet one
+    "everywhere (no dataset named)",
+    "'s wallet keeps the certificate's receipt and raises the dataset's generation to 1",
+    # the fee on the bank's yes/no
+    "the utility prices each yes/no answer from its dataset at 0.40 €",
+    "the bank pays the cooperative 5.00 €; the DPO records it as the bank's credit",
+    "); charged 0.40 € [ledger tx ",
+    "it learns: no; charged 0.40 €",
+    "the bank's statement: deposited 5.00 €, paid 0.80 €",
+    "balance 4.20 €",
+    "the utility's statement: earned 0.38 € + 0.38 € for the same accesses",
+    "read by the DPO): 0.02 € + 0.02 €",
+    # eco-citizen tokens
+    "== 4. Eco-citizen tokens",
+    "cycling is in force from the next block [ledger tx ",
+    "water-saving is in force from the next block [ledger tx ",
+    "local-produce is in force from the next block [ledger tx ",
+    "the bike reader in croix-rousse is active [ledger tx ",
+    "cycling credits 74.9 tokens [ledger tx ",
+    "water-saving credits 121.5 tokens [ledger tx ",
+    "local-produce credits 31.4 tokens [ledger tx ",
+    "water-saving pseudonyms, read by the DPO): Bruno-",
+    "reads her own balance: 2.4 tokens left",
+    "valid, and it names nobody",
+    "spends the coupon and hands over the croissant [ledger tx ",
+    "the same code shown a second time is refused: coupon_spent",
+    "shown, 10 citizens (k = 10), 74.9 km in all",
+    "suppressed (fewer than k = 10 citizens): no figure at all",
+)
 
-def test_the_demo_plays_the_three_stories_twice_on_one_system(system: System) -> None:
-    live_before = _live_keys(system)
+
+def _demo_files(system: System) -> tuple[set[Path], set[Path]]:
+    """The member keys and citizens' wallets the demo has kept so far."""
+    demo = system.data_dir / "demo"
+    return set(demo.glob("members/*/*.key")), set(demo.glob("wallets/*.key"))
+
+
+def test_the_demo_plays_every_story_twice_on_one_system(system: System) -> None:
     outputs = []
     for _ in range(2):
+        live_before = _live_keys(system)
+        members_before, wallets_before = _demo_files(system)
         done = _demo(system, system.up.url)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         out = done.stdout
         outputs.append(out)
-        for line in (
-            "== 1. Proof of address",
-            "admitted [ledger tx ",
-            "and learns: yes, and nothing else",
-            "it learns: no",
-            "is refused after the revocation",
-            "reads 4 readings of the 2 consenting drivers",
-            "no driver_id",
-            "it asks for driver_id too and is refused: exceeds_purpose: field driver_id",
-            "it asks for Alice's record itself and is refused: exceeds_purpose",
-            ": no_consent",
-            "the ledger shows it: block ",
-            "pseudonym again: refused (unknown_subject), and the ledger keeps only the",
-            "the subject export now holds 0 readable records",
-            "readings [ledger tx ",  # the road service reads the driver before the erasure
-            "demo: every expected outcome happened.",
-            "'s wallet derives the pseudonym",
-            "only her wallet links them",
-            "… (the utility Lumen-",  # Alice's pseudonym there, beside her fleet one
-            "everywhere (no dataset named)",
-            "'s wallet keeps the certificate's receipt and raises the dataset's generation to 1",
-        ):
+        for line in DEMO_SAYS:
             assert line in out, out
         # Every ledger step prints its receipt.
-        assert len(re.findall(r"\[ledger tx [0-9a-f]{16}…, block \d+\]", out)) >= 25
+        assert len(re.findall(r"\[ledger tx [0-9a-f]{16}…, block \d+\]", out)) >= 100
         assert "FAILED" not in out and "Traceback" not in done.stderr
+        # The demo's API keys were revoked when it ended; its members' keys stay to vote later.
+        assert _live_keys(system) == live_before
+        # What it said happened, read back over the API: this run's members and citizens.
+        members, wallets = _demo_files(system)
+        _the_ledger_agrees(system, out, members - members_before, wallets - wallets_before)
     run_ids = [re.findall(r"demo, run ([0-9a-f]+)", o) for o in outputs]
     assert len(run_ids[0]) == len(run_ids[1]) == 1 and run_ids[0] != run_ids[1]
-    # The demo's API keys were revoked when it ended; its members' keys stay to vote later.
-    assert _live_keys(system) == live_before
     kept = list((system.data_dir / "demo" / "members").glob("*/*.key"))
-    assert len(kept) == 2 * 4  # the legal entities
-    wallets = list((system.data_dir / "demo" / "wallets").glob("*.key"))
-    assert len(wallets) == 2 * 3  # Alice, Bruno, Chloé: pseudonyms derived, never stored
+    # The legal entities: the utility, the bank, the fleet, the road service, the market,
+    # the bakery and the metropolis.
+    assert len(kept) == 2 * 7
+    kept_wallets = list((system.data_dir / "demo" / "wallets").glob("*.key"))
+    # Alice, Bruno, Chloé, the seven other cyclists and Karim: pseudonyms derived, never stored
+    assert len(kept_wallets) == 2 * 11
     relationships = list((system.data_dir / "demo" / "wallets").glob("*.key.pairwise.json"))
-    assert len(relationships) == len(wallets)
-    assert all(p.stat().st_mode & 0o077 == 0 for p in kept + wallets + relationships)
+    assert len(relationships) == len(kept_wallets)
+    assert all(p.stat().st_mode & 0o077 == 0 for p in kept + kept_wallets + relationships)
     # Per run, Alice's two pseudonyms (utility, fleet), Bruno's two (fleet, the erasure's
-    # trips) and Chloé's are five keys.
+    # trips) and Chloé's are five keys; the eco-citizen story's fifteen (ten cyclists, three
+    # households, two shoppers) twenty.
     named = [re.findall(r"derives the pseudonym ([0-9a-f]{12})…", o) for o in outputs]
-    assert all(len(n) == len(set(n)) == 5 for n in named), named
+    assert all(len(n) == len(set(n)) == 20 for n in named), named
+
+
+def _the_ledger_agrees(system: System, out: str, members: set[Path], wallets: set[Path]) -> None:
+    """One run's outcomes as the API reports them afterwards, not as the demo printed them."""
+    dpo = system.client(system.dpo, "dpo")
+    keys = {public_hex(k): k for k in map(load_signing_key, members)}
+    roles: dict[str, list[str]] = {}
+    for member in keys:
+        roles.setdefault(dpo.member(member)["result"]["role"], []).append(member)
+    _balances_agree(dpo, wallets)
+    # The coupon the demo printed is spent: the bakery showing it again is refused.
+    found = re.search(r"keeps the coupon code (CV1-[A-Z2-7-]+) ", out)
+    assert found is not None, out
+    [bakery] = roles["partner"]
+    with pytest.raises(Conflict) as again:
+        system.api.spend_coupon(keys[bakery], found.group(1))
+    assert again.value.code == "coupon_spent"
+    _impact_agrees(system, dpo, roles["consumer"])
+    _fees_agree(system, dpo, roles["consumer"] + roles["provider"])
+
+
+def _balances_agree(dpo: CivisClient, wallets: set[Path]) -> None:
+    """Every pseudonym of the run's citizens holds what its events minted, Alice's cycling
+    account less the croissant; every other pseudonym holds nothing."""
+    pseudonyms = [public_hex(k) for w in wallets for k in Wallet.open(w).pseudonyms().values()]
+    held = [int(dpo.balance(p)["result"]["mtok"]) for p in pseudonyms]
+    minted = [
+        milli * rule.rate_mtok // 1000
+        for rule, people in ((CYCLING, RIDES), (WATER_SAVING, SAVINGS), (LOCAL_PRODUCE, PURCHASES))
+        for _, milli in people
+    ]
+    assert RIDES[0][0] == "Alice"
+    minted[0] -= OFFER_PRICE_MTOK
+    assert sorted(b for b in held if b) == sorted(minted)
+    assert len(pseudonyms) == 20 and held.count(0) == 5
+
+
+def _impact_agrees(system: System, dpo: CivisClient, consumers: list[str]) -> None:
+    """The metropolis (the consumer that read impact statistics) sees one cell, ten cyclists
+    in croix-rousse, and the two small districts suppressed, their figures in no total."""
+    lines = [
+        a for c in consumers for a in dpo.iter_access_log(consumer=c, purpose="impact-statistics")
+    ]
+    [metropolis] = {a["consumer"] for a in lines}
+    datasets = sorted({a["dataset"] for a in lines})
+    assert len(datasets) == 3
+    board = (
+        system.client(metropolis, "consumer")
+        .request("GET", "/v1/dashboards/impact", params={"dataset": datasets})
+        .json()
+    )
+    assert board["k"] == 10
+    cells = {c["district"]: c for c in board["cells"]}
+    assert sorted(cells) == ["croix-rousse", "presquile", "vaise"]
+    shown = cells["croix-rousse"]["sums"]
+    assert not cells["croix-rousse"]["suppressed"]
+    assert shown["subjects"] == 10 and shown["km"] == 74.9
+    for small in ("presquile", "vaise"):
+        assert cells[small]["suppressed"] and cells[small]["sums"] is None
+    overall = board["overall"]
+    assert (overall["subjects"], overall["km"], overall["litres"], overall["euros"]) == (
+        10,
+        74.9,
+        0,
+        0,
+    )
+
+
+def _statement(api: CivisClient, member: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    after: int | None = 0
+    while after is not None:
+        page = api.statement(member, after=after, limit=1000)
+        entries += [dict(e) for e in page["entries"]]
+        after = page["next_after"]
+    return entries
+
+
+def _fees_agree(system: System, dpo: CivisClient, members: list[str]) -> None:
+    """The bank paid 0.40 € for each of its two answers; the utility earned each less the 5 %
+    commission, which the cooperative's operations key earned for the same accesses."""
+    statements = {m: dpo.statement(m) for m in members}
+    [bank] = [m for m, s in statements.items() if s["totals"]["paid"]]
+    [utility] = [m for m, s in statements.items() if s["totals"]["earned"]]
+    assert statements[bank]["totals"] == {"paid": 80, "earned": 0, "deposited": 500, "balance": 420}
+    paid = {e["access"]: e["cents"] for e in statements[bank]["entries"] if e["kind"] == "fee_paid"}
+    earned = {e["access"]: e["cents"] for e in statements[utility]["entries"]}
+    cooperative = Keyring.load(system.data_dir).operations_key
+    commission = {
+        e["access"]: e["cents"]
+        for e in _statement(dpo, cooperative)
+        if e["kind"] == "commission" and e["access"] in paid
+    }
+    assert len(paid) == 2 and set(paid.values()) == {40}
+    assert earned == {a: 38 for a in paid} and commission == {a: 2 for a in paid}
 
 
 def test_each_story_plays_alone_and_in_any_order(system: System) -> None:
     """Each registered story run on its own, the last first: each casts what it needs."""
-    assert len(STORIES) >= 3
+    assert len(STORIES) >= 4
     outputs: dict[str, str] = {}
     for story in reversed(STORIES):
         done = _demo(system, system.up.url, "--story", story.name)
@@ -302,6 +453,11 @@ def test_each_story_plays_alone_and_in_any_order(system: System) -> None:
     # Alone, the road story's Alice knows no other dataset, and her wallet says so.
     assert "any other dataset she joins gets a pseudonym of its own" in outputs["road-maintenance"]
     assert "the subject export now holds 0 readable records" in outputs["erasure"]
+    # Alone and first, the eco-citizen story casts the utility and the fleet it uses.
+    eco = outputs["eco-citizen"]
+    assert "the utility Lumen-" in eco and "the fleet operator Transroute-" in eco
+    assert "refused: coupon_spent" in eco and "suppressed (fewer than k = 10" in eco
+    assert "balance 4.20 €" in outputs["proof-of-address"]
 
 
 def test_the_demo_says_plainly_when_there_is_no_system(system: System) -> None:

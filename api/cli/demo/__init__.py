@@ -1,10 +1,12 @@
 """`civis-vault demo`: the white paper's use cases, played over HTTP against a running system.
 
 Why a demo command: the product's promises (a bank learns one bit, only with the citizen's
-consent; a road service reads only what consenting drivers allow; an erased citizen is
-unreadable and the ledger shows it) are easiest to believe when one sees them happen on a real
-system. The demo speaks only HTTP to the API a `civis-vault up` serves, and prints each step in
-plain words with the ledger receipt (transaction id, block height) of every step that the
+consent, and pays for it; a road service reads only what consenting drivers allow; an erased
+citizen is unreadable and the ledger shows it; a certified ride earns tokens a coupon spends
+once, and the metropolis sees no statistic of fewer than k citizens) are easiest to believe
+when one sees them happen on a real system. The demo speaks only HTTP to the API a
+`civis-vault up` serves, and prints each step in plain words with the ledger receipt
+(transaction id, block height) of every step that the
 consent contracts decided. It checks every outcome and exits non-zero at the first one that
 did not happen, so it doubles as a smoke test of a deployment.
 
@@ -51,14 +53,19 @@ from pathlib import Path
 
 import httpx
 
-from api.cli.demo import erasure, proof_of_address, road_maintenance
+from api.cli.demo import eco_citizen, erasure, proof_of_address, road_maintenance
 from api.cli.demo.common import DemoFailed, Keyring, Story, api_keys
 from api.cli.demo.stage import Stage
 from api.client import CivisClient
 
 HTTP_TIMEOUT_S = 60.0
 # Played in this order unless --story names some; each stands on its own.
-STORIES: list[Story] = [proof_of_address.STORY, road_maintenance.STORY, erasure.STORY]
+STORIES: list[Story] = [
+    proof_of_address.STORY,
+    road_maintenance.STORY,
+    erasure.STORY,
+    eco_citizen.STORY,
+]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +73,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "demo",
         help="play the white paper's use cases against a running `civis-vault up`",
         description=(
-            "Proof of address, road maintenance and erasure, over HTTP against a running "
+            "Proof of address (paid), road maintenance, erasure and eco-citizen tokens, over "
+            "HTTP against a running "
             "system; run it on the vault host (it issues its API keys in the vault's database "
             "and signs the founding members' votes with the keys `up` keeps in --data-dir)."
         ),

@@ -20,7 +20,13 @@ from api.cli.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
 from api.client import College, Receipt
 from api.client.wallet import Wallet, WalletError, new_wallet
 from ledger_bridge.crypto import SigningKey
-from ledger_bridge.genesis import GENESIS_FILE, GenesisError, load_genesis, load_signing_key
+from ledger_bridge.genesis import (
+    GENESIS_FILE,
+    Genesis,
+    GenesisError,
+    load_genesis,
+    load_signing_key,
+)
 
 if TYPE_CHECKING:
     from api.cli.demo.stage import Stage
@@ -61,13 +67,18 @@ class Keyring:
     data_dir: Path
     dpo: SigningKey
     by_college: dict[str, list[SigningKey]] = field(default_factory=dict)
+    # From the genesis: what a device signs its claims for, and the cooperative's operations
+    # key (the founding member with role vault), which signs coupons and earns commissions.
+    chain_id: str = ""
+    operations_key: str = ""
 
     @classmethod
     def load(cls, data_dir: Path) -> Keyring:
         try:
             dpo = load_signing_key(keys_dir(data_dir) / DPO_KEY_FILE)
             genesis = load_genesis(ledger_dir(data_dir) / GENESIS_FILE)
-            ring = cls(data_dir, dpo)
+            ring = cls(data_dir, dpo, chain_id=genesis.chain_id)
+            ring.operations_key = _operations_key(genesis)
             ring.by_college.setdefault(DPO_COLLEGE, []).append(dpo)
             for i, v in enumerate(genesis.validators):
                 key = load_signing_key(ledger_dir(data_dir) / "keys" / f"node-{i}.key")
@@ -97,6 +108,13 @@ class Keyring:
     def new_wallet(self) -> Wallet:
         """A citizen's wallet, kept (0600) so that its pseudonyms vote in later runs."""
         return Wallet.create(self.data_dir / WALLETS_DIR / f"{secrets.token_hex(8)}.key")
+
+
+def _operations_key(genesis: Genesis) -> str:
+    for member in genesis.app_genesis.get("members", []):
+        if member.get("role") == "vault":
+            return str(member["public_key"])
+    raise GenesisError("the genesis names no founding member with role vault")
 
 
 IssueKey = Callable[[str, str], str]

@@ -14,6 +14,7 @@ import contextlib
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from api.cli.demo.common import (
     MEMBERS_DIR,
@@ -103,6 +104,19 @@ class Stage:
         raise DemoFailed(f"{what}: expected a refusal (403), it was answered")
 
     @staticmethod
+    def refused_as(call: Callable[[], object], code: str, what: str) -> ProblemError:
+        """The refusal with this contract code the story expects here (any status)."""
+        try:
+            call()
+        except ProblemError as exc:
+            if exc.code == code:
+                return exc
+            raise DemoFailed(f"{what}: expected a refusal ({code}), got {exc}") from None
+        except ClientError as exc:
+            raise DemoFailed(f"{what}: expected a refusal ({code}), got {exc}") from None
+        raise DemoFailed(f"{what}: expected a refusal ({code}), it was answered")
+
+    @staticmethod
     def check(ok: bool, what: str) -> None:
         if not ok:
             raise DemoFailed(what)
@@ -185,16 +199,22 @@ class Stage:
     def admit(self, *parties: Party) -> None:
         """The DPO proposes each admission; the colleges' members vote until it passes."""
         for party in parties:
-            with self.doing(f"proposing to admit {party.name}"):
-                out = self.api.propose_admission(self.dpo.key, party.id)
-            pid = int(out["result"]["proposal"])
-            self.tell(
-                f"the DPO proposes to admit {party.name}: proposal {pid} "
-                f"{receipt_text(out['receipt'])}"
+            self.decide(
+                {"kind": "admit_member", "member": party.id},
+                f"to admit {party.name}",
+                f"{party.name} admitted",
             )
-            self.vote_through(pid, party.name)
 
-    def vote_through(self, pid: int, what: str) -> None:
+    def decide(self, action: dict[str, Any], proposed: str, outcome: str) -> None:
+        """The DPO proposes a governance action; the colleges' members vote until it passes.
+        `proposed` says what is proposed ("to admit X"), `outcome` what passing does."""
+        with self.doing(f"proposing {proposed}"):
+            out = self.api.propose(self.dpo.key, action)
+        pid = int(out["result"]["proposal"])
+        self.tell(f"the DPO proposes {proposed}: proposal {pid} {receipt_text(out['receipt'])}")
+        self.vote_through(pid, outcome)
+
+    def vote_through(self, pid: int, outcome: str) -> None:
         with self.doing(f"reading proposal {pid}"):
             proposal = self.dpo.api.proposal(pid)["result"]
         members: dict[str, int] = proposal["members"]
@@ -223,7 +243,7 @@ class Stage:
                 )
         votes = ", ".join(f"{c} {tally[c]} of {members[c]}" for c in members)
         self.check(status == "passed", f"proposal {pid} is {status} after the votes, not passed")
-        self.tell(f"the colleges vote yes ({votes}): {what} admitted {receipt_text(last)}")
+        self.tell(f"the colleges vote yes ({votes}): {outcome} {receipt_text(last)}")
 
     # -- data and consent --------------------------------------------------------------------
 
