@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, cast
 
@@ -661,6 +661,26 @@ class CivisClient:
         (`coupon_spent`) the second time. A mistyped code raises `CouponError` locally."""
         body = {"secret": coupons.decode_code(code).hex()}
         return cast(LedgerWrite, self.submit("/v1/coupons/spend", key, "coupon.spend", body))
+
+    # -- dashboards -----------------------------------------------------------------------
+
+    def impact_dashboard(
+        self,
+        datasets: Sequence[str] = (),
+        *,
+        week_from: str | None = None,
+        week_to: str | None = None,
+    ) -> dict[str, Any]:
+        """The metropolis's k-anonymous statistics (a consumer's key): one recorded access
+        per dataset for purpose impact-statistics, cells per district and ISO week
+        (`2026-W49`), suppressed below k subjects; every registered dataset for the purpose
+        when `datasets` is empty."""
+        params = {"dataset": list(datasets) or None, "from": week_from, "to": week_to}
+        return cast(dict[str, Any], self._get("/v1/dashboards/impact", **params))
+
+    def partner_dashboard(self) -> dict[str, Any]:
+        """A partner's own redemptions by day and category (a partner's key)."""
+        return cast(dict[str, Any], self._get("/v1/dashboards/partner"))
 
     # -- ledger and health ----------------------------------------------------------------
 

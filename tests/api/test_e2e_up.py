@@ -387,11 +387,7 @@ def _impact_agrees(system: System, dpo: CivisClient, consumers: list[str]) -> No
     [metropolis] = {a["consumer"] for a in lines}
     datasets = sorted({a["dataset"] for a in lines})
     assert len(datasets) == 3
-    board = (
-        system.client(metropolis, "consumer")
-        .request("GET", "/v1/dashboards/impact", params={"dataset": datasets})
-        .json()
-    )
+    board = system.client(metropolis, "consumer").impact_dashboard(datasets)
     assert board["k"] == 10
     cells = {c["district"]: c for c in board["cells"]}
     assert sorted(cells) == ["croix-rousse", "presquile", "vaise"]

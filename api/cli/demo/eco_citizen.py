@@ -292,7 +292,7 @@ def _spend_twice(stage: Stage, bakery: Party, code: str) -> None:
     )
     stage.tell(f"the same code shown a second time is refused: {again.detail}")
     with stage.doing(f"{bakery.name} reading its dashboard"):
-        board = bakery.api.request("GET", "/v1/dashboards/partner").json()
+        board = bakery.api.partner_dashboard()
     stage.check(
         board["count"] == 1 and board["mtok"] == OFFER_PRICE_MTOK,
         f"{bakery.name}'s dashboard should count one coupon: {board}",
@@ -307,9 +307,7 @@ def _impact(stage: Stage, metropolis: Party, stations: list[Station]) -> None:
     """The metropolis's dashboard over the story's datasets: one access each, k-anonymous."""
     datasets = [s.dataset for s in stations]
     with stage.doing(f"{metropolis.name} reading the impact dashboard"):
-        board = metropolis.api.request(
-            "GET", "/v1/dashboards/impact", params={"dataset": datasets}
-        ).json()
+        board = metropolis.api.impact_dashboard(datasets)
     k = int(board["k"])
     stage.check(
         k <= len(RIDES),
