@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "access": "bench.access:run",
     "crypto": "bench.crypto:run",
     "checkpoint": "bench.checkpoint:run",
+    "events": "bench.events:run",
 }
 
 # The repository holding this `bench/`.

@@ -53,6 +53,14 @@ DETAIL_FIELDS = frozenset(
     {"event", "device", "rule", "at", "district", "week", "km", "litres", "euros", "salt"}
 )
 _RECORD_ID_DOMAIN = b"civis-vault/event-record/v1"
+# The dataset of each device this process has found registered, by (chain id, device): a
+# device's dataset is fixed when it registers (`device.register` refuses a registered key),
+# so it is read from the replicas once per device, not once per batch, which spares every
+# request a round trip to a ledger busy executing rewards. A device not found is never
+# remembered: it may be registered the next moment. Its status is not remembered either:
+# the contract decides it at the reward's height.
+_DATASETS: dict[tuple[str, str], uuid.UUID] = {}
+_DATASETS_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +158,7 @@ class EventIngestion:
     def ingest(self, device_hex: str, items: list[dict[str, Any]]) -> Ingested:
         check_claims(self._ledger.chain_id, device_hex, items)
         body = reward_body(items)
-        found = self._ledger.query("device", device=bytes.fromhex(device_hex))["result"]
-        if found is None:
-            raise LedgerRefused("device_unknown", "no device is registered with this key")
-        dataset_id = uuid.UUID(str(found["dataset"]))
+        dataset_id = self._dataset_of(device_hex)
         device = bytes.fromhex(device_hex)
         records = [
             RecordIn(
@@ -184,6 +189,20 @@ class EventIngestion:
             dataset_id=dataset_id,
             record_count=len(records),
         )
+
+    def _dataset_of(self, device_hex: str) -> uuid.UUID:
+        """The device's dataset: remembered, else read from the ledger (404 if unknown)."""
+        key = (self._ledger.chain_id, device_hex)
+        known = _DATASETS.get(key)
+        if known is not None:
+            return known
+        found = self._ledger.query("device", device=bytes.fromhex(device_hex))["result"]
+        if found is None:
+            raise LedgerRefused("device_unknown", "no device is registered with this key")
+        if len(_DATASETS) >= _DATASETS_MAX:
+            _DATASETS.clear()  # a bound, not a policy: the next batches read it again
+        dataset_id = _DATASETS[key] = uuid.UUID(str(found["dataset"]))
+        return dataset_id
 
     def _store_details(self, dataset_id: uuid.UUID, records: list[RecordIn]) -> uuid.UUID:
         """One upload for the request, committed; 409 if its events are stored already."""

@@ -30,6 +30,10 @@ def _norm(obj: Any, depth: int = 0) -> Any:
     t = type(obj)
     if t is str or t is bytes:  # the common leaves first: this runs once per value
         return obj
+    if t is int:  # amounts, heights, days: the other common leaf (a bool's type is bool)
+        if not INT_MIN <= obj <= INT_MAX:
+            raise NotCanonical("integer out of range")
+        return obj
     if t is list and all(type(x) is str for x in obj):  # e.g. an access's granted subjects
         return obj
     if obj is None or isinstance(obj, bool | str | bytes):

@@ -194,6 +194,31 @@ def test_an_unknown_device_is_404_and_an_unregistered_subject_withdraws(eco: Eco
     assert _uploads(eco)[0]["state"] == "withdrawn"
 
 
+def test_a_devices_dataset_is_read_from_the_ledger_once_per_process(
+    eco: Eco, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch spares a round trip to the replicas once its device is known; an unknown
+    device is looked up each time (it may be registered since)."""
+    env, citizen = eco.env, register_subject(eco.env)
+    _earn(eco, citizen, 100)
+    asked: list[str] = []
+    real = env.gateway.query
+
+    def spy(q: str, **args: Any) -> dict[str, Any]:
+        asked.append(q)
+        return real(q, **args)
+
+    monkeypatch.setattr(env.gateway, "query", spy)
+    _earn(eco, citizen, 200)
+    assert "device" not in asked
+    stranger = Device(env.chain_id, "centre")
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            api(env).send_events(stranger.id, [_ride(eco, citizen, 100, stranger)])
+    assert asked.count("device") == 2
+    assert _balance(eco, citizen) == 300
+
+
 def test_transfer_and_overdraft(eco: Eco) -> None:
     env = eco.env
     alice, bob = register_subject(env), register_subject(env)

@@ -12,7 +12,7 @@ import argparse
 import json
 from numbers import Real
 
-from bench import access, checkpoint, crypto, upload_http
+from bench import access, checkpoint, crypto, events, upload_http
 from tests.conftest import PgServer
 
 
@@ -52,6 +52,33 @@ def test_access_reports_each_consumer_count_with_its_baseline(pg_server: PgServe
     bar = report["bar"]
     assert bar["consumers"] == 8 and (bar["p50_ms_max"], bar["p99_ms_max"]) == (20.0, 100.0)
     assert isinstance(bar["p50_met"], bool) and isinstance(bar["p99_met"], bool)
+
+
+def test_events_reports_credited_events_coupons_and_the_ledger_baseline(
+    pg_server: PgServer,
+) -> None:
+    size = {"devices": 2, "batch": 8, "partners": 2, "coupons": 2, "ledger_seconds": 0.5}
+    report = events.run(
+        argparse.Namespace(records=4, seconds=0.5, database_url=pg_server.base_url, **size)
+    )
+    json.dumps(report)  # what `civis-vault bench events --json` prints
+    assert report["benchmark"] == "events"
+    assert (report["devices"], report["events_per_request"], report["subjects"]) == (2, 8, 4)
+    ev = report["events"]
+    assert ev["errors"] == 0 and ev["requests"] > 0
+    assert ev["events"] == 8 * ev["requests"]
+    assert 0 < ev["p50_ms"] <= ev["p99_ms"]
+    assert {"api", "replicas", "client"} <= set(ev["cpu_ms_per_event"])
+    assert report["ledger_baseline"]["tx_per_s"] > 0
+    assert report["ratio_events_per_s_to_ledger_tx_per_s"] > 0
+    coupons = report["coupons"]
+    assert coupons["partners"] == 2 and coupons["coupons_per_partner"] == 2
+    for step in ("redeem", "spend"):
+        # every coupon redeemed, then spent once by its partner
+        assert (coupons[step]["requests"], coupons[step]["errors"]) == (4, 0), step
+        assert coupons[step]["p50_ms"] <= coupons[step]["p99_ms"]
+    bar = report["bar"]
+    assert bar["events_per_s_min"] == 1000.0 and isinstance(bar["met"], bool)
 
 
 def test_upload_http_sized_by_bytes_streams_that_body(pg_server: PgServer) -> None:

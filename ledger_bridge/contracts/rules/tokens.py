@@ -157,10 +157,13 @@ def _claim_terms(c: Ctx, i: int, claim: dict[str, Any]) -> dict[str, Any]:
 
 def event_reward(c: Ctx) -> dict[str, Any]:
     """Reward a batch of device-signed claims, all or none (a bad claim refuses the whole
-    transaction, naming its index)."""
+    transaction, naming its index). The supply counter is written once for the batch: the
+    same state as once per claim, one state write per claim less on every replica."""
     c.active(c.tx.author, "vault")
     credited: list[list[Any]] = []
     today = c.now // DAY_MS
+    supply_before: int = c.state.get("meta", "minted") or 0
+    supply = supply_before
     for i, claim in enumerate(c.tx.body["claims"]):
         terms = _claim_terms(c, i, claim)
         subject: str = claim["subject"]
@@ -171,7 +174,6 @@ def event_reward(c: Ctx) -> dict[str, Any]:
         cap: int = terms["cap_mtok_per_day"]
         if cap > 0:
             minted = max(0, min(minted, cap - so_far))
-        supply: int = c.state.get("meta", "minted") or 0
         check(supply + minted <= MTOK_MAX, f"claim {i}: the token supply would exceed its bound")
         c.state.put(
             "event",
@@ -183,9 +185,11 @@ def event_reward(c: Ctx) -> dict[str, Any]:
             c.state.put("minted_day", rule, subject, day, so_far + minted)
             _credit(c.state, subject, [[today, minted]])
             _statement(c.state, subject, c.height, "minted", minted, rule=rule)
-            _supply(c.state, "minted", minted)
+            supply += minted
         mention(c, subject)
         credited.append([subject, minted])
+    if supply != supply_before:
+        _supply(c.state, "minted", supply - supply_before)
     return {"ok": True, "credited": credited}
 
 
