@@ -10,7 +10,8 @@ import os
 import pytest
 
 from ledger_bridge.contracts.bodies import MTOK_MAX
-from tests.ledger_bridge.contracts.token_world import Eco, decide, eco, rule_action
+from tests.ledger_bridge.contracts.test_forget import erase_body
+from tests.ledger_bridge.contracts.token_world import DATASET, Eco, decide, eco, rule_action
 
 
 @pytest.fixture()
@@ -63,3 +64,22 @@ def test_a_partner_cannot_raise_the_price_under_a_pending_redemption(world: Eco)
     assert raised["ok"]
     # the holder agreed to 2000 mtok: either that is what it cost, or nothing happened
     assert not redeemed["ok"] or redeemed["price_mtok"] == 2000, redeemed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an event claim carries in clear what its salted commitment was meant to hide: the "
+    "subject, the device (hence the district), the time to the millisecond and the quantity. "
+    "Erased from the eco dataset (or expired by retention), the subject's records leave the "
+    "vault, but the event.reward transactions naming them stay readable in every replica "
+    "until an erasure everywhere. The fix (redacting a subject's event.reward on an erasure "
+    "in the device's dataset, or claims that carry less) is a design decision.",
+)
+def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: Eco) -> None:
+    chain = world.chain
+    s = chain.subject()
+    [r] = chain.block(world.reward(world.claim(s, quantity_milli=5300)))
+    assert r["ok"]
+    reward_at = (chain.height, 0)
+    chain.ok(chain.dpo, "erasure.record", erase_body(s, DATASET))
+    assert reward_at in {(e.height, e.index) for e in chain.app.redactions(0, 1000)}
