@@ -7,14 +7,14 @@ Why this order (signatures, upload, reward, withdraw on refusal):
   credited an event, its detail exists, so no token is ever minted for an event the vault
   cannot show (the consumer of impact statistics reads the same records). The upload is one
   transaction of its own, committed, with its anchor fact in the outbox as any upload;
-- a refusal by the contract (a suspended device, an event already rewarded, a rule the
-  device may not earn) withdraws the upload: its upload secret is destroyed and its rows
+- a refusal by the contract (a device suspended meanwhile, an event already rewarded, a rule
+  the device may not earn) withdraws the upload: its upload secret is destroyed and its rows
   dropped, exactly as the DPO's withdrawal of an upload, so nothing personal stays for an
   event that earned nothing.
 
 The API's own refusals are the contract's, run early with its codes (`bad_device_signature`
-403, `duplicate_event` 409, `device_unknown` 404, `invalid` 422): a client branches on one
-code whichever side refused.
+403, `duplicate_event` 409, `device_unknown` 404, `device_pending` and `device_suspended` 403,
+`invalid` 422): a client branches on one code whichever side refused.
 
 Records are keyed by the event: the record id is derived from (device, event id), so the
 same event sent twice is one record, and a request whose events are all stored already (a
@@ -53,6 +53,11 @@ DETAIL_FIELDS = frozenset(
     {"event", "device", "rule", "at", "district", "week", "km", "litres", "euros", "salt"}
 )
 _RECORD_ID_DOMAIN = b"civis-vault/event-record/v1"
+# The contract's refusal of a device not active, by whether it is pending (else suspended).
+_INACTIVE = {
+    True: ("device_pending", "the device is not admitted by governance"),
+    False: ("device_suspended", "the device is suspended"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,12 @@ class EventIngestion:
         found = self._ledger.query("device", device=bytes.fromhex(device_hex))["result"]
         if found is None:
             raise LedgerRefused("device_unknown", "no device is registered with this key")
+        if found["status"] != "active":
+            # A device governance has not admitted, or has suspended (its key may be in the
+            # wrong hands), gets nothing stored: no upload, no anchor, no withdrawal on the
+            # ledger. Suspended between this read and the reward, the contract refuses it and
+            # the upload is withdrawn.
+            raise LedgerRefused(*_INACTIVE[found["status"] == "pending"])
         dataset_id = uuid.UUID(str(found["dataset"]))
         device = bytes.fromhex(device_hex)
         records = [
