@@ -7,14 +7,14 @@ Why this order (signatures, upload, reward, withdraw on refusal):
   credited an event, its detail exists, so no token is ever minted for an event the vault
   cannot show (the consumer of impact statistics reads the same records). The upload is one
   transaction of its own, committed, with its anchor fact in the outbox as any upload;
-- a refusal by the contract (a suspended device, an event already rewarded, a rule the
-  device may not earn) withdraws the upload: its upload secret is destroyed and its rows
+- a refusal by the contract (a device suspended meanwhile, an event already rewarded, a rule
+  the device may not earn) withdraws the upload: its upload secret is destroyed and its rows
   dropped, exactly as the DPO's withdrawal of an upload, so nothing personal stays for an
   event that earned nothing.
 
 The API's own refusals are the contract's, run early with its codes (`bad_device_signature`
-403, `duplicate_event` 409, `device_unknown` 404, `invalid` 422): a client branches on one
-code whichever side refused.
+403, `duplicate_event` 409, `device_unknown` 404, `device_pending` and `device_suspended` 403,
+`invalid` 422): a client branches on one code whichever side refused.
 
 Records are keyed by the event: the record id is derived from (device, event id), so the
 same event sent twice is one record, and a request whose events are all stored already (a
@@ -29,6 +29,7 @@ rewarded); the DPO sees a stored upload without reward in the upload list.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,14 +54,22 @@ DETAIL_FIELDS = frozenset(
     {"event", "device", "rule", "at", "district", "week", "km", "litres", "euros", "salt"}
 )
 _RECORD_ID_DOMAIN = b"civis-vault/event-record/v1"
-# The dataset of each device this process has found registered, by (chain id, device): a
-# device's dataset is fixed when it registers (`device.register` refuses a registered key),
-# so it is read from the replicas once per device, not once per batch, which spares every
-# request a round trip to a ledger busy executing rewards. A device not found is never
-# remembered: it may be registered the next moment. Its status is not remembered either:
-# the contract decides it at the reward's height.
-_DATASETS: dict[tuple[str, str], uuid.UUID] = {}
-_DATASETS_MAX = 100_000
+# The devices this process found registered AND active, by (chain id, device): their dataset
+# (fixed at registration: `device.register` refuses a registered key) and until when their
+# active status is trusted. Reading both from the replicas on every batch costs each request a
+# round trip to a ledger busy executing rewards; trusting an active status for a moment
+# costs, once governance suspends a device, at most that moment's batches stored and then
+# withdrawn when the contract refuses them (the contract decides at the reward's height, and
+# its refusal forgets the device here). A device found pending, suspended or unknown is never
+# remembered: each of its batches is refused before anything is stored.
+_ACTIVE: dict[tuple[str, str], tuple[uuid.UUID, float]] = {}
+_ACTIVE_FOR_S = 2.0
+_ACTIVE_MAX = 100_000
+# The contract's refusal of a device not active, by whether it is pending (else suspended).
+_INACTIVE = {
+    True: ("device_pending", "the device is not admitted by governance"),
+    False: ("device_suspended", "the device is suspended"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +167,7 @@ class EventIngestion:
     def ingest(self, device_hex: str, items: list[dict[str, Any]]) -> Ingested:
         check_claims(self._ledger.chain_id, device_hex, items)
         body = reward_body(items)
-        dataset_id = self._dataset_of(device_hex)
+        dataset_id = self._active_dataset(device_hex)
         device = bytes.fromhex(device_hex)
         records = [
             RecordIn(
@@ -171,8 +180,10 @@ class EventIngestion:
         upload = self._store_details(dataset_id, records)
         try:
             answer = self._ledger.act("event.reward", body)
-        except LedgerRefused:
+        except LedgerRefused as refused:
             self._withdraw(upload)
+            if refused.code in ("device_pending", "device_suspended"):
+                _ACTIVE.pop((self._ledger.chain_id, device_hex), None)
             raise
         finally:
             if self._jobs is not None:
@@ -190,18 +201,23 @@ class EventIngestion:
             record_count=len(records),
         )
 
-    def _dataset_of(self, device_hex: str) -> uuid.UUID:
-        """The device's dataset: remembered, else read from the ledger (404 if unknown)."""
+    def _active_dataset(self, device_hex: str) -> uuid.UUID:
+        """The dataset of an active device: remembered for a moment, else read from the
+        ledger. Unknown: 404; pending or suspended: 403, with nothing stored."""
         key = (self._ledger.chain_id, device_hex)
-        known = _DATASETS.get(key)
-        if known is not None:
-            return known
+        known = _ACTIVE.get(key)
+        if known is not None and time.monotonic() < known[1]:
+            return known[0]
         found = self._ledger.query("device", device=bytes.fromhex(device_hex))["result"]
         if found is None:
             raise LedgerRefused("device_unknown", "no device is registered with this key")
-        if len(_DATASETS) >= _DATASETS_MAX:
-            _DATASETS.clear()  # a bound, not a policy: the next batches read it again
-        dataset_id = _DATASETS[key] = uuid.UUID(str(found["dataset"]))
+        if found["status"] != "active":
+            _ACTIVE.pop(key, None)
+            raise LedgerRefused(*_INACTIVE[found["status"] == "pending"])
+        if len(_ACTIVE) >= _ACTIVE_MAX:
+            _ACTIVE.clear()  # a bound, not a policy: the next batches read it again
+        dataset_id = uuid.UUID(str(found["dataset"]))
+        _ACTIVE[key] = (dataset_id, time.monotonic() + _ACTIVE_FOR_S)
         return dataset_id
 
     def _store_details(self, dataset_id: uuid.UUID, records: list[RecordIn]) -> uuid.UUID:

@@ -131,7 +131,7 @@ def statement(
     public_key: Annotated[str, Path(pattern=PUBLIC_KEY_HEX)],
     ledger: LedgerDep,
     member: CurrentMember,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=bodies.JSON_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=STATEMENT_LIMIT_MAX)] = 100,
 ) -> StatementOut:
     """A member's credit movements and totals, for the member itself or the DPO."""

@@ -205,6 +205,11 @@ def token_transfer(c: Ctx) -> dict[str, Any]:
         raise Reject("unknown_member", "the recipient is no registered member")
     check(to != c.tx.author, "a transfer goes to another member")
     sender = c.tx.author.hex()
+    # Supply bounds every balance, but not the totals of tokens going back and forth: refused
+    # before either total passes what a JSON client reads exactly.
+    for account, kind in ((sender, "sent"), (to.hex(), "received")):
+        so_far = (c.state.get("token_totals", account) or {}).get(kind, 0)
+        check(so_far + amount <= MTOK_MAX, f"the account's {kind} total would exceed its bound")
     lots = _debit(c.state, sender, amount)
     _credit(c.state, to.hex(), lots)
     _statement(c.state, sender, c.height, "sent", amount)

@@ -1,0 +1,85 @@
+"""An attacker's view of the token economy, beyond the checks test_tokens.py covers: amounts
+that grow past what a JSON client reads exactly, and a price changed under a holder's
+redemption."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from ledger_bridge.contracts.bodies import MTOK_MAX
+from tests.ledger_bridge.contracts.test_forget import erase_body
+from tests.ledger_bridge.contracts.token_world import DATASET, Eco, decide, eco, rule_action
+
+
+@pytest.fixture()
+def world() -> Eco:
+    return eco()
+
+
+def test_statement_totals_stay_json_safe_however_often_tokens_go_back_and_forth(
+    world: Eco,
+) -> None:
+    """Supply is bounded by MTOK_MAX, but an account's `sent`/`received` totals sum every
+    transfer: two holders passing a large balance back and forth would push them past 2^53
+    (a JSON client then reads another number), and eventually past what msgpack encodes."""
+    chain = world.chain
+    decide(chain, rule_action("cycling", rate=10**9))  # 1,000,000 tokens per km
+    s, t = chain.subject(), chain.subject()
+    big = MTOK_MAX // 2
+    chain.ok(chain.vault, "event.reward", {"claims": [world.claim(s, quantity_milli=big // 10**6)]})
+    held = world.balance(s)
+    assert held > MTOK_MAX // 4
+    chain.ok(s, "token.transfer", {"to": t.pub, "amount_mtok": held})  # legitimate at first
+    chain.ok(t, "token.transfer", {"to": s.pub, "amount_mtok": held})
+    for _ in range(3):
+        chain.one(s, "token.transfer", {"to": t.pub, "amount_mtok": held})
+        chain.one(t, "token.transfer", {"to": s.pub, "amount_mtok": held})
+    for who in (s, t):
+        totals = chain.query(q="token_statement", account=who.pub)["totals"]
+        assert all(0 <= v <= MTOK_MAX for v in totals.values()), totals
+    world.supply_holds()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="token.redeem names no price: the partner may republish its offer at a higher "
+    "price ahead of a holder's redemption (same block) and the holder pays it. The fix is a "
+    "`price_mtok` the holder agrees to in token.redeem (refused on a mismatch, as "
+    "access.request's price_cents), a body and openapi change left to the lead.",
+)
+def test_a_partner_cannot_raise_the_price_under_a_pending_redemption(world: Eco) -> None:
+    chain = world.chain
+    s = chain.subject()
+    chain.ok(chain.vault, "event.reward", {"claims": [world.claim(s, quantity_milli=50_000)]})
+    world.offer(price=2000)  # what the wallet shows the holder
+    body = {"offer": "bread", "title": "a loaf", "category": "food", "active": True}
+    coupon = hashlib.sha256(os.urandom(16)).digest()
+    raised, redeemed = chain.block(
+        chain.sign(world.partner, "offer.publish", {**body, "price_mtok": 50_000}),
+        chain.sign(s, "token.redeem", {"offer": "bread", "coupon": coupon}),
+    )
+    assert raised["ok"]
+    # the holder agreed to 2000 mtok: either that is what it cost, or nothing happened
+    assert not redeemed["ok"] or redeemed["price_mtok"] == 2000, redeemed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an event claim carries in clear what its salted commitment was meant to hide: the "
+    "subject, the device (hence the district), the time to the millisecond and the quantity. "
+    "Erased from the eco dataset (or expired by retention), the subject's records leave the "
+    "vault, but the event.reward transactions naming them stay readable in every replica "
+    "until an erasure everywhere. The fix (redacting a subject's event.reward on an erasure "
+    "in the device's dataset, or claims that carry less) is a design decision.",
+)
+def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: Eco) -> None:
+    chain = world.chain
+    s = chain.subject()
+    [r] = chain.block(world.reward(world.claim(s, quantity_milli=5300)))
+    assert r["ok"]
+    reward_at = (chain.height, 0)
+    chain.ok(chain.dpo, "erasure.record", erase_body(s, DATASET))
+    assert reward_at in {(e.height, e.index) for e in chain.app.redactions(0, 1000)}
