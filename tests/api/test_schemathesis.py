@@ -127,6 +127,14 @@ SIGNED_ENDPOINTS = (
     "/v1/governance/proposals",
     "/v1/governance/proposals/{proposal}/votes",
     "/v1/access-requests",
+    # eco-citizen tokens: transactions their holder, partner or operator signs, and events
+    # each signed by their device
+    "/v1/devices",
+    "/v1/devices/{device}/events",
+    "/v1/transfers",
+    "/v1/offers",
+    "/v1/redemptions",
+    "/v1/coupons/spend",
 )
 
 
