@@ -51,20 +51,24 @@ def _supply(state: State, counter: str, mtok: int) -> None:
     state.put("meta", counter, (state.get("meta", counter) or 0) + mtok)
 
 
-def _statement(state: State, account: str, height: int, kind: str, mtok: int, **extra: Any) -> None:
+def _statement(
+    state: State, account: str, height: int, moves: list[tuple[str, int, dict[str, Any]]]
+) -> None:
+    """Append one statement entry per (kind, mtok, extra) in `moves`, and the totals once."""
     totals: dict[str, int] = state.get("token_totals", account) or {
         "n": 0,
         **{k: 0 for k in STATEMENT_KINDS},
     }
-    totals["n"] += 1
-    totals[kind] += mtok
+    for kind, mtok, extra in moves:
+        totals["n"] += 1
+        totals[kind] += mtok
+        state.put(
+            "token_statement",
+            account,
+            totals["n"],
+            {"height": height, "kind": kind, "mtok": mtok, **extra},
+        )
     state.put("token_totals", account, totals)
-    state.put(
-        "token_statement",
-        account,
-        totals["n"],
-        {"height": height, "kind": kind, "mtok": mtok, **extra},
-    )
 
 
 def _credit(state: State, account: str, lots: list[list[int]]) -> None:
@@ -125,52 +129,115 @@ def _mention_subject(c: Ctx, key: bytes) -> None:
 # -- event.reward -----------------------------------------------------------------------------
 
 
-def _claim_terms(c: Ctx, i: int, claim: dict[str, Any]) -> dict[str, Any]:
+class _Known:
+    """The devices, rules and subjects a batch names, each read from the state once: none of
+    them changes within an `event.reward`, and a batch of 256 claims names a handful."""
+
+    def __init__(self, c: Ctx) -> None:
+        self.c = c
+        self.chain_id: str = c.state.get("meta", "chain_id")
+        self.devices: dict[bytes, dict[str, Any] | None] = {}
+        self.rules: dict[str, dict[str, Any] | None] = {}
+        self.subjects: dict[str, bool] = {}
+
+    def device(self, key: bytes) -> dict[str, Any] | None:
+        if key not in self.devices:
+            self.devices[key] = self.c.state.get("device", key)
+        return self.devices[key]
+
+    def rule(self, rule: str) -> dict[str, Any] | None:
+        if rule not in self.rules:
+            self.rules[rule] = rule_at(self.c.state, rule, self.c.height)
+        return self.rules[rule]
+
+    def is_subject(self, subject: str) -> bool:
+        if subject not in self.subjects:
+            member = self.c.member(bytes.fromhex(subject))
+            self.subjects[subject] = member is not None and member["role"] == "subject"
+        return self.subjects[subject]
+
+
+def _claim_terms(c: Ctx, known: _Known, i: int, claim: dict[str, Any]) -> dict[str, Any]:
     """The reward rule's terms for claim `i`, after every check but the amount's. A claim
     repeated within the batch is found as a duplicate too: the claims before it in the batch
     have already written their ("event", device, event) entries."""
     where = f"claim {i}"
-    device: dict[str, Any] | None = c.state.get("device", claim["device"])
+    device = known.device(claim["device"])
     if device is None:
         raise Reject("device_unknown", f"{where}: no device registered with this key")
     if device["status"] == "pending":
         raise Reject("device_pending", f"{where}: the device is not admitted by governance")
     if device["status"] != "active":
         raise Reject("device_suspended", f"{where}: the device is suspended")
-    chain_id: str = c.state.get("meta", "chain_id")
-    if not events.verify_claim(chain_id, claim):
+    if not events.verify_claim(known.chain_id, claim):
         raise Reject("bad_device_signature", f"{where}: the device's signature does not verify")
-    key = (claim["device"], claim["event"])
-    if c.state.has("event", *key):
+    if c.state.has("event", claim["device"], claim["event"]):
         raise Reject("duplicate_event", f"{where}: this event is already rewarded")
-    terms = rule_at(c.state, claim["rule"], c.height)
+    terms = known.rule(claim["rule"])
     if terms is None:
         raise Reject("unknown_rule", f"{where}: no reward rule {claim['rule']} in force")
     if device["kind"] not in terms["device_kinds"]:
         raise Reject("rule_not_for_device", f"{where}: the rule does not reward this device kind")
-    member = c.member(bytes.fromhex(claim["subject"]))
-    if member is None or member["role"] != "subject":
+    if not known.is_subject(claim["subject"]):
         raise Reject("unknown_subject", f"{where}: the subject is no registered resident")
     check(claim["at"] <= c.now + CLAIM_AHEAD_MS, f"{where}: at is in the future")
     return terms
 
 
+class _Minted:
+    """What a batch mints, summed per subject, so each subject's cap counters, lots, balance,
+    statement and mention are written once per batch, not once per claim: a state write is an
+    encoding and a hash on every replica, and the sums are the same state."""
+
+    def __init__(self) -> None:
+        self.day: dict[tuple[str, str, int], int] = {}  # (rule, subject, day) -> so far
+        self.by_rule: dict[tuple[str, str], int] = {}  # (subject, rule) -> minted
+        self.subjects: set[str] = set()  # every subject named, minted or not
+
+    def so_far(self, state: State, key: tuple[str, str, int]) -> int:
+        if key in self.day:
+            return self.day[key]
+        found: int | None = state.get("minted_day", *key)
+        return found or 0
+
+    def add(self, key: tuple[str, str, int], so_far: int, minted: int) -> None:
+        rule, subject, _ = key
+        self.day[key] = so_far + minted
+        self.by_rule[subject, rule] = self.by_rule.get((subject, rule), 0) + minted
+
+    def write(self, c: Ctx) -> None:
+        """In sorted key order (determinism needs an order, and sorted needs no history)."""
+        for key in sorted(self.day):
+            c.state.put("minted_day", *key, self.day[key])
+        per_subject: dict[str, list[tuple[str, int]]] = {}
+        for subject, rule in sorted(self.by_rule):
+            per_subject.setdefault(subject, []).append((rule, self.by_rule[subject, rule]))
+        today = c.now // DAY_MS
+        for subject, minted in per_subject.items():
+            _credit(c.state, subject, [[today, sum(m for _, m in minted)]])
+            moves = [("minted", m, {"rule": rule}) for rule, m in minted]
+            _statement(c.state, subject, c.height, moves)
+        for subject in sorted(self.subjects):
+            mention(c, subject)
+
+
 def event_reward(c: Ctx) -> dict[str, Any]:
     """Reward a batch of device-signed claims, all or none (a bad claim refuses the whole
-    transaction, naming its index). The supply counter is written once for the batch: the
-    same state as once per claim, one state write per claim less on every replica."""
+    transaction, naming its index). Every claim is checked before anything but its event
+    entry is written; then the batch's sums are written once per subject (`_Minted`) and the
+    supply counter once."""
     c.active(c.tx.author, "vault")
+    known, batch = _Known(c), _Minted()
     credited: list[list[Any]] = []
-    today = c.now // DAY_MS
     supply_before: int = c.state.get("meta", "minted") or 0
     supply = supply_before
     for i, claim in enumerate(c.tx.body["claims"]):
-        terms = _claim_terms(c, i, claim)
+        terms = _claim_terms(c, known, i, claim)
         subject: str = claim["subject"]
         rule: str = claim["rule"]
-        day = claim["at"] // DAY_MS
+        day_key = (rule, subject, claim["at"] // DAY_MS)
         minted = claim["quantity_milli"] * terms["rate_mtok"] // 1000
-        so_far: int = c.state.get("minted_day", rule, subject, day) or 0
+        so_far = batch.so_far(c.state, day_key)
         cap: int = terms["cap_mtok_per_day"]
         if cap > 0:
             minted = max(0, min(minted, cap - so_far))
@@ -182,12 +249,11 @@ def event_reward(c: Ctx) -> dict[str, Any]:
             {"subject": subject, "rule": rule, "minted": minted, "height": c.height},
         )
         if minted > 0:
-            c.state.put("minted_day", rule, subject, day, so_far + minted)
-            _credit(c.state, subject, [[today, minted]])
-            _statement(c.state, subject, c.height, "minted", minted, rule=rule)
+            batch.add(day_key, so_far, minted)
             supply += minted
-        mention(c, subject)
+        batch.subjects.add(subject)
         credited.append([subject, minted])
+    batch.write(c)
     if supply != supply_before:
         _supply(c.state, "minted", supply - supply_before)
     return {"ok": True, "credited": credited}
@@ -207,8 +273,8 @@ def token_transfer(c: Ctx) -> dict[str, Any]:
     sender = c.tx.author.hex()
     lots = _debit(c.state, sender, amount)
     _credit(c.state, to.hex(), lots)
-    _statement(c.state, sender, c.height, "sent", amount)
-    _statement(c.state, to.hex(), c.height, "received", amount)
+    _statement(c.state, sender, c.height, [("sent", amount, {})])
+    _statement(c.state, to.hex(), c.height, [("received", amount, {})])
     _mention_subject(c, c.tx.author)
     _mention_subject(c, to)
     return {"ok": True, "balance": balance(c.state, sender)}
@@ -252,7 +318,7 @@ def token_redeem(c: Ctx) -> dict[str, Any]:
     holder = c.tx.author.hex()
     _debit(c.state, holder, price)
     _supply(c.state, "redeemed", price)
-    _statement(c.state, holder, c.height, "redeemed", price, offer=name)
+    _statement(c.state, holder, c.height, [("redeemed", price, {"offer": name})])
     c.state.put(
         "coupon",
         coupon,
@@ -319,7 +385,7 @@ def _expire_lot(state: State, account: str, day: int, height: int) -> None:
     state.delete("lot_expiry", day, account)
     _store(state, account, balance(state, account) - mtok, [[d, m] for d, m in lots if d != day])
     _supply(state, "expired", mtok)
-    _statement(state, account, height, "expired", mtok)
+    _statement(state, account, height, [("expired", mtok, {})])
 
 
 def forget_tokens(state: State, subject: str) -> None:
