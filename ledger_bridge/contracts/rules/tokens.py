@@ -9,7 +9,9 @@ Amounts are integer milli-tokens (mtok). The state holds:
   ("lot_expiry", day, account)          -> 0: the account holds a lot minted on `day`
   ("token_totals", account)             -> the account's statement count and totals by kind
   ("token_statement", account, n)       -> {height, kind, mtok, ...} one token movement
-  ("event", device, event)              -> {subject, rule, minted, height}
+  ("event", device, event)              -> {subject, rule, minted, height, index}: index is
+                                           the reward's batch position, which forgetting
+                                           the subject redacts (it is their mention)
   ("minted_day", rule, subject, day)    -> mtok the subject earned by `rule` on `day`
   ("offer", offer)                      -> {partner, title, category, price_mtok, active, height}
   ("coupon", SHA-256(secret))           -> {offer, partner, category, price_mtok, status, height}
@@ -186,13 +188,13 @@ def _claim_terms(c: Ctx, known: _Known, i: int, claim: dict[str, Any]) -> dict[s
 
 class _Minted:
     """What a batch mints, summed per subject, so each subject's cap counters, lots, balance,
-    statement and mention are written once per batch, not once per claim: a state write is an
-    encoding and a hash on every replica, and the sums are the same state."""
+    statement are written once per batch, not once per claim: a state write is an encoding and
+    a hash on every replica, and the sums are the same state. No `mention` either: each event
+    entry keeps the reward's batch position, and forgetting reads it there (rules.forget)."""
 
     def __init__(self) -> None:
         self.day: dict[tuple[str, str, int], int] = {}  # (rule, subject, day) -> so far
         self.by_rule: dict[tuple[str, str], int] = {}  # (subject, rule) -> minted
-        self.subjects: set[str] = set()  # every subject named, minted or not
 
     def so_far(self, state: State, key: tuple[str, str, int]) -> int:
         if key in self.day:
@@ -217,8 +219,6 @@ class _Minted:
             _credit(c.state, subject, [[today, sum(m for _, m in minted)]])
             moves = [("minted", m, {"rule": rule}) for rule, m in minted]
             _statement(c.state, subject, c.height, moves)
-        for subject in sorted(self.subjects):
-            mention(c, subject)
 
 
 def event_reward(c: Ctx) -> dict[str, Any]:
@@ -246,12 +246,17 @@ def event_reward(c: Ctx) -> dict[str, Any]:
             "event",
             claim["device"],
             claim["event"],
-            {"subject": subject, "rule": rule, "minted": minted, "height": c.height},
+            {
+                "subject": subject,
+                "rule": rule,
+                "minted": minted,
+                "height": c.height,
+                "index": c.index,
+            },
         )
         if minted > 0:
             batch.add(day_key, so_far, minted)
             supply += minted
-        batch.subjects.add(subject)
         credited.append([subject, minted])
     batch.write(c)
     if supply != supply_before:
