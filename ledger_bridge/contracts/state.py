@@ -36,7 +36,7 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
     "erasure_request_open": {"all": ()},
     "vote": {"by_voter": (1,)},
     # eco-citizen tokens (rules/tokens.py, rules/devices.py)
-    "balance": {"all": ()},
+    "lots": {"all": ()},
     "lot_expiry": {"day": (0,)},
     "token_statement": {"by_account": (0,)},
     "minted_day": {"by_subject": (1,)},

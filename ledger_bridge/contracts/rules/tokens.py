@@ -3,9 +3,9 @@ coupons, expiry and what forgetting a subject does to their tokens (docs/CONTRAC
 "Eco-citizen tokens").
 
 Amounts are integer milli-tokens (mtok). The state holds:
-  ("balance", account)                  -> mtok (account: a member key in hex)
-  ("lots", account)                     -> [[day, mtok], ...] by minting day, oldest first,
-                                           summing to the balance; spent first in, first out
+  ("lots", account)                     -> [[day, mtok], ...] by minting day, oldest first
+                                           (account: a member key in hex); the balance is
+                                           their sum; spent first in, first out
   ("lot_expiry", day, account)          -> 0: the account holds a lot minted on `day`
   ("token_totals", account)             -> the account's statement count and totals by kind
   ("token_statement", account, n)       -> {height, kind, mtok, ...} one token movement
@@ -18,6 +18,10 @@ Amounts are integer milli-tokens (mtok). The state holds:
   ("redemptions", partner, day, category) -> [count, mtok] of coupons spent
   ("meta", "minted" | "redeemed" | "expired" | "forfeited") -> supply counters
 so that, at the end of every block: minted = sum(balances) + redeemed + expired + forfeited.
+
+Why no balance entry of its own: it is the sum of the lots (a few per account, one per day
+held), and a second entry would be a second state write, encoded and hashed on every replica,
+for every movement.
 
 Why lots keep their minting day through transfers: tokens expire N days after they were
 minted (`token_expiry_days`), whoever holds them; a transfer must not make them younger.
@@ -45,8 +49,8 @@ STATEMENT_KINDS = ("minted", "received", "sent", "redeemed", "expired")
 
 
 def balance(state: State, account: str) -> int:
-    b: int | None = state.get("balance", account)
-    return b or 0
+    lots: list[list[int]] = state.get("lots", account) or []
+    return sum(mtok for _, mtok in lots)
 
 
 def _supply(state: State, counter: str, mtok: int) -> None:
@@ -76,7 +80,6 @@ def _statement(
 def _credit(state: State, account: str, lots: list[list[int]]) -> None:
     """Add `lots` ([[day, mtok], ...]) to the account's, merged by day, oldest first."""
     held: dict[int, int] = {day: mtok for day, mtok in state.get("lots", account) or []}
-    added = 0
     for day, mtok in lots:
         if day not in held:
             state.put("lot_expiry", day, account, 0)
@@ -84,18 +87,15 @@ def _credit(state: State, account: str, lots: list[list[int]]) -> None:
             if first is None or first > day:
                 state.put("meta", "lot_day_next", day)
         held[day] = held.get(day, 0) + mtok
-        added += mtok
     state.put("lots", account, [[d, held[d]] for d in sorted(held)])
-    state.put("balance", account, balance(state, account) + added)
 
 
 def _debit(state: State, account: str, mtok: int) -> list[list[int]]:
     """Take `mtok` from the account's oldest lots first; return the lots taken. Refused
     `insufficient_tokens` when the balance does not cover it."""
-    have = balance(state, account)
-    if have < mtok:
-        raise Reject("insufficient_tokens", "the balance does not cover this amount")
     lots: list[list[int]] = state.get("lots", account) or []
+    if sum(held for _, held in lots) < mtok:
+        raise Reject("insufficient_tokens", "the balance does not cover this amount")
     taken: list[list[int]] = []
     left = mtok
     while left > 0:
@@ -108,17 +108,16 @@ def _debit(state: State, account: str, mtok: int) -> list[list[int]]:
             state.delete("lot_expiry", day, account)
         else:
             lots[0] = [day, held - take]
-    _store(state, account, have - mtok, lots)
+    _store(state, account, lots)
     return taken
 
 
-def _store(state: State, account: str, mtok: int, lots: list[list[int]]) -> None:
-    if mtok == 0:
-        state.delete("balance", account)
-        state.delete("lots", account)
-    else:
-        state.put("balance", account, mtok)
+def _store(state: State, account: str, lots: list[list[int]]) -> None:
+    """An account holding nothing has no entry (lots are never empty nor zero)."""
+    if lots:
         state.put("lots", account, lots)
+    else:
+        state.delete("lots", account)
 
 
 def _mention_subject(c: Ctx, key: bytes) -> None:
@@ -388,7 +387,7 @@ def _expire_lot(state: State, account: str, day: int, height: int) -> None:
     lots: list[list[int]] = state.get("lots", account)
     mtok = next(m for d, m in lots if d == day)
     state.delete("lot_expiry", day, account)
-    _store(state, account, balance(state, account) - mtok, [[d, m] for d, m in lots if d != day])
+    _store(state, account, [[d, m] for d, m in lots if d != day])
     _supply(state, "expired", mtok)
     _statement(state, account, height, [("expired", mtok, {})])
 
@@ -402,7 +401,6 @@ def forget_tokens(state: State, subject: str) -> None:
         _supply(state, "forfeited", held)
     for day, _ in state.get("lots", subject) or []:
         state.delete("lot_expiry", day, subject)
-    state.delete("balance", subject)
     state.delete("lots", subject)
     state.delete("token_totals", subject)
     for k in state.group("token_statement", "by_account", subject):
