@@ -18,6 +18,7 @@ INT_MIN = -(1 << 63)
 INT_MAX = (1 << 64) - 1
 
 Value = None | bool | int | str | bytes | list[Any] | dict[str, Any]
+_FLAT = frozenset((str, bytes, int))  # leaves that need no normalising (int: a range check)
 
 
 class NotCanonical(ValueError):
@@ -36,6 +37,12 @@ def _norm(obj: Any, depth: int = 0) -> Any:
         return obj
     if t is list and all(type(x) is str for x in obj):  # e.g. an access's granted subjects
         return obj
+    if t is dict and all(type(k) is str and type(v) in _FLAT for k, v in obj.items()):
+        # a flat record (an event, a statement entry, totals): sorted keys, leaves as they are
+        for v in obj.values():
+            if type(v) is int and not INT_MIN <= v <= INT_MAX:
+                raise NotCanonical("integer out of range")
+        return {k: obj[k] for k in sorted(obj)}
     if obj is None or isinstance(obj, bool | str | bytes):
         return obj
     if isinstance(obj, int):

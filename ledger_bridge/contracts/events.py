@@ -48,6 +48,8 @@ def commitment(detail: Mapping[str, Any], salt: bytes) -> bytes:
 
 def _raw(value: Any, size: int) -> bytes:
     """A key or hash as bytes, whether given as bytes (the ledger's form) or hex (JSON's)."""
+    if type(value) is bytes and len(value) == size:  # the ledger's form: nothing to convert
+        return value
     raw = bytes.fromhex(value) if isinstance(value, str) else bytes(value)
     if len(raw) != size:
         raise ValueError(f"expected {size} bytes")
@@ -71,7 +73,9 @@ def claim_message(chain_id: str, claim: Mapping[str, Any]) -> bytes:
         ]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"a claim needs {', '.join(CLAIM_FIELDS)}") from exc
-    return CLAIM_DOMAIN + chain_id.encode() + codec.encode(fields)
+    # encode_key: the same bytes as codec.encode for a flat list of bytes, str and int, without
+    # the general normaliser (a contract checks up to 256 claims per transaction).
+    return CLAIM_DOMAIN + chain_id.encode() + codec.encode_key(tuple(fields))
 
 
 def sign_claim(device: SigningKey, chain_id: str, claim: Mapping[str, Any]) -> bytes:

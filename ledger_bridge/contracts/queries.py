@@ -320,7 +320,7 @@ def _supply(s: State, q: dict[str, Any]) -> Any:
     """The supply counters and the sum of the balances: minted = balances + redeemed +
     expired + forfeited."""
     out = {k: s.get("meta", k) or 0 for k in tokens.SUPPLY}
-    out["balances"] = sum(s.get("balance", a) for (a,) in s.group("balance", "all"))
+    out["balances"] = sum(tokens.balance(s, a) for (a,) in s.group("lots", "all"))
     return out
 
 

@@ -36,7 +36,7 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
     "erasure_request_open": {"all": ()},
     "vote": {"by_voter": (1,)},
     # eco-citizen tokens (rules/tokens.py, rules/devices.py)
-    "balance": {"all": ()},
+    "lots": {"all": ()},
     "lot_expiry": {"day": (0,)},
     "token_statement": {"by_account": (0,)},
     "minted_day": {"by_subject": (1,)},
@@ -51,8 +51,8 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
 # (rules.forget), found by the `by_subject` index declared for each below. A table keyed by
 # subject joins the forgetting by being listed here; nothing else needs to know of it.
 #   consent                (subject, consumer, scope, purpose) -> versions
-#   mention                (subject,) -> the batch positions [height, index] of the
-#                          transactions the subject authored or that name them
+#   mention                (subject, height, index) -> 0: the batch position of a
+#                          transaction the subject authored or that names them
 #   erased_subject_dataset (subject, dataset) -> height of the erasure in that dataset
 #   questions              (subject, consumer, purpose) -> [period, predicate questions
 #                          asked in it] (contracts/disclosure.py)

@@ -163,9 +163,9 @@ def bump(state: State, table: str, college: str, by: int = 1) -> None:
 
 def mention(c: Ctx, subject: str) -> None:
     """Remember the batch position of this transaction under `subject` (hex), which it names
-    or which authored it: forgetting the subject (`forget`) finds in this list every stored
-    transaction to redact. A refused transaction records nothing; its body is never stored."""
-    positions: list[list[int]] = c.state.get("mention", subject) or []
-    at = [c.height, c.index]
-    if at not in positions:
-        c.state.put("mention", subject, [*positions, at])
+    or which authored it: forgetting the subject (`forget`) finds through the `by_subject`
+    index every stored transaction to redact. One entry per (subject, position) rather than a
+    list per subject: a list is re-read and re-encoded whole at every mention, a cost growing
+    with the subject's history; a second mention in one transaction rewrites the same bytes,
+    which writes nothing. A refused transaction records nothing; its body is never stored."""
+    c.state.put("mention", subject, c.height, c.index, 0)

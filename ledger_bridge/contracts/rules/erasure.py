@@ -201,7 +201,11 @@ def forget(state: State, subject: str, since: int) -> int:
     it added to the redaction entries."""
     key = bytes.fromhex(subject)
     accesses = [k[0] for k in state.group("access", "subject", subject)]
-    positions = {(h, i) for h, i in state.get("mention", subject) or []}
+    positions = {(h, i) for _, h, i in state.group("mention", "by_subject", subject)}
+    # the rewards that credited them: each event entry keeps its reward's batch position
+    for k in state.group("event", "subject", subject):
+        e = state.get("event", *k)
+        positions.add((e["height"], e["index"]))
     positions |= {tuple(state.get("access", a)["at"]) for a in accesses}
     redacted = _redact(state, sorted(positions), since)
     member = state.get("member", key)

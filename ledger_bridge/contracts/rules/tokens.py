@@ -3,19 +3,25 @@ coupons, expiry and what forgetting a subject does to their tokens (docs/CONTRAC
 "Eco-citizen tokens").
 
 Amounts are integer milli-tokens (mtok). The state holds:
-  ("balance", account)                  -> mtok (account: a member key in hex)
-  ("lots", account)                     -> [[day, mtok], ...] by minting day, oldest first,
-                                           summing to the balance; spent first in, first out
+  ("lots", account)                     -> [[day, mtok], ...] by minting day, oldest first
+                                           (account: a member key in hex); the balance is
+                                           their sum; spent first in, first out
   ("lot_expiry", day, account)          -> 0: the account holds a lot minted on `day`
   ("token_totals", account)             -> the account's statement count and totals by kind
   ("token_statement", account, n)       -> {height, kind, mtok, ...} one token movement
-  ("event", device, event)              -> {subject, rule, minted, height}
+  ("event", device, event)              -> {subject, rule, minted, height, index}: index is
+                                           the reward's batch position, which forgetting
+                                           the subject redacts (it is their mention)
   ("minted_day", rule, subject, day)    -> mtok the subject earned by `rule` on `day`
   ("offer", offer)                      -> {partner, title, category, price_mtok, active, height}
   ("coupon", SHA-256(secret))           -> {offer, partner, category, price_mtok, status, height}
   ("redemptions", partner, day, category) -> [count, mtok] of coupons spent
   ("meta", "minted" | "redeemed" | "expired" | "forfeited") -> supply counters
 so that, at the end of every block: minted = sum(balances) + redeemed + expired + forfeited.
+
+Why no balance entry of its own: it is the sum of the lots (a few per account, one per day
+held), and a second entry would be a second state write, encoded and hashed on every replica,
+for every movement.
 
 Why lots keep their minting day through transfers: tokens expire N days after they were
 minted (`token_expiry_days`), whoever holds them; a transfer must not make them younger.
@@ -43,34 +49,37 @@ STATEMENT_KINDS = ("minted", "received", "sent", "redeemed", "expired")
 
 
 def balance(state: State, account: str) -> int:
-    b: int | None = state.get("balance", account)
-    return b or 0
+    lots: list[list[int]] = state.get("lots", account) or []
+    return sum(mtok for _, mtok in lots)
 
 
 def _supply(state: State, counter: str, mtok: int) -> None:
     state.put("meta", counter, (state.get("meta", counter) or 0) + mtok)
 
 
-def _statement(state: State, account: str, height: int, kind: str, mtok: int, **extra: Any) -> None:
+def _statement(
+    state: State, account: str, height: int, moves: list[tuple[str, int, dict[str, Any]]]
+) -> None:
+    """Append one statement entry per (kind, mtok, extra) in `moves`, and the totals once."""
     totals: dict[str, int] = state.get("token_totals", account) or {
         "n": 0,
         **{k: 0 for k in STATEMENT_KINDS},
     }
-    totals["n"] += 1
-    totals[kind] += mtok
+    for kind, mtok, extra in moves:
+        totals["n"] += 1
+        totals[kind] += mtok
+        state.put(
+            "token_statement",
+            account,
+            totals["n"],
+            {"height": height, "kind": kind, "mtok": mtok, **extra},
+        )
     state.put("token_totals", account, totals)
-    state.put(
-        "token_statement",
-        account,
-        totals["n"],
-        {"height": height, "kind": kind, "mtok": mtok, **extra},
-    )
 
 
 def _credit(state: State, account: str, lots: list[list[int]]) -> None:
     """Add `lots` ([[day, mtok], ...]) to the account's, merged by day, oldest first."""
     held: dict[int, int] = {day: mtok for day, mtok in state.get("lots", account) or []}
-    added = 0
     for day, mtok in lots:
         if day not in held:
             state.put("lot_expiry", day, account, 0)
@@ -78,18 +87,15 @@ def _credit(state: State, account: str, lots: list[list[int]]) -> None:
             if first is None or first > day:
                 state.put("meta", "lot_day_next", day)
         held[day] = held.get(day, 0) + mtok
-        added += mtok
     state.put("lots", account, [[d, held[d]] for d in sorted(held)])
-    state.put("balance", account, balance(state, account) + added)
 
 
 def _debit(state: State, account: str, mtok: int) -> list[list[int]]:
     """Take `mtok` from the account's oldest lots first; return the lots taken. Refused
     `insufficient_tokens` when the balance does not cover it."""
-    have = balance(state, account)
-    if have < mtok:
-        raise Reject("insufficient_tokens", "the balance does not cover this amount")
     lots: list[list[int]] = state.get("lots", account) or []
+    if sum(held for _, held in lots) < mtok:
+        raise Reject("insufficient_tokens", "the balance does not cover this amount")
     taken: list[list[int]] = []
     left = mtok
     while left > 0:
@@ -102,17 +108,16 @@ def _debit(state: State, account: str, mtok: int) -> list[list[int]]:
             state.delete("lot_expiry", day, account)
         else:
             lots[0] = [day, held - take]
-    _store(state, account, have - mtok, lots)
+    _store(state, account, lots)
     return taken
 
 
-def _store(state: State, account: str, mtok: int, lots: list[list[int]]) -> None:
-    if mtok == 0:
-        state.delete("balance", account)
-        state.delete("lots", account)
-    else:
-        state.put("balance", account, mtok)
+def _store(state: State, account: str, lots: list[list[int]]) -> None:
+    """An account holding nothing has no entry (lots are never empty nor zero)."""
+    if lots:
         state.put("lots", account, lots)
+    else:
+        state.delete("lots", account)
 
 
 def _mention_subject(c: Ctx, key: bytes) -> None:
@@ -125,52 +130,113 @@ def _mention_subject(c: Ctx, key: bytes) -> None:
 # -- event.reward -----------------------------------------------------------------------------
 
 
-def _claim_terms(c: Ctx, i: int, claim: dict[str, Any]) -> dict[str, Any]:
+class _Known:
+    """The devices, rules and subjects a batch names, each read from the state once: none of
+    them changes within an `event.reward`, and a batch of 256 claims names a handful."""
+
+    def __init__(self, c: Ctx) -> None:
+        self.c = c
+        self.chain_id: str = c.state.get("meta", "chain_id")
+        self.devices: dict[bytes, dict[str, Any] | None] = {}
+        self.rules: dict[str, dict[str, Any] | None] = {}
+        self.subjects: dict[str, bool] = {}
+
+    def device(self, key: bytes) -> dict[str, Any] | None:
+        if key not in self.devices:
+            self.devices[key] = self.c.state.get("device", key)
+        return self.devices[key]
+
+    def rule(self, rule: str) -> dict[str, Any] | None:
+        if rule not in self.rules:
+            self.rules[rule] = rule_at(self.c.state, rule, self.c.height)
+        return self.rules[rule]
+
+    def is_subject(self, subject: str) -> bool:
+        if subject not in self.subjects:
+            member = self.c.member(bytes.fromhex(subject))
+            self.subjects[subject] = member is not None and member["role"] == "subject"
+        return self.subjects[subject]
+
+
+def _claim_terms(c: Ctx, known: _Known, i: int, claim: dict[str, Any]) -> dict[str, Any]:
     """The reward rule's terms for claim `i`, after every check but the amount's. A claim
     repeated within the batch is found as a duplicate too: the claims before it in the batch
     have already written their ("event", device, event) entries."""
     where = f"claim {i}"
-    device: dict[str, Any] | None = c.state.get("device", claim["device"])
+    device = known.device(claim["device"])
     if device is None:
         raise Reject("device_unknown", f"{where}: no device registered with this key")
     if device["status"] == "pending":
         raise Reject("device_pending", f"{where}: the device is not admitted by governance")
     if device["status"] != "active":
         raise Reject("device_suspended", f"{where}: the device is suspended")
-    chain_id: str = c.state.get("meta", "chain_id")
-    if not events.verify_claim(chain_id, claim):
+    if not events.verify_claim(known.chain_id, claim):
         raise Reject("bad_device_signature", f"{where}: the device's signature does not verify")
-    key = (claim["device"], claim["event"])
-    if c.state.has("event", *key):
+    if c.state.has("event", claim["device"], claim["event"]):
         raise Reject("duplicate_event", f"{where}: this event is already rewarded")
-    terms = rule_at(c.state, claim["rule"], c.height)
+    terms = known.rule(claim["rule"])
     if terms is None:
         raise Reject("unknown_rule", f"{where}: no reward rule {claim['rule']} in force")
     if device["kind"] not in terms["device_kinds"]:
         raise Reject("rule_not_for_device", f"{where}: the rule does not reward this device kind")
-    member = c.member(bytes.fromhex(claim["subject"]))
-    if member is None or member["role"] != "subject":
+    if not known.is_subject(claim["subject"]):
         raise Reject("unknown_subject", f"{where}: the subject is no registered resident")
     check(claim["at"] <= c.now + CLAIM_AHEAD_MS, f"{where}: at is in the future")
     return terms
 
 
+class _Minted:
+    """What a batch mints, summed per subject, so each subject's cap counters, lots, balance,
+    statement are written once per batch, not once per claim: a state write is an encoding and
+    a hash on every replica, and the sums are the same state. No `mention` either: each event
+    entry keeps the reward's batch position, and forgetting reads it there (rules.forget)."""
+
+    def __init__(self) -> None:
+        self.day: dict[tuple[str, str, int], int] = {}  # (rule, subject, day) -> so far
+        self.by_rule: dict[tuple[str, str], int] = {}  # (subject, rule) -> minted
+
+    def so_far(self, state: State, key: tuple[str, str, int]) -> int:
+        if key in self.day:
+            return self.day[key]
+        found: int | None = state.get("minted_day", *key)
+        return found or 0
+
+    def add(self, key: tuple[str, str, int], so_far: int, minted: int) -> None:
+        rule, subject, _ = key
+        self.day[key] = so_far + minted
+        self.by_rule[subject, rule] = self.by_rule.get((subject, rule), 0) + minted
+
+    def write(self, c: Ctx) -> None:
+        """In sorted key order (determinism needs an order, and sorted needs no history)."""
+        for key in sorted(self.day):
+            c.state.put("minted_day", *key, self.day[key])
+        per_subject: dict[str, list[tuple[str, int]]] = {}
+        for subject, rule in sorted(self.by_rule):
+            per_subject.setdefault(subject, []).append((rule, self.by_rule[subject, rule]))
+        today = c.now // DAY_MS
+        for subject, minted in per_subject.items():
+            _credit(c.state, subject, [[today, sum(m for _, m in minted)]])
+            moves = [("minted", m, {"rule": rule}) for rule, m in minted]
+            _statement(c.state, subject, c.height, moves)
+
+
 def event_reward(c: Ctx) -> dict[str, Any]:
     """Reward a batch of device-signed claims, all or none (a bad claim refuses the whole
-    transaction, naming its index). The supply counter is written once for the batch: the
-    same state as once per claim, one state write per claim less on every replica."""
+    transaction, naming its index). Every claim is checked before anything but its event
+    entry is written; then the batch's sums are written once per subject (`_Minted`) and the
+    supply counter once."""
     c.active(c.tx.author, "vault")
+    known, batch = _Known(c), _Minted()
     credited: list[list[Any]] = []
-    today = c.now // DAY_MS
     supply_before: int = c.state.get("meta", "minted") or 0
     supply = supply_before
     for i, claim in enumerate(c.tx.body["claims"]):
-        terms = _claim_terms(c, i, claim)
+        terms = _claim_terms(c, known, i, claim)
         subject: str = claim["subject"]
         rule: str = claim["rule"]
-        day = claim["at"] // DAY_MS
+        day_key = (rule, subject, claim["at"] // DAY_MS)
         minted = claim["quantity_milli"] * terms["rate_mtok"] // 1000
-        so_far: int = c.state.get("minted_day", rule, subject, day) or 0
+        so_far = batch.so_far(c.state, day_key)
         cap: int = terms["cap_mtok_per_day"]
         if cap > 0:
             minted = max(0, min(minted, cap - so_far))
@@ -179,15 +245,19 @@ def event_reward(c: Ctx) -> dict[str, Any]:
             "event",
             claim["device"],
             claim["event"],
-            {"subject": subject, "rule": rule, "minted": minted, "height": c.height},
+            {
+                "subject": subject,
+                "rule": rule,
+                "minted": minted,
+                "height": c.height,
+                "index": c.index,
+            },
         )
         if minted > 0:
-            c.state.put("minted_day", rule, subject, day, so_far + minted)
-            _credit(c.state, subject, [[today, minted]])
-            _statement(c.state, subject, c.height, "minted", minted, rule=rule)
+            batch.add(day_key, so_far, minted)
             supply += minted
-        mention(c, subject)
         credited.append([subject, minted])
+    batch.write(c)
     if supply != supply_before:
         _supply(c.state, "minted", supply - supply_before)
     return {"ok": True, "credited": credited}
@@ -212,8 +282,8 @@ def token_transfer(c: Ctx) -> dict[str, Any]:
         check(so_far + amount <= MTOK_MAX, f"the account's {kind} total would exceed its bound")
     lots = _debit(c.state, sender, amount)
     _credit(c.state, to.hex(), lots)
-    _statement(c.state, sender, c.height, "sent", amount)
-    _statement(c.state, to.hex(), c.height, "received", amount)
+    _statement(c.state, sender, c.height, [("sent", amount, {})])
+    _statement(c.state, to.hex(), c.height, [("received", amount, {})])
     _mention_subject(c, c.tx.author)
     _mention_subject(c, to)
     return {"ok": True, "balance": balance(c.state, sender)}
@@ -257,7 +327,7 @@ def token_redeem(c: Ctx) -> dict[str, Any]:
     holder = c.tx.author.hex()
     _debit(c.state, holder, price)
     _supply(c.state, "redeemed", price)
-    _statement(c.state, holder, c.height, "redeemed", price, offer=name)
+    _statement(c.state, holder, c.height, [("redeemed", price, {"offer": name})])
     c.state.put(
         "coupon",
         coupon,
@@ -322,9 +392,9 @@ def _expire_lot(state: State, account: str, day: int, height: int) -> None:
     lots: list[list[int]] = state.get("lots", account)
     mtok = next(m for d, m in lots if d == day)
     state.delete("lot_expiry", day, account)
-    _store(state, account, balance(state, account) - mtok, [[d, m] for d, m in lots if d != day])
+    _store(state, account, [[d, m] for d, m in lots if d != day])
     _supply(state, "expired", mtok)
-    _statement(state, account, height, "expired", mtok)
+    _statement(state, account, height, [("expired", mtok, {})])
 
 
 def forget_tokens(state: State, subject: str) -> None:
@@ -336,7 +406,6 @@ def forget_tokens(state: State, subject: str) -> None:
         _supply(state, "forfeited", held)
     for day, _ in state.get("lots", subject) or []:
         state.delete("lot_expiry", day, subject)
-    state.delete("balance", subject)
     state.delete("lots", subject)
     state.delete("token_totals", subject)
     for k in state.group("token_statement", "by_account", subject):

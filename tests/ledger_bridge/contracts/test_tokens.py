@@ -347,6 +347,35 @@ def test_without_a_lifetime_tokens_never_expire(world: Eco) -> None:
 # -- statements, queries, read rights -----------------------------------------------------------
 
 
+def test_a_reward_is_one_statement_movement_per_subject_and_rule(world: Eco) -> None:
+    """Several claims of one subject in one batch: each credited in the result as a claim, one
+    `minted` statement entry per rule with their sum, the totals and balance counting all."""
+    chain, s, t = world.chain, world.chain.subject(), world.chain.subject()
+    [r] = chain.block(
+        world.reward(
+            world.claim(s, quantity_milli=1000),
+            world.claim(t, quantity_milli=4000),
+            world.claim(s, "water-saving", 1000),
+            world.claim(s, quantity_milli=2000),
+        )
+    )
+    assert r["credited"] == [
+        [s.subject, 1000],
+        [t.subject, 4000],
+        [s.subject, 3000],
+        [s.subject, 2000],
+    ]
+    st = chain.query(q="token_statement", account=s.pub)
+    assert [(e["n"], e["kind"], e["mtok"], e["rule"]) for e in st["entries"]] == [
+        (1, "minted", 3000, "cycling"),
+        (2, "minted", 3000, "water-saving"),
+    ]
+    assert st["totals"]["minted"] == 6000 and st["totals"]["balance"] == 6000
+    assert chain.query(q="balance", account=s.pub)["lots"] == [[chain.time_ms // DAY, 6000]]
+    assert [e["mtok"] for e in chain.query(q="token_statement", account=t.pub)["entries"]] == [4000]
+    world.supply_holds()
+
+
 def test_a_token_statement_lists_every_movement_with_totals(world: Eco) -> None:
     chain = world.chain
     s, t = funded(world, 5000), chain.subject()
