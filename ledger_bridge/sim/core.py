@@ -200,7 +200,8 @@ class Scenario:
         under message loss, duplication, delays and partitions; and `byzantine`: "primary"
         (replica 0, the primary of view 0, until the others depose it), "backup" (another
         replica), "colluding" (n = 7: the primary and a backup), or "none". The Byzantine
-        replicas always lie about tokens (TOKEN_BEHAVIOURS), and draw up to two more lies."""
+        replicas always lie about tokens (TOKEN_BEHAVIOURS) and in their checkpoints, and
+        draw up to two more lies."""
         rng = random.Random(seed ^ 0x70CE)  # noqa: S311 (simulation, not crypto)
         n = 7 if byzantine == "colluding" else 4
         sc = cls(seed=seed, n=n, app="tokens", spread_first=True)
@@ -217,8 +218,9 @@ class Scenario:
         if byzantine == "colluding":
             sc.also_byzantine = (rng.randrange(1, n),)
         if sc.byzantine is not None:
+            # Every Byzantine replica also vouches for a state of its own in its checkpoints.
             extra = rng.sample(BEHAVIOURS, rng.randint(0, 2))
-            sc.behaviours = frozenset([*TOKEN_BEHAVIOURS, *extra])
+            sc.behaviours = frozenset([*TOKEN_BEHAVIOURS, "corrupt_checkpoint", *extra])
         if rng.random() < 0.3:
             start = rng.randint(0, sc.fault_end_ms)
             side = set(rng.sample(range(n), rng.randint(1, (n - 1) // 3)))

@@ -278,7 +278,7 @@ class _Plan:
         """A subject signs two transfers that, together, exceed what it was given: each goes
         to another client."""
         s = self.rng.randrange(SUBJECTS)
-        c, d = self.rng.randrange(len(self.scripts)), 0
+        c = self.rng.randrange(len(self.scripts))
         d = self.others(c)[0]
         self.reward(c, [self.claim(s)])
         amount = max(1, self.credited[s] * 6 // 10)
@@ -289,8 +289,9 @@ class _Plan:
 
     def coupon(self) -> None:
         """A subject earns enough, redeems the offer and the partner spends the coupon; the
-        spend is also signed again (another nonce, another client), the very same spend sent
-        by a third client, the coupon redeemed twice, or spent by the rival partner."""
+        spend is also signed again (another nonce, another client) and, at times, the very
+        same spend is sent by another client, the coupon redeemed twice, or spent by the
+        rival partner."""
         s = self.rng.randrange(SUBJECTS)
         c = self.rng.randrange(len(self.scripts))
         others = self.others(c)
