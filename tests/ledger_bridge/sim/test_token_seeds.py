@@ -30,7 +30,7 @@ from ledger_bridge.sim.core import Scenario, Simulator
 from ledger_bridge.sim.token_checks import check_tokens
 from ledger_bridge.sim.tokens import RecordingConsent
 
-SEEDS = {"primary": 16, "backup": 16, "colluding": 5, "none": 6}
+SEEDS = {"primary": 24, "backup": 24, "colluding": 8, "none": 6}
 CAMPAIGN_SEEDS = {"primary": 2_000, "backup": 2_000, "colluding": 1_000}
 # the refusals that show double-spend attempts reached the contracts and lost
 DOUBLE_SPENDS = (
