@@ -19,6 +19,12 @@ stand-in for a subject's erasure), and a Byzantine replica may serve, in its sta
 the bodies the honest replicas redacted (`serve_unredacted`). Honest replicas must never
 send such a body once their stable checkpoint passed the erasure (`redaction_violations`).
 
+The token economy (`Scenario.tokens`): the replicas run the consent contracts from a founded
+cooperative (`tokens.py`), the clients race rewards, transfers, redemptions and coupon spends
+full of double-spend attempts, and the Byzantine replicas also lie to mint (TOKEN_BEHAVIOURS):
+made-up transactions in their batches and as client requests, made-up replies, a fortune
+planted in the state they serve.
+
 After the fault period the network heals and crashed replicas restart; the checkers in
 `checkers.py` then judge the run.
 """
@@ -28,19 +34,21 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
-from ledger_bridge.app import BlockContext
+from ledger_bridge.app import Application, BlockContext
 from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.kvapp import KVApp, encode_del, encode_forget, encode_set, encode_set_sized
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block
 from ledger_bridge.pbft.config import ClusterConfig
 from ledger_bridge.pbft.replica import DurableDelta, DurableState, Ready, Replica
+from ledger_bridge.sim import tokens
 
 START_MS = 1_700_000_000_000
 TICK_MS = 10
@@ -58,6 +66,12 @@ BEHAVIOURS = (
     "censor",
     "watermark",
 )
+# Lies about tokens, for the token economy (`Scenario.tokens`): "mint" makes up transactions
+# that would mint, steal or spend twice (a primary puts them, and copies of requests, into its
+# batches; any Byzantine replica sends them as client requests), "lie_replies" answers clients
+# with results it made up. Kept out of BEHAVIOURS: `Scenario.random` draws from that tuple,
+# and the KV schedules of every seed stay as they are.
+TOKEN_BEHAVIOURS = ("mint", "lie_replies")
 
 
 @dataclass
@@ -90,6 +104,12 @@ class Scenario:
     # Redaction: each client writes one key per group of this many requests and the last
     # request of the group forgets it (0: no forgets).
     forget_every: int = 0
+    # "kv": the KV app, each client writing its own keys; "tokens": the consent contracts
+    # with the token economy's traffic (`sim/tokens.py`), `requests_per_client` groups of it.
+    app: str = "kv"
+    # Each client sends a request first to a replica of its own (not all to the primary), so
+    # two clients racing to spend one coupon reach different replicas.
+    spread_first: bool = False
 
     @classmethod
     def random(cls, seed: int, *, byzantine: bool = False) -> Scenario:
@@ -173,6 +193,40 @@ class Scenario:
             sc.crashes.append((victim, at, sc.fault_end_ms + rng.randint(0, 500)))
         return sc
 
+    @classmethod
+    def tokens(cls, seed: int, byzantine: str = "primary") -> Scenario:
+        """The token economy (`sim/tokens.py`): 2-4 clients racing each other with rewards,
+        transfers, redemptions and coupon spends, every group holding a double-spend attempt,
+        under message loss, duplication, delays and partitions; and `byzantine`: "primary"
+        (replica 0, the primary of view 0, until the others depose it), "backup" (another
+        replica), "colluding" (n = 7: the primary and a backup), or "none". The Byzantine
+        replicas always lie about tokens (TOKEN_BEHAVIOURS) and in their checkpoints, and
+        draw up to two more lies."""
+        rng = random.Random(seed ^ 0x70CE)  # noqa: S311 (simulation, not crypto)
+        n = 7 if byzantine == "colluding" else 4
+        sc = cls(seed=seed, n=n, app="tokens", spread_first=True)
+        sc.clients = rng.randint(2, 4)
+        sc.requests_per_client = rng.randint(4, 8)
+        sc.drop_p = rng.choice([0.0, 0.0, 0.05, 0.2])
+        sc.dup_p = rng.choice([0.0, 0.05])
+        sc.delay_ms = (1, rng.choice([3, 10, 40]))
+        sc.fault_end_ms = rng.randint(500, 2_500)
+        if byzantine in ("primary", "colluding"):
+            sc.byzantine = 0
+        elif byzantine == "backup":
+            sc.byzantine = rng.randrange(1, n)
+        if byzantine == "colluding":
+            sc.also_byzantine = (rng.randrange(1, n),)
+        if sc.byzantine is not None:
+            # Every Byzantine replica also vouches for a state of its own in its checkpoints.
+            extra = rng.sample(BEHAVIOURS, rng.randint(0, 2))
+            sc.behaviours = frozenset([*TOKEN_BEHAVIOURS, "corrupt_checkpoint", *extra])
+        if rng.random() < 0.3:
+            start = rng.randint(0, sc.fault_end_ms)
+            side = set(rng.sample(range(n), rng.randint(1, (n - 1) // 3)))
+            sc.partitions.append((start, rng.randint(start, sc.fault_end_ms), [side]))
+        return sc
+
     @property
     def byzantine_ids(self) -> frozenset[int]:
         first = () if self.byzantine is None else (self.byzantine,)
@@ -191,10 +245,17 @@ class RecordingKV(KVApp):
         return super().execute(txs, block)
 
 
+class SimApp(Application, Protocol):
+    """An application the simulator runs: it also says which txs it executed at each height
+    (the exactly-once check)."""
+
+    executed: dict[int, list[bytes]]
+
+
 @dataclass
 class SimNode:
     replica: Replica
-    app: RecordingKV
+    app: SimApp
     records: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     blocks: dict[int, Block] = field(default_factory=dict)
     up: bool = True
@@ -249,11 +310,8 @@ class Simulator:
             )
             for c in range(scenario.clients)
         ]
-        for c, client in enumerate(self.clients):
-            client.requests = [
-                m.make_request(client.key, i + 1, self._tx(c, i))
-                for i in range(scenario.requests_per_client)
-            ]
+        for client, script in zip(self.clients, self._scripts(), strict=True):
+            client.requests = [m.make_request(client.key, i + 1, tx) for i, tx in enumerate(script)]
         self.seen_requests: list[m.Request] = []
         self.forged_requests: set[bytes] = set()
         self.checkpoint_digests: dict[int, dict[int, bytes]] = {}
@@ -269,8 +327,20 @@ class Simulator:
         self.bodies = {m.request_digest(r): r for c in self.clients for r in c.requests}
         self.redaction_violations: list[str] = []
         self.unredacted_sent = 0  # bodies the Byzantine replicas put back into state transfers
+        # Token lies: the made-up transactions no honest replica may accept, and the client
+        # key and last request id each Byzantine replica sends them under.
+        self.token_lies: set[bytes] = set()
+        self.byzantine_clients: dict[int, tuple[SigningKey, int]] = {}
+        self.token_lies_told: Counter[str] = Counter()  # by kind, for the tests' coverage
 
     # -- setup ----------------------------------------------------------------------------
+
+    def _scripts(self) -> list[list[bytes]]:
+        """Each client's transactions, in the order it sends them."""
+        sc = self.sc
+        if sc.app == "tokens":
+            return tokens.plan(sc.seed, sc.clients, sc.requests_per_client, START_MS)
+        return [[self._tx(c, i) for i in range(sc.requests_per_client)] for c in range(sc.clients)]
 
     def _tx(self, c: int, i: int) -> bytes:
         sc = self.sc
@@ -288,8 +358,16 @@ class Simulator:
     def honest(self) -> list[int]:
         return [i for i in range(self.sc.n) if i not in self.sc.byzantine_ids]
 
+    def _new_app(self, old: SimNode | None) -> SimApp:
+        if self.sc.app != "tokens":
+            return RecordingKV()
+        app = tokens.new_app(self.keys, START_MS)
+        if old is not None and isinstance(old.app, tokens.RecordingConsent):
+            app.outcomes = old.app.outcomes  # the checker's record outlives the process
+        return app
+
     def _new_node(self, i: int, old: SimNode | None) -> SimNode:
-        app = RecordingKV()
+        app = self._new_app(old)
         durable = None
         if old is not None:
             durable = DurableState({k: sorted(v.items()) for k, v in old.records.items() if v})
@@ -391,7 +469,8 @@ class Simulator:
             for dst, msg in self._byzantine_rewrite(i, targets, out.msg):
                 self._send(i, dst, msg)
         for cr in ready.replies:
-            self._push(self.now_ms + self.rng.randint(*self.sc.delay_ms), "reply", cr.reply)
+            reply = self._lie_reply(i, cr.reply)
+            self._push(self.now_ms + self.rng.randint(*self.sc.delay_ms), "reply", reply)
 
     def _check_served(self, i: int, node: SimNode, data: m.StateData) -> None:
         """An honest replica's STATE-DATA holds no body its stable checkpoint redacted."""
@@ -454,11 +533,18 @@ class Simulator:
         self, i: int, targets: list[int], msg: m.Message
     ) -> list[tuple[int, m.Message]]:
         """What replica `i` sends instead of `msg` (and on top of it) if it is Byzantine:
-        one lie per message type, each in a method of its own below."""
+        its token lies first (`_mint`), then one lie per message type (`_lie`)."""
+        if i not in self.sc.byzantine_ids or not self.sc.behaviours:
+            return [(t, msg) for t in targets]
+        extra: list[tuple[int, m.Message]] = []
+        if "mint" in self.sc.behaviours:
+            msg, extra = self._mint(i, targets, msg)
+        return self._lie(i, targets, msg) + extra
+
+    def _lie(self, i: int, targets: list[int], msg: m.Message) -> list[tuple[int, m.Message]]:
+        """One lie per message type, each in a method of its own below."""
         out: list[tuple[int, m.Message]] = [(t, msg) for t in targets]
         beh = self.sc.behaviours
-        if i not in self.sc.byzantine_ids or not beh:
-            return out
         key = self.keys[i]
         if isinstance(msg, m.StateData):
             return self._lie_state_data(targets, msg, beh, key)
@@ -497,18 +583,76 @@ class Simulator:
         # matches), and an application state other than the certified one under the
         # certified root (the restore no longer reaches it).
         app_snapshot, cache, head, time_ms, root = msgpack.unpackb(msg.snapshot)
-        planted = KVApp()
-        planted.restore(app_snapshot)
-        planted.execute([encode_set(b"planted", b"!")], BlockContext(1, time_ms, head))
         lies = [
             [app_snapshot, [*cache, [b"c" * 32, 1, 1, b"ok"]], head, time_ms, root],
-            [planted.snapshot(), cache, head, time_ms, root],
+            [self._planted(app_snapshot, time_ms, head, key), cache, head, time_ms, root],
         ]
         return [
             (t, m.sign(dataclasses.replace(msg, snapshot=msgpack.packb(lie)), key))
             for t in targets
             for lie in lies
         ]
+
+    def _planted(self, snapshot: bytes, time_ms: int, head: bytes, key: SigningKey) -> bytes:
+        """`snapshot` with something planted: a key the clients never wrote, or a fortune
+        in tokens credited to the Byzantine replica."""
+        if self.sc.app == "tokens":
+            self.token_lies_told["planted state"] += 1
+            return tokens.planted_snapshot(snapshot, bytes(key.public_key))
+        planted = KVApp()
+        planted.restore(snapshot)
+        planted.execute([encode_set(b"planted", b"!")], BlockContext(1, time_ms, head))
+        return planted.snapshot()
+
+    def _mint(
+        self, i: int, targets: list[int], msg: m.Message
+    ) -> tuple[m.Message, list[tuple[int, m.Message]]]:
+        """Token lies (`msg` as replica `i` sends it, and messages on top): as the primary it
+        fills its batches with made-up transactions under a client key of its own, or repeats
+        a client's request in one; with its COMMITs it sends a made-up one as a client
+        request to every replica."""
+        if isinstance(msg, m.PrePrepare) and msg.replica_id == i and msg.requests:
+            room = self.config.batch_size_max - len(msg.requests)
+            if room == 0 or self.rng.random() < 0.2:
+                added: tuple[m.Request, ...] = (msg.requests[0],)
+                self.token_lies_told["request repeated in a batch"] += 1
+            else:
+                added = tuple(self._minting_request(i) for _ in range(self.rng.randint(1, room)))
+                self.token_lies_told["batch stuffed"] += 1
+            reqs = (*msg.requests, *added)
+            stuffed = dataclasses.replace(
+                msg, requests=reqs, batch_digest=m.batch_digest(msg.time_ms, reqs)
+            )
+            return m.sign(stuffed, self.keys[i]), []
+        if isinstance(msg, m.Commit) and self.rng.random() < 0.3:
+            req = self._minting_request(i)
+            self.token_lies_told["sent as a client"] += 1
+            return msg, [(t, req) for t in targets]
+        return msg, []
+
+    def _minting_request(self, i: int) -> m.Request:
+        """A request of Byzantine replica `i`'s own client key: a made-up transaction
+        (`tokens.forged_txs`), or one in five times a client's genuine one sent again."""
+        key, rid = self.byzantine_clients.get(i, (SigningKey(digest(b"sim-byz-%d" % i)), 0))
+        self.byzantine_clients[i] = (key, rid + 1)
+        genuine = [r.tx for c in self.clients for r in c.requests]
+        sample = self.rng.sample(genuine, min(3, len(genuine)))
+        if self.rng.random() < 0.2:
+            self.token_lies_told["genuine tx sent again"] += 1
+            return m.make_request(key, rid + 1, self.rng.choice(sample))
+        lie = self.rng.choice(tokens.forged_txs(self.keys[i], sample, self.rng))
+        self.token_lies.add(lie)
+        return m.make_request(key, rid + 1, lie)
+
+    def _lie_reply(self, i: int, reply: m.Reply) -> m.Reply:
+        """A Byzantine replica's answer to a client: the same lie from every colluder, all
+        crediting the first of them."""
+        if i not in self.sc.byzantine_ids or "lie_replies" not in self.sc.behaviours:
+            return reply
+        first = min(self.sc.byzantine_ids)
+        self.token_lies_told["lying reply"] += 1
+        lie = tokens.lying_result(reply.result, bytes(self.keys[first].public_key))
+        return m.sign(dataclasses.replace(reply, result=lie), self.keys[i])
 
     def _lie_pre_prepare(
         self, targets: list[int], msg: m.PrePrepare, beh: frozenset[str], key: SigningKey
@@ -583,8 +727,8 @@ class Simulator:
         return m.sign(dataclasses.replace(msg, pre_prepares=(*msg.pre_prepares, pp)), key)
 
     def _forged_request(self) -> m.Request:
-        """A request from client 0 that client 0 never signed (tx altered after signing)."""
-        real = self.clients[0].requests[0] if self.clients else None
+        """A request from the first client that it never signed (tx altered after signing)."""
+        real = next((c.requests[0] for c in self.clients if c.requests), None)
         client_id = real.client_id if real else bytes(32)
         req = m.Request(client_id, 10**6, encode_set(b"forged", b"!"), bytes(64))
         self.forged_requests.add(m.encode(req))
@@ -598,7 +742,8 @@ class Simulator:
             return
         req = cl.requests[cl.index]
         first = cl.next_retry_ms == 0
-        targets = [cl.view_guess % self.sc.n] if first else list(range(self.sc.n))
+        home = cl.view_guess + (c if self.sc.spread_first else 0)
+        targets = [home % self.sc.n] if first else list(range(self.sc.n))
         for t in targets:
             self._push(self.now_ms + self.rng.randint(*self.sc.delay_ms), "client", (t, req))
         self.seen_requests.append(req)
