@@ -393,6 +393,7 @@ def planted_snapshot(snapshot: bytes, beneficiary: bytes) -> bytes:
     balance): what a Byzantine replica serves in a state transfer under a genuine root."""
     state = State.restore(snapshot)
     account = beneficiary.hex()
-    state.put("balance", account, 10**9 + (state.get("balance", account) or 0))
+    lots = state.get("lots", account) or []
+    state.put("lots", account, [*lots, [max([d for d, _ in lots], default=0) + 1, 10**9]])
     state.put("meta", "minted", 10**9 + (state.get("meta", "minted") or 0))
     return state.snapshot()

@@ -138,8 +138,9 @@ def test_control_a_corrupted_honest_state_is_caught() -> None:
     assert check_tokens(sim).violations == []
     i = sim.honest()[0]
     state = _app(sim, i).state
-    account = next(a for (a,) in state.group("balance", "all"))
-    state.put("balance", account, state.get("balance", account) + 1_000)
+    account = next(a for (a,) in state.group("lots", "all") if state.get("lots", a))
+    [day, mtok], *rest = state.get("lots", account)
+    state.put("lots", account, [[day, mtok + 1_000], *rest])
     violations = check_tokens(sim).violations
     height = sim.nodes[i].replica.last_executed
     assert f"replica {i}: its state at height {height} is not the replay's" in violations
