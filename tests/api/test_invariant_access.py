@@ -162,6 +162,9 @@ class Model:
     erased: dict[tuple[int, str | None], int] = field(default_factory=dict)
     # (dataset, subject) -> the payloads stored and not erased
     stored: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=dict)
+    # Subjects erased everywhere: the ledger forgot them, so they are no members any more
+    # (their transactions are refused `not_member`, an access naming them `unknown_subject`).
+    forgotten: set[int] = field(default_factory=set)
 
     def in_force(
         self, subject: int, consumer: str, scope: str, purpose: str, height: int, now_ms: int
@@ -314,6 +317,9 @@ class AccessMachine(RuleBasedStateMachine):
         r = self.env.client.post(
             "/v1/consents", json=signed(self.env, self.subjects[subject], "consent.grant", body)
         )
+        if subject in self.model.forgotten:
+            assert r.status_code == 403 and "not_member" in r.json()["detail"], r.text
+            return
         if scope != "category" and purpose not in ALLOWED[scope]:
             assert r.status_code == 403 and "purpose_not_allowed" in r.json()["detail"], r.text
             return
@@ -360,6 +366,9 @@ class AccessMachine(RuleBasedStateMachine):
             "/v1/consents/revocations",
             json=signed(self.env, self.subjects[subject], "consent.revoke", body),
         )
+        if subject in self.model.forgotten:
+            assert r.status_code == 403 and "not_member" in r.json()["detail"], r.text
+            return
         if not versions or not versions[-1][2]:
             assert r.status_code == 404, r.text  # nothing in force to revoke
             return
@@ -387,6 +396,10 @@ class AccessMachine(RuleBasedStateMachine):
             assert status == 403 and "purpose_not_allowed" in answer["detail"], answer
             assert "records" not in answer
             COVERAGE["purpose_not_allowed"] += 1
+            return
+        if named is not None and set(named) & self.model.forgotten:
+            assert status == 404 and "unknown_subject" in answer["detail"], answer
+            assert "records" not in answer
             return
         assert status == 200, answer
         line = self._log_line(consumer, answer["receipt"]["tx_id"])
@@ -561,6 +574,9 @@ class AccessMachine(RuleBasedStateMachine):
         if purpose == "billing":  # asks no questions: refused whole, before any subject
             assert r.status_code == 403 and "exceeds_purpose" in r.json()["detail"], r.text
             return
+        if subject in self.model.forgotten:
+            assert r.status_code == 404 and "unknown_subject" in r.json()["detail"], r.text
+            return
         if r.status_code == 403:
             assert "result" not in r.json(), r.text
             found = re.search(r"access (\d+), ledger tx ([0-9a-f]{64})", r.json()["detail"])
@@ -612,6 +628,8 @@ class AccessMachine(RuleBasedStateMachine):
             ).json()
         assert cert["receipt"] is not None, "the erasure was not recorded on the ledger in time"
         self.model.erased[(subject, dataset)] = int(cert["receipt"]["block_height"])
+        if dataset is None:
+            self.model.forgotten.add(subject)
         for d in scopes:
             self.model.stored[(d, subject)] = []
 
