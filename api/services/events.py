@@ -22,8 +22,11 @@ replay of a rewarded batch) is refused before anything is written.
 
 If the ledger does not answer in time (503), the outcome of the reward is unknown, so the
 upload stays: withdrawing details of events the contract may have rewarded would break the
-rule above. Sending the batch again then answers 409 (stored and, once the reward commits,
-rewarded); the DPO sees a stored upload without reward in the upload list.
+rule above. Sending the batch again tells the two outcomes apart by asking the ledger for its
+events (the `event` query): rewarded, the batch is a replay (409 `duplicate_event`); never
+rewarded, its reward is asked for again over the stored details (nothing uploaded twice) and
+the request answers as a first one would. A batch only partly rewarded is refused as a replay,
+naming its first rewarded event: a device does not mix old and new events in one batch.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.gateway import LedgerGateway, LedgerRefused
@@ -177,11 +180,22 @@ class EventIngestion:
             )
             for item in items
         ]
-        upload = self._store_details(dataset_id, records)
+        again = False  # the batch's details were stored by an earlier request
+        try:
+            upload, withdrawable = self._store_details(dataset_id, records), True
+        except LedgerRefused as refused:
+            stored = self._stored_batch(records) if refused.code == "duplicate_event" else None
+            if stored is None:
+                raise
+            self._refuse_if_rewarded(device, items)
+            (upload, withdrawable), again = stored, True
         try:
             answer = self._ledger.act("event.reward", body)
         except LedgerRefused as refused:
-            self._withdraw(upload)
+            # A batch sent again may meet its first reward committing late: that refusal
+            # (duplicate_event) is a reward, and its details must stay.
+            if withdrawable and not (again and refused.code == "duplicate_event"):
+                self._withdraw(upload)
             if refused.code in ("device_pending", "device_suspended"):
                 _ACTIVE.pop((self._ledger.chain_id, device_hex), None)
             raise
@@ -233,6 +247,34 @@ class EventIngestion:
                 )
             result = self._uploader.upload(session, dataset_id, records)
         return result.upload_id
+
+    def _stored_batch(self, records: list[RecordIn]) -> tuple[uuid.UUID, bool] | None:
+        """If every record of the batch is stored: the upload of its first, and whether that
+        upload holds exactly the batch (so a refusal of the reward may withdraw it; records
+        stored by other batches are theirs to keep). None if only some are stored."""
+        ids = [r.record_id for r in records if r.record_id is not None]  # all: keyed by event
+        with self._sessions() as session:
+            rows = session.execute(select(Record.id, Record.upload_id).where(Record.id.in_(ids)))
+            found = {rid: upload for rid, upload in rows}
+            if len(found) != len(ids):
+                return None
+            upload = found[ids[0]]
+            held = session.scalar(
+                select(func.count()).select_from(Record).where(Record.upload_id == upload)
+            )
+        return upload, set(found.values()) == {upload} and held == len(ids)
+
+    def _refuse_if_rewarded(self, device: bytes, items: list[dict[str, Any]]) -> None:
+        """A batch whose details are all stored: a replay if the ledger rewarded its events
+        (409 naming the first rewarded), else a retry after a reward whose answer was lost,
+        which may be rewarded now. One query per event until the first rewarded is found, so a
+        replay costs one; a batch partly rewarded is a device's error, refused as a replay."""
+        for i, item in enumerate(items):
+            event = bytes.fromhex(item["event"])
+            if self._ledger.query("event", device=device, event=event)["result"] is not None:
+                raise LedgerRefused(
+                    "duplicate_event", f"events[{i}]: this event is stored and rewarded already"
+                )
 
     def _withdraw(self, upload_id: uuid.UUID) -> None:
         """The contract refused: destroy the upload's secret and drop its rows."""

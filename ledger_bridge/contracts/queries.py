@@ -249,6 +249,18 @@ def _device(s: State, q: dict[str, Any]) -> Any:
     return s.get("device", _key(q, "device"))
 
 
+def _event(s: State, q: dict[str, Any]) -> Any:
+    """A device's event as rewarded ({subject, rule, minted, height, index}), or None: how
+    the vault tells, for a batch it holds the details of, whether the reward reached a block
+    (its answer may have been lost to a timeout)."""
+    v = q.get("event")
+    if isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v):
+        v = bytes.fromhex(v)
+    if not isinstance(v, bytes) or len(v) != 32:
+        raise ValueError("query argument event is a 32-byte id (or its lowercase hex)")
+    return s.get("event", _key(q, "device"), bytes(v))
+
+
 def _devices(s: State, q: dict[str, Any]) -> Any:
     operator = _key(q, "operator") if q.get("operator") is not None else None
     out = []
@@ -381,6 +393,7 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "parameters": lambda s, q: parameters.values(s),
     "device": _device,
     "devices": _devices,
+    "event": _event,
     "reward_rules": _reward_rules,
     "balance": _balance,
     "offers": _offers,

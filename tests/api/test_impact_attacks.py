@@ -21,7 +21,8 @@ def _ride(subject: str, km_milli: int) -> ImpactRecord:
     strict=True,
     reason="residents self-register: a reader with k-1 pseudonyms of its own (each consenting "
     "and with one certified ride) makes a cell of one real resident show, and subtracts its "
-    "own known rides; nothing bounds the pseudonyms that count towards k",
+    "own known rides; only the certified events each pseudonym needs bound them "
+    "(docs/SECURITY.md, Known limits)",
 )
 def test_k_minus_one_pseudonyms_of_the_reader_do_not_unlock_a_residents_cell() -> None:
     target_km = 42_195
@@ -36,7 +37,8 @@ def test_k_minus_one_pseudonyms_of_the_reader_do_not_unlock_a_residents_cell() -
 @pytest.mark.xfail(
     strict=True,
     reason="two views of one cell, before and after one more resident consents, differ by "
-    "exactly that resident's figures: the dashboard publishes exact sums on every view",
+    "exactly that resident's figures: the dashboard publishes exact sums on every view "
+    "(docs/SECURITY.md, Known limits)",
 )
 def test_two_views_a_consent_apart_do_not_reveal_the_newcomer() -> None:
     crowd = [_ride(f"resident-{i}", 1000 + i) for i in range(K)]

@@ -84,6 +84,20 @@ def test_an_event_is_rewarded_once(world: Eco) -> None:
     assert world.balance(s) == 1000
 
 
+def test_the_event_query_tells_a_rewarded_event_from_one_never_rewarded(world: Eco) -> None:
+    """The vault asks it after a reward's answer was lost: only a committed reward is found."""
+    chain, s = world.chain, world.chain.subject()
+    rewarded, never = world.claim(s, quantity_milli=2000), world.claim(s)
+    refused(chain.block(world.reward(never, never))[0], "duplicate_event")  # refused: no entry
+    chain.block(world.reward(rewarded))
+    for event in (rewarded["event"], rewarded["event"].hex()):
+        found = chain.query(q="event", device=rewarded["device"], event=event)
+        assert found["subject"] == s.subject and found["minted"] == 2000
+    assert chain.query(q="event", device=never["device"], event=never["event"]) is None
+    with pytest.raises(ValueError):
+        chain.query(q="event", device=rewarded["device"], event=b"short")
+
+
 def test_a_suspended_device_mints_nothing_and_its_rewards_stand(world: Eco) -> None:
     chain, s = world.chain, world.chain.subject()
     chain.ok(chain.vault, "event.reward", {"claims": [world.claim(s, quantity_milli=4000)]})
