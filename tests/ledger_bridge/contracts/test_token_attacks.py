@@ -73,7 +73,8 @@ def test_a_partner_cannot_raise_the_price_under_a_pending_redemption(world: Eco)
     "Erased from the eco dataset (or expired by retention), the subject's records leave the "
     "vault, but the event.reward transactions naming them stay readable in every replica "
     "until an erasure everywhere. The fix (redacting a subject's event.reward on an erasure "
-    "in the device's dataset, or claims that carry less) is a design decision.",
+    "in the device's dataset, or claims that carry less) is a design decision: docs/SECURITY.md, "
+    "Known limits.",
 )
 def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: Eco) -> None:
     chain = world.chain
