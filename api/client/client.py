@@ -478,7 +478,8 @@ class CivisClient:
     # -- paid access: prices, credits, statements (euro cents) ---------------------------
 
     def set_price(self, dataset_id: str, mode: str, price_cents: int) -> Price:
-        """The dataset's owner prices one answer in `mode` (0: free again)."""
+        """The dataset's owner prices one answer in `mode` (0 deletes that price: the mode
+        owes the nearest wider priced mode's, free if none)."""
         path = f"/v1/datasets/{dataset_id}/prices/{mode}"
         return cast(Price, self.request("PUT", path, json_body={"price_cents": price_cents}).json())
 
