@@ -379,7 +379,11 @@ def _coupons(eco: Eco, per_partner: int) -> dict[str, Any]:
         (
             eco.subjects[(j * per_partner + k) % len(eco.subjects)],
             "token.redeem",
-            {"offer": eco.offers[j], "coupon": coupon_codes.coupon_id(s).hex()},
+            {
+                "offer": eco.offers[j],
+                "coupon": coupon_codes.coupon_id(s).hex(),
+                "price_mtok": PRICE_MTOK,
+            },
         )
         for j in range(n)
         for k, s in enumerate(secrets[j])

@@ -478,7 +478,8 @@ class CivisClient:
     # -- paid access: prices, credits, statements (euro cents) ---------------------------
 
     def set_price(self, dataset_id: str, mode: str, price_cents: int) -> Price:
-        """The dataset's owner prices one answer in `mode` (0: free again)."""
+        """The dataset's owner prices one answer in `mode` (0 deletes that price: the mode
+        owes the nearest wider priced mode's, free if none)."""
         path = f"/v1/datasets/{dataset_id}/prices/{mode}"
         return cast(Price, self.request("PUT", path, json_body={"price_cents": price_cents}).json())
 
@@ -646,13 +647,20 @@ class CivisClient:
         return cast(LedgerQuery, self._get("/v1/offers", partner=partner))
 
     def redeem(
-        self, key: SigningKey, *, offer: str, secret: bytes | None = None
+        self, key: SigningKey, *, offer: str, price_mtok: int, secret: bytes | None = None
     ) -> coupons.Redemption:
         """`token.redeem` signed by the holder: a fresh secret (or `secret`), only its hash
         sent. The answer holds the printable code and the QR payload; the code IS the secret,
-        so whoever holds it can spend the coupon once."""
+        so whoever holds it can spend the coupon once. `price_mtok` is the price the holder
+        agrees to (the one `offers()` showed): the partner republishing the offer at another
+        price before the block refuses the redemption (`Conflict`, `price_mismatch`) and
+        charges nothing."""
         secret = secret if secret is not None else coupons.new_secret()
-        body = {"offer": offer, "coupon": coupons.coupon_id(secret).hex()}
+        body = {
+            "offer": offer,
+            "coupon": coupons.coupon_id(secret).hex(),
+            "price_mtok": price_mtok,
+        }
         answer = self.submit("/v1/redemptions", key, "token.redeem", body)
         return coupons.redemption(coupons.encode_code(secret), answer)
 

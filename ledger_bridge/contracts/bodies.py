@@ -683,6 +683,12 @@ TOKEN_REDEEM = Obj(
     (
         Field("offer", NAME, "the offer redeemed", "bakery-5pct"),
         Field("coupon", HASH, "SHA-256 of the coupon's secret, chosen by the wallet", EX_HASH),
+        Field(
+            "price_mtok",
+            MTOK,
+            "the offer's price the holder agrees to pay; another current price refuses",
+            5000,
+        ),
     ),
     title="token.redeem",
 )

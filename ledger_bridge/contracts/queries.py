@@ -361,14 +361,16 @@ def _statement(s: State, q: dict[str, Any]) -> Any:
 
 
 def _prices(s: State, q: dict[str, Any]) -> Any:
-    """A dataset's price per disclosure mode, in cents (modes without a price are free);
-    None for a dataset not registered."""
+    """What one answer costs per disclosure mode, in cents: the mode's own price or, without
+    one, the nearest wider mode's (`fees.price_of`); a mode absent is free. None for a
+    dataset not registered."""
     dataset = _arg(q, "dataset", str)
     if dataset is None:
         raise ValueError("query prices needs dataset")
     if not s.has("dataset", dataset):
         return None
-    return {m: fees.price_of(s, dataset, m) for m in MODES if s.has("price", dataset, m)}
+    due = {m: fees.price_of(s, dataset, m) for m in MODES}
+    return {m: cents for m, cents in due.items() if cents}
 
 
 QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {

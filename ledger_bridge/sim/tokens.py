@@ -297,7 +297,11 @@ class _Plan:
         others = self.others(c)
         self.reward(c, [self.claim(s, quantity_milli=self.rng.randint(600, 2000))])
         secret = self.rng.randbytes(16)
-        body = {"offer": OFFER, "coupon": hashlib.sha256(secret).digest()}
+        body = {
+            "offer": OFFER,
+            "coupon": hashlib.sha256(secret).digest(),
+            "price_mtok": PRICE_MTOK,
+        }
         spend = self.sign(CAST.partner, "coupon.spend", {"secret": secret})
         self.scripts[c] += [self.sign(CAST.subjects[s], "token.redeem", body), spend]
         self.scripts[others[0]].append(self.sign(CAST.partner, "coupon.spend", {"secret": secret}))
@@ -346,7 +350,7 @@ def forged_txs(key: SigningKey, genuine: Sequence[bytes], rng: random.Random) ->
     victim = rng.choice(CAST.subjects)
     steal = {"to": pub(key), "amount_mtok": 1000}
     out.append(_in_name_of(victim, key, "token.transfer", steal, until, rng.randbytes(16)))
-    redeem = {"offer": OFFER, "coupon": rng.randbytes(32)}
+    redeem = {"offer": OFFER, "coupon": rng.randbytes(32), "price_mtok": PRICE_MTOK}
     out.append(_in_name_of(victim, key, "token.redeem", redeem, until, rng.randbytes(16)))
     for raw in genuine:
         t = txmod.decode(raw)

@@ -253,9 +253,13 @@ def test_redeem_then_spend_once_and_the_qr_verifies(eco: Eco) -> None:
     env, citizen = eco.env, register_subject(eco.env)
     _earn(eco, citizen, 5000)
     with pytest.raises(Conflict) as too_poor:
-        api(env).redeem(register_subject(env).key, offer=eco.offer)
+        api(env).redeem(register_subject(env).key, offer=eco.offer, price_mtok=2000)
     assert too_poor.value.code == "insufficient_tokens"
-    redeemed = api(env).redeem(citizen.key, offer=eco.offer)
+    with pytest.raises(Conflict) as not_that_price:  # the holder names the offer's price
+        api(env).redeem(citizen.key, offer=eco.offer, price_mtok=1999)
+    assert not_that_price.value.code == "price_mismatch"
+    assert _balance(eco, citizen) == 5000
+    redeemed = api(env).redeem(citizen.key, offer=eco.offer, price_mtok=2000)
     assert _balance(eco, citizen) == 3000
     issued = redeemed["coupon"]
     assert issued["offer"] == eco.offer and issued["price_mtok"] == 2000
@@ -288,7 +292,7 @@ def test_redeem_then_spend_once_and_the_qr_verifies(eco: Eco) -> None:
 def test_two_concurrent_spends_of_one_coupon_exactly_one_succeeds(eco: Eco) -> None:
     env, citizen = eco.env, register_subject(eco.env)
     _earn(eco, citizen, 2000)
-    code = api(env).redeem(citizen.key, offer=eco.offer)["code"]
+    code = api(env).redeem(citizen.key, offer=eco.offer, price_mtok=2000)["code"]
     # both signed first, then sent together: the ledger's order decides
     body = {"secret": coupons.decode_code(code).hex()}
     signed = [api(env).sign(eco.partner.key, "coupon.spend", body) for _ in range(2)]

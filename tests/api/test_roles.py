@@ -271,7 +271,7 @@ def earn_and_redeem(env: LedgerEnv, eco: EcoScene, subject: Wallet) -> None:
     ride = eco.device.event(subject=subject.id, rule="cycling", unit="km", quantity_milli=10_000)
     assert api(env).send_events(eco.device.id, [ride])["credited"] == [[subject.id, 10_000]]
     eco.coupon_secret = coupons.new_secret()
-    api(env).redeem(subject.key, offer=eco.offer, secret=eco.coupon_secret)
+    api(env).redeem(subject.key, offer=eco.offer, price_mtok=100, secret=eco.coupon_secret)
 
 
 @dataclass
@@ -532,7 +532,8 @@ def _offer(w: World, who: str) -> Call:
 
 
 def _redeem(w: World, who: str) -> Call:
-    body = {"offer": w.eco.offer, "coupon": coupons.coupon_id(coupons.new_secret()).hex()}
+    coupon = coupons.coupon_id(coupons.new_secret()).hex()
+    body = {"offer": w.eco.offer, "coupon": coupon, "price_mtok": 100}
     return Call(json=signed(w.env, w.signer(who), "token.redeem", body))
 
 
@@ -541,7 +542,7 @@ def _spend(w: World, who: str) -> Call:
     secret = w.eco.coupon_secret
     if who == "partner":
         secret = coupons.new_secret()
-        api(w.env).redeem(w.subject.key, offer=w.eco.offer, secret=secret)
+        api(w.env).redeem(w.subject.key, offer=w.eco.offer, price_mtok=100, secret=secret)
     body = {"secret": secret.hex()}
     return Call(json=signed(w.env, w.signer(who), "coupon.spend", body))
 

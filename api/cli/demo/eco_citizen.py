@@ -237,7 +237,7 @@ def _redeem(stage: Stage, bakery: Party, citizen: Party, balance_mtok: int) -> N
         f"{tokens(OFFER_PRICE_MTOK)} {receipt_text(out['receipt'])}"
     )
     with stage.doing(f"{citizen.name} redeeming {offer}"):
-        redemption = stage.api.redeem(citizen.key, offer=offer)
+        redemption = stage.api.redeem(citizen.key, offer=offer, price_mtok=OFFER_PRICE_MTOK)
     stage.tell(
         f"{citizen.name} redeems {tokens(OFFER_PRICE_MTOK)} of her cycling account for "
         f"{offer}; her wallet keeps the coupon code {redemption['code']} (the ledger holds "

@@ -48,7 +48,10 @@ class PriceOut(BaseModel):
 class PricesOut(BaseModel):
     dataset_id: uuid.UUID
     height: int = Field(description="the last committed block the prices reflect")
-    prices: dict[str, int] = Field(description="cents per disclosure mode; a mode absent is free")
+    prices: dict[str, int] = Field(
+        description="cents per answer in each disclosure mode: the mode's own price or, "
+        "without one, the nearest wider priced mode's; a mode absent is free"
+    )
 
 
 class CreditIn(StrictIn):
@@ -101,7 +104,8 @@ def set_price(
     session: SessionDep,
     ledger: LedgerDep,
 ) -> PriceOut:
-    """Price one disclosure mode of your dataset (`price.set`, the vault signing for you)."""
+    """Price one disclosure mode of your dataset (`price.set`, the vault signing for you). An
+    unpriced narrower mode owes this price too; 0 deletes the mode's own price."""
     answer = fees.set_price(session, ledger, member, dataset_id, mode, body.price_cents)
     receipt = LedgerReceipt(**answer.receipt.as_dict())
     return PriceOut(dataset_id=dataset_id, mode=mode, price_cents=body.price_cents, receipt=receipt)
@@ -109,7 +113,9 @@ def set_price(
 
 @router.get("/datasets/{dataset_id}/prices")
 def prices(dataset_id: uuid.UUID, ledger: LedgerDep, _: CurrentMember) -> PricesOut:
-    """What one answer costs in each mode: the price an access request must name."""
+    """What one answer costs in each mode: the price an access request must name. A mode the
+    provider did not price owes the nearest wider priced mode's (predicate, projection, full),
+    so a narrower answer never costs less than a wider one unless priced lower explicitly."""
     height, by_mode = fees.prices(ledger, dataset_id)
     return PricesOut(dataset_id=dataset_id, height=height, prices=by_mode)
 

@@ -136,9 +136,10 @@ def offers(
 
 @router.post("/redemptions", status_code=201)
 def redeem(body: SignedIn, ledger: LedgerDep) -> RedemptionOut:
-    """token.redeem, signed by the holder, naming SHA-256 of the wallet's coupon secret: the
-    answer carries the coupon signed by the cooperative for the QR code (the wallet alone
-    holds the secret, hence the printable code)."""
+    """token.redeem, signed by the holder, naming SHA-256 of the wallet's coupon secret and the
+    offer's price the holder agrees to (409 `price_mismatch` if the partner changed it, nothing
+    charged): the answer carries the coupon signed by the cooperative for the QR code (the
+    wallet alone holds the secret, hence the printable code)."""
     signed = assemble(ledger.chain_id, body.transaction, body.signature, "token.redeem")
     answer = ledger.submit(signed.encode())
     out = _out(answer)

@@ -2,7 +2,8 @@
 off-chain, and the cooperative takes a commission on each paid answer.
 
 Amounts are integer euro cents (no float on the ledger). A price is per answer and per
-disclosure mode: `("price", dataset, mode)` -> cents, 0 deleting it. It is not versioned: the
+disclosure mode: `("price", dataset, mode)` -> cents, 0 deleting it; a mode without a price
+owes the price of the nearest wider mode that has one (`price_of`). It is not versioned: the
 consumer names the price it agrees to in its `access.request` (`price_cents`), so a price
 changed between the draft and the block refuses the access (`price_mismatch`), never charges
 more (or less) than what the consumer signed for.
@@ -26,6 +27,7 @@ from ledger_bridge.contracts.rules import parameters
 from ledger_bridge.contracts.rules.common import Ctx, Reject, dataset_of
 from ledger_bridge.contracts.rules.datasets import owner_or_vault
 from ledger_bridge.contracts.state import State
+from ledger_bridge.contracts.vocabulary import MODES
 
 BASIS_POINTS = 10_000
 # The roles that hold a credit account besides the cooperative's: legal entities only.
@@ -70,9 +72,16 @@ def credit_deposit(c: Ctx) -> dict[str, Any]:
 
 
 def price_of(state: State, dataset: str, mode: str) -> int:
-    """The dataset's price for one answer in `mode` (0: free)."""
-    cents: int | None = state.get("price", dataset, mode)
-    return cents or 0
+    """What one answer in `mode` costs (0: free): the price set for `mode`, or else the price
+    of the nearest wider mode that has one. A narrower mode discloses no more than a wider one
+    (under a purpose reaching `full`, a projection may name every field), so pricing only the
+    wider answers must not leave the narrower ones free; a provider wanting a narrower mode
+    cheaper prices it explicitly."""
+    for wider in MODES[MODES.index(mode) :]:
+        cents: int | None = state.get("price", dataset, wider)
+        if cents:
+            return cents
+    return 0
 
 
 def credit_of(state: State, member: bytes) -> int:

@@ -324,6 +324,10 @@ def token_redeem(c: Ctx) -> dict[str, Any]:
     if c.state.has("coupon", coupon):
         raise Reject("duplicate", "this coupon is already issued")
     price: int = offer["price_mtok"]
+    if body["price_mtok"] != price:
+        # the partner may republish its offer between the holder's draft and the block: the
+        # holder pays only the price they signed for, or nothing
+        raise Reject("price_mismatch", f"offer {name} costs {price} mtok, not {body['price_mtok']}")
     holder = c.tx.author.hex()
     _debit(c.state, holder, price)
     _supply(c.state, "redeemed", price)

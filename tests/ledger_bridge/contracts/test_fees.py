@@ -101,7 +101,10 @@ def test_only_the_owner_or_the_vault_sets_a_price(world: World) -> None:
         raw = chain.sign(who, "price.set", {"dataset": "d1", "mode": "full", "price_cents": 1})
         assert_refused_unchanged(chain, raw, "unauthorized")
     chain.ok(chain.vault, "price.set", {"dataset": "d1", "mode": "predicate", "price_cents": 7})
-    assert chain.query(q="prices", dataset="d1") == {"predicate": 7, "full": 333}
+    # the unpriced projection owes the nearest wider price (full's); predicate is priced lower
+    assert chain.query(q="prices", dataset="d1") == {"predicate": 7, "projection": 333, "full": 333}
+    chain.ok(provider, "price.set", {"dataset": "d1", "mode": "full", "price_cents": 0})
+    assert chain.query(q="prices", dataset="d1") == {"predicate": 7}
     raw = chain.sign(provider, "price.set", {"dataset": "nope", "mode": "full", "price_cents": 1})
     assert_refused_unchanged(chain, raw, "not_found")
     assert chain.query(q="prices", dataset="nope") is None

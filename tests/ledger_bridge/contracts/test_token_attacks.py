@@ -43,27 +43,32 @@ def test_statement_totals_stay_json_safe_however_often_tokens_go_back_and_forth(
     world.supply_holds()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="token.redeem names no price: the partner may republish its offer at a higher "
-    "price ahead of a holder's redemption (same block) and the holder pays it. The fix is a "
-    "`price_mtok` the holder agrees to in token.redeem (refused on a mismatch, as "
-    "access.request's price_cents), a body and openapi change left to the lead.",
-)
 def test_a_partner_cannot_raise_the_price_under_a_pending_redemption(world: Eco) -> None:
+    """The partner republishes its offer at a higher price in the block that carries a
+    holder's redemption, ahead of it: the holder signed for the price the wallet showed, so the
+    redemption is refused and costs nothing; redeemed at the new price, it goes through."""
     chain = world.chain
     s = chain.subject()
     chain.ok(chain.vault, "event.reward", {"claims": [world.claim(s, quantity_milli=50_000)]})
     world.offer(price=2000)  # what the wallet shows the holder
+    held = world.balance(s)
     body = {"offer": "bread", "title": "a loaf", "category": "food", "active": True}
     coupon = hashlib.sha256(os.urandom(16)).digest()
+    agreed = {"offer": "bread", "coupon": coupon, "price_mtok": 2000}
     raised, redeemed = chain.block(
         chain.sign(world.partner, "offer.publish", {**body, "price_mtok": 50_000}),
-        chain.sign(s, "token.redeem", {"offer": "bread", "coupon": coupon}),
+        chain.sign(s, "token.redeem", agreed),
     )
     assert raised["ok"]
-    # the holder agreed to 2000 mtok: either that is what it cost, or nothing happened
-    assert not redeemed["ok"] or redeemed["price_mtok"] == 2000, redeemed
+    assert redeemed["ok"] is False and redeemed["code"] == "price_mismatch", redeemed
+    assert world.balance(s) == held and chain.query(q="coupon", coupon=coupon) is None
+    world.supply_holds()
+    # a lower price than the current one refuses too: the holder names the price, exactly
+    lower = chain.one(s, "token.redeem", {**agreed, "price_mtok": 1000})
+    assert lower["ok"] is False and lower["code"] == "price_mismatch", lower
+    r = chain.ok(s, "token.redeem", {**agreed, "price_mtok": 50_000})
+    assert r["price_mtok"] == 50_000 and world.balance(s) == held - 50_000
+    world.supply_holds()
 
 
 @pytest.mark.xfail(

@@ -58,7 +58,8 @@ def _traffic(world: Eco, subjects: list[Member], rng: random.Random) -> list[byt
         elif pick < 32:
             secret = rng.randbytes(16)
             secrets.append(secret)
-            body = {"offer": "bread", "coupon": hashlib.sha256(secret).digest()}
+            coupon = hashlib.sha256(secret).digest()
+            body = {"offer": "bread", "coupon": coupon, "price_mtok": 1500}
             txs.append(chain.sign(s, "token.redeem", body))
         elif pick < 39 and secrets:
             body = {"secret": rng.choice(secrets)}

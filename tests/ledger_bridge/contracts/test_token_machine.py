@@ -268,10 +268,9 @@ class TokenMachine(RuleBasedStateMachine):
         holder, account = self._member(a)
         secret = os.urandom(16)
         coupon = hashlib.sha256(secret).digest()
-        [r] = self.block(
-            self.chain.sign(holder, "token.redeem", {"offer": offer, "coupon": coupon})
-        )
         price = OFFERS[offer]
+        body = {"offer": offer, "coupon": coupon, "price_mtok": price}
+        [r] = self.block(self.chain.sign(holder, "token.redeem", body))
         if account in self.model.forgotten:
             assert r["code"] == "not_member", r
         elif self.model.balance(account) < price:

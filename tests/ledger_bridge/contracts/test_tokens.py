@@ -256,17 +256,19 @@ def test_no_overdraft_on_transfer_or_redemption(world: Eco) -> None:
     world.offer(price=2500)
     coupon = hashlib.sha256(os.urandom(16)).digest()
     refused(
-        chain.one(s, "token.redeem", {"offer": "bread", "coupon": coupon}), "insufficient_tokens"
+        chain.one(s, "token.redeem", {"offer": "bread", "coupon": coupon, "price_mtok": 2500}),
+        "insufficient_tokens",
     )
     assert chain.query(q="coupon", coupon=coupon) is None
     assert (world.balance(s), world.balance(t)) == (2000, 1000)
     world.supply_holds()
 
 
-def redeem(world: Eco, holder: Member, offer: str = "bread") -> bytes:
+def redeem(world: Eco, holder: Member, price: int, offer: str = "bread") -> bytes:
     secret = os.urandom(16)
     coupon = hashlib.sha256(secret).digest()
-    r = world.chain.ok(holder, "token.redeem", {"offer": offer, "coupon": coupon})
+    body = {"offer": offer, "coupon": coupon, "price_mtok": price}
+    r = world.chain.ok(holder, "token.redeem", body)
     assert r["coupon"] == coupon and r["height"] == world.chain.height
     return secret
 
@@ -275,7 +277,7 @@ def test_a_coupon_is_spent_once_by_its_partner(world: Eco) -> None:
     chain = world.chain
     s = funded(world, 5000)
     world.offer(price=2000)
-    secret = redeem(world, s)
+    secret = redeem(world, s, 2000)
     coupon = hashlib.sha256(secret).digest()
     issued = chain.query(q="coupon", coupon=coupon)
     assert issued["status"] == "issued" and issued["partner"] == world.partner.pub
@@ -297,7 +299,8 @@ def test_a_coupon_is_spent_once_by_its_partner(world: Eco) -> None:
     assert chain.query(q="redemptions", partner=world.partner.pub) == [[day, "food", 1, 2000]]
     assert world.balance(s) == 3000 and world.supply_holds()["redeemed"] == 2000
     # the same coupon hash cannot be issued twice
-    refused(chain.one(s, "token.redeem", {"offer": "bread", "coupon": coupon}), "duplicate")
+    again = {"offer": "bread", "coupon": coupon, "price_mtok": 2000}
+    refused(chain.one(s, "token.redeem", again), "duplicate")
 
 
 def test_offers_belong_to_their_partner_and_redeem_only_when_active(world: Eco) -> None:
@@ -311,8 +314,9 @@ def test_offers_belong_to_their_partner_and_redeem_only_when_active(world: Eco) 
     refused(chain.one(world.provider, "offer.publish", {**body, "offer": "mine"}), "unauthorized")
     world.offer(price=1000, active=False)
     coupon = hashlib.sha256(b"c").digest()
-    refused(chain.one(s, "token.redeem", {"offer": "bread", "coupon": coupon}), "offer_inactive")
-    refused(chain.one(s, "token.redeem", {"offer": "cake", "coupon": coupon}), "unknown_offer")
+    ask = {"offer": "bread", "coupon": coupon, "price_mtok": 1000}
+    refused(chain.one(s, "token.redeem", ask), "offer_inactive")
+    refused(chain.one(s, "token.redeem", {**ask, "offer": "cake"}), "unknown_offer")
     [offer] = chain.query(q="offers", partner=world.partner.pub)
     assert offer["offer"] == "bread" and offer["active"] is False
     assert chain.query(q="offers", partner=rival.pub) == []
@@ -395,7 +399,7 @@ def test_a_token_statement_lists_every_movement_with_totals(world: Eco) -> None:
     s, t = funded(world, 5000), chain.subject()
     chain.ok(s, "token.transfer", {"to": t.pub, "amount_mtok": 1500})
     world.offer(price=1000)
-    redeem(world, s)
+    redeem(world, s, 1000)
     st = chain.query(q="token_statement", account=s.pub, after=0, limit=10)
     assert [(e["n"], e["kind"], e["mtok"]) for e in st["entries"]] == [
         (1, "minted", 5000),
@@ -439,9 +443,9 @@ def test_forgetting_a_subject_forfeits_their_tokens_and_leaves_no_trace(world: E
     )
     assert all(m["ok"] for m in moves)
     positions |= {(chain.height, 0), (chain.height, 2)}
-    redeem(world, p)
+    redeem(world, p, 1000)
     positions.add((chain.height, 0))
-    redeem(world, q)
+    redeem(world, q, 1000)
     before = chain.app.snapshot()
     assert hits(before, p) > 5
     q_hits = hits(before, q)
