@@ -28,6 +28,7 @@ class ProjectionAccess:
     dataset_id: uuid.UUID
     access: int
     receipt: LedgerReceipt
+    charged_cents: int
     granted: list[str]
     uploads: frozenset[uuid.UUID]
     fields: tuple[str, ...]
@@ -41,17 +42,26 @@ def request_projection(
     fields: Sequence[str],
 ) -> ProjectionAccess:
     """Ask the ledger for every consenting subject's `fields` of `dataset_id` under `purpose`
-    (an open request). A refusal raises `LedgerRefused` (the route answers the contract's 4xx)."""
+    (an open request). A refusal raises `LedgerRefused` (the route answers the contract's 4xx).
+
+    A priced dataset is paid at the projection price it lists at the moment (read just
+    before): the consumer asked for a view of it, and the price is public. The contract
+    charges it only if someone is granted, and refuses `price_mismatch` if the provider
+    changed it in between, so the consumer never pays a price it was not shown."""
     body: dict[str, Any] = {
         "consumer": consumer,
         "dataset": str(dataset_id),
         "purpose": purpose,
         "fields": list(fields),
     }
+    prices = ledger.query("prices", dataset=str(dataset_id))["result"] or {}
+    if prices.get("projection"):
+        body["price_cents"] = int(prices["projection"])
     answer = ledger.act("access.request", body)
     result = answer.result
     return ProjectionAccess(
         dataset_id=dataset_id,
+        charged_cents=int(result.get("charged_cents", 0)),
         access=int(result["access"]),
         receipt=answer.receipt,
         granted=list(result["granted"]),

@@ -39,6 +39,10 @@ class ImpactAccess(BaseModel):
     dataset_id: uuid.UUID
     access: int = Field(description="the access's id on the ledger")
     receipt: LedgerReceipt
+    charged_cents: int = Field(
+        description="what the access cost the consumer: the dataset's listed projection price "
+        "(0 when free or when nobody was granted)"
+    )
 
 
 class ImpactDashboard(ImpactTable):
@@ -87,6 +91,7 @@ def impact_dashboard(
                 dataset_id=dataset_id,
                 access=access.access,
                 receipt=LedgerReceipt(**access.receipt.as_dict()),
+                charged_cents=access.charged_cents,
             )
         )
         for subject, payload in projected_records(session, store, access):

@@ -500,3 +500,34 @@ def test_partner_dashboard_refuses_other_roles(client: TestClient, make_key: Mak
         "/dashboards/partner", headers={"Authorization": make_key("consumer")["Authorization"]}
     )
     assert r.status_code == 403 and 'id="sign-in"' in r.text
+
+
+def test_a_priced_dataset_is_paid_at_its_listed_projection_price(
+    ledger_env: LedgerEnv, city: City
+) -> None:
+    """The metropolis pays for its view of a priced dataset, as any consumer pays for an
+    access: without credit it gets 402 and nothing; with credit it is charged the listed
+    price, once per access, and its statement shows it."""
+    env = ledger_env
+    metropolis = env.headers("consumer", env.consumer)
+    operator = env.headers("provider", env.provider)
+    url = f"/v1/datasets/{city.dataset}/prices/projection"
+    statement = f"/v1/members/{env.consumer.id}/statement"
+    price = 10**7  # above any credit the other tests give this consumer
+    r = env.client.put(url, headers=operator, json={"price_cents": price})
+    assert r.status_code == 200, r.text
+    try:
+        before = env.client.get(statement, headers=metropolis).json()["totals"]
+        r = env.client.get(f"/v1/dashboards/impact?dataset={city.dataset}", headers=metropolis)
+        assert r.status_code == 402, r.text
+        assert env.client.get(statement, headers=metropolis).json()["totals"] == before
+        dpo = env.headers("dpo", env.dpo)
+        deposit = {"member": env.consumer.id, "amount_cents": price, "reference": str(uuid.uuid4())}
+        assert env.client.post("/v1/credits", headers=dpo, json=deposit).status_code == 201
+        r = env.client.get(f"/v1/dashboards/impact?dataset={city.dataset}", headers=metropolis)
+        assert r.status_code == 200, r.text
+        assert [a["charged_cents"] for a in r.json()["accesses"]] == [price]
+        after = env.client.get(statement, headers=metropolis).json()["totals"]
+        assert after["paid"] == before["paid"] + price
+    finally:
+        env.client.put(url, headers=operator, json={"price_cents": 0})
