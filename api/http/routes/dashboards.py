@@ -15,12 +15,11 @@ the dashboard roles), and lands on the dashboard of its role.
 from __future__ import annotations
 
 import datetime as dt
-import urllib.parse
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from api.http.bodies import BoundedJsonRoute
@@ -35,6 +34,7 @@ from api.http.deps import (
     strict_query_with_lists,
 )
 from api.http.errors import prefers_json, problem
+from api.http.page_sessions import PAGE_HEADERS, form_key, signed_in, signed_out
 from api.services.dashboards import (
     DATASETS_MAX,
     ImpactDashboard,
@@ -44,7 +44,7 @@ from api.services.dashboards import (
     ledger_redemptions,
     partner_dashboard,
 )
-from api.services.dpo_sessions import SESSION_TTL_S, close_session, open_session, session_member
+from api.services.dpo_sessions import session_member
 from api.services.gateway import LedgerGateway, LedgerUnavailable
 from api.services.identity import ledger_identity
 from api.services.keys import KeyExpired, Member, authenticate
@@ -120,13 +120,6 @@ def partner(member: Partner, ledger: LedgerDep) -> PartnerDashboard:
 
 # -- the pages and their session ------------------------------------------------------------
 
-_PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
 _PAGE_REFUSALS = {401: "Unauthorized", 403: "Forbidden", 406: "Not Acceptable"}
 _SIGN_IN_DETAIL = (
     "sign in with the member's API key: `Authorization: Bearer …`, or the form of the page "
@@ -138,9 +131,9 @@ def _refuse(request: Request, status: int, message: str | None = None) -> Respon
     """The sign-in form for a browser; problem+json for a client that prefers JSON."""
     if not prefers_json(request.headers.get("accept")):
         html = render_sign_in_page(message)
-        return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
+        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
     answer = problem(status, _PAGE_REFUSALS[status], message or _SIGN_IN_DETAIL, request)
-    answer.headers.update(_PAGE_HEADERS)
+    answer.headers.update(PAGE_HEADERS)
     return answer
 
 
@@ -188,7 +181,7 @@ def impact_page(
         return member
     ledger = _ledger_of(request)
     data = _impact(ledger, session, store, member, None, week_from or None, week_to or None)
-    return HTMLResponse(render_impact_page(data), headers=_PAGE_HEADERS)
+    return HTMLResponse(render_impact_page(data), headers=PAGE_HEADERS)
 
 
 @page_router.get("/dashboards/partner", response_class=HTMLResponse)
@@ -199,23 +192,12 @@ def partner_page(request: Request, session: SessionDep) -> Response:
         return member
     reader = ledger_redemptions(_ledger_of(request))
     data = partner_dashboard(reader, ledger_identity(member))
-    return HTMLResponse(render_partner_page(data), headers=_PAGE_HEADERS)
-
-
-async def _form_key(request: Request) -> str:
-    """The `api_key` field of an urlencoded form (the body limit middleware bounds it)."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != (
-        "application/x-www-form-urlencoded"
-    ):
-        return ""
-    fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
-    values = fields.get("api_key", [])
-    return values[0].strip() if len(values) == 1 else ""
+    return HTMLResponse(render_partner_page(data), headers=PAGE_HEADERS)
 
 
 @page_router.post("/dashboards/session")
 def sign_in(
-    request: Request, session: SessionDep, api_key: Annotated[str, Depends(_form_key)]
+    request: Request, session: SessionDep, api_key: Annotated[str, Depends(form_key)]
 ) -> Response:
     """Trade a dashboard member's API key (posted once, in the body) for a session cookie."""
     try:
@@ -227,25 +209,10 @@ def sign_in(
         return _refuse(request, 401, "Not a valid key of the metropolis or of a partner.")
     key = session.get(ApiKey, member.key_id)
     assert key is not None, "authenticate just read this key"
-    response = RedirectResponse(PAGES[member.role], status_code=303, headers=_PAGE_HEADERS)
-    response.set_cookie(
-        SESSION_COOKIE,
-        open_session(session, key, dt.datetime.now(dt.UTC)),
-        max_age=SESSION_TTL_S,
-        path="/",
-        secure=True,
-        httponly=True,
-        samesite="strict",
-    )
-    return response
+    return signed_in(PAGES[member.role], SESSION_COOKIE, session, key)
 
 
 @page_router.post("/dashboards/logout")
 def sign_out(request: Request, session: SessionDep) -> Response:
     """End the session on the server (its row goes), then clear the cookie in the browser."""
-    token = request.cookies.get(SESSION_COOKIE)
-    if token is not None:
-        close_session(session, token)
-    response = RedirectResponse("/dashboards/impact", status_code=303, headers=_PAGE_HEADERS)
-    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
-    return response
+    return signed_out(request, session, SESSION_COOKIE, "/dashboards/impact")

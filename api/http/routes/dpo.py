@@ -23,13 +23,12 @@ carries it, so no CSRF). `POST /dpo/logout` ends the session on the server.
 from __future__ import annotations
 
 import datetime as dt
-import urllib.parse
 import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastApiPath
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
@@ -37,15 +36,13 @@ from api.http.bodies import BoundedJsonRoute
 from api.http.deps import Dpo, LedgerDep, SessionDep, strict_query
 from api.http.dpo_page import page_data, render_dpo_page, render_login_page
 from api.http.errors import prefers_json, problem
+from api.http.page_sessions import PAGE_HEADERS, form_key, signed_in, signed_out
 from api.http.schemas import PublicKeyHex
 from api.services import outbox_admin
 from api.services import records_of_processing as processing
 from api.services.access_log import AccessFilter, AccessLog, read_access_log
 from api.services.dpo_sessions import (
     SESSION_COOKIE,
-    SESSION_TTL_S,
-    close_session,
-    open_session,
     session_member,
 )
 from api.services.keys import KeyExpired, Member, authenticate
@@ -167,14 +164,6 @@ def records_of_processing(
 
 # -- the page and its session -------------------------------------------------------------
 
-_PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
-
 
 def _page_caller(request: Request, session: Session) -> Member | None:
     header = request.headers.get("authorization", "")
@@ -187,7 +176,7 @@ def _page_caller(request: Request, session: Session) -> Member | None:
 
 
 def _login(status: int, message: str | None = None) -> HTMLResponse:
-    return HTMLResponse(render_login_page(message), status_code=status, headers=_PAGE_HEADERS)
+    return HTMLResponse(render_login_page(message), status_code=status, headers=PAGE_HEADERS)
 
 
 # What a client that asked for JSON is told instead of the sign-in form.
@@ -209,7 +198,7 @@ def _refuse(request: Request, status: int, message: str | None = None) -> Respon
     if not prefers_json(request.headers.get("accept")):
         return _login(status, message)
     answer = problem(status, _PAGE_REFUSALS[status], message or _SIGN_IN_DETAIL, request)
-    answer.headers.update(_PAGE_HEADERS)
+    answer.headers.update(PAGE_HEADERS)
     return answer
 
 
@@ -231,23 +220,12 @@ def dpo_page(request: Request, session: SessionDep) -> Response:
     if prefers_json(request.headers.get("accept")):
         return _refuse(request, 406, _JSON_ROUTES_DETAIL)
     html = render_dpo_page(page_data(request.app.state.sessions, request.app.state.ledger, session))
-    return HTMLResponse(html, headers=_PAGE_HEADERS)
-
-
-async def _form_key(request: Request) -> str:
-    """The `api_key` field of an urlencoded form (the body limit middleware bounds it)."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != (
-        "application/x-www-form-urlencoded"
-    ):
-        return ""
-    fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
-    values = fields.get("api_key", [])
-    return values[0].strip() if len(values) == 1 else ""
+    return HTMLResponse(html, headers=PAGE_HEADERS)
 
 
 @page_router.post("/dpo/session")
 def dpo_sign_in(
-    request: Request, session: SessionDep, api_key: Annotated[str, Depends(_form_key)]
+    request: Request, session: SessionDep, api_key: Annotated[str, Depends(form_key)]
 ) -> Response:
     """Trade the DPO's API key (posted once, in the body) for a session cookie."""
     try:
@@ -259,25 +237,10 @@ def dpo_sign_in(
         return _refuse(request, 401, "Not a valid key of the Data Protection Officer.")
     key = session.get(ApiKey, member.key_id)
     assert key is not None, "authenticate just read this key"
-    response = RedirectResponse("/dpo", status_code=303, headers=_PAGE_HEADERS)
-    response.set_cookie(
-        SESSION_COOKIE,
-        open_session(session, key, dt.datetime.now(dt.UTC)),
-        max_age=SESSION_TTL_S,
-        path="/",
-        secure=True,
-        httponly=True,
-        samesite="strict",
-    )
-    return response
+    return signed_in("/dpo", SESSION_COOKIE, session, key)
 
 
 @page_router.post("/dpo/logout")
 def dpo_sign_out(request: Request, session: SessionDep) -> Response:
     """End the session on the server (its row goes), then clear the cookie in the browser."""
-    token = request.cookies.get(SESSION_COOKIE)
-    if token is not None:
-        close_session(session, token)
-    response = RedirectResponse("/dpo", status_code=303, headers=_PAGE_HEADERS)
-    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
-    return response
+    return signed_out(request, session, SESSION_COOKIE, "/dpo")

@@ -1,0 +1,63 @@
+"""Server-rendered pages behind a session cookie: the DPO page and the dashboards.
+
+Why one module: both trade an API key, posted once in a form, for a short server-side
+session named by an HttpOnly, SameSite=Strict `__Host-` cookie, and both answer with the same
+strict headers (no cache, a CSP that allows no script and posts only to this origin). The
+cookie's name is each page's own, so a dashboard session never opens the DPO page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.parse
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
+
+from api.services.dpo_sessions import SESSION_TTL_S, close_session, open_session
+from vault.models import ApiKey
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+async def form_key(request: Request) -> str:
+    """The `api_key` field of an urlencoded form (the body limit middleware bounds it)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != (
+        "application/x-www-form-urlencoded"
+    ):
+        return ""
+    fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+    values = fields.get("api_key", [])
+    return values[0].strip() if len(values) == 1 else ""
+
+
+def signed_in(target: str, cookie: str, session: Session, key: ApiKey) -> RedirectResponse:
+    """Open a session for `key` and send the browser to `target` with its cookie."""
+    response = RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
+    response.set_cookie(
+        cookie,
+        open_session(session, key, dt.datetime.now(dt.UTC)),
+        max_age=SESSION_TTL_S,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def signed_out(request: Request, session: Session, cookie: str, target: str) -> RedirectResponse:
+    """End the session on the server (its row goes), then clear the cookie in the browser."""
+    token = request.cookies.get(cookie)
+    if token is not None:
+        close_session(session, token)
+    response = RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
+    response.delete_cookie(cookie, path="/", secure=True, httponly=True, samesite="strict")
+    return response
