@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -216,7 +216,9 @@ def _serve(url: str, data_dir: Path, port: int) -> None:
         gateway.close()
 
 
-def _found_cluster(data_dir: Path, members: dict[str, Member]) -> Cluster:
+def found_cluster(
+    data_dir: Path, members: dict[str, Member], founders: Sequence[dict[str, str]] = ()
+) -> Cluster:
     """A local contracts chain as `up` founds one, plus an admitted provider and consumer.
 
     The provider and the consumer are founding members so the run needs no governance vote
@@ -232,6 +234,7 @@ def _found_cluster(data_dir: Path, members: dict[str, Member]) -> Cluster:
     app_genesis["members"] += [
         {"public_key": members["provider"].id, "role": "provider", "college": "providers"},
         {"public_key": members["consumer"].id, "role": "consumer", "college": "services"},
+        *founders,
     ]
     return Cluster(
         bootstrap.ledger_dir(data_dir),
@@ -244,13 +247,16 @@ def _found_cluster(data_dir: Path, members: dict[str, Member]) -> Cluster:
 
 
 @contextmanager
-def _running_cluster(tmp: Path, members: dict[str, Member]) -> Iterator[tuple[Path, Cluster]]:
+def running_cluster(
+    tmp: Path, members: dict[str, Member], founders: Sequence[dict[str, str]] = ()
+) -> Iterator[tuple[Path, Cluster]]:
     """Started and ready; a fresh chain is tried again if a replica lost its port to another
-    program between choosing the ports and binding them (the machine is shared)."""
+    program between choosing the ports and binding them (the machine is shared). `founders`:
+    more founding members of the genesis than the provider and the consumer."""
     for attempt in range(CLUSTER_TRIES):
         data_dir = tmp / f"data-{attempt}"
         data_dir.mkdir()
-        with _found_cluster(data_dir, members) as cluster:
+        with found_cluster(data_dir, members, founders) as cluster:
             cluster.start()
             try:
                 cluster.wait_ready()
@@ -570,7 +576,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="civis-bench-")))
         url, server = stack.enter_context(bench_database(getattr(args, "database_url", None), tmp))
-        data_dir, cluster = stack.enter_context(_running_cluster(tmp, members))
+        data_dir, cluster = stack.enter_context(running_cluster(tmp, members))
         base, api = stack.enter_context(_api_server(url, data_dir))
         started = time.perf_counter()
         dataset, root, provider, consumer = _set_up(url, base, members, n)

@@ -36,9 +36,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,50 +90,6 @@ class Eco:
 
 
 # -- set-up -----------------------------------------------------------------------------------
-
-
-def _found_cluster(data_dir: Path, members: dict[str, Member], partners: list[Member]) -> Cluster:
-    """`bench access`'s chain (bench/access.py `_found_cluster`), with the partners founding
-    members too: 32 admission votes are not what is measured."""
-    from api.cli import bootstrap
-    from api.services.gateway import RELAY_KEY_FILE, VAULT_KEY_FILE, load_or_create_key
-
-    keys = bootstrap.keys_dir(data_dir)
-    vault = load_or_create_key(keys / VAULT_KEY_FILE)
-    load_or_create_key(keys / RELAY_KEY_FILE)
-    app_genesis = bootstrap.founding_app_genesis(vault.public_key.hex(), members["dpo"].id)
-    app_genesis["members"] += [
-        {"public_key": members["provider"].id, "role": "provider", "college": "providers"},
-        {"public_key": members["consumer"].id, "role": "consumer", "college": "services"},
-    ] + [{"public_key": p.id, "role": "partner", "college": "providers"} for p in partners]
-    return Cluster(
-        bootstrap.ledger_dir(data_dir),
-        bootstrap.DEFAULT_REPLICAS,
-        base_port=bootstrap.choose_base_port(bootstrap.DEFAULT_REPLICAS),
-        use_tls=True,
-        params=bootstrap.LEDGER_PARAMS,
-        app_genesis=app_genesis,
-    )
-
-
-@contextmanager
-def _running_cluster(
-    tmp: Path, members: dict[str, Member], partners: list[Member]
-) -> Iterator[tuple[Path, Cluster]]:
-    """Started and ready; a fresh chain again if a replica lost its port (a shared machine)."""
-    for attempt in range(access.CLUSTER_TRIES):
-        data_dir = tmp / f"data-{attempt}"
-        data_dir.mkdir()
-        with _found_cluster(data_dir, members, partners) as cluster:
-            cluster.start()
-            try:
-                cluster.wait_ready()
-            except (RuntimeError, TimeoutError):
-                if attempt == access.CLUSTER_TRIES - 1:
-                    raise
-                continue
-            yield data_dir, cluster
-            return
 
 
 def _voters(cluster: Cluster, members: dict[str, Member], partners: list[Member]) -> list[Member]:
@@ -476,7 +431,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         url, server = stack.enter_context(
             access.bench_database(getattr(args, "database_url", None), tmp)
         )
-        data_dir, cluster = stack.enter_context(_running_cluster(tmp, members, partners))
+        data_dir, cluster = stack.enter_context(
+            access.running_cluster(
+                tmp,
+                members,
+                [{"public_key": p.id, "role": "partner", "college": "providers"} for p in partners],
+            )
+        )
         base, api = stack.enter_context(access._api_server(url, data_dir))
         started = time.perf_counter()
         _, devices, subjects, offers = _set_up(
