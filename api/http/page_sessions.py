@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import urllib.parse
+from collections.abc import Callable, Container
 
 from fastapi import Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
+from api.http.errors import prefers_json, problem
 from api.services.dpo_sessions import SESSION_TTL_S, close_session, open_session
+from api.services.keys import KeyExpired, Member, authenticate
 from vault.models import ApiKey
 
 PAGE_HEADERS = {
@@ -36,6 +39,48 @@ async def form_key(request: Request) -> str:
     fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
     values = fields.get("api_key", [])
     return values[0].strip() if len(values) == 1 else ""
+
+
+_REFUSALS = {401: "Unauthorized", 403: "Forbidden", 406: "Not Acceptable"}
+
+
+def refusal(
+    request: Request,
+    status: int,
+    message: str | None,
+    *,
+    form: Callable[[str | None], str],
+    sign_in_detail: str,
+) -> Response:
+    """The page's sign-in form (`form(message)`) for a browser; problem+json for a client that
+    prefers JSON to HTML, as every other route answers it (a script cannot act on a form)."""
+    if not prefers_json(request.headers.get("accept")):
+        return HTMLResponse(form(message), status_code=status, headers=PAGE_HEADERS)
+    answer = problem(status, _REFUSALS[status], message or sign_in_detail, request)
+    answer.headers.update(PAGE_HEADERS)
+    return answer
+
+
+class SignInRefused(Exception):
+    """A posted key opens no session. `detail`: an expired key's own sentence, else None, for
+    which the page gives one answer whatever the reason (the key is never echoed)."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def key_of(session: Session, api_key: str, roles: Container[str]) -> tuple[Member, ApiKey]:
+    """The member and the stored key behind a posted API key of one of `roles`."""
+    try:
+        member = authenticate(session, api_key) if api_key else None
+    except KeyExpired as exc:
+        raise SignInRefused(exc.detail) from None
+    if member is None or member.role not in roles:
+        raise SignInRefused
+    key = session.get(ApiKey, member.key_id)
+    assert key is not None, "authenticate just read this key"
+    return member, key
 
 
 def signed_in(target: str, cookie: str, session: Session, key: ApiKey) -> RedirectResponse:

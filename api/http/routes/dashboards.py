@@ -33,8 +33,16 @@ from api.http.deps import (
     strict_query,
     strict_query_with_lists,
 )
-from api.http.errors import prefers_json, problem
-from api.http.page_sessions import PAGE_HEADERS, form_key, signed_in, signed_out
+from api.http.errors import prefers_json
+from api.http.page_sessions import (
+    PAGE_HEADERS,
+    SignInRefused,
+    form_key,
+    key_of,
+    refusal,
+    signed_in,
+    signed_out,
+)
 from api.services.dashboards import (
     DATASETS_MAX,
     ImpactDashboard,
@@ -49,7 +57,6 @@ from api.services.gateway import LedgerGateway, LedgerUnavailable
 from api.services.identity import ledger_identity
 from api.services.keys import KeyExpired, Member, authenticate
 from vault.keys import KeyStore
-from vault.models import ApiKey
 
 router = APIRouter(prefix="/v1", tags=["dashboards"], route_class=BoundedJsonRoute)
 page_router = APIRouter(include_in_schema=False)
@@ -120,7 +127,6 @@ def partner(member: Partner, ledger: LedgerDep) -> PartnerDashboard:
 
 # -- the pages and their session ------------------------------------------------------------
 
-_PAGE_REFUSALS = {401: "Unauthorized", 403: "Forbidden", 406: "Not Acceptable"}
 _SIGN_IN_DETAIL = (
     "sign in with the member's API key: `Authorization: Bearer …`, or the form of the page "
     "in a browser"
@@ -128,13 +134,9 @@ _SIGN_IN_DETAIL = (
 
 
 def _refuse(request: Request, status: int, message: str | None = None) -> Response:
-    """The sign-in form for a browser; problem+json for a client that prefers JSON."""
-    if not prefers_json(request.headers.get("accept")):
-        html = render_sign_in_page(message)
-        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
-    answer = problem(status, _PAGE_REFUSALS[status], message or _SIGN_IN_DETAIL, request)
-    answer.headers.update(PAGE_HEADERS)
-    return answer
+    return refusal(
+        request, status, message, form=render_sign_in_page, sign_in_detail=_SIGN_IN_DETAIL
+    )
 
 
 def _page_member(request: Request, session: Session, role: str) -> Member | Response:
@@ -201,14 +203,10 @@ def sign_in(
 ) -> Response:
     """Trade a dashboard member's API key (posted once, in the body) for a session cookie."""
     try:
-        member = authenticate(session, api_key) if api_key else None
-    except KeyExpired as exc:
-        return _refuse(request, 401, exc.detail)
-    if member is None or member.role not in PAGES:
-        # One answer for every refusal; the key is never echoed.
-        return _refuse(request, 401, "Not a valid key of the metropolis or of a partner.")
-    key = session.get(ApiKey, member.key_id)
-    assert key is not None, "authenticate just read this key"
+        member, key = key_of(session, api_key, PAGES)
+    except SignInRefused as refused:
+        message = refused.detail or "Not a valid key of the metropolis or of a partner."
+        return _refuse(request, 401, message)
     return signed_in(PAGES[member.role], SESSION_COOKIE, session, key)
 
 

@@ -35,8 +35,16 @@ from sqlalchemy.orm import Session
 from api.http.bodies import BoundedJsonRoute
 from api.http.deps import Dpo, LedgerDep, SessionDep, strict_query
 from api.http.dpo_page import page_data, render_dpo_page, render_login_page
-from api.http.errors import prefers_json, problem
-from api.http.page_sessions import PAGE_HEADERS, form_key, signed_in, signed_out
+from api.http.errors import prefers_json
+from api.http.page_sessions import (
+    PAGE_HEADERS,
+    SignInRefused,
+    form_key,
+    key_of,
+    refusal,
+    signed_in,
+    signed_out,
+)
 from api.http.schemas import PublicKeyHex
 from api.services import outbox_admin
 from api.services import records_of_processing as processing
@@ -54,7 +62,6 @@ from api.services.ledger_verification import (
 from api.services.outbox_admin import OutboxFactOut, OutboxOut
 from api.services.records_of_processing import RecordsOfProcessing
 from api.services.retention_audit import RetentionAuditOut, run_retention_audit
-from vault.models import ApiKey
 
 router = APIRouter(
     prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)], route_class=BoundedJsonRoute
@@ -175,10 +182,6 @@ def _page_caller(request: Request, session: Session) -> Member | None:
     return session_member(session, token, dt.datetime.now(dt.UTC))
 
 
-def _login(status: int, message: str | None = None) -> HTMLResponse:
-    return HTMLResponse(render_login_page(message), status_code=status, headers=PAGE_HEADERS)
-
-
 # What a client that asked for JSON is told instead of the sign-in form.
 _SIGN_IN_DETAIL = (
     "sign in with the Data Protection Officer's API key: `Authorization: Bearer …`, or the "
@@ -189,17 +192,10 @@ _JSON_ROUTES_DETAIL = (
     "/v1/dpo/retention-audit, /v1/dpo/ledger-verification, /v1/dpo/outbox and "
     "/v1/dpo/records-of-processing"
 )
-_PAGE_REFUSALS = {401: "Unauthorized", 403: "Forbidden", 406: "Not Acceptable"}
 
 
 def _refuse(request: Request, status: int, message: str | None = None) -> Response:
-    """The sign-in form for a browser; problem+json for a client that prefers JSON to HTML,
-    as every other route answers it (a script reading JSON cannot act on a form)."""
-    if not prefers_json(request.headers.get("accept")):
-        return _login(status, message)
-    answer = problem(status, _PAGE_REFUSALS[status], message or _SIGN_IN_DETAIL, request)
-    answer.headers.update(PAGE_HEADERS)
-    return answer
+    return refusal(request, status, message, form=render_login_page, sign_in_detail=_SIGN_IN_DETAIL)
 
 
 @page_router.get("/dpo", response_class=HTMLResponse)
@@ -229,14 +225,10 @@ def dpo_sign_in(
 ) -> Response:
     """Trade the DPO's API key (posted once, in the body) for a session cookie."""
     try:
-        member = authenticate(session, api_key) if api_key else None
-    except KeyExpired as exc:
-        return _refuse(request, 401, exc.detail)
-    if member is None or member.role != "dpo":
-        # One answer for every refusal; the key is never echoed.
-        return _refuse(request, 401, "Not a valid key of the Data Protection Officer.")
-    key = session.get(ApiKey, member.key_id)
-    assert key is not None, "authenticate just read this key"
+        _, key = key_of(session, api_key, ("dpo",))
+    except SignInRefused as refused:
+        message = refused.detail or "Not a valid key of the Data Protection Officer."
+        return _refuse(request, 401, message)
     return signed_in("/dpo", SESSION_COOKIE, session, key)
 
 
