@@ -12,19 +12,9 @@ and a false one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-
+from api.http.page_sessions import TEMPLATES
 from api.services.dashboards import ImpactDashboard, PartnerDashboard
-
-_TEMPLATES = Path(__file__).parent / "templates"
-_env = Environment(
-    loader=FileSystemLoader(_TEMPLATES),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 CHART_WIDTH = 560
 CHART_HEIGHT = 160
@@ -97,7 +87,9 @@ def render_impact_page(data: ImpactDashboard) -> str:
             [(t.key, t.sums.km) for t in data.by_district],
         ),
     ]
-    return _env.get_template("dashboard_impact.html").render(d=data, charts=charts, figure=_figure)
+    return TEMPLATES.get_template("dashboard_impact.html").render(
+        d=data, charts=charts, figure=_figure
+    )
 
 
 def render_partner_page(data: PartnerDashboard) -> str:
@@ -115,7 +107,9 @@ def render_partner_page(data: PartnerDashboard) -> str:
             [(t.key, float(t.count)) for t in data.by_category],
         ),
     ]
-    return _env.get_template("dashboard_partner.html").render(d=data, charts=charts, figure=_figure)
+    return TEMPLATES.get_template("dashboard_partner.html").render(
+        d=data, charts=charts, figure=_figure
+    )
 
 
 def render_sign_in_page(message: str | None = None) -> str:
@@ -123,4 +117,4 @@ def render_sign_in_page(message: str | None = None) -> str:
 
     `message` is one of the route's fixed sentences, never anything the caller sent.
     """
-    return _env.get_template("dashboard_login.html").render(message=message)
+    return TEMPLATES.get_template("dashboard_login.html").render(message=message)

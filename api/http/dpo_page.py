@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.http.page_sessions import TEMPLATES
 from api.services.access_log import count_accesses_since
 from api.services.replicas import ledger_status
 from api.services.retention_audit import run_retention_audit
@@ -26,14 +25,6 @@ if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
 
 PAGE_DAYS = 30  # the access charts cover this many days, today included
-
-_TEMPLATES = Path(__file__).parent / "templates"
-_env = Environment(
-    loader=FileSystemLoader(_TEMPLATES),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +106,7 @@ def render_dpo_page(data: DpoPageData) -> str:
     records_by_day: dict[str, int] = {}
     for row in data.timeline:
         records_by_day[row["day"]] = records_by_day.get(row["day"], 0) + int(row["records"])
-    return _env.get_template("dpo.html").render(
+    return TEMPLATES.get_template("dpo.html").render(
         d=data,
         retention_bars=bar_chart(sorted(records_by_day.items())),
         purpose_bars=bar_chart(data.accesses_by_purpose),
@@ -132,4 +123,4 @@ def render_login_page(message: str | None = None) -> str:
 
     `message` is one of the route's fixed sentences, never anything the caller sent.
     """
-    return _env.get_template("dpo_login.html").render(message=message)
+    return TEMPLATES.get_template("dpo_login.html").render(message=message)

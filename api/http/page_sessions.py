@@ -11,15 +11,25 @@ from __future__ import annotations
 import datetime as dt
 import urllib.parse
 from collections.abc import Callable, Container
+from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
 from api.http.errors import prefers_json, problem
 from api.services.dpo_sessions import SESSION_TTL_S, close_session, open_session
 from api.services.keys import KeyExpired, Member, authenticate
 from vault.models import ApiKey
+
+# The pages' templates (api/http/templates), autoescaped: one environment for every page.
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
