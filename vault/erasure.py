@@ -15,11 +15,13 @@ subject id in records and key commitments becomes `forgotten_id(S_subject[s, d])
 before that secret is destroyed, so the value is unlinkable to s once the secret is gone, and
 every other subject's record proof and the upload's key-commitments root still verify (the
 leaves never held the id; the commitments' order is fixed first, see KeyCommitment.position).
-An erasure everywhere also deletes the subject's API keys, and its fact carries `forget`: once
-the relay recorded it, `settle_erasure` drops the subject from that fact and from every earlier
-erasure fact naming them. After that the vault's database names the subject nowhere. A
-dataset-scoped erasure forgets the subject in that dataset's rows only: the subject stays a
-member elsewhere, and its fact (like the ledger's tombstone) keeps naming them.
+An erasure everywhere also deletes the subject's API keys, and any erasure of a subject ends the
+wallet sign-in sessions that hold them (they name the subject's pseudonyms together). An
+erasure everywhere's fact carries `forget`: once the relay recorded it, `settle_erasure` drops
+the subject from that fact and from every earlier erasure fact naming them. After that the
+vault's database names the subject nowhere. A dataset-scoped erasure forgets the subject in
+that dataset's rows only: the subject stays a member elsewhere, and its fact (like the
+ledger's tombstone) keeps naming them.
 
 Backups and dead tuples still hold old wrapped secrets until the KEK they were wrapped under is
 retired: `KeyStore.rotate_kek` then `retire_unused_keks` closes that window (docs/KEYS.md). They
@@ -54,7 +56,16 @@ from ledger_bridge.facts import (
 )
 from vault.errors import UploadNotFound
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
-from vault.models import ApiKey, KeyCommitment, KeySecret, OutboxFact, Record, Upload
+from vault.models import (
+    ApiKey,
+    KeyCommitment,
+    KeySecret,
+    OutboxFact,
+    Record,
+    SubjectSession,
+    Upload,
+)
+from vault.uploads import LEDGER_SUBJECT_ID
 
 # Replacement subject ids start with a character no subject id may hold (uploads accept
 # [A-Za-z0-9._:@+=/-] or 64 hex digits), so no upload can ever be filed under one.
@@ -229,6 +240,9 @@ class Eraser:
             receipt_to=receipt_to,
             queue_anyway=named,
         )
+        # Whatever was left to destroy: a sign-in session that proved this pseudonym links it
+        # to the subject's others, in any scope of erasure.
+        _end_sessions(session, subject_id)
         if not (result.secrets_destroyed or request is not None or named):
             return result  # nothing of this scope left: forgotten before, or never stored
         forgotten = _forget_rows(session, subject_id, replacements, dataset_id)
@@ -363,6 +377,18 @@ def _subject_refs(
         select(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).where(cond)
     )
     return [SecretRef(k, d, s) for k, d, s in rows]
+
+
+def _end_sessions(session: Session, subject_id: str) -> None:
+    """Delete the wallet sign-in sessions that hold `subject_id` (api/services/subject_sessions.py).
+
+    Such a row names every pseudonym its wallet proved in one sign-in: left alone it would keep
+    the erased pseudonym, linked to the subject's others, until it expires. Sessions hold
+    ledger pseudonyms only (64 hex), so no other id can name one.
+    """
+    if LEDGER_SUBJECT_ID.match(subject_id):
+        held = SubjectSession.pseudonyms.contains([subject_id])
+        session.execute(delete(SubjectSession).where(held), execution_options=_NO_SYNC)
 
 
 def _still_named(session: Session, subject_id: str) -> bool:

@@ -30,7 +30,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -292,3 +292,52 @@ class DpoSession(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+# A sign-in binds at most this many pseudonyms (one per dataset a wallet knows).
+SESSION_PSEUDONYMS_MAX = 256
+
+
+class SubjectChallenge(Base):
+    """A subject's sign-in challenge: random bytes the wallet signs, usable once, for minutes.
+
+    Why a row: single use needs memory of what was handed out; the row goes when a sign-in
+    uses it, and the purge drops it once expired (api/services/subject_sessions.py).
+    """
+
+    __tablename__ = "subject_challenges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # 128 random bits, hex
+    challenge: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class SubjectSession(Base):
+    """A subject signed in with their wallet: a short-lived bearer bound to proven pseudonyms.
+
+    Only the SHA-256 of the token's secret is stored. The row names every pseudonym the
+    wallet proved in one sign-in, so while it lives the vault knows they are one person: it
+    is deleted at sign-out, purged once expired, and deleted by any erasure of one of its
+    pseudonyms (vault/erasure.py), so the link outlives neither.
+    """
+
+    __tablename__ = "subject_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public session id, in the token
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    pseudonyms: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    __table_args__ = (
+        CheckConstraint(
+            f"cardinality(pseudonyms) BETWEEN 1 AND {SESSION_PSEUDONYMS_MAX}", name="pseudonyms"
+        ),
+        # An erasure finds the sessions naming a pseudonym (`pseudonyms @> ARRAY[p]`).
+        Index("ix_subject_sessions_pseudonyms", "pseudonyms", postgresql_using="gin"),
+    )

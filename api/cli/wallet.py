@@ -75,6 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kept.set_defaults(func=_receipt)
     receipts.add_verify_command(actions)  # verify-erasure: ledger_bridge/receipts.py
     _add_coupon_command(actions)
+    _add_sign_in_commands(actions)
 
 
 def _report(name: str, run: Callable[[], dict[str, Any]]) -> int:
@@ -251,3 +252,80 @@ def _write_qr(path: Path, payload: str) -> str | None:
         return None
     segno.make(payload, error="m").save(str(path), kind="svg")
     return str(path)
+
+
+# -- signing in: the subject's own keys instead of an API key ---------------------------------
+
+TOKEN_LINE_CHARS_MAX = 256
+
+
+def _add_sign_in_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sign_in = actions.add_parser(
+        "sign-in",
+        help="sign in to the API with every pseudonym of the wallet; prints a token of minutes",
+    )
+    sign_in.add_argument("--key", type=Path, required=True)
+    sign_in.add_argument("--api", required=True, help="the API's base URL")
+    sign_in.add_argument(
+        "--dataset",
+        action="append",
+        help="prove only this dataset's pseudonym (repeatable; default: every dataset known)",
+    )
+    sign_in.add_argument("--chain-id", help="refuse a challenge for any other chain")
+    sign_in.set_defaults(func=_sign_in)
+    sign_out = actions.add_parser(
+        "sign-out", help="end a sign-in: reads its token from standard input"
+    )
+    sign_out.add_argument("--api", required=True, help="the API's base URL")
+    sign_out.set_defaults(func=_sign_out)
+
+
+def _sign_in(args: argparse.Namespace) -> int:
+    """Print {token, expires_at, pseudonyms: {dataset: pseudonym}}; the token is not stored.
+
+    Why printed and not kept in a file beside the wallet: it lives minutes and works for every
+    pseudonym at once, so a copy left on disk (and in the wallet's backups) would outlive its
+    use; a shell variable dies with the terminal. `wallet sign-out` ends it sooner.
+    """
+    from api.client import CivisClient, ClientError
+
+    def run() -> dict[str, Any]:
+        wallet = Wallet.open(args.key)
+        if args.dataset is None:
+            keys = wallet.pseudonyms()
+        else:
+            keys = {dataset_id(d): wallet.pseudonym(d) for d in args.dataset}
+        if not keys:
+            raise WalletError("the wallet knows no dataset yet: derive a pseudonym first")
+        try:
+            with CivisClient(args.api) as client:
+                signed_in = client.sign_in_keys(list(keys.values()), chain_id=args.chain_id)
+        except (ClientError, httpx.HTTPError) as exc:
+            raise WalletError(f"signing in: {exc}") from None
+        session = signed_in.session
+        assert session is not None, "sign_in_keys answers a signed-in client"
+        return {
+            "token": session["token"],
+            "expires_at": session["expires_at"],
+            "pseudonyms": {d: k.public_key.hex() for d, k in sorted(keys.items())},
+        }
+
+    return _report("sign-in", run)
+
+
+def _sign_out(args: argparse.Namespace) -> int:
+    """End the sign-in whose token is on standard input (never an argument: `ps` shows those)."""
+    from api.client import CivisClient, ClientError
+
+    def run() -> dict[str, Any]:
+        token = sys.stdin.readline(TOKEN_LINE_CHARS_MAX).strip()
+        if not token.startswith("cvs_"):
+            raise WalletError("give the sign-in token (cvs_…) on standard input")
+        try:
+            with CivisClient(args.api, api_key=token) as client:
+                client.sign_out()
+        except (ClientError, httpx.HTTPError) as exc:
+            raise WalletError(f"signing out: {exc}") from None
+        return {"signed_out": True}
+
+    return _report("sign-out", run)

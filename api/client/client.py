@@ -17,6 +17,7 @@ not open a pool per member.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -33,8 +34,11 @@ from api.client.errors import (
     AnchorTimeout,
     ClientError,
     ReceiptTimeout,
+    SignInRefused,
+    Unauthorized,
     problem_from,
 )
+from api.client.sign_in import SignInPayloadError, read_payload
 from api.client.types import (
     AccessAnswer,
     Credit,
@@ -51,10 +55,12 @@ from api.client.types import (
     Purposes,
     SealedReceipt,
     SignedTransaction,
+    SignInChallenge,
     Statement,
+    SubjectSession,
     Upload,
 )
-from api.client.wallet import sign_message
+from api.client.wallet import Wallet, sign_message
 from ledger_bridge import receipts
 from ledger_bridge.crypto import SigningKey
 
@@ -111,6 +117,8 @@ class CivisClient:
         self.http = http or httpx.Client(base_url=str(base_url).rstrip("/"), timeout=timeout_s)
         self._owned = http is None
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # The wallet sign-in this client speaks for (`sign_in`), if it is one.
+        self.session: SubjectSession | None = None
 
     def with_key(self, api_key: str) -> CivisClient:
         """Another member's view over the same connections (the caller keeps closing self)."""
@@ -202,6 +210,72 @@ class CivisClient:
     def submit(self, path: str, key: SigningKey, tx_type: str, body: dict[str, Any]) -> Any:
         """Draft, sign and post to `path`: the whole signed step in one call."""
         return self._post(path, self.sign(key, tx_type, body))
+
+    # -- subject sign-in: the wallet's own keys instead of an API key --------------------
+
+    def sign_in(
+        self,
+        wallet: Wallet,
+        *,
+        datasets: Iterable[str] | None = None,
+        chain_id: str | None = None,
+    ) -> CivisClient:
+        """A client signed in as the subject, for every pseudonym of `wallet` at once.
+
+        The wallet proves, in one sign-in, each pseudonym it derived (one per dataset it knows;
+        `datasets` to prove only those): the API learns they are one person while the session
+        lives, the ledger never. The answer's token (`.session`) is accepted wherever a
+        subject's API key is, for every one of them, until it expires (15 minutes by default)
+        or `sign_out`. `chain_id` pins the cooperative the sign-in must be for.
+        """
+        if datasets is None:
+            keys = list(wallet.pseudonyms().values())
+        else:
+            keys = [wallet.pseudonym(d) for d in datasets]
+        if not keys:
+            raise ClientError(
+                "the wallet knows no dataset yet: derive the pseudonym of one "
+                "(civis-vault wallet pseudonym --dataset ID) or name datasets"
+            )
+        return self.sign_in_keys(keys, chain_id=chain_id)
+
+    def sign_in_keys(
+        self, keys: Sequence[SigningKey], *, chain_id: str | None = None
+    ) -> CivisClient:
+        """`sign_in` with the keys themselves: a challenge, each key's signature of it.
+
+        The challenge's bytes are checked before any key signs them: they must be a sign-in
+        payload (api/client/sign_in.py) for this very challenge, else `SignInRefused` and
+        nothing is signed, so an API cannot pass a transaction off as a challenge.
+        """
+        challenge = cast(SignInChallenge, self.request("POST", "/v1/subjects/challenges").json())
+        payload = bytes.fromhex(challenge["signing_payload"])
+        try:
+            chain, nonce = read_payload(payload)
+        except SignInPayloadError as exc:
+            raise SignInRefused(f"the API's challenge is not one to sign: {exc}") from None
+        if nonce != bytes.fromhex(challenge["challenge"]):
+            raise SignInRefused("the API's signing_payload is not for the challenge it gave")
+        if chain_id is not None and chain != chain_id:
+            raise SignInRefused(f"the challenge is for the chain {chain!r}, not {chain_id!r}")
+        proofs = [
+            {"pseudonym": public_hex(k), "signature": sign_message(k, payload).hex()} for k in keys
+        ]
+        body = {"challenge_id": challenge["challenge_id"], "proofs": proofs}
+        opened = cast(SubjectSession, self._post("/v1/subjects/sessions", body))
+        signed_in = self.with_key(opened["token"])
+        signed_in.session = opened
+        return signed_in
+
+    def sign_out(self) -> None:
+        """End this client's sign-in on the server; the client holds no credential after.
+
+        A token that already ended (expired, signed out elsewhere, its pseudonym erased) is
+        no error: the result, a token that opens nothing, is the same."""
+        with contextlib.suppress(Unauthorized):
+            self.request("DELETE", "/v1/subjects/sessions/current")
+        self._auth = {}
+        self.session = None
 
     # -- members and governance -----------------------------------------------------------
 

@@ -8,14 +8,15 @@ consumer retries a `TooManyRequests` after `retry_after_s`, tells a citizen "no 
     ClientError                         anything the client raises itself
     ├── ProblemError                    an HTTP answer >= 400 (RFC 9457 problem+json)
     │   ├── BadRequest                  400
-    │   ├── Unauthorized                401  missing, unknown, revoked or expired API key
+    │   ├── Unauthorized                401  missing, unknown, revoked or expired API key or
+    │   │                                    sign-in token
     │   ├── PaymentRequired             402  a credit too small for a paid answer
     │   ├── Forbidden                   403  wrong role, bad signature, a contract's "no"
     │   ├── NotFound                    404
     │   ├── MethodNotAllowed            405
     │   ├── RequestTimeout              408  a body that came too slowly
     │   ├── Conflict                    409  the cooperative's state refuses (exists, closed…)
-    │   ├── Gone                        410  erased
+    │   ├── Gone                        410  erased; a sign-in challenge used or expired
     │   ├── PayloadTooLarge             413
     │   ├── UnsupportedMediaType        415
     │   ├── Unprocessable               422  malformed input; uploads name the `line`
@@ -23,7 +24,8 @@ consumer retries a `TooManyRequests` after `retry_after_s`, tells a citizen "no 
     │   ├── ServerError                 500 and any other 5xx
     │   └── Unavailable                 503  + retry_after_s (ledger or database down)
     ├── AnchorTimeout                   an upload not anchored on the ledger in time
-    └── AnchorRefused                   the contracts refused an upload's anchor
+    ├── AnchorRefused                   the contracts refused an upload's anchor
+    └── SignInRefused                   a sign-in challenge the wallet will not sign
 
 Transport failures (no answer at all) stay `httpx.TransportError`: "nobody answered" and
 "the API answered no" call for different actions, so they are not folded together.
@@ -168,6 +170,12 @@ class ReceiptTimeout(ClientError):
 
 class AnchorRefused(ClientError):
     """The contracts refused the upload's anchor: no consumer is ever served its records."""
+
+
+class SignInRefused(ClientError):
+    """The API handed out a sign-in challenge whose bytes are not a sign-in payload for it
+    (api/client/sign_in.py): signing them could sign something else, a transaction above all,
+    so the wallet signs nothing."""
 
 
 _BY_STATUS: dict[int, type[ProblemError]] = {

@@ -105,6 +105,25 @@ class Export(TypedDict):
     erasures: list[dict[str, Any]]
 
 
+class SignInChallenge(TypedDict):
+    """POST /v1/subjects/challenges: what each pseudonym signs (`signing_payload`), once,
+    before `expires_at`."""
+
+    challenge_id: str
+    challenge: str
+    signing_payload: str
+    expires_at: str
+
+
+class SubjectSession(TypedDict):
+    """POST /v1/subjects/sessions: a bearer `cvs_…` for the pseudonyms proven, until
+    `expires_at`."""
+
+    token: str
+    expires_at: str
+    pseudonyms: list[str]
+
+
 class ErasureReceipt(TypedDict):
     """The subject's proof of an erasure (ledger_bridge/receipts.py verifies it): the block,
     the hex of the PBFT request that carried the erasure.record, and its transaction id."""

@@ -20,6 +20,7 @@ from api.http.routes import (
     discovery,
     erasures,
     health,
+    sign_in,
     subjects,
     tokens,
 )
@@ -72,6 +73,7 @@ def create_app(
     app.include_router(discovery.router)
     app.include_router(access.router)
     app.include_router(fee_routes.router)
+    app.include_router(sign_in.router)
     app.include_router(subjects.router)
     app.include_router(erasures.router)
     app.include_router(ledger_routes.router)
@@ -136,19 +138,24 @@ def _lifespan(
 def _start_jobs(
     app: FastAPI, settings: Settings, ledger: LedgerGateway | None
 ) -> BackgroundJobs | None:
-    """The outbox relay and the retention sweeper, running; none without a ledger."""
+    """The outbox relay, the retention sweeper and the sign-in purge, running; none without a
+    ledger (nor sign-ins: they are signed for the ledger's chain)."""
     if ledger is None:
         return None
     from api.services.jobs import BackgroundJobs
     from api.services.outbox import OutboxRelay
+    from api.services.subject_sessions import purge_expired_sessions
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
 
+    sessions = app.state.sessions
     jobs = BackgroundJobs(
-        OutboxRelay(app.state.sessions, ledger),
-        RetentionSweeper(app.state.sessions, Eraser(app.state.key_store)),
+        OutboxRelay(sessions, ledger),
+        RetentionSweeper(sessions, Eraser(app.state.key_store)),
         relay_interval_s=settings.relay_interval_s,
         sweep_interval_s=settings.sweep_interval_s,
+        purge=lambda: purge_expired_sessions(sessions),
+        purge_interval_s=settings.session_purge_interval_s,
     )
     jobs.start()
     return jobs

@@ -7,6 +7,7 @@ Services take the session and may flush; only this dependency commits.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.http.errors import Forbidden, Unauthorized
 from api.http.settings import Settings
 from api.services.keys import Member, authenticate
+from api.services.subject_sessions import is_session_token, session_member
 from vault.keys import KeyStore
 
 if TYPE_CHECKING:
@@ -38,16 +40,34 @@ def _session(request: Request) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key: `cvk_<id>_<secret>`")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key, `cvk_<id>_<secret>`, or a subject's wallet sign-in token, "
+    "`cvs_<id>_<secret>` (POST /v1/subjects/sessions)",
+)
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def _authenticated(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Member:
+    """The caller behind an API key or a subject's sign-in token: a sign-in token is accepted
+    wherever a subject's API key is, and proves every pseudonym it was signed in with."""
     if credentials is None:
-        raise Unauthorized("an API key is required (Authorization: Bearer …)")
-    member = authenticate(session, credentials.credentials)
+        raise Unauthorized(
+            "an API key or a subject's sign-in token is required (Authorization: Bearer …)"
+        )
+    token = credentials.credentials
+    if is_session_token(token):
+        signed_in = session_member(session, token, dt.datetime.now(dt.UTC))
+        if signed_in is None:
+            # One answer for signed-out, expired, unknown and malformed tokens.
+            raise Unauthorized(
+                "the sign-in token is not valid (signed out, expired or unknown): sign in "
+                "again with the wallet"
+            )
+        return signed_in
+    member = authenticate(session, token)
     if member is None:
         # One answer for malformed, unknown, wrong and revoked keys: no oracle for probing.
         raise Unauthorized("the API key is not valid")
@@ -103,12 +123,14 @@ ReleasedProvider = Annotated[Member, Depends(_released_provider)]
 def subject_or_dpo(member: Member, subject_id: str) -> None:
     """Admit the subject named in the path, or the DPO; refuse everyone else.
 
-    A check the route calls rather than a dependency: the subject comes from the route's own
-    path parameter, which the route declares (and documents) itself.
+    The subject is whoever proved `subject_id`: a subject's API key for it, or a wallet
+    sign-in among whose pseudonyms it is. A check the route calls rather than a dependency:
+    the subject comes from the route's own path parameter, which the route declares (and
+    documents) itself.
     """
     if member.role == "dpo":
         return
-    if member.role != "subject" or member.member_id != subject_id:
+    if member.role != "subject" or subject_id not in member.pseudonyms:
         raise Forbidden("only the subject or the DPO may read this")
 
 

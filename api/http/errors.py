@@ -24,6 +24,10 @@ internals (tracebacks, SQL, key ids).
     │   │   └── KeyExpired            401  (api/services/keys.py) the right secret of an expired
     │   │                                  key: says so, with its key id, which the caller holds
     │   ├── Forbidden                 403
+    │   │   ├── ProofRefused          403  (api/services/subject_sessions.py) a sign-in proof
+    │   │   │                              that does not verify over its challenge
+    │   │   └── NotASession           403  (api/services/subject_sessions.py) signing out
+    │   │                                  with an API key
     │   ├── UnsupportedMediaType      415
     │   ├── InvalidLine               422/413  + "line": a bad line of an upload body
     │   ├── EmptyUpload               422  (api/http/streams.py)
@@ -31,6 +35,8 @@ internals (tracebacks, SQL, key ids).
     │   ├── UploadsBusy               503  + Retry-After (api/http/admission.py)
     │   ├── NotReady                  503  (api/http/routes/health.py)
     │   ├── InvalidTransaction        422  (api/http/signed.py)
+    │   ├── ChallengeGone             410  (api/services/subject_sessions.py) a sign-in
+    │   │                                  challenge used, expired or unknown
     │   ├── AccessRefused             403  (api/http/routes/access.py)
     │   ├── InvalidAccess             422  (api/http/routes/access.py)
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)

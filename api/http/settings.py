@@ -6,6 +6,8 @@ one settings object around, and the vault reads its own fields from it unchanged
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from vault.config import VaultSettings
 
 
@@ -36,3 +38,9 @@ class Settings(VaultSettings):
     # How long a route that wrote a ledger fact waits for its receipt before answering with
     # the fact still pending (the relay keeps trying; the status endpoint tells the outcome).
     receipt_wait_s: float = 10.0
+    # A subject's wallet sign-in (POST /v1/subjects/sessions): how long its token works. Short,
+    # because while it lives the vault knows which pseudonyms are one person; at most a day.
+    subject_session_ttl_s: int = Field(default=15 * 60, ge=60, le=24 * 3600)
+    # How often the background jobs delete expired sign-in challenges and sessions (each
+    # challenge and sign-in also purges what has expired).
+    session_purge_interval_s: float = 60.0

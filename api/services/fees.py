@@ -61,7 +61,7 @@ def statement(
 ) -> dict[str, Any]:
     """A page of `public_key`'s credit statement, for the member itself or the DPO:
     {height, entries, totals, next_after} (`next_after` set when the page is full)."""
-    if reader.role != "dpo" and reader.member_id != public_key:
+    if reader.role != "dpo" and public_key not in reader.pseudonyms:
         raise Forbidden("only the member itself or the DPO may read its statement")
     answer = ledger.query("statement", member=bytes.fromhex(public_key), after=after, limit=limit)
     result = answer["result"]

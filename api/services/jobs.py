@@ -1,9 +1,13 @@
-"""The service's background work: the outbox relay and the retention sweeper, on one thread.
+"""The service's background work: the outbox relay, the retention sweeper and the purge of
+expired sign-ins, on one thread.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
-both safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
-facts in order), and the sweeper takes each epoch with `FOR UPDATE SKIP LOCKED`. A route that
-wrote a fact calls `kick()` so its anchor reaches the ledger at once instead of at the next tick.
+them all safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
+facts in order), and the sweeper and the purge take their rows with `FOR UPDATE SKIP LOCKED`. A
+route that wrote a fact calls `kick()` so its anchor reaches the ledger at once instead of at
+the next tick. The purge (api/services/subject_sessions.py) deletes expired sign-in challenges
+and sessions: a session names pseudonyms of one person together, so its row should not outlive
+its expiry by long even when nobody signs in.
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ class BackgroundJobs:
         *,
         relay_interval_s: float = 1.0,
         sweep_interval_s: float = 3600.0,
+        purge: Callable[[], int] | None = None,
+        purge_interval_s: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._relay = relay
         self._sweeper = sweeper
+        self._purge = purge
         self._relay_interval_s = relay_interval_s
         self._sweep_interval_s = sweep_interval_s
+        self._purge_interval_s = purge_interval_s
+        self._next_purge = 0.0
         self._monotonic = monotonic
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -54,6 +63,7 @@ class BackgroundJobs:
 
     def _main(self) -> None:
         while not self._stop.is_set():
+            self._purge_due()
             if self._sweeper is not None and self._monotonic() >= self._next_sweep:
                 self._next_sweep = self._monotonic() + self._sweep_interval_s
                 try:
@@ -70,3 +80,14 @@ class BackgroundJobs:
                     _log.error("outbox relay failed (%s); retrying", type(exc).__name__)
             self._wake.wait(self._relay_interval_s)
             self._wake.clear()
+
+    def _purge_due(self) -> None:
+        if self._purge is None or self._monotonic() < self._next_purge:
+            return
+        self._next_purge = self._monotonic() + self._purge_interval_s
+        try:
+            purged = self._purge()
+            if purged:
+                _log.info("purged %d expired sign-in challenge(s) and session(s)", purged)
+        except Exception as exc:  # the type only: a message may quote SQL parameters
+            _log.error("sign-in purge failed (%s); retrying later", type(exc).__name__)

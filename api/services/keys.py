@@ -55,11 +55,23 @@ class KeyExpired(Unauthorized):
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """Who is calling: the member's pseudonym and the role its key grants."""
+    """Who is calling: the member's pseudonym, the role its credential grants, and the
+    pseudonyms it proved to hold.
+
+    An API key proves one identity, its member id: `pseudonyms` is {member_id}. A subject's
+    wallet sign-in (api/services/subject_sessions.py) proves several at once, one per dataset:
+    its `member_id` then names the session (`session:<id>`), never a person, so a check that
+    is about the subject must ask `pseudonyms` (as `subject_or_dpo` does).
+    """
 
     member_id: str
     role: str
     key_id: str
+    pseudonyms: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.pseudonyms:
+            object.__setattr__(self, "pseudonyms", frozenset({self.member_id}))
 
 
 @dataclass(frozen=True, slots=True)

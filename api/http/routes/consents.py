@@ -5,7 +5,8 @@ Every write here is a transaction its author signed (see api/http/signed.py): th
 with the `signature` to the resource's endpoint. The API checks the signature, relays the
 transaction to the ledger and answers with the contracts' result and the receipt; it needs no
 API key for these, because the signature is the authentication and the contracts the
-authorisation. Reads of a subject's consents need the subject's own API key or the DPO's.
+authorisation. Reads of a subject's consents need the subject's own API key or wallet sign-in
+(api/http/routes/sign_in.py), or the DPO's key.
 """
 
 from __future__ import annotations

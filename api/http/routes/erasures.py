@@ -246,7 +246,7 @@ def erasure_status(
         if (
             fact is None
             or fact.kind not in ERASURE_KINDS
-            or (member.role == "subject" and _subject_of(fact) != member.member_id)
+            or (member.role == "subject" and _subject_of(fact) not in member.pseudonyms)
         ):
             # A subject does not learn which other erasures exist.
             raise NotFound(f"erasure {erasure_id} does not exist")

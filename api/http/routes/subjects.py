@@ -1,8 +1,9 @@
-"""What a data subject does with their own API key: read everything held about them.
+"""What a data subject does with their own credential: read everything held about them.
 
 The export answers GDPR Art. 15 (access) and Art. 20 (portability) at once: the subject's
 records, decrypted, and what the ledger holds about them (consents, accesses to their data,
-erasures). Only the subject named in the path, or the DPO, may read it. The subject's writes
+erasures). Only the subject named in the path (their API key, or a wallet sign-in that proved
+the pseudonym: api/http/routes/sign_in.py), or the DPO, may read it. The subject's writes
 (consents, erasure requests) are transactions they sign, relayed by the consents and erasures
 routes; their consents are read there too, next to the writes that make them.
 """

@@ -4,7 +4,7 @@ Every write is a transaction its author signs with their own key (a draft from
 `POST /v1/drafts`, signed by the wallet, posted here), so no API key is needed to write and
 the API cannot move anyone's tokens: a holder signs `token.transfer` and `token.redeem`, a
 partner `offer.publish` and `coupon.spend`. Balances and statements are read by their
-holder's own API key or the DPO's; rules and offers by any member.
+holder's own API key or wallet sign-in, or the DPO's key; rules and offers by any member.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _query(ledger: LedgerGateway, q: str, **args: Any) -> TokenQueryOut:
 
 
 def _own_or_dpo(member: Member, account: str) -> None:
-    if member.role != "dpo" and member.member_id != account:
+    # The holder: whoever proved the account's key (an API key for it, or a wallet sign-in).
+    if member.role != "dpo" and account not in member.pseudonyms:
         raise Forbidden("only the account's holder or the DPO may read it")
 
 
