@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import uuid
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ from tests.vault.conftest import VaultServices, make_dataset
 from vault.crypto import record_leaf
 from vault.crypto.merkle import leaf_hash, verify_inclusion
 from vault.errors import RecordErased
-from vault.models import KeyCommitment, OutboxFact, Record, Upload
+from vault.models import KeyCommitment, OutboxFact, Record, SubjectSession, Upload
 from vault.uploads import RecordIn, Uploader, UploadResult
 
 
@@ -126,3 +127,47 @@ def test_expire_epoch_kills_only_that_day(session: Session, services: VaultServi
     assert result.records_erased == 4
     left = list(services.reader.by_dataset(session, dataset.id))
     assert len(left) == 4 and {x.upload_id for x in left} == {uploads[1].upload_id}
+
+
+def _signed_in(session: Session, *pseudonyms: str) -> str:
+    """A wallet sign-in session's row (api/services/subject_sessions.py makes them)."""
+    row = SubjectSession(
+        id=os.urandom(8).hex(),
+        secret_hash=os.urandom(32),
+        pseudonyms=list(pseudonyms),
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15),
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def _live_sessions(session: Session) -> set[str]:
+    return set(session.scalars(select(SubjectSession.id)))
+
+
+def test_an_erasure_ends_the_sign_in_sessions_that_hold_the_pseudonym(
+    session: Session, services: VaultServices
+) -> None:
+    """A session names every pseudonym its wallet proved: erasing one of them, everywhere or
+    in one dataset, deletes the sessions holding it, and only those; so does an erasure that
+    finds nothing left to destroy (a citizen signed in before any record of theirs)."""
+    p, q, r, s, newcomer = (os.urandom(32).hex() for _ in range(5))
+    d1, d2 = make_dataset(session), make_dataset(session)
+    _upload(services, session, d1.id, [p, q])
+    _upload(services, session, d2.id, [r, s])
+    linked = _signed_in(session, p, r)  # one wallet: p in d1, r in d2
+    only_r = _signed_in(session, r)
+    others = _signed_in(session, q, s)
+    alone = _signed_in(session, newcomer)
+    assert _live_sessions(session) == {linked, only_r, others, alone}
+
+    services.eraser.erase_subject(session, p, reason="Art. 17", requester="dpo")
+    assert _live_sessions(session) == {only_r, others, alone}
+    services.eraser.erase_subject(session, r, dataset_id=d2.id, reason="x", requester="dpo")
+    assert _live_sessions(session) == {others, alone}
+    nothing = services.eraser.erase_subject(session, newcomer, reason="x", requester="dpo")
+    assert nothing.secrets_destroyed == 0 and nothing.outbox_id is None
+    assert _live_sessions(session) == {others}
+    services.eraser.erase_subject(session, "not-a-ledger-key", reason="x", requester="dpo")
+    assert _live_sessions(session) == {others}

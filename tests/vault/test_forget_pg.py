@@ -37,7 +37,7 @@ from vault.crypto import record_leaf
 from vault.crypto.merkle import leaf_hash, merkle_root, verify_inclusion
 from vault.erasure import Eraser, forgotten_id, settle_erasure
 from vault.keys import KeyStore, LocalKeyProvider, subject_ref
-from vault.models import ApiKey, KeyCommitment, OutboxFact, Record, Upload
+from vault.models import ApiKey, KeyCommitment, OutboxFact, Record, SubjectSession, Upload
 from vault.reads import Reader, key_commitments_in_order
 from vault.uploads import LEDGER_SUBJECT_ID, RecordIn, Uploader
 
@@ -79,6 +79,19 @@ def _api_key(session: Session, member: str) -> None:
     )
 
 
+def _signed_in(session: Session, *pseudonyms: str) -> None:
+    """A wallet sign-in session proving `pseudonyms` together."""
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)
+    session.add(
+        SubjectSession(
+            id=os.urandom(8).hex(),
+            secret_hash=os.urandom(32),
+            pseudonyms=list(pseudonyms),
+            expires_at=expires,
+        )
+    )
+
+
 class World:
     def __init__(self, engine: Engine, tmp_path: Path) -> None:
         self.engine = engine
@@ -96,6 +109,9 @@ class World:
             self.uploads = [self._upload(s, self.d1, subjects), self._upload(s, self.d2, subjects)]
             _api_key(s, self.p)
             _api_key(s, self.q)
+            # P signed in with a pseudonym of theirs in another dataset, Q alone.
+            _signed_in(s, self.p, _pseudonym())
+            _signed_in(s, self.q)
             self.secrets = {
                 d: self.store.load(s, [subject_ref(d, self.p)])[subject_ref(d, self.p)]
                 for d in (self.d1, self.d2)
@@ -187,6 +203,8 @@ def test_erasure_everywhere_leaves_nothing_naming_the_subject_in_pg_dump(
         assert facts[everywhere]["sealed_receipt"] == b"sealed receipt".hex()
         members = set(s.scalars(select(ApiKey.member_id)))
         assert world.q in members and world.p not in members
+        signed_in = {p for ps in s.scalars(select(SubjectSession.pseudonyms)) for p in ps}
+        assert world.q in signed_in and world.p not in signed_in
 
 
 def test_survivors_proofs_and_key_commitment_roots_still_verify(
