@@ -13,19 +13,23 @@ operation, one column per caller, each cell the class of answer that caller must
 
 The callers, relative to the resources of the scene (`World`): `owner` is the provider that
 owns the dataset, `provider` another admitted provider, `consumer` the admitted consumer,
-`subject` the subject whose data it is, `other-subject` another registered subject, `dpo`,
-`validator` (a validator's own key) and `anonymous` (no API key; for a signed transaction, a
-key that is no member at all).
+`subject` the subject whose data it is, `signed-in` the same subject with no API key, signed in
+with their wallet (a `cvs_` session proving their pseudonym and another of theirs), so every
+row shows that a sign-in opens exactly what the subject's key opens, `other-subject` another
+registered subject, `dpo`, `validator` (a validator's own key) and `anonymous` (no API key;
+for a signed transaction, a key that is no member at all).
 
 Two kinds of operations: most take an API key, and the column's key is sent. The subject's
 and members' own transactions (`/v1/members`, governance, consents, erasure requests) take no
 API key: the signature is the authentication and the consent contracts the authorisation, so
 there the column's WALLET is the author and signer of the transaction (`/v1/drafts` and
 `/v1/members` are open to anyone: drafting is pure, and anyone may apply for membership with
-a fresh key, which a vote then admits or not). The eco-citizen token writes are signed the same
-way (transfers and redemptions by the holder, offers and coupon spends by the partner, a
-device's registration by its operator), and a device's events by the device itself: there,
-the column's wallet signs the claim in the name of the world's device.
+a fresh key, which a vote then admits or not). A sign-in is signed the same way: anyone signs in
+with the column's key (`/v1/subjects/sessions`); only a session signs out (the `signed-in`
+column signs out a session of its own; an API key gets 403 there). The eco-citizen token
+writes are signed the same way (transfers and redemptions by the holder, offers and coupon
+spends by the partner, a device's registration by its operator), and a device's events by the
+device itself: there, the column's wallet signs the claim in the name of the world's device.
 
 Two roles have no column, the partner and the device: their rows show what every column gets,
 and `test_a_role_with_no_column_gets_ok_on_its_own_rows` checks the role's own `ok`.
@@ -53,6 +57,7 @@ from fastapi.routing import iter_route_contexts
 from api.client import CivisClient, coupons
 from api.client.devices import Device
 from ledger_bridge.contracts import events
+from ledger_bridge.crypto import SigningKey
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_consented_access import api, register_subject, signed, vote_through
 
@@ -61,6 +66,7 @@ COLUMNS = (
     "provider",
     "consumer",
     "subject",
+    "signed-in",
     "other-subject",
     "dpo",
     "validator",
@@ -69,60 +75,63 @@ COLUMNS = (
 
 # Read it as a table; `{...}` are path parameters, filled in by the row's request builder.
 MATRIX_TABLE = """
-operation                                            owner prov cons subj other dpo valid anon
-GET    /v1/datasets                                  ok    ok   403  403  403   ok  403   401
-POST   /v1/datasets                                  ok    ok   403  403  403   403 403   401
-GET    /v1/datasets/{dataset_id}                     ok    404  403  403  403   ok  403   401
-POST   /v1/datasets/{dataset_id}/uploads             ok    404  403  403  403   403 403   401
-GET    /v1/datasets/{dataset_id}/uploads             ok    404  403  403  403   403 403   401
-GET    /v1/datasets/{dataset_id}/uploads/{upload_id} ok    404  403  403  403   403 403   401
-GET    /v1/datasets/{dataset_id}/records             ok    404  403  403  403   403 403   401
-GET    /v1/records/{record_id}                       ok    404  403  403  403   403 403   401
-POST   /v1/drafts                                    ok    ok   ok   ok   ok    ok  ok    ok
-POST   /v1/members                                   ok    ok   ok   ok   ok    ok  ok    ok
-GET    /v1/members/{public_key}                      ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/governance/proposals                      ok    ok   ok   ok   ok    ok  ok    401
-POST   /v1/governance/proposals                      ok    ok   ok   403  403   ok  ok    403
-POST   /v1/governance/proposals/{proposal}/votes     ok    ok   ok   403  403   ok  ok    403
-GET    /v1/governance/proposals/{proposal}           ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/governance/parameters                     ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/purposes                                  ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/colleges                                  ok    ok   ok   ok   ok    ok  ok    401
-POST   /v1/consents                                  403   403  403  ok   403   403 403   403
-POST   /v1/consents/revocations                      403   403  403  ok   403   403 403   403
-GET    /v1/subjects/{subject_id}/consents            403   403  403  ok   403   ok  403   401
-POST   /v1/access-requests                           403   403  ok   403  403   403 403   401
-GET    /v1/subjects/{subject_id}/export              403   403  403  ok   403   ok  403   401
-POST   /v1/erasures                                  403   403  403  403  403   ok  403   401
-POST   /v1/erasure-requests                          403   403  403  ok   403   403 403   403
-GET    /v1/erasures/{erasure_id}                     403   403  403  ok   404   ok  403   401
-GET    /v1/erasure-receipts/{erasure_id}             ok    ok   ok   ok   ok    ok  ok    ok
-GET    /v1/ledger/status                             ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/ledger/blocks                             ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/ledger/blocks/{height}                    ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/dpo/access-log                            403   403  403  403  403   ok  403   401
-GET    /v1/dpo/retention-audit                       403   403  403  403  403   ok  403   401
-GET    /v1/dpo/ledger-verification                   403   403  403  403  403   ok  403   401
-GET    /v1/dpo/records-of-processing                 403   403  403  403  403   ok  403   401
-GET    /v1/dpo/outbox                                403   403  403  403  403   ok  403   401
-POST   /v1/dpo/outbox/{fact_id}/retry                403   403  403  403  403   404 403   401
-PUT    /v1/datasets/{dataset_id}/prices/{mode}       ok    404  403  403  403   403 403   401
-GET    /v1/datasets/{dataset_id}/prices              ok    ok   ok   ok   ok    ok  ok    401
-POST   /v1/credits                                   403   403  403  403  403   ok  403   401
-GET    /v1/members/{public_key}/statement            403   403  ok   403  403   ok  403   401
-POST   /v1/devices                                   ok    404  403  403  403   403 403   403
-GET    /v1/devices/{device}                          ok    ok   ok   ok   ok    ok  ok    401
-POST   /v1/devices/{device}/events                   403   403  403  403  403   403 403   403
-GET    /v1/reward-rules                              ok    ok   ok   ok   ok    ok  ok    401
-GET    /v1/accounts/{account}                        403   403  403  ok   403   ok  403   401
-GET    /v1/accounts/{account}/statement              403   403  403  ok   403   ok  403   401
-POST   /v1/transfers                                 409   409  409  ok   409   409 409   403
-POST   /v1/offers                                    403   403  403  403  403   403 403   403
-GET    /v1/offers                                    ok    ok   ok   ok   ok    ok  ok    401
-POST   /v1/redemptions                               409   409  409  ok   409   409 409   403
-POST   /v1/coupons/spend                             403   403  403  403  403   403 403   403
-GET    /v1/dashboards/impact                         403   403  ok   403  403   403 403   401
-GET    /v1/dashboards/partner                        403   403  403  403  403   403 403   401
+operation                                            owner prov cons subj sign other dpo valid anon
+GET    /v1/datasets                                  ok    ok   403  403  403  403   ok  403   401
+POST   /v1/datasets                                  ok    ok   403  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}                     ok    404  403  403  403  403   ok  403   401
+POST   /v1/datasets/{dataset_id}/uploads             ok    404  403  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/uploads             ok    404  403  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/uploads/{upload_id} ok    404  403  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/records             ok    404  403  403  403  403   403 403   401
+GET    /v1/records/{record_id}                       ok    404  403  403  403  403   403 403   401
+POST   /v1/drafts                                    ok    ok   ok   ok   ok   ok    ok  ok    ok
+POST   /v1/members                                   ok    ok   ok   ok   ok   ok    ok  ok    ok
+GET    /v1/members/{public_key}                      ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/governance/proposals                      ok    ok   ok   ok   ok   ok    ok  ok    401
+POST   /v1/governance/proposals                      ok    ok   ok   403  403  403   ok  ok    403
+POST   /v1/governance/proposals/{proposal}/votes     ok    ok   ok   403  403  403   ok  ok    403
+GET    /v1/governance/proposals/{proposal}           ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/governance/parameters                     ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/purposes                                  ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/colleges                                  ok    ok   ok   ok   ok   ok    ok  ok    401
+POST   /v1/consents                                  403   403  403  ok   ok   403   403 403   403
+POST   /v1/consents/revocations                      403   403  403  ok   ok   403   403 403   403
+GET    /v1/subjects/{subject_id}/consents            403   403  403  ok   ok   403   ok  403   401
+POST   /v1/access-requests                           403   403  ok   403  403  403   403 403   401
+GET    /v1/subjects/{subject_id}/export              403   403  403  ok   ok   403   ok  403   401
+POST   /v1/erasures                                  403   403  403  403  403  403   ok  403   401
+POST   /v1/erasure-requests                          403   403  403  ok   ok   403   403 403   403
+GET    /v1/erasures/{erasure_id}                     403   403  403  ok   ok   404   ok  403   401
+GET    /v1/erasure-receipts/{erasure_id}             ok    ok   ok   ok   ok   ok    ok  ok    ok
+GET    /v1/ledger/status                             ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/ledger/blocks                             ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/ledger/blocks/{height}                    ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/dpo/access-log                            403   403  403  403  403  403   ok  403   401
+GET    /v1/dpo/retention-audit                       403   403  403  403  403  403   ok  403   401
+GET    /v1/dpo/ledger-verification                   403   403  403  403  403  403   ok  403   401
+GET    /v1/dpo/records-of-processing                 403   403  403  403  403  403   ok  403   401
+GET    /v1/dpo/outbox                                403   403  403  403  403  403   ok  403   401
+POST   /v1/dpo/outbox/{fact_id}/retry                403   403  403  403  403  403   404 403   401
+PUT    /v1/datasets/{dataset_id}/prices/{mode}       ok    404  403  403  403  403   403 403   401
+GET    /v1/datasets/{dataset_id}/prices              ok    ok   ok   ok   ok   ok    ok  ok    401
+POST   /v1/credits                                   403   403  403  403  403  403   ok  403   401
+GET    /v1/members/{public_key}/statement            403   403  ok   403  403  403   ok  403   401
+POST   /v1/devices                                   ok    404  403  403  403  403   403 403   403
+GET    /v1/devices/{device}                          ok    ok   ok   ok   ok   ok    ok  ok    401
+POST   /v1/devices/{device}/events                   403   403  403  403  403  403   403 403   403
+GET    /v1/reward-rules                              ok    ok   ok   ok   ok   ok    ok  ok    401
+GET    /v1/accounts/{account}                        403   403  403  ok   ok   403   ok  403   401
+GET    /v1/accounts/{account}/statement              403   403  403  ok   ok   403   ok  403   401
+POST   /v1/transfers                                 409   409  409  ok   ok   409   409 409   403
+POST   /v1/offers                                    403   403  403  403  403  403   403 403   403
+GET    /v1/offers                                    ok    ok   ok   ok   ok   ok    ok  ok    401
+POST   /v1/redemptions                               409   409  409  ok   ok   409   409 409   403
+POST   /v1/coupons/spend                             403   403  403  403  403  403   403 403   403
+GET    /v1/dashboards/impact                         403   403  ok   403  403  403   403 403   401
+GET    /v1/dashboards/partner                        403   403  403  403  403  403   403 403   401
+POST   /v1/subjects/challenges                       ok    ok   ok   ok   ok   ok    ok  ok    ok
+POST   /v1/subjects/sessions                         ok    ok   ok   ok   ok   ok    ok  ok    ok
+DELETE /v1/subjects/sessions/current                 403   403  403  403  ok   403   403 403   401
 """
 
 
@@ -137,6 +146,8 @@ def _parse(table: str) -> dict[tuple[str, str], dict[str, str]]:
 
 
 MATRIX = _parse(MATRIX_TABLE)
+# How long the `signed-in` column reuses a session (they live 15 minutes).
+SESSION_REUSE_S = 10 * 60
 
 
 # -- the scene ----------------------------------------------------------------------------
@@ -279,9 +290,9 @@ class World:
     """One dataset of the owner's with one anchored upload, and the people around it.
 
     Operations that destroy something have their own victims, so the order in which rows and
-    columns run never matters: `erased_by_dpo` for `POST /v1/erasures`, `erasing_self` for
-    `POST /v1/erasure-requests`, and `erased` (erased during set-up, `erasure` its
-    certificate's id) for `GET /v1/erasures/{id}`.
+    columns run never matters: `erased_by_dpo` for `POST /v1/erasures`, `erasing_self` (and
+    `erasing_self_signed_in`, for the `signed-in` column) for `POST /v1/erasure-requests`, and
+    `erased` (erased during set-up, `erasure` its certificate's id) for `GET /v1/erasures/{id}`.
     """
 
     env: LedgerEnv
@@ -290,6 +301,7 @@ class World:
     other_subject: Wallet
     erased_by_dpo: Wallet
     erasing_self: Wallet
+    erasing_self_signed_in: Wallet
     erased: Wallet
     dataset: str
     upload: str
@@ -298,6 +310,8 @@ class World:
     proposal: int
     eco: EcoScene
     _keys: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    # wallet id -> (headers, when signed in): a session lives 15 minutes, the matrix less
+    _sessions: dict[str, tuple[dict[str, str], float]] = field(default_factory=dict)
 
     def signer(self, who: str, subject: Wallet | None = None) -> Wallet:
         """The wallet that authors and signs a transaction in column `who` (or as the
@@ -309,6 +323,7 @@ class World:
             "provider": self.other_provider,
             "consumer": env.consumer,
             "subject": subject or self.subject,
+            "signed-in": subject or self.subject,
             "other-subject": self.other_subject,
             "dpo": env.dpo,
             "validator": env.validators[0],
@@ -316,14 +331,27 @@ class World:
         return wallets[who] if who in wallets else Wallet()  # anonymous: no member at all
 
     def headers(self, who: str, subject: Wallet | None = None) -> dict[str, str]:
-        """Column `who`'s API key (bound to its ledger key), or none for `anonymous`."""
+        """Column `who`'s API key (bound to its ledger key), its wallet sign-in for
+        `signed-in`, or none for `anonymous`."""
         if who == "anonymous":
             return {}
-        role = {"owner": "provider", "other-subject": "subject"}.get(who, who)
         wallet = self.signer(who, subject)
+        if who == "signed-in":
+            known = self._sessions.get(wallet.id)
+            if known is None or time.monotonic() - known[1] > SESSION_REUSE_S:
+                self._sessions[wallet.id] = (self.signed_in(wallet), time.monotonic())
+            return self._sessions[wallet.id][0]
+        role = {"owner": "provider", "other-subject": "subject"}.get(who, who)
         if (role, wallet.id) not in self._keys:
             self._keys[(role, wallet.id)] = self.env.headers(role, wallet)
         return self._keys[(role, wallet.id)]
+
+    def signed_in(self, wallet: Wallet) -> dict[str, str]:
+        """A new wallet sign-in of `wallet`'s key and another pseudonym of the same person."""
+        another = SigningKey.generate()
+        session = api(self.env).sign_in_keys([wallet.key, another]).session
+        assert session is not None and wallet.id in session["pseudonyms"]
+        return {"Authorization": f"Bearer {session['token']}"}
 
 
 @pytest.fixture(scope="module")
@@ -334,11 +362,13 @@ def world(ledger_env: LedgerEnv) -> World:
     proposal = admit(env, other_provider, "provider", "providers")
     owner = env.headers("provider", env.provider)
     eco = eco_scene(env, owner)
-    subject, other, by_dpo, by_self, erased = (register_subject(env) for _ in range(5))
+    subject, other, by_dpo, by_self, by_self_signed_in, erased = (
+        register_subject(env) for _ in range(6)
+    )
     earn_and_redeem(env, eco, subject)
     # billing reads whole records; proof of address answers yes/no only
     dataset = make_dataset(env, owner, "address", ["proof-of-address", "research", "billing"])
-    people = (subject, other, by_dpo, by_self, erased)
+    people = (subject, other, by_dpo, by_self, by_self_signed_in, erased)
     upload = upload_anchored(
         env,
         owner,
@@ -371,6 +401,7 @@ def world(ledger_env: LedgerEnv) -> World:
         other,
         by_dpo,
         by_self,
+        by_self_signed_in,
         erased,
         dataset,
         upload,
@@ -490,8 +521,28 @@ def _erase(w: World, who: str) -> Call:
 
 
 def _erasure_request(w: World, who: str) -> Call:
-    body = {"scope": {"kind": "subject", "subject": w.erasing_self.id}}
-    return Call(json=signed(w.env, w.signer(who, w.erasing_self), "erasure.request", body))
+    victim = w.erasing_self_signed_in if who == "signed-in" else w.erasing_self
+    body = {"scope": {"kind": "subject", "subject": victim.id}}
+    return Call(json=signed(w.env, w.signer(who, victim), "erasure.request", body))
+
+
+def _sign_in(w: World, who: str) -> Call:
+    """A sign-in proving the column's own key (anonymous: a key nobody knows)."""
+    r = w.env.client.post("/v1/subjects/challenges")
+    assert r.status_code == 201, r.text
+    challenge = r.json()
+    key = w.signer(who).key
+    signature = key.sign(bytes.fromhex(challenge["signing_payload"])).hex()
+    proof = {"pseudonym": key.public_key.hex(), "signature": signature}
+    body = {"challenge_id": challenge["challenge_id"], "proofs": [proof]}
+    return Call(headers=w.headers(who), json=body)
+
+
+def _sign_out(w: World, who: str) -> Call:
+    """The column's credential; `signed-in` ends a session of its own, not the world's."""
+    if who == "signed-in":
+        return Call(headers=w.signed_in(w.subject))
+    return Call(headers=w.headers(who))
 
 
 def _device_new(w: World, who: str) -> Call:
@@ -634,6 +685,10 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("POST", "/v1/coupons/spend"): _spend,
     ("GET", "/v1/dashboards/impact"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dashboards/partner"): lambda w, who: _keyed(w, who),
+    # subject sign-in: anyone asks a challenge and proves its own key; only a session signs out
+    ("POST", "/v1/subjects/challenges"): lambda w, who: _keyed(w, who),
+    ("POST", "/v1/subjects/sessions"): _sign_in,
+    ("DELETE", "/v1/subjects/sessions/current"): _sign_out,
 }
 
 # The roles with no column, and the rows that are theirs: every column is refused there.
