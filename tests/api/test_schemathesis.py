@@ -135,6 +135,8 @@ SIGNED_ENDPOINTS = (
     "/v1/offers",
     "/v1/redemptions",
     "/v1/coupons/spend",
+    # a sign-in: each proof is a signature over a challenge the API handed out
+    "/v1/subjects/sessions",
 )
 
 
