@@ -8,7 +8,7 @@ Every signing method takes the key to sign with. A data subject's is her pseudon
 dataset at hand, which her wallet derives (docs/KEYS.md, "Identities"); a legal entity's is its
 key file's own.
 
-    from api.client import CivisClient
+    from api.client import CivisClient, public_hex
     from api.client.wallet import Wallet
 
     wallet = Wallet.open(Path("~/.civis/subject.key").expanduser())
@@ -16,6 +16,9 @@ key file's own.
     with CivisClient("http://127.0.0.1:8000") as api:
         api.register(pseudonym, "subject", "citizens")
         api.grant_consent(pseudonym, consumer=BANK, purpose="proof-of-address", dataset=DATASET)
+        me = api.sign_in(wallet)  # no API key: a session token for every pseudonym
+        me.export(public_hex(pseudonym))
+        me.sign_out()
 """
 
 from api.client.client import (
