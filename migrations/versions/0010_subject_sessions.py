@@ -20,7 +20,6 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0010_subject_sessions"
-# MERGE: down_revision
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
