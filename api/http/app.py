@@ -58,6 +58,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.ledger = ledger
+    app.state.member_standing = None
+    if ledger is not None:
+        from api.services.member_standing import MemberStanding
+
+        app.state.member_standing = MemberStanding(ledger)
     app.state.readiness_probes = tuple(probes)
     app.state.upload_slots = UploadSlots(
         per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max

@@ -24,6 +24,10 @@ internals (tracebacks, SQL, key ids).
     │   │   └── KeyExpired            401  (api/services/keys.py) the right secret of an expired
     │   │                                  key: says so, with its key id, which the caller holds
     │   ├── Forbidden                 403
+    │   │   ├── MemberSuspended       403  (api/services/member_standing.py) governance
+    │   │   │                              suspended the key's member
+    │   │   └── KeyReplaced           403  (api/services/member_standing.py) governance moved
+    │   │                                  the membership to another ledger key
     │   ├── UnsupportedMediaType      415
     │   ├── InvalidLine               422/413  + "line": a bad line of an upload body
     │   ├── EmptyUpload               422  (api/http/streams.py)
