@@ -20,6 +20,7 @@ from api.http.routes import (
     discovery,
     erasures,
     health,
+    incidents,
     subjects,
     tokens,
 )
@@ -81,6 +82,7 @@ def create_app(
     app.include_router(erasures.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
+    app.include_router(incidents.router)
     app.include_router(devices.router)
     app.include_router(tokens.router)
     app.include_router(dpo_routes.page_router)

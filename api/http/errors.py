@@ -40,6 +40,11 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
+    │   ├── IncidentNotFound          404  (api/services/incidents.py)
+    │   ├── InvalidIncident           422  (api/services/incidents.py)
+    │   ├── IncidentClosed            409  (api/services/incidents.py)
+    │   ├── NotificationMissing       409  (api/services/incidents.py) closing an incident
+    │   │                                  neither notified nor assessed unlikely
     │   └── LedgerRefused             403/404/409/422/502  (api/services/gateway.py): the
     │                                      contract's result code decides
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;

@@ -36,3 +36,6 @@ class Settings(VaultSettings):
     # How long a route that wrote a ledger fact waits for its receipt before answering with
     # the fact still pending (the relay keeps trying; the status endpoint tells the outcome).
     receipt_wait_s: float = 10.0
+    # The Data Protection Officer's name and contact details, as a breach notification gives
+    # them (GDPR Art. 33(3)(b)); empty: the draft leaves a placeholder for the DPO to fill.
+    dpo_contact: str = ""
