@@ -112,13 +112,13 @@ def affected_subjects(
     height = int(gateway.query("status")["height"])
     complete = _from_access_record(gateway, scope, tallies)
     for subject, dataset, records in decryptions_of(session, scope):
+        if subject.startswith(FORGOTTEN_PREFIX):
+            continue  # an erasure replaced the subject: it names nobody, and counts nobody
         tallies[dataset].subjects.add(subject)
         tallies[dataset].decrypted_records += records
     if scope.include_held and scope.dataset_id is not None:
         _held(session, scope.dataset_id, tallies[str(scope.dataset_id)])
-    everyone = sorted(
-        {s for t in tallies.values() for s in t.subjects if not s.startswith(FORGOTTEN_PREFIX)}
-    )
+    everyone = sorted({s for t in tallies.values() for s in t.subjects})
     page = [s for s in everyone if after is None or s > after][:limit]
     more = bool(page) and page[-1] != everyone[-1]
     return AffectedSubjects(
@@ -194,6 +194,8 @@ def _held(session: Session, dataset_id: uuid.UUID, tally: _Tally) -> None:
         .group_by(Record.subject_id)
     )
     for subject, count in rows:
+        if subject.startswith(FORGOTTEN_PREFIX):
+            continue
         tally.subjects.add(subject)
         tally.held_records += int(count)
 
@@ -208,8 +210,7 @@ def _by_dataset(session: Session, tallies: dict[str, _Tally]) -> list[DatasetAff
     names = {str(d.id): d for d in session.scalars(select(Dataset).where(Dataset.id.in_(ids)))}
     out = []
     for key, t in sorted(tallies.items()):
-        subjects = {s for s in t.subjects if not s.startswith(FORGOTTEN_PREFIX)}
-        if not subjects:
+        if not t.subjects:
             continue
         d = names.get(key)
         out.append(
@@ -217,7 +218,7 @@ def _by_dataset(session: Session, tallies: dict[str, _Tally]) -> list[DatasetAff
                 dataset_id=key,
                 name=None if d is None else d.name,
                 category=None if d is None else d.category,
-                subjects=len(subjects),
+                subjects=len(t.subjects),
                 accesses=t.accesses,
                 decrypted_records=t.decrypted_records,
                 held_records=t.held_records,
