@@ -80,8 +80,8 @@ START_ATTEMPTS = 3
 # What `up` says when a port it chose was taken before it bound it (see _start_up).
 PORT_RACES = ("the ledger did not start", "already answers on", "address already in use")
 # Refusals of a vote that only mean "not this voter": admitted after the proposal, not (yet)
-# admitted, or the proposal already passed.
-NOT_A_VOTE = ("not_eligible", "not_admitted", "not_member", "closed")
+# admitted, suspended by the incident story, or the proposal already passed.
+NOT_A_VOTE = ("not_eligible", "not_admitted", "not_member", "member_suspended", "closed")
 
 # Payload values the stories below upload; none may ever reach a block.
 ADDRESS = "7 impasse des Glycines, 69003 Lyon"

@@ -443,3 +443,27 @@ def test_decryptions_count_as_affected_subjects_through_the_hook(
     assert (row.subjects, row.accesses, row.decrypted_records) == (1, 0, 2)
     everyone = affected_subjects(hook_session, w.env.gateway, Scope(member=reader))
     assert everyone.subjects == sorted([w.a.id, w.b.id])
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+def test_the_client_handles_an_incident_and_pages_its_affected_subjects(breach: Breach) -> None:
+    from api.client import CivisClient, Conflict
+
+    w, env = breach, breach.env
+    dpo = CivisClient(http=env.client).with_key(w.dpo["Authorization"].removeprefix("Bearer "))
+    hours_ago = (_now() - dt.timedelta(hours=3)).isoformat()
+    incident = dpo.open_incident("client", discovered_at=hours_ago, dataset_id=w.dataset)
+    assert incident["state"] == "open" and incident["dataset_id"] == w.dataset
+    pages = list(dpo.iter_affected_subjects(incident["id"], include_held=True, limit=2))
+    subjects = [s for page in pages for s in page["subjects"]]
+    assert len(pages) >= 2 and subjects == sorted(set(subjects))  # no gap, no repeat
+    assert subjects == sorted(set(subjects) | {w.a.id, w.b.id, w.c.id})
+    with pytest.raises(Conflict):
+        dpo.close_incident(incident["id"])  # neither notified nor assessed unlikely
+    dpo.add_incident_fact(incident["id"], "risk", risk="unlikely", text="nothing left the vault")
+    assert "Not required unless the risk is high" in dpo.notification_draft(incident["id"])
+    assert dpo.close_incident(incident["id"])["state"] == "closed"
+    assert incident["id"] in {i["id"] for i in dpo.incidents(state="closed")["incidents"]}
+    assert dpo.incident(incident["id"])["risk"] == "unlikely"
