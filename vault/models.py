@@ -341,3 +341,98 @@ class SubjectSession(Base):
         # An erasure finds the sessions naming a pseudonym (`pseudonyms @> ARRAY[p]`).
         Index("ix_subject_sessions_pseudonyms", "pseudonyms", postgresql_using="gin"),
     )
+
+
+INCIDENT_STATES = ("open", "closed")
+# What the DPO assessed of the risk to the subjects (Art. 33(1), 34(1)): `unlikely` needs no
+# notification (but is documented, Art. 33(5)); `risk` is notified to the authority; `high`
+# is also communicated to the subjects.
+INCIDENT_RISKS = ("unlikely", "risk", "high")
+# The kinds of a timeline entry: the contents of Art. 33(3) (nature, categories, numbers,
+# consequences, measures), the risk assessment, the reasons for a late notification
+# (Art. 33(1)), the notification itself, the communication to the subjects (Art. 34), a note.
+INCIDENT_FACT_KINDS = (
+    "nature",
+    "categories",
+    "approximate_numbers",
+    "consequences",
+    "measures",
+    "risk",
+    "delay_reasons",
+    "notified",
+    "communicated",
+    "note",
+)
+
+
+class Incident(Base):
+    """A personal data breach as the DPO handles it (GDPR Art. 33, 34), from discovery to
+    closure; what happened and what was done is its timeline (`IncidentFact`).
+
+    Why no subject in it: the subjects affected are derived when asked, from the ledger's
+    access record and the vault (api/services/incidents.py), which forget an erased subject;
+    a list kept here would outlive their erasure (invariant 7). The incident keeps counts, and
+    names at most a member's ledger key (a legal entity's, never a resident's) and a dataset.
+    """
+
+    __tablename__ = "incidents"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    discovered_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # discovered_at + 72 h: fixed when opened, so the deadline never moves (Art. 33(1)).
+    deadline_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    opened_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    opened_by: Mapped[str] = mapped_column(String(128))  # the DPO's member id
+    # What the breach concerns as far as known: a member's ledger key (hex), a dataset, a time
+    # window; each optional. The affected-subjects query starts from it.
+    member: Mapped[str | None] = mapped_column(String(64))
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    window_start: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(8), server_default="open")
+    risk: Mapped[str | None] = mapped_column(String(8))
+    notified_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'closed')", name="state"),
+        CheckConstraint("risk IN ('unlikely', 'risk', 'high')", name="risk"),
+        CheckConstraint("member ~ '^[0-9a-f]{64}$'", name="member"),
+        CheckConstraint("deadline_at = discovered_at + interval '72 hours'", name="deadline"),
+    )
+
+
+class IncidentFact(Base):
+    """One entry of an incident's timeline, append-only: the database refuses to change or
+    delete one (migration 0017's trigger), so the record of what the DPO knew when stays as
+    it was written (Art. 33(5): documentation the authority may check)."""
+
+    __tablename__ = "incident_facts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    incident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("incidents.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    # When it happened (a notification sent by post yesterday), and when it was written here.
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    author: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str | None] = mapped_column(Text)
+    subjects: Mapped[int | None] = mapped_column(BigInteger)
+    records: Mapped[int | None] = mapped_column(BigInteger)
+    risk: Mapped[str | None] = mapped_column(String(8))
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('nature', 'categories', 'approximate_numbers', 'consequences', "
+            "'measures', 'risk', 'delay_reasons', 'notified', 'communicated', 'note')",
+            name="kind",
+        ),
+        CheckConstraint("risk IN ('unlikely', 'risk', 'high')", name="risk"),
+        CheckConstraint("subjects >= 0 AND records >= 0", name="numbers"),
+        CheckConstraint("length(text) <= 4000", name="text_length"),
+    )

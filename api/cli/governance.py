@@ -66,6 +66,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     what.add_argument("--admit-member", metavar="HEX", help="admit a pending legal entity")
     what.add_argument("--admit-voter", metavar="HEX", help="give an active resident a vote")
     what.add_argument("--approve-purpose", metavar="NAME", help="approve a purpose")
+    what.add_argument(
+        "--suspend-member",
+        metavar="HEX",
+        help="suspend a legal entity (a key reported stolen): its keys and transactions are "
+        "refused until reinstated",
+    )
+    what.add_argument("--reinstate-member", metavar="HEX", help="lift a member's suspension")
+    what.add_argument(
+        "--rotate-member-key",
+        metavar="HEX",
+        help="move a member to the key given with --new-key (which applied with its role and "
+        "college); the old key is refused for ever",
+    )
+    propose.add_argument(
+        "--new-key", metavar="HEX", help="with --rotate-member-key: the member's new key"
+    )
     propose.add_argument(
         "--days",
         type=_voting_days,
@@ -212,11 +228,30 @@ def _hex_key(text: str, flag: str) -> bytes:
 # -- the actions ----------------------------------------------------------------------------
 
 
+# The actions that name one member, by their flag's attribute: (kind, flag).
+_MEMBER_ACTIONS = {
+    "admit_member": ("admit_member", "--admit-member"),
+    "admit_voter": ("admit_voter", "--admit-voter"),
+    "suspend_member": ("suspend_member", "--suspend-member"),
+    "reinstate_member": ("reinstate_member", "--reinstate-member"),
+}
+
+
 def _action(args: argparse.Namespace) -> dict[str, Any]:
-    if args.admit_member is not None:
-        return {"kind": "admit_member", "member": _hex_key(args.admit_member, "--admit-member")}
-    if args.admit_voter is not None:
-        return {"kind": "admit_voter", "member": _hex_key(args.admit_voter, "--admit-voter")}
+    if args.new_key is not None and args.rotate_member_key is None:
+        raise GovernanceError("--new-key goes with --rotate-member-key")
+    for attribute, (kind, flag) in _MEMBER_ACTIONS.items():
+        value = getattr(args, attribute)
+        if value is not None:
+            return {"kind": kind, "member": _hex_key(value, flag)}
+    if args.rotate_member_key is not None:
+        if args.new_key is None:
+            raise GovernanceError("--rotate-member-key needs --new-key")
+        return {
+            "kind": "rotate_member_key",
+            "member": _hex_key(args.rotate_member_key, "--rotate-member-key"),
+            "new_key": _hex_key(args.new_key, "--new-key"),
+        }
     return {"kind": "approve_purpose", "purpose": args.approve_purpose}
 
 

@@ -659,6 +659,61 @@ class CivisClient:
         ):
             yield from page["facts"]
 
+    # -- DPO: personal data breaches (GDPR Art. 33, 34) ------------------------------------
+
+    def open_incident(
+        self,
+        title: str,
+        *,
+        discovered_at: str,
+        member: str | None = None,
+        dataset_id: str | None = None,
+        window_start: str | None = None,
+        window_end: str | None = None,
+    ) -> dict[str, Any]:
+        """Open an incident (times ISO 8601): its deadline is `discovered_at` + 72 hours."""
+        body = {
+            "title": title,
+            "discovered_at": discovered_at,
+            "member": member,
+            "dataset_id": dataset_id,
+            "window_start": window_start,
+            "window_end": window_end,
+        }
+        out = self._post("/v1/dpo/incidents", {k: v for k, v in body.items() if v is not None})
+        return cast(dict[str, Any], out)
+
+    def incidents(self, *, state: Literal["open", "closed", "all"] = "open") -> dict[str, Any]:
+        """`{"incidents": [...], "findings": [...]}`, soonest deadline first."""
+        return cast(dict[str, Any], self._get("/v1/dpo/incidents", state=state))
+
+    def incident(self, incident_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._get(f"/v1/dpo/incidents/{incident_id}"))
+
+    def add_incident_fact(self, incident_id: str, kind: str, **fields: Any) -> dict[str, Any]:
+        """Append to the timeline: `text`, `at`, `subjects`, `records`, `risk` as the kind
+        needs (docs/API.md "Incidents")."""
+        body = {"kind": kind, **{k: v for k, v in fields.items() if v is not None}}
+        return cast(dict[str, Any], self._post(f"/v1/dpo/incidents/{incident_id}/facts", body))
+
+    def close_incident(self, incident_id: str, *, summary: str | None = None) -> dict[str, Any]:
+        body = {} if summary is None else {"summary": summary}
+        return cast(dict[str, Any], self._post(f"/v1/dpo/incidents/{incident_id}/close", body))
+
+    def iter_affected_subjects(self, incident_id: str, **scope: Any) -> Iterator[dict[str, Any]]:
+        """Every page of the subjects the incident affects (scope: member, dataset_id, since,
+        until, include_held, limit per page; each not given is the incident's own)."""
+        return self.pages(
+            f"/v1/dpo/incidents/{incident_id}/affected-subjects",
+            cursor="after",
+            next_key="next_after",
+            **scope,
+        )
+
+    def notification_draft(self, incident_id: str) -> str:
+        """The Art. 33 (and, for a high risk, Art. 34) draft, in Markdown."""
+        return self.request("GET", f"/v1/dpo/incidents/{incident_id}/notification-draft").text
+
     # -- eco-citizen tokens: devices, events, balances, offers, coupons ----------------------
 
     def register_device(

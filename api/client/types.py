@@ -209,7 +209,9 @@ class Credit(TypedDict):
     receipt: Receipt
 
 
-StatementKind = Literal["deposit", "fee_paid", "fee_earned", "commission"]
+StatementKind = Literal[
+    "deposit", "fee_paid", "fee_earned", "commission", "carried_out", "carried_in"
+]
 
 
 class StatementEntry(TypedDict):

@@ -20,6 +20,7 @@ from api.http.routes import (
     discovery,
     erasures,
     health,
+    incidents,
     sign_in,
     subjects,
     tokens,
@@ -59,6 +60,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.ledger = ledger
+    app.state.member_standing = None
+    if ledger is not None:
+        from api.services.member_standing import MemberStanding
+
+        app.state.member_standing = MemberStanding(ledger)
     app.state.readiness_probes = tuple(probes)
     app.state.upload_slots = UploadSlots(
         per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max
@@ -78,6 +84,7 @@ def create_app(
     app.include_router(erasures.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
+    app.include_router(incidents.router)
     app.include_router(devices.router)
     app.include_router(tokens.router)
     app.include_router(dpo_routes.page_router)

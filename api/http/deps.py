@@ -24,6 +24,7 @@ from vault.keys import KeyStore
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
+    from api.services.member_standing import MemberStanding
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -74,8 +75,17 @@ def _authenticated(session: Session, credentials: HTTPAuthorizationCredentials |
     return member
 
 
-def _current_member(session: SessionDep, credentials: Credentials) -> Member:
-    return _authenticated(session, credentials)
+def _in_standing(request: Request, member: Member) -> Member:
+    """Refuse a legal entity that governance suspended or moved to another key
+    (api/services/member_standing.py says why the API asks, and when)."""
+    standing: MemberStanding | None = getattr(request.app.state, "member_standing", None)
+    if standing is not None:
+        standing.check(member)
+    return member
+
+
+def _current_member(request: Request, session: SessionDep, credentials: Credentials) -> Member:
+    return _in_standing(request, _authenticated(session, credentials))
 
 
 CurrentMember = Annotated[Member, Depends(_current_member)]
@@ -89,7 +99,8 @@ def _released_member(request: Request, credentials: Credentials) -> Member:
     """
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session, session.begin():
-        return _authenticated(session, credentials)
+        member = _authenticated(session, credentials)
+    return _in_standing(request, member)
 
 
 def _check_role(member: Member, roles: tuple[str, ...]) -> Member:

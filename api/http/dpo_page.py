@@ -3,8 +3,10 @@
 Why server-rendered and script-free: the page shows personal-data processing facts to one
 privileged user; it must work offline (no CDN), leak nothing to third parties, and be cheap to
 audit. Charts are SVG bars computed here. Data comes from the vault audits (retention timeline,
-erasures, findings) and from the ledger (accesses per purpose and consumer, replica health):
-`page_data` gathers it from the services, which compute every figure; the rest lays it out.
+erasures, findings), the register of personal data breaches (open incidents, each with its
+72-hour deadline and the time left) and from the ledger (accesses per purpose and consumer,
+replica health): `page_data` gathers it from the services, which compute every figure; the
+rest lays it out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.page_sessions import TEMPLATES
 from api.services.access_log import count_accesses_since
+from api.services.incidents import NEARING, incident_findings, open_incidents, time_left
 from api.services.replicas import ledger_status
 from api.services.retention_audit import run_retention_audit
 from vault import audit
@@ -61,6 +64,28 @@ class DpoPageData:
     accesses_by_day: list[tuple[str, int]] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)
     ledger_height: int | None = None
+    # open personal data breaches, soonest deadline first, and the incident audit's findings
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    incident_findings: list[dict[str, str]] = field(default_factory=list)
+
+
+def incident_rows(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
+    """The open incidents as the page lists them: each deadline and the time left to it."""
+    return [
+        {
+            "id": str(i.id),
+            "title": i.title,
+            "discovered": i.discovered_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+            "deadline": i.deadline_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "left": "notified" if i.notified_at is not None else time_left(i.deadline_at, now),
+            "risk": i.risk or "not assessed",
+            # not notified and under a day left (or past): the page marks it
+            "urgent": i.notified_at is None
+            and i.risk != "unlikely"
+            and i.deadline_at - now <= NEARING,
+        }
+        for i in open_incidents(session)
+    ]
 
 
 def page_data(
@@ -74,6 +99,11 @@ def page_data(
         erasures=audit.erasure_log(session),
         findings=[],
     )
+    now = dt.datetime.now(dt.UTC)
+    data.incidents = incident_rows(session, now)
+    data.incident_findings = [
+        {"code": f.code, "detail": f.detail} for f in incident_findings(session, now)
+    ]
     if gateway is None:
         data.findings = [
             {"code": f.code, "detail": f.detail}

@@ -26,8 +26,12 @@ internals (tracebacks, SQL, key ids).
     │   ├── Forbidden                 403
     │   │   ├── ProofRefused          403  (api/services/subject_sessions.py) a sign-in proof
     │   │   │                              that does not verify over its challenge
-    │   │   └── NotASession           403  (api/services/subject_sessions.py) signing out
-    │   │                                  with an API key
+    │   │   ├── NotASession           403  (api/services/subject_sessions.py) signing out
+    │   │   │                              with an API key
+    │   │   ├── MemberSuspended       403  (api/services/member_standing.py) governance
+    │   │   │                              suspended the key's member
+    │   │   └── KeyReplaced           403  (api/services/member_standing.py) governance moved
+    │   │                                  the membership to another ledger key
     │   ├── UnsupportedMediaType      415
     │   ├── InvalidLine               422/413  + "line": a bad line of an upload body
     │   ├── EmptyUpload               422  (api/http/streams.py)
@@ -42,6 +46,11 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
+    │   ├── IncidentNotFound          404  (api/services/incidents.py)
+    │   ├── InvalidIncident           422  (api/services/incidents.py)
+    │   ├── IncidentClosed            409  (api/services/incidents.py)
+    │   ├── NotificationMissing       409  (api/services/incidents.py) closing an incident
+    │   │                                  neither notified nor assessed unlikely
     │   └── LedgerRefused             403/404/409/422/502  (api/services/gateway.py): the
     │                                      contract's result code decides
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;

@@ -57,6 +57,17 @@ PublicKeyHex = Annotated[str, StringConstraints(pattern=PUBLIC_KEY_HEX)]
 
 # JSON has no UUID type: a UUID field of a strict model takes its canonical string form.
 UuidIn = Annotated[uuid.UUID, Strict(False)]
+# Nor a time type: a time of a strict model is an ISO 8601 string.
+TimeIn = Annotated[dt.datetime, Strict(False)]
+
+# Text a person writes for another to read on a page: a line (no control character), or
+# prose (lines and tabs, no other control character), valid Unicode either way.
+Line = Annotated[str, StringConstraints(pattern=NO_CONTROLS), AfterValidator(_text)]
+Prose = Annotated[
+    str,
+    StringConstraints(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+$"),
+    AfterValidator(_text),
+]
 
 
 class TxBody:

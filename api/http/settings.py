@@ -44,3 +44,6 @@ class Settings(VaultSettings):
     # How often the background jobs delete expired sign-in challenges and sessions (each
     # challenge and sign-in also purges what has expired).
     session_purge_interval_s: float = 60.0
+    # The Data Protection Officer's name and contact details, as a breach notification gives
+    # them (GDPR Art. 33(3)(b)); empty: the draft leaves a placeholder for the DPO to fill.
+    dpo_contact: str = ""

@@ -111,14 +111,18 @@ class AccessScan:
         after: int = 0,
         subject: str | None = None,
         consumer: bytes | None = None,
+        dataset: str | None = None,
         scan_max: int = ACCESS_SCAN_MAX,
     ) -> None:
+        """The ledger filters by one of `subject`, `consumer`, `dataset` (the first given)."""
         self._gateway = gateway
         self._filters: dict[str, Any] = {}
         if subject is not None:
             self._filters["subject"] = subject
         elif consumer is not None:
             self._filters["consumer"] = consumer
+        elif dataset is not None:
+            self._filters["dataset"] = dataset
         self._scan_max = scan_max
         self.cursor = after
         self.exhausted = False

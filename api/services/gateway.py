@@ -66,6 +66,9 @@ class LedgerRefused(ApiError):
         "unauthorized": 403,
         "not_member": 403,
         "not_admitted": 403,
+        # governance suspended the member, or moved its membership to another key
+        "member_suspended": 403,
+        "key_rotated": 403,
         "not_eligible": 403,
         "purpose_not_allowed": 403,
         "exceeds_purpose": 403,  # asks more than the purpose's declaration allows
@@ -242,13 +245,14 @@ class LedgerGateway:
 
     # -- reading --------------------------------------------------------------------------
 
-    def query(self, q: str, **args: Any) -> dict[str, Any]:
-        """A read of committed state: {"height", "now", "result"}."""
+    def query(self, q: str, *, timeout_s: float | None = None, **args: Any) -> dict[str, Any]:
+        """A read of committed state: {"height", "now", "result"}. With `timeout_s`, a
+        TimeoutError after that long (a lookup that must not hold its request longer)."""
         request = codec.encode({"q": q, **args})
 
         try:
             answer: dict[str, Any] = codec.decode(
-                self._borrow(lambda client: client.query(request))
+                self._borrow(lambda client: client.query(request), timeout_s=timeout_s)
             )
         except LedgerError as exc:
             raise LedgerUnavailable(f"no replica answered: {type(exc).__name__}") from None

@@ -205,11 +205,12 @@ class ConsentApp:
     def check(self, raw: bytes) -> bytes | None:
         """Admission before ordering (CometBFT's CheckTx): the refusal, encoded as a result,
         of a transaction that cannot succeed whatever it is ordered after (malformed, a bad
-        signature, expired, a spent nonce, from a key that is no member, a body of the wrong
-        shape), or None, in the order `apply` would find them. A transaction refused here is
-        never put in a block; `apply` decides again at execution. Only what stays refused as
-        time passes is checked: the state's clock is the last block's, which may be long ago
-        on an idle chain, so "too far ahead" is left to execution."""
+        signature, expired, a spent nonce, from a key that is no member or that governance
+        replaced by another, a body of the wrong shape), or None, in the order `apply` would
+        find them. A transaction refused here is never put in a block; `apply` decides again
+        at execution. Only what stays refused as time passes is checked: the state's clock is
+        the last block's, which may be long ago on an idle chain, so "too far ahead" is left
+        to execution. A suspended member passes: a reinstatement may come first."""
         tx, early, shape = self._static(raw)
         if tx is None or early is not None:
             return early
@@ -218,8 +219,12 @@ class ConsentApp:
             return _refusal("expired", "valid_until has passed")
         if self.state.has("nonce", rules.nonce_id(tx.author, tx.nonce)):
             return _refusal("replayed", "this author already used this nonce")
-        if tx.type not in OPEN_TX_TYPES and not self.state.has("member", tx.author):
+        member = self.state.get("member", tx.author)
+        if tx.type not in OPEN_TX_TYPES and member is None:
             return _refusal("not_member", "not a registered member")
+        if member is not None and member["status"] == "rotated":
+            # for ever: governance moved the membership to another key (rotate_member_key)
+            return _refusal("key_rotated", "governance moved this membership to another key")
         return shape
 
     def _static(self, raw: bytes) -> tuple[txmod.SignedTx | None, bytes | None, bytes | None]:

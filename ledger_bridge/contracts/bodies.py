@@ -777,6 +777,24 @@ PROPOSAL_ACTIONS = OneOf(
         "admit_device": Obj((_KIND, Field("device", KEY, "a registered device's key", EX_KEY_2))),
         "suspend_device": Obj((_KIND, Field("device", KEY, "an admitted device's key", EX_KEY_2))),
         "set_reward_rule": REWARD_RULE_ACTION,
+        "suspend_member": Obj(
+            (_KIND, Field("member", KEY, "an admitted legal entity's key", EX_KEY_2))
+        ),
+        "reinstate_member": Obj(
+            (_KIND, Field("member", KEY, "a suspended member's key", EX_KEY_2))
+        ),
+        "rotate_member_key": Obj(
+            (
+                _KIND,
+                Field("member", KEY, "the member's current key", EX_KEY_2),
+                Field(
+                    "new_key",
+                    KEY,
+                    "a key that applied (member.register) with the member's role and college",
+                    EX_KEY,
+                ),
+            )
+        ),
     }
 )
 

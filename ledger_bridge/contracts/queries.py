@@ -104,6 +104,11 @@ def _accesses(s: State, q: dict[str, Any]) -> Any:
         ids = [k[0] for k in s.group("access", "subject", subject)]
     elif "consumer" in q:
         ids = [k[0] for k in s.group("access", "consumer", _key(q, "consumer"))]
+    elif "dataset" in q:
+        dataset = _arg(q, "dataset", str)
+        if dataset is None:
+            raise ValueError("query argument dataset is a dataset id")
+        ids = [k[0] for k in s.group("access", "dataset", dataset)]
     else:
         last = s.get("meta", "next_access") or 0
         ids = list(range(1, last + 1))

@@ -89,6 +89,8 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
         # is a subject's key): what forgetting one rewrites
         "subject": lambda a: (*a["granted"], *a.get("denied_subjects", ()), *_key_ref(a)),
         "consumer": lambda a: (a["consumer"],),
+        # the accesses to a dataset: the DPO's affected subjects of a dataset (`accesses`)
+        "dataset": lambda a: (a["dataset"],),
     },
     # the erasures and requests of a subject still known (forgotten ones name nobody)
     "erasure": {"subject": lambda e: _scope_subject(e["scope"])},
@@ -99,6 +101,8 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "event": {"subject": lambda e: (e["subject"],) if "subject" in e else ()},
     # the batch indices to redact in each block (`ConsentApp.redacted_at`)
     "redaction": {"height": lambda r: (r[0],)},
+    # the datasets a provider owns: a key rotation moves them (rules.membership)
+    "dataset": {"owner": lambda d: (d["owner"],)},
     # active members by role: the cooperative's account is the active vault's (rules.fees)
     "member": {"active_role": lambda m: (m["role"],) if m["status"] == "active" else ()},
 }

@@ -10,6 +10,7 @@ import datetime as dt
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.http.dpo_page import DpoPageData, render_dpo_page
+from api.http.dpo_page import DpoPageData, incident_rows, render_dpo_page
 from api.services.dpo_sessions import SESSION_COOKIE
 from tests.api.conftest import MakeKey
 from tests.api.ledger_env import LedgerEnv
@@ -27,6 +28,7 @@ from tests.browser import browser_page, png_colours
 from tests.vault.conftest import VaultServices, make_dataset
 from tests.vault.conftest import services as services  # fixture
 from vault.audit import erasure_log, retention_audit, retention_timeline
+from vault.models import Incident
 from vault.uploads import RecordIn, Uploader
 
 
@@ -89,6 +91,51 @@ def test_page_in_headless_chromium(
     assert png_colours(shot) > 8  # a rendered page with charts, not a blank or error screen
 
 
+def _incident(session: Session, title: str, discovered: dt.datetime) -> Incident:
+    incident = Incident(
+        id=uuid.uuid4(),
+        title=title,
+        discovered_at=discovered,
+        deadline_at=discovered + dt.timedelta(hours=72),
+        opened_by="dpo",
+        state="open",
+    )
+    session.add(incident)
+    session.flush()
+    return incident
+
+
+def test_open_incidents_show_their_deadline_and_time_left_in_chromium(
+    session: Session, services: VaultServices
+) -> None:
+    now = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
+    _incident(session, "<b>laptop</b> stolen", now - dt.timedelta(hours=60))  # 12 h left
+    _incident(session, "misdirected e-mail", now - dt.timedelta(hours=2))  # 70 h left
+    notified = _incident(session, "bank key stolen", now - dt.timedelta(hours=80))
+    notified.notified_at = now - dt.timedelta(hours=10)
+    data = _page_data(session, services, now.date())
+    data.incidents = [r for r in incident_rows(session, now) if r["title"] in TITLES]
+    html = render_dpo_page(data)
+    assert "<b>laptop</b>" not in html  # escaped like every other value
+    with browser_page() as page:
+        page.set_content(html)
+        rows = page.locator("#incidents tbody tr")
+        assert rows.count() == 3
+        # soonest deadline first; the one under a day and not notified is marked
+        assert rows.nth(0).locator("td.deadline").inner_text() == "2026-03-10 04:00 UTC"
+        assert rows.nth(0).locator("td.left").inner_text() == "notified"
+        assert rows.nth(1).locator("td").first.inner_text() == "<b>laptop</b> stolen"
+        assert rows.nth(1).locator("td.deadline").inner_text() == "2026-03-11 00:00 UTC"
+        assert rows.nth(1).locator("td.left").inner_text() == "12 h 00 min left"
+        assert rows.nth(1).get_attribute("class") == "bad"
+        assert rows.nth(2).locator("td.left").inner_text() == "70 h 00 min left"
+        assert rows.nth(2).get_attribute("class") is None
+        assert "3 open" in page.locator("#incidents h2").inner_text()
+
+
+TITLES = ("<b>laptop</b> stolen", "misdirected e-mail", "bank key stolen")
+
+
 def _serve(env: LedgerEnv) -> tuple[uvicorn.Server, threading.Thread, int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -111,7 +158,17 @@ def test_dpo_signs_in_with_the_form_and_reads_the_page(
     ledger_env: LedgerEnv, tmp_path: Path
 ) -> None:
     env = ledger_env
-    key = env.headers("dpo", env.dpo)["Authorization"].removeprefix("Bearer ")
+    headers = env.headers("dpo", env.dpo)
+    key = headers["Authorization"].removeprefix("Bearer ")
+    discovered = dt.datetime.now(dt.UTC) - dt.timedelta(hours=60)
+    title = f"stolen laptop {uuid.uuid4().hex[:6]}"
+    r = env.client.post(
+        "/v1/dpo/incidents",
+        headers=headers,
+        json={"title": title, "discovered_at": discovered.isoformat()},
+    )
+    assert r.status_code == 201, r.text
+    deadline = (discovered + dt.timedelta(hours=72)).strftime("%Y-%m-%d %H:%M UTC")
     server, thread, port = _serve(env)
     shot = tmp_path / "dpo-live.png"
     try:
@@ -124,6 +181,11 @@ def test_dpo_signs_in_with_the_form_and_reads_the_page(
             assert page.title() == "Civis Vault: Data Protection Officer"
             assert page.url == f"http://127.0.0.1:{port}/dpo"  # the key is in no URL
             assert page.locator("#ledger td.ok").count() == 4  # four replicas up
+            row = page.locator("#incidents tbody tr", has_text=title)
+            assert row.locator("td.deadline").inner_text() == deadline
+            assert row.locator("td.left").inner_text().startswith("11 h ")
+            assert row.get_attribute("class") == "bad"  # under a day left, not notified
+            assert "incident-notification-due" in page.locator("#incidents").inner_text()
             cookies = {c["name"]: c for c in page.context.cookies()}
             session = cookies[SESSION_COOKIE]
             assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"

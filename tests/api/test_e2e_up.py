@@ -80,8 +80,8 @@ START_ATTEMPTS = 3
 # What `up` says when a port it chose was taken before it bound it (see _start_up).
 PORT_RACES = ("the ledger did not start", "already answers on", "address already in use")
 # Refusals of a vote that only mean "not this voter": admitted after the proposal, not (yet)
-# admitted, or the proposal already passed.
-NOT_A_VOTE = ("not_eligible", "not_admitted", "not_member", "closed")
+# admitted, suspended by the incident story, or the proposal already passed.
+NOT_A_VOTE = ("not_eligible", "not_admitted", "not_member", "member_suspended", "closed")
 
 # Payload values the stories below upload; none may ever reach a block.
 ADDRESS = "7 impasse des Glycines, 69003 Lyon"
@@ -296,6 +296,14 @@ DEMO_SAYS = (
     "the same code shown a second time is refused: coupon_spent",
     "shown, 10 citizens (k = 10), 74.9 km in all",
     "suppressed (fewer than k = 10 citizens): no figure at all",
+    # a personal data breach
+    "== 5. A stolen key",
+    "reports its ledger key stolen an hour ago; the DPO opens incident",
+    "the DPO page lists it: deadline ",
+    "suspended [ledger tx ",
+    "whoever holds the bank's key asks again and is refused: member_suspended",
+    "the DPO lists the subjects affected, from the ledger's access record: 2 pseudonyms",
+    "exports the Art. 33 notification draft",
 )
 
 
@@ -328,19 +336,20 @@ def test_the_demo_plays_every_story_twice_on_one_system(system: System) -> None:
     assert len(run_ids[0]) == len(run_ids[1]) == 1 and run_ids[0] != run_ids[1]
     kept = list((system.data_dir / "demo" / "members").glob("*/*.key"))
     # The legal entities: the utility, the bank, the fleet, the road service, the market,
-    # the bakery and the metropolis.
-    assert len(kept) == 2 * 7
+    # the bakery, the metropolis and the bank whose key is stolen.
+    assert len(kept) == 2 * 8
     kept_wallets = list((system.data_dir / "demo" / "wallets").glob("*.key"))
-    # Alice, Bruno, Chloé, the seven other cyclists and Karim: pseudonyms derived, never stored
-    assert len(kept_wallets) == 2 * 11
+    # Alice, Bruno, Chloé, the seven other cyclists, Karim, Driss and Emma: pseudonyms
+    # derived, never stored
+    assert len(kept_wallets) == 2 * 13
     relationships = list((system.data_dir / "demo" / "wallets").glob("*.key.pairwise.json"))
     assert len(relationships) == len(kept_wallets)
     assert all(p.stat().st_mode & 0o077 == 0 for p in kept + kept_wallets + relationships)
     # Per run, Alice's two pseudonyms (utility, fleet), Bruno's two (fleet, the erasure's
     # trips) and Chloé's are five keys; the eco-citizen story's fifteen (ten cyclists, three
-    # households, two shoppers) twenty.
+    # households, two shoppers) twenty; the incident's three (Chloé, Driss, Emma) 23.
     named = [re.findall(r"derives the pseudonym ([0-9a-f]{12})…", o) for o in outputs]
-    assert all(len(n) == len(set(n)) == 20 for n in named), named
+    assert all(len(n) == len(set(n)) == 23 for n in named), named
 
 
 def _the_ledger_agrees(system: System, out: str, members: set[Path], wallets: set[Path]) -> None:
@@ -375,7 +384,8 @@ def _balances_agree(dpo: CivisClient, wallets: set[Path]) -> None:
     assert RIDES[0][0] == "Alice"
     minted[0] -= OFFER_PRICE_MTOK
     assert sorted(b for b in held if b) == sorted(minted)
-    assert len(pseudonyms) == 20 and held.count(0) == 5
+    # the incident story's three citizens earn nothing
+    assert len(pseudonyms) == 23 and held.count(0) == 8
 
 
 def _impact_agrees(system: System, dpo: CivisClient, consumers: list[str]) -> None:

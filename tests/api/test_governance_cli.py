@@ -136,3 +136,46 @@ def test_a_proposal_whose_author_was_forgotten_lists_without_an_author() -> None
     line = proposal_line(proposal, now_ms=1_000)
     assert line["author"] is None and line["proposal"] == 3
     assert proposal_line(proposal | {"author": b"\x01" * 32}, 1_000)["author"] == "01" * 32
+
+
+def test_the_founders_suspend_and_reinstate_a_member_from_the_command_line(
+    founders: tuple[Path, list[Path]], ledger_cluster: tuple[Cluster, dict[str, Wallet]]
+) -> None:
+    """A key reported stolen: the CLI proposes its suspension, the colleges vote it through,
+    and its reinstatement; a rotation's flags are checked before anything is signed."""
+    from api.cli.governance import Ledger
+    from ledger_bridge.genesis import GENESIS_FILE, READER_KEY_FILE, load_genesis
+    from ledger_bridge.genesis import load_signing_key as load_key
+
+    ledger_dir, keys = founders
+    consumer = ledger_cluster[1]["consumer"].id
+    ledger = Ledger(load_genesis(ledger_dir / GENESIS_FILE), load_key(ledger_dir / READER_KEY_FILE))
+    voters = [load_key(k) for k in keys if consumer[:12] not in k.name]
+    try:
+        for flag, status in (("--suspend-member", "suspended"), ("--reinstate-member", "active")):
+            made = _lines(governance(ledger_dir, "propose", "--key", str(keys[0]), flag, consumer))
+            proposal = int(made[0]["proposal"])
+            state = "open"
+            for voter in voters:
+                vote = {"proposal": proposal, "approve": True}
+                state = ledger.submit(voter, "governance.vote", vote)["status"]
+                if state == "passed":
+                    break
+            assert state == "passed"
+            member = ledger.query("member", key=bytes.fromhex(consumer))["result"]
+            assert member["status"] == status
+    finally:
+        ledger.close()
+    lone = governance(ledger_dir, "propose", "--key", str(keys[0]), "--rotate-member-key", consumer)
+    assert lone.returncode == 2 and "needs --new-key" in lone.stderr
+    stray = governance(
+        ledger_dir,
+        "propose",
+        "--key",
+        str(keys[0]),
+        "--approve-purpose",
+        "x",
+        "--new-key",
+        consumer,
+    )
+    assert stray.returncode == 2 and "--new-key goes with --rotate-member-key" in stray.stderr

@@ -43,6 +43,7 @@ and subject transactions signed by somebody else.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -132,6 +133,13 @@ GET    /v1/dashboards/partner                        403   403  403  403  403  4
 POST   /v1/subjects/challenges                       ok    ok   ok   ok   ok   ok    ok  ok    ok
 POST   /v1/subjects/sessions                         ok    ok   ok   ok   ok   ok    ok  ok    ok
 DELETE /v1/subjects/sessions/current                 403   403  403  403  ok   403   403 403   401
+GET    /v1/dpo/incidents                             403  403  403  403  403  403  ok   403  401
+POST   /v1/dpo/incidents                             403  403  403  403  403  403  ok   403  401
+GET    /v1/dpo/incidents/{incident_id}               403  403  403  403  403  403  ok   403  401
+POST   /v1/dpo/incidents/{incident_id}/facts         403  403  403  403  403  403  ok   403  401
+POST   /v1/dpo/incidents/{incident_id}/close         403  403  403  403  403  403  ok   403  401
+GET    /v1/dpo/incidents/{incident_id}/affected-subjects 403  403  403  403  403  403  ok   403  401
+GET /v1/dpo/incidents/{incident_id}/notification-draft 403 403 403 403 403 403 ok 403 401
 """
 
 
@@ -309,6 +317,7 @@ class World:
     erasure: int
     proposal: int
     eco: EcoScene
+    incident: str = ""  # an open incident of the DPO's, opened by the first row that needs one
     _keys: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     # wallet id -> (headers, when signed in): a session lives 15 minutes, the matrix less
     _sessions: dict[str, tuple[dict[str, str], float]] = field(default_factory=dict)
@@ -598,6 +607,41 @@ def _spend(w: World, who: str) -> Call:
     return Call(json=signed(w.env, w.signer(who), "coupon.spend", body))
 
 
+def _new_incident(w: World, **body: Any) -> str:
+    r = w.env.client.post(
+        "/v1/dpo/incidents",
+        headers=w.headers("dpo"),
+        json={"title": "matrix", "discovered_at": dt.datetime.now(dt.UTC).isoformat(), **body},
+    )
+    assert r.status_code == 201, r.text
+    incident: str = r.json()["id"]
+    return incident
+
+
+def _incident(w: World, who: str) -> Call:
+    """The world's open incident (about its dataset), opened once by the DPO."""
+    if not w.incident:
+        w.incident = _new_incident(w, dataset_id=w.dataset)
+    return _keyed(w, who, incident_id=w.incident)
+
+
+def _incident_fact(w: World, who: str) -> Call:
+    call = _incident(w, who)
+    call.json = {"kind": "note", "text": "a line of the timeline"}
+    return call
+
+
+def _incident_close(w: World, who: str) -> Call:
+    """An incident of its own per call, assessed unlikely to result in a risk: closable."""
+    incident = _new_incident(w)
+    fact = {"kind": "risk", "risk": "unlikely", "text": "nothing left the vault"}
+    r = w.env.client.post(
+        f"/v1/dpo/incidents/{incident}/facts", headers=w.headers("dpo"), json=fact
+    )
+    assert r.status_code == 201, r.text
+    return Call(params={"incident_id": incident}, headers=w.headers(who), json={})
+
+
 BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/datasets"): lambda w, who: _keyed(w, who),
     ("POST", "/v1/datasets"): _dataset_new,
@@ -689,6 +733,17 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("POST", "/v1/subjects/challenges"): lambda w, who: _keyed(w, who),
     ("POST", "/v1/subjects/sessions"): _sign_in,
     ("DELETE", "/v1/subjects/sessions/current"): _sign_out,
+    # personal data breaches: the DPO's register
+    ("GET", "/v1/dpo/incidents"): lambda w, who: _keyed(w, who),
+    ("POST", "/v1/dpo/incidents"): lambda w, who: Call(
+        headers=w.headers(who),
+        json={"title": "matrix", "discovered_at": dt.datetime.now(dt.UTC).isoformat()},
+    ),
+    ("GET", "/v1/dpo/incidents/{incident_id}"): _incident,
+    ("POST", "/v1/dpo/incidents/{incident_id}/facts"): _incident_fact,
+    ("POST", "/v1/dpo/incidents/{incident_id}/close"): _incident_close,
+    ("GET", "/v1/dpo/incidents/{incident_id}/affected-subjects"): _incident,
+    ("GET", "/v1/dpo/incidents/{incident_id}/notification-draft"): _incident,
 }
 
 # The roles with no column, and the rows that are theirs: every column is refused there.

@@ -3,7 +3,8 @@
 Why a demo command: the product's promises (a bank learns one bit, only with the citizen's
 consent, and pays for it; a road service reads only what consenting drivers allow; an erased
 citizen is unreadable and the ledger shows it; a certified ride earns tokens a coupon spends
-once, and the metropolis sees no statistic of fewer than k citizens) are easiest to believe
+once, and the metropolis sees no statistic of fewer than k citizens; a stolen key is suspended
+by the colleges and the DPO knows whom it affects) are easiest to believe
 when one sees them happen on a real system. The demo speaks only HTTP to the API a
 `civis-vault up` serves, and prints each step in plain words with the ledger receipt
 (transaction id, block height) of every step that the
@@ -53,7 +54,7 @@ from pathlib import Path
 
 import httpx
 
-from api.cli.demo import eco_citizen, erasure, proof_of_address, road_maintenance
+from api.cli.demo import eco_citizen, erasure, incident, proof_of_address, road_maintenance
 from api.cli.demo.common import DemoFailed, Keyring, Story, api_keys
 from api.cli.demo.stage import Stage
 from api.client import CivisClient
@@ -65,6 +66,7 @@ STORIES: list[Story] = [
     road_maintenance.STORY,
     erasure.STORY,
     eco_citizen.STORY,
+    incident.STORY,
 ]
 
 
@@ -73,8 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "demo",
         help="play the white paper's use cases against a running `civis-vault up`",
         description=(
-            "Proof of address (paid), road maintenance, erasure and eco-citizen tokens, over "
-            "HTTP against a running "
+            "Proof of address (paid), road maintenance, erasure, eco-citizen tokens and a "
+            "personal data breach, over HTTP against a running "
             "system; run it on the vault host (it issues its API keys in the vault's database "
             "and signs the founding members' votes with the keys `up` keeps in --data-dir)."
         ),

@@ -37,8 +37,16 @@ from api.client.wallet import Wallet, dataset_id
 from ledger_bridge.crypto import SigningKey
 
 ANCHOR_WAIT_S = 60.0
-# Contract refusals that mean "this key cannot vote on this proposal": skip it, try the next.
-NOT_A_VOTE = ("not_eligible", "not_member", "not_admitted", "duplicate")
+# Contract refusals that mean "this key cannot vote on this proposal": skip it, try the next
+# (a member the incident story had suspended, or moved to another key, is one).
+NOT_A_VOTE = (
+    "not_eligible",
+    "not_member",
+    "not_admitted",
+    "duplicate",
+    "member_suspended",
+    "key_rotated",
+)
 # A legal entity a story needs: (its name, without the run id; its college; its role).
 Entity = tuple[str, College, Role]
 

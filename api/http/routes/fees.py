@@ -74,7 +74,7 @@ class CreditOut(BaseModel):
 class StatementEntry(BaseModel):
     n: int = Field(description="the entry's number in the member's statement, from 1")
     height: int = Field(description="the block that moved the credit")
-    kind: Literal["deposit", "fee_paid", "fee_earned", "commission"]
+    kind: Literal["deposit", "fee_paid", "fee_earned", "commission", "carried_out", "carried_in"]
     cents: int
     dataset: str | None = Field(description="the dataset whose answer was paid; null: a deposit")
     access: int | None = Field(description="the paid access's id on the ledger; null: a deposit")

@@ -43,6 +43,9 @@ class Request:
     ask: disclosure.Ask
     provider: bytes  # the dataset's owner, paid for the answer
     price_cents: int  # what the answer costs (0: free), as the consumer agreed
+    # The consumer's key and those governance moved its membership from (rotate_member_key),
+    # newest first: a consent given to the member under an earlier key still counts.
+    consumer_keys: tuple[bytes, ...]
 
     def scopes(self) -> tuple[str, str]:
         """The two scopes a consent to this access may have been given in."""
@@ -64,7 +67,7 @@ def _parse(c: Ctx) -> Request:
     subjects: list[str] | None = body.get("subjects")
     if c.tx.author != consumer:
         c.active(c.tx.author, "vault")
-    c.active(consumer, "consumer")
+    member = c.active(consumer, "consumer")
     dataset = dataset_of(c, dataset_id)
     if purpose not in dataset["purposes"]:
         raise Reject("purpose_not_allowed", f"purpose {purpose} is not allowed for this dataset")
@@ -84,6 +87,7 @@ def _parse(c: Ctx) -> Request:
         ask,
         dataset["owner"],
         price,
+        (consumer, *reversed(member.get("keys_before", []))),
     )
 
 
@@ -180,9 +184,8 @@ def _candidates(c: Ctx, request: Request) -> list[str]:
     return sorted(
         {
             k[0]
-            for k in c.state.group(
-                "consent", "by_consumer_purpose", request.consumer, request.purpose
-            )
+            for key in request.consumer_keys
+            for k in c.state.group("consent", "by_consumer_purpose", key, request.purpose)
             if k[2] in scopes
         }
     )
@@ -212,8 +215,9 @@ def _refusal_for(c: Ctx, subject: str, request: Request) -> str | None:
     consumer, purpose = request.consumer, request.purpose
     versions = [
         v
+        for key in request.consumer_keys
         for sc in request.scopes()
-        if (v := consent_in_force(c.state, subject, consumer, sc, purpose, c.height, c.now))
+        if (v := consent_in_force(c.state, subject, key, sc, purpose, c.height, c.now))
     ]
     if not versions:
         return "no_consent"

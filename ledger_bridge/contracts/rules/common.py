@@ -71,6 +71,10 @@ class Ctx:
         m = self.member(key)
         if m is None:
             raise Reject("not_member", "not a registered member")
+        if m["status"] == "suspended":
+            raise Reject("member_suspended", "governance suspended this member")
+        if m["status"] == "rotated":
+            raise Reject("key_rotated", "governance moved this membership to another key")
         if m["status"] != "active":
             raise Reject("not_admitted", "membership not approved by governance")
         if roles and m["role"] not in roles:

@@ -127,6 +127,27 @@ def cooperative(c: Ctx) -> bytes:
     return key
 
 
+# The statement total each kind of movement adds to (any other kind: `earned`). A credit
+# carried to a member's new key leaves the old key's book as paid out and enters the new one's
+# as deposited, so each book keeps balance = deposited + earned - paid.
+_TOTALS = {
+    "deposit": "deposited",
+    "carried_in": "deposited",
+    "fee_paid": "paid",
+    "carried_out": "paid",
+}
+
+
+def carry_credit(c: Ctx, old: bytes, new: bytes) -> None:
+    """Move a member's credit to its new key (governance's `rotate_member_key`): one movement
+    out of the old key's statement, one into the new key's. The old statement stays readable
+    under the old key."""
+    balance = credit_of(c.state, old)
+    if balance:
+        _move(c, old, -balance, "carried_out", None, None)
+        _move(c, new, balance, "carried_in", None, None)
+
+
 def _move(
     c: Ctx, member: bytes, cents: int, kind: str, dataset: str | None, access: int | None
 ) -> int:
@@ -136,7 +157,7 @@ def _move(
     c.state.put("credit", member, balance)
     book = book_of(c.state, member)
     n = book["entries"] + 1
-    total = {"deposit": "deposited", "fee_paid": "paid"}.get(kind, "earned")
+    total = _TOTALS.get(kind, "earned")
     book[total] += abs(cents)
     book["entries"] = n
     c.state.put("credit_book", member, book)

@@ -32,6 +32,14 @@ from ledger_bridge.contracts.rules.devices import (
     validate_set_reward_rule,
     validate_suspend_device,
 )
+from ledger_bridge.contracts.rules.membership import (
+    enact_reinstate_member,
+    enact_rotate_member_key,
+    enact_suspend_member,
+    validate_reinstate_member,
+    validate_rotate_member_key,
+    validate_suspend_member,
+)
 from ledger_bridge.contracts.rules.parameters import enact_set_parameter, validate_set_parameter
 from ledger_bridge.contracts.vocabulary import SELF_ADMITTED_ROLES
 
@@ -166,6 +174,9 @@ ACTIONS: dict[str, Action] = {
     "admit_device": Action(validate_admit_device, enact_admit_device),
     "suspend_device": Action(validate_suspend_device, enact_suspend_device),
     "set_reward_rule": Action(validate_set_reward_rule, enact_set_reward_rule),
+    "suspend_member": Action(validate_suspend_member, enact_suspend_member),
+    "reinstate_member": Action(validate_reinstate_member, enact_reinstate_member),
+    "rotate_member_key": Action(validate_rotate_member_key, enact_rotate_member_key),
 }
 
 

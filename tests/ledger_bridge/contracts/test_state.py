@@ -38,8 +38,8 @@ def test_encode_key_refuses_what_encode_refuses(bad: Any) -> None:
         codec.encode_key(("t", bad))
 
 
-def _access(consumer: bytes, granted: list[str]) -> dict[str, Any]:
-    return {"consumer": consumer, "granted": granted}
+def _access(consumer: bytes, granted: list[str], dataset: str = "d1") -> dict[str, Any]:
+    return {"consumer": consumer, "granted": granted, "dataset": dataset}
 
 
 def _by_subject(state: State, subject: str) -> list[int]:
@@ -49,10 +49,11 @@ def _by_subject(state: State, subject: str) -> list[int]:
 def test_value_index_follows_puts_rewrites_deletes_and_rollback() -> None:
     s = State()
     s.put("access", 1, _access(b"c1", ["a", "b"]))
-    s.put("access", 2, _access(b"c2", ["b"]))
+    s.put("access", 2, _access(b"c2", ["b"], "d2"))
     assert _by_subject(s, "a") == [1]
     assert _by_subject(s, "b") == [1, 2]
     assert [k[0] for k in s.group("access", "consumer", b"c2")] == [2]
+    assert [k[0] for k in s.group("access", "dataset", "d2")] == [2]
 
     s.put("access", 1, _access(b"c1", ["c"]))  # a rewrite moves the entry
     assert _by_subject(s, "a") == []

@@ -1,0 +1,101 @@
+"""Whether the ledger still admits an API key's member: governance may have suspended it
+(`suspend_member`) or moved its membership to another key (`rotate_member_key`).
+
+Why the API refuses the key itself, not only the ledger transactions: a suspended member's
+ledger transactions are refused by the contracts (`member_suspended`), but some routes never
+reach the ledger (a provider reading its own dataset's records, listing its uploads). After a
+key is reported stolen, those reads must stop too, so every authenticated request of a legal
+entity whose API key is bound to its ledger key (provider, consumer, partner) asks the ledger
+for that member's status, remembered `STANDING_TTL_S` seconds: a suspension takes at most
+that long to close the API after its vote passes.
+
+When the ledger does not answer, the last answer known stands (a suspended member stays
+refused through an outage); a member never looked up is let through, as the API was before it
+asked: the routes that need the ledger fail anyway, and refusing every key whenever the ledger
+is down would turn an outage of the ledger into an outage of the vault.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from api.http.errors import Forbidden
+from api.services.keys import Member
+from vault.uploads import LEDGER_SUBJECT_ID
+
+if TYPE_CHECKING:
+    from api.services.gateway import LedgerGateway
+
+STANDING_TTL_S = 2.0
+# How long one status lookup may hold the request that needs it.
+LOOKUP_TIMEOUT_S = 2.0
+# Members remembered at once; beyond, the memory starts again (each entry is a key and a word).
+REMEMBERED_MAX = 10_000
+# API roles held by legal entities whose ledger membership governance decides.
+GOVERNED_ROLES = frozenset({"provider", "consumer", "partner"})
+
+
+class MemberSuspended(Forbidden):
+    title = "Member suspended"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "member_suspended: governance suspended this member (suspend_member); its API keys "
+            "and ledger transactions are refused until a vote reinstates it (reinstate_member)"
+        )
+
+
+class KeyReplaced(Forbidden):
+    title = "Key replaced"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "key_rotated: governance moved this membership to another ledger key "
+            "(rotate_member_key); ask the operator for API keys bound to the new key"
+        )
+
+
+class MemberStanding:
+    """The ledger's word on members' status, remembered a few seconds; thread-safe."""
+
+    def __init__(self, gateway: LedgerGateway, *, ttl_s: float = STANDING_TTL_S) -> None:
+        self._gateway = gateway
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[float, str | None]] = {}
+
+    def status(self, member_id: str) -> str | None:
+        """The member's status on the ledger (`active`, `suspended`, `rotated`, `pending`), or
+        None: no such member, or not known and the ledger not answering."""
+        from api.services.gateway import LedgerUnavailable
+
+        now = time.monotonic()
+        with self._lock:
+            known = self._known.get(member_id)
+        if known is not None and now - known[0] < self._ttl_s:
+            return known[1]
+        try:
+            answer = self._gateway.query(
+                "member", timeout_s=LOOKUP_TIMEOUT_S, key=bytes.fromhex(member_id)
+            )
+        except (LedgerUnavailable, TimeoutError):
+            return None if known is None else known[1]
+        entry = answer["result"]
+        status = None if entry is None else str(entry["status"])
+        with self._lock:
+            if len(self._known) >= REMEMBERED_MAX:
+                self._known.clear()
+            self._known[member_id] = (now, status)
+        return status
+
+    def check(self, member: Member) -> None:
+        """Refuse a governed member that the ledger no longer admits under this key."""
+        if member.role not in GOVERNED_ROLES or not LEDGER_SUBJECT_ID.match(member.member_id):
+            return
+        status = self.status(member.member_id)
+        if status == "suspended":
+            raise MemberSuspended()
+        if status == "rotated":
+            raise KeyReplaced()
