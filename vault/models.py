@@ -292,3 +292,52 @@ class DpoSession(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+# What a decryption was for: a provider reading its own records, a subject's export, the DPO's
+# reads; a consumer's access is recorded on the ledger by its access.request instead.
+DECRYPTION_KINDS = ("provider_read", "subject_export", "dpo_read", "consumer_access")
+
+
+class Decryption(Base):
+    """One read of one subject's records in one dataset, by one member (GDPR Art. 5(2)).
+
+    Written in the transaction that answers the read (for a stream, committed before its first
+    byte), append-only (a trigger of migration 0014 refuses DELETE, TRUNCATE and any UPDATE
+    but two: the batcher setting `batch_id` and `leaf_index` once, and an erasure forgetting
+    the subject), and committed to the ledger in batches (`read.record`, the RFC 6962 root over
+    `leaf_hash`). The leaf hashes every other column with `salt`, 32 random bytes, so a leaf
+    or an audit path says nothing of whom it names; an erasure drops the salt with the
+    subject, and the leaf (kept, for the others' proofs) can no longer be tested against any
+    guess (vault/decryptions.py).
+    """
+
+    __tablename__ = "decryptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    reader: Mapped[str] = mapped_column(String(128))  # the member id of the key that read
+    reader_role: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(24))
+    # The subject whose records were decrypted; `forgotten_id` once erased (vault/erasure.py).
+    subject: Mapped[str] = mapped_column(String(128))
+    dataset_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    record_count: Mapped[int] = mapped_column(Integer)
+    salt: Mapped[bytes | None] = mapped_column(LargeBinary)  # NULL once the subject is forgotten
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    # The outbox fact (read.record) of the batch, and the leaf's index under its root.
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    leaf_index: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('provider_read', 'subject_export', 'dpo_read', 'consumer_access')",
+            name="kind",
+        ),
+        CheckConstraint("record_count > 0", name="record_count"),
+        UniqueConstraint("batch_id", "leaf_index"),
+        Index("ix_decryptions_subject", "subject"),
+        Index("ix_decryptions_reader", "reader"),
+        # The batcher's queue: the rows no read.record covers yet, oldest first.
+        Index("ix_decryptions_unbatched", "at", postgresql_where=text("batch_id IS NULL")),
+    )
