@@ -7,8 +7,8 @@ dataset and how many, and when. It is written in the transaction that answers th
 callers are api/services/decryptions.py and the routes), never after it: a read whose record
 fails is not answered.
 
-The leaf: SHA-256(0x00 || "civis-vault/decryption/v1" || each field length-prefixed), the
-fields being a random 32-byte salt, the id, the time in microseconds, the reader, the role,
+The leaf: SHA-256(0x00 || "civis-vault/decryption/v1" || each field length-prefixed:
+`vault.crypto.read_leaf`), the fields being a random 32-byte salt, the id, the time in microseconds, the reader, the role,
 the kind, the subject, the dataset and the count. Why the salt: the ledger holds only the
 root, but an inclusion proof hands out sibling leaves, and every other field is guessable
 (a subject's pseudonym from an old block, a dataset id, a time to the second): without the
@@ -36,12 +36,12 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from ledger_bridge.facts import READ_RECORD, ReadRecord
+from vault.crypto import read_leaf
 from vault.crypto.merkle import MerkleTree, leaf_hash, merkle_root
 from vault.models import DECRYPTION_KINDS, Decryption, OutboxFact, Record
 
 SALT_BYTES = 32
 BATCH_MAX = 10_000
-_LEAF_PREFIX = b"civis-vault/decryption/v1"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
@@ -68,18 +68,17 @@ def microseconds(at: dt.datetime) -> int:
 
 def leaf_data(row: Decryption, salt: bytes) -> bytes:
     """The bytes a row's leaf hashes (see the module docstring)."""
-    fields = (
-        salt,
-        row.id.bytes,
-        microseconds(row.at).to_bytes(8, "big", signed=True),
-        row.reader.encode(),
-        row.reader_role.encode(),
-        row.kind.encode(),
-        row.subject.encode(),
-        row.dataset_id.bytes,
-        row.record_count.to_bytes(8, "big"),
+    return read_leaf(
+        salt=salt,
+        read_id=row.id.bytes,
+        at_us=microseconds(row.at),
+        reader=row.reader,
+        reader_role=row.reader_role,
+        kind=row.kind,
+        subject=row.subject,
+        dataset_id=row.dataset_id.bytes,
+        record_count=row.record_count,
     )
-    return _LEAF_PREFIX + b"".join(len(f).to_bytes(2, "big") + f for f in fields)
 
 
 def leaf_of(row: Decryption, salt: bytes) -> bytes:
