@@ -8,11 +8,12 @@ callers are api/services/decryptions.py and the routes), never after it: a read 
 fails is not answered.
 
 The leaf: SHA-256(0x00 || "civis-vault/decryption/v1" || each field length-prefixed:
-`vault.crypto.read_leaf`), the fields being a random 32-byte salt, the id, the time in microseconds, the reader, the role,
-the kind, the subject, the dataset and the count. Why the salt: the ledger holds only the
-root, but an inclusion proof hands out sibling leaves, and every other field is guessable
-(a subject's pseudonym from an old block, a dataset id, a time to the second): without the
-salt, anyone holding a proof could test which subject a neighbouring leaf names. An erasure
+`vault.crypto.read_leaf`), the fields being a random 32-byte salt, the id, the time in
+microseconds, the reader, the role, the kind, the subject, the dataset and the count. Why
+the salt: the ledger holds only the root, but an inclusion proof hands out sibling leaves, and
+every other field is guessable (a subject's pseudonym from an old block, a dataset id, a time
+to the second): without the salt, anyone holding a proof could test which subject a
+neighbouring leaf names. An erasure
 forgets the subject in these rows as in records (vault/erasure.py): the subject column gets
 the dataset's `forgotten_id` and the salt goes, so the stored leaf, kept so that the batch's
 other proofs still verify, can no longer be recomputed from anything, nor tested.
@@ -103,12 +104,13 @@ def record(
         counts[(r.subject, r.dataset_id)] += r.record_count
     # Microseconds: what PostgreSQL keeps, so the leaf recomputes from the stored row.
     when = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    rows = []
+    rows, ids = [], []
     for (subject, dataset_id), count in sorted(counts.items(), key=lambda kv: str(kv[0])):
         if count <= 0:
             continue
+        ids.append(uuid.uuid4())
         row = Decryption(
-            id=uuid.uuid4(),
+            id=ids[-1],
             at=when,
             reader=reader,
             reader_role=reader_role,
@@ -121,7 +123,7 @@ def record(
         rows.append({**_columns(row), "salt": salt, "leaf_hash": leaf_of(row, salt)})
     if rows:
         session.execute(insert(Decryption), rows)
-    return [r["id"] for r in rows]
+    return ids
 
 
 def _columns(row: Decryption) -> dict[str, object]:

@@ -16,10 +16,12 @@ from api.http.routes import (
     access,
     consents,
     datasets,
+    decryptions,
     devices,
     discovery,
     erasures,
     health,
+    recipient_notices,
     subjects,
     tokens,
 )
@@ -74,8 +76,11 @@ def create_app(
     app.include_router(fee_routes.router)
     app.include_router(subjects.router)
     app.include_router(erasures.router)
+    app.include_router(decryptions.router)
+    app.include_router(recipient_notices.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
+    app.include_router(recipient_notices.dpo_router)
     app.include_router(devices.router)
     app.include_router(tokens.router)
     app.include_router(dpo_routes.page_router)
@@ -136,19 +141,29 @@ def _lifespan(
 def _start_jobs(
     app: FastAPI, settings: Settings, ledger: LedgerGateway | None
 ) -> BackgroundJobs | None:
-    """The outbox relay and the retention sweeper, running; none without a ledger."""
+    """The outbox relay, the retention sweeper, the batcher of recorded reads and the delivery
+    of recipient notices, running; none without a ledger."""
     if ledger is None:
         return None
-    from api.services.jobs import BackgroundJobs
+    from api.services.decryptions import ReadBatcher
+    from api.services.jobs import BackgroundJobs, Periodic
     from api.services.outbox import OutboxRelay
+    from api.services.recipient_notices import NoticeDelivery
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
 
+    sessions = app.state.sessions
+    batcher = ReadBatcher(sessions, batch_max=settings.read_batch_max)
+    delivery = NoticeDelivery(sessions, ledger.vault_key, recipient_notices.policy(settings))
     jobs = BackgroundJobs(
-        OutboxRelay(app.state.sessions, ledger),
-        RetentionSweeper(app.state.sessions, Eraser(app.state.key_store)),
+        OutboxRelay(sessions, ledger),
+        RetentionSweeper(sessions, Eraser(app.state.key_store)),
         relay_interval_s=settings.relay_interval_s,
         sweep_interval_s=settings.sweep_interval_s,
+        periodic=(
+            Periodic("read batcher", settings.read_batch_interval_s, batcher.run_once),
+            Periodic("recipient notices", settings.notice_delivery_interval_s, delivery.run_once),
+        ),
     )
     jobs.start()
     return jobs

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -135,10 +136,19 @@ def test_a_row_changed_behind_the_triggers_back_no_longer_proves(session: Sessio
     assert not _proves(session, neighbour)
 
 
+@dataclass
+class World:
+    engine: Engine
+    erase: Callable[[uuid.UUID | None], int]
+    p: str
+    q: str
+    d1: uuid.UUID
+    d2: uuid.UUID
+    secrets: dict[uuid.UUID, bytes]
+
+
 @pytest.fixture()
-def world(
-    committed_engine: Engine, tmp_path: Path
-) -> Iterator[tuple[Engine, Callable[..., int], dict[str, object]]]:
+def world(committed_engine: Engine, tmp_path: Path) -> World:
     store = KeyStore(LocalKeyProvider(tmp_path / "master.key"))
     uploader = Uploader(store, subject_ids=LEDGER_SUBJECT_ID)
     p, q = _pseudonym("00"), _pseudonym("ff")
@@ -166,15 +176,13 @@ def world(
         assert result.outbox_id is not None
         return result.outbox_id
 
-    yield committed_engine, erase, {"p": p, "q": q, "d1": d1, "d2": d2, "secrets": secrets}
+    return World(committed_engine, erase, p, q, d1, d2, secrets)
 
 
 def test_an_erasure_leaves_no_read_naming_the_subject(
-    world: tuple[Engine, Callable[..., int], dict[str, object]], fresh_database_url: str
+    world: World, fresh_database_url: str
 ) -> None:
-    engine, erase, w = world
-    p, q, d1, d2 = str(w["p"]), str(w["q"]), w["d1"], w["d2"]
-    secrets: dict[uuid.UUID, bytes] = w["secrets"]  # type: ignore[assignment]
+    engine, erase, p, q, d1, d2 = world.engine, world.erase, world.p, world.q, world.d1, world.d2
     with Session(engine) as s, s.begin():
         assert decryptions.batch(s) is not None  # the reads were recorded on the ledger
     before = _pg_dump(fresh_database_url)
@@ -193,13 +201,13 @@ def test_an_erasure_leaves_no_read_naming_the_subject(
     assert "hex" in _found(dump, q)  # control: the subject not erased is still found
 
     with Session(engine) as s:
-        for d in (d1, d2):  # type: ignore[assignment]
+        for d in (d1, d2):
             rows = s.scalars(select(Decryption).where(Decryption.dataset_id == d)).all()
-            gone = [r for r in rows if r.subject == forgotten_id(secrets[d])]  # type: ignore[index]
+            gone = [r for r in rows if r.subject == forgotten_id(world.secrets[d])]
             kept = [r for r in rows if r.subject == q]
             assert len(gone) == 2 and len(kept) == 2
             assert all(r.salt is None for r in gone) and all(r.salt for r in kept)
             # P's own export: the reader was P, forgotten with them; the provider stays
-            assert {r.reader for r in gone} == {"provider-1", forgotten_id(secrets[d])}  # type: ignore[index]
+            assert {r.reader for r in gone} == {"provider-1", forgotten_id(world.secrets[d])}
             for r in kept:  # the others' reads still prove under the same root
                 assert _proves(s, r.id)
