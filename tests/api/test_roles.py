@@ -123,6 +123,10 @@ POST   /v1/redemptions                               409   409  409  ok   409   
 POST   /v1/coupons/spend                             403   403  403  403  403   403 403   403
 GET    /v1/dashboards/impact                         403   403  ok   403  403   403 403   401
 GET    /v1/dashboards/partner                        403   403  403  403  403   403 403   401
+GET    /v1/decryptions/{decryption_id}/proof         ok    404  403  ok   404   ok  403   401
+GET    /v1/recipient-notices                         403   403  ok   403  403   403 403   401
+PUT    /v1/consumers/me/webhook                      403   403  ok   403  403   403 403   401
+GET    /v1/dpo/recipient-notices                     403   403  403  403  403   ok  403   401
 """
 
 
@@ -294,6 +298,7 @@ class World:
     dataset: str
     upload: str
     record: str
+    read: str  # the owner's read of the subject's records, as recorded (decryptions)
     erasure: int
     proposal: int
     eco: EcoScene
@@ -359,6 +364,8 @@ def world(ledger_env: LedgerEnv) -> World:
         },
     )
     dpo = env.headers("dpo", env.dpo)
+    export = env.client.get(f"/v1/subjects/{subject.id}/export", headers=dpo).json()
+    [read] = [d["id"] for d in export["decryptions"] if d["kind"] == "provider_read"]
     # In one dataset: an erasure everywhere forgets the subject (and their API keys), so
     # the certificate would name nobody for the subject column to read.
     body = {"subject_id": erased.id, "dataset_id": dataset}
@@ -375,6 +382,7 @@ def world(ledger_env: LedgerEnv) -> World:
         dataset,
         upload,
         records[0]["record_id"],
+        read,
         int(r.json()["erasure_id"]),
         proposal,
         eco,
@@ -634,6 +642,15 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("POST", "/v1/coupons/spend"): _spend,
     ("GET", "/v1/dashboards/impact"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dashboards/partner"): lambda w, who: _keyed(w, who),
+    # every decryption recorded, and recipients told
+    ("GET", "/v1/decryptions/{decryption_id}/proof"): lambda w, who: _keyed(
+        w, who, decryption_id=w.read
+    ),
+    ("GET", "/v1/recipient-notices"): lambda w, who: _keyed(w, who),
+    ("PUT", "/v1/consumers/me/webhook"): lambda w, who: Call(
+        headers=w.headers(who), json={"url": "https://93.184.216.34/civis/notices"}
+    ),
+    ("GET", "/v1/dpo/recipient-notices"): lambda w, who: _keyed(w, who),
 }
 
 # The roles with no column, and the rows that are theirs: every column is refused there.
