@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from api.client import CivisClient
 from api.client.accountability import records_concerned, verify_notice
 from api.http.settings import Settings
 from tests.api.ledger_env import LedgerEnv, Wallet
@@ -102,6 +103,10 @@ def hooks() -> Iterator[Hooks]:
     made = Hooks()
     yield made
     made.close()
+
+
+def _client(env: LedgerEnv, headers: dict[str, str]) -> CivisClient:
+    return CivisClient(http=env.client, api_key=headers["Authorization"].removeprefix("Bearer "))
 
 
 def _until(what: str, check: Any) -> Any:
@@ -193,7 +198,8 @@ def test_a_notice_never_delivered_is_a_finding(
     shop = env.headers("consumer", other)
     _read(env, shop, dataset, carol)
     down = hooks.new(500)
-    _webhook(env, shop, down.url)
+    shop_api = _client(env, shop)
+    assert shop_api.set_webhook(down.url)["url"] == down.url
     dpo = env.headers("dpo", env.dpo)
     body = {"subject_id": carol.id, "dataset_id": dataset}
     assert env.client.post("/v1/erasures", headers=dpo, json=body).status_code == 201
@@ -201,7 +207,7 @@ def test_a_notice_never_delivered_is_a_finding(
     def given_up() -> list[dict[str, Any]]:
         return [
             f
-            for f in _status(env)["findings"]
+            for f in _client(env, dpo).dpo_recipient_findings()
             if f["code"] == "recipient-notice-undelivered" and f["refs"]["consumer"] == other.id
         ]
 
@@ -212,8 +218,10 @@ def test_a_notice_never_delivered_is_a_finding(
     assert status["state"] == "undelivered" and status["last_error"] == "HTTP 500"
     assert status["attempts"] == ATTEMPTS_MAX and status["webhook"]
     # the feed still has it, and reading it there delivers it
-    feed = env.client.get("/v1/recipient-notices", headers=shop).json()["notices"]
-    assert str(feed[-1]["id"]) == finding["refs"]["notice_id"]
+    feed, after = shop_api.poll_notices()
+    assert str(feed[-1]["id"]) == finding["refs"]["notice_id"] == str(after)
+    assert verify_notice(feed[-1], env.gateway.vault_id)
+    assert shop_api.poll_notices(after=after) == ([], after)
     assert not given_up()
 
 
