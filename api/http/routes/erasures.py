@@ -11,6 +11,12 @@ harmless: nothing is left to destroy, and the answer points at the original cert
 Who may erase: the DPO (any subject, a subject in one dataset, an upload) and the subject
 (their own data, by a transaction only their wallet can sign). Nobody else.
 
+Recipients told (GDPR Art. 17(2), 19): a subject's erasure writes, in its own transaction, a
+notice to every consumer the ledger's access record says received the subject's data in the
+datasets erased (api/services/recipient_notices.py); they are signed and delivered once the
+erasure is recorded. The ledger is asked before it forgets the subject's accesses, so an
+erasure whose recipients cannot be known is refused (503), never done with nobody told.
+
 The erasure receipt: a subject erasure's answer carries `erasure_receipt` {height, request,
 tx_id}, the proof that the erasure.record committed (ledger_bridge/receipts.py verifies it),
 once the ledger recorded it. An erasure everywhere makes the vault forget the subject as soon
