@@ -8,8 +8,10 @@ the relay submits its fact: the notices and the erasure commit together or not a
 
 What: the dataset, the kind, the ids of the subject's records in the dataset (what the
 consumer received, and can match; never the pseudonym: docs/SECURITY.md "Recipient notices"),
-and the ledger fact (type, tx id, height). A notice waiting for a vault fact the relay has not
-recorded yet stays unsigned; `seal_ready` signs it once the fact has its receipt.
+the purpose and height of the consumer's latest access to them (for a consumer that got only
+yes/no answers, to match its receipts), and the ledger fact (type, tx id, height). A notice
+waiting for a vault fact the relay has not recorded yet stays unsigned; `seal_ready` signs it
+once the fact has its receipt.
 
 How: a consumer reads its own notices (`feed`), or registers a webhook (https, a public
 address: `check_webhook_url`, checked again at each delivery against DNS rebinding) to which
@@ -48,6 +50,7 @@ _log = logging.getLogger(__name__)
 NoticeKind = Literal["erasure", "rectification", "restriction"]
 URL_MAX = 2048
 DELIVERY_BATCH = 50
+FINDINGS_MAX = 1000
 FINDING = "recipient-notice-undelivered"
 _URL_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space: no header smuggling
 
@@ -97,7 +100,14 @@ def announce(
     (default: the subject's records in the dataset as the rows name them now; an erasure
     passes those it read with `held_records` before forgetting the subject)."""
     found = ledger.query("recipients", subject=subject, dataset=str(dataset_id))["result"]
-    consumers = sorted({bytes(r["consumer"]).hex() for r in found})
+    # Per consumer, the purposes and heights of its latest accesses: what a consumer that got
+    # only yes/no answers (no record ids) matches against its access receipts.
+    accesses: dict[str, list[dict[str, Any]]] = {}
+    for line in found:
+        accesses.setdefault(bytes(line["consumer"]).hex(), []).append(
+            {"purpose": str(line["purpose"]), "height": int(line["height"])}
+        )
+    consumers = sorted(accesses)
     if not consumers:
         return []
     if records is None:
@@ -117,7 +127,7 @@ def announce(
             consumer=consumer,
             kind=kind,
             dataset_id=dataset_id,
-            body={**content, "consumer": consumer},
+            body={**content, "consumer": consumer, "accesses": accesses[consumer]},
             fact_type=fact.type,
             outbox_id=fact.outbox_id,
         )
@@ -460,8 +470,12 @@ def overdue(policy: DeliveryPolicy, hours: float, now: dt.datetime) -> ColumnEle
 def findings(
     session: Session, policy: DeliveryPolicy, hours: float, now: dt.datetime
 ) -> list[FindingOut]:
+    """The overdue notices (`overdue`), oldest first, at most FINDINGS_MAX of them."""
     rows = session.scalars(
-        select(RecipientNotice).where(overdue(policy, hours, now)).order_by(RecipientNotice.id)
+        select(RecipientNotice)
+        .where(overdue(policy, hours, now))
+        .order_by(RecipientNotice.id)
+        .limit(FINDINGS_MAX)
     )
     return [
         FindingOut(

@@ -117,12 +117,16 @@ def _until(what: str, check: Any) -> Any:
     return found
 
 
-def _read(env: LedgerEnv, consumer: dict[str, str], dataset: str, subject: Wallet) -> list[str]:
-    """The consumer reads the subject's records; the record ids it received."""
+def _read(
+    env: LedgerEnv, consumer: dict[str, str], dataset: str, subject: Wallet
+) -> tuple[list[str], int]:
+    """The consumer reads the subject's records; the record ids it received, and the height
+    of its access's receipt."""
     body = {"dataset_id": dataset, "purpose": "billing", "subjects": [subject.id]}
     r = env.client.post("/v1/access-requests", headers=consumer, json=body)
     assert r.status_code == 200 and r.json()["granted"] == [subject.id], r.text
-    return [rec["record_id"] for rec in r.json()["records"]]
+    records = [rec["record_id"] for rec in r.json()["records"]]
+    return records, int(r.json()["receipt"]["block_height"])
 
 
 def _webhook(env: LedgerEnv, consumer: dict[str, str], url: str) -> None:
@@ -154,7 +158,7 @@ def test_the_consumer_that_received_the_data_is_told_and_no_other(
     api(env).grant_consent(alice.key, consumer=env.consumer.id, purpose=purpose, dataset=dataset)
     api(env).grant_consent(bob.key, consumer=other.id, purpose=purpose, dataset=dataset)
     bank, shop = env.headers("consumer", env.consumer), env.headers("consumer", other)
-    received = _read(env, bank, dataset, alice)
+    received, read_at = _read(env, bank, dataset, alice)
     _read(env, shop, dataset, bob)
     hook = hooks.new(500, 200)
     _webhook(env, bank, hook.url)
@@ -175,17 +179,20 @@ def test_the_consumer_that_received_the_data_is_told_and_no_other(
     assert body["consumer"] == env.consumer.id
     assert body["fact"]["type"] == "erasure.record" and body["fact"]["height"] >= 1
     assert records_concerned(notice, received) == set(received)
+    assert body["accesses"] == [{"purpose": purpose, "height": read_at}]
     assert alice.id not in json.dumps(notice)  # the pseudonym is named nowhere
 
+    # the job writes the 200 down just after the webhook answered it
+    [status] = _until(
+        "the delivery is recorded",
+        lambda: [
+            n for n in _status(env)["notices"] if n["id"] == notice["id"] and n["delivered_at"]
+        ],
+    )
+    assert (status["delivered_via"], status["attempts"]) == ("webhook", 2)
     feed = env.client.get("/v1/recipient-notices", headers=bank).json()["notices"]
     assert [n["id"] for n in feed] == [notice["id"]] and feed[0]["body"] == body
     assert env.client.get("/v1/recipient-notices", headers=shop).json()["notices"] == []
-    [status] = [n for n in _status(env)["notices"] if n["id"] == notice["id"]]
-    assert (status["state"], status["delivered_via"], status["attempts"]) == (
-        "delivered",
-        "webhook",
-        2,
-    )
 
 
 def test_a_notice_never_delivered_is_a_finding(
