@@ -49,6 +49,8 @@ COUPON_SPEND = "coupon.spend"
 # paid access (contracts/rules/fees.py)
 PRICE_SET = "price.set"
 CREDIT_DEPOSIT = "credit.deposit"
+# accountability of decryptions (contracts/rules/reads.py)
+READ_RECORD = "read.record"
 
 TX_TYPES = (
     MEMBER_REGISTER,
@@ -71,6 +73,8 @@ TX_TYPES = (
     # paid access
     PRICE_SET,
     CREDIT_DEPOSIT,
+    # accountability of decryptions
+    READ_RECORD,
 )
 # The facts that destroy something: each carries an `ErasureCertificate`.
 ERASURE_KINDS = (ERASURE_RECORD, RETENTION_EXPIRE)
@@ -417,7 +421,30 @@ class RetentionExpire:
         }
 
 
-Fact = UploadAnchor | ErasureRecord | RetentionExpire
+@dataclass(frozen=True, slots=True)
+class ReadRecord:
+    """A batch of the vault's decryptions (provider reads, subject exports, DPO reads),
+    committed as the RFC 6962 root over their salted leaves (vault/decryptions.py): the ledger
+    learns how many reads there were and can later prove each one's inclusion, never whose
+    data was read nor by whom."""
+
+    reads_root: bytes
+    count: int
+
+    kind: ClassVar[str] = READ_RECORD
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"reads_root": self.reads_root.hex(), "count": self.count}
+
+    @classmethod
+    def from_payload(cls, obj: Mapping[str, Any]) -> ReadRecord:
+        return cls(bytes.fromhex(obj["reads_root"]), int(obj["count"]))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"reads_root": self.reads_root, "count": self.count}
+
+
+Fact = UploadAnchor | ErasureRecord | RetentionExpire | ReadRecord
 ErasureFact = ErasureRecord | RetentionExpire
 
 
@@ -429,13 +456,15 @@ def fact_from_payload(kind: str, payload: Mapping[str, Any]) -> Fact:
         return ErasureRecord.from_payload(payload)
     if kind == RETENTION_EXPIRE:
         return RetentionExpire.from_payload(payload)
+    if kind == READ_RECORD:
+        return ReadRecord.from_payload(payload)
     raise ValueError(f"no outbox fact of kind {kind!r}")
 
 
 def erasure_from_payload(kind: str, payload: Mapping[str, Any]) -> ErasureFact:
     fact = fact_from_payload(kind, payload)
-    if isinstance(fact, UploadAnchor):
-        raise ValueError("an upload.anchor destroys nothing")
+    if isinstance(fact, UploadAnchor | ReadRecord):
+        raise ValueError(f"a {kind} destroys nothing")
     return fact
 
 
@@ -448,6 +477,7 @@ __all__ = [
     "ErasureFact",
     "ErasureRecord",
     "Fact",
+    "ReadRecord",
     "RetentionExpire",
     "Scope",
     "SubjectScope",

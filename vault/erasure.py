@@ -11,10 +11,12 @@ leaves all or none of it (invariant 5). Calling again on an erased scope destroy
 queues nothing, and returns the earlier fact's id: erasure is idempotent.
 
 Forgetting the subject: the scope's rows also stop naming the subject. In each dataset the
-subject id in records and key commitments becomes `forgotten_id(S_subject[s, d])`, computed just
-before that secret is destroyed, so the value is unlinkable to s once the secret is gone, and
-every other subject's record proof and the upload's key-commitments root still verify (the
-leaves never held the id; the commitments' order is fixed first, see KeyCommitment.position).
+subject id in records, key commitments and the records of reads of their data (decryptions)
+becomes `forgotten_id(S_subject[s, d])`, computed just before that secret is destroyed, so the
+value is unlinkable to s once the secret is gone, and every other subject's record proof, the
+upload's key-commitments root and every other read's proof still verify (the leaves never held
+the id in clear; the commitments' order is fixed first, see KeyCommitment.position; a read's
+leaf loses its salt, vault/decryptions.py).
 An erasure everywhere also deletes the subject's API keys, and any erasure of a subject ends the
 wallet sign-in sessions that hold them (they name the subject's pseudonyms together). An
 erasure everywhere's fact carries `forget`: once the relay recorded it, `settle_erasure` drops
@@ -58,6 +60,7 @@ from vault.errors import UploadNotFound
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
 from vault.models import (
     ApiKey,
+    Decryption,
     KeyCommitment,
     KeySecret,
     OutboxFact,
@@ -103,6 +106,15 @@ _REPLACE_IN_COMMITMENTS = text(
     " unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
     " WHERE k.subject_id = :subject AND u.id = k.upload_id AND u.dataset_id = x.dataset_id"
 )
+# The record of each read of the subject's data (vault/decryptions.py) gets the same id, and
+# loses the salt that made its leaf recomputable; a reader that was the subject (their own
+# export) is forgotten with them. The table's trigger allows exactly this rewrite.
+_REPLACE_IN_DECRYPTIONS = text(
+    "UPDATE decryptions d SET subject = x.new_id, salt = NULL,"
+    " reader = CASE WHEN d.reader = d.subject THEN x.new_id ELSE d.reader END"
+    " FROM unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
+    " WHERE d.subject = :subject AND d.dataset_id = x.dataset_id"
+)
 
 
 # The erasure facts naming :subject, written as ix_outbox_erasure_subject's expression and
@@ -136,7 +148,7 @@ class ErasureResult:
     # The fact queued for the ledger; on a repeated request, the earlier fact for the same
     # scope (None when this scope never held anything).
     outbox_id: int | None = None
-    # Rows (records and key commitments) whose subject id was replaced by `forgotten_id`.
+    # Rows (records, key commitments, decryptions) whose subject was replaced by `forgotten_id`.
     rows_forgotten: int = 0
 
 
@@ -393,12 +405,13 @@ def _end_sessions(session: Session, subject_id: str) -> None:
 
 def _still_named(session: Session, subject_id: str) -> bool:
     """Whether any row still names `subject_id`: records, key commitments, the subject's API
-    keys, or an erasure fact."""
+    keys, an erasure fact, or the record of a read of their data."""
     probes: list[Any] = [
         select(Record.id).where(Record.subject_id == subject_id),
         select(KeyCommitment.upload_id).where(KeyCommitment.subject_id == subject_id),
         select(ApiKey.id).where(ApiKey.member_id == subject_id, ApiKey.role == "subject"),
         select(OutboxFact.id).where(_FACT_NAMES_SUBJECT.bindparams(subject=subject_id)),
+        select(Decryption.id).where(Decryption.subject == subject_id),
     ]
     return any(session.scalar(p.limit(1)) is not None for p in probes)
 
@@ -409,8 +422,9 @@ def _forget_rows(
     replacements: dict[uuid.UUID, str],
     dataset_id: uuid.UUID | None,
 ) -> int:
-    """Replace `subject_id` in records and key commitments by each dataset's `forgotten_id`
-    (a few statements whatever the number of datasets); returns the rows rewritten.
+    """Replace `subject_id` in records, key commitments and decryptions by each dataset's
+    `forgotten_id` (a few statements whatever the number of datasets); returns the rows
+    rewritten.
 
     The subject's commitments get their leaf index first (`_fix_positions`), while their
     subject id still sorts where it did when the upload's root was built.
@@ -421,11 +435,17 @@ def _forget_rows(
         .join(KeyCommitment, KeyCommitment.upload_id == Upload.id)
         .where(KeyCommitment.subject_id == subject_id)
     )
+    read = select(Decryption.dataset_id).where(Decryption.subject == subject_id)
     if dataset_id is not None:
         found = found.where(Record.dataset_id == dataset_id)
         committed = committed.where(Upload.dataset_id == dataset_id)
+        read = read.where(Decryption.dataset_id == dataset_id)
     datasets = sorted(
-        set(session.scalars(found.distinct())) | set(session.scalars(committed.distinct())),
+        {
+            *session.scalars(found.distinct()),
+            *session.scalars(committed.distinct()),
+            *session.scalars(read.distinct()),
+        },
         key=str,
     )
     if not datasets:
@@ -437,7 +457,7 @@ def _forget_rows(
         "new_ids": [replacements.get(d) or forgotten_id(None) for d in datasets],
     }
     rewritten = 0
-    for statement in (_REPLACE_IN_RECORDS, _REPLACE_IN_COMMITMENTS):
+    for statement in (_REPLACE_IN_RECORDS, _REPLACE_IN_COMMITMENTS, _REPLACE_IN_DECRYPTIONS):
         done = session.execute(statement, params)
         rewritten += cast("CursorResult[Any]", done).rowcount
     return rewritten

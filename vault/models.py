@@ -436,3 +436,121 @@ class IncidentFact(Base):
         CheckConstraint("subjects >= 0 AND records >= 0", name="numbers"),
         CheckConstraint("length(text) <= 4000", name="text_length"),
     )
+
+
+# What a decryption was for: a provider reading its own records, a subject's export, the DPO's
+# reads; a consumer's access is recorded on the ledger by its access.request instead.
+DECRYPTION_KINDS = ("provider_read", "subject_export", "dpo_read", "consumer_access")
+
+
+class Decryption(Base):
+    """One read of one subject's records in one dataset, by one member (GDPR Art. 5(2)).
+
+    Written in the transaction that answers the read (for a stream, committed before its first
+    byte), append-only (a trigger of migration 0014 refuses DELETE, TRUNCATE and any UPDATE
+    but two: the batcher setting `batch_id` and `leaf_index` once, and an erasure forgetting
+    the subject), and committed to the ledger in batches (`read.record`, the RFC 6962 root over
+    `leaf_hash`). The leaf hashes every other column with `salt`, 32 random bytes, so a leaf
+    or an audit path says nothing of whom it names; an erasure drops the salt with the
+    subject, and the leaf (kept, for the others' proofs) can no longer be tested against any
+    guess (vault/decryptions.py).
+    """
+
+    __tablename__ = "decryptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    reader: Mapped[str] = mapped_column(String(128))  # the member id of the key that read
+    reader_role: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(24))
+    # The subject whose records were decrypted; `forgotten_id` once erased (vault/erasure.py).
+    subject: Mapped[str] = mapped_column(String(128))
+    dataset_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    record_count: Mapped[int] = mapped_column(Integer)
+    salt: Mapped[bytes | None] = mapped_column(LargeBinary)  # NULL once the subject is forgotten
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    # The outbox fact (read.record) of the batch, and the leaf's index under its root.
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    leaf_index: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('provider_read', 'subject_export', 'dpo_read', 'consumer_access')",
+            name="kind",
+        ),
+        CheckConstraint("record_count > 0", name="record_count"),
+        UniqueConstraint("batch_id", "leaf_index"),
+        Index("ix_decryptions_subject", "subject"),
+        Index("ix_decryptions_reader", "reader"),
+        # The batcher's queue: the rows no read.record covers yet, oldest first.
+        Index("ix_decryptions_unbatched", "at", postgresql_where=text("batch_id IS NULL")),
+    )
+
+
+# What a recipient notice tells a consumer about data it received (GDPR Art. 17(2), 19).
+NOTICE_KINDS = ("erasure", "rectification", "restriction")
+NOTICE_CHANNELS = ("webhook", "feed")
+
+
+class RecipientNotice(Base):
+    """A notice to one consumer that data it received was erased, rectified or restricted.
+
+    `body` is what the vault's ledger key signs (api/client/accountability.py): it names the
+    dataset, the kind, the ids of the records concerned (never the subject's pseudonym) and,
+    once it is on the ledger, the fact (type, tx id, height). A notice waiting for a vault fact
+    the relay has not recorded yet (`outbox_id`) is unsigned until it is; only signed notices
+    are delivered, on the consumer's webhook (with retries) or its feed, whichever first.
+    """
+
+    __tablename__ = "recipient_notices"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    consumer: Mapped[str] = mapped_column(String(64))  # the consumer's ledger key (hex)
+    kind: Mapped[str] = mapped_column(String(16))
+    dataset_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    fact_type: Mapped[str] = mapped_column(String(32))
+    outbox_id: Mapped[int | None] = mapped_column(BigInteger)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    sealed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_via: Mapped[str | None] = mapped_column(String(8))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(Text)  # where the last attempt went
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('erasure', 'rectification', 'restriction')", name="kind"),
+        CheckConstraint(
+            "delivered_via IS NULL OR delivered_via IN ('webhook', 'feed')", name="delivered_via"
+        ),
+        Index("ix_recipient_notices_consumer", "consumer", "id"),
+        # The delivery job's queue and the audit's: signed notices not delivered yet.
+        Index(
+            "ix_recipient_notices_undelivered",
+            "next_attempt_at",
+            postgresql_where=text("delivered_at IS NULL"),
+        ),
+        # Notices waiting for their vault fact to be recorded before they are signed.
+        Index(
+            "ix_recipient_notices_unsealed",
+            "outbox_id",
+            postgresql_where=text("signature IS NULL"),
+        ),
+    )
+
+
+class ConsumerWebhook(Base):
+    """Where a consumer wants its recipient notices POSTed (https, a public address)."""
+
+    __tablename__ = "consumer_webhooks"
+
+    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

@@ -714,6 +714,47 @@ class CivisClient:
         """The Art. 33 (and, for a high risk, Art. 34) draft, in Markdown."""
         return self.request("GET", f"/v1/dpo/incidents/{incident_id}/notification-draft").text
 
+    def recipient_notices(self, *, undelivered: bool = False) -> Iterator[dict[str, Any]]:
+        """The DPO's view: every recipient notice with its delivery status, oldest first
+        (each page's `findings` name those never delivered: `dpo_recipient_findings`)."""
+        for page in self.pages(
+            "/v1/dpo/recipient-notices",
+            cursor="after",
+            next_key="next_after",
+            undelivered=str(undelivered).lower(),
+        ):
+            yield from page["notices"]
+
+    def dpo_recipient_findings(self) -> list[dict[str, Any]]:
+        """Recipient notices not delivered after the attempts or the hours allowed."""
+        page = self._get("/v1/dpo/recipient-notices", limit=1)
+        return cast(list[dict[str, Any]], page["findings"])
+
+    # -- accountability: recorded reads, recipient notices ------------------------------------
+
+    def decryption_proof(self, decryption_id: str) -> dict[str, Any]:
+        """A recorded read of personal data with its inclusion proof and `read.record` receipt
+        (the reader, the subject whose data it was, or the DPO). Check it with
+        `api.client.accountability.verify_read` and the root the ledger holds."""
+        return cast(dict[str, Any], self._get(f"/v1/decryptions/{decryption_id}/proof"))
+
+    def poll_notices(self, *, after: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """A consumer's notices past `after` (every page of them) and the `after` to poll
+        with next time: keep it between polls so each notice is read once. Check each with
+        `api.client.accountability.verify_notice` and the vault's key from the genesis."""
+        notices: list[dict[str, Any]] = []
+        for page in self.pages(
+            "/v1/recipient-notices", cursor="after", next_key="next_after", after=after
+        ):
+            notices += page["notices"]
+        return notices, (notices[-1]["id"] if notices else after)
+
+    def set_webhook(self, url: str | None) -> dict[str, Any]:
+        """Where the vault POSTs this consumer's notices (https, a public address); None
+        removes it (the feed stays)."""
+        r = self.request("PUT", "/v1/consumers/me/webhook", json_body={"url": url})
+        return cast(dict[str, Any], r.json())
+
     # -- eco-citizen tokens: devices, events, balances, offers, coupons ----------------------
 
     def register_device(

@@ -103,6 +103,7 @@ class Export(TypedDict):
     consents: list[dict[str, Any]]
     accesses: list[dict[str, Any]]
     erasures: list[dict[str, Any]]
+    decryptions: list[dict[str, Any]]  # every read of their data (GET /v1/decryptions/{id}/proof)
 
 
 class SignInChallenge(TypedDict):

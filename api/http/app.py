@@ -16,11 +16,13 @@ from api.http.routes import (
     access,
     consents,
     datasets,
+    decryptions,
     devices,
     discovery,
     erasures,
     health,
     incidents,
+    recipient_notices,
     sign_in,
     subjects,
     tokens,
@@ -82,8 +84,11 @@ def create_app(
     app.include_router(sign_in.router)
     app.include_router(subjects.router)
     app.include_router(erasures.router)
+    app.include_router(decryptions.router)
+    app.include_router(recipient_notices.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
+    app.include_router(recipient_notices.dpo_router)
     app.include_router(incidents.router)
     app.include_router(devices.router)
     app.include_router(tokens.router)
@@ -145,24 +150,36 @@ def _lifespan(
 def _start_jobs(
     app: FastAPI, settings: Settings, ledger: LedgerGateway | None
 ) -> BackgroundJobs | None:
-    """The outbox relay, the retention sweeper and the sign-in purge, running; none without a
-    ledger (nor sign-ins: they are signed for the ledger's chain)."""
+    """The outbox relay, the retention sweeper, the batcher of recorded reads, the delivery
+    of recipient notices and the sign-in purge, running; none without a ledger (nor sign-ins:
+    they are signed for the ledger's chain)."""
     if ledger is None:
         return None
-    from api.services.jobs import BackgroundJobs
+    from api.services.decryptions import ReadBatcher
+    from api.services.jobs import BackgroundJobs, Periodic
     from api.services.outbox import OutboxRelay
+    from api.services.recipient_notices import NoticeDelivery
     from api.services.subject_sessions import purge_expired_sessions
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
 
     sessions = app.state.sessions
+    batcher = ReadBatcher(sessions, batch_max=settings.read_batch_max)
+    delivery = NoticeDelivery(sessions, ledger.vault_key, recipient_notices.policy(settings))
     jobs = BackgroundJobs(
         OutboxRelay(sessions, ledger),
         RetentionSweeper(sessions, Eraser(app.state.key_store)),
         relay_interval_s=settings.relay_interval_s,
         sweep_interval_s=settings.sweep_interval_s,
-        purge=lambda: purge_expired_sessions(sessions),
-        purge_interval_s=settings.session_purge_interval_s,
+        periodic=(
+            Periodic("read batcher", settings.read_batch_interval_s, batcher.run_once),
+            Periodic("recipient notices", settings.notice_delivery_interval_s, delivery.run_once),
+            Periodic(
+                "sign-in purge",
+                settings.session_purge_interval_s,
+                lambda: purge_expired_sessions(sessions),
+            ),
+        ),
     )
     jobs.start()
     return jobs

@@ -45,6 +45,7 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidAccess             422  (api/http/routes/access.py)
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
+    │   ├── InvalidWebhook            422  (api/services/recipient_notices.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
     │   ├── IncidentNotFound          404  (api/services/incidents.py)
     │   ├── InvalidIncident           422  (api/services/incidents.py)

@@ -47,3 +47,28 @@ class Settings(VaultSettings):
     # The Data Protection Officer's name and contact details, as a breach notification gives
     # them (GDPR Art. 33(3)(b)); empty: the draft leaves a placeholder for the DPO to fill.
     dpo_contact: str = ""
+    # Recorded reads (api/services/decryptions.py): how often the reads no read.record covers
+    # yet are committed to the ledger, and the most reads one read.record covers.
+    read_batch_interval_s: float = 60.0
+    read_batch_max: int = 10_000
+    # Recipient notices (api/services/recipient_notices.py): how often undelivered notices are
+    # sent to their consumers' webhooks; the attempts per notice, the retry delay (doubling
+    # from `notice_retry_base_s` up to `notice_retry_max_s`), and how long a notice may stay
+    # undelivered before the DPO's audit shows it as a finding.
+    notice_delivery_interval_s: float = 30.0
+    notice_attempts_max: int = 8
+    notice_retry_base_s: float = 30.0
+    notice_retry_max_s: float = 3600.0
+    notice_undelivered_hours: float = 72.0
+    webhook_timeout_s: float = 10.0
+    # Webhooks over plain http:// and to loopback or private addresses: for tests and a
+    # development machine only, refused in production (an SSRF door into the vault's network).
+    webhook_allow_local: bool = False
+
+    def enforce_production_safety(self) -> None:
+        super().enforce_production_safety()
+        if self.environment == "production" and self.webhook_allow_local:
+            raise RuntimeError(
+                "CIVIS_WEBHOOK_ALLOW_LOCAL lets consumers point webhooks into the vault's own "
+                "network; it is for tests only, never in production"
+            )

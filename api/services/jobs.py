@@ -1,13 +1,16 @@
-"""The service's background work: the outbox relay, the retention sweeper and the purge of
-expired sign-ins, on one thread.
+"""The service's background work: the outbox relay, the retention sweeper, the purge of
+expired sign-ins and the periodic jobs (`Periodic`: the batcher of recorded reads, the delivery
+of recipient notices), on one thread.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
 them all safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
-facts in order), and the sweeper and the purge take their rows with `FOR UPDATE SKIP LOCKED`. A
-route that wrote a fact calls `kick()` so its anchor reaches the ledger at once instead of at
-the next tick. The purge (api/services/subject_sessions.py) deletes expired sign-in challenges
-and sessions: a session names pseudonyms of one person together, so its row should not outlive
-its expiry by long even when nobody signs in.
+facts in order), and the sweeper, the purge and the periodic jobs take their rows with
+`FOR UPDATE SKIP LOCKED`. A route that wrote a fact calls `kick()` so its anchor reaches the
+ledger at once instead of at the next tick. The periodic jobs run before the relay in a tick,
+so a fact one of them queues ships in the same tick. The purge
+(api/services/subject_sessions.py) deletes expired sign-in challenges and sessions: a session
+names pseudonyms of one person together, so its row should not outlive its expiry by long even
+when nobody signs in.
 """
 
 from __future__ import annotations
@@ -15,12 +18,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from api.services.outbox import OutboxRelay
 from vault.retention import RetentionSweeper
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    """A job run every `interval_s` (at the loop's pace at most), and once at start."""
+
+    name: str
+    interval_s: float
+    run: Callable[[], object]
 
 
 class BackgroundJobs:
@@ -31,17 +44,15 @@ class BackgroundJobs:
         *,
         relay_interval_s: float = 1.0,
         sweep_interval_s: float = 3600.0,
-        purge: Callable[[], int] | None = None,
-        purge_interval_s: float = 60.0,
+        periodic: Sequence[Periodic] = (),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._relay = relay
         self._sweeper = sweeper
-        self._purge = purge
+        self._periodic = tuple(periodic)
+        self._next_run = [0.0] * len(self._periodic)
         self._relay_interval_s = relay_interval_s
         self._sweep_interval_s = sweep_interval_s
-        self._purge_interval_s = purge_interval_s
-        self._next_purge = 0.0
         self._monotonic = monotonic
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -63,7 +74,6 @@ class BackgroundJobs:
 
     def _main(self) -> None:
         while not self._stop.is_set():
-            self._purge_due()
             if self._sweeper is not None and self._monotonic() >= self._next_sweep:
                 self._next_sweep = self._monotonic() + self._sweep_interval_s
                 try:
@@ -72,6 +82,7 @@ class BackgroundJobs:
                         _log.info("retention sweep expired %d epoch(s)", len(report.expired))
                 except Exception as exc:  # the type only: a message may quote SQL parameters
                     _log.error("retention sweep failed (%s); retrying later", type(exc).__name__)
+            self._run_periodic()
             if self._relay is not None:
                 try:
                     while not self._stop.is_set() and self._relay.run_once() > 0:
@@ -81,13 +92,12 @@ class BackgroundJobs:
             self._wake.wait(self._relay_interval_s)
             self._wake.clear()
 
-    def _purge_due(self) -> None:
-        if self._purge is None or self._monotonic() < self._next_purge:
-            return
-        self._next_purge = self._monotonic() + self._purge_interval_s
-        try:
-            purged = self._purge()
-            if purged:
-                _log.info("purged %d expired sign-in challenge(s) and session(s)", purged)
-        except Exception as exc:  # the type only: a message may quote SQL parameters
-            _log.error("sign-in purge failed (%s); retrying later", type(exc).__name__)
+    def _run_periodic(self) -> None:
+        for i, job in enumerate(self._periodic):
+            if self._monotonic() < self._next_run[i]:
+                continue
+            self._next_run[i] = self._monotonic() + job.interval_s
+            try:
+                job.run()
+            except Exception as exc:  # the type only, as above
+                _log.error("%s failed (%s); retrying later", job.name, type(exc).__name__)

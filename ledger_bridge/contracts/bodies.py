@@ -851,6 +851,23 @@ CREDIT_DEPOSIT = Obj(
     title="credit.deposit",
 )
 
+# -- accountability of decryptions (contracts/rules/reads.py) ---------------------------------
+
+READS_MAX = 1 << 20  # decryptions in one read.record batch
+
+READ_RECORD = Obj(
+    (
+        Field(
+            "reads_root",
+            HASH,
+            "RFC 6962 root over the batch's salted read leaves (no reader, no subject in clear)",
+            EX_HASH,
+        ),
+        Field("count", Integer(1, READS_MAX), "the decryptions in the batch", 100),
+    ),
+    title="read.record",
+)
+
 BODIES: dict[str, Obj] = {
     "member.register": MEMBER_REGISTER,
     "dataset.register": DATASET_REGISTER,
@@ -872,4 +889,6 @@ BODIES: dict[str, Obj] = {
     # paid access
     "price.set": PRICE_SET,
     "credit.deposit": CREDIT_DEPOSIT,
+    # accountability of decryptions
+    "read.record": READ_RECORD,
 }

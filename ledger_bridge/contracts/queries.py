@@ -142,6 +142,34 @@ def _erasures(s: State, q: dict[str, Any]) -> Any:
     return [{"erasure": i, **s.get("erasure", i)} for i in ids[:limit]]
 
 
+def _recipients(s: State, q: dict[str, Any]) -> Any:
+    """The consumers that were granted `subject`'s data in `dataset`, one line per consumer
+    and purpose with the height of the latest such access, from the access record: whom to
+    tell of an erasure, rectification or restriction (GDPR Art. 17(2), 19). Ask before an
+    erasure everywhere commits: forgetting the subject takes them out of every access."""
+    subject, dataset = _arg(q, "subject", str), _arg(q, "dataset", str)
+    if subject is None or dataset is None:
+        raise ValueError("query recipients needs subject and dataset")
+    latest: dict[tuple[bytes, str], int] = {}
+    for (i,) in s.group("access", "subject", subject):
+        a = s.get("access", i)
+        if a["dataset"] == dataset and subject in a["granted"]:
+            key = (a["consumer"], a["purpose"])
+            latest[key] = max(latest.get(key, 0), a["height"])
+    return [
+        {"consumer": consumer, "purpose": purpose, "height": height}
+        for (consumer, purpose), height in sorted(latest.items())
+    ]
+
+
+def _read_record(s: State, q: dict[str, Any]) -> Any:
+    """A batch of the vault's decryptions by its root ({count, height, time, tx}), or None."""
+    root = _arg(q, "reads_root", bytes)
+    if root is None or len(root) != 32:
+        raise ValueError("query argument reads_root is a 32-byte hash")
+    return s.get("read_record", root)
+
+
 def _redactions(s: State, q: dict[str, Any]) -> Any:
     """The redaction entries n > `after`, for auditors: which stored transactions the
     replicas blank ([height, index]) and the height of the erasure that decided it."""
@@ -396,6 +424,8 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "accesses": _accesses,
     "erasures": _erasures,
     "erasure_requests": _erasure_requests,
+    "recipients": _recipients,
+    "read_record": _read_record,
     "redactions": _redactions,
     "parameters": lambda s, q: parameters.values(s),
     "device": _device,

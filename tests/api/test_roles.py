@@ -140,6 +140,10 @@ POST   /v1/dpo/incidents/{incident_id}/facts         403  403  403  403  403  40
 POST   /v1/dpo/incidents/{incident_id}/close         403  403  403  403  403  403  ok   403  401
 GET    /v1/dpo/incidents/{incident_id}/affected-subjects 403  403  403  403  403  403  ok   403  401
 GET /v1/dpo/incidents/{incident_id}/notification-draft 403 403 403 403 403 403 ok 403 401
+GET    /v1/decryptions/{decryption_id}/proof         ok   404  403  ok   ok   404  ok   403  401
+GET    /v1/recipient-notices                         403  403  ok   403  403  403  403  403  401
+PUT    /v1/consumers/me/webhook                      403  403  ok   403  403  403  403  403  401
+GET    /v1/dpo/recipient-notices                     403  403  403  403  403  403  ok   403  401
 """
 
 
@@ -314,6 +318,7 @@ class World:
     dataset: str
     upload: str
     record: str
+    read: str  # the owner's read of the subject's records, as recorded (decryptions)
     erasure: int
     proposal: int
     eco: EcoScene
@@ -398,6 +403,8 @@ def world(ledger_env: LedgerEnv) -> World:
         },
     )
     dpo = env.headers("dpo", env.dpo)
+    export = env.client.get(f"/v1/subjects/{subject.id}/export", headers=dpo).json()
+    [read] = [d["id"] for d in export["decryptions"] if d["kind"] == "provider_read"]
     # In one dataset: an erasure everywhere forgets the subject (and their API keys), so
     # the certificate would name nobody for the subject column to read.
     body = {"subject_id": erased.id, "dataset_id": dataset}
@@ -415,6 +422,7 @@ def world(ledger_env: LedgerEnv) -> World:
         dataset,
         upload,
         records[0]["record_id"],
+        read,
         int(r.json()["erasure_id"]),
         proposal,
         eco,
@@ -744,6 +752,15 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("POST", "/v1/dpo/incidents/{incident_id}/close"): _incident_close,
     ("GET", "/v1/dpo/incidents/{incident_id}/affected-subjects"): _incident,
     ("GET", "/v1/dpo/incidents/{incident_id}/notification-draft"): _incident,
+    # every decryption recorded, and recipients told
+    ("GET", "/v1/decryptions/{decryption_id}/proof"): lambda w, who: _keyed(
+        w, who, decryption_id=w.read
+    ),
+    ("GET", "/v1/recipient-notices"): lambda w, who: _keyed(w, who),
+    ("PUT", "/v1/consumers/me/webhook"): lambda w, who: Call(
+        headers=w.headers(who), json={"url": "https://93.184.216.34/civis/notices"}
+    ),
+    ("GET", "/v1/dpo/recipient-notices"): lambda w, who: _keyed(w, who),
 }
 
 # The roles with no column, and the rows that are theirs: every column is refused there.

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from api.cli import main
 from api.client import CivisClient, SubjectSession, Unauthorized, public_hex
 from api.client.wallet import Wallet
-from api.services.jobs import BackgroundJobs
+from api.services.jobs import BackgroundJobs, Periodic
 from api.services.subject_sessions import purge_expired_sessions
 from tests.api.ledger_env import LedgerEnv
 from tests.api.test_erasure_receipt import _serve
@@ -195,8 +195,9 @@ def test_expired_challenges_and_sessions_are_purged(
     jobs = BackgroundJobs(
         None,
         None,
-        purge=lambda: purge_expired_sessions(app.state.sessions),
-        purge_interval_s=0.05,
+        periodic=(
+            Periodic("sign-in purge", 0.05, lambda: purge_expired_sessions(app.state.sessions)),
+        ),
     )
     jobs.start()
     try:

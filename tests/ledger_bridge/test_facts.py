@@ -14,6 +14,7 @@ from ledger_bridge.facts import (
     EpochScope,
     ErasureCertificate,
     ErasureRecord,
+    ReadRecord,
     RetentionExpire,
     SubjectScope,
     UploadAnchor,
@@ -67,6 +68,7 @@ RECORDS = st.builds(
     sealed_receipt=st.none() | st.binary(max_size=200),
 )
 EXPIRIES = st.builds(RetentionExpire, _certificates(st.builds(EpochScope, IDS, DAYS)))
+READS = st.builds(ReadRecord, HASHES, st.integers(1, bodies.READS_MAX))
 
 
 def _body(fact: facts.Fact) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def _body(fact: facts.Fact) -> dict[str, Any]:
     return fact.to_body()
 
 
-@given(ANCHORS | RECORDS | EXPIRIES)
+@given(ANCHORS | RECORDS | EXPIRIES | READS)
 def test_a_fact_round_trips_and_its_body_is_valid(fact: facts.Fact) -> None:
     payload = fact.to_payload()
     assert type(fact).from_payload(payload) == fact

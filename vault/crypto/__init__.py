@@ -46,6 +46,7 @@ __all__ = [
     "envelope_overhead",
     "key_commitment",
     "new_secret",
+    "read_leaf",
     "record_leaf",
     "seal",
     "unseal",
@@ -61,6 +62,7 @@ _AAD_PREFIX = b"civis-vault/record/v1"
 _COMMITMENT_PREFIX = b"civis-vault/key-commitment/v1"
 _LEAF_SALT_PREFIX = b"civis-vault/leaf-salt/v1"
 _LEAF_PREFIX = b"civis-vault/leaf/v1"
+_READ_LEAF_PREFIX = b"civis-vault/decryption/v1"
 _WRAP_PREFIX = b"civis-vault/wrap/v1"
 
 
@@ -192,6 +194,36 @@ def record_leaf(record_id: bytes, salt: bytes, payload: bytes) -> bytes:
     `merkle.leaf_hash(record_leaf(...))`.
     """
     return _LEAF_PREFIX + _lp(record_id, salt) + payload
+
+
+def read_leaf(
+    *,
+    salt: bytes,
+    read_id: bytes,
+    at_us: int,
+    reader: str,
+    reader_role: str,
+    kind: str,
+    subject: str,
+    dataset_id: bytes,
+    record_count: int,
+) -> bytes:
+    """The Merkle leaf data of one recorded decryption (vault/decryptions.py): every field of
+    the read, length-prefixed, after a random salt. Here rather than beside the table so that
+    the client (which imports no database code) recomputes it to check a read's proof.
+
+    `at_us` is the time in microseconds since 1970 (UTC), as PostgreSQL stores it."""
+    return _READ_LEAF_PREFIX + _lp(
+        salt,
+        read_id,
+        at_us.to_bytes(8, "big", signed=True),
+        reader.encode(),
+        reader_role.encode(),
+        kind.encode(),
+        subject.encode(),
+        dataset_id,
+        record_count.to_bytes(8, "big"),
+    )
 
 
 class KeyWrapper:

@@ -48,9 +48,11 @@ from api.http.streams import (
     ndjson_records,
     split_lines,
 )
+from api.services import decryptions
 from api.services.identity import ledger_identity
 from api.services.keys import Member
 from api.services.outbox import wait_for_receipt
+from vault import decryptions as read_records
 from vault import reads
 from vault.datasets import get_dataset, list_datasets, register_dataset
 from vault.errors import DatasetNotFound, RecordNotFound, UploadNotFound, VaultError
@@ -385,6 +387,9 @@ def dataset_records(
 
     `Accept: application/x-ndjson` streams every record (no `limit`) in constant memory: the
     vault reads in batches with a server-side cursor, one line is encoded at a time.
+
+    Every read is recorded (a `decryptions` row per subject read, GDPR Art. 5(2)): a page in
+    this request's transaction, a stream before its first byte (api/services/decryptions.py).
     """
     _visible(session, dataset_id, member)
     subjects = None if subject_id is None else [subject_id]
@@ -393,17 +398,25 @@ def dataset_records(
 
         def lines() -> Iterator[bytes]:
             # Its own session: the request's is closed once this function returns, and the
-            # body is produced after that, while the response streams.
-            with sessions() as stream_session:
+            # body is produced after that, while the response streams. Its snapshot is the
+            # one the read was recorded from.
+            with decryptions.recorded_snapshot(
+                sessions,
+                member,
+                "provider_read",
+                lambda s: read_records.readable(s, dataset_id, subjects),
+            ) as stream_session:
                 found = reads.Reader(store).by_dataset(
                     stream_session, dataset_id, subjects=subjects
                 )
                 for r in found:
                     yield records_json.record_text(r, dataset=True).encode() + b"\n"
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return StreamingResponse(decryptions.primed(lines()), media_type="application/x-ndjson")
     found = reads.Reader(store).by_dataset(session, dataset_id, subjects=subjects)
-    page = (records_json.record_text(r, dataset=True) for r in itertools.islice(found, limit))
+    read = list(itertools.islice(found, limit))
+    decryptions.record_decryptions(session, member, "provider_read", decryptions.counted(read))
+    page = (records_json.record_text(r, dataset=True) for r in read)
     return Response(content=records_json.array_text(page).encode(), media_type="application/json")
 
 
@@ -415,4 +428,6 @@ def record(
     dataset = None if row is None else session.get(Dataset, row.dataset_id)
     if dataset is None or dataset.owner_id != member.member_id:
         raise RecordNotFound(f"record {record_id} does not exist")
-    return _record_out(reads.Reader(store).record(session, record_id))
+    read = reads.Reader(store).record(session, record_id)
+    decryptions.record_decryptions(session, member, "provider_read", decryptions.counted([read]))
+    return _record_out(read)

@@ -11,6 +11,12 @@ harmless: nothing is left to destroy, and the answer points at the original cert
 Who may erase: the DPO (any subject, a subject in one dataset, an upload) and the subject
 (their own data, by a transaction only their wallet can sign). Nobody else.
 
+Recipients told (GDPR Art. 17(2), 19): a subject's erasure writes, in its own transaction, a
+notice to every consumer the ledger's access record says received the subject's data in the
+datasets erased (api/services/recipient_notices.py); they are signed and delivered once the
+erasure is recorded. The ledger is asked before it forgets the subject's accesses, so an
+erasure whose recipients cannot be known is refused (503), never done with nobody told.
+
 The erasure receipt: a subject erasure's answer carries `erasure_receipt` {height, request,
 tx_id}, the proof that the erasure.record committed (ledger_bridge/receipts.py verifies it),
 once the ledger recorded it. An erasure everywhere makes the vault forget the subject as soon
@@ -38,11 +44,15 @@ from api.http.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_que
 from api.http.errors import ApiError, Forbidden
 from api.http.schemas import LedgerReceipt, PublicKeyHex, SignedIn, StrictIn, UuidIn
 from api.http.signed import assemble
+from api.services import recipient_notices
+from api.services.gateway import LedgerGateway
 from api.services.outbox import wait_for_receipt
+from api.services.recipient_notices import NoticeFact
 from ledger_bridge import receipts
 from ledger_bridge.facts import ERASURE_KINDS, ERASURE_RECORD, ErasureRecord, erasure_from_payload
 from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound
+from vault.keys import KeyStore
 from vault.models import OutboxFact
 
 router = APIRouter(
@@ -156,6 +166,32 @@ def _run(
     return JSONResponse(cert.model_dump(mode="json"), status_code=201 if cert.receipt else 202)
 
 
+def _erase_subject(
+    store: KeyStore, ledger: LedgerGateway, subject: str, dataset: uuid.UUID | None, **how: Any
+) -> Any:
+    """The subject's erasure, and a notice to every consumer that received their data (GDPR
+    Art. 17(2), 19), in one transaction.
+
+    The record ids concerned are read before the erasure rewrites the rows to a forgotten
+    id; the consumers are asked of the ledger before the relay submits the erasure, after
+    which it forgets the subject's accesses. So the notices need the ledger's answer: when it
+    cannot be had, the erasure is refused (503) rather than done with nobody told."""
+
+    def erase(session: Session) -> ErasureResult:
+        held = recipient_notices.held_records(session, subject, dataset)
+        result = Eraser(store).erase_subject(session, subject, dataset_id=dataset, **how)
+        if result.outbox_id is None or not (result.secrets_destroyed or result.rows_forgotten):
+            return result  # nothing was erased now: its notices, if any, went the first time
+        fact = NoticeFact(ERASURE_RECORD, outbox_id=result.outbox_id)
+        for in_dataset, records in held.items():
+            recipient_notices.announce(
+                session, ledger, in_dataset, subject, "erasure", fact, records=records
+            )
+        return result
+
+    return erase
+
+
 _CERT_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": ErasureCertificate, "description": "erased and recorded on the ledger"},
     202: {"model": ErasureCertificate, "description": "erased; the ledger record is pending"},
@@ -178,20 +214,17 @@ def erase(body: ErasureIn, _: Dpo, store: KeyStoreDep, request: Request, ledger:
         )
     if body.subject_id is None:
         raise InvalidScope("name subject_id (and optionally dataset_id), or upload_id")
-    subject = body.subject_id
     private, public = receipts.new_receipt_key()
-    return _run(
-        request,
-        lambda s: eraser.erase_subject(
-            s,
-            subject,
-            dataset_id=body.dataset_id,
-            reason=body.reason,
-            requester="dpo",
-            receipt_to=public,
-        ),
-        (private, public),
+    erase_subject = _erase_subject(
+        store,
+        ledger,
+        body.subject_id,
+        body.dataset_id,
+        reason=body.reason,
+        requester="dpo",
+        receipt_to=public,
     )
+    return _run(request, erase_subject, (private, public))
 
 
 @router.post(
@@ -215,22 +248,18 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
             dataset = uuid.UUID(scope["dataset"])
         except ValueError:
             raise InvalidScope("dataset is a dataset id") from None
-    request_id = int(answer.result["request"])
-    eraser = Eraser(store)
     private, public = receipts.new_receipt_key()
-    return _run(
-        request,
-        lambda s: eraser.erase_subject(
-            s,
-            scope["subject"],
-            dataset_id=dataset,
-            reason="subject_request",
-            requester="subject",
-            request=request_id,
-            receipt_to=public,
-        ),
-        (private, public),
+    erase_subject = _erase_subject(
+        store,
+        ledger,
+        scope["subject"],
+        dataset,
+        reason="subject_request",
+        requester="subject",
+        request=int(answer.result["request"]),
+        receipt_to=public,
     )
+    return _run(request, erase_subject, (private, public))
 
 
 @router.get("/erasures/{erasure_id}")

@@ -14,7 +14,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.http.bodies import BoundedJsonRoute
 from api.http.deps import (
@@ -26,6 +26,7 @@ from api.http.deps import (
     subject_or_dpo,
 )
 from api.http.schemas import PUBLIC_KEY_HEX
+from api.services import decryptions
 from api.services.gateway import jsonable
 from vault import reads
 
@@ -47,6 +48,11 @@ class ExportOut(BaseModel):
     consents: list[dict[str, Any]]
     accesses: list[dict[str, Any]]
     erasures: list[dict[str, Any]]
+    decryptions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="every read of the subject's data by the vault's members (this one "
+        "included), each provable: GET /v1/decryptions/{id}/proof",
+    )
 
 
 @router.get("/subjects/{subject_id}/export")
@@ -57,8 +63,13 @@ def export(
     store: KeyStoreDep,
     ledger: LedgerDep,
 ) -> ExportOut:
-    """The subject's records (decrypted), consents, accesses to their data, and erasures."""
+    """The subject's records (decrypted), consents, accesses to their data, erasures, and
+    the reads of their data (this export is one, recorded in its own transaction)."""
     subject_or_dpo(member, subject_id)
+    found = list(reads.Reader(store).by_subject(session, subject_id))
+    decryptions.record_decryptions(
+        session, member, decryptions.export_kind(member), decryptions.counted(found)
+    )
     records = [
         {
             "record_id": str(r.record_id),
@@ -66,7 +77,7 @@ def export(
             "upload_id": str(r.upload_id),
             "payload": json.loads(r.payload),
         }
-        for r in reads.Reader(store).by_subject(session, subject_id)
+        for r in found
     ]
     consents = ledger.query("consents", subject=subject_id)
     accesses = ledger.query("accesses", subject=subject_id, limit=1000)
@@ -78,4 +89,5 @@ def export(
         consents=jsonable(consents["result"]),
         accesses=jsonable(accesses["result"]),
         erasures=jsonable(erasures["result"]),
+        decryptions=decryptions.decryptions_of(session, [subject_id]),
     )
