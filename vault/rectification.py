@@ -112,11 +112,13 @@ def rectify(
     uploader: Uploader | None = None,
     clock: Callable[[], dt.datetime] = _now,
     lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+    anchored_only: bool = True,
 ) -> Rectification:
     """Replace record `record_id` of `dataset_id` by `payload` (the corrected record: its
     `subject_id` and `payload`, as an upload line), re-keying its subject in the dataset (see
     the module docstring). `request` is the subject's rectification.request on the ledger when
-    they asked; `requester` who ordered it (provider or dpo). Commits nothing: the caller does.
+    they asked; `requester` who ordered it (provider or dpo). `anchored_only` False: a vault
+    without a ledger, whose uploads all stay pending. Commits nothing: the caller does.
     """
     uploader = uploader or Uploader(store, clock=clock)
     corrected = uploader.checked(payload)
@@ -131,7 +133,7 @@ def rectify(
         if request is not None:
             _not_carried_out(session, request)
         subject = target.subject_id
-        rows = _rows(session, dataset_id, subject)
+        rows = _rows(session, dataset_id, subject, anchored_only)
         payloads = _decrypt(session, store, dataset_id, subject, rows)
         payloads[record_id] = corrected.payload
         ref = subject_ref(dataset_id, subject)
@@ -200,7 +202,7 @@ def _not_carried_out(session: Session, request: int) -> None:
         raise RectificationRefused(f"rectification request {request} is already carried out")
 
 
-def _rows(session: Session, dataset_id: uuid.UUID, subject: str) -> list[_Row]:
+def _rows(session: Session, dataset_id: uuid.UUID, subject: str, anchored_only: bool) -> list[_Row]:
     """The subject's current records in the dataset, by upload and leaf, under a lock on
     their secret (an erasure of the subject waits, then finds the new one)."""
     held = session.scalar(
@@ -226,7 +228,7 @@ def _rows(session: Session, dataset_id: uuid.UUID, subject: str) -> list[_Row]:
         .order_by(Upload.created_at, Record.upload_id, Record.leaf_index)
     ).all()
     for _, upload_id, _, state, _ in found:
-        if state != "anchored":
+        if state != "anchored" and (anchored_only or state != "pending"):
             raise RectificationRefused(
                 f"upload {upload_id} holds records of this subject and is {state} on the "
                 "ledger; rectify once it is anchored"

@@ -95,6 +95,8 @@ POST   /v1/access-requests                           403   403  ok   403  403   
 GET    /v1/subjects/{subject_id}/export              403   403  403  ok   403   ok  403   401
 POST   /v1/erasures                                  403   403  403  403  403   ok  403   401
 POST   /v1/erasure-requests                          403   403  403  ok   403   403 403   403
+POST   /v1/datasets/{dataset_id}/records/{record_id}/rectification ok 404 403 403 403 ok 403 401
+POST   /v1/subjects/{subject_id}/rectification-requests 403 403  403  ok   403   403 403   403
 GET    /v1/erasures/{erasure_id}                     403   403  403  ok   404   ok  403   401
 GET    /v1/erasure-receipts/{erasure_id}             ok    ok   ok   ok   ok    ok  ok    ok
 GET    /v1/ledger/status                             ok    ok   ok   ok   ok    ok  ok    401
@@ -297,6 +299,7 @@ class World:
     erasure: int
     proposal: int
     eco: EcoScene
+    rectified: Wallet  # the subject whose record the owner and the DPO rectify
     _keys: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     def signer(self, who: str, subject: Wallet | None = None) -> Wallet:
@@ -334,11 +337,11 @@ def world(ledger_env: LedgerEnv) -> World:
     proposal = admit(env, other_provider, "provider", "providers")
     owner = env.headers("provider", env.provider)
     eco = eco_scene(env, owner)
-    subject, other, by_dpo, by_self, erased = (register_subject(env) for _ in range(5))
+    subject, other, by_dpo, by_self, erased, rectified = (register_subject(env) for _ in range(6))
     earn_and_redeem(env, eco, subject)
     # billing reads whole records; proof of address answers yes/no only
     dataset = make_dataset(env, owner, "address", ["proof-of-address", "research", "billing"])
-    people = (subject, other, by_dpo, by_self, erased)
+    people = (subject, other, by_dpo, by_self, erased, rectified)
     upload = upload_anchored(
         env,
         owner,
@@ -378,6 +381,7 @@ def world(ledger_env: LedgerEnv) -> World:
         int(r.json()["erasure_id"]),
         proposal,
         eco,
+        rectified,
     )
 
 
@@ -494,6 +498,28 @@ def _erasure_request(w: World, who: str) -> Call:
     return Call(json=signed(w.env, w.signer(who, w.erasing_self), "erasure.request", body))
 
 
+def _rectify(w: World, who: str) -> Call:
+    """The rectified subject's current record (each rectification gives it a new id)."""
+    owner = w.headers("owner")
+    params = {"subject_id": w.rectified.id}
+    r = w.env.client.get(f"/v1/datasets/{w.dataset}/records", params=params, headers=owner)
+    assert r.status_code == 200 and len(r.json()) == 1, r.text
+    return Call(
+        params={"dataset_id": w.dataset, "record_id": r.json()[0]["record_id"]},
+        headers=w.headers(who),
+        json={"subject_id": w.rectified.id, "payload": {"address": "6 rue Juste", "n": 6}},
+    )
+
+
+def _rectification_request(w: World, who: str) -> Call:
+    """The subject's request about their record; any other signer is refused (403)."""
+    body = {"dataset": w.dataset, "record": w.record, "statement_hash": "5e" * 32}
+    return Call(
+        params={"subject_id": w.subject.id},
+        json=signed(w.env, w.signer(who), "rectification.request", body),
+    )
+
+
 def _device_new(w: World, who: str) -> Call:
     body = {
         "device": Device(w.env.chain_id, "centre").id,
@@ -585,6 +611,8 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ),
     ("POST", "/v1/erasures"): _erase,
     ("POST", "/v1/erasure-requests"): _erasure_request,
+    ("POST", "/v1/datasets/{dataset_id}/records/{record_id}/rectification"): _rectify,
+    ("POST", "/v1/subjects/{subject_id}/rectification-requests"): _rectification_request,
     ("GET", "/v1/erasures/{erasure_id}"): lambda w, who: Call(
         params={"erasure_id": w.erasure}, headers=w.headers(who, w.erased)
     ),

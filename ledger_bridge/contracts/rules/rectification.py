@@ -36,14 +36,6 @@ def rectification_request(c: Ctx) -> dict[str, Any]:
     dataset_of(c, dataset)
     if c.state.get("erased_subject_dataset", subject, dataset) is not None:
         raise Reject("erased", "the subject's data in this dataset is erased")
-    for (n,) in c.state.group("rectification_request", "subject", subject):
-        earlier = c.state.get("rectification_request", n)
-        if (
-            earlier["status"] == OPEN
-            and earlier["dataset"] == dataset
-            and earlier["record"] == body["record"]
-        ):
-            raise Reject("duplicate", f"rectification request {n} for this record is open")
     request = c.next_id("next_rectification_request")
     c.state.put(
         "rectification_request",

@@ -133,13 +133,6 @@ def test_a_replayed_request_is_refused(scene: Scene) -> None:
     assert len(chain.query(q="rectification_requests")) == 1
 
 
-def test_one_open_request_per_record(scene: Scene) -> None:
-    chain, s = scene.chain, scene.subject
-    chain.ok(s, "rectification.request", request_body())
-    assert chain.one(s, "rectification.request", request_body())["code"] == "duplicate"
-    chain.ok(s, "rectification.request", request_body(record="r-2"))  # another record: fine
-
-
 def test_an_erased_subject_cannot_ask_and_their_open_request_closes(scene: Scene) -> None:
     chain, s = scene.chain, scene.subject
     n = chain.ok(s, "rectification.request", request_body())["request"]
