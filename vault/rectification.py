@@ -157,7 +157,6 @@ def rectify(
         )
         outbox = OutboxFact(kind=fact.kind, payload=fact.to_payload())
         session.add(outbox)
-        session.flush()
         new_id = next(v.record_id for v in versions if v.replaced == record_id)
         return Rectification(
             dataset_id=dataset_id,
@@ -169,8 +168,13 @@ def rectify(
             replacement=replacement,
             uploads=tuple(uploads),
             request=request,
-            outbox_id=outbox.id,
+            outbox_id=_flushed(session, outbox),
         )
+
+
+def _flushed(session: Session, fact: OutboxFact) -> int:
+    session.flush()  # after the replacement uploads' anchors: the relay ships them first
+    return fact.id
 
 
 def _current(session: Session, dataset_id: uuid.UUID, record_id: uuid.UUID) -> Record:
