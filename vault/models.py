@@ -173,7 +173,8 @@ class KeyCommitment(Base):
 
 
 class OutboxFact(Base):
-    """A fact the ledger must record (anchor, erasure, expiry), written in the same transaction
+    """A fact the ledger must record (anchor, erasure, expiry, rectification), written in the
+    same transaction
     as the change it describes, so a crash can never leave one without the other."""
 
     __tablename__ = "outbox"
