@@ -174,8 +174,8 @@ class KeyCommitment(Base):
 
 class OutboxFact(Base):
     """A fact the ledger must record (anchor, erasure, expiry, rectification), written in the
-    same transaction
-    as the change it describes, so a crash can never leave one without the other."""
+    same transaction as the change it describes, so a crash can never leave one without the
+    other."""
 
     __tablename__ = "outbox"
 
