@@ -121,21 +121,16 @@ def rectify(
     without a ledger, whose uploads all stay pending. Commits nothing: the caller does.
     """
     uploader = uploader or Uploader(store, clock=clock)
-    corrected = uploader.checked(payload)
-    if corrected.record_id is not None:
-        raise InvalidRecord("a new version's record id is the vault's to choose")
-    assert isinstance(corrected.payload, bytes)
     with session.begin_nested():
         own_dataset(session, dataset_id, lock_timeout_ms)
-        target = _current(session, dataset_id, record_id)
-        if corrected.subject_id != target.subject_id:
-            raise InvalidRecord("the corrected record is of another subject than the record")
+        target = _current(session, dataset_id, record_id)  # which record, before what into it
+        corrected = _corrected(uploader, payload, target.subject_id)
         if request is not None:
             _not_carried_out(session, request)
         subject = target.subject_id
         rows = _rows(session, dataset_id, subject, anchored_only)
         payloads = _decrypt(session, store, dataset_id, subject, rows)
-        payloads[record_id] = corrected.payload
+        payloads[record_id] = corrected
         ref = subject_ref(dataset_id, subject)
         store.destroy(session, [ref])
         store.ensure(session, [ref])  # the fresh secret, under the same scope
@@ -170,6 +165,18 @@ def rectify(
             request=request,
             outbox_id=_flushed(session, outbox),
         )
+
+
+def _corrected(uploader: Uploader, payload: RecordIn | Mapping[str, Any], subject: str) -> bytes:
+    """The corrected record's payload, checked as an upload checks it, of the record's own
+    subject."""
+    corrected = uploader.checked(payload)
+    if corrected.record_id is not None:
+        raise InvalidRecord("a new version's record id is the vault's to choose")
+    if corrected.subject_id != subject:
+        raise InvalidRecord("the corrected record is of another subject than the record")
+    assert isinstance(corrected.payload, bytes)
+    return corrected.payload
 
 
 def _flushed(session: Session, fact: OutboxFact) -> int:
