@@ -14,6 +14,8 @@ from ledger_bridge.facts import (
     EpochScope,
     ErasureCertificate,
     ErasureRecord,
+    KeyRef,
+    RecordRectify,
     RetentionExpire,
     SubjectScope,
     UploadAnchor,
@@ -67,6 +69,16 @@ RECORDS = st.builds(
     sealed_receipt=st.none() | st.binary(max_size=200),
 )
 EXPIRIES = st.builds(RetentionExpire, _certificates(st.builds(EpochScope, IDS, DAYS)))
+KEY_REFS = st.builds(KeyRef, IDS, HASHES)
+RECTIFICATIONS = st.builds(
+    RecordRectify,
+    dataset=IDS,
+    superseded=st.lists(KEY_REFS, min_size=1, max_size=4).map(tuple),
+    replacement=st.lists(KEY_REFS, min_size=1, max_size=4).map(tuple),
+    requester=REQUESTERS,
+    at=TIMES,
+    request=st.none() | st.integers(1, bodies.ID_MAX),
+)
 
 
 def _body(fact: facts.Fact) -> dict[str, Any]:
@@ -75,7 +87,7 @@ def _body(fact: facts.Fact) -> dict[str, Any]:
     return fact.to_body()
 
 
-@given(ANCHORS | RECORDS | EXPIRIES)
+@given(ANCHORS | RECORDS | EXPIRIES | RECTIFICATIONS)
 def test_a_fact_round_trips_and_its_body_is_valid(fact: facts.Fact) -> None:
     payload = fact.to_payload()
     assert type(fact).from_payload(payload) == fact
