@@ -51,6 +51,9 @@ PRICE_SET = "price.set"
 CREDIT_DEPOSIT = "credit.deposit"
 # accountability of decryptions (contracts/rules/reads.py)
 READ_RECORD = "read.record"
+# Art. 16 rectification (contracts/rules/rectification.py)
+RECTIFICATION_REQUEST = "rectification.request"
+RECORD_RECTIFY = "record.rectify"
 
 TX_TYPES = (
     MEMBER_REGISTER,
@@ -75,6 +78,9 @@ TX_TYPES = (
     CREDIT_DEPOSIT,
     # accountability of decryptions
     READ_RECORD,
+    # rectification
+    RECTIFICATION_REQUEST,
+    RECORD_RECTIFY,
 )
 # The facts that destroy something: each carries an `ErasureCertificate`.
 ERASURE_KINDS = (ERASURE_RECORD, RETENTION_EXPIRE)
@@ -444,7 +450,81 @@ class ReadRecord:
         return {"reads_root": self.reads_root, "count": self.count}
 
 
-Fact = UploadAnchor | ErasureRecord | RetentionExpire | ReadRecord
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """One (upload, subject) key by its commitment: the subject stays unnamed, the commitment
+    is what the upload's anchored key-commitments root covers."""
+
+    upload: str
+    key_commitment: bytes
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"upload": self.upload, "key_commitment": self.key_commitment.hex()}
+
+    @classmethod
+    def from_payload(cls, obj: Mapping[str, Any]) -> KeyRef:
+        return cls(str(obj["upload"]), bytes.fromhex(obj["key_commitment"]))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"upload": self.upload, "key_commitment": self.key_commitment}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRectify:
+    """Art. 16: a subject's records in a dataset were re-keyed with one of them corrected.
+
+    `superseded` are the keys destroyed with the old subject secret (every (upload, subject)
+    key of the subject in the dataset), `replacement` the keys of the new uploads holding the
+    current versions; `request` the subject's own rectification.request when there is one.
+    The fact names no subject: the commitments link the old and new versions, and only the
+    subject's request (which the ledger forgets with them) says whose they are.
+    """
+
+    dataset: str
+    superseded: tuple[KeyRef, ...]
+    replacement: tuple[KeyRef, ...]
+    requester: str  # provider or dpo: who ordered it (vault-side only)
+    at: dt.datetime
+    request: int | None = None
+
+    kind: ClassVar[str] = RECORD_RECTIFY
+
+    def to_payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "superseded": [k.to_payload() for k in self.superseded],
+            "replacement": [k.to_payload() for k in self.replacement],
+            "requester": self.requester,
+            "at": self.at.isoformat(),
+        }
+        if self.request is not None:
+            out["request"] = self.request
+        return out
+
+    @classmethod
+    def from_payload(cls, obj: Mapping[str, Any]) -> RecordRectify:
+        request = obj.get("request")
+        return cls(
+            dataset=str(obj["dataset"]),
+            superseded=tuple(KeyRef.from_payload(k) for k in obj["superseded"]),
+            replacement=tuple(KeyRef.from_payload(k) for k in obj["replacement"]),
+            requester=str(obj["requester"]),
+            at=dt.datetime.fromisoformat(obj["at"]),
+            request=None if request is None else int(request),
+        )
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "dataset": self.dataset,
+            "superseded": [k.to_body() for k in self.superseded],
+            "replacement": [k.to_body() for k in self.replacement],
+        }
+        if self.request is not None:
+            body["request"] = self.request
+        return body
+
+
+Fact = UploadAnchor | ErasureRecord | RetentionExpire | ReadRecord | RecordRectify
 ErasureFact = ErasureRecord | RetentionExpire
 
 
@@ -458,6 +538,8 @@ def fact_from_payload(kind: str, payload: Mapping[str, Any]) -> Fact:
         return RetentionExpire.from_payload(payload)
     if kind == READ_RECORD:
         return ReadRecord.from_payload(payload)
+    if kind == RECORD_RECTIFY:
+        return RecordRectify.from_payload(payload)
     raise ValueError(f"no outbox fact of kind {kind!r}")
 
 
@@ -465,6 +547,8 @@ def erasure_from_payload(kind: str, payload: Mapping[str, Any]) -> ErasureFact:
     fact = fact_from_payload(kind, payload)
     if isinstance(fact, UploadAnchor | ReadRecord):
         raise ValueError(f"a {kind} destroys nothing")
+    if not isinstance(fact, ErasureRecord | RetentionExpire):
+        raise ValueError(f"a {kind} destroys nothing by erasure")
     return fact
 
 
@@ -477,7 +561,9 @@ __all__ = [
     "ErasureFact",
     "ErasureRecord",
     "Fact",
+    "KeyRef",
     "ReadRecord",
+    "RecordRectify",
     "RetentionExpire",
     "Scope",
     "SubjectScope",

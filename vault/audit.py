@@ -22,10 +22,12 @@ from sqlalchemy.orm import Session
 
 from ledger_bridge.facts import (
     ERASURE_KINDS,
+    RECORD_RECTIFY,
     RETENTION_EXPIRE,
     EpochScope,
     ErasureCertificate,
     ErasureFact,
+    RecordRectify,
     RetentionExpire,
     SubjectScope,
     UploadScope,
@@ -33,6 +35,8 @@ from ledger_bridge.facts import (
     from_ledger_day,
 )
 from vault.erasure import FORGOTTEN_PREFIX
+from vault.keyring import KeyRing
+from vault.keys import KeyStore
 from vault.models import (
     OUTBOX_PENDING,
     Dataset,
@@ -82,14 +86,23 @@ def _dataset_filter(only: uuid.UUID | None) -> DatasetFilter:
 
 
 def retention_audit(
-    session: Session, today: dt.date, *, dataset_id: uuid.UUID | None = None
+    session: Session,
+    today: dt.date,
+    *,
+    dataset_id: uuid.UUID | None = None,
+    store: KeyStore | None = None,
 ) -> RetentionAudit:
-    """The data-side retention audit, over every dataset or over `dataset_id` only."""
+    """The data-side retention audit, over every dataset or over `dataset_id` only.
+
+    With the key store, a commitment marked destroyed whose three secrets' scopes all exist is
+    re-derived and compared: a rectification (or a subject's new records after an erasure in
+    a dataset) puts a fresh secret under a destroyed one's scope, which derives other keys.
+    Without it, such a commitment is reported: the audit cannot tell the two apart."""
     of_dataset = _dataset_filter(dataset_id)
     findings = [
         *_epoch_keys_past_retention(session, today, of_dataset),
         *_decryptable_past_retention(session, today, of_dataset),
-        *_destroyed_but_derivable(session, of_dataset),
+        *_destroyed_but_derivable(session, of_dataset, store),
         *_forgotten_but_live(session, of_dataset),
     ]
     unrecorded, epochs_expired = _expiries_not_recorded(session, today, of_dataset)
@@ -160,11 +173,20 @@ def _decryptable_past_retention(
     return findings
 
 
-def _destroyed_but_derivable(session: Session, of_dataset: DatasetFilter) -> list[Finding]:
+def _destroyed_but_derivable(
+    session: Session, of_dataset: DatasetFilter, store: KeyStore | None
+) -> list[Finding]:
     """A commitment marked destroyed while its subject secret still exists (and the upload
-    and epoch keys too): the certificate would lie."""
-    lying = session.execute(
-        select(KeyCommitment.upload_id, KeyCommitment.subject_id)
+    and epoch keys too): the certificate would lie. With `store`, only when the secrets that
+    exist derive that very commitment (see `retention_audit`)."""
+    candidates = session.execute(
+        select(
+            KeyCommitment.upload_id,
+            KeyCommitment.subject_id,
+            KeyCommitment.commitment,
+            Upload.dataset_id,
+            Upload.retention_day,
+        )
         .join(Upload, Upload.id == KeyCommitment.upload_id)
         .where(
             KeyCommitment.destroyed_at.is_not(None),
@@ -178,6 +200,15 @@ def _destroyed_but_derivable(session: Session, of_dataset: DatasetFilter) -> lis
             ),
         )
     ).all()
+    rings: dict[uuid.UUID, KeyRing] = {}
+    lying = []
+    for upload_id, subject_id, commitment, dataset, day in candidates:
+        if store is not None:
+            ring = rings.setdefault(dataset, KeyRing(store, session, dataset, create=False))
+            dek = ring.dek(upload_id, day.isoformat(), subject_id)
+            if dek is None or dek.commitment() != bytes(commitment):
+                continue  # a secret of the same scope, not the destroyed one
+        lying.append((upload_id, subject_id))
     return [
         Finding(
             "destroyed-commitment-key-alive",
@@ -291,10 +322,18 @@ class _LedgerErasures:
     commitments: set[str] = field(default_factory=set)  # hex
     txs: set[str] = field(default_factory=set)  # hex
     count: int = 0
+    rectification_txs: set[str] = field(default_factory=set)  # hex
 
 
-def _read_ledger(erasures: Iterable[Mapping[str, Any]]) -> _LedgerErasures:
+def _read_ledger(
+    erasures: Iterable[Mapping[str, Any]], rectifications: Iterable[Mapping[str, Any]]
+) -> _LedgerErasures:
     seen = _LedgerErasures()
+    # A rectification destroys the keys it supersedes (vault/rectification.py): the ledger
+    # names them in its record.rectify, not in an erasure.
+    for r in rectifications:
+        seen.rectification_txs.add(str(r.get("tx")))
+        seen.commitments.update(str(k["key_commitment"]) for k in r.get("superseded") or [])
     for e in erasures:
         seen.count += 1
         seen.txs.add(str(e.get("tx")))
@@ -324,6 +363,11 @@ def _pending_facts(session: Session) -> _Pending:
             pending.epochs.add((c.scope.dataset, c.scope.day.isoformat()))
         pending.uploads.update(u.upload for u in c.uploads)
         pending.commitments.update(k.hex() for k in c.key_commitments)
+    for fact in session.scalars(
+        select(OutboxFact).where(OutboxFact.kind == RECORD_RECTIFY, OUTBOX_PENDING)
+    ):
+        rectified = RecordRectify.from_payload(fact.payload)
+        pending.commitments.update(k.key_commitment.hex() for k in rectified.superseded)
     return pending
 
 
@@ -347,11 +391,14 @@ def ledger_cross_check(
     ledger_erasures: Iterable[Mapping[str, Any]],
     *,
     dataset_id: uuid.UUID | None = None,
+    ledger_rectifications: Iterable[Mapping[str, Any]] = (),
 ) -> LedgerCrossCheck:
     """Match what the vault destroyed against what the ledger says was destroyed, both ways.
 
-    `ledger_erasures` are the contracts' erasure records (query `erasures`) with bytes as hex:
-    the caller reads the ledger, this function never does. Findings:
+    `ledger_erasures` are the contracts' erasure records (query `erasures`) with bytes as hex,
+    `ledger_rectifications` their rectification records (query `rectifications`), whose
+    superseded keys count as destroyed: the caller reads the ledger, this function never
+    does. Findings:
 
     - `expiry-not-on-ledger`: an expired retention epoch (its key is gone) with no
       `retention.expire` record on the ledger and no fact waiting in the outbox;
@@ -364,7 +411,7 @@ def ledger_cross_check(
     - `ledger-erasure-not-applied`: the ledger records the destruction of key commitments the
       vault still holds as live (the certificate would lie).
     """
-    seen = _read_ledger(ledger_erasures)
+    seen = _read_ledger(ledger_erasures, ledger_rectifications)
     pending = _pending_facts(session)
     of_dataset = _dataset_filter(dataset_id)
     epochs = _match_epochs(session, today, of_dataset, seen, pending)
@@ -373,6 +420,7 @@ def ledger_cross_check(
         *epochs.findings,
         *commitments.findings,
         *_missing_records(session, seen, dataset_id),
+        *_missing_rectifications(session, seen, dataset_id),
         *_not_applied(session, seen, dataset_id),
     ]
     return LedgerCrossCheck(
@@ -496,6 +544,31 @@ def _missing_records(
                     "ledger-record-missing",
                     f"outbox fact {fact.id} ({fact.kind}) is marked recorded in transaction "
                     f"{fact.tx_id} but the ledger holds no such erasure record",
+                    {"fact_id": str(fact.id), "tx_id": str(fact.tx_id)},
+                )
+            )
+    return out
+
+
+def _missing_rectifications(
+    session: Session, seen: _LedgerErasures, only: uuid.UUID | None
+) -> list[Finding]:
+    """record.rectify facts the vault marked as recorded whose transaction the ledger does
+    not hold."""
+    out = []
+    for fact in session.scalars(
+        select(OutboxFact)
+        .where(OutboxFact.kind == RECORD_RECTIFY, OutboxFact.sent_at.is_not(None))
+        .order_by(OutboxFact.id)
+    ):
+        if only is not None and fact.payload.get("dataset") != str(only):
+            continue
+        if fact.tx_id not in seen.rectification_txs:
+            out.append(
+                Finding(
+                    "ledger-record-missing",
+                    f"outbox fact {fact.id} ({fact.kind}) is marked recorded in transaction "
+                    f"{fact.tx_id} but the ledger holds no such rectification record",
                     {"fact_id": str(fact.id), "tx_id": str(fact.tx_id)},
                 )
             )

@@ -58,6 +58,7 @@ from ledger_bridge.facts import (
 )
 from vault.errors import UploadNotFound
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
+from vault.locks import share_datasets
 from vault.models import (
     ApiKey,
     Decryption,
@@ -220,6 +221,9 @@ class Eraser:
         receipt: the fact keeps the receipt only in that form.
         """
         refs = _subject_refs(session, subject_id, dataset_id)
+        # Not while a rectification replaces one of these secrets (vault/locks.py): once the
+        # lock is held, the statements below see its new secret and its new versions.
+        share_datasets(session, [r.dataset_id for r in refs])
         # Before the secrets go: the replacement ids are derived from them.
         replacements = {
             ref.dataset_id: forgotten_id(secret)
@@ -271,6 +275,7 @@ class Eraser:
         upload = session.get(Upload, upload_id)
         if upload is None:
             raise UploadNotFound(f"upload {upload_id} does not exist")
+        share_datasets(session, [upload.dataset_id])  # a rectification would copy its records
         result = self._finish(
             session,
             kind=ERASURE_RECORD,
@@ -289,6 +294,7 @@ class Eraser:
 
     def expire_epoch(self, session: Session, dataset_id: uuid.UUID, day: dt.date) -> ErasureResult:
         """Retention: destroy S_epoch[d, day], one secret for every record expiring that day."""
+        share_datasets(session, [dataset_id])  # a rectification's new uploads keep their day
         uploads = list(
             session.scalars(
                 select(Upload).where(Upload.dataset_id == dataset_id, Upload.retention_day == day)

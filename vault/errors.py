@@ -12,7 +12,10 @@ positions, never payload contents or key material.
     │   ├── DatasetNotFound
     │   ├── UploadNotFound
     │   └── RecordNotFound
-    └── RecordErased                410  its key was destroyed (erasure or expiry)
+    ├── RecordErased                410  its key was destroyed (erasure or expiry)
+    │   └── RecordSuperseded        410  a rectification replaced it: names the current one
+    └── RectificationRefused        409  the record is erased or superseded, or not anchored
+        └── RectificationBusy       409  an upload or an erasure holds the dataset's keys
 """
 
 from __future__ import annotations
@@ -67,3 +70,26 @@ class RecordNotFound(NotFound):
 class RecordErased(VaultError):
     status = 410
     title = "Record erased"
+
+
+class RecordSuperseded(RecordErased):
+    """A rectification replaced this version; `current` is the record that holds it now."""
+
+    title = "Record superseded"
+
+    def __init__(self, detail: str, *, current: str) -> None:
+        super().__init__(detail)
+        self.current = current
+
+
+class RectificationRefused(VaultError):
+    """The state refuses the rectification; nothing was changed."""
+
+    status = 409
+    title = "Rectification refused"
+
+
+class RectificationBusy(RectificationRefused):
+    """The dataset's keys are held by an upload or an erasure longer than the wait allows."""
+
+    title = "Dataset busy"

@@ -107,13 +107,24 @@ class Record(Base):
     subject_id: Mapped[str] = mapped_column(String(128))
     leaf_index: Mapped[int] = mapped_column(Integer)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    # NULL once erased or expired: the ciphertext goes, the salted leaf stays for the proofs.
+    # NULL once erased, expired or rectified: the ciphertext goes, the salted leaf stays for
+    # the proofs.
     envelope: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Set when a rectification replaced this version (vault/rectification.py): the id of the
+    # record holding the next version. No foreign key: the next version's upload may be
+    # withdrawn or expire (its rows deleted) while this row stays for its upload's proofs.
+    superseded_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
     __table_args__ = (
         UniqueConstraint("upload_id", "leaf_index"),
         Index("ix_records_dataset_subject", "dataset_id", "subject_id"),
         Index("ix_records_subject", "subject_id"),
+        # The versions a record replaced (a subject's history), found from the current one.
+        Index(
+            "ix_records_superseded_by",
+            "superseded_by",
+            postgresql_where=text("superseded_by IS NOT NULL"),
+        ),
     )
 
 
@@ -162,8 +173,9 @@ class KeyCommitment(Base):
 
 
 class OutboxFact(Base):
-    """A fact the ledger must record (anchor, erasure, expiry), written in the same transaction
-    as the change it describes, so a crash can never leave one without the other."""
+    """A fact the ledger must record (anchor, erasure, expiry, rectification), written in the
+    same transaction as the change it describes, so a crash can never leave one without the
+    other."""
 
     __tablename__ = "outbox"
 

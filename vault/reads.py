@@ -7,7 +7,9 @@ compares with the root anchored on the ledger). A record whose key was destroyed
 also `RecordErased`, because the caller cannot tell the two apart and must not be told.
 
 Erasure deletes ciphertext but keeps each record's salted leaf hash (useless without the
-destroyed key), so the inclusion proofs of the upload's other records still verify.
+destroyed key), so the inclusion proofs of the upload's other records still verify. A
+rectification does the same to the versions it replaces (vault/rectification.py): reads serve
+current versions only, and a read of a replaced one by id names the current one.
 
 Reads stream: a dataset of any size is served in batches with bounded memory; inclusion trees
 are built only for the uploads actually read, and kept (bounded) for the next read.
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from vault.crypto import DecryptionFailed, unseal
 from vault.crypto.merkle import MerkleTree
-from vault.errors import RecordErased, RecordNotFound
+from vault.errors import RecordErased, RecordNotFound, RecordSuperseded
 from vault.keyring import KeyRing
 from vault.keys import KeyStore
 from vault.models import KeyCommitment, Record, Upload
@@ -38,6 +40,9 @@ from vault.models import KeyCommitment, Record, Upload
 # upload being read cost a query and O(n) hashing on every read. Bounded in leaves in all
 # (about 130 bytes each), so memory stays flat; a tree larger than the bound is built per call.
 TREE_CACHE_LEAVES = 1 << 18
+# A chain of versions is followed this far at most (each rectification adds one link; the
+# vault never writes a loop, this bounds a read if a row were ever tampered into one).
+VERSIONS_MAX = 10_000
 
 
 class _TreeCache:
@@ -112,6 +117,14 @@ class Reader:
     def record(
         self, session: Session, record_id: uuid.UUID, *, anchored_only: bool = False
     ) -> RecordOut:
+        """One record; a version a rectification replaced raises `RecordSuperseded`, naming
+        the record that holds the current version."""
+        current = current_version(session, record_id)
+        if current != record_id:
+            raise RecordSuperseded(
+                f"record {record_id} was rectified: its current version is record {current}",
+                current=str(current),
+            )
         query = self._query(anchored_only).where(Record.id == record_id)
         out = list(self._decrypt(session, query, skip_erased=False))
         if not out:
@@ -145,9 +158,12 @@ class Reader:
         return self._decrypt(session, query, skip_erased=True)
 
     def _query(self, anchored_only: bool) -> Select[*tuple[Any, ...]]:
+        # Only current versions: a row a rectification replaced has no ciphertext either, and
+        # its key is gone, but a read never even looks at it.
         query: Select[*tuple[Any, ...]] = (
             select(*_COLUMNS)
             .join(Upload, Upload.id == Record.upload_id)
+            .where(Record.superseded_by.is_(None))
             .order_by(Record.upload_id, Record.leaf_index)
         )
         if anchored_only:
@@ -236,6 +252,18 @@ class Reader:
             .order_by(Record.leaf_index)
         ).all()
         return MerkleTree(leaves)
+
+
+def current_version(session: Session, record_id: uuid.UUID) -> uuid.UUID:
+    """The record holding the current version of `record_id` (itself if it is current): the
+    chain of `superseded_by` that rectifications wrote, followed to its end."""
+    current = record_id
+    for _ in range(VERSIONS_MAX):
+        following = session.scalar(select(Record.superseded_by).where(Record.id == current))
+        if following is None:
+            return current
+        current = following
+    return current
 
 
 def key_commitments_in_order(session: Session, upload_id: uuid.UUID) -> list[bytes]:

@@ -30,6 +30,7 @@ from vault.datasets import get_dataset
 from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
 from vault.keyring import KeyRing
 from vault.keys import KeyStore
+from vault.locks import share_datasets
 from vault.models import KeyCommitment, OutboxFact, Upload
 
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,128}$")
@@ -163,10 +164,23 @@ class Uploader:
         records: Iterable[RecordIn | Mapping[str, Any]],
         *,
         upload_id: uuid.UUID | None = None,
+        retention_day: dt.date | None = None,
     ) -> UploadResult:
-        """Store a whole stream or nothing. Raises a `VaultError` subclass on bad input."""
+        """Store a whole stream or nothing. Raises a `VaultError` subclass on bad input.
+
+        `retention_day`: the day the records expire after; by default the dataset's retention
+        from today. A rectification keeps the day of the versions it replaces."""
         with session.begin_nested():
-            return self._upload(session, dataset_id, records, upload_id or uuid.uuid4())
+            return self._upload(
+                session, dataset_id, records, upload_id or uuid.uuid4(), retention_day
+            )
+
+    def checked(self, item: RecordIn | Mapping[str, Any]) -> RecordIn:
+        """One record as an upload would take it (subject id, payload bounds), its payload as
+        bytes; the typed error otherwise (record 1)."""
+        record = _coerce(item, 1, self._subject_ids)
+        payload = _payload_bytes(record.payload, 1, self._size_max)
+        return RecordIn(record.subject_id, payload, record.record_id)
 
     def _upload(
         self,
@@ -174,10 +188,14 @@ class Uploader:
         dataset_id: uuid.UUID,
         records: Iterable[RecordIn | Mapping[str, Any]],
         upload_id: uuid.UUID,
+        retention_day: dt.date | None,
     ) -> UploadResult:
         dataset = get_dataset(session, dataset_id)
+        # Until commit: a rectification must not replace a subject secret this upload uses.
+        share_datasets(session, [dataset_id])
         now = self._clock()
-        retention_day = now.date() + dt.timedelta(days=dataset.retention_days)
+        if retention_day is None:
+            retention_day = now.date() + dt.timedelta(days=dataset.retention_days)
         day_iso = retention_day.isoformat()
         upload = Upload(
             id=upload_id,

@@ -18,6 +18,7 @@ not open a pool per member.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -53,6 +54,8 @@ from api.client.types import (
     Price,
     Prices,
     Purposes,
+    Rectification,
+    RectificationRequest,
     SealedReceipt,
     SignedTransaction,
     SignInChallenge,
@@ -497,6 +500,21 @@ class CivisClient:
         path = "/v1/erasure-requests"
         return cast(ErasureCertificate, self.submit(path, key, "erasure.request", {"scope": scope}))
 
+    def request_rectification(
+        self, key: SigningKey, *, dataset: str, record: str, statement: str | bytes
+    ) -> RectificationRequest:
+        """Art. 16 by the subject: a signed rectification.request for one of their records
+        (its id as their export shows it). Only the SHA-256 of `statement` (what is wrong)
+        goes on the ledger; keep the statement to give it to the provider or the DPO."""
+        text = statement.encode() if isinstance(statement, str) else statement
+        body = {
+            "dataset": dataset,
+            "record": record,
+            "statement_hash": hashlib.sha256(text).hexdigest(),
+        }
+        path = f"/v1/subjects/{public_hex(key)}/rectification-requests"
+        return cast(RectificationRequest, self.submit(path, key, "rectification.request", body))
+
     # -- consumer: records, projections, predicates ---------------------------------------
 
     def access(
@@ -571,6 +589,24 @@ class CivisClient:
         """One page of a member's credit statement (its own, or any for the DPO)."""
         path = f"/v1/members/{public_key}/statement"
         return cast(Statement, self._get(path, after=after, limit=limit))
+
+    def rectify(
+        self,
+        dataset_id: str,
+        record_id: str,
+        *,
+        subject_id: str,
+        payload: dict[str, Any],
+        request: int | None = None,
+    ) -> Rectification:
+        """Art. 16 by the dataset's provider or the DPO: replace a record by its corrected
+        version (`subject_id` is the record's); `request`, the subject's request it carries
+        out. State `anchored` once the ledger recorded it, `pending` if it was slower."""
+        body: dict[str, Any] = {"subject_id": subject_id, "payload": payload}
+        if request is not None:
+            body["request"] = request
+        path = f"/v1/datasets/{dataset_id}/records/{record_id}/rectification"
+        return cast(Rectification, self._post(path, body))
 
     # -- DPO: erasure and audits ----------------------------------------------------------
 

@@ -159,6 +159,40 @@ class ErasureCertificate(TypedDict):
     receipt_key: str | None  # hex X25519 key opening the sealed receipt of a pending answer
 
 
+class KeyRef(TypedDict):
+    upload: str
+    key_commitment: str  # hex
+
+
+class RecordVersion(TypedDict):
+    replaced: str  # the old version's record id
+    record_id: str  # the current version's
+    upload: str  # the replacement upload holding it
+
+
+class Rectification(TypedDict):
+    """POST /v1/datasets/{dataset_id}/records/{record_id}/rectification (Art. 16)."""
+
+    record_id: str  # the corrected record's new id
+    replaced: str
+    dataset_id: str
+    request: int | None
+    versions: list[RecordVersion]  # every record of the subject in the dataset, re-keyed
+    superseded: list[KeyRef]  # the keys destroyed
+    replacement: list[KeyRef]
+    state: Literal["pending", "anchored", "refused"]
+    receipt: Receipt | None
+
+
+class RectificationRequest(TypedDict):
+    """The subject's rectification.request, relayed: open on the ledger until carried out."""
+
+    request: int
+    dataset: str
+    record: str
+    receipt: Receipt
+
+
 ConsentMode = Literal["predicate", "projection", "full"]
 
 

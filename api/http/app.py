@@ -31,6 +31,7 @@ from api.http.routes import dashboards as dashboard_routes
 from api.http.routes import dpo as dpo_routes
 from api.http.routes import fees as fee_routes
 from api.http.routes import ledger as ledger_routes
+from api.http.routes import rectifications as rectification_routes
 from api.http.settings import Settings
 from api.services.readiness import ReadinessProbe
 from vault import db
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(erasures.router)
     app.include_router(decryptions.router)
     app.include_router(recipient_notices.router)
+    app.include_router(rectification_routes.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
     app.include_router(recipient_notices.dpo_router)

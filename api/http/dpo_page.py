@@ -23,6 +23,7 @@ from api.services.incidents import NEARING, incident_findings, open_incidents, t
 from api.services.replicas import ledger_status
 from api.services.retention_audit import run_retention_audit
 from vault import audit
+from vault.keys import KeyStore
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
@@ -89,9 +90,13 @@ def incident_rows(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
 
 
 def page_data(
-    sessions: sessionmaker[Session], gateway: LedgerGateway | None, session: Session
+    sessions: sessionmaker[Session],
+    gateway: LedgerGateway | None,
+    session: Session,
+    store: KeyStore | None = None,
 ) -> DpoPageData:
-    """What the page shows; the ledger's parts are left empty when there is no ledger."""
+    """What the page shows; the ledger's parts are left empty when there is no ledger. With
+    the key store, the audit re-derives destroyed commitments (`vault.audit`)."""
     today = dt.datetime.now(dt.UTC).date()
     data = DpoPageData(
         today=today,
@@ -107,10 +112,10 @@ def page_data(
     if gateway is None:
         data.findings = [
             {"code": f.code, "detail": f.detail}
-            for f in audit.retention_audit(session, today).findings
+            for f in audit.retention_audit(session, today, store=store).findings
         ]
         return data
-    report = run_retention_audit(sessions, gateway, None)
+    report = run_retention_audit(sessions, gateway, None, store)
     data.findings = [{"code": f.code, "detail": f.detail} for f in report.findings]
     since = dt.datetime.combine(today - dt.timedelta(days=PAGE_DAYS - 1), dt.time(), dt.UTC)
     counts = count_accesses_since(gateway, since)

@@ -15,6 +15,9 @@ internals (tracebacks, SQL, key ids).
     │   │   ├── UploadNotFound        404
     │   │   └── RecordNotFound        404
     │   ├── RecordErased              410
+    │   │   └── RecordSuperseded      410  a rectification replaced it; names the current one
+    │   ├── RectificationRefused      409  erased, superseded, not anchored, done (vault/errors.py)
+    │   │   └── RectificationBusy     409  an upload or erasure holds the dataset's keys
     │   ├── InvalidDataset            422  (vault/datasets.py)
     │   ├── InvalidPredicate          422  (vault/disclosure.py)
     │   ├── DatasetExists             409  (api/http/routes/datasets.py)

@@ -40,6 +40,8 @@ SELF_SIGNED = (
     "token.redeem",
     "offer.publish",
     "coupon.spend",
+    # Art. 16: the subject asks for a record of theirs to be corrected
+    "rectification.request",
 )
 DRAFT_TTL_MAX_S = tx.TTL_MAX_MS // 1000
 

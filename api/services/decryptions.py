@@ -189,7 +189,7 @@ def proof(session: Session, member: Member, decryption_id: uuid.UUID) -> Decrypt
     if row is None or not (
         member.role == "dpo"
         or row.reader == member.member_id
-        or (member.role == "subject" and row.subject == member.member_id)
+        or (member.role == "subject" and row.subject in member.pseudonyms)
     ):
         raise NotFound(f"decryption {decryption_id} does not exist")
     found = decryptions.inclusion(session, row)

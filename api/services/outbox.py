@@ -1,4 +1,5 @@
-"""The outbox relay: ships vault facts (anchors, erasures, expiries) to the ledger exactly once.
+"""The outbox relay: ships vault facts (anchors, erasures, expiries, rectifications) to the
+ledger exactly once.
 
 Why an outbox: a fact is written in the same database transaction as the change it describes
 (keys destroyed, ciphertext dropped, upload stored), so a crash can never leave one without

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.gateway import LedgerGateway, LedgerUnavailable, jsonable
 from vault import audit
+from vault.keys import KeyStore
 
 ERASURE_PAGE = 50  # erasure records per ledger query (each may name 4,096 commitments)
 ERASURE_SCAN_MAX = 1_000_000
@@ -62,6 +63,21 @@ def ledger_erasures(gateway: LedgerGateway) -> list[dict[str, Any]]:
     )
 
 
+def ledger_rectifications(gateway: LedgerGateway) -> list[dict[str, Any]]:
+    """Every rectification record on the ledger (the keys each superseded), bytes as hex."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while len(out) < ERASURE_SCAN_MAX:
+        rows = gateway.query("rectifications", after=after, limit=ERASURE_PAGE)["result"]
+        out += [jsonable(r) for r in rows]
+        if len(rows) < ERASURE_PAGE:
+            return out
+        after = int(rows[-1]["rectification"])
+    raise LedgerUnavailable(
+        f"more than {ERASURE_SCAN_MAX} rectification records: audit one dataset at a time"
+    )
+
+
 @contextmanager
 def _snapshot(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A read-only REPEATABLE READ session whose snapshot is taken at once.
@@ -83,14 +99,22 @@ def _snapshot(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def run_retention_audit(
-    sessions: sessionmaker[Session], gateway: LedgerGateway, dataset_id: uuid.UUID | None
+    sessions: sessionmaker[Session],
+    gateway: LedgerGateway,
+    dataset_id: uuid.UUID | None,
+    store: KeyStore | None = None,
 ) -> RetentionAuditOut:
-    """The audit of one dataset (or of all, `dataset_id` None) as of today (UTC)."""
+    """The audit of one dataset (or of all, `dataset_id` None) as of today (UTC); with the key
+    store, destroyed commitments are re-derived (`vault.audit.retention_audit`)."""
     today = dt.datetime.now(dt.UTC).date()
     with _snapshot(sessions) as session:
-        data_side = audit.retention_audit(session, today, dataset_id=dataset_id)
+        data_side = audit.retention_audit(session, today, dataset_id=dataset_id, store=store)
         cross = audit.ledger_cross_check(
-            session, today, ledger_erasures(gateway), dataset_id=dataset_id
+            session,
+            today,
+            ledger_erasures(gateway),
+            dataset_id=dataset_id,
+            ledger_rectifications=ledger_rectifications(gateway),
         )
     findings = [FindingOut(code=f.code, detail=f.detail, refs=f.refs) for f in data_side.findings]
     findings += [FindingOut(code=f.code, detail=f.detail, refs=f.refs) for f in cross.findings]

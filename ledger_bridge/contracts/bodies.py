@@ -868,6 +868,61 @@ READ_RECORD = Obj(
     title="read.record",
 )
 
+# -- rectification (contracts/rules/rectification.py) -----------------------------------------
+
+RECTIFICATION_REQUEST = Obj(
+    (
+        Field("dataset", IDENT, "the dataset holding the record", EX_DATASET),
+        Field(
+            "record",
+            IDENT,
+            "the record to correct, by its id as the subject's export showed it",
+            EX_UPLOAD,
+        ),
+        Field(
+            "statement_hash",
+            HASH,
+            "SHA-256 of the subject's statement of what is wrong (the statement stays off the "
+            "ledger)",
+            EX_HASH,
+        ),
+    ),
+    title="rectification.request",
+)
+
+KEY_REF = Obj(
+    (
+        Field("upload", IDENT, "the upload's id", EX_UPLOAD),
+        Field("key_commitment", HASH, "the (upload, subject) key's commitment", EX_HASH),
+    )
+)
+
+RECORD_RECTIFY = Obj(
+    (
+        Field("dataset", IDENT, "the dataset's id", EX_DATASET),
+        Field(
+            "superseded",
+            ListOf(KEY_REF, COMMITMENTS_MAX, min_items=1),
+            "the keys destroyed with the subject's old secret: the old versions",
+            [{"upload": EX_UPLOAD, "key_commitment": EX_HASH}],
+        ),
+        Field(
+            "replacement",
+            ListOf(KEY_REF, UPLOADS_MAX, min_items=1),
+            "the keys of the new uploads holding the current versions, one per replacement upload",
+            [{"upload": EX_UPLOAD, "key_commitment": EX_HASH}],
+        ),
+        Field(
+            "request",
+            Integer(1, ID_MAX),
+            "the subject's rectification.request it carries out",
+            None,
+            required=False,
+        ),
+    ),
+    title="record.rectify",
+)
+
 BODIES: dict[str, Obj] = {
     "member.register": MEMBER_REGISTER,
     "dataset.register": DATASET_REGISTER,
@@ -891,4 +946,7 @@ BODIES: dict[str, Obj] = {
     "credit.deposit": CREDIT_DEPOSIT,
     # accountability of decryptions
     "read.record": READ_RECORD,
+    # rectification
+    "rectification.request": RECTIFICATION_REQUEST,
+    "record.rectify": RECORD_RECTIFY,
 }

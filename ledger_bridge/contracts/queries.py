@@ -189,6 +189,41 @@ def _erasure_requests(s: State, q: dict[str, Any]) -> Any:
     ]
 
 
+def _rectifications(s: State, q: dict[str, Any]) -> Any:
+    """With `subject`: the subject's rectification requests, each with the rectification that
+    closed it (null while open). Otherwise the rectifications (`record.rectify`) of `dataset`,
+    or all of them, paged by `after`/`limit`: the old and new keys each links."""
+    subject = _arg(q, "subject", str)
+    if subject is not None:
+        out = []
+        for (n,) in s.group("rectification_request", "subject", subject):
+            req = s.get("rectification_request", n)
+            done = req["rectification"]
+            if done is not None:
+                req["rectification"] = {"rectification": done, **s.get("rectification", done)}
+            out.append({"request": n, **req})
+        return out
+    after, limit = _page(q)
+    dataset = _arg(q, "dataset", str)
+    if dataset is not None:
+        ids = sorted(k[0] for k in s.group("rectification", "dataset", dataset) if k[0] > after)
+    else:
+        last = s.get("meta", "next_rectification") or 0
+        ids = list(range(after + 1, min(last, after + limit) + 1))
+    return [{"rectification": i, **s.get("rectification", i)} for i in ids[:limit]]
+
+
+def _rectification_requests(s: State, q: dict[str, Any]) -> Any:
+    """The open rectification requests (of `dataset`, if given), oldest first."""
+    dataset = _arg(q, "dataset", str)
+    out = []
+    for (n,) in s.group("rectification_request_open", "all"):
+        req = s.get("rectification_request", n)
+        if dataset is None or req["dataset"] == dataset:
+            out.append({"request": n, **req})
+    return out
+
+
 def _one(table: str, arg: str, kind: type) -> Callable[[State, dict[str, Any]], Any]:
     def get(s: State, q: dict[str, Any]) -> Any:
         v = _arg(q, arg, kind)
@@ -441,6 +476,10 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     # paid access
     "statement": _statement,
     "prices": _prices,
+    # rectification
+    "rectification_request": _one("rectification_request", "request", int),
+    "rectification_requests": _rectification_requests,
+    "rectifications": _rectifications,
 }
 
 

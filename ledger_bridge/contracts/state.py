@@ -44,6 +44,8 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
     "offer": {"all": ()},
     "reward_rule": {"all": ()},
     "redemptions": {"by_partner": (0,)},
+    # rectification (rules/rectification.py)
+    "rectification_request_open": {"all": ()},
 }
 
 # Tables whose first key part is a subject (the hex of their key) and whose entries say
@@ -105,6 +107,13 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "dataset": {"owner": lambda d: (d["owner"],)},
     # active members by role: the cooperative's account is the active vault's (rules.fees)
     "member": {"active_role": lambda m: (m["role"],) if m["status"] == "active" else ()},
+    # a subject's rectification requests, until forgetting strips the subject from them; a
+    # dataset's requests and rectifications (rules/rectification.py)
+    "rectification_request": {
+        "subject": lambda r: (r["subject"],) if "subject" in r else (),
+        "dataset": lambda r: (r["dataset"],),
+    },
+    "rectification": {"dataset": lambda r: (r["dataset"],)},
 }
 
 

@@ -124,6 +124,9 @@ MUST_COVER = (
     "predicate_refused",
     "purpose_not_allowed",
     "erased_then_refused",
+    # rectification
+    "rectified",
+    "rectified_then_read",
 )
 
 
@@ -241,6 +244,7 @@ class AccessMachine(RuleBasedStateMachine):
         self.pauses = 0
         self.erasures = 0
         self.steps = 0
+        self._rectification_scene()
 
     @invariant()
     def count_steps(self) -> None:
@@ -424,6 +428,8 @@ class AccessMachine(RuleBasedStateMachine):
         )
         got = sorted(json.dumps(rec["payload"], sort_keys=True) for rec in answer["records"])
         assert got == want, f"delivered {got}, model expects {want}"
+        stale = [rec["payload"] for rec in answer["records"] if _superseded(self, rec["payload"])]
+        assert not stale, f"delivered superseded versions {stale}"
         assert all((rec["proof"] is None) == project for rec in answer["records"])
         assert {self.by_subject_id.get(g, -1) for g in answer["granted"]} == expected
         if named is not None:
@@ -600,7 +606,7 @@ class AccessMachine(RuleBasedStateMachine):
         assert r.status_code == 200, f"refused although the model sees a consent: {r.text}"
         assert line["granted"] == [self.subjects[subject].id]
         kinds = {p["kind"] for p in self.model.stored.get((dataset, subject), [])}
-        assert r.json()["result"] is (kind in kinds)
+        assert r.json()["result"] is (kind in kinds)  # current versions only (rectify)
         COVERAGE["predicate_answered"] += 1
 
     # Once per example, after a few steps, and the last subject first (hypothesis tries the
@@ -642,6 +648,110 @@ class AccessMachine(RuleBasedStateMachine):
         left = self.short_consent_at + PAUSE_S - time.monotonic()
         time.sleep(max(0.0, left))
         self.short_consent_at = None
+
+    # -- rectification (Art. 16): never a superseded version delivered ----------------------
+    #
+    # The provider rectifies one of a subject's records (its value and its kind change); the
+    # model's stored payloads then hold the new version, so every access above checks that
+    # the consumer gets the new one, and `_superseded` that it never gets an old one, whole,
+    # projected or as a yes/no (a kind that only the old version had answers false). The old
+    # record id is refused (409) ever after, and so is every record of an erased subject.
+
+    def _rectification_scene(self) -> None:
+        """What the rectification rules keep (called by `__init__`, after the uploads)."""
+        self.rectified = 0
+        # the payloads (canonical JSON) and the record ids that rectifications replaced
+        self.superseded_payloads: set[str] = set()
+        self.old_ids: list[tuple[str, str]] = []  # (dataset, record id)
+        # the last record ids the provider's read gave, per (dataset, subject)
+        self.known_ids: dict[tuple[str, int], list[str]] = {}
+        for d in DATASETS:
+            r = self.env.client.get(
+                f"/v1/datasets/{self.datasets[d]}/records", headers=self.scene.keys["provider"]
+            )
+            assert r.status_code == 200, r.text
+            for rec in r.json():
+                key = (d, self.by_subject_id[rec["subject_id"]])
+                self.known_ids.setdefault(key, []).append(rec["record_id"])
+
+    def _provider_reads(self, dataset: str, subject: int) -> list[dict[str, Any]]:
+        """The provider's read of a subject's records: only current versions, exactly the
+        model's."""
+        r = self.env.client.get(
+            f"/v1/datasets/{self.datasets[dataset]}/records",
+            params={"subject_id": self.subjects[subject].id},
+            headers=self.scene.keys["provider"],
+        )
+        assert r.status_code == 200, r.text
+        records: list[dict[str, Any]] = r.json()
+        got = sorted(json.dumps(rec["payload"], sort_keys=True) for rec in records)
+        want = sorted(json.dumps(p, sort_keys=True) for p in self.model.stored[(dataset, subject)])
+        assert got == want, f"the provider reads {got}, the model holds {want}"
+        return records
+
+    @precondition(lambda self: self.rectified < 1)
+    @rule(
+        subject=st.sampled_from(SUBJECTS),
+        dataset=st.sampled_from(DATASETS),
+        which=st.integers(0, 1),
+    )
+    def supersede(self, subject: int, dataset: str, which: int) -> None:
+        """The provider corrects one of the subject's records; an erased subject's records,
+        and a version replaced before, are refused and change nothing."""
+        self.rectified += 1
+        provider = self.scene.keys["provider"]
+        key = (dataset, subject)
+        current = self._provider_reads(dataset, subject)
+        for old_dataset, old_id in self.old_ids:  # replaced versions stay replaced
+            r = self.env.client.post(
+                f"/v1/datasets/{self.datasets[old_dataset]}/records/{old_id}/rectification",
+                headers=provider,
+                json={"subject_id": self.subjects[subject].id, "payload": {"v": "x"}},
+            )
+            assert r.status_code == 409 and "rectified before" in r.json()["detail"], r.text
+        if not current:
+            for record_id in self.known_ids.get(key, []):  # erased (or never stored): refused
+                r = self.env.client.post(
+                    f"/v1/datasets/{self.datasets[dataset]}/records/{record_id}/rectification",
+                    headers=provider,
+                    json={"subject_id": self.subjects[subject].id, "payload": {"v": "x"}},
+                )
+                assert r.status_code == 409 and "erased" in r.json()["detail"], r.text
+                COVERAGE["rectify_erased_refused"] += 1
+            return
+        target = current[which % len(current)]
+        old = target["payload"]
+        new = {"v": f"{old['v']}-fixed", "kind": "bill" if old["kind"] == "meter" else "meter"}
+        r = self.env.client.post(
+            f"/v1/datasets/{self.datasets[dataset]}/records/{target['record_id']}/rectification",
+            headers=provider,
+            json={"subject_id": self.subjects[subject].id, "payload": new},
+        )
+        assert r.status_code == 201 and r.json()["state"] == "anchored", r.text
+        note(f"rectified {old} -> {new} of subject {subject} in {dataset}")
+        self.superseded_payloads.add(json.dumps(old, sort_keys=True))
+        stored = self.model.stored[key]
+        stored[stored.index(old)] = new
+        self.old_ids += [(dataset, v["replaced"]) for v in r.json()["versions"]]
+        self.known_ids[key] = [rec["record_id"] for rec in self._provider_reads(dataset, subject)]
+        COVERAGE["rectified"] += 1
+        # At once, as each consent of the subject reaching this dataset allows: the consumer
+        # gets the new version (`_access` holds it to the model), never the old one.
+        for s, consumer, scope, purpose in sorted(self.model.consents):
+            if s == subject and scope in (dataset, "category"):
+                self._access(consumer, dataset, purpose, (subject,), False, False)
+                COVERAGE["rectified_then_read"] += 1
+                break
+
+
+def _superseded(machine: AccessMachine, payload: dict[str, Any]) -> bool:
+    """Whether a delivered payload (whole, or projected to `v`) is a version a rectification
+    replaced: its `v` is an old version's and no current version's."""
+    if "v" not in payload:
+        return False
+    old = {json.loads(p)["v"] for p in machine.superseded_payloads}
+    now = {p["v"] for payloads in machine.model.stored.values() for p in payloads}
+    return payload["v"] in old - now
 
 
 @pytest.mark.timeout(7200 if LONG else 600)

@@ -144,6 +144,8 @@ GET    /v1/decryptions/{decryption_id}/proof         ok   404  403  ok   ok   40
 GET    /v1/recipient-notices                         403  403  ok   403  403  403  403  403  401
 PUT    /v1/consumers/me/webhook                      403  403  ok   403  403  403  403  403  401
 GET    /v1/dpo/recipient-notices                     403  403  403  403  403  403  ok   403  401
+POST /v1/datasets/{dataset_id}/records/{record_id}/rectification ok 404 403 403 403 403 ok 403 401
+POST   /v1/subjects/{subject_id}/rectification-requests 403  403  403  ok   ok   403  403  403  403
 """
 
 
@@ -322,6 +324,7 @@ class World:
     erasure: int
     proposal: int
     eco: EcoScene
+    rectified: Wallet  # the subject whose record the owner and the DPO rectify
     incident: str = ""  # an open incident of the DPO's, opened by the first row that needs one
     _keys: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     # wallet id -> (headers, when signed in): a session lives 15 minutes, the matrix less
@@ -376,13 +379,13 @@ def world(ledger_env: LedgerEnv) -> World:
     proposal = admit(env, other_provider, "provider", "providers")
     owner = env.headers("provider", env.provider)
     eco = eco_scene(env, owner)
-    subject, other, by_dpo, by_self, by_self_signed_in, erased = (
-        register_subject(env) for _ in range(6)
+    subject, other, by_dpo, by_self, by_self_signed_in, erased, rectified = (
+        register_subject(env) for _ in range(7)
     )
     earn_and_redeem(env, eco, subject)
     # billing reads whole records; proof of address answers yes/no only
     dataset = make_dataset(env, owner, "address", ["proof-of-address", "research", "billing"])
-    people = (subject, other, by_dpo, by_self, by_self_signed_in, erased)
+    people = (subject, other, by_dpo, by_self, by_self_signed_in, erased, rectified)
     upload = upload_anchored(
         env,
         owner,
@@ -426,6 +429,7 @@ def world(ledger_env: LedgerEnv) -> World:
         int(r.json()["erasure_id"]),
         proposal,
         eco,
+        rectified,
     )
 
 
@@ -562,6 +566,28 @@ def _sign_out(w: World, who: str) -> Call:
     return Call(headers=w.headers(who))
 
 
+def _rectify(w: World, who: str) -> Call:
+    """The rectified subject's current record (each rectification gives it a new id)."""
+    owner = w.headers("owner")
+    params = {"subject_id": w.rectified.id}
+    r = w.env.client.get(f"/v1/datasets/{w.dataset}/records", params=params, headers=owner)
+    assert r.status_code == 200 and len(r.json()) == 1, r.text
+    return Call(
+        params={"dataset_id": w.dataset, "record_id": r.json()[0]["record_id"]},
+        headers=w.headers(who),
+        json={"subject_id": w.rectified.id, "payload": {"address": "6 rue Juste", "n": 6}},
+    )
+
+
+def _rectification_request(w: World, who: str) -> Call:
+    """The subject's request about their record; any other signer is refused (403)."""
+    body = {"dataset": w.dataset, "record": w.record, "statement_hash": "5e" * 32}
+    return Call(
+        params={"subject_id": w.subject.id},
+        json=signed(w.env, w.signer(who), "rectification.request", body),
+    )
+
+
 def _device_new(w: World, who: str) -> Call:
     body = {
         "device": Device(w.env.chain_id, "centre").id,
@@ -688,6 +714,8 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ),
     ("POST", "/v1/erasures"): _erase,
     ("POST", "/v1/erasure-requests"): _erasure_request,
+    ("POST", "/v1/datasets/{dataset_id}/records/{record_id}/rectification"): _rectify,
+    ("POST", "/v1/subjects/{subject_id}/rectification-requests"): _rectification_request,
     ("GET", "/v1/erasures/{erasure_id}"): lambda w, who: Call(
         params={"erasure_id": w.erasure}, headers=w.headers(who, w.erased)
     ),

@@ -124,6 +124,7 @@ SIGNED_ENDPOINTS = (
     "/v1/consents",
     "/v1/consents/revocations",
     "/v1/erasure-requests",
+    "/v1/subjects/{subject_id}/rectification-requests",
     "/v1/governance/proposals",
     "/v1/governance/proposals/{proposal}/votes",
     "/v1/access-requests",

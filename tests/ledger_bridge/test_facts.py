@@ -14,7 +14,9 @@ from ledger_bridge.facts import (
     EpochScope,
     ErasureCertificate,
     ErasureRecord,
+    KeyRef,
     ReadRecord,
+    RecordRectify,
     RetentionExpire,
     SubjectScope,
     UploadAnchor,
@@ -69,6 +71,16 @@ RECORDS = st.builds(
 )
 EXPIRIES = st.builds(RetentionExpire, _certificates(st.builds(EpochScope, IDS, DAYS)))
 READS = st.builds(ReadRecord, HASHES, st.integers(1, bodies.READS_MAX))
+KEY_REFS = st.builds(KeyRef, IDS, HASHES)
+RECTIFICATIONS = st.builds(
+    RecordRectify,
+    dataset=IDS,
+    superseded=st.lists(KEY_REFS, min_size=1, max_size=4).map(tuple),
+    replacement=st.lists(KEY_REFS, min_size=1, max_size=4).map(tuple),
+    requester=REQUESTERS,
+    at=TIMES,
+    request=st.none() | st.integers(1, bodies.ID_MAX),
+)
 
 
 def _body(fact: facts.Fact) -> dict[str, Any]:
@@ -77,7 +89,7 @@ def _body(fact: facts.Fact) -> dict[str, Any]:
     return fact.to_body()
 
 
-@given(ANCHORS | RECORDS | EXPIRIES | READS)
+@given(ANCHORS | RECORDS | EXPIRIES | READS | RECTIFICATIONS)
 def test_a_fact_round_trips_and_its_body_is_valid(fact: facts.Fact) -> None:
     payload = fact.to_payload()
     assert type(fact).from_payload(payload) == fact

@@ -85,6 +85,12 @@ class ErasureRequestDraft(_Draft):
     body: Annotated[dict[str, Any], TxBody("erasure.request")]
 
 
+class RectificationRequestDraft(_Draft):
+    model_config = _example("rectification.request")
+    type: Literal["rectification.request"]
+    body: Annotated[dict[str, Any], TxBody("rectification.request")]
+
+
 class GovernanceProposeDraft(_Draft):
     model_config = _example("governance.propose")
     type: Literal["governance.propose"]
@@ -132,6 +138,7 @@ DraftIn = Annotated[
     | ConsentGrantDraft
     | ConsentRevokeDraft
     | ErasureRequestDraft
+    | RectificationRequestDraft
     | GovernanceProposeDraft
     | GovernanceVoteDraft
     | DeviceRegisterDraft

@@ -112,7 +112,9 @@ def retention_audit(
     `expiry-not-on-ledger`, `destroyed-commitment-not-on-ledger`, `commitments-root-mismatch`,
     `ledger-record-missing`, `ledger-erasure-not-applied` (against the ledger).
     """
-    return run_retention_audit(request.app.state.sessions, ledger, dataset_id)
+    return run_retention_audit(
+        request.app.state.sessions, ledger, dataset_id, request.app.state.key_store
+    )
 
 
 @router.get("/dpo/ledger-verification")
@@ -215,7 +217,8 @@ def dpo_page(request: Request, session: SessionDep) -> Response:
         return _refuse(request, 403, "This key does not belong to the Data Protection Officer.")
     if prefers_json(request.headers.get("accept")):
         return _refuse(request, 406, _JSON_ROUTES_DETAIL)
-    html = render_dpo_page(page_data(request.app.state.sessions, request.app.state.ledger, session))
+    state = request.app.state
+    html = render_dpo_page(page_data(state.sessions, state.ledger, session, state.key_store))
     return HTMLResponse(html, headers=PAGE_HEADERS)
 
 

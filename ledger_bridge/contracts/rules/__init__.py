@@ -3,8 +3,8 @@
 This module holds what runs every transaction: `begin_block`, `apply` and the table of
 handlers by transaction type (`HANDLERS`). The handlers live by domain: `membership`,
 `datasets` (and uploads), `consent`, `access`, `erasure` (and retention, and forgetting a
-subject), `governance`, `reads` (the vault's own decryptions, recorded in batches); what
-they share is in `common`; the closed vocabularies (roles, legal bases...) in
+subject), `rectification`, `governance`, `reads` (the vault's own decryptions, recorded in
+batches); what they share is in `common`; the closed vocabularies (roles, legal bases...) in
 `ledger_bridge.contracts.vocabulary`.
 
 Every decision reads only the state and the block (height, time): no I/O, no wall clock, no
@@ -68,6 +68,7 @@ from ledger_bridge.contracts.rules.governance import (
 )
 from ledger_bridge.contracts.rules.membership import member_register
 from ledger_bridge.contracts.rules.reads import read_record
+from ledger_bridge.contracts.rules.rectification import record_rectify, rectification_request
 from ledger_bridge.contracts.rules.tokens import (
     coupon_spend,
     event_reward,
@@ -131,6 +132,9 @@ HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "credit.deposit": credit_deposit,
     # accountability of decryptions
     "read.record": read_record,
+    # rectification
+    "rectification.request": rectification_request,
+    "record.rectify": record_rectify,
 }
 
 

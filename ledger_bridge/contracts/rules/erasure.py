@@ -21,6 +21,7 @@ from ledger_bridge.contracts.rules.common import (
     mention,
     subject_is_author,
 )
+from ledger_bridge.contracts.rules.rectification import close_requests, forget_requests
 from ledger_bridge.contracts.rules.tokens import forget_tokens
 from ledger_bridge.contracts.state import SUBJECT_TABLES, State
 
@@ -119,6 +120,7 @@ def erasure_record(c: Ctx) -> dict[str, Any]:
         key = ("erased_subject_dataset", scope["subject"], scope["dataset"])
         if c.state.get(*key) is None:
             c.state.put(*key, c.height)
+        close_requests(c.state, scope["subject"], scope["dataset"])
     erasure = c.next_id("next_erasure")
     c.state.put(
         "erasure",
@@ -224,6 +226,7 @@ def forget(state: State, subject: str, since: int) -> int:
     for table in ("erasure", "erasure_request"):
         for (n,) in state.group(table, "subject", subject):
             _forget_in_erasure(state, table, n)
+    forget_requests(state, subject)  # their rectification requests
     _forget_in_governance(state, key)
     return redacted
 
