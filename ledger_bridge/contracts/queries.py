@@ -91,6 +91,9 @@ def _consents(s: State, q: dict[str, Any]) -> Any:
                 # what it discloses (contracts/disclosure.py); None: its purpose's narrowest
                 "mode": cur[3] if len(cur) > 3 else None,
                 "fields": cur[4] if len(cur) > 4 else None,
+                # the notice the subject was shown (a revocation keeps its grant's); None for
+                # grants that name none
+                "notice": cur[5] if len(cur) > 5 else None,
                 "in_force": version is not None and bool(version[2]) and now < version[1],
             }
         )
@@ -121,6 +124,36 @@ def _accesses(s: State, q: dict[str, Any]) -> Any:
         if len(out) >= limit:
             break
     return out
+
+
+def _recipients(s: State, q: dict[str, Any]) -> Any:
+    """Who received `subject`'s data (Art. 15(1)(c)), from the access record: one row per
+    (dataset, consumer) with the purposes it was granted for and the heights of those
+    accesses, oldest first; `dataset` narrows to one dataset. Unpaged: a consumer's row grows
+    by a height per access, and the caller (the export, a recipient notice before an erasure)
+    needs them all. Forgotten with the subject's accesses by an erasure, so it is read before
+    one commits."""
+    subject = _arg(q, "subject", str)
+    if subject is None:
+        raise ValueError("query recipients needs subject")
+    dataset = _arg(q, "dataset", str)
+    rows: dict[tuple[str, bytes], dict[str, Any]] = {}
+    for (i,) in sorted(s.group("access", "subject", subject)):
+        a = s.get("access", i)
+        if subject not in a["granted"] or (dataset is not None and a["dataset"] != dataset):
+            continue
+        row = rows.setdefault(
+            (a["dataset"], a["consumer"]),
+            {"dataset": a["dataset"], "consumer": a["consumer"], "purposes": [], "heights": []},
+        )
+        if a["purpose"] not in row["purposes"]:
+            row["purposes"].append(a["purpose"])
+        if not row["heights"] or row["heights"][-1] != a["height"]:
+            row["heights"].append(a["height"])
+    return [
+        {**row, "purposes": sorted(row["purposes"])}
+        for _, row in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    ]
 
 
 def _erasures(s: State, q: dict[str, Any]) -> Any:
@@ -389,6 +422,7 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "nonce": _nonce,
     "consents": _consents,
     "accesses": _accesses,
+    "recipients": _recipients,
     "erasures": _erasures,
     "erasure_requests": _erasure_requests,
     "redactions": _redactions,
