@@ -15,7 +15,11 @@ key file's own.
     pseudonym = wallet.pseudonym(DATASET)
     with CivisClient("http://127.0.0.1:8000") as api:
         api.register(pseudonym, "subject", "citizens")
-        api.grant_consent(pseudonym, consumer=BANK, purpose="proof-of-address", dataset=DATASET)
+        # the bank published the notice she reads (`publish_notice`); she signs its hash
+        shown = api.notice(NOTICE)
+        api.grant_consent(
+            pseudonym, consumer=BANK, purpose="proof-of-address", notice=NOTICE, dataset=DATASET
+        )
 """
 
 from api.client.client import (
@@ -60,6 +64,8 @@ from api.client.types import (
     Export,
     LedgerQuery,
     LedgerWrite,
+    Notice,
+    NoticeHash,
     PredicateAnswer,
     Price,
     Prices,
@@ -97,6 +103,8 @@ __all__ = [
     "LedgerWrite",
     "MethodNotAllowed",
     "NotFound",
+    "Notice",
+    "NoticeHash",
     "PayloadTooLarge",
     "PaymentRequired",
     "PredicateAnswer",

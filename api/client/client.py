@@ -45,6 +45,8 @@ from api.client.types import (
     Export,
     LedgerQuery,
     LedgerWrite,
+    Notice,
+    NoticeHash,
     PredicateAnswer,
     Price,
     Prices,
@@ -358,12 +360,23 @@ class CivisClient:
 
     # -- subject: consent, export, erasure request ----------------------------------------
 
+    def publish_notice(self, body: dict[str, Any]) -> NoticeHash:
+        """The consumer (or provider) publishes the notice a subject reads before consenting
+        (`api.client.notices.notice_body` writes one); `notice_hash` is what the consent
+        names."""
+        return cast(NoticeHash, self._post("/v1/notices", body))
+
+    def notice(self, notice_hash: str) -> Notice:
+        """A notice by its hash (any member): what the subject's wallet shows before signing."""
+        return cast(Notice, self._get(f"/v1/notices/{notice_hash}"))
+
     def grant_consent(
         self,
         key: SigningKey,
         *,
         consumer: str,
         purpose: str,
+        notice: str,
         dataset: str | None = None,
         category: str | None = None,
         valid_for_ms: int = DAY_MS,
@@ -372,9 +385,12 @@ class CivisClient:
     ) -> LedgerWrite:
         """`consent.grant` signed by the subject: in force for decisions from the next block.
 
-        Name one dataset or one data category; the consent ends `valid_for_ms` from now.
-        `mode` (predicate, projection, full) and `fields` say what it discloses, within what
-        the purpose declares; unnamed, the narrowest mode the purpose allows and its fields.
+        `notice` is the hash of the notice the subject was shown (`publish_notice`): the API
+        refuses a consent whose notice it does not hold or that names another consumer or
+        purpose (422). Name one dataset or one data category; the consent ends
+        `valid_for_ms` from now. `mode` (predicate, projection, full) and `fields` say what
+        it discloses, within what the purpose declares; unnamed, the narrowest mode the
+        purpose allows and its fields.
         """
         body: dict[str, Any] = {
             **_scope(dataset, category),
@@ -382,6 +398,7 @@ class CivisClient:
             "consumer": consumer,
             "purpose": purpose,
             "valid_until": now_ms() + valid_for_ms,
+            "notice": notice,
         }
         if mode is not None:
             body["mode"] = mode

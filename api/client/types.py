@@ -105,6 +105,20 @@ class Export(TypedDict):
     erasures: list[dict[str, Any]]
 
 
+class NoticeHash(TypedDict):
+    """A published notice's hash: what a consent names in `notice`."""
+
+    notice_hash: str
+
+
+class Notice(TypedDict):
+    """A consent notice as published: purpose, recipient, retention, rights, controller."""
+
+    notice_hash: str
+    body: dict[str, Any]
+    created_at: str
+
+
 class ErasureReceipt(TypedDict):
     """The subject's proof of an erasure (ledger_bridge/receipts.py verifies it): the block,
     the hex of the PBFT request that carried the erasure.record, and its transaction id."""

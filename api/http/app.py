@@ -20,6 +20,7 @@ from api.http.routes import (
     discovery,
     erasures,
     health,
+    notices,
     subjects,
     tokens,
 )
@@ -69,6 +70,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(consents.router)
+    app.include_router(notices.router)
     app.include_router(discovery.router)
     app.include_router(access.router)
     app.include_router(fee_routes.router)

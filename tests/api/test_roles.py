@@ -52,9 +52,10 @@ from fastapi.routing import iter_route_contexts
 
 from api.client import CivisClient, coupons
 from api.client.devices import Device
+from api.client.notices import notice_body
 from ledger_bridge.contracts import events
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import api, register_subject, signed, vote_through
+from tests.api.test_consented_access import api, notice, register_subject, signed, vote_through
 
 COLUMNS = (
     "owner",
@@ -88,6 +89,8 @@ GET    /v1/governance/proposals/{proposal}           ok    ok   ok   ok   ok    
 GET    /v1/governance/parameters                     ok    ok   ok   ok   ok    ok  ok    401
 GET    /v1/purposes                                  ok    ok   ok   ok   ok    ok  ok    401
 GET    /v1/colleges                                  ok    ok   ok   ok   ok    ok  ok    401
+POST   /v1/notices                                   ok    ok   ok   403  403   403 403   401
+GET    /v1/notices/{notice_hash}                     ok    ok   ok   ok   ok    ok  ok    401
 POST   /v1/consents                                  403   403  403  ok   403   403 403   403
 POST   /v1/consents/revocations                      403   403  403  ok   403   403 403   403
 GET    /v1/subjects/{subject_id}/consents            403   403  403  ok   403   ok  403   401
@@ -208,6 +211,7 @@ def grant(env: LedgerEnv, subject: Wallet, body: dict[str, Any]) -> None:
         subject.key,
         consumer=body["consumer"],
         purpose=body["purpose"],
+        notice=notice(env, body["purpose"]),
         valid_for_ms=DAY_MS,
         **scope,
     )
@@ -470,7 +474,11 @@ def _vote(w: World, who: str) -> Call:
 
 
 def _grant(w: World, who: str) -> Call:
-    body = {**_consent_body(w, "research"), "valid_until": _now_ms() + DAY_MS}
+    body = {
+        **_consent_body(w, "research"),
+        "valid_until": _now_ms() + DAY_MS,
+        "notice": notice(w.env, "research"),
+    }
     return Call(json=signed(w.env, w.signer(who), "consent.grant", body))
 
 
@@ -574,6 +582,21 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/governance/parameters"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/purposes"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/colleges"): lambda w, who: _keyed(w, who),
+    # the consumer names itself as recipient; a provider informs on that registered consumer
+    ("POST", "/v1/notices"): lambda w, who: Call(
+        headers=w.headers(who),
+        json=notice_body(
+            recipient=w.env.consumer.id,
+            purpose="research",
+            purpose_text="the matrix's research",
+            retention="a day",
+            controller="the matrix",
+            contact="dpo@example.invalid",
+        ),
+    ),
+    ("GET", "/v1/notices/{notice_hash}"): lambda w, who: _keyed(
+        w, who, notice_hash=notice(w.env, "research")
+    ),
     ("POST", "/v1/consents"): _grant,
     ("POST", "/v1/consents/revocations"): _revoke,
     ("GET", "/v1/subjects/{subject_id}/consents"): lambda w, who: _keyed(

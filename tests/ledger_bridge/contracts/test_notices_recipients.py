@@ -83,7 +83,12 @@ def test_a_notice_is_a_32_byte_hash() -> None:
 
 
 def _access(chain: Chain, consumer: Member, s: Member, dataset: str, purpose: str) -> Any:
-    body = {"consumer": consumer.pub, "dataset": dataset, "purpose": purpose, "subjects": [s.subject]}
+    body = {
+        "consumer": consumer.pub,
+        "dataset": dataset,
+        "purpose": purpose,
+        "subjects": [s.subject],
+    }
     return chain.ok(consumer, "access.request", body)
 
 
