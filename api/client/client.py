@@ -428,9 +428,34 @@ class CivisClient:
     def consents(self, subject_id: str) -> LedgerQuery:
         return cast(LedgerQuery, self._get(f"/v1/subjects/{subject_id}/consents"))
 
-    def export(self, subject_id: str) -> Export:
-        """Art. 15/20: the subject's records, consents, accesses and erasures (subject or DPO)."""
-        return cast(Export, self._get(f"/v1/subjects/{subject_id}/export"))
+    def export(
+        self, subject_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> Export:
+        """Art. 15/20, one page (subject or DPO): the subject's records with proofs, their
+        superseded history, datasets (purposes, legal basis, retention, source, recipients),
+        consents with their notices, accesses, erasures and decryptions. `next_cursor`
+        (null at the end) asks for the rest: `iter_export` follows it."""
+        path = f"/v1/subjects/{subject_id}/export"
+        return cast(Export, self._get(path, cursor=cursor, limit=limit))
+
+    def iter_export(self, subject_id: str, *, limit: int | None = None) -> Iterator[Export]:
+        """Every page of the subject's export, until the one that ends it."""
+        for page in self.pages(
+            f"/v1/subjects/{subject_id}/export",
+            cursor="cursor",
+            next_key="next_cursor",
+            limit=limit,
+        ):
+            yield cast(Export, page)
+
+    def export_package(self, subject_id: str | None = None) -> dict[str, Any]:
+        """The whole export as one portable package with the ledger's proofs (docs/EXPORT.md;
+        `civis-vault verify-export` checks it): of `subject_id` (the subject or the DPO), or,
+        unnamed, of every pseudonym the signed-in subject holds."""
+        path = "/v1/subjects/export-package"
+        if subject_id is not None:
+            path = f"/v1/subjects/{subject_id}/export/package"
+        return cast(dict[str, Any], self._get(path))
 
     def request_erasure(self, key: SigningKey, *, dataset: str | None = None) -> ErasureCertificate:
         """Art. 17 by the subject: signed with their wallet, recorded, carried out at once."""

@@ -95,14 +95,21 @@ class PredicateAnswer(TypedDict):
 
 
 class Export(TypedDict):
-    """Art. 15/20: everything held about a subject, machine-readable."""
+    """Art. 15/20: one page of everything held about a subject, machine-readable; each list
+    holds at most the page's `limit` items, and `next_cursor` (null at the end) asks for
+    the rest (docs/EXPORT.md)."""
 
     subject_id: str
     ledger_height: int
+    datasets: list[dict[str, Any]]
     records: list[dict[str, Any]]
+    history: list[dict[str, Any]]
     consents: list[dict[str, Any]]
     accesses: list[dict[str, Any]]
     erasures: list[dict[str, Any]]
+    decryptions: list[dict[str, Any]]
+    next_cursor: str | None
+    complete: bool
 
 
 class NoticeHash(TypedDict):

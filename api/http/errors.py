@@ -36,6 +36,7 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)
     │   ├── InvalidNotice             422  (api/services/notices.py)
     │   ├── NoticeNotFound            404  (api/services/notices.py)
+    │   ├── InvalidCursor             422  (api/services/export.py)
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
     │   └── LedgerRefused             403/404/409/422/502  (api/services/gateway.py): the

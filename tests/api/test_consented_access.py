@@ -108,12 +108,13 @@ def consent(env: LedgerEnv, citizen: Wallet, dataset: str, purpose: str) -> dict
     }
 
 
-def notice(env: LedgerEnv, purpose: str, consumer: Wallet | None = None) -> str:
-    """The hash of the notice `consumer` (the founding consumer unless named) shows before a
-    consent for `purpose`, published with its own key (the same words: the same notice)."""
+def notice(env: LedgerEnv, purpose: str, consumer: Wallet | str | None = None) -> str:
+    """The hash of the notice `consumer` (a wallet or a member id; the founding consumer
+    unless named) shows before a consent for `purpose`, published with its own key (the same
+    words: the same notice)."""
     who = consumer or env.consumer
     body = notice_body(
-        recipient=who.id,
+        recipient=who if isinstance(who, str) else who.id,
         purpose=purpose,
         purpose_text=f"the tests' consumer uses your records for {purpose}",
         retention="until the consent ends",

@@ -96,6 +96,8 @@ POST   /v1/consents/revocations                      403   403  403  ok   403   
 GET    /v1/subjects/{subject_id}/consents            403   403  403  ok   403   ok  403   401
 POST   /v1/access-requests                           403   403  ok   403  403   403 403   401
 GET    /v1/subjects/{subject_id}/export              403   403  403  ok   403   ok  403   401
+GET    /v1/subjects/{subject_id}/export/package      403   403  403  ok   403   ok  403   401
+GET    /v1/subjects/export-package                   403   403  403  ok   ok    403 403   401
 POST   /v1/erasures                                  403   403  403  403  403   ok  403   401
 POST   /v1/erasure-requests                          403   403  403  ok   403   403 403   403
 GET    /v1/erasures/{erasure_id}                     403   403  403  ok   404   ok  403   401
@@ -606,6 +608,11 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/subjects/{subject_id}/export"): lambda w, who: _keyed(
         w, who, subject_id=w.subject.id
     ),
+    ("GET", "/v1/subjects/{subject_id}/export/package"): lambda w, who: _keyed(
+        w, who, subject_id=w.subject.id
+    ),
+    # a subject's own package, over the pseudonyms they signed in with: nobody names another
+    ("GET", "/v1/subjects/export-package"): lambda w, who: _keyed(w, who),
     ("POST", "/v1/erasures"): _erase,
     ("POST", "/v1/erasure-requests"): _erasure_request,
     ("GET", "/v1/erasures/{erasure_id}"): lambda w, who: Call(
