@@ -90,6 +90,8 @@ def _check_position(section: str, position: Any) -> None:
     if section in ("records", "history"):
         if not (isinstance(position, list) and len(position) == 2):
             raise ValueError
+        if not isinstance(position[0], str):
+            raise ValueError
         uuid.UUID(position[0])
         if type(position[1]) is not int or position[1] < 0:
             raise ValueError

@@ -10,9 +10,11 @@ subject, so the scene's counts never change.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +317,19 @@ def test_a_cursor_the_export_did_not_give_is_refused(ledger_env: LedgerEnv) -> N
     env = ledger_env
     citizen = register_subject(env)
     headers = env.headers("subject", citizen)
-    for cursor in ("eyJyZWNvcmRzIjpbIngiLDFdfQ", "e30", "AAAA", "x" * 3000, "a.b"):
+    forged = [
+        {"records": ["x", 1]},
+        {"records": [12, 1]},
+        {"records": [str(uuid.uuid4()), -1]},
+        {"accesses": "1"},
+        {"accesses": True},
+        {"nothing": None},
+        {},
+    ]
+    cursors = [
+        base64.urlsafe_b64encode(json.dumps(f).encode()).decode().rstrip("=") for f in forged
+    ]
+    for cursor in (*cursors, "AAAA", "x" * 3000, "a.b"):
         r = env.client.get(
             f"/v1/subjects/{citizen.id}/export", headers=headers, params={"cursor": cursor}
         )
