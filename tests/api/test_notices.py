@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from api.client.notices import DEFAULT_RIGHTS, matches, notice_body
+from api.client.notices import matches, notice_body
 from ledger_bridge.contracts.vocabulary import NOTICE_RIGHTS
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_consented_access import consent, register_subject, setup_addresses, signed
@@ -49,10 +49,6 @@ def _count(database_url: str) -> int:
             return int(conn.execute(select(func.count()).select_from(Notice)).scalar_one())
     finally:
         engine.dispose()
-
-
-def test_the_default_rights_are_the_declared_ones() -> None:
-    assert set(DEFAULT_RIGHTS) == set(NOTICE_RIGHTS)
 
 
 def test_a_published_notice_is_read_back_by_its_hash(ledger_env: LedgerEnv) -> None:
