@@ -53,6 +53,7 @@ import psutil
 from sqlalchemy.orm import Session
 
 from api.client import CivisClient, public_hex
+from api.client.notices import notice_body
 from bench.upload import _POOL, PAYLOAD_BYTES, _payloads
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
@@ -367,14 +368,28 @@ def _set_up(url: str, base: str, members: dict[str, Member], n: int) -> tuple[st
             media_type="application/x-ndjson",
             timeout_s=ANCHOR_TIMEOUT_S,
         )
+        notice = _notice(client.with_key(consumer), consumer_id)
         _parallel(
             base,
             lambda c, s: c.grant_consent(
-                s.key, consumer=consumer_id, purpose=PURPOSE, dataset=dataset
+                s.key, consumer=consumer_id, purpose=PURPOSE, notice=notice, dataset=dataset
             ),
             subjects,
         )
     return dataset, upload["merkle_root"], provider, consumer
+
+
+def _notice(consumer: CivisClient, consumer_id: str) -> str:
+    """The notice the subjects read before consenting, published by the consumer: its hash."""
+    body = notice_body(
+        recipient=consumer_id,
+        purpose=PURPOSE,
+        purpose_text="the access benchmark reads your record to time consent-checked access",
+        retention="for the benchmark's run",
+        controller="Civis Vault benchmark",
+        contact="the operator running the benchmark",
+    )
+    return consumer.publish_notice(body)["notice_hash"]
 
 
 def _check_answers(fx: Fixture, merkle_root: str) -> None:

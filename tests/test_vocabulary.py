@@ -21,8 +21,9 @@ import yaml
 from api.cli import bootstrap
 from api.cli.demo import common as demo_cli
 from api.client import client, types
+from api.client import notices as client_notices
 from api.http import schemas
-from api.http.routes import access, erasures
+from api.http.routes import access, erasures, notices
 from ledger_bridge.contracts import vocabulary as v
 from vault.models import API_ROLES
 
@@ -49,6 +50,8 @@ EQUAL = [
     ("PredicateIn.op", _field(access.PredicateIn, "op"), v.PREDICATE_OPS),
     ("client.College", get_args(client.College), v.DEFAULT_COLLEGES),
     ("types.ConsentMode", get_args(types.ConsentMode), v.MODES),
+    ("NoticeRights fields", tuple(notices.NoticeRights.model_fields), v.NOTICE_RIGHTS),
+    ("client DEFAULT_RIGHTS", tuple(client_notices.DEFAULT_RIGHTS), v.NOTICE_RIGHTS),
 ]
 # The API's choices that offer part of a vocabulary.
 SUBSET = [

@@ -566,3 +566,24 @@ class ConsumerWebhook(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class Notice(Base):
+    """A notice a subject is shown before consenting (GDPR Art. 7(1), 13), by its hash.
+
+    `hash` is the SHA-256 of the canonical JSON of `body` (sorted keys, no spaces, UTF-8):
+    what the subject's signed consent.grant names in its `notice` field, so the ledger binds
+    the consent to the words shown without holding them. Notices hold no personal data (a
+    closed set of bounded fields, checked by the API: purpose, recipient, retention, rights,
+    controller); they are never erased, as a consent's meaning must stay readable.
+    """
+
+    __tablename__ = "notices"
+
+    hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (CheckConstraint("length(hash) = 32", name="hash_length"),)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
 
 from vault.crypto import DecryptionFailed, unseal
@@ -143,6 +143,39 @@ class Reader:
         if dataset_id is not None:
             query = query.where(Record.dataset_id == dataset_id)
         return self._decrypt(session, query, skip_erased=True)
+
+    def subject_page(
+        self,
+        session: Session,
+        subject_id: str,
+        *,
+        after: RecordPosition | None,
+        limit: int,
+    ) -> tuple[list[RecordOut], RecordPosition | None]:
+        """One page of the subject's readable records, in (upload, leaf) order, after `after`,
+        and the position to continue from (None: this page ends the list).
+
+        Why positions and not offsets: the export pages while uploads may land, and a position
+        never skips or repeats a record. The page is cut on rows that hold ciphertext, so an
+        erased or superseded row never takes a place in it; a row whose key is gone all the
+        same (a concurrent erasure) is left out like any erased record.
+        """
+        live = (Record.subject_id == subject_id) & Record.envelope.is_not(None)
+        keys = select(Record.upload_id, Record.leaf_index).where(live)
+        if after is not None:
+            keys = keys.where(tuple_(Record.upload_id, Record.leaf_index) > tuple_(*after))
+        rows = session.execute(
+            keys.order_by(Record.upload_id, Record.leaf_index).limit(limit + 1)
+        ).all()
+        if not rows:
+            return [], None
+        last = rows[min(limit, len(rows)) - 1]
+        query = self._query(False).where(live)
+        if after is not None:
+            query = query.where(tuple_(Record.upload_id, Record.leaf_index) > tuple_(*after))
+        query = query.where(tuple_(Record.upload_id, Record.leaf_index) <= tuple_(*last))
+        page = list(self._decrypt(session, query, skip_erased=True))
+        return page, ((last[0], int(last[1])) if len(rows) > limit else None)
 
     def by_dataset(
         self,
@@ -264,6 +297,85 @@ def current_version(session: Session, record_id: uuid.UUID) -> uuid.UUID:
             return current
         current = following
     return current
+
+
+# A record's place in the (upload, leaf index) order the export pages by.
+RecordPosition = tuple[uuid.UUID, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SupersededRecord:
+    """A record a rectification replaced: its ciphertext is gone with the subject's old key,
+    its salted leaf stays, so its inclusion in the anchored upload is still provable."""
+
+    record_id: uuid.UUID
+    dataset_id: uuid.UUID
+    upload_id: uuid.UUID
+    subject_id: str
+    superseded_by: uuid.UUID
+    leaf_index: int
+    leaf_hash: bytes
+    proof: list[bytes]
+    merkle_root: bytes
+    record_count: int
+
+
+def history(
+    session: Session, subject_id: str, *, after: RecordPosition | None, limit: int
+) -> tuple[list[SupersededRecord], RecordPosition | None]:
+    """One page of the subject's superseded records (rectified: `records.superseded_by` set),
+    in (upload, leaf) order, and the position to continue from (None: the list ends here)."""
+    superseded_by = Record.superseded_by
+    query = (
+        select(
+            Record.id,
+            Record.dataset_id,
+            Record.upload_id,
+            Record.leaf_index,
+            Record.leaf_hash,
+            superseded_by,
+            Upload.merkle_root,
+            Upload.record_count,
+        )
+        .join(Upload, Upload.id == Record.upload_id)
+        .where((Record.subject_id == subject_id) & superseded_by.is_not(None))
+    )
+    if after is not None:
+        query = query.where(tuple_(Record.upload_id, Record.leaf_index) > tuple_(*after))
+    rows = session.execute(
+        query.order_by(Record.upload_id, Record.leaf_index).limit(limit + 1)
+    ).all()
+    out = [
+        SupersededRecord(
+            record_id=rid,
+            dataset_id=dataset_id,
+            upload_id=upload_id,
+            subject_id=subject_id,
+            superseded_by=successor,  # type: ignore[arg-type]  # the query keeps non-null ones
+            leaf_index=index,
+            leaf_hash=bytes(leaf),
+            proof=upload_tree(session, upload_id, count).proof(index),
+            merkle_root=bytes(root),
+            record_count=count,
+        )
+        for rid, dataset_id, upload_id, index, leaf, successor, root, count in rows[:limit]
+    ]
+    following = (out[-1].upload_id, out[-1].leaf_index) if len(rows) > limit else None
+    return out, following
+
+
+def upload_tree(session: Session, upload_id: uuid.UUID, record_count: int) -> MerkleTree:
+    """The upload's inclusion tree over its leaf hashes, from the cache when it holds it."""
+    tree = _trees.get(upload_id, record_count)
+    if tree is None:
+        leaves = session.scalars(
+            select(Record.leaf_hash)
+            .where(Record.upload_id == upload_id)
+            .order_by(Record.leaf_index)
+        ).all()
+        tree = MerkleTree(leaves)
+        _trees.put(upload_id, tree)
+    return tree
 
 
 def key_commitments_in_order(session: Session, upload_id: uuid.UUID) -> list[bytes]:

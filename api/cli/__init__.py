@@ -19,6 +19,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "api.cli.commands",
     "api.cli.wallet",
+    "api.cli.export",
     "api.cli.governance",
     "api.cli.demo",
     "ledger_bridge.cli",

@@ -15,7 +15,11 @@ key file's own.
     pseudonym = wallet.pseudonym(DATASET)
     with CivisClient("http://127.0.0.1:8000") as api:
         api.register(pseudonym, "subject", "citizens")
-        api.grant_consent(pseudonym, consumer=BANK, purpose="proof-of-address", dataset=DATASET)
+        # the bank published the notice she reads (`publish_notice`); she signs its hash
+        shown = api.notice(NOTICE)
+        api.grant_consent(
+            pseudonym, consumer=BANK, purpose="proof-of-address", notice=NOTICE, dataset=DATASET
+        )
         me = api.sign_in(wallet)  # no API key: a session token for every pseudonym
         me.export(public_hex(pseudonym))
         me.sign_out()
@@ -64,6 +68,8 @@ from api.client.types import (
     Export,
     LedgerQuery,
     LedgerWrite,
+    Notice,
+    NoticeHash,
     PredicateAnswer,
     Price,
     Prices,
@@ -106,6 +112,8 @@ __all__ = [
     "LedgerWrite",
     "MethodNotAllowed",
     "NotFound",
+    "Notice",
+    "NoticeHash",
     "PayloadTooLarge",
     "PaymentRequired",
     "PredicateAnswer",

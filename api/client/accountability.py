@@ -8,15 +8,15 @@ ledger key (the `vault` member of the genesis, Ed25519). The signed body is cano
 (keys sorted, no spaces, UTF-8) after a domain tag:
 
     {"v": 1, "notice": n, "chain_id", "consumer", "dataset", "kind", "records": [record ids],
-     "accesses": [{"purpose", "height"}], "fact": {"type", "tx_id", "height"}, "issuer",
+     "accesses": {"purposes", "heights"}, "fact": {"type", "tx_id", "height"}, "issuer",
      "issued_at"}
 
 It names the subject by nothing but the ids of the records concerned, which the consumer
 received in its access answers: it matches them against what it holds (`records_concerned`),
 while the notice, kept by the vault and sent over the network, does not name the pseudonym
 (docs/SECURITY.md says why record ids and not a hash of the pseudonym). A consumer that got
-only yes/no answers holds no record id: `accesses` gives the purpose and block height of its
-latest access to the subject's data, which its access receipt names.
+only yes/no answers holds no record id: `accesses` gives the purposes and block heights of
+its accesses to the subject's data, which its access receipts name.
 
 Recorded reads (GDPR Art. 5(2)): `GET /v1/decryptions/{id}/proof` gives a read's fields, its
 salt and its audit path under the root of a `read.record` on the ledger; `verify_read`

@@ -50,6 +50,8 @@ from api.client.types import (
     Export,
     LedgerQuery,
     LedgerWrite,
+    Notice,
+    NoticeHash,
     PredicateAnswer,
     Price,
     Prices,
@@ -435,12 +437,23 @@ class CivisClient:
 
     # -- subject: consent, export, erasure request ----------------------------------------
 
+    def publish_notice(self, body: dict[str, Any]) -> NoticeHash:
+        """The consumer (or provider) publishes the notice a subject reads before consenting
+        (`api.client.notices.notice_body` writes one); `notice_hash` is what the consent
+        names."""
+        return cast(NoticeHash, self._post("/v1/notices", body))
+
+    def notice(self, notice_hash: str) -> Notice:
+        """A notice by its hash (any member): what the subject's wallet shows before signing."""
+        return cast(Notice, self._get(f"/v1/notices/{notice_hash}"))
+
     def grant_consent(
         self,
         key: SigningKey,
         *,
         consumer: str,
         purpose: str,
+        notice: str,
         dataset: str | None = None,
         category: str | None = None,
         valid_for_ms: int = DAY_MS,
@@ -449,9 +462,12 @@ class CivisClient:
     ) -> LedgerWrite:
         """`consent.grant` signed by the subject: in force for decisions from the next block.
 
-        Name one dataset or one data category; the consent ends `valid_for_ms` from now.
-        `mode` (predicate, projection, full) and `fields` say what it discloses, within what
-        the purpose declares; unnamed, the narrowest mode the purpose allows and its fields.
+        `notice` is the hash of the notice the subject was shown (`publish_notice`): the API
+        refuses a consent whose notice it does not hold or that names another consumer or
+        purpose (422). Name one dataset or one data category; the consent ends
+        `valid_for_ms` from now. `mode` (predicate, projection, full) and `fields` say what
+        it discloses, within what the purpose declares; unnamed, the narrowest mode the
+        purpose allows and its fields.
         """
         body: dict[str, Any] = {
             **_scope(dataset, category),
@@ -459,6 +475,7 @@ class CivisClient:
             "consumer": consumer,
             "purpose": purpose,
             "valid_until": now_ms() + valid_for_ms,
+            "notice": notice,
         }
         if mode is not None:
             body["mode"] = mode
@@ -488,9 +505,34 @@ class CivisClient:
     def consents(self, subject_id: str) -> LedgerQuery:
         return cast(LedgerQuery, self._get(f"/v1/subjects/{subject_id}/consents"))
 
-    def export(self, subject_id: str) -> Export:
-        """Art. 15/20: the subject's records, consents, accesses and erasures (subject or DPO)."""
-        return cast(Export, self._get(f"/v1/subjects/{subject_id}/export"))
+    def export(
+        self, subject_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> Export:
+        """Art. 15/20, one page (subject or DPO): the subject's records with proofs, their
+        superseded history, datasets (purposes, legal basis, retention, source, recipients),
+        consents with their notices, accesses, erasures and decryptions. `next_cursor`
+        (null at the end) asks for the rest: `iter_export` follows it."""
+        path = f"/v1/subjects/{subject_id}/export"
+        return cast(Export, self._get(path, cursor=cursor, limit=limit))
+
+    def iter_export(self, subject_id: str, *, limit: int | None = None) -> Iterator[Export]:
+        """Every page of the subject's export, until the one that ends it."""
+        for page in self.pages(
+            f"/v1/subjects/{subject_id}/export",
+            cursor="cursor",
+            next_key="next_cursor",
+            limit=limit,
+        ):
+            yield cast(Export, page)
+
+    def export_package(self, subject_id: str | None = None) -> dict[str, Any]:
+        """The whole export as one portable package with the ledger's proofs (docs/EXPORT.md;
+        `civis-vault verify-export` checks it): of `subject_id` (the subject or the DPO), or,
+        unnamed, of every pseudonym the signed-in subject holds."""
+        path = "/v1/subjects/export-package"
+        if subject_id is not None:
+            path = f"/v1/subjects/{subject_id}/export/package"
+        return cast(dict[str, Any], self._get(path))
 
     def request_erasure(self, key: SigningKey, *, dataset: str | None = None) -> ErasureCertificate:
         """Art. 17 by the subject: signed with their wallet, recorded, carried out at once."""

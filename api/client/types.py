@@ -95,15 +95,21 @@ class PredicateAnswer(TypedDict):
 
 
 class Export(TypedDict):
-    """Art. 15/20: everything held about a subject, machine-readable."""
+    """Art. 15/20: one page of everything held about a subject, machine-readable; each list
+    holds at most the page's `limit` items, and `next_cursor` (null at the end) asks for
+    the rest (docs/EXPORT.md)."""
 
     subject_id: str
     ledger_height: int
+    datasets: list[dict[str, Any]]
     records: list[dict[str, Any]]
+    history: list[dict[str, Any]]
     consents: list[dict[str, Any]]
     accesses: list[dict[str, Any]]
     erasures: list[dict[str, Any]]
     decryptions: list[dict[str, Any]]  # every read of their data (GET /v1/decryptions/{id}/proof)
+    next_cursor: str | None
+    complete: bool
 
 
 class SignInChallenge(TypedDict):
@@ -123,6 +129,20 @@ class SubjectSession(TypedDict):
     token: str
     expires_at: str
     pseudonyms: list[str]
+
+
+class NoticeHash(TypedDict):
+    """A published notice's hash: what a consent names in `notice`."""
+
+    notice_hash: str
+
+
+class Notice(TypedDict):
+    """A consent notice as published: purpose, recipient, retention, rights, controller."""
+
+    notice_hash: str
+    body: dict[str, Any]
+    created_at: str
 
 
 class ErasureReceipt(TypedDict):

@@ -22,6 +22,7 @@ from api.http.routes import (
     erasures,
     health,
     incidents,
+    notices,
     recipient_notices,
     sign_in,
     subjects,
@@ -79,6 +80,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(consents.router)
+    app.include_router(notices.router)
     app.include_router(discovery.router)
     app.include_router(access.router)
     app.include_router(fee_routes.router)

@@ -100,13 +100,15 @@ def announce(
     (default: the subject's records in the dataset as the rows name them now; an erasure
     passes those it read with `held_records` before forgetting the subject)."""
     found = ledger.query("recipients", subject=subject, dataset=str(dataset_id))["result"]
-    # Per consumer, the purposes and heights of its latest accesses: what a consumer that got
-    # only yes/no answers (no record ids) matches against its access receipts.
-    accesses: dict[str, list[dict[str, Any]]] = {}
-    for line in found:
-        accesses.setdefault(bytes(line["consumer"]).hex(), []).append(
-            {"purpose": str(line["purpose"]), "height": int(line["height"])}
-        )
+    # Per consumer, the purposes and heights of its accesses to the subject's data: what a
+    # consumer that got only yes/no answers (no record ids) matches against its receipts.
+    accesses: dict[str, dict[str, list[Any]]] = {
+        bytes(row["consumer"]).hex(): {
+            "purposes": [str(p) for p in row["purposes"]],
+            "heights": [int(h) for h in row["heights"]],
+        }
+        for row in found
+    }
     consumers = sorted(accesses)
     if not consumers:
         return []

@@ -452,6 +452,15 @@ CONSENT_GRANT = Obj(
             None,
             required=False,
         ),
+        Field(
+            "notice",
+            HASH,
+            "SHA-256 of the canonical notice the subject was shown (Art. 7(1), 13: purpose, "
+            "recipient, retention, rights, controller), kept off-ledger by the vault; "
+            "optional here so chains from before it still verify, required by the API",
+            EX_HASH,
+            required=False,
+        ),
     ),
     exactly_one=("dataset", "category"),
     title="consent.grant",

@@ -91,6 +91,9 @@ def _consents(s: State, q: dict[str, Any]) -> Any:
                 # what it discloses (contracts/disclosure.py); None: its purpose's narrowest
                 "mode": cur[3] if len(cur) > 3 else None,
                 "fields": cur[4] if len(cur) > 4 else None,
+                # the notice the subject was shown (a revocation keeps its grant's); None for
+                # grants that name none
+                "notice": cur[5] if len(cur) > 5 else None,
                 "in_force": version is not None and bool(version[2]) and now < version[1],
             }
         )
@@ -128,6 +131,36 @@ def _accesses(s: State, q: dict[str, Any]) -> Any:
     return out
 
 
+def _recipients(s: State, q: dict[str, Any]) -> Any:
+    """Who received `subject`'s data (Art. 15(1)(c)), from the access record: one row per
+    (dataset, consumer) with the purposes it was granted for and the heights of those
+    accesses, oldest first; `dataset` narrows to one dataset. Unpaged: a consumer's row grows
+    by a height per access, and the caller (the export, a recipient notice before an erasure)
+    needs them all. Forgotten with the subject's accesses by an erasure, so it is read before
+    one commits."""
+    subject = _arg(q, "subject", str)
+    if subject is None:
+        raise ValueError("query recipients needs subject")
+    dataset = _arg(q, "dataset", str)
+    rows: dict[tuple[str, bytes], dict[str, Any]] = {}
+    for (i,) in sorted(s.group("access", "subject", subject)):
+        a = s.get("access", i)
+        if subject not in a["granted"] or (dataset is not None and a["dataset"] != dataset):
+            continue
+        row = rows.setdefault(
+            (a["dataset"], a["consumer"]),
+            {"dataset": a["dataset"], "consumer": a["consumer"], "purposes": [], "heights": []},
+        )
+        if a["purpose"] not in row["purposes"]:
+            row["purposes"].append(a["purpose"])
+        if not row["heights"] or row["heights"][-1] != a["height"]:
+            row["heights"].append(a["height"])
+    return [
+        {**row, "purposes": sorted(row["purposes"])}
+        for _, row in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    ]
+
+
 def _erasures(s: State, q: dict[str, Any]) -> Any:
     """Every erasure, or those of `subject`: the erasures in a dataset of a subject still
     known. An erasure everywhere forgot its subject: nothing finds it by them any more (the
@@ -140,26 +173,6 @@ def _erasures(s: State, q: dict[str, Any]) -> Any:
         last = s.get("meta", "next_erasure") or 0
         ids = list(range(after + 1, min(last, after + limit) + 1))
     return [{"erasure": i, **s.get("erasure", i)} for i in ids[:limit]]
-
-
-def _recipients(s: State, q: dict[str, Any]) -> Any:
-    """The consumers that were granted `subject`'s data in `dataset`, one line per consumer
-    and purpose with the height of the latest such access, from the access record: whom to
-    tell of an erasure, rectification or restriction (GDPR Art. 17(2), 19). Ask before an
-    erasure everywhere commits: forgetting the subject takes them out of every access."""
-    subject, dataset = _arg(q, "subject", str), _arg(q, "dataset", str)
-    if subject is None or dataset is None:
-        raise ValueError("query recipients needs subject and dataset")
-    latest: dict[tuple[bytes, str], int] = {}
-    for (i,) in s.group("access", "subject", subject):
-        a = s.get("access", i)
-        if a["dataset"] == dataset and subject in a["granted"]:
-            key = (a["consumer"], a["purpose"])
-            latest[key] = max(latest.get(key, 0), a["height"])
-    return [
-        {"consumer": consumer, "purpose": purpose, "height": height}
-        for (consumer, purpose), height in sorted(latest.items())
-    ]
 
 
 def _read_record(s: State, q: dict[str, Any]) -> Any:
@@ -457,9 +470,9 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "nonce": _nonce,
     "consents": _consents,
     "accesses": _accesses,
+    "recipients": _recipients,
     "erasures": _erasures,
     "erasure_requests": _erasure_requests,
-    "recipients": _recipients,
     "read_record": _read_record,
     "redactions": _redactions,
     "parameters": lambda s, q: parameters.values(s),

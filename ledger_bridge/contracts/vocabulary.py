@@ -95,3 +95,20 @@ ErasureReason = Literal[
 ERASURE_REASONS: tuple[ErasureReason, ...] = get_args(ErasureReason)
 Requester = Literal["subject", "dpo", "provider", "vault"]
 REQUESTERS: tuple[Requester, ...] = get_args(Requester)
+
+# -- consent notices ----------------------------------------------------------------------------
+
+# The rights a consent's notice tells the subject of (GDPR Art. 13(2)(b)-(d)): access,
+# rectification, erasure, restriction, objection, portability, withdrawal of consent at any
+# time, and a complaint to the supervisory authority (the CNIL). A notice names each, no other.
+NoticeRight = Literal[
+    "access",
+    "rectification",
+    "erasure",
+    "restriction",
+    "objection",
+    "portability",
+    "withdrawal",
+    "complaint",
+]
+NOTICE_RIGHTS: tuple[NoticeRight, ...] = get_args(NoticeRight)

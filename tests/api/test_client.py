@@ -32,6 +32,7 @@ from api.client import (
 )
 from api.client.errors import problem_from
 from tests.api.ledger_env import LedgerEnv, Wallet
+from tests.api.test_consented_access import notice
 
 
 def _token(headers: dict[str, str]) -> str:
@@ -122,7 +123,11 @@ def test_signed_steps_consent_predicate_revocation_and_the_subjects_erasure(
 
     api = _api(env)
     api.grant_consent(
-        citizen.key, consumer=env.consumer.id, purpose="proof-of-address", dataset=dataset
+        citizen.key,
+        consumer=env.consumer.id,
+        purpose="proof-of-address",
+        notice=notice(env, "proof-of-address"),
+        dataset=dataset,
     )
     assert ask() is True
     api.revoke_consent(
@@ -197,7 +202,11 @@ def test_list_routes_are_iterated_page_by_page_without_gap_or_repeat(
     row = json.dumps({"subject_id": citizen.id, "payload": {"address": "2 quai du Test"}})
     provider.upload(dataset, (row + "\n").encode())
     _api(env).grant_consent(
-        citizen.key, consumer=env.consumer.id, purpose="billing", dataset=dataset
+        citizen.key,
+        consumer=env.consumer.id,
+        purpose="billing",
+        notice=notice(env, "billing"),
+        dataset=dataset,
     )
     bank = _api(env, "consumer", env.consumer)
     accesses = [bank.access(dataset, "billing")["access"] for _ in range(3)]
@@ -222,7 +231,9 @@ def test_refusals_arrive_as_the_exception_of_their_status(ledger_env: LedgerEnv)
     with pytest.raises(PayloadTooLarge):
         provider.upload(dataset, too_big)
     with pytest.raises(ValueError, match="exactly one of dataset or category"):
-        _api(env).grant_consent(Wallet().key, consumer=env.consumer.id, purpose="research")
+        _api(env).grant_consent(
+            Wallet().key, consumer=env.consumer.id, purpose="research", notice="00" * 32
+        )
 
 
 def _answer(status: int, body: bytes, headers: dict[str, str]) -> httpx.Response:

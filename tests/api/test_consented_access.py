@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from api.client import CivisClient
+from api.client.notices import notice_body
 from ledger_bridge.pbft import messages as m
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_datasets import rec_leaf
@@ -107,6 +108,36 @@ def consent(env: LedgerEnv, citizen: Wallet, dataset: str, purpose: str) -> dict
     }
 
 
+def notice(env: LedgerEnv, purpose: str, consumer: Wallet | str | None = None) -> str:
+    """The hash of the notice `consumer` (a wallet or a member id; the founding consumer
+    unless named) shows before a consent for `purpose`, published with its own key (the same
+    words: the same notice)."""
+    who = consumer or env.consumer
+    body = notice_body(
+        recipient=who if isinstance(who, str) else who.id,
+        purpose=purpose,
+        purpose_text=f"the tests' consumer uses your records for {purpose}",
+        retention="until the consent ends",
+        controller="Civis Vault test cooperative",
+        contact="dpo@example.invalid",
+    )
+    r = env.client.post("/v1/notices", headers=env.headers("consumer", who), json=body)
+    assert r.status_code == 201, r.text
+    notice_hash: str = r.json()["notice_hash"]
+    return notice_hash
+
+
+def grant_body(
+    env: LedgerEnv, citizen: Wallet, dataset: str, purpose: str, *, for_ms: int = DAY_MS
+) -> dict[str, Any]:
+    """A consent.grant body with its notice, valid for `for_ms` from now."""
+    return {
+        **consent(env, citizen, dataset, purpose),
+        "valid_until": int(time.time() * 1000) + for_ms,
+        "notice": notice(env, purpose),
+    }
+
+
 def test_proof_of_address_yes_no_with_consent_refused_after_revocation(
     ledger_env: LedgerEnv,
 ) -> None:
@@ -131,10 +162,7 @@ def test_proof_of_address_yes_no_with_consent_refused_after_revocation(
     r = ask(ADDRESS)
     assert r.status_code == 403, r.text
     assert r.headers["content-type"] == "application/problem+json"
-    grant = {
-        **consent(env, citizen, dataset, "proof-of-address"),
-        "valid_until": int(time.time() * 1000) + DAY_MS,
-    }
+    grant = grant_body(env, citizen, dataset, "proof-of-address")
     r = env.client.post("/v1/consents", json=signed(env, citizen, "consent.grant", grant))
     assert r.status_code == 201, r.text
     r = ask(ADDRESS)
@@ -177,15 +205,9 @@ def test_records_with_proofs_only_for_consenting_subjects_then_erasure(
     yes, no = register_subject(env), register_subject(env)
     # billing reads whole records (a proof of address answers yes/no only)
     dataset, _ = setup_addresses(env, [yes, no], ("proof-of-address", "billing"))
-    until = int(time.time() * 1000) + DAY_MS
     r = env.client.post(
         "/v1/consents",
-        json=signed(
-            env,
-            yes,
-            "consent.grant",
-            {**consent(env, yes, dataset, "billing"), "valid_until": until},
-        ),
+        json=signed(env, yes, "consent.grant", grant_body(env, yes, dataset, "billing")),
     )
     assert r.status_code == 201, r.text
     bank = env.headers("consumer", env.consumer)

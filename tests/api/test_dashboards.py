@@ -24,7 +24,13 @@ from api.services.dashboards import ImpactDashboard, partner_dashboard
 from api.services.impact import ImpactRecord, ImpactTable, aggregate, record_of
 from tests.api.conftest import MakeKey
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import api, declare_purpose, register_subject, signed
+from tests.api.test_consented_access import (
+    api,
+    declare_purpose,
+    notice,
+    register_subject,
+    signed,
+)
 from vault.models import API_ROLES
 
 PURPOSE = "impact-statistics"
@@ -302,6 +308,7 @@ def city(ledger_env: LedgerEnv) -> City:
     assert r.status_code == 201, r.text
     env.wait_anchored(dataset, r.json()["upload_id"], operator)
     until = int(time.time() * 1000) + DAY_MS
+    shown = notice(env, PURPOSE)
     for citizen in nord + gare:
         grant = {
             "subject": citizen.id,
@@ -309,6 +316,7 @@ def city(ledger_env: LedgerEnv) -> City:
             "purpose": PURPOSE,
             "dataset": dataset,
             "valid_until": until,
+            "notice": shown,
         }
         r = env.client.post("/v1/consents", json=signed(env, citizen, "consent.grant", grant))
         assert r.status_code == 201, r.text

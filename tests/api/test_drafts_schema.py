@@ -19,6 +19,7 @@ from api.services.gateway import LedgerRefused
 from ledger_bridge.contracts import bodies
 from ledger_bridge.contracts.vocabulary import ROLES
 from tests.api.ledger_env import LedgerEnv, Wallet
+from tests.api.test_consented_access import notice
 
 SUBMIT: dict[str, str | None] = {
     "member.register": "/v1/members",
@@ -70,6 +71,10 @@ def test_the_schema_example_passes_the_contracts_structural_check(
     (not_subject, exists, not_found... are fine); only a refusal for shape would fail."""
     env = ledger_env
     example = bodies.example(tx_type)
+    if tx_type == "consent.grant":
+        # The API relays a consent only with a notice it holds for that consumer and purpose
+        # (api/services/notices.py): the example's consumer publishes one.
+        example["notice"] = notice(env, example["purpose"], example["consumer"])
     r = _draft(env, env.dpo, tx_type, example)
     assert r.status_code == 201, r.text
     draft = r.json()

@@ -69,6 +69,7 @@ from api.services.keys import create_key
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import load_signing_key
 from ledger_bridge.pbft import messages as m
+from tests.api.notice_helpers import publish
 from tests.api.test_up import Up, _clean_env, _free_port, _replica_pids
 from tests.conftest import PgServer
 from vault import db
@@ -521,8 +522,9 @@ def _addresses(entities: Entities, subjects: list[SigningKey]) -> str:
 def _grant(
     system: System, subject: SigningKey, consumer: SigningKey, dataset: str, purpose: str
 ) -> LedgerWrite:
+    notice = publish(system.client(consumer, "consumer"), public_hex(consumer), purpose)
     return system.api.grant_consent(
-        subject, consumer=public_hex(consumer), purpose=purpose, dataset=dataset
+        subject, consumer=public_hex(consumer), purpose=purpose, notice=notice, dataset=dataset
     )
 
 

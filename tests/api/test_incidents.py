@@ -31,7 +31,13 @@ from api.services.affected import Scope, affected_subjects
 from api.services.gateway import LedgerRefused
 from api.services.member_standing import STANDING_TTL_S
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import api, register_subject, setup_addresses, vote_through
+from tests.api.test_consented_access import (
+    api,
+    notice,
+    register_subject,
+    setup_addresses,
+    vote_through,
+)
 from tests.api.test_roles import admit
 
 pytestmark = pytest.mark.timeout(300)
@@ -55,7 +61,12 @@ class Breach:
 
 def _grant(env: LedgerEnv, citizen: Wallet, consumer: Wallet, dataset: str) -> None:
     api(env).grant_consent(
-        citizen.key, consumer=consumer.id, purpose="billing", valid_for_ms=DAY_MS, dataset=dataset
+        citizen.key,
+        consumer=consumer.id,
+        purpose="billing",
+        notice=notice(env, "billing", consumer),
+        valid_for_ms=DAY_MS,
+        dataset=dataset,
     )
 
 

@@ -60,7 +60,7 @@ from hypothesis.stateful import (
 )
 
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import declare_purpose, register_subject, signed
+from tests.api.test_consented_access import declare_purpose, notice, register_subject, signed
 from tests.api.test_roles import admit, make_dataset, upload_anchored
 
 LONG = os.environ.get("CIVIS_LONG_PROPERTIES") == "1"
@@ -137,6 +137,7 @@ class Scene:
     env: LedgerEnv
     consumers: dict[str, Wallet]
     keys: dict[str, dict[str, str]]
+    notices: dict[tuple[str, str], str]  # (consumer, purpose) -> the notice its consents name
     last_access: int = 0  # the highest access id seen so far (ids are global on the chain)
 
 
@@ -152,7 +153,12 @@ def scene(ledger_env: LedgerEnv) -> Scene:
     keys = {name: env.headers("consumer", w) for name, w in consumers.items()}
     keys["provider"] = env.headers("provider", env.provider)
     keys["dpo"] = env.headers("dpo", env.dpo)
-    return Scene(env, consumers, keys)
+    notices = {
+        (name, purpose): notice(env, purpose, wallet)
+        for name, wallet in consumers.items()
+        for purpose in PURPOSES
+    }
+    return Scene(env, consumers, keys, notices)
 
 
 @dataclass
@@ -317,6 +323,7 @@ class AccessMachine(RuleBasedStateMachine):
             **self._consent_body(subject, consumer, scope, purpose),
             "valid_until": until,
             "mode": "full",
+            "notice": self.scene.notices[(consumer, purpose)],
         }
         r = self.env.client.post(
             "/v1/consents", json=signed(self.env, self.subjects[subject], "consent.grant", body)

@@ -38,6 +38,7 @@ from ledger_bridge.contracts import codec
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.receipts import ErasureReceipt, verify
+from tests.api.notice_helpers import publish
 from tests.api.test_datasets import rec_leaf
 from tests.api.test_e2e_up import Entities, System, entities, system
 from tests.vault.test_forensic import _pg_dump
@@ -175,8 +176,9 @@ def test_nothing_on_the_replicas_the_vault_or_the_logs_names_an_erased_subject(
         system.api.register(s, "subject", "citizens")
     dataset = _dataset(entities, erased, kept)
     bank = public_hex(entities.consumer)
-    system.api.grant_consent(erased, consumer=bank, purpose="proof-of-address", dataset=dataset)
-    system.api.grant_consent(kept, consumer=bank, purpose="billing", dataset=dataset)
+    for s, purpose in ((erased, "proof-of-address"), (kept, "billing")):
+        notice = publish(entities.consumer_api, bank, purpose)
+        system.api.grant_consent(s, consumer=bank, purpose=purpose, notice=notice, dataset=dataset)
     ids = [public_hex(erased), public_hex(kept)]
     asked = entities.consumer_api.predicate(
         dataset, "proof-of-address", subject=ids[0], field="address", op="eq", value=ERASED_ADDRESS

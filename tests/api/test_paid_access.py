@@ -10,17 +10,16 @@ naming another price is refused whole and moves nothing.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import pytest
 
 from api.client import CivisClient, Conflict, PaymentRequired
-from tests.api.ledger_env import DAY_MS, LedgerEnv
+from tests.api.ledger_env import LedgerEnv
 from tests.api.test_consented_access import (
     ADDRESS,
-    consent,
+    grant_body,
     register_subject,
     setup_addresses,
     signed,
@@ -47,10 +46,7 @@ def paid(ledger_env: LedgerEnv) -> dict[str, Any]:
     env = ledger_env
     citizen = register_subject(env)
     dataset, _ = setup_addresses(env, [citizen])
-    grant = {
-        **consent(env, citizen, dataset, "proof-of-address"),
-        "valid_until": int(time.time() * 1000) + DAY_MS,
-    }
+    grant = grant_body(env, citizen, dataset, "proof-of-address")
     r = env.client.post("/v1/consents", json=signed(env, citizen, "consent.grant", grant))
     assert r.status_code == 201, r.text
     utility = as_member(env, "provider", env.provider)

@@ -40,6 +40,7 @@ from ledger_bridge.contracts import tx as txmod
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import load_genesis, load_signing_key
 from ledger_bridge.pbft import messages as m
+from tests.api.notice_helpers import publish
 from tests.api.test_e2e_up import System, running_system
 from tests.conftest import PgServer
 
@@ -231,15 +232,18 @@ def _proof_of_address(
     seen = [_refused(lambda: _ask(bank, dataset, p1, "1 rue A"))]
     assert seen[-1]["detail"].startswith("no_consent")
     bank_id = public_hex(bank.key)
+    notice = publish(bank.api, bank_id, "proof-of-address")
     for subject in (p1, control):
         system.api.grant_consent(
-            subject, consumer=bank_id, purpose="proof-of-address", dataset=dataset
+            subject, consumer=bank_id, purpose="proof-of-address", notice=notice, dataset=dataset
         )
     seen += [_ask(bank, dataset, p1, "1 rue A"), _ask(bank, dataset, p1, "3 rue C")]
     assert [a["result"] for a in seen[-2:]] == [True, False]
     system.api.revoke_consent(p1, consumer=bank_id, purpose="proof-of-address", dataset=dataset)
     seen.append(_refused(lambda: _ask(bank, dataset, p1, "1 rue A")))
-    system.api.grant_consent(p1, consumer=bank_id, purpose="proof-of-address", dataset=dataset)
+    system.api.grant_consent(
+        p1, consumer=bank_id, purpose="proof-of-address", notice=notice, dataset=dataset
+    )
     seen.append(_ask(bank, dataset, control, "2 rue B"))
     assert seen[-1]["result"] is True
     return seen
@@ -251,11 +255,16 @@ def _road_maintenance(
     """A category consent under a pseudonym covers the datasets where that pseudonym is:
     here, the fleet's. The road service reads the chosen fields of both subjects."""
     roads_id = public_hex(roads.key)
+    notice = publish(roads.api, roads_id, "road-maintenance")
     system.api.grant_consent(
-        p2, consumer=roads_id, purpose="road-maintenance", category="vehicle-telemetry"
+        p2,
+        consumer=roads_id,
+        purpose="road-maintenance",
+        notice=notice,
+        category="vehicle-telemetry",
     )
     system.api.grant_consent(
-        control, consumer=roads_id, purpose="road-maintenance", dataset=dataset
+        control, consumer=roads_id, purpose="road-maintenance", notice=notice, dataset=dataset
     )
     out = roads.api.access(dataset, "road-maintenance", fields=FIELDS)
     got = sorted(r["subject_id"] for r in out["records"])

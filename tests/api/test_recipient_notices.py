@@ -26,6 +26,7 @@ from api.client.accountability import records_concerned, verify_notice
 from api.http.settings import Settings
 from tests.api.ledger_env import LedgerEnv, Wallet
 from tests.api.test_consented_access import api, register_subject, setup_addresses
+from tests.api.test_consented_access import notice as consent_notice
 from tests.api.test_roles import admit
 
 ATTEMPTS_MAX = 3
@@ -155,8 +156,20 @@ def test_the_consumer_that_received_the_data_is_told_and_no_other(
     env, (other, purpose) = ledger_env, scene
     alice, bob = register_subject(env), register_subject(env)
     dataset, _ = setup_addresses(env, [alice, bob], purposes=(purpose,))
-    api(env).grant_consent(alice.key, consumer=env.consumer.id, purpose=purpose, dataset=dataset)
-    api(env).grant_consent(bob.key, consumer=other.id, purpose=purpose, dataset=dataset)
+    api(env).grant_consent(
+        alice.key,
+        consumer=env.consumer.id,
+        purpose=purpose,
+        notice=consent_notice(env, purpose, env.consumer),
+        dataset=dataset,
+    )
+    api(env).grant_consent(
+        bob.key,
+        consumer=other.id,
+        purpose=purpose,
+        notice=consent_notice(env, purpose, other),
+        dataset=dataset,
+    )
     bank, shop = env.headers("consumer", env.consumer), env.headers("consumer", other)
     received, read_at = _read(env, bank, dataset, alice)
     _read(env, shop, dataset, bob)
@@ -179,7 +192,7 @@ def test_the_consumer_that_received_the_data_is_told_and_no_other(
     assert body["consumer"] == env.consumer.id
     assert body["fact"]["type"] == "erasure.record" and body["fact"]["height"] >= 1
     assert records_concerned(notice, received) == set(received)
-    assert body["accesses"] == [{"purpose": purpose, "height": read_at}]
+    assert body["accesses"] == {"purposes": [purpose], "heights": [read_at]}
     assert alice.id not in json.dumps(notice)  # the pseudonym is named nowhere
 
     # the job writes the 200 down just after the webhook answered it
@@ -201,7 +214,13 @@ def test_a_notice_never_delivered_is_a_finding(
     env, (other, purpose) = ledger_env, scene
     carol = register_subject(env)
     dataset, _ = setup_addresses(env, [carol], purposes=(purpose,))
-    api(env).grant_consent(carol.key, consumer=other.id, purpose=purpose, dataset=dataset)
+    api(env).grant_consent(
+        carol.key,
+        consumer=other.id,
+        purpose=purpose,
+        notice=consent_notice(env, purpose, other),
+        dataset=dataset,
+    )
     shop = env.headers("consumer", other)
     _read(env, shop, dataset, carol)
     down = hooks.new(500)

@@ -57,10 +57,11 @@ from fastapi.routing import iter_route_contexts
 
 from api.client import CivisClient, coupons
 from api.client.devices import Device
+from api.client.notices import notice_body
 from ledger_bridge.contracts import events
 from ledger_bridge.crypto import SigningKey
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
-from tests.api.test_consented_access import api, register_subject, signed, vote_through
+from tests.api.test_consented_access import api, notice, register_subject, signed, vote_through
 
 COLUMNS = (
     "owner",
@@ -146,6 +147,10 @@ PUT    /v1/consumers/me/webhook                      403  403  ok   403  403  40
 GET    /v1/dpo/recipient-notices                     403  403  403  403  403  403  ok   403  401
 POST /v1/datasets/{dataset_id}/records/{record_id}/rectification ok 404 403 403 403 403 ok 403 401
 POST   /v1/subjects/{subject_id}/rectification-requests 403  403  403  ok   ok   403  403  403  403
+POST   /v1/notices                                   ok   ok   ok   403  403  403  403  403  401
+GET    /v1/notices/{notice_hash}                     ok   ok   ok   ok   ok   ok   ok   ok   401
+GET    /v1/subjects/{subject_id}/export/package      403  403  403  ok   ok   403  ok   403  401
+GET    /v1/subjects/export-package                   403  403  403  ok   ok   ok   403  403  401
 """
 
 
@@ -233,6 +238,7 @@ def grant(env: LedgerEnv, subject: Wallet, body: dict[str, Any]) -> None:
         subject.key,
         consumer=body["consumer"],
         purpose=body["purpose"],
+        notice=notice(env, body["purpose"]),
         valid_for_ms=DAY_MS,
         **scope,
     )
@@ -522,7 +528,11 @@ def _vote(w: World, who: str) -> Call:
 
 
 def _grant(w: World, who: str) -> Call:
-    body = {**_consent_body(w, "research"), "valid_until": _now_ms() + DAY_MS}
+    body = {
+        **_consent_body(w, "research"),
+        "valid_until": _now_ms() + DAY_MS,
+        "notice": notice(w.env, "research"),
+    }
     return Call(json=signed(w.env, w.signer(who), "consent.grant", body))
 
 
@@ -703,6 +713,21 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/governance/parameters"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/purposes"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/colleges"): lambda w, who: _keyed(w, who),
+    # the consumer names itself as recipient; a provider informs on that registered consumer
+    ("POST", "/v1/notices"): lambda w, who: Call(
+        headers=w.headers(who),
+        json=notice_body(
+            recipient=w.env.consumer.id,
+            purpose="research",
+            purpose_text="the matrix's research",
+            retention="a day",
+            controller="the matrix",
+            contact="dpo@example.invalid",
+        ),
+    ),
+    ("GET", "/v1/notices/{notice_hash}"): lambda w, who: _keyed(
+        w, who, notice_hash=notice(w.env, "research")
+    ),
     ("POST", "/v1/consents"): _grant,
     ("POST", "/v1/consents/revocations"): _revoke,
     ("GET", "/v1/subjects/{subject_id}/consents"): lambda w, who: _keyed(
@@ -712,6 +737,11 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/subjects/{subject_id}/export"): lambda w, who: _keyed(
         w, who, subject_id=w.subject.id
     ),
+    ("GET", "/v1/subjects/{subject_id}/export/package"): lambda w, who: _keyed(
+        w, who, subject_id=w.subject.id
+    ),
+    # a subject's own package, over the pseudonyms they signed in with: nobody names another
+    ("GET", "/v1/subjects/export-package"): lambda w, who: _keyed(w, who),
     ("POST", "/v1/erasures"): _erase,
     ("POST", "/v1/erasure-requests"): _erasure_request,
     ("POST", "/v1/datasets/{dataset_id}/records/{record_id}/rectification"): _rectify,

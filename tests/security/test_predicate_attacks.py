@@ -38,6 +38,7 @@ from tests.api.ledger_env import (  # noqa: F401  (fixtures)
     ledger_cluster,
     ledger_database_url,
 )
+from tests.api.notice_helpers import publish
 from tests.conftest import served
 from vault import db
 
@@ -124,8 +125,12 @@ def bank(
         line = json.dumps({"subject_id": citizen.id, "payload": record}) + "\n"
         utility.upload(dataset, line.encode(), media_type="application/x-ndjson", timeout_s=30)
         consumer = wallets["consumer"].id
-        anonymous.grant_consent(citizen.key, consumer=consumer, purpose=PURPOSE, dataset=dataset)
-        yield Bank(anonymous.with_key(issue(consumer, "consumer")), dataset, citizen.id, [])
+        bank = anonymous.with_key(issue(consumer, "consumer"))
+        notice = publish(bank, consumer, PURPOSE)
+        anonymous.grant_consent(
+            citizen.key, consumer=consumer, purpose=PURPOSE, notice=notice, dataset=dataset
+        )
+        yield Bank(bank, dataset, citizen.id, [])
 
 
 def test_no_predicate_at_all_gets_no_record(bank: Bank) -> None:

@@ -159,7 +159,11 @@ def _enrol(stage: Stage, citizen: str, station: Station, metropolis: Party) -> P
     with stage.doing(f"{party.name} joining the {station.what}'s dataset"):
         joined = stage.api.register(party.key, "subject", RESIDENTS)
         consent = stage.api.grant_consent(
-            party.key, consumer=metropolis.id, purpose=PURPOSE, dataset=station.dataset
+            party.key,
+            consumer=metropolis.id,
+            purpose=PURPOSE,
+            notice=stage.notice(metropolis, PURPOSE),
+            dataset=station.dataset,
         )
     stage.keys.by_college.setdefault(RESIDENTS, []).append(party.key)
     stage.tell(

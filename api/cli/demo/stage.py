@@ -33,6 +33,7 @@ from api.client import (
     Role,
     public_hex,
 )
+from api.client.notices import matches, notice_body
 from api.client.wallet import Wallet, dataset_id
 from ledger_bridge.crypto import SigningKey
 
@@ -81,6 +82,8 @@ class Stage:
     wallets: dict[str, Wallet] = field(default_factory=dict)
     # Dataset id -> the provider's name, so a citizen's relationships can be told apart.
     owners: dict[str, str] = field(default_factory=dict)
+    # (consumer id, purpose) -> the hash of the notice it published this run
+    notices: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dpo = Party("the DPO", self.keys.dpo, self.api)
@@ -279,12 +282,37 @@ class Stage:
             f"{out['merkle_root'][:12]}… anchored {receipt_text(out['receipt'])}"
         )
 
+    def notice(self, consumer: Party, purpose: str) -> str:
+        """The notice `consumer` shows the subjects it asks to consent for `purpose`,
+        published once per run (the same words have the same hash); its hash."""
+        key = (consumer.id, purpose)
+        if key not in self.notices:
+            body = notice_body(
+                recipient=consumer.id,
+                purpose=purpose,
+                purpose_text=f"{consumer.name} uses your data for {purpose}, and only for it.",
+                retention="as long as your consent lasts (a day here), then no longer",
+                controller=f"Civis Vault cooperative, demo run {self.run_id}",
+                contact="the cooperative's DPO, through the DPO page",
+            )
+            with self.doing(f"{consumer.name} publishing its consent notice"):
+                self.notices[key] = consumer.api.publish_notice(body)["notice_hash"]
+        return self.notices[key]
+
     def consent(self, subject: Party, consumer: Party, dataset: str, purpose: str) -> None:
+        notice = self.notice(consumer, purpose)
         with self.doing(f"{subject.name} consenting"):
+            # the consumer hands her the notice as the vault holds it; her wallet checks that
+            # the words shown are the words whose hash she signs
+            shown = consumer.api.notice(notice)["body"]
+            self.check(
+                matches(shown, notice), "the notice shown is not the one whose hash is signed"
+            )
             out = self.api.grant_consent(
-                subject.key, consumer=consumer.id, purpose=purpose, dataset=dataset
+                subject.key, consumer=consumer.id, purpose=purpose, notice=notice, dataset=dataset
             )
         self.tell(
-            f"{subject.name} signs a consent: {consumer.name} may use this dataset for "
-            f"{purpose}, for a day {receipt_text(out['receipt'])}"
+            f"{subject.name} reads {consumer.name}'s notice (purpose, retention, her rights; hash "
+            f"{notice[:12]}…) and signs a consent naming it: {consumer.name} may use this dataset "
+            f"for {purpose}, for a day {receipt_text(out['receipt'])}"
         )

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import CurrentMember, LedgerDep, strict_query, subject_or_dpo
+from api.http.deps import CurrentMember, LedgerDep, SessionDep, strict_query, subject_or_dpo
 from api.http.errors import Forbidden
 from api.http.schemas import (
     PUBLIC_KEY_HEX,
@@ -28,6 +28,7 @@ from api.http.schemas import (
     TxBody,
 )
 from api.http.signed import DRAFT_TTL_MAX_S, assemble, draft
+from api.services import notices
 from api.services.gateway import LedgerAnswer, jsonable
 from ledger_bridge.contracts import bodies
 
@@ -237,13 +238,18 @@ def show_proposal(
 
 
 @router.post("/consents", status_code=201)
-def grant(body: SignedIn, ledger: LedgerDep) -> LedgerWriteOut:
+def grant(body: SignedIn, ledger: LedgerDep, session: SessionDep) -> LedgerWriteOut:
     """consent.grant, signed by the subject: in force from the next block.
 
-    Its `mode` (predicate, projection, full) and `fields` say what it discloses, within what
-    its purpose declares (`GET /v1/purposes`); unnamed, the narrowest mode the purpose allows,
-    with all its fields. Beyond the purpose: 403 `exceeds_purpose`."""
-    return _relay(ledger, body, "consent.grant")
+    Its `notice` is the hash of the notice the subject was shown (`POST /v1/notices`): one
+    the vault does not hold, or that names another consumer or purpose, is refused 422
+    before anything reaches the ledger (GDPR Art. 7(1): the controller shows what the subject
+    consented to). Its `mode` (predicate, projection, full) and `fields` say what it
+    discloses, within what its purpose declares (`GET /v1/purposes`); unnamed, the narrowest
+    mode the purpose allows, with all its fields. Beyond the purpose: 403 `exceeds_purpose`."""
+    signed = assemble(ledger.chain_id, body.transaction, body.signature, "consent.grant")
+    notices.check_consent(session, signed.body)
+    return _out(ledger.submit(signed.encode()))
 
 
 @router.post("/consents/revocations", status_code=201)

@@ -1,20 +1,27 @@
 """What a data subject does with their own credential: read everything held about them.
 
-The export answers GDPR Art. 15 (access) and Art. 20 (portability) at once: the subject's
-records, decrypted, and what the ledger holds about them (consents, accesses to their data,
-erasures). Only the subject named in the path (their API key, or a wallet sign-in that proved
-the pseudonym: api/http/routes/sign_in.py), or the DPO, may read it. The subject's writes
-(consents, erasure requests) are transactions they sign, relayed by the consents and erasures
-routes; their consents are read there too, next to the writes that make them.
+The export answers GDPR Art. 15 (access) and Art. 20 (portability): the subject's records,
+decrypted, their superseded (rectified) history, the datasets they are in with purposes, legal
+basis, retention, source and recipients, and what the ledger holds about them (consents with
+the notices they were shown, accesses to their data, erasures), plus the decryptions of their
+data. Two forms: `GET /v1/subjects/{id}/export` pages through it with a cursor and cuts
+nothing (api/services/export.py); the package is all of it in one JSON file with the ledger's
+proofs, which another controller checks with `civis-vault verify-export` (docs/EXPORT.md).
+Only the subject named in the path, or the DPO, may read it; a signed-in subject holding
+several pseudonyms gets one package over all of them. The subject's writes (consents, erasure
+requests) are transactions they sign, relayed by the consents and erasures routes.
 """
 
 from __future__ import annotations
 
-import json
+import uuid
+from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from api.http.bodies import BoundedJsonRoute
 from api.http.deps import (
@@ -25,10 +32,11 @@ from api.http.deps import (
     strict_query,
     subject_or_dpo,
 )
+from api.http.errors import Forbidden
 from api.http.schemas import PUBLIC_KEY_HEX
-from api.services import decryptions
-from api.services.gateway import jsonable
-from vault import reads
+from api.services import decryptions, export_package
+from api.services.export import CURSOR_CHARS_MAX, PAGE_MAX, Cursor, Sources, page
+from api.services.keys import Member
 
 # Tagged "access" in the OpenAPI document: the export is the subject's right of access.
 router = APIRouter(
@@ -38,14 +46,31 @@ router = APIRouter(
     route_class=BoundedJsonRoute,
 )
 
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+PACKAGE_DOC = (
+    "one JSON document: the schema is docs/EXPORT.md and api/client/export_schema.json; "
+    "`civis-vault verify-export FILE --genesis GENESIS` checks every proof in it"
+)
+_PACKAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": PACKAGE_DOC,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
 
 class ExportOut(BaseModel):
-    """Art. 15 (access) and Art. 20 (portability): everything held about the subject."""
+    """One page of everything held about the subject (Art. 15 and 20); nothing is cut: each
+    list holds at most `limit` items a page, and `next_cursor` asks for the rest."""
 
     subject_id: str
     ledger_height: int
-    records: list[dict[str, Any]]
-    consents: list[dict[str, Any]]
+    datasets: list[dict[str, Any]] = Field(
+        description="purposes, legal basis, retention, source (provider) and recipients"
+    )
+    records: list[dict[str, Any]] = Field(description="decrypted, with inclusion proofs")
+    history: list[dict[str, Any]] = Field(description="records a rectification superseded")
+    consents: list[dict[str, Any]] = Field(description="each with the notice it names")
     accesses: list[dict[str, Any]]
     erasures: list[dict[str, Any]]
     decryptions: list[dict[str, Any]] = Field(
@@ -53,6 +78,10 @@ class ExportOut(BaseModel):
         description="every read of the subject's data by the vault's members (this one "
         "included), each provable: GET /v1/decryptions/{id}/proof",
     )
+    next_cursor: str | None = Field(
+        description="pass it as `cursor` for the next page; null: this page ends the export"
+    )
+    complete: bool = Field(description="true when this page ends the export")
 
 
 @router.get("/subjects/{subject_id}/export")
@@ -62,32 +91,67 @@ def export(
     session: SessionDep,
     store: KeyStoreDep,
     ledger: LedgerDep,
+    cursor: Annotated[
+        str | None, Query(max_length=CURSOR_CHARS_MAX, pattern=CURSOR_PATTERN)
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_MAX,
 ) -> ExportOut:
-    """The subject's records (decrypted), consents, accesses to their data, erasures, and
-    the reads of their data (this export is one, recorded in its own transaction)."""
+    """A page of the subject's export: up to `limit` items of each list not yet finished;
+    follow `next_cursor` until it is null (or take the package)."""
     subject_or_dpo(member, subject_id)
-    found = list(reads.Reader(store).by_subject(session, subject_id))
+    at = Cursor.decode(cursor)
+    answer = page(Sources(session, store, ledger), subject_id, at, limit)
+    _record_reads(session, member, answer["records"])
+    return ExportOut(**answer)
+
+
+def _record_reads(session: Session, member: Member, records: list[dict[str, Any]]) -> None:
+    """Every export decrypts: its reads are recorded in the request's own transaction, so an
+    answer never leaves without its record (invariant 10)."""
+    counts = Counter((r["subject_id"], uuid.UUID(r["dataset_id"])) for r in records)
     decryptions.record_decryptions(
-        session, member, decryptions.export_kind(member), decryptions.counted(found)
+        session,
+        member,
+        decryptions.export_kind(member),
+        [(s, d, n) for (s, d), n in counts.items()],
     )
-    records = [
-        {
-            "record_id": str(r.record_id),
-            "dataset_id": str(r.dataset_id),
-            "upload_id": str(r.upload_id),
-            "payload": json.loads(r.payload),
-        }
-        for r in found
-    ]
-    consents = ledger.query("consents", subject=subject_id)
-    accesses = ledger.query("accesses", subject=subject_id, limit=1000)
-    erasures = ledger.query("erasures", subject=subject_id, limit=1000)
-    return ExportOut(
-        subject_id=subject_id,
-        ledger_height=consents["height"],
-        records=records,
-        consents=jsonable(consents["result"]),
-        accesses=jsonable(accesses["result"]),
-        erasures=jsonable(erasures["result"]),
-        decryptions=decryptions.decryptions_of(session, [subject_id]),
+
+
+def _download(package: dict[str, Any], name: str) -> JSONResponse:
+    return JSONResponse(
+        package,
+        headers={"Content-Disposition": f'attachment; filename="civis-export-{name}.json"'},
     )
+
+
+@router.get(
+    "/subjects/{subject_id}/export/package",
+    response_class=JSONResponse,
+    responses=_PACKAGE_RESPONSES,
+)
+def export_package_of(
+    subject_id: Annotated[str, Path(pattern=PUBLIC_KEY_HEX)],
+    member: CurrentMember,
+    session: SessionDep,
+    store: KeyStoreDep,
+    ledger: LedgerDep,
+) -> JSONResponse:
+    """The whole export of one pseudonym as one portable, verifiable JSON package."""
+    subject_or_dpo(member, subject_id)
+    package = export_package.build(Sources(session, store, ledger), [subject_id], ledger.chain_id)
+    _record_reads(session, member, package["records"])
+    return _download(package, subject_id[:16])
+
+
+@router.get("/subjects/export-package", response_class=JSONResponse, responses=_PACKAGE_RESPONSES)
+def export_package_of_self(
+    member: CurrentMember, session: SessionDep, store: KeyStoreDep, ledger: LedgerDep
+) -> JSONResponse:
+    """The signed-in subject's package over every pseudonym they authenticated with (one per
+    dataset: nothing else links them, so only the subject can ask for them together)."""
+    if member.role != "subject":
+        raise Forbidden("only a subject exports their own package here; the DPO names one")
+    pseudonyms = sorted(member.pseudonyms)
+    package = export_package.build(Sources(session, store, ledger), pseudonyms, ledger.chain_id)
+    _record_reads(session, member, package["records"])
+    return _download(package, "all")

@@ -75,9 +75,14 @@ def consent_grant(c: Ctx) -> dict[str, Any]:
         raise Reject(bounds.code, bounds.message)
     mode, fields = bounds
     key = ("consent", subject, consumer, scope, purpose)
-    # [height written, valid_until, granted, mode, fields]; mode and fields None: the
-    # consent follows its purpose's declaration (disclosure.consent_terms)
-    _write_version(c, key, [c.height, until, True, mode, fields])
+    # [height written, valid_until, granted, mode, fields(, notice)]; mode and fields None:
+    # the consent follows its purpose's declaration (disclosure.consent_terms). The notice
+    # hash is appended only when the grant names one, so a chain whose grants predate the
+    # field replays to the same state roots.
+    version: list[Any] = [c.height, until, True, mode, fields]
+    if "notice" in body:
+        version.append(body["notice"])
+    _write_version(c, key, version)
     mention(c, subject)
     return {
         "ok": True,

@@ -329,6 +329,8 @@ class Reference:
                     "changed_at_height": latest[0],
                     "mode": self.consent_mode(purpose)[0],
                     "fields": self.consent_mode(purpose)[1],
+                    # the model's grants name no notice (test_notices_recipients.py covers it)
+                    "notice": None,
                     "in_force": self.in_force(
                         (s, consumer, scope, purpose), self.height + 1, self.now
                     ),
