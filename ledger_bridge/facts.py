@@ -49,6 +49,13 @@ COUPON_SPEND = "coupon.spend"
 # paid access (contracts/rules/fees.py)
 PRICE_SET = "price.set"
 CREDIT_DEPOSIT = "credit.deposit"
+# restriction (Art. 18) and objection (Art. 21), contracts/rules/restriction.py
+RESTRICTION_SET = "restriction.set"
+RESTRICTION_LIFT = "restriction.lift"
+RESTRICTION_EXEMPT = "restriction.exempt"
+OBJECTION_SET = "objection.set"
+OBJECTION_WITHDRAW = "objection.withdraw"
+OBJECTION_OVERRIDE = "objection.override"
 
 TX_TYPES = (
     MEMBER_REGISTER,
@@ -71,6 +78,13 @@ TX_TYPES = (
     # paid access
     PRICE_SET,
     CREDIT_DEPOSIT,
+    # restriction and objection
+    RESTRICTION_SET,
+    RESTRICTION_LIFT,
+    RESTRICTION_EXEMPT,
+    OBJECTION_SET,
+    OBJECTION_WITHDRAW,
+    OBJECTION_OVERRIDE,
 )
 # The facts that destroy something: each carries an `ErasureCertificate`.
 ERASURE_KINDS = (ERASURE_RECORD, RETENTION_EXPIRE)

@@ -3,8 +3,8 @@
 This module holds what runs every transaction: `begin_block`, `apply` and the table of
 handlers by transaction type (`HANDLERS`). The handlers live by domain: `membership`,
 `datasets` (and uploads), `consent`, `access`, `erasure` (and retention, and forgetting a
-subject), `governance`; what they share is in `common`; the closed vocabularies (roles,
-legal bases...) in `ledger_bridge.contracts.vocabulary`.
+subject), `restriction` (and objection), `governance`; what they share is in `common`; the
+closed vocabularies (roles, legal bases...) in `ledger_bridge.contracts.vocabulary`.
 
 Every decision reads only the state and the block (height, time): no I/O, no wall clock, no
 randomness. A transaction either applies completely (burning its nonce) or leaves the state
@@ -66,6 +66,14 @@ from ledger_bridge.contracts.rules.governance import (
     governance_vote,
 )
 from ledger_bridge.contracts.rules.membership import member_register
+from ledger_bridge.contracts.rules.restriction import (
+    objection_override,
+    objection_set,
+    objection_withdraw,
+    restriction_exempt,
+    restriction_lift,
+    restriction_set,
+)
 from ledger_bridge.contracts.rules.tokens import (
     coupon_spend,
     event_reward,
@@ -127,6 +135,13 @@ HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     # paid access
     "price.set": price_set,
     "credit.deposit": credit_deposit,
+    # restriction (Art. 18) and objection (Art. 21)
+    "restriction.set": restriction_set,
+    "restriction.lift": restriction_lift,
+    "restriction.exempt": restriction_exempt,
+    "objection.set": objection_set,
+    "objection.withdraw": objection_withdraw,
+    "objection.override": objection_override,
 }
 
 
