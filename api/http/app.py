@@ -20,6 +20,7 @@ from api.http.routes import (
     discovery,
     erasures,
     health,
+    restrictions,
     subjects,
     tokens,
 )
@@ -73,6 +74,7 @@ def create_app(
     app.include_router(access.router)
     app.include_router(fee_routes.router)
     app.include_router(subjects.router)
+    app.include_router(restrictions.router)
     app.include_router(erasures.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)

@@ -35,6 +35,7 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidAccess             422  (api/http/routes/access.py)
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
+    │   ├── ProcessingRestricted      409  (api/services/restrictions.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
     │   └── LedgerRefused             403/404/409/422/502  (api/services/gateway.py): the
     │                                      contract's result code decides

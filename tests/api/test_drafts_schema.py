@@ -31,6 +31,11 @@ SUBMIT = {
     "token.redeem": "/v1/redemptions",
     "offer.publish": "/v1/offers",
     "coupon.spend": "/v1/coupons/spend",
+    # the path names the author: the relay checks it before the contracts see the body
+    "restriction.set": "/v1/subjects/{author}/restrictions",
+    "restriction.lift": "/v1/subjects/{author}/restrictions",
+    "objection.set": "/v1/subjects/{author}/objections",
+    "objection.withdraw": "/v1/subjects/{author}/objections",
 }
 STRUCTURAL = ("invalid", "malformed")
 
@@ -70,7 +75,7 @@ def test_the_schema_example_passes_the_contracts_structural_check(
     assert r.status_code == 201, r.text
     draft = r.json()
     signature = env.dpo.key.sign(bytes.fromhex(draft["signing_payload"])).hex()
-    path = SUBMIT[tx_type].format(proposal=example.get("proposal"))
+    path = SUBMIT[tx_type].format(proposal=example.get("proposal"), author=env.dpo.id)
     answer = env.client.post(
         path, json={"transaction": draft["transaction"], "signature": signature}
     )

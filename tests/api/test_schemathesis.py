@@ -135,6 +135,9 @@ SIGNED_ENDPOINTS = (
     "/v1/offers",
     "/v1/redemptions",
     "/v1/coupons/spend",
+    # restriction and objection, signed by the subject
+    "/v1/subjects/{subject_id}/restrictions",
+    "/v1/subjects/{subject_id}/objections",
 )
 
 
