@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from api.cli import main
 from api.client import CivisClient
+from api.client.wallet import Wallet as SubjectWallet
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_consented_access import (
     ADDRESS,
@@ -33,6 +36,7 @@ from tests.api.test_consented_access import (
     signed,
 )
 from tests.api.test_dpo_routes import _redactions_done
+from tests.api.test_erasure_receipt import _serve
 from tests.api.test_roles import upload_anchored
 
 WITHHELD = "Civis-Withheld-Records"
@@ -384,3 +388,45 @@ def test_an_erasure_leaves_no_restriction_objection_or_override_on_any_replica(
     assert env.gateway.query("restrictions", subject=erased.id)["result"] == []
     [left] = env.gateway.query("restrictions", dataset=city)["result"]
     assert left["subject"] == kept.id
+
+
+@pytest.fixture(scope="module")
+def base_url(ledger_env: LedgerEnv) -> Iterator[str]:
+    """The module's app behind real HTTP, for the wallet's command line."""
+    yield from _serve(ledger_env.client.app, "off")  # type: ignore[arg-type]
+
+
+def test_the_wallet_restricts_and_objects_with_the_datasets_pseudonym(
+    ledger_env: LedgerEnv,
+    city: str,
+    base_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`civis-vault wallet restrict|object`: signed with the subject's pseudonym in that
+    dataset (never the wallet's own key), posted through the API; a refusal says why and
+    exits 2."""
+    env = ledger_env
+    key = tmp_path / "subject.key"
+    assert main(["wallet", "new", "--key", str(key)]) == 0
+    pseudonym = Wallet(SubjectWallet.open(key).pseudonym(city))
+    api(env).register(pseudonym.key, "subject", "citizens")
+    capsys.readouterr()
+
+    def wallet(*argv: str) -> tuple[int, dict[str, Any], str]:
+        code = main(["wallet", *argv, "--key", str(key), "--dataset", city, "--api", base_url])
+        out, err = capsys.readouterr()
+        return code, json.loads(out) if code == 0 else {}, err
+
+    code, out, _ = wallet("restrict", "--ground", "objection_pending")
+    assert code == 0 and out["pseudonym"] == pseudonym.id and out["dataset"] == city
+    assert out["result"]["ground"] == "objection_pending"
+    code, out, _ = wallet("object")
+    assert code == 0 and out["receipt"]["block_height"] >= 1
+    [standing] = _standing(env, pseudonym, env.headers("dpo", env.dpo))
+    assert standing["ground"] == "objection_pending" and standing["objected"]
+    assert wallet("restrict", "--lift")[0] == 0
+    assert wallet("object", "--withdraw")[0] == 0
+    code, _, err = wallet("restrict", "--lift")
+    assert code == 2 and "not_restricted" in err
+    assert _standing(env, pseudonym, env.headers("dpo", env.dpo)) == []
