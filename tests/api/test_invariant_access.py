@@ -667,7 +667,10 @@ class AccessMachine(RuleBasedStateMachine):
         if key is None:
             return
         subject, consumer, scope, purpose = key
-        dataset = scope if scope != "category" else data.draw(st.sampled_from(DATASETS))
+        if scope == "category":  # one of the category's datasets the purpose is allowed in
+            allowed = [d for d in DATASETS if purpose in ALLOWED[d]]
+            scope = data.draw(st.sampled_from(allowed), label="dataset")
+        dataset = scope
         history = self.model.restricted.get((subject, dataset), [])
         in_force = bool(history) and history[-1][1]
         for lift in (True,) if in_force else (False,) if keep else (False, True):
