@@ -14,8 +14,10 @@ request (the dataset's standings, or one subject's in it) keeps the cost to a ro
 Why the wall clock for the exemption's end: the ledger's clock is the last block's time, which
 on an idle chain may be long past, and would keep an expired exemption alive.
 
-Without a ledger (an instance run without one), nothing is ever restricted: restrictions
-exist only as signed transactions on the ledger.
+With a ledger that does not answer, the read is refused (503, `LedgerUnavailable`): a
+restriction that cannot be checked is not assumed away. Without a ledger at all (an instance
+run without one), nothing is ever restricted: restrictions exist only as signed transactions
+on the ledger.
 """
 
 from __future__ import annotations
