@@ -54,6 +54,13 @@ READ_RECORD = "read.record"
 # Art. 16 rectification (contracts/rules/rectification.py)
 RECTIFICATION_REQUEST = "rectification.request"
 RECORD_RECTIFY = "record.rectify"
+# restriction (Art. 18) and objection (Art. 21), contracts/rules/restriction.py
+RESTRICTION_SET = "restriction.set"
+RESTRICTION_LIFT = "restriction.lift"
+RESTRICTION_EXEMPT = "restriction.exempt"
+OBJECTION_SET = "objection.set"
+OBJECTION_WITHDRAW = "objection.withdraw"
+OBJECTION_OVERRIDE = "objection.override"
 
 TX_TYPES = (
     MEMBER_REGISTER,
@@ -81,6 +88,13 @@ TX_TYPES = (
     # rectification
     RECTIFICATION_REQUEST,
     RECORD_RECTIFY,
+    # restriction and objection
+    RESTRICTION_SET,
+    RESTRICTION_LIFT,
+    RESTRICTION_EXEMPT,
+    OBJECTION_SET,
+    OBJECTION_WITHDRAW,
+    OBJECTION_OVERRIDE,
 )
 # The facts that destroy something: each carries an `ErasureCertificate`.
 ERASURE_KINDS = (ERASURE_RECORD, RETENTION_EXPIRE)

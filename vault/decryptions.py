@@ -140,10 +140,14 @@ def _columns(row: Decryption) -> dict[str, object]:
 
 
 def readable(
-    session: Session, dataset_id: uuid.UUID, subjects: Iterable[str] | None = None
+    session: Session,
+    dataset_id: uuid.UUID,
+    subjects: Iterable[str] | None = None,
+    leave_out: Iterable[str] = (),
 ) -> list[Read]:
-    """What a read of `dataset_id` (its `subjects` only, when given) will decrypt: each
-    subject's records that still hold ciphertext, counted in the caller's snapshot.
+    """What a read of `dataset_id` (its `subjects` only, when given; never those it leaves
+    out, restricted ones) will decrypt: each subject's records that still hold ciphertext,
+    counted in the caller's snapshot.
 
     For a streamed read, recorded before its first byte: read in the snapshot the stream then
     reads from (REPEATABLE READ), the count is what the stream sends. A record with its
@@ -156,6 +160,9 @@ def readable(
     )
     if subjects is not None:
         query = query.where(Record.subject_id.in_(list(subjects)))
+    withheld = list(leave_out)
+    if withheld:
+        query = query.where(Record.subject_id.not_in(withheld))
     return [Read(str(s), dataset_id, int(n)) for s, n in session.execute(query)]
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from vault.crypto import DecryptionFailed, unseal
@@ -183,11 +183,16 @@ class Reader:
         dataset_id: uuid.UUID,
         *,
         subjects: Iterable[str] | None = None,
+        leave_out: Collection[str] = (),
         anchored_only: bool = False,
     ) -> Iterator[RecordOut]:
+        """The dataset's records (of `subjects` only, when named), without those of the
+        subjects in `leave_out` (whose processing is restricted): they are not decrypted."""
         query = self._query(anchored_only).where(Record.dataset_id == dataset_id)
         if subjects is not None:
             query = query.where(Record.subject_id.in_(list(subjects)))
+        if leave_out:
+            query = query.where(Record.subject_id.not_in(list(leave_out)))
         return self._decrypt(session, query, skip_erased=True)
 
     def _query(self, anchored_only: bool) -> Select[*tuple[Any, ...]]:
@@ -376,6 +381,28 @@ def upload_tree(session: Session, upload_id: uuid.UUID, record_count: int) -> Me
         tree = MerkleTree(leaves)
         _trees.put(upload_id, tree)
     return tree
+
+
+def count_readable(
+    session: Session,
+    dataset_id: uuid.UUID,
+    subjects: Collection[str],
+    *,
+    within: Iterable[str] | None = None,
+) -> int:
+    """How many records of `subjects` in the dataset still hold their ciphertext (erased ones
+    do not): what a read that leaves these subjects out withholds. `within`: only among these
+    subjects (the read asked for them alone)."""
+    if not subjects:
+        return 0
+    query = select(func.count()).where(
+        Record.dataset_id == dataset_id,
+        Record.subject_id.in_(list(subjects)),
+        Record.envelope.is_not(None),
+    )
+    if within is not None:
+        query = query.where(Record.subject_id.in_(list(within)))
+    return int(session.scalar(query) or 0)
 
 
 def key_commitments_in_order(session: Session, upload_id: uuid.UUID) -> list[bytes]:

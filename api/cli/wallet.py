@@ -1,4 +1,8 @@
-"""`civis-vault wallet`: the command line over the subject's wallet (`api/client/wallet.py`)."""
+"""`civis-vault wallet`: the command line over the subject's wallet (`api/client/wallet.py`).
+
+Most actions are local (keys, pseudonyms, signatures, receipts). `restrict` and `object` are
+the subject's Art. 18 and Art. 21 requests: the wallet signs with the dataset's pseudonym and
+posts through the API (`--api`), as `CivisClient` does; the key never leaves the machine."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
@@ -22,6 +26,13 @@ from api.client.wallet import (
     sign_message,
 )
 from ledger_bridge import receipts
+from ledger_bridge.contracts.vocabulary import RESTRICTION_GROUNDS
+
+if TYPE_CHECKING:
+    from api.client import CivisClient, LedgerWrite
+    from ledger_bridge.crypto import SigningKey
+
+Send = Callable[["CivisClient", "SigningKey", str], "LedgerWrite"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,6 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     receipts.add_verify_command(actions)  # verify-erasure: ledger_bridge/receipts.py
     _add_coupon_command(actions)
     _add_sign_in_commands(actions)
+    _add_rights_commands(actions)
 
 
 def _report(name: str, run: Callable[[], dict[str, Any]]) -> int:
@@ -329,3 +341,63 @@ def _sign_out(args: argparse.Namespace) -> int:
         return {"signed_out": True}
 
     return _report("sign-out", run)
+
+
+# -- restriction (Art. 18) and objection (Art. 21) ---------------------------------------------
+
+
+def _add_rights_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    restrict = actions.add_parser(
+        "restrict",
+        help="restrict processing of your data in a dataset (GDPR Art. 18), or lift it",
+    )
+    objection = actions.add_parser(
+        "object",
+        help="object to processing in a dataset under public task or legitimate interests "
+        "(GDPR Art. 21), or withdraw the objection",
+    )
+    for parser in (restrict, objection):
+        parser.add_argument("--key", type=Path, required=True)
+        parser.add_argument("--dataset", required=True, help="the dataset's id")
+        parser.add_argument("--api", required=True, help="the API's base URL")
+    how = restrict.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ground", choices=RESTRICTION_GROUNDS, help="why (Art. 18(1) (a)-(d))")
+    how.add_argument("--lift", action="store_true", help="lift the restriction in force")
+    restrict.set_defaults(func=_restrict)
+    objection.add_argument("--withdraw", action="store_true", help="withdraw the objection")
+    objection.set_defaults(func=_object)
+
+
+def _signed_word(args: argparse.Namespace, name: str, send: Send) -> int:
+    """Sign with the dataset's pseudonym and post; the contracts' answer, or why not."""
+    from api.client import CivisClient, ClientError
+
+    def run() -> dict[str, Any]:
+        d = dataset_id(args.dataset)
+        key = Wallet.open(args.key).pseudonym(d)
+        try:
+            with CivisClient(args.api) as client:
+                out = send(client, key, d)
+        except (ClientError, httpx.HTTPError) as exc:
+            raise WalletError(str(exc)) from None
+        return {"dataset": d, "pseudonym": key.public_key.hex(), **out}
+
+    return _report(name, run)
+
+
+def _restrict(args: argparse.Namespace) -> int:
+    def send(client: CivisClient, key: SigningKey, d: str) -> LedgerWrite:
+        if args.lift:
+            return client.lift_restriction(key, dataset=d)
+        return client.restrict(key, dataset=d, ground=args.ground)
+
+    return _signed_word(args, "restrict", send)
+
+
+def _object(args: argparse.Namespace) -> int:
+    def send(client: CivisClient, key: SigningKey, d: str) -> LedgerWrite:
+        if args.withdraw:
+            return client.withdraw_objection(key, dataset=d)
+        return client.object_to(key, dataset=d)
+
+    return _signed_word(args, "object", send)

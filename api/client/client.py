@@ -58,6 +58,7 @@ from api.client.types import (
     Purposes,
     Rectification,
     RectificationRequest,
+    Restrictions,
     SealedReceipt,
     SignedTransaction,
     SignInChallenge,
@@ -556,6 +557,56 @@ class CivisClient:
         }
         path = f"/v1/subjects/{public_hex(key)}/rectification-requests"
         return cast(RectificationRequest, self.submit(path, key, "rectification.request", body))
+
+    # -- subject and DPO: restriction (Art. 18) and objection (Art. 21) ------------------
+
+    def restrict(self, key: SigningKey, *, dataset: str, ground: str) -> LedgerWrite:
+        """`restriction.set` signed by the subject (`key`: their pseudonym in `dataset`): no
+        consumer gets their data there, nor does the provider read it, from the next block.
+        `ground`: Art. 18(1), one of `vocabulary.RESTRICTION_GROUNDS`."""
+        body = {"dataset": dataset, "ground": ground}
+        path = f"/v1/subjects/{public_hex(key)}/restrictions"
+        return cast(LedgerWrite, self.submit(path, key, "restriction.set", body))
+
+    def lift_restriction(self, key: SigningKey, *, dataset: str) -> LedgerWrite:
+        path = f"/v1/subjects/{public_hex(key)}/restrictions"
+        return cast(LedgerWrite, self.submit(path, key, "restriction.lift", {"dataset": dataset}))
+
+    def object_to(self, key: SigningKey, *, dataset: str) -> LedgerWrite:
+        """`objection.set` (Art. 21(1)): only where the dataset's legal basis is public task
+        or legitimate interests (`Conflict` with `basis_is_consent` otherwise)."""
+        path = f"/v1/subjects/{public_hex(key)}/objections"
+        return cast(LedgerWrite, self.submit(path, key, "objection.set", {"dataset": dataset}))
+
+    def withdraw_objection(self, key: SigningKey, *, dataset: str) -> LedgerWrite:
+        path = f"/v1/subjects/{public_hex(key)}/objections"
+        body = {"dataset": dataset}
+        return cast(LedgerWrite, self.submit(path, key, "objection.withdraw", body))
+
+    def restrictions(self, subject_id: str) -> Restrictions:
+        """The subject's standing in every dataset (the subject or the DPO)."""
+        return cast(Restrictions, self._get(f"/v1/subjects/{subject_id}/restrictions"))
+
+    def exempt_restricted(
+        self, *, dataset: str, subject: str, until_ms: int, ground: str = "legal_claims"
+    ) -> LedgerWrite:
+        """The DPO's legal-claims exemption (Art. 18(2)): the provider reads the subject's
+        records until `until_ms`; consumers stay refused."""
+        body = {"dataset": dataset, "subject": subject, "ground": ground, "until": until_ms}
+        return cast(LedgerWrite, self._post("/v1/dpo/restriction-exemptions", body))
+
+    def override_objection(self, *, dataset: str, subject: str, grounds: str) -> LedgerWrite:
+        """The DPO's compelling legitimate grounds (no personal data: the subject reads them):
+        processing goes on despite the objection, from the next block."""
+        body = {"dataset": dataset, "subject": subject, "grounds": grounds}
+        return cast(LedgerWrite, self._post("/v1/dpo/objection-overrides", body))
+
+    def withheld_records(self, dataset_id: str, *, subject_id: str | None = None) -> int:
+        """How many of the provider's records in the dataset its reads leave out now, their
+        subjects having restricted or objected to processing (`Civis-Withheld-Records`)."""
+        path = f"/v1/datasets/{dataset_id}/records"
+        r = self.request("GET", path, params={"subject_id": subject_id, "limit": 1})
+        return int(r.headers["Civis-Withheld-Records"])
 
     # -- consumer: records, projections, predicates ---------------------------------------
 

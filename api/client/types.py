@@ -145,6 +145,14 @@ class Notice(TypedDict):
     created_at: str
 
 
+class Restrictions(TypedDict):
+    """Art. 18/21: a subject's standing in each dataset (restriction and its ground, objection,
+    the DPO's override with its grounds, a legal-claims exemption), as the ledger holds it."""
+
+    height: int
+    restrictions: list[dict[str, Any]]
+
+
 class ErasureReceipt(TypedDict):
     """The subject's proof of an erasure (ledger_bridge/receipts.py verifies it): the block,
     the hex of the PBFT request that carried the erasure.record, and its transaction id."""

@@ -24,6 +24,7 @@ from api.http.routes import (
     incidents,
     notices,
     recipient_notices,
+    restrictions,
     sign_in,
     subjects,
     tokens,
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(fee_routes.router)
     app.include_router(sign_in.router)
     app.include_router(subjects.router)
+    app.include_router(restrictions.router)
     app.include_router(erasures.router)
     app.include_router(decryptions.router)
     app.include_router(recipient_notices.router)

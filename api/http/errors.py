@@ -52,6 +52,7 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidCursor             422  (api/services/export.py)
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
     │   ├── InvalidWebhook            422  (api/services/recipient_notices.py)
+    │   ├── ProcessingRestricted      409  (api/services/restrictions.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
     │   ├── IncidentNotFound          404  (api/services/incidents.py)
     │   ├── InvalidIncident           422  (api/services/incidents.py)

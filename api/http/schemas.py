@@ -33,7 +33,7 @@ from vault.uploads import LEDGER_SUBJECT_ID
 NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]+$"
 
 
-def _text(value: str) -> str:
+def utf8_text(value: str) -> str:
     # PostgreSQL text holds only valid UTF-8: a lone surrogate (legal in JSON) would be a 500.
     try:
         value.encode("utf-8")
@@ -62,11 +62,11 @@ TimeIn = Annotated[dt.datetime, Strict(False)]
 
 # Text a person writes for another to read on a page: a line (no control character), or
 # prose (lines and tabs, no other control character), valid Unicode either way.
-Line = Annotated[str, StringConstraints(pattern=NO_CONTROLS), AfterValidator(_text)]
+Line = Annotated[str, StringConstraints(pattern=NO_CONTROLS), AfterValidator(utf8_text)]
 Prose = Annotated[
     str,
     StringConstraints(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+$"),
-    AfterValidator(_text),
+    AfterValidator(utf8_text),
 ]
 
 
@@ -123,7 +123,7 @@ class DatasetIn(StrictIn):
     name: Annotated[
         str,
         StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROLS),
-        AfterValidator(_text),
+        AfterValidator(utf8_text),
     ]
     category: Name
     purposes: Annotated[

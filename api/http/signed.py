@@ -42,6 +42,11 @@ SELF_SIGNED = (
     "coupon.spend",
     # Art. 16: the subject asks for a record of theirs to be corrected
     "rectification.request",
+    # restriction (Art. 18) and objection (Art. 21): the subject's own word, per dataset
+    "restriction.set",
+    "restriction.lift",
+    "objection.set",
+    "objection.withdraw",
 )
 DRAFT_TTL_MAX_S = tx.TTL_MAX_MS // 1000
 
@@ -91,8 +96,11 @@ def draft(
     }
 
 
-def assemble(chain_id: str, transaction_hex: str, signature_hex: str, expected: str) -> tx.SignedTx:
-    """The signed transaction from a draft and its author's signature, checked here first."""
+def assemble(
+    chain_id: str, transaction_hex: str, signature_hex: str, expected: str | tuple[str, ...]
+) -> tx.SignedTx:
+    """The signed transaction from a draft and its author's signature, checked here first.
+    `expected`: the type (or the types) the endpoint takes."""
     try:
         raw = bytes.fromhex(transaction_hex)
         sig = bytes.fromhex(signature_hex)
@@ -107,8 +115,9 @@ def assemble(chain_id: str, transaction_hex: str, signature_hex: str, expected: 
         signed = tx.decode(codec.encode({**unsigned, "sig": sig}))
     except tx.MalformedTx as exc:
         raise InvalidTransaction(str(exc)) from None
-    if signed.type != expected:
-        raise InvalidTransaction(f"this endpoint takes a {expected} transaction")
+    types = (expected,) if isinstance(expected, str) else expected
+    if signed.type not in types:
+        raise InvalidTransaction(f"this endpoint takes a {' or '.join(types)} transaction")
     if not signed.verify(chain_id):
         raise Forbidden("the signature does not verify for the transaction's author")
     return signed

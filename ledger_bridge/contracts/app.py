@@ -77,15 +77,15 @@ CHECKED_BYTES_MAX = 32 * 1024 * 1024
 
 def own_query(q: Any, reader: bytes) -> bool:
     """Whether query `q` asks only about `reader`: a consumer's accesses (`consumer` is its
-    key), a subject's consents, accesses, erasures or rectifications (`subject` is its key in
-    hex), a token account's balance or statement (`account`), a partner's redemptions
-    (`partner`), or a member's credit statement (`member` is its key)."""
+    key), a subject's consents, accesses, erasures, rectifications or restrictions (`subject`
+    is its key in hex), a token account's balance or statement (`account`), a partner's
+    redemptions (`partner`), or a member's credit statement (`member` is its key)."""
     if not isinstance(q, dict):
         return False
     kind = q.get("q")
     if kind == "accesses" and "subject" not in q:
         return q.get("consumer") == reader
-    if kind in ("accesses", "consents", "erasures", "rectifications"):
+    if kind in ("accesses", "consents", "erasures", "rectifications", "restrictions"):
         return q.get("subject") == reader.hex()
     if kind in ("balance", "token_statement"):  # a token account: the key, or its hex
         return q.get("account") in (reader, reader.hex())

@@ -29,11 +29,13 @@ from typing import Any
 from ledger_bridge.contracts.vocabulary import (
     DEVICE_KINDS,
     ERASURE_REASONS,
+    EXEMPTION_GROUNDS,
     LEGAL_BASES,
     MODES,
     PARAMETER_NAMES,
     PREDICATE_OPS,
     REQUESTERS,
+    RESTRICTION_GROUNDS,
     ROLES,
     UNITS,
 )
@@ -68,6 +70,10 @@ ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"  # dataset and upload ids (UUIDs in prac
 SUBJECT_PATTERN = r"^[0-9a-f]{64}$"  # a subject is the hex of its wallet public key
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"  # a record's field name
 HEX32_PATTERN = r"^[0-9a-f]{64}$"  # 32 bytes as JSON carries them
+# Free text a person reads (the DPO's grounds): no control characters, which only serve to
+# spoof what a reader sees (the API's names follow the same rule).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+GROUNDS_MAX_CHARS = 500
 # Messages name fields, never a value: a caller's unknown field names are cut short.
 UNKNOWN_SHOWN_MAX = 5
 UNKNOWN_NAME_CHARS_MAX = 40
@@ -932,6 +938,63 @@ RECORD_RECTIFY = Obj(
     title="record.rectify",
 )
 
+# -- restriction (Art. 18) and objection (Art. 21), contracts/rules/restriction.py -------------
+
+_OWN_DATASET = Field(
+    "dataset", IDENT, "the dataset; the author is the subject (their key in it)", EX_DATASET
+)
+_NAMED_DATASET = Field("dataset", IDENT, "the dataset's id", EX_DATASET)
+_NAMED_SUBJECT = Field("subject", SUBJECT, "the subject it concerns", EX_KEY)
+
+RESTRICTION_SET = Obj(
+    (
+        _OWN_DATASET,
+        Field(
+            "ground",
+            Enum(RESTRICTION_GROUNDS),
+            "why, GDPR Art. 18(1) (a)-(d); a restriction in force is set again to change it",
+            "accuracy_contested",
+        ),
+    ),
+    title="restriction.set",
+)
+RESTRICTION_LIFT = Obj((_OWN_DATASET,), title="restriction.lift")
+OBJECTION_SET = Obj((_OWN_DATASET,), title="objection.set")
+OBJECTION_WITHDRAW = Obj((_OWN_DATASET,), title="objection.withdraw")
+RESTRICTION_EXEMPT = Obj(
+    (
+        _NAMED_DATASET,
+        _NAMED_SUBJECT,
+        Field(
+            "ground",
+            Enum(EXEMPTION_GROUNDS),
+            "Art. 18(2): the provider's own reads for legal claims (never a consumer's)",
+            "legal_claims",
+        ),
+        Field("until", TIME_MS, "the exemption's end, in the future", EX_TIME_MS),
+    ),
+    title="restriction.exempt",
+)
+OBJECTION_OVERRIDE = Obj(
+    (
+        _NAMED_DATASET,
+        _NAMED_SUBJECT,
+        Field(
+            "grounds",
+            Text(
+                f"1 to {GROUNDS_MAX_CHARS} characters, no control characters",
+                TEXT_PATTERN,
+                1,
+                GROUNDS_MAX_CHARS,
+            ),
+            "the DPO's compelling legitimate grounds (Art. 21(1)), shown to the subject; "
+            "no personal data",
+            "Network security monitoring required by the operator's licence, art. 12",
+        ),
+    ),
+    title="objection.override",
+)
+
 BODIES: dict[str, Obj] = {
     "member.register": MEMBER_REGISTER,
     "dataset.register": DATASET_REGISTER,
@@ -958,4 +1021,11 @@ BODIES: dict[str, Obj] = {
     # rectification
     "rectification.request": RECTIFICATION_REQUEST,
     "record.rectify": RECORD_RECTIFY,
+    # restriction and objection
+    "restriction.set": RESTRICTION_SET,
+    "restriction.lift": RESTRICTION_LIFT,
+    "restriction.exempt": RESTRICTION_EXEMPT,
+    "objection.set": OBJECTION_SET,
+    "objection.withdraw": OBJECTION_WITHDRAW,
+    "objection.override": OBJECTION_OVERRIDE,
 }

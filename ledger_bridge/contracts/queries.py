@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger_bridge.contracts import rules
-from ledger_bridge.contracts.rules import fees, parameters, tokens
+from ledger_bridge.contracts.rules import fees, parameters, restriction, tokens
 from ledger_bridge.contracts.state import State
 from ledger_bridge.contracts.vocabulary import MODES
 
@@ -98,6 +98,13 @@ def _consents(s: State, q: dict[str, Any]) -> Any:
             }
         )
     return out
+
+
+def _restrictions(s: State, q: dict[str, Any]) -> Any:
+    """A subject's (in every dataset, or in `dataset`) or a dataset's restrictions,
+    objections, overrides with their grounds and exemptions, as the next block sees them;
+    `processing_stopped`: an access refuses the subject there (rules/restriction.py)."""
+    return restriction.standings(s, _arg(q, "subject", str), _arg(q, "dataset", str))
 
 
 def _accesses(s: State, q: dict[str, Any]) -> Any:
@@ -469,6 +476,7 @@ QUERIES: dict[str, Callable[[State, dict[str, Any]], Any]] = {
     "governance": _governance,
     "nonce": _nonce,
     "consents": _consents,
+    "restrictions": _restrictions,
     "accesses": _accesses,
     "recipients": _recipients,
     "erasures": _erasures,

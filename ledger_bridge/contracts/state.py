@@ -46,6 +46,8 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
     "redemptions": {"by_partner": (0,)},
     # rectification (rules/rectification.py)
     "rectification_request_open": {"all": ()},
+    # restriction and objection (rules/restriction.py): a dataset's, for the vault's reads
+    "restriction": {"by_dataset": (1,)},
 }
 
 # Tables whose first key part is a subject (the hex of their key) and whose entries say
@@ -58,7 +60,16 @@ INDEXES: dict[str, dict[str, tuple[int, ...]]] = {
 #   erased_subject_dataset (subject, dataset) -> height of the erasure in that dataset
 #   questions              (subject, consumer, purpose) -> [period, predicate questions
 #                          asked in it] (contracts/disclosure.py)
-SUBJECT_TABLES: tuple[str, ...] = ("consent", "mention", "erased_subject_dataset", "questions")
+#   restriction            (subject, dataset) -> versions of the subject's restriction,
+#                          objection, and the DPO's exemption and override (with its
+#                          grounds) (rules/restriction.py)
+SUBJECT_TABLES: tuple[str, ...] = (
+    "consent",
+    "mention",
+    "erased_subject_dataset",
+    "questions",
+    "restriction",
+)
 for _table in SUBJECT_TABLES:
     INDEXES.setdefault(_table, {})["by_subject"] = (0,)
 

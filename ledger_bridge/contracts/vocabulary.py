@@ -1,5 +1,6 @@
 """The consent contracts' closed vocabularies, in one place: roles, colleges, purposes, legal
-bases, erasure reasons and requesters, disclosure modes and predicate operators.
+bases, erasure reasons and requesters, disclosure modes and predicate operators, restriction
+grounds.
 
 Each closed set is declared once here, and read by the body declarations (`bodies.py`), the
 rules, the founding state (`app.py`), the genesis writer (`ledger_bridge/genesis.py`) and the
@@ -112,3 +113,21 @@ NoticeRight = Literal[
     "complaint",
 ]
 NOTICE_RIGHTS: tuple[NoticeRight, ...] = get_args(NoticeRight)
+# -- restriction and objection (rules/restriction.py) -----------------------------------------
+
+# GDPR Art. 18(1) (a)-(d): why a subject restricts processing of their data in a dataset.
+RestrictionGround = Literal[
+    "accuracy_contested",
+    "unlawful_processing",
+    "no_longer_needed_but_claims",
+    "objection_pending",
+]
+RESTRICTION_GROUNDS: tuple[RestrictionGround, ...] = get_args(RestrictionGround)
+# Art. 18(2): what lets the provider read restricted data all the same. The contracts know
+# one: the establishment, exercise or defence of legal claims, ordered by the DPO.
+ExemptionGround = Literal["legal_claims"]
+EXEMPTION_GROUNDS: tuple[ExemptionGround, ...] = get_args(ExemptionGround)
+# Art. 21(1): the subject may object to processing based on Art. 6(1)(e) or (f). Under the
+# other bases there is nothing to object to: consent is withdrawn (Art. 7(3)); a contract, a
+# legal obligation or vital interests are not weighed against the subject's situation.
+OBJECTION_BASES: tuple[LegalBasis, ...] = ("public_task", "legitimate_interests")

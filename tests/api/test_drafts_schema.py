@@ -36,6 +36,11 @@ SUBMIT: dict[str, str | None] = {
     # relayed only once the vault found the record is the author's: the example names none,
     # so it goes to the ledger directly (`_submit_direct`)
     "rectification.request": None,
+    # the path names the author: the relay checks it before the contracts see the body
+    "restriction.set": "/v1/subjects/{author}/restrictions",
+    "restriction.lift": "/v1/subjects/{author}/restrictions",
+    "objection.set": "/v1/subjects/{author}/objections",
+    "objection.withdraw": "/v1/subjects/{author}/objections",
 }
 STRUCTURAL = ("invalid", "malformed")
 
@@ -83,7 +88,7 @@ def test_the_schema_example_passes_the_contracts_structural_check(
     if route is None:
         _submit_direct(env, tx_type, draft["transaction"], signature)
         return
-    path = route.format(proposal=example.get("proposal"))
+    path = route.format(proposal=example.get("proposal"), author=env.dpo.id)
     answer = env.client.post(
         path, json={"transaction": draft["transaction"], "signature": signature}
     )

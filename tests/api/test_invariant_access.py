@@ -7,16 +7,17 @@ A hypothesis state machine plays random sequences of steps through the API, as t
 would: subjects grant and revoke consents with their own keys (dataset- or category-scoped,
 for one of two purposes, to one of two consumers: the founding one and one admitted by a
 vote), consumers ask for records (named subjects or open, whole or cut down to one field, as
-JSON or as an NDJSON stream) or for a yes/no about one subject, the DPO erases a subject, and
-time passes so that a short consent runs out. A plain model keeps what was COMMITTED: each
+JSON or as an NDJSON stream) or for a yes/no about one subject, the DPO erases a subject,
+subjects restrict processing in a dataset and lift it (GDPR Art. 18), and time passes so that
+a short consent runs out. A plain model keeps what was COMMITTED: each
 consent's versions with the block height their receipt names, each erasure's height.
 
 After every access, against the model at the access's own block (height and ledger time, read
 back from the DPO's access log):
 - every record delivered belongs to a subject with a consent in force for this consumer, this
-  dataset (or its category) and this purpose, not erased, in the dataset asked for, and is
-  exactly a record that was uploaded (the delivery is also complete: the granted subjects'
-  records, all of them, and nothing else);
+  dataset (or its category) and this purpose, not erased, not restricted there, in the
+  dataset asked for, and is exactly a record that was uploaded (the delivery is also
+  complete: the granted subjects' records, all of them, and nothing else);
 - the access is on the ledger: the DPO's access log holds a line with the answer's access id,
   transaction id and height, for this consumer, dataset and purpose, naming exactly the
   subjects delivered; each delivered subject finds the same access id in their own export;
@@ -127,6 +128,8 @@ MUST_COVER = (
     # rectification
     "rectified",
     "rectified_then_read",
+    # restriction
+    "restricted_then_refused",
 )
 
 
@@ -174,6 +177,8 @@ class Model:
     # Subjects erased everywhere: the ledger forgot them, so they are no members any more
     # (their transactions are refused `not_member`, an access naming them `unknown_subject`).
     forgotten: set[int] = field(default_factory=set)
+    # restriction: (subject, dataset) -> [(height, restricted)], in order
+    restricted: dict[tuple[int, str], list[tuple[int, bool]]] = field(default_factory=dict)
 
     def in_force(
         self, subject: int, consumer: str, scope: str, purpose: str, height: int, now_ms: int
@@ -191,6 +196,20 @@ class Model:
         heights = (self.erased.get((subject, None)), self.erased.get((subject, dataset)))
         return any(h is not None and h < height for h in heights)
 
+    def restricted_before(self, subject: int, dataset: str, height: int) -> bool:
+        """A restriction (or its lift) counts for decisions in LATER blocks, like a consent."""
+        before = [v for v in self.restricted.get((subject, dataset), []) if v[0] < height]
+        return bool(before) and before[-1][1]
+
+    def denial(self, subject: int, dataset: str, height: int) -> str:
+        """Why the contracts deny a named subject they do not grant: erased, restricted, or
+        without a consent in force (what a narrower consent denies is not asked here)."""
+        if self.erased_before(subject, dataset, height):
+            return "erased"
+        if self.restricted_before(subject, dataset, height):
+            return "restricted"
+        return "no_consent"
+
     def granted(
         self,
         consumer: str,
@@ -204,6 +223,7 @@ class Model:
             s
             for s in subjects
             if not self.erased_before(s, dataset, height)
+            and not self.restricted_before(s, dataset, height)
             and any(
                 self.in_force(s, consumer, scope, purpose, height, now_ms)
                 for scope in (dataset, "category")
@@ -444,8 +464,7 @@ class AccessMachine(RuleBasedStateMachine):
             for s in named:
                 if s in expected:
                     continue
-                why = "erased" if self.model.erased_before(s, dataset, height) else "no_consent"
-                assert reasons.get(s) == why, (s, reasons)
+                assert reasons.get(s) == self.model.denial(s, dataset, height), (s, reasons)
         # ... and the delivery is on the ledger: the access log and each subject's export.
         assert int(line["access"]) == int(answer["access"])
         assert int(answer["receipt"]["block_height"]) == height
@@ -480,6 +499,8 @@ class AccessMachine(RuleBasedStateMachine):
             ]
             if self.model.erased_before(s, dataset, height):
                 COVERAGE["erased_then_refused"] += 1
+            elif self.model.restricted_before(s, dataset, height):
+                COVERAGE["restricted_then_refused"] += 1
             elif any(not g for _, _, g in versions):
                 COVERAGE["revoked_then_refused"] += 1
             elif versions:
@@ -646,6 +667,67 @@ class AccessMachine(RuleBasedStateMachine):
         for d in scopes:
             self.model.stored[(d, subject)] = []
 
+    # -- restriction (GDPR Art. 18): its steps and checks, kept together ----------------------
+
+    @rule(data=st.data(), keep=st.booleans())
+    def restrict(self, data: st.DataObject, keep: bool) -> None:
+        """The subject of a consent granted before restricts processing in the dataset it
+        reaches (or, restricted there already, lifts it; or, unless `keep`, restricts and
+        lifts in turn). After each, the provider's own read obeys at once, and the consent's
+        consumer asks for the subject's records in the next block (whole while restricted,
+        cut down to one field once lifted)."""
+        key = self._granted_before(data)
+        if key is None:
+            return
+        subject, consumer, scope, purpose = key
+        if scope == "category":  # one of the category's datasets the purpose is allowed in
+            allowed = [d for d in DATASETS if purpose in ALLOWED[d]]
+            scope = data.draw(st.sampled_from(allowed), label="dataset")
+        dataset = scope
+        history = self.model.restricted.get((subject, dataset), [])
+        in_force = bool(history) and history[-1][1]
+        for lift in (True,) if in_force else (False,) if keep else (False, True):
+            if not self._restriction(subject, dataset, lift):
+                return
+            self._access(consumer, dataset, purpose, (subject,), lift, False)
+
+    def _restriction(self, subject: int, dataset: str, lift: bool) -> bool:
+        """Sign and post restriction.set (or .lift); False when the subject is forgotten."""
+        body: dict[str, Any] = {"dataset": self.datasets[dataset]}
+        if not lift:
+            body["ground"] = "accuracy_contested"
+        tx_type = "restriction.lift" if lift else "restriction.set"
+        wallet = self.subjects[subject]
+        r = self.env.client.post(
+            f"/v1/subjects/{wallet.id}/restrictions",
+            json=signed(self.env, wallet, tx_type, body),
+        )
+        if subject in self.model.forgotten:
+            assert r.status_code == 403 and "not_member" in r.json()["detail"], r.text
+            return False
+        assert r.status_code == 201, r.text
+        height = int(r.json()["receipt"]["block_height"])
+        note(f"{tx_type} subject {subject} in {dataset} at height {height}")
+        self.model.restricted.setdefault((subject, dataset), []).append((height, not lift))
+        self._provider_reads(subject, dataset, withheld=not lift)
+        return True
+
+    def _provider_reads(self, subject: int, dataset: str, *, withheld: bool) -> None:
+        """The provider's own read of the subject's records: none while restricted, and the
+        count of those left out; all of them otherwise."""
+        r = self.env.client.get(
+            f"/v1/datasets/{self.datasets[dataset]}/records",
+            headers=self.scene.keys["provider"],
+            params={"subject_id": self.subjects[subject].id},
+        )
+        assert r.status_code == 200, r.text
+        stored = self.model.stored.get((dataset, subject), [])
+        got = sorted(json.dumps(rec["payload"], sort_keys=True) for rec in r.json())
+        want = [] if withheld else sorted(json.dumps(p, sort_keys=True) for p in stored)
+        assert got == want, f"the provider read {got}, the model expects {want}"
+        assert r.headers["Civis-Withheld-Records"] == str(len(stored) if withheld else 0)
+        COVERAGE["provider_read_withheld"] += withheld and bool(stored)
+
     @precondition(lambda self: self.short_consent_at is not None and self.pauses < 2)
     @rule()
     def pause(self) -> None:
@@ -681,7 +763,7 @@ class AccessMachine(RuleBasedStateMachine):
                 key = (d, self.by_subject_id[rec["subject_id"]])
                 self.known_ids.setdefault(key, []).append(rec["record_id"])
 
-    def _provider_reads(self, dataset: str, subject: int) -> list[dict[str, Any]]:
+    def _current_records(self, dataset: str, subject: int) -> list[dict[str, Any]]:
         """The provider's read of a subject's records: only current versions, exactly the
         model's."""
         r = self.env.client.get(
@@ -705,10 +787,13 @@ class AccessMachine(RuleBasedStateMachine):
     def supersede(self, subject: int, dataset: str, which: int) -> None:
         """The provider corrects one of the subject's records; an erased subject's records,
         and a version replaced before, are refused and change nothing."""
+        standing = self.model.restricted.get((subject, dataset), [])
+        if standing and standing[-1][1]:
+            return  # the provider reads none of a restricted subject's records to correct
         self.rectified += 1
         provider = self.scene.keys["provider"]
         key = (dataset, subject)
-        current = self._provider_reads(dataset, subject)
+        current = self._current_records(dataset, subject)
         for old_dataset, old_id in self.old_ids:  # replaced versions stay replaced
             r = self.env.client.post(
                 f"/v1/datasets/{self.datasets[old_dataset]}/records/{old_id}/rectification",
@@ -740,7 +825,7 @@ class AccessMachine(RuleBasedStateMachine):
         stored = self.model.stored[key]
         stored[stored.index(old)] = new
         self.old_ids += [(dataset, v["replaced"]) for v in r.json()["versions"]]
-        self.known_ids[key] = [rec["record_id"] for rec in self._provider_reads(dataset, subject)]
+        self.known_ids[key] = [rec["record_id"] for rec in self._current_records(dataset, subject)]
         COVERAGE["rectified"] += 1
         # At once, as each consent of the subject reaching this dataset allows: the consumer
         # gets the new version (`_access` holds it to the model), never the old one.

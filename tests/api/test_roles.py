@@ -151,6 +151,11 @@ POST   /v1/notices                                   ok   ok   ok   403  403  40
 GET    /v1/notices/{notice_hash}                     ok   ok   ok   ok   ok   ok   ok   ok   401
 GET    /v1/subjects/{subject_id}/export/package      403  403  403  ok   ok   403  ok   403  401
 GET    /v1/subjects/export-package                   403  403  403  ok   ok   ok   403  403  401
+POST   /v1/subjects/{subject_id}/restrictions        403  403  403  ok   ok   403  403  403  403
+POST   /v1/subjects/{subject_id}/objections          403  403  403  ok   ok   403  403  403  403
+GET    /v1/subjects/{subject_id}/restrictions        403  403  403  ok   ok   403  ok   403  401
+POST   /v1/dpo/restriction-exemptions                403  403  403  403  403  403  ok   403  401
+POST   /v1/dpo/objection-overrides                   403  403  403  403  403  403  ok   403  401
 """
 
 
@@ -686,6 +691,88 @@ def _incident_close(w: World, who: str) -> Call:
     return Call(params={"incident_id": incident}, headers=w.headers(who), json={})
 
 
+# -- restriction and objection: a scene of their own, built at first use --------------------
+
+
+@dataclass
+class RightsScene:
+    """A dataset under legitimate interests (one may object there) and a subject restricted
+    in the world's dataset (the DPO may exempt them). Every call that changes a subject's
+    standing has a fresh subject of its own, so rows and columns never depend on order."""
+
+    li_dataset: str
+    restricted: Wallet
+
+
+_RIGHTS: dict[int, RightsScene] = {}
+
+
+def _rights(w: World) -> RightsScene:
+    if id(w) not in _RIGHTS:
+        r = w.env.client.post(
+            "/v1/datasets",
+            headers=w.env.headers("provider", w.env.provider),
+            json={
+                "name": f"matrix-li-{uuid.uuid4().hex[:8]}",
+                "category": "mobility",
+                "purposes": ["research"],
+                "retention_days": 30,
+                "legal_basis": "legitimate_interests",
+            },
+        )
+        assert r.status_code == 201, r.text
+        li_dataset = str(r.json()["id"])
+        restricted = register_subject(w.env)
+        body = {"dataset": w.dataset, "ground": "accuracy_contested"}
+        path = f"/v1/subjects/{restricted.id}/restrictions"
+        r = w.env.client.post(path, json=signed(w.env, restricted, "restriction.set", body))
+        assert r.status_code == 201, r.text
+        _RIGHTS[id(w)] = RightsScene(li_dataset, restricted)
+    return _RIGHTS[id(w)]
+
+
+def _own_word(w: World, who: str, tx_type: str, body: dict[str, Any]) -> Call:
+    """A subject's restriction or objection: the subject column signs as a fresh subject of
+    its own, in its own path; every other column signs with its own key under the world's
+    subject's path (not theirs to restrict)."""
+    if who == "subject":
+        author = register_subject(w.env)
+        path_subject = author.id
+    else:
+        author, path_subject = w.signer(who), w.subject.id
+    return Call(params={"subject_id": path_subject}, json=signed(w.env, author, tx_type, body))
+
+
+def _restriction(w: World, who: str) -> Call:
+    body = {"dataset": w.dataset, "ground": "unlawful_processing"}
+    return _own_word(w, who, "restriction.set", body)
+
+
+def _objection(w: World, who: str) -> Call:
+    return _own_word(w, who, "objection.set", {"dataset": _rights(w).li_dataset})
+
+
+def _exemption(w: World, who: str) -> Call:
+    restricted = _rights(w).restricted
+    body = {"dataset": w.dataset, "subject": restricted.id, "until": _now_ms() + DAY_MS}
+    return Call(headers=w.headers(who), json=body)
+
+
+def _override(w: World, who: str) -> Call:
+    """An objection in force, of a fresh subject for the DPO's column (it answers once)."""
+    li = _rights(w).li_dataset
+    subject = w.subject
+    if who == "dpo":
+        subject = register_subject(w.env)
+        r = w.env.client.post(
+            f"/v1/subjects/{subject.id}/objections",
+            json=signed(w.env, subject, "objection.set", {"dataset": li}),
+        )
+        assert r.status_code == 201, r.text
+    body = {"dataset": li, "subject": subject.id, "grounds": "network security, licence art. 12"}
+    return Call(headers=w.headers(who), json=body)
+
+
 BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/datasets"): lambda w, who: _keyed(w, who),
     ("POST", "/v1/datasets"): _dataset_new,
@@ -819,6 +906,14 @@ BUILDERS: dict[tuple[str, str], Builder] = {
         headers=w.headers(who), json={"url": "https://93.184.216.34/civis/notices"}
     ),
     ("GET", "/v1/dpo/recipient-notices"): lambda w, who: _keyed(w, who),
+    # restriction and objection: signed by the subject (no API key), answered by the DPO
+    ("POST", "/v1/subjects/{subject_id}/restrictions"): _restriction,
+    ("POST", "/v1/subjects/{subject_id}/objections"): _objection,
+    ("GET", "/v1/subjects/{subject_id}/restrictions"): lambda w, who: _keyed(
+        w, who, subject_id=w.subject.id
+    ),
+    ("POST", "/v1/dpo/restriction-exemptions"): _exemption,
+    ("POST", "/v1/dpo/objection-overrides"): _override,
 }
 
 # The roles with no column, and the rows that are theirs: every column is refused there.

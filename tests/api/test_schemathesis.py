@@ -138,6 +138,9 @@ SIGNED_ENDPOINTS = (
     "/v1/coupons/spend",
     # a sign-in: each proof is a signature over a challenge the API handed out
     "/v1/subjects/sessions",
+    # restriction and objection, signed by the subject
+    "/v1/subjects/{subject_id}/restrictions",
+    "/v1/subjects/{subject_id}/objections",
 )
 
 

@@ -125,6 +125,10 @@ class InvalidAccess(ApiError):
 # Why the contracts denied a subject, in words (the code comes first in the problem's detail).
 _DENIED = {
     "erased": "the subject's data is erased",
+    "restricted": "the subject restricted the processing of their data in this dataset "
+    "(GDPR Art. 18)",
+    "objected": "the subject objected to the processing of their data in this dataset "
+    "(GDPR Art. 21) and no override answers it",
     "no_consent": "no consent in force for this consumer and purpose",
     "exceeds_consent": "the subject's consent does not cover this question",
     "budget_exhausted": "the questions the purpose allows about this subject in this period "

@@ -134,6 +134,30 @@ class CouponSpendDraft(_Draft):
     body: Annotated[dict[str, Any], TxBody("coupon.spend")]
 
 
+class RestrictionSetDraft(_Draft):
+    model_config = _example("restriction.set")
+    type: Literal["restriction.set"]
+    body: Annotated[dict[str, Any], TxBody("restriction.set")]
+
+
+class RestrictionLiftDraft(_Draft):
+    model_config = _example("restriction.lift")
+    type: Literal["restriction.lift"]
+    body: Annotated[dict[str, Any], TxBody("restriction.lift")]
+
+
+class ObjectionSetDraft(_Draft):
+    model_config = _example("objection.set")
+    type: Literal["objection.set"]
+    body: Annotated[dict[str, Any], TxBody("objection.set")]
+
+
+class ObjectionWithdrawDraft(_Draft):
+    model_config = _example("objection.withdraw")
+    type: Literal["objection.withdraw"]
+    body: Annotated[dict[str, Any], TxBody("objection.withdraw")]
+
+
 DraftIn = Annotated[
     MemberRegisterDraft
     | ConsentGrantDraft
@@ -146,7 +170,11 @@ DraftIn = Annotated[
     | TokenTransferDraft
     | TokenRedeemDraft
     | OfferPublishDraft
-    | CouponSpendDraft,
+    | CouponSpendDraft
+    | RestrictionSetDraft
+    | RestrictionLiftDraft
+    | ObjectionSetDraft
+    | ObjectionWithdrawDraft,
     Field(discriminator="type"),
 ]
 

@@ -2,6 +2,11 @@
 
 Another provider's dataset answers 404, not 403: a provider must not learn which dataset ids
 exist elsewhere. The DPO may list and show every dataset but not read records here.
+
+A provider's read withholds the records of subjects who restricted (GDPR Art. 18) or objected
+to (Art. 21) processing in the dataset, unless the DPO exempted them for legal claims
+(api/services/restrictions.py): the list leaves them out and counts them in the header
+`Civis-Withheld-Records`, a single record answers 409 `restricted`.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from api.services import decryptions
 from api.services.identity import ledger_identity
 from api.services.keys import Member
 from api.services.outbox import wait_for_receipt
+from api.services.restrictions import refuse_withheld, withheld_subjects
 from vault import decryptions as read_records
 from vault import reads
 from vault.datasets import get_dataset, list_datasets, register_dataset
@@ -70,6 +76,7 @@ router = APIRouter(
     route_class=BoundedJsonRoute,
 )
 READ_LIMIT_MAX = 1000
+WITHHELD_HEADER = "Civis-Withheld-Records"
 UPLOAD_MEDIA_TYPES = ("application/x-ndjson", "text/csv")
 
 
@@ -358,6 +365,14 @@ def _record_out(r: reads.RecordOut) -> RecordOut:
 
 _RECORDS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
+        "headers": {
+            WITHHELD_HEADER: {
+                "description": "how many records of the dataset (of `subject_id`, when named) "
+                "were left out because their subject restricted or objected to processing "
+                "(GDPR Art. 18, 21) and no legal-claims exemption is live",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
         "content": {
             "application/x-ndjson": {
                 "schema": {"type": "string", "description": "one RecordOut per line"}
@@ -385,6 +400,9 @@ def dataset_records(
 ) -> Any:
     """The provider's own records, with inclusion proofs; erased records are left out.
 
+    Records of subjects who restricted or objected to processing here are left out too, and
+    counted in the header `Civis-Withheld-Records` (0 when none).
+
     `Accept: application/x-ndjson` streams every record (no `limit`) in constant memory: the
     vault reads in batches with a server-side cursor, one line is encoded at a time.
 
@@ -393,6 +411,9 @@ def dataset_records(
     """
     _visible(session, dataset_id, member)
     subjects = None if subject_id is None else [subject_id]
+    leave_out = withheld_subjects(request.app.state.ledger, dataset_id)
+    count = reads.count_readable(session, dataset_id, leave_out, within=subjects)
+    headers = {WITHHELD_HEADER: str(count)}
     if "application/x-ndjson" in request.headers.get("accept", ""):
         sessions = request.app.state.sessions
 
@@ -404,30 +425,46 @@ def dataset_records(
                 sessions,
                 member,
                 "provider_read",
-                lambda s: read_records.readable(s, dataset_id, subjects),
+                lambda s: read_records.readable(s, dataset_id, subjects, leave_out),
             ) as stream_session:
                 found = reads.Reader(store).by_dataset(
-                    stream_session, dataset_id, subjects=subjects
+                    stream_session, dataset_id, subjects=subjects, leave_out=leave_out
                 )
                 for r in found:
                     yield records_json.record_text(r, dataset=True).encode() + b"\n"
 
-        return StreamingResponse(decryptions.primed(lines()), media_type="application/x-ndjson")
-    found = reads.Reader(store).by_dataset(session, dataset_id, subjects=subjects)
+        return StreamingResponse(
+            decryptions.primed(lines()), media_type="application/x-ndjson", headers=headers
+        )
+    found = reads.Reader(store).by_dataset(
+        session, dataset_id, subjects=subjects, leave_out=leave_out
+    )
     read = list(itertools.islice(found, limit))
     decryptions.record_decryptions(session, member, "provider_read", decryptions.counted(read))
     page = (records_json.record_text(r, dataset=True) for r in read)
-    return Response(content=records_json.array_text(page).encode(), media_type="application/json")
+    return Response(
+        content=records_json.array_text(page).encode(),
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 @router.get("/records/{record_id}")
 def record(
-    record_id: uuid.UUID, member: Provider, session: SessionDep, store: KeyStoreDep
+    record_id: uuid.UUID,
+    member: Provider,
+    session: SessionDep,
+    store: KeyStoreDep,
+    request: Request,
 ) -> RecordOut:
+    """One of the provider's records, with its inclusion proof; 409 `restricted` while its
+    subject restricted or objected to processing in the dataset (and no legal-claims
+    exemption is live)."""
     row = session.get(Record, record_id)
     dataset = None if row is None else session.get(Dataset, row.dataset_id)
-    if dataset is None or dataset.owner_id != member.member_id:
+    if row is None or dataset is None or dataset.owner_id != member.member_id:
         raise RecordNotFound(f"record {record_id} does not exist")
+    refuse_withheld(request.app.state.ledger, dataset.id, row.subject_id)
     read = reads.Reader(store).record(session, record_id)
     decryptions.record_decryptions(session, member, "provider_read", decryptions.counted([read]))
     return _record_out(read)

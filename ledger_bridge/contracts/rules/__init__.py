@@ -3,9 +3,9 @@
 This module holds what runs every transaction: `begin_block`, `apply` and the table of
 handlers by transaction type (`HANDLERS`). The handlers live by domain: `membership`,
 `datasets` (and uploads), `consent`, `access`, `erasure` (and retention, and forgetting a
-subject), `rectification`, `governance`, `reads` (the vault's own decryptions, recorded in
-batches); what they share is in `common`; the closed vocabularies (roles, legal bases...) in
-`ledger_bridge.contracts.vocabulary`.
+subject), `rectification`, `restriction` (and objection), `governance`, `reads` (the
+vault's own decryptions, recorded in batches); what they share is in `common`; the closed
+vocabularies (roles, legal bases...) in `ledger_bridge.contracts.vocabulary`.
 
 Every decision reads only the state and the block (height, time): no I/O, no wall clock, no
 randomness. A transaction either applies completely (burning its nonce) or leaves the state
@@ -69,6 +69,14 @@ from ledger_bridge.contracts.rules.governance import (
 from ledger_bridge.contracts.rules.membership import member_register
 from ledger_bridge.contracts.rules.reads import read_record
 from ledger_bridge.contracts.rules.rectification import record_rectify, rectification_request
+from ledger_bridge.contracts.rules.restriction import (
+    objection_override,
+    objection_set,
+    objection_withdraw,
+    restriction_exempt,
+    restriction_lift,
+    restriction_set,
+)
 from ledger_bridge.contracts.rules.tokens import (
     coupon_spend,
     event_reward,
@@ -135,6 +143,13 @@ HANDLERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     # rectification
     "rectification.request": rectification_request,
     "record.rectify": record_rectify,
+    # restriction (Art. 18) and objection (Art. 21)
+    "restriction.set": restriction_set,
+    "restriction.lift": restriction_lift,
+    "restriction.exempt": restriction_exempt,
+    "objection.set": objection_set,
+    "objection.withdraw": objection_withdraw,
+    "objection.override": objection_override,
 }
 
 

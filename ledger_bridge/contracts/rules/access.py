@@ -5,10 +5,10 @@ did not agree to or cannot pay too), `_decide` grants or denies each subject, `_
 the access to the log, charges its price if it granted anyone (rules.fees: no answer without
 payment, no payment without an answer) and answers.
 
-An access reads consents and erasures as they stood at the end of the previous block
-(`consent.version_at`, `erased_before`): the primary orders the transactions inside a block,
-and it must not be able to decide whether an access lands just before or just after a
-revocation or an erasure.
+An access reads consents, erasures, restrictions and objections as they stood at the end of
+the previous block (`consent.version_at`, `erased_before`, `restriction.stopped_before`): the
+primary orders the transactions inside a block, and it must not be able to decide whether an
+access lands just before or just after a revocation, an erasure or a restriction.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ledger_bridge.contracts.rules.common import (
     dataset_of,
 )
 from ledger_bridge.contracts.rules.consent import consent_in_force
+from ledger_bridge.contracts.rules.restriction import stopped_before
 from ledger_bridge.contracts.state import State
 
 
@@ -208,10 +209,14 @@ def _ask(body: dict[str, Any], terms: dict[str, Any], purpose: str) -> disclosur
 
 
 def _refusal_for(c: Ctx, subject: str, request: Request) -> str | None:
-    """Why `subject` is denied to this access (erased, no_consent, exceeds_consent,
-    budget_exhausted), or None, spending a predicate question when granted."""
+    """Why `subject` is denied to this access (erased, restricted, objected, no_consent,
+    exceeds_consent, budget_exhausted), or None, spending a predicate question when granted.
+    A restriction or an objection not overridden denies whatever the consents say."""
     if erased_before(c.state, subject, request.dataset_id, c.height):
         return "erased"
+    stopped = stopped_before(c.state, subject, request.dataset_id, c.height)
+    if stopped is not None:
+        return stopped
     consumer, purpose = request.consumer, request.purpose
     versions = [
         v

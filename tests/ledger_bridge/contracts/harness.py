@@ -149,6 +149,7 @@ class Chain:
         category: str = "energy",
         purposes: list[str] | None = None,
         retention_days: int = 30,
+        legal_basis: str = "consent",
     ) -> None:
         self.ok(
             self.vault,
@@ -159,7 +160,7 @@ class Chain:
                 "category": category,
                 "purposes": purposes or ["proof-of-address", "billing"],
                 "retention_days": retention_days,
-                "legal_basis": "consent",
+                "legal_basis": legal_basis,
             },
         )
 

@@ -19,6 +19,11 @@ The specification it encodes (docs/CONTRACTS.md, the rules package's docstring):
   is granted iff not erased and in force for the dataset's scope or its category's;
 - an upload is listed to a consumer while anchored (not erased or expired) and before its
   retention deadline, the end of its retention day, at once (no next-block delay);
+- restriction and objection (docs/CONTRACTS.md "Restriction and objection"): a subject's
+  restriction in a dataset, or their objection there that no override answers, as written
+  before block h, denies them in that dataset to an access in block h (`restricted`,
+  `objected`), before any consent is looked at; an objection only where the dataset's basis
+  allows one; an erasure everywhere forgets it all;
 - disclosure (docs/CONTRACTS.md "Disclosure"), for the whole records these accesses ask: a
   purpose whose declaration does not reach `full` (or that declares nothing) refuses them
   outright (`exceeds_purpose`); a consent takes its purpose's narrowest mode, and a subject
@@ -37,6 +42,10 @@ DAY_MS = 86_400_000
 
 Version = tuple[int, int, bool]  # (height written, valid_until, granted)
 ConsentKey = tuple[str, bytes, str, str]  # (subject, consumer, scope, purpose)
+# A subject's standing in a dataset: (height written, restriction ground or None, objected,
+# overridden); the model keeps every write (`Reference.standings`).
+Standing = tuple[int, str | None, bool, bool]
+NO_STANDING: Standing = (0, None, False, False)
 
 # The founding purposes' declarations, as the spec states them: purpose -> (its modes,
 # narrowest first; its fields). Research and service improvement declare nothing.
@@ -87,6 +96,10 @@ class Reference:
     accesses: int = 0  # ids handed out so far
     erasures: int = 0
     rewrites: int = 0  # second writes to a consent in one block (for the tests' coverage)
+    # restriction and objection: the datasets one may object in (Art. 6(1)(e), (f)), and
+    # (subject, dataset) -> every standing written, oldest first
+    objectable: frozenset[str] = frozenset()
+    standings: dict[tuple[str, str], list[Standing]] = field(default_factory=dict)
 
     # -- time -----------------------------------------------------------------------------
     def begin_block(self, height: int, time_ms: int) -> None:
@@ -237,6 +250,8 @@ class Reference:
         for s in candidates:
             if self.erased_before(s, dataset, self.height):
                 denied.append([s, "erased"])
+            elif stopped := self.stopped_before(s, dataset, self.height):
+                denied.append([s, stopped])
             elif not self.may_see(s, consumer, dataset, purpose):
                 denied.append([s, "no_consent"])
             elif self.consent_mode(purpose)[0] != "full":
@@ -269,6 +284,7 @@ class Reference:
             self.members.pop(bytes.fromhex(subject), None)
             self.consents = {k: v for k, v in self.consents.items() if k[0] != subject}
             self.erased = {k: v for k, v in self.erased.items() if k[0] != subject}
+            self.standings = {k: v for k, v in self.standings.items() if k[0] != subject}
             self.forgotten_now.add(subject)
             return {**done, "forgotten": True}
         if subject not in self.forgotten_now:  # what names them in its block is forgotten
@@ -306,6 +322,92 @@ class Reference:
         self.expired_epochs.add((dataset, day))
         self.erasures += 1
         return {"ok": True, "erasure": self.erasures}
+
+    # -- restriction (Art. 18) and objection (Art. 21) ----------------------------------------
+    def stopped_before(self, subject: str, dataset: str, height: int) -> str | None:
+        """Why the newest standing written before `height` stops processing, or None."""
+        found = NO_STANDING
+        for standing in self.standings.get((subject, dataset), []):
+            if standing[0] < height:
+                found = standing
+        _, ground, objected, overridden = found
+        if ground is not None:
+            return "restricted"
+        return "objected" if objected and not overridden else None
+
+    def latest_standing(self, subject: str, dataset: str) -> Standing:
+        history = self.standings.get((subject, dataset))
+        return history[-1] if history else NO_STANDING
+
+    def _stand(self, subject: str, dataset: str, ground: str | None, obj: bool, ov: bool) -> None:
+        history = self.standings.setdefault((subject, dataset), [])
+        standing = (self.height, ground, obj, ov)
+        if history and history[-1][0] == self.height:
+            history[-1] = standing  # the block's last word counts
+        else:
+            history.append(standing)
+
+    def _subject_in(self, author: bytes, dataset: str) -> Standing:
+        self._active(author, "subject")
+        if dataset not in self.datasets:
+            raise Refused("not_found")
+        return self.latest_standing(author.hex(), dataset)
+
+    def restrict(self, author: bytes, dataset: str, ground: str) -> dict[str, Any]:
+        _, now_ground, objected, overridden = self._subject_in(author, dataset)
+        if now_ground == ground:
+            raise Refused("already_restricted")
+        self._stand(author.hex(), dataset, ground, objected, overridden)
+        return {"ok": True, "effective_from_height": self.height + 1, "ground": ground}
+
+    def lift(self, author: bytes, dataset: str) -> dict[str, Any]:
+        _, ground, objected, overridden = self._subject_in(author, dataset)
+        if ground is None:
+            raise Refused("not_restricted")
+        self._stand(author.hex(), dataset, None, objected, overridden)
+        return {"ok": True, "effective_from_height": self.height + 1}
+
+    def object(self, author: bytes, dataset: str) -> dict[str, Any]:
+        _, ground, objected, _ = self._subject_in(author, dataset)
+        if dataset not in self.objectable:
+            raise Refused("basis_is_consent")
+        if objected:
+            raise Refused("already_objected")
+        self._stand(author.hex(), dataset, ground, True, False)
+        return {"ok": True, "effective_from_height": self.height + 1}
+
+    def withdraw(self, author: bytes, dataset: str) -> dict[str, Any]:
+        _, ground, objected, _ = self._subject_in(author, dataset)
+        if not objected:
+            raise Refused("not_objected")
+        self._stand(author.hex(), dataset, ground, False, False)
+        return {"ok": True, "effective_from_height": self.height + 1}
+
+    def override(self, author: bytes, subject: str, dataset: str) -> dict[str, Any]:
+        self._active(author, "vault", "dpo")
+        if dataset not in self.datasets:
+            raise Refused("not_found")
+        _, ground, objected, overridden = self.latest_standing(subject, dataset)
+        if not objected:
+            raise Refused("not_objected")
+        if overridden:
+            raise Refused("already_overridden")
+        self._stand(subject, dataset, ground, True, True)
+        return {"ok": True, "effective_from_height": self.height + 1}
+
+    def exempt(self, author: bytes, subject: str, dataset: str, until: int) -> dict[str, Any]:
+        """An exemption changes no access (it is the provider's reads, off the ledger): only
+        its refusals and its answer are the model's."""
+        self._active(author, "vault", "dpo")
+        if dataset not in self.datasets:
+            raise Refused("not_found")
+        if until <= self.now:
+            raise Refused("invalid")
+        _, ground, objected, overridden = self.latest_standing(subject, dataset)
+        if ground is None and not (objected and not overridden):
+            raise Refused("not_restricted")
+        self._stand(subject, dataset, ground, objected, overridden)
+        return {"ok": True, "effective_from_height": self.height + 1, "until": until}
 
     def replay(self, valid_until: int) -> dict[str, Any]:
         """A transaction that already executed successfully, submitted again."""

@@ -27,6 +27,8 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "d2": ("energy", ("billing", "research")),
     "d3": ("mobility", ("billing", "road-maintenance")),
 }
+# the datasets' legal basis where it is not consent: d3 may be objected to (Art. 21(1))
+LEGAL_BASES: dict[str, str] = {"d3": "legitimate_interests"}
 CATEGORIES = ("energy", "mobility", "water")  # water: a category no dataset has (yet)
 FOUNDING_PURPOSES = frozenset(
     {"proof-of-address", "road-maintenance", "billing", "service-improvement", "research"}
@@ -60,7 +62,8 @@ def populate(chain: Chain) -> Cast:
     pending = chain.fresh("consumer", "services")
     chain.ok(pending, "member.register", {"role": "consumer", "college": "services"})
     for name, (category, purposes) in DATASETS.items():
-        chain.dataset(provider, name, category=category, purposes=list(purposes))
+        basis = LEGAL_BASES.get(name, "consent")
+        chain.dataset(provider, name, category=category, purposes=list(purposes), legal_basis=basis)
     subjects = {name: chain.subject() for name in SUBJECT_NAMES[:-1]}
     subjects["ghost"] = chain.fresh("subject", "citizens")
     consumers = {"c1": c1, "c2": c2, "pending": pending, "provider": provider}
@@ -187,3 +190,14 @@ def anchor_body(upload: str, dataset: str, retention_day: int) -> dict[str, Any]
 
 def expire_body(dataset: str, day: int, uploads: list[str]) -> dict[str, Any]:
     return {"dataset": dataset, "day": day, "uploads": [upload_ref(u) for u in uploads]}
+
+
+# -- restriction and objection (rules/restriction.py) ------------------------------------------
+
+
+def exempt_body(subject: str, dataset: str, until: int) -> dict[str, Any]:
+    return {"dataset": dataset, "subject": subject, "ground": "legal_claims", "until": until}
+
+
+def override_body(subject: str, dataset: str) -> dict[str, Any]:
+    return {"dataset": dataset, "subject": subject, "grounds": "compelling legitimate grounds"}

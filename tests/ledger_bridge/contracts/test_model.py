@@ -2,7 +2,8 @@
 
 A hypothesis state machine commits random blocks: each step is one block of up to six random
 transactions (grants, revocations, access requests, erasures of subjects and of uploads,
-anchors, retention expiry, replays, forged consents) at a random block time, sometimes timed
+anchors, retention expiry, replays, forged consents, restrictions and their lifts, objections,
+their withdrawals and overrides, exemptions) at a random block time, sometimes timed
 on a consent's or an upload's end to the millisecond, sometimes a second behind the chain's
 clock. Several transactions per block exercise the "from the next block" rule in both orders.
 Every result is held to model_reference.py's (exactly, field by field, for a success; by code
@@ -45,12 +46,14 @@ from hypothesis.stateful import (
 from ledger_bridge.app import BlockContext
 from ledger_bridge.contracts import codec, tx
 from ledger_bridge.contracts.app import ConsentApp
+from ledger_bridge.contracts.vocabulary import OBJECTION_BASES
 from tests.ledger_bridge.contracts.harness import CHAIN, Member
 from tests.ledger_bridge.contracts.model_reference import DAY_MS, ConsentKey, Reference
 from tests.ledger_bridge.contracts.model_world import (
     CONSUMER_NAMES,
     DATASETS,
     FOUNDING_PURPOSES,
+    LEGAL_BASES,
     PURPOSES,
     SUBJECT_NAMES,
     Signer,
@@ -58,8 +61,10 @@ from tests.ledger_bridge.contracts.model_world import (
     anchor_body,
     erase_subject_body,
     erase_upload_body,
+    exempt_body,
     expire_body,
     grant_body,
+    override_body,
     revoke_body,
     world,
 )
@@ -116,6 +121,9 @@ MUST_COVER = (
     "retention_expired",
     "replay_refused",
     "forgotten",
+    # restriction and objection
+    "denied_restricted",
+    "denied_objected",
 )
 
 
@@ -195,6 +203,36 @@ expire_st = intent(
     stray=one_in(5),  # also name an upload of another epoch
 )
 replay_st = intent("replay", pick=pick_st)
+
+# -- restriction and objection: the steps (see "restriction and objection" below) -------------
+staff_st = st.sampled_from(("dpo", "vault", "dpo", "c1"))
+restrict_st = intent(
+    "restrict",
+    aimed=aimed_st,  # where a consent is in force, or (odd pick) a restriction is
+    pick=pick_st,
+    subject=subjects_st,
+    dataset=datasets_st,
+    ground=st.sampled_from(("accuracy_contested", "objection_pending")),
+    lift=one_in(3),
+    author=st.sampled_from(("self", "self", "self", "c1")),
+)
+object_st = intent(
+    "object",
+    aimed=aimed_st,
+    pick=pick_st,
+    subject=subjects_st,
+    dataset=st.sampled_from(("d3", "d3", "d1")),  # d1 is under consent: refused
+    withdraw=one_in(3),
+)
+override_st = intent("override", aimed=aimed_st, pick=pick_st, subject=subjects_st, author=staff_st)
+exempt_st = intent(
+    "exempt",
+    pick=pick_st,
+    subject=subjects_st,
+    dataset=datasets_st,
+    author=staff_st,
+    validity_ms=st.sampled_from((0, DAY_MS)),
+)
 # weights by repetition (st.one_of would merge repeated branches)
 transactions_st = st.sampled_from(
     [
@@ -206,6 +244,12 @@ transactions_st = st.sampled_from(
         erase_upload_st,
         expire_st,
         replay_st,
+        # restriction and objection
+        restrict_st,
+        restrict_st,
+        object_st,
+        override_st,
+        exempt_st,
     ]
 ).flatmap(lambda strategy: strategy)
 blocks_st = st.lists(transactions_st, max_size=TXS_PER_BLOCK_MAX)
@@ -236,6 +280,9 @@ class ConsentMachine(RuleBasedStateMachine):
             if name != "ghost":
                 members[s.pub] = ("subject", "active")
         self.ref = Reference(members, DATASETS, FOUNDING_PURPOSES, w.height, w.time_ms)
+        self.ref.objectable = frozenset(
+            d for d, basis in LEGAL_BASES.items() if basis in OBJECTION_BASES
+        )
         self.signer = Signer()
         self.done: list[tuple[bytes, int]] = []  # (bytes, valid_until) of successful txs
         self.uploads_named = 0
@@ -519,6 +566,7 @@ class ConsentMachine(RuleBasedStateMachine):
             # granted only with a consent in force as of the previous block, never erased
             assert any(self.ref.in_force((s, c, sc, purpose), h, now) for sc in scopes), s
             assert not self.ref.erased_before(s, dataset, h), s
+            self.check_granted_despite_standing(s, dataset)
             COVERAGE["granted"] += 1
             if not self.ref.in_force((s, c, scopes[0], purpose), h, now):
                 COVERAGE["category_scope_granted"] += 1
@@ -533,6 +581,9 @@ class ConsentMachine(RuleBasedStateMachine):
             if reason == "erased":
                 assert self.ref.erased_before(s, dataset, h), s
                 continue
+            if reason in ("restricted", "objected"):
+                assert self.ref.stopped_before(s, dataset, h) == reason, (s, reason)
+                continue
             for sc in scopes:
                 before = self.ref.version_before((s, c, sc, purpose), h)
                 # a revocation, an expiry or a same-block grant: none lets the subject in
@@ -544,6 +595,104 @@ class ConsentMachine(RuleBasedStateMachine):
                     COVERAGE["same_block_grant_not_seen"] += 1
         if got["uploads"]:
             COVERAGE["upload_listed"] += 1
+
+    # -- restriction and objection ------------------------------------------------------------
+    # Steps, model and checks of rules/restriction.py, kept together: no grant while a
+    # restriction, or an objection without override, was in force before the access's block.
+
+    def standing_keys(self, wanted: Callable[[tuple[str, str]], bool]) -> list[tuple[str, str]]:
+        return [k for k in sorted(self.ref.standings) if wanted(k)]
+
+    def resolve_restrict(
+        self,
+        aimed: bool,
+        pick: int,
+        subject: str,
+        dataset: str,
+        ground: str,
+        lift: bool,
+        author: str,
+    ) -> tuple[bytes, dict[str, Any]]:
+        restricted = self.standing_keys(lambda k: self.ref.latest_standing(*k)[1] is not None)
+        keys = self.aim(0, self.in_force_now)
+        if aimed and restricted and pick % 2:
+            hexes, dataset = restricted[pick % len(restricted)]
+            subject = self.subject_named(hexes)
+        elif aimed and keys:  # restrict where a consent is in force
+            hexes, _, scope, _ = keys[pick % len(keys)]
+            subject, dataset = self.subject_named(hexes), self.dataset_under(scope, pick)
+        who = self.subject(subject) if author == "self" else self.consumer(author)
+        body: dict[str, Any] = {"dataset": dataset}
+        if lift:
+            return self.sign(who, "restriction.lift", body), self.ref.run("lift", who.pub, dataset)
+        body["ground"] = ground
+        want = self.ref.run("restrict", who.pub, dataset, ground)
+        return self.sign(who, "restriction.set", body), want
+
+    def resolve_object(
+        self, aimed: bool, pick: int, subject: str, dataset: str, withdraw: bool
+    ) -> tuple[bytes, dict[str, Any]]:
+        keys = [k for k in self.aim(0, self.in_force_now) if k[2] in self.ref.scopes_of("d3")]
+        if aimed and keys:  # object where a consent in force reaches the objectable dataset
+            subject, dataset = self.subject_named(keys[pick % len(keys)][0]), "d3"
+        who = self.subject(subject)
+        tx_type, method = (
+            ("objection.withdraw", "withdraw") if withdraw else ("objection.set", "object")
+        )
+        want = self.ref.run(method, who.pub, dataset)
+        return self.sign(who, tx_type, {"dataset": dataset}), want
+
+    def resolve_override(
+        self, aimed: bool, pick: int, subject: str, author: str
+    ) -> tuple[bytes, dict[str, Any]]:
+        dataset = "d3"
+        objected = self.standing_keys(lambda k: self.ref.latest_standing(*k)[2])
+        if aimed and objected:
+            hexes, dataset = objected[pick % len(objected)]
+            subject = self.subject_named(hexes)
+        who, s = self.staff(author), self.subject(subject)
+        want = self.ref.run("override", who.pub, s.subject, dataset)
+        return self.sign(who, "objection.override", override_body(s.subject, dataset)), want
+
+    def resolve_exempt(
+        self, pick: int, subject: str, dataset: str, author: str, validity_ms: int
+    ) -> tuple[bytes, dict[str, Any]]:
+        stopped = self.standing_keys(lambda k: bool(self.ref.stopped_before(*k, self.height + 1)))
+        if stopped and pick % 2:
+            hexes, dataset = stopped[pick % len(stopped)]
+            subject = self.subject_named(hexes)
+        who, s, until = self.staff(author), self.subject(subject), self.time_ms + validity_ms
+        want = self.ref.run("exempt", who.pub, s.subject, dataset, until)
+        return self.sign(who, "restriction.exempt", exempt_body(s.subject, dataset, until)), want
+
+    def check_granted_despite_standing(self, s: str, dataset: str) -> None:
+        """A granted subject was neither restricted nor objecting (without override) before
+        the block: what changed in the block itself is not seen yet."""
+        h = self.height
+        assert self.ref.stopped_before(s, dataset, h) is None, (s, dataset)
+        history = self.ref.standings.get((s, dataset), [])
+        before = [v for v in history if v[0] < h]
+        if before and before[-1][2] and before[-1][3]:
+            COVERAGE["override_resumed"] += 1
+        if any(v[1] is not None for v in before):
+            COVERAGE["lifted_then_granted"] += 1
+        if history and history[-1][0] == h and self.ref.stopped_before(s, dataset, h + 1):
+            COVERAGE["same_block_restriction_not_seen"] += 1
+
+    @invariant()
+    def restrictions_query_agrees_with_the_model(self) -> None:
+        """Whom processing stops for, as the subject's wallet and the vault read it."""
+        for s in self.cast.subjects.values():
+            answer = codec.decode(
+                self.app.query(codec.encode({"q": "restrictions", "subject": s.subject}))
+            )
+            got = {e["dataset"]: e["processing_stopped"] for e in answer["result"]}
+            want = {
+                d: self.ref.stopped_before(s.subject, d, self.height + 1) is not None
+                for (subject, d), history in self.ref.standings.items()
+                if subject == s.subject and history[-1][1:] != (None, False, False)
+            }
+            assert got == want, (s.subject, got, want)
 
     @invariant()
     def consents_query_agrees_with_the_model(self) -> None:
@@ -636,3 +785,47 @@ def test_an_erasure_everywhere_forgets_the_subject_from_later_in_its_block() -> 
     )
     assert reached["granted_then_forgotten"] == 1
     assert reached["refused_unknown_subject"] == 3 and reached["refused_not_member"] == 1
+
+
+# -- directed sequences: restriction and objection ----------------------------------------------
+
+
+def restrict(subject: str, dataset: str = "d1", *, lift: bool = False) -> Intent:
+    base = {"aimed": False, "pick": 0, "subject": subject, "dataset": dataset}
+    return Intent(
+        "restrict", {**base, "ground": "accuracy_contested", "lift": lift, "author": "self"}
+    )
+
+
+def objection(subject: str, *, withdraw: bool = False) -> Intent:
+    base = {"aimed": False, "pick": 0, "subject": subject, "dataset": "d3"}
+    return Intent("object", {**base, "withdraw": withdraw})
+
+
+def override(subject: str) -> Intent:
+    return Intent("override", {"aimed": False, "pick": 0, "subject": subject, "author": "dpo"})
+
+
+def test_a_restriction_denies_from_the_next_block_and_its_lift_too() -> None:
+    reached = run_blocks(
+        [grant("s1"), grant("s2")],
+        [restrict("s1"), access("s1", "s2")],  # not seen yet
+        [access("s1", "s2"), restrict("s1", lift=True)],  # restricted; the lift not seen yet
+        [access("s1", "s2")],  # granted again
+        restore_after=1,
+    )
+    assert reached["same_block_restriction_not_seen"] == 1
+    assert reached["denied_restricted"] == 1 and reached["lifted_then_granted"] == 1
+
+
+def test_an_objection_denies_until_overridden_and_again_once_made_anew() -> None:
+    on_d3 = {"scope": "dataset:d3"}
+    reached = run_blocks(
+        [grant("s1", **on_d3)],
+        [objection("s1")],
+        [access("s1", dataset="d3"), override("s1")],  # objected; the override not seen yet
+        [access("s1", dataset="d3")],  # processing resumes
+        [objection("s1", withdraw=True), objection("s1")],  # made anew: no override
+        [access("s1", dataset="d3")],
+    )
+    assert reached["denied_objected"] == 2 and reached["override_resumed"] == 1
