@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "api.cli.commands",
     "api.cli.wallet",
     "api.cli.governance",
+    "api.cli.dpo",
     "api.cli.demo",
     "ledger_bridge.cli",
     "vault.cli",

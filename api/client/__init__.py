@@ -72,6 +72,7 @@ from api.client.types import (
     Statement,
     StatementEntry,
     StatementTotals,
+    SubjectRequest,
     Upload,
 )
 
@@ -117,6 +118,7 @@ __all__ = [
     "Statement",
     "StatementEntry",
     "StatementTotals",
+    "SubjectRequest",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",

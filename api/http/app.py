@@ -20,6 +20,7 @@ from api.http.routes import (
     discovery,
     erasures,
     health,
+    requests,
     subjects,
     tokens,
 )
@@ -74,6 +75,7 @@ def create_app(
     app.include_router(fee_routes.router)
     app.include_router(subjects.router)
     app.include_router(erasures.router)
+    app.include_router(requests.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
     app.include_router(devices.router)
@@ -136,10 +138,11 @@ def _lifespan(
 def _start_jobs(
     app: FastAPI, settings: Settings, ledger: LedgerGateway | None
 ) -> BackgroundJobs | None:
-    """The outbox relay and the retention sweeper, running; none without a ledger."""
+    """The outbox relay, the retention sweeper and the register's sync with the ledger,
+    running; none without a ledger."""
     if ledger is None:
         return None
-    from api.services.jobs import BackgroundJobs
+    from api.services.jobs import BackgroundJobs, RequestSync
     from api.services.outbox import OutboxRelay
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
@@ -149,6 +152,8 @@ def _start_jobs(
         RetentionSweeper(app.state.sessions, Eraser(app.state.key_store)),
         relay_interval_s=settings.relay_interval_s,
         sweep_interval_s=settings.sweep_interval_s,
+        request_sync=RequestSync(app.state.sessions, ledger),
+        request_sync_interval_s=settings.request_sync_interval_s,
     )
     jobs.start()
     return jobs

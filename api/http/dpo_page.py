@@ -3,7 +3,8 @@
 Why server-rendered and script-free: the page shows personal-data processing facts to one
 privileged user; it must work offline (no CDN), leak nothing to third parties, and be cheap to
 audit. Charts are SVG bars computed here. Data comes from the vault audits (retention timeline,
-erasures, findings) and from the ledger (accesses per purpose and consumer, replica health):
+erasures, findings, the subjects' requests overdue or soon due) and from the ledger (accesses
+per purpose and consumer, replica health):
 `page_data` gathers it from the services, which compute every figure; the rest lays it out.
 """
 
@@ -16,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.page_sessions import TEMPLATES
+from api.services import requests
 from api.services.access_log import count_accesses_since
 from api.services.replicas import ledger_status
 from api.services.retention_audit import run_retention_audit
 from vault import audit
+from vault.models import SubjectRequest
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
@@ -61,24 +64,53 @@ class DpoPageData:
     accesses_by_day: list[tuple[str, int]] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)
     ledger_height: int | None = None
+    # The subjects' requests still pending: past their deadline, and due within SOON_DUE.
+    requests_overdue: list[dict[str, Any]] = field(default_factory=list)
+    requests_soon: list[dict[str, Any]] = field(default_factory=list)
+
+
+def request_rows(
+    pending: list[SubjectRequest], now: dt.datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pending requests as the page lists them: (overdue, due within SOON_DUE)."""
+    overdue, soon = [], []
+    for r in pending:
+        row = {
+            "id": str(r.id),
+            "kind": r.kind,
+            "subject": r.subject[:16] + ("…" if len(r.subject) > 16 else ""),
+            "dataset_id": "" if r.dataset_id is None else str(r.dataset_id),
+            "received": f"{r.received_at:%Y-%m-%d %H:%M}",
+            "due": f"{r.due_at:%Y-%m-%d %H:%M}",
+            "state": r.state,
+            # days late, or days left
+            "days": (now - r.due_at).days if r.due_at < now else (r.due_at - now).days,
+        }
+        if r.due_at < now:
+            overdue.append(row)
+        elif r.due_at < now + requests.SOON_DUE:
+            soon.append(row)
+    return overdue, soon
 
 
 def page_data(
     sessions: sessionmaker[Session], gateway: LedgerGateway | None, session: Session
 ) -> DpoPageData:
     """What the page shows; the ledger's parts are left empty when there is no ledger."""
-    today = dt.datetime.now(dt.UTC).date()
+    now = dt.datetime.now(dt.UTC)
+    today = now.date()
     data = DpoPageData(
         today=today,
         timeline=audit.retention_timeline(session, today),
         erasures=audit.erasure_log(session),
         findings=[],
     )
+    pending = requests.pending_due_before(session, now + requests.SOON_DUE)
+    data.requests_overdue, data.requests_soon = request_rows(pending, now)
     if gateway is None:
-        data.findings = [
-            {"code": f.code, "detail": f.detail}
-            for f in audit.retention_audit(session, today).findings
-        ]
+        found = audit.retention_audit(session, today).findings
+        found += audit.accountability_findings(session, now)
+        data.findings = [{"code": f.code, "detail": f.detail} for f in found]
         return data
     report = run_retention_audit(sessions, gateway, None)
     data.findings = [{"code": f.code, "detail": f.detail} for f in report.findings]

@@ -1,9 +1,11 @@
-"""The service's background work: the outbox relay and the retention sweeper, on one thread.
+"""The service's background work: the outbox relay, the retention sweeper and the register's
+sync with the ledger, on one thread.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
-both safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
-facts in order), and the sweeper takes each epoch with `FOR UPDATE SKIP LOCKED`. A route that
-wrote a fact calls `kick()` so its anchor reaches the ledger at once instead of at the next tick.
+them safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
+facts in order), the sweeper takes each epoch with `FOR UPDATE SKIP LOCKED`, and the sync
+writes under the register's lock, registering each ledger request once. A route that wrote a
+fact calls `kick()` so its anchor reaches the ledger at once instead of at the next tick.
 """
 
 from __future__ import annotations
@@ -12,11 +14,30 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.services import requests
 from api.services.outbox import OutboxRelay
 from vault.retention import RetentionSweeper
 
+if TYPE_CHECKING:
+    from api.services.gateway import LedgerGateway
+
 _log = logging.getLogger(__name__)
+
+
+class RequestSync:
+    """One round of `requests.sync_ledger_requests` in a transaction of its own."""
+
+    def __init__(self, sessions: sessionmaker[Session], ledger: LedgerGateway) -> None:
+        self._sessions = sessions
+        self._ledger = ledger
+
+    def __call__(self) -> requests.SyncReport:
+        with self._sessions() as session, session.begin():
+            return requests.sync_ledger_requests(session, self._ledger)
 
 
 class BackgroundJobs:
@@ -27,10 +48,15 @@ class BackgroundJobs:
         *,
         relay_interval_s: float = 1.0,
         sweep_interval_s: float = 3600.0,
+        request_sync: Callable[[], object] | None = None,
+        request_sync_interval_s: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._relay = relay
         self._sweeper = sweeper
+        self._request_sync = request_sync
+        self._request_sync_interval_s = request_sync_interval_s
+        self._next_request_sync = 0.0
         self._relay_interval_s = relay_interval_s
         self._sweep_interval_s = sweep_interval_s
         self._monotonic = monotonic
@@ -62,6 +88,7 @@ class BackgroundJobs:
                         _log.info("retention sweep expired %d epoch(s)", len(report.expired))
                 except Exception as exc:  # the type only: a message may quote SQL parameters
                     _log.error("retention sweep failed (%s); retrying later", type(exc).__name__)
+            self._sync_requests()
             if self._relay is not None:
                 try:
                     while not self._stop.is_set() and self._relay.run_once() > 0:
@@ -70,3 +97,12 @@ class BackgroundJobs:
                     _log.error("outbox relay failed (%s); retrying", type(exc).__name__)
             self._wake.wait(self._relay_interval_s)
             self._wake.clear()
+
+    def _sync_requests(self) -> None:
+        if self._request_sync is None or self._monotonic() < self._next_request_sync:
+            return
+        self._next_request_sync = self._monotonic() + self._request_sync_interval_s
+        try:
+            self._request_sync()
+        except Exception as exc:  # the type only, as for the others
+            _log.error("request register sync failed (%s); retrying later", type(exc).__name__)

@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.services import requests
 from ledger_bridge.facts import ERASURE_RECORD, UPLOAD_ANCHOR, ErasureRecord, UploadAnchor
 from ledger_bridge.receipts import ErasureReceipt, seal
 from vault.erasure import is_forgotten, settle_erasure
@@ -186,8 +187,20 @@ class OutboxRelay:
                 )
             )
             if kind == ERASURE_RECORD and cast("CursorResult[Any]", marked).rowcount:
-                # Recorded, so the vault may now forget whom it erased (in this same
-                # transaction: never recorded yet still naming them after a crash).
+                # The subject's request it fulfils is answered; and recorded, so the vault may
+                # now forget whom it erased (in this same transaction: never recorded yet still
+                # naming them after a crash). The register's lock first: a sync of the
+                # register must not write the subject back behind the forgetting.
+                requests.lock_register(session)
+                requests.record_fulfilment(
+                    session,
+                    "erasure",
+                    ErasureRecord.from_payload(payload).certificate.request,
+                    requests.LedgerFact(
+                        type=ERASURE_RECORD, tx_id=receipt.tx_id, height=receipt.block_height
+                    ),
+                    self._clock(),
+                )
                 settle_erasure(session, fact_id, sealed_receipt=_sealed(payload, receipt))
             if kind == UPLOAD_ANCHOR:
                 # Readable from now on: the anchor is committed, in the same transaction

@@ -95,3 +95,15 @@ ErasureReason = Literal[
 ERASURE_REASONS: tuple[ErasureReason, ...] = get_args(ErasureReason)
 Requester = Literal["subject", "dpo", "provider", "vault"]
 REQUESTERS: tuple[Requester, ...] = get_args(Requester)
+
+# -- subject requests (GDPR Art. 12(3): the vault's register, api/services/requests.py) --------
+
+# The rights a subject exercises (Art. 15 to 21), as the register files them.
+RequestKind = Literal[
+    "access", "rectification", "erasure", "restriction", "objection", "portability"
+]
+REQUEST_KINDS: tuple[RequestKind, ...] = get_args(RequestKind)
+# open: received, not answered; extended: open, its deadline moved by two further months
+# (Art. 12(3), with reasons); done: answered; refused: declined (Art. 12(4)/(5), with reasons).
+RequestState = Literal["open", "extended", "done", "refused"]
+REQUEST_STATES: tuple[RequestState, ...] = get_args(RequestState)

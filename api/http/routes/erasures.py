@@ -25,6 +25,7 @@ their behalf) keeps the receipt; the vault cannot give it again.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -38,9 +39,17 @@ from api.http.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_que
 from api.http.errors import ApiError, Forbidden
 from api.http.schemas import LedgerReceipt, PublicKeyHex, SignedIn, StrictIn, UuidIn
 from api.http.signed import assemble
+from api.services import requests
 from api.services.outbox import wait_for_receipt
+from api.services.requests import LedgerFact
 from ledger_bridge import receipts
-from ledger_bridge.facts import ERASURE_KINDS, ERASURE_RECORD, ErasureRecord, erasure_from_payload
+from ledger_bridge.facts import (
+    ERASURE_KINDS,
+    ERASURE_RECORD,
+    ERASURE_REQUEST,
+    ErasureRecord,
+    erasure_from_payload,
+)
 from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound
 from vault.models import OutboxFact
@@ -216,11 +225,20 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
         except ValueError:
             raise InvalidScope("dataset is a dataset id") from None
     request_id = int(answer.result["request"])
+    received = dt.datetime.now(dt.UTC)
+    made = LedgerFact(
+        type=ERASURE_REQUEST, tx_id=answer.receipt.tx_id, height=answer.receipt.block_height
+    )
     eraser = Eraser(store)
     private, public = receipts.new_receipt_key()
-    return _run(
-        request,
-        lambda s: eraser.erase_subject(
+
+    def erase(s: Session) -> ErasureResult:
+        # Registered in the erasure's transaction (Art. 12(3)); the relay closes it when the
+        # erasure.record is recorded, and the erasure itself makes the row forget the subject.
+        requests.open_request(
+            s, "erasure", scope["subject"], dataset, received, made, request=request_id
+        )
+        return eraser.erase_subject(
             s,
             scope["subject"],
             dataset_id=dataset,
@@ -228,9 +246,9 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
             requester="subject",
             request=request_id,
             receipt_to=public,
-        ),
-        (private, public),
-    )
+        )
+
+    return _run(request, erase, (private, public))
 
 
 @router.get("/erasures/{erasure_id}")

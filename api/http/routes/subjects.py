@@ -9,6 +9,7 @@ routes; their consents are read there too, next to the writes that make them.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from api.http.deps import (
     subject_or_dpo,
 )
 from api.http.schemas import PUBLIC_KEY_HEX
+from api.services import requests
 from api.services.gateway import jsonable
 from vault import reads
 
@@ -70,6 +72,12 @@ def export(
     consents = ledger.query("consents", subject=subject_id)
     accesses = ledger.query("accesses", subject=subject_id, limit=1000)
     erasures = ledger.query("erasures", subject=subject_id, limit=1000)
+    if member.role == "subject":
+        # The subject's own request, answered at once (Art. 12(3)): registered done. The DPO
+        # reading an export is no request of the subject's.
+        now = dt.datetime.now(dt.UTC)
+        opened = requests.open_request(session, "access", subject_id, None, now)
+        requests.close_request(session, opened, "done", at=now)
     return ExportOut(
         subject_id=subject_id,
         ledger_height=consents["height"],

@@ -1,0 +1,95 @@
+"""The register's deadlines (GDPR Art. 12(3)): one calendar month after receipt, three when
+extended, counted as Regulation 1182/71 counts months (api/services/requests.py).
+
+Examples first, the cases people get wrong (the 31st, February, leap years, December), then
+the properties over any instant hypothesis finds.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api.services.requests import add_months, due_for, extended_due
+
+
+def _at(y: int, m: int, d: int, h: int = 10, minute: int = 30) -> dt.datetime:
+    return dt.datetime(y, m, d, h, minute, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("received", "due"),
+    [
+        (_at(2027, 1, 31), _at(2027, 2, 28)),  # February has no 31st: its last day
+        (_at(2028, 1, 31), _at(2028, 2, 29)),  # ... in a leap year, the 29th
+        (_at(2028, 1, 29), _at(2028, 2, 29)),
+        (_at(2027, 1, 29), _at(2027, 2, 28)),
+        (_at(2027, 3, 15), _at(2027, 4, 15)),  # the same date next month
+        (_at(2027, 3, 31), _at(2027, 4, 30)),
+        (_at(2027, 12, 31), _at(2028, 1, 31)),  # over the year's end
+        (_at(2027, 2, 28), _at(2027, 3, 28)),  # not "the end of the month": the same date
+    ],
+)
+def test_one_calendar_month(received: dt.datetime, due: dt.datetime) -> None:
+    assert due_for(received) == due
+
+
+def test_an_extension_makes_three_months_from_receipt_not_two_after_the_first_deadline() -> None:
+    received = _at(2027, 1, 31)
+    assert due_for(received) == _at(2027, 2, 28)
+    assert extended_due(received) == _at(2027, 4, 30)
+    # chaining would lose two days: 31 January -> 28 February -> 28 April
+    assert add_months(due_for(received), 2) == _at(2027, 4, 28)
+
+
+def test_the_time_of_day_and_the_zone_are_kept() -> None:
+    paris = dt.timezone(dt.timedelta(hours=1))
+    received = dt.datetime(2027, 1, 31, 23, 59, 59, 999_999, tzinfo=paris)
+    assert due_for(received) == dt.datetime(2027, 2, 28, 23, 59, 59, 999_999, tzinfo=paris)
+
+
+instants = st.datetimes(
+    min_value=dt.datetime(1970, 1, 1),
+    max_value=dt.datetime(9000, 12, 31),
+    timezones=st.just(dt.UTC),
+)
+
+
+@given(instants)
+def test_due_is_the_same_date_next_month_or_its_last_day(received: dt.datetime) -> None:
+    due = due_for(received)
+    months = (due.year - received.year) * 12 + due.month - received.month
+    assert months == 1
+    last = calendar.monthrange(due.year, due.month)[1]
+    assert due.day == min(received.day, last)
+    assert due.time() == received.time() and due.tzinfo == received.tzinfo
+    assert dt.timedelta(days=28) <= due - received <= dt.timedelta(days=31)
+
+
+@given(instants, instants)
+def test_a_later_receipt_is_never_due_earlier(a: dt.datetime, b: dt.datetime) -> None:
+    first, second = sorted((a, b))
+    assert due_for(first) <= due_for(second)
+    assert extended_due(first) <= extended_due(second)
+
+
+@given(instants)
+def test_an_extension_adds_two_months_and_never_less(received: dt.datetime) -> None:
+    extended = extended_due(received)
+    months = (extended.year - received.year) * 12 + extended.month - received.month
+    assert months == 3
+    assert extended >= add_months(due_for(received), 2)
+    assert dt.timedelta(days=89) <= extended - received <= dt.timedelta(days=92)
+
+
+@given(instants, st.integers(min_value=0, max_value=240))
+def test_adding_months_agrees_with_counting_them(received: dt.datetime, n: int) -> None:
+    moved = add_months(received, n)
+    assert (moved.year * 12 + moved.month) - (received.year * 12 + received.month) == n
+    assert moved.day <= received.day
+    if received.day <= 28:
+        assert moved.day == received.day
