@@ -34,6 +34,8 @@ internals (tracebacks, SQL, key ids).
     │   ├── AccessRefused             403  (api/http/routes/access.py)
     │   ├── InvalidAccess             422  (api/http/routes/access.py)
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)
+    │   ├── ExtensionRefused          409  (api/services/requests.py): a request answered,
+    │   │                                  extended already, or past its first month
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
     │   └── LedgerRefused             403/404/409/422/502  (api/services/gateway.py): the

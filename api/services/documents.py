@@ -74,26 +74,40 @@ class Document:
         return "\n".join(out)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+# Inline Markdown (CommonMark and GitHub's tables and strikethrough): what would start
+# emphasis, code, a link, raw HTML or a table cell.
+_MD_INLINE = re.compile(r"([\\`*_\[\]<>~|])")
+# What would start a block at the beginning of a line: a heading, a list, a quote, a thematic
+# break or setext underline, a numbered list.
+_MD_LINE_START = re.compile(r"^([#>+=-]|\d+(?=[.)]))")
 
 
 def md_escape(text: str) -> str:
-    """Plain text as Markdown that renders it as written: punctuation Markdown reads is
-    backslash-escaped, line breaks become spaces (a value cannot start a block of its own)."""
+    """Plain text as Markdown that renders it as written: line breaks become spaces (a value
+    cannot open a block of its own), the punctuation that Markdown reads inline is
+    backslash-escaped, and so is what would open a block at the start."""
     flat = " ".join(text.split())
-    return _MD_SPECIAL.sub(r"\\\1", flat)
+    escaped = _MD_INLINE.sub(r"\\\1", flat)
+    start = _MD_LINE_START.match(escaped)
+    if start is None:
+        return escaped
+    mark = start.group(1)
+    if mark.isdigit():  # "1." opens a numbered list; "1\." does not
+        return mark + "\\" + escaped[len(mark) :]
+    return "\\" + escaped
 
 
 def to_markdown(doc: Document) -> str:
     out = [f"# {md_escape(doc.title)}", ""]
     for b in doc.blocks:
         if isinstance(b, Heading):
-            out += [f"{'#' * (b.level + 1 if b.level < 6 else 6)} {md_escape(b.text)}", ""]
+            out += [f"{'#' * min(b.level + 1, 6)} {md_escape(b.text)}", ""]
         elif isinstance(b, Paragraph):
             out += [md_escape(b.text), ""]
         elif isinstance(b, Bullets):
             out += [f"- {md_escape(item)}" for item in b.items] + [""]
         else:
+            # A line of underscores in a quote: a rule to write on, as on paper.
             out += [f"**{md_escape(b.label)}**", ""]
-            out += [f"> {BLANK.replace('_', chr(92) + '_')}" for _ in range(b.lines)] + [""]
+            out += ["> " + BLANK for _ in range(b.lines)] + [""]
     return "\n".join(out).rstrip() + "\n"

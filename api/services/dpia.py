@@ -125,7 +125,7 @@ def _context(doc: Document, record: RecordsOfProcessing) -> None:
 
 def _disclosure(purpose: str, declarations: dict[str, dict[str, Any] | None]) -> str:
     if not declarations:
-        return f"{purpose}: not read (the ledger did not answer)"
+        return f"{purpose}: not read (no ledger answered)"
     d = declarations.get(purpose)
     if d is None:
         return f"{purpose}: discloses nothing until governance declares it"
@@ -169,11 +169,15 @@ def _description(
         _dataset(doc, r, declarations)
     ledger = record.ledger_processing
     doc.heading(2, "The ledger")
-    doc.para(
-        f"{ledger.replicas or 0} replica(s) of chain {ledger.chain_id or '(none)'} hold: "
-        + "; ".join(ledger.holds)
-        + f". Never: {ledger.never_holds}. {ledger.retention}. {ledger.on_erasure}."
-    )
+    if ledger.replicas is None:
+        doc.para("No ledger is configured: no access is decided or recorded by the contracts.")
+    else:
+        doc.para(
+            f"The {ledger.replicas} replicas of chain {ledger.chain_id} hold: "
+            + "; ".join(ledger.holds)
+            + f". Never: {ledger.never_holds}. For how long: {ledger.retention}. On erasure: "
+            f"{ledger.on_erasure}."
+        )
     doc.heading(2, "Transfers outside the EU/EEA")
     if record.transfers:
         doc.bullets(f"{t.recipient} in {t.country}, under {t.safeguard}" for t in record.transfers)
@@ -264,8 +268,9 @@ def _risks(
     _risk(
         doc,
         "Re-identification through the ledger",
-        f"{ledger.replicas or 0} replica operator(s) ({', '.join(ledger.colleges) or 'none'}) "
-        "hold every subject's pseudonyms, consents and accesses for the life of the chain.",
+        f"{ledger.replicas or 0} replica operator(s) (colleges: "
+        f"{', '.join(ledger.colleges) or 'none'}) hold every subject's pseudonyms, consents and "
+        "accesses for the life of the chain.",
         [
             "one pseudonym per subject and dataset, so datasets are not linked on the ledger",
             "no payload, name or address on the ledger; an erasure makes every replica forget "
@@ -302,15 +307,12 @@ def _security_risks(doc: Document, record: RecordsOfProcessing, register: Regist
             measures.get("Erasure by key destruction", "erasure by key destruction"),
         ],
     )
+    ledger = [measures[m] for m in ("Consent ledger", "Ledger transport") if m in measures]
     _risk(
         doc,
         "Loss of integrity or availability",
-        f"{measures.get('Consent ledger', 'No ledger.')} Database: "
-        f"{measures.get('Database', 'unknown')}.",
-        [
-            measures.get("Ledger transport", "ledger transport"),
-            "upload anchors on the ledger: each record's integrity is provable",
-        ],
+        f"Database: {measures.get('Database', 'unknown')}.",
+        [*ledger, "upload anchors on the ledger: each record's integrity is provable"],
     )
     transfers = "; ".join(f"{t.recipient} ({t.country})" for t in record.transfers)
     _risk(

@@ -54,9 +54,11 @@ class Party(BaseModel):
 class Transfer(BaseModel):
     """Art. 30(1)(e), Art. 44-49: personal data sent outside the EU/EEA."""
 
-    recipient: str = Field(max_length=200)
-    country: str = Field(max_length=100)
+    recipient: str = Field(min_length=1, max_length=200)
+    # Either may be recorded before it is known: the DPO's audit then reports it missing.
+    country: str = Field(default="", max_length=100)
     safeguard: str = Field(
+        default="",
         max_length=300,
         description="the Art. 46 safeguard or Art. 49 derogation (e.g. an adequacy decision, "
         "standard contractual clauses)",

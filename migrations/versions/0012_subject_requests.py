@@ -77,6 +77,10 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("state IN ('open', 'extended')"),
     )
+    _controller_record()
+
+
+def _controller_record() -> None:
     op.create_table(
         "controller_record",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -162,14 +162,17 @@ def test_markdown_shows_hostile_text_as_written() -> None:
     doc = Document("# not a title")
     doc.heading(1, "[link](http://evil.example) <script>alert(1)</script>")
     doc.para("line one\n# heading injected\n- list injected")
-    doc.bullets(["*bold* _em_ `code`"])
+    doc.para("1. not a list, 2) nor this")
+    doc.bullets(["*bold* _em_ `code`", "- nested?", "> quoted?"])
     md = to_markdown(doc)
     lines = md.splitlines()
     # exactly one top heading and one section heading: nothing injected starts a block
     assert [line for line in lines if line.startswith("#")] == [
         "# \\# not a title",
-        "## \\[link\\]\\(http://evil\\.example\\) \\<script\\>alert\\(1\\)\\</script\\>",
+        "## \\[link\\](http://evil.example) \\<script\\>alert(1)\\</script\\>",
     ]
-    assert "line one \\# heading injected \\- list injected" in lines
+    assert "line one # heading injected - list injected" in lines
+    assert "1\\. not a list, 2) nor this" in lines
     assert "- \\*bold\\* \\_em\\_ \\`code\\`" in lines
-    assert md_escape("a|b") == "a\\|b"
+    assert "- \\- nested?" in lines and "- \\> quoted?" in lines
+    assert md_escape("a|b ~c~") == "a\\|b \\~c\\~"

@@ -39,6 +39,7 @@ and subject transactions signed by somebody else.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -52,6 +53,7 @@ from fastapi.routing import iter_route_contexts
 
 from api.client import CivisClient, coupons
 from api.client.devices import Device
+from api.services import requests
 from ledger_bridge.contracts import events
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
 from tests.api.test_consented_access import api, register_subject, signed, vote_through
@@ -96,6 +98,10 @@ GET    /v1/subjects/{subject_id}/export              403   403  403  ok   403   
 POST   /v1/erasures                                  403   403  403  403  403   ok  403   401
 POST   /v1/erasure-requests                          403   403  403  ok   403   403 403   403
 GET    /v1/erasures/{erasure_id}                     403   403  403  ok   404   ok  403   401
+GET    /v1/subjects/{subject_id}/requests            403   403  403  ok   403   ok  403   401
+GET    /v1/dpo/requests                              403   403  403  403  403   ok  403   401
+POST   /v1/dpo/requests/{request_id}/extension       403   403  403  403  403   ok  403   401
+POST   /v1/dpo/requests/sync                         403   403  403  403  403   ok  403   401
 GET    /v1/erasure-receipts/{erasure_id}             ok    ok   ok   ok   ok    ok  ok    ok
 GET    /v1/ledger/status                             ok    ok   ok   ok   ok    ok  ok    401
 GET    /v1/ledger/blocks                             ok    ok   ok   ok   ok    ok  ok    401
@@ -104,6 +110,7 @@ GET    /v1/dpo/access-log                            403   403  403  403  403   
 GET    /v1/dpo/retention-audit                       403   403  403  403  403   ok  403   401
 GET    /v1/dpo/ledger-verification                   403   403  403  403  403   ok  403   401
 GET    /v1/dpo/records-of-processing                 403   403  403  403  403   ok  403   401
+GET    /v1/dpo/dpia                                  403   403  403  403  403   ok  403   401
 GET    /v1/dpo/outbox                                403   403  403  403  403   ok  403   401
 POST   /v1/dpo/outbox/{fact_id}/retry                403   403  403  403  403   404 403   401
 PUT    /v1/datasets/{dataset_id}/prices/{mode}       ok    404  403  403  403   403 403   401
@@ -494,6 +501,20 @@ def _erasure_request(w: World, who: str) -> Call:
     return Call(json=signed(w.env, w.signer(who, w.erasing_self), "erasure.request", body))
 
 
+def _extension(w: World, who: str) -> Call:
+    """An open request of the subject's per call: each column may try to extend a fresh one."""
+    sessions = w.env.client.app.state.sessions  # type: ignore[attr-defined]
+    with sessions() as session, session.begin():
+        opened = requests.open_request(
+            session, "objection", w.subject.id, None, dt.datetime.now(dt.UTC)
+        )
+    return Call(
+        params={"request_id": str(opened)},
+        headers=w.headers(who),
+        json={"reason": "the objection's grounds are weighed by the controller's board"},
+    )
+
+
 def _device_new(w: World, who: str) -> Call:
     body = {
         "device": Device(w.env.chain_id, "centre").id,
@@ -588,6 +609,12 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/erasures/{erasure_id}"): lambda w, who: Call(
         params={"erasure_id": w.erasure}, headers=w.headers(who, w.erased)
     ),
+    ("GET", "/v1/subjects/{subject_id}/requests"): lambda w, who: _keyed(
+        w, who, subject_id=w.subject.id
+    ),
+    ("GET", "/v1/dpo/requests"): lambda w, who: _keyed(w, who),
+    ("POST", "/v1/dpo/requests/{request_id}/extension"): _extension,
+    ("POST", "/v1/dpo/requests/sync"): lambda w, who: _keyed(w, who),
     # Sealed to a key only the erasure's caller holds: anyone may fetch it.
     ("GET", "/v1/erasure-receipts/{erasure_id}"): lambda w, who: Call(
         params={"erasure_id": w.erasure}, headers=w.headers(who)
@@ -599,6 +626,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/dpo/retention-audit"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/ledger-verification"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/records-of-processing"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dpo/dpia"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/outbox"): lambda w, who: _keyed(w, who),
     # Nothing is refused in this world: the DPO passes the role check and gets 404.
     ("POST", "/v1/dpo/outbox/{fact_id}/retry"): lambda w, who: _keyed(w, who, fact_id=1),
