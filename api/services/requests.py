@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ from vault.models import REQUEST_PENDING_STATES, Dataset, OutboxFact, SubjectReq
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
+
+_log = logging.getLogger(__name__)
 
 PERIOD_MONTHS = 1  # Art. 12(3): one month of receipt
 EXTENDED_PERIOD_MONTHS = 3  # ... "extended by two further months"
@@ -399,7 +402,9 @@ def _erasure_requests(ledger: LedgerGateway) -> LedgerRequests:
 
 def rectification_entry(entry: dict[str, Any]) -> LedgerRequest | None:
     """A `rectifications` query entry as a register request, if it is open and names its
-    subject: {request, subject, dataset, height, time, status} (docs/CONTRACTS.md)."""
+    subject. What it reads of the entry: `request` (the rectification.request's number),
+    `subject` (key or hex), `dataset`, `record`, `height` and `time` of the request, and
+    `status` ("open" until a record.rectify fulfils it)."""
     if entry.get("status", "open") != "open" or "subject" not in entry:
         return None
     subject = entry["subject"]
@@ -468,7 +473,11 @@ def _sources(session: Session, ledger: LedgerGateway) -> list[LedgerRequests]:
     sources = [_erasure_requests(ledger)]
     if _SOURCE_TX["rectification"] in ledger_facts.TX_TYPES:
         datasets = [str(d) for d in session.scalars(select(Dataset.id).order_by(Dataset.id))]
-        rectifications = _rectification_requests(ledger, datasets)
+        try:
+            rectifications = _rectification_requests(ledger, datasets)
+        except ApiError as exc:  # one source failing must not stop the erasure requests'
+            _log.error("rectification requests not read (%s)", type(exc).__name__)
+            rectifications = None
         if rectifications is not None:
             sources.append(rectifications)
     return sources
@@ -477,29 +486,44 @@ def _sources(session: Session, ledger: LedgerGateway) -> list[LedgerRequests]:
 def sync_ledger_requests(session: Session, ledger: LedgerGateway) -> SyncReport:
     """Pull the subjects' open signed requests from the ledger into the register, and close the
     register's requests the ledger no longer holds open. Idempotent; in the caller's
-    transaction, under `REGISTER_LOCK` (see the module).
+    transaction, writing under `REGISTER_LOCK` (see the module).
 
-    An answer older than the last erasure the vault saw recorded (a replica lagging behind)
-    changes nothing: it may still list a request that erasure forgot.
+    The ledger is read first (no lock is held while the network answers), then, under the
+    lock, compared with the last erasure the vault saw recorded: an older answer (a replica
+    lagging behind) changes nothing, since it may still list a request that erasure forgot.
+    An erasure recorded after the lock is taken waits for this transaction, then forgets
+    whatever it wrote.
     """
+    sources = _sources(session, ledger)
+    height = min(s.height for s in sources)
+    found = {
+        (r.kind, r.request): _tx_id(ledger, r, _SOURCE_TX[r.kind])
+        for source in sources
+        for r in _unknown(session, source)
+    }
     lock_register(session)
     recorded = session.scalar(
         select(func.max(OutboxFact.block_height)).where(
             OutboxFact.kind == ledger_facts.ERASURE_RECORD
         )
     )
-    sources = _sources(session, ledger)
-    height = min(s.height for s in sources)
     if recorded is not None and height < recorded:
         return SyncReport(height, 0, 0, stale=True)
     opened = closed = 0
     for source in sources:
-        opened += _register_new(session, ledger, source)
+        for r in _unknown(session, source):
+            tx_type = _SOURCE_TX[r.kind]
+            fact = LedgerFact(type=tx_type, tx_id=found.get((r.kind, r.request)), height=r.height)
+            received = dt.datetime.fromtimestamp(r.time_ms / 1000, dt.UTC)
+            dataset = None if r.dataset is None else uuid.UUID(r.dataset)
+            open_request(session, r.kind, r.subject, dataset, received, fact, request=r.request)
+            opened += 1
         closed += _close_fulfilled(session, source)
     return SyncReport(height, opened, closed, stale=False)
 
 
-def _register_new(session: Session, ledger: LedgerGateway, source: LedgerRequests) -> int:
+def _unknown(session: Session, source: LedgerRequests) -> list[LedgerRequest]:
+    """The source's open requests the register does not hold yet (SYNC_NEW_MAX at most)."""
     known = set(
         session.scalars(
             select(SubjectRequest.request).where(
@@ -508,14 +532,7 @@ def _register_new(session: Session, ledger: LedgerGateway, source: LedgerRequest
             )
         )
     )
-    new = [r for r in source.open if r.request not in known][:SYNC_NEW_MAX]
-    for r in new:
-        received = dt.datetime.fromtimestamp(r.time_ms / 1000, dt.UTC)
-        tx_type = _SOURCE_TX[r.kind]
-        fact = LedgerFact(type=tx_type, tx_id=_tx_id(ledger, r, tx_type), height=r.height)
-        dataset = None if r.dataset is None else uuid.UUID(r.dataset)
-        open_request(session, r.kind, r.subject, dataset, received, fact, request=r.request)
-    return len(new)
+    return [r for r in source.open if r.request not in known][:SYNC_NEW_MAX]
 
 
 def _close_fulfilled(session: Session, source: LedgerRequests) -> int:

@@ -2,7 +2,8 @@
 extended, counted as Regulation 1182/71 counts months (api/services/requests.py).
 
 Examples first, the cases people get wrong (the 31st, February, leap years, December), then
-the properties over any instant hypothesis finds.
+the properties over any instant hypothesis finds. Last, how a rectification request the
+contracts list becomes a register request.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.services.requests import add_months, due_for, extended_due
+from api.services.requests import add_months, due_for, extended_due, rectification_entry
 
 
 def _at(y: int, m: int, d: int, h: int = 10, minute: int = 30) -> dt.datetime:
@@ -93,3 +94,23 @@ def test_adding_months_agrees_with_counting_them(received: dt.datetime, n: int) 
     assert moved.day <= received.day
     if received.day <= 28:
         assert moved.day == received.day
+
+
+def test_an_open_rectification_request_on_the_ledger_becomes_a_register_request() -> None:
+    subject = bytes(range(32))
+    entry = {
+        "request": 7,
+        "subject": subject,
+        "dataset": "0b5c4a3e-8f7e-4d1e-9d0b-2f6a1c3e5d70",
+        "record": "r-1",
+        "statement_hash": b"\x01" * 32,
+        "height": 12,
+        "time": 1_800_000_000_000,
+        "status": "open",
+    }
+    found = rectification_entry(entry)
+    assert found is not None
+    assert (found.kind, found.request, found.subject) == ("rectification", 7, subject.hex())
+    assert (found.dataset, found.height, found.time_ms) == (entry["dataset"], 12, entry["time"])
+    assert rectification_entry({**entry, "status": "done"}) is None
+    assert rectification_entry({k: v for k, v in entry.items() if k != "subject"}) is None
