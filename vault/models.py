@@ -374,6 +374,9 @@ class ControllerRecord(Base):
     dpo_name: Mapped[str] = mapped_column(String(200), server_default="")
     dpo_email: Mapped[str] = mapped_column(String(200), server_default="")
     dpo_phone: Mapped[str] = mapped_column(String(50), server_default="")
+    # Where the controller is (an IANA zone): a request's deadline is counted in its days
+    # (api/services/requests.py), as the law counts them where the controller answers.
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
     # [{"recipient", "country", "safeguard"}]: transfers to third countries (Art. 44-49);
     # empty: none.
     transfers: Mapped[list[dict[str, str]]] = mapped_column(

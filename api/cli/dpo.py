@@ -39,6 +39,7 @@ _FIELDS = {
     "dpo_name": "the DPO's name (or function)",
     "dpo_email": "the DPO's contact email",
     "dpo_phone": "the DPO's phone",
+    "timezone": "where the controller is (IANA, e.g. Europe/Paris): requests are due by its days",
 }
 
 

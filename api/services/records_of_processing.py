@@ -25,8 +25,9 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.orm import Session
 
 from api.http.errors import ApiError
@@ -76,7 +77,22 @@ class ControllerIn(BaseModel):
     dpo_name: str = Field(default="", max_length=200)
     dpo_email: str = Field(default="", max_length=200)
     dpo_phone: str = Field(default="", max_length=50)
+    timezone: str = Field(
+        default="UTC",
+        max_length=64,
+        description="where the controller is (IANA, e.g. Europe/Paris): the subjects' "
+        "requests are due by its days",
+    )
     transfers: list[Transfer] = Field(default_factory=list, max_length=50)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("an IANA time zone, such as Europe/Paris or UTC") from None
+        return value
 
 
 class Recipient(BaseModel):

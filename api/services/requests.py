@@ -8,12 +8,13 @@ its reasons within the first month. A month is a calendar month, counted as Regu
 Euratom) No 1182/71 Art. 3(2)(c) counts it: the period ends on the day of the next month with
 the same date as the day of receipt, or, when that month has no such day, on its last day
 (received 31 January, due 28 February, or 29 in a leap year; received 15 March, due 15 April).
-The register keeps the INSTANT of receipt shifted by one calendar month in UTC (`add_months`),
-not the end of that day: the deadline it shows is never later than the legal one, and it
-leaves out Art. 3(4)'s move to the next working day (holidays are national; a controller
-answers by the earlier date anyway). An extension makes the whole period three months from
-receipt (`extended_due`), not two months from the first deadline: received 31 January, due
-30 April, where chaining would lose two days (28 February, then 28 April).
+Days are the controller's: its time zone is in its record (`ControllerRecord.timezone`, UTC
+until set). The register keeps the wall-clock time of receipt there, on that day of the next
+month (`due_for`), not the end of that day: the deadline it shows is never later than the
+legal one, and it leaves out Art. 3(4)'s move to the next working day (holidays are national;
+a controller answers by the earlier date anyway). An extension makes the whole period three
+months from receipt (`extended_due`), not two months from the first deadline: received 31
+January, due 30 April, where chaining would lose two days (28 February, then 28 April).
 
 Who writes what. A route a subject calls to exercise a right opens the request and, when the
 answer is immediate (an export), closes it in the same transaction. A subject's signed request
@@ -41,6 +42,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
@@ -52,7 +54,13 @@ from ledger_bridge import facts as ledger_facts
 from ledger_bridge.contracts import tx as contract_tx
 from ledger_bridge.contracts.vocabulary import REQUEST_KINDS, RequestKind, RequestState
 from vault.errors import NotFound
-from vault.models import REQUEST_PENDING_STATES, Dataset, OutboxFact, SubjectRequest
+from vault.models import (
+    REQUEST_PENDING_STATES,
+    ControllerRecord,
+    Dataset,
+    OutboxFact,
+    SubjectRequest,
+)
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
@@ -79,12 +87,25 @@ def add_months(when: dt.datetime, months: int) -> dt.datetime:
     return when.replace(year=year, month=month, day=day)
 
 
-def due_for(received_at: dt.datetime) -> dt.datetime:
-    return add_months(received_at, PERIOD_MONTHS)
+def due_for(received_at: dt.datetime, zone: dt.tzinfo = dt.UTC) -> dt.datetime:
+    """The deadline of a request received at `received_at`, counted in `zone`'s days, in UTC."""
+    return add_months(received_at.astimezone(zone), PERIOD_MONTHS).astimezone(dt.UTC)
 
 
-def extended_due(received_at: dt.datetime) -> dt.datetime:
-    return add_months(received_at, EXTENDED_PERIOD_MONTHS)
+def extended_due(received_at: dt.datetime, zone: dt.tzinfo = dt.UTC) -> dt.datetime:
+    """The deadline once extended: three months from receipt, in `zone`'s days, in UTC."""
+    return add_months(received_at.astimezone(zone), EXTENDED_PERIOD_MONTHS).astimezone(dt.UTC)
+
+
+def controller_zone(session: Session) -> dt.tzinfo:
+    """The controller's time zone, whose days the deadlines count (UTC until it is set)."""
+    row = session.get(ControllerRecord, 1)
+    if row is None or row.timezone == "UTC":
+        return dt.UTC
+    try:
+        return ZoneInfo(row.timezone)
+    except (ZoneInfoNotFoundError, ValueError):  # the record is checked when set
+        return dt.UTC
 
 
 class LedgerFact(BaseModel):
@@ -170,7 +191,7 @@ def open_request(
         "subject": subject,
         "dataset_id": dataset_id,
         "received_at": received,
-        "due_at": due_for(received),
+        "due_at": due_for(received, controller_zone(session)),
         "state": "open",
         "facts": _fact(fact),
         "request": request,
@@ -253,7 +274,7 @@ def extend_request(
     row.state = "extended"
     row.extended_at = now
     row.extension_reason = reason
-    row.due_at = extended_due(row.received_at)
+    row.due_at = extended_due(row.received_at, controller_zone(session))
     session.flush()
     return row
 

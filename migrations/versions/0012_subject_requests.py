@@ -92,6 +92,7 @@ def _controller_record() -> None:
         sa.Column("dpo_name", sa.String(length=200), server_default="", nullable=False),
         sa.Column("dpo_email", sa.String(length=200), server_default="", nullable=False),
         sa.Column("dpo_phone", sa.String(length=50), server_default="", nullable=False),
+        sa.Column("timezone", sa.String(length=64), server_default="UTC", nullable=False),
         sa.Column(
             "transfers",
             postgresql.JSONB(astext_type=sa.Text()),

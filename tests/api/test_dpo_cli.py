@@ -6,9 +6,11 @@ drafts from the registry alone, saying what it could not read.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy.orm import Session
@@ -16,10 +18,12 @@ from sqlalchemy.orm import Session
 from api.cli import build_parser, main
 from api.cli.bootstrap import record_controller
 from api.cli.dpo import controller_from
+from api.services.requests import extend_request, open_request
 from tests.api.test_documents import parse_pdf
 from tests.conftest import PgServer
 from vault import db
 from vault.datasets import register_dataset
+from vault.models import SubjectRequest
 
 
 @pytest.fixture()
@@ -61,8 +65,35 @@ def test_the_controller_is_set_shown_and_refused_when_malformed(
     assert code == 0 and json.loads(out)["transfers"][0]["safeguard"] == ""
     code, out, _ = _run(capsys, "controller", "show", *where)
     shown = json.loads(out)
-    assert code == 0 and shown["name"] == "Coopérative Civis"
+    assert code == 0 and shown["name"] == "Coopérative Civis" and shown["timezone"] == "UTC"
     assert shown["dpo_email"] == "dpo@civis.example" and shown["transfers"][0]["country"] == "US"
+
+
+def test_requests_are_due_by_the_controllers_days(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ("--database-url", database, "--data-dir", str(tmp_path))
+    code, _, err = _run(
+        capsys, "controller", "set", *where, "--name", "C", "--timezone", "Mars/Base"
+    )
+    assert code == 2 and "IANA" in err
+    assert (
+        _run(capsys, "controller", "set", *where, "--name", "C", "--timezone", "Europe/Paris")[0]
+        == 0
+    )
+    paris = ZoneInfo("Europe/Paris")
+    received = dt.datetime(2027, 1, 31, 0, 30, tzinfo=paris)  # 30 January in UTC
+    engine = db.make_engine(database, pool_size=1)
+    try:
+        with Session(engine) as session, session.begin():
+            opened = open_request(session, "access", "subject-1", None, received)
+            row = session.get(SubjectRequest, opened)
+            assert row is not None
+            assert row.due_at == dt.datetime(2027, 2, 28, 0, 30, tzinfo=paris)
+            extended = extend_request(session, opened, "checking", at=received)
+            assert extended.due_at == dt.datetime(2027, 4, 30, 0, 30, tzinfo=paris)
+    finally:
+        engine.dispose()
 
 
 def test_up_records_the_founding_controller_once(database: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -47,10 +48,17 @@ def test_an_extension_makes_three_months_from_receipt_not_two_after_the_first_de
     assert add_months(due_for(received), 2) == _at(2027, 4, 28)
 
 
-def test_the_time_of_day_and_the_zone_are_kept() -> None:
-    paris = dt.timezone(dt.timedelta(hours=1))
-    received = dt.datetime(2027, 1, 31, 23, 59, 59, 999_999, tzinfo=paris)
-    assert due_for(received) == dt.datetime(2027, 2, 28, 23, 59, 59, 999_999, tzinfo=paris)
+def test_the_days_are_the_controllers() -> None:
+    """31 January 00:30 in Paris is still 30 January in UTC: counted in UTC days the request
+    would be due on 28 February 23:30 UTC, half an hour after Paris's 28 February ended."""
+    paris = ZoneInfo("Europe/Paris")
+    received = dt.datetime(2027, 1, 31, 0, 30, tzinfo=paris)
+    assert due_for(received, paris) == dt.datetime(2027, 2, 28, 0, 30, tzinfo=paris)
+    assert due_for(received) > dt.datetime(2027, 2, 28, 23, 59, 59, tzinfo=paris)  # too late
+    # across a change to summer time: the same wall-clock time, one hour less in UTC
+    march = dt.datetime(2027, 3, 15, 9, 0, tzinfo=paris)
+    assert due_for(march, paris) == dt.datetime(2027, 4, 15, 9, 0, tzinfo=paris)
+    assert due_for(march, paris) - march == dt.timedelta(days=31, hours=-1)
 
 
 instants = st.datetimes(
@@ -69,6 +77,33 @@ def test_due_is_the_same_date_next_month_or_its_last_day(received: dt.datetime) 
     assert due.day == min(received.day, last)
     assert due.time() == received.time() and due.tzinfo == received.tzinfo
     assert dt.timedelta(days=28) <= due - received <= dt.timedelta(days=31)
+
+
+ZONES = [
+    "UTC",
+    "Europe/Paris",
+    "Europe/Helsinki",
+    "Atlantic/Azores",
+    "America/Cayenne",
+    "Indian/Reunion",
+]
+
+
+@given(instants, st.sampled_from(ZONES))
+def test_due_is_never_after_the_end_of_the_legal_day_where_the_controller_is(
+    received: dt.datetime, zone_name: str
+) -> None:
+    """Reg. 1182/71 Art. 3(2)(c) in the controller's days: the period ends at the end of the
+    day of the next month with the receipt's date (or that month's last day)."""
+    zone = ZoneInfo(zone_name)
+    local = received.astimezone(zone)
+    year, month = (local.year, local.month + 1) if local.month < 12 else (local.year + 1, 1)
+    legal_day = dt.date(year, month, min(local.day, calendar.monthrange(year, month)[1]))
+    due = due_for(received, zone)
+    assert due.astimezone(zone).date() == legal_day
+    end_of_legal_day = dt.datetime.combine(legal_day + dt.timedelta(days=1), dt.time(), zone)
+    assert received < due < end_of_legal_day
+    assert due.tzinfo == dt.UTC
 
 
 @given(instants, instants)
