@@ -142,8 +142,9 @@ def _start_jobs(
     running; none without a ledger."""
     if ledger is None:
         return None
-    from api.services.jobs import BackgroundJobs, RequestSync
+    from api.services.jobs import BackgroundJobs
     from api.services.outbox import OutboxRelay
+    from api.services.requests import RequestSync
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
 

@@ -14,30 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from api.services import requests
 from api.services.outbox import OutboxRelay
 from vault.retention import RetentionSweeper
 
-if TYPE_CHECKING:
-    from api.services.gateway import LedgerGateway
-
 _log = logging.getLogger(__name__)
-
-
-class RequestSync:
-    """One round of `requests.sync_ledger_requests` in a transaction of its own."""
-
-    def __init__(self, sessions: sessionmaker[Session], ledger: LedgerGateway) -> None:
-        self._sessions = sessions
-        self._ledger = ledger
-
-    def __call__(self) -> requests.SyncReport:
-        with self._sessions() as session, session.begin():
-            return requests.sync_ledger_requests(session, self._ledger)
 
 
 class BackgroundJobs:

@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import ApiError
 from ledger_bridge import facts as ledger_facts
@@ -603,3 +603,16 @@ def register_summary(session: Session, now: dt.datetime) -> RegisterSummary:
     )
     late = session.scalar(count.where(SubjectRequest.done_at > SubjectRequest.due_at))
     return RegisterSummary(by_kind, int(overdue or 0), int(late or 0))
+
+
+class RequestSync:
+    """One round of `sync_ledger_requests` in a transaction of its own: the background jobs'
+    periodic sync (api/services/jobs.py), every `request_sync_interval_s`."""
+
+    def __init__(self, sessions: sessionmaker[Session], ledger: LedgerGateway) -> None:
+        self._sessions = sessions
+        self._ledger = ledger
+
+    def __call__(self) -> SyncReport:
+        with self._sessions() as session, session.begin():
+            return sync_ledger_requests(session, self._ledger)
