@@ -1,6 +1,7 @@
 """The API's enumerations agree with the consent contracts' vocabularies
 (ledger_bridge/contracts/vocabulary.py): roles, colleges, purposes, legal bases, disclosure
-modes, predicate operators, erasure reasons and requesters.
+modes, predicate operators, erasure reasons and requesters, and the request register's kinds
+and states.
 
 Why a test: the contracts refuse what their vocabulary does not name, so an API that offers a
 value the contracts lack fails on the ledger after the vault accepted it, and one that lacks a
@@ -12,8 +13,9 @@ that vocabulary.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, get_args, get_type_hints
 
 import pytest
 import yaml
@@ -24,8 +26,9 @@ from api.client import client, types
 from api.client import notices as client_notices
 from api.http import schemas
 from api.http.routes import access, erasures, notices
+from api.services.requests import RequestOut
 from ledger_bridge.contracts import vocabulary as v
-from vault.models import API_ROLES
+from vault.models import API_ROLES, REQUEST_KINDS_SQL, REQUEST_PENDING_STATES, REQUEST_STATES_SQL
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCABULARIES: dict[str, tuple[str, ...]] = {
@@ -37,11 +40,17 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     "PREDICATE_OPS": v.PREDICATE_OPS,
     "ERASURE_REASONS": v.ERASURE_REASONS,
     "REQUESTERS": v.REQUESTERS,
+    "REQUEST_KINDS": v.REQUEST_KINDS,
 }
 
 
 def _field(model: Any, name: str) -> tuple[Any, ...]:
     return get_args(model.model_fields[name].annotation)
+
+
+def _quoted(check: str) -> tuple[str, ...]:
+    """The values a check constraint lists (`kind IN ('a', 'b')`), in its order."""
+    return tuple(re.findall(r"'([^']*)'", check))
 
 
 # The API's types that list a whole vocabulary, in its order (openapi.yaml shows that order).
@@ -52,12 +61,27 @@ EQUAL = [
     ("types.ConsentMode", get_args(types.ConsentMode), v.MODES),
     ("NoticeRights fields", tuple(notices.NoticeRights.model_fields), v.NOTICE_RIGHTS),
     ("client DEFAULT_RIGHTS", tuple(client_notices.DEFAULT_RIGHTS), v.NOTICE_RIGHTS),
+    ("RequestOut.kind", _field(RequestOut, "kind"), v.REQUEST_KINDS),
+    ("RequestOut.state", _field(RequestOut, "state"), v.REQUEST_STATES),
+    (
+        "types.SubjectRequest.kind",
+        get_args(get_type_hints(types.SubjectRequest)["kind"]),
+        v.REQUEST_KINDS,
+    ),
+    (
+        "types.SubjectRequest.state",
+        get_args(get_type_hints(types.SubjectRequest)["state"]),
+        v.REQUEST_STATES,
+    ),
+    ("vault's register kinds", _quoted(REQUEST_KINDS_SQL), v.REQUEST_KINDS),
+    ("vault's register states", _quoted(REQUEST_STATES_SQL), v.REQUEST_STATES),
 ]
 # The API's choices that offer part of a vocabulary.
 SUBSET = [
     ("client.Role", get_args(client.Role), v.ROLES),
     ("erasures.DPO_REASONS", erasures.DPO_REASONS, v.ERASURE_REASONS),
     ("vault API_ROLES", API_ROLES, v.ROLES),
+    ("vault REQUEST_PENDING_STATES", REQUEST_PENDING_STATES, v.REQUEST_STATES),
     (
         "bootstrap colleges",
         (bootstrap.VAULT_COLLEGE, bootstrap.DPO_COLLEGE, demo_cli.RESIDENTS),

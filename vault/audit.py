@@ -1,4 +1,5 @@
-"""DPO audits on the data side: retention, destroyed keys, and Art. 30 records of processing.
+"""DPO audits on the data side: retention, destroyed keys, Art. 30 records of processing, and
+the subjects' requests answered in time (Art. 12(3)).
 
 Why audits re-derive instead of trusting flags: a finding must come from the state that would
 leak, not from a status column that says all is well. The retention audit therefore looks for
@@ -39,11 +40,14 @@ from vault.keyring import KeyRing
 from vault.keys import KeyStore
 from vault.models import (
     OUTBOX_PENDING,
+    REQUEST_PENDING_STATES,
+    ControllerRecord,
     Dataset,
     KeyCommitment,
     KeySecret,
     OutboxFact,
     Record,
+    SubjectRequest,
     Upload,
 )
 
@@ -645,12 +649,13 @@ def records_of_processing(session: Session) -> list[dict[str, Any]]:
             {
                 "dataset_id": str(ds.id),
                 "name": ds.name,
-                "controller": ds.owner_id,
+                "provider": ds.owner_id,
                 "category_of_data": ds.category,
                 "purposes": list(ds.purposes),
                 "legal_basis": ds.legal_basis,
                 "retention": f"{ds.retention_days} days from upload, then erased by key "
                 "destruction (retention epoch)",
+                "retention_days": ds.retention_days,
                 "security_measures": "AES-256-GCM per (upload, subject) key derived from three "
                 "destroyable secrets wrapped by a KEK; ledger-anchored Merkle roots",
                 "uploads": counts[0],
@@ -731,3 +736,107 @@ def erasure_log(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# -- accountability: requests answered in time, the Art. 30 record complete ------------------
+
+
+def request_findings(
+    session: Session, now: dt.datetime, *, dataset_id: uuid.UUID | None = None
+) -> list[Finding]:
+    """Art. 12(3): every subject request answered by its deadline. Findings:
+
+    - `request-overdue`: a request still open (or extended) past its deadline;
+    - `request-answered-late`: a request answered (done or refused) after its deadline. It
+      stays a finding: the register proves what happened, and so does the audit.
+    """
+    of_dataset = _dataset_filter(dataset_id)
+    late = session.scalars(
+        select(SubjectRequest)
+        .where(
+            of_dataset(SubjectRequest.dataset_id),
+            (SubjectRequest.state.in_(REQUEST_PENDING_STATES) & (SubjectRequest.due_at < now))
+            | (SubjectRequest.done_at > SubjectRequest.due_at),
+        )
+        .order_by(SubjectRequest.due_at, SubjectRequest.id)
+    )
+    out = []
+    for r in late:
+        refs = {"request_id": str(r.id), "kind": r.kind, "due_at": r.due_at.isoformat()}
+        if r.done_at is None:
+            out.append(
+                Finding(
+                    "request-overdue",
+                    f"the {r.kind} request {r.id} received {r.received_at:%Y-%m-%d} was due "
+                    f"{r.due_at:%Y-%m-%d %H:%M} UTC and is still {r.state}",
+                    refs,
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "request-answered-late",
+                    f"the {r.kind} request {r.id} due {r.due_at:%Y-%m-%d %H:%M} UTC was "
+                    f"{r.state} on {r.done_at:%Y-%m-%d %H:%M} UTC, after its deadline",
+                    {**refs, "done_at": r.done_at.isoformat()},
+                )
+            )
+    return out
+
+
+# Art. 30(1)(a): who answers for the processing, and how to reach them and their DPO.
+CONTROLLER_FIELDS_REQUIRED = {
+    "name": "the controller's name",
+    "address": "the controller's postal address",
+    "email": "the controller's contact email",
+    "dpo_name": "the DPO's name (or function)",
+    "dpo_email": "the DPO's contact email",
+}
+# Art. 30(1)(e): a transfer outside the EU/EEA names where to and under which safeguard.
+TRANSFER_FIELDS_REQUIRED = ("recipient", "country", "safeguard")
+
+
+def processing_record_gaps(session: Session) -> list[str]:
+    """The Art. 30(1) fields the vault cannot fill from what it runs: the controller's and the
+    DPO's contact details (`ControllerRecord`), and each configured transfer's destination and
+    safeguard. Named as the record's JSON names them (`controller.email`, `transfers[0].country`).
+    The rest (purposes, categories, recipients, retention, measures) the registry, the ledger
+    and the running system always give."""
+    row = session.get(ControllerRecord, 1)
+    if row is None:
+        return ["controller"]
+    gaps = []
+    for column in CONTROLLER_FIELDS_REQUIRED:
+        if not str(getattr(row, column) or "").strip():
+            party, _, name = column.rpartition("_")
+            gaps.append(f"{party or 'controller'}.{name}")
+    for i, transfer in enumerate(row.transfers):
+        gaps += [
+            f"transfers[{i}].{k}"
+            for k in TRANSFER_FIELDS_REQUIRED
+            if not str(transfer.get(k) or "").strip()
+        ]
+    return gaps
+
+
+def processing_record_findings(session: Session) -> list[Finding]:
+    """`processing-record-incomplete`: an Art. 30(1) field the controller must give is empty."""
+    return [
+        Finding(
+            "processing-record-incomplete",
+            f"the records of processing lack {gap}: set it with `civis-vault controller set`",
+            {"field": gap},
+        )
+        for gap in processing_record_gaps(session)
+    ]
+
+
+def accountability_findings(
+    session: Session, now: dt.datetime, *, dataset_id: uuid.UUID | None = None
+) -> list[Finding]:
+    """The register's and the Art. 30 record's findings, which the DPO's audit adds to the
+    retention findings; over one dataset, its requests only (the record is the vault's)."""
+    findings = request_findings(session, now, dataset_id=dataset_id)
+    if dataset_id is None:
+        findings += processing_record_findings(session)
+    return findings

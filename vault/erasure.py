@@ -16,7 +16,9 @@ becomes `forgotten_id(S_subject[s, d])`, computed just before that secret is des
 value is unlinkable to s once the secret is gone, and every other subject's record proof, the
 upload's key-commitments root and every other read's proof still verify (the leaves never held
 the id in clear; the commitments' order is fixed first, see KeyCommitment.position; a read's
-leaf loses its salt, vault/decryptions.py).
+leaf loses its salt, vault/decryptions.py). The subject's requests in the register
+(`SubjectRequest`, GDPR Art. 12(3)) get the same replacement (requests of no dataset:
+`forgotten_everywhere_id`); the rows stay, so a request and its timing remain provable.
 An erasure everywhere also deletes the subject's API keys, and any erasure of a subject ends the
 wallet sign-in sessions that hold them (they name the subject's pseudonyms together). An
 erasure everywhere's fact carries `forget`: once the relay recorded it, `settle_erasure` drops
@@ -34,6 +36,7 @@ about what the live database serves and dumps, not yet about its pages and WAL.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import os
 import uuid
@@ -66,6 +69,7 @@ from vault.models import (
     KeySecret,
     OutboxFact,
     Record,
+    SubjectRequest,
     SubjectSession,
     Upload,
 )
@@ -75,6 +79,7 @@ from vault.uploads import LEDGER_SUBJECT_ID
 # [A-Za-z0-9._:@+=/-] or 64 hex digits), so no upload can ever be filed under one.
 FORGOTTEN_PREFIX = "~"
 _FORGOTTEN_INFO = b"civis-vault/forgotten-subject/v1"
+_FORGOTTEN_EVERYWHERE_INFO = b"civis-vault/forgotten-subject-everywhere/v1"
 
 # For each upload of :dataset where :subject has a commitment not yet forgotten: how many of
 # the upload's subject ids sort before it (the collation the upload's root was built in).
@@ -100,6 +105,12 @@ _REPLACE_IN_RECORDS = text(
     "UPDATE records r SET subject_id = x.new_id"
     " FROM unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
     " WHERE r.dataset_id = x.dataset_id AND r.subject_id = :subject"
+)
+# The subject's requests in the register (SubjectRequest) of each dataset.
+_REPLACE_IN_REQUESTS = text(
+    "UPDATE subject_requests r SET subject = x.new_id"
+    " FROM unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
+    " WHERE r.dataset_id = x.dataset_id AND r.subject = :subject"
 )
 _REPLACE_IN_COMMITMENTS = text(
     "UPDATE key_commitments k SET subject_id = x.new_id"
@@ -136,6 +147,17 @@ def forgotten_id(subject_secret: bytes | None) -> str:
     if subject_secret is None:
         return FORGOTTEN_PREFIX + os.urandom(32).hex()
     return FORGOTTEN_PREFIX + hmac.digest(subject_secret, _FORGOTTEN_INFO, "sha256").hex()
+
+
+def forgotten_everywhere_id(subject_secrets: list[bytes]) -> str:
+    """The id that replaces a subject erased everywhere in rows of no single dataset (their
+    requests in the register that name no dataset): HMAC under all the subject's secrets, which
+    the erasure destroys, so it groups those rows without naming anyone. Random without any
+    secret (a subject who never had data)."""
+    if not subject_secrets:
+        return forgotten_id(None)
+    key = hashlib.sha256(b"".join(sorted(subject_secrets))).digest()
+    return FORGOTTEN_PREFIX + hmac.digest(key, _FORGOTTEN_EVERYWHERE_INFO, "sha256").hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +247,9 @@ class Eraser:
         # lock is held, the statements below see its new secret and its new versions.
         share_datasets(session, [r.dataset_id for r in refs])
         # Before the secrets go: the replacement ids are derived from them.
-        replacements = {
-            ref.dataset_id: forgotten_id(secret)
-            for ref, secret in self._store.load(session, refs).items()
-        }
+        secrets = self._store.load(session, refs)
+        replacements = {ref.dataset_id: forgotten_id(secret) for ref, secret in secrets.items()}
+        everywhere = forgotten_everywhere_id(list(secrets.values())) if dataset_id is None else None
         record_cond = Record.subject_id == subject_id
         upload_cond: ColumnElement[bool] = KeyCommitment.subject_id == subject_id
         if dataset_id is not None:
@@ -262,6 +283,7 @@ class Eraser:
         if not (result.secrets_destroyed or request is not None or named):
             return result  # nothing of this scope left: forgotten before, or never stored
         forgotten = _forget_rows(session, subject_id, replacements, dataset_id)
+        forgotten += _forget_requests(session, subject_id, replacements, dataset_id, everywhere)
         if dataset_id is None:
             # The subject's own API keys name them and have nothing left to open.
             mine = and_(ApiKey.member_id == subject_id, ApiKey.role == "subject")
@@ -411,9 +433,11 @@ def _end_sessions(session: Session, subject_id: str) -> None:
 
 def _still_named(session: Session, subject_id: str) -> bool:
     """Whether any row still names `subject_id`: records, key commitments, the subject's API
-    keys, an erasure fact, or the record of a read of their data."""
+    keys, their requests in the register, an erasure fact, or the record of a read of their
+    data."""
     probes: list[Any] = [
         select(Record.id).where(Record.subject_id == subject_id),
+        select(SubjectRequest.id).where(SubjectRequest.subject == subject_id),
         select(KeyCommitment.upload_id).where(KeyCommitment.subject_id == subject_id),
         select(ApiKey.id).where(ApiKey.member_id == subject_id, ApiKey.role == "subject"),
         select(OutboxFact.id).where(_FACT_NAMES_SUBJECT.bindparams(subject=subject_id)),
@@ -467,6 +491,35 @@ def _forget_rows(
         done = session.execute(statement, params)
         rewritten += cast("CursorResult[Any]", done).rowcount
     return rewritten
+
+
+def _forget_requests(
+    session: Session,
+    subject_id: str,
+    replacements: dict[uuid.UUID, str],
+    dataset_id: uuid.UUID | None,
+    everywhere: str | None,
+) -> int:
+    """Replace `subject_id` in the register's rows: a request of an erased dataset gets that
+    dataset's `forgotten_id`; erased everywhere, a request of no dataset (or of one where no
+    secret was left) gets `everywhere`. The rows stay: a request and its timing remain
+    provable (Art. 5(2)) once they name nobody. Returns the rows rewritten."""
+    datasets = [dataset_id] if dataset_id is not None else sorted(replacements, key=str)
+    params = {
+        "subject": subject_id,
+        "datasets": datasets,
+        "new_ids": [replacements.get(d) or forgotten_id(None) for d in datasets],
+    }
+    done = cast("CursorResult[Any]", session.execute(_REPLACE_IN_REQUESTS, params)).rowcount
+    if everywhere is not None:
+        rest = session.execute(
+            update(SubjectRequest)
+            .where(SubjectRequest.subject == subject_id)
+            .values(subject=everywhere)
+            .execution_options(synchronize_session=False)
+        )
+        done += cast("CursorResult[Any]", rest).rowcount
+    return done
 
 
 def _fix_positions(session: Session, subject_id: str, datasets: list[uuid.UUID]) -> None:
@@ -528,6 +581,14 @@ def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | No
         for other in naming:
             other.payload = ErasureRecord.from_payload(other.payload).forgetting().to_payload()
         record = record.forgetting()
+        # A register row written after the erasure forgot the others (the sync, from a
+        # ledger answer that still listed the subject's request): it names nobody either.
+        session.execute(
+            update(SubjectRequest)
+            .where(SubjectRequest.subject == subject)
+            .values(subject=forgotten_id(None))
+            .execution_options(synchronize_session=False)
+        )
     fact.payload = record.to_payload()
     session.flush()
 

@@ -556,6 +556,65 @@ class RecipientNotice(Base):
     )
 
 
+# The register's closed sets as its check constraints spell them; tests/test_vocabulary.py
+# keeps them equal to REQUEST_KINDS and REQUEST_STATES (ledger_bridge/contracts/vocabulary.py),
+# which the vault may not import.
+REQUEST_KINDS_SQL = (
+    "kind IN ('access', 'rectification', 'erasure', 'restriction', 'objection', 'portability')"
+)
+REQUEST_STATES_SQL = "state IN ('open', 'extended', 'done', 'refused')"
+# The states in which a request still waits for its answer.
+REQUEST_PENDING_STATES = ("open", "extended")
+
+
+class SubjectRequest(Base):
+    """One request of a data subject (GDPR Art. 15 to 21) in the Art. 12(3) register: when it
+    came, when it is due, how it ended, and the ledger facts that prove it
+    (api/services/requests.py).
+
+    `subject` is the pseudonym until an erasure forgets it: then it holds the value
+    `vault.erasure.forgotten_id` derived from a secret the erasure destroyed, so the row (the
+    request and its timing stay provable) names nobody.
+    """
+
+    __tablename__ = "subject_requests"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(128), index=True)
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    due_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), server_default="open")
+    done_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # [{"type": tx type, "tx_id": hex or null, "height": int or null}, ...], oldest first.
+    facts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    # The ledger's number for the subject's own signed request (erasure.request,
+    # rectification.request: their result's `request`), when the request is on the ledger.
+    request: Mapped[int | None] = mapped_column(BigInteger)
+    extended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Art. 12(3) and 12(4): the reasons the subject is given for an extension or a refusal.
+    extension_reason: Mapped[str | None] = mapped_column(Text)
+    refusal_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(REQUEST_KINDS_SQL, name="kind"),
+        CheckConstraint(REQUEST_STATES_SQL, name="state"),
+        CheckConstraint("due_at > received_at", name="due"),
+        CheckConstraint("(done_at IS NULL) = (state IN ('open', 'extended'))", name="done"),
+        CheckConstraint(
+            "(state = 'extended') <= (extension_reason IS NOT NULL)", name="extension_reason"
+        ),
+        UniqueConstraint("kind", "request"),
+        # The DPO's view: what is still pending, by deadline (overdue, soon due).
+        Index(
+            "ix_subject_requests_pending_due",
+            "due_at",
+            postgresql_where=text("state IN ('open', 'extended')"),
+        ),
+    )
+
+
 class ConsumerWebhook(Base):
     """Where a consumer wants its recipient notices POSTed (https, a public address)."""
 
@@ -566,6 +625,43 @@ class ConsumerWebhook(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class ControllerRecord(Base):
+    """Art. 30(1)(a) and (e): who the controller is, its DPO, and any transfer outside the
+    EU/EEA, in one row (id 1), set at the cooperative's founding (`civis-vault up`) or by
+    `civis-vault controller set`, read by the records of processing and the DPIA.
+
+    Why a row and not the genesis: the record must be kept up to date (a DPO changes, an
+    address moves) while a genesis never changes, and the DPO's contact names a person, which
+    has no place on a ledger that keeps what it orders for the cooperative's life.
+    """
+
+    __tablename__ = "controller_record"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(500), server_default="")
+    email: Mapped[str] = mapped_column(String(200), server_default="")
+    phone: Mapped[str] = mapped_column(String(50), server_default="")
+    representative: Mapped[str] = mapped_column(String(500), server_default="")
+    dpo_name: Mapped[str] = mapped_column(String(200), server_default="")
+    dpo_email: Mapped[str] = mapped_column(String(200), server_default="")
+    dpo_phone: Mapped[str] = mapped_column(String(50), server_default="")
+    # Where the controller is (an IANA zone): a request's deadline is counted in its days
+    # (api/services/requests.py), as the law counts them where the controller answers.
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
+    # [{"recipient", "country", "safeguard"}]: transfers to third countries (Art. 44-49);
+    # empty: none.
+    transfers: Mapped[list[dict[str, str]]] = mapped_column(
+        JSONB, server_default=text("'[]'::jsonb")
+    )
+    set_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
 
 class Notice(Base):

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "api.cli.wallet",
     "api.cli.export",
     "api.cli.governance",
+    "api.cli.dpo",
     "api.cli.demo",
     "ledger_bridge.cli",
     "vault.cli",

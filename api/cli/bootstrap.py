@@ -35,6 +35,7 @@ from api.client.wallet import load_wallet, new_wallet
 from api.services.gateway import VAULT_KEY_FILE, LedgerGateway, load_or_create_key
 from api.services.keys import IssuedKey, create_key
 from api.services.readiness import LedgerQuorumProbe
+from api.services.records_of_processing import ControllerIn, set_controller
 from ledger_bridge import genesis as gen
 from ledger_bridge import ports
 from ledger_bridge.cluster import Cluster
@@ -153,6 +154,18 @@ def issue_pending_dpo_key(database_url: str, data_dir: Path) -> IssuedKey | None
         engine.dispose()
     pending.unlink()
     return issued
+
+
+def record_controller(database_url: str, details: ControllerIn) -> bool:
+    """The controller's record (Art. 30(1)(a)) as `up` was given it, written once: a record
+    already set (an earlier run, `civis-vault controller set`) is left alone. Whether it wrote.
+    """
+    engine = db.make_engine(database_url, pool_size=1)
+    try:
+        with Session(engine) as session, session.begin():
+            return set_controller(session, details, only_if_unset=True)
+    finally:
+        engine.dispose()
 
 
 def quorum_probe(gateway: LedgerGateway) -> LedgerQuorumProbe:

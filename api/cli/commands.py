@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from api.cli.dpo import add_controller_arguments, controller_from
 from api.http.settings import Settings
 from vault import db
 from vault.models import API_ROLES
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="genesis directory of external replicas: connect, start none",
     )
+    # Art. 30(1)(a): who the controller and its DPO are, recorded at founding (the first run);
+    # later: civis-vault controller set.
+    add_controller_arguments(up, prefix="controller")
     up.set_defaults(func=_up)
 
     apikey = sub.add_parser("apikey", help="issue, list, rotate and revoke members' API keys")
@@ -139,6 +143,11 @@ def _up(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     settings.enforce_production_safety()
+    try:
+        controller = controller_from(args)
+    except ValueError as exc:
+        print(f"civis-vault up: {exc}", file=sys.stderr)
+        return 2
     # Everything `up` and its children write (PostgreSQL, keys, the ledger, logs) is for this
     # account only: other local users have no business reading any of the data directory.
     umask = os.umask(0o077)
@@ -159,6 +168,8 @@ def _up(args: argparse.Namespace) -> int:
                 if ledger.cluster is not None
                 else None
             )
+            if controller is not None:
+                bootstrap.record_controller(url, controller)
             _print_summary(args, settings, ledger, issued)
             app = create_app(
                 settings,

@@ -87,6 +87,7 @@ from api.client.types import (
     Statement,
     StatementEntry,
     StatementTotals,
+    SubjectRequest,
     SubjectSession,
     Upload,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "Statement",
     "StatementEntry",
     "StatementTotals",
+    "SubjectRequest",
     "SubjectSession",
     "TooManyRequests",
     "Unauthorized",

@@ -63,6 +63,7 @@ from api.client.types import (
     SignedTransaction,
     SignInChallenge,
     Statement,
+    SubjectRequest,
     SubjectSession,
     Upload,
 )
@@ -608,6 +609,11 @@ class CivisClient:
         r = self.request("GET", path, params={"subject_id": subject_id, "limit": 1})
         return int(r.headers["Civis-Withheld-Records"])
 
+    def requests(self, subject_id: str) -> list[SubjectRequest]:
+        """The subject's requests in the Art. 12(3) register, newest first (subject or DPO)."""
+        answer = self._get(f"/v1/subjects/{subject_id}/requests")
+        return cast(list[SubjectRequest], answer["requests"])
+
     # -- consumer: records, projections, predicates ---------------------------------------
 
     def access(
@@ -778,6 +784,42 @@ class CivisClient:
 
     def records_of_processing(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._get("/v1/dpo/records-of-processing"))
+
+    def records_of_processing_markdown(self) -> str:
+        """Art. 30(1) as a Markdown document to file."""
+        return self.request("GET", "/v1/dpo/records-of-processing", params={"format": "md"}).text
+
+    def dpia(self, *, fmt: Literal["md", "pdf"] = "md") -> bytes:
+        """The DPIA draft (Art. 35), Markdown or PDF, for the DPO to complete and sign."""
+        return self.request("GET", "/v1/dpo/dpia", params={"format": fmt}).content
+
+    def iter_requests(
+        self,
+        *,
+        state: list[str] | None = None,
+        due_before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[SubjectRequest]:
+        """Every subject's requests by deadline (DPO); `state=["open", "extended"]` with
+        `due_before` (ISO 8601) now are the overdue ones."""
+        for page in self.pages(
+            "/v1/dpo/requests",
+            cursor="after",
+            next_key="next_after",
+            state=state,
+            due_before=due_before,
+            limit=limit,
+        ):
+            yield from cast(list[SubjectRequest], page["requests"])
+
+    def extend_request(self, request_id: str, reason: str) -> SubjectRequest:
+        """Art. 12(3): two further months for an open request, with the subject's reasons."""
+        path = f"/v1/dpo/requests/{request_id}/extension"
+        return cast(SubjectRequest, self._post(path, {"reason": reason}))
+
+    def sync_requests(self) -> dict[str, Any]:
+        """Pull the subjects' signed requests from the ledger into the register now."""
+        return cast(dict[str, Any], self._post("/v1/dpo/requests/sync", None))
 
     def iter_outbox(
         self, *, state: Literal["refused", "pending"] = "refused"

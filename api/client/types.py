@@ -153,6 +153,26 @@ class Restrictions(TypedDict):
     restrictions: list[dict[str, Any]]
 
 
+class SubjectRequest(TypedDict):
+    """A data subject's request in the Art. 12(3) register (docs/API.md "The request
+    register"): received, due (one calendar month, three if extended), how it ended."""
+
+    id: str
+    kind: Literal["access", "rectification", "erasure", "restriction", "objection", "portability"]
+    subject: str  # the pseudonym; after an erasure, a value starting with ~ that names nobody
+    dataset_id: str | None
+    received_at: str
+    due_at: str
+    state: Literal["open", "extended", "done", "refused"]
+    done_at: str | None
+    facts: list[dict[str, Any]]  # {type, tx_id, height}: the ledger transactions behind it
+    request: int | None  # the ledger's number for the subject's signed request
+    extended_at: str | None
+    extension_reason: str | None
+    refusal_reason: str | None
+    overdue: bool
+
+
 class ErasureReceipt(TypedDict):
     """The subject's proof of an erasure (ledger_bridge/receipts.py verifies it): the block,
     the hex of the PBFT request that carried the erasure.record, and its transaction id."""

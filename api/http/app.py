@@ -24,6 +24,7 @@ from api.http.routes import (
     incidents,
     notices,
     recipient_notices,
+    requests,
     restrictions,
     sign_in,
     subjects,
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(decryptions.router)
     app.include_router(recipient_notices.router)
     app.include_router(rectification_routes.router)
+    app.include_router(requests.router)
     app.include_router(ledger_routes.router)
     app.include_router(dpo_routes.router)
     app.include_router(recipient_notices.dpo_router)
@@ -157,14 +159,15 @@ def _start_jobs(
     app: FastAPI, settings: Settings, ledger: LedgerGateway | None
 ) -> BackgroundJobs | None:
     """The outbox relay, the retention sweeper, the batcher of recorded reads, the delivery
-    of recipient notices and the sign-in purge, running; none without a ledger (nor sign-ins:
-    they are signed for the ledger's chain)."""
+    of recipient notices, the sign-in purge and the register's sync with the ledger, running;
+    none without a ledger (nor sign-ins: they are signed for the ledger's chain)."""
     if ledger is None:
         return None
     from api.services.decryptions import ReadBatcher
     from api.services.jobs import BackgroundJobs, Periodic
     from api.services.outbox import OutboxRelay
     from api.services.recipient_notices import NoticeDelivery
+    from api.services.requests import RequestSync
     from api.services.subject_sessions import purge_expired_sessions
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
@@ -184,6 +187,9 @@ def _start_jobs(
                 "sign-in purge",
                 settings.session_purge_interval_s,
                 lambda: purge_expired_sessions(sessions),
+            ),
+            Periodic(
+                "request register", settings.request_sync_interval_s, RequestSync(sessions, ledger)
             ),
         ),
     )

@@ -3,10 +3,10 @@
 Why server-rendered and script-free: the page shows personal-data processing facts to one
 privileged user; it must work offline (no CDN), leak nothing to third parties, and be cheap to
 audit. Charts are SVG bars computed here. Data comes from the vault audits (retention timeline,
-erasures, findings), the register of personal data breaches (open incidents, each with its
-72-hour deadline and the time left) and from the ledger (accesses per purpose and consumer,
-replica health): `page_data` gathers it from the services, which compute every figure; the
-rest lays it out.
+erasures, findings, the subjects' requests overdue or soon due), the register of personal data
+breaches (open incidents, each with its 72-hour deadline and the time left) and from the ledger
+(accesses per purpose and consumer, replica health): `page_data` gathers it from the services,
+which compute every figure; the rest lays it out.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.page_sessions import TEMPLATES
+from api.services import requests
 from api.services.access_log import count_accesses_since
 from api.services.incidents import NEARING, incident_findings, open_incidents, time_left
 from api.services.replicas import ledger_status
 from api.services.retention_audit import run_retention_audit
 from vault import audit
 from vault.keys import KeyStore
+from vault.models import SubjectRequest
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
@@ -68,6 +70,9 @@ class DpoPageData:
     # open personal data breaches, soonest deadline first, and the incident audit's findings
     incidents: list[dict[str, Any]] = field(default_factory=list)
     incident_findings: list[dict[str, str]] = field(default_factory=list)
+    # The subjects' requests still pending: past their deadline, and due within SOON_DUE.
+    requests_overdue: list[dict[str, Any]] = field(default_factory=list)
+    requests_soon: list[dict[str, Any]] = field(default_factory=list)
 
 
 def incident_rows(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
@@ -89,6 +94,30 @@ def incident_rows(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
     ]
 
 
+def request_rows(
+    pending: list[SubjectRequest], now: dt.datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pending requests as the page lists them: (overdue, due within SOON_DUE)."""
+    overdue, soon = [], []
+    for r in pending:
+        row = {
+            "id": str(r.id),
+            "kind": r.kind,
+            "subject": r.subject[:16] + ("…" if len(r.subject) > 16 else ""),
+            "dataset_id": "" if r.dataset_id is None else str(r.dataset_id),
+            "received": f"{r.received_at:%Y-%m-%d %H:%M}",
+            "due": f"{r.due_at:%Y-%m-%d %H:%M}",
+            "state": r.state,
+            # days late, or days left
+            "days": (now - r.due_at).days if r.due_at < now else (r.due_at - now).days,
+        }
+        if r.due_at < now:
+            overdue.append(row)
+        elif r.due_at < now + requests.SOON_DUE:
+            soon.append(row)
+    return overdue, soon
+
+
 def page_data(
     sessions: sessionmaker[Session],
     gateway: LedgerGateway | None,
@@ -97,23 +126,24 @@ def page_data(
 ) -> DpoPageData:
     """What the page shows; the ledger's parts are left empty when there is no ledger. With
     the key store, the audit re-derives destroyed commitments (`vault.audit`)."""
-    today = dt.datetime.now(dt.UTC).date()
+    now = dt.datetime.now(dt.UTC)
+    today = now.date()
     data = DpoPageData(
         today=today,
         timeline=audit.retention_timeline(session, today),
         erasures=audit.erasure_log(session),
         findings=[],
     )
-    now = dt.datetime.now(dt.UTC)
     data.incidents = incident_rows(session, now)
     data.incident_findings = [
         {"code": f.code, "detail": f.detail} for f in incident_findings(session, now)
     ]
+    pending = requests.pending_due_before(session, now + requests.SOON_DUE)
+    data.requests_overdue, data.requests_soon = request_rows(pending, now)
     if gateway is None:
-        data.findings = [
-            {"code": f.code, "detail": f.detail}
-            for f in audit.retention_audit(session, today, store=store).findings
-        ]
+        found = audit.retention_audit(session, today, store=store).findings
+        found += audit.accountability_findings(session, now)
+        data.findings = [{"code": f.code, "detail": f.detail} for f in found]
         return data
     report = run_retention_audit(sessions, gateway, None, store)
     data.findings = [{"code": f.code, "detail": f.detail} for f in report.findings]

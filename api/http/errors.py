@@ -50,6 +50,8 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidNotice             422  (api/services/notices.py)
     │   ├── NoticeNotFound            404  (api/services/notices.py)
     │   ├── InvalidCursor             422  (api/services/export.py)
+    │   ├── ExtensionRefused          409  (api/services/requests.py): a request answered,
+    │   │                                  extended already, or past its first month
     │   ├── BlockNotFound             404  (api/http/routes/ledger.py)
     │   ├── InvalidWebhook            422  (api/services/recipient_notices.py)
     │   ├── ProcessingRestricted      409  (api/services/restrictions.py)

@@ -42,6 +42,17 @@ def utf8_text(value: str) -> str:
     return value
 
 
+# Reasons a person writes for another to read (an extension's, a refusal's): a sentence or a
+# paragraph, no control characters, valid UTF-8. Never personal data, which a reason needs not
+# hold; the bound keeps it a reason.
+REASON_CHARS_MAX = 500
+ReasonText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=REASON_CHARS_MAX, pattern=NO_CONTROLS),
+    AfterValidator(utf8_text),
+]
+
+
 # Purposes and categories as the consent contracts name them (governance approves them).
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 

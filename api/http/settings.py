@@ -35,6 +35,10 @@ class Settings(VaultSettings):
     # when no route woke it, and how often the retention sweeper runs (it also runs at start).
     relay_interval_s: float = 1.0
     sweep_interval_s: float = 3600.0
+    # How often the subject-request register pulls the subjects' signed requests from the
+    # ledger (api/services/requests.py): a request the vault did not see through its route
+    # shows up in the register, and counts against its deadline, within this delay.
+    request_sync_interval_s: float = 60.0
     # How long a route that wrote a ledger fact waits for its receipt before answering with
     # the fact still pending (the relay keeps trying; the status endpoint tells the outcome).
     receipt_wait_s: float = 10.0

@@ -1,16 +1,16 @@
-"""The service's background work: the outbox relay, the retention sweeper, the purge of
-expired sign-ins and the periodic jobs (`Periodic`: the batcher of recorded reads, the delivery
-of recipient notices), on one thread.
+"""The service's background work: the outbox relay, the retention sweeper and the periodic
+jobs (`Periodic`: the batcher of recorded reads, the delivery of recipient notices, the purge of
+expired sign-ins, the register's sync with the ledger), on one thread.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
 them all safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
-facts in order), and the sweeper, the purge and the periodic jobs take their rows with
-`FOR UPDATE SKIP LOCKED`. A route that wrote a fact calls `kick()` so its anchor reaches the
-ledger at once instead of at the next tick. The periodic jobs run before the relay in a tick,
-so a fact one of them queues ships in the same tick. The purge
-(api/services/subject_sessions.py) deletes expired sign-in challenges and sessions: a session
-names pseudonyms of one person together, so its row should not outlive its expiry by long even
-when nobody signs in.
+facts in order), the sweeper and the periodic jobs take their rows with `FOR UPDATE SKIP
+LOCKED` (the register's sync writes under the register's lock, registering each ledger request
+once). A route that wrote a fact calls `kick()` so its anchor reaches the ledger at once
+instead of at the next tick. The periodic jobs run before the relay in a tick, so a fact one
+of them queues ships in the same tick. The purge (api/services/subject_sessions.py) deletes
+expired sign-in challenges and sessions: a session names pseudonyms of one person together, so
+its row should not outlive its expiry by long even when nobody signs in.
 """
 
 from __future__ import annotations

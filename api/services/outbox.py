@@ -46,7 +46,15 @@ from prometheus_client.registry import Collector
 from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ledger_bridge.facts import ERASURE_RECORD, UPLOAD_ANCHOR, ErasureRecord, UploadAnchor
+from api.services import requests
+from ledger_bridge.facts import (
+    ERASURE_RECORD,
+    RECORD_RECTIFY,
+    UPLOAD_ANCHOR,
+    ErasureRecord,
+    RecordRectify,
+    UploadAnchor,
+)
 from ledger_bridge.receipts import ErasureReceipt, seal
 from vault.erasure import is_forgotten, settle_erasure
 from vault.models import OUTBOX_PENDING, OUTBOX_REFUSED, RELAY_REQUEST_IDS, OutboxFact, Upload
@@ -187,9 +195,31 @@ class OutboxRelay:
                 )
             )
             if kind == ERASURE_RECORD and cast("CursorResult[Any]", marked).rowcount:
-                # Recorded, so the vault may now forget whom it erased (in this same
-                # transaction: never recorded yet still naming them after a crash).
+                # The subject's request it fulfils is answered; and recorded, so the vault may
+                # now forget whom it erased (in this same transaction: never recorded yet still
+                # naming them after a crash). The register's lock first: a sync of the
+                # register must not write the subject back behind the forgetting.
+                requests.lock_register(session)
+                requests.record_fulfilment(
+                    session,
+                    "erasure",
+                    ErasureRecord.from_payload(payload).certificate.request,
+                    requests.LedgerFact(
+                        type=ERASURE_RECORD, tx_id=receipt.tx_id, height=receipt.block_height
+                    ),
+                    self._clock(),
+                )
                 settle_erasure(session, fact_id, sealed_receipt=_sealed(payload, receipt))
+            if kind == RECORD_RECTIFY and cast("CursorResult[Any]", marked).rowcount:
+                requests.record_fulfilment(
+                    session,
+                    "rectification",
+                    RecordRectify.from_payload(payload).request,
+                    requests.LedgerFact(
+                        type=RECORD_RECTIFY, tx_id=receipt.tx_id, height=receipt.block_height
+                    ),
+                    self._clock(),
+                )
             if kind == UPLOAD_ANCHOR:
                 # Readable from now on: the anchor is committed, in the same transaction
                 # as the mark, so an upload is never anchored without its receipt.

@@ -24,9 +24,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden
+from api.services import decryptions, recipient_notices
 from api.services.gateway import LedgerAnswer, LedgerGateway, LedgerUnavailable
+from api.services.keys import Member
 from api.services.outbox import wait_for_receipt
+from api.services.recipient_notices import NoticeFact
 from ledger_bridge.contracts import tx
+from ledger_bridge.facts import RECORD_RECTIFY
 from vault.errors import NotFound, RecordNotFound, RectificationRefused
 from vault.keys import KeyStore
 from vault.models import OutboxFact, Record
@@ -91,10 +95,14 @@ def carry_out(
     record_id: uuid.UUID,
     corrected: dict[str, Any],
     request: int | None,
-    requester: str,
+    reader: Member,
     wait_s: float,
 ) -> Outcome:
-    """Check, rectify in one committed transaction, ship, wait for the ledger's record."""
+    """Check, rectify in one committed transaction, ship, wait for the ledger's record.
+
+    In the same transaction: the re-keying decrypted every record of the subject in the
+    dataset, which is recorded as the provider's (or the DPO's) read; and each consumer that
+    received the subject's data there is told (GDPR Art. 19), naming the versions replaced."""
     with sessions() as session, session.begin():
         if request is not None:
             check_request(ledger, session, request, dataset_id, record_id)
@@ -105,10 +113,24 @@ def carry_out(
             record_id,
             corrected,
             request=request,
-            requester=requester,
+            requester=reader.role,
             uploader=uploader,
             anchored_only=ledger is not None,
         )
+        kind: decryptions.Kind = "dpo_read" if reader.role == "dpo" else "provider_read"
+        decryptions.record_decryptions(
+            session, reader, kind, [(done.subject_id, dataset_id, len(done.versions))]
+        )
+        if ledger is not None:
+            recipient_notices.announce(
+                session,
+                ledger,
+                dataset_id,
+                done.subject_id,
+                "rectification",
+                NoticeFact(RECORD_RECTIFY, outbox_id=done.outbox_id),
+                records=[str(v.replaced) for v in done.versions],
+            )
     if jobs is not None:
         jobs.kick()
     return Outcome(done, wait_for_receipt(sessions, done.outbox_id, wait_s))

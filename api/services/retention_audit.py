@@ -2,7 +2,9 @@
 
 The data side (vault/audit.py) checks that no record stays decryptable past its deadline; the
 cross-check compares the vault's expiries and destructions with the ledger's erasure records.
-Both read one database snapshot taken BEFORE the ledger is read (see `_snapshot`).
+Both read one database snapshot taken BEFORE the ledger is read (see `_snapshot`). The same
+audit holds the DPO's accountability findings (vault/audit.py `accountability_findings`): a
+subject's request answered late or still overdue, an Art. 30 record field left empty.
 """
 
 from __future__ import annotations
@@ -106,9 +108,11 @@ def run_retention_audit(
 ) -> RetentionAuditOut:
     """The audit of one dataset (or of all, `dataset_id` None) as of today (UTC); with the key
     store, destroyed commitments are re-derived (`vault.audit.retention_audit`)."""
-    today = dt.datetime.now(dt.UTC).date()
+    now = dt.datetime.now(dt.UTC)
+    today = now.date()
     with _snapshot(sessions) as session:
         data_side = audit.retention_audit(session, today, dataset_id=dataset_id, store=store)
+        accountability = audit.accountability_findings(session, now, dataset_id=dataset_id)
         cross = audit.ledger_cross_check(
             session,
             today,
@@ -118,6 +122,7 @@ def run_retention_audit(
         )
     findings = [FindingOut(code=f.code, detail=f.detail, refs=f.refs) for f in data_side.findings]
     findings += [FindingOut(code=f.code, detail=f.detail, refs=f.refs) for f in cross.findings]
+    findings += [FindingOut(code=f.code, detail=f.detail, refs=f.refs) for f in accountability]
     return RetentionAuditOut(
         today=today,
         ok=not findings,

@@ -131,3 +131,14 @@ EXEMPTION_GROUNDS: tuple[ExemptionGround, ...] = get_args(ExemptionGround)
 # other bases there is nothing to object to: consent is withdrawn (Art. 7(3)); a contract, a
 # legal obligation or vital interests are not weighed against the subject's situation.
 OBJECTION_BASES: tuple[LegalBasis, ...] = ("public_task", "legitimate_interests")
+# -- subject requests (GDPR Art. 12(3): the vault's register, api/services/requests.py) --------
+
+# The rights a subject exercises (Art. 15 to 21), as the register files them.
+RequestKind = Literal[
+    "access", "rectification", "erasure", "restriction", "objection", "portability"
+]
+REQUEST_KINDS: tuple[RequestKind, ...] = get_args(RequestKind)
+# open: received, not answered; extended: open, its deadline moved by two further months
+# (Art. 12(3), with reasons); done: answered; refused: declined (Art. 12(4)/(5), with reasons).
+RequestState = Literal["open", "extended", "done", "refused"]
+REQUEST_STATES: tuple[RequestState, ...] = get_args(RequestState)

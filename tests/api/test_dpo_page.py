@@ -18,8 +18,9 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.http.dpo_page import DpoPageData, incident_rows, render_dpo_page
+from api.http.dpo_page import DpoPageData, incident_rows, render_dpo_page, request_rows
 from api.services.dpo_sessions import SESSION_COOKIE
+from api.services.requests import SOON_DUE, close_request, open_request, pending_due_before
 from tests.api.conftest import MakeKey
 from tests.api.ledger_env import LedgerEnv
 from tests.api.ledger_env import ledger_cluster as ledger_cluster  # fixture
@@ -136,6 +137,54 @@ def test_open_incidents_show_their_deadline_and_time_left_in_chromium(
 TITLES = ("<b>laptop</b> stolen", "misdirected e-mail", "bank key stolen")
 
 
+def test_the_page_lists_the_requests_overdue_and_due_within_a_week(
+    session: Session, services: VaultServices, tmp_path: Path
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    received = {
+        "overdue": now - dt.timedelta(days=40),  # due ten days ago
+        "soon": now - dt.timedelta(days=26),  # due in four or five days
+        "later": now - dt.timedelta(days=2),  # due in four weeks: not listed
+    }
+    ids = {
+        name: open_request(session, "erasure", f"<b>{name}</b>", None, when)
+        for name, when in received.items()
+    }
+    done = open_request(session, "access", "answered", None, now - dt.timedelta(days=60))
+    close_request(session, done, "done", at=now - dt.timedelta(days=59))
+    pending = pending_due_before(session, now + SOON_DUE)
+    overdue, soon = request_rows(pending, now)
+    mine = {str(i) for i in ids.values()}
+    data = _page_data(session, services, now.date())
+    data.requests_overdue = [r for r in overdue if r["id"] in mine]
+    data.requests_soon = [r for r in soon if r["id"] in mine]
+    assert [r["id"] for r in data.requests_overdue] == [str(ids["overdue"])]
+    assert [r["id"] for r in data.requests_soon] == [str(ids["soon"])]
+    assert data.requests_overdue[0]["days"] == 9 or data.requests_overdue[0]["days"] == 10
+    html = render_dpo_page(data)
+    assert "<b>overdue</b>" not in html and "&lt;b&gt;overdue" in html
+    with browser_page() as page:
+        page.set_content(html)
+        assert page.locator("#requests .bad").first.inner_text() == "1 overdue"
+        overdue_rows = page.locator("#requests-overdue tbody tr.bad")
+        assert overdue_rows.count() == 1
+        assert "<b>overdue" in overdue_rows.inner_text()  # shown as text, not markup
+        assert page.locator("#requests-soon tbody tr").count() == 1
+        assert "<b>soon" in page.locator("#requests-soon").inner_text()
+        links = {
+            page.locator(f"#{a}").get_attribute("href")
+            for a in ("ropa-json", "ropa-md", "dpia-md", "dpia-pdf")
+        }
+        assert links == {
+            "/dpo/records-of-processing.json",
+            "/dpo/records-of-processing.md",
+            "/dpo/dpia.md",
+            "/dpo/dpia.pdf",
+        }
+        page.screenshot(path=str(tmp_path / "requests.png"), full_page=True)
+    assert png_colours(tmp_path / "requests.png") > 8
+
+
 def _serve(env: LedgerEnv) -> tuple[uvicorn.Server, threading.Thread, int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -191,6 +240,14 @@ def test_dpo_signs_in_with_the_form_and_reads_the_page(
             assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
             assert key.split("_")[-1] not in session["value"]
             assert page.evaluate("document.cookie") == ""  # no script can read it
+            assert page.locator("#requests").is_visible()
+            # the DPIA downloads with the session alone: the key is in no link
+            with page.expect_download() as downloaded:
+                page.click("#dpia-pdf")
+            pdf = Path(downloaded.value.path()).read_bytes()
+            assert pdf.startswith(b"%PDF-1.4") and downloaded.value.suggested_filename.startswith(
+                "dpia-"
+            )
             page.screenshot(path=str(shot), full_page=True)
             page.click("#sign-out")
             page.wait_for_selector("#sign-in")

@@ -265,7 +265,7 @@ def test_records_of_processing_list_the_recipients(ledger_env: LedgerEnv) -> Non
         "/v1/dpo/records-of-processing", headers=env.headers("dpo", env.dpo)
     ).json()
     entry = next(e for e in body["records"] if e["dataset_id"] == dataset_id)
-    assert entry["controller"] == env.provider.id
+    assert entry["provider"] == env.provider.id
     assert entry["purposes"] == ["research", "billing"]
     assert entry["category_of_data"] == "energy" and entry["legal_basis"] == "consent"
     assert entry["recipients"] == [

@@ -58,6 +58,7 @@ from fastapi.routing import iter_route_contexts
 from api.client import CivisClient, coupons
 from api.client.devices import Device
 from api.client.notices import notice_body
+from api.services import requests
 from ledger_bridge.contracts import events
 from ledger_bridge.crypto import SigningKey
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
@@ -156,6 +157,11 @@ POST   /v1/subjects/{subject_id}/objections          403  403  403  ok   ok   40
 GET    /v1/subjects/{subject_id}/restrictions        403  403  403  ok   ok   403  ok   403  401
 POST   /v1/dpo/restriction-exemptions                403  403  403  403  403  403  ok   403  401
 POST   /v1/dpo/objection-overrides                   403  403  403  403  403  403  ok   403  401
+GET    /v1/subjects/{subject_id}/requests            403  403  403  ok   ok   403  ok   403  401
+GET    /v1/dpo/requests                              403  403  403  403  403  403  ok   403  401
+POST   /v1/dpo/requests/{request_id}/extension       403  403  403  403  403  403  ok   403  401
+POST   /v1/dpo/requests/sync                         403  403  403  403  403  403  ok   403  401
+GET    /v1/dpo/dpia                                  403  403  403  403  403  403  ok   403  401
 """
 
 
@@ -603,6 +609,20 @@ def _rectification_request(w: World, who: str) -> Call:
     )
 
 
+def _extension(w: World, who: str) -> Call:
+    """An open request of the subject's per call: each column may try to extend a fresh one."""
+    sessions = w.env.client.app.state.sessions  # type: ignore[attr-defined]
+    with sessions() as session, session.begin():
+        opened = requests.open_request(
+            session, "objection", w.subject.id, None, dt.datetime.now(dt.UTC)
+        )
+    return Call(
+        params={"request_id": str(opened)},
+        headers=w.headers(who),
+        json={"reason": "the objection's grounds are weighed by the controller's board"},
+    )
+
+
 def _device_new(w: World, who: str) -> Call:
     body = {
         "device": Device(w.env.chain_id, "centre").id,
@@ -836,6 +856,12 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/erasures/{erasure_id}"): lambda w, who: Call(
         params={"erasure_id": w.erasure}, headers=w.headers(who, w.erased)
     ),
+    ("GET", "/v1/subjects/{subject_id}/requests"): lambda w, who: _keyed(
+        w, who, subject_id=w.subject.id
+    ),
+    ("GET", "/v1/dpo/requests"): lambda w, who: _keyed(w, who),
+    ("POST", "/v1/dpo/requests/{request_id}/extension"): _extension,
+    ("POST", "/v1/dpo/requests/sync"): lambda w, who: _keyed(w, who),
     # Sealed to a key only the erasure's caller holds: anyone may fetch it.
     ("GET", "/v1/erasure-receipts/{erasure_id}"): lambda w, who: Call(
         params={"erasure_id": w.erasure}, headers=w.headers(who)
@@ -847,6 +873,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/dpo/retention-audit"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/ledger-verification"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/records-of-processing"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dpo/dpia"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/outbox"): lambda w, who: _keyed(w, who),
     # Nothing is refused in this world: the DPO passes the role check and gets 404.
     ("POST", "/v1/dpo/outbox/{fact_id}/retry"): lambda w, who: _keyed(w, who, fact_id=1),

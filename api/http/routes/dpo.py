@@ -8,7 +8,8 @@ Only the DPO role reaches any of it. Each route hands one audit to its service:
   cross-check against the ledger's erasure records;
 - ledger verification (api/services/ledger_verification.py): every replica's chain as that
   replica serves it, checked and compared;
-- records of processing, Art. 30 (api/services/records_of_processing.py);
+- records of processing, Art. 30 (api/services/records_of_processing.py), as JSON or
+  Markdown, and the DPIA drafted from them, Art. 35 (api/services/dpia.py), as Markdown or PDF;
 - outbox (api/services/outbox_admin.py): the vault facts the ledger has not recorded, those
   it refused first: a refused fact is set aside so it holds up nothing, and waits for the DPO.
 
@@ -17,14 +18,17 @@ Long scans are bounded (a limit on everything): each answer says where to contin
 The page: the DPO posts the API key ONCE in a form (`POST /dpo/session`) and gets a session
 cookie (api/services/dpo_sessions.py says why and how). The cookie is `__Host-` prefixed,
 `Secure`, `HttpOnly` (no script reads it) and `SameSite=Strict` (no other site's form or link
-carries it, so no CSRF). `POST /dpo/logout` ends the session on the server.
+carries it, so no CSRF). `POST /dpo/logout` ends the session on the server. The page's
+downloads (`/dpo/records-of-processing.json|md`, `/dpo/dpia.md|pdf`) ride the same session.
+
+The register of the subjects' requests has its own routes (api/http/routes/requests.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastApiPath
@@ -49,6 +53,8 @@ from api.http.schemas import PublicKeyHex
 from api.services import outbox_admin
 from api.services import records_of_processing as processing
 from api.services.access_log import AccessFilter, AccessLog, read_access_log
+from api.services.documents import Document, to_markdown
+from api.services.dpia import build_dpia
 from api.services.dpo_sessions import (
     SESSION_COOKIE,
     session_member,
@@ -60,8 +66,10 @@ from api.services.ledger_verification import (
     verify_ledger,
 )
 from api.services.outbox_admin import OutboxFactOut, OutboxOut
+from api.services.pdf import render_pdf
 from api.services.records_of_processing import RecordsOfProcessing
 from api.services.retention_audit import RetentionAuditOut, run_retention_audit
+from vault.errors import NotFound
 
 router = APIRouter(
     prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)], route_class=BoundedJsonRoute
@@ -110,7 +118,9 @@ def retention_audit(
     Finding codes: `epoch-key-past-retention`, `decryptable-past-retention`,
     `destroyed-commitment-key-alive`, `expiry-not-recorded` (data side, vault/audit.py);
     `expiry-not-on-ledger`, `destroyed-commitment-not-on-ledger`, `commitments-root-mismatch`,
-    `ledger-record-missing`, `ledger-erasure-not-applied` (against the ledger).
+    `ledger-record-missing`, `ledger-erasure-not-applied` (against the ledger);
+    `request-overdue`, `request-answered-late` (a subject's request past its Art. 12(3)
+    deadline), `processing-record-incomplete` (an Art. 30 field to set; whole audit only).
     """
     return run_retention_audit(
         request.app.state.sessions, ledger, dataset_id, request.app.state.key_store
@@ -163,12 +173,66 @@ def retry_fact(
     return out
 
 
-@router.get("/dpo/records-of-processing")
+MARKDOWN = "text/markdown; charset=utf-8"
+PDF = "application/pdf"
+_DOCUMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the document",
+        "content": {
+            "text/markdown": {"schema": {"type": "string"}},
+            PDF: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _download(doc: Document, kind: str, fmt: str) -> Response:
+    """A document as an attachment: Markdown or PDF, named after its kind and the day."""
+    name = f"{kind}-{dt.datetime.now(dt.UTC):%Y-%m-%d}.{fmt}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', **PAGE_HEADERS}
+    if fmt == "pdf":
+        return Response(render_pdf(doc), media_type=PDF, headers=headers)
+    return Response(to_markdown(doc), media_type=MARKDOWN, headers=headers)
+
+
+def _records(request: Request, session: Session) -> RecordsOfProcessing:
+    return processing.records_of_processing(
+        session, request.app.state.settings, request.app.state.ledger
+    )
+
+
+@router.get(
+    "/dpo/records-of-processing",
+    response_model=RecordsOfProcessing,
+    responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}},
+)
 def records_of_processing(
-    member: Dpo, ledger: LedgerDep, session: SessionDep
-) -> RecordsOfProcessing:
-    """GDPR Art. 30(1), generated from the dataset registry; recipients from the ledger."""
-    return processing.records_of_processing(session, ledger)
+    member: Dpo,
+    session: SessionDep,
+    request: Request,
+    format: Annotated[Literal["json", "md"], Query(description="JSON, or Markdown")] = "json",
+) -> Any:
+    """GDPR Art. 30(1), generated: the controller and its DPO, each dataset's purposes,
+    categories, recipients (from the ledger) and retention, transfers, the security measures
+    the system runs, the ledger's own processing; `missing` lists what the controller must
+    still give (`civis-vault controller set`)."""
+    record = _records(request, session)
+    if format == "md":
+        return _download(processing.processing_document(record), "records-of-processing", "md")
+    return record
+
+
+@router.get("/dpo/dpia", response_class=Response, responses=_DOCUMENT_RESPONSES)
+def dpia(
+    member: Dpo,
+    session: SessionDep,
+    request: Request,
+    format: Annotated[Literal["md", "pdf"], Query(description="Markdown or PDF")] = "md",
+) -> Response:
+    """The data protection impact assessment (Art. 35) drafted from the registry, the ledger
+    and the measures the system runs, with blanks for the DPO to complete and sign."""
+    doc = build_dpia(session, request.app.state.settings, request.app.state.ledger)
+    return _download(doc, "dpia", format)
 
 
 # -- the page and its session -------------------------------------------------------------
@@ -191,13 +255,27 @@ _SIGN_IN_DETAIL = (
 )
 _JSON_ROUTES_DETAIL = (
     "this page is HTML; the same audits as JSON are GET /v1/dpo/access-log, "
-    "/v1/dpo/retention-audit, /v1/dpo/ledger-verification, /v1/dpo/outbox and "
-    "/v1/dpo/records-of-processing"
+    "/v1/dpo/retention-audit, /v1/dpo/ledger-verification, /v1/dpo/outbox, "
+    "/v1/dpo/records-of-processing and /v1/dpo/requests (the DPIA: /v1/dpo/dpia)"
 )
 
 
 def _refuse(request: Request, status: int, message: str | None = None) -> Response:
     return refusal(request, status, message, form=render_login_page, sign_in_detail=_SIGN_IN_DETAIL)
+
+
+def _page_dpo(request: Request, session: Session) -> Response | None:
+    """None for the signed-in DPO; the refusal anyone else gets (the sign-in form, 401; a
+    non-DPO key, 403; problem+json to a client that asks for JSON)."""
+    try:
+        member = _page_caller(request, session)
+    except KeyExpired as exc:  # the form again, saying why, rather than a bare problem
+        return _refuse(request, 401, exc.detail)
+    if member is None:
+        return _refuse(request, 401)
+    if member.role != "dpo":
+        return _refuse(request, 403, "This key does not belong to the Data Protection Officer.")
+    return None
 
 
 @page_router.get("/dpo", response_class=HTMLResponse)
@@ -207,19 +285,50 @@ def dpo_page(request: Request, session: SessionDep) -> Response:
     A client that asks for JSON gets those refusals as problem+json, and the DPO a 406 naming
     the JSON routes: the page itself exists only as HTML.
     """
-    try:
-        member = _page_caller(request, session)
-    except KeyExpired as exc:  # the form again, saying why, rather than a bare problem
-        return _refuse(request, 401, exc.detail)
-    if member is None:
-        return _refuse(request, 401)
-    if member.role != "dpo":
-        return _refuse(request, 403, "This key does not belong to the Data Protection Officer.")
+    refused = _page_dpo(request, session)
+    if refused is not None:
+        return refused
     if prefers_json(request.headers.get("accept")):
         return _refuse(request, 406, _JSON_ROUTES_DETAIL)
     state = request.app.state
     html = render_dpo_page(page_data(state.sessions, state.ledger, session, state.key_store))
     return HTMLResponse(html, headers=PAGE_HEADERS)
+
+
+@page_router.get("/dpo/records-of-processing.{fmt}")
+def dpo_page_records(
+    request: Request, session: SessionDep, fmt: Annotated[str, FastApiPath()]
+) -> Response:
+    """The page's download of the records of processing (JSON or Markdown), for the
+    signed-in DPO's session: a link cannot carry the API key."""
+    refused = _page_dpo(request, session)
+    if refused is not None:
+        return refused
+    record = _records(request, session)
+    if fmt == "md":
+        return _download(processing.processing_document(record), "records-of-processing", "md")
+    if fmt == "json":
+        name = f"records-of-processing-{dt.datetime.now(dt.UTC):%Y-%m-%d}.json"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"', **PAGE_HEADERS}
+        return Response(
+            record.model_dump_json(indent=2), media_type="application/json", headers=headers
+        )
+    raise NotFound("the records of processing download as .json or .md")
+
+
+@page_router.get("/dpo/dpia.{fmt}")
+def dpo_page_dpia(
+    request: Request, session: SessionDep, fmt: Annotated[str, FastApiPath()]
+) -> Response:
+    """The page's download of the DPIA draft (Markdown or PDF), for the signed-in DPO."""
+    refused = _page_dpo(request, session)
+    if refused is not None:
+        return refused
+    if fmt not in ("md", "pdf"):
+        raise NotFound("the DPIA downloads as .md or .pdf")
+    return _download(
+        build_dpia(session, request.app.state.settings, request.app.state.ledger), "dpia", fmt
+    )
 
 
 @page_router.post("/dpo/session")

@@ -31,7 +31,9 @@ their behalf) keeps the receipt; the vault cannot give it again.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -44,12 +46,19 @@ from api.http.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_que
 from api.http.errors import ApiError, Forbidden
 from api.http.schemas import LedgerReceipt, PublicKeyHex, SignedIn, StrictIn, UuidIn
 from api.http.signed import assemble
-from api.services import recipient_notices
+from api.services import recipient_notices, requests
 from api.services.gateway import LedgerGateway
 from api.services.outbox import wait_for_receipt
 from api.services.recipient_notices import NoticeFact
+from api.services.requests import LedgerFact
 from ledger_bridge import receipts
-from ledger_bridge.facts import ERASURE_KINDS, ERASURE_RECORD, ErasureRecord, erasure_from_payload
+from ledger_bridge.facts import (
+    ERASURE_KINDS,
+    ERASURE_RECORD,
+    ERASURE_REQUEST,
+    ErasureRecord,
+    erasure_from_payload,
+)
 from vault.erasure import Eraser, ErasureResult
 from vault.errors import NotFound
 from vault.keys import KeyStore
@@ -168,7 +177,7 @@ def _run(
 
 def _erase_subject(
     store: KeyStore, ledger: LedgerGateway, subject: str, dataset: uuid.UUID | None, **how: Any
-) -> Any:
+) -> Callable[[Session], ErasureResult]:
     """The subject's erasure, and a notice to every consumer that received their data (GDPR
     Art. 17(2), 19), in one transaction.
 
@@ -248,6 +257,11 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
             dataset = uuid.UUID(scope["dataset"])
         except ValueError:
             raise InvalidScope("dataset is a dataset id") from None
+    request_id = int(answer.result["request"])
+    received = dt.datetime.now(dt.UTC)
+    made = LedgerFact(
+        type=ERASURE_REQUEST, tx_id=answer.receipt.tx_id, height=answer.receipt.block_height
+    )
     private, public = receipts.new_receipt_key()
     erase_subject = _erase_subject(
         store,
@@ -256,10 +270,19 @@ def subject_request(body: SignedIn, store: KeyStoreDep, request: Request, ledger
         dataset,
         reason="subject_request",
         requester="subject",
-        request=int(answer.result["request"]),
+        request=request_id,
         receipt_to=public,
     )
-    return _run(request, erase_subject, (private, public))
+
+    def erase(s: Session) -> ErasureResult:
+        # Registered in the erasure's transaction (Art. 12(3)); the relay closes it when the
+        # erasure.record is recorded, and the erasure itself makes the row forget the subject.
+        requests.open_request(
+            s, "erasure", scope["subject"], dataset, received, made, request=request_id
+        )
+        return erase_subject(s)
+
+    return _run(request, erase, (private, public))
 
 
 @router.get("/erasures/{erasure_id}")

@@ -24,6 +24,7 @@ consent), relayed once the record it names is theirs in that dataset.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -43,8 +44,9 @@ from api.http.deps import (
 from api.http.schemas import PUBLIC_KEY_HEX, LedgerReceipt, SignedIn, StrictIn
 from api.http.signed import assemble
 from api.services import rectification as service
+from api.services import requests
 from ledger_bridge.contracts import bodies
-from ledger_bridge.facts import KeyRef
+from ledger_bridge.facts import RECTIFICATION_REQUEST, KeyRef
 from vault.datasets import get_dataset
 from vault.errors import DatasetNotFound
 from vault.uploads import LEDGER_SUBJECT_ID, SUBJECT_ID, Uploader
@@ -150,7 +152,7 @@ def rectify(
         record_id=record_id,
         corrected={"subject_id": body.subject_id, "payload": body.payload},
         request=body.request,
-        requester=member.role,
+        reader=member,
         wait_s=settings.receipt_wait_s,
     )
     done = outcome.done
@@ -189,6 +191,21 @@ def request_rectification(
     provider or the DPO carries it out."""
     signed = assemble(ledger.chain_id, body.transaction, body.signature, "rectification.request")
     answer = service.relay_request(ledger, session, subject_id, signed)
+    # Art. 12(3): registered with its deadline; the relay closes it when the record.rectify
+    # naming it is recorded (or the register's sync, if the ledger closes it otherwise).
+    requests.open_request(
+        session,
+        "rectification",
+        subject_id,
+        uuid.UUID(signed.body["dataset"]),
+        dt.datetime.now(dt.UTC),
+        requests.LedgerFact(
+            type=RECTIFICATION_REQUEST,
+            tx_id=answer.receipt.tx_id,
+            height=answer.receipt.block_height,
+        ),
+        request=int(answer.result["request"]),
+    )
     return RectificationRequestOut(
         request=int(answer.result["request"]),
         dataset=signed.body["dataset"],

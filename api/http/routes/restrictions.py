@@ -23,13 +23,16 @@ the vault withholds their records from the provider's own reads (api/services/re
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from sqlalchemy.orm import Session
 
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import CurrentMember, Dpo, LedgerDep, strict_query, subject_or_dpo
+from api.http.deps import CurrentMember, Dpo, LedgerDep, SessionDep, strict_query, subject_or_dpo
 from api.http.errors import Forbidden
 from api.http.schemas import (
     PUBLIC_KEY_HEX,
@@ -41,9 +44,11 @@ from api.http.schemas import (
     utf8_text,
 )
 from api.http.signed import assemble
+from api.services import recipient_notices, requests
 from api.services.gateway import LedgerAnswer, LedgerGateway, jsonable
+from api.services.recipient_notices import NoticeFact
 from api.services.restrictions import withheld
-from ledger_bridge.contracts import bodies
+from ledger_bridge.contracts import bodies, tx
 from ledger_bridge.contracts.vocabulary import ExemptionGround, RestrictionGround
 
 router = APIRouter(
@@ -135,7 +140,11 @@ def _out(answer: LedgerAnswer) -> RestrictionWriteOut:
 
 
 def _relay(
-    ledger: LedgerGateway, subject_id: str, body: SignedIn, types: tuple[str, ...]
+    ledger: LedgerGateway,
+    session: Session,
+    subject_id: str,
+    body: SignedIn,
+    types: tuple[str, ...],
 ) -> RestrictionWriteOut:
     signed = assemble(ledger.chain_id, body.transaction, body.signature, types)
     if signed.author.hex() != subject_id:
@@ -143,24 +152,55 @@ def _relay(
             "the transaction's author is not the subject in the path: a subject restricts or "
             "objects with their own key, for themselves only"
         )
-    return _out(ledger.submit(signed.encode()))
+    answer = ledger.submit(signed.encode())
+    if signed.type in ("restriction.set", "objection.set"):
+        _registered_and_told(ledger, session, subject_id, signed, answer)
+    return _out(answer)
+
+
+def _registered_and_told(
+    ledger: LedgerGateway,
+    session: Session,
+    subject_id: str,
+    signed: tx.SignedTx,
+    answer: LedgerAnswer,
+) -> None:
+    """The request in the register (Art. 12(3)), answered as the ledger committed it; and,
+    for a restriction, each consumer that received the subject's data there told (Art. 19)."""
+    dataset = uuid.UUID(str(signed.body["dataset"]))
+    now = dt.datetime.now(dt.UTC)
+    made = requests.LedgerFact(
+        type=signed.type, tx_id=answer.receipt.tx_id, height=answer.receipt.block_height
+    )
+    kind: Literal["restriction", "objection"] = (
+        "restriction" if signed.type == "restriction.set" else "objection"
+    )
+    opened = requests.open_request(session, kind, subject_id, dataset, now, made)
+    requests.close_request(session, opened, "done", at=now)
+    if kind == "restriction":
+        fact = NoticeFact(signed.type, tx_id=made.tx_id, height=made.height)
+        recipient_notices.announce(session, ledger, dataset, subject_id, "restriction", fact)
 
 
 @router.post("/subjects/{subject_id}/restrictions", status_code=201)
-def restrict(subject_id: SubjectId, body: SignedIn, ledger: LedgerDep) -> RestrictionWriteOut:
+def restrict(
+    subject_id: SubjectId, body: SignedIn, ledger: LedgerDep, session: SessionDep
+) -> RestrictionWriteOut:
     """restriction.set (with its Art. 18(1) ground; set again to change it) or
     restriction.lift, signed by the subject: no consumer gets their data in that dataset, and
     the provider reads none of it, from the next block until lifted."""
-    return _relay(ledger, subject_id, body, ("restriction.set", "restriction.lift"))
+    return _relay(ledger, session, subject_id, body, ("restriction.set", "restriction.lift"))
 
 
 @router.post("/subjects/{subject_id}/objections", status_code=201)
-def object_(subject_id: SubjectId, body: SignedIn, ledger: LedgerDep) -> RestrictionWriteOut:
+def object_(
+    subject_id: SubjectId, body: SignedIn, ledger: LedgerDep, session: SessionDep
+) -> RestrictionWriteOut:
     """objection.set or objection.withdraw, signed by the subject (Art. 21(1)): only where the
     dataset's legal basis is public_task or legitimate_interests (409 `basis_is_consent`
     otherwise: withdraw consent instead). Processing stops from the next block until the
     subject withdraws or the DPO overrides it."""
-    return _relay(ledger, subject_id, body, ("objection.set", "objection.withdraw"))
+    return _relay(ledger, session, subject_id, body, ("objection.set", "objection.withdraw"))
 
 
 @router.get("/subjects/{subject_id}/restrictions")

@@ -14,9 +14,10 @@ requests) are transactions they sign, relayed by the consents and erasures route
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
@@ -34,7 +35,7 @@ from api.http.deps import (
 )
 from api.http.errors import Forbidden
 from api.http.schemas import PUBLIC_KEY_HEX
-from api.services import decryptions, export_package
+from api.services import decryptions, export_package, requests
 from api.services.export import CURSOR_CHARS_MAX, PAGE_MAX, Cursor, Sources, page
 from api.services.keys import Member
 
@@ -102,7 +103,22 @@ def export(
     at = Cursor.decode(cursor)
     answer = page(Sources(session, store, ledger), subject_id, at, limit)
     _record_reads(session, member, answer["records"])
+    if cursor is None:  # the first page is the request; the rest are its pages
+        _register_answered(session, member, "access", [subject_id])
     return ExportOut(**answer)
+
+
+def _register_answered(
+    session: Session, member: Member, kind: Literal["access", "portability"], subjects: list[str]
+) -> None:
+    """The subject's own request, answered at once (Art. 12(3)): registered done, one per
+    pseudonym. The DPO reading an export is no request of the subject's."""
+    if member.role != "subject":
+        return
+    now = dt.datetime.now(dt.UTC)
+    for subject in subjects:
+        opened = requests.open_request(session, kind, subject, None, now)
+        requests.close_request(session, opened, "done", at=now)
 
 
 def _record_reads(session: Session, member: Member, records: list[dict[str, Any]]) -> None:
@@ -140,6 +156,7 @@ def export_package_of(
     subject_or_dpo(member, subject_id)
     package = export_package.build(Sources(session, store, ledger), [subject_id], ledger.chain_id)
     _record_reads(session, member, package["records"])
+    _register_answered(session, member, "portability", [subject_id])
     return _download(package, subject_id[:16])
 
 
@@ -154,4 +171,5 @@ def export_package_of_self(
     pseudonyms = sorted(member.pseudonyms)
     package = export_package.build(Sources(session, store, ledger), pseudonyms, ledger.chain_id)
     _record_reads(session, member, package["records"])
+    _register_answered(session, member, "portability", pseudonyms)
     return _download(package, "all")
