@@ -755,7 +755,7 @@ def _own_word(w: World, who: str, tx_type: str, body: dict[str, Any]) -> Call:
     """A subject's restriction or objection: the subject column signs as a fresh subject of
     its own, in its own path; every other column signs with its own key under the world's
     subject's path (not theirs to restrict)."""
-    if who == "subject":
+    if who in ("subject", "signed-in"):  # each its own fresh subject
         author = register_subject(w.env)
         path_subject = author.id
     else:
