@@ -34,7 +34,7 @@ from vault.keys import KeyStore, make_provider
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
-    from api.services.jobs import BackgroundJobs
+    from api.services.jobs import BackgroundJobs, KeyMaintenance
 
 
 def create_app(
@@ -120,6 +120,8 @@ def _lifespan(
 
             with app.state.sessions() as session, session.begin():
                 bind_database(session, ledger.genesis)
+        keys = _start_key_maintenance(app, settings) if background_jobs else None
+        app.state.key_maintenance = keys
         jobs = _start_jobs(app, settings, ledger) if background_jobs else None
         app.state.jobs = jobs
         try:
@@ -128,9 +130,33 @@ def _lifespan(
             app.state.metrics_registry.unregister(outbox_metrics)
             if jobs is not None:
                 jobs.stop()
+            if keys is not None:
+                keys.stop()
             engine.dispose()
 
     return lifespan
+
+
+def _start_key_maintenance(app: FastAPI, settings: Settings) -> KeyMaintenance:
+    """The heartbeat (this instance's KEKs) and the final-erasure job, running; with or
+    without a ledger, since every instance wraps secrets."""
+    from api.services.jobs import KeyMaintenance
+    from vault.final_erasure import FinalErasure
+    from vault.keys.registry import InstanceRegistry
+
+    store: KeyStore = app.state.key_store
+    keys = KeyMaintenance(
+        InstanceRegistry(app.state.sessions, store.provider),
+        FinalErasure(
+            app.state.sessions,
+            store,
+            interval=settings.final_erasure_interval,
+            instance_ttl_s=settings.instance_ttl_s,
+        ),
+        heartbeat_s=settings.instance_heartbeat_s,
+    )
+    keys.start()
+    return keys
 
 
 def _start_jobs(

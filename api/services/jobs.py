@@ -1,4 +1,5 @@
-"""The service's background work: the outbox relay and the retention sweeper, on one thread.
+"""The service's background work: the outbox relay and the retention sweeper, on one thread;
+the instance's heartbeat and the final-erasure job (`KeyMaintenance`), on two more.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
 both safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
@@ -14,6 +15,8 @@ import time
 from collections.abc import Callable
 
 from api.services.outbox import OutboxRelay
+from vault.final_erasure import FinalErasure
+from vault.keys.registry import InstanceRegistry
 from vault.retention import RetentionSweeper
 
 _log = logging.getLogger(__name__)
@@ -70,3 +73,65 @@ class BackgroundJobs:
                     _log.error("outbox relay failed (%s); retrying", type(exc).__name__)
             self._wake.wait(self._relay_interval_s)
             self._wake.clear()
+
+
+class KeyMaintenance:
+    """The instance's heartbeat and the final-erasure job, each on its own thread.
+
+    Why apart from the relay: a heartbeat must never wait behind a ledger submission or a
+    VACUUM (an instance that looks gone stops counting for a KEK's retirement), and the job's
+    VACUUM must not hold up the relay. Why in every instance, with or without a ledger: every
+    instance wraps secrets, so every one must report the KEKs it holds; the job takes a
+    database lock, so only one instance at a time runs it (vault/final_erasure.py).
+    """
+
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        final: FinalErasure | None,
+        *,
+        heartbeat_s: float,
+    ) -> None:
+        self._registry = registry
+        self._final = final
+        self._heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._beating, name="civis-heartbeat", daemon=True)
+        ]
+        if final is not None:
+            self._threads.append(
+                threading.Thread(target=self._finalising, name="civis-final-erasure", daemon=True)
+            )
+
+    def start(self) -> None:
+        """Report this instance before it serves (a rotation already under way then waits
+        for it), then keep reporting."""
+        self._registry.beat()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(30)
+        try:
+            self._registry.leave()
+        except Exception as exc:  # a database gone at shutdown: the row goes stale instead
+            _log.warning("instance not deregistered (%s)", type(exc).__name__)
+
+    def _beating(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            try:
+                self._registry.beat()
+            except Exception as exc:
+                _log.error("heartbeat failed (%s); retrying", type(exc).__name__)
+
+    def _finalising(self) -> None:
+        assert self._final is not None
+        while not self._stop.wait(self._heartbeat_s):
+            try:
+                self._final.step()
+            except Exception as exc:
+                _log.error("final erasure step failed (%s); retrying", type(exc).__name__)

@@ -4,7 +4,7 @@ Why it exists: DEKs are never stored (DESIGN.md, "Keys"); what is stored is thre
 secrets from which a DEK is derived when needed. Erasing a scope is destroying its secret here:
 the row is overwritten then deleted in the caller's transaction, so the erasure commits or rolls
 back with the rest of the change. Old copies of the wrapped bytes (dead tuples, WAL, backups) are
-made useless by `rotate_kek` + `retire_unused_keks`: see `vault/keys/provider.py`.
+made useless by rotating the KEK and retiring the old one (vault/final_erasure.py).
 
 Callers own the transaction: nothing here commits.
 """
@@ -19,10 +19,13 @@ from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from vault.crypto import new_secret
-from vault.keys.provider import KeyProvider
+from vault.keys.provider import KeyProvider, KeyProviderError
+from vault.keys.registry import guard_wraps
 from vault.models import KeySecret
 
 _LOOKUP_CHUNK = 5000
+_GUARD_ATTEMPTS = 3
+_REWRAP_BATCH = 2000
 _SELECT_MANY = text(
     "SELECT k.kind, k.dataset_id, k.scope, k.kek_id, k.wrapped FROM key_secrets k "
     "JOIN unnest(CAST(:kinds AS text[]), CAST(:datasets AS uuid[]), CAST(:scopes AS text[])) "
@@ -104,11 +107,7 @@ class KeyStore:
             return found
         for i in range(0, len(missing), _LOOKUP_CHUNK):
             chunk = missing[i : i + _LOOKUP_CHUNK]
-            kek_ids, wrapped = [], []
-            for ref in chunk:
-                kek_id, blob = self.provider.wrap(new_secret(), aad=ref.aad())
-                kek_ids.append(kek_id)
-                wrapped.append(blob)
+            kek_ids, wrapped = self._wrap_guarded(session, chunk)
             session.execute(
                 _INSERT_MANY,
                 {
@@ -123,11 +122,32 @@ class KeyStore:
         found.update(self.load(session, missing))
         return found
 
+    def _wrap_guarded(
+        self, session: Session, refs: Sequence[SecretRef]
+    ) -> tuple[list[str], list[bytes]]:
+        """Fresh secrets for `refs`, wrapped under a KEK this transaction then holds (shared
+        advisory lock) and that is not being retired: a process that has not yet adopted a
+        rotation refreshes and wraps again, so nothing new is ever wrapped under a KEK on
+        its way out (vault/keys/registry.py)."""
+        for _ in range(_GUARD_ATTEMPTS):
+            kek_ids, wrapped = [], []
+            for ref in refs:
+                kek_id, blob = self.provider.wrap(new_secret(), aad=ref.aad())
+                kek_ids.append(kek_id)
+                wrapped.append(blob)
+            if guard_wraps(session, kek_ids):
+                return kek_ids, wrapped
+            self.provider.refresh()
+        raise KeyProviderError(
+            "the current KEK is being retired and the key provider offers no newer one"
+        )
+
     def destroy(self, session: Session, refs: Sequence[SecretRef]) -> list[SecretRef]:
         """Overwrite then delete each secret that exists; return the ones destroyed.
 
         Overwriting first means the deleted tuple that VACUUM later reclaims holds zeros, not the
-        wrapped secret (the pre-update version still exists until VACUUM; see rotate_kek).
+        wrapped secret (the pre-update version still exists until VACUUM, and in the WAL: the
+        retirement of the KEK it was wrapped under is what makes those useless).
         """
         destroyed: list[SecretRef] = []
         for i in range(0, len(refs), _LOOKUP_CHUNK):
@@ -147,14 +167,22 @@ class KeyStore:
             destroyed.extend(SecretRef(k, d, s) for k, d, s in rows)
         return destroyed
 
-    def rotate_kek(self, session: Session, *, batch_rows: int = 2000) -> tuple[str, int]:
-        """Rewrap every secret under a fresh KEK, without touching any ciphertext.
-
-        Returns (new kek id, rows rewrapped). Commit, then call `retire_unused_keks`.
-        """
-        new_kek = self.provider.rotate()
-        rewrapped = 0
-        while True:
+    def rewrap(
+        self,
+        session: Session,
+        *,
+        to_kek: str,
+        from_kek: str | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Rewrap secrets not under `to_kek` (only those under `from_kek`, if given) under the
+        provider's current KEK, which must be `to_kek`; ciphertext is not touched. At most
+        `limit` rows (all if None); returns how many. A secret being destroyed concurrently
+        is waited for (FOR UPDATE) and then, deleted, skipped."""
+        done = 0
+        while limit is None or done < limit:
+            batch = _REWRAP_BATCH if limit is None else min(_REWRAP_BATCH, limit - done)
+            cond = KeySecret.kek_id != to_kek if from_kek is None else KeySecret.kek_id == from_kek
             rows = session.execute(
                 select(
                     KeySecret.id,
@@ -164,8 +192,9 @@ class KeyStore:
                     KeySecret.kek_id,
                     KeySecret.wrapped,
                 )
-                .where(KeySecret.kek_id != new_kek)
-                .limit(batch_rows)
+                .where(cond)
+                .order_by(KeySecret.id)
+                .limit(batch)
                 .with_for_update()
             ).all()
             if not rows:
@@ -175,19 +204,18 @@ class KeyStore:
                 ref = SecretRef(kind, dataset_id, scope)
                 secret = self._unwrap(ref, kek_id, wrapped)
                 kid, new_wrapped = self.provider.wrap(secret, aad=ref.aad())
-                assert kid == new_kek, "rotation raced with another rotation"
+                if kid != to_kek:
+                    raise KeyProviderError(f"the current KEK is {kid}, not {to_kek}")
                 updates.append({"id": row_id, "kek_id": kid, "wrapped": new_wrapped})
             session.execute(update(KeySecret), updates)
-            rewrapped += len(updates)
-        return new_kek, rewrapped
+            done += len(updates)
+        return done
 
-    def retire_unused_keks(self, session: Session) -> list[str]:
-        """Retire every non-current KEK that no committed secret uses any more."""
-        in_use = set(session.scalars(select(KeySecret.kek_id).distinct()))
-        current = self.provider.current_kek_id()
-        retired = []
-        for kid in self.provider.kek_ids():
-            if kid != current and kid not in in_use:
-                self.provider.retire(kid)
-                retired.append(kid)
-        return retired
+    def rotate_kek(self, session: Session) -> tuple[str, int]:
+        """Create a new KEK and rewrap every secret under it in the caller's transaction.
+
+        Returns (new kek id, rows rewrapped). Retiring the old KEK is not done here: with any
+        process holding it, that goes through `vault.final_erasure.FinalErasure`.
+        """
+        new_kek = self.provider.rotate()
+        return new_kek, self.rewrap(session, to_kek=new_kek)
