@@ -15,16 +15,19 @@ subject id in records and key commitments becomes `forgotten_id(S_subject[s, d])
 before that secret is destroyed, so the value is unlinkable to s once the secret is gone, and
 every other subject's record proof and the upload's key-commitments root still verify (the
 leaves never held the id; the commitments' order is fixed first, see KeyCommitment.position).
-An erasure everywhere also deletes the subject's API keys, and its fact carries `forget`: once
+An expiry or a withdrawal destroys whole uploads: their key commitments get a random id in place
+of the subject's (and their leaf index, as above), since nothing of those uploads is left to
+read. An erasure everywhere also deletes the subject's API keys, and its fact carries `forget`: once
 the relay recorded it, `settle_erasure` drops the subject from that fact and from every earlier
 erasure fact naming them. After that the vault's database names the subject nowhere. A
 dataset-scoped erasure forgets the subject in that dataset's rows only: the subject stays a
 member elsewhere, and its fact (like the ledger's tombstone) keeps naming them.
 
-Backups and dead tuples still hold old wrapped secrets until the KEK they were wrapped under is
-retired: `KeyStore.rotate_kek` then `retire_unused_keks` closes that window (docs/KEYS.md). They
-also hold the subject id in dead row versions until VACUUM reclaims them: forgetting here is
-about what the live database serves and dumps, not yet about its pages and WAL.
+Backups, dead tuples and the WAL still hold old wrapped secrets and ciphertexts until the KEK
+they were wrapped under is retired: vault/final_erasure.py does that on a schedule, and marks
+the erasure `final` (`certificate_status`) when it did. Dead row versions and the WAL also hold
+the subject id until VACUUM and WAL recycling: forgetting here is about what the live database
+serves and dumps; the final-erasure job's VACUUM (ANALYZE) clears the heap and the statistics.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from ledger_bridge.facts import (
     EpochScope,
     ErasureCertificate,
     ErasureRecord,
+    ErasureStatus,
     RetentionExpire,
     Scope,
     SubjectScope,
@@ -91,6 +95,28 @@ _REPLACE_IN_COMMITMENTS = text(
     " FROM uploads u,"
     " unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
     " WHERE k.subject_id = :subject AND u.id = k.upload_id AND u.dataset_id = x.dataset_id"
+)
+
+
+# Whole uploads destroyed (an expiry, a withdrawal): every commitment still named gets the
+# leaf index its subject id gave it (the k-th index no forgotten row holds, k its rank among the
+# named rows in subject-id order, the order the root was built in) and a random replacement id.
+_FORGET_WHOLE_UPLOADS = text(
+    "WITH named AS ("
+    "  SELECT upload_id, subject_id,"
+    "   row_number() OVER (PARTITION BY upload_id ORDER BY subject_id) AS rank"
+    "  FROM key_commitments WHERE upload_id = ANY(:uploads) AND position IS NULL"
+    "), free AS ("
+    "  SELECT u.id AS upload_id, g.i AS pos,"
+    "   row_number() OVER (PARTITION BY u.id ORDER BY g.i) AS rank"
+    "  FROM uploads u CROSS JOIN LATERAL generate_series(0, u.commitment_count - 1) AS g(i)"
+    "  WHERE u.id = ANY(:uploads) AND NOT EXISTS (SELECT 1 FROM key_commitments f"
+    "   WHERE f.upload_id = u.id AND f.position = g.i)"
+    ")"
+    " UPDATE key_commitments k SET position = free.pos,"
+    "  subject_id = '~' || replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')"
+    " FROM named JOIN free USING (upload_id, rank)"
+    " WHERE k.upload_id = named.upload_id AND k.subject_id = named.subject_id"
 )
 
 
@@ -316,6 +342,13 @@ class Eraser:
         erased, commitments = _erase_rows(
             session, record_cond, commitment_cond, whole=bool(whole_uploads), now=now
         )
+        forgotten = 0
+        if whole_uploads:
+            # Nothing of these uploads is left to read: their commitments stop naming anyone.
+            done = session.execute(
+                _FORGET_WHOLE_UPLOADS, {"uploads": [u.id for u in whole_uploads]}
+            )
+            forgotten = cast("CursorResult[Any]", done).rowcount
         uploads = [
             UploadRef(str(u.id), u.commitments_root, u.commitment_count)
             for u in sorted(whole_uploads, key=lambda u: str(u.id))
@@ -346,6 +379,7 @@ class Eraser:
             commitments=commitments,
             uploads=uploads,
             outbox_id=fact.id,
+            rows_forgotten=forgotten,
         )
 
 
@@ -475,9 +509,18 @@ def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | No
         )
         for other in naming:
             other.payload = ErasureRecord.from_payload(other.payload).forgetting().to_payload()
+            other.last_error = None  # a ledger error message is no place to keep a name either
         record = record.forgetting()
     fact.payload = record.to_payload()
     session.flush()
+
+
+def certificate_status(fact: OutboxFact) -> ErasureStatus:
+    """An erasure fact's certificate state: recorded when the ledger has it, final when,
+    besides, its final-erasure cycle retired every KEK that could open a copy of it."""
+    return ErasureStatus.of(
+        recorded_at=fact.sent_at, refused_at=fact.refused_at, final_at=fact.final_at
+    )
 
 
 def is_forgotten(payload: dict[str, Any]) -> bool:

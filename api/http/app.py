@@ -167,6 +167,7 @@ def _start_jobs(
         return None
     from api.services.jobs import BackgroundJobs
     from api.services.outbox import OutboxRelay
+    from api.services.retention_sync import sync_retention
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
 
@@ -175,6 +176,7 @@ def _start_jobs(
         RetentionSweeper(app.state.sessions, Eraser(app.state.key_store)),
         relay_interval_s=settings.relay_interval_s,
         sweep_interval_s=settings.sweep_interval_s,
+        retention_sync=lambda: sync_retention(app.state.sessions, ledger),
     )
     jobs.start()
     return jobs

@@ -64,7 +64,10 @@ class DpoPageData:
 
 
 def page_data(
-    sessions: sessionmaker[Session], gateway: LedgerGateway | None, session: Session
+    sessions: sessionmaker[Session],
+    gateway: LedgerGateway | None,
+    session: Session,
+    schedule: audit.FinalErasureSchedule | None = None,
 ) -> DpoPageData:
     """What the page shows; the ledger's parts are left empty when there is no ledger."""
     today = dt.datetime.now(dt.UTC).date()
@@ -77,10 +80,10 @@ def page_data(
     if gateway is None:
         data.findings = [
             {"code": f.code, "detail": f.detail}
-            for f in audit.retention_audit(session, today).findings
+            for f in audit.retention_audit(session, today, schedule=schedule).findings
         ]
         return data
-    report = run_retention_audit(sessions, gateway, None)
+    report = run_retention_audit(sessions, gateway, None, schedule)
     data.findings = [{"code": f.code, "detail": f.detail} for f in report.findings]
     since = dt.datetime.combine(today - dt.timedelta(days=PAGE_DAYS - 1), dt.time(), dt.UTC)
     counts = count_accesses_since(gateway, since)

@@ -31,9 +31,11 @@ class BackgroundJobs:
         relay_interval_s: float = 1.0,
         sweep_interval_s: float = 3600.0,
         monotonic: Callable[[], float] = time.monotonic,
+        retention_sync: Callable[[], int] | None = None,
     ) -> None:
         self._relay = relay
         self._sweeper = sweeper
+        self._retention_sync = retention_sync
         self._relay_interval_s = relay_interval_s
         self._sweep_interval_s = sweep_interval_s
         self._monotonic = monotonic
@@ -55,10 +57,20 @@ class BackgroundJobs:
         if self._thread.is_alive():
             self._thread.join(30)
 
+    def _sync_retention(self) -> None:
+        """The datasets' retention periods from the ledger, before each sweep."""
+        if self._retention_sync is None:
+            return
+        try:
+            self._retention_sync()
+        except Exception as exc:
+            _log.error("retention sync failed (%s); retrying later", type(exc).__name__)
+
     def _main(self) -> None:
         while not self._stop.is_set():
             if self._sweeper is not None and self._monotonic() >= self._next_sweep:
                 self._next_sweep = self._monotonic() + self._sweep_interval_s
+                self._sync_retention()
                 try:
                     report = self._sweeper.sweep()
                     if report.expired:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.gateway import LedgerGateway, LedgerUnavailable, jsonable
 from vault import audit
+from vault.config import VaultSettings
 
 ERASURE_PAGE = 50  # erasure records per ledger query (each may name 4,096 commitments)
 ERASURE_SCAN_MAX = 1_000_000
@@ -45,6 +46,11 @@ class RetentionAuditOut(BaseModel):
     uploads_checked: int
     epochs_expired: int
     ledger: LedgerMatch
+
+
+def schedule_of(settings: VaultSettings) -> audit.FinalErasureSchedule:
+    """The final-erasure schedule the service was configured to keep."""
+    return audit.FinalErasureSchedule(settings.final_erasure_interval, settings.final_erasure_grace)
 
 
 def ledger_erasures(gateway: LedgerGateway) -> list[dict[str, Any]]:
@@ -83,12 +89,16 @@ def _snapshot(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def run_retention_audit(
-    sessions: sessionmaker[Session], gateway: LedgerGateway, dataset_id: uuid.UUID | None
+    sessions: sessionmaker[Session],
+    gateway: LedgerGateway,
+    dataset_id: uuid.UUID | None,
+    schedule: audit.FinalErasureSchedule | None = None,
 ) -> RetentionAuditOut:
-    """The audit of one dataset (or of all, `dataset_id` None) as of today (UTC)."""
+    """The audit of one dataset (or of all, `dataset_id` None) as of today (UTC); with the
+    final-erasure `schedule`, whether KEKs are rotated and erasures made final in time."""
     today = dt.datetime.now(dt.UTC).date()
     with _snapshot(sessions) as session:
-        data_side = audit.retention_audit(session, today, dataset_id=dataset_id)
+        data_side = audit.retention_audit(session, today, dataset_id=dataset_id, schedule=schedule)
         cross = audit.ledger_cross_check(
             session, today, ledger_erasures(gateway), dataset_id=dataset_id
         )

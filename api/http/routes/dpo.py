@@ -61,7 +61,7 @@ from api.services.ledger_verification import (
 )
 from api.services.outbox_admin import OutboxFactOut, OutboxOut
 from api.services.records_of_processing import RecordsOfProcessing
-from api.services.retention_audit import RetentionAuditOut, run_retention_audit
+from api.services.retention_audit import RetentionAuditOut, run_retention_audit, schedule_of
 
 router = APIRouter(
     prefix="/v1", tags=["dpo"], dependencies=[Depends(strict_query)], route_class=BoundedJsonRoute
@@ -108,11 +108,19 @@ def retention_audit(
     """No record decryptable past its deadline; every expiry and destruction on the ledger.
 
     Finding codes: `epoch-key-past-retention`, `decryptable-past-retention`,
-    `destroyed-commitment-key-alive`, `expiry-not-recorded` (data side, vault/audit.py);
-    `expiry-not-on-ledger`, `destroyed-commitment-not-on-ledger`, `commitments-root-mismatch`,
-    `ledger-record-missing`, `ledger-erasure-not-applied` (against the ledger).
+    `destroyed-commitment-key-alive`, `expiry-not-recorded`, `forgotten-commitment-live`,
+    `retention-beyond-registered` (data side, vault/audit.py); `kek-older-than-schedule`,
+    `erasure-not-final` (final erasure: the KEK rotation schedule, `final_erasure_interval` plus
+    `final_erasure_grace`); `expiry-not-on-ledger`, `destroyed-commitment-not-on-ledger`,
+    `commitments-root-mismatch`, `ledger-record-missing`, `ledger-erasure-not-applied`
+    (against the ledger).
     """
-    return run_retention_audit(request.app.state.sessions, ledger, dataset_id)
+    return run_retention_audit(
+        request.app.state.sessions,
+        ledger,
+        dataset_id,
+        schedule_of(request.app.state.settings),
+    )
 
 
 @router.get("/dpo/ledger-verification")
@@ -215,7 +223,14 @@ def dpo_page(request: Request, session: SessionDep) -> Response:
         return _refuse(request, 403, "This key does not belong to the Data Protection Officer.")
     if prefers_json(request.headers.get("accept")):
         return _refuse(request, 406, _JSON_ROUTES_DETAIL)
-    html = render_dpo_page(page_data(request.app.state.sessions, request.app.state.ledger, session))
+    html = render_dpo_page(
+        page_data(
+            request.app.state.sessions,
+            request.app.state.ledger,
+            session,
+            schedule_of(request.app.state.settings),
+        )
+    )
     return HTMLResponse(html, headers=PAGE_HEADERS)
 
 
