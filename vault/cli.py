@@ -152,8 +152,13 @@ def _rotate(args: argparse.Namespace) -> int:
             deadline = time.monotonic() + wait_s
             report: CycleReport | None = None
             while True:
-                # Forced until this command has a cycle (another process may hold the job).
-                report = job.step(force=report is None) or report
+                if report is None:
+                    # Forced until this command has a cycle (another process may hold the job).
+                    report = job.step(force=True)
+                else:
+                    # Whoever holds the job advances it; this command follows its own cycle.
+                    job.step()
+                    report = job.report(report.cycle)
                 if (report is not None and report.finished) or time.monotonic() >= deadline:
                     break
                 time.sleep(_ROTATE_POLL_S)

@@ -123,6 +123,11 @@ class FinalErasure:
                 lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _JOB_LOCK_KEY})
                 lock.commit()
 
+    def report(self, cycle_id: int) -> CycleReport:
+        """Where cycle `cycle_id` stands now (another process may have advanced it)."""
+        with self._sessions() as session:
+            return CycleReport.of(session.get_one(FinalErasureCycle, cycle_id))
+
     def _advance(self, force: bool) -> CycleReport | None:
         cycle_id = self._open_cycle()
         if cycle_id is None:
@@ -148,8 +153,7 @@ class FinalErasure:
                 _log.info("final erasure cycle %d waits: %s", cycle_id, blocked)
                 break
         with self._sessions() as session:
-            cycle = session.get_one(FinalErasureCycle, cycle_id)
-            return CycleReport.of(cycle, self._vacuum_full)
+            return CycleReport.of(session.get_one(FinalErasureCycle, cycle_id), self._vacuum_full)
 
     # -- the cycle row -----------------------------------------------------------------------
     def _open_cycle(self) -> int | None:
@@ -231,7 +235,9 @@ class FinalErasure:
         try:
             while True:
                 with self._sessions() as session, session.begin():
-                    n = self._store.rewrap(session, to_kek=kek, limit=_REWRAP_CHUNK)
+                    n = self._store.rewrap(
+                        session, to_kek=kek, limit=_REWRAP_CHUNK, skip_locked=True
+                    )
                 total += n
                 if n < _REWRAP_CHUNK:
                     break

@@ -155,6 +155,10 @@ class KeyStore:
             cond = tuple_(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).in_(
                 [(r.kind, r.dataset_id, r.scope) for r in chunk]
             )
+            # Locked in id order first, the order `rewrap` locks in: the two never deadlock.
+            session.execute(
+                select(KeySecret.id).where(cond).order_by(KeySecret.id).with_for_update()
+            ).all()
             rows = session.execute(
                 update(KeySecret)
                 .where(cond)
@@ -174,11 +178,14 @@ class KeyStore:
         to_kek: str,
         from_kek: str | None = None,
         limit: int | None = None,
+        skip_locked: bool = False,
     ) -> int:
         """Rewrap secrets not under `to_kek` (only those under `from_kek`, if given) under the
         provider's current KEK, which must be `to_kek`; ciphertext is not touched. At most
         `limit` rows (all if None); returns how many. A secret being destroyed concurrently
-        is waited for (FOR UPDATE) and then, deleted, skipped."""
+        is waited for (FOR UPDATE) and then, deleted, skipped; with `skip_locked` it is left
+        for a later call instead (the bulk pass of a rotation must not queue behind erasures).
+        """
         done = 0
         while limit is None or done < limit:
             batch = _REWRAP_BATCH if limit is None else min(_REWRAP_BATCH, limit - done)
@@ -195,7 +202,7 @@ class KeyStore:
                 .where(cond)
                 .order_by(KeySecret.id)
                 .limit(batch)
-                .with_for_update()
+                .with_for_update(skip_locked=skip_locked)
             ).all()
             if not rows:
                 break
