@@ -17,9 +17,11 @@ every other subject's record proof and the upload's key-commitments root still v
 leaves never held the id; the commitments' order is fixed first, see KeyCommitment.position).
 An expiry or a withdrawal destroys whole uploads: their key commitments get a random id in place
 of the subject's (and their leaf index, as above), since nothing of those uploads is left to
-read. An erasure everywhere also deletes the subject's API keys, and its fact carries `forget`: once
-the relay recorded it, `settle_erasure` drops the subject from that fact and from every earlier
-erasure fact naming them. After that the vault's database names the subject nowhere. A
+read, and a subject secret left with no live record in the dataset is destroyed (its scope is
+the subject's id; `KeyStore.destroy_orphaned_subjects`). An erasure everywhere also deletes
+the subject's API keys, and its fact carries `forget`: once the relay recorded it,
+`settle_erasure` drops the subject from that fact and from every earlier erasure fact naming
+them. After that the vault's database names the subject nowhere. A
 dataset-scoped erasure forgets the subject in that dataset's rows only: the subject stays a
 member elsewhere, and its fact (like the ledger's tombstone) keeps naming them.
 
@@ -117,6 +119,13 @@ _FORGET_WHOLE_UPLOADS = text(
     "  subject_id = '~' || replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')"
     " FROM named JOIN free USING (upload_id, rank)"
     " WHERE k.upload_id = named.upload_id AND k.subject_id = named.subject_id"
+)
+
+
+_SUBJECTS_OF_UPLOADS = text(
+    "SELECT DISTINCT u.dataset_id, k.subject_id FROM key_commitments k"
+    " JOIN uploads u ON u.id = k.upload_id"
+    " WHERE k.upload_id = ANY(:uploads) AND k.position IS NULL"
 )
 
 
@@ -344,11 +353,7 @@ class Eraser:
         )
         forgotten = 0
         if whole_uploads:
-            # Nothing of these uploads is left to read: their commitments stop naming anyone.
-            done = session.execute(
-                _FORGET_WHOLE_UPLOADS, {"uploads": [u.id for u in whole_uploads]}
-            )
-            forgotten = cast("CursorResult[Any]", done).rowcount
+            forgotten = self._forget_uploads(session, whole_uploads)
         uploads = [
             UploadRef(str(u.id), u.commitments_root, u.commitment_count)
             for u in sorted(whole_uploads, key=lambda u: str(u.id))
@@ -381,6 +386,21 @@ class Eraser:
             outbox_id=fact.id,
             rows_forgotten=forgotten,
         )
+
+    def _forget_uploads(self, session: Session, uploads: list[Upload]) -> int:
+        """Nothing of these uploads is left to read: their commitments stop naming anyone, and
+        the subject secrets their subjects now hold no live record under go too (they would
+        keep naming them). Returns the commitments rewritten."""
+        ids = [u.id for u in uploads]
+        named = session.execute(_SUBJECTS_OF_UPLOADS, {"uploads": ids}).all()
+        done = session.execute(_FORGET_WHOLE_UPLOADS, {"uploads": ids})
+        by_dataset: dict[uuid.UUID, list[str]] = {}
+        for dataset_id, subject in named:
+            by_dataset.setdefault(dataset_id, []).append(subject)
+        for dataset_id, subjects in sorted(by_dataset.items(), key=lambda kv: str(kv[0])):
+            # An upload under way in the dataset: left to the final-erasure cycle.
+            self._store.destroy_orphaned_subjects(session, dataset_id, subjects)
+        return cast("CursorResult[Any]", done).rowcount
 
 
 _NO_SYNC = {"synchronize_session": False}

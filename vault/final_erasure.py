@@ -21,9 +21,11 @@ A cycle, each step resumable (its time is stored in `final_erasure_cycles` when 
    no transaction that wrapped under it is still open (they hold it shared), what such
    transactions wrote is rewrapped, and only after that commits is the KEK destroyed;
 6. dropped: no live instance still holds any KEK but the new one;
-7. vacuumed: VACUUM (ANALYZE) of the tables that held destroyed secrets, ciphertexts and
-   forgotten subject ids (the statistics too: they sample column values), and a VACUUM FULL
-   of key_secrets when it can get its lock at once (it is small; the old heap file goes);
+7. vacuumed: subject secrets left with no live record are destroyed (an expiry under way
+   beside an upload leaves them to the cycle), then VACUUM (ANALYZE) of the tables that held
+   destroyed secrets, ciphertexts and forgotten subject ids (the statistics too: they sample
+   column values), and a VACUUM FULL of key_secrets when it can get its lock at once (it is
+   small; the old heap file goes);
 8. finished: the cycle's erasure facts get `final_at`.
 
 A blocked step (an instance that has not adopted the new KEK, a transaction still wrapping
@@ -305,7 +307,24 @@ class FinalErasure:
         self._set(cycle_id, dropped_at=func.now(), blocked=None)
         return None
 
+    def _forget_orphans(self) -> int:
+        """Subject secrets left with no live record in their dataset (their uploads expired
+        or were withdrawn while an upload was under way there): destroyed now, each dataset
+        when no upload runs in it (else at the next cycle)."""
+        with self._sessions() as session:
+            datasets = session.scalars(
+                select(KeySecret.dataset_id).where(KeySecret.kind == "subject").distinct()
+            ).all()
+        destroyed = 0
+        for dataset_id in datasets:
+            with self._sessions() as session, session.begin():
+                destroyed += self._store.destroy_orphaned_subjects(session, dataset_id) or 0
+        return destroyed
+
     def _vacuum(self, cycle_id: int) -> str | None:
+        orphans = self._forget_orphans()
+        if orphans:
+            _log.info("final erasure cycle %d destroyed %d orphaned secret(s)", cycle_id, orphans)
         engine = self._sessions.kw["bind"]
         assert isinstance(engine, Engine)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

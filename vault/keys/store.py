@@ -24,6 +24,20 @@ from vault.keys.registry import guard_wraps
 from vault.models import KeySecret
 
 _LOOKUP_CHUNK = 5000
+# Uploads hold their dataset's lock (this class, the dataset's key) shared while they encrypt;
+# destroying a dataset's orphaned subject secrets takes it exclusive, or waits for a later try.
+DATASET_LOCK_CLASS = 0x44534554  # "DSET"
+_LOCK_DATASET_SHARED = text("SELECT pg_advisory_xact_lock_shared(:c, :o)")
+_TRY_LOCK_DATASET = text("SELECT pg_try_advisory_xact_lock(:c, :o)")
+# Subject secrets of :dataset (of :subjects, when given) with no live key commitment there.
+_ORPHANS = text(
+    "SELECT k.scope FROM key_secrets k WHERE k.kind = 'subject' AND k.dataset_id = :dataset"
+    " AND (CAST(:subjects AS text[]) IS NULL OR k.scope = ANY(CAST(:subjects AS text[])))"
+    " AND NOT EXISTS (SELECT 1 FROM key_commitments c JOIN uploads u ON u.id = c.upload_id"
+    "  WHERE c.subject_id = k.scope AND u.dataset_id = k.dataset_id"
+    "  AND c.destroyed_at IS NULL)"
+    " ORDER BY k.id"
+)
 _GUARD_ATTEMPTS = 3
 _REWRAP_BATCH = 2000
 _SELECT_MANY = text(
@@ -38,6 +52,11 @@ _INSERT_MANY = text(
     "CAST(:scopes AS text[]), CAST(:keks AS text[]), CAST(:wrapped AS bytea[])) "
     "ON CONFLICT (kind, dataset_id, scope) DO NOTHING"
 )
+
+
+def _dataset_key(dataset_id: uuid.UUID) -> int:
+    """A dataset's advisory lock key (two datasets sharing one only wait for each other)."""
+    return dataset_id.int & 0x7FFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +118,16 @@ class KeyStore:
 
     def ensure(self, session: Session, refs: Iterable[SecretRef]) -> dict[SecretRef, bytes]:
         """Load `refs`, creating the missing ones. Safe under concurrent uploads: a secret
-        created by another transaction first wins (ON CONFLICT DO NOTHING, then re-read)."""
+        created by another transaction first wins (ON CONFLICT DO NOTHING, then re-read).
+
+        Whoever ensures subject secrets is about to encrypt under them: until its transaction
+        ends it holds their datasets' lock shared, so `destroy_orphaned_subjects` never
+        destroys a secret whose new records are not committed yet."""
         wanted = list(dict.fromkeys(refs))
+        for dataset_id in sorted({r.dataset_id for r in wanted if r.kind == "subject"}, key=str):
+            session.execute(
+                _LOCK_DATASET_SHARED, {"c": DATASET_LOCK_CLASS, "o": _dataset_key(dataset_id)}
+            )
         found = self.load(session, wanted)
         missing = [r for r in wanted if r not in found]
         if not missing:
@@ -121,6 +148,22 @@ class KeyStore:
         # Re-read: where a concurrent transaction won the race, its secret is the one to use.
         found.update(self.load(session, missing))
         return found
+
+    def destroy_orphaned_subjects(
+        self, session: Session, dataset_id: uuid.UUID, subjects: Sequence[str] | None = None
+    ) -> int | None:
+        """Destroy the subject secrets of `dataset_id` (of `subjects`, or all) whose every key
+        commitment in the dataset is destroyed: all their records expired or were withdrawn,
+        and the secret, useless now, would keep naming them (its scope is their id). None when
+        an upload in the dataset is under way (it may be encrypting under one of them): try
+        again later; the final-erasure cycle does."""
+        if not session.scalar(
+            _TRY_LOCK_DATASET, {"c": DATASET_LOCK_CLASS, "o": _dataset_key(dataset_id)}
+        ):
+            return None
+        only = None if subjects is None else list(subjects)
+        orphans = session.scalars(_ORPHANS, {"dataset": dataset_id, "subjects": only}).all()
+        return len(self.destroy(session, [subject_ref(dataset_id, s) for s in orphans]))
 
     def _wrap_guarded(
         self, session: Session, refs: Sequence[SecretRef]
