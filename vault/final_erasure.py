@@ -290,7 +290,8 @@ class FinalErasure:
         with self._sessions() as session:
             holders = [i for i in live_instances(session, self._ttl) if set(i.loaded_keks) - {kek}]
         if holders:
-            return "instance(s) still hold a retired KEK: " + _names(holders)
+            held = {k for i in holders for k in i.loaded_keks} - {kek}
+            return f"instance(s) still hold {', '.join(sorted(held))}: " + _names(holders)
         with self._sessions() as session, session.begin():
             # KEKs the table knows that no provider holds any more (nor any row uses).
             session.execute(

@@ -126,7 +126,7 @@ def test_retirement_waits_for_adoption_and_finality_for_every_instance_to_drop_t
     assert retired is not None and retired.retired_keks == ["k1"] and not retired.finished
     assert w.keks_of_rows() == {"k2"} and LocalKeyProvider(w.key_file).kek_ids() == ["k2"]
     # Retired, but A and B still hold k1 in memory: the erasure is not final yet.
-    assert retired.blocked is not None and "still hold a retired KEK" in retired.blocked
+    assert retired.blocked is not None and "still hold k1" in retired.blocked
     assert certificate_status(w.fact(erased)).state == "recorded"
 
     for instance in (w.a, w.b):

@@ -39,6 +39,11 @@ _ORPHANS = text(
     " ORDER BY k.id"
 )
 _GUARD_ATTEMPTS = 3
+_REWRAP_MANY = text(
+    "UPDATE key_secrets k SET kek_id = :kek, wrapped = x.wrapped"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:wrapped AS bytea[])) AS x(id, wrapped)"
+    " WHERE k.id = x.id"
+)
 _REWRAP_BATCH = 2000
 _SELECT_MANY = text(
     "SELECT k.kind, k.dataset_id, k.scope, k.kek_id, k.wrapped FROM key_secrets k "
@@ -249,16 +254,18 @@ class KeyStore:
             ).all()
             if not rows:
                 break
-            updates = []
+            ids, rewrapped = [], []
             for row_id, kind, dataset_id, scope, kek_id, wrapped in rows:
                 ref = SecretRef(kind, dataset_id, scope)
                 secret = self._unwrap(ref, kek_id, wrapped)
                 kid, new_wrapped = self.provider.wrap(secret, aad=ref.aad())
                 if kid != to_kek:
                     raise KeyProviderError(f"the current KEK is {kid}, not {to_kek}")
-                updates.append({"id": row_id, "kek_id": kid, "wrapped": new_wrapped})
-            session.execute(update(KeySecret), updates)
-            done += len(updates)
+                ids.append(row_id)
+                rewrapped.append(new_wrapped)
+            # One statement per batch (an executemany of row updates is ten times slower).
+            session.execute(_REWRAP_MANY, {"ids": ids, "kek": to_kek, "wrapped": rewrapped})
+            done += len(ids)
         return done
 
     def rotate_kek(self, session: Session) -> tuple[str, int]:
