@@ -227,17 +227,20 @@ class KeyStore:
         from_kek: str | None = None,
         limit: int | None = None,
         skip_locked: bool = False,
-    ) -> int:
-        """Rewrap secrets not under `to_kek` (only those under `from_kek`, if given) under the
-        provider's current KEK, which must be `to_kek`; ciphertext is not touched. At most
-        `limit` rows (all if None); returns how many. A secret being destroyed concurrently
-        is waited for (FOR UPDATE) and then, deleted, skipped; with `skip_locked` it is left
-        for a later call instead (the bulk pass of a rotation must not queue behind erasures).
-        """
-        done = 0
+        after_id: int = 0,
+    ) -> tuple[int, int]:
+        """Rewrap secrets not under `to_kek` (only those under `from_kek`, if given), of ids
+        above `after_id`, under the provider's current KEK, which must be `to_kek`; ciphertext
+        is not touched. At most `limit` rows (all if None); returns how many, and the last id
+        reached (pass it back as `after_id` to go on: every batch then starts where the last
+        stopped instead of walking past the rows already done). A secret being destroyed
+        concurrently is waited for (FOR UPDATE) and then, deleted, skipped; with `skip_locked`
+        it is left for a later pass instead (a rotation's bulk pass must not queue behind
+        erasures; its retirement step takes what is left)."""
+        done, last = 0, after_id
+        cond = KeySecret.kek_id != to_kek if from_kek is None else KeySecret.kek_id == from_kek
         while limit is None or done < limit:
             batch = _REWRAP_BATCH if limit is None else min(_REWRAP_BATCH, limit - done)
-            cond = KeySecret.kek_id != to_kek if from_kek is None else KeySecret.kek_id == from_kek
             rows = session.execute(
                 select(
                     KeySecret.id,
@@ -247,7 +250,7 @@ class KeyStore:
                     KeySecret.kek_id,
                     KeySecret.wrapped,
                 )
-                .where(cond)
+                .where(cond, KeySecret.id > last)
                 .order_by(KeySecret.id)
                 .limit(batch)
                 .with_for_update(skip_locked=skip_locked)
@@ -266,7 +269,8 @@ class KeyStore:
             # One statement per batch (an executemany of row updates is ten times slower).
             session.execute(_REWRAP_MANY, {"ids": ids, "kek": to_kek, "wrapped": rewrapped})
             done += len(ids)
-        return done
+            last = ids[-1]
+        return done, last
 
     def rotate_kek(self, session: Session) -> tuple[str, int]:
         """Create a new KEK and rewrap every secret under it in the caller's transaction.
@@ -275,4 +279,4 @@ class KeyStore:
         process holding it, that goes through `vault.final_erasure.FinalErasure`.
         """
         new_kek = self.provider.rotate()
-        return new_kek, self.rewrap(session, to_kek=new_kek)
+        return new_kek, self.rewrap(session, to_kek=new_kek)[0]
