@@ -118,8 +118,12 @@ class KeyMaintenance:
 
     def start(self) -> None:
         """Report this instance before it serves (a rotation already under way then waits
-        for it), then keep reporting."""
-        self._registry.beat()
+        for it), then keep reporting. A database out of reach does not stop the start (the
+        readiness probe says so); the heartbeat thread reports once it answers."""
+        try:
+            self._registry.beat()
+        except Exception as exc:
+            _log.error("first heartbeat failed (%s); retrying", type(exc).__name__)
         for thread in self._threads:
             thread.start()
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.retention_sync import sync_retention
@@ -105,3 +105,56 @@ def test_a_set_retention_vote_takes_effect_in_the_vault(ledger_env: LedgerEnv) -
     ).json()
     beyond = [f for f in audit["findings"] if f["code"] == "retention-beyond-registered"]
     assert [f["refs"]["upload_id"] for f in beyond] == [before["upload_id"]]
+
+
+def test_the_service_rotates_on_schedule_and_the_audit_says_when_it_is_late(
+    ledger_env: LedgerEnv,
+) -> None:
+    """The DPO's audit reports a KEK older than the schedule and an erasure recorded but not
+    final; the running service's own job (the schedule is due: its newest KEK is older than
+    a day) then rotates and retires it, and both findings go."""
+    env = ledger_env
+    dpo = env.headers("dpo", env.dpo)
+    provider = env.headers("provider", env.provider)
+    r = env.client.post(
+        "/v1/datasets",
+        headers=provider,
+        json={
+            "name": f"meters-{uuid.uuid4().hex[:8]}",
+            "category": "energy",
+            "purposes": ["billing"],
+            "retention_days": 30,
+            "legal_basis": "contract",
+        },
+    )
+    subject = Wallet().id
+    lines = json.dumps({"subject_id": subject, "payload": {"kwh": 1}}) + "\n"
+    env.client.post(
+        f"/v1/datasets/{r.json()['id']}/uploads",
+        headers={**provider, "Content-Type": "application/x-ndjson"},
+        content=lines.encode(),
+    )
+    cert = env.client.post("/v1/erasures", headers=dpo, json={"subject_id": subject}).json()
+    assert cert["state"] == "recorded" and cert["final_at"] is None
+
+    def codes() -> set[str]:
+        audit = env.client.get("/v1/dpo/retention-audit", headers=dpo).json()
+        return {f["code"] for f in audit["findings"]}
+
+    assert not codes() & {"kek-older-than-schedule", "erasure-not-final"}  # control
+    state = env.client.app.state  # type: ignore[attr-defined]
+    with state.sessions() as s, s.begin():
+        s.execute(text("UPDATE keks SET created_at = now() - interval '2 days'"))
+        s.execute(
+            text("UPDATE outbox SET created_at = now() - interval '2 days' WHERE id = :i"),
+            {"i": cert["erasure_id"]},
+        )
+    assert {"kek-older-than-schedule", "erasure-not-final"} <= codes()
+
+    deadline = time.monotonic() + 60
+    while (now := env.client.get(f"/v1/erasures/{cert['erasure_id']}", headers=dpo).json())[
+        "state"
+    ] != "final":
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
+    assert not codes() & {"kek-older-than-schedule", "erasure-not-final"}
