@@ -62,6 +62,13 @@ _FULL_VACUUM_LOCK_TIMEOUT = "500ms"
 _FULL_VACUUM_MAX_BYTES = 64 * 1024 * 1024  # about 250,000 secrets
 _REWRAP_CHUNK = 2000
 _FORGET_INSTANCES_AFTER = text("heartbeat_at < now() - interval '1 day'")
+# A retired KEK in the cycle's list once, even when a crash made the step run again.
+_NOTE_RETIRED = text(
+    "UPDATE final_erasure_cycles SET secrets_rewrapped = secrets_rewrapped + :late,"
+    " retired_keks = CASE WHEN retired_keks ? :kek THEN retired_keks"
+    " ELSE retired_keks || jsonb_build_array(CAST(:kek AS text)) END"
+    " WHERE id = :cycle"
+)
 _STEPS = ("rotated", "adopted", "rewrapped", "retired", "dropped", "vacuumed", "finished")
 
 
@@ -271,16 +278,7 @@ class FinalErasure:
                 except DecryptionFailed:
                     return f"a secret under {old} does not unwrap: {old} cannot be retired"
                 session.execute(update(Kek).where(Kek.id == old).values(retired_at=func.now()))
-                session.execute(
-                    update(FinalErasureCycle)
-                    .where(FinalErasureCycle.id == cycle_id)
-                    .values(
-                        secrets_rewrapped=FinalErasureCycle.secrets_rewrapped + late,
-                        retired_keks=FinalErasureCycle.retired_keks.op("||")(
-                            func.jsonb_build_array(old)
-                        ),
-                    )
-                )
+                session.execute(_NOTE_RETIRED, {"cycle": cycle_id, "kek": old, "late": late})
             # Committed: no row needs `old` any more, so destroying it loses nothing.
             self._provider.retire(old)
         self._set(cycle_id, retired_at=func.now(), blocked=None)

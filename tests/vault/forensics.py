@@ -180,6 +180,9 @@ def server_files(engine: Engine) -> dict[str, bytes]:
     first) and the WAL, after a CHECKPOINT (what reaches the disk), as the host's root reads
     them."""
     with engine.connect() as conn:
+        # The scan reads values as PostgreSQL wrote them: compressed page images in the WAL
+        # would need decompressing first, so make sure there are none.
+        assert conn.execute(text("SHOW wal_compression")).scalar() == "off"
         conn.execute(text("CHECKPOINT"))
         data_dir = Path(str(conn.execute(text("SHOW data_directory")).scalar()))
         rels = conn.execute(

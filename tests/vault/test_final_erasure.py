@@ -121,6 +121,13 @@ def test_retirement_waits_for_adoption_and_finality_for_every_instance_to_drop_t
     w.a.registry.beat()
     still = w.job.step()
     assert still is not None and still.blocked is not None and "1 instance(s)" in still.blocked
+    # Another process (the other instance's job, `keys rotate`) takes the cycle on from here.
+    w.job = FinalErasure(
+        w.sessions,
+        KeyStore(LocalKeyProvider(w.key_file, create=False)),
+        interval=DAY,
+        instance_ttl_s=30,
+    )
     w.b.registry.beat()
     retired = w.job.step()
     assert retired is not None and retired.retired_keks == ["k1"] and not retired.finished
