@@ -172,16 +172,21 @@ def _evidence(vault: Vault) -> forensics.Evidence:
 
 
 def _attack(
-    evidence: forensics.Evidence, targets: dict[str, forensics.Target]
+    evidence: forensics.Evidence,
+    targets: dict[str, forensics.Target],
+    witnesses: dict[str, bytes] | None = None,
 ) -> dict[str, list[bytes]]:
-    """Each target's records the evidence decrypts (see tests/vault/forensics.py)."""
+    """Each target's records the evidence decrypts (see tests/vault/forensics.py);
+    `witnesses` gets the wrapped secret that opened each target."""
     one = next(iter(targets.values()))
     shared: dict[str, SecretRef] = {
         "upload": upload_ref(one.dataset, one.upload),
         "epoch": epoch_ref(one.dataset, one.day),
     }
     subjects = {name: subject_ref(t.dataset, t.subject) for name, t in targets.items()}
-    secrets = forensics.unwrap_targets(evidence.windows(), evidence.keks, {**shared, **subjects})
+    secrets = forensics.unwrap_targets(
+        evidence.windows(), evidence.keks, {**shared, **subjects}, witnesses
+    )
     assert "upload" in secrets and "epoch" in secrets, "the live secrets must unwrap"
     return {
         name: forensics.decrypt_records(
@@ -218,7 +223,8 @@ def test_an_erased_record_decrypts_from_the_files_until_its_erasure_is_final(
     assert cert["state"] == "recorded" and cert["final_at"] is None
 
     # Recorded, not final: the host's own master key opens the erased record from its files.
-    before = _attack(_evidence(vault), targets)
+    opened_by: dict[str, bytes] = {}
+    before = _attack(_evidence(vault), targets, opened_by)
     assert any(marker.encode() in p for p in before["alice"]), "the attack must work first"
     assert any(control.encode() in p for p in before["bob"])
 
@@ -230,9 +236,13 @@ def test_an_erased_record_decrypts_from_the_files_until_its_erasure_is_final(
         time.sleep(0.5)
     assert now["final_at"] is not None and now["recorded_at"] is not None
 
-    after = _attack(_evidence(vault), targets)
+    evidence = _evidence(vault)
+    after = _attack(evidence, targets)
     assert after["alice"] == [], "an erasure certificate said final, yet the record decrypts"
     assert any(control.encode() in p for p in after["bob"])  # the same scan still works
+    # What opened alice's records is still on the host (in the WAL at least): final is not
+    # "deleted", it is "no key the host holds opens it".
+    assert opened_by["alice"] in set(evidence.windows())
 
 
 def _load(vault: Vault, urls: list[str], stop: threading.Event, codes: Counter[int]) -> None:

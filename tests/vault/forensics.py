@@ -108,10 +108,13 @@ class Evidence:
 
 
 def unwrap_targets(
-    windows: Iterable[bytes], keks: dict[str, bytes], targets: dict[str, SecretRef]
+    windows: Iterable[bytes],
+    keks: dict[str, bytes],
+    targets: dict[str, SecretRef],
+    witnesses: dict[str, bytes] | None = None,
 ) -> dict[str, bytes]:
     """For each target scope: a secret some window unwraps to under some KEK (stops once
-    every target is found)."""
+    every target is found); `witnesses` gets the window that opened each."""
     probe = KeyWrapper(b"\x00" * 32).wrap(b"\x01" * 32, b"probe")
     assert AESGCM(b"\x00" * 32).decrypt(probe[:12], probe[12:], WRAP_AAD_PREFIX + b"probe")
     ciphers = [AESGCM(k) for k in keks.values()]
@@ -127,6 +130,8 @@ def unwrap_targets(
                     found[name] = cipher.decrypt(nonce, body, aad)
                 except InvalidTag:
                     continue
+                if witnesses is not None:
+                    witnesses[name] = window
                 break
         if len(found) == len(aads):
             break
