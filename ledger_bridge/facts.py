@@ -325,6 +325,42 @@ class ErasureCertificate:
         return self.scope.public()
 
 
+# An erasure certificate's states: its fact queued for the ledger (`pending`) or refused by it
+# (`refused`); `recorded` on the ledger; `final`, recorded AND no copy of what it destroyed, in
+# the live database or its WAL, decrypts with any key the host still holds (every KEK that
+# could have wrapped a destroyed secret is retired: vault/final_erasure.py).
+CERTIFICATE_STATES = ("pending", "refused", "recorded", "final")
+CertificateState = Literal["pending", "refused", "recorded", "final"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureStatus:
+    """Where an erasure certificate stands, with the time of each state reached.
+
+    `final_at` may come before `recorded_at` (the ledger was slow): the state is `final` only
+    once both hold, since a certificate the ledger does not have proves nothing to anyone.
+    """
+
+    state: CertificateState
+    recorded_at: dt.datetime | None
+    final_at: dt.datetime | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        recorded_at: dt.datetime | None,
+        refused_at: dt.datetime | None,
+        final_at: dt.datetime | None,
+    ) -> ErasureStatus:
+        state: CertificateState
+        if recorded_at is None:
+            state = "refused" if refused_at is not None else "pending"
+        else:
+            state = "final" if final_at is not None else "recorded"
+        return cls(state, recorded_at, final_at)
+
+
 @dataclass(frozen=True, slots=True)
 class ErasureRecord:
     """An erasure of a subject (everywhere or in one dataset) or of a withdrawn upload."""

@@ -35,7 +35,7 @@ from ledger_bridge.facts import (
     erasure_from_payload,
     from_ledger_day,
 )
-from vault.erasure import FORGOTTEN_PREFIX
+from vault.erasure import FORGOTTEN_PREFIX, certificate_status
 from vault.keyring import KeyRing
 from vault.keys import KeyStore
 from vault.models import (
@@ -43,6 +43,7 @@ from vault.models import (
     REQUEST_PENDING_STATES,
     ControllerRecord,
     Dataset,
+    Kek,
     KeyCommitment,
     KeySecret,
     OutboxFact,
@@ -89,14 +90,30 @@ def _dataset_filter(only: uuid.UUID | None) -> DatasetFilter:
     return of_dataset
 
 
+@dataclass(frozen=True, slots=True)
+class FinalErasureSchedule:
+    """The promise the final-erasure job keeps: a new KEK every `interval`, so an erasure is
+    final within about one interval; `grace` is how late a cycle may finish before the audit
+    says so (a cycle waits for instances and open transactions, then VACUUMs)."""
+
+    interval: dt.timedelta
+    grace: dt.timedelta
+
+    @property
+    def deadline(self) -> dt.timedelta:
+        return self.interval + self.grace
+
+
 def retention_audit(
     session: Session,
     today: dt.date,
     *,
     dataset_id: uuid.UUID | None = None,
     store: KeyStore | None = None,
+    schedule: FinalErasureSchedule | None = None,
 ) -> RetentionAudit:
-    """The data-side retention audit, over every dataset or over `dataset_id` only.
+    """The data-side retention audit, over every dataset or over `dataset_id` only; with a
+    `schedule`, also whether KEK rotation and final erasure keep it.
 
     With the key store, a commitment marked destroyed whose three secrets' scopes all exist is
     re-derived and compared: a rectification (or a subject's new records after an erasure in
@@ -108,7 +125,10 @@ def retention_audit(
         *_decryptable_past_retention(session, today, of_dataset),
         *_destroyed_but_derivable(session, of_dataset, store),
         *_forgotten_but_live(session, of_dataset),
+        *_beyond_registered_retention(session, of_dataset),
     ]
+    if schedule is not None:
+        findings += final_erasure_findings(session, schedule, dataset_id=dataset_id)
     unrecorded, epochs_expired = _expiries_not_recorded(session, today, of_dataset)
     findings += unrecorded
     uploads_checked = (
@@ -175,6 +195,35 @@ def _decryptable_past_retention(
                 )
             )
     return findings
+
+
+def _beyond_registered_retention(session: Session, of_dataset: DatasetFilter) -> list[Finding]:
+    """Uploads kept past what their dataset's registered retention now allows from their
+    upload day (a `set_retention` vote shortened it after they were anchored), while their
+    records can still be decrypted: the DPO decides whether to withdraw them early."""
+    rows = session.execute(
+        select(Upload.id, Upload.dataset_id, Upload.retention_day, Dataset.retention_days)
+        .join(Dataset, Dataset.id == Upload.dataset_id)
+        .where(
+            of_dataset(Upload.dataset_id),
+            Upload.state.in_(("pending", "anchored")),
+            Upload.retention_day
+            > func.date(func.timezone("UTC", Upload.created_at)) + Dataset.retention_days,
+            _key_exists(
+                "epoch", Upload.dataset_id, func.to_char(Upload.retention_day, "YYYY-MM-DD")
+            ),
+        )
+        .order_by(Upload.retention_day, Upload.id)
+    )
+    return [
+        Finding(
+            "retention-beyond-registered",
+            f"upload {upload_id} is kept until {day.isoformat()}, past the {days} days its "
+            f"dataset {dataset_id} is now registered for",
+            {"upload_id": str(upload_id), "dataset_id": str(dataset_id), "day": day.isoformat()},
+        )
+        for upload_id, dataset_id, day, days in rows
+    ]
 
 
 def _destroyed_but_derivable(
@@ -300,6 +349,73 @@ def _forgotten_but_live(session: Session, of_dataset: DatasetFilter) -> list[Fin
         )
         for upload_id, n in rows
     ]
+
+
+def final_erasure_findings(
+    session: Session, schedule: FinalErasureSchedule, *, dataset_id: uuid.UUID | None = None
+) -> list[Finding]:
+    """Whether the final-erasure job keeps its schedule (vault/final_erasure.py), by the
+    database's clock:
+
+    - `kek-older-than-schedule`: a KEK not retired, first seen longer ago than the interval
+      plus the grace: every erasure since it appeared can still be decrypted from the
+      database's files and WAL with it (the KEK is global, whatever `dataset_id`);
+    - `erasure-not-final`: an erasure or expiry recorded on the ledger more than the interval
+      plus the grace ago whose certificate is still not final.
+    """
+    limit = func.now() - schedule.deadline
+    findings = [
+        Finding(
+            "kek-older-than-schedule",
+            f"KEK {kek} has been in use since {created.isoformat()}, longer than the rotation "
+            f"schedule ({schedule.interval}) allows: erasures since then are not final",
+            {"kek": kek, "since": created.isoformat()},
+        )
+        for kek, created in session.execute(
+            select(Kek.id, Kek.created_at)
+            .where(Kek.retired_at.is_(None), Kek.created_at < limit)
+            .order_by(Kek.created_at)
+        )
+    ]
+    uploads, commitments = _dataset_destructions(session, dataset_id)
+    for fact, typed in _erasure_facts(
+        session,
+        OutboxFact.sent_at.is_not(None),
+        OutboxFact.final_at.is_(None),
+        OutboxFact.created_at < limit,
+    ):
+        if dataset_id is not None and not _touches(
+            typed.certificate, str(dataset_id), uploads, commitments
+        ):
+            continue
+        findings.append(
+            Finding(
+                "erasure-not-final",
+                f"erasure {fact.id} ({fact.kind}) of {fact.created_at.isoformat()} is recorded "
+                "but not final: a retired KEK is overdue (see final_erasure_cycles.blocked)",
+                {"fact_id": str(fact.id)},
+            )
+        )
+    return findings
+
+
+def _dataset_destructions(
+    session: Session, dataset_id: uuid.UUID | None
+) -> tuple[set[str], set[bytes]]:
+    """The uploads of `dataset_id` and its destroyed key commitments (for `_touches`)."""
+    if dataset_id is None:
+        return set(), set()
+    uploads = {
+        str(u) for u in session.scalars(select(Upload.id).where(Upload.dataset_id == dataset_id))
+    }
+    commitments = set(
+        session.scalars(
+            select(KeyCommitment.commitment)
+            .join(Upload, Upload.id == KeyCommitment.upload_id)
+            .where(Upload.dataset_id == dataset_id, KeyCommitment.destroyed_at.is_not(None))
+        )
+    )
+    return uploads, commitments
 
 
 # -- the ledger cross-check: the vault's destructions against the ledger's erasure records ---
@@ -527,17 +643,7 @@ def _missing_records(
     session: Session, seen: _LedgerErasures, only: uuid.UUID | None
 ) -> list[Finding]:
     """Facts the vault marked as recorded whose transaction the ledger does not hold."""
-    mine: set[str] = set()
-    commitments: set[bytes] = set()
-    if only is not None:
-        mine = {str(u) for u in session.scalars(select(Upload.id).where(Upload.dataset_id == only))}
-        commitments = set(
-            session.scalars(
-                select(KeyCommitment.commitment)
-                .join(Upload, Upload.id == KeyCommitment.upload_id)
-                .where(Upload.dataset_id == only, KeyCommitment.destroyed_at.is_not(None))
-            )
-        )
+    mine, commitments = _dataset_destructions(session, only)
     out = []
     for fact, typed in _erasure_facts(session, OutboxFact.sent_at.is_not(None)):
         if only is not None and not _touches(typed.certificate, str(only), mine, commitments):
@@ -707,7 +813,8 @@ def retention_timeline(
 
 
 def erasure_log(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
-    """Erasures and expiries, newest first, with their ledger status (pending until recorded).
+    """Erasures and expiries, newest first, with their ledger status (pending until recorded)
+    and when they became final (vault/final_erasure.py).
 
     The scope is in the API's names (`type`, `subject_id`, ...), as the DPO's page reads it.
     """
@@ -720,6 +827,7 @@ def erasure_log(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
     out = []
     for f in facts:
         c = erasure_from_payload(f.kind, f.payload).certificate
+        final_at = certificate_status(f).final_at
         out.append(
             {
                 "id": f.id,
@@ -731,6 +839,7 @@ def erasure_log(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
                 "secrets_destroyed": c.secrets_destroyed,
                 "commitments": c.commitment_count,
                 "status": f.ledger_state,
+                "final_at": None if final_at is None else final_at.isoformat(),
                 "tx_id": f.tx_id,
                 "block_height": f.block_height,
             }

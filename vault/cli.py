@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,11 +25,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND", required=True)
     rotate = keys_sub.add_parser(
         "rotate",
-        help="rewrap every secret under a new KEK and retire the old one (makes past "
-        "erasures final against backups and dead tuples)",
+        help="run a final-erasure cycle now: a new KEK, adopted by every running instance, "
+        "every secret rewrapped, the old KEKs retired, VACUUM (makes past erasures final "
+        "against dead tuples, the WAL and backups); safe while the service runs",
     )
     rotate.add_argument("--data-dir", type=Path, default=None)
     rotate.add_argument("--database-url", default=None)
+    rotate.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        help="seconds to wait for running instances to adopt the new KEK and drop the old "
+        "(default: 3 x instance_ttl_s); past it the service finishes the cycle, exit code 1",
+    )
     rotate.set_defaults(func=_rotate)
 
     retention = sub.add_parser("retention", help="retention expiry")
@@ -49,8 +58,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sweep.set_defaults(func=_sweep)
 
 
+_ROTATE_POLL_S = 0.2
+
+
 class _CommandError(Exception):
     """An operator mistake (unsafe key file, ...): printed as one line, exit code 2."""
+
+
+def _settings(args: argparse.Namespace) -> VaultSettings:
+    overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
+    return VaultSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 @contextlib.contextmanager
@@ -62,14 +79,13 @@ def _vault(args: argparse.Namespace) -> Iterator[tuple[KeyStore, Engine]]:
     from vault import db
     from vault.keys import KeyProviderError, KeyStore, make_provider
 
-    overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
-    settings = VaultSettings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = _settings(args)
     try:
         provider = make_provider(settings, create=False)
     except KeyProviderError as exc:
         raise _CommandError(str(exc)) from None
     with db.open_database(settings.database_url, settings.data_dir) as url:
-        engine = db.make_engine(url, pool_size=1)
+        engine = db.make_engine(url, pool_size=2)
         try:
             yield KeyStore(provider), engine
         finally:
@@ -115,15 +131,55 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from sqlalchemy.orm import Session
+    """A final-erasure cycle through the same protocol the service runs (vault/final_erasure.py):
+    it waits for every running instance to adopt the new KEK before any old one is retired."""
+    from vault import db
+    from vault.final_erasure import CycleReport, FinalErasure
+
+    settings = _settings(args)
+    wait_s = 3 * settings.instance_ttl_s if args.wait is None else args.wait
+    finished = False
 
     def run() -> dict[str, object]:
+        nonlocal finished
         with _vault(args) as (store, engine):
-            with Session(engine) as session, session.begin():
-                kek, count = store.rotate_kek(session)
-            # Retire only after the rewrap committed: until then the old KEK is still needed.
-            with Session(engine) as session:
-                retired = store.retire_unused_keks(session)
-        return {"current_kek": kek, "rewrapped": count, "retired": retired}
+            job = FinalErasure(
+                db.make_session_factory(engine),
+                store,
+                interval=settings.final_erasure_interval,
+                instance_ttl_s=settings.instance_ttl_s,
+            )
+            deadline = time.monotonic() + wait_s
+            report: CycleReport | None = None
+            while True:
+                if report is None:
+                    # Forced until this command has a cycle (another process may hold the job).
+                    report = job.step(force=True)
+                else:
+                    # Whoever holds the job advances it; this command follows its own cycle.
+                    job.step()
+                    report = job.report(report.cycle)
+                if (report is not None and report.finished) or time.monotonic() >= deadline:
+                    break
+                time.sleep(_ROTATE_POLL_S)
+        if report is None:
+            raise _CommandError("another process held the final-erasure job throughout --wait")
+        finished = report.finished
+        return {
+            "cycle": report.cycle,
+            "current_kek": report.new_kek,
+            "rewrapped": report.secrets_rewrapped,
+            "retired": report.retired_keks,
+            "final": report.facts_final,
+            "finished": report.finished,
+            "blocked": report.blocked,
+        }
 
-    return _reporting_errors("keys rotate", run)
+    code = _reporting_errors("keys rotate", run)
+    if code == 0 and not finished:
+        print(
+            "civis-vault keys rotate: the cycle is not finished; the running service finishes it",
+            file=sys.stderr,
+        )
+        return 1
+    return code

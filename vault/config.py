@@ -9,10 +9,11 @@ development set-up; `enforce_production_safety` refuses development defaults els
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,6 +35,17 @@ class VaultSettings(BaseSettings):
     pkcs11_token_label: str | None = None
     pkcs11_pin_file: Path | None = None
     pkcs11_key_label_prefix: str = "civis-"
+    # Final erasure (vault/final_erasure.py, docs/KEYS.md): how often the KEK is rotated and
+    # the old ones retired, which is what makes an erasure final against the database's files
+    # and WAL; and the slack the DPO's audit allows a cycle beyond it before it reports a KEK
+    # or an erasure overdue. ISO 8601 durations in the environment
+    # (CIVIS_FINAL_ERASURE_INTERVAL=P1D, PT6H).
+    final_erasure_interval: dt.timedelta = Field(default=dt.timedelta(days=1), gt=dt.timedelta(0))
+    final_erasure_grace: dt.timedelta = Field(default=dt.timedelta(hours=1), ge=dt.timedelta(0))
+    # Every process serving the vault reports the KEKs it holds this often; one silent for
+    # instance_ttl_s counts as gone (a KEK's retirement no longer waits for it).
+    instance_heartbeat_s: float = Field(default=5.0, gt=0)
+    instance_ttl_s: float = Field(default=30.0, gt=0)
     # Hard limits: every input has a bound (TIGER_STYLE).
     record_size_max_bytes: int = 64 * 1024
     upload_batch_rows: int = 2000
@@ -41,6 +53,14 @@ class VaultSettings(BaseSettings):
     @property
     def resolved_master_key_path(self) -> Path:
         return self.master_key_path or (self.data_dir / "master.key")
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_their_ttl(self) -> VaultSettings:
+        # A live instance must never look gone between two heartbeats: a KEK's retirement
+        # would then stop waiting for it.
+        if self.instance_ttl_s < 3 * self.instance_heartbeat_s:
+            raise ValueError("instance_ttl_s must be at least 3 x instance_heartbeat_s")
+        return self
 
     def enforce_production_safety(self) -> None:
         """Refuse the embedded database in production: it has no backups and no replication."""

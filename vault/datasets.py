@@ -1,7 +1,9 @@
 """The dataset registry on the vault side: what a provider declared for each dataset.
 
-The ledger holds the authoritative registration (purposes approved by governance); this table
-is the vault's copy needed to encrypt (retention period -> epoch) and to build Art. 30 reports.
+The ledger holds the authoritative registration (purposes approved by governance, the retention
+period as governance last set it); this table is the vault's copy needed to encrypt (retention
+period -> epoch) and to build Art. 30 reports. The service keeps the retention period in step
+with the ledger (`adopt_registered_retention`, api/services/retention_sync.py).
 """
 
 from __future__ import annotations
@@ -67,3 +69,19 @@ def list_datasets(session: Session, *, owner_id: str | None = None) -> list[Data
     if owner_id is not None:
         query = query.where(Dataset.owner_id == owner_id)
     return list(session.scalars(query))
+
+
+def adopt_registered_retention(
+    session: Session, dataset_id: uuid.UUID, retention_days: int
+) -> bool:
+    """Take the ledger's registered retention period for `dataset_id` (a `set_retention`
+    vote changes it there); True if the vault's copy changed. Later uploads get their
+    retention day from it; uploads made before keep theirs (the ledger anchored them so)."""
+    if not 0 < retention_days <= 36600:
+        raise InvalidDataset("retention_days must be between 1 and 36600")
+    dataset = session.get(Dataset, dataset_id, with_for_update=True)
+    if dataset is None or dataset.retention_days == retention_days:
+        return False
+    dataset.retention_days = retention_days
+    session.flush()
+    return True

@@ -19,18 +19,22 @@ the id in clear; the commitments' order is fixed first, see KeyCommitment.positi
 leaf loses its salt, vault/decryptions.py). The subject's requests in the register
 (`SubjectRequest`, GDPR Art. 12(3)) get the same replacement (requests of no dataset:
 `forgotten_everywhere_id`); the rows stay, so a request and its timing remain provable.
-An erasure everywhere also deletes the subject's API keys, and any erasure of a subject ends the
-wallet sign-in sessions that hold them (they name the subject's pseudonyms together). An
-erasure everywhere's fact carries `forget`: once the relay recorded it, `settle_erasure` drops
-the subject from that fact and from every earlier erasure fact naming them. After that the
-vault's database names the subject nowhere. A dataset-scoped erasure forgets the subject in
-that dataset's rows only: the subject stays a member elsewhere, and its fact (like the
-ledger's tombstone) keeps naming them.
+An expiry or a withdrawal destroys whole uploads: their key commitments get a random id in place
+of the subject's (and their leaf index, as above), since nothing of those uploads is left to
+read, and a subject secret left with no live record in the dataset is destroyed (its scope is
+the subject's id; `KeyStore.destroy_orphaned_subjects`). An erasure everywhere also deletes
+the subject's API keys, and any erasure of a subject ends the wallet sign-in sessions that hold
+them (they name the subject's pseudonyms together). An erasure everywhere's fact carries
+`forget`: once the relay recorded it, `settle_erasure` drops the subject from that fact and
+from every earlier erasure fact naming them. After that the vault's database names the subject
+nowhere. A dataset-scoped erasure forgets the subject in that dataset's rows only: the subject
+stays a member elsewhere, and its fact (like the ledger's tombstone) keeps naming them.
 
-Backups and dead tuples still hold old wrapped secrets until the KEK they were wrapped under is
-retired: `KeyStore.rotate_kek` then `retire_unused_keks` closes that window (docs/KEYS.md). They
-also hold the subject id in dead row versions until VACUUM reclaims them: forgetting here is
-about what the live database serves and dumps, not yet about its pages and WAL.
+Backups, dead tuples and the WAL still hold old wrapped secrets and ciphertexts until the KEK
+they were wrapped under is retired: vault/final_erasure.py does that on a schedule, and marks
+the erasure `final` (`certificate_status`) when it did. Dead row versions and the WAL also hold
+the subject id until VACUUM and WAL recycling: forgetting here is about what the live database
+serves and dumps; the final-erasure job's VACUUM (ANALYZE) clears the heap and the statistics.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ledger_bridge.facts import (
     EpochScope,
     ErasureCertificate,
     ErasureRecord,
+    ErasureStatus,
     RetentionExpire,
     Scope,
     SubjectScope,
@@ -126,6 +131,35 @@ _REPLACE_IN_DECRYPTIONS = text(
     " reader = CASE WHEN d.reader = d.subject THEN x.new_id ELSE d.reader END"
     " FROM unnest(CAST(:datasets AS uuid[]), CAST(:new_ids AS text[])) AS x(dataset_id, new_id)"
     " WHERE d.subject = :subject AND d.dataset_id = x.dataset_id"
+)
+
+
+# Whole uploads destroyed (an expiry, a withdrawal): every commitment still named gets the
+# leaf index its subject id gave it (the k-th index no forgotten row holds, k its rank among the
+# named rows in subject-id order, the order the root was built in) and a random replacement id.
+_FORGET_WHOLE_UPLOADS = text(
+    "WITH named AS ("
+    "  SELECT upload_id, subject_id,"
+    "   row_number() OVER (PARTITION BY upload_id ORDER BY subject_id) AS rank"
+    "  FROM key_commitments WHERE upload_id = ANY(:uploads) AND position IS NULL"
+    "), free AS ("
+    "  SELECT u.id AS upload_id, g.i AS pos,"
+    "   row_number() OVER (PARTITION BY u.id ORDER BY g.i) AS rank"
+    "  FROM uploads u CROSS JOIN LATERAL generate_series(0, u.commitment_count - 1) AS g(i)"
+    "  WHERE u.id = ANY(:uploads) AND NOT EXISTS (SELECT 1 FROM key_commitments f"
+    "   WHERE f.upload_id = u.id AND f.position = g.i)"
+    ")"
+    " UPDATE key_commitments k SET position = free.pos,"
+    "  subject_id = '~' || replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')"
+    " FROM named JOIN free USING (upload_id, rank)"
+    " WHERE k.upload_id = named.upload_id AND k.subject_id = named.subject_id"
+)
+
+
+_SUBJECTS_OF_UPLOADS = text(
+    "SELECT DISTINCT u.dataset_id, k.subject_id FROM key_commitments k"
+    " JOIN uploads u ON u.id = k.upload_id"
+    " WHERE k.upload_id = ANY(:uploads) AND k.position IS NULL"
 )
 
 
@@ -370,6 +404,9 @@ class Eraser:
         erased, commitments = _erase_rows(
             session, record_cond, commitment_cond, whole=bool(whole_uploads), now=now
         )
+        forgotten = 0
+        if whole_uploads:
+            forgotten = self._forget_uploads(session, whole_uploads)
         uploads = [
             UploadRef(str(u.id), u.commitments_root, u.commitment_count)
             for u in sorted(whole_uploads, key=lambda u: str(u.id))
@@ -400,7 +437,23 @@ class Eraser:
             commitments=commitments,
             uploads=uploads,
             outbox_id=fact.id,
+            rows_forgotten=forgotten,
         )
+
+    def _forget_uploads(self, session: Session, uploads: list[Upload]) -> int:
+        """Nothing of these uploads is left to read: their commitments stop naming anyone, and
+        the subject secrets their subjects now hold no live record under go too (they would
+        keep naming them). Returns the commitments rewritten."""
+        ids = [u.id for u in uploads]
+        named = session.execute(_SUBJECTS_OF_UPLOADS, {"uploads": ids}).all()
+        done = session.execute(_FORGET_WHOLE_UPLOADS, {"uploads": ids})
+        by_dataset: dict[uuid.UUID, list[str]] = {}
+        for dataset_id, subject in named:
+            by_dataset.setdefault(dataset_id, []).append(subject)
+        for dataset_id, subjects in sorted(by_dataset.items(), key=lambda kv: str(kv[0])):
+            # An upload under way in the dataset: left to the final-erasure cycle.
+            self._store.destroy_orphaned_subjects(session, dataset_id, subjects)
+        return cast("CursorResult[Any]", done).rowcount
 
 
 _NO_SYNC = {"synchronize_session": False}
@@ -580,6 +633,7 @@ def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | No
         )
         for other in naming:
             other.payload = ErasureRecord.from_payload(other.payload).forgetting().to_payload()
+            other.last_error = None  # a ledger error message is no place to keep a name either
         record = record.forgetting()
         # A register row written after the erasure forgot the others (the sync, from a
         # ledger answer that still listed the subject's request): it names nobody either.
@@ -591,6 +645,14 @@ def settle_erasure(session: Session, fact_id: int, *, sealed_receipt: bytes | No
         )
     fact.payload = record.to_payload()
     session.flush()
+
+
+def certificate_status(fact: OutboxFact) -> ErasureStatus:
+    """An erasure fact's certificate state: recorded when the ledger has it, final when,
+    besides, its final-erasure cycle retired every KEK that could open a copy of it."""
+    return ErasureStatus.of(
+        recorded_at=fact.sent_at, refused_at=fact.refused_at, final_at=fact.final_at
+    )
 
 
 def is_forgotten(payload: dict[str, Any]) -> bool:

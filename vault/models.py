@@ -197,6 +197,13 @@ class OutboxFact(Base):
     # answer a repeated id from their reply cache and ignore one below the last they executed,
     # so a retried (refused, then requeued) fact needs a fresh one.
     request_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Final erasure (vault/final_erasure.py), for erasure and expiry facts only: the cycle of
+    # KEK rotation and retirement that covers this fact (set when the cycle starts, to the
+    # facts committed by then), and when that cycle retired every KEK that could have wrapped
+    # a copy of what the fact destroyed: from then on no copy decrypts with any key the host
+    # holds.
+    final_cycle: Mapped[int | None] = mapped_column(BigInteger)
+    final_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index(
@@ -205,6 +212,14 @@ class OutboxFact(Base):
             postgresql_where=text("sent_at IS NULL AND refused_at IS NULL"),
         ),
         Index("ix_outbox_refused", "id", postgresql_where=text("refused_at IS NOT NULL")),
+        # Erasure facts not final yet: what the next final-erasure cycle covers.
+        Index(
+            "ix_outbox_not_final",
+            "id",
+            postgresql_where=text(
+                "kind IN ('erasure.record', 'retention.expire') AND final_at IS NULL"
+            ),
+        ),
         # The erasure facts naming a subject: an erasure everywhere finds them to forget them.
         Index(
             "ix_outbox_erasure_subject",
@@ -683,3 +698,81 @@ class Notice(Base):
     )
 
     __table_args__ = (CheckConstraint("length(hash) = 32", name="hash_length"),)
+
+
+class Kek(Base):
+    """A key-encryption key the vault has used, by id (`k<N>`); never its value.
+
+    Why a table when the provider holds the KEKs: several processes (API instances, the
+    `keys rotate` command) share one master key file or token, and retiring a KEK must be
+    agreed through the database they share (vault/final_erasure.py). `retiring_at`: from then
+    on no process wraps anything new under it (`KeyStore.ensure` checks, under the KEK's
+    advisory lock); `retired_at`: every row it wrapped was rewrapped and it was destroyed.
+    `created_at` is when the vault first saw it (KEKs made before this table: their first
+    heartbeat), what the audit measures the rotation schedule against.
+    """
+
+    __tablename__ = "keks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    retiring_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VaultInstance(Base):
+    """A process serving the vault (an API instance, a uvicorn worker), by its heartbeat.
+
+    What it reports is what KEK retirement waits for: the KEK it wraps new secrets under
+    (`current_kek`) and every KEK it holds in memory (`loaded_keks`). An old KEK is retired
+    only once every live instance wraps under the new one, and a retirement is final only
+    once no live instance still holds the retired KEK. Live means a heartbeat within
+    `instance_ttl_s`, by the database's clock (hosts' clocks may differ). A clean stop deletes
+    the row; a crashed instance's row goes stale and stops counting.
+    """
+
+    __tablename__ = "vault_instances"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+    current_kek: Mapped[str] = mapped_column(String(64))
+    loaded_keks: Mapped[list[str]] = mapped_column(JSONB)
+
+
+class FinalErasureCycle(Base):
+    """One run of the final-erasure job: rotate the KEK, let every instance adopt it, rewrap,
+    retire the old KEKs, wait until no instance holds them, VACUUM, mark erasures final.
+
+    Each step's time is set when the step is done, so a crashed or blocked cycle resumes where
+    it stopped (the job, or `civis-vault keys rotate`, whichever runs next); `blocked` says
+    what it is waiting for (an instance that has not adopted the new KEK, a transaction still
+    wrapping under an old one), for the DPO.
+    """
+
+    __tablename__ = "final_erasure_cycles"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    started_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    new_kek: Mapped[str | None] = mapped_column(String(64))
+    rotated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    adopted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    rewrapped_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    dropped_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    vacuumed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    secrets_rewrapped: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    retired_keks: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
+    facts_final: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    blocked: Mapped[str | None] = mapped_column(Text)

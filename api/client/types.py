@@ -191,8 +191,13 @@ class SealedReceipt(TypedDict):
 
 
 class ErasureCertificate(TypedDict):
+    """An erasure's certificate: `recorded` once on the ledger, `final` once, besides, no copy
+    in the vault's database or its WAL decrypts with any key the host holds."""
+
     erasure_id: int
-    state: Literal["pending", "recorded", "refused"]
+    state: Literal["pending", "refused", "recorded", "final"]
+    recorded_at: str | None  # ISO 8601
+    final_at: str | None  # ISO 8601; may precede recorded_at
     kind: str
     scope: dict[str, Any]
     reason: str

@@ -42,7 +42,7 @@ from vault.keys import KeyStore, make_provider
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
-    from api.services.jobs import BackgroundJobs
+    from api.services.jobs import BackgroundJobs, KeyMaintenance
 
 
 def create_app(
@@ -142,6 +142,8 @@ def _lifespan(
 
             with app.state.sessions() as session, session.begin():
                 bind_database(session, ledger.genesis)
+        keys = _start_key_maintenance(app, settings) if background_jobs else None
+        app.state.key_maintenance = keys
         jobs = _start_jobs(app, settings, ledger) if background_jobs else None
         app.state.jobs = jobs
         try:
@@ -150,9 +152,33 @@ def _lifespan(
             app.state.metrics_registry.unregister(outbox_metrics)
             if jobs is not None:
                 jobs.stop()
+            if keys is not None:
+                keys.stop()
             engine.dispose()
 
     return lifespan
+
+
+def _start_key_maintenance(app: FastAPI, settings: Settings) -> KeyMaintenance:
+    """The heartbeat (this instance's KEKs) and the final-erasure job, running; with or
+    without a ledger, since every instance wraps secrets."""
+    from api.services.jobs import KeyMaintenance
+    from vault.final_erasure import FinalErasure
+    from vault.keys.registry import InstanceRegistry
+
+    store: KeyStore = app.state.key_store
+    keys = KeyMaintenance(
+        InstanceRegistry(app.state.sessions, store.provider),
+        FinalErasure(
+            app.state.sessions,
+            store,
+            interval=settings.final_erasure_interval,
+            instance_ttl_s=settings.instance_ttl_s,
+        ),
+        heartbeat_s=settings.instance_heartbeat_s,
+    )
+    keys.start()
+    return keys
 
 
 def _start_jobs(
@@ -168,6 +194,7 @@ def _start_jobs(
     from api.services.outbox import OutboxRelay
     from api.services.recipient_notices import NoticeDelivery
     from api.services.requests import RequestSync
+    from api.services.retention_sync import sync_retention
     from api.services.subject_sessions import purge_expired_sessions
     from vault.erasure import Eraser
     from vault.retention import RetentionSweeper
@@ -192,6 +219,7 @@ def _start_jobs(
                 "request register", settings.request_sync_interval_s, RequestSync(sessions, ledger)
             ),
         ),
+        retention_sync=lambda: sync_retention(app.state.sessions, ledger),
     )
     jobs.start()
     return jobs

@@ -123,6 +123,7 @@ def page_data(
     gateway: LedgerGateway | None,
     session: Session,
     store: KeyStore | None = None,
+    schedule: audit.FinalErasureSchedule | None = None,
 ) -> DpoPageData:
     """What the page shows; the ledger's parts are left empty when there is no ledger. With
     the key store, the audit re-derives destroyed commitments (`vault.audit`)."""
@@ -141,11 +142,11 @@ def page_data(
     pending = requests.pending_due_before(session, now + requests.SOON_DUE)
     data.requests_overdue, data.requests_soon = request_rows(pending, now)
     if gateway is None:
-        found = audit.retention_audit(session, today, store=store).findings
+        found = audit.retention_audit(session, today, store=store, schedule=schedule).findings
         found += audit.accountability_findings(session, now)
         data.findings = [{"code": f.code, "detail": f.detail} for f in found]
         return data
-    report = run_retention_audit(sessions, gateway, None, store)
+    report = run_retention_audit(sessions, gateway, None, store, schedule)
     data.findings = [{"code": f.code, "detail": f.detail} for f in report.findings]
     since = dt.datetime.combine(today - dt.timedelta(days=PAGE_DAYS - 1), dt.time(), dt.UTC)
     counts = count_accesses_since(gateway, since)

@@ -1,6 +1,8 @@
-"""The service's background work: the outbox relay, the retention sweeper and the periodic
-jobs (`Periodic`: the batcher of recorded reads, the delivery of recipient notices, the purge of
-expired sign-ins, the register's sync with the ledger), on one thread.
+"""The service's background work: the outbox relay, the retention sweeper (with the datasets'
+retention periods read from the ledger before each sweep) and the periodic jobs (`Periodic`:
+the batcher of recorded reads, the delivery of recipient notices, the purge of expired
+sign-ins, the register's sync with the ledger), on one thread; the instance's heartbeat and the
+final-erasure job (`KeyMaintenance`), on two more.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
 them all safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
@@ -22,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from api.services.outbox import OutboxRelay
+from vault.final_erasure import FinalErasure
+from vault.keys.registry import InstanceRegistry
 from vault.retention import RetentionSweeper
 
 _log = logging.getLogger(__name__)
@@ -46,11 +50,13 @@ class BackgroundJobs:
         sweep_interval_s: float = 3600.0,
         periodic: Sequence[Periodic] = (),
         monotonic: Callable[[], float] = time.monotonic,
+        retention_sync: Callable[[], int] | None = None,
     ) -> None:
         self._relay = relay
         self._sweeper = sweeper
         self._periodic = tuple(periodic)
         self._next_run = [0.0] * len(self._periodic)
+        self._retention_sync = retention_sync
         self._relay_interval_s = relay_interval_s
         self._sweep_interval_s = sweep_interval_s
         self._monotonic = monotonic
@@ -72,10 +78,20 @@ class BackgroundJobs:
         if self._thread.is_alive():
             self._thread.join(30)
 
+    def _sync_retention(self) -> None:
+        """The datasets' retention periods from the ledger, before each sweep."""
+        if self._retention_sync is None:
+            return
+        try:
+            self._retention_sync()
+        except Exception as exc:
+            _log.error("retention sync failed (%s); retrying later", type(exc).__name__)
+
     def _main(self) -> None:
         while not self._stop.is_set():
             if self._sweeper is not None and self._monotonic() >= self._next_sweep:
                 self._next_sweep = self._monotonic() + self._sweep_interval_s
+                self._sync_retention()
                 try:
                     report = self._sweeper.sweep()
                     if report.expired:
@@ -101,3 +117,69 @@ class BackgroundJobs:
                 job.run()
             except Exception as exc:  # the type only, as above
                 _log.error("%s failed (%s); retrying later", job.name, type(exc).__name__)
+
+
+class KeyMaintenance:
+    """The instance's heartbeat and the final-erasure job, each on its own thread.
+
+    Why apart from the relay: a heartbeat must never wait behind a ledger submission or a
+    VACUUM (an instance that looks gone stops counting for a KEK's retirement), and the job's
+    VACUUM must not hold up the relay. Why in every instance, with or without a ledger: every
+    instance wraps secrets, so every one must report the KEKs it holds; the job takes a
+    database lock, so only one instance at a time runs it (vault/final_erasure.py).
+    """
+
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        final: FinalErasure | None,
+        *,
+        heartbeat_s: float,
+    ) -> None:
+        self._registry = registry
+        self._final = final
+        self._heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._beating, name="civis-heartbeat", daemon=True)
+        ]
+        if final is not None:
+            self._threads.append(
+                threading.Thread(target=self._finalising, name="civis-final-erasure", daemon=True)
+            )
+
+    def start(self) -> None:
+        """Report this instance before it serves (a rotation already under way then waits
+        for it), then keep reporting. A database out of reach does not stop the start (the
+        readiness probe says so); the heartbeat thread reports once it answers."""
+        try:
+            self._registry.beat()
+        except Exception as exc:
+            _log.error("first heartbeat failed (%s); retrying", type(exc).__name__)
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(30)
+        try:
+            self._registry.leave()
+        except Exception as exc:  # a database gone at shutdown: the row goes stale instead
+            _log.warning("instance not deregistered (%s)", type(exc).__name__)
+
+    def _beating(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            try:
+                self._registry.beat()
+            except Exception as exc:
+                _log.error("heartbeat failed (%s); retrying", type(exc).__name__)
+
+    def _finalising(self) -> None:
+        assert self._final is not None
+        while not self._stop.wait(self._heartbeat_s):
+            try:
+                self._final.step()
+            except Exception as exc:
+                _log.error("final erasure step failed (%s); retrying", type(exc).__name__)

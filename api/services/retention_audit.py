@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.gateway import LedgerGateway, LedgerUnavailable, jsonable
 from vault import audit
+from vault.config import VaultSettings
 from vault.keys import KeyStore
 
 ERASURE_PAGE = 50  # erasure records per ledger query (each may name 4,096 commitments)
@@ -48,6 +49,11 @@ class RetentionAuditOut(BaseModel):
     uploads_checked: int
     epochs_expired: int
     ledger: LedgerMatch
+
+
+def schedule_of(settings: VaultSettings) -> audit.FinalErasureSchedule:
+    """The final-erasure schedule the service was configured to keep."""
+    return audit.FinalErasureSchedule(settings.final_erasure_interval, settings.final_erasure_grace)
 
 
 def ledger_erasures(gateway: LedgerGateway) -> list[dict[str, Any]]:
@@ -105,13 +111,17 @@ def run_retention_audit(
     gateway: LedgerGateway,
     dataset_id: uuid.UUID | None,
     store: KeyStore | None = None,
+    schedule: audit.FinalErasureSchedule | None = None,
 ) -> RetentionAuditOut:
     """The audit of one dataset (or of all, `dataset_id` None) as of today (UTC); with the key
-    store, destroyed commitments are re-derived (`vault.audit.retention_audit`)."""
+    store, destroyed commitments are re-derived (`vault.audit.retention_audit`); with the
+    final-erasure `schedule`, whether KEKs are rotated and erasures made final in time."""
     now = dt.datetime.now(dt.UTC)
     today = now.date()
     with _snapshot(sessions) as session:
-        data_side = audit.retention_audit(session, today, dataset_id=dataset_id, store=store)
+        data_side = audit.retention_audit(
+            session, today, dataset_id=dataset_id, store=store, schedule=schedule
+        )
         accountability = audit.accountability_findings(session, now, dataset_id=dataset_id)
         cross = audit.ledger_cross_check(
             session,

@@ -209,12 +209,12 @@ def _replica_pids(ledger_dir: Path) -> set[int]:
 class Up:
     """A `civis-vault up` child whose output is read as it comes (the DPO key is in it)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "up", "--port", str(self.port), *args],
-            env=_clean_env(),
+            env={**_clean_env(), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

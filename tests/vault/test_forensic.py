@@ -9,6 +9,7 @@ not. A dump taken before the erasure (a backup) must not decrypt afterwards eith
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import uuid
@@ -19,9 +20,11 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import make_dataset
+from vault import db
 from vault.crypto import DecryptionFailed, derive_dek
 from vault.embedded import pg_binary
 from vault.erasure import Eraser
+from vault.final_erasure import FinalErasure
 from vault.keys import KeyStore, LocalKeyProvider, SecretRef, epoch_ref, subject_ref, upload_ref
 from vault.reads import Reader
 from vault.uploads import RecordIn, Uploader
@@ -98,10 +101,13 @@ def test_erased_scope_leaves_no_key_and_no_plaintext(
     with Session(committed_engine) as session, session.begin():
         result = Eraser(store).erase_subject(session, "alice", reason="Art. 17", requester="dpo")
         assert result.secrets_destroyed == 1 and result.records_erased == 50
-    with Session(committed_engine) as session, session.begin():
-        store.rotate_kek(session)
-    with Session(committed_engine) as session, session.begin():
-        assert store.retire_unused_keks(session)
+    cycle = FinalErasure(
+        db.make_session_factory(committed_engine),
+        store,
+        interval=dt.timedelta(days=1),
+        instance_ttl_s=30,
+    ).step(force=True)
+    assert cycle is not None and cycle.finished and cycle.retired_keks == ["k1"]
     with committed_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM FULL"))
 

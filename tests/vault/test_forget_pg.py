@@ -36,6 +36,7 @@ from vault.audit import retention_audit
 from vault.crypto import record_leaf
 from vault.crypto.merkle import leaf_hash, merkle_root, verify_inclusion
 from vault.erasure import Eraser, forgotten_id, settle_erasure
+from vault.final_erasure import FinalErasure
 from vault.keys import KeyStore, LocalKeyProvider, subject_ref
 from vault.models import ApiKey, KeyCommitment, OutboxFact, Record, SubjectSession, Upload
 from vault.reads import Reader, key_commitments_in_order
@@ -320,3 +321,102 @@ def test_the_audit_finds_a_forgotten_subject_whose_commitment_was_left_live(
     assert [(f.code, f.refs) for f in found] == [
         ("forgotten-commitment-live", {"upload_id": str(world.uploads[1])})
     ]
+
+
+def _statistics(engine: Engine) -> bytes:
+    """Every value the planner's statistics sampled from the vault's tables (pg_stats: most
+    common values, histogram bounds), as text: copies of column values in the catalog."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT tablename, attname, most_common_vals::text, histogram_bounds::text "
+                "FROM pg_stats WHERE schemaname = 'public'"
+            )
+        ).all()
+    return "\n".join(" ".join(str(v) for v in row) for row in rows).encode()
+
+
+def test_the_statistics_stop_naming_an_erased_subject_once_the_erasure_is_final(
+    world: World,
+) -> None:
+    """pg_dump leaves out the planner's statistics, but they are column values too: ANALYZE
+    keeps the most common subject ids of records, key commitments and key secrets in
+    pg_statistic, and an erasure does not touch them. The final-erasure cycle's VACUUM
+    (ANALYZE) samples the rewritten rows again."""
+    with world.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE"))
+    fact = world.erase(None)
+    with Session(world.engine) as s, s.begin():
+        _relay_records(s, fact)
+    stale = _statistics(world.engine)
+    assert "hex" in _found(stale, world.p), "the scan must see the subject in the statistics"
+
+    cycle = FinalErasure(
+        db.make_session_factory(world.engine),
+        world.store,
+        interval=dt.timedelta(days=1),
+        instance_ttl_s=30,
+    ).step(force=True)
+    assert cycle is not None and cycle.finished
+    fresh = _statistics(world.engine)
+    assert _found(fresh, world.p) == []
+    assert "hex" in _found(fresh, world.q)  # control: a subject not erased is still sampled
+
+
+def test_an_expiry_leaves_no_key_commitment_naming_the_subjects_of_its_uploads(
+    world: World, fresh_database_url: str
+) -> None:
+    """The records of an expired (or withdrawn) upload are deleted, but its key commitments
+    stayed, each naming its subject: who was in the upload, kept past its retention. The
+    expiry now gives them random ids, with their leaf index (the root still recomputes)."""
+    only_here, kept = _pseudonym(), _pseudonym()
+    with Session(world.engine) as s, s.begin():
+        expiring = world.uploader.upload(
+            s, world.d1, [RecordIn(x, {"who": x}) for x in (only_here, world.q)]
+        )
+        world.uploader.upload(s, world.d2, [RecordIn(kept, {"who": kept})])
+        root = s.get_one(Upload, expiring.upload_id).commitments_root
+        before = key_commitments_in_order(s, expiring.upload_id)
+    assert _found(_pg_dump(fresh_database_url), only_here)
+    with Session(world.engine) as s, s.begin():
+        result = world.eraser.expire_epoch(s, world.d1, expiring.retention_day)
+    assert result.rows_forgotten >= 2
+    dump = _pg_dump(fresh_database_url)
+    assert _found(dump, only_here) == []
+    assert "hex" in _found(dump, kept)  # control: a subject of a live upload is still named
+    with Session(world.engine) as s:
+        after = key_commitments_in_order(s, expiring.upload_id)
+    assert after == before and merkle_root([leaf_hash(c) for c in after]) == root
+
+
+def test_an_expiry_keeps_a_subject_secret_an_upload_under_way_is_using(world: World) -> None:
+    """The race the dataset lock closes: X's only committed records expire while an upload
+    that encrypts new records for X under the same secret has not committed yet. Destroying
+    X's secret as orphaned then would leave those new records undecryptable."""
+    x = _pseudonym()
+    earlier = Uploader(
+        world.store,
+        subject_ids=LEDGER_SUBJECT_ID,
+        clock=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(days=10),
+    )
+    with Session(world.engine) as s, s.begin():
+        old = earlier.upload(s, world.d1, [RecordIn(x, {"old": True})])
+    with Session(world.engine) as under_way:
+        under_way.begin()
+        world.uploader.upload(under_way, world.d1, [RecordIn(x, {"new": True})])
+        with Session(world.engine) as s, s.begin():
+            world.eraser.expire_epoch(s, world.d1, old.retention_day)
+        under_way.commit()
+    with Session(world.engine) as s:
+        mine = [r for r in world.reader.by_dataset(s, world.d1) if r.subject_id == x]
+        assert [json.loads(r.payload) for r in mine] == [{"new": True}]
+        # Control: with nothing under way, the secret of a subject whose records all expired
+        # goes with them.
+        assert world.store.destroy_orphaned_subjects(s, world.d1, [x]) == 0
+    y = _pseudonym()
+    with Session(world.engine) as s, s.begin():
+        gone = earlier.upload(s, world.d2, [RecordIn(y, {"old": True})])
+    with Session(world.engine) as s, s.begin():
+        world.eraser.expire_epoch(s, world.d2, gone.retention_day)
+    with Session(world.engine) as s:
+        assert world.store.load(s, [subject_ref(world.d2, y)]) == {}

@@ -66,7 +66,8 @@ def test_expires_on_the_right_day_and_not_a_day_before(
 def test_a_large_sweep_destroys_a_handful_of_secrets(
     committed_engine: Engine, services: VaultServices
 ) -> None:
-    """20,000 records in 2 datasets over 3 days: 6 epoch secrets, not 20,000 keys."""
+    """20,000 records in 2 datasets over 3 days: 6 epoch secrets, not 20,000 keys (and the
+    subject secrets that no live record needs any more)."""
     sessions = sessionmaker(committed_engine)
     with sessions() as session, session.begin():
         datasets = [make_dataset(session, retention_days=1) for _ in range(2)]
@@ -82,7 +83,10 @@ def test_a_large_sweep_destroys_a_handful_of_secrets(
     report = sweeper.sweep()
     assert report.secrets_destroyed == 6 and report.records_erased == 6 * 3334
     with sessions() as session:
-        assert session.scalar(select(func.count()).select_from(KeySecret)) == keys_before - 6
+        # The 6 epoch secrets, and the 2 x 500 subject secrets left without a live record (each
+        # named its subject); the 6 upload secrets name no one.
+        assert session.scalar(select(func.count()).select_from(KeySecret)) == keys_before - 1006
+        assert set(session.scalars(select(KeySecret.kind))) == {"upload"}
         assert session.scalar(select(func.count()).where(Record.envelope.is_not(None))) == 0
 
 

@@ -13,10 +13,13 @@ File format (JSON): {"format": "civis-vault/master-key/v1", "current": "<kek id>
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from vault.crypto import DecryptionFailed, KeyWrapper, new_secret
@@ -26,23 +29,32 @@ _FORMAT = "civis-vault/master-key/v1"
 
 
 class LocalKeyProvider:
-    """KEKs from a 0600 master key file; wraps with AES-256-GCM."""
+    """KEKs from a 0600 master key file; wraps with AES-256-GCM.
+
+    Several processes may share the file (API instances, uvicorn workers, `keys rotate`):
+    `rotate` and `retire` rewrite it under an exclusive `flock` on `<file>.lock`, starting from
+    what the file holds then (never from this process's possibly older copy), and `refresh`
+    (the heartbeat) or an unwrap under an unknown KEK id reads it again, so this process
+    follows another's rotation and forgets a KEK another retired.
+    """
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self._path = path
         self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
         if not path.exists() and not path.is_symlink():
             if not create:
                 raise KeyProviderError("master key file is missing")
-            self._current, keks = "k1", {"k1": new_secret()}
-            self._write(keks, self._current)
-        else:
-            self._current, keks = self._read()
-        self._keks = keks
-        self._wrappers = {kid: KeyWrapper(k) for kid, k in keks.items()}
+            with self._file_lock():
+                if not path.exists():
+                    self._write({"k1": new_secret()}, "k1")
+        current, keks = self._read()
+        self._adopt(current, keks)
 
-    def __repr__(self) -> str:
-        return f"LocalKeyProvider(path={str(self._path)!r}, current={self._current!r})"
+    def _adopt(self, current: str, keks: dict[str, bytes]) -> None:
+        """Replace the KEKs in memory at once: `wrap` reads (current, wrappers) as one pair."""
+        wrappers = {kid: KeyWrapper(k) for kid, k in keks.items()}
+        self._state = (current, wrappers)
 
     # -- file handling ---------------------------------------------------------------------
     def _check_file(self) -> None:
@@ -57,8 +69,24 @@ class LocalKeyProvider:
                 "run `chmod 600` on it after checking who could have read it"
             )
 
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """An exclusive lock across processes for a read-modify-write of the file."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path.with_name(self._path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _file_stamp(self) -> tuple[int, int, int]:
+        st = os.stat(self._path)
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     def _read(self) -> tuple[str, dict[str, bytes]]:
         self._check_file()
+        stamp = self._file_stamp()
         try:
             doc = json.loads(self._path.read_text())
             if doc.get("format") != _FORMAT:
@@ -69,6 +97,7 @@ class LocalKeyProvider:
             raise KeyProviderError("master key file is malformed") from None
         if current not in keks or any(len(k) != 32 for k in keks.values()):
             raise KeyProviderError("master key file is malformed")
+        self._stamp = stamp
         return current, keks
 
     def _write(self, keks: dict[str, bytes], current: str) -> None:
@@ -96,38 +125,52 @@ class LocalKeyProvider:
 
     # -- KeyProvider -----------------------------------------------------------------------
     def current_kek_id(self) -> str:
-        return self._current
+        return self._state[0]
 
     def kek_ids(self) -> list[str]:
-        return sorted(self._keks)
+        return sorted(self._state[1])
 
     def wrap(self, secret: bytes, *, aad: bytes) -> tuple[str, bytes]:
-        kid = self._current
-        return kid, self._wrappers[kid].wrap(secret, aad)
+        kid, wrappers = self._state
+        return kid, wrappers[kid].wrap(secret, aad)
 
     def unwrap(self, kek_id: str, wrapped: bytes, *, aad: bytes) -> bytes:
-        wrapper = self._wrappers.get(kek_id)
+        wrapper = self._state[1].get(kek_id)
         if wrapper is None:
-            raise DecryptionFailed
+            # Another process sharing the file may have rotated since this one read it.
+            self.refresh()
+            wrapper = self._state[1].get(kek_id)
+            if wrapper is None:
+                raise DecryptionFailed
         return wrapper.unwrap(wrapped, aad)
 
-    def rotate(self) -> str:
+    def refresh(self) -> None:
         with self._lock:
-            n = 1 + max(int(k[1:]) for k in self._keks if k[1:].isdigit())
+            try:
+                unchanged = self._file_stamp() == self._stamp
+            except FileNotFoundError:
+                raise KeyProviderError("master key file is missing") from None
+            if not unchanged:
+                self._adopt(*self._read())
+
+    def rotate(self) -> str:
+        with self._file_lock(), self._lock:
+            _, keks = self._read()  # the file as it is now: another process may have rotated
+            n = 1 + max(int(k[1:]) for k in keks if k[1:].isdigit())
             kid = f"k{n}"
-            keks = {**self._keks, kid: new_secret()}
+            keks = {**keks, kid: new_secret()}
             self._write(keks, kid)
-            self._keks, self._current = keks, kid
-            self._wrappers[kid] = KeyWrapper(keks[kid])
+            self._read()
+            self._adopt(kid, keks)
             return kid
 
     def retire(self, kek_id: str) -> None:
-        with self._lock:
-            if kek_id == self._current:
+        with self._file_lock(), self._lock:
+            current, keks = self._read()
+            if kek_id == current:
                 raise KeyProviderError("cannot retire the current KEK; rotate first")
-            if kek_id not in self._keks:
-                return
-            keks = {k: v for k, v in self._keks.items() if k != kek_id}
-            self._write(keks, self._current)
-            self._keks = keks
-            self._wrappers.pop(kek_id, None)
+            if kek_id in keks:
+                keks = {k: v for k, v in keks.items() if k != kek_id}
+                self._write(keks, current)
+                self._read()
+            self._adopt(current, keks)

@@ -208,6 +208,10 @@ class Pkcs11KeyProvider:
                 # Tag mismatch, wrong aad, a key destroyed by another instance: all opaque.
                 raise DecryptionFailed from None
 
+    def refresh(self) -> None:
+        with self._lock:
+            self._load_keys()
+
     def rotate(self) -> str:
         with self._lock:
             # Another instance sharing the token may have rotated since we last looked.

@@ -35,6 +35,12 @@ class KeyProvider(Protocol):
         """Unwrap or raise `vault.crypto.DecryptionFailed` (retired KEK, tampering, wrong aad)."""
         ...
 
+    def refresh(self) -> None:
+        """Adopt what another process sharing the KEKs did: a KEK it created becomes usable
+        (and current, if newer), a KEK it retired is dropped from this process's memory. The
+        heartbeat calls it (vault/keys/registry.py), so every instance follows a rotation."""
+        ...
+
     def rotate(self) -> str:
         """Create a new current KEK and return its id; older KEKs keep unwrapping until retired."""
         ...

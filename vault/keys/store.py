@@ -4,7 +4,7 @@ Why it exists: DEKs are never stored (DESIGN.md, "Keys"); what is stored is thre
 secrets from which a DEK is derived when needed. Erasing a scope is destroying its secret here:
 the row is overwritten then deleted in the caller's transaction, so the erasure commits or rolls
 back with the rest of the change. Old copies of the wrapped bytes (dead tuples, WAL, backups) are
-made useless by `rotate_kek` + `retire_unused_keks`: see `vault/keys/provider.py`.
+made useless by rotating the KEK and retiring the old one (vault/final_erasure.py).
 
 Callers own the transaction: nothing here commits.
 """
@@ -19,10 +19,32 @@ from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from vault.crypto import new_secret
-from vault.keys.provider import KeyProvider
+from vault.keys.provider import KeyProvider, KeyProviderError
+from vault.keys.registry import guard_wraps
 from vault.models import KeySecret
 
 _LOOKUP_CHUNK = 5000
+# Uploads hold their dataset's lock (this class, the dataset's key) shared while they encrypt;
+# destroying a dataset's orphaned subject secrets takes it exclusive, or waits for a later try.
+DATASET_LOCK_CLASS = 0x44534554  # "DSET"
+_LOCK_DATASET_SHARED = text("SELECT pg_advisory_xact_lock_shared(:c, :o)")
+_TRY_LOCK_DATASET = text("SELECT pg_try_advisory_xact_lock(:c, :o)")
+# Subject secrets of :dataset (of :subjects, when given) with no live key commitment there.
+_ORPHANS = text(
+    "SELECT k.scope FROM key_secrets k WHERE k.kind = 'subject' AND k.dataset_id = :dataset"
+    " AND (CAST(:subjects AS text[]) IS NULL OR k.scope = ANY(CAST(:subjects AS text[])))"
+    " AND NOT EXISTS (SELECT 1 FROM key_commitments c JOIN uploads u ON u.id = c.upload_id"
+    "  WHERE c.subject_id = k.scope AND u.dataset_id = k.dataset_id"
+    "  AND c.destroyed_at IS NULL)"
+    " ORDER BY k.id"
+)
+_GUARD_ATTEMPTS = 3
+_REWRAP_MANY = text(
+    "UPDATE key_secrets k SET kek_id = :kek, wrapped = x.wrapped"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:wrapped AS bytea[])) AS x(id, wrapped)"
+    " WHERE k.id = x.id"
+)
+_REWRAP_BATCH = 2000
 _SELECT_MANY = text(
     "SELECT k.kind, k.dataset_id, k.scope, k.kek_id, k.wrapped FROM key_secrets k "
     "JOIN unnest(CAST(:kinds AS text[]), CAST(:datasets AS uuid[]), CAST(:scopes AS text[])) "
@@ -35,6 +57,11 @@ _INSERT_MANY = text(
     "CAST(:scopes AS text[]), CAST(:keks AS text[]), CAST(:wrapped AS bytea[])) "
     "ON CONFLICT (kind, dataset_id, scope) DO NOTHING"
 )
+
+
+def _dataset_key(dataset_id: uuid.UUID) -> int:
+    """A dataset's advisory lock key (two datasets sharing one only wait for each other)."""
+    return dataset_id.int & 0x7FFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,19 +123,23 @@ class KeyStore:
 
     def ensure(self, session: Session, refs: Iterable[SecretRef]) -> dict[SecretRef, bytes]:
         """Load `refs`, creating the missing ones. Safe under concurrent uploads: a secret
-        created by another transaction first wins (ON CONFLICT DO NOTHING, then re-read)."""
+        created by another transaction first wins (ON CONFLICT DO NOTHING, then re-read).
+
+        Whoever ensures subject secrets is about to encrypt under them: until its transaction
+        ends it holds their datasets' lock shared, so `destroy_orphaned_subjects` never
+        destroys a secret whose new records are not committed yet."""
         wanted = list(dict.fromkeys(refs))
+        for dataset_id in sorted({r.dataset_id for r in wanted if r.kind == "subject"}, key=str):
+            session.execute(
+                _LOCK_DATASET_SHARED, {"c": DATASET_LOCK_CLASS, "o": _dataset_key(dataset_id)}
+            )
         found = self.load(session, wanted)
         missing = [r for r in wanted if r not in found]
         if not missing:
             return found
         for i in range(0, len(missing), _LOOKUP_CHUNK):
             chunk = missing[i : i + _LOOKUP_CHUNK]
-            kek_ids, wrapped = [], []
-            for ref in chunk:
-                kek_id, blob = self.provider.wrap(new_secret(), aad=ref.aad())
-                kek_ids.append(kek_id)
-                wrapped.append(blob)
+            kek_ids, wrapped = self._wrap_guarded(session, chunk)
             session.execute(
                 _INSERT_MANY,
                 {
@@ -123,11 +154,48 @@ class KeyStore:
         found.update(self.load(session, missing))
         return found
 
+    def destroy_orphaned_subjects(
+        self, session: Session, dataset_id: uuid.UUID, subjects: Sequence[str] | None = None
+    ) -> int | None:
+        """Destroy the subject secrets of `dataset_id` (of `subjects`, or all) whose every key
+        commitment in the dataset is destroyed: all their records expired or were withdrawn,
+        and the secret, useless now, would keep naming them (its scope is their id). None when
+        an upload in the dataset is under way (it may be encrypting under one of them): try
+        again later; the final-erasure cycle does."""
+        if not session.scalar(
+            _TRY_LOCK_DATASET, {"c": DATASET_LOCK_CLASS, "o": _dataset_key(dataset_id)}
+        ):
+            return None
+        only = None if subjects is None else list(subjects)
+        orphans = session.scalars(_ORPHANS, {"dataset": dataset_id, "subjects": only}).all()
+        return len(self.destroy(session, [subject_ref(dataset_id, s) for s in orphans]))
+
+    def _wrap_guarded(
+        self, session: Session, refs: Sequence[SecretRef]
+    ) -> tuple[list[str], list[bytes]]:
+        """Fresh secrets for `refs`, wrapped under a KEK this transaction then holds (shared
+        advisory lock) and that is not being retired: a process that has not yet adopted a
+        rotation refreshes and wraps again, so nothing new is ever wrapped under a KEK on
+        its way out (vault/keys/registry.py)."""
+        for _ in range(_GUARD_ATTEMPTS):
+            kek_ids, wrapped = [], []
+            for ref in refs:
+                kek_id, blob = self.provider.wrap(new_secret(), aad=ref.aad())
+                kek_ids.append(kek_id)
+                wrapped.append(blob)
+            if guard_wraps(session, kek_ids):
+                return kek_ids, wrapped
+            self.provider.refresh()
+        raise KeyProviderError(
+            "the current KEK is being retired and the key provider offers no newer one"
+        )
+
     def destroy(self, session: Session, refs: Sequence[SecretRef]) -> list[SecretRef]:
         """Overwrite then delete each secret that exists; return the ones destroyed.
 
         Overwriting first means the deleted tuple that VACUUM later reclaims holds zeros, not the
-        wrapped secret (the pre-update version still exists until VACUUM; see rotate_kek).
+        wrapped secret (the pre-update version still exists until VACUUM, and in the WAL: the
+        retirement of the KEK it was wrapped under is what makes those useless).
         """
         destroyed: list[SecretRef] = []
         for i in range(0, len(refs), _LOOKUP_CHUNK):
@@ -135,6 +203,10 @@ class KeyStore:
             cond = tuple_(KeySecret.kind, KeySecret.dataset_id, KeySecret.scope).in_(
                 [(r.kind, r.dataset_id, r.scope) for r in chunk]
             )
+            # Locked in id order first, the order `rewrap` locks in: the two never deadlock.
+            session.execute(
+                select(KeySecret.id).where(cond).order_by(KeySecret.id).with_for_update()
+            ).all()
             rows = session.execute(
                 update(KeySecret)
                 .where(cond)
@@ -147,14 +219,28 @@ class KeyStore:
             destroyed.extend(SecretRef(k, d, s) for k, d, s in rows)
         return destroyed
 
-    def rotate_kek(self, session: Session, *, batch_rows: int = 2000) -> tuple[str, int]:
-        """Rewrap every secret under a fresh KEK, without touching any ciphertext.
-
-        Returns (new kek id, rows rewrapped). Commit, then call `retire_unused_keks`.
-        """
-        new_kek = self.provider.rotate()
-        rewrapped = 0
-        while True:
+    def rewrap(
+        self,
+        session: Session,
+        *,
+        to_kek: str,
+        from_kek: str | None = None,
+        limit: int | None = None,
+        skip_locked: bool = False,
+        after_id: int = 0,
+    ) -> tuple[int, int]:
+        """Rewrap secrets not under `to_kek` (only those under `from_kek`, if given), of ids
+        above `after_id`, under the provider's current KEK, which must be `to_kek`; ciphertext
+        is not touched. At most `limit` rows (all if None); returns how many, and the last id
+        reached (pass it back as `after_id` to go on: every batch then starts where the last
+        stopped instead of walking past the rows already done). A secret being destroyed
+        concurrently is waited for (FOR UPDATE) and then, deleted, skipped; with `skip_locked`
+        it is left for a later pass instead (a rotation's bulk pass must not queue behind
+        erasures; its retirement step takes what is left)."""
+        done, last = 0, after_id
+        cond = KeySecret.kek_id != to_kek if from_kek is None else KeySecret.kek_id == from_kek
+        while limit is None or done < limit:
+            batch = _REWRAP_BATCH if limit is None else min(_REWRAP_BATCH, limit - done)
             rows = session.execute(
                 select(
                     KeySecret.id,
@@ -164,30 +250,33 @@ class KeyStore:
                     KeySecret.kek_id,
                     KeySecret.wrapped,
                 )
-                .where(KeySecret.kek_id != new_kek)
-                .limit(batch_rows)
-                .with_for_update()
+                .where(cond, KeySecret.id > last)
+                .order_by(KeySecret.id)
+                .limit(batch)
+                .with_for_update(skip_locked=skip_locked)
             ).all()
             if not rows:
                 break
-            updates = []
+            ids, rewrapped = [], []
             for row_id, kind, dataset_id, scope, kek_id, wrapped in rows:
                 ref = SecretRef(kind, dataset_id, scope)
                 secret = self._unwrap(ref, kek_id, wrapped)
                 kid, new_wrapped = self.provider.wrap(secret, aad=ref.aad())
-                assert kid == new_kek, "rotation raced with another rotation"
-                updates.append({"id": row_id, "kek_id": kid, "wrapped": new_wrapped})
-            session.execute(update(KeySecret), updates)
-            rewrapped += len(updates)
-        return new_kek, rewrapped
+                if kid != to_kek:
+                    raise KeyProviderError(f"the current KEK is {kid}, not {to_kek}")
+                ids.append(row_id)
+                rewrapped.append(new_wrapped)
+            # One statement per batch (an executemany of row updates is ten times slower).
+            session.execute(_REWRAP_MANY, {"ids": ids, "kek": to_kek, "wrapped": rewrapped})
+            done += len(ids)
+            last = ids[-1]
+        return done, last
 
-    def retire_unused_keks(self, session: Session) -> list[str]:
-        """Retire every non-current KEK that no committed secret uses any more."""
-        in_use = set(session.scalars(select(KeySecret.kek_id).distinct()))
-        current = self.provider.current_kek_id()
-        retired = []
-        for kid in self.provider.kek_ids():
-            if kid != current and kid not in in_use:
-                self.provider.retire(kid)
-                retired.append(kid)
-        return retired
+    def rotate_kek(self, session: Session) -> tuple[str, int]:
+        """Create a new KEK and rewrap every secret under it in the caller's transaction.
+
+        Returns (new kek id, rows rewrapped). Retiring the old KEK is not done here: with any
+        process holding it, that goes through `vault.final_erasure.FinalErasure`.
+        """
+        new_kek = self.provider.rotate()
+        return new_kek, self.rewrap(session, to_kek=new_kek)[0]

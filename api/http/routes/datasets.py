@@ -11,6 +11,7 @@ to (Art. 21) processing in the dataset, unless the DPO exempted them for legal c
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import uuid
@@ -54,10 +55,12 @@ from api.http.streams import (
     split_lines,
 )
 from api.services import decryptions
+from api.services.gateway import LedgerUnavailable
 from api.services.identity import ledger_identity
 from api.services.keys import Member
 from api.services.outbox import wait_for_receipt
 from api.services.restrictions import refuse_withheld, withheld_subjects
+from api.services.retention_sync import sync_retention
 from vault import decryptions as read_records
 from vault import reads
 from vault.datasets import get_dataset, list_datasets, register_dataset
@@ -263,6 +266,8 @@ async def upload(
         first = await _first_chunk(body)
 
         def run() -> UploadResult:
+            if ledger is not None:
+                _adopt_ledger_retention(sessions, ledger, dataset_id)
             with sessions() as session, session.begin():
                 _visible(session, dataset_id, member)
                 chunks = itertools.chain((first,), chunks_from_loop(body))
@@ -271,6 +276,16 @@ async def upload(
 
         result = await anyio.to_thread.run_sync(run)
         return await _with_receipt(request, settings, result)
+
+
+def _adopt_ledger_retention(
+    sessions: sessionmaker[Session], ledger: LedgerGateway, dataset_id: uuid.UUID
+) -> None:
+    """The dataset's retention period as governance last set it on the ledger, before the
+    upload takes its retention day from the vault's copy. A ledger that does not answer
+    leaves the copy as it is: the contracts refuse an anchor past the registered period."""
+    with contextlib.suppress(LedgerUnavailable):
+        sync_retention(sessions, ledger, [dataset_id])
 
 
 async def _with_receipt(request: Request, settings: Settings, result: UploadResult) -> UploadOut:

@@ -68,7 +68,7 @@ from api.services.ledger_verification import (
 from api.services.outbox_admin import OutboxFactOut, OutboxOut
 from api.services.pdf import render_pdf
 from api.services.records_of_processing import RecordsOfProcessing
-from api.services.retention_audit import RetentionAuditOut, run_retention_audit
+from api.services.retention_audit import RetentionAuditOut, run_retention_audit, schedule_of
 from vault.errors import NotFound
 
 router = APIRouter(
@@ -116,14 +116,21 @@ def retention_audit(
     """No record decryptable past its deadline; every expiry and destruction on the ledger.
 
     Finding codes: `epoch-key-past-retention`, `decryptable-past-retention`,
-    `destroyed-commitment-key-alive`, `expiry-not-recorded` (data side, vault/audit.py);
-    `expiry-not-on-ledger`, `destroyed-commitment-not-on-ledger`, `commitments-root-mismatch`,
-    `ledger-record-missing`, `ledger-erasure-not-applied` (against the ledger);
-    `request-overdue`, `request-answered-late` (a subject's request past its Art. 12(3)
-    deadline), `processing-record-incomplete` (an Art. 30 field to set; whole audit only).
+    `destroyed-commitment-key-alive`, `expiry-not-recorded`, `forgotten-commitment-live`,
+    `retention-beyond-registered` (data side, vault/audit.py); `kek-older-than-schedule`,
+    `erasure-not-final` (final erasure: the KEK rotation schedule, `final_erasure_interval` plus
+    `final_erasure_grace`); `expiry-not-on-ledger`, `destroyed-commitment-not-on-ledger`,
+    `commitments-root-mismatch`, `ledger-record-missing`, `ledger-erasure-not-applied`
+    (against the ledger); `request-overdue`, `request-answered-late` (a subject's request past
+    its Art. 12(3) deadline), `processing-record-incomplete` (an Art. 30 field to set; whole
+    audit only).
     """
     return run_retention_audit(
-        request.app.state.sessions, ledger, dataset_id, request.app.state.key_store
+        request.app.state.sessions,
+        ledger,
+        dataset_id,
+        request.app.state.key_store,
+        schedule_of(request.app.state.settings),
     )
 
 
@@ -291,7 +298,11 @@ def dpo_page(request: Request, session: SessionDep) -> Response:
     if prefers_json(request.headers.get("accept")):
         return _refuse(request, 406, _JSON_ROUTES_DETAIL)
     state = request.app.state
-    html = render_dpo_page(page_data(state.sessions, state.ledger, session, state.key_store))
+    html = render_dpo_page(
+        page_data(
+            state.sessions, state.ledger, session, state.key_store, schedule_of(state.settings)
+        )
+    )
     return HTMLResponse(html, headers=PAGE_HEADERS)
 
 

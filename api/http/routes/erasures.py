@@ -5,8 +5,12 @@ database transaction (vault/erasure.py), then the outbox relay records it on the
 (exactly once, across crashes). This route commits that transaction itself, wakes the relay
 and waits up to `receipt_wait_s` for the receipt, so the answer is usually the finished
 certificate (201, `state: recorded`); when the ledger is slow it is 202 with
-`state: pending`, and `GET /v1/erasures/{id}` tells the outcome later. Repeating an erasure is
-harmless: nothing is left to destroy, and the answer points at the original certificate.
+`state: pending`, and `GET /v1/erasures/{id}` tells the outcome later. A recorded erasure
+becomes `final` (with `final_at`) once the scheduled final-erasure cycle retired every KEK that
+could open a copy of what it destroyed (vault/final_erasure.py): the certificate then states
+that no copy in the database's files or WAL decrypts with any key the host holds. Repeating an
+erasure is harmless: nothing is left to destroy, and the answer points at the original
+certificate.
 
 Who may erase: the DPO (any subject, a subject in one dataset, an upload) and the subject
 (their own data, by a transaction only their wallet can sign). Nobody else.
@@ -34,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
@@ -56,10 +60,11 @@ from ledger_bridge.facts import (
     ERASURE_KINDS,
     ERASURE_RECORD,
     ERASURE_REQUEST,
+    CertificateState,
     ErasureRecord,
     erasure_from_payload,
 )
-from vault.erasure import Eraser, ErasureResult
+from vault.erasure import Eraser, ErasureResult, certificate_status
 from vault.errors import NotFound
 from vault.keys import KeyStore
 from vault.models import OutboxFact
@@ -91,7 +96,19 @@ class ErasureReceiptOut(BaseModel):
 
 class ErasureCertificate(BaseModel):
     erasure_id: int = Field(description="the vault's id of the erasure fact")
-    state: Literal["pending", "recorded", "refused"]
+    state: CertificateState = Field(
+        description="pending or refused (the ledger's answer), recorded (on the ledger), final "
+        "(recorded, and no copy in the live database or its WAL decrypts with any key the host "
+        "holds: the KEKs that could open one are retired; docs/KEYS.md)"
+    )
+    recorded_at: str | None = Field(
+        default=None, description="when the ledger recorded the erasure (ISO 8601)"
+    )
+    final_at: str | None = Field(
+        default=None,
+        description="when the erasure became final: its cycle of KEK rotation and retirement "
+        "finished (ISO 8601); may precede recorded_at, the state is final once both hold",
+    )
     kind: str
     scope: dict[str, Any]
     reason: str
@@ -129,9 +146,12 @@ def _certificate(fact: OutboxFact) -> ErasureCertificate:
     """The fact's certificate in the API's names (`scope.type`, `subject_id`, `upload_id`),
     which the published schema and its clients read."""
     c = erasure_from_payload(fact.kind, fact.payload).certificate
+    status = certificate_status(fact)
     return ErasureCertificate(
         erasure_id=fact.id,
-        state=fact.ledger_state,
+        state=status.state,
+        recorded_at=None if status.recorded_at is None else status.recorded_at.isoformat(),
+        final_at=None if status.final_at is None else status.final_at.isoformat(),
         kind=fact.kind,
         scope=c.public_scope(),
         reason=c.reason,

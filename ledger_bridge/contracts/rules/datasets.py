@@ -1,5 +1,6 @@
 """Datasets and their uploads: a provider (or the vault on its behalf) registers a dataset for
-approved purposes, then anchors each upload's roots with the retention day it expires after."""
+approved purposes, then anchors each upload's roots with the retention day it expires after,
+which may not be later than the dataset's registered retention allows from the block's day."""
 
 from __future__ import annotations
 
@@ -52,6 +53,15 @@ def upload_anchor(c: Ctx) -> dict[str, Any]:
     owner_or_vault(c, dataset["owner"])
     if c.state.has("upload", upload):
         raise Reject("exists", f"upload {upload} is already anchored")
+    # The dataset's registered retention (as governance last set it) bounds what an upload may
+    # promise to keep, counted from the anchoring block's day: the vault cannot keep records
+    # longer than the cooperative allowed, whatever its own copy of the period says.
+    if day > c.now // DAY_MS + dataset["retention_days"]:
+        raise Reject(
+            "retention_exceeded",
+            "the retention day is later than the dataset's registered retention allows "
+            "from this block's day",
+        )
     c.state.put(
         "upload",
         upload,

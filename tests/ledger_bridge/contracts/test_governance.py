@@ -281,6 +281,50 @@ def test_every_governance_action_has_its_rules_and_its_body_shape() -> None:
     assert set(rules.ACTIONS) == set(bodies.PROPOSAL_ACTIONS.variants)
 
 
+def _anchor_body(upload: str, day: int) -> dict[str, Any]:
+    return {
+        "upload": upload,
+        "dataset": "meters",
+        "record_count": 1,
+        "merkle_root": b"\x11" * 32,
+        "key_commitments_root": b"\x22" * 32,
+        "key_commitment_count": 1,
+        "retention_day": day,
+    }
+
+
+def test_an_anchor_keeping_records_past_the_registered_retention_is_refused() -> None:
+    """The attack: the vault (or a provider) anchors an upload whose retention day lies past
+    what the dataset's registration allows, keeping records longer than the cooperative
+    agreed; after a set_retention vote shortens the period, the old period no longer counts.
+    The bound is the anchoring block's day plus the registered retention_days."""
+    chain = Chain.new()
+    provider = chain.fresh("provider", "providers")
+    chain.admit_by_vote(provider)
+    chain.dataset(provider, "meters", retention_days=30)
+    # The block that executes the next transaction is one second later than chain.time_ms.
+    today = (chain.time_ms + 1000) // DAY
+    anchored_day = today + 30
+    refused = chain.one(chain.vault, "upload.anchor", _anchor_body("u-late", today + 31))
+    assert refused["code"] == "retention_exceeded"
+    assert chain.query(q="upload", upload="u-late") is None
+    assert chain.ok(chain.vault, "upload.anchor", _anchor_body("u-30", today + 30))["ok"]
+    assert chain.ok(chain.vault, "upload.anchor", _anchor_body("u-past", today - 3))["ok"]
+
+    pid = propose(
+        chain, chain.dpo, {"kind": "set_retention", "dataset": "meters", "retention_days": 7}
+    )
+    assert everyone_approves(chain, pid) == "passed"
+    today = (chain.time_ms + 1000) // DAY
+    assert (
+        chain.one(chain.vault, "upload.anchor", _anchor_body("u-old-period", today + 30))["code"]
+        == "retention_exceeded"
+    )
+    assert chain.ok(chain.vault, "upload.anchor", _anchor_body("u-7", today + 7))["ok"]
+    # An upload anchored before the vote keeps the day it was anchored with.
+    assert chain.query(q="upload", upload="u-30")["retention_day"] == anchored_day
+
+
 def test_retention_change_and_validator_set_are_enacted_only_when_passed() -> None:
     chain = Chain.new()
     provider = chain.fresh("provider", "providers")

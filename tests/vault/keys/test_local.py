@@ -70,3 +70,37 @@ def test_rotate_then_retire_makes_old_wraps_useless(tmp_path: Path) -> None:
     reloaded = LocalKeyProvider(path, create=False)
     assert reloaded.kek_ids() == [new]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_second_process_follows_a_rotation_and_forgets_a_retired_kek(tmp_path: Path) -> None:
+    """Two processes on one master key file (two API instances): what one rotates the other
+    unwraps at once (an unknown KEK id reloads the file) and adopts at its next refresh (the
+    heartbeat); what one retires the other drops from memory at its next refresh."""
+    path = tmp_path / "master.key"
+    first, second = LocalKeyProvider(path), LocalKeyProvider(path)
+    assert first.rotate() == "k2"
+    kek, wrapped = first.wrap(b"s" * 32, aad=b"scope")
+    assert kek == "k2" and second.current_kek_id() == "k1"
+    assert second.unwrap(kek, wrapped, aad=b"scope") == b"s" * 32
+    second.refresh()
+    assert second.current_kek_id() == "k2"
+    first.retire("k1")
+    assert second.kek_ids() == ["k1", "k2"]  # it holds k1 until it looks again
+    second.refresh()
+    assert second.kek_ids() == ["k2"]
+    with pytest.raises(KeyProviderError, match="current"):
+        second.retire("k2")
+
+
+def test_rotations_by_two_processes_never_overwrite_each_others_kek(tmp_path: Path) -> None:
+    """Each process once computed the next KEK id from its own copy: two rotations from two
+    stale copies both wrote a `k2`, the second replacing the first, and every secret already
+    wrapped under the first `k2` was lost. A rotation reads the file under a lock first."""
+    path = tmp_path / "master.key"
+    first, second = LocalKeyProvider(path), LocalKeyProvider(path)
+    assert first.rotate() == "k2"
+    kek, wrapped = first.wrap(b"t" * 32, aad=b"scope")
+    assert second.rotate() == "k3"
+    fresh = LocalKeyProvider(path, create=False)
+    assert fresh.kek_ids() == ["k1", "k2", "k3"] and fresh.current_kek_id() == "k3"
+    assert fresh.unwrap(kek, wrapped, aad=b"scope") == b"t" * 32
