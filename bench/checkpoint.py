@@ -112,7 +112,7 @@ def _contracts(n: int) -> dict[str, Any]:
     state = State()
     subjects = [digest(b"subject-%d" % s)[:16] for s in range(4)]
     for i in range(n):
-        value = {"consumer": f"c{i % 7}", "granted": subjects, "height": i}
+        value = {"consumer": f"c{i % 7}", "dataset": "d1", "granted": subjects, "height": i}
         state.put("access", b"a%d" % i, value)
     state.root()
 

@@ -17,7 +17,7 @@ from ledger_bridge.crypto import digest
 from tests.ledger_bridge.contracts.harness import DAY, T0, Chain, Member, standard
 from tests.ledger_bridge.contracts.test_forget import hits
 
-DAY_INDEX = T0 // DAY + 30
+DAY_INDEX = T0 // DAY + 20  # within the datasets' 30 days of retention, with room after it
 OLD_KEY = b"\x31" * 32
 NEW_KEY = b"\x41" * 32
 STATEMENT = digest(b"my address is 5 rue Neuve, not 3 rue Vieille")
@@ -217,7 +217,7 @@ def test_only_the_vault_or_the_dpo_records_a_rectification(scene: Scene) -> None
 
 def test_a_replacement_keeps_the_retention_day(scene: Scene) -> None:
     chain = scene.chain
-    _anchor(chain, "d1", "longer", key=NEW_KEY, day=DAY_INDEX + 300)
+    _anchor(chain, "d1", "longer", key=NEW_KEY, day=DAY_INDEX + 5)
     body = rectify_body(replacement=[{"upload": "longer", "key_commitment": NEW_KEY}])
     result = chain.one(chain.vault, "record.rectify", body)
     assert result["code"] == "mismatch" and "retention" in result["message"], result
