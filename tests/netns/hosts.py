@@ -117,7 +117,7 @@ class Host:
                 f"{self.name}: {' '.join(argv)} exited {done.returncode}\n"
                 f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
             )
-        return done.stdout
+        return str(done.stdout)
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
