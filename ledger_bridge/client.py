@@ -614,8 +614,9 @@ class AsyncLedgerClient:
         `Replica.serves_current`). Reads start at `replica`, else at the replica that
         answered last, so a replica that stopped answering costs one timeout, not one per
         read. An answer from a state older than a block this transport saw committed is
-        stale too (`_older_than_seen`). When every replica answering is stale (a cluster just started, or a
-        partition with no quorum anywhere), it asks again until `STALE_WAIT_MS` passed."""
+        stale too (`_older_than_seen`). When every replica answering is stale (a cluster just
+        started, or a partition with no quorum anywhere), it asks again until
+        `STALE_WAIT_MS` passed."""
         first = replica if replica is not None else self._read_from
         order = [first] + [r for r in range(self.transport.n) if r != first]
         deadline = time.monotonic() + STALE_WAIT_MS / 1000

@@ -315,11 +315,9 @@ class Deployment:
         return True
 
     def pg_sql(self, sql: str, database: str = "postgres") -> str:
-        return self.net["pg"].run(
-            [str(_psql()), "-h", self.net["pg"].address, "-p", str(PG_PORT), "-U", "postgres"]
-            + ["-d", database, "-At", "-c", sql],
-            timeout=30,
-        )
+        address = self.net["pg"].address
+        argv = [str(_psql()), "-h", address, "-p", str(PG_PORT), "-U", "postgres", "-d", database]
+        return self.net["pg"].run([*argv, "-At", "-c", sql], timeout=30)
 
     # -- API instances --------------------------------------------------------------------------
 
@@ -361,9 +359,7 @@ class Deployment:
         while time.monotonic() < deadline:
             assert service.running(), f"{name} exited\n{service.tail()}"
             try:
-                answer = self.on_ops(
-                    lambda: httpx.get(self.api_url(name) + "/readyz", timeout=5.0)  # noqa: B023
-                )
+                answer = self.on_ops(lambda: httpx.get(self.api_url(name) + "/readyz", timeout=5.0))
                 if answer.status_code == 200:
                     return
                 last = answer.text
