@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "crypto": "bench.crypto:run",
     "checkpoint": "bench.checkpoint:run",
     "events": "bench.events:run",
+    "wan": "bench.wan:run",
 }
 
 # The repository holding this `bench/`.

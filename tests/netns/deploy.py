@@ -368,9 +368,12 @@ class Deployment:
             time.sleep(0.5)
         raise AssertionError(f"{name} not ready in {timeout_s} s ({last})\n{service.tail()}")
 
-    def restart_api(self, name: str) -> None:
-        self.apis[name].kill()
-        self.apis[name].start()
+    def restart_api(self, name: str, env: dict[str, str] | None = None) -> None:
+        """SIGKILL the instance and start it again (with `env` added to its environment)."""
+        service = self.apis[name]
+        service.kill()
+        service.env = {**_env(), **(env or {})}
+        service.start()
         self.wait_api(name)
 
     # -- the operator's view ------------------------------------------------------------------

@@ -298,6 +298,10 @@ class Network:
         lines = self._host_setup(self.hosts[host]).splitlines()
         _ip("-n", self.hosts[host].netns, "-batch", "-", stdin="\n".join(lines[5:]) + "\n")
 
+    def wire_pids(self) -> list[int]:
+        """The switch's process (`ip netns exec` execs it: one pid), for its CPU time."""
+        return [] if self._wire is None else [self._wire.pid]
+
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self._control(op="stats")["stats"]
         return stats
