@@ -331,10 +331,10 @@ def test_the_hosts_are_cleaned_up_after_a_harness_dies(tmp_path: Path) -> None:
     if reason is not None:
         pytest.skip(reason)
     script = (
-        "import os, signal\n"
+        "import os, signal, subprocess\n"
         "from tests.netns.hosts import Network\n"
         "net = Network({'x': 's', 'y': 's'}).__enter__()\n"
-        "net['x'].exec(['sleep', '600'])\n"
+        "net['x'].exec(['sleep', '600'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         "print(net.prefix, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
