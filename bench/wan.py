@@ -7,7 +7,8 @@ What it runs, in one run, so every figure has its baseline beside it:
   per replica, each in a site of its own, the clients in a fifth) at one-way delays of 0, 10
   and 25 ms between sites;
 - at each delay, a view change: the primary's site is cut off under 50 clients; the time until
-  the other three are active in a new view, and until the first commit after the cut;
+  the other three are active in a new view, until the first commit in it, and, once healed,
+  until all four vote again;
 - the access benchmark's 8-consumer point (`bench access`: the API, PostgreSQL, a contracts
   cluster, 100 consenting subjects, `POST /v1/access-requests` against the same records read
   without the ledger step), over loopback, then with the replicas on test hosts and the API
@@ -164,7 +165,10 @@ async def _view_change(cluster: Cluster, net: Network) -> dict[str, Any]:
     finally:
         await transport.close()
     net.heal([f"college-{primary}"], [h for h in net.hosts if h != f"r{primary}"])
-    after = sorted(t for t in done_at if t >= marks["cut"])
+    # Requests the old primary had already ordered may still commit just after the cut: the
+    # service is back when requests commit in the new view.
+    since = marks.get("new_view", marks["cut"])
+    after = sorted(t for t in done_at if t >= since)
     healed = time.monotonic()
     while not await asyncio.to_thread(lb._all_voting, cluster):
         if time.monotonic() - healed > VIEW_CHANGE_TIMEOUT_S:
@@ -173,7 +177,7 @@ async def _view_change(cluster: Cluster, net: Network) -> dict[str, Any]:
     return {
         "clients": VIEW_CHANGE_CLIENTS,
         "new_view_s": round(marks["new_view"] - marks["cut"], 3) if "new_view" in marks else None,
-        "first_commit_after_cut_s": round(after[0] - marks["cut"], 3) if after else None,
+        "first_commit_in_new_view_s": round(after[0] - marks["cut"], 3) if after else None,
         "all_voting_after_heal_s": round(time.monotonic() - healed, 3),
     }
 
