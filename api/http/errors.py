@@ -46,11 +46,11 @@ internals (tracebacks, SQL, key ids).
     │                                      contract's result code decides
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;
     │                                    a body that is not JSON adds "line" and "column"
-    ├── OperationalError, TimeoutError (SQLAlchemy)
+    ├── DBAPIError, TimeoutError (SQLAlchemy)
     │                                 → 503 "Database unavailable" + Retry-After when the
     │                                    database cannot be reached (refused, restarting, the
     │                                    connection lost, the pool exhausted); any other
-    │                                    OperationalError is a 500
+    │                                    database error is a 500
     ├── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit,
     │                                    408 body too slow, 422 JSON nested too deep,
     │                                    400 body not UTF-8); a 405 lists the path's methods
@@ -76,7 +76,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -409,10 +409,12 @@ def database_down(exc: BaseException) -> bool:
     failed: the request may succeed unchanged once it is back."""
     if isinstance(exc, SQLAlchemyTimeout):  # no connection free in the pool in time
         return True
-    if not isinstance(exc, OperationalError):
+    if not isinstance(exc, DBAPIError):
         return False
-    if exc.connection_invalidated:
+    if exc.connection_invalidated:  # the connection broke under the statement
         return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False  # a statement the database refused: a bug of ours, a 500
     sqlstate = getattr(exc.orig, "sqlstate", None)
     return sqlstate is None or str(sqlstate)[:2] in _DATABASE_DOWN_CLASSES
 
@@ -444,6 +446,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(SQLAlchemyTimeout, _database_error)
     app.add_exception_handler(Exception, _internal_error)

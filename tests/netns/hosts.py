@@ -28,6 +28,7 @@ import ctypes
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,9 @@ def can_run() -> str | None:
         return "test hosts need root (network namespaces, TAP devices); CI runs as root"
     if not Path("/dev/net/tun").exists():
         return "test hosts need /dev/net/tun"
+    missing = [tool for tool in ("ip", "setpriv") if shutil.which(tool) is None]
+    if missing:
+        return f"test hosts need {' and '.join(missing)} (iproute2, util-linux)"
     return None
 
 
