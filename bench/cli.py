@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "checkpoint": "bench.checkpoint:run",
     "events": "bench.events:run",
     "final-erasure": "bench.final_erasure:run",
+    "wan": "bench.wan:run",
 }
 
 # The repository holding this `bench/`.

@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ledger = sub.add_parser("ledger", help="the bundled PBFT ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", metavar="LEDGER_COMMAND")
     _register_up(ledger_sub)
+    _register_genesis(ledger_sub)
     _register_simulate(ledger_sub)
 
 
@@ -99,6 +101,122 @@ def _up(args: argparse.Namespace) -> int:
         except (TimeoutError, RuntimeError) as exc:
             print(f"error: {exc}")
             return 1
+
+
+# -- `civis-vault ledger genesis` (the files of a cluster on several hosts) ---------------------
+
+
+def _register_genesis(ledger_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    genesis = ledger_sub.add_parser(
+        "genesis",
+        help="write the genesis, keys, certificates and node files of a cluster on several hosts",
+        description=(
+            "Writes DIR/genesis.toml (every host), and for each replica i its node-<i>.toml, "
+            "keys/node-<i>.key and tls/node-<i>.{crt,key} (host i only); tls/ca.key stays "
+            "offline. Starts nothing. docs/LEDGER-OPERATIONS.md, 'Several hosts'."
+        ),
+    )
+    genesis.add_argument("--dir", type=Path, required=True, help="directory to create")
+    genesis.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="ADDRESS",
+        help="replica i's address, once per replica in id order (3f+1 of them)",
+    )
+    genesis.add_argument("--base-port", type=int, default=26600, help="peer port of replica 0")
+    genesis.add_argument("--chain-id", default=None, help="default: civis-<random>")
+    genesis.add_argument(
+        "--app", default="contracts", help="the replicated application: contracts (default), kv"
+    )
+    genesis.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        metavar="ROLE:COLLEGE:PUBLIC_KEY",
+        help="a founding member besides the validators (the vault, the DPO), hex Ed25519 key",
+    )
+    genesis.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=INTEGER",
+        help="a protocol parameter (batch_size_max, view_change_timeout_ms...; docs/PBFT.md)",
+    )
+    genesis.add_argument(
+        "--no-tls", action="store_true", help="plain TCP everywhere (development only)"
+    )
+    genesis.set_defaults(func=_run_genesis)
+
+
+def _founding_members(specs: list[str]) -> list[dict[str, str]]:
+    from ledger_bridge.contracts.vocabulary import ROLES
+    from ledger_bridge.genesis import GenesisError
+
+    members = []
+    for spec in specs:
+        role, _, rest = spec.partition(":")
+        college, _, key = rest.partition(":")
+        if role not in ROLES or not college or len(key) != 64:
+            raise GenesisError(
+                f"--member {spec!r}: expected ROLE:COLLEGE:PUBLIC_KEY, a role of "
+                f"{', '.join(ROLES)} and 64 hex digits"
+            )
+        try:
+            bytes.fromhex(key)
+        except ValueError:
+            raise GenesisError(f"--member {spec!r}: the public key is not hex") from None
+        members.append({"public_key": key, "role": role, "college": college})
+    return members
+
+
+def _params(app: str, specs: list[str]) -> dict[str, Any]:
+    from ledger_bridge.crypto import SigningKey
+    from ledger_bridge.genesis import GenesisError
+    from ledger_bridge.pbft.config import ClusterConfig
+
+    params: dict[str, Any] = {"app": app}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        try:
+            params[name] = int(value)
+        except ValueError:
+            raise GenesisError(f"--param {spec!r}: expected NAME=INTEGER") from None
+    keys = [bytes(SigningKey.generate().public_key) for _ in range(4)]
+    try:  # every replica would refuse it at start: say so now
+        ClusterConfig.create(keys, **{k: v for k, v in params.items() if k != "app"})
+    except (TypeError, ValueError) as exc:
+        raise GenesisError(f"--param: {exc}") from None
+    return params
+
+
+def _run_genesis(args: argparse.Namespace) -> int:
+    import secrets
+
+    from ledger_bridge import genesis as gen
+
+    try:
+        params = _params(args.app, args.param)
+        members = _founding_members(args.member)
+        chain_id = args.chain_id or f"civis-{secrets.token_hex(4)}"
+        gen.create_local(
+            args.dir,
+            len(args.host),
+            base_port=args.base_port,
+            chain_id=chain_id,
+            use_tls=not args.no_tls,
+            params=params,
+            app_genesis={"members": members} if members else None,
+            hosts=args.host,
+        )
+    except gen.GenesisError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"chain {chain_id}: {len(args.host)} replicas written to {args.dir}")
+    for i, host in enumerate(args.host):
+        print(f"  host {host}: node-{i}.toml keys/node-{i}.key tls/node-{i}.crt tls/node-{i}.key")
+    print("every host and client: genesis.toml tls/ca.crt; keep tls/ca.key offline")
+    return 0
 
 
 # -- `civis-vault ledger simulate` (the seeded simulator of the replica core) ----------------

@@ -92,6 +92,9 @@ RETRY_MAX_MS = 5_000  # however slow commits were, a request is re-sent within t
 TIMEOUT_MS = 30_000
 CALL_TIMEOUT_MS = 5_000
 CONNECT_TIMEOUT_MS = 1_000
+# A query every replica answered `stale` is asked again every STALE_RETRY_MS for this long.
+STALE_WAIT_MS = 5_000
+STALE_RETRY_MS = 100
 PENDING_CALLS_MAX = 1024
 
 # handler(replica id, encoded reply, authenticated): `authenticated` is True when the
@@ -129,6 +132,9 @@ class ClientTransport(Protocol):
     """How requests reach replicas and replies come back."""
 
     n: int
+    # The highest block height the clients of this transport saw committed (their receipts,
+    # the heights of their query answers): an answer from an older state is not current.
+    height_seen: int
 
     def on_reply(self, client_id: bytes, handler: ReplyHandler | None) -> None:
         """Route encoded replies for `client_id` to `handler(replica_id, reply_bytes,
@@ -219,6 +225,7 @@ class TcpClientTransport:
         chain_id: str = "",
     ) -> None:
         self.n = len(addresses)
+        self.height_seen = 0
         self._addresses = list(addresses)
         self._ssl = ssl_context
         self._reader = reader
@@ -401,6 +408,7 @@ class InProcessTransport:
     ) -> None:
         self.on_ready = on_ready  # e.g. persist a replica's Ready the way a node does
         self.n = len(replicas)
+        self.height_seen = 0
         self.replicas = list(replicas)
         self.down: set[int] = set()
         self.blocks: dict[int, dict[int, Block]] = {i: {} for i in range(self.n)}
@@ -511,6 +519,7 @@ class AsyncLedgerClient:
         self._waiting_id = -1
         self._authenticated: set[int] = set()  # replicas whose waiting reply came with a MAC
         self._rtt_ms: float | None = None  # smoothed commit latency (first attempts only)
+        self._read_from = 0  # the replica that answered the last read: the next one starts there
         self._done: asyncio.Future[tuple[int, bytes]] | None = None
         transport.on_reply(self.client_id, self._on_reply)
         enable_macs = getattr(transport, "enable_reply_macs", None)
@@ -590,6 +599,7 @@ class AsyncLedgerClient:
                     self._rtt_ms = rtt_ms if srtt is None else srtt + (rtt_ms - srtt) / 8
             finally:
                 self._waiting, self._done = None, None
+            self.transport.height_seen = max(self.transport.height_seen, height)
             return Receipt(
                 tx_id=digest(encoded).hex(),
                 block_height=height,
@@ -599,16 +609,50 @@ class AsyncLedgerClient:
             )
 
     async def _ask(self, op: str, args: dict[str, Any], replica: int | None) -> dict[str, Any]:
-        """A read from one replica, falling back to the others when it does not answer."""
-        order = [replica] if replica is not None else []
-        order += [r for r in range(self.transport.n) if r not in order]
-        last: Exception | None = None
-        for r in order:
-            try:
-                return await self.transport.call(r, op, args)
-            except LedgerError as exc:
-                last = exc
+        """A read from one replica, falling back to the others when it does not answer or
+        says its state is not current (`stale`: cut off from a quorum, or behind; see
+        `Replica.serves_current`). Reads start at `replica`, else at the replica that
+        answered last, so a replica that stopped answering costs one timeout, not one per
+        read. An answer from a state older than a block this transport saw committed is
+        stale too (`_older_than_seen`). When every replica answering is stale (a cluster just
+        started, or a partition with no quorum anywhere), it asks again until
+        `STALE_WAIT_MS` passed."""
+        first = replica if replica is not None else self._read_from
+        order = [first] + [r for r in range(self.transport.n) if r != first]
+        deadline = time.monotonic() + STALE_WAIT_MS / 1000
+        while True:
+            last: Exception | None = None
+            stale = 0
+            for r in order:
+                try:
+                    answer = await self.transport.call(r, op, args)
+                except LedgerError as exc:
+                    last = exc
+                    continue
+                if answer.get("error") == "stale" or self._older_than_seen(answer):
+                    stale += 1
+                    continue
+                if replica is None:
+                    self._read_from = r
+                return answer
+            if not stale or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(STALE_RETRY_MS / 1000)
+        if stale:
+            raise LedgerError(f"no replica in touch with a quorum answered {op}")
         raise LedgerError(f"no replica answered {op}: {last}")
+
+    def _older_than_seen(self, answer: dict[str, Any]) -> bool:
+        """A query answer from a state below a height this transport's clients saw committed
+        (a replica that has not heard yet: just back from a partition or a stall). Else the
+        answer's height raises what was seen, so reads never go back in time."""
+        height = answer.get("height")
+        if "result" not in answer or type(height) is not int:
+            return False
+        if height < self.transport.height_seen:
+            return True
+        self.transport.height_seen = height
+        return False
 
     async def status(self, replica: int) -> dict[str, Any]:
         answer = await self.transport.call(replica, "status", {})

@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -93,8 +94,13 @@ class Cluster:
         python: str = sys.executable,
         app_genesis: dict[str, Any] | None = None,
         client_tls: bool | None = None,
+        launcher: Callable[[int], list[str]] | None = None,
+        hosts: list[str] | None = None,
     ) -> None:
         self.directory = directory
+        # The command a replica's command line runs under (`launcher(i)` + argv), e.g. the
+        # `ip netns exec` of a test host: one machine standing for several.
+        self._launcher = launcher
         if not (directory / gen.GENESIS_FILE).exists():
             gen.create_local(
                 directory,
@@ -104,6 +110,7 @@ class Cluster:
                 params=params,
                 app_genesis=app_genesis,
                 client_tls=client_tls,
+                hosts=hosts,
             )
         self.node_files = sorted(
             directory.glob("node-*.toml"), key=lambda p: int(p.stem.split("-")[1])
@@ -160,7 +167,10 @@ class Cluster:
         log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._procs[i] = subprocess.Popen(
-            [self._python, "-m", "ledger_bridge.node", "--config", str(self.node_files[i])],
+            [
+                *(self._launcher(i) if self._launcher is not None else []),
+                *(self._python, "-m", "ledger_bridge.node", "--config", str(self.node_files[i])),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

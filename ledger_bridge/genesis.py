@@ -263,10 +263,14 @@ def create_local(
     params: dict[str, Any] | None = None,
     app_genesis: dict[str, Any] | None = None,
     client_tls: bool | None = None,
+    hosts: list[str] | None = None,
 ) -> list[Path]:
-    """Generate a genesis, keys, certificates and node files for a cluster on one host.
+    """Generate a genesis, keys, certificates and node files for a cluster on one host, or,
+    with `hosts` (one address per replica, in id order), for replicas on several hosts.
 
-    Replica i listens for peers on base_port + i and for clients on base_port + 100 + i.
+    Replica i listens for peers on base_port + i and for clients on base_port + 100 + i, on
+    `host` or on `hosts[i]` (the same numbers on every host, so several replicas may share
+    one).
     The client port speaks TLS when `client_tls` (by default, when `use_tls`); otherwise the
     node files say `client_port.insecure = true` (a benchmark's plain baseline, development).
     Returns the node config paths. Refuses to overwrite an existing genesis: regenerating
@@ -274,6 +278,8 @@ def create_local(
     """
     if (replicas - 1) % 3 != 0 or replicas < 4 or replicas > REPLICAS_MAX:
         raise GenesisError("replicas must be 3f+1 with f >= 1 (4, 7, 10, ...)")
+    if hosts is not None and len(hosts) != replicas:
+        raise GenesisError(f"{len(hosts)} hosts for {replicas} replicas: name one per replica")
     client_tls = use_tls if client_tls is None else client_tls
     if client_tls and not use_tls:
         raise GenesisError("a TLS client port needs the cluster's certificates (use_tls)")
@@ -288,7 +294,8 @@ def create_local(
     rows: list[dict[str, Any]] = []
     node_paths = []
     for i in range(replicas):
-        row, node_path = _write_node(directory, i, host, base_port, client_port, ca)
+        where = host if hosts is None else hosts[i]
+        row, node_path = _write_node(directory, i, where, base_port, client_port, ca)
         rows.append(row)
         node_paths.append(node_path)
     doc: dict[str, Any] = {

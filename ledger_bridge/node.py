@@ -76,6 +76,10 @@ TRACE_EVENTS_MAX = 500_000  # ~100 s of an unbatched load, ~50 MB: a trace is a 
 # writes, which a kill -9 loses too and the core tolerates (`Ready.must_sync`).
 STOP_LINKS_S = 1.0
 STOP_DEADLINE_S = 4.0
+# A query is answered only by a replica in touch with a quorum within this long (at least ten
+# heartbeats): `Replica.serves_current`. Long enough that a lossy WAN's TCP retransmissions
+# (200 ms and up) do not bounce reads, short enough to bound how stale an answer can be.
+READ_CURRENT_WITHIN_MS = 2_000
 APPS = {"kv": "ledger_bridge.kvapp:KVApp", "contracts": "ledger_bridge.contracts.app:ConsentApp"}
 
 
@@ -177,6 +181,8 @@ class Node:
         self.dropped_client = 0
         self.dropped_oversize = 0
         self.refused_reads = 0
+        self.stale_reads = 0
+        self._current_within_ms = max(READ_CURRENT_WITHIN_MS, 10 * self.replica.config.heartbeat_ms)
 
     def _client_listener(
         self, config: gen.NodeConfig, files: tls.TlsFiles | None
@@ -316,8 +322,16 @@ class Node:
         request = frame.get("request")
         if not isinstance(request, bytes):
             return {"error": "request must be bytes"}
+        # Blocks carry their certificates and never change; a query answers from the state
+        # this replica executed, which is the chain's only if it is in touch with a quorum.
+        behind = self.replica.serves_current(now_ms(), self._current_within_ms)
+        if behind is not None:
+            self.stale_reads += 1
+            return {"error": "stale", "reason": behind, "height": self.replica.last_executed}
         try:
-            return {"result": self.app.query(request)}
+            # With the height of the state it reflects: a client that saw a later block (its
+            # own write's receipt) knows this answer is old, whatever this replica believes.
+            return {"result": self.app.query(request), "height": self.replica.last_executed}
         except Exception as exc:  # the app refuses a malformed query; the node stays up
             return {"error": type(exc).__name__}
 
@@ -339,6 +353,7 @@ class Node:
             "dropped_client": self.dropped_client,
             "dropped_oversize": self.dropped_oversize,
             "refused_reads": self.refused_reads,
+            "stale_reads": self.stale_reads,  # queries refused: not in touch with a quorum
             "client_port": dataclasses.asdict(self.clients.stats),
             "peer_port": dataclasses.asdict(stats),
             "refused_at_admission": self.replica.stats["refused at admission"],

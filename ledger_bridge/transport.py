@@ -163,12 +163,27 @@ def unpack(data: bytes, max_len: int = FRAME_BYTES_MAX) -> Any:
         raise RemoteProtocolError(f"malformed msgpack: {type(exc).__name__}") from None
 
 
+# A connection whose sent data stays unacknowledged this long is aborted by the kernel
+# (TCP_USER_TIMEOUT). Without it, a link across a partition keeps retransmitting with
+# exponential back-off, and once the partition heals the next retransmission may be seconds
+# away: the replica stayed cut off after the heal. Aborted, the link is redialled at once and
+# again and again (its sender's back-off stops at 1 s), so it is back within about a second of
+# the heal. Heartbeats leave data in flight every 100 ms, so a live link is never this late
+# unless four retransmissions of one segment are lost in a row.
+UNACKED_TIMEOUT_MS = 5_000
+
+
 def set_nodelay(conn: asyncio.StreamWriter | asyncio.BaseTransport) -> None:
-    """Latency matters more than packet count here: three protocol phases per commit."""
+    """Latency matters more than packet count here: three protocol phases per commit. And a
+    link across a partition is given up on (`UNACKED_TIMEOUT_MS`) rather than waited for."""
     sock = conn.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
+        if user_timeout is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, user_timeout, UNACKED_TIMEOUT_MS)
 
 
 def split_address(address: str) -> tuple[str, int]:

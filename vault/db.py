@@ -14,8 +14,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 
 def _migrations_dir() -> Path:
@@ -52,8 +53,24 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# The advisory lock every `upgrade` holds while it migrates ("CIVM").
+MIGRATION_LOCK_KEY = 0x4349564D
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    """Migrate to `revision`, one process at a time: several API instances starting together
+    on one database would otherwise run the same DDL at once, and all but one fail (a
+    duplicate table). Each waits for the lock, then finds the schema migrated and does
+    nothing; the lock ends with the transaction the migration ran in."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
 
 
 def downgrade(url: str, revision: str = "base") -> None:

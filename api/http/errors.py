@@ -65,6 +65,11 @@ internals (tracebacks, SQL, key ids).
     │                                      contract's result code decides
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;
     │                                    a body that is not JSON adds "line" and "column"
+    ├── DBAPIError, TimeoutError (SQLAlchemy)
+    │                                 → 503 "Database unavailable" + Retry-After when the
+    │                                    database cannot be reached (refused, restarting, the
+    │                                    connection lost, the pool exhausted); any other
+    │                                    database error is a 500
     ├── HTTPException (Starlette)     → its status (404/405 routing, 413 body limit,
     │                                    408 body too slow, 422 JSON nested too deep,
     │                                    400 body not UTF-8); a 405 lists the path's methods
@@ -90,6 +95,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
@@ -409,6 +416,43 @@ async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLSTATE classes that mean "the server is not there for us right now": connection
+# exceptions (08), operator intervention (57: shut down, crashed, starting up) and insufficient
+# resources (53: too many connections). A client-side failure to connect has no SQLSTATE.
+_DATABASE_DOWN_CLASSES = ("08", "53", "57")
+DATABASE_RETRY_AFTER_S = 2
+
+
+def database_down(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error means the database is unreachable, not that a statement
+    failed: the request may succeed unchanged once it is back."""
+    if isinstance(exc, SQLAlchemyTimeout):  # no connection free in the pool in time
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:  # the connection broke under the statement
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False  # a statement the database refused: a bug of ours, a 500
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate is None or str(sqlstate)[:2] in _DATABASE_DOWN_CLASSES
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not database_down(exc):
+        return await _internal_error(request, exc)
+    # The type only, as for any error: a message may quote SQL parameters.
+    _log.warning("database unavailable (%s) on %s", type(exc).__name__, request.url.path)
+    response = problem(
+        503,
+        "Database unavailable",
+        "the database does not answer; retry shortly",
+        request,
+    )
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception type only: its message may quote a SQL statement with parameters.
     _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
@@ -421,4 +465,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(SQLAlchemyTimeout, _database_error)
     app.add_exception_handler(Exception, _internal_error)

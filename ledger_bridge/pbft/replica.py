@@ -423,6 +423,9 @@ class Replica:
         self.next_vc_resend_ms = 0
         self.last_answer_ms: dict[int, int] = {}
         self.peer_progress: dict[int, int] = {}  # last_executed each peer last reported
+        # When each peer's STATUS (authentic) last arrived: whether this replica is in touch
+        # with a quorum, for the node's reads (`serves_current`).
+        self.peer_heard_ms: dict[int, int] = {}
         # Suspicion (see `_suspect`): ours of the primary of `view`, and per peer the view it
         # left or suspects (a peer at `left_below[r] > v` wants to leave view v).
         self.suspecting = False
@@ -1456,9 +1459,31 @@ class Replica:
 
     def _heard_status(self, st: Status) -> None:
         """The primary's heartbeat, and the view the sender left or suspects."""
+        self.peer_heard_ms[st.replica_id] = self.now_ms
         if st.replica_id == self.primary and st.view == self.view and st.view_active:
             self.last_primary_heard_ms = self.now_ms
         self._note_left(st.replica_id, st.view + (1 if st.suspects else 0))
+
+    def serves_current(self, now_ms: int, within_ms: int) -> str | None:
+        """None when this replica's executed state may be read as the chain's current state,
+        else why not. Current means: within `within_ms` it heard an authentic STATUS from 2f
+        peers (with itself a quorum, so it is on the majority side of any partition), and
+        fewer than f+1 of them reported executing more than `batches_in_flight_max` blocks
+        beyond it (f+1 include a correct replica, so it really is behind). A replica cut off
+        with a minority keeps its old state, and would otherwise serve it as the latest.
+        Among the replicas in touch, the f+1 furthest ahead always qualify."""
+        heard = [
+            peer
+            for peer, at in self.peer_heard_ms.items()
+            if now_ms - at <= within_ms and peer != self.id
+        ]
+        if len(heard) < 2 * self.config.f:
+            return f"in touch with {len(heard)} of {self.config.n - 1} replicas"
+        slack = self.config.batches_in_flight_max
+        ahead = [p for p in heard if self.peer_progress.get(p, 0) > self.last_executed + slack]
+        if len(ahead) >= self.config.f + 1:
+            return f"{len(ahead)} replicas executed beyond height {self.last_executed}"
+        return None
 
     def _may_answer(self, to: int) -> bool:
         """At most one answer per peer each half heartbeat (and note this one)."""

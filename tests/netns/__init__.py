@@ -1,0 +1,1 @@
+"""Test hosts: network namespaces joined by an emulated wide-area network (see `hosts`)."""
