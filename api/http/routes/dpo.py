@@ -11,7 +11,9 @@ Only the DPO role reaches any of it. Each route hands one audit to its service:
 - records of processing, Art. 30 (api/services/records_of_processing.py), as JSON or
   Markdown, and the DPIA drafted from them, Art. 35 (api/services/dpia.py), as Markdown or PDF;
 - outbox (api/services/outbox_admin.py): the vault facts the ledger has not recorded, those
-  it refused first: a refused fact is set aside so it holds up nothing, and waits for the DPO.
+  it refused first: a refused fact is set aside so it holds up nothing, and waits for the DPO;
+- members' directory (api/services/directory.py): the legal entities' names and contacts,
+  kept off the ledger, which the page and the documents show instead of keys.
 
 Long scans are bounded (a limit on everything): each answer says where to continue.
 
@@ -49,10 +51,11 @@ from api.http.page_sessions import (
     signed_in,
     signed_out,
 )
-from api.http.schemas import PublicKeyHex
-from api.services import outbox_admin
+from api.http.schemas import PUBLIC_KEY_HEX, PublicKeyHex
+from api.services import directory, outbox_admin
 from api.services import records_of_processing as processing
 from api.services.access_log import AccessFilter, AccessLog, read_access_log
+from api.services.directory import MemberList, MemberNameOut, NameIn
 from api.services.documents import Document, to_markdown
 from api.services.dpia import build_dpia
 from api.services.dpo_sessions import (
@@ -171,6 +174,26 @@ def retry_fact(
     if jobs is not None:
         jobs.kick()
     return out
+
+
+@router.get("/dpo/members")
+def member_directory(member: Dpo, session: SessionDep, ledger: LedgerDep) -> MemberList:
+    """Every member of the cooperative but the residents, with the display name and contact
+    the vault keeps (null until named): the organisations the page shows instead of keys."""
+    return directory.members(session, ledger)
+
+
+@router.put("/dpo/members/{member_id}/name")
+def name_member(
+    member_id: Annotated[str, FastApiPath(pattern=PUBLIC_KEY_HEX)],
+    body: NameIn,
+    member: Dpo,
+    session: SessionDep,
+    ledger: LedgerDep,
+) -> MemberNameOut:
+    """Name a legal entity (or rename it) in the members' directory, off the ledger. 404: no
+    member holds the key; 422: the key is a resident's pseudonym, which gets no name."""
+    return directory.set_name_of_member(session, ledger, member_id, body)
 
 
 MARKDOWN = "text/markdown; charset=utf-8"
