@@ -228,7 +228,7 @@ def block_view(gateway: LedgerGateway, height: int) -> dict[str, Any]:
     """A block as the page shows it: header, whether its certificate verifies, and its
     transactions' types, authors and ids (bodies stay off the page, as off /v1/ledger)."""
     block = gateway.block(height)
-    txs = []
+    txs: list[dict[str, str | None]] = []
     for r in block.requests:
         try:
             signed = txmod.decode(r.tx)
@@ -284,101 +284,95 @@ def render_subject(session: Session, view: dict[str, Any]) -> str:
     )
 
 
-def subject_csv(session: Session, view: dict[str, Any]) -> str:
-    """The subject view as one CSV: a `section` column, then what each row says."""
-    known = names(session)
-    rows: list[list[Any]] = []
+def _subject_rows(view: dict[str, Any], known: dict[str, str]) -> Iterator[list[Any]]:
+    """The subject view's rows, a section at a time, in the columns of `SUBJECT_COLUMNS`."""
     for d in view["datasets"]:
         owner = d["source"]["provider"]
-        rows.append(
-            [
-                "dataset",
-                d["name"],
-                d["dataset_id"],
-                label(known, owner),
-                d["records"],
-                ", ".join(d["purposes"]),
-                d["legal_basis"],
-                f"{d['retention_days']} days",
-            ]
-        )
+        yield [
+            "dataset",
+            d["name"],
+            d["dataset_id"],
+            label(known, owner),
+            d["records"],
+            ", ".join(d["purposes"]),
+            d["legal_basis"],
+            f"{d['retention_days']} days",
+        ]
     for c in view["consents"]:
         notice = c.get("notice") or {}
-        rows.append(
-            [
-                "consent",
-                label(known, c["consumer"]),
-                c["consumer"],
-                c["purpose"],
-                "in force" if c["in_force"] else "not in force",
-                c["scope"],
-                notice.get("notice_hash", ""),
-                (notice.get("body") or {}).get("purpose_text", ""),
-            ]
-        )
+        words = (notice.get("body") or {}).get("purpose_text", "")
+        state = "in force" if c["in_force"] else "not in force"
+        yield [
+            "consent",
+            label(known, c["consumer"]),
+            c["consumer"],
+            c["purpose"],
+            state,
+            c["scope"],
+            notice.get("notice_hash", ""),
+            words,
+        ]
     for a in view["accesses"]:
-        rows.append(
-            [
-                "access",
-                label(known, a["consumer"]),
-                a["consumer"],
-                a["purpose"],
-                a["outcome"],
-                a["dataset"],
-                a["height"],
-                a["tx"],
-            ]
-        )
+        yield [
+            "access",
+            label(known, a["consumer"]),
+            a["consumer"],
+            a["purpose"],
+            a["outcome"],
+            a["dataset"],
+            a["height"],
+            a["tx"],
+        ]
     for e in view["erasures"]:
-        rows.append(
-            [
-                "erasure",
-                e.get("erasure"),
-                e.get("reason", ""),
-                "",
-                "",
-                "",
-                e.get("height", ""),
-                e.get("tx", ""),
-            ]
-        )
+        yield [
+            "erasure",
+            e.get("erasure"),
+            e.get("reason", ""),
+            "",
+            "",
+            "",
+            e.get("height", ""),
+            e.get("tx", ""),
+        ]
     for r in view["requests"]:
-        rows.append(
-            [
-                "request",
-                r["kind"],
-                r["state"],
-                r["received_at"],
-                r["due_at"],
-                "overdue" if r["overdue"] else "",
-                r["id"],
-                "",
-            ]
-        )
+        yield [
+            "request",
+            r["kind"],
+            r["id"],
+            r["state"],
+            r["received_at"],
+            r["due_at"],
+            "overdue" if r["overdue"] else "",
+            "",
+        ]
     for x in view["decryptions"]:
-        rows.append(
-            [
-                "read",
-                label(known, x["reader"]),
-                x["reader"],
-                x["kind"],
-                x["record_count"],
-                x["dataset_id"],
-                x["at"],
-                "",
-            ]
-        )
-    header = (
-        "section",
-        "what",
-        "key_or_id",
-        "detail_1",
-        "detail_2",
-        "detail_3",
-        "detail_4",
-        "detail_5",
-    )
-    return to_csv(header, rows)
+        yield [
+            "read",
+            label(known, x["reader"]),
+            x["reader"],
+            x["kind"],
+            x["record_count"],
+            x["dataset_id"],
+            x["at"],
+            "",
+        ]
+
+
+SUBJECT_COLUMNS = (
+    "section",
+    "what",
+    "key_or_id",
+    "detail_1",
+    "detail_2",
+    "detail_3",
+    "detail_4",
+    "detail_5",
+)
+
+
+def subject_csv(session: Session, view: dict[str, Any]) -> str:
+    """The subject view as one CSV: a `section` column, then what each row says."""
+    return to_csv(SUBJECT_COLUMNS, _subject_rows(view, names(session)))
 
 
 # -- work queues -----------------------------------------------------------------------------

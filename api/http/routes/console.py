@@ -279,7 +279,8 @@ def subject_package(request: Request, session: SessionDep, subject_id: SubjectId
     src = Sources(session, request.app.state.key_store, ledger)
     package = export_package.build(src, [subject_id], ledger.chain_id)
     decryptions.record_export_reads(session, who, package["records"])
-    return attachment(JSONResponse(package).body, JSON, f"art15-{subject_id[:12]}", "json")
+    body = bytes(JSONResponse(package).body)
+    return attachment(body, JSON, f"art15-{subject_id[:12]}", "json")
 
 
 # -- queues, erasures, members, documents ---------------------------------------------------
