@@ -44,6 +44,13 @@ NAV = (
     ("/dpo/erasures", "Erasures and retention", "erasures"),
     ("/dpo/members", "Members", "members"),
 )
+CHART_IDS = (
+    "accesses-per-day",
+    "accesses-per-purpose",
+    "accesses-per-consumer",
+    "erasures-per-day",
+    "retention-outlook",
+)
 GRANTED, REFUSED = "#1f5f99", "#b4461b"  # blue and orange: told apart without colour vision
 ERASED, EXPIRED, HELD = "#6a3d9a", "#2e7d4f", "#1f5f99"
 

@@ -18,7 +18,7 @@ part of one, posts it in a body, which no log keeps.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastApiPath
@@ -136,26 +136,25 @@ def overview(
     return _html(dpo_page.render_overview(data, dpo_page.overview_names(session, data)))
 
 
-ChartId = Literal[
-    "accesses-per-day",
-    "accesses-per-purpose",
-    "accesses-per-consumer",
-    "erasures-per-day",
-    "retention-outlook",
-]
+def _one_of(value: str, allowed: tuple[str, ...], detail: str) -> None:
+    """A path segment the route names a fixed set of: anything else is no such download
+    (checked after the caller, so a stranger learns nothing of what exists)."""
+    if value not in allowed:
+        raise NotFound(detail)
 
 
 @page_router.get("/dpo/figures/{chart}.csv")
 def figures(
     request: Request,
     session: SessionDep,
-    chart: ChartId,
+    chart: str,
     days: Annotated[int | None, Query()] = None,
 ) -> Response:
     """One chart's figures as CSV."""
     who = _dpo(request, session)
     if isinstance(who, Response):
         return who
+    _one_of(chart, dpo_page.CHART_IDS, "no such chart")
     today = dt.datetime.now(dt.UTC).date()
     charts, _ = dpo_page.charts_for(session, request.app.state.ledger, today, dpo_page.period(days))
     found = [c for c in charts if c.id == chart]
@@ -303,14 +302,11 @@ def work_queues(request: Request, session: SessionDep) -> Response:
 
 
 @page_router.get("/dpo/queues/{name}.csv")
-def queue_csv(
-    request: Request,
-    session: SessionDep,
-    name: Literal["requests", "outbox", "findings", "incidents"],
-) -> Response:
+def queue_csv(request: Request, session: SessionDep, name: str) -> Response:
     who = _dpo(request, session)
     if isinstance(who, Response):
         return who
+    _one_of(name, tuple(dpo_views.QUEUE_COLUMNS), "no such queue")
     q = dpo_views.queues(session, _findings(request, session) if name == "findings" else [])
     return csv_file(dpo_views.queue_csv(q, name), name)
 
@@ -369,11 +365,12 @@ def members_csv(request: Request, session: SessionDep) -> Response:
 
 
 @page_router.get("/dpo/audit.{fmt}")
-def audit(request: Request, session: SessionDep, fmt: Literal["pdf", "csv"]) -> Response:
+def audit(request: Request, session: SessionDep, fmt: str) -> Response:
     """The audit's findings as a PDF to file, or as CSV."""
     who = _dpo(request, session)
     if isinstance(who, Response):
         return who
+    _one_of(fmt, ("pdf", "csv"), "the audit downloads as .pdf or .csv")
     found = _findings(request, session)
     if fmt == "csv":
         return csv_file(dpo_views.queue_csv({"findings": found}, "findings"), "audit")
@@ -383,13 +380,12 @@ def audit(request: Request, session: SessionDep, fmt: Literal["pdf", "csv"]) -> 
 
 
 @page_router.get("/dpo/records-of-processing.{fmt}")
-def records_of_processing(
-    request: Request, session: SessionDep, fmt: Literal["json", "md", "pdf"]
-) -> Response:
+def records_of_processing(request: Request, session: SessionDep, fmt: str) -> Response:
     """The records of processing (Art. 30) as JSON, Markdown or PDF."""
     who = _dpo(request, session)
     if isinstance(who, Response):
         return who
+    _one_of(fmt, ("json", "md", "pdf"), "the records of processing download as .json, .md or .pdf")
     state = request.app.state
     record = processing.records_of_processing(session, state.settings, state.ledger)
     if fmt == "json":
@@ -398,11 +394,12 @@ def records_of_processing(
 
 
 @page_router.get("/dpo/dpia.{fmt}")
-def dpia(request: Request, session: SessionDep, fmt: Literal["md", "pdf"]) -> Response:
+def dpia(request: Request, session: SessionDep, fmt: str) -> Response:
     """The DPIA draft (Art. 35) as Markdown or PDF."""
     who = _dpo(request, session)
     if isinstance(who, Response):
         return who
+    _one_of(fmt, ("md", "pdf"), "the DPIA downloads as .md or .pdf")
     state = request.app.state
     return document(build_dpia(session, state.settings, state.ledger), "dpia", fmt)
 
