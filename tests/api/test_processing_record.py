@@ -119,6 +119,12 @@ def test_every_art30_field_is_there_and_a_missing_one_is_a_finding(
                 dpo_email="dpo@civis.example",
             ),
         )
+    named = env.client.put(
+        f"/v1/dpo/members/{env.consumer.id}/name",
+        json={"display_name": "Banque du Rhône", "contact": "dpo@banque.example"},
+        headers=env.headers("dpo", env.dpo),
+    )
+    assert named.status_code == 200, named.text
     body = _record(env)
     assert body["missing"] == [] and _audit_gaps(env) == set()
     assert body["controller"]["name"] == "Coopérative Civis (SCIC)"
@@ -135,7 +141,12 @@ def test_every_art30_field_is_there_and_a_missing_one_is_a_finding(
     assert entry["category_of_data"] == "energy" and entry["retention_days"] == 400
     assert entry["categories_of_subjects"] and entry["records"] == 1
     assert entry["recipients"] == [
-        {"consumer": env.consumer.id, "purposes": ["billing"], "accesses": 1}
+        {
+            "consumer": env.consumer.id,
+            "name": "Banque du Rhône",  # the recipient as people call it (Art. 30(1)(d))
+            "purposes": ["billing"],
+            "accesses": 1,
+        }
     ]
     assert body["recipients_read"] and body["recipients_complete"]
     # the measures as the system runs them: this cluster's n, f and transport, the key file
