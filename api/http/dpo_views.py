@@ -312,6 +312,11 @@ def _subject_rows(view: dict[str, Any], known: dict[str, str]) -> Iterator[list[
             notice.get("notice_hash", ""),
             words,
         ]
+    yield from _subject_events(view, known)
+
+
+def _subject_events(view: dict[str, Any], known: dict[str, str]) -> Iterator[list[Any]]:
+    """The accesses, erasures, requests and reads of the subject view, as CSV rows."""
     for a in view["accesses"]:
         yield [
             "access",

@@ -84,6 +84,15 @@ def scene(ledger_env: LedgerEnv) -> str:
     return str(dataset)
 
 
+def _name_the_consumer(env: LedgerEnv, name: str) -> None:
+    r = env.client.put(
+        f"/v1/dpo/members/{env.consumer.id}/name",
+        json={"display_name": name, "contact": "dpo@banque.example"},
+        headers=env.headers("dpo", env.dpo),
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_every_art30_field_is_there_and_a_missing_one_is_a_finding(
     ledger_env: LedgerEnv, scene: str
 ) -> None:
@@ -119,12 +128,7 @@ def test_every_art30_field_is_there_and_a_missing_one_is_a_finding(
                 dpo_email="dpo@civis.example",
             ),
         )
-    named = env.client.put(
-        f"/v1/dpo/members/{env.consumer.id}/name",
-        json={"display_name": "Banque du Rhône", "contact": "dpo@banque.example"},
-        headers=env.headers("dpo", env.dpo),
-    )
-    assert named.status_code == 200, named.text
+    _name_the_consumer(env, "Banque du Rhône")
     body = _record(env)
     assert body["missing"] == [] and _audit_gaps(env) == set()
     assert body["controller"]["name"] == "Coopérative Civis (SCIC)"
