@@ -9,9 +9,8 @@ to continue instead of reading an unbounded log in one request.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -228,23 +227,3 @@ def read_access_log(
     done = scan.exhausted or past_until
     height = int(gateway.query("status")["height"])
     return AccessLog(accesses=found, next_after=None if done else scan.cursor, ledger_height=height)
-
-
-@dataclass
-class AccessCounts:
-    """Accesses since a time, counted per purpose, per consumer (key prefix) and per UTC day."""
-
-    by_purpose: Counter[str] = field(default_factory=Counter)
-    by_consumer: Counter[str] = field(default_factory=Counter)
-    by_day: Counter[str] = field(default_factory=Counter)
-
-
-def count_accesses_since(gateway: LedgerGateway, since: dt.datetime) -> AccessCounts:
-    """The counts behind the DPO page's charts (one bounded scan, like the log's)."""
-    counts = AccessCounts()
-    start = first_access_since(gateway, to_ms(since)) - 1
-    for row in AccessScan(gateway, after=start):
-        counts.by_purpose[row["purpose"]] += 1
-        counts.by_consumer[bytes(row["consumer"]).hex()[:12]] += 1
-        counts.by_day[_time(int(row["time"])).date().isoformat()] += 1
-    return counts
