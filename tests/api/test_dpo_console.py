@@ -15,6 +15,7 @@ reaches past the card, and the page never scrolls sideways.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from api.client.wallet import Wallet
 from api.services.keys import create_key
+from api.services.requests import close_request, open_request
 from tests.api.test_e2e_up import System, _demo, running_system
 from tests.browser import CHROMIUM_FLAGS, chromium_path, png_colours
 from tests.conftest import PgServer
@@ -368,6 +370,27 @@ def test_axe_core_reports_no_wcag_aa_violation(console: Console) -> None:
         assert found == [], f"{name}: {found}"
 
 
+def test_an_overdue_request_stands_out_in_the_work_queues(console: Console) -> None:
+    c = console
+    received = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)  # a month and ten days ago
+    with Session(c.system.engine) as session, session.begin():
+        late = open_request(session, "access", c.citizens[-1], None, received)
+    try:
+        c.open("/dpo/queues")
+        row = c.page.locator(f"#requests tr[data-request='{late}']")
+        assert row.get_attribute("class") == "overdue"
+        assert "overdue" in row.inner_text() and "day(s) late" in row.inner_text()
+        assert "1 overdue" in c.page.locator("#requests").inner_text()
+        c.open("/dpo")
+        tile = c.page.locator("#kpis li", has_text="requests pending")
+        assert "alert" in (tile.get_attribute("class") or "")
+        assert _overflows(c) == []
+    finally:
+        with Session(c.system.engine) as session, session.begin():
+            close_request(session, late, "done")
+
+
+# Last: it signs out.
 def test_the_keyboard_reaches_every_view_and_the_session_ends_on_the_server(
     console: Console,
 ) -> None:
