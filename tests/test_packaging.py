@@ -114,6 +114,8 @@ def test_the_wheel_installs_the_product_and_nothing_else(wheel: Path) -> None:
                 expected.add(PACKAGED_AS.get(folder, folder) + relative[len(folder) :])
     assert "vault/_migrations/env.py" in expected and "vault/_migrations/script.py.mako" in expected
     assert expected - set(names) == set()
+    # the DPO console works offline: its chart library, with its licence, is in the wheel
+    assert {"api/http/static/chart.umd.min.js", "api/http/static/chart.js-LICENSE.md"} <= set(names)
 
 
 def test_the_installed_cli_runs_from_the_installed_copy(venv: Path, tmp_path: Path) -> None:

@@ -772,14 +772,15 @@ def records_of_processing(session: Session) -> list[dict[str, Any]]:
 
 
 def retention_timeline(
-    session: Session, today: dt.date, *, days_ahead: int = 90
+    session: Session, today: dt.date, *, days_ahead: int | None = 90
 ) -> list[dict[str, Any]]:
-    """What expires when: per (day, dataset), the uploads and records still held.
+    """What expires when: per (day, dataset), the uploads and records still held, up to
+    `days_ahead` days from `today` (None: everything held, however far its deadline).
 
     Rows with a day before `today` are overdue (the sweeper has not run): the page shows them
     in red and the retention audit reports them.
     """
-    horizon = today + dt.timedelta(days=days_ahead)
+    horizon = dt.date.max if days_ahead is None else today + dt.timedelta(days=days_ahead)
     rows = session.execute(
         select(
             Upload.retention_day,

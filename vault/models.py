@@ -776,3 +776,26 @@ class FinalErasureCycle(Base):
     retired_keks: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
     facts_final: Mapped[int] = mapped_column(BigInteger, server_default="0")
     blocked: Mapped[str | None] = mapped_column(Text)
+
+
+class MemberName(Base):
+    """A member's display name and contact, for the people who read about it (the DPO's page,
+    the records of processing): "Lumen, the utility", not `fe0b78e6ff23…`.
+
+    Why off the ledger: a ledger keeps what it orders for the cooperative's life, while a
+    name changes and a contact names a person who may leave. Why legal entities only: a
+    subject is known by one pseudonym per dataset (docs/KEYS.md, "Identities"), and a name
+    beside each would link what the pseudonyms keep apart (api/services/directory.py refuses
+    a subject's key).
+    """
+
+    __tablename__ = "member_names"
+
+    member_id: Mapped[str] = mapped_column(String(128), primary_key=True)  # hex public key
+    display_name: Mapped[str] = mapped_column(String(120))
+    contact: Mapped[str] = mapped_column(String(200), server_default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (CheckConstraint("length(display_name) > 0", name="display_name"),)

@@ -8,6 +8,8 @@ anchors uploads and records erasures: a founding member, role "vault") and so mu
 (the DPO erases and audits: a founding member, role "dpo"); a key created after the genesis
 would be locked out. The three colleges each host one validator (create_local deals them out).
 Last, the DPO needs a way into the API: one API key bound to the DPO's public key, printed once.
+The founders get their names in the members' directory (api/services/directory.py), so the
+DPO's page shows "Validator 2 (citizens college)" rather than a key.
 
 Why a pending marker: the genesis is written before the database holds the DPO's API key. If
 `up` dies between the two, the next start still sees a genesis and would skip the first run;
@@ -32,6 +34,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.client.wallet import load_wallet, new_wallet
+from api.services.directory import NAME_MAX, NameIn, set_name
 from api.services.gateway import VAULT_KEY_FILE, LedgerGateway, load_or_create_key
 from api.services.keys import IssuedKey, create_key
 from api.services.readiness import LedgerQuorumProbe
@@ -164,6 +167,33 @@ def record_controller(database_url: str, details: ControllerIn) -> bool:
     try:
         with Session(engine) as session, session.begin():
             return set_controller(session, details, only_if_unset=True)
+    finally:
+        engine.dispose()
+
+
+def founders_names(genesis: gen.Genesis, dpo_name: str = "") -> dict[str, NameIn]:
+    """The founding members' names: the vault (the cooperative's operations key), the DPO
+    (as the controller's record names them, if it does) and each college's validator."""
+    out: dict[str, NameIn] = {}
+    for member in genesis.app_genesis.get("members", []):
+        role = member.get("role")
+        if role == "vault":
+            out[str(member["public_key"])] = NameIn(display_name="Civis Vault operations")
+        elif role == "dpo":
+            name = "Data Protection Officer" + (f" ({dpo_name})" if dpo_name else "")
+            out[str(member["public_key"])] = NameIn(display_name=name[:NAME_MAX])
+    for v in genesis.validators:
+        out[v.public_key.hex()] = NameIn(display_name=f"Validator {v.id} ({v.college} college)")
+    return out
+
+
+def name_founders(database_url: str, genesis: gen.Genesis, dpo_name: str = "") -> None:
+    """Give the founders their names in the directory, once: a name the DPO changed stays."""
+    engine = db.make_engine(database_url, pool_size=1)
+    try:
+        with Session(engine) as session, session.begin():
+            for member_id, name in founders_names(genesis, dpo_name).items():
+                set_name(session, member_id, name, only_if_unset=True)
     finally:
         engine.dispose()
 

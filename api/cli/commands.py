@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from api.cli.bootstrap import RunningLedger
+    from api.services.directory import NameIn
     from api.services.keys import IssuedKey
 
 
@@ -61,6 +62,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     create.add_argument("--role", required=True, choices=API_ROLES)
     create.add_argument("--expires", default=None, help=_EXPIRES_HELP)
+    create.add_argument(
+        "--name",
+        default=None,
+        help="the member's display name in the directory (a legal entity's, never a subject's)",
+    )
+    create.add_argument("--contact", default="", help="with --name: how to reach the member")
     listing = keys.add_parser("list", help="keys that work (with --all, ended ones too)")
     listing.add_argument("--member", default=None, help="only this member's keys")
     listing.add_argument("--all", action="store_true", help="revoked and expired keys too")
@@ -170,6 +177,9 @@ def _up(args: argparse.Namespace) -> int:
             )
             if controller is not None:
                 bootstrap.record_controller(url, controller)
+            bootstrap.name_founders(
+                url, ledger.gateway.genesis, "" if controller is None else controller.dpo_name
+            )
             _print_summary(args, settings, ledger, issued)
             app = create_app(
                 settings,
@@ -266,14 +276,37 @@ def _issued(issued: IssuedKey, **extra: str) -> None:
     print(json.dumps({**out, **extra}))
 
 
+def _directory_name(args: argparse.Namespace) -> NameIn | None:
+    """`--name`/`--contact` as a directory entry; a subject's key is never named."""
+    import pydantic
+
+    from api.services.directory import NameIn
+
+    if args.name is None:
+        return None
+    if args.role == "subject":
+        raise ValueError("--name names a legal entity; a subject's pseudonym gets no name")
+    try:
+        return NameIn(display_name=args.name, contact=args.contact)
+    except pydantic.ValidationError:
+        raise ValueError(
+            "--name is one printable line of 1 to 120 characters, --contact at most 200"
+        ) from None
+
+
 def _apikey_create(args: argparse.Namespace) -> int:
+    from api.http.errors import ApiError
+    from api.services.directory import set_name
     from api.services.keys import create_key, parse_expiry
 
     try:
         expires = None if args.expires is None else parse_expiry(args.expires)
+        name = _directory_name(args)
         with _key_session(args) as session:
             issued = create_key(session, member_id=args.member, role=args.role, expires_at=expires)
-    except ValueError as exc:
+            if name is not None:
+                set_name(session, args.member, name)
+    except (ValueError, ApiError) as exc:
         print(f"civis-vault apikey create: {exc}", file=sys.stderr)
         return 2
     _issued(issued)

@@ -896,6 +896,17 @@ class CivisClient:
         ):
             yield from page["notices"]
 
+    def name_member(self, member_id: str, display_name: str, contact: str = "") -> dict[str, Any]:
+        """Give a legal entity its name and contact in the members' directory (the DPO only;
+        a resident's pseudonym is refused: it gets no name)."""
+        body = {"display_name": display_name, "contact": contact}
+        r = self.request("PUT", f"/v1/dpo/members/{member_id}/name", json_body=body)
+        return cast(dict[str, Any], r.json())
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every member but the residents, with the name and contact the vault keeps."""
+        return cast(list[dict[str, Any]], self._get("/v1/dpo/members")["members"])
+
     def dpo_recipient_findings(self) -> list[dict[str, Any]]:
         """Recipient notices not delivered after the attempts or the hours allowed."""
         page = self._get("/v1/dpo/recipient-notices", limit=1)

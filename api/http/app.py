@@ -30,6 +30,7 @@ from api.http.routes import (
     subjects,
     tokens,
 )
+from api.http.routes import console as console_routes
 from api.http.routes import dashboards as dashboard_routes
 from api.http.routes import dpo as dpo_routes
 from api.http.routes import fees as fee_routes
@@ -100,7 +101,7 @@ def create_app(
     app.include_router(incidents.router)
     app.include_router(devices.router)
     app.include_router(tokens.router)
-    app.include_router(dpo_routes.page_router)
+    app.include_router(console_routes.page_router)
     app.include_router(dashboard_routes.router)
     app.include_router(dashboard_routes.page_router)
     app.add_middleware(

@@ -61,6 +61,12 @@ internals (tracebacks, SQL, key ids).
     │   ├── IncidentClosed            409  (api/services/incidents.py)
     │   ├── NotificationMissing       409  (api/services/incidents.py) closing an incident
     │   │                                  neither notified nor assessed unlikely
+    │   ├── InvalidFilter             422  (api/http/dpo_views.py) a console filter
+    │   │                                  that is not well-formed
+    │   ├── MemberNotFound            404  (api/services/directory.py) naming a key no
+    │   │                                  member holds
+    │   ├── SubjectNotNamed           422  (api/services/directory.py) naming a resident's
+    │   │                                  pseudonym
     │   └── LedgerRefused             403/404/409/422/502  (api/services/gateway.py): the
     │                                      contract's result code decides
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;

@@ -9,8 +9,9 @@ cookie's name is each page's own, so a dashboard session never opens the DPO pag
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import urllib.parse
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from pathlib import Path
 
 from fastapi import Request
@@ -31,24 +32,66 @@ TEMPLATES = Environment(
     lstrip_blocks=True,
 )
 
-PAGE_HEADERS = {
+PAGE_HEADERS: dict[str, str] = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
+# The DPO's console draws charts: script and style from this origin only (the vendored
+# Chart.js and the console's own files, `STATIC`), none inline, nothing fetched or framed.
+CONSOLE_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'none'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'",
+}
+
+_STATIC_DIR = Path(__file__).parent / "static"
+_STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
 
-async def form_key(request: Request) -> str:
-    """The `api_key` field of an urlencoded form (the body limit middleware bounds it)."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != (
-        "application/x-www-form-urlencoded"
-    ):
-        return ""
-    fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
-    values = fields.get("api_key", [])
-    return values[0].strip() if len(values) == 1 else ""
+def _static_files() -> dict[str, tuple[bytes, str, str]]:
+    """The console's files by the name the pages link: `<stem>.<digest>.<ext>`, so a new
+    version is a new name and a browser may cache each for good. (bytes, type, plain name)"""
+    out = {}
+    for path in sorted(_STATIC_DIR.iterdir()):
+        media_type = _STATIC_TYPES.get(path.suffix)
+        if media_type is None:
+            continue  # the licences: shipped beside the code, not served
+        body = path.read_bytes()
+        name = path.name.removesuffix(path.suffix)
+        out[f"{name}.{hashlib.sha256(body).hexdigest()[:12]}{path.suffix}"] = (
+            body,
+            media_type,
+            path.name,
+        )
+    return out
+
+
+STATIC = _static_files()
+STATIC_URLS = {plain: f"/dpo/static/{name}" for name, (_, _, plain) in STATIC.items()}
+TEMPLATES.globals["static_url"] = STATIC_URLS.__getitem__
+
+
+def form_field(name: str) -> Callable[[Request], Awaitable[str]]:
+    """A dependency reading the field `name` of an urlencoded form ("" when absent, repeated
+    or not a form; the body limit middleware bounds it)."""
+
+    async def read(request: Request) -> str:
+        if request.headers.get("content-type", "").split(";")[0].strip() != (
+            "application/x-www-form-urlencoded"
+        ):
+            return ""
+        fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        values = fields.get(name, [])
+        return values[0].strip() if len(values) == 1 else ""
+
+    return read
+
+
+form_key = form_field("api_key")
 
 
 _REFUSALS = {401: "Unauthorized", 403: "Forbidden", 406: "Not Acceptable"}

@@ -9,10 +9,9 @@ to continue instead of reading an unbounded log in one request.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -52,6 +51,9 @@ class AccessOut(BaseModel):
     granted_count: int
     granted: list[str] = Field(description=f"subjects delivered (first {GRANTED_SHOWN_MAX})")
     denied: int = Field(description="named subjects refused")
+    outcome: Literal["granted", "refused"] = Field(
+        description="granted: the decision delivered someone's data; refused: nobody's"
+    )
     fields: list[str]
     predicate: PredicateOut | None
     reference: str | None
@@ -157,6 +159,7 @@ def _access_out(row: dict[str, Any]) -> AccessOut:
         granted_count=len(granted),
         granted=granted[:GRANTED_SHOWN_MAX],
         denied=r["denied"],
+        outcome=outcome(row),
         fields=r["fields"],
         predicate=PredicateOut(**p) if p else None,
         reference=r.get("reference"),
@@ -172,6 +175,23 @@ class AccessFilter:
     purpose: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None  # inclusive
+    dataset: str | None = None
+    outcome: Literal["granted", "refused"] | None = None
+
+    def matches(self, row: dict[str, Any], consumer_key: bytes | None) -> bool:
+        """Whether a ledger access row passes the filters the ledger did not apply."""
+        return (
+            (consumer_key is None or row["consumer"] == consumer_key)
+            and (self.purpose is None or row["purpose"] == self.purpose)
+            and (self.dataset is None or row["dataset"] == self.dataset)
+            and (self.outcome is None or outcome(row) == self.outcome)
+            and (self.since is None or int(row["time"]) >= to_ms(self.since))
+        )
+
+
+def outcome(row: dict[str, Any]) -> Literal["granted", "refused"]:
+    """An access decision delivered someone's data (granted) or nobody's (refused)."""
+    return "granted" if row["granted"] else "refused"
 
 
 def read_access_log(
@@ -185,44 +205,25 @@ def read_access_log(
     start = after
     if wanted.since is not None:
         start = max(start, first_access_since(gateway, to_ms(wanted.since)) - 1)
-    since_ms = to_ms(wanted.since) if wanted.since is not None else None
     until_ms = to_ms(wanted.until) if wanted.until is not None else None
     consumer_key = bytes.fromhex(wanted.consumer) if wanted.consumer is not None else None
-    scan = AccessScan(gateway, after=start, subject=wanted.subject, consumer=consumer_key)
+    scan = AccessScan(
+        gateway,
+        after=start,
+        subject=wanted.subject,
+        consumer=consumer_key,
+        dataset=wanted.dataset,
+    )
     found: list[AccessOut] = []
     past_until = False
     for row in scan:
         if until_ms is not None and int(row["time"]) > until_ms:
             past_until = True  # times never decrease: nothing later can match
             break
-        if (
-            (consumer_key is None or row["consumer"] == consumer_key)
-            and (wanted.purpose is None or row["purpose"] == wanted.purpose)
-            and (since_ms is None or int(row["time"]) >= since_ms)
-        ):
+        if wanted.matches(row, consumer_key):
             found.append(_access_out(row))
             if len(found) >= limit:
                 break
     done = scan.exhausted or past_until
     height = int(gateway.query("status")["height"])
     return AccessLog(accesses=found, next_after=None if done else scan.cursor, ledger_height=height)
-
-
-@dataclass
-class AccessCounts:
-    """Accesses since a time, counted per purpose, per consumer (key prefix) and per UTC day."""
-
-    by_purpose: Counter[str] = field(default_factory=Counter)
-    by_consumer: Counter[str] = field(default_factory=Counter)
-    by_day: Counter[str] = field(default_factory=Counter)
-
-
-def count_accesses_since(gateway: LedgerGateway, since: dt.datetime) -> AccessCounts:
-    """The counts behind the DPO page's charts (one bounded scan, like the log's)."""
-    counts = AccessCounts()
-    start = first_access_since(gateway, to_ms(since)) - 1
-    for row in AccessScan(gateway, after=start):
-        counts.by_purpose[row["purpose"]] += 1
-        counts.by_consumer[bytes(row["consumer"]).hex()[:12]] += 1
-        counts.by_day[_time(int(row["time"])).date().isoformat()] += 1
-    return counts

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select, text
@@ -109,6 +109,15 @@ def primed(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from chunks
 
     return rest()
+
+
+def record_export_reads(session: Session, member: Member, records: list[dict[str, Any]]) -> None:
+    """An export's decrypted records (export.record_json items), recorded in the request's
+    own transaction, so an answer never leaves without its record (invariant 10)."""
+    counts = Counter((r["subject_id"], uuid.UUID(r["dataset_id"])) for r in records)
+    record_decryptions(
+        session, member, export_kind(member), [(s, d, n) for (s, d), n in counts.items()]
+    )
 
 
 def decryptions_of(session: Session, subjects: Iterable[str]) -> list[dict[str, object]]:

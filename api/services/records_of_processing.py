@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from api.http.errors import ApiError
 from api.services.access_log import AccessScan
+from api.services.directory import names
 from api.services.documents import Document
 from ledger_bridge.contracts.vocabulary import RESIDENT_COLLEGE
 from ledger_bridge.genesis import Genesis
@@ -97,6 +98,9 @@ class ControllerIn(BaseModel):
 
 class Recipient(BaseModel):
     consumer: str = Field(description="hex public key of the consumer (a registered member)")
+    name: str | None = Field(
+        default=None, description="the consumer's name in the members' directory, if named"
+    )
     purposes: list[str]
     accesses: int = Field(description="accesses that delivered at least one subject")
 
@@ -334,6 +338,10 @@ def records_of_processing(
             read = True
         except ApiError:  # LedgerUnavailable: the rest of the record still stands
             pass
+    known = names(session, {r.consumer for rs in recipients.values() for r in rs})
+    for listed in recipients.values():
+        for r in listed:
+            r.name = known.get(r.consumer)
     row = controller_record(session)
     controller, dpo = _parties(row)
     subjects = [f"residents of the cooperative ({RESIDENT_COLLEGE} college), by pseudonym"]
@@ -372,7 +380,8 @@ def _party_line(party: Party | None) -> str:
 def _dataset_section(doc: Document, r: ProcessingRecord) -> None:
     doc.heading(2, f"{r.name} (dataset {r.dataset_id})")
     recipients = [
-        f"{x.consumer}: {', '.join(x.purposes)} ({x.accesses} access(es) that delivered data)"
+        f"{x.name + ' (' + x.consumer + ')' if x.name else x.consumer}: {', '.join(x.purposes)} "
+        f"({x.accesses} access(es) that delivered data)"
         for x in r.recipients
     ]
     doc.bullets(

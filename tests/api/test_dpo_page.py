@@ -1,4 +1,7 @@
-"""The DPO page renders the vault's real state and shows up in headless Chromium.
+"""The DPO console's pieces (the breach and request clocks, CSV defused), its sign-in over
+real HTTP in headless Chromium, and its answers to clients that ask for JSON.
+
+The views themselves, on a real `up` after the demo: tests/api/test_dpo_console.py.
 
 The last test is the whole path a DPO takes: a real HTTP server over the app with a real
 ledger, Chromium posting the key in the sign-in form, the session cookie carrying the rest.
@@ -6,90 +9,31 @@ ledger, Chromium posting the key in the sign-in form, the session cookie carryin
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.http.dpo_page import DpoPageData, incident_rows, render_dpo_page, request_rows
+from api.http.dpo_page import incident_rows, request_row
+from api.services.csv_export import FORMULA_STARTS, to_csv
 from api.services.dpo_sessions import SESSION_COOKIE
-from api.services.requests import SOON_DUE, close_request, open_request, pending_due_before
+from api.services.requests import open_request, pending_due_before
 from tests.api.conftest import MakeKey
 from tests.api.ledger_env import LedgerEnv
 from tests.api.ledger_env import ledger_cluster as ledger_cluster  # fixture
 from tests.api.ledger_env import ledger_env as ledger_env  # fixture
 from tests.browser import browser_page, png_colours
-from tests.vault.conftest import VaultServices, make_dataset
+from tests.vault.conftest import VaultServices
 from tests.vault.conftest import services as services  # fixture
-from vault.audit import erasure_log, retention_audit, retention_timeline
 from vault.models import Incident
-from vault.uploads import RecordIn, Uploader
-
-
-def _at(when: dt.datetime) -> Callable[[], dt.datetime]:
-    return lambda: when
-
-
-def _page_data(session: Session, services: VaultServices, today: dt.date) -> DpoPageData:
-    audit = retention_audit(session, today)
-    return DpoPageData(
-        today=today,
-        timeline=retention_timeline(session, today),
-        erasures=erasure_log(session),
-        findings=[{"code": f.code, "detail": f.detail} for f in audit.findings],
-        accesses_by_purpose=[("proof-of-address", 12), ("road-maintenance", 30)],
-        accesses_by_consumer=[("bank-7f3a", 12), ("roads-91bc", 30)],
-        replicas=[
-            {"id": i, "college": c, "height": 42, "view": 0, "status": "up" if i else "down"}
-            for i, c in enumerate(["providers", "services", "citizens", "providers"])
-        ],
-        ledger_height=42,
-    )
-
-
-def test_page_escapes_and_flags_overdue(session: Session, services: VaultServices) -> None:
-    dataset = make_dataset(session, name="<script>alert(1)</script>", retention_days=5)
-    Uploader(services.store, clock=lambda: dt.datetime(2026, 3, 1, tzinfo=dt.UTC)).upload(
-        session, dataset.id, [RecordIn("s1", b"{}")]
-    )
-    html = render_dpo_page(_page_data(session, services, dt.date(2026, 3, 10)))
-    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
-    assert "epoch-key-past-retention" in html  # the sweeper did not run: the audit says so
-    assert 'class="bad"><td>2026-03-06' in html
-
-
-def test_page_in_headless_chromium(
-    session: Session, services: VaultServices, tmp_path: Path
-) -> None:
-    for day in (1, 2, 3):
-        dataset = make_dataset(session, retention_days=30)
-        when = dt.datetime(2026, 3, day, tzinfo=dt.UTC)
-        Uploader(services.store, clock=_at(when)).upload(
-            session, dataset.id, [RecordIn(f"s{i}", b"{}") for i in range(10 * day)]
-        )
-    services.eraser.erase_subject(session, "s1", reason="Art. 17", requester="dpo")
-    html = render_dpo_page(_page_data(session, services, dt.date(2026, 3, 5)))
-    shot = tmp_path / "dpo.png"
-    with browser_page() as page:
-        page.set_content(html)
-        assert page.title() == "Civis Vault: Data Protection Officer"
-        assert page.locator("#audit .ok").is_visible()
-        bars = page.locator("#retention rect.bar")
-        assert bars.count() == 3
-        heights = [bars.nth(i).bounding_box()["height"] for i in range(3)]
-        assert heights[0] < heights[1] < heights[2]  # 10, 20, 30 records
-        assert page.locator("#erasures tbody tr").count() == 1
-        assert "pending" in page.locator("#erasures").inner_text()
-        assert page.locator("#ledger td.bad").inner_text() == "down"
-        page.screenshot(path=str(shot), full_page=True)
-    assert png_colours(shot) > 8  # a rendered page with charts, not a blank or error screen
 
 
 def _incident(session: Session, title: str, discovered: dt.datetime) -> Incident:
@@ -106,83 +50,59 @@ def _incident(session: Session, title: str, discovered: dt.datetime) -> Incident
     return incident
 
 
-def test_open_incidents_show_their_deadline_and_time_left_in_chromium(
-    session: Session, services: VaultServices
-) -> None:
-    now = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
-    _incident(session, "<b>laptop</b> stolen", now - dt.timedelta(hours=60))  # 12 h left
-    _incident(session, "misdirected e-mail", now - dt.timedelta(hours=2))  # 70 h left
-    notified = _incident(session, "bank key stolen", now - dt.timedelta(hours=80))
-    notified.notified_at = now - dt.timedelta(hours=10)
-    data = _page_data(session, services, now.date())
-    data.incidents = [r for r in incident_rows(session, now) if r["title"] in TITLES]
-    html = render_dpo_page(data)
-    assert "<b>laptop</b>" not in html  # escaped like every other value
-    with browser_page() as page:
-        page.set_content(html)
-        rows = page.locator("#incidents tbody tr")
-        assert rows.count() == 3
-        # soonest deadline first; the one under a day and not notified is marked
-        assert rows.nth(0).locator("td.deadline").inner_text() == "2026-03-10 04:00 UTC"
-        assert rows.nth(0).locator("td.left").inner_text() == "notified"
-        assert rows.nth(1).locator("td").first.inner_text() == "<b>laptop</b> stolen"
-        assert rows.nth(1).locator("td.deadline").inner_text() == "2026-03-11 00:00 UTC"
-        assert rows.nth(1).locator("td.left").inner_text() == "12 h 00 min left"
-        assert rows.nth(1).get_attribute("class") == "bad"
-        assert rows.nth(2).locator("td.left").inner_text() == "70 h 00 min left"
-        assert rows.nth(2).get_attribute("class") is None
-        assert "3 open" in page.locator("#incidents h2").inner_text()
-
-
 TITLES = ("<b>laptop</b> stolen", "misdirected e-mail", "bank key stolen")
 
 
-def test_the_page_lists_the_requests_overdue_and_due_within_a_week(
-    session: Session, services: VaultServices, tmp_path: Path
+def test_open_incidents_carry_their_deadline_and_time_left(
+    session: Session, services: VaultServices
 ) -> None:
+    now = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
+    _incident(session, TITLES[0], now - dt.timedelta(hours=60))  # 12 h left
+    _incident(session, TITLES[1], now - dt.timedelta(hours=2))  # 70 h left
+    notified = _incident(session, TITLES[2], now - dt.timedelta(hours=80))
+    notified.notified_at = now - dt.timedelta(hours=10)
+    rows = [r for r in incident_rows(session, now) if r["title"] in TITLES]
+    # soonest deadline first; the one under a day and not notified is urgent
+    assert [r["title"] for r in rows] == [TITLES[2], TITLES[0], TITLES[1]]
+    assert [r["left"] for r in rows] == ["notified", "12 h 00 min left", "70 h 00 min left"]
+    assert [r["urgent"] for r in rows] == [False, True, False]
+    assert rows[1]["deadline"] == "2026-03-11 00:00 UTC"
+
+
+def test_the_register_clock_marks_the_overdue_and_the_soon_due(session: Session) -> None:
     now = dt.datetime.now(dt.UTC)
     received = {
         "overdue": now - dt.timedelta(days=40),  # due ten days ago
         "soon": now - dt.timedelta(days=26),  # due in four or five days
-        "later": now - dt.timedelta(days=2),  # due in four weeks: not listed
+        "later": now - dt.timedelta(days=2),  # due in four weeks
     }
     ids = {
         name: open_request(session, "erasure", f"<b>{name}</b>", None, when)
         for name, when in received.items()
     }
-    done = open_request(session, "access", "answered", None, now - dt.timedelta(days=60))
-    close_request(session, done, "done", at=now - dt.timedelta(days=59))
-    pending = pending_due_before(session, now + SOON_DUE)
-    overdue, soon = request_rows(pending, now)
-    mine = {str(i) for i in ids.values()}
-    data = _page_data(session, services, now.date())
-    data.requests_overdue = [r for r in overdue if r["id"] in mine]
-    data.requests_soon = [r for r in soon if r["id"] in mine]
-    assert [r["id"] for r in data.requests_overdue] == [str(ids["overdue"])]
-    assert [r["id"] for r in data.requests_soon] == [str(ids["soon"])]
-    assert data.requests_overdue[0]["days"] == 9 or data.requests_overdue[0]["days"] == 10
-    html = render_dpo_page(data)
-    assert "<b>overdue</b>" not in html and "&lt;b&gt;overdue" in html
-    with browser_page() as page:
-        page.set_content(html)
-        assert page.locator("#requests .bad").first.inner_text() == "1 overdue"
-        overdue_rows = page.locator("#requests-overdue tbody tr.bad")
-        assert overdue_rows.count() == 1
-        assert "<b>overdue" in overdue_rows.inner_text()  # shown as text, not markup
-        assert page.locator("#requests-soon tbody tr").count() == 1
-        assert "<b>soon" in page.locator("#requests-soon").inner_text()
-        links = {
-            page.locator(f"#{a}").get_attribute("href")
-            for a in ("ropa-json", "ropa-md", "dpia-md", "dpia-pdf")
-        }
-        assert links == {
-            "/dpo/records-of-processing.json",
-            "/dpo/records-of-processing.md",
-            "/dpo/dpia.md",
-            "/dpo/dpia.pdf",
-        }
-        page.screenshot(path=str(tmp_path / "requests.png"), full_page=True)
-    assert png_colours(tmp_path / "requests.png") > 8
+    rows = {
+        r.id: request_row(r, now)
+        for r in pending_due_before(session, now + dt.timedelta(days=60))
+        if r.id in set(ids.values())
+    }
+    overdue, soon, later = (rows[ids[n]] for n in ("overdue", "soon", "later"))
+    assert overdue["overdue"] and overdue["clock"] in ("9 day(s) late", "10 day(s) late")
+    assert soon["soon"] and not soon["overdue"] and soon["clock"].endswith("left")
+    assert not later["soon"] and not later["overdue"]
+
+
+HOSTILE = ["=1+2", "+SUM(A1)", "-2+3", "@cmd", "\tTAB", "\rCR", "a,b", 'say "hi"', "line\nbreak"]
+
+
+def test_csv_cells_never_start_a_formula() -> None:
+    text = to_csv(["value", "n"], [[v, 7] for v in HOSTILE] + [[None, -3]])
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["value", "n"]
+    cells = [r[0] for r in rows[1:]]
+    for cell, value in zip(cells, [*HOSTILE, ""], strict=True):
+        assert not cell.startswith(FORMULA_STARTS), cell
+        assert cell in (value, "'" + value)  # the text is kept, only defused
+    assert [r[1] for r in rows[1:]] == ["7"] * len(HOSTILE) + ["-3"]  # numbers stay numbers
 
 
 def _serve(env: LedgerEnv) -> tuple[uvicorn.Server, threading.Thread, int]:
@@ -227,20 +147,24 @@ def test_dpo_signs_in_with_the_form_and_reads_the_page(
             page.fill("#api_key", key)
             page.click("#sign-in button[type=submit]")
             page.wait_for_selector("#ledger")
-            assert page.title() == "Civis Vault: Data Protection Officer"
+            assert page.title() == "Civis Vault: Data Protection Officer — Overview"
             assert page.url == f"http://127.0.0.1:{port}/dpo"  # the key is in no URL
-            assert page.locator("#ledger td.ok").count() == 4  # four replicas up
+            assert page.locator("#ledger .badge.ok").count() == 4  # four replicas up
+            page.click("nav a[href='/dpo/queues']")
+            page.wait_for_selector("#incidents")
             row = page.locator("#incidents tbody tr", has_text=title)
             assert row.locator("td.deadline").inner_text() == deadline
-            assert row.locator("td.left").inner_text().startswith("11 h ")
-            assert row.get_attribute("class") == "bad"  # under a day left, not notified
-            assert "incident-notification-due" in page.locator("#incidents").inner_text()
+            assert "11 h " in row.locator("td.left").inner_text()
+            assert row.get_attribute("class") == "urgent"  # under a day left, not notified
+            assert "incident-notification-due" in page.locator("#findings").inner_text()
             cookies = {c["name"]: c for c in page.context.cookies()}
             session = cookies[SESSION_COOKIE]
             assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
             assert key.split("_")[-1] not in session["value"]
             assert page.evaluate("document.cookie") == ""  # no script can read it
             assert page.locator("#requests").is_visible()
+            page.click("nav a[href='/dpo']")
+            page.wait_for_selector("#documents")
             # the DPIA downloads with the session alone: the key is in no link
             with page.expect_download() as downloaded:
                 page.click("#dpia-pdf")

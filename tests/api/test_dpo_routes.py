@@ -509,7 +509,7 @@ def test_page_needs_the_dpo_and_a_session_cookie(ledger_env: LedgerEnv) -> None:
     assert page.status_code == 200, page.text
     assert page.headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
-    assert "Ledger health" in page.text and page.text.count('class="ok">up') == 4
+    assert "Ledger health" in page.text and page.text.count('badge ok">up') == 4
 
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert client.get("/dpo", headers={"Cookie": f"{SESSION_COOKIE}={forged}"}).status_code == 401

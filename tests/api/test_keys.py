@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import secrets
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.services.directory import names
 from api.services.keys import (
     KeyExpired,
     authenticate,
@@ -85,6 +87,52 @@ def test_cli_create_prints_the_token_once_and_revoke_works(api_database_url: str
     engine.dispose()
     assert cli("revoke", "0" * 16).returncode == 1
     assert cli("create", "--member", "x", "--role", "admin").returncode == 2
+
+
+def test_cli_create_names_a_legal_entity_and_never_a_subject(api_database_url: str) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "apikey",
+                "create",
+                *args,
+                "--database-url",
+                api_database_url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    bank, resident = secrets.token_hex(32), secrets.token_hex(32)
+    made = cli(
+        "--member",
+        bank,
+        "--role",
+        "consumer",
+        "--name",
+        "Banque du Rhône",
+        "--contact",
+        "dpo@banque.example",
+    )
+    assert made.returncode == 0, made.stderr
+    refused = [
+        cli("--member", resident, "--role", "subject", "--name", "Alice Martin"),
+        cli("--member", resident, "--role", "consumer", "--name", "two\nlines"),
+        cli("--member", "not-a-key", "--role", "consumer", "--name", "Banque"),
+    ]
+    assert [r.returncode for r in refused] == [2, 2, 2]
+    engine = db.make_engine(api_database_url, pool_size=1)
+    with Session(engine) as session:
+        assert names(session, [bank, resident, "not-a-key"]) == {bank: "Banque du Rhône"}
+        # a refused name issues no key either: the command did nothing
+        assert not list_keys(session, member_id=resident) + list_keys(
+            session, member_id="not-a-key"
+        )
+    engine.dispose()
 
 
 # -- expiry, listing, rotation -------------------------------------------------------------

@@ -84,6 +84,15 @@ def scene(ledger_env: LedgerEnv) -> str:
     return str(dataset)
 
 
+def _name_the_consumer(env: LedgerEnv, name: str) -> None:
+    r = env.client.put(
+        f"/v1/dpo/members/{env.consumer.id}/name",
+        json={"display_name": name, "contact": "dpo@banque.example"},
+        headers=env.headers("dpo", env.dpo),
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_every_art30_field_is_there_and_a_missing_one_is_a_finding(
     ledger_env: LedgerEnv, scene: str
 ) -> None:
@@ -119,6 +128,7 @@ def test_every_art30_field_is_there_and_a_missing_one_is_a_finding(
                 dpo_email="dpo@civis.example",
             ),
         )
+    _name_the_consumer(env, "Banque du Rhône")
     body = _record(env)
     assert body["missing"] == [] and _audit_gaps(env) == set()
     assert body["controller"]["name"] == "Coopérative Civis (SCIC)"
@@ -135,7 +145,12 @@ def test_every_art30_field_is_there_and_a_missing_one_is_a_finding(
     assert entry["category_of_data"] == "energy" and entry["retention_days"] == 400
     assert entry["categories_of_subjects"] and entry["records"] == 1
     assert entry["recipients"] == [
-        {"consumer": env.consumer.id, "purposes": ["billing"], "accesses": 1}
+        {
+            "consumer": env.consumer.id,
+            "name": "Banque du Rhône",  # the recipient as people call it (Art. 30(1)(d))
+            "purposes": ["billing"],
+            "accesses": 1,
+        }
     ]
     assert body["recipients_read"] and body["recipients_complete"]
     # the measures as the system runs them: this cluster's n, f and transport, the key file

@@ -162,6 +162,8 @@ GET    /v1/dpo/requests                              403  403  403  403  403  40
 POST   /v1/dpo/requests/{request_id}/extension       403  403  403  403  403  403  ok   403  401
 POST   /v1/dpo/requests/sync                         403  403  403  403  403  403  ok   403  401
 GET    /v1/dpo/dpia                                  403  403  403  403  403  403  ok   403  401
+GET    /v1/dpo/members                               403  403  403  403  403  403  ok   403  401
+PUT    /v1/dpo/members/{member_id}/name              403  403  403  403  403  403  ok   403  401
 """
 
 
@@ -875,6 +877,13 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/dpo/records-of-processing"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/dpia"): lambda w, who: _keyed(w, who),
     ("GET", "/v1/dpo/outbox"): lambda w, who: _keyed(w, who),
+    ("GET", "/v1/dpo/members"): lambda w, who: _keyed(w, who),
+    # the DPO names the world's consumer (a legal entity): the same name every time
+    ("PUT", "/v1/dpo/members/{member_id}/name"): lambda w, who: Call(
+        params={"member_id": w.env.consumer.id},
+        headers=w.headers(who),
+        json={"display_name": "Matrix Bank", "contact": "dpo@matrix.example"},
+    ),
     # Nothing is refused in this world: the DPO passes the role check and gets 404.
     ("POST", "/v1/dpo/outbox/{fact_id}/retry"): lambda w, who: _keyed(w, who, fact_id=1),
     # paid access: a price of 0 leaves the world's accesses free; a statement is the consumer's
@@ -1024,6 +1033,91 @@ def test_a_role_with_no_column_gets_ok_on_its_own_rows(
     assert "ok" not in MATRIX[operation].values(), "a column may do this: no role of its own"
     r = _send(world, operation, OWN_ROWS[operation])
     assert _outcome(r.status_code) == "ok", f"{OWN_ROWS[operation]}: {r.status_code} {r.text}"
+
+
+# The DPO's console (/dpo, outside /v1 and the OpenAPI document): every view and download is
+# the DPO's alone, with the same answers for everyone else: 401 without a key (the sign-in
+# form), 403 for any other role. `{...}`: filled by PAGE_PARAMS. The sign-in and sign-out
+# posts and the static files (public code) are the routes every caller reaches.
+PAGE_ROUTES = (
+    ("GET", "/dpo"),
+    ("GET", "/dpo/figures/{chart}.csv"),
+    ("GET", "/dpo/accesses"),
+    ("GET", "/dpo/accesses.csv"),
+    ("GET", "/dpo/blocks/{height}"),
+    ("GET", "/dpo/subjects"),
+    ("POST", "/dpo/subjects/search"),
+    ("GET", "/dpo/subjects/{subject_id}"),
+    ("GET", "/dpo/subjects/{subject_id}/summary.csv"),
+    ("GET", "/dpo/subjects/{subject_id}/package.json"),
+    ("GET", "/dpo/queues"),
+    ("GET", "/dpo/queues/{name}.csv"),
+    ("GET", "/dpo/erasures"),
+    ("GET", "/dpo/erasures.csv"),
+    ("GET", "/dpo/retention.csv"),
+    ("GET", "/dpo/members"),
+    ("GET", "/dpo/members.csv"),
+    ("GET", "/dpo/audit.{fmt}"),
+    ("GET", "/dpo/records-of-processing.{fmt}"),
+    ("GET", "/dpo/dpia.{fmt}"),
+)
+OPEN_PAGE_ROUTES = {
+    ("POST", "/dpo/session"),
+    ("POST", "/dpo/logout"),
+    ("GET", "/dpo/static/{name}"),
+}
+
+
+_PAGE_SUBJECT: dict[int, Wallet] = {}
+
+
+def _page_params(w: World) -> dict[str, str | int]:
+    """A subject of the console's rows alone: the Art. 15 package records a read, which the
+    world's subjects' own tests must not see."""
+    if id(w) not in _PAGE_SUBJECT:
+        _PAGE_SUBJECT[id(w)] = register_subject(w.env)
+    return {
+        "chart": "accesses-per-purpose",
+        "height": 1,
+        "subject_id": _PAGE_SUBJECT[id(w)].id,
+        "name": "requests",
+        "fmt": "pdf",
+    }
+
+
+def test_every_console_route_is_in_the_page_matrix(ledger_env: LedgerEnv) -> None:
+    app = ledger_env.client.app
+    routed = {
+        (method, str(route.path))
+        for route in iter_route_contexts(app.routes)  # type: ignore[attr-defined]
+        if str(route.path) == "/dpo" or str(route.path).startswith("/dpo/")
+        for method in route.methods or ()
+    }
+    assert routed - OPEN_PAGE_ROUTES == set(PAGE_ROUTES)
+
+
+@pytest.mark.parametrize("operation", PAGE_ROUTES, ids=[f"{m} {p}" for m, p in PAGE_ROUTES])
+def test_only_the_dpo_opens_the_console(world: World, operation: tuple[str, str]) -> None:
+    method, template = operation
+    path = template.format(**_page_params(world))
+    form = {"Content-Type": "application/x-www-form-urlencoded"} if method == "POST" else {}
+    got = {}
+    for who in COLUMNS:
+        if who == "signed-in":
+            continue  # a subject's wallet session is no DPO session: the `subject` column's
+        headers = {**(world.headers(who) if who != "anonymous" else {}), **form}
+        r = world.env.client.request(
+            method,
+            path,
+            headers=headers,
+            content="q=abcdef" if form else None,
+            follow_redirects=False,
+        )
+        got[who] = _outcome(r.status_code)
+    wanted = {
+        who: ("ok" if who == "dpo" else "401" if who == "anonymous" else "403") for who in got
+    }
+    assert got == wanted
 
 
 def test_a_device_on_another_providers_dataset_is_refused_as_on_no_dataset(world: World) -> None:

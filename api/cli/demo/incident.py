@@ -70,14 +70,17 @@ def _report(stage: Stage, bank: Party, dataset: str) -> str:
         f"{bank.name} reports its ledger key stolen an hour ago; the DPO opens incident "
         f"{incident['id'][:8]}…: notify the supervisory authority by {incident['deadline_at']}"
     )
-    with stage.doing("reading the DPO page"):
-        page = stage.dpo.api.request("GET", "/dpo", headers={"Accept": "text/html"}).text
+    with stage.doing("reading the DPO's work queues"):
+        page = stage.dpo.api.request("GET", "/dpo/queues", headers={"Accept": "text/html"}).text
     deadline = dt.datetime.fromisoformat(incident["deadline_at"]).strftime("%Y-%m-%d %H:%M UTC")
     stage.check(
         incident["title"] in page and deadline in page and "70 h" in page,
-        "the DPO page should list the incident with its deadline and about 70 hours left",
+        "the DPO's work queues should list the incident with its deadline and about 70 hours left",
     )
-    stage.tell(f"the DPO page lists it: deadline {deadline}, 70 hours and some minutes left")
+    stage.tell(
+        f"the DPO's work queues (/dpo/queues) list it: deadline {deadline}, 70 hours and some "
+        "minutes left"
+    )
     return str(incident["id"])
 
 

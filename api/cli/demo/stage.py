@@ -181,6 +181,13 @@ class Stage:
             f"{name} registers as a {role} in the {college} college with its own key "
             f"{party.id[:12]}…: {out['result']['status']} {receipt_text(out['receipt'])}"
         )
+        display = name.removeprefix("the ")
+        with self.doing(f"the DPO naming {name} in the members' directory"):
+            self.dpo.api.name_member(
+                party.id,
+                display[:1].upper() + display[1:],
+                f"privacy@{display.split()[-1].lower()}.example",
+            )
         return party
 
     def new_subject(self, name: str, wallet: Wallet, dataset: str, where: str) -> Party:

@@ -15,8 +15,6 @@ requests) are transactions they sign, relayed by the consents and erasures route
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -122,15 +120,8 @@ def _register_answered(
 
 
 def _record_reads(session: Session, member: Member, records: list[dict[str, Any]]) -> None:
-    """Every export decrypts: its reads are recorded in the request's own transaction, so an
-    answer never leaves without its record (invariant 10)."""
-    counts = Counter((r["subject_id"], uuid.UUID(r["dataset_id"])) for r in records)
-    decryptions.record_decryptions(
-        session,
-        member,
-        decryptions.export_kind(member),
-        [(s, d, n) for (s, d), n in counts.items()],
-    )
+    """Every export decrypts: its reads are recorded in the request's own transaction."""
+    decryptions.record_export_reads(session, member, records)
 
 
 def _download(package: dict[str, Any], name: str) -> JSONResponse:
