@@ -24,6 +24,7 @@ import pytest
 
 from api.cli import main as cli
 from api.client import CivisClient, json_schema
+from api.client.accountability import package_message
 from api.client.export_verify import verify_package
 from api.client.wallet import pseudonym_key
 from api.services import export_package
@@ -149,6 +150,7 @@ def test_a_package_holds_everything_and_round_trips_through_the_verifier(
         "inclusions": 2,
         "notices": 2,
         "records": 2,
+        "signature": 1,
         "uploads": 2,
     }
     assert len(report["unverifiable"]) == 1 and "withheld" in report["unverifiable"][0]
@@ -200,6 +202,24 @@ def _block(p: dict[str, Any]) -> None:
     p["blocks"][0]["block"] = "".join(block_list)
 
 
+def _relabel(p: dict[str, Any]) -> None:
+    """Someone else's record (a consumer holds records with their salts and proofs) passed
+    off as another pseudonym's: the ledger cannot tell whose a record is, only the vault."""
+    stranger = "ab" * 32
+    p["subjects"].append(stranger)
+    p["records"][0]["subject_id"] = stranger
+
+
+def _resigned(p: dict[str, Any]) -> None:
+    """Relabelled, then signed by a key of the forger's own, named as the issuer."""
+    _relabel(p)
+    forger = SigningKey.generate()
+    p["signature"] = {
+        "issuer": forger.public_key.hex(),
+        "signature": forger.sign(package_message(p)).hex(),
+    }
+
+
 def _set(path: tuple[Any, ...], value: Any) -> Any:
     def change(p: dict[str, Any]) -> None:
         target: Any = p
@@ -224,6 +244,12 @@ TAMPERINGS = {
     "the package's chain": _set(("chain_id",), "another-chain"),
     "a receipt dropped": _set(("consents", 0, "receipt"), None),
     "a field the schema has not": _set(("records", 0, "note"), "x"),
+    "a record's dataset": _set(("records", 0, "dataset_id"), str(uuid.UUID(int=7))),
+    "a dataset's legal basis": _set(("datasets", 0, "legal_basis"), "vital_interests"),
+    "a dataset's recipients": _set(("datasets", 0, "recipients"), []),
+    "a record handed to another subject": _relabel,
+    "a package signed by another key than the vault's": _resigned,
+    "the vault's signature dropped": _set(("signature",), None),
 }
 
 
@@ -253,7 +279,8 @@ def test_an_unreadable_package_or_genesis_exits_2(ledger_env: LedgerEnv, tmp_pat
 def test_the_package_verifies_against_its_own_validators_only(scene: Scene) -> None:
     """Other validator keys: no block verifies, so nothing else does."""
     strangers = [bytes(SigningKey.generate().public_key) for _ in range(4)]
-    report = verify_package(scene.package, strangers, scene.package["chain_id"])
+    vaults = [bytes.fromhex(scene.package["signature"]["issuer"])]
+    report = verify_package(scene.package, strangers, scene.package["chain_id"], vaults)
     assert not report.ok and any("certificate" in f for f in report.failures)
 
 
