@@ -33,9 +33,9 @@ from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import Dpo, LedgerDep, SessionDep, strict_query
+from api.http.deps import Dpo, LedgerDep, SessionDep, in_standing, strict_query
 from api.http.dpo_page import page_data, render_dpo_page, render_login_page
-from api.http.errors import prefers_json
+from api.http.errors import Forbidden, prefers_json
 from api.http.page_sessions import (
     PAGE_HEADERS,
     SignInRefused,
@@ -175,13 +175,17 @@ def records_of_processing(
 
 
 def _page_caller(request: Request, session: Session) -> Member | None:
+    """The page's caller by header or cookie, refused (MemberSuspended, KeyReplaced) once
+    governance suspended its key or moved it, as every /v1 route refuses it."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        return authenticate(session, header[7:].strip())
-    token = request.cookies.get(SESSION_COOKIE)
-    if token is None:
-        return None
-    return session_member(session, token, dt.datetime.now(dt.UTC))
+        member = authenticate(session, header[7:].strip())
+    else:
+        token = request.cookies.get(SESSION_COOKIE)
+        if token is None:
+            return None
+        member = session_member(session, token, dt.datetime.now(dt.UTC))
+    return None if member is None else in_standing(request, member)
 
 
 # What a client that asked for JSON is told instead of the sign-in form.
@@ -211,6 +215,8 @@ def dpo_page(request: Request, session: SessionDep) -> Response:
         member = _page_caller(request, session)
     except KeyExpired as exc:  # the form again, saying why, rather than a bare problem
         return _refuse(request, 401, exc.detail)
+    except Forbidden as exc:  # suspended or replaced by governance
+        return _refuse(request, 403, exc.detail)
     if member is None:
         return _refuse(request, 401)
     if member.role != "dpo":
@@ -228,10 +234,13 @@ def dpo_sign_in(
 ) -> Response:
     """Trade the DPO's API key (posted once, in the body) for a session cookie."""
     try:
-        _, key = key_of(session, api_key, ("dpo",))
+        member, key = key_of(session, api_key, ("dpo",))
+        in_standing(request, member)
     except SignInRefused as refused:
         message = refused.detail or "Not a valid key of the Data Protection Officer."
         return _refuse(request, 401, message)
+    except Forbidden as exc:  # suspended or replaced by governance
+        return _refuse(request, 403, exc.detail)
     return signed_in("/dpo", SESSION_COOKIE, session, key)
 
 
