@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.http.errors import Forbidden
 from api.http.schemas import LedgerReceipt
 from api.services.keys import Member
+from api.services.subject_sessions import SESSION_MEMBER_PREFIX
 from vault import decryptions
 from vault.errors import NotFound
 from vault.models import Decryption, OutboxFact
@@ -46,13 +47,26 @@ def record_decryptions(
 ) -> list[uuid.UUID]:
     """Record that `reader` decrypted, for each (subject, dataset_id, record_count) of `rows`,
     that many of the subject's records, in the caller's transaction."""
-    return decryptions.record(
-        session,
-        reader=reader.member_id,
-        reader_role=reader.role,
-        kind=kind,
-        reads=(decryptions.Read(s, d, n) for s, d, n in rows),
-    )
+    return _record(session, reader, kind, [decryptions.Read(s, d, n) for s, d, n in rows])
+
+
+def _record(
+    session: Session, reader: Member, kind: str, reads: list[decryptions.Read]
+) -> list[uuid.UUID]:
+    """The rows of `reads`, each naming its reader. A subject signed in with their wallet reads
+    as each pseudonym read, not as the session: the session's id, shared by the rows of one
+    sign-in, would link the pseudonyms for good (docs/KEYS.md: only the session's own row,
+    which goes with it, may), and an erasure forgets a reader that is the subject."""
+    if not reader.member_id.startswith(SESSION_MEMBER_PREFIX):
+        return decryptions.record(
+            session, reader=reader.member_id, reader_role=reader.role, kind=kind, reads=reads
+        )
+    ids: list[uuid.UUID] = []
+    for read in reads:
+        ids += decryptions.record(
+            session, reader=read.subject, reader_role=reader.role, kind=kind, reads=[read]
+        )
+    return ids
 
 
 def counted(records: Iterable[RecordOut]) -> list[tuple[str, uuid.UUID, int]]:
@@ -84,13 +98,7 @@ def recorded_snapshot(
         session.execute(text("SET TRANSACTION READ ONLY"))
         planned = reads(session)  # the first query takes the snapshot
         with sessions() as writer, writer.begin():
-            decryptions.record(
-                writer,
-                reader=reader.member_id,
-                reader_role=reader.role,
-                kind=kind,
-                reads=planned,
-            )
+            _record(writer, reader, kind, planned)
         yield session
     finally:
         session.rollback()
