@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, text
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden
@@ -119,20 +119,26 @@ def primed(chunks: Iterator[bytes]) -> Iterator[bytes]:
     return rest()
 
 
-def decryptions_of(session: Session, subjects: Iterable[str]) -> list[dict[str, object]]:
-    """The reads of `subjects`' data, oldest first, each with its ledger receipt once its
-    batch is recorded: what the subject's export lists (GDPR Art. 15)."""
-    wanted = sorted(set(subjects))
-    if not wanted:
-        return []
-    rows = session.execute(
+# A read's place in the export's order: its time, then its id.
+ReadPosition = tuple[dt.datetime, uuid.UUID]
+
+
+def decryptions_page(
+    session: Session, subject: str, *, after: ReadPosition | None, limit: int
+) -> tuple[list[dict[str, object]], ReadPosition | None]:
+    """One page of the reads of `subject`'s data, oldest first, each with its ledger receipt
+    once its batch is recorded: what the subject's export lists (GDPR Art. 15), and the
+    position to continue from (None: the list ends here)."""
+    query = (
         select(Decryption, OutboxFact)
         .outerjoin(OutboxFact, OutboxFact.id == Decryption.batch_id)
-        .where(Decryption.subject.in_(wanted))
-        .order_by(Decryption.at, Decryption.id)
-    ).all()
+        .where(Decryption.subject == subject)
+    )
+    if after is not None:
+        query = query.where(tuple_(Decryption.at, Decryption.id) > tuple_(*after))
+    rows = session.execute(query.order_by(Decryption.at, Decryption.id).limit(limit + 1)).all()
     out: list[dict[str, object]] = []
-    for row, fact in rows:
+    for row, fact in rows[:limit]:
         receipt = None if fact is None else LedgerReceipt.of_fact(fact)
         out.append(
             {
@@ -140,7 +146,9 @@ def decryptions_of(session: Session, subjects: Iterable[str]) -> list[dict[str, 
                 "receipt": None if receipt is None else receipt.model_dump(),
             }
         )
-    return out
+    last = rows[min(limit, len(rows)) - 1][0] if rows else None
+    following = (last.at, last.id) if last is not None and len(rows) > limit else None
+    return out, following
 
 
 class DecryptionOut(BaseModel):

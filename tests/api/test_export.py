@@ -139,7 +139,15 @@ def test_a_package_holds_everything_and_round_trips_through_the_verifier(
     assert by_purpose["billing"]["notice"]["notice_hash"] == notice(env, "billing")
     assert [a["receipt"]["held"] for a in package["accesses"]] == [True, True, False]
     assert [e["scope"]["dataset"] for e in package["erasures"]] == [scene.erased_dataset]
-    assert package["history"] == [] and package["decryptions"] == []
+    assert package["history"] == []
+    # the package's own read of the records is recorded before it lists the reads, and listed
+    [read] = package["decryptions"]
+    assert (read["kind"], read["reader"], read["subject"]) == (
+        "subject_export",
+        scene.citizen.id,
+        scene.citizen.id,
+    )
+    assert read["record_count"] == 2 and "salt" not in read
     code, report = _verify_file(env, package, tmp_path, capsys)
     assert code == 0, report
     assert report["checked"] == {
@@ -350,6 +358,9 @@ def test_a_cursor_the_export_did_not_give_is_refused(ledger_env: LedgerEnv) -> N
         {"records": [str(uuid.uuid4()), -1]},
         {"accesses": "1"},
         {"accesses": True},
+        {"decryptions": "12.not-a-read"},
+        {"decryptions": "soon"},
+        {"decryptions": f"{10**30}.{uuid.uuid4()}"},
         {"nothing": None},
         {},
     ]
@@ -392,3 +403,27 @@ def test_one_package_over_every_pseudonym_of_a_subject(
     assert r.status_code == 200 and r.json()["subjects"] == [nyms[0].id], r.text
     r = env.client.get("/v1/subjects/export-package", headers=env.headers("dpo", env.dpo))
     assert r.status_code == 403
+
+
+def test_the_reads_page_oldest_first_each_export_listing_its_own(ledger_env: LedgerEnv) -> None:
+    """Each export page records its read before it lists the reads: followed with a cursor of
+    one item a page, the reads come in time order, none twice, this export's own included."""
+    env = ledger_env
+    citizen = register_subject(env)
+    setup_addresses(env, [citizen], ("billing",))
+    headers = env.headers("subject", citizen)
+    path = f"/v1/subjects/{citizen.id}/export"
+    for _ in range(2):
+        assert env.client.get(path, headers=headers).status_code == 200
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = env.client.get(path, headers=headers, params=params).json()
+        seen += page["decryptions"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 3 and len({d["id"] for d in seen}) == 3
+    assert [d["at"] for d in seen] == sorted(d["at"] for d in seen)
+    assert {d["kind"] for d in seen} == {"subject_export"}

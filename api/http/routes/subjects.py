@@ -36,7 +36,9 @@ from api.http.errors import Forbidden
 from api.http.schemas import PUBLIC_KEY_HEX
 from api.services import decryptions, export_package
 from api.services.export import CURSOR_CHARS_MAX, PAGE_MAX, Cursor, Sources, page
+from api.services.gateway import LedgerGateway
 from api.services.keys import Member
+from vault.keys import KeyStore
 
 # Tagged "access" in the OpenAPI document: the export is the subject's right of access.
 router = APIRouter(
@@ -100,21 +102,25 @@ def export(
     follow `next_cursor` until it is null (or take the package)."""
     subject_or_dpo(member, subject_id)
     at = Cursor.decode(cursor)
-    answer = page(Sources(session, store, ledger), subject_id, at, limit)
-    _record_reads(session, member, answer["records"])
+    answer = page(_recorded(session, store, ledger, member), subject_id, at, limit)
     return ExportOut(**answer)
 
 
-def _record_reads(session: Session, member: Member, records: list[dict[str, Any]]) -> None:
-    """Every export decrypts: its reads are recorded in the request's own transaction, so an
-    answer never leaves without its record (invariant 10)."""
-    counts = Counter((r["subject_id"], uuid.UUID(r["dataset_id"])) for r in records)
-    decryptions.record_decryptions(
-        session,
-        member,
-        decryptions.export_kind(member),
-        [(s, d, n) for (s, d), n in counts.items()],
-    )
+def _recorded(session: Session, store: KeyStore, ledger: LedgerGateway, member: Member) -> Sources:
+    """The export's sources, recording each page's decryptions in the request's own
+    transaction before the page lists the reads: an answer never leaves without its record
+    (invariant 10), and lists it."""
+
+    def record(records: list[dict[str, Any]]) -> None:
+        counts = Counter((r["subject_id"], uuid.UUID(r["dataset_id"])) for r in records)
+        decryptions.record_decryptions(
+            session,
+            member,
+            decryptions.export_kind(member),
+            [(s, d, n) for (s, d), n in counts.items()],
+        )
+
+    return Sources(session, store, ledger, record)
 
 
 def _download(package: dict[str, Any], name: str) -> JSONResponse:
@@ -138,8 +144,9 @@ def export_package_of(
 ) -> JSONResponse:
     """The whole export of one pseudonym as one portable, verifiable JSON package."""
     subject_or_dpo(member, subject_id)
-    package = export_package.build(Sources(session, store, ledger), [subject_id], ledger.chain_id)
-    _record_reads(session, member, package["records"])
+    package = export_package.build(
+        _recorded(session, store, ledger, member), [subject_id], ledger.chain_id
+    )
     return _download(package, subject_id[:16])
 
 
@@ -152,6 +159,7 @@ def export_package_of_self(
     if member.role != "subject":
         raise Forbidden("only a subject exports their own package here; the DPO names one")
     pseudonyms = sorted(member.pseudonyms)
-    package = export_package.build(Sources(session, store, ledger), pseudonyms, ledger.chain_id)
-    _record_reads(session, member, package["records"])
+    package = export_package.build(
+        _recorded(session, store, ledger, member), pseudonyms, ledger.chain_id
+    )
     return _download(package, "all")
