@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden
+from api.services import decryptions
 from api.services.gateway import LedgerAnswer, LedgerGateway, LedgerUnavailable
+from api.services.keys import Member
 from api.services.outbox import wait_for_receipt
 from ledger_bridge.contracts import tx
 from vault.errors import NotFound, RecordNotFound, RectificationRefused
@@ -91,10 +93,13 @@ def carry_out(
     record_id: uuid.UUID,
     corrected: dict[str, Any],
     request: int | None,
-    requester: str,
+    requester: Member,
     wait_s: float,
 ) -> Outcome:
-    """Check, rectify in one committed transaction, ship, wait for the ledger's record."""
+    """Check, rectify in one committed transaction, ship, wait for the ledger's record.
+
+    Re-keying decrypts every current record of the subject in the dataset: that decryption is
+    recorded in the same transaction (invariant 10), as a read by whoever ordered it."""
     with sessions() as session, session.begin():
         if request is not None:
             check_request(ledger, session, request, dataset_id, record_id)
@@ -105,9 +110,13 @@ def carry_out(
             record_id,
             corrected,
             request=request,
-            requester=requester,
+            requester=requester.role,
             uploader=uploader,
             anchored_only=ledger is not None,
+        )
+        kind: decryptions.Kind = "dpo_read" if requester.role == "dpo" else "provider_read"
+        decryptions.record_decryptions(
+            session, requester, kind, [(done.subject_id, dataset_id, len(done.versions))]
         )
     if jobs is not None:
         jobs.kick()

@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.client import CivisClient
 from tests.api.ledger_env import LedgerEnv, Wallet
 from tests.api.test_consented_access import api, register_subject, signed
 from tests.api.test_roles import grant, make_dataset, upload_anchored
 from tests.vault.test_forensic import _pg_dump
+from vault.models import Decryption
 
 STATEMENT = "my address is wrong: I moved to 9 rue Neuve"
 
@@ -324,3 +327,32 @@ def test_an_erasure_after_a_rectification_forgets_the_subject(
     dump = _pg_dump(ledger_database_url)
     assert sc.subject.id.encode() not in dump and sc.subject.id.upper().encode() not in dump
     assert sc.other.id.encode() in dump
+
+
+def _reads_of(env: LedgerEnv, subject: Wallet) -> list[tuple[str, str, str, int]]:
+    with Session(env.client.app.state.engine) as s:  # type: ignore[attr-defined]
+        columns = (Decryption.kind, Decryption.reader, Decryption.dataset_id)
+        rows = s.execute(
+            select(*columns, Decryption.record_count)
+            .where(Decryption.subject == subject.id)
+            .order_by(Decryption.at)
+        ).all()
+    return [(str(k), str(r), str(d), int(n)) for k, r, d, n in rows]
+
+
+def test_a_rectification_decrypts_and_is_recorded_as_a_read_by_whoever_ordered_it(
+    scene: Scene,
+) -> None:
+    """Re-keying decrypts every current record of the subject in the dataset (invariant 10:
+    every decryption, whoever does it, is recorded where the subject and the DPO see it)."""
+    env, sc = scene.env, scene
+    before = _reads_of(env, sc.subject)
+    assert sc.rectify(sc.ids["3 rue Vieille"], _fix(sc)).status_code == 201
+    assert _reads_of(env, sc.subject)[len(before) :] == [
+        ("provider_read", env.provider.id, sc.dataset, 2)
+    ]
+    dpo = env.headers("dpo", env.dpo)
+    [current] = [r for r in sc.records() if r["payload"]["address"] == "9 rue Neuve"]
+    before = _reads_of(env, sc.subject)
+    assert sc.rectify(current["record_id"], _fix(sc, "11 rue Juste"), who=dpo).status_code == 201
+    assert _reads_of(env, sc.subject)[len(before) :] == [("dpo_read", env.dpo.id, sc.dataset, 2)]
