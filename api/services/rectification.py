@@ -6,7 +6,12 @@ ledger BEFORE the vault changes anything (the request exists, is open, is for th
 this subject and this record or an earlier version of it), so a refusal there changes nothing.
 Then the vault re-keys the subject and queues the replacement uploads' anchors and the
 `record.rectify` fact in one transaction (vault/rectification.py), which the outbox relay
-records on the ledger exactly once; the answer waits up to `receipt_wait_s` for it.
+records on the ledger exactly once; the answer waits up to `receipt_wait_s` for it. The same
+transaction records the decryption the re-keying made, and tells every consumer the ledger's
+access record says received the subject's data in the dataset (GDPR Art. 19), by a notice
+naming the rectified record's ids (api/services/recipient_notices.py), signed once the fact is
+recorded; when the ledger cannot say who received it, the rectification is refused (503)
+rather than done with nobody told.
 
 What a rectification needs of the subject's own request: the subject signs a
 `rectification.request` naming the dataset, the record (as their export showed it) and the
@@ -21,18 +26,21 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden
-from api.services import decryptions
+from api.services import decryptions, recipient_notices
 from api.services.gateway import LedgerAnswer, LedgerGateway, LedgerUnavailable
 from api.services.keys import Member
 from api.services.outbox import wait_for_receipt
+from api.services.recipient_notices import NoticeFact
 from ledger_bridge.contracts import tx
+from ledger_bridge.facts import RECORD_RECTIFY
 from vault.errors import NotFound, RecordNotFound, RectificationRefused
 from vault.keys import KeyStore
 from vault.models import OutboxFact, Record
-from vault.reads import current_version
+from vault.reads import VERSIONS_MAX, current_version
 from vault.rectification import Rectification, rectify
 from vault.uploads import Uploader
 
@@ -67,6 +75,18 @@ def check_request(
         raise RectificationRefused(f"rectification request {request} names no record") from None
     if current_version(session, named) != record_id:
         raise RectificationRefused(f"rectification request {request} names another record")
+
+
+def earlier_versions(session: Session, record_id: uuid.UUID) -> list[str]:
+    """`record_id` and every version before it (the records whose `superseded_by` chain leads
+    to it): whichever of them a consumer received, its notice names it."""
+    chain = [record_id]
+    for _ in range(VERSIONS_MAX):
+        before = session.scalar(select(Record.id).where(Record.superseded_by == chain[-1]))
+        if before is None:
+            break
+        chain.append(before)
+    return [str(r) for r in chain]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +138,13 @@ def carry_out(
         decryptions.record_decryptions(
             session, requester, kind, [(done.subject_id, dataset_id, len(done.versions))]
         )
+        if ledger is not None:
+            fact = NoticeFact(RECORD_RECTIFY, outbox_id=done.outbox_id)
+            told = earlier_versions(session, done.replaced)
+            subject = done.subject_id
+            recipient_notices.announce(
+                session, ledger, dataset_id, subject, "rectification", fact, records=told
+            )
     if jobs is not None:
         jobs.kick()
     return Outcome(done, wait_for_receipt(sessions, done.outbox_id, wait_s))

@@ -16,6 +16,7 @@ naming them.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.client import CivisClient
+from api.client.accountability import records_concerned, verify_notice
 from tests.api.ledger_env import LedgerEnv, Wallet
 from tests.api.test_consented_access import api, register_subject, signed
 from tests.api.test_roles import grant, make_dataset, upload_anchored
@@ -356,3 +358,31 @@ def test_a_rectification_decrypts_and_is_recorded_as_a_read_by_whoever_ordered_i
     before = _reads_of(env, sc.subject)
     assert sc.rectify(current["record_id"], _fix(sc, "11 rue Juste"), who=dpo).status_code == 201
     assert _reads_of(env, sc.subject)[len(before) :] == [("dpo_read", env.dpo.id, sc.dataset, 2)]
+
+
+def _notices(env: LedgerEnv, dataset: str) -> list[dict[str, Any]]:
+    consumer = env.headers("consumer", env.consumer)
+    r = env.client.get("/v1/recipient-notices", headers=consumer, params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    return [n for n in r.json()["notices"] if n["dataset_id"] == dataset]
+
+
+def test_the_consumers_that_received_the_record_are_told_of_its_rectification(
+    scene: Scene,
+) -> None:
+    """GDPR Art. 19: a recipient of the data is told of its rectification, as of an erasure,
+    by a notice signed by the vault's ledger key naming the records it holds, never the
+    subject."""
+    env, sc = scene.env, scene
+    held = {r["record_id"] for r in _consumer(env).access(sc.dataset, "billing")["records"]}
+    assert sc.ids["3 rue Vieille"] in held
+    r = sc.rectify(sc.ids["3 rue Vieille"], _fix(sc))
+    assert r.status_code == 201, r.text
+    [told] = _notices(env, sc.dataset)
+    body = told["body"]
+    assert told["kind"] == "rectification" and body["kind"] == "rectification"
+    assert records_concerned(told, held) == {sc.ids["3 rue Vieille"]}
+    assert body["fact"]["type"] == "record.rectify"
+    assert body["fact"]["tx_id"] == r.json()["receipt"]["tx_id"]
+    assert verify_notice(told, bytes(env.gateway.vault_key.public_key))
+    assert sc.subject.id not in json.dumps(told)
