@@ -15,6 +15,7 @@ naming them.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import uuid
@@ -386,3 +387,56 @@ def test_the_consumers_that_received_the_record_are_told_of_its_rectification(
     assert body["fact"]["tx_id"] == r.json()["receipt"]["tx_id"]
     assert verify_notice(told, bytes(env.gateway.vault_key.public_key))
     assert sc.subject.id not in json.dumps(told)
+
+
+def _signed_in(env: LedgerEnv, who: Wallet) -> dict[str, str]:
+    """A wallet sign-in of `who`'s pseudonym: its session's bearer."""
+    challenge = env.client.post("/v1/subjects/challenges").json()
+    proof = who.key.sign(bytes.fromhex(challenge["signing_payload"])).hex()
+    r = env.client.post(
+        "/v1/subjects/sessions",
+        json={
+            "challenge_id": challenge["challenge_id"],
+            "proofs": [{"pseudonym": who.id, "signature": proof}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def test_an_erasure_after_every_new_feature_leaves_nothing_naming_the_subject(
+    ledger_env: LedgerEnv, ledger_database_url: str
+) -> None:
+    """The subject's data read by a consumer, a signed-in session and its package, a
+    rectification (superseded rows, a recorded read, a recipient notice), an incident asking
+    who a consumer's breach affects; then the DPO erases them everywhere: pg_dump names them
+    nowhere, in any table, while the other subject, who went through the same, is found."""
+    env = ledger_env
+    sc = _scene(env)
+    dpo = env.headers("dpo", env.dpo)
+    for who in (sc.subject, sc.other):
+        assert _consumer(env).access(sc.dataset, "billing", subjects=[who.id])["granted"]
+        session = _signed_in(env, who)
+        assert env.client.get("/v1/subjects/export-package", headers=session).status_code == 200
+        [record] = [r for r in sc.records(who) if r["payload"]["vibration"] in (1, 3)]
+        fix = {"subject_id": who.id, "payload": {"address": "rectified", "vibration": 0}}
+        assert sc.rectify(record["record_id"], fix).status_code == 201
+    incident = env.client.post(
+        "/v1/dpo/incidents",
+        headers=dpo,
+        json={
+            "title": "a consumer key leaked",
+            "discovered_at": dt.datetime.now(dt.UTC).isoformat(),
+            "member": env.consumer.id,
+        },
+    )
+    assert incident.status_code == 201, incident.text
+    path = f"/v1/dpo/incidents/{incident.json()['id']}/affected-subjects"
+    affected = env.client.get(path, headers=dpo, params={"limit": 1000}).json()
+    assert sc.subject.id in affected["subjects"]
+    assert sc.subject.id.encode() in _pg_dump(ledger_database_url)  # the control
+    erased = env.client.post("/v1/erasures", headers=dpo, json={"subject_id": sc.subject.id})
+    assert erased.status_code == 201, erased.text
+    dump = _pg_dump(ledger_database_url)
+    assert sc.subject.id.encode() not in dump and sc.subject.id.upper().encode() not in dump
+    assert sc.other.id.encode() in dump
