@@ -35,12 +35,15 @@ ACCOUNT_ROLES = ("provider", "consumer")
 
 
 def price_set(c: Ctx) -> dict[str, Any]:
-    """The dataset's owner (or the vault on its behalf) prices one mode's answers."""
+    """The dataset's owner (or the vault on its behalf) prices one mode's answers. The owner
+    must be in standing whoever signs: a price is its own act, which the vault relays only."""
     body = c.tx.body
     dataset_id: str = body["dataset"]
     mode: str = body["mode"]
     cents: int = body["price_cents"]
-    owner_or_vault(c, dataset_of(c, dataset_id)["owner"])
+    owner = dataset_of(c, dataset_id)["owner"]
+    owner_or_vault(c, owner)
+    c.active(owner, "provider")
     if cents:
         c.state.put("price", dataset_id, mode, cents)
     else:

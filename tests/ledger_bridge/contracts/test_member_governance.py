@@ -261,3 +261,18 @@ def test_no_coupon_is_sold_for_a_suspended_partner() -> None:
     assert world.balance(holder) == 5000
     eco_decide(chain, {"kind": "reinstate_member", "member": world.partner.pub})
     assert chain.ok(holder, "token.redeem", ask)["price_mtok"] == 2000
+
+
+def test_the_vault_prices_nothing_for_a_suspended_provider_but_still_anchors_its_uploads() -> None:
+    """A price is the provider's own act: the vault signing one for a suspended provider is
+    refused like a dataset registered for it. An upload's anchor is not: the vault accepted
+    the records before the vote, or re-keys a subject there on the DPO's order (Art. 16), and
+    must not be left holding records the ledger never anchored."""
+    chain, provider, _, _ = _world()
+    assert decide(chain, {"kind": "suspend_member", "member": provider.pub}) == "passed"
+    price = {"dataset": "d1", "mode": "full", "price_cents": 5}
+    assert_refused_unchanged(chain, chain.sign(chain.vault, "price.set", price), "member_suspended")
+    assert_refused_unchanged(chain, chain.sign(provider, "price.set", price), "member_suspended")
+    assert chain.query(q="prices", dataset="d1") == {}
+    chain.anchor("d1", "u2", chain.time_ms // DAY + 10)
+    assert chain.query(q="upload", upload="u2")["status"] == "anchored"
