@@ -1,6 +1,8 @@
 """The service's background work: the outbox relay, the retention sweeper, the purge of
 expired sign-ins and the periodic jobs (`Periodic`: the batcher of recorded reads, the delivery
-of recipient notices), on one thread.
+of recipient notices), on one thread; a job that waits on servers outside the cooperative (the
+delivery to consumers' webhooks) on a thread of its own (`alone`), so that no consumer's
+endpoint, slow or hostile, ever holds the relay, the sweeper or the other jobs.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
 them all safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
@@ -29,11 +31,13 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Periodic:
-    """A job run every `interval_s` (at the loop's pace at most), and once at start."""
+    """A job run every `interval_s` (at the loop's pace at most), and once at start; `alone`:
+    on a thread of its own (see the module docstring)."""
 
     name: str
     interval_s: float
     run: Callable[[], object]
+    alone: bool = False
 
 
 class BackgroundJobs:
@@ -49,7 +53,12 @@ class BackgroundJobs:
     ) -> None:
         self._relay = relay
         self._sweeper = sweeper
-        self._periodic = tuple(periodic)
+        self._periodic = tuple(p for p in periodic if not p.alone)
+        self._alone = [
+            threading.Thread(target=self._loop, args=(p,), name=f"civis-{p.name}", daemon=True)
+            for p in periodic
+            if p.alone
+        ]
         self._next_run = [0.0] * len(self._periodic)
         self._relay_interval_s = relay_interval_s
         self._sweep_interval_s = sweep_interval_s
@@ -61,6 +70,8 @@ class BackgroundJobs:
 
     def start(self) -> None:
         self._thread.start()
+        for thread in self._alone:
+            thread.start()
 
     def kick(self) -> None:
         """Ship the outbox now (a route just wrote a fact)."""
@@ -69,8 +80,18 @@ class BackgroundJobs:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
+        for thread in (self._thread, *self._alone):
+            if thread.is_alive():
+                thread.join(30)
+
+    def _loop(self, job: Periodic) -> None:
+        """A job `alone`: run, then wait its interval, until stopped."""
+        while not self._stop.is_set():
+            try:
+                job.run()
+            except Exception as exc:  # the type only, as below
+                _log.error("%s failed (%s); retrying later", job.name, type(exc).__name__)
+            self._stop.wait(job.interval_s)
 
     def _main(self) -> None:
         while not self._stop.is_set():
