@@ -277,6 +277,11 @@ def test_free_text_naming_a_pseudonym_or_a_residents_key_is_refused_and_stores_n
             "window_end": _iso(_now() - dt.timedelta(hours=1)),
         },
         {"title": "bell\x07"},
+        # times at the edge of what a computer holds: no 500, a 422
+        {"discovered_at": "0001-01-01T00:00:00+14:00"},
+        {"discovered_at": "0001-01-01T00:00:00Z"},
+        {"window_start": "0001-01-01T00:00:00+14:00"},
+        {"window_end": "9999-12-31T23:59:59-14:00"},
     ]
     for attempt in attempts:
         r = _open(w, **attempt)
@@ -295,6 +300,8 @@ def test_free_text_naming_a_pseudonym_or_a_residents_key_is_refused_and_stores_n
         {"kind": "note", "text": "x", "subjects": 3},
         {"kind": "approximate_numbers"},
         {"kind": "notified", "at": _iso(_now() - dt.timedelta(days=3))},  # before discovery
+        {"kind": "notified", "at": "0001-01-01T00:00:00+14:00"},
+        {"kind": "notified", "at": "9999-12-31T23:59:59-14:00"},
     ):
         r = w.env.client.post(f"/v1/dpo/incidents/{incident}/facts", headers=w.dpo, json=bad)
         assert r.status_code == 422, (bad, r.text)
