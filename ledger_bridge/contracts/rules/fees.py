@@ -61,6 +61,8 @@ def credit_deposit(c: Ctx) -> dict[str, Any]:
     m = c.member(member)
     if m is None:
         raise Reject("not_found", "member is not a registered member")
+    if m["status"] == "rotated":  # a dead key: the member's credit is under its new one
+        raise Reject("key_rotated", "governance moved this membership to another key")
     if m["role"] not in ACCOUNT_ROLES:
         # a subject's key on a statement would outlive its erasure
         raise Reject(

@@ -271,8 +271,11 @@ def token_transfer(c: Ctx) -> dict[str, Any]:
     c.active(c.tx.author)
     to: bytes = body["to"]
     amount: int = body["amount_mtok"]
-    if c.member(to) is None:
+    recipient = c.member(to)
+    if recipient is None:
         raise Reject("unknown_member", "the recipient is no registered member")
+    if recipient["status"] == "rotated":  # a dead key: tokens sent there are lost to everyone
+        raise Reject("key_rotated", "governance moved the recipient's membership to another key")
     check(to != c.tx.author, "a transfer goes to another member")
     sender = c.tx.author.hex()
     # Supply bounds every balance, but not the totals of tokens going back and forth: refused

@@ -276,3 +276,27 @@ def test_the_vault_prices_nothing_for_a_suspended_provider_but_still_anchors_its
     assert chain.query(q="prices", dataset="d1") == {}
     chain.anchor("d1", "u2", chain.time_ms // DAY + 10)
     assert chain.query(q="upload", upload="u2")["status"] == "anchored"
+
+
+def test_nothing_is_paid_into_a_key_governance_replaced() -> None:
+    """After a rotation the old key is dead for ever (its holder may be a thief): a payment
+    the operator records, or tokens a holder sends, to that key would be lost to the member,
+    so both are refused `key_rotated`; to the new key they go through."""
+    chain, _, consumer, _ = _world()
+    new = _apply(chain, "consumer", "services")
+    action = {"kind": "rotate_member_key", "member": consumer.pub, "new_key": new.pub}
+    assert decide(chain, action) == "passed"
+    paid = {"member": consumer.pub, "amount_cents": 500, "reference": "late-transfer"}
+    assert_refused_unchanged(chain, chain.sign(chain.vault, "credit.deposit", paid), "key_rotated")
+    assert deposit(chain, new, 500, "late-transfer")["credit_cents"] == 500
+    world = eco()
+    holder = funded(world, 3000)
+    old_partner = world.partner
+    fresh = _apply(world.chain, "partner", "providers")
+    moved = {"kind": "rotate_member_key", "member": old_partner.pub, "new_key": fresh.pub}
+    eco_decide(world.chain, moved)
+    gift = {"to": old_partner.pub, "amount_mtok": 1000}
+    assert_refused_unchanged(
+        world.chain, world.chain.sign(holder, "token.transfer", gift), "key_rotated"
+    )
+    assert world.chain.ok(holder, "token.transfer", {**gift, "to": fresh.pub})["balance"] == 2000
