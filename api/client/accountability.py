@@ -36,6 +36,7 @@ from vault.crypto import read_leaf
 from vault.crypto.merkle import leaf_hash, verify_inclusion
 
 NOTICE_DOMAIN = b"civis-vault/recipient-notice/v1\x00"
+PACKAGE_DOMAIN = b"civis-vault/export-package/v1\x00"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -47,6 +48,12 @@ def canonical(body: Mapping[str, Any]) -> bytes:
 def notice_message(body: Mapping[str, Any]) -> bytes:
     """The bytes the vault's ledger key signs for a recipient notice."""
     return NOTICE_DOMAIN + canonical(body)
+
+
+def package_message(package: Mapping[str, Any]) -> bytes:
+    """The bytes the vault's ledger key signs for an export package: the package without its
+    `signature`, as canonical JSON, after a domain tag (docs/EXPORT.md "Whose word")."""
+    return PACKAGE_DOMAIN + canonical({k: v for k, v in package.items() if k != "signature"})
 
 
 def _hex_bytes(value: str | bytes) -> bytes | None:

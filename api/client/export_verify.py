@@ -13,7 +13,10 @@ What another controller checks, from the package and the genesis validator keys 
    that anchored root at its index, and every superseded record's leaf too;
 6. every consent's transaction is its subject's own grant or revocation of that consumer,
    scope and purpose, naming the notice whose canonical JSON hashes to the notice's hash;
-7. every access and erasure is the transaction its receipt names, about what the package says.
+7. every access and erasure is the transaction its receipt names, about what the package says;
+8. the package is signed by the cooperative's vault (the genesis's `vault` member): what no
+   ledger fact proves (whose each record is, the datasets' descriptions, the decryptions) is
+   the vault's signed word, and a package changed by anyone else fails.
 
 An access whose request also named other subjects is withheld (its body would disclose them):
 only its block's certificate is checked, and the report counts it as unverifiable. Anything
@@ -32,9 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.client import json_schema
+from api.client.accountability import package_message
 from ledger_bridge.contracts import tx as contract_tx
 from ledger_bridge.contracts.notices import notice_hash
 from ledger_bridge.crypto import VerifyKey
+from ledger_bridge.crypto import verify as ed25519_verify
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block, verify_block
 from vault.crypto import record_leaf
@@ -72,13 +77,28 @@ class _Context:
     report: Report
     blocks: dict[int, Block] = field(default_factory=dict)
     hashes: dict[int, str] = field(default_factory=dict)
-    roots: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # upload -> anchored
+    # upload -> (anchored root, record count, dataset)
+    roots: dict[str, tuple[bytes, int, str]] = field(default_factory=dict)
+
+
+def vault_keys(app_genesis: dict[str, Any]) -> list[bytes]:
+    """The public keys of the genesis's founding `vault` members: who signs packages."""
+    members = app_genesis.get("members", [])
+    return [
+        bytes.fromhex(m["public_key"])
+        for m in members
+        if isinstance(m, dict) and m.get("role") == "vault" and isinstance(m.get("public_key"), str)
+    ]
 
 
 def verify_package(
-    package: Any, validators: Sequence[VerifyKey] | Sequence[bytes], chain_id: str
+    package: Any,
+    validators: Sequence[VerifyKey] | Sequence[bytes],
+    chain_id: str,
+    vaults: Sequence[bytes],
 ) -> Report:
-    """Check everything the package claims (see the module docstring)."""
+    """Check everything the package claims (see the module docstring); `vaults`: the keys
+    that may sign it (`vault_keys` of the genesis), never the package's own `issuer`."""
     report = Report()
     errors = json_schema.validate(package)
     if errors:
@@ -87,6 +107,7 @@ def verify_package(
     if package["chain_id"] != chain_id:
         report.fail(f"the package is of chain {package['chain_id']!r}, not of {chain_id!r}")
         return report
+    _signature(report, package, vaults)
     ctx = _Context(chain_id, report)
     keys = [k if isinstance(k, VerifyKey) else VerifyKey(k) for k in validators]
     _blocks(ctx, package["blocks"], keys)
@@ -98,6 +119,20 @@ def verify_package(
     _accesses(ctx, package["accesses"], subjects)
     _erasures(ctx, package["erasures"], subjects)
     return report
+
+
+def _signature(report: Report, package: dict[str, Any], vaults: Sequence[bytes]) -> None:
+    signed = package["signature"]
+    issuer = bytes.fromhex(signed["issuer"])
+    if issuer not in vaults or not ed25519_verify(
+        issuer, package_message(package), bytes.fromhex(signed["signature"])
+    ):
+        report.fail(
+            "the package is not as the cooperative's vault signed it: whose each record is, "
+            "the datasets and the decryptions are the vault's word, and it did not say this"
+        )
+    else:
+        report.checked["signature"] += 1
 
 
 def _blocks(ctx: _Context, blocks: list[dict[str, Any]], keys: Sequence[VerifyKey]) -> None:
@@ -164,7 +199,7 @@ def _uploads(ctx: _Context, uploads: list[dict[str, Any]]) -> None:
         ):
             ctx.report.fail(f"{what}: the anchor on the ledger is of another root or upload")
             continue
-        ctx.roots[u["upload_id"]] = (body["merkle_root"], body["record_count"])
+        ctx.roots[u["upload_id"]] = (body["merkle_root"], body["record_count"], body["dataset"])
         ctx.report.checked["uploads"] += 1
 
 
@@ -182,14 +217,18 @@ def _payload_bytes(record: dict[str, Any]) -> bytes | None:
     return raw if same else None
 
 
-def _included(ctx: _Context, what: str, upload: str, leaf: bytes, proof: dict[str, Any]) -> None:
-    anchored = ctx.roots.get(upload)
+def _included(ctx: _Context, what: str, item: dict[str, Any], leaf: bytes) -> None:
+    """The item's leaf is under the anchored root of its upload, of the dataset it names."""
+    anchored = ctx.roots.get(item["upload_id"])
     if anchored is None:
         ctx.report.fail(f"{what}: its upload's anchor is not verified in the package")
         return
-    root, count = anchored
+    root, count, dataset = anchored
+    proof = item["proof"]
     path = [bytes.fromhex(h) for h in proof["audit_path"]]
-    if proof["merkle_root"] != root.hex() or proof["tree_size"] != count:
+    if item["dataset_id"] != dataset:
+        ctx.report.fail(f"{what}: its upload was anchored in another dataset")
+    elif proof["merkle_root"] != root.hex() or proof["tree_size"] != count:
         ctx.report.fail(f"{what}: its proof is not under the anchored root")
     elif not verify_inclusion(leaf, proof["leaf_index"], count, path, root):
         ctx.report.fail(f"{what}: not included under its upload's anchored root")
@@ -210,7 +249,7 @@ def _records(ctx: _Context, records: list[dict[str, Any]], subjects: set[str]) -
         except ValueError:
             ctx.report.fail(f"{what}: its salt is not hex")
             continue
-        _included(ctx, what, r["upload_id"], leaf_hash(data), r["proof"])
+        _included(ctx, what, r, leaf_hash(data))
         ctx.report.checked["records"] += 1
 
 
@@ -220,7 +259,7 @@ def _history(ctx: _Context, history: list[dict[str, Any]], subjects: set[str]) -
         if h["subject_id"] not in subjects:
             ctx.report.fail(f"{what}: not of the package's subjects")
             continue
-        _included(ctx, what, h["upload_id"], bytes.fromhex(h["leaf_hash"]), h["proof"])
+        _included(ctx, what, h, bytes.fromhex(h["leaf_hash"]))
         ctx.report.checked["history"] += 1
 
 

@@ -210,7 +210,12 @@ def _start_jobs(
         sweep_interval_s=settings.sweep_interval_s,
         periodic=(
             Periodic("read batcher", settings.read_batch_interval_s, batcher.run_once),
-            Periodic("recipient notices", settings.notice_delivery_interval_s, delivery.run_once),
+            Periodic(
+                "recipient notices",
+                settings.notice_delivery_interval_s,
+                delivery.run_once,
+                alone=True,
+            ),
             Periodic(
                 "sign-in purge",
                 settings.session_purge_interval_s,

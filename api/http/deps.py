@@ -75,9 +75,10 @@ def _authenticated(session: Session, credentials: HTTPAuthorizationCredentials |
     return member
 
 
-def _in_standing(request: Request, member: Member) -> Member:
-    """Refuse a legal entity that governance suspended or moved to another key
-    (api/services/member_standing.py says why the API asks, and when)."""
+def in_standing(request: Request, member: Member) -> Member:
+    """Refuse a member that governance suspended or moved to another key
+    (api/services/member_standing.py says why the API asks, and when). The pages that
+    authenticate on their own (the DPO page) call it too."""
     standing: MemberStanding | None = getattr(request.app.state, "member_standing", None)
     if standing is not None:
         standing.check(member)
@@ -85,7 +86,7 @@ def _in_standing(request: Request, member: Member) -> Member:
 
 
 def _current_member(request: Request, session: SessionDep, credentials: Credentials) -> Member:
-    return _in_standing(request, _authenticated(session, credentials))
+    return in_standing(request, _authenticated(session, credentials))
 
 
 CurrentMember = Annotated[Member, Depends(_current_member)]
@@ -100,7 +101,7 @@ def _released_member(request: Request, credentials: Credentials) -> Member:
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session, session.begin():
         member = _authenticated(session, credentials)
-    return _in_standing(request, member)
+    return in_standing(request, member)
 
 
 def _check_role(member: Member, roles: tuple[str, ...]) -> Member:

@@ -68,8 +68,27 @@ PublicKeyHex = Annotated[str, StringConstraints(pattern=PUBLIC_KEY_HEX)]
 
 # JSON has no UUID type: a UUID field of a strict model takes its canonical string form.
 UuidIn = Annotated[uuid.UUID, Strict(False)]
-# Nor a time type: a time of a strict model is an ISO 8601 string.
-TimeIn = Annotated[dt.datetime, Strict(False)]
+# The times the vault computes with (deadlines, windows, milliseconds for the ledger): from
+# 1970 to 9998, in UTC. A time at the very edge of what a datetime holds (year 1 at +14:00,
+# 9999 at -14:00) cannot even be turned into UTC, nor a 72-hour deadline added to it.
+TIME_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+TIME_MAX = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+
+
+def _representable(value: dt.datetime) -> dt.datetime:
+    try:
+        utc = (value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)).astimezone(
+            dt.UTC
+        )
+    except OverflowError:
+        raise ValueError("a time between 1970 and 9998 (UTC)") from None
+    if not TIME_MIN <= utc < TIME_MAX:
+        raise ValueError("a time between 1970 and 9998 (UTC)")
+    return value
+
+
+# Nor a time type: a time of a strict model is an ISO 8601 string, within TIME_MIN..TIME_MAX.
+TimeIn = Annotated[dt.datetime, Strict(False), AfterValidator(_representable)]
 
 # Text a person writes for another to read on a page: a line (no control character), or
 # prose (lines and tabs, no other control character), valid Unicode either way.

@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, text
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden
 from api.http.schemas import LedgerReceipt
 from api.services.keys import Member
+from api.services.subject_sessions import SESSION_MEMBER_PREFIX
 from vault import decryptions
 from vault.errors import NotFound
 from vault.models import Decryption, OutboxFact
@@ -46,13 +47,26 @@ def record_decryptions(
 ) -> list[uuid.UUID]:
     """Record that `reader` decrypted, for each (subject, dataset_id, record_count) of `rows`,
     that many of the subject's records, in the caller's transaction."""
-    return decryptions.record(
-        session,
-        reader=reader.member_id,
-        reader_role=reader.role,
-        kind=kind,
-        reads=(decryptions.Read(s, d, n) for s, d, n in rows),
-    )
+    return _record(session, reader, kind, [decryptions.Read(s, d, n) for s, d, n in rows])
+
+
+def _record(
+    session: Session, reader: Member, kind: str, reads: list[decryptions.Read]
+) -> list[uuid.UUID]:
+    """The rows of `reads`, each naming its reader. A subject signed in with their wallet reads
+    as each pseudonym read, not as the session: the session's id, shared by the rows of one
+    sign-in, would link the pseudonyms for good (docs/KEYS.md: only the session's own row,
+    which goes with it, may), and an erasure forgets a reader that is the subject."""
+    if not reader.member_id.startswith(SESSION_MEMBER_PREFIX):
+        return decryptions.record(
+            session, reader=reader.member_id, reader_role=reader.role, kind=kind, reads=reads
+        )
+    ids: list[uuid.UUID] = []
+    for read in reads:
+        ids += decryptions.record(
+            session, reader=read.subject, reader_role=reader.role, kind=kind, reads=[read]
+        )
+    return ids
 
 
 def counted(records: Iterable[RecordOut]) -> list[tuple[str, uuid.UUID, int]]:
@@ -84,13 +98,7 @@ def recorded_snapshot(
         session.execute(text("SET TRANSACTION READ ONLY"))
         planned = reads(session)  # the first query takes the snapshot
         with sessions() as writer, writer.begin():
-            decryptions.record(
-                writer,
-                reader=reader.member_id,
-                reader_role=reader.role,
-                kind=kind,
-                reads=planned,
-            )
+            _record(writer, reader, kind, planned)
         yield session
     finally:
         session.rollback()
@@ -120,20 +128,26 @@ def record_export_reads(session: Session, member: Member, records: list[dict[str
     )
 
 
-def decryptions_of(session: Session, subjects: Iterable[str]) -> list[dict[str, object]]:
-    """The reads of `subjects`' data, oldest first, each with its ledger receipt once its
-    batch is recorded: what the subject's export lists (GDPR Art. 15)."""
-    wanted = sorted(set(subjects))
-    if not wanted:
-        return []
-    rows = session.execute(
+# A read's place in the export's order: its time, then its id.
+ReadPosition = tuple[dt.datetime, uuid.UUID]
+
+
+def decryptions_page(
+    session: Session, subject: str, *, after: ReadPosition | None, limit: int
+) -> tuple[list[dict[str, object]], ReadPosition | None]:
+    """One page of the reads of `subject`'s data, oldest first, each with its ledger receipt
+    once its batch is recorded: what the subject's export lists (GDPR Art. 15), and the
+    position to continue from (None: the list ends here)."""
+    query = (
         select(Decryption, OutboxFact)
         .outerjoin(OutboxFact, OutboxFact.id == Decryption.batch_id)
-        .where(Decryption.subject.in_(wanted))
-        .order_by(Decryption.at, Decryption.id)
-    ).all()
+        .where(Decryption.subject == subject)
+    )
+    if after is not None:
+        query = query.where(tuple_(Decryption.at, Decryption.id) > tuple_(*after))
+    rows = session.execute(query.order_by(Decryption.at, Decryption.id).limit(limit + 1)).all()
     out: list[dict[str, object]] = []
-    for row, fact in rows:
+    for row, fact in rows[:limit]:
         receipt = None if fact is None else LedgerReceipt.of_fact(fact)
         out.append(
             {
@@ -141,7 +155,23 @@ def decryptions_of(session: Session, subjects: Iterable[str]) -> list[dict[str, 
                 "receipt": None if receipt is None else receipt.model_dump(),
             }
         )
-    return out
+    last = rows[min(limit, len(rows)) - 1][0] if rows else None
+    following = (last.at, last.id) if last is not None and len(rows) > limit else None
+    return out, following
+
+
+def decryptions_of(session: Session, subjects: Iterable[str]) -> list[dict[str, object]]:
+    """The reads of `subjects`' data, oldest first, each with its ledger receipt once its
+    batch is recorded: every page of `decryptions_page`, for a view that shows them all."""
+    found: list[dict[str, object]] = []
+    for subject in sorted(set(subjects)):
+        after: ReadPosition | None = None
+        while True:
+            page, after = decryptions_page(session, subject, after=after, limit=1000)
+            found += page
+            if after is None:
+                break
+    return sorted(found, key=lambda r: (str(r["at"]), str(r["id"])))
 
 
 class DecryptionOut(BaseModel):

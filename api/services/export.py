@@ -4,7 +4,7 @@ Why pages with a cursor: a subject's accesses grow by one per access (a sensor d
 every hour makes thousands), and the ledger answers at most 1,000 entries a query. Every list
 of the export is a section with its own position: records and superseded records by (upload,
 leaf), consents by their key, accesses and erasures by their ledger number, decryptions by
-their row. A page carries up to `limit` items of each section not yet finished and a cursor
+their time and row. A page carries up to `limit` items of each section not yet finished and a cursor
 that names where each stands; `next_cursor` is null only once every section is read to its
 end. The cursor is opaque to clients (base64url of a small JSON map) and checked strictly when
 it comes back: anything else is a 422.
@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.http.errors import ApiError
+from api.services import decryptions
 from api.services.gateway import jsonable
 from vault import reads
 from vault.keys import KeyStore
-from vault.models import Base, Dataset, Notice, Record
+from vault.models import Dataset, Notice, Record
 
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 SECTIONS = ("records", "history", "consents", "accesses", "erasures", "decryptions")
 PAGE_MAX = 500  # items per section and page: a ledger query answers at most 1,000 (+1 to peek)
 CURSOR_CHARS_MAX = 2048
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class InvalidCursor(ApiError):
@@ -51,7 +54,8 @@ class InvalidCursor(ApiError):
 class Cursor:
     """Where each section stands: its position (None: from the start); a finished section is
     absent. Positions: [upload id, leaf index] for records and history, the consent's key for
-    consents, the last number read for accesses, erasures and decryptions."""
+    consents, the last number read for accesses and erasures, the last read's time and id for
+    decryptions."""
 
     at: dict[str, Any]
 
@@ -108,11 +112,14 @@ def _record_position(position: Any) -> reads.RecordPosition | None:
 
 @dataclass
 class Sources:
-    """What the sections read: the database, the key store, the ledger."""
+    """What the sections read: the database, the key store, the ledger; and `record`, called
+    with each page's decrypted records before the page lists the reads, so the export's own
+    read is recorded (invariant 10) and listed with the others."""
 
     session: Session
     store: KeyStore
     ledger: LedgerGateway
+    record: Callable[[list[dict[str, Any]]], None] | None = None
 
 
 # A section: (sources, subject, position, limit) -> (items, next position or None: finished).
@@ -218,44 +225,21 @@ def _ledger_list(
     return read
 
 
-def _table_section(name: str) -> Section:
-    """A section read from a table another part of the vault owns (`decryptions`), by its
-    `subject` column in id order, when that table exists."""
-
-    def read(src: Sources, subject: str, position: Any, limit: int) -> tuple[list[Any], Any]:
-        table = Base.metadata.tables.get(name)
-        if table is None:
-            return [], None
-        return _rows_after(src.session, table, subject, position, limit)
-
-    return read
-
-
-def _rows_after(
-    session: Session, table: Table, subject: str, position: str | None, limit: int
-) -> tuple[list[dict[str, Any]], str | None]:
-    query = select(table).where(table.c.subject == subject)
+def _decryptions(src: Sources, subject: str, position: Any, limit: int) -> tuple[list[Any], Any]:
+    """The reads of the subject's data, by time (api/services/decryptions.py); the position
+    is `<microseconds since 1970>.<row id>`."""
+    after = None
     if position is not None:
-        kind = table.c.id.type.python_type
         try:
-            after = kind(position)
-        except ValueError:
+            micros, _, row = position.partition(".")
+            at = _EPOCH + dt.timedelta(microseconds=int(micros))
+            after = (at, uuid.UUID(row))
+        except (ValueError, OverflowError):
             raise InvalidCursor("cursor: not a cursor this export gave") from None
-        query = query.where(table.c.id > after)
-    rows = session.execute(query.order_by(table.c.id).limit(limit + 1)).mappings().all()
-    items = [{k: _plain(v) for k, v in row.items()} for row in rows[:limit]]
-    return items, str(rows[limit - 1]["id"]) if len(rows) > limit else None
-
-
-def _plain(value: Any) -> Any:
-    """A column value as JSON: bytes as hex, times and ids as their ISO and string forms."""
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).hex()
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
+    items, following = decryptions.decryptions_page(src.session, subject, after=after, limit=limit)
+    if following is None:
+        return items, None
+    return items, f"{(following[0] - _EPOCH) // dt.timedelta(microseconds=1)}.{following[1]}"
 
 
 SECTION_READERS: dict[str, Section] = {
@@ -264,7 +248,7 @@ SECTION_READERS: dict[str, Section] = {
     "consents": _consents,
     "accesses": _ledger_list("accesses", "access"),
     "erasures": _ledger_list("erasures", "erasure"),
-    "decryptions": _table_section("decryptions"),
+    "decryptions": _decryptions,
 }
 
 
@@ -318,6 +302,8 @@ def page(src: Sources, subject: str, cursor: Cursor, limit: int) -> dict[str, An
             out[section] = []
             continue
         items, position = SECTION_READERS[section](src, subject, cursor.at[section], limit)
+        if section == "records" and src.record is not None:
+            src.record(items)
         out[section] = items
         if position is not None:
             following[section] = position

@@ -13,6 +13,11 @@ requests its receipts name and leaves every other one as an omission (its digest
 else's consent or access travels with the subject's data. An access that named other subjects
 besides the package's own is withheld too (its receipt says `held: false`): its body would
 disclose them. The schema is docs/EXPORT.md and api/client/export_schema.json.
+
+Why signed: the ledger proves that each record was anchored, not whose it is (which subject a
+key was derived for stays in the vault), nor what the vault says of datasets and decryptions.
+The vault's ledger key signs the whole package, so those are the vault's word, attributable,
+and a package changed by anyone else (a record passed off as another subject's) fails.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from api.client.accountability import package_message
 from api.services.export import PAGE_MAX, SECTIONS, Cursor, Sources, datasets, page
 from ledger_bridge.contracts import tx as contract_tx
 from ledger_bridge.facts import CONSENT_GRANT, CONSENT_REVOKE
@@ -217,4 +223,9 @@ def build(src: Sources, subjects: list[str], chain_id: str) -> dict[str, Any]:
         **sections,
     }
     package["blocks"] = blocks.pruned()
+    key = src.ledger.vault_key
+    package["signature"] = {
+        "issuer": key.public_key.hex(),
+        "signature": key.sign(package_message(package)).hex(),
+    }
     return package

@@ -1,8 +1,10 @@
 """The service's background work: the outbox relay, the retention sweeper (with the datasets'
 retention periods read from the ledger before each sweep) and the periodic jobs (`Periodic`:
-the batcher of recorded reads, the delivery of recipient notices, the purge of expired
-sign-ins, the register's sync with the ledger), on one thread; the instance's heartbeat and the
-final-erasure job (`KeyMaintenance`), on two more.
+the batcher of recorded reads, the purge of expired sign-ins, the register's sync with the
+ledger), on one thread; a job that waits on servers outside the cooperative (the delivery of
+recipient notices to consumers' webhooks) on a thread of its own (`alone`), so that no
+consumer's endpoint, slow or hostile, ever holds the relay, the sweeper or the other jobs; the
+instance's heartbeat and the final-erasure job (`KeyMaintenance`), on two more.
 
 Why inside the API process: `civis-vault up` is one command, and every API instance can run
 them all safely at once: the relay takes a PostgreSQL advisory lock (one relay ships at a time,
@@ -33,11 +35,13 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Periodic:
-    """A job run every `interval_s` (at the loop's pace at most), and once at start."""
+    """A job run every `interval_s` (at the loop's pace at most), and once at start; `alone`:
+    on a thread of its own (see the module docstring)."""
 
     name: str
     interval_s: float
     run: Callable[[], object]
+    alone: bool = False
 
 
 class BackgroundJobs:
@@ -54,7 +58,12 @@ class BackgroundJobs:
     ) -> None:
         self._relay = relay
         self._sweeper = sweeper
-        self._periodic = tuple(periodic)
+        self._periodic = tuple(p for p in periodic if not p.alone)
+        self._alone = [
+            threading.Thread(target=self._loop, args=(p,), name=f"civis-{p.name}", daemon=True)
+            for p in periodic
+            if p.alone
+        ]
         self._next_run = [0.0] * len(self._periodic)
         self._retention_sync = retention_sync
         self._relay_interval_s = relay_interval_s
@@ -67,6 +76,8 @@ class BackgroundJobs:
 
     def start(self) -> None:
         self._thread.start()
+        for thread in self._alone:
+            thread.start()
 
     def kick(self) -> None:
         """Ship the outbox now (a route just wrote a fact)."""
@@ -75,8 +86,18 @@ class BackgroundJobs:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
+        for thread in (self._thread, *self._alone):
+            if thread.is_alive():
+                thread.join(30)
+
+    def _loop(self, job: Periodic) -> None:
+        """A job `alone`: run, then wait its interval, until stopped."""
+        while not self._stop.is_set():
+            try:
+                job.run()
+            except Exception as exc:  # the type only, as below
+                _log.error("%s failed (%s); retrying later", job.name, type(exc).__name__)
+            self._stop.wait(job.interval_s)
 
     def _sync_retention(self) -> None:
         """The datasets' retention periods from the ledger, before each sweep."""

@@ -5,7 +5,8 @@ Why the API refuses the key itself, not only the ledger transactions: a suspende
 ledger transactions are refused by the contracts (`member_suspended`), but some routes never
 reach the ledger (a provider reading its own dataset's records, listing its uploads). After a
 key is reported stolen, those reads must stop too, so every authenticated request of a legal
-entity whose API key is bound to its ledger key (provider, consumer, partner) asks the ledger
+entity or founder whose API key is bound to its ledger key (provider, consumer, partner, the
+DPO, a validator's operator) asks the ledger
 for that member's status, remembered `STANDING_TTL_S` seconds: a suspension takes at most
 that long to close the API after its vote passes.
 
@@ -33,8 +34,9 @@ STANDING_TTL_S = 2.0
 LOOKUP_TIMEOUT_S = 2.0
 # Members remembered at once; beyond, the memory starts again (each entry is a key and a word).
 REMEMBERED_MAX = 10_000
-# API roles held by legal entities whose ledger membership governance decides.
-GOVERNED_ROLES = frozenset({"provider", "consumer", "partner"})
+# API roles whose ledger membership governance decides: the legal entities and the founders
+# (the DPO's key reads every subject's export: a stolen one is suspended like a bank's).
+GOVERNED_ROLES = frozenset({"provider", "consumer", "partner", "dpo", "validator"})
 
 
 class MemberSuspended(Forbidden):

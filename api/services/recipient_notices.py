@@ -23,11 +23,13 @@ the DPO's audit (`findings`, `GET /v1/dpo/recipient-notices`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
 import re
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -251,17 +253,46 @@ def set_webhook(
 def post_notice(url: str, payload: bytes, *, timeout_s: float, allow_local: bool) -> int:
     """POST `payload` to `url` at an address checked just now (a name that resolved to a public
     address at registration may resolve elsewhere later); no redirect is followed. Returns
-    the status; raises InvalidWebhook or httpx's errors."""
+    the status; raises InvalidWebhook or httpx's errors.
+
+    Bounded whatever the endpoint does: the status is all that is read (a body, however long,
+    is never read), and the whole exchange ends within `timeout_s`, not each read within it
+    (a server trickling a byte at a time would otherwise hold the delivery for ever): past
+    it, the connection's socket is shut down under the waiting read."""
     scheme, host, port = check_webhook_url(url, allow_local=allow_local)
     address = resolve(host, port, allow_local=allow_local)[0]
     parts = urlsplit(url)
     literal = f"[{address}]" if ":" in address else address
     target = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
     headers = {"Host": parts.netloc, "Content-Type": "application/json"}
-    extensions = {"sni_hostname": host} if scheme == "https" else {}
-    with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
-        answer = client.post(target, content=payload, headers=headers, extensions=extensions)
-    return answer.status_code
+    opened: list[socket.socket] = []
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            opened.append(info["return_value"].get_extra_info("socket"))
+
+    extensions: dict[str, Any] = {"trace": trace}
+    if scheme == "https":
+        extensions["sni_hostname"] = host
+    deadline = threading.Timer(timeout_s, _shut_down, args=(opened,))
+    deadline.start()
+    try:
+        with (
+            httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client,
+            client.stream(
+                "POST", target, content=payload, headers=headers, extensions=extensions
+            ) as answer,
+        ):
+            return answer.status_code
+    finally:
+        deadline.cancel()
+
+
+def _shut_down(sockets: list[socket.socket]) -> None:
+    # A socket closed already (a TLS wrap takes its plain socket over) refuses: nothing to do.
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 # -- delivery -------------------------------------------------------------------------------

@@ -6,7 +6,12 @@ ledger BEFORE the vault changes anything (the request exists, is open, is for th
 this subject and this record or an earlier version of it), so a refusal there changes nothing.
 Then the vault re-keys the subject and queues the replacement uploads' anchors and the
 `record.rectify` fact in one transaction (vault/rectification.py), which the outbox relay
-records on the ledger exactly once; the answer waits up to `receipt_wait_s` for it.
+records on the ledger exactly once; the answer waits up to `receipt_wait_s` for it. The same
+transaction records the decryption the re-keying made, and tells every consumer the ledger's
+access record says received the subject's data in the dataset (GDPR Art. 19), by a notice
+naming the rectified record's ids (api/services/recipient_notices.py), signed once the fact is
+recorded; when the ledger cannot say who received it, the rectification is refused (503)
+rather than done with nobody told.
 
 What a rectification needs of the subject's own request: the subject signs a
 `rectification.request` naming the dataset, the record (as their export showed it) and the
@@ -21,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden
@@ -34,7 +40,7 @@ from ledger_bridge.facts import RECORD_RECTIFY
 from vault.errors import NotFound, RecordNotFound, RectificationRefused
 from vault.keys import KeyStore
 from vault.models import OutboxFact, Record
-from vault.reads import current_version
+from vault.reads import VERSIONS_MAX, current_version
 from vault.rectification import Rectification, rectify
 from vault.uploads import Uploader
 
@@ -71,6 +77,18 @@ def check_request(
         raise RectificationRefused(f"rectification request {request} names another record")
 
 
+def earlier_versions(session: Session, record_id: uuid.UUID) -> list[str]:
+    """`record_id` and every version before it (the records whose `superseded_by` chain leads
+    to it): whichever of them a consumer received, its notice names it."""
+    chain = [record_id]
+    for _ in range(VERSIONS_MAX):
+        before = session.scalar(select(Record.id).where(Record.superseded_by == chain[-1]))
+        if before is None:
+            break
+        chain.append(before)
+    return [str(r) for r in chain]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A rectification done in the vault, and where its ledger record stands."""
@@ -95,14 +113,14 @@ def carry_out(
     record_id: uuid.UUID,
     corrected: dict[str, Any],
     request: int | None,
-    reader: Member,
+    requester: Member,
     wait_s: float,
 ) -> Outcome:
     """Check, rectify in one committed transaction, ship, wait for the ledger's record.
 
-    In the same transaction: the re-keying decrypted every record of the subject in the
-    dataset, which is recorded as the provider's (or the DPO's) read; and each consumer that
-    received the subject's data there is told (GDPR Art. 19), naming the versions replaced."""
+    Re-keying decrypts every current record of the subject in the dataset: that decryption is
+    recorded in the same transaction (invariant 10), as a read by whoever ordered it; and each
+    consumer that received the subject's data there is told (GDPR Art. 19)."""
     with sessions() as session, session.begin():
         if request is not None:
             check_request(ledger, session, request, dataset_id, record_id)
@@ -113,23 +131,20 @@ def carry_out(
             record_id,
             corrected,
             request=request,
-            requester=reader.role,
+            requester=requester.role,
             uploader=uploader,
             anchored_only=ledger is not None,
         )
-        kind: decryptions.Kind = "dpo_read" if reader.role == "dpo" else "provider_read"
+        kind: decryptions.Kind = "dpo_read" if requester.role == "dpo" else "provider_read"
         decryptions.record_decryptions(
-            session, reader, kind, [(done.subject_id, dataset_id, len(done.versions))]
+            session, requester, kind, [(done.subject_id, dataset_id, len(done.versions))]
         )
         if ledger is not None:
+            fact = NoticeFact(RECORD_RECTIFY, outbox_id=done.outbox_id)
+            told = earlier_versions(session, done.replaced)
+            subject = done.subject_id
             recipient_notices.announce(
-                session,
-                ledger,
-                dataset_id,
-                done.subject_id,
-                "rectification",
-                NoticeFact(RECORD_RECTIFY, outbox_id=done.outbox_id),
-                records=[str(v.replaced) for v in done.versions],
+                session, ledger, dataset_id, subject, "rectification", fact, records=told
             )
     if jobs is not None:
         jobs.kick()

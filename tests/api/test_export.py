@@ -24,6 +24,7 @@ import pytest
 
 from api.cli import main as cli
 from api.client import CivisClient, json_schema
+from api.client.accountability import package_message
 from api.client.export_verify import verify_package
 from api.client.wallet import pseudonym_key
 from api.services import export_package
@@ -138,7 +139,15 @@ def test_a_package_holds_everything_and_round_trips_through_the_verifier(
     assert by_purpose["billing"]["notice"]["notice_hash"] == notice(env, "billing")
     assert [a["receipt"]["held"] for a in package["accesses"]] == [True, True, False]
     assert [e["scope"]["dataset"] for e in package["erasures"]] == [scene.erased_dataset]
-    assert package["history"] == [] and package["decryptions"] == []
+    assert package["history"] == []
+    # the package's own read of the records is recorded before it lists the reads, and listed
+    [read] = package["decryptions"]
+    assert (read["kind"], read["reader"], read["subject"]) == (
+        "subject_export",
+        scene.citizen.id,
+        scene.citizen.id,
+    )
+    assert read["record_count"] == 2 and "salt" not in read
     code, report = _verify_file(env, package, tmp_path, capsys)
     assert code == 0, report
     assert report["checked"] == {
@@ -149,6 +158,7 @@ def test_a_package_holds_everything_and_round_trips_through_the_verifier(
         "inclusions": 2,
         "notices": 2,
         "records": 2,
+        "signature": 1,
         "uploads": 2,
     }
     assert len(report["unverifiable"]) == 1 and "withheld" in report["unverifiable"][0]
@@ -200,6 +210,24 @@ def _block(p: dict[str, Any]) -> None:
     p["blocks"][0]["block"] = "".join(block_list)
 
 
+def _relabel(p: dict[str, Any]) -> None:
+    """Someone else's record (a consumer holds records with their salts and proofs) passed
+    off as another pseudonym's: the ledger cannot tell whose a record is, only the vault."""
+    stranger = "ab" * 32
+    p["subjects"].append(stranger)
+    p["records"][0]["subject_id"] = stranger
+
+
+def _resigned(p: dict[str, Any]) -> None:
+    """Relabelled, then signed by a key of the forger's own, named as the issuer."""
+    _relabel(p)
+    forger = SigningKey.generate()
+    p["signature"] = {
+        "issuer": forger.public_key.hex(),
+        "signature": forger.sign(package_message(p)).hex(),
+    }
+
+
 def _set(path: tuple[Any, ...], value: Any) -> Any:
     def change(p: dict[str, Any]) -> None:
         target: Any = p
@@ -224,6 +252,12 @@ TAMPERINGS = {
     "the package's chain": _set(("chain_id",), "another-chain"),
     "a receipt dropped": _set(("consents", 0, "receipt"), None),
     "a field the schema has not": _set(("records", 0, "note"), "x"),
+    "a record's dataset": _set(("records", 0, "dataset_id"), str(uuid.UUID(int=7))),
+    "a dataset's legal basis": _set(("datasets", 0, "legal_basis"), "vital_interests"),
+    "a dataset's recipients": _set(("datasets", 0, "recipients"), []),
+    "a record handed to another subject": _relabel,
+    "a package signed by another key than the vault's": _resigned,
+    "the vault's signature dropped": _set(("signature",), None),
 }
 
 
@@ -253,7 +287,8 @@ def test_an_unreadable_package_or_genesis_exits_2(ledger_env: LedgerEnv, tmp_pat
 def test_the_package_verifies_against_its_own_validators_only(scene: Scene) -> None:
     """Other validator keys: no block verifies, so nothing else does."""
     strangers = [bytes(SigningKey.generate().public_key) for _ in range(4)]
-    report = verify_package(scene.package, strangers, scene.package["chain_id"])
+    vaults = [bytes.fromhex(scene.package["signature"]["issuer"])]
+    report = verify_package(scene.package, strangers, scene.package["chain_id"], vaults)
     assert not report.ok and any("certificate" in f for f in report.failures)
 
 
@@ -323,6 +358,9 @@ def test_a_cursor_the_export_did_not_give_is_refused(ledger_env: LedgerEnv) -> N
         {"records": [str(uuid.uuid4()), -1]},
         {"accesses": "1"},
         {"accesses": True},
+        {"decryptions": "12.not-a-read"},
+        {"decryptions": "soon"},
+        {"decryptions": f"{10**30}.{uuid.uuid4()}"},
         {"nothing": None},
         {},
     ]
@@ -365,3 +403,27 @@ def test_one_package_over_every_pseudonym_of_a_subject(
     assert r.status_code == 200 and r.json()["subjects"] == [nyms[0].id], r.text
     r = env.client.get("/v1/subjects/export-package", headers=env.headers("dpo", env.dpo))
     assert r.status_code == 403
+
+
+def test_the_reads_page_oldest_first_each_export_listing_its_own(ledger_env: LedgerEnv) -> None:
+    """Each export page records its read before it lists the reads: followed with a cursor of
+    one item a page, the reads come in time order, none twice, this export's own included."""
+    env = ledger_env
+    citizen = register_subject(env)
+    setup_addresses(env, [citizen], ("billing",))
+    headers = env.headers("subject", citizen)
+    path = f"/v1/subjects/{citizen.id}/export"
+    for _ in range(2):
+        assert env.client.get(path, headers=headers).status_code == 200
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = env.client.get(path, headers=headers, params=params).json()
+        seen += page["decryptions"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 3 and len({d["id"] for d in seen}) == 3
+    assert [d["at"] for d in seen] == sorted(d["at"] for d in seen)
+    assert {d["kind"] for d in seen} == {"subject_export"}

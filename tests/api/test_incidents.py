@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.services.affected import Scope, affected_subjects
+from api.services.dpo_sessions import SESSION_COOKIE
 from api.services.gateway import LedgerRefused
 from api.services.member_standing import STANDING_TTL_S
 from tests.api.ledger_env import DAY_MS, LedgerEnv, Wallet
@@ -276,6 +277,11 @@ def test_free_text_naming_a_pseudonym_or_a_residents_key_is_refused_and_stores_n
             "window_end": _iso(_now() - dt.timedelta(hours=1)),
         },
         {"title": "bell\x07"},
+        # times at the edge of what a computer holds: no 500, a 422
+        {"discovered_at": "0001-01-01T00:00:00+14:00"},
+        {"discovered_at": "0001-01-01T00:00:00Z"},
+        {"window_start": "0001-01-01T00:00:00+14:00"},
+        {"window_end": "9999-12-31T23:59:59-14:00"},
     ]
     for attempt in attempts:
         r = _open(w, **attempt)
@@ -294,6 +300,8 @@ def test_free_text_naming_a_pseudonym_or_a_residents_key_is_refused_and_stores_n
         {"kind": "note", "text": "x", "subjects": 3},
         {"kind": "approximate_numbers"},
         {"kind": "notified", "at": _iso(_now() - dt.timedelta(days=3))},  # before discovery
+        {"kind": "notified", "at": "0001-01-01T00:00:00+14:00"},
+        {"kind": "notified", "at": "9999-12-31T23:59:59-14:00"},
     ):
         r = w.env.client.post(f"/v1/dpo/incidents/{incident}/facts", headers=w.dpo, json=bad)
         assert r.status_code == 422, (bad, r.text)
@@ -478,3 +486,46 @@ def test_the_client_handles_an_incident_and_pages_its_affected_subjects(breach: 
     assert dpo.close_incident(incident["id"])["state"] == "closed"
     assert incident["id"] in {i["id"] for i in dpo.incidents(state="closed")["incidents"]}
     assert dpo.incident(incident["id"])["risk"] == "unlikely"
+
+
+def _page_cookie(env: LedgerEnv, headers: dict[str, str]) -> str:
+    key = headers["Authorization"].removeprefix("Bearer ")
+    r = env.client.post(
+        "/dpo/session",
+        content=f"api_key={key}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    return str(r.headers["set-cookie"].split(";")[0].split("=", 1)[1])
+
+
+def test_a_suspended_dpo_key_opens_no_route_and_no_page(ledger_env: LedgerEnv) -> None:
+    """The DPO's key is the one that reads every subject's export: governance suspends a
+    founder as it does a bank, and the API must refuse that key on every route, on the DPO
+    page by header, by a session cookie opened before, and at a new sign-in."""
+    env = ledger_env
+    deputy = Wallet()
+    admit(env, deputy, "dpo", "services")
+    headers = env.headers("dpo", deputy)
+    citizen = register_subject(env)
+    export = f"/v1/subjects/{citizen.id}/export"
+    assert env.client.get(export, headers=headers).status_code == 200
+    cookie = _page_cookie(env, headers)
+    _decide(env, {"kind": "suspend_member", "member": deputy.id})
+
+    _refused_within_ttl(env, headers, "member_suspended")
+    r = env.client.get(export, headers=headers)
+    assert r.status_code == 403 and r.json()["detail"].startswith("member_suspended:")
+    page = {"Accept": "text/html"}
+    assert env.client.get("/dpo", headers={**headers, **page}).status_code == 403
+    by_cookie = env.client.get("/dpo", headers={**page, "Cookie": f"{SESSION_COOKIE}={cookie}"})
+    assert by_cookie.status_code == 403 and "incident" not in by_cookie.text.lower()
+    key = headers["Authorization"].removeprefix("Bearer ")
+    again = env.client.post(
+        "/dpo/session",
+        content=f"api_key={key}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert again.status_code == 403 and "set-cookie" not in again.headers

@@ -71,6 +71,7 @@ def test_the_shipped_schema_agrees_with_an_independent_validator() -> None:
         "ledger_height": 0,
         **{k: [] for k in ("subjects", "datasets", "uploads", "records", "history")},
         **{k: [] for k in ("consents", "accesses", "erasures", "decryptions", "blocks")},
+        "signature": {"issuer": "ab" * 32, "signature": "cd" * 64},
     }
     broken = {**empty, "records": [{"record_id": "x"}], "version": 2}
     for instance, ok in ((empty, True), (broken, False), ({}, False)):

@@ -260,3 +260,111 @@ def test_an_erasure_of_data_nobody_received_tells_nobody(ledger_env: LedgerEnv) 
     r = env.client.post("/v1/erasures", headers=dpo, json={"subject_id": dan.id})
     assert r.status_code == 201, r.text
     assert {n["id"] for n in _status(env)["notices"]} == before
+
+
+class Tarpit:
+    """A webhook that never finishes answering, a little at a time, each piece well within
+    any read timeout: its headers (`headers`), or, after a 200, its body (`body`). What a
+    hostile or broken consumer endpoint can do."""
+
+    def __init__(self, trickles: str) -> None:
+        self.stop = threading.Event()
+        self.posts = threading.Event()
+        tarpit = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                tarpit.posts.set()
+                self.send_response_only(200)
+                if trickles == "body":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                piece = b"400\r\n" + b"x" * 1024 + b"\r\n" if trickles == "body" else b"X-A: b\r\n"
+                while not tarpit.stop.wait(0.2):
+                    try:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/civis/notices"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _erased_after_read(env: LedgerEnv, consumer: Wallet, purpose: str) -> tuple[str, Any]:
+    """A subject the consumer read, erased in its dataset by the DPO; (dataset, owner)."""
+    subject = register_subject(env)
+    dataset, owner = setup_addresses(env, [subject], purposes=(purpose,))
+    api(env).grant_consent(
+        subject.key,
+        consumer=consumer.id,
+        purpose=purpose,
+        notice=consent_notice(env, purpose, consumer),
+        dataset=dataset,
+    )
+    _read(env, env.headers("consumer", consumer), dataset, subject)
+    dpo = env.headers("dpo", env.dpo)
+    body = {"subject_id": subject.id, "dataset_id": dataset}
+    assert env.client.post("/v1/erasures", headers=dpo, json=body).status_code == 201
+    return dataset, owner
+
+
+def _notice_of(env: LedgerEnv, consumer: Wallet, dataset: str) -> list[dict[str, Any]]:
+    return [
+        n
+        for n in _status(env)["notices"]
+        if n["consumer"] == consumer.id and n["dataset_id"] == dataset and n["attempts"]
+    ]
+
+
+def test_a_webhook_that_never_finishes_answering_holds_up_nothing_else(
+    ledger_env: LedgerEnv, scene: tuple[Wallet, str]
+) -> None:
+    """The delivery must not wait on a consumer's endpoint for ever, nor let it hold the
+    vault's other background work (the outbox relay anchoring uploads, recording erasures):
+    an endpoint trickling its headers is given up within the webhook timeout, and an upload
+    made meanwhile is anchored all the same; one trickling an endless body after its 200 has
+    the notice, and its body is never read."""
+    env, (other, purpose) = ledger_env, scene
+    shop = env.headers("consumer", other)
+    slow = Tarpit("headers")
+    try:
+        _webhook(env, shop, slow.url)
+        dataset, owner = _erased_after_read(env, other, purpose)
+        assert slow.posts.wait(WAIT_S), "the notice never reached the webhook"
+        started = time.monotonic()
+        line = json.dumps({"subject_id": "a" * 64, "payload": {"address": "x"}}) + "\n"
+        r = env.client.post(
+            f"/v1/datasets/{dataset}/uploads",
+            headers={**owner, "Content-Type": "application/x-ndjson"},
+            content=line.encode(),
+        )
+        assert r.status_code in (201, 202), r.text
+        env.wait_anchored(dataset, r.json()["upload_id"], owner)
+        assert time.monotonic() - started < 15
+        [status] = _until("the attempt ended", lambda: _notice_of(env, other, dataset))
+        assert status["state"] == "undelivered" and status["last_error"], status
+        assert time.monotonic() - started < 15
+    finally:
+        slow.close()
+    endless = Tarpit("body")
+    try:
+        _webhook(env, shop, endless.url)
+        dataset, _ = _erased_after_read(env, other, purpose)
+        [status] = _until("the notice was delivered", lambda: _notice_of(env, other, dataset))
+        assert status["state"] == "delivered" and status["delivered_via"] == "webhook", status
+    finally:
+        endless.close()

@@ -15,18 +15,24 @@ naming them.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.client import CivisClient
+from api.client.accountability import records_concerned, verify_notice
 from tests.api.ledger_env import LedgerEnv, Wallet
 from tests.api.test_consented_access import api, register_subject, signed
 from tests.api.test_roles import grant, make_dataset, upload_anchored
 from tests.vault.test_forensic import _pg_dump
+from vault.models import Decryption
 
 STATEMENT = "my address is wrong: I moved to 9 rue Neuve"
 
@@ -321,6 +327,116 @@ def test_an_erasure_after_a_rectification_forgets_the_subject(
     [linked] = env.gateway.query("rectifications", dataset=sc.dataset)["result"]
     assert linked["request"] == n  # the record of the rectification stays, naming nobody
     # the vault: nothing names the subject in a dump, while the other subject is found
+    dump = _pg_dump(ledger_database_url)
+    assert sc.subject.id.encode() not in dump and sc.subject.id.upper().encode() not in dump
+    assert sc.other.id.encode() in dump
+
+
+def _reads_of(env: LedgerEnv, subject: Wallet) -> list[tuple[str, str, str, int]]:
+    with Session(env.client.app.state.engine) as s:  # type: ignore[attr-defined]
+        columns = (Decryption.kind, Decryption.reader, Decryption.dataset_id)
+        rows = s.execute(
+            select(*columns, Decryption.record_count)
+            .where(Decryption.subject == subject.id)
+            .order_by(Decryption.at)
+        ).all()
+    return [(str(k), str(r), str(d), int(n)) for k, r, d, n in rows]
+
+
+def test_a_rectification_decrypts_and_is_recorded_as_a_read_by_whoever_ordered_it(
+    scene: Scene,
+) -> None:
+    """Re-keying decrypts every current record of the subject in the dataset (invariant 10:
+    every decryption, whoever does it, is recorded where the subject and the DPO see it)."""
+    env, sc = scene.env, scene
+    before = _reads_of(env, sc.subject)
+    assert sc.rectify(sc.ids["3 rue Vieille"], _fix(sc)).status_code == 201
+    assert _reads_of(env, sc.subject)[len(before) :] == [
+        ("provider_read", env.provider.id, sc.dataset, 2)
+    ]
+    dpo = env.headers("dpo", env.dpo)
+    [current] = [r for r in sc.records() if r["payload"]["address"] == "9 rue Neuve"]
+    before = _reads_of(env, sc.subject)
+    assert sc.rectify(current["record_id"], _fix(sc, "11 rue Juste"), who=dpo).status_code == 201
+    assert _reads_of(env, sc.subject)[len(before) :] == [("dpo_read", env.dpo.id, sc.dataset, 2)]
+
+
+def _notices(env: LedgerEnv, dataset: str) -> list[dict[str, Any]]:
+    consumer = env.headers("consumer", env.consumer)
+    r = env.client.get("/v1/recipient-notices", headers=consumer, params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    return [n for n in r.json()["notices"] if n["dataset_id"] == dataset]
+
+
+def test_the_consumers_that_received_the_record_are_told_of_its_rectification(
+    scene: Scene,
+) -> None:
+    """GDPR Art. 19: a recipient of the data is told of its rectification, as of an erasure,
+    by a notice signed by the vault's ledger key naming the records it holds, never the
+    subject."""
+    env, sc = scene.env, scene
+    held = {r["record_id"] for r in _consumer(env).access(sc.dataset, "billing")["records"]}
+    assert sc.ids["3 rue Vieille"] in held
+    r = sc.rectify(sc.ids["3 rue Vieille"], _fix(sc))
+    assert r.status_code == 201, r.text
+    [told] = _notices(env, sc.dataset)
+    body = told["body"]
+    assert told["kind"] == "rectification" and body["kind"] == "rectification"
+    assert records_concerned(told, held) == {sc.ids["3 rue Vieille"]}
+    assert body["fact"]["type"] == "record.rectify"
+    assert body["fact"]["tx_id"] == r.json()["receipt"]["tx_id"]
+    assert verify_notice(told, bytes(env.gateway.vault_key.public_key))
+    assert sc.subject.id not in json.dumps(told)
+
+
+def _signed_in(env: LedgerEnv, who: Wallet) -> dict[str, str]:
+    """A wallet sign-in of `who`'s pseudonym: its session's bearer."""
+    challenge = env.client.post("/v1/subjects/challenges").json()
+    proof = who.key.sign(bytes.fromhex(challenge["signing_payload"])).hex()
+    r = env.client.post(
+        "/v1/subjects/sessions",
+        json={
+            "challenge_id": challenge["challenge_id"],
+            "proofs": [{"pseudonym": who.id, "signature": proof}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def test_an_erasure_after_every_new_feature_leaves_nothing_naming_the_subject(
+    ledger_env: LedgerEnv, ledger_database_url: str
+) -> None:
+    """The subject's data read by a consumer, a signed-in session and its package, a
+    rectification (superseded rows, a recorded read, a recipient notice), an incident asking
+    who a consumer's breach affects; then the DPO erases them everywhere: pg_dump names them
+    nowhere, in any table, while the other subject, who went through the same, is found."""
+    env = ledger_env
+    sc = _scene(env)
+    dpo = env.headers("dpo", env.dpo)
+    for who in (sc.subject, sc.other):
+        assert _consumer(env).access(sc.dataset, "billing", subjects=[who.id])["granted"]
+        session = _signed_in(env, who)
+        assert env.client.get("/v1/subjects/export-package", headers=session).status_code == 200
+        [record] = [r for r in sc.records(who) if r["payload"]["vibration"] in (1, 3)]
+        fix = {"subject_id": who.id, "payload": {"address": "rectified", "vibration": 0}}
+        assert sc.rectify(record["record_id"], fix).status_code == 201
+    incident = env.client.post(
+        "/v1/dpo/incidents",
+        headers=dpo,
+        json={
+            "title": "a consumer key leaked",
+            "discovered_at": dt.datetime.now(dt.UTC).isoformat(),
+            "member": env.consumer.id,
+        },
+    )
+    assert incident.status_code == 201, incident.text
+    path = f"/v1/dpo/incidents/{incident.json()['id']}/affected-subjects"
+    affected = env.client.get(path, headers=dpo, params={"limit": 1000}).json()
+    assert sc.subject.id in affected["subjects"]
+    assert sc.subject.id.encode() in _pg_dump(ledger_database_url)  # the control
+    erased = env.client.post("/v1/erasures", headers=dpo, json={"subject_id": sc.subject.id})
+    assert erased.status_code == 201, erased.text
     dump = _pg_dump(ledger_database_url)
     assert sc.subject.id.encode() not in dump and sc.subject.id.upper().encode() not in dump
     assert sc.other.id.encode() in dump

@@ -36,7 +36,7 @@ from tests.api.ledger_env import LedgerEnv
 from tests.api.test_erasure_receipt import _serve
 from tests.api.test_wallet import _joined
 from vault import db
-from vault.models import SubjectChallenge
+from vault.models import Decryption, SubjectChallenge
 from vault.models import SubjectSession as SessionRow
 
 
@@ -148,6 +148,33 @@ def test_an_erasure_ends_every_session_holding_the_pseudonym(
     again = _api(ledger_env).sign_in(wallet)
     assert p1 not in _session(again)["pseudonyms"] and p2 in _session(again)["pseudonyms"]
     assert again.export(public_hex(wallet.pseudonym(first)))["records"] == []
+
+
+def _readers_of(engine: Engine, pseudonym: str) -> set[str]:
+    with Session(engine) as s:
+        return set(s.scalars(select(Decryption.reader).where(Decryption.subject == pseudonym)))
+
+
+def test_a_sign_in_leaves_no_lasting_link_in_the_record_of_reads(
+    ledger_env: LedgerEnv, engine: Engine, tmp_path: Path
+) -> None:
+    """The package over both pseudonyms is recorded as read (invariant 10), once per pseudonym:
+    each row names its pseudonym as the reader, never the session, which would be an id the
+    two rows share for ever, after the sign-out, after an erasure of one of them."""
+    wallet = Wallet.create(tmp_path / "linked.key")
+    _, p1 = _joined(ledger_env, wallet)
+    _, p2 = _joined(ledger_env, wallet)
+    me = _api(ledger_env).sign_in(wallet)
+    package = ledger_env.client.get("/v1/subjects/export-package", headers=me._auth)
+    assert package.status_code == 200 and package.json()["subjects"] == sorted([p1, p2])
+    me.export(p1)
+    me.sign_out()
+    assert _readers_of(engine, p1) == {p1} and _readers_of(engine, p2) == {p2}
+    _dpo(ledger_env).erase(subject_id=p1, reason="subject_request")
+    assert _readers_of(engine, p1) == set() and _readers_of(engine, p2) == {p2}
+    with Session(engine) as s:
+        by_session = s.scalars(select(Decryption.id).where(Decryption.reader.like("session:%")))
+        assert list(by_session) == []
 
 
 def _expired_rows(engine: Engine) -> tuple[str, str]:

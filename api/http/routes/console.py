@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session
 
 from api.http import dpo_page, dpo_views
 from api.http.attachments import JSON, attachment, csv_file, document
-from api.http.deps import SessionDep
+from api.http.deps import SessionDep, in_standing
 from api.http.dpo_page import render_login_page
-from api.http.errors import prefers_json
+from api.http.errors import Forbidden, prefers_json
 from api.http.page_sessions import (
     CONSOLE_HEADERS,
     PAGE_HEADERS,
@@ -81,6 +81,12 @@ def _caller(request: Request, session: Session) -> Member | None:
     return session_member(session, token, dt.datetime.now(dt.UTC))
 
 
+def _in_standing(request: Request, member: Member | None) -> Member | None:
+    """The caller, refused (MemberSuspended, KeyReplaced) once governance suspended its key or
+    moved it, as every /v1 route refuses it."""
+    return None if member is None else in_standing(request, member)
+
+
 def _refuse(request: Request, status: int, message: str | None = None) -> Response:
     return refusal(request, status, message, form=render_login_page, sign_in_detail=_SIGN_IN_DETAIL)
 
@@ -88,9 +94,11 @@ def _refuse(request: Request, status: int, message: str | None = None) -> Respon
 def _dpo(request: Request, session: Session) -> Member | Response:
     """The signed-in DPO, or the refusal anyone else gets."""
     try:
-        member = _caller(request, session)
+        member = _in_standing(request, _caller(request, session))
     except KeyExpired as exc:  # the form again, saying why, rather than a bare problem
         return _refuse(request, 401, exc.detail)
+    except Forbidden as exc:  # suspended or replaced by governance
+        return _refuse(request, 403, exc.detail)
     if member is None:
         return _refuse(request, 401)
     if member.role != "dpo":

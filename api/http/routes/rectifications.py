@@ -152,7 +152,7 @@ def rectify(
         record_id=record_id,
         corrected={"subject_id": body.subject_id, "payload": body.payload},
         request=body.request,
-        reader=member,
+        requester=member,
         wait_s=settings.receipt_wait_s,
     )
     done = outcome.done

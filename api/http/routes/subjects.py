@@ -35,7 +35,9 @@ from api.http.errors import Forbidden
 from api.http.schemas import PUBLIC_KEY_HEX
 from api.services import decryptions, export_package, requests
 from api.services.export import CURSOR_CHARS_MAX, PAGE_MAX, Cursor, Sources, page
+from api.services.gateway import LedgerGateway
 from api.services.keys import Member
+from vault.keys import KeyStore
 
 # Tagged "access" in the OpenAPI document: the export is the subject's right of access.
 router = APIRouter(
@@ -99,8 +101,7 @@ def export(
     follow `next_cursor` until it is null (or take the package)."""
     subject_or_dpo(member, subject_id)
     at = Cursor.decode(cursor)
-    answer = page(Sources(session, store, ledger), subject_id, at, limit)
-    _record_reads(session, member, answer["records"])
+    answer = page(_recorded(session, store, ledger, member), subject_id, at, limit)
     if cursor is None:  # the first page is the request; the rest are its pages
         _register_answered(session, member, "access", [subject_id])
     return ExportOut(**answer)
@@ -119,9 +120,15 @@ def _register_answered(
         requests.close_request(session, opened, "done", at=now)
 
 
-def _record_reads(session: Session, member: Member, records: list[dict[str, Any]]) -> None:
-    """Every export decrypts: its reads are recorded in the request's own transaction."""
-    decryptions.record_export_reads(session, member, records)
+def _recorded(session: Session, store: KeyStore, ledger: LedgerGateway, member: Member) -> Sources:
+    """The export's sources, recording each page's decryptions in the request's own
+    transaction before the page lists the reads: an answer never leaves without its record
+    (invariant 10), and lists it."""
+
+    def record(records: list[dict[str, Any]]) -> None:
+        decryptions.record_export_reads(session, member, records)
+
+    return Sources(session, store, ledger, record)
 
 
 def _download(package: dict[str, Any], name: str) -> JSONResponse:
@@ -145,8 +152,9 @@ def export_package_of(
 ) -> JSONResponse:
     """The whole export of one pseudonym as one portable, verifiable JSON package."""
     subject_or_dpo(member, subject_id)
-    package = export_package.build(Sources(session, store, ledger), [subject_id], ledger.chain_id)
-    _record_reads(session, member, package["records"])
+    package = export_package.build(
+        _recorded(session, store, ledger, member), [subject_id], ledger.chain_id
+    )
     _register_answered(session, member, "portability", [subject_id])
     return _download(package, subject_id[:16])
 
@@ -160,7 +168,8 @@ def export_package_of_self(
     if member.role != "subject":
         raise Forbidden("only a subject exports their own package here; the DPO names one")
     pseudonyms = sorted(member.pseudonyms)
-    package = export_package.build(Sources(session, store, ledger), pseudonyms, ledger.chain_id)
-    _record_reads(session, member, package["records"])
+    package = export_package.build(
+        _recorded(session, store, ledger, member), pseudonyms, ledger.chain_id
+    )
     _register_answered(session, member, "portability", pseudonyms)
     return _download(package, "all")

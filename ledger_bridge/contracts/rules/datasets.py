@@ -10,7 +10,11 @@ from ledger_bridge.contracts.rules.common import DAY_MS, Ctx, Reject, approved_p
 
 
 def owner_or_vault(c: Ctx, owner: bytes) -> None:
-    """The author must be the owner, an admitted provider, or the vault acting for it."""
+    """The author must be the owner, an admitted provider, or the vault acting for it.
+
+    The vault's anchor of an upload stands while the owner is suspended: the vault accepted
+    the records before the vote, or re-keys a subject there on the DPO's order (Art. 16), and
+    an upload left unanchored would hold records no consumer may read and no audit matches."""
     if c.tx.author == owner:
         c.active(owner, "provider")
     else:

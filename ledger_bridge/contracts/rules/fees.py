@@ -35,12 +35,15 @@ ACCOUNT_ROLES = ("provider", "consumer")
 
 
 def price_set(c: Ctx) -> dict[str, Any]:
-    """The dataset's owner (or the vault on its behalf) prices one mode's answers."""
+    """The dataset's owner (or the vault on its behalf) prices one mode's answers. The owner
+    must be in standing whoever signs: a price is its own act, which the vault relays only."""
     body = c.tx.body
     dataset_id: str = body["dataset"]
     mode: str = body["mode"]
     cents: int = body["price_cents"]
-    owner_or_vault(c, dataset_of(c, dataset_id)["owner"])
+    owner = dataset_of(c, dataset_id)["owner"]
+    owner_or_vault(c, owner)
+    c.active(owner, "provider")
     if cents:
         c.state.put("price", dataset_id, mode, cents)
     else:
@@ -58,6 +61,8 @@ def credit_deposit(c: Ctx) -> dict[str, Any]:
     m = c.member(member)
     if m is None:
         raise Reject("not_found", "member is not a registered member")
+    if m["status"] == "rotated":  # a dead key: the member's credit is under its new one
+        raise Reject("key_rotated", "governance moved this membership to another key")
     if m["role"] not in ACCOUNT_ROLES:
         # a subject's key on a statement would outlive its erasure
         raise Reject(

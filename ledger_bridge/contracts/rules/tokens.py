@@ -271,8 +271,11 @@ def token_transfer(c: Ctx) -> dict[str, Any]:
     c.active(c.tx.author)
     to: bytes = body["to"]
     amount: int = body["amount_mtok"]
-    if c.member(to) is None:
+    recipient = c.member(to)
+    if recipient is None:
         raise Reject("unknown_member", "the recipient is no registered member")
+    if recipient["status"] == "rotated":  # a dead key: tokens sent there are lost to everyone
+        raise Reject("key_rotated", "governance moved the recipient's membership to another key")
     check(to != c.tx.author, "a transfer goes to another member")
     sender = c.tx.author.hex()
     # Supply bounds every balance, but not the totals of tokens going back and forth: refused
@@ -321,6 +324,8 @@ def token_redeem(c: Ctx) -> dict[str, Any]:
         raise Reject("unknown_offer", f"no offer {name}")
     if not offer["active"]:
         raise Reject("offer_inactive", f"offer {name} is not active")
+    # A coupon is the partner's to honour: none is sold while governance holds it suspended.
+    c.active(offer["partner"], "partner")
     if c.state.has("coupon", coupon):
         raise Reject("duplicate", "this coupon is already issued")
     price: int = offer["price_mtok"]
@@ -349,12 +354,14 @@ def token_redeem(c: Ctx) -> dict[str, Any]:
 
 
 def coupon_spend(c: Ctx) -> dict[str, Any]:
-    c.active(c.tx.author, "partner")
+    partner = c.active(c.tx.author, "partner")
     coupon = digest(c.tx.body["secret"])
     entry: dict[str, Any] | None = c.state.get("coupon", coupon)
     if entry is None:
         raise Reject("unknown_coupon", "no coupon with this secret")
-    if entry["partner"] != c.tx.author:
+    # A coupon sold under the partner's earlier key (before governance moved it) is still the
+    # member's to honour, under the key it holds now.
+    if entry["partner"] != c.tx.author and entry["partner"] not in partner.get("keys_before", []):
         raise Reject("not_your_coupon", "this coupon is for another partner's offer")
     if entry["status"] != "issued":
         raise Reject("coupon_spent", "this coupon is already spent")

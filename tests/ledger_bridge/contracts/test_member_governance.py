@@ -4,6 +4,8 @@ key rotation"). Attacks first: what a stolen key does before the vote and is ref
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from ledger_bridge.contracts import codec
@@ -11,6 +13,9 @@ from tests.ledger_bridge.contracts.harness import DAY, Chain, Member, standard
 from tests.ledger_bridge.contracts.test_fees import balance, deposit
 from tests.ledger_bridge.contracts.test_governance import everyone_approves, founders, propose
 from tests.ledger_bridge.contracts.test_rules import access, assert_refused_unchanged, grant
+from tests.ledger_bridge.contracts.test_tokens import funded, redeem
+from tests.ledger_bridge.contracts.token_world import decide as eco_decide
+from tests.ledger_bridge.contracts.token_world import eco
 
 
 def _world() -> tuple[Chain, Member, Member, Member]:
@@ -221,3 +226,77 @@ def test_a_partner_and_a_device_operator_keep_their_offers_and_devices_under_the
             assert [o["offer"] for o in chain.query(q="offers", partner=new.pub)] == ["bread"]
         else:
             assert chain.query(q="device", device=device)["operator"] == new.pub
+
+
+def test_coupons_bought_before_a_partners_rotation_are_spent_by_its_new_key() -> None:
+    """A holder paid tokens for a coupon of the partner; governance then moves the partner to
+    a new key (its old one reported stolen). The coupon is the member's to honour, under the
+    key governance says it holds now; the stolen key spends nothing."""
+    world = eco()
+    chain = world.chain
+    holder = funded(world, 5000)
+    world.offer(price=2000)
+    secret = redeem(world, holder, 2000)
+    new = _apply(chain, "partner", "providers")
+    action = {"kind": "rotate_member_key", "member": world.partner.pub, "new_key": new.pub}
+    eco_decide(chain, action)
+    assert_refused_unchanged(
+        chain, chain.sign(world.partner, "coupon.spend", {"secret": secret}), "key_rotated"
+    )
+    spent = chain.one(new, "coupon.spend", {"secret": secret})
+    assert spent["ok"] and spent["price_mtok"] == 2000, spent
+
+
+def test_no_coupon_is_sold_for_a_suspended_partner() -> None:
+    """While governance holds a partner suspended (its key reported stolen), a holder's
+    redemption of its offer is refused and costs nothing: the partner could not honour it."""
+    world = eco()
+    chain = world.chain
+    holder = funded(world, 5000)
+    world.offer(price=2000)
+    eco_decide(chain, {"kind": "suspend_member", "member": world.partner.pub})
+    coupon = hashlib.sha256(os.urandom(16)).digest()
+    ask = {"offer": "bread", "coupon": coupon, "price_mtok": 2000}
+    assert_refused_unchanged(chain, chain.sign(holder, "token.redeem", ask), "member_suspended")
+    assert world.balance(holder) == 5000
+    eco_decide(chain, {"kind": "reinstate_member", "member": world.partner.pub})
+    assert chain.ok(holder, "token.redeem", ask)["price_mtok"] == 2000
+
+
+def test_the_vault_prices_nothing_for_a_suspended_provider_but_still_anchors_its_uploads() -> None:
+    """A price is the provider's own act: the vault signing one for a suspended provider is
+    refused like a dataset registered for it. An upload's anchor is not: the vault accepted
+    the records before the vote, or re-keys a subject there on the DPO's order (Art. 16), and
+    must not be left holding records the ledger never anchored."""
+    chain, provider, _, _ = _world()
+    assert decide(chain, {"kind": "suspend_member", "member": provider.pub}) == "passed"
+    price = {"dataset": "d1", "mode": "full", "price_cents": 5}
+    assert_refused_unchanged(chain, chain.sign(chain.vault, "price.set", price), "member_suspended")
+    assert_refused_unchanged(chain, chain.sign(provider, "price.set", price), "member_suspended")
+    assert chain.query(q="prices", dataset="d1") == {}
+    chain.anchor("d1", "u2", chain.time_ms // DAY + 10)
+    assert chain.query(q="upload", upload="u2")["status"] == "anchored"
+
+
+def test_nothing_is_paid_into_a_key_governance_replaced() -> None:
+    """After a rotation the old key is dead for ever (its holder may be a thief): a payment
+    the operator records, or tokens a holder sends, to that key would be lost to the member,
+    so both are refused `key_rotated`; to the new key they go through."""
+    chain, _, consumer, _ = _world()
+    new = _apply(chain, "consumer", "services")
+    action = {"kind": "rotate_member_key", "member": consumer.pub, "new_key": new.pub}
+    assert decide(chain, action) == "passed"
+    paid = {"member": consumer.pub, "amount_cents": 500, "reference": "late-transfer"}
+    assert_refused_unchanged(chain, chain.sign(chain.vault, "credit.deposit", paid), "key_rotated")
+    assert deposit(chain, new, 500, "late-transfer")["credit_cents"] == 500
+    world = eco()
+    holder = funded(world, 3000)
+    old_partner = world.partner
+    fresh = _apply(world.chain, "partner", "providers")
+    moved = {"kind": "rotate_member_key", "member": old_partner.pub, "new_key": fresh.pub}
+    eco_decide(world.chain, moved)
+    gift = {"to": old_partner.pub, "amount_mtok": 1000}
+    assert_refused_unchanged(
+        world.chain, world.chain.sign(holder, "token.transfer", gift), "key_rotated"
+    )
+    assert world.chain.ok(holder, "token.transfer", {**gift, "to": fresh.pub})["balance"] == 2000
