@@ -175,7 +175,7 @@ def test_a_stolen_consumer_key_from_report_to_rotation(breach: Breach) -> None:
     others = _affected(w, incident["id"], member=env.consumer.id)
     assert others["subjects"] == [w.c.id]
 
-    page = env.client.get("/dpo", headers={**w.dpo, "Accept": "text/html"})
+    page = env.client.get("/dpo/queues", headers={**w.dpo, "Accept": "text/html"})
     assert page.status_code == 200
     assert "bank reports its ledger key stolen" in page.text
     assert deadline.strftime("%Y-%m-%d %H:%M UTC") in page.text
@@ -370,7 +370,7 @@ def test_incidents_nearing_or_past_72_hours_without_notification_are_findings(
     assert found[overdue] == {"incident-notification-overdue"}
     assert found[late] == {"incident-notified-late-without-reasons"}
     assert late_with_reasons not in found
-    page = w.env.client.get("/dpo", headers={**w.dpo, "Accept": "text/html"}).text
+    page = w.env.client.get("/dpo/queues", headers={**w.dpo, "Accept": "text/html"}).text
     assert "incident-notification-overdue" in page and "overdue by 8" in page
 
 

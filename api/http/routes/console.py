@@ -445,10 +445,13 @@ def sign_in(
 ) -> Response:
     """Trade the DPO's API key (posted once, in the body) for a session cookie."""
     try:
-        _, key = key_of(session, api_key, ("dpo",))
+        member, key = key_of(session, api_key, ("dpo",))
+        in_standing(request, member)  # a key governance suspended or replaced opens nothing
     except SignInRefused as refused:
         message = refused.detail or "Not a valid key of the Data Protection Officer."
         return _refuse(request, 401, message)
+    except Forbidden as exc:
+        return _refuse(request, 403, exc.detail)
     return signed_in("/dpo", SESSION_COOKIE, session, key)
 
 
