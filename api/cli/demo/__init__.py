@@ -54,7 +54,14 @@ from pathlib import Path
 
 import httpx
 
-from api.cli.demo import eco_citizen, erasure, incident, proof_of_address, road_maintenance
+from api.cli.demo import (
+    eco_citizen,
+    erasure,
+    incident,
+    proof_of_address,
+    road_maintenance,
+    subject_rights,
+)
 from api.cli.demo.common import DemoFailed, Keyring, Story, api_keys
 from api.cli.demo.stage import Stage
 from api.client import CivisClient
@@ -67,6 +74,7 @@ STORIES: list[Story] = [
     erasure.STORY,
     eco_citizen.STORY,
     incident.STORY,
+    subject_rights.STORY,
 ]
 
 
