@@ -74,7 +74,7 @@ class Played:
     after: bytes  # pg_dump once the story ended
     homes: str  # the address dataset's id
     meters: str  # the meter readings' dataset's id
-    ines: SigningKey  # her pseudonym in the address dataset
+    lucie: SigningKey  # her pseudonym in the address dataset
     metered: SigningKey  # her pseudonym in the meter readings
 
     @property
@@ -158,11 +158,11 @@ def test_signed_in_again_she_finds_the_corrected_record_and_her_register(
     try:
         assert me.session is not None
         assert sorted(me.session["pseudonyms"]) == sorted(
-            public_hex(k) for k in (played.ines, played.metered)
+            public_hex(k) for k in (played.lucie, played.metered)
         )
         _register_answered(me, played)  # first: reading her export again is a request too
         _standing(me, played)
-        export = list(me.iter_export(public_hex(played.ines)))
+        export = list(me.iter_export(public_hex(played.lucie)))
         [record] = [r for p in export for r in p["records"]]
         [old] = [h for p in export for h in p["history"]]
         assert record["payload"] == {"address": right}
@@ -174,7 +174,7 @@ def test_signed_in_again_she_finds_the_corrected_record_and_her_register(
     finally:
         me.sign_out()
     bank = system.client(played.bank.key, "consumer")
-    subject = public_hex(played.ines)
+    subject = public_hex(played.lucie)
 
     def ask(value: str) -> bool:
         out = bank.predicate(
@@ -190,7 +190,7 @@ def test_signed_in_again_she_finds_the_corrected_record_and_her_register(
 def _register_answered(me: CivisClient, played: Played) -> None:
     """Every request answered, each due one calendar month after its receipt; the
     rectification closed by the ledger's record.rectify."""
-    requests = [r for k in (played.ines, played.metered) for r in me.requests(public_hex(k))]
+    requests = [r for k in (played.lucie, played.metered) for r in me.requests(public_hex(k))]
     assert sorted(r["kind"] for r in requests) == sorted(
         [
             *("access", "portability", "rectification", "restriction"),  # her address
@@ -210,7 +210,7 @@ def _register_answered(me: CivisClient, played: Played) -> None:
 
 def _standing(me: CivisClient, played: Played) -> None:
     """The restriction is lifted (nothing left on the addresses); the objection stands."""
-    assert me.restrictions(public_hex(played.ines))["restrictions"] == []
+    assert me.restrictions(public_hex(played.lucie))["restrictions"] == []
     [objected] = me.restrictions(public_hex(played.metered))["restrictions"]
     assert objected["dataset"] == played.meters and objected["objected"]
     assert objected["processing_stopped"] and objected["provider_reads_withheld"]
@@ -226,7 +226,7 @@ def test_the_ledger_holds_her_request_closed_by_the_rectification(
         system.data_dir / "ledger", system.data_dir / "keys", clients=1
     )
     try:
-        [asked] = gateway.query("rectifications", subject=public_hex(played.ines))["result"]
+        [asked] = gateway.query("rectifications", subject=public_hex(played.lucie))["result"]
     finally:
         gateway.close()
     said = statement(played.stage.run_id).encode()
@@ -269,7 +269,7 @@ def test_the_old_version_is_unreadable_in_pg_dump(system: System, played: Played
     rotation and retirement (docs/KEYS.md, "Making erasure final against copies").
     """
     wrong, right = played.values
-    homes, subject = uuid.UUID(played.homes), public_hex(played.ines)
+    homes, subject = uuid.UUID(played.homes), public_hex(played.lucie)
     provider = LocalKeyProvider(system.data_dir / "master.key", create=False)
     # The control: the backup holds the old version and the secrets that open it.
     [old] = [

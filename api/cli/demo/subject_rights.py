@@ -1,6 +1,6 @@
 """Subject rights: a citizen exercises her GDPR rights herself, with her wallet, over HTTP.
 
-The utility holds Inès's address with two digits swapped, so the bank's proof of address says
+The utility holds Lucie's address with two digits swapped, so the bank's proof of address says
 no. She signs in with her wallet (no API key: her pseudonyms' signatures are the credential),
 reads her export page by page and takes the portable package, which verifies from the genesis
 alone (Art. 15, 20). She finds the error and signs a rectification request; the utility carries
@@ -38,7 +38,7 @@ PURPOSE = "proof-of-address"
 # The utility's own processing of meter readings: an approved purpose no consumer is
 # declared for, under legitimate interests, the basis an objection (Art. 21(1)) applies to.
 ANALYTICS = "service-improvement"
-CITIZEN = "Inès"
+CITIZEN = "Lucie"
 # What the narration says when her rectification request is on the ledger and the utility
 # has not yet carried it out (tests/api/test_subject_rights_story.py looks at the vault then).
 ASKED = "signs a rectification request"
@@ -66,25 +66,25 @@ def play(stage: Stage) -> None:
     )
     wallet = stage.wallet(CITIZEN)
     name = f"the citizen {CITIZEN}-{stage.run_id}"
-    ines = stage.new_subject(name, wallet, homes, "the utility's addresses")
+    lucie = stage.new_subject(name, wallet, homes, "the utility's addresses")
     metered = stage.new_subject(name, wallet, meters, "the utility's meter readings")
-    line = json.dumps({"subject_id": ines.id, "payload": {"address": wrong}}) + "\n"
-    stage.upload(utility, homes, "application/x-ndjson", line.encode(), "Inès's address")
+    line = json.dumps({"subject_id": lucie.id, "payload": {"address": wrong}}) + "\n"
+    stage.upload(utility, homes, "application/x-ndjson", line.encode(), "Lucie's address")
     lines = "".join(json.dumps({"subject_id": metered.id, "payload": p}) + "\n" for p in READINGS)
     stage.upload(utility, meters, "application/x-ndjson", lines.encode(), "two meter readings")
-    stage.consent(ines, bank, homes, PURPOSE)
-    no = _ask(bank, homes, ines, right)
+    stage.consent(lucie, bank, homes, PURPOSE)
+    no = _ask(bank, homes, lucie, right)
     stage.check(no["result"] is False, f"the address on file should not match: {no}")
-    stage.tell(f'the bank asks "does Inès live at {right}?" and learns: no')
+    stage.tell(f'the bank asks "does Lucie live at {right}?" and learns: no')
 
-    me = _sign_in(stage, wallet, [ines, metered])
-    record = _export(stage, me, (ines, metered), (utility, bank), wrong)
-    _package(stage, me, [ines, metered])
-    current = _rectify(stage, utility, bank, ines, homes, record, (wrong, right))
-    _restrict(stage, utility, bank, ines, homes, current, right)
-    _object(stage, me, utility, (ines, homes), (metered, meters))
-    _register(stage, me, [ines, metered])
-    _sign_out(stage, me, ines)
+    me = _sign_in(stage, wallet, [lucie, metered])
+    record = _export(stage, me, (lucie, metered), (utility, bank), wrong)
+    _package(stage, me, [lucie, metered])
+    current = _rectify(stage, utility, bank, lucie, homes, record, (wrong, right))
+    _restrict(stage, utility, bank, lucie, homes, current, right)
+    _object(stage, me, utility, (lucie, homes), (metered, meters))
+    _register(stage, me, [lucie, metered])
+    _sign_out(stage, me, lucie)
 
 
 def _ask(bank: Party, dataset: str, citizen: Party, address: str) -> PredicateAnswer:
@@ -97,7 +97,7 @@ def _ask(bank: Party, dataset: str, citizen: Party, address: str) -> PredicateAn
 
 
 def _sign_in(stage: Stage, wallet: Wallet, pseudonyms: list[Party]) -> CivisClient:
-    with stage.doing("Inès signing in with her wallet"):
+    with stage.doing("Lucie signing in with her wallet"):
         me = stage.api.sign_in(wallet, chain_id=stage.keys.chain_id)
     assert me.session is not None  # sign_in sets it; for the type checker
     proven = me.session["pseudonyms"]
@@ -107,7 +107,7 @@ def _sign_in(stage: Stage, wallet: Wallet, pseudonyms: list[Party]) -> CivisClie
         f"the sign-in should prove her two pseudonyms: {proven}",
     )
     stage.tell(
-        f"Inès signs in with her wallet, no API key: each of her {len(proven)} pseudonyms signs "
+        f"Lucie signs in with her wallet, no API key: each of her {len(proven)} pseudonyms signs "
         f"the API's challenge; a session until {until:%H:%M} UTC"
     )
     return me
@@ -122,9 +122,9 @@ def _export(
 ) -> str:
     """Her export of each pseudonym, a page at a time (here one item per list and page:
     nothing is cut); the id of the record with the address on file."""
-    (ines, metered), (utility, bank) = citizen, entities
-    with stage.doing("Inès reading her export"):
-        pages = list(me.iter_export(ines.id, limit=1))
+    (lucie, metered), (utility, bank) = citizen, entities
+    with stage.doing("Lucie reading her export"):
+        pages = list(me.iter_export(lucie.id, limit=1))
         meter_pages = list(me.iter_export(metered.id, limit=1))
     records = [r for p in pages for r in p["records"]]
     readings = [r["payload"] for p in meter_pages for r in p["records"]]
@@ -148,7 +148,7 @@ def _export(
 
 
 def _package(stage: Stage, me: CivisClient, pseudonyms: list[Party]) -> None:
-    with stage.doing("Inès downloading her package"):
+    with stage.doing("Lucie downloading her package"):
         package = me.export_package()
     report = verify_package(package, stage.keys.validators, stage.keys.chain_id)
     stage.check(
@@ -168,16 +168,16 @@ def _rectify(
     stage: Stage,
     utility: Party,
     bank: Party,
-    ines: Party,
+    lucie: Party,
     dataset: str,
     record: str,
     values: tuple[str, str],
 ) -> str:
     """The subject asks, the provider carries it out; the new version's id."""
     wrong, right = values
-    with stage.doing("Inès asking for the rectification"):
+    with stage.doing("Lucie asking for the rectification"):
         asked = stage.api.request_rectification(
-            ines.key, dataset=dataset, record=record, statement=statement(stage.run_id)
+            lucie.key, dataset=dataset, record=record, statement=statement(stage.run_id)
         )
     stage.tell(
         f"she {ASKED}: request {asked['request']}; the ledger holds only the SHA-256 of her "
@@ -187,7 +187,7 @@ def _rectify(
         done = utility.api.rectify(
             dataset,
             record,
-            subject_id=ines.id,
+            subject_id=lucie.id,
             payload={"address": right},
             request=asked["request"],
         )
@@ -201,7 +201,7 @@ def _rectify(
         f"{receipt_text(done['receipt'])}"
     )
     _gone(stage, utility, record, str(done["record_id"]))
-    yes, no = _ask(bank, dataset, ines, right), _ask(bank, dataset, ines, wrong)
+    yes, no = _ask(bank, dataset, lucie, right), _ask(bank, dataset, lucie, wrong)
     stage.check(
         yes["result"] is True and no["result"] is False,
         f"the bank should now match the new address only: {yes}, {no}",
@@ -229,22 +229,22 @@ def _gone(stage: Stage, utility: Party, old: str, new: str) -> None:
 
 
 def _restrict(
-    stage: Stage, utility: Party, bank: Party, ines: Party, dataset: str, record: str, right: str
+    stage: Stage, utility: Party, bank: Party, lucie: Party, dataset: str, record: str, right: str
 ) -> None:
     """Restricted: the bank refused, the utility's reads withheld; lifted: both answered from
     the next block."""
-    with stage.doing("Inès restricting processing"):
-        out = stage.api.restrict(ines.key, dataset=dataset, ground="accuracy_contested")
+    with stage.doing("Lucie restricting processing"):
+        out = stage.api.restrict(lucie.key, dataset=dataset, ground="accuracy_contested")
     stage.tell(
         "she restricts processing of her address while she checks the rest of her file "
         f"(accuracy contested) {receipt_text(out['receipt'])}"
     )
     refused = stage.refused_as(
-        lambda: _ask(bank, dataset, ines, right), "restricted", "the bank asking while restricted"
+        lambda: _ask(bank, dataset, lucie, right), "restricted", "the bank asking while restricted"
     )
     with stage.doing("the utility listing its records"):
-        listed = utility.api.records(dataset, subject_id=ines.id)
-        withheld = utility.api.withheld_records(dataset, subject_id=ines.id)
+        listed = utility.api.records(dataset, subject_id=lucie.id)
+        withheld = utility.api.withheld_records(dataset, subject_id=lucie.id)
     stage.check(listed == [] and withheld == 1, f"her record should be withheld: {listed}")
     held = stage.refused_as(
         lambda: utility.api.record(record), "restricted", "the utility reading her record"
@@ -253,11 +253,11 @@ def _restrict(
         f"the bank asks and is refused ({refused.code}); the utility's own reads leave her "
         f"out ({withheld} record withheld, her record itself {held.status_code} {held.code})"
     )
-    with stage.doing("Inès lifting the restriction"):
-        lifted = stage.api.lift_restriction(ines.key, dataset=dataset)
+    with stage.doing("Lucie lifting the restriction"):
+        lifted = stage.api.lift_restriction(lucie.key, dataset=dataset)
     height = lifted["receipt"]["block_height"]
     with stage.doing("the bank and the utility after the lift"):
-        yes = _ask(bank, dataset, ines, right)
+        yes = _ask(bank, dataset, lucie, right)
         read = utility.api.record(record)
     stage.check(
         yes["result"] is True
@@ -280,9 +280,9 @@ def _object(
 ) -> None:
     """Refused where she consented under a contract; where the utility processes under its
     legitimate interests, its reads of her stop."""
-    (ines, addresses_id), (metered, meters_id) = homes, meters
+    (lucie, addresses_id), (metered, meters_id) = homes, meters
     refused = stage.refused_as(
-        lambda: stage.api.object_to(ines.key, dataset=addresses_id),
+        lambda: stage.api.object_to(lucie.key, dataset=addresses_id),
         "basis_is_consent",
         "objecting to the address file",
     )
@@ -292,7 +292,7 @@ def _object(
     )
     with stage.doing("the utility reading the meter readings"):
         before = utility.api.records(meters_id, subject_id=metered.id)
-    with stage.doing("Inès objecting"):
+    with stage.doing("Lucie objecting"):
         out = stage.api.object_to(metered.key, dataset=meters_id)
     stage.tell(
         "she objects to the leak analytics, run under the utility's legitimate interests "
@@ -301,7 +301,7 @@ def _object(
     with stage.doing("the utility reading the meter readings again"):
         after = utility.api.records(meters_id, subject_id=metered.id)
         withheld = utility.api.withheld_records(meters_id, subject_id=metered.id)
-    with stage.doing("Inès reading her standing"):
+    with stage.doing("Lucie reading her standing"):
         [standing] = me.restrictions(metered.id)["restrictions"]
     stage.check(
         len(before) == len(READINGS) and after == [] and withheld == len(READINGS),
@@ -367,7 +367,7 @@ def _answered(
     relay records its fact) or the wait is over."""
     deadline = time.monotonic() + REGISTER_WAIT_S
     while True:
-        with stage.doing("Inès reading the register"):
+        with stage.doing("Lucie reading the register"):
             found = {p.id: me.requests(p.id) for p in pseudonyms}
         pending = [r for rs in found.values() for r in rs if r["state"] != "done"]
         if not pending or time.monotonic() > deadline:
@@ -383,13 +383,13 @@ def _due_in_a_month(request: SubjectRequest) -> bool:
     return abs(due - one_month_after(received)) <= dt.timedelta(hours=1)
 
 
-def _sign_out(stage: Stage, me: CivisClient, ines: Party) -> None:
+def _sign_out(stage: Stage, me: CivisClient, lucie: Party) -> None:
     assert me.session is not None  # signed in by _sign_in
     token = me.session["token"]
-    with stage.doing("Inès signing out"):
+    with stage.doing("Lucie signing out"):
         me.sign_out()
     try:
-        stage.api.with_key(token).export(ines.id)
+        stage.api.with_key(token).export(lucie.id)
     except Unauthorized:
         stage.tell("she signs out: the session's token opens nothing any more (401)")
         return
