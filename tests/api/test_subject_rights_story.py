@@ -18,6 +18,7 @@ subprocess on a database of its own, and then looks again, not through the story
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import hashlib
 import itertools
@@ -40,7 +41,6 @@ from api.cli.demo.subject_rights import (
     READINGS,
     STORY,
     addresses,
-    one_month_after,
     statement,
 )
 from api.client import CivisClient, Gone, public_hex
@@ -185,6 +185,13 @@ def test_signed_in_again_she_finds_the_corrected_record_and_her_register(
     assert ask(right) and not ask(wrong)
     with pytest.raises(Gone):
         system.client(played.utility.key, "provider").record(old["record_id"])
+
+
+def one_month_after(received: dt.datetime) -> dt.datetime:
+    """Art. 12(3)'s month: the same date next month, or that month's last day."""
+    year, month = received.year + received.month // 12, received.month % 12 + 1
+    day = min(received.day, calendar.monthrange(year, month)[1])
+    return received.replace(year=year, month=month, day=day)
 
 
 def _register_answered(me: CivisClient, played: Played) -> None:
