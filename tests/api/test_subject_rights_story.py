@@ -11,7 +11,8 @@ subprocess on a database of its own, and then looks again, not through the story
   the replaced version in its history; the bank learns yes for it and no for the old one; the
   register holds each request answered, due one calendar month after receipt; her standing
   shows no restriction left on the addresses and an objection stopping the leak analytics;
-- the ledger links the destroyed key to the replacement key, for her request;
+- the ledger holds her request with the hash of her statement (never the statement), closed
+  by the record.rectify that links the old version's upload to the replacement's;
 - the old address is unreadable in a pg_dump of the running database (see
   `test_the_old_version_is_unreadable_in_pg_dump` for what that means, tested honestly).
 """
