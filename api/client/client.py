@@ -422,6 +422,12 @@ class CivisClient:
         path = f"/v1/datasets/{dataset_id}/records"
         return cast(list[dict[str, Any]], self._get(path, subject_id=subject_id, limit=limit))
 
+    def record(self, record_id: str) -> dict[str, Any]:
+        """One of the provider's records with its inclusion proof. A version a rectification
+        replaced raises `Gone` (its detail names the current one); a record whose subject
+        restricted or objected to processing raises `Conflict` (code `restricted`)."""
+        return cast(dict[str, Any], self._get(f"/v1/records/{record_id}"))
+
     def iter_records(
         self, dataset_id: str, *, subject_id: str | None = None
     ) -> Iterator[dict[str, Any]]:

@@ -89,8 +89,8 @@ ADDRESS = "7 impasse des Glycines, 69003 Lyon"
 WRONG_ADDRESS = "8 impasse des Glycines, 69003 Lyon"
 EMPLOYEE = "EMP-E2E-0042"
 VIBRATION = "0.7731"
-# What the demo uploads (api/cli/demo/): every address it makes up starts so.
-DEMO_ADDRESS = "12 rue des Lilas"
+# What the demo uploads (api/cli/demo/): every address it makes up is in this street.
+DEMO_ADDRESS = "rue des Lilas"
 
 
 @dataclass
@@ -305,6 +305,18 @@ DEMO_SAYS = (
     "whoever holds the bank's key asks again and is refused: member_suspended",
     "the DPO lists the subjects affected, from the ledger's access record: 2 pseudonyms",
     "exports the Art. 33 notification draft",
+    # the citizen exercises her rights
+    "== 6. Subject rights",
+    "signs in with her wallet, no API key: each of her 2 pseudonyms signs",
+    "it verifies from the genesis alone",
+    "the utility asks for the old version: gone (410)",
+    "the bank asks again: yes for the right address, no for the old one",
+    "the bank asks and is refused (restricted)",
+    "(1 record withheld, her record itself 409 restricted)",
+    "kept under a contract (basis_is_consent)",
+    "the utility read 2 readings of hers, now none",
+    "rectification (rectification.request, record.rectify)",
+    "she signs out: the session's token opens nothing any more (401)",
 )
 
 
@@ -340,17 +352,18 @@ def test_the_demo_plays_every_story_twice_on_one_system(system: System) -> None:
     # the bakery, the metropolis and the bank whose key is stolen.
     assert len(kept) == 2 * 8
     kept_wallets = list((system.data_dir / "demo" / "wallets").glob("*.key"))
-    # Alice, Bruno, Chloé, the seven other cyclists, Karim, Driss and Emma: pseudonyms
+    # Alice, Bruno, Chloé, the seven other cyclists, Karim, Driss, Emma and Lucie: pseudonyms
     # derived, never stored
-    assert len(kept_wallets) == 2 * 13
+    assert len(kept_wallets) == 2 * 14
     relationships = list((system.data_dir / "demo" / "wallets").glob("*.key.pairwise.json"))
     assert len(relationships) == len(kept_wallets)
     assert all(p.stat().st_mode & 0o077 == 0 for p in kept + kept_wallets + relationships)
     # Per run, Alice's two pseudonyms (utility, fleet), Bruno's two (fleet, the erasure's
     # trips) and Chloé's are five keys; the eco-citizen story's fifteen (ten cyclists, three
-    # households, two shoppers) twenty; the incident's three (Chloé, Driss, Emma) 23.
+    # households, two shoppers) twenty; the incident's three (Chloé, Driss, Emma) 23; Lucie's
+    # two (the utility's addresses and its meter readings) 25.
     named = [re.findall(r"derives the pseudonym ([0-9a-f]{12})…", o) for o in outputs]
-    assert all(len(n) == len(set(n)) == 23 for n in named), named
+    assert all(len(n) == len(set(n)) == 25 for n in named), named
 
 
 def _the_ledger_agrees(system: System, out: str, members: set[Path], wallets: set[Path]) -> None:
@@ -370,6 +383,31 @@ def _the_ledger_agrees(system: System, out: str, members: set[Path], wallets: se
     assert again.value.code == "coupon_spent"
     _impact_agrees(system, dpo, roles["consumer"])
     _fees_agree(system, dpo, roles["consumer"] + roles["provider"])
+    _rights_agree(system, wallets)
+
+
+def _rights_agree(system: System, wallets: set[Path]) -> None:
+    """Each citizen of the run signs in with her wallet and reads her register: Lucie alone
+    asked anything (the stories' other exports are the DPO's, no request of a subject's), and
+    it holds her exports, her rectification, restriction and objection, each answered."""
+    registers = []
+    for path in sorted(wallets):
+        me = system.api.sign_in(Wallet.open(path))
+        try:
+            assert me.session is not None
+            found = [r for p in me.session["pseudonyms"] for r in me.requests(p)]
+        finally:
+            me.sign_out()
+        if found:
+            registers.append(found)
+    [lucie] = registers
+    assert sorted(r["kind"] for r in lucie) == sorted(
+        [
+            *("access", "portability", "rectification", "restriction"),
+            *("access", "portability", "objection"),
+        ]
+    )
+    assert {r["state"] for r in lucie} == {"done"}
 
 
 def _balances_agree(dpo: CivisClient, wallets: set[Path]) -> None:
@@ -385,8 +423,8 @@ def _balances_agree(dpo: CivisClient, wallets: set[Path]) -> None:
     assert RIDES[0][0] == "Alice"
     minted[0] -= OFFER_PRICE_MTOK
     assert sorted(b for b in held if b) == sorted(minted)
-    # the incident story's three citizens earn nothing
-    assert len(pseudonyms) == 23 and held.count(0) == 8
+    # the incident story's three citizens and Lucie's two pseudonyms earn nothing
+    assert len(pseudonyms) == 25 and held.count(0) == 10
 
 
 def _impact_agrees(system: System, dpo: CivisClient, consumers: list[str]) -> None:
@@ -465,6 +503,10 @@ def test_each_story_plays_alone_and_in_any_order(system: System) -> None:
     assert "the utility Lumen-" in eco and "the fleet operator Transroute-" in eco
     assert "refused: coupon_spent" in eco and "suppressed (fewer than k = 10" in eco
     assert "balance 4.20 €" in outputs["proof-of-address"]
+    # Alone, the subject-rights story casts the utility and the bank it uses.
+    rights = outputs["subject-rights"]
+    assert "the utility Lumen-" in rights and "the bank Crédit-" in rights
+    assert "all answered" in rights and "(401)" in rights
 
 
 def test_the_demo_says_plainly_when_there_is_no_system(system: System) -> None:

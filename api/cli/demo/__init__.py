@@ -4,7 +4,9 @@ Why a demo command: the product's promises (a bank learns one bit, only with the
 consent, and pays for it; a road service reads only what consenting drivers allow; an erased
 citizen is unreadable and the ledger shows it; a certified ride earns tokens a coupon spends
 once, and the metropolis sees no statistic of fewer than k citizens; a stolen key is suspended
-by the colleges and the DPO knows whom it affects) are easiest to believe
+by the colleges and the DPO knows whom it affects; a citizen signs in with her wallet, exports
+her data, has an error corrected, restricts and objects, and the register shows each request
+answered in time) are easiest to believe
 when one sees them happen on a real system. The demo speaks only HTTP to the API a
 `civis-vault up` serves, and prints each step in plain words with the ledger receipt
 (transaction id, block height) of every step that the
@@ -54,7 +56,14 @@ from pathlib import Path
 
 import httpx
 
-from api.cli.demo import eco_citizen, erasure, incident, proof_of_address, road_maintenance
+from api.cli.demo import (
+    eco_citizen,
+    erasure,
+    incident,
+    proof_of_address,
+    road_maintenance,
+    subject_rights,
+)
 from api.cli.demo.common import DemoFailed, Keyring, Story, api_keys
 from api.cli.demo.stage import Stage
 from api.client import CivisClient
@@ -67,6 +76,7 @@ STORIES: list[Story] = [
     erasure.STORY,
     eco_citizen.STORY,
     incident.STORY,
+    subject_rights.STORY,
 ]
 
 
@@ -75,8 +85,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "demo",
         help="play the white paper's use cases against a running `civis-vault up`",
         description=(
-            "Proof of address (paid), road maintenance, erasure, eco-citizen tokens and a "
-            "personal data breach, over HTTP against a running "
+            "Proof of address (paid), road maintenance, erasure, eco-citizen tokens, a "
+            "personal data breach and a citizen's rights, over HTTP against a running "
             "system; run it on the vault host (it issues its API keys in the vault's database "
             "and signs the founding members' votes with the keys `up` keeps in --data-dir)."
         ),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from api.cli.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
 from api.client import College, Receipt
 from api.client.wallet import Wallet, WalletError, new_wallet
-from ledger_bridge.crypto import SigningKey
+from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import (
     GENESIS_FILE,
     Genesis,
@@ -71,13 +71,15 @@ class Keyring:
     # key (the founding member with role vault), which signs coupons and earns commissions.
     chain_id: str = ""
     operations_key: str = ""
+    # The genesis validators' keys: what a subject's export package is verified against.
+    validators: list[VerifyKey] = field(default_factory=list)
 
     @classmethod
     def load(cls, data_dir: Path) -> Keyring:
         try:
             dpo = load_signing_key(keys_dir(data_dir) / DPO_KEY_FILE)
             genesis = load_genesis(ledger_dir(data_dir) / GENESIS_FILE)
-            ring = cls(data_dir, dpo, chain_id=genesis.chain_id)
+            ring = cls(data_dir, dpo, chain_id=genesis.chain_id, validators=genesis.public_keys())
             ring.operations_key = _operations_key(genesis)
             ring.by_college.setdefault(DPO_COLLEGE, []).append(dpo)
             for i, v in enumerate(genesis.validators):

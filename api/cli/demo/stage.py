@@ -265,18 +265,26 @@ class Stage:
 
     # -- data and consent --------------------------------------------------------------------
 
-    def dataset(self, owner: Party, name: str, category: str, purpose: str) -> str:
+    def dataset(
+        self,
+        owner: Party,
+        name: str,
+        category: str,
+        purpose: str,
+        legal_basis: str = "contract",
+    ) -> str:
         with self.doing(f"{owner.name} registering a dataset"):
             out = owner.api.create_dataset(
                 f"{name}-{self.run_id}",
                 category=category,
                 purposes=[purpose],
                 retention_days=365,
-                legal_basis="contract",
+                legal_basis=legal_basis,
             )
+        basis = "" if legal_basis == "contract" else f", legal basis {legal_basis}"
         self.tell(
             f"{owner.name} registers the dataset {out['name']} (category {category}, "
-            f"purpose {purpose}) {receipt_text(out['receipt'])}"
+            f"purpose {purpose}{basis}) {receipt_text(out['receipt'])}"
         )
         self.owners[dataset_id(out["id"])] = owner.name
         return out["id"]
