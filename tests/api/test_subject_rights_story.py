@@ -170,7 +170,7 @@ def test_signed_in_again_she_finds_the_corrected_record_and_her_register(
         assert old["superseded_by"] == record["record_id"] and "payload" not in old
         package = me.export_package()
         keyring = Keyring.load(system.data_dir)
-        assert verify_package(package, keyring.validators, keyring.chain_id).ok
+        assert verify_package(package, keyring.validators, keyring.chain_id, keyring.vaults).ok
         assert wrong not in json.dumps(package) and right in json.dumps(package)
     finally:
         me.sign_out()

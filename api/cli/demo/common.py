@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from api.cli.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
 from api.client import College, Receipt
+from api.client.export_verify import vault_keys
 from api.client.wallet import Wallet, WalletError, new_wallet
 from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import (
@@ -71,8 +72,10 @@ class Keyring:
     # key (the founding member with role vault), which signs coupons and earns commissions.
     chain_id: str = ""
     operations_key: str = ""
-    # The genesis validators' keys: what a subject's export package is verified against.
+    # The genesis validators' keys and its vault members': what a subject's export package is
+    # verified against (its blocks' certificates, and who signed it).
     validators: list[VerifyKey] = field(default_factory=list)
+    vaults: list[bytes] = field(default_factory=list)
 
     @classmethod
     def load(cls, data_dir: Path) -> Keyring:
@@ -81,6 +84,7 @@ class Keyring:
             genesis = load_genesis(ledger_dir(data_dir) / GENESIS_FILE)
             ring = cls(data_dir, dpo, chain_id=genesis.chain_id, validators=genesis.public_keys())
             ring.operations_key = _operations_key(genesis)
+            ring.vaults = vault_keys(genesis.app_genesis)
             ring.by_college.setdefault(DPO_COLLEGE, []).append(dpo)
             for i, v in enumerate(genesis.validators):
                 key = load_signing_key(ledger_dir(data_dir) / "keys" / f"node-{i}.key")

@@ -149,7 +149,7 @@ def _export(
 def _package(stage: Stage, me: CivisClient, pseudonyms: list[Party]) -> None:
     with stage.doing("Lucie downloading her package"):
         package = me.export_package()
-    report = verify_package(package, stage.keys.validators, stage.keys.chain_id)
+    report = verify_package(package, stage.keys.validators, stage.keys.chain_id, stage.keys.vaults)
     stage.check(
         report.ok and sorted(package["subjects"]) == sorted(p.id for p in pseudonyms),
         f"her package should cover both pseudonyms and verify: {report.to_json()}",
