@@ -300,7 +300,7 @@ DEMO_SAYS = (
     # a personal data breach
     "== 5. A stolen key",
     "reports its ledger key stolen an hour ago; the DPO opens incident",
-    "the DPO page lists it: deadline ",
+    "the DPO's work queues (/dpo/queues) list it: deadline ",
     "suspended [ledger tx ",
     "whoever holds the bank's key asks again and is refused: member_suspended",
     "the DPO lists the subjects affected, from the ledger's access record: 2 pseudonyms",
