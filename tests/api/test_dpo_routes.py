@@ -269,7 +269,8 @@ def test_records_of_processing_list_the_recipients(ledger_env: LedgerEnv) -> Non
     assert entry["purposes"] == ["research", "billing"]
     assert entry["category_of_data"] == "energy" and entry["legal_basis"] == "consent"
     assert entry["recipients"] == [
-        {"consumer": env.consumer.id, "purposes": ["research"], "accesses": 1}
+        # the consumer's display name, none given here (the console's registry of names)
+        {"consumer": env.consumer.id, "name": None, "purposes": ["research"], "accesses": 1}
     ]
     assert body["recipients_complete"] is True
 
