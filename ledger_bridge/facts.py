@@ -595,8 +595,6 @@ def fact_from_payload(kind: str, payload: Mapping[str, Any]) -> Fact:
 
 def erasure_from_payload(kind: str, payload: Mapping[str, Any]) -> ErasureFact:
     fact = fact_from_payload(kind, payload)
-    if isinstance(fact, UploadAnchor | ReadRecord):
-        raise ValueError(f"a {kind} destroys nothing")
     if not isinstance(fact, ErasureRecord | RetentionExpire):
         raise ValueError(f"a {kind} destroys nothing by erasure")
     return fact
