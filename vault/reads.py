@@ -22,17 +22,29 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Select, func, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ARRAY,
+    Integer,
+    Select,
+    String,
+    all_,
+    any_,
+    bindparam,
+    cast,
+    func,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy.orm import Session, aliased
 
-from vault.crypto import DecryptionFailed, unseal
+from vault.crypto import DataKey, DecryptionFailed, derive_dek, unseal
 from vault.crypto.merkle import MerkleTree
 from vault.errors import RecordErased, RecordNotFound, RecordSuperseded
-from vault.keyring import KeyRing
-from vault.keys import KeyStore
-from vault.models import KeyCommitment, Record, Upload
+from vault.keys import KeyStore, SecretRef, epoch_ref, subject_ref, upload_ref
+from vault.models import KeyCommitment, KeySecret, Record, Upload
 
 # Inclusion trees, kept across calls: an upload's leaf hashes never change once its rows are
 # visible (an upload is written in one transaction; erasure keeps leaf hashes, see above), and
@@ -94,6 +106,14 @@ class RecordOut:
         return f"RecordOut(record_id={self.record_id}, upload_id={self.upload_id}, payload=***)"
 
 
+# The three secrets a record's DEK derives from, joined to the record itself (outer joins: a
+# destroyed secret is an absent one, and the record then reads as erased). One query brings a
+# batch of records with their key material, instead of one for the records and one per upload
+# for the secrets, and the shared upload and epoch secrets are unwrapped once per call.
+_SUBJECT_KEY = aliased(KeySecret, name="subject_key")
+_UPLOAD_KEY = aliased(KeySecret, name="upload_key")
+_EPOCH_KEY = aliased(KeySecret, name="epoch_key")
+
 _COLUMNS = (
     Record.id,
     Record.dataset_id,
@@ -104,7 +124,29 @@ _COLUMNS = (
     Upload.retention_day,
     Upload.merkle_root,
     Upload.record_count,
+    _SUBJECT_KEY.kek_id,
+    _SUBJECT_KEY.wrapped,
+    _UPLOAD_KEY.kek_id,
+    _UPLOAD_KEY.wrapped,
+    _EPOCH_KEY.kek_id,
+    _EPOCH_KEY.wrapped,
 )
+
+
+def _position() -> Any:
+    """A record's place in the order reads and pages follow: (upload, leaf index)."""
+    return tuple_(Record.upload_id, Record.leaf_index)
+
+
+# Array parameters: one cached statement whatever the number of subjects or uploads (an
+# expanding IN list is compiled anew for every length).
+_SUBJECTS = bindparam("subjects", type_=ARRAY(String))
+_LEAVE_OUT = bindparam("leave_out", type_=ARRAY(String))
+_UPLOADS = bindparam("uploads", type_=ARRAY(PgUUID(as_uuid=True)))
+_AFTER_UPLOAD = bindparam("after_upload", type_=PgUUID(as_uuid=True))
+_AFTER_LEAF = bindparam("after_leaf", type_=Integer)
+_PAGE = bindparam("page", type_=Integer)
+_DATASET = bindparam("dataset", type_=PgUUID(as_uuid=True))
 
 
 class Reader:
@@ -125,7 +167,7 @@ class Reader:
                 f"record {record_id} was rectified: its current version is record {current}",
                 current=str(current),
             )
-        query = self._query(anchored_only).where(Record.id == record_id)
+        query = _query(anchored_only).where(Record.id == record_id)
         out = list(self._decrypt(session, query, skip_erased=False))
         if not out:
             raise RecordNotFound(f"record {record_id} does not exist")
@@ -139,7 +181,7 @@ class Reader:
         dataset_id: uuid.UUID | None = None,
         anchored_only: bool = False,
     ) -> Iterator[RecordOut]:
-        query = self._query(anchored_only).where(Record.subject_id == subject_id)
+        query = _query(anchored_only).where(Record.subject_id == subject_id)
         if dataset_id is not None:
             query = query.where(Record.dataset_id == dataset_id)
         return self._decrypt(session, query, skip_erased=True)
@@ -163,17 +205,15 @@ class Reader:
         live = (Record.subject_id == subject_id) & Record.envelope.is_not(None)
         keys = select(Record.upload_id, Record.leaf_index).where(live)
         if after is not None:
-            keys = keys.where(tuple_(Record.upload_id, Record.leaf_index) > tuple_(*after))
-        rows = session.execute(
-            keys.order_by(Record.upload_id, Record.leaf_index).limit(limit + 1)
-        ).all()
+            keys = keys.where(_position() > tuple_(*after))
+        rows = session.execute(keys.order_by(*_position()).limit(limit + 1)).all()
         if not rows:
             return [], None
         last = rows[min(limit, len(rows)) - 1]
-        query = self._query(False).where(live)
+        query = _query(False).where(live)
         if after is not None:
-            query = query.where(tuple_(Record.upload_id, Record.leaf_index) > tuple_(*after))
-        query = query.where(tuple_(Record.upload_id, Record.leaf_index) <= tuple_(*last))
+            query = query.where(_position() > tuple_(*after))
+        query = query.where(_position() <= tuple_(*last))
         page = list(self._decrypt(session, query, skip_erased=True))
         return page, ((last[0], int(last[1])) if len(rows) > limit else None)
 
@@ -184,92 +224,190 @@ class Reader:
         *,
         subjects: Iterable[str] | None = None,
         leave_out: Collection[str] = (),
+        uploads: Iterable[uuid.UUID] | None = None,
         anchored_only: bool = False,
+        limit: int | None = None,
     ) -> Iterator[RecordOut]:
-        """The dataset's records (of `subjects` only, when named), without those of the
-        subjects in `leave_out` (whose processing is restricted): they are not decrypted."""
-        query = self._query(anchored_only).where(Record.dataset_id == dataset_id)
+        """The dataset's records (of `subjects` only, when named; in `uploads` only, when
+        named), without those of the subjects in `leave_out` (whose processing is
+        restricted): they are not even fetched. `limit`: the caller reads at most this many,
+        so no batch fetches more."""
+        params: dict[str, Any] = {"dataset": dataset_id}
         if subjects is not None:
-            query = query.where(Record.subject_id.in_(list(subjects)))
+            params["subjects"] = list(subjects)
         if leave_out:
-            query = query.where(Record.subject_id.not_in(list(leave_out)))
-        return self._decrypt(session, query, skip_erased=True)
+            params["leave_out"] = list(leave_out)
+        if uploads is not None:
+            params["uploads"] = list(uploads)
+        shape = (anchored_only, subjects is not None, bool(leave_out), uploads is not None)
+        pages = _dataset_pages(session, shape, params, self._page(limit))
+        return self._open(session, pages, skip_erased=True)
 
-    def _query(self, anchored_only: bool) -> Select[*tuple[Any, ...]]:
-        # Only current versions: a row a rectification replaced has no ciphertext either, and
-        # its key is gone, but a read never even looks at it.
-        query: Select[*tuple[Any, ...]] = (
-            select(*_COLUMNS)
-            .join(Upload, Upload.id == Record.upload_id)
-            .where(Record.superseded_by.is_(None))
-            .order_by(Record.upload_id, Record.leaf_index)
-        )
-        if anchored_only:
-            query = query.where(Upload.state == "anchored")
-        return query
+    def _page(self, limit: int | None) -> int:
+        return self._batch_rows if limit is None else max(1, min(limit, self._batch_rows))
 
     def _decrypt(
         self, session: Session, query: Select[*tuple[Any, ...]], *, skip_erased: bool
     ) -> Iterator[RecordOut]:
-        """Decrypt rows in order, a batch at a time: the key secrets a batch needs (its
-        subjects' in each of its uploads) are fetched in one query per upload, not one per
-        subject (an access to 100 subjects' records made 100 key-store round trips)."""
-        rings: dict[uuid.UUID, KeyRing] = {}
-        trees: dict[uuid.UUID, MerkleTree] = {}
-        batches = session.execute(query).yield_per(self._batch_rows).partitions()
-        for batch in batches:
-            needs: dict[tuple[uuid.UUID, uuid.UUID, str], set[str]] = {}
-            for row in batch:
-                if row[5] is None:
-                    continue  # erased (see _open_batch)
-                needs.setdefault((row[1], row[2], row[6].isoformat()), set()).add(row[3])
-            for (dataset_id, upload_id, day_iso), subjects in needs.items():
-                ring = rings.get(dataset_id)
-                if ring is None:
-                    ring = KeyRing(self._store, session, dataset_id, create=False)
-                    rings[dataset_id] = ring
-                ring.prefetch_subjects(upload_id, day_iso, sorted(subjects))
-            yield from self._open_batch(session, batch, rings, trees, skip_erased)
+        return self._open(session, _pages(session, query, self._page(None)), skip_erased)
 
-    def _open_batch(
-        self,
-        session: Session,
-        batch: Sequence[Any],
-        rings: dict[uuid.UUID, KeyRing],
-        trees: dict[uuid.UUID, MerkleTree],
-        skip_erased: bool,
+    def _open(
+        self, session: Session, pages: Iterator[Sequence[Any]], skip_erased: bool
     ) -> Iterator[RecordOut]:
-        for row in batch:
-            rid, dataset_id, upload_id, subject_id, index, envelope, day, root, count = row
-            # An erased row has no ciphertext, and its subject id may be a forgotten one that
-            # no key was ever filed under: no key lookup for it.
-            dek = (
-                None
-                if envelope is None
-                else rings[dataset_id].dek(upload_id, day.isoformat(), subject_id)
-            )
-            try:
-                if dek is None or envelope is None:
-                    raise DecryptionFailed
-                payload = unseal(
-                    dek,
-                    envelope,
-                    record_id=rid.bytes,
-                    dataset_id=dataset_id.bytes,
-                    upload_id=upload_id.bytes,
-                )
-            except DecryptionFailed:
-                if skip_erased:
+        opener = _Opener(self._store, session, skip_erased)
+        for rows in pages:
+            yield from opener.open(rows)
+
+
+def _pages(session: Session, query: Select[*tuple[Any, ...]], page: int) -> Iterator[Sequence[Any]]:
+    """The query's rows in (upload, leaf) order, a bounded page at a time, each page continued
+    after the last position read: memory stays flat on a dataset of any size."""
+    first = query.order_by(*_position()).limit(page)
+    rows: Sequence[Any] = session.execute(first).all()
+    while True:
+        yield rows
+        if len(rows) < page:
+            return
+        last = rows[-1]
+        rows = session.execute(first.where(tuple_(last[2], last[4]) < _position())).all()
+
+
+class _Raw(NamedTuple):
+    """A statement compiled once to the driver's SQL, and the values of its constants."""
+
+    sql: str
+    constants: dict[str, Any]
+
+
+# The dataset read is the hot path of every access: its statements (one per combination of the
+# filters it takes, first page and following pages) are compiled once per process and run on
+# the driver's cursor, which hands back plain tuples. The ORM's per-call compilation lookup and
+# row objects cost more than the database's work for a 100-record answer. psycopg prepares a
+# statement on the server once it has run a few times on a connection.
+_raw_statements: dict[tuple[str, tuple[bool, ...], bool], _Raw] = {}
+_raw_lock = threading.Lock()
+
+
+def _dataset_statement(
+    session: Session, shape: tuple[bool, bool, bool, bool], following: bool
+) -> _Raw:
+    dialect = session.get_bind().dialect
+    key = (dialect.name + "+" + dialect.driver, shape, following)
+    raw = _raw_statements.get(key)
+    if raw is not None:
+        return raw
+    anchored_only, subjects, leave_out, uploads = shape
+    query = _query(anchored_only).where(Record.dataset_id == _DATASET)
+    if subjects:
+        query = query.where(Record.subject_id == any_(_SUBJECTS))
+    if leave_out:
+        query = query.where(Record.subject_id != all_(_LEAVE_OUT))
+    if uploads:
+        query = query.where(Record.upload_id == any_(_UPLOADS))
+    if following:
+        query = query.where(tuple_(_AFTER_UPLOAD, _AFTER_LEAF) < _position())
+    compiled = query.order_by(*_position()).limit(_PAGE).compile(dialect=dialect)
+    constants = {k: v for k, v in compiled.params.items() if v is not None}
+    raw = _Raw(str(compiled), constants)
+    with _raw_lock:
+        _raw_statements[key] = raw
+    return raw
+
+
+def _dataset_pages(
+    session: Session, shape: tuple[bool, bool, bool, bool], params: dict[str, Any], page: int
+) -> Iterator[Sequence[Any]]:
+    """`_pages` for a dataset read, on the driver's cursor (see `_raw_statements`)."""
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        first = _dataset_statement(session, shape, False)
+        cursor.execute(first.sql, {**first.constants, **params, "page": page})
+        rows: Sequence[Any] = cursor.fetchall()
+        following = _dataset_statement(session, shape, True)
+        while True:
+            yield rows
+            if len(rows) < page:
+                return
+            last = rows[-1]
+            values = {**params, "page": page, "after_upload": last[2], "after_leaf": last[4]}
+            cursor.execute(following.sql, {**following.constants, **values})
+            rows = cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _query(anchored_only: bool) -> Select[*tuple[Any, ...]]:
+    # Only current versions: a row a rectification replaced has no ciphertext either, and its
+    # key is gone, but a read never even looks at it.
+    query: Select[*tuple[Any, ...]] = (
+        select(*_COLUMNS)
+        .join(Upload, Upload.id == Record.upload_id)
+        .outerjoin(
+            _SUBJECT_KEY,
+            (_SUBJECT_KEY.kind == "subject")
+            & (_SUBJECT_KEY.dataset_id == Record.dataset_id)
+            & (_SUBJECT_KEY.scope == Record.subject_id),
+        )
+        .outerjoin(
+            _UPLOAD_KEY,
+            (_UPLOAD_KEY.kind == "upload")
+            & (_UPLOAD_KEY.dataset_id == Record.dataset_id)
+            & (_UPLOAD_KEY.scope == cast(Record.upload_id, String)),
+        )
+        .outerjoin(
+            _EPOCH_KEY,
+            (_EPOCH_KEY.kind == "epoch")
+            & (_EPOCH_KEY.dataset_id == Record.dataset_id)
+            & (_EPOCH_KEY.scope == func.to_char(Upload.retention_day, "YYYY-MM-DD")),
+        )
+        .where(Record.superseded_by.is_(None))
+    )
+    if anchored_only:
+        query = query.where(Upload.state == "anchored")
+    return query
+
+
+class _Opener:
+    """Opens the rows of one read: unwraps each secret once, derives each (upload, subject)
+    DEK once, and keeps the inclusion tree of the upload being read.
+
+    Memory stays bounded: rows come in upload order, so the DEKs and shared secrets of an
+    upload are dropped when the next upload begins (and the DEKs at DEKS_MAX within one)."""
+
+    DEKS_MAX = 10_000
+
+    def __init__(self, store: KeyStore, session: Session, skip_erased: bool) -> None:
+        self._store = store
+        self._session = session
+        self._skip_erased = skip_erased
+        self._upload: uuid.UUID | None = None
+        self._shared: tuple[bytes, bytes] | None = None
+        self._deks: dict[str, DataKey] = {}
+        self._tree: MerkleTree | None = None
+
+    def open(self, rows: Sequence[Any]) -> Iterator[RecordOut]:
+        for row in rows:
+            rid, dataset_id, upload_id, subject_id, index, envelope, _, root, count = row[:9]
+            if upload_id != self._upload:
+                self._begin_upload(row)
+            payload: bytes | None = None
+            dek = None if envelope is None else self._dek(row)
+            if dek is not None:
+                try:
+                    payload = unseal(
+                        dek,
+                        envelope,
+                        record_id=rid.bytes,
+                        dataset_id=dataset_id.bytes,
+                        upload_id=upload_id.bytes,
+                    )
+                except DecryptionFailed:
+                    payload = None
+            if payload is None or dek is None:
+                if self._skip_erased:
                     continue
-                raise RecordErased(f"record {rid} can no longer be decrypted") from None
-            tree = trees.get(upload_id)
-            if tree is None:
-                tree = _trees.get(upload_id, count)
-                if tree is None:
-                    tree = self._tree(session, upload_id)
-                    _trees.put(upload_id, tree)
-                trees.clear()  # rows come in upload order: the call needs one at a time
-                trees[upload_id] = tree
+                raise RecordErased(f"record {rid} can no longer be decrypted")
+            assert self._tree is not None
             yield RecordOut(
                 record_id=rid,
                 dataset_id=dataset_id,
@@ -278,18 +416,50 @@ class Reader:
                 payload=payload,
                 leaf_index=index,
                 leaf_salt=dek.leaf_salt(rid.bytes),
-                proof=tree.proof(index),
+                proof=self._tree.proof(index),
                 merkle_root=root,
                 record_count=count,
             )
 
-    def _tree(self, session: Session, upload_id: uuid.UUID) -> MerkleTree:
-        leaves = session.scalars(
-            select(Record.leaf_hash)
-            .where(Record.upload_id == upload_id)
-            .order_by(Record.leaf_index)
-        ).all()
-        return MerkleTree(leaves)
+    def _begin_upload(self, row: Any) -> None:
+        dataset_id, upload_id, day, count = row[1], row[2], row[6], row[8]
+        self._upload = upload_id
+        self._deks.clear()
+        self._tree = upload_tree(self._session, upload_id, count)
+        upload_secret = self._unwrap(upload_ref(dataset_id, upload_id), row[11], row[12])
+        epoch_secret = self._unwrap(epoch_ref(dataset_id, day.isoformat()), row[13], row[14])
+        self._shared = (
+            None if upload_secret is None or epoch_secret is None else (upload_secret, epoch_secret)
+        )
+
+    def _dek(self, row: Any) -> DataKey | None:
+        """The row's DEK, or None when any of its three secrets is destroyed (erased)."""
+        subject_id = row[3]
+        dek = self._deks.get(subject_id)
+        if dek is not None or self._shared is None:
+            return dek
+        subject_secret = self._unwrap(subject_ref(row[1], subject_id), row[9], row[10])
+        if subject_secret is None:
+            return None
+        dek = derive_dek(
+            upload_secret=self._shared[0],
+            subject_secret=subject_secret,
+            epoch_secret=self._shared[1],
+            upload_id=row[2].bytes,
+            subject_id=subject_id.encode(),
+        )
+        if len(self._deks) >= self.DEKS_MAX:
+            self._deks.clear()
+        self._deks[subject_id] = dek
+        return dek
+
+    def _unwrap(self, ref: SecretRef, kek_id: str | None, wrapped: bytes | None) -> bytes | None:
+        if kek_id is None or wrapped is None:
+            return None  # destroyed: the scope is erased
+        try:
+            return self._store.unwrap(ref, kek_id, bytes(wrapped))
+        except DecryptionFailed:
+            return None  # a retired KEK's copy, or a tampered row: unreadable either way
 
 
 def current_version(session: Session, record_id: uuid.UUID) -> uuid.UUID:

@@ -74,10 +74,13 @@ def projected_records(
     session: Session, store: KeyStore, access: ProjectionAccess
 ) -> Iterator[tuple[str, bytes]]:
     """(subject, projected payload) of the granted subjects' records in the live uploads."""
-    if not access.granted:
+    if not access.granted or not access.uploads:
         return
     for r in reads.Reader(store).by_dataset(
-        session, access.dataset_id, subjects=access.granted, anchored_only=True
+        session,
+        access.dataset_id,
+        subjects=access.granted,
+        uploads=access.uploads,
+        anchored_only=True,
     ):
-        if r.upload_id in access.uploads:
-            yield r.subject_id, disclosure.project(r.payload, access.fields)
+        yield r.subject_id, disclosure.project(r.payload, access.fields)

@@ -97,7 +97,9 @@ class KeyStore:
     def __repr__(self) -> str:
         return f"KeyStore({self.provider!r})"
 
-    def _unwrap(self, ref: SecretRef, kek_id: str, wrapped: bytes) -> bytes:
+    def unwrap(self, ref: SecretRef, kek_id: str, wrapped: bytes) -> bytes:
+        """One secret as a row of `key_secrets` holds it (a read that joined the row to its
+        records); raises `DecryptionFailed` if it does not unwrap."""
         return self.provider.unwrap(kek_id, wrapped, aad=ref.aad())
 
     def load(self, session: Session, refs: Iterable[SecretRef]) -> dict[SecretRef, bytes]:
@@ -118,7 +120,7 @@ class KeyStore:
             )
             for kind, dataset_id, scope, kek_id, wrapped in rows:
                 ref = SecretRef(kind, dataset_id, scope)
-                found[ref] = self._unwrap(ref, kek_id, wrapped)
+                found[ref] = self.unwrap(ref, kek_id, wrapped)
         return found
 
     def ensure(self, session: Session, refs: Iterable[SecretRef]) -> dict[SecretRef, bytes]:
@@ -260,7 +262,7 @@ class KeyStore:
             ids, rewrapped = [], []
             for row_id, kind, dataset_id, scope, kek_id, wrapped in rows:
                 ref = SecretRef(kind, dataset_id, scope)
-                secret = self._unwrap(ref, kek_id, wrapped)
+                secret = self.unwrap(ref, kek_id, wrapped)
                 kid, new_wrapped = self.provider.wrap(secret, aad=ref.aad())
                 if kid != to_kek:
                     raise KeyProviderError(f"the current KEK is {kid}, not {to_kek}")

@@ -180,14 +180,14 @@ def _records(
 ) -> Iterator[str]:
     """The granted subjects' records in the uploads the contracts named, each as the JSON text
     of an `AccessRecord` (api/http/records_json.py says why text)."""
-    if not granted:
+    if not granted or not uploads:
         return
-    live = {uuid.UUID(u) for u in uploads}
+    # Only the uploads the contracts named live: an expired, erased or withdrawn one is not
+    # even fetched for this access.
+    live = [uuid.UUID(u) for u in uploads]
     for r in reads.Reader(store).by_dataset(
-        session, dataset_id, subjects=granted, anchored_only=True
+        session, dataset_id, subjects=granted, uploads=live, anchored_only=True
     ):
-        if r.upload_id not in live:
-            continue  # expired, erased or withdrawn on the ledger: not for this access
         if fields is None:
             yield records_json.record_text(r)
         else:

@@ -452,7 +452,7 @@ def dataset_records(
             decryptions.primed(lines()), media_type="application/x-ndjson", headers=headers
         )
     found = reads.Reader(store).by_dataset(
-        session, dataset_id, subjects=subjects, leave_out=leave_out
+        session, dataset_id, subjects=subjects, leave_out=leave_out, limit=limit
     )
     read = list(itertools.islice(found, limit))
     decryptions.record_decryptions(session, member, "provider_read", decryptions.counted(read))
