@@ -76,6 +76,7 @@ PURPOSE = "billing"
 BAR_CONSUMERS = 8
 BAR_P50_MS = 20.0
 BAR_P99_MS = 100.0
+SINGLE_RECORD_BAR_P50_MS = 5.0  # one named subject's record, one consumer, ledger included
 SETUP_THREADS = 16  # set-up only: registrations and consents are independent transactions
 START_TIMEOUT_S = 90.0  # imports alone took 10 s on this machine under load
 ANCHOR_TIMEOUT_S = 60.0
@@ -123,6 +124,9 @@ class Fixture:
     server_pid: int
     replica_pids: list[int]
     postmaster: int | None  # the embedded PostgreSQL's, when it is ours to watch
+    subject_id: str  # one consenting subject: the single-record read asks about them
+    database_url: str
+    data_dir: Path
 
     def headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
@@ -375,11 +379,13 @@ def _ndjson(subjects: list[Member]) -> bytes:
     )
 
 
-def _set_up(url: str, base: str, members: dict[str, Member], n: int) -> tuple[str, str, str, str]:
+def _set_up(
+    url: str, base: str, members: dict[str, Member], n: int
+) -> tuple[str, str, str, str, str]:
     """Dataset, subjects, their records (anchored) and consents, through the client.
 
-    Returns the dataset id, the anchored Merkle root, and the provider's and the consumer's
-    API keys.
+    Returns the dataset id, the anchored Merkle root, the provider's and the consumer's API
+    keys, and the first subject's id.
     """
     provider = _api_key(url, members["provider"].id, "provider")
     consumer = _api_key(url, members["consumer"].id, "consumer")
@@ -408,7 +414,7 @@ def _set_up(url: str, base: str, members: dict[str, Member], n: int) -> tuple[st
             ),
             subjects,
         )
-    return dataset, upload["merkle_root"], provider, consumer
+    return dataset, upload["merkle_root"], provider, consumer, subjects[0].id
 
 
 def _notice(consumer: CivisClient, consumer_id: str) -> str:
@@ -436,6 +442,10 @@ def _check_answers(fx: Fixture, merkle_root: str) -> None:
             raise RuntimeError(f"{name}: a record's proof is not against the anchored root")
     if len(access["granted"]) != fx.records:
         raise RuntimeError("the contracts did not grant every consenting subject")
+    with CivisClient(fx.base, api_key=fx.consumer_key) as consumer:
+        single = consumer.access(fx.dataset_id, PURPOSE, subjects=[fx.subject_id])["records"]
+    if [r["subject_id"] for r in single] != [fx.subject_id]:
+        raise RuntimeError("the single-record read did not deliver its subject's one record")
 
 
 # -- closed-loop consumers ------------------------------------------------------------------------
@@ -596,6 +606,86 @@ def _measure(fx: Fixture, consumers: tuple[int, ...], point_s: float) -> list[di
     return points
 
 
+def _single_record(fx: Fixture, point_s: float) -> dict[str, Any]:
+    """One consumer asking for one named subject's record: the consented read a service makes
+    about one citizen, the ledger's decision included."""
+    body = json.dumps(
+        {"dataset_id": fx.dataset_id, "purpose": PURPOSE, "subjects": [fx.subject_id]}
+    ).encode()
+    headers = {**fx.headers(fx.consumer_key), "Content-Type": "application/json"}
+
+    def one(client: httpx.Client) -> httpx.Response:
+        return client.post("/v1/access-requests", content=body, headers=headers)
+
+    point = _closed_loop(fx, one, 1, min(WARMUP_S_MAX, point_s / 4), point_s).summary()
+    p50 = point["p50_ms"]
+    return {
+        **point,
+        "p50_ms_max": SINGLE_RECORD_BAR_P50_MS,
+        "p50_met": p50 is not None and p50 <= SINGLE_RECORD_BAR_P50_MS,
+    }
+
+
+def _in_process_limit(fx: Fixture, point_s: float) -> dict[str, Any]:
+    """The physical limit of an answer: the same records the access delivers (the subjects the
+    contracts granted, in the uploads they named) fetched, decrypted, proved and encoded to the
+    same JSON text by the vault's reader in this process, with no HTTP and no ledger. CPU is
+    this process's (one thread), and PostgreSQL's when the run started it."""
+    from api.http import records_json
+    from api.http.settings import Settings
+    from vault import reads
+    from vault.keys import KeyStore, make_provider
+
+    with CivisClient(fx.base, api_key=fx.consumer_key) as consumer:
+        answer = consumer.access(fx.dataset_id, PURPOSE)
+    granted = list(answer["granted"])
+    uploads = sorted({uuid.UUID(r["upload_id"]) for r in answer["records"]}, key=str)
+    dataset_id = uuid.UUID(fx.dataset_id)
+    settings = Settings(environment="test", data_dir=fx.data_dir)
+    reader = reads.Reader(KeyStore(make_provider(settings, create=False)))
+    engine = db.make_engine(fx.database_url, pool_size=1)
+
+    def answer_bytes() -> int:
+        with Session(engine) as session, session.begin():
+            found = reader.by_dataset(
+                session, dataset_id, subjects=granted, uploads=uploads, anchored_only=True
+            )
+            text = records_json.array_text(records_json.record_text(r) for r in found)
+        return len(text.encode())
+
+    try:
+        answer_bytes()  # warm: connection, prepared statements, the upload's tree
+        latencies: list[float] = []
+        cpu = _cpu_s({}, fx.postmaster)
+        began = time.perf_counter()
+        while time.perf_counter() - began < point_s or len(latencies) < 10:
+            t0 = time.perf_counter()
+            size = answer_bytes()
+            latencies.append(time.perf_counter() - t0)
+        after = _cpu_s({}, fx.postmaster)
+    finally:
+        engine.dispose()
+    n = len(latencies)
+    return {
+        "answers": n,
+        "records_per_answer": len(answer["records"]),
+        "bytes_per_answer": size,
+        "p50_ms": _ms(_percentile(latencies, 0.50)),
+        "cpu_ms_per_answer": {k: round(1000 * (after[k] - cpu.get(k, 0.0)) / n, 3) for k in after},
+    }
+
+
+def _limit_ratios(points: list[dict[str, Any]], limit: dict[str, Any]) -> dict[str, Any]:
+    """The API's CPU per answer over the in-process limit's, at each consumer count."""
+    floor = limit["cpu_ms_per_answer"]["client"]
+    return {
+        str(p["consumers"]): round(p["access"]["cpu_ms_per_request"]["api"] / floor, 2)
+        if floor and p["access"]["cpu_ms_per_request"].get("api")
+        else None
+        for p in points
+    }
+
+
 def _bars(points: list[dict[str, Any]]) -> dict[str, Any]:
     at = next((p for p in points if p["consumers"] == BAR_CONSUMERS), None)
     p50 = None if at is None else at["access"]["p50_ms"]
@@ -626,7 +716,7 @@ def access_fixture(
         launcher = [] if hosts is None else hosts.api_launcher
         base, api = stack.enter_context(_api_server(url, data_dir, api_host, launcher))
         started = time.perf_counter()
-        dataset, root, provider, consumer = _set_up(url, base, members, n)
+        dataset, root, provider, consumer, subject = _set_up(url, base, members, n)
         setup_s = time.perf_counter() - started
         fx = Fixture(
             base=base,
@@ -637,6 +727,9 @@ def access_fixture(
             server_pid=api.pid,
             replica_pids=[cluster.pid(i) for i in range(cluster.n)],
             postmaster=_postmaster(tmp / "pg") if server == "embedded-postgres" else None,
+            subject_id=subject,
+            database_url=url,
+            data_dir=data_dir,
         )
         _check_answers(fx, root)
         yield fx, {"server": server, "replicas": cluster.n, "setup_s": round(setup_s, 2)}
@@ -652,6 +745,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     consumers = tuple(getattr(args, "consumers", None) or CONSUMERS)
     with access_fixture(n, getattr(args, "database_url", None)) as (fx, meta):
         points = _measure(fx, consumers, point_s)
+        single = _single_record(fx, point_s)
+        limit = _in_process_limit(fx, point_s)
     return {
         "benchmark": "access",
         "server": meta["server"],
@@ -667,6 +762,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "with proofs, no ledger step",
         "points": points,
         "bar": _bars(points),
+        "single_record": single,
+        "in_process_limit": limit,
+        "api_cpu_ratio_to_limit": _limit_ratios(points, limit),
     }
 
 

@@ -452,6 +452,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server_pid=api.pid,
             replica_pids=[cluster.pid(i) for i in range(cluster.n)],
             postmaster=access._postmaster(tmp / "pg") if server == "embedded-postgres" else None,
+            subject_id="",
+            database_url=url,
+            data_dir=data_dir,
         )
         eco = Eco(fx, cluster.genesis.chain_id, devices, subjects, partners, offers)
         _check_one(base, devices[0], subjects)

@@ -52,6 +52,16 @@ def test_access_reports_each_consumer_count_with_its_baseline(pg_server: PgServe
     bar = report["bar"]
     assert bar["consumers"] == 8 and (bar["p50_ms_max"], bar["p99_ms_max"]) == (20.0, 100.0)
     assert isinstance(bar["p50_met"], bool) and isinstance(bar["p99_met"], bool)
+    # The single-record read: one consumer, one named subject, the ledger's decision included.
+    single = report["single_record"]
+    assert single["errors"] == 0 and single["requests"] > 0
+    assert single["p50_ms_max"] == 5.0 and isinstance(single["p50_met"], bool)
+    assert 0 < single["p50_ms"] <= single["p99_ms"]
+    # The in-process limit read the same 3 records, and the API's CPU is set beside it.
+    limit = report["in_process_limit"]
+    assert limit["records_per_answer"] == 3 and limit["answers"] >= 10
+    assert limit["cpu_ms_per_answer"]["client"] > 0
+    assert set(report["api_cpu_ratio_to_limit"]) == {str(c) for c in access.CONSUMERS}
 
 
 def test_events_reports_credited_events_coupons_and_the_ledger_baseline(
