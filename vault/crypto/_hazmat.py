@@ -45,6 +45,9 @@ class Aead:
         return "Aead(***)"
 
 
+_SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
+
+
 def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> bytes:
     """RFC 5869 HKDF with SHA-256."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    return HKDF(algorithm=_SHA256, length=length, salt=salt, info=info).derive(ikm)

@@ -12,7 +12,7 @@ Callers own the transaction: nothing here commits.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, text, tuple_, update
@@ -96,6 +96,18 @@ class KeyStore:
 
     def __repr__(self) -> str:
         return f"KeyStore({self.provider!r})"
+
+    def subject_unwrapper(self, dataset_id: uuid.UUID) -> Callable[[str, str, bytes], bytes]:
+        """`unwrap` for the subject secrets of one dataset, given (subject id, KEK id, wrapped
+        bytes): a read of many subjects builds the dataset's part of their associated data
+        once, not one `SecretRef` per record."""
+        prefix = SecretRef("subject", dataset_id, "").aad()
+        unwrap = self.provider.unwrap
+
+        def unwrap_subject(subject_id: str, kek_id: str, wrapped: bytes) -> bytes:
+            return unwrap(kek_id, wrapped, aad=prefix + subject_id.encode())
+
+        return unwrap_subject
 
     def unwrap(self, ref: SecretRef, kek_id: str, wrapped: bytes) -> bytes:
         """One secret as a row of `key_secrets` holds it (a read that joined the row to its

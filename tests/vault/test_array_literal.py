@@ -1,0 +1,31 @@
+"""Reads pass lists of subject ids as one array literal: whatever a subject id holds, the
+server must parse back exactly the strings given, one element each."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+
+from vault.reads import array_literal
+
+_HOSTILE = ['a"b', "a\\b", "a,b", "{a}", "NULL", "", " padded ", "é\u2028", '\\"', "}{,"]
+
+
+def _parsed(engine: Engine, values: list[str]) -> list[str]:
+    with engine.connect() as connection:
+        got = connection.execute(
+            text("SELECT CAST(:v AS varchar[])"), {"v": array_literal(values)}
+        ).scalar_one()
+    return list(got)
+
+
+def test_hostile_strings_come_back_as_given(engine: Engine) -> None:
+    assert _parsed(engine, _HOSTILE) == _HOSTILE
+    assert _parsed(engine, []) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00")), max_size=8))
+def test_any_strings_come_back_as_given(engine: Engine, values: list[str]) -> None:
+    assert _parsed(engine, values) == values
