@@ -37,6 +37,7 @@ from api.http.routes import fees as fee_routes
 from api.http.routes import ledger as ledger_routes
 from api.http.routes import rectifications as rectification_routes
 from api.http.settings import Settings
+from api.services.keys import VerifiedKeys
 from api.services.readiness import ReadinessProbe
 from vault import db
 from vault.keys import KeyStore, make_provider
@@ -72,6 +73,7 @@ def create_app(
         from api.services.member_standing import MemberStanding
 
         app.state.member_standing = MemberStanding(ledger)
+    app.state.verified_keys = VerifiedKeys(settings.api_key_cache_s)
     app.state.readiness_probes = tuple(probes)
     app.state.upload_slots = UploadSlots(
         per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max
