@@ -54,16 +54,19 @@ def create_app(
     probes: Sequence[ReadinessProbe] = (),
     ledger: LedgerGateway | None = None,
     background_jobs: bool = True,
+    owns_ledger: bool = False,
 ) -> FastAPI:
     """The app; with `ledger`, consent-checked access, anchoring and the ledger routes.
 
     Without a ledger (some API tests, a read-only maintenance instance) every route that needs
-    one answers 503, and datasets live in the vault only.
+    one answers 503, and datasets live in the vault only. `owns_ledger`: the gateway is this
+    app's alone (an API worker process's, api/cli/serving.py) and closes when its lifespan
+    ends; otherwise whoever made it closes it.
     """
     app = FastAPI(
         title="Civis Vault",
         version="0.1.0",
-        lifespan=_lifespan(settings, database_url, ledger, background_jobs),
+        lifespan=_lifespan(settings, database_url, ledger, background_jobs, owns_ledger),
         responses=errors.PROBLEM_RESPONSES,
     )
     app.state.settings = settings
@@ -123,6 +126,7 @@ def _lifespan(
     database_url: str,
     ledger: LedgerGateway | None,
     background_jobs: bool,
+    owns_ledger: bool,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The app's lifespan: the key store, the engine and the background jobs exist only while
     the app serves (never at import, nor in an app built only for its OpenAPI document)."""
@@ -158,6 +162,8 @@ def _lifespan(
             if keys is not None:
                 keys.stop()
             engine.dispose()
+            if owns_ledger and ledger is not None:
+                ledger.close()
 
     return lifespan
 
