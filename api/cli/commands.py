@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from api.cli.bootstrap import RunningLedger
     from api.services.directory import NameIn
     from api.services.keys import IssuedKey
+    from api.services.records_of_processing import ControllerIn
     from vault.keys import KeyProvider
 
 
@@ -32,6 +33,14 @@ _EXPIRES_HELP = "when the key stops working: a duration (90m, 12h, 30d, 8w) or a
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_up(sub)
+    _register_apikey(sub)
+    openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
+    openapi.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
+    openapi.set_defaults(func=_openapi)
+
+
+def _register_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="start the whole system: database, ledger cluster, API")
     up.add_argument("--host", default=None, help="API bind address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=None, help="API port (default 8000)")
@@ -60,6 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_controller_arguments(up, prefix="controller")
     up.set_defaults(func=_up)
 
+
+def _register_apikey(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     apikey = sub.add_parser("apikey", help="issue, list, rotate and revoke members' API keys")
     keys = apikey.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
     create = keys.add_parser("create", help="issue a key; the token is printed once")
@@ -102,10 +113,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.set_defaults(func=_apikey_list)
     rotate.set_defaults(func=_apikey_rotate)
     revoke.set_defaults(func=_apikey_revoke)
-
-    openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
-    openapi.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
-    openapi.set_defaults(func=_openapi)
 
 
 def _replica_count(text: str) -> int:
@@ -163,7 +170,7 @@ def _up(args: argparse.Namespace) -> int:
     """
     from api.cli import bootstrap, serving
     from ledger_bridge.genesis import GenesisError
-    from vault.keys import KeyProviderError, make_provider
+    from vault.keys import KeyProviderError
 
     settings = _settings_from(args)
     settings.enforce_production_safety()
@@ -188,20 +195,7 @@ def _up(args: argparse.Namespace) -> int:
                     settings.data_dir, replicas=args.replicas, external_dir=args.ledger_dir
                 )
             )
-            # The DPO's API key belongs to the chain we founded, not to an external one.
-            issued = (
-                bootstrap.issue_pending_dpo_key(url, settings.data_dir)
-                if ledger.cluster is not None
-                else None
-            )
-            if controller is not None:
-                bootstrap.record_controller(url, controller)
-            bootstrap.name_founders(
-                url, ledger.gateway.genesis, "" if controller is None else controller.dpo_name
-            )
-            # The master key file (or the token's first KEK) exists before the workers start,
-            # so they find it rather than race to make it; an unsafe one stops `up` here.
-            _close_provider(make_provider(settings))
+            issued = _found(url, settings, ledger, controller)
             _print_summary(args, settings, ledger, issued, workers)
             spec = serving.ApiSpec(
                 settings, url, ledger.directory, bootstrap.keys_dir(settings.data_dir)
@@ -229,10 +223,32 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _close_provider(provider: KeyProvider) -> None:
+def _found(
+    url: str, settings: Settings, ledger: RunningLedger, controller: ControllerIn | None
+) -> IssuedKey | None:
+    """What the database and the key store need before the API serves; the DPO's first API
+    key if this run issued it."""
+    from api.cli import bootstrap
+    from vault.keys import make_provider
+
+    # The DPO's API key belongs to the chain we founded, not to an external one.
+    issued = (
+        bootstrap.issue_pending_dpo_key(url, settings.data_dir)
+        if ledger.cluster is not None
+        else None
+    )
+    if controller is not None:
+        bootstrap.record_controller(url, controller)
+    bootstrap.name_founders(
+        url, ledger.gateway.genesis, "" if controller is None else controller.dpo_name
+    )
+    # The master key file (or the token's first KEK) exists before the workers start, so they
+    # find it rather than race to make it; an unsafe one stops `up` here.
+    provider: KeyProvider = make_provider(settings)
     close = getattr(provider, "close", None)
     if close is not None:
         close()
+    return issued
 
 
 def _print_summary(

@@ -69,20 +69,7 @@ def create_app(
         lifespan=_lifespan(settings, database_url, ledger, background_jobs, owns_ledger),
         responses=errors.PROBLEM_RESPONSES,
     )
-    app.state.settings = settings
-    app.state.ledger = ledger
-    app.state.member_standing = None
-    if ledger is not None:
-        from api.services.member_standing import MemberStanding
-
-        app.state.member_standing = MemberStanding(ledger)
-    app.state.verified_keys = VerifiedKeys(settings.api_key_cache_s)
-    app.state.readiness_probes = tuple(probes)
-    app.state.upload_slots = UploadSlots(
-        per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max
-    )
-    # One registry per app: several apps in one test process must not collide.
-    app.state.metrics_registry = CollectorRegistry()
+    _set_state(app, settings, probes, ledger)
     errors.install(app)
     # The order of the routers is the order of the paths in openapi.yaml.
     app.include_router(health.router)
@@ -119,6 +106,30 @@ def create_app(
     )
     app.add_middleware(Metrics, registry=app.state.metrics_registry)
     return app
+
+
+def _set_state(
+    app: FastAPI,
+    settings: Settings,
+    probes: Sequence[ReadinessProbe],
+    ledger: LedgerGateway | None,
+) -> None:
+    """What the app holds from its creation: the settings, the ledger and this process's
+    memories (members' standing, verified keys) and limits."""
+    app.state.settings = settings
+    app.state.ledger = ledger
+    app.state.member_standing = None
+    if ledger is not None:
+        from api.services.member_standing import MemberStanding
+
+        app.state.member_standing = MemberStanding(ledger)
+    app.state.verified_keys = VerifiedKeys(settings.api_key_cache_s)
+    app.state.readiness_probes = tuple(probes)
+    app.state.upload_slots = UploadSlots(
+        per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max
+    )
+    # One registry per app: several apps in one test process must not collide.
+    app.state.metrics_registry = CollectorRegistry()
 
 
 def _lifespan(
