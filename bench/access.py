@@ -214,29 +214,20 @@ def bench_database(server_url: str | None, tmp: Path) -> Iterator[tuple[str, str
 # -- the system under test ------------------------------------------------------------------------
 
 
-def _serve(url: str, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
-    """The child process: the app of `civis-vault up` on a ledger founded by the parent."""
-    import uvicorn
-
-    from api.cli import bootstrap
-    from api.http.app import create_app
+def _serve(url: str, data_dir: Path, port: int, host: str = "127.0.0.1", workers: int = 1) -> None:
+    """The child process: the API of `civis-vault up`, with its `workers` worker processes
+    (api/cli/serving.py), on a ledger founded by the parent."""
+    from api.cli import bootstrap, serving
     from api.http.settings import Settings
-    from api.services.gateway import LedgerGateway
 
-    settings = Settings(environment="test", data_dir=data_dir)
-    gateway = LedgerGateway.from_directory(
-        bootstrap.ledger_dir(data_dir), bootstrap.keys_dir(data_dir)
+    spec = serving.ApiSpec(
+        Settings(environment="test", data_dir=data_dir),
+        url,
+        bootstrap.ledger_dir(data_dir),
+        bootstrap.keys_dir(data_dir),
     )
-    try:
-        app = create_app(
-            settings,
-            database_url=url,
-            probes=[bootstrap.quorum_probe(gateway)],
-            ledger=gateway,
-        )
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-    finally:
-        gateway.close()
+    if not serving.serve(spec, workers=workers, host=host, port=port, log_level="warning"):
+        raise SystemExit("the API workers could not start")
 
 
 def found_cluster(
@@ -306,10 +297,19 @@ def running_cluster(
 
 @contextmanager
 def _api_server(
-    url: str, data_dir: Path, host: str = "127.0.0.1", launcher: Sequence[str] = ()
+    url: str,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    launcher: Sequence[str] = (),
+    workers: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The API in a child process, with `workers` worker processes (default: as `up` chooses),
+    ready (database and ledger quorum) before this yields."""
+    from api.cli.serving import default_workers
+
     port = _free_port() if host == "127.0.0.1" else HOSTS_API_PORT
-    serve = ["--serve", url, str(data_dir), str(port), "--host", host]
+    n = default_workers() if workers is None else workers
+    serve = ["--serve", url, str(data_dir), str(port), "--host", host, "--workers", str(n)]
     server = subprocess.Popen([*launcher, sys.executable, "-m", "bench.access", *serve])
     base = f"http://{host}:{port}"
     try:
@@ -462,8 +462,11 @@ def _postmaster(pgdata: Path) -> int | None:
 
 def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, float]:
     """CPU seconds (user + system) so far, per group of processes; this process as "client",
-    and the embedded PostgreSQL (postmaster and every backend alive now) as "postgres"."""
+    the API's process with its worker processes as "api", and the embedded PostgreSQL
+    (postmaster and every backend alive now) as "postgres"."""
     groups = dict(pids)
+    if "api" in groups:
+        groups["api"] = _with_children(groups["api"])
     if postmaster is not None:
         try:
             root = psutil.Process(postmaster)
@@ -482,6 +485,17 @@ def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, floa
         out[name] = total
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["client"] = usage.ru_utime + usage.ru_stime
+    return out
+
+
+def _with_children(pids: list[int]) -> list[int]:
+    """`pids` and every process below them (the API's worker processes)."""
+    out = list(pids)
+    for pid in pids:
+        try:
+            out += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
     return out
 
 
@@ -703,10 +717,13 @@ def _bars(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 @contextmanager
 def access_fixture(
-    n: int, database_url: str | None, hosts: Hosts | None = None
+    n: int, database_url: str | None, hosts: Hosts | None = None, workers: int | None = None
 ) -> Iterator[tuple[Fixture, dict[str, Any]]]:
-    """The system under test, set up and checked: PostgreSQL, the cluster, the API, the
-    dataset of `n` consenting subjects; yields the fixture and what the report says of it."""
+    """The system under test, set up and checked: PostgreSQL, the cluster, the API (with
+    `workers` worker processes, default as `up` chooses), the dataset of `n` consenting
+    subjects; yields the fixture and what the report says of it."""
+    from api.cli.serving import default_workers
+
     members = {name: Member() for name in ("dpo", "provider", "consumer")}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="civis-bench-")))
@@ -714,7 +731,8 @@ def access_fixture(
         data_dir, cluster = stack.enter_context(running_cluster(tmp, members, hosts=hosts))
         api_host = "127.0.0.1" if hosts is None else hosts.api_address
         launcher = [] if hosts is None else hosts.api_launcher
-        base, api = stack.enter_context(_api_server(url, data_dir, api_host, launcher))
+        api_workers = default_workers() if workers is None else workers
+        base, api = stack.enter_context(_api_server(url, data_dir, api_host, launcher, api_workers))
         started = time.perf_counter()
         dataset, root, provider, consumer, subject = _set_up(url, base, members, n)
         setup_s = time.perf_counter() - started
@@ -732,7 +750,15 @@ def access_fixture(
             data_dir=data_dir,
         )
         _check_answers(fx, root)
-        yield fx, {"server": server, "replicas": cluster.n, "setup_s": round(setup_s, 2)}
+        yield (
+            fx,
+            {
+                "server": server,
+                "replicas": cluster.n,
+                "api_workers": api_workers,
+                "setup_s": round(setup_s, 2),
+            },
+        )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -743,7 +769,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = int(getattr(args, "records", None) or RECORDS)
     point_s = float(getattr(args, "seconds", None) or POINT_S)
     consumers = tuple(getattr(args, "consumers", None) or CONSUMERS)
-    with access_fixture(n, getattr(args, "database_url", None)) as (fx, meta):
+    workers = getattr(args, "workers", None)
+    with access_fixture(n, getattr(args, "database_url", None), workers=workers) as (fx, meta):
         points = _measure(fx, consumers, point_s)
         single = _single_record(fx, point_s)
         limit = _in_process_limit(fx, point_s)
@@ -751,6 +778,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "access",
         "server": meta["server"],
         "replicas": meta["replicas"],
+        "api_workers": meta["api_workers"],
         "records": n,
         "payload_bytes": PAYLOAD_BYTES,
         "point_s": point_s,
@@ -772,9 +800,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", nargs=3, metavar=("URL", "DIR", "PORT"), required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     url, data_dir, port = args.serve
-    _serve(url, Path(data_dir), int(port), args.host)
+    _serve(url, Path(data_dir), int(port), args.host, args.workers)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="access, upload-http: PostgreSQL to use (default CIVIS_DATABASE_URL, else embedded)",
     )
     bench.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="access: API worker processes (default: as `civis-vault up` chooses)",
+    )
+    bench.add_argument(
         "--gb",
         type=float,
         default=None,

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from api.cli.dpo import add_controller_arguments, controller_from
+from api.cli.serving import WORKERS_MAX, WORKERS_MAX_DEFAULT
 from api.http.settings import Settings
 from vault import db
 from vault.models import API_ROLES
@@ -24,12 +25,22 @@ if TYPE_CHECKING:
     from api.cli.bootstrap import RunningLedger
     from api.services.directory import NameIn
     from api.services.keys import IssuedKey
+    from api.services.records_of_processing import ControllerIn
+    from vault.keys import KeyProvider
 
 
 _EXPIRES_HELP = "when the key stops working: a duration (90m, 12h, 30d, 8w) or an ISO date/time"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_up(sub)
+    _register_apikey(sub)
+    openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
+    openapi.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
+    openapi.set_defaults(func=_openapi)
+
+
+def _register_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="start the whole system: database, ledger cluster, API")
     up.add_argument("--host", default=None, help="API bind address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=None, help="API port (default 8000)")
@@ -47,11 +58,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="genesis directory of external replicas: connect, start none",
     )
+    up.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=None,
+        help=f"API worker processes (default: one per usable core, at most {WORKERS_MAX_DEFAULT})",
+    )
     # Art. 30(1)(a): who the controller and its DPO are, recorded at founding (the first run);
     # later: civis-vault controller set.
     add_controller_arguments(up, prefix="controller")
     up.set_defaults(func=_up)
 
+
+def _register_apikey(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     apikey = sub.add_parser("apikey", help="issue, list, rotate and revoke members' API keys")
     keys = apikey.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
     create = keys.add_parser("create", help="issue a key; the token is printed once")
@@ -95,10 +114,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rotate.set_defaults(func=_apikey_rotate)
     revoke.set_defaults(func=_apikey_revoke)
 
-    openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
-    openapi.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
-    openapi.set_defaults(func=_openapi)
-
 
 def _replica_count(text: str) -> int:
     """Checked when parsing, before PostgreSQL starts or any key is written."""
@@ -108,6 +123,16 @@ def _replica_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if n < 4 or (n - 1) % 3:
         raise argparse.ArgumentTypeError("replicas must be 3f+1 with f >= 1 (4, 7, 10, ...)")
+    return n
+
+
+def _worker_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= n <= WORKERS_MAX:
+        raise argparse.ArgumentTypeError(f"workers must be between 1 and {WORKERS_MAX}")
     return n
 
 
@@ -139,17 +164,17 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def _up(args: argparse.Namespace) -> int:
     """Database, then ledger, then API; unwound in reverse on Ctrl-C, SIGTERM or a failure.
 
-    uvicorn handles the signal first (graceful HTTP shutdown, the app's lifespan stops the
-    relay), then raises it again, which lands in `_stop`.
+    One API worker: uvicorn handles the signal first (graceful HTTP shutdown, the app's
+    lifespan stops the relay), then raises it again, which lands in `_stop`. Several: uvicorn's
+    supervisor takes the signals, stops every worker the same way, and returns.
     """
-    import uvicorn
-
-    from api.cli import bootstrap
-    from api.http.app import create_app
+    from api.cli import bootstrap, serving
     from ledger_bridge.genesis import GenesisError
+    from vault.keys import KeyProviderError
 
     settings = _settings_from(args)
     settings.enforce_production_safety()
+    workers = serving.default_workers() if args.workers is None else args.workers
     try:
         controller = controller_from(args)
     except ValueError as exc:
@@ -161,6 +186,7 @@ def _up(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started = True
     try:
         with contextlib.ExitStack() as stack:
             url = stack.enter_context(db.open_database(settings.database_url, settings.data_dir))
@@ -169,36 +195,60 @@ def _up(args: argparse.Namespace) -> int:
                     settings.data_dir, replicas=args.replicas, external_dir=args.ledger_dir
                 )
             )
-            # The DPO's API key belongs to the chain we founded, not to an external one.
-            issued = (
-                bootstrap.issue_pending_dpo_key(url, settings.data_dir)
-                if ledger.cluster is not None
-                else None
+            issued = _found(url, settings, ledger, controller)
+            _print_summary(args, settings, ledger, issued, workers)
+            spec = serving.ApiSpec(
+                settings, url, ledger.directory, bootstrap.keys_dir(settings.data_dir)
             )
-            if controller is not None:
-                bootstrap.record_controller(url, controller)
-            bootstrap.name_founders(
-                url, ledger.gateway.genesis, "" if controller is None else controller.dpo_name
-            )
-            _print_summary(args, settings, ledger, issued)
-            app = create_app(
-                settings,
-                database_url=url,
-                probes=[bootstrap.quorum_probe(ledger.gateway)],
+            started = serving.serve(
+                spec,
+                workers=workers,
+                host=settings.api_host,
+                port=settings.api_port,
                 ledger=ledger.gateway,
             )
-            uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
     except KeyboardInterrupt:
         pass
-    except (bootstrap.BootstrapError, GenesisError) as exc:
+    except (bootstrap.BootstrapError, GenesisError, KeyProviderError) as exc:
         print(f"civis-vault up: {exc}", file=sys.stderr)
         return 2
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.umask(umask)
+    if not started:
+        print("civis-vault up: the API workers could not start (see above)", file=sys.stderr)
+        return 2
     print("civis-vault up: stopped", flush=True)
     return 0
+
+
+def _found(
+    url: str, settings: Settings, ledger: RunningLedger, controller: ControllerIn | None
+) -> IssuedKey | None:
+    """What the database and the key store need before the API serves; the DPO's first API
+    key if this run issued it."""
+    from api.cli import bootstrap
+    from vault.keys import make_provider
+
+    # The DPO's API key belongs to the chain we founded, not to an external one.
+    issued = (
+        bootstrap.issue_pending_dpo_key(url, settings.data_dir)
+        if ledger.cluster is not None
+        else None
+    )
+    if controller is not None:
+        bootstrap.record_controller(url, controller)
+    bootstrap.name_founders(
+        url, ledger.gateway.genesis, "" if controller is None else controller.dpo_name
+    )
+    # The master key file (or the token's first KEK) exists before the workers start, so they
+    # find it rather than race to make it; an unsafe one stops `up` here.
+    provider: KeyProvider = make_provider(settings)
+    close = getattr(provider, "close", None)
+    if close is not None:
+        close()
+    return issued
 
 
 def _print_summary(
@@ -206,6 +256,7 @@ def _print_summary(
     settings: Settings,
     ledger: RunningLedger,
     issued: IssuedKey | None,
+    workers: int,
 ) -> None:
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     where = (
@@ -220,7 +271,7 @@ def _print_summary(
     )
     kind = "local replica processes" if ledger.cluster is not None else "external replicas"
     lines = [
-        f"Civis Vault API on {api_url}",
+        f"Civis Vault API on {api_url} ({workers} worker process{'es' if workers > 1 else ''})",
         f"ledger: chain {ledger.gateway.chain_id}, {ledger.gateway.genesis.n} {kind} "
         f"(clients dial {', '.join(ledger.addresses())}"
         f"{' over TLS' if ledger.gateway.genesis.tls_ca else ''})",

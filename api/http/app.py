@@ -37,6 +37,7 @@ from api.http.routes import fees as fee_routes
 from api.http.routes import ledger as ledger_routes
 from api.http.routes import rectifications as rectification_routes
 from api.http.settings import Settings
+from api.services.keys import VerifiedKeys
 from api.services.readiness import ReadinessProbe
 from vault import db
 from vault.keys import KeyStore, make_provider
@@ -53,31 +54,22 @@ def create_app(
     probes: Sequence[ReadinessProbe] = (),
     ledger: LedgerGateway | None = None,
     background_jobs: bool = True,
+    owns_ledger: bool = False,
 ) -> FastAPI:
     """The app; with `ledger`, consent-checked access, anchoring and the ledger routes.
 
     Without a ledger (some API tests, a read-only maintenance instance) every route that needs
-    one answers 503, and datasets live in the vault only.
+    one answers 503, and datasets live in the vault only. `owns_ledger`: the gateway is this
+    app's alone (an API worker process's, api/cli/serving.py) and closes when its lifespan
+    ends; otherwise whoever made it closes it.
     """
     app = FastAPI(
         title="Civis Vault",
         version="0.1.0",
-        lifespan=_lifespan(settings, database_url, ledger, background_jobs),
+        lifespan=_lifespan(settings, database_url, ledger, background_jobs, owns_ledger),
         responses=errors.PROBLEM_RESPONSES,
     )
-    app.state.settings = settings
-    app.state.ledger = ledger
-    app.state.member_standing = None
-    if ledger is not None:
-        from api.services.member_standing import MemberStanding
-
-        app.state.member_standing = MemberStanding(ledger)
-    app.state.readiness_probes = tuple(probes)
-    app.state.upload_slots = UploadSlots(
-        per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max
-    )
-    # One registry per app: several apps in one test process must not collide.
-    app.state.metrics_registry = CollectorRegistry()
+    _set_state(app, settings, probes, ledger)
     errors.install(app)
     # The order of the routers is the order of the paths in openapi.yaml.
     app.include_router(health.router)
@@ -116,11 +108,36 @@ def create_app(
     return app
 
 
+def _set_state(
+    app: FastAPI,
+    settings: Settings,
+    probes: Sequence[ReadinessProbe],
+    ledger: LedgerGateway | None,
+) -> None:
+    """What the app holds from its creation: the settings, the ledger and this process's
+    memories (members' standing, verified keys) and limits."""
+    app.state.settings = settings
+    app.state.ledger = ledger
+    app.state.member_standing = None
+    if ledger is not None:
+        from api.services.member_standing import MemberStanding
+
+        app.state.member_standing = MemberStanding(ledger)
+    app.state.verified_keys = VerifiedKeys(settings.api_key_cache_s)
+    app.state.readiness_probes = tuple(probes)
+    app.state.upload_slots = UploadSlots(
+        per_key_max=settings.uploads_per_key_max, total_max=settings.uploads_max
+    )
+    # One registry per app: several apps in one test process must not collide.
+    app.state.metrics_registry = CollectorRegistry()
+
+
 def _lifespan(
     settings: Settings,
     database_url: str,
     ledger: LedgerGateway | None,
     background_jobs: bool,
+    owns_ledger: bool,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The app's lifespan: the key store, the engine and the background jobs exist only while
     the app serves (never at import, nor in an app built only for its OpenAPI document)."""
@@ -156,6 +173,8 @@ def _lifespan(
             if keys is not None:
                 keys.stop()
             engine.dispose()
+            if owns_ledger and ledger is not None:
+                ledger.close()
 
     return lifespan
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden, Unauthorized
 from api.http.settings import Settings
-from api.services.keys import Member, authenticate
+from api.services.keys import Member, VerifiedKeys
 from api.services.subject_sessions import is_session_token, session_member
 from vault.keys import KeyStore
 
@@ -66,9 +66,15 @@ _bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _authenticated(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Member:
+def _authenticated(
+    request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None
+) -> Member:
     """The caller behind an API key or a subject's sign-in token: a sign-in token is accepted
-    wherever a subject's API key is, and proves every pseudonym it was signed in with."""
+    wherever a subject's API key is, and proves every pseudonym it was signed in with.
+
+    API keys are verified through the process's `VerifiedKeys` (the database is asked once
+    per key every `api_key_cache_s`); a sign-in token is looked up on every request, so that
+    signing out ends it at once, in every process."""
     if credentials is None:
         raise Unauthorized(
             "an API key or a subject's sign-in token is required (Authorization: Bearer …)"
@@ -83,7 +89,8 @@ def _authenticated(session: Session, credentials: HTTPAuthorizationCredentials |
                 "again with the wallet"
             )
         return signed_in
-    member = authenticate(session, token)
+    verified: VerifiedKeys = request.app.state.verified_keys
+    member = verified.authenticate(session, token)
     if member is None:
         # One answer for malformed, unknown, wrong and revoked keys: no oracle for probing.
         raise Unauthorized("the API key is not valid")
@@ -101,7 +108,7 @@ def in_standing(request: Request, member: Member) -> Member:
 
 
 def _current_member(request: Request, session: SessionDep, credentials: Credentials) -> Member:
-    return in_standing(request, _authenticated(session, credentials))
+    return in_standing(request, _authenticated(request, session, credentials))
 
 
 CurrentMember = Annotated[Member, Depends(_current_member)]
@@ -115,7 +122,7 @@ def _released_member(request: Request, credentials: Credentials) -> Member:
     """
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session, session.begin():
-        member = _authenticated(session, credentials)
+        member = _authenticated(request, session, credentials)
     return in_standing(request, member)
 
 

@@ -31,6 +31,10 @@ class Settings(VaultSettings):
     # so uploads, stalled or not, never starve the other routes.
     uploads_per_key_max: int = 2
     uploads_max: int = 8
+    # How long an API process trusts an API key it verified before asking the database again
+    # (api/services/keys.py `VerifiedKeys`): a revoked key stops working within this bound in
+    # every process; an expiry is exact. 0 asks on every request; at most a minute.
+    api_key_cache_s: float = Field(default=5.0, ge=0, le=60)
     # Background jobs (api/services/jobs.py): how often the outbox relay looks for facts to ship
     # when no route woke it, and how often the retention sweeper runs (it also runs at start).
     relay_interval_s: float = 1.0

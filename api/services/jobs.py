@@ -11,7 +11,10 @@ them all safely at once: the relay takes a PostgreSQL advisory lock (one relay s
 facts in order), the sweeper and the periodic jobs take their rows with `FOR UPDATE SKIP
 LOCKED` (the register's sync writes under the register's lock, registering each ledger request
 once). A route that wrote a fact calls `kick()` so its anchor reaches the ledger at once
-instead of at the next tick. The periodic jobs run before the relay in a tick, so a fact one
+instead of at the next tick; if another process's relay holds the lock then, it may have
+looked for facts just before this one committed, so a kicked relay tries again every
+`RELAY_RETRY_S` until it ships itself (the route waits for the receipt: a missed kick would
+cost it a whole `relay_interval_s`). The periodic jobs run before the relay in a tick, so a fact one
 of them queues ships in the same tick. The purge (api/services/subject_sessions.py) deletes
 expired sign-in challenges and sessions: a session names pseudonyms of one person together, so
 its row should not outlive its expiry by long even when nobody signs in.
@@ -31,6 +34,9 @@ from vault.keys.registry import InstanceRegistry
 from vault.retention import RetentionSweeper
 
 _log = logging.getLogger(__name__)
+
+# How soon a kicked relay tries again while another process's relay holds the lock.
+RELAY_RETRY_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,7 @@ class BackgroundJobs:
             _log.error("retention sync failed (%s); retrying later", type(exc).__name__)
 
     def _main(self) -> None:
+        kicked = False
         while not self._stop.is_set():
             if self._sweeper is not None and self._monotonic() >= self._next_sweep:
                 self._next_sweep = self._monotonic() + self._sweep_interval_s
@@ -120,14 +127,22 @@ class BackgroundJobs:
                 except Exception as exc:  # the type only: a message may quote SQL parameters
                     _log.error("retention sweep failed (%s); retrying later", type(exc).__name__)
             self._run_periodic()
-            if self._relay is not None:
-                try:
-                    while not self._stop.is_set() and self._relay.run_once() > 0:
-                        pass
-                except Exception as exc:
-                    _log.error("outbox relay failed (%s); retrying", type(exc).__name__)
-            self._wake.wait(self._relay_interval_s)
+            # Still kicked while another process's relay held the lock: retry soon.
+            kicked = self._ship() and kicked
+            kicked = self._wake.wait(RELAY_RETRY_S if kicked else self._relay_interval_s) or kicked
             self._wake.clear()
+
+    def _ship(self) -> bool:
+        """Run the relay until the outbox is empty; whether another process held its lock."""
+        if self._relay is None:
+            return False
+        try:
+            while not self._stop.is_set() and self._relay.run_once() > 0:
+                pass
+        except Exception as exc:
+            _log.error("outbox relay failed (%s); retrying", type(exc).__name__)
+            return False
+        return self._relay.held_elsewhere
 
     def _run_periodic(self) -> None:
         for i, job in enumerate(self._periodic):

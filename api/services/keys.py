@@ -10,6 +10,10 @@ Lifecycle: a key works from its creation until it is revoked or, if it has one, 
 `expires_at`. Rotation issues a new secret for the same member and role and ends the old key,
 at once by default or after a grace period (its `expires_at` brought forward), so a client can
 switch over without a window in which neither key works.
+
+The API asks the database once per key every few seconds, not once per request
+(`VerifiedKeys`): a revocation, or a grace cut short, reaches every API process within that
+bound (the setting `api_key_cache_s`); an expiry is exact.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
@@ -35,6 +43,9 @@ KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 # is issued without an expiry, which says so explicitly.
 LIFETIME_MAX = dt.timedelta(days=3660)
 _DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhdw])$")
+# Keys one API process remembers as verified at once; beyond, the least recently used goes
+# (an entry is a key id, a hash, a member: about 400 bytes).
+VERIFIED_KEYS_MAX = 10_000
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -258,6 +269,22 @@ def rotate_key(
     return issued
 
 
+def _live_key(session: Session, key_id: str, secret_hash: bytes) -> ApiKey | None:
+    """The row of `key_id` if `secret_hash` is its secret's and it is not revoked, else None.
+    An unknown id is compared against a dummy hash: the answer takes the same time."""
+    key = session.scalars(select(ApiKey).where(ApiKey.id == key_id)).one_or_none()
+    expected = key.secret_hash if key is not None else _DUMMY_HASH
+    ok = hmac.compare_digest(secret_hash, expected)
+    if key is None or not ok or key.revoked_at is not None:
+        return None
+    return key
+
+
+def _refuse_expired(key_id: str, expires_at: dt.datetime | None, now: dt.datetime | None) -> None:
+    if expires_at is not None and expires_at <= _now(now):
+        raise KeyExpired(key_id, expires_at.astimezone(dt.UTC))
+
+
 def authenticate(session: Session, token: str, *, now: dt.datetime | None = None) -> Member | None:
     """The member behind a token, or None (malformed, unknown, wrong secret or revoked).
 
@@ -268,11 +295,95 @@ def authenticate(session: Session, token: str, *, now: dt.datetime | None = None
     if match is None:
         return None
     key_id, secret = match.groups()
-    key = session.scalars(select(ApiKey).where(ApiKey.id == key_id)).one_or_none()
-    expected = key.secret_hash if key is not None else _DUMMY_HASH
-    ok = hmac.compare_digest(_hash(secret), expected)
-    if key is None or not ok or key.revoked_at is not None:
+    key = _live_key(session, key_id, _hash(secret))
+    if key is None:
         return None
-    if key.expires_at is not None and key.expires_at <= _now(now):
-        raise KeyExpired(key.id, key.expires_at.astimezone(dt.UTC))
+    _refuse_expired(key.id, key.expires_at, now)
     return Member(member_id=key.member_id, role=key.role, key_id=key.id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    secret_hash: bytes
+    member: Member
+    expires_at: dt.datetime | None
+    verified_at: float  # on the process's monotonic clock
+
+
+class VerifiedKeys:
+    """`authenticate` that asks the database about a key at most once every `ttl_s` seconds.
+
+    Why: every request of a member carries its key, and a query per request was a tenth of
+    the API's time on the consented read path. What holds regardless:
+    - a wrong secret is never accepted: an entry is found by key id, then its secret's
+      SHA-256 is compared in constant time; a mismatch goes to the database, which answers
+      as for any wrong secret (so the cache tells no one which key ids were used lately);
+    - only keys verified good are remembered: refusals are asked every time, and a key
+      issued a moment ago works at once;
+    - a revocation (or a rotation's grace cut short) takes effect within `ttl_s` in every
+      process, each having verified the key at most that long ago;
+    - an expiry is exact: the entry keeps `expires_at` and checks it on every request;
+    - memory is bounded: `max_keys` entries, least recently used dropped first.
+    `ttl_s` 0 asks the database every time. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        max_keys: int = VERIFIED_KEYS_MAX,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_s < 0 or max_keys < 1:
+            raise ValueError("ttl_s must be >= 0 and max_keys >= 1")
+        self._ttl_s = ttl_s
+        self._max = max_keys
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Verified] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def authenticate(
+        self, session: Session, token: str, *, now: dt.datetime | None = None
+    ) -> Member | None:
+        """As `authenticate`, from memory when this key was verified less than `ttl_s` ago."""
+        match = _TOKEN.match(token)
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        secret_hash = _hash(secret)
+        known = self._recall(key_id, secret_hash)
+        if known is not None:
+            _refuse_expired(key_id, known.expires_at, now)
+            return known.member
+        verified_at = self._monotonic()  # before the query: the bound counts from what it read
+        key = _live_key(session, key_id, secret_hash)
+        if key is None:
+            return None
+        _refuse_expired(key.id, key.expires_at, now)
+        member = Member(member_id=key.member_id, role=key.role, key_id=key.id)
+        if self._ttl_s > 0:
+            self._remember(key_id, _Verified(secret_hash, member, key.expires_at, verified_at))
+        return member
+
+    def _recall(self, key_id: str, secret_hash: bytes) -> _Verified | None:
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is None:
+                return None
+            if self._monotonic() - entry.verified_at >= self._ttl_s:
+                del self._entries[key_id]
+                return None
+            if not hmac.compare_digest(entry.secret_hash, secret_hash):
+                return None
+            self._entries.move_to_end(key_id)
+            return entry
+
+    def _remember(self, key_id: str, entry: _Verified) -> None:
+        with self._lock:
+            self._entries[key_id] = entry
+            self._entries.move_to_end(key_id)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)

@@ -111,14 +111,18 @@ class OutboxRelay:
         self._sink = sink
         self._batch_max = batch_max
         self._clock = clock
+        # Whether the last `run_once` found another relay (another API process) shipping.
+        self.held_elsewhere = False
 
     def run_once(self) -> int:
         """Ship pending facts; returns how many were settled, recorded or refused (0 if
-        another relay runs, or the oldest pending fact must be retried later)."""
+        another relay runs, `held_elsewhere` then says so, or the oldest pending fact must be
+        retried later)."""
         with self._sessions() as lock_session:
             got = lock_session.execute(
                 text("SELECT pg_try_advisory_lock(:k)"), {"k": _RELAY_LOCK_KEY}
             ).scalar()
+            self.held_elsewhere = not got
             if not got:
                 return 0
             try:

@@ -40,6 +40,8 @@ def api_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         upload_batch_rows=50,
         upload_body_max_bytes=256 * 1024,
         json_body_max_bytes=16 * 1024,
+        # A revoked key is refused within this bound: short, so a test waits little for it.
+        api_key_cache_s=0.5,
     )
 
 

@@ -9,15 +9,21 @@ import json
 import secrets
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from api.http.app import create_app
+from api.http.settings import Settings
 from api.services.directory import names
 from api.services.keys import (
     KeyExpired,
+    VerifiedKeys,
     authenticate,
     create_key,
     list_keys,
@@ -288,3 +294,140 @@ def test_cli_expires_lists_and_rotates(api_database_url: str) -> None:
         for line in everything.stdout.splitlines()
     }
     assert states == {first["key_id"]: "revoked", second["key_id"]: "active"}
+
+
+# -- verified keys remembered a few seconds ---------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@contextmanager
+def counted_queries(session: Session) -> Iterator[list[str]]:
+    """The SQL statements `session` sends while the block runs."""
+    sent: list[str] = []
+    bind = session.connection()
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        sent.append(statement)
+
+    event.listen(bind, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(bind, "before_cursor_execute", count)
+
+
+def _end(session: Session, key_id: str, how: str) -> None:
+    if how == "revoke":
+        assert revoke_key(session, key_id)
+    else:
+        rotate_key(session, key_id)  # no grace: the old key ends at once
+
+
+@pytest.mark.parametrize("how", ["revoke", "rotate"])
+def test_a_key_that_ends_is_refused_once_the_bound_has_passed(session: Session, how: str) -> None:
+    """The attack: a key revoked (reported stolen) or rotated keeps working for whoever holds
+    it. Remembered without a bound it would work for as long as the process lives; here it is
+    refused as soon as `ttl_s` has passed since the process last asked the database."""
+    clock = Clock()
+    keys = VerifiedKeys(5.0, monotonic=clock)
+    issued = create_key(session, member_id=f"stolen-{how}", role="consumer")
+    with counted_queries(session) as sent:
+        assert keys.authenticate(session, issued.token) is not None
+        assert len(sent) == 1
+        clock.t += 4.0
+        assert keys.authenticate(session, issued.token) is not None
+        assert len(sent) == 1  # from memory: no query
+    _end(session, issued.key_id, how)
+    clock.t += 0.999  # still inside the bound: the bound is what revocation costs
+    assert keys.authenticate(session, issued.token) is not None
+    clock.t += 0.001  # 5 s after the database said yes: asked again, and refused
+    assert keys.authenticate(session, issued.token) is None
+    clock.t += 60.0
+    assert keys.authenticate(session, issued.token) is None
+
+
+def test_a_wrong_secret_is_never_accepted_from_memory(session: Session) -> None:
+    keys = VerifiedKeys(5.0, monotonic=Clock())
+    issued = create_key(session, member_id="remembered-1", role="provider")
+    assert keys.authenticate(session, issued.token) is not None
+    prefix, secret = issued.token[:20], issued.token[21:]
+    flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    with counted_queries(session) as sent:
+        assert keys.authenticate(session, f"{prefix}_{flipped}") is None
+        assert len(sent) == 1  # the database answers, as for any wrong secret
+        assert keys.authenticate(session, issued.token + "x") is None
+        assert keys.authenticate(session, "cvk_" + "0" * 16 + "_" + secret) is None
+    # The wrong secret did not evict the right one, nor poison it.
+    with counted_queries(session) as sent:
+        member = keys.authenticate(session, issued.token)
+        assert sent == []
+    assert member is not None and member.member_id == "remembered-1"
+
+
+def test_an_expiry_is_exact_even_for_a_remembered_key(session: Session) -> None:
+    keys = VerifiedKeys(60.0, monotonic=Clock())
+    ends = NOW + dt.timedelta(minutes=10)
+    issued = create_key(session, member_id="expiring-1", role="consumer", expires_at=ends)
+    assert keys.authenticate(session, issued.token, now=NOW) is not None
+    before = ends - dt.timedelta(microseconds=1)
+    with counted_queries(session) as sent:
+        assert keys.authenticate(session, issued.token, now=before) is not None
+        with pytest.raises(KeyExpired):
+            keys.authenticate(session, issued.token, now=ends)
+        assert sent == []
+
+
+def test_memory_is_bounded_and_a_zero_bound_asks_every_time(session: Session) -> None:
+    keys = VerifiedKeys(5.0, max_keys=3, monotonic=Clock())
+    tokens = [create_key(session, member_id=f"lru-{i}", role="provider").token for i in range(5)]
+    for token in tokens:
+        assert keys.authenticate(session, token) is not None
+    assert len(keys) == 3
+    with counted_queries(session) as sent:
+        keys.authenticate(session, tokens[-1])  # recent: remembered
+        assert sent == []
+        keys.authenticate(session, tokens[0])  # the least recently used went first
+        assert len(sent) == 1
+    never = VerifiedKeys(0.0)
+    with counted_queries(session) as sent:
+        for _ in range(3):
+            assert never.authenticate(session, tokens[0]) is not None
+        assert len(sent) == 3
+    assert len(never) == 0
+    # Refusals are not remembered: a key issued just now works at once.
+    unknown = "cvk_" + "1" * 16 + "_" + "A" * 43
+    assert keys.authenticate(session, unknown) is None
+
+
+def test_a_revocation_reaches_every_api_process_within_the_bound(
+    api_settings: Settings, api_database_url: str
+) -> None:
+    """Two apps on one database, as two worker processes of `civis-vault up` are, each with
+    the key in its memory: once `api_key_cache_s` has passed after the revocation, both
+    refuse it with the one answer of an unknown key."""
+    settings = api_settings.model_copy(update={"api_key_cache_s": 0.5})
+    engine = db.make_engine(api_database_url, pool_size=1)
+    with Session(engine) as session, session.begin():
+        issued = create_key(session, member_id="two-workers", role="provider")
+    headers = {"Authorization": f"Bearer {issued.token}"}
+    apps = [create_app(settings, database_url=api_database_url) for _ in range(2)]
+    with TestClient(apps[0]) as first, TestClient(apps[1]) as second:
+        for worker in (first, second):
+            assert worker.get("/v1/datasets", headers=headers).status_code == 200
+        with Session(engine) as session, session.begin():
+            assert revoke_key(session, issued.key_id)
+        time.sleep(settings.api_key_cache_s)
+        for worker in (first, second):
+            r = worker.get("/v1/datasets", headers=headers)
+            assert r.status_code == 401
+            assert r.json()["detail"] == "the API key is not valid"
+    engine.dispose()

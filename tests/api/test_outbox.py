@@ -202,3 +202,53 @@ def test_a_refused_fact_is_set_aside_and_holds_up_nothing(
         assert anchored is not None and anchored["status"] == "anchored"
     finally:
         gateway.close()
+
+
+def test_two_relay_processes_at_once_ship_each_fact_once(
+    cluster: Cluster, committed_engine: Engine, services: VaultServices
+) -> None:
+    """As the API's worker processes do: two relays, each a process with its own gateway and
+    the same fixed relay key, started together on one outbox. The relay's lock lets one ship
+    while the other ships nothing; every fact is on the chain once."""
+    url = committed_engine.url.render_as_string(hide_password=False)
+    keys = cluster.directory.parent / "keys"
+    gateway = LedgerGateway.from_directory(cluster.directory, keys, clients=1)
+    try:
+        with Session(committed_engine) as session, session.begin():
+            dataset = make_dataset(session)
+            gateway.act(
+                "dataset.register",
+                {
+                    "dataset": str(dataset.id),
+                    "owner": bytes(PROVIDER.public_key),
+                    "category": "energy",
+                    "purposes": ["billing"],
+                    "retention_days": 30,
+                    "legal_basis": "consent",
+                },
+            )
+            uploads = [
+                services.uploader.upload(session, dataset.id, [RecordIn(SUBJECT, b"{}")])
+                for _ in range(6)
+            ]
+        args = [sys.executable, "-m", "tests.api.relay_child", url, str(cluster.directory)]
+        relays = [
+            subprocess.Popen([*args, str(keys)], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        shipped = [json.loads(r.communicate(timeout=120)[0])["shipped"] for r in relays]
+        assert all(r.returncode == 0 for r in relays)
+        assert sorted(shipped) == [0, len(uploads)]
+        with Session(committed_engine) as session:
+            facts = session.scalars(select(OutboxFact).order_by(OutboxFact.id)).all()
+        assert len(facts) == len(uploads) and all(f.sent_at is not None for f in facts)
+        seen: dict[str, int] = {}
+        top = max((gateway.status(i) or {}).get("height", 0) for i in range(4))
+        for height in range(1, top + 1):
+            for req in gateway.block(height).requests:
+                signed = tx.decode(req.tx)
+                if signed.author == gateway.vault_id and signed.type == "upload.anchor":
+                    seen[signed.tx_id.hex()] = seen.get(signed.tx_id.hex(), 0) + 1
+        assert seen == {f.tx_id: 1 for f in facts}, "each fact once"
+    finally:
+        gateway.close()

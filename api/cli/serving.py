@@ -1,0 +1,142 @@
+"""The API under uvicorn, in one process or in several worker processes sharing one socket.
+
+Why several: one Python process runs the API's CPU work on one core at a time (the GIL), and
+a consented answer is CPU work (decryption, proofs, JSON); with N workers the kernel spreads
+the connections of one listening socket over N processes, hence N cores. `civis-vault up`
+chooses N (`default_workers`), `--workers` overrides it.
+
+Why each worker builds its own app (`ApiSpec`, called in the worker): an app holds threads,
+a connection pool and TCP connections to the replicas, none of which crosses a process
+boundary. uvicorn starts the workers with `spawn` and hands each the pickled spec, whose
+call builds the app there: the same app `up` serves in one process, with a ledger gateway of
+its own that the app closes when its lifespan ends.
+
+What stays right with N processes (docs/LEDGER-OPERATIONS.md, "Worker processes"): each
+worker runs the background jobs, and each job is single-runner through the database (the
+relay's and the final erasure's advisory locks, `FOR UPDATE SKIP LOCKED` for the others);
+each worker's transactions carry random nonces and its pool clients random keys, so two
+workers never collide on the ledger's replay protection; the relay's fixed client key is
+used only under the relay's lock; and what a worker remembers (verified API keys, members'
+standing, inclusion trees) is bounded in time or never goes stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from api.http.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from api.services.gateway import LedgerGateway
+
+# `up`'s default is one worker per core it may use, at most this many: past it, the replicas
+# and PostgreSQL on the same machine need the cores more, and each worker holds a connection
+# pool of its own (vault/db.py: up to 20 connections; 4 x 20 stays under PostgreSQL's 100).
+WORKERS_MAX_DEFAULT = 4
+# An explicit `--workers` beyond this is refused: 8 x 20 connections already exceed a
+# default PostgreSQL's limit, so more would need a tuned server.
+WORKERS_MAX = 16
+
+_log = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as a container or taskset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One API worker per usable core, at most WORKERS_MAX_DEFAULT."""
+    return max(1, min(usable_cores(), WORKERS_MAX_DEFAULT))
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    """What builds the app of `civis-vault up`; picklable, so that each worker builds its own.
+
+    `ledger_dir`/`keys_dir`: the genesis directory of the replicas and the vault's ledger
+    keys; None: an app without a ledger.
+    """
+
+    settings: Settings
+    database_url: str
+    ledger_dir: Path | None = None
+    keys_dir: Path | None = None
+
+    def app(self, ledger: LedgerGateway | None, *, owns_ledger: bool = False) -> FastAPI:
+        from api.cli.bootstrap import quorum_probe
+        from api.http.app import create_app
+
+        return create_app(
+            self.settings,
+            database_url=self.database_url,
+            probes=[] if ledger is None else [quorum_probe(ledger)],
+            ledger=ledger,
+            owns_ledger=owns_ledger,
+        )
+
+    def __call__(self) -> FastAPI:
+        """In a worker (uvicorn's app factory): the app with a gateway of its own.
+
+        A failure here is a failure to start: uvicorn's supervisor then stops every worker
+        rather than restarting this one forever.
+        """
+        from uvicorn.config import STARTUP_FAILURE
+
+        from api.services.gateway import LedgerGateway
+
+        try:
+            gateway = (
+                None
+                if self.ledger_dir is None or self.keys_dir is None
+                else LedgerGateway.from_directory(self.ledger_dir, self.keys_dir)
+            )
+            return self.app(gateway, owns_ledger=gateway is not None)
+        except Exception as exc:
+            _log.error("the API worker could not start: %s: %s", type(exc).__name__, exc)
+            sys.exit(STARTUP_FAILURE)
+
+
+def serve(
+    spec: ApiSpec,
+    *,
+    workers: int,
+    host: str,
+    port: int,
+    ledger: LedgerGateway | None = None,
+    log_level: str = "info",
+) -> bool:
+    """Serve until SIGINT or SIGTERM; False if the workers could not start.
+
+    One worker: the app runs in this process (with `ledger` if given, else a gateway of its
+    own); uvicorn shuts it down gracefully, then raises the signal again for the caller's
+    handler. Several: uvicorn's supervisor binds the socket here, starts the workers, restarts
+    one that dies, and on the signal stops them all (each shuts down gracefully: requests in
+    flight, then its lifespan: jobs, pool, gateway) before it returns.
+    """
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    if not 1 <= workers <= WORKERS_MAX:
+        raise ValueError(f"workers must be between 1 and {WORKERS_MAX}")
+    if workers == 1:
+        app = spec() if ledger is None else spec.app(ledger)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return True
+    config = uvicorn.Config(
+        spec, factory=True, host=host, port=port, workers=workers, log_level=log_level
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
