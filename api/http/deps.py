@@ -107,7 +107,32 @@ def in_standing(request: Request, member: Member) -> Member:
     return member
 
 
-def _current_member(request: Request, session: SessionDep, credentials: Credentials) -> Member:
+async def _current_member(
+    request: Request, session: SessionDep, credentials: Credentials
+) -> Member:
+    """The caller, from memory when this process verified its key and its standing a moment
+    ago (no thread-pool hand-off: most requests of a member come close together), else
+    checked against the database and the ledger in the thread pool."""
+    member = _remembered_member(request, credentials)
+    if member is not None:
+        return member
+    return await run_in_threadpool(_checked_member, request, session, credentials)
+
+
+def _remembered_member(request: Request, credentials: Credentials) -> Member | None:
+    if credentials is None or is_session_token(credentials.credentials):
+        return None
+    verified: VerifiedKeys = request.app.state.verified_keys
+    member = verified.remembered(credentials.credentials)
+    if member is None:
+        return None
+    standing: MemberStanding | None = getattr(request.app.state, "member_standing", None)
+    if standing is not None and not standing.check_remembered(member):
+        return None
+    return member
+
+
+def _checked_member(request: Request, session: Session, credentials: Credentials) -> Member:
     return in_standing(request, _authenticated(request, session, credentials))
 
 

@@ -368,6 +368,20 @@ class VerifiedKeys:
             self._remember(key_id, _Verified(secret_hash, member, key.expires_at, verified_at))
         return member
 
+    def remembered(self, token: str, *, now: dt.datetime | None = None) -> Member | None:
+        """The member behind `token` if this process verified it less than `ttl_s` ago, from
+        memory alone (no database: the API calls it on its event loop); None means ask
+        `authenticate`, never that the key is refused."""
+        match = _TOKEN.match(token)
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        known = self._recall(key_id, _hash(secret))
+        if known is None:
+            return None
+        _refuse_expired(key_id, known.expires_at, now)
+        return known.member
+
     def _recall(self, key_id: str, secret_hash: bytes) -> _Verified | None:
         with self._lock:
             entry = self._entries.get(key_id)

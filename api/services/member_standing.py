@@ -68,6 +68,19 @@ class MemberStanding:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[float, str | None]] = {}
 
+    def check_remembered(self, member: Member) -> bool:
+        """`check` from memory alone (no ledger query: the API calls it on its event loop):
+        True when decided (refusals raise as `check` does), False when the ledger must be
+        asked."""
+        if member.role not in GOVERNED_ROLES or not LEDGER_SUBJECT_ID.match(member.member_id):
+            return True
+        with self._lock:
+            known = self._known.get(member.member_id)
+        if known is None or time.monotonic() - known[0] >= self._ttl_s:
+            return False
+        _refuse(known[1])
+        return True
+
     def status(self, member_id: str) -> str | None:
         """The member's status on the ledger (`active`, `suspended`, `rotated`, `pending`), or
         None: no such member, or not known and the ledger not answering."""
@@ -96,8 +109,12 @@ class MemberStanding:
         """Refuse a governed member that the ledger no longer admits under this key."""
         if member.role not in GOVERNED_ROLES or not LEDGER_SUBJECT_ID.match(member.member_id):
             return
-        status = self.status(member.member_id)
-        if status == "suspended":
-            raise MemberSuspended()
-        if status == "rotated":
-            raise KeyReplaced()
+        _refuse(self.status(member.member_id))
+
+
+def _refuse(status: str | None) -> None:
+    """Raise the refusal a member's ledger status calls for, if any."""
+    if status == "suspended":
+        raise MemberSuspended()
+    if status == "rotated":
+        raise KeyReplaced()
