@@ -6,14 +6,17 @@ fact of the upload, and the typed error says which record was at fault. Memory i
 one batch plus the LRU of DEKs, whatever the size of the stream.
 
 Per record: one JSON validation, one AES-256-GCM seal, one HMAC (leaf salt), one SHA-256
-(leaf). Rows go to PostgreSQL with binary COPY, one COPY per batch.
+(leaf), all in column-wise loops over a batch (vault/crypto/batch.py). Rows go to PostgreSQL
+as binary COPY data encoded here, one COPY per batch, sent in chunks as they are sealed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import struct
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +27,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from ledger_bridge.facts import UploadAnchor
-from vault.crypto import record_leaf, seal
+from vault.crypto import DataKey
+from vault.crypto.batch import UploadSealer
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
 from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
@@ -41,7 +45,18 @@ _COPY_SQL = (
     "COPY records (id, dataset_id, upload_id, subject_id, leaf_index, leaf_hash, envelope) "
     "FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = ["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"]
+# Binary COPY framing (PostgreSQL docs, "COPY", binary format): signature, flags, header
+# extension length; each row: field count (int16), then per field its length (int32) and bytes.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_COPY_FIELD = struct.Struct(">i")
+_ROW_START = struct.pack(">hi", 7, 16)  # 7 fields, then the record id's length
+_ROW_INDEX = struct.Struct(">iii")  # leaf index: length 4, value; leaf hash: length 32
+# Rows per COPY message: small enough that the server stores one while the next is sealed.
+_COPY_CHUNK_ROWS = 256
+# A version 4 UUID (RFC 9562): random bits but the version nibble (4) and variant bits (10).
+_UUID_V4 = 0x0000_0000_0000_4000_8000_0000_0000_0000
+_UUID_RANDOM = 0xFFFF_FFFF_FFFF_0FFF_3FFF_FFFF_FFFF_FFFF
 _INSERT_COMMITMENTS = text(
     "INSERT INTO key_commitments (upload_id, subject_id, commitment) "
     "SELECT CAST(:upload AS uuid), s, c "
@@ -53,6 +68,17 @@ _DUPLICATE_KEY = re.compile(r"Key \(id\)=\(([0-9a-f-]{36})\) already exists")
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# Built once: `json.loads` and `json.dumps` build a new decoder or encoder on every call given
+# options. Both are stateless between calls, so one instance serves every thread.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _loads(data: bytes) -> Any:
+    """`json.loads(data, parse_constant=_reject_constant)`, step for step, on `_DECODER`."""
+    return _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +110,7 @@ class UploadResult:
 def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: int) -> bytes:
     if isinstance(payload, Mapping):
         try:
-            raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            raw = _ENCODER.encode(payload)
             data = raw.encode()  # a lone surrogate cannot be UTF-8: UnicodeEncodeError
         except (TypeError, ValueError, RecursionError):
             raise InvalidRecord("payload is not JSON-serialisable", position=position) from None
@@ -93,7 +119,7 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: 
         if len(data) > size_max:
             raise RecordTooLarge(f"payload exceeds {size_max} bytes", position=position)
         try:
-            value = json.loads(data, parse_constant=_reject_constant)
+            value = _loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidRecord("payload is not valid JSON", position=position) from None
         if not isinstance(value, dict):
@@ -212,6 +238,7 @@ class Uploader:
         session.flush()
 
         ring = KeyRing(self._store, session, dataset_id, create=True)
+        sealer = UploadSealer(dataset_id=dataset_id.bytes, upload_id=upload_id.bytes)
         builder = MerkleBuilder()
         conn = session.connection().connection.driver_connection
         assert isinstance(conn, psycopg.Connection)
@@ -221,10 +248,14 @@ class Uploader:
             position += 1
             batch.append(_coerce(item, position, self._subject_ids))
             if len(batch) >= self._batch_rows:
-                self._write_batch(session, conn, ring, builder, upload, day_iso, batch, position)
+                self._write_batch(
+                    session, conn, ring, sealer, builder, upload, day_iso, batch, position
+                )
                 batch = []
         if batch:
-            self._write_batch(session, conn, ring, builder, upload, day_iso, batch, position)
+            self._write_batch(
+                session, conn, ring, sealer, builder, upload, day_iso, batch, position
+            )
 
         anchor = _anchor(session, upload_id, dataset_id, builder, retention_day)
         fact = OutboxFact(kind=anchor.kind, payload=anchor.to_payload())
@@ -247,36 +278,58 @@ class Uploader:
         session: Session,
         conn: psycopg.Connection[Any],
         ring: KeyRing,
+        sealer: UploadSealer,
         builder: MerkleBuilder,
         upload: Upload,
         day_iso: str,
         batch: list[RecordIn],
         last_position: int,
     ) -> None:
+        """Validate the whole batch, derive its keys, then seal and COPY it in chunks.
+
+        Columns, not per-record objects: payload bytes, record ids and keys are lists, the
+        sealer works through them in one loop, and rows are encoded as binary COPY data
+        directly. Each chunk is sent as soon as it is sealed, so PostgreSQL stores one chunk
+        while this process seals the next. Nothing is sent before every record of the batch
+        is valid: a refused record never reaches the server, even as a COPY error text."""
         first_position = last_position - len(batch) + 1
         upload_id, dataset_id = upload.id, upload.dataset_id
-        ring.prefetch_subjects(upload_id, day_iso, {r.subject_id for r in batch})
-        new_commitments: dict[str, bytes] = {}
-        rows = []
-        upload_bytes, dataset_bytes = upload_id.bytes, dataset_id.bytes
-        for offset, record in enumerate(batch):
-            position = first_position + offset
-            payload = _payload_bytes(record.payload, position, self._size_max)
-            dek, fresh = ring.dek_fresh(upload_id, day_iso, record.subject_id)
-            assert dek is not None, "upload secrets were just ensured"
-            if fresh:
-                new_commitments[record.subject_id] = dek.commitment()
-            record_id = record.record_id or uuid.uuid4()
-            rid = record_id.bytes
-            envelope = seal(
-                dek, payload, record_id=rid, dataset_id=dataset_bytes, upload_id=upload_bytes
-            )
-            leaf = leaf_hash(record_leaf(rid, dek.leaf_salt(rid), payload))
-            index = builder.count
-            builder.push(leaf)
-            rows.append(
-                (record_id, dataset_id, upload_id, record.subject_id, index, leaf, envelope)
-            )
+        size_max = self._size_max
+        payloads = [
+            _payload_bytes(r.payload, first_position + i, size_max) for i, r in enumerate(batch)
+        ]
+        record_ids = _record_ids(batch)
+        subjects = [r.subject_id for r in batch]
+        deks, new_commitments = _batch_keys(ring, upload_id, day_iso, subjects)
+        keys = [deks[s] for s in subjects]
+        fields = {s: _text_field(s) for s in deks}
+        columns = _COPY_FIELD.pack(16) + dataset_id.bytes + _COPY_FIELD.pack(16) + upload_id.bytes
+        try:
+            with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
+                for start in range(0, len(batch), _COPY_CHUNK_ROWS):
+                    end = start + _COPY_CHUNK_ROWS
+                    envelopes, leaves = sealer.seal_batch(
+                        keys[start:end], record_ids[start:end], payloads[start:end]
+                    )
+                    first_index = builder.count
+                    for leaf in leaves:
+                        builder.push(leaf)
+                    data = _copy_rows(
+                        record_ids[start:end],
+                        columns,
+                        [fields[s] for s in subjects[start:end]],
+                        first_index,
+                        leaves,
+                        envelopes,
+                    )
+                    copy.write(_COPY_SIGNATURE + data if start == 0 else data)
+                copy.write(_COPY_TRAILER)
+        except psycopg.errors.UniqueViolation as exc:
+            match = _DUPLICATE_KEY.search(str(exc.diag.message_detail or ""))
+            which = match.group(1) if match else "a record id"
+            raise DuplicateRecord(
+                f"record {which} already exists (records {first_position}..{last_position})"
+            ) from None
         if new_commitments:
             # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
             session.execute(
@@ -287,17 +340,69 @@ class Uploader:
                     "commitments": list(new_commitments.values()),
                 },
             )
-        try:
-            with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
-                copy.set_types(_COPY_TYPES)
-                for row in rows:
-                    copy.write_row(row)
-        except psycopg.errors.UniqueViolation as exc:
-            match = _DUPLICATE_KEY.search(str(exc.diag.message_detail or ""))
-            which = match.group(1) if match else "a record id"
-            raise DuplicateRecord(
-                f"record {which} already exists (records {first_position}..{last_position})"
-            ) from None
+
+
+def _batch_keys(
+    ring: KeyRing, upload_id: uuid.UUID, day_iso: str, subjects: list[str]
+) -> tuple[dict[str, DataKey], dict[str, bytes]]:
+    """The DEK of each distinct subject of a batch, and the key commitments of those just
+    derived (not served from the ring's cache)."""
+    distinct = dict.fromkeys(subjects)
+    ring.prefetch_subjects(upload_id, day_iso, distinct)
+    deks: dict[str, DataKey] = {}
+    new_commitments: dict[str, bytes] = {}
+    for subject in distinct:
+        dek, fresh = ring.dek_fresh(upload_id, day_iso, subject)
+        assert dek is not None, "upload secrets were just ensured"
+        deks[subject] = dek
+        if fresh:
+            new_commitments[subject] = dek.commitment()
+    return deks, new_commitments
+
+
+def _record_ids(batch: list[RecordIn]) -> list[bytes]:
+    """Each record's id as 16 bytes: the provider's, or a fresh random (version 4) UUID, the
+    randomness of a whole batch read at once."""
+    rnd = os.urandom(16 * len(batch))
+    ids = []
+    for i, record in enumerate(batch):
+        if record.record_id is not None:
+            ids.append(record.record_id.bytes)
+        else:
+            bits = int.from_bytes(rnd[16 * i : 16 * i + 16])
+            ids.append(((bits & _UUID_RANDOM) | _UUID_V4).to_bytes(16))
+    return ids
+
+
+def _text_field(value: str) -> bytes:
+    data = value.encode()
+    return _COPY_FIELD.pack(len(data)) + data
+
+
+def _copy_rows(
+    record_ids: list[bytes],
+    columns: bytes,
+    subjects: list[bytes],
+    first_index: int,
+    leaves: list[bytes],
+    envelopes: list[bytes],
+) -> bytes:
+    """Rows in PostgreSQL's binary COPY format, in `_COPY_SQL`'s column order: the field
+    count, then each field as its length and bytes (uuid: 16 bytes; text: UTF-8; int4:
+    big-endian; bytea: as is). `columns` is the upload's dataset id and upload id fields."""
+    parts: list[bytes] = []
+    for i, envelope in enumerate(envelopes):
+        parts += (
+            _ROW_START,
+            record_ids[i],
+            columns,
+            subjects[i],
+            _ROW_INDEX.pack(4, first_index + i, 32),
+            leaves[i],
+            _COPY_FIELD.pack(len(envelope)),
+            envelope,
+        )
+    return b"".join(parts)
 
 
 def _anchor(
