@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import json.scanner
 import os
 import re
 import struct
@@ -33,6 +32,7 @@ from vault.crypto.batch import UploadSealer
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
 from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
+from vault.jsontext import Loads
 from vault.keyring import KeyRing
 from vault.keys import KeyStore
 from vault.locks import share_datasets
@@ -71,34 +71,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-# Built once: `json.loads` and `json.dumps` build a new decoder or encoder on every call given
-# options. Both are stateless between calls, so one instance serves every thread.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-# typeshed types the C scanner factory as taking its own type; it takes the decoder.
-_SCAN = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
+_loads = Loads(parse_constant=_reject_constant)
+# Built once: `json.dumps` builds a new encoder on every call given options. It is stateless
+# between calls, so one instance serves every thread.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _loads(data: bytes) -> Any:
-    """`json.loads(data, parse_constant=_reject_constant)`: the same value, or a `ValueError`
-    (or `RecursionError`) wherever it raises one.
-
-    The common case, UTF-8 text that starts with `{` and ends where the object ends, goes
-    straight to the decoder's C scanner: `json.detect_encoding` answers UTF-8 for any input
-    whose first two bytes are not NUL and that starts with no byte-order mark, and
-    `JSONDecoder.decode` adds only the leading and trailing whitespace that input lacks.
-    Anything else takes `json.loads`'s own path.
-    """
-    if data[:1] == b"{" and data[1:2] != b"\x00":
-        text = data.decode("utf-8", "surrogatepass")
-        try:
-            value, end = _SCAN(text, 0)
-        except StopIteration:
-            raise ValueError("Expecting value") from None
-        if end == len(text):
-            return value
-        return _DECODER.decode(text)
-    return _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
 
 
 @dataclass(frozen=True, slots=True)

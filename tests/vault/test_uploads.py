@@ -178,3 +178,17 @@ def test_empty_upload_has_the_empty_root(session: Session, services: VaultServic
     result = services.uploader.upload(session, dataset.id, [])
     assert result.record_count == 0
     assert result.merkle_root.hex().startswith("e3b0c442")  # SHA-256 of the empty string
+
+
+def test_assigned_record_ids_are_distinct_version_4_uuids(
+    session: Session, services: VaultServices
+) -> None:
+    dataset = make_dataset(session)
+    given = uuid.uuid4()
+    result = services.uploader.upload(
+        session, dataset.id, [*_stream(300), RecordIn("bob", b"{}", record_id=given)]
+    )
+    ids = session.scalars(select(Record.id).where(Record.upload_id == result.upload_id)).all()
+    assert len(set(ids)) == 301
+    assert given in ids
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
