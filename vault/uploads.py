@@ -31,7 +31,7 @@ from vault.crypto import DataKey
 from vault.crypto.batch import UploadSealer
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
-from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
+from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge, VaultError
 from vault.jsontext import Loads
 from vault.keyring import KeyRing
 from vault.keys import KeyStore
@@ -281,45 +281,48 @@ class Uploader:
         batch: list[RecordIn],
         last_position: int,
     ) -> None:
-        """Validate the whole batch, derive its keys, then seal and COPY it in chunks.
+        """Derive the batch's keys, then validate, seal and COPY it chunk by chunk.
 
         Columns, not per-record objects: payload bytes, record ids and keys are lists, the
         sealer works through them in one loop, and rows are encoded as binary COPY data
         directly. Each chunk is sent as soon as it is sealed, so PostgreSQL stores one chunk
-        while this process seals the next. Nothing is sent before every record of the batch
-        is valid: a refused record never reaches the server, even as a COPY error text."""
+        while this process validates and seals the next."""
         first_position = last_position - len(batch) + 1
-        upload_id, dataset_id = upload.id, upload.dataset_id
-        size_max = self._size_max
-        payloads = [
-            _payload_bytes(r.payload, first_position + i, size_max) for i, r in enumerate(batch)
-        ]
-        record_ids = _record_ids(batch)
+        upload_id = upload.id
         subjects = [r.subject_id for r in batch]
         deks, new_commitments = _batch_keys(ring, upload_id, day_iso, subjects)
         keys = [deks[s] for s in subjects]
-        fields = {s: _text_field(s) for s in deks}
-        columns = _COPY_FIELD.pack(16) + dataset_id.bytes + _COPY_FIELD.pack(16) + upload_id.bytes
+        field_of = {s: _text_field(s) for s in deks}
+        refused: VaultError | None = None
         try:
             with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
+                copy.write(_COPY_SIGNATURE)
                 for start in range(0, len(batch), _COPY_CHUNK_ROWS):
-                    end = start + _COPY_CHUNK_ROWS
+                    chunk = batch[start : start + _COPY_CHUNK_ROWS]
+                    try:
+                        payloads = [
+                            _payload_bytes(r.payload, first_position + start + i, self._size_max)
+                            for i, r in enumerate(chunk)
+                        ]
+                    except VaultError as exc:
+                        refused = exc
+                        # Ends the COPY with this exception's fixed text, not the record's.
+                        raise _Refused from None
+                    record_ids = _record_ids(chunk)
                     envelopes, leaves = sealer.seal_batch(
-                        keys[start:end], record_ids[start:end], payloads[start:end]
+                        keys[start : start + len(chunk)], record_ids, payloads
                     )
                     first_index = builder.count
                     for leaf in leaves:
                         builder.push(leaf)
-                    data = _copy_rows(
-                        record_ids[start:end],
-                        columns,
-                        [fields[s] for s in subjects[start:end]],
-                        first_index,
-                        leaves,
-                        envelopes,
+                    row_subjects = [field_of[s] for s in subjects[start : start + len(chunk)]]
+                    copy.write(
+                        _copy_rows(record_ids, upload, row_subjects, first_index, leaves, envelopes)
                     )
-                    copy.write(_COPY_SIGNATURE + data if start == 0 else data)
                 copy.write(_COPY_TRAILER)
+        except _Refused:
+            assert refused is not None
+            raise refused from None
         except psycopg.errors.UniqueViolation as exc:
             match = _DUPLICATE_KEY.search(str(exc.diag.message_detail or ""))
             which = match.group(1) if match else "a record id"
@@ -336,6 +339,13 @@ class Uploader:
                     "commitments": list(new_commitments.values()),
                 },
             )
+
+
+class _Refused(Exception):
+    """Ends a COPY whose batch holds a refused record (the refusal is raised after it)."""
+
+    def __init__(self) -> None:
+        super().__init__("a record of the batch was refused")
 
 
 def _batch_keys(
@@ -377,7 +387,7 @@ def _text_field(value: str) -> bytes:
 
 def _copy_rows(
     record_ids: list[bytes],
-    columns: bytes,
+    upload: Upload,
     subjects: list[bytes],
     first_index: int,
     leaves: list[bytes],
@@ -385,7 +395,10 @@ def _copy_rows(
 ) -> bytes:
     """Rows in PostgreSQL's binary COPY format, in `_COPY_SQL`'s column order: the field
     count, then each field as its length and bytes (uuid: 16 bytes; text: UTF-8; int4:
-    big-endian; bytea: as is). `columns` is the upload's dataset id and upload id fields."""
+    big-endian; bytea: as is). `subjects` are the subject id fields, length included."""
+    columns = (
+        _COPY_FIELD.pack(16) + upload.dataset_id.bytes + _COPY_FIELD.pack(16) + upload.id.bytes
+    )
     parts: list[bytes] = []
     for i, envelope in enumerate(envelopes):
         parts += (
