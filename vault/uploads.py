@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import json.encoder
 import os
 import re
 import struct
@@ -72,9 +73,26 @@ def _reject_constant(name: str) -> Any:
 
 
 _loads = Loads(parse_constant=_reject_constant)
-# Built once: `json.dumps` builds a new encoder on every call given options. It is stateless
-# between calls, so one instance serves every thread.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`.
+
+    Why built once: `json.dumps` builds a new encoder, and C encoder under it, on every call
+    given options. The C encoder keeps no state between calls when built without the
+    circular-reference markers; a circular value then ends in `RecursionError` rather than
+    `ValueError`, and both are refused as "not JSON-serialisable" alike."""
+    make = getattr(json.encoder, "c_make_encoder", None)  # None without the C accelerator
+    if make is None:
+        return _ENCODER.encode
+    encode = make(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps = _compact_encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +124,7 @@ class UploadResult:
 def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: int) -> bytes:
     if isinstance(payload, Mapping):
         try:
-            raw = _ENCODER.encode(payload)
+            raw = _dumps(payload)
             data = raw.encode()  # a lone surrogate cannot be UTF-8: UnicodeEncodeError
         except (TypeError, ValueError, RecursionError):
             raise InvalidRecord("payload is not JSON-serialisable", position=position) from None

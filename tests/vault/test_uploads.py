@@ -192,3 +192,23 @@ def test_assigned_record_ids_are_distinct_version_4_uuids(
     assert len(set(ids)) == 301
     assert given in ids
     assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+
+
+def test_dict_payloads_are_stored_as_json_dumps_compact_and_circular_ones_refused(
+    session: Session, services: VaultServices
+) -> None:
+    dataset = make_dataset(session)
+    payload: dict[str, Any] = {"é": "ü\n\u2028", "n": [1, 2.5, None, True], "d": {"x": -0.0}}
+    checked = services.uploader.checked(RecordIn("alice", payload))
+    assert (
+        checked.payload
+        == json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    )
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    before = _counts(session)
+    for _ in range(2):  # the encoder keeps nothing of a failed call
+        with pytest.raises(InvalidRecord, match="not JSON-serialisable"):
+            services.uploader.upload(session, dataset.id, [RecordIn("alice", circular)])
+    assert _counts(session) == before
+    services.uploader.upload(session, dataset.id, [RecordIn("alice", payload)])
