@@ -166,7 +166,15 @@ def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
             copy.set_types(["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"])
             for i in range(n):
                 copy.write_row(
-                    (uuid.uuid4(), dataset_id, upload_id, f"s{i % SUBJECTS}", i, leaf, envelope)
+                    (
+                        uuid.uuid4(),
+                        dataset_id,
+                        upload_id,
+                        f"subject-{i % SUBJECTS:05d}",
+                        i,
+                        leaf,
+                        envelope,
+                    )
                 )
         out["raw_copy_s"] = time.perf_counter() - start
         out["raw_copy_cpu_us"] = _cpu_us(cpu, _cpu(backend), n)
