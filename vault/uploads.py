@@ -34,7 +34,7 @@ from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
 from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge, VaultError
 from vault.jsontext import Loads
-from vault.keyring import KeyRing
+from vault.keyring import CACHE_MAX, KeyRing
 from vault.keys import KeyStore
 from vault.locks import share_datasets
 from vault.models import KeyCommitment, OutboxFact, Upload
@@ -252,6 +252,7 @@ class Uploader:
         session.flush()
 
         ring = KeyRing(self._store, session, dataset_id, create=True)
+        known = _Subjects(ring, upload_id, day_iso)
         sealer = UploadSealer(dataset_id=dataset_id.bytes, upload_id=upload_id.bytes)
         builder = MerkleBuilder()
         conn = session.connection().connection.driver_connection
@@ -262,14 +263,10 @@ class Uploader:
             position += 1
             batch.append(_coerce(item, position, self._subject_ids))
             if len(batch) >= self._batch_rows:
-                self._write_batch(
-                    session, conn, ring, sealer, builder, upload, day_iso, batch, position
-                )
+                self._write_batch(session, conn, known, sealer, builder, upload, batch, position)
                 batch = []
         if batch:
-            self._write_batch(
-                session, conn, ring, sealer, builder, upload, day_iso, batch, position
-            )
+            self._write_batch(session, conn, known, sealer, builder, upload, batch, position)
 
         anchor = _anchor(session, upload_id, dataset_id, builder, retention_day)
         fact = OutboxFact(kind=anchor.kind, payload=anchor.to_payload())
@@ -291,11 +288,10 @@ class Uploader:
         self,
         session: Session,
         conn: psycopg.Connection[Any],
-        ring: KeyRing,
+        known: _Subjects,
         sealer: UploadSealer,
         builder: MerkleBuilder,
         upload: Upload,
-        day_iso: str,
         batch: list[RecordIn],
         last_position: int,
     ) -> None:
@@ -306,11 +302,7 @@ class Uploader:
         directly. Each chunk is sent as soon as it is sealed, so PostgreSQL stores one chunk
         while this process validates and seals the next."""
         first_position = last_position - len(batch) + 1
-        upload_id = upload.id
-        subjects = [r.subject_id for r in batch]
-        deks, new_commitments = _batch_keys(ring, upload_id, day_iso, subjects)
-        keys = [deks[s] for s in subjects]
-        field_of = {s: _text_field(s) for s in deks}
+        keys, fields, new_commitments = known.resolve([r.subject_id for r in batch])
         refused: VaultError | None = None
         try:
             with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
@@ -333,7 +325,7 @@ class Uploader:
                     first_index = builder.count
                     for leaf in leaves:
                         builder.push(leaf)
-                    row_subjects = [field_of[s] for s in subjects[start : start + len(chunk)]]
+                    row_subjects = fields[start : start + len(chunk)]
                     copy.write(
                         _copy_rows(record_ids, upload, row_subjects, first_index, leaves, envelopes)
                     )
@@ -352,7 +344,7 @@ class Uploader:
             session.execute(
                 _INSERT_COMMITMENTS,
                 {
-                    "upload": upload_id,
+                    "upload": upload.id,
                     "subjects": list(new_commitments),
                     "commitments": list(new_commitments.values()),
                 },
@@ -366,22 +358,40 @@ class _Refused(Exception):
         super().__init__("a record of the batch was refused")
 
 
-def _batch_keys(
-    ring: KeyRing, upload_id: uuid.UUID, day_iso: str, subjects: list[str]
-) -> tuple[dict[str, DataKey], dict[str, bytes]]:
-    """The DEK of each distinct subject of a batch, and the key commitments of those just
-    derived (not served from the ring's cache)."""
-    distinct = dict.fromkeys(subjects)
-    ring.prefetch_subjects(upload_id, day_iso, distinct)
-    deks: dict[str, DataKey] = {}
-    new_commitments: dict[str, bytes] = {}
-    for subject in distinct:
-        dek, fresh = ring.dek_fresh(upload_id, day_iso, subject)
-        assert dek is not None, "upload secrets were just ensured"
-        deks[subject] = dek
-        if fresh:
-            new_commitments[subject] = dek.commitment()
-    return deks, new_commitments
+class _Subjects:
+    """Each subject's DEK and COPY field within one upload, derived once and kept for it.
+
+    Why here as well as in the key ring: a batch names each of its subjects, and going to
+    the ring for every one of them in every batch costs as much as sealing a record. Bounded
+    as the ring is (emptied when `CACHE_MAX` subjects are held), so memory stays flat; a
+    subject derived again after that is served by the ring, or derived afresh, and its
+    commitment inserted again does nothing."""
+
+    def __init__(self, ring: KeyRing, upload_id: uuid.UUID, day_iso: str) -> None:
+        self._ring, self._upload_id, self._day_iso = ring, upload_id, day_iso
+        self._deks: dict[str, DataKey] = {}
+        self._fields: dict[str, bytes] = {}
+
+    def resolve(self, subjects: list[str]) -> tuple[list[DataKey], list[bytes], dict[str, bytes]]:
+        """(the DEK and the COPY field of each record's subject, the key commitments of DEKs
+        just derived, by subject)."""
+        deks, fields = self._deks, self._fields
+        new = [s for s in dict.fromkeys(subjects) if s not in deks]
+        commitments: dict[str, bytes] = {}
+        if new:
+            if len(deks) + len(new) > CACHE_MAX:
+                deks.clear()
+                fields.clear()
+                new = list(dict.fromkeys(subjects))
+            self._ring.prefetch_subjects(self._upload_id, self._day_iso, new)
+            for subject in new:
+                dek, fresh = self._ring.dek_fresh(self._upload_id, self._day_iso, subject)
+                assert dek is not None, "upload secrets were just ensured"
+                deks[subject] = dek
+                fields[subject] = _text_field(subject)
+                if fresh:
+                    commitments[subject] = dek.commitment()
+        return [deks[s] for s in subjects], [fields[s] for s in subjects], commitments
 
 
 def _record_ids(batch: list[RecordIn]) -> list[bytes]:

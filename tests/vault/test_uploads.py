@@ -212,3 +212,25 @@ def test_dict_payloads_are_stored_as_json_dumps_compact_and_circular_ones_refuse
             services.uploader.upload(session, dataset.id, [RecordIn("alice", circular)])
     assert _counts(session) == before
     services.uploader.upload(session, dataset.id, [RecordIn("alice", payload)])
+
+
+def test_more_subjects_than_the_key_caches_hold(
+    session: Session, services: VaultServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subjects evicted from the upload's and the ring's caches come back with the same DEK:
+    every record opens, every proof verifies, and each subject has one key commitment."""
+    import vault.keyring
+    import vault.uploads
+
+    monkeypatch.setattr(vault.keyring, "CACHE_MAX", 5)
+    monkeypatch.setattr(vault.uploads, "CACHE_MAX", 5)
+    dataset = make_dataset(session)
+    result = services.uploader.upload(session, dataset.id, _stream(300, subjects=97))
+    assert result.commitment_count == 97
+    records = list(services.reader.by_dataset(session, dataset.id))
+    assert len(records) == 300
+    for out in records:
+        leaf = leaf_hash(record_leaf(out.record_id.bytes, out.leaf_salt, out.payload))
+        assert verify_inclusion(
+            leaf, out.leaf_index, out.record_count, out.proof, result.merkle_root
+        )

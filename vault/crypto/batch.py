@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from vault.crypto import (
@@ -61,8 +60,9 @@ class _Keyed:
 class UploadSealer:
     """Seals the records of one upload of one dataset (envelope v1, `KEY_VERSION`).
 
-    Holds per-key state for at most `_CACHE_MAX` keys (an LRU), as the key ring holds DEKs:
-    memory stays flat whatever the number of subjects. Nothing here is ever written anywhere.
+    Holds per-key state for at most `_CACHE_MAX` keys (emptied when full: one dictionary
+    lookup per record, no LRU bookkeeping), so memory stays flat whatever the number of
+    subjects. Nothing here is ever written anywhere.
     """
 
     __slots__ = ("_aad_tail", "_header", "_keyed")
@@ -72,7 +72,7 @@ class UploadSealer:
         # key version: all but the record id are the upload's constants.
         self._aad_tail = _lp(dataset_id, upload_id) + struct.pack(">H", KEY_VERSION)
         self._header = _HEADER.pack(ENVELOPE_VERSION, KEY_VERSION)
-        self._keyed: OrderedDict[DataKey, _Keyed] = OrderedDict()
+        self._keyed: dict[DataKey, _Keyed] = {}
 
     def __repr__(self) -> str:
         return "UploadSealer(***)"
@@ -80,11 +80,9 @@ class UploadSealer:
     def _state(self, key: DataKey) -> _Keyed:
         keyed = self._keyed.get(key)
         if keyed is None:
+            if len(self._keyed) >= _CACHE_MAX:
+                self._keyed.clear()
             keyed = self._keyed[key] = _Keyed(key)
-            if len(self._keyed) > _CACHE_MAX:
-                self._keyed.popitem(last=False)
-        else:
-            self._keyed.move_to_end(key)
         return keyed
 
     def seal_batch(
@@ -106,16 +104,14 @@ class UploadSealer:
         elif len(nonces) != NONCE_BYTES * n:
             raise ValueError("nonce must be 12 bytes")
         aad_head, aad_tail, header = _AAD_PREFIX + _ID_PREFIX, self._aad_tail, self._header
-        states: dict[DataKey, _Keyed] = {}
+        states, state = self._keyed, self._state
         envelopes: list[bytes] = []
         leaves: list[bytes] = []
         for i in range(n):
             key, record_id, payload = keys[i], record_ids[i], payloads[i]
             if len(record_id) != RECORD_ID_BYTES:
                 raise ValueError("a record id is 16 bytes")
-            keyed = states.get(key)
-            if keyed is None:
-                keyed = states[key] = self._state(key)
+            keyed = states.get(key) or state(key)
             nonce = nonces[NONCE_BYTES * i : NONCE_BYTES * (i + 1)]
             envelopes.append(
                 header + nonce + keyed.encrypt(nonce, payload, aad_head + record_id + aad_tail)
