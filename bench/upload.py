@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from vault import db
@@ -101,6 +101,50 @@ def _cpu_total(cpu_us: dict[str, float | None]) -> float:
     return sum(v for v in cpu_us.values() if v is not None)
 
 
+def _raw_copy(
+    engine: Engine, n: int, dataset_id: uuid.UUID, upload_id: uuid.UUID
+) -> tuple[float, dict[str, float | None]]:
+    """Raw COPY of as many ciphertext-sized rows into a table identical to `records` (same
+    indexes and foreign key): its seconds and CPU per record."""
+    envelope = b"\x01" * (PAYLOAD_BYTES + 31)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_raw_records"))
+        conn.execute(text("CREATE TABLE bench_raw_records (LIKE records INCLUDING ALL)"))
+        conn.execute(
+            text("ALTER TABLE bench_raw_records ADD FOREIGN KEY (upload_id) REFERENCES uploads(id)")
+        )
+    leaf = b"\x02" * 32
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        backend = _backend(raw)
+        cpu = _cpu(backend)
+        start = time.perf_counter()
+        with (
+            raw.transaction(),
+            raw.cursor() as cur,
+            cur.copy(
+                "COPY bench_raw_records (id, dataset_id, upload_id, subject_id, leaf_index, "
+                "leaf_hash, envelope) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"])
+            for i in range(n):
+                copy.write_row(
+                    (
+                        uuid.uuid4(),
+                        dataset_id,
+                        upload_id,
+                        f"subject-{i % SUBJECTS:05d}",
+                        i,
+                        leaf,
+                        envelope,
+                    )
+                )
+        seconds = time.perf_counter() - start
+        return seconds, _cpu_us(cpu, _cpu(backend), n)
+
+
 def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
     """One run of all three paths on `n` records; returns timings in seconds."""
     pool = _payloads()
@@ -140,44 +184,7 @@ def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
     assert result.record_count == n
     out["vault_peak_rss_mb"] = _rss_mb()
 
-    # Raw COPY of as many ciphertext-sized rows into an identical table (same indexes and FK).
-    envelope = b"\x01" * (PAYLOAD_BYTES + 31)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS bench_raw_records"))
-        conn.execute(text("CREATE TABLE bench_raw_records (LIKE records INCLUDING ALL)"))
-        conn.execute(
-            text("ALTER TABLE bench_raw_records ADD FOREIGN KEY (upload_id) REFERENCES uploads(id)")
-        )
-    upload_id, leaf = result.upload_id, b"\x02" * 32
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, psycopg.Connection)
-        backend = _backend(raw)
-        cpu = _cpu(backend)
-        start = time.perf_counter()
-        with (
-            raw.transaction(),
-            raw.cursor() as cur,
-            cur.copy(
-                "COPY bench_raw_records (id, dataset_id, upload_id, subject_id, leaf_index, "
-                "leaf_hash, envelope) FROM STDIN (FORMAT BINARY)"
-            ) as copy,
-        ):
-            copy.set_types(["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"])
-            for i in range(n):
-                copy.write_row(
-                    (
-                        uuid.uuid4(),
-                        dataset_id,
-                        upload_id,
-                        f"subject-{i % SUBJECTS:05d}",
-                        i,
-                        leaf,
-                        envelope,
-                    )
-                )
-        out["raw_copy_s"] = time.perf_counter() - start
-        out["raw_copy_cpu_us"] = _cpu_us(cpu, _cpu(backend), n)
+    out["raw_copy_s"], out["raw_copy_cpu_us"] = _raw_copy(engine, n, dataset_id, result.upload_id)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE bench_raw_records"))
     engine.dispose()
