@@ -7,6 +7,9 @@ measured in the same run on the same bytes:
       `records` (same columns, indexes and constraints), without any vault logic.
 Peak RSS is measured in a fresh child process per upload size (10k and the full size), because
 ru_maxrss is a high-water mark: flat memory means the two peaks are about equal.
+CPU per record is the steadiest figure on a shared machine: this process's CPU (the client
+side: validation, encryption, row building) and, when the server runs on this machine, the
+CPU of the PostgreSQL backend that serves the upload's connection (the COPY itself).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from vault import db
@@ -60,6 +64,87 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _backend(conn: psycopg.Connection[Any]) -> psutil.Process | None:
+    """The PostgreSQL backend process serving `conn`, when it runs on this machine."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        backend = psutil.Process(int(row[0])) if row else None
+        if backend is not None:
+            backend.cpu_times()
+    except (psutil.Error, OSError):
+        return None
+    return backend
+
+
+def _cpu(backend: psutil.Process | None) -> tuple[float, float | None]:
+    """(this process's CPU seconds, the backend's CPU seconds or None), user + system."""
+    server = None
+    if backend is not None:
+        t = backend.cpu_times()
+        server = t.user + t.system
+    return time.process_time(), server
+
+
+def _cpu_us(
+    before: tuple[float, float | None], after: tuple[float, float | None], n: int
+) -> dict[str, float | None]:
+    """CPU microseconds per record between two `_cpu` readings: client, server."""
+    b_server, a_server = before[1], after[1]
+    server = None if b_server is None or a_server is None else (a_server - b_server) * 1e6 / n
+    return {
+        "client": round((after[0] - before[0]) * 1e6 / n, 2),
+        "server": None if server is None else round(server, 2),
+    }
+
+
+def _cpu_total(cpu_us: dict[str, float | None]) -> float:
+    return sum(v for v in cpu_us.values() if v is not None)
+
+
+def _raw_copy(
+    engine: Engine, n: int, dataset_id: uuid.UUID, upload_id: uuid.UUID
+) -> tuple[float, dict[str, float | None]]:
+    """Raw COPY of as many ciphertext-sized rows into a table identical to `records` (same
+    indexes and foreign key): its seconds and CPU per record."""
+    envelope = b"\x01" * (PAYLOAD_BYTES + 31)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_raw_records"))
+        conn.execute(text("CREATE TABLE bench_raw_records (LIKE records INCLUDING ALL)"))
+        conn.execute(
+            text("ALTER TABLE bench_raw_records ADD FOREIGN KEY (upload_id) REFERENCES uploads(id)")
+        )
+    leaf = b"\x02" * 32
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        backend = _backend(raw)
+        cpu = _cpu(backend)
+        start = time.perf_counter()
+        with (
+            raw.transaction(),
+            raw.cursor() as cur,
+            cur.copy(
+                "COPY bench_raw_records (id, dataset_id, upload_id, subject_id, leaf_index, "
+                "leaf_hash, envelope) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"])
+            for i in range(n):
+                copy.write_row(
+                    (
+                        uuid.uuid4(),
+                        dataset_id,
+                        upload_id,
+                        f"subject-{i % SUBJECTS:05d}",
+                        i,
+                        leaf,
+                        envelope,
+                    )
+                )
+        seconds = time.perf_counter() - start
+        return seconds, _cpu_us(cpu, _cpu(backend), n)
+
+
 def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
     """One run of all three paths on `n` records; returns timings in seconds."""
     pool = _payloads()
@@ -87,40 +172,19 @@ def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
         )
         dataset_id = dataset.id
     uploader = Uploader(store, record_size_max_bytes=4096, batch_rows=2000)
-    start = time.perf_counter()
     with Session(engine) as session, session.begin():
+        driver = session.connection().connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        backend = _backend(driver)
+        cpu = _cpu(backend)
+        start = time.perf_counter()
         result = uploader.upload(session, dataset_id, _records(n, pool))
     out["vault_s"] = time.perf_counter() - start
+    out["vault_cpu_us"] = _cpu_us(cpu, _cpu(backend), n)
     assert result.record_count == n
     out["vault_peak_rss_mb"] = _rss_mb()
 
-    # Raw COPY of as many ciphertext-sized rows into an identical table (same indexes and FK).
-    envelope = b"\x01" * (PAYLOAD_BYTES + 31)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS bench_raw_records"))
-        conn.execute(text("CREATE TABLE bench_raw_records (LIKE records INCLUDING ALL)"))
-        conn.execute(
-            text("ALTER TABLE bench_raw_records ADD FOREIGN KEY (upload_id) REFERENCES uploads(id)")
-        )
-    upload_id, leaf = result.upload_id, b"\x02" * 32
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, psycopg.Connection)
-        start = time.perf_counter()
-        with (
-            raw.transaction(),
-            raw.cursor() as cur,
-            cur.copy(
-                "COPY bench_raw_records (id, dataset_id, upload_id, subject_id, leaf_index, "
-                "leaf_hash, envelope) FROM STDIN (FORMAT BINARY)"
-            ) as copy,
-        ):
-            copy.set_types(["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"])
-            for i in range(n):
-                copy.write_row(
-                    (uuid.uuid4(), dataset_id, upload_id, f"s{i % SUBJECTS}", i, leaf, envelope)
-                )
-        out["raw_copy_s"] = time.perf_counter() - start
+    out["raw_copy_s"], out["raw_copy_cpu_us"] = _raw_copy(engine, n, dataset_id, result.upload_id)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE bench_raw_records"))
     engine.dispose()
@@ -161,6 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(full["vault_s"], 3),
             "records_per_s": round(n / full["vault_s"]),
             "mb_per_s": round(mb / full["vault_s"], 1),
+            "cpu_us_per_record": full["vault_cpu_us"],
         },
         "raw_aes_gcm": {
             "seconds": round(full["raw_aes_gcm_s"], 3),
@@ -169,8 +234,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "raw_copy": {
             "seconds": round(full["raw_copy_s"], 3),
             "records_per_s": round(n / full["raw_copy_s"]),
+            "cpu_us_per_record": full["raw_copy_cpu_us"],
         },
         "ratio_vault_to_raw_copy": round(full["raw_copy_s"] / full["vault_s"], 3),
+        # The same ratio in CPU per record (client + server when the server is measurable).
+        "cpu_ratio_vault_to_raw_copy": round(
+            _cpu_total(full["raw_copy_cpu_us"]) / _cpu_total(full["vault_cpu_us"]), 3
+        ),
         "ratio_vault_to_raw_aes_gcm": round(full["raw_aes_gcm_s"] / full["vault_s"], 3),
         "peak_rss_mb": {
             str(small["records"]): round(small["vault_peak_rss_mb"], 1),

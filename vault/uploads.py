@@ -6,14 +6,18 @@ fact of the upload, and the typed error says which record was at fault. Memory i
 one batch plus the LRU of DEKs, whatever the size of the stream.
 
 Per record: one JSON validation, one AES-256-GCM seal, one HMAC (leaf salt), one SHA-256
-(leaf). Rows go to PostgreSQL with binary COPY, one COPY per batch.
+(leaf), all in column-wise loops over a batch (vault/crypto/batch.py). Rows go to PostgreSQL
+as binary COPY data encoded here, one COPY per batch, sent in chunks as they are sealed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import json.encoder
+import os
 import re
+import struct
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,11 +28,13 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from ledger_bridge.facts import UploadAnchor
-from vault.crypto import record_leaf, seal
+from vault.crypto import DataKey
+from vault.crypto.batch import UploadSealer
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
-from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
-from vault.keyring import KeyRing
+from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge, VaultError
+from vault.jsontext import Loads
+from vault.keyring import CACHE_MAX, KeyRing
 from vault.keys import KeyStore
 from vault.locks import share_datasets
 from vault.models import KeyCommitment, OutboxFact, Upload
@@ -41,7 +47,18 @@ _COPY_SQL = (
     "COPY records (id, dataset_id, upload_id, subject_id, leaf_index, leaf_hash, envelope) "
     "FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = ["uuid", "uuid", "uuid", "text", "int4", "bytea", "bytea"]
+# Binary COPY framing (PostgreSQL docs, "COPY", binary format): signature, flags, header
+# extension length; each row: field count (int16), then per field its length (int32) and bytes.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_COPY_FIELD = struct.Struct(">i")
+_ROW_START = struct.pack(">hi", 7, 16)  # 7 fields, then the record id's length
+_ROW_INDEX = struct.Struct(">iii")  # leaf index: length 4, value; leaf hash: length 32
+# Rows per COPY message: small enough that the server stores one while the next is sealed.
+_COPY_CHUNK_ROWS = 256
+# A version 4 UUID (RFC 9562): random bits but the version nibble (4) and variant bits (10).
+_UUID_V4 = 0x0000_0000_0000_4000_8000_0000_0000_0000
+_UUID_RANDOM = 0xFFFF_FFFF_FFFF_0FFF_3FFF_FFFF_FFFF_FFFF
 _INSERT_COMMITMENTS = text(
     "INSERT INTO key_commitments (upload_id, subject_id, commitment) "
     "SELECT CAST(:upload AS uuid), s, c "
@@ -53,6 +70,29 @@ _DUPLICATE_KEY = re.compile(r"Key \(id\)=\(([0-9a-f-]{36})\) already exists")
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+_loads = Loads(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`.
+
+    Why built once: `json.dumps` builds a new encoder, and C encoder under it, on every call
+    given options. The C encoder keeps no state between calls when built without the
+    circular-reference markers; a circular value then ends in `RecursionError` rather than
+    `ValueError`, and both are refused as "not JSON-serialisable" alike."""
+    make = getattr(json.encoder, "c_make_encoder", None)  # None without the C accelerator
+    if make is None:
+        return _ENCODER.encode
+    encode = make(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps = _compact_encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +124,7 @@ class UploadResult:
 def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: int) -> bytes:
     if isinstance(payload, Mapping):
         try:
-            raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            raw = _dumps(payload)
             data = raw.encode()  # a lone surrogate cannot be UTF-8: UnicodeEncodeError
         except (TypeError, ValueError, RecursionError):
             raise InvalidRecord("payload is not JSON-serialisable", position=position) from None
@@ -93,7 +133,7 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: 
         if len(data) > size_max:
             raise RecordTooLarge(f"payload exceeds {size_max} bytes", position=position)
         try:
-            value = json.loads(data, parse_constant=_reject_constant)
+            value = _loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidRecord("payload is not valid JSON", position=position) from None
         if not isinstance(value, dict):
@@ -212,6 +252,8 @@ class Uploader:
         session.flush()
 
         ring = KeyRing(self._store, session, dataset_id, create=True)
+        known = _Subjects(ring, upload_id, day_iso)
+        sealer = UploadSealer(dataset_id=dataset_id.bytes, upload_id=upload_id.bytes)
         builder = MerkleBuilder()
         conn = session.connection().connection.driver_connection
         assert isinstance(conn, psycopg.Connection)
@@ -221,10 +263,10 @@ class Uploader:
             position += 1
             batch.append(_coerce(item, position, self._subject_ids))
             if len(batch) >= self._batch_rows:
-                self._write_batch(session, conn, ring, builder, upload, day_iso, batch, position)
+                self._write_batch(session, conn, known, sealer, builder, upload, batch, position)
                 batch = []
         if batch:
-            self._write_batch(session, conn, ring, builder, upload, day_iso, batch, position)
+            self._write_batch(session, conn, known, sealer, builder, upload, batch, position)
 
         anchor = _anchor(session, upload_id, dataset_id, builder, retention_day)
         fact = OutboxFact(kind=anchor.kind, payload=anchor.to_payload())
@@ -246,58 +288,158 @@ class Uploader:
         self,
         session: Session,
         conn: psycopg.Connection[Any],
-        ring: KeyRing,
+        known: _Subjects,
+        sealer: UploadSealer,
         builder: MerkleBuilder,
         upload: Upload,
-        day_iso: str,
         batch: list[RecordIn],
         last_position: int,
     ) -> None:
+        """Derive the batch's keys, then validate, seal and COPY it chunk by chunk.
+
+        Columns, not per-record objects: payload bytes, record ids and keys are lists, the
+        sealer works through them in one loop, and rows are encoded as binary COPY data
+        directly. Each chunk is sent as soon as it is sealed, so PostgreSQL stores one chunk
+        while this process validates and seals the next."""
         first_position = last_position - len(batch) + 1
-        upload_id, dataset_id = upload.id, upload.dataset_id
-        ring.prefetch_subjects(upload_id, day_iso, {r.subject_id for r in batch})
-        new_commitments: dict[str, bytes] = {}
-        rows = []
-        upload_bytes, dataset_bytes = upload_id.bytes, dataset_id.bytes
-        for offset, record in enumerate(batch):
-            position = first_position + offset
-            payload = _payload_bytes(record.payload, position, self._size_max)
-            dek, fresh = ring.dek_fresh(upload_id, day_iso, record.subject_id)
-            assert dek is not None, "upload secrets were just ensured"
-            if fresh:
-                new_commitments[record.subject_id] = dek.commitment()
-            record_id = record.record_id or uuid.uuid4()
-            rid = record_id.bytes
-            envelope = seal(
-                dek, payload, record_id=rid, dataset_id=dataset_bytes, upload_id=upload_bytes
-            )
-            leaf = leaf_hash(record_leaf(rid, dek.leaf_salt(rid), payload))
-            index = builder.count
-            builder.push(leaf)
-            rows.append(
-                (record_id, dataset_id, upload_id, record.subject_id, index, leaf, envelope)
-            )
-        if new_commitments:
-            # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
-            session.execute(
-                _INSERT_COMMITMENTS,
-                {
-                    "upload": upload_id,
-                    "subjects": list(new_commitments),
-                    "commitments": list(new_commitments.values()),
-                },
-            )
+        keys, fields, new_commitments = known.resolve([r.subject_id for r in batch])
+        refused: VaultError | None = None
         try:
             with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
-                copy.set_types(_COPY_TYPES)
-                for row in rows:
-                    copy.write_row(row)
+                copy.write(_COPY_SIGNATURE)
+                for start in range(0, len(batch), _COPY_CHUNK_ROWS):
+                    chunk = batch[start : start + _COPY_CHUNK_ROWS]
+                    try:
+                        payloads = [
+                            _payload_bytes(r.payload, first_position + start + i, self._size_max)
+                            for i, r in enumerate(chunk)
+                        ]
+                    except VaultError as exc:
+                        refused = exc
+                        # Ends the COPY with this exception's fixed text, not the record's.
+                        raise _Refused from None
+                    record_ids = _record_ids(chunk)
+                    envelopes, leaves = sealer.seal_batch(
+                        keys[start : start + len(chunk)], record_ids, payloads
+                    )
+                    first_index = builder.count
+                    for leaf in leaves:
+                        builder.push(leaf)
+                    row_subjects = fields[start : start + len(chunk)]
+                    copy.write(
+                        _copy_rows(record_ids, upload, row_subjects, first_index, leaves, envelopes)
+                    )
+                copy.write(_COPY_TRAILER)
+        except _Refused:
+            assert refused is not None
+            raise refused from None
         except psycopg.errors.UniqueViolation as exc:
             match = _DUPLICATE_KEY.search(str(exc.diag.message_detail or ""))
             which = match.group(1) if match else "a record id"
             raise DuplicateRecord(
                 f"record {which} already exists (records {first_position}..{last_position})"
             ) from None
+        if new_commitments:
+            # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
+            session.execute(
+                _INSERT_COMMITMENTS,
+                {
+                    "upload": upload.id,
+                    "subjects": list(new_commitments),
+                    "commitments": list(new_commitments.values()),
+                },
+            )
+
+
+class _Refused(Exception):
+    """Ends a COPY whose batch holds a refused record (the refusal is raised after it)."""
+
+    def __init__(self) -> None:
+        super().__init__("a record of the batch was refused")
+
+
+class _Subjects:
+    """Each subject's DEK and COPY field within one upload, derived once and kept for it.
+
+    Why here as well as in the key ring: a batch names each of its subjects, and going to
+    the ring for every one of them in every batch costs as much as sealing a record. Bounded
+    as the ring is (emptied when `CACHE_MAX` subjects are held), so memory stays flat; a
+    subject derived again after that is served by the ring, or derived afresh, and its
+    commitment inserted again does nothing."""
+
+    def __init__(self, ring: KeyRing, upload_id: uuid.UUID, day_iso: str) -> None:
+        self._ring, self._upload_id, self._day_iso = ring, upload_id, day_iso
+        self._deks: dict[str, DataKey] = {}
+        self._fields: dict[str, bytes] = {}
+
+    def resolve(self, subjects: list[str]) -> tuple[list[DataKey], list[bytes], dict[str, bytes]]:
+        """(the DEK and the COPY field of each record's subject, the key commitments of DEKs
+        just derived, by subject)."""
+        deks, fields = self._deks, self._fields
+        new = [s for s in dict.fromkeys(subjects) if s not in deks]
+        commitments: dict[str, bytes] = {}
+        if new:
+            if len(deks) + len(new) > CACHE_MAX:
+                deks.clear()
+                fields.clear()
+                new = list(dict.fromkeys(subjects))
+            self._ring.prefetch_subjects(self._upload_id, self._day_iso, new)
+            for subject in new:
+                dek, fresh = self._ring.dek_fresh(self._upload_id, self._day_iso, subject)
+                assert dek is not None, "upload secrets were just ensured"
+                deks[subject] = dek
+                fields[subject] = _text_field(subject)
+                if fresh:
+                    commitments[subject] = dek.commitment()
+        return [deks[s] for s in subjects], [fields[s] for s in subjects], commitments
+
+
+def _record_ids(batch: list[RecordIn]) -> list[bytes]:
+    """Each record's id as 16 bytes: the provider's, or a fresh random (version 4) UUID, the
+    randomness of a whole batch read at once."""
+    rnd = os.urandom(16 * len(batch))
+    ids = []
+    for i, record in enumerate(batch):
+        if record.record_id is not None:
+            ids.append(record.record_id.bytes)
+        else:
+            bits = int.from_bytes(rnd[16 * i : 16 * i + 16])
+            ids.append(((bits & _UUID_RANDOM) | _UUID_V4).to_bytes(16))
+    return ids
+
+
+def _text_field(value: str) -> bytes:
+    data = value.encode()
+    return _COPY_FIELD.pack(len(data)) + data
+
+
+def _copy_rows(
+    record_ids: list[bytes],
+    upload: Upload,
+    subjects: list[bytes],
+    first_index: int,
+    leaves: list[bytes],
+    envelopes: list[bytes],
+) -> bytes:
+    """Rows in PostgreSQL's binary COPY format, in `_COPY_SQL`'s column order: the field
+    count, then each field as its length and bytes (uuid: 16 bytes; text: UTF-8; int4:
+    big-endian; bytea: as is). `subjects` are the subject id fields, length included."""
+    columns = (
+        _COPY_FIELD.pack(16) + upload.dataset_id.bytes + _COPY_FIELD.pack(16) + upload.id.bytes
+    )
+    parts: list[bytes] = []
+    for i, envelope in enumerate(envelopes):
+        parts += (
+            _ROW_START,
+            record_ids[i],
+            columns,
+            subjects[i],
+            _ROW_INDEX.pack(4, first_index + i, 32),
+            leaves[i],
+            _COPY_FIELD.pack(len(envelope)),
+            envelope,
+        )
+    return b"".join(parts)
 
 
 def _anchor(

@@ -47,8 +47,14 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def loads_bounded(raw: bytes | str, limit: int = JSON_DEPTH_MAX, **kwargs: Any) -> Any:
-    """`json.loads`, refusing documents nested deeper than `limit` with `TooDeep`.
+def loads_bounded(
+    raw: bytes | str,
+    limit: int = JSON_DEPTH_MAX,
+    *,
+    loads: Callable[[bytes | str], Any] = json.loads,
+) -> Any:
+    """`loads` (`json.loads`, or one with its options bound: `vault.jsontext.Loads`), refusing
+    documents nested deeper than `limit` with `TooDeep`.
 
     A document with at most `limit` brackets cannot be deeper, and counting them runs at C
     speed, so ordinary bodies pay no walk at all.
@@ -58,7 +64,7 @@ def loads_bounded(raw: bytes | str, limit: int = JSON_DEPTH_MAX, **kwargs: Any) 
     else:
         brackets = raw.count(b"[") + raw.count(b"{")
     try:
-        value = json.loads(raw, **kwargs)
+        value = loads(raw)
     except RecursionError:
         raise TooDeep(f"nested deeper than {limit} levels") from None
     if brackets > limit and isinstance(value, dict | list) and nesting_exceeds(value, limit):

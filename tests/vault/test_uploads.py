@@ -178,3 +178,59 @@ def test_empty_upload_has_the_empty_root(session: Session, services: VaultServic
     result = services.uploader.upload(session, dataset.id, [])
     assert result.record_count == 0
     assert result.merkle_root.hex().startswith("e3b0c442")  # SHA-256 of the empty string
+
+
+def test_assigned_record_ids_are_distinct_version_4_uuids(
+    session: Session, services: VaultServices
+) -> None:
+    dataset = make_dataset(session)
+    given = uuid.uuid4()
+    result = services.uploader.upload(
+        session, dataset.id, [*_stream(300), RecordIn("bob", b"{}", record_id=given)]
+    )
+    ids = session.scalars(select(Record.id).where(Record.upload_id == result.upload_id)).all()
+    assert len(set(ids)) == 301
+    assert given in ids
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+
+
+def test_dict_payloads_are_stored_as_json_dumps_compact_and_circular_ones_refused(
+    session: Session, services: VaultServices
+) -> None:
+    dataset = make_dataset(session)
+    payload: dict[str, Any] = {"é": "ü\n\u2028", "n": [1, 2.5, None, True], "d": {"x": -0.0}}
+    checked = services.uploader.checked(RecordIn("alice", payload))
+    assert (
+        checked.payload
+        == json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    )
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    before = _counts(session)
+    for _ in range(2):  # the encoder keeps nothing of a failed call
+        with pytest.raises(InvalidRecord, match="not JSON-serialisable"):
+            services.uploader.upload(session, dataset.id, [RecordIn("alice", circular)])
+    assert _counts(session) == before
+    services.uploader.upload(session, dataset.id, [RecordIn("alice", payload)])
+
+
+def test_more_subjects_than_the_key_caches_hold(
+    session: Session, services: VaultServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subjects evicted from the upload's and the ring's caches come back with the same DEK:
+    every record opens, every proof verifies, and each subject has one key commitment."""
+    import vault.keyring
+    import vault.uploads
+
+    monkeypatch.setattr(vault.keyring, "CACHE_MAX", 5)
+    monkeypatch.setattr(vault.uploads, "CACHE_MAX", 5)
+    dataset = make_dataset(session)
+    result = services.uploader.upload(session, dataset.id, _stream(300, subjects=97))
+    assert result.commitment_count == 97
+    records = list(services.reader.by_dataset(session, dataset.id))
+    assert len(records) == 300
+    for out in records:
+        leaf = leaf_hash(record_leaf(out.record_id.bytes, out.leaf_salt, out.payload))
+        assert verify_inclusion(
+            leaf, out.leaf_index, out.record_count, out.proof, result.merkle_root
+        )
