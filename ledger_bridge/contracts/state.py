@@ -73,6 +73,12 @@ SUBJECT_TABLES: tuple[str, ...] = (
 for _table in SUBJECT_TABLES:
     INDEXES.setdefault(_table, {})["by_subject"] = (0,)
 
+# Tables whose entries an access decides with, as they stood at the end of the previous block
+# (rules/views.py keeps them as sets): the state remembers which of their keys were written
+# since the views last looked (`take_written`), so the views follow the state at the cost of
+# its writes, and a state fresh from `restore` hands them every key to build from.
+WATCHED_TABLES: tuple[str, ...] = ("consent", "erased_subject_dataset", "restriction")
+
 
 def _scope_subject(scope: dict[str, Any]) -> tuple[str, ...]:
     subject = scope.get("subject")
@@ -139,6 +145,11 @@ class State:
         # rules.begin_block. Not state: no entry may name them; a snapshot is only ever taken
         # between blocks, when this is empty in effect (the next block clears it first).
         self.forgotten: set[str] = set()
+        # The keys (after the table name) of WATCHED_TABLES written or deleted since the last
+        # `take_written`, and what the rules derive from those tables (rules/views.py): both
+        # in memory, never hashed, rebuilt from the entries by a state `restore` makes.
+        self._written: dict[str, set[Key]] = {t: set() for t in WATCHED_TABLES}
+        self.derived: dict[str, object] = {}
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, *key: Any) -> Any:
@@ -162,6 +173,17 @@ class State:
     def __len__(self) -> int:
         return len(self._data)
 
+    def take_written(self, table: str) -> set[Key]:
+        """The keys of `table` (one of WATCHED_TABLES, without the table name) written or
+        deleted since the last call, a rollback's undo included; the memory starts again."""
+        written, self._written[table] = self._written[table], set()
+        return written
+
+    def rewatch(self, table: str) -> None:
+        """Count every key of `table` as written: what a reader of `take_written` that starts
+        over builds from. O(state)."""
+        self._written[table].update(k[1:] for k in self._keys.values() if k[0] == table)
+
     # -- writes --------------------------------------------------------------------------
     def put(self, *key_and_value: Any) -> None:
         *key, value = key_and_value
@@ -180,6 +202,9 @@ class State:
         if self._undo is not None:
             self._undo.append((key, old))
         self._map.set(kb, vb)
+        watched = self._written.get(key[0])
+        if watched is not None:
+            watched.add(key[1:])
         if vb is None:
             del self._keys[kb]
             self._unindex(key)
