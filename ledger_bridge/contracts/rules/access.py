@@ -187,7 +187,8 @@ def _named_are_members(c: Ctx, subjects: list[str]) -> None:
     leaves only its digest in its block, so a consumer that kept the pseudonym of a subject
     forgotten everywhere cannot make the chain name it again by asking about it; and a key
     that never registered has no consent to find anyway."""
-    unknown = sum(1 for s in subjects if c.member(bytes.fromhex(s)) is None)
+    members = c.state.in_group
+    unknown = sum(1 for s in subjects if not members("member", "all", (), (bytes.fromhex(s),)))
     if unknown:
         raise Reject(
             "unknown_subject",
