@@ -25,6 +25,7 @@ import pstats
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ledger_bridge.app import BlockContext
@@ -32,6 +33,8 @@ from ledger_bridge.contracts import codec, rules, tx
 from ledger_bridge.contracts.app import ConsentApp
 from ledger_bridge.contracts.rules.common import Ctx
 from ledger_bridge.crypto import SigningKey, digest
+
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 CHAIN = "civis-bench"
 T0 = 1_764_000_000_000
@@ -188,19 +191,25 @@ def measure(world: World, accesses: int, named: bool = False) -> dict[str, Any]:
     return best
 
 
-def profile(world: World, accesses: int = 100, top: int = 12) -> list[str]:
-    """The functions of `execute` with the most own time over `accesses` open requests."""
+def profile(world: World, accesses: int = 100, top: int = 14) -> dict[str, list[str]]:
+    """Where `execute` spends its time over `accesses` open requests: the functions with the
+    most time below them (`cumulative`) and of their own (`own`), as cProfile prints them."""
     txs = world.accesses(accesses, named=False)
     prof = cProfile.Profile()
     prof.enable()
     for i in range(0, accesses, ACCESS_BLOCK):
         world.block(txs[i : i + ACCESS_BLOCK])
     prof.disable()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
-    lines = [ln.rstrip() for ln in out.getvalue().splitlines()]
-    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
-    return [ln for ln in lines[start : start + top + 1] if ln]
+    out: dict[str, list[str]] = {}
+    for name, order in (("cumulative", "cumtime"), ("own", "tottime")):
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats(order).print_stats(top)
+        lines = [
+            ln.rstrip().replace(str(CHECKOUT) + "/", "") for ln in text.getvalue().splitlines()
+        ]
+        start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
+        out[name] = [ln for ln in lines[start : start + top + 1] if ln]
+    return out
 
 
 def _ratio(point: dict[str, Any], base: dict[str, Any], key: str) -> float:
