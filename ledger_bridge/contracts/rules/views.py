@@ -79,6 +79,8 @@ class Bucket:
 
 
 class AccessViews:
+    """The sets of one state, as of a decision at `height` (`sync` brings them to another)."""
+
     def __init__(self) -> None:
         self.consents: dict[Group, dict[Terms, Bucket]] = {}
         self.erased: dict[str, set[str]] = {}  # dataset -> subjects
