@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "access": "bench.access:run",
     "crypto": "bench.crypto:run",
     "checkpoint": "bench.checkpoint:run",
+    "contracts": "bench.contracts:run",
     "events": "bench.events:run",
     "final-erasure": "bench.final_erasure:run",
     "wan": "bench.wan:run",

@@ -73,6 +73,12 @@ SUBJECT_TABLES: tuple[str, ...] = (
 for _table in SUBJECT_TABLES:
     INDEXES.setdefault(_table, {})["by_subject"] = (0,)
 
+# Tables whose entries an access decides with, as they stood at the end of the previous block
+# (rules/views.py keeps them as sets): the state remembers which of their keys were written
+# since the views last looked (`take_written`), so the views follow the state at the cost of
+# its writes, and a state fresh from `restore` hands them every key to build from.
+WATCHED_TABLES: tuple[str, ...] = ("consent", "erased_subject_dataset", "restriction")
+
 
 def _scope_subject(scope: dict[str, Any]) -> tuple[str, ...]:
     subject = scope.get("subject")
@@ -91,7 +97,8 @@ def _proposal_keys(p: dict[str, Any]) -> tuple[bytes, ...]:
     return tuple(k for k in keys if k is not None)
 
 
-# table -> index name -> the values, read off an entry's VALUE, it is grouped under. Why: an
+# table -> index name (not one of the table's INDEXES) -> the values, read off an entry's
+# VALUE, it is grouped under. Why: an
 # access grants up to hundreds of subjects, and the access log is asked by subject; writing
 # one index entry per granted subject into the state cost a hundred hashed writes per access
 # (most of the contract's time). The entry's value already names them; grouping by it is as
@@ -134,11 +141,22 @@ class State:
         self._data = self._map.data  # read-only alias: every write goes through the map
         self._keys: dict[bytes, Key] = {}
         self._index: dict[tuple[str, str, tuple[Any, ...]], set[Key]] = {}
+        # the VALUE_INDEXES: (table, index) -> value -> keys; one level per value read off an
+        # entry, so an access naming a hundred subjects files itself under each at one set
+        # insertion, not one key tuple built and hashed per subject
+        self._by_value: dict[tuple[str, str], dict[Any, set[Key]]] = {
+            (table, name): {} for table, names in VALUE_INDEXES.items() for name in names
+        }
         self._undo: list[tuple[Key, bytes | None]] | None = None
         # The subjects forgotten in the block being executed (rules.forget), cleared by
         # rules.begin_block. Not state: no entry may name them; a snapshot is only ever taken
         # between blocks, when this is empty in effect (the next block clears it first).
         self.forgotten: set[str] = set()
+        # The keys (after the table name) of WATCHED_TABLES written or deleted since the last
+        # `take_written`, and what the rules derive from those tables (rules/views.py): both
+        # in memory, never hashed, rebuilt from the entries by a state `restore` makes.
+        self._written: dict[str, set[Key]] = {t: set() for t in WATCHED_TABLES}
+        self.derived: dict[str, object] = {}
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, *key: Any) -> Any:
@@ -150,17 +168,32 @@ class State:
 
     def group(self, table: str, index: str, *values: Any) -> list[Key]:
         """Keys of `table` whose indexed positions equal `values`, in key order."""
-        found = self._index.get((table, index, tuple(values)), set())
+        by_value = self._by_value.get((table, index))
+        if by_value is not None:
+            found = by_value.get(values[0], set())
+        else:
+            found = self._index.get((table, index, tuple(values)), set())
         return sorted(found, key=codec.encode_key)
 
     def in_group(self, table: str, index: str, values: tuple[Any, ...], parts: Key) -> bool:
-        """Whether `(table, *parts)` is in the group `values` of `index`: an existence check
-        without encoding a key or decoding a value (the hot loop of an access)."""
+        """Whether `(table, *parts)` is in the group `values` of `index` (one of INDEXES): an
+        existence check without encoding a key or decoding a value."""
         found = self._index.get((table, index, values))
         return found is not None and parts in found
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def take_written(self, table: str) -> set[Key]:
+        """The keys of `table` (one of WATCHED_TABLES, without the table name) written or
+        deleted since the last call, a rollback's undo included; the memory starts again."""
+        written, self._written[table] = self._written[table], set()
+        return written
+
+    def rewatch(self, table: str) -> None:
+        """Count every key of `table` as written: what a reader of `take_written` that starts
+        over builds from. O(state)."""
+        self._written[table].update(k[1:] for k in self._keys.values() if k[0] == table)
 
     # -- writes --------------------------------------------------------------------------
     def put(self, *key_and_value: Any) -> None:
@@ -180,6 +213,9 @@ class State:
         if self._undo is not None:
             self._undo.append((key, old))
         self._map.set(kb, vb)
+        watched = self._written.get(key[0])
+        if watched is not None:
+            watched.add(key[1:])
         if vb is None:
             del self._keys[kb]
             self._unindex(key)
@@ -205,17 +241,21 @@ class State:
         differ: rewriting one name out of an access that names hundreds costs one change."""
         table, parts = key[0], key[1:]
         for name, read in by_value.items():
+            groups = self._by_value[table, name]
             was = set() if before is None else set(read(before))
             now = set() if after is None else set(read(after))
-            for v in now - was:
-                self._index.setdefault((table, name, (v,)), set()).add(parts)
+            for v in now - was if was else now:
+                members = groups.get(v)
+                if members is None:
+                    groups[v] = {parts}
+                else:
+                    members.add(parts)
             for v in was - now:
-                ix = (table, name, (v,))
-                members = self._index.get(ix)
+                members = groups.get(v)
                 if members is not None:
                     members.discard(parts)
                     if not members:
-                        del self._index[ix]
+                        del groups[v]
 
     def _specs(self, key: Key) -> Iterator[tuple[tuple[str, str, tuple[Any, ...]], Key]]:
         table, parts = key[0], key[1:]

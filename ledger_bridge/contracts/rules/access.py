@@ -26,8 +26,7 @@ from ledger_bridge.contracts.rules.common import (
     check,
     dataset_of,
 )
-from ledger_bridge.contracts.rules.consent import consent_in_force
-from ledger_bridge.contracts.rules.restriction import stopped_before
+from ledger_bridge.contracts.rules.views import synced
 from ledger_bridge.contracts.state import State
 
 
@@ -93,18 +92,39 @@ def _parse(c: Ctx) -> Request:
 
 
 def _decide(c: Ctx, request: Request) -> tuple[list[str], list[list[str]]]:
-    """The subjects granted, and the named subjects denied with why ([subject, reason]). A
-    predicate question granted is spent here (`_refusal_for`)."""
+    """The subjects granted, and the named subjects denied with why ([subject, reason]), read
+    off the sets of `views` as they stood at the end of the previous block. A predicate
+    question granted is spent here."""
+    views = synced(c.state, c.height)
+    groups = [(k, sc, request.purpose) for k in request.consumer_keys for sc in request.scopes()]
+    consented, allowed = views.consenting(
+        groups, c.now, lambda v: disclosure.allows(v, request.terms, request.ask)
+    )
+    erased = views.erased.get(request.dataset_id, set())
+    stopped = views.stopped.get(request.dataset_id, {})
+    if request.subjects is None:  # an open request names nobody it was refused
+        return sorted(allowed - erased - stopped.keys() - c.state.forgotten), []
     granted: list[str] = []
     denied: list[list[str]] = []
-    for s in _candidates(c, request):
-        reason = _refusal_for(c, s, request)
+    for s in request.subjects:
+        if s in erased or s in c.state.forgotten:
+            reason: str | None = "erased"
+        else:
+            reason = stopped.get(s)
+        if reason is None and s not in allowed:
+            reason = "exceeds_consent" if s in consented else "no_consent"
+        if (
+            reason is None
+            and request.ask.op is not None
+            and not disclosure.spend_question(
+                c.state, s, request.consumer, request.purpose, request.terms, c.now
+            )
+        ):
+            reason = "budget_exhausted"
         if reason is None:
             granted.append(s)
         else:
             denied.append([s, reason])
-    if request.subjects is None:
-        denied = []  # an open request names nobody it was refused
     return granted, denied
 
 
@@ -167,29 +187,14 @@ def _named_are_members(c: Ctx, subjects: list[str]) -> None:
     leaves only its digest in its block, so a consumer that kept the pseudonym of a subject
     forgotten everywhere cannot make the chain name it again by asking about it; and a key
     that never registered has no consent to find anyway."""
-    unknown = sum(1 for s in subjects if c.member(bytes.fromhex(s)) is None)
+    members = c.state.in_group
+    unknown = sum(1 for s in subjects if not members("member", "all", (), (bytes.fromhex(s),)))
     if unknown:
         raise Reject(
             "unknown_subject",
             f"{unknown} named subject(s) are not members (never registered, or forgotten by "
             "an erasure everywhere)",
         )
-
-
-def _candidates(c: Ctx, request: Request) -> list[str]:
-    """The subjects an access is decided for: those it names, or (an open request) every
-    subject with a consent to this consumer and purpose in either scope."""
-    if request.subjects is not None:
-        return request.subjects
-    scopes = request.scopes()
-    return sorted(
-        {
-            k[0]
-            for key in request.consumer_keys
-            for k in c.state.group("consent", "by_consumer_purpose", key, request.purpose)
-            if k[2] in scopes
-        }
-    )
 
 
 def _ask(body: dict[str, Any], terms: dict[str, Any], purpose: str) -> disclosure.Ask:
@@ -206,33 +211,6 @@ def _ask(body: dict[str, Any], terms: dict[str, Any], purpose: str) -> disclosur
     if beyond is not None:
         raise Reject("exceeds_purpose", beyond)
     return ask
-
-
-def _refusal_for(c: Ctx, subject: str, request: Request) -> str | None:
-    """Why `subject` is denied to this access (erased, restricted, objected, no_consent,
-    exceeds_consent, budget_exhausted), or None, spending a predicate question when granted.
-    A restriction or an objection not overridden denies whatever the consents say."""
-    if erased_before(c.state, subject, request.dataset_id, c.height):
-        return "erased"
-    stopped = stopped_before(c.state, subject, request.dataset_id, c.height)
-    if stopped is not None:
-        return stopped
-    consumer, purpose = request.consumer, request.purpose
-    versions = [
-        v
-        for key in request.consumer_keys
-        for sc in request.scopes()
-        if (v := consent_in_force(c.state, subject, key, sc, purpose, c.height, c.now))
-    ]
-    if not versions:
-        return "no_consent"
-    if not any(disclosure.allows(v, request.terms, request.ask) for v in versions):
-        return "exceeds_consent"
-    if request.ask.op is not None and not disclosure.spend_question(
-        c.state, subject, consumer, purpose, request.terms, c.now
-    ):
-        return "budget_exhausted"
-    return None
 
 
 def erased_before(state: State, subject: str, dataset: str, height: int) -> bool:
