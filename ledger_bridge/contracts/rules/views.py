@@ -117,13 +117,16 @@ class AccessViews:
         subject, consumer, scope, purpose = parts
         placed = self._placed.pop(parts, None)
         if placed is not None:
-            group = self.consents[placed[0]]
-            bucket = group[placed[1]]
-            bucket.until.pop(subject, None)
-            if not bucket.until:
-                del group[placed[1]]
-                if not group:
-                    del self.consents[placed[0]]
+            # Its bucket may be gone: every subject in it ran out (`in_force`), and another's
+            # rewrite emptied it.
+            group = self.consents.get(placed[0])
+            bucket = None if group is None else group.get(placed[1])
+            if group is not None and bucket is not None:
+                bucket.until.pop(subject, None)
+                if not bucket.until:
+                    del group[placed[1]]
+                    if not group:
+                        del self.consents[placed[0]]
         version = version_at(entry, height)
         if version is not None and version[2]:
             where = ((consumer, scope, purpose), terms_of(version))

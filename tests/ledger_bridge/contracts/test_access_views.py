@@ -34,6 +34,8 @@ from ledger_bridge.contracts.app import ConsentApp
 from ledger_bridge.contracts.rules import access
 from ledger_bridge.contracts.rules.common import Ctx
 from ledger_bridge.contracts.rules.restriction import stopped_before
+from ledger_bridge.contracts.rules.views import AccessViews
+from ledger_bridge.contracts.state import State
 from tests.ledger_bridge.contracts.harness import CHAIN, DAY, Member, standard
 from tests.ledger_bridge.contracts.test_forget import erase_body
 from tests.ledger_bridge.contracts.test_governance import everyone_approves, propose
@@ -372,3 +374,21 @@ def test_each_outcome_as_the_per_subject_decision_gives_it() -> None:
         [opened] = run(1_000, ask("billing"))
         assert opened["granted"] == sorted([s2.subject, s3.subject])  # s3's to the old key
     assert len(compared.pairs) == 17
+
+
+def test_rewriting_consents_that_all_ran_out_finds_their_bucket_gone() -> None:
+    """Two subjects consent with the same terms and both consents run out; the first rewrite
+    empties and drops their bucket, and the second must not look for it (a decision that
+    raised would refuse every access as an internal error)."""
+    state = State()
+    group = (b"\x01" * 32, "dataset:d", "billing")
+    views = AccessViews()
+    for subject in ("s1", "s2"):
+        state.put("consent", subject, *group, {"cur": [1, 100, True], "prev": None})
+    views.sync(state, 2)
+    assert views.consenting([group], 50, lambda version: True)[0] == {"s1", "s2"}
+    assert views.consenting([group], 200, lambda version: True)[0] == set()  # both ran out
+    for subject in ("s1", "s2"):
+        state.put("consent", subject, *group, {"cur": [3, 100, False], "prev": None})
+    views.sync(state, 4)
+    assert views.consents == {}
