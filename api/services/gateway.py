@@ -33,7 +33,7 @@ from typing import Any, ClassVar, TypeVar
 from api.http.errors import ApiError
 from api.services.outbox import FactReceipt, FactRefused
 from ledger_bridge import eventloop, facts, receipts
-from ledger_bridge.client import AsyncLedgerClient, LedgerError, TcpClientTransport
+from ledger_bridge.client import AsyncLedgerClient, LedgerError, Receipt, TcpClientTransport
 from ledger_bridge.contracts import codec, tx, vocabulary
 from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import GENESIS_FILE, Genesis, load_genesis
@@ -117,6 +117,14 @@ class LedgerReceipt:
 class LedgerAnswer:
     receipt: LedgerReceipt
     result: dict[str, Any]
+
+
+def _answer(receipt: Receipt) -> LedgerAnswer:
+    """What the contracts answered an ordered transaction; LedgerRefused if they said no."""
+    result: dict[str, Any] = codec.decode(receipt.result)
+    if not result.get("ok", False):
+        raise LedgerRefused(str(result.get("code")), str(result.get("message")))
+    return LedgerAnswer(LedgerReceipt(bytes(result["tx"]).hex(), receipt.block_height), result)
 
 
 # The vault's two ledger identities, in the keys directory: the key that signs its contract
@@ -205,15 +213,14 @@ class LedgerGateway:
         self, use: Callable[[AsyncLedgerClient], Awaitable[T]], timeout_s: float | None = None
     ) -> T:
         """Run `use` with a client borrowed from the pool (one request in flight per client)."""
+        return self._run(asyncio.wait_for(self._borrowed(use), timeout_s))
 
-        async def go() -> T:
-            client = await self._pool.get()
-            try:
-                return await use(client)
-            finally:
-                self._pool.put_nowait(client)
-
-        return self._run(asyncio.wait_for(go(), timeout_s))
+    async def _borrowed(self, use: Callable[[AsyncLedgerClient], Awaitable[T]]) -> T:
+        client = await self._pool.get()
+        try:
+            return await use(client)
+        finally:
+            self._pool.put_nowait(client)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -226,10 +233,21 @@ class LedgerGateway:
             raise LedgerUnavailable(
                 f"no quorum of replicas answered: {type(exc).__name__}"
             ) from None
-        result: dict[str, Any] = codec.decode(receipt.result)
-        if not result.get("ok", False):
-            raise LedgerRefused(str(result.get("code")), str(result.get("message")))
-        return LedgerAnswer(LedgerReceipt(bytes(result["tx"]).hex(), receipt.block_height), result)
+        return _answer(receipt)
+
+    async def submit_from(self, raw: bytes) -> LedgerAnswer:
+        """`submit` for a caller on another event loop (an async route): it awaits the
+        gateway's loop instead of holding a thread of its own while the replicas order."""
+        future = asyncio.run_coroutine_threadsafe(
+            self._borrowed(lambda client: client.submit(raw)), self._loop
+        )
+        try:
+            receipt = await asyncio.wrap_future(future)
+        except LedgerError as exc:
+            raise LedgerUnavailable(
+                f"no quorum of replicas answered: {type(exc).__name__}"
+            ) from None
+        return _answer(receipt)
 
     def sign_as_vault(
         self, tx_type: str, body: dict[str, Any], *, nonce: bytes | None = None
@@ -242,6 +260,10 @@ class LedgerGateway:
     def act(self, tx_type: str, body: dict[str, Any]) -> LedgerAnswer:
         """A transaction the vault signs itself (for a dataset owner or a consumer)."""
         return self.submit(self.sign_as_vault(tx_type, body).encode())
+
+    async def act_from(self, tx_type: str, body: dict[str, Any]) -> LedgerAnswer:
+        """`act` for a caller on another event loop (see `submit_from`)."""
+        return await self.submit_from(self.sign_as_vault(tx_type, body).encode())
 
     # -- reading --------------------------------------------------------------------------
 

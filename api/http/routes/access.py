@@ -30,13 +30,14 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http import records_json
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import Consumer, KeyStoreDep, LedgerDep, SessionDep, strict_query
+from api.http.deps import Consumer, KeyStoreDep, LedgerDep, strict_query
 from api.http.errors import ApiError
 from api.http.schemas import (
     InclusionProof,
@@ -143,7 +144,7 @@ def _commitment(value: Any) -> tuple[bytes, bytes]:
     return salt, hashlib.sha256(salt + canonical.encode()).digest()
 
 
-def _decide(
+async def _decide(
     ledger: LedgerGateway, consumer: bytes, body: AccessIn
 ) -> tuple[dict[str, Any], LedgerReceipt]:
     tx_body: dict[str, Any] = {
@@ -166,7 +167,7 @@ def _decide(
         }
     if body.price_cents is not None:
         tx_body["price_cents"] = body.price_cents
-    answer = ledger.act("access.request", tx_body)
+    answer = await ledger.act_from("access.request", tx_body)
     return answer.result, LedgerReceipt(**answer.receipt.as_dict())
 
 
@@ -230,50 +231,26 @@ _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_ACCESS_RESPONSES,
     response_model=AccessAnswer | PredicateAnswer,
 )
-def access(
+async def access(
     body: AccessIn,
     member: Consumer,
-    session: SessionDep,
     store: KeyStoreDep,
     ledger: LedgerDep,
     request: Request,
 ) -> Any:
     """Ask for records (or a yes/no) under a purpose; the contracts decide who is granted."""
+    # An async route: the ledger's decision is awaited without holding a thread, and the
+    # vault's part (read, decrypt, encode) is one hand-off to the thread pool.
     consumer = ledger_identity(member)
-    if body.predicate is not None:
-        if body.subjects is None or len(body.subjects) != 1:
-            raise InvalidAccess("a predicate is asked about exactly one subject")
-        if body.fields is not None:
-            raise InvalidAccess("a predicate answer discloses no fields")
-        try:
-            predicate = disclosure.Predicate(
-                body.predicate.field, body.predicate.op, body.predicate.value
-            )
-        except disclosure.InvalidPredicate as exc:
-            raise InvalidAccess(str(exc)) from None
-    result, receipt = _decide(ledger, consumer, body)
+    predicate = _predicate(body)
+    result, receipt = await _decide(ledger, consumer, body)
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    if predicate is not None:
+        return await run_in_threadpool(
+            _predicate_answer, sessions, store, body.dataset_id, predicate, result, receipt
+        )
     granted: list[str] = list(result["granted"])
     uploads = set(result["uploads"])
-    if body.predicate is not None:
-        if not granted:
-            denied = result["denied"]
-            reason = denied[0][1] if denied else "no_consent"
-            raise AccessRefused(
-                f"{reason}: {_DENIED.get(reason, reason)} (access {result['access']}, "
-                f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
-            )
-        payloads = (
-            r.payload
-            for r in reads.Reader(store).by_subject(
-                session, granted[0], dataset_id=body.dataset_id, anchored_only=True
-            )
-            if str(r.upload_id) in uploads
-        )
-        return PredicateAnswer(
-            result=disclosure.evaluate(payloads, predicate),
-            receipt=receipt,
-            charged_cents=result["charged_cents"],
-        )
     head = AccessAnswer(
         access=result["access"],
         receipt=receipt,
@@ -283,7 +260,6 @@ def access(
         records=[],
     )
     if "application/x-ndjson" in request.headers.get("accept", ""):
-        sessions: sessionmaker[Session] = request.app.state.sessions
 
         def lines() -> Iterator[bytes]:
             yield head.model_dump_json(exclude={"records"}).encode() + b"\n"
@@ -294,6 +270,57 @@ def access(
                     yield rec.encode() + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
-    records = _records(session, store, body.dataset_id, granted, uploads, body.fields)
-    text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
-    return Response(content=text.encode(), media_type="application/json")
+
+    def answer() -> bytes:
+        with sessions.begin() as session:
+            records = _records(session, store, body.dataset_id, granted, uploads, body.fields)
+            text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
+        return text.encode()
+
+    return Response(content=await run_in_threadpool(answer), media_type="application/json")
+
+
+def _predicate(body: AccessIn) -> disclosure.Predicate | None:
+    """The yes/no question asked, checked before the ledger is asked anything."""
+    if body.predicate is None:
+        return None
+    if body.subjects is None or len(body.subjects) != 1:
+        raise InvalidAccess("a predicate is asked about exactly one subject")
+    if body.fields is not None:
+        raise InvalidAccess("a predicate answer discloses no fields")
+    try:
+        return disclosure.Predicate(body.predicate.field, body.predicate.op, body.predicate.value)
+    except disclosure.InvalidPredicate as exc:
+        raise InvalidAccess(str(exc)) from None
+
+
+def _predicate_answer(
+    sessions: sessionmaker[Session],
+    store: KeyStore,
+    dataset_id: uuid.UUID,
+    predicate: disclosure.Predicate,
+    result: dict[str, Any],
+    receipt: LedgerReceipt,
+) -> PredicateAnswer:
+    granted: list[str] = list(result["granted"])
+    if not granted:
+        denied = result["denied"]
+        reason = denied[0][1] if denied else "no_consent"
+        raise AccessRefused(
+            f"{reason}: {_DENIED.get(reason, reason)} (access {result['access']}, "
+            f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
+        )
+    uploads = set(result["uploads"])
+    with sessions.begin() as session:
+        payloads = [
+            r.payload
+            for r in reads.Reader(store).by_subject(
+                session, granted[0], dataset_id=dataset_id, anchored_only=True
+            )
+            if str(r.upload_id) in uploads
+        ]
+    return PredicateAnswer(
+        result=disclosure.evaluate(payloads, predicate),
+        receipt=receipt,
+        charged_cents=result["charged_cents"],
+    )
