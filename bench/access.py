@@ -19,6 +19,14 @@ thread with its own keep-alive connection and one request in flight):
 and the ratio of the two (these 2-core machines are shared and noisy: compare ratios, not
 absolutes). The latency aim is p50 <= 20 ms and p99 <= 100 ms at 8 consumers.
 
+Then, on the same system:
+- single_record: one consumer asking for one named subject's record, the consented read a
+  service makes about one citizen, ledger decision included (aim: p50 <= 5 ms);
+- in_process_limit: the same 100 records the access delivers, fetched, decrypted, proved and
+  encoded to the same JSON text by the vault's reader in this process, with no HTTP and no
+  ledger: the physical limit of an answer. `api_cpu_ratio_to_limit` sets the API's CPU per
+  answer beside it, at each consumer count.
+
 Consumers read the response bytes and check the status, but do not parse the JSON while
 measuring: parsing is the consumer's cost, not the service's. So the measured requests are
 sent with bare `httpx` (pre-encoded body, no parsing), not through the client, whose methods
