@@ -323,7 +323,11 @@ class VerifiedKeys:
     - a revocation (or a rotation's grace cut short) takes effect within `ttl_s` in every
       process, each having verified the key at most that long ago;
     - an expiry is exact: the entry keeps `expires_at` and checks it on every request;
-    - memory is bounded: `max_keys` entries, least recently used dropped first.
+    - memory is bounded: `max_keys` entries, least recently used dropped first;
+    - a subject's key is never remembered: its member id is a pseudonym, and an erasure
+      everywhere deletes the subject's keys, which must stop working at once, in every
+      process, and leave no copy of the pseudonym in any (the hot path is consumers',
+      providers' and the DPO's keys).
     `ttl_s` 0 asks the database every time. Thread-safe.
     """
 
@@ -364,7 +368,7 @@ class VerifiedKeys:
             return None
         _refuse_expired(key.id, key.expires_at, now)
         member = Member(member_id=key.member_id, role=key.role, key_id=key.id)
-        if self._ttl_s > 0:
+        if self._ttl_s > 0 and key.role != "subject":
             self._remember(key_id, _Verified(secret_hash, member, key.expires_at, verified_at))
         return member
 

@@ -386,6 +386,21 @@ def test_an_expiry_is_exact_even_for_a_remembered_key(session: Session) -> None:
         assert sent == []
 
 
+def test_a_subjects_key_is_never_remembered(session: Session) -> None:
+    """A subject's key names a pseudonym, and an erasure everywhere deletes the key: it must
+    stop working at once in every process, with no copy of the pseudonym left in memory."""
+    keys = VerifiedKeys(60.0, monotonic=Clock())
+    issued = create_key(session, member_id="pseudonym-1", role="subject")
+    with counted_queries(session) as sent:
+        for _ in range(3):
+            assert keys.authenticate(session, issued.token) is not None
+            assert keys.remembered(issued.token) is None
+        assert len(sent) == 3
+    assert len(keys) == 0
+    assert revoke_key(session, issued.key_id)
+    assert keys.authenticate(session, issued.token) is None
+
+
 def test_memory_is_bounded_and_a_zero_bound_asks_every_time(session: Session) -> None:
     keys = VerifiedKeys(5.0, max_keys=3, monotonic=Clock())
     tokens = [create_key(session, member_id=f"lru-{i}", role="provider").token for i in range(5)]
