@@ -666,7 +666,9 @@ _SCALAR_FIELDS = _scalar_fields()
 
 def _scalars_ok(values: list[Any], types: tuple[type, ...]) -> bool:
     for v, t in zip(values, types, strict=True):
-        if type(v) is not t or (t is int and not 0 <= v <= INT_MAX):
+        if type(v) is not t:
+            return False
+        if t is int and not 0 <= v <= INT_MAX:
             return False
     return True
 
