@@ -666,9 +666,10 @@ _SCALAR_FIELDS = _scalar_fields()
 
 def _scalars_ok(values: list[Any], types: tuple[type, ...]) -> bool:
     for v, t in zip(values, types, strict=True):
-        if type(v) is not t:
-            return False
-        if t is int and not 0 <= v <= INT_MAX:
+        if t is int:
+            if type(v) is not int or not 0 <= v <= INT_MAX:
+                return False
+        elif type(v) is not t:
             return False
     return True
 
