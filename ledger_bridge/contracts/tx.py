@@ -54,10 +54,11 @@ class SignedTx:
     valid_until: int
     body: dict[str, Any]
     sig: bytes
-    # The canonical bytes `decode` read this from (None when built otherwise): the id and the
-    # signed bytes are read off them rather than normalised and encoded again, once per use,
-    # on every replica. Valid because nothing mutates a transaction's body after decoding.
-    raw: bytes | None = field(default=None, compare=False, repr=False)
+    # The canonical bytes `decode` read this from (None for a transaction built any other way,
+    # `dataclasses.replace` included, as it is not an init field): the id and the signed bytes
+    # are read off them rather than normalised and encoded again, once per use, on every
+    # replica. Valid because nothing mutates a decoded transaction's body.
+    raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def unsigned(self) -> dict[str, Any]:
         return {
@@ -181,12 +182,8 @@ def decode(raw: bytes) -> SignedTx:
         raise MalformedTx("body is a map")
     if not isinstance(obj["sig"], bytes) or len(obj["sig"]) != SIGNATURE_BYTES:
         raise MalformedTx("sig is a 64-byte Ed25519 signature")
-    return SignedTx(
-        obj["type"],
-        obj["author"],
-        obj["nonce"],
-        obj["valid_until"],
-        obj["body"],
-        obj["sig"],
-        bytes(raw),
+    decoded = SignedTx(
+        obj["type"], obj["author"], obj["nonce"], obj["valid_until"], obj["body"], obj["sig"]
     )
+    object.__setattr__(decoded, "raw", bytes(raw))  # frozen: set once, here
+    return decoded

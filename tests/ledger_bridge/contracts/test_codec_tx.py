@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -69,6 +71,15 @@ def test_a_decoded_transaction_signs_and_names_the_bytes_the_normaliser_gives(
     assert back.signing_bytes(chain) == tx.signing_bytes(chain, signed.unsigned())
     assert back.tx_id == signed.tx_id and back.verify(chain)
     assert not back.verify(chain + "x")
+
+
+def test_a_decoded_transaction_changed_by_replace_is_encoded_and_checked_afresh() -> None:
+    signed = tx.sign(key(1), CHAIN, "member.register", {"role": "subject"}, valid_until=5)
+    forged = dataclasses.replace(tx.decode(signed.encode()), sig=b"\x00" * 64)
+    assert forged.raw is None and forged.encode() != signed.encode()
+    assert not forged.verify(CHAIN)
+    later = dataclasses.replace(tx.decode(signed.encode()), valid_until=6)
+    assert later.tx_id != signed.tx_id and not later.verify(CHAIN)
 
 
 def test_signature_binds_chain_and_every_field() -> None:
