@@ -23,8 +23,10 @@ Why these fields:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgpack
 
 from ledger_bridge import facts
 from ledger_bridge.contracts import codec
@@ -52,6 +54,11 @@ class SignedTx:
     valid_until: int
     body: dict[str, Any]
     sig: bytes
+    # The canonical bytes `decode` read this from (None for a transaction built any other way,
+    # `dataclasses.replace` included, as it is not an init field): the id and the signed bytes
+    # are read off them rather than normalised and encoded again, once per use, on every
+    # replica. Valid because nothing mutates a decoded transaction's body.
+    raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def unsigned(self) -> dict[str, Any]:
         return {
@@ -64,6 +71,8 @@ class SignedTx:
         }
 
     def encode(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
         return codec.encode({**self.unsigned(), "sig": self.sig})
 
     @property
@@ -71,8 +80,43 @@ class SignedTx:
         """SHA-256 of the canonical bytes: the transaction's name in blocks and results."""
         return digest(self.encode())
 
+    def signing_bytes(self, chain_id: str) -> bytes:
+        """What `sig` signs. For a decoded transaction every value is already canonical (its
+        maps hold their keys sorted, as `codec.decode` checked), so msgpack of the unsigned
+        map built in key order is the canonical encoding without the normaliser."""
+        if self.raw is None:
+            return signing_bytes(chain_id, self.unsigned())
+        unsigned = {
+            "author": self.author,
+            "body": self.body,
+            "nonce": self.nonce,
+            "type": self.type,
+            "v": VERSION,
+            "valid_until": self.valid_until,
+        }
+        return DOMAIN + bytes(msgpack.packb([chain_id, unsigned], use_bin_type=True))
+
     def verify(self, chain_id: str) -> bool:
-        return verify(self.author, signing_bytes(chain_id, self.unsigned()), self.sig)
+        return _verify_once(self.author, self.signing_bytes(chain_id), self.sig)
+
+
+# Memo of successful verifications, keyed by the exact (key, bytes, signature): a pure
+# function's cache. The primary checks a transaction at admission and again at execution;
+# the second check is a lookup. Bounded: cleared when full, which costs only recomputation.
+_VERIFIED: dict[tuple[bytes, bytes, bytes], None] = {}
+VERIFIED_CACHE_MAX = 4096
+
+
+def _verify_once(author: bytes, message: bytes, sig: bytes) -> bool:
+    memo = (author, message, sig)
+    if memo in _VERIFIED:
+        return True
+    if not verify(author, message, sig):
+        return False
+    if len(_VERIFIED) >= VERIFIED_CACHE_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[memo] = None
+    return True
 
 
 def signing_bytes(chain_id: str, unsigned: dict[str, Any]) -> bytes:
@@ -138,6 +182,8 @@ def decode(raw: bytes) -> SignedTx:
         raise MalformedTx("body is a map")
     if not isinstance(obj["sig"], bytes) or len(obj["sig"]) != SIGNATURE_BYTES:
         raise MalformedTx("sig is a 64-byte Ed25519 signature")
-    return SignedTx(
+    decoded = SignedTx(
         obj["type"], obj["author"], obj["nonce"], obj["valid_until"], obj["body"], obj["sig"]
     )
+    object.__setattr__(decoded, "raw", bytes(raw))  # frozen: set once, here
+    return decoded

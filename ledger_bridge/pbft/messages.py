@@ -649,6 +649,31 @@ def _from_obj(obj: Any, kind: Kind) -> Any:
     raise LocalProtocolError(f"unknown field kind {kind!r}")
 
 
+def _scalar_fields() -> dict[type[Any], tuple[type, ...]]:
+    """For messages whose fields are all scalars (votes, checkpoints, status, omissions): the
+    Python type each field must have, so `_msg_from_obj` checks a vote in one pass over its
+    fields instead of dispatching on each field's kind; the same checks as `_from_obj`."""
+    types = {"int": int, "bytes": bytes, "bool": bool}
+    return {
+        cls: tuple(types[kind] for _, kind in cls.SPEC)
+        for cls in _CLASSES.values()
+        if all(isinstance(kind, str) for _, kind in cls.SPEC)
+    }
+
+
+_SCALAR_FIELDS = _scalar_fields()
+
+
+def _scalars_ok(values: list[Any], types: tuple[type, ...]) -> bool:
+    for v, t in zip(values, types, strict=True):
+        if t is int:
+            if type(v) is not int or not 0 <= v <= INT_MAX:
+                return False
+        elif type(v) is not t:
+            return False
+    return True
+
+
 def _msg_from_obj(obj: Any, expected: type[Any] | None = None) -> Any:
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         raise RemoteProtocolError("a message is a non-empty array starting with its tag")
@@ -659,6 +684,12 @@ def _msg_from_obj(obj: Any, expected: type[Any] | None = None) -> Any:
         raise RemoteProtocolError("unexpected nested message type")
     if len(obj) != len(cls.SPEC) + 1:
         raise RemoteProtocolError("wrong number of fields")
+    types = _SCALAR_FIELDS.get(cls)
+    if types is not None:
+        fields = obj[1:]
+        if _scalars_ok(fields, types):
+            return cls(*fields)
+        # A bad field: the general path names it in its error.
     return cls(*(_from_obj(v, kind) for v, (_, kind) in zip(obj[1:], cls.SPEC, strict=True)))
 
 

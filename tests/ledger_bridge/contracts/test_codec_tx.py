@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -55,6 +57,29 @@ def test_a_signed_transaction_round_trips_and_verifies() -> None:
     back = tx.decode(signed.encode())
     assert back == signed and back.verify(CHAIN)
     assert back.tx_id == signed.tx_id and len(back.tx_id) == 32
+
+
+@given(st.dictionaries(st.text(max_size=8), values, max_size=6), st.text(max_size=12))
+def test_a_decoded_transaction_signs_and_names_the_bytes_the_normaliser_gives(
+    body: dict[str, object], chain: str
+) -> None:
+    """A decoded transaction reads its id and signed bytes off its canonical bytes instead of
+    normalising again: the same bytes, whatever the body holds."""
+    signed = tx.sign(key(1), chain, "member.register", body, valid_until=5)
+    back = tx.decode(signed.encode())
+    assert back.raw == signed.encode()
+    assert back.signing_bytes(chain) == tx.signing_bytes(chain, signed.unsigned())
+    assert back.tx_id == signed.tx_id and back.verify(chain)
+    assert not back.verify(chain + "x")
+
+
+def test_a_decoded_transaction_changed_by_replace_is_encoded_and_checked_afresh() -> None:
+    signed = tx.sign(key(1), CHAIN, "member.register", {"role": "subject"}, valid_until=5)
+    forged = dataclasses.replace(tx.decode(signed.encode()), sig=b"\x00" * 64)
+    assert forged.raw is None and forged.encode() != signed.encode()
+    assert not forged.verify(CHAIN)
+    later = dataclasses.replace(tx.decode(signed.encode()), valid_until=6)
+    assert later.tx_id != signed.tx_id and not later.verify(CHAIN)
 
 
 def test_signature_binds_chain_and_every_field() -> None:
