@@ -95,17 +95,37 @@ def _compact_encoder() -> Callable[[Any], str]:
 _dumps = _compact_encoder()
 
 
+class CompactJson:
+    """A JSON object's text exactly as the compact encoder (`_dumps`) writes its value, UTF-8:
+    what the uploader stores for a dict payload, already made.
+
+    Why: the API parses each upload line to check it, and when the client sent its payload
+    in this form the bytes to store are the client's own; encoding the parsed dict again
+    would cost as much as the parse. Only code that has parsed the text and checked that it
+    is this form (`api/http/streams.py`, with `vault.jsontext.shape`) makes one; the
+    uploader trusts it and checks only its size."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"CompactJson(<{len(self.data)} bytes>)"
+
+
 @dataclass(frozen=True, slots=True)
 class RecordIn:
     """One record of an upload stream.
 
     subject_id: the data subject's pseudonym (wallet public key or cooperative id), never a name.
-    payload: a JSON object, given as its encoded bytes (kept byte for byte) or as a dict.
+    payload: a JSON object, given as its encoded bytes (kept byte for byte), as a dict, or as
+    the compact encoding of a dict (`CompactJson`).
     record_id: chosen by the provider for idempotent re-uploads, or assigned by the vault.
     """
 
     subject_id: str
-    payload: bytes | Mapping[str, Any]
+    payload: bytes | Mapping[str, Any] | CompactJson
     record_id: uuid.UUID | None = None
 
 
@@ -121,8 +141,12 @@ class UploadResult:
     outbox_id: int
 
 
-def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: int) -> bytes:
-    if isinstance(payload, Mapping):
+def _payload_bytes(
+    payload: bytes | Mapping[str, Any] | CompactJson, position: int, size_max: int
+) -> bytes:
+    if type(payload) is CompactJson:
+        data = payload.data
+    elif isinstance(payload, Mapping):
         try:
             raw = _dumps(payload)
             data = raw.encode()  # a lone surrogate cannot be UTF-8: UnicodeEncodeError
