@@ -140,8 +140,8 @@ def ndjson_records(lines: Iterable[tuple[int, bytes]]) -> Iterator[RecordIn]:
         raise EmptyUpload("the body holds no record")
 
 
-def _parsed_line(raw: bytes, line_no: int) -> tuple[Any, tuple[str, Shape] | None]:
-    """(the line's JSON value, its text and `Shape` when it was read as UTF-8 text).
+def _parsed_line(raw: bytes, line_no: int) -> tuple[Any, tuple[bytes, str, Shape] | None]:
+    """(the line's JSON value, its bytes, text and `Shape` when it was read as UTF-8 text).
 
     Most lines start with `{` and are UTF-8: they are decoded once, parsed, and their text
     kept for `_compact_payload`. Any other line (blank, a byte-order mark, UTF-16, bytes that
@@ -159,7 +159,7 @@ def _parsed_line(raw: bytes, line_no: int) -> tuple[Any, tuple[str, Shape] | Non
         text_shape = shape(text)
         if text_shape[3] > JSON_DEPTH_MAX and nesting_exceeds(item, JSON_DEPTH_MAX):
             raise TooDeep
-        return item, (text, text_shape)
+        return item, (raw, text, text_shape)
     except (TooDeep, RecursionError):
         _log.info("refused upload line %d: nested deeper than %d levels", line_no, JSON_DEPTH_MAX)
         raise InvalidLine(line_no, f"nested deeper than {JSON_DEPTH_MAX} levels") from None
@@ -168,7 +168,7 @@ def _parsed_line(raw: bytes, line_no: int) -> tuple[Any, tuple[str, Shape] | Non
 
 
 def _compact_payload(
-    read: tuple[str, Shape] | None, item: dict[str, Any], payload: dict[str, Any]
+    read: tuple[bytes, str, Shape] | None, item: dict[str, Any], payload: dict[str, Any]
 ) -> CompactJson | None:
     """The payload's own bytes when the whole line is in compact form, the payload an object
     of no objects, and no key repeated (the members counted in the text are those parsed);
@@ -180,7 +180,7 @@ def _compact_payload(
     where the members after it begin."""
     if read is None:
         return None
-    text, (compact, objects, members, _) = read
+    raw, text, (compact, objects, members, _) = read
     if not (compact and objects == 2 and members == len(item) + len(payload)):
         return None
     tail = 1  # the line's closing brace
@@ -190,6 +190,8 @@ def _compact_payload(
             tail += len(key) + 4 + (4 if value is None else len(value) + 2)  # ,"key":value
         after = after or key == "payload"
     start = text.index('"payload":') + len('"payload":')
+    if len(raw) == len(text):  # ASCII: the bytes' offsets are the text's
+        return CompactJson(raw[start : len(raw) - tail])
     return CompactJson(text[start : len(text) - tail].encode())
 
 
