@@ -58,9 +58,10 @@ _ROW_INDEX = struct.Struct(">iii")  # leaf index: length 4, value; leaf hash: le
 # Records per chunk (read, checked, sealed, sent as one COPY message): small enough that the
 # server stores one while the next is prepared; `batch_rows`, when smaller, bounds it.
 _COPY_CHUNK_ROWS = 256
-# A version 4 UUID (RFC 9562): random bits but the version nibble (4) and variant bits (10).
-_UUID_V4 = 0x0000_0000_0000_4000_8000_0000_0000_0000
-_UUID_RANDOM = 0xFFFF_FFFF_FFFF_0FFF_3FFF_FFFF_FFFF_FFFF
+# A version 4 UUID (RFC 9562): random bits but the version nibble (4, the high half of byte
+# 6) and the variant bits (10, the top of byte 8), set by these byte translations.
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
+_VARIANT_RFC = bytes((b & 0x3F) | 0x80 for b in range(256))
 _INSERT_COMMITMENTS = text(
     "INSERT INTO key_commitments (upload_id, subject_id, commitment) "
     "SELECT CAST(:upload AS uuid), s, c "
@@ -407,10 +408,8 @@ class _Copier:
         payloads = [_payload_bytes(r.payload, first + i, size_max) for i, r in enumerate(chunk)]
         record_ids = _record_ids(chunk)
         envelopes, leaves = self._sealer.seal_batch(keys, record_ids, payloads)
-        builder = self._builder
-        first_index = builder.count
-        for leaf in leaves:
-            builder.push(leaf)
+        first_index = self._builder.count
+        self._builder.extend(leaves)
         return _copy_rows(record_ids, self._upload, fields, first_index, leaves, envelopes)
 
 
@@ -469,16 +468,16 @@ class _Subjects:
 
 def _record_ids(batch: list[RecordIn]) -> list[bytes]:
     """Each record's id as 16 bytes: the provider's, or a fresh random (version 4) UUID, the
-    randomness of a whole batch read at once."""
-    rnd = os.urandom(16 * len(batch))
-    ids = []
-    for i, record in enumerate(batch):
-        if record.record_id is not None:
-            ids.append(record.record_id.bytes)
-        else:
-            bits = int.from_bytes(rnd[16 * i : 16 * i + 16])
-            ids.append(((bits & _UUID_RANDOM) | _UUID_V4).to_bytes(16))
-    return ids
+    randomness of a whole batch read at once and its version and variant bits set for all
+    of it in two C calls."""
+    rnd = bytearray(os.urandom(16 * len(batch)))
+    rnd[6::16] = rnd[6::16].translate(_VERSION_4)
+    rnd[8::16] = rnd[8::16].translate(_VARIANT_RFC)
+    ids = bytes(rnd)
+    return [
+        ids[16 * i : 16 * i + 16] if record.record_id is None else record.record_id.bytes
+        for i, record in enumerate(batch)
+    ]
 
 
 def _text_field(value: str) -> bytes:
