@@ -236,7 +236,10 @@ class Uploader:
         """Store a whole stream or nothing. Raises a `VaultError` subclass on bad input.
 
         `retention_day`: the day the records expire after; by default the dataset's retention
-        from today. A rectification keeps the day of the versions it replaces."""
+        from today. A rectification keeps the day of the versions it replaces.
+
+        `records` is read while a COPY is open on the session's connection (so that the
+        server stores one chunk while the next is read): it must not use that session."""
         with session.begin_nested():
             return self._upload(
                 session, dataset_id, records, upload_id or uuid.uuid4(), retention_day

@@ -191,8 +191,13 @@ def _compact_payload(
         after = after or key == "payload"
     start = text.index('"payload":') + len('"payload":')
     if len(raw) == len(text):  # ASCII: the bytes' offsets are the text's
-        return CompactJson(raw[start : len(raw) - tail])
-    return CompactJson(text[start : len(text) - tail].encode())
+        data = raw[start : len(raw) - tail]
+    else:
+        data = text[start : len(text) - tail].encode()
+    # Holds by the reasoning above; checked all the same, as it costs nothing.
+    if data[:1] != b"{" or data[-1:] != b"}":
+        return None
+    return CompactJson(data)
 
 
 def _csv_row(raw: bytes, line_no: int) -> list[str]:
