@@ -1,13 +1,14 @@
 """`civis-vault bench upload-http`: an NDJSON upload over HTTP against the library upload.
 
-The bar: uploading over HTTP costs at most 2x the vault library's upload of the same
-records. Both run in the same run on the same database and the same 1 KiB payloads (those of
-`bench upload`); the API runs under uvicorn in a child process, as in production, and the body
-is streamed with chunked encoding (no Content-Length, never held whole by either side). CPU
-per record, the steadiest figure on a shared machine, is the API process's (uvicorn) during
-the full upload against the library process's during its upload. The
-library upload runs in a child process too, so this process's peak RSS is the HTTP client's
-alone, and it runs BEFORE the full HTTP upload: the later upload meets the larger tables and
+The bar: uploading over HTTP takes at most 1.2 times as long as the vault library's upload
+of the same records (`bar_ratio_max`; `bar_met` says whether this run met it). Both run in
+the same run on the same database and the same 1 KiB payloads (those of `bench upload`); the
+API runs under uvicorn in a child process, as in production, and the body is streamed with
+chunked encoding (no Content-Length, never held whole by either side). CPU per record, the
+steadiest figure on a shared machine, is the API process's (uvicorn) during the full upload
+against the library process's during its upload. The library upload runs in a child process
+too, so this process's peak RSS is the HTTP client's alone, and it runs BEFORE the full HTTP
+upload: the later upload meets the larger tables and
 indexes, so the order favours the baseline, not the claim.
 
 Flat memory ("an upload of 1 GB NDJSON streams with flat memory"): the server's peak
@@ -47,7 +48,7 @@ from vault.uploads import Uploader
 CHUNK_BYTES = 64 * 1024
 RECORDS = 100_000
 SMALL_RECORDS = 10_000
-BAR_RATIO_MAX = 2.0
+BAR_RATIO_MAX = 1.2
 # Every line has the same length: a 13-character subject id and a 1 KiB payload.
 LINE_BYTES = len(b'{"subject_id":"subject-00000","payload":}\n') + PAYLOAD_BYTES
 

@@ -3,11 +3,12 @@
 The whole upload is one savepoint in the caller's transaction: any failure (a bad record on
 line 90,000, a duplicate id, a lost connection) rolls back every row, key secret and outbox
 fact of the upload, and the typed error says which record was at fault. Memory is bounded by
-one batch plus the LRU of DEKs, whatever the size of the stream.
+one chunk of records plus the LRU of DEKs, whatever the size of the stream.
 
 Per record: one JSON validation, one AES-256-GCM seal, one HMAC (leaf salt), one SHA-256
-(leaf), all in column-wise loops over a batch (vault/crypto/batch.py). Rows go to PostgreSQL
-as binary COPY data encoded here, one COPY per batch, sent in chunks as they are sealed.
+(leaf), all in column-wise loops over a chunk (vault/crypto/batch.py). Rows go to PostgreSQL
+as binary COPY data encoded here, a chunk at a time as it is sealed, in one COPY for as long
+as no new subject needs its DEK derived.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import re
 import struct
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from vault.crypto import DataKey
 from vault.crypto.batch import UploadSealer
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
-from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge, VaultError
+from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
 from vault.jsontext import Loads
 from vault.keyring import CACHE_MAX, KeyRing
 from vault.keys import KeyStore
@@ -54,11 +55,13 @@ _COPY_TRAILER = b"\xff\xff"
 _COPY_FIELD = struct.Struct(">i")
 _ROW_START = struct.pack(">hi", 7, 16)  # 7 fields, then the record id's length
 _ROW_INDEX = struct.Struct(">iii")  # leaf index: length 4, value; leaf hash: length 32
-# Rows per COPY message: small enough that the server stores one while the next is sealed.
+# Records per chunk (read, checked, sealed, sent as one COPY message): small enough that the
+# server stores one while the next is prepared; `batch_rows`, when smaller, bounds it.
 _COPY_CHUNK_ROWS = 256
-# A version 4 UUID (RFC 9562): random bits but the version nibble (4) and variant bits (10).
-_UUID_V4 = 0x0000_0000_0000_4000_8000_0000_0000_0000
-_UUID_RANDOM = 0xFFFF_FFFF_FFFF_0FFF_3FFF_FFFF_FFFF_FFFF
+# A version 4 UUID (RFC 9562): random bits but the version nibble (4, the high half of byte
+# 6) and the variant bits (10, the top of byte 8), set by these byte translations.
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
+_VARIANT_RFC = bytes((b & 0x3F) | 0x80 for b in range(256))
 _INSERT_COMMITMENTS = text(
     "INSERT INTO key_commitments (upload_id, subject_id, commitment) "
     "SELECT CAST(:upload AS uuid), s, c "
@@ -95,17 +98,37 @@ def _compact_encoder() -> Callable[[Any], str]:
 _dumps = _compact_encoder()
 
 
+class CompactJson:
+    """A JSON object's text exactly as the compact encoder (`_dumps`) writes its value, UTF-8:
+    what the uploader stores for a dict payload, already made.
+
+    Why: the API parses each upload line to check it, and when the client sent its payload
+    in this form the bytes to store are the client's own; encoding the parsed dict again
+    would cost as much as the parse. Only code that has parsed the text and checked that it
+    is this form (`api/http/streams.py`, with `vault.jsontext.shape`) makes one; the
+    uploader trusts it and checks only its size."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"CompactJson(<{len(self.data)} bytes>)"
+
+
 @dataclass(frozen=True, slots=True)
 class RecordIn:
     """One record of an upload stream.
 
     subject_id: the data subject's pseudonym (wallet public key or cooperative id), never a name.
-    payload: a JSON object, given as its encoded bytes (kept byte for byte) or as a dict.
+    payload: a JSON object, given as its encoded bytes (kept byte for byte), as a dict, or as
+    the compact encoding of a dict (`CompactJson`).
     record_id: chosen by the provider for idempotent re-uploads, or assigned by the vault.
     """
 
     subject_id: str
-    payload: bytes | Mapping[str, Any]
+    payload: bytes | Mapping[str, Any] | CompactJson
     record_id: uuid.UUID | None = None
 
 
@@ -121,8 +144,12 @@ class UploadResult:
     outbox_id: int
 
 
-def _payload_bytes(payload: bytes | Mapping[str, Any], position: int, size_max: int) -> bytes:
-    if isinstance(payload, Mapping):
+def _payload_bytes(
+    payload: bytes | Mapping[str, Any] | CompactJson, position: int, size_max: int
+) -> bytes:
+    if type(payload) is CompactJson:
+        data = payload.data
+    elif isinstance(payload, Mapping):
         try:
             raw = _dumps(payload)
             data = raw.encode()  # a lone surrogate cannot be UTF-8: UnicodeEncodeError
@@ -209,7 +236,10 @@ class Uploader:
         """Store a whole stream or nothing. Raises a `VaultError` subclass on bad input.
 
         `retention_day`: the day the records expire after; by default the dataset's retention
-        from today. A rectification keeps the day of the versions it replaces."""
+        from today. A rectification keeps the day of the versions it replaces.
+
+        `records` is read while a COPY is open on the session's connection (so that the
+        server stores one chunk while the next is read): it must not use that session."""
         with session.begin_nested():
             return self._upload(
                 session, dataset_id, records, upload_id or uuid.uuid4(), retention_day
@@ -252,21 +282,10 @@ class Uploader:
         session.flush()
 
         ring = KeyRing(self._store, session, dataset_id, create=True)
-        known = _Subjects(ring, upload_id, day_iso)
-        sealer = UploadSealer(dataset_id=dataset_id.bytes, upload_id=upload_id.bytes)
         builder = MerkleBuilder()
-        conn = session.connection().connection.driver_connection
-        assert isinstance(conn, psycopg.Connection)
-        batch: list[RecordIn] = []
-        position = 0
-        for item in records:
-            position += 1
-            batch.append(_coerce(item, position, self._subject_ids))
-            if len(batch) >= self._batch_rows:
-                self._write_batch(session, conn, known, sealer, builder, upload, batch, position)
-                batch = []
-        if batch:
-            self._write_batch(session, conn, known, sealer, builder, upload, batch, position)
+        copier = _Copier(session, upload, _Subjects(ring, upload_id, day_iso), builder)
+        rows = min(self._batch_rows, _COPY_CHUNK_ROWS)
+        copier.run(_chunks(records, rows, self._subject_ids), self._size_max)
 
         anchor = _anchor(session, upload_id, dataset_id, builder, retention_day)
         fact = OutboxFact(kind=anchor.kind, payload=anchor.to_payload())
@@ -284,51 +303,89 @@ class Uploader:
             outbox_id=fact.id,
         )
 
-    def _write_batch(
-        self,
-        session: Session,
-        conn: psycopg.Connection[Any],
-        known: _Subjects,
-        sealer: UploadSealer,
-        builder: MerkleBuilder,
-        upload: Upload,
-        batch: list[RecordIn],
-        last_position: int,
-    ) -> None:
-        """Derive the batch's keys, then validate, seal and COPY it chunk by chunk.
 
-        Columns, not per-record objects: payload bytes, record ids and keys are lists, the
-        sealer works through them in one loop, and rows are encoded as binary COPY data
-        directly. Each chunk is sent as soon as it is sealed, so PostgreSQL stores one chunk
-        while this process validates and seals the next."""
-        first_position = last_position - len(batch) + 1
-        keys, fields, new_commitments = known.resolve([r.subject_id for r in batch])
-        refused: VaultError | None = None
+def _chunks(
+    records: Iterable[RecordIn | Mapping[str, Any]], rows: int, subject_ids: re.Pattern[str]
+) -> Iterator[tuple[int, list[RecordIn]]]:
+    """(the position of its first record, the records) of each run of `rows` records."""
+    chunk: list[RecordIn] = []
+    position = 0
+    for item in records:
+        position += 1
+        chunk.append(_coerce(item, position, subject_ids))
+        if len(chunk) >= rows:
+            yield position - len(chunk) + 1, chunk
+            chunk = []
+    if chunk:
+        yield position - len(chunk) + 1, chunk
+
+
+_Chunk = tuple[int, list[RecordIn]]
+
+
+class _Copier:
+    """Validates, seals and COPYs an upload's records chunk by chunk, in as few COPYs as its
+    subjects allow.
+
+    Why one COPY across chunks: PostgreSQL stores a chunk while this process reads, checks
+    and seals the next, and the two run on two cores only while the COPY stays open; each
+    COPY ended waits for the server to store everything sent, then leaves it idle until the
+    next chunk is sealed. A COPY ends only when a chunk names a subject whose DEK is not yet
+    derived (the key store's statements need the connection), and at the end."""
+
+    def __init__(
+        self, session: Session, upload: Upload, known: _Subjects, builder: MerkleBuilder
+    ) -> None:
+        self._session, self._upload, self._known, self._builder = session, upload, known, builder
+        self._sealer = UploadSealer(dataset_id=upload.dataset_id.bytes, upload_id=upload.id.bytes)
+        conn = session.connection().connection.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        self._conn: psycopg.Connection[Any] = conn
+
+    def run(self, chunks: Iterator[_Chunk], size_max: int) -> None:
+        pending = next(chunks, None)
+        while pending is not None:
+            commitments = self._known.derive([r.subject_id for r in pending[1]])
+            if commitments:
+                # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
+                self._session.execute(
+                    _INSERT_COMMITMENTS,
+                    {
+                        "upload": self._upload.id,
+                        "subjects": list(commitments),
+                        "commitments": list(commitments.values()),
+                    },
+                )
+            pending = self._copy(pending, chunks, size_max)
+
+    def _copy(self, pending: _Chunk, chunks: Iterator[_Chunk], size_max: int) -> _Chunk | None:
+        """COPY `pending` and the chunks after it until one names a subject not derived yet:
+        that chunk, or None at the end. A refused record, or any error of the stream, ends
+        the COPY with a fixed text (nothing of the records reaches the server) and is raised
+        after it."""
+        refused: Exception | None = None
+        first_position = last_position = pending[0]
         try:
-            with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
+            with self._conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
                 copy.write(_COPY_SIGNATURE)
-                for start in range(0, len(batch), _COPY_CHUNK_ROWS):
-                    chunk = batch[start : start + _COPY_CHUNK_ROWS]
+                next_chunk: _Chunk | None = pending
+                while next_chunk is not None:
+                    first, chunk = next_chunk
+                    keyed = self._known.cached([r.subject_id for r in chunk])
+                    if keyed is None:
+                        break
+                    last_position = first + len(chunk) - 1
                     try:
-                        payloads = [
-                            _payload_bytes(r.payload, first_position + start + i, self._size_max)
-                            for i, r in enumerate(chunk)
-                        ]
-                    except VaultError as exc:
+                        rows = self._rows(first, chunk, *keyed, size_max)
+                    except Exception as exc:
                         refused = exc
-                        # Ends the COPY with this exception's fixed text, not the record's.
                         raise _Refused from None
-                    record_ids = _record_ids(chunk)
-                    envelopes, leaves = sealer.seal_batch(
-                        keys[start : start + len(chunk)], record_ids, payloads
-                    )
-                    first_index = builder.count
-                    for leaf in leaves:
-                        builder.push(leaf)
-                    row_subjects = fields[start : start + len(chunk)]
-                    copy.write(
-                        _copy_rows(record_ids, upload, row_subjects, first_index, leaves, envelopes)
-                    )
+                    copy.write(rows)  # stored by the server while the next chunk is read
+                    try:
+                        next_chunk = next(chunks, None)
+                    except Exception as exc:
+                        refused = exc
+                        raise _Refused from None
                 copy.write(_COPY_TRAILER)
         except _Refused:
             assert refused is not None
@@ -339,16 +396,24 @@ class Uploader:
             raise DuplicateRecord(
                 f"record {which} already exists (records {first_position}..{last_position})"
             ) from None
-        if new_commitments:
-            # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
-            session.execute(
-                _INSERT_COMMITMENTS,
-                {
-                    "upload": upload.id,
-                    "subjects": list(new_commitments),
-                    "commitments": list(new_commitments.values()),
-                },
-            )
+        return next_chunk
+
+    def _rows(
+        self,
+        first: int,
+        chunk: list[RecordIn],
+        keys: list[DataKey],
+        fields: list[bytes],
+        size_max: int,
+    ) -> bytes:
+        """The chunk's rows as binary COPY data: payloads checked, records sealed, leaves
+        pushed to the Merkle builder."""
+        payloads = [_payload_bytes(r.payload, first + i, size_max) for i, r in enumerate(chunk)]
+        record_ids = _record_ids(chunk)
+        envelopes, leaves = self._sealer.seal_batch(keys, record_ids, payloads)
+        first_index = self._builder.count
+        self._builder.extend(leaves)
+        return _copy_rows(record_ids, self._upload, fields, first_index, leaves, envelopes)
 
 
 class _Refused(Exception):
@@ -372,9 +437,19 @@ class _Subjects:
         self._deks: dict[str, DataKey] = {}
         self._fields: dict[str, bytes] = {}
 
-    def resolve(self, subjects: list[str]) -> tuple[list[DataKey], list[bytes], dict[str, bytes]]:
-        """(the DEK and the COPY field of each record's subject, the key commitments of DEKs
-        just derived, by subject)."""
+    def cached(self, subjects: list[str]) -> tuple[list[DataKey], list[bytes]] | None:
+        """(the DEK, the COPY field) of each record's subject, or None when one of them is
+        not derived yet (`derive` it first)."""
+        deks, fields = self._deks, self._fields
+        try:
+            return [deks[s] for s in subjects], [fields[s] for s in subjects]
+        except KeyError:
+            return None
+
+    def derive(self, subjects: list[str]) -> dict[str, bytes]:
+        """Derive the DEKs of these subjects not derived yet (the key store's statements):
+        the key commitments of those just created, by subject. After it, `cached` answers
+        for `subjects` (fewer than `CACHE_MAX`)."""
         deks, fields = self._deks, self._fields
         new = [s for s in dict.fromkeys(subjects) if s not in deks]
         commitments: dict[str, bytes] = {}
@@ -391,21 +466,21 @@ class _Subjects:
                 fields[subject] = _text_field(subject)
                 if fresh:
                     commitments[subject] = dek.commitment()
-        return [deks[s] for s in subjects], [fields[s] for s in subjects], commitments
+        return commitments
 
 
 def _record_ids(batch: list[RecordIn]) -> list[bytes]:
     """Each record's id as 16 bytes: the provider's, or a fresh random (version 4) UUID, the
-    randomness of a whole batch read at once."""
-    rnd = os.urandom(16 * len(batch))
-    ids = []
-    for i, record in enumerate(batch):
-        if record.record_id is not None:
-            ids.append(record.record_id.bytes)
-        else:
-            bits = int.from_bytes(rnd[16 * i : 16 * i + 16])
-            ids.append(((bits & _UUID_RANDOM) | _UUID_V4).to_bytes(16))
-    return ids
+    randomness of a whole batch read at once and its version and variant bits set for all
+    of it in two C calls."""
+    rnd = bytearray(os.urandom(16 * len(batch)))
+    rnd[6::16] = rnd[6::16].translate(_VERSION_4)
+    rnd[8::16] = rnd[8::16].translate(_VARIANT_RFC)
+    ids = bytes(rnd)
+    return [
+        ids[16 * i : 16 * i + 16] if record.record_id is None else record.record_id.bytes
+        for i, record in enumerate(batch)
+    ]
 
 
 def _text_field(value: str) -> bytes:

@@ -20,10 +20,10 @@ from typing import Any
 
 import anyio.from_thread
 
-from api.http.bodies import JSON_DEPTH_MAX, TooDeep, loads_bounded
+from api.http.bodies import JSON_DEPTH_MAX, TooDeep, loads_bounded, nesting_exceeds
 from api.http.errors import ApiError, InvalidLine
-from vault.jsontext import Loads
-from vault.uploads import SUBJECT_ID, RecordIn
+from vault.jsontext import Loads, Shape, shape
+from vault.uploads import SUBJECT_ID, CompactJson, RecordIn
 
 RESERVED = ("subject_id", "payload", "record_id")
 CSV_COLUMNS_MAX = 200
@@ -118,21 +118,12 @@ def ndjson_records(lines: Iterable[tuple[int, bytes]]) -> Iterator[RecordIn]:
     """One record per line: {"subject_id", "payload": {...}, optional "record_id"}.
 
     Blank lines are refused rather than skipped so that record n is line n, and a vault error
-    about record n names the right line.
+    about record n names the right line. A payload the client sent in compact form (as the
+    vault stores it) goes on as those bytes (`CompactJson`), any other as the parsed dict.
     """
     count = 0
     for line_no, raw in lines:
-        if not raw.strip():
-            raise InvalidLine(line_no, "empty line")
-        try:
-            item = loads_bounded(raw, loads=_loads)
-        except TooDeep:
-            _log.info(
-                "refused upload line %d: nested deeper than %d levels", line_no, JSON_DEPTH_MAX
-            )
-            raise InvalidLine(line_no, f"nested deeper than {JSON_DEPTH_MAX} levels") from None
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidLine(line_no, "not valid JSON") from None
+        item, read = _parsed_line(raw, line_no)
         if not isinstance(item, dict):
             raise InvalidLine(line_no, "must be a JSON object")
         if not item.keys() <= _FIELDS:
@@ -141,14 +132,72 @@ def ndjson_records(lines: Iterable[tuple[int, bytes]]) -> Iterator[RecordIn]:
         payload = item.get("payload")
         if not isinstance(payload, dict):
             raise InvalidLine(line_no, "payload must be a JSON object")
+        subject = _subject(item.get("subject_id"), line_no)
+        record_id = _record_id(item.get("record_id"), line_no)
         count += 1
-        yield RecordIn(
-            subject_id=_subject(item.get("subject_id"), line_no),
-            payload=payload,
-            record_id=_record_id(item.get("record_id"), line_no),
-        )
+        yield RecordIn(subject, _compact_payload(read, item, payload) or payload, record_id)
     if count == 0:
         raise EmptyUpload("the body holds no record")
+
+
+def _parsed_line(raw: bytes, line_no: int) -> tuple[Any, tuple[bytes, str, Shape] | None]:
+    """(the line's JSON value, its bytes, text and `Shape` when it was read as UTF-8 text).
+
+    Most lines start with `{` and are UTF-8: they are decoded once, parsed, and their text
+    kept for `_compact_payload`. Any other line (blank, a byte-order mark, UTF-16, bytes that
+    are not UTF-8) is parsed as `json.loads` would parse it, and answered the same way."""
+    try:
+        text = raw.decode("utf-8") if raw[:1] == b"{" else None
+    except UnicodeDecodeError:
+        text = None
+    try:
+        if text is None:
+            if not raw.strip():
+                raise InvalidLine(line_no, "empty line")
+            return loads_bounded(raw, loads=_loads), None
+        item = _loads(text)
+        text_shape = shape(text)
+        if text_shape[3] > JSON_DEPTH_MAX and nesting_exceeds(item, JSON_DEPTH_MAX):
+            raise TooDeep
+        return item, (raw, text, text_shape)
+    except (TooDeep, RecursionError):
+        _log.info("refused upload line %d: nested deeper than %d levels", line_no, JSON_DEPTH_MAX)
+        raise InvalidLine(line_no, f"nested deeper than {JSON_DEPTH_MAX} levels") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidLine(line_no, "not valid JSON") from None
+
+
+def _compact_payload(
+    read: tuple[bytes, str, Shape] | None, item: dict[str, Any], payload: dict[str, Any]
+) -> CompactJson | None:
+    """The payload's own bytes when the whole line is in compact form, the payload an object
+    of no objects, and no key repeated (the members counted in the text are those parsed);
+    None otherwise, and the payload is encoded as the vault encodes a dict.
+
+    The line's value is then `{` + its members + `}`, each `"key":value`, in the parsed
+    order. Its fields besides the payload are strings (no quote in them: the text has no
+    backslash) or null, so the payload's text starts after the first `"payload":` and ends
+    where the members after it begin."""
+    if read is None:
+        return None
+    raw, text, (compact, objects, members, _) = read
+    if not (compact and objects == 2 and members == len(item) + len(payload)):
+        return None
+    tail = 1  # the line's closing brace
+    after = False
+    for key, value in item.items():
+        if after:
+            tail += len(key) + 4 + (4 if value is None else len(value) + 2)  # ,"key":value
+        after = after or key == "payload"
+    start = text.index('"payload":') + len('"payload":')
+    if len(raw) == len(text):  # ASCII: the bytes' offsets are the text's
+        data = raw[start : len(raw) - tail]
+    else:
+        data = text[start : len(text) - tail].encode()
+    # Holds by the reasoning above; checked all the same, as it costs nothing.
+    if data[:1] != b"{" or data[-1:] != b"}":
+        return None
+    return CompactJson(data)
 
 
 def _csv_row(raw: bytes, line_no: int) -> list[str]:

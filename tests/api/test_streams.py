@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -9,6 +10,7 @@ import pytest
 
 from api.http.errors import InvalidLine
 from api.http.streams import EmptyUpload, csv_records, ndjson_records, split_lines
+from vault.uploads import CompactJson, _payload_bytes
 
 
 def _lines(body: bytes, chunk: int = 3, line_max: int = 100) -> list[tuple[int, bytes]]:
@@ -43,7 +45,11 @@ def test_ndjson_names_the_first_bad_line() -> None:
         b'{"subject_id": "s1", "payload": {}, "x": 1}': "unknown fields",
         b'{"subject_id": "s1", "payload": {}, "record_id": 7}': "record_id",
         b'{"subject_id": "s1", "payload": {"v": NaN}}': "not valid JSON",
+        b'{"subject_id":"s1","payload":{"a":1}' + b"}" * 40: "not valid JSON",
+        b'{"subject_id":"s1","payload":' + b'{"a":' * 40 + b"1" + b"}" * 41: "nested deeper",
+        b'{"subject_id":"s1","payload":' + b"[" * 40 + b"]" * 40 + b"}": "nested deeper",
         b"": "empty line",
+        b" \t": "empty line",
     }
     for bad, reason in cases.items():
         lines = [(1, good), (2, good), (3, bad), (4, good)]
@@ -59,6 +65,39 @@ def test_ndjson_records_keep_ids_and_payloads() -> None:
     line = f'{{"subject_id": "s1", "payload": {{"a": 1}}, "record_id": "{rid}"}}'.encode()
     [record] = ndjson_records([(1, line)])
     assert (record.subject_id, record.payload, record.record_id) == ("s1", {"a": 1}, rid)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_SPELLINGS = [
+    '{"subject_id":"s1","payload":{"a":1,"b":"x y","c":[1,true,null],"d":false}}',
+    '{"payload":{"a":1},"subject_id":"s1"}',
+    '{"subject_id":"s1","payload":{},"record_id":"' + str(uuid.UUID(int=7)) + '"}',
+    '{"subject_id":"s1","payload":{"é":"ü\u2028","e":-1}}',
+    '{"subject_id":"s1","record_id":null,"payload":{"payload":{"payload":1}}}',
+    '{"subject_id":"s1","payload":{"a":1},"record_id":""}',
+    '{"subject_id":"s1","payload":{"a":1,"a":2}}',
+    '{"subject_id":"s1","payload":{"a":1.50,"b":1e5,"c":-0}}',
+    '{"subject_id":"s1","payload":{"a":1.5}}',
+    '{"subject_id":"s1", "payload":{"a":1}}',
+    '{"subject_id":"s1","payload":{"a":"\\u00e9\\n"}}',
+    '{"subject_id":"s1","payload":{"a":[{"b":1},{"b":1,"b":2}]}}',
+    '{"subject_id":"s1","subject_id":"s2","payload":{"a":1}}',
+    '{"subject_id":"s1","payload":{"a":1}}\r',
+]
+
+
+@pytest.mark.parametrize("line", _SPELLINGS)
+def test_ndjson_payloads_are_the_compact_encoding_of_what_was_parsed(line: str) -> None:
+    """Whichever way a line is written, the bytes stored are the compact encoding of the
+    payload parsed from it; a compact line's own bytes are passed on, not encoded again."""
+    [record] = ndjson_records([(1, line.encode())])
+    parsed = json.loads(line)
+    expected = _ENCODE(parsed["payload"]).encode()
+    assert _payload_bytes(record.payload, 1, 1 << 20) == expected
+    assert record.subject_id == parsed["subject_id"]
+    # Passed on as sent: compact lines with no escape, no float, and no object in the payload.
+    if line == _ENCODE(parsed) and "\\" not in line and "." not in line and line.count("{") == 2:
+        assert isinstance(record.payload, CompactJson)
 
 
 def test_csv_header_and_rows() -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vault.jsontext import Loads
+from vault.jsontext import Loads, shape
 
 EDGES: list[bytes | str] = [
     b"{}",
@@ -100,3 +100,88 @@ def test_mutations_as_json_loads(base: bytes, at: int, byte: int, cut: bool) -> 
     assert _outcome(Loads(parse_constant=_reject), raw) == _outcome(
         lambda d: json.loads(d, parse_constant=_reject), raw
     )
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _walk(value: Any, level: int = 1) -> tuple[int, int, int, bool]:
+    """(objects, members, depth, holds a float) of a parsed value."""
+    if isinstance(value, float):
+        return 0, 0, 0, True
+    if not isinstance(value, dict | list):
+        return 0, 0, 0, False
+    items = list(value.values()) if isinstance(value, dict) else value
+    below = [_walk(v, level + 1) for v in items]
+    return (
+        (1 if isinstance(value, dict) else 0) + sum(b[0] for b in below),
+        (len(value) if isinstance(value, dict) else 0) + sum(b[1] for b in below),
+        max([level] + [b[2] for b in below]),
+        any(b[3] for b in below),
+    )
+
+
+def _spellings(value: Any) -> list[str]:
+    """The value in compact form and in forms the compact encoder does not write."""
+    text = _COMPACT(value)
+    return [
+        text,
+        json.dumps(value, ensure_ascii=False),
+        json.dumps(value),
+        json.dumps(value, indent=1, ensure_ascii=False),
+    ]
+
+
+def _assert_shape_true_to(text: str) -> None:
+    """Sound: `compact` with the members of the parsed objects means the encoder writes this
+    very text. Complete where it claims to be: compact text with no backslash and no float
+    is recognised. And the bracket count bounds the depth."""
+    value = json.loads(text)
+    compact, objects, members, brackets = shape(text)
+    walked_objects, walked_members, depth, floats = _walk(value)
+    if compact and (objects, members) == (walked_objects, walked_members):
+        assert text == _COMPACT(value)
+    if text == _COMPACT(value) and "\\" not in text and not floats:
+        assert compact and (objects, members) == (walked_objects, walked_members)
+    assert brackets >= depth
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON_VALUES)
+def test_shape_says_compact_exactly_when_the_encoder_writes_the_text(value: Any) -> None:
+    for text in _spellings(value):
+        _assert_shape_true_to(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1,"a":1}',
+        '{"a":1,"a":2}',
+        '{"a":-0}',
+        '{"a":1.50}',
+        '{"a":1e5}',
+        '{"a":1E5}',
+        '{"a":100000.0}',
+        '{"a":true,"b":false,"c":null,"d":[]}',
+        '{"a":"x y.z E e -0 \\u00e9"}',
+        '{"a":"\\"","b":"\\\\"}',
+        '{"a":"é ü \u2028 \x7f"}',
+        '{"a":[1,[2,[3]]],"b":{}}',
+        '{"a" :1}',
+        '{"a":1}\r',
+    ],
+)
+def test_shape_edges(text: str) -> None:
+    _assert_shape_true_to(text)

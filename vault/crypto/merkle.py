@@ -54,6 +54,18 @@ class MerkleBuilder:
         stack.append((height, node))
         self._count += 1
 
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """`push` each of `leaves` in order: the same loop with its lookups hoisted, for an
+        upload's chunks of hundreds of leaves."""
+        stack, sha256 = self._stack, hashlib.sha256
+        for leaf in leaves:
+            height, node = 0, leaf
+            while stack and stack[-1][0] == height:
+                node = sha256(b"\x01" + stack.pop()[1] + node).digest()
+                height += 1
+            stack.append((height, node))
+        self._count += len(leaves)
+
     def root(self) -> bytes:
         if not self._stack:
             return _EMPTY_ROOT

@@ -62,6 +62,19 @@ def test_streaming_and_level_roots_match_reference(n: int) -> None:
     assert builder.root() == _mth(leaves) == MerkleTree(leaves).root()
 
 
+@given(st.integers(0, 300), st.lists(st.integers(0, 70), max_size=8))
+def test_extending_by_runs_is_pushing_each(n: int, cuts: list[int]) -> None:
+    leaves = _leaves(n)
+    builder = MerkleBuilder()
+    start = 0
+    for cut in cuts:
+        builder.extend(leaves[start : start + cut])
+        start = min(n, start + cut)
+    builder.extend(leaves[start:])
+    assert builder.count == n
+    assert builder.root() == _mth(leaves)
+
+
 @given(st.integers(1, 200), st.data())
 def test_every_proof_verifies_and_tampering_fails(n: int, data: st.DataObject) -> None:
     leaves = _leaves(n)
