@@ -107,16 +107,16 @@ def in_standing(request: Request, member: Member) -> Member:
     return member
 
 
-async def _current_member(
-    request: Request, session: SessionDep, credentials: Credentials
-) -> Member:
+async def _current_member(request: Request, credentials: Credentials) -> Member:
     """The caller, from memory when this process verified its key and its standing a moment
     ago (no thread-pool hand-off: most requests of a member come close together), else
-    checked against the database and the ledger in the thread pool."""
+    checked against the database and the ledger in the thread pool, in a session of its own
+    that ends before the route runs (so a route that never touches the database opens no
+    session for its caller either)."""
     member = _remembered_member(request, credentials)
     if member is not None:
         return member
-    return await run_in_threadpool(_checked_member, request, session, credentials)
+    return await run_in_threadpool(_released_member, request, credentials)
 
 
 def _remembered_member(request: Request, credentials: Credentials) -> Member | None:
@@ -130,10 +130,6 @@ def _remembered_member(request: Request, credentials: Credentials) -> Member | N
     if standing is not None and not standing.check_remembered(member):
         return None
     return member
-
-
-def _checked_member(request: Request, session: Session, credentials: Credentials) -> Member:
-    return in_standing(request, _authenticated(request, session, credentials))
 
 
 CurrentMember = Annotated[Member, Depends(_current_member)]

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,21 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
+def _register(gateway: LedgerGateway, dataset_id: uuid.UUID, *, retention_days: int) -> None:
+    """The provider's dataset on the ledger, as the API registers it."""
+    gateway.act(
+        "dataset.register",
+        {
+            "dataset": str(dataset_id),
+            "owner": bytes(PROVIDER.public_key),
+            "category": "energy",
+            "purposes": ["billing"],
+            "retention_days": retention_days,
+            "legal_basis": "consent",
+        },
+    )
+
+
 def _relay(cluster: Cluster, url: str, crash_at: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CIVIS_CRASH_AT"}
     if crash_at:
@@ -90,17 +106,7 @@ def test_a_crash_at_any_step_records_each_fact_once(
         uploader = Uploader(services.store, clock=lambda: past)
         with Session(committed_engine) as session, session.begin():
             dataset = make_dataset(session, retention_days=1)
-            gateway.act(
-                "dataset.register",
-                {
-                    "dataset": str(dataset.id),
-                    "owner": bytes(PROVIDER.public_key),
-                    "category": "energy",
-                    "purposes": ["billing"],
-                    "retention_days": 1,
-                    "legal_basis": "consent",
-                },
-            )
+            _register(gateway, dataset.id, retention_days=1)
             up = uploader.upload(session, dataset.id, [RecordIn(SUBJECT, b"{}")] * 3)
             # In the dataset: an erasure everywhere would have the replicas redact its own
             # request's body, and this test finds each fact's transaction by its body.
@@ -216,17 +222,7 @@ def test_two_relay_processes_at_once_ship_each_fact_once(
     try:
         with Session(committed_engine) as session, session.begin():
             dataset = make_dataset(session)
-            gateway.act(
-                "dataset.register",
-                {
-                    "dataset": str(dataset.id),
-                    "owner": bytes(PROVIDER.public_key),
-                    "category": "energy",
-                    "purposes": ["billing"],
-                    "retention_days": 30,
-                    "legal_basis": "consent",
-                },
-            )
+            _register(gateway, dataset.id, retention_days=30)
             uploads = [
                 services.uploader.upload(session, dataset.id, [RecordIn(SUBJECT, b"{}")])
                 for _ in range(6)
