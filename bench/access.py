@@ -471,7 +471,7 @@ def _postmaster(pgdata: Path) -> int | None:
 def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, float]:
     """CPU seconds (user + system) so far, per group of processes; this process as "client",
     the API's process with its worker processes as "api", and the embedded PostgreSQL
-    (postmaster and every backend alive now) as "postgres"."""
+    (postmaster, every backend alive now and every backend it reaped) as "postgres"."""
     groups = dict(pids)
     if "api" in groups:
         groups["api"] = _with_children(groups["api"])
@@ -490,6 +490,10 @@ def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, floa
             except psutil.NoSuchProcess:
                 continue
             total += t.user + t.system
+            if pid == postmaster:
+                # Backends that ended (the pool closes its overflow connections) were reaped
+                # by the postmaster: their CPU is in its children's times, not lost.
+                total += t.children_user + t.children_system
         out[name] = total
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["client"] = usage.ru_utime + usage.ru_stime
