@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from api.cli.dpo import add_controller_arguments, controller_from
-from api.cli.serving import WORKERS_MAX, WORKERS_MAX_DEFAULT
+from api.cli.serving import WORKERS_MAX
 from api.http.settings import Settings
 from vault import db
 from vault.models import API_ROLES
@@ -62,7 +62,7 @@ def _register_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--workers",
         type=_worker_count,
         default=None,
-        help=f"API worker processes (default: one per usable core, at most {WORKERS_MAX_DEFAULT})",
+        help="API worker processes (default 1: docs/LEDGER-OPERATIONS.md, Worker processes)",
     )
     # Art. 30(1)(a): who the controller and its DPO are, recorded at founding (the first run);
     # later: civis-vault controller set.

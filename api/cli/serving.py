@@ -3,7 +3,7 @@
 Why several: one Python process runs the API's CPU work on one core at a time (the GIL), and
 a consented answer is CPU work (decryption, proofs, JSON); with N workers the kernel spreads
 the connections of one listening socket over N processes, hence N cores. `civis-vault up`
-chooses N (`default_workers`), `--workers` overrides it.
+runs one (`default_workers` says why), `--workers N` asks for N.
 
 Why each worker builds its own app (`ApiSpec`, called in the worker): an app holds threads,
 a connection pool and TCP connections to the replicas, none of which crosses a process
@@ -23,7 +23,6 @@ standing, inclusion trees) is bounded in time or never goes stale.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,6 @@ if TYPE_CHECKING:
 
     from api.services.gateway import LedgerGateway
 
-# `up`'s default is one worker per core it may use, at most this many: past it, the replicas
-# and PostgreSQL on the same machine need the cores more, and each worker holds a connection
-# pool of its own (vault/db.py: up to 20 connections; 4 x 20 stays under PostgreSQL's 100).
-WORKERS_MAX_DEFAULT = 4
 # An explicit `--workers` beyond this is refused: 8 x 20 connections already exceed a
 # default PostgreSQL's limit, so more would need a tuned server.
 WORKERS_MAX = 16
@@ -47,17 +42,15 @@ WORKERS_MAX = 16
 _log = logging.getLogger(__name__)
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, as a container or taskset sets it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def default_workers() -> int:
-    """One API worker per usable core, at most WORKERS_MAX_DEFAULT."""
-    return max(1, min(usable_cores(), WORKERS_MAX_DEFAULT))
+    """One worker, the API in `up`'s own process, unless `--workers` asks for more.
+
+    Why not one per core yet: under uvicorn's supervisor a worker it finds unresponsive for
+    5 s is killed and started again, and a worker started while the database is down fails
+    its startup, which stops every worker and `up` itself. The WAN scenarios saw `up` with two
+    workers exit across a PostgreSQL restart under load, where one process recovers by
+    itself (docs/LEDGER-OPERATIONS.md, "Worker processes")."""
+    return 1
 
 
 @dataclass(frozen=True)
