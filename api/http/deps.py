@@ -1,9 +1,10 @@
 """Request dependencies as `Annotated` aliases: the session, the caller, role requirements.
 
-Why some are `async def`: FastAPI runs a plain `def` dependency in its thread pool, one hand-off
-per dependency per request. Those that only read the app's state or the request (the settings,
-the key store, the ledger gateway, the query check, the role check) are `async def`, so they
-run on the event loop without one; those that touch the database stay plain functions.
+Why they are `async def`: FastAPI runs a plain `def` dependency in its thread pool, one
+hand-off per dependency per request. Those that only read the app's state or the request (the
+settings, the key store, the ledger gateway, the query check, the role check) run on the event
+loop; the session and the caller hand only their database work to the pool, and only when
+there is some (a commit, a caller not in memory).
 
 Why `scope="function"` on the session: the commit must happen before the response is sent, so
 a client that got 201 knows its upload is durable, and a failed commit is a 500, not a lie.

@@ -291,15 +291,23 @@ def authenticate(session: Session, token: str, *, now: dt.datetime | None = None
     An expired key with the right secret raises KeyExpired (401, saying so) instead of None:
     see KeyExpired for why that one refusal may explain itself.
     """
-    match = _TOKEN.match(token)
-    if match is None:
+    parsed = _parse(token)
+    if parsed is None:
         return None
-    key_id, secret = match.groups()
-    key = _live_key(session, key_id, _hash(secret))
+    key = _live_key(session, *parsed)
     if key is None:
         return None
     _refuse_expired(key.id, key.expires_at, now)
     return Member(member_id=key.member_id, role=key.role, key_id=key.id)
+
+
+def _parse(token: str) -> tuple[str, bytes] | None:
+    """A well-formed API key's (key id, hash of its secret); None for anything else."""
+    match = _TOKEN.match(token)
+    if match is None:
+        return None
+    key_id, secret = match.groups()
+    return key_id, _hash(secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,15 +361,13 @@ class VerifiedKeys:
         self, session: Session, token: str, *, now: dt.datetime | None = None
     ) -> Member | None:
         """As `authenticate`, from memory when this key was verified less than `ttl_s` ago."""
-        match = _TOKEN.match(token)
-        if match is None:
+        parsed = _parse(token)
+        if parsed is None:
             return None
-        key_id, secret = match.groups()
-        secret_hash = _hash(secret)
-        known = self._recall(key_id, secret_hash)
+        key_id, secret_hash = parsed
+        known = self._known(key_id, secret_hash, now)
         if known is not None:
-            _refuse_expired(key_id, known.expires_at, now)
-            return known.member
+            return known
         verified_at = self._monotonic()  # before the query: the bound counts from what it read
         key = _live_key(session, key_id, secret_hash)
         if key is None:
@@ -376,15 +382,16 @@ class VerifiedKeys:
         """The member behind `token` if this process verified it less than `ttl_s` ago, from
         memory alone (no database: the API calls it on its event loop); None means ask
         `authenticate`, never that the key is refused."""
-        match = _TOKEN.match(token)
-        if match is None:
+        parsed = _parse(token)
+        return None if parsed is None else self._known(*parsed, now)
+
+    def _known(self, key_id: str, secret_hash: bytes, now: dt.datetime | None) -> Member | None:
+        """The remembered member of this key and secret (KeyExpired if its expiry passed)."""
+        entry = self._recall(key_id, secret_hash)
+        if entry is None:
             return None
-        key_id, secret = match.groups()
-        known = self._recall(key_id, _hash(secret))
-        if known is None:
-            return None
-        _refuse_expired(key_id, known.expires_at, now)
-        return known.member
+        _refuse_expired(key_id, entry.expires_at, now)
+        return entry.member
 
     def _recall(self, key_id: str, secret_hash: bytes) -> _Verified | None:
         with self._lock:

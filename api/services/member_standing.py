@@ -72,7 +72,7 @@ class MemberStanding:
         """`check` from memory alone (no ledger query: the API calls it on its event loop):
         True when decided (refusals raise as `check` does), False when the ledger must be
         asked."""
-        if member.role not in GOVERNED_ROLES or not LEDGER_SUBJECT_ID.match(member.member_id):
+        if not _governed(member):
             return True
         with self._lock:
             known = self._known.get(member.member_id)
@@ -107,9 +107,13 @@ class MemberStanding:
 
     def check(self, member: Member) -> None:
         """Refuse a governed member that the ledger no longer admits under this key."""
-        if member.role not in GOVERNED_ROLES or not LEDGER_SUBJECT_ID.match(member.member_id):
-            return
-        _refuse(self.status(member.member_id))
+        if _governed(member):
+            _refuse(self.status(member.member_id))
+
+
+def _governed(member: Member) -> bool:
+    """Whether the ledger governs this member's standing: a governed role, a ledger key."""
+    return member.role in GOVERNED_ROLES and LEDGER_SUBJECT_ID.match(member.member_id) is not None
 
 
 def _refuse(status: str | None) -> None:
