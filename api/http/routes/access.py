@@ -310,14 +310,13 @@ def _predicate_answer(
             f"{reason}: {_DENIED.get(reason, reason)} (access {result['access']}, "
             f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
         )
-    uploads = set(result["uploads"])
+    live = [uuid.UUID(u) for u in result["uploads"]]
     with sessions.begin() as session:
         payloads = [
             r.payload
-            for r in reads.Reader(store).by_subject(
-                session, granted[0], dataset_id=dataset_id, anchored_only=True
+            for r in reads.Reader(store).by_dataset(
+                session, dataset_id, subjects=granted[:1], uploads=live, anchored_only=True
             )
-            if str(r.upload_id) in uploads
         ]
     return PredicateAnswer(
         result=disclosure.evaluate(payloads, predicate),
