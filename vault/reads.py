@@ -276,16 +276,28 @@ class Reader:
 
 
 def _pages(session: Session, query: Select[*tuple[Any, ...]], page: int) -> Iterator[Sequence[Any]]:
-    """The query's rows in (upload, leaf) order, a bounded page at a time, each page continued
-    after the last position read: memory stays flat on a dataset of any size."""
+    """The query's rows in (upload, leaf) order (see `_keyset_pages`)."""
     first = query.order_by(*_position()).limit(page)
-    rows: Sequence[Any] = session.execute(first).all()
+
+    def fetch(last: Any | None) -> Sequence[Any]:
+        following = first if last is None else first.where(tuple_(last[2], last[4]) < _position())
+        return session.execute(following).all()
+
+    return _keyset_pages(fetch, page)
+
+
+def _keyset_pages(
+    fetch: Callable[[Any | None], Sequence[Any]], page: int
+) -> Iterator[Sequence[Any]]:
+    """Rows a bounded page at a time, each page fetched after the last row of the one before
+    (None: the first page), until a page comes back short: memory stays flat on a dataset of
+    any size, and a position never skips or repeats a row."""
+    rows = fetch(None)
     while True:
         yield rows
         if len(rows) < page:
             return
-        last = rows[-1]
-        rows = session.execute(first.where(tuple_(last[2], last[4]) < _position())).all()
+        rows = fetch(rows[-1])
 
 
 def array_literal(values: Iterable[str]) -> str:
@@ -347,19 +359,20 @@ def _dataset_pages(
 ) -> Iterator[Sequence[Any]]:
     """`_pages` for a dataset read, on the driver's cursor (see `_raw_statements`)."""
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        first = _dataset_statement(session, shape, False)
-        cursor.execute(first.sql, {**first.constants, **params, "page": page})
+    first = _dataset_statement(session, shape, False)
+    following = _dataset_statement(session, shape, True)
+
+    def fetch(last: Any | None) -> Sequence[Any]:
+        if last is None:
+            cursor.execute(first.sql, {**first.constants, **params, "page": page})
+        else:
+            after = {"page": page, "after_upload": last[2], "after_leaf": last[4]}
+            cursor.execute(following.sql, {**following.constants, **params, **after})
         rows: Sequence[Any] = cursor.fetchall()
-        following = _dataset_statement(session, shape, True)
-        while True:
-            yield rows
-            if len(rows) < page:
-                return
-            last = rows[-1]
-            values = {**params, "page": page, "after_upload": last[2], "after_leaf": last[4]}
-            cursor.execute(following.sql, {**following.constants, **values})
-            rows = cursor.fetchall()
+        return rows
+
+    try:
+        yield from _keyset_pages(fetch, page)
     finally:
         cursor.close()
 
