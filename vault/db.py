@@ -83,6 +83,23 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+@contextlib.contextmanager
+def statement_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose every statement commits on its own (PostgreSQL's autocommit): no BEGIN
+    and no COMMIT around it, two round trips fewer.
+
+    For reads of one statement per page that need no snapshot across pages: a consented
+    answer pages by (upload, leaf) position, which no write moves, and an erasure between two
+    pages only leaves the later page's erased records out, as if the read came after it.
+    Writing in such a session would commit every statement alone: use `sessions.begin()`."""
+    engine = sessions.kw["bind"]
+    with (
+        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
+        sessions(bind=connection) as session,
+    ):
+        yield session
+
+
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

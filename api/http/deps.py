@@ -154,11 +154,14 @@ def _check_role(member: Member, roles: tuple[str, ...]) -> Member:
     return member
 
 
-def require_role(*roles: str) -> Callable[[Member], Awaitable[Member]]:
-    """A dependency that admits only members whose key has one of `roles`."""
+def require_role(*roles: str) -> Callable[[Request, Credentials], Awaitable[Member]]:
+    """A dependency that admits only members whose key has one of `roles`.
 
-    async def check(member: CurrentMember) -> Member:
-        return _check_role(member, roles)
+    It finds the caller itself (`_current_member` called, not depended on): each level of
+    dependency costs FastAPI a solve on every request, and a role check is on most routes."""
+
+    async def check(request: Request, credentials: Credentials) -> Member:
+        return _check_role(await _current_member(request, credentials), roles)
 
     return check
 
@@ -254,22 +257,34 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
-async def _key_store(request: Request) -> KeyStore:
+def key_store(request: Request) -> KeyStore:
+    """The app's key store; a plain call for a hot route, where a dependency's solve costs
+    more than the lookup (`KeyStoreDep` elsewhere)."""
     store: KeyStore = request.app.state.key_store
     return store
+
+
+async def _key_store(request: Request) -> KeyStore:
+    return key_store(request)
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 KeyStoreDep = Annotated[KeyStore, Depends(_key_store)]
 
 
-async def _ledger(request: Request) -> LedgerGateway:
+def ledger_gateway(request: Request) -> LedgerGateway:
+    """The app's ledger gateway, or a 503 when this instance runs without one; a plain call
+    for a hot route, as `key_store` (`LedgerDep` elsewhere)."""
     from api.services.gateway import LedgerUnavailable
 
     ledger: LedgerGateway | None = request.app.state.ledger
     if ledger is None:
         raise LedgerUnavailable("this instance runs without a ledger")
     return ledger
+
+
+async def _ledger(request: Request) -> LedgerGateway:
+    return ledger_gateway(request)
 
 
 LedgerDep = Annotated["LedgerGateway", Depends(_ledger)]

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.http import records_json
 from api.http.bodies import BoundedJsonRoute
-from api.http.deps import Consumer, KeyStoreDep, LedgerDep, strict_query
+from api.http.deps import Consumer, key_store, ledger_gateway, strict_query
 from api.http.errors import ApiError
 from api.http.schemas import (
     InclusionProof,
@@ -50,7 +50,7 @@ from api.http.schemas import (
 from api.services.gateway import LedgerGateway
 from api.services.identity import ledger_identity
 from ledger_bridge.contracts import bodies
-from vault import disclosure, reads
+from vault import db, disclosure, reads
 from vault.keys import KeyStore
 
 router = APIRouter(
@@ -231,16 +231,12 @@ _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_ACCESS_RESPONSES,
     response_model=AccessAnswer | PredicateAnswer,
 )
-async def access(
-    body: AccessIn,
-    member: Consumer,
-    store: KeyStoreDep,
-    ledger: LedgerDep,
-    request: Request,
-) -> Any:
+async def access(body: AccessIn, member: Consumer, request: Request) -> Any:
     """Ask for records (or a yes/no) under a purpose; the contracts decide who is granted."""
     # An async route: the ledger's decision is awaited without holding a thread, and the
-    # vault's part (read, decrypt, encode) is one hand-off to the thread pool.
+    # vault's part (read, decrypt, encode) is one hand-off to the thread pool. The key store
+    # and the gateway are looked up, not depended on: the hottest route pays no solve for them.
+    store, ledger = key_store(request), ledger_gateway(request)
     consumer = ledger_identity(member)
     predicate = _predicate(body)
     result, receipt = await _decide(ledger, consumer, body)
@@ -263,7 +259,7 @@ async def access(
 
         def lines() -> Iterator[bytes]:
             yield head.model_dump_json(exclude={"records"}).encode() + b"\n"
-            with sessions() as stream_session:
+            with db.statement_session(sessions) as stream_session:
                 for rec in _records(
                     stream_session, store, body.dataset_id, granted, uploads, body.fields
                 ):
@@ -272,7 +268,7 @@ async def access(
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     def answer() -> bytes:
-        with sessions.begin() as session:
+        with db.statement_session(sessions) as session:
             records = _records(session, store, body.dataset_id, granted, uploads, body.fields)
             text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
         return text.encode()
@@ -311,7 +307,7 @@ def _predicate_answer(
             f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
         )
     live = [uuid.UUID(u) for u in result["uploads"]]
-    with sessions.begin() as session:
+    with db.statement_session(sessions) as session:
         payloads = [
             r.payload
             for r in reads.Reader(store).by_dataset(
