@@ -29,14 +29,18 @@ Then, on the same system:
 
 Consumers read the response bytes and check the status, but do not parse the JSON while
 measuring: parsing is the consumer's cost, not the service's. So the measured requests are
-sent with bare `httpx` (pre-encoded body, no parsing), not through the client, whose methods
-parse every answer. One answer of each kind is
+sent on a bare keep-alive connection of the standard library's `http.client`
+(`ConsumerConnection`: pre-encoded body, no parsing), not through the project's client, whose
+methods parse every answer. Why not `httpx` there: the consumers share the machine's two cores with the system
+they measure, and `httpx` spent 1.0-1.3 ms of CPU per request, `http.client` 0.3 ms
+(docs/BENCHMARKS.md, "Access: the consumers' own CPU"). One answer of each kind is
 parsed and checked before the measurement (every record, the anchored root in every proof).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import logging
 import math
@@ -138,6 +142,26 @@ class Fixture:
 
     def headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
+
+
+class ConsumerConnection:
+    """One consumer's keep-alive HTTP/1.1 connection to the API, as lean as a load generator
+    can be in Python (see the module docstring): a request is its method, path, pre-encoded
+    body and headers; an answer is its status and body bytes, read whole."""
+
+    def __init__(self, base: str) -> None:
+        url = httpx.URL(base)
+        self._conn = http.client.HTTPConnection(url.host, url.port, timeout=REQUEST_TIMEOUT_S)
+
+    def send(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        self._conn.request(method, path, body, headers)
+        response = self._conn.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 @dataclass
@@ -537,7 +561,7 @@ def _fill_window(
 
 def _closed_loop(
     fx: Fixture,
-    send: Callable[[httpx.Client], httpx.Response],
+    send: Callable[[ConsumerConnection], tuple[int, bytes]],
     consumers: int,
     warmup_s: float,
     point_s: float,
@@ -558,18 +582,20 @@ def _closed_loop(
     pids = {"api": [fx.server_pid], "replicas": fx.replica_pids}
 
     def consumer(i: int) -> None:
-        with httpx.Client(base_url=fx.base, timeout=REQUEST_TIMEOUT_S) as client:
+        client = ConsumerConnection(fx.base)
+        try:
             while not stop.is_set():
                 t0 = time.perf_counter()
-                r = send(client)
-                body = r.content
+                status, body = send(client)
                 t1 = time.perf_counter()
                 with lock:
-                    if r.status_code != 200 or not body:
+                    if status != 200 or not body:
                         errors[0] += 1
                     else:
                         answers.append((t0, t1))
                         answered[i] += 1
+        finally:
+            client.close()
 
     threads = [threading.Thread(target=consumer, args=(i,)) for i in range(consumers)]
     for t in threads:
@@ -605,11 +631,11 @@ def _measure(fx: Fixture, consumers: tuple[int, ...], point_s: float) -> list[di
     provider_headers = fx.headers(fx.provider_key)
     records_path = f"/v1/datasets/{fx.dataset_id}/records?limit={fx.records}"
 
-    def access(client: httpx.Client) -> httpx.Response:
-        return client.post("/v1/access-requests", content=access_body, headers=access_headers)
+    def access(client: ConsumerConnection) -> tuple[int, bytes]:
+        return client.send("POST", "/v1/access-requests", access_headers, access_body)
 
-    def baseline(client: httpx.Client) -> httpx.Response:
-        return client.get(records_path, headers=provider_headers)
+    def baseline(client: ConsumerConnection) -> tuple[int, bytes]:
+        return client.send("GET", records_path, provider_headers)
 
     points = []
     for c in consumers:
@@ -640,8 +666,8 @@ def _single_record(fx: Fixture, point_s: float) -> dict[str, Any]:
     ).encode()
     headers = {**fx.headers(fx.consumer_key), "Content-Type": "application/json"}
 
-    def one(client: httpx.Client) -> httpx.Response:
-        return client.post("/v1/access-requests", content=body, headers=headers)
+    def one(client: ConsumerConnection) -> tuple[int, bytes]:
+        return client.send("POST", "/v1/access-requests", headers, body)
 
     point = _closed_loop(fx, one, 1, min(WARMUP_S_MAX, point_s / 4), point_s).summary()
     p50 = point["p50_ms"]
