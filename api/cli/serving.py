@@ -3,7 +3,12 @@
 Why several: one Python process runs the API's CPU work on one core at a time (the GIL), and
 a consented answer is CPU work (decryption, proofs, JSON); with N workers the kernel spreads
 the connections of one listening socket over N processes, hence N cores. `civis-vault up`
-runs one (`default_workers` says why), `--workers N` asks for N.
+runs one per core (`default_workers`), `--workers N` asks for N.
+
+Why an instance stays whole: a worker started while PostgreSQL restarts waits for it
+(api/http/app.py `_bind_when_reachable`) instead of failing its start, which would stop every
+worker; and a worker dies with its supervisor (`_die_with`), so killing `up` kills the
+instance, not just the process that holds no socket.
 
 Why each worker builds its own app (`ApiSpec`, called in the worker): an app holds threads,
 a connection pool and TCP connections to the replicas, none of which crosses a process
@@ -22,7 +27,11 @@ standing, inclusion trees) is bounded in time or never goes stale.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import logging
+import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +51,32 @@ WORKERS_MAX = 16
 _log = logging.getLogger(__name__)
 
 
-def default_workers() -> int:
-    """One worker, the API in `up`'s own process, unless `--workers` asks for more.
+# Workers `up` runs by default at most: one per core up to this, so the default pools (20
+# connections each) stay under a default PostgreSQL's 100.
+DEFAULT_WORKERS_MAX = 4
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-    Why not one per core yet: under uvicorn's supervisor a worker it finds unresponsive for
-    5 s is killed and started again, and a worker started while the database is down fails
-    its startup, which stops every worker and `up` itself. The WAN scenarios saw `up` with two
-    workers exit across a PostgreSQL restart under load, where one process recovers by
-    itself (docs/LEDGER-OPERATIONS.md, "Worker processes")."""
-    return 1
+
+def default_workers() -> int:
+    """One worker per core this process may run on, at most DEFAULT_WORKERS_MAX; on one core,
+    the API in `up`'s own process. `--workers` overrides it."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return max(1, min(cores, DEFAULT_WORKERS_MAX))
+
+
+def _die_with(supervisor: int) -> None:
+    """Have the kernel SIGKILL this worker when its supervisor dies (Linux's parent-death
+    signal), and exit now if it already has: a supervisor killed outright must not leave
+    workers that hold the listening socket and run the jobs of an instance that is gone."""
+    from api.services.outbox import INSTANCE_PID_ENV
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor:
+        os._exit(0)
+    os.environ[INSTANCE_PID_ENV] = str(supervisor)
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,8 @@ class ApiSpec:
     database_url: str
     ledger_dir: Path | None = None
     keys_dir: Path | None = None
+    # The supervisor's pid when the app runs in worker processes (`serve` sets it).
+    supervisor: int | None = None
 
     def app(self, ledger: LedgerGateway | None, *, owns_ledger: bool = False) -> FastAPI:
         from api.cli.bootstrap import quorum_probe
@@ -88,6 +116,8 @@ class ApiSpec:
 
         from api.services.gateway import LedgerGateway
 
+        if self.supervisor is not None:
+            _die_with(self.supervisor)
         try:
             gateway = (
                 None
@@ -128,7 +158,12 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return True
     config = uvicorn.Config(
-        spec, factory=True, host=host, port=port, workers=workers, log_level=log_level
+        dataclasses.replace(spec, supervisor=os.getpid()),
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
     )
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     supervisor.run()

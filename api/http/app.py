@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
@@ -45,6 +48,12 @@ from vault.keys import KeyStore, make_provider
 if TYPE_CHECKING:
     from api.services.gateway import LedgerGateway
     from api.services.jobs import BackgroundJobs, KeyMaintenance
+
+_log = logging.getLogger(__name__)
+
+# A starting process asks an unreachable database again after this long, doubled each time.
+DATABASE_RETRY_MIN_S = 0.25
+DATABASE_RETRY_MAX_S = 2.0
 
 
 def create_app(
@@ -158,10 +167,7 @@ def _lifespan(
         outbox_metrics = OutboxCollector(app.state.sessions)
         app.state.metrics_registry.register(outbox_metrics)
         if ledger is not None:
-            from api.services.gateway import bind_database
-
-            with app.state.sessions() as session, session.begin():
-                bind_database(session, ledger.genesis)
+            await _bind_when_reachable(app, ledger, settings.database_start_wait_s)
         keys = _start_key_maintenance(app, settings) if background_jobs else None
         app.state.key_maintenance = keys
         jobs = _start_jobs(app, settings, ledger) if background_jobs else None
@@ -179,6 +185,34 @@ def _lifespan(
                 ledger.close()
 
     return lifespan
+
+
+async def _bind_when_reachable(app: FastAPI, ledger: LedgerGateway, wait_s: float) -> None:
+    """Bind the database to the ledger's chain (`bind_database`), waiting up to `wait_s` for
+    a database that does not answer yet.
+
+    Why wait: of several worker processes, one the supervisor starts again while PostgreSQL
+    restarts would otherwise fail its start, and a failed start stops every worker. Only an
+    unreachable database is waited for: a database bound to another chain is refused at once.
+    The worker serves nothing meanwhile; the others, started earlier, answer 503 until the
+    database is back."""
+    from sqlalchemy.exc import OperationalError
+
+    from api.services.gateway import bind_database
+
+    deadline = time.monotonic() + wait_s
+    delay_s = DATABASE_RETRY_MIN_S
+    while True:
+        try:
+            with app.state.sessions() as session, session.begin():
+                bind_database(session, ledger.genesis)
+            return
+        except OperationalError:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            _log.warning("the database does not answer yet; starting again in %.1f s", delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(2 * delay_s, DATABASE_RETRY_MAX_S)
 
 
 def _start_key_maintenance(app: FastAPI, settings: Settings) -> KeyMaintenance:

@@ -35,6 +35,10 @@ class Settings(VaultSettings):
     # (api/services/keys.py `VerifiedKeys`): a revoked key stops working within this bound in
     # every process; an expiry is exact. 0 asks on every request; at most a minute.
     api_key_cache_s: float = Field(default=5.0, ge=0, le=60)
+    # How long a starting API process waits for an unreachable database before it gives up
+    # (api/http/app.py `_bind_when_reachable`): a worker the supervisor restarts while
+    # PostgreSQL restarts waits it out instead of stopping every worker.
+    database_start_wait_s: float = Field(default=60.0, ge=0)
     # Background jobs (api/services/jobs.py): how often the outbox relay looks for facts to ship
     # when no route woke it, and how often the retention sweeper runs (it also runs at start).
     relay_interval_s: float = 1.0

@@ -92,9 +92,17 @@ class FactSink(Protocol):
         ...
 
 
+# Set in a worker process's environment (api/cli/serving.py): the pid of the instance, the
+# supervisor of its workers, which `crash_point` kills to crash the instance whole.
+INSTANCE_PID_ENV = "CIVIS_INSTANCE_PID"
+
+
 def crash_point(name: str) -> None:
-    """SIGKILL this process if the crash-injection tests asked for it at `name`."""
+    """SIGKILL this instance if the crash-injection tests asked for it at `name`: this
+    process, or in a worker process the supervisor, whose workers the kernel then kills
+    (api/cli/serving.py): an instance crashes whole."""
     if os.environ.get("CIVIS_CRASH_AT") == name:
+        os.kill(int(os.environ.get(INSTANCE_PID_ENV, os.getpid())), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

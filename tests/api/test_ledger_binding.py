@@ -7,16 +7,23 @@ contracts refuse, while receipts in the database name blocks the new chain never
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from pathlib import Path
+from types import TracebackType
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from api.http.app import create_app
 from api.http.settings import Settings
 from api.services.gateway import LedgerGateway, WrongChain, bind_database
 from ledger_bridge.genesis import GENESIS_FILE, create_local, load_genesis
+from tests.conftest import free_port
 from vault import db
 from vault.models import LedgerBinding
 
@@ -66,3 +73,86 @@ def test_the_api_does_not_start_on_a_database_of_another_chain(
     finally:
         for g in gateways:
             g.close()
+
+
+class LateDatabase:
+    """A loopback port where nothing listens until `open()`, as a restarting PostgreSQL looks
+    to a client (connection refused); then every connection is relayed to `target`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self.relayed = 0
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.relayed += 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+    def __enter__(self) -> LateDatabase:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (src, dst):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_starting_api_waits_for_its_database_then_binds_it(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """A worker started while PostgreSQL restarts (api/cli/serving.py) waits for it and
+    starts; without the wait, the same start fails, which would stop every worker."""
+    db.upgrade(fresh_database_url)
+    real = make_url(fresh_database_url)
+    create_local(tmp_path / "ledger", 4, base_port=3, use_tls=False)
+    gateway = LedgerGateway.from_directory(tmp_path / "ledger", tmp_path / "keys")
+    try:
+        with LateDatabase((real.host or "127.0.0.1", real.port or 5432)) as late:
+            url = real.set(host="127.0.0.1", port=late.port, query={"connect_timeout": "2"})
+            url_text = url.render_as_string(hide_password=False)
+            impatient = Settings(
+                environment="test", data_dir=tmp_path / "a", database_start_wait_s=0
+            )
+            app = create_app(impatient, database_url=url_text, ledger=gateway)
+            with pytest.raises(OperationalError), TestClient(app):
+                pass
+            patient = Settings(
+                environment="test", data_dir=tmp_path / "b", database_start_wait_s=60
+            )
+            app = create_app(patient, database_url=url_text, ledger=gateway)
+            threading.Timer(1.0, late.open).start()
+            with TestClient(app) as client:
+                assert late.relayed >= 1  # it started on the database once that answered
+                assert client.get("/healthz").status_code == 200
+        engine = db.make_engine(fresh_database_url, pool_size=1)
+        with Session(engine) as session:
+            bound = session.get(LedgerBinding, 1)
+            assert bound is not None and bound.chain_id == gateway.chain_id
+        engine.dispose()
+    finally:
+        gateway.close()

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy.orm import Session
 
@@ -425,3 +426,35 @@ def test_sigterm_stops_up_and_every_replica_it_started(
     assert "civis-vault up: stopped" in up.output
     assert not _replica_pids(ledger_dir)
     assert not any(Path(f"/proc/{pid}").exists() for pid in replicas)
+
+
+def _workers(up: Up) -> list[psutil.Process]:
+    """The API worker processes of `up` (uvicorn's supervisor starts them with `spawn`)."""
+    children = psutil.Process(up.proc.pid).children()
+    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+
+@pytest.mark.e2e
+def test_a_killed_up_takes_its_api_workers_with_it(
+    tmp_path: Path, fresh_database_url: str, launched: list[Up]
+) -> None:
+    """`up` killed outright (SIGKILL: no handler runs) must not leave API workers behind,
+    still holding the port and running the jobs of an instance that is gone."""
+    up = Up(
+        "--data-dir",
+        str(tmp_path / "civis"),
+        "--database-url",
+        fresh_database_url,
+        "--workers",
+        "2",
+    )
+    launched.append(up)
+    up.wait_until("/readyz", 200)
+    workers = _workers(up)
+    assert len(workers) == 2, up.output[-3000:]
+    up.proc.kill()
+    up.proc.wait(30)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, [p.pid for p in alive]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(up.url + "/healthz", timeout=5)
