@@ -173,21 +173,22 @@ def _block_records(block: bytes, before: int, line_max: int) -> Generator[Record
         return (yield from _lines_records(block, before, line_max))
     text = block.decode("ascii")
     outside_all = b"".join(block.split(b'"')[::2])
-    outsides = iter(outside_all.split(b"\n"))
+    outsides = outside_all.split(b"\n")
+    outsides.pop()  # after the block's last newline: nothing
     compact = _compact_outside(outside_all)
+    newline = text.index
     pos = 0
     line_no = before
-    while pos < len(text):
+    for outside in outsides:
         line_no += 1
-        end = text.index("\n", pos)
+        end = newline("\n", pos)
         if end - pos > line_max:
             raise InvalidLine(line_no, f"longer than {line_max} bytes", status=413)
-        outside = next(outsides, None)
-        record = None
-        if outside is not None:
-            record = _scanned_record(text, block, pos, end, outside, compact, line_no)
+        record = _scanned_record(text, block, pos, end, outside, compact, line_no)
         yield _line_record(block[pos:end], line_no) if record is None else record
         pos = end + 1
+    if pos < len(text):  # never so: a line that would unpair the quotes is refused
+        line_no += yield from _lines_records(block[pos:], line_no, line_max)
     return line_no - before
 
 
@@ -216,7 +217,7 @@ def _scanned_record(
 ) -> RecordIn | None:
     """The record of the line text[pos:end] (ASCII, no backslash) parsed in place, as
     `_line_record` makes it; None for any line it would refuse or read another way."""
-    if text[pos] != "{":
+    if block[pos] != 0x7B:  # {
         return None
     try:
         item, stop = _scan(text, pos)
@@ -230,7 +231,9 @@ def _scanned_record(
         return None
     if not SUBJECT_ID.match(subject):
         return None
-    record_id = _record_id(item.get("record_id"), line_no)
+    record_id = item.get("record_id")
+    if record_id is not None:
+        record_id = _record_id(record_id, line_no)
     if (
         objects != 2
         or not (compact or _compact_outside(outside))
@@ -238,10 +241,11 @@ def _scanned_record(
     ):
         return RecordIn(subject, payload, record_id)
     start = block.index(b'"payload":', pos, end) + len(b'"payload":')
-    data = block[start : end - _payload_tail(item)]
-    if data[:1] != b"{" or data[-1:] != b"}":
+    # A line that ends `}}` ends with its payload: no other field's value is an object.
+    stop = end - 1 if block[end - 2] == 0x7D else end - _payload_tail(item)
+    if block[start] != 0x7B or block[stop - 1] != 0x7D:
         return RecordIn(subject, payload, record_id)
-    return RecordIn(subject, CompactJson(data), record_id)
+    return RecordIn(subject, CompactJson(block[start:stop]), record_id)
 
 
 def _line_record(raw: bytes, line_no: int) -> RecordIn:
@@ -256,7 +260,9 @@ def _line_record(raw: bytes, line_no: int) -> RecordIn:
     if not isinstance(payload, dict):
         raise InvalidLine(line_no, "payload must be a JSON object")
     subject = _subject(item.get("subject_id"), line_no)
-    record_id = _record_id(item.get("record_id"), line_no)
+    record_id = item.get("record_id")
+    if record_id is not None:
+        record_id = _record_id(record_id, line_no)
     return RecordIn(subject, _compact_payload(read, item, payload) or payload, record_id)
 
 
