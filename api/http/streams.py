@@ -242,10 +242,10 @@ def _scanned_record(
         return RecordIn(subject, payload, record_id)
     start = block.index(b'"payload":', pos, end) + len(b'"payload":')
     # A line that ends `}}` ends with its payload: no other field's value is an object.
-    stop = end - 1 if block[end - 2] == 0x7D else end - _payload_tail(item)
-    if block[start] != 0x7B or block[stop - 1] != 0x7D:
+    after = end - 1 if block[end - 2] == 0x7D else end - _payload_tail(item)
+    if block[start] != 0x7B or block[after - 1] != 0x7D:
         return RecordIn(subject, payload, record_id)
-    return RecordIn(subject, CompactJson(block[start:stop]), record_id)
+    return RecordIn(subject, CompactJson(block[start:after]), record_id)
 
 
 def _line_record(raw: bytes, line_no: int) -> RecordIn:
