@@ -168,27 +168,34 @@ def _block_records(block: bytes, before: int, line_max: int) -> Generator[Record
     Without a backslash, every quote delimits a string, and a line the scan takes is valid
     JSON, its quotes paired: the pieces of the block between quotes pairs, taken every other
     one from the start, are the text outside strings, and split at the newlines they are
-    each line's, as `shape` reads it, up to the first line that is refused."""
-    if not block.isascii() or b"\\" in block or b"\r" in block:
+    each line's, as `shape` reads it, up to the first line that is refused. Past ASCII, a
+    line is found in the text (which the scan reads) and in the bytes (whose length is
+    bounded)."""
+    if b"\\" in block or b"\r" in block:
         return (yield from _lines_records(block, before, line_max))
-    text = block.decode("ascii")
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return (yield from _lines_records(block, before, line_max))
     outside_all = b"".join(block.split(b'"')[::2])
     outsides = outside_all.split(b"\n")
     outsides.pop()  # after the block's last newline: nothing
     compact = _compact_outside(outside_all)
-    newline = text.index
-    pos = 0
+    newline, byte_newline = text.index, (None if len(text) == len(block) else block.index)
+    pos = at = 0
     line_no = before
     for outside in outsides:
         line_no += 1
         end = newline("\n", pos)
-        if end - pos > line_max:
+        stop = end if byte_newline is None else byte_newline(b"\n", at)
+        if stop - at > line_max:
             raise InvalidLine(line_no, f"longer than {line_max} bytes", status=413)
-        record = _scanned_record(text, block, pos, end, outside, compact, line_no)
-        yield _line_record(block[pos:end], line_no) if record is None else record
+        record = _scanned_record(text, pos, end, outside, compact, line_no)
+        yield _line_record(block[at:stop], line_no) if record is None else record
         pos = end + 1
-    if pos < len(text):  # never so: a line that would unpair the quotes is refused
-        line_no += yield from _lines_records(block[pos:], line_no, line_max)
+        at = stop + 1
+    if at < len(block):  # never so: a line that would unpair the quotes is refused
+        line_no += yield from _lines_records(block[at:], line_no, line_max)
     return line_no - before
 
 
@@ -213,18 +220,18 @@ def _compact_outside(outside: bytes) -> bool:
 
 
 def _scanned_record(
-    text: str, block: bytes, pos: int, end: int, outside: bytes, compact: bool, line_no: int
+    text: str, pos: int, end: int, outside: bytes, compact: bool, line_no: int
 ) -> RecordIn | None:
-    """The record of the line text[pos:end] (ASCII, no backslash) parsed in place, as
+    """The record of the line text[pos:end] of a block (no backslash) parsed in place, as
     `_line_record` makes it; None for any line it would refuse or read another way."""
-    if block[pos] != 0x7B:  # {
+    if text[pos] != "{":
         return None
     try:
-        item, stop = _scan(text, pos)
+        item, scanned = _scan(text, pos)
     except (StopIteration, ValueError, RecursionError):
         return None
     objects = outside.count(b"{")
-    if stop != end or objects + outside.count(b"[") > JSON_DEPTH_MAX:
+    if scanned != end or objects + outside.count(b"[") > JSON_DEPTH_MAX:
         return None
     payload, subject = item.get("payload"), item.get("subject_id")
     if not item.keys() <= _FIELDS or type(payload) is not dict or type(subject) is not str:
@@ -240,12 +247,12 @@ def _scanned_record(
         or outside.count(b":") != len(item) + len(payload)
     ):
         return RecordIn(subject, payload, record_id)
-    start = block.index(b'"payload":', pos, end) + len(b'"payload":')
     # A line that ends `}}` ends with its payload: no other field's value is an object.
-    after = end - 1 if block[end - 2] == 0x7D else end - _payload_tail(item)
-    if block[start] != 0x7B or block[after - 1] != 0x7D:
+    tail = 1 if text[end - 2] == "}" else _payload_tail(item)
+    start = text.index('"payload":', pos, end) + len('"payload":')
+    if text[start] != "{" or text[end - tail - 1] != "}":  # holds, as in `_compact_payload`
         return RecordIn(subject, payload, record_id)
-    return RecordIn(subject, CompactJson(block[start:after]), record_id)
+    return RecordIn(subject, CompactJson(text[start : end - tail].encode()), record_id)
 
 
 def _line_record(raw: bytes, line_no: int) -> RecordIn:
