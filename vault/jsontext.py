@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+from collections.abc import Callable
 from typing import Any
 
 # Outside strings, what the compact encoder never writes: whitespace, a fraction or an
@@ -61,6 +62,14 @@ class Loads:
         self._decoder = json.JSONDecoder(**options)
         # typeshed types the C scanner factory as taking its own type; it takes the decoder.
         self._scan = json.scanner.make_scanner(self._decoder)  # type: ignore[arg-type]
+
+    @property
+    def scan_once(self) -> Callable[[str, int], tuple[Any, int]]:
+        """The decoder's C scanner: `scan_once(text, index)` is (the value that starts at
+        `index`, where it ends), with these options; `StopIteration` where no value starts,
+        `ValueError` (or `RecursionError`) where one starts and is not JSON. No whitespace
+        is skipped before the value or after it: for parsing many values in one text."""
+        return self._scan
 
     def __call__(self, data: bytes | str) -> Any:
         if isinstance(data, str):

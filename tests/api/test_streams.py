@@ -7,10 +7,18 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.http.errors import InvalidLine
-from api.http.streams import EmptyUpload, csv_records, ndjson_records, split_lines
-from vault.uploads import CompactJson, _payload_bytes
+from api.http.streams import (
+    EmptyUpload,
+    csv_records,
+    ndjson_body_records,
+    ndjson_records,
+    split_lines,
+)
+from vault.uploads import CompactJson, RecordIn, _payload_bytes
 
 
 def _lines(body: bytes, chunk: int = 3, line_max: int = 100) -> list[tuple[int, bytes]]:
@@ -129,3 +137,82 @@ def test_empty_bodies_are_refused() -> None:
         list(ndjson_records([]))
     with pytest.raises(EmptyUpload):
         list(csv_records([(1, b"subject_id,a")]))
+
+
+def _outcome(records: Iterator[RecordIn]) -> list[object]:
+    """What an upload stores of each record, then the refusal that ended it (if any)."""
+    out: list[object] = []
+    try:
+        for r in records:
+            stored = _payload_bytes(r.payload, 1, 1 << 20)
+            out.append((r.subject_id, stored, type(r.payload).__name__, r.record_id))
+    except (InvalidLine, EmptyUpload) as exc:
+        out.append((type(exc).__name__, getattr(exc, "line", None), exc.status, exc.detail))
+    return out
+
+
+_LINES = [
+    *(line.encode() for line in _SPELLINGS),
+    b'{"subject_id":"s1","payload":{"a":"x","b":[1,2],"c":true,"d":null}}',
+    b'{"subject_id":"s2","payload":{"n":-1,"m":0,"t":"tree"},"record_id":null}',
+    b'{"record_id":"' + str(uuid.UUID(int=9)).encode() + b'","subject_id":"s3","payload":{}}',
+    b'{"subject_id":"s1","payload":{"a":{"b":1}}}',
+    b'{"subject_id":"s1","payload":{"a":{}}}',
+    b'{"subject_id":"s1","payload":{"a":1e5}}',
+    b'{"subject_id":"s1","payload":{"a":-0}}',
+    b'{"subject_id":"s1","payload":{"a":"\xc3\xa9"}}',
+    '{"subject_id":"s1","payload":{"a":"é","b":[1,"ü"]},"record_id":null}'.encode(),
+    ('{"subject_id":"s1","payload":{"a":"ñ"},"record_id":"' + "٠" * 31 + '١"}').encode(),
+    '{"subject_id":"s1","payload":{"a":"ñ"},"record_id":"00000000-0000-0000-0000-00000000000ñ"}'.encode(),
+    '{"subject_id":"sé","payload":{"a":1}}'.encode(),
+    '{"subject_id":"s1","payload":{"a": "é"}}'.encode(),
+    '{"subject_id":"s1","payload":{"é":1,"é":2}}'.encode(),
+    b'{"subject_id":"s1","payload":{"a":"\xff"}}',
+    b'{"subject_id":"s1","payload":{"a":1}} ',
+    b' {"subject_id":"s1","payload":{"a":1}}',
+    b'{"subject_id":"s1","payload":{"a":1}}{"b":2}',
+    b'{"subject_id":"s1","payload":{"a":"b\\"c"}}',
+    b'{"subject_id":"s1","payload":' + b"[" * 31 + b"]" * 31 + b"}",
+    b'{"subject_id":"s1","payload":' + b"[" * 40 + b"]" * 40 + b"}",
+    b'{"subject_id":"s1","payload":{"a":"' + b"y" * 150 + b'"}}',
+    b'{"subject_id":"s1","payload":{"a":1},"record_id":7}',
+    b'{"subject_id":"s1","payload":{"a":1},"record_id":"nope"}',
+    b'{"subject_id":"Jane Doe","payload":{}}',
+    b'{"subject_id":"s1","payload":{},"x":1}',
+    b'{"subject_id":"s1","payload":[1]}',
+    b'{"subject_id":"s1","payload":{"v":NaN}}',
+    b'{"subject_id":"s1","payload":{"a":"',
+    b'"}}',
+    b'{"subject_id":"s1",',
+    b'"payload":{}}',
+    b"[1]",
+    b"not json",
+    b"",
+    b" \t",
+    b"\xff",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(_LINES), max_size=12),
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.booleans(),
+    st.lists(st.integers(1, 200), min_size=1, max_size=6),
+)
+def test_ndjson_body_records_are_those_of_split_lines_and_ndjson_records(
+    lines: list[bytes], newline: bytes, ended: bool, cuts: list[int]
+) -> None:
+    """The block path stores and refuses exactly as line by line, however the body is cut."""
+    body = newline.join(lines) + (newline if ended and lines else b"")
+    chunks, at = [], 0
+    for i in range(len(body)):
+        if at >= len(body):
+            break
+        size = cuts[i % len(cuts)]
+        chunks.append(body[at : at + size])
+        at += size
+    for line_max in (100, 1000):
+        expected = _outcome(ndjson_records(split_lines(chunks, line_max_bytes=line_max)))
+        got = _outcome(ndjson_body_records(chunks, line_max_bytes=line_max))
+        assert got == expected

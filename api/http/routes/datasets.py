@@ -51,7 +51,7 @@ from api.http.streams import (
     LINE_OVERHEAD_BYTES,
     chunks_from_loop,
     csv_records,
-    ndjson_records,
+    ndjson_body_records,
     split_lines,
 )
 from api.services import decryptions
@@ -250,7 +250,6 @@ async def upload(
     media_type = _upload_media_type(request)
     # Vault errors count records; lines are records shifted by the CSV header.
     request.state.line_offset = 1 if media_type == "text/csv" else 0
-    parse = csv_records if media_type == "text/csv" else ndjson_records
     ledger: LedgerGateway | None = request.app.state.ledger
     uploader = Uploader(
         store,
@@ -271,8 +270,11 @@ async def upload(
             with sessions() as session, session.begin():
                 _visible(session, dataset_id, member)
                 chunks = itertools.chain((first,), chunks_from_loop(body))
-                lines = split_lines(chunks, line_max_bytes=line_max_bytes)
-                return uploader.upload(session, dataset_id, parse(lines))
+                if media_type == "text/csv":
+                    lines = split_lines(chunks, line_max_bytes=line_max_bytes)
+                    return uploader.upload(session, dataset_id, csv_records(lines))
+                records = ndjson_body_records(chunks, line_max_bytes=line_max_bytes)
+                return uploader.upload(session, dataset_id, records)
 
         result = await anyio.to_thread.run_sync(run)
         return await _with_receipt(request, settings, result)
