@@ -26,6 +26,54 @@ class NotCanonical(ValueError):
 
 
 def _norm(obj: Any, depth: int = 0) -> Any:
+    """`_norm_general(obj, depth)`, with the maps and lists a replica meets taken in one loop.
+
+    Why a second path: every state write, result and transaction check normalises a value,
+    and the general definition pays a function call per leaf, plus a scan for its flat-value
+    shortcuts. Here an exact `dict` or `list` less than 16 deep is walked once, its leaves
+    checked inline; the output is the same value, and an error the same error raised at the
+    same point (map keys are all checked before any value, values in sorted key order, as
+    there). Anything else goes to `_norm_general`."""
+    t = type(obj)
+    if t is str or t is bytes:
+        return obj
+    if t is int:
+        if not INT_MIN <= obj <= INT_MAX:
+            raise NotCanonical("integer out of range")
+        return obj
+    if depth >= 16 or (t is not dict and t is not list):
+        return _norm_general(obj, depth)
+    if t is dict:
+        for k in obj:
+            if type(k) is not str and not isinstance(k, str):
+                raise NotCanonical("map keys must be strings")
+        out: dict[str, Any] = {}
+        for k in sorted(obj):
+            v = obj[k]
+            tv = type(v)
+            if tv is int:
+                if not INT_MIN <= v <= INT_MAX:
+                    raise NotCanonical("integer out of range")
+            elif not (tv is str or tv is bytes or v is None or tv is bool):
+                v = _norm(v, depth + 1)
+            out[k] = v
+        return out
+    items: list[Any] = []
+    for v in obj:
+        tv = type(v)
+        if tv is int:
+            if not INT_MIN <= v <= INT_MAX:
+                raise NotCanonical("integer out of range")
+        elif not (tv is str or tv is bytes or v is None or tv is bool):
+            v = _norm(v, depth + 1)
+        items.append(v)
+    return items
+
+
+def _norm_general(obj: Any, depth: int = 0) -> Any:
+    """The normaliser's definition: every value `_norm` does not take its own path for (below
+    depth 16: subclasses, tuples, anything unsupported; from depth 16 on: everything, so the
+    depth limit falls exactly where it is defined here)."""
     if depth > 16:
         raise NotCanonical("nested too deeply")
     t = type(obj)
@@ -50,11 +98,11 @@ def _norm(obj: Any, depth: int = 0) -> Any:
             raise NotCanonical("integer out of range")
         return obj
     if isinstance(obj, list | tuple):
-        return [_norm(x, depth + 1) for x in obj]
+        return [_norm_general(x, depth + 1) for x in obj]
     if isinstance(obj, dict):
         if not all(isinstance(k, str) for k in obj):
             raise NotCanonical("map keys must be strings")
-        return {k: _norm(obj[k], depth + 1) for k in sorted(obj)}
+        return {k: _norm_general(obj[k], depth + 1) for k in sorted(obj)}
     raise NotCanonical(f"unsupported type {type(obj).__name__}")
 
 
