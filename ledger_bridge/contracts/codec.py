@@ -21,6 +21,15 @@ Value = None | bool | int | str | bytes | list[Any] | dict[str, Any]
 _FLAT = frozenset((str, bytes, int))  # leaves that need no normalising (int: a range check)
 
 
+# One packer for every encoding, as `msgpack.packb(obj, use_bin_type=True)` builds one per
+# call (its set-up was most of the cost of a small key or value). Its bytes are packb's: the
+# same options, and autoreset. Shared by threads (the API encodes on several): what it packs
+# here is only exact built-in containers and scalars (the normaliser's output, a checked key),
+# packed wholly in C under the GIL, so no other thread can run inside a call; a failed call
+# resets its buffer.
+pack = msgpack.Packer(use_bin_type=True).pack
+
+
 class NotCanonical(ValueError):
     """Bytes that are not the canonical encoding of a supported value."""
 
@@ -108,7 +117,8 @@ def _norm_general(obj: Any, depth: int = 0) -> Any:
 
 def encode(obj: Any) -> bytes:
     """The canonical encoding of `obj` (sorted map keys, smallest int formats, no floats)."""
-    return bytes(msgpack.packb(_norm(obj), use_bin_type=True))
+    out: bytes = pack(_norm(obj))
+    return out
 
 
 def encode_key(key: tuple[Any, ...]) -> bytes:
@@ -126,7 +136,8 @@ def encode_key(key: tuple[Any, ...]) -> bytes:
         if t is int and INT_MIN <= part <= INT_MAX:
             continue
         return encode(list(key))
-    return bytes(msgpack.packb(key, use_bin_type=True))
+    out: bytes = pack(key)
+    return out
 
 
 def decode(raw: bytes, *, max_bytes: int = 1 << 20) -> Any:
