@@ -640,7 +640,9 @@ def _encode(msg: Any) -> bytes:
 
 
 def _pack(obj: Any) -> bytes:
-    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    """msgpack of nested lists of scalars (a decoded message, a header, a batch's digests):
+    packb's bytes through the one packer, without building a packer per call."""
+    out: bytes = _PACKER.pack(obj)
     return out
 
 
