@@ -24,8 +24,9 @@ _FLAT = frozenset((str, bytes, int))  # leaves that need no normalising (int: a 
 # One packer for every encoding, as `msgpack.packb(obj, use_bin_type=True)` builds one per
 # call (its set-up was most of the cost of a small key or value). Its bytes are packb's: the
 # same options, and autoreset. Shared by threads (the API encodes on several): what it packs
-# here is only exact built-in containers and scalars (the normaliser's output, a checked key),
-# packed wholly in C under the GIL, so no other thread can run inside a call; a failed call
+# here is exact lists, tuples and dicts of None, bools, strings, bytes and ints (subclasses of
+# the last three included: the normaliser's output, a checked key), all packed in C under the
+# GIL with no call back into Python, so no other thread can run inside a call; a failed call
 # resets its buffer.
 pack = msgpack.Packer(use_bin_type=True).pack
 
