@@ -23,6 +23,7 @@ still provable against the root: its bucket's leaves, then 63, 31 and 31 sibling
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -36,14 +37,20 @@ BUCKETS = 1 << BUCKET_BITS
 # the root over the 32 supergroups. A level-i node hashes bytes([i]) + its children's hashes.
 FANOUTS = (64, 32, 32)
 _EMPTY = digest(b"")
+# `crypto.digest` itself, called without its wrapper where a block calls it dozens of times
+# (each key's bucket and leaf, each dirty bucket and node); the same SHA-256.
+_sha256 = hashlib.sha256
+_LEVEL_PREFIX = [bytes((level,)) for level in range(len(FANOUTS) + 1)]
 
 
 def _leaf(kb: bytes, vb: bytes) -> bytes:
-    return digest(b"\x00" + len(kb).to_bytes(4, "big") + kb + digest(vb))
+    return _sha256(
+        b"".join((b"\x00", len(kb).to_bytes(4, "big"), kb, _sha256(vb).digest()))
+    ).digest()
 
 
 def _node_hash(level: int, children: list[bytes]) -> bytes:
-    return digest(bytes((level,)) + b"".join(children))
+    return _sha256(_LEVEL_PREFIX[level] + b"".join(children)).digest()
 
 
 def _empty_levels() -> list[list[bytes]]:
@@ -63,7 +70,7 @@ _EMPTY_ROOT = _EMPTY_LEVELS[-1][0]
 
 def bucket_of(kb: bytes) -> int:
     """The first BUCKET_BITS bits of H(key)."""
-    return int.from_bytes(digest(kb)[:2], "big") >> (16 - BUCKET_BITS)
+    return int.from_bytes(_sha256(kb).digest()[:2], "big") >> (16 - BUCKET_BITS)
 
 
 def pack_entries(data: dict[bytes, bytes]) -> bytes:
@@ -159,7 +166,9 @@ class MerkleMap:
         for b in self._dirty:
             entries = buckets.get(b)
             hashes[b] = (
-                digest(b"".join([leaves[k] for k in sorted(entries)])) if entries else _EMPTY
+                _sha256(b"".join([leaves[k] for k in sorted(entries)])).digest()
+                if entries
+                else _EMPTY
             )
         dirty: set[int] = self._dirty
         self._dirty = set()

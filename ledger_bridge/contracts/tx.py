@@ -26,8 +26,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from ledger_bridge import facts
 from ledger_bridge.contracts import codec
 from ledger_bridge.crypto import SIGNATURE_BYTES, SigningKey, digest, verify
@@ -94,7 +92,8 @@ class SignedTx:
             "v": VERSION,
             "valid_until": self.valid_until,
         }
-        return DOMAIN + bytes(msgpack.packb([chain_id, unsigned], use_bin_type=True))
+        packed: bytes = codec.pack([chain_id, unsigned])
+        return DOMAIN + packed
 
     def verify(self, chain_id: str) -> bool:
         return _verify_once(self.author, self.signing_bytes(chain_id), self.sig)

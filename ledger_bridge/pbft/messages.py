@@ -523,19 +523,60 @@ def _request_bytes(req: Request) -> _RequestBytes:
     return info
 
 
-def _value(value: Any, kind: Kind) -> bytes:
-    if isinstance(kind, tuple):
-        item = kind[1]
-        return _array_header(len(value)) + b"".join(_value(v, item) for v in value)
-    if isinstance(kind, type):
-        return _encode(value)
-    out: bytes = _PACKER.pack(value)
-    return out
+# A message's fields as its encoder walks them: runs of scalar fields (ints, bytes, bools and
+# lists of them), each packed by msgpack in one call as an array whose header is then cut off
+# (a run is under 16 items, so the header is one byte), and the nested messages between them,
+# one by one (`_encode`, which reuses cached encodings). The bytes are those of msgpack of the
+# nested arrays: a header depends only on a length, and every scalar is packed by msgpack.
+_RUN, _MSG, _MSGS = 0, 1, 2
+Plan = tuple[tuple[int, Any], ...]
 
 
-def _fields(msg: Any, spec: tuple[tuple[str, Kind], ...]) -> bytes:
-    """The tag followed by the encoded fields of `spec` (no array header)."""
-    return _pack_scalar(msg.TAG) + b"".join(_value(getattr(msg, name), kind) for name, kind in spec)
+def _plan(spec: tuple[tuple[str, Kind], ...]) -> Plan:
+    """The segments of `[tag, *spec fields]`: (_RUN, getter of a tuple of the run's fields,
+    the tag first in the run that starts the message), (_MSG, getter), (_MSGS, getter)."""
+    segments: list[tuple[int, Any]] = []
+    run: list[str] = []
+
+    def close_run(first: bool) -> None:
+        if not run and not first:
+            return
+        assert len(run) + first < 16, "a run's array header must be one byte"
+        n = len(run)
+        if n == 0:  # the tag alone, before a nested message
+            segments.append((_RUN, lambda msg: (msg.TAG,)))
+        else:
+            # attrgetter of two names or more returns a tuple; the first name again makes two
+            get = operator.attrgetter(*(["TAG"] if first else []), *run, run[0])
+            segments.append((_RUN, lambda msg: get(msg)[: n + first]))
+        run.clear()
+
+    first = True
+    for name, kind in spec:
+        if _scalar_kind(kind):
+            run.append(name)
+            continue
+        close_run(first)
+        first = False
+        getter = operator.attrgetter(name)
+        segments.append((_MSGS, getter) if isinstance(kind, tuple) else (_MSG, getter))
+    close_run(first)
+    return tuple(segments)
+
+
+def _fields(msg: Any, plan: Plan) -> bytes:
+    """The tag followed by the encoded fields of `plan` (no array header)."""
+    parts: list[bytes] = []
+    for what, get in plan:
+        if what == _RUN:
+            parts.append(_PACKER.pack(get(msg))[1:])  # a tuple packs as an array
+        elif what == _MSG:
+            parts.append(_encode(get(msg)))
+        else:
+            items = get(msg)
+            parts.append(_array_header(len(items)))
+            parts.extend([_encode(v) for v in items])
+    return b"".join(parts)
 
 
 # Encodings of the big composite messages, keyed by object identity (the entry keeps the
@@ -573,6 +614,10 @@ def _flat_getters() -> dict[type[Any], tuple[Any, Any]]:
 
 
 _FLAT = _flat_getters()
+# Per class: the plan of every field, and of every field but the signature (`signing_bytes`).
+_PLANS: dict[type[Any], tuple[Plan, Plan]] = {
+    cls: (_plan(cls.SPEC), _plan(cls.SPEC[:-1])) for cls in _CLASSES.values()
+}
 
 
 def _encode(msg: Any) -> bytes:
@@ -588,15 +633,16 @@ def _encode(msg: Any) -> bytes:
         hit = _COMPOSITES.get(id(msg))
         if hit is not None and hit[0] is msg:
             return hit[1]
-    spec = msg.SPEC
-    out = _array_header(len(spec) + 1) + _fields(msg, spec)
+    out = _array_header(len(msg.SPEC) + 1) + _fields(msg, _PLANS[cls][0])
     if composite:
         _remember_composite(msg, out)
     return out
 
 
 def _pack(obj: Any) -> bytes:
-    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    """msgpack of nested lists of scalars (a decoded message, a header, a batch's digests):
+    packb's bytes through the one packer, without building a packer per call."""
+    out: bytes = _PACKER.pack(obj)
     return out
 
 
@@ -615,8 +661,7 @@ def signing_bytes(msg: Message) -> bytes:
     if flat is not None and msg.SIGNED:
         body: bytes = _PACKER.pack([msg.TAG, *flat[1](msg)])
         return DOMAIN + body
-    spec = msg.SPEC[:-1]
-    return DOMAIN + _array_header(len(spec) + 1) + _fields(msg, spec)
+    return DOMAIN + _array_header(len(msg.SPEC)) + _fields(msg, _PLANS[type(msg)][1])
 
 
 def sign(msg: M, key: SigningKey) -> M:

@@ -52,8 +52,13 @@ def key_seq(key: bytes) -> int:
     return int.from_bytes(key[:8], "big")
 
 
+# One packer for the records, as packb builds one per call. What it packs is lists of bytes
+# and ints, packed wholly in C under the GIL, so even a second thread could not interleave.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def _pack(obj: Any) -> bytes:
-    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    out: bytes = _PACKER.pack(obj)
     return out
 
 

@@ -169,7 +169,8 @@ def begin_block(state: State, block: BlockContext) -> None:
         for _, spent in state.group("nonce_expiry", "minute", m):
             state.delete("nonce_expiry", m, spent)
             state.delete("nonce", spent)
-    state.put("meta", "pruned_minute", minute)
+    if minute != pruned:  # writing the same value changes nothing: skip its encoding
+        state.put("meta", "pruned_minute", minute)
     expire_lots(state, block.height)
     state.forgotten.clear()
 
@@ -201,12 +202,13 @@ def apply(state: State, raw: bytes, chain_id: str, index: int = 0) -> dict[str, 
     if state.has("nonce", spent):
         return error("replayed", "this author already used this nonce")
     state.mark()
+    tx_id = tx.tx_id  # a hash of the whole transaction: taken once
     # What the nonce bought, so an author who lost a receipt can find it (`q: nonce`).
-    state.put("nonce", spent, {"height": height, "tx": tx.tx_id})
+    state.put("nonce", spent, {"height": height, "tx": tx_id})
     state.put("nonce_expiry", tx.valid_until // MINUTE_MS, spent, 0)
     seq: int = state.get("meta", "seq")
     state.put("meta", "seq", seq + 1)
-    ctx = Ctx(state, tx, height, now, tx.tx_id, index)
+    ctx = Ctx(state, tx, height, now, tx_id, index)
     try:
         structure(tx)
         result = HANDLERS[tx.type](ctx)
@@ -223,7 +225,7 @@ def apply(state: State, raw: bytes, chain_id: str, index: int = 0) -> dict[str, 
         )
     state.commit()
     state.forgotten.update(ctx.forgets)
-    result["tx"] = tx.tx_id
+    result["tx"] = tx_id
     return result
 
 
