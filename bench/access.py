@@ -31,10 +31,11 @@ Consumers read the response bytes and check the status, but do not parse the JSO
 measuring: parsing is the consumer's cost, not the service's. So the measured requests are
 sent on a bare keep-alive connection of the standard library's `http.client`
 (`ConsumerConnection`: pre-encoded body, no parsing), not through the project's client, whose
-methods parse every answer. Why not `httpx` there: the consumers share the machine's two cores with the system
-they measure, and `httpx` spent 1.0-1.3 ms of CPU per request, `http.client` 0.3 ms
-(docs/BENCHMARKS.md, "Access: the consumers' own CPU"). One answer of each kind is
-parsed and checked before the measurement (every record, the anchored root in every proof).
+methods parse every answer. Why not `httpx` there: the consumers share the machine's two
+cores with the system they measure, and `httpx` spent 1.0-1.3 ms of CPU per request,
+`http.client` 0.3 ms (docs/BENCHMARKS.md, "Access / Session of 2026-12-05, night"). One answer
+of each kind is parsed and checked before the measurement (every record, the anchored root in
+every proof).
 """
 
 from __future__ import annotations
