@@ -77,9 +77,10 @@ def test_the_api_does_not_start_on_a_database_of_another_chain(
 
 class LateDatabase:
     """A loopback port where nothing listens until `open()`, as a restarting PostgreSQL looks
-    to a client (connection refused); then every connection is relayed to `target`."""
+    to a client (connection refused); then every connection is relayed to `target`: a TCP
+    address, or the path of a Unix socket (the embedded server listens on one)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int] | str) -> None:
         self.target = target
         self.port = free_port()
         self._server: socket.socket | None = None
@@ -95,7 +96,11 @@ class LateDatabase:
                 client, _ = server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            if isinstance(self.target, str):
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(self.target)
+            else:
+                upstream = socket.create_connection(self.target)
             self.relayed += 1
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
@@ -122,6 +127,17 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
                 end.shutdown(socket.SHUT_RDWR)
 
 
+def _server_address(url: str) -> tuple[str, int] | str:
+    """Where the database of `url` listens: its TCP address, or its Unix socket's path when
+    the URL names a socket directory (`?host=/dir`)."""
+    parsed = make_url(url)
+    port = parsed.port or 5432
+    directory = parsed.query.get("host")
+    if isinstance(directory, str) and directory.startswith("/"):
+        return f"{directory}/.s.PGSQL.{port}"
+    return (parsed.host or "127.0.0.1", port)
+
+
 def test_a_starting_api_waits_for_its_database_then_binds_it(
     fresh_database_url: str, tmp_path: Path
 ) -> None:
@@ -132,7 +148,7 @@ def test_a_starting_api_waits_for_its_database_then_binds_it(
     create_local(tmp_path / "ledger", 4, base_port=3, use_tls=False)
     gateway = LedgerGateway.from_directory(tmp_path / "ledger", tmp_path / "keys")
     try:
-        with LateDatabase((real.host or "127.0.0.1", real.port or 5432)) as late:
+        with LateDatabase(_server_address(fresh_database_url)) as late:
             url = real.set(host="127.0.0.1", port=late.port, query={"connect_timeout": "2"})
             url_text = url.render_as_string(hide_password=False)
             impatient = Settings(

@@ -105,9 +105,12 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
+        """`sig` to the service's whole process group (its own session, `Host.exec`): an API
+        instance of several workers is paused, stopped or killed whole, as a host would be,
+        not only its supervisor."""
         if self.running():
             assert self.proc is not None
-            self.proc.send_signal(sig)
+            os.killpg(self.proc.pid, sig)
 
     def kill(self) -> None:
         """SIGKILL, nothing flushed, nothing cleaned."""
