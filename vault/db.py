@@ -88,10 +88,13 @@ def statement_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose every statement commits on its own (PostgreSQL's autocommit): no BEGIN
     and no COMMIT around it, two round trips fewer.
 
-    For reads of one statement per page that need no snapshot across pages: a consented
-    answer pages by (upload, leaf) position, which no write moves, and an erasure between two
-    pages only leaves the later page's erased records out, as if the read came after it.
-    Writing in such a session would commit every statement alone: use `sessions.begin()`."""
+    For reads that need no snapshot across statements. The default READ COMMITTED
+    transaction gives each statement a snapshot of its own anyway, so for them it bought only
+    the two round trips: a consented answer pages by (upload, leaf) position, which no write
+    moves, and an erasure between two pages leaves the later page's erased records out, as if
+    the read came after it. A read that needs one snapshot takes REPEATABLE READ (the
+    streams of recorded reads do); writing in this session would commit every statement
+    alone: use `sessions.begin()`."""
     engine = sessions.kw["bind"]
     with (
         engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
