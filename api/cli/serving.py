@@ -3,7 +3,7 @@
 Why several: one Python process runs the API's CPU work on one core at a time (the GIL), and
 a consented answer is CPU work (decryption, proofs, JSON); with N workers the kernel spreads
 the connections of one listening socket over N processes, hence N cores. `civis-vault up`
-runs one per core (`default_workers`), `--workers N` asks for N.
+runs one (`default_workers` says why), `--workers N` asks for N.
 
 Why an instance stays whole: a worker started while PostgreSQL restarts waits for it
 (api/http/app.py `_bind_when_reachable`) instead of failing its start, which would stop every
@@ -51,18 +51,20 @@ WORKERS_MAX = 16
 _log = logging.getLogger(__name__)
 
 
-# Workers `up` runs by default at most: one per core up to this, so the default pools (20
-# connections each) stay under a default PostgreSQL's 100.
-DEFAULT_WORKERS_MAX = 4
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def default_workers() -> int:
-    """One worker per core this process may run on, at most DEFAULT_WORKERS_MAX; on one core,
-    the API in `up`'s own process. `--workers` overrides it."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-    return max(1, min(cores, DEFAULT_WORKERS_MAX))
+    """One worker, the API in `up`'s own process, unless `--workers` asks for more.
+
+    Why not one per core: reads of the ledger are read-your-writes per process only. A
+    gateway never reads a replica below the height its own transactions committed at
+    (`AsyncLedgerClient._older_than_seen`), but a worker does not know the heights another
+    worker saw: a member registered through one worker can be missing from the next request's
+    read, served by the other worker from a replica one block behind (the DPO console's tests
+    saw it). Until the workers share that floor, several workers are for deployments that
+    accept it (docs/LEDGER-OPERATIONS.md, "Worker processes")."""
+    return 1
 
 
 def _die_with(supervisor: int) -> None:
