@@ -25,7 +25,12 @@ def test_hostile_strings_come_back_as_given(engine: Engine) -> None:
     assert _parsed(engine, []) == []
 
 
+# What PostgreSQL text can hold: any character but NUL, and no lone surrogate (UTF-8 has no
+# encoding for one, so no string the driver can send holds one).
+_STORABLE = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00")), max_size=8))
+@given(st.lists(st.text(alphabet=_STORABLE), max_size=8))
 def test_any_strings_come_back_as_given(engine: Engine, values: list[str]) -> None:
     assert _parsed(engine, values) == values
