@@ -64,6 +64,7 @@ from ledger_bridge.crypto import (
     mac_ok,
     session_transcript,
 )
+from ledger_bridge.height_floor import HeightFloor
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block, verify_chain
 from ledger_bridge.pbft.replica import Ready, Replica
@@ -152,6 +153,23 @@ class ClientTransport(Protocol):
     async def close(self) -> None: ...
 
 
+class _HeightSeen:
+    """`ClientTransport.height_seen`, kept in a `HeightFloor`: this transport's own, or one
+    shared with the other processes of an instance (ledger_bridge/height_floor.py)."""
+
+    _floor: HeightFloor
+
+    @property
+    def height_seen(self) -> int:
+        return self._floor.height
+
+    @height_seen.setter
+    def height_seen(self, height: int) -> None:
+        """Raise the floor to `height`; it never goes down (another process may have raised
+        it further since this one read it)."""
+        self._floor.raise_to(height)
+
+
 class _Conn(asyncio.Protocol):
     """One connection to a replica's client port. Frames are handed to the transport's
     `_dispatch` in the call that read them (`FrameBuffer`: no task wake-up per reply)."""
@@ -207,13 +225,14 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
-class TcpClientTransport:
+class TcpClientTransport(_HeightSeen):
     """One connection per replica's client port, opened lazily, re-opened after a failure.
 
     `reader` is the key this transport reads with (None: status only), `chain_id` the chain
     its proof names; `ssl_context` is `tls.reader_context` of the cluster CA, or None for a
     replica whose client port is plain TCP (development). `for_genesis` picks both from a
-    genesis."""
+    genesis. `height_floor` is where `height_seen` is kept: this transport's own by default,
+    or one shared with the other processes of an instance (ledger_bridge/height_floor.py)."""
 
     def __init__(
         self,
@@ -223,9 +242,10 @@ class TcpClientTransport:
         *,
         reader: SigningKey | None = None,
         chain_id: str = "",
+        height_floor: HeightFloor | None = None,
     ) -> None:
         self.n = len(addresses)
-        self.height_seen = 0
+        self._floor = height_floor or HeightFloor()
         self._addresses = list(addresses)
         self._ssl = ssl_context
         self._reader = reader
@@ -392,7 +412,7 @@ class TcpClientTransport:
             self._drop(replica, conn)
 
 
-class InProcessTransport:
+class InProcessTransport(_HeightSeen):
     """Drives `Replica` objects in this process: the client's code path without sockets.
 
     Messages between replicas are delivered synchronously (in order, no loss) until every
@@ -405,10 +425,11 @@ class InProcessTransport:
         replicas: Sequence[Replica],
         tick_ms: int = 2,
         on_ready: Callable[[int, Ready], None] | None = None,
+        height_floor: HeightFloor | None = None,
     ) -> None:
         self.on_ready = on_ready  # e.g. persist a replica's Ready the way a node does
         self.n = len(replicas)
-        self.height_seen = 0
+        self._floor = height_floor or HeightFloor()
         self.replicas = list(replicas)
         self.down: set[int] = set()
         self.blocks: dict[int, dict[int, Block]] = {i: {} for i in range(self.n)}
@@ -480,8 +501,8 @@ class InProcessTransport:
         if op == "block":
             block = self.blocks[replica].get(int(args["height"]))
             return {"block": None if block is None else m.encode_block(block)}
-        if op == "query":
-            return {"result": r.app.query(args["request"])}
+        if op == "query":  # with the height of the state it reflects, as a node answers
+            return {"result": r.app.query(args["request"]), "height": r.last_executed}
         raise LedgerError(f"unknown op {op}")
 
     async def close(self) -> None:

@@ -62,7 +62,7 @@ def _register_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--workers",
         type=_worker_count,
         default=None,
-        help="API worker processes (default 1: docs/LEDGER-OPERATIONS.md, Worker processes)",
+        help="API worker processes (default: one per core, at most 4; docs/LEDGER-OPERATIONS.md)",
     )
     # Art. 30(1)(a): who the controller and its DPO are, recorded at founding (the first run);
     # later: civis-vault controller set.

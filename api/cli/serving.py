@@ -3,7 +3,7 @@
 Why several: one Python process runs the API's CPU work on one core at a time (the GIL), and
 a consented answer is CPU work (decryption, proofs, JSON); with N workers the kernel spreads
 the connections of one listening socket over N processes, hence N cores. `civis-vault up`
-runs one (`default_workers` says why), `--workers N` asks for N.
+runs one per core (`default_workers`), `--workers N` asks for N.
 
 Why an instance stays whole: a worker started while PostgreSQL restarts waits for it
 (api/http/app.py `_bind_when_reachable`) instead of failing its start, which would stop every
@@ -21,8 +21,10 @@ worker runs the background jobs, and each job is single-runner through the datab
 relay's and the final erasure's advisory locks, `FOR UPDATE SKIP LOCKED` for the others);
 each worker's transactions carry random nonces and its pool clients random keys, so two
 workers never collide on the ledger's replay protection; the relay's fixed client key is
-used only under the relay's lock; and what a worker remembers (verified API keys, members'
-standing, inclusion trees) is bounded in time or never goes stale.
+used only under the relay's lock; a worker's ledger reads never come from below a block
+another worker saw committed (the height floor they share, made here for each run); and what
+a worker remembers (verified API keys, members' standing, inclusion trees) is bounded in time
+or never goes stale.
 """
 
 from __future__ import annotations
@@ -47,24 +49,29 @@ if TYPE_CHECKING:
 # An explicit `--workers` beyond this is refused: 8 x 20 connections already exceed a
 # default PostgreSQL's limit, so more would need a tuned server.
 WORKERS_MAX = 16
+# `up` runs one worker per core up to this many (`default_workers`).
+DEFAULT_WORKERS_MAX = 4
 
 _log = logging.getLogger(__name__)
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# In the data directory: the block height below which no worker reads the ledger.
+HEIGHT_FLOOR_FILE = "ledger-height-floor"
 
 
 def default_workers() -> int:
-    """One worker, the API in `up`'s own process, unless `--workers` asks for more.
+    """One worker per core this process may run on, at most `DEFAULT_WORKERS_MAX`; on one
+    core, the API in `up`'s own process. `--workers` overrides it.
 
-    Why not one per core: reads of the ledger are read-your-writes per process only. A
-    gateway never reads a replica below the height its own transactions committed at
-    (`AsyncLedgerClient._older_than_seen`), but a worker does not know the heights another
-    worker saw: a member registered through one worker can be missing from the next request's
-    read, served by the other worker from a replica one block behind (the DPO console's tests
-    saw it). Until the workers share that floor, several workers are for deployments that
-    accept it (docs/LEDGER-OPERATIONS.md, "Worker processes")."""
-    return 1
+    Why at most four: each worker holds a pool of up to 20 PostgreSQL connections, and four
+    stay under a default server's 100. Why several stay one service: a read never comes from
+    below a block any worker of the instance saw committed (the shared height floor,
+    ledger_bridge/height_floor.py), so a request that follows a write reads it back whichever
+    worker serves each."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return max(1, min(cores, DEFAULT_WORKERS_MAX))
 
 
 def _die_with(supervisor: int) -> None:
@@ -95,6 +102,8 @@ class ApiSpec:
     keys_dir: Path | None = None
     # The supervisor's pid when the app runs in worker processes (`serve` sets it).
     supervisor: int | None = None
+    # The workers' shared ledger height floor (ledger_bridge/height_floor.py; `serve` makes it).
+    height_floor: Path | None = None
 
     def app(self, ledger: LedgerGateway | None, *, owns_ledger: bool = False) -> FastAPI:
         from api.cli.bootstrap import quorum_probe
@@ -117,6 +126,7 @@ class ApiSpec:
         from uvicorn.config import STARTUP_FAILURE
 
         from api.services.gateway import LedgerGateway
+        from ledger_bridge.height_floor import HeightFloor
 
         if self.supervisor is not None:
             _die_with(self.supervisor)
@@ -124,12 +134,31 @@ class ApiSpec:
             gateway = (
                 None
                 if self.ledger_dir is None or self.keys_dir is None
-                else LedgerGateway.from_directory(self.ledger_dir, self.keys_dir)
+                else LedgerGateway.from_directory(
+                    self.ledger_dir,
+                    self.keys_dir,
+                    height_floor=None
+                    if self.height_floor is None
+                    else HeightFloor.shared(self.height_floor),
+                )
             )
             return self.app(gateway, owns_ledger=gateway is not None)
         except Exception as exc:
             _log.error("the API worker could not start: %s: %s", type(exc).__name__, exc)
             sys.exit(STARTUP_FAILURE)
+
+
+def _height_floor(spec: ApiSpec, ledger: LedgerGateway | None) -> Path | None:
+    """The ledger height floor the workers share, made afresh for this run at the height
+    `up`'s own gateway reached founding the chain (its members and purposes): a worker's first
+    read must not come from a replica that has not executed them yet."""
+    from ledger_bridge.height_floor import HeightFloor
+
+    if spec.ledger_dir is None:
+        return None
+    path = spec.settings.data_dir / HEIGHT_FLOOR_FILE
+    HeightFloor.create(path, 0 if ledger is None else ledger.height_seen)
+    return path
 
 
 def serve(
@@ -160,7 +189,7 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return True
     config = uvicorn.Config(
-        dataclasses.replace(spec, supervisor=os.getpid()),
+        dataclasses.replace(spec, supervisor=os.getpid(), height_floor=_height_floor(spec, ledger)),
         factory=True,
         host=host,
         port=port,

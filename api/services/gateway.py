@@ -37,6 +37,7 @@ from ledger_bridge.client import AsyncLedgerClient, LedgerError, Receipt, TcpCli
 from ledger_bridge.contracts import codec, tx, vocabulary
 from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import GENESIS_FILE, Genesis, load_genesis
+from ledger_bridge.height_floor import HeightFloor
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import Block
 
@@ -164,12 +165,17 @@ class LedgerGateway:
         clients: int = 8,
         relay_key: SigningKey | None = None,
         timeout_ms: int = SUBMIT_TIMEOUT_MS,
+        height_floor: HeightFloor | None = None,
     ) -> None:
+        """`height_floor`: shared with the other worker processes of the instance (a write
+        through one and the read after it through another read the same state); this
+        gateway's own when None. The gateway closes it."""
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.vault_key = vault_key
         self.vault_id = bytes(vault_key.public_key)
         self.validators: list[VerifyKey] = genesis.public_keys()
+        self._floor = height_floor or HeightFloor()
         self._loop = eventloop.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="ledger-gateway", daemon=True
@@ -179,7 +185,7 @@ class LedgerGateway:
         async def build() -> tuple[TcpClientTransport, asyncio.Queue[AsyncLedgerClient]]:
             # TLS pinned to the genesis CA; the vault's key proves its right to read (a
             # member with the role `vault` reads blocks and every query).
-            transport = TcpClientTransport.for_genesis(genesis, vault_key)
+            transport = TcpClientTransport.for_genesis(genesis, vault_key, height_floor=self._floor)
             pool: asyncio.Queue[AsyncLedgerClient] = asyncio.Queue()
             for _ in range(clients):
                 pool.put_nowait(
@@ -196,7 +202,14 @@ class LedgerGateway:
         self._relay_lock = threading.Lock()
 
     @classmethod
-    def from_directory(cls, ledger_dir: Path, keys_dir: Path, *, clients: int = 8) -> LedgerGateway:
+    def from_directory(
+        cls,
+        ledger_dir: Path,
+        keys_dir: Path,
+        *,
+        clients: int = 8,
+        height_floor: HeightFloor | None = None,
+    ) -> LedgerGateway:
         """The gateway of `civis-vault up`: genesis in `ledger_dir`, vault keys in `keys_dir`."""
         genesis = load_genesis(ledger_dir / GENESIS_FILE)
         return cls(
@@ -204,7 +217,14 @@ class LedgerGateway:
             load_or_create_key(keys_dir / VAULT_KEY_FILE),
             relay_key=load_or_create_key(keys_dir / RELAY_KEY_FILE),
             clients=clients,
+            height_floor=height_floor,
         )
+
+    @property
+    def height_seen(self) -> int:
+        """The highest block height this gateway's clients saw committed: no read of it comes
+        from below."""
+        return self._floor.height
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -358,6 +378,7 @@ class LedgerGateway:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+        self._floor.close()
 
 
 # -- vault facts as contract transactions -----------------------------------------------------

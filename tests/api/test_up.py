@@ -26,12 +26,16 @@ import pytest
 from sqlalchemy.orm import Session
 
 from api.cli.bootstrap import BootstrapError, found_local_ledger, issue_pending_dpo_key, open_ledger
+from api.cli.serving import HEIGHT_FLOOR_FILE
+from api.client.client import CivisClient
 from api.services.gateway import VAULT_KEY_FILE, LedgerGateway
 from api.services.keys import authenticate
 from ledger_bridge import ports
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts.app import ConsentApp
+from ledger_bridge.crypto import SigningKey
 from ledger_bridge.genesis import create_local, load_genesis, load_signing_key
+from ledger_bridge.height_floor import HeightFloor
 from tests.ledger_bridge.test_processes import _base_port
 from vault import db
 
@@ -458,3 +462,38 @@ def test_a_killed_up_takes_its_api_workers_with_it(
     assert not alive, [p.pid for p in alive]
     with pytest.raises(httpx.ConnectError):
         httpx.get(up.url + "/healthz", timeout=5)
+
+
+@pytest.mark.e2e
+def test_a_member_registered_through_one_worker_is_a_member_to_the_next_request(
+    tmp_path: Path, fresh_database_url: str, launched: list[Up]
+) -> None:
+    """Read-your-writes across API workers: each registration and the read after it come on
+    new connections, which the kernel hands to either worker; the read must never answer from
+    a replica that has not executed the registration yet. On a quiet machine the replicas are
+    rarely far enough apart to show it (tests/ledger_bridge/test_height_floor.py plays the
+    lagging replica); what this checks every time is the wiring: the floor the workers share
+    holds each registration's block, whichever worker committed it."""
+    up = Up(
+        "--data-dir",
+        str(tmp_path / "civis"),
+        "--database-url",
+        fresh_database_url,
+        "--workers",
+        "2",
+    )
+    launched.append(up)
+    up.wait_until("/readyz", 200)
+    token = re.search(r"DPO API key, shown this once[^:]*: (cvk_\S+)", up.output)
+    assert token, up.output
+    assert len(_workers(up)) == 2
+    floor = HeightFloor.shared(tmp_path / "civis" / HEIGHT_FLOOR_FILE)
+    for _ in range(25):
+        resident = SigningKey.generate()
+        with CivisClient(up.url) as anyone:
+            written = anyone.register(resident, "subject", "citizens")
+        assert floor.height >= written["receipt"]["block_height"] > 0
+        with CivisClient(up.url, api_key=token.group(1)) as dpo:
+            answer = dpo.member(bytes(resident.public_key).hex())
+        assert answer["result"] is not None, answer
+        assert answer["result"]["status"] == "active"

@@ -1,0 +1,143 @@
+"""The ledger height floor an API instance's worker processes share (ledger_bridge/height_floor.py).
+
+What it must give: a read served by one process never comes from a state older than a write
+another process of the instance saw committed. The attack on the unshared floor is played
+with two transports over one cluster, each standing for a worker: the writer's commits leave
+replica 3 behind, and the reader, asking replica 3 first, gets the old value unless it knows
+the writer's height.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from ledger_bridge.client import AsyncLedgerClient, InProcessTransport
+from ledger_bridge.crypto import SigningKey
+from ledger_bridge.height_floor import HeightFloor
+from ledger_bridge.kvapp import KVApp, encode_get, encode_set
+from ledger_bridge.pbft.config import ClusterConfig
+from ledger_bridge.pbft.replica import Replica
+
+RAISER = """
+import sys
+from pathlib import Path
+from ledger_bridge.height_floor import HeightFloor
+
+floor = HeightFloor.shared(Path(sys.argv[1]))
+for height in range(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])):
+    floor.raise_to(height)
+    assert floor.height >= height
+floor.close()
+"""
+
+
+def _raise_in_child(path: Path, start: int, stop: int, step: int = 1) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", RAISER, str(path), str(start), str(stop), str(step)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def test_a_height_raised_in_another_process_is_the_floor_here(tmp_path: Path) -> None:
+    path = tmp_path / "floor"
+    HeightFloor.create(path)
+    floor = HeightFloor.shared(path)
+    try:
+        assert floor.height == 0
+        assert _raise_in_child(path, 42, 43).wait(30) == 0
+        assert floor.height == 42
+        floor.raise_to(7)  # lower: what the other process saw stands
+        assert floor.height == 42
+        floor.raise_to(50)
+        assert floor.height == 50
+    finally:
+        floor.close()
+
+
+def test_processes_raising_at_once_leave_the_highest_height(tmp_path: Path) -> None:
+    """Four processes raise interleaved heights concurrently: no lower write lands last."""
+    path = tmp_path / "floor"
+    HeightFloor.create(path)
+    children = [_raise_in_child(path, k, 100_000 + k, 4) for k in range(4)]
+    assert [child.wait(60) for child in children] == [0] * 4
+    floor = HeightFloor.shared(path)
+    try:
+        assert floor.height == 99_999  # the last height of k = 3
+    finally:
+        floor.close()
+
+
+def test_a_new_run_starts_from_its_own_floor_not_the_last_runs(tmp_path: Path) -> None:
+    """`create` replaces the file: a floor left by an earlier run (maybe of another chain,
+    higher than this one will reach for a while) must not hold this run's reads back."""
+    path = tmp_path / "floor"
+    HeightFloor.create(path)
+    earlier = HeightFloor.shared(path)
+    earlier.raise_to(10_000)
+    HeightFloor.create(path, 3)
+    now = HeightFloor.shared(path)
+    try:
+        assert now.height == 3
+        earlier.raise_to(20_000)  # a worker of the earlier run, still mapping the old file
+        assert now.height == 3
+    finally:
+        earlier.close()
+        now.close()
+
+
+def test_a_local_floor_only_rises() -> None:
+    floor = HeightFloor()
+    floor.raise_to(5)
+    floor.raise_to(3)
+    assert floor.height == 5
+
+
+def _replicas() -> tuple[list[Replica], list[SigningKey]]:
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+    config = ClusterConfig.create(
+        [bytes(k.public_key) for k in keys], batch_wait_ms=0, heartbeat_ms=10
+    )
+    return [Replica(config, i, keys[i], KVApp()) for i in range(4)], keys
+
+
+def _read_after_write(writer_floor: HeightFloor, reader_floor: HeightFloor) -> bytes:
+    """The writer's transport commits `k = new` without replica 3; the reader's, over the
+    same replicas, then asks replica 3 first: what does it read?"""
+    replicas, keys = _replicas()
+    public = [k.public_key for k in keys]
+
+    async def go() -> bytes:
+        written = InProcessTransport(replicas, height_floor=writer_floor)
+        read = InProcessTransport(replicas, height_floor=reader_floor)
+        writer = AsyncLedgerClient(written, public, 1, retry_ms=50, timeout_ms=10_000)
+        reader = AsyncLedgerClient(read, public, 1)
+        try:
+            await writer.submit(encode_set(b"k", b"old"))
+            written.crash(3)  # replica 3 hears nothing more: it stays at the old value
+            await writer.submit(encode_set(b"k", b"new"))
+            return await reader.query(encode_get(b"k"), replica=3)
+        finally:
+            await writer.close()
+            await written.close()
+
+    return asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_read_by_another_worker_sees_the_write_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "floor"
+    HeightFloor.create(path)
+    writer_floor, reader_floor = HeightFloor.shared(path), HeightFloor.shared(path)
+    try:
+        assert _read_after_write(writer_floor, reader_floor) == b"new"
+    finally:
+        writer_floor.close()
+        reader_floor.close()
+
+
+def test_control_workers_that_do_not_share_the_floor_read_the_past() -> None:
+    """What the shared floor prevents: each worker with its own floor, the reader takes
+    replica 3's answer, from before the write it follows."""
+    assert _read_after_write(HeightFloor(), HeightFloor()) == b"old"
