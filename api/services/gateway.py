@@ -35,7 +35,7 @@ from api.services.outbox import FactReceipt, FactRefused
 from ledger_bridge import eventloop, facts, receipts
 from ledger_bridge.client import AsyncLedgerClient, LedgerError, Receipt, TcpClientTransport
 from ledger_bridge.contracts import codec, tx, vocabulary
-from ledger_bridge.crypto import SigningKey, VerifyKey
+from ledger_bridge.crypto import SigningKey, VerifyKey, digest
 from ledger_bridge.genesis import GENESIS_FILE, Genesis, load_genesis
 from ledger_bridge.height_floor import HeightFloor
 from ledger_bridge.pbft import messages as m
@@ -200,6 +200,9 @@ class LedgerGateway:
             self._transport, self.validators, genesis.f, relay_key, timeout_ms=timeout_ms
         )
         self._relay_lock = threading.Lock()
+        # The transaction of the relay's last submission if no answer came for it: a retry
+        # sends it again rather than a new signature of it (see `_committed_request`).
+        self._unanswered: tx.SignedTx | None = None
 
     @classmethod
     def from_directory(
@@ -325,14 +328,22 @@ class LedgerGateway:
         """
         tx_type, body = fact_transaction(kind, payload)
         nonce = fact_nonce(fact_id, request_id)
-        signed = self.sign_as_vault(tx_type, body, nonce=nonce)
         with self._relay_lock:
+            signed = self._unanswered
+            if signed is None or not _resendable(
+                signed, tx_type, body, nonce, self._relay.timeout_ms
+            ):
+                signed = self.sign_as_vault(tx_type, body, nonce=nonce)
+            self._unanswered = signed
             receipt = self._run(self._relay.submit(signed.encode(), request_id=request_id))
+            self._unanswered = None
         if receipt.result == m.REDACTED:
-            # This request id executed earlier (a retry after a crash or a lost reply) and the
-            # replicas withheld its cached result since, because an erasure's block followed:
-            # what it bought is read back by its nonce, as for a spent one.
-            return self._recorded_earlier(kind, nonce)
+            # This request id executed earlier (a retransmission after lost or late replies,
+            # a retry after a timeout or a crash) and the replicas withheld its cached result
+            # since, because an erasure's block followed (an erasure's own result is withheld
+            # as soon as it executes): what it bought is read back by its nonce, as for a
+            # spent one, and the request just sent may be the one that committed.
+            return self._recorded_earlier(kind, nonce, receipt.request)
         result: dict[str, Any] = codec.decode(receipt.result)
         if result.get("ok"):
             tx_id = bytes(result["tx"])
@@ -343,27 +354,42 @@ class LedgerGateway:
                 sent or self._committed_request(kind, receipt.block_height, tx_id),
             )
         if result.get("code") == "replayed":
+            # The request just sent executed and was refused: another request spent the nonce.
             return self._recorded_earlier(kind, nonce)
         raise FactRefused(str(result.get("code")), str(result.get("message")))
 
-    def _recorded_earlier(self, kind: str, nonce: bytes) -> FactReceipt:
-        """The receipt of the fact's transaction that an earlier submission committed, found
-        by its nonce; FactRefused if that one was refused (a refusal burns its nonce)."""
+    def _recorded_earlier(self, kind: str, nonce: bytes, sent: bytes = b"") -> FactReceipt:
+        """The receipt of the fact's transaction that an earlier execution committed, found
+        by its nonce; FactRefused if that one was refused (a refusal burns its nonce). `sent`
+        is the request whose execution that may have been (see `_committed_request`)."""
         seen = self.query("nonce", author=self.vault_id, nonce=nonce)["result"]
         if seen is None:
             raise FactRefused("replayed", "the nonce is spent and its record has expired")
         if "refused" in seen:
             raise FactRefused(str(seen["refused"]), "refused when first ordered")
         height, tx_id = int(seen["height"]), bytes(seen["tx"])
-        return FactReceipt(tx_id.hex(), height, self._committed_request(kind, height, tx_id))
+        return FactReceipt(tx_id.hex(), height, self._committed_request(kind, height, tx_id, sent))
 
-    def _committed_request(self, kind: str, height: int, tx_id: bytes) -> bytes | None:
-        """The encoded request that carried an erasure fact, read from its block, when the
-        answer came for an earlier submission (a reply cache, a spent nonce) than the one just
-        sent; None for other facts, which need no receipt, or if the block lost the body."""
+    def _committed_request(
+        self, kind: str, height: int, tx_id: bytes, sent: bytes = b""
+    ) -> bytes | None:
+        """The encoded request that carried an erasure fact, when the answer came for an
+        earlier execution (a reply cache, a spent nonce) than that of the request just sent;
+        None for other facts, which need no receipt, or if no request can be found.
+
+        The block at `height` commits to the digests of its requests, and keeps their bodies
+        until a redaction replaces them by those digests, the erasure's own request first
+        among them. So `sent`, the request just sent, is the one that committed when its
+        digest is in the block and it carries `tx_id` (a request is deterministic: the same
+        key, request id and transaction give the same bytes, which is why a retry sends the
+        transaction of the submission that got no answer, `_resendable`); else the body is
+        read from the block, gone once redacted."""
         if kind != facts.ERASURE_RECORD:
             return None
-        return receipts.find_request(self.block(height), tx_id)
+        block = self.block(height)
+        if sent and _carries(sent, tx_id) and digest(sent) in (block.request_digests() or ()):
+            return sent
+        return receipts.find_request(block, tx_id)
 
     def close(self) -> None:
         async def shut() -> None:
@@ -379,6 +405,30 @@ class LedgerGateway:
         self._thread.join(5)
         self._loop.close()
         self._floor.close()
+
+
+def _resendable(
+    signed: tx.SignedTx, tx_type: str, body: dict[str, Any], nonce: bytes, timeout_ms: int
+) -> bool:
+    """Whether `signed`, sent before without an answer, is the transaction to send again for
+    (tx_type, body, nonce): the same fact under the same request id, and valid for twice a
+    submission's timeout yet. One that would expire while being ordered is signed anew, since
+    the contracts would refuse it, and a refused fact is set aside."""
+    return (
+        signed.nonce == nonce
+        and signed.type == tx_type
+        and codec.encode(signed.body) == codec.encode(body)
+        and signed.valid_until - time.time() * 1000 > 2 * timeout_ms
+    )
+
+
+def _carries(request: bytes, tx_id: bytes) -> bool:
+    """Whether `request` is an encoded PBFT request carrying the transaction `tx_id`."""
+    try:
+        msg = m.decode(request)
+        return isinstance(msg, m.Request) and tx.decode(msg.tx).tx_id == tx_id
+    except (m.RemoteProtocolError, tx.MalformedTx):
+        return False
 
 
 # -- vault facts as contract transactions -----------------------------------------------------

@@ -221,7 +221,7 @@ class OutboxRelay:
                     ),
                     self._clock(),
                 )
-                settle_erasure(session, fact_id, sealed_receipt=_sealed(payload, receipt))
+                settle_erasure(session, fact_id, sealed_receipt=_sealed(fact_id, payload, receipt))
             if kind == RECORD_RECTIFY and cast("CursorResult[Any]", marked).rowcount:
                 requests.record_fulfilment(
                     session,
@@ -283,10 +283,26 @@ def requeue(session: Session, fact_id: int) -> OutboxFact | None:
     return fact
 
 
-def _sealed(payload: dict[str, Any], receipt: FactReceipt) -> bytes | None:
-    """The erasure's receipt sealed to the key its caller asked for (`receipt_to`), if any."""
+def _sealed(fact_id: int, payload: dict[str, Any], receipt: FactReceipt) -> bytes | None:
+    """The erasure's receipt sealed to the key its caller asked for (`receipt_to`), if any.
+
+    Without the request that carried the erasure there is no receipt to seal: the sink could
+    not find it (an answer for an earlier submission, whose request's body had left its block
+    once the replicas redacted the erasure: a retry after a crash). The erasure is recorded
+    all the same and the vault forgets the subject, since no retry brings the body back and a
+    fact held back would keep naming them and hold up every fact behind it; the caller's
+    sealed receipt stays null, and the operator is told here, by fact id and height only."""
     recipient = ErasureRecord.from_payload(payload).receipt_to
-    if recipient is None or receipt.request is None:
+    if recipient is None:
+        return None
+    if receipt.request is None:
+        _log.error(
+            "outbox fact %d (%s) recorded at height %d without an erasure receipt: the request "
+            "that carried it was no longer in its block when read back",
+            fact_id,
+            ERASURE_RECORD,
+            receipt.block_height,
+        )
         return None
     return seal(ErasureReceipt(receipt.block_height, receipt.request, receipt.tx_id), recipient)
 

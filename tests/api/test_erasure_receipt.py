@@ -11,6 +11,7 @@ fetches the sealed receipt later and opens it with the key the answer gave.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import socket
@@ -18,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +32,13 @@ from sqlalchemy.orm import Session
 from api import cli
 from api.client import CivisClient
 from api.http.app import create_app
+from api.services.gateway import LedgerGateway
+from api.services.outbox import FactReceipt
 from ledger_bridge import receipts
+from ledger_bridge.client import LedgerError
 from ledger_bridge.contracts import codec, tx
 from ledger_bridge.crypto import SigningKey, digest
+from ledger_bridge.facts import ERASURE_RECORD
 from ledger_bridge.genesis import GENESIS_FILE
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.receipts import ErasureReceipt
@@ -291,3 +297,126 @@ def test_once_the_replicas_redacted_the_erasure_only_the_receipt_links_it_to_the
     for block in blocks:
         assert not any(n in m.encode(block) for n in named)
         assert receipts.verify(receipt, block, env.gateway.validators, erased.id)
+
+
+# -- the relay's receipt when the replicas answer its erasure only after redacting it ---------
+
+
+@contextlib.contextmanager
+def _deaf_relay(
+    env: LedgerEnv, *, timeout_ms: int
+) -> Iterator[tuple[LedgerGateway, threading.Event]]:
+    """A gateway of the vault whose relay hears no reply until the event is set: what a relay
+    under load sees when the replies to its submission come too late. Its relay has a key of
+    its own, so its request ids never meet those of the module's relay."""
+    gateway = LedgerGateway(
+        env.cluster.genesis,
+        env.gateway.vault_key,
+        clients=1,
+        relay_key=SigningKey.generate(),
+        timeout_ms=timeout_ms,
+    )
+    hearing = threading.Event()
+    heard = gateway._relay._on_reply
+
+    def withheld(replica: int, reply: bytes, authenticated: bool = False) -> None:
+        if hearing.is_set():
+            heard(replica, reply, authenticated)
+
+    gateway._transport.on_reply(gateway._relay.client_id, withheld)
+    try:
+        yield gateway, hearing
+    finally:
+        gateway.close()
+
+
+def _registered(env: LedgerEnv) -> Wallet:
+    subject = Wallet()
+    signed = subject.sign(
+        env.chain_id, "member.register", {"role": "subject", "college": "citizens"}
+    )
+    env.gateway.submit(bytes.fromhex(signed))
+    return subject
+
+
+def _erasure_of(subject: Wallet) -> dict[str, Any]:
+    """The payload of an erasure fact that forgets `subject` everywhere."""
+    return {
+        "scope": {"kind": "subject", "subject": subject.id},
+        "key_commitments": [],
+        "uploads": [],
+        "secrets_destroyed": 0,
+        "reason": "subject_request",
+        "requester": "subject",
+        "at": "2026-12-05T00:00:00+00:00",
+    }
+
+
+def _redactions_applied(env: LedgerEnv) -> int:
+    return min(int((env.cluster.status(i) or {}).get("redactions_applied", 0)) for i in range(4))
+
+
+def _wait_redactions(env: LedgerEnv, at_least: int) -> None:
+    """Until every replica applied `at_least` redaction entries: the erasure's checkpoint is
+    stable and its block holds the digests of what it forgot, no longer their bodies."""
+    for _ in range(REDACTION_BLOCKS_MAX):
+        if _redactions_applied(env) >= at_least:
+            return
+        _registered(env)  # traffic moves the checkpoints on
+    raise AssertionError("the replicas never redacted the erasure's request")
+
+
+def _assert_sealable(env: LedgerEnv, receipt: FactReceipt, subject: Wallet) -> None:
+    """The fact's receipt holds the request that carried the erasure, although the block it
+    committed in no longer holds it; the subject's receipt verifies against that block."""
+    block = env.gateway.block(receipt.block_height)
+    assert receipts.find_request(block, bytes.fromhex(receipt.tx_id)) is None
+    assert receipt.request is not None, "the erasure is recorded without its request"
+    erasure = ErasureReceipt(receipt.block_height, receipt.request, receipt.tx_id)
+    assert receipts.verify(erasure, block, env.gateway.validators, subject.id)
+
+
+def test_a_relay_answered_only_after_the_redaction_still_holds_the_erasures_request(
+    ledger_env: LedgerEnv,
+) -> None:
+    """The replicas execute the relay's erasure, but their replies are lost until the
+    erasure's block was redacted: the relay's retransmission is then answered from the reply
+    cache, whose result is withheld (`REDACTED`). What committed is the very request the
+    relay sent (same key, request id and transaction: the same bytes), so the relay's
+    receipt holds it, not the redacted block's copy, which is gone."""
+    env = ledger_env
+    subject = _registered(env)
+    payload = _erasure_of(subject)
+    applied = _redactions_applied(env)
+    fact_id = uuid.uuid4().int >> 80
+    with (
+        _deaf_relay(env, timeout_ms=120_000) as (gateway, hearing),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        recording = pool.submit(gateway.record, fact_id, ERASURE_RECORD, payload, request_id=1)
+        _wait_redactions(env, applied + 2)  # the registration and the erasure itself
+        assert not recording.done()
+        hearing.set()
+        receipt = recording.result(timeout=60)
+    _assert_sealable(env, receipt, subject)
+
+
+def test_a_relay_retry_after_no_answer_sends_the_same_request_and_gets_its_receipt(
+    ledger_env: LedgerEnv,
+) -> None:
+    """The relay's erasure committed but no reply reached it before its timeout; the relay
+    tries again under the same request id once the erasure's block was redacted. The retry
+    sends the transaction it sent first, not a new signature of it (whose request the block
+    never held), so the answer from the reply cache leads to the request that committed."""
+    env = ledger_env
+    subject = _registered(env)
+    payload = _erasure_of(subject)
+    applied = _redactions_applied(env)
+    fact_id = uuid.uuid4().int >> 80
+    with _deaf_relay(env, timeout_ms=4_000) as (gateway, hearing):
+        with pytest.raises(LedgerError):
+            gateway.record(fact_id, ERASURE_RECORD, payload, request_id=1)
+        _wait_redactions(env, applied + 2)
+        hearing.set()
+        receipt = gateway.record(fact_id, ERASURE_RECORD, payload, request_id=1)
+    _assert_sealable(env, receipt, subject)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,16 +20,18 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.gateway import VAULT_KEY_FILE, LedgerGateway, fact_nonce, load_or_create_key
-from api.services.outbox import OutboxRelay, outbox_counts, requeue
+from api.services.outbox import FactReceipt, OutboxRelay, outbox_counts, requeue
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey
+from ledger_bridge.facts import ErasureRecord
 from tests.ledger_bridge.test_processes import _base_port
 from tests.vault.conftest import VaultServices, make_dataset
 from tests.vault.conftest import committed_engine as committed_engine  # fixture
@@ -248,3 +251,46 @@ def test_two_relay_processes_at_once_ship_each_fact_once(
         assert seen == {f.tx_id: 1 for f in facts}, "each fact once"
     finally:
         gateway.close()
+
+
+class _RecordedWithoutRequest:
+    """A sink whose ledger recorded every fact, but which could not find the request that
+    carried an erasure (its block redacted it before the sink read it back)."""
+
+    def record(
+        self, fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int
+    ) -> FactReceipt:
+        return FactReceipt("ab" * 32, 7)
+
+
+def test_an_erasure_recorded_without_its_request_is_settled_and_reported(
+    committed_engine: Engine, services: VaultServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No receipt can be sealed then: the erasure is still recorded and its subject forgotten
+    (no retry would bring the request back), and the operator is told which fact, by its id
+    and height, never by whom it erased."""
+    with Session(committed_engine) as session, session.begin():
+        dataset = make_dataset(session)
+        services.uploader.upload(session, dataset.id, [RecordIn(SUBJECT, b"{}")])
+        erased = services.eraser.erase_subject(
+            session,
+            SUBJECT,
+            dataset_id=None,
+            reason="subject_request",
+            requester="subject",
+            receipt_to=os.urandom(32),
+        )
+    assert erased.outbox_id is not None
+    relay = OutboxRelay(sessionmaker(committed_engine), _RecordedWithoutRequest())
+    with caplog.at_level(logging.ERROR, logger="api.services.outbox"):
+        assert relay.run_once() == 2  # the upload's anchor, then the erasure
+    with Session(committed_engine) as session:
+        fact = session.get(OutboxFact, erased.outbox_id)
+        assert fact is not None and fact.sent_at is not None
+        record = ErasureRecord.from_payload(fact.payload)
+    assert record.forgotten and record.sealed_receipt is None
+    [reported] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        f"outbox fact {erased.outbox_id} " in reported and "without an erasure receipt" in reported
+    )
+    assert SUBJECT not in caplog.text
