@@ -14,7 +14,7 @@ earlier run, possibly of another chain, never applies.
 
 Why a lock on both sides: a raise is a read, a compare and a write, and two workers raising at
 once must not let the lower write land last; a read under the shared lock never sees half a
-write. Each is one `flock` pair, about a microsecond, against the milliseconds of the read or
+write. Each is one `flock` pair, about 3 µs, against the milliseconds of the read or
 commit it guards.
 """
 
