@@ -73,6 +73,15 @@ class LedgerEnv:
         member_id = member.id if isinstance(member, Wallet) else (member or uuid.uuid4().hex)
         return self.make_key(member_id, role)
 
+    def register_subject(self) -> Wallet:
+        """A new resident, registered on the ledger with its own key."""
+        wallet = Wallet()
+        signed = wallet.sign(
+            self.chain_id, "member.register", {"role": "subject", "college": "citizens"}
+        )
+        self.gateway.submit(bytes.fromhex(signed))
+        return wallet
+
     def wait_anchored(self, dataset_id: str, upload_id: str, headers: dict[str, str]) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

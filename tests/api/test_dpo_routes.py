@@ -82,15 +82,6 @@ def _relay_until_sent(env: LedgerEnv, fact_id: int) -> None:
     raise AssertionError(f"outbox fact {fact_id} was not recorded on the ledger in time")
 
 
-def _subject(env: LedgerEnv) -> Wallet:
-    wallet = Wallet()
-    signed = wallet.sign(
-        env.chain_id, "member.register", {"role": "subject", "college": "citizens"}
-    )
-    env.gateway.submit(bytes.fromhex(signed))
-    return wallet
-
-
 def _grant(env: LedgerEnv, subject: Wallet, dataset: str, purpose: str) -> None:
     body = {
         "subject": subject.id,
@@ -192,7 +183,7 @@ def research_reads_records(ledger_env: LedgerEnv) -> None:
 def test_access_log_shows_accesses_decided_by_the_contracts(ledger_env: LedgerEnv) -> None:
     env = ledger_env
     dataset = _ledger_dataset(env, ["research", "billing"])
-    subject = _subject(env)
+    subject = env.register_subject()
     _grant(env, subject, dataset, "research")
     granted = _access(env, dataset, "research", [subject.id])
     refused = _access(env, dataset, "billing", [subject.id])
@@ -230,7 +221,7 @@ def test_access_log_shows_accesses_decided_by_the_contracts(ledger_env: LedgerEn
 def test_access_log_pages(ledger_env: LedgerEnv) -> None:
     env = ledger_env
     dataset = _ledger_dataset(env, ["research"])
-    subject = _subject(env)
+    subject = env.register_subject()
     _grant(env, subject, dataset, "research")
     txs = [_access(env, dataset, "research", [subject.id])["tx_id"] for _ in range(3)]
     dpo = env.headers("dpo", env.dpo)
@@ -257,7 +248,7 @@ def test_access_log_pages(ledger_env: LedgerEnv) -> None:
 def test_records_of_processing_list_the_recipients(ledger_env: LedgerEnv) -> None:
     env = ledger_env
     dataset_id = _api_dataset(env, retention_days=30)
-    subject = _subject(env)
+    subject = env.register_subject()
     _grant(env, subject, dataset_id, "research")
     _access(env, dataset_id, "research", [subject.id])
     _access(env, dataset_id, "billing", [subject.id])  # refused: delivers nothing
@@ -632,7 +623,7 @@ def test_ledger_verification_finds_a_replica_still_serving_a_forgotten_transacti
     body matches its digest, but the audit names that replica as `unredacted`."""
     env = ledger_env
     dataset = _ledger_dataset(env, ["research"])
-    subject = _subject(env)
+    subject = env.register_subject()
     _grant(env, subject, dataset, "research")
     _settled(env)
     victim = 2
@@ -694,7 +685,7 @@ def test_a_relay_retry_after_the_erasure_was_redacted_gets_its_receipt(
     the first submission bought by its nonce, the same transaction at the same height,
     instead of failing on every retry and holding up every later fact."""
     env = ledger_env
-    subject = _subject(env)
+    subject = env.register_subject()
     payload = {
         "scope": {"kind": "subject", "subject": subject.id},
         "key_commitments": [],

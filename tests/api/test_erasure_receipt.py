@@ -330,15 +330,6 @@ def _deaf_relay(
         gateway.close()
 
 
-def _registered(env: LedgerEnv) -> Wallet:
-    subject = Wallet()
-    signed = subject.sign(
-        env.chain_id, "member.register", {"role": "subject", "college": "citizens"}
-    )
-    env.gateway.submit(bytes.fromhex(signed))
-    return subject
-
-
 def _erasure_of(subject: Wallet) -> dict[str, Any]:
     """The payload of an erasure fact that forgets `subject` everywhere."""
     return {
@@ -362,7 +353,7 @@ def _wait_redactions(env: LedgerEnv, at_least: int) -> None:
     for _ in range(REDACTION_BLOCKS_MAX):
         if _redactions_applied(env) >= at_least:
             return
-        _registered(env)  # traffic moves the checkpoints on
+        env.register_subject()  # traffic moves the checkpoints on
     raise AssertionError("the replicas never redacted the erasure's request")
 
 
@@ -385,7 +376,7 @@ def test_a_relay_answered_only_after_the_redaction_still_holds_the_erasures_requ
     relay sent (same key, request id and transaction: the same bytes), so the relay's
     receipt holds it, not the redacted block's copy, which is gone."""
     env = ledger_env
-    subject = _registered(env)
+    subject = env.register_subject()
     payload = _erasure_of(subject)
     applied = _redactions_applied(env)
     fact_id = uuid.uuid4().int >> 80
@@ -409,7 +400,7 @@ def test_a_relay_retry_after_no_answer_sends_the_same_request_and_gets_its_recei
     sends the transaction it sent first, not a new signature of it (whose request the block
     never held), so the answer from the reply cache leads to the request that committed."""
     env = ledger_env
-    subject = _registered(env)
+    subject = env.register_subject()
     payload = _erasure_of(subject)
     applied = _redactions_applied(env)
     fact_id = uuid.uuid4().int >> 80

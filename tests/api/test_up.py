@@ -438,22 +438,20 @@ def _workers(up: Up) -> list[psutil.Process]:
     return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
 
 
+def _ready_with_two_workers(tmp_path: Path, database_url: str, launched: list[Up]) -> Up:
+    up = Up("--data-dir", str(tmp_path / "civis"), "--database-url", database_url, "--workers", "2")
+    launched.append(up)
+    up.wait_until("/readyz", 200)
+    return up
+
+
 @pytest.mark.e2e
 def test_a_killed_up_takes_its_api_workers_with_it(
     tmp_path: Path, fresh_database_url: str, launched: list[Up]
 ) -> None:
     """`up` killed outright (SIGKILL: no handler runs) must not leave API workers behind,
     still holding the port and running the jobs of an instance that is gone."""
-    up = Up(
-        "--data-dir",
-        str(tmp_path / "civis"),
-        "--database-url",
-        fresh_database_url,
-        "--workers",
-        "2",
-    )
-    launched.append(up)
-    up.wait_until("/readyz", 200)
+    up = _ready_with_two_workers(tmp_path, fresh_database_url, launched)
     workers = _workers(up)
     assert len(workers) == 2, up.output[-3000:]
     up.proc.kill()
@@ -474,16 +472,7 @@ def test_a_member_registered_through_one_worker_is_a_member_to_the_next_request(
     rarely far enough apart to show it (tests/ledger_bridge/test_height_floor.py plays the
     lagging replica); what this checks every time is the wiring: the floor the workers share
     holds each registration's block, whichever worker committed it."""
-    up = Up(
-        "--data-dir",
-        str(tmp_path / "civis"),
-        "--database-url",
-        fresh_database_url,
-        "--workers",
-        "2",
-    )
-    launched.append(up)
-    up.wait_until("/readyz", 200)
+    up = _ready_with_two_workers(tmp_path, fresh_database_url, launched)
     token = re.search(r"DPO API key, shown this once[^:]*: (cvk_\S+)", up.output)
     assert token, up.output
     assert len(_workers(up)) == 2
