@@ -34,6 +34,8 @@ from api.client.errors import (
     AnchorRefused,
     AnchorTimeout,
     ClientError,
+    ErasureReceiptLost,
+    Gone,
     ReceiptTimeout,
     SignInRefused,
     Unauthorized,
@@ -754,19 +756,31 @@ class CivisClient:
         the receipt is fetched sealed and opened with it, waiting up to `wait_s` for the ledger
         to record the erasure (`ReceiptTimeout` after). The vault cannot give it again: keep it
         (`Wallet.record_erasure`). `receipts.ReceiptInvalid` if the key does not open it.
+        `ErasureReceiptLost`, with the API's reason, when the erasure was recorded without a
+        receipt (the answer's `erasure_receipt_lost`, or a 410 while waiting): none will come.
         """
         if certificate.get("erasure_receipt") is not None:
             return certificate["erasure_receipt"]  # type: ignore[return-value]
+        lost = certificate.get("erasure_receipt_lost")
+        if lost:
+            raise ErasureReceiptLost(lost)
         key = certificate.get("receipt_key")
         if not key:
             raise ClientError("the certificate carries neither erasure_receipt nor receipt_key")
         deadline = time.monotonic() + wait_s
-        while (sealed := self.sealed_receipt(certificate["erasure_id"])["sealed_receipt"]) is None:
+        while (sealed := self._sealed_or_lost(certificate["erasure_id"])) is None:
             if time.monotonic() >= deadline:
                 raise ReceiptTimeout(f"erasure {certificate['erasure_id']} is not recorded yet")
             time.sleep(poll_s)
         opened = receipts.open_sealed(bytes.fromhex(sealed), bytes.fromhex(key))
         return cast(ErasureReceipt, opened.to_json())
+
+    def _sealed_or_lost(self, erasure_id: int) -> str | None:
+        """The sealed receipt, null while pending; a 410 says it will never come."""
+        try:
+            return self.sealed_receipt(erasure_id)["sealed_receipt"]
+        except Gone as exc:
+            raise ErasureReceiptLost(exc.detail) from exc
 
     def iter_access_log(self, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every access the contracts decided, oldest first (filters: subject, consumer,

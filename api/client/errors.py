@@ -25,6 +25,8 @@ consumer retries a `TooManyRequests` after `retry_after_s`, tells a citizen "no 
     │   └── Unavailable                 503  + retry_after_s (ledger or database down)
     ├── AnchorTimeout                   an upload not anchored on the ledger in time
     ├── AnchorRefused                   the contracts refused an upload's anchor
+    ├── ReceiptTimeout                  an erasure's sealed receipt still null at the wait's end
+    ├── ErasureReceiptLost              an erasure recorded whose receipt will never come
     └── SignInRefused                   a sign-in challenge the wallet will not sign
 
 Transport failures (no answer at all) stay `httpx.TransportError`: "nobody answered" and
@@ -166,6 +168,12 @@ class AnchorTimeout(ClientError):
 
 class ReceiptTimeout(ClientError):
     """The erasure's sealed receipt was still null at the wait's end: not recorded yet."""
+
+
+class ErasureReceiptLost(ClientError):
+    """The erasure is recorded on the ledger (its certificate holds), but its receipt could
+    not be made and never will be: the answer says so (`erasure_receipt_lost`), or
+    GET /v1/erasure-receipts/{id} answers 410. Waiting longer would not bring it."""
 
 
 class AnchorRefused(ClientError):

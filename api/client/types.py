@@ -184,7 +184,8 @@ class ErasureReceipt(TypedDict):
 
 class SealedReceipt(TypedDict):
     """GET /v1/erasure-receipts/{id}: the receipt sealed to the answer's `receipt_key`
-    (hex libsodium sealed box), null until the ledger recorded the erasure."""
+    (hex libsodium sealed box), null until the ledger recorded the erasure (a 410 if it was
+    recorded without a receipt: `CivisClient.erasure_receipt` raises `ErasureReceiptLost`)."""
 
     erasure_id: int
     sealed_receipt: str | None
@@ -210,6 +211,7 @@ class ErasureCertificate(TypedDict):
     receipt: Receipt | None
     erasure_receipt: ErasureReceipt | None  # in the erasure's own answer only
     receipt_key: str | None  # hex X25519 key opening the sealed receipt of a pending answer
+    erasure_receipt_lost: str | None  # why a recorded answer has no receipt: none will come
 
 
 class KeyRef(TypedDict):

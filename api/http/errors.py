@@ -47,6 +47,8 @@ internals (tracebacks, SQL, key ids).
     │   ├── AccessRefused             403  (api/http/routes/access.py)
     │   ├── InvalidAccess             422  (api/http/routes/access.py)
     │   ├── InvalidScope              422  (api/http/routes/erasures.py)
+    │   ├── ErasureReceiptLost        410  (api/http/routes/erasures.py) an erasure recorded
+    │   │                                  whose receipt could not be made, nor ever will be
     │   ├── InvalidNotice             422  (api/services/notices.py)
     │   ├── NoticeNotFound            404  (api/services/notices.py)
     │   ├── InvalidCursor             422  (api/services/export.py)

@@ -290,8 +290,9 @@ def _sealed(fact_id: int, payload: dict[str, Any], receipt: FactReceipt) -> byte
     not find it (an answer for an earlier submission, whose request's body had left its block
     once the replicas redacted the erasure: a retry after a crash). The erasure is recorded
     all the same and the vault forgets the subject, since no retry brings the body back and a
-    fact held back would keep naming them and hold up every fact behind it; the caller's
-    sealed receipt stays null, and the operator is told here, by fact id and height only."""
+    fact held back would keep naming them and hold up every fact behind it; the caller is
+    told no receipt will come (the erasure's answer, or a 410 for its sealed receipt:
+    api/http/routes/erasures.py), and the operator here, by fact id and height only."""
     recipient = ErasureRecord.from_payload(payload).receipt_to
     if recipient is None:
         return None

@@ -6,7 +6,9 @@ The attacks first: without the receipt, the erasure entries the ledger serves do
 erasure it was; a receipt for P does not verify for another pseudonym; a receipt with any field
 changed fails. The vault keeps neither the subject nor the receipt in clear (pg_dump, with a
 subject not erased as the control), and when the ledger is slower than the answer, the subject
-fetches the sealed receipt later and opens it with the key the answer gave.
+fetches the sealed receipt later and opens it with the key the answer gave. When the relay
+records an erasure but finds no request that carried it, no receipt can ever be made: the
+answer and `GET /v1/erasure-receipts/{id}` say so (410), rather than "not recorded yet".
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from api import cli
-from api.client import CivisClient
+from api.client import CivisClient, ErasureReceiptLost
 from api.http.app import create_app
 from api.services.gateway import LedgerGateway
 from api.services.outbox import FactReceipt
@@ -268,6 +270,104 @@ def test_a_repeated_erasure_answers_the_first_certificate_without_its_receipt(
     assert again.status_code == 201, again.text
     assert again.json()["erasure_id"] == first.json()["erasure_id"]
     assert again.json()["erasure_receipt"] is None and again.json()["receipt_key"] is None
+    assert again.json()["erasure_receipt_lost"] is None  # it was made: for the first caller
+
+
+# -- an erasure recorded without the request that carried it: its receipt never comes --------
+
+
+@contextlib.contextmanager
+def _recorded_without_request(
+    env: LedgerEnv, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[threading.Event]:
+    """The module's relay records erasures on the real ledger, once the event is set, but gets
+    back no request that carried them: what it sees when the replicas redacted the request
+    before it was read back (ledger_bridge/receipts.py cannot find it in the block)."""
+    recorded = threading.Event()
+    real = env.gateway.record
+
+    def record(fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int) -> FactReceipt:
+        if kind != ERASURE_RECORD:
+            return real(fact_id, kind, payload, request_id=request_id)
+        assert recorded.wait(SEALED_WAIT_S), "the test never let the erasure be recorded"
+        receipt = real(fact_id, kind, payload, request_id=request_id)
+        return dataclasses.replace(receipt, request=None)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(env.gateway, "record", record)
+        try:
+            yield recorded
+        finally:
+            recorded.set()  # never leave the module's relay waiting
+
+
+def _assert_receipt_gone(got: httpx.Response, erasure_id: int) -> None:
+    assert got.status_code == 410, got.text
+    assert got.headers["content-type"].startswith("application/problem+json")
+    problem = got.json()
+    assert problem["status"] == 410 and problem["title"] == "Erasure receipt lost"
+    assert f"erasure {erasure_id} is recorded on the ledger" in problem["detail"]
+    assert f"/v1/erasures/{erasure_id}" in problem["detail"]
+    assert "never will be" in problem["detail"]
+
+
+def test_an_erasure_recorded_without_its_request_says_its_receipt_will_never_come(
+    ledger_env: LedgerEnv, base_url: str, slow_answer_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending answer's sealed receipt is null while the ledger has not recorded the
+    erasure; once recorded without a receipt, it is 410 for good, and the client says so
+    instead of waiting for it and reporting the erasure "not recorded yet"."""
+    env = ledger_env
+    subject = _subject(_client(base_url, env))
+    _stored(base_url, env, [subject])
+    with _recorded_without_request(env, monkeypatch) as recorded:
+        r = httpx.post(
+            f"{slow_answer_url}/v1/erasures",
+            json={"subject_id": subject.id},
+            headers=env.headers("dpo", env.dpo),
+        )
+        assert r.status_code == 202, r.text
+        cert = r.json()
+        assert cert["receipt_key"] and cert["erasure_receipt_lost"] is None
+        erasure_id = cert["erasure_id"]
+        got = httpx.get(f"{slow_answer_url}/v1/erasure-receipts/{erasure_id}")
+        assert got.status_code == 200, got.text
+        assert got.json() == {"erasure_id": erasure_id, "sealed_receipt": None}
+        recorded.set()
+        with pytest.raises(ErasureReceiptLost, match=f"erasure {erasure_id} is recorded"):
+            _client(slow_answer_url, env).erasure_receipt(cert, wait_s=SEALED_WAIT_S)
+    _assert_receipt_gone(
+        httpx.get(f"{slow_answer_url}/v1/erasure-receipts/{erasure_id}"), erasure_id
+    )
+    shown = httpx.get(f"{base_url}/v1/erasures/{erasure_id}", headers=env.headers("dpo"))
+    assert shown.status_code == 200 and shown.json()["state"] == "recorded", shown.text
+
+
+def test_a_recorded_answer_without_its_receipt_says_why_and_not_that_it_was_repeated(
+    ledger_env: LedgerEnv, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer that waited for the ledger carries neither the receipt nor a key (nothing
+    would ever open): `erasure_receipt_lost` tells it apart from a repeated erasure's."""
+    env = ledger_env
+    subject = _subject(_client(base_url, env))
+    _stored(base_url, env, [subject])
+    with _recorded_without_request(env, monkeypatch) as recorded:
+        recorded.set()
+        r = httpx.post(
+            f"{base_url}/v1/erasures",
+            json={"subject_id": subject.id},
+            headers=env.headers("dpo", env.dpo),
+            timeout=30,
+        )
+    assert r.status_code == 201, r.text
+    cert = r.json()
+    assert cert["state"] == "recorded"
+    assert cert["erasure_receipt"] is None and cert["receipt_key"] is None
+    erasure_id = cert["erasure_id"]
+    assert f"erasure {erasure_id} is recorded on the ledger" in cert["erasure_receipt_lost"]
+    with pytest.raises(ErasureReceiptLost, match="never will be"):
+        _client(base_url, env).erasure_receipt(cert)
+    _assert_receipt_gone(httpx.get(f"{base_url}/v1/erasure-receipts/{erasure_id}"), erasure_id)
 
 
 REDACTION_BLOCKS_MAX = 200  # the erasure's checkpoint (every 32 blocks) must become stable

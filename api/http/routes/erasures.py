@@ -31,6 +31,15 @@ answer gives that private half as `receipt_key`, and `GET /v1/erasure-receipts/{
 the sealed receipt to anyone (it is ciphertext for a key the vault does not have): the subject
 opens it with `receipts.open_sealed`. Whoever erases (the subject asking, or the DPO acting on
 their behalf) keeps the receipt; the vault cannot give it again.
+
+A receipt is a copy of the request that carried the erasure, and the replicas delete that
+request from its block once the erasure is stable. In rare cases the relay has to read it back
+from the block after that (the ledger answered for an earlier submission, after a crash, and
+the request just sent is not the one that committed): the erasure is then recorded without a
+receipt (api/services/outbox.py, `_sealed`), and nothing can ever make one. The vault says so
+rather than "not yet": the answer carries `erasure_receipt_lost` (the reason) in place of both
+fields, and `GET /v1/erasure-receipts/{id}` answers 410 (`ErasureReceiptLost`). The
+certificate holds all the same: the ledger recorded the erasure.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.bodies import BoundedJsonRoute
 from api.http.deps import CurrentMember, Dpo, KeyStoreDep, LedgerDep, strict_query
-from api.http.errors import ApiError, Forbidden
+from api.http.errors import PROBLEM_JSON, PROBLEM_SCHEMA, ApiError, Forbidden
 from api.http.schemas import LedgerReceipt, PublicKeyHex, SignedIn, StrictIn, UuidIn
 from api.http.signed import assemble
 from api.services import recipient_notices, requests
@@ -77,6 +86,9 @@ router = APIRouter(
 )
 
 DPO_REASONS = ("dpo_decision", "legal_obligation", "consent_withdrawn", "subject_request")
+# The certificate states in which the ledger holds the erasure: the relay sealed its receipt
+# then, in the same transaction, or never will.
+RECORDED: tuple[CertificateState, ...] = ("recorded", "final")
 
 
 class ErasureIn(StrictIn):
@@ -128,18 +140,50 @@ class ErasureCertificate(BaseModel):
         description="hex X25519 private key opening GET /v1/erasure-receipts/{id}, given when "
         "the answer came before the ledger recorded the erasure",
     )
+    erasure_receipt_lost: str | None = Field(
+        default=None,
+        description="why this answer has neither erasure_receipt nor receipt_key although the "
+        "erasure is recorded: its receipt could not be made and never will be (GET "
+        "/v1/erasure-receipts/{id} answers 410); null otherwise, as in a repeated erasure's "
+        "answer, which has neither field either",
+    )
 
 
 class SealedReceipt(BaseModel):
     erasure_id: int
     sealed_receipt: str | None = Field(
-        description="hex libsodium sealed box of the erasure receipt; null until recorded"
+        description="hex libsodium sealed box of the erasure receipt; null until recorded "
+        "(then 410 if it could not be made)"
     )
 
 
 class InvalidScope(ApiError):
     status = 422
     title = "Invalid erasure scope"
+
+
+class ErasureReceiptLost(ApiError):
+    """An erasure recorded on the ledger whose receipt could not be made (see the module)."""
+
+    status = 410
+    title = "Erasure receipt lost"
+
+    def __init__(self, erasure_id: int) -> None:
+        super().__init__(receipt_lost(erasure_id))
+
+
+def receipt_lost(erasure_id: int) -> str:
+    """Why an erasure recorded without its receipt has none, for the subject who asked.
+
+    Said the same in the answer and in the 410, so the subject reads one sentence whichever
+    they see first."""
+    return (
+        f"erasure {erasure_id} is recorded on the ledger, so its certificate "
+        f"(GET /v1/erasures/{erasure_id}) holds, but its receipt could not be made and never "
+        "will be: the receipt is a copy of the ledger request that carried the erasure, and "
+        "the ledger had already deleted that request, as it deletes everything that named the "
+        "erased person, before the vault could read it back"
+    )
 
 
 def _certificate(fact: OutboxFact) -> ErasureCertificate:
@@ -192,6 +236,10 @@ def _run(
         cert.erasure_receipt = ErasureReceiptOut(**opened.to_json())
     elif private is not None and cert.receipt is None:
         cert.receipt_key = private.hex()
+    elif private is not None and cert.state in RECORDED:
+        # Recorded, and the relay sealed nothing: without this the answer would read as a
+        # repeated erasure's.
+        cert.erasure_receipt_lost = receipt_lost(fact.id)
     return JSONResponse(cert.model_dump(mode="json"), status_code=201 if cert.receipt else 202)
 
 
@@ -331,7 +379,16 @@ def _subject_of(fact: OutboxFact) -> str | None:
     return typed.subject if isinstance(typed, ErasureRecord) else None
 
 
-@router.get("/erasure-receipts/{erasure_id}")
+_RECEIPT_LOST_RESPONSE: dict[int | str, dict[str, Any]] = {
+    410: {
+        "description": "the erasure is recorded, but its receipt could not be made and never "
+        "will be (`Erasure receipt lost`; the detail says why)",
+        "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+    }
+}
+
+
+@router.get("/erasure-receipts/{erasure_id}", responses=_RECEIPT_LOST_RESPONSE)
 def sealed_receipt(
     erasure_id: Annotated[int, Path(ge=1, le=1 << 62)], request: Request
 ) -> SealedReceipt:
@@ -339,7 +396,9 @@ def sealed_receipt(
 
     Open to anyone, signed in or not: an erased subject has no API key left, and the sealed
     box opens only with a key the vault never stored. A subject erasure answers null until the
-    ledger recorded it; any other id is 404.
+    ledger recorded it, then the sealed receipt, or 410 when it was recorded without one: the
+    receipt can then never be made, and a client waiting for it would wait for ever. Any other
+    id is 404.
     """
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session:
@@ -351,5 +410,7 @@ def sealed_receipt(
         )
         if fact is None or record is None or record.receipt_to is None:
             raise NotFound(f"erasure {erasure_id} has no receipt")
+        if record.sealed_receipt is None and certificate_status(fact).state in RECORDED:
+            raise ErasureReceiptLost(fact.id)
         sealed = None if record.sealed_receipt is None else record.sealed_receipt.hex()
         return SealedReceipt(erasure_id=fact.id, sealed_receipt=sealed)
