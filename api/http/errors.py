@@ -58,6 +58,8 @@ internals (tracebacks, SQL, key ids).
     │   ├── InvalidWebhook            422  (api/services/recipient_notices.py)
     │   ├── ProcessingRestricted      409  (api/services/restrictions.py)
     │   ├── LedgerUnavailable         503  (api/services/gateway.py)
+    │   │   └── LedgerAnswerWithheld  503  (api/services/gateway.py) ordered, its result
+    │   │                                  withheld since an erasure followed it
     │   ├── IncidentNotFound          404  (api/services/incidents.py)
     │   ├── InvalidIncident           422  (api/services/incidents.py)
     │   ├── IncidentClosed            409  (api/services/incidents.py)

@@ -120,8 +120,27 @@ class LedgerAnswer:
     result: dict[str, Any]
 
 
-def _answer(receipt: Receipt) -> LedgerAnswer:
-    """What the contracts answered an ordered transaction; LedgerRefused if they said no."""
+class LedgerAnswerWithheld(LedgerUnavailable):
+    """The transaction was ordered, but the replicas withheld its result: the answer came
+    from their reply cache (a retry after late replies) once an erasure was recorded after
+    it, and a cached result may name the erased subject."""
+
+    title = "Ledger answer withheld"
+
+    def __init__(self, raw: bytes, receipt: Receipt) -> None:
+        super().__init__(
+            f"transaction {tx.decode(raw).tx_id.hex()} was ordered at height "
+            f"{receipt.block_height}, but "
+            "the ledger withheld its result because an erasure was recorded just after it: "
+            "read its effect (or its block) before sending anything again"
+        )
+
+
+def _answer(raw: bytes, receipt: Receipt) -> LedgerAnswer:
+    """What the contracts answered the ordered transaction `raw`; LedgerRefused if they said
+    no, LedgerAnswerWithheld if the replicas no longer say."""
+    if receipt.result == m.REDACTED:
+        raise LedgerAnswerWithheld(raw, receipt)
     result: dict[str, Any] = codec.decode(receipt.result)
     if not result.get("ok", False):
         raise LedgerRefused(str(result.get("code")), str(result.get("message")))
@@ -256,7 +275,7 @@ class LedgerGateway:
             raise LedgerUnavailable(
                 f"no quorum of replicas answered: {type(exc).__name__}"
             ) from None
-        return _answer(receipt)
+        return _answer(raw, receipt)
 
     async def submit_from(self, raw: bytes) -> LedgerAnswer:
         """`submit` for a caller on another event loop (an async route): it awaits the
@@ -270,7 +289,7 @@ class LedgerGateway:
             raise LedgerUnavailable(
                 f"no quorum of replicas answered: {type(exc).__name__}"
             ) from None
-        return _answer(receipt)
+        return _answer(raw, receipt)
 
     def sign_as_vault(
         self, tx_type: str, body: dict[str, Any], *, nonce: bytes | None = None
