@@ -134,7 +134,7 @@ class ClientTransport(Protocol):
 
     n: int
     # The highest block height the clients of this transport saw committed (their receipts,
-    # the heights of their query answers): an answer from an older state is not current.
+    # the blocks they verified): an answer from an older state is not current.
     height_seen: int
 
     def on_reply(self, client_id: bytes, handler: ReplyHandler | None) -> None:
@@ -665,15 +665,16 @@ class AsyncLedgerClient:
 
     def _older_than_seen(self, answer: dict[str, Any]) -> bool:
         """A query answer from a state below a height this transport's clients saw committed
-        (a replica that has not heard yet: just back from a partition or a stall). Else the
-        answer's height raises what was seen, so reads never go back in time."""
+        (a replica that has not heard yet: just back from a partition or a stall).
+
+        The answer's height does not raise that floor: it is one replica's word, where a
+        receipt's is f+1 replicas' and a block's its certificate's. A lying replica could
+        otherwise answer at height 2^63 and have every later read refused as stale, by every
+        worker sharing the floor, until the instance restarts."""
         height = answer.get("height")
         if "result" not in answer or type(height) is not int:
             return False
-        if height < self.transport.height_seen:
-            return True
-        self.transport.height_seen = height
-        return False
+        return height < self.transport.height_seen
 
     async def status(self, replica: int) -> dict[str, Any]:
         answer = await self.transport.call(replica, "status", {})
@@ -710,6 +711,7 @@ class AsyncLedgerClient:
                 forged = True
                 continue
             if block.height == height and verify_chain([block], self.validators):
+                self.transport.height_seen = height  # certified: 2f+1 replicas committed it
                 return block
             forged = True
         if forged:

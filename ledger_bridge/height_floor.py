@@ -2,8 +2,9 @@
 
 Why a floor: a query answered by a replica that has not heard of a block yet (just back from
 a partition or a stall) would show a write acknowledged moments before as missing. A client
-refuses answers from below the heights its own receipts and earlier answers carried
-(`AsyncLedgerClient._older_than_seen`), so what one process wrote, it reads back.
+refuses answers from below the heights its receipts (f+1 replicas agreeing) and the blocks
+it verified carried (`AsyncLedgerClient._older_than_seen`), so what one process wrote, it
+reads back. An answer's own height never raises the floor: it is one replica's word.
 
 Why shared: an API instance of several worker processes is one service to its callers. A
 write served by one worker and the read that follows it, served by another, must see the same
@@ -15,7 +16,8 @@ earlier run, possibly of another chain, never applies.
 Why a lock on both sides: a raise is a read, a compare and a write, and two workers raising at
 once must not let the lower write land last; a read under the shared lock never sees half a
 write. Each is one `flock` pair, about 3 µs, against the milliseconds of the read or
-commit it guards.
+commit it guards. `flock` locks belong to the open file, not the thread, so one `HeightFloor`
+serves one thread (a gateway's loop thread); each process opens its own.
 """
 
 from __future__ import annotations
@@ -57,7 +59,13 @@ class HeightFloor:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             floor._map = mmap.mmap(fd, _HEIGHT.size)
+            # A file system without `flock` (some network mounts) fails here, at the worker's
+            # start, not in the middle of every ledger read after it.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
+            if floor._map is not None:
+                floor._map.close()
             os.close(fd)
             raise
         floor._fd = fd
@@ -65,6 +73,7 @@ class HeightFloor:
 
     @contextlib.contextmanager
     def _locked(self, operation: int) -> Iterator[mmap.mmap]:
+        """The shared mapping, under `flock` `operation` (LOCK_SH to read, LOCK_EX to raise)."""
         assert self._fd is not None and self._map is not None
         fcntl.flock(self._fd, operation)
         try:
@@ -74,6 +83,7 @@ class HeightFloor:
 
     @property
     def height(self) -> int:
+        """The floor now: no read may come from a lower block height."""
         if self._map is None:
             return self._known
         with self._locked(fcntl.LOCK_SH) as shared:
@@ -85,14 +95,14 @@ class HeightFloor:
         """Make the floor at least `height` (a lower height leaves it as it is)."""
         if height <= self._known:
             return
+        if self._map is not None:
+            with self._locked(fcntl.LOCK_EX) as shared:
+                if height > _HEIGHT.unpack_from(shared)[0]:
+                    _HEIGHT.pack_into(shared, 0, height)
         self._known = height
-        if self._map is None:
-            return
-        with self._locked(fcntl.LOCK_EX) as shared:
-            if height > _HEIGHT.unpack_from(shared)[0]:
-                _HEIGHT.pack_into(shared, 0, height)
 
     def close(self) -> None:
+        """Unmap the shared file (a local floor holds nothing to release)."""
         if self._map is not None:
             self._map.close()
             self._map = None

@@ -150,8 +150,10 @@ class ApiSpec:
 
 def _height_floor(spec: ApiSpec, ledger: LedgerGateway | None) -> Path | None:
     """The ledger height floor the workers share, made afresh for this run at the height
-    `up`'s own gateway reached founding the chain (its members and purposes): a worker's first
-    read must not come from a replica that has not executed them yet."""
+    `up`'s own gateway saw committed (its founding transactions, when it founded the chain): a
+    worker's first read must not come from a replica that has not executed them yet. Without
+    that gateway (`bench access` serves from a child of the process that founded) it starts at
+    0 and rises with the workers' first receipts."""
     from ledger_bridge.height_floor import HeightFloor
 
     if spec.ledger_dir is None:

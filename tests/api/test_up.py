@@ -464,7 +464,7 @@ def test_a_killed_up_takes_its_api_workers_with_it(
 
 @pytest.mark.e2e
 def test_a_member_registered_through_one_worker_is_a_member_to_the_next_request(
-    tmp_path: Path, fresh_database_url: str, launched: list[Up]
+    tmp_path: Path, fresh_database_url: str, launched: list[Up], request: pytest.FixtureRequest
 ) -> None:
     """Read-your-writes across API workers: each registration and the read after it come on
     new connections, which the kernel hands to either worker; the read must never answer from
@@ -477,6 +477,7 @@ def test_a_member_registered_through_one_worker_is_a_member_to_the_next_request(
     assert token, up.output
     assert len(_workers(up)) == 2
     floor = HeightFloor.shared(tmp_path / "civis" / HEIGHT_FLOOR_FILE)
+    request.addfinalizer(floor.close)
     for _ in range(25):
         resident = SigningKey.generate()
         with CivisClient(up.url) as anyone:

@@ -13,6 +13,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ledger_bridge.client import AsyncLedgerClient, InProcessTransport
 from ledger_bridge.crypto import SigningKey
@@ -121,7 +122,9 @@ def _read_after_write(writer_floor: HeightFloor, reader_floor: HeightFloor) -> b
             return await reader.query(encode_get(b"k"), replica=3)
         finally:
             await writer.close()
+            await reader.close()
             await written.close()
+            await read.close()
 
     return asyncio.run(asyncio.wait_for(go(), 30))
 
@@ -141,3 +144,41 @@ def test_control_workers_that_do_not_share_the_floor_read_the_past() -> None:
     """What the shared floor prevents: each worker with its own floor, the reader takes
     replica 3's answer, from before the write it follows."""
     assert _read_after_write(HeightFloor(), HeightFloor()) == b"old"
+
+
+class _LyingReplica3(InProcessTransport):
+    """Replica 3 answers queries from a height far beyond the chain's (a Byzantine replica)."""
+
+    async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        answer = await super().call(replica, op, args)
+        if replica == 3 and op == "query":
+            answer["height"] = 1 << 62
+        return answer
+
+
+def test_a_lying_replicas_height_does_not_refuse_every_later_read(tmp_path: Path) -> None:
+    """One replica's word on its height must not become the instance's floor: a replica
+    answering at 2^62 would have every later read, by every worker, refused as stale."""
+    path = tmp_path / "floor"
+    HeightFloor.create(path)
+    floor = HeightFloor.shared(path)
+    replicas, keys = _replicas()
+    public = [k.public_key for k in keys]
+
+    async def go() -> bytes:
+        transport = _LyingReplica3(replicas, height_floor=floor)
+        client = AsyncLedgerClient(transport, public, 1, retry_ms=50, timeout_ms=10_000)
+        try:
+            await client.submit(encode_set(b"k", b"v"))
+            await client.query(encode_get(b"k"), replica=3)  # the lie
+            transport.crash(3)  # the honest replicas alone must still answer
+            return await client.query(encode_get(b"k"), replica=0)
+        finally:
+            await client.close()
+            await transport.close()
+
+    try:
+        assert asyncio.run(asyncio.wait_for(go(), 30)) == b"v"
+        assert floor.height < 1 << 62
+    finally:
+        floor.close()
