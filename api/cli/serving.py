@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 WORKERS_MAX = 16
 # `up` runs one worker per core up to this many (`default_workers`).
 DEFAULT_WORKERS_MAX = 4
+# Where cgroup v2 is mounted, and where a process's cgroup is named.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
 _log = logging.getLogger(__name__)
 
@@ -71,7 +75,38 @@ def default_workers() -> int:
     worker serves each."""
     affinity = getattr(os, "sched_getaffinity", None)
     cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    quota = cgroup_cores(_own_cpu_max())
+    if quota is not None:
+        cores = min(cores, quota)
     return max(1, min(cores, DEFAULT_WORKERS_MAX))
+
+
+def _own_cpu_max() -> Path:
+    """This process's cgroup v2 `cpu.max` (its "0::<path>" line in /proc/self/cgroup)."""
+    try:
+        for line in PROC_SELF_CGROUP.read_text().splitlines():
+            if line.startswith("0::"):
+                return CGROUP_ROOT / line[3:].strip().lstrip("/") / "cpu.max"
+    except OSError:
+        pass
+    return CGROUP_ROOT / "cpu.max"
+
+
+def cgroup_cores(cpu_max: Path) -> int | None:
+    """The cores a CPU quota allows this process's cgroup (v2 `cpu.max`: "quota period",
+    rounded up), or None without a quota. Why: a container limited to one CPU on a large
+    host sees every host core in its affinity mask, and would start a worker, with its pool
+    of connections, for each."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _die_with(supervisor: int) -> None:

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from api.cli.bootstrap import BootstrapError, found_local_ledger, issue_pending_dpo_key, open_ledger
-from api.cli.serving import HEIGHT_FLOOR_FILE
+from api.cli.serving import HEIGHT_FLOOR_FILE, cgroup_cores
 from api.client.client import CivisClient
 from api.services.gateway import VAULT_KEY_FILE, LedgerGateway
 from api.services.keys import authenticate
@@ -487,3 +487,25 @@ def test_a_member_registered_through_one_worker_is_a_member_to_the_next_request(
             answer = dpo.member(bytes(resident.public_key).hex())
         assert answer["result"] is not None, answer
         assert answer["result"]["status"] == "active"
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cores"),
+    [
+        ("max 100000\n", None),  # no quota
+        ("100000 100000\n", 1),
+        ("150000 100000\n", 2),  # one and a half CPUs: a second worker has half a core
+        ("50000 100000\n", 1),
+        ("garbage\n", None),
+        ("100000 0\n", None),
+    ],
+)
+def test_a_cpu_quota_caps_the_default_worker_count(
+    tmp_path: Path, cpu_max: str, cores: int | None
+) -> None:
+    """A container limited to one CPU on a large host sees every host core in its affinity
+    mask: its quota, not the mask, decides how many workers (and pools) `up` starts."""
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    assert cgroup_cores(path) == cores
+    assert cgroup_cores(tmp_path / "absent") is None
