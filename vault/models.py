@@ -197,6 +197,11 @@ class OutboxFact(Base):
     # answer a repeated id from their reply cache and ignore one below the last they executed,
     # so a retried (refused, then requeued) fact needs a fresh one.
     request_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The `valid_until` (ms since the epoch) the fact's transaction is signed with, stored
+    # with `request_id`: every worker, and the relay restarted after a crash, then sends the
+    # very request an earlier submission sent (same key, request id and transaction: the same
+    # bytes), the one an erasure's receipt must copy if it committed (api/services/outbox.py).
+    valid_until: Mapped[int | None] = mapped_column(BigInteger)
     # Final erasure (vault/final_erasure.py), for erasure and expiry facts only: the cycle of
     # KEK rotation and retirement that covers this fact (set when the cycle starts, to the
     # facts committed by then), and when that cycle retired every KEK that could have wrapped

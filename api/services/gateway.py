@@ -219,9 +219,6 @@ class LedgerGateway:
             self._transport, self.validators, genesis.f, relay_key, timeout_ms=timeout_ms
         )
         self._relay_lock = threading.Lock()
-        # The transaction of the relay's last submission if no answer came for it: a retry
-        # sends it again rather than a new signature of it (see `_committed_request`).
-        self._unanswered: tx.SignedTx | None = None
 
     @classmethod
     def from_directory(
@@ -292,9 +289,18 @@ class LedgerGateway:
         return _answer(raw, receipt)
 
     def sign_as_vault(
-        self, tx_type: str, body: dict[str, Any], *, nonce: bytes | None = None
+        self,
+        tx_type: str,
+        body: dict[str, Any],
+        *,
+        nonce: bytes | None = None,
+        valid_until: int | None = None,
     ) -> tx.SignedTx:
-        valid_until = int(time.time() * 1000) + VAULT_TX_TTL_MS
+        """The vault's transaction, valid until `valid_until` (ms since the epoch), by default
+        VAULT_TX_TTL_MS from now. Signing is deterministic: the same arguments give the same
+        bytes, in any process."""
+        if valid_until is None:
+            valid_until = int(time.time() * 1000) + VAULT_TX_TTL_MS
         return tx.sign(
             self.vault_key, self.chain_id, tx_type, body, valid_until=valid_until, nonce=nonce
         )
@@ -336,26 +342,36 @@ class LedgerGateway:
 
     # -- the outbox relay's sink ----------------------------------------------------------
 
+    def valid_until(self, stored: int | None) -> int:
+        """FactSink: `stored` while it leaves twice a submission's timeout to order the
+        transaction (one that expires while being ordered is refused, and a refused fact is
+        set aside); else VAULT_TX_TTL_MS from now."""
+        now = int(time.time() * 1000)
+        if stored is not None and stored - now > 2 * self._relay.timeout_ms:
+            return stored
+        return now + VAULT_TX_TTL_MS
+
     def record(
-        self, fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int
+        self,
+        fact_id: int,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        request_id: int,
+        valid_until: int,
     ) -> FactReceipt:
         """FactSink: record a vault fact as its contract transaction, exactly once.
 
         The nonce is derived from the fact id and its request id, so even if the replicas'
         reply cache has moved on, a second execution is refused as `replayed` and the
-        original receipt is looked up by (author, nonce) instead.
+        original receipt is looked up by (author, nonce) instead. The transaction is signed
+        with exactly `valid_until`, so a resubmission from any process sends the same request.
         """
         tx_type, body = fact_transaction(kind, payload)
         nonce = fact_nonce(fact_id, request_id)
+        signed = self.sign_as_vault(tx_type, body, nonce=nonce, valid_until=valid_until)
         with self._relay_lock:
-            signed = self._unanswered
-            if signed is None or not _resendable(
-                signed, tx_type, body, nonce, self._relay.timeout_ms
-            ):
-                signed = self.sign_as_vault(tx_type, body, nonce=nonce)
-            self._unanswered = signed
             receipt = self._run(self._relay.submit(signed.encode(), request_id=request_id))
-            self._unanswered = None
         if receipt.result == m.REDACTED:
             # This request id executed earlier (a retransmission after lost or late replies,
             # a retry after a timeout or a crash) and the replicas withheld its cached result
@@ -400,9 +416,11 @@ class LedgerGateway:
         until a redaction replaces them by those digests, the erasure's own request first
         among them. So `sent`, the request just sent, is the one that committed when its
         digest is in the block and it carries `tx_id` (a request is deterministic: the same
-        key, request id and transaction give the same bytes, which is why a retry sends the
-        transaction of the submission that got no answer, `_resendable`); else the body is
-        read from the block, gone once redacted."""
+        relay key, request id and transaction give the same bytes, and the outbox stores the
+        request id and `valid_until` of a fact's first submission, so a retry from any worker
+        process, or after a crash, sends the request that committed); else the body is read
+        from the block, gone once redacted: the receipt is lost only when the request sent
+        is another one (a `valid_until` renewed for a late retry, a `replayed` answer)."""
         if kind != facts.ERASURE_RECORD:
             return None
         block = self.block(height)
@@ -424,21 +442,6 @@ class LedgerGateway:
         self._thread.join(5)
         self._loop.close()
         self._floor.close()
-
-
-def _resendable(
-    signed: tx.SignedTx, tx_type: str, body: dict[str, Any], nonce: bytes, timeout_ms: int
-) -> bool:
-    """Whether `signed`, sent before without an answer, is the transaction to send again for
-    (tx_type, body, nonce): the same fact under the same request id, and valid for twice a
-    submission's timeout yet. One that would expire while being ordered is signed anew, since
-    the contracts would refuse it, and a refused fact is set aside."""
-    return (
-        signed.nonce == nonce
-        and signed.type == tx_type
-        and codec.encode(signed.body) == codec.encode(body)
-        and signed.valid_until - time.time() * 1000 > 2 * timeout_ms
-    )
 
 
 def _carries(request: bytes, tx_id: bytes) -> bool:

@@ -8,10 +8,11 @@ exactly-once:
 
 1. one relay at a time per database (a session-level advisory lock), facts in id order;
 2. each fact is submitted with an idempotency key derived from its id (and a ledger request id
-   drawn from a sequence, stored before the first submission); the sink must return
-   the ORIGINAL receipt when the same key is submitted again (the PBFT reply cache and the
-   contracts' per-author nonce give this: a retried request is answered from the cache, never
-   executed twice);
+   drawn from a sequence, stored before the first submission with the `valid_until` its
+   transaction is signed with); the sink must return the ORIGINAL receipt when the same key is
+   submitted again (the PBFT reply cache and the contracts' per-author nonce give this: a
+   retried request is answered from the cache, never executed twice). With both stored, a
+   resubmission by any worker process, or after a crash, sends the same bytes as the first;
 3. only after the receipt is in hand is the fact marked sent (tx id, block height), in its own
    transaction. A crash between 2 and 3 resubmits on restart and gets the same receipt. For an
    erasure, the same transaction seals the subject's receipt and makes the vault forget the
@@ -82,13 +83,28 @@ class FactRefused(Exception):
 
 
 class FactSink(Protocol):
+    def valid_until(self, stored: int | None) -> int:
+        """The `valid_until` (ms since the epoch) to sign a fact's transaction with: `stored`,
+        that of its earlier submissions, while the ledger would still order a transaction
+        valid until then; else a new one (the sink knows how long its transactions live and
+        how long a submission may take)."""
+        ...
+
     def record(
-        self, fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int
+        self,
+        fact_id: int,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        request_id: int,
+        valid_until: int,
     ) -> FactReceipt:
         """Record the fact on the ledger; idempotent per fact_id (same receipt every time).
         `request_id` is the ledger client's: it increases with every new submission, and a
-        resubmission after a crash repeats it. Raises `FactRefused` when the ledger refused
-        the fact, anything else to be retried."""
+        resubmission after a crash repeats it. `valid_until` is exactly the one to sign with,
+        so the same (fact, request_id, valid_until) is the same request, byte for byte,
+        whichever process sends it. Raises `FactRefused` when the ledger refused the fact,
+        anything else to be retried."""
         ...
 
 
@@ -142,30 +158,15 @@ class OutboxRelay:
     def _drain(self) -> int:
         shipped = 0
         while shipped < self._batch_max:
-            with self._sessions() as session, session.begin():
-                fact = session.execute(
-                    select(
-                        OutboxFact.id, OutboxFact.kind, OutboxFact.payload, OutboxFact.request_id
-                    )
-                    .where(OUTBOX_PENDING)
-                    .order_by(OutboxFact.id)
-                    .limit(1)
-                ).first()
-                if fact is None:
-                    break
-                fact_id, kind, payload, request_id = fact
-                if request_id is None:
-                    # Stored before the first submission, so a relay restarted after a crash
-                    # resubmits under the same id and the replicas' reply cache answers it.
-                    request_id = session.scalar(select(RELAY_REQUEST_IDS.next_value()))
-                    session.execute(
-                        update(OutboxFact)
-                        .where(OutboxFact.id == fact_id)
-                        .values(request_id=request_id)
-                    )
+            submission = self._next_submission()
+            if submission is None:
+                break
+            fact_id, kind, payload, request_id, valid_until = submission
             crash_point("before-submit")
             try:
-                receipt = self._sink.record(fact_id, kind, payload, request_id=int(request_id))
+                receipt = self._sink.record(
+                    fact_id, kind, payload, request_id=request_id, valid_until=valid_until
+                )
             except FactRefused as exc:
                 self._set_aside(fact_id, kind, payload, exc)
                 shipped += 1
@@ -187,6 +188,44 @@ class OutboxRelay:
             crash_point("after-mark")
             shipped += 1
         return shipped
+
+    def _next_submission(self) -> tuple[int, str, dict[str, Any], int, int] | None:
+        """The oldest pending fact, as it is to be submitted: (id, kind, payload, request id,
+        valid_until), both stored before the submission; None if no fact is pending.
+
+        Stored so that a resubmission by another worker process, or by a relay restarted after
+        a crash, repeats the same request id (the replicas' reply cache answers it) and signs
+        the same transaction: the request that committed, if one did, which an erasure's
+        receipt must copy. A `valid_until` too close to pass is replaced (the sink decides),
+        under the same request id: the cache still answers, but the request sent is no longer
+        the one that committed."""
+        with self._sessions() as session, session.begin():
+            fact = session.execute(
+                select(
+                    OutboxFact.id,
+                    OutboxFact.kind,
+                    OutboxFact.payload,
+                    OutboxFact.request_id,
+                    OutboxFact.valid_until,
+                )
+                .where(OUTBOX_PENDING)
+                .order_by(OutboxFact.id)
+                .limit(1)
+            ).first()
+            if fact is None:
+                return None
+            fact_id, kind, payload, request_id, stored = fact
+            values: dict[str, int] = {}
+            if request_id is None:
+                request_id = values["request_id"] = session.execute(
+                    select(RELAY_REQUEST_IDS.next_value())
+                ).scalar_one()
+            valid_until = self._sink.valid_until(stored)
+            if valid_until != stored:
+                values["valid_until"] = valid_until
+            if values:
+                session.execute(update(OutboxFact).where(OutboxFact.id == fact_id).values(**values))
+        return fact_id, kind, payload, int(request_id), valid_until
 
     def _mark_sent(
         self, fact_id: int, kind: str, payload: dict[str, Any], receipt: FactReceipt
@@ -278,6 +317,7 @@ def requeue(session: Session, fact_id: int) -> OutboxFact | None:
         return None
     fact.refused_at = None
     fact.request_id = None  # the replicas ignore a request id at or below one they executed
+    fact.valid_until = None  # a new submission: a new transaction
     if fact.kind == UPLOAD_ANCHOR:
         _move_upload(session, fact.payload, "refused", state="pending")
     return fact
@@ -287,8 +327,11 @@ def _sealed(fact_id: int, payload: dict[str, Any], receipt: FactReceipt) -> byte
     """The erasure's receipt sealed to the key its caller asked for (`receipt_to`), if any.
 
     Without the request that carried the erasure there is no receipt to seal: the sink could
-    not find it (an answer for an earlier submission, whose request's body had left its block
-    once the replicas redacted the erasure: a retry after a crash). The erasure is recorded
+    not find it. A resubmission sends the request that committed again, byte for byte (its
+    request id and `valid_until` are stored), so this is rare: an answer for a request other
+    than the one just sent, after the replicas redacted the erasure from its block (a retry
+    so late that its transaction needed a new `valid_until`, or a `replayed` answer: another
+    request spent the nonce). The erasure is recorded
     all the same and the vault forgets the subject, since no retry brings the body back and a
     fact held back would keep naming them and hold up every fact behind it; the caller is
     told no receipt will come (the erasure's answer, or a 410 for its sealed receipt:

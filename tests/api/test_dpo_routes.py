@@ -697,7 +697,8 @@ def test_a_relay_retry_after_the_erasure_was_redacted_gets_its_receipt(
     }
     applied = (env.cluster.status(0) or {}).get("redactions_applied", 0)
     fact_id, request_id = 10**9 + 7, 4_000_000_001
-    first = env.gateway.record(fact_id, "erasure.record", payload, request_id=request_id)
+    sent = {"request_id": request_id, "valid_until": env.gateway.valid_until(None)}
+    first = env.gateway.record(fact_id, "erasure.record", payload, **sent)
     _redactions_done(env, applied + 2)  # the registration and the erasure itself
-    again = env.gateway.record(fact_id, "erasure.record", payload, request_id=request_id)
+    again = env.gateway.record(fact_id, "erasure.record", payload, **sent)
     assert (again.tx_id, again.block_height) == (first.tx_id, first.block_height)

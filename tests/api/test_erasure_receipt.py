@@ -286,11 +286,13 @@ def _recorded_without_request(
     recorded = threading.Event()
     real = env.gateway.record
 
-    def record(fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int) -> FactReceipt:
+    def record(
+        fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int, valid_until: int
+    ) -> FactReceipt:
         if kind != ERASURE_RECORD:
-            return real(fact_id, kind, payload, request_id=request_id)
+            return real(fact_id, kind, payload, request_id=request_id, valid_until=valid_until)
         assert recorded.wait(SEALED_WAIT_S), "the test never let the erasure be recorded"
-        receipt = real(fact_id, kind, payload, request_id=request_id)
+        receipt = real(fact_id, kind, payload, request_id=request_id, valid_until=valid_until)
         return dataclasses.replace(receipt, request=None)
 
     with monkeypatch.context() as patch:
@@ -404,16 +406,20 @@ def test_once_the_replicas_redacted_the_erasure_only_the_receipt_links_it_to_the
 
 @contextlib.contextmanager
 def _deaf_relay(
-    env: LedgerEnv, *, timeout_ms: int
-) -> Iterator[tuple[LedgerGateway, threading.Event]]:
+    env: LedgerEnv, *, timeout_ms: int, relay_key: SigningKey | None = None
+) -> Iterator[tuple[LedgerGateway, threading.Event, ThreadPoolExecutor]]:
     """A gateway of the vault whose relay hears no reply until the event is set: what a relay
-    under load sees when the replies to its submission come too late. Its relay has a key of
-    its own, so its request ids never meet those of the module's relay."""
+    under load sees when the replies to its submission come too late; and a thread to submit
+    from in the background. Its relay has a key of its own (`relay_key`, or a new one), so its
+    request ids never meet those of the module's relay.
+
+    On the way out the replies are let through before the background thread is waited for:
+    a failing test gets its submission answered, rather than waiting out its timeout."""
     gateway = LedgerGateway(
         env.cluster.genesis,
         env.gateway.vault_key,
         clients=1,
-        relay_key=SigningKey.generate(),
+        relay_key=relay_key or SigningKey.generate(),
         timeout_ms=timeout_ms,
     )
     hearing = threading.Event()
@@ -424,9 +430,12 @@ def _deaf_relay(
             heard(replica, reply, authenticated)
 
     gateway._transport.on_reply(gateway._relay.client_id, withheld)
+    background = ThreadPoolExecutor(1)
     try:
-        yield gateway, hearing
+        yield gateway, hearing, background
     finally:
+        hearing.set()
+        background.shutdown(wait=True)
         gateway.close()
 
 
@@ -480,11 +489,15 @@ def test_a_relay_answered_only_after_the_redaction_still_holds_the_erasures_requ
     payload = _erasure_of(subject)
     applied = _redactions_applied(env)
     fact_id = uuid.uuid4().int >> 80
-    with (
-        _deaf_relay(env, timeout_ms=120_000) as (gateway, hearing),
-        ThreadPoolExecutor(1) as pool,
-    ):
-        recording = pool.submit(gateway.record, fact_id, ERASURE_RECORD, payload, request_id=1)
+    with _deaf_relay(env, timeout_ms=120_000) as (gateway, hearing, background):
+        recording = background.submit(
+            gateway.record,
+            fact_id,
+            ERASURE_RECORD,
+            payload,
+            request_id=1,
+            valid_until=gateway.valid_until(None),
+        )
         _wait_redactions(env, applied + 2)  # the registration and the erasure itself
         assert not recording.done()
         hearing.set()
@@ -504,10 +517,46 @@ def test_a_relay_retry_after_no_answer_sends_the_same_request_and_gets_its_recei
     payload = _erasure_of(subject)
     applied = _redactions_applied(env)
     fact_id = uuid.uuid4().int >> 80
-    with _deaf_relay(env, timeout_ms=4_000) as (gateway, hearing):
+    with _deaf_relay(env, timeout_ms=4_000) as (gateway, hearing, _):
+        valid_until = gateway.valid_until(None)  # as the relay stores it before submitting
         with pytest.raises(LedgerError):
-            gateway.record(fact_id, ERASURE_RECORD, payload, request_id=1)
+            gateway.record(fact_id, ERASURE_RECORD, payload, request_id=1, valid_until=valid_until)
         _wait_redactions(env, applied + 2)
         hearing.set()
-        receipt = gateway.record(fact_id, ERASURE_RECORD, payload, request_id=1)
+        receipt = gateway.record(
+            fact_id, ERASURE_RECORD, payload, request_id=1, valid_until=valid_until
+        )
+    _assert_sealable(env, receipt, subject)
+
+
+def test_another_workers_retry_after_no_answer_sends_the_same_request_and_gets_its_receipt(
+    ledger_env: LedgerEnv,
+) -> None:
+    """As above, but the retry comes from another worker process of the instance (or from
+    this one restarted after a crash): a gateway of its own with the same relay key, which
+    never saw the first submission. It signs the transaction with the fact's stored
+    `valid_until`, so it sends the very request that committed, byte for byte."""
+    env = ledger_env
+    subject = env.register_subject()
+    payload = _erasure_of(subject)
+    applied = _redactions_applied(env)
+    fact_id = uuid.uuid4().int >> 80
+    relay_key = SigningKey.generate()
+    with _deaf_relay(env, timeout_ms=4_000, relay_key=relay_key) as (first, _, _):
+        valid_until = first.valid_until(None)  # as the relay stores it before submitting
+        with pytest.raises(LedgerError):
+            first.record(fact_id, ERASURE_RECORD, payload, request_id=1, valid_until=valid_until)
+    _wait_redactions(env, applied + 2)
+    time.sleep(0.01)  # the other worker's clock has moved on
+    second = LedgerGateway(
+        env.cluster.genesis, env.gateway.vault_key, clients=1, relay_key=relay_key
+    )
+    try:
+        # What the other worker's relay reads in the fact's row, and keeps: minutes to go.
+        assert second.valid_until(valid_until) == valid_until
+        receipt = second.record(
+            fact_id, ERASURE_RECORD, payload, request_id=1, valid_until=valid_until
+        )
+    finally:
+        second.close()
     _assert_sealable(env, receipt, subject)

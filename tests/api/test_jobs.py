@@ -27,8 +27,17 @@ class RecordingSink:
     def __init__(self) -> None:
         self.recorded: list[int] = []
 
+    def valid_until(self, stored: int | None) -> int:
+        return stored or 1
+
     def record(
-        self, fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int
+        self,
+        fact_id: int,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        request_id: int,
+        valid_until: int,
     ) -> FactReceipt:
         self.recorded.append(fact_id)
         return FactReceipt(hashlib.sha256(b"%d" % fact_id).hexdigest(), 1)

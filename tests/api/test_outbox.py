@@ -257,8 +257,17 @@ class _RecordedWithoutRequest:
     """A sink whose ledger recorded every fact, but which could not find the request that
     carried an erasure (its block redacted it before the sink read it back)."""
 
+    def valid_until(self, stored: int | None) -> int:
+        return stored or 1
+
     def record(
-        self, fact_id: int, kind: str, payload: dict[str, Any], *, request_id: int
+        self,
+        fact_id: int,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        request_id: int,
+        valid_until: int,
     ) -> FactReceipt:
         return FactReceipt("ab" * 32, 7)
 
@@ -294,3 +303,76 @@ def test_an_erasure_recorded_without_its_request_is_settled_and_reported(
         f"outbox fact {erased.outbox_id} " in reported and "without an erasure receipt" in reported
     )
     assert SUBJECT not in caplog.text
+
+
+class _Unanswered:
+    """A sink whose ledger never answers in time, on a clock the test moves: it notes what it
+    was asked to send, and what the fact's row held at that moment. Its transactions live five
+    minutes and need 40 s left to be ordered."""
+
+    TTL_MS, MARGIN_MS = 300_000, 40_000
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self.now_ms = 1_900_000_000_000
+        self.sent: list[tuple[int, int]] = []
+        self.rows: list[tuple[int | None, int | None]] = []
+
+    def valid_until(self, stored: int | None) -> int:
+        if stored is not None and stored - self.now_ms > self.MARGIN_MS:
+            return stored
+        return self.now_ms + self.TTL_MS
+
+    def record(
+        self,
+        fact_id: int,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        request_id: int,
+        valid_until: int,
+    ) -> FactReceipt:
+        self.sent.append((request_id, valid_until))
+        with self._sessions() as session:
+            fact = session.get(OutboxFact, fact_id)
+            assert fact is not None
+            self.rows.append((fact.request_id, fact.valid_until))
+        raise TimeoutError("no f+1 matching replies")
+
+
+def test_every_resubmission_signs_with_the_stored_valid_until_until_it_runs_short(
+    committed_engine: Engine, services: VaultServices
+) -> None:
+    """The request id and `valid_until` of a fact's submission are stored before it is sent,
+    so a retry by another worker's relay (or after a crash) sends the same request; a
+    `valid_until` too close to be ordered is replaced, under the same request id; a fact the
+    DPO sends again after a refusal gets both anew."""
+    sessions = sessionmaker(committed_engine, expire_on_commit=False)
+    with sessions() as session, session.begin():
+        upload = services.uploader.upload(
+            session, make_dataset(session).id, [RecordIn(SUBJECT, b"{}")]
+        )
+    sink = _Unanswered(sessions)
+    assert OutboxRelay(sessions, sink).run_once() == 0
+    [(request_id, first)] = sink.sent
+    assert first == sink.now_ms + sink.TTL_MS
+    assert sink.rows == [(request_id, first)]  # stored before it was sent
+
+    sink.now_ms += sink.TTL_MS - sink.MARGIN_MS - 1
+    assert OutboxRelay(sessions, sink).run_once() == 0  # another worker's relay
+    assert sink.sent[-1] == (request_id, first)
+    sink.now_ms += 1
+    assert OutboxRelay(sessions, sink).run_once() == 0
+    renewed = sink.now_ms + sink.TTL_MS
+    assert sink.sent[-1] == sink.rows[-1] == (request_id, renewed)
+
+    with sessions() as session, session.begin():
+        fact = session.get(OutboxFact, upload.outbox_id)
+        assert fact is not None
+        fact.refused_at = dt.datetime.now(dt.UTC)  # as the relay sets a refused fact aside
+    with sessions() as session, session.begin():
+        again = requeue(session, upload.outbox_id)
+        assert again is not None and (again.request_id, again.valid_until) == (None, None)
+    assert OutboxRelay(sessions, sink).run_once() == 0
+    new_id, new_until = sink.sent[-1]
+    assert new_id > request_id and new_until == renewed

@@ -33,13 +33,14 @@ opens it with `receipts.open_sealed`. Whoever erases (the subject asking, or the
 their behalf) keeps the receipt; the vault cannot give it again.
 
 A receipt is a copy of the request that carried the erasure, and the replicas delete that
-request from its block once the erasure is stable. In rare cases the relay has to read it back
-from the block after that (the ledger answered for an earlier submission, after a crash, and
-the request just sent is not the one that committed): the erasure is then recorded without a
-receipt (api/services/outbox.py, `_sealed`), and nothing can ever make one. The vault says so
-rather than "not yet": the answer carries `erasure_receipt_lost` (the reason) in place of both
-fields, and `GET /v1/erasure-receipts/{id}` answers 410 (`ErasureReceiptLost`). The
-certificate holds all the same: the ledger recorded the erasure.
+request from its block once the erasure is stable. A resubmission after a timeout or a crash,
+from any worker, sends that very request again; in rare cases the relay has to read it back
+from the block after that (the ledger answered for another request than the one just sent: a
+retry so late that it needed a new `valid_until`, or a `replayed` answer): the erasure is then
+recorded without a receipt (api/services/outbox.py, `_sealed`), and nothing can ever make one.
+The vault says so rather than "not yet": the answer carries `erasure_receipt_lost` (the
+reason) in place of both fields, and `GET /v1/erasure-receipts/{id}` answers 410
+(`ErasureReceiptLost`). The certificate holds all the same: the ledger recorded the erasure.
 """
 
 from __future__ import annotations
