@@ -213,8 +213,9 @@ class LedgerGateway:
             return transport, pool
 
         self._transport, self._pool = self._run(build())
-        # The relay's client has a fixed identity so a fact resubmitted after a crash (same
-        # request id = fact id) is answered from the replicas' reply cache, never re-executed.
+        # The relay's client has a fixed identity so a fact resubmitted after a crash, or by
+        # another worker (the request id stored in its outbox row) is answered from the
+        # replicas' reply cache, never re-executed.
         self._relay = AsyncLedgerClient(
             self._transport, self.validators, genesis.f, relay_key, timeout_ms=timeout_ms
         )

@@ -60,7 +60,13 @@ def _record_erasure(env: LedgerEnv, subject: Wallet) -> None:
     )
     try:
         fact_id = uuid.uuid4().int >> 80
-        gateway.record(fact_id, ERASURE_RECORD, _erasure_of(subject), request_id=1)
+        gateway.record(
+            fact_id,
+            ERASURE_RECORD,
+            _erasure_of(subject),
+            request_id=1,
+            valid_until=gateway.valid_until(None),
+        )
     finally:
         gateway.close()
 
