@@ -26,12 +26,19 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.services.gateway import VAULT_KEY_FILE, LedgerGateway, fact_nonce, load_or_create_key
+from api.services.gateway import (
+    VAULT_KEY_FILE,
+    LedgerGateway,
+    _carries,
+    fact_nonce,
+    load_or_create_key,
+)
 from api.services.outbox import FactReceipt, OutboxRelay, outbox_counts, requeue
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.contracts import tx
 from ledger_bridge.crypto import SigningKey
 from ledger_bridge.facts import ErasureRecord
+from ledger_bridge.pbft import messages as m
 from tests.ledger_bridge.test_processes import _base_port
 from tests.vault.conftest import VaultServices, make_dataset
 from tests.vault.conftest import committed_engine as committed_engine  # fixture
@@ -376,3 +383,17 @@ def test_every_resubmission_signs_with_the_stored_valid_until_until_it_runs_shor
     assert OutboxRelay(sessions, sink).run_once() == 0
     new_id, new_until = sink.sent[-1]
     assert new_id > request_id and new_until == renewed
+
+
+def test_a_request_carries_a_transaction_only_when_it_decodes_to_one_holding_it() -> None:
+    """What lets the relay hand a subject the request it just sent as their erasure receipt:
+    it must be a PBFT request, and carry the committed transaction; anything else is not."""
+    key = SigningKey.generate()
+    signed = tx.sign(key, "civis-test", "erasure.record", {"n": 1}, valid_until=2**40)
+    other = tx.sign(key, "civis-test", "erasure.record", {"n": 2}, valid_until=2**40)
+    request = m.encode(m.Request(bytes(key.public_key), 7, signed.encode()))
+    assert _carries(request, signed.tx_id)
+    assert not _carries(request, other.tx_id)
+    assert not _carries(b"\xc1 not msgpack", signed.tx_id)
+    assert not _carries(m.encode(m.Request(bytes(key.public_key), 7, b"junk")), signed.tx_id)
+    assert not _carries(m.encode(m.Reply(0, 7, bytes(32), 1, b"ok", 3)), signed.tx_id)
