@@ -243,6 +243,9 @@ def _erasure_receipt_of(
                 "the erasure is pending: fetch its sealed receipt with the certificate's "
                 "receipt_key (wallet erased --api URL) and record it then"
             )
+        lost = certificate.get("erasure_receipt_lost")
+        if lost:  # the API's reason: the erasure is recorded, its receipt can never be made
+            raise WalletError(f"the erasure has no receipt and never will: {lost}")
         raise WalletError("the certificate carries no erasure receipt: nothing proves the erasure")
     try:
         return receipts.ErasureReceipt.from_json(dict(obj) if isinstance(obj, Mapping) else obj)

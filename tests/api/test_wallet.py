@@ -322,3 +322,17 @@ def test_a_pending_erasure_is_kept_once_its_sealed_receipt_is_fetched(
     code, out = _run(capsys, *argv, "--api", slow_answer_url)
     assert code == 0 and out["erased"] == nym and out["generation"] == 1
     assert _verified(ledger_env, tmp_path, capsys, key, dataset) == {"erased": 0, "next": 1}
+
+
+def test_a_certificate_whose_receipt_was_lost_says_why_the_wallet_cannot_keep_it(
+    tmp_path: Path,
+) -> None:
+    """The API's reason reaches the subject, rather than the wallet's generic refusal."""
+    wallet = Wallet.create(tmp_path / "w.key")
+    reason = "erasure 4 is recorded on the ledger, ... its receipt could not be made"
+    scope = {"type": "subject"}  # the vault forgot whom it erased: no name in the scope
+    certificate = {"erasure_id": 4, "scope": scope, "erasure_receipt_lost": reason}
+    with pytest.raises(WalletError, match="never will: erasure 4 is recorded"):
+        wallet.record_erasure(DATASET, certificate)
+    with pytest.raises(WalletError, match="nothing proves the erasure"):
+        wallet.record_erasure(DATASET, {"erasure_id": 5, "scope": scope})
