@@ -331,11 +331,11 @@ def _sealed(fact_id: int, payload: dict[str, Any], receipt: FactReceipt) -> byte
     request id and `valid_until` are stored), so this is rare: an answer for a request other
     than the one just sent, after the replicas redacted the erasure from its block (a retry
     so late that its transaction needed a new `valid_until`, or a `replayed` answer: another
-    request spent the nonce). The erasure is recorded
-    all the same and the vault forgets the subject, since no retry brings the body back and a
-    fact held back would keep naming them and hold up every fact behind it; the caller is
-    told no receipt will come (the erasure's answer, or a 410 for its sealed receipt:
-    api/http/routes/erasures.py), and the operator here, by fact id and height only."""
+    request spent the nonce). The erasure is recorded all the same and the vault forgets the
+    subject, since no retry brings the body back and a fact held back would keep naming them
+    and hold up every fact behind it; the caller is told no receipt will come (the erasure's
+    answer, or a 410 for its sealed receipt: api/http/routes/erasures.py), and the operator
+    here, by fact id and height only."""
     recipient = ErasureRecord.from_payload(payload).receipt_to
     if recipient is None:
         return None
