@@ -4,8 +4,8 @@ Once an erasure is recorded, the replicas withhold every result their reply cach
 before it (`messages.REDACTED`: a cached result may name whom the erasure forgets). A client
 whose replies came late retransmits, and the f+1 matching answers it then gets are that
 marker, not a contract result. The attack: a registration whose replies are held back until
-an erasure is recorded after it. Before, the gateway decoded the marker as a result and the
-route answered 500 for a transaction that had committed; it must say what happened instead.
+an erasure is recorded after it. Decoded as a contract result, the marker makes the route
+answer 500 for a transaction that committed; the gateway must say what happened instead.
 """
 
 from __future__ import annotations
