@@ -620,7 +620,7 @@ class AsyncLedgerClient:
                     self._rtt_ms = rtt_ms if srtt is None else srtt + (rtt_ms - srtt) / 8
             finally:
                 self._waiting, self._done = None, None
-            self.transport.height_seen = max(self.transport.height_seen, height)
+            self.transport.height_seen = height  # a raise: it never lowers the floor
             return Receipt(
                 tx_id=digest(encoded).hex(),
                 block_height=height,
