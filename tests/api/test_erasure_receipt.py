@@ -221,17 +221,25 @@ def slow_answer_url(ledger_env: LedgerEnv, ledger_database_url: str) -> Iterator
     yield from _serve(slow, "on")
 
 
+def _dpo_erases(
+    url: str, env: LedgerEnv, subject: Wallet, timeout_s: float = 5.0
+) -> httpx.Response:
+    """The DPO's erasure of `subject` everywhere, through the API at `url`."""
+    return httpx.post(
+        f"{url}/v1/erasures",
+        json={"subject_id": subject.id},
+        headers=env.headers("dpo", env.dpo),
+        timeout=timeout_s,
+    )
+
+
 def test_a_pending_answer_gives_the_key_that_opens_the_sealed_receipt_later(
     ledger_env: LedgerEnv, base_url: str, slow_answer_url: str
 ) -> None:
     env = ledger_env
     subject = _subject(_client(base_url, env))
     _stored(base_url, env, [subject, Wallet()])
-    r = httpx.post(
-        f"{slow_answer_url}/v1/erasures",
-        json={"subject_id": subject.id},
-        headers=env.headers("dpo", env.dpo),
-    )
+    r = _dpo_erases(slow_answer_url, env, subject)
     assert r.status_code == 202, r.text
     cert = r.json()
     assert cert["erasure_receipt"] is None and cert["receipt_key"]
@@ -323,11 +331,7 @@ def test_an_erasure_recorded_without_its_request_says_its_receipt_will_never_com
     subject = _subject(_client(base_url, env))
     _stored(base_url, env, [subject])
     with _recorded_without_request(env, monkeypatch) as recorded:
-        r = httpx.post(
-            f"{slow_answer_url}/v1/erasures",
-            json={"subject_id": subject.id},
-            headers=env.headers("dpo", env.dpo),
-        )
+        r = _dpo_erases(slow_answer_url, env, subject)
         assert r.status_code == 202, r.text
         cert = r.json()
         assert cert["receipt_key"] and cert["erasure_receipt_lost"] is None
@@ -355,12 +359,7 @@ def test_a_recorded_answer_without_its_receipt_says_why_and_not_that_it_was_repe
     _stored(base_url, env, [subject])
     with _recorded_without_request(env, monkeypatch) as recorded:
         recorded.set()
-        r = httpx.post(
-            f"{base_url}/v1/erasures",
-            json={"subject_id": subject.id},
-            headers=env.headers("dpo", env.dpo),
-            timeout=30,
-        )
+        r = _dpo_erases(base_url, env, subject, timeout_s=30)
     assert r.status_code == 201, r.text
     cert = r.json()
     assert cert["state"] == "recorded"
