@@ -735,6 +735,10 @@ CLIENT_FRAME_BYTES_MAX = 2 * MIB
 CLIENT_UNAUTHENTICATED_FRAME_BYTES_MAX = 264 * KIB
 CLIENT_CONNECTIONS_MAX = 1024
 CLIENT_CONNECTIONS_PER_HOST_MAX = 64
+# The kernel's queue of connections not yet accepted. A flood of connections fills a short
+# queue (asyncio's default is 100) faster than the loop accepts and sheds them, and the kernel
+# then drops new handshakes, an honest client's among them, which retries after 1 s, then 3.
+CLIENT_ACCEPT_BACKLOG = CLIENT_CONNECTIONS_MAX
 CLIENT_BUFFERED_BYTES_MAX = 64 * MIB
 CLIENT_BUFFERED_BYTES_PER_HOST_MAX = 8 * MIB
 CLIENT_IDLE_TIMEOUT_MS = 120_000
@@ -986,14 +990,20 @@ class ClientListener:
         loop = asyncio.get_running_loop()
         if self._ssl is None:
             self._server = await loop.create_server(
-                lambda: _ClientProtocol(self), host, port, reuse_address=True
+                lambda: _ClientProtocol(self),
+                host,
+                port,
+                reuse_address=True,
+                backlog=CLIENT_ACCEPT_BACKLOG,
             )
         else:
             # With TLS, connections are accepted here, admitted by the limits, and only then
             # shake hands: a server that handshakes before its protocol sees the connection
             # lets one host hold any number of unfinished handshakes, a descriptor each.
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self._socket = socket.create_server((host, port), family=family, backlog=1024)
+            self._socket = socket.create_server(
+                (host, port), family=family, backlog=CLIENT_ACCEPT_BACKLOG
+            )
             self._socket.setblocking(False)
             self._accepting = loop.create_task(self._accept(self._socket))
         self._sweep_timer = loop.call_later(self._sweep_s, self._sweep)
