@@ -298,8 +298,14 @@ class PeerSender:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                # The link's own cancellation is what was asked for; the caller's is passed
+                # on, so a shutdown with a deadline can still give up.
+                caller = asyncio.current_task()
+                if caller is not None and caller.cancelling():
+                    raise
 
     def send(self, payload: bytes) -> None:
         frame = encode_frame(payload, self.frame_bytes_max)
@@ -368,7 +374,10 @@ class PeerSender:
             log.debug("link to %s broke: %s", self.peer_id, type(exc).__name__)
         finally:
             self._writer = None
-            writer.close()
+            # Aborted, not closed: what is still queued for the peer is of no use once the link
+            # ends (PBFT retransmits), and a close would wait for a peer that stopped reading
+            # to drain it, holding up a stop or the next dial.
+            writer.transport.abort()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 

@@ -312,6 +312,85 @@ def test_a_frame_never_finished_closes_the_link() -> None:
     assert _run(go())
 
 
+async def _challenges_then_never_reads(
+    writers: list[asyncio.StreamWriter],
+) -> tuple[asyncio.Server, str]:
+    """A peer that sends its challenge and then reads nothing: a Byzantine replica (or a stuck
+    one) whose socket buffers fill with what it is sent."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(encode_frame(pack({"v": HELLO_VERSION, "challenge": os.urandom(32)})))
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def test_a_peer_that_never_reads_does_not_hold_up_stopping() -> None:
+    """Replica 1 has megabytes queued for a peer that stopped reading; stopping replica 1
+    (its SIGTERM, a restart) returns at once instead of waiting for the peer to drain them."""
+
+    async def go() -> float:
+        writers: list[asyncio.StreamWriter] = []
+        stuck, stuck_address = await _challenges_then_never_reads(writers)
+        addresses = {i: f"127.0.0.1:{p}" for i, p in enumerate(_free_ports(4))}
+        net1 = PeerNetwork(
+            1,
+            {**addresses, 0: stuck_address},
+            lambda p, b: None,
+            signing_key=KEYS[1],
+            verify_keys=VERIFY_KEYS,
+        )
+        await net1.start(addresses[1])
+        assert await _until(lambda: writers != [])
+        for _ in range(64):  # 64 MiB: far more than the socket buffers on both sides hold
+            net1.send(0, b"x" * MIB)
+            await asyncio.sleep(0)
+        began = time.monotonic()
+        await asyncio.wait_for(net1.stop(), 30)
+        took = time.monotonic() - began
+        stuck.close()
+        for writer in writers:
+            writer.transport.abort()
+        return took
+
+    assert _run(go()) < 2.0
+
+
+def test_stopping_a_link_passes_on_its_callers_cancellation() -> None:
+    """A caller cancelled while it stops a link is cancelled, not resumed as if it had not
+    been (a shutdown with a deadline must be able to give up)."""
+
+    async def go() -> bool:
+        writers: list[asyncio.StreamWriter] = []
+        stuck, stuck_address = await _challenges_then_never_reads(writers)
+        addresses = {i: f"127.0.0.1:{p}" for i, p in enumerate(_free_ports(4))}
+        net1 = PeerNetwork(
+            1,
+            {**addresses, 0: stuck_address},
+            lambda p, b: None,
+            signing_key=KEYS[1],
+            verify_keys=VERIFY_KEYS,
+        )
+        await net1.start(addresses[1])
+        assert await _until(lambda: writers != [])
+        stopping = asyncio.get_running_loop().create_task(net1.stop())
+        await asyncio.sleep(0)
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        cancelled = stopping.cancelled()
+        await net1.stop()
+        stuck.close()
+        for writer in writers:
+            writer.transport.abort()
+        return cancelled
+
+    assert _run(go())
+
+
 # -- real replica processes --------------------------------------------------------------
 
 
