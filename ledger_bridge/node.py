@@ -512,8 +512,10 @@ class Node:
         return self.replica.last_executed, self.replica.head_hash
 
     async def _close_links(self) -> None:
-        await self.clients.stop()
-        await self.network.stop()
+        # Both ports are closed together: each stop closes its listener before it awaits
+        # anything, so a deadline that cuts the stop short leaves no frame on its way to a
+        # core whose storage is about to close.
+        await asyncio.gather(self.clients.stop(), self.network.stop())
         await self.backfill.close()
 
     def stop(self) -> None:

@@ -295,17 +295,17 @@ class PeerSender:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
+    def cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                # The link's own cancellation is what was asked for; the caller's is passed
-                # on, so a shutdown with a deadline can still give up.
-                caller = asyncio.current_task()
-                if caller is not None and caller.cancelling():
-                    raise
+
+    async def stop(self) -> None:
+        """Cancel the link and wait for it to end. Waiting with `asyncio.wait` never raises
+        the link's own cancellation, and does raise the caller's, so a shutdown with a deadline
+        can still give up, and one run from a cancelled task's clean-up still finishes."""
+        self.cancel()
+        if self._task is not None:
+            await asyncio.wait([self._task])
 
     def send(self, payload: bytes) -> None:
         frame = encode_frame(payload, self.frame_bytes_max)
@@ -328,15 +328,16 @@ class PeerSender:
         while True:
             try:
                 host, port = split_address(self.address)
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(
+                # `asyncio.timeout`, not `wait_for`: on Python 3.11 a cancellation that lands
+                # as the dial fails is lost inside `wait_for` (it returns the dial's error), and
+                # the link would go on redialling after its stop.
+                async with asyncio.timeout(CONNECT_TIMEOUT_MS / 1000):
+                    reader, writer = await asyncio.open_connection(
                         host,
                         port,
                         ssl=self.ssl_context,
                         server_hostname=f"node-{self.peer_id}" if self.ssl_context else None,
-                    ),
-                    CONNECT_TIMEOUT_MS / 1000,
-                )
+                    )
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 self.stats.connect_failures += 1
                 log.debug("dial %s failed: %s", self.peer_id, type(exc).__name__)
@@ -356,9 +357,8 @@ class PeerSender:
         """Answer the challenge, flush what waited, then carry frames until the link ends."""
         set_nodelay(writer)
         try:
-            raw = await asyncio.wait_for(
-                read_frame(reader, HELLO_BYTES_MAX), self.hello_timeout_ms / 1000
-            )
+            async with asyncio.timeout(self.hello_timeout_ms / 1000):  # see `_run`
+                raw = await read_frame(reader, HELLO_BYTES_MAX)
             challenge = _challenge(raw)
             signature = self.signing_key.sign(
                 hello_transcript(challenge, self.self_id, self.peer_id)
@@ -710,9 +710,15 @@ class PeerNetwork:
             sender.start()
 
     async def stop(self) -> None:
+        """Every link cancelled and the listener closed before anything is awaited, so a stop
+        cut short (a deadline, a cancelled caller) leaves nothing delivering frames."""
         for sender in self._senders.values():
-            await sender.stop()
-        await self._listener.stop()
+            sender.cancel()
+        try:
+            await self._listener.stop()
+        finally:
+            for sender in self._senders.values():
+                await sender.stop()
 
     def send(self, to: int, payload: bytes) -> None:
         sender = self._senders.get(to)
@@ -747,6 +753,7 @@ CLIENT_CONNECTIONS_PER_HOST_MAX = 64
 # The kernel's queue of connections not yet accepted. A flood of connections fills a short
 # queue (asyncio's default is 100) faster than the loop accepts and sheds them, and the kernel
 # then drops new handshakes, an honest client's among them, which retries after 1 s, then 3.
+# The kernel caps it at net.core.somaxconn (4096 on current kernels, 128 before Linux 5.4).
 CLIENT_ACCEPT_BACKLOG = CLIENT_CONNECTIONS_MAX
 CLIENT_BUFFERED_BYTES_MAX = 64 * MIB
 CLIENT_BUFFERED_BYTES_PER_HOST_MAX = 8 * MIB
