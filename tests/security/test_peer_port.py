@@ -63,12 +63,17 @@ def _free_ports(k: int) -> list[int]:
     return found
 
 
+def _loopback_addresses() -> dict[int, str]:
+    """A free loopback address for each replica of a 4-replica cluster."""
+    return {i: f"127.0.0.1:{p}" for i, p in enumerate(_free_ports(4))}
+
+
 class Replicas:
     """Real `PeerNetwork`s for replicas `ids` of a 4-replica cluster on loopback; what each
     one's listener delivers is recorded in `got[id]`."""
 
     def __init__(self, ids: list[int], addresses: dict[int, str] | None = None, **limits: Any):
-        self.addresses = addresses or {i: f"127.0.0.1:{p}" for i, p in enumerate(_free_ports(4))}
+        self.addresses = addresses or _loopback_addresses()
         self.got: dict[int, Got] = {i: [] for i in ids}
         self.nets = {
             i: PeerNetwork(
@@ -341,7 +346,7 @@ async def _linked_to_a_stuck_peer() -> AsyncIterator[PeerNetwork]:
     """Replica 1 started, its link to replica 0 answered by `_challenges_then_never_reads`."""
     writers: list[asyncio.StreamWriter] = []
     stuck, stuck_address = await _challenges_then_never_reads(writers)
-    addresses = {i: f"127.0.0.1:{p}" for i, p in enumerate(_free_ports(4))}
+    addresses = _loopback_addresses()
     net1 = _dialling({**addresses, 0: stuck_address})
     await net1.start(addresses[1])
     try:
@@ -396,7 +401,7 @@ def test_a_link_stopped_while_its_dial_is_refused_stops() -> None:
         rng = random.Random(7)
         stuck = 0
         for _ in range(200):
-            addresses = {i: f"127.0.0.1:{p}" for i, p in enumerate(_free_ports(4))}
+            addresses = _loopback_addresses()
             net = _dialling(addresses)
             await net.start(addresses[1])
             await asyncio.sleep(rng.random() * 0.03)
@@ -414,7 +419,7 @@ def test_a_stop_in_a_cancelled_tasks_clean_up_stops_every_link() -> None:
     listener end, not only those before the first await."""
 
     async def go() -> tuple[list[bool], bool]:
-        addresses = {i: f"127.0.0.1:{p}" for i, p in enumerate(_free_ports(4))}
+        addresses = _loopback_addresses()
         net = _dialling(addresses)
 
         async def owner() -> None:
