@@ -12,6 +12,8 @@ import argparse
 import json
 from numbers import Real
 
+import pytest
+
 from bench import access, checkpoint, crypto, events, upload_http
 from tests.conftest import PgServer
 
@@ -101,6 +103,15 @@ def test_upload_http_sized_by_bytes_streams_that_body(pg_server: PgServer) -> No
     assert 0 < report["small_records"] < report["records"]
     assert report["bar_ratio_max"] == 1.2 and isinstance(report["bar_met"], bool)
     assert report["ratio_http_to_library"] > 0
+    # The baseline is the mean of a library upload before the HTTP one and one after it.
+    library = report["library"]
+    runs = (library["before"]["seconds"], library["after"]["seconds"])
+    assert min(runs) <= library["seconds"] <= max(runs)
+    assert report["ratio_http_to_library"] == pytest.approx(
+        report["http"]["seconds"] / library["seconds"], rel=0.02
+    )
+    for side in (report["http"], library["before"], library["after"]):
+        assert side["postgres_cpu_us_per_record"] is None or side["postgres_cpu_us_per_record"] > 0
     peaks = report["server_peak_rss_mb"]
     assert set(peaks) == {"ready", "after_small", "after_full"}
     # VmHWM is a high-water mark: it never goes down.
