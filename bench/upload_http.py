@@ -174,7 +174,7 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
 
 def _postgres_cpu_s(postmaster: int | None) -> float | None:
     """The embedded PostgreSQL's CPU seconds so far (None on a server not started here)."""
-    return None if postmaster is None else access._cpu_s({}, postmaster)["postgres"]
+    return None if postmaster is None else access._cpu_s({}, postmaster).get("postgres")
 
 
 def _per_record_us(before: float | None, after: float | None, n: int) -> float | None:
