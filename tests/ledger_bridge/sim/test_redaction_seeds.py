@@ -9,32 +9,45 @@ or serves a body it lists. Also with power cuts (only the fsynced writes survive
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from ledger_bridge.sim.checkers import check
 from ledger_bridge.sim.core import Scenario, Simulator
+from tests.ledger_bridge.sim.pool import each_seed
 from tests.ledger_bridge.sim.test_power_cut import PowerCutSimulator
 
 SEEDS = 200
 POWER_CUT_SEEDS = 60
 CAMPAIGN_SEEDS = 5_000
+_KEYS = ("applied", "refused", "served", "rebuilt")
+
+
+_Outcome = tuple[str | None, dict[str, int]]
+
+
+def _outcome(seed: int, sim_class: type[Simulator] = Simulator) -> _Outcome:
+    """One seed's failure (None if every checker held) and its redaction counts."""
+    sim = sim_class(Scenario.forgetting(seed)).run()
+    report = check(sim)
+    failure = None if report.ok else f"forgetting seed {seed}: {report.violations[:3]}"
+    honest = [sim.nodes[i].replica for i in sim.honest()]
+    counts = {
+        "applied": sum(r.redactions_applied for r in honest),
+        "refused": sum(r.unredacted_refused for r in honest),
+        "served": sim.unredacted_sent,
+        "rebuilt": sum(
+            1 for r in honest if r.stats["state transfers applied"] and r.redactions_applied
+        ),
+    }
+    return failure, counts
 
 
 def _run(seeds: range, sim_class: type[Simulator] = Simulator) -> tuple[list[str], dict[str, int]]:
-    failures: list[str] = []
-    totals = {"applied": 0, "refused": 0, "served": 0, "rebuilt": 0}
-    for seed in seeds:
-        sim = sim_class(Scenario.forgetting(seed)).run()
-        report = check(sim)
-        if not report.ok:
-            failures.append(f"forgetting seed {seed}: {report.violations[:3]}")
-        honest = [sim.nodes[i].replica for i in sim.honest()]
-        totals["applied"] += sum(r.redactions_applied for r in honest)
-        totals["refused"] += sum(r.unredacted_refused for r in honest)
-        totals["served"] += sim.unredacted_sent
-        totals["rebuilt"] += sum(
-            1 for r in honest if r.stats["state transfers applied"] and r.redactions_applied
-        )
+    outcomes = each_seed(functools.partial(_outcome, sim_class=sim_class), seeds)
+    failures = [failure for failure, _ in outcomes if failure is not None]
+    totals = {key: sum(counts[key] for _, counts in outcomes) for key in _KEYS}
     return failures, totals
 
 

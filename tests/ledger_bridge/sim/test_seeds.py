@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ledger_bridge.sim.checkers import run_seed
+from tests.ledger_bridge.sim.pool import each_seed
 
 REGRESSIONS = Path(__file__).with_name("regressions.json")
 DEFAULT_SEEDS = 500
@@ -29,15 +30,17 @@ def _regressions() -> list[dict[str, object]]:
     return cases
 
 
+def _failure(seed: int) -> str | None:
+    byzantine = seed % BYZANTINE_EVERY == 0
+    report = run_seed(seed, byzantine=byzantine)
+    if report.ok:
+        return None
+    flag = " --byzantine" if byzantine else ""
+    return f"--seed {seed}{flag}: {report.violations[:3]}"
+
+
 def _failures(seeds: range) -> list[str]:
-    failures = []
-    for seed in seeds:
-        byzantine = seed % BYZANTINE_EVERY == 0
-        report = run_seed(seed, byzantine=byzantine)
-        if not report.ok:
-            flag = " --byzantine" if byzantine else ""
-            failures.append(f"--seed {seed}{flag}: {report.violations[:3]}")
-    return failures
+    return [f for f in each_seed(_failure, seeds) if f is not None]
 
 
 @pytest.mark.parametrize("case", _regressions(), ids=lambda c: f"seed-{c['seed']}")
@@ -61,13 +64,13 @@ def test_campaign() -> None:
     assert _failures(range(DEFAULT_SEEDS, DEFAULT_SEEDS + CAMPAIGN_SEEDS)) == []
 
 
+def _colluding_failure(seed: int) -> str | None:
+    report = run_seed(seed, colluding=True)
+    return None if report.ok else f"colluding seed {seed}: {report.violations[:3]}"
+
+
 def _colluding_failures(seeds: range) -> list[str]:
-    failures = []
-    for seed in seeds:
-        report = run_seed(seed, colluding=True)
-        if not report.ok:
-            failures.append(f"colluding seed {seed}: {report.violations[:3]}")
-    return failures
+    return [f for f in each_seed(_colluding_failure, seeds) if f is not None]
 
 
 def test_500_seeds_with_two_colluding_byzantine_replicas() -> None:
