@@ -250,14 +250,14 @@ def bench_database(server_url: str | None, tmp: Path) -> Iterator[tuple[str, str
 def _serve(url: str, data_dir: Path, port: int, host: str = "127.0.0.1", workers: int = 1) -> None:
     """The child process: the API of `civis-vault up`, with its `workers` worker processes
     (api/cli/serving.py), on a ledger founded by the parent."""
-    from api.cli import bootstrap, serving
+    from api.cli import layout, serving
     from api.http.settings import Settings
 
     spec = serving.ApiSpec(
         Settings(environment="test", data_dir=data_dir),
         url,
-        bootstrap.ledger_dir(data_dir),
-        bootstrap.keys_dir(data_dir),
+        layout.ledger_dir(data_dir),
+        layout.keys_dir(data_dir),
     )
     if not serving.serve(spec, workers=workers, host=host, port=port, log_level="warning"):
         raise SystemExit("the API workers could not start")
@@ -275,10 +275,10 @@ def found_cluster(
     (the vote is not what is measured). The vault's key is the one the API's gateway loads.
     With `hosts`, replica i runs on test host i (`bench wan`): its address, its launcher.
     """
-    from api.cli import bootstrap
+    from api.cli import bootstrap, layout
     from api.services.gateway import RELAY_KEY_FILE, VAULT_KEY_FILE, load_or_create_key
 
-    keys = bootstrap.keys_dir(data_dir)
+    keys = layout.keys_dir(data_dir)
     vault = load_or_create_key(keys / VAULT_KEY_FILE)
     load_or_create_key(keys / RELAY_KEY_FILE)
     app_genesis = bootstrap.founding_app_genesis(vault.public_key.hex(), members["dpo"].id)
@@ -288,7 +288,7 @@ def found_cluster(
         *founders,
     ]
     return Cluster(
-        bootstrap.ledger_dir(data_dir),
+        layout.ledger_dir(data_dir),
         bootstrap.DEFAULT_REPLICAS,
         base_port=(
             bootstrap.choose_base_port(bootstrap.DEFAULT_REPLICAS)

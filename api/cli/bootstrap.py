@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from api.cli.layout import keys_dir, ledger_dir
 from api.client.wallet import load_wallet, new_wallet
 from api.services.directory import NAME_MAX, NameIn, set_name
 from api.services.gateway import VAULT_KEY_FILE, LedgerGateway, load_or_create_key
@@ -65,14 +66,6 @@ _log = logging.getLogger(__name__)
 
 class BootstrapError(Exception):
     """`up` cannot start the ledger side; the message is fit for the operator's terminal."""
-
-
-def ledger_dir(data_dir: Path) -> Path:
-    return data_dir / "ledger"
-
-
-def keys_dir(data_dir: Path) -> Path:
-    return data_dir / "keys"
 
 
 def choose_base_port(replicas: int, host: str = LOOPBACK) -> int:

@@ -168,7 +168,7 @@ def _up(args: argparse.Namespace) -> int:
     lifespan stops the relay), then raises it again, which lands in `_stop`. Several: uvicorn's
     supervisor takes the signals, stops every worker the same way, and returns.
     """
-    from api.cli import bootstrap, serving
+    from api.cli import bootstrap, layout, serving
     from ledger_bridge.genesis import GenesisError
     from vault.keys import KeyProviderError
 
@@ -198,7 +198,7 @@ def _up(args: argparse.Namespace) -> int:
             issued = _found(url, settings, ledger, controller)
             _print_summary(args, settings, ledger, issued, workers)
             spec = serving.ApiSpec(
-                settings, url, ledger.directory, bootstrap.keys_dir(settings.data_dir)
+                settings, url, ledger.directory, layout.keys_dir(settings.data_dir)
             )
             started = serving.serve(
                 spec,

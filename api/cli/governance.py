@@ -172,7 +172,7 @@ class Ledger:
 def _genesis_dir(args: argparse.Namespace) -> Path:
     if args.ledger_dir is not None:
         return Path(args.ledger_dir)
-    from api.cli.bootstrap import ledger_dir
+    from api.cli.layout import ledger_dir
     from api.http.settings import Settings
 
     data_dir = args.data_dir if args.data_dir is not None else Settings().data_dir

@@ -13,6 +13,7 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,13 +22,15 @@ from api.cli import COMMAND_MODULES, COMMANDS, command_named, main
 SERVER_MODULES = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg")
 
 
-def _imported_by(command: str) -> list[str]:
-    """Which of the server's top-level packages `civis-vault COMMAND --help` imports."""
+def _imported_by(command: str, *words: str) -> list[str]:
+    """Which of the server's top-level packages `civis-vault COMMAND WORDS...` imports
+    (`--help` without words)."""
+    argv = [command, *(words or ("--help",))]
     probe = (
         "import json, sys\n"
         "from api.cli import main\n"
         "try:\n"
-        f"    main([{command!r}, '--help'])\n"
+        f"    main({argv!r})\n"
         "except SystemExit:\n"
         "    pass\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
@@ -55,6 +58,16 @@ def test_a_replica_host_imports_neither_the_api_nor_its_database(command: str) -
 @pytest.mark.parametrize("command", ["governance", "wallet", "verify-export", "bench"])
 def test_members_commands_import_no_web_server_and_no_database(command: str) -> None:
     loaded = _imported_by(command)
+    assert not set(loaded).intersection(SERVER_MODULES), loaded
+
+
+@pytest.mark.parametrize("words", [("list",), ("vote", "1", "--yes", "--key", "dpo.key")])
+def test_a_governance_command_run_to_its_end_imports_no_web_server(
+    words: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Past its parser: the command finds the ledger's directory under `--data-dir` (no genesis
+    there, so it stops with its one-line refusal before dialling anyone)."""
+    loaded = _imported_by("governance", *words, "--data-dir", str(tmp_path))
     assert not set(loaded).intersection(SERVER_MODULES), loaded
 
 

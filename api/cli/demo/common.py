@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from api.cli.bootstrap import DPO_COLLEGE, DPO_KEY_FILE, keys_dir, ledger_dir
+from api.cli.bootstrap import DPO_COLLEGE, DPO_KEY_FILE
+from api.cli.layout import keys_dir, ledger_dir
 from api.client import College, Receipt
 from api.client.export_verify import vault_keys
 from api.client.wallet import Wallet, WalletError, new_wallet
