@@ -9,13 +9,13 @@ steadiest figure on a shared machine, is the API process's (uvicorn) during the 
 against the library process's during its upload. The library upload runs in a child process
 too, so this process's peak RSS is the HTTP client's alone.
 
-The library upload runs twice, once before the full HTTP upload and once after it, and the
-HTTP upload is compared with their mean. Why: every upload makes the next one dearer for
-PostgreSQL (the same 1,000 subjects' index entries grow with each), so an upload measured
-later pays more on the server's side for the same records; one library run before the HTTP
-upload measured PostgreSQL's CPU at 1.4-1.7 s against the HTTP upload's 2.1-2.3 s, and a
-library run after it at 2.65 s. Run before and after, the baseline brackets the HTTP upload's
-state. `postgres_cpu_us_per_record` shows that cost in each upload (embedded server only).
+Each measured upload (the library's before, the HTTP one, the library's after) starts from a
+server at rest (`bench/settle.py`: a CHECKPOINT, then no CPU in PostgreSQL's processes): a bulk
+load leaves the server writing out its buffers, which would otherwise be charged to whatever
+is measured next. The library upload runs once before the full HTTP upload and once after
+it, and the HTTP upload is compared with their mean, for what remains of the order's effect:
+each upload meets the tables as the earlier ones left them.
+`postgres_cpu_us_per_record` shows the server's CPU in each upload (embedded server only).
 
 Flat memory ("an upload of 1 GB NDJSON streams with flat memory"): the server's peak
 RSS (VmHWM) once ready, after a 10k-record upload and after the full upload are about equal
@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from bench import access
 from bench.access import bench_database
+from bench.settle import settle
 from bench.upload import _POOL, PAYLOAD_BYTES, SUBJECTS, _payloads, _records
 from vault import db
 from vault.datasets import register_dataset
@@ -231,8 +232,11 @@ def _measure(url: str, n: int, tmp: Path, postmaster: int | None) -> dict[str, A
                 }
 
             upload("small", min(SMALL_RECORDS, max(1, n // 10)))
+            out["settled"] = settle(url)
             out["library_before"] = _library_measured(url, n, tmp, postmaster)
+            settle(url)
             upload("full", n)
+            settle(url)
             out["library_after"] = _library_measured(url, n, tmp, postmaster)
         out["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
@@ -296,6 +300,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ratio_http_to_library": round(full["http_cpu_s"] / library_cpu_s, 3),
         "bar_ratio_max": BAR_RATIO_MAX,
         "bar_met": ratio <= BAR_RATIO_MAX,
+        # Each measured upload starts from a server at rest (bench/settle.py): whether it
+        # could be checkpointed, and whether it went idle, before the first of them.
+        "postgres_settled": m["settled"],
         # Peak RSS of the uvicorn process: once ready, after the small upload, after the full.
         "small_records": small["records"],
         "server_peak_rss_mb": {
