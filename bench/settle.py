@@ -2,10 +2,10 @@
 
 Why: a bulk load leaves the server work to do after it has answered (dirty buffers written
 out by the checkpointer and the background writer, autovacuum on the tables just filled), and
-that work runs during whatever is measured next, on the same two cores. Measured on the
-embedded server with four 100,000-record library uploads back to back, PostgreSQL spent 16,
-22, 32 and 34 µs a record; with a CHECKPOINT and a wait for the server's processes to go idle
-before each, 13–19 µs. A comparison of two phases is fair only if each starts from rest.
+that work runs during whatever is measured next, on the same two cores. Back-to-back uploads
+each cost the server more than the one before, most of it that leftover work
+(docs/BENCHMARKS.md, "2026-12-06, second session: the HTTP upload against a library upload
+before and after it"). A comparison of two phases is fair only if each starts from rest.
 """
 
 from __future__ import annotations

@@ -161,9 +161,10 @@ def _controller_show(args: argparse.Namespace) -> int:
 
 
 def _genesis(settings: Settings, ledger_dir: Path | None) -> tuple[Path, Genesis | None]:
+    from api.cli import layout
     from ledger_bridge.genesis import GENESIS_FILE, load_genesis
 
-    directory = ledger_dir or settings.data_dir / "ledger"
+    directory = ledger_dir or layout.ledger_dir(settings.data_dir)
     path = directory / GENESIS_FILE
     return directory, (load_genesis(path) if path.exists() else None)
 
@@ -171,10 +172,11 @@ def _genesis(settings: Settings, ledger_dir: Path | None) -> tuple[Path, Genesis
 def _gateway(settings: Settings, directory: Path, genesis: Genesis) -> LedgerGateway | None:
     """The replicas, read with the vault's own ledger key; None if that key is not here (it
     is never created by this command: a new key would be no member of the chain)."""
+    from api.cli import layout
     from api.services.gateway import RELAY_KEY_FILE, VAULT_KEY_FILE, LedgerGateway
     from ledger_bridge.genesis import load_signing_key
 
-    keys = settings.data_dir / "keys"
+    keys = layout.keys_dir(settings.data_dir)
     if not (keys / VAULT_KEY_FILE).exists() or not (keys / RELAY_KEY_FILE).exists():
         return None
     return LedgerGateway(

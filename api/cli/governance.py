@@ -173,10 +173,12 @@ def _genesis_dir(args: argparse.Namespace) -> Path:
     if args.ledger_dir is not None:
         return Path(args.ledger_dir)
     from api.cli.layout import ledger_dir
+
+    if args.data_dir is not None:
+        return ledger_dir(Path(args.data_dir))
     from api.http.settings import Settings
 
-    data_dir = args.data_dir if args.data_dir is not None else Settings().data_dir
-    return ledger_dir(data_dir)
+    return ledger_dir(Settings().data_dir)
 
 
 def _run(name: str, args: argparse.Namespace, act: Callable[[Ledger], Any]) -> int:

@@ -65,8 +65,9 @@ def test_members_commands_import_no_web_server_and_no_database(command: str) -> 
 def test_a_governance_command_run_to_its_end_imports_no_web_server(
     words: tuple[str, ...], tmp_path: Path
 ) -> None:
-    """Past its parser: the command finds the ledger's directory under `--data-dir` (no genesis
-    there, so it stops with its one-line refusal before dialling anyone)."""
+    """Past its parser, to where it looks for the ledger's directory under `--data-dir` (no
+    genesis there, so it stops with its one-line refusal before loading a key or dialling
+    anyone: what comes after is the ledger client's, which the `--help` probes import)."""
     loaded = _imported_by("governance", *words, "--data-dir", str(tmp_path))
     assert not set(loaded).intersection(SERVER_MODULES), loaded
 
