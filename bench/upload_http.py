@@ -232,7 +232,7 @@ def _measure(url: str, n: int, tmp: Path, postmaster: int | None) -> dict[str, A
                 }
 
             upload("small", min(SMALL_RECORDS, max(1, n // 10)))
-            out["settled"] = settle(url)
+            out["postgres_settled"] = settle(url)
             out["library_before"] = _library_measured(url, n, tmp, postmaster)
             settle(url)
             upload("full", n)
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bar_met": ratio <= BAR_RATIO_MAX,
         # Each measured upload starts from a server at rest (bench/settle.py): whether it
         # could be checkpointed, and whether it went idle, before the first of them.
-        "postgres_settled": m["settled"],
+        "postgres_settled": m["postgres_settled"],
         # Peak RSS of the uvicorn process: once ready, after the small upload, after the full.
         "small_records": small["records"],
         "server_peak_rss_mb": {
