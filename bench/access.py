@@ -67,6 +67,7 @@ from sqlalchemy.orm import Session
 
 from api.client import CivisClient, public_hex
 from api.client.notices import notice_body
+from bench.settle import server_cpu_s
 from bench.upload import _POOL, PAYLOAD_BYTES, _payloads
 from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey
@@ -500,12 +501,6 @@ def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, floa
     groups = dict(pids)
     if "api" in groups:
         groups["api"] = _with_children(groups["api"])
-    if postmaster is not None:
-        try:
-            root = psutil.Process(postmaster)
-            groups["postgres"] = [postmaster] + [c.pid for c in root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
     out: dict[str, float] = {}
     for name, group in groups.items():
         total = 0.0
@@ -515,11 +510,12 @@ def _cpu_s(pids: dict[str, list[int]], postmaster: int | None) -> dict[str, floa
             except psutil.NoSuchProcess:
                 continue
             total += t.user + t.system
-            if pid == postmaster:
-                # Backends that ended (the pool closes its overflow connections) were reaped
-                # by the postmaster: their CPU is in its children's times, not lost.
-                total += t.children_user + t.children_system
         out[name] = total
+    server = None if postmaster is None else server_cpu_s(postmaster)
+    if server is not None:
+        # Backends that ended (the pool closes its overflow connections) were reaped by the
+        # postmaster: their CPU is in its children's times, not lost.
+        out["postgres"] = server
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["client"] = usage.ru_utime + usage.ru_stime
     return out

@@ -39,36 +39,45 @@ def settle(url: str, *, timeout_s: float = 30.0) -> dict[str, bool]:
     return {"checkpointed": checkpointed, "idle": idle}
 
 
-def _local_postmaster(backend_pid: int) -> psutil.Process | None:
+def _local_postmaster(backend_pid: int) -> int | None:
     try:
-        return psutil.Process(backend_pid).parent()
+        parent = psutil.Process(backend_pid).parent()
     except psutil.Error:
         return None
+    return None if parent is None else parent.pid
 
 
-def _server_cpu_s(postmaster: psutil.Process) -> float:
-    """The server's CPU so far: the postmaster, its processes alive now, and those it reaped
-    (a backend or autovacuum worker that ends keeps its CPU in the total)."""
-    t = postmaster.cpu_times()
+def server_cpu_s(postmaster: int) -> float | None:
+    """A local PostgreSQL's CPU seconds (user + system) so far: the postmaster, every process
+    below it alive now, and every one it reaped (a backend or autovacuum worker that ended
+    keeps its CPU in the total); None once the postmaster is gone."""
+    try:
+        root = psutil.Process(postmaster)
+        t = root.cpu_times()
+        below = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
     total = float(t.user + t.system + t.children_user + t.children_system)
-    for proc in postmaster.children():
+    for proc in below:
         try:
             c = proc.cpu_times()
-        except psutil.Error:
+        except psutil.NoSuchProcess:
             continue
         total += float(c.user + c.system)
     return total
 
 
-def _wait_idle(postmaster: psutil.Process, timeout_s: float) -> bool:
+def _wait_idle(postmaster: int, timeout_s: float) -> bool:
     """Two quiet polls in a row: one could fall where a process ended between the readings
     of its parent and of its siblings, its CPU then counted in neither."""
     deadline = time.monotonic() + timeout_s
-    last = _server_cpu_s(postmaster)
+    last = server_cpu_s(postmaster)
     quiet = 0
-    while time.monotonic() < deadline:
+    while last is not None and time.monotonic() < deadline:
         time.sleep(_POLL_S)
-        now = _server_cpu_s(postmaster)
+        now = server_cpu_s(postmaster)
+        if now is None:
+            return False
         quiet = quiet + 1 if now - last < _IDLE_CPU_S else 0
         if quiet >= 2:
             return True

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from bench import access
 from bench.access import bench_database
-from bench.settle import settle
+from bench.settle import server_cpu_s, settle
 from bench.upload import _POOL, PAYLOAD_BYTES, SUBJECTS, _payloads, _records
 from vault import db
 from vault.datasets import register_dataset
@@ -175,7 +175,7 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
 
 def _postgres_cpu_s(postmaster: int | None) -> float | None:
     """The embedded PostgreSQL's CPU seconds so far (None on a server not started here)."""
-    return None if postmaster is None else access._cpu_s({}, postmaster).get("postgres")
+    return None if postmaster is None else server_cpu_s(postmaster)
 
 
 def _per_record_us(before: float | None, after: float | None, n: int) -> float | None:
