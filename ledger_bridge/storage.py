@@ -43,25 +43,38 @@ from ledger_bridge.pbft.messages import Block
 from ledger_bridge.pbft.records import key_seq as key_seq
 from ledger_bridge.pbft.records import seq_key as seq_key
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_FILE = "replica.sqlite3"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS records (
+# `records` is a rowid table with its (kind, key) key in an index, not a WITHOUT ROWID table:
+# there the whole row is the b-tree's key, and SQLite reads a cell's entire payload, overflow
+# pages and all, to compare a key against it. A search that passed the durable snapshot's cell
+# (the whole state, megabytes) read all of it: every block's write cost grew with the state
+# once the first snapshot was on disk. The index's cells hold the key and a rowid only.
+_RECORDS = """
+CREATE TABLE IF NOT EXISTS {name} (
     kind TEXT NOT NULL,
     key BLOB NOT NULL,
     value BLOB NOT NULL,
     PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
+);
+"""
+
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"""
+    + _RECORDS.format(name="records")
+    + """
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY,
     block BLOB NOT NULL
 );
 """
+)
 
 
 class StorageError(Exception):
@@ -131,10 +144,34 @@ class Storage:
                 "INSERT INTO meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION).encode(),),
             )
-        elif int(row[0]) == 1:
+            return
+        version = int(row[0])
+        if version not in (1, 2, SCHEMA_VERSION):
+            raise StorageError(f"{self.path} has schema {version}, expected {SCHEMA_VERSION}")
+        if version == 1:
             self._migrate_blocks_to_2()
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise StorageError(f"{self.path} has schema {int(row[0])}, expected {SCHEMA_VERSION}")
+        if version <= 2:
+            self._migrate_records_to_3()
+
+    def _migrate_records_to_3(self) -> None:
+        """Schema 3 keeps `records` in a rowid table (see `_RECORDS`): the rows are copied
+        into one, which takes the old table's name. One transaction, so a crash leaves either
+        schema whole; `secure_delete` zeroes the old table's pages as they are freed."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(_RECORDS.format(name="records_3"))
+            db.execute(
+                "INSERT INTO records_3 (kind, key, value) "
+                "SELECT kind, key, value FROM records ORDER BY kind, key"
+            )
+            db.execute("DROP TABLE records")
+            db.execute("ALTER TABLE records_3 RENAME TO records")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"3",))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _migrate_blocks_to_2(self) -> None:
         """Schema 2 blocks carry `omitted`, the refused requests whose bodies they leave out
@@ -151,9 +188,7 @@ class Storage:
                     obj.insert(7, [])
                     packed = msgpack.packb(obj, use_bin_type=True)
                     db.execute("UPDATE blocks SET block = ? WHERE height = ?", (packed, height))
-            db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION).encode(),)
-            )
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"2",))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -15,6 +15,7 @@ import pytest
 
 from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.pbft import messages as m
+from ledger_bridge.pbft.records import KIND_LOG, KIND_META, META_SNAPSHOT, META_STABLE, META_VIEW
 from ledger_bridge.storage import (
     DB_FILE,
     SCHEMA_VERSION,
@@ -206,8 +207,85 @@ def test_a_schema_1_store_is_migrated_and_its_blocks_keep_their_hashes(tmp_path:
     assert raw is not None
     assert m.decode_block(raw) == block
     assert m.decode_block(raw).header_hash() == block.header_hash()
-    assert store.meta("schema") == b"2"
+    assert store.meta("schema") == str(SCHEMA_VERSION).encode()
     store.close()
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through system calls (SQLite's page reads among them)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_a_write_beside_a_large_snapshot_does_not_read_it(tmp_path: Path) -> None:
+    """Each block's write finds its place in `records` by key. With the snapshot's cell (the
+    whole state) among the keys a search compares against, SQLite read the entire snapshot
+    for every comparison, and a block's write cost grew with the state. The control: reading
+    the snapshot does read its bytes, so the measure sees SQLite's reads."""
+    snapshot = os.urandom(8 << 20)
+    st = Storage(tmp_path, synchronous="OFF")
+    st.write(
+        Batch(
+            put=(
+                *((KIND_LOG, seq_key(i), os.urandom(1400)) for i in range(1, 200)),
+                (KIND_META, META_SNAPSHOT, snapshot),
+                (KIND_META, META_STABLE, b"s" * 300),
+            )
+        )
+    )
+    before = _bytes_read()
+    for seq in range(200, 232):
+        st.write(
+            Batch(
+                put=(
+                    (KIND_LOG, seq_key(seq), os.urandom(1400)),
+                    (KIND_META, META_STABLE, os.urandom(300)),
+                    (KIND_META, META_VIEW, os.urandom(30)),
+                ),
+                delete_kind_below=((KIND_LOG, seq_key(seq - 150)),),
+            ),
+            sync=False,
+        )
+    assert _bytes_read() - before < len(snapshot) // 4
+    before = _bytes_read()
+    assert dict(st.records(KIND_META))[META_SNAPSHOT] == snapshot
+    assert _bytes_read() - before >= len(snapshot)
+    st.close()
+
+
+def test_a_schema_2_store_is_migrated_with_its_records(tmp_path: Path) -> None:
+    """Schema 2 kept `records` WITHOUT ROWID; a store of it opens under schema 3 with every
+    record, in a rowid table."""
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE records (kind TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+                              PRIMARY KEY (kind, key)) WITHOUT ROWID;
+        CREATE TABLE blocks (height INTEGER PRIMARY KEY, block BLOB NOT NULL);
+        INSERT INTO meta VALUES ('schema', X'32');
+        """
+    )
+    rows = [(KIND_LOG, seq_key(i), os.urandom(100)) for i in range(1, 6)]
+    rows.append((KIND_META, META_SNAPSHOT, os.urandom(50_000)))
+    db.executemany("INSERT INTO records VALUES (?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    store = Storage(tmp_path)
+    assert store.meta("schema") == str(SCHEMA_VERSION).encode() == b"3"
+    assert sorted(
+        (kind, key, value) for kind in store.kinds() for key, value in store.records(kind)
+    ) == sorted(rows)
+    store.close()
+    (sql,) = (
+        sqlite3.connect(tmp_path / DB_FILE)
+        .execute("SELECT sql FROM sqlite_master WHERE name = 'records'")
+        .fetchone()
+    )
+    assert "WITHOUT ROWID" not in sql.upper()
 
 
 MARKER = b"MARKER-0123456789abcdef-redact!!"  # 32 recognisable bytes
