@@ -169,6 +169,8 @@ class Node:
         self._flush_scheduled = False
         self._lazy: list[Batch] = []  # written, in order, before or with the next write
         self._lazy_timer: asyncio.TimerHandle | None = None
+        self._batch_timer: asyncio.TimerHandle | None = None  # see `_arm_batch_timer`
+        self._batch_due_ms = 0
         self._stopping = asyncio.Event()
         # CIVIS_NODE_TRACE=<dir>: CLOCK_MONOTONIC stamps (comparable across processes on one
         # host) of each frame in, message or reply out and fsync, as [ns, event, message type,
@@ -387,6 +389,27 @@ class Node:
             ready = self.replica.ready()
             self._handle(ready)
             self.replica.advance(ready)
+        self._arm_batch_timer()
+
+    def _arm_batch_timer(self) -> None:
+        """Wake the replica when its waiting batch is due (`Replica.batch_due_ms`): the ticker
+        may be in its idle sleep, and a batch left to the next tick would wait up to
+        `IDLE_TICK_MS` beyond `batch_wait_ms`."""
+        due = self.replica.batch_due_ms()
+        if due is None or (self._batch_timer is not None and self._batch_due_ms <= due):
+            return
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+        self._batch_due_ms = due
+        # now_ms() counts whole milliseconds: waking half a millisecond late never finds the
+        # batch a millisecond short of its wait.
+        delay_s = max(0.0, (due - now_ms() + 0.5) / 1000)
+        self._batch_timer = asyncio.get_running_loop().call_later(delay_s, self._on_batch_due)
+
+    def _on_batch_due(self) -> None:
+        self._batch_timer = None
+        self.replica.tick(now_ms())
+        self._schedule_flush()
 
     def _handle(self, ready: Ready) -> None:
         # 1 + 2: durable first, in one transaction, fsynced when the core says so. When it

@@ -9,7 +9,8 @@ Why each limit exists:
   stable checkpoint, so the log, and memory, stay bounded (TOCS §4.3 watermarks). L >= 2K so
   the primary keeps proposing while the next checkpoint stabilises.
 - `batch_size_max`, `batch_wait_ms`: a batch closes at this many requests or when its oldest
-  request waited this long (TOCS §5.1 batching).
+  request waited this long (TOCS §5.1 batching); a primary with no batch in flight and
+  clients that take turns proposes at once (`Replica._propose_now`).
 - `request_bytes_max`, `batch_bytes_max`: a request's transaction may be this large, a batch
   holds at most this many bytes of requests (a single request always fits). Counting requests
   alone let a hundred 1 MiB requests make a PRE-PREPARE no replica could put in a frame, and

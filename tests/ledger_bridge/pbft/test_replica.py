@@ -17,7 +17,7 @@ from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import block_hash, verify_chain
 from ledger_bridge.pbft.errors import LocalProtocolError
 from ledger_bridge.pbft.records import KIND_LOG, KIND_META, META_SNAPSHOT, META_STABLE, seq_key
-from ledger_bridge.pbft.replica import Ready, Replica
+from ledger_bridge.pbft.replica import LOAD_BATCHING, Ready, Replica
 from tests.ledger_bridge.pbft.harness import CLIENT, Net, key, request
 
 M = TypeVar("M")
@@ -74,6 +74,48 @@ def test_batching_adapts_to_load() -> None:
     net.filter = lambda src, dst, msg: True
     net.tick(300)
     assert [len(b.requests) for b in net.blocks[1].values()] == [1, 2, 3]
+
+
+def test_a_client_that_takes_turns_is_never_kept_waiting() -> None:
+    """Adaptive batching: a client that waits for its answer before asking again would gain
+    nothing from a wait, so however long `batch_wait_ms` is, each of its requests is proposed
+    as it arrives (time never moves here: a request left to wait would not execute)."""
+    net = Net(params={"batch_size_max": 20, "batch_wait_ms": 1_000})
+    for rid in range(1, 21):
+        net.submit(request(rid))
+        assert net.replicas[0].batch_due_ms() is None
+        net.deliver_all()
+        assert net.heights() == [rid] * 4
+    assert net.replicas[0].load == 0.0
+
+
+def test_overlapping_requests_wait_to_share_a_batch_until_they_take_turns_again() -> None:
+    """Adaptive batching: once most requests arrive while others wait or run, an idle primary
+    waits up to `batch_wait_ms` for the batch to fill, and says when it is due; once they take
+    turns again, it proposes at once again."""
+    net = Net(params={"batch_size_max": 20, "batch_wait_ms": 50})
+    primary = net.replicas[0]
+    for i in range(12):  # twelve clients at once: the first is proposed, the rest overlap
+        net.submit(request(1, client=key(100 + i)))
+    assert primary.load >= LOAD_BATCHING
+    net.deliver_all()
+    assert net.heights() == [1] * 4  # idle again, but the other eleven wait for more
+    net.tick(60)
+    assert net.heights() == [2] * 4
+    assert [len(b.requests) for b in net.blocks[0].values()] == [1, 11]
+    waits = 0
+    for rid in range(1, 10):  # one client taking turns: the load decays
+        net.submit(request(rid))
+        due = primary.batch_due_ms()
+        if due is not None:
+            waits += 1
+            assert due == net.now_ms + 50
+            net.deliver_all()
+            assert net.heights() == [rid + 1] * 4  # waiting, not proposed
+            net.tick(50)
+        net.deliver_all()
+        assert net.heights() == [rid + 2] * 4
+    assert 1 <= waits < 9 and primary.load < LOAD_BATCHING
 
 
 def test_a_full_window_of_batches_makes_the_next_batch_bigger() -> None:
