@@ -357,8 +357,13 @@ def _dataset_statement(
 def _dataset_pages(
     session: Session, shape: tuple[bool, bool, bool, bool], params: dict[str, Any], page: int
 ) -> Iterator[Sequence[Any]]:
-    """`_pages` for a dataset read, on the driver's cursor (see `_raw_statements`)."""
-    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    """`_pages` for a dataset read, on the driver's cursor (see `_raw_statements`).
+
+    The rows come in PostgreSQL's binary format: an envelope, the bulk of each row, travels
+    as its bytes rather than as hex text twice its size that the driver must decode (6 % of a
+    100-record answer's CPU, measured against the in-process limit of `bench access`)."""
+    connection = session.connection().connection.driver_connection
+    cursor = connection.cursor(binary=True)  # type: ignore[union-attr]
     first = _dataset_statement(session, shape, False)
     following = _dataset_statement(session, shape, True)
 
