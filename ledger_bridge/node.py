@@ -45,6 +45,7 @@ from ledger_bridge import backfill, eventloop, tls
 from ledger_bridge import genesis as gen
 from ledger_bridge.app import Application
 from ledger_bridge.crypto import SessionKey, mac, session_transcript
+from ledger_bridge.gc_tuning import tune_gc
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.config import ClusterConfig
 from ledger_bridge.pbft.replica import (
@@ -552,6 +553,7 @@ def _exit_at_deadline() -> None:
 
 async def serve(config_path: Path) -> None:
     node = Node(gen.load_node_config(config_path))
+    tune_gc()  # once the state is restored: it stays out of every collection
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int, frame: object) -> None:

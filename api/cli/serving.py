@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import gc
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from api.http.settings import Settings
+from ledger_bridge.gc_tuning import tune_gc
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -63,7 +63,6 @@ _log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # In the data directory: the block height below which no worker reads the ledger.
 HEIGHT_FLOOR_FILE = "ledger-height-floor"
-GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (`tune_gc`); default 700
 
 
 def default_workers() -> int:
@@ -200,23 +199,6 @@ def _height_floor(spec: ApiSpec, ledger: LedgerGateway | None) -> Path | None:
     path = spec.settings.data_dir / HEIGHT_FLOOR_FILE
     HeightFloor.create(path, 0 if ledger is None else ledger.height_seen)
     return path
-
-
-def tune_gc() -> None:
-    """The cyclic garbage collector of a process that serves the API, once its app is built.
-
-    Why: a consented answer allocates thousands of container objects (rows, records, their
-    proofs), most of them alive until the answer is sent. At the default young-generation
-    threshold of 700 allocations the collector ran several times per answer, each time
-    walking the answer's live objects and promoting them, then the older generations they
-    filled: 5-7 % of an API worker's CPU under load (perf, docs/BENCHMARKS.md "Access").
-    At `GC_YOUNG_THRESHOLD` it runs about once every few answers instead, on a young
-    generation that stays a few megabytes; `freeze` leaves the objects of start-up (modules,
-    the app, its schemas) out of every later collection. Reference counting still frees
-    everything that is not in a cycle at once, so memory does not grow with the threshold."""
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 def serve(

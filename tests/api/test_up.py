@@ -8,7 +8,6 @@ API joins replicas someone else runs and never stops them.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -510,25 +509,3 @@ def test_a_cpu_quota_caps_the_default_worker_count(
     path.write_text(cpu_max)
     assert cgroup_cores(path) == cores
     assert cgroup_cores(tmp_path / "absent") is None
-
-
-def test_an_api_process_collects_cycles_less_often_and_never_walks_its_start_up_objects() -> None:
-    """`tune_gc`, which every process serving the API calls once its app is built: a young
-    generation of `GC_YOUNG_THRESHOLD` allocations, the older ones as they were, and the
-    objects of start-up frozen out of every collection. In a process of its own: the
-    collector's settings are the whole interpreter's."""
-    code = (
-        "import gc, json\n"
-        "import api.http.app\n"
-        "from api.cli.serving import GC_YOUNG_THRESHOLD, tune_gc\n"
-        "before = gc.get_threshold()\n"
-        "tune_gc()\n"
-        "print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count(), GC_YOUNG_THRESHOLD]))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    before, after, frozen, young = json.loads(done.stdout)
-    assert young > before[0]
-    assert after == [young, before[1], before[2]]
-    assert frozen > 10_000  # the app's modules and what they built at import
