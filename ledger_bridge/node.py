@@ -399,6 +399,8 @@ class Node:
         due = self.replica.batch_due_ms()
         if due is None or (self._batch_timer is not None and self._batch_due_ms <= due):
             return
+        if self._batch_timer is None and due <= self._batch_due_ms:
+            return  # woken for it already and nothing was proposed: the ticker retries
         if self._batch_timer is not None:
             self._batch_timer.cancel()
         self._batch_due_ms = due

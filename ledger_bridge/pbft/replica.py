@@ -756,8 +756,12 @@ class Replica:
         has nothing waiting, or cannot propose): the host's timer wakes it then."""
         if not (self.active and self.is_primary and self.pending) or self.muted:
             return None
+        # What `_maybe_propose` waits for besides time: a batch executing (the window is full),
+        # a stable checkpoint (the high watermark), the new view's batches executed.
         if self.next_seq - 1 - self.last_executed >= self.config.batches_in_flight_max:
-            return None  # a batch executing is what lets the next one go
+            return None
+        if self.next_seq > self.high_watermark or self.last_executed < self.proposal_floor:
+            return None
         _, oldest_ms = next(iter(self.pending.values()))  # only `_on_request` adds: in order
         return oldest_ms + self.config.batch_wait_ms
 

@@ -153,6 +153,8 @@ def test_primary_never_proposes_above_the_high_watermark() -> None:
         net.submit(request(1, client=key(100 + i)))
         net.deliver_all()
     assert max(pp.seq for pp in _sent(net, m.PrePrepare)) == 8  # h + L with h = 0
+    # Requests wait, but no timer could let them go: the host is not woken in a loop for them.
+    assert net.replicas[0].pending and net.replicas[0].batch_due_ms() is None
     net.filter = lambda src, dst, msg: True
     net.tick(300)  # STATUS makes peers re-send their CHECKPOINTs; h moves; batching resumes
     assert net.heights() == [12, 12, 12, 12]
