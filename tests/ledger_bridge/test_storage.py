@@ -178,8 +178,9 @@ def test_a_replica_rebuilt_from_its_storage_has_the_same_state(tmp_path: Path) -
 
 
 def test_a_schema_1_store_is_migrated_and_its_blocks_keep_their_hashes(tmp_path: Path) -> None:
-    """A store written before blocks carried `omitted` opens under schema 2: each block gets
-    an empty list in place, decodes, and hashes as it did (the header does not cover it)."""
+    """A store written before blocks carried `omitted` opens under the current schema: each
+    block gets an empty list in place, decodes, and hashes as it did (the header does not
+    cover it)."""
     req = m.make_request(SigningKey(digest(b"migration-client")), 1, b"tx")
     block = m.Block(
         1,
@@ -196,10 +197,9 @@ def test_a_schema_1_store_is_migrated_and_its_blocks_keep_their_hashes(tmp_path:
     )
     old = msgpack.unpackb(m.encode_block(block), raw=False)
     del old[7]  # schema 1: no `omitted` field
-    Storage(tmp_path).close()
-    db = sqlite3.connect(tmp_path / DB_FILE)
-    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"1",))
+    db = _store_before_schema_3(tmp_path, 1)
     db.execute("INSERT INTO blocks VALUES (1, ?)", (msgpack.packb(old, use_bin_type=True),))
+    db.execute("INSERT INTO records VALUES (?, ?, ?)", (KIND_LOG, seq_key(1), b"log"))
     db.commit()
     db.close()
     store = Storage(tmp_path)
@@ -208,7 +208,23 @@ def test_a_schema_1_store_is_migrated_and_its_blocks_keep_their_hashes(tmp_path:
     assert m.decode_block(raw) == block
     assert m.decode_block(raw).header_hash() == block.header_hash()
     assert store.meta("schema") == str(SCHEMA_VERSION).encode()
+    assert list(store.records(KIND_LOG)) == [(seq_key(1), b"log")]
     store.close()
+
+
+def _store_before_schema_3(path: Path, version: int) -> sqlite3.Connection:
+    """An empty store of schema 1 or 2 (`records` WITHOUT ROWID), open for the caller's rows."""
+    db = sqlite3.connect(path / DB_FILE)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE records (kind TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+                              PRIMARY KEY (kind, key)) WITHOUT ROWID;
+        CREATE TABLE blocks (height INTEGER PRIMARY KEY, block BLOB NOT NULL);
+        """
+    )
+    db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(version).encode(),))
+    return db
 
 
 def _bytes_read() -> int:
@@ -250,6 +266,8 @@ def test_a_write_beside_a_large_snapshot_does_not_read_it(tmp_path: Path) -> Non
             sync=False,
         )
     assert _bytes_read() - before < len(snapshot) // 4
+    st.close()
+    st = Storage(tmp_path, synchronous="OFF")  # reopened: nothing of the file in its cache
     before = _bytes_read()
     assert dict(st.records(KIND_META))[META_SNAPSHOT] == snapshot
     assert _bytes_read() - before >= len(snapshot)
@@ -259,16 +277,7 @@ def test_a_write_beside_a_large_snapshot_does_not_read_it(tmp_path: Path) -> Non
 def test_a_schema_2_store_is_migrated_with_its_records(tmp_path: Path) -> None:
     """Schema 2 kept `records` WITHOUT ROWID; a store of it opens under schema 3 with every
     record, in a rowid table."""
-    db = sqlite3.connect(tmp_path / DB_FILE)
-    db.executescript(
-        """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-        CREATE TABLE records (kind TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
-                              PRIMARY KEY (kind, key)) WITHOUT ROWID;
-        CREATE TABLE blocks (height INTEGER PRIMARY KEY, block BLOB NOT NULL);
-        INSERT INTO meta VALUES ('schema', X'32');
-        """
-    )
+    db = _store_before_schema_3(tmp_path, 2)
     rows = [(KIND_LOG, seq_key(i), os.urandom(100)) for i in range(1, 6)]
     rows.append((KIND_META, META_SNAPSHOT, os.urandom(50_000)))
     db.executemany("INSERT INTO records VALUES (?, ?, ?)", rows)
