@@ -411,6 +411,8 @@ class Node:
 
     def _on_batch_due(self) -> None:
         self._batch_timer = None
+        if self._stopping.is_set():
+            return  # no new batch while the links close and the store is shut
         self.replica.tick(now_ms())
         self._schedule_flush()
 
@@ -520,6 +522,8 @@ class Node:
         finally:
             ticker.cancel()
             filler.cancel()
+            if self._batch_timer is not None:
+                self._batch_timer.cancel()
             try:
                 await asyncio.wait_for(self._close_links(), STOP_LINKS_S)
             except TimeoutError:

@@ -47,10 +47,10 @@ from ledger_bridge.crypto import SigningKey
 from vault import db
 
 # The contracts as the replicated application; batches close at 100 requests or after 10 ms.
-# A lone client's request is proposed at once whatever the wait (`Replica._propose_now`);
+# Requests of clients that take turns are proposed at once (`Replica._propose_now`);
 # overlapping ones wait up to 10 ms to share a PBFT round, which under load costs each answer
 # far less of the replicas' CPU than the wait adds to its latency (docs/BENCHMARKS.md,
-# "Access").
+# "Access"). Written into the genesis at a chain's founding: a chain keeps its own.
 LEDGER_PARAMS: dict[str, Any] = {"app": "contracts", "batch_size_max": 100, "batch_wait_ms": 10}
 DEFAULT_REPLICAS = 4
 VAULT_COLLEGE = "providers"

@@ -747,7 +747,9 @@ class Replica:
         nothing by the wait), and waits up to `batch_wait_ms` when they overlap, so
         concurrent requests share a batch instead of each paying for one: under load the
         replicas' CPU, not the wait, is what bounds the answers per second. With a batch in
-        flight, requests always gather for the next one."""
+        flight, requests always gather for the next one. `load` moves per request, not per
+        millisecond: after a burst, the first few requests of a client taking turns may each
+        wait, until they have brought it down."""
         idle = self.next_seq - 1 <= self.last_executed
         return idle and self.load < LOAD_BATCHING
 
@@ -762,7 +764,9 @@ class Replica:
             return None
         if self.next_seq > self.high_watermark or self.last_executed < self.proposal_floor:
             return None
-        _, oldest_ms = next(iter(self.pending.values()))  # only `_on_request` adds: in order
+        # Entries go in as they arrive, stamped with `now_ms`, which only moves forward: the
+        # first is the oldest (or one `_next_batch` will drop, which wakes the host early).
+        _, oldest_ms = next(iter(self.pending.values()))
         return oldest_ms + self.config.batch_wait_ms
 
     def _propose(self, requests: tuple[Request, ...]) -> None:

@@ -23,7 +23,7 @@ from ledger_bridge.cluster import Cluster
 from ledger_bridge.crypto import SigningKey, VerifyKey
 from ledger_bridge.genesis import load_node_config
 from ledger_bridge.kvapp import KVApp, encode_get, encode_set
-from ledger_bridge.node import LAZY_WRITE_MS, Node
+from ledger_bridge.node import LAZY_WRITE_MS, Node, now_ms
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import verify_chain
 from ledger_bridge.pbft.config import ClusterConfig
@@ -277,4 +277,47 @@ def test_the_node_sends_a_readys_early_messages_before_its_fsync(tmp_path: Path)
     outbound = [Outbound(None, prepare), Outbound(None, commit)]
     node._handle(Ready(delta, [], outbound, [], must_sync=True, early_messages=1))
     assert order == ["Prepare"] * 3 + ["write sync=True"] + ["Commit"] * 3
+    node.storage.close()
+
+
+def test_the_batch_timer_wakes_the_replica_once_per_due_time(tmp_path: Path) -> None:
+    """`Node._arm_batch_timer`: the replica is ticked when its waiting batch is due (its
+    ticker may be in a 25 ms idle sleep); an earlier due time replaces a later timer, not the
+    reverse; a due time it was woken for and did not act on is left to the ticker, never
+    re-armed (a primary that cannot propose would otherwise be woken in a loop); and a node
+    that is stopping ticks no more."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block())
+    node = Node(load_node_config(cluster.node_files[0]), synchronous="OFF")
+    due: list[int | None] = [None]
+    ticks: list[int] = []
+    node.replica.batch_due_ms = lambda: due[0]  # type: ignore[method-assign]
+    node.replica.tick = ticks.append  # type: ignore[method-assign, assignment]
+
+    async def scenario() -> None:
+        node._arm_batch_timer()
+        assert node._batch_timer is None  # nothing waits
+        due[0] = now_ms() + 200
+        node._arm_batch_timer()
+        later = node._batch_timer
+        node._arm_batch_timer()
+        assert later is not None and node._batch_timer is later
+        due[0] = now_ms() + 20
+        node._arm_batch_timer()
+        assert node._batch_timer is not later and later.cancelled()
+        await asyncio.sleep(0.1)
+        assert len(ticks) == 1 and ticks[0] >= due[0]
+        node._flush()  # the replica proposed nothing: the same due time
+        await asyncio.sleep(0.05)
+        assert len(ticks) == 1 and node._batch_timer is None
+        due[0] = now_ms() + 10
+        node._arm_batch_timer()
+        await asyncio.sleep(0.05)
+        assert len(ticks) == 2
+        due[0] = now_ms() + 10
+        node._arm_batch_timer()
+        node._stopping.set()
+        await asyncio.sleep(0.05)
+        assert len(ticks) == 2
+
+    asyncio.run(scenario())
     node.storage.close()
