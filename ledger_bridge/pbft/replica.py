@@ -139,6 +139,7 @@ NULL_TIME_MS = 0
 # and above this share of requests arriving busy, an idle primary waits for the batch to fill.
 LOAD_REQUESTS = 8
 LOAD_BATCHING = 0.5
+LOAD_HALF_LIFE_MS = 1_000  # ...and it halves for each this long the primary was quiet
 REDACTIONS_PAGE = 1024  # entries asked of the application at a time
 
 
@@ -414,6 +415,7 @@ class Replica:
         # The primary's measure of concurrency (`_note_arrival`): the share of recent requests
         # that arrived while another was waiting or a batch was in flight.
         self.load = 0.0
+        self.executed_ms = 0  # the local time of the last batch executed
         self.inflight: dict[tuple[bytes, int], Request] = {}  # primary: proposed, not executed
         self.next_seq = 1
         self.last_time_proposed_ms = 0
@@ -733,8 +735,14 @@ class Replica:
 
     def _note_arrival(self) -> None:
         """Update `load` with a request reaching the primary: busy if another request waits or
-        a batch is in flight (an exponential average over about `LOAD_REQUESTS` requests)."""
+        a batch is in flight (an exponential average over about `LOAD_REQUESTS` requests).
+        A request that finds the primary quiet also brings the load down by the quiet time
+        (half every `LOAD_HALF_LIFE_MS`): a client that comes back after a pause is not kept
+        waiting for the burst that went before it."""
         busy = bool(self.pending) or self.next_seq - 1 > self.last_executed
+        if not busy and self.load:
+            quiet_ms = max(0, self.now_ms - self.executed_ms)
+            self.load *= 0.5 ** (quiet_ms / LOAD_HALF_LIFE_MS)
         self.load += ((1.0 if busy else 0.0) - self.load) / LOAD_REQUESTS
 
     def _propose_now(self) -> bool:
@@ -747,9 +755,9 @@ class Replica:
         nothing by the wait), and waits up to `batch_wait_ms` when they overlap, so
         concurrent requests share a batch instead of each paying for one: under load the
         replicas' CPU, not the wait, is what bounds the answers per second. With a batch in
-        flight, requests always gather for the next one. `load` moves per request, not per
-        millisecond: after a burst, the first few requests of a client taking turns may each
-        wait, until they have brought it down."""
+        flight, requests always gather for the next one. Right after a burst, the first few
+        requests of a client taking turns may each wait, until they have brought `load` down;
+        after a pause (`LOAD_HALF_LIFE_MS`), none does."""
         idle = self.next_seq - 1 <= self.last_executed
         return idle and self.load < LOAD_BATCHING
 
@@ -1000,6 +1008,7 @@ class Replica:
         if seq != self.last_executed + 1:
             raise LocalProtocolError("execution out of order")
         time_ms = max(pp.time_ms, self.head_time_ms)  # block time never goes backwards
+        self.executed_ms = self.now_ms  # `_note_arrival`: how long the replica has been quiet
         fresh: list[int] = []
         for i, req in enumerate(pp.requests):
             cached = self.reply_cache.get(req.client_id)

@@ -92,7 +92,7 @@ def test_a_client_that_takes_turns_is_never_kept_waiting() -> None:
 def test_overlapping_requests_wait_to_share_a_batch_until_they_take_turns_again() -> None:
     """Adaptive batching: once most requests arrive while others wait or run, an idle primary
     waits up to `batch_wait_ms` for the batch to fill, and says when it is due; once they take
-    turns again, it proposes at once again."""
+    turns again, or after a pause, it proposes at once again."""
     net = Net(params={"batch_size_max": 20, "batch_wait_ms": 50})
     primary = net.replicas[0]
     for i in range(12):  # twelve clients at once: the first is proposed, the rest overlap
@@ -116,6 +116,16 @@ def test_overlapping_requests_wait_to_share_a_batch_until_they_take_turns_again(
         net.deliver_all()
         assert net.heights() == [rid + 2] * 4
     assert 1 <= waits < 9 and primary.load < LOAD_BATCHING
+    for i in range(12):  # another burst...
+        net.submit(request(1, client=key(200 + i)))
+    net.deliver_all()
+    net.tick(60)
+    assert net.heights() == [13] * 4 and primary.load >= LOAD_BATCHING
+    net.tick(3_000)  # ...then a pause: the client that comes back is proposed at once
+    net.submit(request(10))
+    assert primary.batch_due_ms() is None
+    net.deliver_all()
+    assert net.heights() == [14] * 4
 
 
 def test_a_full_window_of_batches_makes_the_next_batch_bigger() -> None:
