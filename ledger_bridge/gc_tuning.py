@@ -3,10 +3,10 @@ replicas, each called once its start-up is done (its app built, its state restor
 
 Why: both allocate many short-lived container objects per request (an answer's rows, records
 and proofs; a block's messages, votes and log records), many of them alive until the request
-is done. At CPython's default young-generation threshold of 700 allocations the collector ran
-several times per request, each time walking the request's live objects and promoting them
-into the older generations, whose collections then walk them again: 5-7 % of an API worker's
-CPU under load and ~2 % of a replica's (perf, docs/BENCHMARKS.md "Access"). At
+is done. At CPython's default young-generation threshold of 700 allocations the collector
+runs several times per request, each time walking the request's live objects and promoting
+them into the older generations, whose collections then walk them again: 5-7 % of an API
+worker's CPU under load and ~2 % of a replica's (perf, docs/BENCHMARKS.md "Access"). At
 `GC_YOUNG_THRESHOLD` it runs about once every few requests instead, on a young generation of
 a few megabytes; `freeze` leaves the objects of start-up (modules, the app and its schemas, a
 replica's restored state) out of every later collection. Reference counting still frees at

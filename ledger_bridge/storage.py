@@ -48,9 +48,9 @@ DB_FILE = "replica.sqlite3"
 
 # `records` is a rowid table with its (kind, key) key in an index, not a WITHOUT ROWID table:
 # there the whole row is the b-tree's key, and SQLite reads a cell's entire payload, overflow
-# pages and all, to compare a key against it. A search that passed the durable snapshot's cell
-# (the whole state, megabytes) read all of it: every block's write cost grew with the state
-# once the first snapshot was on disk. The index's cells hold the key and a rowid only.
+# pages and all, to compare a key against it. Every search that passes the durable snapshot's
+# cell (the whole state, megabytes) would read all of it, and each block's write would cost
+# more as the state grows. The index's cells hold the key and a rowid only.
 _RECORDS = """
 CREATE TABLE IF NOT EXISTS {name} (
     kind TEXT NOT NULL,
