@@ -420,6 +420,9 @@ class Replica:
         self.next_seq = 1
         self.last_time_proposed_ms = 0
         self.proposal_floor = 0  # min-s of the view's NEW-VIEW: execute through it, then propose
+        # Requests the view's NEW-VIEW orders again (its O): never in a batch of this primary's
+        # own, even when O's PRE-PREPARE fell outside our window and its requests still wait.
+        self.reordered: frozenset[tuple[bytes, int]] = frozenset()
 
     def _init_view_change(self) -> None:
         self.view_changes: dict[int, ViewChange] = {}  # latest valid VIEW-CHANGE per replica
@@ -825,6 +828,8 @@ class Replica:
             if cached is not None and cached[0] >= req.request_id:
                 del self.pending[key]
                 continue
+            if key in self.reordered:
+                continue  # O holds it at its own sequence number: it leaves when executed
             need = cfg.request_bytes(len(req.tx))
             if batch and size + need > cfg.batch_bytes_max:
                 return batch, oldest_ms, True
@@ -1472,6 +1477,9 @@ class Replica:
                         self._make_stable(_Stable(min_s, own[0], vc.checkpoint_proof, own[1]))
                     break
         self.active = True
+        self.reordered = frozenset(
+            (r.client_id, r.request_id) for pp in nv.pre_prepares for r in pp.requests
+        )
         max_s = min_s
         for pp in nv.pre_prepares:
             max_s = max(max_s, pp.seq)
