@@ -719,22 +719,29 @@ class Replica:
         """TOCS §5.1 batching: close a batch when full or when its oldest request waited
         `batch_wait_ms`; never assign a sequence number above the high watermark."""
         cfg = self.config
-        if self.muted:
-            return  # a restarted primary may have forgotten a PRE-PREPARE it sent in this view
-        if self.last_executed < self.proposal_floor:
-            # Requests committed at or below the new view's min-s may still wait in our queue
-            # until we execute them: proposing before then could order one twice.
-            return
-        while self.pending and self.next_seq <= self.high_watermark:
-            if self.next_seq - 1 - self.last_executed >= cfg.batches_in_flight_max:
-                return  # the window is full: requests gather for the next batch meanwhile
+        while self.pending and self._may_propose():
             batch, oldest_ms, full = self._next_batch()
             if not batch or oldest_ms is None:
                 return
             if not full and not self._propose_now() and self.now_ms - oldest_ms < cfg.batch_wait_ms:
                 return
             self._propose(tuple(batch))
-        self._fill_to_checkpoint()
+        if self._may_propose():
+            self._fill_to_checkpoint()
+
+    def _may_propose(self) -> bool:
+        """Whether the primary may assign its next sequence number now, whatever waits in its
+        queue and however long it waited (`_maybe_propose`, `batch_due_ms`)."""
+        if self.muted:
+            return False  # a restarted primary may have forgotten a PRE-PREPARE of this view
+        if self.last_executed < self.proposal_floor:
+            # Requests committed at or below the new view's min-s may still wait in our queue
+            # until we execute them: proposing before then could order one twice.
+            return False
+        if self.next_seq > self.high_watermark:
+            return False
+        # A full window: requests gather for the next batch while these run.
+        return self.next_seq - 1 - self.last_executed < self.config.batches_in_flight_max
 
     def _note_arrival(self) -> None:
         """Update `load` with a request reaching the primary: busy if another request waits or
@@ -767,14 +774,8 @@ class Replica:
     def batch_due_ms(self) -> int | None:
         """When the primary must propose the waiting requests even if no more come (None: it
         has nothing waiting, or cannot propose): the host's timer wakes it then."""
-        if not (self.active and self.is_primary and self.pending) or self.muted:
-            return None
-        # What `_maybe_propose` waits for besides time: a batch executing (the window is full),
-        # a stable checkpoint (the high watermark), the new view's batches executed.
-        if self.next_seq - 1 - self.last_executed >= self.config.batches_in_flight_max:
-            return None
-        if self.next_seq > self.high_watermark or self.last_executed < self.proposal_floor:
-            return None
+        if not (self.active and self.is_primary and self.pending and self._may_propose()):
+            return None  # what it waits for then is not time: no timer could let it go
         # Entries go in as they arrive, stamped with `now_ms`, which only moves forward: the
         # first is the oldest (or one `_next_batch` will drop, which wakes the host early).
         _, oldest_ms = next(iter(self.pending.values()))
