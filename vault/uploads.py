@@ -172,6 +172,30 @@ def _payload_bytes(
     return data
 
 
+def _chunk_payloads(first: int, chunk: list[RecordIn], size_max: int) -> list[bytes]:
+    """The bytes to store of each record of a chunk (`_payload_bytes` of each), checked a
+    chunk at a time when every payload is bytes, or every one `CompactJson`.
+
+    Why: an upload's payloads nearly always all come in one form, and checking them with one
+    call per record costs as much as the parse. Whenever the chunk's check does not pass,
+    `_payload_bytes` goes through the records one by one, to refuse the first bad one by its
+    position."""
+    payloads = [r.payload for r in chunk]
+    kinds = set(map(type, payloads))
+    data: list[bytes] | None = None
+    if kinds == {CompactJson}:
+        data = [p.data for p in payloads if type(p) is CompactJson]
+    elif kinds == {bytes}:
+        data = [p for p in payloads if type(p) is bytes]
+    if (
+        data is not None
+        and max(map(len, data), default=0) <= size_max
+        and (kinds == {CompactJson} or _loads.all_objects(data))
+    ):
+        return data
+    return [_payload_bytes(r.payload, first + i, size_max) for i, r in enumerate(chunk)]
+
+
 def _coerce(
     item: RecordIn | Mapping[str, Any], position: int, subject_ids: re.Pattern[str] = SUBJECT_ID
 ) -> RecordIn:
@@ -408,7 +432,7 @@ class _Copier:
     ) -> bytes:
         """The chunk's rows as binary COPY data: payloads checked, records sealed, leaves
         pushed to the Merkle builder."""
-        payloads = [_payload_bytes(r.payload, first + i, size_max) for i, r in enumerate(chunk)]
+        payloads = _chunk_payloads(first, chunk, size_max)
         record_ids = _record_ids(chunk)
         envelopes, leaves = self._sealer.seal_batch(keys, record_ids, payloads)
         first_index = self._builder.count

@@ -185,3 +185,57 @@ def test_shape_says_compact_exactly_when_the_encoder_writes_the_text(value: Any)
 )
 def test_shape_edges(text: str) -> None:
     _assert_shape_true_to(text)
+
+
+# Payloads that are not JSON objects alone but join into valid JSON with a neighbour.
+_SPLIT_OBJECTS: list[list[bytes]] = [
+    [b'{"a":"', b'"}'],
+    [b'{"a":[1', b"2]}"],
+    [b'{"a":1},{"b":[1', b"2]}"],
+    [b'{"a":1}{"b":2}', b"{}"],
+    [b"{}", b'{"a":1', b"}"],
+    [b'{"a":1', b'}{"b":2}'],
+    [b'{"a":12', b"3}"],
+    [b'{"a":tr', b"ue}"],
+    [b'{"a":"\\', b'u00e9"}'],
+    [b'{"a":"\xc3', b'\xa9"}'],
+]
+_OBJECTS: list[bytes] = [b"{}", b'{"a":1}', b'{"a":[1,{"b":null}],"c":"\xc3\xa9"}', b'{"a":1e5}']
+
+
+def _all_loaded_are_dicts(loads: Loads, payloads: list[bytes]) -> bool:
+    return all(_outcome(loads, p)[0] == "value" and isinstance(loads(p), dict) for p in payloads)
+
+
+@pytest.mark.parametrize("payloads", _SPLIT_OBJECTS)
+def test_all_objects_refuses_payloads_that_are_objects_only_joined(payloads: list[bytes]) -> None:
+    loads = Loads(parse_constant=_reject)
+    assert not _all_loaded_are_dicts(loads, payloads)
+    assert loads.all_objects(payloads) is False
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    payloads=st.lists(
+        st.sampled_from(
+            [e for e in EDGES if isinstance(e, bytes) and len(e) < 100]
+            + _OBJECTS
+            + [p for ps in _SPLIT_OBJECTS for p in ps]
+        ),
+        max_size=6,
+    )
+)
+def test_all_objects_passes_only_what_loads_parses_to_objects(payloads: list[bytes]) -> None:
+    loads = Loads(parse_constant=_reject)
+    if loads.all_objects(payloads):
+        assert _all_loaded_are_dicts(loads, payloads)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.dictionaries(st.text(max_size=4), _JSON_VALUES, max_size=4), max_size=8))
+def test_all_objects_passes_objects_in_compact_utf8(values: list[dict[str, Any]]) -> None:
+    """Complete where an upload needs it: objects as JSON writers emit them pass, so the
+    chunk check is the path uploads take and not a fallback that always answers False."""
+    payloads = [_COMPACT(v).encode("utf-8", "surrogatepass") for v in values]
+    assert Loads(parse_constant=_reject).all_objects(payloads) is True
+    assert Loads(parse_constant=_reject).all_objects([*payloads, b" {}"]) is False
