@@ -741,7 +741,12 @@ class Replica:
         if self.next_seq > self.high_watermark:
             return False
         # A full window: requests gather for the next batch while these run.
-        return self.next_seq - 1 - self.last_executed < self.config.batches_in_flight_max
+        return self._in_flight < self.config.batches_in_flight_max
+
+    @property
+    def _in_flight(self) -> int:
+        """Batches the primary has proposed and not executed yet (0 or less: none)."""
+        return self.next_seq - 1 - self.last_executed
 
     def _note_arrival(self) -> None:
         """Update `load` with a request reaching the primary: busy if another request waits or
@@ -749,7 +754,7 @@ class Replica:
         A request that finds the primary quiet also brings the load down by the quiet time
         (half every `LOAD_HALF_LIFE_MS`): a client that comes back after a pause is not kept
         waiting for the burst that went before it."""
-        busy = bool(self.pending) or self.next_seq - 1 > self.last_executed
+        busy = bool(self.pending) or self._in_flight > 0
         if not busy and self.load:
             quiet_ms = max(0, self.now_ms - self.executed_ms)
             self.load *= 0.5 ** (quiet_ms / LOAD_HALF_LIFE_MS)
@@ -768,8 +773,7 @@ class Replica:
         flight, requests always gather for the next one. Right after a burst, the first few
         requests of a client taking turns may each wait, until they have brought `load` down;
         after a pause (`LOAD_HALF_LIFE_MS`), none does."""
-        idle = self.next_seq - 1 <= self.last_executed
-        return idle and self.load < LOAD_BATCHING
+        return self._in_flight <= 0 and self.load < LOAD_BATCHING
 
     def batch_due_ms(self) -> int | None:
         """When the primary must propose the waiting requests even if no more come (None: it
@@ -812,7 +816,7 @@ class Replica:
         k = self.config.checkpoint_interval
         target = min(-(-self.redaction_due // k) * k, self.high_watermark)
         while self.next_seq <= target:
-            if self.next_seq - 1 - self.last_executed >= self.config.batches_in_flight_max:
+            if self._in_flight >= self.config.batches_in_flight_max:
                 return
             self.stats["null batches to a checkpoint"] += 1
             self._propose(())
