@@ -14,15 +14,19 @@ from __future__ import annotations
 import json
 import json.scanner
 from collections.abc import Callable, Sequence
-from itertools import accumulate, repeat
+from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 # Outside strings, what the compact encoder never writes: whitespace, a fraction or an
 # exponent (a float prints as Python's repr), minus zero (an int prints as 0). An `e` there is
 # an exponent unless it ends `true` or `false`.
 _NOT_COMPACT = frozenset(" \t\n\r.E")
 _VALUE, _END = itemgetter(0), itemgetter(1)
+T = TypeVar("T")
+# Frames below its caller at which `Loads.all_objects` scans: more than `Loads.__call__` adds
+# between its caller and the scanner (two).
+_DEPTH_MARGIN = 16
 
 
 # What `shape` reads of parsed JSON text outside its strings: (compact: the compact encoder
@@ -53,6 +57,11 @@ def shape(text: str) -> Shape:
         and ("e" not in outside or outside.count("e") == outside.count("ue") + outside.count("se"))
     )
     return compact, objects, outside.count(":"), objects + outside.count("[")
+
+
+def _beneath(frames: int, call: Callable[[], T]) -> T:
+    """`call()`, made `frames` Python frames below the caller of `_beneath`."""
+    return call() if frames <= 0 else _beneath(frames - 1, call)
 
 
 class Loads:
@@ -93,22 +102,27 @@ class Loads:
         to `self`.
 
         Why: an upload checks hundreds of thousands of payloads, and calling `self` on each
-        costs as much in dispatch as the parse. Here the scanner runs over the payloads' texts
-        joined, through `map`, with no Python frame per payload. Joining cannot make an
-        invalid payload pass: each value must start at its payload's first character and end
-        at its last, and a JSON object reads nothing after its closing brace."""
+        costs as much in dispatch as the parse. Here the C scanner is mapped over the
+        payloads' texts, with no Python frame per payload; each scan is the one `self` makes
+        of a text that starts with `{`, and must end where the text ends.
+
+        Why `_DEPTH_MARGIN` frames down: the scanner's depth limit is the interpreter's
+        recursion limit, counted from the caller's stack (Python 3.11 counts Python frames
+        and C recursion together). From the same caller, `self` scans a few frames deeper
+        than the `map` here would, so a payload nested near the limit could pass here and be
+        refused there. Scanned further down, it is refused here first and left to `self`."""
         try:
             texts = list(map(str, payloads, repeat("utf-8"), repeat("surrogatepass")))
         except UnicodeDecodeError:
             return False
-        ends = list(accumulate(map(len, texts)))
         try:
             # Where no value starts, the scanner's StopIteration ends `map` early: the list is
-            # then shorter than `ends`.
-            parsed = list(map(self._scan, repeat("".join(texts)), [0, *ends][:-1]))
+            # then shorter than `texts`.
+            parsed = _beneath(_DEPTH_MARGIN, lambda: list(map(self._scan, texts, repeat(0))))
         except (ValueError, RecursionError):
             return False
-        return list(map(_END, parsed)) == ends and set(map(type, map(_VALUE, parsed))) <= {dict}
+        ends_match = list(map(_END, parsed)) == list(map(len, texts))
+        return ends_match and set(map(type, map(_VALUE, parsed))) <= {dict}
 
     def _text(self, text: str) -> Any:
         """`JSONDecoder.decode(text)`: its whitespace passes skipped when there is none."""

@@ -172,28 +172,32 @@ def _payload_bytes(
     return data
 
 
-def _chunk_payloads(first: int, chunk: list[RecordIn], size_max: int) -> list[bytes]:
-    """The bytes to store of each record of a chunk (`_payload_bytes` of each), checked a
-    chunk at a time when every payload is bytes, or every one `CompactJson`.
+def _chunk_payloads(
+    first: int, chunk: list[RecordIn], size_max: int, whole: bool
+) -> tuple[list[bytes], bool]:
+    """The bytes to store of each record of a chunk (`_payload_bytes` of each), and whether
+    to check the next chunk whole: a chunk whose payloads are all `CompactJson` has only
+    their sizes checked, and with `whole`, one whose payloads are all bytes is checked at
+    once (`Loads.all_objects`).
 
     Why: an upload's payloads nearly always all come in one form, and checking them with one
-    call per record costs as much as the parse. Whenever the chunk's check does not pass,
-    `_payload_bytes` goes through the records one by one, to refuse the first bad one by its
-    position."""
+    call per record costs as much as the parse. A chunk that does not pass goes through
+    `_payload_bytes` record by record, which refuses the first bad one by its position. If
+    they all pass there, the upload's payloads come in a form the chunk check does not take
+    (with whitespace around them, say): its later chunks go record by record at once, rather
+    than being parsed twice."""
     payloads = [r.payload for r in chunk]
     kinds = set(map(type, payloads))
-    data: list[bytes] | None = None
     if kinds == {CompactJson}:
         data = [p.data for p in payloads if type(p) is CompactJson]
-    elif kinds == {bytes}:
+        if max(map(len, data), default=0) <= size_max:
+            return data, whole
+    elif whole and kinds == {bytes}:
         data = [p for p in payloads if type(p) is bytes]
-    if (
-        data is not None
-        and max(map(len, data), default=0) <= size_max
-        and (kinds == {CompactJson} or _loads.all_objects(data))
-    ):
-        return data
-    return [_payload_bytes(r.payload, first + i, size_max) for i, r in enumerate(chunk)]
+        if max(map(len, data), default=0) <= size_max and _loads.all_objects(data):
+            return data, True
+        whole = False
+    return [_payload_bytes(r.payload, first + i, size_max) for i, r in enumerate(chunk)], whole
 
 
 def _coerce(
@@ -362,6 +366,7 @@ class _Copier:
     ) -> None:
         self._session, self._upload, self._known, self._builder = session, upload, known, builder
         self._sealer = UploadSealer(dataset_id=upload.dataset_id.bytes, upload_id=upload.id.bytes)
+        self._whole = True  # check the next chunk's payloads at once (`_chunk_payloads`)
         conn = session.connection().connection.driver_connection
         assert isinstance(conn, psycopg.Connection)
         self._conn: psycopg.Connection[Any] = conn
@@ -432,7 +437,7 @@ class _Copier:
     ) -> bytes:
         """The chunk's rows as binary COPY data: payloads checked, records sealed, leaves
         pushed to the Merkle builder."""
-        payloads = _chunk_payloads(first, chunk, size_max)
+        payloads, self._whole = _chunk_payloads(first, chunk, size_max, self._whole)
         record_ids = _record_ids(chunk)
         envelopes, leaves = self._sealer.seal_batch(keys, record_ids, payloads)
         first_index = self._builder.count

@@ -8,6 +8,7 @@ generated mutations of them.
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -239,3 +240,40 @@ def test_all_objects_passes_objects_in_compact_utf8(values: list[dict[str, Any]]
     payloads = [_COMPACT(v).encode("utf-8", "surrogatepass") for v in values]
     assert Loads(parse_constant=_reject).all_objects(payloads) is True
     assert Loads(parse_constant=_reject).all_objects([*payloads, b" {}"]) is False
+
+
+def test_all_objects_scans_each_payload_alone() -> None:
+    """A chunk built so that each payload's value would run on through all the ones after it
+    (each opens a list its successors continue) costs one scan of each payload's own text,
+    not one to the chunk's end per payload: memory stays about that of the chunk, where the
+    scans to the end would hold every successor's elements once per payload (~20 MB here)."""
+    n, k = 128, 400
+    payloads = [b"[" + b"0," * k] * (n - 1) + [b"0" + b"]" * (n - 1)]
+    loads = Loads(parse_constant=_reject)
+    tracemalloc.start()
+    try:
+        assert loads.all_objects(payloads) is False
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+
+
+def test_all_objects_passes_no_nesting_loads_refuses_from_the_same_caller() -> None:
+    """Nesting near the recursion limit is refused or not by the caller's stack depth: at no
+    depth may `all_objects` pass a payload that `Loads`, called from the same frame, refuses
+    for its depth. The range holds depths both pass and depths both refuse."""
+    loads = Loads(parse_constant=_reject)
+    passed, refused = [], []
+    for depth in range(800, 1000):
+        payload = b'{"a":' * depth + b"1" + b"}" * depth
+        chunk_ok = loads.all_objects([payload])
+        try:
+            loads(payload)
+        except RecursionError:
+            refused.append(depth)
+            assert not chunk_ok, depth
+            continue
+        if chunk_ok:
+            passed.append(depth)
+    assert passed and refused

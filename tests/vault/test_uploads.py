@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import VaultServices, make_dataset
+from vault import uploads
 from vault.crypto import record_leaf
 from vault.crypto.merkle import leaf_hash, verify_inclusion
 from vault.errors import (
@@ -237,3 +238,40 @@ def test_more_subjects_than_the_key_caches_hold(
         assert verify_inclusion(
             leaf, out.leaf_index, out.record_count, out.proof, result.merkle_root
         )
+
+
+class _CountingLoads:
+    """The uploader's `Loads`, counting the chunks it checks at once."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.chunks = real, 0
+
+    def __call__(self, data: bytes | str) -> Any:
+        return self.real(data)
+
+    def all_objects(self, payloads: list[bytes]) -> bool:
+        self.chunks += 1
+        return bool(self.real.all_objects(payloads))
+
+
+@pytest.mark.parametrize(("payload", "chunk_checks"), [(b'{"a":1}', 10), (b'{"a":1}\n', 1)])
+def test_payloads_the_chunk_check_does_not_take_go_record_by_record(
+    session: Session,
+    services: VaultServices,
+    monkeypatch: pytest.MonkeyPatch,
+    payload: bytes,
+    chunk_checks: int,
+) -> None:
+    """Ten chunks (the fixture's 64 records; the last, 24): each checked at once when the
+    payloads are compact, and after the first only record by record when they are not (a
+    newline ends each), so that no chunk is parsed twice."""
+    counting = _CountingLoads(uploads._loads)
+    monkeypatch.setattr(uploads, "_loads", counting)
+    dataset = make_dataset(session)
+    result = services.uploader.upload(
+        session, dataset.id, [RecordIn(f"s{i % 7}", payload) for i in range(600)]
+    )
+    assert result.record_count == 600
+    assert counting.chunks == chunk_checks
+    stored = session.scalars(select(Record.id).where(Record.upload_id == result.upload_id)).all()
+    assert len(stored) == 600
