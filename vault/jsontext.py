@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 # an exponent unless it ends `true` or `false`.
 _NOT_COMPACT = frozenset(" \t\n\r.E")
 _VALUE, _END = itemgetter(0), itemgetter(1)
-T = TypeVar("T")
+_T = TypeVar("_T")
 # Frames below its caller at which `Loads.all_objects` scans: more than `Loads.__call__` adds
 # between its caller and the scanner (two).
 _DEPTH_MARGIN = 16
@@ -59,7 +59,7 @@ def shape(text: str) -> Shape:
     return compact, objects, outside.count(":"), objects + outside.count("[")
 
 
-def _beneath(frames: int, call: Callable[[], T]) -> T:
+def _beneath(frames: int, call: Callable[[], _T]) -> _T:
     """`call()`, made `frames` Python frames below the caller of `_beneath`."""
     return call() if frames <= 0 else _beneath(frames - 1, call)
 
