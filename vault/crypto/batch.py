@@ -24,6 +24,8 @@ from vault.crypto import (
     _LEAF_PREFIX,
     _LEAF_SALT_PREFIX,
     ENVELOPE_VERSION,
+    HMAC_IPAD,
+    HMAC_OPAD,
     KEY_VERSION,
     DataKey,
     _lp,
@@ -33,8 +35,6 @@ from vault.crypto._hazmat import NONCE_BYTES
 RECORD_ID_BYTES = 16
 _SALT_BYTES = 32
 _BLOCK_BYTES = 64  # SHA-256's block, the HMAC pad length
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
 _ID_PREFIX = struct.pack(">H", RECORD_ID_BYTES)
 _SALT_PREFIX = struct.pack(">H", _SALT_BYTES)
 # A leaf hash is SHA-256(0x00 | leaf prefix | lp(record id) | lp(salt) | payload).
@@ -50,8 +50,8 @@ class _Keyed:
     def __init__(self, key: DataKey) -> None:
         self.encrypt = key._aead.encrypt
         padded = key._key.ljust(_BLOCK_BYTES, b"\x00")  # a 32-byte key is never hashed first
-        self.inner = hashlib.sha256(padded.translate(_IPAD))
-        self.outer = hashlib.sha256(padded.translate(_OPAD))
+        self.inner = hashlib.sha256(padded.translate(HMAC_IPAD))
+        self.outer = hashlib.sha256(padded.translate(HMAC_OPAD))
 
     def __repr__(self) -> str:
         return "_Keyed(***)"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from vault.crypto import (
     DataKey,
     DecryptionFailed,
+    _hkdf_key,
     derive_dek,
     key_commitment,
     new_secret,
@@ -76,6 +77,28 @@ def test_hkdf_matches_rfc5869_case_1() -> None:
     assert okm.hex() == (
         "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
     )
+
+
+def test_dek_hkdf_matches_rfc5869_case_3() -> None:
+    """Case 3 has a zero-length salt, which HMAC pads to the same key as no salt (HashLen zero
+    bytes), and empty info: the DEK's HKDF gives the first 32 bytes of its OKM."""
+    okm = "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+    assert _hkdf_key(b"\x0b" * 22, b"").hex() == okm
+    assert hkdf_sha256(b"\x0b" * 22, salt=None, info=b"", length=32).hex() == okm
+
+
+@settings(max_examples=300, deadline=None)
+@given(ikm=st.binary(max_size=200), info=st.binary(max_size=300))
+def test_dek_hkdf_is_the_library_hkdf(ikm: bytes, info: bytes) -> None:
+    assert _hkdf_key(ikm, info) == hkdf_sha256(ikm, salt=None, info=info, length=32)
+    assert _hkdf_key(ikm, info) == _hkdf_reference(ikm, info, 32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), record_id=st.binary(max_size=40))
+def test_leaf_salt_is_hmac_sha256_of_the_prefixed_record_id(key: bytes, record_id: bytes) -> None:
+    expected = hmac.digest(key, b"civis-vault/leaf-salt/v1" + record_id, "sha256")
+    assert DataKey(key).leaf_salt(record_id) == expected
 
 
 def test_aes_gcm_matches_nist_test_case_16() -> None:
