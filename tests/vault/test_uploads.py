@@ -102,7 +102,7 @@ BAD_INPUTS: list[tuple[str, list[Any], type[VaultError], int | None]] = [
     ("NaN is not JSON", [b'{"a": NaN}'], InvalidRecord, 1),
     ("invalid UTF-8", [b'{"a": "\xff"}'], InvalidRecord, 1),
     ("oversized", [b'{"a": 1}', json.dumps({"a": "x" * 5000}).encode()], RecordTooLarge, 2),
-    # Neither is an object alone; joined, they are one (the chunk's check joins payloads).
+    # Neither is an object alone, though the two joined would be one.
     ("an object only joined", [b'{"a":"', b'"}', b"{}"], InvalidRecord, 1),
     ("a second object after one", [b"{}", b'{"a":1}{"b":2}'], InvalidRecord, 2),
 ]

@@ -67,11 +67,20 @@ _LEAF_PREFIX = b"civis-vault/leaf/v1"
 _READ_LEAF_PREFIX = b"civis-vault/decryption/v1"
 _WRAP_PREFIX = b"civis-vault/wrap/v1"
 # HMAC-SHA256's pads (RFC 2104) as byte translations of a key padded to SHA-256's block.
-HMAC_IPAD = bytes(x ^ 0x36 for x in range(256))
-HMAC_OPAD = bytes(x ^ 0x5C for x in range(256))
-_ZERO_KEY_IPAD = bytes(64).translate(HMAC_IPAD)  # HKDF's absent salt: HashLen zero bytes
-_ZERO_KEY_OPAD = bytes(64).translate(HMAC_OPAD)
+_HMAC_IPAD = bytes(x ^ 0x36 for x in range(256))
+_HMAC_OPAD = bytes(x ^ 0x5C for x in range(256))
 _KEY_PAD = bytes(64 - KEY_BYTES)  # a 32-byte HMAC key padded to SHA-256's block
+
+
+def _hmac_blocks(key: bytes) -> tuple[bytes, bytes]:
+    """The inner and outer key blocks of HMAC-SHA256 under a 32-byte `key` (RFC 2104: the key
+    padded to SHA-256's block, XORed with each pad): HMAC(key, m) is
+    SHA-256(outer | SHA-256(inner | m)). Made once per key where a key signs many messages."""
+    padded = key + _KEY_PAD
+    return padded.translate(_HMAC_IPAD), padded.translate(_HMAC_OPAD)
+
+
+_ZERO_KEY_BLOCKS = _hmac_blocks(bytes(KEY_BYTES))  # HKDF's absent salt: HashLen zero bytes
 
 
 class DecryptionFailed(Exception):
@@ -107,12 +116,9 @@ class DataKey:
             raise ValueError("a data key is 32 bytes")
         self._key = key
         self._aead = Aead(key)
-        # The leaf salt's HMAC key blocks (RFC 2104), the inner one with the salt's prefix.
-        padded = key + _KEY_PAD
-        self._salt_pads = (
-            padded.translate(HMAC_IPAD) + _LEAF_SALT_PREFIX,
-            padded.translate(HMAC_OPAD),
-        )
+        # The leaf salt's HMAC key blocks, the inner one with the salt's prefix.
+        inner, outer = _hmac_blocks(key)
+        self._salt_pads = (inner + _LEAF_SALT_PREFIX, outer)
 
     def __repr__(self) -> str:
         return "DataKey(***)"
@@ -165,10 +171,10 @@ def _hkdf_key(ikm: bytes, info: bytes) -> bytes:
     is HashLen zero bytes, so its padded blocks are constants; the expand needs one block,
     since a key is one hash long. The tests hold it to RFC 5869's vector and to `hkdf_sha256`."""
     sha256 = hashlib.sha256
-    prk = sha256(_ZERO_KEY_OPAD + sha256(_ZERO_KEY_IPAD + ikm).digest()).digest()
-    key = prk + _KEY_PAD
-    inner = sha256(key.translate(HMAC_IPAD) + info + b"\x01").digest()
-    return sha256(key.translate(HMAC_OPAD) + inner).digest()
+    zero_inner, zero_outer = _ZERO_KEY_BLOCKS
+    prk = sha256(zero_outer + sha256(zero_inner + ikm).digest()).digest()
+    inner, outer = _hmac_blocks(prk)
+    return sha256(outer + sha256(inner + info + b"\x01").digest()).digest()
 
 
 def key_commitment(key: DataKey) -> bytes:

@@ -3,8 +3,8 @@ of `merkle.leaf_hash(record_leaf(record_id, key.leaf_salt(record_id), payload))`
 
 Why a second path: an upload seals every record under its (upload, subject) DEK, and most of
 what `seal` and the leaf cost per record is the same work again each time: the associated
-data's constant fields, the HMAC key schedule of the leaf salt (`hmac.digest` pads the key and
-runs two extra SHA-256 blocks per call), the leaf's domain prefix, one `os.urandom` call per
+data's constant fields, the HMAC key blocks of the leaf salt (`DataKey.leaf_salt` hashes them
+again on each call, two extra SHA-256 blocks), the leaf's domain prefix, one `os.urandom` call per
 nonce. Here that work is done once per upload (associated data, prefixes), once per key (the
 HMAC inner and outer states, kept as RFC 2104 defines them) and once per batch (one read of
 randomness for all its nonces). Record ids are fixed 16-byte UUIDs, so their length prefixes
@@ -22,10 +22,7 @@ from vault.crypto import (
     _AAD_PREFIX,
     _HEADER,
     _LEAF_PREFIX,
-    _LEAF_SALT_PREFIX,
     ENVELOPE_VERSION,
-    HMAC_IPAD,
-    HMAC_OPAD,
     KEY_VERSION,
     DataKey,
     _lp,
@@ -34,7 +31,6 @@ from vault.crypto._hazmat import NONCE_BYTES
 
 RECORD_ID_BYTES = 16
 _SALT_BYTES = 32
-_BLOCK_BYTES = 64  # SHA-256's block, the HMAC pad length
 _ID_PREFIX = struct.pack(">H", RECORD_ID_BYTES)
 _SALT_PREFIX = struct.pack(">H", _SALT_BYTES)
 # A leaf hash is SHA-256(0x00 | leaf prefix | lp(record id) | lp(salt) | payload).
@@ -49,9 +45,9 @@ class _Keyed:
 
     def __init__(self, key: DataKey) -> None:
         self.encrypt = key._aead.encrypt
-        padded = key._key.ljust(_BLOCK_BYTES, b"\x00")  # a 32-byte key is never hashed first
-        self.inner = hashlib.sha256(padded.translate(HMAC_IPAD))
-        self.outer = hashlib.sha256(padded.translate(HMAC_OPAD))
+        inner, outer = key._salt_pads  # the leaf salt's HMAC key blocks, the prefix in `inner`
+        self.inner = hashlib.sha256(inner)
+        self.outer = hashlib.sha256(outer)
 
     def __repr__(self) -> str:
         return "_Keyed(***)"
@@ -117,7 +113,7 @@ class UploadSealer:
                 header + nonce + keyed.encrypt(nonce, payload, aad_head + record_id + aad_tail)
             )
             inner = keyed.inner.copy()
-            inner.update(_LEAF_SALT_PREFIX + record_id)
+            inner.update(record_id)
             outer = keyed.outer.copy()
             outer.update(inner.digest())
             leaf = _LEAF_STATE.copy()
