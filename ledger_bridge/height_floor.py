@@ -16,8 +16,9 @@ earlier run, possibly of another chain, never applies.
 Why a lock on both sides: a raise is a read, a compare and a write, and two workers raising at
 once must not let the lower write land last; a read under the shared lock never sees half a
 write. Each is one `flock` pair, about 3 µs, against the milliseconds of the read or
-commit it guards. `flock` locks belong to the open file, not the thread, so one `HeightFloor`
-serves one thread (a gateway's loop thread); each process opens its own.
+commit it guards. `flock` locks belong to the open file, not the thread: the threads of one
+process (a gateway's loop thread, an API worker's serving loop) share one `HeightFloor`, whose
+own lock keeps their raises apart; each process opens its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class HeightFloor:
         self._known = 0
         self._fd: int | None = None
         self._map: mmap.mmap | None = None
+        self._lock = threading.Lock()  # between this process's threads; `flock` between processes
 
     @classmethod
     def create(cls, path: Path, height: int = 0) -> None:
@@ -86,20 +89,21 @@ class HeightFloor:
         """The floor now: no read may come from a lower block height."""
         if self._map is None:
             return self._known
-        with self._locked(fcntl.LOCK_SH) as shared:
+        with self._lock, self._locked(fcntl.LOCK_SH) as shared:
             height = int(_HEIGHT.unpack_from(shared)[0])
-        self._known = max(self._known, height)
+            self._known = max(self._known, height)
         return height
 
     def raise_to(self, height: int) -> None:
         """Make the floor at least `height` (a lower height leaves it as it is)."""
         if height <= self._known:
             return
-        if self._map is not None:
-            with self._locked(fcntl.LOCK_EX) as shared:
-                if height > _HEIGHT.unpack_from(shared)[0]:
-                    _HEIGHT.pack_into(shared, 0, height)
-        self._known = height
+        with self._lock:
+            if self._map is not None:
+                with self._locked(fcntl.LOCK_EX) as shared:
+                    if height > _HEIGHT.unpack_from(shared)[0]:
+                        _HEIGHT.pack_into(shared, 0, height)
+            self._known = max(self._known, height)
 
     def close(self) -> None:
         """Unmap the shared file (a local floor holds nothing to release)."""

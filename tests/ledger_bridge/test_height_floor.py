@@ -10,13 +10,16 @@ the writer's height.
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from ledger_bridge.client import AsyncLedgerClient, InProcessTransport
 from ledger_bridge.crypto import SigningKey
+from ledger_bridge import height_floor
 from ledger_bridge.height_floor import HeightFloor
 from ledger_bridge.kvapp import KVApp, encode_get, encode_set
 from ledger_bridge.pbft.config import ClusterConfig
@@ -94,6 +97,58 @@ def test_a_local_floor_only_rises() -> None:
     floor.raise_to(5)
     floor.raise_to(3)
     assert floor.height == 5
+
+
+
+class _PausedRead:
+    """The floor's 8-byte height format, except that the first read of the mapping by
+    `thread` waits (at most 0.5 s) for `resume`, after setting `paused`: a thread switch between
+    a raise's read of the shared height and its write, made to happen."""
+
+    size = 8
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self.first = True
+
+    def unpack_from(self, buffer: Any) -> tuple[int, ...]:
+        read = struct.unpack_from("<Q", buffer)
+        if self.first and threading.current_thread() is self.thread:
+            self.first = False
+            self.paused.set()
+            self.resume.wait(0.5)
+        return read
+
+    def pack_into(self, buffer: Any, offset: int, height: int) -> None:
+        struct.pack_into("<Q", buffer, offset, height)
+
+
+def test_two_threads_raising_one_shared_floor_never_lower_it(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The gateway's loop thread and an API worker's serving loop raise one floor. `flock`
+    excludes open files, not threads: without a lock of its own, the second thread's raise
+    to 110 lands while the first is between reading 100 and writing 105, and 105 lands last."""
+    path = tmp_path / "floor"
+    HeightFloor.create(path, 100)
+    floor = HeightFloor.shared(path)
+    paused = _PausedRead(threading.current_thread())
+    monkeypatch.setattr(height_floor, "_HEIGHT", paused)
+
+    def second() -> None:
+        paused.paused.wait(2.0)
+        floor.raise_to(110)
+        paused.resume.set()
+
+    other = threading.Thread(target=second)
+    other.start()
+    try:
+        floor.raise_to(105)
+        other.join(10)
+        assert floor.height == 110
+    finally:
+        floor.close()
 
 
 def _replicas() -> tuple[list[Replica], list[SigningKey]]:
