@@ -17,9 +17,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ledger_bridge import height_floor
 from ledger_bridge.client import AsyncLedgerClient, InProcessTransport
 from ledger_bridge.crypto import SigningKey
-from ledger_bridge import height_floor
 from ledger_bridge.height_floor import HeightFloor
 from ledger_bridge.kvapp import KVApp, encode_get, encode_set
 from ledger_bridge.pbft.config import ClusterConfig
@@ -97,7 +97,6 @@ def test_a_local_floor_only_rises() -> None:
     floor.raise_to(5)
     floor.raise_to(3)
     assert floor.height == 5
-
 
 
 class _PausedRead:
