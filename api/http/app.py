@@ -181,8 +181,10 @@ def _lifespan(
             if keys is not None:
                 keys.stop()
             engine.dispose()
-            if owns_ledger and ledger is not None:
-                ledger.close()
+            if ledger is not None:
+                await ledger.close_lane()  # the clients its async routes made on this loop
+                if owns_ledger:
+                    ledger.close()
 
     return lifespan
 
