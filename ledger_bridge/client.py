@@ -257,6 +257,7 @@ class TcpClientTransport(_HeightSeen):
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._call_ids = itertools.count(1)
         self._validators: list[VerifyKey] | None = None
+        self._closed = False  # `close` is final: a send after it opens nothing
         self.forged_replies = 0  # replies whose MAC did not verify: dropped
 
     @classmethod
@@ -290,6 +291,8 @@ class TcpClientTransport(_HeightSeen):
         conn = self._conns.get(replica)
         if conn is not None:
             return conn
+        if self._closed:
+            raise ConnectionError("transport closed")
         lock = self._connecting.setdefault(replica, asyncio.Lock())
         async with lock:
             conn = self._conns.get(replica)
@@ -408,6 +411,9 @@ class TcpClientTransport(_HeightSeen):
             self._calls.pop(call_id, None)
 
     async def close(self) -> None:
+        """Drop every connection, for good: a submission still in flight, or one sent later,
+        fails instead of opening connections nothing would close."""
+        self._closed = True
         for replica, conn in list(self._conns.items()):
             self._drop(replica, conn)
 

@@ -89,8 +89,11 @@ class HeightFloor:
         """The floor now: no read may come from a lower block height."""
         if self._map is None:
             return self._known
-        with self._lock, self._locked(fcntl.LOCK_SH) as shared:
-            height = int(_HEIGHT.unpack_from(shared)[0])
+        with self._lock:
+            if self._map is None:  # closed meanwhile by another thread
+                return self._known
+            with self._locked(fcntl.LOCK_SH) as shared:
+                height = int(_HEIGHT.unpack_from(shared)[0])
             self._known = max(self._known, height)
         return height
 
@@ -106,10 +109,12 @@ class HeightFloor:
             self._known = max(self._known, height)
 
     def close(self) -> None:
-        """Unmap the shared file (a local floor holds nothing to release)."""
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Unmap the shared file (a local floor holds nothing to release). Under the lock: a
+        thread still reading or raising finishes first, and after it the floor is local."""
+        with self._lock:
+            if self._map is not None:
+                self._map.close()
+                self._map = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

@@ -172,21 +172,32 @@ def _lifespan(
         app.state.key_maintenance = keys
         jobs = _start_jobs(app, settings, ledger) if background_jobs else None
         app.state.jobs = jobs
+        if ledger is not None:
+            await ledger.open_lane()  # ledger clients on this loop, for the async routes
         try:
             yield
         finally:
-            app.state.metrics_registry.unregister(outbox_metrics)
-            if jobs is not None:
-                jobs.stop()
-            if keys is not None:
-                keys.stop()
-            engine.dispose()
-            if ledger is not None:
-                await ledger.close_lane()  # the clients its async routes made on this loop
-                if owns_ledger:
-                    ledger.close()
+            try:
+                app.state.metrics_registry.unregister(outbox_metrics)
+                if jobs is not None:
+                    jobs.stop()
+                if keys is not None:
+                    keys.stop()
+                engine.dispose()
+            finally:
+                if ledger is not None:
+                    await _close_ledger(ledger, owns_ledger)
 
     return lifespan
+
+
+async def _close_ledger(ledger: LedgerGateway, owns_ledger: bool) -> None:
+    """This loop's lane, then the gateway itself when it is this app's alone."""
+    try:
+        await ledger.close_lane()
+    finally:
+        if owns_ledger:
+            ledger.close()
 
 
 async def _bind_when_reachable(app: FastAPI, ledger: LedgerGateway, wait_s: float) -> None:

@@ -9,8 +9,9 @@ thread pool and call the synchronous methods here.
 An async route (consented access, the hottest path) submits on a second pool instead, a lane
 on its own event loop (`submit_from`): the wait for the replicas then costs no hop to the
 gateway's thread and back, two cross-thread wake-ups of ~0.1 ms of CPU together. The lane has
-its own connections and shares the gateway's height floor; the app's lifespan closes it
-(`close_lane`) on the loop it belongs to.
+its own connections and shares the gateway's height floor. The app's lifespan opens it
+(`open_lane`) and closes it (`close_lane`) on its serving loop; a caller on a loop without a
+lane still submits through the gateway's thread, so no lane is ever made that nothing closes.
 
 Who signs what:
 - the vault's ledger key signs what the contracts let the vault do for a member (register a
@@ -203,6 +204,8 @@ class LedgerGateway:
         self._floor = height_floor or HeightFloor()
         self._clients, self._timeout_ms = clients, timeout_ms
         self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
+        self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
         self._loop = eventloop.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="ledger-gateway", daemon=True
@@ -266,9 +269,17 @@ class LedgerGateway:
             )
         return _Lane(transport, pool)
 
+    async def open_lane(self) -> None:
+        """Give the running loop clients of its own, for `submit_from`; the caller closes
+        them (`close_lane`) on this loop before the loop ends."""
+        if self._closed:
+            raise LedgerUnavailable("the ledger gateway is closed")
+        loop = asyncio.get_running_loop()
+        if loop not in self._lanes:
+            self._lanes[loop] = self._new_lane()
+
     async def close_lane(self) -> None:
-        """Close the clients `submit_from` made on the running loop, if it made any: the app
-        that served on this loop stops."""
+        """Close the running loop's clients (`open_lane`), if it has any."""
         lane = self._lanes.pop(asyncio.get_running_loop(), None)
         if lane is not None:
             await lane.close()
@@ -300,22 +311,28 @@ class LedgerGateway:
         return _answer(raw, receipt)
 
     async def submit_from(self, raw: bytes) -> LedgerAnswer:
-        """`submit` for a caller on an event loop (an async route): on the clients of that
-        loop's lane, made on its first call, without holding a thread while the replicas
-        order."""
-        loop = asyncio.get_running_loop()
-        lane = self._lanes.get(loop)
-        if lane is None:
-            lane = self._lanes[loop] = self._new_lane()
-        client = await lane.pool.get()
+        """`submit` for a caller on an event loop (an async route), without holding a thread
+        while the replicas order: on the clients of that loop's lane (`open_lane`), or else
+        through the gateway's thread."""
+        if self._closed:
+            raise LedgerUnavailable("the ledger gateway is closed")
+        lane = self._lanes.get(asyncio.get_running_loop())
         try:
-            receipt = await client.submit(raw)
+            if lane is None:
+                future = asyncio.run_coroutine_threadsafe(
+                    self._borrowed(lambda client: client.submit(raw)), self._loop
+                )
+                receipt = await asyncio.wrap_future(future)
+            else:
+                client = await lane.pool.get()
+                try:
+                    receipt = await client.submit(raw)
+                finally:
+                    lane.pool.put_nowait(client)
         except LedgerError as exc:
             raise LedgerUnavailable(
                 f"no quorum of replicas answered: {type(exc).__name__}"
             ) from None
-        finally:
-            lane.pool.put_nowait(client)
         return _answer(raw, receipt)
 
     def sign_as_vault(
@@ -459,6 +476,11 @@ class LedgerGateway:
         return receipts.find_request(block, tx_id)
 
     def close(self) -> None:
+        """Close the clients and connections, the gateway's thread and the floor; after it,
+        `open_lane` and `submit_from` refuse (`LedgerUnavailable`)."""
+        self._closed = True
+        self._close_lanes_left()
+
         async def shut() -> None:
             await self._relay.close()
             await _Lane(self._transport, self._pool).close()
@@ -470,6 +492,24 @@ class LedgerGateway:
         self._thread.join(5)
         self._loop.close()
         self._floor.close()
+
+    def _close_lanes_left(self) -> None:
+        """Close the lanes whose apps did not (an app that shares this gateway and still
+        serves), each on its own loop while that loop runs; a stopped loop's sockets went
+        with it."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for loop in list(self._lanes):
+            lane = self._lanes.pop(loop)
+            if loop is here:
+                task = loop.create_task(lane.close())
+                self._closing.add(task)  # held until done: the loop keeps only a weak one
+                task.add_done_callback(self._closing.discard)
+            elif loop.is_running():
+                with contextlib.suppress(Exception):  # as for the gateway's own, below
+                    asyncio.run_coroutine_threadsafe(lane.close(), loop).result(5.0)
 
 
 @dataclass(frozen=True, slots=True)

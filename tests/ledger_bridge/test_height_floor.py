@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ledger_bridge import height_floor
 from ledger_bridge.client import AsyncLedgerClient, InProcessTransport
 from ledger_bridge.crypto import SigningKey
@@ -148,6 +150,31 @@ def test_two_threads_raising_one_shared_floor_never_lower_it(
         assert floor.height == 110
     finally:
         floor.close()
+
+
+def test_a_floor_closed_by_one_thread_while_another_reads_it_stays_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway closed while a serving loop's read of the floor is halfway: the read ends
+    first (it would otherwise unlock a closed file), and the floor reads as local after."""
+    path = tmp_path / "floor"
+    HeightFloor.create(path, 100)
+    floor = HeightFloor.shared(path)
+    paused = _PausedRead(threading.current_thread())
+    monkeypatch.setattr(height_floor, "_HEIGHT", paused)
+
+    def closer() -> None:
+        paused.paused.wait(2.0)
+        floor.close()
+        paused.resume.set()
+
+    other = threading.Thread(target=closer)
+    other.start()
+    try:
+        assert floor.height == 100
+    finally:
+        other.join(10)
+    assert floor.height == 100  # what it knew, now that nothing is shared
 
 
 def _replicas() -> tuple[list[Replica], list[SigningKey]]:
