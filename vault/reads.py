@@ -116,19 +116,20 @@ class RecordOut:
 # analysed, a plain join was planned as a scan of every subject secret per record).
 
 
-def _secret(kind: str, scope: Any) -> Any:
+def _secret(kind: str, dataset: Any, scope: Any) -> Any:
     key = aliased(KeySecret)
     return (
         select(key.kek_id, key.wrapped)
-        .where(key.kind == kind, key.dataset_id == Record.dataset_id, key.scope == scope)
+        .where(key.kind == kind, key.dataset_id == dataset, key.scope == scope)
         .limit(1)  # the unique key has one row; the limit keeps the lookup from being merged
         .lateral(f"{kind}_key")
     )
 
 
-_SUBJECT_KEY = _secret("subject", Record.subject_id)
-_UPLOAD_KEY = _secret("upload", cast(Record.upload_id, String))
-_EPOCH_KEY = _secret("epoch", func.to_char(Upload.retention_day, "YYYY-MM-DD"))
+_SUBJECT_KEY = _secret("subject", Record.dataset_id, Record.subject_id)
+_UPLOAD_KEY = _secret("upload", Record.dataset_id, cast(Record.upload_id, String))
+_DAY_TEXT = func.to_char(Upload.retention_day, "YYYY-MM-DD")
+_EPOCH_KEY = _secret("epoch", Record.dataset_id, _DAY_TEXT)
 
 _COLUMNS = (
     Record.id,
@@ -337,7 +338,8 @@ def _dataset_statement(
     if raw is not None:
         return raw
     anchored_only, subjects, leave_out, uploads = shape
-    query = _query(anchored_only).where(Record.dataset_id == _DATASET)
+    base = _query_in_uploads(anchored_only) if uploads else _query(anchored_only)
+    query = base.where(Record.dataset_id == _DATASET)
     if subjects:
         query = query.where(Record.subject_id == any_(_SUBJECTS))
     if leave_out:
@@ -380,6 +382,54 @@ def _dataset_pages(
         yield from _keyset_pages(fetch, page)
     finally:
         cursor.close()
+
+
+def _query_in_uploads(anchored_only: bool) -> Select[*tuple[Any, ...]]:
+    """`_query` for a read that names its uploads (`_UPLOADS`, in the dataset `_DATASET`), the
+    same columns in the same order: the named uploads' own secrets are looked up once per
+    upload (a materialised CTE), not once per record. Only the subject's secret varies by
+    record. For a 100-record answer from one upload, PostgreSQL's CPU per query fell from
+    0.68–0.70 to 0.45–0.48 ms (docs/BENCHMARKS.md, "Access")."""
+    upload_key = _secret("upload", Upload.dataset_id, cast(Upload.id, String))
+    epoch_key = _secret("epoch", Upload.dataset_id, _DAY_TEXT)
+    named = (
+        select(
+            Upload.id,
+            Upload.retention_day,
+            Upload.merkle_root,
+            Upload.record_count,
+            upload_key.c.kek_id.label("upload_kek_id"),
+            upload_key.c.wrapped.label("upload_wrapped"),
+            epoch_key.c.kek_id.label("epoch_kek_id"),
+            epoch_key.c.wrapped.label("epoch_wrapped"),
+        )
+        .select_from(Upload)
+        .outerjoin(upload_key, true())
+        .outerjoin(epoch_key, true())
+        .where(Upload.id == any_(_UPLOADS), Upload.dataset_id == _DATASET)
+    )
+    if anchored_only:
+        named = named.where(Upload.state == "anchored")
+    uploads = named.cte("named_uploads").prefix_with("MATERIALIZED")
+    query: Select[*tuple[Any, ...]] = (
+        select(
+            *_COLUMNS[:6],
+            uploads.c.retention_day,
+            uploads.c.merkle_root,
+            uploads.c.record_count,
+            _SUBJECT_KEY.c.kek_id,
+            _SUBJECT_KEY.c.wrapped,
+            uploads.c.upload_kek_id,
+            uploads.c.upload_wrapped,
+            uploads.c.epoch_kek_id,
+            uploads.c.epoch_wrapped,
+        )
+        .select_from(Record)
+        .join(uploads, uploads.c.id == Record.upload_id)
+        .outerjoin(_SUBJECT_KEY, true())
+        .where(Record.superseded_by.is_(None))
+    )
+    return query
 
 
 def _query(anchored_only: bool) -> Select[*tuple[Any, ...]]:

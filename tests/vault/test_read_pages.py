@@ -5,13 +5,17 @@ more than it needs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import VaultServices, make_dataset
+from vault.keys import epoch_ref, upload_ref
+from vault.models import Upload
 from vault.reads import Reader
 from vault.uploads import RecordIn
 
@@ -55,3 +59,43 @@ def test_pages_of_three_read_what_one_page_reads(session: Session, services: Vau
         p for p in whole if p[0] in one
     ]
     assert _positions(paged, session, dataset.id, limit=2)[:2] == whole[:2]
+
+
+def test_a_read_naming_its_uploads_opens_only_what_their_secrets_still_open(
+    session: Session, services: VaultServices
+) -> None:
+    """A read that names its uploads looks each upload's and each retention day's secret up
+    once per upload, not per record (vault/reads.py, `_query_in_uploads`). Whatever is
+    destroyed, it reads exactly what the read of the whole dataset reads in those uploads: a
+    destroyed upload or day secret leaves their records out, even with their ciphertext still
+    in place; an upload of another dataset is never reached; `anchored_only` keeps to the
+    anchored ones."""
+    dataset, other = make_dataset(session), make_dataset(session)
+    today = dt.date.today()
+    days = [today + dt.timedelta(days=30), today + dt.timedelta(days=31)]
+
+    def upload(on: uuid.UUID, day: dt.date) -> uuid.UUID:
+        rows = [RecordIn(f"s{i}", json.dumps({"i": i}).encode()) for i in range(4)]
+        return services.uploader.upload(session, on, rows, retention_day=day).upload_id
+
+    mine = [upload(dataset.id, days[0]), upload(dataset.id, days[0]), upload(dataset.id, days[1])]
+    theirs = upload(other.id, days[0])
+    paged = Reader(services.store, batch_rows=3)
+
+    def named(ids: list[uuid.UUID], **how: Any) -> list[tuple[str, int, str]]:
+        return _positions(paged, session, dataset.id, uploads=ids, **how)
+
+    def whole_in(ids: list[uuid.UUID]) -> list[tuple[str, int, str]]:
+        return [p for p in _positions(paged, session, dataset.id) if p[0] in map(str, ids)]
+
+    assert len(named(mine)) == 12 and named(mine) == whole_in(mine)
+    assert named([theirs]) == [] and named([*mine, theirs]) == named(mine)
+    services.store.destroy(session, [upload_ref(dataset.id, mine[0])])
+    assert named(mine) == whole_in(mine) == whole_in(mine[1:])
+    services.store.destroy(session, [epoch_ref(dataset.id, days[0].isoformat())])
+    assert named(mine) == whole_in(mine) == whole_in(mine[2:])
+    assert len(named(mine)) == 4
+    session.execute(update(Upload).where(Upload.id == mine[2]).values(state="anchored"))
+    assert named(mine, anchored_only=True) == named(mine[2:])
+    session.execute(update(Upload).where(Upload.id == mine[2]).values(state="pending"))
+    assert named(mine, anchored_only=True) == []
