@@ -338,6 +338,8 @@ def _dataset_statement(
     if raw is not None:
         return raw
     anchored_only, subjects, leave_out, uploads = shape
+    # Without named uploads, a CTE would look up the secrets of every upload of the dataset,
+    # however few of them the page reaches.
     base = _query_in_uploads(anchored_only) if uploads else _query(anchored_only)
     query = base.where(Record.dataset_id == _DATASET)
     if subjects:
@@ -388,8 +390,8 @@ def _query_in_uploads(anchored_only: bool) -> Select[*tuple[Any, ...]]:
     """`_query` for a read that names its uploads (`_UPLOADS`, in the dataset `_DATASET`), the
     same columns in the same order: the named uploads' own secrets are looked up once per
     upload (a materialised CTE), not once per record. Only the subject's secret varies by
-    record. For a 100-record answer from one upload, PostgreSQL's CPU per query fell from
-    0.68–0.70 to 0.45–0.48 ms (docs/BENCHMARKS.md, "Access")."""
+    record: for a 100-record answer from one upload, the per-record lookups of the two shared
+    secrets were a third of PostgreSQL's CPU for the query (docs/BENCHMARKS.md, "Access")."""
     upload_key = _secret("upload", Upload.dataset_id, cast(Upload.id, String))
     epoch_key = _secret("epoch", Upload.dataset_id, _DAY_TEXT)
     named = (
