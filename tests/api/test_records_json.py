@@ -86,3 +86,16 @@ def test_record_text_matches_the_models(subject: str) -> None:
     projected = json.loads(records_json.record_text(r, payload=b'{"city":"Lyon"}', proof=False))
     assert projected["proof"] is None
     assert AccessRecord.model_validate(projected).payload == {"city": "Lyon"}
+
+
+@pytest.mark.parametrize("siblings", [0, 1, 7])
+def test_the_audit_path_and_upload_of_each_record_as_they_are(siblings: int) -> None:
+    """A tree of one record has an empty audit path; records of two uploads read one after
+    the other each name their own (the upload's text is made once per upload)."""
+    first, second = _record("s1", b"{}"), _record("s2", b"{}")
+    path = [bytes([i]) * 32 for i in range(siblings)]
+    first.proof[:] = path
+    for r in (first, second, first):
+        out = json.loads(records_json.record_text(r))
+        assert out["upload_id"] == str(r.upload_id)
+        assert out["proof"]["audit_path"] == [h.hex() for h in r.proof]
