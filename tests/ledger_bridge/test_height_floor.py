@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,25 +126,34 @@ class _PausedRead:
         struct.pack_into("<Q", buffer, offset, height)
 
 
-def test_two_threads_raising_one_shared_floor_never_lower_it(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    """The gateway's loop thread and an API worker's serving loop raise one floor. `flock`
-    excludes open files, not threads: without a lock of its own, the second thread's raise
-    to 110 lands while the first is between reading 100 and writing 105, and 105 lands last."""
+def _in_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: Callable[[HeightFloor], None]
+) -> tuple[HeightFloor, threading.Thread]:
+    """A floor shared at height 100 whose first read of the mapping by this thread pauses,
+    and a started thread that calls `other(floor)` in that pause, then lets the read go on."""
     path = tmp_path / "floor"
     HeightFloor.create(path, 100)
     floor = HeightFloor.shared(path)
     paused = _PausedRead(threading.current_thread())
     monkeypatch.setattr(height_floor, "_HEIGHT", paused)
 
-    def second() -> None:
+    def run() -> None:
         paused.paused.wait(2.0)
-        floor.raise_to(110)
+        other(floor)
         paused.resume.set()
 
-    other = threading.Thread(target=second)
-    other.start()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return floor, thread
+
+
+def test_two_threads_raising_one_shared_floor_never_lower_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's loop thread and an API worker's serving loop raise one floor. `flock`
+    excludes open files, not threads: without a lock of its own, the second thread's raise
+    to 110 lands while the first is between reading 100 and writing 105, and 105 lands last."""
+    floor, other = _in_a_pause(tmp_path, monkeypatch, lambda f: f.raise_to(110))
     try:
         floor.raise_to(105)
         other.join(10)
@@ -157,19 +167,7 @@ def test_a_floor_closed_by_one_thread_while_another_reads_it_stays_readable(
 ) -> None:
     """A gateway closed while a serving loop's read of the floor is halfway: the read ends
     first (it would otherwise unlock a closed file), and the floor reads as local after."""
-    path = tmp_path / "floor"
-    HeightFloor.create(path, 100)
-    floor = HeightFloor.shared(path)
-    paused = _PausedRead(threading.current_thread())
-    monkeypatch.setattr(height_floor, "_HEIGHT", paused)
-
-    def closer() -> None:
-        paused.paused.wait(2.0)
-        floor.close()
-        paused.resume.set()
-
-    other = threading.Thread(target=closer)
-    other.start()
+    floor, other = _in_a_pause(tmp_path, monkeypatch, HeightFloor.close)
     try:
         assert floor.height == 100
     finally:
