@@ -311,6 +311,8 @@ class TcpClientTransport(_HeightSeen):
             )
             try:  # a timeout cancels the future: a late close finds it done
                 challenge = await asyncio.wait_for(fresh.challenge, CONNECT_TIMEOUT_MS / 1000)
+                if self._closed:  # closed while this connection was being made
+                    raise ConnectionError("transport closed")
             except BaseException:
                 fresh.close()
                 raise

@@ -143,6 +143,20 @@ def test_a_closed_lane_opens_no_connection_again(ledger_env: LedgerEnv) -> None:
     assert asyncio.run(go()) == {}
 
 
+def test_a_connection_being_made_when_the_lane_closes_is_not_kept(ledger_env: LedgerEnv) -> None:
+    gateway = ledger_env.gateway
+
+    async def go() -> dict[int, Any]:
+        lane = gateway._new_lane()
+        sending = asyncio.create_task(lane.transport.send(0, b"early"))
+        await asyncio.sleep(0)  # it is dialling replica 0
+        await lane.close()
+        await sending
+        return lane.transport._conns
+
+    assert asyncio.run(go()) == {}
+
+
 @pytest.fixture
 def own_gateway(ledger_env: LedgerEnv) -> Iterator[LedgerGateway]:
     """A gateway of the test's own over the module's cluster (closing it is the test)."""
