@@ -24,7 +24,7 @@ _hex = bytes.hex
 @functools.lru_cache(maxsize=1024)
 def _upload_text(upload_id: uuid.UUID) -> str:
     """An upload's id as text, made once per upload: an answer's records come a few uploads
-    at a time, and `str` of a UUID is a quarter of a record's own encoding."""
+    at a time, and `str` of a UUID is about a seventh of a record's own encoding."""
     return str(upload_id)
 
 
