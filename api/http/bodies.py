@@ -93,7 +93,9 @@ def not_unicode(exc: UnicodeDecodeError) -> StarletteHTTPException:
     )
 
 
-class _BoundedRequest(Request):
+class BoundedRequest(Request):
+    """A request whose `json()` is `loads_bounded`, refusing with the 422s above."""
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             try:
@@ -112,6 +114,6 @@ class BoundedJsonRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:
-            return await handler(_BoundedRequest(request.scope, request.receive))
+            return await handler(BoundedRequest(request.scope, request.receive))
 
         return bounded

@@ -57,14 +57,14 @@ async def _session(request: Request) -> AsyncIterator[Session]:
 
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
-_bearer = HTTPBearer(
+bearer = HTTPBearer(
     auto_error=False,
     description="An API key, `cvk_<id>_<secret>`, or a subject's wallet sign-in token, "
     "`cvs_<id>_<secret>` (POST /v1/subjects/sessions)",
 )
 
 
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def _authenticated(
@@ -114,13 +114,13 @@ async def _current_member(request: Request, credentials: Credentials) -> Member:
     checked against the database and the ledger in the thread pool, in a session of its own
     that ends before the route runs (so a route that never touches the database opens no
     session for its caller either)."""
-    member = _remembered_member(request, credentials)
+    member = remembered_member(request, credentials)
     if member is not None:
         return member
     return await run_in_threadpool(_released_member, request, credentials)
 
 
-def _remembered_member(request: Request, credentials: Credentials) -> Member | None:
+def remembered_member(request: Request, credentials: Credentials) -> Member | None:
     if credentials is None or is_session_token(credentials.credentials):
         return None
     verified: VerifiedKeys = request.app.state.verified_keys
@@ -154,6 +154,11 @@ def _check_role(member: Member, roles: tuple[str, ...]) -> Member:
     return member
 
 
+# Where `require_role` leaves the roles its check admits, for a route that admits a caller
+# without FastAPI's dependency solver (api/http/direct.py).
+ROLES_ATTRIBUTE = "civis_roles"
+
+
 def require_role(*roles: str) -> Callable[[Request, Credentials], Awaitable[Member]]:
     """A dependency that admits only members whose key has one of `roles`.
 
@@ -163,6 +168,7 @@ def require_role(*roles: str) -> Callable[[Request, Credentials], Awaitable[Memb
     async def check(request: Request, credentials: Credentials) -> Member:
         return _check_role(await _current_member(request, credentials), roles)
 
+    setattr(check, ROLES_ATTRIBUTE, roles)
     return check
 
 
