@@ -336,6 +336,7 @@ class Replica:
         app: Application,
         *,
         durable: DurableState | None = None,
+        sign_replies: bool = True,
     ) -> None:
         if not 0 <= replica_id < config.n:
             raise LocalProtocolError("replica id outside the cluster")
@@ -346,6 +347,9 @@ class Replica:
         self.key = signing_key
         self.app = app
         self.keys = config.verify_keys
+        # False: REPLYs leave unsigned, and the shell has `signed_reply` sign the ones whose
+        # client checks signatures (the node: a client that agreed a MAC key checks the MAC).
+        self.sign_replies = sign_replies
         self.stats: Counter[str] = Counter()  # why inputs were ignored, and other events
 
         self.view = 0
@@ -688,7 +692,7 @@ class Replica:
         refusals reach it as an answer rather than a timeout."""
         self.stats["refused at admission"] += 1
         reply = Reply(self.view, req.request_id, req.client_id, self.id, result, 0)
-        self._replies.append(ClientReply(req.client_id, m.sign(reply, self.key)))
+        self._replies.append(ClientReply(req.client_id, self._signed(reply)))
 
     def _recheck_pending(self) -> None:
         """Admission again for every waiting request after a block (CometBFT's recheck): a
@@ -701,19 +705,26 @@ class Replica:
                 del self.pending[key]
                 self._refuse(req, refusal)
 
+    def _signed(self, reply: Reply) -> Reply:
+        return self.signed_reply(reply) if self.sign_replies else reply
+
     def _reply(self, client_id: bytes, request_id: int, height: int, result: bytes) -> None:
-        reply = self.signed_replies.get(client_id)
-        if reply is None or (reply.view, reply.request_id, reply.block_height, reply.result) != (
-            self.view,
-            request_id,
-            height,
-            result,
-        ):
-            unsigned = Reply(self.view, request_id, client_id, self.id, result, height)
-            reply = m.sign(unsigned, self.key)
-            if client_id in self.reply_cache:
-                self.signed_replies[client_id] = reply
-        self._replies.append(ClientReply(client_id, reply))
+        reply = Reply(self.view, request_id, client_id, self.id, result, height)
+        self._replies.append(ClientReply(client_id, self._signed(reply)))
+
+    def signed_reply(self, reply: Reply) -> Reply:
+        """`reply`, one of this replica's REPLYs (from a Ready), signed.
+
+        A client's last signed REPLY is kept while the client is in the reply cache, so its
+        retries (answered from that cache, sent to every replica) cost no new signature each;
+        an erasure drops it with the cached result (`_forget_cached_results`)."""
+        kept = self.signed_replies.get(reply.client_id)
+        if kept is not None and dataclasses.replace(kept, signature=b"") == reply:
+            return kept
+        signed = m.sign(reply, self.key)
+        if reply.client_id in self.reply_cache:
+            self.signed_replies[reply.client_id] = signed
+        return signed
 
     def _maybe_propose(self) -> None:
         """TOCS §5.1 batching: close a batch when full or when its oldest request waited

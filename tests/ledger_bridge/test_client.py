@@ -229,6 +229,59 @@ def test_forged_reply_macs_are_rejected_like_forged_signatures(tmp_path: Path) -
     run(go())
 
 
+def test_replies_are_signed_only_for_a_client_without_a_mac_key(tmp_path: Path) -> None:
+    """A replica signs a REPLY only for a client that checks signatures: over real TCP to four
+    in-process nodes, a client that agreed MAC keys gets unsigned replies whose MACs verify,
+    and a client that agreed none gets replies signed by each replica's validator key."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+    validators = cluster.genesis.public_keys()
+
+    async def go() -> None:
+        async with _tcp_nodes(cluster) as (_, transport):
+            client = AsyncLedgerClient(transport, validators, 1, retry_ms=200, timeout_ms=20_000)
+            frames: list[tuple[int, dict[str, Any]]] = []
+            dispatch = transport._dispatch
+
+            def seen(replica: int, frame: Any, conn: Any) -> None:
+                if isinstance(frame, dict) and frame.get("op") == "reply":
+                    frames.append((replica, frame))
+                dispatch(replica, frame, conn)
+
+            transport._dispatch = seen  # type: ignore[method-assign]
+            await client.submit(encode_set(b"a", b"1"))  # sessions agreed on the way
+            frames.clear()
+            await client.submit(encode_set(b"b", b"2"))
+            await asyncio.sleep(0.2)  # the replies past the f+1 too
+            assert {r for r, _ in frames} == {0, 1, 2, 3}
+            for _, frame in frames:
+                reply = m.decode(frame["reply"])
+                assert isinstance(frame.get("mac"), bytes)
+                assert isinstance(reply, m.Reply) and reply.signature == b""
+
+            plain = cluster.client_transport()  # agrees no MAC key
+            answers: list[tuple[int, m.Message, bool]] = []
+            key = SigningKey.generate()
+
+            def heard(replica: int, raw: bytes, authenticated: bool) -> None:
+                answers.append((replica, m.decode(raw), authenticated))
+
+            plain.on_reply(bytes(key.public_key), heard)
+            request = m.encode(m.make_request(key, 1, encode_set(b"c", b"3")))
+            for i in range(4):
+                await plain.send(i, request)
+            for _ in range(100):
+                if len(answers) == 4:
+                    break
+                await asyncio.sleep(0.05)
+            await plain.close()
+            assert sorted(r for r, _, _ in answers) == [0, 1, 2, 3]
+            for _, reply, authenticated in answers:
+                assert isinstance(reply, m.Reply) and not authenticated
+                assert m.verify_reply(reply, validators)
+
+    run(go())
+
+
 def test_a_committed_block_reaches_the_disk_within_the_lazy_window(tmp_path: Path) -> None:
     """A block needs no fsync (the core tolerates losing it, see `Ready.must_sync`), so the
     node holds its write back to join the next fsynced transaction. With no further traffic

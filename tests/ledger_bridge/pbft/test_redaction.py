@@ -199,3 +199,26 @@ def test_a_request_ordered_again_after_its_execution_leaves_no_body() -> None:
         assert not _records_hold_marker(net, i)
         blocks = [net.blocks[i][h] for h in sorted(net.blocks[i])]
         assert verify_chain(blocks, net.config.public_keys)
+
+
+def test_a_forget_drops_the_signed_replies_the_shell_had_made() -> None:
+    """A shell that signs replies itself (the node, for a client that agreed no MAC key) has
+    the core keep each client's last signed REPLY for its retries: no new signature per
+    retry, and the erasure drops each one with the cached result it signs, so no copy of a
+    forgotten result outlives it in the replica."""
+    net = Net(params={"durable_snapshot_txs": 1_000_000})
+    for r in net.replicas:
+        r.sign_replies = False
+    _run(net, SCRIPT[:3])
+    assert net.replies and all(reply.signature == b"" for reply in net.replies)
+    for reply in net.replies:
+        r = net.replicas[reply.replica_id]
+        signed = r.signed_reply(reply)
+        assert m.verify_reply(signed, net.config.verify_keys)
+        assert r.signed_reply(reply) is signed  # a retry: the same signature
+    assert all(len(r.signed_replies) == 3 for r in net.replicas)  # control: kept
+    _run(net, SCRIPT[3:], first_client=3)
+    for r in net.replicas:
+        forgotten = {c for c, (_, _, res) in r.reply_cache.items() if res == m.REDACTED}
+        assert len(forgotten) == 4
+        assert not forgotten & set(r.signed_replies)
