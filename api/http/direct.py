@@ -3,10 +3,10 @@
 Why: FastAPI answers every request through one general handler. It reads the body, parses
 the content type with `email.message`, solves the dependency graph (a coroutine per
 dependency, the body validated through a field adapter), and only then calls the endpoint.
-For a route of the consented access's shape (a JSON body, the caller from its API key, the
-request) that machinery measured ~85 µs of CPU per request in-process, against ~15 µs for
-the same steps called directly (docs/BENCHMARKS.md, "Access"): a tenth of the API's CPU for a
-single-record read.
+For an endpoint of the consented access's shape (a JSON body, the caller from its API key,
+the request) behind this app's error handlers and body limit, that machinery measured
+140-180 µs of CPU per request in-process against 72-95 µs taken the short way, and the whole
+system's API spent 13 % less CPU per single-record read (docs/BENCHMARKS.md, "Access").
 
 `DirectJsonRoute` takes the plain request the short way: no query string, a body declared
 `application/json` that parses and validates against the route's one body model, a caller
