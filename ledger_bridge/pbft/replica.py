@@ -715,14 +715,17 @@ class Replica:
     def signed_reply(self, reply: Reply) -> Reply:
         """`reply`, one of this replica's REPLYs (from a Ready), signed.
 
-        A client's last signed REPLY is kept while the client is in the reply cache, so its
-        retries (answered from that cache, sent to every replica) cost no new signature each;
-        an erasure drops it with the cached result (`_forget_cached_results`)."""
+        The signature of the reply the reply cache holds for its client is kept, so the
+        client's retries (answered from that cache, sent to every replica) cost no new
+        signature each; an erasure drops it with the cached result (`_forget_cached_results`).
+        Only while the cache holds that very result: a shell signs after the step that made
+        the reply, and a later batch of the same step may have forgotten it already."""
         kept = self.signed_replies.get(reply.client_id)
         if kept is not None and dataclasses.replace(kept, signature=b"") == reply:
             return kept
         signed = m.sign(reply, self.key)
-        if reply.client_id in self.reply_cache:
+        cached = self.reply_cache.get(reply.client_id)
+        if cached == (reply.request_id, reply.block_height, reply.result):
             self.signed_replies[reply.client_id] = signed
         return signed
 
