@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from api.http.bodies import BoundedRequest, TooDeep, loads_bounded
-from api.http.deps import ROLES_ATTRIBUTE, bearer, remembered_member
+from api.http.deps import ROLES_ATTRIBUTE, bearer, remembered_member, strict_query
 
 _JSON = "application/json"
 
@@ -68,25 +68,38 @@ class DirectJsonRoute(APIRoute):
         dependant = self.dependant
         callers = [d for d in dependant.dependencies if d.name is not None]
         roles = getattr(callers[0].call, ROLES_ATTRIBUTE, None) if len(callers) == 1 else None
+        # The router's `strict_query` refuses only query strings, which the short way leaves
+        # to FastAPI; any other dependency would be skipped by it.
+        others = [
+            d for d in dependant.dependencies if d.name is None and d.call is not strict_query
+        ]
         body = dependant.body_params
         model = body[0].field_info.annotation if len(body) == 1 else None
         request_name = dependant.request_param_name
         if (
             roles is None
+            or others
             or request_name is None
             or dependant.query_params
             or dependant.path_params
             or not isinstance(model, type)
             or not issubclass(model, BaseModel)
         ):
-            raise TypeError(f"{self.path}: not a (body model, require_role caller, request) route")
+            raise TypeError(
+                f"{self.path}: not a (body model, require_role caller, request) route "
+                "with no dependency but strict_query"
+            )
         return model, roles, (body[0].name, str(callers[0].name), request_name)
 
 
 async def _plain_inputs(
     request: BoundedRequest, body_model: type[BaseModel], roles: tuple[str, ...]
 ) -> tuple[BaseModel, Any] | None:
-    """The body and the caller of a plain request, or None for FastAPI's handler."""
+    """The body and the caller of a plain request, or None for FastAPI's handler.
+
+    In FastAPI's order, so that a request refused for two reasons is refused for the same
+    one: the body read and parsed, then the caller (whose check may refuse it: an expired
+    key, a suspended member), then the body validated."""
     scope = request.scope
     if (
         scope.get("query_string")
@@ -94,10 +107,6 @@ async def _plain_inputs(
         or request.app.dependency_overrides
         or get_telemetry_data() is not None
     ):
-        return None
-    credentials = await bearer(request)
-    caller = remembered_member(request, credentials)
-    if caller is None or caller.role not in roles:
         return None
     try:
         raw = await request.body()
@@ -112,7 +121,14 @@ async def _plain_inputs(
         return None
     try:
         value = loads_bounded(raw)
+    except (ValueError, TooDeep, RecursionError):
+        return None
+    credentials = await bearer(request)
+    caller = remembered_member(request, credentials)
+    if caller is None or caller.role not in roles:
+        return None
+    try:
         body = body_model.model_validate(value)
-    except (ValueError, TooDeep, ValidationError, RecursionError):
+    except ValidationError:
         return None
     return body, caller

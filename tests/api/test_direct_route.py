@@ -9,6 +9,7 @@ process's `VerifiedKeys` (the real one is exercised against PostgreSQL by the ac
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar
@@ -26,12 +27,13 @@ from api.http.deps import Consumer, require_role, strict_query
 from api.http.direct import DirectJsonRoute
 from api.http.middleware import BodyLimit
 from api.http.schemas import StrictIn
-from api.services.keys import Member
+from api.services.keys import KeyExpired, Member
 
 JSON_MAX_BYTES = 4096
 CONSUMER = "cvk_consumer01_secret"
 PROVIDER = "cvk_provider01_secret"
 FORGOTTEN = "cvk_consumer02_secret"  # a valid consumer key this process does not remember
+EXPIRED = "cvk_consumer03_secret"  # remembered, and refused as expired (KeyExpired, 401)
 
 
 class ProbeIn(StrictIn):
@@ -49,9 +51,13 @@ class _Keys:
     }
 
     def remembered(self, token: str) -> Member | None:
+        if token == EXPIRED:
+            raise KeyExpired("consumer03", dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
         return self.members.get(token)
 
     def authenticate(self, session: object, token: str) -> Member | None:
+        if token == EXPIRED:
+            return self.remembered(token)
         if token == FORGOTTEN:
             return Member(member_id="c2", role="consumer", key_id="consumer02")
         return self.members.get(token)
@@ -164,6 +170,12 @@ CASES: list[tuple[str, str | None, str | None, str, bytes]] = [
         b'{"dataset_id":"d","subjects":["a","b","c","d"]}',
     ),
     ("a JSON array", CONSUMER, "application/json", "", b"[]"),
+    # Refused twice over: FastAPI parses the body before it checks the caller, and validates
+    # it after.
+    ("an expired key and broken JSON", EXPIRED, "application/json", "", b'{"dataset_id": '),
+    ("an expired key and a bad body", EXPIRED, "application/json", "", b'{"dataset_id": 7}'),
+    ("an expired key", EXPIRED, "application/json", "", PLAIN),
+    ("another role and a bad body", PROVIDER, "application/json", "", b'{"x": 1}'),
     ("a bare string", CONSUMER, "application/json", "", b'"d1"'),
 ]
 
@@ -188,9 +200,12 @@ def test_every_other_request_gets_fastapis_answer(
     ), shows
 
 
-def test_a_body_past_the_limit_gets_the_same_413(clients: tuple[TestClient, TestClient]) -> None:
+@pytest.mark.parametrize("key", [CONSUMER, EXPIRED])
+def test_a_body_past_the_limit_gets_the_same_413(
+    clients: tuple[TestClient, TestClient], key: str
+) -> None:
     big = json.dumps({"dataset_id": "d", "subjects": ["x" * JSON_MAX_BYTES]}).encode()
-    answers = [c.post("/probe", content=_chunks(big), headers=_headers(CONSUMER)) for c in clients]
+    answers = [c.post("/probe", content=_chunks(big), headers=_headers(key)) for c in clients]
     assert answers[0].status_code == 413
     assert (answers[1].status_code, answers[1].content) == (413, answers[0].content)
 
@@ -255,3 +270,13 @@ def test_an_endpoint_of_another_shape_is_refused_when_the_app_is_built() -> None
         with pytest.raises(TypeError, match="not a"):
             _route(endpoint)
     _route(probe)  # the shape it takes
+
+    async def audited() -> None:
+        return None
+
+    # A dependency the short way would skip: on the route, or on its router.
+    with pytest.raises(TypeError, match="not a"):
+        APIRouter(route_class=DirectJsonRoute).post("/o", dependencies=[Depends(audited)])(probe)
+    with pytest.raises(TypeError, match="not a"):
+        APIRouter(route_class=DirectJsonRoute, dependencies=[Depends(audited)]).post("/o")(probe)
+    APIRouter(route_class=DirectJsonRoute, dependencies=[Depends(strict_query)]).post("/o")(probe)
