@@ -29,7 +29,7 @@ from fastapi.telemetry import get_telemetry_data
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from api.http.bodies import BoundedRequest, TooDeep, loads_bounded
+from api.http.bodies import BoundedRequest, loads_bounded
 from api.http.deps import ROLES_ATTRIBUTE, bearer, remembered_member, strict_query
 
 _JSON = "application/json"
@@ -120,9 +120,12 @@ async def _plain_inputs(
     if not raw:
         return None
     try:
-        value = loads_bounded(raw)
-    except (ValueError, TooDeep, RecursionError):
+        value = loads_bounded(raw)  # TooDeep and every parse error are ValueErrors
+    except ValueError:
         return None
+    # `Request.json`'s own cache: FastAPI's handler, if the request goes to it after all
+    # (a key to look up, another role, a body that does not validate), parses it no more.
+    request._json = value
     credentials = await bearer(request)
     caller = remembered_member(request, credentials)
     if caller is None or caller.role not in roles:
