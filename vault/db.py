@@ -8,15 +8,18 @@ only the caller that owns the transaction commits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc, text
+from psycopg import AsyncConnection
+from sqlalchemy import Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
@@ -77,6 +80,84 @@ def _ping_after_idle(engine: Engine, idle_ping_s: float) -> None:
         except Exception:
             # The pool discards this connection and checks out another (or a new one).
             raise exc.DisconnectionError() from None
+
+
+# How long a request waits for a free connection: SQLAlchemy's pool default, for both pools.
+POOL_TIMEOUT_S = 30.0
+
+
+class AsyncPool:
+    """Connections for the reads an event loop makes itself, each statement committing on its
+    own (autocommit, as `statement_session`): the consented access's read, without a thread
+    to hand it to and back (docs/BENCHMARKS.md, "Access").
+
+    It keeps the engine's policy: at most `size` connections, a wait of `timeout_s` for one
+    (then SQLAlchemy's `TimeoutError`, which the API answers with a 503 like the engine's),
+    a round trip to check a connection only after it sat idle `idle_ping_s`, and a connection
+    dropped, never reused, when its use ended in anything but an idle session (a statement
+    cancelled mid-flight, a server gone). One pool per event loop: psycopg's asynchronous
+    connections belong to the loop that made them."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        size: int = 10,
+        timeout_s: float = POOL_TIMEOUT_S,
+        idle_ping_s: float = IDLE_PING_S,
+    ) -> None:
+        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self._idle: list[tuple[AsyncConnection[Any], float]] = []  # (connection, idle since)
+        self._slots = asyncio.Semaphore(size)
+        self._timeout_s = timeout_s
+        self._idle_ping_s = idle_ping_s
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        if self._closed:
+            raise exc.TimeoutError("the database pool is closed")
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._timeout_s)
+            except TimeoutError:
+                raise exc.TimeoutError("no database connection free in time") from None
+        else:
+            await self._slots.acquire()
+        try:
+            conn = await self._checkout()
+            try:
+                yield conn
+            finally:
+                await self._checkin(conn)
+        finally:
+            self._slots.release()
+
+    async def _checkout(self) -> AsyncConnection[Any]:
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < self._idle_ping_s:
+                return conn
+            try:
+                await conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error:
+                await conn.close()  # the server restarted, or the network dropped it
+        return await AsyncConnection.connect(self._conninfo, autocommit=True)
+
+    async def _checkin(self, conn: AsyncConnection[Any]) -> None:
+        idle = psycopg.pq.TransactionStatus.IDLE
+        if self._closed or conn.closed or conn.info.transaction_status != idle:
+            await conn.close()
+        else:
+            self._idle.append((conn, time.monotonic()))
+
+    async def close(self) -> None:
+        """Close the idle connections; one in use is closed when its use ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await conn.close()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -17,12 +17,13 @@ are built only for the uploads actually read, and kept (bounded) for the next re
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import (
     ARRAY,
@@ -39,6 +40,8 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, aliased
 
 from vault.crypto import DataKey, DecryptionFailed, derive_dek, unseal
@@ -46,6 +49,9 @@ from vault.crypto.merkle import MerkleTree
 from vault.errors import RecordErased, RecordNotFound, RecordSuperseded
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
 from vault.models import KeyCommitment, KeySecret, Record, Upload
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 # Inclusion trees, kept across calls: an upload's leaf hashes never change once its rows are
 # visible (an upload is written in one transaction; erasure keeps leaf hashes, see above), and
@@ -56,6 +62,9 @@ TREE_CACHE_LEAVES = 1 << 18
 # A chain of versions is followed this far at most (each rectification adds one link; the
 # vault never writes a loop, this bounds a read if a row were ever tampered into one).
 VERSIONS_MAX = 10_000
+# A page of an asynchronous read: opening 256 records (decrypting, proving) holds the event
+# loop about as long as the interpreter's switch interval (5 ms) lets a worker thread hold it.
+ASYNC_PAGE_ROWS = 256
 
 
 class _TreeCache:
@@ -249,16 +258,43 @@ class Reader:
         named), without those of the subjects in `leave_out` (whose processing is
         restricted): they are not even fetched. `limit`: the caller reads at most this many,
         so no batch fetches more."""
-        params: dict[str, Any] = {"dataset": dataset_id}
-        if subjects is not None:
-            params["subjects"] = array_literal(subjects)
-        if leave_out:
-            params["leave_out"] = array_literal(leave_out)
-        if uploads is not None:
-            params["uploads"] = array_literal(str(u) for u in uploads)
-        shape = (anchored_only, subjects is not None, bool(leave_out), uploads is not None)
+        params, shape = _dataset_params(dataset_id, subjects, leave_out, uploads, anchored_only)
         pages = _dataset_pages(session, shape, params, self._page(limit))
         return self._open(session, pages, skip_erased=True)
+
+    async def by_dataset_async(
+        self,
+        connection: AsyncConnection[Any],
+        dataset_id: uuid.UUID,
+        *,
+        subjects: Iterable[str] | None = None,
+        uploads: Iterable[uuid.UUID] | None = None,
+        anchored_only: bool = False,
+        page_rows: int = ASYNC_PAGE_ROWS,
+    ) -> AsyncGenerator[list[RecordOut], None]:
+        """`by_dataset` on an event loop's own connection, a page of records at a time: the
+        same statement, rows and records, with no thread to hand the read to and back.
+
+        Opening a page is CPU work done on the loop, so pages are short (`ASYNC_PAGE_ROWS`):
+        the loop serves its other requests between two of them. The key store's provider must
+        unwrap in memory (`KeyProvider.unwrap_waits` false): an unwrap that waited on a token
+        would hold the loop for as long."""
+        params, shape = _dataset_params(dataset_id, subjects, (), uploads, anchored_only)
+        page = max(1, min(page_rows, self._batch_rows))
+        trees: dict[uuid.UUID, MerkleTree] = {}
+        opener = _Opener(self._store, lambda upload, _count: trees[upload], skip_erased=True)
+        first = _dataset_statement(_PSYCOPG, shape, False)
+        following = _dataset_statement(_PSYCOPG, shape, True)
+        async with connection.cursor(binary=True) as cursor:
+            await cursor.execute(first.sql, {**first.constants, **params, "page": page})
+            while True:
+                rows = await cursor.fetchall()
+                trees = await _upload_trees_async(connection, rows)
+                yield list(opener.open(rows))
+                if len(rows) < page:
+                    return
+                after = {"page": page, "after_upload": rows[-1][2], "after_leaf": rows[-1][4]}
+                await cursor.execute(following.sql, {**following.constants, **params, **after})
 
     def _page(self, limit: int | None) -> int:
         return self._batch_rows if limit is None else max(1, min(limit, self._batch_rows))
@@ -271,7 +307,9 @@ class Reader:
     def _open(
         self, session: Session, pages: Iterator[Sequence[Any]], skip_erased: bool
     ) -> Iterator[RecordOut]:
-        opener = _Opener(self._store, session, skip_erased)
+        opener = _Opener(
+            self._store, lambda upload, count: upload_tree(session, upload, count), skip_erased
+        )
         for rows in pages:
             yield from opener.open(rows)
 
@@ -327,12 +365,31 @@ class _Raw(NamedTuple):
 # statement on the server once it has run a few times on a connection.
 _raw_statements: dict[tuple[str, tuple[bool, ...], bool], _Raw] = {}
 _raw_lock = threading.Lock()
+# The dialect the asynchronous reads' statements are compiled for: the same as the engine's.
+_PSYCOPG: Dialect = psycopg_dialect()  # type: ignore[no-untyped-call]
+
+
+def _dataset_params(
+    dataset_id: uuid.UUID,
+    subjects: Iterable[str] | None,
+    leave_out: Collection[str],
+    uploads: Iterable[uuid.UUID] | None,
+    anchored_only: bool,
+) -> tuple[dict[str, Any], tuple[bool, bool, bool, bool]]:
+    """A dataset read's parameters, and the shape that picks its statement."""
+    params: dict[str, Any] = {"dataset": dataset_id}
+    if subjects is not None:
+        params["subjects"] = array_literal(subjects)
+    if leave_out:
+        params["leave_out"] = array_literal(leave_out)
+    if uploads is not None:
+        params["uploads"] = array_literal(str(u) for u in uploads)
+    return params, (anchored_only, subjects is not None, bool(leave_out), uploads is not None)
 
 
 def _dataset_statement(
-    session: Session, shape: tuple[bool, bool, bool, bool], following: bool
+    dialect: Dialect, shape: tuple[bool, bool, bool, bool], following: bool
 ) -> _Raw:
-    dialect = session.get_bind().dialect
     key = (dialect.name + "+" + dialect.driver, shape, following)
     raw = _raw_statements.get(key)
     if raw is not None:
@@ -368,8 +425,9 @@ def _dataset_pages(
     100-record answer's CPU, measured against the in-process limit of `bench access`)."""
     connection = session.connection().connection.driver_connection
     cursor = connection.cursor(binary=True)  # type: ignore[union-attr]
-    first = _dataset_statement(session, shape, False)
-    following = _dataset_statement(session, shape, True)
+    dialect = session.get_bind().dialect
+    first = _dataset_statement(dialect, shape, False)
+    following = _dataset_statement(dialect, shape, True)
 
     def fetch(last: Any | None) -> Sequence[Any]:
         if last is None:
@@ -463,9 +521,14 @@ class _Opener:
 
     DEKS_MAX = 10_000
 
-    def __init__(self, store: KeyStore, session: Session, skip_erased: bool) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        tree: Callable[[uuid.UUID, int], MerkleTree],
+        skip_erased: bool,
+    ) -> None:
         self._store = store
-        self._session = session
+        self._upload_tree = tree  # (upload id, record count) -> its inclusion tree
         self._skip_erased = skip_erased
         self._upload: uuid.UUID | None = None
         self._dataset: uuid.UUID | None = None
@@ -520,7 +583,7 @@ class _Opener:
             self._unwrap_subject = self._store.subject_unwrapper(dataset_id)
         self._ids = (dataset_id.bytes, upload_id.bytes)
         self._deks.clear()
-        self._tree = upload_tree(self._session, upload_id, count)
+        self._tree = self._upload_tree(upload_id, count)
         upload_secret = self._unwrap(upload_ref(dataset_id, upload_id), row[11], row[12])
         epoch_secret = self._unwrap(epoch_ref(dataset_id, day.isoformat()), row[13], row[14])
         self._shared = (
@@ -650,6 +713,31 @@ def upload_tree(session: Session, upload_id: uuid.UUID, record_count: int) -> Me
         tree = MerkleTree(leaves)
         _trees.put(upload_id, tree)
     return tree
+
+
+async def _upload_trees_async(
+    connection: AsyncConnection[Any], rows: Sequence[Any]
+) -> dict[uuid.UUID, MerkleTree]:
+    """The inclusion trees of the uploads `rows` hold (`upload_tree` on an asynchronous
+    connection). A tree not cached is built in a thread: an upload of a million records takes
+    a million hashes, which the event loop must not wait for."""
+    trees: dict[uuid.UUID, MerkleTree] = {}
+    for row in rows:
+        upload_id, count = row[2], row[8]
+        if upload_id in trees:
+            continue
+        tree = _trees.get(upload_id, count)
+        if tree is None:
+            async with connection.cursor(binary=True) as cursor:
+                await cursor.execute(_LEAVES_SQL, {"upload": upload_id})
+                leaves = [bytes(leaf) for (leaf,) in await cursor.fetchall()]
+            tree = await asyncio.to_thread(MerkleTree, leaves)
+            _trees.put(upload_id, tree)
+        trees[upload_id] = tree
+    return trees
+
+
+_LEAVES_SQL = "SELECT leaf_hash FROM records WHERE upload_id = %(upload)s ORDER BY leaf_index"
 
 
 def count_readable(

@@ -130,6 +130,7 @@ def _set_state(
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.member_standing = None
+    app.state.reads_pool = None  # the lifespan's, when it runs (db.AsyncPool)
     if ledger is not None:
         from api.services.member_standing import MemberStanding
 
@@ -164,6 +165,11 @@ def _lifespan(
         engine = db.make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)
+        # This loop's own reads (the consented access's), unless an unwrap may wait on a token.
+        reads_pool = (
+            None if app.state.key_store.provider.unwrap_waits else db.AsyncPool(database_url)
+        )
+        app.state.reads_pool = reads_pool
         outbox_metrics = OutboxCollector(app.state.sessions)
         app.state.metrics_registry.register(outbox_metrics)
         if ledger is not None:
@@ -183,6 +189,8 @@ def _lifespan(
                     jobs.stop()
                 if keys is not None:
                     keys.stop()
+                if reads_pool is not None:
+                    await reads_pool.close()
                 engine.dispose()
             finally:
                 if ledger is not None:

@@ -75,7 +75,8 @@ internals (tracebacks, SQL, key ids).
     │                                      contract's result code decides
     ├── RequestValidationError        → 422  + "errors": [{"loc", "type", "msg"}], no input;
     │                                    a body that is not JSON adds "line" and "column"
-    ├── DBAPIError, TimeoutError (SQLAlchemy)
+    ├── DBAPIError, TimeoutError (SQLAlchemy), psycopg.Error (the event loop's own reads,
+    │                                    vault/db.py `AsyncPool`)
     │                                 → 503 "Database unavailable" + Retry-After when the
     │                                    database cannot be reached (refused, restarting, the
     │                                    connection lost, the pool exhausted); any other
@@ -102,6 +103,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -434,17 +436,24 @@ DATABASE_RETRY_AFTER_S = 2
 
 
 def database_down(exc: BaseException) -> bool:
-    """Whether a SQLAlchemy error means the database is unreachable, not that a statement
-    failed: the request may succeed unchanged once it is back."""
+    """Whether a database error (SQLAlchemy's, or psycopg's own from an `AsyncPool`) means
+    the database is unreachable, not that a statement failed: the request may succeed
+    unchanged once it is back."""
     if isinstance(exc, SQLAlchemyTimeout):  # no connection free in the pool in time
         return True
-    if not isinstance(exc, DBAPIError):
+    if isinstance(exc, psycopg.Error):
+        driver_error: BaseException | None = exc
+        if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+    elif isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:  # the connection broke under the statement
+            return True
+        if not isinstance(exc, OperationalError | InterfaceError):
+            return False  # a statement the database refused: a bug of ours, a 500
+        driver_error = exc.orig
+    else:
         return False
-    if exc.connection_invalidated:  # the connection broke under the statement
-        return True
-    if not isinstance(exc, OperationalError | InterfaceError):
-        return False  # a statement the database refused: a bug of ours, a 500
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    sqlstate = getattr(driver_error, "sqlstate", None)
     return sqlstate is None or str(sqlstate)[:2] in _DATABASE_DOWN_CLASSES
 
 
@@ -477,4 +486,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(SQLAlchemyTimeout, _database_error)
+    app.add_exception_handler(psycopg.Error, _database_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -38,6 +38,10 @@ class LocalKeyProvider:
     follows another's rotation and forgets a KEK another retired.
     """
 
+    # Unwrapping is AES-GCM in this process's memory (an unknown KEK id reads the small local
+    # file once): an event loop may unwrap inline.
+    unwrap_waits = False
+
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self._path = path
         self._lock = threading.Lock()

@@ -71,6 +71,10 @@ class _Kek(Protocol):
 class Pkcs11KeyProvider:
     """KEKs as non-extractable AES-256 keys in a PKCS#11 token; wraps with CKM_AES_GCM."""
 
+    # Every unwrap is a call into the token, one at a time under a lock: it may wait on the
+    # device (or the network, for a networked HSM) and on other threads' operations.
+    unwrap_waits = True
+
     def __init__(
         self, module_path: str, token_label: str, pin: str, *, key_label_prefix: str = "civis-"
     ) -> None:

@@ -19,6 +19,11 @@ class KeyProviderError(Exception):
 
 
 class KeyProvider(Protocol):
+    # Whether `unwrap` may wait on something outside this process's memory (a token, a lock
+    # other threads hold): if so, an event loop must not unwrap inline (vault/reads.py,
+    # `Reader.by_dataset_async`).
+    unwrap_waits: bool
+
     def current_kek_id(self) -> str:
         """The KEK new secrets are wrapped under."""
         ...

@@ -22,6 +22,7 @@ if the access granted someone; the answer says what was charged (`charged_cents`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -197,6 +198,34 @@ def _records(
             yield records_json.record_text(r, payload=projected, proof=False)
 
 
+async def _records_async(
+    pool: db.AsyncPool,
+    store: KeyStore,
+    dataset_id: uuid.UUID,
+    granted: list[str],
+    uploads: set[str],
+    fields: list[str] | None,
+) -> list[str]:
+    """`_records` read on the event loop's own connection (`Reader.by_dataset_async`)."""
+    texts: list[str] = []
+    if not granted or not uploads:
+        return texts
+    live = [uuid.UUID(u) for u in uploads]
+    async with pool.connection() as connection:
+        pages = reads.Reader(store).by_dataset_async(
+            connection, dataset_id, subjects=granted, uploads=live, anchored_only=True
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                if fields is None:
+                    texts.extend(map(records_json.record_text, page))
+                    continue
+                for r in page:
+                    projected = disclosure.project(r.payload, fields)
+                    texts.append(records_json.record_text(r, payload=projected, proof=False))
+    return texts
+
+
 def _head_text(head: AccessAnswer) -> str:
     """The answer without its records, as JSON text ending where `"records":` would follow."""
     return head.model_dump_json(exclude={"records"})[:-1]
@@ -242,10 +271,16 @@ async def access(body: AccessIn, member: Consumer, request: Request) -> Response
     predicate = _predicate(body)
     result, receipt = await _decide(ledger, consumer, body)
     sessions: sessionmaker[Session] = request.app.state.sessions
+    pool: db.AsyncPool | None = request.app.state.reads_pool
     if predicate is not None:
-        yes_no = await run_in_threadpool(
-            _predicate_answer, sessions, store, body.dataset_id, predicate, result, receipt
-        )
+        if pool is not None:
+            yes_no = await _predicate_answer_async(
+                pool, store, body.dataset_id, predicate, result, receipt
+            )
+        else:
+            yes_no = await run_in_threadpool(
+                _predicate_answer, sessions, store, body.dataset_id, predicate, result, receipt
+            )
         return Response(content=yes_no.model_dump_json(), media_type="application/json")
     granted: list[str] = list(result["granted"])
     uploads = set(result["uploads"])
@@ -268,6 +303,11 @@ async def access(body: AccessIn, member: Consumer, request: Request) -> Response
                     yield rec.encode() + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    if pool is not None:
+        records = await _records_async(pool, store, body.dataset_id, granted, uploads, body.fields)
+        text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
+        return Response(content=text.encode(), media_type="application/json")
 
     def answer() -> bytes:
         with db.statement_session(sessions) as session:
@@ -292,14 +332,9 @@ def _predicate(body: AccessIn) -> disclosure.Predicate | None:
         raise InvalidAccess(str(exc)) from None
 
 
-def _predicate_answer(
-    sessions: sessionmaker[Session],
-    store: KeyStore,
-    dataset_id: uuid.UUID,
-    predicate: disclosure.Predicate,
-    result: dict[str, Any],
-    receipt: LedgerReceipt,
-) -> PredicateAnswer:
+def _predicate_subject(result: dict[str, Any], receipt: LedgerReceipt) -> list[str]:
+    """The one subject a predicate asks about, once the contracts granted them; a refusal
+    names the contracts' reason and the access on the ledger."""
     granted: list[str] = list(result["granted"])
     if not granted:
         denied = result["denied"]
@@ -308,14 +343,52 @@ def _predicate_answer(
             f"{reason}: {_DENIED.get(reason, reason)} (access {result['access']}, "
             f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
         )
+    return granted[:1]
+
+
+def _predicate_answer(
+    sessions: sessionmaker[Session],
+    store: KeyStore,
+    dataset_id: uuid.UUID,
+    predicate: disclosure.Predicate,
+    result: dict[str, Any],
+    receipt: LedgerReceipt,
+) -> PredicateAnswer:
+    subject = _predicate_subject(result, receipt)
     live = [uuid.UUID(u) for u in result["uploads"]]
     with db.statement_session(sessions) as session:
         payloads = [
             r.payload
             for r in reads.Reader(store).by_dataset(
-                session, dataset_id, subjects=granted[:1], uploads=live, anchored_only=True
+                session, dataset_id, subjects=subject, uploads=live, anchored_only=True
             )
         ]
+    return PredicateAnswer(
+        result=disclosure.evaluate(payloads, predicate),
+        receipt=receipt,
+        charged_cents=result["charged_cents"],
+    )
+
+
+async def _predicate_answer_async(
+    pool: db.AsyncPool,
+    store: KeyStore,
+    dataset_id: uuid.UUID,
+    predicate: disclosure.Predicate,
+    result: dict[str, Any],
+    receipt: LedgerReceipt,
+) -> PredicateAnswer:
+    """`_predicate_answer` read on the event loop's own connection."""
+    subject = _predicate_subject(result, receipt)
+    live = [uuid.UUID(u) for u in result["uploads"]]
+    payloads: list[bytes] = []
+    async with pool.connection() as connection:
+        pages = reads.Reader(store).by_dataset_async(
+            connection, dataset_id, subjects=subject, uploads=live, anchored_only=True
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                payloads.extend(r.payload for r in page)
     return PredicateAnswer(
         result=disclosure.evaluate(payloads, predicate),
         receipt=receipt,

@@ -1,0 +1,98 @@
+"""The consented access reads on its event loop's own connection (`db.AsyncPool`), not in the
+thread pool: the answers are the ones the thread pool's read gives (whole records with proofs,
+a projection, a yes/no), and a database that is gone under that read is a 503 problem like
+any other route's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from api.http.errors import PROBLEM_JSON
+from tests.api.ledger_env import LedgerEnv
+from tests.api.test_consented_access import (
+    ADDRESS,
+    grant_body,
+    register_subject,
+    setup_addresses,
+    signed,
+)
+from tests.conftest import free_port
+from vault import db
+
+
+@contextmanager
+def _pool(env: LedgerEnv, pool: db.AsyncPool | None) -> Iterator[None]:
+    state = env.client.app.state  # type: ignore[attr-defined]
+    saved, state.reads_pool = state.reads_pool, pool
+    try:
+        yield
+    finally:
+        state.reads_pool = saved
+
+
+def _consenting(env: LedgerEnv, n: int) -> tuple[str, list[str]]:
+    citizens = [register_subject(env) for _ in range(n)]
+    dataset, _ = setup_addresses(env, citizens, ("proof-of-address", "billing"))
+    for citizen in citizens:
+        for purpose in ("billing", "proof-of-address"):
+            grant = grant_body(env, citizen, dataset, purpose)
+            r = env.client.post("/v1/consents", json=signed(env, citizen, "consent.grant", grant))
+            assert r.status_code == 201, r.text
+    return dataset, [c.id for c in citizens]
+
+
+def test_the_loop_s_read_answers_what_the_thread_pool_s_read_answers(
+    ledger_env: LedgerEnv,
+) -> None:
+    env = ledger_env
+    assert env.client.app.state.reads_pool is not None  # type: ignore[attr-defined]
+    dataset, subjects = _consenting(env, 3)
+    bank = env.headers("consumer", env.consumer)
+    asks: list[dict[str, Any]] = [
+        {"dataset_id": dataset, "purpose": "billing"},
+        {"dataset_id": dataset, "purpose": "billing", "subjects": subjects[1:]},
+        {"dataset_id": dataset, "purpose": "billing", "fields": ["city"]},
+        {
+            "dataset_id": dataset,
+            "purpose": "proof-of-address",
+            "subjects": subjects[:1],
+            "predicate": {"field": "address", "op": "eq", "value": ADDRESS},
+        },
+    ]
+
+    def answers() -> list[Any]:
+        out = []
+        for ask in asks:
+            r = env.client.post("/v1/access-requests", headers=bank, json=ask)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            # Each access is a transaction of its own: only what was read can be the same.
+            out.append(body.get("records", body.get("result")))
+        return out
+
+    on_loop = answers()
+    with _pool(env, None):
+        in_threads = answers()
+    assert on_loop == in_threads
+    assert len(on_loop[0]) == 3 and on_loop[0][0]["proof"] is not None
+    assert on_loop[2][0]["payload"] == {"city": on_loop[0][0]["payload"]["city"]}
+    assert on_loop[3] is True
+
+
+def test_a_database_gone_under_the_loop_s_read_is_a_503_problem(ledger_env: LedgerEnv) -> None:
+    env = ledger_env
+    dataset, _ = _consenting(env, 1)
+    bank = env.headers("consumer", env.consumer)
+    gone = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/civis?connect_timeout=2"
+    with _pool(env, db.AsyncPool(gone)):
+        r = env.client.post(
+            "/v1/access-requests",
+            headers=bank,
+            json={"dataset_id": dataset, "purpose": "billing"},
+        )
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"] == PROBLEM_JSON
+    assert r.json()["title"] == "Database unavailable" and r.headers["Retry-After"] == "2"
+    assert "127.0.0.1" not in r.text and ADDRESS not in r.text
