@@ -46,8 +46,15 @@ MIGRATIONS_DIR = _migrations_dir()
 IDLE_PING_S = 10.0
 
 
-def make_engine(url: str, *, pool_size: int = 10, idle_ping_s: float = IDLE_PING_S) -> Engine:
-    """A pooled engine that checks only connections that sat idle.
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int | None = None,
+    idle_ping_s: float = IDLE_PING_S,
+) -> Engine:
+    """A pooled engine that checks only connections that sat idle; `max_overflow` connections
+    beyond `pool_size` while every pooled one is busy (default: as many again).
 
     Why not SQLAlchemy's `pool_pre_ping`: it costs a round trip on every checkout, one per
     request, on a pool whose connections were in use a moment ago. A connection idle for
@@ -55,7 +62,8 @@ def make_engine(url: str, *, pool_size: int = 10, idle_ping_s: float = IDLE_PING
     replaced if dead; a busy one is used as is, and if the server died under it the request
     fails with 503 and the driver's disconnect error makes the pool drop every connection of
     that generation, so the next request reconnects."""
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    overflow = pool_size if max_overflow is None else max_overflow
+    engine = create_engine(url, pool_size=pool_size, max_overflow=overflow)
     _ping_after_idle(engine, idle_ping_s)
     return engine
 
@@ -92,11 +100,16 @@ class AsyncPool:
     to hand it to and back (docs/BENCHMARKS.md, "Access").
 
     It keeps the engine's policy: at most `size` connections, a wait of `timeout_s` for one
-    (then SQLAlchemy's `TimeoutError`, which the API answers with a 503 like the engine's),
-    a round trip to check a connection only after it sat idle `idle_ping_s`, and a connection
-    dropped, never reused, when its use ended in anything but an idle session (a statement
-    cancelled mid-flight, a server gone). One pool per event loop: psycopg's asynchronous
-    connections belong to the loop that made them."""
+    (then SQLAlchemy's `TimeoutError`, which the API answers with a 503 like the engine's), a
+    round trip to check a connection only after it sat idle `idle_ping_s`, and, when a use
+    ends on a broken connection (the server restarted or went away), every idle one dropped
+    with it, as the engine drops a disconnected pool, so the next request reconnects. A
+    connection whose use ended in anything but an idle session is closed, never reused (a
+    statement the task's cancellation interrupted is cancelled on the server by psycopg,
+    which leaves the connection idle). The connection's parameters are the engine's own
+    (`create_connect_args` of the psycopg dialect: host, socket, options, password, as the
+    engine passes them). One pool per event loop: psycopg's asynchronous connections belong
+    to the loop that made them."""
 
     def __init__(
         self,
@@ -106,7 +119,8 @@ class AsyncPool:
         timeout_s: float = POOL_TIMEOUT_S,
         idle_ping_s: float = IDLE_PING_S,
     ) -> None:
-        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        parsed = make_url(url)
+        _, self._connect_args = parsed.get_dialect()().create_connect_args(parsed)
         self._idle: list[tuple[AsyncConnection[Any], float]] = []  # (connection, idle since)
         self._slots = asyncio.Semaphore(size)
         self._timeout_s = timeout_s
@@ -115,8 +129,7 @@ class AsyncPool:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        if self._closed:
-            raise exc.TimeoutError("the database pool is closed")
+        """A connection for the duration of the block, returned to the pool after it."""
         if self._slots.locked():
             try:
                 await asyncio.wait_for(self._slots.acquire(), self._timeout_s)
@@ -125,6 +138,8 @@ class AsyncPool:
         else:
             await self._slots.acquire()
         try:
+            if self._closed:
+                raise exc.TimeoutError("the database pool is closed")
             conn = await self._checkout()
             try:
                 yield conn
@@ -134,26 +149,39 @@ class AsyncPool:
             self._slots.release()
 
     async def _checkout(self) -> AsyncConnection[Any]:
+        """The most recently used idle connection (checked first if it idled long), else a
+        new one."""
         while self._idle:
             conn, since = self._idle.pop()
             if time.monotonic() - since < self._idle_ping_s:
                 return conn
             try:
                 await conn.execute("SELECT 1")
-                return conn
             except psycopg.Error:
                 await conn.close()  # the server restarted, or the network dropped it
-        return await AsyncConnection.connect(self._conninfo, autocommit=True)
+                continue
+            except BaseException:
+                await conn.close()  # cancelled mid-check: its state is unknown
+                raise
+            return conn
+        return await AsyncConnection.connect(autocommit=True, **self._connect_args)
 
     async def _checkin(self, conn: AsyncConnection[Any]) -> None:
-        idle = psycopg.pq.TransactionStatus.IDLE
-        if self._closed or conn.closed or conn.info.transaction_status != idle:
+        if conn.broken:
+            # The server went away under it: the idle ones are as dead, and each would fail
+            # a request of its own before being dropped.
+            idle, self._idle = self._idle, []
+            for other, _ in idle:
+                await other.close()
+        idle_status = psycopg.pq.TransactionStatus.IDLE
+        if self._closed or conn.closed or conn.info.transaction_status != idle_status:
             await conn.close()
         else:
             self._idle.append((conn, time.monotonic()))
 
     async def close(self) -> None:
-        """Close the idle connections; one in use is closed when its use ends."""
+        """Close the idle connections; one in use is closed when its use ends, and a request
+        still waiting for one gets none."""
         self._closed = True
         idle, self._idle = self._idle, []
         for conn, _ in idle:

@@ -287,10 +287,13 @@ class Reader:
         following = _dataset_statement(_PSYCOPG, shape, True)
         async with connection.cursor(binary=True) as cursor:
             await cursor.execute(first.sql, {**first.constants, **params, "page": page})
+            going_on: uuid.UUID | None = None  # the upload the last page ended in
             while True:
                 rows = await cursor.fetchall()
-                trees = await _upload_trees_async(connection, rows)
+                # The opener holds the tree of the upload it is in; the others begin here.
+                trees = await _upload_trees_async(connection, rows, going_on)
                 yield list(opener.open(rows))
+                going_on = rows[-1][2] if rows else None
                 if len(rows) < page:
                     return
                 after = {"page": page, "after_upload": rows[-1][2], "after_leaf": rows[-1][4]}
@@ -716,25 +719,30 @@ def upload_tree(session: Session, upload_id: uuid.UUID, record_count: int) -> Me
 
 
 async def _upload_trees_async(
-    connection: AsyncConnection[Any], rows: Sequence[Any]
+    connection: AsyncConnection[Any], rows: Sequence[Any], going_on: uuid.UUID | None
 ) -> dict[uuid.UUID, MerkleTree]:
-    """The inclusion trees of the uploads `rows` hold (`upload_tree` on an asynchronous
-    connection). A tree not cached is built in a thread: an upload of a million records takes
-    a million hashes, which the event loop must not wait for."""
+    """The inclusion trees of the uploads that begin in `rows` (all but `going_on`, which the
+    read is already in): `upload_tree` on an asynchronous connection. A tree not cached is
+    built in a thread: an upload of a million records takes a million hashes, which the
+    event loop must not wait for."""
     trees: dict[uuid.UUID, MerkleTree] = {}
     for row in rows:
         upload_id, count = row[2], row[8]
-        if upload_id in trees:
+        if upload_id == going_on or upload_id in trees:
             continue
         tree = _trees.get(upload_id, count)
         if tree is None:
             async with connection.cursor(binary=True) as cursor:
                 await cursor.execute(_LEAVES_SQL, {"upload": upload_id})
-                leaves = [bytes(leaf) for (leaf,) in await cursor.fetchall()]
-            tree = await asyncio.to_thread(MerkleTree, leaves)
+                leaves = await cursor.fetchall()
+            tree = await asyncio.to_thread(_tree_of_rows, leaves)
             _trees.put(upload_id, tree)
         trees[upload_id] = tree
     return trees
+
+
+def _tree_of_rows(rows: list[tuple[bytes]]) -> MerkleTree:
+    return MerkleTree([leaf for (leaf,) in rows])
 
 
 _LEAVES_SQL = "SELECT leaf_hash FROM records WHERE upload_id = %(upload)s ORDER BY leaf_index"

@@ -54,6 +54,12 @@ _log = logging.getLogger(__name__)
 # A starting process asks an unreachable database again after this long, doubled each time.
 DATABASE_RETRY_MIN_S = 0.25
 DATABASE_RETRY_MAX_S = 2.0
+# Database connections per app (per API worker process), in all: 4 workers stay under a
+# default PostgreSQL's 100 (docs/LEDGER-OPERATIONS.md). The engine keeps ENGINE_POOL_SIZE
+# open and opens more up to what the loop's own reads (READS_POOL_SIZE) leave.
+CONNECTIONS_MAX = 20
+ENGINE_POOL_SIZE = 10
+READS_POOL_SIZE = 5
 
 
 def create_app(
@@ -162,13 +168,16 @@ def _lifespan(
         # First start creates the master key file (0600) or the token's first KEK; an unsafe
         # key file, a missing token or a wrong PIN stops the service here.
         app.state.key_store = KeyStore(make_provider(settings))
-        engine = db.make_engine(database_url)
+        # This loop's own reads (the consented access's), unless an unwrap may wait on a token.
+        waits = app.state.key_store.provider.unwrap_waits
+        reads_pool = None if waits else db.AsyncPool(database_url, size=READS_POOL_SIZE)
+        engine = db.make_engine(
+            database_url,
+            pool_size=ENGINE_POOL_SIZE,
+            max_overflow=CONNECTIONS_MAX - ENGINE_POOL_SIZE - (0 if waits else READS_POOL_SIZE),
+        )
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)
-        # This loop's own reads (the consented access's), unless an unwrap may wait on a token.
-        reads_pool = (
-            None if app.state.key_store.provider.unwrap_waits else db.AsyncPool(database_url)
-        )
         app.state.reads_pool = reads_pool
         outbox_metrics = OutboxCollector(app.state.sessions)
         app.state.metrics_registry.register(outbox_metrics)
@@ -190,6 +199,7 @@ def _lifespan(
                 if keys is not None:
                     keys.stop()
                 if reads_pool is not None:
+                    app.state.reads_pool = None
                     await reads_pool.close()
                 engine.dispose()
             finally:

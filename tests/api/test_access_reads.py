@@ -7,9 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
+from fastapi.testclient import TestClient
+
+from api.http import app as app_module
+from api.http.app import create_app
 from api.http.errors import PROBLEM_JSON
+from api.http.settings import Settings
 from tests.api.ledger_env import LedgerEnv
 from tests.api.test_consented_access import (
     ADDRESS,
@@ -20,6 +27,7 @@ from tests.api.test_consented_access import (
 )
 from tests.conftest import free_port
 from vault import db
+from vault.keys import LocalKeyProvider
 
 
 @contextmanager
@@ -83,16 +91,40 @@ def test_the_loop_s_read_answers_what_the_thread_pool_s_read_answers(
 
 def test_a_database_gone_under_the_loop_s_read_is_a_503_problem(ledger_env: LedgerEnv) -> None:
     env = ledger_env
-    dataset, _ = _consenting(env, 1)
+    dataset, subjects = _consenting(env, 1)
     bank = env.headers("consumer", env.consumer)
     gone = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/civis?connect_timeout=2"
+    records = {"dataset_id": dataset, "purpose": "billing"}
+    yes_no = {
+        "dataset_id": dataset,
+        "purpose": "proof-of-address",
+        "subjects": subjects,
+        "predicate": {"field": "address", "op": "eq", "value": ADDRESS},
+    }
     with _pool(env, db.AsyncPool(gone)):
-        r = env.client.post(
-            "/v1/access-requests",
-            headers=bank,
-            json={"dataset_id": dataset, "purpose": "billing"},
+        answers = [
+            env.client.post("/v1/access-requests", headers=bank, json=ask)
+            for ask in (records, yes_no)
+        ]
+    for r in answers:  # both read on the pool: neither went to the thread pool's engine
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == PROBLEM_JSON
+        assert r.json()["title"] == "Database unavailable" and r.headers["Retry-After"] == "2"
+        assert "127.0.0.1" not in r.text and ADDRESS not in r.text
+
+
+def test_a_key_provider_whose_unwrap_waits_keeps_the_read_in_the_thread_pool(
+    tmp_path: Path, api_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Waiting(LocalKeyProvider):
+        unwrap_waits = True
+
+    settings = Settings(data_dir=tmp_path)
+    for provider, pooled in ((LocalKeyProvider, True), (Waiting, False)):
+        monkeypatch.setattr(
+            app_module, "make_provider", lambda s, p=provider: p(s.resolved_master_key_path)
         )
-    assert r.status_code == 503, r.text
-    assert r.headers["content-type"] == PROBLEM_JSON
-    assert r.json()["title"] == "Database unavailable" and r.headers["Retry-After"] == "2"
-    assert "127.0.0.1" not in r.text and ADDRESS not in r.text
+        app = create_app(settings, database_url=api_database_url, background_jobs=False)
+        with TestClient(app):
+            assert (app.state.reads_pool is not None) is pooled
+        assert app.state.reads_pool is None  # closed with the lifespan, and let go

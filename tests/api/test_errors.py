@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 import anyio
+import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
@@ -299,3 +300,23 @@ def test_a_json_body_that_is_not_utf8_says_so(client: TestClient) -> None:
     )
     assert r.status_code == 422
     assert r.json()["detail"] == "the body is not JSON: it is not valid utf-8 (byte 14)"
+
+
+@pytest.mark.parametrize(
+    ("error", "down"),
+    [
+        (psycopg.errors.AdminShutdown("terminating connection"), True),  # 57P01
+        (psycopg.errors.TooManyConnections("too many clients"), True),  # 53300
+        (psycopg.OperationalError("connection refused"), True),  # no SQLSTATE: client side
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (psycopg.errors.UndefinedTable("no such table"), False),  # a bug of ours: a 500
+        (psycopg.errors.UniqueViolation("duplicate"), False),
+        (ValueError("not a database error"), False),
+    ],
+)
+def test_the_driver_s_own_errors_are_classified_as_sqlalchemy_s_are(
+    error: Exception, down: bool
+) -> None:
+    """The event loop's reads raise psycopg's errors unwrapped (vault/db.py `AsyncPool`): the
+    database gone is a 503, a statement it refused a 500, as for the engine's."""
+    assert errors.database_down(error) is down

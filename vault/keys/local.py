@@ -38,8 +38,10 @@ class LocalKeyProvider:
     follows another's rotation and forgets a KEK another retired.
     """
 
-    # Unwrapping is AES-GCM in this process's memory (an unknown KEK id reads the small local
-    # file once): an event loop may unwrap inline.
+    # Unwrapping is AES-GCM in this process's memory: an event loop may unwrap inline. The one
+    # exception is a KEK id this process does not know yet (another process rotated): the
+    # unwrap reads the small local file again, under the lock a rotation here holds across its
+    # two fsyncs. That is once per rotation, and a loop may wait that long.
     unwrap_waits = False
 
     def __init__(self, path: Path, *, create: bool = True) -> None:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -205,25 +205,34 @@ async def _records_async(
     granted: list[str],
     uploads: set[str],
     fields: list[str] | None,
-) -> list[str]:
-    """`_records` read on the event loop's own connection (`Reader.by_dataset_async`)."""
-    texts: list[str] = []
-    if not granted or not uploads:
-        return texts
-    live = [uuid.UUID(u) for u in uploads]
-    async with pool.connection() as connection:
-        pages = reads.Reader(store).by_dataset_async(
-            connection, dataset_id, subjects=granted, uploads=live, anchored_only=True
-        )
-        async with contextlib.aclosing(pages):
-            async for page in pages:
-                if fields is None:
-                    texts.extend(map(records_json.record_text, page))
-                    continue
-                for r in page:
-                    projected = disclosure.project(r.payload, fields)
-                    texts.append(records_json.record_text(r, payload=projected, proof=False))
-    return texts
+) -> bytes:
+    """`_records` read on the event loop's own connection (`Reader.by_dataset_async`), as the
+    records' JSON array in UTF-8. Each page is encoded as it comes, so the loop holds no step
+    longer than a page's; the pages are then joined, a copy of bytes."""
+    parts: list[bytes] = []
+    if granted and uploads:
+        live = [uuid.UUID(u) for u in uploads]
+        async with pool.connection() as connection:
+            pages = reads.Reader(store).by_dataset_async(
+                connection, dataset_id, subjects=granted, uploads=live, anchored_only=True
+            )
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    if page:
+                        parts.append(",".join(map(_record_text(fields), page)).encode())
+    return b"[" + b",".join(parts) + b"]"
+
+
+def _record_text(fields: list[str] | None) -> Callable[[reads.RecordOut], str]:
+    """A record's `AccessRecord` text: whole, or cut down to `fields` without its proof."""
+    if fields is None:
+        return records_json.record_text
+
+    def projected(r: reads.RecordOut) -> str:
+        payload = disclosure.project(r.payload, fields)
+        return records_json.record_text(r, payload=payload, proof=False)
+
+    return projected
 
 
 def _head_text(head: AccessAnswer) -> str:
@@ -264,8 +273,10 @@ _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def access(body: AccessIn, member: Consumer, request: Request) -> Response:
     """Ask for records (or a yes/no) under a purpose; the contracts decide who is granted."""
     # An async route: the ledger's decision is awaited without holding a thread, and the
-    # vault's part (read, decrypt, encode) is one hand-off to the thread pool. The key store
-    # and the gateway are looked up, not depended on: the hottest route pays no solve for them.
+    # vault's part (read, decrypt, encode) runs on the loop's own database connection
+    # (`reads_pool`), or in the thread pool where that is not open (a key provider whose
+    # unwrap waits on a token) and for a streamed answer. The key store and the gateway are
+    # looked up, not depended on: the hottest route pays no solve for them.
     store, ledger = key_store(request), ledger_gateway(request)
     consumer = ledger_identity(member)
     predicate = _predicate(body)
@@ -306,8 +317,8 @@ async def access(body: AccessIn, member: Consumer, request: Request) -> Response
 
     if pool is not None:
         records = await _records_async(pool, store, body.dataset_id, granted, uploads, body.fields)
-        text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
-        return Response(content=text.encode(), media_type="application/json")
+        content = f'{_head_text(head)},"records":'.encode() + records + b"}"
+        return Response(content=content, media_type="application/json")
 
     def answer() -> bytes:
         with db.statement_session(sessions) as session:
