@@ -164,7 +164,7 @@ class AsyncPool:
                 await conn.close()  # cancelled mid-check: its state is unknown
                 raise
             return conn
-        return await AsyncConnection.connect(autocommit=True, **self._connect_args)
+        return await AsyncConnection.connect(**{**self._connect_args, "autocommit": True})
 
     async def _checkin(self, conn: AsyncConnection[Any]) -> None:
         if conn.broken:
@@ -178,6 +178,11 @@ class AsyncPool:
             await conn.close()
         else:
             self._idle.append((conn, time.monotonic()))
+
+    @property
+    def saturated(self) -> bool:
+        """Every connection is in use: a request now would wait for one."""
+        return self._slots.locked()
 
     async def close(self) -> None:
         """Close the idle connections; one in use is closed when its use ends, and a request

@@ -174,7 +174,9 @@ def _lifespan(
         engine = db.make_engine(
             database_url,
             pool_size=ENGINE_POOL_SIZE,
-            max_overflow=CONNECTIONS_MAX - ENGINE_POOL_SIZE - (0 if waits else READS_POOL_SIZE),
+            max_overflow=max(
+                0, CONNECTIONS_MAX - ENGINE_POOL_SIZE - (0 if waits else READS_POOL_SIZE)
+            ),
         )
         app.state.engine = engine
         app.state.sessions = db.make_session_factory(engine)

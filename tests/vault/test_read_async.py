@@ -270,11 +270,22 @@ def test_the_pool_connects_with_the_engine_s_parameters(database_url: str) -> No
 
 
 def test_a_closed_pool_hands_out_nothing(database_url: str) -> None:
+    """Not to a request after `close`, nor to one that was waiting for a connection when the
+    pool closed."""
+
     async def run() -> None:
         pool = db.AsyncPool(database_url, size=1)
-        await _pid(pool)
+        held = pool.connection()
+        await held.__aenter__()
+        assert pool.saturated
+        waiting = asyncio.create_task(_pid(pool))
+        await asyncio.sleep(0.05)
         await pool.close()
+        await held.__aexit__(None, None, None)
+        with pytest.raises(exc.TimeoutError):
+            await waiting
         with pytest.raises(exc.TimeoutError):
             await _pid(pool)
+        assert not pool.saturated  # every slot given back
 
     asyncio.run(run())

@@ -283,6 +283,10 @@ async def access(body: AccessIn, member: Consumer, request: Request) -> Response
     result, receipt = await _decide(ledger, consumer, body)
     sessions: sessionmaker[Session] = request.app.state.sessions
     pool: db.AsyncPool | None = request.app.state.reads_pool
+    if pool is not None and pool.saturated:
+        # A burst beyond the loop's few connections reads in the thread pool, on the engine's,
+        # rather than wait behind the reads in flight.
+        pool = None
     if predicate is not None:
         if pool is not None:
             yes_no = await _predicate_answer_async(
