@@ -288,14 +288,18 @@ async def access(body: AccessIn, member: Consumer, request: Request) -> Response
         # rather than wait behind the reads in flight.
         pool = None
     if predicate is not None:
+        read = _predicate_read(result, receipt)
         if pool is not None:
-            yes_no = await _predicate_answer_async(
-                pool, store, body.dataset_id, predicate, result, receipt
-            )
+            payloads = await _predicate_payloads_async(pool, store, body.dataset_id, read)
         else:
-            yes_no = await run_in_threadpool(
-                _predicate_answer, sessions, store, body.dataset_id, predicate, result, receipt
+            payloads = await run_in_threadpool(
+                _predicate_payloads, sessions, store, body.dataset_id, read
             )
+        yes_no = PredicateAnswer(
+            result=disclosure.evaluate(payloads, predicate),
+            receipt=receipt,
+            charged_cents=result["charged_cents"],
+        )
         return Response(content=yes_no.model_dump_json(), media_type="application/json")
     granted: list[str] = list(result["granted"])
     uploads = set(result["uploads"])
@@ -347,9 +351,13 @@ def _predicate(body: AccessIn) -> disclosure.Predicate | None:
         raise InvalidAccess(str(exc)) from None
 
 
-def _predicate_subject(result: dict[str, Any], receipt: LedgerReceipt) -> list[str]:
-    """The one subject a predicate asks about, once the contracts granted them; a refusal
-    names the contracts' reason and the access on the ledger."""
+# What a predicate reads: its one subject, in the uploads the contracts named.
+_SubjectRead = tuple[list[str], list[uuid.UUID]]
+
+
+def _predicate_read(result: dict[str, Any], receipt: LedgerReceipt) -> _SubjectRead:
+    """The one subject a predicate asks about, once the contracts granted them, and the live
+    uploads; a refusal names the contracts' reason and the access on the ledger."""
     granted: list[str] = list(result["granted"])
     if not granted:
         denied = result["denied"]
@@ -358,44 +366,28 @@ def _predicate_subject(result: dict[str, Any], receipt: LedgerReceipt) -> list[s
             f"{reason}: {_DENIED.get(reason, reason)} (access {result['access']}, "
             f"ledger tx {receipt.tx_id} at height {receipt.block_height})"
         )
-    return granted[:1]
+    return granted[:1], [uuid.UUID(u) for u in result["uploads"]]
 
 
-def _predicate_answer(
-    sessions: sessionmaker[Session],
-    store: KeyStore,
-    dataset_id: uuid.UUID,
-    predicate: disclosure.Predicate,
-    result: dict[str, Any],
-    receipt: LedgerReceipt,
-) -> PredicateAnswer:
-    subject = _predicate_subject(result, receipt)
-    live = [uuid.UUID(u) for u in result["uploads"]]
+def _predicate_payloads(
+    sessions: sessionmaker[Session], store: KeyStore, dataset_id: uuid.UUID, read: _SubjectRead
+) -> list[bytes]:
+    """The payloads of the predicate's subject in the uploads the contracts named."""
+    subject, live = read
     with db.statement_session(sessions) as session:
-        payloads = [
+        return [
             r.payload
             for r in reads.Reader(store).by_dataset(
                 session, dataset_id, subjects=subject, uploads=live, anchored_only=True
             )
         ]
-    return PredicateAnswer(
-        result=disclosure.evaluate(payloads, predicate),
-        receipt=receipt,
-        charged_cents=result["charged_cents"],
-    )
 
 
-async def _predicate_answer_async(
-    pool: db.AsyncPool,
-    store: KeyStore,
-    dataset_id: uuid.UUID,
-    predicate: disclosure.Predicate,
-    result: dict[str, Any],
-    receipt: LedgerReceipt,
-) -> PredicateAnswer:
-    """`_predicate_answer` read on the event loop's own connection."""
-    subject = _predicate_subject(result, receipt)
-    live = [uuid.UUID(u) for u in result["uploads"]]
+async def _predicate_payloads_async(
+    pool: db.AsyncPool, store: KeyStore, dataset_id: uuid.UUID, read: _SubjectRead
+) -> list[bytes]:
+    """`_predicate_payloads` read on the event loop's own connection."""
+    subject, live = read
     payloads: list[bytes] = []
     async with pool.connection() as connection:
         pages = reads.Reader(store).by_dataset_async(
@@ -404,8 +396,4 @@ async def _predicate_answer_async(
         async with contextlib.aclosing(pages):
             async for page in pages:
                 payloads.extend(r.payload for r in page)
-    return PredicateAnswer(
-        result=disclosure.evaluate(payloads, predicate),
-        receipt=receipt,
-        charged_cents=result["charged_cents"],
-    )
+    return payloads
