@@ -130,7 +130,7 @@ class AsyncPool:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         """A connection for the duration of the block, returned to the pool after it."""
-        if self._slots.locked():
+        if self._slots.locked():  # `wait_for` makes a task of the wait: only when one waits
             try:
                 await asyncio.wait_for(self._slots.acquire(), self._timeout_s)
             except TimeoutError:

@@ -296,7 +296,7 @@ class Reader:
                 going_on = rows[-1][2] if rows else None
                 if len(rows) < page:
                     return
-                after = {"page": page, "after_upload": rows[-1][2], "after_leaf": rows[-1][4]}
+                after = _after(page, rows[-1])
                 await cursor.execute(following.sql, {**following.constants, **params, **after})
 
     def _page(self, limit: int | None) -> int:
@@ -418,6 +418,11 @@ def _dataset_statement(
     return raw
 
 
+def _after(page: int, last: Any) -> dict[str, Any]:
+    """The parameters of the page that follows the row `last` (its upload and leaf index)."""
+    return {"page": page, "after_upload": last[2], "after_leaf": last[4]}
+
+
 def _dataset_pages(
     session: Session, shape: tuple[bool, bool, bool, bool], params: dict[str, Any], page: int
 ) -> Iterator[Sequence[Any]]:
@@ -436,8 +441,7 @@ def _dataset_pages(
         if last is None:
             cursor.execute(first.sql, {**first.constants, **params, "page": page})
         else:
-            after = {"page": page, "after_upload": last[2], "after_leaf": last[4]}
-            cursor.execute(following.sql, {**following.constants, **params, **after})
+            cursor.execute(following.sql, {**following.constants, **params, **_after(page, last)})
         rows: Sequence[Any] = cursor.fetchall()
         return rows
 
@@ -704,15 +708,19 @@ def history(
     return out, following
 
 
+# An upload's leaf hashes in leaf order: what its inclusion tree is built from.
+_LEAVES = (
+    select(Record.leaf_hash)
+    .where(Record.upload_id == bindparam("upload", type_=PgUUID(as_uuid=True)))
+    .order_by(Record.leaf_index)
+)
+
+
 def upload_tree(session: Session, upload_id: uuid.UUID, record_count: int) -> MerkleTree:
     """The upload's inclusion tree over its leaf hashes, from the cache when it holds it."""
     tree = _trees.get(upload_id, record_count)
     if tree is None:
-        leaves = session.scalars(
-            select(Record.leaf_hash)
-            .where(Record.upload_id == upload_id)
-            .order_by(Record.leaf_index)
-        ).all()
+        leaves = session.scalars(_LEAVES, {"upload": upload_id}).all()
         tree = MerkleTree(leaves)
         _trees.put(upload_id, tree)
     return tree
@@ -745,7 +753,7 @@ def _tree_of_rows(rows: list[tuple[bytes]]) -> MerkleTree:
     return MerkleTree([leaf for (leaf,) in rows])
 
 
-_LEAVES_SQL = "SELECT leaf_hash FROM records WHERE upload_id = %(upload)s ORDER BY leaf_index"
+_LEAVES_SQL = str(_LEAVES.compile(dialect=_PSYCOPG))
 
 
 def count_readable(

@@ -188,14 +188,10 @@ def _records(
     # Only the uploads the contracts named live: an expired, erased or withdrawn one is not
     # even fetched for this access.
     live = [uuid.UUID(u) for u in uploads]
-    for r in reads.Reader(store).by_dataset(
+    found = reads.Reader(store).by_dataset(
         session, dataset_id, subjects=granted, uploads=live, anchored_only=True
-    ):
-        if fields is None:
-            yield records_json.record_text(r)
-        else:
-            projected = disclosure.project(r.payload, fields)
-            yield records_json.record_text(r, payload=projected, proof=False)
+    )
+    yield from map(_record_text(fields), found)
 
 
 async def _records_async(
