@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="access: API worker processes (default: as `civis-vault up` chooses)",
     )
     bench.add_argument(
+        "--subjects",
+        type=int,
+        default=None,
+        help="upload: distinct data subjects among the records (default 1,000; as many as "
+        "records: one record per subject)",
+    )
+    bench.add_argument(
         "--gb",
         type=float,
         default=None,

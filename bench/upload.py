@@ -62,9 +62,9 @@ def _payloads() -> list[bytes]:
     return pool
 
 
-def _records(n: int, pool: list[bytes]) -> Iterator[RecordIn]:
+def _records(n: int, pool: list[bytes], subjects: int = SUBJECTS) -> Iterator[RecordIn]:
     for i in range(n):
-        yield RecordIn(f"subject-{i % SUBJECTS:05d}", pool[i % _POOL])
+        yield RecordIn(f"subject-{i % subjects:05d}", pool[i % _POOL])
 
 
 def _rss_mb() -> float:
@@ -109,7 +109,7 @@ def _cpu_total(cpu_us: dict[str, float | None]) -> float:
 
 
 def _raw_copy(
-    engine: Engine, n: int, dataset_id: uuid.UUID, upload_id: uuid.UUID
+    engine: Engine, n: int, dataset_id: uuid.UUID, upload_id: uuid.UUID, subjects: int
 ) -> tuple[float, dict[str, float | None]]:
     """Raw COPY of as many ciphertext-sized rows into a table identical to `records` (same
     indexes and foreign key): its seconds and CPU per record."""
@@ -142,7 +142,7 @@ def _raw_copy(
                         uuid.uuid4(),
                         dataset_id,
                         upload_id,
-                        f"subject-{i % SUBJECTS:05d}",
+                        f"subject-{i % subjects:05d}",
                         i,
                         leaf,
                         envelope,
@@ -152,7 +152,7 @@ def _raw_copy(
         return seconds, _cpu_us(cpu, _cpu(backend), n)
 
 
-def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
+def _measure(url: str, n: int, key_dir: Path, subjects: int = SUBJECTS) -> dict[str, Any]:
     """One run of all three paths on `n` records; returns timings in seconds."""
     pool = _payloads()
     engine = db.make_engine(url, pool_size=2)
@@ -186,23 +186,26 @@ def _measure(url: str, n: int, key_dir: Path) -> dict[str, Any]:
         backend = _backend(driver)
         cpu = _cpu(backend)
         start = time.perf_counter()
-        result = uploader.upload(session, dataset_id, _records(n, pool))
+        result = uploader.upload(session, dataset_id, _records(n, pool, subjects))
     out["vault_s"] = time.perf_counter() - start
     out["vault_cpu_us"] = _cpu_us(cpu, _cpu(backend), n)
     assert result.record_count == n
     out["vault_peak_rss_mb"] = _rss_mb()
 
     settle(url)
-    out["raw_copy_s"], out["raw_copy_cpu_us"] = _raw_copy(engine, n, dataset_id, result.upload_id)
+    out["raw_copy_s"], out["raw_copy_cpu_us"] = _raw_copy(
+        engine, n, dataset_id, result.upload_id, subjects
+    )
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE bench_raw_records"))
     engine.dispose()
     return out
 
 
-def _child(url: str, n: int) -> dict[str, Any]:
+def _child(url: str, n: int, subjects: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="civis-bench-") as tmp:
         cmd = [sys.executable, "-m", "bench.upload", "--child", str(n), "--url", url, "--dir", tmp]
+        cmd += ["--subjects", str(subjects)]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
         result: dict[str, Any] = json.loads(done.stdout)
         return result
@@ -210,6 +213,7 @@ def _child(url: str, n: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     n = int(args.records or 100_000)
+    subjects = int(getattr(args, "subjects", None) or SUBJECTS)
     with ExitStack() as stack:
         url = os.environ.get("CIVIS_DATABASE_URL")
         if not url:
@@ -221,15 +225,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             server = "CIVIS_DATABASE_URL"
         db.upgrade(url)
-        small = _child(url, min(10_000, n))
-        full = _child(url, n)
+        small = _child(url, min(10_000, n), subjects)
+        full = _child(url, n, subjects)
     mb = n * PAYLOAD_BYTES / 1e6
     return {
         "benchmark": "upload",
         "server": server,
         "records": n,
         "payload_bytes": PAYLOAD_BYTES,
-        "subjects": SUBJECTS,
+        "subjects": subjects,
         "vault": {
             "seconds": round(full["vault_s"], 3),
             "records_per_s": round(n / full["vault_s"]),
@@ -265,8 +269,9 @@ def main() -> None:
     parser.add_argument("--child", type=int, required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--subjects", type=int, default=SUBJECTS)
     args = parser.parse_args()
-    print(json.dumps(_measure(args.url, args.child, args.dir)))
+    print(json.dumps(_measure(args.url, args.child, args.dir, args.subjects)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy.orm import Session
 
@@ -43,26 +43,48 @@ class KeyRing:
         while len(cache) > CACHE_MAX:
             cache.popitem(last=False)
 
-    def prefetch(self, refs: Iterable[SecretRef]) -> None:
-        """Fetch (or create) many secrets in one round trip."""
+    def prefetch(
+        self, refs: Iterable[SecretRef], meanwhile: Callable[[], None] | None = None
+    ) -> None:
+        """Fetch (or create) many secrets in one round trip.
+
+        `meanwhile`, if given, is called once the secrets are known here, while the key store
+        stores the ones just created (`KeyStore.ensure`): DEKs derived in it are derived
+        while the server works. If a concurrent transaction created some of them first, the
+        DEKs derived so far are dropped and it is called again."""
         missing = [r for r in dict.fromkeys(refs) if r not in self._secrets]
+        calls = 0
+
+        def known(got: dict[SecretRef, bytes]) -> None:
+            nonlocal calls
+            if calls:
+                self._deks.clear()
+                self._shared.clear()
+            calls += 1
+            for ref, secret in got.items():
+                self._remember(self._secrets, ref, secret)
+            if meanwhile is not None:
+                meanwhile()
+
         if not missing:
-            return
-        if self._create:
-            got = self._store.ensure(self._session, missing)
+            known({})
+        elif self._create:
+            self._store.ensure(self._session, missing, known)
         else:
-            got = self._store.load(self._session, missing)
-        for ref, secret in got.items():
-            self._remember(self._secrets, ref, secret)
+            known(self._store.load(self._session, missing))
 
     def prefetch_subjects(
-        self, upload_id: uuid.UUID, day_iso: str, subjects: Iterable[str]
+        self,
+        upload_id: uuid.UUID,
+        day_iso: str,
+        subjects: Iterable[str],
+        meanwhile: Callable[[], None] | None = None,
     ) -> None:
         refs = [upload_ref(self._dataset_id, upload_id), epoch_ref(self._dataset_id, day_iso)]
         refs.extend(
             subject_ref(self._dataset_id, s) for s in subjects if (upload_id, s) not in self._deks
         )
-        self.prefetch(refs)
+        self.prefetch(refs, meanwhile)
 
     def dek(self, upload_id: uuid.UUID, day_iso: str, subject_id: str) -> DataKey | None:
         """The DEK, or None when any of its three secrets is destroyed (the scope is erased)."""

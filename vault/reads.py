@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session, aliased
 
 from vault.crypto import DataKey, DecryptionFailed, derive_dek, unseal
 from vault.crypto.merkle import MerkleTree
+from vault.db import driver_connection
 from vault.errors import RecordErased, RecordNotFound, RecordSuperseded
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
 from vault.models import KeyCommitment, KeySecret, Record, Upload
@@ -431,8 +432,7 @@ def _dataset_pages(
     The rows come in PostgreSQL's binary format: an envelope, the bulk of each row, travels
     as its bytes rather than as hex text twice its size that the driver must decode (6 % of a
     100-record answer's CPU, measured against the in-process limit of `bench access`)."""
-    connection = session.connection().connection.driver_connection
-    cursor = connection.cursor(binary=True)  # type: ignore[union-attr]
+    cursor = driver_connection(session).cursor(binary=True)
     dialect = session.get_bind().dialect
     first = _dataset_statement(dialect, shape, False)
     following = _dataset_statement(dialect, shape, True)

@@ -20,12 +20,13 @@ import os
 import re
 import struct
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import select, text, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from ledger_bridge.facts import UploadAnchor
@@ -33,12 +34,13 @@ from vault.crypto import DataKey
 from vault.crypto.batch import UploadSealer
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
+from vault.db import driver_connection
 from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
 from vault.jsontext import Loads
 from vault.keyring import CACHE_MAX, KeyRing
 from vault.keys import KeyStore
 from vault.locks import share_datasets
-from vault.models import KeyCommitment, OutboxFact, Upload
+from vault.models import OutboxFact, Upload
 
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,128}$")
 # With a ledger, a subject id is the subject's pseudonym on it: the hex of their wallet's
@@ -62,12 +64,23 @@ _COPY_CHUNK_ROWS = 256
 # 6) and the variant bits (10, the top of byte 8), set by these byte translations.
 _VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
 _VARIANT_RFC = bytes((b & 0x3F) | 0x80 for b in range(256))
-_INSERT_COMMITMENTS = text(
+# Chunks read ahead of the COPY, so that the subjects they name are derived together: the
+# key store's statements need the connection, so every derivation ends a COPY (`_Copier`).
+# Bounded in distinct subjects, below the DEK cache's size so that all of them stay derived
+# while their chunks are sent, and in payload bytes.
+_AHEAD_SUBJECTS = 4096
+_AHEAD_BYTES = 8 * 1024 * 1024
+# Binary parameters (`vault.db.driver_rows`): a list in text format costs 1-5 µs an element.
+_INSERT_COMMITMENTS = (
     "INSERT INTO key_commitments (upload_id, subject_id, commitment) "
-    "SELECT CAST(:upload AS uuid), s, c "
-    "FROM unnest(CAST(:subjects AS text[]), CAST(:commitments AS bytea[])) AS x(s, c) "
+    "SELECT %(upload)b, s, c "
+    "FROM unnest(CAST(%(subjects)b AS text[]), CAST(%(commitments)b AS bytea[])) AS x(s, c) "
     "ON CONFLICT (upload_id, subject_id) DO NOTHING"
 )
+_COMMITMENTS = (
+    "SELECT commitment FROM key_commitments WHERE upload_id = %(upload)b ORDER BY subject_id"
+)
+_COMMITMENTS_PAGE = 10_000
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\(([0-9a-f-]{36})\) already exists")
 
 
@@ -359,7 +372,11 @@ class _Copier:
     and seals the next, and the two run on two cores only while the COPY stays open; each
     COPY ended waits for the server to store everything sent, then leaves it idle until the
     next chunk is sealed. A COPY ends only when a chunk names a subject whose DEK is not yet
-    derived (the key store's statements need the connection), and at the end."""
+    derived (the key store's statements need the connection), and at the end. Before each
+    COPY the chunks after it are read ahead (`_AHEAD_SUBJECTS`, `_AHEAD_BYTES`) and all
+    their subjects derived at once: an upload of one record per subject then ends a COPY
+    every few thousand records, not every chunk, and sends its key store a few large
+    statements instead of many small ones."""
 
     def __init__(
         self, session: Session, upload: Upload, known: _Subjects, builder: MerkleBuilder
@@ -367,51 +384,96 @@ class _Copier:
         self._session, self._upload, self._known, self._builder = session, upload, known, builder
         self._sealer = UploadSealer(dataset_id=upload.dataset_id.bytes, upload_id=upload.id.bytes)
         self._whole = True  # check the next chunk's payloads at once (`_chunk_payloads`)
-        conn = session.connection().connection.driver_connection
-        assert isinstance(conn, psycopg.Connection)
-        self._conn: psycopg.Connection[Any] = conn
+        self._conn = driver_connection(session)
+        self._ahead: deque[_Chunk] = deque()
+        self._source: Iterator[_Chunk] = iter(())
+        self._failed: Exception | None = None  # the stream's error, met while reading ahead
+        self._sealed: dict[int, bytes] = {}  # queued chunks' rows, by their first position
 
     def run(self, chunks: Iterator[_Chunk], size_max: int) -> None:
+        self._source = chunks
         pending = next(chunks, None)
         while pending is not None:
-            commitments = self._known.derive([r.subject_id for r in pending[1]])
+            commitments = self._known.derive(self._read_ahead(pending, size_max))
             if commitments:
-                # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
-                self._session.execute(
-                    _INSERT_COMMITMENTS,
-                    {
-                        "upload": self._upload.id,
-                        "subjects": list(commitments),
-                        "commitments": list(commitments.values()),
-                    },
-                )
-            pending = self._copy(pending, chunks, size_max)
+                self._commit_keys(commitments, size_max)
+            pending = self._copy(pending, size_max)
 
-    def _copy(self, pending: _Chunk, chunks: Iterator[_Chunk], size_max: int) -> _Chunk | None:
-        """COPY `pending` and the chunks after it until one names a subject not derived yet:
-        that chunk, or None at the end. A refused record, or any error of the stream, ends
-        the COPY with a fixed text (nothing of the records reaches the server) and is raised
-        after it."""
+    def _commit_keys(self, commitments: dict[str, bytes], size_max: int) -> None:
+        """Insert the key commitments of the DEKs just derived, and meanwhile seal queued
+        chunks, about as many records as commitments: the insert is sent in a pipeline and
+        runs on the server while this process seals, as the COPY would have it do."""
+        # ON CONFLICT: a subject evicted from the DEK cache and seen again re-derives.
+        params = {
+            "upload": self._upload.id,
+            "subjects": list(commitments),
+            "commitments": list(commitments.values()),
+        }
+        with self._conn.pipeline() as pipeline, self._conn.cursor() as cursor:
+            cursor.execute(_INSERT_COMMITMENTS, params)
+            budget = len(commitments)
+            for first, chunk in self._ahead:
+                keyed = self._known.cached([r.subject_id for r in chunk])
+                if budget <= 0 or keyed is None:
+                    break
+                self._sealed[first] = self._rows(first, chunk, *keyed, size_max)
+                budget -= len(chunk)
+            pipeline.sync()
+
+    def _read_ahead(self, pending: _Chunk, size_max: int) -> list[str]:
+        """Queue `pending` and the chunks after it, up to the bounds: the subjects they name.
+        An error of the stream stops the reading and is raised where the COPY reaches it, so
+        a refused record is still the first one in the stream's order."""
+        self._ahead.appendleft(pending)
+        subjects: dict[str, None] = {}
+        size = 0
+        for _, chunk in self._ahead:
+            subjects.update(dict.fromkeys(r.subject_id for r in chunk))
+            size += _size_bound(chunk, size_max)
+        while self._failed is None and len(subjects) < _AHEAD_SUBJECTS and size < _AHEAD_BYTES:
+            try:
+                following = next(self._source, None)
+            except Exception as exc:
+                self._failed = exc
+                break
+            if following is None:
+                break
+            self._ahead.append(following)
+            subjects.update(dict.fromkeys(r.subject_id for r in following[1]))
+            size += _size_bound(following[1], size_max)
+        return list(subjects)
+
+    def _next(self) -> _Chunk | None:
+        if self._ahead:
+            return self._ahead.popleft()
+        if self._failed is not None:
+            raise self._failed
+        return next(self._source, None)
+
+    def _copy(self, pending: _Chunk, size_max: int) -> _Chunk | None:
+        """COPY the queued chunks (`pending` first) and the ones after them until one names
+        a subject not derived yet: that chunk, or None at the end. A refused record, or any
+        error of the stream, ends the COPY with a fixed text (nothing of the records reaches
+        the server) and is raised after it."""
         refused: Exception | None = None
         first_position = last_position = pending[0]
         try:
             with self._conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
                 copy.write(_COPY_SIGNATURE)
-                next_chunk: _Chunk | None = pending
+                next_chunk: _Chunk | None = self._next()
                 while next_chunk is not None:
                     first, chunk = next_chunk
-                    keyed = self._known.cached([r.subject_id for r in chunk])
-                    if keyed is None:
-                        break
-                    last_position = first + len(chunk) - 1
                     try:
-                        rows = self._rows(first, chunk, *keyed, size_max)
+                        rows = self._chunk_rows(first, chunk, size_max)
                     except Exception as exc:
                         refused = exc
                         raise _Refused from None
+                    if rows is None:
+                        break
+                    last_position = first + len(chunk) - 1
                     copy.write(rows)  # stored by the server while the next chunk is read
                     try:
-                        next_chunk = next(chunks, None)
+                        next_chunk = self._next()
                     except Exception as exc:
                         refused = exc
                         raise _Refused from None
@@ -426,6 +488,16 @@ class _Copier:
                 f"record {which} already exists (records {first_position}..{last_position})"
             ) from None
         return next_chunk
+
+    def _chunk_rows(self, first: int, chunk: list[RecordIn], size_max: int) -> bytes | None:
+        """The chunk's rows (sealed now, or while the key commitments were inserted), or None
+        when it names a subject not derived yet."""
+        rows = self._sealed.pop(first, None)
+        if rows is None:
+            keyed = self._known.cached([r.subject_id for r in chunk])
+            if keyed is not None:
+                rows = self._rows(first, chunk, *keyed, size_max)
+        return rows
 
     def _rows(
         self,
@@ -487,15 +559,28 @@ class _Subjects:
                 deks.clear()
                 fields.clear()
                 new = list(dict.fromkeys(subjects))
-            self._ring.prefetch_subjects(self._upload_id, self._day_iso, new)
-            for subject in new:
-                dek, fresh = self._ring.dek_fresh(self._upload_id, self._day_iso, subject)
-                assert dek is not None, "upload secrets were just ensured"
-                deks[subject] = dek
-                fields[subject] = _text_field(subject)
-                if fresh:
-                    commitments[subject] = dek.commitment()
+
+            def derive_new() -> None:
+                for subject in new:
+                    dek, fresh = self._ring.dek_fresh(self._upload_id, self._day_iso, subject)
+                    assert dek is not None, "upload secrets were just ensured"
+                    deks[subject] = dek
+                    fields[subject] = _text_field(subject)
+                    if fresh:
+                        commitments[subject] = dek.commitment()
+
+            # Derived while the key store's server stores the new secrets.
+            self._ring.prefetch_subjects(self._upload_id, self._day_iso, new, derive_new)
         return commitments
+
+
+def _size_bound(chunk: list[RecordIn], size_max: int) -> int:
+    """At least the bytes the chunk's payloads will take (a payload not yet encoded counts
+    as the largest allowed)."""
+    return sum(
+        len(p) if type(p) is bytes else len(p.data) if type(p) is CompactJson else size_max
+        for p in (r.payload for r in chunk)
+    )
 
 
 def _record_ids(batch: list[RecordIn]) -> list[bytes]:
@@ -556,12 +641,12 @@ def _anchor(
     """Build the key-commitments root (commitments ordered by subject id, the order the
     ledger's root is checked in), store both roots on the upload, and return its anchor."""
     commitments = MerkleBuilder()
-    for (commitment,) in session.execute(
-        select(KeyCommitment.commitment)
-        .where(KeyCommitment.upload_id == upload_id)
-        .order_by(KeyCommitment.subject_id)
-    ).yield_per(10_000):
-        commitments.push(leaf_hash(commitment))
+    # Streamed from a server-side cursor (memory flat in the number of subjects), rows in
+    # binary: the commitments come as their bytes, not as hex text to decode.
+    with driver_connection(session).cursor("upload-commitments", binary=True) as cursor:
+        cursor.execute(_COMMITMENTS, {"upload": upload_id})
+        while rows := cursor.fetchmany(_COMMITMENTS_PAGE):
+            commitments.extend([leaf_hash(commitment) for (commitment,) in rows])
     anchor = UploadAnchor(
         upload=str(upload_id),
         dataset=str(dataset_id),

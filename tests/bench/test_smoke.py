@@ -14,7 +14,7 @@ from numbers import Real
 
 import pytest
 
-from bench import access, checkpoint, crypto, events, upload_http
+from bench import access, checkpoint, crypto, events, upload, upload_http
 from tests.conftest import PgServer
 
 
@@ -144,3 +144,16 @@ def test_checkpoint_compares_with_serialising_the_whole_state() -> None:
         assert point["checkpoint_ms"] >= 0 and point["ratio_checkpoint_to_baseline"] >= 0
     replicated = report["replicated"]
     assert replicated["tx"] == 300 and replicated["cpu_ms_per_tx_at_entries"] > 0
+
+
+def test_upload_with_one_record_per_subject(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--subjects` sets how many subjects the records name; the raw COPY names the same."""
+    monkeypatch.setenv("CIVIS_DATABASE_URL", fresh_database_url)
+    report = upload.run(argparse.Namespace(records=1500, subjects=1500))
+    json.dumps(report)
+    assert report["benchmark"] == "upload"
+    assert report["records"] == report["subjects"] == 1500
+    assert report["vault"]["records_per_s"] > 0 and report["raw_copy"]["records_per_s"] > 0
+    assert report["ratio_vault_to_raw_copy"] > 0

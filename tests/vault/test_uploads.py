@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import VaultServices, make_dataset
@@ -23,6 +23,7 @@ from vault.errors import (
     RecordTooLarge,
     VaultError,
 )
+from vault.keys import SecretRef, subject_ref
 from vault.models import KeyCommitment, KeySecret, OutboxFact, Record, Upload
 from vault.uploads import RecordIn
 
@@ -275,3 +276,83 @@ def test_payloads_the_chunk_check_does_not_take_go_record_by_record(
     assert counting.chunks == chunk_checks
     stored = session.scalars(select(Record.id).where(Record.upload_id == result.upload_id)).all()
     assert len(stored) == 600
+
+
+def test_an_upload_that_loses_the_race_for_a_subject_secret_seals_under_the_winners(
+    committed_engine: Engine, services: VaultServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another transaction creates a subject's secret after the upload looked for it and
+    before the upload's own insert: the upload must seal under the stored secret, the other
+    transaction's, or that subject's records would never open."""
+    with Session(committed_engine) as s, s.begin():
+        dataset_id = make_dataset(s).id
+    rival_ref = subject_ref(dataset_id, "subject-1")
+    rival_secrets: dict[SecretRef, bytes] = {}
+    wrap = services.store._wrap_guarded
+    rivals = 0
+
+    def wrap_after_a_rival(session: Session, refs: Any) -> Any:
+        nonlocal rivals
+        if rival_ref in refs and not rivals:
+            rivals += 1
+            with Session(committed_engine) as rival, rival.begin():
+                rival_secrets.update(services.store.ensure(rival, [rival_ref]))
+        return wrap(session, refs)
+
+    monkeypatch.setattr(services.store, "_wrap_guarded", wrap_after_a_rival)
+    with Session(committed_engine) as s, s.begin():
+        result = services.uploader.upload(s, dataset_id, _stream(30, subjects=3))
+    assert rival_secrets, "the rival transaction did not create its secret"
+    with Session(committed_engine) as s:
+        assert services.store.load(s, [rival_ref]) == rival_secrets
+        records = list(services.reader.by_dataset(s, dataset_id))
+    assert len(records) == 30 and result.commitment_count == 3
+    assert {r.subject_id for r in records} == {"subject-0", "subject-1", "subject-2"}
+
+
+def test_one_record_per_subject_goes_in_few_copies(
+    session: Session, services: VaultServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subjects are derived for the chunks read ahead, all at once: an upload naming a new
+    subject in every record ends a COPY every `_AHEAD_SUBJECTS` records, not every chunk."""
+    copies = 0
+    copy = uploads._Copier._copy
+
+    def counted(self: Any, *args: Any) -> Any:
+        nonlocal copies
+        copies += 1
+        return copy(self, *args)
+
+    monkeypatch.setattr(uploads._Copier, "_copy", counted)
+    dataset = make_dataset(session)
+    n = uploads._AHEAD_SUBJECTS + 500
+    result = services.uploader.upload(session, dataset.id, _stream(n, subjects=n))
+    assert copies == 2  # chunks of 64 records: 71 COPYs, one per chunk, without reading ahead
+    assert result.record_count == result.commitment_count == n
+    assert len(list(services.reader.by_dataset(session, dataset.id))) == n
+
+
+def test_the_first_refused_record_is_the_one_named(
+    session: Session, services: VaultServices
+) -> None:
+    """A bad payload early and a bad subject or a failing stream later, in chunks read ahead
+    together: the refusal names the first bad record, as a record-by-record upload would."""
+    dataset = make_dataset(session)
+    before = _counts(session)
+
+    def records(later: str) -> Iterator[RecordIn]:
+        for i in range(1, 400):
+            if i == 70:
+                yield RecordIn("alice", b'{"broken"')
+            elif i == 300 and later == "subject":
+                yield RecordIn("Jean Dupont", b"{}")
+            elif i == 300:
+                raise OSError("the stream broke")
+            else:
+                yield RecordIn(f"subject-{i}", b"{}")
+
+    for later in ("subject", "stream"):
+        with pytest.raises(InvalidRecord) as info:
+            services.uploader.upload(session, dataset.id, records(later))
+        assert info.value.position == 70
+    assert _counts(session) == before

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from vault.crypto import new_secret
+from vault.db import driver_connection, driver_rows
 from vault.keys.provider import KeyProvider, KeyProviderError
 from vault.keys.registry import guard_wraps
 from vault.models import KeySecret
@@ -45,18 +48,28 @@ _REWRAP_MANY = text(
     " WHERE k.id = x.id"
 )
 _REWRAP_BATCH = 2000
-_SELECT_MANY = text(
+# Bulk statements: parameters in the driver's binary format (`vault.db.driver_rows`).
+_SELECT_MANY = (
     "SELECT k.kind, k.dataset_id, k.scope, k.kek_id, k.wrapped FROM key_secrets k "
-    "JOIN unnest(CAST(:kinds AS text[]), CAST(:datasets AS uuid[]), CAST(:scopes AS text[])) "
-    "AS w(kind, dataset_id, scope) "
+    "JOIN unnest(CAST(%(kinds)b AS text[]), CAST(%(datasets)b AS uuid[]), "
+    "CAST(%(scopes)b AS text[])) AS w(kind, dataset_id, scope) "
     "ON k.kind = w.kind AND k.dataset_id = w.dataset_id AND k.scope = w.scope"
 )
-_INSERT_MANY = text(
+_INSERT_MANY = (
     "INSERT INTO key_secrets (kind, dataset_id, scope, kek_id, wrapped) "
-    "SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:datasets AS uuid[]), "
-    "CAST(:scopes AS text[]), CAST(:keks AS text[]), CAST(:wrapped AS bytea[])) "
+    "SELECT * FROM unnest(CAST(%(kinds)b AS text[]), CAST(%(datasets)b AS uuid[]), "
+    "CAST(%(scopes)b AS text[]), CAST(%(keks)b AS text[]), CAST(%(wrapped)b AS bytea[])) "
     "ON CONFLICT (kind, dataset_id, scope) DO NOTHING"
 )
+
+
+def _columns(refs: Sequence[SecretRef]) -> dict[str, list[Any]]:
+    """`refs` as the three column arrays the statements above take."""
+    return {
+        "kinds": [r.kind for r in refs],
+        "datasets": [r.dataset_id for r in refs],
+        "scopes": [r.scope for r in refs],
+    }
 
 
 def _dataset_key(dataset_id: uuid.UUID) -> int:
@@ -120,24 +133,26 @@ class KeyStore:
         found: dict[SecretRef, bytes] = {}
         for i in range(0, len(wanted), _LOOKUP_CHUNK):
             chunk = wanted[i : i + _LOOKUP_CHUNK]
-            # Arrays + unnest: one cached statement whatever the number of refs (a tuple IN
-            # list would be recompiled for every length, which dominated upload profiles).
-            rows = session.execute(
-                _SELECT_MANY,
-                {
-                    "kinds": [r.kind for r in chunk],
-                    "datasets": [r.dataset_id for r in chunk],
-                    "scopes": [r.scope for r in chunk],
-                },
-            )
+            # Arrays + unnest: one statement whatever the number of refs (a tuple IN list
+            # would be another statement for every length, which dominated upload profiles).
+            rows = driver_rows(session, _SELECT_MANY, _columns(chunk))
             for kind, dataset_id, scope, kek_id, wrapped in rows:
                 ref = SecretRef(kind, dataset_id, scope)
                 found[ref] = self.unwrap(ref, kek_id, wrapped)
         return found
 
-    def ensure(self, session: Session, refs: Iterable[SecretRef]) -> dict[SecretRef, bytes]:
+    def ensure(
+        self,
+        session: Session,
+        refs: Iterable[SecretRef],
+        meanwhile: Callable[[dict[SecretRef, bytes]], None] | None = None,
+    ) -> dict[SecretRef, bytes]:
         """Load `refs`, creating the missing ones. Safe under concurrent uploads: a secret
         created by another transaction first wins (ON CONFLICT DO NOTHING, then re-read).
+
+        `meanwhile`, if given, is called with the secrets while the server stores the new
+        ones (an upload derives its DEKs then, on the other core), and called again with the
+        secrets of any that a concurrent transaction created first, the ones to use.
 
         Whoever ensures subject secrets is about to encrypt under them: until its transaction
         ends it holds their datasets' lock shared, so `destroy_orphaned_subjects` never
@@ -149,24 +164,49 @@ class KeyStore:
             )
         found = self.load(session, wanted)
         missing = [r for r in wanted if r not in found]
-        if not missing:
-            return found
-        for i in range(0, len(missing), _LOOKUP_CHUNK):
-            chunk = missing[i : i + _LOOKUP_CHUNK]
-            kek_ids, wrapped = self._wrap_guarded(session, chunk)
-            session.execute(
-                _INSERT_MANY,
-                {
-                    "kinds": [r.kind for r in chunk],
-                    "datasets": [r.dataset_id for r in chunk],
-                    "scopes": [r.scope for r in chunk],
-                    "keks": kek_ids,
-                    "wrapped": wrapped,
-                },
-            )
-        # Re-read: where a concurrent transaction won the race, its secret is the one to use.
-        found.update(self.load(session, missing))
+        lost = self._create(session, missing, found, meanwhile) if missing else []
+        if not missing and meanwhile is not None:
+            meanwhile(found)
+        if lost:
+            # A concurrent transaction created some of them first: its secrets are the ones
+            # to use, read back with this statement's own.
+            winners = self.load(session, lost)
+            found.update(winners)
+            if meanwhile is not None:
+                meanwhile(winners)
         return found
+
+    def _create(
+        self,
+        session: Session,
+        missing: list[SecretRef],
+        found: dict[SecretRef, bytes],
+        meanwhile: Callable[[dict[SecretRef, bytes]], None] | None,
+    ) -> list[SecretRef]:
+        """Create `missing`, adding each secret to `found`: those of a statement that did not
+        insert all of its rows (ON CONFLICT), whose secrets may not be the ones stored.
+
+        The inserts go in a pipeline: sent, they run on the server while `meanwhile(found)`
+        runs here, and their row counts come back after it."""
+        chunks = [missing[i : i + _LOOKUP_CHUNK] for i in range(0, len(missing), _LOOKUP_CHUNK)]
+        made = [self._wrap_guarded(session, chunk) for chunk in chunks]
+        conn = driver_connection(session)
+        with conn.pipeline() as pipeline, ExitStack() as stack:
+            cursors = [stack.enter_context(conn.cursor()) for _ in chunks]
+            for cursor, chunk, (secrets, kek_ids, wrapped) in zip(
+                cursors, chunks, made, strict=True
+            ):
+                cursor.execute(
+                    _INSERT_MANY, _columns(chunk) | {"keks": kek_ids, "wrapped": wrapped}
+                )
+                found.update(zip(chunk, secrets, strict=True))
+            if meanwhile is not None:
+                meanwhile(found)
+            pipeline.sync()
+            counts = [cursor.rowcount for cursor in cursors]
+        return [
+            r for chunk, n in zip(chunks, counts, strict=True) if n != len(chunk) for r in chunk
+        ]
 
     def destroy_orphaned_subjects(
         self, session: Session, dataset_id: uuid.UUID, subjects: Sequence[str] | None = None
@@ -186,19 +226,21 @@ class KeyStore:
 
     def _wrap_guarded(
         self, session: Session, refs: Sequence[SecretRef]
-    ) -> tuple[list[str], list[bytes]]:
-        """Fresh secrets for `refs`, wrapped under a KEK this transaction then holds (shared
-        advisory lock) and that is not being retired: a process that has not yet adopted a
-        rotation refreshes and wraps again, so nothing new is ever wrapped under a KEK on
-        its way out (vault/keys/registry.py)."""
+    ) -> tuple[list[bytes], list[str], list[bytes]]:
+        """Fresh secrets for `refs`, and each wrapped (its KEK id, its wrapped bytes) under a
+        KEK this transaction then holds (shared advisory lock) and that is not being retired:
+        a process that has not yet adopted a rotation refreshes and wraps again, so nothing
+        new is ever wrapped under a KEK on its way out (vault/keys/registry.py)."""
         for _ in range(_GUARD_ATTEMPTS):
-            kek_ids, wrapped = [], []
+            secrets, kek_ids, wrapped = [], [], []
             for ref in refs:
-                kek_id, blob = self.provider.wrap(new_secret(), aad=ref.aad())
+                secret = new_secret()
+                kek_id, blob = self.provider.wrap(secret, aad=ref.aad())
+                secrets.append(secret)
                 kek_ids.append(kek_id)
                 wrapped.append(blob)
             if guard_wraps(session, kek_ids):
-                return kek_ids, wrapped
+                return secrets, kek_ids, wrapped
             self.provider.refresh()
         raise KeyProviderError(
             "the current KEK is being retired and the key provider offers no newer one"
