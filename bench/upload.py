@@ -39,6 +39,7 @@ from bench.settle import settle
 from vault import db
 from vault.crypto._hazmat import Aead
 from vault.datasets import register_dataset
+from vault.db import widen_send_buffer
 from vault.keys import KeyStore, LocalKeyProvider
 from vault.uploads import RecordIn, Uploader
 
@@ -124,6 +125,7 @@ def _raw_copy(
     with engine.connect() as conn:
         raw = conn.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
+        widen_send_buffer(raw.pgconn.socket)  # the uploader's own connection does the same
         backend = _backend(raw)
         cpu = _cpu(backend)
         start = time.perf_counter()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -200,6 +202,28 @@ def driver_connection(session: Session) -> psycopg.Connection[Any]:
     if not isinstance(connection, psycopg.Connection):
         raise TypeError("the vault runs on PostgreSQL through psycopg")
     return connection
+
+
+# What an upload's connection asks the kernel to queue (Linux doubles it for its bookkeeping
+# and caps it at net.core.wmem_max): about 60 ms of the server's COPY work on 1 KiB records.
+COPY_SEND_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def widen_send_buffer(fd: int, size: int = COPY_SEND_BUFFER_BYTES) -> None:
+    """Let the kernel queue up to `size` bytes of output on `fd` when it is a Unix socket.
+
+    Why: a COPY keeps PostgreSQL busy only while rows wait in the socket for it. A Unix
+    socket's send buffer is fixed at net.core.wmem_default (208 KiB on most systems, about
+    3 ms of the server's work on 1 KiB records), so while the uploader seals its next chunk
+    the server empties it and waits: the upload then takes the sum of the two sides' work
+    rather than the larger. TCP sizes its buffers itself, so a TCP socket is left alone. A
+    connection keeps the wider buffer when it goes back to its pool: it is a ceiling, and
+    memory is taken only by data queued."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if sock.family != socket.AF_UNIX:
+            return
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def driver_rows(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -34,7 +34,7 @@ from vault.crypto import DataKey
 from vault.crypto.batch import UploadSealer
 from vault.crypto.merkle import MerkleBuilder, leaf_hash
 from vault.datasets import get_dataset
-from vault.db import driver_connection
+from vault.db import driver_connection, widen_send_buffer
 from vault.errors import DuplicateRecord, InvalidRecord, RecordTooLarge
 from vault.jsontext import Loads
 from vault.keyring import CACHE_MAX, KeyRing
@@ -385,6 +385,7 @@ class _Copier:
         self._sealer = UploadSealer(dataset_id=upload.dataset_id.bytes, upload_id=upload.id.bytes)
         self._whole = True  # check the next chunk's payloads at once (`_chunk_payloads`)
         self._conn = driver_connection(session)
+        widen_send_buffer(self._conn.pgconn.socket)
         self._ahead: deque[_Chunk] = deque()
         self._source: Iterator[_Chunk] = iter(())
         self._failed: Exception | None = None  # the stream's error, met while reading ahead
