@@ -4,7 +4,8 @@ Why ratios: these machines are shared and noisy, so every figure is set beside b
 measured in the same run on the same bytes:
   (a) raw AES-256-GCM of the same payloads (the floor of any encrypting upload),
   (b) a raw binary COPY of the same number of ciphertext rows into a table shaped exactly like
-      `records` (same columns, indexes and constraints), without any vault logic.
+      `records` (same columns, indexes and constraints), without any vault logic, on a
+      connection whose socket queues as much as the uploader's (`vault.db.widen_send_buffer`).
 Peak RSS is measured in a fresh child process per upload size (10k and the full size), because
 ru_maxrss is a high-water mark: flat memory means the two peaks are about equal.
 CPU per record is the steadiest figure on a shared machine: this process's CPU (the client
