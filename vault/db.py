@@ -204,8 +204,9 @@ def driver_connection(session: Session) -> psycopg.Connection[Any]:
     return connection
 
 
-# What an upload's connection asks the kernel to queue (Linux doubles it for its bookkeeping
-# and caps it at net.core.wmem_max): about 60 ms of the server's COPY work on 1 KiB records.
+# What an upload's connection asks the kernel to queue: about 60 ms of the server's COPY work
+# on 1 KiB records. Linux caps it at net.core.wmem_max (208 KiB unless raised; 4 MiB on these
+# machines) and doubles it for its own bookkeeping.
 COPY_SEND_BUFFER_BYTES = 4 * 1024 * 1024
 
 
@@ -235,13 +236,6 @@ def driver_rows(session: Session, sql: str, params: dict[str, Any]) -> list[tupl
     with driver_connection(session).cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
-
-
-def driver_execute(session: Session, sql: str, params: dict[str, Any]) -> int:
-    """`driver_rows` for a statement that returns no rows: how many it changed."""
-    with driver_connection(session).cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

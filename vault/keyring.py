@@ -52,7 +52,14 @@ class KeyRing:
         stores the ones just created (`KeyStore.ensure`): DEKs derived in it are derived
         while the server works. If a concurrent transaction created some of them first, the
         DEKs derived so far are dropped and it is called again."""
-        missing = [r for r in dict.fromkeys(refs) if r not in self._secrets]
+        missing = []
+        for ref in dict.fromkeys(refs):
+            if ref in self._secrets:
+                # Kept as recently used: secrets fetched for the rest must not push it out
+                # before the caller derives from it.
+                self._secrets.move_to_end(ref)
+            else:
+                missing.append(ref)
         calls = 0
 
         def known(got: dict[SecretRef, bytes]) -> None:
@@ -80,10 +87,11 @@ class KeyRing:
         subjects: Iterable[str],
         meanwhile: Callable[[], None] | None = None,
     ) -> None:
+        """`prefetch` the secrets of these subjects' DEKs in this upload: afterwards (and in
+        `meanwhile`) `dek_fresh` derives any of them from what is held here, with no statement,
+        as long as they are fewer than `CACHE_MAX`."""
         refs = [upload_ref(self._dataset_id, upload_id), epoch_ref(self._dataset_id, day_iso)]
-        refs.extend(
-            subject_ref(self._dataset_id, s) for s in subjects if (upload_id, s) not in self._deks
-        )
+        refs.extend(subject_ref(self._dataset_id, s) for s in subjects)
         self.prefetch(refs, meanwhile)
 
     def dek(self, upload_id: uuid.UUID, day_iso: str, subject_id: str) -> DataKey | None:

@@ -3,7 +3,8 @@
 The whole upload is one savepoint in the caller's transaction: any failure (a bad record on
 line 90,000, a duplicate id, a lost connection) rolls back every row, key secret and outbox
 fact of the upload, and the typed error says which record was at fault. Memory is bounded by
-one chunk of records plus the LRU of DEKs, whatever the size of the stream.
+the records read ahead of the COPY (`_AHEAD_RECORDS`, `_AHEAD_BYTES`) plus the LRU of DEKs,
+whatever the size of the stream.
 
 Per record: one JSON validation, one AES-256-GCM seal, one HMAC (leaf salt), one SHA-256
 (leaf), all in column-wise loops over a chunk (vault/crypto/batch.py). Rows go to PostgreSQL
@@ -66,11 +67,11 @@ _VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
 _VARIANT_RFC = bytes((b & 0x3F) | 0x80 for b in range(256))
 # Chunks read ahead of the COPY, so that the subjects they name are derived together: the
 # key store's statements need the connection, so every derivation ends a COPY (`_Copier`).
-# Bounded in distinct subjects, below the DEK cache's size so that all of them stay derived
-# while their chunks are sent, and in payload bytes.
-_AHEAD_SUBJECTS = 4096
+# Bounded in records (and so in distinct subjects, below the DEK cache's size, so that all of
+# them stay derived while their chunks are sent) and in payload bytes.
+_AHEAD_RECORDS = 4096
 _AHEAD_BYTES = 8 * 1024 * 1024
-# Binary parameters (`vault.db.driver_rows`): a list in text format costs 1-5 µs an element.
+# Binary parameters: a list in text format costs 1-5 µs an element to adapt.
 _INSERT_COMMITMENTS = (
     "INSERT INTO key_commitments (upload_id, subject_id, commitment) "
     "SELECT %(upload)b, s, c "
@@ -81,6 +82,7 @@ _COMMITMENTS = (
     "SELECT commitment FROM key_commitments WHERE upload_id = %(upload)b ORDER BY subject_id"
 )
 _COMMITMENTS_PAGE = 10_000
+_COPY_LINE = re.compile(r"^COPY records, line (\d+)")
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\(([0-9a-f-]{36})\) already exists")
 
 
@@ -373,10 +375,9 @@ class _Copier:
     COPY ended waits for the server to store everything sent, then leaves it idle until the
     next chunk is sealed. A COPY ends only when a chunk names a subject whose DEK is not yet
     derived (the key store's statements need the connection), and at the end. Before each
-    COPY the chunks after it are read ahead (`_AHEAD_SUBJECTS`, `_AHEAD_BYTES`) and all
-    their subjects derived at once: an upload of one record per subject then ends a COPY
-    every few thousand records, not every chunk, and sends its key store a few large
-    statements instead of many small ones."""
+    COPY the chunks after it are read ahead (`_AHEAD_RECORDS`, `_AHEAD_BYTES`) and all
+    their subjects derived at once: an upload of one record per subject ends a COPY every
+    `_AHEAD_RECORDS` records, and its key store's statements each take that many subjects."""
 
     def __init__(
         self, session: Session, upload: Upload, known: _Subjects, builder: MerkleBuilder
@@ -423,15 +424,16 @@ class _Copier:
 
     def _read_ahead(self, pending: _Chunk, size_max: int) -> list[str]:
         """Queue `pending` and the chunks after it, up to the bounds: the subjects they name.
-        An error of the stream stops the reading and is raised where the COPY reaches it, so
-        a refused record is still the first one in the stream's order."""
+        An error of the stream stops the reading and is raised only where the COPY reaches
+        it, so a refusal is the one the upload would meet without reading ahead."""
         self._ahead.appendleft(pending)
+        records = size = 0
         subjects: dict[str, None] = {}
-        size = 0
         for _, chunk in self._ahead:
-            subjects.update(dict.fromkeys(r.subject_id for r in chunk))
+            records += len(chunk)
             size += _size_bound(chunk, size_max)
-        while self._failed is None and len(subjects) < _AHEAD_SUBJECTS and size < _AHEAD_BYTES:
+            subjects.update(dict.fromkeys(r.subject_id for r in chunk))
+        while self._failed is None and records < _AHEAD_RECORDS and size < _AHEAD_BYTES:
             try:
                 following = next(self._source, None)
             except Exception as exc:
@@ -440,8 +442,9 @@ class _Copier:
             if following is None:
                 break
             self._ahead.append(following)
-            subjects.update(dict.fromkeys(r.subject_id for r in following[1]))
+            records += len(following[1])
             size += _size_bound(following[1], size_max)
+            subjects.update(dict.fromkeys(r.subject_id for r in following[1]))
         return list(subjects)
 
     def _next(self) -> _Chunk | None:
@@ -485,9 +488,14 @@ class _Copier:
         except psycopg.errors.UniqueViolation as exc:
             match = _DUPLICATE_KEY.search(str(exc.diag.message_detail or ""))
             which = match.group(1) if match else "a record id"
-            raise DuplicateRecord(
-                f"record {which} already exists (records {first_position}..{last_position})"
-            ) from None
+            # The COPY's rows are the stream's records from `first_position` on, in order.
+            line = _COPY_LINE.search(str(exc.diag.context or ""))
+            where = (
+                f"record {first_position + int(line.group(1)) - 1}"
+                if line
+                else f"records {first_position}..{last_position}"
+            )
+            raise DuplicateRecord(f"record {which} already exists ({where})") from None
         return next_chunk
 
     def _chunk_rows(self, first: int, chunk: list[RecordIn], size_max: int) -> bytes | None:

@@ -164,10 +164,15 @@ def test_duplicate_record_ids(session: Session, services: VaultServices) -> None
     rid = uuid.uuid4()
     services.uploader.upload(session, dataset.id, [RecordIn("alice", b"{}", record_id=rid)])
     before = _counts(session)
-    with pytest.raises(DuplicateRecord, match=str(rid)):
+    with pytest.raises(DuplicateRecord, match=rf"{rid} already exists \(record 11\)"):
         services.uploader.upload(
             session, dataset.id, [*_stream(10), RecordIn("bob", b"{}", record_id=rid)]
         )
+    # In a later COPY of the upload (one subject per record: one COPY per window read ahead).
+    n = uploads._AHEAD_RECORDS + 300
+    late = [*_stream(n - 1, subjects=n), RecordIn("zed", b"{}", record_id=rid)]
+    with pytest.raises(DuplicateRecord, match=rf"{rid} already exists \(record {n}\)"):
+        services.uploader.upload(session, dataset.id, late)
     same = uuid.uuid4()
     with pytest.raises(DuplicateRecord, match=str(same)):
         services.uploader.upload(
@@ -310,11 +315,51 @@ def test_an_upload_that_loses_the_race_for_a_subject_secret_seals_under_the_winn
     assert {r.subject_id for r in records} == {"subject-0", "subject-1", "subject-2"}
 
 
+def test_a_secret_won_by_another_transaction_then_erased_is_created_again(
+    committed_engine: Engine, services: VaultServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race above, and an erasure that destroys the winner's secret before the upload
+    reads it back: the upload must create the secret again and seal under it, not under the
+    one it generated first, which was never stored."""
+    with Session(committed_engine) as s, s.begin():
+        dataset_id = make_dataset(s).id
+    ref = subject_ref(dataset_id, "subject-1")
+    wrap, load = services.store._wrap_guarded, services.store.load
+    steps: list[str] = []
+
+    def wrap_after_a_rival(session: Session, refs: Any) -> Any:
+        if ref in refs and not steps:
+            steps.append("rival running")
+            with Session(committed_engine) as rival, rival.begin():
+                services.store.ensure(rival, [ref])
+            steps[-1] = "rival"
+        return wrap(session, refs)
+
+    def load_after_an_erasure(session: Session, refs: Any) -> Any:
+        refs = list(refs)
+        if ref in refs and steps == ["rival"]:
+            steps.append("erasure")
+            with Session(committed_engine) as erasure, erasure.begin():
+                assert services.store.destroy(erasure, [ref]) == [ref]
+        return load(session, refs)
+
+    monkeypatch.setattr(services.store, "_wrap_guarded", wrap_after_a_rival)
+    monkeypatch.setattr(services.store, "load", load_after_an_erasure)
+    with Session(committed_engine) as s, s.begin():
+        services.uploader.upload(s, dataset_id, _stream(30, subjects=3))
+    assert steps == ["rival", "erasure"]
+    monkeypatch.undo()
+    with Session(committed_engine) as s:
+        assert services.store.load(s, [ref])
+        records = list(services.reader.by_dataset(s, dataset_id))
+    assert sum(r.subject_id == "subject-1" for r in records) == 10 and len(records) == 30
+
+
 def test_one_record_per_subject_goes_in_few_copies(
     session: Session, services: VaultServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Subjects are derived for the chunks read ahead, all at once: an upload naming a new
-    subject in every record ends a COPY every `_AHEAD_SUBJECTS` records, not every chunk."""
+    subject in every record ends a COPY every `_AHEAD_RECORDS` records, not every chunk."""
     copies = 0
     copy = uploads._Copier._copy
 
@@ -325,11 +370,62 @@ def test_one_record_per_subject_goes_in_few_copies(
 
     monkeypatch.setattr(uploads._Copier, "_copy", counted)
     dataset = make_dataset(session)
-    n = uploads._AHEAD_SUBJECTS + 500
+    n = uploads._AHEAD_RECORDS + 500
     result = services.uploader.upload(session, dataset.id, _stream(n, subjects=n))
-    assert copies == 2  # chunks of 64 records: 71 COPYs, one per chunk, without reading ahead
+    assert copies == 2  # one per chunk of 64 records would be 72
     assert result.record_count == result.commitment_count == n
     assert len(list(services.reader.by_dataset(session, dataset.id))) == n
+
+
+def test_subjects_read_ahead_are_derived_without_a_statement_each(
+    session: Session, services: VaultServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subjects drawn at random from more than the key caches hold: each window's secrets
+    are fetched in one statement, and its DEKs derived from them with no further look-up,
+    even for subjects whose DEK an earlier window cached and the caches evicted since."""
+    import random
+
+    import vault.keyring
+
+    monkeypatch.setattr(vault.keyring, "CACHE_MAX", 600)
+    monkeypatch.setattr(uploads, "CACHE_MAX", 600)
+    monkeypatch.setattr(uploads, "_AHEAD_RECORDS", 128)
+    calls = {"prefetch": 0, "prefetch_subjects": 0}
+    for name in calls:
+        real = getattr(vault.keyring.KeyRing, name)
+
+        def counted(self: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(vault.keyring.KeyRing, name, counted)
+    picks = random.Random(7)
+    stream = [RecordIn(f"s-{picks.randrange(1500)}", b"{}") for _ in range(3000)]
+    dataset = make_dataset(session)
+    services.uploader.upload(session, dataset.id, stream)
+    assert calls["prefetch"] == calls["prefetch_subjects"] > 10
+    assert len(list(services.reader.by_dataset(session, dataset.id))) == 3000
+
+
+def test_reading_ahead_holds_a_bounded_number_of_records(
+    session: Session, services: VaultServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny payloads from one subject: the bytes bound alone would let millions of records
+    be read ahead; the records bound keeps it to `_AHEAD_RECORDS` and one chunk."""
+    held: list[int] = []
+    read_ahead = uploads._Copier._read_ahead
+
+    def measured(self: Any, *args: Any) -> Any:
+        subjects = read_ahead(self, *args)
+        held.append(sum(len(chunk) for _, chunk in self._ahead))
+        return subjects
+
+    monkeypatch.setattr(uploads._Copier, "_read_ahead", measured)
+    dataset = make_dataset(session)
+    records = (RecordIn("alice", b"{}") for _ in range(3 * uploads._AHEAD_RECORDS))
+    result = services.uploader.upload(session, dataset.id, records)
+    assert result.record_count == 3 * uploads._AHEAD_RECORDS
+    assert held and max(held) <= uploads._AHEAD_RECORDS + 64
 
 
 def test_the_first_refused_record_is_the_one_named(

@@ -134,7 +134,7 @@ class KeyStore:
         for i in range(0, len(wanted), _LOOKUP_CHUNK):
             chunk = wanted[i : i + _LOOKUP_CHUNK]
             # Arrays + unnest: one statement whatever the number of refs (a tuple IN list
-            # would be another statement for every length, which dominated upload profiles).
+            # would be another statement, compiled and planned, for every length).
             rows = driver_rows(session, _SELECT_MANY, _columns(chunk))
             for kind, dataset_id, scope, kek_id, wrapped in rows:
                 ref = SecretRef(kind, dataset_id, scope)
@@ -151,8 +151,10 @@ class KeyStore:
         created by another transaction first wins (ON CONFLICT DO NOTHING, then re-read).
 
         `meanwhile`, if given, is called with the secrets while the server stores the new
-        ones (an upload derives its DEKs then, on the other core), and called again with the
-        secrets of any that a concurrent transaction created first, the ones to use.
+        ones (an upload derives its DEKs then, on the other core), and, if a concurrent
+        transaction created some of them first, called again with the secrets of every ref
+        of those statements, as stored. The connection is in pipeline mode while it runs:
+        it may read through the session, which then waits for the inserts, not create.
 
         Whoever ensures subject secrets is about to encrypt under them: until its transaction
         ends it holds their datasets' lock shared, so `destroy_orphaned_subjects` never
@@ -164,16 +166,22 @@ class KeyStore:
             )
         found = self.load(session, wanted)
         missing = [r for r in wanted if r not in found]
-        lost = self._create(session, missing, found, meanwhile) if missing else []
-        if not missing and meanwhile is not None:
-            meanwhile(found)
-        if lost:
+        if not missing:
+            if meanwhile is not None:
+                meanwhile(found)
+            return found
+        lost = self._create(session, missing, found, meanwhile)
+        changed: set[SecretRef] = set()
+        while lost:
             # A concurrent transaction created some of them first: its secrets are the ones
-            # to use, read back with this statement's own.
+            # to use. One it created and an erasure destroyed since is created again here.
+            changed.update(lost)
             winners = self.load(session, lost)
             found.update(winners)
-            if meanwhile is not None:
-                meanwhile(winners)
+            gone = [r for r in lost if r not in winners]
+            lost = self._create(session, gone, found, None) if gone else []
+        if changed and meanwhile is not None:
+            meanwhile({r: found[r] for r in changed})
         return found
 
     def _create(
@@ -183,8 +191,9 @@ class KeyStore:
         found: dict[SecretRef, bytes],
         meanwhile: Callable[[dict[SecretRef, bytes]], None] | None,
     ) -> list[SecretRef]:
-        """Create `missing`, adding each secret to `found`: those of a statement that did not
-        insert all of its rows (ON CONFLICT), whose secrets may not be the ones stored.
+        """Create a secret for each of `missing` and put it in `found`; return the refs of
+        every statement that inserted fewer rows than it was given (ON CONFLICT: another
+        transaction's secret is stored for some of them, not the one put in `found`).
 
         The inserts go in a pipeline: sent, they run on the server while `meanwhile(found)`
         runs here, and their row counts come back after it."""
