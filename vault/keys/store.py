@@ -72,6 +72,12 @@ def _columns(refs: Sequence[SecretRef]) -> dict[str, list[Any]]:
     }
 
 
+def _lock_order(ref: SecretRef) -> tuple[str, int, str]:
+    """A total order over `key_secrets`' unique key (kind, dataset_id, scope): any order
+    every transaction uses will do."""
+    return ref.kind, ref.dataset_id.int, ref.scope
+
+
 def _dataset_key(dataset_id: uuid.UUID) -> int:
     """A dataset's advisory lock key (two datasets sharing one only wait for each other)."""
     return dataset_id.int & 0x7FFFFFFF
@@ -196,7 +202,11 @@ class KeyStore:
         transaction's secret is stored for some of them, not the one put in `found`).
 
         The inserts go in a pipeline: sent, they run on the server while `meanwhile(found)`
-        runs here, and their row counts come back after it."""
+        runs here, and their row counts come back after it. They insert in one order, that of
+        the unique key: a row whose key another transaction has just inserted waits for that
+        transaction, so two that took the same new keys in opposite orders would each wait
+        for the other until PostgreSQL failed one of them."""
+        missing = sorted(missing, key=_lock_order)
         chunks = [missing[i : i + _LOOKUP_CHUNK] for i in range(0, len(missing), _LOOKUP_CHUNK)]
         made = [self._wrap_guarded(session, chunk) for chunk in chunks]
         conn = driver_connection(session)

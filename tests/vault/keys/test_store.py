@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import VaultServices, make_dataset
@@ -79,3 +80,42 @@ def test_rotation_rewraps_without_touching_ciphertext(
             with pytest.raises(DecryptionFailed):
                 services.provider.unwrap(kek, wrapped, aad=SecretRef(kind, dataset_id, scope).aad())
     assert session.scalar(select(func.count()).select_from(KeySecret)) == 7
+
+
+def test_two_transactions_creating_the_same_secrets_in_opposite_orders_do_not_deadlock(
+    committed_engine: Engine, services: VaultServices
+) -> None:
+    """Each insert locks its rows' keys one after the other. Given the same new refs in
+    opposite orders, two transactions would each hold a key the other waits for; the store
+    inserts in one order (a trigger slows each row, so that the two interleave every time)."""
+    with committed_engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER slow_row BEFORE INSERT ON key_secrets"
+                " FOR EACH ROW EXECUTE FUNCTION slow_row()"
+            )
+        )
+    d = uuid.uuid4()
+    refs = [subject_ref(d, name) for name in ("alice", "bob", "carol")]
+    results: dict[str, dict[SecretRef, bytes]] = {}
+
+    def ensure(order: list[SecretRef], name: str) -> None:
+        with Session(committed_engine) as session, session.begin():
+            results[name] = services.store.ensure(session, order)
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(ensure, refs, "forward"),
+            pool.submit(ensure, refs[::-1], "backward"),
+        ]
+        for run in runs:
+            run.result()  # a deadlock would raise here in one of them
+    assert results["forward"] == results["backward"]
+    with Session(committed_engine) as session:
+        assert services.store.load(session, refs) == results["forward"]
