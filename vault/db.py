@@ -219,12 +219,16 @@ def widen_send_buffer(fd: int, size: int = COPY_SEND_BUFFER_BYTES) -> None:
     the server empties it and waits: the upload then takes the sum of the two sides' work
     rather than the larger. TCP sizes its buffers itself, so a TCP socket is left alone. A
     connection keeps the wider buffer when it goes back to its pool: it is a ceiling, and
-    memory is taken only by data queued."""
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        if sock.family != socket.AF_UNIX:
-            return
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < size:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    memory is taken only by data queued. Where the socket cannot be changed (no descriptor
+    left to duplicate it with), the upload goes on at the default buffer's pace."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if sock.family != socket.AF_UNIX:
+                return
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < size:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        return
 
 
 def driver_rows(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -51,3 +51,10 @@ def test_an_upload_widens_its_own_connection(
     services.uploader.upload(session, dataset.id, [RecordIn("alice", b"{}")])
     connection: Any = session.connection().connection.driver_connection
     assert widened == [connection.pgconn.socket]
+
+
+def test_a_socket_that_cannot_be_changed_is_left_as_it_is() -> None:
+    """A hint, not a condition: a descriptor that is not a socket (or none left to duplicate
+    it with) leaves the upload at the default pace, it does not fail it."""
+    with open(__file__, "rb") as not_a_socket:
+        db.widen_send_buffer(not_a_socket.fileno())
