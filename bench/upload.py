@@ -184,9 +184,7 @@ def _measure(url: str, n: int, key_dir: Path, subjects: int = SUBJECTS) -> dict[
     uploader = Uploader(store, record_size_max_bytes=4096, batch_rows=2000)
     out["postgres_settled"] = settle(url)
     with Session(engine) as session, session.begin():
-        driver = session.connection().connection.driver_connection
-        assert isinstance(driver, psycopg.Connection)
-        backend = _backend(driver)
+        backend = _backend(db.driver_connection(session))
         cpu = _cpu(backend)
         start = time.perf_counter()
         result = uploader.upload(session, dataset_id, _records(n, pool, subjects))

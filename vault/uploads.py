@@ -415,8 +415,10 @@ class _Copier:
             cursor.execute(_INSERT_COMMITMENTS, params)
             budget = len(commitments)
             for first, chunk in self._ahead:
+                if budget <= 0:
+                    break
                 keyed = self._known.cached([r.subject_id for r in chunk])
-                if budget <= 0 or keyed is None:
+                if keyed is None:
                     break
                 self._sealed[first] = self._rows(first, chunk, *keyed, size_max)
                 budget -= len(chunk)
