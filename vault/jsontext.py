@@ -102,27 +102,36 @@ class Loads:
         to `self`.
 
         Why: an upload checks hundreds of thousands of payloads, and calling `self` on each
-        costs as much in dispatch as the parse. Here the C scanner is mapped over the
-        payloads' texts, with no Python frame per payload; each scan is the one `self` makes
-        of a text that starts with `{`, and must end where the text ends.
-
-        Why `_DEPTH_MARGIN` frames down: the scanner's depth limit is the interpreter's
-        recursion limit, counted from the caller's stack (Python 3.11 counts Python frames
-        and C recursion together). From the same caller, `self` scans a few frames deeper
-        than the `map` here would, so a payload nested near the limit could pass here and be
-        refused there. Scanned further down, it is refused here first and left to `self`."""
+        costs as much in dispatch as the parse (see `objects`)."""
         try:
             texts = list(map(str, payloads, repeat("utf-8"), repeat("surrogatepass")))
         except UnicodeDecodeError:
             return False
+        return self.objects(texts) is not None
+
+    def objects(self, texts: Sequence[str]) -> list[dict[str, Any]] | None:
+        """The dict `self` parses from each of `texts` when every one is one JSON object and
+        nothing else; None when one may not be (`self` on each says which and why).
+
+        Here the C scanner is mapped over the texts, with no Python frame per text; each scan
+        is the one `self` makes of a text that starts with `{`, and must end where the text
+        ends.
+
+        Why `_DEPTH_MARGIN` frames down: the scanner's depth limit is the interpreter's
+        recursion limit, counted from the caller's stack (Python 3.11 counts Python frames
+        and C recursion together). From the same caller, `self` scans a few frames deeper
+        than the `map` here would, so a text nested near the limit could pass here and be
+        refused there. Scanned further down, it is refused here first and left to `self`."""
         try:
             # Where no value starts, the scanner's StopIteration ends `map` early: the list is
             # then shorter than `texts`.
             parsed = _beneath(_DEPTH_MARGIN, lambda: list(map(self._scan, texts, repeat(0))))
         except (ValueError, RecursionError):
-            return False
-        ends_match = list(map(_END, parsed)) == list(map(len, texts))
-        return ends_match and set(map(type, map(_VALUE, parsed))) <= {dict}
+            return None
+        if list(map(_END, parsed)) != list(map(len, texts)):
+            return None
+        values = list(map(_VALUE, parsed))
+        return values if set(map(type, values)) <= {dict} else None
 
     def _text(self, text: str) -> Any:
         """`JSONDecoder.decode(text)`: its whitespace passes skipped when there is none."""

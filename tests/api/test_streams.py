@@ -7,12 +7,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from api.http.errors import InvalidLine
 from api.http.streams import (
     EmptyUpload,
+    _block_records,
+    _compact_outside,
+    _plain_block,
     csv_records,
     ndjson_body_records,
     ndjson_records,
@@ -216,3 +219,113 @@ def test_ndjson_body_records_are_those_of_split_lines_and_ndjson_records(
         expected = _outcome(ndjson_records(split_lines(chunks, line_max_bytes=line_max)))
         got = _outcome(ndjson_body_records(chunks, line_max_bytes=line_max))
         assert got == expected
+
+
+# Plain lines (`{"subject_id":…,"payload":{…}}`, compact) and what turns one into a line the
+# block's plain path must leave to the line-by-line path, or refuse as it would.
+_TWISTS = {
+    "space": lambda p: p.replace('":', '": ', 1) if p != "{}" else "{ }",
+    "float": lambda p: _member(p, '"f":1.5'),
+    "exponent": lambda p: _member(p, '"e":1e5'),
+    "minus zero": lambda p: _member(p, '"m":-0'),
+    "object": lambda p: _member(p, '"o":{"p":1}'),
+    "empty object": lambda p: _member(p, '"o":{}'),
+    "repeated key": lambda p: _member(p, '"d":1,"d":2'),
+    "deep": lambda p: _member(p, '"z":' + "[" * 31 + "]" * 31),
+    "too deep": lambda p: _member(p, '"z":' + "[" * 40 + "]" * 40),
+    "long": lambda p: _member(p, '"l":"' + "y" * 150 + '"'),
+    "raw tab": lambda p: _member(p, '"t":"a\tb"'),
+    "escape": lambda p: _member(p, '"q":"a\\"b"'),
+    "not an object": lambda p: "[1]",
+    "unfinished": lambda p: p[:-1],
+    "NaN": lambda p: _member(p, '"n":NaN'),
+}
+_STILL_PLAIN = {"unicode": lambda p: _member(p, '"u":"\u00e9\u2028x"')}
+# Text that needs no escape, as most payloads' is: escapes are among the twists.
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'), max_size=6
+)
+_PLAIN_SCALARS = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | _TEXT
+_PLAIN_PAYLOADS = st.dictionaries(
+    _TEXT, _PLAIN_SCALARS | st.lists(_PLAIN_SCALARS, max_size=3), max_size=4
+)
+
+
+def _member(payload: str, member: str) -> str:
+    return "{" + member + "}" if payload == "{}" else payload[:-1] + "," + member + "}"
+
+
+def _plain_line(payload: dict[str, object], twist: str, subject: str) -> bytes:
+    text = _ENCODE(payload)
+    change = _TWISTS.get(twist) or _STILL_PLAIN.get(twist)
+    if change is not None:
+        text = change(text)
+    line = '{"subject_id":"' + subject + '","payload":' + text + "}"
+    return (line + (" " if twist == "trailing space" else "")).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_PLAIN_PAYLOADS, st.sampled_from(["s1", "subject-0", "a" * 128])), max_size=5
+    ),
+    st.sampled_from([None, *_TWISTS, *_STILL_PLAIN, "trailing space", "a" * 129, "Jane Doe", "sé"]),
+    _PLAIN_PAYLOADS,
+    st.integers(0, 5),
+    st.sampled_from([100, 1000]),
+)
+@example([({"a": "b"}, "s1")], "repeated key", {"c": 1}, 1, 1000)
+@example([({"a": "b"}, "s1")], "empty object", {}, 0, 1000)
+def test_a_block_of_plain_lines_is_read_as_line_by_line(
+    plain: list[tuple[dict[str, object], str]],
+    twist: str | None,
+    payload: dict[str, object],
+    at: int,
+    line_max: int,
+) -> None:
+    """Plain lines, and one line twisted (or not): the block's plain path (all lines at
+    once) stores and refuses exactly as the lines read one by one."""
+    lines = [_plain_line(p, "plain", subject) for p, subject in plain]
+    if twist is not None:
+        subject = twist if twist.startswith(("a", "J", "s")) else "s2"
+        lines.insert(at, _plain_line(payload, twist, subject))
+    body = b"".join(line + b"\n" for line in lines)
+    expected = _outcome(ndjson_records(split_lines([body], line_max_bytes=line_max)))
+    assert _outcome(ndjson_body_records([body], line_max_bytes=line_max)) == expected
+
+
+def _plain(block: bytes, line_max: int = 1 << 16) -> list[RecordIn] | None:
+    text = block.decode()
+    outside = b"".join(block.split(b'"')[::2])
+    return _plain_block(block, text, outside, _compact_outside(outside), line_max)
+
+
+def test_plain_lines_are_read_all_at_once_and_passed_on_as_sent() -> None:
+    payloads: list[dict[str, object]] = [{"a": 1, "b": "x y", "c": [1, True, None]}, {}, {"é": "ü"}]
+    lines = [_plain_line(p, "plain", f"s{i}") for i, p in enumerate(payloads)]
+    block = b"\n".join(lines) + b"\n"
+    records = _plain(block)
+    assert records is not None
+    assert [r.subject_id for r in records] == ["s0", "s1", "s2"]
+    assert [r.payload.data for r in records if isinstance(r.payload, CompactJson)] == [
+        _ENCODE(p).encode() for p in payloads
+    ]
+    assert _outcome(_block_records(block, 0, 1 << 16)) == _outcome(iter(records))
+    # A line too long for the limit is the line path's to refuse.
+    assert _plain(block, line_max=max(map(len, lines)) - 1) is None
+    # A block must end its last line.
+    assert _plain(block[:-1]) is None
+
+
+@pytest.mark.parametrize("twist", [*_TWISTS, "record id"])
+def test_one_line_that_is_not_plain_sends_the_whole_block_line_by_line(twist: str) -> None:
+    plain = _plain_line({"a": "b"}, "plain", "s1")
+    other = (
+        plain[:-1] + b',"record_id":"' + str(uuid.UUID(int=3)).encode() + b'"}'
+        if twist == "record id"
+        else _plain_line({"a": "b"}, twist, "s2")
+    )
+    block = plain + b"\n" + other + b"\n" + plain + b"\n"
+    if b"\\" in block:
+        return  # never given to the plain path: `_block_records` reads it line by line
+    assert _plain(block, line_max=100) is None
