@@ -24,6 +24,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
+from operator import attrgetter
 from typing import Any
 
 import psycopg
@@ -43,7 +45,9 @@ from vault.keys import KeyStore
 from vault.locks import share_datasets
 from vault.models import OutboxFact, Upload
 
-SUBJECT_ID = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,128}$")
+# A subject's pseudonym: what `SUBJECT_ID` matches, for patterns that match it in context.
+SUBJECT_ID_CHARS = r"[A-Za-z0-9._:@+=/-]{1,128}"
+SUBJECT_ID = re.compile(rf"^{SUBJECT_ID_CHARS}$")
 # With a ledger, a subject id is the subject's pseudonym on it: the hex of their wallet's
 # public key, so their signed consents name the same id the records carry.
 LEDGER_SUBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -147,6 +151,10 @@ class RecordIn:
     record_id: uuid.UUID | None = None
 
 
+_SUBJECT_OF, _PAYLOAD_OF = attrgetter("subject_id"), attrgetter("payload")
+_RECORD_ID_OF, _DATA_OF = attrgetter("record_id"), attrgetter("data")
+
+
 @dataclass(frozen=True, slots=True)
 class UploadResult:
     upload_id: uuid.UUID
@@ -201,10 +209,10 @@ def _chunk_payloads(
     they all pass there, the upload's payloads come in a form the chunk check does not take
     (with whitespace around them, say): its later chunks go record by record at once, rather
     than being parsed twice."""
-    payloads = [r.payload for r in chunk]
+    payloads = list(map(_PAYLOAD_OF, chunk))
     kinds = set(map(type, payloads))
     if kinds == {CompactJson}:
-        data = [p.data for p in payloads if type(p) is CompactJson]
+        data = list(map(_DATA_OF, payloads))
         if max(map(len, data), default=0) <= size_max:
             return data, whole
     elif whole and kinds == {bytes}:
@@ -350,17 +358,35 @@ class Uploader:
 def _chunks(
     records: Iterable[RecordIn | Mapping[str, Any]], rows: int, subject_ids: re.Pattern[str]
 ) -> Iterator[tuple[int, list[RecordIn]]]:
-    """(the position of its first record, the records) of each run of `rows` records."""
-    chunk: list[RecordIn] = []
-    position = 0
-    for item in records:
-        position += 1
-        chunk.append(_coerce(item, position, subject_ids))
-        if len(chunk) >= rows:
-            yield position - len(chunk) + 1, chunk
-            chunk = []
-    if chunk:
-        yield position - len(chunk) + 1, chunk
+    """(the position of its first record, the records) of each run of `rows` records.
+
+    A run is taken and checked whole when it is all `RecordIn`s with valid subject ids, as
+    nearly every run is (the API's streams make them so): one C-level pass each, where
+    `_coerce` per record cost as much as a record's share of the COPY. Any other run goes
+    record by record, which refuses the first bad one by its position, as does a stream
+    that fails within a run: a record refused before the stream's error is refused first."""
+    source = iter(records)
+    first = 1
+    while True:
+        chunk: list[Any] = []
+        try:
+            chunk.extend(islice(source, rows))  # keeps what came before an error
+        except Exception:
+            for i, item in enumerate(chunk):
+                _coerce(item, first + i, subject_ids)
+            raise
+        if not chunk:
+            return
+        try:
+            whole = set(map(type, chunk)) == {RecordIn} and all(
+                map(subject_ids.match, map(_SUBJECT_OF, chunk))
+            )
+        except TypeError:  # a subject id that is not a string
+            whole = False
+        if not whole:
+            chunk = [_coerce(item, first + i, subject_ids) for i, item in enumerate(chunk)]
+        yield first, chunk
+        first += len(chunk)
 
 
 _Chunk = tuple[int, list[RecordIn]]
@@ -417,7 +443,7 @@ class _Copier:
             for first, chunk in self._ahead:
                 if budget <= 0:
                     break
-                keyed = self._known.cached([r.subject_id for r in chunk])
+                keyed = self._known.cached(list(map(_SUBJECT_OF, chunk)))
                 if keyed is None:
                     break
                 self._sealed[first] = self._rows(first, chunk, *keyed, size_max)
@@ -434,7 +460,7 @@ class _Copier:
         for _, chunk in self._ahead:
             records += len(chunk)
             size += _size_bound(chunk, size_max)
-            subjects.update(dict.fromkeys(r.subject_id for r in chunk))
+            subjects.update(dict.fromkeys(map(_SUBJECT_OF, chunk)))
         while self._failed is None and records < _AHEAD_RECORDS and size < _AHEAD_BYTES:
             try:
                 following = next(self._source, None)
@@ -446,7 +472,7 @@ class _Copier:
             self._ahead.append(following)
             records += len(following[1])
             size += _size_bound(following[1], size_max)
-            subjects.update(dict.fromkeys(r.subject_id for r in following[1]))
+            subjects.update(dict.fromkeys(map(_SUBJECT_OF, following[1])))
         return list(subjects)
 
     def _next(self) -> _Chunk | None:
@@ -505,7 +531,7 @@ class _Copier:
         when it names a subject not derived yet."""
         rows = self._sealed.pop(first, None)
         if rows is None:
-            keyed = self._known.cached([r.subject_id for r in chunk])
+            keyed = self._known.cached(list(map(_SUBJECT_OF, chunk)))
             if keyed is not None:
                 rows = self._rows(first, chunk, *keyed, size_max)
         return rows
@@ -588,9 +614,15 @@ class _Subjects:
 def _size_bound(chunk: list[RecordIn], size_max: int) -> int:
     """At least the bytes the chunk's payloads will take (a payload not yet encoded counts
     as the largest allowed)."""
+    payloads = list(map(_PAYLOAD_OF, chunk))
+    kinds = set(map(type, payloads))
+    if kinds == {CompactJson}:  # the API's chunks: summed without a Python step per record
+        return sum(map(len, map(_DATA_OF, payloads)))
+    if kinds == {bytes}:
+        return sum(map(len, payloads))
     return sum(
         len(p) if type(p) is bytes else len(p.data) if type(p) is CompactJson else size_max
-        for p in (r.payload for r in chunk)
+        for p in payloads
     )
 
 
@@ -602,10 +634,10 @@ def _record_ids(batch: list[RecordIn]) -> list[bytes]:
     rnd[6::16] = rnd[6::16].translate(_VERSION_4)
     rnd[8::16] = rnd[8::16].translate(_VARIANT_RFC)
     ids = bytes(rnd)
-    return [
-        ids[16 * i : 16 * i + 16] if record.record_id is None else record.record_id.bytes
-        for i, record in enumerate(batch)
-    ]
+    chosen = list(map(_RECORD_ID_OF, batch))
+    if not any(chosen):  # none chosen by the provider: the usual upload
+        return [ids[i : i + 16] for i in range(0, len(ids), 16)]
+    return [ids[16 * i : 16 * i + 16] if r is None else r.bytes for i, r in enumerate(chosen)]
 
 
 def _text_field(value: str) -> bytes:

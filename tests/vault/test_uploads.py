@@ -452,3 +452,45 @@ def test_the_first_refused_record_is_the_one_named(
             services.uploader.upload(session, dataset.id, records(later))
         assert info.value.position == 70
     assert _counts(session) == before
+
+
+class _StreamBroke(Exception):
+    pass
+
+
+def _then_broken(*records: Any) -> Iterator[Any]:
+    yield from records
+    raise _StreamBroke
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        RecordIn("Jane Doe", b"{}"),
+        RecordIn(7, b"{}"),  # type: ignore[arg-type]
+        {"subject_id": "s2", "payload": {}, "extra": 1},
+    ],
+)
+def test_a_record_refused_before_the_stream_fails_is_refused_first(bad: Any) -> None:
+    """Runs of records are checked whole once taken: a record the upload refuses is still
+    refused, by its position, before an error the stream raises later in the same run."""
+    with pytest.raises(InvalidRecord) as refused:
+        list(uploads._chunks(_then_broken(RecordIn("s1", b"{}"), bad), 256, uploads.SUBJECT_ID))
+    assert refused.value.position == 2
+    with pytest.raises(InvalidRecord) as refused:
+        list(uploads._chunks(iter([RecordIn("s1", b"{}"), bad]), 256, uploads.SUBJECT_ID))
+    assert refused.value.position == 2
+    with pytest.raises(_StreamBroke):
+        list(uploads._chunks(_then_broken(RecordIn("s1", b"{}")), 256, uploads.SUBJECT_ID))
+
+
+def test_runs_keep_their_positions_and_take_mappings() -> None:
+    items: list[Any] = [RecordIn(f"s{i}", b"{}") for i in range(5)]
+    items[3] = {"subject_id": "s3", "payload": {"a": 1}}
+    runs = list(uploads._chunks(iter(items), 2, uploads.SUBJECT_ID))
+    assert [(first, [r.subject_id for r in run]) for first, run in runs] == [
+        (1, ["s0", "s1"]),
+        (3, ["s2", "s3"]),
+        (5, ["s4"]),
+    ]
+    assert all(type(r) is RecordIn for _, run in runs for r in run)
