@@ -479,7 +479,7 @@ def _end_sessions(session: Session, subject_id: str) -> None:
     the erased pseudonym, linked to the subject's others, until it expires. Sessions hold
     ledger pseudonyms only (64 hex), so no other id can name one.
     """
-    if LEDGER_SUBJECT_ID.match(subject_id):
+    if LEDGER_SUBJECT_ID.fullmatch(subject_id):
         held = SubjectSession.pseudonyms.contains([subject_id])
         session.execute(delete(SubjectSession).where(held), execution_options=_NO_SYNC)
 

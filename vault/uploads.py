@@ -47,6 +47,9 @@ from vault.models import OutboxFact, Upload
 
 # A subject's pseudonym: what `SUBJECT_ID` matches, for patterns that match it in context.
 SUBJECT_ID_CHARS = r"[A-Za-z0-9._:@+=/-]{1,128}"
+# Check ids with `fullmatch`: in Python, `$` also matches before a final newline, and "s1\n"
+# must not pass for a pseudonym apart from "s1". The patterns keep `^…$` for the request
+# schemas, whose regular expression engine ends `$` at the end of the text only.
 SUBJECT_ID = re.compile(rf"^{SUBJECT_ID_CHARS}$")
 # With a ledger, a subject id is the subject's pseudonym on it: the hex of their wallet's
 # public key, so their signed consents name the same id the records carry.
@@ -248,7 +251,7 @@ def _coerce(
         record = RecordIn(subject_id=item.get("subject_id"), payload=payload, record_id=record_id)  # type: ignore[arg-type]
     else:
         raise InvalidRecord("a record must be an object", position=position)
-    if not isinstance(record.subject_id, str) or not subject_ids.match(record.subject_id):
+    if not isinstance(record.subject_id, str) or not subject_ids.fullmatch(record.subject_id):
         if subject_ids is LEDGER_SUBJECT_ID:
             reason = "subject_id must be the subject's wallet public key (64 lowercase hex)"
         else:
@@ -379,7 +382,7 @@ def _chunks(
             return
         try:
             whole = set(map(type, chunk)) == {RecordIn} and all(
-                map(subject_ids.match, map(_SUBJECT_OF, chunk))
+                map(subject_ids.fullmatch, map(_SUBJECT_OF, chunk))
             )
         except TypeError:  # a subject id that is not a string
             whole = False

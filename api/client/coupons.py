@@ -126,7 +126,7 @@ def decode_qr(payload: str) -> QrCoupon:
     if not sep or len(parts) != 3:
         raise CouponError("a coupon QR payload is <code>.<offer>.<height>.<signature>")
     offer, height_text, sig_text = parts
-    if not _OFFER.match(offer):
+    if not _OFFER.fullmatch(offer):
         raise CouponError("the offer is not an offer name")
     if not height_text.isdigit() or len(height_text) > 19:
         raise CouponError("the height is not a block height")

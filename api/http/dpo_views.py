@@ -103,7 +103,7 @@ def _day(text: str | None, name: str) -> dt.date | None:
 
 def _checked(text: str | None, pattern: re.Pattern[str], what: str) -> str | None:
     text = _blank(text)
-    if text is not None and not pattern.match(text):
+    if text is not None and not pattern.fullmatch(text):
         raise InvalidFilter(what)
     return text
 

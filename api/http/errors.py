@@ -414,7 +414,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 def _method_detail(method: str, allowed: list[str]) -> str:
-    shown = method if _METHOD_SHOWN.match(method) else "this method"
+    shown = method if _METHOD_SHOWN.fullmatch(method) else "this method"
     if not allowed:
         return f"{shown} is not allowed on this path"
     return f"{shown} is not allowed on this path; use {' or '.join(allowed)} (the Allow header)"

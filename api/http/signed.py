@@ -72,7 +72,7 @@ def draft(
     """The unsigned transaction and the exact bytes its author must sign."""
     if tx_type not in SELF_SIGNED:
         raise InvalidTransaction(f"type must be one of {', '.join(SELF_SIGNED)}")
-    if not LEDGER_SUBJECT_ID.match(author_hex):
+    if not LEDGER_SUBJECT_ID.fullmatch(author_hex):
         raise InvalidTransaction("author must be a public key: 64 lowercase hex characters")
     if not 1 <= valid_for_s <= DRAFT_TTL_MAX_S:
         raise InvalidTransaction(f"valid_for_s must be in [1, {DRAFT_TTL_MAX_S}]")

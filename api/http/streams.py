@@ -110,7 +110,7 @@ _SUBJECT, _PAYLOAD = itemgetter(0), itemgetter(1)
 
 
 def _subject(value: object, line_no: int) -> str:
-    if not isinstance(value, str) or not SUBJECT_ID.match(value):
+    if not isinstance(value, str) or not SUBJECT_ID.fullmatch(value):
         raise InvalidLine(line_no, "subject_id must be a pseudonym of 1..128 [A-Za-z0-9._:@+=/-]")
     return value
 
@@ -292,7 +292,7 @@ def _scanned_record(
     payload, subject = item.get("payload"), item.get("subject_id")
     if not item.keys() <= _FIELDS or type(payload) is not dict or type(subject) is not str:
         return None
-    if not SUBJECT_ID.match(subject):
+    if not SUBJECT_ID.fullmatch(subject):
         return None
     record_id = item.get("record_id")
     if record_id is not None:

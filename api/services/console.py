@@ -158,7 +158,7 @@ def find_subjects(session: Session, text: str) -> list[str]:
     (lowercase hex, SUBJECT_SEARCH_MIN characters at least); a whole key is always offered,
     since the ledger may know it when the vault holds nothing under it."""
     text = text.strip().lower()
-    if len(text) < SUBJECT_SEARCH_MIN or not _HEX.match(text) or len(text) > 64:
+    if len(text) < SUBJECT_SEARCH_MIN or not _HEX.fullmatch(text) or len(text) > 64:
         return []
     found: set[str] = {text} if len(text) == 64 else set()
     pattern = text + "%"

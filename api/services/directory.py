@@ -102,7 +102,7 @@ def set_name(
     """Name a member (or rename it): one row per key, the last name given wins; with
     `only_if_unset`, a name already given stays (`up` names its founders at every start, and
     must not undo the DPO's renaming)."""
-    if not _HEX_KEY.match(member_id):
+    if not _HEX_KEY.fullmatch(member_id):
         raise MemberNotFound("a member id is the 64 lowercase hex characters of its key")
     stmt = insert(MemberName).values(
         member_id=member_id, display_name=name.display_name, contact=name.contact

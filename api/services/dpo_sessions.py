@@ -50,7 +50,7 @@ def open_session(session: Session, api_key: ApiKey, now: dt.datetime) -> str:
 
 def close_session(session: Session, token: str) -> None:
     """Sign-out: the session's row goes, so the cookie, wherever a copy of it is, opens nothing."""
-    if _TOKEN.match(token):
+    if _TOKEN.fullmatch(token):
         session.execute(delete(DpoSession).where(DpoSession.token_hash == _token_hash(token)))
 
 
@@ -59,7 +59,7 @@ def session_member(
 ) -> Member | None:
     """The member behind a session token, or None (malformed, unknown, ended, expired, key
     revoked, or a key whose role is not in `roles`: a dashboard session opens no DPO page)."""
-    if not _TOKEN.match(token):
+    if not _TOKEN.fullmatch(token):
         return None
     row = session.get(DpoSession, _token_hash(token))
     if row is None or row.expires_at <= now:

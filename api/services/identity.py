@@ -20,7 +20,7 @@ class NoLedgerIdentity(VaultError):
 
 def ledger_identity(member: Member) -> bytes:
     """A member's key on the ledger: with a ledger, API keys are bound to it (hex)."""
-    if not LEDGER_SUBJECT_ID.match(member.member_id):
+    if not LEDGER_SUBJECT_ID.fullmatch(member.member_id):
         raise NoLedgerIdentity(
             "this API key's member id is not a ledger public key (64 lowercase hex); "
             "issue the member a key bound to the public key it registered on the ledger"

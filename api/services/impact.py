@@ -62,9 +62,9 @@ def record_of(dataset: str, subject: str, payload: dict[str, object]) -> ImpactR
     """A projected payload as an `ImpactRecord`, or None when it has no usable district or
     week (a record the statistics cannot place is left out, not guessed)."""
     district, week = payload.get("district"), payload.get("week")
-    if not isinstance(district, str) or not DISTRICT.match(district):
+    if not isinstance(district, str) or not DISTRICT.fullmatch(district):
         return None
-    if not isinstance(week, str) or not ISO_WEEK.match(week):
+    if not isinstance(week, str) or not ISO_WEEK.fullmatch(week):
         return None
     km, litres, euros = (_milli(payload.get(q)) for q in QUANTITIES)
     return ImpactRecord(dataset, subject, district, week, km, litres, euros)

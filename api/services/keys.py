@@ -133,7 +133,7 @@ def _now(now: dt.datetime | None) -> dt.datetime:
 
 def parse_duration(text: str) -> dt.timedelta | None:
     """`90m`, `12h`, `30d`, `8w` as a timedelta; None when `text` is not such a duration."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         return None
     amount, unit = match.groups()
@@ -172,7 +172,7 @@ def create_key(
 ) -> IssuedKey:
     if role not in API_ROLES:
         raise ValueError(f"role must be one of {', '.join(API_ROLES)}")
-    if not MEMBER_ID.match(member_id):
+    if not MEMBER_ID.fullmatch(member_id):
         raise ValueError("member id must be 1..128 characters [A-Za-z0-9._:@+=/-]")
     if expires_at is not None and expires_at.tzinfo is None:
         raise ValueError("expires_at must carry a time zone")
@@ -250,7 +250,7 @@ def rotate_key(
     (revoked or expired): a rotation is not a way back in.
     """
     now = _now(now)
-    old = session.get(ApiKey, key_id) if KEY_ID.match(key_id) else None
+    old = session.get(ApiKey, key_id) if KEY_ID.fullmatch(key_id) else None
     if old is None:
         raise ValueError(f"no key {key_id}")
     if _state(old, now) != "active":
@@ -303,7 +303,7 @@ def authenticate(session: Session, token: str, *, now: dt.datetime | None = None
 
 def _parse(token: str) -> tuple[str, bytes] | None:
     """A well-formed API key's (key id, hash of its secret); None for anything else."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     key_id, secret = match.groups()

@@ -113,7 +113,9 @@ class MemberStanding:
 
 def _governed(member: Member) -> bool:
     """Whether the ledger governs this member's standing: a governed role, a ledger key."""
-    return member.role in GOVERNED_ROLES and LEDGER_SUBJECT_ID.match(member.member_id) is not None
+    return (
+        member.role in GOVERNED_ROLES and LEDGER_SUBJECT_ID.fullmatch(member.member_id) is not None
+    )
 
 
 def _refuse(status: str | None) -> None:

@@ -203,7 +203,7 @@ def resolve(host: str, port: int, *, allow_local: bool) -> list[str]:
 
 def check_webhook_url(url: str, *, allow_local: bool) -> tuple[str, str, int]:
     """(scheme, host, port) of a webhook URL the vault may call, or InvalidWebhook (422)."""
-    if len(url) > URL_MAX or not _URL_CHARS.match(url):
+    if len(url) > URL_MAX or not _URL_CHARS.fullmatch(url):
         raise InvalidWebhook(f"a webhook is a URL of at most {URL_MAX} printable characters")
     parts = urlsplit(url)
     allowed = ("https", "http") if allow_local else ("https",)

@@ -178,7 +178,7 @@ def is_session_token(token: str) -> bool:
 def session_member(session: Session, token: str, now: dt.datetime) -> Member | None:
     """The signed-in subject behind a `cvs_` token, or None (malformed, unknown, wrong secret,
     signed out or expired: one answer, so nothing tells them apart)."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     session_id, secret = match.groups()

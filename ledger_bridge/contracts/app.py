@@ -155,7 +155,7 @@ def _found_purpose(state: State, entry: Any) -> None:
     if isinstance(entry, str):
         entry = {"purpose": entry}
     purpose = entry.get("purpose") if isinstance(entry, dict) else None
-    if not isinstance(purpose, str) or not rules.NAME.match(purpose):
+    if not isinstance(purpose, str) or not rules.NAME.fullmatch(purpose):
         raise GenesisInvalid("a founding purpose is malformed")
     state.put("purpose", purpose, 0)
     raw = {k: v for k, v in entry.items() if k != "purpose"}

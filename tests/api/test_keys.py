@@ -62,7 +62,8 @@ def test_wrong_unknown_malformed_and_revoked_tokens_fail(session: Session) -> No
 
 
 @pytest.mark.parametrize(
-    ("member", "role"), [("ok", "admin"), ("Jane Doe", "subject"), ("", "dpo")]
+    ("member", "role"),
+    [("ok", "admin"), ("Jane Doe", "subject"), ("", "dpo"), ("alice\n", "consumer")],
 )
 def test_bad_roles_and_member_ids_are_refused(session: Session, member: str, role: str) -> None:
     with pytest.raises(ValueError):

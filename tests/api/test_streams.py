@@ -329,3 +329,21 @@ def test_one_line_that_is_not_plain_sends_the_whole_block_line_by_line(twist: st
     if b"\\" in block:
         return  # never given to the plain path: `_block_records` reads it line by line
     assert _plain(block, line_max=100) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"subject_id":"s1\\n","payload":{}}',
+        b'{"subject_id":"s1\\n","payload":{"a": 1}}',
+        b'{"subject_id":"' + b"a" * 64 + b'\\n","payload":{}}',
+    ],
+)
+def test_a_subject_id_ending_in_a_newline_is_refused(line: bytes) -> None:
+    """`$` matches before a final newline: "s1\\n" would be a pseudonym apart from "s1",
+    whose records an erasure of "s1" would never reach."""
+    with pytest.raises(InvalidLine) as refused:
+        list(ndjson_records([(1, line)]))
+    assert "subject_id" in str(refused.value.detail)
+    with pytest.raises(InvalidLine):
+        list(ndjson_body_records([line + b"\n"], line_max_bytes=1000))

@@ -494,3 +494,17 @@ def test_runs_keep_their_positions_and_take_mappings() -> None:
         (5, ["s4"]),
     ]
     assert all(type(r) is RecordIn for _, run in runs for r in run)
+
+
+@pytest.mark.parametrize(
+    ("subject", "pattern"),
+    [("s1\n", uploads.SUBJECT_ID), ("a" * 64 + "\n", uploads.LEDGER_SUBJECT_ID)],
+)
+def test_a_subject_id_ending_in_a_newline_is_refused_by_the_library(
+    subject: str, pattern: Any
+) -> None:
+    """A pseudonym is all of the text: "s1\\n" is not "s1" (see `SUBJECT_ID`)."""
+    with pytest.raises(InvalidRecord):
+        list(uploads._chunks(iter([RecordIn(subject, b"{}")]), 256, pattern))
+    with pytest.raises(InvalidRecord):
+        list(uploads._chunks(iter([{"subject_id": subject, "payload": {}}]), 256, pattern))
