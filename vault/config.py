@@ -47,8 +47,8 @@ class VaultSettings(BaseSettings):
     instance_heartbeat_s: float = Field(default=5.0, gt=0)
     instance_ttl_s: float = Field(default=30.0, gt=0)
     # Hard limits: every input has a bound (TIGER_STYLE).
-    record_size_max_bytes: int = 64 * 1024
-    upload_batch_rows: int = 2000
+    record_size_max_bytes: int = Field(default=64 * 1024, ge=1)
+    upload_batch_rows: int = Field(default=2000, ge=1)
 
     @property
     def resolved_master_key_path(self) -> Path:

@@ -272,6 +272,8 @@ class Uploader:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         subject_ids: re.Pattern[str] = SUBJECT_ID,
     ) -> None:
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be at least 1")
         self._store = store
         self._subject_ids = subject_ids
         self._size_max = record_size_max_bytes

@@ -51,7 +51,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_upload = UPLOAD_PATH.fullmatch(scope["path"]) is not None
+        # `match`, as the router matches its paths: what it routes to the upload is one.
+        is_upload = UPLOAD_PATH.match(scope["path"]) is not None
         limit = self.upload_max_bytes if is_upload else self.json_max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -229,23 +229,32 @@ def _plain_block(
     payload, the scanner parses the payloads (`Loads.objects`), and counts over the block's
     text outside strings check what `_scanned_record` checks line by line. The records are
     those `_scanned_record` makes of the same lines; the tests compare the two."""
-    if not compact:
+    lines = outside.count(b"\n")
+    # Counts first, over the text outside strings (a fraction of the block): they turn most
+    # other blocks away before any parse. Outside strings, each line holds its own braces and
+    # its payload's (no other object), and reads `{:,:{`…`}}` (its fields' names and the
+    # subject taken out).
+    if (
+        not compact
+        or not block.endswith(b"\n")
+        or outside.count(b"{") != 2 * lines
+        or outside.count(b"{:,:{") != lines
+        or outside.count(b"}}\n") != lines
+    ):
         return None
     found = _PLAIN_LINE.findall(text)
-    lines = len(found)
-    # Each match is one whole line: it starts at a line's start and ends at its newline.
-    if lines != block.count(b"\n") or not block.endswith(b"\n"):
+    # Each match is one whole line: it starts at a line's start and ends at its newline. The
+    # lines are counted on the block itself too: a line that leaves a quote open hides its
+    # newline from the text outside strings.
+    if len(found) != lines or block.count(b"\n") != lines:
         return None
     if len(block) > line_max and max(map(len, block.split(b"\n"))) > line_max:
         return None
     payloads = list(map(_PAYLOAD, found))
     values = _loads.objects(payloads)
-    if values is None:
-        return None
-    # Outside strings, each line holds its own braces and its payload's (no other object),
-    # and one colon per member: its two fields and the payload's, counted after parsing,
-    # which a repeated key would leave short.
-    if outside.count(b"{") != 2 * lines or outside.count(b":") != 2 * lines + sum(map(len, values)):
+    # Outside strings, one colon per member: a line's two fields and its payload's, counted
+    # after parsing, which a repeated key would leave short.
+    if values is None or outside.count(b":") != 2 * lines + sum(map(len, values)):
         return None
     if 2 + outside.count(b"[") > JSON_DEPTH_MAX and (
         2 + max(map(bytes.count, outside.split(b"\n"), repeat(b"["))) > JSON_DEPTH_MAX

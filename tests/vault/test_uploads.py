@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -508,3 +509,17 @@ def test_a_subject_id_ending_in_a_newline_is_refused_by_the_library(
         list(uploads._chunks(iter([RecordIn(subject, b"{}")]), 256, pattern))
     with pytest.raises(InvalidRecord):
         list(uploads._chunks(iter([{"subject_id": subject, "payload": {}}]), 256, pattern))
+
+
+def test_a_batch_of_no_rows_is_refused_where_it_is_set(tmp_path: Path) -> None:
+    """A run of 0 rows would read nothing of the stream and store an empty upload."""
+    from pydantic import ValidationError
+
+    from vault.config import VaultSettings
+    from vault.keys import KeyStore, LocalKeyProvider
+
+    store = KeyStore(LocalKeyProvider(tmp_path / "master.key"))
+    with pytest.raises(ValueError, match="batch_rows"):
+        uploads.Uploader(store, batch_rows=0)
+    with pytest.raises(ValidationError):
+        VaultSettings(upload_batch_rows=0)
