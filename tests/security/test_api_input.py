@@ -186,3 +186,22 @@ def test_a_60_kb_query_parameter_name_is_not_echoed(
     caplog.set_level(logging.INFO)
     r = client.get("/v1/datasets?" + "n" * 60_000 + "=1", headers=owner)
     _assert_refused_quietly(r, caplog)
+
+
+def test_a_pseudonym_ending_in_a_newline_is_refused_and_nothing_stored(
+    client: TestClient,
+    make_key: MakeKey,  # noqa: F811
+) -> None:
+    """"s1\\n" would be a subject apart from "s1": an erasure of "s1" would leave its records."""
+    owner = make_key("provider")
+    ds = _dataset(client, owner)
+    lines = [
+        json.dumps({"subject_id": "s1", "payload": {"ok": 1}}),
+        json.dumps({"subject_id": "s1\n", "payload": {"ok": 2}}),
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    r = client.post(f"/v1/datasets/{ds}/uploads", content=body, headers=owner | NDJSON)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["line"] == 2
+    assert client.get(f"/v1/datasets/{ds}/uploads", headers=owner).json() == []
