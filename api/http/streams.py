@@ -2,12 +2,12 @@
 
 Why this shape: the vault `Uploader` consumes a synchronous iterator inside one database
 savepoint, and the body arrives as an asynchronous stream. The uploader runs in a worker thread
-and pulls each chunk from the event loop (`anyio.from_thread.run`), so at most one chunk plus
-one line (bounded by `line_max_bytes`) is held, whatever the size of the body; NDJSON is read
-a chunk's whole lines at a time (`ndjson_body_records`), which holds a few copies of that (its
-bytes, its text, the text outside its strings). Every line is checked here, with its line
-number, before the vault sees it; the first bad line raises and the savepoint rolls back
-everything already written.
+and pulls each chunk from the event loop (`anyio.from_thread.run`), which reads a bounded
+number of chunks ahead (`body_read_ahead`), so a few chunks plus one line (bounded by
+`line_max_bytes`) are held, whatever the size of the body; NDJSON is read a chunk's whole lines
+at a time (`ndjson_body_records`), which holds a few copies of that (its bytes, its text, the
+text outside its strings). Every line is checked here, with its line number, before the vault
+sees it; the first bad line raises and the savepoint rolls back everything already written.
 
 Never put a line's content in an error: it is personal data.
 """
