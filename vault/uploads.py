@@ -366,8 +366,8 @@ def _chunks(
     """(the position of its first record, the records) of each run of `rows` records.
 
     A run is taken and checked whole when it is all `RecordIn`s with valid subject ids, as
-    nearly every run is (the API's streams make them so): one C-level pass each, where
-    `_coerce` per record cost as much as a record's share of the COPY. Any other run goes
+    nearly every run is (the API's streams make them so): one C-level pass for each check,
+    rather than a call of `_coerce` per record. Any other run goes
     record by record, which refuses the first bad one by its position, as does a stream
     that fails within a run: a record refused before the stream's error is refused first."""
     source = iter(records)

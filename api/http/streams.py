@@ -59,9 +59,9 @@ async def body_read_ahead(stream: AsyncIterator[bytes]) -> AsyncIterator[Iterato
     Each chunk holds the pieces that came until it held `READ_AHEAD_BYTES` (a body arrives in
     pieces of a few KiB, and each hop from the worker to the loop costs tens of
     microseconds). Up to `READ_AHEAD_CHUNKS` wait for the worker, so memory stays bounded.
-    Why ahead: read on demand, the worker waited for the loop to take every chunk from the
-    socket (and for the client to send it), a fifth of an upload's time; read ahead, the loop
-    reads while the worker parses, seals, and waits on PostgreSQL. An error of the body (too
+    Why ahead: read on demand, the worker would wait for the loop to take every chunk from
+    the socket (and for the client to send it); read ahead, the loop reads while the worker
+    parses, seals, and waits on PostgreSQL. An error of the body (too
     large, too slow, the client gone) is raised in the worker where it reaches it, after the
     chunks before it. Leaving the block stops the reading."""
     send, receive = anyio.create_memory_object_stream[bytes | Exception](READ_AHEAD_CHUNKS)
@@ -267,7 +267,7 @@ def _plain_block(
     and the block is read line by line.
 
     Why: most uploads are written so, and for them the per-line work in Python (finding
-    the line, scanning it, checking it) cost as much as the parse. Here each step runs over
+    the line, scanning it, checking it) costs as much as the parse. Here each step runs over
     all the lines at once in C: one regular expression finds every line's subject and
     payload, the scanner parses the payloads (`Loads.objects`), and counts over the block's
     text outside strings check what `_scanned_record` checks line by line. The records are
