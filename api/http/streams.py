@@ -2,32 +2,28 @@
 
 Why this shape: the vault `Uploader` consumes a synchronous iterator inside one database
 savepoint, and the body arrives as an asynchronous stream. The uploader runs in a worker thread
-and pulls each chunk from the event loop (`anyio.from_thread.run`), which reads a bounded
-number of chunks ahead (`body_read_ahead`), so a few chunks plus one line (bounded by
-`line_max_bytes`) are held, whatever the size of the body; NDJSON is read a chunk's whole lines
-at a time (`ndjson_body_records`), which holds a few copies of that (its bytes, its text, the
-text outside its strings). Every line is checked here, with its line number, before the vault
-sees it; the first bad line raises and the savepoint rolls back everything already written.
+and pulls each chunk from the event loop (`anyio.from_thread.run`), so at most one chunk plus
+one line (bounded by `line_max_bytes`) is held, whatever the size of the body; NDJSON is read
+a chunk's whole lines at a time (`ndjson_body_records`), which holds a few copies of that (its
+bytes, its text, the text outside its strings). Every line is checked here, with its line
+number, before the vault sees it; the first bad line raises and the savepoint rolls back
+everything already written.
 
 Never put a line's content in an error: it is personal data.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
-from contextlib import asynccontextmanager
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-import anyio
 import anyio.from_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from api.http.bodies import JSON_DEPTH_MAX, TooDeep, loads_bounded, nesting_exceeds
 from api.http.errors import ApiError, InvalidLine
@@ -38,10 +34,8 @@ RESERVED = ("subject_id", "payload", "record_id")
 CSV_COLUMNS_MAX = 200
 # What a line may carry besides its payload (subject id, record id, JSON framing).
 LINE_OVERHEAD_BYTES = 1024
-# Body bytes taken per hop from the event loop to the upload's worker thread, and how many
-# such chunks the loop reads ahead of the worker (see `body_read_ahead`).
+# Body bytes taken per hop from the event loop to the upload's worker thread.
 READ_AHEAD_BYTES = 256 * 1024
-READ_AHEAD_CHUNKS = 2
 _FIELDS = frozenset(RESERVED)
 _log = logging.getLogger(__name__)
 
@@ -51,69 +45,32 @@ class EmptyUpload(ApiError):
     title = "Empty upload"
 
 
-@asynccontextmanager
-async def body_read_ahead(stream: AsyncIterator[bytes]) -> AsyncIterator[Iterator[bytes]]:
-    """The chunks of an async body for a worker thread started by anyio, read ahead on the
-    event loop while the worker works on the ones before.
+def chunks_from_loop(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """The chunks of an async body, pulled from a worker thread started by anyio.
 
-    Each chunk holds the pieces that came until it held `READ_AHEAD_BYTES` (a body arrives in
-    pieces of a few KiB, and each hop from the worker to the loop costs tens of
-    microseconds). Up to `READ_AHEAD_CHUNKS` wait for the worker, so memory stays bounded.
-    Why ahead: read on demand, the worker would wait for the loop to take every chunk from
-    the socket (and for the client to send it); read ahead, the loop reads while the worker
-    parses, seals, and waits on PostgreSQL. An error of the body (too
-    large, too slow, the client gone) is raised in the worker where it reaches it, after the
-    chunks before it. Leaving the block stops the reading."""
-    send, receive = anyio.create_memory_object_stream[bytes | Exception](READ_AHEAD_CHUNKS)
-    failed: Exception | None = None
-    # The reader is stopped and awaited before its stream closes.
-    async with receive, anyio.create_task_group() as readers:
-        readers.start_soon(_read_chunks, stream, send)
-        try:
-            yield _received_chunks(receive)
-        except Exception as exc:
-            failed = exc  # raised as it is, not in the task group's ExceptionGroup
-        finally:
-            readers.cancel_scope.cancel()
-    if failed is not None:
-        raise failed
+    Each hop to the event loop costs tens of microseconds and a body arrives in pieces of a
+    few KiB, so one hop takes pieces until it holds `READ_AHEAD_BYTES` or the body ends: memory
+    stays bounded by that, and the hops cost a few per megabyte instead of one per piece."""
+    ended = False
 
+    async def next_chunks() -> bytes | None:
+        nonlocal ended
+        parts: list[bytes] = []
+        size = 0
+        while size < READ_AHEAD_BYTES:
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                ended = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
 
-async def _read_chunks(
-    stream: AsyncIterator[bytes], send: MemoryObjectSendStream[bytes | Exception]
-) -> None:
-    async with send:
-        try:
-            while chunk := await _next_chunk(stream):
-                await send.send(chunk)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # the worker is gone: nothing reads on
-        except Exception as exc:  # the body's own error: the worker's to raise, in its turn
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await send.send(exc)
-
-
-async def _next_chunk(stream: AsyncIterator[bytes]) -> bytes:
-    """The body's next pieces, joined until they hold `READ_AHEAD_BYTES`; b"" at its end."""
-    parts: list[bytes] = []
-    size = 0
-    async for piece in stream:
-        parts.append(piece)
-        size += len(piece)
-        if size >= READ_AHEAD_BYTES:
-            break
-    return b"".join(parts)
-
-
-def _received_chunks(receive: MemoryObjectReceiveStream[bytes | Exception]) -> Iterator[bytes]:
-    while True:
-        try:
-            chunk = anyio.from_thread.run(receive.receive)
-        except anyio.EndOfStream:
-            return
-        if isinstance(chunk, Exception):
-            raise chunk
-        yield chunk
+    while not ended:
+        chunk = anyio.from_thread.run(next_chunks)
+        if chunk:
+            yield chunk
 
 
 def split_lines(chunks: Iterable[bytes], *, line_max_bytes: int) -> Iterator[tuple[int, bytes]]:

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import anyio
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from api.http.errors import InvalidLine
 from api.http.streams import (
-    READ_AHEAD_BYTES,
-    READ_AHEAD_CHUNKS,
     EmptyUpload,
     _block_records,
     _compact_outside,
     _plain_block,
-    body_read_ahead,
     csv_records,
     ndjson_body_records,
     ndjson_records,
@@ -353,71 +347,3 @@ def test_a_subject_id_ending_in_a_newline_is_refused(line: bytes) -> None:
     assert "subject_id" in str(refused.value.detail)
     with pytest.raises(InvalidLine):
         list(ndjson_body_records([line + b"\n"], line_max_bytes=1000))
-
-
-def _read_ahead(pieces: int, fail_after: int | None, worker: Any) -> tuple[Any, list[int]]:
-    """Run `worker(chunks)` in a thread against a body of `pieces` chunk-sized pieces (failing
-    after `fail_after` of them); what it returned or raised, and how many pieces the body
-    had given when the worker took each chunk."""
-    given = 0
-    taken: list[int] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        nonlocal given
-        for i in range(pieces):
-            if i == fail_after:
-                raise _BodyFailed
-            given += 1
-            yield b"x" * READ_AHEAD_BYTES
-
-    def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            taken.append(given)
-            yield chunk
-
-    async def main() -> Any:
-        async with body_read_ahead(body()) as chunks:
-            return await anyio.to_thread.run_sync(worker, counted(chunks))
-
-    try:
-        return anyio.run(main), taken
-    except Exception as exc:
-        return exc, taken
-
-
-class _BodyFailed(Exception):
-    pass
-
-
-def _slow(chunks: Iterator[bytes]) -> int:
-    count = 0
-    for _ in chunks:
-        time.sleep(0.02)  # the worker's work on a chunk, long enough for the loop to read on
-        count += 1
-    return count
-
-
-def test_the_body_is_read_ahead_of_the_worker_within_a_bound() -> None:
-    done, taken = _read_ahead(12, None, _slow)
-    assert done == 12
-    ahead = [given - (i + 1) for i, given in enumerate(taken)]
-    assert max(ahead) >= 1  # the loop read on while the worker worked
-    # At most the chunks queued, one in the reader's hands and one being joined.
-    assert max(ahead) <= READ_AHEAD_CHUNKS + 2
-
-
-def test_an_error_of_the_body_reaches_the_worker_after_the_chunks_before_it() -> None:
-    failed, taken = _read_ahead(12, 5, _slow)
-    assert isinstance(failed, _BodyFailed)
-    assert len(taken) == 5
-
-
-def test_a_worker_that_stops_stops_the_reading_and_raises_as_it_is() -> None:
-    def refuse(chunks: Iterator[bytes]) -> int:
-        next(chunks)
-        time.sleep(0.05)
-        raise ValueError("line 1: not valid JSON")
-
-    refused, taken = _read_ahead(1000, None, refuse)
-    assert type(refused) is ValueError  # not wrapped in the task group's ExceptionGroup
-    assert taken[0] <= READ_AHEAD_CHUNKS + 3

@@ -192,7 +192,7 @@ def test_a_pseudonym_ending_in_a_newline_is_refused_and_nothing_stored(
     client: TestClient,
     make_key: MakeKey,  # noqa: F811
 ) -> None:
-    """"s1\\n" would be a subject apart from "s1": an erasure of "s1" would leave its records."""
+    """ "s1\\n" would be a subject apart from "s1": an erasure of "s1" would leave its records."""
     owner = make_key("provider")
     ds = _dataset(client, owner)
     lines = [

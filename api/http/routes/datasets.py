@@ -49,7 +49,7 @@ from api.http.schemas import (
 from api.http.settings import Settings
 from api.http.streams import (
     LINE_OVERHEAD_BYTES,
-    body_read_ahead,
+    chunks_from_loop,
     csv_records,
     ndjson_body_records,
     split_lines,
@@ -263,21 +263,20 @@ async def upload(
     with slots.hold(member.key_id):
         body = request.stream()
         first = await _first_chunk(body)
-        async with body_read_ahead(body) as rest:
 
-            def run() -> UploadResult:
-                if ledger is not None:
-                    _adopt_ledger_retention(sessions, ledger, dataset_id)
-                with sessions() as session, session.begin():
-                    _visible(session, dataset_id, member)
-                    chunks = itertools.chain((first,), rest)
-                    if media_type == "text/csv":
-                        lines = split_lines(chunks, line_max_bytes=line_max_bytes)
-                        return uploader.upload(session, dataset_id, csv_records(lines))
-                    records = ndjson_body_records(chunks, line_max_bytes=line_max_bytes)
-                    return uploader.upload(session, dataset_id, records)
+        def run() -> UploadResult:
+            if ledger is not None:
+                _adopt_ledger_retention(sessions, ledger, dataset_id)
+            with sessions() as session, session.begin():
+                _visible(session, dataset_id, member)
+                chunks = itertools.chain((first,), chunks_from_loop(body))
+                if media_type == "text/csv":
+                    lines = split_lines(chunks, line_max_bytes=line_max_bytes)
+                    return uploader.upload(session, dataset_id, csv_records(lines))
+                records = ndjson_body_records(chunks, line_max_bytes=line_max_bytes)
+                return uploader.upload(session, dataset_id, records)
 
-            result = await anyio.to_thread.run_sync(run)
+        result = await anyio.to_thread.run_sync(run)
         return await _with_receipt(request, settings, result)
 
 
