@@ -107,6 +107,8 @@ _PLAIN_LINE = re.compile(
     rf'^\{{"subject_id":"({SUBJECT_ID_CHARS})","payload":(\{{[^\n]*\}})\}}\n', re.MULTILINE
 )
 _SUBJECT, _PAYLOAD = itemgetter(0), itemgetter(1)
+# The characters of a plain line besides its subject id and its payload.
+_PLAIN_FRAMING = len('{"subject_id":"","payload":}\n')
 
 
 def _subject(value: object, line_no: int) -> str:
@@ -244,13 +246,14 @@ def _plain_block(
         return None
     found = _PLAIN_LINE.findall(text)
     # Each match is one whole line: it starts at a line's start and ends at its newline. The
-    # lines are counted on the block itself too: a line that leaves a quote open hides its
-    # newline from the text outside strings.
-    if len(found) != lines or block.count(b"\n") != lines:
+    # matches cover the whole text only if every line is one: their lengths are the lines'.
+    payloads = list(map(_PAYLOAD, found))
+    subjects = list(map(_SUBJECT, found))
+    covered = _PLAIN_FRAMING * len(found) + sum(map(len, subjects)) + sum(map(len, payloads))
+    if len(found) != lines or covered != len(text):
         return None
     if len(block) > line_max and max(map(len, block.split(b"\n"))) > line_max:
         return None
-    payloads = list(map(_PAYLOAD, found))
     values = _loads.objects(payloads)
     # Outside strings, one colon per member: a line's two fields and its payload's, counted
     # after parsing, which a repeated key would leave short.
@@ -261,7 +264,7 @@ def _plain_block(
     ):
         return None
     data = map(CompactJson, map(str.encode, payloads))
-    return list(map(RecordIn, map(_SUBJECT, found), data))
+    return list(map(RecordIn, subjects, data))
 
 
 def _lines_records(block: bytes, before: int, line_max: int) -> Generator[RecordIn, None, int]:
