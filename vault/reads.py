@@ -105,7 +105,7 @@ class RecordOut(NamedTuple):
 
     A named tuple, not a frozen dataclass: a read makes one per record it answers, and a
     frozen dataclass's constructor sets each of its ten fields through `object.__setattr__`,
-    three times the cost of a tuple's."""
+    two to three times the cost of a tuple's."""
 
     record_id: uuid.UUID
     dataset_id: uuid.UUID
