@@ -367,9 +367,9 @@ def _chunks(
 
     A run is taken and checked whole when it is all `RecordIn`s with valid subject ids, as
     nearly every run is (the API's streams make them so): one C-level pass for each check,
-    rather than a call of `_coerce` per record. Any other run goes
-    record by record, which refuses the first bad one by its position, as does a stream
-    that fails within a run: a record refused before the stream's error is refused first."""
+    rather than a call of `_coerce` per record. Any other run goes record by record, which
+    refuses the first bad one by its position, as does a stream that fails within a run: a
+    record refused before the stream's error is refused first."""
     source = iter(records)
     first = 1
     while True:
