@@ -377,8 +377,7 @@ def _chunks(
         try:
             chunk.extend(islice(source, rows))  # keeps what came before an error
         except Exception:
-            for i, item in enumerate(chunk):
-                _coerce(item, first + i, subject_ids)
+            _coerced(chunk, first, subject_ids)
             raise
         if not chunk:
             return
@@ -388,10 +387,13 @@ def _chunks(
             )
         except TypeError:  # a subject id that is not a string
             whole = False
-        if not whole:
-            chunk = [_coerce(item, first + i, subject_ids) for i, item in enumerate(chunk)]
-        yield first, chunk
+        yield first, chunk if whole else _coerced(chunk, first, subject_ids)
         first += len(chunk)
+
+
+def _coerced(items: list[Any], first: int, subject_ids: re.Pattern[str]) -> list[RecordIn]:
+    """`_coerce` of each item, the first at position `first`."""
+    return [_coerce(item, first + i, subject_ids) for i, item in enumerate(items)]
 
 
 _Chunk = tuple[int, list[RecordIn]]
@@ -462,10 +464,15 @@ class _Copier:
         self._ahead.appendleft(pending)
         records = size = 0
         subjects: dict[str, None] = {}
-        for _, chunk in self._ahead:
+
+        def count(chunk: list[RecordIn]) -> None:
+            nonlocal records, size
             records += len(chunk)
             size += _size_bound(chunk, size_max)
             subjects.update(dict.fromkeys(map(_SUBJECT_OF, chunk)))
+
+        for _, chunk in self._ahead:
+            count(chunk)
         while self._failed is None and records < _AHEAD_RECORDS and size < _AHEAD_BYTES:
             try:
                 following = next(self._source, None)
@@ -475,9 +482,7 @@ class _Copier:
             if following is None:
                 break
             self._ahead.append(following)
-            records += len(following[1])
-            size += _size_bound(following[1], size_max)
-            subjects.update(dict.fromkeys(map(_SUBJECT_OF, following[1])))
+            count(following[1])
         return list(subjects)
 
     def _next(self) -> _Chunk | None:
