@@ -92,7 +92,11 @@ RETRY_MS = 400
 RETRY_MAX_MS = 5_000  # however slow commits were, a request is re-sent within this
 TIMEOUT_MS = 30_000
 CALL_TIMEOUT_MS = 5_000
-CONNECT_TIMEOUT_MS = 1_000
+# A connection's TCP and TLS handshakes and the replica's challenge, under one deadline. Over
+# Linux's initial retransmission timeout (1 s, with no RTT measured yet): a lost SYN, or a
+# lost handshake segment after it, is sent again at 1 s, and a deadline at that second would
+# fail about one connection in fifty over a WAN with 1 % loss.
+CONNECT_TIMEOUT_MS = 3_000
 # A query every replica answered `stale` is asked again every STALE_RETRY_MS for this long.
 STALE_WAIT_MS = 5_000
 STALE_RETRY_MS = 100
@@ -299,23 +303,21 @@ class TcpClientTransport(_HeightSeen):
             if conn is not None:
                 return conn
             host, port = split_address(self._addresses[replica])
-            _, fresh = await asyncio.wait_for(
-                asyncio.get_running_loop().create_connection(
+            async with asyncio.timeout(CONNECT_TIMEOUT_MS / 1000):
+                _, fresh = await asyncio.get_running_loop().create_connection(
                     lambda: _Conn(self, replica),
                     host,
                     port,
                     ssl=self._ssl,
                     server_hostname=f"node-{replica}" if self._ssl else None,
-                ),
-                CONNECT_TIMEOUT_MS / 1000,
-            )
-            try:  # a timeout cancels the future: a late close finds it done
-                challenge = await asyncio.wait_for(fresh.challenge, CONNECT_TIMEOUT_MS / 1000)
-                if self._closed:  # closed while this connection was being made
-                    raise ConnectionError("transport closed")
-            except BaseException:
-                fresh.close()
-                raise
+                )
+                try:  # a timeout cancels the future: a late close finds it done
+                    challenge = await fresh.challenge
+                    if self._closed:  # closed while this connection was being made
+                        raise ConnectionError("transport closed")
+                except BaseException:
+                    fresh.close()
+                    raise
             if self._reader is not None:
                 # Before any read on this connection: the replica handles frames in order.
                 transcript = reader_transcript(challenge, fresh.channel(), self._chain_id)
@@ -550,6 +552,7 @@ class AsyncLedgerClient:
         self._rtt_ms: float | None = None  # smoothed commit latency (first attempts only)
         self._read_from = 0  # the replica that answered the last read: the next one starts there
         self._done: asyncio.Future[tuple[int, bytes]] | None = None
+        self._sending: set[asyncio.Future[list[None]]] = set()  # broadcasts under way
         transport.on_reply(self.client_id, self._on_reply)
         enable_macs = getattr(transport, "enable_reply_macs", None)
         if enable_macs is not None:
@@ -608,8 +611,10 @@ class AsyncLedgerClient:
             targets = [self._primary()]
             try:
                 while True:
-                    for r in targets:
-                        await self.transport.send(r, encoded)
+                    if len(targets) == 1:
+                        await self.transport.send(targets[0], encoded)
+                    else:
+                        self._broadcast(targets, encoded)
                     left_s = deadline - time.monotonic()
                     if left_s <= 0:
                         raise LedgerTimeout(f"no f+1 matching replies in {self.timeout_ms} ms")
@@ -636,6 +641,14 @@ class AsyncLedgerClient:
                 request_id=rid,
                 request=encoded,
             )
+
+    def _broadcast(self, targets: list[int], encoded: bytes) -> None:
+        """`encoded` to each of `targets` at once, in the background: a replica with no
+        connection and out of reach takes the connect deadline to give up, and holds up
+        neither the sends to the others nor the wait for their replies."""
+        sending = asyncio.gather(*(self.transport.send(r, encoded) for r in targets))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
 
     async def _ask(self, op: str, args: dict[str, Any], replica: int | None) -> dict[str, Any]:
         """A read from one replica, falling back to the others when it does not answer or

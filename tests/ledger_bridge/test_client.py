@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
+import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ from ledger_bridge.pbft import messages as m
 from ledger_bridge.pbft.blocks import verify_chain
 from ledger_bridge.pbft.config import ClusterConfig
 from ledger_bridge.pbft.replica import DurableDelta, Outbound, Ready, Replica
+from ledger_bridge.transport import split_address
 
 T = TypeVar("T")
 
@@ -269,12 +272,12 @@ def test_replies_are_signed_only_for_a_client_without_a_mac_key(tmp_path: Path) 
             request = m.encode(m.make_request(key, 1, encode_set(b"c", b"3")))
             for i in range(4):
                 await plain.send(i, request)
-            for _ in range(100):
-                if len(answers) == 4:
+            for _ in range(100):  # a replica may send its reply again (a duplicate request)
+                if {r for r, _, _ in answers} == {0, 1, 2, 3}:
                     break
                 await asyncio.sleep(0.05)
             await plain.close()
-            assert sorted(r for r, _, _ in answers) == [0, 1, 2, 3]
+            assert {r for r, _, _ in answers} == {0, 1, 2, 3}
             for _, reply, authenticated in answers:
                 assert isinstance(reply, m.Reply) and not authenticated
                 assert m.verify_reply(reply, validators)
@@ -374,3 +377,114 @@ def test_the_batch_timer_wakes_the_replica_once_per_due_time(tmp_path: Path) -> 
 
     asyncio.run(scenario())
     node.storage.close()
+
+
+class _LossyFront:
+    """A TCP relay in front of a replica's client port whose first SYN is lost: its accept
+    queue (backlog 0) is held full by a connection nobody accepts until `hold_s` passed, so
+    the kernel drops the next SYN, as a lossy link does, and the dialler's kernel sends it
+    again after its initial retransmission timeout (1 s on Linux)."""
+
+    def __init__(self, target: str, hold_s: float) -> None:
+        self._target = split_address(target)
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets = [socket.create_connection(self._listener.getsockname())]
+        self._hold_s = hold_s
+        self._closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        if self._closed.wait(self._hold_s):
+            return
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                return
+            self._sockets += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for s in self._sockets:
+            s.close()
+
+
+def test_a_first_syn_lost_on_the_way_to_a_replica_costs_a_retransmission_not_the_read(
+    tmp_path: Path,
+) -> None:
+    """A lost SYN is retransmitted after the kernel's initial timeout (1 s), and on a WAN with
+    1 % loss about one connection in fifty loses its SYN or SYN-ACK: a connect timeout at or
+    under that second turns each of those into a failed read. Over real TCP to four in-process
+    nodes, replica 0 behind a relay that drops the first SYN still answers a read."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+
+    async def go() -> None:
+        async with _tcp_nodes(cluster) as _:
+            addresses = cluster.client_addresses()
+            front = _LossyFront(addresses[0], hold_s=0.3)
+            transport = TcpClientTransport(
+                [front.address, *addresses[1:]],
+                cluster.client_ssl,
+                reader=cluster.reader_key(),
+                chain_id=cluster.genesis.chain_id,
+            )
+            try:
+                started = asyncio.get_running_loop().time()
+                status = (await transport.call(0, "status", {}))["status"]
+                took_s = asyncio.get_running_loop().time() - started
+            finally:
+                await transport.close()
+                front.close()
+            assert status["id"] == 0
+            assert took_s >= 0.9  # the first SYN was lost: the control that the front drops it
+
+    run(go())
+
+
+def test_a_replica_out_of_reach_holds_up_neither_the_retry_to_the_others_nor_the_receipt(
+    tmp_path: Path,
+) -> None:
+    """The client's way to the primary is cut before any connection was made (its SYNs are
+    dropped, nothing answers). The first send waits out the connect deadline; the retry goes
+    to all four, and replicas 1-3, which reach the primary among themselves, commit the request
+    and reply while the second connect to the primary is still pending: the retry sends to each
+    replica on its own, not one after the other behind the one out of reach."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+    validators = cluster.genesis.public_keys()
+
+    async def go() -> None:
+        async with _tcp_nodes(cluster) as _:
+            addresses = cluster.client_addresses()
+            front = _LossyFront(addresses[0], hold_s=3600)
+            transport = TcpClientTransport(
+                [front.address, *addresses[1:]],
+                cluster.client_ssl,
+                reader=cluster.reader_key(),
+                chain_id=cluster.genesis.chain_id,
+            )
+            client = AsyncLedgerClient(transport, validators, 1, retry_ms=200, timeout_ms=20_000)
+            try:
+                receipt = await client.submit(encode_set(b"a", b"1"))
+                assert transport._connecting[0].locked()  # its second connect: still pending
+                assert 0 not in transport._conns
+            finally:
+                await transport.close()
+                front.close()
+            assert receipt.block_height >= 1
+
+    run(go())

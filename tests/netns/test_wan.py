@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,14 +166,36 @@ def _new_view(d: Deployment, replicas: list[int], above: int, timeout_s: float) 
     raise AssertionError(f"no new view among {replicas} within {timeout_s} s")
 
 
+@contextlib.contextmanager
+def _cut(d: Deployment, a: list[str], b: list[str]) -> Iterator[Callable[[], None]]:
+    """`a` cut from `b`; yields the heal, which the way out calls if the scenario did not, so
+    a scenario that fails leaves the next ones a whole network (one failure, not a cascade)."""
+    healed = False
+
+    def heal() -> None:
+        nonlocal healed
+        if not healed:
+            d.net.heal(a, b)
+            healed = True
+
+    d.net.cut(a, b)
+    try:
+        yield heal
+    finally:
+        heal()
+
+
 def test_partition_of_the_primarys_site(
     d: Deployment, cast: Cast, chains: Chains, campaign: bool
 ) -> None:
     view, primary = _primary(d)
     others = [i for i in range(4) if i != primary]
-    with UploadLoad(cast.clients, cast.dataset) as load:
+    site = f"college-{primary}"
+    with (
+        UploadLoad(cast.clients, cast.dataset) as load,
+        _cut(d, [site], [h for h in d.net.hosts if d.net.hosts[h].site != site]) as heal,
+    ):
         load.wait_for(3)
-        d.net.isolate(f"college-{primary}")
         cut_at = time.monotonic()
         new_view = _new_view(d, others, view, NEW_VIEW_WITHIN_S)
         elected_s = time.monotonic() - cut_at
@@ -181,7 +203,7 @@ def test_partition_of_the_primarys_site(
         load.wait_for(5, timeout_s=60)  # the new primary goes on committing
         top = max(int(s["height"]) for s in map(d.status, others) if s is not None)
         time.sleep(30 if campaign else 3)
-        d.net.heal([f"college-{primary}"], [h for h in d.net.hosts if h != f"r{primary}"])
+        heal()
         load.wait_for(2)
     after = settle(d)
     assert {s["view"] for s in after} == {new_view}
@@ -205,6 +227,25 @@ def _query(d: Deployment, replica: int, q: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(go())
 
 
+def _minority_refuses_stale_reads(
+    d: Deployment, cast: Cast, load: UploadLoad, lone: int, cut_at: float
+) -> None:
+    """Uploads made after the cut: the lone replica refuses to read them as stale, the majority
+    and the vault (which reads past it) know them."""
+    load.wait_for(3)
+    upload = load.acked[-1][1]
+    anchored = cast.clients["api-a"].wait_anchored(cast.dataset, upload, timeout_s=60)
+    assert anchored["receipt"] is not None
+    while time.monotonic() - cut_at < 5:
+        time.sleep(0.2)  # past the replica's freshness bound (2 s)
+    stale = _query(d, lone, {"q": "upload", "upload": upload})
+    assert stale.get("error") == "stale" and "result" not in stale, stale
+    current = _query(d, (lone + 1) % 4, {"q": "upload", "upload": upload})
+    assert codec.decode(current["result"])["result"] is not None  # the majority knows it
+    # The vault's reads go past the cut-off replica (the consumer's access, the DPO's).
+    assert cast.clients["api-b"].upload_status(cast.dataset, upload)["state"] == "anchored"
+
+
 def test_minority_partition_refuses_stale_reads_then_fills_every_block(
     d: Deployment, cast: Cast, chains: Chains
 ) -> None:
@@ -213,25 +254,15 @@ def test_minority_partition_refuses_stale_reads_then_fills_every_block(
     peers = [f"college-{i}" for i in range(4) if i != lone]
     with UploadLoad(cast.clients, cast.dataset, pause_s=0.0) as load:
         load.wait_for(2)
-        d.net.cut([f"college-{lone}"], peers)  # its clients (the vault's site) still reach it
-        cut_at = time.monotonic()
-        load.wait_for(3)
-        upload = load.acked[-1][1]
-        anchored = cast.clients["api-a"].wait_anchored(cast.dataset, upload, timeout_s=60)
-        assert anchored["receipt"] is not None
-        while time.monotonic() - cut_at < 5:
-            time.sleep(0.2)  # past the replica's freshness bound (2 s)
-        stale = _query(d, lone, {"q": "upload", "upload": upload})
-        assert stale.get("error") == "stale" and "result" not in stale, stale
-        current = _query(d, (lone + 1) % 4, {"q": "upload", "upload": upload})
-        assert codec.decode(current["result"])["result"] is not None  # the majority knows it
-        # The vault's reads go past the cut-off replica (the consumer's access, the DPO's).
-        assert cast.clients["api-b"].upload_status(cast.dataset, upload)["state"] == "anchored"
-        while time.monotonic() - cut_at < MINORITY_CUT_S:
-            time.sleep(1)
-        lone_status = d.status(lone)
-        assert lone_status is not None and lone_status["stale_reads"] >= 1
-        d.net.heal([f"college-{lone}"], peers)
+        # Its clients (the vault's site) still reach it.
+        with _cut(d, [f"college-{lone}"], peers) as heal:
+            cut_at = time.monotonic()
+            _minority_refuses_stale_reads(d, cast, load, lone, cut_at)
+            while time.monotonic() - cut_at < MINORITY_CUT_S:
+                time.sleep(1)
+            lone_status = d.status(lone)
+            assert lone_status is not None and lone_status["stale_reads"] >= 1
+            heal()
         load.wait_for(2)
     after = settle(d)
     assert after[lone]["height"] > lone_status["height"]
