@@ -146,6 +146,11 @@ class ClientTransport(Protocol):
         authenticated)`."""
         ...
 
+    def send_now(self, replica: int, request: bytes) -> bool:
+        """`send` at once, without waiting for anything: False when that cannot be (no
+        connection to the replica yet), and then nothing was sent."""
+        ...
+
     async def send(self, replica: int, request: bytes) -> None:
         """Best-effort delivery of an encoded request; loss is handled by retries."""
         ...
@@ -256,7 +261,7 @@ class TcpClientTransport(_HeightSeen):
         self._chain_id = chain_id
         self._frame_bytes_max = frame_bytes_max
         self._conns: dict[int, _Conn] = {}
-        self._connecting: dict[int, asyncio.Lock] = {}
+        self._dialling: dict[int, asyncio.Future[_Conn]] = {}  # one connect at a time each
         self._handlers: dict[bytes, ReplyHandler] = {}
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._call_ids = itertools.count(1)
@@ -292,42 +297,55 @@ class TcpClientTransport(_HeightSeen):
             self._handlers[client_id] = handler
 
     async def _conn(self, replica: int) -> _Conn:
+        """The replica's connection, made if there is none. Every caller waiting for it shares
+        the one attempt under way, and its deadline: a replica out of reach costs each of them
+        at most CONNECT_TIMEOUT_MS, however many wait."""
         conn = self._conns.get(replica)
         if conn is not None:
             return conn
         if self._closed:
             raise ConnectionError("transport closed")
-        lock = self._connecting.setdefault(replica, asyncio.Lock())
-        async with lock:
-            conn = self._conns.get(replica)
-            if conn is not None:
-                return conn
-            host, port = split_address(self._addresses[replica])
-            async with asyncio.timeout(CONNECT_TIMEOUT_MS / 1000):
-                _, fresh = await asyncio.get_running_loop().create_connection(
-                    lambda: _Conn(self, replica),
-                    host,
-                    port,
-                    ssl=self._ssl,
-                    server_hostname=f"node-{replica}" if self._ssl else None,
-                )
-                try:  # a timeout cancels the future: a late close finds it done
-                    challenge = await fresh.challenge
-                    if self._closed:  # closed while this connection was being made
-                        raise ConnectionError("transport closed")
-                except BaseException:
-                    fresh.close()
-                    raise
-            if self._reader is not None:
-                # Before any read on this connection: the replica handles frames in order.
-                transcript = reader_transcript(challenge, fresh.channel(), self._chain_id)
-                key, sig = bytes(self._reader.public_key), self._reader.sign(transcript)
-                fresh.write(encode_frame(pack({"op": "auth", "key": key, "sig": sig})))
-            if self._validators is not None:
-                fresh.session = SessionKey()
-                fresh.write(encode_frame(pack({"op": "session", "key": fresh.session.public})))
-            self._conns[replica] = fresh
-            return fresh
+        dialling = self._dialling.get(replica)
+        if dialling is None:
+            dialling = asyncio.ensure_future(self._dial(replica))
+            self._dialling[replica] = dialling
+            dialling.add_done_callback(lambda done: self._dialled(replica, done))
+        # Shielded: a caller that gives up (its own deadline) leaves the attempt to the others.
+        return await asyncio.shield(dialling)
+
+    def _dialled(self, replica: int, done: asyncio.Future[_Conn]) -> None:
+        if self._dialling.get(replica) is done:
+            del self._dialling[replica]
+        if not done.cancelled():
+            done.exception()  # retrieved: with no caller left waiting, asyncio would log it
+
+    async def _dial(self, replica: int) -> _Conn:
+        host, port = split_address(self._addresses[replica])
+        async with asyncio.timeout(CONNECT_TIMEOUT_MS / 1000):
+            _, fresh = await asyncio.get_running_loop().create_connection(
+                lambda: _Conn(self, replica),
+                host,
+                port,
+                ssl=self._ssl,
+                server_hostname=f"node-{replica}" if self._ssl else None,
+            )
+            try:  # a timeout cancels the future: a late close finds it done
+                challenge = await fresh.challenge
+                if self._closed:  # closed while this connection was being made
+                    raise ConnectionError("transport closed")
+            except BaseException:
+                fresh.close()
+                raise
+        if self._reader is not None:
+            # Before any read on this connection: the replica handles frames in order.
+            transcript = reader_transcript(challenge, fresh.channel(), self._chain_id)
+            key, sig = bytes(self._reader.public_key), self._reader.sign(transcript)
+            fresh.write(encode_frame(pack({"op": "auth", "key": key, "sig": sig})))
+        if self._validators is not None:
+            fresh.session = SessionKey()
+            fresh.write(encode_frame(pack({"op": "session", "key": fresh.session.public})))
+        self._conns[replica] = fresh
+        return fresh
 
     def _drop(self, replica: int, conn: _Conn) -> None:
         if self._conns.get(replica) is conn:
@@ -388,6 +406,14 @@ class TcpClientTransport(_HeightSeen):
             log.warning("replica %d: session answer not signed by its validator key", replica)
             return
         conn.mac_key = mine.mac_key(theirs, transcript)
+
+    def send_now(self, replica: int, request: bytes) -> bool:
+        conn = self._conns.get(replica)
+        if conn is None:
+            return False
+        if not conn.write(encode_frame(pack({"op": "submit", "request": request}))):
+            self._drop(replica, conn)  # the peer went away: reconnect on the next try
+        return True  # sent, or lost with the connection: the retries see to it alike
 
     async def send(self, replica: int, request: bytes) -> None:
         try:
@@ -494,13 +520,17 @@ class InProcessTransport(_HeightSeen):
                     replica.tick(now)
             self._pump()
 
-    async def send(self, replica: int, request: bytes) -> None:
+    def send_now(self, replica: int, request: bytes) -> bool:
+        """Delivered, and the cluster run until quiet, before this returns."""
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        if replica in self.down:
-            return
-        self.replicas[replica].step(m.decode(request), time.time_ns() // 1_000_000)
-        self._pump()
+        if replica not in self.down:
+            self.replicas[replica].step(m.decode(request), time.time_ns() // 1_000_000)
+            self._pump()
+        return True
+
+    async def send(self, replica: int, request: bytes) -> None:
+        self.send_now(replica, request)
 
     async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if replica in self.down:
@@ -552,7 +582,7 @@ class AsyncLedgerClient:
         self._rtt_ms: float | None = None  # smoothed commit latency (first attempts only)
         self._read_from = 0  # the replica that answered the last read: the next one starts there
         self._done: asyncio.Future[tuple[int, bytes]] | None = None
-        self._sending: set[asyncio.Future[list[None]]] = set()  # broadcasts under way
+        self._sending: set[asyncio.Future[list[BaseException | None]]] = set()
         transport.on_reply(self.client_id, self._on_reply)
         enable_macs = getattr(transport, "enable_reply_macs", None)
         if enable_macs is not None:
@@ -611,10 +641,7 @@ class AsyncLedgerClient:
             targets = [self._primary()]
             try:
                 while True:
-                    if len(targets) == 1:
-                        await self.transport.send(targets[0], encoded)
-                    else:
-                        self._broadcast(targets, encoded)
+                    self._send(targets, encoded)
                     left_s = deadline - time.monotonic()
                     if left_s <= 0:
                         raise LedgerTimeout(f"no f+1 matching replies in {self.timeout_ms} ms")
@@ -642,13 +669,26 @@ class AsyncLedgerClient:
                 request=encoded,
             )
 
-    def _broadcast(self, targets: list[int], encoded: bytes) -> None:
-        """`encoded` to each of `targets` at once, in the background: a replica with no
-        connection and out of reach takes the connect deadline to give up, and holds up
-        neither the sends to the others nor the wait for their replies."""
-        sending = asyncio.gather(*(self.transport.send(r, encoded) for r in targets))
+    def _send(self, targets: list[int], encoded: bytes) -> None:
+        """`encoded` to each of `targets`, never waiting: at once where a connection is open,
+        else in the background once one is made. A replica out of reach takes the connect
+        deadline to give up, and holds up neither the other sends nor the wait for replies."""
+        later = [r for r in targets if not self.transport.send_now(r, encoded)]
+        if not later:
+            return
+        sending = asyncio.gather(
+            *(self.transport.send(r, encoded) for r in later), return_exceptions=True
+        )
         self._sending.add(sending)
-        sending.add_done_callback(self._sending.discard)
+        sending.add_done_callback(self._sent)
+
+    def _sent(self, sending: asyncio.Future[list[BaseException | None]]) -> None:
+        self._sending.discard(sending)
+        if sending.cancelled():
+            return
+        for failure in sending.result():
+            if failure is not None:  # `send` handles a network failure itself: a bug
+                log.error("a background send failed", exc_info=failure)
 
     async def _ask(self, op: str, args: dict[str, Any], replica: int | None) -> dict[str, Any]:
         """A read from one replica, falling back to the others when it does not answer or
@@ -741,6 +781,8 @@ class AsyncLedgerClient:
 
     async def close(self) -> None:
         self.transport.on_reply(self.client_id, None)
+        for sending in list(self._sending):
+            sending.cancel()
 
 
 class LedgerClient:

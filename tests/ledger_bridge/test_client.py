@@ -19,6 +19,7 @@ from ledger_bridge.client import (
     AsyncLedgerClient,
     CertificateError,
     InProcessTransport,
+    LedgerError,
     TcpClientTransport,
 )
 from ledger_bridge.cluster import Cluster
@@ -140,13 +141,13 @@ def test_the_retry_time_follows_the_observed_commit_latency() -> None:
         client._rtt_ms = rtt_ms
         transport.crash(0)
         sends: list[int] = []
-        original = transport.send
+        original = transport.send_now
 
-        async def counting_send(replica: int, request: bytes) -> None:
+        def counting_send(replica: int, request: bytes) -> bool:
             sends.append(replica)
-            await original(replica, request)
+            return original(replica, request)
 
-        transport.send = counting_send  # type: ignore[method-assign]
+        transport.send_now = counting_send  # type: ignore[method-assign]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.submit(encode_set(b"b", b"2")), 0.5)
         await transport.close()
@@ -460,10 +461,11 @@ def test_a_replica_out_of_reach_holds_up_neither_the_retry_to_the_others_nor_the
     tmp_path: Path,
 ) -> None:
     """The client's way to the primary is cut before any connection was made (its SYNs are
-    dropped, nothing answers). The first send waits out the connect deadline; the retry goes
-    to all four, and replicas 1-3, which reach the primary among themselves, commit the request
-    and reply while the second connect to the primary is still pending: the retry sends to each
-    replica on its own, not one after the other behind the one out of reach."""
+    dropped, nothing answers), while the replicas reach one another. Three requests in a row
+    each get their receipt from replicas 1-3 while the first connect to the primary is still
+    pending: no send waits for a connection (the first goes out in the background, the retry
+    to all at once where connections are open), and every send to the primary joins the one
+    attempt under way instead of queueing an attempt of its own behind it."""
     cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
     validators = cluster.genesis.public_keys()
 
@@ -479,12 +481,21 @@ def test_a_replica_out_of_reach_holds_up_neither_the_retry_to_the_others_nor_the
             )
             client = AsyncLedgerClient(transport, validators, 1, retry_ms=200, timeout_ms=20_000)
             try:
-                receipt = await client.submit(encode_set(b"a", b"1"))
-                assert transport._connecting[0].locked()  # its second connect: still pending
+                receipts = []
+                for i in range(3):
+                    receipts.append(await client.submit(encode_set(b"k%d" % i, b"v")))
+                    assert not transport._dialling[0].done()
+                first_dial = transport._dialling[0]
                 assert 0 not in transport._conns
+                status = (await transport.call(1, "status", {}))["status"]
+                with pytest.raises(LedgerError, match="status failed"):
+                    await transport.call(0, "status", {})  # joins the attempt, fails with it
+                assert first_dial.done()
             finally:
+                await client.close()
                 await transport.close()
                 front.close()
-            assert receipt.block_height >= 1
+            assert [r.block_height for r in receipts] == sorted({r.block_height for r in receipts})
+            assert status["id"] == 1
 
     run(go())

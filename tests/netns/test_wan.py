@@ -191,19 +191,18 @@ def test_partition_of_the_primarys_site(
     view, primary = _primary(d)
     others = [i for i in range(4) if i != primary]
     site = f"college-{primary}"
-    with (
-        UploadLoad(cast.clients, cast.dataset) as load,
-        _cut(d, [site], [h for h in d.net.hosts if d.net.hosts[h].site != site]) as heal,
-    ):
+    outside = [h for h in d.net.hosts if d.net.hosts[h].site != site]
+    with UploadLoad(cast.clients, cast.dataset) as load:
         load.wait_for(3)
-        cut_at = time.monotonic()
-        new_view = _new_view(d, others, view, NEW_VIEW_WITHIN_S)
-        elected_s = time.monotonic() - cut_at
-        before = len(load.acked)
-        load.wait_for(5, timeout_s=60)  # the new primary goes on committing
-        top = max(int(s["height"]) for s in map(d.status, others) if s is not None)
-        time.sleep(30 if campaign else 3)
-        heal()
+        with _cut(d, [site], outside) as heal:
+            cut_at = time.monotonic()
+            new_view = _new_view(d, others, view, NEW_VIEW_WITHIN_S)
+            elected_s = time.monotonic() - cut_at
+            before = len(load.acked)
+            load.wait_for(5, timeout_s=60)  # the new primary goes on committing
+            top = max(int(s["height"]) for s in map(d.status, others) if s is not None)
+            time.sleep(30 if campaign else 3)
+            heal()
         load.wait_for(2)
     after = settle(d)
     assert {s["view"] for s in after} == {new_view}
