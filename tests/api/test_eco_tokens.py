@@ -328,3 +328,72 @@ def test_rules_offers_and_devices_are_readable_by_members(eco: Eco) -> None:
         reader.device(Device(env.chain_id, "x").id)
     r = env.client.get("/v1/reward-rules")
     assert r.status_code == 401  # reads need a member's API key
+
+
+def _replica_hits(env: LedgerEnv, needle: bytes) -> dict[int, int]:
+    """Files of each replica's store (its SQLite database, write-ahead log and snapshots)
+    holding `needle`, raw or hex."""
+    hits: dict[int, int] = {}
+    for i in range(env.cluster.genesis.n):
+        store = env.cluster.directory / "data" / f"node-{i}"
+        files = [p for p in store.rglob("*") if p.is_file()]
+        found = [
+            p for p in files if any(f in p.read_bytes() for f in (needle, needle.hex().encode()))
+        ]
+        hits[i] = len(found)
+    return hits
+
+
+def _redacted_everywhere(env: LedgerEnv, applied_before: list[int]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        statuses = [env.gateway.status(i) or {} for i in range(env.cluster.genesis.n)]
+        if all(
+            s.get("redactions_applied", 0) > applied_before[i] and s.get("redactions_pending") == 0
+            for i, s in enumerate(statuses)
+        ):
+            return
+        time.sleep(0.2)
+    seen = [(s.get("redactions_applied"), s.get("redactions_pending")) for s in statuses]
+    raise AssertionError(f"the redaction was never applied: (applied, pending) {seen}")
+
+
+def test_an_erasure_in_the_eco_dataset_leaves_no_claim_of_the_subject_on_any_replica(
+    eco: Eco,
+) -> None:
+    """A reward's claim names the subject, the device (hence the district), the time and the
+    quantity in clear. The DPO erases one rider from the eco dataset; once every replica applied
+    the redaction, no file of any replica's store holds the device's signature over that
+    rider's claim (bytes only the reward transaction carries), and the event entry no longer
+    names them. The control: the same scan finds the other rider's claim on every replica, and
+    found the erased one's before the erasure."""
+    env = eco.env
+    erased, kept = env.register_subject(), env.register_subject()
+    rides = {w.id: _ride(eco, w, 1500) for w in (erased, kept)}
+    for ride in rides.values():
+        api(env).send_events(eco.device.id, [ride])
+    signature = {who: bytes.fromhex(ride["signature"]) for who, ride in rides.items()}
+    statuses = [env.gateway.status(i) or {} for i in range(env.cluster.genesis.n)]
+    applied = [int(s.get("redactions_applied", 0)) for s in statuses]
+    before = _replica_hits(env, signature[erased.id])
+    assert all(n >= 1 for n in before.values()), before
+
+    dpo_key = env.headers("dpo", env.dpo)["Authorization"].split()[1]
+    dpo = CivisClient(http=env.client, api_key=dpo_key)
+    cert = dpo.erase(subject_id=erased.id, dataset_id=eco.dataset)
+    assert cert["state"] == "recorded", cert
+    _redacted_everywhere(env, applied)
+
+    assert _replica_hits(env, signature[erased.id]) == dict.fromkeys(before, 0)
+    assert all(n >= 1 for n in _replica_hits(env, signature[kept.id]).values())
+    device = bytes.fromhex(eco.device.id)
+
+    def entry(who: Wallet) -> dict[str, Any]:
+        found = env.gateway.query(
+            "event", device=device, event=bytes.fromhex(rides[who.id]["event"])
+        )
+        assert found["result"] is not None, found
+        out: dict[str, Any] = found["result"]
+        return out
+
+    assert "subject" not in entry(erased) and entry(kept)["subject"] == kept.id

@@ -4,7 +4,8 @@ or the DPO records an erasure done (`erasure.record`) or a retention epoch expir
 
 An erasure of a subject everywhere also forgets them (`forget`): after it, no state entry
 names the subject, and the redaction entries tell the replicas which stored transactions to
-blank.
+blank. An erasure in one dataset blanks the rewards its devices' events earned the subject
+(`forget_events`): the claims name the subject with the event's details.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def erasure_record(c: Ctx) -> dict[str, Any]:
         if c.state.get(*key) is None:
             c.state.put(*key, c.height)
         close_requests(c.state, scope["subject"], scope["dataset"])
+        forget_events(c.state, scope["subject"], scope["dataset"], c.height)
     erasure = c.next_id("next_erasure")
     c.state.put(
         "erasure",
@@ -229,6 +231,25 @@ def forget(state: State, subject: str, since: int) -> int:
     forget_requests(state, subject)  # their rectification requests
     _forget_in_governance(state, key)
     return redacted
+
+
+def forget_events(state: State, subject: str, dataset: str, since: int) -> int:
+    """Erased from `dataset`, the subject's rewarded events from its devices: each reward's
+    batch position is redacted and the event entry no longer names them. A claim carries in
+    clear what the vault's records of the event hold (the subject, the device and so its
+    district, the time, the quantity), so it goes with them. A reward batch that also credited
+    others is blanked whole, as forgetting does; their balances and statements are state, and
+    stay. Returns how many positions it added to the redaction entries."""
+    positions = []
+    for device, event in state.group("event", "subject", subject):
+        registered = state.get("device", device)
+        if registered is None or registered["dataset"] != dataset:
+            continue
+        e = state.get("event", device, event)
+        positions.append((e["height"], e["index"]))
+        e.pop("subject")
+        state.put("event", device, event, e)
+    return _redact(state, sorted(positions), since)
 
 
 def _redact(state: State, positions: list[tuple[int, int]], since: int) -> int:

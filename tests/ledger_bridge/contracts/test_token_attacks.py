@@ -1,15 +1,17 @@
 """An attacker's view of the token economy, beyond the checks test_tokens.py covers: amounts
-that grow past what a JSON client reads exactly, and a price changed under a holder's
-redemption."""
+that grow past what a JSON client reads exactly, a price changed under a holder's redemption,
+and the event claims an erasure in the eco dataset must not leave readable."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import pytest
 
 from ledger_bridge.contracts.bodies import MTOK_MAX
+from tests.ledger_bridge.contracts.harness import key
 from tests.ledger_bridge.contracts.test_forget import erase_body
 from tests.ledger_bridge.contracts.token_world import DATASET, Eco, decide, eco, rule_action
 
@@ -71,21 +73,42 @@ def test_a_partner_cannot_raise_the_price_under_a_pending_redemption(world: Eco)
     world.supply_holds()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an event claim carries in clear what its salted commitment was meant to hide: the "
-    "subject, the device (hence the district), the time to the millisecond and the quantity. "
-    "Erased from the eco dataset (or expired by retention), the subject's records leave the "
-    "vault, but the event.reward transactions naming them stay readable in every replica "
-    "until an erasure everywhere. The fix (redacting a subject's event.reward on an erasure "
-    "in the device's dataset, or claims that carry less) is a design decision: docs/SECURITY.md, "
-    "Known limits.",
-)
 def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: Eco) -> None:
+    """An event claim carries in clear what the vault's record of the event holds: the subject,
+    the device (hence the district), the time to the millisecond and the quantity. Erased from
+    the device's dataset, the subject's rewards are redacted (their batch positions, as
+    forgetting does) and the event entries stop naming them. The controls: the same subject's
+    reward from another dataset's device, and another subject's reward from the same device,
+    are found by the same scan and stay."""
     chain = world.chain
-    s = chain.subject()
-    [r] = chain.block(world.reward(world.claim(s, quantity_milli=5300)))
-    assert r["ok"]
-    reward_at = (chain.height, 0)
+    s, other = chain.subject(), chain.subject()
+    chain.dataset(world.provider, "eco-elsewhere", category="eco", purposes=["impact-statistics"])
+    elsewhere = key(950)
+    body = {"device": bytes(elsewhere.public_key), "kind": "bike_reader"}
+    chain.ok(
+        world.provider, "device.register", {**body, "dataset": "eco-elsewhere", "district": "north"}
+    )
+    decide(chain, {"kind": "admit_device", "device": bytes(elsewhere.public_key)})
+    mine = world.claim(s, quantity_milli=5300)
+    theirs = world.claim(other)
+    there = world.claim(s, device=elsewhere)
+    results = chain.block(world.reward(mine), world.reward(theirs), world.reward(there))
+    assert all(r["ok"] for r in results), results
+    height, held = chain.height, world.balance(s)
+
+    def named(claim: dict[str, Any]) -> str | None:
+        entry = chain.query(q="event", device=claim["device"], event=claim["event"])
+        assert entry is not None and entry["height"] == height
+        subject: str | None = entry.get("subject")
+        return subject
+
+    assert [named(c) for c in (mine, theirs, there)] == [s.subject, other.subject, s.subject]
+    assert chain.app.redactions(0, 1000) == []
     chain.ok(chain.dpo, "erasure.record", erase_body(s, DATASET))
-    assert reward_at in {(e.height, e.index) for e in chain.app.redactions(0, 1000)}
+    assert {(e.height, e.index) for e in chain.app.redactions(0, 1000)} == {(height, 0)}
+    assert [named(c) for c in (mine, theirs, there)] == [None, other.subject, s.subject]
+    assert world.balance(s) == held  # an erasure in one dataset forfeits nothing
+    world.supply_holds()
+    # A second erasure in the dataset finds nothing more to blank.
+    chain.ok(chain.dpo, "erasure.record", erase_body(s, DATASET))
+    assert len(chain.app.redactions(0, 1000)) == 1
