@@ -190,7 +190,8 @@ class EventIngestion:
             self._refuse_if_rewarded(device, items)
             (upload, withdrawable), again = stored, True
         try:
-            answer = self._ledger.act("event.reward", body)
+            # Naming the upload: its erasure or retention expiry blanks the reward's claims too.
+            answer = self._ledger.act("event.reward", {**body, "upload": str(upload)})
         except LedgerRefused as refused:
             # A batch sent again may meet its first reward committing late: that refusal
             # (duplicate_event) is a reward, and its details must stay.

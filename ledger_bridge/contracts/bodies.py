@@ -671,6 +671,14 @@ EVENT_REWARD = Obj(
             "the device-signed claims rewarded together (all or none)",
             [{f.name: f.example for f in EVENT_CLAIM.fields}],
         ),
+        Field(
+            "upload",
+            IDENT,
+            "the vault's upload holding the events' records: its erasure or retention expiry "
+            "blanks this reward too (optional so chains from before it still verify)",
+            EX_UPLOAD,
+            required=False,
+        ),
     ),
     title="event.reward",
 )

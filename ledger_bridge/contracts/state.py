@@ -117,8 +117,12 @@ VALUE_INDEXES: dict[str, dict[str, Callable[[Any], Iterable[Any]]]] = {
     "erasure_request": {"subject": lambda r: _scope_subject(r["scope"])},
     # the member keys a proposal names: its author, the member its action admits
     "proposal": {"key": _proposal_keys},
-    # the subject an event rewarded, until forgetting them takes it out (rules/tokens.py)
-    "event": {"subject": lambda e: (e["subject"],) if "subject" in e else ()},
+    # the subject an event rewarded, until forgetting them (or erasing its record) takes it
+    # out; the vault's upload holding its record (rules/tokens.py)
+    "event": {
+        "subject": lambda e: (e["subject"],) if "subject" in e else (),
+        "upload": lambda e: (e["upload"],) if "upload" in e else (),
+    },
     # the batch indices to redact in each block (`ConsentApp.redacted_at`)
     "redaction": {"height": lambda r: (r[0],)},
     # the datasets a provider owns: a key rotation moves them (rules.membership)

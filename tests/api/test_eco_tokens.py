@@ -397,3 +397,27 @@ def test_an_erasure_in_the_eco_dataset_leaves_no_claim_of_the_subject_on_any_rep
         return out
 
     assert "subject" not in entry(erased) and entry(kept)["subject"] == kept.id
+
+
+def test_an_erased_upload_of_event_records_leaves_no_claim_of_it_on_any_replica(eco: Eco) -> None:
+    """The reward names the upload holding its events' records; the DPO erases that upload,
+    and once every replica applied the redaction no file of any replica's store holds the
+    device's signature over the claim. The control: another batch's claim, in an upload still
+    live, is found on every replica."""
+    env = eco.env
+    rider = env.register_subject()
+    rides = [_ride(eco, rider, 700), _ride(eco, rider, 900)]
+    answers = [api(env).send_events(eco.device.id, [ride]) for ride in rides]
+    signatures = [bytes.fromhex(ride["signature"]) for ride in rides]
+    statuses = [env.gateway.status(i) or {} for i in range(env.cluster.genesis.n)]
+    applied = [int(s.get("redactions_applied", 0)) for s in statuses]
+    assert all(n >= 1 for n in _replica_hits(env, signatures[0]).values())
+
+    dpo_key = env.headers("dpo", env.dpo)["Authorization"].split()[1]
+    dpo = CivisClient(http=env.client, api_key=dpo_key)
+    cert = dpo.erase(upload_id=answers[0]["upload_id"])
+    assert cert["state"] == "recorded", cert
+    _redacted_everywhere(env, applied)
+
+    assert set(_replica_hits(env, signatures[0]).values()) == {0}
+    assert all(n >= 1 for n in _replica_hits(env, signatures[1]).values())

@@ -5,7 +5,8 @@ or the DPO records an erasure done (`erasure.record`) or a retention epoch expir
 An erasure of a subject everywhere also forgets them (`forget`): after it, no state entry
 names the subject, and the redaction entries tell the replicas which stored transactions to
 blank. An erasure in one dataset blanks the rewards its devices' events earned the subject
-(`forget_events`): the claims name the subject with the event's details.
+(`forget_events`), and an upload erased or expired the rewards of the events it held the
+records of (`forget_upload_events`): the claims name the subject with the event's details.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ledger_bridge.contracts.rules.common import (
 )
 from ledger_bridge.contracts.rules.rectification import close_requests, forget_requests
 from ledger_bridge.contracts.rules.tokens import forget_tokens
-from ledger_bridge.contracts.state import SUBJECT_TABLES, State
+from ledger_bridge.contracts.state import SUBJECT_TABLES, Key, State
 
 
 def _erasure_scope(c: Ctx, scope: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +116,7 @@ def erasure_record(c: Ctx) -> dict[str, Any]:
         anchored = c.state.get("upload", u["upload"])
         anchored["status"] = "erased"
         c.state.put("upload", u["upload"], anchored)
+        forget_upload_events(c.state, u["upload"], c.height)
     if scope["kind"] == "subject":
         mention(c, scope["subject"])
     if scope["kind"] == "subject" and not everywhere:
@@ -168,6 +170,7 @@ def retention_expire(c: Ctx) -> dict[str, Any]:
         if anchored["status"] == "anchored":
             anchored["status"] = "expired"
             c.state.put("upload", u["upload"], anchored)
+            forget_upload_events(c.state, u["upload"], c.height)
     c.state.put("expired_epoch", dataset_id, day, c.height)
     erasure = c.next_id("next_erasure")
     c.state.put(
@@ -234,21 +237,34 @@ def forget(state: State, subject: str, since: int) -> int:
 
 
 def forget_events(state: State, subject: str, dataset: str, since: int) -> int:
-    """Erased from `dataset`, the subject's rewarded events from its devices: each reward's
-    batch position is redacted and the event entry no longer names them. A claim carries in
-    clear what the vault's records of the event hold (the subject, the device and so its
-    district, the time, the quantity), so it goes with them. A reward batch that also credited
-    others is blanked whole, as forgetting does; their balances and statements are state, and
-    stay. Returns how many positions it added to the redaction entries."""
-    positions = []
+    """Erased from `dataset`, the subject's rewarded events from its devices are blanked
+    (`_blank_events`). Returns how many positions it added to the redaction entries."""
+    keys = []
     for device, event in state.group("event", "subject", subject):
         registered = state.get("device", device)
-        if registered is None or registered["dataset"] != dataset:
-            continue
+        if registered is not None and registered["dataset"] == dataset:
+            keys.append((device, event))
+    return _blank_events(state, keys, since)
+
+
+def forget_upload_events(state: State, upload: str, since: int) -> int:
+    """Erased or expired, the upload took its events' records: their rewards are blanked
+    (`_blank_events`). Returns how many positions it added to the redaction entries."""
+    return _blank_events(state, state.group("event", "upload", upload), since)
+
+
+def _blank_events(state: State, keys: list[Key], since: int) -> int:
+    """Each rewarded event's batch position is redacted and its entry stops naming the
+    subject: a claim carries in clear what the vault's record of the event holds (the
+    subject, the device and so its district, the time, the quantity), so it goes with the
+    record. A reward batch that also credited others is blanked whole, as forgetting does;
+    their balances and statements are state, and stay."""
+    positions = set()
+    for device, event in keys:
         e = state.get("event", device, event)
-        positions.append((e["height"], e["index"]))
-        e.pop("subject")
-        state.put("event", device, event, e)
+        positions.add((e["height"], e["index"]))
+        if e.pop("subject", None) is not None:
+            state.put("event", device, event, e)
     return _redact(state, sorted(positions), since)
 
 

@@ -9,9 +9,11 @@ Amounts are integer milli-tokens (mtok). The state holds:
   ("lot_expiry", day, account)          -> 0: the account holds a lot minted on `day`
   ("token_totals", account)             -> the account's statement count and totals by kind
   ("token_statement", account, n)       -> {height, kind, mtok, ...} one token movement
-  ("event", device, event)              -> {subject, rule, minted, height, index}: index is
-                                           the reward's batch position, which forgetting
-                                           the subject redacts (it is their mention)
+  ("event", device, event)              -> {subject, rule, minted, height, index, upload?}:
+                                           index is the reward's batch position, which
+                                           forgetting the subject redacts (it is their
+                                           mention), as does erasing or expiring `upload`,
+                                           the vault's upload of the events' records
   ("minted_day", rule, subject, day)    -> mtok the subject earned by `rule` on `day`
   ("offer", offer)                      -> {partner, title, category, price_mtok, active, height}
   ("coupon", SHA-256(secret))           -> {offer, partner, category, price_mtok, status, height}
@@ -228,6 +230,7 @@ def event_reward(c: Ctx) -> dict[str, Any]:
     c.active(c.tx.author, "vault")
     known, batch = _Known(c), _Minted()
     credited: list[list[Any]] = []
+    upload: str | None = c.tx.body.get("upload")  # where the vault keeps the events' records
     supply_before: int = c.state.get("meta", "minted") or 0
     supply = supply_before
     for i, claim in enumerate(c.tx.body["claims"]):
@@ -241,18 +244,16 @@ def event_reward(c: Ctx) -> dict[str, Any]:
         if cap > 0:
             minted = max(0, min(minted, cap - so_far))
         check(supply + minted <= MTOK_MAX, f"claim {i}: the token supply would exceed its bound")
-        c.state.put(
-            "event",
-            claim["device"],
-            claim["event"],
-            {
-                "subject": subject,
-                "rule": rule,
-                "minted": minted,
-                "height": c.height,
-                "index": c.index,
-            },
-        )
+        entry = {
+            "subject": subject,
+            "rule": rule,
+            "minted": minted,
+            "height": c.height,
+            "index": c.index,
+        }
+        if upload is not None:
+            entry["upload"] = upload
+        c.state.put("event", claim["device"], claim["event"], entry)
         if minted > 0:
             batch.add(day_key, so_far, minted)
             supply += minted

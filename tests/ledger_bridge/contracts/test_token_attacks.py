@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from ledger_bridge.contracts.bodies import MTOK_MAX
-from tests.ledger_bridge.contracts.harness import key
+from tests.ledger_bridge.contracts.harness import DAY, key
+from tests.ledger_bridge.contracts.model_world import erase_upload_body, expire_body
 from tests.ledger_bridge.contracts.test_forget import erase_body
 from tests.ledger_bridge.contracts.token_world import DATASET, Eco, decide, eco, rule_action
 
@@ -112,3 +113,40 @@ def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: 
     # A second erasure in the dataset finds nothing more to blank.
     chain.ok(chain.dpo, "erasure.record", erase_body(s, DATASET))
     assert len(chain.app.redactions(0, 1000)) == 1
+
+
+def test_an_erased_or_expired_upload_blanks_the_rewards_of_the_events_it_held(world: Eco) -> None:
+    """A reward names the vault's upload of its events' records. That upload erased (the DPO's
+    erasure of it) or expired (its retention epoch) takes the records, and the reward's claims
+    go with them: its batch position is redacted and its event entries stop naming the subject.
+    The control: a reward naming an upload still live stays, found by the same reads."""
+    chain = world.chain
+    s = chain.subject()
+    today = chain.time_ms // DAY
+    days = {"u-erased": today, "u-expired": today, "u-live": today + 30}
+    for upload, day in days.items():
+        chain.anchor(DATASET, upload, day)
+    claims = {upload: world.claim(s) for upload in days}
+    rewards = [
+        chain.sign(chain.vault, "event.reward", {"claims": [claims[u]], "upload": u}) for u in days
+    ]
+    results = chain.block(*rewards)
+    assert all(r["ok"] for r in results), results
+    height = chain.height
+
+    def named(upload: str) -> str | None:
+        claim = claims[upload]
+        entry = chain.query(q="event", device=claim["device"], event=claim["event"])
+        assert entry is not None and entry["upload"] == upload
+        subject: str | None = entry.get("subject")
+        return subject
+
+    assert [named(u) for u in days] == [s.subject] * 3
+    chain.ok(chain.dpo, "erasure.record", erase_upload_body("u-erased"))
+    assert {(e.height, e.index) for e in chain.app.redactions(0, 1000)} == {(height, 0)}
+    chain.block(advance_ms=DAY)
+    chain.ok(chain.vault, "retention.expire", expire_body(DATASET, today, ["u-expired"]))
+    redacted = {(e.height, e.index) for e in chain.app.redactions(0, 1000)}
+    assert redacted == {(height, 0), (height, 1)}
+    assert [named(u) for u in days] == [None, None, s.subject]
+    world.supply_holds()
