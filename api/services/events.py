@@ -6,7 +6,8 @@ Why this order (signatures, upload, reward, withdraw on refusal):
 - the details go to the vault BEFORE the reward is asked for: once the contract has
   credited an event, its detail exists, so no token is ever minted for an event the vault
   cannot show (the consumer of impact statistics reads the same records). The upload is one
-  transaction of its own, committed, with its anchor fact in the outbox as any upload;
+  transaction of its own, committed, with its anchor fact in the outbox as any upload; the
+  reward names it, so its erasure or retention expiry blanks the reward's claims too;
 - a refusal by the contract (a device suspended meanwhile, an event already rewarded, a rule
   the device may not earn) withdraws the upload: its upload secret is destroyed and its rows
   dropped, exactly as the DPO's withdrawal of an upload, so nothing personal stays for an

@@ -338,9 +338,10 @@ def _device(s: State, q: dict[str, Any]) -> Any:
 
 
 def _event(s: State, q: dict[str, Any]) -> Any:
-    """A device's event as rewarded ({subject, rule, minted, height, index}), or None: how
-    the vault tells, for a batch it holds the details of, whether the reward reached a block
-    (its answer may have been lost to a timeout)."""
+    """A device's event as rewarded ({subject, rule, minted, height, index, upload}; {} once
+    its record left the vault, `redaction.blank_events`), or None: how the vault tells, for a
+    batch it holds the details of, whether the reward reached a block (its answer may have
+    been lost to a timeout)."""
     v = q.get("event")
     if isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v):
         v = bytes.fromhex(v)

@@ -24,8 +24,9 @@ from ledger_bridge.contracts.rules.common import (
     subject_is_author,
 )
 from ledger_bridge.contracts.rules.rectification import close_requests, forget_requests
+from ledger_bridge.contracts.rules.redaction import blank_events, redact
 from ledger_bridge.contracts.rules.tokens import forget_tokens
-from ledger_bridge.contracts.state import SUBJECT_TABLES, Key, State
+from ledger_bridge.contracts.state import SUBJECT_TABLES, State
 
 
 def _erasure_scope(c: Ctx, scope: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +215,7 @@ def forget(state: State, subject: str, since: int) -> int:
         e = state.get("event", *k)
         positions.add((e["height"], e["index"]))
     positions |= {tuple(state.get("access", a)["at"]) for a in accesses}
-    redacted = _redact(state, sorted(positions), since)
+    redacted = redact(state, sorted(positions), since)
     member = state.get("member", key)
     if member is not None:
         state.delete("member", key)
@@ -238,53 +239,19 @@ def forget(state: State, subject: str, since: int) -> int:
 
 def forget_events(state: State, subject: str, dataset: str, since: int) -> int:
     """Erased from `dataset`, the subject's rewarded events from its devices are blanked
-    (`_blank_events`). Returns how many positions it added to the redaction entries."""
+    (`redaction.blank_events`). Returns how many positions it added to the redaction entries."""
     keys = []
     for device, event in state.group("event", "subject", subject):
         registered = state.get("device", device)
         if registered is not None and registered["dataset"] == dataset:
             keys.append((device, event))
-    return _blank_events(state, keys, since)
+    return blank_events(state, keys, since)
 
 
 def forget_upload_events(state: State, upload: str, since: int) -> int:
     """Erased or expired, the upload took its events' records: their rewards are blanked
-    (`_blank_events`). Returns how many positions it added to the redaction entries."""
-    return _blank_events(state, state.group("event", "upload", upload), since)
-
-
-def _blank_events(state: State, keys: list[Key], since: int) -> int:
-    """Each rewarded event's batch position is redacted and its entry stops naming the
-    subject: a claim carries in clear what the vault's record of the event holds (the
-    subject, the device and so its district, the time, the quantity), so it goes with the
-    record. A reward batch that also credited others is blanked whole, as forgetting does;
-    their balances and statements are state, and stay."""
-    positions = set()
-    for device, event in keys:
-        e = state.get("event", device, event)
-        positions.add((e["height"], e["index"]))
-        if e.pop("subject", None) is not None:
-            state.put("event", device, event, e)
-    return _redact(state, sorted(positions), since)
-
-
-def _redact(state: State, positions: list[tuple[int, int]], since: int) -> int:
-    """Append ("redaction", n) -> [height, index, since] for each position not yet redacted
-    (a position names several forgotten subjects at most once)."""
-    done: dict[int, set[int]] = {}
-    added = 0
-    for h, i in positions:
-        if h not in done:
-            found = state.group("redaction", "height", h)
-            done[h] = {state.get("redaction", n)[1] for (n,) in found}
-        if i in done[h]:
-            continue
-        done[h].add(i)
-        n: int = (state.get("meta", "next_redaction") or 0) + 1
-        state.put("meta", "next_redaction", n)
-        state.put("redaction", n, [h, i, since])
-        added += 1
-    return added
+    (`redaction.blank_events`). Returns how many positions it added to the redaction entries."""
+    return blank_events(state, state.group("event", "upload", upload), since)
 
 
 def _forget_in_access(state: State, access: int, subject: str) -> None:

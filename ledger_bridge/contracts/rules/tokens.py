@@ -39,6 +39,7 @@ from ledger_bridge.contracts.bodies import MTOK_MAX
 from ledger_bridge.contracts.rules import parameters
 from ledger_bridge.contracts.rules.common import DAY_MS, Ctx, Reject, check, mention
 from ledger_bridge.contracts.rules.devices import rule_at
+from ledger_bridge.contracts.rules.redaction import blank_events
 from ledger_bridge.contracts.state import State
 from ledger_bridge.crypto import digest
 
@@ -261,7 +262,26 @@ def event_reward(c: Ctx) -> dict[str, Any]:
     batch.write(c)
     if supply != supply_before:
         _supply(c.state, "minted", supply - supply_before)
+    _blank_if_record_gone(c, known, upload)
     return {"ok": True, "credited": credited}
+
+
+def _blank_if_record_gone(c: Ctx, known: _Known, upload: str | None) -> None:
+    """A reward that commits after its events' records left the vault is blanked at once, as
+    it would have been had it come first: its upload already erased or expired (an answer
+    lost to a timeout, the reward committing late), or a claim's subject erased from the
+    device's dataset earlier in this block (an erasure takes effect from the next block, so
+    this block's rewards are on the same footing as those before it)."""
+    anchored = c.state.get("upload", upload) if upload is not None else None
+    gone = anchored is not None and anchored["status"] != "anchored"
+    keys = []
+    for claim in c.tx.body["claims"]:
+        device = known.device(claim["device"])
+        assert device is not None  # _claim_terms refused the reward otherwise
+        erased_at = c.state.get("erased_subject_dataset", claim["subject"], device["dataset"])
+        if gone or erased_at == c.height:
+            keys.append((claim["device"], claim["event"]))
+    blank_events(c.state, keys, c.height)
 
 
 # -- transfers, offers, redemptions, coupons --------------------------------------------------

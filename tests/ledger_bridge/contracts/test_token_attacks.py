@@ -97,17 +97,24 @@ def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: 
     assert all(r["ok"] for r in results), results
     height, held = chain.height, world.balance(s)
 
-    def named(claim: dict[str, Any]) -> str | None:
-        entry = chain.query(q="event", device=claim["device"], event=claim["event"])
-        assert entry is not None and entry["height"] == height
-        subject: str | None = entry.get("subject")
-        return subject
+    def entry(claim: dict[str, Any]) -> dict[str, Any]:
+        found = chain.query(q="event", device=claim["device"], event=claim["event"])
+        assert found is not None  # rewarded: a blanked entry still says so
+        out: dict[str, Any] = found
+        return out
 
-    assert [named(c) for c in (mine, theirs, there)] == [s.subject, other.subject, s.subject]
+    assert [entry(c)["subject"] for c in (mine, theirs, there)] == [
+        s.subject,
+        other.subject,
+        s.subject,
+    ]
     assert chain.app.redactions(0, 1000) == []
     chain.ok(chain.dpo, "erasure.record", erase_body(s, DATASET))
     assert {(e.height, e.index) for e in chain.app.redactions(0, 1000)} == {(height, 0)}
-    assert [named(c) for c in (mine, theirs, there)] == [None, other.subject, s.subject]
+    # Emptied, not only stripped of the subject: its height, rule and amount would match a
+    # line of the subject's statement, which stays.
+    assert entry(mine) == {}
+    assert [entry(c).get("subject") for c in (theirs, there)] == [other.subject, s.subject]
     assert world.balance(s) == held  # an erasure in one dataset forfeits nothing
     world.supply_holds()
     # A second erasure in the dataset finds nothing more to blank.
@@ -134,19 +141,62 @@ def test_an_erased_or_expired_upload_blanks_the_rewards_of_the_events_it_held(wo
     assert all(r["ok"] for r in results), results
     height = chain.height
 
-    def named(upload: str) -> str | None:
+    def entry(upload: str) -> dict[str, Any]:
         claim = claims[upload]
-        entry = chain.query(q="event", device=claim["device"], event=claim["event"])
-        assert entry is not None and entry["upload"] == upload
-        subject: str | None = entry.get("subject")
-        return subject
+        found = chain.query(q="event", device=claim["device"], event=claim["event"])
+        assert found is not None
+        out: dict[str, Any] = found
+        return out
 
-    assert [named(u) for u in days] == [s.subject] * 3
+    assert [(entry(u)["subject"], entry(u)["upload"]) for u in days] == [
+        (s.subject, u) for u in days
+    ]
     chain.ok(chain.dpo, "erasure.record", erase_upload_body("u-erased"))
     assert {(e.height, e.index) for e in chain.app.redactions(0, 1000)} == {(height, 0)}
     chain.block(advance_ms=DAY)
     chain.ok(chain.vault, "retention.expire", expire_body(DATASET, today, ["u-expired"]))
     redacted = {(e.height, e.index) for e in chain.app.redactions(0, 1000)}
     assert redacted == {(height, 0), (height, 1)}
-    assert [named(u) for u in days] == [None, None, s.subject]
+    assert entry("u-erased") == entry("u-expired") == {}
+    assert entry("u-live")["subject"] == s.subject
     world.supply_holds()
+
+
+def test_a_reward_committing_after_its_records_left_the_vault_is_blanked_at_once(
+    world: Eco,
+) -> None:
+    """A reward whose answer was lost may commit after its upload was erased, or in the block
+    of its subject's erasure from the dataset, after it (the erasure takes effect from the next
+    block). Either is blanked in its own block, as it would have been had it come first. The
+    control: the same subject's next event, in a later block, is new data and stays."""
+    chain = world.chain
+    s = chain.subject()
+    chain.anchor(DATASET, "u-gone", chain.time_ms // DAY)
+    chain.ok(chain.dpo, "erasure.record", erase_upload_body("u-gone"))
+    late = world.claim(s)
+    [r] = chain.block(
+        chain.sign(chain.vault, "event.reward", {"claims": [late], "upload": "u-gone"})
+    )
+    assert r["ok"], r
+    assert {(e.height, e.index, e.since) for e in chain.app.redactions(0, 1000)} == {
+        (chain.height, 0, chain.height)
+    }
+    same_block, next_block = world.claim(s), world.claim(s)
+    results = chain.block(
+        chain.sign(chain.dpo, "erasure.record", erase_body(s, DATASET)),
+        world.reward(same_block),
+    )
+    assert all(r["ok"] for r in results), results
+    redacted = {(e.height, e.index) for e in chain.app.redactions(0, 1000)}
+    assert (chain.height, 1) in redacted
+    [r] = chain.block(world.reward(next_block))
+    assert r["ok"] and (chain.height, 0) not in {
+        (e.height, e.index) for e in chain.app.redactions(0, 1000)
+    }
+
+    def entry(claim: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = chain.query(q="event", device=claim["device"], event=claim["event"])
+        return found
+
+    assert entry(late) == entry(same_block) == {}
+    assert entry(next_block)["subject"] == s.subject
