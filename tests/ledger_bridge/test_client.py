@@ -425,6 +425,16 @@ class _LossyFront:
             s.close()
 
 
+def _behind(cluster: Cluster, front: _LossyFront) -> TcpClientTransport:
+    """A transport to the cluster's client ports, replica 0's through `front`."""
+    return TcpClientTransport(
+        [front.address, *cluster.client_addresses()[1:]],
+        cluster.client_ssl,
+        reader=cluster.reader_key(),
+        chain_id=cluster.genesis.chain_id,
+    )
+
+
 def test_a_first_syn_lost_on_the_way_to_a_replica_costs_a_retransmission_not_the_read(
     tmp_path: Path,
 ) -> None:
@@ -436,14 +446,8 @@ def test_a_first_syn_lost_on_the_way_to_a_replica_costs_a_retransmission_not_the
 
     async def go() -> None:
         async with _tcp_nodes(cluster) as _:
-            addresses = cluster.client_addresses()
-            front = _LossyFront(addresses[0], hold_s=0.3)
-            transport = TcpClientTransport(
-                [front.address, *addresses[1:]],
-                cluster.client_ssl,
-                reader=cluster.reader_key(),
-                chain_id=cluster.genesis.chain_id,
-            )
+            front = _LossyFront(cluster.client_addresses()[0], hold_s=0.3)
+            transport = _behind(cluster, front)
             try:
                 started = asyncio.get_running_loop().time()
                 status = (await transport.call(0, "status", {}))["status"]
@@ -471,14 +475,8 @@ def test_a_replica_out_of_reach_holds_up_neither_the_retry_to_the_others_nor_the
 
     async def go() -> None:
         async with _tcp_nodes(cluster) as _:
-            addresses = cluster.client_addresses()
-            front = _LossyFront(addresses[0], hold_s=3600)
-            transport = TcpClientTransport(
-                [front.address, *addresses[1:]],
-                cluster.client_ssl,
-                reader=cluster.reader_key(),
-                chain_id=cluster.genesis.chain_id,
-            )
+            front = _LossyFront(cluster.client_addresses()[0], hold_s=3600)
+            transport = _behind(cluster, front)
             client = AsyncLedgerClient(transport, validators, 1, retry_ms=200, timeout_ms=20_000)
             try:
                 receipts = []
