@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Protocol
 
 _log = logging.getLogger(__name__)
@@ -40,16 +41,25 @@ class LedgerQuorumProbe:
         self.quorum = 2 * ((replicas - 1) // 3) + 1
 
     def check(self) -> str | None:
-        live = 0
-        for replica in range(self._replicas):
-            try:
-                answer = self._status(replica)
-            except Exception as exc:  # any failure means "not answering"; log its type only
-                _log.info("replica %d not ready: %s", replica, type(exc).__name__)
-                continue
-            if answer is None:  # LedgerGateway.status: None is "did not answer"
-                continue
-            live += 1
-            if live >= self.quorum:
-                return None
-        return f"{live} of {self._replicas} replicas answer, {self.quorum} needed"
+        """Every replica asked at once, ready as soon as a quorum answered: a silently dead
+        replica costs its call the whole timeout, and asked in turn it would hold /readyz
+        that long, past what a load balancer's probe waits. Calls still out when the
+        quorum is reached finish in the background."""
+        pool = ThreadPoolExecutor(max_workers=self._replicas, thread_name_prefix="readyz")
+        try:
+            asked = {pool.submit(self._status, r): r for r in range(self._replicas)}
+            live = 0
+            for done in as_completed(asked):
+                try:
+                    answer = done.result()
+                except Exception as exc:  # any failure means "not answering"; log its type only
+                    _log.info("replica %d not ready: %s", asked[done], type(exc).__name__)
+                    continue
+                if answer is None:  # LedgerGateway.status: None is "did not answer"
+                    continue
+                live += 1
+                if live >= self.quorum:
+                    return None
+            return f"{live} of {self._replicas} replicas answer, {self.quorum} needed"
+        finally:
+            pool.shutdown(wait=False)

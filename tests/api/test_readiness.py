@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,29 @@ def test_quorum_probe(replicas: int, down: set[int], ready: bool) -> None:
     assert (reason is None) == ready
     if reason is not None:
         assert "10.0.0" not in reason  # no address leaks into the public answer
+
+
+def test_a_replica_slow_to_answer_does_not_hold_up_a_quorum_of_the_others() -> None:
+    """A silently dead replica costs a status call its whole timeout (the connect deadline,
+    or the gateway's cap); asked in turn, it would hold /readyz that long, past what a load
+    balancer's probe waits. Asked at once, the other three make the quorum without it: here
+    replica 0 answers only when released, after the probe has said ready."""
+    release = threading.Event()
+
+    def status(replica: int) -> dict[str, int]:
+        if replica == 0:
+            release.wait(30)
+        return {"height": 3}
+
+    probe = LedgerQuorumProbe(status, 4)
+    answers: list[str | None] = []
+    asking = threading.Thread(target=lambda: answers.append(probe.check()))
+    asking.start()
+    asking.join(10)
+    answered_first = not asking.is_alive()  # before replica 0 was let go
+    release.set()
+    asking.join(30)
+    assert answered_first and answers == [None]
 
 
 def test_cluster_size_must_be_3f_plus_1() -> None:
