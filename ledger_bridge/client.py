@@ -417,11 +417,11 @@ class TcpClientTransport(_HeightSeen):
 
     async def send(self, replica: int, request: bytes) -> None:
         try:
-            conn = await self._conn(replica)
-            if not conn.write(encode_frame(pack({"op": "submit", "request": request}))):
-                self._drop(replica, conn)  # the peer went away: reconnect on the next try
+            await self._conn(replica)
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("send to replica %d failed: %s", replica, type(exc).__name__)
+            return
+        self.send_now(replica, request)  # a connection lost since is a loss the retries cover
 
     async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if len(self._calls) >= PENDING_CALLS_MAX:
