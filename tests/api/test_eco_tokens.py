@@ -330,6 +330,21 @@ def test_rules_offers_and_devices_are_readable_by_members(eco: Eco) -> None:
     assert r.status_code == 401  # reads need a member's API key
 
 
+def _dpo(env: LedgerEnv) -> CivisClient:
+    return CivisClient(
+        http=env.client, api_key=env.headers("dpo", env.dpo)["Authorization"].split()[1]
+    )
+
+
+def _event_entry(eco: Eco, ride: dict[str, Any]) -> dict[str, Any]:
+    """The ride's event entry on the ledger (`event` query); rewarded, so there is one."""
+    device, event = bytes.fromhex(eco.device.id), bytes.fromhex(ride["event"])
+    found = eco.env.gateway.query("event", device=device, event=event)
+    assert found["result"] is not None, found
+    out: dict[str, Any] = found["result"]
+    return out
+
+
 def _replica_hits(env: LedgerEnv, needle: bytes) -> dict[int, int]:
     """Files of each replica's store (its SQLite database, write-ahead log and snapshots)
     holding `needle`, raw or hex."""
@@ -388,25 +403,14 @@ def test_an_erasure_in_the_eco_dataset_leaves_no_claim_of_the_subject_on_any_rep
     before = _replica_hits(env, signature[erased.id])
     assert all(n >= 1 for n in before.values()), before
 
-    dpo_key = env.headers("dpo", env.dpo)["Authorization"].split()[1]
-    dpo = CivisClient(http=env.client, api_key=dpo_key)
-    cert = dpo.erase(subject_id=erased.id, dataset_id=eco.dataset)
+    cert = _dpo(env).erase(subject_id=erased.id, dataset_id=eco.dataset)
     assert cert["state"] == "recorded", cert
     _redacted_everywhere(env, applied)
 
     assert _replica_hits(env, signature[erased.id]) == dict.fromkeys(before, 0)
     assert all(n >= 1 for n in _replica_hits(env, signature[kept.id]).values())
-    device = bytes.fromhex(eco.device.id)
-
-    def entry(who: Wallet) -> dict[str, Any]:
-        found = env.gateway.query(
-            "event", device=device, event=bytes.fromhex(rides[who.id]["event"])
-        )
-        assert found["result"] is not None, found
-        out: dict[str, Any] = found["result"]
-        return out
-
-    assert entry(erased) == {} and entry(kept)["subject"] == kept.id
+    assert _event_entry(eco, rides[erased.id]) == {}
+    assert _event_entry(eco, rides[kept.id])["subject"] == kept.id
 
 
 def test_an_erased_upload_of_event_records_leaves_no_claim_of_it_on_any_replica(eco: Eco) -> None:
@@ -422,17 +426,11 @@ def test_an_erased_upload_of_event_records_leaves_no_claim_of_it_on_any_replica(
     applied = _applied_at(env, max(int(a["receipt"]["block_height"]) for a in answers))
     assert all(n >= 1 for n in _replica_hits(env, signatures[0]).values())
 
-    dpo_key = env.headers("dpo", env.dpo)["Authorization"].split()[1]
-    dpo = CivisClient(http=env.client, api_key=dpo_key)
-    cert = dpo.erase(upload_id=answers[0]["upload_id"])
+    cert = _dpo(env).erase(upload_id=answers[0]["upload_id"])
     assert cert["state"] == "recorded", cert
     _redacted_everywhere(env, applied)
 
     assert set(_replica_hits(env, signatures[0]).values()) == {0}
     assert all(n >= 1 for n in _replica_hits(env, signatures[1]).values())
-    device = bytes.fromhex(eco.device.id)
-    found = [
-        env.gateway.query("event", device=device, event=bytes.fromhex(ride["event"]))["result"]
-        for ride in rides
-    ]
-    assert found[0] == {} and found[1]["subject"] == rider.id  # rewarded, and nothing more
+    assert _event_entry(eco, rides[0]) == {}  # rewarded, and nothing more
+    assert _event_entry(eco, rides[1])["subject"] == rider.id

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ledger_bridge.contracts.bodies import MTOK_MAX
-from tests.ledger_bridge.contracts.harness import DAY, key
+from tests.ledger_bridge.contracts.harness import DAY, Chain, key
 from tests.ledger_bridge.contracts.model_world import erase_upload_body, expire_body
 from tests.ledger_bridge.contracts.test_forget import erase_body
 from tests.ledger_bridge.contracts.token_world import DATASET, Eco, decide, eco, rule_action
@@ -74,6 +74,16 @@ def test_a_partner_cannot_raise_the_price_under_a_pending_redemption(world: Eco)
     world.supply_holds()
 
 
+def _event_entry(chain: Chain, claim: dict[str, Any]) -> dict[str, Any]:
+    """The claim's event entry as the `event` query reads it; rewarded, so there is one (a
+    blanked entry still says so)."""
+    found: dict[str, Any] | None = chain.query(
+        q="event", device=claim["device"], event=claim["event"]
+    )
+    assert found is not None
+    return found
+
+
 def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: Eco) -> None:
     """An event claim carries in clear what the vault's record of the event holds: the subject,
     the device (hence the district), the time to the millisecond and the quantity. Erased from
@@ -97,13 +107,7 @@ def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: 
     assert all(r["ok"] for r in results), results
     height, held = chain.height, world.balance(s)
 
-    def entry(claim: dict[str, Any]) -> dict[str, Any]:
-        found = chain.query(q="event", device=claim["device"], event=claim["event"])
-        assert found is not None  # rewarded: a blanked entry still says so
-        out: dict[str, Any] = found
-        return out
-
-    assert [entry(c)["subject"] for c in (mine, theirs, there)] == [
+    assert [_event_entry(chain, c)["subject"] for c in (mine, theirs, there)] == [
         s.subject,
         other.subject,
         s.subject,
@@ -113,8 +117,11 @@ def test_an_erasure_in_the_eco_dataset_redacts_the_subjects_event_claims(world: 
     assert {(e.height, e.index) for e in chain.app.redactions(0, 1000)} == {(height, 0)}
     # Emptied, not only stripped of the subject: its height, rule and amount would match a
     # line of the subject's statement, which stays.
-    assert entry(mine) == {}
-    assert [entry(c).get("subject") for c in (theirs, there)] == [other.subject, s.subject]
+    assert _event_entry(chain, mine) == {}
+    assert [_event_entry(chain, c).get("subject") for c in (theirs, there)] == [
+        other.subject,
+        s.subject,
+    ]
     assert world.balance(s) == held  # an erasure in one dataset forfeits nothing
     world.supply_holds()
     # A second erasure in the dataset finds nothing more to blank.
@@ -142,11 +149,7 @@ def test_an_erased_or_expired_upload_blanks_the_rewards_of_the_events_it_held(wo
     height = chain.height
 
     def entry(upload: str) -> dict[str, Any]:
-        claim = claims[upload]
-        found = chain.query(q="event", device=claim["device"], event=claim["event"])
-        assert found is not None
-        out: dict[str, Any] = found
-        return out
+        return _event_entry(chain, claims[upload])
 
     assert [(entry(u)["subject"], entry(u)["upload"]) for u in days] == [
         (s.subject, u) for u in days
@@ -194,9 +197,5 @@ def test_a_reward_committing_after_its_records_left_the_vault_is_blanked_at_once
         (e.height, e.index) for e in chain.app.redactions(0, 1000)
     }
 
-    def entry(claim: dict[str, Any]) -> dict[str, Any]:
-        found: dict[str, Any] = chain.query(q="event", device=claim["device"], event=claim["event"])
-        return found
-
-    assert entry(late) == entry(same_block) == {}
-    assert entry(next_block)["subject"] == s.subject
+    assert _event_entry(chain, late) == _event_entry(chain, same_block) == {}
+    assert _event_entry(chain, next_block)["subject"] == s.subject
