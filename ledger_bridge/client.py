@@ -97,6 +97,8 @@ CALL_TIMEOUT_MS = 5_000
 # lost handshake segment after it, is sent again at 1 s, and a deadline at that second would
 # fail about one connection in fifty over a WAN with 1 % loss.
 CONNECT_TIMEOUT_MS = 3_000
+# After a failed connection attempt, a request goes to that replica only on a retry to all.
+INTRODUCE_BACKOFF_S = 1.0
 # A query every replica answered `stale` is asked again every STALE_RETRY_MS for this long.
 STALE_WAIT_MS = 5_000
 STALE_RETRY_MS = 100
@@ -146,13 +148,21 @@ class ClientTransport(Protocol):
         authenticated)`."""
         ...
 
-    def send_now(self, replica: int, request: bytes) -> bool:
+    def send_now(self, replica: int, request: bytes, client: bytes = b"") -> bool:
         """`send` at once, without waiting for anything: False when that cannot be (no
         connection to the replica yet), and then nothing was sent."""
         ...
 
-    async def send(self, replica: int, request: bytes) -> None:
-        """Best-effort delivery of an encoded request; loss is handled by retries."""
+    async def send(self, replica: int, request: bytes, client: bytes = b"") -> None:
+        """Best-effort delivery of an encoded request of `client` (its id: the replica then
+        knows where to send that client's replies, see `introduce_to`); loss is handled by
+        retries."""
+        ...
+
+    def introduce_to(self, client: bytes) -> list[int]:
+        """The replicas that cannot send `client`'s replies here yet: a replica sends them to
+        the connection on which a request of that client last reached it, so a request sent
+        to the primary alone is answered by the primary alone, one reply short of f+1."""
         ...
 
     async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +200,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.session: SessionKey | None = None  # ours, while the replica's answer is due
         self.mac_key: bytes | None = None  # agreed with the replica: its replies carry MACs
+        self.introduced: set[bytes] = set()  # clients whose request went out here
         # The replica's first frame: what a reader signs to prove its key on this connection.
         self.challenge: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -262,6 +273,7 @@ class TcpClientTransport(_HeightSeen):
         self._frame_bytes_max = frame_bytes_max
         self._conns: dict[int, _Conn] = {}
         self._dialling: dict[int, asyncio.Future[_Conn]] = {}  # one connect at a time each
+        self._unreachable_until: dict[int, float] = {}  # monotonic time: no introduction before
         self._handlers: dict[bytes, ReplyHandler] = {}
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._call_ids = itertools.count(1)
@@ -293,8 +305,23 @@ class TcpClientTransport(_HeightSeen):
     def on_reply(self, client_id: bytes, handler: ReplyHandler | None) -> None:
         if handler is None:
             self._handlers.pop(client_id, None)
+            for conn in self._conns.values():
+                conn.introduced.discard(client_id)
         else:
             self._handlers[client_id] = handler
+
+    def introduce_to(self, client: bytes) -> list[int]:
+        """Replicas with no open connection on which a request of `client` went out, except
+        those whose last connection attempt failed within INTRODUCE_BACKOFF_S: a request that
+        went to every replica at each submit would cost a dead replica's connection attempt
+        each time; a retry still tries them all."""
+        now = time.monotonic()
+        return [
+            r
+            for r in range(self.n)
+            if (conn := self._conns.get(r)) is None or client not in conn.introduced
+            if self._unreachable_until.get(r, 0.0) <= now
+        ]
 
     async def _conn(self, replica: int) -> _Conn:
         """The replica's connection, made if there is none. Every caller waiting for it shares
@@ -316,8 +343,11 @@ class TcpClientTransport(_HeightSeen):
     def _dialled(self, replica: int, done: asyncio.Future[_Conn]) -> None:
         if self._dialling.get(replica) is done:
             del self._dialling[replica]
-        if not done.cancelled():
-            done.exception()  # retrieved: with no caller left waiting, asyncio would log it
+        # Retrieved: with no caller left waiting, asyncio would log it.
+        if done.cancelled() or done.exception() is not None:
+            self._unreachable_until[replica] = time.monotonic() + INTRODUCE_BACKOFF_S
+        else:
+            self._unreachable_until.pop(replica, None)
 
     async def _dial(self, replica: int) -> _Conn:
         host, port = split_address(self._addresses[replica])
@@ -407,21 +437,24 @@ class TcpClientTransport(_HeightSeen):
             return
         conn.mac_key = mine.mac_key(theirs, transcript)
 
-    def send_now(self, replica: int, request: bytes) -> bool:
+    def send_now(self, replica: int, request: bytes, client: bytes = b"") -> bool:
         conn = self._conns.get(replica)
         if conn is None:
             return False
         if not conn.write(encode_frame(pack({"op": "submit", "request": request}))):
             self._drop(replica, conn)  # the peer went away: reconnect on the next try
+        elif client:
+            conn.introduced.add(client)
         return True  # sent, or lost with the connection: the retries see to it alike
 
-    async def send(self, replica: int, request: bytes) -> None:
+    async def send(self, replica: int, request: bytes, client: bytes = b"") -> None:
         try:
             await self._conn(replica)
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("send to replica %d failed: %s", replica, type(exc).__name__)
             return
-        self.send_now(replica, request)  # a connection lost since is a loss the retries cover
+        # A connection lost since is a loss the retries cover.
+        self.send_now(replica, request, client)
 
     async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if len(self._calls) >= PENDING_CALLS_MAX:
@@ -520,7 +553,7 @@ class InProcessTransport(_HeightSeen):
                     replica.tick(now)
             self._pump()
 
-    def send_now(self, replica: int, request: bytes) -> bool:
+    def send_now(self, replica: int, request: bytes, client: bytes = b"") -> bool:
         """Delivered, and the cluster run until quiet, before this returns."""
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
@@ -529,8 +562,12 @@ class InProcessTransport(_HeightSeen):
             self._pump()
         return True
 
-    async def send(self, replica: int, request: bytes) -> None:
+    async def send(self, replica: int, request: bytes, client: bytes = b"") -> None:
         self.send_now(replica, request)
+
+    def introduce_to(self, client: bytes) -> list[int]:
+        """None: replies reach a client's handler from every replica here."""
+        return []
 
     async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if replica in self.down:
@@ -638,7 +675,11 @@ class AsyncLedgerClient:
             deadline = started + self.timeout_ms / 1000
             wait_ms = min(max(self.retry_ms, 3 * (self._rtt_ms or 0.0)), RETRY_MAX_MS)
             retried = False
-            targets = [self._primary()]
+            primary = self._primary()
+            targets = [
+                primary,
+                *(r for r in self.transport.introduce_to(self.client_id) if r != primary),
+            ]
             try:
                 while True:
                     self._send(targets, encoded)
@@ -673,11 +714,12 @@ class AsyncLedgerClient:
         """`encoded` to each of `targets`, never waiting: at once where a connection is open,
         else in the background once one is made. A replica out of reach takes the connect
         deadline to give up, and holds up neither the other sends nor the wait for replies."""
-        later = [r for r in targets if not self.transport.send_now(r, encoded)]
+        client = self.client_id
+        later = [r for r in targets if not self.transport.send_now(r, encoded, client)]
         if not later:
             return
         sending = asyncio.gather(
-            *(self.transport.send(r, encoded) for r in later), return_exceptions=True
+            *(self.transport.send(r, encoded, client) for r in later), return_exceptions=True
         )
         self._sending.add(sending)
         sending.add_done_callback(self._sent)

@@ -16,6 +16,7 @@ import pytest
 
 from ledger_bridge import ports
 from ledger_bridge.client import (
+    INTRODUCE_BACKOFF_S,
     AsyncLedgerClient,
     CertificateError,
     InProcessTransport,
@@ -143,9 +144,9 @@ def test_the_retry_time_follows_the_observed_commit_latency() -> None:
         sends: list[int] = []
         original = transport.send_now
 
-        def counting_send(replica: int, request: bytes) -> bool:
+        def counting_send(replica: int, request: bytes, client: bytes = b"") -> bool:
             sends.append(replica)
-            return original(replica, request)
+            return original(replica, request, client)
 
         transport.send_now = counting_send  # type: ignore[method-assign]
         with contextlib.suppress(TimeoutError):
@@ -497,3 +498,109 @@ def test_a_replica_out_of_reach_holds_up_neither_the_retry_to_the_others_nor_the
             assert status["id"] == 1
 
     run(go())
+
+
+def test_a_clients_first_request_reaches_f_plus_1_repliers_without_a_retry(
+    tmp_path: Path,
+) -> None:
+    """A backup sends a client's replies to the connection on which that client's own request
+    reached it. A client that sent only to the primary would hear the primary alone, one
+    reply short of f+1, until its retry to all (`retry_ms` later: here a minute, past the
+    deadline). So a request also goes to each replica that has not yet had one from this
+    client on the connection open now: once per client and connection, a new client's too,
+    and again after a connection is lost; after that, to the primary alone."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+    validators = cluster.genesis.public_keys()
+
+    async def go() -> None:
+        async with _tcp_nodes(cluster) as (_, transport):
+            sent: list[int] = []
+            send_now = transport.send_now
+
+            def counting(replica: int, request: bytes, client: bytes = b"") -> bool:
+                sent.append(replica)
+                return send_now(replica, request, client)
+
+            transport.send_now = counting  # type: ignore[method-assign]
+
+            def client() -> AsyncLedgerClient:
+                return AsyncLedgerClient(
+                    transport, validators, 1, retry_ms=60_000, timeout_ms=5_000
+                )
+
+            for i in range(4):  # every node listening, and a connection open to each
+                for _ in range(100):
+                    with contextlib.suppress(LedgerError):
+                        await transport.call(i, "status", {})
+                        break
+                    await asyncio.sleep(0.05)
+            first = client()
+            await first.submit(encode_set(b"a", b"1"))
+            assert sent == [0, 1, 2, 3]
+            sent.clear()
+            for i in range(3):
+                await first.submit(encode_set(b"b%d" % i, b"2"))
+            assert sent == [0, 0, 0]  # introduced: the primary alone
+
+            for i in (1, 2, 3):  # the backups' connections lost: introduced again on new ones
+                transport._conns[i].close()
+            for _ in range(100):
+                if all(i not in transport._conns for i in (1, 2, 3)):
+                    break
+                await asyncio.sleep(0.01)
+            await first.submit(encode_set(b"c", b"3"))
+
+            second = client()  # a new client on connections that are open
+            await second.submit(encode_set(b"d", b"4"))
+
+    run(go())
+
+
+def test_a_replica_that_refuses_connections_is_not_dialled_at_every_request(
+    tmp_path: Path,
+) -> None:
+    """Replica 3's client port refuses connections (its address is a closed port). Requests
+    still go out to introduce the client to replicas that have not had one from it, but not
+    to a replica whose last connection attempt failed less than INTRODUCE_BACKOFF_S ago: ten
+    requests in a row cost about one attempt to connect to it per backoff period, not one
+    each, and each is answered by the three others."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+    validators = cluster.genesis.public_keys()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: refused
+
+        async def go() -> None:
+            async with _tcp_nodes(cluster) as _:
+                transport = TcpClientTransport(
+                    [*cluster.client_addresses()[:3], dead],
+                    cluster.client_ssl,
+                    reader=cluster.reader_key(),
+                    chain_id=cluster.genesis.chain_id,
+                )
+                dials: list[int] = []
+                dial = transport._dial
+
+                async def counting(replica: int) -> Any:
+                    dials.append(replica)
+                    return await dial(replica)
+
+                transport._dial = counting  # type: ignore[method-assign]
+                client = AsyncLedgerClient(
+                    transport, validators, 1, retry_ms=200, timeout_ms=20_000
+                )
+                try:
+                    await client.submit(encode_set(b"a", b"1"))  # the nodes may still be starting
+                    dials.clear()
+                    started = asyncio.get_running_loop().time()
+                    for i in range(10):
+                        await client.submit(encode_set(b"b%d" % i, b"2"))
+                    elapsed = asyncio.get_running_loop().time() - started
+                finally:
+                    await client.close()
+                    await transport.close()
+                # One attempt per backoff period that the ten requests spanned, at most.
+                assert dials.count(3) <= 2 + int(elapsed / INTRODUCE_BACKOFF_S), (dials, elapsed)
+                assert 3 not in transport._conns
+
+        run(go())

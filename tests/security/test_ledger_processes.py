@@ -199,9 +199,9 @@ class _CountingTransport(TcpClientTransport):
 
     sends = 0
 
-    def send_now(self, replica: int, request: bytes) -> bool:
+    def send_now(self, replica: int, request: bytes, client: bytes = b"") -> bool:
         self.sends += 1  # the client's every send starts here (`send` after, if not connected)
-        return super().send_now(replica, request)
+        return super().send_now(replica, request, client)
 
 
 def test_forged_requests_cannot_divert_another_clients_replies(kv: Cluster) -> None:
