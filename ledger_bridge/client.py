@@ -6,7 +6,9 @@ correct replica's, and a correct replica only replies after the request committe
 never trusts one replica, and `get_block` never trusts the replica that served the block: the
 certificate (2f+1 validator signatures) is checked here.
 
-Retries (PBFT §4.1, §4.4): a request goes to the replica the client believes is primary; when
+Retries (PBFT §4.1, §4.4): a request goes to the replica the client believes is primary, and
+to each replica that could not yet send this client's replies back (a replica sends them to
+the connection on which the client's request last reached it: `introduce_to`); when
 no f+1 matching replies come within the retry time, it is re-sent to every replica (a backup
 that sees a request the primary sits on starts its view-change timer), with exponential
 back-off, until `timeout_ms`. The retry time is `retry_ms` or three times the smoothed commit
