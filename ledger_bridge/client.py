@@ -99,7 +99,8 @@ CALL_TIMEOUT_MS = 5_000
 # lost handshake segment after it, is sent again at 1 s, and a deadline at that second would
 # fail about one connection in fifty over a WAN with 1 % loss.
 CONNECT_TIMEOUT_MS = 3_000
-# After a failed connection attempt, a request goes to that replica only on a retry to all.
+# For this long after a failed connection attempt, a replica is sent no request only to
+# introduce a client; it still gets one as the primary, or in a retry to all.
 INTRODUCE_BACKOFF_S = 1.0
 # A query every replica answered `stale` is asked again every STALE_RETRY_MS for this long.
 STALE_WAIT_MS = 5_000
@@ -164,7 +165,7 @@ class ClientTransport(Protocol):
     def introduce_to(self, client: bytes) -> list[int]:
         """The replicas that cannot send `client`'s replies here yet: a replica sends them to
         the connection on which a request of that client last reached it, so a request sent
-        to the primary alone is answered by the primary alone, one reply short of f+1."""
+        to the primary alone is answered by the primary alone, f replies short of f+1."""
         ...
 
     async def call(self, replica: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -314,15 +315,17 @@ class TcpClientTransport(_HeightSeen):
 
     def introduce_to(self, client: bytes) -> list[int]:
         """Replicas with no open connection on which a request of `client` went out, except
-        those whose last connection attempt failed within INTRODUCE_BACKOFF_S: a request that
-        went to every replica at each submit would cost a dead replica's connection attempt
-        each time; a retry still tries them all."""
+        those being connected to (the request that started the attempt goes out on it) and
+        those whose last connection attempt failed within INTRODUCE_BACKOFF_S: a request
+        that went to every replica at each submit would queue a send per request behind a
+        slow connection, and cost a dead replica's connection attempt each time. A retry
+        still tries them all."""
         now = time.monotonic()
         return [
             r
             for r in range(self.n)
             if (conn := self._conns.get(r)) is None or client not in conn.introduced
-            if self._unreachable_until.get(r, 0.0) <= now
+            if r not in self._dialling and self._unreachable_until.get(r, 0.0) <= now
         ]
 
     async def _conn(self, replica: int) -> _Conn:
@@ -565,7 +568,7 @@ class InProcessTransport(_HeightSeen):
         return True
 
     async def send(self, replica: int, request: bytes, client: bytes = b"") -> None:
-        self.send_now(replica, request)
+        self.send_now(replica, request, client)
 
     def introduce_to(self, client: bytes) -> list[int]:
         """None: replies reach a client's handler from every replica here."""
@@ -601,7 +604,12 @@ class AsyncLedgerClient:
         *,
         retry_ms: int = RETRY_MS,
         timeout_ms: int = TIMEOUT_MS,
+        shared_key: bool = False,
     ) -> None:
+        """`shared_key`: other processes send with `signing_key` too (the vault's relay key,
+        which every API worker and the DPO's commands load). A replica sends the key's
+        replies to whichever process sent it the key's last request, which this client's
+        transport cannot know, so every request goes to every replica."""
         assert len(validators) == transport.n == 3 * f + 1
         self.transport = transport
         self.validators = list(validators)
@@ -610,6 +618,7 @@ class AsyncLedgerClient:
         self.client_id = bytes(self.key.public_key)
         self.retry_ms = retry_ms
         self.timeout_ms = timeout_ms
+        self.shared_key = shared_key
         # Request ids must grow across restarts of a client with the same key (the replicas
         # ignore an id below the last one they executed for us): start from the wall clock.
         self._next_request_id = time.time_ns() // 1000
@@ -677,11 +686,7 @@ class AsyncLedgerClient:
             deadline = started + self.timeout_ms / 1000
             wait_ms = min(max(self.retry_ms, 3 * (self._rtt_ms or 0.0)), RETRY_MAX_MS)
             retried = False
-            primary = self._primary()
-            targets = [
-                primary,
-                *(r for r in self.transport.introduce_to(self.client_id) if r != primary),
-            ]
+            targets = self._first_targets()
             try:
                 while True:
                     self._send(targets, encoded)
@@ -711,6 +716,15 @@ class AsyncLedgerClient:
                 request_id=rid,
                 request=encoded,
             )
+
+    def _first_targets(self) -> list[int]:
+        """The primary, and the replicas that could not send our replies back otherwise."""
+        primary = self._primary()
+        if self.shared_key:
+            others = [r for r in range(self.transport.n) if r != primary]
+        else:
+            others = [r for r in self.transport.introduce_to(self.client_id) if r != primary]
+        return [primary, *others]
 
     def _send(self, targets: list[int], encoded: bytes) -> None:
         """`encoded` to each of `targets`, never waiting: at once where a connection is open,
@@ -838,8 +852,9 @@ class LedgerClient:
         validators: Sequence[VerifyKey],
         f: int,
         signing_key: SigningKey | None = None,
-        **kwargs: int,
+        **kwargs: Any,
     ) -> None:
+        """`kwargs`: `AsyncLedgerClient`'s keyword arguments."""
         self._loop = eventloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()

@@ -221,7 +221,12 @@ class LedgerGateway:
         # another worker (the request id stored in its outbox row) is answered from the
         # replicas' reply cache, never re-executed.
         self._relay = AsyncLedgerClient(
-            self._transport, self.validators, genesis.f, relay_key, timeout_ms=timeout_ms
+            self._transport,
+            self.validators,
+            genesis.f,
+            relay_key,
+            timeout_ms=timeout_ms,
+            shared_key=relay_key is not None,
         )
         self._relay_lock = threading.Lock()
 

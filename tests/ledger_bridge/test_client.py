@@ -528,12 +528,7 @@ def test_a_clients_first_request_reaches_f_plus_1_repliers_without_a_retry(
                     transport, validators, 1, retry_ms=60_000, timeout_ms=5_000
                 )
 
-            for i in range(4):  # every node listening, and a connection open to each
-                for _ in range(100):
-                    with contextlib.suppress(LedgerError):
-                        await transport.call(i, "status", {})
-                        break
-                    await asyncio.sleep(0.05)
+            await _ready(transport)
             first = client()
             await first.submit(encode_set(b"a", b"1"))
             assert sent == [0, 1, 2, 3]
@@ -548,6 +543,8 @@ def test_a_clients_first_request_reaches_f_plus_1_repliers_without_a_retry(
                 if all(i not in transport._conns for i in (1, 2, 3)):
                     break
                 await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the closed connections were never dropped")
             await first.submit(encode_set(b"c", b"3"))
 
             second = client()  # a new client on connections that are open
@@ -591,6 +588,7 @@ def test_a_replica_that_refuses_connections_is_not_dialled_at_every_request(
                 )
                 try:
                     await client.submit(encode_set(b"a", b"1"))  # the nodes may still be starting
+                    client.retry_ms = 60_000  # from here a retry to all would dial replica 3 too
                     dials.clear()
                     started = asyncio.get_running_loop().time()
                     for i in range(10):
@@ -604,3 +602,48 @@ def test_a_replica_that_refuses_connections_is_not_dialled_at_every_request(
                 assert 3 not in transport._conns
 
         run(go())
+
+
+def test_a_key_two_processes_send_with_is_answered_in_whichever_sent_last(
+    tmp_path: Path,
+) -> None:
+    """The vault's relay key is loaded by every API worker: a replica sends the key's replies
+    to the process whose request reached it last, which the other's transport cannot know.
+    Two transports (two processes) take turns with one key, as workers do with the relay's
+    lock: marked `shared_key`, each request goes to every replica and is answered without a
+    retry (a minute here, past the deadline); unmarked, the first process's second request
+    would hear the primary alone once the other process had introduced the key."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+    validators = cluster.genesis.public_keys()
+    key = SigningKey.generate()
+
+    async def go() -> None:
+        async with _tcp_nodes(cluster) as (_, first):
+            second = cluster.client_transport()
+            clients = [
+                AsyncLedgerClient(
+                    t, validators, 1, key, retry_ms=60_000, timeout_ms=5_000, shared_key=True
+                )
+                for t in (first, second)
+            ]
+            try:
+                await _ready(first)
+                for i in range(4):  # first, second, first, second
+                    receipt = await clients[i % 2].submit(encode_set(b"k%d" % i, b"v"), 100 + i)
+                    assert receipt.block_height >= 1
+            finally:
+                await second.close()
+
+    run(go())
+
+
+async def _ready(transport: TcpClientTransport) -> None:
+    """Every node listening, and a connection open to each."""
+    for i in range(transport.n):
+        for _ in range(100):
+            with contextlib.suppress(LedgerError):
+                await transport.call(i, "status", {})
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"replica {i} never answered")
