@@ -39,6 +39,37 @@ def settle(url: str, *, timeout_s: float = 30.0) -> dict[str, bool]:
     return {"checkpointed": checkpointed, "idle": idle}
 
 
+def prepare_wal(url: str, wal_bytes: int) -> bool:
+    """WAL segments for `wal_bytes` of WAL made ahead, and kept through checkpoints: on the
+    benchmark's own embedded server only (it changes server settings). False when the role
+    may not (a server of the caller's, measured as it is).
+
+    Why: PostgreSQL writes WAL into 16 MiB segment files, zero-filled when made. A checkpoint
+    renames the segments it no longer needs to future names (recycles them), as many as
+    `min_wal_size` and its estimate of the next cycle's WAL allow, and deletes the rest. A
+    young server has one or two. So the first bulk load after start-up made and zero-filled
+    every segment it wrote, about 0.25 s of its backend's CPU for 100,000 records, and the
+    load measured after it found them recycled. Which of two measured phases came first
+    decided a tenth of their ratio. A server in steady state has its segments; this gives
+    one to every measured phase: `min_wal_size` over what is made here, then that much WAL
+    written and switched through, then a CHECKPOINT (by `settle`) recycles it all."""
+    segment = 16 * 1024 * 1024
+    segments = max(2, -(-wal_bytes // segment))
+    keep_mb = 2 * segments * segment // (1024 * 1024)
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        try:
+            conn.execute(f"ALTER SYSTEM SET max_wal_size = '{2 * keep_mb}MB'")
+            conn.execute(f"ALTER SYSTEM SET min_wal_size = '{keep_mb}MB'")
+        except psycopg.errors.InsufficientPrivilege:
+            return False
+        conn.execute("SELECT pg_reload_conf()")
+        for _ in range(segments):
+            conn.execute("SELECT pg_current_xact_id()")  # a commit record: WAL to switch from
+            conn.execute("SELECT pg_switch_wal()")
+    return True
+
+
 def _local_postmaster(backend_pid: int) -> int | None:
     try:
         parent = psutil.Process(backend_pid).parent()

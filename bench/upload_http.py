@@ -12,7 +12,8 @@ too, so this process's peak RSS is the HTTP client's alone.
 Each measured upload (the library's before, the HTTP one, the library's after) starts from a
 server at rest (`bench/settle.py`: a CHECKPOINT, then no CPU in PostgreSQL's processes): a bulk
 load leaves the server writing out its buffers, which would otherwise be charged to whatever
-is measured next. The library upload runs once before the full HTTP upload and once after
+is measured next; on the embedded server each also finds the WAL segments it writes already
+made (`prepare_wal`). The library upload runs once before the full HTTP upload and once after
 it, and the HTTP upload is compared with their mean, for what remains of the order's effect:
 each upload meets the tables as the earlier ones left them.
 `postgres_cpu_us_per_record` shows the server's CPU in each upload (embedded server only).
@@ -46,8 +47,15 @@ from sqlalchemy.orm import Session
 
 from bench import access
 from bench.access import bench_database
-from bench.settle import server_cpu_s, settle
-from bench.upload import _POOL, PAYLOAD_BYTES, SUBJECTS, _payloads, _records
+from bench.settle import prepare_wal, server_cpu_s, settle
+from bench.upload import (
+    _POOL,
+    PAYLOAD_BYTES,
+    SUBJECTS,
+    WAL_BYTES_PER_RECORD,
+    _payloads,
+    _records,
+)
 from vault import db
 from vault.datasets import register_dataset
 from vault.keys import KeyStore, LocalKeyProvider
@@ -274,6 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="civis-bench-")))
         url, server = stack.enter_context(bench_database(getattr(args, "database_url", None), tmp))
         postmaster = access._postmaster(tmp / "pg") if server == "embedded-postgres" else None
+        wal_ready = postmaster is not None and prepare_wal(url, n * WAL_BYTES_PER_RECORD)
         m = _measure(url, n, tmp, postmaster)
     full, small = m["full"], m["small"]
     http_s = full["http_s"]
@@ -310,6 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Each measured upload starts from a server at rest (bench/settle.py): whether it
         # could be checkpointed, and whether it went idle, before the first of them.
         "postgres_settled": m["postgres_settled"],
+        # Every measured upload finds the WAL segments it writes already made.
+        "postgres_wal_ready": wal_ready,
         # Peak RSS of the uvicorn process: once ready, after the small upload, after the full.
         "small_records": small["records"],
         "server_peak_rss_mb": {
