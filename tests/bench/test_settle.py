@@ -1,15 +1,18 @@
 """A benchmark's phase starts from a PostgreSQL at rest: checkpointed when the role may, and
-with the server's processes idle when it runs on this machine."""
+with the server's processes idle when it runs on this machine; on the benchmark's own server,
+with the WAL segments it will write already made."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import psycopg
 from sqlalchemy import make_url
 
-from bench.settle import settle
+from bench.settle import prepare_wal, settle
 from tests.conftest import PgServer
+from vault.embedded import embedded_postgres
 
 REDO = "SELECT redo_lsn FROM pg_control_checkpoint()"
 
@@ -46,6 +49,60 @@ def test_a_role_that_may_not_checkpoint_is_measured_as_it_is(pg_server: PgServer
     try:
         state = settle(make_url(url).set(username=role, password=None).render_as_string())
         assert state == {"checkpointed": False, "idle": True}
+    finally:
+        pg_server.drop_database(url)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _segments(pgdata: Path) -> set[str]:
+    return {p.name for p in (pgdata / "pg_wal").iterdir() if len(p.name) == 24}
+
+
+def _load(url: str, rows: int) -> None:
+    """About 0.55 KB of WAL per row."""
+    with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS filler AS SELECT 0 AS g, '' AS pad WITH NO DATA")
+        conn.execute(
+            "INSERT INTO filler SELECT g, repeat('x', 500) FROM generate_series(1, %s) AS g",
+            (rows,),
+        )
+
+
+def test_a_bulk_load_after_prepare_wal_makes_no_wal_segment(tmp_path: Path) -> None:
+    """On a young server a bulk load makes (and zero-fills) every WAL segment it writes, the
+    control below; after `prepare_wal` for as much WAL, the same load writes into segments
+    made ahead and recycled by the checkpoint: no new segment file appears."""
+    rows = 60_000  # ~33 MB of WAL: three segments
+    with embedded_postgres(tmp_path / "young", "settle", delete_on_exit=True) as url:
+        pgdata = tmp_path / "young" / "pg"
+        settle(url)
+        before = _segments(pgdata)
+        _load(url, rows)
+        assert len(_segments(pgdata) - before) >= 2  # the control: segments made by the load
+    with embedded_postgres(tmp_path / "ready", "settle", delete_on_exit=True) as url:
+        pgdata = tmp_path / "ready" / "pg"
+        assert prepare_wal(url, 48 * 1024 * 1024)
+        settle(url)
+        before = _segments(pgdata)
+        assert len(before) >= 3
+        _load(url, rows)
+        made = _segments(pgdata) - before
+        assert not made, made
+
+
+def test_prepare_wal_leaves_a_server_the_role_may_not_configure(pg_server: PgServer) -> None:
+    url = pg_server.create_database("civis_settle")
+    role = f"civis_settle_{uuid.uuid4().hex[:8]}"
+    admin = _conninfo(url, database="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        before = conn.execute("SHOW min_wal_size").fetchone()
+    try:
+        as_role = make_url(url).set(username=role, password=None).render_as_string()
+        assert prepare_wal(as_role, 48 * 1024 * 1024) is False
+        with psycopg.connect(admin, autocommit=True) as conn:
+            assert conn.execute("SHOW min_wal_size").fetchone() == before
     finally:
         pg_server.drop_database(url)
         with psycopg.connect(admin, autocommit=True) as conn:
