@@ -277,6 +277,7 @@ class TcpClientTransport(_HeightSeen):
         self._conns: dict[int, _Conn] = {}
         self._dialling: dict[int, asyncio.Future[_Conn]] = {}  # one connect at a time each
         self._unreachable_until: dict[int, float] = {}  # monotonic time: no introduction before
+        self._waiting_sends: dict[int, set[bytes]] = {}  # clients whose send awaits a connection
         self._handlers: dict[bytes, ReplyHandler] = {}
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._call_ids = itertools.count(1)
@@ -315,17 +316,18 @@ class TcpClientTransport(_HeightSeen):
 
     def introduce_to(self, client: bytes) -> list[int]:
         """Replicas with no open connection on which a request of `client` went out, except
-        those being connected to (the request that started the attempt goes out on it) and
-        those whose last connection attempt failed within INTRODUCE_BACKOFF_S: a request
-        that went to every replica at each submit would queue a send per request behind a
-        slow connection, and cost a dead replica's connection attempt each time. A retry
-        still tries them all."""
+        those a request of `client` waits for a connection to (it goes out on it) and those
+        whose last connection attempt failed within INTRODUCE_BACKOFF_S: a request that went
+        to every replica at each submit would queue a send per request behind a slow
+        connection, and cost a dead replica's connection attempt each time. A retry still
+        tries them all."""
         now = time.monotonic()
         return [
             r
             for r in range(self.n)
             if (conn := self._conns.get(r)) is None or client not in conn.introduced
-            if r not in self._dialling and self._unreachable_until.get(r, 0.0) <= now
+            if client not in self._waiting_sends.get(r, ())
+            if self._unreachable_until.get(r, 0.0) <= now
         ]
 
     async def _conn(self, replica: int) -> _Conn:
@@ -453,11 +455,15 @@ class TcpClientTransport(_HeightSeen):
         return True  # sent, or lost with the connection: the retries see to it alike
 
     async def send(self, replica: int, request: bytes, client: bytes = b"") -> None:
+        waiting = self._waiting_sends.setdefault(replica, set())
+        waiting.add(client)
         try:
             await self._conn(replica)
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("send to replica %d failed: %s", replica, type(exc).__name__)
             return
+        finally:
+            waiting.discard(client)
         # A connection lost since is a loss the retries cover.
         self.send_now(replica, request, client)
 

@@ -647,3 +647,30 @@ async def _ready(transport: TcpClientTransport) -> None:
             await asyncio.sleep(0.05)
         else:
             raise AssertionError(f"replica {i} never answered")
+
+
+def test_a_request_sent_while_a_read_opens_the_connections_still_introduces_its_client(
+    tmp_path: Path,
+) -> None:
+    """A read (a readiness probe, say) is opening every connection when a new client submits:
+    its request waits for those connections and goes out on them, so every replica can send
+    its replies back, with no retry (a minute here, past the deadline)."""
+    cluster = Cluster(tmp_path, 4, base_port=_port_block(), params={"batch_wait_ms": 0})
+    validators = cluster.genesis.public_keys()
+
+    async def go() -> None:
+        async with _tcp_nodes(cluster) as (_, warm):
+            await _ready(warm)  # the nodes listening; this transport is not used after
+            transport = cluster.client_transport()
+            client = AsyncLedgerClient(transport, validators, 1, retry_ms=60_000, timeout_ms=5_000)
+            try:
+                reads = [asyncio.create_task(transport.call(i, "status", {})) for i in range(4)]
+                await asyncio.sleep(0)  # the reads' connection attempts under way
+                assert set(transport._dialling) == {0, 1, 2, 3}
+                await client.submit(encode_set(b"a", b"1"))
+                await asyncio.gather(*reads)
+            finally:
+                await client.close()
+                await transport.close()
+
+    run(go())
