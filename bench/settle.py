@@ -40,19 +40,20 @@ def settle(url: str, *, timeout_s: float = 30.0) -> dict[str, bool]:
 
 
 def prepare_wal(url: str, wal_bytes: int) -> bool:
-    """WAL segments for `wal_bytes` of WAL made ahead, and kept through checkpoints: on the
-    benchmark's own embedded server only (it changes server settings). False when the role
-    may not (a server of the caller's, measured as it is).
+    """WAL segments for `wal_bytes` of WAL made ahead, and kept through checkpoints. For the
+    benchmark's own embedded server only: it changes the server's settings for good (`ALTER
+    SYSTEM`), so callers pass no server of their caller's. False when the role may not.
 
     Why: PostgreSQL writes WAL into 16 MiB segment files, zero-filled when made. A checkpoint
     renames the segments it no longer needs to future names (recycles them), as many as
     `min_wal_size` and its estimate of the next cycle's WAL allow, and deletes the rest. A
-    young server has one or two. So the first bulk load after start-up made and zero-filled
-    every segment it wrote, about 0.25 s of its backend's CPU for 100,000 records, and the
-    load measured after it found them recycled. Which of two measured phases came first
-    decided a tenth of their ratio. A server in steady state has its segments; this gives
-    one to every measured phase: `min_wal_size` over what is made here, then that much WAL
-    written and switched through, then a CHECKPOINT (by `settle`) recycles it all."""
+    young server has one or two, so without this the first bulk load after start-up makes and
+    zero-fills every segment it writes (about 0.25 s of its backend's CPU for 100,000
+    records of 1 KiB), and a load measured after it finds them recycled: the order of two
+    measured phases, not their code, would decide a tenth of their ratio. Here, as on a
+    server in steady state, every measured phase finds its segments: `min_wal_size` twice
+    `wal_bytes`, that much WAL written and switched through, and the CHECKPOINT of `settle`
+    recycles it."""
     segment = 16 * 1024 * 1024
     segments = max(2, -(-wal_bytes // segment))
     keep_mb = 2 * segments * segment // (1024 * 1024)

