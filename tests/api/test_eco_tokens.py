@@ -106,6 +106,12 @@ def _uploads(eco: Eco) -> list[dict[str, Any]]:
     return out
 
 
+def _stored(eco: Eco) -> list[tuple[str, int, str]]:
+    """The uploads and what they hold, without their anchoring's progress: an upload is
+    answered before the relay anchors it (`pending`, then `anchored`), on its own time."""
+    return [(u["upload_id"], u["record_count"], u["merkle_root"]) for u in _uploads(eco)]
+
+
 def _balance(eco: Eco, citizen: Wallet) -> int:
     headers = eco.env.headers("subject", citizen)
     mine = CivisClient(http=eco.env.client, api_key=headers["Authorization"].split()[1])
@@ -135,7 +141,7 @@ def test_a_forged_device_signature_stores_nothing_and_reaches_no_replica(
     forged = {**honest, "quantity_milli": 53_000}  # the signature covered 5300
     impostor = Device(env.chain_id, "centre")  # signs with its own key, claims to be the device
     stolen = {**_ride(eco, citizen, 5300, impostor), "device": eco.device.id}
-    before = _uploads(eco)
+    before = _stored(eco)
     for bad in ([forged], [honest, forged], [stolen]):
         r = env.client.post(f"/v1/devices/{eco.device.id}/events", json={"events": bad})
         assert r.status_code == 403, r.text
@@ -144,7 +150,7 @@ def test_a_forged_device_signature_stores_nothing_and_reaches_no_replica(
         assert "53000" not in r.text and honest["detail"]["salt"] not in r.text
     # the body is never logged: neither the subject nor the detail
     assert citizen.id not in caplog.text and honest["detail"]["salt"] not in caplog.text
-    assert _uploads(eco) == before  # nothing in the vault
+    assert _stored(eco) == before  # nothing in the vault
     assert _balance(eco, citizen) == 0  # nothing credited
     # nothing on the ledger: the honest event was never recorded, so it is rewarded now
     out = api(env).send_events(eco.device.id, [honest])
@@ -156,14 +162,14 @@ def test_the_same_batch_again_is_a_replay_and_stores_nothing_new(eco: Eco) -> No
     batch = [_ride(eco, citizen, 1000), _ride(eco, citizen, 2500)]
     first = api(env).send_events(eco.device.id, batch)
     assert first["record_count"] == 2
-    uploads = _uploads(eco)
+    uploads = _stored(eco)
     with pytest.raises(Conflict) as again:
         api(env).send_events(eco.device.id, batch)
     assert again.value.code == "duplicate_event"
     # one stored event in a new batch: the whole batch is refused, nothing stored
     with pytest.raises(Conflict):
         api(env).send_events(eco.device.id, [_ride(eco, citizen, 700), batch[0]])
-    assert _uploads(eco) == uploads
+    assert _stored(eco) == uploads
     assert _balance(eco, citizen) == 3500
 
 
@@ -172,11 +178,11 @@ def test_a_suspended_devices_events_are_refused_and_store_nothing(eco: Eco) -> N
     (an upload anchored and withdrawn per batch would let it write to both at will)."""
     env, citizen = eco.env, register_subject(eco.env)
     event = _ride(eco, citizen, 4000, eco.suspended)
-    before = _uploads(eco)
+    before = _stored(eco)
     with pytest.raises(Forbidden) as refused:
         api(env).send_events(eco.suspended.id, [event])
     assert refused.value.code == "device_suspended"
-    assert _uploads(eco) == before
+    assert _stored(eco) == before
     rid = record_id(bytes.fromhex(eco.suspended.id), bytes.fromhex(event["event"]))
     r = env.client.get(f"/v1/records/{rid}", headers=eco.provider_headers)
     assert r.status_code == 404, r.text  # never stored
