@@ -4,7 +4,9 @@ with the WAL segments it will write already made."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -40,19 +42,26 @@ def test_a_local_server_is_checkpointed_and_waited_for(pg_server: PgServer) -> N
         pg_server.drop_database(url)
 
 
-def test_a_role_that_may_not_checkpoint_is_measured_as_it_is(pg_server: PgServer) -> None:
+@contextlib.contextmanager
+def _unprivileged(pg_server: PgServer) -> Iterator[tuple[str, str]]:
+    """A database of its own, and (the admin's conninfo, a URL to it as a role with no
+    privilege beyond logging in)."""
     url = pg_server.create_database("civis_settle")
     role = f"civis_settle_{uuid.uuid4().hex[:8]}"
     admin = _conninfo(url, database="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN")
     try:
-        state = settle(make_url(url).set(username=role, password=None).render_as_string())
-        assert state == {"checkpointed": False, "idle": True}
+        yield admin, make_url(url).set(username=role, password=None).render_as_string()
     finally:
         pg_server.drop_database(url)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_role_that_may_not_checkpoint_is_measured_as_it_is(pg_server: PgServer) -> None:
+    with _unprivileged(pg_server) as (_, as_role):
+        assert settle(as_role) == {"checkpointed": False, "idle": True}
 
 
 def _segments(pgdata: Path) -> set[str]:
@@ -92,18 +101,9 @@ def test_a_bulk_load_after_prepare_wal_makes_no_wal_segment(tmp_path: Path) -> N
 
 
 def test_prepare_wal_leaves_a_server_the_role_may_not_configure(pg_server: PgServer) -> None:
-    url = pg_server.create_database("civis_settle")
-    role = f"civis_settle_{uuid.uuid4().hex[:8]}"
-    admin = _conninfo(url, database="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN")
-        before = conn.execute("SHOW min_wal_size").fetchone()
-    try:
-        as_role = make_url(url).set(username=role, password=None).render_as_string()
+    with _unprivileged(pg_server) as (admin, as_role):
+        with psycopg.connect(admin, autocommit=True) as conn:
+            before = conn.execute("SHOW min_wal_size").fetchone()
         assert prepare_wal(as_role, 96 * 1024 * 1024) is False
         with psycopg.connect(admin, autocommit=True) as conn:
             assert conn.execute("SHOW min_wal_size").fetchone() == before
-    finally:
-        pg_server.drop_database(url)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP ROLE IF EXISTS {role}")

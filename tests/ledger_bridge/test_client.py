@@ -141,14 +141,7 @@ def test_the_retry_time_follows_the_observed_commit_latency() -> None:
         await client.submit(encode_set(b"a", b"1"))
         client._rtt_ms = rtt_ms
         transport.crash(0)
-        sends: list[int] = []
-        original = transport.send_now
-
-        def counting_send(replica: int, request: bytes, client: bytes = b"") -> bool:
-            sends.append(replica)
-            return original(replica, request, client)
-
-        transport.send_now = counting_send  # type: ignore[method-assign]
+        sends = _count_sends(transport)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.submit(encode_set(b"b", b"2")), 0.5)
         await transport.close()
@@ -159,6 +152,20 @@ def test_the_retry_time_follows_the_observed_commit_latency() -> None:
         assert (await attempt(None))[:5] == [0, 0, 1, 2, 3]
 
     run(go())
+
+
+def _count_sends(transport: InProcessTransport | TcpClientTransport) -> list[int]:
+    """The replicas `transport.send_now` is called for from now on, in order: every send of a
+    client starts there (`send` after it, when no connection was open)."""
+    sent: list[int] = []
+    send_now = transport.send_now
+
+    def counting(replica: int, request: bytes, client: bytes = b"") -> bool:
+        sent.append(replica)
+        return send_now(replica, request, client)
+
+    transport.send_now = counting  # type: ignore[method-assign]
+    return sent
 
 
 def _port_block() -> int:
@@ -514,14 +521,7 @@ def test_a_clients_first_request_reaches_f_plus_1_repliers_without_a_retry(
 
     async def go() -> None:
         async with _tcp_nodes(cluster) as (_, transport):
-            sent: list[int] = []
-            send_now = transport.send_now
-
-            def counting(replica: int, request: bytes, client: bytes = b"") -> bool:
-                sent.append(replica)
-                return send_now(replica, request, client)
-
-            transport.send_now = counting  # type: ignore[method-assign]
+            sent = _count_sends(transport)
 
             def client() -> AsyncLedgerClient:
                 return AsyncLedgerClient(
