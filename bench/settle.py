@@ -11,6 +11,7 @@ before and after it"). A comparison of two phases is fair only if each starts fr
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psutil
 import psycopg
@@ -21,13 +22,18 @@ _IDLE_CPU_S = 0.01
 _POLL_S = 0.25
 
 
+def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection from the benchmark's SQLAlchemy URL."""
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(conninfo, autocommit=True)
+
+
 def settle(url: str, *, timeout_s: float = 30.0) -> dict[str, bool]:
     """CHECKPOINT (when the role may), then wait, at most `timeout_s`, until the server's
     processes use no CPU (when the server runs on this machine). `url` is the benchmark's
     SQLAlchemy URL. Says which of the two it could do: a remote server, or a role without
     the right to checkpoint, is measured as it is."""
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with _connect(url) as conn:
         try:
             conn.execute("CHECKPOINT")
             checkpointed = True
@@ -57,8 +63,7 @@ def prepare_wal(url: str, wal_bytes: int) -> bool:
     segment = 16 * 1024 * 1024
     segments = max(2, -(-wal_bytes // segment))
     keep_mb = 2 * segments * segment // (1024 * 1024)
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with _connect(url) as conn:
         try:
             conn.execute(f"ALTER SYSTEM SET max_wal_size = '{2 * keep_mb}MB'")
             conn.execute(f"ALTER SYSTEM SET min_wal_size = '{keep_mb}MB'")
