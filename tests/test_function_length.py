@@ -21,12 +21,6 @@ MAX_LINES = 70
 ALLOWLIST = frozenset(
     {
         "migrations/versions/0001_initial.py:upgrade",
-        "tests/api/test_dpo_routes.py:test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again",
-        "tests/api/test_invariant_access.py:AccessMachine._access",
-        "tests/api/test_up.py:test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process",
-        "tests/ledger_bridge/contracts/test_cluster.py:"
-        "test_contracts_decide_alike_on_four_replica_processes",
-        "tests/vault/test_forensic.py:test_erased_scope_leaves_no_key_and_no_plaintext",
     }
 )
 

@@ -523,12 +523,8 @@ def _outbox(env: LedgerEnv, state: str) -> dict[str, Any]:
     return body
 
 
-def test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again(ledger_env: LedgerEnv) -> None:
-    """The contracts refuse an anchor whose dataset the chain does not know. The relay sets it
-    aside (the upload is `refused`, served to no consumer); the DPO sees it with the
-    contract's code, in the list and in the metrics, registers the dataset and sends the fact
-    again."""
-    env = ledger_env
+def _dataset_off_chain(env: LedgerEnv) -> uuid.UUID:
+    """A billing dataset of the provider's, registered in the vault and not on the chain."""
     with _sessions(env)() as session:
         dataset = register_dataset(
             session,
@@ -540,6 +536,31 @@ def test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again(ledger_env: LedgerE
             legal_basis="consent",
         ).id
         session.commit()
+    return dataset
+
+
+def _register_on_chain(env: LedgerEnv, dataset: uuid.UUID) -> None:
+    """Register on the chain the dataset `_dataset_off_chain` left out of it."""
+    env.gateway.act(
+        "dataset.register",
+        {
+            "dataset": str(dataset),
+            "owner": bytes.fromhex(env.provider.id),
+            "category": "energy",
+            "purposes": ["billing"],
+            "retention_days": 30,
+            "legal_basis": "consent",
+        },
+    )
+
+
+def test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again(ledger_env: LedgerEnv) -> None:
+    """The contracts refuse an anchor whose dataset the chain does not know. The relay sets it
+    aside (the upload is `refused`, served to no consumer); the DPO sees it with the
+    contract's code, in the list and in the metrics, registers the dataset and sends the fact
+    again."""
+    env = ledger_env
+    dataset = _dataset_off_chain(env)
     # The provider's upload answers as soon as the relay has the contracts' answer: refused,
     # without the receipt it would otherwise wait for (15 s in this environment).
     started = time.monotonic()
@@ -579,17 +600,7 @@ def test_a_refused_anchor_is_shown_to_the_dpo_and_sent_again(ledger_env: LedgerE
         assert r.status_code in (404, 422), r.text
         assert r.headers["content-type"].startswith("application/problem+json")
 
-    env.gateway.act(
-        "dataset.register",
-        {
-            "dataset": str(dataset),
-            "owner": bytes.fromhex(env.provider.id),
-            "category": "energy",
-            "purposes": ["billing"],
-            "retention_days": 30,
-            "legal_basis": "consent",
-        },
-    )
+    _register_on_chain(env, dataset)
     r = env.client.post(f"/v1/dpo/outbox/{fact_id}/retry", headers=env.headers("dpo"))
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "pending" and r.json()["refused_at"] is None

@@ -443,42 +443,12 @@ class AccessMachine(RuleBasedStateMachine):
             f"{sorted(self.by_subject_id.get(g, -1) for g in answer['granted'])}"
         )
 
-        # The invariant: nothing delivered without a consent in force and not erased ...
-        delivered = [self.by_subject_id.get(rec["subject_id"], -1) for rec in answer["records"]]
-        unconsented = [s for s in delivered if s not in expected]
-        assert not unconsented, f"delivered records of subjects {unconsented} without consent"
-        # ... only records of this dataset, exactly as uploaded, all of the granted ones ...
-        want = sorted(
-            json.dumps({"v": p["v"]} if project else p, sort_keys=True)
-            for s in expected
-            for p in self.model.stored.get((dataset, s), [])
+        delivered = _assert_delivery_matches_the_model(
+            self, answer, dataset, named, expected, project, height
         )
-        got = sorted(json.dumps(rec["payload"], sort_keys=True) for rec in answer["records"])
-        assert got == want, f"delivered {got}, model expects {want}"
-        stale = [rec["payload"] for rec in answer["records"] if _superseded(self, rec["payload"])]
-        assert not stale, f"delivered superseded versions {stale}"
-        assert all((rec["proof"] is None) == project for rec in answer["records"])
-        assert {self.by_subject_id.get(g, -1) for g in answer["granted"]} == expected
-        if named is not None:
-            reasons = {self.by_subject_id[s]: why for s, why in answer["denied"]}
-            for s in named:
-                if s in expected:
-                    continue
-                assert reasons.get(s) == self.model.denial(s, dataset, height), (s, reasons)
-        # ... and the delivery is on the ledger: the access log and each subject's export.
-        assert int(line["access"]) == int(answer["access"])
-        assert int(answer["receipt"]["block_height"]) == height
-        assert line["dataset"] == self.datasets[dataset] and line["purpose"] == purpose
-        assert line["consumer"] == self.scene.consumers[consumer].id
-        assert sorted(line["granted"]) == sorted(answer["granted"])
-        assert line["fields"] == (["v"] if project else [])
-        for s in {*delivered}:
-            export = self.env.client.get(
-                f"/v1/subjects/{self.subjects[s].id}/export", headers=self.subject_keys[s]
-            )
-            assert export.status_code == 200, export.text
-            ids = {int(a["access"]) for a in export.json()["accesses"]}
-            assert int(answer["access"]) in ids, f"subject {s}'s export misses the access"
+        _assert_delivery_is_on_the_ledger(
+            self, answer, line, consumer, dataset, purpose, project, height, delivered
+        )
 
         COVERAGE["open_request" if named is None else "named_request"] += 1
         COVERAGE["streamed"] += stream
@@ -491,22 +461,7 @@ class AccessMachine(RuleBasedStateMachine):
                 for s in set(delivered)
             ):
                 COVERAGE["category_scope_delivered"] += 1
-        for s in set(candidates) - expected:
-            versions = [
-                v
-                for scope in (dataset, "category")
-                for v in self.model.consents.get((s, consumer, scope, purpose), [])
-            ]
-            if self.model.erased_before(s, dataset, height):
-                COVERAGE["erased_then_refused"] += 1
-            elif self.model.restricted_before(s, dataset, height):
-                COVERAGE["restricted_then_refused"] += 1
-            elif any(not g for _, _, g in versions):
-                COVERAGE["revoked_then_refused"] += 1
-            elif versions:
-                COVERAGE["expired_then_refused"] += 1
-            else:
-                COVERAGE["denied_no_consent"] += 1
+        _count_refusals(self.model, consumer, dataset, purpose, set(candidates) - expected, height)
 
     def _aim(
         self, data: st.DataObject, aimless: bool, consumer: str, dataset: str, purpose: str
@@ -844,6 +799,90 @@ def _superseded(machine: AccessMachine, payload: dict[str, Any]) -> bool:
     old = {json.loads(p)["v"] for p in machine.superseded_payloads}
     now = {p["v"] for payloads in machine.model.stored.values() for p in payloads}
     return payload["v"] in old - now
+
+
+def _assert_delivery_matches_the_model(
+    machine: AccessMachine,
+    answer: dict[str, Any],
+    dataset: str,
+    named: tuple[int, ...] | None,
+    expected: set[int],
+    project: bool,
+    height: int,
+) -> list[int]:
+    """Hold an access's records, grants and denials to the model; return whose records came."""
+    # The invariant: nothing delivered without a consent in force and not erased ...
+    delivered = [machine.by_subject_id.get(rec["subject_id"], -1) for rec in answer["records"]]
+    unconsented = [s for s in delivered if s not in expected]
+    assert not unconsented, f"delivered records of subjects {unconsented} without consent"
+    # ... only records of this dataset, exactly as uploaded, all of the granted ones ...
+    want = sorted(
+        json.dumps({"v": p["v"]} if project else p, sort_keys=True)
+        for s in expected
+        for p in machine.model.stored.get((dataset, s), [])
+    )
+    got = sorted(json.dumps(rec["payload"], sort_keys=True) for rec in answer["records"])
+    assert got == want, f"delivered {got}, model expects {want}"
+    stale = [rec["payload"] for rec in answer["records"] if _superseded(machine, rec["payload"])]
+    assert not stale, f"delivered superseded versions {stale}"
+    assert all((rec["proof"] is None) == project for rec in answer["records"])
+    assert {machine.by_subject_id.get(g, -1) for g in answer["granted"]} == expected
+    if named is not None:
+        reasons = {machine.by_subject_id[s]: why for s, why in answer["denied"]}
+        for s in named:
+            if s in expected:
+                continue
+            assert reasons.get(s) == machine.model.denial(s, dataset, height), (s, reasons)
+    return delivered
+
+
+def _assert_delivery_is_on_the_ledger(
+    machine: AccessMachine,
+    answer: dict[str, Any],
+    line: dict[str, Any],
+    consumer: str,
+    dataset: str,
+    purpose: str,
+    project: bool,
+    height: int,
+    delivered: list[int],
+) -> None:
+    """Hold an access to its line in the DPO's access log and to each delivered subject's export."""
+    assert int(line["access"]) == int(answer["access"])
+    assert int(answer["receipt"]["block_height"]) == height
+    assert line["dataset"] == machine.datasets[dataset] and line["purpose"] == purpose
+    assert line["consumer"] == machine.scene.consumers[consumer].id
+    assert sorted(line["granted"]) == sorted(answer["granted"])
+    assert line["fields"] == (["v"] if project else [])
+    for s in {*delivered}:
+        export = machine.env.client.get(
+            f"/v1/subjects/{machine.subjects[s].id}/export", headers=machine.subject_keys[s]
+        )
+        assert export.status_code == 200, export.text
+        ids = {int(a["access"]) for a in export.json()["accesses"]}
+        assert int(answer["access"]) in ids, f"subject {s}'s export misses the access"
+
+
+def _count_refusals(
+    model: Model, consumer: str, dataset: str, purpose: str, refused: set[int], height: int
+) -> None:
+    """Count in COVERAGE why each subject an access did not grant was refused."""
+    for s in refused:
+        versions = [
+            v
+            for scope in (dataset, "category")
+            for v in model.consents.get((s, consumer, scope, purpose), [])
+        ]
+        if model.erased_before(s, dataset, height):
+            COVERAGE["erased_then_refused"] += 1
+        elif model.restricted_before(s, dataset, height):
+            COVERAGE["restricted_then_refused"] += 1
+        elif any(not g for _, _, g in versions):
+            COVERAGE["revoked_then_refused"] += 1
+        elif versions:
+            COVERAGE["expired_then_refused"] += 1
+        else:
+            COVERAGE["denied_no_consent"] += 1
 
 
 @pytest.mark.timeout(7200 if LONG else 600)

@@ -284,6 +284,60 @@ def _chain_id(output: str) -> str:
     return found.group(1)
 
 
+def _assert_founding_files(
+    first: Up, data_dir: Path, dpo_key_file: Path, member_id: str, chain_id: str
+) -> None:
+    """The first run's files: the DPO's private signing key, and a genesis naming both founders."""
+    assert stat.S_IMODE(dpo_key_file.stat().st_mode) == 0o600
+    assert load_signing_key(dpo_key_file).public_key.hex() == member_id
+    assert dpo_key_file.read_text().strip() not in first.output
+    genesis = tomllib.loads((data_dir / "ledger" / "genesis.toml").read_text())
+    assert genesis["chain_id"] == chain_id and genesis["params"]["app"] == "contracts"
+    assert {v["college"] for v in genesis["validators"]} == {"providers", "services", "citizens"}
+    vault_key = load_signing_key(data_dir / "keys" / VAULT_KEY_FILE).public_key.hex()
+    assert {(m["public_key"], m["role"]) for m in genesis["app_genesis"]["members"]} == {
+        (vault_key, "vault"),
+        (member_id, "dpo"),
+    }
+
+
+def _assert_the_chain_holds_the_dpo(data_dir: Path, member_id: str) -> None:
+    """The running replicas answer a member query for the DPO: active, in the `dpo` role."""
+    gateway = LedgerGateway.from_directory(data_dir / "ledger", data_dir / "keys", clients=1)
+    try:
+        answer = gateway.query("member", key=bytes.fromhex(member_id))
+    finally:
+        gateway.close()
+    assert answer["result"]["role"] == "dpo" and answer["result"]["status"] == "active"
+
+
+def _assert_ready_only_with_a_quorum(up: Up, replicas: set[int]) -> None:
+    """Freeze two of the four replicas: /readyz answers 503, then 200 once they run again."""
+    frozen = sorted(replicas)[:2]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        up.wait_until("/readyz", 503)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    up.wait_until("/readyz", 200)
+
+
+def _assert_a_killed_replica_comes_back(up: Up, ledger_dir: Path, replicas: set[int]) -> None:
+    """SIGKILL one replica: `up` starts a new one in its place and the instance is ready again."""
+    victim = min(replicas)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not (
+        len(_replica_pids(ledger_dir) - replicas) == 1 and len(_replica_pids(ledger_dir)) == 4
+    ):
+        assert time.monotonic() < deadline, up.output[-3000:]
+        time.sleep(0.2)
+    assert "exited; restarting it" in up.output
+    up.wait_until("/readyz", 200)
+
+
 @pytest.mark.e2e
 def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
     tmp_path: Path, fresh_database_url: str, launched: list[Up]
@@ -307,25 +361,10 @@ def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
 
     # The DPO's signing key is theirs alone and is the member the API key is bound to.
     dpo_key_file = data_dir / "keys" / "dpo.key"
-    assert stat.S_IMODE(dpo_key_file.stat().st_mode) == 0o600
-    assert load_signing_key(dpo_key_file).public_key.hex() == member.group(1)
-    assert dpo_key_file.read_text().strip() not in first.output
-    genesis = tomllib.loads((ledger_dir / "genesis.toml").read_text())
-    assert genesis["chain_id"] == chain_id and genesis["params"]["app"] == "contracts"
-    assert {v["college"] for v in genesis["validators"]} == {"providers", "services", "citizens"}
-    vault_key = load_signing_key(data_dir / "keys" / VAULT_KEY_FILE).public_key.hex()
-    assert {(m["public_key"], m["role"]) for m in genesis["app_genesis"]["members"]} == {
-        (vault_key, "vault"),
-        (member.group(1), "dpo"),
-    }
+    _assert_founding_files(first, data_dir, dpo_key_file, member.group(1), chain_id)
 
     # The running chain holds the founders: the replicas answer a member query for the DPO.
-    gateway = LedgerGateway.from_directory(ledger_dir, data_dir / "keys", clients=1)
-    try:
-        answer = gateway.query("member", key=bytes.fromhex(member.group(1)))
-    finally:
-        gateway.close()
-    assert answer["result"]["role"] == "dpo" and answer["result"]["status"] == "active"
+    _assert_the_chain_holds_the_dpo(data_dir, member.group(1))
 
     dpo = {"Authorization": f"Bearer {token.group(1)}"}
     assert httpx.get(f"{first.url}/v1/datasets", headers=dpo).status_code == 200
@@ -349,27 +388,10 @@ def test_up_founds_a_chain_prints_one_dpo_key_and_stops_every_process(
     # Without a quorum (2 of 4 replicas frozen) the instance is not ready; then it is again.
     replicas = _replica_pids(ledger_dir)
     assert len(replicas) == 4
-    frozen = sorted(replicas)[:2]
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        second.wait_until("/readyz", 503)
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
-    second.wait_until("/readyz", 200)
+    _assert_ready_only_with_a_quorum(second, replicas)
 
     # A replica that dies is restarted by `up` (from its own store).
-    victim = min(replicas)
-    os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not (
-        len(_replica_pids(ledger_dir) - replicas) == 1 and len(_replica_pids(ledger_dir)) == 4
-    ):
-        assert time.monotonic() < deadline, second.output[-3000:]
-        time.sleep(0.2)
-    assert "exited; restarting it" in second.output
-    second.wait_until("/readyz", 200)
+    _assert_a_killed_replica_comes_back(second, ledger_dir, replicas)
 
     # SIGTERM (what a service manager sends) stops everything as cleanly as Ctrl-C.
     assert second.stop(signal.SIGTERM) == 0, second.output[-3000:]

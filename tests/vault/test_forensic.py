@@ -21,13 +21,13 @@ from sqlalchemy.orm import Session
 
 from tests.vault.conftest import make_dataset
 from vault import db
-from vault.crypto import DecryptionFailed, derive_dek
+from vault.crypto import DataKey, DecryptionFailed, derive_dek
 from vault.embedded import pg_binary
 from vault.erasure import Eraser
 from vault.final_erasure import FinalErasure
 from vault.keys import KeyStore, LocalKeyProvider, SecretRef, epoch_ref, subject_ref, upload_ref
 from vault.reads import Reader
-from vault.uploads import RecordIn, Uploader
+from vault.uploads import RecordIn, Uploader, UploadResult
 
 
 def _pg_dump(url: str) -> bytes:
@@ -63,6 +63,61 @@ def _server_files(engine: Engine) -> list[Path]:
     return [f for f in out if f.is_file()]
 
 
+def _alice_secret_and_dek(
+    engine: Engine, store: KeyStore, dataset_id: uuid.UUID, up: UploadResult
+) -> tuple[bytes, DataKey]:
+    """Alice's subject secret and the DEK of her records, read while they still exist."""
+    # What an attacker would look for: alice's subject secret, and every secret and DEK of her
+    # records (the upload and epoch secrets are shared with bob and stay alive, as they must).
+    day = up.retention_day.isoformat()
+    refs: list[SecretRef] = [
+        subject_ref(dataset_id, "alice"),
+        upload_ref(dataset_id, up.upload_id),
+        epoch_ref(dataset_id, day),
+    ]
+    with Session(engine) as session:
+        secrets = store.load(session, refs)
+    dek = derive_dek(
+        upload_secret=secrets[refs[1]],
+        subject_secret=secrets[refs[0]],
+        epoch_secret=secrets[refs[2]],
+        upload_id=up.upload_id.bytes,
+        subject_id=b"alice",
+    )
+    return secrets[refs[0]], dek
+
+
+def _erase_alice_and_retire_the_kek(engine: Engine, store: KeyStore) -> None:
+    """Erase alice, run a final-erasure cycle (KEK rotated, old one retired), VACUUM FULL."""
+    with Session(engine) as session, session.begin():
+        result = Eraser(store).erase_subject(session, "alice", reason="Art. 17", requester="dpo")
+        assert result.secrets_destroyed == 1 and result.records_erased == 50
+    cycle = FinalErasure(
+        db.make_session_factory(engine),
+        store,
+        interval=dt.timedelta(days=1),
+        instance_ttl_s=30,
+    ).step(force=True)
+    assert cycle is not None and cycle.finished and cycle.retired_keks == ["k1"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM FULL"))
+
+
+def _assert_server_files_hold_none(
+    engine: Engine, forbidden: dict[str, bytes], control: bytes
+) -> None:
+    """Scan the server's readable files: no forbidden needle, and the control is found."""
+    files = [f for f in _server_files(engine) if _readable(f)]
+    if files:  # readable when the server is local (embedded, or this machine's, as root)
+        seen_control = False
+        for f in files:
+            blob = f.read_bytes()
+            seen_control |= control in blob
+            for name, needle in forbidden.items():
+                assert needle not in blob, f"{name} found in {f}"
+        assert seen_control, "the scan did not reach the key_secrets table file"
+
+
 def test_erased_scope_leaves_no_key_and_no_plaintext(
     committed_engine: Engine, fresh_database_url: str, tmp_path: Path
 ) -> None:
@@ -78,38 +133,10 @@ def test_erased_scope_leaves_no_key_and_no_plaintext(
             [RecordIn("alice", {"note": marker, "n": i}) for i in range(50)]
             + [RecordIn("bob", {"note": "kept", "n": i}) for i in range(50)],
         )
-    # What an attacker would look for: alice's subject secret, and every secret and DEK of her
-    # records (the upload and epoch secrets are shared with bob and stay alive, as they must).
-    day = up.retention_day.isoformat()
-    refs: list[SecretRef] = [
-        subject_ref(dataset_id, "alice"),
-        upload_ref(dataset_id, up.upload_id),
-        epoch_ref(dataset_id, day),
-    ]
-    with Session(committed_engine) as session:
-        secrets = store.load(session, refs)
-    dek = derive_dek(
-        upload_secret=secrets[refs[1]],
-        subject_secret=secrets[refs[0]],
-        epoch_secret=secrets[refs[2]],
-        upload_id=up.upload_id.bytes,
-        subject_id=b"alice",
-    )
-    alice_secret = secrets[refs[0]]
+    alice_secret, dek = _alice_secret_and_dek(committed_engine, store, dataset_id, up)
     backup = _pg_dump(fresh_database_url)  # a backup taken before the erasure
 
-    with Session(committed_engine) as session, session.begin():
-        result = Eraser(store).erase_subject(session, "alice", reason="Art. 17", requester="dpo")
-        assert result.secrets_destroyed == 1 and result.records_erased == 50
-    cycle = FinalErasure(
-        db.make_session_factory(committed_engine),
-        store,
-        interval=dt.timedelta(days=1),
-        instance_ttl_s=30,
-    ).step(force=True)
-    assert cycle is not None and cycle.finished and cycle.retired_keks == ["k1"]
-    with committed_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM FULL"))
+    _erase_alice_and_retire_the_kek(committed_engine, store)
 
     forbidden = {
         "marker": marker.encode(),
@@ -128,15 +155,7 @@ def test_erased_scope_leaves_no_key_and_no_plaintext(
     for name, needle in forbidden.items():
         assert needle not in dump, f"{name} found in pg_dump"
         assert needle not in backup or name == "none", f"{name} found in the pre-erasure backup"
-    files = [f for f in _server_files(committed_engine) if _readable(f)]
-    if files:  # readable when the server is local (embedded, or this machine's, as root)
-        seen_control = False
-        for f in files:
-            blob = f.read_bytes()
-            seen_control |= bob_wrapped in blob
-            for name, needle in forbidden.items():
-                assert needle not in blob, f"{name} found in {f}"
-        assert seen_control, "the scan did not reach the key_secrets table file"
+    _assert_server_files_hold_none(committed_engine, forbidden, bob_wrapped)
 
     # The backup's wrapped secrets no longer unwrap: the KEK they were wrapped under is retired.
     wrapped_rows = _wrapped_from_dump(backup)
