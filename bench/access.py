@@ -696,10 +696,15 @@ def _in_process_limit(fx: Fixture, point_s: float) -> dict[str, Any]:
 
     def answer_bytes() -> int:
         with Session(engine) as session, session.begin():
-            found = reader.by_dataset(
-                session, dataset_id, subjects=granted, uploads=uploads, anchored_only=True
+            found = reader.made_by_dataset(
+                session,
+                dataset_id,
+                records_json.access_record_text,
+                subjects=granted,
+                uploads=uploads,
+                anchored_only=True,
             )
-            text = records_json.array_text(records_json.record_text(r) for r in found)
+            text = records_json.array_text(found)
         return len(text.encode())
 
     try:

@@ -23,7 +23,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -53,6 +53,8 @@ from vault.models import KeyCommitment, KeySecret, Record, Upload
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
+
+T = TypeVar("T")
 
 # Inclusion trees, kept across calls: an upload's leaf hashes never change once its rows are
 # visible (an upload is written in one transaction; erasure keeps leaf hashes, see above), and
@@ -120,6 +122,15 @@ class RecordOut(NamedTuple):
 
     def __repr__(self) -> str:
         return f"RecordOut(record_id={self.record_id}, upload_id={self.upload_id}, payload=***)"
+
+
+# What a read makes of each record it opens, given the record's fields positionally in
+# `RecordOut`'s order: `RecordOut` itself, or whatever its caller sends on. The consented
+# access makes each record's JSON text straight from them (api/http/records_json.py), with no
+# tuple built per record only to be read back once.
+RecordMaker = Callable[
+    [uuid.UUID, uuid.UUID, uuid.UUID, str, bytes, int, bytes, list[bytes], bytes, int], T
+]
 
 
 # The three secrets a record's DEK derives from, joined to the record itself (outer joins: a
@@ -264,11 +275,35 @@ class Reader:
         named), without those of the subjects in `leave_out` (whose processing is
         restricted): they are not even fetched. `limit`: the caller reads at most this many,
         so no batch fetches more."""
+        return self.made_by_dataset(
+            session,
+            dataset_id,
+            RecordOut,
+            subjects=subjects,
+            leave_out=leave_out,
+            uploads=uploads,
+            anchored_only=anchored_only,
+            limit=limit,
+        )
+
+    def made_by_dataset(
+        self,
+        session: Session,
+        dataset_id: uuid.UUID,
+        make: RecordMaker[T],
+        *,
+        subjects: Iterable[str] | None = None,
+        leave_out: Collection[str] = (),
+        uploads: Iterable[uuid.UUID] | None = None,
+        anchored_only: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[T]:
+        """`by_dataset` with each record made by `make` (a `RecordMaker`)."""
         params, shape = _dataset_params(dataset_id, subjects, leave_out, uploads, anchored_only)
         pages = _dataset_pages(session, shape, params, self._page(limit))
-        return self._open(session, pages, skip_erased=True)
+        return self._open(session, pages, True, make)
 
-    async def by_dataset_async(
+    def by_dataset_async(
         self,
         connection: AsyncConnection[Any],
         dataset_id: uuid.UUID,
@@ -279,7 +314,29 @@ class Reader:
         page_rows: int = ASYNC_PAGE_ROWS,
     ) -> AsyncGenerator[list[RecordOut], None]:
         """`by_dataset` on an event loop's own connection, a page of records at a time: the
-        same statement, rows and records, with no thread to hand the read to and back.
+        same statement, rows and records, with no thread to hand the read to and back."""
+        return self.made_by_dataset_async(
+            connection,
+            dataset_id,
+            RecordOut,
+            subjects=subjects,
+            uploads=uploads,
+            anchored_only=anchored_only,
+            page_rows=page_rows,
+        )
+
+    async def made_by_dataset_async(
+        self,
+        connection: AsyncConnection[Any],
+        dataset_id: uuid.UUID,
+        make: RecordMaker[T],
+        *,
+        subjects: Iterable[str] | None = None,
+        uploads: Iterable[uuid.UUID] | None = None,
+        anchored_only: bool = False,
+        page_rows: int = ASYNC_PAGE_ROWS,
+    ) -> AsyncGenerator[list[T], None]:
+        """`by_dataset_async` with each record made by `make` (a `RecordMaker`).
 
         Opening a page is CPU work done on the loop, so pages are short (`ASYNC_PAGE_ROWS`):
         the loop serves its other requests between two of them. The key store's provider must
@@ -298,7 +355,7 @@ class Reader:
                 rows = await cursor.fetchall()
                 # The opener holds the tree of the upload it is in; the others begin here.
                 trees = await _upload_trees_async(connection, rows, going_on)
-                yield list(opener.open(rows))
+                yield list(opener.open(rows, make))
                 going_on = rows[-1][2] if rows else None
                 if len(rows) < page:
                     return
@@ -311,16 +368,21 @@ class Reader:
     def _decrypt(
         self, session: Session, query: Select[*tuple[Any, ...]], *, skip_erased: bool
     ) -> Iterator[RecordOut]:
-        return self._open(session, _pages(session, query, self._page(None)), skip_erased)
+        pages = _pages(session, query, self._page(None))
+        return self._open(session, pages, skip_erased, RecordOut)
 
     def _open(
-        self, session: Session, pages: Iterator[Sequence[Any]], skip_erased: bool
-    ) -> Iterator[RecordOut]:
+        self,
+        session: Session,
+        pages: Iterator[Sequence[Any]],
+        skip_erased: bool,
+        make: RecordMaker[T],
+    ) -> Iterator[T]:
         opener = _Opener(
             self._store, lambda upload, count: upload_tree(session, upload, count), skip_erased
         )
         for rows in pages:
-            yield from opener.open(rows)
+            yield from opener.open(rows, make)
 
 
 def _pages(session: Session, query: Select[*tuple[Any, ...]], page: int) -> Iterator[Sequence[Any]]:
@@ -550,7 +612,9 @@ class _Opener:
         self._deks: dict[str, DataKey] = {}
         self._tree: MerkleTree | None = None
 
-    def open(self, rows: Sequence[Any]) -> Iterator[RecordOut]:
+    def open(self, rows: Sequence[Any], make: RecordMaker[T]) -> Iterator[T]:
+        """The records of `rows` (those that can be opened, with `skip_erased`), each made by
+        `make` from its fields."""
         for row in rows:
             rid, dataset_id, upload_id, subject_id, index, envelope, _, root, count = row[:9]
             if upload_id != self._upload:
@@ -574,17 +638,17 @@ class _Opener:
                     continue
                 raise RecordErased(f"record {rid} can no longer be decrypted")
             assert self._tree is not None
-            yield RecordOut(
-                record_id=rid,
-                dataset_id=dataset_id,
-                upload_id=upload_id,
-                subject_id=subject_id,
-                payload=payload,
-                leaf_index=index,
-                leaf_salt=dek.leaf_salt(rid_bytes),
-                proof=self._tree.proof(index),
-                merkle_root=root,
-                record_count=count,
+            yield make(
+                rid,
+                dataset_id,
+                upload_id,
+                subject_id,
+                payload,
+                index,
+                dek.leaf_salt(rid_bytes),
+                self._tree.proof(index),
+                root,
+                count,
             )
 
     def _begin_upload(self, row: Any) -> None:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -188,10 +188,14 @@ def _records(
     # Only the uploads the contracts named live: an expired, erased or withdrawn one is not
     # even fetched for this access.
     live = [uuid.UUID(u) for u in uploads]
-    found = reads.Reader(store).by_dataset(
-        session, dataset_id, subjects=granted, uploads=live, anchored_only=True
+    yield from reads.Reader(store).made_by_dataset(
+        session,
+        dataset_id,
+        _record_text(fields),
+        subjects=granted,
+        uploads=live,
+        anchored_only=True,
     )
-    yield from map(_record_text(fields), found)
 
 
 async def _records_async(
@@ -209,22 +213,29 @@ async def _records_async(
     if granted and uploads:
         live = [uuid.UUID(u) for u in uploads]
         async with pool.connection() as connection:
-            pages = reads.Reader(store).by_dataset_async(
-                connection, dataset_id, subjects=granted, uploads=live, anchored_only=True
+            pages = reads.Reader(store).made_by_dataset_async(
+                connection,
+                dataset_id,
+                _record_text(fields),
+                subjects=granted,
+                uploads=live,
+                anchored_only=True,
             )
             async with contextlib.aclosing(pages):
                 async for page in pages:
                     if page:
-                        parts.append(",".join(map(_record_text(fields), page)).encode())
+                        parts.append(",".join(page).encode())
     return b"[" + b",".join(parts) + b"]"
 
 
-def _record_text(fields: list[str] | None) -> Callable[[reads.RecordOut], str]:
-    """A record's `AccessRecord` text: whole, or cut down to `fields` without its proof."""
+def _record_text(fields: list[str] | None) -> reads.RecordMaker[str]:
+    """A record's `AccessRecord` text, made from its fields as the reader opens it: whole, or
+    cut down to `fields` without its proof."""
     if fields is None:
-        return records_json.record_text
+        return records_json.access_record_text
 
-    def projected(r: reads.RecordOut) -> str:
+    def projected(*parts: Any) -> str:
+        r = reads.RecordOut(*parts)
         payload = disclosure.project(r.payload, fields)
         return records_json.record_text(r, payload=payload, proof=False)
 
