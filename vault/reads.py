@@ -604,7 +604,7 @@ class _Opener:
         self._store = store
         self._upload_tree = tree  # (upload id, record count) -> its inclusion tree
         self._skip_erased = skip_erased
-        self._upload: uuid.UUID | None = None
+        self._upload_int = -1  # the upload being read, as its UUID's integer
         self._dataset: uuid.UUID | None = None
         self._unwrap_subject: Callable[[str, str, bytes], bytes] = _no_dataset
         self._ids = (b"", b"")  # the upload's dataset and upload ids as bytes
@@ -617,7 +617,7 @@ class _Opener:
         `make` from its fields."""
         for row in rows:
             rid, dataset_id, upload_id, subject_id, index, envelope, _, root, count = row[:9]
-            if upload_id != self._upload:
+            if upload_id.int != self._upload_int:  # not UUID.__eq__: a Python call a row
                 self._begin_upload(row)
             payload: bytes | None = None
             rid_bytes = rid.bytes
@@ -653,7 +653,7 @@ class _Opener:
 
     def _begin_upload(self, row: Any) -> None:
         dataset_id, upload_id, day, count = row[1], row[2], row[6], row[8]
-        self._upload = upload_id
+        self._upload_int = upload_id.int
         if dataset_id != self._dataset:
             self._dataset = dataset_id
             self._unwrap_subject = self._store.subject_unwrapper(dataset_id)

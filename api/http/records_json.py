@@ -18,14 +18,19 @@ from collections.abc import Iterable
 from vault.reads import RecordOut
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# A string's JSON text, as `_dumps` writes it (non-ASCII kept), without its encoder's method
+# around the C function.
+_string = json.encoder.encode_basestring
 _hex = bytes.hex
 
 
 @functools.lru_cache(maxsize=1024)
-def _upload_text(upload_id: uuid.UUID) -> str:
-    """An upload's id as text, made once per upload: an answer's records come a few uploads
-    at a time, and `str` of a UUID is about a seventh of a record's own encoding."""
-    return str(upload_id)
+def _uuid_text(value: int) -> str:
+    """A UUID's text, by its integer value, made once per value: an answer's records come a
+    few uploads at a time, and `str` of a UUID is about a seventh of a record's own encoding.
+    Keyed by the integer, whose hash and comparison are the interpreter's own, not the
+    `UUID` class's Python methods (the rows' UUIDs are new objects, so each lookup ran both)."""
+    return str(uuid.UUID(int=value))
 
 
 def payload_text(payload: bytes) -> str:
@@ -83,8 +88,8 @@ def access_record_text(
     opening and encoding a record, docs/BENCHMARKS.md, "Access")."""
     proof_json = _proof_text(leaf_index, leaf_salt, proof, merkle_root, record_count)
     return (
-        f'{{"record_id":"{record_id}","upload_id":"{_upload_text(upload_id)}",'
-        f'"subject_id":{_dumps(subject_id)},"payload":{payload_text(payload)},'
+        f'{{"record_id":"{record_id}","upload_id":"{_uuid_text(upload_id.int)}",'
+        f'"subject_id":{_string(subject_id)},"payload":{payload_text(payload)},'
         f'"proof":{proof_json}}}'
     )
 
@@ -104,7 +109,7 @@ def record_text(
     body = payload_text(r.payload if payload is None else payload)
     tail = f',"proof":{proof_text(r) if proof else "null"}}}'
     return (
-        f'{head}"upload_id":"{_upload_text(r.upload_id)}","subject_id":{_dumps(r.subject_id)},'
+        f'{head}"upload_id":"{_uuid_text(r.upload_id.int)}","subject_id":{_string(r.subject_id)},'
         f'"payload":{body}{tail}'
     )
 

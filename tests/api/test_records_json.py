@@ -88,6 +88,18 @@ def test_record_text_matches_the_models(subject: str) -> None:
     assert AccessRecord.model_validate(projected).payload == {"city": "Lyon"}
 
 
+@pytest.mark.parametrize("subject", ["s1", 'Zoé "q" \\ \u2028 \x01'])
+def test_the_answers_record_maker_writes_what_the_general_encoding_writes(subject: str) -> None:
+    """`access_record_text`, fed a record's fields in `RecordOut`'s order as the reader feeds
+    them, gives the very text of `record_text`'s general branch (reached here by passing the
+    payload explicitly), and its subject id is the JSON string `json.dumps` writes."""
+    r = _record(subject, b'{"city":"Lyon"}')
+    made = records_json.access_record_text(*r)
+    assert made == records_json.record_text(r, payload=r.payload)
+    assert f'"subject_id":{json.dumps(subject, ensure_ascii=False)},' in made
+    assert json.loads(made)["subject_id"] == subject
+
+
 @pytest.mark.parametrize("siblings", [0, 1, 7])
 def test_the_audit_path_and_upload_of_each_record_as_they_are(siblings: int) -> None:
     """A tree of one record has an empty audit path; records of two uploads read one after
