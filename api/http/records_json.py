@@ -84,8 +84,8 @@ def access_record_text(
 ) -> str:
     """A record as the JSON text of an `AccessRecord`, from its fields in `RecordOut`'s order:
     a `reads.RecordMaker`, so that a consented answer goes from the reader's rows to text with
-    no `RecordOut` built per record and read back through three calls (12-17 % of the CPU of
-    opening and encoding a record, docs/BENCHMARKS.md, "Access")."""
+    no `RecordOut` built per record and read back through three calls (5.5 % of the
+    instructions of reading and encoding a 100-record answer, docs/BENCHMARKS.md, "Access")."""
     proof_json = _proof_text(leaf_index, leaf_salt, proof, merkle_root, record_count)
     return (
         f'{{"record_id":"{record_id}","upload_id":"{_uuid_text(upload_id.int)}",'
