@@ -54,7 +54,7 @@ from vault.models import KeyCommitment, KeySecret, Record, Upload
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 # Inclusion trees, kept across calls: an upload's leaf hashes never change once its rows are
 # visible (an upload is written in one transaction; erasure keeps leaf hashes, see above), and
@@ -127,9 +127,10 @@ class RecordOut(NamedTuple):
 # What a read makes of each record it opens, given the record's fields positionally in
 # `RecordOut`'s order: `RecordOut` itself, or whatever its caller sends on. The consented
 # access makes each record's JSON text straight from them (api/http/records_json.py), with no
-# tuple built per record only to be read back once.
+# tuple built per record only to be read back once. A maker only encodes: it runs in the
+# opener's frame, so a traceback raised through it would reach the DEK and the plaintext.
 RecordMaker = Callable[
-    [uuid.UUID, uuid.UUID, uuid.UUID, str, bytes, int, bytes, list[bytes], bytes, int], T
+    [uuid.UUID, uuid.UUID, uuid.UUID, str, bytes, int, bytes, list[bytes], bytes, int], _T
 ]
 
 
@@ -290,18 +291,18 @@ class Reader:
         self,
         session: Session,
         dataset_id: uuid.UUID,
-        make: RecordMaker[T],
+        make: RecordMaker[_T],
         *,
         subjects: Iterable[str] | None = None,
         leave_out: Collection[str] = (),
         uploads: Iterable[uuid.UUID] | None = None,
         anchored_only: bool = False,
         limit: int | None = None,
-    ) -> Iterator[T]:
+    ) -> Iterator[_T]:
         """`by_dataset` with each record made by `make` (a `RecordMaker`)."""
         params, shape = _dataset_params(dataset_id, subjects, leave_out, uploads, anchored_only)
         pages = _dataset_pages(session, shape, params, self._page(limit))
-        return self._open(session, pages, True, make)
+        return self._open(session, pages, skip_erased=True, make=make)
 
     def by_dataset_async(
         self,
@@ -329,13 +330,13 @@ class Reader:
         self,
         connection: AsyncConnection[Any],
         dataset_id: uuid.UUID,
-        make: RecordMaker[T],
+        make: RecordMaker[_T],
         *,
         subjects: Iterable[str] | None = None,
         uploads: Iterable[uuid.UUID] | None = None,
         anchored_only: bool = False,
         page_rows: int = ASYNC_PAGE_ROWS,
-    ) -> AsyncGenerator[list[T], None]:
+    ) -> AsyncGenerator[list[_T], None]:
         """`by_dataset_async` with each record made by `make` (a `RecordMaker`).
 
         Opening a page is CPU work done on the loop, so pages are short (`ASYNC_PAGE_ROWS`):
@@ -369,15 +370,16 @@ class Reader:
         self, session: Session, query: Select[*tuple[Any, ...]], *, skip_erased: bool
     ) -> Iterator[RecordOut]:
         pages = _pages(session, query, self._page(None))
-        return self._open(session, pages, skip_erased, RecordOut)
+        return self._open(session, pages, skip_erased=skip_erased, make=RecordOut)
 
     def _open(
         self,
         session: Session,
         pages: Iterator[Sequence[Any]],
+        *,
         skip_erased: bool,
-        make: RecordMaker[T],
-    ) -> Iterator[T]:
+        make: RecordMaker[_T],
+    ) -> Iterator[_T]:
         opener = _Opener(
             self._store, lambda upload, count: upload_tree(session, upload, count), skip_erased
         )
@@ -612,7 +614,7 @@ class _Opener:
         self._deks: dict[str, DataKey] = {}
         self._tree: MerkleTree | None = None
 
-    def open(self, rows: Sequence[Any], make: RecordMaker[T]) -> Iterator[T]:
+    def open(self, rows: Sequence[Any], make: RecordMaker[_T]) -> Iterator[_T]:
         """The records of `rows` (those that can be opened, with `skip_erased`), each made by
         `make` from its fields."""
         for row in rows:

@@ -29,7 +29,8 @@ def _uuid_text(value: int) -> str:
     """A UUID's text, by its integer value, made once per value: an answer's records come a
     few uploads at a time, and `str` of a UUID is about a seventh of a record's own encoding.
     Keyed by the integer, whose hash and comparison are the interpreter's own, not the
-    `UUID` class's Python methods (the rows' UUIDs are new objects, so each lookup ran both)."""
+    `UUID` class's Python methods (the rows' UUIDs are new objects, so a lookup by UUID would
+    run both for each record)."""
     return str(uuid.UUID(int=value))
 
 

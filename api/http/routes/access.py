@@ -206,7 +206,7 @@ async def _records_async(
     uploads: set[str],
     fields: list[str] | None,
 ) -> bytes:
-    """`_records` read on the event loop's own connection (`Reader.by_dataset_async`), as the
+    """`_records` read on the event loop's own connection (`Reader.made_by_dataset_async`), as the
     records' JSON array in UTF-8. Each page is encoded as it comes, so the loop holds no step
     longer than a page's; the pages are then joined, a copy of bytes."""
     parts: list[bytes] = []
@@ -234,10 +234,31 @@ def _record_text(fields: list[str] | None) -> reads.RecordMaker[str]:
     if fields is None:
         return records_json.access_record_text
 
-    def projected(*parts: Any) -> str:
-        r = reads.RecordOut(*parts)
-        payload = disclosure.project(r.payload, fields)
-        return records_json.record_text(r, payload=payload, proof=False)
+    def projected(
+        record_id: uuid.UUID,
+        dataset_id: uuid.UUID,
+        upload_id: uuid.UUID,
+        subject_id: str,
+        payload: bytes,
+        leaf_index: int,
+        leaf_salt: bytes,
+        proof: list[bytes],
+        merkle_root: bytes,
+        record_count: int,
+    ) -> str:
+        r = reads.RecordOut(
+            record_id,
+            dataset_id,
+            upload_id,
+            subject_id,
+            payload,
+            leaf_index,
+            leaf_salt,
+            proof,
+            merkle_root,
+            record_count,
+        )
+        return records_json.record_text(r, payload=disclosure.project(payload, fields), proof=False)
 
     return projected
 
