@@ -43,7 +43,7 @@ from ledger_bridge.transport import (
     unpack,
 )
 from tests.ledger_bridge.contracts.harness import key
-from tests.ledger_bridge.test_processes import _base_port
+from tests.ledger_bridge.test_processes import _base_port, _wait_height
 
 pytestmark = pytest.mark.e2e
 
@@ -92,20 +92,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             valid_until = int(time.time() * 1000) + 60_000
             signed = tx.sign(VAULT, g.chain_id, "dataset.register", body, valid_until=valid_until)
             assert codec.decode(client.submit(signed.encode()).result)["ok"]
-        _wait_until_every_replica_executed(c, 1)
+        # f+1 replies acknowledge block 1; the tests read replica 0, which may execute it a
+        # moment later.
+        _wait_height(c, list(range(c.n)), 1)
         yield c
-
-
-def _wait_until_every_replica_executed(cluster: Cluster, height: int) -> None:
-    """f+1 replies acknowledge a block; the other replicas may execute it a moment later, and
-    the tests read from replica 0, which need not be among the first f+1."""
-    deadline = time.monotonic() + 30
-    while True:
-        heights = [(cluster.status(i) or {}).get("height", 0) for i in range(cluster.n)]
-        if min(heights) >= height:
-            return
-        assert time.monotonic() < deadline, f"replicas at heights {heights}, not {height}"
-        time.sleep(0.05)
 
 
 class Raw:

@@ -234,31 +234,11 @@ def _record_text(fields: list[str] | None) -> reads.RecordMaker[str]:
     if fields is None:
         return records_json.access_record_text
 
-    def projected(
-        record_id: uuid.UUID,
-        dataset_id: uuid.UUID,
-        upload_id: uuid.UUID,
-        subject_id: str,
-        payload: bytes,
-        leaf_index: int,
-        leaf_salt: bytes,
-        proof: list[bytes],
-        merkle_root: bytes,
-        record_count: int,
-    ) -> str:
-        r = reads.RecordOut(
-            record_id,
-            dataset_id,
-            upload_id,
-            subject_id,
-            payload,
-            leaf_index,
-            leaf_salt,
-            proof,
-            merkle_root,
-            record_count,
-        )
-        return records_json.record_text(r, payload=disclosure.project(payload, fields), proof=False)
+    def projected(*fields_of_record: Any) -> str:
+        # `RecordOut` takes a record's fields as the reader gives them: their list stays there.
+        r = reads.RecordOut(*fields_of_record)
+        payload = disclosure.project(r.payload, fields)
+        return records_json.record_text(r, payload=payload, proof=False)
 
     return projected
 
