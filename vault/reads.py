@@ -45,7 +45,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, aliased
 
 from vault.crypto import DataKey, DecryptionFailed, derive_dek, unseal
-from vault.crypto.merkle import MerkleTree
+from vault.crypto.merkle import AuditPath, MerkleTree
 from vault.db import driver_connection
 from vault.errors import RecordErased, RecordNotFound, RecordSuperseded
 from vault.keys import KeyStore, SecretRef, epoch_ref, upload_ref
@@ -62,6 +62,10 @@ _T = TypeVar("_T")
 # upload being read cost a query and O(n) hashing on every read. Bounded in leaves in all
 # (about 130 bytes each), so memory stays flat; a tree larger than the bound is built per call.
 TREE_CACHE_LEAVES = 1 << 18
+# The audit paths the cached trees keep for the leaves their reads proved (`_ProvedTree`), in
+# all: each holds references to its tree's hashes and its encoding, at most ~1.4 KB for a tree
+# of 2^18 leaves, so about 23 MB at most.
+TREE_CACHE_PATHS = 1 << 14
 # A chain of versions is followed this far at most (each rectification adds one link; the
 # vault never writes a loop, this bounds a read if a row were ever tampered into one).
 VERSIONS_MAX = 10_000
@@ -70,33 +74,77 @@ VERSIONS_MAX = 10_000
 ASYNC_PAGE_ROWS = 256
 
 
+class _ProvedTree:
+    """An upload's inclusion tree, and the audit path of each leaf a read proved while the
+    tree stayed cached, made once and shared by the reads after it (`AuditPath`): a leaf read
+    again is neither walked up the tree nor encoded again. A tree out of the cache (too large
+    for it, or evicted) keeps no path."""
+
+    __slots__ = ("_cache", "_paths", "tree")
+
+    def __init__(self, tree: MerkleTree, cache: _TreeCache | None) -> None:
+        self.tree = tree
+        self._paths: dict[int, AuditPath] = {}
+        self._cache = cache
+
+    def path(self, index: int) -> AuditPath:
+        path = self._paths.get(index)
+        if path is None:
+            path = AuditPath(self.tree.proof(index))
+            if self._cache is not None:
+                self._cache.keep_path(self, index, path)
+        return path
+
+
 class _TreeCache:
-    def __init__(self, max_leaves: int) -> None:
+    def __init__(self, max_leaves: int, max_paths: int = TREE_CACHE_PATHS) -> None:
         self._max = max_leaves
-        self._trees: OrderedDict[uuid.UUID, MerkleTree] = OrderedDict()
+        self._max_paths = max_paths
+        self._trees: OrderedDict[uuid.UUID, _ProvedTree] = OrderedDict()
         self._leaves = 0
+        self._paths = 0
         self._lock = threading.Lock()
 
-    def get(self, upload_id: uuid.UUID, size: int) -> MerkleTree | None:
+    def get(self, upload_id: uuid.UUID, size: int) -> _ProvedTree | None:
         with self._lock:
-            tree = self._trees.get(upload_id)
-            if tree is None or tree.size != size:
+            proved = self._trees.get(upload_id)
+            if proved is None or proved.tree.size != size:
                 return None
             self._trees.move_to_end(upload_id)
-            return tree
+            return proved
 
-    def put(self, upload_id: uuid.UUID, tree: MerkleTree) -> None:
+    def put(self, upload_id: uuid.UUID, tree: MerkleTree) -> _ProvedTree:
+        """`tree`, kept when it fits the bound, as the reads prove leaves with it."""
         if tree.size > self._max:
-            return
+            return _ProvedTree(tree, None)
+        proved = _ProvedTree(tree, self)
         with self._lock:
             old = self._trees.pop(upload_id, None)
             if old is not None:
-                self._leaves -= old.size
-            self._trees[upload_id] = tree
+                self._forget(old)
+            self._trees[upload_id] = proved
             self._leaves += tree.size
             while self._leaves > self._max:
                 _, evicted = self._trees.popitem(last=False)
-                self._leaves -= evicted.size
+                self._forget(evicted)
+        return proved
+
+    def keep_path(self, proved: _ProvedTree, index: int, path: AuditPath) -> None:
+        """Keep `path` in `proved` while `proved` is cached and the paths' bound allows."""
+        with self._lock:
+            if (
+                proved._cache is self
+                and self._paths < self._max_paths
+                and proved._paths.setdefault(index, path) is path
+            ):
+                self._paths += 1
+
+    def _forget(self, proved: _ProvedTree) -> None:
+        """Under the lock: `proved` leaves the cache with its paths, and keeps none after."""
+        self._leaves -= proved.tree.size
+        self._paths -= len(proved._paths)
+        proved._cache = None
+        proved._paths = {}
 
 
 _trees = _TreeCache(TREE_CACHE_LEAVES)
@@ -345,7 +393,7 @@ class Reader:
         would hold the loop for as long."""
         params, shape = _dataset_params(dataset_id, subjects, (), uploads, anchored_only)
         page = max(1, min(page_rows, self._batch_rows))
-        trees: dict[uuid.UUID, MerkleTree] = {}
+        trees: dict[uuid.UUID, _ProvedTree] = {}
         opener = _Opener(self._store, lambda upload, _count: trees[upload], skip_erased=True)
         first = _dataset_statement(_PSYCOPG, shape, False)
         following = _dataset_statement(_PSYCOPG, shape, True)
@@ -381,7 +429,7 @@ class Reader:
         make: RecordMaker[_T],
     ) -> Iterator[_T]:
         opener = _Opener(
-            self._store, lambda upload, count: upload_tree(session, upload, count), skip_erased
+            self._store, lambda upload, count: _proved_tree(session, upload, count), skip_erased
         )
         for rows in pages:
             yield from opener.open(rows, make)
@@ -600,7 +648,7 @@ class _Opener:
     def __init__(
         self,
         store: KeyStore,
-        tree: Callable[[uuid.UUID, int], MerkleTree],
+        tree: Callable[[uuid.UUID, int], _ProvedTree],
         skip_erased: bool,
     ) -> None:
         self._store = store
@@ -612,7 +660,7 @@ class _Opener:
         self._ids = (b"", b"")  # the upload's dataset and upload ids as bytes
         self._shared: tuple[bytes, bytes] | None = None
         self._deks: dict[str, DataKey] = {}
-        self._tree: MerkleTree | None = None
+        self._tree: _ProvedTree | None = None
 
     def open(self, rows: Sequence[Any], make: RecordMaker[_T]) -> Iterator[_T]:
         """The records of `rows` (those that can be opened, with `skip_erased`), each made by
@@ -648,7 +696,7 @@ class _Opener:
                 payload,
                 index,
                 dek.leaf_salt(rid_bytes),
-                self._tree.proof(index),
+                self._tree.path(index),
                 root,
                 count,
             )
@@ -789,34 +837,36 @@ _LEAVES = (
 
 def upload_tree(session: Session, upload_id: uuid.UUID, record_count: int) -> MerkleTree:
     """The upload's inclusion tree over its leaf hashes, from the cache when it holds it."""
-    tree = _trees.get(upload_id, record_count)
-    if tree is None:
+    return _proved_tree(session, upload_id, record_count).tree
+
+
+def _proved_tree(session: Session, upload_id: uuid.UUID, record_count: int) -> _ProvedTree:
+    proved = _trees.get(upload_id, record_count)
+    if proved is None:
         leaves = session.scalars(_LEAVES, {"upload": upload_id}).all()
-        tree = MerkleTree(leaves)
-        _trees.put(upload_id, tree)
-    return tree
+        proved = _trees.put(upload_id, MerkleTree(leaves))
+    return proved
 
 
 async def _upload_trees_async(
     connection: AsyncConnection[Any], rows: Sequence[Any], going_on: uuid.UUID | None
-) -> dict[uuid.UUID, MerkleTree]:
+) -> dict[uuid.UUID, _ProvedTree]:
     """The inclusion trees of the uploads that begin in `rows` (all but `going_on`, which the
     read is already in): `upload_tree` on an asynchronous connection. A tree not cached is
     built in a thread: an upload of a million records takes a million hashes, which the
     event loop must not wait for."""
-    trees: dict[uuid.UUID, MerkleTree] = {}
+    trees: dict[uuid.UUID, _ProvedTree] = {}
     for row in rows:
         upload_id, count = row[2], row[8]
         if upload_id == going_on or upload_id in trees:
             continue
-        tree = _trees.get(upload_id, count)
-        if tree is None:
+        proved = _trees.get(upload_id, count)
+        if proved is None:
             async with connection.cursor(binary=True) as cursor:
                 await cursor.execute(_LEAVES_SQL, {"upload": upload_id})
                 leaves = await cursor.fetchall()
-            tree = await asyncio.to_thread(_tree_of_rows, leaves)
-            _trees.put(upload_id, tree)
-        trees[upload_id] = tree
+            proved = _trees.put(upload_id, await asyncio.to_thread(_tree_of_rows, leaves))
+        trees[upload_id] = proved
     return trees
 
 

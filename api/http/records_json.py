@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import Iterable
 
+from vault.crypto.merkle import AuditPath
 from vault.reads import RecordOut
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -63,7 +64,11 @@ def proof_text(r: RecordOut) -> str:
 def _proof_text(
     leaf_index: int, leaf_salt: bytes, proof: list[bytes], merkle_root: bytes, record_count: int
 ) -> str:
-    path = '"' + '","'.join(map(_hex, proof)) + '"' if proof else ""
+    path = proof.text if type(proof) is AuditPath else None
+    if path is None:
+        path = '"' + '","'.join(map(_hex, proof)) + '"' if proof else ""
+        if type(proof) is AuditPath:  # shared by the reads of this leaf: encoded once
+            proof.text = path
     return (
         f'{{"leaf_index":{leaf_index},"leaf_salt":"{leaf_salt.hex()}",'
         f'"audit_path":[{path}],"merkle_root":"{merkle_root.hex()}",'

@@ -19,6 +19,7 @@ from api.http import records_json
 from api.http.routes.access import AccessRecord
 from api.http.schemas import RecordOut
 from vault import reads
+from vault.crypto.merkle import AuditPath
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -111,3 +112,19 @@ def test_the_audit_path_and_upload_of_each_record_as_they_are(siblings: int) -> 
         out = json.loads(records_json.record_text(r))
         assert out["upload_id"] == str(r.upload_id)
         assert out["proof"]["audit_path"] == [h.hex() for h in r.proof]
+
+
+@pytest.mark.parametrize("siblings", [0, 1, 7])
+def test_a_shared_audit_path_is_encoded_once_as_a_plain_one_is(siblings: int) -> None:
+    """A cached tree's `AuditPath` is written as the same text as a plain list of the same
+    hashes, and that text is kept on it: the next record proved by it reuses it (shown by
+    a memo the encoder could not have made itself)."""
+    hashes = [bytes([i]) * 32 for i in range(siblings)]
+    shared = AuditPath(hashes)
+    plain = _record("s1", b"{}")._replace(proof=hashes)
+    kept = plain._replace(proof=shared)
+    text = records_json.access_record_text(*kept)
+    assert text == records_json.access_record_text(*plain)
+    assert shared.text is not None and shared.text in text
+    shared.text = '"memo"'
+    assert json.loads(records_json.access_record_text(*kept))["proof"]["audit_path"] == ["memo"]
