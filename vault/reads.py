@@ -33,6 +33,7 @@ from sqlalchemy import (
     all_,
     any_,
     bindparam,
+    case,
     cast,
     func,
     select,
@@ -595,18 +596,33 @@ def _query_in_uploads(anchored_only: bool) -> Select[*tuple[Any, ...]]:
     if anchored_only:
         named = named.where(Upload.state == "anchored")
     uploads = named.cte("named_uploads").prefix_with("MATERIALIZED")
+    # What belongs to the upload, not the record, is sent once per upload the rows begin (on
+    # a page's first row, and where the upload changes; NULL on the others): the opener reads
+    # it when an upload begins (`_Opener._begin_upload`). Sent on every row, eight columns
+    # decoded into objects no one looked at, a quarter of the driver's work for the rows.
+    begins = (
+        func.lag(Record.upload_id)
+        .over(order_by=(Record.upload_id, Record.leaf_index))
+        .is_distinct_from(Record.upload_id)
+    )
+
+    def once(column: Any) -> Any:
+        return case((begins, column)).label(column.name)
+
     query: Select[*tuple[Any, ...]] = (
         select(
-            *_COLUMNS[:6],
-            uploads.c.retention_day,
-            uploads.c.merkle_root,
-            uploads.c.record_count,
+            Record.id,
+            once(Record.dataset_id),
+            *_COLUMNS[2:6],
+            once(uploads.c.retention_day),
+            once(uploads.c.merkle_root),
+            once(uploads.c.record_count),
             _SUBJECT_KEY.c.kek_id,
             _SUBJECT_KEY.c.wrapped,
-            uploads.c.upload_kek_id,
-            uploads.c.upload_wrapped,
-            uploads.c.epoch_kek_id,
-            uploads.c.epoch_wrapped,
+            once(uploads.c.upload_kek_id),
+            once(uploads.c.upload_wrapped),
+            once(uploads.c.epoch_kek_id),
+            once(uploads.c.epoch_wrapped),
         )
         .select_from(Record)
         .join(uploads, uploads.c.id == Record.upload_id)
@@ -655,6 +671,7 @@ class _Opener:
         self._upload_tree = tree  # (upload id, record count) -> its inclusion tree
         self._skip_erased = skip_erased
         self._upload_int = -1  # the upload being read, as its UUID's integer
+        self._upload: tuple[Any, bytes, int] = (None, b"", 0)  # its dataset, root and size
         self._dataset: uuid.UUID | None = None
         self._unwrap_subject: Callable[[str, str, bytes], bytes] = _no_dataset
         self._ids = (b"", b"")  # the upload's dataset and upload ids as bytes
@@ -666,9 +683,10 @@ class _Opener:
         """The records of `rows` (those that can be opened, with `skip_erased`), each made by
         `make` from its fields."""
         for row in rows:
-            rid, dataset_id, upload_id, subject_id, index, envelope, _, root, count = row[:9]
+            rid, _, upload_id, subject_id, index, envelope = row[:6]
             if upload_id.int != self._upload_int:  # not UUID.__eq__: a Python call a row
                 self._begin_upload(row)
+            dataset_id, root, count = self._upload
             payload: bytes | None = None
             rid_bytes = rid.bytes
             dek = None if envelope is None else self._dek(row)
@@ -702,8 +720,11 @@ class _Opener:
             )
 
     def _begin_upload(self, row: Any) -> None:
-        dataset_id, upload_id, day, count = row[1], row[2], row[6], row[8]
+        """The upload of `row` begins: its columns, which its first row carries (a read that
+        names its uploads sends them on that row alone), are kept for its other rows."""
+        dataset_id, upload_id, day, root, count = row[1], row[2], row[6], row[7], row[8]
         self._upload_int = upload_id.int
+        self._upload = (dataset_id, root, count)
         if dataset_id != self._dataset:
             self._dataset = dataset_id
             self._unwrap_subject = self._store.subject_unwrapper(dataset_id)

@@ -99,3 +99,28 @@ def test_a_read_naming_its_uploads_opens_only_what_their_secrets_still_open(
     assert named(mine, anchored_only=True) == named(mine[2:])
     session.execute(update(Upload).where(Upload.id == mine[2]).values(state="pending"))
     assert named(mine, anchored_only=True) == []
+
+
+def test_a_read_naming_its_uploads_gives_each_record_what_a_whole_read_gives(
+    session: Session, services: VaultServices
+) -> None:
+    """A read that names its uploads is sent each upload's own columns (dataset, root, size,
+    shared secrets) on the upload's first row in a page alone: every record still carries
+    its upload's, in pages that end inside an upload and across two, as the read of the
+    whole dataset (every column on every row) gives them."""
+    dataset = make_dataset(session)
+    ids = [
+        services.uploader.upload(
+            session,
+            dataset.id,
+            [RecordIn(f"s{i % 3}", json.dumps({"u": u, "i": i}).encode()) for i in range(5)],
+        ).upload_id
+        for u in range(3)
+    ]
+    whole = list(services.reader.by_dataset(session, dataset.id))
+    assert len(whole) == 15 and len({(r.merkle_root, r.upload_id) for r in whole}) == 3
+    for rows in (2, 3, 1000):
+        paged = Reader(services.store, batch_rows=rows)
+        assert list(paged.by_dataset(session, dataset.id, uploads=ids)) == whole, rows
+        some = list(paged.by_dataset(session, dataset.id, uploads=ids[1:], subjects=["s1"]))
+        assert some == [r for r in whole if r.upload_id in ids[1:] and r.subject_id == "s1"]
