@@ -27,6 +27,25 @@ def _server(pgdata: Path, cleanup_mode: str | None) -> object:
         return get_server(pgdata, cleanup_mode=cleanup_mode)
 
 
+# The planner's costs for the embedded server, whose data lives on this machine's local disk
+# and whose working set (keys, the records being read) stays in its buffers: a random page
+# read costs about what a sequential one does, as PostgreSQL's documentation says of SSDs and
+# cached data (`random_page_cost`, default 4, for spinning disks). With the default, a consented
+# read of 100 records looked up each subject's secret by scanning a small `key_secrets` table
+# once per record rather than probing its index, twice the server's CPU for the statement
+# (docs/BENCHMARKS.md, "Access"). A server of the operator's keeps the operator's settings.
+PLANNER_SETTINGS = {"random_page_cost": "1.1"}
+
+
+def _configure(admin_uri: str) -> None:
+    """`PLANNER_SETTINGS` on the server (`ALTER SYSTEM`: kept across restarts), in force for
+    the connections made after this."""
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        for name, value in PLANNER_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def _ensure_database(admin_uri: str, name: str) -> None:
     with psycopg.connect(admin_uri, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
@@ -50,6 +69,7 @@ def embedded_postgres(
     socket_dir = str(info.socket_dir)
     port = int(info.port)
     admin = f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
+    _configure(admin)
     _ensure_database(admin, database)
     _log.info("embedded PostgreSQL ready at %s (socket)", socket_dir)
     try:
