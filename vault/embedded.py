@@ -32,8 +32,8 @@ def _server(pgdata: Path, cleanup_mode: str | None) -> object:
 # read costs about what a sequential one does, as PostgreSQL's documentation says of SSDs and
 # cached data (`random_page_cost`, default 4, for spinning disks). With the default, a consented
 # read of 100 records looked up each subject's secret by scanning a small `key_secrets` table
-# once per record rather than probing its index, twice the server's CPU for the statement
-# (docs/BENCHMARKS.md, "Access"). A server of the operator's keeps the operator's settings.
+# once per record rather than probing its index: about 1.7 times the server's CPU for the
+# statement (docs/BENCHMARKS.md, "Access"). A server of the operator's keeps its own settings.
 PLANNER_SETTINGS = {"random_page_cost": "1.1"}
 
 
