@@ -38,8 +38,9 @@ PLANNER_SETTINGS = {"random_page_cost": "1.1"}
 
 
 def _configure(admin_uri: str) -> None:
-    """`PLANNER_SETTINGS` on the server (`ALTER SYSTEM`: kept across restarts), in force for
-    the connections made after this."""
+    """`PLANNER_SETTINGS` on the server, by `ALTER SYSTEM`: kept in its data directory across
+    restarts (a setting dropped from `PLANNER_SETTINGS` would stay until reset), and applied by
+    every backend, the ones already running included, once the reload reaches them."""
     with psycopg.connect(admin_uri, autocommit=True) as conn:
         for name, value in PLANNER_SETTINGS.items():
             conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")

@@ -65,7 +65,9 @@ _T = TypeVar("_T")
 TREE_CACHE_LEAVES = 1 << 18
 # The audit paths the cached trees keep for the leaves their reads proved (`_ProvedTree`), in
 # all: each holds references to its tree's hashes and its encoding, at most ~1.4 KB for a tree
-# of 2^18 leaves, so about 23 MB at most.
+# of 2^18 leaves, so about 23 MB at most. The first leaves proved keep their places for as
+# long as their trees stay cached; a leaf proved once the bound is reached is walked and
+# encoded on each read, as every leaf was before paths were kept.
 TREE_CACHE_PATHS = 1 << 14
 # A chain of versions is followed this far at most (each rectification adds one link; the
 # vault never writes a loop, this bounds a read if a row were ever tampered into one).
@@ -140,6 +142,13 @@ class _TreeCache:
             ):
                 self._paths += 1
 
+    def clear(self) -> None:
+        """Every tree leaves the cache, with its paths."""
+        with self._lock:
+            for proved in self._trees.values():
+                self._forget(proved)
+            self._trees.clear()
+
     def _forget(self, proved: _ProvedTree) -> None:
         """Under the lock: `proved` leaves the cache with its paths, and keeps none after."""
         self._leaves -= proved.tree.size
@@ -165,7 +174,7 @@ class RecordOut(NamedTuple):
     payload: bytes
     leaf_index: int
     leaf_salt: bytes
-    proof: list[bytes]
+    proof: Sequence[bytes]
     merkle_root: bytes
     record_count: int
 
@@ -179,7 +188,7 @@ class RecordOut(NamedTuple):
 # tuple built per record only to be read back once. A maker only encodes: it runs in the
 # opener's frame, so a traceback raised through it would reach the DEK and the plaintext.
 RecordMaker = Callable[
-    [uuid.UUID, uuid.UUID, uuid.UUID, str, bytes, int, bytes, list[bytes], bytes, int], _T
+    [uuid.UUID, uuid.UUID, uuid.UUID, str, bytes, int, bytes, Sequence[bytes], bytes, int], _T
 ]
 
 
@@ -187,9 +196,11 @@ RecordMaker = Callable[
 # destroyed secret is an absent one, and the record then reads as erased). One query brings a
 # batch of records with their key material, instead of one for the records and one per upload
 # for the secrets, and the shared upload and epoch secrets are unwrapped once per call.
-# Each is a LATERAL lookup by the key store's unique (kind, dataset, scope): a plan that can
-# only probe that index once per record, whatever the statistics say (on a table not yet
-# analysed, a plain join was planned as a scan of every subject secret per record).
+# Each is a LATERAL lookup of one row by the key store's unique (kind, dataset, scope): a plain
+# join, on a table not yet analysed, was planned as a scan of every subject secret per record.
+# The planner may still scan a small table once per record rather than probe its index, which
+# PostgreSQL's default costs for spinning disks make look cheaper; the embedded server's
+# costs are set for local disks (vault/embedded.py, `PLANNER_SETTINGS`).
 
 
 def _secret(kind: str, dataset: Any, scope: Any) -> Any:
@@ -529,12 +540,36 @@ def _dataset_statement(
         query = query.where(Record.upload_id == any_(_UPLOADS))
     if following:
         query = query.where(tuple_(_AFTER_UPLOAD, _AFTER_LEAF) < _position())
-    compiled = query.order_by(*_position()).limit(_PAGE).compile(dialect=dialect)
+    page = query.order_by(*_position()).limit(_PAGE)
+    compiled = (_once_per_upload(page) if uploads else page).compile(dialect=dialect)
     constants = {k: v for k, v in compiled.params.items() if v is not None}
     raw = _Raw(str(compiled), constants)
     with _raw_lock:
         _raw_statements[key] = raw
     return raw
+
+
+# The columns of a row (in `_COLUMNS`' order) that belong to its upload, not to the record.
+_UPLOAD_COLUMNS = frozenset({1, 6, 7, 8, 11, 12, 13, 14})
+
+
+def _once_per_upload(page: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]:
+    """`page`'s rows, in its order, with what belongs to the upload (its dataset, retention
+    day, root, size and shared secrets) on the first row of each upload in the page alone,
+    NULL on the others: the opener reads it when an upload begins (`_Opener._begin_upload`).
+    Sent on every row, eight columns were decoded into objects no one looked at, a quarter of
+    the driver's work for the rows. The window runs over the page, after its LIMIT, so the
+    page is still the sort's bound (a window under the LIMIT would sort every row read)."""
+    rows = page.subquery("page")
+    columns = list(rows.c)
+    upload, leaf = columns[2], columns[4]
+    begins = func.lag(upload).over(order_by=(upload, leaf)).is_distinct_from(upload)
+    return select(
+        *(
+            case((begins, column)).label(column.name) if i in _UPLOAD_COLUMNS else column
+            for i, column in enumerate(columns)
+        )
+    ).order_by(upload, leaf)
 
 
 def _after(page: int, last: Any) -> dict[str, Any]:
@@ -596,33 +631,18 @@ def _query_in_uploads(anchored_only: bool) -> Select[*tuple[Any, ...]]:
     if anchored_only:
         named = named.where(Upload.state == "anchored")
     uploads = named.cte("named_uploads").prefix_with("MATERIALIZED")
-    # What belongs to the upload, not the record, is sent once per upload the rows begin (on
-    # a page's first row, and where the upload changes; NULL on the others): the opener reads
-    # it when an upload begins (`_Opener._begin_upload`). Sent on every row, eight columns
-    # decoded into objects no one looked at, a quarter of the driver's work for the rows.
-    begins = (
-        func.lag(Record.upload_id)
-        .over(order_by=(Record.upload_id, Record.leaf_index))
-        .is_distinct_from(Record.upload_id)
-    )
-
-    def once(column: Any) -> Any:
-        return case((begins, column)).label(column.name)
-
     query: Select[*tuple[Any, ...]] = (
         select(
-            Record.id,
-            once(Record.dataset_id),
-            *_COLUMNS[2:6],
-            once(uploads.c.retention_day),
-            once(uploads.c.merkle_root),
-            once(uploads.c.record_count),
+            *_COLUMNS[:6],
+            uploads.c.retention_day,
+            uploads.c.merkle_root,
+            uploads.c.record_count,
             _SUBJECT_KEY.c.kek_id,
             _SUBJECT_KEY.c.wrapped,
-            once(uploads.c.upload_kek_id),
-            once(uploads.c.upload_wrapped),
-            once(uploads.c.epoch_kek_id),
-            once(uploads.c.epoch_wrapped),
+            uploads.c.upload_kek_id,
+            uploads.c.upload_wrapped,
+            uploads.c.epoch_kek_id,
+            uploads.c.epoch_wrapped,
         )
         .select_from(Record)
         .join(uploads, uploads.c.id == Record.upload_id)
@@ -668,7 +688,7 @@ class _Opener:
         skip_erased: bool,
     ) -> None:
         self._store = store
-        self._upload_tree = tree  # (upload id, record count) -> its inclusion tree
+        self._proved_tree = tree  # (upload id, record count) -> its inclusion tree
         self._skip_erased = skip_erased
         self._upload_int = -1  # the upload being read, as its UUID's integer
         self._upload: tuple[Any, bytes, int] = (None, b"", 0)  # its dataset, root and size
@@ -730,7 +750,7 @@ class _Opener:
             self._unwrap_subject = self._store.subject_unwrapper(dataset_id)
         self._ids = (dataset_id.bytes, upload_id.bytes)
         self._deks.clear()
-        self._tree = self._upload_tree(upload_id, count)
+        self._tree = self._proved_tree(upload_id, count)
         upload_secret = self._unwrap(upload_ref(dataset_id, upload_id), row[11], row[12])
         epoch_secret = self._unwrap(epoch_ref(dataset_id, day.isoformat()), row[13], row[14])
         self._shared = (
@@ -799,7 +819,7 @@ class SupersededRecord:
     superseded_by: uuid.UUID
     leaf_index: int
     leaf_hash: bytes
-    proof: list[bytes]
+    proof: Sequence[bytes]
     merkle_root: bytes
     record_count: int
 
@@ -873,7 +893,7 @@ async def _upload_trees_async(
     connection: AsyncConnection[Any], rows: Sequence[Any], going_on: uuid.UUID | None
 ) -> dict[uuid.UUID, _ProvedTree]:
     """The inclusion trees of the uploads that begin in `rows` (all but `going_on`, which the
-    read is already in): `upload_tree` on an asynchronous connection. A tree not cached is
+    read is already in): `_proved_tree` on an asynchronous connection. A tree not cached is
     built in a thread: an upload of a million records takes a million hashes, which the
     event loop must not wait for."""
     trees: dict[uuid.UUID, _ProvedTree] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from vault.crypto.merkle import AuditPath
 from vault.reads import RecordOut
@@ -62,7 +62,11 @@ def proof_text(r: RecordOut) -> str:
 
 
 def _proof_text(
-    leaf_index: int, leaf_salt: bytes, proof: list[bytes], merkle_root: bytes, record_count: int
+    leaf_index: int,
+    leaf_salt: bytes,
+    proof: Sequence[bytes],
+    merkle_root: bytes,
+    record_count: int,
 ) -> str:
     path = proof.text if type(proof) is AuditPath else None
     if path is None:
@@ -84,7 +88,7 @@ def access_record_text(
     payload: bytes,
     leaf_index: int,
     leaf_salt: bytes,
-    proof: list[bytes],
+    proof: Sequence[bytes],
     merkle_root: bytes,
     record_count: int,
 ) -> str:

@@ -22,7 +22,7 @@ import binascii
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +126,7 @@ class Sources:
 Section = Callable[[Sources, str, Any, int], tuple[list[dict[str, Any]], Any]]
 
 
-def proof_json(leaf_index: int, path: list[bytes], root: bytes, size: int) -> dict[str, Any]:
+def proof_json(leaf_index: int, path: Sequence[bytes], root: bytes, size: int) -> dict[str, Any]:
     return {
         "leaf_index": leaf_index,
         "audit_path": [h.hex() for h in path],

@@ -105,9 +105,8 @@ def test_the_answers_record_maker_writes_what_the_general_encoding_writes(subjec
 def test_the_audit_path_and_upload_of_each_record_as_they_are(siblings: int) -> None:
     """A tree of one record has an empty audit path; records of two uploads read one after
     the other each name their own (the upload's text is made once per upload)."""
-    first, second = _record("s1", b"{}"), _record("s2", b"{}")
     path = [bytes([i]) * 32 for i in range(siblings)]
-    first.proof[:] = path
+    first, second = _record("s1", b"{}")._replace(proof=path), _record("s2", b"{}")
     for r in (first, second, first):
         out = json.loads(records_json.record_text(r))
         assert out["upload_id"] == str(r.upload_id)

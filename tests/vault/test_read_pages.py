@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tests.vault.conftest import VaultServices, make_dataset
+from vault.crypto.merkle import AuditPath
 from vault.keys import epoch_ref, upload_ref
 from vault.models import Upload
 from vault.reads import Reader
@@ -124,3 +125,16 @@ def test_a_read_naming_its_uploads_gives_each_record_what_a_whole_read_gives(
         assert list(paged.by_dataset(session, dataset.id, uploads=ids)) == whole, rows
         some = list(paged.by_dataset(session, dataset.id, uploads=ids[1:], subjects=["s1"]))
         assert some == [r for r in whole if r.upload_id in ids[1:] and r.subject_id == "s1"]
+
+
+def test_a_record_read_again_is_proved_by_the_path_its_first_read_made(
+    session: Session, services: VaultServices
+) -> None:
+    """Two reads of a record share the audit path the first made (vault/reads.py,
+    `_ProvedTree`): the second neither walks the tree nor encodes the path again."""
+    dataset = make_dataset(session)
+    services.uploader.upload(session, dataset.id, [RecordIn(f"s{i}", b"{}") for i in range(4)])
+    first, again = (list(services.reader.by_dataset(session, dataset.id)) for _ in range(2))
+    assert len(first) == 4 and [r.proof for r in first] == [r.proof for r in again]
+    pairs = zip(first, again, strict=True)
+    assert all(type(a.proof) is AuditPath and a.proof is b.proof for a, b in pairs)
