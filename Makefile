@@ -29,7 +29,7 @@ unit: install
 
 test: lint typecheck unit
 
-BENCHES ?= upload upload-http erasure keys ledger access events wan
+BENCHES ?= upload upload-http erasure keys ledger access events wan instructions
 
 bench: install
 	for b in $(BENCHES); do $(BIN)/civis-vault bench $$b --json || exit 1; done

@@ -675,30 +675,34 @@ def _single_record(fx: Fixture, point_s: float) -> dict[str, Any]:
     }
 
 
-def _in_process_limit(fx: Fixture, point_s: float) -> dict[str, Any]:
-    """The physical limit of an answer: the same records the access delivers (the subjects the
-    contracts granted, in the uploads they named) fetched, decrypted, proved and encoded to the
-    same JSON text by the vault's reader in this process, with no HTTP and no ledger. CPU is
-    this process's (one thread), and PostgreSQL's when the run started it."""
+@contextmanager
+def limit_answers(
+    database_url: str,
+    data_dir: Path,
+    dataset_id: str,
+    granted: list[str],
+    uploads: list[uuid.UUID],
+) -> Iterator[Callable[[], int]]:
+    """The in-process limit's answer, one per call (its size in bytes): the records of
+    `granted` in `uploads` fetched, decrypted, proved and encoded to the access's JSON text
+    by the vault's reader in this process, on a connection of its own, with no HTTP and no
+    ledger. Warmed once (connection, prepared statements, the upload's tree) before this
+    yields."""
     from api.http import records_json
     from api.http.settings import Settings
     from vault import reads
     from vault.keys import KeyStore, make_provider
 
-    with CivisClient(fx.base, api_key=fx.consumer_key) as consumer:
-        answer = consumer.access(fx.dataset_id, PURPOSE)
-    granted = list(answer["granted"])
-    uploads = sorted({uuid.UUID(r["upload_id"]) for r in answer["records"]}, key=str)
-    dataset_id = uuid.UUID(fx.dataset_id)
-    settings = Settings(environment="test", data_dir=fx.data_dir)
+    settings = Settings(environment="test", data_dir=data_dir)
     reader = reads.Reader(KeyStore(make_provider(settings, create=False)))
-    engine = db.make_engine(fx.database_url, pool_size=1)
+    engine = db.make_engine(database_url, pool_size=1)
+    dataset = uuid.UUID(dataset_id)
 
     def answer_bytes() -> int:
         with Session(engine) as session, session.begin():
             found = reader.made_by_dataset(
                 session,
-                dataset_id,
+                dataset,
                 records_json.access_record_text,
                 subjects=granted,
                 uploads=uploads,
@@ -708,21 +712,39 @@ def _in_process_limit(fx: Fixture, point_s: float) -> dict[str, Any]:
         return len(text.encode())
 
     try:
-        answer_bytes()  # warm: connection, prepared statements, the upload's tree
+        answer_bytes()
+        yield answer_bytes
+    finally:
+        engine.dispose()
+
+
+def granted_answer(fx: Fixture) -> tuple[list[str], list[uuid.UUID], int]:
+    """What one access of the consumer delivers: the granted subjects, the uploads their
+    records came from, and the number of records."""
+    with CivisClient(fx.base, api_key=fx.consumer_key) as consumer:
+        answer = consumer.access(fx.dataset_id, PURPOSE)
+    uploads = sorted({uuid.UUID(r["upload_id"]) for r in answer["records"]}, key=str)
+    return list(answer["granted"]), uploads, len(answer["records"])
+
+
+def _in_process_limit(fx: Fixture, point_s: float) -> dict[str, Any]:
+    """The physical limit of an answer: the same records the access delivers (the subjects the
+    contracts granted, in the uploads they named), made by `limit_answers`. CPU is this
+    process's (one thread), and PostgreSQL's when the run started it."""
+    granted, uploads, records = granted_answer(fx)
+    with limit_answers(fx.database_url, fx.data_dir, fx.dataset_id, granted, uploads) as answer:
         latencies: list[float] = []
         cpu = _cpu_s({}, fx.postmaster)
         began = time.perf_counter()
         while time.perf_counter() - began < point_s or len(latencies) < 10:
             t0 = time.perf_counter()
-            size = answer_bytes()
+            size = answer()
             latencies.append(time.perf_counter() - t0)
         after = _cpu_s({}, fx.postmaster)
-    finally:
-        engine.dispose()
     n = len(latencies)
     return {
         "answers": n,
-        "records_per_answer": len(answer["records"]),
+        "records_per_answer": records,
         "bytes_per_answer": size,
         "p50_ms": _ms(_percentile(latencies, 0.50)),
         "cpu_ms_per_answer": {k: round(1000 * (after[k] - cpu.get(k, 0.0)) / n, 3) for k in after},

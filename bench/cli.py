@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "events": "bench.events:run",
     "final-erasure": "bench.final_erasure:run",
     "wan": "bench.wan:run",
+    "instructions": "bench.instructions:run",
 }
 
 # The repository holding this `bench/`.
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="upload: distinct data subjects among the records (default 1,000; as many as "
         "records: one record per subject)",
+    )
+    bench.add_argument(
+        "--answers",
+        type=int,
+        default=None,
+        help="instructions: measured answers per count (default 20)",
     )
     bench.add_argument(
         "--gb",

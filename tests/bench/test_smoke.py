@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from numbers import Real
 
 import pytest
 
-from bench import access, checkpoint, crypto, events, upload, upload_http
+from bench import access, checkpoint, crypto, events, instructions, upload, upload_http
 from tests.conftest import PgServer
 
 
@@ -157,3 +158,18 @@ def test_upload_with_one_record_per_subject(
     assert report["records"] == report["subjects"] == 1500
     assert report["vault"]["records_per_s"] > 0 and report["raw_copy"]["records_per_s"] > 0
     assert report["ratio_vault_to_raw_copy"] > 0
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="needs valgrind")
+def test_instructions_counts_the_api_above_its_in_process_limit(pg_server: PgServer) -> None:
+    """The API's request does all the limit's work and more (HTTP, the ledger's decision), and
+    an answer of three records more than one of one: counts that were read from the wrong
+    dump, or never zeroed, would break one of these."""
+    report = instructions.run(
+        argparse.Namespace(records=3, answers=2, database_url=pg_server.base_url)
+    )
+    json.dumps(report)
+    limit = report["in_process_limit"]["instructions_per_answer"]
+    api = report["api"]
+    assert 0 < limit < api["instructions_per_single_record"] < api["instructions_per_answer"]
+    assert report["api_ratio_to_limit"] == round(api["instructions_per_answer"] / limit, 3)
