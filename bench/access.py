@@ -248,9 +248,17 @@ def bench_database(server_url: str | None, tmp: Path) -> Iterator[tuple[str, str
 # -- the system under test ------------------------------------------------------------------------
 
 
-def _serve(url: str, data_dir: Path, port: int, host: str = "127.0.0.1", workers: int = 1) -> None:
+def _serve(
+    url: str,
+    data_dir: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    background_jobs: bool = True,
+) -> None:
     """The child process: the API of `civis-vault up`, with its `workers` worker processes
-    (api/cli/serving.py), on a ledger founded by the parent."""
+    (api/cli/serving.py), on a ledger founded by the parent; without its background jobs when
+    another API runs them."""
     from api.cli import layout, serving
     from api.http.settings import Settings
 
@@ -259,6 +267,7 @@ def _serve(url: str, data_dir: Path, port: int, host: str = "127.0.0.1", workers
         url,
         layout.ledger_dir(data_dir),
         layout.keys_dir(data_dir),
+        background_jobs=background_jobs,
     )
     if not serving.serve(spec, workers=workers, host=host, port=port, log_level="warning"):
         raise SystemExit("the API workers could not start")
@@ -336,6 +345,7 @@ def _api_server(
     host: str = "127.0.0.1",
     launcher: Sequence[str] = (),
     workers: int | None = None,
+    background_jobs: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The API in a child process, with `workers` worker processes (default: as `up` chooses),
     ready (database and ledger quorum) before this yields."""
@@ -344,6 +354,8 @@ def _api_server(
     port = _free_port() if host == "127.0.0.1" else HOSTS_API_PORT
     n = default_workers() if workers is None else workers
     serve = ["--serve", url, str(data_dir), str(port), "--host", host, "--workers", str(n)]
+    if not background_jobs:
+        serve.append("--no-background-jobs")
     server = subprocess.Popen([*launcher, sys.executable, "-m", "bench.access", *serve])
     base = f"http://{host}:{port}"
     try:
@@ -863,9 +875,10 @@ def main() -> None:
     parser.add_argument("--serve", nargs=3, metavar=("URL", "DIR", "PORT"), required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-background-jobs", action="store_true")
     args = parser.parse_args()
     url, data_dir, port = args.serve
-    _serve(url, Path(data_dir), int(port), args.host, args.workers)
+    _serve(url, Path(data_dir), int(port), args.host, args.workers, not args.no_background_jobs)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,9 @@ class ApiSpec:
     supervisor: int | None = None
     # The workers' shared ledger height floor (ledger_bridge/height_floor.py; `serve` makes it).
     height_floor: Path | None = None
+    # False for an API that serves requests beside another that runs the background jobs (a
+    # benchmark's measured worker): its count is then the requests' alone.
+    background_jobs: bool = True
 
     def app(self, ledger: LedgerGateway | None, *, owns_ledger: bool = False) -> FastAPI:
         from api.cli.bootstrap import quorum_probe
@@ -150,6 +153,7 @@ class ApiSpec:
             database_url=self.database_url,
             probes=[] if ledger is None else [quorum_probe(ledger)],
             ledger=ledger,
+            background_jobs=self.background_jobs,
             owns_ledger=owns_ledger,
         )
 
