@@ -83,8 +83,8 @@ def _window(pid: int, dumps: Path, run: Callable[[], None]) -> int:
 
 def _count(pid: int, dumps: Path, serve: Callable[[int], None], answers: int) -> int:
     """Instructions `pid` executed for `answers` answers, warmed before: those of the window
-    in which it served them, less those of a window as long in which it served none (an API
-    worker's timers and background threads run in both)."""
+    in which it served them, less those of a window as long in which it served none (what the
+    process does on its own, such as uvicorn's timer, runs in both)."""
     serve(WARM_ANSWERS)  # before instrumentation: it runs at a fraction of the cost
     _ctl(pid, "-i", "on")
     began = time.monotonic()
