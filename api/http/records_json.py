@@ -61,6 +61,11 @@ def proof_text(r: RecordOut) -> str:
     return _proof_text(r.leaf_index, r.leaf_salt, r.proof, r.merkle_root, r.record_count)
 
 
+def _path_text(proof: Sequence[bytes]) -> str:
+    """An audit path's hashes as the items of a JSON array of hex strings."""
+    return '"' + '","'.join(map(_hex, proof)) + '"' if proof else ""
+
+
 def _proof_text(
     leaf_index: int,
     leaf_salt: bytes,
@@ -68,11 +73,12 @@ def _proof_text(
     merkle_root: bytes,
     record_count: int,
 ) -> str:
-    path = proof.text if type(proof) is AuditPath else None
-    if path is None:
-        path = '"' + '","'.join(map(_hex, proof)) + '"' if proof else ""
-        if type(proof) is AuditPath:  # shared by the reads of this leaf: encoded once
-            proof.text = path
+    if type(proof) is AuditPath:  # shared by the reads of this leaf: encoded once
+        path = proof.text
+        if path is None:
+            path = proof.text = _path_text(proof)
+    else:
+        path = _path_text(proof)
     return (
         f'{{"leaf_index":{leaf_index},"leaf_salt":"{leaf_salt.hex()}",'
         f'"audit_path":[{path}],"merkle_root":"{merkle_root.hex()}",'

@@ -90,7 +90,7 @@ def test_each_subject_secret_is_probed_by_index_not_scanned(
         assert shown == PLANNER_SETTINGS["random_page_cost"]
         plan = _plan(session, dataset, upload, subjects)
         assert "Seq Scan on key_secrets" not in plan and _PROBED.search(plan), plan
-        generic = [n for n in _nodes(_generic_plan(session, dataset, upload))]
+        generic = list(_nodes(_generic_plan(session, dataset, upload)))
         lookups = [n for n in generic if n.get("Alias") == "key_secrets_3"]
         assert lookups and all(n["Node Type"] != "Seq Scan" for n in lookups), lookups
         session.execute(text("SET LOCAL random_page_cost = 4"))  # the control: the default
