@@ -111,11 +111,20 @@ class Loads:
 
     def objects(self, texts: Sequence[str]) -> list[dict[str, Any]] | None:
         """The dict `self` parses from each of `texts` when every one is one JSON object and
-        nothing else; None when one may not be (`self` on each says which and why).
+        nothing else; None when one may not be (`self` on each says which and why)."""
+        values = self.values(texts)
+        if values is None:
+            return None
+        return values if set(map(type, values)) <= {dict} else None
+
+    def values(self, texts: Sequence[str]) -> list[Any] | None:
+        """What `self` parses from each of `texts` when every one starts with a JSON value
+        that ends where the text ends; None when one may not (`self` on each says which and
+        why). Made with `object_pairs_hook=list`, `self` gives each object as its list of
+        (key, value) pairs, repeated keys included.
 
         Here the C scanner is mapped over the texts, with no Python frame per text; each scan
-        is the one `self` makes of a text that starts with `{`, and must end where the text
-        ends.
+        is the one `self` makes of a text that starts with `{`.
 
         Why `_DEPTH_MARGIN` frames down: the scanner's depth limit is the interpreter's
         recursion limit, counted from the caller's stack (Python 3.11 counts Python frames
@@ -130,8 +139,7 @@ class Loads:
             return None
         if list(map(_END, parsed)) != list(map(len, texts)):
             return None
-        values = list(map(_VALUE, parsed))
-        return values if set(map(type, values)) <= {dict} else None
+        return list(map(_VALUE, parsed))
 
     def _text(self, text: str) -> Any:
         """`JSONDecoder.decode(text)`: its whitespace passes skipped when there is none."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -10,12 +11,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from api.http.bodies import JSON_DEPTH_MAX
 from api.http.errors import InvalidLine
 from api.http.streams import (
+    _PLAIN_DEPTH,
     EmptyUpload,
     _block_records,
-    _compact_outside,
     _plain_block,
+    _plain_records,
     csv_records,
     ndjson_body_records,
     ndjson_records,
@@ -235,6 +238,7 @@ _TWISTS = {
     "too deep": lambda p: _member(p, '"z":' + "[" * 40 + "]" * 40),
     "long": lambda p: _member(p, '"l":"' + "y" * 150 + '"'),
     "raw tab": lambda p: _member(p, '"t":"a\tb"'),
+    "newline in a string": lambda p: _member(p, '"t":"a\nb"'),
     "escape": lambda p: _member(p, '"q":"a\\"b"'),
     "not an object": lambda p: "[1]",
     "unfinished": lambda p: p[:-1],
@@ -295,9 +299,7 @@ def test_a_block_of_plain_lines_is_read_as_line_by_line(
 
 
 def _plain(block: bytes, line_max: int = 1 << 16) -> list[RecordIn] | None:
-    text = block.decode()
-    outside = b"".join(block.split(b'"')[::2])
-    return _plain_block(block, text, outside, _compact_outside(outside), line_max)
+    return _plain_block(block, block.decode(), line_max)
 
 
 def test_plain_lines_are_read_all_at_once_and_passed_on_as_sent() -> None:
@@ -311,10 +313,31 @@ def test_plain_lines_are_read_all_at_once_and_passed_on_as_sent() -> None:
         _ENCODE(p).encode() for p in payloads
     ]
     assert _outcome(_block_records(block, 0, 1 << 16)) == _outcome(iter(records))
-    # A line too long for the limit is the line path's to refuse.
+    # A line too long for the limit is the line path's to refuse; one at the limit is plain.
     assert _plain(block, line_max=max(map(len, lines)) - 1) is None
+    assert _plain(block, line_max=max(map(len, lines))) is not None
     # A block must end its last line.
     assert _plain(block[:-1]) is None
+
+
+def test_plain_records_are_the_records_their_class_makes() -> None:
+    """Made through the slots' setters, a record equals, hashes and refuses assignment as
+    one made by `RecordIn(...)`."""
+    payloads = [CompactJson(b'{"a":1}'), CompactJson(b"{}")]
+    made = _plain_records(["s1", "s2"], payloads)
+    assert made == [RecordIn("s1", payloads[0]), RecordIn("s2", payloads[1])]
+    assert [r.record_id for r in made] == [None, None]
+    assert hash(made[0]) == hash(RecordIn("s1", payloads[0]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made[0].subject_id = "s3"  # type: ignore[misc]
+
+
+def test_a_plain_line_is_never_nested_deeper_than_allowed() -> None:
+    """The plain path checks no depth: the lines it takes nest `_PLAIN_DEPTH` deep at most
+    (the line, its payload, an array), within the bound every line is held to."""
+    assert _PLAIN_DEPTH <= JSON_DEPTH_MAX
+    deeper = _plain_line({"a": [[1]]}, "plain", "s1") + b"\n"
+    assert _plain(deeper) is None
 
 
 @pytest.mark.parametrize("twist", [*_TWISTS, "record id"])
