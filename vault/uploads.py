@@ -127,8 +127,9 @@ class CompactJson:
     Why: the API parses each upload line to check it, and when the client sent its payload
     in this form the bytes to store are the client's own; encoding the parsed dict again
     would cost as much as the parse. Only code that has parsed the text and checked that it
-    is this form (`api/http/streams.py`, with `vault.jsontext.shape`) makes one; the
-    uploader trusts it and checks only its size."""
+    is this form (`api/http/streams.py`: with `vault.jsontext.shape`, or for a block of
+    plain lines with one regular expression) makes one; the uploader trusts it and checks
+    only its size."""
 
     __slots__ = ("data",)
 

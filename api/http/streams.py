@@ -175,11 +175,13 @@ def ndjson_body_records(chunks: Iterable[bytes], *, line_max_bytes: int) -> Iter
     costs its split, a copy, a decode, and the look at its text that finds it compact
     (`vault.jsontext.shape`); at 1 KiB a line, those cost more than the parse. Here the whole
     lines of each chunk are one block, and that work is done once per block at C speed: one
-    decode, one split at the quotes (the text outside strings of every line at once), and
-    each line parsed where it lies in the block. A block with a backslash or a carriage
-    return, or that is not UTF-8, and any line the scan does not take whole (not an object, not
-    JSON, anything after it on its line, nested deep, a field to refuse), go through
-    `ndjson_records`'s own path, which answers or refuses them."""
+    decode, then for a block of plain lines one regular expression over all of them and the
+    scanner mapped over their payloads (`_plain_block`), else one split at the quotes (the
+    text outside strings of every line at once) and each line parsed where it lies in the
+    block. A block with a backslash or a carriage return, or that is not UTF-8, and any line
+    the scan does not take whole (not an object, not JSON, anything after it on its line,
+    nested deep, a field to refuse), go through `ndjson_records`'s own path, which answers or
+    refuses them."""
     line_no = 0
     rest = b""
     for chunk in chunks:
