@@ -16,6 +16,14 @@ replicas, the API, `--records` subjects who consented, one record each):
   (`POST /v1/access-requests`), then the single-record read, over HTTP from this process: the
   whole request, the ledger client and the read included.
 
+- `upload`: an NDJSON upload over HTTP (`bench upload-http`'s body and API process) against
+  the vault library's upload of the same records (`bench upload-http`'s library run, in a
+  child process), per record: the difference between the counts of an upload of
+  `UPLOAD_SIZES[1]` records and one of `UPLOAD_SIZES[0]`, over the records between them, so
+  what every upload pays once (its dataset, its commit, its tree's root) drops out. The
+  bar of `bench upload-http` is a time ratio, which on this machine moves by a third between
+  runs minutes apart; this one does not.
+
 Each process starts with instrumentation off (`--instr-atstart=no`), so starting it costs
 little, and serves `WARM_ANSWERS` so; then `callgrind_control` turns instrumentation on, zeroes
 the counters, the process serves the measured answers, and the counters are dumped and read.
@@ -37,16 +45,25 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from bench import access
+import httpx
+
+from bench import access, upload_http
+from bench.upload import SUBJECTS
 
 ANSWERS = 20  # measured answers per count
 # Served before counting: an API worker's first answers pay for what it does once (the ledger
 # client pool's sessions with each replica, eight clients per event loop, caches filled).
 WARM_ANSWERS = 24
 CTL_TIMEOUT_S = 120
+# Records in the two uploads whose counts are compared. Each names every one of `bench upload`'s
+# subjects (records cycle through them), so their difference holds records only, not the keys
+# of subjects the smaller one did not name.
+UPLOAD_SIZES = (SUBJECTS, 3 * SUBJECTS)
+START_TIMEOUT_S = 300  # an API process under valgrind, until it answers /readyz
 _TOTAL = re.compile(r"^(?:summary|totals): (\d+)$", re.M)
+_T = TypeVar("_T")
 
 
 def _valgrind(dumps: Path) -> list[str]:
@@ -130,8 +147,19 @@ def _limit_count(fx: access.Fixture, tmp: Path, answers: int) -> int:
         )
     )
     dumps = tmp / "limit"
+    return _child(
+        dumps,
+        ["--limit-child", str(config)],
+        lambda pid, serve: _count(pid, dumps, serve, answers),
+    )
+
+
+def _child(dumps: Path, mode: list[str], measure: Callable[[int, Callable[[int], None]], _T]) -> _T:
+    """`measure(pid, serve)` of a child of this module (`main`) under valgrind, its counts
+    dumped to `dumps`: `serve(n)` has it do n of what it does (an answer, a record
+    uploaded), and returns once it has."""
     dumps.mkdir()
-    command = [sys.executable, "-m", "bench.instructions", "--limit-child", str(config)]
+    command = [sys.executable, "-m", "bench.instructions", *mode]
     child = subprocess.Popen(
         [*_valgrind(dumps), *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -139,15 +167,15 @@ def _limit_count(fx: access.Fixture, tmp: Path, answers: int) -> int:
     stdin, stdout = child.stdin, child.stdout
     try:
         if stdout.readline().strip() != "ready":
-            raise RuntimeError("the in-process limit's child did not start")
+            raise RuntimeError(f"the child {mode[0]} did not start")
 
         def serve(n: int) -> None:
             stdin.write(f"{n}\n")
             stdin.flush()
             if stdout.readline().strip() != "done":
-                raise RuntimeError("the in-process limit's child stopped")
+                raise RuntimeError(f"the child {mode[0]} stopped")
 
-        return _count(child.pid, dumps, serve, answers)
+        return measure(child.pid, serve)
     finally:
         stdin.close()
         child.wait(timeout=CTL_TIMEOUT_S)
@@ -198,19 +226,105 @@ def _api_counts(fx: access.Fixture, tmp: Path, answers: int) -> dict[str, int]:
     return counts
 
 
+# -- an upload, over HTTP and through the library ---------------------------------------------
+
+
+def _per_record(pid: int, dumps: Path, serve: Callable[[int], None], sizes: tuple[int, int]) -> int:
+    """Instructions per record of `serve(n)`, an upload of n records: the counts of an upload
+    of each of `sizes`, their difference over the records between them."""
+    small, large = (_count(pid, dumps, serve, n) for n in sizes)
+    return round((large - small) / (sizes[1] - sizes[0]))
+
+
+def _api_upload(url: str, tmp: Path, sizes: tuple[int, int]) -> int:
+    """The API process's instructions per record of an NDJSON upload (`bench upload-http`'s
+    server, body and client), each upload into a new dataset."""
+    from bench.upload import _payloads
+
+    dumps = tmp / "upload-api"
+    dumps.mkdir()
+    port = access._free_port()
+    command = [sys.executable, "-m", "bench.upload_http", "--serve", url, str(tmp), str(port)]
+    server = subprocess.Popen([*_valgrind(dumps), *command, "--no-background-jobs"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        upload_http._wait_ready(base, server, START_TIMEOUT_S)
+        headers = upload_http.provider_headers(url)
+        pool = _payloads()
+
+        def serve(n: int) -> None:
+            dataset_id = upload_http._dataset(url, "bench-provider")
+            body = iter(upload_http.Body(n, pool))
+            # A client per upload: a connection kept would outlive uvicorn's keep-alive in
+            # the windows that serve nothing.
+            with httpx.Client(base_url=base, headers=headers, timeout=CTL_TIMEOUT_S) as client:
+                answer = client.post(f"/v1/datasets/{dataset_id}/uploads", content=body)
+            if answer.status_code != 201:
+                raise RuntimeError(f"the upload was answered {answer.status_code}")
+
+        return _per_record(server.pid, dumps, serve, sizes)
+    finally:
+        server.terminate()
+        server.wait(timeout=CTL_TIMEOUT_S)
+
+
+def _library_upload_child(config: Path) -> None:
+    """The child: the vault library's upload as `bench upload-http` runs it, of as many
+    records as each line of standard input asks, each into a new dataset; then "done".
+    Blocked in its read between uploads (see `_limit_child`)."""
+    from sqlalchemy.orm import Session
+
+    from bench.upload import _payloads, _records
+    from vault import db
+
+    cfg = json.loads(config.read_text())
+    url = cfg["database_url"]
+    engine = db.make_engine(url, pool_size=1)
+    uploader = upload_http.library_uploader(Path(cfg["data_dir"]))
+    pool = _payloads()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        dataset_id = upload_http._dataset(url, "bench-provider")
+        with Session(engine) as session, session.begin():
+            uploader.upload(session, dataset_id, _records(int(line), pool))
+        print("done", flush=True)
+
+
+def _upload_counts(database_url: str | None, tmp: Path, sizes: tuple[int, int]) -> dict[str, Any]:
+    """Per record, the API's upload over HTTP and the library's of the same records, on a
+    database of their own. The API runs first: its start makes the key store's master key,
+    which the library's uploader then opens."""
+    tmp.mkdir()
+    with access.bench_database(database_url, tmp) as (url, _):
+        api = _api_upload(url, tmp, sizes)
+        config = tmp / "library-upload.json"
+        config.write_text(json.dumps({"database_url": url, "data_dir": str(tmp)}))
+        library = _child(
+            tmp / "upload-library",
+            ["--library-upload-child", str(config)],
+            lambda pid, serve: _per_record(pid, tmp / "upload-library", serve, sizes),
+        )
+    return {
+        "records": list(sizes),
+        "api_instructions_per_record": api,
+        "library_instructions_per_record": library,
+        "api_ratio_to_library": round(api / library, 3) if library > 0 else None,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The benchmark; `args`: records, database_url, answers (each optional)."""
+    """The benchmark; `args`: records, database_url, answers, upload_sizes (each optional)."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("bench instructions needs valgrind (its callgrind tool)")
     n = int(getattr(args, "records", None) or access.RECORDS)
     answers = int(getattr(args, "answers", None) or ANSWERS)
+    sizes = tuple(getattr(args, "upload_sizes", None) or UPLOAD_SIZES)
     database_url = getattr(args, "database_url", None)
-    with (
-        access.access_fixture(n, database_url) as (fx, meta),
-        tempfile.TemporaryDirectory(prefix="civis-bench-") as tmp,
-    ):
-        limit = _limit_count(fx, Path(tmp), answers) // answers
-        api = _api_counts(fx, Path(tmp), answers)
+    with tempfile.TemporaryDirectory(prefix="civis-bench-") as tmp:
+        with access.access_fixture(n, database_url) as (fx, meta):
+            limit = _limit_count(fx, Path(tmp), answers) // answers
+            api = _api_counts(fx, Path(tmp), answers)
+        upload = _upload_counts(database_url, Path(tmp) / "upload", (sizes[0], sizes[1]))
     return {
         "benchmark": "instructions",
         "server": meta["server"],
@@ -223,13 +337,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "instructions_per_single_record": api["single_record"],
         },
         "api_ratio_to_limit": round(api["answer"] / limit, 3) if limit else None,
+        "upload": upload,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--limit-child", type=Path, required=True)
-    _limit_child(parser.parse_args().limit_child)
+    child = parser.add_mutually_exclusive_group(required=True)
+    child.add_argument("--limit-child", type=Path)
+    child.add_argument("--library-upload-child", type=Path)
+    args = parser.parse_args()
+    if args.limit_child:
+        _limit_child(args.limit_child)
+    else:
+        _library_upload_child(args.library_upload_child)
 
 
 if __name__ == "__main__":

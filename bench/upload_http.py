@@ -106,7 +106,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(url: str, data_dir: Path, port: int) -> None:
+def _serve(url: str, data_dir: Path, port: int, background_jobs: bool = True) -> None:
     import uvicorn
 
     from api.http.app import create_app
@@ -119,7 +119,7 @@ def _serve(url: str, data_dir: Path, port: int) -> None:
         record_size_max_bytes=4096,
         upload_body_max_bytes=64 * 1024**3,
     )
-    app = create_app(settings, database_url=url)
+    app = create_app(settings, database_url=url, background_jobs=background_jobs)
     tune_gc()  # as `civis-vault up` leaves each API worker once its app is built
     uvicorn.run(app, port=port, log_level="warning")
 
@@ -155,11 +155,17 @@ def _process_cpu_s(pid: int) -> float:
     return float(t.user + t.system)
 
 
+def library_uploader(data_dir: Path) -> Uploader:
+    """The vault library's uploader on the server's key store (its master key file, which the
+    API made at its start)."""
+    store = KeyStore(LocalKeyProvider(data_dir / "master.key", create=False))
+    return Uploader(store, record_size_max_bytes=4096, batch_rows=2000)
+
+
 def _library(url: str, data_dir: Path, n: int) -> dict[str, float]:
     """Same records, same database, same key store (the server's master key file)."""
     engine = db.make_engine(url, pool_size=1)
-    store = KeyStore(LocalKeyProvider(data_dir / "master.key", create=False))
-    uploader = Uploader(store, record_size_max_bytes=4096, batch_rows=2000)
+    uploader = library_uploader(data_dir)
     dataset_id = _dataset(url, "bench-provider")
     records = _records(n, _payloads())
     start, cpu = time.perf_counter(), time.process_time()
@@ -171,8 +177,8 @@ def _library(url: str, data_dir: Path, n: int) -> dict[str, float]:
     return {"seconds": seconds, "cpu_s": cpu_s}
 
 
-def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
+def _wait_ready(base: str, server: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
@@ -201,9 +207,18 @@ def _library_measured(url: str, n: int, tmp: Path, postmaster: int | None) -> di
     return library
 
 
-def _measure(url: str, n: int, tmp: Path, postmaster: int | None) -> dict[str, Any]:
+def provider_headers(url: str) -> dict[str, str]:
+    """The headers of an NDJSON upload by the benchmark's provider, under a new API key."""
     from api.services.keys import create_key
 
+    engine = db.make_engine(url, pool_size=1)
+    with Session(engine) as session, session.begin():
+        token = create_key(session, member_id="bench-provider", role="provider").token
+    engine.dispose()
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
+
+
+def _measure(url: str, n: int, tmp: Path, postmaster: int | None) -> dict[str, Any]:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.upload_http", "--serve", url, str(tmp), str(port)]
@@ -211,11 +226,7 @@ def _measure(url: str, n: int, tmp: Path, postmaster: int | None) -> dict[str, A
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, server)
-        engine = db.make_engine(url, pool_size=1)
-        with Session(engine) as session, session.begin():
-            token = create_key(session, member_id="bench-provider", role="provider").token
-        engine.dispose()
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
+        headers = provider_headers(url)
         pool = _payloads()
         out: dict[str, Any] = {"server_ready_rss_mb": _vm_mb(server.pid)}
         with httpx.Client(base_url=base, headers=headers, timeout=7200) as client:
@@ -341,10 +352,12 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--serve", nargs=3, metavar=("URL", "DIR", "PORT"))
     mode.add_argument("--library", nargs=3, metavar=("URL", "DIR", "RECORDS"))
+    # `bench instructions`: what the jobs do on their timers would be counted with the upload.
+    parser.add_argument("--no-background-jobs", action="store_true")
     args = parser.parse_args()
     if args.serve:
         url, data_dir, port = args.serve
-        _serve(url, Path(data_dir), int(port))
+        _serve(url, Path(data_dir), int(port), background_jobs=not args.no_background_jobs)
     else:
         url, data_dir, records = args.library
         print(json.dumps(_library(url, Path(data_dir), int(records))))

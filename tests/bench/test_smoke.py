@@ -166,13 +166,24 @@ def test_instructions_counts_the_api_above_its_in_process_limit(pg_server: PgSer
     an answer of twenty records more than one of one: counts that were read from the wrong
     dump, or never zeroed, would break one of these. Twenty, because what the API's ledger
     client does per access grows on a loaded machine (up to ~1.2 M instructions more, seen
-    under CI), while each record adds ~0.13 M: three records' margin over one was within it."""
+    under CI), while each record adds ~0.13 M: three records' margin over one was within it.
+    The upload's counts are per record on both sides (small uploads here: shape only)."""
     report = instructions.run(
-        argparse.Namespace(records=20, answers=2, database_url=pg_server.base_url)
+        argparse.Namespace(
+            records=20, answers=2, upload_sizes=(40, 120), database_url=pg_server.base_url
+        )
     )
     json.dumps(report)
     limit = report["in_process_limit"]["instructions_per_answer"]
     api = report["api"]
     assert 0 < limit < api["instructions_per_answer"]
     assert 0 < api["instructions_per_single_record"] < api["instructions_per_answer"]
+    # Each record of an upload costs its encryption, its row and its leaf on either side: an
+    # upload's count that did not grow with its records would be read from the wrong dump.
+    upload = report["upload"]
+    assert upload["records"] == [40, 120]
+    assert upload["library_instructions_per_record"] > 10_000
+    assert upload["api_instructions_per_record"] > 10_000
+    ratio = upload["api_instructions_per_record"] / upload["library_instructions_per_record"]
+    assert upload["api_ratio_to_library"] == round(ratio, 3)
     assert report["api_ratio_to_limit"] == round(api["instructions_per_answer"] / limit, 3)
