@@ -35,6 +35,7 @@ which the benchmark's own API runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -102,7 +103,7 @@ def _count(pid: int, dumps: Path, serve: Callable[[int], None], answers: int) ->
     """Instructions `pid` executed for `answers` answers, warmed before: those of the window
     in which it served them, less those of a window as long in which it served none (what the
     process does on its own, such as uvicorn's timer, runs in both)."""
-    serve(WARM_ANSWERS)  # before instrumentation: it runs at a fraction of the cost
+    serve(WARM_ANSWERS)  # before instrumentation, the first time: a fraction of the cost
     _ctl(pid, "-i", "on")
     began = time.monotonic()
     served = _window(pid, dumps, lambda: serve(answers))
@@ -160,25 +161,39 @@ def _child(dumps: Path, mode: list[str], measure: Callable[[int, Callable[[int],
     uploaded), and returns once it has."""
     dumps.mkdir()
     command = [sys.executable, "-m", "bench.instructions", *mode]
-    child = subprocess.Popen(
+    with subprocess.Popen(
         [*_valgrind(dumps), *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdin is not None and child.stdout is not None
-    stdin, stdout = child.stdin, child.stdout
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        stdin, stdout = child.stdin, child.stdout
+        try:
+            if stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the child {mode[0]} did not start")
+
+            def serve(n: int) -> None:
+                stdin.write(f"{n}\n")
+                stdin.flush()
+                if stdout.readline().strip() != "done":
+                    raise RuntimeError(f"the child {mode[0]} stopped")
+
+            return measure(child.pid, serve)
+        finally:
+            with contextlib.suppress(OSError):  # a child that died: its pipe is broken
+                stdin.close()
+            _stop(child, terminate=False)
+
+
+def _stop(process: subprocess.Popen[Any], terminate: bool = True) -> None:
+    """`process` ended (asked to with `terminate`, else by the end of its input), killed if
+    it has not within `CTL_TIMEOUT_S`: a process under valgrind left running would outlive
+    the database it uses."""
+    if terminate:
+        process.terminate()
     try:
-        if stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the child {mode[0]} did not start")
-
-        def serve(n: int) -> None:
-            stdin.write(f"{n}\n")
-            stdin.flush()
-            if stdout.readline().strip() != "done":
-                raise RuntimeError(f"the child {mode[0]} stopped")
-
-        return measure(child.pid, serve)
-    finally:
-        stdin.close()
-        child.wait(timeout=CTL_TIMEOUT_S)
+        process.wait(timeout=CTL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # -- one API worker ----------------------------------------------------------------------------
@@ -264,14 +279,14 @@ def _api_upload(url: str, tmp: Path, sizes: tuple[int, int]) -> int:
 
         return _per_record(server.pid, dumps, serve, sizes)
     finally:
-        server.terminate()
-        server.wait(timeout=CTL_TIMEOUT_S)
+        _stop(server)
 
 
 def _library_upload_child(config: Path) -> None:
     """The child: the vault library's upload as `bench upload-http` runs it, of as many
-    records as each line of standard input asks, each into a new dataset; then "done".
-    Blocked in its read between uploads (see `_limit_child`)."""
+    records as each line of standard input asks, each into the next of the datasets `config`
+    names (made beforehand, as the API's are, outside the counts); then "done". Blocked in
+    its read between uploads (see `_limit_child`)."""
     from sqlalchemy.orm import Session
 
     from bench.upload import _payloads, _records
@@ -282,9 +297,10 @@ def _library_upload_child(config: Path) -> None:
     engine = db.make_engine(url, pool_size=1)
     uploader = upload_http.library_uploader(Path(cfg["data_dir"]))
     pool = _payloads()
+    datasets = iter(cfg["datasets"])
     print("ready", flush=True)
     for line in sys.stdin:
-        dataset_id = upload_http._dataset(url, "bench-provider")
+        dataset_id = uuid.UUID(next(datasets))
         with Session(engine) as session, session.begin():
             uploader.upload(session, dataset_id, _records(int(line), pool))
         print("done", flush=True)
@@ -293,12 +309,18 @@ def _library_upload_child(config: Path) -> None:
 def _upload_counts(database_url: str | None, tmp: Path, sizes: tuple[int, int]) -> dict[str, Any]:
     """Per record, the API's upload over HTTP and the library's of the same records, on a
     database of their own. The API runs first: its start makes the key store's master key,
-    which the library's uploader then opens."""
+    which the library's uploader then opens. Each size is uploaded twice, once to warm up."""
+    if not 0 < sizes[0] < sizes[1]:
+        raise ValueError(f"upload sizes {sizes}: two, the first smaller")
     tmp.mkdir()
     with access.bench_database(database_url, tmp) as (url, _):
         api = _api_upload(url, tmp, sizes)
+        # A warm-up upload and a counted one per size (`_count`), each into a dataset of its own.
+        datasets = [str(upload_http._dataset(url, "bench-provider")) for _ in range(2 * len(sizes))]
         config = tmp / "library-upload.json"
-        config.write_text(json.dumps({"database_url": url, "data_dir": str(tmp)}))
+        config.write_text(
+            json.dumps({"database_url": url, "data_dir": str(tmp), "datasets": datasets})
+        )
         library = _child(
             tmp / "upload-library",
             ["--library-upload-child", str(config)],

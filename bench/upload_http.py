@@ -212,9 +212,11 @@ def provider_headers(url: str) -> dict[str, str]:
     from api.services.keys import create_key
 
     engine = db.make_engine(url, pool_size=1)
-    with Session(engine) as session, session.begin():
-        token = create_key(session, member_id="bench-provider", role="provider").token
-    engine.dispose()
+    try:
+        with Session(engine) as session, session.begin():
+            token = create_key(session, member_id="bench-provider", role="provider").token
+    finally:
+        engine.dispose()
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
 
 

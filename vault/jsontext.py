@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 _NOT_COMPACT = frozenset(" \t\n\r.E")
 _VALUE, _END = itemgetter(0), itemgetter(1)
 _T = TypeVar("_T")
-# Frames below its caller at which `Loads.all_objects` scans: more than `Loads.__call__` adds
+# Frames below its caller at which `Loads.values` scans: more than `Loads.__call__` adds
 # between its caller and the scanner (two).
 _DEPTH_MARGIN = 16
 

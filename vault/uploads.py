@@ -128,8 +128,8 @@ class CompactJson:
     in this form the bytes to store are the client's own; encoding the parsed dict again
     would cost as much as the parse. Only code that has parsed the text and checked that it
     is this form (`api/http/streams.py`: with `vault.jsontext.shape`, or for a block of
-    plain lines with one regular expression) makes one; the uploader trusts it and checks
-    only its size."""
+    plain lines with a regular expression and a count of the parsed pairs) makes one; the
+    uploader trusts it and checks only its size."""
 
     __slots__ = ("data",)
 

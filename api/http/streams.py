@@ -5,7 +5,8 @@ savepoint, and the body arrives as an asynchronous stream. The uploader runs in 
 and pulls each chunk from the event loop (`anyio.from_thread.run`), so at most one chunk plus
 one line (bounded by `line_max_bytes`) is held, whatever the size of the body; NDJSON is read
 a chunk's whole lines at a time (`ndjson_body_records`), which holds a few copies of that (its
-bytes, its text, the text outside its strings). Every line is checked here, with its line
+bytes and its text, then either its payloads' text, bytes and parsed pairs or the text outside
+its strings). Every line is checked here, with its line
 number, before the vault sees it; the first bad line raises and the savepoint rolls back
 everything already written.
 
@@ -128,8 +129,6 @@ _PLAIN_LINE = re.compile(
     rf'^\{{"subject_id":"({SUBJECT_ID_CHARS})","payload":(\{{(?:{_MEMBER}(?:,{_MEMBER})*+)?\}})\}}\n',
     re.MULTILINE,
 )
-# A plain line nests three deep at most: its own object, its payload, an array.
-_PLAIN_DEPTH = 3
 _SUBJECT, _PAYLOAD = itemgetter(0), itemgetter(1)
 # The characters of a plain line besides its subject id and its payload.
 _PLAIN_FRAMING = len('{"subject_id":"","payload":}\n')
@@ -204,12 +203,13 @@ def _block_records(block: bytes, before: int, line_max: int) -> Generator[Record
     """The records of `block`'s lines (each ended by \\n), lines `before` + 1 onwards;
     returns how many lines it held.
 
-    Without a backslash, every quote delimits a string, and a line the scan takes is valid
-    JSON, its quotes paired: the pieces of the block between quotes pairs, taken every other
-    one from the start, are the text outside strings, and split at the newlines they are
-    each line's, as `shape` reads it, up to the first line that is refused. Past ASCII, a
-    line is found in the text (which the scan reads) and in the bytes (whose length is
-    bounded)."""
+    A block of plain lines is read whole by `_plain_block`. Any other block is read line by
+    line, each line scanned where it lies in the block: without a backslash, every quote
+    delimits a string, and a line the scan takes is valid JSON, its quotes paired: the pieces
+    of the block between quotes pairs, taken every other one from the start, are the text
+    outside strings, and split at the newlines they are each line's, as `shape` reads it, up
+    to the first line that is refused. Past ASCII, a line is found in the text (which the
+    scan reads) and in the bytes (whose length is bounded)."""
     if b"\\" in block or b"\r" in block:
         return (yield from _lines_records(block, before, line_max))
     try:
@@ -252,8 +252,8 @@ def _plain_block(block: bytes, text: str, line_max: int) -> list[RecordIn] | Non
     the line, scanning it, checking it) costs as much as the parse. Here each step runs over
     all the lines at once in C: one regular expression finds every line's subject and payload
     and checks the payload's form, the scanner parses the payloads, and `dict` counts their
-    keys. The records are those `_scanned_record` makes of the same lines; the tests compare
-    the two."""
+    keys. The records are those the line-by-line path (`_line_record`) makes of the same
+    lines; the tests compare the two."""
     found = _PLAIN_LINE.findall(text)
     subjects = list(map(_SUBJECT, found))
     payloads = list(map(_PAYLOAD, found))
@@ -279,7 +279,8 @@ def _plain_records(subjects: list[str], payloads: list[CompactJson]) -> list[Rec
 
     Why: `RecordIn` is a frozen dataclass, whose `__init__` sets each field through
     `object.__setattr__`, three Python-level calls per record: a fifth of a plain block's
-    cost. Its slots' descriptors set the same fields, mapped over every record at once."""
+    cost. Its slots' descriptors set the same fields, mapped over every record at once. A
+    test holds `RecordIn` to these three fields and no `__post_init__`, which this skips."""
     records = list(map(_NEW, repeat(RecordIn, len(subjects))))
     deque(map(_SET_SUBJECT, records, subjects), 0)
     deque(map(_SET_PAYLOAD, records, payloads), 0)

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from api.http.bodies import JSON_DEPTH_MAX
 from api.http.errors import InvalidLine
 from api.http.streams import (
-    _PLAIN_DEPTH,
     EmptyUpload,
     _block_records,
     _plain_block,
@@ -330,12 +329,15 @@ def test_plain_records_are_the_records_their_class_makes() -> None:
     assert hash(made[0]) == hash(RecordIn("s1", payloads[0]))
     with pytest.raises(dataclasses.FrozenInstanceError):
         made[0].subject_id = "s3"  # type: ignore[misc]
+    # Made without `__init__`: a field more, or a `__post_init__`, would be left out.
+    assert [f.name for f in dataclasses.fields(RecordIn)] == ["subject_id", "payload", "record_id"]
+    assert "__post_init__" not in vars(RecordIn)
 
 
 def test_a_plain_line_is_never_nested_deeper_than_allowed() -> None:
-    """The plain path checks no depth: the lines it takes nest `_PLAIN_DEPTH` deep at most
-    (the line, its payload, an array), within the bound every line is held to."""
-    assert _PLAIN_DEPTH <= JSON_DEPTH_MAX
+    """The plain path checks no depth: the lines it takes nest three deep at most (the line,
+    its payload, an array), within the bound every line is held to."""
+    assert JSON_DEPTH_MAX >= 3
     deeper = _plain_line({"a": [[1]]}, "plain", "s1") + b"\n"
     assert _plain(deeper) is None
 

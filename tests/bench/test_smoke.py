@@ -165,8 +165,8 @@ def test_instructions_counts_the_api_above_its_in_process_limit(pg_server: PgSer
     """The API's answer does all the limit's work and more (HTTP, the ledger's decision), and
     an answer of twenty records more than one of one: counts that were read from the wrong
     dump, or never zeroed, would break one of these. Twenty, because what the API's ledger
-    client does per access grows on a loaded machine (up to ~1.2 M instructions more, seen
-    under CI), while each record adds ~0.13 M: three records' margin over one was within it.
+    client does per access grows on a loaded machine (by up to ~1.2 M instructions), while
+    each record adds ~0.13 M: the answer must outweigh the single read by more than that.
     The upload's counts are per record on both sides (small uploads here: shape only)."""
     report = instructions.run(
         argparse.Namespace(
