@@ -6,9 +6,8 @@ and pulls each chunk from the event loop (`anyio.from_thread.run`), so at most o
 one line (bounded by `line_max_bytes`) is held, whatever the size of the body; NDJSON is read
 a chunk's whole lines at a time (`ndjson_body_records`), which holds a few copies of that (its
 bytes and its text, then either its payloads' text, bytes and parsed pairs or the text outside
-its strings). Every line is checked here, with its line
-number, before the vault sees it; the first bad line raises and the savepoint rolls back
-everything already written.
+its strings). Every line is checked here, with its line number, before the vault sees it; the
+first bad line raises and the savepoint rolls back everything already written.
 
 Never put a line's content in an error: it is personal data.
 """
