@@ -371,12 +371,22 @@ def _api_server(
             time.sleep(0.1)
         yield base, server
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
+
+
+def stop_process(
+    process: subprocess.Popen[Any], timeout_s: float = 30, terminate: bool = True
+) -> None:
+    """`process` ended (asked to with `terminate`, else left to end by itself, as a child at
+    the end of its input does), killed if it has not within `timeout_s`: a server left
+    running would outlive the database it uses."""
+    if terminate:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # -- set-up through the API ------------------------------------------------------------------------

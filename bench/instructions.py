@@ -180,20 +180,7 @@ def _child(dumps: Path, mode: list[str], measure: Callable[[int, Callable[[int],
         finally:
             with contextlib.suppress(OSError):  # a child that died: its pipe is broken
                 stdin.close()
-            _stop(child, terminate=False)
-
-
-def _stop(process: subprocess.Popen[Any], terminate: bool = True) -> None:
-    """`process` ended (asked to with `terminate`, else by the end of its input), killed if
-    it has not within `CTL_TIMEOUT_S`: a process under valgrind left running would outlive
-    the database it uses."""
-    if terminate:
-        process.terminate()
-    try:
-        process.wait(timeout=CTL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+            access.stop_process(child, CTL_TIMEOUT_S, terminate=False)
 
 
 # -- one API worker ----------------------------------------------------------------------------
@@ -279,7 +266,7 @@ def _api_upload(url: str, tmp: Path, sizes: tuple[int, int]) -> int:
 
         return _per_record(server.pid, dumps, serve, sizes)
     finally:
-        _stop(server)
+        access.stop_process(server, CTL_TIMEOUT_S)
 
 
 def _library_upload_child(config: Path) -> None:
