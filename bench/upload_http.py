@@ -268,8 +268,7 @@ def _measure(url: str, n: int, tmp: Path, postmaster: int | None) -> dict[str, A
         out["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        access.stop_process(server)
 
 
 def _size(args: argparse.Namespace) -> int:
