@@ -45,7 +45,8 @@ from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, aliased
 
-from vault.crypto import DataKey, DecryptionFailed, derive_dek, unseal
+from vault.crypto import DataKey, DecryptionFailed
+from vault.crypto.batch import UploadOpener
 from vault.crypto.merkle import AuditPath, MerkleTree
 from vault.db import driver_connection
 from vault.errors import RecordErased, RecordNotFound, RecordSuperseded
@@ -694,8 +695,9 @@ class _Opener:
         self._upload: tuple[Any, bytes, int] = (None, b"", 0)  # its dataset, root and size
         self._dataset: uuid.UUID | None = None
         self._unwrap_subject: Callable[[str, str, bytes], bytes] = _no_dataset
-        self._ids = (b"", b"")  # the upload's dataset and upload ids as bytes
-        self._shared: tuple[bytes, bytes] | None = None
+        # The upload's opener, made from its upload's and epoch's secrets; None when either is
+        # destroyed, and none of its records opens.
+        self._keys: UploadOpener | None = None
         self._deks: dict[str, DataKey] = {}
         self._tree: _ProvedTree | None = None
 
@@ -707,21 +709,11 @@ class _Opener:
             if upload_id.int != self._upload_int:  # not UUID.__eq__: a Python call a row
                 self._begin_upload(row)
             dataset_id, root, count = self._upload
-            payload: bytes | None = None
             rid_bytes = rid.bytes
             dek = None if envelope is None else self._dek(row)
-            if dek is not None:
-                try:
-                    payload = unseal(
-                        dek,
-                        envelope,
-                        record_id=rid_bytes,
-                        dataset_id=self._ids[0],
-                        upload_id=self._ids[1],
-                    )
-                except DecryptionFailed:
-                    payload = None
-            if payload is None or dek is None:
+            keys = self._keys
+            opened = None if dek is None or keys is None else keys.open(dek, rid_bytes, envelope)
+            if opened is None:
                 if self._skip_erased:
                     continue
                 raise RecordErased(f"record {rid} can no longer be decrypted")
@@ -731,9 +723,9 @@ class _Opener:
                 dataset_id,
                 upload_id,
                 subject_id,
-                payload,
+                opened[0],
                 index,
-                dek.leaf_salt(rid_bytes),
+                opened[1],
                 self._tree.path(index),
                 root,
                 count,
@@ -748,20 +740,24 @@ class _Opener:
         if dataset_id != self._dataset:
             self._dataset = dataset_id
             self._unwrap_subject = self._store.subject_unwrapper(dataset_id)
-        self._ids = (dataset_id.bytes, upload_id.bytes)
         self._deks.clear()
         self._tree = self._proved_tree(upload_id, count)
         upload_secret = self._unwrap(upload_ref(dataset_id, upload_id), row[11], row[12])
         epoch_secret = self._unwrap(epoch_ref(dataset_id, day.isoformat()), row[13], row[14])
-        self._shared = (
-            None if upload_secret is None or epoch_secret is None else (upload_secret, epoch_secret)
-        )
+        self._keys = None
+        if upload_secret is not None and epoch_secret is not None:
+            self._keys = UploadOpener(
+                dataset_id=dataset_id.bytes,
+                upload_id=upload_id.bytes,
+                upload_secret=upload_secret,
+                epoch_secret=epoch_secret,
+            )
 
     def _dek(self, row: Any) -> DataKey | None:
         """The row's DEK, or None when any of its three secrets is destroyed (erased)."""
         subject_id = row[3]
         dek = self._deks.get(subject_id)
-        if dek is not None or self._shared is None:
+        if dek is not None or self._keys is None:
             return dek
         kek_id, wrapped = row[9], row[10]
         if kek_id is None or wrapped is None:
@@ -770,13 +766,7 @@ class _Opener:
             subject_secret = self._unwrap_subject(subject_id, kek_id, bytes(wrapped))
         except DecryptionFailed:
             return None  # see `_unwrap`
-        dek = derive_dek(
-            upload_secret=self._shared[0],
-            subject_secret=subject_secret,
-            epoch_secret=self._shared[1],
-            upload_id=self._ids[1],
-            subject_id=subject_id.encode(),
-        )
+        dek = self._keys.dek(subject_id.encode(), subject_secret)
         if len(self._deks) >= self.DEKS_MAX:
             self._deks.clear()
         self._deks[subject_id] = dek

@@ -116,9 +116,13 @@ class DataKey:
             raise ValueError("a data key is 32 bytes")
         self._key = key
         self._aead = Aead(key)
-        # The leaf salt's HMAC key blocks, the inner one with the salt's prefix.
-        inner, outer = _hmac_blocks(key)
-        self._salt_pads = (inner + _LEAF_SALT_PREFIX, outer)
+        # The leaf salt's HMAC key blocks (`_hmac_blocks`, written out: a read makes a key per
+        # record it opens), the inner one with the salt's prefix.
+        padded = key + _KEY_PAD
+        self._salt_pads = (
+            padded.translate(_HMAC_IPAD) + _LEAF_SALT_PREFIX,
+            padded.translate(_HMAC_OPAD),
+        )
 
     def __repr__(self) -> str:
         return "DataKey(***)"
@@ -172,9 +176,10 @@ def _hkdf_key(ikm: bytes, info: bytes) -> bytes:
     since a key is one hash long. The tests hold it to RFC 5869's vector and to `hkdf_sha256`."""
     sha256 = hashlib.sha256
     zero_inner, zero_outer = _ZERO_KEY_BLOCKS
-    prk = sha256(zero_outer + sha256(zero_inner + ikm).digest()).digest()
-    inner, outer = _hmac_blocks(prk)
-    return sha256(outer + sha256(inner + info + b"\x01").digest()).digest()
+    prk = sha256(zero_outer + sha256(zero_inner + ikm).digest()).digest() + _KEY_PAD
+    return sha256(
+        prk.translate(_HMAC_OPAD) + sha256(prk.translate(_HMAC_IPAD) + info + b"\x01").digest()
+    ).digest()
 
 
 def key_commitment(key: DataKey) -> bytes:

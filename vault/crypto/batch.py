@@ -1,5 +1,7 @@
-"""Sealing an upload's records in batches: byte for byte the envelopes of `seal` and the leaves
-of `merkle.leaf_hash(record_leaf(record_id, key.leaf_salt(record_id), payload))`.
+"""Sealing an upload's records in batches, and opening them for a read: byte for byte the
+envelopes of `seal` and the leaves of `merkle.leaf_hash(record_leaf(record_id,
+key.leaf_salt(record_id), payload))`; the DEKs of `derive_dek`, the payloads of `unseal` and
+the salts of `DataKey.leaf_salt` (`UploadOpener`, whose docstring says why).
 
 Why a second path: an upload seals every record under its (upload, subject) DEK, and most of
 what `seal` and the leaf cost per record is the same work again each time: the associated
@@ -20,14 +22,20 @@ from collections.abc import Sequence
 
 from vault.crypto import (
     _AAD_PREFIX,
+    _DEK_INFO,
     _HEADER,
+    _HEADER_BYTES,
     _LEAF_PREFIX,
     ENVELOPE_VERSION,
     KEY_VERSION,
+    SECRET_BYTES,
     DataKey,
+    DecryptionFailed,
+    _hkdf_key,
     _lp,
+    unseal,
 )
-from vault.crypto._hazmat import NONCE_BYTES
+from vault.crypto._hazmat import NONCE_BYTES, TAG_BYTES, AuthenticationFailed
 
 RECORD_ID_BYTES = 16
 _SALT_BYTES = 32
@@ -121,3 +129,88 @@ class UploadSealer:
             leaf.update(payload)
             leaves.append(leaf.digest())
         return envelopes, leaves
+
+
+class UploadOpener:
+    """Opens the records of one upload for a read: the DEK of each of its subjects (`dek`),
+    then each record's payload and leaf salt (`open`), byte for byte what `derive_dek`,
+    `unseal` and `DataKey.leaf_salt` give.
+
+    Why a second path: a consented answer opens every record it carries, each under the DEK
+    of its (upload, subject), derived first, and a subject has one record in most uploads.
+    Through the one-record functions that is a dozen Python calls around a few C calls (the
+    unwrap's and the record's AES-GCM, HKDF's and the salt's hashes), which build the same
+    bytes again each time: the DEK's info and the associated data, all but the subject's and
+    the record's ids the upload's constants; the upload's and epoch's secrets either side of
+    the subject's. Here they are built once per upload; the DEK is one call, the record
+    another. An envelope or record id of another shape than the upload path writes goes
+    through `unseal` itself. Holds the upload's and epoch's secrets for as long as the read
+    keeps it, as the reader held them before; nothing here is ever written anywhere.
+    """
+
+    __slots__ = (
+        "_aad_head",
+        "_aad_tail",
+        "_dataset_id",
+        "_header",
+        "_ikm",
+        "_info_head",
+        "_upload_id",
+    )
+
+    def __init__(
+        self, *, dataset_id: bytes, upload_id: bytes, upload_secret: bytes, epoch_secret: bytes
+    ) -> None:
+        if len(upload_secret) != SECRET_BYTES or len(epoch_secret) != SECRET_BYTES:
+            raise ValueError("key-store secrets are 32 bytes")
+        self._dataset_id, self._upload_id = dataset_id, upload_id
+        self._ikm = (upload_secret, epoch_secret)  # either side of the subject's secret
+        self._info_head = _DEK_INFO + _lp(upload_id)
+        self._aad_head = _AAD_PREFIX + _ID_PREFIX
+        self._aad_tail = _lp(dataset_id, upload_id) + struct.pack(">H", KEY_VERSION)
+        self._header = _HEADER.pack(ENVELOPE_VERSION, KEY_VERSION)
+
+    def __repr__(self) -> str:
+        return "UploadOpener(***)"
+
+    def dek(self, subject_id: bytes, subject_secret: bytes) -> DataKey:
+        """`derive_dek` of this upload's subject `subject_id` (the id as bytes)."""
+        if len(subject_secret) != SECRET_BYTES:
+            raise ValueError("key-store secrets are 32 bytes")
+        if len(subject_id) > 0xFFFF:
+            raise ValueError("field too long for a 2-byte length prefix")
+        head, tail = self._ikm
+        info = self._info_head + len(subject_id).to_bytes(2, "big") + subject_id
+        return DataKey(_hkdf_key(head + subject_secret + tail, info))
+
+    def open(self, key: DataKey, record_id: bytes, envelope: bytes) -> tuple[bytes, bytes] | None:
+        """(payload, leaf salt) of the record `record_id` sealed in `envelope` under `key`;
+        None where `unseal` raises `DecryptionFailed` (for any reason at all)."""
+        if len(record_id) != RECORD_ID_BYTES or envelope[: _HEADER.size] != self._header:
+            return self._open_other(key, record_id, envelope)
+        if len(envelope) < _HEADER_BYTES + TAG_BYTES:
+            return None
+        aad = self._aad_head + record_id + self._aad_tail
+        try:
+            payload = key._aead.decrypt(
+                envelope[_HEADER.size : _HEADER_BYTES], envelope[_HEADER_BYTES:], aad
+            )
+        except AuthenticationFailed:
+            return None
+        inner, outer = key._salt_pads  # as `DataKey.leaf_salt` hashes them
+        return payload, hashlib.sha256(outer + hashlib.sha256(inner + record_id).digest()).digest()
+
+    def _open_other(
+        self, key: DataKey, record_id: bytes, envelope: bytes
+    ) -> tuple[bytes, bytes] | None:
+        try:
+            payload = unseal(
+                key,
+                envelope,
+                record_id=record_id,
+                dataset_id=self._dataset_id,
+                upload_id=self._upload_id,
+            )
+        except DecryptionFailed:
+            return None
+        return payload, key.leaf_salt(record_id)

@@ -1,8 +1,10 @@
-"""The batch sealer of uploads (vault/crypto/batch.py) against the one-record functions.
+"""The batch paths of vault/crypto/batch.py against the one-record functions.
 
-The uploader seals with `UploadSealer`, readers and consumers open and verify with `unseal`,
+The uploader seals with `UploadSealer`, consumers open and verify with `unseal`,
 `DataKey.leaf_salt`, `record_leaf` and `leaf_hash`: the two must agree byte for byte, with the
-same nonce, for any payload, any mix of keys, and more keys than the sealer caches.
+same nonce, for any payload, any mix of keys, and more keys than the sealer caches. The reader
+opens with `UploadOpener`, which must derive, open and salt as `derive_dek`, `unseal` and
+`leaf_salt` do, and fail where they fail.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vault.crypto import DataKey, derive_dek, record_leaf, seal, unseal
+from vault.crypto import DataKey, DecryptionFailed, derive_dek, record_leaf, seal, unseal
 from vault.crypto import batch as batch_module
-from vault.crypto.batch import UploadSealer
+from vault.crypto.batch import UploadOpener, UploadSealer
 from vault.crypto.merkle import leaf_hash
 
 DATASET = bytes.fromhex("ffeeddccbbaa99887766554433221100")
@@ -103,3 +105,118 @@ def test_malformed_batches_are_refused() -> None:
         sealer.seal_batch([key, key], [bytes(16)], [b"{}"])
     with pytest.raises(ValueError, match="12 bytes"):
         sealer.seal_batch([key], [bytes(16)], [b"{}"], nonces=bytes(11))
+
+
+# -- the read's opener -----------------------------------------------------------------------
+
+UPLOAD_SECRET = bytes(range(100, 132))
+EPOCH_SECRET = bytes(range(200, 232))
+
+
+def _opener(dataset: bytes = DATASET, upload: bytes = UPLOAD) -> UploadOpener:
+    return UploadOpener(
+        dataset_id=dataset, upload_id=upload, upload_secret=UPLOAD_SECRET, epoch_secret=EPOCH_SECRET
+    )
+
+
+def _reference(
+    subject_id: bytes, subject_secret: bytes, record_id: bytes, envelope: bytes, upload: bytes
+) -> tuple[bytes, bytes] | None:
+    """What a read got from the one-record functions: `derive_dek`, `unseal`, `leaf_salt`."""
+    key = derive_dek(
+        upload_secret=UPLOAD_SECRET,
+        subject_secret=subject_secret,
+        epoch_secret=EPOCH_SECRET,
+        upload_id=upload,
+        subject_id=subject_id,
+    )
+    try:
+        payload = unseal(key, envelope, record_id=record_id, dataset_id=DATASET, upload_id=upload)
+    except DecryptionFailed:
+        return None
+    return payload, key.leaf_salt(record_id)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    subject_id=st.binary(max_size=80),
+    subject_secret=st.binary(min_size=32, max_size=32),
+    record_id=st.one_of(st.binary(min_size=16, max_size=16), st.binary(max_size=40)),
+    payload=st.binary(max_size=2000),
+    upload=st.one_of(st.just(UPLOAD), st.binary(max_size=20)),
+    key_version=st.sampled_from([1, 1, 2]),
+    tamper=st.one_of(st.none(), st.integers(min_value=0)),
+)
+def test_the_opener_derives_opens_and_salts_as_the_one_record_functions(
+    subject_id: bytes,
+    subject_secret: bytes,
+    record_id: bytes,
+    payload: bytes,
+    upload: bytes,
+    key_version: int,
+    tamper: int | None,
+) -> None:
+    """Any subject, record id, upload id and envelope (another key version, a flipped byte,
+    cut short): the same DEK, and the same payload and salt, or None where `unseal` fails."""
+    key = _opener(upload=upload).dek(subject_id, subject_secret)
+    reference_key = derive_dek(
+        upload_secret=UPLOAD_SECRET,
+        subject_secret=subject_secret,
+        epoch_secret=EPOCH_SECRET,
+        upload_id=upload,
+        subject_id=subject_id,
+    )
+    assert key._key == reference_key._key
+    envelope = seal(
+        key,
+        payload,
+        record_id=record_id,
+        dataset_id=DATASET,
+        upload_id=upload,
+        key_version=key_version,
+    )
+    if tamper is not None:
+        at = tamper % (len(envelope) + 1)
+        envelope = (
+            envelope[:at] + bytes([envelope[at] ^ 1]) + envelope[at + 1 :]
+            if at < len(envelope)
+            else envelope[: at // 2]
+        )
+    got = _opener(upload=upload).open(key, record_id, envelope)
+    assert got == _reference(subject_id, subject_secret, record_id, envelope, upload)
+    if tamper is None:
+        assert got is not None and got[0] == payload
+
+
+def test_the_opener_refuses_what_derive_dek_refuses() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        UploadOpener(
+            dataset_id=DATASET, upload_id=UPLOAD, upload_secret=bytes(31), epoch_secret=EPOCH_SECRET
+        )
+    with pytest.raises(ValueError, match="32 bytes"):
+        _opener().dek(b"s", bytes(33))
+    with pytest.raises(ValueError, match="too long"):
+        _opener().dek(b"s" * 0x10000, bytes(32))
+    assert "***" in repr(_opener())
+
+
+def test_a_record_of_another_upload_or_dataset_does_not_open() -> None:
+    """The associated data binds the record to its dataset and upload, on the opener's path
+    as in `unseal`: an envelope moved to another upload's rows opens to None."""
+    key = _opener().dek(b"subject-1", bytes(32))
+    rid = bytes(range(16))
+    envelope = seal(key, b'{"a":1}', record_id=rid, dataset_id=DATASET, upload_id=UPLOAD)
+    assert _opener().open(key, rid, envelope) is not None
+    assert _opener(dataset=UPLOAD).open(key, rid, envelope) is None
+    assert _opener(upload=DATASET).open(key, rid, envelope) is None
+    assert _opener().open(key, bytes(16), envelope) is None
+
+
+def test_an_envelope_cut_anywhere_opens_to_none() -> None:
+    """Every prefix of a sealed envelope, down to its header alone and less: None, as
+    `unseal` refuses it, never an exception from the cipher (a nonce cut short is one)."""
+    key = _opener().dek(b"subject-1", bytes(32))
+    rid = bytes(range(16))
+    envelope = seal(key, b"{}", record_id=rid, dataset_id=DATASET, upload_id=UPLOAD)
+    for length in range(len(envelope)):
+        assert _opener().open(key, rid, envelope[:length]) is None
