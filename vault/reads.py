@@ -696,7 +696,7 @@ class _Opener:
         self._dataset: uuid.UUID | None = None
         self._unwrap_subject: Callable[[str, str, bytes], bytes] = _no_dataset
         # The upload's opener, made from its upload's and epoch's secrets; None when either is
-        # destroyed, and none of its records opens.
+        # destroyed or does not unwrap (`_unwrap`), and none of its records opens.
         self._keys: UploadOpener | None = None
         self._deks: dict[str, DataKey] = {}
         self._tree: _ProvedTree | None = None

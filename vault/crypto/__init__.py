@@ -117,7 +117,8 @@ class DataKey:
         self._key = key
         self._aead = Aead(key)
         # The leaf salt's HMAC key blocks (`_hmac_blocks`, written out: a read makes a key per
-        # record it opens), the inner one with the salt's prefix.
+        # subject of each upload it opens, most often one per record), the inner one with the
+        # salt's prefix.
         padded = key + _KEY_PAD
         self._salt_pads = (
             padded.translate(_HMAC_IPAD) + _LEAF_SALT_PREFIX,

@@ -19,6 +19,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 from vault.crypto import (
     _AAD_PREFIX,
@@ -33,6 +34,7 @@ from vault.crypto import (
     DecryptionFailed,
     _hkdf_key,
     _lp,
+    derive_dek,
     unseal,
 )
 from vault.crypto._hazmat import NONCE_BYTES, TAG_BYTES, AuthenticationFailed
@@ -44,6 +46,7 @@ _SALT_PREFIX = struct.pack(">H", _SALT_BYTES)
 # A leaf hash is SHA-256(0x00 | leaf prefix | lp(record id) | lp(salt) | payload).
 _LEAF_STATE = hashlib.sha256(b"\x00" + _LEAF_PREFIX + _ID_PREFIX)
 _CACHE_MAX = 10_000
+_PREFIXED_MAX = 0xFFFF  # the longest field a 2-byte length prefix (`_lp`) counts
 
 
 class _Keyed:
@@ -134,7 +137,7 @@ class UploadSealer:
 class UploadOpener:
     """Opens the records of one upload for a read: the DEK of each of its subjects (`dek`),
     then each record's payload and leaf salt (`open`), byte for byte what `derive_dek`,
-    `unseal` and `DataKey.leaf_salt` give.
+    `unseal` and `DataKey.leaf_salt` give, and refused where they refuse.
 
     Why a second path: a consented answer opens every record it carries, each under the DEK
     of its (upload, subject), derived first, and a subject has one record in most uploads.
@@ -143,9 +146,11 @@ class UploadOpener:
     bytes again each time: the DEK's info and the associated data, all but the subject's and
     the record's ids the upload's constants; the upload's and epoch's secrets either side of
     the subject's. Here they are built once per upload; the DEK is one call, the record
-    another. An envelope or record id of another shape than the upload path writes goes
-    through `unseal` itself. Holds the upload's and epoch's secrets for as long as the read
-    keeps it, as the reader held them before; nothing here is ever written anywhere.
+    another. What the upload path never writes (an envelope with another header, a record id
+    that is not 16 bytes, ids too long to length-prefix, a secret that is not 32 bytes) goes
+    to the one-record functions, which open or refuse it. Holds the upload's and epoch's
+    secrets for as long as the read keeps it, as the reader held them before; nothing here is
+    ever written anywhere, nor pickled.
     """
 
     __slots__ = (
@@ -161,39 +166,59 @@ class UploadOpener:
     def __init__(
         self, *, dataset_id: bytes, upload_id: bytes, upload_secret: bytes, epoch_secret: bytes
     ) -> None:
-        if len(upload_secret) != SECRET_BYTES or len(epoch_secret) != SECRET_BYTES:
-            raise ValueError("key-store secrets are 32 bytes")
         self._dataset_id, self._upload_id = dataset_id, upload_id
         self._ikm = (upload_secret, epoch_secret)  # either side of the subject's secret
-        self._info_head = _DEK_INFO + _lp(upload_id)
         self._aad_head = _AAD_PREFIX + _ID_PREFIX
-        self._aad_tail = _lp(dataset_id, upload_id) + struct.pack(">H", KEY_VERSION)
         self._header = _HEADER.pack(ENVELOPE_VERSION, KEY_VERSION)
+        # None: every call goes to the one-record functions (see the class's docstring).
+        self._info_head: bytes | None = None
+        self._aad_tail: bytes | None = None
+        if (
+            len(upload_secret) == len(epoch_secret) == SECRET_BYTES
+            and max(len(dataset_id), len(upload_id)) <= _PREFIXED_MAX
+        ):
+            self._info_head = _DEK_INFO + _lp(upload_id)
+            self._aad_tail = _lp(dataset_id, upload_id) + struct.pack(">H", KEY_VERSION)
 
     def __repr__(self) -> str:
         return "UploadOpener(***)"
 
+    def __reduce__(self) -> Any:
+        raise TypeError("an UploadOpener holds key-store secrets: it is not pickled")
+
     def dek(self, subject_id: bytes, subject_secret: bytes) -> DataKey:
         """`derive_dek` of this upload's subject `subject_id` (the id as bytes)."""
-        if len(subject_secret) != SECRET_BYTES:
-            raise ValueError("key-store secrets are 32 bytes")
-        if len(subject_id) > 0xFFFF:
-            raise ValueError("field too long for a 2-byte length prefix")
-        head, tail = self._ikm
-        info = self._info_head + len(subject_id).to_bytes(2, "big") + subject_id
-        return DataKey(_hkdf_key(head + subject_secret + tail, info))
+        head = self._info_head
+        if head is None or len(subject_secret) != SECRET_BYTES or len(subject_id) > _PREFIXED_MAX:
+            upload_secret, epoch_secret = self._ikm
+            return derive_dek(
+                upload_secret=upload_secret,
+                subject_secret=subject_secret,
+                epoch_secret=epoch_secret,
+                upload_id=self._upload_id,
+                subject_id=subject_id,
+            )
+        before, after = self._ikm
+        info = head + len(subject_id).to_bytes(2, "big") + subject_id
+        return DataKey(_hkdf_key(before + subject_secret + after, info))
 
     def open(self, key: DataKey, record_id: bytes, envelope: bytes) -> tuple[bytes, bytes] | None:
         """(payload, leaf salt) of the record `record_id` sealed in `envelope` under `key`;
         None where `unseal` raises `DecryptionFailed` (for any reason at all)."""
-        if len(record_id) != RECORD_ID_BYTES or envelope[: _HEADER.size] != self._header:
+        tail = self._aad_tail
+        if (
+            tail is None
+            or len(record_id) != RECORD_ID_BYTES
+            or envelope[: _HEADER.size] != self._header
+        ):
             return self._open_other(key, record_id, envelope)
         if len(envelope) < _HEADER_BYTES + TAG_BYTES:
-            return None
-        aad = self._aad_head + record_id + self._aad_tail
+            return None  # as `unseal` refuses it: no nonce and tag to open
         try:
             payload = key._aead.decrypt(
-                envelope[_HEADER.size : _HEADER_BYTES], envelope[_HEADER_BYTES:], aad
+                envelope[_HEADER.size : _HEADER_BYTES],
+                envelope[_HEADER_BYTES:],
+                self._aad_head + record_id + tail,
             )
         except AuthenticationFailed:
             return None

@@ -10,6 +10,7 @@ opens with `UploadOpener`, which must derive, open and salt as `derive_dek`, `un
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
 from hypothesis import given, settings
@@ -120,9 +121,14 @@ def _opener(dataset: bytes = DATASET, upload: bytes = UPLOAD) -> UploadOpener:
 
 
 def _reference(
-    subject_id: bytes, subject_secret: bytes, record_id: bytes, envelope: bytes, upload: bytes
+    subject_id: bytes,
+    subject_secret: bytes,
+    record_id: bytes,
+    envelope: bytes,
+    ids: tuple[bytes, bytes],
 ) -> tuple[bytes, bytes] | None:
     """What a read got from the one-record functions: `derive_dek`, `unseal`, `leaf_salt`."""
+    dataset, upload = ids
     key = derive_dek(
         upload_secret=UPLOAD_SECRET,
         subject_secret=subject_secret,
@@ -131,7 +137,7 @@ def _reference(
         subject_id=subject_id,
     )
     try:
-        payload = unseal(key, envelope, record_id=record_id, dataset_id=DATASET, upload_id=upload)
+        payload = unseal(key, envelope, record_id=record_id, dataset_id=dataset, upload_id=upload)
     except DecryptionFailed:
         return None
     return payload, key.leaf_salt(record_id)
@@ -144,6 +150,7 @@ def _reference(
     record_id=st.one_of(st.binary(min_size=16, max_size=16), st.binary(max_size=40)),
     payload=st.binary(max_size=2000),
     upload=st.one_of(st.just(UPLOAD), st.binary(max_size=20)),
+    dataset=st.one_of(st.just(DATASET), st.binary(max_size=20)),
     key_version=st.sampled_from([1, 1, 2]),
     tamper=st.one_of(st.none(), st.integers(min_value=0)),
 )
@@ -153,12 +160,14 @@ def test_the_opener_derives_opens_and_salts_as_the_one_record_functions(
     record_id: bytes,
     payload: bytes,
     upload: bytes,
+    dataset: bytes,
     key_version: int,
     tamper: int | None,
 ) -> None:
     """Any subject, record id, upload id and envelope (another key version, a flipped byte,
     cut short): the same DEK, and the same payload and salt, or None where `unseal` fails."""
-    key = _opener(upload=upload).dek(subject_id, subject_secret)
+    opener = _opener(dataset=dataset, upload=upload)
+    key = opener.dek(subject_id, subject_secret)
     reference_key = derive_dek(
         upload_secret=UPLOAD_SECRET,
         subject_secret=subject_secret,
@@ -171,7 +180,7 @@ def test_the_opener_derives_opens_and_salts_as_the_one_record_functions(
         key,
         payload,
         record_id=record_id,
-        dataset_id=DATASET,
+        dataset_id=dataset,
         upload_id=upload,
         key_version=key_version,
     )
@@ -182,22 +191,33 @@ def test_the_opener_derives_opens_and_salts_as_the_one_record_functions(
             if at < len(envelope)
             else envelope[: at // 2]
         )
-    got = _opener(upload=upload).open(key, record_id, envelope)
-    assert got == _reference(subject_id, subject_secret, record_id, envelope, upload)
+    got = opener.open(key, record_id, envelope)
+    assert got == _reference(subject_id, subject_secret, record_id, envelope, (dataset, upload))
     if tamper is None:
         assert got is not None and got[0] == payload
 
 
 def test_the_opener_refuses_what_derive_dek_refuses() -> None:
+    """What `derive_dek` refuses, the opener refuses when it derives, with the same error;
+    ids too long to length-prefix derive and open through the one-record functions."""
+    short = UploadOpener(
+        dataset_id=DATASET, upload_id=UPLOAD, upload_secret=bytes(31), epoch_secret=EPOCH_SECRET
+    )
     with pytest.raises(ValueError, match="32 bytes"):
-        UploadOpener(
-            dataset_id=DATASET, upload_id=UPLOAD, upload_secret=bytes(31), epoch_secret=EPOCH_SECRET
-        )
+        short.dek(b"s", bytes(32))
     with pytest.raises(ValueError, match="32 bytes"):
         _opener().dek(b"s", bytes(33))
     with pytest.raises(ValueError, match="too long"):
         _opener().dek(b"s" * 0x10000, bytes(32))
+    with pytest.raises(ValueError, match="too long"):
+        _opener(upload=bytes(0x10000)).dek(b"s", bytes(32))
+    long_dataset = _opener(dataset=bytes(0x10000))
+    key = long_dataset.dek(b"s", bytes(32))
+    assert key._key == _opener().dek(b"s", bytes(32))._key  # the dataset is not in the DEK
+    assert long_dataset.open(key, bytes(16), b"\x02" + bytes(40)) is None
     assert "***" in repr(_opener())
+    with pytest.raises(TypeError, match="not pickled"):
+        pickle.dumps(_opener())
 
 
 def test_a_record_of_another_upload_or_dataset_does_not_open() -> None:
