@@ -730,8 +730,8 @@ def limit_answers(
                 uploads=uploads,
                 anchored_only=True,
             )
-            text = records_json.array_text(found)
-        return len(text.encode())
+            part = ",".join(found).encode()
+        return len(records_json.document(b"[", [part] if part else [], b"]"))
 
     try:
         answer_bytes()

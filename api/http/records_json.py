@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from vault.crypto.merkle import AuditPath
 from vault.reads import RecordOut
@@ -130,6 +130,15 @@ def record_text(
     )
 
 
-def array_text(items: Iterable[str]) -> str:
-    """JSON array of already-encoded values."""
-    return "[" + ",".join(items) + "]"
+def document(opening: bytes, parts: Sequence[bytes], closing: bytes) -> bytes:
+    """`opening`, the `parts` (UTF-8 JSON, each one value or several with commas between them)
+    with a comma between each two, then `closing`: a JSON document around an array, copied
+    once. An answer of 100 records is about 190 KB, a large read a thousand times that; a
+    join and then a concatenation for each piece put around it would copy the whole each
+    time."""
+    if not parts:
+        return opening + closing
+    pieces = [b","] * (2 * len(parts) + 1)  # opening, part, comma, part, ..., part, closing
+    pieces[0], pieces[-1] = opening, closing
+    pieces[1::2] = parts
+    return b"".join(pieces)

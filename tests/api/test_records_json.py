@@ -127,3 +127,22 @@ def test_a_shared_audit_path_is_encoded_once_as_a_plain_one_is(siblings: int) ->
     assert shared.text is not None and shared.text in text
     shared.text = '"memo"'
     assert json.loads(records_json.access_record_text(*kept))["proof"]["audit_path"] == ["memo"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    parts=st.lists(
+        st.lists(st.dictionaries(st.text(max_size=5), st.integers(), max_size=3), min_size=1),
+        max_size=6,
+    )
+)
+def test_a_document_is_its_parts_between_the_opening_and_the_closing(
+    parts: list[list[dict[str, int]]],
+) -> None:
+    """Parts of one or more values each (a page of records, commas between them), with or
+    without parts at all: the JSON document whose array holds every value in order."""
+    encoded = [",".join(json.dumps(v) for v in part).encode() for part in parts]
+    doc = records_json.document(b'{"head":1,"records":[', encoded, b"]}")
+    values = [v for part in parts for v in part]
+    assert json.loads(doc) == {"head": 1, "records": values}
+    assert records_json.document(b"[", encoded, b"]") == b"[" + b",".join(encoded) + b"]"

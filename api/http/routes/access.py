@@ -205,10 +205,12 @@ async def _records_async(
     granted: list[str],
     uploads: set[str],
     fields: list[str] | None,
-) -> bytes:
-    """`_records` read on the event loop's own connection (`Reader.made_by_dataset_async`), as the
-    records' JSON array in UTF-8. Each page is encoded as it comes, so the loop holds no step
-    longer than a page's; the pages are then joined, a copy of bytes."""
+) -> list[bytes]:
+    """`_records` read on the event loop's own connection (`Reader.made_by_dataset_async`), as
+    the records' JSON text in UTF-8, a page's records (with commas between them) a part. Each
+    page is encoded as it comes, so the loop holds no step longer than a page's, and a
+    record's non-ASCII text widens no more than its page's string; `records_json.document`
+    then copies the parts once into the answer."""
     parts: list[bytes] = []
     if granted and uploads:
         live = [uuid.UUID(u) for u in uploads]
@@ -225,7 +227,7 @@ async def _records_async(
                 async for page in pages:
                     if page:
                         parts.append(",".join(page).encode())
-    return b"[" + b",".join(parts) + b"]"
+    return parts
 
 
 def _record_text(fields: list[str] | None) -> reads.RecordMaker[str]:
@@ -246,6 +248,11 @@ def _record_text(fields: list[str] | None) -> reads.RecordMaker[str]:
 def _head_text(head: AccessAnswer) -> str:
     """The answer without its records, as JSON text ending where `"records":` would follow."""
     return head.model_dump_json(exclude={"records"})[:-1]
+
+
+def _records_opening(head: AccessAnswer) -> bytes:
+    """The answer's text up to its first record: `_head_text`, then `,"records":[`."""
+    return f'{_head_text(head)},"records":['.encode()
 
 
 _ACCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -332,15 +339,15 @@ async def access(body: AccessIn, member: Consumer, request: Request) -> Response
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     if pool is not None:
-        records = await _records_async(pool, store, body.dataset_id, granted, uploads, body.fields)
-        content = f'{_head_text(head)},"records":'.encode() + records + b"}"
+        parts = await _records_async(pool, store, body.dataset_id, granted, uploads, body.fields)
+        content = records_json.document(_records_opening(head), parts, b"]}")
         return Response(content=content, media_type="application/json")
 
     def answer() -> bytes:
         with db.statement_session(sessions) as session:
             records = _records(session, store, body.dataset_id, granted, uploads, body.fields)
-            text = f'{_head_text(head)},"records":{records_json.array_text(records)}}}'
-        return text.encode()
+            part = ",".join(records).encode()
+        return records_json.document(_records_opening(head), [part] if part else [], b"]}")
 
     return Response(content=await run_in_threadpool(answer), media_type="application/json")
 

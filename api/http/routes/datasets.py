@@ -458,9 +458,9 @@ def dataset_records(
     )
     read = list(itertools.islice(found, limit))
     decryptions.record_decryptions(session, member, "provider_read", decryptions.counted(read))
-    page = (records_json.record_text(r, dataset=True) for r in read)
+    page = ",".join(records_json.record_text(r, dataset=True) for r in read).encode()
     return Response(
-        content=records_json.array_text(page).encode(),
+        content=records_json.document(b"[", [page] if page else [], b"]"),
         media_type="application/json",
         headers=headers,
     )
