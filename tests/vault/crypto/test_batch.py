@@ -120,6 +120,16 @@ def _opener(dataset: bytes = DATASET, upload: bytes = UPLOAD) -> UploadOpener:
     )
 
 
+def _reference_key(subject_id: bytes, subject_secret: bytes, upload: bytes) -> DataKey:
+    return derive_dek(
+        upload_secret=UPLOAD_SECRET,
+        subject_secret=subject_secret,
+        epoch_secret=EPOCH_SECRET,
+        upload_id=upload,
+        subject_id=subject_id,
+    )
+
+
 def _reference(
     subject_id: bytes,
     subject_secret: bytes,
@@ -129,13 +139,7 @@ def _reference(
 ) -> tuple[bytes, bytes] | None:
     """What a read got from the one-record functions: `derive_dek`, `unseal`, `leaf_salt`."""
     dataset, upload = ids
-    key = derive_dek(
-        upload_secret=UPLOAD_SECRET,
-        subject_secret=subject_secret,
-        epoch_secret=EPOCH_SECRET,
-        upload_id=upload,
-        subject_id=subject_id,
-    )
+    key = _reference_key(subject_id, subject_secret, upload)
     try:
         payload = unseal(key, envelope, record_id=record_id, dataset_id=dataset, upload_id=upload)
     except DecryptionFailed:
@@ -168,14 +172,7 @@ def test_the_opener_derives_opens_and_salts_as_the_one_record_functions(
     cut short): the same DEK, and the same payload and salt, or None where `unseal` fails."""
     opener = _opener(dataset=dataset, upload=upload)
     key = opener.dek(subject_id, subject_secret)
-    reference_key = derive_dek(
-        upload_secret=UPLOAD_SECRET,
-        subject_secret=subject_secret,
-        epoch_secret=EPOCH_SECRET,
-        upload_id=upload,
-        subject_id=subject_id,
-    )
-    assert key._key == reference_key._key
+    assert key._key == _reference_key(subject_id, subject_secret, upload)._key
     envelope = seal(
         key,
         payload,
