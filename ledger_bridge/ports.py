@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -39,10 +39,16 @@ def port_free(port: int, host: str = LOOPBACK) -> bool:
 
 
 def free_block(
-    offsets: Sequence[int], host: str = LOOPBACK, tries: int = 200, rng: random.Random | None = None
+    offsets: Sequence[int],
+    host: str = LOOPBACK,
+    tries: int = 200,
+    rng: random.Random | None = None,
+    avoid: Collection[int] = (),
 ) -> int:
     """A base port such that base + d is free for every d in `offsets`, all of them outside
-    the ephemeral range (below it when there is room, above it otherwise)."""
+    the ephemeral range (below it when there is room, above it otherwise), and none in
+    `avoid`: ports the caller has chosen for something else but not bound yet, which a bind
+    test would find free."""
     first, last = ephemeral_range()
     span = max(offsets) + 1
     ranges = [(LOWEST, first - span), (last + 1, 65_536 - span)]
@@ -53,11 +59,15 @@ def free_block(
     for _ in range(tries):
         lo, hi = usable[0] if len(usable) == 1 or pick.random() < 0.9 else usable[1]
         base = pick.randrange(lo, hi)
-        if all(port_free(base + d, host) for d in offsets):
+        if all(base + d not in avoid and port_free(base + d, host) for d in offsets):
             return base
     raise RuntimeError(f"no block of free ports outside the ephemeral range on {host}")
 
 
-def cluster_block(replicas: int, client_offset: int = 100, host: str = LOOPBACK) -> int:
-    """A base for n replicas: peers listen at base + i, clients at base + client_offset + i."""
-    return free_block([*range(replicas), *range(client_offset, client_offset + replicas)], host)
+def cluster_block(
+    replicas: int, client_offset: int = 100, host: str = LOOPBACK, avoid: Collection[int] = ()
+) -> int:
+    """A base for n replicas: peers listen at base + i, clients at base + client_offset + i;
+    none of them in `avoid` (see `free_block`)."""
+    offsets = [*range(replicas), *range(client_offset, client_offset + replicas)]
+    return free_block(offsets, host, avoid=avoid)

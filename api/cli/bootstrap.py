@@ -25,7 +25,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,16 +70,17 @@ class BootstrapError(Exception):
     """`up` cannot start the ledger side; the message is fit for the operator's terminal."""
 
 
-def choose_base_port(replicas: int, host: str = LOOPBACK) -> int:
+def choose_base_port(replicas: int, host: str = LOOPBACK, avoid: Collection[int] = ()) -> int:
     """A base port whose 2n ports (peers at +i, clients at +100+i) are free right now, outside
     the kernel's ephemeral range (`ledger_bridge.ports`: an outgoing connection could hold a
-    port in it when a replica starts).
+    port in it when a replica starts), and none in `avoid`: the API's own port, which uvicorn
+    binds only after the replicas have started, so it is free when the block is chosen.
 
     Chosen once, on the first run, and kept in the genesis: the replicas' addresses are part of
     the chain's identity for its clients, so later runs reuse them.
     """
     try:
-        return ports.cluster_block(replicas, CLIENT_PORT_OFFSET, host)
+        return ports.cluster_block(replicas, CLIENT_PORT_OFFSET, host, avoid)
     except RuntimeError as exc:
         raise BootstrapError(f"{exc} for {replicas} replicas") from None
 
@@ -109,8 +110,11 @@ class Founding:
     dpo_key_file: Path
 
 
-def found_local_ledger(data_dir: Path, replicas: int) -> Founding:
-    """First run: vault and DPO keys, then a genesis naming them as founders.
+def found_local_ledger(
+    data_dir: Path, replicas: int, avoid_ports: Collection[int] = ()
+) -> Founding:
+    """First run: vault and DPO keys, then a genesis naming them as founders, its replicas on
+    ports none of which is in `avoid_ports` (`choose_base_port`).
 
     The chain id carries a random suffix so that transactions signed for one local chain can
     never be replayed on another one created later in a wiped data directory.
@@ -128,7 +132,7 @@ def found_local_ledger(data_dir: Path, replicas: int) -> Founding:
     gen.create_local(
         ledger_dir(data_dir),
         replicas,
-        base_port=choose_base_port(replicas),
+        base_port=choose_base_port(replicas, avoid=avoid_ports),
         host=LOOPBACK,
         chain_id=chain_id,
         use_tls=True,
@@ -271,14 +275,19 @@ class RunningLedger:
 
 @contextmanager
 def open_ledger(
-    data_dir: Path, *, replicas: int | None = None, external_dir: Path | None = None
+    data_dir: Path,
+    *,
+    replicas: int | None = None,
+    external_dir: Path | None = None,
+    avoid_ports: Collection[int] = (),
 ) -> Iterator[RunningLedger]:
     """The ledger the API talks to, closed (gateway, then our replicas) on exit.
 
     Without `external_dir`: the local cluster under `<data_dir>/ledger`, founded on the first
     run and started as replica processes, ready before this yields, restarted if one exits.
     With it: an existing genesis of replicas run elsewhere; nothing is started or founded, and
-    /readyz tells when a quorum answers.
+    /readyz tells when a quorum answers. A cluster founded now takes no port of `avoid_ports`
+    (the API's, bound after it).
     """
     founding: Founding | None = None
     warnings: list[str] = []
@@ -287,7 +296,7 @@ def open_ledger(
         if external_dir is None:
             directory = ledger_dir(data_dir)
             if not (directory / gen.GENESIS_FILE).exists():
-                founding = found_local_ledger(data_dir, replicas or DEFAULT_REPLICAS)
+                founding = found_local_ledger(data_dir, replicas or DEFAULT_REPLICAS, avoid_ports)
             cluster = stack.enter_context(Cluster(directory))
             _require_contracts(directory, cluster.genesis)
             _refuse_running_replicas(cluster)

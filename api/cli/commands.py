@@ -192,7 +192,10 @@ def _up(args: argparse.Namespace) -> int:
             url = stack.enter_context(db.open_database(settings.database_url, settings.data_dir))
             ledger = stack.enter_context(
                 bootstrap.open_ledger(
-                    settings.data_dir, replicas=args.replicas, external_dir=args.ledger_dir
+                    settings.data_dir,
+                    replicas=args.replicas,
+                    external_dir=args.ledger_dir,
+                    avoid_ports=(settings.api_port,),
                 )
             )
             issued = _found(url, settings, ledger, controller)

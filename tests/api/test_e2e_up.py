@@ -78,7 +78,8 @@ pytestmark = pytest.mark.e2e
 
 DEMO_TIMEOUT_S = 300
 START_ATTEMPTS = 3
-# What `up` says when a port it chose was taken before it bound it (see _start_up).
+# What `up` says when a port it chose was taken before it bound it (see _start_up), in lower
+# case: uvicorn writes "Address already in use".
 PORT_RACES = ("the ledger did not start", "already answers on", "address already in use")
 # Refusals of a vote that only mean "not this voter": admitted after the proposal, not (yet)
 # admitted, suspended by the incident story, or the proposal already passed.
@@ -166,7 +167,7 @@ def _start_up(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> tu
             return up, data_dir
         except AssertionError:
             _stop_and_reap(up, data_dir)
-            if attempt == START_ATTEMPTS or not any(s in up.output for s in PORT_RACES):
+            if attempt == START_ATTEMPTS or not any(s in up.output.lower() for s in PORT_RACES):
                 raise
     raise AssertionError("unreachable")
 

@@ -104,7 +104,7 @@ def _start(base: Path) -> tuple[Up, Path]:
             return up, data_dir
         except AssertionError:
             _stop_and_reap(up, data_dir)
-            if attempt == START_ATTEMPTS or not any(s in up.output for s in PORT_RACES):
+            if attempt == START_ATTEMPTS or not any(s in up.output.lower() for s in PORT_RACES):
                 raise
     raise AssertionError("unreachable")
 

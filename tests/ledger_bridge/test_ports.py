@@ -33,3 +33,14 @@ def test_a_block_with_a_busy_port_is_passed_over() -> None:
 def test_cluster_block_covers_peers_and_clients() -> None:
     base = ports.cluster_block(4, client_offset=100)
     assert all(ports.port_free(base + d) for d in OFFSETS)
+
+
+def test_a_block_takes_no_port_it_is_told_to_avoid() -> None:
+    """A port chosen for something else and not bound yet (`up`'s API port, which uvicorn binds
+    after the replicas start) is free to a bind test: `avoid` keeps the block off it."""
+    chosen = ports.free_block(OFFSETS, rng=random.Random(11))
+    for d in OFFSETS:
+        again = ports.free_block(OFFSETS, rng=random.Random(11), avoid={chosen + d})
+        assert chosen + d not in {again + e for e in OFFSETS}
+    base = ports.cluster_block(4, client_offset=100, avoid={chosen + 100})
+    assert chosen + 100 not in {base + d for d in OFFSETS}
