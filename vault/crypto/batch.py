@@ -149,8 +149,8 @@ class UploadOpener:
     another. What the upload path never writes (an envelope with another header, a record id
     that is not 16 bytes, ids too long to length-prefix, a secret that is not 32 bytes) goes
     to the one-record functions, which open or refuse it. Holds the upload's and epoch's
-    secrets for as long as the read keeps it, as the reader held them before; nothing here is
-    ever written anywhere, nor pickled.
+    secrets for as long as the read keeps it (the reader keeps one upload's at a time);
+    nothing here is ever written anywhere, nor pickled.
     """
 
     __slots__ = (
