@@ -46,7 +46,17 @@ _SALT_PREFIX = struct.pack(">H", _SALT_BYTES)
 # A leaf hash is SHA-256(0x00 | leaf prefix | lp(record id) | lp(salt) | payload).
 _LEAF_STATE = hashlib.sha256(b"\x00" + _LEAF_PREFIX + _ID_PREFIX)
 _CACHE_MAX = 10_000
+# The envelope header and the associated data's head of every record the upload path seals:
+# the current versions, a 16-byte record id.
+_HEADER_NOW = _HEADER.pack(ENVELOPE_VERSION, KEY_VERSION)
+_AAD_HEAD = _AAD_PREFIX + _ID_PREFIX
 _PREFIXED_MAX = 0xFFFF  # the longest field a 2-byte length prefix (`_lp`) counts
+
+
+def _aad_tail(dataset_id: bytes, upload_id: bytes) -> bytes:
+    """What follows the record id in its associated data: lp(dataset id) | lp(upload id) | the
+    current key version, the upload's constants."""
+    return _lp(dataset_id, upload_id) + struct.pack(">H", KEY_VERSION)
 
 
 class _Keyed:
@@ -72,13 +82,12 @@ class UploadSealer:
     subjects. Nothing here is ever written anywhere.
     """
 
-    __slots__ = ("_aad_tail", "_header", "_keyed")
+    __slots__ = ("_aad_tail", "_keyed")
 
     def __init__(self, *, dataset_id: bytes, upload_id: bytes) -> None:
         # The associated data is prefix | lp(record id) | lp(dataset id) | lp(upload id) |
         # key version: all but the record id are the upload's constants.
-        self._aad_tail = _lp(dataset_id, upload_id) + struct.pack(">H", KEY_VERSION)
-        self._header = _HEADER.pack(ENVELOPE_VERSION, KEY_VERSION)
+        self._aad_tail = _aad_tail(dataset_id, upload_id)
         self._keyed: dict[DataKey, _Keyed] = {}
 
     def __repr__(self) -> str:
@@ -110,7 +119,7 @@ class UploadSealer:
             nonces = os.urandom(NONCE_BYTES * n)
         elif len(nonces) != NONCE_BYTES * n:
             raise ValueError("nonce must be 12 bytes")
-        aad_head, aad_tail, header = _AAD_PREFIX + _ID_PREFIX, self._aad_tail, self._header
+        aad_head, aad_tail, header = _AAD_HEAD, self._aad_tail, _HEADER_NOW
         states, state = self._keyed, self._state
         envelopes: list[bytes] = []
         leaves: list[bytes] = []
@@ -154,10 +163,8 @@ class UploadOpener:
     """
 
     __slots__ = (
-        "_aad_head",
         "_aad_tail",
         "_dataset_id",
-        "_header",
         "_ikm",
         "_info_head",
         "_upload_id",
@@ -168,8 +175,6 @@ class UploadOpener:
     ) -> None:
         self._dataset_id, self._upload_id = dataset_id, upload_id
         self._ikm = (upload_secret, epoch_secret)  # either side of the subject's secret
-        self._aad_head = _AAD_PREFIX + _ID_PREFIX
-        self._header = _HEADER.pack(ENVELOPE_VERSION, KEY_VERSION)
         # None: every call goes to the one-record functions (see the class's docstring).
         self._info_head: bytes | None = None
         self._aad_tail: bytes | None = None
@@ -178,7 +183,7 @@ class UploadOpener:
             and max(len(dataset_id), len(upload_id)) <= _PREFIXED_MAX
         ):
             self._info_head = _DEK_INFO + _lp(upload_id)
-            self._aad_tail = _lp(dataset_id, upload_id) + struct.pack(">H", KEY_VERSION)
+            self._aad_tail = _aad_tail(dataset_id, upload_id)
 
     def __repr__(self) -> str:
         return "UploadOpener(***)"
@@ -209,7 +214,7 @@ class UploadOpener:
         if (
             tail is None
             or len(record_id) != RECORD_ID_BYTES
-            or envelope[: _HEADER.size] != self._header
+            or envelope[: _HEADER.size] != _HEADER_NOW
         ):
             return self._open_other(key, record_id, envelope)
         if len(envelope) < _HEADER_BYTES + TAG_BYTES:
@@ -218,7 +223,7 @@ class UploadOpener:
             payload = key._aead.decrypt(
                 envelope[_HEADER.size : _HEADER_BYTES],
                 envelope[_HEADER_BYTES:],
-                self._aad_head + record_id + tail,
+                _AAD_HEAD + record_id + tail,
             )
         except AuthenticationFailed:
             return None
