@@ -731,7 +731,7 @@ def limit_answers(
                 anchored_only=True,
             )
             part = ",".join(found).encode()
-        return len(records_json.document(b"[", [part] if part else [], b"]"))
+        return len(records_json.document(b"[", [part], b"]"))
 
     try:
         answer_bytes()

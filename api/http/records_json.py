@@ -131,11 +131,11 @@ def record_text(
 
 
 def document(opening: bytes, parts: Sequence[bytes], closing: bytes) -> bytes:
-    """`opening`, the `parts` (UTF-8 JSON, each one value or several with commas between them)
-    with a comma between each two, then `closing`: a JSON document around an array, copied
-    once. An answer of 100 records is about 190 KB, a large read a thousand times that; a
-    join and then a concatenation for each piece put around it would copy the whole each
-    time."""
+    """`opening`, the `parts` (UTF-8 JSON, each one value or several with commas between them;
+    a lone part may be empty, an empty array) with a comma between each two, then `closing`: a
+    JSON document around an array, copied once. An answer of 100 records is about 190 KB, a
+    large read a thousand times that; a join and then a concatenation for each piece put
+    around it would copy the whole each time."""
     if not parts:
         return opening + closing
     pieces = [b","] * (2 * len(parts) + 1)  # opening, part, comma, part, ..., part, closing

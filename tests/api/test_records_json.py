@@ -146,3 +146,4 @@ def test_a_document_is_its_parts_between_the_opening_and_the_closing(
     values = [v for part in parts for v in part]
     assert json.loads(doc) == {"head": 1, "records": values}
     assert records_json.document(b"[", encoded, b"]") == b"[" + b",".join(encoded) + b"]"
+    assert records_json.document(b"[", [b""], b"]") == b"[]"  # a read that found nothing

@@ -347,7 +347,7 @@ async def access(body: AccessIn, member: Consumer, request: Request) -> Response
         with db.statement_session(sessions) as session:
             records = _records(session, store, body.dataset_id, granted, uploads, body.fields)
             part = ",".join(records).encode()
-        return records_json.document(_records_opening(head), [part] if part else [], b"]}")
+        return records_json.document(_records_opening(head), [part], b"]}")
 
     return Response(content=await run_in_threadpool(answer), media_type="application/json")
 

@@ -460,7 +460,7 @@ def dataset_records(
     decryptions.record_decryptions(session, member, "provider_read", decryptions.counted(read))
     page = ",".join(records_json.record_text(r, dataset=True) for r in read).encode()
     return Response(
-        content=records_json.document(b"[", [page] if page else [], b"]"),
+        content=records_json.document(b"[", [page], b"]"),
         media_type="application/json",
         headers=headers,
     )
