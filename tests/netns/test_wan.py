@@ -226,18 +226,18 @@ def _query(d: Deployment, replica: int, q: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(go())
 
 
-def _majority_knows(d: Deployment, lone: int, upload: str, timeout_s: float = 10.0) -> bool:
-    """Whether a replica of the majority side answers the upload as current within
-    `timeout_s`. One replica alone may be behind, or briefly stale itself on a loaded machine
-    (its peers' STATUS delayed past its freshness bound), as the client's reads allow: they
-    go on to the next replica."""
+def _assert_majority_knows(d: Deployment, lone: int, upload: str, timeout_s: float = 10.0) -> None:
+    """A replica of the majority side answers the upload as current within `timeout_s`, or
+    the test fails with the last answers. One replica alone may be behind, or briefly stale
+    itself on a loaded machine (its peers' STATUS delayed past its freshness bound), as the
+    client's reads allow: they go on to the next replica."""
     deadline = time.monotonic() + timeout_s
     answers: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         for replica in (r for r in range(4) if r != lone):
             answer = _query(d, replica, {"q": "upload", "upload": upload})
             if "result" in answer and codec.decode(answer["result"])["result"] is not None:
-                return True
+                return
             answers.append({k: v for k, v in answer.items() if k != "result"})
         time.sleep(0.5)
     raise AssertionError(f"no replica of the majority answered the upload: {answers[-3:]}")
@@ -256,7 +256,7 @@ def _minority_refuses_stale_reads(
         time.sleep(0.2)  # past the replica's freshness bound (2 s)
     stale = _query(d, lone, {"q": "upload", "upload": upload})
     assert stale.get("error") == "stale" and "result" not in stale, stale
-    assert _majority_knows(d, lone, upload)
+    _assert_majority_knows(d, lone, upload)
     # The vault's reads go past the cut-off replica (the consumer's access, the DPO's).
     assert cast.clients["api-b"].upload_status(cast.dataset, upload)["state"] == "anchored"
 
