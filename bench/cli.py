@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "final-erasure": "bench.final_erasure:run",
     "wan": "bench.wan:run",
     "instructions": "bench.instructions:run",
+    "read-timeline": "bench.read_timeline:run",
 }
 
 # The repository holding this `bench/`.
@@ -43,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON only")
     bench.add_argument("--records", type=int, default=None, help="size of the run")
     bench.add_argument(
-        "--seconds", type=float, default=None, help="access: measured seconds per point"
+        "--seconds",
+        type=float,
+        default=None,
+        help="access: measured seconds per point; read-timeline: seconds of reads",
     )
     bench.add_argument(
         "--database-url",

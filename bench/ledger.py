@@ -496,12 +496,17 @@ async def _timed_submits(cluster: Cluster, requests: int, warmup: int) -> list[S
     return spans
 
 
-def _median_offsets(spans: list[Span], traces: dict[int, list[list[Any]]]) -> list[dict[str, Any]]:
-    """Per (replica, event): the median ms from the client's submit to the event's first
-    occurrence for that transaction's block; an fsync is charged to the COMMIT it precedes,
-    a request to the block its receipt names."""
-    by_height: dict[int, dict[tuple[int, str], int]] = {}
-    by_request: dict[int, dict[tuple[int, str], int]] = {}
+# The first time of each (replica, event), by block height or by request id.
+Stamped = dict[int, dict[tuple[int, str], int]]
+
+
+def stamps_by_block(traces: dict[int, list[list[Any]]]) -> tuple[Stamped, Stamped]:
+    """The replicas' stamps (`read_traces`) by block and by request: per block height, the
+    first time of each (replica, event), an fsync charged to the COMMIT it precedes (as
+    "fsync start" and "fsync end"); per request id, when it reached each replica ("request
+    in")."""
+    by_height: Stamped = {}
+    by_request: Stamped = {}
     for rid, events in traces.items():
         synced: tuple[int, int] | None = None
         started = 0
@@ -520,16 +525,30 @@ def _median_offsets(spans: list[Span], traces: dict[int, list[list[Any]]]) -> li
                     slot.setdefault((rid, "fsync start"), synced[0])
                     slot.setdefault((rid, "fsync end"), synced[1])
                     synced = None
+    return by_height, by_request
+
+
+def _median_offsets(spans: list[Span], traces: dict[int, list[list[Any]]]) -> list[dict[str, Any]]:
+    """Per (replica, event): the median ms from the client's submit to the event's first
+    occurrence for that transaction's block; an fsync is charged to the COMMIT it precedes,
+    a request to the block its receipt names."""
+    by_height, by_request = stamps_by_block(traces)
     offsets: dict[tuple[int, str], list[float]] = {}
     for t0, t1, height, request_id in spans:
         offsets.setdefault((-1, "client returned"), []).append((t1 - t0) / 1e6)
         seen = {**by_height.get(height, {}), **by_request.get(request_id, {})}
         for key, t in seen.items():
             offsets.setdefault(key, []).append((t - t0) / 1e6)
+    return median_rows(offsets, len(spans))
+
+
+def median_rows(offsets: dict[tuple[int, str], list[float]], count: int) -> list[dict[str, Any]]:
+    """Per (replica, event) seen in at least half of `count` transactions: the median of its
+    `offsets` (ms), in time order."""
     rows = [
         {"ms": round(statistics.median(v), 3), "replica": k[0], "event": k[1], "n": len(v)}
         for k, v in offsets.items()
-        if len(v) >= len(spans) // 2
+        if len(v) >= count // 2
     ]
     return sorted(rows, key=lambda r: r["ms"])
 
@@ -546,19 +565,33 @@ def timeline(requests: int = 600, warmup: int = 300) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="civis-bench-timeline-") as tmp:
         trace_dir = Path(tmp) / "trace"
         trace_dir.mkdir()
-        os.environ["CIVIS_NODE_TRACE"] = str(trace_dir)  # the replica processes inherit it
-        try:
-            with _running_cluster(Path(tmp), 1) as cluster:
-                spans = eventloop.run(_timed_submits(cluster, requests, warmup))
-        finally:
-            del os.environ["CIVIS_NODE_TRACE"]
-        traces = {
-            int(p.stem.split("-")[1]): json.loads(p.read_text())
-            for p in trace_dir.glob("trace-*.json")
-        }
-    if len(traces) != 4:
-        raise RuntimeError(f"{len(traces)} of 4 replicas wrote a trace")
+        with tracing(trace_dir), _running_cluster(Path(tmp), 1) as cluster:
+            spans = eventloop.run(_timed_submits(cluster, requests, warmup))
+        traces = read_traces(trace_dir)
     return _median_offsets(spans, traces)
+
+
+@contextlib.contextmanager
+def tracing(trace_dir: Path) -> Iterator[None]:
+    """Replicas started inside stamp each frame in and out and each fsync on CLOCK_MONOTONIC
+    (`CIVIS_NODE_TRACE`: the replica processes inherit it) and write their stamps to
+    `trace_dir` when they stop (`read_traces`)."""
+    os.environ["CIVIS_NODE_TRACE"] = str(trace_dir)
+    try:
+        yield
+    finally:
+        del os.environ["CIVIS_NODE_TRACE"]
+
+
+def read_traces(trace_dir: Path, replicas: int = 4) -> dict[int, list[list[Any]]]:
+    """Each replica's stamps, by replica id, as `tracing`'s replicas wrote them: [ns, event,
+    message kind, seq or request id, peer] each."""
+    traces = {
+        int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in trace_dir.glob("trace-*.json")
+    }
+    if len(traces) != replicas:
+        raise RuntimeError(f"{len(traces)} of {replicas} replicas wrote a trace")
+    return traces
 
 
 def profile_in_process(txs: int = 300) -> None:

@@ -15,7 +15,16 @@ from numbers import Real
 
 import pytest
 
-from bench import access, checkpoint, crypto, events, instructions, upload, upload_http
+from bench import (
+    access,
+    checkpoint,
+    crypto,
+    events,
+    instructions,
+    read_timeline,
+    upload,
+    upload_http,
+)
 from tests.conftest import PgServer
 
 
@@ -65,6 +74,21 @@ def test_access_reports_each_consumer_count_with_its_baseline(pg_server: PgServe
     assert limit["records_per_answer"] == 3 and limit["answers"] >= 10
     assert limit["cpu_ms_per_answer"]["client"] > 0
     assert set(report["api_cpu_ratio_to_limit"]) == {str(c) for c in access.CONSUMERS}
+
+
+def test_read_timeline_matches_single_reads_to_their_blocks(pg_server: PgServer) -> None:
+    args = argparse.Namespace(records=3, seconds=0.5, database_url=pg_server.base_url)
+    report = read_timeline.run(args)
+    json.dumps(report)  # what `civis-vault bench read-timeline --json` prints
+    assert report["benchmark"] == "read-timeline"
+    assert 0 < report["matched"] <= report["reads"]
+    assert set(report["read"]) == {f"{p}_ms" for p in read_timeline.READ_PARTS}
+    # The stamps of one clock, ordered as the read is: never a part below zero.
+    assert all(ms >= 0 for ms in report["read"].values()), report["read"]
+    events = {(row["replica"], row["event"]) for row in report["blocks"]}
+    # Every replica syncs its prepared certificate before its COMMIT, and f+1 of them reply.
+    assert {(rid, "fsync end") for rid in range(4)} <= events
+    assert (-1, "f+1-th reply") in events
 
 
 def test_events_reports_credited_events_coupons_and_the_ledger_baseline(
