@@ -1,7 +1,7 @@
 """`civis-vault bench read-timeline`: where a single-record read's time goes between processes.
 
 Why: CPU per read says what each process spends, not what the consumer waits for. The read
-crosses five processes on two cores (the consumer, the API, PostgreSQL and four replicas)
+crosses seven processes on two cores (the consumer, the API, PostgreSQL and four replicas)
 and its bar is a latency. This puts one clock on all of them. The replicas stamp each frame
 in and out and each fsync (`CIVIS_NODE_TRACE`, CLOCK_MONOTONIC, one clock for every process on
 the host), and the consumer stamps each read's start and end on the same clock.
@@ -41,12 +41,14 @@ F = 1  # the benchmark's cluster: four replicas, f = 1
 READ_PARTS = ("before_ledger", "admission", "ledger", "after_ledger")
 
 # One read: (start ns, end ns) on CLOCK_MONOTONIC, as the consumer saw it.
-Span = tuple[int, int]
+ReadSpan = tuple[int, int]
 # A replica's stamp: (ns, event, message kind, seq or request id, peer), as node.py writes it.
 Stamp = list[Any]
 
 
-def _reads(records: int, seconds: float, trace_dir: Path, database_url: str | None) -> list[Span]:
+def _reads(
+    records: int, seconds: float, trace_dir: Path, database_url: str | None
+) -> list[ReadSpan]:
     """The access benchmark's system (on `database_url`'s server, or an embedded one), its
     replicas tracing to `trace_dir`, and one consumer's reads of one subject's record for
     `seconds` after `WARM_READS`. The replicas write their traces as the system stops, before
@@ -57,7 +59,7 @@ def _reads(records: int, seconds: float, trace_dir: Path, database_url: str | No
         ).encode()
         headers = {**fx.headers(fx.consumer_key), "Content-Type": "application/json"}
         connection = access.ConsumerConnection(fx.base)
-        spans: list[Span] = []
+        spans: list[ReadSpan] = []
         try:
             for _ in range(WARM_READS):
                 connection.send("POST", "/v1/access-requests", headers, body)
@@ -74,14 +76,15 @@ def _reads(records: int, seconds: float, trace_dir: Path, database_url: str | No
 
 
 def _pre_prepares(blocks: ledger.Stamped) -> list[tuple[int, int, int]]:
-    """(time, sequence number, primary) of each block's PRE-PREPARE, in time order."""
-    found = (
-        (t, seq, rid)
-        for seq, slot in blocks.items()
-        for (rid, name), t in slot.items()
-        if name == "tx PrePrepare"
-    )
-    return sorted(found)
+    """(time, sequence number, primary) of each block's PRE-PREPARE, in time order: its
+    first sending. A backup re-sends a PRE-PREPARE to a peer that fell behind (stamped as its
+    own `tx`); counted as a second one, it would leave the read out."""
+    first: dict[int, tuple[int, int, int]] = {}
+    for seq, slot in blocks.items():
+        for (rid, name), t in slot.items():
+            if name == "tx PrePrepare" and (seq not in first or t < first[seq][0]):
+                first[seq] = (t, seq, rid)
+    return sorted(first.values())
 
 
 def _arrivals(traces: dict[int, list[Stamp]]) -> dict[int, list[int]]:
@@ -94,13 +97,14 @@ def _arrivals(traces: dict[int, list[Stamp]]) -> dict[int, list[int]]:
 
 
 def _arrival(requests: list[int], t0: int, pp: int) -> int | None:
-    """The last time a request reached the primary between the read's start and its block's
-    PRE-PREPARE (None if none did)."""
-    i = bisect.bisect_right(requests, pp) - 1
-    return requests[i] if i >= 0 and requests[i] >= t0 else None
+    """The first time a request reached the primary between the read's start and its block's
+    PRE-PREPARE (None if none did): the read's own request comes first; another client's, or
+    a retry, may follow it before the block is proposed."""
+    i = bisect.bisect_left(requests, t0)
+    return requests[i] if i < len(requests) and requests[i] <= pp else None
 
 
-def read_timeline(spans: list[Span], traces: dict[int, list[Stamp]]) -> dict[str, Any]:
+def read_timeline(spans: list[ReadSpan], traces: dict[int, list[Stamp]]) -> dict[str, Any]:
     """The timeline of the reads `spans` from the replicas' `traces` (see the module docstring).
     A read during which no PRE-PREPARE, or more than one, was sent is left out, as is one whose
     request or f+1 replies are not in the traces."""

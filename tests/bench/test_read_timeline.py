@@ -77,3 +77,22 @@ def test_a_read_that_spans_two_blocks_or_lacks_its_request_is_left_out() -> None
     assert timeline["read"]["ledger_ms"] == 3.5  # the second block's: 4 ms less 0.5
     with pytest.raises(RuntimeError, match="no read could be matched"):
         read_timeline([(0, 30 * MS)], traces)
+
+
+def test_a_pre_prepare_a_backup_sends_again_leaves_the_read_as_it_was() -> None:
+    # A backup re-sends the PRE-PREPARE to a peer that fell behind, 3 ms after the primary.
+    traces = _block(1, 1.0, [7.0, 6.0, 8.0, 9.0])
+    traces[2] = sorted([*traces[2], [4 * MS + MS // 2, "tx", "PrePrepare", 1, -1]])
+    timeline = read_timeline([(0, 10 * MS)], traces)
+    assert timeline["matched"] == 1
+    assert timeline["read"]["admission_ms"] == 0.5
+    assert timeline["read"]["ledger_ms"] == 6.5
+
+
+def test_a_request_that_follows_the_reads_own_does_not_cut_its_admission_short() -> None:
+    # Another client's request reaches the primary 0.4 ms after the read's, before the block.
+    traces = _block(1, 1.0, [7.0, 6.0, 8.0, 9.0])
+    traces[0] = sorted([*traces[0], [MS + 400_000, "request", "Request", 7, -1]])
+    timeline = read_timeline([(0, 10 * MS)], traces)
+    assert timeline["read"]["before_ledger_ms"] == 1.0
+    assert timeline["read"]["admission_ms"] == 0.5

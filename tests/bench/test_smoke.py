@@ -86,8 +86,11 @@ def test_read_timeline_matches_single_reads_to_their_blocks(pg_server: PgServer)
     # The stamps of one clock, ordered as the read is: never a part below zero.
     assert all(ms >= 0 for ms in report["read"].values()), report["read"]
     events = {(row["replica"], row["event"]) for row in report["blocks"]}
-    # Every replica syncs its prepared certificate before its COMMIT, and f+1 of them reply.
-    assert {(rid, "fsync end") for rid in range(4)} <= events
+    # A block commits on 2f+1 COMMITs, each sent once its replica synced its prepared
+    # certificate: at least three replicas sync in every matched read, so at least three show
+    # (a replica that lagged may have caught up on blocks it fetched), and f+1 of them reply.
+    synced = {rid for rid in range(4) if (rid, "fsync end") in events}
+    assert len(synced) >= 3, events
     assert (-1, "f+1-th reply") in events
 
 
