@@ -1,8 +1,8 @@
 """`civis-vault bench read-timeline`: where a single-record read's time goes between processes.
 
 Why: CPU per read says what each process spends, not what the consumer waits for. The read
-crosses seven processes on two cores (the consumer, the API, PostgreSQL and four replicas)
-and its bar is a latency. This puts one clock on all of them. The replicas stamp each frame
+crosses the consumer, the API, PostgreSQL and four replicas, all on two cores, and its bar is
+a latency. This puts one clock on all of them. The replicas stamp each frame
 in and out and each fsync (`CIVIS_NODE_TRACE`, CLOCK_MONOTONIC, one clock for every process on
 the host), and the consumer stamps each read's start and end on the same clock.
 
