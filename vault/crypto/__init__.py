@@ -59,6 +59,7 @@ _HEADER = struct.Struct(">BH")
 _UUID_AAD = struct.Struct(">H16sH16sH16sH")
 _UUID_AND_LENGTH = struct.Struct(">H16sH")
 _HEADER_BYTES = _HEADER.size + NONCE_BYTES
+_PREFIXED_MAX = 0xFFFF  # the longest field a 2-byte length prefix (`_lp`) counts
 _DEK_INFO = b"civis-vault/dek/v1"
 _AAD_PREFIX = b"civis-vault/record/v1"
 _COMMITMENT_PREFIX = b"civis-vault/key-commitment/v1"
@@ -94,7 +95,7 @@ def _lp(*fields: bytes) -> bytes:
     """Length-prefix each field so distinct tuples never encode to the same bytes."""
     out = bytearray()
     for field in fields:
-        if len(field) > 0xFFFF:
+        if len(field) > _PREFIXED_MAX:
             raise ValueError("field too long for a 2-byte length prefix")
         out += struct.pack(">H", len(field))
         out += field
@@ -159,7 +160,7 @@ def derive_dek(
         if len(secret) != SECRET_BYTES:
             raise ValueError("key-store secrets are 32 bytes")
     ikm = upload_secret + subject_secret + epoch_secret
-    if len(upload_id) == 16 and len(subject_id) <= 0xFFFF:
+    if len(upload_id) == 16 and len(subject_id) <= _PREFIXED_MAX:
         # The same bytes as `_lp(upload_id, subject_id)` for a UUID upload id, in one call.
         info = _DEK_INFO + _UUID_AND_LENGTH.pack(16, upload_id, len(subject_id)) + subject_id
     else:

@@ -27,6 +27,7 @@ from vault.crypto import (
     _HEADER,
     _HEADER_BYTES,
     _LEAF_PREFIX,
+    _PREFIXED_MAX,
     ENVELOPE_VERSION,
     KEY_VERSION,
     SECRET_BYTES,
@@ -50,7 +51,6 @@ _CACHE_MAX = 10_000
 # the current versions, a 16-byte record id.
 _HEADER_NOW = _HEADER.pack(ENVELOPE_VERSION, KEY_VERSION)
 _AAD_HEAD = _AAD_PREFIX + _ID_PREFIX
-_PREFIXED_MAX = 0xFFFF  # the longest field a 2-byte length prefix (`_lp`) counts
 
 
 def _aad_tail(dataset_id: bytes, upload_id: bytes) -> bytes:
