@@ -63,7 +63,12 @@ def test_access_reports_each_consumer_count_with_its_baseline(pg_server: PgServe
     assert sum(p["baseline"]["requests"] for p in report["points"]) > 0
     bar = report["bar"]
     assert bar["consumers"] == 8 and (bar["p50_ms_max"], bar["p99_ms_max"]) == (20.0, 100.0)
-    assert isinstance(bar["p50_met"], bool) and isinstance(bar["p99_met"], bool)
+    assert (bar["requests_per_s_min"], bar["api_cpu_ms_max"]) == (200.0, 3.0)
+    eight = next(p["access"] for p in report["points"] if p["consumers"] == 8)
+    assert bar["requests_per_s"] == eight["requests_per_s"]
+    assert bar["api_cpu_ms"] == eight["cpu_ms_per_request"]["api"]
+    for met in ("p50_met", "p99_met", "requests_per_s_met", "api_cpu_met"):
+        assert isinstance(bar[met], bool)
     # The single-record read: one consumer, one named subject, the ledger's decision included.
     single = report["single_record"]
     assert single["errors"] == 0 and single["requests"] > 0
