@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         "records: one record per subject)",
     )
     bench.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="upload: full-size pairs (vault upload, raw COPY) measured; the median pair's "
+        "ratio is the report's (default 3)",
+    )
+    bench.add_argument(
         "--answers",
         type=int,
         default=None,

