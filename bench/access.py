@@ -33,7 +33,7 @@ sent on a bare keep-alive connection of the standard library's `http.client`
 (`ConsumerConnection`: pre-encoded body, no parsing), not through the project's client, whose
 methods parse every answer. Why not `httpx` there: the consumers share the machine's two
 cores with the system they measure, and `httpx` spent 1.0-1.3 ms of CPU per request,
-`http.client` 0.3 ms (docs/BENCHMARKS.md, "Access / Session of 2026-12-05, night"). One answer
+`http.client` 0.3 ms (docs/BENCHMARKS.md, "Access"). One answer
 of each kind is parsed and checked before the measurement (every record, the anchored root in
 every proof).
 """

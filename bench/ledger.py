@@ -560,7 +560,8 @@ def timeline(requests: int = 600, warmup: int = 300) -> list[dict[str, Any]]:
     host) at each frame in and out and around each fsync (`CIVIS_NODE_TRACE`), one closed-loop
     client; for each (replica, event), the median ms since the client started the submit.
     Replica -1 is the client. Why: the CPU profiles say what a replica spends, not what the
-    client waits for; this found the fsync window and the two cores' queueing (BENCHMARKS.md).
+    client waits for; this shows where that wait goes (the fsync window, queueing on the two
+    cores).
     """
     with tempfile.TemporaryDirectory(prefix="civis-bench-timeline-") as tmp:
         trace_dir = Path(tmp) / "trace"

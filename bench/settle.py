@@ -4,8 +4,8 @@ Why: a bulk load leaves the server work to do after it has answered (dirty buffe
 out by the checkpointer and the background writer, autovacuum on the tables just filled), and
 that work runs during whatever is measured next, on the same two cores. Back-to-back uploads
 each cost the server more than the one before, most of it that leftover work
-(docs/BENCHMARKS.md, "2026-12-06, second session: the HTTP upload against a library upload
-before and after it"). A comparison of two phases is fair only if each starts from rest.
+(docs/BENCHMARKS.md, "Upload over HTTP"). A comparison of two phases is fair only if each
+starts from rest.
 """
 
 from __future__ import annotations

@@ -248,7 +248,7 @@ class Cluster:
 
     def close(self) -> None:
         """SIGTERM to every replica at once, then one shared wait: stopping them one by one
-        took up to STOP_TIMEOUT_S each."""
+        would take up to STOP_TIMEOUT_S each."""
         live = [p for p in self._procs.values() if p.poll() is None]
         for proc in live:
             with contextlib.suppress(ProcessLookupError):

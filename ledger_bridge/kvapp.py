@@ -1,4 +1,4 @@
-"""A key-value application for tests and benchmarks (the consent contracts come later).
+"""A key-value application for tests and benchmarks; production runs the consent contracts.
 
 Transactions are msgpack arrays: ["set", key, value], ["del", key] or ["forget", key].
 Results: b"ok", or b"err:<reason>" for a transaction the application rejects (the replica

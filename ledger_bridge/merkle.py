@@ -15,8 +15,8 @@ for its group, 1 KB each for its supergroup and the root) instead of seventeen, 
 is what a one-transaction block pays (the calls' overhead, not their bytes, is the cost); a
 batch of 100 writes re-hashes at most 100 groups and the 32 supergroups once. Many buckets: a
 write re-hashes its whole bucket, so the bucket must stay small as the state grows (with 4,096
-buckets, a quarter of a million entries put 61 leaves in each, and sorting and hashing them
-was most of what a transaction cost on a large state; with 65,536 it is 4). Empty buckets
+buckets, a quarter of a million entries would put 61 leaves in each, and sorting and hashing
+them would be most of what a transaction costs on a large state; with 65,536 it is 4). Empty buckets
 cost one shared hash object each, their sets exist only once a key lands in them. An entry is
 still provable against the root: its bucket's leaves, then 63, 31 and 31 sibling hashes.
 """

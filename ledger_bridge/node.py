@@ -62,9 +62,9 @@ from ledger_bridge.transport import ClientConnection, ClientListener, PeerNetwor
 log = logging.getLogger("ledger_bridge.node")
 
 TICK_MS = 5  # timer resolution while requests wait for a batch or a view is changing
-# ...and otherwise: heartbeats are 100 ms and timeouts 1 s and up, so 25 ms is plenty. An idle
-# replica woke 200 times a second, 40 ms of CPU per second each (measured), four of them
-# sharing two cores with the replicas that do have work.
+# ...and otherwise: heartbeats are 100 ms and timeouts 1 s and up, so 25 ms is plenty. At
+# TICK_MS an idle replica would wake 200 times a second, 40 ms of CPU per second each
+# (measured), four of them sharing two cores with the replicas that do have work.
 IDLE_TICK_MS = 25
 # Writes that need no fsync wait in memory for the next one that does (and land in its
 # transaction), or this long at most. A kill loses at most this window of them, which a power
@@ -437,7 +437,8 @@ class Node:
             self._send(ready.messages[ready.early_messages :], ready.replies[ready.early_replies :])
             return
         # Replies and votes first: encoding the log records and blocks for SQLite is on
-        # nobody's critical path (it was on the client's, between COMMIT and REPLY).
+        # nobody's critical path (sent after it, they would sit on the client's, between COMMIT
+        # and REPLY).
         self._send(ready.messages, ready.replies)
         batch = to_batch(ready.persist, ready.blocks, ready.redact)
         if not batch.empty():

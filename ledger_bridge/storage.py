@@ -206,7 +206,7 @@ class Storage:
         """Apply several batches, in order, as ONE transaction (one commit, at most one
         fsync). Why: the node holds back the writes that need no fsync and lands them with
         the next one that does; a SQLite commit costs ~0.14 ms of CPU even unsynced, and a
-        replica made three per transaction it ordered (measured, `bench ledger`)."""
+        replica would make three per transaction it orders (measured, `bench ledger`)."""
         todo = [b for b in batches if not b.empty()]
         if not todo:
             return

@@ -68,7 +68,7 @@ TREE_CACHE_LEAVES = 1 << 18
 # all: each holds references to its tree's hashes and its encoding, at most ~1.4 KB for a tree
 # of 2^18 leaves, so about 23 MB at most. The first leaves proved keep their places for as
 # long as their trees stay cached; a leaf proved once the bound is reached is walked and
-# encoded on each read, as every leaf was before paths were kept.
+# encoded on each read.
 TREE_CACHE_PATHS = 1 << 14
 # A chain of versions is followed this far at most (each rectification adds one link; the
 # vault never writes a loop, this bounds a read if a row were ever tampered into one).
@@ -198,7 +198,7 @@ RecordMaker = Callable[
 # batch of records with their key material, instead of one for the records and one per upload
 # for the secrets, and the shared upload and epoch secrets are unwrapped once per call.
 # Each is a LATERAL lookup of one row by the key store's unique (kind, dataset, scope): a plain
-# join, on a table not yet analysed, was planned as a scan of every subject secret per record.
+# join, on a table not yet analysed, is planned as a scan of every subject secret per record.
 # The planner may still scan a small table once per record rather than probe its index, which
 # PostgreSQL's default costs for spinning disks make look cheaper; the embedded server's
 # costs are set for local disks (vault/embedded.py, `PLANNER_SETTINGS`).
@@ -558,8 +558,8 @@ def _once_per_upload(page: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]
     """`page`'s rows, in its order, with what belongs to the upload (its dataset, retention
     day, root, size and shared secrets) on the first row of each upload in the page alone,
     NULL on the others: the opener reads it when an upload begins (`_Opener._begin_upload`).
-    Sent on every row, eight columns were decoded into objects no one looked at, a quarter of
-    the driver's work for the rows. The window runs over the page, after its LIMIT, so the
+    Sent on every row, eight columns would be decoded into objects no one looks at, a quarter
+    of the driver's work for the rows. The window runs over the page, after its LIMIT, so the
     page is still the sort's bound (a window under the LIMIT would sort every row read)."""
     rows = page.subquery("page")
     columns = list(rows.c)
@@ -609,8 +609,8 @@ def _query_in_uploads(anchored_only: bool) -> Select[*tuple[Any, ...]]:
     """`_query` for a read that names its uploads (`_UPLOADS`, in the dataset `_DATASET`), the
     same columns in the same order: the named uploads' own secrets are looked up once per
     upload (a materialised CTE), not once per record. Only the subject's secret varies by
-    record: for a 100-record answer from one upload, the per-record lookups of the two shared
-    secrets were a third of PostgreSQL's CPU for the query (docs/BENCHMARKS.md, "Access")."""
+    record: for a 100-record answer from one upload, per-record lookups of the two shared
+    secrets would be a third of PostgreSQL's CPU for the query (docs/BENCHMARKS.md, "Access")."""
     upload_key = _secret("upload", Upload.dataset_id, cast(Upload.id, String))
     epoch_key = _secret("epoch", Upload.dataset_id, _DAY_TEXT)
     named = (

@@ -1,8 +1,8 @@
 """Decrypted records to JSON text, one string per record, without a model per record.
 
-Why not the response models: a read of 100 records built 200 pydantic objects, parsed every
-payload to a dict (`json.loads`) only for FastAPI to validate and serialise it back, and that
-was the larger part of the API's CPU per read. Here each record is written once, as text, and
+Why not the response models: a read of 100 records would build 200 pydantic objects and parse
+every payload to a dict (`json.loads`) only for FastAPI to validate and serialise it back, the
+larger part of the API's CPU per read. Here each record is written once, as text, and
 its payload goes out as the very bytes that were stored, the bytes its inclusion proof covers,
 whenever they can stand inside a JSON document as they are (see `payload_text`). The shapes are
 still the schemas' (`RecordOut`, `AccessRecord`); tests check the answers against them.

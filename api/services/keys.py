@@ -321,8 +321,8 @@ class _Verified:
 class VerifiedKeys:
     """`authenticate` that asks the database about a key at most once every `ttl_s` seconds.
 
-    Why: every request of a member carries its key, and a query per request was a tenth of
-    the API's time on the consented read path. What holds regardless:
+    Why: every request of a member carries its key, and a query per request would be a tenth
+    of the API's time on the consented read path. What holds regardless:
     - a wrong secret is never accepted: an entry is found by key id, then its secret's
       SHA-256 is compared in constant time; a mismatch goes to the database, which answers
       as for any wrong secret (so the cache tells no one which key ids were used lately);

@@ -11,9 +11,9 @@ for that member's status, remembered `STANDING_TTL_S` seconds: a suspension take
 that long to close the API after its vote passes.
 
 When the ledger does not answer, the last answer known stands (a suspended member stays
-refused through an outage); a member never looked up is let through, as the API was before it
-asked: the routes that need the ledger fail anyway, and refusing every key whenever the ledger
-is down would turn an outage of the ledger into an outage of the vault.
+refused through an outage); a member never looked up is let through: the routes that need
+the ledger fail anyway, and refusing every key whenever the ledger is down would turn an
+outage of the ledger into an outage of the vault.
 """
 
 from __future__ import annotations

@@ -473,7 +473,7 @@ M = TypeVar("M", bound=_Msg)
 # The encoder writes the msgpack array of a message part by part instead of building the nested
 # list and packing it: the bytes are the same (msgpack's headers depend only on lengths, and
 # each scalar is packed by msgpack itself), but an already-encoded nested Request is reused as
-# is. The profile had encoding at ~20 % of a replica's CPU: a request is encoded to digest it,
+# is. Encoding would be ~20 % of a replica's CPU otherwise: a request is encoded to digest it,
 # to sign or verify it, inside its PRE-PREPARE, its block and its log record, at every replica.
 
 _PACKER = msgpack.Packer(use_bin_type=True)  # one reusable packer; autoreset per call

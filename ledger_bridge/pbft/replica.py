@@ -288,8 +288,9 @@ class Ready:
     produced before anything that needs the fsync, so may leave before it (and before step 1
     at all, as in a Ready without `must_sync`). Why: a shell flushes once per event-loop turn,
     and a backup that reads another backup's PREPARE just before the PRE-PREPARE it matches
-    prepares at once; its own PREPARE then sat behind the fsync of the certificate its COMMIT
-    claims, and the primary, waiting for that PREPARE, prepared an fsync later (measured with
+    prepares at once; in one Ready its own PREPARE would sit behind the fsync of the certificate
+    its COMMIT claims, and the primary, waiting for that PREPARE, would prepare an fsync later
+    (measured with
     `python -m bench.ledger --timeline`). Same as two Readys, one cut before the first write
     that must be synced.
     """

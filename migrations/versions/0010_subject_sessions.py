@@ -4,10 +4,10 @@ Revision ID: 0010_subject_sessions
 Revises: 0009_partner_api_keys
 Create Date: 2026-12-12
 
-Why: a data subject used to need an API key the operator issued by hand (`civis-vault apikey
-create`) to read their own export. Now the wallet signs a challenge with each of its
-pseudonyms and gets a session of minutes bound to them; a challenge is a row so that it can be
-used once, a session a row so that signing out, an erasure or its expiry ends it on the server.
+Why: a data subject reads their own export without an API key the operator issues by hand
+(`civis-vault apikey create`): the wallet signs a challenge with each of its pseudonyms and
+gets a session of minutes bound to them; a challenge is a row so that it can be used once, a
+session a row so that signing out, an erasure or its expiry ends it on the server.
 Only the SHA-256 of a session's secret is stored.
 """
 

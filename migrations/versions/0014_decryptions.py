@@ -5,8 +5,8 @@ Revises: 0013_notices
 Create Date: 2027-01-10
 
 Why: a provider's read of its records, a subject's export and the DPO's reads decrypt personal
-data on the vault's own authority; nothing recorded them. Each is now a row written in the
-read's own transaction and committed to the ledger in batches (`read.record`).
+data on the vault's own authority, so each is a row written in the read's own transaction
+and committed to the ledger in batches (`read.record`).
 
 Why a trigger rather than a role without UPDATE and DELETE: the vault connects as one role,
 often the tables' owner, and an owner may grant itself back whatever was revoked; a role

@@ -1,8 +1,8 @@
 """Records written as JSON text (api/http/records_json.py) say exactly what the models would.
 
-Why: the read paths no longer build a model per record, so nothing validates their output on
-the way out; these tests are what keeps the text and the schemas (and the stored payload) in
-step.
+Why: the read paths write records as text without a model per record, so nothing validates
+their output on the way out; these tests are what keeps the text and the schemas (and the
+stored payload) in step.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ def _partial_frames(
 @pytest.mark.parametrize(
     ("sources", "per_source", "announced", "sent"),
     [
-        # What the review measured: a few connections each holding a near-16 MiB frame open.
+        # A few connections each holding a near-16 MiB frame open.
         (2, 20, 16 * MIB - 1, 4 * MIB),
         # Frames under any unauthenticated limit, from many hosts and connections.
         (16, 60, 200 * 1024, 200 * 1024 - 1),

@@ -1,9 +1,9 @@
 """Hostile clients against the replica core: floods of maximal requests, junk, refused bodies.
 
-The attacks, each reproduced against the code before its fix:
-- forty 1 MiB requests made every replica build a PRE-PREPARE (and the VIEW-CHANGE carrying
-  it) too large for a frame, and the cluster halted for good, restarts included;
-- a transaction the contracts refuse was stored whole in a block, so anyone could write
+The attacks, and what each would do without its defence:
+- forty 1 MiB requests would make every replica build a PRE-PREPARE (and the VIEW-CHANGE
+  carrying it) too large for a frame, halting the cluster for good, restarts included;
+- a transaction the contracts refuse would be stored whole in a block, so anyone could write
   anything, personal data included, into the permanent chain;
 - a refused transaction could be replayed once the reason for its refusal was gone.
 

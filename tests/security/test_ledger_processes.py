@@ -1,11 +1,11 @@
 """Hostile clients against real replica processes, straight on the replicas' client ports.
 
-- A flood of large requests from many fresh keys: before the byte bounds, forty 1 MiB
-  requests halted every replica for good ("local frame over the limit").
+- A flood of large requests from many fresh keys: without the byte bounds, forty 1 MiB
+  requests would halt every replica for good ("local frame over the limit").
 - Junk from a key that is no member, and a registration carrying a made-up personal record
-  in an extra field: before admission control both were stored whole in blocks.
-- Forged requests naming another client's key: before, the replica bound that client's
-  replies to the forger's connection before checking the signature.
+  in an extra field: without admission control both would be stored whole in blocks.
+- Forged requests naming another client's key: a replica that bound a client's replies to a
+  connection before checking the signature would send them to the forger.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Attacks on the subjects' wallet sign-in (api/services/subject_sessions.py), against a real
 ledger, PostgreSQL and HTTP.
 
-Each attack was run first against naive versions (a sign-in that admitted the proofs that
-verify and ignored the rest, a challenge not used up, an expiry not checked, a wallet that
-signed whatever `signing_payload` the API handed it) and seen to succeed; each now gets a
-problem+json 4xx and changes nothing: no session row, the challenge still usable by its owner.
+Each attack succeeds against a naive version (a sign-in that admits the proofs that verify
+and ignores the rest, a challenge not used up, an expiry not checked, a wallet that signs
+whatever `signing_payload` the API hands it); here each gets a problem+json 4xx and changes
+nothing: no session row, the challenge still usable by its owner.
 
 - a forged signature, and a signature by another key, for a victim's pseudonym;
 - a signed sign-in replayed, one after the other and five at once;

@@ -366,9 +366,10 @@ def test_the_statistics_stop_naming_an_erased_subject_once_the_erasure_is_final(
 def test_an_expiry_leaves_no_key_commitment_naming_the_subjects_of_its_uploads(
     world: World, fresh_database_url: str
 ) -> None:
-    """The records of an expired (or withdrawn) upload are deleted, but its key commitments
-    stayed, each naming its subject: who was in the upload, kept past its retention. The
-    expiry now gives them random ids, with their leaf index (the root still recomputes)."""
+    """The records of an expired (or withdrawn) upload are deleted; its key commitments stay
+    for the root, each given a random id in place of its subject, with its leaf index (the
+    root still recomputes). Naming their subjects, they would say who was in the upload past
+    its retention."""
     only_here, kept = _pseudonym(), _pseudonym()
     with Session(world.engine) as s, s.begin():
         expiring = world.uploader.upload(

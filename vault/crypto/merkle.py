@@ -125,7 +125,7 @@ class AuditPath(list[bytes]):
     """An audit path (`MerkleTree.proof`) made once for a leaf of a cached tree and shared by
     every read that proves that leaf (vault/reads.py): never to be changed. `text` is a memo
     for its encoder (api/http/records_json.py): a leaf's path never changes, so a leaf proved
-    again need not be walked or encoded again: walking and encoding the paths was about a
+    again need not be walked or encoded again: walking and encoding the paths is about a
     seventh of the work of reading and encoding a 100-record answer (docs/BENCHMARKS.md,
     "Access")."""
 

@@ -3,7 +3,8 @@
 `codec._norm` walks exact maps and lists in one loop and hands everything else (and anything
 16 deep or more) to `codec._norm_general`. A replica on either must agree on every canonical
 encoding, and on every refusal (a malformed transaction's message is part of its result), so
-the reference here is the normaliser as it was written before the fast path, verbatim.
+the reference here is a plain recursive normaliser with no fast path, which `_norm` must
+match exactly.
 """
 
 from __future__ import annotations
