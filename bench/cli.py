@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=None,
-        help="upload: full-size pairs (vault upload, raw COPY) measured; the median pair's "
-        "ratio is the report's (default 3)",
+        help="upload: full-size pairs (vault upload, raw COPY); upload-http: full HTTP uploads, "
+        "each between two library uploads; the median pair's ratio is the report's (default 3; "
+        "upload-http with --gb: 1)",
     )
     bench.add_argument(
         "--answers",
