@@ -141,6 +141,32 @@ def world(committed_engine: Engine, tmp_path: Path) -> Iterator[World]:
     yield World(committed_engine, tmp_path)
 
 
+# A PostgreSQL built with ICU, for the collation the suite's embedded server lacks (its build
+# has no ICU): the machine's own service where it runs one (Debian's packages have ICU).
+ICU_SERVER_URL = os.environ.get(
+    "CIVIS_TEST_ICU_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _icu_database(pg_server: PgServer) -> PgServer:
+    """A server on which a new ICU en-US database was just made, named by `base_url`: the
+    suite's own if it has ICU, else `ICU_SERVER_URL`'s; skips where neither can."""
+    name = f"civis_forget_icu_{uuid.uuid4().hex[:12]}"
+    errors = []
+    for base in dict.fromkeys((pg_server.base_url, ICU_SERVER_URL)):
+        try:
+            with psycopg.connect(_admin_conninfo(base), autocommit=True, connect_timeout=5) as c:
+                c.execute(
+                    f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+                    "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                )
+        except psycopg.Error as exc:
+            errors.append(f"{make_url(base).render_as_string()}: {str(exc).strip()}")
+            continue
+        return PgServer(make_url(base).set(database=name).render_as_string(False))
+    pytest.skip("no PostgreSQL here can create an ICU database: " + "; ".join(errors))
+
+
 @pytest.fixture(params=["server default", "icu en-US"])
 def collated_world(
     request: pytest.FixtureRequest, pg_server: PgServer, tmp_path: Path
@@ -149,18 +175,10 @@ def collated_world(
     starting with `~`, sorts after every hex id) or of ICU's en-US (where it sorts before
     them): the leaf indexes must come out right whichever way replacements sort."""
     if request.param == "server default":
-        url = pg_server.create_database("civis_forget")
+        server, url = pg_server, pg_server.create_database("civis_forget")
     else:
-        name = f"civis_forget_icu_{uuid.uuid4().hex[:12]}"
-        try:
-            with psycopg.connect(_admin_conninfo(pg_server.base_url), autocommit=True) as conn:
-                conn.execute(
-                    f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
-                    "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-                )
-        except psycopg.Error as exc:
-            pytest.skip(f"this PostgreSQL cannot create an ICU database: {exc}")
-        url = make_url(pg_server.base_url).set(database=name).render_as_string(False)
+        server = _icu_database(pg_server)
+        url = server.base_url
     db.upgrade(url)
     engine = db.make_engine(url, pool_size=2)
     try:
@@ -170,7 +188,7 @@ def collated_world(
         yield World(engine, tmp_path)
     finally:
         engine.dispose()
-        pg_server.drop_database(url)
+        server.drop_database(url)
 
 
 def test_erasure_everywhere_leaves_nothing_naming_the_subject_in_pg_dump(
