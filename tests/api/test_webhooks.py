@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import certifi
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from api.services import recipient_notices as notices
+from ledger_bridge.tls import TlsFiles, create_ca, issue_node_certificate
 from vault import db
 from vault.models import ConsumerWebhook, RecipientNotice
 
+LOCAL_REFUSAL = "resolves to a private, loopback or reserved address"
 LOCAL = [
     "https://127.0.0.1/hook",
     "https://localhost/hook",
@@ -106,9 +113,9 @@ def test_a_key_without_a_ledger_identity_has_no_webhook(
     assert r.status_code == 403
 
 
-def test_the_delivery_checks_the_address_again() -> None:
-    """Whatever was registered, a delivery to a local address is refused unless the setting
-    allows it, and nothing reaches the server."""
+def test_a_local_address_is_refused_at_delivery_unless_the_setting_allows_it() -> None:
+    """A local address that reaches the delivery (stored when the setting allowed it) is
+    refused there, and nothing reaches the server; the tests' setting lets it through."""
     hits: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -123,16 +130,209 @@ def test_the_delivery_checks_the_address_again() -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    port = server.server_address[1]
     try:
-        with pytest.raises(notices.InvalidWebhook):
-            notices.post_notice(url, b"{}", timeout_s=5, allow_local=False)
+        with pytest.raises(notices.InvalidWebhook, match=LOCAL_REFUSAL):
+            notices.post_notice(
+                f"https://127.0.0.1:{port}/hook", b"{}", timeout_s=5, allow_local=False
+            )
         assert hits == []
+        url = f"http://127.0.0.1:{port}/hook"
         assert notices.post_notice(url, b"{}", timeout_s=5, allow_local=True) == 200
         assert hits == ["/hook"]
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- a name that points elsewhere at delivery --------------------------------------------------
+#
+# The consumer owns the name's DNS: `Resolver` answers for HOST what each test says, lookup by
+# lookup; `Dialer` records every address the vault connects to and reaches only the TLS stub
+# (a certificate for HOST under a test CA the vault's client trusts for the test), so nothing
+# leaves the machine and a test sees where the vault would have connected.
+
+HOST = "hook.example"
+HOOK = f"https://{HOST}/hook"
+PUBLIC = "93.184.216.34"
+
+
+class Resolver:
+    """Stands in for `socket.getaddrinfo`. HOST resolves to `answers[i]` at its i-th lookup
+    (the last answer from then on); any other name resolves as usual."""
+
+    def __init__(self, real: Callable[..., Any]) -> None:
+        self._real = real
+        self.answers: list[list[str]] = [[PUBLIC]]
+        self.lookups = 0
+
+    def serve(self, *answers: list[str]) -> None:
+        self.answers, self.lookups = list(answers), 0
+
+    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != HOST:
+            return self._real(host, port, *args, **kwargs)
+        answer = self.answers[min(self.lookups, len(self.answers) - 1)]
+        self.lookups += 1
+        out: list[tuple[Any, ...]] = []
+        for ip in answer:
+            if ":" in ip:
+                out.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (ip, int(port), 0, 0)))
+            else:
+                out.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, int(port))))
+        return out
+
+
+class Dialer:
+    """Stands in for `socket.create_connection`, which httpcore opens its connections with:
+    resolves like it (through `Resolver`), records each (address, port) it would connect to,
+    and connects only where `routes` sends it; any other address is refused here."""
+
+    def __init__(self, real: Callable[..., socket.socket]) -> None:
+        self._real = real
+        self.dialled: list[tuple[str, int]] = []
+        self.routes: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def __call__(self, address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        host, port = address
+        for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            target = (str(sockaddr[0]), int(port))
+            self.dialled.append(target)
+            if target in self.routes:
+                return self._real(self.routes[target], *args, **kwargs)
+        raise ConnectionRefusedError(f"the test routes nothing to {address}")
+
+
+@dataclass
+class TlsStub:
+    """A webhook endpoint for HOST on loopback: what it was sent, and what it answers."""
+
+    port: int
+    hits: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Host header)
+    names: list[str | None] = field(default_factory=list)  # the SNI of each handshake
+    reply: tuple[int, dict[str, str]] = (200, {})
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    directory = tmp_path_factory.mktemp("webhook-tls")
+    ca_cert, ca_key = create_ca(directory, "webhook-test-ca")
+    return issue_node_certificate(directory, ca_cert, ca_key, 0, [HOST])
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Resolver:
+    fake = Resolver(socket.getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return fake
+
+
+@pytest.fixture
+def dialer(monkeypatch: pytest.MonkeyPatch) -> Dialer:
+    fake = Dialer(socket.create_connection)
+    monkeypatch.setattr(socket, "create_connection", fake)
+    return fake
+
+
+@pytest.fixture
+def stub(tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch, dialer: Dialer) -> Iterator[TlsStub]:
+    """The stub, reached by a connection to PUBLIC:443, its CA trusted by the vault's client."""
+    monkeypatch.setattr(certifi, "where", lambda: str(tls_files.ca_cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files.cert, tls_files.key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    found = TlsStub(port=server.server_address[1])
+    context.sni_callback = lambda _sock, name, _ctx: found.names.append(name)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.stub = found  # type: ignore[attr-defined]  # read by _StubHandler
+    dialer.routes[(PUBLIC, 443)] = ("127.0.0.1", found.port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield found
+    server.shutdown()
+    server.server_close()
+
+
+class _StubHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        stub: TlsStub = self.server.stub  # type: ignore[attr-defined]
+        stub.hits.append((self.path, self.headers["Host"]))
+        status, headers = stub.reply
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_public_name_is_posted_to_at_its_checked_address(
+    resolver: Resolver, dialer: Dialer, stub: TlsStub
+) -> None:
+    """The control of the attacks below: the name resolves to a public address at
+    registration and at delivery, and the notice goes out, to that address, with the name
+    as SNI (the certificate is checked against it) and as Host."""
+    assert notices.check_webhook_url(HOOK, allow_local=False) == ("https", HOST, 443)
+    resolver.serve([PUBLIC])
+    assert notices.post_notice(HOOK, b"{}", timeout_s=5, allow_local=False) == 200
+    assert dialer.dialled == [(PUBLIC, 443)]
+    assert stub.hits == [("/hook", HOST)]
+    assert stub.names == [HOST]
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        ["127.0.0.1"],
+        ["169.254.169.254"],  # the cloud's metadata service
+        ["10.0.0.7"],
+        ["::1"],
+        ["::ffff:127.0.0.1"],
+        [PUBLIC, "10.0.0.7"],  # one bad address among good ones is enough
+    ],
+)
+def test_a_name_repointed_to_a_local_address_after_registration_is_refused(
+    later: list[str], resolver: Resolver, dialer: Dialer, stub: TlsStub
+) -> None:
+    """DNS rebinding: the name was public when the consumer registered it, and is local when
+    the notice goes out. The delivery refuses it and connects nowhere."""
+    resolver.serve([PUBLIC])
+    assert notices.check_webhook_url(HOOK, allow_local=False) == ("https", HOST, 443)
+    resolver.serve(later)
+    with pytest.raises(notices.InvalidWebhook, match=LOCAL_REFUSAL):
+        notices.post_notice(HOOK, b"{}", timeout_s=5, allow_local=False)
+    assert resolver.lookups > 0
+    assert dialer.dialled == []
+    assert stub.hits == []
+
+
+def test_the_delivery_connects_to_the_address_it_checked(
+    resolver: Resolver, dialer: Dialer, stub: TlsStub
+) -> None:
+    """A name answering public once, then local to every later lookup (a zero TTL): however
+    many times the delivery resolves it, it connects only to an address it checked, so it
+    either posts to the public one or refuses; it never reaches the local one."""
+    resolver.serve([PUBLIC], ["127.0.0.1"])
+    try:
+        status: int | None = notices.post_notice(HOOK, b"{}", timeout_s=5, allow_local=False)
+    except notices.InvalidWebhook as exc:
+        assert re.search(LOCAL_REFUSAL, exc.detail)
+        status = None
+    assert dialer.dialled == ([] if status is None else [(PUBLIC, 443)])
+    assert status in (None, 200)
+
+
+def test_a_redirect_to_the_metadata_service_is_not_followed(
+    resolver: Resolver, dialer: Dialer, stub: TlsStub
+) -> None:
+    """The endpoint answers 302 to the metadata service: the delivery returns the 302 as its
+    status and connects nowhere else."""
+    resolver.serve([PUBLIC])
+    stub.reply = (302, {"Location": "http://169.254.169.254/latest/meta-data/"})
+    assert notices.post_notice(HOOK, b"{}", timeout_s=5, allow_local=False) == 302
+    assert dialer.dialled == [(PUBLIC, 443)]
+    assert stub.hits == [("/hook", HOST)]
 
 
 def test_a_notice_undelivered_for_too_long_is_a_finding(session: Session) -> None:
