@@ -42,13 +42,14 @@ from ledger_bridge.contracts import codec, tx
 from ledger_bridge.crypto import SigningKey, digest
 from ledger_bridge.facts import ERASURE_RECORD
 from ledger_bridge.genesis import GENESIS_FILE
+from ledger_bridge.node import cluster_config
 from ledger_bridge.pbft import messages as m
 from ledger_bridge.receipts import ErasureReceipt
 from tests.api.ledger_env import LedgerEnv, Wallet
 from tests.vault.test_forensic import _pg_dump
 from vault import db
 from vault.crypto.merkle import leaf_hash, merkle_root
-from vault.models import Upload
+from vault.models import OutboxFact, Upload
 from vault.reads import key_commitments_in_order
 
 SEALED_WAIT_S = 30
@@ -189,15 +190,31 @@ def test_the_receipt_proves_the_subjects_erasure_and_nothing_else(
         ErasureReceipt.decode(receipt.encode()), block, validators, erased.id.upper()
     )
     _check_with_the_command(env, tmp_path, cert, block, erased.id, kept.id)
+    _assert_the_vault_forgot(ledger_database_url, cert, erased.id, kept.id, upload_id)
 
-    # The vault forgot P and never kept the receipt in clear; the control is found.
-    dump = _pg_dump(ledger_database_url)
-    assert erased.id.encode() not in dump and erased.id.upper().encode() not in dump
-    assert receipt.request.hex().encode() not in dump
-    assert kept.id.encode() in dump
-    engine = db.make_engine(ledger_database_url, pool_size=1)
+
+def _assert_the_vault_forgot(
+    url: str, cert: dict[str, Any], erased: str, kept: str, upload_id: str
+) -> None:
+    """The vault forgot P and never kept the receipt in clear (pg_dump), and the upload's
+    key-commitments root still holds over what the erasure left of its commitments.
+
+    The controls: the subject kept is found; and what the vault does keep of this receipt
+    is found in the encoding a clear copy would have, hex in the erasure fact's row (the
+    sealed receipt in its payload, the transaction id beside it), so the absence of the
+    request's hex is not the dump's blindness to that row or that encoding."""
+    receipt = ErasureReceipt.from_json(cert["erasure_receipt"])
+    engine = db.make_engine(url, pool_size=1)
     try:
         with Session(engine) as s:
+            fact = s.get(OutboxFact, cert["erasure_id"])
+            assert fact is not None and fact.tx_id == receipt.tx_id
+            sealed = fact.payload["sealed_receipt"]
+            dump = _pg_dump(url)
+            assert sealed.encode() in dump and receipt.tx_id.encode() in dump
+            assert kept.encode() in dump
+            assert erased.encode() not in dump and erased.upper().encode() not in dump
+            assert receipt.request.hex().encode() not in dump
             upload = s.get(Upload, uuid.UUID(upload_id))
             assert upload is not None
             leaves = [leaf_hash(c) for c in key_commitments_in_order(s, upload.id)]
@@ -372,21 +389,49 @@ def test_a_recorded_answer_without_its_receipt_says_why_and_not_that_it_was_repe
 
 
 REDACTION_BLOCKS_MAX = 200  # the erasure's checkpoint (every 32 blocks) must become stable
+# Blocks an erasure's answer may take to come back (the subject's request, the relay's
+# erasure.record, whatever else the vault submits meanwhile), with room to spare.
+ERASURE_BLOCKS_MAX = 10
+
+
+def _far_from_a_checkpoint(env: LedgerEnv, anyone: CivisClient) -> None:
+    """Traffic until no checkpoint falls in the next ERASURE_BLOCKS_MAX blocks. A block is
+    redacted once the checkpoint after it is stable, and checkpoints move only with traffic:
+    a block committed in that stretch stays as committed until the test moves them on."""
+    interval = cluster_config(env.cluster.genesis).checkpoint_interval
+    for _ in range(interval):
+        executed = max(int((env.cluster.status(i) or {}).get("last_executed", 0)) for i in range(4))
+        if interval - executed % interval > ERASURE_BLOCKS_MAX:
+            return
+        _subject(anyone)
+    raise AssertionError("the ledger never left the stretch before a checkpoint")
 
 
 def test_once_the_replicas_redacted_the_erasure_only_the_receipt_links_it_to_the_subject(
     ledger_env: LedgerEnv, base_url: str
 ) -> None:
-    """The replicas drop the body of every request naming P, the erasure.record's own
-    included, once the erasure's checkpoint is stable: each replica's copy of the block then
-    holds a digest and nothing naming P, and the receipt still verifies against it."""
+    """The replicas drop the body of every request naming P, the erasure.record's own and
+    P's registration included, once the erasure's checkpoint is stable: each replica's copy
+    of those blocks then holds digests and nothing naming P, and the receipt still verifies
+    against the erasure's. The control: the same copies, read before the redaction, name P
+    in each form looked for (the erasure's by P's key in hex, the registration's raw)."""
     env = ledger_env
     anyone = _client(base_url, env)
-    erased = _subject(anyone)
+    erased = Wallet()
+    joined = anyone.register(erased.key, "subject", "citizens")
+    assert joined["result"]["status"] == "active"
     _stored(base_url, env, [erased])
+    _far_from_a_checkpoint(env, anyone)
     cert: dict[str, Any] = dict(anyone.request_erasure(erased.key))
     receipt = ErasureReceipt.from_json(cert["erasure_receipt"])
     ours = digest(receipt.request)
+    named = {"key hex": erased.id.encode(), "key raw": bytes.fromhex(erased.id)}
+    heights = (joined["receipt"]["block_height"], receipt.height)
+    for i in range(4):  # every replica's copies, as committed, hold every form of P's key
+        committed = [env.gateway.block(h, replica=i) for h in heights]
+        assert ours not in {o.request_digest for o in committed[1].omitted}
+        held = b"".join(m.encode(b) for b in committed)
+        assert {what for what, n in named.items() if n in held} == set(named)
     for _ in range(REDACTION_BLOCKS_MAX):  # traffic moves the checkpoints on
         blocks = [env.gateway.block(receipt.height, replica=i) for i in range(4)]
         if all(ours in {o.request_digest for o in b.omitted} for b in blocks):
@@ -394,9 +439,11 @@ def test_once_the_replicas_redacted_the_erasure_only_the_receipt_links_it_to_the
         _subject(anyone)
     else:
         raise AssertionError("the replicas never redacted the erasure's request")
-    named = (erased.id.encode(), bytes.fromhex(erased.id))
+    # Redactions due at one checkpoint are applied together: the registration's with ours.
+    for block in blocks + [env.gateway.block(heights[0], replica=i) for i in range(4)]:
+        left = [what for what, n in named.items() if n in m.encode(block)]
+        assert left == [], f"P's key ({left}) still in block {block.height}"
     for block in blocks:
-        assert not any(n in m.encode(block) for n in named)
         assert receipts.verify(receipt, block, env.gateway.validators, erased.id)
 
 

@@ -1,16 +1,23 @@
 """Forensics on the real PostgreSQL: after erasure, nothing that decrypts the scope remains.
 
 Invariant 2 of DESIGN.md, tested the way an auditor would: upload records carrying a unique
-marker, erase them, rotate the KEK and retire the old one, VACUUM, then scan a `pg_dump` of the
-database and the server's files (table, index and TOAST files, and the WAL) for the marker, for
-every secret of the scope and for every DEK derived from them. Ciphertext may remain; keys may
-not. A dump taken before the erasure (a backup) must not decrypt afterwards either.
+marker, erase them, rotate the KEK and retire the old one, VACUUM, then look in a `pg_dump` of
+the database, the live key store and the server's files (table, index and TOAST files, and
+the WAL) for what would open the scope. The marker, the subject's secret and the DEKs are
+never stored in clear, so their absence alone proves little: what is stored is the subject's
+WRAPPED secret, and that is what the test tracks. It is in the backup taken before the
+erasure (the control that the scan finds it), and afterwards in no dump, no live row and no
+table file; the copies the WAL and the backup still hold no longer unwrap with any KEK of the
+master key file, by the attack of tests/vault/forensics.py, which before the retirement opens
+them and afterwards still opens the subject who was not erased (the controls).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -19,6 +26,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from tests.vault import forensics
 from tests.vault.conftest import make_dataset
 from vault import db
 from vault.crypto import DataKey, DecryptionFailed, derive_dek
@@ -40,27 +48,6 @@ def _pg_dump(url: str) -> bytes:
         args += ["-h", str(host)]
     args += ["-p", str(u.port or 5432), "-U", u.username or "postgres"]
     return subprocess.run(args, check=True, capture_output=True, timeout=120).stdout
-
-
-def _server_files(engine: Engine) -> list[Path]:
-    """Every file of the database's relations and the WAL, when this process can read them."""
-    with engine.connect() as conn:
-        data_dir = Path(str(conn.execute(text("SHOW data_directory")).scalar()))
-        rels = conn.execute(
-            text(
-                "SELECT pg_relation_filepath(c.oid) FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname IN ('public', 'pg_toast') AND c.relkind IN ('r', 'i', 't') "
-                "AND pg_relation_filepath(c.oid) IS NOT NULL"
-            )
-        ).scalars()
-        conn.execute(text("CHECKPOINT"))
-        files = [data_dir / p for p in rels]
-    files += sorted((data_dir / "pg_wal").glob("0*"))
-    out = []
-    for f in files:
-        out.extend(sorted(f.parent.glob(f.name + "*")) if f.parent.exists() else [])
-    return [f for f in out if f.is_file()]
 
 
 def _alice_secret_and_dek(
@@ -87,6 +74,23 @@ def _alice_secret_and_dek(
     return secrets[refs[0]], dek
 
 
+def _live_wrapped(engine: Engine, subject: str) -> list[bytes]:
+    """The subject's wrapped secrets as the live key store holds them."""
+    with Session(engine) as session:
+        return list(
+            session.execute(
+                text("SELECT wrapped FROM key_secrets WHERE kind = 'subject' AND scope = :s"),
+                {"s": subject},
+            ).scalars()
+        )
+
+
+def _keks(master_key: Path) -> dict[str, bytes]:
+    """Every KEK the master key file holds: what an attacker with the host's disk has."""
+    doc = json.loads(master_key.read_text())
+    return {kid: base64.b64decode(k) for kid, k in doc["keks"].items()}
+
+
 def _erase_alice_and_retire_the_kek(engine: Engine, store: KeyStore) -> None:
     """Erase alice, run a final-erasure cycle (KEK rotated, old one retired), VACUUM FULL."""
     with Session(engine) as session, session.begin():
@@ -103,30 +107,67 @@ def _erase_alice_and_retire_the_kek(engine: Engine, store: KeyStore) -> None:
         conn.execute(text("VACUUM FULL"))
 
 
-def _assert_server_files_hold_none(
-    engine: Engine, forbidden: dict[str, bytes], control: bytes
+def _assert_backup_unwraps(provider: LocalKeyProvider, backup: bytes, alice: bytes) -> None:
+    """The control for the backup check below: while its KEK lives, every wrapped secret the
+    backup holds, parsed as that check parses them, unwraps, alice's to her secret."""
+    rows = _wrapped_from_dump(backup)
+    assert any(kind == "subject" and scope == "alice" for kind, _, scope, _, _ in rows)
+    for kind, dataset_text, scope, kek_id, wrapped in rows:
+        ref = SecretRef(kind, uuid.UUID(dataset_text), scope)
+        secret = provider.unwrap(kek_id, wrapped, aad=ref.aad())
+        if (kind, scope) == ("subject", "alice"):
+            assert secret == alice
+
+
+def _attack(
+    evidence: forensics.Evidence, master_key: Path, dataset_id: uuid.UUID
+) -> dict[str, bytes]:
+    """The subject secrets of alice and bob that some stored value unwraps to, under any KEK
+    the master key file holds (tests/vault/forensics.py)."""
+    targets = {who: subject_ref(dataset_id, who) for who in ("alice", "bob")}
+    return forensics.unwrap_targets(evidence.windows(), _keks(master_key), targets)
+
+
+def _server_files_or_skip(engine: Engine) -> dict[str, bytes]:
+    """The server's relation files and WAL (forensics.server_files). Only a server this
+    process cannot read (`CIVIS_TEST_DATABASE_URL` naming another host's, or one whose data
+    directory is closed to this user) skips the scan, by name: the embedded server's files
+    are always readable, and finding none of them is a failure."""
+    try:
+        files = forensics.server_files(engine)
+    except PermissionError as exc:
+        if os.environ.get("CIVIS_TEST_DATABASE_URL"):
+            pytest.skip(f"the external test server's files are not readable here: {exc}")
+        raise
+    if not files and os.environ.get("CIVIS_TEST_DATABASE_URL"):
+        pytest.skip("the external test server's data directory is not on this machine")
+    assert files, "no file of the server was found"
+    return files
+
+
+def _assert_files_hold_none(
+    files: dict[str, bytes], forbidden: dict[str, bytes], wrapped: bytes, control: bytes
 ) -> None:
-    """Scan the server's readable files: no forbidden needle, and the control is found."""
-    files = [f for f in _server_files(engine) if _readable(f)]
-    if files:  # readable when the server is local (embedded, or this machine's, as root)
-        seen_control = False
-        for f in files:
-            blob = f.read_bytes()
-            seen_control |= control in blob
-            for name, needle in forbidden.items():
-                assert needle not in blob, f"{name} found in {f}"
-        assert seen_control, "the scan did not reach the key_secrets table file"
+    """No forbidden needle in any file, nor alice's wrapped secret in a table or index file;
+    bob's wrapped secret, as the key_secrets table file holds it, is found (the control).
+    The WAL may still hold alice's wrapped secret: that copy is the attack's to try."""
+    assert any(control in blob for blob in files.values()), "the scan missed key_secrets"
+    for name, blob in files.items():
+        for what, needle in forbidden.items():
+            assert needle not in blob, f"{what} found in {name}"
+        if "/pg_wal/" not in name:
+            assert wrapped not in blob, f"alice's wrapped secret found in {name}"
 
 
 def test_erased_scope_leaves_no_key_and_no_plaintext(
     committed_engine: Engine, fresh_database_url: str, tmp_path: Path
 ) -> None:
-    provider = LocalKeyProvider(tmp_path / "master.key")
+    master_key = tmp_path / "master.key"
+    provider = LocalKeyProvider(master_key)
     store = KeyStore(provider)
     marker = "FORENSIC-" + uuid.uuid4().hex
     with Session(committed_engine) as session, session.begin():
-        dataset = make_dataset(session)
-        dataset_id = dataset.id
+        dataset_id = make_dataset(session).id
         up = Uploader(store).upload(
             session,
             dataset_id,
@@ -134,49 +175,54 @@ def test_erased_scope_leaves_no_key_and_no_plaintext(
             + [RecordIn("bob", {"note": "kept", "n": i}) for i in range(50)],
         )
     alice_secret, dek = _alice_secret_and_dek(committed_engine, store, dataset_id, up)
+    [alice_wrapped] = _live_wrapped(committed_engine, "alice")
     backup = _pg_dump(fresh_database_url)  # a backup taken before the erasure
+
+    # Controls, before the erasure: the scan finds alice's wrapped secret where it is, and
+    # both the backup check and the attack open it while its KEK lives.
+    assert alice_wrapped.hex().encode() in backup
+    _assert_backup_unwraps(provider, backup, alice_secret)
+    before = forensics.Evidence(values=set(forensics.dump_values(backup)))
+    assert _attack(before, master_key, dataset_id)["alice"] == alice_secret
 
     _erase_alice_and_retire_the_kek(committed_engine, store)
 
     forbidden = {
         "marker": marker.encode(),
         "subject secret": alice_secret,
+        "subject secret hex": alice_secret.hex().encode(),
         "DEK": dek._key,
         "DEK hex": dek._key.hex().encode(),
-        "subject secret hex": alice_secret.hex().encode(),
     }
     dump = _pg_dump(fresh_database_url)
-    # Positive control: the scanner does see live key-store rows (bob's wrapped secret).
-    with Session(committed_engine) as session:
-        bob_wrapped = session.execute(
-            text("SELECT wrapped FROM key_secrets WHERE kind = 'subject' AND scope = 'bob'")
-        ).scalar_one()
-    assert bob_wrapped.hex().encode() in dump
-    for name, needle in forbidden.items():
+    [bob_wrapped] = _live_wrapped(committed_engine, "bob")
+    assert bob_wrapped.hex().encode() in dump  # the control: live key-store rows are dumped
+    assert _live_wrapped(committed_engine, "alice") == [], "alice's secret is still stored"
+    in_dump = {**forbidden, "wrapped subject secret": alice_wrapped.hex().encode()}
+    for name, needle in in_dump.items():
         assert needle not in dump, f"{name} found in pg_dump"
-        assert needle not in backup, f"{name} found in the pre-erasure backup"
-    _assert_server_files_hold_none(committed_engine, forbidden, bob_wrapped)
 
     # The backup's wrapped secrets no longer unwrap: the KEK they were wrapped under is retired.
-    wrapped_rows = _wrapped_from_dump(backup)
-    assert wrapped_rows, "the backup should hold wrapped secrets"
-    for kind, dataset_text, scope, kek_id, wrapped in wrapped_rows:
+    for kind, dataset_text, scope, kek_id, wrapped in _wrapped_from_dump(backup):
         ref = SecretRef(kind, uuid.UUID(dataset_text), scope)
         with pytest.raises(DecryptionFailed):
             provider.unwrap(kek_id, wrapped, aad=ref.aad())
+    # Nor does anything in the new dump or the backup under any KEK the host still holds; the
+    # same attack opens bob's secret (rewrapped, live).
+    after = forensics.Evidence(
+        values=set(forensics.dump_values(dump)) | set(forensics.dump_values(backup))
+    )
+    assert set(_attack(after, master_key, dataset_id)) == {"bob"}
 
     # Outside the scope, everything still decrypts.
     with Session(committed_engine) as session:
         left = list(Reader(store).by_dataset(session, dataset_id))
         assert len(left) == 50 and all(json.loads(r.payload)["note"] == "kept" for r in left)
 
-
-def _readable(path: Path) -> bool:
-    try:
-        path.open("rb").close()
-    except OSError:
-        return False
-    return True
+    # Last, as it may skip (a server whose files this process cannot read): the files.
+    files = _server_files_or_skip(committed_engine)
+    _assert_files_hold_none(files, forbidden, alice_wrapped, bob_wrapped)
+    assert set(_attack(forensics.Evidence(blobs=files), master_key, dataset_id)) == {"bob"}
 
 
 def _wrapped_from_dump(dump: bytes) -> list[tuple[str, str, str, str, bytes]]:
