@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -60,6 +60,34 @@ def _nested(depth: int) -> str:
     return '{"a":' * depth + "1" + "}" * depth
 
 
+def _draft(author: str, body: str) -> str:
+    """A consent.grant draft request, its `body` given as JSON text."""
+    return f'{{"type":"consent.grant","author":"{author}","body":{body}}}'
+
+
+def _grant_draft(author: str, dataset: str, *, fields: bool = False) -> str:
+    """A draft whose body is a well-formed consent.grant but for `dataset` (JSON text);
+    `fields` adds a one-field list, which the body check, stopping at `dataset`, never reads."""
+    more = ',"fields":["lat"]' if fields else ""
+    body = (
+        f'{{"subject":"{author}","consumer":"{author}","purpose":"billing",'
+        f'"valid_until":4102444800000,"dataset":{dataset}{more}}}'
+    )
+    return _draft(author, body)
+
+
+def _draft_nested_to(author: str, depth: int, *, fields: bool = False) -> str:
+    """`_grant_draft` with its `dataset` nested so that the whole document is `depth` levels
+    deep, as `bodies.nesting_exceeds` counts: the draft's map is level 1, its body level 2,
+    and the `dataset` value's maps levels 3 to `depth`. Without `fields` the document holds
+    exactly `depth` brackets, with it one more. Why both: `loads_bounded` walks a document
+    only when it holds more brackets than the bound. One level past the bound is sent without
+    `fields`, so a count that skips the walk one bracket too late lets it through; the bound
+    itself with `fields`, so it is walked, and a walk that stops one level too early refuses
+    it."""
+    return _grant_draft(author, _nested(depth - 2), fields=fields)
+
+
 def _assert_refused_quietly(r: object, caplog: pytest.LogCaptureFixture, status: int = 422) -> None:
     import httpx
 
@@ -76,37 +104,54 @@ def _assert_refused_quietly(r: object, caplog: pytest.LogCaptureFixture, status:
 
 
 @pytest.mark.parametrize(
-    "nested",
-    # 900 levels got past the parser and broke the draft builder; 8,000 (16 KB of brackets,
-    # the JSON body limit of these tests) break the parser itself.
-    [_nested(900), '{"a":' + "[" * 8_000 + "]" * 8_000 + "}"],
-    ids=["900-objects", "8000-arrays"],
+    "document",
+    # 900 levels would get past the parser and break the draft builder; 8,000 (16 KB of
+    # brackets, the JSON body limit of these tests) break the parser itself; one level past
+    # the bound is where `test_a_draft_at_the_depth_bound_reaches_the_body_check` stops.
+    [
+        lambda author: _draft(author, _nested(900)),
+        lambda author: _draft(author, '{"a":' + "[" * 8_000 + "]" * 8_000 + "}"),
+        lambda author: _draft_nested_to(author, JSON_DEPTH_MAX + 1),
+    ],
+    ids=["900-objects", "8000-arrays", "one-past-the-bound"],
 )
 def test_a_deeply_nested_draft_is_a_422_with_one_short_log_line(
     ledger_env: LedgerEnv,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
-    nested: str,
+    document: Callable[[str], str],
 ) -> None:
-    body = f'{{"type":"consent.grant","author":"{ledger_env.consumer.id}","body":{nested}}}'
-
     caplog.set_level(logging.INFO)
     r = ledger_env.client.post(
-        "/v1/drafts", content=body, headers={"content-type": "application/json"}
+        "/v1/drafts",
+        content=document(ledger_env.consumer.id),
+        headers={"content-type": "application/json"},
     )
     _assert_refused_quietly(r, caplog)
-    assert str(JSON_DEPTH_MAX) in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert detail == f"the JSON body is nested deeper than {JSON_DEPTH_MAX} levels", detail
 
 
-def test_a_draft_within_the_depth_bound_is_still_drafted(ledger_env: LedgerEnv) -> None:  # noqa: F811
-    body = {
-        "type": "consent.grant",
-        "author": ledger_env.consumer.id,
-        "body": {"consumer": ledger_env.consumer.id, "dataset": str(uuid.uuid4())},
-    }
-    r = ledger_env.client.post("/v1/drafts", json=body)
-    # The contracts decide what a consent needs; the draft itself is only encoded.
-    assert r.status_code in (201, 422), r.text
-    assert "nested" not in r.text
+def test_a_draft_at_the_depth_bound_reaches_the_body_check(ledger_env: LedgerEnv) -> None:  # noqa: F811
+    """A document exactly `JSON_DEPTH_MAX` levels deep passes the depth bound (one more is
+    refused by it, in the test above) and meets the body check behind it, which names the
+    field it refuses. No consent body is that deep, so a 201 cannot be had at the bound: the
+    control is the same draft with a plain dataset id, drafted, so the 422 is the nesting's
+    alone and comes from the body check, not from anything else in the draft."""
+    author = ledger_env.consumer.id
+    plain = ledger_env.client.post(
+        "/v1/drafts",
+        content=_grant_draft(author, f'"{uuid.uuid4()}"'),
+        headers={"content-type": "application/json"},
+    )
+    assert plain.status_code == 201, plain.text
+    r = ledger_env.client.post(
+        "/v1/drafts",
+        content=_draft_nested_to(author, JSON_DEPTH_MAX, fields=True),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["title"] == "Invalid transaction", r.text
+    assert r.json()["detail"].startswith("body.dataset: must be an identifier"), r.text
 
 
 def test_a_deeply_nested_upload_line_is_a_422_naming_the_line(

@@ -12,7 +12,9 @@ questions about the address. The attacks:
 - guess the address with `eq` questions, as many as it likes.
 
 Each attack is run to the end the contracts allow; the test checks what the attacker holds
-when it stops, never that a particular number of calls was made.
+when it stops, never that a particular number of calls was made, and that the refusal that
+stopped it is the purpose's bound (`exceeds_purpose`, the contracts' code at the head of the
+problem's detail), not some other refusal such as a missing consent.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from api.client import CivisClient, ProblemError
+from api.client import AccessAnswer, CivisClient, ProblemError
 from api.http.app import create_app
 from api.http.settings import Settings
 from api.services.gateway import LedgerGateway
@@ -46,6 +48,9 @@ ADDRESS = "27 boulevard des Hirondelles, 69100 Villeurbanne"
 IBAN = "FR7630006000011234567890189"
 BIRTH_YEAR = 1987
 PURPOSE = "proof-of-address"
+# A founding purpose that declares whole records: the control that an access shaped as the
+# attack's does deliver the record when the purpose allows it.
+FULL_PURPOSE = "billing"
 # What an attacker's search starts from: printable ASCII, and any plausible birth year.
 CHARS = (32, 126)
 YEARS = (1900, 2030)
@@ -61,12 +66,13 @@ class Bank:
     citizen: str
     refusals: list[ProblemError]
     answered: int = 0
+    purpose: str = PURPOSE
 
     def ask(self, field: str, op: str, value: Any) -> bool | None:
         """One yes/no question; None once the API refuses (the attacker stops there)."""
         try:
             out = self.api.predicate(
-                self.dataset, PURPOSE, subject=self.citizen, field=field, op=op, value=value
+                self.dataset, self.purpose, subject=self.citizen, field=field, op=op, value=value
             )
         except ProblemError as exc:
             self.refusals.append(exc)
@@ -103,19 +109,18 @@ def server(
         engine.dispose()
 
 
-@pytest.fixture()
-def bank(
-    server: tuple[str, Callable[[str, str], str], dict[str, Wallet]],
+def _customer(
+    server: tuple[str, Callable[[str, str], str], dict[str, Wallet]], purpose: str
 ) -> Iterator[Bank]:
-    """A citizen whose record the utility holds, and who consented to the bank's proof of
-    address with the consent the API drafts by default; the bank, ready to ask."""
+    """A citizen whose record the utility holds in a dataset for `purpose`, and who consented
+    to the bank for it with the consent the API drafts by default; the bank, ready to ask."""
     url, issue, wallets = server
     with CivisClient(url, timeout_s=TIMEOUT_S) as anonymous:
         utility = anonymous.with_key(issue(wallets["provider"].id, "provider"))
         dataset = utility.create_dataset(
             f"customers-{time.monotonic_ns()}",
             category="address",
-            purposes=[PURPOSE],
+            purposes=[purpose],
             retention_days=365,
             legal_basis="contract",
         )["id"]
@@ -126,23 +131,66 @@ def bank(
         utility.upload(dataset, line.encode(), media_type="application/x-ndjson", timeout_s=30)
         consumer = wallets["consumer"].id
         bank = anonymous.with_key(issue(consumer, "consumer"))
-        notice = publish(bank, consumer, PURPOSE)
+        notice = publish(bank, consumer, purpose)
         anonymous.grant_consent(
-            citizen.key, consumer=consumer, purpose=PURPOSE, notice=notice, dataset=dataset
+            citizen.key, consumer=consumer, purpose=purpose, notice=notice, dataset=dataset
         )
-        yield Bank(bank, dataset, citizen.id, [])
+        yield Bank(bank, dataset, citizen.id, [], purpose=purpose)
+
+
+@pytest.fixture()
+def bank(
+    server: tuple[str, Callable[[str, str], str], dict[str, Wallet]],
+) -> Iterator[Bank]:
+    """The attacker, holding a proof-of-address consent from its target."""
+    yield from _customer(server, PURPOSE)
+
+
+@pytest.fixture()
+def biller(
+    server: tuple[str, Callable[[str, str], str], dict[str, Wallet]],
+) -> Iterator[Bank]:
+    """The same consumer holding a billing consent from its own citizen: whole records."""
+    yield from _customer(server, FULL_PURPOSE)
+
+
+def _refused_for(exc: ProblemError) -> str:
+    """The contracts' code of a refusal: it heads the problem's detail (`code: message`)."""
+    return exc.detail.split(":", 1)[0]
+
+
+def _whole_record_access(customer: Bank) -> AccessAnswer:
+    """The attack's call: every field of the named citizen's record, no predicate."""
+    return customer.api.access(customer.dataset, customer.purpose, subjects=[customer.citizen])
 
 
 def test_no_predicate_at_all_gets_no_record(bank: Bank) -> None:
-    try:
-        answer = bank.api.access(bank.dataset, PURPOSE, subjects=[bank.citizen])
-    except ProblemError as exc:
-        assert exc.status_code == 403 and "exceeds_purpose" in exc.detail, exc.detail
-        return
+    """Refused whole by the purpose's declaration: never an answer, even one that names no
+    value, for an answer that grants nothing would show the bound sits elsewhere."""
+    with pytest.raises(ProblemError) as refused:
+        _whole_record_access(bank)
+    assert refused.value.status_code == 403, refused.value.detail
+    assert _refused_for(refused.value) == "exceeds_purpose", refused.value.detail
+
+
+def test_the_whole_record_call_delivers_under_a_full_purpose(biller: Bank) -> None:
+    """The control for the test above: the same call, under a purpose that declares whole
+    records, brings back every value the attack is refused, so its refusal is the purpose's
+    and not a call that could never deliver."""
+    answer = _whole_record_access(biller)
+    assert answer["granted"] == [biller.citizen], answer
     text = json.dumps(answer)
-    assert IBAN not in text and ADDRESS not in text and str(BIRTH_YEAR) not in text, (
-        "a proof-of-address consent delivered the whole record"
-    )
+    assert IBAN in text and ADDRESS in text and str(BIRTH_YEAR) in text, text
+
+
+def _assert_refused_as_beyond_the_purpose(bank: Bank) -> None:
+    """The attack stopped on the purpose's declaration (`eq` questions about the address),
+    the refusal that makes it hopeless whatever the consent: a missing consent or a spent
+    budget would stop it too, but only by the chance of the fixture's numbers."""
+    assert bank.refusals, f"{bank.answered} ordering questions, none refused"
+    first = bank.refusals[0]
+    assert first.status_code == 403, first.detail
+    assert _refused_for(first) == "exceeds_purpose", first.detail
 
 
 def test_ordering_questions_do_not_rebuild_the_birth_year(bank: Bank) -> None:
@@ -156,7 +204,7 @@ def test_ordering_questions_do_not_rebuild_the_birth_year(bank: Bank) -> None:
     assert not (low == high == BIRTH_YEAR), (
         f"binary search on birth_year rebuilt it in {bank.answered} questions"
     )
-    assert bank.refusals and bank.refusals[0].status_code == 403
+    _assert_refused_as_beyond_the_purpose(bank)
 
 
 def _next_char(bank: Bank, prefix: str) -> str | None:
@@ -182,7 +230,7 @@ def test_ordering_questions_do_not_rebuild_the_address(bank: Bank) -> None:
     assert rebuilt != ADDRESS, (
         f"binary search with ge rebuilt the address in {bank.answered} questions"
     )
-    assert bank.refusals and bank.refusals[0].status_code == 403
+    _assert_refused_as_beyond_the_purpose(bank)
 
 
 def test_equality_guesses_are_metered(bank: Bank) -> None:
