@@ -39,7 +39,14 @@ def _register_up(ledger_sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "up", help="generate genesis if missing and run a replica cluster on loopback"
     )
     up.add_argument("--replicas", type=int, default=4, help="3f+1 replicas (default 4)")
-    up.add_argument("--dir", type=Path, default=Path(".civis/ledger"), help="genesis directory")
+    up.add_argument(
+        "--ledger-dir",
+        "--dir",
+        dest="ledger_dir",
+        type=Path,
+        default=Path(".civis/ledger"),
+        help="genesis directory (the name every command gives it; --dir is accepted too)",
+    )
     up.add_argument("--base-port", type=int, default=26600, help="peer port of replica 0")
     up.add_argument(
         "--no-tls",
@@ -76,7 +83,7 @@ def _up(args: argparse.Namespace) -> int:
 
     try:
         cluster = Cluster(
-            args.dir, args.replicas, base_port=args.base_port, use_tls=not args.no_tls
+            args.ledger_dir, args.replicas, base_port=args.base_port, use_tls=not args.no_tls
         )
     except GenesisError as exc:
         print(f"error: {exc}")
@@ -86,10 +93,11 @@ def _up(args: argparse.Namespace) -> int:
         try:
             cluster.wait_ready()
             kind = "TLS, pin tls/ca.crt" if cluster.client_ssl else "plain TCP, development only"
-            print(f"ledger up: {cluster.n} replicas from {args.dir}; clients ({kind}) on")
+            print(f"ledger up: {cluster.n} replicas from {args.ledger_dir}; clients ({kind}) on")
             for address in cluster.client_addresses():
                 print(f"  {address}")
-            print(f"reads need a member key; the operator's: {args.dir / 'keys' / 'reader.key'}")
+            reader = args.ledger_dir / "keys" / "reader.key"
+            print(f"reads need a member key; the operator's: {reader}")
             print("Ctrl-C or SIGTERM stops the cluster.", flush=True)
             while all(cluster.running(i) for i in range(cluster.n)):
                 time.sleep(0.5)
@@ -111,12 +119,19 @@ def _register_genesis(ledger_sub: argparse._SubParsersAction[argparse.ArgumentPa
         "genesis",
         help="write the genesis, keys, certificates and node files of a cluster on several hosts",
         description=(
-            "Writes DIR/genesis.toml (every host), and for each replica i its node-<i>.toml, "
-            "keys/node-<i>.key and tls/node-<i>.{crt,key} (host i only); tls/ca.key stays "
-            "offline. Starts nothing. docs/LEDGER-OPERATIONS.md, 'Several hosts'."
+            "Writes LEDGER_DIR/genesis.toml (every host), and for each replica i its "
+            "node-<i>.toml, keys/node-<i>.key and tls/node-<i>.{crt,key} (host i only); "
+            "tls/ca.key stays offline. Starts nothing. docs/LEDGER-OPERATIONS.md, 'Several hosts'."
         ),
     )
-    genesis.add_argument("--dir", type=Path, required=True, help="directory to create")
+    genesis.add_argument(
+        "--ledger-dir",
+        "--dir",
+        dest="ledger_dir",
+        type=Path,
+        required=True,
+        help="directory to create (the name every command gives it; --dir is accepted too)",
+    )
     genesis.add_argument(
         "--host",
         action="append",
@@ -200,7 +215,7 @@ def _run_genesis(args: argparse.Namespace) -> int:
         members = _founding_members(args.member)
         chain_id = args.chain_id or f"civis-{secrets.token_hex(4)}"
         gen.create_local(
-            args.dir,
+            args.ledger_dir,
             len(args.host),
             base_port=args.base_port,
             chain_id=chain_id,
@@ -212,7 +227,7 @@ def _run_genesis(args: argparse.Namespace) -> int:
     except gen.GenesisError as exc:
         print(f"error: {exc}")
         return 2
-    print(f"chain {chain_id}: {len(args.host)} replicas written to {args.dir}")
+    print(f"chain {chain_id}: {len(args.host)} replicas written to {args.ledger_dir}")
     for i, host in enumerate(args.host):
         print(f"  host {host}: node-{i}.toml keys/node-{i}.key tls/node-{i}.crt tls/node-{i}.key")
     print("every host and client: genesis.toml tls/ca.crt; keep tls/ca.key offline")

@@ -100,7 +100,7 @@ def test_sigterm_to_ledger_up_stops_every_replica(tmp_path: Path) -> None:
     base = _base_port()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "api.cli", "ledger", "up", "--dir", str(tmp_path)),
+            *(sys.executable, "-m", "api.cli", "ledger", "up", "--ledger-dir", str(tmp_path)),
             *("--no-tls", "--base-port", str(base)),
         ],
         stdout=subprocess.PIPE,

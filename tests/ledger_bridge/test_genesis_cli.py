@@ -17,7 +17,7 @@ HOSTS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
 
 def _args(directory: Path, *extra: str) -> list[str]:
     hosts = [arg for host in HOSTS for arg in ("--host", host)]
-    return ["ledger", "genesis", "--dir", str(directory), *hosts, *extra]
+    return ["ledger", "genesis", "--ledger-dir", str(directory), *hosts, *extra]
 
 
 def test_one_replica_per_host_with_founding_members_and_parameters(tmp_path: Path) -> None:
@@ -63,4 +63,4 @@ def test_bad_parameters_and_members_are_refused_and_nothing_is_written(
 
 def test_the_hosts_must_be_3f_plus_1(tmp_path: Path) -> None:
     out = tmp_path / "cluster"
-    assert main(["ledger", "genesis", "--dir", str(out), "--host", "a", "--host", "b"]) == 2
+    assert main(["ledger", "genesis", "--ledger-dir", str(out), "--host", "a", "--host", "b"]) == 2

@@ -208,7 +208,7 @@ class Deployment:
         self._ops(
             "ledger",
             "genesis",
-            "--dir",
+            "--ledger-dir",
             str(self.ledger_dir),
             *hosts,
             *params,
