@@ -122,6 +122,11 @@ VALIDATION_ERRORS_MAX = 20
 # A location names a field, and an unknown field's name is the client's own input: a 60 KB name
 # must not come back 60 KB long (twice: in `errors` and in `detail`).
 LOC_PART_CHARS_MAX = 64
+# A refused request's path and a validator's message come back cut to these: both may quote
+# the caller's input (a 60 KB path, a 10 KB union tag pydantic names in its message), and a
+# refusal must not hand it back whole, to the caller or to whatever logs the answers.
+INSTANCE_CHARS_MAX = 200
+MSG_CHARS_MAX = 200
 # Validation errors spelled out in `detail`; the rest are in `errors`.
 VALIDATION_DETAIL_MAX = 3
 
@@ -289,7 +294,7 @@ def problem(
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     body["detail"] = detail or fallback_detail(status)
-    body["instance"] = request.url.path
+    body["instance"] = bounded_path(request.url.path)
     body.update(extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
@@ -334,7 +339,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {
             "loc": ".".join(_clip(str(part)) for part in err.get("loc", ())),
             "type": str(err.get("type", "")),
-            "msg": str(err.get("msg", "")),
+            "msg": _cut(str(err.get("msg", "")), MSG_CHARS_MAX),
         }
         for err in list(exc.errors())[:VALIDATION_ERRORS_MAX]
     ]
@@ -364,6 +369,18 @@ def _json_syntax_error(exc: RequestValidationError) -> tuple[str, int, int] | No
         reason = str((err.get("ctx") or {}).get("error", "")) or "invalid JSON"
         return reason[:1].lower() + reason[1:], line, column
     return None
+
+
+def bounded_path(path: str) -> str:
+    """`path` as a problem's `instance`: whole up to `INSTANCE_CHARS_MAX`, else cut, saying how
+    much was left out."""
+    return _cut(path, INSTANCE_CHARS_MAX)
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…(+{len(text) - limit})"
 
 
 def _clip(text: str) -> str:

@@ -16,7 +16,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.errors import PROBLEM_JSON, body_timeout, body_too_large
+from api.http.errors import PROBLEM_JSON, body_timeout, body_too_large, bounded_path
 
 # Upload routes get the large limit; every other route gets the JSON limit.
 UPLOAD_PATH = re.compile(r"^/v1/datasets/[^/]+/uploads/?$")
@@ -92,7 +92,7 @@ async def _send_413(send: Send, path: str, limit: int) -> None:
             "title": "Content Too Large",
             "status": 413,
             "detail": f"request body exceeds {limit} bytes",
-            "instance": path,
+            "instance": bounded_path(path),
         }
     ).encode()
     await send(
