@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from api.http.head_deadline import HeadDeadlineProtocol
 from api.http.settings import Settings
 from ledger_bridge.gc_tuning import tune_gc
 
@@ -234,7 +235,7 @@ def serve(
         else:
             app = spec.app(ledger)
             tune_gc()
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, http=HeadDeadlineProtocol)
         return True
     config = uvicorn.Config(
         dataclasses.replace(spec, supervisor=os.getpid(), height_floor=_height_floor(spec, ledger)),
@@ -243,6 +244,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        http=HeadDeadlineProtocol,
     )
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     supervisor.run()
