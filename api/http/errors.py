@@ -122,10 +122,10 @@ VALIDATION_ERRORS_MAX = 20
 # A location names a field, and an unknown field's name is the client's own input: a 60 KB name
 # must not come back 60 KB long (twice: in `errors` and in `detail`).
 LOC_PART_CHARS_MAX = 64
-# A refused request's path and a validator's message come back cut to these: both may quote
-# the caller's input (a 60 KB path, a 10 KB union tag pydantic names in its message), and a
-# refusal must not hand it back whole, to the caller or to whatever logs the answers.
-INSTANCE_CHARS_MAX = 200
+# A request's path and a validator's message are cut to these in problems and log lines: both
+# may quote the caller's input (a 60 KB path, a 10 KB union tag pydantic names in its
+# message), which a refusal must not hand back or log whole.
+PATH_CHARS_MAX = 200
 MSG_CHARS_MAX = 200
 # Validation errors spelled out in `detail`; the rest are in `errors`.
 VALIDATION_DETAIL_MAX = 3
@@ -372,9 +372,20 @@ def _json_syntax_error(exc: RequestValidationError) -> tuple[str, int, int] | No
 
 
 def bounded_path(path: str) -> str:
-    """`path` as a problem's `instance`: whole up to `INSTANCE_CHARS_MAX`, else cut, saying how
-    much was left out."""
-    return _cut(path, INSTANCE_CHARS_MAX)
+    """`path` as a problem's `instance` or a log line shows it: whole up to `PATH_CHARS_MAX`,
+    else cut, saying how much was left out."""
+    return _cut(path, PATH_CHARS_MAX)
+
+
+# A 32-byte key or hash in hex: a subject's pseudonym in a path (/v1/subjects/{id}/export,
+# ?subject_id=...) is personal data, and a log outlives the subject's erasure.
+_KEY_HEX = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
+
+
+def logged_path(path: str) -> str:
+    """`path` as a log line may show it: every 64-hex-digit run masked as `<key>`, then cut
+    as `bounded_path` cuts it."""
+    return bounded_path(_KEY_HEX.sub("<key>", path))
 
 
 def _cut(text: str, limit: int) -> str:
@@ -478,7 +489,8 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if not database_down(exc):
         return await _internal_error(request, exc)
     # The type only, as for any error: a message may quote SQL parameters.
-    _log.warning("database unavailable (%s) on %s", type(exc).__name__, request.url.path)
+    path = logged_path(request.url.path)
+    _log.warning("database unavailable (%s) on %s", type(exc).__name__, path)
     response = problem(
         503,
         "Database unavailable",
@@ -491,7 +503,8 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception type only: its message may quote a SQL statement with parameters.
-    _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    path = logged_path(request.url.path)
+    _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, path)
     return problem(500, "Internal error", None, request)
 
 

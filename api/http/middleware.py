@@ -16,7 +16,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.errors import PROBLEM_JSON, body_timeout, body_too_large, bounded_path
+from api.http.errors import PROBLEM_JSON, body_timeout, body_too_large, bounded_path, logged_path
 
 # Upload routes get the large limit; every other route gets the JSON limit.
 UPLOAD_PATH = re.compile(r"^/v1/datasets/[^/]+/uploads/?$")
@@ -150,13 +150,7 @@ class Metrics:
             self.latency.labels(scope["method"], template).observe(time.perf_counter() - start)
 
 
-ACCESS_LOG_PATH_MAX = 200
 _ACCESS_LOGGER = "uvicorn.access"
-
-
-# A 32-byte key or hash in hex: a subject's pseudonym in a path (/v1/subjects/{id}/export,
-# ?subject_id=...) is personal data, and a log outlives the subject's erasure.
-_KEY_HEX = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
 
 
 class BoundedAccessLog(logging.Filter):
@@ -171,11 +165,8 @@ class BoundedAccessLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            path = _KEY_HEX.sub("<key>", args[2])
+            path = logged_path(args[2])
             record.args = (args[0], args[1], path, args[3], args[4])
-            if len(path) > ACCESS_LOG_PATH_MAX:
-                cut = f"{path[:ACCESS_LOG_PATH_MAX]}…(+{len(path) - ACCESS_LOG_PATH_MAX})"
-                record.args = (args[0], args[1], cut, args[3], args[4])
         return True
 
 

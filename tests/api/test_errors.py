@@ -34,6 +34,10 @@ def bare() -> Iterator[TestClient]:
     def boom() -> None:
         raise RuntimeError("SELECT * FROM records WHERE subject_id = 'jane.doe@example.org'")
 
+    @app.get("/boom/{rest:path}")
+    def boom_at(rest: str) -> None:
+        raise RuntimeError("a bug")
+
     @app.get("/erased")
     def erased() -> None:
         raise RecordErased("record 7 was erased")
@@ -364,8 +368,8 @@ def test_a_long_path_is_not_echoed_whole_in_instance(echoing: TestClient) -> Non
         assert r.headers["content-type"] == "application/problem+json"
         assert len(r.content) < 2_000, len(r.content)
         instance = r.json()["instance"]
-        assert instance.startswith(path[: errors.INSTANCE_CHARS_MAX])
-        assert instance.endswith(f"…(+{len(path) - errors.INSTANCE_CHARS_MAX})")
+        assert instance.startswith(path[: errors.PATH_CHARS_MAX])
+        assert instance.endswith(f"…(+{len(path) - errors.PATH_CHARS_MAX})")
 
 
 def test_a_short_path_is_echoed_as_it_is(echoing: TestClient) -> None:
@@ -384,3 +388,18 @@ def test_an_unknown_tag_is_not_quoted_whole(echoing: TestClient) -> None:
     assert "union_tag_invalid" in r.text  # the refusal still names its reason
     short = echoing.post("/pets", json={"type": "bird"})
     assert "'bird'" in short.json()["errors"][0]["msg"]  # a short message is kept whole
+
+
+def test_a_bug_s_log_line_masks_keys_and_cuts_the_path(
+    bare: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 500's log line names the path, but a subject's pseudonym in it is masked and a
+    60 KB path is cut: a log outlives an erasure, and the path is the caller's input."""
+    pseudonym = "ab" * 32
+    caplog.set_level("ERROR")
+    r = bare.get(f"/boom/{pseudonym}/" + "W" * 60_000)
+    assert r.status_code == 500
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "/boom/<key>/WWW" in logged and pseudonym not in logged
+    masked = len("/boom/<key>/") + 60_000
+    assert len(logged) < 1_000 and f"…(+{masked - errors.PATH_CHARS_MAX})" in logged

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from api.http.middleware import ACCESS_LOG_PATH_MAX, BoundedAccessLog, bound_access_log
+from api.http.errors import PATH_CHARS_MAX
+from api.http.middleware import BoundedAccessLog, bound_access_log
 
 
 def _record(path: str) -> logging.LogRecord:
@@ -24,7 +25,7 @@ def test_a_60_kb_query_string_is_logged_cut_short() -> None:
     record = _record("/v1/datasets?" + "x" * 60_000)
     assert BoundedAccessLog().filter(record)
     line = record.getMessage()
-    assert len(line) < ACCESS_LOG_PATH_MAX + 100
+    assert len(line) < PATH_CHARS_MAX + 100
     assert "(+" in line and line.endswith("404")
 
 
