@@ -179,15 +179,17 @@ def collated_world(
     else:
         server = _icu_database(pg_server)
         url = server.base_url
-    db.upgrade(url)
-    engine = db.make_engine(url, pool_size=2)
-    try:
+    engine: Engine | None = None
+    try:  # the database is dropped whatever fails, on a server the suite may not own
+        db.upgrade(url)
+        engine = db.make_engine(url, pool_size=2)
         with engine.connect() as conn:
             tilde_first = conn.execute(text("SELECT '~f' < '0'")).scalar()
         assert tilde_first == (request.param == "icu en-US")
         yield World(engine, tmp_path)
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
         server.drop_database(url)
 
 
