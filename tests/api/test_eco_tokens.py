@@ -51,7 +51,8 @@ class Eco:
     offer: str
 
 
-def _device(env: LedgerEnv, dataset: str) -> Device:
+def admitted_device(env: LedgerEnv, dataset: str) -> Device:
+    """A new bike reader of `dataset`, registered by its owner and admitted by governance."""
     device = Device(env.chain_id, "centre")
     out = api(env).register_device(
         env.provider.key, device=device.id, kind="bike_reader", dataset=dataset, district="centre"
@@ -61,13 +62,15 @@ def _device(env: LedgerEnv, dataset: str) -> Device:
     return device
 
 
-@pytest.fixture(scope="module")
-def eco(ledger_env: LedgerEnv) -> Eco:
-    env = ledger_env
-    headers = env.headers("provider", env.provider)
+CYCLING_MTOK_PER_KM = 1000  # the rule `bike_counts` votes in
+
+
+def bike_counts(env: LedgerEnv) -> str:
+    """A new dataset of the provider's for bike readers' counts, and the cycling rule
+    (`CYCLING_MTOK_PER_KM`, bike readers, no daily cap) voted in; the dataset's id."""
     r = env.client.post(
         "/v1/datasets",
-        headers=headers,
+        headers=env.headers("provider", env.provider),
         json={
             "name": f"bike-counts-{time.monotonic_ns()}",
             "category": "mobility",
@@ -77,18 +80,26 @@ def eco(ledger_env: LedgerEnv) -> Eco:
         },
     )
     assert r.status_code == 201, r.text
-    dataset = r.json()["id"]
-    device, suspended = _device(env, dataset), _device(env, dataset)
-    decide(env, {"kind": "suspend_device", "device": suspended.id})
     rule = {
         "kind": "set_reward_rule",
         "rule": "cycling",
         "unit": "km",
-        "rate_mtok": 1000,
+        "rate_mtok": CYCLING_MTOK_PER_KM,
         "device_kinds": ["bike_reader"],
         "cap_mtok_per_day": 0,
     }
     decide(env, rule)
+    dataset: str = r.json()["id"]
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def eco(ledger_env: LedgerEnv) -> Eco:
+    env = ledger_env
+    headers = env.headers("provider", env.provider)
+    dataset = bike_counts(env)
+    device, suspended = admitted_device(env, dataset), admitted_device(env, dataset)
+    decide(env, {"kind": "suspend_device", "device": suspended.id})
     partner = Wallet()
     assert api(env).register(partner.key, "partner", "providers")["result"]["status"] == "pending"
     decide(env, {"kind": "admit_member", "member": partner.id})

@@ -25,13 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.client.devices import Device
 from api.services.events import EventIngestion, record_id
 from api.services.gateway import LedgerAnswer, LedgerGateway, LedgerRefused, LedgerUnavailable
-from tests.api.ledger_env import DAY_MS, LedgerEnv
-from tests.api.test_consented_access import api, register_subject, vote_through
+from tests.api.ledger_env import LedgerEnv
+from tests.api.test_consented_access import register_subject
+from tests.api.test_eco_tokens import admitted_device, bike_counts
 from vault.models import Record
 
 pytestmark = pytest.mark.timeout(300)
-
-RATE_MTOK = 1000  # per km: the rule this module votes in, so 1 m ridden earns 1 mtok
 
 
 class RewardsTimingOut:
@@ -101,49 +100,16 @@ class Rewarding:
         return upload
 
 
-def _decide(env: LedgerEnv, action: dict[str, Any]) -> None:
-    out = api(env).propose(env.dpo.key, action, voting_for_ms=DAY_MS)
-    vote_through(env, int(out["result"]["proposal"]))
-
-
 @pytest.fixture(scope="module")
 def bike_dataset(ledger_env: LedgerEnv) -> str:
     """A provider's dataset for bike readers' events, and the cycling rule voted in."""
-    env = ledger_env
-    r = env.client.post(
-        "/v1/datasets",
-        headers=env.headers("provider", env.provider),
-        json={
-            "name": f"bike-counts-{uuid.uuid4().hex[:10]}",
-            "category": "mobility",
-            "purposes": ["impact-statistics"],
-            "retention_days": 365,
-            "legal_basis": "consent",
-        },
-    )
-    assert r.status_code == 201, r.text
-    rule = {
-        "kind": "set_reward_rule",
-        "rule": "cycling",
-        "unit": "km",
-        "rate_mtok": RATE_MTOK,
-        "device_kinds": ["bike_reader"],
-        "cap_mtok_per_day": 0,
-    }
-    _decide(env, rule)
-    dataset: str = r.json()["id"]
-    return dataset
+    return bike_counts(ledger_env)
 
 
 def _rewarding(env: LedgerEnv, dataset: str, silent: frozenset[int]) -> Rewarding:
     """A new device, registered by the dataset's owner and admitted by governance, and a new
     subject: each test reads only what it made on the module's ledger."""
-    device = Device(env.chain_id, "centre")
-    out = api(env).register_device(
-        env.provider.key, device=device.id, kind="bike_reader", dataset=dataset, district="centre"
-    )
-    assert out["result"]["status"] == "pending", out
-    _decide(env, {"kind": "admit_device", "device": device.id})
+    device = admitted_device(env, dataset)
     state = cast(FastAPI, env.client.app).state
     ledger = RewardsTimingOut(env.gateway, silent)
     ingestion = EventIngestion(
